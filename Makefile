@@ -1,0 +1,34 @@
+# fmbench: two commands on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export BROWSER_PATH ?= /usr/bin/chromium
+
+.PHONY: uv install demo test bench deploy lint typecheck clean
+
+uv:
+	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+install: uv
+	@$(UV) sync --frozen --all-extras --quiet
+
+demo: install
+	@$(UV) run --frozen fmbench run configs/quickstart.yml
+
+test: install
+	@$(UV) run --frozen pytest
+
+bench: install
+	@$(UV) run --frozen python -m benchmarks.run_all
+
+deploy: install
+	@$(UV) run --frozen bash deployments/deploy.sh
+
+lint: install
+	@$(UV) run --frozen ruff check fmbench tasks flows tests
+
+typecheck: install
+	@$(UV) run --frozen mypy
+
+clean:
+	rm -rf .venv results .pytest_cache

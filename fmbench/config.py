@@ -1,0 +1,405 @@
+"""Pydantic models of a benchmark config, and the loader that turns a YAML file into one.
+
+The same models document the YAML (every field has a description) and render as forms in
+the Prefect UI. Errors are reported as one line: ``FILE: field.path: message``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from fmbench.errors import ConfigError
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class _DatasetBase(_Model):
+    name: str = Field(pattern=_NAME, description="Dataset name, used in results and file names.")
+    max_prompts: int | None = Field(
+        default=None, ge=1, description="Use at most this many prompts from the source (after bucketing, per bucket)."
+    )
+
+
+class SyntheticDataset(_DatasetBase):
+    """Prompts of exact token lengths, spread evenly over each bucket."""
+
+    source: Literal["synthetic"] = Field(description="Generate prompts of exact token lengths.")
+    prompts_per_bucket: int = Field(default=50, ge=1, description="Prompts generated for each bucket.")
+    seed: int = Field(default=0, description="Seed of the generator; the same seed gives the same prompts.")
+    prompt_template: str | None = Field(
+        default=None,
+        description="Optional template with a {text} field; the generated text fills it and the whole "
+        "rendered prompt has the target length.",
+    )
+
+
+class LongBenchDataset(_DatasetBase):
+    """A LongBench-format JSONL file (input, context, answers, length, dataset, language, all_classes, _id)."""
+
+    source: Literal["longbench"] = Field(description="LongBench JSONL (local path or hf:REPO/SUBSET).")
+    path: str = Field(description="Path to the JSONL file (relative to the config file), or hf:THUDM/LongBench/NAME.")
+    prompt_template: str = Field(
+        default="{context}\n\nQuestion: {input}\nAnswer:",
+        description="Python format template over the record's fields (e.g. {context}, {input}).",
+    )
+
+
+class JsonlDataset(_DatasetBase):
+    """Any JSONL file with a prompt field (or fields used by a template)."""
+
+    source: Literal["jsonl"] = Field(description="Generic JSONL, one JSON object per line.")
+    path: str = Field(description="Path to the JSONL file (relative to the config file).")
+    prompt_field: str = Field(default="prompt", description="Field holding the prompt text.")
+    prompt_template: str | None = Field(
+        default=None, description="Optional Python format template over the record's fields."
+    )
+
+
+DatasetConfig = Annotated[Union[SyntheticDataset, LongBenchDataset, JsonlDataset], Field(discriminator="source")]
+
+# ---------------------------------------------------------------- endpoints
+
+
+class SimulatedEndpoint(_Model):
+    """The local simulated continuous-batching server, started and stopped by the run."""
+
+    provider: Literal["simulated"] = Field(description="Start a local simulated endpoint for this experiment.")
+    model: str = Field(default="fmbench-sim", description="Model name the server reports and expects.")
+    api: Literal["chat", "completions"] = Field(default="chat", description="OpenAI API flavour to call.")
+    ttft_ms: float = Field(default=80.0, ge=0, description="Base time to first token, milliseconds.")
+    prefill_ms_per_token: float = Field(default=0.0, ge=0, description="Extra TTFT per input token, ms.")
+    tpot_ms: float = Field(default=4.0, ge=0, description="Time per output token with one request decoding, ms.")
+    decode_slowdown: float = Field(
+        default=0.0, ge=0, description="Fractional TPOT growth per additional request decoding at once."
+    )
+    max_batch: int = Field(default=16, ge=1, description="Requests served at once; more wait in a queue.")
+    output_tokens: int = Field(default=64, ge=1, description="Tokens generated per request (capped by max_tokens).")
+    chunk_tokens: int = Field(default=1, ge=1, description="Tokens per streamed chunk.")
+    seed: int = Field(default=0, description="Seed of the generated text.")
+
+
+class OpenAIEndpoint(_Model):
+    """Any OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, ...)."""
+
+    provider: Literal["openai"] = Field(description="An OpenAI-compatible HTTP endpoint.")
+    base_url: str = Field(description="Base URL including /v1, e.g. http://host:8000/v1.")
+    model: str = Field(description="Model name to send in requests.")
+    api: Literal["chat", "completions"] = Field(default="chat", description="/v1/chat/completions or /v1/completions.")
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the API key (never the key itself)."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (no secrets).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/")
+
+
+EndpointConfig = Annotated[Union[SimulatedEndpoint, OpenAIEndpoint], Field(discriminator="provider")]
+
+# ---------------------------------------------------------------- experiments
+
+
+class InferenceConfig(_Model):
+    """Generation parameters sent with every request."""
+
+    max_tokens: int = Field(default=64, ge=1, description="Maximum output tokens per request.")
+    temperature: float = Field(default=0.1, ge=0, le=2, description="Sampling temperature.")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling (omitted when unset).")
+    stream: bool = Field(default=True, description="Stream tokens (needed for TTFT and inter-token times).")
+    timeout_s: float = Field(default=120.0, gt=0, description="Per-request timeout; a timed-out request fails.")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra JSON fields for the request body.")
+
+
+class PricingConfig(_Model):
+    """How an experiment is priced: per instance-hour, or per token."""
+
+    hourly_usd: float | None = Field(default=None, ge=0, description="Price of one instance per hour, USD.")
+    instance_type: str | None = Field(default=None, description="Instance type, priced from the shipped table.")
+    instance_count: int = Field(default=1, ge=1, description="Instances behind the endpoint.")
+    region: str | None = Field(default=None, description="Region for table prices (default us-east-1).")
+    input_per_1k_usd: float | None = Field(default=None, ge=0, description="Price per 1k input tokens, USD.")
+    output_per_1k_usd: float | None = Field(default=None, ge=0, description="Price per 1k output tokens, USD.")
+
+
+class ExperimentConfig(_Model):
+    """One endpoint configuration to benchmark over every dataset bucket and concurrency level."""
+
+    name: str = Field(pattern=_NAME, description="Experiment name, used in results and file names.")
+    endpoint: EndpointConfig = Field(description="Where requests go.")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Generation parameters.")
+    concurrency_levels: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1], min_length=1, description="Requests in flight, one shard per level."
+    )
+    requests_per_level: int = Field(default=40, ge=1, description="Measured requests per shard.")
+    warmup_requests: int = Field(default=2, ge=0, description="Requests sent before each shard and not measured.")
+    datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
+    pricing: PricingConfig | None = Field(default=None, description="Pricing for cost metrics.")
+
+    @field_validator("concurrency_levels")
+    @classmethod
+    def _unique_levels(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("concurrency levels must be unique")
+        return v
+
+
+class SLOConfig(_Model):
+    """Service-level objectives a configuration must meet to be recommended."""
+
+    latency_p95_s: float | None = Field(default=None, gt=0, description="Max p95 end-to-end latency, seconds.")
+    ttft_p95_s: float | None = Field(default=None, gt=0, description="Max p95 time to first token, seconds.")
+    tpot_p95_s: float | None = Field(default=None, gt=0, description="Max p95 time per output token, seconds.")
+    max_error_rate: float = Field(default=0.0, ge=0, le=1, description="Max fraction of failed requests.")
+
+
+class BenchmarkConfig(_Model):
+    """A whole benchmark: datasets × experiments × concurrency levels, with SLOs and pricing."""
+
+    name: str = Field(pattern=_NAME, description="Benchmark name; results go to OUTPUT/NAME/RUN_ID.")
+    description: str | None = Field(default=None, description="Free text shown in the report.")
+    output: str = Field(default="results", description="Local directory or s3://bucket/prefix for results.")
+    tokenizer: str = Field(
+        default="cl100k_base", description="A tiktoken encoding name, or a path to a HF tokenizer.json."
+    )
+    buckets: list[tuple[int, int]] = Field(
+        min_length=1, description="Prompt-token buckets as [min, max) pairs, e.g. [[1, 500], [500, 1000]]."
+    )
+    datasets: list[DatasetConfig] = Field(min_length=1, description="Prompt sources.")
+    experiments: list[ExperimentConfig] = Field(min_length=1, description="Endpoints to benchmark.")
+    slo: SLOConfig = Field(default_factory=SLOConfig, description="Service-level objectives.")
+    base_dir: str | None = Field(
+        default=None, description="Directory that relative dataset paths resolve against (default: the config's)."
+    )
+
+    @field_validator("buckets")
+    @classmethod
+    def _valid_buckets(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        for lo, hi in v:
+            if lo < 1:
+                raise ValueError(f"bucket [{lo}, {hi}]: the minimum must be at least 1 token")
+            if hi <= lo:
+                raise ValueError(f"bucket [{lo}, {hi}] is empty or inverted (need min < max)")
+        ordered = sorted(v)
+        for (a_lo, a_hi), (b_lo, b_hi) in zip(ordered, ordered[1:]):
+            if b_lo < a_hi:
+                raise ValueError(f"buckets [{a_lo}, {a_hi}] and [{b_lo}, {b_hi}] overlap")
+        return ordered
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> BenchmarkConfig:
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique: {names}")
+        enames = [e.name for e in self.experiments]
+        if len(set(enames)) != len(enames):
+            raise ValueError(f"experiment names must be unique: {enames}")
+        for e in self.experiments:
+            for d in e.datasets or []:
+                if d not in names:
+                    raise ValueError(f"experiment {e.name!r} names unknown dataset {d!r} (known: {names})")
+        return self
+
+    def datasets_for(self, experiment: ExperimentConfig) -> list[DatasetConfig]:
+        """The datasets an experiment runs over."""
+        if experiment.datasets is None:
+            return list(self.datasets)
+        return [d for d in self.datasets if d.name in experiment.datasets]
+
+    def config_hash(self) -> str:
+        """A stable hash of the resolved config (secrets excluded by construction)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def bucket_label(bucket: tuple[int, int]) -> str:
+    """The label of a bucket in results and file names, e.g. ``1-500``."""
+    return f"{bucket[0]}-{bucket[1]}"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """Turn a pydantic error into one line per problem: ``SOURCE: field.path: message``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        # Discriminated unions put the tag name in the location; it is noise for a user.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {_format_loc(loc)}: {msg}")
+    return "; ".join(lines)
+
+
+_UNION_TAGS = {"synthetic", "longbench", "jsonl", "simulated", "openai", "sagemaker", "bedrock"}
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``key.path=value`` (value as YAML) into a path and a value."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to raw config data; list items are addressed by index or by name."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(path):
+            last = i == len(path) - 1
+            if isinstance(node, list):
+                idx = _list_index(node, part, item)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is not a mapping or list")
+    return data
+
+
+def _list_index(node: list[Any], part: str, item: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(node) <= idx < len(node):
+            raise ConfigError(f"--set {item!r}: index {idx} out of range (list has {len(node)} items)")
+        return idx
+    for idx, elem in enumerate(node):
+        if isinstance(elem, dict) and elem.get("name") == part:
+            return idx
+    raise ConfigError(f"--set {item!r}: no list item named {part!r}")
+
+
+def parse_config(data: Any, source: str = "<config>", base_dir: str | Path | None = None) -> BenchmarkConfig:
+    """Validate raw config data (a mapping) into a BenchmarkConfig.
+
+    Raises:
+        ConfigError: with one line naming ``source`` and each invalid field.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping, got {type(data).__name__}")
+    if base_dir is not None and "base_dir" not in data:
+        data = {**data, "base_dir": str(base_dir)}
+    try:
+        return BenchmarkConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> BenchmarkConfig:
+    """Read, override and validate a YAML config file.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or invalid; the message names file and field.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text") from exc
+    return load_config_text(text, source=str(path), base_dir=p.resolve().parent, overrides=overrides)
+
+
+def load_config_text(
+    text: str, source: str = "<config>", base_dir: str | Path | None = None, overrides: list[str] | None = None
+) -> BenchmarkConfig:
+    """Validate a config given as YAML text (used for inline configs from Prefect parameters)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from exc
+    if data is None:
+        raise ConfigError(f"{source}: the config is empty")
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the config must be a YAML mapping")
+        data = apply_overrides(data, overrides)
+    return parse_config(data, source=source, base_dir=base_dir)
+
+
+def resolve_path(cfg: BenchmarkConfig, path: str) -> Path:
+    """Resolve a dataset path: absolute, else relative to the config's directory, else to the cwd."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    if cfg.base_dir:
+        candidate = Path(cfg.base_dir) / p
+        if candidate.exists() or not p.exists():
+            return candidate
+    return p.resolve()
+
+
+def dump_config(cfg: BenchmarkConfig) -> str:
+    """The resolved config as YAML (what a run stores as config.yml)."""
+    data = cfg.model_dump(mode="json", exclude={"base_dir"})
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+__all__ = [
+    "BenchmarkConfig",
+    "DatasetConfig",
+    "EndpointConfig",
+    "ExperimentConfig",
+    "InferenceConfig",
+    "JsonlDataset",
+    "LongBenchDataset",
+    "OpenAIEndpoint",
+    "PricingConfig",
+    "SLOConfig",
+    "SecretStr",
+    "SimulatedEndpoint",
+    "SyntheticDataset",
+    "bucket_label",
+    "load_config",
+    "load_config_text",
+    "parse_config",
+]

@@ -1,0 +1,51 @@
+"""What every endpoint client implements, so the load engine is one engine for every provider.
+
+A client sends one request and reports *when* things happened, stamped with
+``time.monotonic()`` where the bytes arrive; the engine turns that into a `RequestRecord`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(slots=True, frozen=True)
+class Prompt:
+    """A rendered prompt ready to send."""
+
+    prompt_id: str
+    text: str
+    input_tokens: int  # counted with the run's tokenizer
+
+
+@dataclass(slots=True)
+class Completion:
+    """What a client measured for one successful request (absolute monotonic seconds)."""
+
+    t_start: float  # just before the request was written
+    t_end: float  # the last byte of the answer arrived
+    t_first_token: float | None = None  # the first chunk carrying output text arrived
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each chunk carrying output
+    text: str = ""
+    input_tokens: int | None = None  # from the server's usage, when it reports it
+    output_tokens: int | None = None  # from the server's usage, when it reports it
+    http_status: int | None = 200
+
+
+@runtime_checkable
+class EndpointClient(Protocol):
+    """An async client for one endpoint; one instance serves a whole shard.
+
+    ``complete`` raises a subclass of `fmbench.errors.EndpointError` on failure; its ``kind``
+    becomes the record's ``error_kind``.
+    """
+
+    async def open(self, concurrency: int) -> None:
+        """Prepare connections for ``concurrency`` requests in flight."""
+
+    async def complete(self, prompt: Prompt) -> Completion:
+        """Send one request and measure it."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,96 @@
+"""The per-request record: one row per request sent, the unit every metric is computed from.
+
+A shard's records are written as they complete (see `fmbench.loadgen`), then gathered into the
+run's ``requests.parquet``. Times are seconds; ``t_*`` columns are absolute ``time.monotonic()``
+stamps (one clock for every process on a host), the others are durations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+#: Error kinds a failed request is classified as (``error_kind`` column).
+ERROR_KINDS = ("timeout", "throttled", "server_error", "client_error", "connection", "protocol", "cancelled")
+
+#: The schema of ``requests.parquet`` and of each shard's records file.
+REQUEST_SCHEMA: dict[str, pl.DataType] = {
+    "experiment": pl.String(),
+    "dataset": pl.String(),
+    "bucket": pl.String(),  # label "min-max"
+    "bucket_min": pl.Int64(),
+    "bucket_max": pl.Int64(),
+    "concurrency": pl.Int64(),  # closed loop: requests in flight; open loop: the cap (0 = none)
+    "request_rate": pl.Float64(),  # open loop target rate, req/s; null for closed loop
+    "shard_id": pl.String(),
+    "request_id": pl.Int64(),  # 0.. within the shard, in scheduling order
+    "prompt_id": pl.String(),
+    "attempt": pl.Int64(),  # 1 unless in-shard retries are enabled
+    "warmup": pl.Boolean(),  # warm-up requests are recorded but excluded from metrics
+    "ok": pl.Boolean(),
+    "error_kind": pl.String(),  # one of ERROR_KINDS, null when ok
+    "error": pl.String(),  # message, null when ok
+    "http_status": pl.Int64(),
+    "input_tokens": pl.Int64(),
+    "output_tokens": pl.Int64(),
+    "usage_source": pl.String(),  # "server" when the endpoint reported usage, else "tokenizer"
+    "t_scheduled": pl.Float64(),  # when the request was due (open loop) or started (closed loop)
+    "t_start": pl.Float64(),  # when the client began sending
+    "t_first_token": pl.Float64(),
+    "t_end": pl.Float64(),
+    "send_lag_s": pl.Float64(),  # t_start - t_scheduled
+    "ttft_s": pl.Float64(),  # first token - scheduled time
+    "latency_s": pl.Float64(),  # end - scheduled time
+    "tpot_s": pl.Float64(),  # (latency - ttft) / (output_tokens - 1)
+    "itl_s": pl.List(pl.Float64()),  # gaps between chunks carrying output tokens
+    "chunks": pl.Int64(),  # streamed chunks that carried output tokens
+}
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request's outcome; field names and types match `REQUEST_SCHEMA`."""
+
+    experiment: str
+    dataset: str
+    bucket: str
+    bucket_min: int
+    bucket_max: int
+    concurrency: int
+    shard_id: str
+    request_id: int
+    prompt_id: str
+    request_rate: float | None = None
+    attempt: int = 1
+    warmup: bool = False
+    ok: bool = False
+    error_kind: str | None = None
+    error: str | None = None
+    http_status: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    usage_source: str | None = None
+    t_scheduled: float | None = None
+    t_start: float | None = None
+    t_first_token: float | None = None
+    t_end: float | None = None
+    send_lag_s: float | None = None
+    ttft_s: float | None = None
+    latency_s: float | None = None
+    tpot_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+    chunks: int | None = None
+
+    def as_row(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in REQUEST_SCHEMA}
+
+
+def empty_requests() -> pl.DataFrame:
+    """An empty frame with the request schema."""
+    return pl.DataFrame(schema=REQUEST_SCHEMA)
+
+
+def records_frame(records: list[RequestRecord]) -> pl.DataFrame:
+    """Records as a frame with exactly the request schema."""
+    return pl.DataFrame([r.as_row() for r in records], schema=REQUEST_SCHEMA)

@@ -1,0 +1,140 @@
+"""Where runs are stored: a local directory or ``s3://bucket/prefix``, through fsspec.
+
+Writes are atomic: locally a temporary file is renamed into place; on S3 each object is put
+whole. A reader therefore never sees a partial file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import polars as pl
+
+from fmbench.errors import StorageError
+
+
+def is_remote(url: str) -> bool:
+    """True for URLs with a scheme other than file:// (e.g. s3://)."""
+    return "://" in url and not url.startswith("file://")
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URL."""
+    if is_remote(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return str(Path(base, *parts))
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        raise StorageError(f"{url}: unsupported storage location ({exc})") from exc
+    return fs, path
+
+
+def _storage_error(url: str, action: str, exc: BaseException) -> StorageError:
+    if isinstance(exc, FileNotFoundError):
+        return StorageError(f"{url}: not found (while trying to {action})")
+    if isinstance(exc, PermissionError):
+        return StorageError(f"{url}: access denied (while trying to {action})")
+    return StorageError(f"{url}: cannot {action}: {exc.__class__.__name__}: {exc}")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole file atomically."""
+    if not is_remote(url):
+        path = Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _storage_error(url, "write", exc) from exc
+        return
+    fs, path = _fs(url)
+    try:
+        fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+    except Exception as exc:  # botocore/aiobotocore raise many types; translated here, once
+        raise _storage_error(url, "write", exc) from exc
+
+
+def write_text(url: str, text: str) -> None:
+    """Write a whole text file (UTF-8) atomically."""
+    write_bytes(url, text.encode("utf-8"))
+
+
+def read_bytes(url: str) -> bytes:
+    """Read a whole file."""
+    if not is_remote(url):
+        try:
+            return Path(url).read_bytes()
+        except OSError as exc:
+            raise _storage_error(url, "read", exc) from exc
+    fs, path = _fs(url)
+    try:
+        return fs.cat_file(path)
+    except Exception as exc:
+        raise _storage_error(url, "read", exc) from exc
+
+
+def read_text(url: str) -> str:
+    """Read a whole UTF-8 text file."""
+    return read_bytes(url).decode("utf-8")
+
+
+def exists(url: str) -> bool:
+    """True if a file exists at ``url``."""
+    if not is_remote(url):
+        return Path(url).exists()
+    fs, path = _fs(url)
+    try:
+        return bool(fs.exists(path))
+    except Exception as exc:
+        raise _storage_error(url, "check", exc) from exc
+
+
+def list_files(url: str, suffix: str = "") -> list[str]:
+    """Files directly under a directory URL whose names end with ``suffix``, sorted."""
+    if not is_remote(url):
+        p = Path(url)
+        if not p.is_dir():
+            return []
+        return sorted(str(f) for f in p.iterdir() if f.is_file() and f.name.endswith(suffix)
+                      and not f.name.startswith("."))
+    fs, path = _fs(url)
+    try:
+        fs.invalidate_cache(path)
+        names = fs.ls(path, detail=False) if fs.exists(path) else []
+    except Exception as exc:
+        raise _storage_error(url, "list", exc) from exc
+    scheme = url.split("://", 1)[0]
+    return sorted(f"{scheme}://{n}" for n in names if n.endswith(suffix) and not posixpath.basename(n).startswith("."))
+
+
+def write_parquet(url: str, df: pl.DataFrame) -> None:
+    """Write a frame as parquet atomically."""
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    write_bytes(url, buf.getvalue())
+
+
+def read_parquet(url: str) -> pl.DataFrame:
+    """Read a parquet file into a frame."""
+    if not is_remote(url):
+        try:
+            return pl.read_parquet(url)
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            raise _storage_error(url, "read parquet", exc) from exc
+    return pl.read_parquet(io.BytesIO(read_bytes(url)))
