@@ -113,7 +113,78 @@ class OpenAIEndpoint(_Model):
         return v.rstrip("/")
 
 
-EndpointConfig = Annotated[Union[SimulatedEndpoint, OpenAIEndpoint], Field(discriminator="provider")]
+class _AwsAccess(_Model):
+    region: str | None = Field(default=None, description="AWS region (default: the standard AWS chain).")
+    profile: str | None = Field(default=None, description="AWS profile name (default: the standard AWS chain).")
+    endpoint_url: str | None = Field(
+        default=None, description="Override of the control-plane API URL (e.g. a local test server)."
+    )
+
+
+class SageMakerEndpoint(_AwsAccess):
+    """A SageMaker real-time endpoint: deployed by the run (JumpStart or container image) or existing."""
+
+    provider: Literal["sagemaker"] = Field(description="Amazon SageMaker real-time inference.")
+    endpoint_name: str | None = Field(
+        default=None, description="An existing endpoint to benchmark (bring your own: nothing is deployed)."
+    )
+    jumpstart_model_id: str | None = Field(default=None, description="JumpStart model id to deploy.")
+    jumpstart_model_version: str = Field(default="*", description="JumpStart model version.")
+    accept_eula: bool = Field(default=False, description="Accept the model's EULA (required by gated models).")
+    image_uri: str | None = Field(default=None, description="Container image to deploy (LMI/DJL, TGI, vLLM, own).")
+    model_data: str | None = Field(default=None, description="s3:// URI of model artifacts, for image deploys.")
+    hf_model_id: str | None = Field(default=None, description="HF model id the container downloads (HF_MODEL_ID).")
+    env: dict[str, str] = Field(default_factory=dict, description="Container environment variables (no secrets).")
+    serving_properties: dict[str, str] | None = Field(
+        default=None, description="LMI serving.properties entries, passed as OPTION_* environment variables."
+    )
+    instance_type: str | None = Field(default=None, description="Instance type, e.g. ml.g5.2xlarge.")
+    instance_count: int = Field(default=1, ge=1, description="Instances behind the endpoint.")
+    role_arn: str | None = Field(default=None, description="Execution role ARN for the model.")
+    runtime_endpoint_url: str | None = Field(
+        default=None, description="Override of the sagemaker-runtime URL (e.g. a local test server)."
+    )
+    payload: Literal["tgi", "messages", "completions"] = Field(
+        default="tgi",
+        description="Request format: tgi (inputs + parameters, TGI/LMI), messages (chat messages API), "
+        "completions (OpenAI completions schema).",
+    )
+    keep_endpoint: bool = Field(default=False, description="Leave a deployed endpoint running after the run.")
+    deploy_timeout_s: float = Field(default=3600, gt=0, description="Max wait for InService.")
+    container_startup_timeout_s: int | None = Field(default=None, ge=60, description="Health-check timeout.")
+    volume_size_gb: int | None = Field(default=None, ge=1, description="Attached volume size.")
+    cloudwatch_metrics: bool = Field(default=False, description="Collect CloudWatch metrics per shard window.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SageMakerEndpoint:
+        sources = [x for x in (self.endpoint_name, self.jumpstart_model_id, self.image_uri) if x]
+        if len(sources) != 1:
+            raise ValueError("give exactly one of endpoint_name, jumpstart_model_id or image_uri")
+        if not self.endpoint_name and not self.instance_type:
+            raise ValueError("instance_type is required to deploy a model")
+        return self
+
+
+class BedrockEndpoint(_AwsAccess):
+    """An Amazon Bedrock model (nothing to deploy), called through Converse / ConverseStream."""
+
+    provider: Literal["bedrock"] = Field(description="Amazon Bedrock runtime.")
+    model_id: str = Field(
+        description="Model id (meta.llama3-8b-instruct-v1:0), inference profile (us.…) or provisioned ARN."
+    )
+    runtime_endpoint_url: str | None = Field(
+        default=None, description="Override of the bedrock-runtime URL (e.g. a local test server)."
+    )
+    throttle_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries of a throttled request (bounded backoff, each attempt recorded)."
+    )
+    throttle_backoff_s: float = Field(default=0.5, gt=0, description="First backoff after throttling, doubling.")
+
+
+
+EndpointConfig = Annotated[
+    Union[SimulatedEndpoint, OpenAIEndpoint, SageMakerEndpoint, BedrockEndpoint], Field(discriminator="provider")
+]
 
 # ---------------------------------------------------------------- experiments
 
@@ -146,20 +217,43 @@ class ExperimentConfig(_Model):
     name: str = Field(pattern=_NAME, description="Experiment name, used in results and file names.")
     endpoint: EndpointConfig = Field(description="Where requests go.")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Generation parameters.")
-    concurrency_levels: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [1], min_length=1, description="Requests in flight, one shard per level."
+    concurrency_levels: list[Annotated[int, Field(ge=1)]] | None = Field(
+        default=None,
+        description="Closed loop: requests kept in flight, one shard per level (default [1] when no "
+        "request_rates are given).",
+    )
+    request_rates: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, description="Open loop: arrival rates in requests/s, one shard per rate."
+    )
+    arrival: Literal["poisson", "gamma", "constant"] = Field(
+        default="poisson", description="Open-loop arrival process."
+    )
+    burstiness: float = Field(
+        default=1.0, gt=0, description="Gamma shape of open-loop gaps (1 = Poisson, < 1 burstier)."
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Open loop: cap on requests in flight (waiting counts in latency)."
     )
     requests_per_level: int = Field(default=40, ge=1, description="Measured requests per shard.")
     warmup_requests: int = Field(default=2, ge=0, description="Requests sent before each shard and not measured.")
     datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
     pricing: PricingConfig | None = Field(default=None, description="Pricing for cost metrics.")
 
-    @field_validator("concurrency_levels")
+    @field_validator("concurrency_levels", "request_rates")
     @classmethod
-    def _unique_levels(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("concurrency levels must be unique")
+    def _unique_levels(cls, v: list[Any] | None) -> list[Any] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must not be empty (omit it instead)")
+            if len(set(v)) != len(v):
+                raise ValueError("levels must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _default_levels(self) -> ExperimentConfig:
+        if self.concurrency_levels is None and self.request_rates is None:
+            self.concurrency_levels = [1]
+        return self
 
 
 class SLOConfig(_Model):
@@ -395,6 +489,8 @@ __all__ = [
     "OpenAIEndpoint",
     "PricingConfig",
     "SLOConfig",
+    "SageMakerEndpoint",
+    "BedrockEndpoint",
     "SecretStr",
     "SimulatedEndpoint",
     "SyntheticDataset",

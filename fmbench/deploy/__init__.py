@@ -1,0 +1,80 @@
+"""Deploy and tear down the endpoint an experiment benchmarks.
+
+`deploy_endpoint` returns a `DeployedEndpoint`, a small serialisable handle passed between
+tasks; `teardown_endpoint` removes exactly what the deploy created and nothing else. Each
+provider registers a pair of functions in `_PROVIDERS`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmbench.config import ExperimentConfig
+from fmbench.errors import DeploymentError
+
+
+class DeployedEndpoint(BaseModel):
+    """Where an experiment's requests go, and what the run created to serve them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str = Field(description="Experiment name.")
+    provider: str = Field(description="Endpoint provider.")
+    url: str | None = Field(default=None, description="Base URL for HTTP providers (simulated: without /v1).")
+    endpoint_name: str | None = Field(default=None, description="Provider endpoint name (SageMaker).")
+    region: str | None = Field(default=None, description="Region of AWS endpoints.")
+    created: list[str] = Field(
+        default_factory=list, description="Resources this run created, as 'kind:name' (torn down at the end)."
+    )
+    pid: int | None = Field(default=None, description="Process id of a local simulated server.")
+    keep: bool = Field(default=False, description="Leave the endpoint running after the run.")
+
+
+Deployer = Callable[[ExperimentConfig, str], DeployedEndpoint]
+TearDowner = Callable[[DeployedEndpoint, ExperimentConfig], list[str]]
+
+_PROVIDERS: dict[str, tuple[Deployer, TearDowner]] = {}
+
+
+def register_provider(provider: str, deploy: Deployer, teardown: TearDowner) -> None:
+    """Register how a provider's endpoints are deployed and torn down."""
+    _PROVIDERS[provider] = (deploy, teardown)
+
+
+def _lookup(provider: str) -> tuple[Deployer, TearDowner]:
+    _load_builtin_providers()
+    try:
+        return _PROVIDERS[provider]
+    except KeyError:
+        raise DeploymentError(f"no deployer for provider {provider!r}") from None
+
+
+def deploy_endpoint(experiment: ExperimentConfig, run_id: str) -> DeployedEndpoint:
+    """Make the experiment's endpoint ready to take requests.
+
+    Raises:
+        DeploymentError: the endpoint could not be deployed; the message gives the provider's reason.
+    """
+    deploy, _ = _lookup(experiment.endpoint.provider)
+    return deploy(experiment, run_id)
+
+
+def teardown_endpoint(deployed: DeployedEndpoint, experiment: ExperimentConfig) -> list[str]:
+    """Remove what the deploy created (unless kept); returns what was removed."""
+    _, teardown = _lookup(deployed.provider)
+    return teardown(deployed, experiment)
+
+
+def _load_builtin_providers() -> None:
+    # Imported lazily so that a config with only local endpoints never imports boto3/sagemaker.
+    if _PROVIDERS:
+        return
+    from fmbench.deploy import local  # noqa: F401
+
+    try:
+        from fmbench.deploy import sagemaker  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - only when the module is absent
+        if "fmbench.deploy.sagemaker" not in str(exc):
+            raise
