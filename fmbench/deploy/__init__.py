@@ -68,9 +68,8 @@ def teardown_endpoint(deployed: DeployedEndpoint, experiment: ExperimentConfig) 
 
 
 def _load_builtin_providers() -> None:
-    # Imported lazily so that a config with only local endpoints never imports boto3/sagemaker.
-    if _PROVIDERS:
-        return
+    # Imported lazily so that a config with only local endpoints never imports boto3/sagemaker;
+    # importing a provider module registers it.
     from fmbench.deploy import local  # noqa: F401
 
     try:

@@ -1,0 +1,356 @@
+"""The steps of a benchmark as plain functions: the one library entry point.
+
+`flows/benchmark.py` wraps each step in a Prefect task; `run_benchmark` chains them without
+Prefect (for a REPL or a test). Each step takes and returns small serialisable values (paths,
+URLs, pydantic models), so the steps can run in different processes or on different machines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Callable
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmbench import storage
+from fmbench.config import BenchmarkConfig, ExperimentConfig, bucket_label
+from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
+from fmbench.errors import DatasetError, EndpointConnectionError, EndpointError, FMBenchError
+from fmbench.records import REQUEST_SCHEMA
+from fmbench.rundir import RunInfo, read_manifest, utc_now, write_manifest
+
+log = logging.getLogger("fmbench")
+
+
+class PromptSet(BaseModel):
+    """Where a dataset's bucketed prompts are stored in a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    files: dict[str, str] = Field(default_factory=dict, description="bucket label -> prompts parquet URL")
+    counts: dict[str, int] = Field(default_factory=dict, description="bucket label -> prompts")
+    hashes: dict[str, str] = Field(default_factory=dict, description="bucket label -> payload sha256")
+    dropped: int = Field(default=0, description="Prompts outside every bucket.")
+
+
+class ShardOutcome(BaseModel):
+    """How one shard ended; what the manifest and the report list per shard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shard_id: str
+    experiment: str
+    dataset: str
+    bucket: str
+    concurrency: int
+    request_rate: float | None = None
+    status: str = Field(description="ok | failed | skipped")
+    error: str | None = None
+    valid: bool = True
+    invalid_reason: str | None = None
+    requests: int = 0
+    errors: int = 0
+    duration_s: float | None = None
+    client_cpu_s: float | None = None
+    records_url: str | None = None
+    cached: bool = False
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def dataset_cache_key(cfg: BenchmarkConfig, dataset_name: str) -> str:
+    """A key that changes when the dataset's content, template, buckets or tokenizer change."""
+    from fmbench.datasets import dataset_fingerprint, load_tokenizer
+
+    dataset = _dataset(cfg, dataset_name)
+    return dataset_fingerprint(cfg, dataset, load_tokenizer(cfg.tokenizer))
+
+
+def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[dict[str, Any]]]:
+    """Load, render, count and bucket one dataset; returns bucket label -> prompt rows.
+
+    The result is plain data so an orchestrator can cache it across runs by `dataset_cache_key`.
+    """
+    from fmbench.datasets import build_dataset_prompts, load_tokenizer
+
+    dataset = _dataset(cfg, dataset_name)
+    bucketed = build_dataset_prompts(cfg, dataset, load_tokenizer(cfg.tokenizer))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for label, prompts in bucketed.buckets.items():
+        out[label] = [{"prompt_id": p.prompt_id, "text": p.text, "input_tokens": p.input_tokens} for p in prompts]
+    out["__dropped__"] = [{"count": int(getattr(bucketed, "dropped", 0) or 0)}]
+    return out
+
+
+def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]]) -> PromptSet:
+    """Write a dataset's bucketed prompts into the run (prompts/<dataset>__<bucket>.parquet)."""
+    from fmbench.datasets import write_prompts
+    from fmbench.endpoints.base import Prompt
+
+    ps = PromptSet(dataset=dataset_name)
+    for label, rows in bucketed.items():
+        if label == "__dropped__":
+            ps.dropped = int(rows[0]["count"]) if rows else 0
+            continue
+        if not rows:
+            continue
+        prompts = [Prompt(r["prompt_id"], r["text"], int(r["input_tokens"])) for r in rows]
+        url = run.path("prompts", f"{dataset_name}__{label}.parquet")
+        write_prompts(url, prompts, dataset=dataset_name, bucket=label)
+        digest = hashlib.sha256()
+        for p in prompts:
+            digest.update(p.prompt_id.encode() + b"\0" + p.text.encode() + b"\0")
+        ps.files[label] = url
+        ps.counts[label] = len(prompts)
+        ps.hashes[label] = digest.hexdigest()
+    return ps
+
+
+def check_buckets(cfg: BenchmarkConfig, prompt_sets: list[PromptSet]) -> list[str]:
+    """Fail on a bucket no prompt of any dataset falls into; return warnings for partial coverage.
+
+    Raises:
+        DatasetError: naming the empty bucket(s).
+    """
+    labels = [bucket_label(b) for b in cfg.buckets]
+    empty = [lb for lb in labels if not any(ps.counts.get(lb) for ps in prompt_sets)]
+    if empty:
+        ranges = ", ".join(f"[{lb.replace('-', ', ')})" for lb in empty)
+        raise DatasetError(
+            f"buckets: no prompt of any dataset falls into {ranges} tokens; remove the bucket or add prompts of "
+            "that length"
+        )
+    return [
+        f"dataset {ps.dataset!r} has no prompts in bucket {lb}: its shards are skipped"
+        for ps in prompt_sets for lb in labels if not ps.counts.get(lb)
+    ]
+
+
+# ---------------------------------------------------------------- shards
+
+
+def shard_id(experiment: str, dataset: str, bucket: str, concurrency: int | None, rate: float | None) -> str:
+    """The stable id (and file name) of a shard."""
+    level = f"r{rate:g}" if rate is not None else f"c{concurrency}"
+    return f"{experiment}__{dataset}__{bucket}__{level}"
+
+
+def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: ExperimentConfig) -> list[Any]:
+    """The shards of one experiment, in the order they run (bucket, dataset, then level ascending)."""
+    from fmbench.loadgen import ShardSpec
+
+    by_name = {ps.dataset: ps for ps in prompt_sets}
+    specs = []
+    for lo, hi in cfg.buckets:
+        label = bucket_label((lo, hi))
+        for ds in cfg.datasets_for(experiment):
+            if not by_name.get(ds.name) or not by_name[ds.name].counts.get(label):
+                continue
+            seed = getattr(ds, "seed", 0)
+            common = dict(experiment=experiment.name, dataset=ds.name, bucket=label, bucket_min=lo,
+                          bucket_max=hi, requests=experiment.requests_per_level,
+                          warmup=experiment.warmup_requests, seed=seed)
+            for c in sorted(experiment.concurrency_levels or []):
+                specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),
+                                       concurrency=c, **common))
+            for r in sorted(experiment.request_rates or []):
+                specs.append(ShardSpec(
+                    shard_id=shard_id(experiment.name, ds.name, label, None, r),
+                    concurrency=experiment.max_concurrency or 0, request_rate=r, arrival=experiment.arrival,
+                    burstiness=experiment.burstiness, max_concurrency=experiment.max_concurrency, **common))
+    return specs
+
+
+def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
+    """The outcome of a shard already measured in this run (resume), or None."""
+    url = run.path("shards", f"{sid}.json")
+    if not storage.exists(url):
+        return None
+    outcome = ShardOutcome.model_validate_json(storage.read_text(url))
+    return outcome.model_copy(update={"cached": True})
+
+
+def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
+                  deployed: DeployedEndpoint) -> ShardOutcome:
+    """Measure one shard (or return it from the run if already measured).
+
+    Raises:
+        EndpointConnectionError: every request failed to connect (the endpoint is down), so an
+            orchestrator can retry the shard; the failed attempt's records are kept beside it.
+    """
+    done = finished_shard(run, spec.shard_id)
+    if done is not None:
+        log.info("shard %s: already measured, reused", spec.shard_id)
+        return done
+    from fmbench.datasets import load_tokenizer, read_prompts
+    from fmbench.loadgen import run_shard
+
+    experiment = _experiment(cfg, spec.experiment)
+    prompts = read_prompts(prompts_url)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    client = make_endpoint_client(experiment, deployed)
+    local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
+    log.info("shard %s: %d requests at %s", spec.shard_id, spec.requests, _level(spec))
+    result = run_shard(client, prompts, spec, local, tokenizer.count)
+    measured = pl.read_parquet(local).filter(~pl.col("warmup"))
+    n, n_err = measured.height, int((~measured["ok"]).sum())
+    conn_fail = n > 0 and measured.filter(pl.col("error_kind") == "connection").height == n
+    if conn_fail:
+        failed = local.with_name(f"{spec.shard_id}.failed-{utc_now().replace(':', '')}.parquet")
+        local.replace(failed)
+        _upload(run, failed)
+        first = measured["error"][0]
+        raise EndpointConnectionError(f"shard {spec.shard_id}: all {n} requests failed to connect ({first})")
+    records_url = _upload(run, local)
+    outcome = ShardOutcome(
+        shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
+        concurrency=spec.concurrency, request_rate=spec.request_rate, status="ok",
+        valid=bool(getattr(result, "valid", True)), invalid_reason=getattr(result, "invalid_reason", None),
+        requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
+        client_cpu_s=getattr(result, "client_cpu_s", None), records_url=records_url,
+    )
+    storage.write_text(run.path("shards", f"{spec.shard_id}.json"), outcome.model_dump_json(indent=2))
+    log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
+    return outcome
+
+
+def failed_outcome(spec: Any, error: BaseException | str) -> ShardOutcome:
+    """The outcome recorded for a shard that could not be measured."""
+    message = error if isinstance(error, str) else (str(error) or error.__class__.__name__)
+    return ShardOutcome(
+        shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
+        concurrency=spec.concurrency, request_rate=spec.request_rate, status="failed", error=message,
+        valid=False,
+    )
+
+
+def _level(spec: Any) -> str:
+    if spec.request_rate is not None:
+        return f"{spec.request_rate:g} req/s"
+    return f"concurrency {spec.concurrency}"
+
+
+def _upload(run: RunInfo, local: Any) -> str:
+    url = run.path("shards", local.name)
+    if storage.is_remote(run.url):
+        storage.write_bytes(url, local.read_bytes())
+    return url
+
+
+def make_endpoint_client(experiment: ExperimentConfig, deployed: DeployedEndpoint) -> Any:
+    """The client for an experiment's deployed endpoint."""
+    from fmbench.endpoints import make_client
+
+    endpoint = experiment.endpoint
+    if deployed.endpoint_name and hasattr(endpoint, "endpoint_name"):
+        endpoint = endpoint.model_copy(update={"endpoint_name": deployed.endpoint_name})
+    return make_client(endpoint, experiment.inference, url=deployed.url)
+
+
+# ---------------------------------------------------------------- deploy
+
+
+def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
+    """Deploy an experiment's endpoint for this run."""
+    return deploy_endpoint(_experiment(cfg, experiment_name), run.run_id)
+
+
+def teardown(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
+    """Tear down what `deploy` created."""
+    return teardown_endpoint(deployed, _experiment(cfg, deployed.experiment))
+
+
+# ---------------------------------------------------------------- results
+
+
+def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
+                 prompt_sets: list[PromptSet], warnings: list[str] | None = None) -> str:
+    """Gather every shard's records into requests.parquet, compute metrics, update the manifest.
+
+    Returns:
+        The URL of metrics.parquet.
+    """
+    from fmbench.metrics import summarize
+
+    frames = []
+    for o in outcomes:
+        if o.status == "ok" and o.records_url:
+            frames.append(storage.read_parquet(o.records_url).select(list(REQUEST_SCHEMA)))
+    requests = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=REQUEST_SCHEMA)
+    storage.write_parquet(run.path("requests.parquet"), requests)
+    shard_dicts = [o.model_dump(mode="json") for o in outcomes]
+    manifest = read_manifest(run)
+    manifest["shards"] = shard_dicts
+    manifest["payload_hashes"] = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
+    manifest["prompt_counts"] = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
+    manifest["warnings"] = list(warnings or [])
+    manifest["ended_at"] = utc_now()
+    write_manifest(run, manifest)
+    metrics = summarize(requests, cfg, shards=shard_dicts)
+    storage.write_parquet(run.path("metrics.parquet"), metrics)
+    storage.write_text(run.path("metrics.csv"), _csv(metrics))
+    return run.path("metrics.parquet")
+
+
+def _csv(df: pl.DataFrame) -> str:
+    flat = df.select([c for c in df.columns if not isinstance(df.schema[c], (pl.List, pl.Struct))])
+    return flat.write_csv()
+
+
+def write_report(run: RunInfo) -> str:
+    """Render report.md, report.html and plots; returns the report.md URL."""
+    from fmbench.report import render_report
+
+    paths = render_report(run.url)
+    return str(getattr(paths, "markdown", run.path("report.md")))
+
+
+# ---------------------------------------------------------------- without Prefect
+
+
+def run_benchmark(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None = None,
+                  progress: Callable[[str], None] | None = None) -> str:
+    """Run a whole benchmark in this process, without Prefect; returns the report.md URL."""
+    from fmbench.rundir import open_run
+
+    say = progress or (lambda msg: log.info(msg))
+    run = open_run(cfg, output=output, run_id=run_id)
+    prompt_sets = [store_prompts(run, d.name, bucket_dataset(cfg, d.name)) for d in cfg.datasets]
+    warnings = check_buckets(cfg, prompt_sets)
+    outcomes: list[ShardOutcome] = []
+    for experiment in cfg.experiments:
+        specs = plan_shards(cfg, prompt_sets, experiment)
+        pending = [s for s in specs if finished_shard(run, s.shard_id) is None]
+        deployed = deploy(cfg, experiment.name, run) if pending else None
+        try:
+            for spec in specs:
+                files = {ps.dataset: ps.files for ps in prompt_sets}
+                try:
+                    outcome = execute_shard(run, cfg, spec, files[spec.dataset][spec.bucket], deployed)  # type: ignore[arg-type]
+                except (EndpointError, FMBenchError) as exc:
+                    outcome = failed_outcome(spec, exc)
+                outcomes.append(outcome)
+                say(f"shard {len(outcomes)}: {spec.shard_id} {outcome.status}")
+        finally:
+            if deployed is not None:
+                teardown(cfg, deployed)
+    finalize_run(run, cfg, outcomes, prompt_sets, warnings)
+    return write_report(run)
+
+
+def _experiment(cfg: BenchmarkConfig, name: str) -> ExperimentConfig:
+    for e in cfg.experiments:
+        if e.name == name:
+            return e
+    raise KeyError(name)
+
+
+def _dataset(cfg: BenchmarkConfig, name: str) -> Any:
+    for d in cfg.datasets:
+        if d.name == name:
+            return d
+    raise KeyError(name)
