@@ -1,0 +1,243 @@
+"""The generation core every route family streams from: latency model + pacing + text.
+
+`SimCore.generate` turns a `GenRequest` into a `Generation`, an async iterator of `Chunk`s, each
+released at its absolute due time (``time.monotonic()``) and stamped with when it was released.
+Route families (OpenAI here; SageMaker and Bedrock framings elsewhere) only serialize chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal, Self
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.model import ChunkEvent, LatencyModel, ModelParams
+from fmbench.endpoints.simulated.pacing import LoopTimer, ThreadTimer, Timer
+from fmbench.endpoints.simulated.text import generate_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class GenRequest:
+    """One generation request, already validated and token-counted by its route.
+
+    Attributes:
+        prompt_tokens: input tokens, used for prefill time and ``usage.prompt_tokens``.
+        max_tokens: the client's cap; the output is ``min(max_tokens, cfg.output_tokens)``.
+        content: the request's text; with the server seed it fixes the generated text.
+        arrival: monotonic time the request arrived (its TTFT clock starts here).
+        extra_ttft_s: extra first-token delay (the slow-first-byte fault).
+    """
+
+    prompt_tokens: int
+    max_tokens: int | None = None
+    content: str = ""
+    arrival: float = field(default_factory=time.monotonic)
+    extra_ttft_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of output released by the core.
+
+    Attributes:
+        index: 0-based chunk number.
+        text: the chunk's text, exactly ``n_tokens`` cl100k tokens.
+        n_tokens: output tokens in the chunk.
+        t_due: monotonic time the model says the chunk is due.
+        t_sent: monotonic time the core released it to the route (just before the write).
+        last: True for the final chunk.
+    """
+
+    index: int
+    text: str
+    n_tokens: int
+    t_due: float
+    t_sent: float
+    last: bool
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage of one request: what the server used for prefill and actually emitted."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        """OpenAI's ``usage`` object."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+class Generation:
+    """The chunks of one request, as an async iterator; use it as an async context manager.
+
+    Leaving the context before the last chunk (client gone, error, cancellation) frees the
+    request's batch slot at that moment.
+    """
+
+    def __init__(self, core: SimCore, rid: int, request: GenRequest, output_tokens: int) -> None:
+        self._core = core
+        self.rid = rid
+        self.request = request
+        self.output_tokens = output_tokens
+        self.usage = Usage(prompt_tokens=request.prompt_tokens)
+        self.finish_reason: Literal["stop", "length"] = (
+            "length" if request.max_tokens is not None and request.max_tokens <= output_tokens else "stop"
+        )
+        self._tokens = generate_tokens(core.cfg.seed, request.content)
+        self._ready: deque[ChunkEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+
+    @property
+    def arrival(self) -> float:
+        """Monotonic arrival time of the request."""
+        return self.request.arrival
+
+    def _deliver(self, event: ChunkEvent) -> None:
+        self._ready.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def __aiter__(self) -> Generation:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if self._done:
+            raise StopAsyncIteration
+        while not self._ready:
+            self._waiter = self._core.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self._ready.popleft()
+        tokens = self._tokens
+        text = "".join([next(tokens) for _ in range(event.n_tokens)])
+        self.usage.completion_tokens += event.n_tokens
+        if event.last:
+            self._done = True
+            self._core._finished(self.rid)
+        t_sent = time.monotonic()
+        self._core._record_lateness(t_sent - event.t_due)
+        return Chunk(event.index, text, event.n_tokens, event.t_due, t_sent, event.last)
+
+    async def aclose(self) -> None:
+        """Stop early: the model frees the slot now and emits nothing more."""
+        if not self._done:
+            self._done = True
+            self._core._cancel(self.rid)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class SimCore:
+    """The latency model bound to the real clock of one event loop.
+
+    One timer fires at the earliest pending event; each firing advances the model to the current
+    time and hands every due chunk to its `Generation`. Create it inside the running loop.
+
+    Args:
+        cfg: the simulated endpoint's config.
+        timer: ``"thread"`` (sub-millisecond, default) or ``"loop"`` (``loop.call_at``).
+        lateness_window: how many recent chunk latenesses `lateness_stats` keeps.
+    """
+
+    def __init__(
+        self,
+        cfg: SimulatedEndpoint,
+        timer: Literal["thread", "loop"] = "thread",
+        lateness_window: int = 100_000,
+    ) -> None:
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        self.model = LatencyModel(ModelParams.from_config(cfg))
+        self._gens: dict[int, Generation] = {}
+        make: Callable[..., Timer] = ThreadTimer if timer == "thread" else LoopTimer
+        self._timer: Timer = make(self.loop, self._tick)
+        self._lateness: deque[float] = deque(maxlen=lateness_window)
+
+    def generate(self, request: GenRequest) -> Generation:
+        """Admit a request to the model and return its chunk stream.
+
+        Raises:
+            ValueError: ``max_tokens`` < 1 or ``prompt_tokens`` < 0.
+        """
+        if request.max_tokens is not None and request.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        n_out = (
+            self.cfg.output_tokens
+            if request.max_tokens is None
+            else min(request.max_tokens, self.cfg.output_tokens)
+        )
+        rid = self.model.arrive(request.arrival, request.prompt_tokens, n_out, request.extra_ttft_s)
+        gen = Generation(self, rid, request, n_out)
+        self._gens[rid] = gen
+        self._dispatch()
+        return gen
+
+    def close(self) -> None:
+        """Stop the timer (pending generations get no more chunks)."""
+        self._timer.close()
+
+    def lateness_stats(self) -> dict[str, float | int]:
+        """Percentiles (ms) of chunk release time minus due time over the recent window."""
+        values = sorted(self._lateness)
+        n = len(values)
+
+        def pct(q: float) -> float:
+            return values[min(n - 1, max(0, math.ceil(q * n) - 1))] * 1000.0 if n else float("nan")
+
+        return {"n": n, "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
+
+    def reset_lateness(self) -> None:
+        """Forget recorded lateness (e.g. between measurement phases)."""
+        self._lateness.clear()
+
+    # ------------------------------------------------------------ internals
+
+    def _tick(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        model = self.model
+        model.advance_to(time.monotonic())
+        for event in model.drain():
+            gen = self._gens.get(event.rid)
+            if gen is not None:
+                gen._deliver(event)
+        self._timer.set(model.next_due())
+
+    def _finished(self, rid: int) -> None:
+        self._gens.pop(rid, None)
+        self.model.forget(rid)
+
+    def _cancel(self, rid: int) -> None:
+        self._gens.pop(rid, None)
+        self.model.cancel(rid, time.monotonic())
+        self.model.forget(rid)
+        self._dispatch()
+
+    def _record_lateness(self, seconds: float) -> None:
+        self._lateness.append(seconds)
