@@ -280,6 +280,11 @@ class BenchmarkConfig(_Model):
     datasets: list[DatasetConfig] = Field(min_length=1, description="Prompt sources.")
     experiments: list[ExperimentConfig] = Field(min_length=1, description="Endpoints to benchmark.")
     slo: SLOConfig = Field(default_factory=SLOConfig, description="Service-level objectives.")
+    parallel_endpoints: bool = Field(
+        default=False,
+        description="Run different experiments' shards side by side. Off by default: on a small client "
+        "host, concurrent shards share its CPU and can inflate each other's measured latency.",
+    )
     base_dir: str | None = Field(
         default=None, description="Directory that relative dataset paths resolve against (default: the config's)."
     )
@@ -460,6 +465,45 @@ def load_config_text(
     return parse_config(data, source=source, base_dir=base_dir)
 
 
+def load_config_source(source: str, overrides: list[str] | None = None) -> BenchmarkConfig:
+    """Load a config given as a file path, an s3:// (or other fsspec) URL, or inline YAML text."""
+    from fmbench import storage
+
+    text = source.strip()
+    if "\n" in text or text.startswith("{") or re.match(r"^name\s*:", text):
+        return load_config_text(source, source="<inline config>", overrides=overrides)
+    if storage.is_remote(source):
+        try:
+            body = storage.read_text(source)
+        except Exception as exc:
+            raise ConfigError(f"{source}: cannot read config ({exc})") from exc
+        return load_config_text(body, source=source, overrides=overrides)
+    return load_config(source, overrides=overrides)
+
+
+def narrow_config(cfg: BenchmarkConfig, experiments: list[str] | None = None,
+                  concurrency_levels: list[int] | None = None,
+                  requests_per_level: int | None = None) -> BenchmarkConfig:
+    """Apply the common run-time overrides (the Prefect form's fields) and re-validate.
+
+    Raises:
+        ConfigError: an unknown experiment name or an invalid value, naming the parameter.
+    """
+    data = cfg.model_dump(mode="python")
+    if experiments:
+        known = [e["name"] for e in data["experiments"]]
+        unknown = [e for e in experiments if e not in known]
+        if unknown:
+            raise ConfigError(f"experiments: unknown experiment(s) {unknown} (known: {known})")
+        data["experiments"] = [e for e in data["experiments"] if e["name"] in experiments]
+    for e in data["experiments"]:
+        if concurrency_levels:
+            e["concurrency_levels"] = list(concurrency_levels)
+        if requests_per_level is not None:
+            e["requests_per_level"] = requests_per_level
+    return parse_config(data, source="parameters")
+
+
 def resolve_path(cfg: BenchmarkConfig, path: str) -> Path:
     """Resolve a dataset path: absolute, else relative to the config's directory, else to the cwd."""
     p = Path(path).expanduser()
@@ -497,5 +541,7 @@ __all__ = [
     "bucket_label",
     "load_config",
     "load_config_text",
+    "load_config_source",
+    "narrow_config",
     "parse_config",
 ]

@@ -1,0 +1,174 @@
+"""The `fmbench` command line: run, validate, report, compare, serve-sim.
+
+Errors a user can cause end as one line on stderr and exit code 2 (`--debug` shows the
+traceback). `fmbench run` runs the Prefect flow with an embedded Prefect server unless
+PREFECT_API_URL points at one; its last line is ``Report: <run dir>/report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from typing import Callable, Sequence
+
+from fmbench.errors import FMBenchError
+
+EXIT_BAD_INPUT = 2
+EXIT_SHARDS_FAILED = 1
+
+log = logging.getLogger("fmbench")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fmbench", description="Benchmark foundation-model endpoints.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and Prefect's own logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a benchmark config (as a Prefect flow)")
+    r.add_argument("config", help="YAML config file (or s3:// URL)")
+    r.add_argument("--output", help="results directory or s3://bucket/prefix (default: the config's)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a config value (YAML), e.g. experiments.0.concurrency_levels=[1,2]")
+    r.add_argument("--run-id", help="run id; an existing run id resumes that run")
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    v = sub.add_parser("validate", help="check a config without running it")
+    v.add_argument("config")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    rep = sub.add_parser("report", help="re-render a run's report from its stored records")
+    rep.add_argument("run_dir", help="run directory or s3:// URL")
+    rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    cmp_ = sub.add_parser("compare", help="compare several runs in one report")
+    cmp_.add_argument("runs", nargs="+", help="run directories or s3:// URLs")
+    cmp_.add_argument("--output", required=True, help="where the comparison report goes")
+    cmp_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    s = sub.add_parser("serve-sim", help="serve the simulated endpoint (OpenAI-compatible) until stopped")
+    from fmbench.endpoints.simulated import add_cli_arguments
+
+    add_cli_arguments(s)
+    s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+    if not debug:
+        # Prefect's own console logs (task states, tracebacks) are for --debug; our lines say enough.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fmbench.config import load_config_source
+    from fmbench.preflight import preflight
+
+    cfg = load_config_source(args.config, overrides=args.overrides)
+    preflight(cfg)
+    command = "fmbench run " + " ".join(
+        [shlex.quote(args.config)]
+        + [f"--set {shlex.quote(o)}" for o in args.overrides]
+        + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
+    )
+    from flows.benchmark import benchmark
+
+    report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
+                       overrides=args.overrides or None, command=command)
+    failed = _failed_shards(report)
+    for line in failed:
+        print(f"fmbench: shard failed: {line}", file=sys.stderr)
+    print(f"Report: {report}")
+    return EXIT_SHARDS_FAILED if failed else 0
+
+
+def _failed_shards(report_url: str) -> list[str]:
+    import json
+
+    from fmbench import storage
+
+    manifest_url = report_url.rsplit("/", 1)[0] + "/manifest.json" if "/" in report_url else "manifest.json"
+    try:
+        manifest = json.loads(storage.read_text(manifest_url))
+    except FMBenchError:
+        return []
+    return [f"{s['shard_id']}: {s.get('error')}" for s in manifest.get("shards", []) if s.get("status") == "failed"]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fmbench.config import load_config_source
+
+    cfg = load_config_source(args.config, overrides=args.overrides)
+    shards = 0
+    for e in cfg.experiments:
+        levels = len(e.concurrency_levels or []) + len(e.request_rates or [])
+        shards += levels * len(cfg.buckets) * len(cfg.datasets_for(e))
+    print(f"{args.config}: OK ({len(cfg.experiments)} experiments, {len(cfg.datasets)} datasets, "
+          f"{len(cfg.buckets)} buckets, up to {shards} shards)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fmbench.report import render_report
+
+    paths = render_report(args.run_dir)
+    print(f"Report: {getattr(paths, 'markdown', paths)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fmbench.report import compare_runs
+
+    paths = compare_runs(args.runs, args.output)
+    print(f"Report: {getattr(paths, 'markdown', paths)}")
+    return 0
+
+
+def cmd_serve_sim(args: argparse.Namespace) -> int:
+    from fmbench.endpoints.simulated import config_from_args, serve
+
+    endpoint, faults = config_from_args(args)
+    serve(endpoint, host=args.host, port=args.port, faults=faults)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "serve-sim": cmd_serve_sim,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fmbench` command."""
+    args = _parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    _setup_logging(debug)
+    try:
+        return _COMMANDS[args.command](args)
+    except FMBenchError as exc:
+        if debug:
+            raise
+        print(f"fmbench: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fmbench: interrupted; measured shards are kept in the run directory "
+              "(resume with --run-id)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Prefect tasks of the benchmark: each wraps one `fmbench.pipeline` step and carries its
+retry and cache policy on the decorator, with no logic of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from fmbench import pipeline
+from fmbench.config import BenchmarkConfig, load_config_source, narrow_config
+from fmbench.deploy import DeployedEndpoint
+from fmbench.errors import EndpointConnectionError
+from fmbench.pipeline import PromptSet, ShardOutcome
+from fmbench.rundir import RunInfo, open_run
+
+
+def _dataset_key(context: Any, parameters: dict[str, Any]) -> str:
+    # Across runs: same dataset content, template, buckets and tokenizer -> same prompts.
+    return "fmbench-prompts-" + pipeline.dataset_cache_key(parameters["cfg"], parameters["dataset_name"])
+
+
+def _shard_key(context: Any, parameters: dict[str, Any]) -> str:
+    # One measurement per shard of a run: resuming the run (same run id) reuses it.
+    return f"fmbench-shard-{parameters['run'].url}-{parameters['spec'].shard_id}"
+
+
+def _retry_if_endpoint_down(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except EndpointConnectionError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="load-config", cache_policy=NO_CACHE)
+def load_config_task(config: str, overrides: list[str] | None = None, experiments: list[str] | None = None,
+                     concurrency_levels: list[int] | None = None,
+                     requests_per_level: int | None = None) -> BenchmarkConfig:
+    cfg = load_config_source(config, overrides=overrides)
+    return narrow_config(cfg, experiments, concurrency_levels, requests_per_level)
+
+
+@task(name="open-run", cache_policy=NO_CACHE)
+def open_run_task(cfg: BenchmarkConfig, output: str | None, run_id: str | None, command: str | None) -> RunInfo:
+    return open_run(cfg, output=output, run_id=run_id, command=command)
+
+
+@task(name="bucket-dataset", cache_key_fn=_dataset_key, persist_result=True, task_run_name="bucket-{dataset_name}")
+def bucket_dataset_task(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[dict[str, Any]]]:
+    return pipeline.bucket_dataset(cfg, dataset_name)
+
+
+@task(name="store-prompts", cache_policy=NO_CACHE, task_run_name="store-prompts-{dataset_name}")
+def store_prompts_task(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]]) -> PromptSet:
+    return pipeline.store_prompts(run, dataset_name, bucketed)
+
+
+@task(name="deploy-endpoint", cache_policy=NO_CACHE, task_run_name="deploy-{experiment_name}")
+def deploy_task(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
+    return pipeline.deploy(cfg, experiment_name, run)
+
+
+@task(name="inference-shard", cache_key_fn=_shard_key, persist_result=True, retries=2,
+      retry_delay_seconds=[2, 10], retry_condition_fn=_retry_if_endpoint_down,
+      task_run_name="shard-{spec.shard_id}")
+def run_shard_task(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
+                   deployed: DeployedEndpoint) -> ShardOutcome:
+    return pipeline.execute_shard(run, cfg, spec, prompts_url, deployed)
+
+
+@task(name="teardown-endpoint", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      task_run_name="teardown-{deployed.experiment}")
+def teardown_task(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
+    return pipeline.teardown(cfg, deployed)
+
+
+@task(name="finalize-run", cache_policy=NO_CACHE)
+def finalize_task(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
+                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
+    return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
+
+
+@task(name="render-report", cache_policy=NO_CACHE)
+def report_task(run: RunInfo) -> str:
+    return pipeline.write_report(run)
