@@ -1,0 +1,191 @@
+"""The config loader: valid configs load, every invalid one fails with one line naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fmbench.config import (
+    apply_overrides,
+    bucket_label,
+    dump_config,
+    load_config,
+    load_config_source,
+    load_config_text,
+    narrow_config,
+)
+from fmbench.errors import ConfigError
+
+BASE = """
+name: t
+buckets: [[1, 500], [500, 1000]]
+datasets:
+  - {name: syn, source: synthetic, prompts_per_bucket: 3}
+experiments:
+  - name: e1
+    endpoint: {provider: simulated}
+    concurrency_levels: [1, 2]
+"""
+
+
+def test_minimal_config_gets_defaults() -> None:
+    cfg = load_config_text(BASE, source="t.yml")
+    e = cfg.experiments[0]
+    assert e.inference.max_tokens == 64 and e.inference.stream is True
+    assert e.requests_per_level == 40 and e.warmup_requests == 2
+    assert cfg.slo.max_error_rate == 0.0
+    assert [bucket_label(b) for b in cfg.buckets] == ["1-500", "500-1000"]
+
+
+def test_buckets_are_sorted() -> None:
+    cfg = load_config_text(BASE.replace("[[1, 500], [500, 1000]]", "[[500, 1000], [1, 500]]"))
+    assert cfg.buckets == [(1, 500), (500, 1000)]
+
+
+def test_concurrency_defaults_to_one_without_rates() -> None:
+    cfg = load_config_text(BASE.replace("    concurrency_levels: [1, 2]\n", ""))
+    assert cfg.experiments[0].concurrency_levels == [1]
+    cfg = load_config_text(BASE.replace("concurrency_levels: [1, 2]", "request_rates: [2.5]"))
+    assert cfg.experiments[0].concurrency_levels is None
+    assert cfg.experiments[0].request_rates == [2.5]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("name: t", "name: 'bad name'"), "name: String should match pattern"),
+        (("name: t", "name: t\nbogus: 1"), "bogus: unknown key"),
+        (("[[1, 500], [500, 1000]]", "[]"), "buckets: List should have at least 1 item"),
+        (("[[1, 500], [500, 1000]]", "[[500, 100]]"), "empty or inverted"),
+        (("[[1, 500], [500, 1000]]", "[[300, 300]]"), "empty or inverted"),
+        (("[[1, 500], [500, 1000]]", "[[0, 10]]"), "at least 1 token"),
+        (("[[1, 500], [500, 1000]]", "[[1, 500], [400, 1000]]"), "overlap"),
+        (("[[1, 500], [500, 1000]]", "[[1, 2, 3]]"), "buckets[0]"),
+        (("[[1, 500], [500, 1000]]", "oops"), "buckets: Input should be a valid list"),
+        (("prompts_per_bucket: 3", "prompts_per_bucket: 0"), "datasets[0].prompts_per_bucket"),
+        (("source: synthetic", "source: csv"), "datasets[0]: Input tag 'csv'"),
+        (("{provider: simulated}", "{provider: nope}"), "experiments[0].endpoint: Input tag 'nope'"),
+        (("{provider: simulated}", "{provider: simulated, ttft_ms: fast}"), "endpoint.ttft_ms"),
+        (("{provider: simulated}", "{provider: simulated, ttft_ms: -1}"), "endpoint.ttft_ms"),
+        (("{provider: simulated}", "{provider: simulated, max_batch: 0}"), "endpoint.max_batch"),
+        (("{provider: simulated}", "{provider: openai, model: m}"), "endpoint.base_url: Field required"),
+        (("{provider: simulated}", "{provider: openai, model: m, base_url: ftp://x}"), "http:// or https://"),
+        (("{provider: simulated}", "{provider: sagemaker}"), "exactly one of endpoint_name"),
+        (("{provider: simulated}", "{provider: sagemaker, image_uri: x}"), "instance_type is required"),
+        (("{provider: simulated}", "{provider: bedrock}"), "endpoint.model_id: Field required"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [0]"), "concurrency_levels[0]"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [2, 2]"), "unique"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: []"), "must not be empty"),
+        (("concurrency_levels: [1, 2]", "request_rates: [0]"), "request_rates[0]"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    inference: {max_tokens: 0}"),
+         "inference.max_tokens"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    inference: {temperature: 5}"),
+         "inference.temperature"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    inference: {timeout_s: 0}"),
+         "inference.timeout_s"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    requests_per_level: 0"),
+         "requests_per_level"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    warmup_requests: -1"), "warmup_requests"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    pricing: {hourly_usd: -2}"),
+         "pricing.hourly_usd"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    datasets: [missing]"), "unknown dataset"),
+        (("name: t", "name: t\nslo: {max_error_rate: 2}"), "slo.max_error_rate"),
+        (("name: t", "name: t\nslo: {latency_p95_s: 0}"), "slo.latency_p95_s"),
+        (("- name: e1", "- name: e1\n    foo: bar"), "experiments[0].foo: unknown key"),
+    ],
+)
+def test_invalid_config_names_file_and_field(edit: tuple[str, str], expected: str) -> None:
+    text = BASE.replace(*edit)
+    assert text != BASE
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, source="bad.yml")
+    message = str(info.value)
+    assert message.startswith("bad.yml")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_duplicate_names_are_rejected() -> None:
+    text = BASE + "  - name: e1\n    endpoint: {provider: simulated}\n"
+    with pytest.raises(ConfigError, match="experiment names must be unique"):
+        load_config_text(text, source="x.yml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: [unclosed", "invalid YAML"),
+        ("", "the config is empty"),
+        ("- a\n- b", "must be a YAML mapping"),
+        ("name: t\n  bad: indent: here", "invalid YAML"),
+    ],
+)
+def test_unreadable_yaml(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config_text(text, source="f.yml")
+    assert str(info.value).startswith("f.yml")
+
+
+def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yml")
+    bad = tmp_path / "latin1.yml"
+    bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(bad)
+
+
+def test_overrides_by_index_and_name() -> None:
+    cfg = load_config_text(BASE, overrides=["experiments.0.concurrency_levels=[4, 8]",
+                                            "experiments.e1.requests_per_level=5", "slo.latency_p95_s=1.5"])
+    assert cfg.experiments[0].concurrency_levels == [4, 8]
+    assert cfg.experiments[0].requests_per_level == 5
+    assert cfg.slo.latency_p95_s == 1.5
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("novalue", "expected key.path=value"),
+        ("=3", "empty key"),
+        ("experiments.7.name=x", "index 7 out of range"),
+        ("experiments.nope.name=x", "no list item named 'nope'"),
+        ("name.sub=1", "is not a mapping or list"),
+        ("experiments.0.requests_per_level=lots", "requests_per_level"),
+    ],
+)
+def test_bad_overrides(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config_text(BASE, source="o.yml", overrides=[override])
+
+
+def test_override_does_not_mutate_input() -> None:
+    data = {"a": {"b": 1}}
+    assert apply_overrides(data, ["a.b=2"]) == {"a": {"b": 2}}
+    assert data == {"a": {"b": 1}}
+
+
+def test_narrow_config_and_inline_source() -> None:
+    cfg = load_config_source(BASE)
+    narrowed = narrow_config(cfg, experiments=["e1"], concurrency_levels=[3], requests_per_level=7)
+    assert narrowed.experiments[0].concurrency_levels == [3]
+    assert narrowed.experiments[0].requests_per_level == 7
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        narrow_config(cfg, experiments=["zzz"])
+
+
+def test_dump_round_trips_and_hash_is_stable() -> None:
+    cfg = load_config_text(BASE)
+    again = load_config_text(dump_config(cfg))
+    assert again.config_hash() == cfg.config_hash()
+    changed = load_config_text(BASE.replace("[1, 2]", "[1, 4]"))
+    assert changed.config_hash() != cfg.config_hash()
+
+
+def test_openai_api_key_is_named_not_embedded() -> None:
+    cfg = load_config_text(BASE.replace("{provider: simulated}",
+                                        "{provider: openai, base_url: 'http://h:1/v1/', model: m, api_key_env: KEY}"))
+    ep = cfg.experiments[0].endpoint
+    assert ep.base_url == "http://h:1/v1"
+    assert "api_key_env" in dump_config(cfg)
