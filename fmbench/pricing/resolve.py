@@ -62,7 +62,7 @@ def resolve_pricing(experiment: Any) -> ResolvedPricing:
         provider = getattr(getattr(experiment, "endpoint", None), "provider", None)
         itype = _endpoint_attr(experiment, "instance_type")
         if provider == "sagemaker" and itype:
-            return _instance(itype, None, 1, None, name)
+            return _instance(itype, None, _endpoint_count(experiment), name)
         model_id = _endpoint_attr(experiment, "model_id", "model")
         if provider == "bedrock" and model_id:
             t = token_price(model_id)
@@ -97,7 +97,10 @@ def resolve_pricing(experiment: Any) -> ResolvedPricing:
         )
     itype = p.instance_type or _endpoint_attr(experiment, "instance_type")
     if itype:
-        return _instance(itype, p.region, p.instance_count, p, name)
+        count = p.instance_count
+        if p.instance_type is None and "instance_count" not in p.model_fields_set:
+            count = _endpoint_count(experiment)
+        return _instance(itype, p.region, count, name)
     model_id = _endpoint_attr(experiment, "model_id")
     if getattr(getattr(experiment, "endpoint", None), "provider", None) == "bedrock" and model_id:
         t = token_price(model_id)
@@ -109,7 +112,12 @@ def resolve_pricing(experiment: Any) -> ResolvedPricing:
     return NO_PRICING
 
 
-def _instance(itype: str, region: str | None, count: int, p: Any, name: str) -> ResolvedPricing:
+def _endpoint_count(experiment: Any) -> int:
+    count = getattr(getattr(experiment, "endpoint", None), "instance_count", None)
+    return count if isinstance(count, int) and count >= 1 else 1
+
+
+def _instance(itype: str, region: str | None, count: int, name: str) -> ResolvedPricing:
     try:
         entry = instance_price(itype, region)
     except ConfigError as exc:

@@ -1,0 +1,208 @@
+"""Pick, per dataset bucket, the configuration to buy, and say why in one sentence a manager can read.
+
+Among valid shards that meet every SLO: the *lowest cost* one has the smallest cost per 10k
+transactions (ties: more transactions/min), the *highest throughput* one the most transactions/min
+(ties: lower cost). When nothing meets the SLOs, the *closest* shard is the one with the smallest
+worst observed/limit ratio (`fmbench.metrics.slo`), ties broken by throughput. Without prices, only
+throughput ranks and the sentence says cost is unknown. Invalid shards (e.g. a saturated client)
+are never recommended.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+
+from fmbench.metrics.slo import slo_checks
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One configuration (a shard's row) put forward by `recommend`."""
+
+    experiment: str
+    concurrency: int | None
+    request_rate: float | None
+    instance_type: str | None
+    instance_count: int | None
+    meets_slo: bool
+    cost_per_10k_txn: float | None
+    transactions_per_min: float | None
+    output_tokens_per_s: float | None
+    latency_p95_s: float | None
+    ttft_p95_s: float | None
+    tpot_p95_s: float | None
+    error_rate: float | None
+    slo_summary: str
+    worst_ratio: float
+
+    @property
+    def load(self) -> str:
+        """``concurrency 8`` or ``2.5 req/s`` (open loop)."""
+        if self.request_rate is not None:
+            cap = f", at most {self.concurrency} in flight" if self.concurrency else ""
+            return f"{self.request_rate:g} req/s{cap}"
+        return f"concurrency {self.concurrency}"
+
+    @property
+    def label(self) -> str:
+        """``sim-small at concurrency 8`` (instance type added when known)."""
+        inst = ""
+        if self.instance_type:
+            count = f"{self.instance_count} x " if self.instance_count and self.instance_count > 1 else ""
+            inst = f" ({count}{self.instance_type})"
+        return f"{self.experiment}{inst} at {self.load}"
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """The recommendation for one (dataset, bucket)."""
+
+    dataset: str
+    bucket: str
+    bucket_min: int | None
+    bucket_max: int | None
+    status: Literal["meets_slo", "none_meets_slo", "no_data"]
+    cost_known: bool
+    lowest_cost: Choice | None
+    highest_throughput: Choice | None
+    closest: Choice | None
+    reasoning: str
+    candidates: int = 0
+    excluded_invalid: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Choice | None:
+        """The single configuration to act on: lowest cost, else highest throughput, else closest."""
+        return self.lowest_cost or self.highest_throughput or self.closest
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _choice(row: dict[str, Any], slo: Any) -> Choice:
+    checks = slo_checks(row, slo)
+    return Choice(
+        experiment=row["experiment"],
+        concurrency=row.get("concurrency"),
+        request_rate=_num(row.get("request_rate")),
+        instance_type=row.get("instance_type"),
+        instance_count=row.get("instance_count"),
+        meets_slo=bool(row.get("meets_slo")),
+        cost_per_10k_txn=_num(row.get("cost_per_10k_txn")),
+        transactions_per_min=_num(row.get("transactions_per_min")),
+        output_tokens_per_s=_num(row.get("output_tokens_per_s")),
+        latency_p95_s=_num(row.get("latency_p95_s")),
+        ttft_p95_s=_num(row.get("ttft_p95_s")),
+        tpot_p95_s=_num(row.get("tpot_p95_s")),
+        error_rate=_num(row.get("error_rate")),
+        slo_summary=", ".join(c.describe() for c in checks),
+        worst_ratio=max((c.ratio for c in checks), default=0.0),
+    )
+
+
+def _money(x: float | None) -> str:
+    if x is None:
+        return "unknown cost"
+    if x >= 100:
+        return f"${x:,.0f}"
+    if x >= 0.01:
+        return f"${x:,.2f}"
+    return f"${x:.4f}"
+
+
+def _tpm(x: float | None) -> str:
+    return "unknown throughput" if x is None else f"{x:,.0f} transactions/min"
+
+
+def _prompts(dataset: str, lo: int | None, hi: int | None, bucket: str) -> str:
+    size = f"{lo:,}–{hi:,} tokens" if lo is not None and hi is not None else f"bucket {bucket}"
+    return f"For prompts of {size} (dataset {dataset})"
+
+
+def _sentence(rec_args: dict[str, Any]) -> str:
+    head = _prompts(rec_args["dataset"], rec_args["bucket_min"], rec_args["bucket_max"], rec_args["bucket"])
+    cheap: Choice | None = rec_args["lowest_cost"]
+    fast: Choice | None = rec_args["highest_throughput"]
+    close: Choice | None = rec_args["closest"]
+    excluded = rec_args["excluded_invalid"]
+    tail = (f" ({len(excluded)} invalid shard{'s' if len(excluded) != 1 else ''} not considered.)"
+            if excluded else "")
+    if rec_args["status"] == "no_data":
+        return f"{head}, no valid shard produced successful measurements, so nothing can be recommended.{tail}"
+    if rec_args["status"] == "none_meets_slo":
+        assert close is not None
+        cost = (f" at {_money(close.cost_per_10k_txn)} per 10k transactions"
+                if close.cost_per_10k_txn is not None else "")
+        return (f"{head}, no configuration meets every SLO; the closest is {close.label} "
+                f"({close.slo_summary}){cost}, {_tpm(close.transactions_per_min)}.{tail}")
+    if cheap is not None:
+        text = (f"{head}, {cheap.label} meets every SLO ({cheap.slo_summary}) at the lowest cost: "
+                f"{_money(cheap.cost_per_10k_txn)} per 10k transactions, {_tpm(cheap.transactions_per_min)}.")
+        if fast is not None and (fast.experiment, fast.concurrency, fast.request_rate) != (
+                cheap.experiment, cheap.concurrency, cheap.request_rate):
+            cost = f" at {_money(fast.cost_per_10k_txn)} per 10k transactions" if fast.cost_per_10k_txn else ""
+            text += f" For the most throughput within the SLOs, choose {fast.label}: {_tpm(fast.transactions_per_min)}{cost}."
+        return text + tail
+    assert fast is not None
+    return (f"{head}, {fast.label} meets every SLO ({fast.slo_summary}) with the highest throughput: "
+            f"{_tpm(fast.transactions_per_min)}; cost is unknown (no pricing configured).{tail}")
+
+
+def recommend(metrics: pl.DataFrame, slo: Any) -> list[Recommendation]:
+    """One recommendation per (dataset, bucket) of ``metrics`` (as from `summarize`).
+
+    Args:
+        metrics: per-shard metrics with meets_slo/cost columns.
+        slo: the `SLOConfig` the metrics were judged against (used for the sentence's numbers).
+
+    Returns:
+        Recommendations ordered by dataset, then bucket size.
+    """
+    out: list[Recommendation] = []
+    if metrics.is_empty():
+        return out
+    groups = metrics.select("dataset", "bucket", "bucket_min", "bucket_max").unique().sort(
+        ["dataset", "bucket_min", "bucket"], nulls_last=True)
+    for g in groups.iter_rows(named=True):
+        part = metrics.filter((pl.col("dataset") == g["dataset"]) & (pl.col("bucket") == g["bucket"]))
+        rows = part.to_dicts()
+        excluded = [f"{r['experiment']} {r.get('concurrency')}" for r in rows if r.get("valid") is False]
+        valid = [r for r in rows if r.get("valid") is not False and (r.get("successes") or 0) > 0]
+        passing = [r for r in valid if r.get("meets_slo")]
+        priced = [r for r in passing if _num(r.get("cost_per_10k_txn")) is not None]
+        cheapest = fastest = closest = None
+
+        def tpm(r: dict[str, Any]) -> float:
+            return _num(r.get("transactions_per_min")) or 0.0
+
+        def cost(r: dict[str, Any]) -> float:
+            c = _num(r.get("cost_per_10k_txn"))
+            return math.inf if c is None else c
+
+        if priced:
+            cheapest = _choice(min(priced, key=lambda r: (cost(r), -tpm(r))), slo)
+        if passing:
+            fastest = _choice(min(passing, key=lambda r: (-tpm(r), cost(r))), slo)
+            status = "meets_slo"
+        elif valid:
+            best = min(valid, key=lambda r: (_choice(r, slo).worst_ratio, -tpm(r), cost(r)))
+            closest = _choice(best, slo)
+            status = "none_meets_slo"
+        else:
+            status = "no_data"
+        args = dict(
+            dataset=g["dataset"], bucket=g["bucket"], bucket_min=g["bucket_min"], bucket_max=g["bucket_max"],
+            status=status, cost_known=bool(priced) or any(_num(r.get("cost_per_10k_txn")) is not None for r in valid),
+            lowest_cost=cheapest, highest_throughput=fastest, closest=closest,
+            candidates=len(valid), excluded_invalid=excluded,
+        )
+        out.append(Recommendation(reasoning=_sentence(args), **args))
+    return out

@@ -1,0 +1,119 @@
+"""SLO verdicts per shard: which objectives a configuration meets, and how far it is from them.
+
+A shard meets its SLOs when every configured objective holds: p95 latency, p95 TTFT and p95 TPOT at
+or under their limits, and error rate at or under ``max_error_rate``. A metric that was not measured
+(no successful request, or no TTFT without streaming) fails its objective: an all-failed shard never
+meets SLOs.
+
+"How far" (``slo_worst_ratio``) is the largest observed/limit ratio over the objectives; 1.0 or less
+means every objective holds. For the error rate with a limit of 0 (the default), any error scores
+``1 + error_rate / 0.01`` (one point per percentage point), so zero-tolerance failures still rank.
+Unmeasured metrics score infinity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+_CHECKS = (
+    # (column, slo field, label, unit)
+    ("latency_p95_s", "latency_p95_s", "p95 latency", "s"),
+    ("ttft_p95_s", "ttft_p95_s", "p95 TTFT", "s"),
+    ("tpot_p95_s", "tpot_p95_s", "p95 TPOT", "s"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SLOCheck:
+    """One objective evaluated on one shard."""
+
+    label: str
+    observed: float | None
+    limit: float
+    unit: str  # "s" or "%"
+    passed: bool
+    ratio: float
+
+    def describe(self) -> str:
+        """E.g. ``p95 latency 1.20 s ≤ 2.00 s`` or ``error rate 3.0% > 1.0%``."""
+        if self.observed is None:
+            return f"{self.label} not measured (limit {_fmt(self.limit, self.unit)})"
+        op = "≤" if self.passed else ">"
+        return f"{self.label} {_fmt(self.observed, self.unit)} {op} {_fmt(self.limit, self.unit)}"
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "%":
+        return f"{value * 100:.1f}%"
+    if value < 0.1:
+        return f"{value * 1000:.1f} ms"
+    return f"{value:.2f} s"
+
+
+def _valid_number(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def slo_checks(row: dict[str, Any], slo: Any) -> list[SLOCheck]:
+    """Evaluate every configured objective of ``slo`` (an `SLOConfig`) on one metrics row."""
+    if slo is None:
+        return []
+    out = []
+    for column, field, label, unit in _CHECKS:
+        limit = getattr(slo, field, None)
+        if limit is None:
+            continue
+        observed = _valid_number(row.get(column))
+        if observed is None:
+            out.append(SLOCheck(label, None, limit, unit, False, math.inf))
+        else:
+            out.append(SLOCheck(label, observed, limit, unit, observed <= limit, observed / limit))
+    limit = float(getattr(slo, "max_error_rate", 0.0) or 0.0)
+    err = _valid_number(row.get("error_rate"))
+    if err is None:
+        out.append(SLOCheck("error rate", None, limit, "%", False, math.inf))
+    else:
+        if limit > 0:
+            ratio = err / limit
+        else:
+            ratio = 0.0 if err == 0 else 1.0 + err / 0.01
+        out.append(SLOCheck("error rate", err, limit, "%", err <= limit, ratio))
+    return out
+
+
+def evaluate_slo(metrics: pl.DataFrame, slo: Any) -> pl.DataFrame:
+    """Add ``meets_slo`` (bool), ``slo_failures`` (text, empty when met) and ``slo_worst_ratio``.
+
+    Args:
+        metrics: per-shard metrics (as from `summarize`).
+        slo: an `SLOConfig`; None checks only that no request failed.
+    """
+    meets, failures, worst = [], [], []
+    for row in metrics.iter_rows(named=True):
+        if not row.get("requests"):
+            meets.append(False)
+            failures.append("no measured requests" + (f" (shard {row['status']})" if row.get("status") else ""))
+            worst.append(math.inf)
+            continue
+        checks = slo_checks(row, slo) if slo is not None else slo_checks(row, _NoSLO())
+        bad = [c for c in checks if not c.passed]
+        meets.append(not bad)
+        failures.append("; ".join(c.describe() for c in bad))
+        worst.append(max((c.ratio for c in checks), default=0.0))
+    drop = [c for c in ("meets_slo", "slo_failures", "slo_worst_ratio") if c in metrics.columns]
+    return metrics.drop(drop).with_columns(
+        pl.Series("meets_slo", meets, dtype=pl.Boolean()),
+        pl.Series("slo_failures", failures, dtype=pl.String()),
+        pl.Series("slo_worst_ratio", worst, dtype=pl.Float64()),
+    )
+
+
+class _NoSLO:
+    max_error_rate = 0.0

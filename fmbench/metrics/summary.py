@@ -1,0 +1,209 @@
+"""Per-request records -> one row of metrics per shard (polars, lazy), with cost and SLO verdicts.
+
+Definitions (the report's glossary repeats them):
+
+* Warm-up rows are dropped first; every other row is a *measured* request, failed or not.
+* ``requests`` counts measured requests, ``errors`` the failed ones, ``error_rate = errors / requests``.
+* ``duration_s`` runs from the first measured request's start (its scheduled time, else ``t_start``)
+  to the last measured request's end.
+* ``transactions_per_min`` counts successful requests; token rates count tokens of successful requests.
+* Percentiles (p50/p90/p95/p99) are taken over ALL successful measured requests of the shard, with
+  linear interpolation between closest ranks: for sorted values ``x[0..n-1]`` and quantile ``q``,
+  ``h = (n - 1) * q`` and ``p = x[floor h] + (h - floor h) * (x[ceil h] - x[floor h])`` (numpy's
+  default "linear" method, Hyndman & Fan type 7).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from fmbench.metrics.cost import attach_costs
+from fmbench.metrics.slo import evaluate_slo
+
+#: The quantiles every latency metric is summarised at.
+PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
+
+#: Columns that identify a shard in results.
+SHARD_KEYS: list[str] = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency",
+                         "request_rate"]
+
+_NEEDED = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate",
+           "shard_id", "warmup", "ok", "error_kind", "error", "input_tokens", "output_tokens", "t_scheduled",
+           "t_start", "t_end", "ttft_s", "latency_s", "tpot_s"]
+
+
+def _measured(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
+    return lf.select(_NEEDED).filter(~pl.col("warmup").fill_null(False))
+
+
+def _percentile_aggs(column: str, stem: str, ok: pl.Expr) -> list[pl.Expr]:
+    values = pl.col(column).filter(ok & pl.col(column).is_not_null())
+    return [values.quantile(p / 100, interpolation="linear").alias(f"{stem}_p{p}_s") for p in PERCENTILES]
+
+
+def _aggregate(lf: pl.LazyFrame) -> pl.DataFrame:
+    ok = pl.col("ok").fill_null(False)
+    start = pl.coalesce("t_scheduled", "t_start")
+    aggs = [
+        pl.len().cast(pl.Int64).alias("requests"),
+        (~ok).sum().cast(pl.Int64).alias("errors"),
+        ok.sum().cast(pl.Int64).alias("successes"),
+        start.min().alias("_t0"),
+        pl.coalesce("t_end", "t_start").max().alias("_t1"),
+        pl.col("input_tokens").filter(ok).sum().cast(pl.Int64).alias("input_tokens"),
+        pl.col("output_tokens").filter(ok).sum().cast(pl.Int64).alias("output_tokens"),
+        *_percentile_aggs("latency_s", "latency", ok),
+        *_percentile_aggs("ttft_s", "ttft", ok),
+        *_percentile_aggs("tpot_s", "tpot", ok),
+        pl.col("latency_s").filter(ok).mean().alias("latency_mean_s"),
+        pl.col("ttft_s").filter(ok).mean().alias("ttft_mean_s"),
+        pl.col("input_tokens").mean().alias("prompt_tokens_mean"),
+        pl.col("output_tokens").filter(ok).mean().alias("output_tokens_mean"),
+        pl.col("shard_id").drop_nulls().first().alias("shard_id"),
+    ]
+    return lf.group_by(SHARD_KEYS).agg(aggs).collect()
+
+
+def _parse_bucket(label: str) -> tuple[int | None, int | None]:
+    try:
+        lo, hi = label.split("-", 1)
+        return int(lo), int(hi)
+    except (ValueError, AttributeError):
+        return None, None
+
+
+def _shard_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    rate = row.get("request_rate")
+    return (row.get("experiment"), row.get("dataset"), row.get("bucket"), row.get("concurrency"),
+            None if rate is None else float(rate))
+
+
+def _merge_shards(agg: pl.DataFrame, shards: list[dict[str, Any]] | None) -> pl.DataFrame:
+    """Attach manifest shard outcomes; shards that produced no records become rows of their own."""
+    info_cols = {
+        "status": pl.String(), "shard_error": pl.String(), "valid": pl.Boolean(),
+        "invalid_reason": pl.String(), "client_cpu_s": pl.Float64(), "shard_wall_s": pl.Float64(),
+    }
+    rows = agg.to_dicts()
+    by_id = {s.get("shard_id"): s for s in shards or [] if s.get("shard_id")}
+    by_key = {_shard_key(s): s for s in shards or []}
+    used: set[int] = set()
+    for row in rows:
+        s = by_id.get(row.get("shard_id")) or by_key.get(_shard_key(row))
+        if s is not None:
+            used.add(id(s))
+        _fill_info(row, s)
+    for s in shards or []:
+        if id(s) in used:
+            continue
+        lo, hi = _parse_bucket(str(s.get("bucket", "")))
+        row = {k: None for k in agg.columns}
+        row.update(
+            experiment=s.get("experiment"), dataset=s.get("dataset"), bucket=s.get("bucket"),
+            bucket_min=lo, bucket_max=hi, concurrency=s.get("concurrency"),
+            request_rate=None if s.get("request_rate") is None else float(s["request_rate"]),
+            requests=0, errors=0, successes=0, shard_id=s.get("shard_id"),
+        )
+        _fill_info(row, s)
+        rows.append(row)
+    schema = {**agg.schema, **info_cols}
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+
+
+def _fill_info(row: dict[str, Any], s: dict[str, Any] | None) -> None:
+    s = s or {}
+    row["status"] = s.get("status", "ok")
+    row["shard_error"] = s.get("error")
+    row["valid"] = bool(s.get("valid", True))
+    row["invalid_reason"] = s.get("invalid_reason")
+    row["client_cpu_s"] = s.get("client_cpu_s")
+    row["shard_wall_s"] = s.get("duration_s")
+
+
+def summarize(
+    requests: pl.DataFrame | pl.LazyFrame,
+    cfg: Any,
+    shards: list[dict[str, Any]] | None = None,
+) -> pl.DataFrame:
+    """Summarise per-request records into one row per shard.
+
+    Args:
+        requests: records with `fmbench.records.REQUEST_SCHEMA` columns (eager or lazy; only the
+            needed columns are read).
+        cfg: the run's `BenchmarkConfig` (experiments' pricing and the SLOs).
+        shards: the manifest's shard outcomes; adds status/error/valid columns, and a row for each
+            shard that produced no records.
+
+    Returns:
+        One row per (experiment, dataset, bucket, concurrency, request_rate), sorted by those keys;
+        columns are listed in `METRIC_COLUMNS`.
+
+    Raises:
+        ConfigError: an experiment's pricing cannot be resolved (e.g. unknown instance type).
+    """
+    agg = _aggregate(_measured(requests))
+    df = _merge_shards(agg, shards)
+    duration = pl.col("_t1") - pl.col("_t0")
+    per_s = pl.when(duration > 0).then(1.0 / duration).otherwise(None)
+    df = df.with_columns(
+        pl.when(pl.col("_t0").is_not_null()).then(duration).otherwise(None).alias("duration_s"),
+        pl.when(pl.col("requests") > 0).then(pl.col("errors") / pl.col("requests")).otherwise(None)
+        .alias("error_rate"),
+        (pl.col("requests") * per_s).alias("requests_per_s"),
+        (pl.col("successes") * per_s * 60.0).alias("transactions_per_min"),
+        (pl.col("input_tokens") * per_s).alias("input_tokens_per_s"),
+        (pl.col("output_tokens") * per_s).alias("output_tokens_per_s"),
+    ).drop("_t0", "_t1")
+    df = attach_costs(df, cfg)
+    df = evaluate_slo(df, getattr(cfg, "slo", None))
+    df = df.sort(["experiment", "dataset", "bucket_min", "bucket", "concurrency", "request_rate"],
+                 nulls_last=True)
+    return df.select([c for c in METRIC_COLUMNS if c in df.columns])
+
+
+#: The columns of `summarize`'s result, in order.
+METRIC_COLUMNS: list[str] = [
+    *SHARD_KEYS, "shard_id", "status", "valid", "invalid_reason", "shard_error",
+    "requests", "successes", "errors", "error_rate", "duration_s", "requests_per_s", "transactions_per_min",
+    "input_tokens_per_s", "output_tokens_per_s", "input_tokens", "output_tokens",
+    *[f"latency_p{p}_s" for p in PERCENTILES], "latency_mean_s",
+    *[f"ttft_p{p}_s" for p in PERCENTILES], "ttft_mean_s",
+    *[f"tpot_p{p}_s" for p in PERCENTILES],
+    "prompt_tokens_mean", "output_tokens_mean",
+    "price_model", "instance_type", "instance_count", "hourly_usd", "input_per_1k_usd", "output_per_1k_usd",
+    "pricing_source", "shard_cost_usd", "cost_per_10k_txn", "cost_per_1m_output_tokens",
+    "meets_slo", "slo_failures", "slo_worst_ratio", "client_cpu_s", "shard_wall_s",
+]
+
+
+def error_counts(requests: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Failed measured requests counted by error kind per shard, with one example message.
+
+    Returns:
+        Columns experiment, dataset, bucket, concurrency, request_rate, error_kind, count, example;
+        sorted by shard, then by count descending.
+    """
+    lf = _measured(requests).filter(~pl.col("ok").fill_null(False))
+    keys = ["experiment", "dataset", "bucket", "concurrency", "request_rate"]
+    return (
+        lf.with_columns(pl.col("error_kind").fill_null("unknown"))
+        .group_by([*keys, "error_kind"])
+        .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("error").drop_nulls().first().alias("example"))
+        .sort([*keys, "count", "error_kind"], descending=[False] * len(keys) + [True, False], nulls_last=True)
+        .collect()
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The linear-interpolation percentile used throughout (``q`` in [0, 1]); for docs and tests."""
+    xs = sorted(values)
+    if not xs:
+        return math.nan
+    h = (len(xs) - 1) * q
+    lo = math.floor(h)
+    hi = math.ceil(h)
+    return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
