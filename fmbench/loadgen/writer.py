@@ -1,0 +1,165 @@
+"""Streams a shard's `RequestRecord`s to a parquet file while the shard runs.
+
+Rows are kept column-wise as they complete; every ``convert_rows`` rows they become an Arrow
+record batch (a sub-millisecond step on the event loop), and every ``row_group_rows`` rows a
+background thread appends a row group to a temporary file next to the target (the Parquet
+encoding releases the GIL). `RecordWriter.commit` renames the file into place atomically, so the
+records file exists only when complete; `RecordWriter.abort` keeps what was written under the
+``.partial`` name. Memory is bounded by one row group whatever the number of requests.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fmbench.errors import StorageError
+from fmbench.records import REQUEST_SCHEMA, RequestRecord
+
+_ARROW_TYPES = {
+    "String": pa.string(),
+    "Int64": pa.int64(),
+    "Float64": pa.float64(),
+    "Boolean": pa.bool_(),
+}
+
+
+def _arrow_schema() -> pa.Schema:
+    fields = []
+    for name, dtype in REQUEST_SCHEMA.items():
+        if name == "itl_s":
+            fields.append(pa.field(name, pa.large_list(pa.float64())))
+        else:
+            fields.append(pa.field(name, _ARROW_TYPES[type(dtype).__name__]))
+    return pa.schema(fields)
+
+
+ARROW_SCHEMA = _arrow_schema()
+_CONVERT_VALUES = 50_000  # inter-token gaps gathered before converting: bounds each step to ~0.5 ms
+_SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where a shard's records are written until the shard completes."""
+    p = Path(path)
+    return p.with_name(p.name + ".partial")
+
+
+class RecordWriter:
+    """Appends records to ``path`` in row groups; the file appears only on `commit`.
+
+    Args:
+        path: final local path of the records parquet file.
+        row_group_rows: rows per parquet row group (and per background write).
+        convert_rows: rows gathered before converting them to Arrow on the caller's thread.
+    """
+
+    def __init__(self, path: str | Path, row_group_rows: int = 2000, convert_rows: int = 250) -> None:
+        self.path = Path(path)
+        self.tmp = partial_path(self.path)
+        self.rows = 0
+        self._row_group_rows = row_group_rows
+        self._convert_rows = convert_rows
+        self._cols: dict[str, list[object]] = {name: [] for name in _SCALARS}
+        self._itl: list[bytes] = []
+        self._itl_len = 0
+        self._offsets = array("q", [0])
+        self._batches: list[pa.RecordBatch] = []
+        self._batched_rows = 0
+        self._pending = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmbench-records")
+        self._futures: list[Future[None]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._convert_empty()  # pays pyarrow's one-time set-up (about a second) before the shard starts
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot prepare records file: {exc}") from exc
+
+    def _convert_empty(self) -> None:
+        pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in ARROW_SCHEMA], schema=ARROW_SCHEMA)
+        self._itl_array()
+
+    def add(self, record: RequestRecord) -> None:
+        """Queue one record (cheap: appends to column lists)."""
+        cols = self._cols
+        for name in _SCALARS:
+            cols[name].append(getattr(record, name))
+        if record.itl_s:
+            part = array("d", record.itl_s).tobytes()
+            self._itl.append(part)
+            self._itl_len += len(record.itl_s)
+        self._offsets.append(self._itl_len)
+        self.rows += 1
+        self._pending += 1
+        if self._pending >= self._convert_rows or self._itl_len >= _CONVERT_VALUES:
+            self._convert()
+
+    def _convert(self) -> None:
+        if not self._pending:
+            return
+        arrays = [pa.array(self._cols[f.name], type=f.type) if f.name != "itl_s" else self._itl_array()
+                  for f in ARROW_SCHEMA]
+        self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA))
+        self._batched_rows += self._pending
+        self._cols = {name: [] for name in _SCALARS}
+        self._itl = []
+        self._itl_len = 0
+        self._offsets = array("q", [0])
+        self._pending = 0
+        if self._batched_rows >= self._row_group_rows:
+            self._submit()
+
+    def _itl_array(self) -> pa.Array:
+        values = pa.Array.from_buffers(pa.float64(), self._itl_len, [None, pa.py_buffer(b"".join(self._itl))])
+        offsets = pa.Array.from_buffers(pa.int64(), len(self._offsets), [None, pa.py_buffer(self._offsets)])
+        return pa.LargeListArray.from_arrays(offsets, values)
+
+    def _submit(self) -> None:
+        if not self._batches:
+            return
+        table = pa.Table.from_batches(self._batches, schema=ARROW_SCHEMA)
+        self._batches = []
+        self._batched_rows = 0
+        self._futures = [f for f in self._futures if not f.done() or f.exception()]
+        self._futures.append(self._pool.submit(self._write, table))
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression="zstd")
+        self._writer.write_table(table)
+
+    def _finish(self) -> None:
+        self._convert()
+        self._submit()
+        self._pool.submit(self._close).result()
+        self._pool.shutdown(wait=True)
+        for fut in self._futures:
+            exc = fut.exception()
+            if exc is not None:
+                raise StorageError(f"{self.tmp}: cannot write records: {exc}") from exc
+
+    def _close(self) -> None:
+        if self._writer is None:  # no rows at all: still a valid, empty file
+            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression="zstd")
+        self._writer.close()
+
+    def commit(self) -> Path:
+        """Write what is left, close the file and rename it into place; returns the final path."""
+        self._finish()
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot move records into place: {exc}") from exc
+        return self.path
+
+    def abort(self) -> Path:
+        """Write what is left and close, keeping the file under its ``.partial`` name."""
+        self._finish()
+        return self.tmp
