@@ -1,0 +1,59 @@
+"""Run storage: the same calls work on a local directory and on S3 (moto server over real HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fmbench import storage
+from fmbench.errors import StorageError
+
+
+@pytest.fixture(params=["local", "s3"])
+def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "runs")
+    return request.getfixturevalue("s3_bucket") + "/runs"
+
+
+def test_round_trip_text_bytes_parquet(base: str) -> None:
+    storage.write_text(storage.join(base, "a", "config.yml"), "name: x\n")
+    storage.write_bytes(storage.join(base, "a", "blob.bin"), b"\x00\x01")
+    storage.write_parquet(storage.join(base, "a", "r.parquet"), pl.DataFrame({"x": [1, 2]}))
+    assert storage.read_text(storage.join(base, "a", "config.yml")) == "name: x\n"
+    assert storage.read_bytes(storage.join(base, "a", "blob.bin")) == b"\x00\x01"
+    assert storage.read_parquet(storage.join(base, "a", "r.parquet"))["x"].to_list() == [1, 2]
+    names = [p.rsplit("/", 1)[-1] for p in storage.list_files(storage.join(base, "a"))]
+    assert names == ["blob.bin", "config.yml", "r.parquet"]
+    assert storage.list_files(storage.join(base, "a"), ".parquet")[0].endswith("r.parquet")
+    assert storage.exists(storage.join(base, "a", "r.parquet"))
+    assert not storage.exists(storage.join(base, "a", "nope"))
+
+
+def test_overwrite_replaces_whole_file(base: str) -> None:
+    url = storage.join(base, "m.json")
+    storage.write_text(url, "x" * 1000)
+    storage.write_text(url, "short")
+    assert storage.read_text(url) == "short"
+
+
+def test_local_write_leaves_no_temp_files(tmp_path: Path) -> None:
+    for i in range(5):
+        storage.write_text(str(tmp_path / "f.txt"), str(i))
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_missing_file_is_a_storage_error(base: str) -> None:
+    with pytest.raises(StorageError, match="not found"):
+        storage.read_text(storage.join(base, "missing.txt"))
+
+
+def test_missing_bucket_is_a_clear_error(s3_env: str) -> None:
+    with pytest.raises(StorageError, match="s3://no-such-bucket-fmb/x.txt"):
+        storage.write_text("s3://no-such-bucket-fmb/x.txt", "x")
+
+
+def test_empty_listing_of_missing_directory(base: str) -> None:
+    assert storage.list_files(storage.join(base, "none")) == []
