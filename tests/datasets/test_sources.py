@@ -1,0 +1,199 @@
+"""File sources: LongBench (local and hf:), generic JSONL, templates, and every error a user can cause."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+from dataset_helpers import SAMPLES, seed_hub_file, write_jsonl
+
+from fmbench.config import JsonlDataset, LongBenchDataset
+from fmbench.datasets import load_jsonl_prompts, load_longbench_prompts, render_template, template_fields
+from fmbench.datasets.tokenizer import Tokenizer
+from fmbench.errors import DatasetError
+
+
+def _lb_record(i: int, **extra: object) -> dict[str, object]:
+    rec: dict[str, object] = {
+        "input": f"Where was person {i} born?",
+        "context": f"Passage 1:\nPerson {i} was born in Town {i}.",
+        "answers": [f"Town {i}"],
+        "length": 8,
+        "dataset": "hotpotqa",
+        "language": "en",
+        "all_classes": None,
+        "_id": f"id-{i}",
+    }
+    rec.update(extra)
+    return rec
+
+
+def lb(**kw: object) -> LongBenchDataset:
+    return LongBenchDataset(name=str(kw.pop("name", "lb")), source="longbench", path=str(kw.pop("path", "x")), **kw)
+
+
+def js(**kw: object) -> JsonlDataset:
+    return JsonlDataset(name=str(kw.pop("name", "js")), source="jsonl", path=str(kw.pop("path", "x")), **kw)
+
+
+# ---------------------------------------------------------------- LongBench
+
+
+def test_longbench_renders_default_template(tmp_path: Path, cl100k: Tokenizer) -> None:
+    path = write_jsonl(tmp_path / "lb.jsonl", [_lb_record(1), _lb_record(2)])
+    prompts = load_longbench_prompts(lb(), path, cl100k)
+    assert [p.prompt_id for p in prompts] == ["id-1", "id-2"]
+    assert prompts[0].text == "Passage 1:\nPerson 1 was born in Town 1.\n\nQuestion: Where was person 1 born?\nAnswer:"
+    assert prompts[0].input_tokens == cl100k.count(prompts[0].text)
+
+
+def test_longbench_custom_template_and_line_number_ids(tmp_path: Path, cl100k: Tokenizer) -> None:
+    recs = [_lb_record(1, _id=None), _lb_record(2)]
+    del recs[1]["_id"]
+    path = tmp_path / "lb.jsonl"
+    path.write_text(json.dumps(recs[0]) + "\n\n" + json.dumps(recs[1]) + "\n")  # a blank line in between
+    prompts = load_longbench_prompts(lb(prompt_template="[{language}] {input} ({answers[0]})"), path, cl100k)
+    assert [p.prompt_id for p in prompts] == ["1", "3"]
+    assert prompts[1].text == "[en] Where was person 2 born? (Town 2)"
+
+
+def test_longbench_sample_file_covers_three_ranges(cl100k: Tokenizer) -> None:
+    prompts = load_longbench_prompts(lb(name="hotpotqa"), SAMPLES / "hotpotqa.jsonl", cl100k)
+    assert len(prompts) == 60
+    ranges = [(1, 500), (500, 1000), (1000, 2000)]
+    per_range = [sum(lo <= p.input_tokens < hi for p in prompts) for lo, hi in ranges]
+    assert per_range == [20, 20, 20]
+    assert len({p.prompt_id for p in prompts}) == 60
+
+
+def test_longbench_template_naming_missing_field(tmp_path: Path, cl100k: Tokenizer) -> None:
+    path = write_jsonl(tmp_path / "lb.jsonl", [_lb_record(1), _lb_record(2)])
+    with pytest.raises(DatasetError) as err:
+        load_longbench_prompts(lb(name="mine", prompt_template="{context} {question}"), path, cl100k)
+    msg = str(err.value)
+    assert "'mine'" in msg and f"{path} line 1" in msg and "{question}" in msg and "input" in msg
+
+
+def _zip_with(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_longbench_hf_spec_offline_error(hub_cache: Path, cl100k: Tokenizer) -> None:
+    with pytest.raises(DatasetError) as err:
+        load_longbench_prompts(lb(name="hq", path="hf:THUDM/LongBench/hotpotqa"), "hf:THUDM/LongBench/hotpotqa", cl100k)
+    msg = str(err.value)
+    assert "'hq'" in msg and "hf:THUDM/LongBench/hotpotqa" in msg and "data.zip" in msg and "offline" in msg
+
+
+def test_longbench_hf_spec_reads_subset_from_cached_archive(hub_cache: Path, cl100k: Tokenizer) -> None:
+    jsonl = "".join(json.dumps(_lb_record(i)) + "\n" for i in range(3)).encode()
+    seed_hub_file(hub_cache, "THUDM/LongBench", "dataset", "data.zip",
+                  _zip_with({"data/hotpotqa.jsonl": jsonl, "data/qasper.jsonl": b"{}\n"}))
+    spec = "hf:THUDM/LongBench/hotpotqa"
+    prompts = load_longbench_prompts(lb(path=spec), spec, cl100k)
+    assert [p.prompt_id for p in prompts] == ["id-0", "id-1", "id-2"]
+
+    with pytest.raises(DatasetError) as err:
+        load_longbench_prompts(lb(path="hf:THUDM/LongBench/nosuch"), "hf:THUDM/LongBench/nosuch", cl100k)
+    assert "no subset 'nosuch'" in str(err.value) and "hotpotqa, qasper" in str(err.value)
+
+
+def test_longbench_hf_spec_shape(cl100k: Tokenizer) -> None:
+    with pytest.raises(DatasetError, match="expected hf:ORG/REPO/SUBSET"):
+        load_longbench_prompts(lb(), "hf:THUDM/hotpotqa", cl100k)
+
+
+# ---------------------------------------------------------------- generic JSONL
+
+
+def test_jsonl_prompt_field_and_ids(tmp_path: Path, cl100k: Tokenizer) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Hello there"}, {"prompt": "Second one", "x": 1}])
+    prompts = load_jsonl_prompts(js(), path, cl100k)
+    assert [(p.prompt_id, p.text, p.input_tokens) for p in prompts] == [("a", "Hello there", 2), ("2", "Second one", 2)]
+
+
+def test_jsonl_other_field_and_template(tmp_path: Path, cl100k: Tokenizer) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": 7, "q": "Why?", "ctx": "Because."}])
+    assert load_jsonl_prompts(js(prompt_field="q"), path, cl100k)[0].text == "Why?"
+    prompts = load_jsonl_prompts(js(prompt_template="Context: {ctx}\nQ: {q}"), path, cl100k)
+    assert prompts[0].text == "Context: Because.\nQ: Why?" and prompts[0].prompt_id == "7"
+
+
+def test_jsonl_sample_file(cl100k: Tokenizer) -> None:
+    prompts = load_jsonl_prompts(js(name="prompts"), SAMPLES / "prompts.jsonl", cl100k)
+    assert len(prompts) == 42
+    per_range = [sum(lo <= p.input_tokens < hi for p in prompts) for lo, hi in [(1, 500), (500, 1000), (1000, 2000)]]
+    assert per_range == [14, 14, 14]
+
+
+def test_blank_prompts_are_skipped(tmp_path: Path, cl100k: Tokenizer) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "  "}, {"prompt": "Real"}])
+    assert [p.prompt_id for p in load_jsonl_prompts(js(), path, cl100k)] == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", ["is empty"]),
+        (b"\n  \n", ["is empty"]),
+        (b'{"prompt": "ok"}\n{"prompt": oops}\n', ["line 2", "not valid JSON"]),
+        (b'{"prompt": "ok"}\n[1, 2]\n', ["line 2", "expected a JSON object, got list"]),
+        (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', ["not UTF-8", "line 2"]),
+        (b'{"prompt": "ok"}\n{"text": "no prompt"}\n', ["line 2", "no field 'prompt'", "text"]),
+        (b'{"prompt": 5}\n', ["line 1", "field 'prompt' is int"]),
+        (b'{"prompt": ""}\n{"prompt": " "}\n', ["no prompts", "all 2 records"]),
+    ],
+)
+def test_jsonl_errors_name_dataset_file_and_line(
+    tmp_path: Path, cl100k: Tokenizer, content: bytes, expected: list[str]
+) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError) as err:
+        load_jsonl_prompts(js(name="badset"), path, cl100k)
+    msg = str(err.value)
+    assert "'badset'" in msg and str(path) in msg
+    for part in expected:
+        assert part in msg
+
+
+def test_missing_file_names_dataset_and_path(tmp_path: Path, cl100k: Tokenizer) -> None:
+    missing = tmp_path / "nope.jsonl"
+    for load, ds in ((load_jsonl_prompts, js(name="gone")), (load_longbench_prompts, lb(name="gone"))):
+        with pytest.raises(DatasetError) as err:
+            load(ds, missing, cl100k)  # type: ignore[operator]
+        assert str(err.value) == f"dataset 'gone': file not found: {missing}"
+
+
+def test_template_naming_missing_field_in_jsonl(tmp_path: Path, cl100k: Tokenizer) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"q": "a", "c": "b"}, {"q": "only q"}])
+    with pytest.raises(DatasetError) as err:
+        load_jsonl_prompts(js(prompt_template="{c}: {q}"), path, cl100k)
+    assert f"{path} line 2" in str(err.value) and "{c}" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [("{}: {q}", "positional field"), ("{0}", "positional field"), ("{q", "invalid template"), ("q}", "invalid template")],
+)
+def test_bad_templates_fail_before_reading(tmp_path: Path, cl100k: Tokenizer, template: str, expected: str) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"q": "a"}])
+    with pytest.raises(DatasetError) as err:
+        load_jsonl_prompts(js(name="tpl", prompt_template=template), path, cl100k)
+    assert "'tpl': prompt_template" in str(err.value) and expected in str(err.value)
+
+
+def test_template_helpers() -> None:
+    assert template_fields("{context}\n{input} {context} {answers[0]} {{literal}}") == ["context", "input", "answers"]
+    assert render_template("{a}-{b}", {"a": 1, "b": "x"}, "here") == "1-x"
+    with pytest.raises(DatasetError, match=r"^here: template field \{b\} is missing"):
+        render_template("{a}-{b}", {"a": 1}, "here")
+    with pytest.raises(DatasetError, match="^here: cannot render"):
+        render_template("{a[5]}", {"a": [1]}, "here")
