@@ -1,0 +1,334 @@
+"""The async load engine: drives one shard against an `EndpointClient` and records every request.
+
+Closed loop: ``concurrency`` workers pull request ids from one shared counter, so exactly that many
+requests are in flight for the whole shard; a worker starts its next request as soon as its
+previous one ends (never in waves). ``t_scheduled = t_start``.
+
+Open loop: a pacer dispatches request ``i`` at ``t0 + sum(gaps[:i])`` with gaps drawn from a
+seeded generator (exponential, gamma with shape ``burstiness``, or constant). It sleeps until
+``_SPIN_S`` before the due time and then yield-spins (``asyncio.sleep(0)``), because the event
+loop's timers fire up to ~1 ms late (epoll's millisecond timeout). Latency and TTFT count from the
+*scheduled* time, so a late send or a ``max_concurrency`` wait is charged to the request
+(coordinated omission counted). The shard is flagged invalid when the achieved send rate falls
+more than ``rate_shortfall`` below the schedule's own rate, or the pacer's dispatch lateness p99
+exceeds ``max_send_lag_s`` -- i.e. when the client, not the endpoint, limited the offered load.
+
+Every scheduled request yields exactly one `RequestRecord` (ok, an `EndpointError`'s kind, or
+``protocol`` for an unexpected exception); records stream to disk through `RecordWriter`.
+On cancellation in-flight requests are recorded as ``cancelled`` and the file stays ``.partial``.
+
+Multi-process mode (designed, not implemented): a shard split over N processes would pass every
+process the same spec plus ``(index, N)`` and one coordinated ``t0`` (``time.monotonic()`` is one
+clock for all processes on a host). Closed loop: process k runs ``concurrency / N`` workers over
+the ids ``i % N == k``; open loop: every process generates the same seeded schedule and dispatches
+only ids ``i % N == k``. Each writes ``<records>.part-k``; the parent concatenates them sorted by
+``request_id`` (ids and ``t_*`` stamps already share one timeline) and computes the result from
+the merged records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from fmbench.endpoints.base import Completion, EndpointClient, Prompt
+from fmbench.errors import DatasetError, EndpointError
+from fmbench.loadgen.spec import ShardResult, ShardSpec
+from fmbench.loadgen.writer import RecordWriter
+from fmbench.records import RequestRecord
+
+_SPIN_S = 0.002  # pacer: stop sleeping this long before a due time, then yield-spin
+_LEAD_S = 0.005  # open loop: the first arrival is due this long after the schedule is set up
+
+__all__ = ["run_shard", "run_shard_async"]
+
+
+def arrival_gaps(spec: ShardSpec) -> Iterator[float]:
+    """Seconds between consecutive arrivals of an open-loop shard, deterministic for ``spec.seed``."""
+    rate = spec.request_rate
+    if rate is None:
+        raise ValueError("arrival_gaps needs an open-loop spec (request_rate set)")
+    rng = random.Random(spec.seed)
+    if spec.arrival == "constant":
+        while True:
+            yield 1.0 / rate
+    elif spec.arrival == "poisson":
+        while True:
+            yield rng.expovariate(rate)
+    else:
+        k = spec.burstiness
+        scale = 1.0 / (rate * k)
+        while True:
+            yield rng.gammavariate(k, scale)
+
+
+def _p99(values: array[float]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+class _Shard:
+    """State of one running shard: builds records, feeds the writer, keeps running statistics."""
+
+    def __init__(self, spec: ShardSpec, prompts: list[Prompt], writer: RecordWriter,
+                 count_tokens: Callable[[str], int]) -> None:
+        self.spec = spec
+        self.prompts = prompts
+        self.writer = writer
+        self.count_tokens = count_tokens
+        self.total = spec.warmup + spec.requests
+        self.concurrency = spec.concurrency if not spec.open_loop else (spec.max_concurrency or 0)
+        self.measured = 0
+        self.warm = 0
+        self.errors = 0
+        self.first_start = math.inf
+        self.last_start = -math.inf
+        self.last_end = -math.inf
+        self.first_sched = math.inf
+        self.last_sched = -math.inf
+        self.send_lags: array[float] = array("d")
+        self.dispatch_lags: array[float] = array("d")
+
+    def _base(self, i: int, prompt: Prompt) -> RequestRecord:
+        s = self.spec
+        return RequestRecord(
+            experiment=s.experiment, dataset=s.dataset, bucket=s.bucket, bucket_min=s.bucket_min,
+            bucket_max=s.bucket_max, concurrency=self.concurrency, shard_id=s.shard_id, request_id=i,
+            prompt_id=prompt.prompt_id, request_rate=s.request_rate, warmup=i < s.warmup,
+        )
+
+    async def run_one(self, client: EndpointClient, i: int, t_sched: float | None,
+                      slot: asyncio.Semaphore | None = None) -> None:
+        """Send request ``i`` and record it, whatever happens."""
+        prompt = self.prompts[i % len(self.prompts)]
+        rec = self._base(i, prompt)
+        t_before: float | None = None  # the engine's own stamp, for requests that fail
+        try:
+            if slot is not None:
+                async with slot:
+                    t_before = time.monotonic()
+                    comp = await client.complete(prompt)
+            else:
+                t_before = time.monotonic()
+                comp = await client.complete(prompt)
+        except asyncio.CancelledError:
+            self._fail(rec, prompt, t_sched, t_before, "cancelled", "shard cancelled before the answer", None)
+            raise
+        except EndpointError as exc:
+            self._fail(rec, prompt, t_sched, t_before, exc.kind, str(exc), getattr(exc, "status", None))
+        except Exception as exc:  # a client bug must cost one record, never the shard
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            self._fail(rec, prompt, t_sched, t_before, "protocol", message, None)
+        else:
+            self._ok(rec, prompt, t_sched, comp)
+
+    def _ok(self, rec: RequestRecord, prompt: Prompt, t_sched: float | None, comp: Completion) -> None:
+        ts = comp.t_start if t_sched is None else t_sched
+        rec.ok = True
+        rec.http_status = comp.http_status
+        rec.t_scheduled = ts
+        rec.t_start = comp.t_start
+        rec.t_first_token = comp.t_first_token
+        rec.t_end = comp.t_end
+        rec.send_lag_s = comp.t_start - ts
+        rec.latency_s = comp.t_end - ts
+        rec.ttft_s = comp.t_first_token - ts if comp.t_first_token is not None else None
+        if comp.input_tokens is not None and comp.output_tokens is not None:
+            rec.usage_source = "server"
+            rec.input_tokens, rec.output_tokens = comp.input_tokens, comp.output_tokens
+        else:
+            rec.usage_source = "tokenizer"
+            rec.input_tokens = comp.input_tokens if comp.input_tokens is not None else prompt.input_tokens
+            rec.output_tokens = (comp.output_tokens if comp.output_tokens is not None
+                                 else self.count_tokens(comp.text))
+        out = rec.output_tokens
+        if out is not None and out > 1 and rec.ttft_s is not None:
+            rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out - 1)
+        ct = comp.chunk_times
+        rec.chunks = len(ct)
+        rec.itl_s = [b - a for a, b in zip(ct, ct[1:])] if len(ct) > 1 else []
+        self._add(rec)
+
+    def _fail(self, rec: RequestRecord, prompt: Prompt, t_sched: float | None, t_before: float | None,
+              kind: str, message: str, status: int | None) -> None:
+        now = time.monotonic()
+        ts = t_sched if t_sched is not None else (t_before if t_before is not None else now)
+        rec.ok = False
+        rec.error_kind = kind
+        rec.error = message[:500]
+        rec.http_status = status
+        rec.input_tokens = prompt.input_tokens
+        rec.t_scheduled = ts
+        rec.t_start = t_before  # None when cancelled before it could be sent
+        rec.t_end = now
+        rec.send_lag_s = t_before - ts if t_before is not None else None
+        rec.latency_s = now - ts
+        rec.chunks = 0
+        self._add(rec)
+
+    def _add(self, rec: RequestRecord) -> None:
+        self.writer.add(rec)
+        if rec.warmup:
+            self.warm += 1
+            return
+        self.measured += 1
+        if not rec.ok:
+            self.errors += 1
+        if rec.t_start is None or rec.t_end is None or rec.t_scheduled is None:
+            return  # cancelled before sending: recorded, but it says nothing about timing
+        self.first_start = min(self.first_start, rec.t_start)
+        self.last_start = max(self.last_start, rec.t_start)
+        self.last_end = max(self.last_end, rec.t_end)
+        self.first_sched = min(self.first_sched, rec.t_scheduled)
+        self.last_sched = max(self.last_sched, rec.t_scheduled)
+        if rec.send_lag_s is not None:
+            self.send_lags.append(rec.send_lag_s)
+
+    def result(self, path: Path, cpu_s: float) -> ShardResult:
+        spec = self.spec
+        started = self.measured > 0 and math.isfinite(self.first_start)
+        duration = self.last_end - self.first_start if started else 0.0
+        valid, reason = True, None
+        target = scheduled = None
+        if spec.open_loop:
+            target = spec.request_rate
+            span = self.last_start - self.first_start
+            sched_span = self.last_sched - self.first_sched
+            achieved = (self.measured - 1) / span if self.measured > 1 and span > 0 else 0.0
+            scheduled = (self.measured - 1) / sched_span if self.measured > 1 and sched_span > 0 else target
+            lag99 = _p99(self.dispatch_lags)
+            if self.measured > 1 and scheduled and achieved < scheduled * (1 - spec.rate_shortfall):
+                valid = False
+                reason = (f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
+                          f"scheduled {scheduled:.4g}/s (target {target:.4g}/s): the client could not keep up")
+            elif lag99 > spec.max_send_lag_s:
+                valid = False
+                reason = (f"dispatch lag p99 {lag99 * 1e3:.2f} ms exceeds max_send_lag_s "
+                          f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late")
+        else:
+            achieved = self.measured / duration if duration > 0 else 0.0
+            lag99 = 0.0
+        return ShardResult(
+            shard_id=spec.shard_id, records_path=str(path), requests=self.measured, warmup=self.warm,
+            errors=self.errors, t_first_start=self.first_start if started else None,
+            t_last_end=self.last_end if started else None, duration_s=duration, achieved_rate=achieved,
+            target_rate=target, scheduled_rate=scheduled, send_lag_p99_s=_p99(self.send_lags),
+            dispatch_lag_p99_s=lag99, valid=valid, invalid_reason=reason, client_cpu_s=cpu_s,
+        )
+
+
+async def _closed_loop(client: EndpointClient, shard: _Shard) -> None:
+    next_id = 0
+    total = shard.total
+
+    async def worker() -> None:
+        nonlocal next_id
+        while next_id < total:
+            i = next_id
+            next_id += 1
+            await shard.run_one(client, i, None)
+
+    await _run_all([asyncio.create_task(worker()) for _ in range(shard.spec.concurrency)])
+
+
+async def _open_loop(client: EndpointClient, shard: _Shard) -> None:
+    spec = shard.spec
+    slot = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
+    tasks: set[asyncio.Task[None]] = set()
+    gaps = arrival_gaps(spec)
+    loop = asyncio.get_running_loop()
+    clock = time.monotonic
+    due = clock() + _LEAD_S
+    try:
+        for i in range(shard.total):
+            if i:
+                due += next(gaps)
+            wait = due - clock()
+            if wait > _SPIN_S:
+                await asyncio.sleep(wait - _SPIN_S)
+            while clock() < due:
+                await asyncio.sleep(0)
+            if i >= spec.warmup:
+                shard.dispatch_lags.append(clock() - due)
+            task = loop.create_task(shard.run_one(client, i, due, slot))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except asyncio.CancelledError:
+        await _run_all(list(tasks), cancelled=True)
+        raise
+    await _run_all(list(tasks))
+
+
+async def _run_all(tasks: list[asyncio.Task[None]], cancelled: bool = False) -> None:
+    """Wait for tasks; on cancellation cancel them all and let each record itself as cancelled."""
+    try:
+        if cancelled:
+            raise asyncio.CancelledError
+        await asyncio.gather(*tasks)
+    except asyncio.CancelledError:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def run_shard_async(
+    client: EndpointClient,
+    prompts: list[Prompt],
+    spec: ShardSpec,
+    out_path: str | Path,
+    count_tokens: Callable[[str], int],
+) -> ShardResult:
+    """Run one shard: open the client, offer the load, record every request, close the client.
+
+    Args:
+        client: an unopened endpoint client; opened for the shard's concurrency and closed after
+            (open loop without ``max_concurrency`` opens it with 0, meaning no connection limit).
+        prompts: the shard's prompts; request ``i`` sends ``prompts[i % len(prompts)]``.
+        spec: what to run.
+        out_path: local parquet path for the records; it appears only when the shard completes.
+        count_tokens: counts output tokens when the server reports no usage (input tokens then
+            come from ``Prompt.input_tokens``, already counted with the run's tokenizer).
+
+    Returns:
+        The shard's summary; per-request detail is in ``out_path``.
+
+    Raises:
+        DatasetError: no prompts.
+        StorageError: the records file cannot be written.
+    """
+    if not prompts:
+        raise DatasetError(f"shard {spec.shard_id}: no prompts to send")
+    writer = RecordWriter(out_path)
+    shard = _Shard(spec, prompts, writer, count_tokens)
+    cpu0 = time.process_time()
+    try:
+        await client.open(shard.concurrency)
+        try:
+            await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
+        finally:
+            await client.close()
+    except BaseException:
+        writer.abort()
+        raise
+    cpu = time.process_time() - cpu0
+    path = writer.commit()
+    return shard.result(path, cpu)
+
+
+def run_shard(
+    client: EndpointClient,
+    prompts: list[Prompt],
+    spec: ShardSpec,
+    out_path: str | Path,
+    count_tokens: Callable[[str], int],
+) -> ShardResult:
+    """Run one shard in a fresh event loop (callable from any thread); see `run_shard_async`."""
+    return asyncio.run(run_shard_async(client, prompts, spec, out_path, count_tokens))

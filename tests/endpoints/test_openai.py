@@ -1,0 +1,239 @@
+"""OpenAIClient over real HTTP on 127.0.0.1: timing stamps, usage, SSE framing, every error kind."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
+from fake_openai import FakeOpenAI  # noqa: E402
+
+from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint  # noqa: E402
+from fmbench.endpoints import make_client  # noqa: E402
+from fmbench.endpoints.base import Completion, EndpointClient, Prompt  # noqa: E402
+from fmbench.endpoints.openai import _EXCEPTION_MAP, OpenAIClient, _translate  # noqa: E402
+from fmbench.errors import (  # noqa: E402
+    EndpointConnectionError,
+    EndpointError,
+    EndpointHTTPError,
+    EndpointProtocolError,
+    EndpointThrottled,
+    EndpointTimeout,
+)
+
+PROMPT = Prompt("p0", "Hello there", 2)
+KEY = "sk-test-SECRET-123456"
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    srv = FakeOpenAI().start()
+    yield srv
+    srv.stop()
+
+
+def _complete(url: str, model: str, api: str = "chat", prompt: Prompt = PROMPT, **inf: Any) -> Completion:
+    async def go() -> Completion:
+        client = OpenAIClient(url, model, api=api, inference=InferenceConfig(**inf), api_key=KEY)  # type: ignore[arg-type]
+        await client.open(1)
+        try:
+            return await client.complete(prompt)
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def test_stream_chat_stamps_first_text_chunk_and_reads_usage(server: FakeOpenAI) -> None:
+    c = _complete(server.url, "ok:ttft=0.05:tpot=0.01:n=5")
+    assert c.text == " t0 t1 t2 t3 t4"
+    assert len(c.chunk_times) == 5
+    # the role-only chunk arrives at once; the first token only after ttft
+    assert c.t_first_token is not None and c.t_first_token - c.t_start >= 0.045
+    assert c.t_first_token == c.chunk_times[0] and c.chunk_times == sorted(c.chunk_times)
+    assert c.t_end >= c.chunk_times[-1]
+    assert (c.input_tokens, c.output_tokens, c.http_status) == (3, 5, 200)
+    body = server.bodies[-1]
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["messages"] == [{"role": "user", "content": "Hello there"}]
+    assert server.auth[-1] == f"Bearer {KEY}"
+
+
+def test_completions_api_and_no_usage(server: FakeOpenAI) -> None:
+    c = _complete(server.url, "nousage:n=3", api="completions")
+    assert c.text == " t0 t1 t2" and len(c.chunk_times) == 3
+    assert c.input_tokens is None and c.output_tokens is None
+    assert server.bodies[-1]["prompt"] == "Hello there"
+
+
+def test_non_streaming_first_token_is_end(server: FakeOpenAI) -> None:
+    c = _complete(server.url, "ok:ttft=0.02:n=4", stream=False, max_tokens=4)
+    assert c.t_first_token == c.t_end and c.chunk_times == []
+    assert c.text == " t0 t1 t2 t3" and c.output_tokens == 4
+    assert "stream_options" not in server.bodies[-1]
+
+
+def test_long_prompt_and_thousand_chunk_stream(server: FakeOpenAI) -> None:
+    long_prompt = Prompt("long", "word " * 32_000, 32_000)
+    c = _complete(server.url, "ok:n=1000", prompt=long_prompt)
+    assert len(c.chunk_times) == 1000 and c.output_tokens == 1000
+    assert c.text == "".join(f" t{i}" for i in range(1000))
+
+
+@pytest.mark.parametrize(
+    ("model", "inference", "error", "kind", "fragment"),
+    [
+        ("500", {}, EndpointHTTPError, "server_error", "model exploded"),
+        ("429", {}, EndpointThrottled, "throttled", "slow down"),
+        ("hang", {"timeout_s": 0.3}, EndpointTimeout, "timeout", "0.3 s"),
+        ("reset:tpot=0.01", {}, EndpointConnectionError, "connection", ""),
+        ("malformed", {}, EndpointProtocolError, "protocol", "malformed SSE"),
+        ("nonjson", {}, EndpointProtocolError, "protocol", "not JSON"),
+        ("nonjson_body", {"stream": False}, EndpointProtocolError, "protocol", "not JSON"),
+        ("nodone", {}, EndpointProtocolError, "protocol", "[DONE]"),
+        ("empty", {}, EndpointProtocolError, "protocol", "no output"),
+        ("echo_key", {}, EndpointHTTPError, "client_error", "HTTP 401"),
+    ],
+)
+def test_error_kinds(server: FakeOpenAI, model: str, inference: dict[str, Any], error: type[EndpointError],
+                     kind: str, fragment: str) -> None:
+    with pytest.raises(error) as info:
+        _complete(server.url, model, **inference)
+    assert info.value.kind == kind
+    assert fragment in str(info.value)
+    assert KEY not in str(info.value) and KEY not in repr(info.value.__cause__ or "")
+
+
+def test_throttled_parses_retry_after(server: FakeOpenAI) -> None:
+    with pytest.raises(EndpointThrottled) as info:
+        _complete(server.url, "429")
+    assert info.value.retry_after_s == 7.0 and info.value.status == 429
+
+
+def test_key_is_redacted_when_the_server_echoes_it(server: FakeOpenAI) -> None:
+    with pytest.raises(EndpointHTTPError) as info:
+        _complete(server.url, "echo_key")
+    assert "***" in str(info.value) and KEY not in str(info.value)
+    client = OpenAIClient(server.url, "m", api_key=KEY)
+    assert KEY not in repr(client)
+
+
+def test_connection_refused() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    with pytest.raises(EndpointConnectionError) as info:
+        _complete(f"http://127.0.0.1:{port}/v1", "ok")
+    assert info.value.kind == "connection"
+
+
+def test_not_opened_is_a_clear_error() -> None:
+    client = OpenAIClient("http://127.0.0.1:1/v1", "m")
+    with pytest.raises(EndpointConnectionError, match="open"):
+        asyncio.run(client.complete(PROMPT))
+
+
+def _aiohttp_exception_classes() -> list[type[BaseException]]:
+    out = []
+    for name in aiohttp.__all__:
+        obj = getattr(aiohttp, name)
+        if inspect.isclass(obj) and issubclass(obj, aiohttp.ClientError) and obj is not aiohttp.ClientError:
+            out.append(obj)
+    return out
+
+
+@pytest.mark.parametrize("cls", _aiohttp_exception_classes(), ids=lambda c: c.__name__)
+def test_every_aiohttp_error_has_an_explicit_mapping(cls: type[BaseException]) -> None:
+    first = next(entry for entry in _EXCEPTION_MAP if issubclass(cls, entry[0]))
+    assert first[0] is not aiohttp.ClientError, f"{cls.__name__} only reaches the catch-all"
+    assert issubclass(first[1], EndpointError)
+
+
+def test_translate_examples_keep_kinds_and_redact() -> None:
+    assert _translate(aiohttp.ServerDisconnectedError(), None).kind == "connection"
+    assert _translate(aiohttp.ClientPayloadError("cut"), None).kind == "connection"
+    assert _translate(aiohttp.SocketTimeoutError("slow"), None).kind == "timeout"
+    assert _translate(ConnectionResetError(104, "reset"), None).kind == "connection"
+    assert _translate(ValueError("weird"), None).kind == "protocol"
+    assert KEY not in str(_translate(aiohttp.ClientError(f"boom {KEY}"), KEY))
+
+
+async def _raw_sse_server(payload: bytes, piece: int, pause: float) -> tuple[asyncio.Server, str]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        for i in range(0, len(payload), piece):
+            writer.write(payload[i:i + piece])
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1"
+
+
+SSE = (b'data: {"choices":[{"delta":{"role":"assistant"}}]}\r\n\r\n'
+       b': keep-alive comment\n\n'
+       b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+       b'event: message\ndata: {"choices":[{"delta":{"content":"lo"}}]}\n\n'
+       b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":2}}\n\n'
+       b'data: [DONE]\n\n')
+
+
+@pytest.mark.parametrize(("piece", "pause"), [(1, 0.0005), (7, 0.001), (len(SSE), 0.0)],
+                         ids=["byte-by-byte", "7-byte-reads", "one-read"])
+def test_sse_split_or_merged_across_reads(piece: int, pause: float) -> None:
+    async def go() -> Completion:
+        srv, url = await _raw_sse_server(SSE, piece, pause)
+        client = OpenAIClient(url, "m")
+        await client.open(1)
+        try:
+            return await client.complete(PROMPT)
+        finally:
+            await client.close()
+            srv.close()
+
+    c = asyncio.run(go())
+    assert c.text == "Hello" and len(c.chunk_times) == 2 and c.output_tokens == 2
+    if piece == len(SSE):
+        assert c.chunk_times[0] == c.chunk_times[1]  # one read, one arrival stamp
+
+
+def test_make_client_providers(monkeypatch: pytest.MonkeyPatch, server: FakeOpenAI) -> None:
+    inf = InferenceConfig(max_tokens=3)
+    sim = make_client(SimulatedEndpoint(provider="simulated", model="ok", api="completions"), inf, url="http://h:1")
+    assert isinstance(sim, OpenAIClient) and isinstance(sim, EndpointClient)
+    assert str(sim._url) == "http://h:1/v1/completions"
+    with pytest.raises(EndpointError, match="URL"):
+        make_client(SimulatedEndpoint(provider="simulated"), inf)
+    cfg = OpenAIEndpoint(provider="openai", base_url=server.url, model="ok:n=2", api_key_env="FMB_TEST_KEY",
+                         headers={"X-Team": "bench"})
+    with pytest.raises(EndpointError, match="FMB_TEST_KEY"):
+        make_client(cfg, inf)
+    monkeypatch.setenv("FMB_TEST_KEY", KEY)
+    client = make_client(cfg, inf)
+
+    async def go() -> Completion:
+        await client.open(2)
+        try:
+            return await client.complete(PROMPT)
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()).text == " t0 t1"
+    assert server.auth[-1] == f"Bearer {KEY}"
+
+    class Other:
+        provider = "sagemaker"
+
+    with pytest.raises(EndpointError, match="sagemaker"):
+        make_client(Other(), inf)
