@@ -37,10 +37,24 @@ def _openai(endpoint: OpenAIEndpoint, inference: InferenceConfig, url: str | Non
                         api_key=api_key, headers=endpoint.headers)
 
 
+def _sagemaker(endpoint: Any, inference: InferenceConfig, url: str | None) -> EndpointClient:
+    from fmbench.endpoints.sagemaker import sagemaker_client
+
+    return sagemaker_client(endpoint, inference, url)
+
+
+def _bedrock(endpoint: Any, inference: InferenceConfig, url: str | None) -> EndpointClient:
+    from fmbench.endpoints.bedrock import bedrock_client
+
+    return bedrock_client(endpoint, inference, url)
+
+
 #: provider name -> factory(endpoint config, inference config, url) -> client
 _FACTORIES: dict[str, Callable[[Any, InferenceConfig, str | None], EndpointClient]] = {
     "simulated": _simulated,
     "openai": _openai,
+    "sagemaker": _sagemaker,
+    "bedrock": _bedrock,
 }
 
 

@@ -1,0 +1,441 @@
+"""Deploy and tear down SageMaker real-time endpoints, and the (empty) Bedrock equivalent.
+
+A SageMaker experiment names exactly one source: an existing endpoint (nothing is created or
+deleted), a JumpStart model id (image, artifacts and environment resolved from JumpStart's
+metadata by the SageMaker SDK, ``sagemaker.core``) or a container image. Deploying creates a
+model, an endpoint config and an endpoint, all named ``fmbench-<experiment>-<run>``, waits for
+``InService`` and returns a `DeployedEndpoint` whose ``created`` list drives the teardown, which
+removes exactly those resources and nothing else.
+
+Importing this module registers the ``sagemaker`` and ``bedrock`` providers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.exceptions
+
+from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
+from fmbench.deploy import DeployedEndpoint, register_provider
+from fmbench.endpoints._boto import make_session
+from fmbench.errors import DeploymentError
+
+log = logging.getLogger(__name__)
+
+#: Name of the single production variant of endpoints fmbench creates.
+VARIANT_NAME = "AllTraffic"
+_NAME_MAX = 63
+_KINDS_IN_TEARDOWN_ORDER = ("endpoint", "endpoint-config", "model")
+
+
+@dataclass
+class ContainerSpec:
+    """What a SageMaker model runs: image, artifacts, environment and deployment settings."""
+
+    image_uri: str
+    model_data: str | dict[str, Any] | None = None  # s3:// tarball URI or a ModelDataSource dict
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: int | None = None
+    download_timeout_s: int | None = None
+    network_isolation: bool = False
+    source: str = "image"  # "image" or "jumpstart:<model id>@<version>"
+
+
+# ---------------------------------------------------------------- names and sessions
+
+
+def resource_name(experiment: str, run_id: str) -> str:
+    """The name of the model, endpoint config and endpoint a run creates for an experiment.
+
+    ``fmbench-<experiment>-<8 hex digits of the run id>``, at most 63 characters of
+    ``[A-Za-z0-9-]``, unique per (run, experiment).
+    """
+    tag = hashlib.sha256(f"{run_id}/{experiment}".encode()).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", experiment).strip("-") or "exp"
+    stem = stem[: _NAME_MAX - len("fmbench--") - len(tag)].strip("-")
+    return f"fmbench-{stem}-{tag}"
+
+
+def _session(cfg: SageMakerEndpoint | BedrockEndpoint) -> tuple[boto3.Session, str]:
+    try:
+        session = make_session(cfg.region, cfg.profile)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise DeploymentError(f"AWS profile {cfg.profile!r} not found in the AWS config files") from exc
+    region = cfg.region or session.region_name
+    if not region:
+        raise DeploymentError("no AWS region: set endpoint.region or AWS_REGION / AWS_DEFAULT_REGION")
+    return session, region
+
+
+def _sagemaker_client(cfg: SageMakerEndpoint) -> tuple[Any, str]:
+    session, region = _session(cfg)
+    client = session.client("sagemaker", region_name=region, endpoint_url=cfg.endpoint_url)
+    return client, region
+
+
+def _describe(call: str, exc: Exception) -> DeploymentError:
+    """The one translation of botocore errors into a `DeploymentError` (secrets never included)."""
+    if isinstance(exc, DeploymentError):
+        return exc
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return DeploymentError(
+            f"{call}: no AWS credentials found (standard chain: environment, profile, SSO, instance role); "
+            "configure credentials or set endpoint.profile"
+        )
+    if isinstance(exc, botocore.exceptions.PartialCredentialsError):
+        return DeploymentError(f"{call}: incomplete AWS credentials ({exc.kwargs.get('cred_var', 'a key')} missing)")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        return DeploymentError(f"{call}: {err.get('Code', 'Error')}: {err.get('Message', exc)}")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return DeploymentError(f"{call}: cannot reach {exc.kwargs.get('endpoint_url', 'the AWS API')}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return DeploymentError(f"{call}: {exc}")
+    return DeploymentError(f"{call}: {exc.__class__.__name__}: {exc}")
+
+
+def _not_found(exc: Exception) -> bool:
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return False
+    err = exc.response.get("Error", {})
+    return err.get("Code") in ("ValidationException", "ResourceNotFound") and "could not find" in str(
+        err.get("Message", "")
+    ).lower()
+
+
+# ---------------------------------------------------------------- container specs
+
+
+def _lmi_env(serving_properties: dict[str, str]) -> dict[str, str]:
+    """LMI ``serving.properties`` entries as the OPTION_* environment variables LMI reads."""
+    env = {}
+    for key, value in serving_properties.items():
+        name = key.removeprefix("option.")
+        env["OPTION_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()] = str(value)
+    return env
+
+
+def _model_data_source(uri: str, accept_eula: bool) -> str | dict[str, Any]:
+    """A tarball URI as is; an S3 prefix (ending in /) as an uncompressed ModelDataSource."""
+    if not uri.endswith("/"):
+        return uri
+    source: dict[str, Any] = {"S3Uri": uri, "S3DataType": "S3Prefix", "CompressionType": "None"}
+    if accept_eula:
+        source["ModelAccessConfig"] = {"AcceptEula": True}
+    return {"S3DataSource": source}
+
+
+def image_container(cfg: SageMakerEndpoint) -> ContainerSpec:
+    """The container of an image deploy: image, model data, HF_MODEL_ID and LMI OPTION_* variables."""
+    if not cfg.image_uri:
+        raise DeploymentError("image deploy without image_uri")
+    env: dict[str, str] = {}
+    if cfg.hf_model_id:
+        env["HF_MODEL_ID"] = cfg.hf_model_id
+    env.update(_lmi_env(cfg.serving_properties or {}))
+    env.update(cfg.env)
+    data = _model_data_source(cfg.model_data, cfg.accept_eula) if cfg.model_data else None
+    return ContainerSpec(
+        image_uri=cfg.image_uri, model_data=data, env=env, startup_timeout_s=cfg.container_startup_timeout_s
+    )
+
+
+def jumpstart_container(cfg: SageMakerEndpoint, session: boto3.Session, region: str) -> ContainerSpec:
+    """Resolve a JumpStart model id to its container with the SageMaker SDK (``sagemaker.core``).
+
+    The SDK reads JumpStart's manifest and specs from the regional JumpStart bucket, or from the
+    bucket in ``AWS_JUMPSTART_CONTENT_BUCKET_OVERRIDE`` (and gated models from
+    ``AWS_JUMPSTART_GATED_CONTENT_BUCKET_OVERRIDE``), or from local folders named by
+    ``AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE`` and ``AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE``.
+
+    Raises:
+        DeploymentError: unknown model id/version, no image for the instance type, EULA not accepted.
+    """
+    # Imported here: the SDK takes seconds to import and only JumpStart deploys need it.
+    from sagemaker.core import environment_variables, image_uris, model_uris
+    from sagemaker.core.helper.session_helper import Session
+    from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
+
+    model_id, version, instance_type = cfg.jumpstart_model_id, cfg.jumpstart_model_version, cfg.instance_type
+    what = f"JumpStart model {model_id!r} version {version!r}"
+    try:
+        sm_session = Session(boto_session=session, sagemaker_client=session.client("sagemaker", region_name=region))
+        common: dict[str, Any] = {
+            "region": region,
+            "model_id": model_id,
+            "model_version": version,
+            "sagemaker_session": sm_session,
+        }
+        specs = verify_model_region_and_return_specs(
+            model_id=model_id, version=version, scope="inference", region=region, sagemaker_session=sm_session
+        )
+        if specs.hosting_eula_key and not cfg.accept_eula:
+            raise DeploymentError(f"{what} requires accepting its EULA: set endpoint.accept_eula: true")
+        supported = specs.supported_inference_instance_types or []
+        if supported and instance_type not in supported:
+            log.warning("%s does not list %s among its instance types %s", what, instance_type, supported)
+        image = image_uris.retrieve(framework=None, image_scope="inference", instance_type=instance_type, **common)
+        data = model_uris.retrieve(model_scope="inference", instance_type=instance_type, **common)
+        env = environment_variables.retrieve_default(
+            include_aws_sdk_env_vars=False, instance_type=instance_type, **common
+        )
+    except DeploymentError:
+        raise
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise DeploymentError(f"{what}: {str(exc).strip(chr(39))}") from exc
+    except Exception as exc:  # botocore errors reading the JumpStart bucket
+        raise _describe(f"reading {what} from JumpStart", exc) from exc
+    deploy_kwargs = specs.deploy_kwargs or {}
+    env = {**env, **cfg.env}
+    return ContainerSpec(
+        image_uri=image,
+        model_data=_model_data_source(data, cfg.accept_eula) if isinstance(data, str) else data,
+        env=env,
+        startup_timeout_s=cfg.container_startup_timeout_s or deploy_kwargs.get("container_startup_health_check_timeout"),
+        download_timeout_s=deploy_kwargs.get("model_data_download_timeout"),
+        network_isolation=bool(specs.inference_enable_network_isolation),
+        source=f"jumpstart:{model_id}@{specs.version}",
+    )
+
+
+# ---------------------------------------------------------------- deploy
+
+
+def wait_for_endpoint(client: Any, name: str, timeout_s: float, poll_s: float = 15.0) -> dict[str, Any]:
+    """Poll DescribeEndpoint until the endpoint is InService, logging progress.
+
+    Raises:
+        DeploymentError: the endpoint failed (with SageMaker's FailureReason) or the wait timed out.
+    """
+    t0 = time.monotonic()
+    last_status, last_log = None, t0
+    while True:
+        desc = client.describe_endpoint(EndpointName=name)
+        status = desc["EndpointStatus"]
+        elapsed = time.monotonic() - t0
+        if status == "InService":
+            log.info("endpoint %s is InService after %.0f s", name, elapsed)
+            return desc
+        if status in ("Failed", "OutOfService", "Deleting", "RollingBack"):
+            reason = desc.get("FailureReason") or "no reason given"
+            raise DeploymentError(f"endpoint {name} is {status}: {reason}")
+        if status != last_status or time.monotonic() - last_log >= 60:
+            log.info("endpoint %s: %s (%.0f s elapsed, timeout %.0f s)", name, status, elapsed, timeout_s)
+            last_status, last_log = status, time.monotonic()
+        if elapsed >= timeout_s:
+            raise DeploymentError(f"endpoint {name} not InService after {timeout_s:.0f} s (last status {status})")
+        time.sleep(min(poll_s, max(0.0, timeout_s - elapsed)) or poll_s)
+
+
+def _existing(cfg: SageMakerEndpoint, experiment: str, client: Any, region: str) -> DeployedEndpoint:
+    name = cfg.endpoint_name
+    try:
+        desc = client.describe_endpoint(EndpointName=name)
+    except Exception as exc:
+        if _not_found(exc):
+            raise DeploymentError(f"existing endpoint {name!r} not found in {region}") from exc
+        raise _describe(f"describing endpoint {name}", exc) from exc
+    if desc["EndpointStatus"] != "InService":
+        raise DeploymentError(f"existing endpoint {name!r} is {desc['EndpointStatus']}, not InService")
+    log.info("benchmarking existing endpoint %s in %s (nothing deployed)", name, region)
+    return DeployedEndpoint(
+        experiment=experiment,
+        provider="sagemaker",
+        url=cfg.runtime_endpoint_url,
+        endpoint_name=name,
+        region=region,
+        created=[],
+        keep=True,
+    )
+
+
+def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float = 15.0) -> DeployedEndpoint:
+    """Make a SageMaker experiment's endpoint InService (or check an existing one).
+
+    Creates model, endpoint config and endpoint (tagged with the run id), waits for InService.
+    If any step fails, what was already created is deleted before the error is raised.
+
+    Raises:
+        DeploymentError: credentials, JumpStart resolution, a SageMaker API error, FailureReason
+            of a failed endpoint, or the deploy timeout; one line naming the cause.
+    """
+    cfg = experiment.endpoint
+    if not isinstance(cfg, SageMakerEndpoint):
+        raise DeploymentError(f"experiment {experiment.name!r} is not a SageMaker experiment")
+    try:
+        client, region = _sagemaker_client(cfg)
+    except DeploymentError:
+        raise
+    except Exception as exc:
+        raise _describe("creating the SageMaker client", exc) from exc
+    if cfg.endpoint_name:
+        return _existing(cfg, experiment.name, client, region)
+
+    if not cfg.role_arn:
+        raise DeploymentError(f"experiment {experiment.name!r}: endpoint.role_arn is required to deploy a model")
+    if cfg.jumpstart_model_id:
+        session, _ = _session(cfg)
+        spec = jumpstart_container(cfg, session, region)
+    else:
+        spec = image_container(cfg)
+
+    name = resource_name(experiment.name, run_id)
+    tags = [{"Key": "fmbench:run-id", "Value": run_id[:256]}, {"Key": "fmbench:experiment", "Value": experiment.name}]
+    handle = DeployedEndpoint(
+        experiment=experiment.name,
+        provider="sagemaker",
+        url=cfg.runtime_endpoint_url,
+        endpoint_name=name,
+        region=region,
+        created=[],
+        keep=cfg.keep_endpoint,
+    )
+    log.info("deploying %s (%s) on %d x %s as %s", experiment.name, spec.source, cfg.instance_count,
+             cfg.instance_type, name)
+    step = "creating model"
+    try:
+        container: dict[str, Any] = {"Image": spec.image_uri, "Environment": spec.env}
+        if isinstance(spec.model_data, dict):
+            container["ModelDataSource"] = spec.model_data
+        elif spec.model_data:
+            container["ModelDataUrl"] = spec.model_data
+        client.create_model(
+            ModelName=name,
+            ExecutionRoleArn=cfg.role_arn,
+            PrimaryContainer=container,
+            EnableNetworkIsolation=spec.network_isolation,
+            Tags=tags,
+        )
+        handle.created.append(f"model:{name}")
+
+        step = "creating endpoint config"
+        variant: dict[str, Any] = {
+            "VariantName": VARIANT_NAME,
+            "ModelName": name,
+            "InitialInstanceCount": cfg.instance_count,
+            "InstanceType": cfg.instance_type,
+        }
+        if spec.startup_timeout_s:
+            variant["ContainerStartupHealthCheckTimeoutInSeconds"] = int(spec.startup_timeout_s)
+        if spec.download_timeout_s:
+            variant["ModelDataDownloadTimeoutInSeconds"] = int(spec.download_timeout_s)
+        if cfg.volume_size_gb:
+            variant["VolumeSizeInGB"] = cfg.volume_size_gb
+        client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant], Tags=tags)
+        handle.created.append(f"endpoint-config:{name}")
+
+        step = "creating endpoint"
+        client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+        handle.created.append(f"endpoint:{name}")
+
+        step = "waiting for InService"
+        wait_for_endpoint(client, name, cfg.deploy_timeout_s, poll_s=poll_s)
+    except Exception as exc:
+        error = _describe(f"deploying {experiment.name} ({step})", exc)
+        if handle.created:
+            removed, failures = _delete_created(client, handle.created)
+            note = f"; cleaned up {', '.join(removed) or 'nothing'}"
+            if failures:
+                note += f"; could NOT delete {', '.join(failures)}"
+            error = DeploymentError(str(error) + note)
+        raise error from exc
+    return handle
+
+
+# ---------------------------------------------------------------- teardown
+
+
+def _delete_created(client: Any, created: list[str]) -> tuple[list[str], list[str]]:
+    """Delete the given 'kind:name' resources, endpoint first; already-deleted counts as removed."""
+    removed: list[str] = []
+    failures: list[str] = []
+    calls = {
+        "endpoint": lambda n: client.delete_endpoint(EndpointName=n),
+        "endpoint-config": lambda n: client.delete_endpoint_config(EndpointConfigName=n),
+        "model": lambda n: client.delete_model(ModelName=n),
+    }
+    order = {kind: i for i, kind in enumerate(_KINDS_IN_TEARDOWN_ORDER)}
+    for item in sorted(created, key=lambda s: order.get(s.split(":", 1)[0], 99)):
+        kind, _, name = item.partition(":")
+        if kind not in calls:
+            failures.append(f"{item} (unknown kind)")
+            continue
+        try:
+            calls[kind](name)
+            log.info("deleted %s %s", kind, name)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported after trying the rest
+            if not _not_found(exc):
+                failures.append(f"{item} ({_describe('delete', exc)})")
+                continue
+            log.info("%s %s was already deleted", kind, name)
+        removed.append(item)
+    return removed, failures
+
+
+def teardown_sagemaker(deployed: DeployedEndpoint, experiment: ExperimentConfig) -> list[str]:
+    """Delete exactly what `deploy_sagemaker` created (endpoint, endpoint config, model).
+
+    Nothing is deleted when the endpoint is kept (``keep_endpoint``) or was not created by the
+    run. Deleting something already gone is fine, so teardown can be repeated.
+
+    Returns:
+        The 'kind:name' resources removed.
+
+    Raises:
+        DeploymentError: a resource could not be deleted (all others are still attempted).
+    """
+    cfg = experiment.endpoint
+    if not deployed.created:
+        return []
+    keep = deployed.keep or (isinstance(cfg, SageMakerEndpoint) and cfg.keep_endpoint)
+    if keep:
+        log.warning("keeping endpoint %s (keep_endpoint): it bills until you delete it", deployed.endpoint_name)
+        return []
+    if not isinstance(cfg, SageMakerEndpoint):
+        raise DeploymentError(f"experiment {experiment.name!r} is not a SageMaker experiment")
+    try:
+        client, _ = _sagemaker_client(cfg.model_copy(update={"region": deployed.region or cfg.region}))
+    except DeploymentError:
+        raise
+    except Exception as exc:
+        raise _describe("creating the SageMaker client", exc) from exc
+    removed, failures = _delete_created(client, deployed.created)
+    if failures:
+        raise DeploymentError(f"teardown of {experiment.name}: could not delete {'; '.join(failures)}")
+    return removed
+
+
+# ---------------------------------------------------------------- bedrock
+
+
+def deploy_bedrock(experiment: ExperimentConfig, run_id: str) -> DeployedEndpoint:
+    """Bedrock models are served by AWS: nothing to deploy; resolves the region only."""
+    cfg = experiment.endpoint
+    if not isinstance(cfg, BedrockEndpoint):
+        raise DeploymentError(f"experiment {experiment.name!r} is not a Bedrock experiment")
+    _, region = _session(cfg)
+    return DeployedEndpoint(
+        experiment=experiment.name,
+        provider="bedrock",
+        url=cfg.runtime_endpoint_url,
+        endpoint_name=cfg.model_id,
+        region=region,
+        created=[],
+        keep=True,
+    )
+
+
+def teardown_bedrock(deployed: DeployedEndpoint, experiment: ExperimentConfig) -> list[str]:
+    """Nothing to tear down for Bedrock."""
+    return []
+
+
+register_provider("sagemaker", deploy_sagemaker, teardown_sagemaker)
+register_provider("bedrock", deploy_bedrock, teardown_bedrock)

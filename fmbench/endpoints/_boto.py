@@ -1,0 +1,152 @@
+"""Shared plumbing of the boto3-based clients: sessions, a thread pool per shard, error mapping.
+
+boto3 is synchronous. Each client runs its calls in a thread pool sized to the shard's
+concurrency, with a botocore connection pool of the same size, so neither the pool nor urllib3
+limits requests in flight. The EventStream is read in the worker thread and every event is
+stamped with ``time.monotonic()`` there, the moment botocore hands it over (one HTTP chunk per
+event on the wire), so the event loop's scheduling never shifts a timestamp.
+
+`translate_client_error` is the one place botocore exceptions become `fmbench.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.eventstream
+import botocore.exceptions
+import urllib3.exceptions
+
+from fmbench.errors import (
+    EndpointConnectionError,
+    EndpointError,
+    EndpointHTTPError,
+    EndpointProtocolError,
+    EndpointThrottled,
+    EndpointTimeout,
+)
+
+T = TypeVar("T")
+
+#: Error codes AWS runtimes use to refuse a request for rate or quota.
+THROTTLING_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "ServiceQuotaExceededException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+    }
+)
+
+
+def make_session(region: str | None, profile: str | None) -> boto3.Session:
+    """A boto3 session from the standard chain, with an optional profile and region.
+
+    Raises:
+        botocore.exceptions.ProfileNotFound: the profile does not exist (callers translate it).
+    """
+    return boto3.Session(profile_name=profile, region_name=region)
+
+
+def client_config(concurrency: int, timeout_s: float) -> botocore.config.Config:
+    """A botocore config for runtime calls: no retries (each attempt is recorded), no pool cap."""
+    return botocore.config.Config(
+        max_pool_connections=max(1, concurrency),
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=min(timeout_s, 60.0),
+        read_timeout=timeout_s,
+        tcp_keepalive=True,
+    )
+
+
+def translate_client_error(exc: Exception, what: str) -> EndpointError:
+    """Map a botocore/urllib3 exception raised by a runtime call to an `EndpointError`.
+
+    ``what`` names the call (e.g. ``sagemaker endpoint my-ep``) for the message.
+    """
+    if isinstance(exc, EndpointError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):  # includes EventStreamError
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "")) or "Unknown"
+        message = str(err.get("Message", "")) or str(exc)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in THROTTLING_CODES or status == 429:
+            return EndpointThrottled(f"{what}: {code}: {message}", status=429 if status in (None, 200) else status)
+        if code == "ModelError":
+            original = exc.response.get("OriginalStatusCode")
+            return EndpointHTTPError(
+                f"{what}: ModelError (container answered {original}): {message}",
+                status=int(original) if original else status,
+            )
+        if status in (None, 200):  # error event inside a stream
+            status = 500 if code in ("ModelStreamError", "InternalStreamFailure", "InternalServerException") else 400
+        return EndpointHTTPError(f"{what}: {code}: {message}", status=status)
+    if isinstance(
+        exc,
+        (
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectTimeoutError,
+            urllib3.exceptions.TimeoutError,
+            TimeoutError,
+        ),
+    ):
+        return EndpointTimeout(f"{what}: timed out ({exc.__class__.__name__})")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return EndpointConnectionError(f"{what}: no AWS credentials found in the standard chain")
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return EndpointHTTPError(f"{what}: invalid request: {exc}", status=None)
+    if isinstance(exc, (botocore.exceptions.ResponseParserError, botocore.eventstream.ParserError)):
+        return EndpointProtocolError(f"{what}: unparseable answer: {exc}")
+    if isinstance(
+        exc,
+        (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+            botocore.exceptions.ResponseStreamingError,
+            botocore.exceptions.HTTPClientError,
+            urllib3.exceptions.HTTPError,
+            ConnectionError,
+        ),
+    ):
+        return EndpointConnectionError(f"{what}: connection failed ({exc.__class__.__name__}: {exc})")
+    if isinstance(exc, (ValueError, KeyError, TypeError)):
+        return EndpointProtocolError(f"{what}: unparseable answer ({exc.__class__.__name__}: {exc})")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return EndpointConnectionError(f"{what}: {exc.__class__.__name__}: {exc}")
+    return EndpointError(f"{what}: {exc.__class__.__name__}: {exc}")
+
+
+class ThreadRunner:
+    """Runs blocking boto3 calls for one shard, one worker thread per request in flight."""
+
+    def __init__(self) -> None:
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def open(self, concurrency: int) -> None:
+        """Start a pool of ``concurrency`` workers (replacing any previous one)."""
+        self.close()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, concurrency), thread_name_prefix="fmbench-boto"
+        )
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the pool and await its result."""
+        if self._pool is None:
+            raise EndpointError("client used before open()")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        """Stop the pool; running calls finish in the background."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
