@@ -1,0 +1,197 @@
+"""fmbench.regression on run directories built from generated per-request records (no Prefect)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fmbench import regression, storage
+from fmbench.config import load_config
+from fmbench.metrics import summarize
+from fmbench.records import REQUEST_SCHEMA
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "nightly-sim.yml"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(CONFIG)
+
+
+def _records(cfg, *, ttft=0.05, latency=0.2, errors=0.0, n=200, seed=0, sigma=0.2) -> pl.DataFrame:
+    """Per-request rows for every shard of the config: lognormal TTFT/latency, some failures."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    exp = cfg.experiments[0]
+    for lo, hi in cfg.buckets:
+        for c in exp.concurrency_levels:
+            sid = f"{exp.name}__synthetic__{lo}-{hi}__c{c}"
+            t = 1000.0
+            for i in range(n + 2):
+                warm = i < 2
+                ok = bool(rng.random() >= errors) or warm
+                tt = float(ttft * rng.lognormal(0, sigma))
+                lat = float(latency * rng.lognormal(0, sigma))
+                rows.append({
+                    "experiment": exp.name, "dataset": "synthetic", "bucket": f"{lo}-{hi}", "bucket_min": lo,
+                    "bucket_max": hi, "concurrency": c, "request_rate": None, "shard_id": sid, "request_id": i,
+                    "prompt_id": f"p{i}", "attempt": 1, "warmup": warm, "ok": ok,
+                    "error_kind": None if ok else "server_error", "error": None if ok else "HTTP 500",
+                    "http_status": 200 if ok else 500, "input_tokens": lo + 10, "output_tokens": 16 if ok else None,
+                    "usage_source": "server", "t_scheduled": t, "t_start": t,
+                    "t_first_token": t + tt if ok else None, "t_end": t + lat, "send_lag_s": 0.0,
+                    "ttft_s": tt if ok else None, "latency_s": lat if ok else None,
+                    "tpot_s": (lat - tt) / 15 if ok else None, "itl_s": [], "chunks": 16 if ok else 0,
+                })
+                t += lat / c
+    return pl.DataFrame(rows, schema=REQUEST_SCHEMA)
+
+
+def _make_run(root: Path | str, cfg, run_id: str, records: pl.DataFrame, *, ended: bool = True,
+              config_hash: str | None = None) -> str:
+    url = storage.join(str(root), cfg.name, run_id)
+    storage.write_parquet(storage.join(url, "requests.parquet"), records)
+    shards = [{"shard_id": s, "status": "ok", "valid": True} for s in records["shard_id"].unique().to_list()]
+    storage.write_parquet(storage.join(url, "metrics.parquet"), summarize(records, cfg, shards=shards))
+    manifest = {"name": cfg.name, "run_id": run_id, "config_hash": config_hash or cfg.config_hash(),
+                "started_at": "2026-01-01T00:00:00+00:00",
+                "ended_at": "2026-01-01T00:01:00+00:00" if ended else None}
+    storage.write_text(storage.join(url, "manifest.json"), json.dumps(manifest))
+    return url
+
+
+def test_first_run_says_there_is_nothing_to_compare(tmp_path, cfg):
+    url = _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg))
+    report = regression.check_regressions(url, plots=False)
+    assert report.status == "no-previous"
+    assert "No previous successful run of `nightly-sim`" in Path(url, "regression.md").read_text()
+    assert json.loads(Path(url, "regression.json").read_text())["status"] == "no-previous"
+
+
+def test_previous_run_skips_unfinished_and_later_runs(tmp_path, cfg):
+    recs = _records(cfg)
+    first = _make_run(tmp_path, cfg, "20260101-020000-aaaa", recs)
+    _make_run(tmp_path, cfg, "20260102-020000-bbbb", recs, ended=False)  # crashed run: no ended_at
+    Path(tmp_path, cfg.name, "20260102-030000-cccc").mkdir()  # no manifest at all
+    current = _make_run(tmp_path, cfg, "20260103-020000-dddd", recs)
+    _make_run(tmp_path, cfg, "20260104-020000-eeee", recs)  # later than current: never "previous"
+    assert regression.find_previous_run(current) == first
+    assert regression.find_previous_run(first) is None
+
+
+def test_same_distribution_is_not_a_regression(tmp_path, cfg):
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg, seed=1))
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", _records(cfg, seed=2))
+    report = regression.check_regressions(url, plots=False)
+    assert report.status == "ok", report.summary()
+    assert report.compared_shards == 4
+    md = Path(url, "regression.md").read_text()
+    assert md.startswith("## Changes since 20260101-020000-aaaa")
+    assert "**No regression.**" in md
+
+
+def test_slower_ttft_is_flagged_beyond_noise(tmp_path, cfg):
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg, ttft=0.05, seed=1))
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", _records(cfg, ttft=0.08, seed=2),
+                    config_hash="changed")
+    report = regression.check_regressions(url, plots=False)
+    assert report.status == "regressed"
+    ttft = [c for c in report.regressions if c.metric == "ttft_p95_s"]
+    assert len(ttft) == 4  # every shard
+    for c in ttft:
+        assert c.change is not None and 0.3 < c.change < 0.9
+        assert c.significant is True and c.ci_low is not None and c.ci_low > 0
+    assert not [c for c in report.regressions if c.metric == "latency_p95_s"]
+    assert report.config_changed
+    md = Path(url, "regression.md").read_text()
+    assert "p95 TTFT" in md and "CI of difference" in md and "config changed" in md
+    assert "regression(s)" in report.summary()
+
+
+def test_small_noisy_shift_is_reported_as_within_noise(tmp_path, cfg):
+    # 8 very noisy requests per shard and a 15% shift: p95 moves beyond the 10% threshold on
+    # some shards, but the bootstrap interval of the difference still includes zero there.
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg, latency=0.2, n=8, seed=3, sigma=0.5))
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", _records(cfg, latency=0.23, n=8, seed=4, sigma=0.5))
+    report = regression.check_regressions(url, plots=False)
+    noisy = [c for c in report.changes if c.metric == "latency_p95_s" and c.beyond_threshold
+             and c.significant is False]
+    assert noisy, "expected a shard beyond the threshold yet within noise"
+    assert not any(c.regression for c in noisy)
+    assert all(c.ci_low is not None and c.ci_low < 0 < c.ci_high for c in noisy)
+    assert "within run-to-run noise" in Path(url, "regression.md").read_text()
+
+
+def test_error_rate_and_throughput(tmp_path, cfg):
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg, latency=0.2, seed=1))
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", _records(cfg, latency=0.3, errors=0.2, seed=2))
+    report = regression.check_regressions(url, plots=False)
+    metrics = {c.metric for c in report.regressions}
+    assert {"error_rate", "transactions_per_min", "latency_p95_s"} <= metrics
+    err = next(c for c in report.regressions if c.metric == "error_rate")
+    assert err.previous == 0 and err.change is None and err.significant is True
+    assert "from 0" in Path(url, "regression.md").read_text()
+
+
+def test_thresholds_are_configurable(tmp_path, cfg):
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg, ttft=0.05, seed=1))
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", _records(cfg, ttft=0.08, seed=2))
+    report = regression.check_regressions(url, regression.Thresholds.uniform(2.0), plots=False)
+    assert report.status == "ok"
+    assert all(c.threshold == 2.0 for c in report.changes)
+
+
+def test_newly_failed_shard_is_a_regression(tmp_path, cfg):
+    recs = _records(cfg, seed=1)
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", recs)
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", recs)
+    metrics = pl.read_parquet(Path(url, "metrics.parquet"))
+    metrics = metrics.with_columns(pl.when(pl.col("concurrency") == 4).then(pl.lit("failed"))
+                                   .otherwise(pl.col("status")).alias("status"))
+    storage.write_parquet(str(Path(url, "metrics.parquet")), metrics)
+    report = regression.check_regressions(url, plots=False)
+    assert report.status == "regressed" and len(report.newly_failed) == 2
+    assert "failed now" in Path(url, "regression.md").read_text()
+
+
+def test_bootstrap_is_seeded_and_fast():
+    rng = np.random.default_rng(0)
+    a, b = rng.lognormal(0, 0.3, 5000), rng.lognormal(0.1, 0.3, 5000)
+    ci1 = regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=5)
+    ci2 = regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=5)
+    assert ci1 == ci2
+    true_diff = np.quantile(b, 0.95) - np.quantile(a, 0.95)
+    assert ci1[0] < true_diff < ci1[1] and ci1[0] > 0
+    t0 = time.monotonic()
+    regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=1)
+    assert time.monotonic() - t0 < 10  # generous: well under a second on an idle machine
+    assert all(np.isnan(regression.bootstrap_diff_ci(a[:0], b, "mean")))
+
+
+def test_trend_plots_are_written(tmp_path, cfg):
+    for day, ttft in enumerate([0.05, 0.05, 0.06], start=1):
+        url = _make_run(tmp_path, cfg, f"2026010{day}-020000-aaaa", _records(cfg, ttft=ttft, n=50, seed=day))
+    report = regression.check_regressions(url, trend_runs=3)
+    assert report.plot_error is None, report.plot_error
+    assert report.trend_runs == ["20260101-020000-aaaa", "20260102-020000-aaaa", "20260103-020000-aaaa"]
+    for rel in regression.TREND_PLOTS.values():
+        png = Path(url, rel)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![p95 latency trend](plots/trend_latency_p95.png)" in Path(url, "regression.md").read_text()
+
+
+def test_works_on_s3(cfg, s3_bucket):
+    root = f"{s3_bucket}/results"
+    _make_run(root, cfg, "20260101-020000-aaaa", _records(cfg, ttft=0.05, n=50, seed=1))
+    _make_run(root, cfg, "20260101-030000-bbbb", _records(cfg, n=50, seed=1), ended=False)
+    url = _make_run(root, cfg, "20260102-020000-cccc", _records(cfg, ttft=0.1, n=50, seed=2))
+    report = regression.check_regressions(url, plots=False)
+    assert report.previous_run_id == "20260101-020000-aaaa"
+    assert report.status == "regressed"
+    assert storage.read_text(f"{url}/regression.md").startswith("## Changes since 20260101-020000-aaaa")
+    assert regression.read_report(url).status == "regressed"
