@@ -1,0 +1,260 @@
+"""The report's plotly figures, built from per-shard metrics and a sample of per-request records.
+
+Each figure has one panel per (dataset, bucket), units on its axes, and one colour per experiment
+that is the same in every figure. Figures are returned as (file stem, title, caption, figure).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+import polars as pl
+from plotly.subplots import make_subplots
+
+#: Colour-blind-friendly first, then the usual D3 colours.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
+           "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F"]
+
+_FONT = dict(family="Helvetica, Arial, sans-serif", size=13)
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """A report figure: file stem (plots/STEM.png), title, one-line caption and the plotly figure."""
+
+    stem: str
+    title: str
+    caption: str
+    figure: go.Figure
+
+
+def colour_map(experiments: list[str]) -> dict[str, str]:
+    """One colour per experiment, stable for a given set of names."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(experiments)))}
+
+
+def _panels(metrics: pl.DataFrame) -> list[tuple[str, str]]:
+    keys = metrics.select("dataset", "bucket", "bucket_min").unique().sort(["dataset", "bucket_min", "bucket"],
+                                                                           nulls_last=True)
+    return [(r["dataset"], r["bucket"]) for r in keys.iter_rows(named=True)]
+
+
+def _panel_title(dataset: str, bucket: str, many_datasets: bool) -> str:
+    text = f"prompts {bucket.replace('-', '–')} tokens"
+    return f"{dataset}: {text}" if many_datasets else text
+
+
+def _grid(panels: list[tuple[str, str]], title: str) -> tuple[go.Figure, int]:
+    cols = 1 if len(panels) == 1 else 2 if len(panels) in (2, 4) else 3
+    rows = max(1, math.ceil(len(panels) / cols))
+    many = len({d for d, _ in panels}) > 1
+    fig = make_subplots(
+        rows=rows, cols=cols, subplot_titles=[_panel_title(d, b, many) for d, b in panels] or None,
+        horizontal_spacing=0.08, vertical_spacing=min(0.18, 0.5 / rows),
+    )
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left"), template="plotly_white", font=_FONT,
+        height=140 + 360 * rows, width=1100,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02 + 0.04 / rows, xanchor="right", x=1,
+                    title_text="experiment "),
+        margin=dict(l=70, r=30, t=110, b=60),
+    )
+    return fig, cols
+
+
+def _rc(i: int, cols: int) -> tuple[int, int]:
+    return i // cols + 1, i % cols + 1
+
+
+def _load_axis(part: pl.DataFrame) -> tuple[str, str]:
+    """Which column is the load on the x axis, and its axis title."""
+    if part.height and part["request_rate"].null_count() == 0:
+        return "request_rate", "request rate (requests/s)"
+    return "concurrency", "concurrency (requests in flight)"
+
+
+def _log_axis(values: list[float]) -> dict[str, Any]:
+    vals = sorted({v for v in values if v is not None and v > 0})
+    if len(vals) >= 3 and vals[-1] / vals[0] >= 8:
+        return dict(type="log", tickvals=vals, ticktext=[f"{v:g}" for v in vals])
+    return dict(type="linear", tickvals=vals, ticktext=[f"{v:g}" for v in vals]) if len(vals) <= 12 else {}
+
+
+def _hover(row: dict[str, Any]) -> str:
+    slo = "meets SLOs" if row.get("meets_slo") else f"SLO failed: {row.get('slo_failures') or '-'}"
+    valid = "" if row.get("valid", True) is not False else f"<br>INVALID: {row.get('invalid_reason') or ''}"
+    return f"{row['experiment']}<br>{slo}{valid}"
+
+
+def _series_figure(metrics: pl.DataFrame, colours: dict[str, str], *, stem: str, title: str, caption: str,
+                   y: str, y_title: str, scale: float = 1.0, slo_value: float | None = None,
+                   slo_label: str = "", y_percent: bool = False) -> Figure:
+    panels = _panels(metrics)
+    fig, cols = _grid(panels, title)
+    shown: set[str] = set()
+    for i, (dataset, bucket) in enumerate(panels):
+        row, col = _rc(i, cols)
+        part = metrics.filter((pl.col("dataset") == dataset) & (pl.col("bucket") == bucket))
+        xcol, xtitle = _load_axis(part)
+        for exp in sorted(set(part["experiment"].to_list())):
+            rows = part.filter(pl.col("experiment") == exp).sort(xcol).to_dicts()
+            xs = [r[xcol] for r in rows]
+            ys = [None if r.get(y) is None else r[y] * scale for r in rows]
+            symbols = ["x" if r.get("valid") is False else "circle" if r.get("meets_slo") else "circle-open"
+                       for r in rows]
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers", name=exp, legendgroup=exp, showlegend=exp not in shown,
+                line=dict(color=colours[exp], width=2), marker=dict(size=9, symbol=symbols, color=colours[exp]),
+                hovertext=[_hover(r) for r in rows], hoverinfo="text+x+y",
+            ), row=row, col=col)
+            shown.add(exp)
+        if slo_value is not None:
+            fig.add_hline(y=slo_value * scale, line=dict(color="#B22222", dash="dash", width=1.5),
+                          annotation_text=slo_label, annotation_position="top left",
+                          annotation_font=dict(color="#B22222", size=11), row=row, col=col)
+        fig.update_xaxes(title_text=xtitle, row=row, col=col, **_log_axis([float(v) for v in part[xcol].drop_nulls()]))
+        fig.update_yaxes(title_text=y_title, row=row, col=col, rangemode="tozero",
+                         tickformat=".0%" if y_percent else None)
+    return Figure(stem, title, caption, fig)
+
+
+def build_figures(metrics: pl.DataFrame, sample: pl.DataFrame | None, slo: Any,
+                  colours: dict[str, str] | None = None) -> tuple[list[Figure], list[str]]:
+    """Every report figure, plus notes on figures that could not be drawn (and why).
+
+    Args:
+        metrics: per-shard metrics (`fmbench.metrics.summarize`).
+        sample: per-request rows (experiment, input_tokens, latency_s, ok) for the scatter, or None.
+        slo: the `SLOConfig` whose limits are drawn, or None.
+        colours: experiment -> colour (default: `colour_map` of the metrics' experiments).
+    """
+    notes: list[str] = []
+    data = metrics.filter(pl.col("requests") > 0)
+    if data.is_empty():
+        return [], ["no shard produced measurements, so there is nothing to plot"]
+    colours = colours or colour_map(metrics["experiment"].to_list())
+    lat_slo = getattr(slo, "latency_p95_s", None)
+    ttft_slo = getattr(slo, "ttft_p95_s", None)
+    err_slo = getattr(slo, "max_error_rate", None)
+    figs = [
+        _series_figure(data, colours, stem="latency_p95_vs_load", title="p95 end-to-end latency vs load",
+                       caption="Filled markers meet every SLO, open markers miss at least one, x marks an "
+                               "invalid shard. Dashed line: the p95 latency SLO.",
+                       y="latency_p95_s", y_title="p95 latency (s)", slo_value=lat_slo,
+                       slo_label=f"SLO p95 ≤ {lat_slo:g} s" if lat_slo else ""),
+        _series_figure(data, colours, stem="ttft_p95_vs_load", title="p95 time to first token vs load",
+                       caption="Time from when a request was due to its first token; dashed line: the TTFT SLO.",
+                       y="ttft_p95_s", y_title="p95 TTFT (ms)", scale=1000.0, slo_value=ttft_slo,
+                       slo_label=f"SLO p95 ≤ {ttft_slo * 1000:g} ms" if ttft_slo else ""),
+        _series_figure(data, colours, stem="throughput_vs_load", title="Throughput vs load",
+                       caption="Successful requests completed per minute over the shard's measured duration.",
+                       y="transactions_per_min", y_title="transactions per minute"),
+        _series_figure(data, colours, stem="error_rate_vs_load", title="Error rate vs load",
+                       caption="Failed requests / all measured requests; dashed line: the allowed error rate.",
+                       y="error_rate", y_title="error rate", y_percent=True,
+                       slo_value=err_slo if err_slo else None,
+                       slo_label=f"SLO ≤ {err_slo:.1%}" if err_slo else ""),
+    ]
+    scatter = _scatter_figure(sample, colours)
+    if scatter is None:
+        notes.append("prompt tokens vs latency: no per-request records (requests.parquet) to plot")
+    else:
+        figs.insert(3, scatter)
+    if data["cost_per_10k_txn"].drop_nulls().is_empty():
+        notes.append("price-performance and cost plots: cost is unknown (no pricing configured for any experiment)")
+    else:
+        figs.append(_price_performance(data, colours, lat_slo))
+        figs.append(_cost_bars(data, colours))
+    return figs, notes
+
+
+def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Figure | None:
+    if sample is None or sample.is_empty():
+        return None
+    ok = sample.filter(pl.col("ok").fill_null(False) & pl.col("latency_s").is_not_null()
+                       & pl.col("input_tokens").is_not_null())
+    if ok.is_empty():
+        return None
+    fig = go.Figure()
+    for exp in sorted(set(ok["experiment"].to_list())):
+        part = ok.filter(pl.col("experiment") == exp)
+        fig.add_trace(go.Scatter(
+            x=part["input_tokens"].to_list(), y=part["latency_s"].to_list(), mode="markers", name=exp,
+            marker=dict(color=colours.get(exp, "#333333"), size=5, opacity=0.55), legendgroup=exp,
+        ))
+    title = "Prompt length vs end-to-end latency (successful requests)"
+    fig.update_layout(
+        title=dict(text=title, x=0.01), template="plotly_white", font=_FONT, height=520, width=1100,
+        xaxis_title="prompt tokens", yaxis_title="latency (s)", legend=dict(title_text="experiment "),
+        margin=dict(l=70, r=30, t=80, b=60),
+    )
+    fig.update_yaxes(rangemode="tozero")
+    return Figure("prompt_tokens_vs_latency", title,
+                  f"One point per request (a deterministic sample of at most {len(ok):,} points); all loads.", fig)
+
+
+def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: float | None) -> Figure:
+    priced = data.filter(pl.col("cost_per_10k_txn").is_not_null() & pl.col("latency_p95_s").is_not_null())
+    panels = _panels(priced)
+    title = "Price-performance: p95 latency vs cost per 10k transactions"
+    fig, cols = _grid(panels, title)
+    tpm_max = max([v for v in priced["transactions_per_min"].to_list() if v] or [1.0])
+    shown: set[str] = set()
+    for i, (dataset, bucket) in enumerate(panels):
+        row, col = _rc(i, cols)
+        part = priced.filter((pl.col("dataset") == dataset) & (pl.col("bucket") == bucket))
+        for exp in sorted(set(part["experiment"].to_list())):
+            rows = part.filter(pl.col("experiment") == exp).sort("concurrency").to_dicts()
+            sizes = [10 + 40 * math.sqrt((r.get("transactions_per_min") or 0.0) / tpm_max) for r in rows]
+            labels = [f"{r['request_rate']:g}/s" if r.get("request_rate") is not None else f"c={r['concurrency']}"
+                      for r in rows]
+            fig.add_trace(go.Scatter(
+                x=[r["cost_per_10k_txn"] for r in rows], y=[r["latency_p95_s"] for r in rows],
+                mode="markers+text", text=labels, textposition="top center", name=exp, legendgroup=exp,
+                showlegend=exp not in shown,
+                marker=dict(size=sizes, color=colours[exp], opacity=0.7, line=dict(color="white", width=1)),
+                hovertext=[f"{_hover(r)}<br>{(r.get('transactions_per_min') or 0):,.0f} transactions/min"
+                           for r in rows], hoverinfo="text+x+y",
+            ), row=row, col=col)
+            shown.add(exp)
+        if lat_slo:
+            fig.add_hrect(y0=0, y1=lat_slo, fillcolor="#2E8B57", opacity=0.10, line_width=0, row=row, col=col,
+                          annotation_text="meets p95 latency SLO", annotation_position="bottom right",
+                          annotation_font=dict(color="#2E8B57", size=11))
+        fig.update_xaxes(title_text="cost per 10k transactions (USD)", tickprefix="$", rangemode="tozero",
+                         row=row, col=col)
+        fig.update_yaxes(title_text="p95 latency (s)", rangemode="tozero", row=row, col=col)
+    caption = ("Bottom-left is better. Bubble area grows with transactions/min; labels give the load. "
+               "The green band is where p95 latency meets its SLO (other SLOs are in the tables).")
+    return Figure("price_performance", title, caption, fig)
+
+
+def _cost_bars(data: pl.DataFrame, colours: dict[str, str]) -> Figure:
+    priced = data.filter(pl.col("cost_per_10k_txn").is_not_null())
+    panels = _panels(priced)
+    title = "Cost per 10k transactions by experiment and load"
+    fig, cols = _grid(panels, title)
+    shown: set[str] = set()
+    for i, (dataset, bucket) in enumerate(panels):
+        row, col = _rc(i, cols)
+        part = priced.filter((pl.col("dataset") == dataset) & (pl.col("bucket") == bucket))
+        for exp in sorted(set(part["experiment"].to_list())):
+            rows = part.filter(pl.col("experiment") == exp).sort(["concurrency", "request_rate"]).to_dicts()
+            labels = [f"{r['request_rate']:g}/s" if r.get("request_rate") is not None else f"c={r['concurrency']}"
+                      for r in rows]
+            fig.add_trace(go.Bar(
+                x=[[exp] * len(rows), labels], y=[r["cost_per_10k_txn"] for r in rows], name=exp,
+                legendgroup=exp, showlegend=exp not in shown, marker_color=colours[exp],
+                marker_opacity=[1.0 if r.get("meets_slo") else 0.35 for r in rows],
+                text=[f"${r['cost_per_10k_txn']:,.2f}" for r in rows], textposition="outside",
+                hovertext=[_hover(r) for r in rows], hoverinfo="text+y",
+            ), row=row, col=col)
+            shown.add(exp)
+        fig.update_yaxes(title_text="cost per 10k transactions (USD)", tickprefix="$", rangemode="tozero",
+                         row=row, col=col)
+        fig.update_xaxes(title_text="experiment / load", row=row, col=col)
+    caption = "Solid bars meet every SLO; faded bars miss at least one."
+    return Figure("cost_per_10k_by_experiment", title, caption, fig)

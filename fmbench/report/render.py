@@ -1,0 +1,307 @@
+"""Write a report (report.md, report.html, plots/*.png) for one run, from its run directory.
+
+The Markdown renders on GitHub (relative ``plots/x.png`` images); the HTML is self-contained
+(plotly.js inlined, no network access) with interactive figures. PNGs are exported with kaleido,
+which drives Chromium; when that fails the report still renders and says why the plots are missing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import plotly.io as pio
+import polars as pl
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from fmbench import storage
+from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
+from fmbench.report.figures import Figure, build_figures, colour_map
+from fmbench.report.run import RunData, load_run, request_sample
+from fmbench.report.tables import (
+    TABLE_HEADERS,
+    fmt_int,
+    fmt_load,
+    fmt_usd,
+    md_table,
+    metrics_table_rows,
+)
+
+_CHROMIUM = "/usr/bin/chromium"
+
+
+@dataclass
+class ReportPaths:
+    """Where a report was written (URLs or local paths)."""
+
+    markdown: str
+    html: str
+    metrics_csv: str
+    metrics_parquet: str
+    plots: list[str] = field(default_factory=list)
+    plots_missing_reason: str | None = None
+
+
+@dataclass
+class ReportInput:
+    """Everything a report shows; one run's or several runs' data merged."""
+
+    title: str
+    description: str | None
+    runs: list[RunData]
+    metrics: pl.DataFrame
+    slo: Any
+    sample: pl.DataFrame | None
+    errors: pl.DataFrame | None
+    bench_cost: pl.DataFrame | None
+    pricing: list[dict[str, str]]
+    compare: bool = False
+
+
+def _env() -> Environment:
+    return Environment(
+        loader=PackageLoader("fmbench.report", "templates"),
+        autoescape=lambda name: bool(name and name.endswith(".html.j2")),
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    )
+
+
+def _export_pngs(figs: list[Figure], plots_url: str) -> tuple[list[str], str | None]:
+    """Write each figure as plots/STEM.png; returns the URLs and, on failure, the reason."""
+    if not figs:
+        return [], None
+    if not os.environ.get("BROWSER_PATH") and Path(_CHROMIUM).exists():
+        os.environ["BROWSER_PATH"] = _CHROMIUM  # kaleido/choreographer look for Chrome here first
+    with tempfile.TemporaryDirectory(prefix="fmbench-plots-") as tmp:
+        paths = [Path(tmp, f"{f.stem}.png") for f in figs]
+        try:
+            pio.write_images(
+                [f.figure for f in figs], paths, format="png",
+                width=[int(f.figure.layout.width or 1100) for f in figs],
+                height=[int(f.figure.layout.height or 600) for f in figs],
+            )
+        except Exception as exc:  # kaleido/choreographer raise many types (no Chrome, crash, timeout)
+            return [], f"PNG export failed ({exc.__class__.__name__}: {str(exc).strip()[:300]})"
+        urls = []
+        for f, p in zip(figs, paths):
+            url = storage.join(plots_url, f"{f.stem}.png")
+            storage.write_bytes(url, p.read_bytes())
+            urls.append(url)
+    return urls, None
+
+
+def _figure_div(fig: go.Figure, div_id: str) -> str:
+    live = go.Figure(fig)
+    live.update_layout(width=None, autosize=True)
+    return pio.to_html(
+        live, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=div_id,
+        default_width="100%", default_height=f"{int(fig.layout.height or 600)}px",
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _duration(start: Any, end: Any) -> str:
+    try:
+        a = _dt.datetime.fromisoformat(str(start))
+        b = _dt.datetime.fromisoformat(str(end))
+    except ValueError:
+        return "–"
+    secs = (b - a).total_seconds()
+    return f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s"
+
+
+def _run_rows(run: RunData) -> list[tuple[str, str]]:
+    m = run.manifest
+    return [
+        ("Config name", run.name),
+        ("Run id", run.run_id),
+        ("Started", str(m.get("started_at") or "unknown")),
+        ("Ended", str(m.get("ended_at") or "unknown (run unfinished or manifest incomplete)")),
+        ("Duration", _duration(m.get("started_at"), m.get("ended_at"))),
+        ("fmbench version", str(m.get("tool_version") or "unknown")),
+        ("Config hash", str(m.get("config_hash") or (run.cfg.config_hash() if run.cfg else "unknown"))),
+        ("Stored at", str(m.get("storage") or run.url)),
+    ]
+
+
+def _repro(run: RunData) -> dict[str, Any]:
+    m = dict(run.manifest)
+    shards = m.pop("shards", None)
+    packages = m.get("packages") if isinstance(m.get("packages"), dict) else {}
+    return {
+        "label": f"{run.name} / {run.run_id}",
+        "command": str(m.get("command") or "unknown (not recorded in the manifest)"),
+        "config_yaml": (run.config_text or "(config.yml missing)").rstrip(),
+        "manifest_json": json.dumps(m, indent=2, sort_keys=False, default=str),
+        "packages": [{"name": k, "version": str(v)} for k, v in sorted(packages.items())],
+        "python": str(m.get("python") or "unknown"),
+        "tokenizer": str(m.get("tokenizer") or (run.cfg.tokenizer if run.cfg else "unknown")),
+        "seeds": yaml.safe_dump(m.get("seeds"), sort_keys=True).strip() if m.get("seeds") else "unknown",
+        "host": json.dumps(m.get("host"), default=str) if m.get("host") else "unknown",
+        "shards": len(shards) if isinstance(shards, list) else 0,
+        "problems": run.problems,
+    }
+
+
+def _slo_rows(slo: Any) -> list[dict[str, str]]:
+    if slo is None:
+        return [{"Objective": "none configured", "Limit": "no failed requests allowed"}]
+    rows = []
+    for attr, label in (("latency_p95_s", "p95 end-to-end latency"), ("ttft_p95_s", "p95 time to first token"),
+                        ("tpot_p95_s", "p95 time per output token")):
+        v = getattr(slo, attr, None)
+        if v is not None:
+            rows.append({"Objective": label, "Limit": f"≤ {v:g} s"})
+    rows.append({"Objective": "error rate", "Limit": f"≤ {float(getattr(slo, 'max_error_rate', 0.0)):.1%}"})
+    return rows
+
+
+def _bucket_sections(metrics: pl.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    keys = metrics.select("dataset", "bucket", "bucket_min", "bucket_max").unique().sort(
+        ["dataset", "bucket_min", "bucket"], nulls_last=True)
+    for k in keys.iter_rows(named=True):
+        part = metrics.filter((pl.col("dataset") == k["dataset"]) & (pl.col("bucket") == k["bucket"])).sort(
+            ["experiment", "concurrency", "request_rate"], nulls_last=True)
+        failed = [f"{r['experiment']} {fmt_load(r)}: {r.get('shard_error') or 'failed (no error recorded)'}"
+                  for r in part.iter_rows(named=True) if r.get("status") == "failed"]
+        invalid = [f"{r['experiment']} {fmt_load(r)}: {r.get('invalid_reason') or 'no reason given'}"
+                   for r in part.iter_rows(named=True) if r.get("valid") is False]
+        lo, hi = k["bucket_min"], k["bucket_max"]
+        size = f"{lo:,}–{hi:,} prompt tokens" if lo is not None and hi is not None else f"bucket {k['bucket']}"
+        out.append({
+            "title": f"{k['dataset']}: {size}",
+            "anchor": f"bucket-{k['dataset']}-{k['bucket']}".replace(".", "-"),
+            "headers": TABLE_HEADERS,
+            "rows": metrics_table_rows(part, with_bucket=False),
+            "failed": failed,
+            "invalid": invalid,
+        })
+    return out
+
+
+def _error_rows(errors: pl.DataFrame | None) -> list[dict[str, str]]:
+    if errors is None:
+        return []
+    return [{"Experiment": r["experiment"], "Dataset": r["dataset"], "Bucket": r["bucket"], "Load": fmt_load(r),
+             "Error kind": r["error_kind"], "Count": fmt_int(r["count"]), "Example": (r.get("example") or "")[:160]}
+            for r in errors.iter_rows(named=True)]
+
+
+def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | None]:
+    if cost is None or cost.is_empty():
+        return [], None
+    rows = [{"Experiment": r["experiment"], "Requests sent": fmt_int(r["requests"]),
+             "Cost": fmt_usd(r["cost_usd"]), "Basis": r["basis"]} for r in cost.iter_rows(named=True)]
+    known = cost["cost_usd"].drop_nulls()
+    total = None if known.is_empty() else fmt_usd(float(known.sum()))
+    if total and known.len() < cost.height:
+        total += " (experiments without pricing not included)"
+    return rows, total
+
+
+def pricing_rows(runs: list[RunData]) -> list[dict[str, str]]:
+    """How each experiment was priced, with the source and disclaimer of the price."""
+    rows = []
+    for run in runs:
+        if run.cfg is None:
+            continue
+        for name, p in experiment_pricing(run.cfg).items():
+            if p.model == "instance":
+                count = f"{p.instance_count} x " if p.instance_count > 1 else ""
+                price = f"{count}{p.instance_type or 'instance'} at {fmt_usd(p.hourly_usd_per_instance)}/h"
+            elif p.model == "token":
+                price = (f"${p.input_per_1k_usd:g} per 1k input + ${p.output_per_1k_usd:g} per 1k output tokens")
+            else:
+                price = "not priced"
+            rows.append({"Experiment": name, "Price": price,
+                         "Source": p.source})
+    return rows
+
+
+def _recommendation_items(recs: list[Recommendation]) -> list[dict[str, str]]:
+    items = []
+    for r in recs:
+        lo, hi = r.bucket_min, r.bucket_max
+        size = f"{lo:,}–{hi:,} prompt tokens" if lo is not None and hi is not None else f"bucket {r.bucket}"
+        items.append({"heading": f"{r.dataset}: {size}", "status": r.status, "reasoning": r.reasoning})
+    return items
+
+
+def render(inp: ReportInput, output: str) -> ReportPaths:
+    """Write report.md, report.html and plots/ for ``inp`` under ``output`` (local path or s3://)."""
+    recs = recommend(inp.metrics, inp.slo)
+    colours = colour_map(inp.metrics["experiment"].to_list())
+    figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
+    plots, reason = _export_pngs(figs, storage.join(output, "plots"))
+    cost_rows, cost_total = _cost_rows(inp.bench_cost)
+    ctx = {
+        "title": inp.title,
+        "description": inp.description,
+        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "compare": inp.compare,
+        "runs": [{"label": f"{r.name} / {r.run_id}", "rows": _run_rows(r), "problems": r.problems} for r in inp.runs],
+        "recommendations": _recommendation_items(recs),
+        "slo_rows": _slo_rows(inp.slo),
+        "pricing_rows": inp.pricing,
+        "cost_rows": cost_rows,
+        "cost_total": cost_total,
+        "buckets": _bucket_sections(inp.metrics),
+        "figures": [{"stem": f.stem, "title": f.title, "caption": f.caption,
+                     "png": f"plots/{f.stem}.png" if plots else None} for f in figs],
+        "figure_notes": fig_notes,
+        "plots_missing_reason": reason,
+        "error_rows": _error_rows(inp.errors),
+        "repro": [_repro(r) for r in inp.runs],
+        "md_table": md_table,
+        "colours": colours,
+    }
+    env = _env()
+    markdown = env.get_template("report.md.j2").render(**ctx)
+    html_ctx = dict(ctx, plotlyjs=_plotlyjs(),
+                    figure_divs=[_figure_div(f.figure, f"fig-{f.stem}") for f in figs])
+    html = env.get_template("report.html.j2").render(**html_ctx)
+    md_url = storage.join(output, "report.md")
+    html_url = storage.join(output, "report.html")
+    storage.write_text(md_url, markdown)
+    storage.write_text(html_url, html)
+    return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
+                       metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
+                       plots_missing_reason=reason)
+
+
+def _plotlyjs() -> str:
+    from plotly.offline import get_plotlyjs
+
+    # A literal "</script>" inside the bundle would end the inline script early.
+    return get_plotlyjs().replace("</script>", "<\\/script>")
+
+
+def render_report(run_url: str) -> ReportPaths:
+    """Render the report of one run directory (local path or s3:// URL).
+
+    Computes metrics.parquet/metrics.csv first when they are absent, then writes plots/*.png,
+    report.md and report.html into the run directory.
+
+    Raises:
+        StorageError: the run directory cannot be read or written.
+        ConfigError: an experiment's pricing cannot be resolved.
+    """
+    run = load_run(run_url)
+    slo = run.cfg.slo if run.cfg else None
+    errors = error_counts(run.requests) if run.requests is not None else None
+    cost = benchmark_cost(run.requests, run.cfg, run.shards) if run.requests is not None else None
+    inp = ReportInput(
+        title=f"fmbench report: {run.name}",
+        description=run.cfg.description if run.cfg else None,
+        runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
+        bench_cost=cost, pricing=pricing_rows([run]),
+    )
+    return render(inp, run.url)

@@ -1,0 +1,145 @@
+"""Read what a report needs from a run directory (local or s3://), computing metrics when absent."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from fmbench import storage
+from fmbench.config import BenchmarkConfig, load_config_text
+from fmbench.errors import FMBenchError, StorageError
+from fmbench.metrics import METRIC_COLUMNS, summarize
+from fmbench.records import REQUEST_SCHEMA
+
+#: Columns of requests.parquet the report reads (the itl_s lists are never loaded).
+REQUEST_COLUMNS = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate",
+                   "shard_id", "warmup", "ok", "error_kind", "error", "input_tokens", "output_tokens",
+                   "t_scheduled", "t_start", "t_end", "ttft_s", "latency_s", "tpot_s"]
+
+#: At most this many requests are drawn in the prompt-tokens-vs-latency scatter.
+SAMPLE_SIZE = 3000
+
+
+@dataclass
+class RunData:
+    """One run as the report sees it."""
+
+    url: str
+    manifest: dict[str, Any]
+    config_text: str | None
+    cfg: BenchmarkConfig | None
+    metrics: pl.DataFrame
+    requests: pl.LazyFrame | None
+    metrics_computed: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The benchmark name (manifest, else config, else the directory name)."""
+        return str(self.manifest.get("name") or (self.cfg.name if self.cfg else None) or "fmbench run")
+
+    @property
+    def run_id(self) -> str:
+        """The run id (manifest, else the directory name)."""
+        return str(self.manifest.get("run_id") or self.url.rstrip("/").rsplit("/", 1)[-1])
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        """The manifest's shard outcomes (empty when unknown)."""
+        shards = self.manifest.get("shards")
+        return [s for s in shards if isinstance(s, dict)] if isinstance(shards, list) else []
+
+
+def _read_requests(url: str) -> pl.LazyFrame | None:
+    if not storage.exists(url):
+        return None
+    try:
+        if storage.is_remote(url):
+            data = storage.read_bytes(url)
+            return pl.read_parquet(io.BytesIO(data), columns=REQUEST_COLUMNS).lazy()
+        lf = pl.scan_parquet(url).select(REQUEST_COLUMNS)
+        lf.collect_schema()
+        return lf
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise StorageError(f"{url}: cannot read request records: {exc.__class__.__name__}: {exc}") from exc
+
+
+def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
+    """Read config.yml, manifest.json, requests.parquet and metrics.parquet of a run.
+
+    When metrics.parquet is missing (or lacks columns this version writes) the metrics are computed
+    from requests.parquet and, if ``write_metrics``, stored as metrics.parquet and metrics.csv.
+
+    Raises:
+        StorageError: neither metrics.parquet nor requests.parquet can be read.
+        ConfigError: an experiment's pricing cannot be resolved while computing metrics.
+    """
+    url = run_url.rstrip("/") if storage.is_remote(run_url) else run_url
+    problems: list[str] = []
+    manifest: dict[str, Any] = {}
+    murl = storage.join(url, "manifest.json")
+    if storage.exists(murl):
+        try:
+            loaded = json.loads(storage.read_text(murl))
+            manifest = loaded if isinstance(loaded, dict) else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.append(f"manifest.json is unreadable ({exc.__class__.__name__}); run details are missing")
+    else:
+        problems.append("manifest.json is missing; run details are unknown")
+    config_text: str | None = None
+    cfg: BenchmarkConfig | None = None
+    curl = storage.join(url, "config.yml")
+    if storage.exists(curl):
+        config_text = storage.read_text(curl)
+        try:
+            cfg = load_config_text(config_text, source=curl)
+        except FMBenchError as exc:
+            problems.append(f"config.yml does not validate with this fmbench version ({exc}); "
+                            "pricing and SLOs are unknown")
+    else:
+        problems.append("config.yml is missing; pricing and SLOs are unknown")
+    requests = _read_requests(storage.join(url, "requests.parquet"))
+    metrics_url = storage.join(url, "metrics.parquet")
+    metrics: pl.DataFrame | None = None
+    computed = False
+    if storage.exists(metrics_url):
+        metrics = storage.read_parquet(metrics_url)
+        if requests is not None and not {"meets_slo", "cost_per_10k_txn", "valid"} <= set(metrics.columns):
+            metrics = None
+    if metrics is None:
+        if requests is None:
+            if not manifest.get("shards"):
+                raise StorageError(f"{url}: neither metrics.parquet nor requests.parquet exists; nothing to report")
+            problems.append("requests.parquet is missing; only shard outcomes are known")
+        source = requests if requests is not None else pl.DataFrame(
+            schema={c: REQUEST_SCHEMA[c] for c in REQUEST_COLUMNS})
+        shards = manifest.get("shards") if isinstance(manifest.get("shards"), list) else None
+        metrics = summarize(source, cfg, shards=shards)
+        computed = True
+        if write_metrics:
+            storage.write_parquet(metrics_url, metrics)
+            storage.write_text(storage.join(url, "metrics.csv"), metrics.write_csv())
+    return RunData(url=url, manifest=manifest, config_text=config_text, cfg=cfg, metrics=_with_columns(metrics),
+                   requests=requests, metrics_computed=computed, problems=problems)
+
+
+def _with_columns(metrics: pl.DataFrame) -> pl.DataFrame:
+    """Metrics from older writers may lack columns; add them as nulls so the report can rely on them."""
+    missing = [c for c in METRIC_COLUMNS if c not in metrics.columns]
+    if not missing:
+        return metrics
+    return metrics.with_columns([pl.lit(None).alias(c) for c in missing])
+
+
+def request_sample(requests: pl.LazyFrame | None, n: int = SAMPLE_SIZE) -> pl.DataFrame | None:
+    """A deterministic sample of measured requests (experiment, input_tokens, latency_s, ok)."""
+    if requests is None:
+        return None
+    df = (requests.filter(~pl.col("warmup").fill_null(False))
+          .select("experiment", "input_tokens", "latency_s", "ok").collect())
+    return df.sample(n=n, seed=0) if df.height > n else df
+

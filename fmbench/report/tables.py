@@ -1,0 +1,160 @@
+"""Formatted tables and short summaries of metrics, shared by the Markdown and HTML reports.
+
+`metrics_table_rows` and `summary_markdown` are also meant for orchestration artifacts (plain
+strings, no plotting).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import polars as pl
+
+from fmbench.metrics import Recommendation, recommend
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def fmt_seconds(x: Any) -> str:
+    """Seconds with two decimals, ``–`` when unknown."""
+    v = _num(x)
+    return "–" if v is None else f"{v:.2f}"
+
+
+def fmt_ms(x: Any) -> str:
+    """Seconds shown as milliseconds."""
+    v = _num(x)
+    if v is None:
+        return "–"
+    ms = v * 1000
+    return f"{ms:.1f}" if ms < 100 else f"{ms:,.0f}"
+
+
+def fmt_int(x: Any) -> str:
+    """A count or rate with thousands separators and no decimals."""
+    v = _num(x)
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def fmt_pct(x: Any) -> str:
+    """A fraction as a percentage."""
+    v = _num(x)
+    return "–" if v is None else f"{v:.1%}"
+
+
+def fmt_usd(x: Any) -> str:
+    """A dollar amount: cents for normal amounts, more digits for tiny ones."""
+    v = _num(x)
+    if v is None:
+        return "unknown"
+    if v >= 100:
+        return f"${v:,.0f}"
+    if v >= 0.01:
+        return f"${v:,.2f}"
+    return f"${v:.4f}"
+
+
+def fmt_load(row: dict[str, Any]) -> str:
+    """``c=8`` for closed loop, ``2.5 req/s`` for open loop."""
+    rate = _num(row.get("request_rate"))
+    if rate is not None:
+        cap = row.get("concurrency")
+        return f"{rate:g} req/s" + (f" (≤{cap} in flight)" if cap else "")
+    return f"c={row.get('concurrency')}"
+
+
+def slo_cell(row: dict[str, Any]) -> str:
+    """Pass/fail text of a shard, with the failed objectives and the invalid/failed status."""
+    parts = []
+    if row.get("status") == "failed":
+        parts.append("✖ shard failed")
+    if row.get("valid") is False:
+        parts.append(f"⚠ invalid: {row.get('invalid_reason') or 'no reason given'}")
+    if row.get("meets_slo"):
+        parts.insert(0, "✔ pass")
+    else:
+        parts.insert(0, "✘ fail" + (f": {row['slo_failures']}" if row.get("slo_failures") else ""))
+    return "; ".join(parts)
+
+
+#: Column headers of `metrics_table_rows` (without dataset/bucket when per bucket).
+TABLE_HEADERS = ["Experiment", "Load", "Requests", "p50 latency (s)", "p95 latency (s)", "p99 latency (s)",
+                 "p95 TTFT (ms)", "p95 TPOT (ms)", "Transactions/min", "Output tokens/s", "Error rate",
+                 "Cost per 10k txn", "SLO"]
+
+
+def metrics_table_rows(metrics: pl.DataFrame, *, with_bucket: bool = True) -> list[dict[str, str]]:
+    """One formatted row (header -> text) per shard, e.g. for a table artifact.
+
+    Args:
+        metrics: per-shard metrics as from `fmbench.metrics.summarize`.
+        with_bucket: include Dataset and Bucket columns.
+    """
+    out = []
+    for r in metrics.iter_rows(named=True):
+        row: dict[str, str] = {}
+        if with_bucket:
+            row["Dataset"] = str(r.get("dataset"))
+            row["Bucket"] = str(r.get("bucket"))
+        row.update({
+            "Experiment": str(r.get("experiment")),
+            "Load": fmt_load(r),
+            "Requests": fmt_int(r.get("requests")),
+            "p50 latency (s)": fmt_seconds(r.get("latency_p50_s")),
+            "p95 latency (s)": fmt_seconds(r.get("latency_p95_s")),
+            "p99 latency (s)": fmt_seconds(r.get("latency_p99_s")),
+            "p95 TTFT (ms)": fmt_ms(r.get("ttft_p95_s")),
+            "p95 TPOT (ms)": fmt_ms(r.get("tpot_p95_s")),
+            "Transactions/min": fmt_int(r.get("transactions_per_min")),
+            "Output tokens/s": fmt_int(r.get("output_tokens_per_s")),
+            "Error rate": fmt_pct(r.get("error_rate")),
+            "Cost per 10k txn": fmt_usd(r.get("cost_per_10k_txn")) if r.get("price_model") else "no pricing",
+            "SLO": slo_cell(r),
+        })
+        out.append(row)
+    return out
+
+
+def md_escape(text: Any) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def md_table(rows: list[dict[str, str]], headers: list[str] | None = None) -> str:
+    """A GitHub Markdown table."""
+    if not rows:
+        return "_(none)_"
+    headers = headers or list(rows[0])
+    lines = ["| " + " | ".join(md_escape(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(md_escape(r.get(h, "")) for h in headers) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(metrics: pl.DataFrame, slo: Any = None, recommendations: list[Recommendation] | None = None,
+                     title: str | None = None) -> str:
+    """A short Markdown summary: one recommendation sentence per dataset bucket, and pass counts.
+
+    Args:
+        metrics: per-shard metrics.
+        slo: the `SLOConfig` the metrics were judged against (for the sentences' limits).
+        recommendations: precomputed recommendations (default: computed here).
+        title: optional heading.
+    """
+    recs = recommendations if recommendations is not None else recommend(metrics, slo)
+    lines = [f"## {title}", ""] if title else []
+    measured = metrics.filter(pl.col("requests") > 0) if "requests" in metrics.columns else metrics
+    passing = int(measured["meets_slo"].fill_null(False).sum()) if "meets_slo" in measured.columns else 0
+    lines.append(f"{measured.height} measured shard(s), {passing} meet every SLO.")
+    lines.append("")
+    lines += [f"- {r.reasoning}" for r in recs] or ["- No measurements: nothing to recommend."]
+    return "\n".join(lines) + "\n"
