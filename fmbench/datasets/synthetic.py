@@ -61,7 +61,7 @@ class _Pieces:
 
     def __init__(self, words: list[str], starters: list[str], period: str | None) -> None:
         self.words = words
-        self.starters = starters or [w.strip().capitalize() for w in words[:1]]
+        self.starters = starters or [w.strip() for w in words[:1]]
         self.period = period
 
 
@@ -75,6 +75,8 @@ def _pieces_for(tokenizer: Tokenizer) -> _Pieces:
         ranked = sorted(zip(counts, range(len(spaced))))
         words = [spaced[i] for _, i in ranked[: max(_MIN_PIECES, len(words))]]
     starters = [s for s in _STARTERS if tokenizer.count(s) == 1 and tokenizer.count(" " + s) == 1]
+    if not starters:  # no capitalised single tokens (small vocabularies): start sentences in lower case
+        starters = [w[1:] for w in words if tokenizer.count(w[1:]) == 1]
     period = "." if tokenizer.count(".") == 1 else None
     return _Pieces(words, starters, period)
 
