@@ -32,6 +32,11 @@ class BucketedPrompts:
         return {label: len(ps) for label, ps in self.buckets.items()}
 
     @property
+    def dropped(self) -> int:
+        """Prompts outside every bucket (same as ``dropped_outside``)."""
+        return self.dropped_outside
+
+    @property
     def total_kept(self) -> int:
         """Prompts kept over all buckets."""
         return sum(len(ps) for ps in self.buckets.values())

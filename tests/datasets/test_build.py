@@ -69,7 +69,7 @@ def test_build_from_sample_files(tmp_path: Path, cl100k: Tokenizer) -> None:
     assert hot.min_tokens is not None and hot.min_tokens < 500 and hot.max_tokens is not None and hot.max_tokens >= 1000
     assert any("outside every bucket" in n for n in hot.notes)
     gen = build_dataset_prompts(cfg, cfg.datasets[1], cl100k)
-    assert gen.counts == {"1-500": 14, "500-1000": 14} and gen.dropped_outside == 14
+    assert gen.counts == {"1-500": 14, "500-1000": 14} and gen.dropped_outside == gen.dropped == 14
     assert gen.stats()["counts"] == gen.counts and gen.total_kept == 28
 
 
