@@ -64,10 +64,10 @@ class ShardOutcome(BaseModel):
 
 def dataset_cache_key(cfg: BenchmarkConfig, dataset_name: str) -> str:
     """A key that changes when the dataset's content, template, buckets or tokenizer change."""
-    from fmbench.datasets import dataset_fingerprint, load_tokenizer
+    from fmbench.datasets import dataset_fingerprint, load_run_tokenizer
 
     dataset = _dataset(cfg, dataset_name)
-    return dataset_fingerprint(cfg, dataset, load_tokenizer(cfg.tokenizer))
+    return dataset_fingerprint(cfg, dataset, load_run_tokenizer(cfg))
 
 
 def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[dict[str, Any]]]:
@@ -75,10 +75,10 @@ def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[di
 
     The result is plain data so an orchestrator can cache it across runs by `dataset_cache_key`.
     """
-    from fmbench.datasets import build_dataset_prompts, load_tokenizer
+    from fmbench.datasets import build_dataset_prompts, load_run_tokenizer
 
     dataset = _dataset(cfg, dataset_name)
-    bucketed = build_dataset_prompts(cfg, dataset, load_tokenizer(cfg.tokenizer))
+    bucketed = build_dataset_prompts(cfg, dataset, load_run_tokenizer(cfg))
     out: dict[str, list[dict[str, Any]]] = {}
     for label, prompts in bucketed.buckets.items():
         out[label] = [{"prompt_id": p.prompt_id, "text": p.text, "input_tokens": p.input_tokens} for p in prompts]
@@ -186,12 +186,12 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     if done is not None:
         log.info("shard %s: already measured, reused", spec.shard_id)
         return done
-    from fmbench.datasets import load_tokenizer, read_prompts
+    from fmbench.datasets import load_run_tokenizer, read_prompts
     from fmbench.loadgen import run_shard
 
     experiment = _experiment(cfg, spec.experiment)
     prompts = read_prompts(prompts_url)
-    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokenizer = load_run_tokenizer(cfg)
     client = make_endpoint_client(experiment, deployed)
     local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
     log.info("shard %s: %d requests at %s", spec.shard_id, spec.requests, _level(spec))

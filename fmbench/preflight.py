@@ -13,10 +13,10 @@ def preflight(cfg: BenchmarkConfig) -> None:
     Raises:
         TokenizerError, DatasetError, EndpointConnectionError: naming what is wrong.
     """
-    from fmbench.datasets import load_tokenizer
+    from fmbench.datasets import load_run_tokenizer
     from fmbench.deploy.local import check_reachable
 
-    load_tokenizer(cfg.tokenizer)
+    load_run_tokenizer(cfg)
     for ds in cfg.datasets:
         path = getattr(ds, "path", None)
         if path and not path.startswith("hf:") and not resolve_path(cfg, path).is_file():
