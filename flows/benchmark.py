@@ -2,15 +2,20 @@
 
 It only composes tasks. Shards on one endpoint run one after another (overlapping shards would
 distort each other's latencies); experiments run side by side only when the config allows it.
-Endpoints are torn down even when shards fail.
+Endpoints are torn down even when shards fail. Then the run is compared with the previous run
+of the same benchmark (regression.md). FMBENCH_TASK_RUNNER=dask runs the tasks on a Dask cluster.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Annotated, Any
 
 from prefect import allow_failure, flow
 from prefect.futures import PrefectFuture
+from prefect.states import Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
 from fmbench.pipeline import ShardOutcome, check_buckets, failed_outcome, plan_shards
 from tasks.benchmark import (
@@ -24,33 +29,58 @@ from tasks.benchmark import (
     store_prompts_task,
     teardown_task,
 )
+from tasks.regression import check_regressions_task
 
 
-@flow(name="fmbench", log_prints=True)
+def _task_runner() -> Any:
+    """Threads by default; FMBENCH_TASK_RUNNER=dask runs tasks on a local Dask cluster
+    (FMBENCH_DASK_WORKERS processes), FMBENCH_TASK_RUNNER=tcp://host:8786 on an existing one."""
+    choice = os.environ.get("FMBENCH_TASK_RUNNER", "threads").strip()
+    if choice in ("", "threads"):
+        return ThreadPoolTaskRunner()
+    from prefect_dask import DaskTaskRunner
+
+    if choice == "dask":
+        workers = int(os.environ.get("FMBENCH_DASK_WORKERS", "2"))
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 2,
+                                              "processes": True, "dashboard_address": None})
+    if "://" in choice:
+        return DaskTaskRunner(address=choice)
+    raise ValueError(f"FMBENCH_TASK_RUNNER={choice!r}: use threads, dask or a tcp:// scheduler address")
+
+
+@flow(name="fmbench", log_prints=True, task_runner=_task_runner())
 def benchmark(
     config: str = "configs/quickstart.yml",
     output: str | None = None,
-    run_id: str | None = None,
+    run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None,
     experiments: list[str] | None = None,
-    concurrency_levels: list[int] | None = None,
-    requests_per_level: int | None = None,
+    concurrency_levels: list[Annotated[int, Field(ge=1)]] | None = None,
+    requests_per_level: Annotated[int, Field(ge=1)] | None = None,
     overrides: list[str] | None = None,
     command: str | None = None,
-) -> str:
-    """Benchmark every experiment of a config over its datasets' buckets and concurrency levels.
+    regression_threshold: Annotated[float, Field(ge=0)] = 0.10,
+    fail_on_regression: bool = False,
+) -> str | State:
+    """Benchmark every experiment of a config over its datasets' buckets and concurrency levels,
+    then compare the results with the previous run of the same benchmark under the same output.
 
     Args:
-        config: Path or URL of a YAML config, or the config itself as YAML text.
-        output: Where results go (local directory or s3://bucket/prefix); default: the config's.
+        config: Path (relative to the repo on the worker), s3:// URL, or the YAML text of a config.
+        output: Results location, a local directory or s3://bucket/prefix; runs go to
+            OUTPUT/NAME/RUN_ID. Empty: the config's output.
         run_id: Reuse a run id to resume that run (measured shards are not sent again).
-        experiments: Only these experiments (default: all).
+        experiments: Only these experiments (empty: all).
         concurrency_levels: Replace every experiment's concurrency levels.
         requests_per_level: Replace every experiment's measured requests per shard.
-        overrides: Config overrides as key.path=value (YAML values).
+        overrides: Config overrides as key.path=value (YAML value), e.g. experiments.sim.endpoint.ttft_ms=120.
         command: The command line that started the run (stored for reproducibility).
+        regression_threshold: Relative change (0.1 = 10%) versus the previous run of p95 latency or TTFT,
+            throughput, error rate or cost that is flagged as a regression (if beyond run-to-run noise).
+        fail_on_regression: End the flow run Failed when a regression is found (for a Prefect automation).
 
     Returns:
-        The URL of the run's report.md.
+        The URL of the run's report.md (a Failed state on regression with fail_on_regression).
     """
     cfg = load_config_task(config, overrides, experiments, concurrency_levels, requests_per_level)
     run = open_run_task(cfg, output, run_id, command)
@@ -86,7 +116,13 @@ def benchmark(
                 teardown_task.submit(cfg, handle).wait()
 
     finalize_task(run, cfg, outcomes, prompt_sets, warnings)
-    return report_task(run)
+    regressions = check_regressions_task.submit(run, regression_threshold).result(raise_on_failure=False)
+    report = report_task(run)
+    if isinstance(regressions, BaseException):
+        print(f"regression check failed, report written without it: {regressions}")
+    elif fail_on_regression and regressions.status == "regressed":
+        return Failed(message=regressions.summary(), data=report)
+    return report
 
 
 def _outcome(spec: Any, fut: PrefectFuture | BaseException) -> ShardOutcome:

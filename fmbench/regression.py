@@ -509,8 +509,13 @@ def _table(changes: list[MetricChange], confidence: float) -> list[str]:
     return lines
 
 
-def render_markdown(report: RegressionReport) -> str:
-    """The "Changes since <previous run>" section (markdown) of a regression report."""
+def render_markdown(report: RegressionReport, images: bool = True) -> str:
+    """The "Changes since <previous run>" section (markdown) of a regression report.
+
+    Args:
+        images: link the trend plots (relative to the run directory, for report.md); off where
+            relative links do not resolve (the Prefect UI's artifacts).
+    """
     if report.status == "no-previous":
         return (f"## Changes since the previous run\n\nNo previous successful run of `{report.name}` under this "
                 "output to compare with; the next run will be compared with this one.\n")
@@ -548,7 +553,7 @@ def render_markdown(report: RegressionReport) -> str:
         out += ["New shards (not in the previous run): " + ", ".join(report.new_shards), ""]
     if report.missing_shards:
         out += ["Shards of the previous run not measured now: " + ", ".join(report.missing_shards), ""]
-    if report.plots:
+    if report.plots and images:
         out += [f"Trend over the last {len(report.trend_runs)} runs:", ""]
         for metric, rel in TREND_PLOTS.items():
             if any(p.endswith(rel.split("/")[-1]) for p in report.plots):
