@@ -1,0 +1,127 @@
+"""Recommendations: cheapest and fastest configuration within SLOs, checked against hand-computed answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+import pytest
+
+from fmbench.config import SLOConfig, parse_config
+from fmbench.metrics import evaluate_slo, recommend, summarize
+from fmbench.records import RequestRecord, records_frame
+
+# (experiment, concurrency, latency_s, gap between starts): 10 requests each, all successful.
+# duration = 9 * gap + latency; transactions/min = 10 / duration * 60; cost/10k = hourly * duration / 3600 / 10 * 1e4
+SHARDS = [
+    ("cheap", 1, 0.5, 0.5),    # 5.0 s   -> 120 tpm,   $1 * 5.0/3600 -> $1.3889 per 10k
+    ("cheap", 4, 1.5, 0.125),  # 2.625 s -> 228.6 tpm, $0.7292 per 10k, but p95 1.5 s fails a 1.0 s SLO
+    ("fast", 1, 0.3, 0.3),     # 3.0 s   -> 200 tpm,   $4 * 3.0/3600 -> $3.3333 per 10k
+    ("fast", 4, 0.4, 0.1),     # 1.3 s   -> 461.5 tpm, $4 * 1.3/3600 -> $1.4444 per 10k
+]
+
+
+def records() -> list[RequestRecord]:
+    out = []
+    for exp, conc, lat, gap in SHARDS:
+        for i in range(10):
+            start = 100.0 + i * gap
+            out.append(RequestRecord(
+                experiment=exp, dataset="d", bucket="500-1000", bucket_min=500, bucket_max=1000,
+                concurrency=conc, shard_id=f"{exp}-{conc}", request_id=i, prompt_id=str(i), ok=True,
+                input_tokens=700, output_tokens=50, t_scheduled=start, t_start=start, t_end=start + lat,
+                ttft_s=0.05, latency_s=lat, tpot_s=(lat - 0.05) / 49,
+            ))
+    return out
+
+
+def config(slo: dict[str, Any], priced: bool = True) -> Any:
+    prices = {"cheap": {"hourly_usd": 1.0}, "fast": {"hourly_usd": 4.0}}
+    return parse_config({
+        "name": "t", "buckets": [[500, 1000]], "datasets": [{"name": "d", "source": "synthetic"}],
+        "experiments": [{"name": n, "endpoint": {"provider": "simulated"}, "concurrency_levels": [1, 4],
+                         **({"pricing": prices[n]} if priced else {})} for n in ("cheap", "fast")],
+        "slo": slo,
+    })
+
+
+def test_lowest_cost_and_highest_throughput_within_slo() -> None:
+    cfg = config({"latency_p95_s": 1.0})
+    m = summarize(records_frame(records()), cfg)
+    [rec] = recommend(m, cfg.slo)
+    assert rec.status == "meets_slo"
+    assert (rec.lowest_cost.experiment, rec.lowest_cost.concurrency) == ("cheap", 1)
+    assert rec.lowest_cost.cost_per_10k_txn == pytest.approx(1.0 * 5.0 / 3600 / 10 * 1e4)
+    assert (rec.highest_throughput.experiment, rec.highest_throughput.concurrency) == ("fast", 4)
+    assert rec.highest_throughput.transactions_per_min == pytest.approx(10 / 1.3 * 60)
+    assert rec.reasoning.startswith(
+        "For prompts of 500–1,000 tokens (dataset d), cheap at concurrency 1 meets every SLO "
+        "(p95 latency 0.50 s ≤ 1.00 s, error rate 0.0% ≤ 0.0%) at the lowest cost: "
+        "$1.39 per 10k transactions, 120 transactions/min.")
+    assert "choose fast at concurrency 4: 462 transactions/min at $1.44 per 10k transactions" in rec.reasoning
+    assert rec.best is rec.lowest_cost
+
+
+def test_nothing_meets_slo_names_the_closest() -> None:
+    cfg = config({"latency_p95_s": 0.25})
+    # worst ratios: cheap/1 2.0, cheap/4 6.0, fast/1 1.2, fast/4 1.6 -> fast at 1 is closest
+    [rec] = recommend(summarize(records_frame(records()), cfg), cfg.slo)
+    assert rec.status == "none_meets_slo"
+    assert rec.lowest_cost is None and rec.highest_throughput is None
+    assert (rec.closest.experiment, rec.closest.concurrency) == ("fast", 1)
+    assert rec.closest.worst_ratio == pytest.approx(1.2)
+    assert "no configuration meets every SLO; the closest is fast at concurrency 1" in rec.reasoning
+    assert "p95 latency 0.30 s > 0.25 s" in rec.reasoning
+
+
+def test_without_prices_rank_by_throughput_and_say_cost_is_unknown() -> None:
+    cfg = config({"latency_p95_s": 1.0}, priced=False)
+    [rec] = recommend(summarize(records_frame(records()), cfg), cfg.slo)
+    assert rec.cost_known is False and rec.lowest_cost is None
+    assert (rec.highest_throughput.experiment, rec.highest_throughput.concurrency) == ("fast", 4)
+    assert "cost is unknown" in rec.reasoning
+
+
+def _metrics(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    base = {"dataset": "d", "bucket": "1-500", "bucket_min": 1, "bucket_max": 500, "request_rate": None,
+            "requests": 10, "successes": 10, "errors": 0, "error_rate": 0.0, "latency_p95_s": 0.5,
+            "ttft_p95_s": None, "tpot_p95_s": None, "valid": True, "status": "ok", "instance_type": None,
+            "instance_count": None, "output_tokens_per_s": 1.0}
+    return pl.DataFrame([{**base, **r} for r in rows])
+
+
+def test_cost_ties_go_to_higher_throughput_and_invalid_shards_are_skipped() -> None:
+    slo = SLOConfig(latency_p95_s=1.0)
+    m = evaluate_slo(_metrics([
+        {"experiment": "a", "concurrency": 1, "cost_per_10k_txn": 2.0, "transactions_per_min": 100.0},
+        {"experiment": "b", "concurrency": 2, "cost_per_10k_txn": 2.0, "transactions_per_min": 300.0},
+        {"experiment": "c", "concurrency": 8, "cost_per_10k_txn": 0.5, "transactions_per_min": 900.0,
+         "valid": False},
+    ]), slo)
+    [rec] = recommend(m, slo)
+    assert rec.lowest_cost.experiment == "b"
+    assert rec.highest_throughput.experiment == "b"
+    assert rec.excluded_invalid == ["c 8"]
+    assert "1 invalid shard not considered" in rec.reasoning
+
+
+def test_zero_error_tolerance_ranks_failures_by_error_rate() -> None:
+    slo = SLOConfig(latency_p95_s=1.0)  # max_error_rate defaults to 0
+    m = evaluate_slo(_metrics([
+        {"experiment": "a", "concurrency": 1, "cost_per_10k_txn": 1.0, "transactions_per_min": 100.0,
+         "error_rate": 0.02, "errors": 2},
+        {"experiment": "b", "concurrency": 1, "cost_per_10k_txn": 1.0, "transactions_per_min": 100.0,
+         "error_rate": 0.01, "errors": 1},
+    ]), slo)
+    assert m["slo_worst_ratio"].to_list() == pytest.approx([3.0, 2.0])
+    [rec] = recommend(m, slo)
+    assert rec.status == "none_meets_slo" and rec.closest.experiment == "b"
+
+
+def test_bucket_with_only_failed_shards_has_no_data() -> None:
+    slo = SLOConfig()
+    m = evaluate_slo(_metrics([{"experiment": "a", "concurrency": 1, "requests": 0, "successes": 0,
+                                "cost_per_10k_txn": None, "transactions_per_min": None, "status": "failed"}]), slo)
+    [rec] = recommend(m, slo)
+    assert rec.status == "no_data" and rec.best is None
+    assert "nothing can be recommended" in rec.reasoning
