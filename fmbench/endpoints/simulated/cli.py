@@ -60,7 +60,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True
             "--port", type=int, default=8000, help="Port to bind; 0 picks a free one (default 8000)."
         )
     parser.add_argument(
-        "--timer", choices=["thread", "loop"], default="thread", help="Pacing timer (default thread: sub-ms)."
+        "--timer",
+        choices=["timerfd", "loop", "thread"],
+        default="timerfd",
+        help="Pacing timer (default timerfd).",
     )
     group = parser.add_argument_group("latency model")
     for flag, field, typ in _ENDPOINT_FLAGS:

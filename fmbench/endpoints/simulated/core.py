@@ -11,14 +11,13 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Self
 
 from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.model import ChunkEvent, LatencyModel, ModelParams
-from fmbench.endpoints.simulated.pacing import LoopTimer, ThreadTimer, Timer
+from fmbench.endpoints.simulated.pacing import Timer, TimerKind, make_timer
 from fmbench.endpoints.simulated.text import generate_tokens
 
 
@@ -165,22 +164,21 @@ class SimCore:
 
     Args:
         cfg: the simulated endpoint's config.
-        timer: ``"thread"`` (sub-millisecond, default) or ``"loop"`` (``loop.call_at``).
+        timer: ``"timerfd"`` (default), ``"loop"`` or ``"thread"``; see `pacing`.
         lateness_window: how many recent chunk latenesses `lateness_stats` keeps.
     """
 
     def __init__(
         self,
         cfg: SimulatedEndpoint,
-        timer: Literal["thread", "loop"] = "thread",
+        timer: TimerKind = "timerfd",
         lateness_window: int = 100_000,
     ) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
         self.model = LatencyModel(ModelParams.from_config(cfg))
         self._gens: dict[int, Generation] = {}
-        make: Callable[..., Timer] = ThreadTimer if timer == "thread" else LoopTimer
-        self._timer: Timer = make(self.loop, self._tick)
+        self._timer: Timer = make_timer(self.loop, self._tick, timer)
         self._lateness: deque[float] = deque(maxlen=lateness_window)
 
     def generate(self, request: GenRequest) -> Generation:

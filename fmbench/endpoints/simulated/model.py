@@ -14,8 +14,9 @@ sends each chunk when its due time comes. Rules:
 * Chunks: the first token is always a chunk of its own (so TTFT keeps its meaning); later tokens
   are grouped ``chunk_tokens`` at a time, each chunk due with its last token.
 
-Events are processed in due-time order (ties in creation order), so the schedule depends only on
-the arrival times and request sizes: the same inputs give the same schedule.
+Events are processed in due-time order, events due at the same instant as one step, so the
+schedule depends only on the arrival times and request sizes: the same inputs give the same
+schedule.
 """
 
 from __future__ import annotations
@@ -217,11 +218,23 @@ class LatencyModel:
     def _process_until(self, t: float) -> None:
         events = self._events
         while events and events[0][0] <= t:
-            due, _, rid, k = heapq.heappop(events)
-            req = self._reqs.get(rid)
-            if req is None or req.cancelled:
-                continue
-            self._on_token(req, k, due)
+            # Events due at the same instant form one step: every request starting or finishing
+            # then counts (or not) for all of them, whatever order they were queued in.
+            due = events[0][0]
+            batch: list[tuple[RequestTiming, int]] = []
+            while events and events[0][0] == due:
+                _, _, rid, k = heapq.heappop(events)
+                req = self._reqs.get(rid)
+                if req is not None and not req.cancelled:
+                    batch.append((req, k))
+            for req, k in batch:
+                self._on_token(req, k, due)
+            for req, k in batch:
+                if k == req.output_tokens - 1:
+                    self._release(due)
+                else:
+                    step = self.params.tpot_s * (1.0 + self.params.decode_slowdown * (self._decoding - 1))
+                    self._push(due + step, req.rid, k + 1)
         self._now = max(self._now, t)
 
     def _on_token(self, req: RequestTiming, k: int, due: float) -> None:
@@ -238,10 +251,6 @@ class LatencyModel:
         if last:
             req.finished = due
             self._decoding -= 1
-            self._release(due)
-        else:
-            step = p.tpot_s * (1.0 + p.decode_slowdown * (self._decoding - 1))
-            self._push(due + step, req.rid, k + 1)
 
 
 _GONE = RequestTiming(-1, 0.0, 0, 1, cancelled=True)

@@ -10,13 +10,14 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable
-from typing import Literal, Self
+from typing import Self
 
 from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.app import build_app
 from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.endpoints.simulated.pacing import TimerKind
 from fmbench.errors import DeploymentError
 
 #: The line `serve` prints (with the base URL) once the socket is bound.
@@ -28,7 +29,7 @@ async def start_server(
     host: str = "127.0.0.1",
     port: int = 8000,
     faults: FaultConfig | None = None,
-    timer: Literal["thread", "loop"] = "thread",
+    timer: TimerKind = "timerfd",
 ) -> tuple[web.AppRunner, str]:
     """Start serving in the running loop; returns the runner (``await runner.cleanup()`` stops it)
     and the base URL (``http://HOST:PORT``, without ``/v1``).
@@ -60,7 +61,7 @@ def serve(
     faults: FaultConfig | None = None,
     *,
     ready: Callable[[str], None] | None = None,
-    timer: Literal["thread", "loop"] = "thread",
+    timer: TimerKind = "timerfd",
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking).
 
@@ -70,7 +71,7 @@ def serve(
         port: port to bind; 0 picks a free one.
         faults: fault rates; None injects nothing.
         ready: called with the base URL once the socket is bound.
-        timer: pacing timer, ``"thread"`` (precise) or ``"loop"``.
+        timer: the pacing timer (see `pacing`).
 
     Raises:
         DeploymentError: the address cannot be bound.
@@ -84,7 +85,7 @@ async def _serve(
     port: int,
     faults: FaultConfig | None,
     ready: Callable[[str], None] | None,
-    timer: Literal["thread", "loop"],
+    timer: TimerKind,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -116,7 +117,7 @@ class SimulatedServerThread:
         faults: FaultConfig | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        timer: Literal["thread", "loop"] = "thread",
+        timer: TimerKind = "timerfd",
     ) -> None:
         self.cfg, self.faults, self.host, self.port, self.timer = cfg, faults, host, port, timer
         self.url: str | None = None

