@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +23,7 @@ import boto3
 import botocore.config
 import botocore.eventstream
 import botocore.exceptions
+import botocore.parsers
 import urllib3.exceptions
 
 from fmbench.errors import (
@@ -47,6 +50,15 @@ THROTTLING_CODES = frozenset(
 )
 
 
+#: Worker threads and pooled connections when a shard sets no concurrency cap (open loop).
+UNCAPPED_CONCURRENCY = 256
+
+
+def pool_size(concurrency: int) -> int:
+    """Threads/connections for ``concurrency`` requests in flight (0 or less: uncapped)."""
+    return concurrency if concurrency > 0 else UNCAPPED_CONCURRENCY
+
+
 def make_session(region: str | None, profile: str | None) -> boto3.Session:
     """A boto3 session from the standard chain, with an optional profile and region.
 
@@ -59,7 +71,7 @@ def make_session(region: str | None, profile: str | None) -> boto3.Session:
 def client_config(concurrency: int, timeout_s: float) -> botocore.config.Config:
     """A botocore config for runtime calls: no retries (each attempt is recorded), no pool cap."""
     return botocore.config.Config(
-        max_pool_connections=max(1, concurrency),
+        max_pool_connections=pool_size(concurrency),
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=min(timeout_s, 60.0),
         read_timeout=timeout_s,
@@ -104,7 +116,7 @@ def translate_client_error(exc: Exception, what: str) -> EndpointError:
         return EndpointConnectionError(f"{what}: no AWS credentials found in the standard chain")
     if isinstance(exc, botocore.exceptions.ParamValidationError):
         return EndpointHTTPError(f"{what}: invalid request: {exc}", status=None)
-    if isinstance(exc, (botocore.exceptions.ResponseParserError, botocore.eventstream.ParserError)):
+    if isinstance(exc, (botocore.parsers.ResponseParserError, botocore.eventstream.ParserError)):
         return EndpointProtocolError(f"{what}: unparseable answer: {exc}")
     if isinstance(
         exc,
@@ -125,6 +137,32 @@ def translate_client_error(exc: Exception, what: str) -> EndpointError:
     return EndpointError(f"{what}: {exc.__class__.__name__}: {exc}")
 
 
+class SendStamps:
+    """Stamps ``time.monotonic()`` when botocore is about to write each request (``before-send``).
+
+    Serializing and signing a request costs boto3 a millisecond or more of CPU; stamping at
+    ``before-send`` puts ``t_start`` where the OpenAI client puts it, just before the write, and
+    leaves that client-side cost in the engine's send lag. One worker thread runs one request
+    at a time, so a thread-local slot is enough.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._local = threading.local()
+        client.meta.events.register("before-send", self._on_send)
+
+    def _on_send(self, **kwargs: Any) -> None:
+        self._local.t = time.monotonic()
+
+    def reset(self) -> None:
+        """Forget the last stamp of this thread (call before each request)."""
+        self._local.t = None
+
+    def last(self, default: float) -> float:
+        """This thread's last stamp, or ``default`` if the request never reached the socket."""
+        t = getattr(self._local, "t", None)
+        return default if t is None else t
+
+
 class ThreadRunner:
     """Runs blocking boto3 calls for one shard, one worker thread per request in flight."""
 
@@ -132,10 +170,10 @@ class ThreadRunner:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def open(self, concurrency: int) -> None:
-        """Start a pool of ``concurrency`` workers (replacing any previous one)."""
+        """Start a pool of ``concurrency`` workers, 0 meaning uncapped (replaces any previous pool)."""
         self.close()
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(1, concurrency), thread_name_prefix="fmbench-boto"
+            max_workers=pool_size(concurrency), thread_name_prefix="fmbench-boto"
         )
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmbench.config import BedrockEndpoint, InferenceConfig
-from fmbench.endpoints._boto import ThreadRunner, client_config, make_session, translate_client_error
+from fmbench.endpoints._boto import (
+    SendStamps,
+    ThreadRunner,
+    client_config,
+    make_session,
+    translate_client_error,
+)
 from fmbench.endpoints.base import Completion, Prompt
 from fmbench.errors import EndpointError, EndpointProtocolError, EndpointThrottled, EndpointTimeout
 
@@ -70,6 +76,7 @@ class BedrockClient:
         self.throttle_retries = throttle_retries
         self.throttle_backoff_s = throttle_backoff_s
         self._client: Any = None
+        self._stamps: SendStamps | None = None
         self._runner = ThreadRunner()
         self._what = f"bedrock model {model_id}"
 
@@ -85,6 +92,7 @@ class BedrockClient:
             )
         except Exception as exc:
             raise translate_client_error(exc, self._what) from exc
+        self._stamps = SendStamps(self._client)
         self._runner.open(concurrency)
 
     async def close(self) -> None:
@@ -141,16 +149,20 @@ class BedrockClient:
                 backoff *= 2
                 continue
             result.attempts = attempt
-            result.t_start = t_first_start
+            if attempt > 1:  # latency counts from the first attempt
+                result.t_start = t_first_start
             return result
 
     # Both run in a worker thread.
 
     def _converse(self, params: dict[str, Any], deadline: float) -> BedrockCompletion:
-        t_start = time.monotonic()
+        assert self._stamps is not None
+        self._stamps.reset()
+        t_call = time.monotonic()
         try:
             resp = self._client.converse(**params)
             t_end = time.monotonic()
+            t_start = self._stamps.last(t_call)
             content = resp["output"]["message"]["content"]
             text = "".join(block.get("text", "") for block in content if isinstance(block, dict))
             usage = resp.get("usage") or {}
@@ -168,10 +180,13 @@ class BedrockClient:
         pieces: list[str] = []
         usage: dict[str, Any] = {}
         stopped = False
-        t_start = time.monotonic()
+        assert self._stamps is not None
+        self._stamps.reset()
+        t_call = time.monotonic()
         stream = None
         try:
             resp = self._client.converse_stream(**params)
+            t_start = self._stamps.last(t_call)
             stream = resp["stream"]
             for event in stream:
                 now = time.monotonic()

@@ -29,7 +29,13 @@ import time
 from typing import Any
 
 from fmbench.config import InferenceConfig, SageMakerEndpoint
-from fmbench.endpoints._boto import ThreadRunner, client_config, make_session, translate_client_error
+from fmbench.endpoints._boto import (
+    SendStamps,
+    ThreadRunner,
+    client_config,
+    make_session,
+    translate_client_error,
+)
 from fmbench.endpoints.base import Completion, Prompt
 from fmbench.errors import EndpointError, EndpointProtocolError, EndpointTimeout
 
@@ -39,8 +45,9 @@ __all__ = ["SageMakerClient", "sagemaker_client"]
 class _LineParser:
     """Reassembles streamed bytes into lines and extracts output text, usage and the end marker."""
 
-    def __init__(self, payload: str) -> None:
+    def __init__(self, payload: str, what: str = "sagemaker") -> None:
         self.payload = payload
+        self.what = what
         self._buf = b""
         self.done = False  # [DONE] (SSE) or the final TGI event was seen
         self.output_tokens: int | None = None
@@ -71,11 +78,11 @@ class _LineParser:
         try:
             event = json.loads(line)
         except ValueError as exc:
-            raise EndpointProtocolError(f"streamed line is not JSON: {line[:80]!r}") from exc
+            raise EndpointProtocolError(f"{self.what}: streamed line is not JSON: {line[:80]!r}") from exc
         if not isinstance(event, dict):
-            raise EndpointProtocolError(f"streamed line is not a JSON object: {line[:80]!r}")
+            raise EndpointProtocolError(f"{self.what}: streamed line is not a JSON object: {line[:80]!r}")
         if event.get("error"):
-            raise EndpointProtocolError(f"error in stream: {str(event['error'])[:200]}")
+            raise EndpointProtocolError(f"{self.what}: error in stream: {str(event['error'])[:200]}")
         if self.payload == "tgi":
             return self._tgi(event)
         return self._openai(event)
@@ -136,6 +143,7 @@ class SageMakerClient:
         self.profile = profile
         self.runtime_endpoint_url = runtime_endpoint_url
         self._client: Any = None
+        self._stamps: SendStamps | None = None
         self._runner = ThreadRunner()
         self._what = f"sagemaker endpoint {endpoint_name}"
 
@@ -151,6 +159,7 @@ class SageMakerClient:
             )
         except Exception as exc:
             raise translate_client_error(exc, self._what) from exc
+        self._stamps = SendStamps(self._client)
         self._runner.open(concurrency)
 
     async def close(self) -> None:
@@ -201,13 +210,16 @@ class SageMakerClient:
     # Both run in a worker thread.
 
     def _invoke(self, body: bytes) -> Completion:
-        t_start = time.monotonic()
+        assert self._stamps is not None
+        self._stamps.reset()
+        t_call = time.monotonic()
         try:
             resp = self._client.invoke_endpoint(
                 EndpointName=self.endpoint_name, Body=body, ContentType="application/json", Accept="application/json"
             )
             raw = resp["Body"].read()
             t_end = time.monotonic()
+            t_start = self._stamps.last(t_call)
             return self._parse_full(raw, t_start, t_end)
         except Exception as exc:
             raise translate_client_error(exc, self._what) from exc
@@ -216,40 +228,43 @@ class SageMakerClient:
         try:
             data = json.loads(raw)
         except ValueError as exc:
-            raise EndpointProtocolError(f"answer is not JSON: {raw[:80]!r}") from exc
+            raise EndpointProtocolError(f"{self._what}: answer is not JSON: {raw[:80]!r}") from exc
         text, n_in, n_out = "", None, None
         if self.payload == "tgi":
             item = data[0] if isinstance(data, list) and data else data
             if not isinstance(item, dict) or not isinstance(item.get("generated_text"), str):
-                raise EndpointProtocolError(f"TGI answer without generated_text: {raw[:80]!r}")
+                raise EndpointProtocolError(f"{self._what}: TGI answer without generated_text: {raw[:80]!r}")
             text = item["generated_text"]
             details = item.get("details") or {}
             n_out = details.get("generated_tokens") if isinstance(details, dict) else None
         else:
             if not isinstance(data, dict) or not data.get("choices"):
-                raise EndpointProtocolError(f"answer without choices: {raw[:80]!r}")
+                raise EndpointProtocolError(f"{self._what}: answer without choices: {raw[:80]!r}")
             choice = data["choices"][0]
             text = (choice.get("message") or {}).get("content") if self.payload == "messages" else choice.get("text")
             usage = data.get("usage") or {}
             n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not text:
-            raise EndpointProtocolError("answer carries no output text")
+            raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return Completion(
             t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=str(text),
             input_tokens=n_in, output_tokens=n_out, http_status=200,
         )
 
     def _stream(self, body: bytes) -> Completion:
-        parser = _LineParser(self.payload)
+        parser = _LineParser(self.payload, self._what)
         chunk_times: list[float] = []
         pieces: list[str] = []
-        t_start = time.monotonic()
-        deadline = t_start + self.inference.timeout_s
+        assert self._stamps is not None
+        self._stamps.reset()
+        t_call = time.monotonic()
+        deadline = t_call + self.inference.timeout_s
         stream = None
         try:
             resp = self._client.invoke_endpoint_with_response_stream(
                 EndpointName=self.endpoint_name, Body=body, ContentType="application/json", Accept="*/*"
             )
+            t_start = self._stamps.last(t_call)
             stream = resp["Body"]
             for event in stream:
                 now = time.monotonic()

@@ -1,0 +1,114 @@
+"""Fixtures of the AWS tests: dummy credentials, moto (control planes, S3, CloudWatch) and the
+simulated endpoint's AWS routes (sagemaker-runtime, bedrock-runtime), all on 127.0.0.1.
+
+Nothing here reaches AWS: every boto3 client gets an ``endpoint_url`` on 127.0.0.1, the
+credentials are dummies, and instance-metadata lookups are disabled in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.app import build_app
+from fmbench.endpoints.simulated.aws import AwsRoutes
+from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+
+#: The latency model the accuracy tests compare against.
+SIM = SimulatedEndpoint(provider="simulated", ttft_ms=60.0, tpot_ms=10.0, output_tokens=16, max_batch=16)
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials and region; no profile, no endpoint overrides from the environment."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                 "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    for name in list(__import__("os").environ):
+        if name.startswith("AWS_JUMPSTART_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture
+def moto(moto_url: str) -> str:
+    """The session's moto server, reset to empty; yields its URL."""
+    req = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    return moto_url
+
+
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    """The simulated endpoint in its own process (own GIL: timing tests), AWS routes included."""
+    server = SimulatedServerProcess(SIM)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+class SimThread:
+    """The simulated app with chosen route options and faults, on a loop in a daemon thread."""
+
+    def __init__(self, cfg: SimulatedEndpoint = SIM, faults: FaultConfig | None = None, **routes: Any) -> None:
+        from fmbench.endpoints.simulated.openai_routes import register as openai_register
+
+        self.app = build_app(cfg, faults, families=[openai_register, AwsRoutes(**routes)])
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def start(self) -> str:
+        self._thread.start()
+        assert self._ready.wait(20), "simulated server thread did not start"
+        return self.url
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def sim_thread() -> Iterator[Any]:
+    """A factory: ``sim_thread(faults=..., split_payload_parts=...)`` starts a server, returns its URL."""
+    started: list[SimThread] = []
+
+    def start(cfg: SimulatedEndpoint = SIM, faults: FaultConfig | None = None, **routes: Any) -> str:
+        server = SimThread(cfg, faults, **routes)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,201 @@
+"""SageMakerClient through the real boto3 sagemaker-runtime client over HTTP to the simulated
+endpoint's AWS routes: every payload format, streaming and not, timing accuracy, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import polars as pl
+import pytest
+
+from fmbench.config import InferenceConfig, SageMakerEndpoint
+from fmbench.endpoints import make_client
+from fmbench.endpoints.base import Completion, Prompt
+from fmbench.endpoints.sagemaker import SageMakerClient, _LineParser
+from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.errors import (
+    EndpointConnectionError,
+    EndpointHTTPError,
+    EndpointProtocolError,
+    EndpointThrottled,
+    EndpointTimeout,
+)
+
+from .conftest import SIM
+
+PROMPT = Prompt("p0", "Summarise the plot of Hamlet in one line.", 10)
+
+
+def _run(client: SageMakerClient, n: int = 1, prompt: Prompt = PROMPT, concurrency: int = 1) -> list[Completion]:
+    async def go() -> list[Completion]:
+        await client.open(concurrency)
+        try:
+            return [await client.complete(prompt) for _ in range(n)]
+        finally:
+            await client.close()
+
+    return asyncio.run(go())
+
+
+def _client(url: str, payload: str = "tgi", **inference: Any) -> SageMakerClient:
+    return SageMakerClient("fmbench-ep", InferenceConfig(**inference), payload=payload, runtime_endpoint_url=url)
+
+
+@pytest.mark.parametrize("payload", ["tgi", "messages", "completions"])
+@pytest.mark.parametrize("stream", [True, False])
+def test_every_payload_streamed_and_not(sim_url: str, payload: str, stream: bool) -> None:
+    (c,) = _run(_client(sim_url, payload, stream=stream, max_tokens=12))
+    words = c.text.split()
+    assert len(words) == 12  # the simulated model emits one word per token, capped by max_tokens
+    assert c.output_tokens == 12  # from TGI details or OpenAI usage
+    if payload != "tgi":
+        assert c.input_tokens is not None and c.input_tokens > 0
+    assert c.t_start < c.t_first_token <= c.t_end
+    if stream:
+        assert len(c.chunk_times) == 12 and c.chunk_times == sorted(c.chunk_times)
+        assert c.t_first_token == c.chunk_times[0]
+        # TTFT cannot beat the model's; the whole answer takes ttft + 11 tokens
+        assert c.t_first_token - c.t_start >= SIM.ttft_ms / 1000 * 0.98
+        assert c.t_end - c.t_start >= (SIM.ttft_ms + 11 * SIM.tpot_ms) / 1000 * 0.98
+    else:
+        assert c.chunk_times == [] and c.t_first_token == c.t_end
+
+
+def test_request_bodies_follow_each_schema() -> None:
+    prompt = Prompt("p", "hi", 1)
+    tgi = _client("http://unused", "tgi", temperature=0.0, top_p=0.9).body(prompt)
+    assert b'"inputs": "hi"' in tgi and b'"do_sample": false' in tgi and b"temperature" not in tgi
+    assert b'"top_p": 0.9' in tgi and b'"details": true' in tgi
+    chat = _client("http://unused", "messages", extra_body={"top_k": 5}).body(prompt)
+    assert b'"messages": [{"role": "user", "content": "hi"}]' in chat
+    assert b'"include_usage": true' in chat and b'"top_k": 5' in chat
+    comp = _client("http://unused", "completions", stream=False).body(prompt)
+    assert b'"prompt": "hi"' in comp and b"stream_options" not in comp
+
+
+@pytest.mark.parametrize("payload", ["tgi", "messages"])
+def test_lines_split_across_payload_parts_are_reassembled(sim_thread: Any, payload: str) -> None:
+    url = sim_thread(split_payload_parts=3)
+    (c,) = _run(_client(url, payload, max_tokens=8))
+    assert len(c.text.split()) == 8 and c.output_tokens == 8
+    # each token's line is completed by its last part: still one chunk per token
+    assert len(c.chunk_times) == 8
+
+
+def test_line_parser_handles_lmi_json_lines_and_sse_comments() -> None:
+    parser = _LineParser("tgi")
+    assert parser.feed(b'{"token": {"text": " a"}}\n{"token": {"te') == " a"
+    assert parser.feed(b'xt": " b"}}\n: keep-alive\n\n') == " b"
+    assert parser.feed(b'{"token": {"text": "</s>", "special": true}, "generated_text": " a b"}') == ""
+    assert parser.finish() == "" and parser.done
+    sse = _LineParser("messages")
+    with pytest.raises(EndpointProtocolError):
+        sse.feed(b"data: {not json\n")
+
+
+def test_streaming_ttft_and_tpot_match_the_model_at_concurrency_1(sim_url: str) -> None:
+    completions = _run(_client(sim_url, "tgi"), n=17)[2:]  # two warm-up requests
+    ttft = statistics.median(c.t_first_token - c.t_start for c in completions)  # type: ignore[operator]
+    gaps = [b - a for c in completions for a, b in zip(c.chunk_times, c.chunk_times[1:], strict=False)]
+    tpot = statistics.median(gaps)
+    model_ttft, model_tpot = SIM.ttft_ms / 1000, SIM.tpot_ms / 1000
+    assert abs(ttft - model_ttft) <= 0.02 * model_ttft + 0.002, f"TTFT {ttft * 1000:.2f} ms"
+    assert abs(tpot - model_tpot) <= 0.02 * model_tpot + 0.002, f"TPOT {tpot * 1000:.2f} ms"
+
+
+def test_concurrency_is_not_limited_by_boto3(sim_url: str) -> None:
+    client = _client(sim_url, "messages", max_tokens=4)
+
+    async def go() -> tuple[float, list[Completion]]:
+        await client.open(12)
+        try:
+            t0 = time.monotonic()
+            done = await asyncio.gather(*(client.complete(PROMPT) for _ in range(12)))
+            return time.monotonic() - t0, done
+        finally:
+            await client.close()
+
+    elapsed, done = asyncio.run(go())
+    one = (SIM.ttft_ms + 3 * SIM.tpot_ms) / 1000
+    assert len(done) == 12
+    # 12 requests in flight at once (the server batches 16): about one request's time, not 12
+    assert elapsed < 4 * one, f"{elapsed:.3f} s for 12 concurrent requests of {one:.3f} s"
+
+
+@pytest.mark.parametrize(
+    ("faults", "stream", "error", "status"),
+    [
+        (FaultConfig(throttle_rate=1.0), True, EndpointThrottled, 400),
+        (FaultConfig(throttle_rate=1.0), False, EndpointThrottled, 400),
+        (FaultConfig(http_500_rate=1.0), True, EndpointHTTPError, 500),
+        (FaultConfig(http_503_rate=1.0), False, EndpointHTTPError, 503),
+        (FaultConfig(malformed_rate=1.0), True, EndpointProtocolError, None),
+        (FaultConfig(malformed_rate=1.0), False, EndpointProtocolError, None),
+        (FaultConfig(truncated_rate=1.0), True, EndpointProtocolError, None),
+        (FaultConfig(reset_rate=1.0), True, EndpointConnectionError, None),
+        (FaultConfig(reset_rate=1.0), False, EndpointConnectionError, None),
+    ],
+)
+def test_faults_map_to_error_kinds(sim_thread: Any, faults: FaultConfig, stream: bool, error: type, status: int | None) -> None:
+    url = sim_thread(faults=faults)
+    with pytest.raises(error) as info:
+        _run(_client(url, "tgi", stream=stream))
+    assert type(info.value) is error
+    if status is not None:
+        assert info.value.status == status  # type: ignore[attr-defined]
+    assert "fmbench-ep" in str(info.value)
+
+
+def test_model_error_reports_the_containers_status(sim_thread: Any) -> None:
+    url = sim_thread(faults=FaultConfig(http_500_rate=1.0))
+    with pytest.raises(EndpointHTTPError) as info:
+        _run(_client(url, "messages", stream=False))
+    assert info.value.kind == "server_error" and "ModelError" in str(info.value)
+
+
+def test_hung_request_times_out(sim_thread: Any) -> None:
+    url = sim_thread(faults=FaultConfig(hang_rate=1.0))
+    t0 = time.monotonic()
+    with pytest.raises(EndpointTimeout):
+        _run(_client(url, "tgi", timeout_s=0.5))
+    assert time.monotonic() - t0 < 5
+
+
+def test_unreachable_endpoint_is_a_connection_error() -> None:
+    with pytest.raises(EndpointConnectionError):
+        _run(_client("http://127.0.0.1:9", "tgi"))
+
+
+def test_throttling_is_recorded_per_request_without_stalling_the_shard(sim_thread: Any, tmp_path: Path) -> None:
+    from fmbench.loadgen import run_shard
+    from fmbench.loadgen.spec import ShardSpec
+
+    url = sim_thread(faults=FaultConfig(throttle_rate=0.4, seed=3))
+    endpoint = SageMakerEndpoint(provider="sagemaker", endpoint_name="fmbench-ep", runtime_endpoint_url=url,
+                                 payload="messages")
+    client = make_client(endpoint, InferenceConfig(max_tokens=4))
+    spec = ShardSpec(shard_id="s1", experiment="sm", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
+                     concurrency=4, requests=40)
+    t0 = time.monotonic()
+    run_shard(client, [PROMPT], spec, tmp_path / "s1.parquet", lambda text: len(text.split()))
+    elapsed = time.monotonic() - t0
+    records = pl.read_parquet(tmp_path / "s1.parquet")
+    assert records.height == 40
+    kinds = records["error_kind"].fill_null("ok").value_counts()
+    counts = dict(zip(kinds["error_kind"], kinds["count"], strict=True))
+    assert counts.get("throttled", 0) > 5 and counts.get("ok", 0) > 5 and set(counts) == {"ok", "throttled"}
+    assert records.filter(pl.col("ok"))["output_tokens"].to_list() == [4] * counts["ok"]
+    assert elapsed < 5, f"shard took {elapsed:.1f} s"
+
+
+def test_boto3_sees_the_invoked_variant(sim_url: str) -> None:
+    rt = boto3.client("sagemaker-runtime", endpoint_url=sim_url, region_name="us-east-1")
+    resp = rt.invoke_endpoint(EndpointName="x", Body=b'{"inputs": "hi", "parameters": {"max_new_tokens": 2}}',
+                              ContentType="application/json")
+    assert resp["InvokedProductionVariant"] == "AllTraffic"
+    assert resp["Body"].read().startswith(b'[{"generated_text"')
