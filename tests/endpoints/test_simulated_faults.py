@@ -1,0 +1,154 @@
+"""Injected faults of the simulated endpoint, each as a client meets it over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.faults import FaultConfig, FaultInjector, FaultKind
+from fmbench.endpoints.simulated.server import SimulatedServerThread
+
+MODEL = "sim-faults"
+TOKENS = 10
+CFG = SimulatedEndpoint(
+    provider="simulated", model=MODEL, ttft_ms=10, tpot_ms=1, output_tokens=TOKENS, seed=11
+)
+FAULTS = FaultConfig(
+    http_500_rate=0.1,
+    http_503_rate=0.1,
+    throttle_rate=0.1,
+    retry_after_s=2,
+    hang_rate=0.1,
+    reset_rate=0.1,
+    malformed_rate=0.1,
+    truncated_rate=0.1,
+    slow_first_byte_rate=0.1,
+    slow_first_byte_s=0.3,
+)
+HANG_TIMEOUT_S = 0.5
+
+
+@dataclass
+class Seen:
+    """What a client saw for one streamed request."""
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # transport-level failure: "timeout", "broken"
+    content_chunks: int = 0
+    bad_frames: int = 0
+    done: bool = False
+    t_headers: float = 0.0
+    body: Any = None
+
+
+def _stream(client: httpx.Client, i: int) -> Seen:
+    seen = Seen()
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": f"request {i}"}]}
+    t0 = time.monotonic()
+    try:
+        with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+            seen.status, seen.headers, seen.t_headers = (
+                resp.status_code,
+                dict(resp.headers),
+                time.monotonic() - t0,
+            )
+            if resp.status_code != 200:
+                seen.body = json.loads(resp.read())
+                return seen
+            for line in resp.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    seen.done = True
+                    continue
+                try:
+                    item = json.loads(data)
+                except json.JSONDecodeError:
+                    seen.bad_frames += 1
+                    continue
+                if item["choices"] and item["choices"][0]["delta"].get("content"):
+                    seen.content_chunks += 1
+    except httpx.TimeoutException:
+        seen.error = "timeout"
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        seen.error = "broken"
+    return seen
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with SimulatedServerThread(CFG, FAULTS) as srv:
+        assert srv.url is not None
+        yield srv.url
+
+
+def test_every_fault_kind_is_observable_and_lands_where_the_seed_says(url: str) -> None:
+    predictor = FaultInjector(FAULTS, default_seed=CFG.seed)
+    expected = []
+    while set(FaultKind) - set(expected) or len(expected) < 12:  # until every kind came up
+        expected.append(predictor.draw().kind)
+    timeout = httpx.Timeout(5.0, read=HANG_TIMEOUT_S)
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        for i, kind in enumerate(expected):
+            seen = _stream(client, i)
+            where = f"request {i} ({kind})"
+            if kind is FaultKind.NONE:
+                assert (
+                    seen.status == 200 and seen.done and seen.content_chunks == TOKENS and not seen.bad_frames
+                ), where
+            elif kind in (FaultKind.HTTP_500, FaultKind.HTTP_503):
+                assert seen.status == (500 if kind is FaultKind.HTTP_500 else 503), where
+                assert seen.body["error"]["message"], where
+            elif kind is FaultKind.THROTTLE:
+                assert seen.status == 429 and seen.headers["retry-after"] == "2", where
+                assert seen.body["error"]["code"] == "rate_limit_exceeded", where
+            elif kind is FaultKind.HANG:
+                assert seen.error == "timeout" and seen.status is None, where
+            elif kind is FaultKind.RESET:
+                assert seen.error == "broken" and 1 <= seen.content_chunks < TOKENS, where
+            elif kind is FaultKind.MALFORMED:
+                assert seen.bad_frames == 1 and seen.done and seen.content_chunks == TOKENS - 1, where
+            elif kind is FaultKind.TRUNCATED:
+                assert seen.status == 200 and seen.error is None and not seen.done, where
+                assert 1 <= seen.content_chunks < TOKENS, where
+            elif kind is FaultKind.SLOW_FIRST_BYTE:
+                assert seen.status == 200 and seen.done and seen.content_chunks == TOKENS, where
+                assert seen.t_headers >= 0.3, where
+        stats = client.get("/fmbench/stats").json()
+    assert sum(stats["faults"].values()) == len(expected)
+    assert stats["in_flight"] == 0 and stats["queued"] == 0  # hung and reset requests freed their slots
+
+
+@pytest.mark.parametrize("kind", ["reset", "malformed", "truncated"])
+def test_non_streamed_faults_break_the_body(kind: str) -> None:
+    faults = FaultConfig(**{f"{kind}_rate": 1.0})
+    body = {"model": MODEL, "prompt": "hello"}
+    with (
+        SimulatedServerThread(CFG, faults) as srv,
+        httpx.Client(base_url=srv.url or "", timeout=5.0) as client,
+    ):
+        if kind == "malformed":
+            resp = client.post("/v1/completions", json=body)
+            assert resp.status_code == 200
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(resp.content)
+        else:
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+                client.post("/v1/completions", json=body)
+
+
+def test_faults_do_not_touch_health_or_models() -> None:
+    srv = SimulatedServerThread(CFG, FaultConfig(http_500_rate=1.0))
+    with srv, httpx.Client(base_url=srv.url or "", timeout=5.0) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/v1/models").status_code == 200
+        assert client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 500

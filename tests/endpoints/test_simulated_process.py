@@ -1,0 +1,109 @@
+"""The simulated endpoint as a process: CLI ready line, clean exit, restart on the same port."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+
+import httpx
+import psutil
+import pytest
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.cli import add_cli_arguments, config_from_args, config_to_args
+from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.errors import ConfigError, DeploymentError
+
+CFG = SimulatedEndpoint(provider="simulated", model="sim-proc", ttft_ms=5, tpot_ms=1, output_tokens=4, seed=2)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _complete(url: str) -> str:
+    resp = httpx.post(f"{url}/v1/completions", json={"model": "sim-proc", "prompt": "hi"}, timeout=5.0)
+    resp.raise_for_status()
+    return resp.json()["choices"][0]["text"]
+
+
+def test_cli_prints_one_ready_line_and_exits_cleanly_on_sigint() -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "fmbench.endpoints.simulated",
+        "--port",
+        "0",
+        "--ttft-ms",
+        "5",
+        "--tpot-ms",
+        "1",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("FMBENCH_SIM_LISTENING http://127.0.0.1:")
+        url = line.split()[1]
+        assert httpx.get(f"{url}/health", timeout=5.0).json() == {"status": "ok"}
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 0, err
+    assert out == ""  # nothing after the ready line
+
+
+def test_start_stop_restart_keep_the_port_and_leave_no_process_behind() -> None:
+    server = SimulatedServerProcess(CFG)
+    with server:
+        first_pid, url = server.pid, server.url
+        assert first_pid is not None and url is not None
+        assert psutil.Process(first_pid).children() == []
+        text = _complete(url)
+        assert server.restart() == url  # same port
+        assert server.pid != first_pid and _gone(first_pid)
+        assert _complete(url) == text  # same seed, same answer
+        second_pid = server.pid
+        server.stop()  # a stopped server refuses, a started one answers on the same port
+        with pytest.raises(httpx.ConnectError):
+            _complete(url)
+        assert second_pid is not None and _gone(second_pid)
+        assert server.start() == url and _complete(url) == text
+        third_pid = server.pid
+    assert third_pid is not None and _gone(third_pid)
+    assert not server.running and server.url is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2.0)
+
+
+def test_startup_failures_are_deployment_errors_naming_the_cause() -> None:
+    with pytest.raises(DeploymentError, match="max_batch"):
+        SimulatedServerProcess(CFG, extra_args=["--max-batch", "0"], startup_timeout=20).start()
+    with SimulatedServerProcess(CFG) as first:
+        busy = SimulatedServerProcess(CFG, port=first.port, startup_timeout=20)
+        with pytest.raises(DeploymentError, match="cannot listen"):
+            busy.start()
+        assert not busy.running
+
+
+def test_cli_arguments_round_trip_through_the_configs() -> None:
+    cfg = SimulatedEndpoint(
+        provider="simulated", model="m", ttft_ms=12.5, prefill_ms_per_token=0.1, tpot_ms=3, decode_slowdown=0.2,
+        max_batch=7, output_tokens=33, chunk_tokens=2, seed=9,
+    )  # fmt: skip
+    faults = FaultConfig(
+        seed=4, http_503_rate=0.25, throttle_rate=0.1, retry_after_s=3, slow_first_byte_s=0.5
+    )
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(["--port", "0", *config_to_args(cfg, faults)])
+    assert config_from_args(args) == (cfg, faults)
+    with pytest.raises(ConfigError, match="tpot_ms"):
+        config_from_args(parser.parse_args(["--tpot-ms", "-1"]))
