@@ -4,56 +4,92 @@ The request's ``model`` field picks the behaviour: ``ok`` (default), ``500``, ``
 ``reset`` (drop the connection mid-stream), ``malformed`` (bad SSE line), ``nonjson`` (SSE data
 that is not JSON), ``nonjson_body`` (non-streamed text body), ``nodone`` (stream ends without
 [DONE]), ``empty`` (no output text), ``nousage``, ``echo_key`` (401 echoing the Authorization
-header). Options after ``:`` as ``key=value``: ``ttft``, ``tpot`` (seconds), ``n`` (chunks).
-Runs on its own event loop in a background thread; it records what it saw.
+header). Options after ``:`` as ``key=value``: ``ttft``, ``tpot``, ``jit`` (extra random TTFT up to this),
+in seconds, and ``n`` (chunks).
+Runs in a subprocess; `FakeOpenAI.stats` reads back what it saw.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
+import random
+import subprocess
+import sys
 import time
+import urllib.request
 from typing import Any
 
 from aiohttp import web
 
 
 class FakeOpenAI:
-    """The server; ``url`` is the base URL including /v1 once started."""
+    """Handle on the server, which runs in its own process (no shared GIL with the client).
+
+    ``url`` is the base URL including /v1 once started; what the server saw is read back over HTTP.
+    """
 
     def __init__(self) -> None:
         self.url = ""
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> FakeOpenAI:
+        self._proc = subprocess.Popen([sys.executable, __file__], stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"fake server did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._proc = None
+
+    def stats(self) -> dict[str, Any]:
+        """What the server saw: max_active, arrivals, auth headers, bodies."""
+        with urllib.request.urlopen(self.url + "/_stats", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def reset(self) -> None:
+        req = urllib.request.Request(self.url + "/_reset", method="POST", data=b"")
+        urllib.request.urlopen(req, timeout=10).close()
+
+
+class _Server:
+    def __init__(self) -> None:
+        self._rng = random.Random(0)
+        self.reset()
+
+    def reset(self) -> None:
         self.active = 0
         self.max_active = 0
         self.arrivals: list[tuple[float, int]] = []  # (monotonic time, in flight including this one)
         self.auth: list[str | None] = []
         self.bodies: list[dict[str, Any]] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
 
-    def start(self) -> FakeOpenAI:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    async def _start(self) -> None:
+    async def serve(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/completions", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        app.router.add_get("/v1/_stats", self._stats)
+        app.router.add_post("/v1/_reset", self._reset)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}/v1"
+        print("PORT", runner.addresses[0][1], flush=True)
+        await asyncio.Event().wait()
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"max_active": self.max_active, "arrivals": self.arrivals, "auth": self.auth,
+                                  "bodies": self.bodies})
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.Response(text="ok")
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.active += 1
@@ -71,6 +107,7 @@ class FakeOpenAI:
         name, *opts = str(body.get("model", "ok")).split(":")
         o = dict(x.split("=", 1) for x in opts)
         ttft, tpot, n = float(o.get("ttft", 0)), float(o.get("tpot", 0)), int(o.get("n", 4))
+        ttft += self._rng.uniform(0, float(o.get("jit", 0)))
         chat = request.path.endswith("/chat/completions")
         if name == "500":
             return web.json_response({"error": {"message": "model exploded", "type": "server_error"}}, status=500)
@@ -122,3 +159,7 @@ class FakeOpenAI:
             await send(b"[DONE]")
         await resp.write_eof()
         return resp
+
+
+if __name__ == "__main__":
+    asyncio.run(_Server().serve())

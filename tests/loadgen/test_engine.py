@@ -1,0 +1,303 @@
+"""The load engine over real HTTP on 127.0.0.1: load shape, one record per request, timing, files."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from fake_openai import FakeOpenAI
+
+from fmbench.config import InferenceConfig, SimulatedEndpoint
+from fmbench.endpoints import make_client
+from fmbench.endpoints.base import Completion, Prompt
+from fmbench.endpoints.openai import OpenAIClient
+from fmbench.errors import DatasetError, EndpointThrottled
+from fmbench.loadgen import ShardResult, ShardSpec, arrival_gaps, partial_path, run_shard, run_shard_async
+from fmbench.records import ERROR_KINDS, REQUEST_SCHEMA
+
+PROMPTS = [Prompt(f"p{i}", f"prompt number {i}", 10 + i) for i in range(3)]
+KEY = "sk-engine-SECRET-987"
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.fixture(scope="module")
+def server() -> Any:
+    srv = FakeOpenAI().start()
+    yield srv
+    srv.stop()
+
+
+def spec(**kw: Any) -> ShardSpec:
+    base: dict[str, Any] = dict(shard_id="s1", experiment="exp", dataset="ds", bucket="1-500", bucket_min=1,
+                                bucket_max=500, requests=20)
+    base.update(kw)
+    return ShardSpec(**base)
+
+
+def client(server: FakeOpenAI, model: str, **inf: Any) -> OpenAIClient:
+    return OpenAIClient(server.url, model, inference=InferenceConfig(**inf), api_key=KEY)
+
+
+def records(result: ShardResult) -> pl.DataFrame:
+    return pl.read_parquet(result.records_path)
+
+
+def in_flight_profile(df: pl.DataFrame, lo: float, hi: float) -> tuple[int, float]:
+    """Max in flight, and the fraction of [lo, hi] with fewer than the max in flight."""
+    events = sorted([(t, 1) for t in df["t_start"]] + [(t, -1) for t in df["t_end"]])
+    level, peak, below, prev = 0, 0, 0.0, None
+    for t, d in events:
+        if prev is not None:
+            a, b = max(prev, lo), min(t, hi)
+            if b > a:
+                below += (b - a) * (level < target_c)
+        level += d
+        peak = max(peak, level)
+        prev = t
+    return peak, below / (hi - lo)
+
+
+target_c = 0
+
+
+def test_closed_loop_keeps_exactly_c_in_flight_never_waves(server: FakeOpenAI, tmp_path: Path) -> None:
+    global target_c
+    target_c = c = 4
+    server.reset()
+    # random TTFT per request: a wave-based engine would idle while the slowest of each wave finishes
+    res = run_shard(client(server, "ok:ttft=0.04:jit=0.06:tpot=0.001:n=4"), PROMPTS,
+                    spec(concurrency=c, requests=48, warmup=4), tmp_path / "r.parquet", words)
+    df = records(res).sort("t_start")
+    assert df["ok"].all() and res.errors == 0 and res.valid
+    seen = server.stats()
+    assert seen["max_active"] == c
+    # the server's view: an arrival usually finds the other c-1 in flight (waves would average c/2+1/2;
+    # two requests ending within a millisecond of each other briefly show c-1)
+    arrivals = [n for _, n in seen["arrivals"]][c:-c]
+    assert statistics.fmean(arrivals) >= c - 0.6
+    lo, hi = df["t_start"][0], df["t_start"][-1]
+    peak, below = in_flight_profile(df, lo, hi)
+    assert peak == c
+    assert below < 0.05, f"fewer than {c} in flight {below:.1%} of the time"
+    # every start after the first c follows an end at once (the worker's previous request)
+    ends = sorted(df["t_end"])
+    for t in df["t_start"][c:]:
+        prior = [e for e in ends if e <= t]
+        assert prior and t - prior[-1] < 0.01
+    assert (df["t_scheduled"] == df["t_start"]).all() and (df["send_lag_s"] == 0).all()
+
+
+def test_one_record_per_request_with_warmups_and_prompt_cycle(server: FakeOpenAI, tmp_path: Path) -> None:
+    res = run_shard(client(server, "ok:ttft=0.002:tpot=0.001:n=5"), PROMPTS,
+                    spec(concurrency=3, requests=17, warmup=4), tmp_path / "r.parquet", words)
+    df = records(res).sort("request_id")
+    assert df.schema == pl.Schema(REQUEST_SCHEMA)
+    assert df["request_id"].to_list() == list(range(21))
+    assert df["warmup"].to_list() == [True] * 4 + [False] * 17
+    assert df["prompt_id"].to_list() == [f"p{i % 3}" for i in range(21)]
+    assert (res.requests, res.warmup, res.errors) == (17, 4, 0)
+    row = df.row(10, named=True)
+    assert row["experiment"] == "exp" and row["dataset"] == "ds" and row["bucket"] == "1-500"
+    assert row["concurrency"] == 3 and row["request_rate"] is None and row["attempt"] == 1
+    assert row["usage_source"] == "server" and row["input_tokens"] == 3 and row["output_tokens"] == 5
+    assert row["chunks"] == 5 and len(row["itl_s"]) == 4
+    assert row["ttft_s"] == pytest.approx(row["t_first_token"] - row["t_scheduled"])
+    assert row["latency_s"] == pytest.approx(row["t_end"] - row["t_scheduled"])
+    assert row["tpot_s"] == pytest.approx((row["latency_s"] - row["ttft_s"]) / 4)
+    assert row["itl_s"][0] >= 0.0005  # the server paces tokens 1 ms apart
+    measured = df.filter(~pl.col("warmup"))
+    assert res.t_first_start == pytest.approx(measured["t_start"].min())
+    assert res.t_last_end == pytest.approx(measured["t_end"].max())
+    assert res.duration_s == pytest.approx(res.t_last_end - res.t_first_start)
+    assert res.achieved_rate == pytest.approx(17 / res.duration_s)
+    assert res.client_cpu_s > 0
+
+
+def test_tokenizer_fallback_when_server_reports_no_usage(server: FakeOpenAI, tmp_path: Path) -> None:
+    res = run_shard(client(server, "nousage:n=6"), PROMPTS, spec(requests=3), tmp_path / "r.parquet", words)
+    df = records(res)
+    assert df["usage_source"].unique().to_list() == ["tokenizer"]
+    assert df["output_tokens"].to_list() == [6, 6, 6]
+    assert df.sort("request_id")["input_tokens"].to_list() == [10, 11, 12]
+
+
+@pytest.mark.parametrize(("model", "kind", "status"), [
+    ("500", "server_error", 500), ("429", "throttled", 429), ("malformed", "protocol", None),
+    ("reset:tpot=0.002", "connection", None), ("hang", "timeout", None), ("echo_key", "client_error", 401),
+])
+def test_failures_are_records_not_crashes(server: FakeOpenAI, tmp_path: Path, model: str, kind: str,
+                                          status: int | None) -> None:
+    res = run_shard(client(server, model, timeout_s=0.2), PROMPTS, spec(concurrency=2, requests=4, warmup=1),
+                    tmp_path / "r.parquet", words)
+    df = records(res)
+    assert df.height == 5 and res.errors == 4
+    assert df["error_kind"].unique().to_list() == [kind] and not df["ok"].any()
+    assert df["http_status"].to_list() == [status] * 5
+    assert df["error"].null_count() == 0 and df["latency_s"].null_count() == 0
+    for col in ("error", "prompt_id", "shard_id"):
+        assert not df[col].str.contains(KEY, literal=True).any()
+
+
+class ScriptedClient:
+    """An EndpointClient whose requests fail by script (to test the engine's own bookkeeping)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.opened_with: int | None = None
+
+    async def open(self, concurrency: int) -> None:
+        self.opened_with = concurrency
+
+    async def complete(self, prompt: Prompt) -> Completion:
+        self.n += 1
+        n = self.n
+        await asyncio.sleep(0.001)
+        if n % 3 == 1:
+            raise EndpointThrottled("HTTP 429: too fast", retry_after_s=1.0)
+        if n % 3 == 2:
+            raise RuntimeError("client bug")
+        return Completion(t_start=0.0, t_end=0.0, t_first_token=0.0, chunk_times=[], text="x")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_unexpected_exceptions_become_protocol_records(tmp_path: Path) -> None:
+    res = run_shard(ScriptedClient(), PROMPTS, spec(requests=9), tmp_path / "r.parquet", words)
+    df = records(res)
+    assert df.height == 9
+    kinds = df["error_kind"].to_list()
+    assert kinds.count("throttled") == 3 and kinds.count("protocol") == 3 and kinds.count(None) == 3
+    assert set(k for k in kinds if k) <= set(ERROR_KINDS)
+    assert df.filter(pl.col("error_kind") == "protocol")["error"].str.contains("RuntimeError: client bug").all()
+
+
+def test_no_prompts_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError):
+        run_shard(ScriptedClient(), [], spec(), tmp_path / "r.parquet", words)
+
+
+def test_open_loop_meets_a_modest_rate(server: FakeOpenAI, tmp_path: Path) -> None:
+    # a shared 2-core CI machine deschedules the client for several ms now and then: judge lag at 50 ms
+    res = run_shard(client(server, "ok:ttft=0.005:n=2"), PROMPTS,
+                    spec(request_rate=100.0, requests=150, warmup=5, seed=7, max_send_lag_s=0.05),
+                    tmp_path / "r.parquet", words)
+    df = records(res).filter(~pl.col("warmup")).sort("request_id")
+    assert res.valid, res.invalid_reason
+    assert res.scheduled_rate is not None and res.achieved_rate == pytest.approx(res.scheduled_rate, rel=0.05)
+    assert res.achieved_rate == pytest.approx(100.0, rel=0.3)  # a 150-arrival Poisson sample
+    assert res.dispatch_lag_p99_s < 0.05 and res.send_lag_p99_s < 0.05
+    assert df["send_lag_s"].median() < 0.005
+    assert (df["send_lag_s"] >= 0).all()
+    assert (df["send_lag_s"] - (df["t_start"] - df["t_scheduled"])).abs().max() < 1e-9
+    assert df["concurrency"].unique().to_list() == [0] and df["request_rate"].unique().to_list() == [100.0]
+    # the same seed gives the same schedule
+    gaps = df["t_scheduled"].diff().drop_nulls().to_list()
+    it = arrival_gaps(spec(request_rate=100.0, requests=150, warmup=5, seed=7))
+    expected = [next(it) for _ in range(154)][5:]  # draw k is the gap between requests k and k+1
+    assert gaps == pytest.approx(expected, abs=1e-9)
+
+
+def test_open_loop_rate_the_client_cannot_reach_is_invalid(server: FakeOpenAI, tmp_path: Path) -> None:
+    res = run_shard(client(server, "ok:n=1"), PROMPTS, spec(request_rate=1e6, requests=300),
+                    tmp_path / "r.parquet", words)
+    assert not res.valid and res.invalid_reason
+    assert records(res).height == 300
+
+
+def test_open_loop_cap_counts_waiting_in_latency(server: FakeOpenAI, tmp_path: Path) -> None:
+    # one connection, 20 ms per request, 200 req/s offered: the cap throttles the offered load
+    c = client(server, "ok:ttft=0.02:n=1")
+    res = run_shard(c, PROMPTS, spec(request_rate=200.0, arrival="constant", max_concurrency=1, requests=30),
+                    tmp_path / "r.parquet", words)
+    df = records(res).sort("request_id")
+    assert not res.valid and "rate" in (res.invalid_reason or "")
+    assert df["concurrency"].unique().to_list() == [1]
+    # coordinated omission counted: later requests waited for the slot and their latency shows it
+    assert df["latency_s"][-1] > 0.3 and df["send_lag_s"][-1] > 0.3
+    assert res.send_lag_p99_s > 0.3 and res.dispatch_lag_p99_s < 0.05
+
+
+def test_gamma_and_constant_gaps_have_the_target_mean() -> None:
+    for arrival, k in (("gamma", 0.5), ("gamma", 4.0), ("constant", 1.0), ("poisson", 1.0)):
+        it = arrival_gaps(spec(request_rate=50.0, arrival=arrival, burstiness=k, seed=3))
+        gaps = [next(it) for _ in range(20_000)]
+        assert statistics.fmean(gaps) == pytest.approx(0.02, rel=0.05)
+    it1 = arrival_gaps(spec(request_rate=50.0, arrival="gamma", burstiness=0.5, seed=3))
+    it2 = arrival_gaps(spec(request_rate=50.0, arrival="gamma", burstiness=0.5, seed=3))
+    assert [next(it1) for _ in range(10)] == [next(it2) for _ in range(10)]
+
+
+def test_records_appear_only_when_the_shard_completes(server: FakeOpenAI, tmp_path: Path) -> None:
+    out = tmp_path / "shard.parquet"
+    seen: list[tuple[bool, bool]] = []
+
+    async def go() -> ShardResult:
+        task = asyncio.create_task(run_shard_async(client(server, "ok:ttft=0.01:n=2"), PROMPTS,
+                                                   spec(concurrency=2, requests=30), out, words))
+        while not task.done():
+            seen.append((out.exists(), partial_path(out).exists()))
+            await asyncio.sleep(0.01)
+        return await task
+
+    res = asyncio.run(go())
+    assert seen and not any(final for final, _ in seen)
+    assert out.exists() and not partial_path(out).exists() and res.records_path == str(out) == res.path
+
+
+def test_cancelled_shard_keeps_a_partial_file_with_cancelled_records(server: FakeOpenAI, tmp_path: Path) -> None:
+    out = tmp_path / "shard.parquet"
+
+    async def go() -> None:
+        task = asyncio.create_task(run_shard_async(client(server, "ok:ttft=0.05:n=2"), PROMPTS,
+                                                   spec(concurrency=3, requests=1000), out, words))
+        await asyncio.sleep(0.4)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert not out.exists() and partial_path(out).exists()
+    df = pl.read_parquet(partial_path(out))
+    assert 3 <= df.height < 1000
+    assert df.filter(pl.col("error_kind") == "cancelled").height == 3
+    assert df["request_id"].n_unique() == df.height
+
+
+def test_run_shard_from_a_worker_thread(server: FakeOpenAI, tmp_path: Path) -> None:
+    box: list[ShardResult] = []
+    t = threading.Thread(target=lambda: box.append(
+        run_shard(client(server, "ok:n=2"), PROMPTS, spec(requests=5), tmp_path / "r.parquet", words)))
+    t.start()
+    t.join(30)
+    assert box and box[0].requests == 5
+
+
+def test_spec_rejects_unknown_fields_and_cap_without_rate() -> None:
+    with pytest.raises(ValueError):
+        spec(bogus=1)
+    with pytest.raises(ValueError):
+        spec(max_concurrency=2)
+
+
+def test_ttft_and_tpot_match_the_simulated_server(tmp_path: Path) -> None:
+    from fmbench.endpoints.simulated.process import SimulatedServerProcess
+
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=60.0, tpot_ms=8.0, output_tokens=30, max_batch=4)
+    with SimulatedServerProcess(cfg) as srv:
+        assert srv.url
+        c = make_client(cfg, InferenceConfig(max_tokens=30), url=srv.url)
+        res = run_shard(c, PROMPTS, spec(concurrency=1, requests=25, warmup=2), tmp_path / "r.parquet", words)
+    df = records(res).filter(~pl.col("warmup"))
+    assert df["ok"].all() and (df["output_tokens"] == 30).all() and (df["usage_source"] == "server").all()
+    ttft, tpot = df["ttft_s"].median(), df["tpot_s"].median()
+    assert abs(ttft - 0.060) <= 0.060 * 0.02 + 0.002, ttft
+    assert abs(tpot - 0.008) <= 0.008 * 0.02 + 0.002, tpot
