@@ -34,6 +34,8 @@ from fmbench.endpoints.simulated.faults import Fault, FaultKind, hang_forever
 
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _VARIANT = "AllTraffic"
+# Echoes the decoded model id of Bedrock calls (tests check ARNs and profile ids arrive intact).
+_MODEL_HEADER = "x-fmbench-model-id"
 
 
 class _AwsError(Exception):
@@ -162,7 +164,12 @@ class AwsRoutes:
         if fault.kind is FaultKind.MALFORMED:
             raw = raw[: len(raw) // 2]
         return web.Response(
-            body=raw, headers={"Content-Type": "application/json", "x-amzn-RequestId": _rid()}
+            body=raw,
+            headers={
+                "Content-Type": "application/json",
+                "x-amzn-RequestId": _rid(),
+                _MODEL_HEADER: request.match_info["model_id"],
+            },
         )
 
     async def _br_stream(self, request: web.Request) -> web.StreamResponse:
@@ -173,7 +180,13 @@ class AwsRoutes:
             await _br_early_fault(fault)
         except _AwsError as err:
             return err.response()
-        resp = web.StreamResponse(headers={"Content-Type": _EVENTSTREAM, "x-amzn-RequestId": _rid()})
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": _EVENTSTREAM,
+                "x-amzn-RequestId": _rid(),
+                _MODEL_HEADER: request.match_info["model_id"],
+            }
+        )
         async with ctx.get_core().generate(gen_req) as gen:
             strike = fault.strike_after(gen.n_chunks)
             await resp.prepare(request)
