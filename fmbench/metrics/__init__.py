@@ -9,7 +9,14 @@ from __future__ import annotations
 from fmbench.metrics.cost import attach_costs, benchmark_cost, experiment_pricing
 from fmbench.metrics.recommend import Choice, Recommendation, recommend
 from fmbench.metrics.slo import SLOCheck, evaluate_slo, slo_checks
-from fmbench.metrics.summary import METRIC_COLUMNS, PERCENTILES, SHARD_KEYS, error_counts, percentile, summarize
+from fmbench.metrics.summary import (
+    METRIC_COLUMNS,
+    PERCENTILES,
+    SHARD_KEYS,
+    error_counts,
+    percentile,
+    summarize,
+)
 
 __all__ = [
     "METRIC_COLUMNS",

@@ -108,10 +108,10 @@ def benchmark_cost(
     names = list(dict.fromkeys([*prices, *per_shard["experiment"].to_list()]))
     for name in names:
         part = per_shard.filter(pl.col("experiment") == name)
-        seconds = sum(
-            float(wall.get(sid) if wall.get(sid) is not None else (span or 0.0))
-            for sid, span in zip(part["shard_id"].to_list(), part["span_s"].to_list())
-        )
+        seconds = 0.0
+        for sid, span in zip(part["shard_id"].to_list(), part["span_s"].to_list()):
+            measured = wall.get(sid)
+            seconds += float(measured) if measured is not None else float(span or 0.0)
         in_tok = int(part["input_tokens"].fill_null(0).sum())
         out_tok = int(part["output_tokens"].fill_null(0).sum())
         p = prices.get(name, NO_PRICING)

@@ -198,11 +198,11 @@ def recommend(metrics: pl.DataFrame, slo: Any) -> list[Recommendation]:
             status = "none_meets_slo"
         else:
             status = "no_data"
-        args = dict(
-            dataset=g["dataset"], bucket=g["bucket"], bucket_min=g["bucket_min"], bucket_max=g["bucket_max"],
-            status=status, cost_known=bool(priced) or any(_num(r.get("cost_per_10k_txn")) is not None for r in valid),
-            lowest_cost=cheapest, highest_throughput=fastest, closest=closest,
-            candidates=len(valid), excluded_invalid=excluded,
-        )
+        args = {
+            "dataset": g["dataset"], "bucket": g["bucket"], "bucket_min": g["bucket_min"], "bucket_max": g["bucket_max"],
+            "status": status, "cost_known": bool(priced) or any(_num(r.get("cost_per_10k_txn")) is not None for r in valid),
+            "lowest_cost": cheapest, "highest_throughput": fastest, "closest": closest,
+            "candidates": len(valid), "excluded_invalid": excluded,
+        }
         out.append(Recommendation(reasoning=_sentence(args), **args))
     return out

@@ -100,7 +100,7 @@ def refresh_from_pricing_api(
                 hourly = _hourly_from_price_list(resp.get("PriceList", []))
                 if hourly is None:
                     why = "no on-demand price in the API answer"
-            except Exception as exc:  # botocore raises many types; any failure falls back to the table
+            except Exception as exc:  # noqa: BLE001  botocore raises many types; any failure -> the table
                 why = f"{exc.__class__.__name__}: {exc}"
         if hourly is not None:
             entry = PriceEntry(itype, hourly, region, _API_SOURCE, date.today().isoformat())

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
            "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F"]
 
-_FONT = dict(family="Helvetica, Arial, sans-serif", size=13)
+_FONT = {"family": "Helvetica, Arial, sans-serif", "size": 13}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +56,11 @@ def _grid(panels: list[tuple[str, str]], title: str) -> tuple[go.Figure, int]:
         horizontal_spacing=0.08, vertical_spacing=min(0.18, 0.5 / rows),
     )
     fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left"), template="plotly_white", font=_FONT,
+        title={"text": title, "x": 0.01, "xanchor": "left"}, template="plotly_white", font=_FONT,
         height=140 + 360 * rows, width=1100,
-        legend=dict(orientation="h", yanchor="bottom", y=1.02 + 0.04 / rows, xanchor="right", x=1,
-                    title_text="experiment "),
-        margin=dict(l=70, r=30, t=110, b=60),
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.02 + 0.04 / rows, "xanchor": "right", "x": 1,
+                    "title_text": "experiment "},
+        margin={"l": 70, "r": 30, "t": 110, "b": 60},
     )
     return fig, cols
 
@@ -79,8 +79,8 @@ def _load_axis(part: pl.DataFrame) -> tuple[str, str]:
 def _log_axis(values: list[float]) -> dict[str, Any]:
     vals = sorted({v for v in values if v is not None and v > 0})
     if len(vals) >= 3 and vals[-1] / vals[0] >= 8:
-        return dict(type="log", tickvals=vals, ticktext=[f"{v:g}" for v in vals])
-    return dict(type="linear", tickvals=vals, ticktext=[f"{v:g}" for v in vals]) if len(vals) <= 12 else {}
+        return {"type": "log", "tickvals": vals, "ticktext": [f"{v:g}" for v in vals]}
+    return {"type": "linear", "tickvals": vals, "ticktext": [f"{v:g}" for v in vals]} if len(vals) <= 12 else {}
 
 
 def _hover(row: dict[str, Any]) -> str:
@@ -107,14 +107,14 @@ def _series_figure(metrics: pl.DataFrame, colours: dict[str, str], *, stem: str,
                        for r in rows]
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=exp, legendgroup=exp, showlegend=exp not in shown,
-                line=dict(color=colours[exp], width=2), marker=dict(size=9, symbol=symbols, color=colours[exp]),
+                line={"color": colours[exp], "width": 2}, marker={"size": 9, "symbol": symbols, "color": colours[exp]},
                 hovertext=[_hover(r) for r in rows], hoverinfo="text+x+y",
             ), row=row, col=col)
             shown.add(exp)
         if slo_value is not None:
-            fig.add_hline(y=slo_value * scale, line=dict(color="#B22222", dash="dash", width=1.5),
+            fig.add_hline(y=slo_value * scale, line={"color": "#B22222", "dash": "dash", "width": 1.5},
                           annotation_text=slo_label, annotation_position="top left",
-                          annotation_font=dict(color="#B22222", size=11), row=row, col=col)
+                          annotation_font={"color": "#B22222", "size": 11}, row=row, col=col)
         fig.update_xaxes(title_text=xtitle, row=row, col=col, **_log_axis([float(v) for v in part[xcol].drop_nulls()]))
         fig.update_yaxes(title_text=y_title, row=row, col=col, rangemode="tozero",
                          tickformat=".0%" if y_percent else None)
@@ -183,13 +183,13 @@ def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Fig
         part = ok.filter(pl.col("experiment") == exp)
         fig.add_trace(go.Scatter(
             x=part["input_tokens"].to_list(), y=part["latency_s"].to_list(), mode="markers", name=exp,
-            marker=dict(color=colours.get(exp, "#333333"), size=5, opacity=0.55), legendgroup=exp,
+            marker={"color": colours.get(exp, "#333333"), "size": 5, "opacity": 0.55}, legendgroup=exp,
         ))
     title = "Prompt length vs end-to-end latency (successful requests)"
     fig.update_layout(
-        title=dict(text=title, x=0.01), template="plotly_white", font=_FONT, height=520, width=1100,
-        xaxis_title="prompt tokens", yaxis_title="latency (s)", legend=dict(title_text="experiment "),
-        margin=dict(l=70, r=30, t=80, b=60),
+        title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT, height=520, width=1100,
+        xaxis_title="prompt tokens", yaxis_title="latency (s)", legend={"title_text": "experiment "},
+        margin={"l": 70, "r": 30, "t": 80, "b": 60},
     )
     fig.update_yaxes(rangemode="tozero")
     return Figure("prompt_tokens_vs_latency", title,
@@ -215,7 +215,7 @@ def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: flo
                 x=[r["cost_per_10k_txn"] for r in rows], y=[r["latency_p95_s"] for r in rows],
                 mode="markers+text", text=labels, textposition="top center", name=exp, legendgroup=exp,
                 showlegend=exp not in shown,
-                marker=dict(size=sizes, color=colours[exp], opacity=0.7, line=dict(color="white", width=1)),
+                marker={"size": sizes, "color": colours[exp], "opacity": 0.7, "line": {"color": "white", "width": 1}},
                 hovertext=[f"{_hover(r)}<br>{(r.get('transactions_per_min') or 0):,.0f} transactions/min"
                            for r in rows], hoverinfo="text+x+y",
             ), row=row, col=col)
@@ -223,7 +223,7 @@ def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: flo
         if lat_slo:
             fig.add_hrect(y0=0, y1=lat_slo, fillcolor="#2E8B57", opacity=0.10, line_width=0, row=row, col=col,
                           annotation_text="meets p95 latency SLO", annotation_position="bottom right",
-                          annotation_font=dict(color="#2E8B57", size=11))
+                          annotation_font={"color": "#2E8B57", "size": 11})
         fig.update_xaxes(title_text="cost per 10k transactions (USD)", tickprefix="$", rangemode="tozero",
                          row=row, col=col)
         fig.update_yaxes(title_text="p95 latency (s)", rangemode="tozero", row=row, col=col)

@@ -87,7 +87,7 @@ def _export_pngs(figs: list[Figure], plots_url: str) -> tuple[list[str], str | N
                 width=[int(f.figure.layout.width or 1100) for f in figs],
                 height=[int(f.figure.layout.height or 600) for f in figs],
             )
-        except Exception as exc:  # kaleido/choreographer raise many types (no Chrome, crash, timeout)
+        except Exception as exc:  # noqa: BLE001  kaleido raises many types (no Chrome, crash, timeout)
             return [], f"PNG export failed ({exc.__class__.__name__}: {str(exc).strip()[:300]})"
         urls = []
         for f, p in zip(figs, paths):
@@ -134,7 +134,8 @@ def _run_rows(run: RunData) -> list[tuple[str, str]]:
 def _repro(run: RunData) -> dict[str, Any]:
     m = dict(run.manifest)
     shards = m.pop("shards", None)
-    packages = m.get("packages") if isinstance(m.get("packages"), dict) else {}
+    raw_packages = m.get("packages")
+    packages: dict[str, Any] = raw_packages if isinstance(raw_packages, dict) else {}
     return {
         "label": f"{run.name} / {run.run_id}",
         "command": str(m.get("command") or "unknown (not recorded in the manifest)"),
@@ -245,7 +246,7 @@ def render(inp: ReportInput, output: str) -> ReportPaths:
     ctx = {
         "title": inp.title,
         "description": inp.description,
-        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "compare": inp.compare,
         "runs": [{"label": f"{r.name} / {r.run_id}", "rows": _run_rows(r), "problems": r.problems} for r in inp.runs],
         "recommendations": _recommendation_items(recs),

@@ -1,0 +1,210 @@
+"""The report: Markdown, self-contained HTML and PNG plots from a synthetic run directory."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fmbench import storage
+from fmbench.report import compare_runs, load_run, metrics_table_rows, render_report, summary_markdown
+from fmbench.report import render as render_mod
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synth import SimExperiment, write_run
+
+FIGURES = ["latency_p95_vs_load", "ttft_p95_vs_load", "throughput_vs_load", "prompt_tokens_vs_latency",
+           "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    run = tmp_path_factory.mktemp("runs") / "synth-bench" / "20260101-000000-abcd"
+    write_run(str(run))
+    return run, render_report(str(run))
+
+
+@pytest.fixture
+def no_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make kaleido's export fail, as it does on a machine without Chrome."""
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Kaleido requires Google Chrome to be installed")
+    monkeypatch.setattr(render_mod.pio, "write_images", fail)
+
+
+def test_report_files_metrics_and_pngs_are_written(rendered: tuple[Path, object]) -> None:
+    run, paths = rendered
+    for name in ("report.md", "report.html", "metrics.csv", "metrics.parquet"):
+        assert (run / name).is_file(), name
+    assert paths.plots_missing_reason is None
+    assert sorted(Path(p).stem for p in paths.plots) == sorted(FIGURES)
+    for stem in FIGURES:
+        data = (run / "plots" / f"{stem}.png").read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000, stem
+    metrics = pl.read_parquet(run / "metrics.parquet")
+    assert metrics.height == 12  # 2 experiments x 2 buckets x 3 levels, the failed shard included
+    assert pl.read_csv(run / "metrics.csv").height == 12
+
+
+def test_markdown_has_every_section_and_relative_images(rendered: tuple[Path, object]) -> None:
+    run, _ = rendered
+    md = (run / "report.md").read_text()
+    for heading in ("# fmbench report: synth-bench", "## Summary", "## Results by prompt size", "## Plots",
+                    "## Errors", "## Reproducibility"):
+        assert heading in md
+    for stem in FIGURES:
+        assert f"](plots/{stem}.png)" in md
+    # run table
+    assert "| Run id | 20260101-000000-abcd |" in md and "| fmbench version | 0.1.0 |" in md
+    assert "| Config hash |" in md and f"| Stored at | {run} |" in md
+    # one recommendation sentence per bucket
+    assert md.count("For prompts of ") == 2
+    assert "For prompts of 1–500 tokens (dataset synth), sim-small (ml.g5.xlarge) at concurrency 4 meets every SLO" in md
+    # per-bucket tables mark pass/fail, failed and invalid shards
+    assert "✔ pass" in md and "✘ fail: p95 latency" in md
+    assert "✖ sim-big c=8: EndpointConnectionError: connection refused" in md
+    assert "⚠ sim-small c=8: client CPU saturated" in md
+    # errors by kind, and reproducibility
+    assert "| server_error |" in md and "HTTP 503: model overloaded" in md
+    assert "fmbench run configs/synth-bench.yml --run-id 20260101-000000-abcd" in md
+    assert "public on-demand list price as of" in md
+
+
+def test_recommendation_matches_the_metrics(rendered: tuple[Path, object]) -> None:
+    run, _ = rendered
+    m = pl.read_parquet(run / "metrics.parquet").filter(pl.col("bucket") == "1-500")
+    ok = m.filter(pl.col("meets_slo") & pl.col("valid") & pl.col("cost_per_10k_txn").is_not_null())
+    cheapest = ok.sort("cost_per_10k_txn").row(0, named=True)
+    md = (run / "report.md").read_text()
+    line = next(ln for ln in md.splitlines() if "For prompts of 1–500" in ln)
+    assert f"{cheapest['experiment']} (ml.g5.xlarge) at concurrency {cheapest['concurrency']}" in line
+    assert f"${cheapest['cost_per_10k_txn']:,.2f} per 10k transactions" in line
+
+
+def test_html_is_self_contained_and_renders_plots_offline(rendered: tuple[Path, object], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    run, _ = rendered
+    html = (run / "report.html").read_text()
+    # plotly.js is inlined: no external script, stylesheet or image is referenced
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?https?:", html)
+    assert html.count("<script") >= len(FIGURES) + 1
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.fail("Chromium is not installed at /usr/bin/chromium (apt-get install chromium)")
+    problems: list[str] = []
+    urls: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: urls.append(r.url))
+            page.goto((run / "report.html").as_uri(), wait_until="load")
+            page.wait_for_function(
+                f"document.querySelectorAll('.js-plotly-plot svg.main-svg').length >= {len(FIGURES)}",
+                timeout=30_000)
+            plotted = page.evaluate("Array.from(document.querySelectorAll('.js-plotly-plot')).map(d => d.id)")
+            points = page.evaluate("document.querySelectorAll('.js-plotly-plot .scatterlayer .point').length")
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        finally:
+            browser.close()
+    assert sorted(plotted) == sorted(f"fig-{s}" for s in FIGURES)
+    assert points > 50
+    assert problems == []
+    assert [u for u in urls if not u.startswith(("file://", "data:", "blob:", "about:"))] == []
+
+
+def test_existing_metrics_are_reused(rendered: tuple[Path, object]) -> None:
+    run, _ = rendered
+    data = load_run(str(run))
+    assert data.metrics_computed is False and data.metrics.height == 12
+
+
+def test_missing_png_export_still_renders_and_says_why(tmp_path: Path, no_png: None) -> None:
+    run = tmp_path / "run"
+    write_run(str(run))
+    paths = render_report(str(run))
+    assert paths.plots == [] and "Kaleido requires Google Chrome" in (paths.plots_missing_reason or "")
+    md = (run / "report.md").read_text()
+    assert "Plots are missing from this Markdown report: PNG export failed (RuntimeError" in md
+    assert "](plots/" not in md
+    html = (run / "report.html").read_text()
+    assert "Static PNG plots are missing" in html and html.count('class="plotly-graph-div"') == len(FIGURES)
+
+
+def test_sparse_manifest_and_unpriced_run_still_render(tmp_path: Path, no_png: None) -> None:
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("solo")], slo={}, failed_shard=False, invalid_shard=False)
+    storage.write_text(str(run / "manifest.json"), json.dumps({"run_id": "r1"}))
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert "| Ended | unknown" in md and "| fmbench version | unknown |" in md
+    assert "unknown (not recorded in the manifest)" in md
+    assert "cost is unknown (no pricing configured)" in md
+    assert "Not drawn — price-performance and cost plots: cost is unknown" in md
+
+
+def test_report_on_s3(s3_bucket: str, no_png: None) -> None:
+    url = f"{s3_bucket}/runs/synth-bench/r-s3"
+    write_run(url, run_id="r-s3")
+    paths = render_report(url)
+    assert paths.markdown == f"{url}/report.md"
+    assert "## Summary" in storage.read_text(paths.markdown)
+    assert "plotly-graph-div" in storage.read_text(paths.html)
+    assert storage.read_parquet(f"{url}/metrics.parquet").height == 12
+    assert storage.exists(f"{url}/metrics.csv")
+
+
+def test_compare_two_runs_on_shared_buckets(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_run(str(a), name="bench-a", run_id="ra", seed=1)
+    write_run(str(b), name="bench-b", run_id="rb", seed=2, buckets=[[1, 500], [1000, 2000]],
+              experiments=[SimExperiment("sim-small", tpot_s=0.002, slowdown=0.1,
+                                         pricing={"instance_type": "ml.g6.xlarge"})],
+              failed_shard=False, invalid_shard=False)
+    out = tmp_path / "cmp"
+    paths = compare_runs([str(a), str(b)], str(out))
+    md = (out / "report.md").read_text()
+    assert "# fmbench comparison: bench-a, bench-b" in md
+    assert "bench-a/sim-small" in md and "bench-a/sim-big" in md and "bench-b/sim-small" in md
+    assert "1,000–2,000" not in md and "500–1,000" not in md  # only the shared 1-500 bucket
+    assert md.count("For prompts of ") == 1
+    metrics = pl.read_parquet(out / "metrics.parquet")
+    assert set(metrics["bucket"]) == {"1-500"}
+    assert metrics.height == 6 + 3
+    # the recommendation is the cheapest valid shard meeting the SLOs across both runs
+    ok = metrics.filter(pl.col("meets_slo") & pl.col("valid")).sort("cost_per_10k_txn").row(0, named=True)
+    assert f"{ok['experiment']} (" in next(ln for ln in md.splitlines() if "For prompts of" in ln)
+    assert paths.plots_missing_reason is None and len(paths.plots) == len(FIGURES)
+    assert "### Run bench-a / ra" in md and "### Run bench-b / rb" in md
+    # inputs are left untouched
+    assert not (a / "report.md").exists() and not (a / "metrics.parquet").exists()
+
+
+def test_compare_needs_shared_buckets(tmp_path: Path) -> None:
+    from fmbench.errors import ConfigError
+
+    write_run(str(tmp_path / "a"), buckets=[[1, 500]], failed_shard=False, invalid_shard=False)
+    write_run(str(tmp_path / "b"), buckets=[[1000, 2000]], failed_shard=False, invalid_shard=False)
+    with pytest.raises(ConfigError, match="share no dataset bucket"):
+        compare_runs([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "out"))
+
+
+def test_artifact_helpers(rendered: tuple[Path, object]) -> None:
+    run, _ = rendered
+    m = pl.read_parquet(run / "metrics.parquet")
+    rows = metrics_table_rows(m)
+    assert len(rows) == 12 and rows[0]["Dataset"] == "synth" and rows[0]["SLO"][0] in "✔✘"
+    assert all(r["Cost per 10k txn"].startswith("$") for r in rows if r["Requests"] != "0")
+    text = summary_markdown(m, load_run(str(run)).cfg.slo, title="synth-bench")
+    assert text.startswith("## synth-bench") and text.count("- For prompts of") == 2
+    assert "11 measured shard(s)" in text
