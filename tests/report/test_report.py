@@ -208,3 +208,40 @@ def test_artifact_helpers(rendered: tuple[Path, object]) -> None:
     text = summary_markdown(m, load_run(str(run)).cfg.slo, title="synth-bench")
     assert text.startswith("## synth-bench") and text.count("- For prompts of") == 2
     assert "11 measured shard(s)" in text
+
+
+def test_open_loop_token_priced_run_renders(tmp_path: Path, no_png: None) -> None:
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("bedrock-haiku", pricing={
+        "input_per_1k_usd": 0.00025, "output_per_1k_usd": 0.00125})], levels=[1, 2],
+        failed_shard=False, invalid_shard=False)
+    # turn the closed-loop levels into open-loop rates (1 and 2 req/s, no in-flight cap)
+    req = pl.read_parquet(run / "requests.parquet").with_columns(
+        pl.col("concurrency").cast(pl.Float64).alias("request_rate"), pl.lit(0).alias("concurrency"))
+    storage.write_parquet(str(run / "requests.parquet"), req)
+    manifest = json.loads((run / "manifest.json").read_text())
+    for s in manifest["shards"]:
+        s["request_rate"], s["concurrency"] = float(s["concurrency"]), 0
+    storage.write_text(str(run / "manifest.json"), json.dumps(manifest))
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert "| bedrock-haiku | 1 req/s |" in md and "| bedrock-haiku | 2 req/s |" in md
+    assert "$0.00025 per 1k input + $0.00125 per 1k output tokens" in md
+    assert "at 2 req/s meets every SLO" in md or "at 1 req/s meets every SLO" in md
+    html = (run / "report.html").read_text()
+    assert "request rate (requests" in html and "concurrency (requests in flight)" not in html
+
+
+def test_run_without_measurements_renders_and_says_so(tmp_path: Path, no_png: None) -> None:
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("solo")], levels=[1], buckets=[[1, 500]],
+              failed_shard=False, invalid_shard=False)
+    storage.write_parquet(str(run / "requests.parquet"), pl.read_parquet(run / "requests.parquet").head(0))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["shards"][0].update(status="failed", error="DeploymentError: endpoint never became InService")
+    storage.write_text(str(run / "manifest.json"), json.dumps(manifest))
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert "no valid shard produced successful measurements" in md
+    assert "✖ solo c=1: DeploymentError: endpoint never became InService" in md
+    assert "Not drawn — no shard produced measurements" in md
