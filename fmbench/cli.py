@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     s = sub.add_parser("serve-sim", help="serve the simulated endpoint (OpenAI-compatible) until stopped")
-    from fmbench.endpoints.simulated import add_cli_arguments
+    from fmbench.endpoints.simulated.cli import add_cli_arguments
 
     add_cli_arguments(s)
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -136,7 +136,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_sim(args: argparse.Namespace) -> int:
-    from fmbench.endpoints.simulated import config_from_args, serve
+    from fmbench.endpoints.simulated.cli import config_from_args
+    from fmbench.endpoints.simulated.server import serve
 
     endpoint, faults = config_from_args(args)
     serve(endpoint, host=args.host, port=args.port, faults=faults)

@@ -160,7 +160,7 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
             for r in sorted(experiment.request_rates or []):
                 specs.append(ShardSpec(
                     shard_id=shard_id(experiment.name, ds.name, label, None, r),
-                    concurrency=experiment.max_concurrency or 0, request_rate=r, arrival=experiment.arrival,
+                    request_rate=r, arrival=experiment.arrival,
                     burstiness=experiment.burstiness, max_concurrency=experiment.max_concurrency, **common))
     return specs
 
@@ -208,7 +208,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     records_url = _upload(run, local)
     outcome = ShardOutcome(
         shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
-        concurrency=spec.concurrency, request_rate=spec.request_rate, status="ok",
+        concurrency=_concurrency(spec), request_rate=spec.request_rate, status="ok",
         valid=bool(getattr(result, "valid", True)), invalid_reason=getattr(result, "invalid_reason", None),
         requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
         client_cpu_s=getattr(result, "client_cpu_s", None), records_url=records_url,
@@ -223,9 +223,14 @@ def failed_outcome(spec: Any, error: BaseException | str) -> ShardOutcome:
     message = error if isinstance(error, str) else (str(error) or error.__class__.__name__)
     return ShardOutcome(
         shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
-        concurrency=spec.concurrency, request_rate=spec.request_rate, status="failed", error=message,
+        concurrency=_concurrency(spec), request_rate=spec.request_rate, status="failed", error=message,
         valid=False,
     )
+
+
+def _concurrency(spec: Any) -> int:
+    # As in the records: closed loop, requests in flight; open loop, the cap (0 = none).
+    return spec.concurrency if spec.request_rate is None else (spec.max_concurrency or 0)
 
 
 def _level(spec: Any) -> str:

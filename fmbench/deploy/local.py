@@ -23,7 +23,7 @@ _lock = threading.Lock()
 
 def deploy_simulated(experiment: ExperimentConfig, run_id: str) -> DeployedEndpoint:
     """Start a simulated server for the experiment in its own process, on a free local port."""
-    from fmbench.endpoints.simulated import SimulatedServerProcess
+    from fmbench.endpoints.simulated.process import SimulatedServerProcess
 
     endpoint = experiment.endpoint
     assert isinstance(endpoint, SimulatedEndpoint)

@@ -1,0 +1,50 @@
+"""Fixtures for flow and CLI tests: one Prefect test harness per session, and a CLI runner whose
+subprocesses share one (already migrated) Prefect home."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Run flows in this process against a temporary local Prefect server and database."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for `fmbench` subprocesses: their own Prefect home, no Prefect API server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def fmbench_argv(*args: str) -> list[str]:
+    """The command line of `fmbench ARGS` with this interpreter."""
+    return [sys.executable, "-m", "fmbench", *args]
+
+
+@pytest.fixture
+def run_cli(cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `fmbench ARGS` to completion in a subprocess and capture its output."""
+
+    def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(fmbench_argv(*args), env=cli_env, cwd=cwd or ROOT, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    return run
