@@ -109,6 +109,11 @@ class Generation:
         return 1 + math.ceil((self.output_tokens - 1) / self._core.cfg.chunk_tokens)
 
     @property
+    def pending(self) -> int:
+        """Chunks already due and waiting to be taken (more than 0 only when the route lags)."""
+        return len(self._ready)
+
+    @property
     def arrival(self) -> float:
         """Monotonic arrival time of the request."""
         return self.request.arrival

@@ -217,17 +217,25 @@ async def _stream(
             await _send(resp, {**base, "choices": [role], "fmbench": _stamp(t_sent=time.monotonic())})
         strike = fault.strike_after(gen.n_chunks) if fault.kind in _MID_STREAM else -1
         encode = _ChunkEncoder(base, chat)
+        frames: list[bytes] = []  # chunks already due together go out in one write
         async for chunk in gen:
-            if chunk.index == strike and fault.kind is FaultKind.RESET:
-                reset_connection(request)
-                return resp
-            if chunk.index == strike and fault.kind is FaultKind.TRUNCATED:
-                await resp.write_eof()
+            if chunk.index == strike and fault.kind in (FaultKind.RESET, FaultKind.TRUNCATED):
+                if frames:
+                    await resp.write(b"".join(frames))
+                if fault.kind is FaultKind.RESET:
+                    reset_connection(request)
+                else:
+                    await resp.write_eof()
                 return resp
             data = encode(chunk, gen.finish_reason if chunk.last else None)
             if chunk.index == strike:  # MALFORMED: half a JSON object in an otherwise good frame
                 data = data[: len(data) // 2]
-            await resp.write(b"data: " + data + b"\n\n")
+            frames.append(b"data: " + data + b"\n\n")
+            if not gen.pending:
+                await resp.write(b"".join(frames))
+                frames.clear()
+        if frames:
+            await resp.write(b"".join(frames))
         if parsed.include_usage:
             usage = {**base, "choices": [], "usage": gen.usage.as_dict()}
             await _send(resp, {**usage, "fmbench": _stamp(t_sent=time.monotonic())})
