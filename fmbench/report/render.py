@@ -253,6 +253,7 @@ def render(inp: ReportInput, output: str) -> ReportPaths:
         "slo_rows": _slo_rows(inp.slo),
         "pricing_rows": inp.pricing,
         "cost_rows": cost_rows,
+        "cost_title": "What these runs cost (whole runs, all buckets)" if inp.compare else "What this benchmark cost",
         "cost_total": cost_total,
         "buckets": _bucket_sections(inp.metrics),
         "figures": [{"stem": f.stem, "title": f.title, "caption": f.caption,
