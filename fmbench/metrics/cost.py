@@ -12,10 +12,11 @@ from typing import Any
 
 import polars as pl
 
+from fmbench.config import BenchmarkConfig
 from fmbench.pricing import NO_PRICING, ResolvedPricing, resolve_pricing
 
 
-def experiment_pricing(cfg: Any) -> dict[str, ResolvedPricing]:
+def experiment_pricing(cfg: BenchmarkConfig | None) -> dict[str, ResolvedPricing]:
     """Resolved pricing of every experiment of a config.
 
     Raises:
@@ -47,7 +48,7 @@ def _pricing_frame(prices: dict[str, ResolvedPricing]) -> pl.DataFrame:
     )
 
 
-def attach_costs(metrics: pl.DataFrame, cfg: Any) -> pl.DataFrame:
+def attach_costs(metrics: pl.DataFrame, cfg: BenchmarkConfig | None) -> pl.DataFrame:
     """Add pricing and cost columns to per-shard metrics (needs duration_s, successes and token sums).
 
     Adds price_model, instance_type, instance_count, hourly_usd, input_per_1k_usd, output_per_1k_usd,
@@ -76,7 +77,7 @@ def attach_costs(metrics: pl.DataFrame, cfg: Any) -> pl.DataFrame:
 
 def benchmark_cost(
     requests: pl.DataFrame | pl.LazyFrame,
-    cfg: Any,
+    cfg: BenchmarkConfig | None,
     shards: list[dict[str, Any]] | None = None,
 ) -> pl.DataFrame:
     """What running the benchmark cost, per experiment (warm-ups and failed requests included).

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import polars as pl
 
+from fmbench.config import SLOConfig
 from fmbench.metrics.slo import slo_checks
 
 
@@ -156,7 +157,7 @@ def _sentence(rec_args: dict[str, Any]) -> str:
             f"{_tpm(fast.transactions_per_min)}; cost is unknown (no pricing configured).{tail}")
 
 
-def recommend(metrics: pl.DataFrame, slo: Any) -> list[Recommendation]:
+def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendation]:
     """One recommendation per (dataset, bucket) of ``metrics`` (as from `summarize`).
 
     Args:

@@ -19,6 +19,8 @@ from typing import Any
 
 import polars as pl
 
+from fmbench.config import SLOConfig
+
 _CHECKS = (
     # (column, slo field, label, unit)
     ("latency_p95_s", "latency_p95_s", "p95 latency", "s"),
@@ -61,7 +63,7 @@ def _valid_number(x: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def slo_checks(row: dict[str, Any], slo: Any) -> list[SLOCheck]:
+def slo_checks(row: dict[str, Any], slo: SLOConfig | Any) -> list[SLOCheck]:
     """Evaluate every configured objective of ``slo`` (an `SLOConfig`) on one metrics row."""
     if slo is None:
         return []
@@ -88,7 +90,7 @@ def slo_checks(row: dict[str, Any], slo: Any) -> list[SLOCheck]:
     return out
 
 
-def evaluate_slo(metrics: pl.DataFrame, slo: Any) -> pl.DataFrame:
+def evaluate_slo(metrics: pl.DataFrame, slo: SLOConfig | None) -> pl.DataFrame:
     """Add ``meets_slo`` (bool), ``slo_failures`` (text, empty when met) and ``slo_worst_ratio``.
 
     Args:

@@ -20,6 +20,7 @@ from typing import Any
 
 import polars as pl
 
+from fmbench.config import BenchmarkConfig
 from fmbench.metrics.cost import attach_costs
 from fmbench.metrics.slo import evaluate_slo
 
@@ -126,7 +127,7 @@ def _fill_info(row: dict[str, Any], s: dict[str, Any] | None) -> None:
 
 def summarize(
     requests: pl.DataFrame | pl.LazyFrame,
-    cfg: Any,
+    cfg: BenchmarkConfig | None,
     shards: list[dict[str, Any]] | None = None,
 ) -> pl.DataFrame:
     """Summarise per-request records into one row per shard.
@@ -134,7 +135,8 @@ def summarize(
     Args:
         requests: records with `fmbench.records.REQUEST_SCHEMA` columns (eager or lazy; only the
             needed columns are read).
-        cfg: the run's `BenchmarkConfig` (experiments' pricing and the SLOs).
+        cfg: the run's config (experiments' pricing and the SLOs); None: no pricing, and only an
+            error-free shard meets SLOs.
         shards: the manifest's shard outcomes; adds status/error/valid columns, and a row for each
             shard that produced no records.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fmbench.config import ExperimentConfig
 from fmbench.errors import ConfigError
 from fmbench.pricing.table import DEFAULT_REGION, instance_price, token_price
 
@@ -45,7 +46,7 @@ def _endpoint_attr(experiment: Any, *names: str) -> str | None:
     return None
 
 
-def resolve_pricing(experiment: Any) -> ResolvedPricing:
+def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
     """Resolve an `ExperimentConfig`'s pricing.
 
     Explicit prices in ``pricing`` win; an ``instance_type`` is priced from the shipped table
