@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -206,19 +207,44 @@ def timed_server() -> Iterator[str]:
         yield proc.url
 
 
+def _measure_round(
+    client: httpx.Client, round_no: int, n: int = 9
+) -> tuple[float, float, list[dict[str, Any]]]:
+    """Median client-side TTFT and TPOT (ms) over ``n`` sequential streams, and the server stamps."""
+    ttfts, tpots, stamps = [], [], []
+    for i in range(n):
+        body = {"model": MODEL, "stream": True, "prompt": f"{PROMPT} {round_no}.{i}"}
+        t0 = time.monotonic()
+        resp, items, times = _sse(client, "/v1/completions", body)
+        content = [(item, t) for item, t in zip(items, times) if isinstance(item, dict) and item["choices"]]
+        assert len(content) == TOKENS
+        ttfts.append(content[0][1] - t0)
+        tpots.append((content[-1][1] - content[0][1]) / (TOKENS - 1))
+        arrival = float(resp.headers["x-fmbench-arrival"])
+        stamps.append({"arrival": arrival, "chunks": [item["fmbench"] for item, _ in content]})
+    return statistics.median(ttfts) * 1000, statistics.median(tpots) * 1000, stamps
+
+
 def test_client_side_ttft_and_tpot_match_the_config_at_concurrency_1(timed_server: str) -> None:
-    ttfts, tpots = [], []
+    rounds = []
     with httpx.Client(base_url=timed_server, timeout=10.0) as c:
         c.get("/health")  # open the connection outside the measurement
-        for i in range(8):
-            body = {"model": MODEL, "stream": True, "prompt": f"{PROMPT} {i}"}
-            t0 = time.monotonic()
-            _, items, times = _sse(c, "/v1/completions", body)
-            content = [t for item, t in zip(items, times) if isinstance(item, dict) and item["choices"]]
-            assert len(content) == TOKENS
-            ttfts.append(content[0] - t0)
-            tpots.append((content[-1] - content[0]) / (TOKENS - 1))
-    ttft_ms, tpot_ms = statistics.median(ttfts) * 1000, statistics.median(tpots) * 1000
-    assert ttft_ms == pytest.approx(TTFT_MS, abs=0.02 * TTFT_MS + 2.0)
-    assert tpot_ms == pytest.approx(TPOT_MS, abs=0.02 * TPOT_MS + 2.0)
-    assert ttft_ms >= TTFT_MS  # chunks are never sent early
+        # A busy shared host can stall the *client* for milliseconds at a time; a pacing error
+        # would show in every round, a stall in one, so up to three rounds are measured.
+        for round_no in range(3):
+            ttft_ms, tpot_ms, stamps = _measure_round(c, round_no)
+            rounds.append((round(ttft_ms, 2), round(tpot_ms, 3)))
+            for s in stamps:  # the schedule itself is exact; only sending can be late
+                dues = [ch["t_due"] for ch in s["chunks"]]
+                assert dues[0] - s["arrival"] == pytest.approx(TTFT_MS / 1000, abs=2e-6)
+                assert all(
+                    b - a == pytest.approx(TPOT_MS / 1000, abs=2e-6) for a, b in itertools.pairwise(dues)
+                )
+                assert all(ch["t_sent"] >= ch["t_due"] for ch in s["chunks"])  # never early
+            ok_ttft = abs(ttft_ms - TTFT_MS) <= 0.02 * TTFT_MS + 2.0
+            ok_tpot = abs(tpot_ms - TPOT_MS) <= 0.02 * TPOT_MS + 2.0
+            if ok_ttft and ok_tpot:
+                return
+    pytest.fail(
+        f"client-side median (TTFT ms, TPOT ms) per round: {rounds}; configured ({TTFT_MS}, {TPOT_MS})"
+    )

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -59,6 +60,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True
         parser.add_argument(
             "--port", type=int, default=8000, help="Port to bind; 0 picks a free one (default 8000)."
         )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="Change the server's scheduling priority by this much at start, best effort (default -10: "
+        "a timing reference should wake on time on a busy host; below 0 needs privileges, else ignored).",
+    )
     parser.add_argument(
         "--timer",
         choices=["timerfd", "loop", "thread"],
@@ -126,16 +134,23 @@ def _model_flags(model: BaseModel, flags: list[tuple[str, str, type]]) -> list[s
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the server until SIGTERM/SIGINT; prints ``FMBENCH_SIM_LISTENING URL`` once bound."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fmbench.endpoints.simulated",
-        description="A local OpenAI-compatible server with the latency model of a continuous-batching LLM server.",
-    )
-    add_cli_arguments(parser)
-    args = parser.parse_args(argv)
-    # A short GIL switch interval lets the pacing timer thread take over promptly.
+def _renice(increment: int) -> None:
+    if increment:
+        try:
+            os.nice(increment)
+        except OSError:  # not permitted (unprivileged user): run at the normal priority
+            pass
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve with flags parsed by a parser that `add_cli_arguments` set up (``fmbench serve-sim``).
+
+    Prints ``FMBENCH_SIM_LISTENING URL`` once bound and serves until SIGTERM/SIGINT; returns the
+    exit code (2 with one line on stderr for a bad flag or a busy port).
+    """
+    # A short GIL switch interval lets a pacing timer thread (--timer thread) take over promptly.
     sys.setswitchinterval(0.001)
+    _renice(args.nice)
 
     def ready(url: str) -> None:
         print(f"{READY_PREFIX} {url}", flush=True)
@@ -147,3 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fmbench.endpoints.simulated``: parse flags and `run`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fmbench.endpoints.simulated",
+        description="A local OpenAI-compatible server with the latency model of a continuous-batching LLM server.",
+    )
+    add_cli_arguments(parser)
+    return run(parser.parse_args(argv))
