@@ -165,6 +165,12 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
     return specs
 
 
+def needs_endpoint(run: RunInfo, specs: list[Any]) -> bool:
+    """True when some shard of an experiment is still to be measured (a resumed run whose shards
+    are all measured deploys nothing)."""
+    return any(finished_shard(run, s.shard_id) is None for s in specs)
+
+
 def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
     """The outcome of a shard already measured in this run (resume), or None."""
     url = run.path("shards", f"{sid}.json")
@@ -314,6 +320,29 @@ def write_report(run: RunInfo) -> str:
     return str(getattr(paths, "markdown", run.path("report.md")))
 
 
+class ArtifactContent(BaseModel):
+    """What an orchestrator publishes about a finished run."""
+
+    key: str = Field(description="Stable artifact key prefix for this benchmark (versions over runs).")
+    summary_markdown: str
+    table: list[dict[str, str]]
+    report_url: str
+
+
+def artifact_contents(run: RunInfo, cfg: BenchmarkConfig) -> ArtifactContent:
+    """The summary, metrics table and report link of a run, for Prefect artifacts."""
+    from fmbench.report import metrics_table_rows, summary_markdown
+
+    metrics = storage.read_parquet(run.path("metrics.parquet"))
+    key = "fmbench-" + "".join(c if c.isalnum() else "-" for c in cfg.name.lower()).strip("-")
+    report_url = run.path("report.html")
+    if not storage.is_remote(report_url):
+        report_url = "file://" + report_url
+    summary = summary_markdown(metrics, cfg.slo, title=f"{cfg.name}: run {run.run_id}")
+    return ArtifactContent(key=key, summary_markdown=summary, table=metrics_table_rows(metrics),
+                           report_url=report_url)
+
+
 # ---------------------------------------------------------------- without Prefect
 
 
@@ -329,8 +358,7 @@ def run_benchmark(cfg: BenchmarkConfig, output: str | None = None, run_id: str |
     outcomes: list[ShardOutcome] = []
     for experiment in cfg.experiments:
         specs = plan_shards(cfg, prompt_sets, experiment)
-        pending = [s for s in specs if finished_shard(run, s.shard_id) is None]
-        deployed = deploy(cfg, experiment.name, run) if pending else None
+        deployed = deploy(cfg, experiment.name, run) if needs_endpoint(run, specs) else None
         try:
             for spec in specs:
                 files = {ps.dataset: ps.files for ps in prompt_sets}
