@@ -42,17 +42,20 @@ class SLOCheck:
 
     def describe(self) -> str:
         """E.g. ``p95 latency 1.20 s ≤ 2.00 s`` or ``error rate 3.0% > 1.0%``."""
+        # Both numbers in one unit, chosen by the limit: sub-half-second limits read better in ms.
+        unit = self.unit if self.unit == "%" else "ms" if self.limit < 0.5 else "s"
         if self.observed is None:
-            return f"{self.label} not measured (limit {_fmt(self.limit, self.unit)})"
+            return f"{self.label} not measured (limit {_fmt(self.limit, unit)})"
         op = "≤" if self.passed else ">"
-        return f"{self.label} {_fmt(self.observed, self.unit)} {op} {_fmt(self.limit, self.unit)}"
+        return f"{self.label} {_fmt(self.observed, unit)} {op} {_fmt(self.limit, unit)}"
 
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value * 100:.1f}%"
-    if value < 0.1:
-        return f"{value * 1000:.1f} ms"
+    if unit == "ms":
+        ms = value * 1000
+        return f"{ms:.1f} ms" if ms < 10 else f"{ms:,.0f} ms"
     return f"{value:.2f} s"
 
 

@@ -71,7 +71,7 @@ def test_nothing_meets_slo_names_the_closest() -> None:
     assert (rec.closest.experiment, rec.closest.concurrency) == ("fast", 1)
     assert rec.closest.worst_ratio == pytest.approx(1.2)
     assert "no configuration meets every SLO; the closest is fast at concurrency 1" in rec.reasoning
-    assert "p95 latency 0.30 s > 0.25 s" in rec.reasoning
+    assert "p95 latency 300 ms > 250 ms" in rec.reasoning
 
 
 def test_without_prices_rank_by_throughput_and_say_cost_is_unknown() -> None:
@@ -125,3 +125,13 @@ def test_bucket_with_only_failed_shards_has_no_data() -> None:
     [rec] = recommend(m, slo)
     assert rec.status == "no_data" and rec.best is None
     assert "nothing can be recommended" in rec.reasoning
+
+
+def test_slo_descriptions_use_one_unit_per_objective() -> None:
+    from fmbench.metrics import slo_checks
+
+    slo = SLOConfig(latency_p95_s=2.0, ttft_p95_s=0.15, tpot_p95_s=0.02, max_error_rate=0.01)
+    row = {"latency_p95_s": 1.234, "ttft_p95_s": 0.085, "tpot_p95_s": None, "error_rate": 0.02}
+    text = [c.describe() for c in slo_checks(row, slo)]
+    assert text == ["p95 latency 1.23 s ≤ 2.00 s", "p95 TTFT 85 ms ≤ 150 ms",
+                    "p95 TPOT not measured (limit 20 ms)", "error rate 2.0% > 1.0%"]
