@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import statistics
@@ -248,3 +249,20 @@ def test_client_side_ttft_and_tpot_match_the_config_at_concurrency_1(timed_serve
     pytest.fail(
         f"client-side median (TTFT ms, TPOT ms) per round: {rounds}; configured ({TTFT_MS}, {TPOT_MS})"
     )
+
+
+def test_requests_beyond_max_batch_wait_for_a_slot_over_http() -> None:
+    cfg = _cfg(ttft_ms=20, tpot_ms=2, output_tokens=10, max_batch=1)
+
+    async def both(url: str) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+            bodies = [{"model": MODEL, "prompt": f"queue {i}"} for i in range(2)]
+            resps = await asyncio.gather(*(client.post("/v1/completions", json=b) for b in bodies))
+        return [r.json()["fmbench"] for r in resps]
+
+    with SimulatedServerThread(cfg) as srv:
+        first, second = sorted(asyncio.run(both(srv.url or "")), key=lambda s: s["arrival"])
+    assert first["t_first_due"] - first["arrival"] == pytest.approx(0.020, abs=2e-6)
+    # The second waits for the only slot: admitted at the first's last token, then its own TTFT.
+    assert second["t_first_due"] == pytest.approx(first["t_due"] + 0.020, abs=2e-6)
+    assert second["t_due"] - second["t_first_due"] == pytest.approx(9 * 0.002, abs=2e-6)
