@@ -87,7 +87,11 @@ _EXCEPTION_MAP: tuple[tuple[type[BaseException], type[EndpointError], str], ...]
     (aiohttp.ClientConnectionError, EndpointConnectionError, "connection failed"),
     (aiohttp.UploadAbortedError, EndpointConnectionError, "upload aborted"),
     (aiohttp.RedirectClientError, EndpointProtocolError, "bad redirect"),
-    (aiohttp.ClientResponseError, EndpointProtocolError, "invalid HTTP response"),  # bad status line, redirects
+    (
+        aiohttp.ClientResponseError,
+        EndpointProtocolError,
+        "invalid HTTP response",
+    ),  # bad status line, redirects
     (ConnectionError, EndpointConnectionError, "connection failed"),
     (OSError, EndpointConnectionError, "connection failed"),
     (UnicodeDecodeError, EndpointProtocolError, "answer is not UTF-8"),
@@ -101,8 +105,10 @@ def _translate(exc: BaseException, secret: str | None) -> EndpointError:
         if isinstance(exc, cls):
             detail = str(exc)
             message = f"{what} ({type(exc).__name__}{': ' + detail if detail else ''})"
-            return target(_redact(message, secret)[:_MAX_MESSAGE * 2])
-    return EndpointProtocolError(_redact(f"unexpected {type(exc).__name__}: {exc}", secret)[: _MAX_MESSAGE * 2])
+            return target(_redact(message, secret)[: _MAX_MESSAGE * 2])
+    return EndpointProtocolError(
+        _redact(f"unexpected {type(exc).__name__}: {exc}", secret)[: _MAX_MESSAGE * 2]
+    )
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -143,6 +149,12 @@ def _error_message(body: bytes) -> str:
             text = str(data["detail"])
     text = " ".join(text.split())
     return text[:_MAX_MESSAGE] + ("..." if len(text) > _MAX_MESSAGE else "") if text else "(empty body)"
+
+
+def _count(usage: Any, key: str) -> int | None:
+    """A token count from a usage object, or None when absent or not an integer."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _output_piece(event: Any, chat: bool) -> str | None:
@@ -197,8 +209,12 @@ class OpenAIClient:
         self._session: aiohttp.ClientSession | None = None
         self._stream = self.inference.stream
         self._timeout = self.inference.timeout_s
-        base: dict[str, Any] = {"model": model, "max_tokens": self.inference.max_tokens,
-                                "temperature": self.inference.temperature, "stream": self._stream}
+        base: dict[str, Any] = {
+            "model": model,
+            "max_tokens": self.inference.max_tokens,
+            "temperature": self.inference.temperature,
+            "stream": self._stream,
+        }
         if self.inference.top_p is not None:
             base["top_p"] = self.inference.top_p
         if self._stream:
@@ -213,12 +229,16 @@ class OpenAIClient:
         """Create the session; the pool holds ``concurrency`` connections (``<= 0``: no limit)."""
         if self._session is not None:
             await self.close()
-        limit = concurrency if concurrency > 0 else 0
-        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=300,
-                                         enable_cleanup_closed=False)
+        limit = max(0, concurrency)
+        connector = aiohttp.TCPConnector(
+            limit=limit, limit_per_host=limit, keepalive_timeout=300, enable_cleanup_closed=False
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=("User-Agent",), auto_decompress=True,
+            connector=connector,
+            headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=True,
         )
 
     async def close(self) -> None:
@@ -284,10 +304,17 @@ class OpenAIClient:
         text = _output_piece(data, self._chat) or ""
         if not text:
             raise EndpointProtocolError("answer carries no output text")
-        usage = data.get("usage") or {}
-        return Completion(t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=text,
-                          input_tokens=usage.get("prompt_tokens"), output_tokens=usage.get("completion_tokens"),
-                          http_status=resp.status)
+        usage = data.get("usage")
+        return Completion(
+            t_start=t_start,
+            t_end=t_end,
+            t_first_token=t_end,
+            chunk_times=[],
+            text=text,
+            input_tokens=_count(usage, "prompt_tokens"),
+            output_tokens=_count(usage, "completion_tokens"),
+            http_status=resp.status,
+        )
 
     def _stream_error(self, event: dict[str, Any]) -> EndpointHTTPError:
         err = event.get("error")
@@ -367,7 +394,13 @@ class OpenAIClient:
             raise EndpointProtocolError("stream carried no output text")
         if not resp.content.is_eof():
             await self._drain(resp)
-        u = usage or {}
-        return Completion(t_start=t_start, t_end=now, t_first_token=chunk_times[0], chunk_times=chunk_times,
-                          text="".join(pieces), input_tokens=u.get("prompt_tokens"),
-                          output_tokens=u.get("completion_tokens"), http_status=resp.status)
+        return Completion(
+            t_start=t_start,
+            t_end=now,
+            t_first_token=chunk_times[0],
+            chunk_times=chunk_times,
+            text="".join(pieces),
+            input_tokens=_count(usage, "prompt_tokens"),
+            output_tokens=_count(usage, "completion_tokens"),
+            http_status=resp.status,
+        )

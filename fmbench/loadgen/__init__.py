@@ -11,4 +11,12 @@ from fmbench.loadgen.engine import arrival_gaps, run_shard, run_shard_async
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import RecordWriter, partial_path
 
-__all__ = ["RecordWriter", "ShardResult", "ShardSpec", "arrival_gaps", "partial_path", "run_shard", "run_shard_async"]
+__all__ = [
+    "RecordWriter",
+    "ShardResult",
+    "ShardSpec",
+    "arrival_gaps",
+    "partial_path",
+    "run_shard",
+    "run_shard_async",
+]

@@ -34,6 +34,7 @@ the merged records.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import time
@@ -82,8 +83,9 @@ def _p99(values: array[float]) -> float:
 class _Shard:
     """State of one running shard: builds records, feeds the writer, keeps running statistics."""
 
-    def __init__(self, spec: ShardSpec, prompts: list[Prompt], writer: RecordWriter,
-                 count_tokens: Callable[[str], int]) -> None:
+    def __init__(
+        self, spec: ShardSpec, prompts: list[Prompt], writer: RecordWriter, count_tokens: Callable[[str], int]
+    ) -> None:
         self.spec = spec
         self.prompts = prompts
         self.writer = writer
@@ -104,13 +106,22 @@ class _Shard:
     def _base(self, i: int, prompt: Prompt) -> RequestRecord:
         s = self.spec
         return RequestRecord(
-            experiment=s.experiment, dataset=s.dataset, bucket=s.bucket, bucket_min=s.bucket_min,
-            bucket_max=s.bucket_max, concurrency=self.concurrency, shard_id=s.shard_id, request_id=i,
-            prompt_id=prompt.prompt_id, request_rate=s.request_rate, warmup=i < s.warmup,
+            experiment=s.experiment,
+            dataset=s.dataset,
+            bucket=s.bucket,
+            bucket_min=s.bucket_min,
+            bucket_max=s.bucket_max,
+            concurrency=self.concurrency,
+            shard_id=s.shard_id,
+            request_id=i,
+            prompt_id=prompt.prompt_id,
+            request_rate=s.request_rate,
+            warmup=i < s.warmup,
         )
 
-    async def run_one(self, client: EndpointClient, i: int, t_sched: float | None,
-                      slot: asyncio.Semaphore | None = None) -> None:
+    async def run_one(
+        self, client: EndpointClient, i: int, t_sched: float | None, slot: asyncio.Semaphore | None = None
+    ) -> None:
         """Send request ``i`` and record it, whatever happens."""
         prompt = self.prompts[i % len(self.prompts)]
         rec = self._base(i, prompt)
@@ -128,41 +139,57 @@ class _Shard:
             raise
         except EndpointError as exc:
             self._fail(rec, prompt, t_sched, t_before, exc.kind, str(exc), getattr(exc, "status", None))
-        except Exception as exc:  # a client bug must cost one record, never the shard
+        except Exception as exc:  # noqa: BLE001 (a client bug must cost one record, never the shard)
             message = f"unexpected {type(exc).__name__}: {exc}"
             self._fail(rec, prompt, t_sched, t_before, "protocol", message, None)
         else:
-            self._ok(rec, prompt, t_sched, comp)
+            try:
+                self._ok(rec, prompt, t_sched, comp)
+            except Exception as exc:  # noqa: BLE001 (a malformed Completion is one failed record)
+                rec = self._base(i, prompt)
+                message = f"cannot record the answer: {type(exc).__name__}: {exc}"
+                self._fail(rec, prompt, t_sched, t_before, "protocol", message, None)
 
     def _ok(self, rec: RequestRecord, prompt: Prompt, t_sched: float | None, comp: Completion) -> None:
-        ts = comp.t_start if t_sched is None else t_sched
+        # Coerce everything a client hands over, so one odd value can never break a row group.
+        t_start, t_end = float(comp.t_start), float(comp.t_end)
+        t_first = float(comp.t_first_token) if comp.t_first_token is not None else None
+        ts = t_start if t_sched is None else t_sched
         rec.ok = True
-        rec.http_status = comp.http_status
+        rec.http_status = int(comp.http_status) if comp.http_status is not None else None
         rec.t_scheduled = ts
-        rec.t_start = comp.t_start
-        rec.t_first_token = comp.t_first_token
-        rec.t_end = comp.t_end
-        rec.send_lag_s = comp.t_start - ts
-        rec.latency_s = comp.t_end - ts
-        rec.ttft_s = comp.t_first_token - ts if comp.t_first_token is not None else None
+        rec.t_start = t_start
+        rec.t_first_token = t_first
+        rec.t_end = t_end
+        rec.send_lag_s = t_start - ts
+        rec.latency_s = t_end - ts
+        rec.ttft_s = t_first - ts if t_first is not None else None
         if comp.input_tokens is not None and comp.output_tokens is not None:
             rec.usage_source = "server"
-            rec.input_tokens, rec.output_tokens = comp.input_tokens, comp.output_tokens
+            rec.input_tokens, rec.output_tokens = int(comp.input_tokens), int(comp.output_tokens)
         else:
             rec.usage_source = "tokenizer"
-            rec.input_tokens = comp.input_tokens if comp.input_tokens is not None else prompt.input_tokens
-            rec.output_tokens = (comp.output_tokens if comp.output_tokens is not None
-                                 else self.count_tokens(comp.text))
-        out = rec.output_tokens
-        if out is not None and out > 1 and rec.ttft_s is not None:
-            rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out - 1)
+            inp = comp.input_tokens if comp.input_tokens is not None else prompt.input_tokens
+            out = comp.output_tokens if comp.output_tokens is not None else self.count_tokens(comp.text)
+            rec.input_tokens, rec.output_tokens = int(inp), int(out)
+        out_tokens = rec.output_tokens
+        if out_tokens > 1 and rec.ttft_s is not None:
+            rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out_tokens - 1)
         ct = comp.chunk_times
         rec.chunks = len(ct)
-        rec.itl_s = [b - a for a, b in zip(ct, ct[1:])] if len(ct) > 1 else []
+        rec.itl_s = [float(b - a) for a, b in itertools.pairwise(ct)] if len(ct) > 1 else []
         self._add(rec)
 
-    def _fail(self, rec: RequestRecord, prompt: Prompt, t_sched: float | None, t_before: float | None,
-              kind: str, message: str, status: int | None) -> None:
+    def _fail(
+        self,
+        rec: RequestRecord,
+        prompt: Prompt,
+        t_sched: float | None,
+        t_before: float | None,
+        kind: str,
+        message: str,
+        status: int | None,
+    ) -> None:
         now = time.monotonic()
         ts = t_sched if t_sched is not None else (t_before if t_before is not None else now)
         rec.ok = False
@@ -211,21 +238,36 @@ class _Shard:
             lag99 = _p99(self.dispatch_lags)
             if self.measured > 1 and scheduled and achieved < scheduled * (1 - spec.rate_shortfall):
                 valid = False
-                reason = (f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
-                          f"scheduled {scheduled:.4g}/s (target {target:.4g}/s): the client could not keep up")
+                reason = (
+                    f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
+                    f"scheduled {scheduled:.4g}/s (target {target:.4g}/s): the client could not keep up"
+                )
             elif lag99 > spec.max_send_lag_s:
                 valid = False
-                reason = (f"dispatch lag p99 {lag99 * 1e3:.2f} ms exceeds max_send_lag_s "
-                          f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late")
+                reason = (
+                    f"dispatch lag p99 {lag99 * 1e3:.2f} ms exceeds max_send_lag_s "
+                    f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late"
+                )
         else:
             achieved = self.measured / duration if duration > 0 else 0.0
             lag99 = 0.0
         return ShardResult(
-            shard_id=spec.shard_id, records_path=str(path), requests=self.measured, warmup=self.warm,
-            errors=self.errors, t_first_start=self.first_start if started else None,
-            t_last_end=self.last_end if started else None, duration_s=duration, achieved_rate=achieved,
-            target_rate=target, scheduled_rate=scheduled, send_lag_p99_s=_p99(self.send_lags),
-            dispatch_lag_p99_s=lag99, valid=valid, invalid_reason=reason, client_cpu_s=cpu_s,
+            shard_id=spec.shard_id,
+            records_path=str(path),
+            requests=self.measured,
+            warmup=self.warm,
+            errors=self.errors,
+            t_first_start=self.first_start if started else None,
+            t_last_end=self.last_end if started else None,
+            duration_s=duration,
+            achieved_rate=achieved,
+            target_rate=target,
+            scheduled_rate=scheduled,
+            send_lag_p99_s=_p99(self.send_lags),
+            dispatch_lag_p99_s=lag99,
+            valid=valid,
+            invalid_reason=reason,
+            client_cpu_s=cpu_s,
         )
 
 

@@ -17,13 +17,17 @@ class ShardSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    shard_id: str = Field(description="Unique id of the shard within the run (used in records and file names).")
+    shard_id: str = Field(
+        description="Unique id of the shard within the run (used in records and file names)."
+    )
     experiment: str = Field(description="Experiment name (records column).")
     dataset: str = Field(description="Dataset name (records column).")
     bucket: str = Field(description="Bucket label, e.g. '1-500' (records column).")
     bucket_min: int = Field(ge=0, description="Bucket lower bound in prompt tokens.")
     bucket_max: int = Field(ge=0, description="Bucket upper bound in prompt tokens.")
-    concurrency: int = Field(default=1, ge=1, description="Closed loop: requests kept in flight at every moment.")
+    concurrency: int = Field(
+        default=1, ge=1, description="Closed loop: requests kept in flight at every moment."
+    )
     request_rate: float | None = Field(
         default=None, gt=0, description="Open loop: target arrivals per second; unset means closed loop."
     )
@@ -31,22 +35,30 @@ class ShardSpec(BaseModel):
         default="poisson", description="Open loop: distribution of the gaps between arrivals."
     )
     burstiness: float = Field(
-        default=1.0, gt=0, description="Open loop, gamma arrivals: shape k (1 = Poisson, <1 burstier, >1 smoother)."
+        default=1.0,
+        gt=0,
+        description="Open loop, gamma arrivals: shape k (1 = Poisson, <1 burstier, >1 smoother).",
     )
     max_concurrency: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="Open loop: at most this many in flight; later arrivals wait and the wait counts in latency.",
     )
     requests: int = Field(ge=1, description="Measured requests.")
-    warmup: int = Field(default=0, ge=0, description="Requests sent first, recorded with warmup=True, not measured.")
+    warmup: int = Field(
+        default=0, ge=0, description="Requests sent first, recorded with warmup=True, not measured."
+    )
     seed: int = Field(default=0, description="Seed of the arrival schedule (open loop).")
     max_send_lag_s: float = Field(
-        default=0.01, gt=0,
+        default=0.01,
+        gt=0,
         description="Open loop: the shard is invalid when the p99 of the client's lateness in dispatching "
         "a request past its scheduled time exceeds this (seconds).",
     )
     rate_shortfall: float = Field(
-        default=0.05, ge=0, lt=1,
+        default=0.05,
+        ge=0,
+        lt=1,
         description="Open loop: the shard is invalid when the achieved send rate is more than this fraction "
         "below the scheduled rate.",
     )
@@ -84,10 +96,13 @@ class ShardResult(BaseModel):
     )
     target_rate: float | None = Field(default=None, description="Open loop: the configured request_rate.")
     scheduled_rate: float | None = Field(
-        default=None, description="Open loop: the rate of the seeded schedule itself (random gaps deviate "
-        "from the target); the achieved rate is judged against it."
+        default=None,
+        description="Open loop: the rate of the seeded schedule itself (random gaps deviate "
+        "from the target); the achieved rate is judged against it.",
     )
-    send_lag_p99_s: float = Field(description="p99 of t_start - t_scheduled over measured requests (0 closed loop).")
+    send_lag_p99_s: float = Field(
+        description="p99 of t_start - t_scheduled over measured requests (0 closed loop)."
+    )
     dispatch_lag_p99_s: float = Field(
         description="p99 of the pacer's lateness (dispatch - scheduled), excluding max_concurrency waits."
     )

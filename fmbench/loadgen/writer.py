@@ -104,8 +104,10 @@ class RecordWriter:
     def _convert(self) -> None:
         if not self._pending:
             return
-        arrays = [pa.array(self._cols[f.name], type=f.type) if f.name != "itl_s" else self._itl_array()
-                  for f in ARROW_SCHEMA]
+        arrays = [
+            pa.array(self._cols[f.name], type=f.type) if f.name != "itl_s" else self._itl_array()
+            for f in ARROW_SCHEMA
+        ]
         self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA))
         self._batched_rows += self._pending
         self._cols = {name: [] for name in _SCALARS}
@@ -136,14 +138,16 @@ class RecordWriter:
         self._writer.write_table(table)
 
     def _finish(self) -> None:
-        self._convert()
-        self._submit()
-        self._pool.submit(self._close).result()
-        self._pool.shutdown(wait=True)
-        for fut in self._futures:
-            exc = fut.exception()
-            if exc is not None:
-                raise StorageError(f"{self.tmp}: cannot write records: {exc}") from exc
+        try:
+            self._convert()
+            self._submit()
+            self._pool.submit(self._close).result()
+            for fut in self._futures:
+                fut.result()  # re-raises a failed background write
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"{self.tmp}: cannot write records: {exc}") from exc
+        finally:
+            self._pool.shutdown(wait=True)
 
     def _close(self) -> None:
         if self._writer is None:  # no rows at all: still a valid, empty file

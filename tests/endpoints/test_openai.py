@@ -13,13 +13,13 @@ import aiohttp
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
-from fake_openai import FakeOpenAI  # noqa: E402
+from fake_openai import FakeOpenAI
 
-from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint  # noqa: E402
-from fmbench.endpoints import make_client  # noqa: E402
-from fmbench.endpoints.base import Completion, EndpointClient, Prompt  # noqa: E402
-from fmbench.endpoints.openai import _EXCEPTION_MAP, OpenAIClient, _translate  # noqa: E402
-from fmbench.errors import (  # noqa: E402
+from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
+from fmbench.endpoints import make_client
+from fmbench.endpoints.base import Completion, EndpointClient, Prompt
+from fmbench.endpoints.openai import _EXCEPTION_MAP, OpenAIClient, _translate
+from fmbench.errors import (
     EndpointConnectionError,
     EndpointError,
     EndpointHTTPError,

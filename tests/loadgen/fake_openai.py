@@ -84,8 +84,14 @@ class _Server:
         await asyncio.Event().wait()
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"max_active": self.max_active, "arrivals": self.arrivals, "auth": self.auth,
-                                  "bodies": self.bodies})
+        return web.json_response(
+            {
+                "max_active": self.max_active,
+                "arrivals": self.arrivals,
+                "auth": self.auth,
+                "bodies": self.bodies,
+            }
+        )
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.reset()
@@ -110,7 +116,9 @@ class _Server:
         ttft += self._rng.uniform(0, float(o.get("jit", 0)))
         chat = request.path.endswith("/chat/completions")
         if name == "500":
-            return web.json_response({"error": {"message": "model exploded", "type": "server_error"}}, status=500)
+            return web.json_response(
+                {"error": {"message": "model exploded", "type": "server_error"}}, status=500
+            )
         if name == "429":
             return web.Response(status=429, text="slow down", headers={"Retry-After": "7"})
         if name == "echo_key":
@@ -131,7 +139,9 @@ class _Server:
         await resp.prepare(request)
 
         async def send(obj: Any) -> None:
-            await resp.write(b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n")
+            await resp.write(
+                b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+            )
 
         if chat:
             await send({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})  # role-only chunk
@@ -150,8 +160,11 @@ class _Server:
                 await send(b"{not json")
                 continue
             piece = "" if name == "empty" else f" t{i}"
-            delta = {"choices": [{"index": 0, "delta": {"content": piece}}]} if chat else {
-                "choices": [{"index": 0, "text": piece}]}
+            delta = (
+                {"choices": [{"index": 0, "delta": {"content": piece}}]}
+                if chat
+                else {"choices": [{"index": 0, "text": piece}]}
+            )
             await send(delta)
         if name != "nousage":
             await send({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n}})
