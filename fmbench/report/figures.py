@@ -48,7 +48,7 @@ def _panel_title(dataset: str, bucket: str, many_datasets: bool) -> str:
 
 
 def _grid(panels: list[tuple[str, str]], title: str) -> tuple[go.Figure, int]:
-    cols = 1 if len(panels) == 1 else 2 if len(panels) in (2, 4) else 3
+    cols = 1 if len(panels) == 1 else 2  # three narrow panels side by side are unreadable in a PNG
     rows = max(1, math.ceil(len(panels) / cols))
     many = len({d for d, _ in panels}) > 1
     fig = make_subplots(
