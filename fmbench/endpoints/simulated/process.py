@@ -51,6 +51,7 @@ class SimulatedServerProcess:
         self.url: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
+        self._pump: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
@@ -117,7 +118,8 @@ class SimulatedServerProcess:
                     seen.set()
             seen.set()  # EOF: the child exited
 
-        threading.Thread(target=pump, name="fmbench-sim-stdout", daemon=True).start()
+        self._pump = threading.Thread(target=pump, name="fmbench-sim-stdout", daemon=True)
+        self._pump.start()
         seen.wait(self.startup_timeout)
         return found[0] if found else None
 
@@ -139,6 +141,9 @@ class SimulatedServerProcess:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(self.stop_timeout)
+            if self._pump is not None:
+                self._pump.join(self.stop_timeout)  # reads to EOF now that the process is gone
+                self._pump = None
             if proc.stdout is not None:
                 proc.stdout.close()
         if self._stderr is not None:
