@@ -266,3 +266,16 @@ def test_requests_beyond_max_batch_wait_for_a_slot_over_http() -> None:
     # The second waits for the only slot: admitted at the first's last token, then its own TTFT.
     assert second["t_first_due"] == pytest.approx(first["t_due"] + 0.020, abs=2e-6)
     assert second["t_due"] - second["t_first_due"] == pytest.approx(9 * 0.002, abs=2e-6)
+
+
+def test_multi_token_chunks_carry_exactly_their_token_count() -> None:
+    with (
+        SimulatedServerThread(_cfg(output_tokens=10, chunk_tokens=4)) as srv,
+        httpx.Client(base_url=srv.url or "") as c,
+    ):
+        body = {"model": MODEL, "stream": True, "prompt": PROMPT, "stream_options": {"include_usage": True}}
+        _, items, _ = _sse(c, "/v1/completions", body)
+    chunks = [i for i in items if isinstance(i, dict) and i["choices"]]
+    assert [ch["fmbench"]["n_tokens"] for ch in chunks] == [1, 4, 4, 1]  # the first token alone keeps TTFT
+    assert [len(ENC.encode(ch["choices"][0]["text"])) for ch in chunks] == [1, 4, 4, 1]
+    assert items[-2]["usage"]["completion_tokens"] == 10
