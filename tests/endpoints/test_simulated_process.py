@@ -14,6 +14,7 @@ import pytest
 from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.cli import add_cli_arguments, config_from_args, config_to_args
 from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.endpoints.simulated.measure import measure_pacing
 from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.errors import ConfigError, DeploymentError
 
@@ -107,3 +108,11 @@ def test_cli_arguments_round_trip_through_the_configs() -> None:
     assert config_from_args(args) == (cfg, faults)
     with pytest.raises(ConfigError, match="tpot_ms"):
         config_from_args(parser.parse_args(["--tpot-ms", "-1"]))
+
+
+def test_measure_pacing_reports_every_chunk_and_never_early() -> None:
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=5, tpot_ms=2, output_tokens=8, max_batch=4)
+    result = measure_pacing(cfg, concurrency=2, requests=4)
+    assert result["chunks"] == 4 * 8
+    assert 0 <= result["server_p50_ms"] <= result["server_p99_ms"] <= result["server_max_ms"]
+    assert result["client_p50_ms"] >= 0
