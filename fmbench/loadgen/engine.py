@@ -22,13 +22,8 @@ Every scheduled request yields exactly one `RequestRecord` (ok, an `EndpointErro
 ``protocol`` for an unexpected exception); records stream to disk through `RecordWriter`.
 On cancellation in-flight requests are recorded as ``cancelled`` and the file stays ``.partial``.
 
-Multi-process mode (designed, not implemented): a shard split over N processes would pass every
-process the same spec plus ``(index, N)`` and one coordinated ``t0`` (``time.monotonic()`` is one
-clock for all processes on a host). Closed loop: process k runs ``concurrency / N`` workers over
-the ids ``i % N == k``; open loop: every process generates the same seeded schedule and dispatches
-only ids ``i % N == k``. Each writes ``<records>.part-k``; the parent concatenates them sorted by
-``request_id`` (ids and ``t_*`` stamps already share one timeline) and computes the result from
-the merged records.
+With ``spec.processes > 1`` the shard is split over several client processes sharing one timeline
+and one records file (see `fmbench.loadgen.multiproc`).
 """
 
 from __future__ import annotations
@@ -80,6 +75,48 @@ def _p99(values: array[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+class ShardStats:
+    """Running statistics of a shard's measured requests (also rebuilt from merged records)."""
+
+    def __init__(self) -> None:
+        self.measured = 0
+        self.warm = 0
+        self.errors = 0
+        self.first_start = math.inf
+        self.last_start = -math.inf
+        self.last_end = -math.inf
+        self.first_sched = math.inf
+        self.last_sched = -math.inf
+        self.send_lags: array[float] = array("d")
+        self.dispatch_lags: array[float] = array("d")
+
+    def observe(
+        self,
+        warmup: bool,
+        ok: bool,
+        t_start: float | None,
+        t_end: float | None,
+        t_scheduled: float | None,
+        send_lag: float | None,
+    ) -> None:
+        """Count one record."""
+        if warmup:
+            self.warm += 1
+            return
+        self.measured += 1
+        if not ok:
+            self.errors += 1
+        if t_start is None or t_end is None or t_scheduled is None:
+            return  # cancelled before sending: recorded, but it says nothing about timing
+        self.first_start = min(self.first_start, t_start)
+        self.last_start = max(self.last_start, t_start)
+        self.last_end = max(self.last_end, t_end)
+        self.first_sched = min(self.first_sched, t_scheduled)
+        self.last_sched = max(self.last_sched, t_scheduled)
+        if send_lag is not None:
+            self.send_lags.append(send_lag)
+
+
 class _Shard:
     """State of one running shard: builds records, feeds the writer, keeps running statistics."""
 
@@ -92,16 +129,7 @@ class _Shard:
         self.count_tokens = count_tokens
         self.total = spec.warmup + spec.requests
         self.concurrency = spec.concurrency if not spec.open_loop else (spec.max_concurrency or 0)
-        self.measured = 0
-        self.warm = 0
-        self.errors = 0
-        self.first_start = math.inf
-        self.last_start = -math.inf
-        self.last_end = -math.inf
-        self.first_sched = math.inf
-        self.last_sched = -math.inf
-        self.send_lags: array[float] = array("d")
-        self.dispatch_lags: array[float] = array("d")
+        self.stats = ShardStats()
 
     def _base(self, i: int, prompt: Prompt) -> RequestRecord:
         s = self.spec
@@ -207,103 +235,120 @@ class _Shard:
 
     def _add(self, rec: RequestRecord) -> None:
         self.writer.add(rec)
-        if rec.warmup:
-            self.warm += 1
-            return
-        self.measured += 1
-        if not rec.ok:
-            self.errors += 1
-        if rec.t_start is None or rec.t_end is None or rec.t_scheduled is None:
-            return  # cancelled before sending: recorded, but it says nothing about timing
-        self.first_start = min(self.first_start, rec.t_start)
-        self.last_start = max(self.last_start, rec.t_start)
-        self.last_end = max(self.last_end, rec.t_end)
-        self.first_sched = min(self.first_sched, rec.t_scheduled)
-        self.last_sched = max(self.last_sched, rec.t_scheduled)
-        if rec.send_lag_s is not None:
-            self.send_lags.append(rec.send_lag_s)
-
-    def result(self, path: Path, cpu_s: float) -> ShardResult:
-        spec = self.spec
-        started = self.measured > 0 and math.isfinite(self.first_start)
-        duration = self.last_end - self.first_start if started else 0.0
-        valid, reason = True, None
-        target = scheduled = None
-        if spec.open_loop:
-            target = spec.request_rate
-            span = self.last_start - self.first_start
-            sched_span = self.last_sched - self.first_sched
-            achieved = (self.measured - 1) / span if self.measured > 1 and span > 0 else 0.0
-            scheduled = (self.measured - 1) / sched_span if self.measured > 1 and sched_span > 0 else target
-            lag99 = _p99(self.dispatch_lags)
-            if self.measured > 1 and scheduled and achieved < scheduled * (1 - spec.rate_shortfall):
-                valid = False
-                reason = (
-                    f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
-                    f"scheduled {scheduled:.4g}/s (target {target:.4g}/s): the client could not keep up"
-                )
-            elif lag99 > spec.max_send_lag_s:
-                valid = False
-                reason = (
-                    f"dispatch lag p99 {lag99 * 1e3:.2f} ms exceeds max_send_lag_s "
-                    f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late"
-                )
-        else:
-            achieved = self.measured / duration if duration > 0 else 0.0
-            lag99 = 0.0
-        return ShardResult(
-            shard_id=spec.shard_id,
-            records_path=str(path),
-            requests=self.measured,
-            warmup=self.warm,
-            errors=self.errors,
-            t_first_start=self.first_start if started else None,
-            t_last_end=self.last_end if started else None,
-            duration_s=duration,
-            achieved_rate=achieved,
-            target_rate=target,
-            scheduled_rate=scheduled,
-            send_lag_p99_s=_p99(self.send_lags),
-            dispatch_lag_p99_s=lag99,
-            valid=valid,
-            invalid_reason=reason,
-            client_cpu_s=cpu_s,
-        )
+        self.stats.observe(rec.warmup, rec.ok, rec.t_start, rec.t_end, rec.t_scheduled, rec.send_lag_s)
 
 
-async def _closed_loop(client: EndpointClient, shard: _Shard) -> None:
-    next_id = 0
+def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float) -> ShardResult:
+    """Summarise a shard from its statistics (validity judged here)."""
+    started = st.measured > 0 and math.isfinite(st.first_start)
+    duration = st.last_end - st.first_start if started else 0.0
+    valid, reason = True, None
+    target = scheduled = None
+    if spec.open_loop:
+        target = spec.request_rate
+        span = st.last_start - st.first_start
+        sched_span = st.last_sched - st.first_sched
+        achieved = (st.measured - 1) / span if st.measured > 1 and span > 0 else 0.0
+        scheduled = (st.measured - 1) / sched_span if st.measured > 1 and sched_span > 0 else target
+        lag99 = _p99(st.dispatch_lags)
+        if st.measured > 1 and scheduled and achieved < scheduled * (1 - spec.rate_shortfall):
+            valid = False
+            reason = (
+                f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
+                f"scheduled {scheduled:.4g}/s (target {target:.4g}/s): the client could not keep up"
+            )
+        elif lag99 > spec.max_send_lag_s:
+            valid = False
+            reason = (
+                f"dispatch lag p99 {lag99 * 1e3:.2f} ms exceeds max_send_lag_s "
+                f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late"
+            )
+    else:
+        achieved = st.measured / duration if duration > 0 else 0.0
+        lag99 = 0.0
+    return ShardResult(
+        shard_id=spec.shard_id,
+        records_path=str(path),
+        requests=st.measured,
+        warmup=st.warm,
+        errors=st.errors,
+        t_first_start=st.first_start if started else None,
+        t_last_end=st.last_end if started else None,
+        duration_s=duration,
+        achieved_rate=achieved,
+        target_rate=target,
+        scheduled_rate=scheduled,
+        send_lag_p99_s=_p99(st.send_lags),
+        dispatch_lag_p99_s=lag99,
+        valid=valid,
+        invalid_reason=reason,
+        client_cpu_s=cpu_s,
+    )
+
+
+async def _sleep_until(when: float) -> None:
+    """Sleep until a monotonic time, precisely (coarse sleep, then yield-spin)."""
+    clock = time.monotonic
+    wait = when - clock()
+    if wait > _SPIN_S:
+        await asyncio.sleep(wait - _SPIN_S)
+    while clock() < when:
+        await asyncio.sleep(0)
+
+
+async def _closed_loop(
+    client: EndpointClient,
+    shard: _Shard,
+    workers: int | None = None,
+    take_id: Callable[[], int] | None = None,
+    t0: float | None = None,
+) -> None:
+    """Run ``workers`` (default: the spec's concurrency) back-to-back request loops.
+
+    ``take_id`` hands out the next request id (default: a counter local to this loop; the
+    multi-process mode passes one shared by all processes); ``t0`` is a common start time.
+    """
     total = shard.total
+    next_id = 0
+
+    def local_take() -> int:
+        nonlocal next_id
+        i = next_id
+        next_id += 1
+        return i
+
+    take = take_id or local_take
 
     async def worker() -> None:
-        nonlocal next_id
-        while next_id < total:
-            i = next_id
-            next_id += 1
+        while (i := take()) < total:
             await shard.run_one(client, i, None)
 
-    await _run_all([asyncio.create_task(worker()) for _ in range(shard.spec.concurrency)])
+    if t0 is not None:
+        await _sleep_until(t0)
+    await _run_all([asyncio.create_task(worker()) for _ in range(workers or shard.spec.concurrency)])
 
 
-async def _open_loop(client: EndpointClient, shard: _Shard) -> None:
+async def _open_loop(
+    client: EndpointClient, shard: _Shard, t0: float | None = None, part: tuple[int, int] = (0, 1)
+) -> None:
+    """Dispatch requests at their scheduled times; with ``part=(k, n)`` only the ids ``i % n == k``."""
     spec = shard.spec
     slot = asyncio.Semaphore(spec.max_concurrency) if spec.max_concurrency else None
     tasks: set[asyncio.Task[None]] = set()
     gaps = arrival_gaps(spec)
     loop = asyncio.get_running_loop()
     clock = time.monotonic
-    due = clock() + _LEAD_S
+    due = t0 if t0 is not None else clock() + _LEAD_S
+    k, n = part
     try:
         for i in range(shard.total):
             if i:
                 due += next(gaps)
-            wait = due - clock()
-            if wait > _SPIN_S:
-                await asyncio.sleep(wait - _SPIN_S)
-            while clock() < due:
-                await asyncio.sleep(0)
+            if i % n != k:
+                continue
+            await _sleep_until(due)
             if i >= spec.warmup:
-                shard.dispatch_lags.append(clock() - due)
+                shard.stats.dispatch_lags.append(clock() - due)
             task = loop.create_task(shard.run_one(client, i, due, slot))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -353,6 +398,10 @@ async def run_shard_async(
     """
     if not prompts:
         raise DatasetError(f"shard {spec.shard_id}: no prompts to send")
+    if spec.processes > 1:  # the processes are driven from a thread; this loop stays free
+        from fmbench.loadgen.multiproc import run_shard_processes
+
+        return await asyncio.to_thread(run_shard_processes, client, prompts, spec, out_path, count_tokens)
     writer = RecordWriter(out_path)
     shard = _Shard(spec, prompts, writer, count_tokens)
     cpu0 = time.process_time()
@@ -367,7 +416,7 @@ async def run_shard_async(
         raise
     cpu = time.process_time() - cpu0
     path = writer.commit()
-    return shard.result(path, cpu)
+    return shard_result(spec, shard.stats, path, cpu)
 
 
 def run_shard(
@@ -378,4 +427,10 @@ def run_shard(
     count_tokens: Callable[[str], int],
 ) -> ShardResult:
     """Run one shard in a fresh event loop (callable from any thread); see `run_shard_async`."""
+    if spec.processes > 1:
+        if not prompts:
+            raise DatasetError(f"shard {spec.shard_id}: no prompts to send")
+        from fmbench.loadgen.multiproc import run_shard_processes
+
+        return run_shard_processes(client, prompts, spec, out_path, count_tokens)
     return asyncio.run(run_shard_async(client, prompts, spec, out_path, count_tokens))

@@ -63,12 +63,23 @@ class ShardSpec(BaseModel):
         "below the scheduled rate.",
     )
 
+    processes: int = Field(
+        default=1,
+        ge=1,
+        description="Client processes sharing the shard (one timeline, one records file); more than 1 "
+        "when one event loop cannot offer the load.",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> ShardSpec:
         if self.bucket_max < self.bucket_min:
             raise ValueError(f"bucket_max {self.bucket_max} < bucket_min {self.bucket_min}")
         if self.request_rate is None and self.max_concurrency is not None:
             raise ValueError("max_concurrency applies to open loop only (set request_rate)")
+        if self.processes > 1 and self.max_concurrency is not None:
+            raise ValueError("max_concurrency cannot be split over several processes (use processes: 1)")
+        if self.processes > 1 and not self.open_loop and self.processes > self.concurrency:
+            raise ValueError(f"processes ({self.processes}) cannot exceed concurrency ({self.concurrency})")
         return self
 
     @property

@@ -1,0 +1,188 @@
+"""Split one shard over several client processes: one timeline, one records file.
+
+When one event loop cannot offer the load (one core saturated parsing streams), ``spec.processes
+= N`` runs N spawned processes that share the shard exactly: closed loop, the ``concurrency``
+workers are spread over the processes and take request ids from one shared counter, so exactly
+``concurrency`` requests stay in flight across all of them; open loop, every process generates the
+same seeded schedule and dispatches the ids ``i % N == k``. All processes start at one
+coordinated ``t0`` (``time.monotonic()`` is one clock for every process on a host), so their
+records share one timeline. Each process writes its own part file; the parent appends them into
+the final records file (atomically renamed into place) and summarises the shard from it.
+
+The client and ``count_tokens`` travel to the processes by pickle (an unopened `OpenAIClient`
+does); the processes are spawned, so the calling program needs the usual ``__main__`` guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import queue
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from fmbench.endpoints.base import EndpointClient, Prompt
+from fmbench.errors import ConfigError, FMBenchError, StorageError
+from fmbench.loadgen.engine import ShardStats, _closed_loop, _open_loop, _Shard, shard_result
+from fmbench.loadgen.spec import ShardResult, ShardSpec
+from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
+
+_READY_TIMEOUT_S = 120.0  # spawning and importing can be slow on a loaded machine
+_START_LEAD_S = 0.05  # t0 is this far after the last process reported ready
+
+__all__ = ["run_shard_processes"]
+
+
+def _workers(concurrency: int, n: int, k: int) -> int:
+    return concurrency // n + (1 if k < concurrency % n else 0)
+
+
+def part_path(path: str | Path, k: int) -> Path:
+    """Records file of process ``k``."""
+    p = Path(path)
+    return p.with_name(f"{p.name}.part-{k}")
+
+
+def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out: str) -> None:
+    """One process's share of the shard (runs in a spawned process)."""
+    try:
+        client, prompts, spec, count_tokens = pickle.loads(payload)
+
+        def take_id() -> int:
+            with counter.get_lock():
+                i = int(counter.value)
+                counter.value = i + 1
+            return i
+
+        async def main() -> tuple[list[float], float]:
+            cpu0 = time.process_time()
+            writer = RecordWriter(part_path(out, k))
+            shard = _Shard(spec, prompts, writer, count_tokens)
+            workers = 0 if spec.open_loop else _workers(spec.concurrency, n, k)
+            try:
+                await client.open(workers)
+                try:
+                    msgs.put(("ready", k))
+                    t0 = await asyncio.to_thread(go.get)
+                    if t0 is None:
+                        raise asyncio.CancelledError
+                    if spec.open_loop:
+                        await _open_loop(client, shard, t0, (k, n))
+                    else:
+                        await _closed_loop(client, shard, workers, take_id, t0)
+                finally:
+                    await client.close()
+            except BaseException:
+                writer.abort()
+                raise
+            writer.commit()
+            return list(shard.stats.dispatch_lags), time.process_time() - cpu0
+
+        lags, cpu = asyncio.run(main())
+        msgs.put(("done", k, lags, cpu))
+    except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises it as one line)
+        msgs.put(("error", k, f"{type(exc).__name__}: {exc}"))
+
+
+def run_shard_processes(
+    client: EndpointClient,
+    prompts: list[Prompt],
+    spec: ShardSpec,
+    out_path: str | Path,
+    count_tokens: Callable[[str], int],
+) -> ShardResult:
+    """Run a shard over ``spec.processes`` processes; same contract as `fmbench.loadgen.run_shard`.
+
+    Raises:
+        ConfigError: the client or ``count_tokens`` cannot be sent to another process.
+        FMBenchError: a process failed (its error in the message).
+        StorageError: the records cannot be merged.
+    """
+    import multiprocessing as mp
+
+    n = spec.processes
+    try:
+        payload = pickle.dumps((client, prompts, spec, count_tokens))
+    except Exception as exc:  # pickle raises many types
+        raise ConfigError(
+            f"shard {spec.shard_id}: processes={n} needs a picklable client and count_tokens ({exc})"
+        ) from exc
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("q", 0)
+    msgs = ctx.Queue()
+    gos = [ctx.Queue() for _ in range(n)]
+    out = str(out_path)
+    cpu0 = time.process_time()
+    procs = [
+        ctx.Process(target=_child, args=(k, n, payload, counter, msgs, gos[k], out), daemon=True)
+        for k in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        _await(msgs, "ready", n, spec)
+        t0 = time.monotonic() + _START_LEAD_S
+        for go in gos:
+            go.put(t0)
+        done = _await(msgs, "done", n, spec)
+    except BaseException:
+        for go in gos:
+            go.put(None)
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+        raise
+    for proc in procs:
+        proc.join(30)
+    stats = _merge(out, n)
+    for _, _, lags, _ in done:
+        stats.dispatch_lags.extend(lags)
+    cpu = time.process_time() - cpu0 + sum(msg[3] for msg in done)
+    return shard_result(spec, stats, Path(out), cpu)
+
+
+def _await(msgs: Any, kind: str, n: int, spec: ShardSpec) -> list[tuple[Any, ...]]:
+    got: list[tuple[Any, ...]] = []
+    while len(got) < n:
+        try:
+            msg = msgs.get(timeout=_READY_TIMEOUT_S if kind == "ready" else None)
+        except queue.Empty as exc:
+            raise FMBenchError(
+                f"shard {spec.shard_id}: client processes not ready in {_READY_TIMEOUT_S:g} s"
+            ) from exc
+        if msg[0] == "error":
+            raise FMBenchError(f"shard {spec.shard_id}: client process {msg[1]} failed: {msg[2]}")
+        got.append(msg)
+    return got
+
+
+def _merge(out: str, n: int) -> ShardStats:
+    """Append the part files into ``out`` (atomically) and rebuild the statistics from them."""
+    final = Path(out)
+    tmp = partial_path(final)
+    stats = ShardStats()
+    cols = ["warmup", "ok", "t_start", "t_end", "t_scheduled", "send_lag_s"]
+    try:
+        writer = pq.ParquetWriter(tmp, ARROW_SCHEMA, compression="zstd")
+        with contextlib.closing(writer):
+            for k in range(n):
+                pf = pq.ParquetFile(part_path(out, k))
+                for rg in range(pf.num_row_groups):
+                    table = pf.read_row_group(rg)
+                    writer.write_table(table)
+                    c = table.select(cols).to_pydict()
+                    for row in zip(*(c[name] for name in cols), strict=True):
+                        stats.observe(*row)
+        os.replace(tmp, final)
+        for k in range(n):
+            part_path(out, k).unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{out}: cannot merge the client processes' records: {exc}") from exc
+    return stats
