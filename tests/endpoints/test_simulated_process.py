@@ -116,3 +116,13 @@ def test_measure_pacing_reports_every_chunk_and_never_early() -> None:
     assert result["chunks"] == 4 * 8
     assert 0 <= result["server_p50_ms"] <= result["server_p99_ms"] <= result["server_max_ms"]
     assert result["client_p50_ms"] >= 0
+
+
+def test_process_command_line_carries_every_setting() -> None:
+    faults = FaultConfig(hang_rate=0.5)
+    argv = SimulatedServerProcess(CFG, faults, port=8123, tokenizer="cl100k_base").argv()
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(argv[3:])  # after: python -m fmbench.endpoints.simulated
+    assert (args.port, args.tokenizer) == (8123, "cl100k_base")
+    assert config_from_args(args) == (CFG, faults)

