@@ -121,7 +121,8 @@ def benchmark(
     if isinstance(regressions, BaseException):
         print(f"regression check failed, report written without it: {regressions}")
     elif fail_on_regression and regressions.status == "regressed":
-        return Failed(message=regressions.summary(), data=report)
+        print(f"report: {report}")
+        return Failed(message=regressions.summary())
     return report
 
 

@@ -468,10 +468,13 @@ def read_report(run_url: str) -> RegressionReport | None:
 # ---------------------------------------------------------------- markdown
 
 
+_SECONDS = {"latency_p95_s", "ttft_p95_s"}
+
+
 def _fmt_value(metric: str, v: float | None) -> str:
     if v is None:
         return "–"
-    if metric.endswith("_s"):
+    if metric in _SECONDS:
         return f"{v * 1000:.0f} ms" if abs(v) < 10 else f"{v:.1f} s"
     if metric == "error_rate":
         return f"{v * 100:.1f}%"
@@ -488,12 +491,12 @@ def _fmt_change(c: MetricChange) -> str:
 
 def _fmt_ci(c: MetricChange) -> str:
     if c.ci_low is None or c.ci_high is None:
-        return "no per-request data"
+        return "–"
     return f"{_fmt_delta(c.metric, c.ci_low)} … {_fmt_delta(c.metric, c.ci_high)}"
 
 
 def _fmt_delta(metric: str, v: float) -> str:
-    if metric.endswith("_s"):
+    if metric in _SECONDS:
         return f"{v * 1000:+.0f} ms"
     if metric == "error_rate":
         return f"{v * 100:+.1f} pt"
@@ -527,7 +530,8 @@ def render_markdown(report: RegressionReport, images: bool = True) -> str:
            f"error rate {t.error_rate:.0%} and at least {t.error_rate_min_abs * 100:g} pt, cost "
            f"{t.cost_per_10k_txn:.0%}). Noise: a {report.confidence:.0%} bootstrap interval "
            f"({report.n_resamples} resamples of each run's requests) of the difference; a change whose "
-           "interval includes zero is within run-to-run variation and not flagged."), ""]
+           "interval includes zero is within run-to-run variation and not flagged. Throughput, token rate and "
+            "cost are per-shard totals with no per-request noise estimate (–)."), ""]
     if report.config_changed:
         out += [("> The config changed since the previous run (different config hash): differences may "
                  "come from the change, not from the endpoint."), ""]
@@ -600,7 +604,8 @@ def write_trend_plots(benchmark_url: str, run_ids: list[str], run_url: str) -> l
             part = part.sort("run_id")
             fig.add_trace(go.Scatter(x=part["run_id"].to_list(), y=part[metric].to_list(), mode="lines+markers",
                                      name=_label(_key(dict(zip(_KEYS, key))))))
-        fig.update_layout(title=f"{label}: last {len(run_ids)} runs", xaxis_title="run", yaxis_title=label,
+        unit = " (s)" if metric in _SECONDS else " (USD)" if metric.startswith("cost") else ""
+        fig.update_layout(title=f"{label}: last {len(run_ids)} runs", xaxis_title="run", yaxis_title=label + unit,
                           xaxis={"type": "category", "categoryorder": "array", "categoryarray": run_ids},
                           width=900, height=450, template="plotly_white", legend={"font": {"size": 9}})
         figs.append(fig)

@@ -1,0 +1,220 @@
+"""The fmbench deployments on a real Prefect server and process worker (see conftest.py).
+
+One sequence of runs of configs/nightly-sim.yml under one output directory: a CLI run (the
+baseline), a run created the way the UI creates one with a slowed simulated endpoint (a
+regression, and the run ends Failed with fail_on_regression), then the nightly deployment
+triggered now (compared with the slowed run). Also: invalid parameters are refused, the UI form
+starts a run, and a run on a local Dask cluster completes with its shards never overlapping.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CONFIG = "configs/nightly-sim.yml"
+NAME = "nightly-sim"
+
+
+def _runs(out: Path) -> list[Path]:
+    root = out / NAME
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _wait_completed(stack: Any, flow_run_id: Any) -> Any:
+    run = stack.wait_for_flow_run(flow_run_id)
+    assert run.state.is_completed(), f"{run.state}: {run.state.message}\n{stack.log('worker')}"
+    return run
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def baseline(prefect_stack: Any, out: Path) -> tuple[str, Path]:
+    """The first run: `prefect deployment run 'fmbench/on-demand' -p ... --watch`, as a user types it."""
+    res = prefect_stack.prefect("deployment", "run", "fmbench/on-demand", "-p", f"config={CONFIG}",
+                                "-p", f"output={out}", "--watch", timeout=600)
+    runs = _runs(out)
+    assert len(runs) == 1, f"{res.stdout[-3000:]}\n{prefect_stack.log('worker')}"
+    return res.stdout, runs[0]
+
+
+@pytest.fixture(scope="module")
+def slowed(prefect_stack: Any, baseline: tuple[str, Path], out: Path) -> tuple[Any, Path]:
+    """The second run, created like the UI does (every form field sent), with TTFT 40 -> 150 ms."""
+    parameters = {
+        "config": CONFIG, "output": str(out), "run_id": None, "experiments": None, "concurrency_levels": None,
+        "requests_per_level": None, "overrides": ["experiments.sim.endpoint.ttft_ms=150"], "command": None,
+        "regression_threshold": 0.1, "fail_on_regression": True,
+    }
+    with prefect_stack.client() as client:
+        deployment = client.read_deployment_by_name("fmbench/on-demand")
+        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+    run = prefect_stack.wait_for_flow_run(flow_run.id)
+    runs = _runs(out)
+    assert len(runs) == 2, prefect_stack.log("worker")
+    return run, runs[1]
+
+
+def test_cli_run_completes_and_writes_the_report_where_asked(baseline: tuple[str, Path]) -> None:
+    stdout, run_dir = baseline
+    assert "Completed" in stdout
+    assert (run_dir / "report.md").read_text().strip()
+    assert json.loads((run_dir / "manifest.json").read_text())["ended_at"]
+    assert pl.read_parquet(run_dir / "metrics.parquet").height == 4  # 2 buckets x 2 concurrency levels
+    assert "No previous successful run of `nightly-sim`" in (run_dir / "regression.md").read_text()
+
+
+def test_ui_style_run_with_a_slower_endpoint_reports_the_regression(
+    prefect_stack: Any, baseline: tuple[str, Path], slowed: tuple[Any, Path]
+) -> None:
+    run, run_dir = slowed
+    assert run.state.is_failed(), f"{run.state}\n{prefect_stack.log('worker')}"
+    assert "regression(s) since " + baseline[1].name in (run.state.message or "")
+    assert (run_dir / "report.md").exists()  # the report is still written
+    report = json.loads((run_dir / "regression.json").read_text())
+    assert report["status"] == "regressed" and report["previous_run_id"] == baseline[1].name
+    flagged = {(c["metric"], c["bucket"], c["concurrency"]) for c in report["changes"] if c["regression"]}
+    for bucket in ("1-300", "300-600"):
+        for level in (1, 4):
+            assert ("ttft_p95_s", bucket, level) in flagged
+    md = (run_dir / "regression.md").read_text()
+    assert md.startswith(f"## Changes since {baseline[1].name}") and "p95 TTFT" in md
+    with prefect_stack.client() as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["fmbench-regressions-nightly-sim"])))
+    assert any(a.flow_run_id == run.id and "p95 TTFT" in str(a.data) for a in artifacts)
+
+
+def test_nightly_schedule_is_stored_with_cron_and_timezone(prefect_stack: Any) -> None:
+    with prefect_stack.client() as client:
+        deployment = client.read_deployment_by_name("fmbench/nightly")
+    assert deployment.enforce_parameter_schema
+    assert deployment.global_concurrency_limit is not None and deployment.global_concurrency_limit.limit == 1
+    [schedule] = deployment.schedules
+    assert schedule.active
+    assert schedule.schedule.cron == "0 2 * * *"
+    assert schedule.schedule.timezone == prefect_stack.env["FMBENCH_NIGHTLY_TZ"]
+    assert deployment.parameters["output"] == "results/nightly"
+    assert deployment.parameters["fail_on_regression"] is True
+
+
+def test_nightly_run_now_compares_with_the_previous_run(
+    prefect_stack: Any, slowed: tuple[Any, Path], out: Path
+) -> None:
+    with prefect_stack.client() as client:
+        deployment = client.read_deployment_by_name("fmbench/nightly")
+        # the deployment's own parameters, except that results go to the test's directory
+        flow_run = client.create_flow_run_from_deployment(deployment.id, parameters={"output": str(out)})
+    _wait_completed(prefect_stack, flow_run.id)  # faster than the slowed run: no regression, not Failed
+    run_dir = _runs(out)[-1]
+    report = json.loads((run_dir / "regression.json").read_text())
+    assert report["previous_run_id"] == slowed[1].name and report["status"] == "ok"
+    assert any(c["improvement"] and c["metric"] == "ttft_p95_s" for c in report["changes"])
+    md = (run_dir / "regression.md").read_text()
+    assert md.startswith(f"## Changes since {slowed[1].name}") and "Improvements" in md
+    assert report["trend_runs"] == [p.name for p in _runs(out)]
+    assert (run_dir / "plots" / "trend_ttft_p95.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("name", "value", "why"), [
+    ("requests_per_level", "0", "less than the minimum of 1"),
+    ("concurrency_levels", '["a"]', "is not of type 'integer'"),
+    ("run_id", "bad id!", "does not match"),
+    ("regression_threshold", "-1", "less than the minimum of 0"),
+])
+def test_invalid_parameters_are_refused_with_the_field_named(
+    prefect_stack: Any, name: str, value: str, why: str
+) -> None:
+    res = prefect_stack.prefect("deployment", "run", "fmbench/on-demand", "-p", f"{name}={value}", check=False,
+                                timeout=120)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0, text
+    assert f"Validation failed for field '{name}" in text and why in text
+
+
+def test_ui_refuses_invalid_parameters_through_the_api(prefect_stack: Any) -> None:
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    with prefect_stack.client() as client:
+        deployment = client.read_deployment_by_name("fmbench/on-demand")
+        with pytest.raises(PrefectHTTPStatusError) as info:
+            client.create_flow_run_from_deployment(deployment.id, parameters={"requests_per_level": "many"})
+    assert info.value.response.status_code == 409
+    assert "requests_per_level" in info.value.response.text
+
+
+def test_ui_form_shows_our_parameters_and_submitting_it_runs(prefect_stack: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ui_out = tmp_path / "ui"
+    with prefect_stack.client() as client:
+        deployment = client.read_deployment_by_name("fmbench/on-demand")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.goto(f"{prefect_stack.url}/deployments/deployment/{deployment.id}/run", wait_until="networkidle",
+                      timeout=60_000)
+            page.get_by_text("config (Optional)").wait_for(timeout=60_000)
+            for label in ("output", "overrides", "requests_per_level", "fail_on_regression", "regression_threshold"):
+                assert page.get_by_text(f"{label} (Optional)", exact=True).count() == 1, label
+            assert page.get_by_text("Config overrides as key.path=value").count() == 1
+            config = page.locator("textarea").first
+            assert config.input_value() == "configs/quickstart.yml"  # the flow's default
+            config.fill(CONFIG)
+            # optional string fields start as None: switch `output` to a string and type the path
+            page.get_by_role("button", name="str", exact=True).first.click()
+            page.locator("textarea").nth(1).fill(str(ui_out))
+            page.screenshot(path=str(prefect_stack.logs / "ui-form.png"), full_page=True)
+            page.get_by_role("button", name="Submit").click()
+            flow_run = _wait_created(prefect_stack, deployment.id, str(ui_out))
+        finally:
+            browser.close()
+    assert flow_run.parameters["config"] == CONFIG
+    _wait_completed(prefect_stack, flow_run.id)
+    [run_dir] = _runs(ui_out)
+    assert (run_dir / "report.md").exists()
+
+
+def _wait_created(stack: Any, deployment_id: Any, output: str, timeout_s: float = 60) -> Any:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with stack.client() as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            mine = [r for r in runs if r.parameters.get("output") == output]
+            if mine:
+                return mine[0]
+            time.sleep(0.5)
+    raise AssertionError(f"the UI form did not create a flow run with output={output} (see ui-form.png)")
+
+
+def test_run_on_a_local_dask_cluster_keeps_shards_apart(prefect_stack: Any, tmp_path: Path) -> None:
+    res = prefect_stack.prefect("deployment", "run", "fmbench/on-demand-dask", "-p", f"config={CONFIG}",
+                                "-p", f"output={tmp_path}", "--watch", timeout=600)
+    assert "Completed" in res.stdout, res.stdout[-3000:]
+    assert "Creating a new Dask cluster" in prefect_stack.log("worker")
+    [run_dir] = _runs(tmp_path)
+    assert (run_dir / "report.md").exists()
+    requests = pl.read_parquet(run_dir / "requests.parquet")
+    spans = (requests.group_by("shard_id").agg(pl.col("t_start").min().alias("start"),
+                                               pl.col("t_end").max().alias("end")).sort("start"))
+    assert spans.height == 4
+    ends, starts = spans["end"].to_list(), spans["start"].to_list()
+    assert all(ends[i] <= starts[i + 1] for i in range(len(starts) - 1)), spans
