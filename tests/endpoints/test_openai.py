@@ -256,3 +256,21 @@ def test_make_client_providers(monkeypatch: pytest.MonkeyPatch, server: FakeOpen
 
     with pytest.raises(EndpointError, match="carrier-pigeon"):
         make_client(Other(), inf)
+
+
+def test_sse_decoder_joins_multiline_data_and_long_lines() -> None:
+    from fmbench.endpoints.openai import _SSEDecoder
+
+    dec = _SSEDecoder()
+    assert dec.feed(b"data: a\r\ndata: b\r\n\r\nid: 1\ndata:c\n") == [b"a\nb"]
+    assert dec.feed(b"\n") == [b"c"]
+    big = b'{"x": "' + b"y" * 1_000_000 + b'"}'
+    stream = b"data: " + big + b"\n\n"
+    out = []
+    for i in range(0, len(stream), 1024):  # one event spread over ~1,000 reads
+        out += dec.feed(stream[i : i + 1024])
+    assert out == [big]
+    dec.feed(b"data: [DONE]")
+    assert dec.pending() == b"[DONE]"
+    with pytest.raises(EndpointProtocolError, match="malformed"):
+        _SSEDecoder().feed(b"garbage\n\n")
