@@ -136,12 +136,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_sim(args: argparse.Namespace) -> int:
-    from fmbench.endpoints.simulated.cli import config_from_args
-    from fmbench.endpoints.simulated.server import serve
+    from fmbench.endpoints.simulated.cli import run
 
-    endpoint, faults = config_from_args(args)
-    serve(endpoint, host=args.host, port=args.port, faults=faults)
-    return 0
+    return run(args)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -75,6 +75,31 @@ DatasetConfig = Annotated[Union[SyntheticDataset, LongBenchDataset, JsonlDataset
 # ---------------------------------------------------------------- endpoints
 
 
+class SimulatedFaults(_Model):
+    """Faults the simulated endpoint injects, as rates per generation request (0..1, adding up to at most 1)."""
+
+    seed: int | None = Field(default=None, description="Seed of the fault draws (default: the endpoint's seed).")
+    http_500_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 500.")
+    http_503_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 503.")
+    throttle_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 429.")
+    retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After header of a 429, seconds.")
+    hang_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction never answered at all.")
+    reset_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction whose connection is reset mid-stream.")
+    malformed_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction with one invalid JSON frame/body.")
+    truncated_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction whose stream ends early.")
+    slow_first_byte_rate: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction whose first byte is delayed by slow_first_byte_s."
+    )
+    slow_first_byte_s: float = Field(default=2.0, ge=0, description="Extra delay before the first byte, seconds.")
+
+    @model_validator(mode="after")
+    def _rates_sum(self) -> SimulatedFaults:
+        total = sum(v for k, v in self.__dict__.items() if k.endswith("_rate"))
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates add up to {total:g}; they must add up to at most 1")
+        return self
+
+
 class SimulatedEndpoint(_Model):
     """The local simulated continuous-batching server, started and stopped by the run."""
 
@@ -91,6 +116,7 @@ class SimulatedEndpoint(_Model):
     output_tokens: int = Field(default=64, ge=1, description="Tokens generated per request (capped by max_tokens).")
     chunk_tokens: int = Field(default=1, ge=1, description="Tokens per streamed chunk.")
     seed: int = Field(default=0, description="Seed of the generated text.")
+    faults: SimulatedFaults = Field(default_factory=SimulatedFaults, description="Injected faults (none by default).")
 
 
 class OpenAIEndpoint(_Model):
@@ -537,6 +563,7 @@ __all__ = [
     "BedrockEndpoint",
     "SecretStr",
     "SimulatedEndpoint",
+    "SimulatedFaults",
     "SyntheticDataset",
     "bucket_label",
     "load_config",

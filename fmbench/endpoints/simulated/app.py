@@ -116,7 +116,8 @@ def build_app(
     """
     ctx = SimContext(
         cfg=cfg,
-        faults=FaultInjector(faults, default_seed=cfg.seed),
+        faults=FaultInjector(faults if faults is not None else FaultConfig.from_config(cfg.faults),
+                             default_seed=cfg.seed),
         counter=counter or make_counter(),
         timer=timer,
     )

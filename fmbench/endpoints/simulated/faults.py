@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fmbench.config import SimulatedFaults
+
 
 
 class FaultKind(StrEnum):
@@ -33,39 +34,17 @@ class FaultKind(StrEnum):
     SLOW_FIRST_BYTE = "slow_first_byte"  # no byte at all for an extra delay, then normal
 
 
-class FaultConfig(BaseModel):
-    """Rates (0..1, per generation request) of each injected fault; all default to 0."""
+class FaultConfig(SimulatedFaults):
+    """Rates (0..1, per generation request) of each injected fault; all default to 0.
 
-    model_config = ConfigDict(extra="forbid")
+    The fields live in `fmbench.config.SimulatedFaults` (the config's ``endpoint.faults``); this
+    adds the draw order the injector uses.
+    """
 
-    seed: int | None = Field(
-        default=None, description="Seed of the fault draws (default: the endpoint's seed)."
-    )
-    http_500_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 500.")
-    http_503_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 503.")
-    throttle_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction answered with HTTP 429.")
-    retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After header of a 429, seconds.")
-    hang_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction never answered at all.")
-    reset_rate: float = Field(
-        default=0.0, ge=0, le=1, description="Fraction whose connection is reset mid-stream."
-    )
-    malformed_rate: float = Field(
-        default=0.0, ge=0, le=1, description="Fraction with one invalid JSON frame/body."
-    )
-    truncated_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction whose stream ends early.")
-    slow_first_byte_rate: float = Field(
-        default=0.0, ge=0, le=1, description="Fraction whose first byte is delayed by slow_first_byte_s."
-    )
-    slow_first_byte_s: float = Field(
-        default=2.0, ge=0, description="Extra delay before the first byte, seconds."
-    )
-
-    @model_validator(mode="after")
-    def _rates_sum(self) -> FaultConfig:
-        total = sum(rate for _, rate in self.rates())
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"fault rates add up to {total:g}; they must add up to at most 1")
-        return self
+    @classmethod
+    def from_config(cls, faults: SimulatedFaults) -> FaultConfig:
+        """The injector's view of a config's faults."""
+        return cls.model_validate(faults.model_dump())
 
     def rates(self) -> list[tuple[FaultKind, float]]:
         """Each fault kind with its rate, in the fixed order the draw uses."""

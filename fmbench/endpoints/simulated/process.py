@@ -47,6 +47,8 @@ class SimulatedServerProcess:
         extra_args: list[str] | None = None,
         tokenizer: str | None = None,
     ) -> None:
+        if faults is None and cfg.faults != type(cfg.faults)():
+            faults = FaultConfig.from_config(cfg.faults)  # the config's own faults
         self.cfg, self.faults, self.host, self.port = cfg, faults, host, port
         self.startup_timeout, self.stop_timeout = startup_timeout, stop_timeout
         self.extra_args = list(extra_args or [])
