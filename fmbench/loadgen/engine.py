@@ -12,9 +12,9 @@ whole milliseconds). Measured on the 2-core dev VM with a 5 ms no-op client: med
 lateness 0.85 ms without spinning, 0.10 ms with a 1 ms spin, 0.09 ms with 2 ms; the spin costs
 ~6 % of a core at 100 req/s and ~35 % at 1,000 req/s (2 ms: 14 % / 70 %), hence 1.2 ms. The
 engine alone paces 5,000 req/s within 4 ms p99; with `OpenAIClient` against a zero-latency
-server it sustains ~2,000 req/s open loop on one core (sub-ms median send lag). Latency and TTFT count from the
-*scheduled* time, so a late send or a ``max_concurrency`` wait is charged to the request
-(coordinated omission counted). The shard is flagged invalid when the achieved send rate falls
+server one process sustains ~2,000 req/s open loop (sub-ms median send lag); beyond that, use
+``processes``. Latency and TTFT count from the *scheduled* time, so a late send or a
+``max_concurrency`` wait is charged to the request (coordinated omission counted). The shard is flagged invalid when the achieved send rate falls
 more than ``rate_shortfall`` below the schedule's own rate, or the pacer's dispatch lateness p99
 exceeds ``max_send_lag_s`` -- i.e. when the client, not the endpoint, limited the offered load.
 
@@ -395,6 +395,9 @@ async def run_shard_async(
     Raises:
         DatasetError: no prompts.
         StorageError: the records file cannot be written.
+        ConfigError, FMBenchError: with ``spec.processes > 1``, the client cannot be pickled or a
+            client process failed (see `fmbench.loadgen.multiproc`; cancelling this coroutine
+            does not stop those processes).
     """
     if not prompts:
         raise DatasetError(f"shard {spec.shard_id}: no prompts to send")

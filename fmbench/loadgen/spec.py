@@ -42,7 +42,8 @@ class ShardSpec(BaseModel):
     max_concurrency: int | None = Field(
         default=None,
         ge=1,
-        description="Open loop: at most this many in flight; later arrivals wait and the wait counts in latency.",
+        description="Open loop: at most this many in flight; later arrivals wait, and the wait counts "
+        "in their latency.",
     )
     requests: int = Field(ge=1, description="Measured requests.")
     warmup: int = Field(

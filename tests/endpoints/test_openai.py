@@ -41,7 +41,8 @@ def server() -> Any:
 
 def _complete(url: str, model: str, api: str = "chat", prompt: Prompt = PROMPT, **inf: Any) -> Completion:
     async def go() -> Completion:
-        client = OpenAIClient(url, model, api=api, inference=InferenceConfig(**inf), api_key=KEY)  # type: ignore[arg-type]
+        flavour: Any = api
+        client = OpenAIClient(url, model, api=flavour, inference=InferenceConfig(**inf), api_key=KEY)
         await client.open(1)
         try:
             return await client.complete(prompt)
