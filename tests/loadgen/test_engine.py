@@ -6,6 +6,8 @@ import asyncio
 import statistics
 import sys
 import threading
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -437,3 +439,35 @@ def test_processes_need_a_picklable_client(tmp_path: Path) -> None:
         run_shard(
             ScriptedClient(), PROMPTS, spec(concurrency=2, processes=2), tmp_path / "r.parquet", lambda s: 1
         )
+
+
+class InstantClient(ScriptedClient):
+    """Answers at once (no HTTP): isolates the engine's own cost and memory."""
+
+    async def complete(self, prompt: Prompt) -> Completion:
+        await asyncio.sleep(0)
+        t = time.monotonic()
+        return Completion(
+            t_start=t,
+            t_end=t,
+            t_first_token=t,
+            chunk_times=[t] * 8,
+            text="x",
+            input_tokens=1,
+            output_tokens=8,
+        )
+
+
+def test_memory_does_not_grow_with_requests(tmp_path: Path) -> None:
+    run_shard(InstantClient(), PROMPTS, spec(concurrency=8, requests=100), tmp_path / "warm.parquet", words)
+    tracemalloc.start()
+    try:
+        res = run_shard(
+            InstantClient(), PROMPTS, spec(concurrency=8, requests=30_000), tmp_path / "r.parquet", words
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert res.requests == 30_000 and records(res).height == 30_000
+    # holding 30,000 records would take ~15 MB; streaming them to disk peaks near 1 MB
+    assert peak < 5e6, f"peak {peak / 1e6:.1f} MB"
