@@ -52,15 +52,18 @@ class MetricRule(BaseModel):
     label: str = Field(description="Name shown in the report.")
     worse: Literal["up", "down"] = Field(description="The direction that is a regression.")
     column: str | None = Field(default=None, description="requests.parquet column bootstrapped for noise.")
-    statistic: Literal["p95", "mean"] | None = Field(default=None, description="Statistic of `column`.")
+    statistic: Literal["p95", "mean", "rate"] | None = Field(
+        default=None, description="Statistic of `column`; rate: a closed-loop rate, ~ 1 / mean latency.")
 
 
 #: The metrics compared, in report order.
 RULES: tuple[MetricRule, ...] = (
     MetricRule(metric="latency_p95_s", label="p95 latency", worse="up", column="latency_s", statistic="p95"),
     MetricRule(metric="ttft_p95_s", label="p95 TTFT", worse="up", column="ttft_s", statistic="p95"),
-    MetricRule(metric="transactions_per_min", label="throughput (txn/min)", worse="down"),
-    MetricRule(metric="output_tokens_per_s", label="output tokens/s", worse="down"),
+    MetricRule(metric="transactions_per_min", label="throughput (txn/min)", worse="down", column="latency_s",
+               statistic="rate"),
+    MetricRule(metric="output_tokens_per_s", label="output tokens/s", worse="down", column="latency_s",
+               statistic="rate"),
     MetricRule(metric="error_rate", label="error rate", worse="up", column="failed", statistic="mean"),
     MetricRule(metric="cost_per_10k_txn", label="cost per 10k txn", worse="up"),
 )
@@ -260,6 +263,27 @@ def bootstrap_diff_ci(previous: np.ndarray, current: np.ndarray, statistic: Lite
     return float(low), float(high)
 
 
+def bootstrap_rate_ci(previous: np.ndarray, current: np.ndarray, value: float, n_resamples: int = 400,
+                      confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the change of a closed-loop rate metric, from per-request latencies.
+
+    With a fixed number of requests in flight, throughput is concurrency / mean latency (Little's
+    law), so the rate scales with ``mean(previous) / mean(current)``; the interval of
+    ``value * (that ratio - 1)`` is the change of the rate (``value`` is the previous run's) that
+    run-to-run variation of the latencies alone would explain.
+
+    Returns:
+        (low, high) of the change in the metric's units; NaNs when either sample is empty.
+    """
+    if previous.size == 0 or current.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ratio = _resampled_stat(previous, "mean", n_resamples, rng) / _resampled_stat(current, "mean", n_resamples, rng)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(value * (ratio - 1.0), [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
 def _resampled_stat(x: np.ndarray, statistic: str, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     chunk = max(1, min(n_resamples, 2_000_000 // max(1, x.size)))
@@ -384,11 +408,14 @@ def compare_runs(previous_url: str, current_url: str, thresholds: Thresholds | N
         report.compared_shards += 1
         for j, rule in enumerate(RULES):
             ci = None
-            if rule.statistic is not None:
-                a, b = _samples(prev_r.get(key), rule), _samples(cur_r.get(key), rule)
-                if a.size and b.size:
-                    ci = bootstrap_diff_ci(a, b, rule.statistic, n_resamples, confidence, seed + 7919 * i + j)
-            change = compare_metric(key, rule, prev_row.get(rule.metric), cur_row.get(rule.metric), thresholds, ci)
+            a, b = _samples(prev_r.get(key), rule), _samples(cur_r.get(key), rule)
+            prev_value = prev_row.get(rule.metric)
+            if a.size and b.size and rule.statistic in ("p95", "mean"):
+                ci = bootstrap_diff_ci(a, b, rule.statistic, n_resamples, confidence, seed + 7919 * i + j)
+            elif a.size and b.size and rule.statistic == "rate" and key[4] is None and prev_value:
+                # Little's law holds for closed-loop shards only; open-loop rates follow the schedule
+                ci = bootstrap_rate_ci(a, b, float(prev_value), n_resamples, confidence, seed + 7919 * i + j)
+            change = compare_metric(key, rule, prev_value, cur_row.get(rule.metric), thresholds, ci)
             if change is not None:
                 report.changes.append(change)
     report.status = "regressed" if report.regressions or report.newly_failed else "ok"
@@ -530,8 +557,9 @@ def render_markdown(report: RegressionReport, images: bool = True) -> str:
            f"error rate {t.error_rate:.0%} and at least {t.error_rate_min_abs * 100:g} pt, cost "
            f"{t.cost_per_10k_txn:.0%}). Noise: a {report.confidence:.0%} bootstrap interval "
            f"({report.n_resamples} resamples of each run's requests) of the difference; a change whose "
-           "interval includes zero is within run-to-run variation and not flagged. Throughput, token rate and "
-            "cost are per-shard totals with no per-request noise estimate (–)."), ""]
+           "interval includes zero is within run-to-run variation and not flagged. Throughput and token rate of "
+            "closed-loop shards take their interval from the mean latency (Little's law); cost and open-loop "
+            "rates have no noise estimate (–)."), ""]
     if report.config_changed:
         out += [("> The config changed since the previous run (different config hash): differences may "
                  "come from the change, not from the endpoint."), ""]

@@ -133,6 +133,8 @@ def test_error_rate_and_throughput(tmp_path, cfg):
     report = regression.check_regressions(url, plots=False)
     metrics = {c.metric for c in report.regressions}
     assert {"error_rate", "transactions_per_min", "latency_p95_s"} <= metrics
+    tput = [c for c in report.regressions if c.metric == "transactions_per_min"]
+    assert len(tput) == 4 and all(c.significant is True and c.ci_high < 0 for c in tput)
     err = next(c for c in report.regressions if c.metric == "error_rate")
     assert err.previous == 0 and err.change is None and err.significant is True
     assert "from 0" in Path(url, "regression.md").read_text()
@@ -171,6 +173,11 @@ def test_bootstrap_is_seeded_and_fast():
     regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=1)
     assert time.monotonic() - t0 < 10  # generous: well under a second on an idle machine
     assert all(np.isnan(regression.bootstrap_diff_ci(a[:0], b, "mean")))
+    # a closed-loop rate: 10% longer mean latency -> about 10% less throughput, beyond noise
+    low, high = regression.bootstrap_rate_ci(a, a * 1.1, 600.0, seed=2)
+    assert -70 < low < high < -40
+    low, high = regression.bootstrap_rate_ci(a[:2500], a[2500:], 600.0, seed=2)
+    assert low < 0 < high
 
 
 def test_trend_plots_are_written(tmp_path, cfg):
