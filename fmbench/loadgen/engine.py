@@ -200,10 +200,11 @@ class _Shard:
             inp = comp.input_tokens if comp.input_tokens is not None else prompt.input_tokens
             out = comp.output_tokens if comp.output_tokens is not None else self.count_tokens(comp.text)
             rec.input_tokens, rec.output_tokens = int(inp), int(out)
-        out_tokens = rec.output_tokens
-        if out_tokens > 1 and rec.ttft_s is not None:
-            rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out_tokens - 1)
         ct = comp.chunk_times
+        out_tokens = rec.output_tokens
+        # Without streamed chunks (stream: false) there is no first-token event: TPOT is unknown.
+        if out_tokens > 1 and rec.ttft_s is not None and ct:
+            rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out_tokens - 1)
         rec.chunks = len(ct)
         rec.itl_s = [float(b - a) for a, b in itertools.pairwise(ct)] if len(ct) > 1 else []
         self._add(rec)
