@@ -59,6 +59,18 @@ def pool_size(concurrency: int) -> int:
     return concurrency if concurrency > 0 else UNCAPPED_CONCURRENCY
 
 
+# Stream exception events carry no HTTP status; these are the service's or the model's fault.
+_SERVER_SIDE_STREAM_CODES = frozenset(
+    {
+        "ModelStreamError",
+        "InternalStreamFailure",
+        "InternalServerException",
+        "ModelStreamErrorException",
+        "ServiceUnavailableException",
+    }
+)
+
+
 def make_session(region: str | None, profile: str | None) -> boto3.Session:
     """A boto3 session from the standard chain, with an optional profile and region.
 
@@ -89,6 +101,8 @@ def translate_client_error(exc: Exception, what: str) -> EndpointError:
     if isinstance(exc, botocore.exceptions.ClientError):  # includes EventStreamError
         err = exc.response.get("Error", {})
         code = str(err.get("Code", "")) or "Unknown"
+        # Exceptions inside an event stream use the member name (throttlingException).
+        code = code[0].upper() + code[1:]
         message = str(err.get("Message", "")) or str(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in THROTTLING_CODES or status == 429:
@@ -100,7 +114,7 @@ def translate_client_error(exc: Exception, what: str) -> EndpointError:
                 status=int(original) if original else status,
             )
         if status in (None, 200):  # error event inside a stream
-            status = 500 if code in ("ModelStreamError", "InternalStreamFailure", "InternalServerException") else 400
+            status = 500 if code in _SERVER_SIDE_STREAM_CODES else 400
         return EndpointHTTPError(f"{what}: {code}: {message}", status=status)
     if isinstance(
         exc,

@@ -1,0 +1,86 @@
+"""The one translation of botocore/urllib3 exceptions into fmbench errors is complete."""
+
+from __future__ import annotations
+
+import botocore.eventstream
+import botocore.exceptions
+import botocore.parsers
+import pytest
+import urllib3.exceptions
+
+from fmbench.endpoints._boto import THROTTLING_CODES, client_config, pool_size, translate_client_error
+from fmbench.errors import (
+    EndpointConnectionError,
+    EndpointError,
+    EndpointHTTPError,
+    EndpointProtocolError,
+    EndpointThrottled,
+    EndpointTimeout,
+)
+
+
+def _client_error(code: str, status: int | None, **extra: object) -> botocore.exceptions.ClientError:
+    response: dict[str, object] = {"Error": {"Code": code, "Message": "msg"}, **extra}
+    if status is not None:
+        response["ResponseMetadata"] = {"HTTPStatusCode": status}
+    return botocore.exceptions.ClientError(response, "InvokeEndpoint")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("code", sorted(THROTTLING_CODES))
+def test_throttling_codes_are_throttled(code: str) -> None:
+    err = translate_client_error(_client_error(code, 400), "ep")
+    assert isinstance(err, EndpointThrottled) and err.kind == "throttled" and err.status == 400
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "kind", "status"),
+    [
+        (_client_error("ModelNotReadyException", 429), EndpointThrottled, "throttled", 429),
+        (_client_error("ModelError", 424, OriginalStatusCode=503), EndpointHTTPError, "server_error", 503),
+        (_client_error("ModelError", 424), EndpointHTTPError, "client_error", 424),
+        (_client_error("ValidationError", 400), EndpointHTTPError, "client_error", 400),
+        (_client_error("AccessDeniedException", 403), EndpointHTTPError, "client_error", 403),
+        (_client_error("InternalFailure", 500), EndpointHTTPError, "server_error", 500),
+        (_client_error("ServiceUnavailable", 503), EndpointHTTPError, "server_error", 503),
+        (_client_error("modelStreamErrorException", None), EndpointHTTPError, "server_error", 500),
+        (_client_error("validationException", None), EndpointHTTPError, "client_error", 400),
+        (_client_error("ModelStreamError", None), EndpointHTTPError, "server_error", 500),
+        (_client_error("throttlingException", None), EndpointThrottled, "throttled", 429),
+        (botocore.exceptions.EventStreamError({"Error": {"Code": "ThrottlingException", "Message": "m"}}, "Op"),
+         EndpointThrottled, "throttled", 429),
+        (botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"), EndpointTimeout, "timeout", None),
+        (botocore.exceptions.ConnectTimeoutError(endpoint_url="http://x"), EndpointTimeout, "timeout", None),
+        (urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"), EndpointTimeout, "timeout", None),
+        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), EndpointConnectionError,
+         "connection", None),
+        (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), EndpointConnectionError,
+         "connection", None),
+        (botocore.exceptions.ResponseStreamingError(error="reset"), EndpointConnectionError, "connection", None),
+        (urllib3.exceptions.ProtocolError("Connection broken"), EndpointConnectionError, "connection", None),
+        (ConnectionResetError(), EndpointConnectionError, "connection", None),
+        (botocore.exceptions.NoCredentialsError(), EndpointConnectionError, "connection", None),
+        (botocore.exceptions.ParamValidationError(report="bad"), EndpointHTTPError, "client_error", None),
+        (botocore.parsers.ResponseParserError("bad"), EndpointProtocolError, "protocol", None),
+        (botocore.eventstream.ChecksumMismatch(1, 2), EndpointProtocolError, "protocol", None),
+        (ValueError("bad json"), EndpointProtocolError, "protocol", None),
+        (RuntimeError("?"), EndpointError, "endpoint", None),
+    ],
+)
+def test_exception_mapping(exc: Exception, cls: type, kind: str, status: int | None) -> None:
+    err = translate_client_error(exc, "sagemaker endpoint ep")
+    assert type(err) is cls and err.kind == kind
+    assert str(err).startswith("sagemaker endpoint ep")
+    if status is not None:
+        assert err.status == status  # type: ignore[attr-defined]
+
+
+def test_our_errors_pass_through_unchanged() -> None:
+    original = EndpointProtocolError("x")
+    assert translate_client_error(original, "ep") is original
+
+
+def test_client_config_disables_retries_and_sizes_the_pool() -> None:
+    cfg = client_config(24, 30.0)
+    assert cfg.max_pool_connections == 24 and cfg.read_timeout == 30.0
+    assert cfg.retries == {"total_max_attempts": 1, "mode": "standard"}
+    assert pool_size(0) >= 64 and pool_size(3) == 3
