@@ -20,14 +20,16 @@ process answering 16-chunk SSE streams; p50/p99 sequential round trips, CPU and 
 concurrency 32)::
 
     client                 p50 us  p99 us  cpu us/req  req/s
-    aiohttp (bare loop)       254     863          80  12150
-    httpx (bare loop)         652    2272        1640    588
-    OpenAIClient (aiohttp)    212     397         160   4972
+    aiohttp (bare loop)       244    4120          92   9358
+    httpx (bare loop)         571    1196        1846    499
+    OpenAIClient (aiohttp)    196     508         116   8620
 
-httpx costs 2.5x the latency at concurrency 1 and 20x the CPU at concurrency 32, so aiohttp it
-is. This client's extra CPU over a bare aiohttp loop is parsing: JSON per chunk, SSE framing,
-usage. Its cost per chunk stays flat with answer length (2.9 us/chunk at 1,000 chunks, 2.5 at
-4,000: no quadratic buffers), and a 24,000-word (~32k-token) prompt adds ~0.5 ms of CPU.
+(one run; on this shared VM runs differ by up to ~30 %, p99 most: an earlier run gave aiohttp
+254/863/80/12150, httpx 652/2272/1640/588, OpenAIClient 212/397/160/4972). httpx costs over
+twice the latency at concurrency 1 and 15-20x the CPU at concurrency 32, so aiohttp it is.
+This client's extra CPU over a bare aiohttp loop is the parsing (JSON per chunk, SSE framing,
+usage). Its cost per chunk stays flat with answer length (2.8 us/chunk at 1,000 chunks, 2.5 at
+4,000: no quadratic buffers), and a 24,000-word (~32k-token) prompt adds ~80 us of CPU.
 
 Failures are translated to `fmbench.errors` at one boundary (`_translate`): timeouts ->
 `EndpointTimeout`; 429 -> `EndpointThrottled` (Retry-After parsed); other statuses ->
