@@ -262,6 +262,15 @@ class ExperimentConfig(_Model):
     )
     requests_per_level: int = Field(default=40, ge=1, description="Measured requests per shard.")
     warmup_requests: int = Field(default=2, ge=0, description="Requests sent before each shard and not measured.")
+    request_retries: int = Field(
+        default=0, ge=0, le=5,
+        description="Retries of a failed request inside a shard (off by default: retrying changes what is "
+        "measured). Every attempt is recorded.",
+    )
+    processes: int | None = Field(
+        default=None, ge=1, le=64,
+        description="Load-generator processes per shard (default: chosen from the host's measured capacity).",
+    )
     datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
     pricing: PricingConfig | None = Field(default=None, description="Pricing for cost metrics.")
 
