@@ -1,0 +1,78 @@
+"""A whole benchmark run (no Prefect) over SageMaker and Bedrock experiments: deploy on moto's
+control plane, requests through boto3 to the simulated AWS routes, teardown, report, and the
+CloudWatch collection of a shard window."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import boto3
+import polars as pl
+
+from fmbench.config import parse_config
+from fmbench.deploy.cloudwatch import collect_endpoint_metrics
+from fmbench.deploy.sagemaker import resource_name
+
+
+def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, tmp_path: Path) -> None:
+    from fmbench.pipeline import run_benchmark
+
+    cfg = parse_config(
+        {
+            "name": "aws-flow",
+            "output": str(tmp_path / "results"),
+            "buckets": [[1, 200], [200, 400]],
+            "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 4}],
+            "experiments": [
+                {
+                    "name": "sm-tgi",
+                    "endpoint": {
+                        "provider": "sagemaker", "region": "us-east-1", "endpoint_url": moto,
+                        "runtime_endpoint_url": sim_url,
+                        "image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4.0",
+                        "hf_model_id": "Qwen/Qwen2.5-7B-Instruct", "instance_type": "ml.g4dn.xlarge",
+                        "role_arn": "arn:aws:iam::123456789012:role/r", "payload": "tgi",
+                    },
+                    "inference": {"max_tokens": 6},
+                    "concurrency_levels": [1, 2],
+                    "requests_per_level": 4,
+                    "warmup_requests": 1,
+                    "pricing": {"instance_type": "ml.g5.2xlarge"},
+                },
+                {
+                    "name": "br-claude",
+                    "endpoint": {"provider": "bedrock", "region": "us-east-1", "runtime_endpoint_url": sim_url,
+                                 "model_id": "us.anthropic.claude-3-5-haiku-20241022-v1:0"},
+                    "inference": {"max_tokens": 6},
+                    "concurrency_levels": [1, 2],
+                    "requests_per_level": 4,
+                    "warmup_requests": 1,
+                    "pricing": {"input_per_1k_usd": 0.0008, "output_per_1k_usd": 0.004},
+                },
+            ],
+        },
+        source="aws-flow",
+        base_dir=tmp_path,
+    )
+    wall_start = dt.datetime.now(dt.UTC)
+    report = run_benchmark(cfg, run_id="flow-run")
+    wall_end = dt.datetime.now(dt.UTC)
+    assert Path(report).is_file()
+
+    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+
+    requests = pl.read_parquet(next((tmp_path / "results").rglob("requests.parquet")))
+    measured = requests.filter(~pl.col("warmup"))
+    assert set(measured["experiment"].unique()) == {"sm-tgi", "br-claude"}
+    assert measured["ok"].all(), measured.filter(~pl.col("ok"))["error"].to_list()
+    assert measured.height == 2 * 2 * 2 * 4  # experiments x buckets x levels x requests
+    assert (measured["output_tokens"] == 6).all() and (measured["chunks"] == 6).all()
+    assert (measured["ttft_s"] >= 0.06 * 0.98).all()
+
+    # CloudWatch for the run's window: moto publishes no SageMaker metrics, so all are absent
+    rows = collect_endpoint_metrics(resource_name("sm-tgi", "flow-run"), "AllTraffic", wall_start, wall_end,
+                                    "us-east-1", endpoint_url=moto)
+    assert rows and all(r["sum"] is None and r["datapoints"] == 0 for r in rows)
