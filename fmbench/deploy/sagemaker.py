@@ -231,7 +231,7 @@ def wait_for_endpoint(client: Any, name: str, timeout_s: float, poll_s: float = 
             last_status, last_log = status, time.monotonic()
         if elapsed >= timeout_s:
             raise DeploymentError(f"endpoint {name} not InService after {timeout_s:.0f} s (last status {status})")
-        time.sleep(min(poll_s, max(0.0, timeout_s - elapsed)) or poll_s)
+        time.sleep(max(0.01, min(poll_s, timeout_s - elapsed)))
 
 
 def _existing(cfg: SageMakerEndpoint, experiment: str, client: Any, region: str) -> DeployedEndpoint:

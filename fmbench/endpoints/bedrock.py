@@ -148,6 +148,11 @@ class BedrockClient:
                 await asyncio.sleep(wait)
                 backoff *= 2
                 continue
+            except EndpointError as exc:
+                if attempt > 1:  # say that throttled attempts came first
+                    exc.args = (f"{exc} (attempt {attempt}, after {attempt - 1} throttled)",)
+                exc.attempts = attempt  # type: ignore[attr-defined]
+                raise
             result.attempts = attempt
             if attempt > 1:  # latency counts from the first attempt
                 result.t_start = t_first_start

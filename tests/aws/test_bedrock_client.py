@@ -179,3 +179,26 @@ def test_throttled_requests_are_recorded_by_the_engine(sim_thread: Any, tmp_path
     assert 2 <= throttled.height <= 20 and ok.height + throttled.height == 40
     assert set(ok["usage_source"].to_list()) == {"server"}
     assert all("2 attempts" in e for e in throttled["error"].to_list())
+
+
+def test_an_error_after_throttled_attempts_says_so(sim_thread: Any) -> None:
+    url = sim_thread(faults=FaultConfig(throttle_rate=0.5, http_500_rate=0.5, seed=2))
+    client = _client(url, retries=10, backoff=0.002)
+
+    async def go() -> list[BaseException]:
+        await client.open(1)
+        errors: list[BaseException] = []
+        try:
+            for _ in range(8):
+                try:
+                    await client.complete(PROMPT)
+                except EndpointHTTPError as exc:
+                    errors.append(exc)
+        finally:
+            await client.close()
+        return errors
+
+    errors = asyncio.run(go())
+    assert len(errors) == 8 and all(type(e) is EndpointHTTPError and e.status == 500 for e in errors)
+    retried = [e for e in errors if e.attempts > 1]  # type: ignore[attr-defined]
+    assert retried and all(f"after {e.attempts - 1} throttled" in str(e) for e in retried)  # type: ignore[attr-defined]
