@@ -153,7 +153,8 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
             seed = getattr(ds, "seed", 0)
             common = dict(experiment=experiment.name, dataset=ds.name, bucket=label, bucket_min=lo,
                           bucket_max=hi, requests=experiment.requests_per_level,
-                          warmup=experiment.warmup_requests, seed=seed)
+                          warmup=experiment.warmup_requests, seed=seed,
+                          request_retries=experiment.request_retries)
             for c in sorted(experiment.concurrency_levels or []):
                 specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),
                                        concurrency=c, **common))
@@ -194,6 +195,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         return done
     from fmbench.datasets import load_run_tokenizer, read_prompts
     from fmbench.loadgen import run_shard
+    from fmbench.loadgen.retry import final_attempts
 
     experiment = _experiment(cfg, spec.experiment)
     prompts = read_prompts(prompts_url)
@@ -202,7 +204,8 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
     log.info("shard %s: %d requests at %s", spec.shard_id, spec.requests, _level(spec))
     result = run_shard(client, prompts, spec, local, tokenizer.count)
-    measured = pl.read_parquet(local).filter(~pl.col("warmup"))
+    # One outcome per request: with request_retries, earlier attempts are records but not requests.
+    measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
     n, n_err = measured.height, int((~measured["ok"]).sum())
     conn_fail = n > 0 and measured.filter(pl.col("error_kind") == "connection").height == n
     if conn_fail:

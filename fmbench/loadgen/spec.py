@@ -64,6 +64,13 @@ class ShardSpec(BaseModel):
         "below the scheduled rate.",
     )
 
+    request_retries: int = Field(
+        default=0,
+        ge=0,
+        description="Retries of a failed request (retryable kinds only, bounded backoff); every attempt "
+        "is a record, see fmbench.loadgen.retry.",
+    )
+
     processes: int = Field(
         default=1,
         ge=1,

@@ -3,6 +3,9 @@
 Definitions (the report's glossary repeats them):
 
 * Warm-up rows are dropped first; every other row is a *measured* request, failed or not.
+* With in-shard retries (``request_retries``) a request has one record per attempt; only its
+  final attempt (highest ``attempt``) counts as the request, so ``requests``, ``errors`` and
+  percentiles are over final outcomes, and ``attempts`` counts every measured attempt.
 * ``requests`` counts measured requests, ``errors`` the failed ones, ``error_rate = errors / requests``.
 * ``duration_s`` runs from the first measured request's start (its scheduled time, else ``t_start``)
   to the last measured request's end.
@@ -38,7 +41,18 @@ _NEEDED = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concu
 
 def _measured(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
-    return lf.select(_NEEDED).filter(~pl.col("warmup").fill_null(False))
+    names = lf.collect_schema().names()
+    if "attempt" not in names or "request_id" not in names:
+        return lf.select(_NEEDED).filter(~pl.col("warmup").fill_null(False)).with_columns(_attempts=pl.lit(1))
+    attempt = pl.col("attempt").fill_null(1)
+    per_request = ["shard_id", "request_id"]
+    return (
+        lf.select([*_NEEDED, "request_id", "attempt"])
+        .filter(~pl.col("warmup").fill_null(False))
+        .with_columns(_attempts=pl.len().over(per_request))
+        .filter(attempt == attempt.max().over(per_request))
+        .drop("request_id", "attempt")
+    )
 
 
 def _percentile_aggs(column: str, stem: str, ok: pl.Expr) -> list[pl.Expr]:
@@ -65,6 +79,7 @@ def _aggregate(lf: pl.LazyFrame) -> pl.DataFrame:
         pl.col("input_tokens").mean().alias("prompt_tokens_mean"),
         pl.col("output_tokens").filter(ok).mean().alias("output_tokens_mean"),
         pl.col("shard_id").drop_nulls().first().alias("shard_id"),
+        pl.col("_attempts").sum().cast(pl.Int64).alias("attempts"),
     ]
     return lf.group_by(SHARD_KEYS).agg(aggs).collect()
 
@@ -178,7 +193,7 @@ METRIC_COLUMNS: list[str] = [
     "prompt_tokens_mean", "output_tokens_mean",
     "price_model", "instance_type", "instance_count", "hourly_usd", "input_per_1k_usd", "output_per_1k_usd",
     "pricing_source", "shard_cost_usd", "cost_per_10k_txn", "cost_per_1m_output_tokens",
-    "meets_slo", "slo_failures", "slo_worst_ratio", "client_cpu_s", "shard_wall_s",
+    "meets_slo", "slo_failures", "slo_worst_ratio", "client_cpu_s", "shard_wall_s", "attempts",
 ]
 
 

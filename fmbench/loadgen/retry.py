@@ -1,0 +1,169 @@
+"""In-shard request retries (``request_retries`` > 0): every attempt is one record, the last one is the outcome.
+
+Off by default, because retrying changes what is measured. When on, a request that fails with a
+retryable kind (timeout, throttled, server_error, connection, protocol) is sent again after a
+bounded backoff, at most ``retries`` more times; a ``client_error`` (the same request would fail
+again) and a cancellation are never retried.
+
+How attempts are recorded and counted:
+
+* every attempt is a record with the same ``request_id`` and ``attempt`` = 1, 2, ...; the record
+  with the highest ``attempt`` of a ``(shard_id, request_id)`` is the request's *final outcome*
+  (`final_attempts` selects them);
+* all attempts share the logical request's scheduled time (open loop: its due time; closed loop:
+  the first attempt's start), so the final record's ``latency_s`` includes the time lost to failed
+  attempts and backoffs, and its ``send_lag_s`` shows the delay;
+* the engine's running statistics (`ShardResult.requests` / ``errors``) and the metrics count final
+  outcomes only, so a retried request is one request; `fmbench.metrics.summarize` adds the attempts
+  as the ``attempts`` column.
+
+Backoff before attempt ``k + 1``: ``min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2 ** (k - 1))``, raised to
+a throttled answer's ``Retry-After`` but never past ``MAX_BACKOFF_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from fmbench.errors import EndpointError
+
+if TYPE_CHECKING:
+    from fmbench.endpoints.base import Completion, EndpointClient, Prompt
+    from fmbench.loadgen.engine import _Shard
+    from fmbench.records import RequestRecord
+
+__all__ = ["BASE_BACKOFF_S", "MAX_BACKOFF_S", "RETRYABLE_KINDS", "backoff_s", "final_attempts", "run_with_retries"]
+
+#: Error kinds worth another attempt (a client_error would fail the same way; cancelled means stop).
+RETRYABLE_KINDS = frozenset({"timeout", "throttled", "server_error", "connection", "protocol"})
+#: First backoff, seconds; doubles per attempt.
+BASE_BACKOFF_S = 0.05
+#: No backoff is longer than this, whatever the attempt or the server's Retry-After.
+MAX_BACKOFF_S = 2.0
+
+
+def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one."""
+    delay = BASE_BACKOFF_S * 2 ** max(0, attempt - 1)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return min(MAX_BACKOFF_S, delay)
+
+
+def final_attempts(records: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """Only each request's final attempt (the highest ``attempt`` per shard and request id)."""
+    lf = records.lazy() if isinstance(records, pl.DataFrame) else records
+    attempt = pl.col("attempt").fill_null(1)
+    return lf.filter(attempt == attempt.max().over(["shard_id", "request_id"]))
+
+
+async def run_with_retries(
+    shard: _Shard,
+    client: EndpointClient,
+    i: int,
+    t_sched: float | None,
+    slot: asyncio.Semaphore | None,
+    retries: int,
+) -> None:
+    """Send request ``i`` up to ``retries + 1`` times and record every attempt (engine callback).
+
+    The final attempt goes through the shard's own ``_ok``/``_fail`` (so the shard's statistics
+    see one outcome per request); earlier failed attempts are written to the records only.
+    """
+    prompt = shard.prompts[i % len(shard.prompts)]
+    sched = t_sched  # closed loop: fixed at the first attempt's start
+    for attempt in range(1, retries + 2):
+        rec = shard._base(i, prompt)
+        rec.attempt = attempt
+        t_before: float | None = None
+        try:
+            result, t_before = await _send(client, prompt, slot)
+        except _Failed as failed:
+            t_before = failed.t_before
+            if sched is None:
+                sched = t_before
+            exc = failed.cause
+            if isinstance(exc, asyncio.CancelledError):
+                shard._fail(rec, prompt, sched, t_before, "cancelled", "shard cancelled before the answer", None)
+                raise exc from None
+            if isinstance(exc, EndpointError):
+                kind, message, status = exc.kind, str(exc), getattr(exc, "status", None)
+            else:
+                kind, message, status = "protocol", f"unexpected {type(exc).__name__}: {exc}", None
+            if attempt <= retries and kind in RETRYABLE_KINDS:
+                _record_attempt(shard, rec, prompt, sched, t_before, kind, message, status)
+                try:
+                    await asyncio.sleep(backoff_s(attempt, getattr(exc, "retry_after_s", None)))
+                except asyncio.CancelledError:
+                    rec = shard._base(i, prompt)
+                    rec.attempt = attempt + 1
+                    shard._fail(rec, prompt, sched, None, "cancelled", "shard cancelled before the retry", None)
+                    raise
+                continue
+            shard._fail(rec, prompt, sched, t_before, kind, message, status)
+            return
+        if sched is None:
+            sched = t_before
+        try:
+            shard._ok(rec, prompt, sched, result)
+        except Exception as exc:  # noqa: BLE001 (a malformed Completion is one failed record)
+            rec = shard._base(i, prompt)
+            rec.attempt = attempt
+            message = f"cannot record the answer: {type(exc).__name__}: {exc}"
+            shard._fail(rec, prompt, sched, t_before, "protocol", message, None)
+        return
+
+
+class _Failed(Exception):
+    """An attempt's exception plus when it was sent (None: never sent)."""
+
+    def __init__(self, cause: BaseException, t_before: float | None) -> None:
+        super().__init__(str(cause))
+        self.cause, self.t_before = cause, t_before
+
+
+async def _send(client: EndpointClient, prompt: Prompt, slot: asyncio.Semaphore | None) -> tuple[Completion, float]:
+    t_before: float | None = None
+    try:
+        if slot is not None:
+            async with slot:
+                t_before = time.monotonic()
+                return await client.complete(prompt), t_before
+        t_before = time.monotonic()
+        return await client.complete(prompt), t_before
+    except BaseException as exc:  # noqa: BLE001 (sorted out by the caller, cancellation re-raised there)
+        if not isinstance(exc, (Exception, asyncio.CancelledError)):
+            raise
+        raise _Failed(exc, t_before) from exc
+
+
+def _record_attempt(
+    shard: _Shard,
+    rec: RequestRecord,
+    prompt: Prompt,
+    sched: float | None,
+    t_before: float | None,
+    kind: str,
+    message: str,
+    status: int | None,
+) -> None:
+    """Write a failed, retried attempt (same fields as the engine's failed records, not counted in
+    the shard's statistics: the request's outcome is its final attempt)."""
+    now = time.monotonic()
+    ts = sched if sched is not None else (t_before if t_before is not None else now)
+    rec.ok = False
+    rec.error_kind = kind
+    rec.error = message[:500]
+    rec.http_status = status
+    rec.input_tokens = prompt.input_tokens
+    rec.t_scheduled = ts
+    rec.t_start = t_before
+    rec.t_end = now
+    rec.send_lag_s = t_before - ts if t_before is not None else None
+    rec.latency_s = now - ts
+    rec.chunks = 0
+    shard.writer.add(rec)
