@@ -202,3 +202,18 @@ def test_an_error_after_throttled_attempts_says_so(sim_thread: Any) -> None:
     assert len(errors) == 8 and all(type(e) is EndpointHTTPError and e.status == 500 for e in errors)
     retried = [e for e in errors if e.attempts > 1]  # type: ignore[attr-defined]
     assert retried and all(f"after {e.attempts - 1} throttled" in str(e) for e in retried)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("faults", "error", "kind"),
+    [
+        (FaultConfig(http_500_rate=1.0), EndpointHTTPError, "server_error"),
+        (FaultConfig(throttle_rate=1.0), EndpointThrottled, "throttled"),
+    ],
+)
+def test_exception_events_mid_stream(sim_thread: Any, faults: FaultConfig, error: type, kind: str) -> None:
+    url = sim_thread(faults=faults, midstream_errors=True)
+    with pytest.raises(error) as info:
+        _run(_client(url, retries=1, backoff=0.001))
+    assert type(info.value) is error and info.value.kind == kind
+    assert "Exception" in str(info.value)

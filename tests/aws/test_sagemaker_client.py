@@ -192,3 +192,10 @@ def test_boto3_sees_the_invoked_variant(sim_url: str) -> None:
                               ContentType="application/json")
     assert resp["InvokedProductionVariant"] == "AllTraffic"
     assert resp["Body"].read().startswith(b'[{"generated_text"')
+
+
+def test_model_stream_error_event_mid_stream(sim_thread: Any) -> None:
+    url = sim_thread(faults=FaultConfig(http_500_rate=1.0), midstream_errors=True)
+    with pytest.raises(EndpointHTTPError) as info:
+        _run(_client(url, "messages"))
+    assert "ModelStreamError" in str(info.value) and info.value.kind == "server_error"

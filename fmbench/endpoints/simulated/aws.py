@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fmbench.endpoints._eventstream import encode_event, encode_json_event
+from fmbench.endpoints._eventstream import encode_event, encode_exception, encode_json_event
 from fmbench.endpoints.simulated._http import reset_connection
 from fmbench.endpoints.simulated.app import SIM_CONTEXT, SimContext
 from fmbench.endpoints.simulated.core import Generation, GenRequest
@@ -60,9 +60,16 @@ class AwsRoutes:
     Args:
         split_payload_parts: split every SageMaker stream event's bytes over this many
             PayloadParts (SageMaker does not align parts with lines; clients must reassemble).
+        midstream_errors: in streams, injected 500s and throttling strike after some chunks as
+            exception events (SageMaker ``ModelStreamError``, Bedrock ``modelStreamErrorException``
+            / ``throttlingException``) instead of as an HTTP error before the stream.
     """
 
     split_payload_parts: int = 1
+    midstream_errors: bool = False
+
+    def _midstream(self, fault: Fault) -> bool:
+        return self.midstream_errors and fault.kind in (FaultKind.HTTP_500, FaultKind.THROTTLE)
 
     def __call__(self, app: web.Application, ctx: SimContext) -> None:
         app.router.add_post("/endpoints/{name}/invocations", self._sm_invoke)
@@ -99,7 +106,8 @@ class AwsRoutes:
         arrival, fault = ctx.arrive()
         try:
             gen_req, fmt, body = await _sm_request(request, ctx, arrival, fault)
-            await _sm_early_fault(fault)
+            if not self._midstream(fault):
+                await _sm_early_fault(fault)
         except _AwsError as err:
             return err.response()
         resp = web.StreamResponse(
@@ -121,6 +129,11 @@ class AwsRoutes:
                     reset_connection(request)
                     return resp
                 if fault.kind is FaultKind.TRUNCATED and sent == strike:
+                    await resp.write_eof()
+                    return resp
+                if self._midstream(fault) and sent == strike:
+                    error = {"Message": "simulated: the model failed mid-stream", "ErrorCode": "ModelStreamError"}
+                    await resp.write(encode_exception("ModelStreamError", error))
                     await resp.write_eof()
                     return resp
                 frame = _sm_stream_frame(fmt, chunk.index, chunk.text, chunk.last, gen)
@@ -177,7 +190,8 @@ class AwsRoutes:
         arrival, fault = ctx.arrive()
         try:
             gen_req = await _br_request(request, ctx, arrival, fault)
-            await _br_early_fault(fault)
+            if not self._midstream(fault):
+                await _br_early_fault(fault)
         except _AwsError as err:
             return err.response()
         resp = web.StreamResponse(
@@ -193,6 +207,15 @@ class AwsRoutes:
             await resp.write(encode_json_event("messageStart", {"role": "assistant"}))
             sent = 0
             async for chunk in gen:
+                if self._midstream(fault) and sent == strike:
+                    throttled = fault.kind is FaultKind.THROTTLE
+                    name = "throttlingException" if throttled else "modelStreamErrorException"
+                    message = "Too many requests, please wait before trying again." if throttled else (
+                        "simulated: the model failed mid-stream"
+                    )
+                    await resp.write(encode_exception(name, {"message": message}))
+                    await resp.write_eof()
+                    return resp
                 if fault.kind is FaultKind.RESET and sent == strike:
                     reset_connection(request)
                     return resp
