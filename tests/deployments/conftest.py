@@ -92,10 +92,11 @@ class PrefectStack:
         self.procs.append(proc)
         return proc
 
-    def log(self, name: str) -> str:
-        """The tail of a process's log, for failure messages."""
+    def log(self, name: str, tail: int | None = 6000) -> str:
+        """A process's log (its last ``tail`` characters, for failure messages)."""
         path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text[-tail:] if tail else text
 
     def wait_for_flow_run(self, flow_run_id: Any, timeout_s: float = 420) -> Any:
         """Poll a flow run until it reaches a final state; returns the flow run."""

@@ -206,15 +206,17 @@ def _wait_created(stack: Any, deployment_id: Any, output: str, timeout_s: float 
 
 
 def test_run_on_a_local_dask_cluster_keeps_shards_apart(prefect_stack: Any, tmp_path: Path) -> None:
-    res = prefect_stack.prefect("deployment", "run", "fmbench/on-demand-dask", "-p", f"config={CONFIG}",
-                                "-p", f"output={tmp_path}", "--watch", timeout=600)
+    # the quickstart: 2 experiments x 3 buckets x 4 levels = 24 shards, one chain (parallel_endpoints off)
+    res = prefect_stack.prefect("deployment", "run", "fmbench/on-demand-dask", "-p", "config=configs/quickstart.yml",
+                                "-p", "requests_per_level=5", "-p", f"output={tmp_path}", "--watch", timeout=600)
     assert "Completed" in res.stdout, res.stdout[-3000:]
-    assert "Creating a new Dask cluster" in prefect_stack.log("worker")
-    [run_dir] = _runs(tmp_path)
+    assert "Creating a new Dask cluster" in prefect_stack.log("worker", tail=None)
+    [run_dir] = sorted((tmp_path / "quickstart").iterdir())
     assert (run_dir / "report.md").exists()
     requests = pl.read_parquet(run_dir / "requests.parquet")
+    assert requests.filter(~pl.col("warmup")).group_by("shard_id").len()["len"].to_list() == [5] * 24
     spans = (requests.group_by("shard_id").agg(pl.col("t_start").min().alias("start"),
                                                pl.col("t_end").max().alias("end")).sort("start"))
-    assert spans.height == 4
+    assert spans.height == 24
     ends, starts = spans["end"].to_list(), spans["start"].to_list()
     assert all(ends[i] <= starts[i + 1] for i in range(len(starts) - 1)), spans
