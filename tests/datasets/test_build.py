@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dataset_helpers import SAMPLES, make_cfg, write_jsonl
 
 from fmbench.datasets import (
     bucket_prompts,
@@ -21,6 +20,7 @@ from fmbench.datasets import (
 from fmbench.datasets.tokenizer import Tokenizer
 from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError, StorageError
+from tests.datasets.dataset_helpers import SAMPLES, make_cfg, write_jsonl
 
 
 def P(n: int, pid: str | None = None) -> Prompt:

@@ -5,15 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
-import sys
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadgen"))
-from fake_openai import FakeOpenAI
 
 from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
 from fmbench.endpoints import make_client
@@ -27,6 +22,7 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
 )
+from tests.loadgen.fake_openai import FakeOpenAI
 
 PROMPT = Prompt("p0", "Hello there", 2)
 KEY = "sk-test-SECRET-123456"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import threading
 import time
 import tracemalloc
@@ -14,11 +13,6 @@ from typing import Any
 import polars as pl
 import pytest
 
-sys.path.insert(
-    0, str(Path(__file__).resolve().parent)
-)  # tests use importlib mode: make the helper importable
-from fake_openai import FakeOpenAI
-
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
 from fmbench.endpoints.base import Completion, Prompt
@@ -26,6 +20,7 @@ from fmbench.endpoints.openai import OpenAIClient
 from fmbench.errors import ConfigError, DatasetError, EndpointThrottled
 from fmbench.loadgen import ShardResult, ShardSpec, arrival_gaps, partial_path, run_shard, run_shard_async
 from fmbench.records import ERROR_KINDS, REQUEST_SCHEMA
+from tests.loadgen.fake_openai import FakeOpenAI
 
 PROMPTS = [Prompt(f"p{i}", f"prompt number {i}", 10 + i) for i in range(3)]
 KEY = "sk-engine-SECRET-987"

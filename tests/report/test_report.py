@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -13,9 +12,7 @@ import pytest
 from fmbench import storage
 from fmbench.report import compare_runs, load_run, metrics_table_rows, render_report, summary_markdown
 from fmbench.report import render as render_mod
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import SimExperiment, write_run
+from tests.report.synth import SimExperiment, write_run
 
 FIGURES = ["latency_p95_vs_load", "ttft_p95_vs_load", "throughput_vs_load", "prompt_tokens_vs_latency",
            "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment"]

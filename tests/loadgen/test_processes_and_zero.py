@@ -1,0 +1,85 @@
+"""Multi-process shards stop with their caller; the zero-latency server answers a real client."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from fmbench.config import InferenceConfig
+from fmbench.datasets.tokenizer import load_tokenizer
+from fmbench.endpoints.base import Prompt
+from fmbench.endpoints.openai import OpenAIClient
+from fmbench.loadgen import ShardSpec, partial_path, run_shard, run_shard_async
+from fmbench.loadgen.multiproc import part_path
+from fmbench.loadgen.zeroserver import ZeroServer
+from tests.loadgen.fake_openai import FakeOpenAI
+
+PROMPTS = [Prompt(f"p{i}", f"prompt {i}", 3) for i in range(3)]
+
+
+def _spec(**kw: Any) -> ShardSpec:
+    base: dict[str, Any] = dict(shard_id="s", experiment="e", dataset="d", bucket="0-9", bucket_min=0,
+                                bucket_max=9, requests=20)
+    return ShardSpec(**(base | kw))
+
+
+def _children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_cancelling_a_multi_process_shard_stops_its_processes(tmp_path: Path) -> None:
+    srv = FakeOpenAI().start()
+    try:
+        before = {p.pid for p in _children()}
+        client = OpenAIClient(srv.url, "ok:ttft=0.05:n=2", inference=InferenceConfig())
+        out = tmp_path / "r.parquet"
+
+        async def go() -> None:
+            task = asyncio.create_task(run_shard_async(
+                client, PROMPTS, _spec(concurrency=4, requests=100_000, processes=2), out, lambda s: 1))
+            deadline = time.monotonic() + 60
+            while len({p.pid for p in _children()} - before) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.5)  # the processes are sending by now
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        t0 = time.monotonic()
+        asyncio.run(go())
+        assert time.monotonic() - t0 < 60
+        left = [p for p in _children() if p.pid not in before]
+        assert not left, f"client processes still running after cancellation: {left}"
+        assert not out.exists()
+        assert not any(part_path(out, k).exists() or partial_path(part_path(out, k)).exists() for k in range(2))
+    finally:
+        srv.stop()
+
+
+def test_pipeline_client_and_tokenizer_travel_to_processes() -> None:
+    tok = load_tokenizer("cl100k_base")
+    client = OpenAIClient("http://127.0.0.1:9/v1", "m", inference=InferenceConfig(stream=True))
+    c2, count = pickle.loads(pickle.dumps((client, tok.count)))
+    assert count("hello world") == tok.count("hello world") == 2
+    assert repr(c2) == repr(client)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_zero_server_answers_the_real_client_through_the_engine(tmp_path: Path, stream: bool) -> None:
+    with ZeroServer() as srv:
+        client = OpenAIClient(srv.base_url(7 if stream else None), "m", inference=InferenceConfig(stream=stream))
+        res = run_shard(client, PROMPTS, _spec(concurrency=4, requests=200), tmp_path / "z.parquet", lambda s: 1)
+        pid = srv.pid
+    assert res.requests == 200 and res.errors == 0
+    import polars as pl
+
+    df = pl.read_parquet(res.records_path)
+    assert set(df["chunks"].to_list()) == ({7} if stream else {0})
+    assert pid is not None and not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
