@@ -55,6 +55,9 @@ class ShardOutcome(BaseModel):
     errors: int = 0
     duration_s: float | None = None
     client_cpu_s: float | None = None
+    processes: int = Field(default=1, description="Client processes the shard ran on.")
+    client_load: float | None = Field(
+        default=None, description="Fraction of the calibrated client ceiling the shard used (None: no calibration).")
     records_url: str | None = None
     cached: bool = False
 
@@ -155,14 +158,16 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
                           bucket_max=hi, requests=experiment.requests_per_level,
                           warmup=experiment.warmup_requests, seed=seed,
                           request_retries=experiment.request_retries)
+            procs = experiment.processes or 1  # unset: execute_shard chooses from the calibration
             for c in sorted(experiment.concurrency_levels or []):
                 specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),
-                                       concurrency=c, **common))
+                                       concurrency=c, processes=min(procs, c), **common))
             for r in sorted(experiment.request_rates or []):
                 specs.append(ShardSpec(
                     shard_id=shard_id(experiment.name, ds.name, label, None, r),
                     request_rate=r, arrival=experiment.arrival,
-                    burstiness=experiment.burstiness, max_concurrency=experiment.max_concurrency, **common))
+                    burstiness=experiment.burstiness, max_concurrency=experiment.max_concurrency,
+                    processes=1 if experiment.max_concurrency else procs, **common))
     return specs
 
 
@@ -193,16 +198,22 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     if done is not None:
         log.info("shard %s: already measured, reused", spec.shard_id)
         return done
+    from fmbench.calibration import expected_shape, load_calibration, plan_processes
     from fmbench.datasets import load_run_tokenizer, read_prompts
     from fmbench.loadgen import run_shard
     from fmbench.loadgen.retry import final_attempts
 
     experiment = _experiment(cfg, spec.experiment)
+    cal = load_calibration(run.url)
+    chunks, latency = expected_shape(experiment)
+    if experiment.processes is None and cal is not None:
+        spec = spec.model_copy(update={"processes": plan_processes(spec, cal, chunks, latency)})
     prompts = read_prompts(prompts_url)
     tokenizer = load_run_tokenizer(cfg)
     client = make_endpoint_client(experiment, deployed)
     local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
-    log.info("shard %s: %d requests at %s", spec.shard_id, spec.requests, _level(spec))
+    log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
+             spec.processes)
     result = run_shard(client, prompts, spec, local, tokenizer.count)
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
     measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
@@ -215,12 +226,17 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         first = measured["error"][0]
         raise EndpointConnectionError(f"shard {spec.shard_id}: all {n} requests failed to connect ({first})")
     records_url = _upload(run, local)
+    load = None
+    if cal is not None and result.duration_s > 0 and n:
+        rate = result.achieved_rate if spec.request_rate is not None else n / result.duration_s
+        load = cal.load_fraction(rate, float(measured["chunks"].mean() or 0.0), spec.processes)
     outcome = ShardOutcome(
         shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
         concurrency=_concurrency(spec), request_rate=spec.request_rate, status="ok",
         valid=bool(getattr(result, "valid", True)), invalid_reason=getattr(result, "invalid_reason", None),
         requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
-        client_cpu_s=getattr(result, "client_cpu_s", None), records_url=records_url,
+        client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
+        records_url=records_url,
     )
     storage.write_text(run.path("shards", f"{spec.shard_id}.json"), outcome.model_dump_json(indent=2))
     log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
@@ -276,6 +292,22 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
 def teardown(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
     """Tear down what `deploy` created."""
     return teardown_endpoint(deployed, _experiment(cfg, deployed.experiment))
+
+
+def calibrate(run: RunInfo) -> Any:
+    """Measure this host's client ceiling into the run (calibration.json, manifest), before the shards.
+
+    A failed calibration is logged, not raised: shards then run in one process each, unflagged.
+    """
+    from fmbench.calibration import calibrate_run
+
+    try:
+        cal = calibrate_run(run.url)
+    except FMBenchError as exc:
+        log.warning("client calibration failed, shards run unflagged in one process: %s", exc)
+        return None
+    log.info("client calibration: %s", cal.summary())
+    return cal
 
 
 # ---------------------------------------------------------------- results
@@ -356,6 +388,7 @@ def run_benchmark(cfg: BenchmarkConfig, output: str | None = None, run_id: str |
 
     say = progress or (lambda msg: log.info(msg))
     run = open_run(cfg, output=output, run_id=run_id)
+    calibrate(run)
     prompt_sets = [store_prompts(run, d.name, bucket_dataset(cfg, d.name)) for d in cfg.datasets]
     warnings = check_buckets(cfg, prompt_sets)
     outcomes: list[ShardOutcome] = []

@@ -401,15 +401,13 @@ async def run_shard_async(
         DatasetError: no prompts.
         StorageError: the records file cannot be written.
         ConfigError, FMBenchError: with ``spec.processes > 1``, the client cannot be pickled or a
-            client process failed (see `fmbench.loadgen.multiproc`; cancelling this coroutine
-            does not stop those processes).
+            client process failed (see `fmbench.loadgen.multiproc`); cancelling this coroutine
+            stops those processes before the cancellation propagates.
     """
     if not prompts:
         raise DatasetError(f"shard {spec.shard_id}: no prompts to send")
     if spec.processes > 1:  # the processes are driven from a thread; this loop stays free
-        from fmbench.loadgen.multiproc import run_shard_processes
-
-        return await asyncio.to_thread(run_shard_processes, client, prompts, spec, out_path, count_tokens)
+        return await _run_processes(client, prompts, spec, out_path, count_tokens)
     writer = RecordWriter(out_path)
     shard = _Shard(spec, prompts, writer, count_tokens)
     cpu0 = time.process_time()
@@ -425,6 +423,30 @@ async def run_shard_async(
     cpu = time.process_time() - cpu0
     path = writer.commit()
     return shard_result(spec, shard.stats, path, cpu)
+
+
+async def _run_processes(
+    client: EndpointClient,
+    prompts: list[Prompt],
+    spec: ShardSpec,
+    out_path: str | Path,
+    count_tokens: Callable[[str], int],
+) -> ShardResult:
+    """The multi-process mode, driven from a thread; cancelling this stops the child processes."""
+    import threading
+
+    from fmbench.loadgen.multiproc import run_shard_processes
+
+    stop = threading.Event()
+    job = asyncio.ensure_future(
+        asyncio.to_thread(run_shard_processes, client, prompts, spec, out_path, count_tokens, stop)
+    )
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.gather(job, return_exceptions=True)  # the children are gone when this returns
+        raise
 
 
 def run_shard(

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import pickle
 import queue
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,8 +37,9 @@ from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
 
 _READY_TIMEOUT_S = 120.0  # spawning and importing can be slow on a loaded machine
 _START_LEAD_S = 0.05  # t0 is this far after the last process reported ready
+_POLL_S = 0.2  # how often the parent checks for cancellation, and a child for its parent's death
 
-__all__ = ["run_shard_processes"]
+__all__ = ["ShardCancelled", "run_shard_processes"]
 
 
 def _workers(concurrency: int, n: int, k: int) -> int:
@@ -51,6 +54,7 @@ def part_path(path: str | Path, k: int) -> Path:
 
 def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out: str) -> None:
     """One process's share of the shard (runs in a spawned process)."""
+    _exit_with_parent()
     try:
         client, prompts, spec, count_tokens = pickle.loads(payload)
 
@@ -90,16 +94,34 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
         msgs.put(("error", k, f"{type(exc).__name__}: {exc}"))
 
 
+def _exit_with_parent() -> None:
+    """Exit this child when its parent dies (a killed parent never terminates its children)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="fmbench-parent-watch").start()
+
+
 def run_shard_processes(
     client: EndpointClient,
     prompts: list[Prompt],
     spec: ShardSpec,
     out_path: str | Path,
     count_tokens: Callable[[str], int],
+    stop: threading.Event | None = None,
 ) -> ShardResult:
     """Run a shard over ``spec.processes`` processes; same contract as `fmbench.loadgen.run_shard`.
 
+    ``stop`` (set from another thread, e.g. when the calling coroutine is cancelled) stops the
+    processes: they are told to stop, then terminated after a grace period, and
+    `ShardCancelled` is raised; the records file is not written.
+
     Raises:
+        ShardCancelled: ``stop`` was set.
         ConfigError: the client or ``count_tokens`` cannot be sent to another process.
         FMBenchError: a process failed (its error in the message).
         StorageError: the records cannot be merged.
@@ -126,18 +148,23 @@ def run_shard_processes(
     for proc in procs:
         proc.start()
     try:
-        _await(msgs, "ready", n, spec)
+        _await(msgs, "ready", n, spec, stop)
         t0 = time.monotonic() + _START_LEAD_S
         for go in gos:
             go.put(t0)
-        done = _await(msgs, "done", n, spec)
+        done = _await(msgs, "done", n, spec, stop)
     except BaseException:
         for go in gos:
-            go.put(None)
+            go.put(None)  # not yet started: exit at once
+        deadline = time.monotonic() + (0.5 if stop is not None and stop.is_set() else 5.0)
         for proc in procs:
-            proc.join(5)
+            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.terminate()
+                proc.join(5)
+        for k in range(n):
+            part_path(out, k).unlink(missing_ok=True)
+            partial_path(part_path(out, k)).unlink(missing_ok=True)
         raise
     for proc in procs:
         proc.join(30)
@@ -148,15 +175,24 @@ def run_shard_processes(
     return shard_result(spec, stats, Path(out), cpu)
 
 
-def _await(msgs: Any, kind: str, n: int, spec: ShardSpec) -> list[tuple[Any, ...]]:
+class ShardCancelled(FMBenchError):
+    """Raised when a multi-process shard is stopped from outside (its caller was cancelled)."""
+
+
+def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event | None) -> list[tuple[Any, ...]]:
     got: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + _READY_TIMEOUT_S if kind == "ready" else math.inf
     while len(got) < n:
+        if stop is not None and stop.is_set():
+            raise ShardCancelled(f"shard {spec.shard_id}: cancelled, client processes stopped")
         try:
-            msg = msgs.get(timeout=_READY_TIMEOUT_S if kind == "ready" else None)
+            msg = msgs.get(timeout=_POLL_S)
         except queue.Empty as exc:
-            raise FMBenchError(
-                f"shard {spec.shard_id}: client processes not ready in {_READY_TIMEOUT_S:g} s"
-            ) from exc
+            if time.monotonic() > deadline:
+                raise FMBenchError(
+                    f"shard {spec.shard_id}: client processes not ready in {_READY_TIMEOUT_S:g} s"
+                ) from exc
+            continue
         if msg[0] == "error":
             raise FMBenchError(f"shard {spec.shard_id}: client process {msg[1]} failed: {msg[2]}")
         got.append(msg)

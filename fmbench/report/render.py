@@ -128,7 +128,28 @@ def _run_rows(run: RunData) -> list[tuple[str, str]]:
         ("fmbench version", str(m.get("tool_version") or "unknown")),
         ("Config hash", str(m.get("config_hash") or (run.cfg.config_hash() if run.cfg else "unknown"))),
         ("Stored at", str(m.get("storage") or run.url)),
+        *_client_rows(m),
     ]
+
+
+def _client_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The client calibration and the shards that ran near its ceiling (see fmbench.calibration)."""
+    from fmbench.calibration import CEILING_WARN
+
+    cal = m.get("calibration")
+    if not isinstance(cal, dict):
+        return []  # a run without calibration (older runs, or it failed): nothing to say
+    rows = [("Client calibration", str(cal.get("summary") or "measured (no summary)"))]
+    hot = []
+    for sh in m.get("shards") or []:
+        load = sh.get("client_load") if isinstance(sh, dict) else None
+        if isinstance(load, (int, float)) and load > CEILING_WARN:
+            procs = sh.get("processes") or 1
+            hot.append(f"{sh.get('shard_id')} ({load:.0%} of the ceiling, {procs} process(es))")
+    if hot:
+        rows.append((f"⚠ Shards above {CEILING_WARN:.0%} of the client ceiling",
+                     "results may reflect the client: " + "; ".join(hot)))
+    return rows
 
 
 def _repro(run: RunData) -> dict[str, Any]:

@@ -1,0 +1,264 @@
+"""Self-calibration: how much load this host's client can offer before it, not the endpoint, limits.
+
+Before the shards of a run, `calibrate_host` drives the real engine and `OpenAIClient` for a
+couple of seconds against a zero-latency server in another process (`fmbench.loadgen.zeroserver`)
+and measures: the round trip at concurrency 1 (an upper bound on what the client adds to each
+request), and the most requests/s and streamed chunks/s one client process sustains, with the
+CPU each costs. From those, `Calibration.load_fraction` says how close a shard ran to the
+ceiling (shards above `CEILING_WARN` are flagged "results may reflect the client"), and
+`plan_processes` spreads a shard whose offered load exceeds one process over several.
+
+The result is stored as ``calibration.json`` in the run directory (`save_calibration`) and
+summarised in the manifest and the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmbench import storage
+from fmbench.errors import FMBenchError, StorageError
+
+CEILING_WARN = 0.7  # a shard above this fraction of the client's ceiling may measure the client
+PLAN_TARGET = 0.5  # shards are spread so each process runs at most this fraction of its ceiling
+STREAM_CHUNKS = 256  # chunks per streamed answer in the chunk-rate phase
+
+__all__ = [
+    "CEILING_WARN",
+    "Calibration",
+    "calibrate_host",
+    "calibrate_run",
+    "expected_shape",
+    "load_calibration",
+    "plan_processes",
+    "save_calibration",
+]
+
+
+class Calibration(BaseModel):
+    """What one client process on this host sustains, measured against a zero-latency server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    created_at: str = Field(description="UTC time of the measurement.")
+    host: str = Field(description="Host name.")
+    cpu_count: int = Field(description="Logical CPUs of the host.")
+    load_avg: list[float] = Field(description="1, 5 and 15 minute load averages before calibrating.")
+    python: str = Field(description="Python version.")
+    duration_s: float = Field(description="Wall time of the calibration, seconds.")
+    rtt_p50_ms: float = Field(
+        description="Median round trip at concurrency 1 to a zero-latency server (client + loopback + server): "
+        "an upper bound on what the client adds to each request's latency."
+    )
+    rtt_p99_ms: float = Field(description="p99 of the same round trip.")
+    max_request_rate: float = Field(description="Non-streamed requests/s one client process sustains.")
+    max_stream_rate: float = Field(description=f"Streamed requests/s ({STREAM_CHUNKS} chunks each) one process sustains.")
+    max_chunk_rate: float = Field(description="Streamed chunks/s one client process sustains.")
+    request_cost_s: float = Field(description="Seconds of one process per request (excluding its chunks).")
+    chunk_cost_s: float = Field(description="Seconds of one process per streamed chunk.")
+    cpu_per_request_ms: float = Field(description="Client CPU per non-streamed request, ms.")
+    client_cpu_util: float = Field(
+        description="Client CPU / wall time during the ceiling phases; well below 1 means something other "
+        "than the client (the machine's other load) limited them, so the ceiling is underestimated."
+    )
+
+    def cost_s(self, chunks_per_request: float) -> float:
+        """Seconds of one client process per request carrying ``chunks_per_request`` streamed chunks."""
+        return self.request_cost_s + max(0.0, chunks_per_request) * self.chunk_cost_s
+
+    def load_fraction(self, rate: float, chunks_per_request: float, processes: int = 1) -> float:
+        """Fraction of the client's ceiling used by ``rate`` requests/s spread over ``processes``."""
+        return rate * self.cost_s(chunks_per_request) / max(1, processes)
+
+    def summary(self) -> str:
+        """One line for logs and the report."""
+        return (
+            f"one client process sustains {self.max_request_rate:,.0f} req/s (non-streamed) and "
+            f"{self.max_chunk_rate:,.0f} streamed chunks/s; round trip to a zero-latency server p50 "
+            f"{self.rtt_p50_ms:.2f} ms, p99 {self.rtt_p99_ms:.2f} ms (upper bound of client overhead); "
+            f"{self.cpu_count} CPUs, load average {self.load_avg[0]:.2f}"
+        )
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _run(url: str, stream: bool, concurrency: int, requests: int, workdir: Path, tag: str) -> tuple[Any, Any]:
+    """One closed-loop shard with the real engine; returns (ShardResult, latencies list)."""
+    import pyarrow.parquet as pq
+
+    from fmbench.config import InferenceConfig
+    from fmbench.endpoints.base import Prompt
+    from fmbench.endpoints.openai import OpenAIClient
+    from fmbench.loadgen import ShardSpec, run_shard
+
+    client = OpenAIClient(url, "m", api="chat", inference=InferenceConfig(stream=stream, max_tokens=16))
+    spec = ShardSpec(shard_id=f"calibration-{tag}", experiment="calibration", dataset="calibration",
+                     bucket="0-1", bucket_min=0, bucket_max=1, concurrency=concurrency,
+                     requests=requests, warmup=min(concurrency, 20))
+    prompts = [Prompt(f"p{i}", f"calibration prompt {i} " * 8, 40) for i in range(16)]
+    path = workdir / f"{tag}.parquet"
+    result = run_shard(client, prompts, spec, path, lambda text: len(text.split()))
+    table = pq.read_table(path, columns=["warmup", "ok", "latency_s"]).to_pydict()
+    lat = [x for w, ok, x in zip(table["warmup"], table["ok"], table["latency_s"], strict=True) if ok and not w]
+    path.unlink(missing_ok=True)
+    if result.errors:
+        raise FMBenchError(f"calibration: {result.errors} of {result.requests} requests to the zero-latency "
+                           "server failed")
+    return result, lat
+
+
+def _sized(url: str, stream: bool, concurrency: int, seconds: float, workdir: Path, tag: str) -> Any:
+    """A short probe, then a run sized to last about ``seconds``."""
+    probe, _ = _run(url, stream, concurrency, 100, workdir, tag + "-probe")
+    rate = probe.requests / probe.duration_s if probe.duration_s > 0 else 1000.0
+    n = int(max(100, min(rate * seconds, 50_000)))
+    result, _ = _run(url, stream, concurrency, n, workdir, tag)
+    return result
+
+
+def calibrate_host(duration_s: float = 2.0, concurrency: int = 32) -> Calibration:
+    """Measure this host's client overhead and ceiling against a zero-latency server.
+
+    Args:
+        duration_s: rough wall time of the measurement (plus ~1 s to start the server process).
+        concurrency: requests in flight in the ceiling phases (enough to keep one process busy).
+
+    Returns:
+        The calibration.
+
+    Raises:
+        FMBenchError: the zero-latency server failed to start or answer.
+    """
+    from fmbench.loadgen.zeroserver import ZeroServer
+
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else [0.0, 0.0, 0.0]
+    t0 = time.monotonic()
+    with ZeroServer() as srv, tempfile.TemporaryDirectory(prefix="fmbench-calibration-") as tmp:
+        workdir = Path(tmp)
+        n_rtt = int(max(100, min(400, 200 * duration_s / 2.5)))
+        _, lat = _run(srv.base_url(None), False, 1, n_rtt, workdir, "rtt")
+        json_res = _sized(srv.base_url(None), False, concurrency, 0.35 * duration_s, workdir, "requests")
+        sse_res = _sized(srv.base_url(STREAM_CHUNKS), True, concurrency, 0.35 * duration_s, workdir, "chunks")
+    req_rate = json_res.requests / json_res.duration_s
+    stream_rate = sse_res.requests / sse_res.duration_s
+    request_cost = 1.0 / req_rate
+    chunk_cost = max(0.0, (1.0 / stream_rate - request_cost) / STREAM_CHUNKS)
+    busy = json_res.duration_s + sse_res.duration_s
+    util = (json_res.client_cpu_s + sse_res.client_cpu_s) / busy if busy > 0 else 0.0
+    return Calibration(
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        host=socket.gethostname(),
+        cpu_count=os.cpu_count() or 1,
+        load_avg=[round(x, 2) for x in load],
+        python=platform.python_version(),
+        duration_s=time.monotonic() - t0,
+        rtt_p50_ms=_pct(lat, 0.5) * 1e3,
+        rtt_p99_ms=_pct(lat, 0.99) * 1e3,
+        max_request_rate=req_rate,
+        max_stream_rate=stream_rate,
+        max_chunk_rate=stream_rate * STREAM_CHUNKS,
+        request_cost_s=request_cost,
+        chunk_cost_s=chunk_cost,
+        cpu_per_request_ms=json_res.client_cpu_s / max(1, json_res.requests + json_res.warmup) * 1e3,
+        client_cpu_util=min(util, 1.0),
+    )
+
+
+def save_calibration(run_url: str, cal: Calibration) -> str:
+    """Write ``calibration.json`` into a run directory (local or s3://); returns its URL.
+
+    Raises:
+        StorageError: it cannot be written.
+    """
+    url = storage.join(run_url, "calibration.json")
+    storage.write_text(url, cal.model_dump_json(indent=2))
+    return url
+
+
+def load_calibration(run_url: str) -> Calibration | None:
+    """The run's calibration, or None when the run was not calibrated (or its file is unreadable)."""
+    url = storage.join(run_url, "calibration.json")
+    try:
+        if not storage.exists(url):
+            return None
+        return Calibration.model_validate_json(storage.read_text(url))
+    except (StorageError, ValueError):
+        return None
+
+
+def plan_processes(spec: Any, cal: Calibration | None, chunks_per_request: float,
+                   expected_latency_s: float | None = None, max_processes: int | None = None) -> int:
+    """How many client processes a shard needs so none runs above `PLAN_TARGET` of its ceiling.
+
+    Open loop uses the shard's rate; closed loop its concurrency over ``expected_latency_s``
+    (unknown latency: one process, and the report flags the shard afterwards if it ran hot).
+    A shard with ``max_concurrency`` stays in one process (the cap cannot be split).
+
+    Args:
+        spec: the `fmbench.loadgen.ShardSpec`.
+        cal: the host's calibration (None: one process).
+        chunks_per_request: streamed chunks expected per answer (0 when not streaming).
+        expected_latency_s: closed loop: expected latency of one request.
+        max_processes: upper bound (default: the host's CPU count).
+    """
+    if cal is None or getattr(spec, "max_concurrency", None) is not None:
+        return 1
+    if spec.request_rate is not None:
+        rate = float(spec.request_rate)
+    elif expected_latency_s is not None:
+        # No request completes faster than the client's own round trip to a zero-latency server.
+        rate = spec.concurrency / max(expected_latency_s, cal.rtt_p50_ms / 1e3, 1e-4)
+    else:
+        return 1
+    need = math.ceil(cal.load_fraction(rate, chunks_per_request) / PLAN_TARGET)
+    cap = max_processes or cal.cpu_count
+    if spec.request_rate is None:
+        cap = min(cap, spec.concurrency)
+    return max(1, min(need, cap))
+
+
+def calibrate_run(run_url: str, duration_s: float = 2.0) -> Calibration:
+    """Calibrate this host, store ``calibration.json`` in the run and its summary in the manifest.
+
+    Raises:
+        FMBenchError: the measurement failed.
+        StorageError: the run directory cannot be written.
+    """
+    import json
+
+    cal = calibrate_host(duration_s)
+    save_calibration(run_url, cal)
+    murl = storage.join(run_url, "manifest.json")
+    if storage.exists(murl):
+        manifest = json.loads(storage.read_text(murl))
+        manifest["calibration"] = cal.model_dump(mode="json") | {"summary": cal.summary()}
+        storage.write_text(murl, json.dumps(manifest, indent=2, default=str))
+    return cal
+
+
+def expected_shape(experiment: Any) -> tuple[float, float | None]:
+    """Streamed chunks per answer and expected latency (s, None if unknown) of an experiment's requests.
+
+    Known exactly only for the simulated endpoint; elsewhere ``max_tokens`` bounds the chunks.
+    """
+    inf = experiment.inference
+    ep = experiment.endpoint
+    if getattr(ep, "provider", None) == "simulated":
+        tokens = min(int(ep.output_tokens), int(inf.max_tokens))
+        latency = (float(ep.ttft_ms) + float(ep.tpot_ms) * tokens) / 1e3
+        return (math.ceil(tokens / max(1, int(ep.chunk_tokens))) if inf.stream else 0.0), latency
+    return (float(inf.max_tokens) if inf.stream else 0.0), None

@@ -1,0 +1,130 @@
+"""Self-calibration: measured on this host, stored in the run, used to plan processes and flag shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from fmbench.calibration import (
+    CEILING_WARN,
+    Calibration,
+    calibrate_host,
+    expected_shape,
+    load_calibration,
+    plan_processes,
+    save_calibration,
+)
+from fmbench.config import load_config_text
+from fmbench.loadgen import ShardSpec
+from fmbench.pipeline import run_benchmark
+from fmbench.report.render import _client_rows
+
+
+def _cal(**kw: Any) -> Calibration:
+    base: dict[str, Any] = dict(
+        created_at="2026-01-01T00:00:00Z", host="h", cpu_count=4, load_avg=[0.0, 0.0, 0.0], python="3.11",
+        duration_s=2.0, rtt_p50_ms=0.2, rtt_p99_ms=0.5, max_request_rate=2000.0, max_stream_rate=1000.0,
+        max_chunk_rate=256_000.0, request_cost_s=1 / 2000, chunk_cost_s=2e-6, cpu_per_request_ms=0.4,
+        client_cpu_util=1.0,
+    )
+    return Calibration(**(base | kw))
+
+
+def _spec(**kw: Any) -> ShardSpec:
+    base: dict[str, Any] = dict(shard_id="s", experiment="e", dataset="d", bucket="0-9", bucket_min=0,
+                                bucket_max=9, requests=10)
+    return ShardSpec(**(base | kw))
+
+
+def test_calibrate_host_measures_a_plausible_ceiling_and_round_trips(tmp_path: Path) -> None:
+    cal = calibrate_host(duration_s=1.0)
+    # Loose bounds that hold on a loaded 2-core machine: the client handles at least a few hundred
+    # requests/s against a zero-latency server, and a round trip is well under 50 ms.
+    assert cal.max_request_rate > 200 and cal.max_chunk_rate > cal.max_stream_rate > 20
+    assert 0 < cal.rtt_p50_ms <= cal.rtt_p99_ms < 50
+    assert cal.request_cost_s > 0 and cal.chunk_cost_s >= 0 and cal.cpu_per_request_ms > 0
+    assert len(cal.load_avg) == 3 and cal.cpu_count >= 1 and "req/s" in cal.summary()
+    assert load_calibration(str(tmp_path)) is None
+    save_calibration(str(tmp_path), cal)
+    assert load_calibration(str(tmp_path)) == cal
+
+
+def test_load_fraction_counts_requests_and_chunks() -> None:
+    cal = _cal()
+    assert cal.load_fraction(1000, 0) == pytest.approx(0.5)
+    assert cal.load_fraction(1000, 250) == pytest.approx(0.5 + 0.5)
+    assert cal.load_fraction(1000, 250, processes=2) == pytest.approx(0.5)
+
+
+def test_plan_processes_spreads_only_what_one_process_cannot_offer() -> None:
+    cal = _cal()
+    assert plan_processes(_spec(request_rate=100.0), cal, 0) == 1
+    assert plan_processes(_spec(request_rate=1500.0), cal, 0) == 2  # 0.75 of one ceiling
+    assert plan_processes(_spec(request_rate=50_000.0), cal, 0) == 4  # capped at the CPUs
+    assert plan_processes(_spec(request_rate=50_000.0), cal, 0, max_processes=3) == 3
+    assert plan_processes(_spec(request_rate=5000.0, max_concurrency=8), cal, 0) == 1  # cap cannot split
+    assert plan_processes(_spec(request_rate=5000.0), None, 0) == 1  # no calibration
+    # closed loop: concurrency over the expected latency; unknown latency stays in one process
+    assert plan_processes(_spec(concurrency=256), cal, 100, expected_latency_s=1.0) == 1
+    assert plan_processes(_spec(concurrency=256), cal, 100, expected_latency_s=0.01) == 4
+    assert plan_processes(_spec(concurrency=2), cal, 100, expected_latency_s=0.0) == 2  # at most concurrency
+    assert plan_processes(_spec(concurrency=256), cal, 100) == 1
+
+
+def test_report_rows_flag_shards_near_the_ceiling() -> None:
+    cal = _cal()
+    manifest = {"calibration": cal.model_dump() | {"summary": cal.summary()},
+                "shards": [{"shard_id": "cool", "client_load": 0.2, "processes": 1},
+                           {"shard_id": "hot", "client_load": CEILING_WARN + 0.1, "processes": 2}]}
+    rows = dict(_client_rows(manifest))
+    assert rows["Client calibration"] == cal.summary()
+    flagged = [v for k, v in rows.items() if "ceiling" in k]
+    assert len(flagged) == 1 and "results may reflect the client" in flagged[0]
+    assert "hot (80% of the ceiling, 2 process(es))" in flagged[0] and "cool" not in flagged[0]
+    assert _client_rows({}) == []
+
+
+CONFIG = """
+name: openloop
+tokenizer: cl100k_base
+buckets: [[1, 500]]
+datasets:
+  - {name: synthetic, source: synthetic, prompts_per_bucket: 8, seed: 0}
+experiments:
+  - name: sim
+    endpoint: {provider: simulated, ttft_ms: 5, tpot_ms: 1, output_tokens: 4, max_batch: 64}
+    inference: {max_tokens: 4, stream: true}
+    request_rates: [20, 20000]
+    requests_per_level: 40
+    warmup_requests: 0
+"""
+
+
+def test_a_run_calibrates_and_flags_a_rate_the_client_cannot_offer(tmp_path: Path) -> None:
+    cfg = load_config_text(CONFIG)
+    assert expected_shape(cfg.experiments[0]) == (4, pytest.approx(0.009))
+    report = run_benchmark(cfg, output=str(tmp_path), run_id="r1")
+    run_dir = tmp_path / "openloop" / "r1"
+    cal = load_calibration(str(run_dir))
+    assert cal is not None and cal.max_request_rate > 0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["calibration"]["summary"] == cal.summary()
+    shards = {s["request_rate"]: s for s in manifest["shards"]}
+    assert shards[20.0]["valid"], shards[20.0]["invalid_reason"]
+    assert shards[20.0]["client_load"] is not None and shards[20.0]["client_load"] < CEILING_WARN
+    assert shards[20.0]["client_cpu_s"] > 0
+    # 20,000 req/s is beyond any single client process here: detected, flagged, never silently reported
+    assert not shards[20000.0]["valid"] and "could not keep up" in shards[20000.0]["invalid_reason"]
+    metrics = pl.read_parquet(run_dir / "metrics.parquet")
+    fast = metrics.filter(pl.col("request_rate") == 20000.0)
+    assert fast["valid"].to_list() == [False]
+    requests = pl.read_parquet(run_dir / "requests.parquet")
+    assert requests["send_lag_s"].null_count() == 0
+    # latency counts from the scheduled time: it includes the client's lateness
+    assert (requests["latency_s"] >= requests["t_end"] - requests["t_start"] - 1e-9).all()
+    text = Path(report).read_text()
+    assert "Client calibration" in text and "could not keep up" in text
