@@ -85,7 +85,7 @@ def test_request_parameters() -> None:
 
 
 def test_converse_stream_ttft_and_tpot_match_the_model_at_concurrency_1(sim_url: str) -> None:
-    ttft, tpot = timing_within_tolerance(_client(sim_url), PROMPT)
+    ttft, tpot = timing_within_tolerance(_client(sim_url), PROMPT, sim_url)
     model_ttft, model_tpot = SIM.ttft_ms / 1000, SIM.tpot_ms / 1000
     assert abs(ttft - model_ttft) <= 0.02 * model_ttft + 0.002, f"TTFT {ttft * 1000:.2f} ms"
     assert abs(tpot - model_tpot) <= 0.02 * model_tpot + 0.002, f"TPOT {tpot * 1000:.2f} ms"
