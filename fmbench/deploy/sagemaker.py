@@ -46,6 +46,7 @@ class ContainerSpec:
     download_timeout_s: int | None = None
     network_isolation: bool = False
     source: str = "image"  # "image" or "jumpstart:<model id>@<version>"
+    instance_type: str | None = None  # as configured, or JumpStart's default for the model
 
 
 # ---------------------------------------------------------------- names and sessions
@@ -143,7 +144,11 @@ def image_container(cfg: SageMakerEndpoint) -> ContainerSpec:
     env.update(cfg.env)
     data = _model_data_source(cfg.model_data, cfg.accept_eula) if cfg.model_data else None
     return ContainerSpec(
-        image_uri=cfg.image_uri, model_data=data, env=env, startup_timeout_s=cfg.container_startup_timeout_s
+        image_uri=cfg.image_uri,
+        model_data=data,
+        env=env,
+        startup_timeout_s=cfg.container_startup_timeout_s,
+        instance_type=cfg.instance_type,
     )
 
 
@@ -178,6 +183,9 @@ def jumpstart_container(cfg: SageMakerEndpoint, session: boto3.Session, region: 
         )
         if specs.hosting_eula_key and not cfg.accept_eula:
             raise DeploymentError(f"{what} requires accepting its EULA: set endpoint.accept_eula: true")
+        if not instance_type:
+            instance_type = specs.default_inference_instance_type
+            log.info("%s: no instance_type given, using JumpStart's default %s", what, instance_type)
         supported = specs.supported_inference_instance_types or []
         if supported and instance_type not in supported:
             log.warning("%s does not list %s among its instance types %s", what, instance_type, supported)
@@ -202,6 +210,7 @@ def jumpstart_container(cfg: SageMakerEndpoint, session: boto3.Session, region: 
         download_timeout_s=deploy_kwargs.get("model_data_download_timeout"),
         network_isolation=bool(specs.inference_enable_network_isolation),
         source=f"jumpstart:{model_id}@{specs.version}",
+        instance_type=instance_type,
     )
 
 
@@ -297,8 +306,10 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float
         created=[],
         keep=cfg.keep_endpoint,
     )
+    if not spec.instance_type:
+        raise DeploymentError(f"experiment {experiment.name!r}: endpoint.instance_type is required")
     log.info("deploying %s (%s) on %d x %s as %s", experiment.name, spec.source, cfg.instance_count,
-             cfg.instance_type, name)
+             spec.instance_type, name)
     step = "creating model"
     try:
         container: dict[str, Any] = {"Image": spec.image_uri, "Environment": spec.env}
@@ -320,7 +331,7 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float
             "VariantName": VARIANT_NAME,
             "ModelName": name,
             "InitialInstanceCount": cfg.instance_count,
-            "InstanceType": cfg.instance_type,
+            "InstanceType": spec.instance_type,
         }
         if spec.startup_timeout_s:
             variant["ContainerStartupHealthCheckTimeoutInSeconds"] = int(spec.startup_timeout_s)

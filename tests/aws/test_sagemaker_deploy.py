@@ -348,6 +348,16 @@ def test_jumpstart_deploy_from_local_metadata(moto: str, jumpstart_local: None) 
     assert _inventory(moto) == EMPTY
 
 
+def test_jumpstart_default_instance_type_when_none_is_given(moto: str, jumpstart_local: None) -> None:
+    exp = _experiment(moto, jumpstart_model_id=JS_MODEL, accept_eula=True, instance_type=INSTANCE, role_arn=ROLE)
+    # the config requires an instance type today; the library falls back to JumpStart's default
+    exp.endpoint = exp.endpoint.model_copy(update={"instance_type": None})
+    handle = deploy_sagemaker(exp, "js-default", poll_s=0.05)
+    variant = _sm(moto).describe_endpoint_config(EndpointConfigName=handle.endpoint_name)["ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.g4dn.12xlarge"
+    teardown_sagemaker(handle, exp)
+
+
 def test_jumpstart_gated_model_needs_the_eula(moto: str, jumpstart_local: None) -> None:
     exp = _experiment(moto, jumpstart_model_id=JS_MODEL, instance_type=INSTANCE, role_arn=ROLE)
     with pytest.raises(DeploymentError, match="requires accepting its EULA: set endpoint.accept_eula: true"):
