@@ -173,12 +173,13 @@ def endpoint_states(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(models.FakeEndpoint, "__init__", creating)
 
-    def set_status(name: str, status: str, reason: str | None = None) -> None:
+    def set_status(name: str, status: str, reason: str | None = None, after_s: float = 0.0) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # wait for the deploy to create it
             for account_id in list(models.sagemaker_backends.keys()):
                 endpoints = models.sagemaker_backends[account_id]["us-east-1"].endpoints
                 if name in endpoints:
+                    time.sleep(after_s)  # ... and to see it Creating for a while
                     endpoints[name].endpoint_status = status
                     endpoints[name].failure_reason = reason
                     return
@@ -201,11 +202,9 @@ def _later(delay: float, fn: Any, *args: Any) -> threading.Thread:
 def test_waits_for_in_service_with_progress_logs(moto: str, endpoint_states: Any, caplog: Any) -> None:
     exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
     name = resource_name("llama3-8b", "wait-run")
-    _later(0.5, endpoint_states, name, "InService")
+    _later(0.0, endpoint_states, name, "InService", None, 0.5)
     caplog.set_level(logging.INFO, logger="fmbench.deploy.sagemaker")
-    t0 = time.monotonic()
     handle = deploy_sagemaker(exp, "wait-run", poll_s=0.05)
-    assert time.monotonic() - t0 >= 0.45
     assert handle.endpoint_name == name
     messages = [r.getMessage() for r in caplog.records]
     assert any("Creating" in m for m in messages) and any("InService" in m for m in messages)
