@@ -116,17 +116,24 @@ def sim_thread() -> Iterator[Any]:
         server.stop()
 
 
-def _server_lateness_s(url: str, reset: bool = False) -> float:
-    """The simulated server's median chunk lateness (release minus due time), seconds."""
+def _server_lateness_s(url: str, reset: bool = False) -> tuple[float, float]:
+    """The simulated server's median and p90 chunk lateness (release minus due time), seconds."""
     import json
     import math
 
     if reset:
         urllib.request.urlopen(urllib.request.Request(f"{url}/fmbench/stats/reset", method="POST"), timeout=10).close()
-        return 0.0
+        return 0.0, 0.0
     with urllib.request.urlopen(f"{url}/fmbench/stats", timeout=10) as resp:
-        p50 = json.load(resp)["lateness"]["p50_ms"]
-    return 0.0 if math.isnan(p50) else max(0.0, p50 / 1000.0)  # NaN when nothing was sent
+        lateness = json.load(resp)["lateness"]
+    p50, p90 = lateness["p50_ms"], lateness["p90_ms"]
+    if math.isnan(p50):  # nothing was sent
+        return 0.0, 0.0
+    return max(0.0, p50 / 1000.0), max(0.0, p90 / 1000.0)
+
+
+#: Server p90 lateness above which the machine is too starved to measure milliseconds.
+STARVED_P90_S = 0.001
 
 
 def timing_within_tolerance(
@@ -139,7 +146,9 @@ def timing_within_tolerance(
     simulated server releases chunks late too, and its measured median lateness (from
     ``/fmbench/stats``, ~0.1 ms when idle) is not the client's error, so it is subtracted. A stall
     only ever adds time, so the best round shows what the client itself costs; measuring stops at
-    the first round within 2 % + 2 ms of the model (after two warm-up requests).
+    the first round within 2 % + 2 ms of the model (after two warm-up requests). If no round
+    meets it and in every round the server itself paced badly (p90 lateness over 1 ms: the CPUs
+    are oversubscribed), the test is skipped with the numbers rather than failed.
     """
     import asyncio
     import statistics
@@ -152,19 +161,24 @@ def timing_within_tolerance(
             for _ in range(2):
                 await client.complete(prompt)
             best: tuple[float, tuple[float, float]] | None = None
+            starved: list[float] = []
             for _ in range(rounds):
                 _server_lateness_s(server_url, reset=True)
                 done = [await client.complete(prompt) for _ in range(per_round)]
-                late = _server_lateness_s(server_url)
+                late, late_p90 = _server_lateness_s(server_url)
                 ttft = statistics.median(c.t_first_token - c.t_start for c in done) - late
                 gaps = [b - a for c in done for a, b in zip(c.chunk_times, c.chunk_times[1:], strict=False)]
                 tpot = statistics.median(gaps)
                 err = max(abs(ttft - model_ttft) - 0.02 * model_ttft, abs(tpot - model_tpot) - 0.02 * model_tpot)
-                if best is None or err < best[0]:
-                    best = (err, (ttft, tpot))
                 if err <= 0.002:
-                    break
-            assert best is not None
+                    return ttft, tpot
+                if late_p90 > STARVED_P90_S:
+                    starved.append(late_p90)
+                elif best is None or err < best[0]:
+                    best = (err, (ttft, tpot))
+            if best is None:
+                pytest.skip(f"machine too loaded to measure: server p90 lateness {max(starved) * 1000:.1f} ms "
+                            f"in all {rounds} rounds")
             return best[1]
         finally:
             await client.close()
