@@ -17,7 +17,15 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from fmbench.pipeline import ShardOutcome, check_buckets, failed_outcome, plan_shards
+from fmbench.pipeline import (
+    ShardOutcome,
+    check_buckets,
+    failed_outcome,
+    finished_shard,
+    needs_endpoint,
+    plan_shards,
+)
+from tasks.artifacts import publish_artifacts_task
 from tasks.benchmark import (
     bucket_dataset_task,
     deploy_task,
@@ -91,17 +99,21 @@ def benchmark(
     files = {ps.dataset: ps.files for ps in prompt_sets}
     plans = {e.name: plan_shards(cfg, prompt_sets, e) for e in cfg.experiments}
 
-    deploys = {name: deploy_task.submit(cfg, name, run) for name, specs in plans.items() if specs}
+    deploys = {name: deploy_task.submit(cfg, name, run) for name, specs in plans.items()
+               if needs_endpoint(run, specs)}
     deployed = {name: fut.result(raise_on_failure=False) for name, fut in deploys.items()}
 
-    shards: list[tuple[Any, PrefectFuture | BaseException]] = []
+    shards: list[tuple[Any, Any]] = []
     try:
         previous: PrefectFuture | None = None
         for name, specs in plans.items():
             if cfg.parallel_endpoints:
                 previous = None  # a chain per endpoint; otherwise one chain for the whole run
             for spec in specs:
-                handle = deployed[name]
+                handle = deployed.get(name)
+                if handle is None:  # every shard already measured (resumed run): reused from the run
+                    shards.append((spec, finished_shard(run, spec.shard_id)))
+                    continue
                 if isinstance(handle, BaseException):
                     shards.append((spec, handle))
                     continue
@@ -118,6 +130,7 @@ def benchmark(
     finalize_task(run, cfg, outcomes, prompt_sets, warnings)
     regressions = check_regressions_task.submit(run, regression_threshold).result(raise_on_failure=False)
     report = report_task(run)
+    publish_artifacts_task(run, cfg)
     if isinstance(regressions, BaseException):
         print(f"regression check failed, report written without it: {regressions}")
     elif fail_on_regression and regressions.status == "regressed":
@@ -126,7 +139,9 @@ def benchmark(
     return report
 
 
-def _outcome(spec: Any, fut: PrefectFuture | BaseException) -> ShardOutcome:
+def _outcome(spec: Any, fut: PrefectFuture | ShardOutcome | BaseException) -> ShardOutcome:
+    if isinstance(fut, ShardOutcome):
+        return fut
     if isinstance(fut, BaseException):
         return failed_outcome(spec, f"endpoint not deployed: {fut}")
     result = fut.result(raise_on_failure=False)

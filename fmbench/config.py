@@ -360,7 +360,7 @@ class BenchmarkConfig(_Model):
 
     def config_hash(self) -> str:
         """A stable hash of the resolved config (secrets excluded by construction)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        blob = json.dumps(self.model_dump(mode="json", exclude={"base_dir"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -408,6 +408,9 @@ def run_benchmark(cfg: BenchmarkConfig, output: str | None = None, run_id: str |
             if deployed is not None:
                 teardown(cfg, deployed)
     finalize_run(run, cfg, outcomes, prompt_sets, warnings)
+    from fmbench.regression import check_regressions
+
+    check_regressions(run.url)
     return write_report(run)
 
 

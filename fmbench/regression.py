@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
-from fmbench.errors import StorageError
+from fmbench.errors import FMBenchError, StorageError
 
 log = logging.getLogger("fmbench")
 
@@ -212,17 +212,28 @@ def is_successful_run(run_url: str) -> bool:
 
 
 def successful_runs(benchmark_url: str, before: str | None = None, limit: int | None = None) -> list[str]:
-    """Successful run ids under ``<output>/<name>``, oldest first; only ids < ``before`` if given,
-    and only the last ``limit`` of them."""
-    found: list[str] = []
-    for rid in reversed(list_run_ids(benchmark_url)):
-        if before is not None and rid >= before:
+    """Successful run ids under ``<output>/<name>``, oldest first by their manifests' start time
+    (custom run ids such as ``baseline`` sort by time, not name); only runs started before run
+    ``before`` if given, and only the last ``limit`` of them."""
+    cutoff = (_started_at(storage.join(benchmark_url, before)), before) if before is not None else None
+    found: list[tuple[tuple[str, str], str]] = []
+    for rid in list_run_ids(benchmark_url):
+        url = storage.join(benchmark_url, rid)
+        if rid == before or not is_successful_run(url):
             continue
-        if is_successful_run(storage.join(benchmark_url, rid)):
-            found.append(rid)
-            if limit is not None and len(found) >= limit:
-                break
-    return list(reversed(found))
+        key = (_started_at(url), rid)
+        if cutoff is not None and key >= cutoff:
+            continue
+        found.append((key, rid))
+    ids = [rid for _, rid in sorted(found)]
+    return ids[-limit:] if limit else ids
+
+
+def _started_at(run_url: str) -> str:
+    try:
+        return str(json.loads(storage.read_text(storage.join(run_url, "manifest.json"))).get("started_at") or "")
+    except (FMBenchError, ValueError):
+        return ""
 
 
 def find_previous_run(run_url: str) -> str | None:

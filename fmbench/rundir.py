@@ -88,9 +88,10 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
     Path(scratch).mkdir(parents=True, exist_ok=True)
     manifest_url = run.path("manifest.json")
     if storage.exists(manifest_url):
-        previous = read_manifest(run)
-        if previous.get("config_hash") != cfg.config_hash():
-            old = load_config_text(storage.read_text(run.path("config.yml")), source=run.path("config.yml"))
+        # Compare configs as the current schema reads them, so a resumed run survives new
+        # defaulted fields in a newer fmbench.
+        old = load_config_text(storage.read_text(run.path("config.yml")), source=run.path("config.yml"))
+        if old.config_hash() != cfg.config_hash():
             diff = _first_difference(old.model_dump(mode="json", exclude={"base_dir"}),
                                      cfg.model_dump(mode="json", exclude={"base_dir"}))
             raise ConfigError(

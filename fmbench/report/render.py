@@ -7,9 +7,11 @@ which drives Chromium; when that fails the report still renders and says why the
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from fmbench import storage
+from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
 from fmbench.report.figures import Figure, build_figures, colour_map
 from fmbench.report.run import RunData, load_run, request_sample
@@ -63,6 +66,7 @@ class ReportInput:
     bench_cost: pl.DataFrame | None
     pricing: list[dict[str, str]]
     compare: bool = False
+    changes_md: str | None = None  # the run's regression.md ("Changes since <previous run>")
 
 
 def _env() -> Environment:
@@ -285,10 +289,11 @@ def render(inp: ReportInput, output: str) -> ReportPaths:
         "repro": [_repro(r) for r in inp.runs],
         "md_table": md_table,
         "colours": colours,
+        "changes_md": inp.changes_md,
     }
     env = _env()
     markdown = env.get_template("report.md.j2").render(**ctx)
-    html_ctx = dict(ctx, plotlyjs=_plotlyjs(),
+    html_ctx = dict(ctx, plotlyjs=_plotlyjs(), changes_html=_changes_html(inp.changes_md, output),
                     figure_divs=[_figure_div(f.figure, f"fig-{f.stem}") for f in figs])
     html = env.get_template("report.html.j2").render(**html_ctx)
     md_url = storage.join(output, "report.md")
@@ -298,6 +303,24 @@ def render(inp: ReportInput, output: str) -> ReportPaths:
     return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
                        metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
                        plots_missing_reason=reason)
+
+
+def _changes_html(changes_md: str | None, output: str) -> str | None:
+    # The HTML report stays self-contained: the trend plots' PNGs are inlined as data URIs.
+    if not changes_md:
+        return None
+    from markdown_it import MarkdownIt
+
+    def inline(match: re.Match[str]) -> str:
+        url = storage.join(output, match.group(2))
+        try:
+            data = base64.b64encode(storage.read_bytes(url)).decode()
+        except FMBenchError:
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    body = re.sub(r"!\[([^\]]*)\]\((plots/[^)\s]+\.png)\)", inline, changes_md)
+    return MarkdownIt("commonmark").enable("table").render(body)
 
 
 def _plotlyjs() -> str:
@@ -325,6 +348,10 @@ def render_report(run_url: str) -> ReportPaths:
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
         runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
-        bench_cost=cost, pricing=pricing_rows([run]),
+        bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
     )
     return render(inp, run.url)
+
+
+def _read_optional(url: str) -> str | None:
+    return storage.read_text(url) if storage.exists(url) else None
