@@ -348,7 +348,12 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float
 
         step = "waiting for InService"
         wait_for_endpoint(client, name, cfg.deploy_timeout_s, poll_s=poll_s)
-    except Exception as exc:
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # interrupted or cancelled: never leave an orphan billing
+            if handle.created:
+                log.warning("deploy of %s interrupted: deleting %s", experiment.name, ", ".join(handle.created))
+                _delete_created(client, handle.created)
+            raise
         error = _describe(f"deploying {experiment.name} ({step})", exc)
         if handle.created:
             removed, failures = _delete_created(client, handle.created)

@@ -230,6 +230,18 @@ def test_deploy_timeout_cleans_up(moto: str, endpoint_states: Any) -> None:
     assert _inventory(moto) == EMPTY
 
 
+def test_interrupted_deploy_deletes_what_it_created(moto: str, endpoint_states: Any) -> None:
+    import _thread
+
+    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
+    name = resource_name("llama3-8b", "ctrl-c")
+    # once the endpoint exists (Creating), press Ctrl-C in the deploying (main) thread
+    _later(0.0, lambda: (endpoint_states(name, "Creating", None, 0.2), _thread.interrupt_main()))
+    with pytest.raises(KeyboardInterrupt):
+        deploy_sagemaker(exp, "ctrl-c", poll_s=0.05)
+    assert _inventory(moto) == EMPTY
+
+
 # ---------------------------------------------------------------- existing endpoints
 
 
