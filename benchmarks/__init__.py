@@ -1,0 +1,1 @@
+"""fmbench's own performance benchmarks (`make bench` runs `benchmarks.run_all`); scripts that measure and print."""

@@ -1,0 +1,190 @@
+"""Benchmark 2, capacity: the most load one load-generator process offers, against the practical ceiling.
+
+Against a zero-latency server in its own process (`fmbench.loadgen.zeroserver`: canned answers,
+never the bottleneck), closed loop at concurrency 64:
+
+* ``engine``: `run_shard` with `OpenAIClient` (records, parsing, parquet) -- requests/s for JSON
+  answers and streamed answers of 64 chunks (chunks/s);
+* ``bare``: a minimal aiohttp loop in the same process (post, read the body or count the SSE
+  events, nothing else) -- the practical ceiling of the HTTP library;
+* the ratio engine/bare (target >= 0.9), and the engine with 2 processes;
+* open loop: the highest Poisson rate one process offers validly (the engine's own verdict);
+* the simulated endpoint at zero latency, same engine: how many requests/s the *simulator*
+  serves (the question of whether it, not the client, limits high-rate runs).
+
+Engine and bare runs alternate (best of the rounds), as this 2-core machine is shared.
+
+Run: ``uv run --no-sync python -m benchmarks.capacity [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+from benchmarks._common import loadavg, parser, write_result
+from fmbench.config import InferenceConfig, SimulatedEndpoint
+from fmbench.endpoints.base import Prompt
+from fmbench.endpoints.openai import OpenAIClient
+from fmbench.endpoints.simulated import SimulatedServerProcess
+from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.loadgen.zeroserver import ZeroServer
+
+CONC = 64
+CHUNKS = 64
+PROMPTS = [Prompt(f"p{i}", f"capacity prompt {i} " * 10, 40) for i in range(8)]
+
+
+def _spec(**kw: Any) -> ShardSpec:
+    base: dict[str, Any] = dict(shard_id="cap", experiment="e", dataset="d", bucket="b", bucket_min=0,
+                                bucket_max=1, warmup=CONC)
+    return ShardSpec(**(base | kw))
+
+
+def engine(url: str, stream: bool, requests: int, tmp: Path, processes: int = 1) -> dict[str, float]:
+    """Closed loop through the real engine; requests/s and client CPU per request."""
+    client = OpenAIClient(url, "m", inference=InferenceConfig(stream=stream, max_tokens=CHUNKS))
+    res = run_shard(client, PROMPTS, _spec(concurrency=CONC, requests=requests, processes=processes),
+                    tmp / "cap.parquet", len)
+    assert res.errors == 0, res
+    return {"req_s": res.requests / res.duration_s, "cpu_ms_per_req": res.client_cpu_s / res.requests * 1e3}
+
+
+def bare(url: str, stream: bool, requests: int, parse: bool = False) -> dict[str, float]:
+    """The same load from a minimal aiohttp loop: the practical ceiling.
+
+    ``parse``: also decode each SSE event's JSON (the least any client that reads the text does).
+    """
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": PROMPTS[0].text}],
+                       "max_tokens": CHUNKS, "stream": stream}).encode()
+    target = url.rstrip("/") + "/chat/completions"
+
+    async def main() -> float:
+        conn = aiohttp.TCPConnector(limit=CONC)
+        async with aiohttp.ClientSession(connector=conn, headers={"Content-Type": "application/json"}) as session:
+            counter = iter(range(requests + CONC))
+            t_first: list[float] = []
+
+            async def worker() -> None:
+                for i in counter:
+                    if i == CONC:
+                        t_first.append(time.monotonic())
+                    async with session.post(target, data=body) as resp:
+                        if stream:
+                            events = 0
+                            async for read in resp.content.iter_any():
+                                events += read.count(b"\n\n")
+                                if parse:
+                                    for line in read.split(b"\n\n"):
+                                        if line.startswith(b"data: {"):
+                                            json.loads(line[6:])
+                        else:
+                            await resp.read()
+
+            await asyncio.gather(*(worker() for _ in range(CONC)))
+            return requests / (time.monotonic() - t_first[0])
+
+    return {"req_s": asyncio.run(main())}
+
+
+def open_loop_ceiling(url: str, tmp: Path, rates: list[float], seconds: float) -> dict[str, Any]:
+    """The highest rate (of ``rates``) one process offers validly, streaming 64 chunks."""
+    best, tried = 0.0, []
+    for rate in rates:
+        client = OpenAIClient(url, "m", inference=InferenceConfig(stream=True, max_tokens=CHUNKS))
+        res = run_shard(client, PROMPTS, _spec(request_rate=rate, requests=int(rate * seconds), warmup=0,
+                                                seed=1), tmp / "ol.parquet", len)
+        tried.append({"rate": rate, "valid": res.valid, "achieved": round(res.achieved_rate, 1),
+                      "send_lag_p99_ms": round(res.send_lag_p99_s * 1e3, 3), "reason": res.invalid_reason})
+        print(f"  open loop {rate:g}/s: valid={res.valid} achieved {res.achieved_rate:.0f}/s "
+              f"send lag p99 {res.send_lag_p99_s * 1e3:.2f} ms", flush=True)
+        if not res.valid:
+            break
+        best = rate
+    return {"max_valid_rate": best, "tried": tried}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure and write results/capacity.json."""
+    args = parser(__doc__).parse_args(argv)
+    n = 1500 if args.quick else 6000
+    rounds = 1 if args.quick else 3
+    t0 = time.monotonic()
+    out: dict[str, Any] = {"quick": args.quick, "concurrency": CONC, "chunks_per_answer": CHUNKS,
+                           "load_avg_start": loadavg()}
+    with ZeroServer() as srv, tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        for stream in (False, True):
+            url = srv.base_url(CHUNKS if stream else None)
+            eng, ref = [], []
+            for _ in range(rounds):
+                eng.append(engine(url, stream, n // (2 if stream else 1), tmp))
+                ref.append(bare(url, stream, n // (2 if stream else 1)))
+            e = max(eng, key=lambda r: r["req_s"])
+            b = max(ref, key=lambda r: r["req_s"])
+            key = "stream" if stream else "json"
+            out[key] = {"engine_req_s": round(e["req_s"], 1), "bare_req_s": round(b["req_s"], 1),
+                        "ratio": round(e["req_s"] / b["req_s"], 3),
+                        "engine_cpu_ms_per_req": round(e["cpu_ms_per_req"], 3),
+                        "engine_all": [round(r["req_s"], 1) for r in eng],
+                        "bare_all": [round(r["req_s"], 1) for r in ref], "load_avg": loadavg()}
+            if stream:
+                bp = max((bare(url, stream, n // 2, parse=True) for _ in range(rounds)), key=lambda r: r["req_s"])
+                out[key]["bare_json_parse_req_s"] = round(bp["req_s"], 1)
+                out[key]["ratio_vs_bare_json_parse"] = round(e["req_s"] / bp["req_s"], 3)
+                print(f"{key}: bare aiohttp + json.loads per event {bp['req_s']:.0f} req/s, ratio "
+                      f"{e['req_s'] / bp['req_s']:.2f}", flush=True)
+                out[key]["engine_chunks_s"] = round(e["req_s"] * CHUNKS, 1)
+                out[key]["bare_chunks_s"] = round(b["req_s"] * CHUNKS, 1)
+            print(f"{key}: engine {e['req_s']:.0f} req/s, bare aiohttp {b['req_s']:.0f} req/s, ratio "
+                  f"{e['req_s'] / b['req_s']:.2f} (load {out[key]['load_avg'][0]})", flush=True)
+            two = engine(url, stream, n // (2 if stream else 1), tmp, processes=2)
+            out[key]["engine_2proc_req_s"] = round(two["req_s"], 1)
+            print(f"{key}: engine with 2 processes {two['req_s']:.0f} req/s", flush=True)
+        rates = [250.0, 1000.0] if args.quick else [250.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0]
+        out["open_loop"] = open_loop_ceiling(srv.base_url(CHUNKS), tmp, rates, 1.0 if args.quick else 2.0)
+        out["open_loop"]["load_avg"] = loadavg()
+        # the simulated endpoint at zero latency, same engine and load: the simulator's own capacity
+        cfg = SimulatedEndpoint(provider="simulated", ttft_ms=0.0, tpot_ms=0.0, output_tokens=CHUNKS,
+                                max_batch=CONC)
+        with SimulatedServerProcess(cfg) as sim:
+            sim_res: dict[str, Any] = {}
+            server = psutil.Process(sim._proc.pid)  # type: ignore[union-attr]
+            for stream in (False, True):
+                client = OpenAIClient(f"{sim.url}/v1", cfg.model,
+                                      inference=InferenceConfig(stream=stream, max_tokens=CHUNKS))
+                cpu0 = sum(server.cpu_times()[:2])
+                w0 = time.monotonic()
+                res = run_shard(client, PROMPTS, _spec(concurrency=CONC, requests=n // 4), tmp / "sim.parquet", len)
+                server_cpu = sum(server.cpu_times()[:2]) - cpu0
+                wall = time.monotonic() - w0
+                sim_res["stream" if stream else "json"] = {
+                    "req_s": round(res.requests / res.duration_s, 1),
+                    "client_cpu_util": round(res.client_cpu_s / res.duration_s, 2),
+                    "server_cpu_util": round(server_cpu / wall, 2),
+                    "server_cpu_ms_per_req": round(server_cpu / (res.requests + res.warmup) * 1e3, 3)}
+            sim_res["load_avg"] = loadavg()
+        out["simulator_zero_latency"] = sim_res
+        print(f"simulated endpoint at zero latency serves {sim_res['json']['req_s']:.0f} req/s JSON, "
+              f"{sim_res['stream']['req_s']:.0f} req/s streamed ({CHUNKS} chunks); server CPU "
+              f"{sim_res['json']['server_cpu_ms_per_req']:.2f} / {sim_res['stream']['server_cpu_ms_per_req']:.2f} "
+              "ms per request", flush=True)
+    out["wall_s"] = round(time.monotonic() - t0, 1)
+    out["target"] = "one process >= 90% of the bare aiohttp loop"
+    out["met"] = out["json"]["ratio"] >= 0.9 and out["stream"]["ratio"] >= 0.9
+    path = write_result(args.out, "capacity", out)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

@@ -1,0 +1,180 @@
+"""Benchmark 1, client overhead: what the client adds to TTFT and end-to-end latency.
+
+The real engine (`run_shard`, closed loop) drives the real `OpenAIClient` against the simulated
+endpoint (own process, no queueing: ``max_batch`` >= concurrency). The server stamps each request's
+arrival and each chunk's send time with ``time.monotonic()``, one clock for every process on the
+host, so per request::
+
+    true TTFT    = t_sent(first chunk) - arrival        (server stamps)
+    measured     = t_first_token - t_start              (client stamps)
+    TTFT error   = measured - true = send (arrival - t_start) + first delivery (t_first_token - t_sent)
+    e2e error    = (t_end - t_start) - (t_sent(last event) - arrival)
+
+The server's own lateness (chunk t_sent - t_due) is reported beside it and is not part of the
+client's overhead. A subclass of the client keeps the raw stream bytes to read the stamps (a
+regex per answer, after the answer is timed). Cells: concurrency 1/8/64/256 x streaming on/off x
+prompts of 100/4,000 tokens x outputs of 16/1,000 tokens; TPOT grows with concurrency so the
+chunk rate stays within what this 2-core machine can pace.
+
+Run: ``uv run --no-sync python -m benchmarks.client_overhead [--quick]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import loadavg, ms, parser, pct, write_result
+from fmbench.config import InferenceConfig, SimulatedEndpoint
+from fmbench.endpoints.base import Completion, Prompt
+from fmbench.endpoints.openai import OpenAIClient
+from fmbench.endpoints.simulated import SimulatedServerProcess
+from fmbench.loadgen import ShardSpec, run_shard
+
+_CHUNK = re.compile(rb'"index":(\d+),"n_tokens":\d+,"t_due":([\d.]+),"t_sent":([\d.]+)')
+_SENT = re.compile(rb'"t_sent":([\d.]+)')
+
+
+class _Tap:
+    """Wraps a response's StreamReader and keeps every read (for the server stamps)."""
+
+    def __init__(self, content: Any) -> None:
+        self._c = content
+        self.reads: list[bytes] = []
+
+    async def iter_any(self) -> Any:
+        async for read in self._c.iter_any():
+            self.reads.append(read)
+            yield read
+
+    def is_eof(self) -> bool:
+        return bool(self._c.is_eof())
+
+    async def read(self, n: int = -1) -> bytes:
+        return bytes(await self._c.read(n))
+
+
+class StampedClient(OpenAIClient):
+    """`OpenAIClient` that also records the simulated server's stamps of every answer."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.samples: list[dict[str, float]] = []
+
+    async def _read_stream(self, resp: Any, t_start: float) -> Completion:
+        tap = _Tap(resp.content)
+        resp.content = tap
+        arrival = float(resp.headers["x-fmbench-arrival"])
+        comp = await super()._read_stream(resp, t_start)
+        raw = b"".join(tap.reads)
+        chunks = _CHUNK.findall(raw)
+        sent = _SENT.findall(raw)
+        first = next(c for c in chunks if int(c[0]) == 0)
+        self.samples.append({
+            "t_start": comp.t_start, "t_first": comp.t_first_token or comp.t_end, "t_end": comp.t_end,
+            "arrival": arrival, "first_sent": float(first[2]), "first_due": float(first[1]),
+            "last_sent": float(sent[-1]),
+            "server_late": max(float(c[2]) - float(c[1]) for c in chunks),
+        })
+        return comp
+
+    async def _read_body(self, resp: Any, t_start: float) -> Completion:
+        comp = await super()._read_body(resp, t_start)
+        stamp = json.loads(await resp.read())["fmbench"]
+        self.samples.append({
+            "t_start": comp.t_start, "t_first": comp.t_end, "t_end": comp.t_end,
+            "arrival": stamp["arrival"], "first_sent": stamp["t_sent"], "first_due": stamp["t_due"],
+            "last_sent": stamp["t_sent"], "server_late": stamp["t_sent"] - stamp["t_due"],
+        })
+        return comp
+
+
+def _prompts(tokens: int) -> list[Prompt]:
+    # "w0 w1 ..." words: about one cl100k token each (the server counts them itself anyway)
+    return [Prompt(f"p{i}", " ".join(f"w{i}" for _ in range(tokens)), tokens) for i in range(8)]
+
+
+def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, out_tokens: int,
+             requests: int, tmp: Path) -> dict[str, Any]:
+    """One cell of the matrix; returns its percentiles (ms)."""
+    client = StampedClient(f"{url}/v1", model, api="completions",
+                           inference=InferenceConfig(stream=stream, max_tokens=out_tokens, timeout_s=600))
+    spec = ShardSpec(shard_id="o", experiment="e", dataset="d", bucket="b", bucket_min=0, bucket_max=1,
+                     concurrency=conc, requests=requests, warmup=0)
+    la = loadavg()
+    res = run_shard(client, _prompts(prompt_tokens), spec, tmp / "o.parquet", lambda s: len(s.split()))
+    s = client.samples
+    send = [x["arrival"] - x["t_start"] for x in s]
+    deliver = [x["t_first"] - x["first_sent"] for x in s]
+    ttft_err = [(x["t_first"] - x["t_start"]) - (x["first_sent"] - x["arrival"]) for x in s]
+    e2e_err = [(x["t_end"] - x["t_start"]) - (x["last_sent"] - x["arrival"]) for x in s]
+    late = [x["server_late"] for x in s]
+    return {
+        "concurrency": conc, "stream": stream, "prompt_tokens": prompt_tokens, "output_tokens": out_tokens,
+        "requests": len(s), "errors": res.errors, "load_avg": la,
+        "ttft_err_p50_ms": ms(pct(ttft_err, 0.5)), "ttft_err_p99_ms": ms(pct(ttft_err, 0.99)),
+        "e2e_err_p50_ms": ms(pct(e2e_err, 0.5)), "e2e_err_p99_ms": ms(pct(e2e_err, 0.99)),
+        "send_p50_ms": ms(pct(send, 0.5)), "send_p99_ms": ms(pct(send, 0.99)),
+        "delivery_p50_ms": ms(pct(deliver, 0.5)), "delivery_p99_ms": ms(pct(deliver, 0.99)),
+        "server_late_p99_ms": ms(pct(late, 0.99)),
+        "client_cpu_s": round(res.client_cpu_s, 3),
+        "client_cpu_ms_per_req": round(res.client_cpu_s / max(1, len(s)) * 1e3, 3),
+    }
+
+
+def _tpot_ms(conc: int, out_tokens: int) -> float:
+    # keep the streamed chunk rate near or below ~10k/s, which the simulator paces on 2 cores
+    return 2.0 if out_tokens <= 16 else max(2.0, conc / 10.0)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure every cell and write results/client_overhead.json."""
+    args = parser(__doc__).parse_args(argv)
+    levels = [1, 64] if args.quick else [1, 8, 64, 256]
+    prompts = [100] if args.quick else [100, 4000]
+    outputs = [16] if args.quick else [16, 1000]
+    rows = []
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        for out_tokens in outputs:
+            for conc in levels:
+                # TTFT grows with concurrency so the request rate (~250/s at most) stays within what the
+                # simulator serves on this machine: past it, requests queue in the server's accept
+                # backlog before its arrival stamp, which would be charged to the client here.
+                cfg = SimulatedEndpoint(provider="simulated", ttft_ms=max(20.0, 4.0 * conc),
+                                        tpot_ms=_tpot_ms(conc, out_tokens),
+                                        output_tokens=out_tokens, max_batch=max(conc, 1), decode_slowdown=0.0)
+                with SimulatedServerProcess(cfg) as srv:
+                    assert srv.url is not None
+                    for prompt_tokens in prompts:
+                        for stream in (True, False):
+                            waves = 1 if out_tokens > 16 else (2 if conc >= 64 else max(2, 64 // conc))
+                            n = max(conc * waves, 3 if out_tokens > 16 else 20)
+                            row = run_cell(srv.url, cfg.model, conc, stream, prompt_tokens, out_tokens, n,
+                                           Path(tmp))
+                            rows.append(row)
+                            print(f"c={conc:4d} stream={stream!s:5} prompt={prompt_tokens:5d} out={out_tokens:5d} "
+                                  f"n={row['requests']:4d} | TTFT err p50 {row['ttft_err_p50_ms']:.3f} p99 "
+                                  f"{row['ttft_err_p99_ms']:.3f} ms | e2e err p50 {row['e2e_err_p50_ms']:.3f} p99 "
+                                  f"{row['e2e_err_p99_ms']:.3f} ms | server late p99 {row['server_late_p99_ms']:.2f}"
+                                  f" ms | load {row['load_avg'][0]}", flush=True)
+    targets = []
+    for r in rows:
+        limit = 1.0 if r["concurrency"] <= 64 else 5.0
+        worst = max(r["ttft_err_p99_ms"], r["e2e_err_p99_ms"])
+        targets.append(worst <= limit)
+    data = {"quick": args.quick, "wall_s": round(time.monotonic() - t0, 1), "rows": rows,
+            "target": "overhead p99 <= 1 ms at concurrency <= 64, <= 5 ms at 256",
+            "cells_meeting_target": sum(targets), "cells": len(targets)}
+    path = write_result(args.out, "client_overhead", data)
+    print(f"{sum(targets)}/{len(targets)} cells meet the target; wrote {path}")
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,176 @@
+"""Run all five benchmarks (`make bench`) and write benchmarks/results/*.json and results.md.
+
+Each benchmark runs as its own ``python -m benchmarks.NAME`` process with a time limit, so one
+failing or hanging benchmark costs its own row, not the others. ``--quick`` runs the smoke
+versions (about two minutes in all); the full run takes about 10-15 minutes on 2 cores.
+
+Run: ``uv run --no-sync python -m benchmarks.run_all [--quick] [--only NAME ...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS, loadavg, parser
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = {  # name -> (full, quick) time limits in seconds
+    "client_overhead": (600, 120),
+    "capacity": (420, 120),
+    "orchestration": (600, 300),
+    "analysis_scale": (300, 120),
+    "long_context": (300, 120),
+}
+
+
+def run_one(name: str, quick: bool, out: Path) -> dict[str, Any]:
+    """Run one benchmark in its own process; returns its JSON result (or the failure)."""
+    cmd = [sys.executable, "-m", f"benchmarks.{name}", "--out", str(out)] + (["--quick"] if quick else [])
+    limit = BENCHMARKS[name][1 if quick else 0]
+    t0 = time.monotonic()
+    print(f"== {name} (limit {limit} s, load {loadavg()[0]})", flush=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit)
+        ok = proc.returncode == 0
+        why = None if ok else f"exit status {proc.returncode}"
+    except subprocess.TimeoutExpired:
+        ok, why = False, f"did not finish within {limit} s"
+    wall = time.monotonic() - t0
+    path = out / f"{name}.json"
+    if ok and path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
+        data["_wall_s"] = round(wall, 1)
+        return data
+    print(f"!! {name}: {why}", flush=True)
+    return {"benchmark": name, "failed": why, "_wall_s": round(wall, 1)}
+
+
+def _f(x: Any, fmt: str = "{:,.2f}") -> str:
+    return "n/a" if x is None else fmt.format(x)
+
+
+def _missing(r: dict[str, Any]) -> str:
+    return f"Failed: {r['failed']}." if r.get("failed") else "Not run."
+
+
+def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
+    """The results as markdown tables (one section per benchmark)."""
+    lines = [f"# fmbench benchmark results{' (quick run)' if quick else ''}", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` "
+             f"(`python -m benchmarks.run_all{' --quick' if quick else ''}`) on {os.cpu_count()} CPUs. "
+             "The machine is shared: each result carries the 1-minute load average when it was measured.", ""]
+    r = results.get("client_overhead", {})
+    lines += ["## 1. Client overhead (measured - server-stamped true value)", ""]
+    if "rows" in r:
+        lines += ["| conc | stream | prompt | output | n | TTFT err p50 / p99 ms | e2e err p50 / p99 ms | "
+                  "send p99 ms | delivery p99 ms | server lateness p99 ms | load |",
+                  "|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+        for x in r["rows"]:
+            lines.append(f"| {x['concurrency']} | {'yes' if x['stream'] else 'no'} | {x['prompt_tokens']} | "
+                         f"{x['output_tokens']} | {x['requests']} | {x['ttft_err_p50_ms']:.3f} / "
+                         f"{x['ttft_err_p99_ms']:.3f} | {x['e2e_err_p50_ms']:.3f} / {x['e2e_err_p99_ms']:.3f} | "
+                         f"{x['send_p99_ms']:.3f} | {x['delivery_p99_ms']:.3f} | {x['server_late_p99_ms']:.2f} | "
+                         f"{x['load_avg'][0]} |")
+        lines += ["", f"Target ({r['target']}): {r['cells_meeting_target']} of {r['cells']} cells meet it.", ""]
+    else:
+        lines += [_missing(r), ""]
+    r = results.get("capacity", {})
+    lines += ["## 2. Capacity (one load-generator process vs a bare aiohttp loop, zero-latency server)", ""]
+    if "json" in r:
+        lines += ["| answers | engine req/s | bare aiohttp req/s | ratio | engine, 2 processes | load |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for key, label in (("json", "JSON"), ("stream", f"SSE, {r['chunks_per_answer']} chunks")):
+            x = r[key]
+            lines.append(f"| {label} | {x['engine_req_s']:,.0f} | {x['bare_req_s']:,.0f} | {x['ratio']:.2f} | "
+                         f"{x['engine_2proc_req_s']:,.0f} | {x['load_avg'][0]} |")
+        s = r["stream"]
+        lines += ["", f"Streamed: engine {s['engine_chunks_s']:,.0f} chunks/s; a bare loop that also decodes each "
+                  f"event's JSON: {s['bare_json_parse_req_s']:,.0f} req/s (engine ratio "
+                  f"{s['ratio_vs_bare_json_parse']:.2f}). Open loop: highest valid Poisson rate of one process "
+                  f"{r['open_loop']['max_valid_rate']:g} req/s (load {r['open_loop']['load_avg'][0]}). "
+                  f"The simulated endpoint at zero latency serves {r['simulator_zero_latency']['json']['req_s']:,.0f} "
+                  f"req/s JSON and {r['simulator_zero_latency']['stream']['req_s']:,.0f} streamed "
+                  f"(server CPU {r['simulator_zero_latency']['stream']['server_cpu_ms_per_req']:.2f} ms per streamed "
+                  f"request). Target ({r['target']}): {'met' if r['met'] else 'not met'}.", ""]
+    else:
+        lines += [_missing(r), ""]
+    r = results.get("orchestration", {})
+    lines += ["## 3. Orchestration overhead (real Prefect flow, 30 shards)", ""]
+    if "flow_wall_s" in r:
+        lines += ["| shards | shard length s | flow wall s | sum of shards s | gap between shards p50 / max ms | "
+                  "fixed cost s (before first / after last shard) | overhead at 30 s shards | load |",
+                  "|---:|---:|---:|---:|---|---|---:|---:|",
+                  f"| {r['shards_ok']}/{r['shards']} | {r['shard_target_s']} | {r['flow_wall_s']} | {r['shards_sum_s']} | "
+                  f"{r['gap_p50_s'] * 1e3:.0f} / {r['gap_max_s'] * 1e3:.0f} | {r['fixed_cost_s']} "
+                  f"({r['before_first_shard_s']} / {r['after_last_shard_s']}) | "
+                  f"{r['overhead_at_30s_shards_with_fixed']:.2%} | {r['load_avg'][0]} |", "",
+                  f"Target ({r['target']}): {'met' if r['met'] else 'not met'} (per-shard cost alone: "
+                  f"{r['overhead_at_30s_shards']:.2%}).", ""]
+    else:
+        lines += [_missing(r), ""]
+    r = results.get("analysis_scale", {})
+    lines += ["## 4. Analysis at scale", ""]
+    if "metrics" in r:
+        lines += ["| records | step | seconds | peak RSS MB | process wall s (with imports) | load |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        for step in ("metrics", "report"):
+            x = r[step]
+            lines.append(f"| {r['records']:,} | {step} | {x['seconds']:.2f} | {x['peak_rss_mb']:.0f} | "
+                         f"{x['process_wall_s']:.2f} | {r['load_avg'][0]} |")
+        lines += ["", f"Target ({r['target']}): metrics {'met' if r['met_metrics'] else 'not met'}, full report "
+                  f"{'met' if r['met_report'] else 'not met'}.", ""]
+    else:
+        lines += [_missing(r), ""]
+    r = results.get("long_context", {})
+    lines += ["## 5. Long context (1,000-token streamed answers, concurrency 64)", ""]
+    if "zero" in r:
+        z = r["zero"]
+        lines += ["| server | prompt tokens | req/s | chunks/s | client CPU us/chunk | TPOT p50 / p99 ms | load |",
+                  "|---|---:|---:|---:|---:|---|---:|"]
+        for x in (z["short"], z["long"]):
+            lines.append(f"| zero-latency | {x['prompt_tokens']:,} | {x['req_s']} | {x['chunks_s']:,.0f} | "
+                         f"{x['client_cpu_us_per_chunk']} | - | {x['load_avg'][0]} |")
+        if "simulated" in r:
+            x = r["simulated"]
+            lines.append(f"| simulated, 10 ms/token | {x['prompt_tokens']:,} | {x['req_s']} | {x['chunks_s']:,.0f} | "
+                         f"{x['client_cpu_us_per_chunk']} | {x['tpot_p50_ms']} / {x['tpot_p99_ms']} | "
+                         f"{x['load_avg'][0]} |")
+        lines += ["", f"Long/short chunk rate: {z['long_over_short']:.2f}"
+                  + (f"; simulated tokens/s {r['simulated']['tokens_over_ideal']:.0%} of ideal" if "simulated" in r
+                     else "") + f". Target ({r['target']}): {'met' if r['met'] else 'not met'}.", ""]
+    else:
+        lines += [_missing(r), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks, write the JSON files and results.md; exit status 1 if one failed."""
+    p = parser(__doc__)
+    p.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="Run only these benchmarks.")
+    args = p.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(BENCHMARKS)
+    t0 = time.monotonic()
+    results = {}
+    for name in BENCHMARKS:
+        if name in names:
+            results[name] = run_one(name, args.quick, out)
+        elif (out / f"{name}.json").exists():  # keep the last result of the ones not rerun
+            results[name] = json.loads((out / f"{name}.json").read_text())
+    md = render_markdown(results, args.quick)
+    (out / "results.md").write_text(md)
+    print(md)
+    print(f"all benchmarks: {time.monotonic() - t0:.0f} s; wrote {out / 'results.md'}")
+    return 1 if any("failed" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

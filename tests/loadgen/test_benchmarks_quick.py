@@ -1,0 +1,42 @@
+"""Smoke runs of two `make bench` benchmarks (``--quick``), so the scripts do not rot.
+
+They assert that the benchmarks run end to end and report what they promise, never a speed:
+speed is what the benchmarks themselves report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(name: str, out: Path) -> dict:
+    subprocess.run([sys.executable, "-m", f"benchmarks.{name}", "--quick", "--out", str(out)], cwd=ROOT,
+                   check=True, timeout=240, capture_output=True)
+    return json.loads((out / f"{name}.json").read_text())
+
+
+def test_client_overhead_quick_separates_client_from_server(tmp_path: Path) -> None:
+    data = _run("client_overhead", tmp_path)
+    assert data["cells"] == len(data["rows"]) == 4
+    for row in data["rows"]:
+        assert row["errors"] == 0 and row["requests"] >= 20 and len(row["load_avg"]) == 3
+        # the error is what the client adds on top of the server's own stamps: never negative
+        # beyond clock resolution, and made of its send and delivery parts
+        assert row["ttft_err_p50_ms"] > -0.01 and row["server_late_p99_ms"] >= 0
+        assert row["send_p50_ms"] >= 0 and row["delivery_p50_ms"] >= 0
+
+
+def test_long_context_quick_and_the_results_table(tmp_path: Path) -> None:
+    data = _run("long_context", tmp_path)
+    assert data["zero"]["short"]["errors"] == data["zero"]["long"]["errors"] == 0
+    assert data["zero"]["long"]["prompt_tokens"] == 32_000 and data["zero"]["long_over_short"] > 0
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run_all import render_markdown
+
+    md = render_markdown({"long_context": data}, quick=True)
+    assert "32,000" in md and "## 5. Long context" in md and "Not run." in md  # the others
