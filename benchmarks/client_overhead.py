@@ -58,6 +58,9 @@ class _Tap:
     async def read(self, n: int = -1) -> bytes:
         return bytes(await self._c.read(n))
 
+    def __getattr__(self, name: str) -> Any:  # everything else aiohttp asks of the reader
+        return getattr(self._c, name)
+
 
 class StampedClient(OpenAIClient):
     """`OpenAIClient` that also records the simulated server's stamps of every answer."""
