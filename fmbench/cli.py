@@ -73,9 +73,10 @@ def _setup_logging(debug: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fmbench.config import load_config_source
-    from fmbench.preflight import preflight
+    from fmbench.preflight import check_output, preflight
 
     cfg = load_config_source(args.config, overrides=args.overrides)
+    check_output(cfg, args.output, args.run_id)
     preflight(cfg)
     command = "fmbench run " + " ".join(
         [shlex.quote(args.config)]

@@ -47,6 +47,22 @@ def _storage_error(url: str, action: str, exc: BaseException) -> StorageError:
     return StorageError(f"{url}: cannot {action}: {exc.__class__.__name__}: {exc}")
 
 
+def check_bucket(url: str) -> None:
+    """Fail unless the bucket of a remote URL exists and this identity may list it (local: no-op).
+
+    Raises:
+        StorageError: the bucket does not exist, access is denied, or the store cannot be reached.
+    """
+    if not is_remote(url):
+        return
+    fs, path = _fs(url)
+    bucket = url.split("://", 1)[0] + "://" + path.split("/", 1)[0]
+    try:
+        fs.ls(path.split("/", 1)[0], detail=False, refresh=True)
+    except Exception as exc:
+        raise _storage_error(bucket, "list the bucket", exc) from exc
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole file atomically."""
     if not is_remote(url):

@@ -1,0 +1,107 @@
+"""Fixtures of the fault tests: the environment of `fmbench` subprocesses and a tiny misbehaving
+HTTP server (401s, non-JSON answers, streams without usage, S3 access denied)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def fmbench_argv(*args: str) -> list[str]:
+    """The command line of `fmbench ARGS` with this interpreter."""
+    return [sys.executable, "-m", "fmbench", *args]
+
+
+@pytest.fixture(scope="session")
+def fault_cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for `fmbench` subprocesses: own Prefect home, no AWS credentials, no real AWS."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home-faults"))
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PYTHONPATH"] = str(ROOT)
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    env["AWS_CONFIG_FILE"] = os.devnull
+    env["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    return env
+
+
+_SSE_NO_USAGE = b"".join(
+    b"data: " + json.dumps({"id": "x", "object": "chat.completion.chunk", "model": "m",
+                            "choices": [{"index": 0, "delta": {"content": w + " "}, "finish_reason": None}]}).encode()
+    + b"\n\n" for w in ("no", "usage", "here")
+) + b"data: [DONE]\n\n"
+
+_S3_DENIED = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+              b"<Message>Access Denied</Message><RequestId>1</RequestId></Error>")
+
+
+async def _unauthorized(request: web.Request) -> web.Response:
+    body = {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                      "code": "invalid_api_key"}}
+    return web.json_response(body, status=401)
+
+
+async def _html(request: web.Request) -> web.Response:
+    return web.Response(text="<html><body>a web page, not an API</body></html>", content_type="text/html")
+
+
+async def _no_usage(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if not body.get("stream"):
+        return web.json_response({"id": "x", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "no usage here"}, "finish_reason": "stop"}]})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(_SSE_NO_USAGE)
+    await resp.write_eof()
+    return resp
+
+
+async def _s3_denied(request: web.Request) -> web.Response:
+    return web.Response(body=_S3_DENIED, status=403, content_type="application/xml")
+
+
+@pytest.fixture(scope="session")
+def odd_server() -> Iterator[str]:
+    """Base URL of a server whose ``/unauth/v1`` answers 401, ``/html/v1`` answers HTML, ``/nousage/v1``
+    streams answers without usage, and every other path is S3's 403 AccessDenied."""
+    app = web.Application()
+    for prefix, handler in (("unauth", _unauthorized), ("html", _html), ("nousage", _no_usage)):
+        app.router.add_post(f"/{prefix}/v1/chat/completions", handler)
+    app.router.add_route("*", "/{tail:.*}", _s3_denied)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    holder: dict[str, object] = {}
+
+    async def start() -> None:
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        holder["runner"] = runner
+        holder["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(20)
+    yield f"http://127.0.0.1:{holder['port']}"
+    asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)  # type: ignore[attr-defined]
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)

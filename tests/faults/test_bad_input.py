@@ -1,0 +1,245 @@
+"""A table of bad inputs through the real `fmbench` command line: each ends with exactly one line
+``fmbench: error: ...`` naming the cause and where, exit code 2, no traceback, and nothing written.
+
+The cases run as subprocesses, several at a time. Most fail in `validate` or in `run`'s preflight
+(before Prefect starts), so the table stays fast; the CLI's own argument errors come from argparse.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from tests.faults.conftest import ROOT, fmbench_argv
+
+GOOD = """\
+name: bad
+output: {out}
+buckets: [[1, 100]]
+datasets:
+  - {{name: syn, source: synthetic, prompts_per_bucket: 2}}
+experiments:
+  - name: e
+    endpoint: {{provider: simulated, ttft_ms: 5, tpot_ms: 1, output_tokens: 4}}
+    inference: {{max_tokens: 4}}
+    concurrency_levels: [1]
+    requests_per_level: 2
+    warmup_requests: 0
+"""
+SYN = "{{name: syn, source: synthetic, prompts_per_bucket: 2}}"
+SIM = "{{provider: simulated, ttft_ms: 5, tpot_ms: 1, output_tokens: 4}}"
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    sim_url: str
+    odd_url: str
+    moto_url: str
+    closed_port: int
+
+
+@dataclass
+class Case:
+    """One bad input: the command, a config text (or None for a missing file), what the error says."""
+
+    name: str
+    command: str
+    expect: str
+    config: str | None = GOOD
+    extra: list[str] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)  # more files beside the config
+    env: dict[str, str] = field(default_factory=dict)
+    argv: list[str] | None = None  # the whole command line (CLI argument cases)
+    category: str = "config"
+
+
+def _jsonl(name: str, path: str = "d.jsonl", extra: str = "") -> str:
+    return GOOD.replace(SYN, f"{{{{name: {name}, source: jsonl, path: {path}{extra}}}}}")
+
+
+def _openai(url: str, model: str = "fmbench-sim") -> str:
+    return GOOD.replace(SIM, f"{{{{provider: openai, base_url: '{url}', model: {model}}}}}")
+
+
+def _bedrock(extra: str = "") -> str:
+    return GOOD.replace(SIM, "{{provider: bedrock, region: us-east-1, model_id: meta.llama3-8b-instruct-v1:0"
+                        + extra + "}}")
+
+
+def cases(c: Ctx) -> list[Case]:
+    g = GOOD
+    one_line = b'{"prompt": "hello there"}\n'
+    return [
+        # ---- config: syntax, unknown keys, types, ranges, contradictions
+        Case("yaml-syntax", "validate", "invalid YAML", g + "\n  : : [\n"),
+        Case("yaml-not-mapping", "validate", "cfg.yml", "- just\n- a list\n"),
+        Case("empty-config", "validate", "cfg.yml", ""),
+        Case("unknown-top-key", "validate", "colour: unknown key", g.replace("name: bad", "name: bad\ncolour: red")),
+        Case("unknown-nested-key", "validate", "experiments[0].inference.max_token",
+             g.replace("{{max_tokens: 4}}", "{{max_token: 4}}")),
+        Case("wrong-type", "validate", "experiments[0].endpoint.ttft_ms", g.replace("ttft_ms: 5", "ttft_ms: soon")),
+        Case("wrong-type-list", "validate", "experiments[0].concurrency_levels",
+             g.replace("concurrency_levels: [1]", "concurrency_levels: one")),
+        Case("max-tokens-zero", "validate", "experiments[0].inference.max_tokens",
+             g.replace("{{max_tokens: 4}}", "{{max_tokens: 0}}")),
+        Case("max-tokens-negative", "validate", "experiments[0].inference.max_tokens",
+             g.replace("{{max_tokens: 4}}", "{{max_tokens: -5}}")),
+        Case("temperature-range", "validate", "experiments[0].inference.temperature",
+             g.replace("{{max_tokens: 4}}", "{{max_tokens: 4, temperature: 3}}")),
+        Case("timeout-zero", "validate", "experiments[0].inference.timeout_s",
+             g.replace("{{max_tokens: 4}}", "{{max_tokens: 4, timeout_s: 0}}")),
+        Case("requests-zero", "validate", "experiments[0].requests_per_level",
+             g.replace("requests_per_level: 2", "requests_per_level: 0")),
+        Case("buckets-overlap", "validate", "overlap", g.replace("[[1, 100]]", "[[1, 100], [50, 200]]")),
+        Case("bucket-inverted", "validate", "empty or inverted", g.replace("[[1, 100]]", "[[100, 1]]")),
+        Case("duplicate-levels", "validate", "unique", g.replace("concurrency_levels: [1]", "concurrency_levels: [1, 1]")),
+        Case("unknown-provider", "validate", "experiments[0].endpoint",
+             g.replace(SIM, "{{provider: tgi, url: x}}")),
+        Case("fault-rates-over-1", "validate", "fault rates add up to",
+             g.replace("output_tokens: 4}}", "output_tokens: 4, faults: {{http_500_rate: 0.7, hang_rate: 0.6}}}}")),
+        Case("sagemaker-contradiction", "validate", "instance_type is required",
+             g.replace(SIM, "{{provider: sagemaker, image_uri: 'x.dkr.ecr.us-east-1.amazonaws.com/i:1'}}")),
+        Case("missing-experiments", "validate", "experiments", g.split("experiments:")[0]),
+        Case("retries-too-many", "validate", "experiments[0].request_retries",
+             g.replace("warmup_requests: 0", "warmup_requests: 0\n    request_retries: 99")),
+        # ---- CLI arguments
+        Case("cli-no-config", "run", "the following arguments are required: config", argv=["run"], category="cli"),
+        Case("cli-unknown-command", "frobnicate", "invalid choice", argv=["frobnicate"], category="cli"),
+        Case("cli-unknown-option", "run", "unrecognized arguments: --concurrency",
+             extra=["--concurrency", "4"], category="cli"),
+        Case("cli-set-no-equals", "validate", "--set", extra=["--set", "experiments.0.name"], category="cli"),
+        Case("cli-set-bad-index", "validate", "index 9 out of range", extra=["--set", "experiments.9.name=x"],
+             category="cli"),
+        Case("cli-set-bad-value", "validate", "experiments[0].requests_per_level",
+             extra=["--set", "experiments.0.requests_per_level=-3"], category="cli"),
+        Case("cli-missing-config", "validate", "config file not found", config=None, category="cli"),
+        Case("cli-config-is-dir", "validate", "cfgdir", argv=["validate", str(c.tmp / "cfgdir")], category="cli"),
+        Case("cli-bad-run-id", "run", "--run-id '../up'", extra=["--run-id", "../up"], category="cli"),
+        # ---- datasets
+        Case("dataset-missing-file", "run", "nope.jsonl", _jsonl("d", "nope.jsonl"), category="dataset"),
+        Case("dataset-wrong-schema", "run", "no field 'prompt'", _jsonl("d"),
+             files={"d.jsonl": b'{"question": "where is the prompt?"}\n'}, category="dataset"),
+        Case("dataset-empty", "run", "is empty", _jsonl("d"), files={"d.jsonl": b""}, category="dataset"),
+        Case("dataset-not-utf8", "run", "not UTF-8", _jsonl("d"),
+             files={"d.jsonl": b'{"prompt": "caf\xe9"}\n'}, category="dataset"),
+        Case("dataset-bad-json-line", "run", "line 2: not valid JSON", _jsonl("d"),
+             files={"d.jsonl": one_line + b"{oops\n"}, category="dataset"),
+        Case("dataset-prompt-not-string", "run", "expected a string", _jsonl("d"),
+             files={"d.jsonl": b'{"prompt": 42}\n'}, category="dataset"),
+        Case("dataset-template-missing-field", "run", "{context}", _jsonl("d", extra=", prompt_template: '{{context}}: {{prompt}}'"),
+             files={"d.jsonl": one_line}, category="dataset"),
+        Case("dataset-prompt-larger-than-buckets", "run", "no prompt falls in any bucket",
+             _jsonl("d").replace("[[1, 100]]", "[[1, 5]]"),
+             files={"d.jsonl": b'{"prompt": "' + b"many words " * 200 + b'"}\n'}, category="dataset"),
+        # ---- tokenizer
+        Case("tokenizer-unknown", "run", "no_such_encoding", g.replace("name: bad", "name: bad\ntokenizer: no_such_encoding"),
+             category="tokenizer"),
+        Case("tokenizer-bad-json", "run", "not a valid tokenizer.json",
+             g.replace("name: bad", "name: bad\ntokenizer: tok/tokenizer.json"),
+             files={"tok/tokenizer.json": b'{"version": "1.0", "model": 7}'}, category="tokenizer"),
+        # ---- endpoints
+        Case("endpoint-unreachable", "run", "unreachable", _openai(f"http://127.0.0.1:{c.closed_port}/v1"),
+             category="endpoint"),
+        Case("endpoint-wrong-model", "run", "check base_url and the model name",
+             _openai(f"{c.sim_url}/v1", model="no-such-model"), category="endpoint"),
+        Case("endpoint-401", "run", "the API key was refused", _openai(f"{c.odd_url}/unauth/v1"), category="endpoint"),
+        Case("endpoint-not-json", "run", "not OpenAI-compatible", _openai(f"{c.odd_url}/html/v1"),
+             category="endpoint"),
+        Case("endpoint-api-key-env-unset", "run", "FMBENCH_UNSET_KEY",
+             _openai(f"{c.sim_url}/v1").replace("model: fmbench-sim", "model: fmbench-sim, api_key_env: FMBENCH_UNSET_KEY"),
+             category="endpoint"),
+        # ---- credentials
+        Case("aws-no-credentials", "run", "no AWS credentials found", _bedrock(), category="credentials"),
+        Case("aws-unknown-profile", "run", "profile 'nobody'", _bedrock(", profile: nobody"), category="credentials"),
+        # ---- S3 output
+        Case("s3-no-bucket", "run", "s3://fmbench-no-such-bucket: not found", extra=["--output", "s3://fmbench-no-such-bucket/x"],
+             env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+                  "AWS_ENDPOINT_URL_S3": c.moto_url}, category="s3"),
+        Case("s3-access-denied", "run", "s3://denied: access denied", extra=["--output", "s3://denied/x"],
+             env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+                  "AWS_ENDPOINT_URL_S3": c.odd_url}, category="s3"),
+    ]
+
+
+@dataclass
+class Outcome:
+    case: Case
+    proc: subprocess.CompletedProcess[str]
+    out_dir: Path
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(case: Case, base: Path, env: dict[str, str]) -> Outcome:
+    d = base / case.name
+    d.mkdir()
+    out_dir = d / "out"
+    cfg = d / "cfg.yml"
+    if case.config is not None:
+        cfg.write_text(case.config.format(out=out_dir))
+    for rel, data in case.files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_bytes(data)
+    argv = case.argv if case.argv is not None else [case.command, str(cfg), *case.extra]
+    proc = subprocess.run(fmbench_argv(*argv), env={**env, **case.env}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=240, check=False)
+    return Outcome(case, proc, out_dir)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory, fault_cli_env: dict[str, str], odd_server: str,
+             moto_url: str) -> dict[str, Outcome]:
+    base = tmp_path_factory.mktemp("bad")
+    (base / "cfgdir").mkdir()
+    with SimulatedServerProcess(SimulatedEndpoint(provider="simulated", ttft_ms=1, tpot_ms=1,
+                                                  output_tokens=2)) as sim:
+        assert sim.url
+        ctx = Ctx(base, sim.url, odd_server, moto_url, _closed_port())
+        table = cases(ctx)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            done = list(pool.map(lambda c: _run(c, base, fault_cli_env), table))
+    return {o.case.name: o for o in done}
+
+
+def _names() -> list[str]:
+    dummy = Ctx(Path("/nonexistent"), "http://x", "http://x", "http://x", 1)
+    return [c.name for c in cases(dummy)]
+
+
+def test_the_table_covers_every_category() -> None:
+    dummy = Ctx(Path("/nonexistent"), "http://x", "http://x", "http://x", 1)
+    table = cases(dummy)
+    assert len(table) >= 40 and len({c.name for c in table}) == len(table)
+    assert {c.category for c in table} == {"config", "cli", "dataset", "tokenizer", "endpoint", "credentials", "s3"}
+
+
+@pytest.mark.parametrize("name", _names())
+def test_bad_input_is_one_clear_line_and_exit_2(name: str, outcomes: dict[str, Outcome]) -> None:
+    o = outcomes[name]
+    stderr = o.proc.stderr
+    assert o.proc.returncode == 2, (o.proc.returncode, stderr[-2000:], o.proc.stdout[-500:])
+    assert "Traceback" not in stderr, stderr[-2000:]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    if o.case.category == "cli" and o.case.argv is not None or o.case.name == "cli-unknown-option":
+        assert lines[-1].startswith("fmbench: error:") or "error:" in lines[-1], stderr
+        assert o.case.expect in stderr
+    else:
+        errors = [ln for ln in lines if ln.startswith("fmbench: error:")]
+        assert len(errors) == 1, stderr
+        assert o.case.expect in errors[0], errors[0]
+    # Refused before anything was measured or written.
+    assert not o.out_dir.exists()
