@@ -44,8 +44,8 @@ PROMPTS = [Prompt(f"p{i}", f"capacity prompt {i} " * 10, 40) for i in range(8)]
 
 
 def _spec(**kw: Any) -> ShardSpec:
-    base: dict[str, Any] = dict(shard_id="cap", experiment="e", dataset="d", bucket="b", bucket_min=0,
-                                bucket_max=1, warmup=CONC)
+    base: dict[str, Any] = {"shard_id": "cap", "experiment": "e", "dataset": "d", "bucket": "b", "bucket_min": 0,
+                                "bucket_max": 1, "warmup": CONC}
     return ShardSpec(**(base | kw))
 
 

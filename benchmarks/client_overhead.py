@@ -1,7 +1,8 @@
 """Benchmark 1, client overhead: what the client adds to TTFT and end-to-end latency.
 
-The real engine (`run_shard`, closed loop) drives the real `OpenAIClient` against the simulated
-endpoint (own process, no queueing: ``max_batch`` >= concurrency). The server stamps each request's
+The real engine (`run_shard`, open loop, Poisson arrivals at concurrency / latency, so on average
+``concurrency`` requests are in flight) drives the real `OpenAIClient` against the simulated
+endpoint (own process, no queueing: ``max_batch`` = 4 x concurrency). The server stamps each request's
 arrival and each chunk's send time with ``time.monotonic()``, one clock for every process on the
 host, so per request::
 
@@ -103,15 +104,24 @@ def _prompts(tokens: int) -> list[Prompt]:
 
 
 def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, out_tokens: int,
-             requests: int, tmp: Path) -> dict[str, Any]:
-    """One cell of the matrix; returns its percentiles (ms)."""
+             requests: int, tmp: Path, latency_s: float) -> dict[str, Any]:
+    """One cell of the matrix; returns its percentiles (ms).
+
+    Open loop, Poisson arrivals at ``conc / latency_s``: on average ``conc`` requests in flight
+    (Little's law). A closed loop against a server with identical latencies would synchronise
+    the requests into waves of ``conc`` simultaneous sends and answers, and measure the queue
+    of a burst rather than the overhead of a request.
+    """
     client = StampedClient(f"{url}/v1", model, api="completions",
                            inference=InferenceConfig(stream=stream, max_tokens=out_tokens, timeout_s=600))
+    # Warm-up opens the connections first (short answers only: for 1,000-token answers a warm-up
+    # wave would double the cell's time, so their first wave includes connection set-up).
     spec = ShardSpec(shard_id="o", experiment="e", dataset="d", bucket="b", bucket_min=0, bucket_max=1,
-                     concurrency=conc, requests=requests, warmup=0)
+                     request_rate=conc / latency_s, requests=requests, warmup=conc if out_tokens <= 16 else 0,
+                     seed=conc)
     la = loadavg()
     res = run_shard(client, _prompts(prompt_tokens), spec, tmp / "o.parquet", lambda s: len(s.split()))
-    s = client.samples
+    s = sorted(client.samples, key=lambda x: x["t_start"])[spec.warmup:]  # warm-up: the first started
     send = [x["arrival"] - x["t_start"] for x in s]
     deliver = [x["t_first"] - x["first_sent"] for x in s]
     ttft_err = [(x["t_first"] - x["t_start"]) - (x["first_sent"] - x["arrival"]) for x in s]
@@ -125,6 +135,7 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
         "send_p50_ms": ms(pct(send, 0.5)), "send_p99_ms": ms(pct(send, 0.99)),
         "delivery_p50_ms": ms(pct(deliver, 0.5)), "delivery_p99_ms": ms(pct(deliver, 0.99)),
         "server_late_p99_ms": ms(pct(late, 0.99)),
+        "rate": round(conc / latency_s, 2), "pacer_lag_p99_ms": ms(res.dispatch_lag_p99_s),
         "client_cpu_s": round(res.client_cpu_s, 3),
         "client_cpu_ms_per_req": round(res.client_cpu_s / max(1, len(s)) * 1e3, 3),
     }
@@ -151,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 # backlog before its arrival stamp, which would be charged to the client here.
                 cfg = SimulatedEndpoint(provider="simulated", ttft_ms=max(20.0, 4.0 * conc),
                                         tpot_ms=_tpot_ms(conc, out_tokens),
-                                        output_tokens=out_tokens, max_batch=max(conc, 1), decode_slowdown=0.0)
+                                        output_tokens=out_tokens, max_batch=4 * conc, decode_slowdown=0.0)
+                latency = (cfg.ttft_ms + cfg.tpot_ms * (out_tokens - 1)) / 1e3
                 with SimulatedServerProcess(cfg) as srv:
                     assert srv.url is not None
                     for prompt_tokens in prompts:
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             waves = 1 if out_tokens > 16 else (2 if conc >= 64 else max(2, 64 // conc))
                             n = max(conc * waves, 3 if out_tokens > 16 else 20)
                             row = run_cell(srv.url, cfg.model, conc, stream, prompt_tokens, out_tokens, n,
-                                           Path(tmp))
+                                           Path(tmp), latency)
                             rows.append(row)
                             print(f"c={conc:4d} stream={stream!s:5} prompt={prompt_tokens:5d} out={out_tokens:5d} "
                                   f"n={row['requests']:4d} | TTFT err p50 {row['ttft_err_p50_ms']:.3f} p99 "

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS, loadavg, parser
+from benchmarks._common import loadavg, parser
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {  # name -> (full, quick) time limits in seconds
@@ -37,7 +37,7 @@ def run_one(name: str, quick: bool, out: Path) -> dict[str, Any]:
     print(f"== {name} (limit {limit} s, load {loadavg()[0]})", flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, timeout=limit, check=False)
         ok = proc.returncode == 0
         why = None if ok else f"exit status {proc.returncode}"
     except subprocess.TimeoutExpired:
@@ -63,14 +63,14 @@ def _missing(r: dict[str, Any]) -> str:
 def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
     """The results as markdown tables (one section per benchmark)."""
     lines = [f"# fmbench benchmark results{' (quick run)' if quick else ''}", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` "
+             (f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` "
              f"(`python -m benchmarks.run_all{' --quick' if quick else ''}`) on {os.cpu_count()} CPUs. "
-             "The machine is shared: each result carries the 1-minute load average when it was measured.", ""]
+             "The machine is shared: each result carries the 1-minute load average when it was measured."), ""]
     r = results.get("client_overhead", {})
     lines += ["## 1. Client overhead (measured - server-stamped true value)", ""]
     if "rows" in r:
-        lines += ["| conc | stream | prompt | output | n | TTFT err p50 / p99 ms | e2e err p50 / p99 ms | "
-                  "send p99 ms | delivery p99 ms | server lateness p99 ms | load |",
+        lines += [("| conc | stream | prompt | output | n | TTFT err p50 / p99 ms | e2e err p50 / p99 ms | "
+                  "send p99 ms | delivery p99 ms | server lateness p99 ms | load |"),
                   "|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|"]
         for x in r["rows"]:
             lines.append(f"| {x['concurrency']} | {'yes' if x['stream'] else 'no'} | {x['prompt_tokens']} | "
@@ -91,28 +91,28 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
             lines.append(f"| {label} | {x['engine_req_s']:,.0f} | {x['bare_req_s']:,.0f} | {x['ratio']:.2f} | "
                          f"{x['engine_2proc_req_s']:,.0f} | {x['load_avg'][0]} |")
         s = r["stream"]
-        lines += ["", f"Streamed: engine {s['engine_chunks_s']:,.0f} chunks/s; a bare loop that also decodes each "
+        lines += ["", (f"Streamed: engine {s['engine_chunks_s']:,.0f} chunks/s; a bare loop that also decodes each "
                   f"event's JSON: {s['bare_json_parse_req_s']:,.0f} req/s (engine ratio "
                   f"{s['ratio_vs_bare_json_parse']:.2f}). Open loop: highest valid Poisson rate of one process "
                   f"{r['open_loop']['max_valid_rate']:g} req/s (load {r['open_loop']['load_avg'][0]}). "
                   f"The simulated endpoint at zero latency serves {r['simulator_zero_latency']['json']['req_s']:,.0f} "
                   f"req/s JSON and {r['simulator_zero_latency']['stream']['req_s']:,.0f} streamed "
                   f"(server CPU {r['simulator_zero_latency']['stream']['server_cpu_ms_per_req']:.2f} ms per streamed "
-                  f"request). Target ({r['target']}): {'met' if r['met'] else 'not met'}.", ""]
+                  f"request). Target ({r['target']}): {'met' if r['met'] else 'not met'}."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("orchestration", {})
     lines += ["## 3. Orchestration overhead (real Prefect flow, 30 shards)", ""]
     if "flow_wall_s" in r:
-        lines += ["| shards | shard length s | flow wall s | sum of shards s | gap between shards p50 / max ms | "
-                  "fixed cost s (before first / after last shard) | overhead at 30 s shards | load |",
+        lines += [("| shards | shard length s | flow wall s | sum of shards s | gap between shards p50 / max ms | "
+                  "fixed cost s (before first / after last shard) | overhead at 30 s shards | load |"),
                   "|---:|---:|---:|---:|---|---|---:|---:|",
-                  f"| {r['shards_ok']}/{r['shards']} | {r['shard_target_s']} | {r['flow_wall_s']} | {r['shards_sum_s']} | "
+                  (f"| {r['shards_ok']}/{r['shards']} | {r['shard_target_s']} | {r['flow_wall_s']} | {r['shards_sum_s']} | "
                   f"{r['gap_p50_s'] * 1e3:.0f} / {r['gap_max_s'] * 1e3:.0f} | {r['fixed_cost_s']} "
                   f"({r['before_first_shard_s']} / {r['after_last_shard_s']}) | "
-                  f"{r['overhead_at_30s_shards_with_fixed']:.2%} | {r['load_avg'][0]} |", "",
-                  f"Target ({r['target']}): {'met' if r['met'] else 'not met'} (per-shard cost alone: "
-                  f"{r['overhead_at_30s_shards']:.2%}).", ""]
+                  f"{r['overhead_at_30s_shards_with_fixed']:.2%} | {r['load_avg'][0]} |"), "",
+                  (f"Target ({r['target']}): {'met' if r['met'] else 'not met'} (per-shard cost alone: "
+                  f"{r['overhead_at_30s_shards']:.2%})."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("analysis_scale", {})
@@ -124,8 +124,8 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
             x = r[step]
             lines.append(f"| {r['records']:,} | {step} | {x['seconds']:.2f} | {x['peak_rss_mb']:.0f} | "
                          f"{x['process_wall_s']:.2f} | {r['load_avg'][0]} |")
-        lines += ["", f"Target ({r['target']}): metrics {'met' if r['met_metrics'] else 'not met'}, full report "
-                  f"{'met' if r['met_report'] else 'not met'}.", ""]
+        lines += ["", (f"Target ({r['target']}): metrics {'met' if r['met_metrics'] else 'not met'}, full report "
+                  f"{'met' if r['met_report'] else 'not met'}."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("long_context", {})

@@ -25,18 +25,18 @@ from fmbench.report.render import _client_rows
 
 
 def _cal(**kw: Any) -> Calibration:
-    base: dict[str, Any] = dict(
-        created_at="2026-01-01T00:00:00Z", host="h", cpu_count=4, load_avg=[0.0, 0.0, 0.0], python="3.11",
-        duration_s=2.0, rtt_p50_ms=0.2, rtt_p99_ms=0.5, max_request_rate=2000.0, max_stream_rate=1000.0,
-        max_chunk_rate=256_000.0, request_cost_s=1 / 2000, chunk_cost_s=2e-6, cpu_per_request_ms=0.4,
-        client_cpu_util=1.0,
-    )
+    base: dict[str, Any] = {
+        "created_at": "2026-01-01T00:00:00Z", "host": "h", "cpu_count": 4, "load_avg": [0.0, 0.0, 0.0], "python": "3.11",
+        "duration_s": 2.0, "rtt_p50_ms": 0.2, "rtt_p99_ms": 0.5, "max_request_rate": 2000.0, "max_stream_rate": 1000.0,
+        "max_chunk_rate": 256_000.0, "request_cost_s": 1 / 2000, "chunk_cost_s": 2e-6, "cpu_per_request_ms": 0.4,
+        "client_cpu_util": 1.0,
+    }
     return Calibration(**(base | kw))
 
 
 def _spec(**kw: Any) -> ShardSpec:
-    base: dict[str, Any] = dict(shard_id="s", experiment="e", dataset="d", bucket="0-9", bucket_min=0,
-                                bucket_max=9, requests=10)
+    base: dict[str, Any] = {"shard_id": "s", "experiment": "e", "dataset": "d", "bucket": "0-9", "bucket_min": 0,
+                                "bucket_max": 9, "requests": 10}
     return ShardSpec(**(base | kw))
 
 

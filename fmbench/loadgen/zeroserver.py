@@ -18,7 +18,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 # Stdlib only at import: the server process runs this file as a script, so it starts in ~0.1 s
 # instead of importing fmbench (pyarrow, pydantic).
@@ -53,7 +53,7 @@ def canned_response(chunks: int | None, chat: bool = True) -> bytes:
 class _Protocol(asyncio.Protocol):
     """Answers each keep-alive request with the canned response its path names."""
 
-    cache: dict[bytes, bytes] = {}
+    cache: ClassVar[dict[bytes, bytes]] = {}  # canned answers by path, shared by connections
 
     def __init__(self) -> None:
         self.buf = bytearray()

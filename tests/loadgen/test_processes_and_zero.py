@@ -24,8 +24,8 @@ PROMPTS = [Prompt(f"p{i}", f"prompt {i}", 3) for i in range(3)]
 
 
 def _spec(**kw: Any) -> ShardSpec:
-    base: dict[str, Any] = dict(shard_id="s", experiment="e", dataset="d", bucket="0-9", bucket_min=0,
-                                bucket_max=9, requests=20)
+    base: dict[str, Any] = {"shard_id": "s", "experiment": "e", "dataset": "d", "bucket": "0-9", "bucket_min": 0,
+                                "bucket_max": 9, "requests": 20}
     return ShardSpec(**(base | kw))
 
 
