@@ -72,10 +72,10 @@ def _setup_logging(debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fmbench.config import load_config_source
+    from fmbench.pipeline import load_benchmark_config
     from fmbench.preflight import check_output, preflight
 
-    cfg = load_config_source(args.config, overrides=args.overrides)
+    cfg = load_benchmark_config(args.config, overrides=args.overrides)
     check_output(cfg, args.output, args.run_id)
     preflight(cfg)
     command = "fmbench run " + " ".join(
@@ -108,9 +108,9 @@ def _failed_shards(report_url: str) -> list[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fmbench.config import load_config_source
+    from fmbench.pipeline import load_benchmark_config
 
-    cfg = load_config_source(args.config, overrides=args.overrides)
+    cfg = load_benchmark_config(args.config, overrides=args.overrides)
     shards = 0
     for e in cfg.experiments:
         levels = len(e.concurrency_levels or []) + len(e.request_rates or [])

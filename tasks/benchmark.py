@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from fmbench import pipeline
-from fmbench.config import BenchmarkConfig, load_config_source, narrow_config
+from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
 from fmbench.pipeline import PromptSet, ShardOutcome
@@ -40,8 +40,7 @@ def _retry_if_endpoint_down(task: Any, task_run: Any, state: Any) -> bool:
 def load_config_task(config: str, overrides: list[str] | None = None, experiments: list[str] | None = None,
                      concurrency_levels: list[int] | None = None,
                      requests_per_level: int | None = None) -> BenchmarkConfig:
-    cfg = load_config_source(config, overrides=overrides)
-    return narrow_config(cfg, experiments, concurrency_levels, requests_per_level)
+    return pipeline.load_benchmark_config(config, overrides, experiments, concurrency_levels, requests_per_level)
 
 
 @task(name="open-run", cache_policy=NO_CACHE)

@@ -54,3 +54,13 @@ def s3_bucket(s3_env: str) -> str:
     name = f"fmbench-test-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_env).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Run flows in this process against a temporary local Prefect server and database (one per
+    session: a fresh database takes ~20 s to migrate)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -13,6 +13,7 @@ import polars as pl
 from fmbench.config import parse_config
 from fmbench.deploy.cloudwatch import collect_endpoint_metrics
 from fmbench.deploy.sagemaker import resource_name
+from tests.aws.test_sagemaker_deploy import jumpstart_local  # noqa: F401  (fixture)
 
 
 def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, tmp_path: Path) -> None:
@@ -76,3 +77,55 @@ def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, 
     rows = collect_endpoint_metrics(resource_name("sm-tgi", "flow-run"), "AllTraffic", wall_start, wall_end,
                                     "us-east-1", endpoint_url=moto)
     assert rows and all(r["sum"] is None and r["datapoints"] == 0 for r in rows)
+
+
+def test_prefect_flow_over_sagemaker_image_jumpstart_and_bedrock(prefect_harness: None, moto: str, sim_url: str,
+                                                                 jumpstart_local: None, tmp_path: Path) -> None:
+    """The real `fmbench` flow: two SageMaker deploys (container image, JumpStart) and Bedrock
+    Converse streamed and not; teardown leaves nothing behind."""
+    import yaml
+
+    from flows.benchmark import benchmark
+    from tests.aws.test_sagemaker_deploy import JS_MODEL
+
+    common = {"region": "us-east-1", "endpoint_url": moto, "runtime_endpoint_url": sim_url,
+              "role_arn": "arn:aws:iam::123456789012:role/r", "instance_type": "ml.g4dn.xlarge"}
+    bedrock = {"provider": "bedrock", "region": "us-east-1", "runtime_endpoint_url": sim_url,
+               "model_id": "meta.llama3-8b-instruct-v1:0"}
+    level = {"concurrency_levels": [2], "requests_per_level": 3, "warmup_requests": 0}
+    cfg = {
+        "name": "aws-prefect",
+        "output": str(tmp_path / "results"),
+        "buckets": [[1, 300]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 3}],
+        "experiments": [
+            {"name": "sm-image", "inference": {"max_tokens": 5}, **level,
+             "endpoint": {"provider": "sagemaker", "payload": "messages", **common,
+                          "image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.31.0-lmi13.0.0-cu124",
+                          "hf_model_id": "meta-llama/Meta-Llama-3-8B-Instruct"}},
+            {"name": "sm-jumpstart", "inference": {"max_tokens": 5}, **level,
+             "endpoint": {"provider": "sagemaker", "payload": "tgi", "jumpstart_model_id": JS_MODEL,
+                          "accept_eula": True, **common}},
+            {"name": "br-stream", "inference": {"max_tokens": 5, "stream": True}, "endpoint": bedrock, **level},
+            {"name": "br-once", "inference": {"max_tokens": 5, "stream": False}, "endpoint": bedrock, **level},
+        ],
+    }
+    report = benchmark(config=yaml.safe_dump(cfg), run_id="prefect-aws")
+    assert Path(report).is_file()
+    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_models()["Models"] == []
+    assert sm.list_endpoint_configs()["EndpointConfigs"] == []
+    requests = pl.read_parquet(Path(report).parent / "requests.parquet")
+    assert requests.height == 4 * 3
+    assert requests["ok"].all(), requests.filter(~pl.col("ok"))["error"].to_list()
+    assert (requests["output_tokens"] == 5).all()
+    # TGI's token stream reports no prompt usage: counted with the tokenizer; the others report it.
+    by_source = dict(requests.group_by("experiment").agg(pl.col("usage_source").unique()).iter_rows())
+    assert by_source == {"sm-image": ["server"], "sm-jumpstart": ["tokenizer"], "br-stream": ["server"],
+                         "br-once": ["server"]}
+    streamed = requests.filter(pl.col("experiment") != "br-once")
+    assert (streamed["chunks"] == 5).all() and (streamed["ttft_s"] < streamed["latency_s"]).all()
+    once = requests.filter(pl.col("experiment") == "br-once")
+    assert (once["ttft_s"] == once["latency_s"]).all()
+    metrics = pl.read_parquet(Path(report).parent / "metrics.parquet")
+    assert sorted(metrics["experiment"].to_list()) == ["br-once", "br-stream", "sm-image", "sm-jumpstart"]

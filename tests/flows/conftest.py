@@ -15,15 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """Run flows in this process against a temporary local Prefect server and database."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture(scope="session")
 def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment for `fmbench` subprocesses: their own Prefect home, no Prefect API server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
