@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.faults.helpers import ODD_STATE
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,6 +70,16 @@ async def _no_usage(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+
+
+async def _dropped(request: web.Request) -> web.StreamResponse:
+    if request.path.startswith("/flaky/") and not ODD_STATE["flaky_down"]:
+        return await _no_usage(request)
+    assert request.transport is not None
+    request.transport.close()  # the endpoint is "down": the connection drops without an answer
+    return web.StreamResponse()
+
+
 async def _s3_denied(request: web.Request) -> web.Response:
     return web.Response(body=_S3_DENIED, status=403, content_type="application/xml")
 
@@ -75,9 +87,11 @@ async def _s3_denied(request: web.Request) -> web.Response:
 @pytest.fixture(scope="session")
 def odd_server() -> Iterator[str]:
     """Base URL of a server whose ``/unauth/v1`` answers 401, ``/html/v1`` answers HTML, ``/nousage/v1``
-    streams answers without usage, and every other path is S3's 403 AccessDenied."""
+    streams answers without usage, ``/down/v1`` drops every connection, ``/flaky/v1`` too while
+    ``ODD_STATE["flaky_down"]``, and every other path is S3's 403 AccessDenied."""
     app = web.Application()
-    for prefix, handler in (("unauth", _unauthorized), ("html", _html), ("nousage", _no_usage)):
+    for prefix, handler in (("unauth", _unauthorized), ("html", _html), ("nousage", _no_usage),
+                            ("down", _dropped), ("flaky", _dropped)):
         app.router.add_post(f"/{prefix}/v1/chat/completions", handler)
     app.router.add_route("*", "/{tail:.*}", _s3_denied)
     loop = asyncio.new_event_loop()
@@ -105,3 +119,4 @@ def odd_server() -> Iterator[str]:
     asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)  # type: ignore[attr-defined]
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+

@@ -17,6 +17,9 @@ MODEL = "fmbench-sim"
 SIM = SimulatedEndpoint(provider="simulated", model=MODEL, ttft_ms=10, tpot_ms=1, output_tokens=8, seed=7)
 PROMPTS = [Prompt(f"p{i}", f"prompt number {i} about faults", 6) for i in range(16)]
 
+#: Switches of the ``odd_server`` fixture: ``flaky_down`` makes ``/flaky/v1`` drop every connection.
+ODD_STATE = {"flaky_down": True}
+
 #: How the OpenAI client classifies each injected fault (records' error_kind; None = ok).
 EXPECTED_KIND: dict[str, str | None] = {
     "none": None,

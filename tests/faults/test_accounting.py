@@ -108,3 +108,21 @@ def test_report_table_puts_the_error_rate_beside_latencies(
     assert "p95 latency (s)" in keys and "Error rate" in keys and "Requests" in keys
     assert row["Requests"] == str(REQUESTS)
     assert row["Error rate"] == fmt_pct(n_fail / REQUESTS) and row["Error rate"] != fmt_pct(0.0)
+
+
+def test_an_answer_without_usage_is_ok_and_counted_with_the_tokenizer(odd_server: str, tmp_path: Path) -> None:
+    from fmbench.config import InferenceConfig, OpenAIEndpoint
+    from fmbench.endpoints import make_client
+    from fmbench.loadgen import ShardSpec, run_shard
+    from tests.faults.helpers import PROMPTS
+
+    endpoint = OpenAIEndpoint(provider="openai", base_url=f"{odd_server}/nousage/v1", model="m")
+    client = make_client(endpoint, InferenceConfig(max_tokens=8, timeout_s=5))
+    spec = ShardSpec(shard_id="u", experiment="e", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
+                     concurrency=2, requests=6)
+    run_shard(client, PROMPTS, spec, tmp_path / "u.parquet", lambda text: len(text.split()))
+    records = pl.read_parquet(tmp_path / "u.parquet")
+    assert records.height == 6 and records["ok"].all()
+    assert (records["usage_source"] == "tokenizer").all()
+    assert (records["output_tokens"] == 3).all()  # "no usage here", counted by the run's tokenizer
+    assert records["input_tokens"].to_list() == [p.input_tokens for p in PROMPTS[:6]]

@@ -1,0 +1,211 @@
+"""Interruptions: an endpoint that is down (shard retried by Prefect, then reported failed), a server
+restarted mid-shard, SIGKILL at several points then resume, and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import psutil
+import pytest
+import yaml
+
+from fmbench.endpoints.simulated.faults import FaultConfig
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from tests.faults.conftest import ROOT, fmbench_argv
+from tests.faults.helpers import ODD_STATE, SIM, run_sim_shard, server_faults
+
+SIM_CFG = {"provider": "simulated", "ttft_ms": 20, "tpot_ms": 3, "output_tokens": 6}
+
+
+def _config(tmp_path: Path, name: str, experiments: list[dict[str, Any]], requests: int = 4,
+            levels: list[int] | None = None, buckets: list[list[int]] | None = None) -> Path:
+    cfg = {
+        "name": name, "output": str(tmp_path / "results"), "buckets": buckets or [[1, 300]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 3, "seed": 2}],
+        "experiments": [{"inference": {"max_tokens": 6, "timeout_s": 5}, "concurrency_levels": levels or [2],
+                         "requests_per_level": requests, "warmup_requests": 0, **e} for e in experiments],
+    }
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _openai(url: str) -> dict[str, Any]:
+    return {"provider": "openai", "base_url": url, "model": "m", "api": "chat"}
+
+
+def test_a_down_endpoint_is_retried_and_a_still_failing_shard_is_reported(
+    prefect_harness: None, odd_server: str, tmp_path: Path,
+) -> None:
+    from flows.benchmark import benchmark
+
+    ODD_STATE["flaky_down"] = True
+    cfg = _config(tmp_path, "down", [
+        {"name": "up", "endpoint": SIM_CFG},
+        {"name": "late", "endpoint": _openai(f"{odd_server}/flaky/v1")},
+        {"name": "gone", "endpoint": _openai(f"{odd_server}/down/v1")},
+    ])
+    shards = tmp_path / "results" / "down" / "r" / "shards"
+    stop = threading.Event()
+
+    def revive() -> None:  # the "late" endpoint comes back once its first attempt has failed
+        while not stop.wait(0.05):
+            if list(shards.glob("late__*.failed-*.parquet")):
+                ODD_STATE["flaky_down"] = False
+                return
+
+    reviver = threading.Thread(target=revive, daemon=True)
+    reviver.start()
+    try:
+        report = benchmark(config=str(cfg), run_id="r")
+    finally:
+        stop.set()
+        reviver.join(5)
+        ODD_STATE["flaky_down"] = True
+    run = Path(report).parent
+    manifest = json.loads((run / "manifest.json").read_text())
+    status = {s["shard_id"].split("__")[0]: s for s in manifest["shards"]}
+    assert status["up"]["status"] == "ok" and status["late"]["status"] == "ok", status["late"]["error"]
+    assert status["gone"]["status"] == "failed"
+    assert "failed to connect" in status["gone"]["error"]
+    # Each failed attempt's records are kept beside the shard: 1 for "late", 1 + 2 retries for "gone".
+    assert len(list(shards.glob("late__*.failed-*.parquet"))) == 1
+    gone_attempts = list(shards.glob("gone__*.failed-*.parquet"))
+    assert len(gone_attempts) == 3
+    for f in gone_attempts:
+        rec = pl.read_parquet(f)
+        assert rec.height == 4 and (rec["error_kind"] == "connection").all()
+    # The run completed with the other shards, and the report names the failed shard and why.
+    requests = pl.read_parquet(run / "requests.parquet")
+    assert set(requests["experiment"].unique().to_list()) == {"up", "late"} and requests["ok"].all()
+    text = (run / "report.md").read_text()
+    assert status["gone"]["shard_id"] in text and "failed to connect" in text
+
+
+def test_a_server_restart_mid_shard_costs_only_the_requests_it_dropped(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    with SimulatedServerProcess(SIM, faults=FaultConfig()) as server:
+        assert server.url
+        url = server.url
+        restarted = threading.Event()
+
+        def restart() -> None:  # once the shard is well under way (40 requests served)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and sum(server_faults(url).values()) < 40:
+                time.sleep(0.02)
+            server.restart()
+            restarted.set()
+
+        t = threading.Thread(target=restart)
+        t.start()
+        # Open loop: arrivals keep coming at 40/s whatever happens, for ~6 s.
+        _, records = run_sim_shard(url, out, requests=240, concurrency=1, request_rate=40.0, arrival="constant",
+                                   max_send_lag_s=10.0, rate_shortfall=0.9)
+        t.join()
+    assert restarted.is_set()
+    assert records.height == 240 and sorted(records["request_id"].to_list()) == list(range(240))
+    failed = records.filter(~pl.col("ok"))
+    assert failed.height > 0, "the restart dropped no request"
+    assert set(failed["error_kind"].to_list()) == {"connection"}
+    assert failed["error"].null_count() == 0
+    ok = records.filter(pl.col("ok"))
+    # Requests before the stop and after the restart succeeded.
+    assert ok["t_start"].min() < failed["t_start"].min() and ok["t_start"].max() > failed["t_start"].max()
+    assert ok.height + failed.height == 240
+
+
+def _children_of_session(sid: int) -> list[psutil.Process]:
+    procs = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == sid:
+                procs.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return procs
+
+
+def _wait_for(cond: Any, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("point", ["bucketing", "report"])
+def test_sigkill_then_resume_loses_and_duplicates_nothing(point: str, fault_cli_env: dict[str, str],
+                                                          tmp_path: Path) -> None:
+    slow = {**SIM_CFG, "tpot_ms": 10}
+    cfg = _config(tmp_path, f"kill{point}", [{"name": "e", "endpoint": slow}], requests=5, levels=[1, 2],
+                  buckets=[[1, 200], [200, 400]])
+    run = tmp_path / "results" / f"kill{point}" / "k"
+    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "k"), env=fault_cli_env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        if point == "bucketing":  # the run directory exists, no prompts stored yet
+            _wait_for(lambda: (run / "manifest.json").exists(), proc, 240, "the run directory appeared")
+        else:  # every shard measured and gathered; the report is being rendered
+            _wait_for(lambda: (run / "metrics.parquet").exists(), proc, 240, "metrics were written")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # Nothing a reader could mistake for complete: every file without a temp suffix reads whole.
+    done_before = {}
+    for f in run.rglob("*.parquet"):
+        pl.read_parquet(f)
+        if f.parent.name == "shards" and (f.parent / f"{f.stem}.json").exists():
+            done_before[f.stem] = f.read_bytes()
+    for f in run.rglob("*.json"):
+        json.loads(f.read_text())
+    result = subprocess.run(fmbench_argv("run", str(cfg), "--run-id", "k"), env=fault_cli_env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=400, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stem, data in done_before.items():
+        assert (run / "shards" / f"{stem}.parquet").read_bytes() == data, f"{stem} was measured again"
+    requests = pl.read_parquet(run / "requests.parquet")
+    assert requests.height == 4 * 5
+    assert requests.select("shard_id", "request_id").is_duplicated().sum() == 0
+    assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+    assert (run / "report.md").is_file()
+
+
+def test_ctrl_c_stops_cleanly_keeps_measured_shards_and_leaves_no_process(fault_cli_env: dict[str, str],
+                                                                          tmp_path: Path) -> None:
+    slow = {**SIM_CFG, "tpot_ms": 40, "output_tokens": 10}
+    cfg = _config(tmp_path, "ctrlc", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
+    run = tmp_path / "results" / "ctrlc" / "c"
+    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "c"), env=fault_cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: len(list((run / "shards").glob("*.json"))) >= 1, proc, 240, "a shard was measured")
+        time.sleep(0.3)  # the next shard is in flight
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the CLI process (its children are told by it)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
+    # What was measured is kept, whole; the interrupted shard left no complete-looking file.
+    measured = list((run / "shards").glob("*.json"))
+    assert measured
+    for j in measured:
+        assert pl.read_parquet(run / "shards" / f"{j.stem}.parquet").height == 8
+    for f in (run / "shards").glob("*.parquet"):
+        assert (run / "shards" / f"{f.stem}.json").exists() or ".failed-" in f.name, f
+    # No process of the run is left behind (the simulated endpoint was stopped).
+    time.sleep(0.5)
+    left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [" ".join(p.cmdline()) for p in left]
