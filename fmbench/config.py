@@ -180,6 +180,10 @@ class SageMakerEndpoint(_AwsAccess):
     container_startup_timeout_s: int | None = Field(default=None, ge=60, description="Health-check timeout.")
     volume_size_gb: int | None = Field(default=None, ge=1, description="Attached volume size.")
     cloudwatch_metrics: bool = Field(default=False, description="Collect CloudWatch metrics per shard window.")
+    cloudwatch_delay_s: float = Field(
+        default=180.0, ge=0,
+        description="Wait this long after a shard ends before reading its CloudWatch metrics (published late).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> SageMakerEndpoint:

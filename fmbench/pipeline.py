@@ -60,6 +60,9 @@ class ShardOutcome(BaseModel):
         default=None, description="Fraction of the calibrated client ceiling the shard used (None: no calibration).")
     records_url: str | None = None
     cached: bool = False
+    started_at: str | None = Field(default=None, description="Wall-clock UTC start of the shard (ISO).")
+    ended_at: str | None = Field(default=None, description="Wall-clock UTC end of the shard (ISO).")
+    endpoint_name: str | None = Field(default=None, description="Provider endpoint the shard measured (SageMaker).")
 
 
 # ---------------------------------------------------------------- config
@@ -247,7 +250,9 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
     log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
              spec.processes)
+    started_at = utc_now()
     result = run_shard(client, prompts, spec, local, tokenizer.count)
+    ended_at = utc_now()
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
     measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
     n, n_err = measured.height, int((~measured["ok"]).sum())
@@ -269,7 +274,8 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         valid=bool(getattr(result, "valid", True)), invalid_reason=getattr(result, "invalid_reason", None),
         requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
         client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
-        records_url=records_url,
+        records_url=records_url, started_at=started_at, ended_at=ended_at,
+        endpoint_name=deployed.endpoint_name,
     )
     storage.write_text(run.path("shards", f"{spec.shard_id}.json"), outcome.model_dump_json(indent=2))
     log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
@@ -366,13 +372,29 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
     manifest["shards"] = shard_dicts
     manifest["payload_hashes"] = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
     manifest["prompt_counts"] = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
-    manifest["warnings"] = list(warnings or [])
+    manifest["warnings"] = list(warnings or []) + _collect_endpoint_metrics(run, cfg, shard_dicts)
     manifest["ended_at"] = utc_now()
     write_manifest(run, manifest)
     metrics = summarize(requests, cfg, shards=shard_dicts)
     storage.write_parquet(run.path("metrics.parquet"), metrics)
     storage.write_text(run.path("metrics.csv"), _csv(metrics))
     return run.path("metrics.parquet")
+
+
+def _collect_endpoint_metrics(run: RunInfo, cfg: BenchmarkConfig, shards: list[dict[str, Any]]) -> list[str]:
+    # Optional: CloudWatch metrics of SageMaker shards (cloudwatch.parquet); a failure is a warning.
+    if not any(getattr(e.endpoint, "cloudwatch_metrics", False) for e in cfg.experiments):
+        return []
+    from fmbench.deploy.cloudwatch import collect_run_metrics
+
+    try:
+        rows = collect_run_metrics(cfg, shards)
+    except FMBenchError as exc:
+        log.warning("CloudWatch metrics not collected: %s", exc)
+        return [f"CloudWatch metrics not collected: {exc}"]
+    if rows:
+        storage.write_parquet(run.path("cloudwatch.parquet"), pl.DataFrame(rows, infer_schema_length=None))
+    return []
 
 
 def _csv(df: pl.DataFrame) -> str:

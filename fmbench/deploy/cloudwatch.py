@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 import botocore.exceptions
@@ -150,4 +151,42 @@ def collect_endpoint_metrics(
                 "minimum": min(minima) if minima else None,
             }
         )
+    return rows
+
+
+def collect_run_metrics(cfg: Any, shards: list[dict[str, Any]], *, sleep: Any = time.sleep) -> list[dict[str, Any]]:
+    """CloudWatch metrics of every measured shard of SageMaker experiments with
+    ``cloudwatch_metrics: true``, one row per shard and metric (values None when absent).
+
+    Waits until each shard's window is ``cloudwatch_delay_s`` old (CloudWatch publishes late).
+    The control-plane ``endpoint_url`` override, when set, is used for CloudWatch too.
+
+    Args:
+        cfg: the run's `BenchmarkConfig`.
+        shards: the manifest's shard outcomes (``started_at``/``ended_at`` wall-clock ISO, ``endpoint_name``).
+        sleep: how to wait (tests pass a no-op).
+    """
+    from fmbench.config import SageMakerEndpoint
+    from fmbench.deploy.sagemaker import VARIANT_NAME
+
+    experiments = {e.name: e for e in cfg.experiments}
+    rows: list[dict[str, Any]] = []
+    for shard in shards:
+        experiment = experiments.get(shard.get("experiment", ""))
+        endpoint = experiment.endpoint if experiment else None
+        if not isinstance(endpoint, SageMakerEndpoint) or not endpoint.cloudwatch_metrics:
+            continue
+        if shard.get("status") != "ok" or not shard.get("endpoint_name") or not shard.get("started_at"):
+            continue
+        start = dt.datetime.fromisoformat(shard["started_at"])
+        end = dt.datetime.fromisoformat(shard["ended_at"]) + dt.timedelta(seconds=1)
+        wait = (end + dt.timedelta(seconds=endpoint.cloudwatch_delay_s) - dt.datetime.now(dt.UTC)).total_seconds()
+        if wait > 0:
+            log.info("CloudWatch: waiting %.0f s for the metrics of shard %s to be published", wait, shard["shard_id"])
+            sleep(wait)
+        for row in collect_endpoint_metrics(shard["endpoint_name"], VARIANT_NAME, start, end, endpoint.region,
+                                            profile=endpoint.profile, endpoint_url=endpoint.endpoint_url):
+            rows.append({"shard_id": shard["shard_id"], "experiment": shard["experiment"],
+                         "dataset": shard.get("dataset"), "bucket": shard.get("bucket"),
+                         "concurrency": shard.get("concurrency"), **row})
     return rows

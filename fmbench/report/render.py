@@ -67,6 +67,7 @@ class ReportInput:
     pricing: list[dict[str, str]]
     compare: bool = False
     changes_md: str | None = None  # the run's regression.md ("Changes since <previous run>")
+    endpoint_rows: list[dict[str, str]] | None = None  # CloudWatch metrics per shard (SageMaker)
 
 
 def _env() -> Environment:
@@ -290,6 +291,7 @@ def render(inp: ReportInput, output: str) -> ReportPaths:
         "md_table": md_table,
         "colours": colours,
         "changes_md": inp.changes_md,
+        "endpoint_rows": inp.endpoint_rows,
     }
     env = _env()
     markdown = env.get_template("report.md.j2").render(**ctx)
@@ -349,8 +351,47 @@ def render_report(run_url: str) -> ReportPaths:
         description=run.cfg.description if run.cfg else None,
         runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
+        endpoint_rows=_endpoint_rows(run.url, run.metrics),
     )
     return render(inp, run.url)
+
+
+#: CloudWatch metric -> (column, statistic, scale, format) for the endpoint metrics table.
+_CW_COLUMNS = {
+    "Invocations": ("Invocations", "sum", 1.0, "{:,.0f}"),
+    "ModelLatency": ("Model latency avg (ms)", "average", 1e-3, "{:,.1f}"),
+    "OverheadLatency": ("Overhead avg (ms)", "average", 1e-3, "{:,.1f}"),
+    "Invocation4XXErrors": ("4XX", "sum", 1.0, "{:,.0f}"),
+    "Invocation5XXErrors": ("5XX", "sum", 1.0, "{:,.0f}"),
+    "CPUUtilization": ("CPU avg %", "average", 1.0, "{:,.0f}"),
+    "MemoryUtilization": ("Memory avg %", "average", 1.0, "{:,.0f}"),
+    "GPUUtilization": ("GPU avg %", "average", 1.0, "{:,.0f}"),
+    "GPUMemoryUtilization": ("GPU memory avg %", "average", 1.0, "{:,.0f}"),
+}
+
+
+def _endpoint_rows(run_url: str, metrics: pl.DataFrame) -> list[dict[str, str]] | None:
+    # Server-side numbers next to the client's: one row per shard; a metric CloudWatch did not
+    # publish is shown as absent, never as zero.
+    url = storage.join(run_url, "cloudwatch.parquet")
+    if not storage.exists(url):
+        return None
+    cw = storage.read_parquet(url)
+    client = {r["shard_id"]: r for r in metrics.iter_rows(named=True)} if "shard_id" in metrics.columns else {}
+    rows = []
+    for (shard_id,), part in cw.group_by(["shard_id"], maintain_order=True):
+        first = part.row(0, named=True)
+        m = client.get(shard_id, {})
+        row = {"Experiment": str(first["experiment"]), "Bucket": str(first.get("bucket")),
+               "Load": f"c={first.get('concurrency')}",
+               "Client p50 latency (ms)": "" if m.get("latency_p50_s") is None else f"{m['latency_p50_s'] * 1e3:,.0f}",
+               "Client requests": "" if m.get("requests") is None else f"{m['requests']:,}"}
+        values = {r["metric"]: r for r in part.iter_rows(named=True)}
+        for metric, (column, stat, scale, fmt) in _CW_COLUMNS.items():
+            value = values.get(metric, {}).get(stat)
+            row[column] = "absent" if value is None else fmt.format(value * scale)
+        rows.append(row)
+    return rows
 
 
 def _read_optional(url: str) -> str | None:

@@ -11,9 +11,7 @@ import boto3
 import polars as pl
 
 from fmbench.config import parse_config
-from fmbench.deploy.cloudwatch import collect_endpoint_metrics
-from fmbench.deploy.sagemaker import resource_name
-from tests.aws.test_sagemaker_deploy import jumpstart_local  # noqa: F401  (fixture)
+from tests.aws.test_sagemaker_deploy import jumpstart_local  # noqa: F401  (a fixture)
 
 
 def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, tmp_path: Path) -> None:
@@ -34,6 +32,7 @@ def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, 
                         "image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4.0",
                         "hf_model_id": "Qwen/Qwen2.5-7B-Instruct", "instance_type": "ml.g4dn.xlarge",
                         "role_arn": "arn:aws:iam::123456789012:role/r", "payload": "tgi",
+                        "cloudwatch_metrics": True, "cloudwatch_delay_s": 0,
                     },
                     "inference": {"max_tokens": 6},
                     "concurrency_levels": [1, 2],
@@ -56,9 +55,7 @@ def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, 
         source="aws-flow",
         base_dir=tmp_path,
     )
-    wall_start = dt.datetime.now(dt.UTC)
     report = run_benchmark(cfg, run_id="flow-run")
-    wall_end = dt.datetime.now(dt.UTC)
     assert Path(report).is_file()
 
     sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
@@ -73,14 +70,38 @@ def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, 
     assert (measured["output_tokens"] == 6).all() and (measured["chunks"] == 6).all()
     assert (measured["ttft_s"] >= 0.06 * 0.98).all()
 
-    # CloudWatch for the run's window: moto publishes no SageMaker metrics, so all are absent
-    rows = collect_endpoint_metrics(resource_name("sm-tgi", "flow-run"), "AllTraffic", wall_start, wall_end,
-                                    "us-east-1", endpoint_url=moto)
-    assert rows and all(r["sum"] is None and r["datapoints"] == 0 for r in rows)
+    # The run collected CloudWatch metrics per SageMaker shard; moto publishes none: all absent.
+    run_dir = Path(report).parent
+    cw = pl.read_parquet(run_dir / "cloudwatch.parquet")
+    assert set(cw["shard_id"].unique()) == {s for s in measured["shard_id"].unique() if s.startswith("sm-tgi")}
+    assert cw["sum"].is_null().all()
+    md = (run_dir / "report.md").read_text()
+    assert "## Endpoint metrics (CloudWatch)" in md and "| absent |" in md
+
+    # With datapoints in a shard's window, the report shows them beside the client's numbers.
+    import json
+
+    from fmbench.deploy.cloudwatch import collect_run_metrics
+    from fmbench.report import render_report
+
+    shards = [s for s in json.loads((run_dir / "manifest.json").read_text())["shards"]
+              if s["experiment"] == "sm-tgi"]
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto, region_name="us-east-1")
+    dims = [{"Name": "EndpointName", "Value": shards[0]["endpoint_name"]}, {"Name": "VariantName", "Value": "AllTraffic"}]
+    when = dt.datetime.fromisoformat(shards[0]["started_at"])
+    cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[
+        {"MetricName": "ModelLatency", "Dimensions": dims, "Timestamp": when, "Value": 61000.0, "Unit": "Microseconds"},
+        {"MetricName": "Invocations", "Dimensions": dims, "Timestamp": when, "Value": 5.0, "Unit": "Count"},
+    ])
+    rows = collect_run_metrics(parse_config({**cfg.model_dump(mode="json")}, source="x"), shards)
+    pl.DataFrame(rows, infer_schema_length=None).write_parquet(run_dir / "cloudwatch.parquet")
+    render_report(str(run_dir))
+    md = (run_dir / "report.md").read_text()
+    assert "| 61.0 |" in md  # ModelLatency average, ms
 
 
 def test_prefect_flow_over_sagemaker_image_jumpstart_and_bedrock(prefect_harness: None, moto: str, sim_url: str,
-                                                                 jumpstart_local: None, tmp_path: Path) -> None:
+                                                                 jumpstart_local: None, tmp_path: Path) -> None:  # noqa: F811
     """The real `fmbench` flow: two SageMaker deploys (container image, JumpStart) and Bedrock
     Converse streamed and not; teardown leaves nothing behind."""
     import yaml
