@@ -141,37 +141,49 @@ def _wait_for(cond: Any, proc: subprocess.Popen[bytes], timeout: float, what: st
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("point", ["bucketing", "report"])
-def test_sigkill_then_resume_loses_and_duplicates_nothing(point: str, fault_cli_env: dict[str, str],
-                                                          tmp_path: Path) -> None:
-    slow = {**SIM_CFG, "tpot_ms": 10}
-    cfg = _config(tmp_path, f"kill{point}", [{"name": "e", "endpoint": slow}], requests=5, levels=[1, 2],
-                  buckets=[[1, 200], [200, 400]])
-    run = tmp_path / "results" / f"kill{point}" / "k"
-    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "k"), env=fault_cli_env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        if point == "bucketing":  # the run directory exists, no prompts stored yet
-            _wait_for(lambda: (run / "manifest.json").exists(), proc, 240, "the run directory appeared")
-        else:  # every shard measured and gathered; the report is being rendered
-            _wait_for(lambda: (run / "metrics.parquet").exists(), proc, 240, "metrics were written")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    # Nothing a reader could mistake for complete: every file without a temp suffix reads whole.
-    done_before = {}
+def _check_nothing_half_written(run: Path) -> dict[str, bytes]:
+    """Every file a reader would take as complete reads whole; returns the measured shards' bytes."""
+    done = {}
     for f in run.rglob("*.parquet"):
         pl.read_parquet(f)
         if f.parent.name == "shards" and (f.parent / f"{f.stem}.json").exists():
-            done_before[f.stem] = f.read_bytes()
+            done[f.stem] = f.read_bytes()
     for f in run.rglob("*.json"):
         json.loads(f.read_text())
+    return done
+
+
+def test_sigkill_at_several_points_then_resume_loses_and_duplicates_nothing(fault_cli_env: dict[str, str],
+                                                                           tmp_path: Path) -> None:
+    slow = {**SIM_CFG, "tpot_ms": 10}
+    cfg = _config(tmp_path, "kill", [{"name": "e", "endpoint": slow}], requests=5, levels=[1, 2],
+                  buckets=[[1, 200], [200, 400]])
+    run = tmp_path / "results" / "kill" / "k"
+    points = {
+        "bucketing": lambda: (run / "manifest.json").exists(),  # run directory made, prompts not yet
+        "mid-shard": lambda: len(list((run / "shards").glob("*.json"))) >= 1,
+        "report": lambda: (run / "metrics.parquet").exists(),  # all measured and gathered, report rendering
+    }
+    kept: dict[str, bytes] = {}
+    for point, reached in points.items():
+        proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "k"), env=fault_cli_env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_for(reached, proc, 240, f"the {point} point")
+            os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its Prefect server and the simulated endpoint
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        done = _check_nothing_half_written(run)
+        for stem, data in kept.items():  # a shard measured before a kill is never measured again
+            assert done.get(stem) == data, f"{stem} changed after the kill at {point}"
+        kept = done
+    assert len(kept) == 4
     result = subprocess.run(fmbench_argv("run", str(cfg), "--run-id", "k"), env=fault_cli_env, cwd=ROOT,
                             capture_output=True, text=True, timeout=400, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
-    for stem, data in done_before.items():
+    for stem, data in kept.items():
         assert (run / "shards" / f"{stem}.parquet").read_bytes() == data, f"{stem} was measured again"
     requests = pl.read_parquet(run / "requests.parquet")
     assert requests.height == 4 * 5
