@@ -1,0 +1,90 @@
+"""Planted secrets (an OpenAI API key and AWS credentials) reach no file of the run directory, no
+Prefect log read back from the API, no artifact, no flow-run parameter and no captured log line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+
+API_KEY = "sk-fmbench-PLANTED-91c2d7e4aa"
+AWS_KEY_ID = "AKIAFMBENCHPLANTED42"
+AWS_SECRET = "fmbench/PLANTED/secret+Kq9wZ3xV7yT1uR5sP0oN"
+AWS_TOKEN = "FwoGZXIvYXdzEFMBENCHPLANTEDTOKEN0123456789"
+SECRETS = (API_KEY, AWS_KEY_ID, AWS_SECRET, AWS_TOKEN)
+
+
+def _config(tmp_path: Path, url: str) -> Path:
+    cfg = {
+        "name": "secrets", "output": str(tmp_path / "results"), "buckets": [[1, 300]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 2}],
+        "experiments": [
+            {"name": "oa", "endpoint": {"provider": "openai", "base_url": f"{url}/v1", "model": "fmbench-sim",
+                                        "api_key_env": "FMBENCH_PLANTED_KEY"},
+             "inference": {"max_tokens": 4}, "requests_per_level": 3, "warmup_requests": 0},
+            {"name": "br", "endpoint": {"provider": "bedrock", "region": "us-east-1", "runtime_endpoint_url": url,
+                                        "model_id": "meta.llama3-8b-instruct-v1:0"},
+             "inference": {"max_tokens": 4}, "requests_per_level": 3, "warmup_requests": 0},
+        ],
+    }
+    path = tmp_path / "secrets.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+async def _prefect_texts(flow_run_id: Any) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    async with get_client() as client:
+        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                      limit=200)
+        artifacts = await client.read_artifacts()
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        tasks = await client.read_task_runs()
+    texts = [log.message for log in logs]
+    texts += [f"{a.key} {a.data} {a.description}" for a in artifacts]
+    texts += [f"{r.parameters} {r.state}" for r in runs]
+    texts += [f"{t.name} {t.state}" for t in tasks]
+    assert logs and artifacts and runs, "nothing read back from Prefect"
+    return texts
+
+
+def test_planted_api_key_and_aws_credentials_appear_nowhere(prefect_harness: None, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from flows.benchmark import benchmark
+
+    monkeypatch.setenv("FMBENCH_PLANTED_KEY", API_KEY)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", AWS_TOKEN)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing may reach AWS
+    caplog.set_level(logging.DEBUG)
+    sim = SimulatedEndpoint(provider="simulated", ttft_ms=5, tpot_ms=1, output_tokens=4)
+    with SimulatedServerProcess(sim) as server:
+        assert server.url
+        state = benchmark(config=str(_config(tmp_path, server.url)), run_id="s", return_state=True)
+    report = state.result()
+    run = Path(report).parent
+    requests = pl.read_parquet(run / "requests.parquet")
+    # Both experiments really ran with the planted credentials.
+    assert set(requests["experiment"].to_list()) == {"oa", "br"} and requests["ok"].all()
+    for path in run.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in SECRETS:
+                assert secret.encode() not in data, (secret, path)
+    texts = asyncio.run(_prefect_texts(state.state_details.flow_run_id))
+    blob = "\n".join(texts) + caplog.text
+    for secret in SECRETS:
+        assert secret not in blob, secret
