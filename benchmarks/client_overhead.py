@@ -136,6 +136,7 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
         "delivery_p50_ms": ms(pct(deliver, 0.5)), "delivery_p99_ms": ms(pct(deliver, 0.99)),
         "server_late_p99_ms": ms(pct(late, 0.99)),
         "rate": round(conc / latency_s, 2), "pacer_lag_p99_ms": ms(res.dispatch_lag_p99_s),
+        "valid": res.valid, "invalid_reason": res.invalid_reason,
         "client_cpu_s": round(res.client_cpu_s, 3),
         "client_cpu_ms_per_req": round(res.client_cpu_s / max(1, len(s)) * 1e3, 3),
     }

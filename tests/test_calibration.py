@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from fmbench.calibration import (
 )
 from fmbench.config import load_config_text
 from fmbench.loadgen import ShardSpec
-from fmbench.pipeline import run_benchmark
+from fmbench.pipeline import PromptSet, plan_shards, run_benchmark
 from fmbench.report.render import _client_rows
 
 
@@ -117,6 +118,8 @@ def test_a_run_calibrates_and_flags_a_rate_the_client_cannot_offer(tmp_path: Pat
     assert shards[20.0]["valid"], shards[20.0]["invalid_reason"]
     assert shards[20.0]["client_load"] is not None and shards[20.0]["client_load"] < CEILING_WARN
     assert shards[20.0]["client_cpu_s"] > 0
+    # spread over processes from the calibration: 20,000 req/s needs every CPU, 20 req/s one process
+    assert shards[20.0]["processes"] == 1 and shards[20000.0]["processes"] == (os.cpu_count() or 1)
     # 20,000 req/s is beyond any single client process here: detected, flagged, never silently reported
     assert not shards[20000.0]["valid"] and "could not keep up" in shards[20000.0]["invalid_reason"]
     metrics = pl.read_parquet(run_dir / "metrics.parquet")
@@ -128,3 +131,13 @@ def test_a_run_calibrates_and_flags_a_rate_the_client_cannot_offer(tmp_path: Pat
     assert (requests["latency_s"] >= requests["t_end"] - requests["t_start"] - 1e-9).all()
     text = Path(report).read_text()
     assert "Client calibration" in text and "could not keep up" in text
+
+
+def test_config_processes_override_the_plan() -> None:
+    cfg = load_config_text(CONFIG.replace("request_rates: [20, 20000]", "concurrency_levels: [1, 4]\n"
+                                          "    request_rates: [50]\n    processes: 2"))
+    ps = [PromptSet(dataset="synthetic", files={"1-500": "unused"}, counts={"1-500": 8})]
+    got = {(s.concurrency, s.request_rate): s.processes for s in plan_shards(cfg, ps, cfg.experiments[0])}
+    assert got == {(1, None): 1, (4, None): 2, (1, 50.0): 2}  # never more processes than concurrency
+    capped = cfg.experiments[0].model_copy(update={"max_concurrency": 8, "concurrency_levels": None})
+    assert [s.processes for s in plan_shards(cfg, ps, capped)] == [1]  # a cap cannot be split
