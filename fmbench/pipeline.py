@@ -241,12 +241,16 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
 
     experiment = _experiment(cfg, spec.experiment)
     cal = load_calibration(run.url)
-    chunks, latency = expected_shape(experiment)
-    if experiment.processes is None and cal is not None:
-        spec = spec.model_copy(update={"processes": plan_processes(spec, cal, chunks, latency)})
     prompts = read_prompts(prompts_url)
     tokenizer = load_run_tokenizer(cfg)
     client = make_endpoint_client(experiment, deployed)
+    if experiment.processes is None and cal is not None:
+        chunks, latency = expected_shape(experiment)
+        n_proc = plan_processes(spec, cal, chunks, latency)
+        if n_proc > 1 and not _picklable(client, tokenizer.count):
+            log.warning("shard %s: its client cannot be sent to other processes; one process", spec.shard_id)
+            n_proc = 1
+        spec = spec.model_copy(update={"processes": n_proc})
     local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
     log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
              spec.processes)
@@ -280,6 +284,16 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     storage.write_text(run.path("shards", f"{spec.shard_id}.json"), outcome.model_dump_json(indent=2))
     log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
     return outcome
+
+
+def _picklable(*objs: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(objs)
+    except Exception:  # pickle raises many types
+        return False
+    return True
 
 
 def failed_outcome(spec: Any, error: BaseException | str) -> ShardOutcome:
