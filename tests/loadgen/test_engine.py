@@ -128,7 +128,8 @@ def test_one_record_per_request_with_warmups_and_prompt_cycle(server: FakeOpenAI
     assert row["ttft_s"] == pytest.approx(row["t_first_token"] - row["t_scheduled"])
     assert row["latency_s"] == pytest.approx(row["t_end"] - row["t_scheduled"])
     assert row["tpot_s"] == pytest.approx((row["latency_s"] - row["ttft_s"]) / 4)
-    assert row["itl_s"][0] >= 0.0005  # the server paces tokens 1 ms apart
+    # the server paces tokens 1 ms apart; on a loaded machine some reads coalesce (gap 0), rarely all
+    assert max(row["itl_s"]) >= 0.0005
     measured = df.filter(~pl.col("warmup"))
     assert res.t_first_start == pytest.approx(measured["t_start"].min())
     assert res.t_last_end == pytest.approx(measured["t_end"].max())
