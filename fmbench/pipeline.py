@@ -190,10 +190,10 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
             if not by_name.get(ds.name) or not by_name[ds.name].counts.get(label):
                 continue
             seed = getattr(ds, "seed", 0)
-            common = dict(experiment=experiment.name, dataset=ds.name, bucket=label, bucket_min=lo,
-                          bucket_max=hi, requests=experiment.requests_per_level,
-                          warmup=experiment.warmup_requests, seed=seed,
-                          request_retries=experiment.request_retries)
+            common: dict[str, Any] = dict(experiment=experiment.name, dataset=ds.name, bucket=label,
+                                          bucket_min=lo, bucket_max=hi, requests=experiment.requests_per_level,
+                                          warmup=experiment.warmup_requests, seed=seed,
+                                          request_retries=experiment.request_retries)
             procs = experiment.processes or 1  # unset: execute_shard chooses from the calibration
             for c in sorted(experiment.concurrency_levels or []):
                 specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),
@@ -271,7 +271,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     load = None
     if cal is not None and result.duration_s > 0 and n:
         rate = result.achieved_rate if spec.request_rate is not None else n / result.duration_s
-        load = cal.load_fraction(rate, float(measured["chunks"].mean() or 0.0), spec.processes)
+        load = cal.load_fraction(rate, float(measured.select(pl.col("chunks").mean()).item() or 0.0), spec.processes)
     outcome = ShardOutcome(
         shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
         concurrency=_concurrency(spec), request_rate=spec.request_rate, status="ok",
