@@ -2,7 +2,8 @@
 
 Entry points: `run_shard` (sync, fresh event loop) and `run_shard_async`; a shard is described by
 `ShardSpec` and summarised by `ShardResult`, with one `fmbench.records.RequestRecord` per request
-streamed to a parquet file by `RecordWriter`.
+streamed to a parquet file by `RecordWriter`. `zeroserver.ZeroServer` is a zero-latency
+OpenAI-compatible server for measuring the client itself (`fmbench.calibration`, ``benchmarks/``).
 """
 
 from __future__ import annotations
