@@ -26,6 +26,7 @@ from fmbench.pipeline import (
     plan_shards,
 )
 from tasks.artifacts import publish_artifacts_task
+from tasks.calibration import calibrate_task
 from tasks.benchmark import (
     bucket_dataset_task,
     deploy_task,
@@ -92,6 +93,7 @@ def benchmark(
     """
     cfg = load_config_task(config, overrides, experiments, concurrency_levels, requests_per_level)
     run = open_run_task(cfg, output, run_id, command)
+    calibrate_task(run)  # this host's client ceiling, before any shard (execute_shard reads it)
 
     bucketed = {d.name: bucket_dataset_task.submit(cfg, d.name) for d in cfg.datasets}
     prompt_sets = [store_prompts_task(run, name, fut.result()) for name, fut in bucketed.items()]
