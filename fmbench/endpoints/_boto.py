@@ -202,3 +202,43 @@ class ThreadRunner:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+class BotoRuntimeClient:
+    """The lifecycle shared by the boto3-based endpoint clients: one runtime client with a
+    connection pool and a thread pool sized to the concurrency, and send stamps.
+
+    Subclasses set ``service`` (the boto3 service name) and implement ``complete``.
+    """
+
+    service = ""
+
+    def __init__(self, what: str, inference: Any, region: str | None, profile: str | None,
+                 runtime_endpoint_url: str | None) -> None:
+        self.inference = inference
+        self.region = region
+        self.profile = profile
+        self.runtime_endpoint_url = runtime_endpoint_url
+        self._client: Any = None
+        self._stamps: SendStamps | None = None
+        self._runner = ThreadRunner()
+        self._what = what
+
+    async def open(self, concurrency: int) -> None:
+        """Create the boto3 client and a thread pool for ``concurrency`` requests in flight."""
+        try:
+            session = make_session(self.region, self.profile)
+            self._client = session.client(
+                self.service,
+                region_name=self.region or session.region_name,
+                endpoint_url=self.runtime_endpoint_url,
+                config=client_config(concurrency, self.inference.timeout_s),
+            )
+        except Exception as exc:
+            raise translate_client_error(exc, self._what) from exc
+        self._stamps = SendStamps(self._client)
+        self._runner.open(concurrency)
+
+    async def close(self) -> None:
+        """Stop the thread pool."""
+        self._runner.close()

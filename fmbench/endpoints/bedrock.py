@@ -25,10 +25,7 @@ from typing import Any
 
 from fmbench.config import BedrockEndpoint, InferenceConfig
 from fmbench.endpoints._boto import (
-    SendStamps,
-    ThreadRunner,
-    client_config,
-    make_session,
+    BotoRuntimeClient,
     translate_client_error,
 )
 from fmbench.endpoints.base import Completion, Prompt
@@ -46,7 +43,7 @@ class BedrockCompletion(Completion):
     attempts: int = 1
 
 
-class BedrockClient:
+class BedrockClient(BotoRuntimeClient):
     """Sends prompts to one Bedrock model and measures each request.
 
     Args:
@@ -58,6 +55,8 @@ class BedrockClient:
         throttle_backoff_s: first backoff, doubling per retry.
     """
 
+    service = "bedrock-runtime"
+
     def __init__(
         self,
         model_id: str,
@@ -68,36 +67,10 @@ class BedrockClient:
         throttle_retries: int = 3,
         throttle_backoff_s: float = 0.5,
     ) -> None:
+        super().__init__(f"bedrock model {model_id}", inference, region, profile, runtime_endpoint_url)
         self.model_id = model_id
-        self.inference = inference
-        self.region = region
-        self.profile = profile
-        self.runtime_endpoint_url = runtime_endpoint_url
         self.throttle_retries = throttle_retries
         self.throttle_backoff_s = throttle_backoff_s
-        self._client: Any = None
-        self._stamps: SendStamps | None = None
-        self._runner = ThreadRunner()
-        self._what = f"bedrock model {model_id}"
-
-    async def open(self, concurrency: int) -> None:
-        """Create the boto3 client and a thread pool for ``concurrency`` requests in flight."""
-        try:
-            session = make_session(self.region, self.profile)
-            self._client = session.client(
-                "bedrock-runtime",
-                region_name=self.region or session.region_name,
-                endpoint_url=self.runtime_endpoint_url,
-                config=client_config(concurrency, self.inference.timeout_s),
-            )
-        except Exception as exc:
-            raise translate_client_error(exc, self._what) from exc
-        self._stamps = SendStamps(self._client)
-        self._runner.open(concurrency)
-
-    async def close(self) -> None:
-        """Stop the thread pool."""
-        self._runner.close()
 
     def request(self, prompt: Prompt) -> dict[str, Any]:
         """The Converse request parameters for ``prompt``."""

@@ -39,10 +39,7 @@ from typing import Any
 
 from fmbench.config import InferenceConfig, SageMakerEndpoint
 from fmbench.endpoints._boto import (
-    SendStamps,
-    ThreadRunner,
-    client_config,
-    make_session,
+    BotoRuntimeClient,
     translate_client_error,
 )
 from fmbench.endpoints.base import Completion, Prompt
@@ -123,7 +120,7 @@ class _LineParser:
         return "".join(out)
 
 
-class SageMakerClient:
+class SageMakerClient(BotoRuntimeClient):
     """Sends prompts to one SageMaker endpoint and measures each request.
 
     Args:
@@ -133,6 +130,8 @@ class SageMakerClient:
         region, profile: AWS access (standard chain when None).
         runtime_endpoint_url: override of the sagemaker-runtime URL (a local test server).
     """
+
+    service = "sagemaker-runtime"
 
     def __init__(
         self,
@@ -145,35 +144,9 @@ class SageMakerClient:
     ) -> None:
         if payload not in ("tgi", "messages", "completions"):
             raise EndpointError(f"sagemaker: unknown payload format {payload!r}")
+        super().__init__(f"sagemaker endpoint {endpoint_name}", inference, region, profile, runtime_endpoint_url)
         self.endpoint_name = endpoint_name
-        self.inference = inference
         self.payload = payload
-        self.region = region
-        self.profile = profile
-        self.runtime_endpoint_url = runtime_endpoint_url
-        self._client: Any = None
-        self._stamps: SendStamps | None = None
-        self._runner = ThreadRunner()
-        self._what = f"sagemaker endpoint {endpoint_name}"
-
-    async def open(self, concurrency: int) -> None:
-        """Create the boto3 client and a thread pool for ``concurrency`` requests in flight."""
-        try:
-            session = make_session(self.region, self.profile)
-            self._client = session.client(
-                "sagemaker-runtime",
-                region_name=self.region or session.region_name,
-                endpoint_url=self.runtime_endpoint_url,
-                config=client_config(concurrency, self.inference.timeout_s),
-            )
-        except Exception as exc:
-            raise translate_client_error(exc, self._what) from exc
-        self._stamps = SendStamps(self._client)
-        self._runner.open(concurrency)
-
-    async def close(self) -> None:
-        """Stop the thread pool."""
-        self._runner.close()
 
     def body(self, prompt: Prompt) -> bytes:
         """The request body for ``prompt`` in this client's payload format."""
