@@ -135,7 +135,7 @@ async def _send(client: EndpointClient, prompt: Prompt, slot: asyncio.Semaphore 
                 return await client.complete(prompt), t_before
         t_before = time.monotonic()
         return await client.complete(prompt), t_before
-    except BaseException as exc:  # noqa: BLE001 (sorted out by the caller, cancellation re-raised there)
+    except BaseException as exc:
         if not isinstance(exc, (Exception, asyncio.CancelledError)):
             raise
         raise _Failed(exc, t_before) from exc

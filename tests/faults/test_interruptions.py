@@ -14,7 +14,6 @@ from typing import Any
 
 import polars as pl
 import psutil
-import pytest
 import yaml
 
 from fmbench.endpoints.simulated.faults import FaultConfig
@@ -203,7 +202,7 @@ def test_ctrl_c_stops_cleanly_keeps_measured_shards_and_leaves_no_process(fault_
         _wait_for(lambda: len(list((run / "shards").glob("*.json"))) >= 1, proc, 240, "a shard was measured")
         time.sleep(0.3)  # the next shard is in flight
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the CLI process (its children are told by it)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -3,6 +3,7 @@ final outcome of each request is identifiable, backoff is bounded and metrics co
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import polars as pl
@@ -69,7 +70,7 @@ def test_backoff_between_attempts_is_bounded(retried: tuple[object, pl.DataFrame
     _, records, _ = retried
     rows = records.sort("request_id", "attempt").to_dicts()
     gaps = 0
-    for prev, cur in zip(rows, rows[1:]):
+    for prev, cur in itertools.pairwise(rows):
         if cur["request_id"] != prev["request_id"]:
             continue
         gap = cur["t_start"] - prev["t_end"]
