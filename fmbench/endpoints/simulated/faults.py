@@ -19,7 +19,6 @@ from typing import NoReturn
 from fmbench.config import SimulatedFaults
 
 
-
 class FaultKind(StrEnum):
     """What goes wrong with one request."""
 
