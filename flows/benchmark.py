@@ -23,10 +23,10 @@ from fmbench.pipeline import (
     failed_outcome,
     finished_shard,
     needs_endpoint,
+    not_torn_down,
     plan_shards,
 )
 from tasks.artifacts import publish_artifacts_task
-from tasks.calibration import calibrate_task
 from tasks.benchmark import (
     bucket_dataset_task,
     deploy_task,
@@ -38,6 +38,7 @@ from tasks.benchmark import (
     store_prompts_task,
     teardown_task,
 )
+from tasks.calibration import calibrate_task
 from tasks.regression import check_regressions_task
 
 
@@ -125,9 +126,7 @@ def benchmark(
                 previous = fut
         outcomes = [_outcome(spec, fut) for spec, fut in shards]
     finally:
-        for handle in deployed.values():
-            if not isinstance(handle, BaseException):
-                teardown_task.submit(cfg, handle).wait()
+        warnings += _teardown_all(cfg, deployed)
 
     finalize_task(run, cfg, outcomes, prompt_sets, warnings)
     regressions = check_regressions_task.submit(run, regression_threshold).result(raise_on_failure=False)
@@ -139,6 +138,25 @@ def benchmark(
         print(f"report: {report}")
         return Failed(message=regressions.summary())
     return report
+
+
+def _teardown_all(cfg: Any, deployed: dict[str, Any]) -> list[str]:
+    """Tear every deployed endpoint down, even when one teardown fails or a second Ctrl-C comes;
+    say which endpoints are still running (and costing money)."""
+    left, interrupt = [], None
+    for handle in deployed.values():
+        if isinstance(handle, BaseException):
+            continue
+        try:
+            teardown_task.submit(cfg, handle).result()
+        except BaseException as exc:  # noqa: BLE001 - a second Ctrl-C must not skip the others
+            interrupt = exc if isinstance(exc, KeyboardInterrupt) else interrupt
+            left.append(not_torn_down(handle, exc))
+    for message in left:
+        print(message)
+    if interrupt is not None:
+        raise interrupt
+    return left
 
 
 def _outcome(spec: Any, fut: PrefectFuture | ShardOutcome | BaseException) -> ShardOutcome:

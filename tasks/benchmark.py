@@ -31,7 +31,7 @@ def _retry_if_endpoint_down(task: Any, task_run: Any, state: Any) -> bool:
         state.result()
     except EndpointConnectionError:
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any other failure is not retried
         return False
     return False
 

@@ -87,7 +87,7 @@ def slo_cell(row: dict[str, Any]) -> str:
 
 
 #: Column headers of `metrics_table_rows` (without dataset/bucket when per bucket).
-TABLE_HEADERS = ["Experiment", "Load", "Requests", "p50 latency (s)", "p95 latency (s)", "p99 latency (s)",
+TABLE_HEADERS = ["Experiment", "Load", "Requests", "Failed", "p50 latency (s)", "p95 latency (s)", "p99 latency (s)",
                  "p95 TTFT (ms)", "p95 TPOT (ms)", "Transactions/min", "Output tokens/s", "Error rate",
                  "Cost per 10k txn", "SLO"]
 
@@ -109,6 +109,8 @@ def metrics_table_rows(metrics: pl.DataFrame, *, with_bucket: bool = True) -> li
             "Experiment": str(r.get("experiment")),
             "Load": fmt_load(r),
             "Requests": fmt_int(r.get("requests")),
+            # Latency percentiles are over successes: the failures stand beside them, never hidden.
+            "Failed": fmt_int(r.get("errors")),
             "p50 latency (s)": fmt_seconds(r.get("latency_p50_s")),
             "p95 latency (s)": fmt_seconds(r.get("latency_p95_s")),
             "p99 latency (s)": fmt_seconds(r.get("latency_p99_s")),

@@ -107,6 +107,7 @@ def test_report_table_puts_the_error_rate_beside_latencies(
     # The latencies (over successes) never stand alone: requests and error rate are in the same row.
     assert "p95 latency (s)" in keys and "Error rate" in keys and "Requests" in keys
     assert row["Requests"] == str(REQUESTS)
+    assert keys.index("Failed") < keys.index("p50 latency (s)") and row["Failed"] == str(n_fail)
     assert row["Error rate"] == fmt_pct(n_fail / REQUESTS) and row["Error rate"] != fmt_pct(0.0)
 
 
