@@ -26,6 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from fmbench import storage
 from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
+from fmbench.report._png import export_pngs
 from fmbench.report.figures import Figure, build_figures, colour_map
 from fmbench.report.run import RunData, load_run, request_sample
 from fmbench.report.tables import (
@@ -87,12 +88,9 @@ def _export_pngs(figs: list[Figure], plots_url: str) -> tuple[list[str], str | N
     with tempfile.TemporaryDirectory(prefix="fmbench-plots-") as tmp:
         paths = [Path(tmp, f"{f.stem}.png") for f in figs]
         try:
-            pio.write_images(
-                [f.figure for f in figs], paths, format="png",
-                width=[int(f.figure.layout.width or 1100) for f in figs],
-                height=[int(f.figure.layout.height or 600) for f in figs],
-            )
-        except Exception as exc:  # noqa: BLE001  kaleido raises many types (no Chrome, crash, timeout)
+            export_pngs([f.figure for f in figs], paths,
+                        [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs])
+        except (TimeoutError, RuntimeError, OSError) as exc:
             return [], f"PNG export failed ({exc.__class__.__name__}: {str(exc).strip()[:300]})"
         urls = []
         for f, p in zip(figs, paths):

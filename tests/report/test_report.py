@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +12,6 @@ import pytest
 
 from fmbench import storage
 from fmbench.report import compare_runs, load_run, metrics_table_rows, render_report, summary_markdown
-from fmbench.report import render as render_mod
 from tests.report.synth import SimExperiment, write_run
 
 FIGURES = ["latency_p95_vs_load", "ttft_p95_vs_load", "throughput_vs_load", "prompt_tokens_vs_latency",
@@ -28,10 +28,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 @pytest.fixture
 def no_png(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make kaleido's export fail, as it does on a machine without Chrome."""
-    def fail(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Kaleido requires Google Chrome to be installed")
-    monkeypatch.setattr(render_mod.pio, "write_images", fail)
+    """A machine without Chrome: kaleido's export (in its child process) finds no browser."""
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/bin")
 
 
 def test_report_files_metrics_and_pngs_are_written(rendered: tuple[Path, object]) -> None:

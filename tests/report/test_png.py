@@ -1,0 +1,26 @@
+"""PNG export runs in a child process with a deadline: a stalled browser cannot hang a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import psutil
+import pytest
+
+from fmbench.report._png import export_pngs
+
+
+def test_export_writes_pngs(tmp_path: Path) -> None:
+    out = tmp_path / "a.png"
+    export_pngs([go.Figure(go.Scatter(x=[1, 2], y=[3, 4]))], [out], [(300, 200)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_past_its_deadline_is_abandoned_and_leaves_no_process(tmp_path: Path) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(TimeoutError, match="did not finish within"):
+        export_pngs([go.Figure()], [tmp_path / "b.png"], [(300, 200)], timeout_s=0.3)
+    after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert after <= before
+    assert not (tmp_path / "b.png").exists()
