@@ -241,3 +241,21 @@ def test_bad_input_is_one_clear_line_and_exit_2(name: str, outcomes: dict[str, O
         assert o.case.expect in errors[0], errors[0]
     # Refused before anything was measured or written.
     assert not o.out_dir.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, fault_cli_env: dict[str, str]) -> None:
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(GOOD.replace("name: bad", "name: bad\nfoo: 1").format(out=tmp_path / "out"))
+    proc = subprocess.run(fmbench_argv("--debug", "validate", str(cfg)), env=fault_cli_env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+def test_validate_accepts_a_good_config(tmp_path: Path, fault_cli_env: dict[str, str]) -> None:
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(GOOD.format(out=tmp_path / "out"))
+    proc = subprocess.run(fmbench_argv("validate", str(cfg)), env=fault_cli_env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK (1 experiments, 1 datasets, 1 buckets, up to 1 shards)" in proc.stdout

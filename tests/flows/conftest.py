@@ -1,12 +1,10 @@
-"""Fixtures for flow and CLI tests: one Prefect test harness per session, and a CLI runner whose
-subprocesses share one (already migrated) Prefect home."""
+"""Fixtures for flow and CLI tests: an environment for `fmbench` subprocesses with their own
+(shared, already migrated) Prefect home."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +26,3 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def fmbench_argv(*args: str) -> list[str]:
     """The command line of `fmbench ARGS` with this interpreter."""
     return [sys.executable, "-m", "fmbench", *args]
-
-
-@pytest.fixture
-def run_cli(cli_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run `fmbench ARGS` to completion in a subprocess and capture its output."""
-
-    def run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(fmbench_argv(*args), env=cli_env, cwd=cwd or ROOT, capture_output=True,
-                              text=True, timeout=timeout, check=False)
-
-    return run
