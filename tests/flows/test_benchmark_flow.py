@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pytest
 import yaml
 
 from flows.benchmark import benchmark
 from fmbench.config import SimulatedEndpoint
 from fmbench.endpoints.simulated.process import SimulatedServerProcess
-from tests.flows.conftest import ROOT, fmbench_argv  # noqa: F401  (ROOT used for cwd)
+from tests.flows.conftest import ROOT, fmbench_argv
 
 SIM = {"provider": "simulated", "ttft_ms": 40, "tpot_ms": 5, "output_tokens": 12, "max_batch": 8}
 
