@@ -98,6 +98,7 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
                 f"run {rid} exists with a different config ({diff}); resume it with the same config "
                 "or start a new run without --run-id"
             )
+        storage.remove_orphaned_temp_files(url)  # left by a writer killed mid-write
         return run.model_copy(update={"resumed": True})
     storage.write_text(run.path("config.yml"), dump_config(cfg))
     write_manifest(run, _initial_manifest(cfg, run, command))

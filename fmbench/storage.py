@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,8 @@ def write_bytes(url: str, data: bytes) -> None:
     if not is_remote(url):
         path = Path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        # The writer's pid in the name lets a resumed run tell a killed writer's leftover from a live one.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
             with open(tmp, "wb") as fh:
                 fh.write(data)
@@ -84,6 +86,37 @@ def write_bytes(url: str, data: bytes) -> None:
         fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
     except Exception as exc:  # botocore/aiobotocore raise many types; translated here, once
         raise _storage_error(url, "write", exc) from exc
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_orphaned_temp_files(url: str) -> list[str]:
+    """Delete temporary files under a local directory whose writer process is gone; return them.
+
+    A writer killed between writing its temporary file and renaming it leaves ``.NAME.PID-XXXX.tmp``
+    behind. Nobody reads these (they are hidden and never renamed later), but a resumed run clears
+    them so the run directory holds only complete files. S3 has none: objects are put whole.
+    """
+    if is_remote(url) or not Path(url).is_dir():
+        return []
+    removed = []
+    for f in Path(url).rglob(".*.tmp"):
+        m = _TEMP_NAME.match(f.name)
+        if m and f.is_file() and not _pid_alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+            removed.append(str(f))
+    return removed
 
 
 def write_text(url: str, text: str) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -43,6 +46,23 @@ def test_local_write_leaves_no_temp_files(tmp_path: Path) -> None:
     for i in range(5):
         storage.write_text(str(tmp_path / "f.txt"), str(i))
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_orphaned_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid now names no process (reaped)
+    run = tmp_path / "run"
+    (run / "shards").mkdir(parents=True)
+    orphan = run / f".metrics.csv.{dead.pid}-0123abcd.tmp"
+    nested = run / "shards" / f".s1.json.{dead.pid}-89abcdef.tmp"
+    live = run / f".report.md.{os.getpid()}-00000000.tmp"
+    foreign = run / ".notes.tmp"  # not our naming: left alone
+    for f in (orphan, nested, live, foreign):
+        f.write_text("half")
+    storage.write_text(str(run / "metrics.csv"), "a,b\n")
+    removed = storage.remove_orphaned_temp_files(str(run))
+    assert sorted(removed) == sorted([str(orphan), str(nested)])
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == sorted([live.name, foreign.name, "metrics.csv"])
 
 
 def test_missing_file_is_a_storage_error(base: str) -> None:

@@ -1,0 +1,58 @@
+"""Run directories: creating, resuming, refusing a changed config, clearing a killed writer's leftovers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fmbench import storage
+from fmbench.config import load_config_text
+from fmbench.errors import ConfigError
+from fmbench.rundir import open_run, read_manifest
+
+CONFIG = """
+name: rd
+output: {out}
+buckets: [[1, 200]]
+datasets: [{{name: s, source: synthetic, prompts_per_bucket: 2}}]
+experiments: [{{name: e, endpoint: {{provider: simulated}}, concurrency_levels: [{c}]}}]
+"""
+
+
+def _cfg(tmp_path: Path, c: int = 1):
+    return load_config_text(CONFIG.format(out=tmp_path / "results", c=c), source="rd.yml")
+
+
+def test_new_run_writes_config_and_manifest(tmp_path: Path) -> None:
+    run = open_run(_cfg(tmp_path), run_id="a")
+    assert not run.resumed
+    assert Path(run.url) == tmp_path / "results" / "rd" / "a"
+    assert Path(run.path("config.yml")).is_file()
+    assert read_manifest(run)["run_id"] == "a"
+
+
+def test_resume_with_changed_config_names_the_difference(tmp_path: Path) -> None:
+    open_run(_cfg(tmp_path, c=1), run_id="a")
+    with pytest.raises(ConfigError, match=r"run a exists with a different config .*concurrency_levels"):
+        open_run(_cfg(tmp_path, c=2), run_id="a")
+
+
+def test_bad_run_id_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--run-id"):
+        open_run(_cfg(tmp_path), run_id="../x")
+
+
+def test_resume_clears_temp_files_of_a_killed_writer(tmp_path: Path) -> None:
+    run = open_run(_cfg(tmp_path), run_id="a")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = Path(run.url) / f".metrics.csv.{dead.pid}-0123abcd.tmp"
+    orphan.write_text("half a csv")
+    storage.write_text(run.path("metrics.parquet"), "whole")
+    resumed = open_run(_cfg(tmp_path), run_id="a")
+    assert resumed.resumed
+    assert not orphan.exists()
+    assert Path(run.path("metrics.parquet")).read_text() == "whole"
