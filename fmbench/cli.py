@@ -12,7 +12,7 @@ import logging
 import os
 import shlex
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from fmbench.errors import FMBenchError
 
@@ -87,6 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
                        overrides=args.overrides or None, command=command)
+    report = str(report)  # the flow returns the report's URL
     failed = _failed_shards(report)
     for line in failed:
         print(f"fmbench: shard failed: {line}", file=sys.stderr)

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fmbench.errors import ConfigError
 
@@ -70,7 +79,7 @@ class JsonlDataset(_DatasetBase):
     )
 
 
-DatasetConfig = Annotated[Union[SyntheticDataset, LongBenchDataset, JsonlDataset], Field(discriminator="source")]
+DatasetConfig = Annotated[SyntheticDataset | LongBenchDataset | JsonlDataset, Field(discriminator="source")]
 
 # ---------------------------------------------------------------- endpoints
 
@@ -213,7 +222,7 @@ class BedrockEndpoint(_AwsAccess):
 
 
 EndpointConfig = Annotated[
-    Union[SimulatedEndpoint, OpenAIEndpoint, SageMakerEndpoint, BedrockEndpoint], Field(discriminator="provider")
+    SimulatedEndpoint | OpenAIEndpoint | SageMakerEndpoint | BedrockEndpoint, Field(discriminator="provider")
 ]
 
 # ---------------------------------------------------------------- experiments
@@ -337,7 +346,7 @@ class BenchmarkConfig(_Model):
             if hi <= lo:
                 raise ValueError(f"bucket [{lo}, {hi}] is empty or inverted (need min < max)")
         ordered = sorted(v)
-        for (a_lo, a_hi), (b_lo, b_hi) in zip(ordered, ordered[1:]):
+        for (a_lo, a_hi), (b_lo, b_hi) in itertools.pairwise(ordered):
             if b_lo < a_hi:
                 raise ValueError(f"buckets [{a_lo}, {a_hi}] and [{b_lo}, {b_hi}] overlap")
         return ordered
@@ -562,6 +571,7 @@ def dump_config(cfg: BenchmarkConfig) -> str:
 
 
 __all__ = [
+    "BedrockEndpoint",
     "BenchmarkConfig",
     "DatasetConfig",
     "EndpointConfig",
@@ -573,15 +583,14 @@ __all__ = [
     "PricingConfig",
     "SLOConfig",
     "SageMakerEndpoint",
-    "BedrockEndpoint",
     "SecretStr",
     "SimulatedEndpoint",
     "SimulatedFaults",
     "SyntheticDataset",
     "bucket_label",
     "load_config",
-    "load_config_text",
     "load_config_source",
+    "load_config_text",
     "narrow_config",
     "parse_config",
 ]

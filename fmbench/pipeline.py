@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
@@ -190,10 +191,11 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
             if not by_name.get(ds.name) or not by_name[ds.name].counts.get(label):
                 continue
             seed = getattr(ds, "seed", 0)
-            common: dict[str, Any] = dict(experiment=experiment.name, dataset=ds.name, bucket=label,
-                                          bucket_min=lo, bucket_max=hi, requests=experiment.requests_per_level,
-                                          warmup=experiment.warmup_requests, seed=seed,
-                                          request_retries=experiment.request_retries)
+            common: dict[str, Any] = {
+                "experiment": experiment.name, "dataset": ds.name, "bucket": label, "bucket_min": lo,
+                "bucket_max": hi, "requests": experiment.requests_per_level,
+                "warmup": experiment.warmup_requests, "seed": seed, "request_retries": experiment.request_retries,
+            }
             procs = experiment.processes or 1  # unset: execute_shard chooses from the calibration
             for c in sorted(experiment.concurrency_levels or []):
                 specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),
@@ -291,7 +293,7 @@ def _picklable(*objs: Any) -> bool:
 
     try:
         pickle.dumps(objs)
-    except Exception:  # pickle raises many types
+    except Exception:  # noqa: BLE001 - pickle raises many types
         return False
     return True
 

@@ -59,12 +59,12 @@ class RunInfo(BaseModel):
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a short random suffix."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def utc_now() -> str:
     """The current UTC time, ISO 8601."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None = None,
@@ -118,7 +118,7 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str:
 
 
 def _initial_manifest(cfg: BenchmarkConfig, run: RunInfo, command: str | None) -> dict[str, Any]:
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             packages[name] = metadata.version(name)
@@ -151,7 +151,7 @@ def _initial_manifest(cfg: BenchmarkConfig, run: RunInfo, command: str | None) -
 def _safe_user() -> str | None:
     try:
         return getpass.getuser()
-    except Exception:  # no user database entry in some containers
+    except (OSError, KeyError):  # no user database entry in some containers
         return None
 
 

@@ -81,9 +81,9 @@ def write_bytes(url: str, data: bytes) -> None:
             tmp.unlink(missing_ok=True)
             raise _storage_error(url, "write", exc) from exc
         return
-    fs, path = _fs(url)
+    fs, key = _fs(url)
     try:
-        fs.pipe_file(path, data)  # one PUT: the object appears whole or not at all
+        fs.pipe_file(key, data)  # one PUT: the object appears whole or not at all
     except Exception as exc:  # botocore/aiobotocore raise many types; translated here, once
         raise _storage_error(url, "write", exc) from exc
 

@@ -7,7 +7,7 @@ provider registers a pair of functions in `_PROVIDERS`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 

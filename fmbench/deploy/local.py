@@ -32,8 +32,10 @@ def deploy_simulated(experiment: ExperimentConfig, run_id: str) -> DeployedEndpo
         server.start()
     except Exception as exc:
         raise DeploymentError(f"experiment {experiment.name!r}: the simulated endpoint did not start: {exc}") from exc
+    pid = server.pid
+    assert pid is not None  # started
     with _lock:
-        _servers[server.pid] = server
+        _servers[pid] = server
     log.info("experiment %s: simulated endpoint at %s (pid %s)", experiment.name, server.url, server.pid)
     return DeployedEndpoint(experiment=experiment.name, provider="simulated", url=server.url,
                             pid=server.pid, created=[f"process:{server.pid}"])
@@ -62,7 +64,7 @@ def _stop_all() -> None:
     for server in servers:
         try:
             server.stop()  # type: ignore[attr-defined]
-        except Exception:  # best effort at interpreter exit
+        except Exception:  # noqa: BLE001, S110 - best effort at interpreter exit
             pass
 
 
