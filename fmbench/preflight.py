@@ -1,14 +1,16 @@
 """Cheap checks run before a benchmark starts, so bad input fails in seconds with one clear line
 instead of minutes later inside the flow.
 
-Existing OpenAI-compatible endpoints get one probe request (``max_tokens: 1``, not recorded in
-any shard): a wrong model name, a refused API key or an answer that is not OpenAI-shaped is then
-reported before anything is measured.
+Endpoints that exist before the run (OpenAI-compatible servers, Bedrock models, existing SageMaker
+endpoints) get one probe request (``max_tokens: 1``, not recorded in any shard): a wrong model name
+or endpoint, refused or expired credentials, or an answer of the wrong shape is then reported
+before anything is measured.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from fmbench.config import (
     BedrockEndpoint,
@@ -26,6 +28,7 @@ from fmbench.errors import (
     EndpointError,
     EndpointHTTPError,
     EndpointProtocolError,
+    EndpointThrottled,
     EndpointTimeout,
     StorageError,
 )
@@ -55,7 +58,11 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True) -> None:
             build_dataset_prompts(cfg, ds, tokenizer)
     for e in cfg.experiments:
         if isinstance(e.endpoint, (BedrockEndpoint, SageMakerEndpoint)):
-            check_aws_credentials(e.endpoint, f"experiments[{e.name}].endpoint")
+            where = f"experiments[{e.name}].endpoint"
+            check_aws_credentials(e.endpoint, where)
+            existing = isinstance(e.endpoint, BedrockEndpoint) or bool(e.endpoint.endpoint_name)
+            if probe and existing:
+                probe_endpoint(e, None, where)
         if isinstance(e.endpoint, OpenAIEndpoint):
             where = f"experiments[{e.name}].endpoint"
             check_reachable(e.endpoint.base_url, f"{where}.base_url")
@@ -84,7 +91,9 @@ def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -
 def check_aws_credentials(endpoint: BedrockEndpoint | SageMakerEndpoint, where: str) -> None:
     """Fail when the standard AWS chain (environment, profile, SSO, role) yields no credentials.
 
-    Expired credentials are only known to AWS; they surface on the first call.
+    Credentials that carry their expiry (SSO, assumed roles, ``credential_process``,
+    ``AWS_CREDENTIAL_EXPIRATION``) are checked here, without a request; session credentials without
+    one are only known to AWS to have expired, which the probe request of an existing endpoint finds.
     """
     import botocore.exceptions
 
@@ -92,15 +101,48 @@ def check_aws_credentials(endpoint: BedrockEndpoint | SageMakerEndpoint, where: 
 
     try:
         credentials = make_session(endpoint.region, endpoint.profile).get_credentials()
+        if credentials is not None:
+            credentials.get_frozen_credentials()  # refreshes credentials that are due; raises if still expired
     except botocore.exceptions.ProfileNotFound as exc:
         raise ConfigError(f"{where}.profile: AWS profile {endpoint.profile!r} not found") from exc
+    except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError,
+            botocore.exceptions.UnauthorizedSSOTokenError) as exc:
+        raise ConfigError(f"{where}: AWS credentials expired (SSO session: {exc}); sign in again "
+                          "(aws sso login)") from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise ConfigError(f"{where}: cannot load AWS credentials: {exc}") from exc
+    except RuntimeError as exc:  # botocore: "refreshed credentials are still expired"
+        if "expired" not in str(exc):
+            raise
+        raise ConfigError(f"{where}: AWS credentials expired and could not be refreshed "
+                          f"(source: {getattr(credentials, 'method', 'unknown')}); get new credentials") from exc
     if credentials is None:
         raise ConfigError(
             f"{where}: no AWS credentials found (standard chain: environment, profile, SSO, instance role); "
             "configure credentials or set endpoint.profile"
         )
+
+
+_PROBE_ATTEMPTS = 3
+
+# AWS error codes of a refused request -> what the user should do about it.
+_AWS_HINTS = (
+    (("ExpiredToken", "RequestExpired"), ("the AWS credentials have expired: get new ones (aws sso login, or "
+     "new session credentials)")),
+    (("UnrecognizedClient", "InvalidClientTokenId", "InvalidSignature", "SignatureDoesNotMatch",
+      "IncompleteSignature"), "AWS rejected the credentials (check the access key, secret and session token)"),
+    (("AccessDenied",), ("access denied: check the IAM permissions and, for Bedrock, that access to the model is "
+     "granted in this region")),
+    (("ResourceNotFound", "could not be found", "not found"), "not found: check model_id / endpoint_name and region"),
+    (("ValidationException",), "the request was refused: check model_id / endpoint_name, region and payload"),
+)
+
+
+def _aws_hint(message: str) -> str:
+    for needles, hint in _AWS_HINTS:
+        if any(n in message for n in needles):
+            return hint
+    return ""
 
 
 def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) -> None:
@@ -118,16 +160,31 @@ def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) ->
         finally:
             await client.close()
 
+    aws = isinstance(experiment.endpoint, (BedrockEndpoint, SageMakerEndpoint))
     try:
-        asyncio.run(once())
+        for attempt in range(_PROBE_ATTEMPTS):
+            try:
+                asyncio.run(once())
+                break
+            except EndpointThrottled:
+                # Throttling is what a benchmark measures, not bad input: the endpoint exists and
+                # took the credentials. The run goes on and records it.
+                break
+            except EndpointHTTPError as exc:
+                # A server error may be passing: try again; only a server that keeps failing stops the run.
+                if (exc.status or 0) < 500 or attempt == _PROBE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
     except EndpointHTTPError as exc:
-        hint = {401: "the API key was refused (check api_key_env)",
-                403: "access denied (check the API key's permissions)",
-                404: "not found (check base_url and the model name)"}.get(exc.status or 0, "")
+        hint = _aws_hint(str(exc)) if aws else ""
+        hint = hint or {401: "the API key was refused (check api_key_env)",
+                        403: "access denied (check the API key's permissions)",
+                        404: "not found (check base_url and the model name)"}.get(exc.status or 0, "")
         raise EndpointHTTPError(f"{where}: probe request failed: {exc}{'; ' + hint if hint else ''}",
                                 exc.status) from exc
     except EndpointProtocolError as exc:
-        raise EndpointProtocolError(f"{where}: the answer is not OpenAI-compatible: {exc}") from exc
+        shape = "has an unexpected shape (check payload)" if aws else "is not OpenAI-compatible"
+        raise EndpointProtocolError(f"{where}: the answer {shape}: {exc}") from exc
     except (EndpointTimeout, EndpointConnectionError) as exc:
         raise type(exc)(f"{where}: probe request failed: {exc}") from exc
     except EndpointError as exc:

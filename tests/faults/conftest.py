@@ -80,6 +80,23 @@ async def _dropped(request: web.Request) -> web.StreamResponse:
     return web.StreamResponse()
 
 
+# The answers AWS runtime APIs (bedrock-runtime, sagemaker-runtime) give to refused requests.
+AWS_REFUSALS = {
+    "expired": (403, "ExpiredTokenException", "The security token included in the request is expired"),
+    "invalid-token": (403, "UnrecognizedClientException", "The security token included in the request is invalid."),
+    "no-model-access": (403, "AccessDeniedException",
+                        "You don't have access to the model with the specified model ID."),
+    "bad-model": (400, "ValidationException", "The provided model identifier is invalid."),
+    "no-endpoint": (400, "ValidationException", "Endpoint nosuch of account 123456789012 not found."),
+}
+
+
+async def _aws_refusal(request: web.Request) -> web.Response:
+    status, code, message = AWS_REFUSALS[request.match_info["case"]]
+    return web.json_response({"message": message}, status=status,
+                             headers={"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/"})
+
+
 async def _s3_denied(request: web.Request) -> web.Response:
     return web.Response(body=_S3_DENIED, status=403, content_type="application/xml")
 
@@ -88,11 +105,13 @@ async def _s3_denied(request: web.Request) -> web.Response:
 def odd_server() -> Iterator[str]:
     """Base URL of a server whose ``/unauth/v1`` answers 401, ``/html/v1`` answers HTML, ``/nousage/v1``
     streams answers without usage, ``/down/v1`` drops every connection, ``/flaky/v1`` too while
-    ``ODD_STATE["flaky_down"]``, and every other path is S3's 403 AccessDenied."""
+    ``ODD_STATE["flaky_down"]``, ``/aws/CASE/...`` refuses AWS runtime calls as `AWS_REFUSALS` says,
+    and every other path is S3's 403 AccessDenied."""
     app = web.Application()
     for prefix, handler in (("unauth", _unauthorized), ("html", _html), ("nousage", _no_usage),
                             ("down", _dropped), ("flaky", _dropped)):
         app.router.add_post(f"/{prefix}/v1/chat/completions", handler)
+    app.router.add_post("/aws/{case}/{tail:.*}", _aws_refusal)
     app.router.add_route("*", "/{tail:.*}", _s3_denied)
     loop = asyncio.new_event_loop()
     ready = threading.Event()

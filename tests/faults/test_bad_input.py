@@ -69,6 +69,9 @@ def _openai(url: str, model: str = "fmbench-sim") -> str:
     return GOOD.replace(SIM, f"{{{{provider: openai, base_url: '{url}', model: {model}}}}}")
 
 
+AWS_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAFMBENCHTEST", "AWS_SECRET_ACCESS_KEY": "s"}
+
+
 def _bedrock(extra: str = "") -> str:
     return GOOD.replace(SIM, "{{provider: bedrock, region: us-east-1, model_id: meta.llama3-8b-instruct-v1:0"
                         + extra + "}}")
@@ -159,6 +162,23 @@ def cases(c: Ctx) -> list[Case]:
         # ---- credentials
         Case("aws-no-credentials", "run", "no AWS credentials found", _bedrock(), category="credentials"),
         Case("aws-unknown-profile", "run", "profile 'nobody'", _bedrock(", profile: nobody"), category="credentials"),
+        Case("aws-expired-credentials", "run", "AWS credentials expired and could not be refreshed", _bedrock(),
+             env={**AWS_KEYS, "AWS_SESSION_TOKEN": "t", "AWS_CREDENTIAL_EXPIRATION": "2020-01-01T00:00:00Z"},
+             category="credentials"),
+        Case("aws-expired-token", "run", "ExpiredTokenException: The security token included in the request is "
+             "expired; the AWS credentials have expired", _bedrock(f", runtime_endpoint_url: '{c.odd_url}/aws/expired'"),
+             env={**AWS_KEYS, "AWS_SESSION_TOKEN": "t"}, category="credentials"),
+        Case("aws-invalid-credentials", "run", "AWS rejected the credentials",
+             _bedrock(f", runtime_endpoint_url: '{c.odd_url}/aws/invalid-token'"), env=AWS_KEYS, category="credentials"),
+        Case("bedrock-no-model-access", "run", "that access to the model is granted",
+             _bedrock(f", runtime_endpoint_url: '{c.odd_url}/aws/no-model-access'"), env=AWS_KEYS, category="endpoint"),
+        Case("bedrock-wrong-model", "run", "The provided model identifier is invalid.; the request was refused: "
+             "check model_id", _bedrock(f", runtime_endpoint_url: '{c.odd_url}/aws/bad-model'"), env=AWS_KEYS,
+             category="endpoint"),
+        Case("sagemaker-wrong-endpoint-name", "run", "Endpoint nosuch of account 123456789012 not found.; not found",
+             GOOD.replace(SIM, "{{provider: sagemaker, region: us-east-1, endpoint_name: nosuch, "
+                          f"runtime_endpoint_url: '{c.odd_url}/aws/no-endpoint'}}}}"), env=AWS_KEYS,
+             category="endpoint"),
         # ---- S3 output
         Case("s3-no-bucket", "run", "s3://fmbench-no-such-bucket: not found", extra=["--output", "s3://fmbench-no-such-bucket/x"],
              env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
