@@ -125,6 +125,11 @@ class SimulatedEndpoint(_Model):
     output_tokens: int = Field(default=64, ge=1, description="Tokens generated per request (capped by max_tokens).")
     chunk_tokens: int = Field(default=1, ge=1, description="Tokens per streamed chunk.")
     seed: int = Field(default=0, description="Seed of the generated text.")
+    tokenizer: str | None = Field(
+        default=None,
+        description="Counts prompt tokens for the server's usage and prefill time: a tiktoken encoding or a "
+        "tokenizer.json path. Default: the run's tokenizer, like a real server that shares the model's tokenizer.",
+    )
     faults: SimulatedFaults = Field(default_factory=SimulatedFaults, description="Injected faults (none by default).")
 
 

@@ -16,7 +16,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
-from fmbench.config import BenchmarkConfig, ExperimentConfig, bucket_label
+from fmbench.config import BenchmarkConfig, ExperimentConfig, SimulatedEndpoint, bucket_label, resolve_path
 from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
 from fmbench.errors import DatasetError, EndpointConnectionError, EndpointError, FMBenchError
 from fmbench.records import REQUEST_SCHEMA
@@ -340,8 +340,19 @@ def make_endpoint_client(experiment: ExperimentConfig, deployed: DeployedEndpoin
 
 
 def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
-    """Deploy an experiment's endpoint for this run."""
-    return deploy_endpoint(_experiment(cfg, experiment_name), run.run_id)
+    """Deploy an experiment's endpoint for this run.
+
+    A simulated server counts prompt tokens with the run's tokenizer unless its config names
+    another, so its usage (and its prefill time) agrees with the buckets the prompts were put in.
+    """
+    experiment = _experiment(cfg, experiment_name)
+    if isinstance(experiment.endpoint, SimulatedEndpoint):
+        spec = experiment.endpoint.tokenizer or cfg.tokenizer
+        if not spec.startswith("hf:") and resolve_path(cfg, spec).is_file():  # a tokenizer.json beside the config
+            spec = str(resolve_path(cfg, spec))
+        endpoint = experiment.endpoint.model_copy(update={"tokenizer": spec})
+        experiment = experiment.model_copy(update={"endpoint": endpoint})
+    return deploy_endpoint(experiment, run.run_id)
 
 
 def teardown(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:

