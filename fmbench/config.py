@@ -220,7 +220,9 @@ class BedrockEndpoint(_AwsAccess):
         default=None, description="Override of the bedrock-runtime URL (e.g. a local test server)."
     )
     throttle_retries: int = Field(
-        default=3, ge=0, le=10, description="Retries of a throttled request (bounded backoff, each attempt recorded)."
+        default=3, ge=0, le=10,
+        description="Retries of a throttled request (bounded backoff); every attempt is a record, so the report "
+        "shows how often requests were throttled. 0 measures throttling as failures.",
     )
     throttle_backoff_s: float = Field(default=0.5, gt=0, description="First backoff after throttling, doubling.")
 

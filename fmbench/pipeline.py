@@ -16,7 +16,14 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
-from fmbench.config import BenchmarkConfig, ExperimentConfig, SimulatedEndpoint, bucket_label, resolve_path
+from fmbench.config import (
+    BedrockEndpoint,
+    BenchmarkConfig,
+    ExperimentConfig,
+    SimulatedEndpoint,
+    bucket_label,
+    resolve_path,
+)
 from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
 from fmbench.errors import DatasetError, EndpointConnectionError, EndpointError, FMBenchError
 from fmbench.records import REQUEST_SCHEMA
@@ -196,6 +203,9 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
                 "bucket_max": hi, "requests": experiment.requests_per_level,
                 "warmup": experiment.warmup_requests, "seed": seed, "request_retries": experiment.request_retries,
             }
+            if isinstance(experiment.endpoint, BedrockEndpoint):
+                common["throttle_retries"] = experiment.endpoint.throttle_retries
+                common["throttle_backoff_s"] = experiment.endpoint.throttle_backoff_s
             procs = experiment.processes or 1  # unset: execute_shard chooses from the calibration
             for c in sorted(experiment.concurrency_levels or []):
                 specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),

@@ -7,20 +7,16 @@ stream's ``metadata`` event). Streaming is timed like the other clients: each
 ``contentBlockDelta`` carrying text is stamped with ``time.monotonic()`` in the worker thread as
 botocore hands it over (see `fmbench.endpoints._boto` for the thread-pool design).
 
-Throttling (``ThrottlingException``, ``ServiceQuotaExceededException``, any 429) is retried at
-most ``throttle_retries`` times with a doubling backoff from ``throttle_backoff_s`` (capped at
-``_MAX_BACKOFF_S``), and never past the request's ``timeout_s`` counted from the first attempt.
-The outcome is one record per request: after a retried success the `BedrockCompletion` says how
-many attempts it took (``attempts``) and its ``t_start`` is the first attempt's, so latency and
-TTFT include the time lost to throttling; when every attempt is throttled, `EndpointThrottled`
-is raised with ``attempts`` set and the count in its message.
+Throttling (``ThrottlingException``, ``ServiceQuotaExceededException``, any 429) raises
+`EndpointThrottled`. The client sends each request once; retrying throttled requests is the load
+engine's job (`fmbench.loadgen.retry`, ``throttle_retries`` of the experiment's Bedrock endpoint),
+so every throttled attempt is a record of its own and the request's latency counts from its
+scheduled time, including the time lost to throttling.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from fmbench.config import BedrockEndpoint, InferenceConfig
@@ -29,18 +25,9 @@ from fmbench.endpoints._boto import (
     translate_client_error,
 )
 from fmbench.endpoints.base import Completion, Prompt
-from fmbench.errors import EndpointError, EndpointProtocolError, EndpointThrottled, EndpointTimeout
+from fmbench.errors import EndpointError, EndpointProtocolError, EndpointTimeout
 
-__all__ = ["BedrockClient", "BedrockCompletion", "bedrock_client"]
-
-_MAX_BACKOFF_S = 30.0
-
-
-@dataclass(slots=True)
-class BedrockCompletion(Completion):
-    """A `Completion` plus how many attempts (throttled ones included) the request took."""
-
-    attempts: int = 1
+__all__ = ["BedrockClient", "bedrock_client"]
 
 
 class BedrockClient(BotoRuntimeClient):
@@ -51,8 +38,6 @@ class BedrockClient(BotoRuntimeClient):
         inference: generation parameters, streaming flag and per-request timeout.
         region, profile: AWS access (standard chain when None).
         runtime_endpoint_url: override of the bedrock-runtime URL (a local test server).
-        throttle_retries: retries of a throttled request.
-        throttle_backoff_s: first backoff, doubling per retry.
     """
 
     service = "bedrock-runtime"
@@ -64,13 +49,9 @@ class BedrockClient(BotoRuntimeClient):
         region: str | None = None,
         profile: str | None = None,
         runtime_endpoint_url: str | None = None,
-        throttle_retries: int = 3,
-        throttle_backoff_s: float = 0.5,
     ) -> None:
         super().__init__(f"bedrock model {model_id}", inference, region, profile, runtime_endpoint_url)
         self.model_id = model_id
-        self.throttle_retries = throttle_retries
-        self.throttle_backoff_s = throttle_backoff_s
 
     def request(self, prompt: Prompt) -> dict[str, Any]:
         """The Converse request parameters for ``prompt``."""
@@ -87,53 +68,25 @@ class BedrockClient(BotoRuntimeClient):
             params["additionalModelRequestFields"] = dict(inf.extra_body)
         return params
 
-    async def complete(self, prompt: Prompt) -> BedrockCompletion:
-        """Send one request (retrying throttling within bounds) and measure it.
+    async def complete(self, prompt: Prompt) -> Completion:
+        """Send one request and measure it.
 
         Raises:
-            EndpointThrottled: every attempt was throttled (``attempts`` attribute set).
+            EndpointThrottled: the request was throttled (the engine may retry it).
             EndpointHTTPError, EndpointTimeout, EndpointConnectionError, EndpointProtocolError:
-                the first non-throttling failure, not retried.
+                any other failure.
         """
         if self._client is None:
             raise EndpointError("bedrock client used before open()")
         params = self.request(prompt)
         call = self._stream if self.inference.stream else self._converse
-        t_first_start = time.monotonic()
-        deadline = t_first_start + self.inference.timeout_s
-        backoff = self.throttle_backoff_s
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                result: BedrockCompletion = await self._runner.run(call, params, deadline)
-            except EndpointThrottled as exc:
-                wait = min(backoff, _MAX_BACKOFF_S)
-                retry_after = exc.retry_after_s
-                if retry_after is not None:
-                    wait = max(wait, min(retry_after, _MAX_BACKOFF_S))
-                out_of_time = time.monotonic() + wait >= deadline
-                if attempt > self.throttle_retries or out_of_time:
-                    why = "retries exhausted" if attempt > self.throttle_retries else "no time left for a retry"
-                    final = EndpointThrottled(f"{exc} (throttled on all {attempt} attempts; {why})", status=exc.status)
-                    final.attempts = attempt  # type: ignore[attr-defined]
-                    raise final from exc
-                await asyncio.sleep(wait)
-                backoff *= 2
-                continue
-            except EndpointError as exc:
-                if attempt > 1:  # say that throttled attempts came first
-                    exc.args = (f"{exc} (attempt {attempt}, after {attempt - 1} throttled)",)
-                exc.attempts = attempt  # type: ignore[attr-defined]
-                raise
-            result.attempts = attempt
-            if attempt > 1:  # latency counts from the first attempt
-                result.t_start = t_first_start
-            return result
+        deadline = time.monotonic() + self.inference.timeout_s
+        result: Completion = await self._runner.run(call, params, deadline)
+        return result
 
     # Both run in a worker thread.
 
-    def _converse(self, params: dict[str, Any], deadline: float) -> BedrockCompletion:
+    def _converse(self, params: dict[str, Any], deadline: float) -> Completion:
         assert self._stamps is not None
         self._stamps.reset()
         t_call = time.monotonic()
@@ -148,12 +101,12 @@ class BedrockClient(BotoRuntimeClient):
             raise translate_client_error(exc, self._what) from exc
         if not text:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
-        return BedrockCompletion(
+        return Completion(
             t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=text,
             input_tokens=usage.get("inputTokens"), output_tokens=usage.get("outputTokens"), http_status=200,
         )
 
-    def _stream(self, params: dict[str, Any], deadline: float) -> BedrockCompletion:
+    def _stream(self, params: dict[str, Any], deadline: float) -> Completion:
         chunk_times: list[float] = []
         pieces: list[str] = []
         usage: dict[str, Any] = {}
@@ -189,7 +142,7 @@ class BedrockClient(BotoRuntimeClient):
             raise EndpointProtocolError(f"{self._what}: stream ended before messageStop")
         if not chunk_times:
             raise EndpointProtocolError(f"{self._what}: stream carried no output text")
-        return BedrockCompletion(
+        return Completion(
             t_start=t_start, t_end=t_end, t_first_token=chunk_times[0], chunk_times=chunk_times,
             text="".join(pieces), input_tokens=usage.get("inputTokens"), output_tokens=usage.get("outputTokens"),
             http_status=200,
@@ -210,6 +163,4 @@ def bedrock_client(endpoint: BedrockEndpoint, inference: InferenceConfig, url: s
         region=endpoint.region,
         profile=endpoint.profile,
         runtime_endpoint_url=url or endpoint.runtime_endpoint_url,
-        throttle_retries=endpoint.throttle_retries,
-        throttle_backoff_s=endpoint.throttle_backoff_s,
     )

@@ -151,10 +151,11 @@ class _Shard:
         self, client: EndpointClient, i: int, t_sched: float | None, slot: asyncio.Semaphore | None = None
     ) -> None:
         """Send request ``i`` and record it, whatever happens."""
-        if self.spec.request_retries:  # each attempt recorded, see fmbench.loadgen.retry
+        if self.spec.request_retries or self.spec.throttle_retries:  # each attempt recorded, see loadgen.retry
             from fmbench.loadgen.retry import run_with_retries
 
-            return await run_with_retries(self, client, i, t_sched, slot, self.spec.request_retries)
+            return await run_with_retries(self, client, i, t_sched, slot, self.spec.request_retries,
+                                          self.spec.throttle_retries, self.spec.throttle_backoff_s)
         prompt = self.prompts[i % len(self.prompts)]
         rec = self._base(i, prompt)
         t_before: float | None = None  # the engine's own stamp, for requests that fail

@@ -19,6 +19,13 @@ How attempts are recorded and counted:
 
 Backoff before attempt ``k + 1``: ``min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2 ** (k - 1))``, raised to
 a throttled answer's ``Retry-After`` but never past ``MAX_BACKOFF_S``.
+
+Throttling has a budget of its own, ``throttle_retries`` (the Bedrock endpoint's, 3 by default,
+because a throttled request is what a Bedrock user's SDK retries too): a throttled attempt is
+retried from that budget first, after ``throttle_backoff_s`` doubling per throttled attempt (capped
+at ``MAX_THROTTLE_BACKOFF_S``, raised to ``Retry-After``); other retryable failures, and throttling
+once that budget is spent, use ``request_retries``. The ``attempts`` metric and the error counts
+show how often requests were throttled.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ if TYPE_CHECKING:
     from fmbench.loadgen.engine import _Shard
     from fmbench.records import RequestRecord
 
-__all__ = ["BASE_BACKOFF_S", "MAX_BACKOFF_S", "RETRYABLE_KINDS", "backoff_s", "final_attempts", "run_with_retries"]
+__all__ = ["BASE_BACKOFF_S", "MAX_BACKOFF_S", "MAX_THROTTLE_BACKOFF_S", "RETRYABLE_KINDS", "backoff_s",
+           "final_attempts", "run_with_retries", "throttle_backoff_s"]
 
 #: Error kinds worth another attempt (a client_error would fail the same way; cancelled means stop).
 RETRYABLE_KINDS = frozenset({"timeout", "throttled", "server_error", "connection", "protocol"})
@@ -44,6 +52,8 @@ RETRYABLE_KINDS = frozenset({"timeout", "throttled", "server_error", "connection
 BASE_BACKOFF_S = 0.05
 #: No backoff is longer than this, whatever the attempt or the server's Retry-After.
 MAX_BACKOFF_S = 2.0
+#: No backoff after throttling is longer than this.
+MAX_THROTTLE_BACKOFF_S = 30.0
 
 
 def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
@@ -52,6 +62,14 @@ def backoff_s(attempt: int, retry_after_s: float | None = None) -> float:
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)
     return min(MAX_BACKOFF_S, delay)
+
+
+def throttle_backoff_s(throttled: int, first_s: float, retry_after_s: float | None = None) -> float:
+    """Seconds to wait after the ``throttled``-th throttled attempt (1-based) of a request."""
+    delay = first_s * 2 ** max(0, throttled - 1)
+    if retry_after_s is not None:
+        delay = max(delay, retry_after_s)
+    return min(MAX_THROTTLE_BACKOFF_S, delay)
 
 
 def final_attempts(records: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -68,15 +86,19 @@ async def run_with_retries(
     t_sched: float | None,
     slot: asyncio.Semaphore | None,
     retries: int,
+    throttle_retries: int = 0,
+    throttle_first_backoff_s: float = 0.5,
 ) -> None:
-    """Send request ``i`` up to ``retries + 1`` times and record every attempt (engine callback).
+    """Send request ``i`` up to ``retries + throttle_retries + 1`` times and record every attempt
+    (engine callback).
 
     The final attempt goes through the shard's own ``_ok``/``_fail`` (so the shard's statistics
     see one outcome per request); earlier failed attempts are written to the records only.
     """
     prompt = shard.prompts[i % len(shard.prompts)]
     sched = t_sched  # closed loop: fixed at the first attempt's start
-    for attempt in range(1, retries + 2):
+    throttled = general = 0  # retries spent from each budget
+    for attempt in range(1, retries + throttle_retries + 2):
         rec = shard._base(i, prompt)
         rec.attempt = attempt
         t_before: float | None = None
@@ -94,10 +116,18 @@ async def run_with_retries(
                 kind, message, status = exc.kind, str(exc), getattr(exc, "status", None)
             else:
                 kind, message, status = "protocol", f"unexpected {type(exc).__name__}: {exc}", None
-            if attempt <= retries and kind in RETRYABLE_KINDS:
+            retry_after = getattr(exc, "retry_after_s", None)
+            delay: float | None = None
+            if kind == "throttled" and throttled < throttle_retries:
+                throttled += 1
+                delay = throttle_backoff_s(throttled, throttle_first_backoff_s, retry_after)
+            elif general < retries and kind in RETRYABLE_KINDS:
+                general += 1
+                delay = backoff_s(general, retry_after)
+            if delay is not None:
                 _record_attempt(shard, rec, prompt, sched, t_before, kind, message, status)
                 try:
-                    await asyncio.sleep(backoff_s(attempt, getattr(exc, "retry_after_s", None)))
+                    await asyncio.sleep(delay)
                 except asyncio.CancelledError:
                     rec = shard._base(i, prompt)
                     rec.attempt = attempt + 1

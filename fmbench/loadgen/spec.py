@@ -70,6 +70,13 @@ class ShardSpec(BaseModel):
         description="Retries of a failed request (retryable kinds only, bounded backoff); every attempt "
         "is a record, see fmbench.loadgen.retry.",
     )
+    throttle_retries: int = Field(
+        default=0,
+        ge=0,
+        description="Retries of a throttled request on top of request_retries (Bedrock's throttle_retries), "
+        "backing off from throttle_backoff_s; every attempt is a record.",
+    )
+    throttle_backoff_s: float = Field(default=0.5, gt=0, description="First backoff after throttling, doubling.")
 
     processes: int = Field(
         default=1,

@@ -200,17 +200,33 @@ METRIC_COLUMNS: list[str] = [
 def error_counts(requests: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """Failed measured requests counted by error kind per shard, with one example message.
 
+    ``count`` counts requests whose final outcome is that error; ``retried`` counts failed attempts
+    of that kind that were retried (``request_retries``, Bedrock's ``throttle_retries``), whatever
+    the request's outcome, so throttling that retries absorbed still shows.
+
     Returns:
-        Columns experiment, dataset, bucket, concurrency, request_rate, error_kind, count, example;
-        sorted by shard, then by count descending.
+        Columns experiment, dataset, bucket, concurrency, request_rate, error_kind, count, retried,
+        example; sorted by shard, then by count descending.
     """
-    lf = _measured(requests).filter(~pl.col("ok").fill_null(False))
+    lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
+    names = lf.collect_schema().names()
     keys = ["experiment", "dataset", "bucket", "concurrency", "request_rate"]
+    cols = [*keys, "warmup", "ok", "error_kind", "error"]
+    if "attempt" in names and "request_id" in names:
+        attempt = pl.col("attempt").fill_null(1)
+        final = attempt == attempt.max().over(["shard_id", "request_id"])
+        lf = lf.select([*cols, "shard_id", "request_id", "attempt"]).with_columns(_final=final)
+    else:
+        lf = lf.select(cols).with_columns(_final=pl.lit(True))
     return (
-        lf.with_columns(pl.col("error_kind").fill_null("unknown"))
+        lf.filter(~pl.col("warmup").fill_null(False) & ~pl.col("ok").fill_null(False))
+        .with_columns(pl.col("error_kind").fill_null("unknown"))
         .group_by([*keys, "error_kind"])
-        .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("error").drop_nulls().first().alias("example"))
-        .sort([*keys, "count", "error_kind"], descending=[False] * len(keys) + [True, False], nulls_last=True)
+        .agg(pl.col("_final").sum().cast(pl.Int64).alias("count"),
+             (~pl.col("_final")).sum().cast(pl.Int64).alias("retried"),
+             pl.col("error").drop_nulls().first().alias("example"))
+        .sort([*keys, "count", "retried", "error_kind"], descending=[False] * len(keys) + [True, True, False],
+              nulls_last=True)
         .collect()
     )
 

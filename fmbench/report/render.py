@@ -215,9 +215,16 @@ def _bucket_sections(metrics: pl.DataFrame) -> list[dict[str, Any]]:
 def _error_rows(errors: pl.DataFrame | None) -> list[dict[str, str]]:
     if errors is None:
         return []
-    return [{"Experiment": r["experiment"], "Dataset": r["dataset"], "Bucket": r["bucket"], "Load": fmt_load(r),
-             "Error kind": r["error_kind"], "Count": fmt_int(r["count"]), "Example": (r.get("example") or "")[:160]}
-            for r in errors.iter_rows(named=True)]
+    retries = "retried" in errors.columns and bool(errors["retried"].sum())
+    rows = []
+    for r in errors.iter_rows(named=True):
+        row = {"Experiment": r["experiment"], "Dataset": r["dataset"], "Bucket": r["bucket"], "Load": fmt_load(r),
+               "Error kind": r["error_kind"], "Failed requests": fmt_int(r["count"])}
+        if retries:  # attempts that failed and were sent again (throttling absorbed by retries shows here)
+            row["Retried attempts"] = fmt_int(r["retried"])
+        row["Example"] = (r.get("example") or "")[:160]
+        rows.append(row)
+    return rows
 
 
 def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | None]:

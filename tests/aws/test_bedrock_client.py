@@ -14,8 +14,8 @@ import pytest
 
 from fmbench.config import BedrockEndpoint, InferenceConfig
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Prompt
-from fmbench.endpoints.bedrock import BedrockClient, BedrockCompletion
+from fmbench.endpoints.base import Completion, Prompt
+from fmbench.endpoints.bedrock import BedrockClient
 from fmbench.endpoints.simulated.faults import FaultConfig
 from fmbench.errors import (
     EndpointConnectionError,
@@ -36,14 +36,12 @@ MODEL_IDS = [
 ]
 
 
-def _client(url: str, model_id: str = MODEL_IDS[0], retries: int = 3, backoff: float = 0.01,
-            **inference: Any) -> BedrockClient:
-    return BedrockClient(model_id, InferenceConfig(**inference), runtime_endpoint_url=url,
-                         throttle_retries=retries, throttle_backoff_s=backoff)
+def _client(url: str, model_id: str = MODEL_IDS[0], **inference: Any) -> BedrockClient:
+    return BedrockClient(model_id, InferenceConfig(**inference), runtime_endpoint_url=url)
 
 
-def _run(client: BedrockClient, n: int = 1) -> list[BedrockCompletion]:
-    async def go() -> list[BedrockCompletion]:
+def _run(client: BedrockClient, n: int = 1) -> list[Completion]:
+    async def go() -> list[Completion]:
         await client.open(1)
         try:
             return [await client.complete(PROMPT) for _ in range(n)]
@@ -58,7 +56,7 @@ def test_converse_reports_text_and_usage(sim_url: str, stream: bool) -> None:
     (c,) = _run(_client(sim_url, stream=stream, max_tokens=9))
     assert len(c.text.split()) == 9
     assert c.output_tokens == 9 and c.input_tokens is not None and c.input_tokens > 0
-    assert c.attempts == 1 and c.http_status == 200
+    assert c.http_status == 200
     if stream:
         assert len(c.chunk_times) == 9 and c.t_first_token == c.chunk_times[0]
     else:
@@ -91,43 +89,23 @@ def test_converse_stream_ttft_and_tpot_match_the_model_at_concurrency_1(sim_url:
     assert abs(tpot - model_tpot) <= 0.02 * model_tpot + 0.002, f"TPOT {tpot * 1000:.2f} ms"
 
 
-def test_throttling_retried_then_raised_with_attempt_count(sim_thread: Any) -> None:
+def test_a_throttled_request_raises_at_once_the_client_never_retries(sim_thread: Any) -> None:
     url = sim_thread(faults=FaultConfig(throttle_rate=1.0))
     t0 = time.monotonic()
     with pytest.raises(EndpointThrottled) as info:
-        _run(_client(url, retries=2, backoff=0.02))
-    elapsed = time.monotonic() - t0
-    assert info.value.attempts == 3  # type: ignore[attr-defined]
-    assert "all 3 attempts" in str(info.value) and "ThrottlingException" in str(info.value)
+        _run(_client(url))
+    assert time.monotonic() - t0 < 1.0  # no backoff inside the client: retries are the engine's
+    assert "ThrottlingException" in str(info.value)
     assert info.value.kind == "throttled" and info.value.status == 429
-    assert 0.02 + 0.04 <= elapsed < 3  # both backoffs were waited, nothing more
 
 
-def test_throttled_then_successful_requests_count_their_attempts(sim_thread: Any) -> None:
-    url = sim_thread(faults=FaultConfig(throttle_rate=0.5, seed=11))
-    done = _run(_client(url, retries=10, backoff=0.005, max_tokens=3), n=12)
-    attempts = [c.attempts for c in done]
-    assert all(c.output_tokens == 3 for c in done)
-    assert max(attempts) > 1 and min(attempts) == 1
-    for c in done:
-        if c.attempts > 1:  # latency counts from the first attempt: at least the backoffs
-            assert c.t_end - c.t_start >= 0.005
+def test_throttle_backoff_doubles_honours_retry_after_and_is_capped() -> None:
+    from fmbench.loadgen.retry import MAX_THROTTLE_BACKOFF_S, throttle_backoff_s
 
-
-def test_retries_never_outlast_the_request_timeout(sim_thread: Any) -> None:
-    url = sim_thread(faults=FaultConfig(throttle_rate=1.0))
-    t0 = time.monotonic()
-    with pytest.raises(EndpointThrottled) as info:
-        _run(_client(url, retries=10, backoff=0.4, timeout_s=1.0))
-    assert time.monotonic() - t0 < 3  # far less than 10 retries with doubling backoff
-    assert "no time left" in str(info.value) and info.value.attempts < 4  # type: ignore[attr-defined]
-
-
-def test_zero_retries_raise_on_the_first_throttle(sim_thread: Any) -> None:
-    url = sim_thread(faults=FaultConfig(throttle_rate=1.0))
-    with pytest.raises(EndpointThrottled) as info:
-        _run(_client(url, retries=0))
-    assert info.value.attempts == 1  # type: ignore[attr-defined]
+    assert [throttle_backoff_s(n, 0.5) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert throttle_backoff_s(1, 0.5, retry_after_s=4.0) == 4.0
+    assert throttle_backoff_s(20, 0.5) == MAX_THROTTLE_BACKOFF_S
+    assert throttle_backoff_s(1, 0.5, retry_after_s=600) == MAX_THROTTLE_BACKOFF_S
 
 
 @pytest.mark.parametrize(
@@ -158,50 +136,68 @@ def test_hung_request_times_out(sim_thread: Any) -> None:
         _run(_client(url, timeout_s=0.5))
 
 
-def test_throttled_requests_are_recorded_by_the_engine(sim_thread: Any, tmp_path: Path) -> None:
+def _shard(url: str, tmp_path: Path, requests: int = 40, concurrency: int = 4, **endpoint: Any) -> pl.DataFrame:
+    """Run one shard through the engine as a Bedrock experiment does (throttle budget from the endpoint)."""
     from fmbench.loadgen import run_shard
     from fmbench.loadgen.spec import ShardSpec
 
-    url = sim_thread(faults=FaultConfig(throttle_rate=0.5, seed=5))
-    endpoint = BedrockEndpoint(provider="bedrock", model_id=MODEL_IDS[1], runtime_endpoint_url=url,
-                               throttle_retries=1, throttle_backoff_s=0.01)
-    client = make_client(endpoint, InferenceConfig(max_tokens=4))
+    cfg = BedrockEndpoint(provider="bedrock", model_id=MODEL_IDS[1], runtime_endpoint_url=url, **endpoint)
+    client = make_client(cfg, InferenceConfig(max_tokens=4))
     spec = ShardSpec(shard_id="b1", experiment="br", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
-                     concurrency=4, requests=40)
-    t0 = time.monotonic()
+                     concurrency=concurrency, requests=requests, throttle_retries=cfg.throttle_retries,
+                     throttle_backoff_s=cfg.throttle_backoff_s)
     run_shard(client, [PROMPT], spec, tmp_path / "b1.parquet", lambda text: len(text.split()))
+    return pl.read_parquet(tmp_path / "b1.parquet")
+
+
+def test_every_throttled_attempt_is_a_record_and_the_final_one_is_the_outcome(sim_thread: Any,
+                                                                              tmp_path: Path) -> None:
+    from fmbench.loadgen.retry import final_attempts
+    from fmbench.metrics import error_counts, summarize
+
+    url = sim_thread(faults=FaultConfig(throttle_rate=0.5, seed=5))
+    t0 = time.monotonic()
+    records = _shard(url, tmp_path, throttle_retries=1, throttle_backoff_s=0.01)
     assert time.monotonic() - t0 < 20  # bounded retries: no request waits on throttling for long
-    records = pl.read_parquet(tmp_path / "b1.parquet")
-    assert records.height == 40
-    throttled = records.filter(pl.col("error_kind") == "throttled")
-    ok = records.filter(pl.col("ok"))
+    final = final_attempts(records).collect()
+    assert final.height == 40 and final["request_id"].n_unique() == 40
+    earlier = records.join(final.select("request_id", "attempt"), on=["request_id", "attempt"], how="anti")
+    # every retried attempt was throttled, and each request got at most one retry
+    assert earlier.height > 0 and set(earlier["error_kind"].to_list()) == {"throttled"}
+    assert records["attempt"].max() == 2 and records.height == 40 + earlier.height
     # with one retry at 50 %, about a quarter fail after two throttled attempts
-    assert 2 <= throttled.height <= 20 and ok.height + throttled.height == 40
-    assert set(ok["usage_source"].to_list()) == {"server"}
-    assert all("2 attempts" in e for e in throttled["error"].to_list())
+    failed = final.filter(~pl.col("ok"))
+    assert set(failed["error_kind"].to_list()) <= {"throttled"} and 2 <= failed.height <= 20
+    assert set(final.filter(pl.col("ok"))["usage_source"].to_list()) == {"server"}
+    # a request that succeeded after being throttled counts its latency from its scheduled time
+    retried_ok = final.filter(pl.col("ok") & (pl.col("attempt") == 2))
+    assert retried_ok.height > 0 and (retried_ok["t_start"] - retried_ok["t_scheduled"] >= 0.01).all()
+    # the metrics count requests once and attempts all; the error table shows the throttling
+    (row,) = summarize(records.lazy(), None).to_dicts()
+    assert row["requests"] == 40 and row["attempts"] == records.height
+    assert row["errors"] == failed.height
+    (errs,) = error_counts(records).to_dicts()
+    assert errs["error_kind"] == "throttled" and errs["count"] == failed.height
+    assert errs["retried"] == earlier.height
 
 
-def test_an_error_after_throttled_attempts_says_so(sim_thread: Any) -> None:
+def test_zero_throttle_retries_measure_throttling_as_failures(sim_thread: Any, tmp_path: Path) -> None:
+    url = sim_thread(faults=FaultConfig(throttle_rate=1.0))
+    records = _shard(url, tmp_path, requests=6, concurrency=2, throttle_retries=0)
+    assert records.height == 6 and (records["attempt"] == 1).all()
+    assert set(records["error_kind"].to_list()) == {"throttled"}
+
+
+def test_other_errors_are_not_retried_from_the_throttle_budget(sim_thread: Any, tmp_path: Path) -> None:
     url = sim_thread(faults=FaultConfig(throttle_rate=0.5, http_500_rate=0.5, seed=2))
-    client = _client(url, retries=10, backoff=0.002)
+    records = _shard(url, tmp_path, requests=8, concurrency=2, throttle_retries=10, throttle_backoff_s=0.002)
+    from fmbench.loadgen.retry import final_attempts
 
-    async def go() -> list[BaseException]:
-        await client.open(1)
-        errors: list[BaseException] = []
-        try:
-            for _ in range(8):
-                try:
-                    await client.complete(PROMPT)
-                except EndpointHTTPError as exc:
-                    errors.append(exc)
-        finally:
-            await client.close()
-        return errors
-
-    errors = asyncio.run(go())
-    assert len(errors) == 8 and all(type(e) is EndpointHTTPError and e.status == 500 for e in errors)
-    retried = [e for e in errors if e.attempts > 1]  # type: ignore[attr-defined]
-    assert retried and all(f"after {e.attempts - 1} throttled" in str(e) for e in retried)  # type: ignore[attr-defined]
+    final = final_attempts(records).collect()
+    assert final.height == 8
+    assert set(final["error_kind"].to_list()) == {"server_error"} and (final["http_status"] == 500).all()
+    earlier = records.filter(pl.col("attempt") < pl.col("attempt").max().over("request_id"))
+    assert earlier.height > 0 and set(earlier["error_kind"].to_list()) == {"throttled"}
 
 
 @pytest.mark.parametrize(
@@ -214,6 +210,6 @@ def test_an_error_after_throttled_attempts_says_so(sim_thread: Any) -> None:
 def test_exception_events_mid_stream(sim_thread: Any, faults: FaultConfig, error: type, kind: str) -> None:
     url = sim_thread(faults=faults, midstream_errors=True)
     with pytest.raises(error) as info:
-        _run(_client(url, retries=1, backoff=0.001))
+        _run(_client(url))
     assert type(info.value) is error and info.value.kind == kind
     assert "Exception" in str(info.value)

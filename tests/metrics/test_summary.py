@@ -218,6 +218,22 @@ def test_error_counts_by_kind_per_shard() -> None:
     e = error_counts(records_frame(records))
     assert e.select("error_kind", "count").rows() == [("throttled", 2), ("timeout", 1)]
     assert e["example"][0].startswith("throttled #")
+    assert e["retried"].to_list() == [0, 0]
+
+
+def test_error_counts_show_retried_attempts_apart_from_final_failures() -> None:
+    # request 0: throttled twice, then ok; request 1: throttled, then failed with a timeout
+    attempts = [(0, 1, False, "throttled"), (0, 2, False, "throttled"), (0, 3, True, None),
+                (1, 1, False, "throttled"), (1, 2, False, "timeout")]
+    records = []
+    for i, attempt, ok, kind in attempts:
+        r = rec(i, float(attempt), 1.0 if ok else None, ok=ok, kind=kind)
+        r.attempt = attempt
+        records.append(r)
+    e = error_counts(records_frame(records))
+    assert e.select("error_kind", "count", "retried").rows() == [("timeout", 1, 0), ("throttled", 0, 3)]
+    m = summarize(records_frame(records), make_cfg())
+    assert (m["requests"][0], m["errors"][0], m["attempts"][0]) == (2, 1, 5)
 
 
 def test_benchmark_cost_counts_shard_time_and_every_token() -> None:
