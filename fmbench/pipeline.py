@@ -267,7 +267,10 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
              spec.processes)
     started_at = utc_now()
-    result = run_shard(client, prompts, spec, local, tokenizer.count)
+    def progress(done: int, total: int, errors: int) -> None:
+        log.info("shard %s: %d/%d requests done, %d errors so far", spec.shard_id, done, total, errors)
+
+    result = run_shard(client, prompts, spec, local, tokenizer.count, progress)
     ended_at = utc_now()
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
     measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()

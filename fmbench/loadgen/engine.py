@@ -45,6 +45,11 @@ from fmbench.records import RequestRecord
 
 _SPIN_S = 0.0012  # pacer: stop sleeping this long before a due time, then yield-spin
 _LEAD_S = 0.005  # open loop: the first arrival is due this long after the schedule is set up
+PROGRESS_EVERY_S = 10.0  # how often a running shard reports its requests done
+
+#: ``progress(done, total, errors)``: requests recorded so far (warm-ups included), the shard's
+#: total, and measured requests that failed. Called every `PROGRESS_EVERY_S` while a shard runs.
+Progress = Callable[[int, int, int], None]
 
 __all__ = ["run_shard", "run_shard_async"]
 
@@ -364,6 +369,14 @@ async def _open_loop(
     await _run_all(list(tasks))
 
 
+async def report_progress(shard: _Shard, report: Callable[[int, int], None], every_s: float) -> None:
+    """Call ``report(done, errors)`` every ``every_s`` seconds until cancelled (one wake-up per call)."""
+    while True:
+        await asyncio.sleep(every_s)
+        st = shard.stats
+        report(st.measured + st.warm, st.errors)
+
+
 async def _run_all(tasks: list[asyncio.Task[None]], cancelled: bool = False) -> None:
     """Wait for tasks; on cancellation cancel them all and let each record itself as cancelled."""
     try:
@@ -383,6 +396,7 @@ async def run_shard_async(
     spec: ShardSpec,
     out_path: str | Path,
     count_tokens: Callable[[str], int],
+    progress: Progress | None = None,
 ) -> ShardResult:
     """Run one shard: open the client, offer the load, record every request, close the client.
 
@@ -394,6 +408,7 @@ async def run_shard_async(
         out_path: local parquet path for the records; it appears only when the shard completes.
         count_tokens: counts output tokens when the server reports no usage (input tokens then
             come from ``Prompt.input_tokens``, already counted with the run's tokenizer).
+        progress: called every `PROGRESS_EVERY_S` with the requests done so far (see `Progress`).
 
     Returns:
         The shard's summary; per-request detail is in ``out_path``.
@@ -408,16 +423,22 @@ async def run_shard_async(
     if not prompts:
         raise DatasetError(f"shard {spec.shard_id}: no prompts to send")
     if spec.processes > 1:  # the processes are driven from a thread; this loop stays free
-        return await _run_processes(client, prompts, spec, out_path, count_tokens)
+        return await _run_processes(client, prompts, spec, out_path, count_tokens, progress)
     writer = RecordWriter(out_path)
     shard = _Shard(spec, prompts, writer, count_tokens)
     cpu0 = time.process_time()
+    reporter = None
+    if progress is not None:
+        reporter = asyncio.ensure_future(report_progress(
+            shard, lambda done, errors: progress(done, shard.total, errors), PROGRESS_EVERY_S))
     try:
         await client.open(shard.concurrency)
         try:
             await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
         finally:
             await client.close()
+            if reporter is not None:
+                reporter.cancel()
     except BaseException:
         writer.abort()
         raise
@@ -432,6 +453,7 @@ async def _run_processes(
     spec: ShardSpec,
     out_path: str | Path,
     count_tokens: Callable[[str], int],
+    progress: Progress | None = None,
 ) -> ShardResult:
     """The multi-process mode, driven from a thread; cancelling this stops the child processes."""
     import threading
@@ -440,7 +462,7 @@ async def _run_processes(
 
     stop = threading.Event()
     job = asyncio.ensure_future(
-        asyncio.to_thread(run_shard_processes, client, prompts, spec, out_path, count_tokens, stop)
+        asyncio.to_thread(run_shard_processes, client, prompts, spec, out_path, count_tokens, stop, progress)
     )
     try:
         return await asyncio.shield(job)
@@ -456,6 +478,7 @@ def run_shard(
     spec: ShardSpec,
     out_path: str | Path,
     count_tokens: Callable[[str], int],
+    progress: Progress | None = None,
 ) -> ShardResult:
     """Run one shard in a fresh event loop (callable from any thread); see `run_shard_async`."""
     if spec.processes > 1:
@@ -463,5 +486,5 @@ def run_shard(
             raise DatasetError(f"shard {spec.shard_id}: no prompts to send")
         from fmbench.loadgen.multiproc import run_shard_processes
 
-        return run_shard_processes(client, prompts, spec, out_path, count_tokens)
-    return asyncio.run(run_shard_async(client, prompts, spec, out_path, count_tokens))
+        return run_shard_processes(client, prompts, spec, out_path, count_tokens, progress=progress)
+    return asyncio.run(run_shard_async(client, prompts, spec, out_path, count_tokens, progress))

@@ -31,7 +31,16 @@ import pyarrow.parquet as pq
 
 from fmbench.endpoints.base import EndpointClient, Prompt
 from fmbench.errors import ConfigError, FMBenchError, StorageError
-from fmbench.loadgen.engine import ShardStats, _closed_loop, _open_loop, _Shard, shard_result
+from fmbench.loadgen.engine import (
+    PROGRESS_EVERY_S,
+    Progress,
+    ShardStats,
+    _closed_loop,
+    _open_loop,
+    _Shard,
+    report_progress,
+    shard_result,
+)
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
 
@@ -52,7 +61,8 @@ def part_path(path: str | Path, k: int) -> Path:
     return p.with_name(f"{p.name}.part-{k}")
 
 
-def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out: str) -> None:
+def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out: str,
+           progress_every_s: float | None = None) -> None:
     """One process's share of the shard (runs in a spawned process)."""
     _exit_with_parent()
     try:
@@ -68,6 +78,7 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
             cpu0 = time.process_time()
             writer = RecordWriter(part_path(out, k))
             shard = _Shard(spec, prompts, writer, count_tokens)
+            reporter: asyncio.Future[None] | None = None
             workers = 0 if spec.open_loop else _workers(spec.concurrency, n, k)
             try:
                 await client.open(workers)
@@ -76,12 +87,17 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
                     t0 = await asyncio.to_thread(go.get)
                     if t0 is None:
                         raise asyncio.CancelledError
+                    if progress_every_s is not None:
+                        reporter = asyncio.ensure_future(report_progress(
+                            shard, lambda done, errors: msgs.put(("progress", k, done, errors)), progress_every_s))
                     if spec.open_loop:
                         await _open_loop(client, shard, t0, (k, n))
                     else:
                         await _closed_loop(client, shard, workers, take_id, t0)
                 finally:
                     await client.close()
+                    if reporter is not None:
+                        reporter.cancel()
             except BaseException:
                 writer.abort()
                 raise
@@ -113,6 +129,7 @@ def run_shard_processes(
     out_path: str | Path,
     count_tokens: Callable[[str], int],
     stop: threading.Event | None = None,
+    progress: Progress | None = None,
 ) -> ShardResult:
     """Run a shard over ``spec.processes`` processes; same contract as `fmbench.loadgen.run_shard`.
 
@@ -142,7 +159,8 @@ def run_shard_processes(
     out = str(out_path)
     cpu0 = time.process_time()
     procs = [
-        ctx.Process(target=_child, args=(k, n, payload, counter, msgs, gos[k], out), daemon=True)
+        ctx.Process(target=_child, args=(k, n, payload, counter, msgs, gos[k], out,
+                                         PROGRESS_EVERY_S if progress is not None else None), daemon=True)
         for k in range(n)
     ]
     for proc in procs:
@@ -152,7 +170,7 @@ def run_shard_processes(
         t0 = time.monotonic() + _START_LEAD_S
         for go in gos:
             go.put(t0)
-        done = _await(msgs, "done", n, spec, stop)
+        done = _await(msgs, "done", n, spec, stop, _ProgressSum(n, spec, progress) if progress else None)
     except BaseException:
         for go in gos:
             go.put(None)  # not yet started: exit at once
@@ -179,7 +197,25 @@ class ShardCancelled(FMBenchError):
     """Raised when a multi-process shard is stopped from outside (its caller was cancelled)."""
 
 
-def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event | None) -> list[tuple[Any, ...]]:
+class _ProgressSum:
+    """Adds up the processes' progress messages and reports the sum once per round of them."""
+
+    def __init__(self, n: int, spec: ShardSpec, progress: Progress) -> None:
+        self.latest: dict[int, tuple[int, int]] = {}
+        self.round: set[int] = set()  # processes heard from since the last report
+        self.n, self.total, self.progress = n, spec.warmup + spec.requests, progress
+
+    def update(self, k: int, done: int, errors: int) -> None:
+        self.latest[k] = (done, errors)
+        self.round.add(k)
+        if len(self.round) == self.n:
+            self.round.clear()
+            self.progress(sum(d for d, _ in self.latest.values()), self.total,
+                          sum(e for _, e in self.latest.values()))
+
+
+def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event | None,
+           progress: _ProgressSum | None = None) -> list[tuple[Any, ...]]:
     got: list[tuple[Any, ...]] = []
     deadline = time.monotonic() + _READY_TIMEOUT_S if kind == "ready" else math.inf
     while len(got) < n:
@@ -195,6 +231,10 @@ def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event 
             continue
         if msg[0] == "error":
             raise FMBenchError(f"shard {spec.shard_id}: client process {msg[1]} failed: {msg[2]}")
+        if msg[0] == "progress":
+            if progress is not None:
+                progress.update(msg[1], msg[2], msg[3])
+            continue
         got.append(msg)
     return got
 

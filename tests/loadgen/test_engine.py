@@ -488,3 +488,21 @@ def test_non_streaming_records_latency_as_ttft_and_no_tpot(server: FakeOpenAI, t
     assert df["ok"].all() and (df["output_tokens"] == 5).all()
     assert (df["ttft_s"] == df["latency_s"]).all() and df["tpot_s"].null_count() == 3
     assert (df["chunks"] == 0).all() and (df["itl_s"].list.len() == 0).all()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_progress_is_reported_while_the_shard_runs(server: FakeOpenAI, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch, processes: int) -> None:
+    from fmbench.loadgen import engine, multiproc
+
+    monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.1)
+    monkeypatch.setattr(multiproc, "PROGRESS_EVERY_S", 0.1)
+    calls: list[tuple[int, int, int]] = []
+    res = run_shard(client(server, "ok:ttft=0.04:tpot=0.001:n=4"), PROMPTS,
+                    spec(concurrency=2, requests=40, warmup=2, processes=processes), tmp_path / "r.parquet",
+                    len, progress=lambda done, total, errors: calls.append((done, total, errors)))
+    assert res.requests == 40
+    assert len(calls) >= 3, calls  # the shard takes about a second
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and 0 < done[-1] <= 42 and done[0] < 42
+    assert {c[1] for c in calls} == {42} and {c[2] for c in calls} == {0}
