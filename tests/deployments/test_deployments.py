@@ -169,8 +169,8 @@ def test_ui_form_shows_our_parameters_and_submitting_it_runs(prefect_stack: Any,
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1400})
             page.goto(f"{prefect_stack.url}/deployments/deployment/{deployment.id}/run", wait_until="networkidle",
-                      timeout=60_000)
-            page.get_by_text("config (Optional)").wait_for(timeout=60_000)
+                      timeout=120_000)
+            page.get_by_text("config (Optional)").wait_for(timeout=120_000)
             for label in ("output", "overrides", "requests_per_level", "fail_on_regression", "regression_threshold"):
                 assert page.get_by_text(f"{label} (Optional)", exact=True).count() == 1, label
             assert page.get_by_text("Config overrides as key.path=value").count() == 1
@@ -191,7 +191,7 @@ def test_ui_form_shows_our_parameters_and_submitting_it_runs(prefect_stack: Any,
     assert (run_dir / "report.md").exists()
 
 
-def _wait_created(stack: Any, deployment_id: Any, output: str, timeout_s: float = 60) -> Any:
+def _wait_created(stack: Any, deployment_id: Any, output: str, timeout_s: float = 120) -> Any:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     deadline = time.monotonic() + timeout_s
