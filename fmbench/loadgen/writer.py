@@ -1,6 +1,7 @@
 """Streams a shard's `RequestRecord`s to a parquet file while the shard runs.
 
-Rows are kept column-wise as they complete; every ``convert_rows`` rows they become an Arrow
+Rows are kept as tuples as they complete (one C-level attribute fetch per record); every
+``convert_rows`` rows they are transposed into columns and become an Arrow
 record batch (a sub-millisecond step on the event loop), and every ``row_group_rows`` rows a
 background thread appends a row group to a temporary file next to the target (the Parquet
 encoding releases the GIL). `RecordWriter.commit` renames the file into place atomically, so the
@@ -10,6 +11,7 @@ records file exists only when complete; `RecordWriter.abort` keeps what was writ
 
 from __future__ import annotations
 
+import operator
 import os
 from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +44,7 @@ def _arrow_schema() -> pa.Schema:
 ARROW_SCHEMA = _arrow_schema()
 _CONVERT_VALUES = 50_000  # inter-token gaps gathered before converting: bounds each step to ~0.5 ms
 _SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
+_FETCH = operator.attrgetter(*_SCALARS)  # a record's scalar fields as one tuple, in _SCALARS order
 
 
 def partial_path(path: str | Path) -> Path:
@@ -65,7 +68,7 @@ class RecordWriter:
         self.rows = 0
         self._row_group_rows = row_group_rows
         self._convert_rows = convert_rows
-        self._cols: dict[str, list[object]] = {name: [] for name in _SCALARS}
+        self._rows: list[tuple[object, ...]] = []
         self._itl: list[bytes] = []
         self._itl_len = 0
         self._offsets = array("q", [0])
@@ -87,10 +90,8 @@ class RecordWriter:
         self._itl_array()
 
     def add(self, record: RequestRecord) -> None:
-        """Queue one record (cheap: appends to column lists)."""
-        cols = self._cols
-        for name in _SCALARS:
-            cols[name].append(getattr(record, name))
+        """Queue one record (cheap: one tuple of its fields)."""
+        self._rows.append(_FETCH(record))
         if record.itl_s:
             part = array("d", record.itl_s).tobytes()
             self._itl.append(part)
@@ -104,13 +105,14 @@ class RecordWriter:
     def _convert(self) -> None:
         if not self._pending:
             return
+        cols = dict(zip(_SCALARS, zip(*self._rows, strict=True), strict=True))
         arrays = [
-            pa.array(self._cols[f.name], type=f.type) if f.name != "itl_s" else self._itl_array()
+            pa.array(cols[f.name], type=f.type) if f.name != "itl_s" else self._itl_array()
             for f in ARROW_SCHEMA
         ]
         self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA))
         self._batched_rows += self._pending
-        self._cols = {name: [] for name in _SCALARS}
+        self._rows = []
         self._itl = []
         self._itl_len = 0
         self._offsets = array("q", [0])
