@@ -8,9 +8,9 @@ which drives Chromium; when that fails the report still renders and says why the
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import json
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from fmbench import storage
 from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
-from fmbench.report._png import export_pngs
+from fmbench.report._png import PngExporter
 from fmbench.report.figures import Figure, build_figures, colour_map
 from fmbench.report.run import RunData, load_run, request_sample
 from fmbench.report.tables import (
@@ -37,8 +37,6 @@ from fmbench.report.tables import (
     md_table,
     metrics_table_rows,
 )
-
-_CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass
@@ -79,25 +77,17 @@ def _env() -> Environment:
     )
 
 
-def _export_pngs(figs: list[Figure], plots_url: str) -> tuple[list[str], str | None]:
-    """Write each figure as plots/STEM.png; returns the URLs and, on failure, the reason."""
-    if not figs:
-        return [], None
-    if not os.environ.get("BROWSER_PATH") and Path(_CHROMIUM).exists():
-        os.environ["BROWSER_PATH"] = _CHROMIUM  # kaleido/choreographer look for Chrome here first
-    with tempfile.TemporaryDirectory(prefix="fmbench-plots-") as tmp:
-        paths = [Path(tmp, f"{f.stem}.png") for f in figs]
-        try:
-            export_pngs([f.figure for f in figs], paths,
-                        [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs])
-        except (TimeoutError, RuntimeError, OSError) as exc:
-            return [], f"PNG export failed ({exc.__class__.__name__}: {str(exc).strip()[:300]})"
-        urls = []
-        for f, p in zip(figs, paths):
-            url = storage.join(plots_url, f"{f.stem}.png")
-            storage.write_bytes(url, p.read_bytes())
-            urls.append(url)
-    return urls, None
+def _store_pngs(figs: list[Figure], tmp: Path, plots_url: str) -> list[str]:
+    urls = []
+    for f in figs:
+        url = storage.join(plots_url, f"{f.stem}.png")
+        storage.write_bytes(url, Path(tmp, f"{f.stem}.png").read_bytes())
+        urls.append(url)
+    return urls
+
+
+def _png_failure(exc: BaseException) -> str:
+    return f"PNG export failed ({exc.__class__.__name__}: {str(exc).strip()[:300]})"
 
 
 def _figure_div(fig: go.Figure, div_id: str) -> str:
@@ -267,12 +257,39 @@ def _recommendation_items(recs: list[Recommendation]) -> list[dict[str, str]]:
     return items
 
 
-def render(inp: ReportInput, output: str) -> ReportPaths:
-    """Write report.md, report.html and plots/ for ``inp`` under ``output`` (local path or s3://)."""
+def render(inp: ReportInput, output: str, exporter: PngExporter | None = None) -> ReportPaths:
+    """Write report.md, report.html and plots/ for ``inp`` under ``output`` (local path or s3://).
+
+    ``exporter``: a `PngExporter` started earlier (its browser starts while the caller loads the
+    data); by default one is started here. Either way it is closed before this returns.
+    """
+    with contextlib.ExitStack() as stack:
+        exporter = stack.enter_context(exporter or PngExporter())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fmbench-plots-")))
+        return _render(inp, output, exporter, tmp)
+
+
+def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> ReportPaths:
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
-    plots, reason = _export_pngs(figs, storage.join(output, "plots"))
+    png_error: str | None = None
+    if figs:  # the child renders the PNGs while the HTML's figures are built below
+        try:
+            exporter.submit([f.figure for f in figs], [tmp / f"{f.stem}.png" for f in figs],
+                            [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs])
+        except (RuntimeError, OSError) as exc:
+            png_error = _png_failure(exc)
+    html_parts = {"plotlyjs": _plotlyjs(), "changes_html": _changes_html(inp.changes_md, output),
+                  "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
+    plots: list[str] = []
+    reason = png_error
+    if figs and png_error is None:
+        try:
+            exporter.wait()
+            plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
+        except (TimeoutError, RuntimeError, OSError) as exc:
+            reason = _png_failure(exc)
     cost_rows, cost_total = _cost_rows(inp.bench_cost)
     ctx = {
         "title": inp.title,
@@ -300,8 +317,7 @@ def render(inp: ReportInput, output: str) -> ReportPaths:
     }
     env = _env()
     markdown = env.get_template("report.md.j2").render(**ctx)
-    html_ctx = dict(ctx, plotlyjs=_plotlyjs(), changes_html=_changes_html(inp.changes_md, output),
-                    figure_divs=[_figure_div(f.figure, f"fig-{f.stem}") for f in figs])
+    html_ctx = dict(ctx, **html_parts)
     html = env.get_template("report.html.j2").render(**html_ctx)
     md_url = storage.join(output, "report.md")
     html_url = storage.join(output, "report.html")
@@ -347,6 +363,11 @@ def render_report(run_url: str) -> ReportPaths:
         StorageError: the run directory cannot be read or written.
         ConfigError: an experiment's pricing cannot be resolved.
     """
+    with PngExporter() as exporter:  # its browser starts while the records are read and summarised
+        return _render_run(run_url, exporter)
+
+
+def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
     run = load_run(run_url)
     slo = run.cfg.slo if run.cfg else None
     errors = error_counts(run.requests) if run.requests is not None else None
@@ -358,7 +379,7 @@ def render_report(run_url: str) -> ReportPaths:
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics),
     )
-    return render(inp, run.url)
+    return render(inp, run.url, exporter)
 
 
 #: CloudWatch metric -> (column, statistic, scale, format) for the endpoint metrics table.

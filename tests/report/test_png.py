@@ -24,3 +24,23 @@ def test_export_past_its_deadline_is_abandoned_and_leaves_no_process(tmp_path: P
     after = {p.pid for p in psutil.Process().children(recursive=True)}
     assert after <= before
     assert not (tmp_path / "b.png").exists()
+
+
+def test_an_exporter_started_early_renders_what_it_is_sent_later(tmp_path: Path) -> None:
+    from fmbench.report._png import PngExporter
+
+    with PngExporter() as exporter:  # the browser starts now
+        figs = [go.Figure(go.Bar(x=["a", "b"], y=[1, 2])), go.Figure(go.Scatter(x=[1, 2], y=[2, 1]))]
+        outs = [tmp_path / "x.png", tmp_path / "y.png"]
+        exporter.submit(figs, outs, [(300, 200), (400, 300)])
+        exporter.wait(timeout_s=120)
+    assert all(o.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for o in outs)
+
+
+def test_an_unused_exporter_leaves_no_process() -> None:
+    from fmbench.report._png import PngExporter
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with PngExporter():
+        pass
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before

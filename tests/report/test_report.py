@@ -129,7 +129,7 @@ def test_missing_png_export_still_renders_and_says_why(tmp_path: Path, no_png: N
     run = tmp_path / "run"
     write_run(str(run))
     paths = render_report(str(run))
-    assert paths.plots == [] and "Kaleido requires Google Chrome" in (paths.plots_missing_reason or "")
+    assert paths.plots == [] and "ChromeNotFoundError: No browser found" in (paths.plots_missing_reason or "")
     md = (run / "report.md").read_text()
     assert "Plots are missing from this Markdown report: PNG export failed (RuntimeError" in md
     assert "](plots/" not in md
