@@ -241,3 +241,16 @@ def test_run_without_measurements_renders_and_says_so(tmp_path: Path, no_png: No
     assert "no valid shard produced successful measurements" in md
     assert "✖ solo c=1: DeploymentError: endpoint never became InService" in md
     assert "Not drawn — no shard produced measurements" in md
+
+
+def test_errors_table_shows_retried_attempts_only_when_there_are_any() -> None:
+    from fmbench.report.render import _error_rows
+
+    base = {"experiment": "br", "dataset": "d", "bucket": "1-500", "concurrency": 4, "request_rate": None,
+            "example": "ThrottlingException: Too many requests"}
+    retried = pl.DataFrame([{**base, "error_kind": "throttled", "count": 0, "retried": 7}])
+    (row,) = _error_rows(retried)
+    assert row["Failed requests"] == "0" and row["Retried attempts"] == "7"
+    plain = pl.DataFrame([{**base, "error_kind": "timeout", "count": 2, "retried": 0}])
+    (row,) = _error_rows(plain)
+    assert "Retried attempts" not in row and row["Failed requests"] == "2"
