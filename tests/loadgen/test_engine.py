@@ -506,3 +506,33 @@ def test_progress_is_reported_while_the_shard_runs(server: FakeOpenAI, tmp_path:
     done = [c[0] for c in calls]
     assert done == sorted(done) and 0 < done[-1] <= 42 and done[0] < 42
     assert {c[1] for c in calls} == {42} and {c[2] for c in calls} == {0}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_t_start_is_when_the_request_left_not_when_aiohttp_began_preparing_it(server: FakeOpenAI,
+                                                                             stream: bool) -> None:
+    """Each request's t_start lies between the call and the server's arrival stamp, after the
+    client's own preparation (so that time is not counted as the endpoint's)."""
+    server.reset()
+
+    async def go() -> list[tuple[float, float]]:
+        c = client(server, "ok:ttft=0.005:tpot=0.001:n=3", stream=stream)
+        await c.open(1)
+        out = []
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0.01)  # idle between requests, as at low load
+                before = time.monotonic()
+                comp = await c.complete(PROMPTS[0])
+                out.append((before, comp.t_start))
+        finally:
+            await c.close()
+        return out
+
+    calls = asyncio.run(go())
+    arrivals = [a for a, _ in server.stats()["arrivals"]]
+    assert len(arrivals) == len(calls) == 20
+    for (before, t_start), arrival in zip(calls, arrivals, strict=True):
+        assert before < t_start <= arrival
+    # the stamp is not the fallback taken before the session call
+    assert statistics.median(t - b for b, t in calls) > 0.00002
