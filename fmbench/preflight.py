@@ -4,7 +4,8 @@ instead of minutes later inside the flow.
 Endpoints that exist before the run (OpenAI-compatible servers, Bedrock models, existing SageMaker
 endpoints) get one probe request (``max_tokens: 1``, not recorded in any shard): a wrong model name
 or endpoint, refused or expired credentials, or an answer of the wrong shape is then reported
-before anything is measured.
+before anything is measured. SageMaker experiments that deploy get one read-only control-plane
+call instead (`check_sagemaker_access`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True) -> None:
             existing = isinstance(e.endpoint, BedrockEndpoint) or bool(e.endpoint.endpoint_name)
             if probe and existing:
                 probe_endpoint(e, None, where)
+            elif probe and isinstance(e.endpoint, SageMakerEndpoint):
+                check_sagemaker_access(e.endpoint, where)
         if isinstance(e.endpoint, OpenAIEndpoint):
             where = f"experiments[{e.name}].endpoint"
             check_reachable(e.endpoint.base_url, f"{where}.base_url")
@@ -143,6 +146,45 @@ def _aws_hint(message: str) -> str:
         if any(n in message for n in needles):
             return hint
     return ""
+
+
+_PREFLIGHT_ENDPOINT = "fmbench-preflight-no-such-endpoint"
+
+
+def check_sagemaker_access(endpoint: SageMakerEndpoint, where: str) -> None:
+    """Before deploying, make one read-only SageMaker call the deploy needs anyway (DescribeEndpoint
+    of a name that does not exist), so refused or expired credentials, a missing region or an
+    unreachable API fail now, in one line, instead of in the deploy step.
+
+    Raises:
+        ConfigError: AWS refused the call, or the API cannot be reached.
+    """
+    import botocore.config
+    import botocore.exceptions
+
+    from fmbench.endpoints._boto import make_session
+
+    try:
+        session = make_session(endpoint.region, endpoint.profile)
+        client = session.client(
+            "sagemaker", region_name=endpoint.region or session.region_name, endpoint_url=endpoint.endpoint_url,
+            config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=10, read_timeout=30),
+        )
+        client.describe_endpoint(EndpointName=_PREFLIGHT_ENDPOINT)
+    except botocore.exceptions.NoRegionError as exc:
+        raise ConfigError(f"{where}.region: no AWS region (set endpoint.region or AWS_DEFAULT_REGION)") from exc
+    except botocore.exceptions.ClientError as exc:
+        err = exc.response.get("Error", {})
+        code, message = str(err.get("Code", "Error")), str(err.get("Message", ""))
+        if code == "ValidationException" and "find endpoint" in message.lower():
+            return  # the expected answer: credentials accepted, permission granted, no such endpoint
+        hint = _aws_hint(f"{code}: {message}")
+        raise ConfigError(f"{where}: SageMaker refused a read-only call (DescribeEndpoint): {code}: {message}"
+                          f"{'; ' + hint if hint else ''}") from exc
+    except botocore.exceptions.EndpointConnectionError as exc:
+        raise ConfigError(f"{where}: cannot reach the SageMaker API ({exc})") from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigError(f"{where}: SageMaker API check failed: {exc}") from exc
 
 
 def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) -> None:

@@ -422,3 +422,19 @@ def test_providers_are_registered_with_the_deploy_registry(moto: str) -> None:
     handle = deploy_endpoint(exp, "r")
     assert handle.provider == "bedrock" and handle.region == "us-east-1" and handle.created == []
     assert teardown_endpoint(handle, exp) == []
+
+
+def test_preflight_sagemaker_check_passes_on_a_working_control_plane_and_names_a_missing_region(
+        moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmbench.config import SageMakerEndpoint
+    from fmbench.errors import ConfigError
+    from fmbench.preflight import check_sagemaker_access
+
+    ep = SageMakerEndpoint(provider="sagemaker", region="us-east-1", endpoint_url=moto, instance_type="ml.g4dn.xlarge",
+                           image_uri="763104351884.dkr.ecr.us-east-1.amazonaws.com/tgi:2.4.0",
+                           role_arn="arn:aws:iam::123456789012:role/r")
+    check_sagemaker_access(ep, "experiments[e].endpoint")  # moto: no such endpoint -> accepted
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    with pytest.raises(ConfigError, match=r"experiments\[e\]\.endpoint\.region: no AWS region"):
+        check_sagemaker_access(ep.model_copy(update={"region": None}), "experiments[e].endpoint")

@@ -93,7 +93,9 @@ AWS_REFUSALS = {
 
 async def _aws_refusal(request: web.Request) -> web.Response:
     status, code, message = AWS_REFUSALS[request.match_info["case"]]
-    return web.json_response({"message": message}, status=status,
+    # JSON-protocol APIs (SageMaker) carry the code in the body's __type, REST-JSON ones (the
+    # runtimes) in the header; AWS sends both shapes, so does this.
+    return web.json_response({"__type": f"com.amazon.coral.service#{code}", "message": message}, status=status,
                              headers={"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/"})
 
 
@@ -112,6 +114,7 @@ def odd_server() -> Iterator[str]:
                             ("down", _dropped), ("flaky", _dropped)):
         app.router.add_post(f"/{prefix}/v1/chat/completions", handler)
     app.router.add_post("/aws/{case}/{tail:.*}", _aws_refusal)
+    app.router.add_post("/aws/{case}", _aws_refusal)  # JSON-protocol APIs (SageMaker) post to the base path
     app.router.add_route("*", "/{tail:.*}", _s3_denied)
     loop = asyncio.new_event_loop()
     ready = threading.Event()

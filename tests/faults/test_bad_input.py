@@ -72,6 +72,12 @@ def _openai(url: str, model: str = "fmbench-sim") -> str:
 AWS_KEYS = {"AWS_ACCESS_KEY_ID": "AKIAFMBENCHTEST", "AWS_SECRET_ACCESS_KEY": "s"}
 
 
+def _sagemaker_deploy(control_url: str) -> str:
+    return GOOD.replace(SIM, "{{provider: sagemaker, region: us-east-1, instance_type: ml.g4dn.xlarge, "
+                        "image_uri: 763104351884.dkr.ecr.us-east-1.amazonaws.com/tgi:2.4.0, hf_model_id: m/m, "
+                        f"role_arn: 'arn:aws:iam::123456789012:role/r', endpoint_url: '{control_url}'}}}}")
+
+
 def _bedrock(extra: str = "") -> str:
     return GOOD.replace(SIM, "{{provider: bedrock, region: us-east-1, model_id: meta.llama3-8b-instruct-v1:0"
                         + extra + "}}")
@@ -175,6 +181,11 @@ def cases(c: Ctx) -> list[Case]:
         Case("bedrock-wrong-model", "run", "The provided model identifier is invalid.; the request was refused: "
              "check model_id", _bedrock(f", runtime_endpoint_url: '{c.odd_url}/aws/bad-model'"), env=AWS_KEYS,
              category="endpoint"),
+        Case("sagemaker-deploy-expired-token", "run", "SageMaker refused a read-only call (DescribeEndpoint): "
+             "ExpiredTokenException", _sagemaker_deploy(f"{c.odd_url}/aws/expired"),
+             env={**AWS_KEYS, "AWS_SESSION_TOKEN": "t"}, category="credentials"),
+        Case("sagemaker-deploy-api-unreachable", "run", "cannot reach the SageMaker API",
+             _sagemaker_deploy(f"http://127.0.0.1:{c.closed_port}"), env=AWS_KEYS, category="credentials"),
         Case("sagemaker-wrong-endpoint-name", "run", "Endpoint nosuch of account 123456789012 not found.; not found",
              GOOD.replace(SIM, "{{provider: sagemaker, region: us-east-1, endpoint_name: nosuch, "
                           f"runtime_endpoint_url: '{c.odd_url}/aws/no-endpoint'}}}}"), env=AWS_KEYS,
