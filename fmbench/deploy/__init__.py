@@ -30,6 +30,37 @@ class DeployedEndpoint(BaseModel):
     )
     pid: int | None = Field(default=None, description="Process id of a local simulated server.")
     keep: bool = Field(default=False, description="Leave the endpoint running after the run.")
+    instance_type: str | None = Field(default=None, description="Instance type billed by the hour (SageMaker).")
+    instance_count: int = Field(default=1, description="Instances behind the endpoint.")
+    created_at: str | None = Field(
+        default=None, description="UTC ISO time the endpoint was created (an adopted one: by the earlier run).")
+    in_service_at: str | None = Field(default=None, description="UTC ISO time the endpoint took requests.")
+    adopted: bool = Field(default=False, description="Created by an interrupted attempt of this run, reused.")
+
+
+class EndpointTimeline(BaseModel):
+    """When an experiment's endpoint was alive, for the bill: the manifest keeps one per experiment.
+
+    Billed time runs from ``created_at`` to ``deleted_at`` (or to now, while it is alive);
+    deploying is ``created_at``..``in_service_at``, measuring ``first_shard_at``..``last_shard_at``,
+    the rest is idle.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: str
+    provider: str
+    endpoint_name: str | None = None
+    region: str | None = None
+    instance_type: str | None = None
+    instance_count: int = 1
+    adopted: bool = False
+    created_at: str | None = None
+    in_service_at: str | None = None
+    first_shard_at: str | None = None
+    last_shard_at: str | None = None
+    deleted_at: str | None = None
+    delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
 
 
 Deployer = Callable[[ExperimentConfig, str], DeployedEndpoint]
