@@ -1,0 +1,215 @@
+"""fmbench against a real llama.cpp ``llama-server`` (tiny GGUF model written by the tests).
+
+A real server closes connections and splits characters across chunks in ways our simulator does
+not; these tests check what a user pointing fmbench at llama.cpp would notice: no errors the
+client caused, timings that agree with the server's own, token counts that are the server's,
+and the probe, ``fmbench validate`` and ``fmbench run`` working against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from fmbench.config import ExperimentConfig, InferenceConfig, OpenAIEndpoint
+from fmbench.datasets.tokenizer import load_tokenizer
+from fmbench.endpoints import make_client
+from fmbench.endpoints.base import Prompt
+from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.preflight import probe_endpoint
+from tests.realservers.gguf_model import expected_text
+from tests.realservers.llama_server import LlamaServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _prompts(n: int, end: str = "Answer:") -> list[Prompt]:
+    # Distinct prompts (no prompt-cache hits); each ends in a byte outside the model's cycle, so
+    # every answer starts at the cycle's first byte and its text is known in advance.
+    texts = [f"Request {i}: what is the weather like in town number {i} today? {end}" for i in range(n)]
+    return [Prompt(f"p{i}", t, len(t.encode())) for i, t in enumerate(texts)]
+
+
+def _shard(llama: LlamaServer, tmp_path: Path, *, api: str, stream: bool, concurrency: int, requests: int,
+           max_tokens: int = 32, prompts: list[Prompt] | None = None, extra_body: dict[str, Any] | None = None,
+           count_tokens: Any = None, name: str = "s") -> pl.DataFrame:
+    """One shard through fmbench's own client and engine; returns its records."""
+    endpoint = OpenAIEndpoint(provider="openai", base_url=llama.url, model="tiny", api=api)  # type: ignore[arg-type]
+    inference = InferenceConfig(max_tokens=max_tokens, temperature=0.0, stream=stream, timeout_s=60,
+                                extra_body=extra_body or {})
+    spec = ShardSpec(shard_id=name, experiment="llama", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
+                     concurrency=concurrency, requests=requests)
+    out = tmp_path / f"{name}.parquet"
+    run_shard(make_client(endpoint, inference), prompts or _prompts(requests), spec, out,
+              count_tokens or (lambda text: len(text.encode())))
+    return pl.read_parquet(out)
+
+
+def _characters(n_tokens: int) -> int:
+    """Whole characters in the first ``n_tokens`` bytes of an answer: the chunks llama.cpp sends."""
+    return len(expected_text(ord(":"), n_tokens).decode("utf-8", errors="ignore"))
+
+
+def _raw(llama: LlamaServer, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A request without fmbench: the JSON answer, or the list of streamed events."""
+    req = urllib.request.Request(llama.url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        raw = resp.read().decode()
+    if not body.get("stream"):
+        return json.loads(raw), []
+    events = [json.loads(line[6:]) for line in raw.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    return {}, events
+
+
+def test_the_model_answers_its_cycle_and_the_log_has_the_timings_of_the_answer(llama: LlamaServer) -> None:
+    mark = llama.log_mark()
+    data, _ = _raw(llama, "/completions", {"prompt": "Say it:", "max_tokens": 22, "temperature": 0})
+    assert data["choices"][0]["text"] == expected_text(ord(":"), 22).decode()
+    assert data["usage"]["completion_tokens"] == 22
+    (logged,) = llama.timings(mark, expect=1)
+    assert logged.predicted_n == data["timings"]["predicted_n"] == 22
+    assert logged.prompt_ms == pytest.approx(data["timings"]["prompt_ms"], abs=0.01)
+    assert logged.predicted_per_token_ms == pytest.approx(data["timings"]["predicted_per_token_ms"], abs=0.01)
+
+
+def test_llama_cpp_splits_characters_across_tokens_and_sends_usage_only_when_asked(llama: LlamaServer) -> None:
+    body = {"prompt": "Say it:", "max_tokens": 16, "temperature": 0, "stream": True}
+    _, plain = _raw(llama, "/completions", body)
+    _, with_usage = _raw(llama, "/completions", {**body, "stream_options": {"include_usage": True}})
+    texts = [e["choices"][0]["text"] for e in plain if e.get("choices") and e["choices"][0].get("text")]
+    # 16 tokens: one cycle (11 bytes, 5 characters) and "a", "é", then 2 bytes of "中" never sent
+    assert "".join(texts) == expected_text(ord(":"), 16)[:13].decode()
+    assert len(texts) == _characters(16) == 7
+    assert not any(e.get("usage") for e in plain), "llama.cpp sent usage without include_usage"
+    assert [e["usage"]["completion_tokens"] for e in with_usage if e.get("usage")] == [16]
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_no_client_caused_errors(llama: LlamaServer, tmp_path: Path, api: str, stream: bool, concurrency: int) -> None:
+    requests = 24
+    rec = _shard(llama, tmp_path, api=api, stream=stream, concurrency=concurrency, requests=requests)
+    failed = rec.filter(~pl.col("ok"))
+    assert failed.height == 0, failed.select("request_id", "error_kind", "error").rows()[:5]
+    assert rec.height == requests
+    # the server's count, not the chunks: 32 tokens arrive as 14 characters
+    assert rec["output_tokens"].to_list() == [32] * requests
+    assert set(rec["usage_source"]) == {"server"}
+    assert rec["chunks"].to_list() == [_characters(32) if stream else 0] * requests
+
+
+def test_output_tokens_are_the_servers_when_a_stream_ends_inside_a_character(llama: LlamaServer,
+                                                                               tmp_path: Path) -> None:
+    rec = _shard(llama, tmp_path, api="completions", stream=True, concurrency=1, requests=6, max_tokens=16)
+    assert rec["ok"].all(), rec.filter(~pl.col("ok"))["error"].to_list()
+    assert rec["output_tokens"].to_list() == [16] * 6  # the 2 withheld bytes of "中" are counted
+    assert rec["chunks"].to_list() == [_characters(16)] * 6
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_output_tokens_when_the_stream_carries_no_usage(llama: LlamaServer, tiny_model: Path, tmp_path: Path,
+                                                        api: str) -> None:
+    # Without usage fmbench counts the text with the run's tokenizer: the model's own tokenizer.json
+    # gives the server's count whenever the text is whole (32 tokens end on a whole character).
+    tokenizer = load_tokenizer(str(tiny_model.with_name("tokenizer.json")))
+    rec = _shard(llama, tmp_path, api=api, stream=True, concurrency=2, requests=8,
+                 extra_body={"stream_options": {"include_usage": False}}, count_tokens=tokenizer.count)
+    assert rec["ok"].all(), rec.filter(~pl.col("ok"))["error"].to_list()
+    assert set(rec["usage_source"]) == {"tokenizer"}
+    assert rec["output_tokens"].to_list() == [32] * 8
+    assert rec["chunks"].to_list() == [_characters(32)] * 8
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_an_answer_whose_only_token_is_half_a_character_is_a_success(llama: LlamaServer, tmp_path: Path,
+                                                                     stream: bool) -> None:
+    # After "a" the model generates the first byte of "é": with max_tokens 1 the server did its
+    # work (usage: 1 token) but sends no text at all. That is the server's answer, not an error.
+    prompts = [Prompt(f"p{i}", f"Request {i}, say a", 10) for i in range(4)]
+    assert expected_text(ord("a"), 1) == "é".encode()[:1]
+    rec = _shard(llama, tmp_path, api="completions", stream=stream, concurrency=1, requests=4, max_tokens=1,
+                 prompts=prompts)
+    assert rec["ok"].all(), rec.filter(~pl.col("ok"))["error"].to_list()
+    assert rec["output_tokens"].to_list() == [1] * 4
+    assert set(rec["usage_source"]) == {"server"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_ttft_and_tpot_agree_with_the_servers_own_timings(llama: LlamaServer, tmp_path: Path, api: str,
+                                                          concurrency: int) -> None:
+    requests = 16
+    mark = llama.log_mark()
+    rec = _shard(llama, tmp_path, api=api, stream=True, concurrency=concurrency, requests=requests, max_tokens=32)
+    assert rec["ok"].all(), rec.filter(~pl.col("ok"))["error"].to_list()
+    server = llama.timings(mark, expect=requests)
+    assert len(server) == requests and all(t.predicted_n == 32 for t in server)
+    ttft_ms = sorted(x * 1e3 for x in rec["ttft_s"])
+    prompt_ms = sorted(t.prompt_ms for t in server)
+    # The client's TTFT spans the server's prompt processing: each order statistic is at least the
+    # server's (at concurrency 1 the requests pair up one to one in time order).
+    if concurrency == 1:
+        by_start = rec.sort("t_start")["ttft_s"].to_list()
+        assert all(c * 1e3 >= s.prompt_ms for c, s in zip(by_start, server, strict=True)), \
+            list(zip(by_start, [s.prompt_ms for s in server], strict=True))
+    assert all(c >= s for c, s in zip(ttft_ms, prompt_ms, strict=True)), (ttft_ms, prompt_ms)
+    tpot = statistics.median(x * 1e3 for x in rec["tpot_s"])
+    server_tpot = statistics.median(t.predicted_per_token_ms for t in server)
+    assert tpot == pytest.approx(server_tpot, rel=0.10), (tpot, server_tpot)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_the_probe_accepts_llama_cpp(llama: LlamaServer, api: str, stream: bool) -> None:
+    experiment = ExperimentConfig.model_validate({
+        "name": "llama", "endpoint": {"provider": "openai", "base_url": llama.url, "model": "tiny", "api": api},
+        "inference": {"max_tokens": 32, "stream": stream}})
+    probe_endpoint(experiment, None, "experiment 'llama'")  # raises on any failure
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fmbench", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, check=False)
+
+
+def test_the_shipped_config_validates_and_runs_against_llama_cpp(llama: LlamaServer, tiny_model: Path,
+                                                                 tmp_path: Path,
+                                                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path_factory.mktemp("prefect-home-llama")), PYTHONPATH=str(ROOT),
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    config = str(ROOT / "configs" / "llama-cpp.yml")
+    # The tiny model reads bytes: its own tokenizer and short synthetic prompts keep the CPU work small.
+    sets = [f"experiments.0.endpoint.base_url={llama.url}",
+            f"tokenizer={tiny_model.with_name('tokenizer.json')}",
+            "buckets=[[40, 80]]",
+            "datasets=[{name: synthetic, source: synthetic, prompts_per_bucket: 8, seed: 0}]",
+            "experiments.0.concurrency_levels=[1, 4]",
+            "experiments.0.requests_per_level=12",
+            "experiments.0.inference.max_tokens=32"]
+    args = [a for s in sets for a in ("--set", s)]
+    checked = _cli(env, "validate", config, *args)
+    assert checked.returncode == 0, checked.stderr
+    assert "OK" in checked.stdout
+    ran = _cli(env, "run", config, "--output", str(tmp_path / "results"), *args)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    report = Path(ran.stdout.strip().splitlines()[-1].removeprefix("Report: "))
+    rec = pl.read_parquet(report.parent / "requests.parquet").filter(~pl.col("warmup"))
+    assert rec.height == 24
+    assert rec["ok"].all(), rec.filter(~pl.col("ok"))["error"].to_list()
+    assert rec["output_tokens"].to_list() == [32] * 24
+    assert set(rec["usage_source"]) == {"server"}
