@@ -1,4 +1,4 @@
-"""Run all five benchmarks (`make bench`) and write benchmarks/results/*.json and results.md.
+"""Run all six benchmarks (`make bench`) and write benchmarks/results/*.json and results.md.
 
 Each benchmark runs as its own ``python -m benchmarks.NAME`` process with a time limit, so one
 failing or hanging benchmark costs its own row, not the others. ``--quick`` runs the smoke
@@ -26,6 +26,7 @@ BENCHMARKS = {  # name -> (full, quick) time limits in seconds
     "orchestration": (600, 300),
     "analysis_scale": (300, 120),
     "long_context": (300, 120),
+    "llama_cpp": (600, 180),  # needs the llama-server of .ci/llama-server.sh
 }
 
 
@@ -156,6 +157,22 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
         lines += ["", f"Long/short chunk rate: {z['long_over_short']:.2f}"
                   + (f"; simulated tokens/s {r['simulated']['tokens_over_ideal']:.0%} of ideal" if "simulated" in r
                      else "") + f". Target ({r['target']}): {'met' if r['met'] else 'not met'}.", ""]
+    else:
+        lines += [_missing(r), ""]
+    r = results.get("llama_cpp", {})
+    lines += ["## 6. A real llama.cpp server: fmbench beside a stdlib client and the server's own timings", ""]
+    if "rows" in r:
+        lines += [f"Server: {r['server']}.", "",
+                  ("| api | conc | n | TTFT ms fmbench / stdlib / server prompt_ms | "
+                   "TPOT ms fmbench / stdlib / server | within 2 % + 2 ms | load |"),
+                  "|---|---:|---:|---|---|---|---:|"]
+        for x in r["rows"]:
+            f, s = x["fmbench"], x["stdlib"]
+            lines.append(f"| {x['api']} | {x['concurrency']} | {x['requests_per_client']} | "
+                         f"{f['ttft_ms']:.2f} / {s['ttft_ms']:.2f} / {f['server_prompt_ms']:.2f} | "
+                         f"{f['tpot_ms']:.3f} / {s['tpot_ms']:.3f} / {f['server_tpot_ms']:.3f} | "
+                         f"{'yes' if x['met'] else 'no'} | {x['load_avg'][0]} |")
+        lines += ["", f"Target ({r['target']}): {'met' if r['met'] else 'not met'}.", ""]
     else:
         lines += [_missing(r), ""]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,254 @@
+"""Benchmark 6: fmbench against a real llama.cpp server, beside an independent stdlib client.
+
+Both clients send the same prompts to the same ``llama-server`` (the tiny test model of
+``tests/realservers/gguf_model.py``, 4 slots, 1 thread), in alternating rounds so that drift of
+a shared machine hits both alike. The stdlib client below uses nothing but ``socket``: it
+connects, stamps the send just before writing the request, decodes HTTP/1.1 chunked transfer and
+SSE by hand and stamps each read that carries output text. Per request: TTFT (send to first text)
+and TPOT ((last text - first text) / (tokens - 1)); beside them the server's own ``prompt_ms`` and
+``predicted_per_token_ms`` (from the answers for the stdlib client, from the server's log for
+fmbench's requests, the same numbers). Target: fmbench's medians within 2 % + 2 ms of the stdlib
+client's and of the server's.
+
+Run: ``uv run --no-sync python -m benchmarks.llama_cpp [--quick]`` (needs the binary of
+``.ci/llama-server.sh``: ``$FMBENCH_LLAMA_SERVER`` or its cache).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from benchmarks._common import loadavg, parser, write_result
+from fmbench.config import InferenceConfig, OpenAIEndpoint
+from fmbench.endpoints import make_client
+from fmbench.endpoints.base import Prompt
+from fmbench.loadgen import ShardSpec, run_shard
+from tests.realservers.gguf_model import write_model
+from tests.realservers.llama_server import LlamaServer, find_llama_server
+
+MAX_TOKENS = 64
+
+
+def _prompts(n: int, offset: int) -> list[Prompt]:
+    # Distinct prompts (no prompt-cache hits between the clients), ~60 bytes = ~60 tokens each.
+    texts = [f"Request {i}: what is the weather like in town number {i} today? Answer:" for i in
+             range(offset, offset + n)]
+    return [Prompt(f"p{i}", t, len(t.encode())) for i, t in enumerate(texts)]
+
+
+def _body(api: str, prompt: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "tiny", "max_tokens": MAX_TOKENS, "temperature": 0.0, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if api == "chat":
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return body
+
+
+def stdlib_request(port: int, api: str, prompt: str) -> dict[str, Any]:
+    """One streamed request over a raw socket; client stamps and the server's final timings."""
+    path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+    payload = json.dumps(_body(api, prompt)).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nContent-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        t0 = time.monotonic()
+        sock.sendall(head + payload)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError("connection closed before the headers")
+            buf += data
+        header, _, body = buf.partition(b"\r\n\r\n")
+        status = header.split(b"\r\n", 1)[0]
+        if b" 200 " not in status + b" ":
+            raise RuntimeError(f"HTTP status {status!r}")
+        chunked = b"transfer-encoding: chunked" in header.lower()
+        raw = body  # undecoded transfer bytes
+        sse = b""  # decoded bytes not yet split into events
+        stamps: list[float] = []
+        final: dict[str, Any] = {}
+        done = False
+        now = t0
+        while not done:
+            # decode whatever complete transfer chunks we have
+            while True:
+                if not chunked:
+                    sse, raw = sse + raw, b""
+                    break
+                line_end = raw.find(b"\r\n")
+                if line_end < 0:
+                    break
+                size = int(raw[:line_end].split(b";")[0], 16)
+                if size == 0:
+                    done = True
+                    break
+                if len(raw) < line_end + 2 + size + 2:
+                    break
+                sse += raw[line_end + 2:line_end + 2 + size]
+                raw = raw[line_end + 2 + size + 2:]
+            while b"\n\n" in sse:
+                event, sse = sse.split(b"\n\n", 1)
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data: "):
+                        continue
+                    data = line[6:]
+                    if data == b"[DONE]":
+                        done = True
+                        continue
+                    obj = json.loads(data)
+                    choices = obj.get("choices") or []
+                    piece = None
+                    if choices:
+                        c = choices[0]
+                        piece = (c.get("delta") or {}).get("content") if api == "chat" else c.get("text")
+                    if piece:
+                        stamps.append(now)
+                    if obj.get("usage"):
+                        final["usage"] = obj["usage"]
+                    if obj.get("timings"):
+                        final["timings"] = obj["timings"]
+            if done:
+                break
+            data = sock.recv(65536)
+            now = time.monotonic()
+            if not data:
+                break
+            raw += data
+    finally:
+        sock.close()
+    n = final["usage"]["completion_tokens"]
+    return {"ttft_ms": (stamps[0] - t0) * 1e3, "tpot_ms": (stamps[-1] - stamps[0]) * 1e3 / (n - 1),
+            "tokens": n, "server_prompt_ms": final["timings"]["prompt_ms"],
+            "server_tpot_ms": final["timings"]["predicted_per_token_ms"]}
+
+
+def run_stdlib(port: int, api: str, prompts: list[Prompt], concurrency: int) -> list[dict[str, Any]]:
+    """The prompts over ``concurrency`` threads, each sending one request at a time (closed loop)."""
+    out: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    todo = list(prompts)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                p = todo.pop(0)
+            r = stdlib_request(port, api, p.text)
+            with lock:
+                out.append(r)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def run_fmbench(server: LlamaServer, api: str, prompts: list[Prompt], concurrency: int,
+                tmp: Path) -> list[dict[str, Any]]:
+    """The prompts through fmbench's engine and OpenAIClient; server timings from its log."""
+    endpoint = OpenAIEndpoint(provider="openai", base_url=server.url, model="tiny", api=api)  # type: ignore[arg-type]
+    inference = InferenceConfig(max_tokens=MAX_TOKENS, temperature=0.0, stream=True, timeout_s=120)
+    spec = ShardSpec(shard_id="b", experiment="llama", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
+                     concurrency=concurrency, requests=len(prompts))
+    mark = server.log_mark()
+    out = tmp / f"fmbench-{api}-{concurrency}-{time.monotonic_ns()}.parquet"
+    run_shard(make_client(endpoint, inference), prompts, spec, out, lambda text: len(text.encode()))
+    rec = pl.read_parquet(out)
+    bad = rec.filter(~pl.col("ok"))
+    if bad.height:
+        raise RuntimeError(f"fmbench recorded {bad.height} errors: {bad['error'].to_list()[:3]}")
+    timings = server.timings(mark, expect=len(prompts))
+    return [{"ttft_ms": r["ttft_s"] * 1e3, "tpot_ms": r["tpot_s"] * 1e3, "tokens": r["output_tokens"],
+             "server_prompt_ms": t.prompt_ms, "server_tpot_ms": t.predicted_per_token_ms}
+            for r, t in zip(rec.sort("t_end").iter_rows(named=True), timings, strict=True)]
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return round(statistics.median(r[key] for r in rows), 3)
+
+
+def _within(a: float, b: float) -> bool:
+    return abs(a - b) <= 0.02 * abs(b) + 2.0
+
+
+def measure(server: LlamaServer, api: str, concurrency: int, requests: int, rounds: int,
+            tmp: Path) -> dict[str, Any]:
+    """Alternate rounds of the two clients; medians per client and the server's for each."""
+    per_round = max(1, requests // rounds)
+    mine: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    offset = 0
+    for k in range(rounds):
+        order = [("stdlib", theirs), ("fmbench", mine)]
+        for who, acc in order if k % 2 == 0 else order[::-1]:
+            prompts = _prompts(per_round, offset)
+            offset += per_round
+            if who == "stdlib":
+                acc += run_stdlib(server.port, api, prompts, concurrency)
+            else:
+                acc += run_fmbench(server, api, prompts, concurrency, tmp)
+    row: dict[str, Any] = {"api": api, "concurrency": concurrency, "requests_per_client": len(mine),
+                           "output_tokens": MAX_TOKENS, "load_avg": loadavg()}
+    for name, rows in (("fmbench", mine), ("stdlib", theirs)):
+        row[name] = {"ttft_ms": _median(rows, "ttft_ms"), "tpot_ms": _median(rows, "tpot_ms"),
+                     "server_prompt_ms": _median(rows, "server_prompt_ms"),
+                     "server_tpot_ms": _median(rows, "server_tpot_ms")}
+    f, s = row["fmbench"], row["stdlib"]
+    row["ttft_vs_stdlib_ok"] = _within(f["ttft_ms"], s["ttft_ms"])
+    row["tpot_vs_stdlib_ok"] = _within(f["tpot_ms"], s["tpot_ms"])
+    row["ttft_vs_server_ok"] = _within(f["ttft_ms"], f["server_prompt_ms"])
+    row["tpot_vs_server_ok"] = _within(f["tpot_ms"], f["server_tpot_ms"])
+    row["met"] = all(row[k] for k in ("ttft_vs_stdlib_ok", "tpot_vs_stdlib_ok", "ttft_vs_server_ok",
+                                      "tpot_vs_server_ok"))
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__).parse_args(argv)
+    binary = find_llama_server()
+    if binary is None:
+        print("llama-server not found: run `bash .ci/llama-server.sh` (or set FMBENCH_LLAMA_SERVER)",
+              file=sys.stderr)
+        return 2
+    requests, rounds = (8, 2) if args.quick else (32, 4)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        model = write_model(tmp / "tiny.gguf")
+        with LlamaServer(binary, model, tmp / "llama-server.log", parallel=4, ctx_size=4096, threads=1) as server:
+            server.wait_ready()
+            run_stdlib(server.port, "completions", _prompts(2, 10_000), 1)  # warm the server up
+            run_fmbench(server, "completions", _prompts(2, 10_100), 1, tmp)
+            for api in ("completions", "chat"):
+                for concurrency in (1, 4):
+                    rows.append(measure(server, api, concurrency, requests, rounds, tmp))
+    write_result(args.out, "llama_cpp", {
+        "target": "fmbench's TTFT and TPOT medians within 2 % + 2 ms of the stdlib client's and of the "
+                  "server's own timings (prompt_ms, predicted_per_token_ms)",
+        "server": f"llama-server ({binary.parent.parent.name}), tiny random-weight GGUF (4 layers, 512 wide, "
+                  "f16, byte vocabulary), --parallel 4 --threads 1",
+        "rows": rows, "met": all(r["met"] for r in rows), "quick": args.quick})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
