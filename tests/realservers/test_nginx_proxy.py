@@ -1,0 +1,202 @@
+"""fmbench's OpenAI client behind a real nginx reverse proxy in front of the simulated endpoint:
+connections the proxy closes (``keepalive_requests 1``, a 1-second ``keepalive_timeout``) never
+become endpoint errors, and TTFT is what the client really received, late when nginx buffers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
+from fmbench.endpoints import make_client
+from fmbench.endpoints.base import EndpointClient, Prompt
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.loadgen import ShardSpec, run_shard
+from tests.realservers.nginx_proxy import NginxProxy, ProxyProfile, nginx_available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not nginx_available(), reason="nginx is not installed (.ci/run installs it)"),
+]
+
+MODEL = "fmbench-sim"
+TTFT_MS, TPOT_MS, OUTPUT_TOKENS = 30.0, 5.0, 40
+SIM = SimulatedEndpoint(provider="simulated", model=MODEL, ttft_ms=TTFT_MS, tpot_ms=TPOT_MS,
+                        output_tokens=OUTPUT_TOKENS, max_batch=32, seed=3)
+PROMPTS = [Prompt(f"p{i}", f"prompt number {i} about reverse proxies", 7) for i in range(16)]
+PAUSE_S = 1.5  # longer than every profile's keepalive_timeout
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[str]:
+    """The simulated endpoint in its own process; yields ``host:port`` for nginx's upstream."""
+    with SimulatedServerProcess(SIM) as server:
+        assert server.url
+        yield server.url.removeprefix("http://")
+
+
+@pytest.fixture
+def proxy(sim: str, tmp_path: Path) -> Iterator[Callable[[ProxyProfile], NginxProxy]]:
+    """Starts nginx in front of the simulated endpoint with a given profile; stops it afterwards."""
+    started: list[NginxProxy] = []
+
+    def start(profile: ProxyProfile) -> NginxProxy:
+        px = NginxProxy(sim, profile, tmp_path / f"nginx-{len(started)}")
+        started.append(px)
+        px.start()
+        return px
+
+    yield start
+    for px in started:
+        px.stop()
+
+
+def _client(px: NginxProxy, max_tokens: int = OUTPUT_TOKENS) -> EndpointClient:
+    endpoint = OpenAIEndpoint(provider="openai", base_url=f"{px.url}/v1", model=MODEL, api="chat")
+    return make_client(endpoint, InferenceConfig(max_tokens=max_tokens, timeout_s=30))
+
+
+def _shard(shard_id: str, concurrency: int, requests: int, warmup: int = 1) -> ShardSpec:
+    return ShardSpec(shard_id=shard_id, experiment="nginx", dataset="d", bucket="1-100", bucket_min=1,
+                     bucket_max=100, concurrency=concurrency, requests=requests, warmup=warmup)
+
+
+def _run_shards(px: NginxProxy, out: Path, plan: list[tuple[int, int]]) -> pl.DataFrame:
+    """Runs one shard per ``(concurrency, requests)``, pausing `PAUSE_S` between them."""
+    client = _client(px)
+    frames = []
+    for i, (concurrency, requests) in enumerate(plan):
+        if i:
+            time.sleep(PAUSE_S)  # every connection the client held is now past nginx's keepalive_timeout
+        path = out / f"shard-{i}.parquet"
+        run_shard(client, PROMPTS, _shard(f"s{i}-c{concurrency}", concurrency, requests), path, _words)
+        frames.append(pl.read_parquet(path))
+    return pl.concat(frames)
+
+
+def _failures(df: pl.DataFrame, px: NginxProxy) -> str:
+    rows = df.filter(~pl.col("ok")).select("shard_id", "request_id", "error_kind", "error").rows()
+    return (f"{len(rows)} failed: {rows[:10]}\nnginx access log (tail): {px.access_lines()[-10:]}\n"
+            f"nginx error log (tail): {px.error_tail()}")
+
+
+@pytest.mark.parametrize("profile", [
+    ProxyProfile(buffering=True, keepalive_requests=1),
+    ProxyProfile(buffering=False, keepalive_requests=1),
+    ProxyProfile(buffering=True, keepalive_requests=100),
+    ProxyProfile(buffering=False, keepalive_requests=100),
+], ids=lambda p: p.name)
+def test_shards_separated_by_pauses_see_no_client_caused_errors(
+    proxy: Callable[[ProxyProfile], NginxProxy], profile: ProxyProfile, tmp_path: Path,
+) -> None:
+    px = proxy(profile)
+    plan = [(1, 10), (4, 16), (2, 8)]
+    df = _run_shards(px, tmp_path, plan)
+    assert df.height == sum(n + 1 for _, n in plan)
+    assert df["ok"].all(), _failures(df, px)
+    assert (df["output_tokens"] == OUTPUT_TOKENS).all()
+    # Every request reached the endpoint once: nginx logged one answered request per record.
+    log = [line.split() for line in px.access_lines()]
+    assert len(log) == df.height and all(fields[3] == "200" for fields in log), px.access_lines()
+    per_connection = [int(fields[1]) for fields in log]
+    if profile.keepalive_requests == 1:
+        # nginx said `Connection: close` on every answer and never served two requests on one connection.
+        assert max(per_connection) == 1 and all('conn_hdr="close"' in line for line in px.access_lines())
+    else:
+        assert max(per_connection) > 1  # connections were reused within a shard
+
+
+async def _reuse_at_the_idle_timeout(client: EndpointClient, parallel: int, rounds: int, lo_s: float,
+                                     hi_s: float) -> list[tuple[float, str | None]]:
+    """Sends rounds of ``parallel`` requests; in each round, request k waits a different time (between
+    ``lo_s`` and ``hi_s``, all rounds interleaved) after the previous round's answers, so across the
+    rounds pooled connections are reused at idle times spread finely over nginx's keep-alive timeout,
+    including the moment nginx closes them. Returns ``(idle, error message or None)`` per request."""
+    prompt = PROMPTS[0]
+    outcomes: list[tuple[float, str | None]] = []
+
+    async def one(delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await client.complete(prompt)
+            outcomes.append((delay, None))
+        except Exception as exc:  # noqa: BLE001 - every failure is the finding
+            outcomes.append((delay, f"{type(exc).__name__}: {exc}"))
+
+    await client.open(parallel)
+    try:
+        await asyncio.gather(*(one(0.0) for _ in range(parallel)))  # fill the pool
+        step = (hi_s - lo_s) / (parallel * rounds)
+        for r in range(rounds):
+            await asyncio.gather(*(one(lo_s + (k * rounds + r) * step) for k in range(parallel)))
+    finally:
+        await client.close()
+    return outcomes
+
+
+@pytest.mark.parametrize("buffering", [True, False], ids=["buffering-on", "buffering-off"])
+def test_connections_nginx_closes_when_idle_are_never_endpoint_errors(
+    proxy: Callable[[ProxyProfile], NginxProxy], buffering: bool,
+) -> None:
+    """nginx closes an idle client connection after ``keepalive_timeout``; a client that reuses it at
+    that moment writes into a closed socket. Measured before the client's fix: 6 to 15 of 160 such
+    requests failed, as ``Can not write request body`` (the close was seen while writing) and as
+    ``Server disconnected`` (written, then the closed socket's end-of-file, with no answer byte)."""
+    px = proxy(ProxyProfile(buffering=buffering, keepalive_requests=1000, keepalive_timeout_s=1.0))
+    parallel, rounds = 16, 12
+    # The close falls at 1 s after nginx sent an answer, i.e. a little under 1 s after the client's
+    # round ended (the client reads the answers after nginx sent them), later under load.
+    outcomes = asyncio.run(_reuse_at_the_idle_timeout(_client(px, max_tokens=4), parallel, rounds, 0.960, 1.010))
+    failed = [(round(idle, 5), err) for idle, err in outcomes if err is not None]
+    log = [line.split() for line in px.access_lines()]
+    assert not failed, (f"{len(failed)} of {len(outcomes)} failed: {failed[:10]}\n"
+                        f"nginx answered {len(log)} requests; its error log: {px.error_tail()}")
+    # nginx answered each request exactly once, and the test did straddle the timeout: some
+    # requests reused a connection, others found it closed and the pool opened a new one.
+    assert len(log) == len(outcomes) and all(fields[3] == "200" for fields in log)
+    assert any(int(fields[1]) > 1 for fields in log)
+    assert len({fields[0] for fields in log}) > parallel
+
+
+TTFT_PROFILES = {
+    # nginx's defaults (HTTP/1.0 upstream, buffering on), buffers larger than the answer: nginx
+    # sends nothing until the upstream's answer is complete.
+    "buffered": ProxyProfile(buffering=True, keepalive_requests=100, upstream_http="1.0", buffer_kb=64),
+    # Buffering off: nginx passes every upstream read on at once.
+    "streaming": ProxyProfile(buffering=False, keepalive_requests=100),
+    # Buffering on with a chunked HTTP/1.1 upstream: nginx 1.22 still passes each chunk on as it
+    # arrives when the client keeps up (measured), so the stream is not held back.
+    "buffering-on-chunked": ProxyProfile(buffering=True, keepalive_requests=100),
+}
+
+
+@pytest.mark.parametrize("name", list(TTFT_PROFILES))
+def test_ttft_is_what_the_client_received_through_nginx(
+    proxy: Callable[[ProxyProfile], NginxProxy], name: str, tmp_path: Path,
+) -> None:
+    px = proxy(TTFT_PROFILES[name])
+    df = _run_shards(px, tmp_path, [(1, 8), (2, 8)]).filter(~pl.col("warmup"))
+    assert df["ok"].all(), _failures(df, px)
+    assert (df["output_tokens"] == OUTPUT_TOKENS).all() and (df["chunks"] == OUTPUT_TOKENS).all()
+    ttft, latency, tpot = df["ttft_s"].median(), df["latency_s"].median(), df["tpot_s"].median()
+    assert isinstance(ttft, float) and isinstance(latency, float) and isinstance(tpot, float)
+    # No first token can arrive before the simulated server produced it.
+    assert ttft >= TTFT_MS / 1000 * 0.9, (name, ttft)
+    if name == "buffered":
+        # The first bytes arrived with the last ones: TTFT is reported late, as the client saw it,
+        # and the tokens as one burst (no time between them), not as the server paced them.
+        assert ttft >= 0.8 * latency, (name, ttft, latency)
+        assert tpot <= 0.5 * TPOT_MS / 1000, (name, tpot)
+    else:
+        # The server's decode time (40 tokens x 5 ms) lies between the first token and the last.
+        assert ttft <= 0.5 * latency, (name, ttft, latency)
+        assert tpot >= 0.5 * TPOT_MS / 1000, (name, tpot)
