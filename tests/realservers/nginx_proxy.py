@@ -20,7 +20,7 @@ daemon off;
 master_process off;
 worker_processes 1;
 pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
+error_log {tmp}/error.log {log_level};
 events {{ worker_connections 256; }}
 http {{
     log_format fmbench '$connection $connection_requests $request_time $status $bytes_sent '
@@ -88,10 +88,11 @@ class NginxProxy:
         upstream: ``host:port`` of the server to proxy to.
         profile: client keep-alive and buffering settings.
         workdir: directory for the config, logs, pid file and temp files.
+        log_level: error log level (``debug`` shows each connection's keep-alive and close).
     """
 
-    def __init__(self, upstream: str, profile: ProxyProfile, workdir: Path) -> None:
-        self.upstream, self.profile, self.workdir = upstream, profile, workdir
+    def __init__(self, upstream: str, profile: ProxyProfile, workdir: Path, log_level: str = "info") -> None:
+        self.upstream, self.profile, self.workdir, self.log_level = upstream, profile, workdir, log_level
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -117,7 +118,7 @@ class NginxProxy:
             f"{pad}proxy_buffer_size {p.buffer_kb}k;\n{pad}proxy_buffers 4 {p.buffer_kb}k;\n"
             f"{pad}proxy_busy_buffers_size {p.buffer_kb}k;\n")
         conf.write_text(_CONF.format(
-            tmp=self.workdir, port=self.port, upstream=self.upstream, buffering="on" if p.buffering else "off",
+            tmp=self.workdir, port=self.port, log_level=self.log_level, upstream=self.upstream, buffering="on" if p.buffering else "off",
             keepalive_requests=p.keepalive_requests, keepalive_timeout_s=f"{p.keepalive_timeout_s:g}",
             upstream_http=p.upstream_http, buffers=buffers,
             # HTTP/1.1 upstream connections stay open only without the client's Connection header.
