@@ -104,6 +104,10 @@ def test_shards_separated_by_pauses_see_no_client_caused_errors(
     assert df.height == sum(n + 1 for _, n in plan)
     assert df["ok"].all(), _failures(df, px)
     assert (df["output_tokens"] == OUTPUT_TOKENS).all()
+    # A resend (the request went out again on a new connection) is counted on its record and never
+    # makes the request an error.
+    assert df["resends"].is_not_null().all() and (df["resends"] >= 0).all()
+    assert df.filter(pl.col("resends") > 0)["error_kind"].is_null().all()
     # Every request reached the endpoint once: nginx logged one answered request per record.
     log = [line.split() for line in px.access_lines()]
     assert len(log) == df.height and all(fields[3] == "200" for fields in log), px.access_lines()
@@ -116,31 +120,32 @@ def test_shards_separated_by_pauses_see_no_client_caused_errors(
 
 
 async def _reuse_at_the_idle_timeout(client: EndpointClient, parallel: int, rounds: int, lo_s: float,
-                                     hi_s: float) -> list[tuple[float, str | None]]:
-    """Sends rounds of ``parallel`` requests; in each round, request k waits a different time (between
-    ``lo_s`` and ``hi_s``, all rounds interleaved) after the previous round's answers, so across the
-    rounds pooled connections are reused at idle times spread finely over nginx's keep-alive timeout,
-    including the moment nginx closes them. Returns ``(idle, error message or None)`` per request."""
+                                     hi_s: float) -> list[tuple[float, int, str | None]]:
+    """Sends rounds of ``parallel`` requests after a pause: round r's pauses lie in the r-th of
+    ``rounds`` equal slices of ``[lo_s, hi_s)``, one request every slice/``parallel`` seconds. A round's
+    requests all leave before its first answer is back, so each reuses a different pooled connection
+    that has been idle for its pause: across the rounds, idle times cover nginx's keep-alive timeout
+    finely, including the moment nginx closes. Returns ``(pause, resends, error or None)`` per request."""
     prompt = PROMPTS[0]
-    outcomes: list[tuple[float, str | None]] = []
+    outcomes: list[tuple[float, int, str | None]] = []
 
-    async def one(delay: float) -> None:
-        await asyncio.sleep(delay)
+    async def one(pause: float) -> None:
+        await asyncio.sleep(pause)
         try:
-            await client.complete(prompt)
-            outcomes.append((delay, None))
+            comp = await client.complete(prompt)
+            outcomes.append((pause, comp.resends, None))
         except Exception as exc:  # noqa: BLE001 - every failure is the finding
-            outcomes.append((delay, f"{type(exc).__name__}: {exc}"))
+            outcomes.append((pause, getattr(exc, "resends", 0), f"{type(exc).__name__}: {exc}"))
 
     await client.open(parallel)
     try:
         await asyncio.gather(*(one(0.0) for _ in range(parallel)))  # fill the pool
-        step = (hi_s - lo_s) / (parallel * rounds)
+        width = (hi_s - lo_s) / rounds
         for r in range(rounds):
-            await asyncio.gather(*(one(lo_s + (k * rounds + r) * step) for k in range(parallel)))
+            await asyncio.gather(*(one(lo_s + r * width + k * width / parallel) for k in range(parallel)))
     finally:
         await client.close()
-    return outcomes
+    return outcomes[parallel:]
 
 
 @pytest.mark.parametrize("buffering", [True, False], ids=["buffering-on", "buffering-off"])
@@ -149,22 +154,27 @@ def test_connections_nginx_closes_when_idle_are_never_endpoint_errors(
 ) -> None:
     """nginx closes an idle client connection after ``keepalive_timeout``; a client that reuses it at
     that moment writes into a closed socket. Measured before the client's fix: 6 to 15 of 160 such
-    requests failed, as ``Can not write request body`` (the close was seen while writing) and as
-    ``Server disconnected`` (written, then the closed socket's end-of-file, with no answer byte)."""
+    requests failed, as ``Can not write request body`` (the close was seen while writing),
+    ``Server disconnected`` (written, then the closed socket's end-of-file, no answer byte) and
+    ``Connection reset by peer`` (written into the closed socket)."""
     px = proxy(ProxyProfile(buffering=buffering, keepalive_requests=1000, keepalive_timeout_s=1.0))
-    parallel, rounds = 16, 12
-    # The close falls at 1 s after nginx sent an answer, i.e. a little under 1 s after the client's
-    # round ended (the client reads the answers after nginx sent them), later under load.
-    outcomes = asyncio.run(_reuse_at_the_idle_timeout(_client(px, max_tokens=4), parallel, rounds, 0.960, 1.010))
-    failed = [(round(idle, 5), err) for idle, err in outcomes if err is not None]
+    parallel, rounds = 16, 16
+    # nginx closes 1 s after it sent an answer, i.e. a little under 1 s after the client's round
+    # ended (the client reads the answers after nginx sent them), and earlier still under load.
+    outcomes = asyncio.run(_reuse_at_the_idle_timeout(_client(px, max_tokens=4), parallel, rounds, 0.900, 1.020))
+    failed = [(round(pause, 5), err) for pause, _, err in outcomes if err is not None]
     log = [line.split() for line in px.access_lines()]
     assert not failed, (f"{len(failed)} of {len(outcomes)} failed: {failed[:10]}\n"
                         f"nginx answered {len(log)} requests; its error log: {px.error_tail()}")
-    # nginx answered each request exactly once, and the test did straddle the timeout: some
-    # requests reused a connection, others found it closed and the pool opened a new one.
-    assert len(log) == len(outcomes) and all(fields[3] == "200" for fields in log)
-    assert any(int(fields[1]) > 1 for fields in log)
-    assert len({fields[0] for fields in log}) > parallel
+    # nginx answered each request exactly once (a resent request had never reached it), and the
+    # test did straddle the timeout: some requests reused a connection, for others nginx had closed
+    # the pooled one and the client opened a new one.
+    assert len(log) == len(outcomes) + parallel and all(fields[3] == "200" for fields in log)
+    reused = sum(int(fields[1]) > 1 for fields in log)
+    fresh = len({fields[0] for fields in log}) - parallel
+    assert reused > parallel and fresh > parallel, (reused, fresh)
+    resends = [n for _, n, _ in outcomes]
+    assert min(resends) >= 0 and sum(resends) <= len(outcomes), resends
 
 
 TTFT_PROFILES = {
