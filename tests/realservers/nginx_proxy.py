@@ -23,8 +23,8 @@ pid {tmp}/nginx.pid;
 error_log {tmp}/error.log {log_level};
 events {{ worker_connections 256; }}
 http {{
-    log_format fmbench '$connection $connection_requests $request_time $status $bytes_sent '
-                       '"$request" upstream=$upstream_addr conn_hdr="$sent_http_connection"';
+    log_format fmbench '$connection $connection_requests $request_time $status $bytes_sent $msec '
+                       '"$request" upstream=$upstream_addr';
     access_log {tmp}/access.log fmbench;
     client_body_temp_path {tmp}/body;
     proxy_temp_path {tmp}/proxy;
@@ -32,7 +32,7 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
     keepalive_requests {keepalive_requests};
-    keepalive_timeout {keepalive_timeout_s}s;
+    keepalive_timeout {keepalive_timeout_s}s{keepalive_header};
     upstream backend {{
         server {upstream};
         keepalive 8;
@@ -60,13 +60,16 @@ class ProxyProfile:
     #: "1.1" keeps upstream connections alive and lets nginx pass chunked answers on chunk by
     #: chunk; "1.0" is nginx's default, under which a buffered answer leaves in buffer-sized parts.
     upstream_http: str = "1.1"
+    #: Seconds nginx announces in a ``Keep-Alive: timeout=N`` header (None: no header, nginx's default).
+    keepalive_header_s: int | None = None
     #: Size of each response buffer (None: nginx's default of one memory page).
     buffer_kb: int | None = None
 
     @property
     def name(self) -> str:
         return (f"buffering-{'on' if self.buffering else 'off'}-requests-{self.keepalive_requests}"
-                f"-timeout-{self.keepalive_timeout_s:g}s-upstream-http{self.upstream_http}")
+                f"-timeout-{self.keepalive_timeout_s:g}s-upstream-http{self.upstream_http}"
+                + ("" if self.keepalive_header_s is None else f"-header-{self.keepalive_header_s}s"))
 
 
 def nginx_available() -> bool:
@@ -120,6 +123,7 @@ class NginxProxy:
         conf.write_text(_CONF.format(
             tmp=self.workdir, port=self.port, log_level=self.log_level, upstream=self.upstream, buffering="on" if p.buffering else "off",
             keepalive_requests=p.keepalive_requests, keepalive_timeout_s=f"{p.keepalive_timeout_s:g}",
+            keepalive_header="" if p.keepalive_header_s is None else f" {p.keepalive_header_s}s",
             upstream_http=p.upstream_http, buffers=buffers,
             # HTTP/1.1 upstream connections stay open only without the client's Connection header.
             upstream_keepalive=f'{pad}proxy_set_header Connection "";\n' if p.upstream_http == "1.1" else ""))
