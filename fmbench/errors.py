@@ -39,6 +39,9 @@ class EndpointError(FMBenchError):
     """Raised when a request to an endpoint fails; `kind` names the error class in records."""
 
     kind = "endpoint"
+    #: Times the client sent the request again on a new connection because the pooled one had
+    #: been closed by the server before it read the request (a client event, not this error).
+    resends = 0
 
 
 class EndpointTimeout(EndpointError):

@@ -45,6 +45,8 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     "tpot_s": pl.Float64(),  # (latency - ttft) / (output_tokens - 1)
     "itl_s": pl.List(pl.Float64()),  # gaps between chunks carrying output tokens
     "chunks": pl.Int64(),  # streamed chunks that carried output tokens
+    "resends": pl.Int64(),  # re-sent on a new connection: the server had closed the pooled one unread
+    "note": pl.String(),  # e.g. a stream whose tokens the server counted but whose text never arrived
 }
 
 
@@ -81,6 +83,8 @@ class RequestRecord:
     tpot_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
     chunks: int | None = None
+    resends: int = 0
+    note: str | None = None
 
     def as_row(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in REQUEST_SCHEMA}

@@ -31,6 +31,8 @@ class Completion:
     input_tokens: int | None = None  # from the server's usage, when it reports it
     output_tokens: int | None = None  # from the server's usage, when it reports it
     http_status: int | None = 200
+    resends: int = 0  # sends on a pooled connection the server had closed before reading them
+    note: str | None = None  # what the record should say about an unusual but successful answer
 
 
 @runtime_checkable

@@ -36,10 +36,27 @@ This client's extra CPU over a bare aiohttp loop is the parsing (JSON per chunk,
 usage). Its cost per chunk stays flat with answer length (2.8 us/chunk at 1,000 chunks, 2.5 at
 4,000: no quadratic buffers), and a 24,000-word (~32k-token) prompt adds ~80 us of CPU.
 
+Connections the server closes. Real servers and proxies close keep-alive connections (llama.cpp
+after its ``Keep-Alive: max``, and unannounced after streamed answers; nginx's
+``keepalive_requests``/``keepalive_timeout``; load balancers' idle timeouts). A pooled connection is
+not reused past the server's ``Connection: close`` or ``Keep-Alive`` limits, nor once its idle
+socket shows the peer closed it. What is left is a race: the request goes out on a connection the
+server is closing. When that fails on a connection that had carried earlier requests and no byte of
+an answer came back (or nothing of the request was written at all), the server never read it, and
+it is sent again at once on another connection; its timing starts at the send that was answered
+and the resend is counted (``Completion.resends``, the records' ``resends``), a client event, not an
+endpoint error. A failure to connect, a timeout, a failure on a new connection and anything after
+the first answer byte stay endpoint errors, so a server that crashes on a request shows as such.
+
+A stream may end with the server's usage counting output tokens and no text at all (llama.cpp
+withholds bytes that do not yet form whole UTF-8 characters): the server did the work, so it is a
+success counted in the server's tokens, with a ``note`` saying no text arrived. Without usage,
+llama.cpp's ``timings.predicted_n`` counts the output tokens.
+
 Failures are translated to `fmbench.errors` at one boundary (`_translate`): timeouts ->
 `EndpointTimeout`; 429 -> `EndpointThrottled` (Retry-After parsed); other statuses ->
 `EndpointHTTPError`; refused/reset/disconnected -> `EndpointConnectionError`; unparseable JSON,
-malformed SSE, a stream without ``[DONE]`` or without any output -> `EndpointProtocolError`.
+malformed SSE, a stream without ``[DONE]``, or without any output text or server count -> `EndpointProtocolError`.
 The API key is sent in a header only; it is redacted from any message that might echo it.
 """
 
@@ -50,6 +67,7 @@ import contextvars
 import email.utils
 import functools
 import json
+import select
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -133,15 +151,37 @@ def _translate(exc: BaseException, secret: str | None) -> EndpointError:
 #: The send stamp of the request the current task is sending: ``[None]`` until its first write.
 #: aiohttp writes a request from the task that sends it (or a task it starts, which inherits the
 #: context), so the transport's write finds the right request's holder here.
-_SEND_STAMP: contextvars.ContextVar[list[float | None] | None] = contextvars.ContextVar("fmbench_send_stamp",
-                                                                                      default=None)
+_SEND_STAMP: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("fmbench_send_stamp", default=None)
 
 
 class _SendStampingHandler(ResponseHandler):
-    """aiohttp's connection protocol, whose transport stamps the first write of each request."""
+    """aiohttp's connection protocol, extended for honest timing on servers that close connections.
+
+    Its transport stamps the first write of each request (``t_start``) and notes, in the request's
+    holder, which connection carried it and how many requests that connection had carried before.
+    It remembers whether any byte of the current answer arrived, and it refuses to be reused (via
+    `is_connected`, which aiohttp's pool asks before handing out an idle connection) once the
+    server's ``Keep-Alive`` idle timeout or request limit is reached, or once the peer closed it
+    (a zero-timeout poll of the idle socket, as urllib3 does: a FIN or RST the event loop has not
+    processed yet). ``Connection: close`` aiohttp honours itself.
+    """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.served = 0  # requests this connection carried (their first write happened)
+        self.rx = False  # a byte of the current request's answer arrived
+        self.last_rx = time.monotonic()
+        self.idle_limit_s: float | None = None  # from the server's Keep-Alive timeout, less a margin
+        self.max_requests: int | None = None  # from the server's Keep-Alive max
+        self._poll: Any = None
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(select, "poll"):
+            try:
+                poller = select.poll()
+                poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+                self._poll = poller
+            except (OSError, ValueError):  # pragma: no cover - not a pollable socket
+                self._poll = None
         write = getattr(transport, "write", None)
         if write is None:
             return
@@ -151,12 +191,80 @@ class _SendStampingHandler(ResponseHandler):
             holder = stamp.get()
             if holder is not None and holder[0] is None:
                 holder[0] = clock()
+                holder.append(self)
+                holder.append(self.served)
+                self.served += 1
+                self.rx = False
             write(data)
 
         try:
             transport.write = write_stamped  # type: ignore[attr-defined]
         except AttributeError:  # a transport class that forbids it: t_start falls back
             pass
+
+    def data_received(self, data: bytes) -> None:
+        self.rx = True
+        self.last_rx = time.monotonic()
+        super().data_received(data)
+
+    def is_connected(self) -> bool:
+        # aiohttp asks this of idle pooled connections only (before reuse and when sweeping the pool).
+        if not super().is_connected():
+            return False
+        if self.idle_limit_s is not None and time.monotonic() - self.last_rx > self.idle_limit_s:
+            return False
+        if self.max_requests is not None and self.served >= self.max_requests:
+            return False
+        if self._poll is not None:
+            try:
+                if self._poll.poll(0):  # readable while idle: the peer closed it (or sent garbage)
+                    return False
+            except OSError:  # pragma: no cover
+                return False
+        return True
+
+    def note_keep_alive(self, header: str) -> None:
+        """Apply a ``Keep-Alive: timeout=T, max=N`` response header to this connection's reuse."""
+        timeout, most = _parse_keep_alive(header)
+        if timeout is not None:
+            # The server's idle timer starts when it has sent the answer; leave a margin for the
+            # network and for our own scheduling so we never send into a closing connection.
+            self.idle_limit_s = max(0.0, timeout - min(1.0, 0.25 * timeout))
+        if most is not None:
+            # Servers differ on whether `max` counts down (Apache: requests left) or stays the
+            # connection's total (cpp-httplib); reading it as the total is safe under both.
+            self.max_requests = most if self.max_requests is None else min(self.max_requests, most)
+
+
+def _parse_keep_alive(header: str) -> tuple[float | None, int | None]:
+    """``timeout`` seconds and ``max`` requests of a Keep-Alive header (None where absent or bad)."""
+    timeout: float | None = None
+    most: int | None = None
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        key = key.strip().lower()
+        try:
+            if key == "timeout":
+                timeout = float(value)
+            elif key == "max":
+                most = int(value)
+        except ValueError:
+            continue
+    return timeout, most
+
+
+def _never_read(sent: list[Any], exc: BaseException, hooked: bool) -> bool:
+    """True when a failed request provably never reached the server's request handling: the
+    pooled connection it went out on had carried earlier requests and no byte of an answer came
+    back (the server had closed it: keep-alive limit, idle timeout, a proxy's recycling), or no
+    byte of it was ever written. A failure to connect, a timeout, or any failure on a connection
+    that was new is the endpoint's, and is never sent again."""
+    if not hooked or isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError, TimeoutError)):
+        return False
+    if len(sent) < 3:  # not one byte of the request went out
+        return True
+    proto, served_before = sent[1], sent[2]
+    return bool(served_before > 0 and not proto.rx)
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -203,6 +311,23 @@ def _count(usage: Any, key: str) -> int | None:
     """A token count from a usage object, or None when absent or not an integer."""
     value = usage.get(key) if isinstance(usage, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+#: A record's note for an answer whose tokens the server counted but whose text never arrived: a
+#: server may withhold bytes that do not yet form whole UTF-8 characters (llama.cpp does), so a short
+#: answer of partial characters carries no text. The server did the work: a success, counted in its
+#: own tokens.
+_NO_TEXT = "no output text arrived; output tokens as counted by the server"
+
+
+def _usage_counts(usage: Any, timings: Any) -> tuple[int | None, int | None]:
+    """Prompt and output tokens from the OpenAI ``usage``, else output tokens from llama.cpp's
+    ``timings`` (its ``prompt_n`` leaves out prompt tokens served from its cache, so it is not used)."""
+    if isinstance(usage, dict):
+        return _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+    if isinstance(timings, dict):
+        return None, _count(timings, "predicted_n")
+    return None, None
 
 
 def _output_piece(event: Any, chat: bool) -> str | None:
@@ -304,6 +429,8 @@ class OpenAIClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        self._hooked = False
+        self._max_resends = 0
         self._stream = self.inference.stream
         self._timeout = self.inference.timeout_s
         base: dict[str, Any] = {
@@ -330,9 +457,14 @@ class OpenAIClient:
         connector = aiohttp.TCPConnector(
             limit=limit, limit_per_host=limit, keepalive_timeout=300, enable_cleanup_closed=False
         )
-        if callable(getattr(connector, "_factory", None)):  # new connections stamp their writes
+        # New connections stamp their writes and know when they may be reused (see the class).
+        self._hooked = callable(getattr(connector, "_factory", None))
+        if self._hooked:
             connector._factory = functools.partial(  # type: ignore[assignment]
                 _SendStampingHandler, loop=asyncio.get_running_loop())
+        # A resend takes another pooled connection (which may be stale too) or a new one; on a new
+        # one a failure is final, so this bound is only a guard.
+        self._max_resends = (limit or 16) + 1
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers=self._headers,
@@ -358,6 +490,11 @@ class OpenAIClient:
     async def complete(self, prompt: Prompt) -> Completion:
         """Send one request and measure it.
 
+        A request that never reached the server (see `_never_read`: sent on a pooled connection the
+        server had already closed) is sent again at once on another connection, and its timing
+        starts at the send that got an answer; the resends are counted in the `Completion` (or in
+        the error's ``resends``), never reported as endpoint errors.
+
         Raises:
             EndpointTimeout, EndpointThrottled, EndpointHTTPError, EndpointConnectionError,
             EndpointProtocolError: see the module docstring.
@@ -366,25 +503,45 @@ class OpenAIClient:
         if session is None:
             raise EndpointConnectionError("client is not open (call open() first)")
         data = self._payload(prompt)
+        resends = 0
         try:
             async with asyncio.timeout(self._timeout):
-                sent: list[float | None] = [None]
-                _SEND_STAMP.set(sent)
-                t_start = time.monotonic()
-                async with session.post(self._url, data=data) as resp:
+                while True:
+                    sent: list[Any] = [None]
+                    _SEND_STAMP.set(sent)
+                    t_start = time.monotonic()
+                    try:
+                        resp = await session.post(self._url, data=data)
+                    except aiohttp.ClientConnectionError as exc:
+                        if resends < self._max_resends and _never_read(sent, exc, self._hooked):
+                            resends += 1
+                            continue
+                        raise
+                    break
+                async with resp:
                     t_start = sent[0] or t_start
+                    if len(sent) > 1 and (keep_alive := resp.headers.get("Keep-Alive")):
+                        sent[1].note_keep_alive(keep_alive)
                     if resp.status >= 400:
                         raise await self._http_error(resp)
                     ctype = resp.headers.get("Content-Type", "")
                     if self._stream and not ctype.startswith("application/json"):
-                        return await self._read_stream(resp, t_start)
-                    return await self._read_body(resp, t_start)
-        except EndpointError:
+                        comp = await self._read_stream(resp, t_start)
+                    else:
+                        comp = await self._read_body(resp, t_start)
+                    comp.resends = resends
+                    return comp
+        except EndpointError as exc:
+            exc.resends = resends
             raise
         except TimeoutError as exc:
-            raise EndpointTimeout(f"no complete answer within {self._timeout:g} s") from exc
+            err: EndpointError = EndpointTimeout(f"no complete answer within {self._timeout:g} s")
+            err.resends = resends
+            raise err from exc
         except Exception as exc:  # the translation boundary for aiohttp/asyncio/OS errors
-            raise _translate(exc, self._secret) from exc
+            err = _translate(exc, self._secret)
+            err.resends = resends
+            raise err from exc
 
     async def _http_error(self, resp: aiohttp.ClientResponse) -> EndpointHTTPError:
         body = await resp.content.read(_ERROR_BODY_BYTES)
@@ -405,18 +562,19 @@ class OpenAIClient:
         if "error" in data and not data.get("choices"):
             raise self._stream_error(data)
         text = _output_piece(data, self._chat) or ""
-        if not text:
+        input_tokens, output_tokens = _usage_counts(data.get("usage"), data.get("timings"))
+        if not text and not output_tokens:
             raise EndpointProtocolError("answer carries no output text")
-        usage = data.get("usage")
         return Completion(
             t_start=t_start,
             t_end=t_end,
             t_first_token=t_end,
             chunk_times=[],
             text=text,
-            input_tokens=_count(usage, "prompt_tokens"),
-            output_tokens=_count(usage, "completion_tokens"),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             http_status=resp.status,
+            note=None if text else _NO_TEXT,
         )
 
     def _stream_error(self, event: dict[str, Any]) -> EndpointHTTPError:
@@ -442,6 +600,7 @@ class OpenAIClient:
         pieces: list[str] = []
         chunk_times: list[float] = []
         usage: dict[str, Any] | None = None
+        timings: Any = None  # llama.cpp's own counts, for a stream without usage
         done = False
         now = t_start
         async for read in resp.content.iter_any():
@@ -464,6 +623,8 @@ class OpenAIClient:
                     chunk_times.append(now)
                 if event.get("usage"):
                     usage = event["usage"]
+                elif usage is None and event.get("timings"):
+                    timings = event["timings"]
             if done:
                 break
         if not done:
@@ -471,17 +632,22 @@ class OpenAIClient:
                 done = True  # a final event without its blank line
             else:
                 raise EndpointProtocolError("stream ended without [DONE]")
+        input_tokens, output_tokens = _usage_counts(usage, timings)
+        note = None
         if not chunk_times:
-            raise EndpointProtocolError("stream carried no output text")
+            if not output_tokens:
+                raise EndpointProtocolError("stream carried no output text")
+            note = _NO_TEXT
         if not resp.content.is_eof():
             await self._drain(resp)
         return Completion(
             t_start=t_start,
             t_end=now,
-            t_first_token=chunk_times[0],
+            t_first_token=chunk_times[0] if chunk_times else None,
             chunk_times=chunk_times,
             text="".join(pieces),
-            input_tokens=_count(usage, "prompt_tokens"),
-            output_tokens=_count(usage, "completion_tokens"),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             http_status=resp.status,
+            note=note,
         )

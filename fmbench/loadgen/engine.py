@@ -176,6 +176,7 @@ class _Shard:
             self._fail(rec, prompt, t_sched, t_before, "cancelled", "shard cancelled before the answer", None)
             raise
         except EndpointError as exc:
+            rec.resends = exc.resends
             self._fail(rec, prompt, t_sched, t_before, exc.kind, str(exc), getattr(exc, "status", None))
         except Exception as exc:  # noqa: BLE001 (a client bug must cost one record, never the shard)
             message = f"unexpected {type(exc).__name__}: {exc}"
@@ -216,6 +217,8 @@ class _Shard:
         if out_tokens > 1 and rec.ttft_s is not None and ct:
             rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out_tokens - 1)
         rec.chunks = len(ct)
+        rec.resends = comp.resends
+        rec.note = comp.note
         rec.itl_s = [float(b - a) for a, b in itertools.pairwise(ct)] if len(ct) > 1 else []
         self._add(rec)
 

@@ -114,6 +114,7 @@ async def run_with_retries(
                 raise exc from None
             if isinstance(exc, EndpointError):
                 kind, message, status = exc.kind, str(exc), getattr(exc, "status", None)
+                rec.resends = exc.resends
             else:
                 kind, message, status = "protocol", f"unexpected {type(exc).__name__}: {exc}", None
             retry_after = getattr(exc, "retry_after_s", None)

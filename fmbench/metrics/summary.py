@@ -7,6 +7,9 @@ Definitions (the report's glossary repeats them):
   final attempt (highest ``attempt``) counts as the request, so ``requests``, ``errors`` and
   percentiles are over final outcomes, and ``attempts`` counts every measured attempt.
 * ``requests`` counts measured requests, ``errors`` the failed ones, ``error_rate = errors / requests``.
+* ``resends`` counts sends the client repeated on a new connection because the server had closed
+  the pooled one before reading the request (keep-alive limits, proxies): a client event, never an
+  error; the request's timing starts at the send that was answered.
 * ``duration_s`` runs from the first measured request's start (its scheduled time, else ``t_start``)
   to the last measured request's end.
 * ``transactions_per_min`` counts successful requests; token rates count tokens of successful requests.
@@ -36,12 +39,14 @@ SHARD_KEYS: list[str] = ["experiment", "dataset", "bucket", "bucket_min", "bucke
 
 _NEEDED = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate",
            "shard_id", "warmup", "ok", "error_kind", "error", "input_tokens", "output_tokens", "t_scheduled",
-           "t_start", "t_end", "ttft_s", "latency_s", "tpot_s"]
+           "t_start", "t_end", "ttft_s", "latency_s", "tpot_s", "resends"]
 
 
 def _measured(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
     names = lf.collect_schema().names()
+    if "resends" not in names:  # records of runs made before resends were counted
+        lf = lf.with_columns(resends=pl.lit(0, dtype=pl.Int64))
     if "attempt" not in names or "request_id" not in names:
         return lf.select(_NEEDED).filter(~pl.col("warmup").fill_null(False)).with_columns(_attempts=pl.lit(1))
     attempt = pl.col("attempt").fill_null(1)
@@ -80,6 +85,7 @@ def _aggregate(lf: pl.LazyFrame) -> pl.DataFrame:
         pl.col("output_tokens").filter(ok).mean().alias("output_tokens_mean"),
         pl.col("shard_id").drop_nulls().first().alias("shard_id"),
         pl.col("_attempts").sum().cast(pl.Int64).alias("attempts"),
+        pl.col("resends").fill_null(0).sum().cast(pl.Int64).alias("resends"),
     ]
     return lf.group_by(SHARD_KEYS).agg(aggs).collect()
 
@@ -194,6 +200,7 @@ METRIC_COLUMNS: list[str] = [
     "price_model", "instance_type", "instance_count", "hourly_usd", "input_per_1k_usd", "output_per_1k_usd",
     "pricing_source", "shard_cost_usd", "cost_per_10k_txn", "cost_per_1m_output_tokens",
     "meets_slo", "slo_failures", "slo_worst_ratio", "client_cpu_s", "shard_wall_s", "attempts",
+    "resends",
 ]
 
 

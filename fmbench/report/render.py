@@ -217,6 +217,14 @@ def _error_rows(errors: pl.DataFrame | None) -> list[dict[str, str]]:
     return rows
 
 
+def _resend_rows(metrics: pl.DataFrame) -> list[dict[str, str]]:
+    if "resends" not in metrics.columns:
+        return []
+    return [{"Experiment": r["experiment"], "Dataset": r["dataset"], "Bucket": r["bucket"], "Load": fmt_load(r),
+             "Requests": fmt_int(r["requests"]), "Resent on a new connection": fmt_int(r["resends"])}
+            for r in metrics.filter(pl.col("resends").fill_null(0) > 0).iter_rows(named=True)]
+
+
 def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | None]:
     if cost is None or cost.is_empty():
         return [], None
@@ -309,6 +317,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
         "figure_notes": fig_notes,
         "plots_missing_reason": reason,
         "error_rows": _error_rows(inp.errors),
+        "resend_rows": _resend_rows(inp.metrics),
         "repro": [_repro(r) for r in inp.runs],
         "md_table": md_table,
         "colours": colours,

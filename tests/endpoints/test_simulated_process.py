@@ -86,9 +86,9 @@ def test_start_stop_restart_keep_the_port_and_leave_no_process_behind() -> None:
 
 def test_startup_failures_are_deployment_errors_naming_the_cause() -> None:
     with pytest.raises(DeploymentError, match="max_batch"):
-        SimulatedServerProcess(CFG, extra_args=["--max-batch", "0"], startup_timeout=20).start()
+        SimulatedServerProcess(CFG, extra_args=["--max-batch", "0"], startup_timeout=90).start()
     with SimulatedServerProcess(CFG) as first:
-        busy = SimulatedServerProcess(CFG, port=first.port, startup_timeout=20)
+        busy = SimulatedServerProcess(CFG, port=first.port, startup_timeout=90)
         with pytest.raises(DeploymentError, match="cannot listen"):
             busy.start()
         assert not busy.running

@@ -3,7 +3,7 @@
 The request's ``model`` field picks the behaviour: ``ok`` (default), ``500``, ``429``, ``hang``,
 ``reset`` (drop the connection mid-stream), ``malformed`` (bad SSE line), ``nonjson`` (SSE data
 that is not JSON), ``nonjson_body`` (non-streamed text body), ``nodone`` (stream ends without
-[DONE]), ``empty`` (no output text), ``nousage``, ``echo_key`` (401 echoing the Authorization
+[DONE]), ``empty`` (no output text, no usage), ``nousage``, ``echo_key`` (401 echoing the Authorization
 header). Options after ``:`` as ``key=value``: ``ttft``, ``tpot``, ``jit`` (extra random TTFT up to this),
 in seconds, and ``n`` (chunks).
 Runs in a subprocess; `FakeOpenAI.stats` reads back what it saw.
@@ -166,7 +166,7 @@ class _Server:
                 else {"choices": [{"index": 0, "text": piece}]}
             )
             await send(delta)
-        if name != "nousage":
+        if name not in ("nousage", "empty"):  # no text and no count: nothing shows the work was done
             await send({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": n}})
         if name != "nodone":
             await send(b"[DONE]")
