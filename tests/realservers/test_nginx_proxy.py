@@ -18,6 +18,7 @@ from fmbench.endpoints import make_client
 from fmbench.endpoints.base import EndpointClient, Prompt
 from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.metrics import summarize
 from tests.realservers.nginx_proxy import NginxProxy, ProxyProfile, nginx_available
 
 pytestmark = [
@@ -109,6 +110,9 @@ def test_shards_separated_by_pauses_see_no_client_caused_errors(
     # makes the request an error.
     assert df["resends"].is_not_null().all() and (df["resends"] >= 0).all()
     assert df.filter(pl.col("resends") > 0)["error_kind"].is_null().all()
+    metrics = summarize(df, None)
+    assert metrics.height == len(plan) and (metrics["errors"] == 0).all()
+    assert metrics["resends"].sum() == df.filter(~pl.col("warmup"))["resends"].sum()
     # Every request reached the endpoint once: nginx logged one answered request per record.
     log = [line.split() for line in px.access_lines()]
     assert len(log) == df.height and all(fields[3] == "200" for fields in log), px.access_lines()
@@ -228,19 +232,21 @@ def test_ttft_is_what_the_client_received_through_nginx(
     proxy: Callable[[ProxyProfile], NginxProxy], name: str, tmp_path: Path,
 ) -> None:
     px = proxy(TTFT_PROFILES[name])
-    df = _run_shards(px, tmp_path, [(1, 8), (2, 8)]).filter(~pl.col("warmup"))
+    df = _run_shards(px, tmp_path, [(1, 8), (2, 8)])
     assert df["ok"].all(), _failures(df, px)
     assert (df["output_tokens"] == OUTPUT_TOKENS).all() and (df["chunks"] == OUTPUT_TOKENS).all()
-    ttft, latency, tpot = df["ttft_s"].median(), df["latency_s"].median(), df["tpot_s"].median()
-    assert isinstance(ttft, float) and isinstance(latency, float) and isinstance(tpot, float)
-    # No first token can arrive before the simulated server produced it.
-    assert ttft >= TTFT_MS / 1000 * 0.9, (name, ttft)
-    if name == "buffered":
-        # The first bytes arrived with the last ones: TTFT is reported late, as the client saw it,
-        # and the tokens as one burst (no time between them), not as the server paced them.
-        assert ttft >= 0.8 * latency, (name, ttft, latency)
-        assert tpot <= 0.5 * TPOT_MS / 1000, (name, tpot)
-    else:
-        # The server's decode time (40 tokens x 5 ms) lies between the first token and the last.
-        assert ttft <= 0.5 * latency, (name, ttft, latency)
-        assert tpot >= 0.5 * TPOT_MS / 1000, (name, tpot)
+    # The report's numbers: one metrics row per concurrency level.
+    for row in summarize(df, None).iter_rows(named=True):
+        ttft, latency, tpot = row["ttft_p50_s"], row["latency_p50_s"], row["tpot_p50_s"]
+        where = (name, row["concurrency"], ttft, latency, tpot)
+        # No first token can arrive before the simulated server produced it.
+        assert ttft >= TTFT_MS / 1000 * 0.9, where
+        if name == "buffered":
+            # The first bytes arrived with the last ones: TTFT is reported late, as the client saw
+            # it, and the tokens as one burst (no time between them), not as the server paced them.
+            assert ttft >= 0.8 * latency, where
+            assert tpot <= 0.5 * TPOT_MS / 1000, where
+        else:
+            # The server's decode time (40 tokens x 5 ms) lies between the first token and the last.
+            assert ttft <= 0.5 * latency, where
+            assert tpot >= 0.5 * TPOT_MS / 1000, where
