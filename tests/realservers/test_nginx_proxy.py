@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
 from fmbench.endpoints import make_client
@@ -250,3 +251,46 @@ def test_ttft_is_what_the_client_received_through_nginx(
             # The server's decode time (40 tokens x 5 ms) lies between the first token and the last.
             assert ttft <= 0.5 * latency, where
             assert tpot >= 0.5 * TPOT_MS / 1000, where
+
+
+def test_benchmark_flow_through_nginx_reports_no_errors(
+    prefect_harness: None, proxy: Callable[[ProxyProfile], NginxProxy], tmp_path: Path,
+) -> None:
+    """The whole benchmark, as a user runs it against an OpenAI-compatible server behind nginx's
+    production settings (buffering on, one request per client connection, 1 s keep-alive): the probe,
+    two concurrency levels run one after another, the metrics and the report (as `fmbench run` does)."""
+    from flows.benchmark import benchmark
+    from fmbench.pipeline import load_benchmark_config
+    from fmbench.preflight import preflight
+
+    px = proxy(ProxyProfile(buffering=True, keepalive_requests=1))
+    cfg = {
+        "name": "nginx",
+        "output": str(tmp_path / "results"),
+        "buckets": [[1, 200]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 4, "seed": 1}],
+        "experiments": [{
+            "name": "behind-nginx",
+            "endpoint": {"provider": "openai", "base_url": f"{px.url}/v1", "model": MODEL, "api": "chat"},
+            "inference": {"max_tokens": 12, "stream": True},
+            "concurrency_levels": [1, 3],
+            "requests_per_level": 9,
+            "warmup_requests": 1,
+            "pricing": {"hourly_usd": 1.0},
+        }],
+    }
+    path = tmp_path / "nginx.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    preflight(load_benchmark_config(str(path)))  # the probe request
+    report = Path(benchmark(config=str(path), run_id="nginx"))
+    run = report.parent
+    requests = pl.read_parquet(run / "requests.parquet")
+    assert requests.height == 2 * (9 + 1) and requests["ok"].all(), _failures(requests, px)
+    metrics = pl.read_parquet(run / "metrics.parquet")
+    assert sorted(metrics["concurrency"].to_list()) == [1, 3] and (metrics["errors"] == 0).all()
+    assert metrics["resends"].sum() == requests.filter(~pl.col("warmup"))["resends"].sum()
+    assert "No measured request failed." in report.read_text()
+    # nginx answered the probe and every request, each once, each on its own connection.
+    log = [line.split() for line in px.access_lines()]
+    assert len(log) == requests.height + 1 and {fields[1] for fields in log} == {"1"}
+
