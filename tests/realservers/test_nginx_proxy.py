@@ -1,6 +1,7 @@
 """fmbench's OpenAI client behind a real nginx reverse proxy in front of the simulated endpoint:
 connections the proxy closes (``keepalive_requests 1``, a 1-second ``keepalive_timeout``) never
-become endpoint errors, and TTFT is what the client really received, late when nginx buffers."""
+become endpoint errors, and TTFT is what the client really received: late when nginx holds the
+whole answer back, on time when it passes the stream on."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _run_shards(px: NginxProxy, out: Path, plan: list[tuple[int, int]]) -> pl.Da
     frames = []
     for i, (concurrency, requests) in enumerate(plan):
         if i:
-            time.sleep(PAUSE_S)  # every connection the client held is now past nginx's keepalive_timeout
+            time.sleep(PAUSE_S)
         path = out / f"shard-{i}.parquet"
         run_shard(client, PROMPTS, _shard(f"s{i}-c{concurrency}", concurrency, requests), path, _words)
         frames.append(pl.read_parquet(path))
@@ -101,6 +102,11 @@ def _failures(df: pl.DataFrame, px: NginxProxy) -> str:
 def test_shards_separated_by_pauses_see_no_client_caused_errors(
     proxy: Callable[[ProxyProfile], NginxProxy], profile: ProxyProfile, tmp_path: Path,
 ) -> None:
+    """Shards at three concurrency levels with pauses past nginx's keep-alive timeout between them.
+    Each shard opens its own connection pool, so no pooled connection outlives a pause; within a
+    shard nginx either closes every connection after one answer (saying ``Connection: close``) or
+    keeps it for the next request. This passed before the client's fix too: the idle-timeout test
+    below is the one that reuses connections at the moment nginx closes them."""
     px = proxy(profile)
     plan = [(1, 10), (4, 16), (2, 8)]
     df = _run_shards(px, tmp_path, plan)
