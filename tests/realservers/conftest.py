@@ -22,8 +22,9 @@ def llama_binary() -> Path:
     """The llama-server executable (``$FMBENCH_LLAMA_SERVER`` or the build script's cache)."""
     path = find_llama_server()
     if path is None or not os.access(path, os.X_OK):
-        why = (f"llama-server not found ({'FMBENCH_LLAMA_SERVER=' + str(path) if path else 'no FMBENCH_LLAMA_SERVER'}"
-               ", nothing in the cache of .ci/llama-server.sh); build it with `bash .ci/llama-server.sh`")
+        where = (f"FMBENCH_LLAMA_SERVER={path} is not an executable" if path
+                 else "FMBENCH_LLAMA_SERVER is unset and the cache of .ci/llama-server.sh has no binary")
+        why = f"llama-server not found: {where}; build it with `bash .ci/llama-server.sh`"
         if os.environ.get("CI"):
             pytest.fail(why)
         pytest.skip(why)

@@ -187,7 +187,9 @@ def test_ttft_and_tpot_agree_with_the_servers_own_timings(llama: LlamaServer, tm
     assert all(c >= s for c, s in zip(ttft_ms, prompt_ms, strict=True)), (ttft_ms, prompt_ms)
     tpot = statistics.median(x * 1e3 for x in rec["tpot_s"])
     server_tpot = statistics.median(t.predicted_per_token_ms for t in server)
-    assert tpot == pytest.approx(server_tpot, rel=0.10), (tpot, server_tpot)
+    assert tpot == pytest.approx(server_tpot, rel=0.10), (
+        tpot, server_tpot, sorted(x * 1e3 for x in rec["tpot_s"]), sorted(t.predicted_per_token_ms for t in server),
+        [t.task for t in server], rec["resends"].to_list())
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
