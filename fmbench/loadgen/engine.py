@@ -206,8 +206,8 @@ class _Shard:
         if comp.input_tokens is not None and comp.output_tokens is not None:
             rec.usage_source = "server"
             rec.input_tokens, rec.output_tokens = int(comp.input_tokens), int(comp.output_tokens)
-        else:
-            rec.usage_source = "tokenizer"
+        else:  # the output count may still be the server's (llama.cpp's timings), the prompt is ours
+            rec.usage_source = "tokenizer" if comp.output_tokens is None else "server_output"
             inp = comp.input_tokens if comp.input_tokens is not None else prompt.input_tokens
             out = comp.output_tokens if comp.output_tokens is not None else self.count_tokens(comp.text)
             rec.input_tokens, rec.output_tokens = int(inp), int(out)

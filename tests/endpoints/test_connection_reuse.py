@@ -267,6 +267,19 @@ def test_stream_without_usage_uses_the_servers_timings(make_server: Any) -> None
     assert c.output_tokens == 7 and c.input_tokens is None  # prompt_n excludes cached tokens: not used
 
 
+def test_records_say_whose_token_counts_they_hold(make_server: Any, tmp_path: Path) -> None:
+    spec = ShardSpec(shard_id="s", experiment="e", dataset="d", bucket="1-10", bucket_min=1, bucket_max=10,
+                     concurrency=1, requests=2, warmup=0)
+    for kw, source, out in [({"usage": None, "timings": {"predicted_n": 7}}, "server_output", 7),
+                            ({"usage": None}, "tokenizer", 1), ({}, "server", 2)]:
+        srv = make_server(pieces=["a", "b"], **kw)
+        path = tmp_path / f"{source}.parquet"
+        run_shard(OpenAIClient(srv.url, "m"), [PROMPT], spec, path, lambda text: len(text.split()))
+        records = pl.read_parquet(path)
+        assert records["usage_source"].to_list() == [source] * 2 and records["output_tokens"].to_list() == [out] * 2
+        assert records["input_tokens"].to_list() == [2] * 2
+
+
 def test_stream_with_no_text_and_no_count_stays_a_protocol_error(make_server: Any) -> None:
     srv = make_server(pieces=["", ""], usage=None)
     [r] = _send(srv.url, 1)
