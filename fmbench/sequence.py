@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextvars
+import datetime as dt
 import logging
 import threading
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -30,7 +31,7 @@ from fmbench.pipeline import (
     plan_shards,
 )
 from fmbench.regression import RegressionReport
-from fmbench.rundir import RunInfo, utc_now
+from fmbench.rundir import RunInfo
 
 log = logging.getLogger("fmbench")
 
@@ -39,6 +40,11 @@ T_co = TypeVar("T_co", covariant=True)
 #: How long an interrupted deploy gets to delete what it created (a deployer notices the
 #: interrupt after its poll sleep, then makes a few delete calls).
 STOP_DEPLOY_WAIT_S = 120.0
+
+
+def _now() -> str:
+    # Milliseconds: endpoints that follow each other within a second must still order in the timeline.
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class Pending(Protocol[T_co]):
@@ -183,13 +189,17 @@ class Lifecycles:
         with self._lock:
             if name in self.deploys or name in self.closed:
                 return
-            started = utc_now()
+            started = _now()
             self.deploys[name] = self.steps.deploy(self.cfg, name, self.run)
         endpoint = next(e.endpoint for e in self.cfg.experiments if e.name == name)
         if endpoint.provider == "simulated" or (endpoint.provider == "sagemaker"
                                                 and not getattr(endpoint, "endpoint_name", None)):
             # Only endpoints the run creates have a lifetime (and a bill) of the run's making.
-            self._record(EndpointTimeline(experiment=name, provider=endpoint.provider, created_at=started))
+            # What the config says is recorded now, so a killed run's manifest names what it was deploying.
+            self._record(EndpointTimeline(
+                experiment=name, provider=endpoint.provider, region=getattr(endpoint, "region", None),
+                instance_type=getattr(endpoint, "instance_type", None),
+                instance_count=getattr(endpoint, "instance_count", 1), created_at=started))
 
     def _deploy_ahead(self, name: str) -> None:
         if self.cfg.parallel_endpoints or name not in self.todo:
@@ -204,13 +214,13 @@ class Lifecycles:
         if done is not None:  # measured before the run was interrupted: never sent again
             return done
         if name in self.timelines and self.timelines[name].first_shard_at is None:
-            self._update(name, first_shard_at=utc_now())
+            self._update(name, first_shard_at=_now())
         try:
             outcome = self.steps.shard(self.run, self.cfg, spec, self.files[spec.dataset][spec.bucket],
                                        deployed).result()
         except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
             outcome = failed_outcome(spec, exc)
-        self._update(name, last_shard_at=utc_now())
+        self._update(name, last_shard_at=_now())
         return outcome
 
     # ------------------------------------------------------------ ending an endpoint's life
@@ -280,7 +290,7 @@ class Lifecycles:
             return
         if deployed.keep or not deployed.created:
             return
-        self._update(name, deleted_at=utc_now())
+        self._update(name, deleted_at=_now())
         log.info("experiment %s: deleted %s", name, ", ".join(removed) or "its endpoint")
 
     # ------------------------------------------------------------ the timeline in the manifest
@@ -289,10 +299,14 @@ class Lifecycles:
         if name not in self.timelines:
             return
         kept = deployed.keep and bool(deployed.created)
-        self._update(name, provider=deployed.provider, endpoint_name=deployed.endpoint_name, region=deployed.region,
-                     instance_type=deployed.instance_type, instance_count=deployed.instance_count,
+        self._update(name, provider=deployed.provider, endpoint_name=deployed.endpoint_name,
+                     region=deployed.region or self.timelines[name].region,
+                     instance_type=deployed.instance_type or self.timelines[name].instance_type,
+                     # a deployer that reports the instance type reports the count too
+                     instance_count=deployed.instance_count if deployed.instance_type
+                     else self.timelines[name].instance_count,
                      adopted=deployed.adopted, created_at=deployed.created_at or self.timelines[name].created_at,
-                     in_service_at=deployed.in_service_at or utc_now(),
+                     in_service_at=deployed.in_service_at or _now(),
                      delete_error="kept (keep_endpoint): billed until you delete it" if kept else None)
 
     def _deploy_failed(self, name: str, error: BaseException) -> None:
@@ -302,7 +316,7 @@ class Lifecycles:
     def _deploy_ended(self, name: str) -> None:
         # A deploy that failed or was interrupted deleted what it had created when it ended.
         if name in self.timelines and self.timelines[name].deleted_at is None:
-            self._update(name, deleted_at=utc_now())
+            self._update(name, deleted_at=_now())
 
     def _update(self, name: str, **changes: Any) -> None:
         if name in self.timelines:
