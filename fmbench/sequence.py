@@ -149,12 +149,16 @@ class Lifecycles:
         whose teardown did not finish (it may still be billed)."""
         outcomes: dict[str, list[ShardOutcome]] = {}
         try:
-            if self.cfg.parallel_endpoints:
+            if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all":
                 for name in self.todo:
                     self._start_deploy(name)
-                with concurrent.futures.ThreadPoolExecutor(max(1, len(self.order)), "fmbench-lane") as pool:
+            if self.cfg.parallel_endpoints:
+                pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.order)), "fmbench-lane")
+                try:
                     lanes = {n: pool.submit(contextvars.copy_context().run, self.lifecycle, n) for n in self.order}
                     outcomes = {n: lane.result() for n, lane in lanes.items()}
+                finally:
+                    pool.shutdown(wait=False)  # interrupted: delete the endpoints first, lanes then end
             else:
                 for name in self.order:
                     outcomes[name] = self.lifecycle(name)
@@ -202,9 +206,9 @@ class Lifecycles:
                 instance_count=getattr(endpoint, "instance_count", 1), created_at=started))
 
     def _deploy_ahead(self, name: str) -> None:
-        if self.cfg.parallel_endpoints or name not in self.todo:
-            return
-        ahead = len(self.todo) if self.cfg.deploy_ahead == "all" else int(self.cfg.deploy_ahead)
+        if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all" or name not in self.todo:
+            return  # every deploy started at the beginning
+        ahead = int(self.cfg.deploy_ahead)
         i = self.todo.index(name)
         for nxt in self.todo[i + 1:i + 1 + ahead]:
             self._start_deploy(nxt)

@@ -10,8 +10,8 @@ import pytest
 
 from fmbench import storage
 from fmbench.config import load_config_text
-from fmbench.errors import ConfigError
 from fmbench.deploy import EndpointTimeline
+from fmbench.errors import ConfigError
 from fmbench.rundir import Manifest, load_manifest, open_run
 
 CONFIG = """
