@@ -154,6 +154,46 @@ def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     assert timeline["slow"]["deleted_at"] and timeline["slow"]["in_service_at"] is None
 
 
+_INLINE_RUN = """
+import json, logging, sys
+from fmbench.config import parse_config
+from fmbench.pipeline import run_benchmark
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+try:
+    run_benchmark(parse_config(json.loads(sys.argv[1]), source="inline"), run_id="inl")
+except KeyboardInterrupt as exc:
+    print(f"stopped by {type(exc).__name__}", file=sys.stderr)
+    sys.exit(143)
+"""
+
+
+def test_sigterm_reaches_a_run_without_prefect_and_its_deploy_thread(
+    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,  # noqa: F811
+) -> None:
+    """Without Prefect (no SIGTERM handler of its own), the library turns SIGTERM into an interrupt
+    that reaches the deploy waiting in a background thread."""
+    raw = _config(tmp_path, "inline-term", {"slow": _sagemaker(moto, sim_url, deploy_timeout_s=900)})
+    proc = subprocess.Popen([sys.executable, "-c", _INLINE_RUN, json.dumps(raw)], env=cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
+    try:
+        deadline = time.monotonic() + 240
+        while not sm.list_endpoints()["Endpoints"]:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the deploy never created its endpoint"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 143 and "stopped by RunTerminated" in err, err[-3000:]
+    assert _inventory(moto) == EMPTY, err[-3000:]
+    assert f"deleted endpoint {resource_name('slow', 'inl')}" in err, err[-3000:]
+    assert "every endpoint this run deployed is deleted" in err, err[-3000:]
+
+
 # ---------------------------------------------------------------- contract: inline and Prefect agree
 
 
