@@ -137,7 +137,12 @@ class Lifecycles:
         self.steps, self.cfg, self.run, self.plans = steps, cfg, run, plans
         self.files = {ps.dataset: ps.files for ps in prompt_sets}
         self.order = list(plans)
-        self.todo = [n for n in self.order if needs_endpoint(run, plans[n])]  # resumed: measured ones deploy nothing
+        # A resumed run deploys what still has shards to measure, and the SageMaker endpoints its killed
+        # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
+        # nothing sent). A simulated server died with the process that started it.
+        self.earlier = {n: t for n, t in run.read_manifest().endpoints.items()
+                        if t.provider == "sagemaker" and t.created_at and not t.deleted_at} if run.resumed else {}
+        self.todo = [n for n in self.order if n in self.earlier or needs_endpoint(run, plans[n])]
         self.deploys: dict[str, Pending[DeployedEndpoint]] = {}
         self.timelines: dict[str, EndpointTimeline] = {}
         self.closed: set[str] = set()
@@ -182,7 +187,8 @@ class Lifecycles:
             except Exception as exc:  # noqa: BLE001 - a failed deploy fails its shards, not the run
                 self._deploy_ahead(name)
                 self._deploy_failed(name, exc)
-                return [failed_outcome(s, f"endpoint not deployed: {exc}") for s in specs]
+                return [finished_shard(self.run, s.shard_id) or failed_outcome(s, f"endpoint not deployed: {exc}")
+                        for s in specs]
             self._deploy_ahead(name)
             self._in_service(name, deployed)
             return [self._shard(name, spec, deployed) for spec in specs]
@@ -200,10 +206,13 @@ class Lifecycles:
                                                 and not getattr(endpoint, "endpoint_name", None)):
             # Only endpoints the run creates have a lifetime (and a bill) of the run's making.
             # What the config says is recorded now, so a killed run's manifest names what it was deploying.
+            earlier = self.earlier.get(name)
             self._record(EndpointTimeline(
                 experiment=name, provider=endpoint.provider, region=getattr(endpoint, "region", None),
                 instance_type=getattr(endpoint, "instance_type", None),
-                instance_count=getattr(endpoint, "instance_count", 1), created_at=started))
+                instance_count=getattr(endpoint, "instance_count", 1), created_at=started,
+                first_shard_at=earlier.first_shard_at if earlier else None,
+                last_shard_at=earlier.last_shard_at if earlier else None))
 
     def _deploy_ahead(self, name: str) -> None:
         if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all" or name not in self.todo:
