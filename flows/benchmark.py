@@ -1,9 +1,11 @@
-"""The `fmbench` flow: config -> bucketed prompts -> deploy -> shards -> metrics -> report.
+"""The `fmbench` flow: load the config, then run the library's one sequencing of a benchmark
+(`fmbench.sequence.run_sequence`) with each step as a Prefect task, and publish artifacts.
 
-It only composes tasks. Shards on one endpoint run one after another (overlapping shards would
-distort each other's latencies); experiments run side by side only when the config allows it.
-Endpoints are torn down even when shards fail. Then the run is compared with the previous run
-of the same benchmark (regression.md). FMBENCH_TASK_RUNNER=dask runs the tasks on a Dask cluster.
+Each experiment's endpoint lives from its deploy to right after its last shard; the next one
+deploys while the current one is measured (``deploy_ahead``). Shards on one endpoint run one after
+another; experiments run side by side only with ``parallel_endpoints``. The run is compared with
+the previous run of the same benchmark (regression.md). FMBENCH_TASK_RUNNER=dask runs the tasks on
+a Dask cluster.
 """
 
 from __future__ import annotations
@@ -11,35 +13,15 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from prefect import allow_failure, flow
-from prefect.futures import PrefectFuture
+from prefect import flow
 from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from fmbench.pipeline import (
-    ShardOutcome,
-    check_buckets,
-    failed_outcome,
-    finished_shard,
-    needs_endpoint,
-    not_torn_down,
-    plan_shards,
-)
+from flows.steps import PrefectSteps
+from fmbench.sequence import run_sequence
 from tasks.artifacts import publish_artifacts_task
-from tasks.benchmark import (
-    bucket_dataset_task,
-    deploy_task,
-    finalize_task,
-    load_config_task,
-    open_run_task,
-    report_task,
-    run_shard_task,
-    store_prompts_task,
-    teardown_task,
-)
-from tasks.calibration import calibrate_task
-from tasks.regression import check_regressions_task
+from tasks.benchmark import load_config_task
 
 
 def _task_runner() -> Any:
@@ -71,6 +53,7 @@ def benchmark(
     command: str | None = None,
     regression_threshold: Annotated[float, Field(ge=0)] = 0.10,
     fail_on_regression: bool = False,
+    preflight: bool = True,
 ) -> str | State:
     """Benchmark every experiment of a config over its datasets' buckets and concurrency levels,
     then compare the results with the previous run of the same benchmark under the same output.
@@ -88,83 +71,17 @@ def benchmark(
         regression_threshold: Relative change (0.1 = 10%) versus the previous run of p95 latency or TTFT,
             throughput, error rate or cost that is flagged as a regression (if beyond run-to-run noise).
         fail_on_regression: End the flow run Failed when a regression is found (for a Prefect automation).
+        preflight: Check tokenizer, datasets, credentials and endpoints before the run (off only when the
+            caller already did, as `fmbench run` does before it starts Prefect).
 
     Returns:
         The URL of the run's report.md (a Failed state on regression with fail_on_regression).
     """
     cfg = load_config_task(config, overrides, experiments, concurrency_levels, requests_per_level)
-    run = open_run_task(cfg, output, run_id, command)
-    calibrate_task(run)  # this host's client ceiling, before any shard (execute_shard reads it)
-
-    bucketed = {d.name: bucket_dataset_task.submit(cfg, d.name) for d in cfg.datasets}
-    prompt_sets = [store_prompts_task(run, name, fut.result()) for name, fut in bucketed.items()]
-    warnings = check_buckets(cfg, prompt_sets)
-    files = {ps.dataset: ps.files for ps in prompt_sets}
-    plans = {e.name: plan_shards(cfg, prompt_sets, e) for e in cfg.experiments}
-
-    deploys = {name: deploy_task.submit(cfg, name, run) for name, specs in plans.items()
-               if needs_endpoint(run, specs)}
-    deployed = {name: fut.result(raise_on_failure=False) for name, fut in deploys.items()}
-
-    shards: list[tuple[Any, Any]] = []
-    try:
-        previous: PrefectFuture | None = None
-        for name, specs in plans.items():
-            if cfg.parallel_endpoints:
-                previous = None  # a chain per endpoint; otherwise one chain for the whole run
-            for spec in specs:
-                handle = deployed.get(name)
-                if handle is None:  # every shard already measured (resumed run): reused from the run
-                    shards.append((spec, finished_shard(run, spec.shard_id)))
-                    continue
-                if isinstance(handle, BaseException):
-                    shards.append((spec, handle))
-                    continue
-                fut = run_shard_task.submit(run, cfg, spec, files[spec.dataset][spec.bucket], handle,
-                                            wait_for=[allow_failure(previous)] if previous else None)
-                shards.append((spec, fut))
-                previous = fut
-        outcomes = [_outcome(spec, fut) for spec, fut in shards]
-    finally:
-        warnings += _teardown_all(cfg, deployed)
-
-    finalize_task(run, cfg, outcomes, prompt_sets, warnings)
-    regressions = check_regressions_task.submit(run, regression_threshold).result(raise_on_failure=False)
-    report = report_task(run)
-    publish_artifacts_task(run, cfg)
-    if isinstance(regressions, BaseException):
-        print(f"regression check failed, report written without it: {regressions}")
-    elif fail_on_regression and regressions.status == "regressed":
-        print(f"report: {report}")
-        return Failed(message=regressions.summary())
-    return report
-
-
-def _teardown_all(cfg: Any, deployed: dict[str, Any]) -> list[str]:
-    """Tear every deployed endpoint down, even when one teardown fails or a second Ctrl-C comes;
-    say which endpoints are still running (and costing money)."""
-    left, interrupt = [], None
-    for handle in deployed.values():
-        if isinstance(handle, BaseException):
-            continue
-        try:
-            teardown_task.submit(cfg, handle).result()
-        except BaseException as exc:  # noqa: BLE001 - a second Ctrl-C must not skip the others
-            interrupt = exc if isinstance(exc, KeyboardInterrupt) else interrupt
-            left.append(not_torn_down(handle, exc))
-    for message in left:
-        print(message)
-    if interrupt is not None:
-        raise interrupt
-    return left
-
-
-def _outcome(spec: Any, fut: PrefectFuture | ShardOutcome | BaseException) -> ShardOutcome:
-    if isinstance(fut, ShardOutcome):
-        return fut
-    if isinstance(fut, BaseException):
-        return failed_outcome(spec, f"endpoint not deployed: {fut}")
-    result = fut.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        return failed_outcome(spec, result)
-    return result
+    result = run_sequence(PrefectSteps(), cfg, output=output, run_id=run_id, command=command,
+                          preflight=preflight, regression_threshold=regression_threshold)
+    publish_artifacts_task(result.run, cfg)
+    if fail_on_regression and result.regressions is not None and result.regressions.status == "regressed":
+        print(f"report: {result.report}")
+        return Failed(message=result.regressions.summary())
+    return result.report

@@ -238,15 +238,14 @@ def calibrate_run(run_url: str, duration_s: float = 2.0) -> Calibration:
         FMBenchError: the measurement failed.
         StorageError: the run directory cannot be written.
     """
-    import json
+    from fmbench.rundir import MANIFEST, load_manifest, save_manifest
 
     cal = calibrate_host(duration_s)
     save_calibration(run_url, cal)
-    murl = storage.join(run_url, "manifest.json")
-    if storage.exists(murl):
-        manifest = json.loads(storage.read_text(murl))
-        manifest["calibration"] = cal.model_dump(mode="json") | {"summary": cal.summary()}
-        storage.write_text(murl, json.dumps(manifest, indent=2, default=str))
+    if storage.exists(storage.join(run_url, MANIFEST)):
+        manifest = load_manifest(run_url)
+        manifest.calibration = cal.model_dump(mode="json") | {"summary": cal.summary()}
+        save_manifest(run_url, manifest)
     return cal
 
 

@@ -11,10 +11,11 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from fmbench.errors import FMBenchError
+from fmbench.errors import FMBenchError, RunTerminated
 
 EXIT_BAD_INPUT = 2
 EXIT_SHARDS_FAILED = 1
@@ -72,12 +73,12 @@ def _setup_logging(debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fmbench.interrupts import sigterm_interrupts
     from fmbench.pipeline import load_benchmark_config
-    from fmbench.preflight import check_output, preflight
+    from fmbench.sequence import check_before_run
 
     cfg = load_benchmark_config(args.config, overrides=args.overrides)
-    check_output(cfg, args.output, args.run_id)
-    preflight(cfg)
+    check_before_run(cfg, args.output, args.run_id)  # bad input fails here, before Prefect starts
     command = "fmbench run " + " ".join(
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]
@@ -85,8 +86,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     from flows.benchmark import benchmark
 
-    report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
-                       overrides=args.overrides or None, command=command)
+    with sigterm_interrupts():
+        report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
+                           overrides=args.overrides or None, command=command, preflight=False)
     report = str(report)  # the flow returns the report's URL
     failed = _failed_shards(report)
     for line in failed:
@@ -96,16 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _failed_shards(report_url: str) -> list[str]:
-    import json
+    from fmbench.rundir import load_manifest
 
-    from fmbench import storage
-
-    manifest_url = report_url.rsplit("/", 1)[0] + "/manifest.json" if "/" in report_url else "manifest.json"
     try:
-        manifest = json.loads(storage.read_text(manifest_url))
+        manifest = load_manifest(report_url.rsplit("/", 1)[0] if "/" in report_url else ".")
     except FMBenchError:
         return []
-    return [f"{s['shard_id']}: {s.get('error')}" for s in manifest.get("shards", []) if s.get("status") == "failed"]
+    return [f"{s['shard_id']}: {s.get('error')}" for s in manifest.shards if s.get("status") == "failed"]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -164,10 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fmbench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("fmbench: interrupted; measured shards are kept in the run directory "
-              "(resume with --run-id)", file=sys.stderr)
-        return 130
+    except BaseException as exc:
+        # SIGTERM arrives as our RunTerminated or, inside the flow, as Prefect's TerminationSignal
+        # (recognised by its signal number: this module does not import Prefect).
+        terminated = isinstance(exc, RunTerminated) or getattr(exc, "signal", None) == signal.SIGTERM
+        if not (terminated or isinstance(exc, KeyboardInterrupt)):
+            raise
+        print(f"fmbench: {'terminated' if terminated else 'interrupted'}; measured shards are kept in the run "
+              "directory (resume with --run-id)", file=sys.stderr)
+        return 143 if terminated else 130
 
 
 if __name__ == "__main__":  # pragma: no cover

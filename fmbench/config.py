@@ -340,9 +340,23 @@ class BenchmarkConfig(_Model):
         description="Run different experiments' shards side by side. Off by default: on a small client "
         "host, concurrent shards share its CPU and can inflate each other's measured latency.",
     )
+    deploy_ahead: int | Literal["all"] = Field(
+        default=1,
+        description="How many endpoints may be deploying while the current one is measured: 1 (default) "
+        "deploys the next experiment's endpoint during the current one's shards, so at most two are alive "
+        "(billed) at once; 0 deploys each only when the one before is deleted; 'all' deploys every endpoint "
+        "at the start. Each endpoint is deleted right after its own last shard.",
+    )
     base_dir: str | None = Field(
         default=None, description="Directory that relative dataset paths resolve against (default: the config's)."
     )
+
+    @field_validator("deploy_ahead")
+    @classmethod
+    def _valid_deploy_ahead(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("use 0, a positive number of endpoints, or 'all'")
+        return v
 
     @field_validator("buckets")
     @classmethod
@@ -379,8 +393,12 @@ class BenchmarkConfig(_Model):
         return [d for d in self.datasets if d.name in experiment.datasets]
 
     def config_hash(self) -> str:
-        """A stable hash of the resolved config (secrets excluded by construction)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"base_dir"}), sort_keys=True).encode()
+        """A stable hash of the resolved config (secrets excluded by construction).
+
+        ``deploy_ahead`` is left out: it changes when endpoints are billed, not what is measured,
+        so a run can be resumed or compared with another look-ahead.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -14,6 +14,9 @@ Every error a user can cause or meet is one of these, so the CLI can print one c
      │    └── EndpointProtocolError    an answer we cannot parse
      ├── DeploymentError        deploying or tearing down an endpoint failed
      └── StorageError           reading or writing results failed
+
+Outside the tree, `RunTerminated` (a `KeyboardInterrupt`) is how SIGTERM stops a run: every path
+that stops cleanly on Ctrl-C (teardown included) then does so on SIGTERM too.
 """
 
 from __future__ import annotations
@@ -94,3 +97,7 @@ class DeploymentError(FMBenchError):
 
 class StorageError(FMBenchError):
     """Raised when results cannot be read from or written to a local path or S3."""
+
+
+class RunTerminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives while a run is in progress."""

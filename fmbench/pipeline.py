@@ -1,15 +1,15 @@
 """The steps of a benchmark as plain functions: the one library entry point.
 
-`flows/benchmark.py` wraps each step in a Prefect task; `run_benchmark` chains them without
-Prefect (for a REPL or a test). Each step takes and returns small serialisable values (paths,
-URLs, pydantic models), so the steps can run in different processes or on different machines.
+The order they run in is written once, in `fmbench.sequence`; `run_benchmark` runs it here
+without Prefect (for the CLI, a REPL or a test), the `fmbench` flow runs it with each step as a
+Prefect task. Each step takes and returns small serialisable values (paths, URLs, pydantic
+models), so the steps can run in different processes or on different machines.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -25,11 +25,20 @@ from fmbench.config import (
     resolve_path,
 )
 from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
-from fmbench.errors import DatasetError, EndpointConnectionError, EndpointError, FMBenchError
+from fmbench.errors import DatasetError, EndpointConnectionError, FMBenchError
+from fmbench.interrupts import deploying
 from fmbench.records import REQUEST_SCHEMA
-from fmbench.rundir import RunInfo, read_manifest, utc_now, write_manifest
+from fmbench.rundir import Manifest, RunInfo, utc_now
 
 log = logging.getLogger("fmbench")
+
+#: A shard whose every request failed to connect is measured again this many times, after these
+#: delays (the endpoint may be restarting); the Prefect task and the inline steps both use them.
+SHARD_RETRIES = 2
+SHARD_RETRY_DELAYS_S = (2.0, 10.0)
+#: A teardown that failed is tried again this many times, this long apart.
+TEARDOWN_RETRIES = 2
+TEARDOWN_RETRY_DELAY_S = 5.0
 
 
 class PromptSet(BaseModel):
@@ -146,7 +155,7 @@ def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict
         if not rows:
             continue
         prompts = [Prompt(r["prompt_id"], r["text"], int(r["input_tokens"])) for r in rows]
-        url = run.path("prompts", f"{dataset_name}__{label}.parquet")
+        url = run.prompts_file(dataset_name, label)
         write_prompts(url, prompts, dataset=dataset_name, bucket=label)
         digest = hashlib.sha256()
         for p in prompts:
@@ -227,7 +236,7 @@ def needs_endpoint(run: RunInfo, specs: list[Any]) -> bool:
 
 def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
     """The outcome of a shard already measured in this run (resume), or None."""
-    url = run.path("shards", f"{sid}.json")
+    url = run.shard_result(sid)
     if not storage.exists(url):
         return None
     outcome = ShardOutcome.model_validate_json(storage.read_text(url))
@@ -296,7 +305,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         records_url=records_url, started_at=started_at, ended_at=ended_at,
         endpoint_name=deployed.endpoint_name,
     )
-    storage.write_text(run.path("shards", f"{spec.shard_id}.json"), outcome.model_dump_json(indent=2))
+    storage.write_text(run.shard_result(spec.shard_id), outcome.model_dump_json(indent=2))
     log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
     return outcome
 
@@ -357,6 +366,7 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
 
     A simulated server counts prompt tokens with the run's tokenizer unless its config names
     another, so its usage (and its prefill time) agrees with the buckets the prompts were put in.
+    While it waits, an interrupt of the run reaches this thread (`fmbench.interrupts`).
     """
     experiment = _experiment(cfg, experiment_name)
     if isinstance(experiment.endpoint, SimulatedEndpoint):
@@ -365,7 +375,16 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
             spec = str(resolve_path(cfg, spec))
         endpoint = experiment.endpoint.model_copy(update={"tokenizer": spec})
         experiment = experiment.model_copy(update={"endpoint": endpoint})
-    return deploy_endpoint(experiment, run.run_id)
+    deployed: DeployedEndpoint | None = None
+    try:
+        with deploying(experiment_name):
+            deployed = deploy_endpoint(experiment, run.run_id)
+    except KeyboardInterrupt:
+        # The interrupt landed after the deployer returned: what it made would be lost, delete it.
+        if deployed is not None:
+            teardown_endpoint(deployed, experiment)
+        raise
+    return deployed
 
 
 def teardown(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
@@ -419,13 +438,16 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
     requests = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=REQUEST_SCHEMA)
     storage.write_parquet(run.path("requests.parquet"), requests)
     shard_dicts = [o.model_dump(mode="json") for o in outcomes]
-    manifest = read_manifest(run)
-    manifest["shards"] = shard_dicts
-    manifest["payload_hashes"] = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
-    manifest["prompt_counts"] = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
-    manifest["warnings"] = list(warnings or []) + _collect_endpoint_metrics(run, cfg, shard_dicts)
-    manifest["ended_at"] = utc_now()
-    write_manifest(run, manifest)
+    notes = list(warnings or []) + _collect_endpoint_metrics(run, cfg, shard_dicts)
+
+    def finish(manifest: Manifest) -> None:
+        manifest.shards = shard_dicts
+        manifest.payload_hashes = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
+        manifest.prompt_counts = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
+        manifest.warnings = notes
+        manifest.ended_at = utc_now()
+
+    run.update_manifest(finish)
     metrics = summarize(requests, cfg, shards=shard_dicts)
     storage.write_parquet(run.path("metrics.parquet"), metrics)
     storage.write_text(run.path("metrics.csv"), _csv(metrics))
@@ -488,36 +510,13 @@ def artifact_contents(run: RunInfo, cfg: BenchmarkConfig) -> ArtifactContent:
 
 
 def run_benchmark(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None = None,
-                  progress: Callable[[str], None] | None = None) -> str:
+                  command: str | None = None, preflight: bool = True) -> str:
     """Run a whole benchmark in this process, without Prefect; returns the report.md URL."""
-    from fmbench.rundir import open_run
+    from fmbench.inline import InlineSteps
+    from fmbench.sequence import run_sequence
 
-    say = progress or (lambda msg: log.info(msg))
-    run = open_run(cfg, output=output, run_id=run_id)
-    calibrate(run)
-    prompt_sets = [store_prompts(run, d.name, bucket_dataset(cfg, d.name)) for d in cfg.datasets]
-    warnings = check_buckets(cfg, prompt_sets)
-    outcomes: list[ShardOutcome] = []
-    for experiment in cfg.experiments:
-        specs = plan_shards(cfg, prompt_sets, experiment)
-        deployed = deploy(cfg, experiment.name, run) if needs_endpoint(run, specs) else None
-        try:
-            for spec in specs:
-                files = {ps.dataset: ps.files for ps in prompt_sets}
-                try:
-                    outcome = execute_shard(run, cfg, spec, files[spec.dataset][spec.bucket], deployed)  # type: ignore[arg-type]
-                except (EndpointError, FMBenchError) as exc:
-                    outcome = failed_outcome(spec, exc)
-                outcomes.append(outcome)
-                say(f"shard {len(outcomes)}: {spec.shard_id} {outcome.status}")
-        finally:
-            if deployed is not None:
-                teardown(cfg, deployed)
-    finalize_run(run, cfg, outcomes, prompt_sets, warnings)
-    from fmbench.regression import check_regressions
-
-    check_regressions(run.url)
-    return write_report(run)
+    with InlineSteps() as steps:
+        return run_sequence(steps, cfg, output=output, run_id=run_id, command=command, preflight=preflight).report
 
 
 def _experiment(cfg: BenchmarkConfig, name: str) -> ExperimentConfig:

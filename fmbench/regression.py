@@ -12,7 +12,6 @@ Writes into the run directory (local or ``s3://``): ``regression.json`` (`Regres
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import posixpath
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
 from fmbench.errors import FMBenchError, StorageError
+from fmbench.rundir import MANIFEST, load_manifest
 
 log = logging.getLogger("fmbench")
 
@@ -202,12 +202,11 @@ def list_run_ids(benchmark_url: str) -> list[str]:
 
 def is_successful_run(run_url: str) -> bool:
     """True when the run finished (manifest ``ended_at`` set) and has metrics.parquet."""
-    manifest_url = storage.join(run_url, "manifest.json")
-    if not storage.exists(manifest_url) or not storage.exists(storage.join(run_url, "metrics.parquet")):
+    if not storage.exists(storage.join(run_url, MANIFEST)) or not storage.exists(storage.join(run_url, "metrics.parquet")):
         return False
     try:
-        return bool(json.loads(storage.read_text(manifest_url)).get("ended_at"))
-    except (json.JSONDecodeError, StorageError):
+        return bool(load_manifest(run_url).ended_at)
+    except StorageError:
         return False
 
 
@@ -231,8 +230,8 @@ def successful_runs(benchmark_url: str, before: str | None = None, limit: int | 
 
 def _started_at(run_url: str) -> str:
     try:
-        return str(json.loads(storage.read_text(storage.join(run_url, "manifest.json"))).get("started_at") or "")
-    except (FMBenchError, ValueError):
+        return str(load_manifest(run_url).started_at or "")
+    except FMBenchError:
         return ""
 
 
@@ -435,8 +434,7 @@ def compare_runs(previous_url: str, current_url: str, thresholds: Thresholds | N
 
 def _empty_report(run_url: str, thresholds: Thresholds, n_resamples: int, confidence: float) -> RegressionReport:
     parent, rid = _split_run_url(run_url)
-    manifest_url = storage.join(run_url, "manifest.json")
-    name = (json.loads(storage.read_text(manifest_url)).get("name") if storage.exists(manifest_url) else None)
+    name = load_manifest(run_url).name if storage.exists(storage.join(run_url, MANIFEST)) else None
     return RegressionReport(name=name or _split_run_url(parent)[1], run_id=rid, run_url=run_url,
                             status="no-previous", thresholds=thresholds, confidence=confidence,
                             n_resamples=n_resamples)
@@ -444,8 +442,8 @@ def _empty_report(run_url: str, thresholds: Thresholds, n_resamples: int, confid
 
 def _config_hash(run_url: str) -> str | None:
     try:
-        return json.loads(storage.read_text(storage.join(run_url, "manifest.json"))).get("config_hash")
-    except (StorageError, json.JSONDecodeError):
+        return load_manifest(run_url).config_hash
+    except StorageError:
         return None
 
 

@@ -3,12 +3,15 @@
 Layout of ``<output>/<name>/<run_id>/`` (local directory or ``s3://``)::
 
     config.yml            the resolved config
-    manifest.json         versions, host, hashes, seeds, timing, shard outcomes
+    manifest.json         versions, host, hashes, seeds, timing, shard outcomes, endpoint timelines
     prompts/              bucketed payloads, one parquet per dataset and bucket
     shards/               one records parquet + one result json per measured shard
     requests.parquet      every request of every shard
     metrics.csv/.parquet  one row per shard
     report.md/.html, plots/
+
+`RunInfo` knows this layout and `Manifest` the manifest's shape; other modules go through them
+rather than building paths into a run or reading its JSON as a dict.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from __future__ import annotations
 import datetime as _dt
 import getpass
 import hashlib
-import json
 import os
 import platform
 import secrets
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import __version__, storage
 from fmbench.config import BenchmarkConfig, dump_config, load_config_text
-from fmbench.errors import ConfigError
+from fmbench.deploy import EndpointTimeline
+from fmbench.errors import ConfigError, StorageError
+
+MANIFEST = "manifest.json"
+_manifest_lock = threading.Lock()  # lanes of one run update the manifest from several threads
 
 _PACKAGES = ("prefect", "aiohttp", "boto3", "botocore", "sagemaker", "polars", "plotly", "tiktoken", "pydantic")
 
@@ -55,6 +63,85 @@ class RunInfo(BaseModel):
         p = Path(self.scratch, *parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+    def shard_result(self, shard_id: str) -> str:
+        """The JSON outcome of a measured shard (its presence means: measured, do not send again)."""
+        return self.path("shards", f"{shard_id}.json")
+
+    def prompts_file(self, dataset: str, bucket: str) -> str:
+        """The parquet of a dataset's prompts in one bucket."""
+        return self.path("prompts", f"{dataset}__{bucket}.parquet")
+
+    def read_manifest(self) -> Manifest:
+        """The run's manifest."""
+        return load_manifest(self.url)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Replace the run's manifest (atomically)."""
+        save_manifest(self.url, manifest)
+
+    def update_manifest(self, change: Callable[[Manifest], None]) -> Manifest:
+        """Read, change and write the manifest as one step for the threads of this process."""
+        with _manifest_lock:
+            manifest = self.read_manifest()
+            change(manifest)
+            self.write_manifest(manifest)
+            return manifest
+
+    def record_endpoint(self, timeline: EndpointTimeline) -> None:
+        """Store an experiment's endpoint timeline in the manifest now, so a killed run's
+        manifest still says which endpoints were alive."""
+        self.update_manifest(lambda m: m.endpoints.__setitem__(timeline.experiment, timeline))
+
+
+class Manifest(BaseModel):
+    """``manifest.json``: what a run was (versions, host, config, seeds) and what happened in it.
+
+    Every field has a default so that sparse or older manifests load; keys this model does not
+    know (written by an older or newer fmbench) are kept as they are, hence ``extra="allow"``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = Field(default=None, description="Benchmark name.")
+    run_id: str | None = Field(default=None, description="Run id.")
+    tool_version: str | None = Field(default=None, description="fmbench version that made the run.")
+    python: str | None = Field(default=None, description="Python version.")
+    packages: dict[str, str | None] = Field(default_factory=dict, description="Versions of key packages.")
+    host: dict[str, Any] = Field(default_factory=dict, description="Client host: name, platform, CPUs, user.")
+    config_hash: str | None = Field(default=None, description="Hash of the resolved config.")
+    tokenizer: str | None = Field(default=None, description="The run's tokenizer.")
+    seeds: dict[str, Any] = Field(default_factory=dict, description="Dataset name -> seed.")
+    started_at: str | None = Field(default=None, description="UTC ISO start of the run.")
+    ended_at: str | None = Field(default=None, description="UTC ISO end (None: unfinished).")
+    command: str | None = Field(default=None, description="Command line that started the run.")
+    storage: str | None = Field(default=None, description="Where the run is stored.")
+    payload_hashes: dict[str, str] = Field(default_factory=dict, description="dataset/bucket -> sha256.")
+    prompt_counts: dict[str, int] = Field(default_factory=dict, description="dataset/bucket -> prompts.")
+    shards: list[dict[str, Any]] = Field(default_factory=list, description="Shard outcomes, in run order.")
+    warnings: list[str] = Field(default_factory=list, description="Warnings of the run.")
+    calibration: dict[str, Any] | None = Field(default=None, description="Client calibration and its summary.")
+    endpoints: dict[str, EndpointTimeline] = Field(
+        default_factory=dict, description="Experiment -> when its endpoint was created, served, measured, deleted.")
+
+
+def load_manifest(run_url: str) -> Manifest:
+    """The manifest of the run at ``run_url``.
+
+    Raises:
+        StorageError: it is missing, unreadable or not a manifest.
+    """
+    url = storage.join(run_url, MANIFEST)
+    text = storage.read_text(url)
+    try:
+        return Manifest.model_validate_json(text)
+    except ValueError as exc:
+        raise StorageError(f"{url}: not a readable manifest ({exc.__class__.__name__})") from exc
+
+
+def save_manifest(run_url: str, manifest: Manifest) -> None:
+    """Write the manifest of the run at ``run_url`` (atomically)."""
+    storage.write_text(storage.join(run_url, MANIFEST), manifest.model_dump_json(indent=2))
 
 
 def new_run_id() -> str:
@@ -86,8 +173,7 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
         scratch = url
     run = RunInfo(name=cfg.name, run_id=rid, url=url, scratch=scratch)
     Path(scratch).mkdir(parents=True, exist_ok=True)
-    manifest_url = run.path("manifest.json")
-    if storage.exists(manifest_url):
+    if storage.exists(run.path(MANIFEST)):
         # Compare configs as the current schema reads them, so a resumed run survives new
         # defaulted fields in a newer fmbench.
         old = load_config_text(storage.read_text(run.path("config.yml")), source=run.path("config.yml"))
@@ -101,7 +187,7 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
         storage.remove_orphaned_temp_files(url)  # left by a writer killed mid-write
         return run.model_copy(update={"resumed": True})
     storage.write_text(run.path("config.yml"), dump_config(cfg))
-    write_manifest(run, _initial_manifest(cfg, run, command))
+    run.write_manifest(_initial_manifest(cfg, run, command))
     return run
 
 
@@ -117,35 +203,32 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str:
     return f"{where or 'config'} differs"
 
 
-def _initial_manifest(cfg: BenchmarkConfig, run: RunInfo, command: str | None) -> dict[str, Any]:
+def _initial_manifest(cfg: BenchmarkConfig, run: RunInfo, command: str | None) -> Manifest:
     packages: dict[str, str | None] = {}
     for name in _PACKAGES:
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             packages[name] = None
-    return {
-        "name": cfg.name,
-        "run_id": run.run_id,
-        "tool_version": __version__,
-        "python": sys.version.split()[0],
-        "packages": packages,
-        "host": {
+    return Manifest(
+        name=cfg.name,
+        run_id=run.run_id,
+        tool_version=__version__,
+        python=sys.version.split()[0],
+        packages=packages,
+        host={
             "hostname": platform.node(),
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "user": _safe_user(),
         },
-        "config_hash": cfg.config_hash(),
-        "tokenizer": cfg.tokenizer,
-        "seeds": {d.name: getattr(d, "seed", None) for d in cfg.datasets},
-        "started_at": utc_now(),
-        "ended_at": None,
-        "command": command or f"fmbench run config.yml --run-id {run.run_id}",
-        "storage": run.url,
-        "payload_hashes": {},
-        "shards": [],
-    }
+        config_hash=cfg.config_hash(),
+        tokenizer=cfg.tokenizer,
+        seeds={d.name: getattr(d, "seed", None) for d in cfg.datasets},
+        started_at=utc_now(),
+        command=command or f"fmbench run config.yml --run-id {run.run_id}",
+        storage=run.url,
+    )
 
 
 def _safe_user() -> str | None:
@@ -153,16 +236,6 @@ def _safe_user() -> str | None:
         return getpass.getuser()
     except (OSError, KeyError):  # no user database entry in some containers
         return None
-
-
-def read_manifest(run: RunInfo) -> dict[str, Any]:
-    """The run's manifest."""
-    return json.loads(storage.read_text(run.path("manifest.json")))
-
-
-def write_manifest(run: RunInfo, manifest: dict[str, Any]) -> None:
-    """Replace the run's manifest (atomically)."""
-    storage.write_text(run.path("manifest.json"), json.dumps(manifest, indent=2, sort_keys=False, default=str))
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -14,6 +14,7 @@ from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
 from fmbench.pipeline import PromptSet, ShardOutcome
 from fmbench.rundir import RunInfo, open_run
+from fmbench.sequence import check_before_run
 
 
 def _dataset_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -43,6 +44,11 @@ def load_config_task(config: str, overrides: list[str] | None = None, experiment
     return pipeline.load_benchmark_config(config, overrides, experiments, concurrency_levels, requests_per_level)
 
 
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None:
+    check_before_run(cfg, output, run_id)
+
+
 @task(name="open-run", cache_policy=NO_CACHE)
 def open_run_task(cfg: BenchmarkConfig, output: str | None, run_id: str | None, command: str | None) -> RunInfo:
     return open_run(cfg, output=output, run_id=run_id, command=command)
@@ -63,15 +69,16 @@ def deploy_task(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Dep
     return pipeline.deploy(cfg, experiment_name, run)
 
 
-@task(name="inference-shard", cache_key_fn=_shard_key, persist_result=True, retries=2,
-      retry_delay_seconds=[2, 10], retry_condition_fn=_retry_if_endpoint_down,
+@task(name="inference-shard", cache_key_fn=_shard_key, persist_result=True, retries=pipeline.SHARD_RETRIES,
+      retry_delay_seconds=list(pipeline.SHARD_RETRY_DELAYS_S), retry_condition_fn=_retry_if_endpoint_down,
       task_run_name="shard-{spec.shard_id}")
 def run_shard_task(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
                    deployed: DeployedEndpoint) -> ShardOutcome:
     return pipeline.execute_shard(run, cfg, spec, prompts_url, deployed)
 
 
-@task(name="teardown-endpoint", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+@task(name="teardown-endpoint", cache_policy=NO_CACHE, retries=pipeline.TEARDOWN_RETRIES,
+      retry_delay_seconds=pipeline.TEARDOWN_RETRY_DELAY_S,
       task_run_name="teardown-{deployed.experiment}")
 def teardown_task(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
     return pipeline.teardown(cfg, deployed)

@@ -10,8 +10,9 @@ import pytest
 
 from fmbench import storage
 from fmbench.config import load_config_text
+from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError
-from fmbench.rundir import open_run, read_manifest
+from fmbench.rundir import Manifest, load_manifest, open_run
 
 CONFIG = """
 name: rd
@@ -31,7 +32,24 @@ def test_new_run_writes_config_and_manifest(tmp_path: Path) -> None:
     assert not run.resumed
     assert Path(run.url) == tmp_path / "results" / "rd" / "a"
     assert Path(run.path("config.yml")).is_file()
-    assert read_manifest(run)["run_id"] == "a"
+    assert run.read_manifest().run_id == "a"
+
+
+def test_manifest_keeps_endpoint_timelines_and_reads_older_manifests(tmp_path: Path) -> None:
+    run = open_run(_cfg(tmp_path), run_id="t")
+    run.record_endpoint(EndpointTimeline(experiment="e", provider="sagemaker", endpoint_name="fmbench-e-1",
+                                         created_at="2026-01-01T00:00:00+00:00"))
+    run.record_endpoint(EndpointTimeline(experiment="e", provider="sagemaker", endpoint_name="fmbench-e-1",
+                                         created_at="2026-01-01T00:00:00+00:00",
+                                         deleted_at="2026-01-01T01:00:00+00:00"))
+    manifest = load_manifest(run.url)
+    assert manifest.endpoints["e"].deleted_at == "2026-01-01T01:00:00+00:00" and manifest.run_id == "t"
+    # An older manifest (no endpoints, an unknown key) still loads and keeps what it had.
+    old = tmp_path / "old"
+    storage.write_text(str(old / "manifest.json"), '{"run_id": "r0", "shards": [], "legacy": {"x": 1}}')
+    loaded = load_manifest(str(old))
+    assert loaded.endpoints == {} and loaded.model_extra == {"legacy": {"x": 1}}
+    assert isinstance(loaded, Manifest)
 
 
 def test_resume_with_changed_config_names_the_difference(tmp_path: Path) -> None:

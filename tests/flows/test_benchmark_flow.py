@@ -122,3 +122,21 @@ def test_killed_run_resumes_without_resending_measured_shards(cli_env: dict[str,
     after = requests.filter(~pl.col("shard_id").is_in(list(done_before)))
     assert before["t_start"].max() < resumed_at < after["t_start"].min()
     assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+
+
+def test_the_flow_runs_preflight_itself_before_any_run_directory(prefect_harness: None, tmp_path: Path) -> None:
+    """A deployment's flow run gets the same preflight as `fmbench run`: a dead endpoint is refused
+    in one line before anything is written."""
+    import socket
+
+    import pytest
+
+    from fmbench.errors import EndpointConnectionError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = {"provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "m", "api": "chat"}
+    with pytest.raises(EndpointConnectionError, match=r"experiments\[exp\]\.endpoint\.base_url: .* is unreachable"):
+        benchmark(config=str(_config(tmp_path, endpoint, name="preflighted")), run_id="p")
+    assert not (tmp_path / "results").exists()

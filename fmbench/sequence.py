@@ -1,0 +1,341 @@
+"""The order of a benchmark, written once: preflight → open run → calibrate → bucket → plan →
+per experiment (deploy → its shards → teardown) → finalize → regressions → report.
+
+`run_sequence` drives it through a `Steps` object: `fmbench.inline.InlineSteps` runs the steps in
+this process, the Prefect steps in ``flows/`` submit one task per step and per shard. Each
+experiment's endpoint lives only as long as its shards, and every path out of a run, Ctrl-C and
+SIGTERM included, deletes what the run deployed; the manifest records each endpoint's timeline
+as it happens.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import datetime as dt
+import logging
+import threading
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from fmbench.config import BenchmarkConfig
+from fmbench.deploy import DeployedEndpoint, EndpointTimeline
+from fmbench.interrupts import interrupt_deploy, sigterm_interrupts
+from fmbench.pipeline import (
+    PromptSet,
+    ShardOutcome,
+    check_buckets,
+    failed_outcome,
+    finished_shard,
+    needs_endpoint,
+    not_torn_down,
+    plan_shards,
+)
+from fmbench.regression import RegressionReport
+from fmbench.rundir import RunInfo
+
+log = logging.getLogger("fmbench")
+
+T_co = TypeVar("T_co", covariant=True)
+
+#: How long an interrupted deploy gets to delete what it created (a deployer notices the
+#: interrupt after its poll sleep, then makes a few delete calls).
+STOP_DEPLOY_WAIT_S = 120.0
+
+
+def _now() -> str:
+    # Milliseconds: endpoints that follow each other within a second must still order in the timeline.
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Pending(Protocol[T_co]):
+    """A step's result that may still be computing (a future, or a value already there)."""
+
+    def result(self, timeout: float | None = None) -> T_co:
+        """The value; raises the step's exception, or TimeoutError when not done within ``timeout``."""
+        ...
+
+
+class Steps(Protocol):
+    """How each step of a benchmark is executed; `run_sequence` decides their order."""
+
+    def preflight(self, cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None: ...
+    def open_run(self, cfg: BenchmarkConfig, output: str | None, run_id: str | None,
+                 command: str | None) -> RunInfo: ...
+    def calibrate(self, run: RunInfo) -> None: ...
+    def bucket(self, cfg: BenchmarkConfig, run: RunInfo) -> list[PromptSet]: ...
+    def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> Pending[DeployedEndpoint]: ...
+    def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
+              deployed: DeployedEndpoint) -> Pending[ShardOutcome]: ...
+    def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Pending[list[str]]: ...
+    def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
+                 prompt_sets: list[PromptSet], warnings: list[str]) -> str: ...
+    def regressions(self, run: RunInfo, threshold: float) -> RegressionReport: ...
+    def report(self, run: RunInfo) -> str: ...
+
+
+class RunResult(NamedTuple):
+    """What a finished run produced."""
+
+    run: RunInfo
+    report: str
+    regressions: RegressionReport | None
+
+
+def check_before_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None:
+    """The preflight step: run id, output bucket, tokenizer, datasets, credentials and endpoints.
+
+    Raises:
+        FMBenchError: one line naming what is wrong and where.
+    """
+    from fmbench.preflight import check_output, preflight
+
+    check_output(cfg, output, run_id)
+    preflight(cfg)
+
+
+def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = None, run_id: str | None = None,
+                 command: str | None = None, preflight: bool = True,
+                 regression_threshold: float = 0.10) -> RunResult:
+    """Run a benchmark through ``steps``.
+
+    Args:
+        preflight: False when the caller has already run `check_before_run` (the CLI does, before
+            it starts Prefect, so bad input fails in seconds).
+
+    Returns:
+        The run, its report.md URL and the regression check (None when the check failed).
+    """
+    with sigterm_interrupts():
+        if preflight:  # before the run directory exists: bad input leaves nothing behind
+            steps.preflight(cfg, output, run_id)
+        run = steps.open_run(cfg, output, run_id, command)
+        steps.calibrate(run)  # this host's client ceiling, before any shard
+        prompt_sets = steps.bucket(cfg, run)
+        warnings = check_buckets(cfg, prompt_sets)
+        plans = {e.name: plan_shards(cfg, prompt_sets, e) for e in cfg.experiments}
+        outcomes, left_running = Lifecycles(steps, cfg, run, plans, prompt_sets).run_all()
+        steps.finalize(run, cfg, outcomes, prompt_sets, warnings + left_running)
+        regressions: RegressionReport | None = None
+        try:
+            regressions = steps.regressions(run, regression_threshold)
+        except Exception as exc:  # noqa: BLE001 - the report is written without it
+            log.warning("regression check failed, report written without it: %s", exc)
+        report = steps.report(run)
+    return RunResult(run, report, regressions)
+
+
+class Lifecycles:
+    """Every experiment's endpoint from deploy to teardown, with its shards in between.
+
+    Experiments run one after another (``parallel_endpoints: true``: side by side). While one is
+    measured, the next ``deploy_ahead`` endpoints may deploy, started once the current one is
+    InService; an endpoint is deleted right after its own last shard.
+    """
+
+    def __init__(self, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, plans: dict[str, list[Any]],
+                 prompt_sets: list[PromptSet]) -> None:
+        self.steps, self.cfg, self.run, self.plans = steps, cfg, run, plans
+        self.files = {ps.dataset: ps.files for ps in prompt_sets}
+        self.order = list(plans)
+        # A resumed run deploys what still has shards to measure, and the SageMaker endpoints its killed
+        # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
+        # nothing sent). A simulated server died with the process that started it.
+        self.earlier = {n: t for n, t in run.read_manifest().endpoints.items()
+                        if t.provider == "sagemaker" and t.created_at and not t.deleted_at} if run.resumed else {}
+        self.todo = [n for n in self.order if n in self.earlier or needs_endpoint(run, plans[n])]
+        self.deploys: dict[str, Pending[DeployedEndpoint]] = {}
+        self.timelines: dict[str, EndpointTimeline] = {}
+        self.closed: set[str] = set()
+        self.left_running: list[str] = []
+        self._lock = threading.Lock()
+
+    def run_all(self) -> tuple[list[ShardOutcome], list[str]]:
+        """Run every experiment; returns the shard outcomes in plan order, and a line per endpoint
+        whose teardown did not finish (it may still be billed)."""
+        outcomes: dict[str, list[ShardOutcome]] = {}
+        try:
+            if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all":
+                for name in self.todo:
+                    self._start_deploy(name)
+            if self.cfg.parallel_endpoints:
+                pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.order)), "fmbench-lane")
+                try:
+                    lanes = {n: pool.submit(contextvars.copy_context().run, self.lifecycle, n) for n in self.order}
+                    outcomes = {n: lane.result() for n, lane in lanes.items()}
+                finally:
+                    pool.shutdown(wait=False)  # interrupted: delete the endpoints first, lanes then end
+            else:
+                for name in self.order:
+                    outcomes[name] = self.lifecycle(name)
+        except BaseException:
+            # Ctrl-C, SIGTERM (Prefect cancellation) or a bug: nothing the run deployed may outlive it.
+            self._close_all()
+            raise
+        return [o for n in self.order for o in outcomes[n]], self.left_running
+
+    # ------------------------------------------------------------ one experiment
+
+    def lifecycle(self, name: str) -> list[ShardOutcome]:
+        """Deploy → shards → teardown of one experiment; the finally covers the deploy wait."""
+        specs = self.plans[name]
+        if name not in self.todo:
+            return [o for s in specs if (o := finished_shard(self.run, s.shard_id)) is not None]
+        self._start_deploy(name)
+        try:
+            try:
+                deployed = self.deploys[name].result()
+            except Exception as exc:  # noqa: BLE001 - a failed deploy fails its shards, not the run
+                self._deploy_ahead(name)
+                self._deploy_failed(name, exc)
+                return [finished_shard(self.run, s.shard_id) or failed_outcome(s, f"endpoint not deployed: {exc}")
+                        for s in specs]
+            self._deploy_ahead(name)
+            self._in_service(name, deployed)
+            return [self._shard(name, spec, deployed) for spec in specs]
+        finally:
+            self._close(name)
+
+    def _start_deploy(self, name: str) -> None:
+        with self._lock:
+            if name in self.deploys or name in self.closed:
+                return
+            started = _now()
+            self.deploys[name] = self.steps.deploy(self.cfg, name, self.run)
+        endpoint = next(e.endpoint for e in self.cfg.experiments if e.name == name)
+        if endpoint.provider == "simulated" or (endpoint.provider == "sagemaker"
+                                                and not getattr(endpoint, "endpoint_name", None)):
+            # Only endpoints the run creates have a lifetime (and a bill) of the run's making.
+            # What the config says is recorded now, so a killed run's manifest names what it was deploying.
+            earlier = self.earlier.get(name)
+            self._record(EndpointTimeline(
+                experiment=name, provider=endpoint.provider, region=getattr(endpoint, "region", None),
+                instance_type=getattr(endpoint, "instance_type", None),
+                instance_count=getattr(endpoint, "instance_count", 1), created_at=started,
+                first_shard_at=earlier.first_shard_at if earlier else None,
+                last_shard_at=earlier.last_shard_at if earlier else None))
+
+    def _deploy_ahead(self, name: str) -> None:
+        if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all" or name not in self.todo:
+            return  # every deploy started at the beginning
+        ahead = int(self.cfg.deploy_ahead)
+        i = self.todo.index(name)
+        for nxt in self.todo[i + 1:i + 1 + ahead]:
+            self._start_deploy(nxt)
+
+    def _shard(self, name: str, spec: Any, deployed: DeployedEndpoint) -> ShardOutcome:
+        done = finished_shard(self.run, spec.shard_id)
+        if done is not None:  # measured before the run was interrupted: never sent again
+            return done
+        if name in self.timelines and self.timelines[name].first_shard_at is None:
+            self._update(name, first_shard_at=_now())
+        try:
+            outcome = self.steps.shard(self.run, self.cfg, spec, self.files[spec.dataset][spec.bucket],
+                                       deployed).result()
+        except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
+            outcome = failed_outcome(spec, exc)
+        self._update(name, last_shard_at=_now())
+        return outcome
+
+    # ------------------------------------------------------------ ending an endpoint's life
+
+    def _close(self, name: str) -> None:
+        """Delete what the experiment deployed, or stop its deploy; once per experiment."""
+        with self._lock:
+            if name in self.closed or name not in self.deploys:
+                return
+            self.closed.add(name)
+        deployed = self._finish_deploy(name)
+        if deployed is not None:
+            self._teardown(name, deployed)
+
+    def _close_all(self) -> None:
+        interrupt: BaseException | None = None
+        for name in list(self.deploys):
+            try:
+                self._close(name)
+            except BaseException as exc:  # noqa: BLE001 - a second Ctrl-C must not skip the others
+                interrupt = interrupt or exc
+        if self.left_running:
+            log.warning("stopped early; still running (billed until deleted):\n  %s", "\n  ".join(self.left_running))
+        else:
+            log.warning("stopped early: every endpoint this run deployed is deleted")
+        if interrupt is not None:
+            raise interrupt
+
+    def _finish_deploy(self, name: str) -> DeployedEndpoint | None:
+        """The deployed endpoint; a deploy still in progress is interrupted (its deployer deletes
+        what it created) and awaited."""
+        pending = self.deploys[name]
+        try:
+            return pending.result(timeout=0)
+        except TimeoutError:
+            pass
+        except BaseException:  # noqa: BLE001 - failed or interrupted: the deployer removed what it made
+            self._deploy_ended(name)
+            return None
+        reached = interrupt_deploy(name)
+        log.warning("experiment %s: deploy %s; waiting for it to delete what it created", name,
+                    "interrupted" if reached else "still running (not in this process)")
+        try:
+            deployed = pending.result(timeout=STOP_DEPLOY_WAIT_S)
+        except TimeoutError:
+            message = (f"experiment {name}: its interrupted deploy did not stop within {STOP_DEPLOY_WAIT_S:.0f} s; "
+                       "its endpoint may still be running (fmbench cleanup lists what is left)")
+            self._update(name, delete_error=message)
+            self.left_running.append(message)
+            return None
+        except BaseException:  # noqa: BLE001 - it stopped and deleted what it had created
+            log.warning("experiment %s: deploy stopped; what it had created is deleted", name)
+            self._deploy_ended(name)
+            return None
+        return deployed
+
+    def _teardown(self, name: str, deployed: DeployedEndpoint) -> None:
+        try:
+            removed = self.steps.teardown(self.cfg, deployed).result()
+        except BaseException as exc:
+            message = not_torn_down(deployed, exc)
+            self._update(name, delete_error=message)
+            self.left_running.append(message)
+            log.warning("%s", message)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if deployed.keep or not deployed.created:
+            return
+        self._update(name, deleted_at=_now())
+        log.info("experiment %s: deleted %s", name, ", ".join(removed) or "its endpoint")
+
+    # ------------------------------------------------------------ the timeline in the manifest
+
+    def _in_service(self, name: str, deployed: DeployedEndpoint) -> None:
+        if name not in self.timelines:
+            return
+        kept = deployed.keep and bool(deployed.created)
+        self._update(name, provider=deployed.provider, endpoint_name=deployed.endpoint_name,
+                     region=deployed.region or self.timelines[name].region,
+                     instance_type=deployed.instance_type or self.timelines[name].instance_type,
+                     # a deployer that reports the instance type reports the count too
+                     instance_count=deployed.instance_count if deployed.instance_type
+                     else self.timelines[name].instance_count,
+                     adopted=deployed.adopted, created_at=deployed.created_at or self.timelines[name].created_at,
+                     in_service_at=deployed.in_service_at or _now(),
+                     delete_error="kept (keep_endpoint): billed until you delete it" if kept else None)
+
+    def _deploy_failed(self, name: str, error: BaseException) -> None:
+        log.warning("experiment %s: deploy failed, its shards are recorded failed: %s", name, error)
+        self._deploy_ended(name)
+
+    def _deploy_ended(self, name: str) -> None:
+        # A deploy that failed or was interrupted deleted what it had created when it ended.
+        if name in self.timelines and self.timelines[name].deleted_at is None:
+            self._update(name, deleted_at=_now())
+
+    def _update(self, name: str, **changes: Any) -> None:
+        if name in self.timelines:
+            self._record(self.timelines[name].model_copy(update=changes))
+
+    def _record(self, timeline: EndpointTimeline) -> None:
+        with self._lock:  # the manifest is written in the order the changes happen
+            self.timelines[timeline.experiment] = timeline
+            self.run.record_endpoint(timeline)

@@ -1,0 +1,281 @@
+"""Endpoint lifecycles on moto's SageMaker control plane with the simulated endpoint behind the
+runtime routes: how many endpoints are alive at once (``deploy_ahead``), interrupts (SIGINT,
+SIGTERM) during a deploy, and the contract that the inline steps and the Prefect flow run one
+faulty config to the same outcomes, teardowns and manifest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from fmbench.config import parse_config
+from fmbench.deploy.sagemaker import resource_name
+from tests.aws.test_sagemaker_deploy import (
+    EMPTY,
+    ROLE,
+    TGI_IMAGE,
+    _inventory,
+    endpoint_states,  # noqa: F401  (a fixture)
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTANCE = "ml.g4dn.xlarge"
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment of `fmbench` subprocesses: own Prefect home, dummy AWS credentials, no profile."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env.update({
+        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home-lifecycle")),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PYTHONPATH": str(ROOT), "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # safety net: nothing reaches AWS
+    })
+    return env
+
+
+def _sagemaker(moto: str, runtime: str, **extra: Any) -> dict[str, Any]:
+    return {"provider": "sagemaker", "region": "us-east-1", "endpoint_url": moto, "runtime_endpoint_url": runtime,
+            "image_uri": TGI_IMAGE, "instance_type": INSTANCE, "role_arn": ROLE, "payload": "tgi", **extra}
+
+
+def _config(tmp_path: Path, name: str, experiments: dict[str, dict[str, Any]], **top: Any) -> dict[str, Any]:
+    return {
+        "name": name, "output": str(tmp_path / "results"), "buckets": [[1, 300]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 3, "seed": 1}],
+        "experiments": [{"name": n, "endpoint": e, "inference": {"max_tokens": 4}, "concurrency_levels": [1, 2],
+                         "requests_per_level": 2, "warmup_requests": 0} for n, e in experiments.items()],
+        **top,
+    }
+
+
+def _manifest(report: str) -> dict[str, Any]:
+    return json.loads((Path(report).parent / "manifest.json").read_text())
+
+
+def _t(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp)
+
+
+def _most_alive_at_once(endpoints: dict[str, dict[str, Any]]) -> int:
+    events = sorted([(_t(e["created_at"]), 1) for e in endpoints.values()]
+                    + [(_t(e["deleted_at"]), -1) for e in endpoints.values()])  # a delete sorts before a create
+    alive = most = 0
+    for _, step in events:
+        alive += step
+        most = max(most, alive)
+    return most
+
+
+@pytest.mark.parametrize(("top", "most"), [({}, 2), ({"deploy_ahead": 0}, 1), ({"parallel_endpoints": True}, 3)],
+                         ids=["default", "ahead-0", "parallel"])
+def test_each_endpoint_lives_from_its_deploy_to_its_last_shard(moto: str, sim_url: str, tmp_path: Path,
+                                                               top: dict[str, Any], most: int) -> None:
+    from fmbench.pipeline import run_benchmark
+
+    names = ["first", "second", "third"]
+    raw = _config(tmp_path, "lifecycle", {n: _sagemaker(moto, sim_url) for n in names}, **top)
+    report = run_benchmark(parse_config(raw, source="lifecycle", base_dir=tmp_path), run_id="life")
+
+    manifest = _manifest(report)
+    timeline = manifest["endpoints"]
+    assert sorted(timeline) == sorted(names)
+    for name in names:
+        e = timeline[name]
+        assert e["endpoint_name"] == resource_name(name, "life") and e["delete_error"] is None
+        assert e["instance_type"] == INSTANCE and e["provider"] == "sagemaker"
+        assert _t(e["created_at"]) <= _t(e["in_service_at"]) <= _t(e["first_shard_at"])
+        assert _t(e["first_shard_at"]) < _t(e["last_shard_at"]) <= _t(e["deleted_at"])
+        shards = [s for s in manifest["shards"] if s["experiment"] == name]
+        assert len(shards) == 2 and all(s["status"] == "ok" for s in shards)
+        assert _t(e["last_shard_at"]) >= max(_t(s["ended_at"]) for s in shards)
+    for before, after in itertools.pairwise(names):  # one after another: deleted before the next measures
+        if not top.get("parallel_endpoints"):
+            assert _t(timeline[before]["deleted_at"]) <= _t(timeline[after]["first_shard_at"])
+    assert _most_alive_at_once(timeline) == most
+    if not top:  # the look-ahead deployed the next endpoint while the current one was measured
+        assert _t(timeline["second"]["created_at"]) < _t(timeline["first"]["deleted_at"])
+    assert _inventory(moto) == EMPTY
+
+
+# ---------------------------------------------------------------- interrupts
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
+    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,  # noqa: F811
+    signum: signal.Signals,
+) -> None:
+    raw = _config(tmp_path, "interrupted", {"slow": _sagemaker(moto, sim_url, deploy_timeout_s=900)})
+    cfg = tmp_path / "interrupted.yml"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "int"], env=cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
+    try:
+        deadline = time.monotonic() + 300
+        while not sm.list_endpoints()["Endpoints"]:  # the deploy is waiting for a Creating endpoint
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the deploy never created its endpoint"
+            time.sleep(0.1)
+        assert sm.list_endpoints()["Endpoints"][0]["EndpointStatus"] == "Creating"
+        os.kill(proc.pid, signum)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    name = resource_name("slow", "int")
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143), err[-3000:]
+    assert _inventory(moto) == EMPTY, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    for kind in ("endpoint", "endpoint-config", "model"):
+        assert f"deleted {kind} {name}" in err, err[-3000:]
+    assert "every endpoint this run deployed is deleted" in err, err[-3000:]
+    assert ("interrupted" if signum == signal.SIGINT else "terminated") in err.splitlines()[-1]
+    # The manifest says so too: the endpoint's timeline ends with its deletion.
+    timeline = json.loads((tmp_path / "results" / "interrupted" / "int" / "manifest.json").read_text())["endpoints"]
+    assert timeline["slow"]["deleted_at"] and timeline["slow"]["in_service_at"] is None
+
+
+_INLINE_RUN = """
+import json, logging, sys
+from fmbench.config import parse_config
+from fmbench.pipeline import run_benchmark
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+try:
+    run_benchmark(parse_config(json.loads(sys.argv[1]), source="inline"), run_id="inl")
+except KeyboardInterrupt as exc:
+    print(f"stopped by {type(exc).__name__}", file=sys.stderr)
+    sys.exit(143)
+"""
+
+
+def test_sigterm_reaches_a_run_without_prefect_and_its_deploy_thread(
+    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,  # noqa: F811
+) -> None:
+    """Without Prefect (no SIGTERM handler of its own), the library turns SIGTERM into an interrupt
+    that reaches the deploy waiting in a background thread."""
+    raw = _config(tmp_path, "inline-term", {"slow": _sagemaker(moto, sim_url, deploy_timeout_s=900)})
+    proc = subprocess.Popen([sys.executable, "-c", _INLINE_RUN, json.dumps(raw)], env=cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
+    try:
+        deadline = time.monotonic() + 240
+        while not sm.list_endpoints()["Endpoints"]:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the deploy never created its endpoint"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 143 and "stopped by RunTerminated" in err, err[-3000:]
+    assert _inventory(moto) == EMPTY, err[-3000:]
+    assert f"deleted endpoint {resource_name('slow', 'inl')}" in err, err[-3000:]
+    assert "every endpoint this run deployed is deleted" in err, err[-3000:]
+
+
+# ---------------------------------------------------------------- contract: inline and Prefect agree
+
+
+@pytest.fixture
+def refuse_delete(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto refuses DeleteEndpoint of endpoints whose name contains 'undeletable'."""
+    from moto.sagemaker import models
+    from moto.sagemaker.exceptions import ResourceInUseException
+
+    original = models.SageMakerModelBackend.delete_endpoint
+
+    def delete_endpoint(self: Any, endpoint_name: str) -> None:
+        if "undeletable" in endpoint_name:
+            raise ResourceInUseException(f"Cannot delete endpoint {endpoint_name}: refused by the test")
+        original(self, endpoint_name)
+
+    monkeypatch.setattr(models.SageMakerModelBackend, "delete_endpoint", delete_endpoint)
+
+
+# Times, and what depends on this host's load at the moment (client processes, validity flags).
+_TIMES = {"started_at", "ended_at", "duration_s", "client_cpu_s", "client_load", "records_url", "processes",
+          "valid", "invalid_reason", "created_at", "in_service_at", "first_shard_at", "last_shard_at", "deleted_at"}
+
+
+def _normalized(value: Any, run_id: str, names: list[str]) -> Any:
+    """The value with timestamps reduced to set/unset and the run's resource names made generic."""
+    if isinstance(value, dict):
+        return {k: (v is not None if k in _TIMES else _normalized(v, run_id, names)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalized(v, run_id, names) for v in value]
+    if isinstance(value, str):
+        for n in names:
+            value = value.replace(resource_name(n, run_id), f"<{n}>")
+        return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", value)
+    return value
+
+
+def test_inline_steps_and_the_prefect_flow_agree_on_a_faulty_config(
+    prefect_harness: None, moto: str, sim_url: str, refuse_delete: None, tmp_path: Path,
+) -> None:
+    from flows.benchmark import benchmark
+    from fmbench.pipeline import run_benchmark
+
+    experiments = {
+        "no-role": _sagemaker(moto, sim_url, role_arn=None),  # the deploy fails
+        "unreachable": _sagemaker(moto, "http://127.0.0.1:9"),  # every shard fails to connect
+        "undeletable": _sagemaker(moto, sim_url),  # measured, then the teardown is refused
+    }
+    names = list(experiments)
+    raw = _config(tmp_path, "contract", experiments)
+    raw["experiments"][1]["concurrency_levels"] = [1]  # one shard retried (2 s + 10 s) is enough
+    inline = run_benchmark(parse_config(raw, source="contract", base_dir=tmp_path), run_id="inline")
+    prefect = benchmark(config=yaml.safe_dump(raw), run_id="prefect")
+
+    sides = {}
+    for report, run_id in ((inline, "inline"), (prefect, "prefect")):
+        manifest = _manifest(report)
+        for key in ("run_id", "command", "storage", "packages", "host", "calibration", "tool_version", "python"):
+            manifest.pop(key)
+        sides[run_id] = _normalized(manifest, run_id, names)
+    assert sides["inline"] == sides["prefect"]
+
+    manifest = sides["inline"]
+    status = {s["shard_id"]: (s["status"], s["error"]) for s in manifest["shards"]}
+    assert len(status) == 5
+    for sid, (state, error) in status.items():
+        if sid.startswith("no-role"):
+            assert state == "failed" and "endpoint not deployed" in error and "role_arn is required" in error
+        elif sid.startswith("unreachable"):
+            assert state == "failed" and "failed to connect" in error
+        else:
+            assert state == "ok" and error is None
+    timeline = manifest["endpoints"]
+    assert timeline["no-role"]["deleted_at"] and not timeline["no-role"]["in_service_at"]
+    assert timeline["unreachable"]["deleted_at"] and timeline["unreachable"]["delete_error"] is None
+    assert not timeline["undeletable"]["deleted_at"]
+    assert "<undeletable>" in timeline["undeletable"]["delete_error"]
+    assert "refused by the test" in timeline["undeletable"]["delete_error"]
+    assert any("still running" in w and "<undeletable>" in w for w in manifest["warnings"])
+    # Nothing else is left: both runs' refused endpoints, and nothing of the other experiments.
+    left = _inventory(moto)
+    assert sorted(left["endpoints"]) == sorted(resource_name("undeletable", r) for r in ("inline", "prefect"))
+    assert left["configs"] == [] and left["models"] == []
+    for report in (inline, prefect):
+        assert "failed to connect" in (Path(report).parent / "report.md").read_text()
