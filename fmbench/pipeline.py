@@ -365,7 +365,7 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
             spec = str(resolve_path(cfg, spec))
         endpoint = experiment.endpoint.model_copy(update={"tokenizer": spec})
         experiment = experiment.model_copy(update={"endpoint": endpoint})
-    return deploy_endpoint(experiment, run.run_id)
+    return deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
 
 
 def teardown(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
