@@ -5,6 +5,7 @@ created, and the warning before a deploy names what earlier runs left running.""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -228,3 +229,47 @@ def test_preflight_warns_once_about_endpoints_of_earlier_runs(moto: str, caplog:
     assert warn_live_endpoints([broken]) == 0
     assert [r for r in caplog.records if r.levelno == logging.DEBUG and "could not list" in r.getMessage()]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# ---------------------------------------------------------------- the bill, end to end
+
+
+def test_e2e_cost_matches_the_manifest(moto: str, sim_url: str, tmp_path: Any) -> None:
+    """A run on moto: the reported cost is instance-hours from the manifest's create to delete times the price."""
+    import datetime as dt
+    import json
+
+    from fmbench.config import parse_config
+    from fmbench.metrics import benchmark_cost
+    from fmbench.pipeline import run_benchmark
+    from fmbench.report import load_run
+
+    cfg = parse_config({
+        "name": "bill", "output": str(tmp_path / "results"), "buckets": [[1, 300]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 3}],
+        "experiments": [{
+            "name": "sm", "inference": {"max_tokens": 6}, "concurrency_levels": [1, 2], "requests_per_level": 3,
+            "warmup_requests": 0, "pricing": {"hourly_usd": 36.0, "instance_count": 2},
+            "endpoint": {"provider": "sagemaker", "region": "us-east-1", "endpoint_url": moto,
+                         "runtime_endpoint_url": sim_url, "image_uri": TGI_IMAGE, "instance_type": INSTANCE,
+                         "instance_count": 2, "role_arn": ROLE, "payload": "tgi"},
+        }],
+    }, source="bill", base_dir=tmp_path)
+    report = run_benchmark(cfg, run_id="bill-run")
+    assert _inventory(moto) == EMPTY
+    run_dir = Path(report).parent
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    timeline = (manifest.get("endpoints") or {}).get("sm")
+    if timeline is None:
+        pytest.skip("this run's manifest has no endpoint timelines: they are recorded by the run's lifecycle "
+                    "(the lifecycle branch of issue 11)")
+    created = dt.datetime.fromisoformat(timeline["created_at"])
+    deleted = dt.datetime.fromisoformat(timeline["deleted_at"])
+    assert timeline["instance_count"] == 2 and timeline["instance_type"] == INSTANCE
+    expected = (deleted - created).total_seconds() / 3600.0 * 2 * 36.0
+    run = load_run(str(run_dir))
+    cost = benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at).row(0, named=True)
+    assert cost["cost_usd"] == pytest.approx(expected, rel=1e-9)
+    assert cost["still_billing"] is False
+    assert sum(cost[f"{p}_cost_usd"] for p in ("deploying", "measuring", "idle")) == pytest.approx(expected)
+    assert cost["measuring_hours"] > 0
