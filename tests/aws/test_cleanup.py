@@ -49,6 +49,27 @@ def _create_calls() -> int:
                for acct in list(models.sagemaker_backends.keys()))
 
 
+def _when_recreated(name: str, then: Any) -> None:
+    """Once moto's endpoint ``name`` has been replaced by a new one (deleted, created again), call ``then``."""
+    import time
+
+    from moto.sagemaker import models
+
+    def current() -> Any:
+        for a in list(models.sagemaker_backends.keys()):
+            found = models.sagemaker_backends[a]["us-east-1"].endpoints.get(name)
+            if found is not None:
+                return found
+        return None
+
+    old = current()
+    deadline = time.monotonic() + 20
+    while current() is None or current() is old:
+        assert time.monotonic() < deadline, f"endpoint {name} was not deleted and created again"
+        time.sleep(0.01)
+    then()
+
+
 # ---------------------------------------------------------------- adoption
 
 
@@ -81,9 +102,28 @@ def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_
     sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
     assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
     before = _create_calls()
-    _later(0.0, endpoint_states, name, "InService", None, 0.4)
-    handle = deploy_sagemaker(exp, "run-c", config_name="cfg", poll_s=0.05)
+
+    class InServiceOnceWaiting(logging.Handler):  # the endpoint comes up only once the deploy waits for it
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for it" in record.getMessage():
+                waited.append(record.getMessage())
+                _later(0.2, endpoint_states, name, "InService")
+
+    waited: list[str] = []
+    handler = InServiceOnceWaiting()
+    logger = logging.getLogger("fmbench.deploy.sagemaker")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        handle = deploy_sagemaker(exp, "run-c", config_name="cfg", poll_s=0.05)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert waited and "is Creating" in waited[0]
     assert handle.adopted and _create_calls() == before
+    assert handle.created_at is not None and handle.in_service_at is not None
+    assert handle.in_service_at > handle.created_at
     assert sorted(handle.created) == sorted([f"endpoint:{name}", f"endpoint-config:{name}", f"model:{name}"])
     teardown_sagemaker(handle, exp)
     assert _inventory(moto) == EMPTY
@@ -105,7 +145,7 @@ def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoin
         {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
     sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
     endpoint_states(name, "Failed", "ping health check")
-    _later(0.0, endpoint_states, name, "InService", None, 0.3)  # the new one comes up
+    _later(0.0, _when_recreated, name, lambda: endpoint_states(name, "InService"))  # the new one comes up
     handle = deploy_sagemaker(exp, "run-f", poll_s=0.05)
     assert not handle.adopted
     assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
