@@ -91,6 +91,9 @@ class BilledTime:
     deploying_s: float
     measuring_s: float
     idle_s: float
+    in_service: _dt.datetime | None = None  # (clamped to the billed window) when deploying ended
+    measuring_from: _dt.datetime | None = None  # the first shard's start, None when nothing was measured
+    measuring_to: _dt.datetime | None = None
 
     @property
     def billed_s(self) -> float:
@@ -126,9 +129,11 @@ def billed_time(timeline: EndpointTimeline, run_end: str | _dt.datetime | None =
     billed = (end - created).total_seconds()
     deploying = (in_service - created).total_seconds()
     # Shards only run once the endpoint is InService; a measuring window reaching earlier is clock skew.
-    measuring = max(0.0, (last - max(first, in_service)).total_seconds()) if timeline.first_shard_at else 0.0
+    first = max(first, in_service)
+    measuring = max(0.0, (last - first).total_seconds()) if timeline.first_shard_at else 0.0
     idle = max(0.0, billed - deploying - measuring)
-    return BilledTime(created, end, deleted is not None, deploying, measuring, idle)
+    return BilledTime(created, end, deleted is not None, deploying, measuring, idle, in_service,
+                      first if measuring > 0 else None, last if measuring > 0 else None)
 
 
 def _instance_rate(p: ResolvedPricing, timeline: EndpointTimeline) -> tuple[float | None, str]:

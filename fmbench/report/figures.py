@@ -6,7 +6,6 @@ that is the same in every figure. Figures are returned as (file stem, title, cap
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -282,8 +281,15 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
     fig = go.Figure()
     shown: set[str] = set()
     for name, b in sorted(spans, key=lambda s: s[1].billed_from, reverse=True):
-        start = b.billed_from
-        for phase, seconds in (("deploying", b.deploying_s), ("measuring", b.measuring_s), ("idle", b.idle_s)):
+        in_service = b.in_service or b.billed_to
+        pieces = [("deploying", b.billed_from, in_service)]
+        if b.measuring_from is not None and b.measuring_to is not None:
+            pieces += [("idle", in_service, b.measuring_from), ("measuring", b.measuring_from, b.measuring_to),
+                       ("idle", b.measuring_to, b.billed_to)]
+        else:
+            pieces.append(("idle", in_service, b.billed_to))
+        for phase, start, stop in pieces:
+            seconds = (stop - start).total_seconds()
             if seconds <= 0:
                 continue
             colour = colours.get(name, "#0072B2") if phase == "measuring" else _PHASE_COLOURS[phase]
@@ -291,10 +297,9 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
             fig.add_trace(go.Bar(
                 y=[name], x=[seconds * 1000.0], base=[start.isoformat()], orientation="h", name=legend,
                 marker={"color": colour}, legendgroup=phase, showlegend=legend not in shown,
-                hovertemplate=f"{name}: {phase} %{{x:,.0f}} ms<extra></extra>",
+                hovertemplate=f"{name}: {phase} {seconds / 60:,.1f} min<extra></extra>",
             ))
             shown.add(legend)
-            start = start + _dt.timedelta(seconds=seconds)
         if not b.deleted:
             fig.add_annotation(x=b.billed_to.isoformat(), y=name, text="  still running", showarrow=False,
                                xanchor="left", font={"color": "#D55E00"})

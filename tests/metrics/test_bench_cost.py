@@ -41,6 +41,12 @@ def test_cost_is_instance_hours_from_create_to_delete_times_the_price() -> None:
     assert row["deploying_cost_usd"] + row["measuring_cost_usd"] + row["idle_cost_usd"] == pytest.approx(4.5)
     assert row["still_billing"] is False and row["billed_from"].startswith("2026-03-01T10:00:00")
     assert "from create to delete" in row["basis"] and "shard time only" not in row["basis"]
+    from fmbench.metrics.cost import billed_time
+
+    billed = billed_time(EndpointTimeline.model_validate(_timeline()))
+    assert billed is not None and billed.measuring_from is not None  # where the timeline plot draws the phases
+    assert billed.measuring_from.isoformat() == "2026-03-01T10:12:00+00:00"
+    assert billed.in_service is not None and billed.in_service.isoformat() == "2026-03-01T10:09:00+00:00"
 
     # The deployed instance count is what is billed, even when the config priced another count.
     one = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 1.5}), shards,
