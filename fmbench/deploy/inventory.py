@@ -212,8 +212,13 @@ def list_fmbench_resources(
 
 
 def delete_resources(client: Any, resources: list[FmbenchResource]) -> tuple[list[str], list[str]]:
-    """Delete the given resources, endpoints first; returns (removed, failures) as 'kind:name'."""
-    return delete_created(client, [r.ref for r in resources])
+    """Delete the given resources, endpoints first; returns (removed, failures) as 'kind:name'.
+
+    An endpoint already Deleting is left to finish (deleting it again would be refused).
+    """
+    going = [r.ref for r in resources if r.kind == "endpoint" and r.status == "Deleting"]
+    removed, failures = delete_created(client, [r.ref for r in resources if r.ref not in going])
+    return removed + going, failures
 
 
 def hourly_total(resources: list[FmbenchResource]) -> tuple[float, int]:
