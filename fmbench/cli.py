@@ -1,4 +1,4 @@
-"""The `fmbench` command line: run, validate, report, compare, serve-sim.
+"""The `fmbench` command line: run, validate, report, compare, cleanup, serve-sim.
 
 Errors a user can cause end as one line on stderr and exit code 2 (`--debug` shows the
 traceback). `fmbench run` runs the Prefect flow with an embedded Prefect server unless
@@ -14,8 +14,12 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from fmbench.errors import FMBenchError, RunTerminated
+
+if TYPE_CHECKING:
+    from fmbench.deploy.inventory import FmbenchResource
 
 EXIT_BAD_INPUT = 2
 EXIT_SHARDS_FAILED = 1
@@ -49,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("runs", nargs="+", help="run directories or s3:// URLs")
     cmp_.add_argument("--output", required=True, help="where the comparison report goes")
     cmp_.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    c = sub.add_parser("cleanup", help="list (and with --yes delete) SageMaker resources fmbench left running")
+    c.add_argument("config", nargs="?", help="a config: its SageMaker experiments' regions are searched")
+    c.add_argument("--region", help="AWS region to search (instead of, or besides, the config's)")
+    c.add_argument("--profile", help="AWS profile (default: the config's, else the standard chain)")
+    c.add_argument("--run-id", help="only resources of this run id")
+    c.add_argument("--config-name", help="only resources of this benchmark name (the config's `name`)")
+    c.add_argument("--older-than", metavar="AGE", help="only resources older than AGE, e.g. 90m, 2h, 3d")
+    c.add_argument("--yes", action="store_true", help="delete what is listed (default: only list)")
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     s = sub.add_parser("serve-sim", help="serve the simulated endpoint (OpenAI-compatible) until stopped")
     from fmbench.endpoints.simulated.cli import add_cli_arguments
@@ -136,6 +150,81 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from fmbench.config import SageMakerEndpoint
+    from fmbench.deploy.inventory import (
+        delete_resources,
+        hourly_total,
+        list_fmbench_resources,
+        parse_age,
+        sagemaker_client,
+    )
+    from fmbench.errors import ConfigError
+
+    older = parse_age(args.older_than) if args.older_than else None
+    places: list[tuple[str | None, str | None, str | None]] = []
+    if args.config:
+        from fmbench.pipeline import load_benchmark_config
+
+        cfg = load_benchmark_config(args.config)
+        places = [(e.endpoint.region, args.profile or e.endpoint.profile, e.endpoint.endpoint_url)
+                  for e in cfg.experiments if isinstance(e.endpoint, SageMakerEndpoint)]
+        if not places and not args.region:
+            raise ConfigError(f"{args.config}: no SageMaker experiments, so no region to search; give --region")
+    if args.region or not places:
+        places.append((args.region, args.profile, None))
+    failed = False
+    searched: set[tuple[str, str | None]] = set()
+    for region, profile, url in dict.fromkeys(places):
+        client, region = sagemaker_client(region, profile, url)
+        if (region, url) in searched:
+            continue
+        searched.add((region, url))
+        found = list_fmbench_resources(client, region, run_id=args.run_id, config_name=args.config_name,
+                                       older_than_s=older)
+        hourly, unpriced = hourly_total(found)
+        price = f"${hourly:,.2f}/h" + (f" plus {unpriced} unpriced" if unpriced else "")
+        endpoints = sum(1 for r in found if r.kind == "endpoint")
+        print(f"{region}: {len(found)} fmbench resource(s), {endpoints} endpoint(s) billing {price}")
+        for line in _resource_lines(found):
+            print("  " + line)
+        if not found:
+            continue
+        if not args.yes:
+            print("  (nothing deleted: add --yes to delete these)")
+            continue
+        removed, failures = delete_resources(client, found)
+        for item in removed:
+            print(f"  deleted {item}")
+        for item in failures:
+            print(f"fmbench: could not delete {item}", file=sys.stderr)
+        failed = failed or bool(failures)
+    return 1 if failed else 0
+
+
+def _resource_lines(found: list[FmbenchResource]) -> list[str]:
+    if not found:
+        return []
+    rows = [("KIND", "NAME", "STATUS", "INSTANCES", "AGE", "$/H", "RUN ID", "CONFIG", "EXPERIMENT")]
+    for r in found:
+        instances = f"{r.instance_count or 1} x {r.instance_type}" if r.instance_type else ""
+        rows.append((r.kind, r.name, r.status or "", instances, _age(r.age_s()),
+                     "" if r.kind != "endpoint" else ("?" if r.hourly_usd is None else f"{r.hourly_usd:,.2f}"),
+                     r.run_id, r.config_name or "", r.experiment or ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
+
+
 def cmd_serve_sim(args: argparse.Namespace) -> int:
     from fmbench.endpoints.simulated.cli import run
 
@@ -147,6 +236,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "report": cmd_report,
     "compare": cmd_compare,
+    "cleanup": cmd_cleanup,
     "serve-sim": cmd_serve_sim,
 }
 

@@ -378,7 +378,7 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
     deployed: DeployedEndpoint | None = None
     try:
         with deploying(experiment_name):
-            deployed = deploy_endpoint(experiment, run.run_id)
+            deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
     except KeyboardInterrupt:
         # The interrupt landed after the deployer returned: what it made would be lost, delete it.
         if deployed is not None:

@@ -11,6 +11,7 @@ call instead (`check_sagemaker_access`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from fmbench.config import (
@@ -34,11 +35,16 @@ from fmbench.errors import (
     StorageError,
 )
 
+log = logging.getLogger(__name__)
+
 _FULL_CHECK_BYTES = 8 * 1024 * 1024  # local dataset files up to this size are fully checked up front
 
 
-def preflight(cfg: BenchmarkConfig, probe: bool = True) -> None:
+def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = None) -> None:
     """Check the tokenizer, the dataset files (small local files fully), AWS credentials and existing endpoints.
+
+    Before SageMaker deploys it also warns, in one line per region, when endpoints of earlier
+    fmbench runs (not ``run_id``) are still alive and billing (`warn_live_endpoints`).
 
     Raises:
         TokenizerError, DatasetError, ConfigError, EndpointError: naming what is wrong and where.
@@ -57,6 +63,7 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True) -> None:
             from fmbench.datasets import build_dataset_prompts
 
             build_dataset_prompts(cfg, ds, tokenizer)
+    deploying: list[SageMakerEndpoint] = []
     for e in cfg.experiments:
         if isinstance(e.endpoint, (BedrockEndpoint, SageMakerEndpoint)):
             where = f"experiments[{e.name}].endpoint"
@@ -66,11 +73,46 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True) -> None:
                 probe_endpoint(e, None, where)
             elif probe and isinstance(e.endpoint, SageMakerEndpoint):
                 check_sagemaker_access(e.endpoint, where)
+                deploying.append(e.endpoint)
         if isinstance(e.endpoint, OpenAIEndpoint):
             where = f"experiments[{e.name}].endpoint"
             check_reachable(e.endpoint.base_url, f"{where}.base_url")
             if probe:
                 probe_endpoint(e, e.endpoint.base_url, where)
+    if deploying:
+        warn_live_endpoints(deploying, run_id)
+
+
+def warn_live_endpoints(endpoints: list[SageMakerEndpoint], run_id: str | None = None) -> int:
+    """Warn in one line per region when endpoints that earlier fmbench runs created are still alive.
+
+    Never fails the run: a failing list call is only a debug note. Returns how many were found.
+    """
+    from fmbench.deploy.inventory import hourly_total, list_fmbench_resources, sagemaker_client
+
+    seen: set[tuple[str | None, str | None, str | None]] = set()
+    total = 0
+    for ep in endpoints:
+        key = (ep.region, ep.profile, ep.endpoint_url)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            client, region = sagemaker_client(ep.region, ep.profile, ep.endpoint_url, quick=True)
+            alive = list_fmbench_resources(client, region, kinds=("endpoint",), exclude_run_id=run_id)
+        except Exception as exc:  # noqa: BLE001 - a warning must never stop the run
+            log.debug("could not list earlier fmbench endpoints in %s: %s", ep.region or "the default region", exc)
+            continue
+        if not alive:
+            continue
+        total += len(alive)
+        hourly, unpriced = hourly_total(alive)
+        runs = sorted({r.run_id for r in alive})
+        price = f"${hourly:,.2f}/h" + (f" plus {unpriced} unpriced" if unpriced else "")
+        log.warning("%d endpoint(s) of earlier fmbench runs still running in %s, billing %s (run ids: %s); "
+                    "list them with `fmbench cleanup --region %s`, delete them with --yes",
+                    len(alive), region, price, ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else ""), region)
+    return total
 
 
 def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None:
@@ -141,7 +183,8 @@ _AWS_HINTS = (
 )
 
 
-def _aws_hint(message: str) -> str:
+def aws_hint(message: str) -> str:
+    """What to do about a refused AWS call, from its error code or message ('' when unknown)."""
     for needles, hint in _AWS_HINTS:
         if any(n in message for n in needles):
             return hint
@@ -178,7 +221,7 @@ def check_sagemaker_access(endpoint: SageMakerEndpoint, where: str) -> None:
         code, message = str(err.get("Code", "Error")), str(err.get("Message", ""))
         if code == "ValidationException" and "find endpoint" in message.lower():
             return  # the expected answer: credentials accepted, permission granted, no such endpoint
-        hint = _aws_hint(f"{code}: {message}")
+        hint = aws_hint(f"{code}: {message}")
         raise ConfigError(f"{where}: SageMaker refused a read-only call (DescribeEndpoint): {code}: {message}"
                           f"{'; ' + hint if hint else ''}") from exc
     except botocore.exceptions.EndpointConnectionError as exc:
@@ -218,7 +261,7 @@ def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) ->
                     raise
                 time.sleep(0.5 * 2**attempt)
     except EndpointHTTPError as exc:
-        hint = _aws_hint(str(exc)) if aws else ""
+        hint = aws_hint(str(exc)) if aws else ""
         hint = hint or {401: "the API key was refused (check api_key_env)",
                         403: "access denied (check the API key's permissions)",
                         404: "not found (check base_url and the model name)"}.get(exc.status or 0, "")

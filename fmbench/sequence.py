@@ -90,7 +90,7 @@ def check_before_run(cfg: BenchmarkConfig, output: str | None, run_id: str | Non
     from fmbench.preflight import check_output, preflight
 
     check_output(cfg, output, run_id)
-    preflight(cfg)
+    preflight(cfg, run_id=run_id)
 
 
 def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = None, run_id: str | None = None,

@@ -8,6 +8,7 @@ provider registers a pair of functions in `_PROVIDERS`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,7 +64,13 @@ class EndpointTimeline(BaseModel):
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
 
 
-Deployer = Callable[[ExperimentConfig, str], DeployedEndpoint]
+class Deployer(Protocol):
+    """Deploys an experiment's endpoint for a run; ``config_name`` goes into the resources' tags."""
+
+    def __call__(self, experiment: ExperimentConfig, run_id: str, *,
+                 config_name: str | None = None) -> DeployedEndpoint: ...
+
+
 TearDowner = Callable[[DeployedEndpoint, ExperimentConfig], list[str]]
 
 _PROVIDERS: dict[str, tuple[Deployer, TearDowner]] = {}
@@ -82,14 +89,18 @@ def _lookup(provider: str) -> tuple[Deployer, TearDowner]:
         raise DeploymentError(f"no deployer for provider {provider!r}") from None
 
 
-def deploy_endpoint(experiment: ExperimentConfig, run_id: str) -> DeployedEndpoint:
+def deploy_endpoint(experiment: ExperimentConfig, run_id: str, config_name: str | None = None) -> DeployedEndpoint:
     """Make the experiment's endpoint ready to take requests.
+
+    A SageMaker endpoint this run already created (an interrupted attempt of the same run id) is
+    adopted instead of created again; ``config_name`` is tagged on what is created, so
+    ``fmbench cleanup --config-name`` can find it.
 
     Raises:
         DeploymentError: the endpoint could not be deployed; the message gives the provider's reason.
     """
     deploy, _ = _lookup(experiment.endpoint.provider)
-    return deploy(experiment, run_id)
+    return deploy(experiment, run_id, config_name=config_name)
 
 
 def teardown_endpoint(deployed: DeployedEndpoint, experiment: ExperimentConfig) -> list[str]:

@@ -5,13 +5,15 @@ deleted), a JumpStart model id (image, artifacts and environment resolved from J
 metadata by the SageMaker SDK, ``sagemaker.core``) or a container image. Deploying creates a
 model, an endpoint config and an endpoint, all named ``fmbench-<experiment>-<run>``, waits for
 ``InService`` and returns a `DeployedEndpoint` whose ``created`` list drives the teardown, which
-removes exactly those resources and nothing else.
+removes exactly those resources and nothing else. Every resource is tagged with the run id,
+experiment and config name; a resumed run adopts the endpoint its interrupted attempt left.
 
 Importing this module registers the ``sagemaker`` and ``bedrock`` providers.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import logging
 import re
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 VARIANT_NAME = "AllTraffic"
 _NAME_MAX = 63
 _KINDS_IN_TEARDOWN_ORDER = ("endpoint", "endpoint-config", "model")
+#: Tags on every resource fmbench creates (the run id, the experiment, the config's name).
+TAG_RUN_ID = "fmbench:run-id"
+TAG_EXPERIMENT = "fmbench:experiment"
+TAG_CONFIG = "fmbench:config-name"
 
 
 @dataclass
@@ -265,11 +271,126 @@ def _existing(cfg: SageMakerEndpoint, experiment: str, client: Any, region: str)
     )
 
 
-def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float = 15.0) -> DeployedEndpoint:
+def fmbench_tags(run_id: str, experiment: str, config_name: str | None) -> list[dict[str, str]]:
+    """The tags on every resource fmbench creates: how `fmbench cleanup` and adoption know them."""
+    tags = [{"Key": TAG_RUN_ID, "Value": run_id[:256]}, {"Key": TAG_EXPERIMENT, "Value": experiment[:256]}]
+    if config_name:
+        tags.append({"Key": TAG_CONFIG, "Value": config_name[:256]})
+    return tags
+
+
+def resource_tags(client: Any, arn: str) -> dict[str, str]:
+    """A SageMaker resource's tags as a dict (all pages)."""
+    tags: dict[str, str] = {}
+    kwargs: dict[str, Any] = {"ResourceArn": arn}
+    while True:
+        page = client.list_tags(**kwargs)
+        tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
+        if not page.get("NextToken"):
+            return tags
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def _ours(tags: dict[str, str], wanted: list[dict[str, str]]) -> bool:
+    # A resource without the config-name tag (made before fmbench tagged it) still matches on the
+    # run id and experiment; one tagged with another config name does not.
+    want = {t["Key"]: t["Value"] for t in wanted}
+    return all(tags.get(k) == v for k, v in want.items() if k != TAG_CONFIG) and (
+        TAG_CONFIG not in want or tags.get(TAG_CONFIG, want[TAG_CONFIG]) == want[TAG_CONFIG])
+
+
+def _iso(when: Any = None) -> str:
+    """UTC ISO time of a botocore datetime (or of now)."""
+    when = when or _dt.datetime.now(_dt.UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.UTC)
+    return str(when.astimezone(_dt.UTC).isoformat(timespec="milliseconds"))
+
+
+def _describe_or_none(client: Any, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(client.describe_endpoint(EndpointName=name))
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise
+
+
+def _wait_until_gone(client: Any, name: str, timeout_s: float, poll_s: float) -> None:
+    t0 = time.monotonic()
+    while _describe_or_none(client, name) is not None:
+        if time.monotonic() - t0 >= timeout_s:
+            raise DeploymentError(f"endpoint {name} still exists {timeout_s:.0f} s after deleting it")
+        time.sleep(max(0.01, poll_s))
+
+
+def _leftovers(client: Any, name: str, wanted: list[dict[str, str]]) -> list[str]:
+    """This run's endpoint config and model of ``name`` that still exist (a run killed mid-deploy)."""
+    found = []
+    for kind, describe, arn_key in (
+        ("endpoint-config", lambda: client.describe_endpoint_config(EndpointConfigName=name), "EndpointConfigArn"),
+        ("model", lambda: client.describe_model(ModelName=name), "ModelArn"),
+    ):
+        try:
+            arn = describe()[arn_key]
+        except Exception as exc:
+            if _not_found(exc):
+                continue
+            raise
+        if not _ours(resource_tags(client, arn), wanted):
+            raise DeploymentError(f"{kind} {name} exists but was not created by this fmbench run "
+                                  "(its fmbench tags differ); fmbench leaves it alone: delete or rename it")
+        found.append(f"{kind}:{name}")
+    return found
+
+
+def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: list[dict[str, str]],
+           timeout_s: float, poll_s: float) -> DeployedEndpoint | None:
+    """Reuse the endpoint an interrupted attempt of this run left, or clear it away when it failed.
+
+    Returns the adopted handle (InService), or None when the caller should create the endpoint
+    (nothing, or only a failed endpoint that is now deleted, was there).
+    """
+    name = str(handle.endpoint_name)
+    if not _ours(resource_tags(client, desc["EndpointArn"]), wanted):
+        raise DeploymentError(f"endpoint {name} exists but was not created by this fmbench run (its fmbench tags "
+                              "differ); fmbench leaves it alone: delete it or use another run id")
+    status = desc["EndpointStatus"]
+    leftovers = _leftovers(client, name, wanted)
+    if status in ("Failed", "OutOfService", "RollingBack", "Deleting"):
+        log.warning("endpoint %s of an earlier attempt of this run is %s: deleting it and deploying anew",
+                    name, status)
+        if status != "Deleting":
+            delete_created(client, [f"endpoint:{name}"])
+        _wait_until_gone(client, name, timeout_s, poll_s)
+        delete_created(client, leftovers)
+        return None
+    handle.created = [*leftovers, f"endpoint:{name}"]
+    handle.adopted = True
+    handle.created_at = _iso(desc.get("CreationTime"))
+    if status != "InService":
+        log.info("endpoint %s of an earlier attempt of this run is %s: waiting for it", name, status)
+        desc = wait_for_endpoint(client, name, timeout_s, poll_s=poll_s)
+        handle.in_service_at = _iso()
+    else:
+        handle.in_service_at = _iso(desc.get("LastModifiedTime") or desc.get("CreationTime"))
+    variants = desc.get("ProductionVariants") or []
+    if variants and variants[0].get("CurrentInstanceCount"):
+        handle.instance_count = int(variants[0]["CurrentInstanceCount"])
+    log.info("adopted endpoint %s (%s, created %s by an earlier attempt of this run)", name, status,
+             handle.created_at)
+    return handle
+
+
+def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None,
+                     poll_s: float = 15.0) -> DeployedEndpoint:
     """Make a SageMaker experiment's endpoint InService (or check an existing one).
 
-    Creates model, endpoint config and endpoint (tagged with the run id), waits for InService.
-    If any step fails, what was already created is deleted before the error is raised.
+    Creates model, endpoint config and endpoint (tagged with the run id, experiment and config
+    name), waits for InService. If any step fails, what was already created is deleted before the
+    error is raised. When this run (same run id) already created the endpoint, in an attempt that
+    was killed, it is adopted instead: waited for while Creating, deleted and created anew when
+    Failed; resources with the same name but other fmbench tags are never touched.
 
     Raises:
         DeploymentError: credentials, JumpStart resolution, a SageMaker API error, FailureReason
@@ -296,7 +417,9 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float
         spec = image_container(cfg)
 
     name = resource_name(experiment.name, run_id)
-    tags = [{"Key": "fmbench:run-id", "Value": run_id[:256]}, {"Key": "fmbench:experiment", "Value": experiment.name}]
+    tags = fmbench_tags(run_id, experiment.name, config_name)
+    if not spec.instance_type:
+        raise DeploymentError(f"experiment {experiment.name!r}: endpoint.instance_type is required")
     handle = DeployedEndpoint(
         experiment=experiment.name,
         provider="sagemaker",
@@ -305,9 +428,33 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float
         region=region,
         created=[],
         keep=cfg.keep_endpoint,
+        instance_type=spec.instance_type,
+        instance_count=cfg.instance_count,
     )
-    if not spec.instance_type:
-        raise DeploymentError(f"experiment {experiment.name!r}: endpoint.instance_type is required")
+    step = "looking for an endpoint of an earlier attempt of this run"
+    try:
+        earlier = _describe_or_none(client, name)
+        if earlier is not None:
+            step = "adopting the endpoint of an earlier attempt of this run"
+            if _adopt(client, handle, earlier, tags, cfg.deploy_timeout_s, poll_s) is not None:
+                return handle
+        else:
+            delete_created(client, _leftovers(client, name, tags))
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # interrupted while waiting for an adopted endpoint
+            if handle.created:
+                log.warning("deploy of %s interrupted: deleting %s", experiment.name, ", ".join(handle.created))
+                delete_created(client, handle.created)
+            raise
+        error = _describe(f"deploying {experiment.name} ({step})", exc)
+        if handle.created:
+            removed, failures = delete_created(client, handle.created)
+            note = f"; cleaned up {', '.join(removed) or 'nothing'}"
+            if failures:
+                note += f"; could NOT delete {', '.join(failures)}"
+            error = DeploymentError(str(error) + note)
+        raise error from exc
+
     log.info("deploying %s (%s) on %d x %s as %s", experiment.name, spec.source, cfg.instance_count,
              spec.instance_type, name)
     step = "creating model"
@@ -343,20 +490,23 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float
         handle.created.append(f"endpoint-config:{name}")
 
         step = "creating endpoint"
+        # Billing starts with the CreateEndpoint call; the time before it is the conservative bound.
+        handle.created_at = _iso()
         client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
         handle.created.append(f"endpoint:{name}")
 
         step = "waiting for InService"
         wait_for_endpoint(client, name, cfg.deploy_timeout_s, poll_s=poll_s)
+        handle.in_service_at = _iso()
     except BaseException as exc:
         if not isinstance(exc, Exception):  # interrupted or cancelled: never leave an orphan billing
             if handle.created:
                 log.warning("deploy of %s interrupted: deleting %s", experiment.name, ", ".join(handle.created))
-                _delete_created(client, handle.created)
+                delete_created(client, handle.created)
             raise
         error = _describe(f"deploying {experiment.name} ({step})", exc)
         if handle.created:
-            removed, failures = _delete_created(client, handle.created)
+            removed, failures = delete_created(client, handle.created)
             note = f"; cleaned up {', '.join(removed) or 'nothing'}"
             if failures:
                 note += f"; could NOT delete {', '.join(failures)}"
@@ -368,7 +518,7 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, poll_s: float
 # ---------------------------------------------------------------- teardown
 
 
-def _delete_created(client: Any, created: list[str]) -> tuple[list[str], list[str]]:
+def delete_created(client: Any, created: list[str]) -> tuple[list[str], list[str]]:
     """Delete the given 'kind:name' resources, endpoint first; already-deleted counts as removed."""
     removed: list[str] = []
     failures: list[str] = []
@@ -422,7 +572,7 @@ def teardown_sagemaker(deployed: DeployedEndpoint, experiment: ExperimentConfig)
         raise
     except Exception as exc:
         raise _describe("creating the SageMaker client", exc) from exc
-    removed, failures = _delete_created(client, deployed.created)
+    removed, failures = delete_created(client, deployed.created)
     if failures:
         raise DeploymentError(f"teardown of {experiment.name}: could not delete {'; '.join(failures)}")
     return removed
@@ -431,7 +581,7 @@ def teardown_sagemaker(deployed: DeployedEndpoint, experiment: ExperimentConfig)
 # ---------------------------------------------------------------- bedrock
 
 
-def deploy_bedrock(experiment: ExperimentConfig, run_id: str) -> DeployedEndpoint:
+def deploy_bedrock(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None) -> DeployedEndpoint:
     """Bedrock models are served by AWS: nothing to deploy; resolves the region only."""
     cfg = experiment.endpoint
     if not isinstance(cfg, BedrockEndpoint):

@@ -3,16 +3,22 @@
 Instance-priced experiments pay for time: a shard costs ``hourly_usd x instance_count x duration_s /
 3600`` and that is spread over its successful transactions (so an idle, under-loaded endpoint is
 expensive per transaction). Token-priced experiments (Bedrock on demand) pay per token of successful
-requests: ``input_tokens / 1000 x input_price + output_tokens / 1000 x output_price``.
+requests: ``input_tokens / 1000 x input_price + output_tokens / 1000 x output_price``. What the
+benchmark itself cost (`benchmark_cost`) is the bill: endpoint instance-hours from create to delete.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from fmbench.config import BenchmarkConfig
+from fmbench.deploy import EndpointTimeline
+from fmbench.errors import ConfigError
 from fmbench.pricing import NO_PRICING, ResolvedPricing, resolve_pricing
 
 
@@ -75,21 +81,106 @@ def attach_costs(metrics: pl.DataFrame, cfg: BenchmarkConfig | None) -> pl.DataF
     )
 
 
+@dataclass(frozen=True)
+class BilledTime:
+    """An endpoint's billed wall time (create to delete) split into deploying, measuring and idle."""
+
+    billed_from: _dt.datetime
+    billed_to: _dt.datetime
+    deleted: bool  # False: still alive at ``billed_to`` (the run's end or now), billed until deleted
+    deploying_s: float
+    measuring_s: float
+    idle_s: float
+    in_service: _dt.datetime | None = None  # (clamped to the billed window) when deploying ended
+    measuring_from: _dt.datetime | None = None  # the first shard's start, None when nothing was measured
+    measuring_to: _dt.datetime | None = None
+
+    @property
+    def billed_s(self) -> float:
+        """Seconds from create to delete (or to ``billed_to``)."""
+        return self.deploying_s + self.measuring_s + self.idle_s
+
+
+def _when(value: str | _dt.datetime | None) -> _dt.datetime | None:
+    if value is None or value == "":
+        return None
+    when = value if isinstance(value, _dt.datetime) else _dt.datetime.fromisoformat(str(value))
+    return when if when.tzinfo is not None else when.replace(tzinfo=_dt.UTC)
+
+
+def billed_time(timeline: EndpointTimeline, run_end: str | _dt.datetime | None = None) -> BilledTime | None:
+    """Split an endpoint's billed time; None when the timeline has no create time (nothing billed by the run).
+
+    An endpoint never deleted is counted up to ``run_end`` (the run's end), else to now.
+    """
+    created = _when(timeline.created_at)
+    if created is None:
+        return None
+    deleted = _when(timeline.deleted_at)
+    end = deleted or _when(run_end) or _dt.datetime.now(_dt.UTC)
+    end = max(end, created)
+
+    def clamp(t: _dt.datetime | None, default: _dt.datetime) -> _dt.datetime:
+        return min(max(t or default, created), end)
+
+    in_service = clamp(_when(timeline.in_service_at), end)
+    first = clamp(_when(timeline.first_shard_at), end)
+    last = clamp(_when(timeline.last_shard_at), end)
+    billed = (end - created).total_seconds()
+    deploying = (in_service - created).total_seconds()
+    # Shards only run once the endpoint is InService; a measuring window reaching earlier is clock skew.
+    first = max(first, in_service)
+    measuring = max(0.0, (last - first).total_seconds()) if timeline.first_shard_at else 0.0
+    idle = max(0.0, billed - deploying - measuring)
+    return BilledTime(created, end, deleted is not None, deploying, measuring, idle, in_service,
+                      first if measuring > 0 else None, last if measuring > 0 else None)
+
+
+def _instance_rate(p: ResolvedPricing, timeline: EndpointTimeline) -> tuple[float | None, str]:
+    """Hourly price of ONE instance of the endpoint, and where it came from."""
+    if p.model == "instance" and p.hourly_usd is not None:
+        per = p.hourly_usd_per_instance
+        return (per if per is not None else p.hourly_usd / max(1, p.instance_count)), p.source
+    if p.model == "none" and timeline.instance_type:
+        # JumpStart's default instance type is only known once deployed: price it from the table.
+        from fmbench.pricing import instance_price
+
+        try:
+            entry = instance_price(timeline.instance_type, timeline.region)
+        except ConfigError:
+            return None, "no pricing configured"
+        return entry.hourly_usd, f"{entry.instance_type}: {entry.disclaimer} ({entry.source})"
+    return None, p.source
+
+
+def _timeline(value: EndpointTimeline | Mapping[str, Any]) -> EndpointTimeline:
+    return value if isinstance(value, EndpointTimeline) else EndpointTimeline.model_validate(dict(value))
+
+
 def benchmark_cost(
     requests: pl.DataFrame | pl.LazyFrame,
     cfg: BenchmarkConfig | None,
     shards: list[dict[str, Any]] | None = None,
+    endpoints: Mapping[str, EndpointTimeline | Mapping[str, Any]] | None = None,
+    run_end: str | _dt.datetime | None = None,
 ) -> pl.DataFrame:
-    """What running the benchmark cost, per experiment (warm-ups and failed requests included).
+    """What running the benchmark cost, per experiment: what the account is billed for the run.
 
-    Instance time is the sum of the experiment's shard wall times from the manifest (``duration_s``)
-    where known, else the span of the shard's records including warm-ups; deployment, model loading
-    and idle time between shards are NOT included, so this is a lower bound for deployed endpoints.
-    Token-priced experiments are charged for the tokens of every successful request, warm-ups included.
+    An instance-priced experiment whose endpoint the run created (a timeline in ``endpoints``, the
+    manifest's ``endpoints`` entry: experiment -> `EndpointTimeline`) pays instance_count x the
+    hourly price of one instance for every hour from create to delete, split into deploying
+    (create -> InService), measuring (first -> last shard) and idle (the rest). An endpoint not
+    deleted is counted to ``run_end`` (else now) and flagged as still billing. Without a timeline
+    (older runs, endpoints the run did not create) the instance time is the sum of the shard wall
+    times (``duration_s`` from the manifest's ``shards``, else the span of the shard's records), a
+    lower bound, and the basis says so. Token-priced experiments pay for the tokens of every
+    successful request, warm-ups included.
 
     Returns:
-        Columns experiment, price_model, instance_hours, requests, input_tokens, output_tokens,
-        cost_usd (null when the experiment has no pricing), basis (how it was computed).
+        Columns experiment, price_model, instance_hours (billed instance-hours), deploying_hours,
+        measuring_hours, idle_hours (instance-hours; null without a timeline), requests,
+        input_tokens, output_tokens, cost_usd, deploying_cost_usd, measuring_cost_usd,
+        idle_cost_usd (null when unknown), billed_from, billed_to (ISO UTC), still_billing, basis.
     """
     lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
     ok = pl.col("ok").fill_null(False)
@@ -104,9 +195,10 @@ def benchmark_cost(
         .collect()
     )
     wall = {s.get("shard_id"): s.get("duration_s") for s in shards or [] if s.get("duration_s") is not None}
+    timelines = {name: _timeline(t) for name, t in (endpoints or {}).items()}
     rows = []
     prices = experiment_pricing(cfg)
-    names = list(dict.fromkeys([*prices, *per_shard["experiment"].to_list()]))
+    names = list(dict.fromkeys([*prices, *per_shard["experiment"].to_list(), *timelines]))
     for name in names:
         part = per_shard.filter(pl.col("experiment") == name)
         seconds = 0.0
@@ -116,23 +208,62 @@ def benchmark_cost(
         in_tok = int(part["input_tokens"].fill_null(0).sum())
         out_tok = int(part["output_tokens"].fill_null(0).sum())
         p = prices.get(name, NO_PRICING)
-        if p.model == "instance" and p.hourly_usd is not None:
-            cost: float | None = p.hourly_usd * seconds / 3600.0
-            basis = (f"{seconds / 3600.0:.3f} instance-hours x ${p.hourly_usd:,.4g}/h "
-                     "(measured shard time only; deployment and idle time excluded)")
-        elif p.model == "token" and p.input_per_1k_usd is not None and p.output_per_1k_usd is not None:
-            cost = in_tok / 1000.0 * p.input_per_1k_usd + out_tok / 1000.0 * p.output_per_1k_usd
-            basis = f"{in_tok:,} input + {out_tok:,} output tokens (warm-ups included)"
-        else:
-            cost, basis = None, "no pricing configured"
-        rows.append({
-            "experiment": name, "price_model": p.model if p.known else None,
-            "instance_hours": seconds / 3600.0 if p.model == "instance" else None,
+        row: dict[str, Any] = {
+            "experiment": name, "price_model": p.model if p.known else None, "instance_hours": None,
+            "deploying_hours": None, "measuring_hours": None, "idle_hours": None,
             "requests": int(part["requests"].sum()), "input_tokens": in_tok, "output_tokens": out_tok,
-            "cost_usd": cost, "basis": basis,
-        })
-    return pl.DataFrame(rows, schema={
-        "experiment": pl.String(), "price_model": pl.String(), "instance_hours": pl.Float64(),
-        "requests": pl.Int64(), "input_tokens": pl.Int64(), "output_tokens": pl.Int64(),
-        "cost_usd": pl.Float64(), "basis": pl.String(),
-    })
+            "cost_usd": None, "deploying_cost_usd": None, "measuring_cost_usd": None, "idle_cost_usd": None,
+            "billed_from": None, "billed_to": None, "still_billing": None, "basis": "no pricing configured",
+        }
+        timeline = timelines.get(name)
+        billed = billed_time(timeline, run_end) if timeline is not None and p.model != "token" else None
+        rate, source = _instance_rate(p, timeline) if timeline is not None and billed else (None, "")
+        if timeline is not None and billed is not None and rate is not None:
+            count = max(1, timeline.instance_count)
+            hours = {k: count * s / 3600.0 for k, s in (("deploying", billed.deploying_s),
+                                                          ("measuring", billed.measuring_s),
+                                                          ("idle", billed.idle_s))}
+            total_h = count * billed.billed_s / 3600.0
+            row.update({
+                "price_model": "instance", "instance_hours": total_h, "cost_usd": total_h * rate,
+                **{f"{k}_hours": h for k, h in hours.items()},
+                **{f"{k}_cost_usd": h * rate for k, h in hours.items()},
+                "billed_from": billed.billed_from.isoformat(), "billed_to": billed.billed_to.isoformat(),
+                "still_billing": not billed.deleted,
+            })
+            what = f"{count} x {timeline.instance_type}" if timeline.instance_type else f"{count} instance(s)"
+            basis = (f"{what} billed {billed.billed_s / 3600.0:.3f} h from create to delete = {total_h:.3f} "
+                     f"instance-hours x ${rate:,.4g}/h per instance (deploying {hours['deploying']:.3f}, "
+                     f"measuring {hours['measuring']:.3f}, idle {hours['idle']:.3f} instance-hours)")
+            if timeline.adopted:
+                basis += "; created by an interrupted attempt of this run and adopted"
+            if not billed.deleted:
+                basis += (f"; NOT deleted: still billing, counted up to {billed.billed_to.isoformat()}"
+                          + (f" (teardown failed: {timeline.delete_error})" if timeline.delete_error else ""))
+            row["basis"] = basis if source == p.source else f"{basis}; price: {source}"
+        elif p.model == "instance" and p.hourly_usd is not None:
+            why = ("the run did not create this endpoint" if timeline is not None
+                   else "no endpoint timeline in the manifest: an older run, or an endpoint the run did not create")
+            row.update({
+                "instance_hours": p.instance_count * seconds / 3600.0, "cost_usd": p.hourly_usd * seconds / 3600.0,
+                "basis": (f"{p.instance_count * seconds / 3600.0:.3f} instance-hours x "
+                          f"${p.hourly_usd / max(1, p.instance_count):,.4g}/h per instance: measured shard time "
+                          f"only ({why}), so deployment and idle time are not included"),
+            })
+        elif p.model == "token" and p.input_per_1k_usd is not None and p.output_per_1k_usd is not None:
+            row.update({
+                "cost_usd": in_tok / 1000.0 * p.input_per_1k_usd + out_tok / 1000.0 * p.output_per_1k_usd,
+                "basis": f"{in_tok:,} input + {out_tok:,} output tokens (warm-ups included)",
+            })
+        rows.append(row)
+    return pl.DataFrame(rows, schema=_BENCH_COST_SCHEMA)
+
+
+_BENCH_COST_SCHEMA = {
+    "experiment": pl.String(), "price_model": pl.String(), "instance_hours": pl.Float64(),
+    "deploying_hours": pl.Float64(), "measuring_hours": pl.Float64(), "idle_hours": pl.Float64(),
+    "requests": pl.Int64(), "input_tokens": pl.Int64(), "output_tokens": pl.Int64(),
+    "cost_usd": pl.Float64(), "deploying_cost_usd": pl.Float64(), "measuring_cost_usd": pl.Float64(),
+    "idle_cost_usd": pl.Float64(), "billed_from": pl.String(), "billed_to": pl.String(),
+    "still_billing": pl.Boolean(), "basis": pl.String(),
+}

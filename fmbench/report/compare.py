@@ -67,7 +67,7 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
             if sample is not None:
                 samples.append(_prefix(sample, label))
             errors.append(_prefix(error_counts(req), label))
-            costs.append(_prefix(benchmark_cost(run.requests, run.cfg, run.shards), label))
+            costs.append(_prefix(benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at), label))
     combined = evaluate_slo(pl.concat(metrics, how="diagonal_relaxed"), slo)
     storage.write_parquet(storage.join(output, "metrics.parquet"), combined)
     storage.write_text(storage.join(output, "metrics.csv"), combined.write_csv())

@@ -258,3 +258,57 @@ def _cost_bars(data: pl.DataFrame, colours: dict[str, str]) -> Figure:
         fig.update_xaxes(title_text="experiment / load", row=row, col=col)
     caption = "Solid bars meet every SLO; faded bars miss at least one."
     return Figure("cost_per_10k_by_experiment", title, caption, fig)
+
+
+_PHASE_COLOURS = {"deploying": "#9E9E9E", "idle": "#D55E00"}
+
+
+def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
+                             colours: dict[str, str]) -> Figure | None:
+    """Which endpoint was alive when: one bar per endpoint from create to delete, by phase.
+
+    ``timelines``: experiment -> `EndpointTimeline`; endpoints the run did not create are left out.
+    """
+    from fmbench.metrics.cost import billed_time
+
+    spans = []
+    for name, t in timelines.items():
+        billed = billed_time(t, run_end)
+        if billed is not None:
+            spans.append((name, billed))
+    if not spans:
+        return None
+    fig = go.Figure()
+    shown: set[str] = set()
+    for name, b in sorted(spans, key=lambda s: s[1].billed_from, reverse=True):
+        in_service = b.in_service or b.billed_to
+        pieces = [("deploying", b.billed_from, in_service)]
+        if b.measuring_from is not None and b.measuring_to is not None:
+            pieces += [("idle", in_service, b.measuring_from), ("measuring", b.measuring_from, b.measuring_to),
+                       ("idle", b.measuring_to, b.billed_to)]
+        else:
+            pieces.append(("idle", in_service, b.billed_to))
+        for phase, start, stop in pieces:
+            seconds = (stop - start).total_seconds()
+            if seconds <= 0:
+                continue
+            colour = colours.get(name, "#0072B2") if phase == "measuring" else _PHASE_COLOURS[phase]
+            legend = phase if phase != "measuring" else "measuring (experiment colour)"
+            fig.add_trace(go.Bar(
+                y=[name], x=[seconds * 1000.0], base=[start.isoformat()], orientation="h", name=legend,
+                marker={"color": colour}, legendgroup=phase, showlegend=legend not in shown,
+                hovertemplate=f"{name}: {phase} {seconds / 60:,.1f} min<extra></extra>",
+            ))
+            shown.add(legend)
+        if not b.deleted:
+            fig.add_annotation(x=b.billed_to.isoformat(), y=name, text="  still running", showarrow=False,
+                               xanchor="left", font={"color": "#D55E00"})
+    title = "Endpoint timeline: what was billed when"
+    fig.update_layout(
+        title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT, barmode="overlay",
+        height=160 + 60 * len(spans), width=1100, margin={"l": 160, "r": 30, "t": 80, "b": 60},
+        xaxis={"type": "date", "title_text": "time (UTC)"}, legend={"orientation": "h", "y": -0.25},
+    )
+    caption = ("Each bar runs from CreateEndpoint to its deletion (the billed time): grey while deploying, the "
+               "experiment's colour from its first to its last shard, orange while idle.")
+    return Figure("endpoint_timeline", title, caption, fig)

@@ -24,10 +24,11 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from fmbench import storage
+from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
 from fmbench.report._png import PngExporter
-from fmbench.report.figures import Figure, build_figures, colour_map
+from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
 from fmbench.report.run import RunData, load_run, request_sample
 from fmbench.report.tables import (
     TABLE_HEADERS,
@@ -36,6 +37,7 @@ from fmbench.report.tables import (
     fmt_usd,
     md_table,
     metrics_table_rows,
+    timeline_rows,
 )
 
 
@@ -67,6 +69,8 @@ class ReportInput:
     compare: bool = False
     changes_md: str | None = None  # the run's regression.md ("Changes since <previous run>")
     endpoint_rows: list[dict[str, str]] | None = None  # CloudWatch metrics per shard (SageMaker)
+    timelines: dict[str, EndpointTimeline] | None = None  # experiment -> when its endpoint was alive
+    run_end: str | None = None  # what an endpoint never deleted is billed up to
 
 
 def _env() -> Environment:
@@ -228,8 +232,15 @@ def _resend_rows(metrics: pl.DataFrame) -> list[dict[str, str]]:
 def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | None]:
     if cost is None or cost.is_empty():
         return [], None
-    rows = [{"Experiment": r["experiment"], "Requests sent": fmt_int(r["requests"]),
-             "Cost": fmt_usd(r["cost_usd"]), "Basis": r["basis"]} for r in cost.iter_rows(named=True)]
+    rows = []
+    for r in cost.iter_rows(named=True):
+        row = {"Experiment": r["experiment"], "Requests sent": fmt_int(r["requests"])}
+        for phase in ("deploying", "measuring", "idle"):  # instance-hours and their cost
+            hours = r.get(f"{phase}_hours")
+            row[phase.capitalize()] = "–" if hours is None else f"{hours:.3f} h ({fmt_usd(r[f'{phase}_cost_usd'])})"
+        row["Billed instance-hours"] = "–" if r.get("instance_hours") is None else f"{r['instance_hours']:.3f}"
+        row.update({"Cost": fmt_usd(r["cost_usd"]), "Basis": r["basis"]})
+        rows.append(row)
     known = cost["cost_usd"].drop_nulls()
     total = None if known.is_empty() else fmt_usd(float(known.sum()))
     if total and known.len() < cost.height:
@@ -281,6 +292,9 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
+    timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
+    if timeline_fig is not None:
+        figs.append(timeline_fig)
     png_error: str | None = None
     if figs:  # the child renders the PNGs while the HTML's figures are built below
         try:
@@ -311,6 +325,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
         "cost_rows": cost_rows,
         "cost_title": "What these runs cost (whole runs, all buckets)" if inp.compare else "What this benchmark cost",
         "cost_total": cost_total,
+        "timeline_rows": timeline_rows(inp.timelines or {}, inp.run_end),
         "buckets": _bucket_sections(inp.metrics),
         "figures": [{"stem": f.stem, "title": f.title, "caption": f.caption,
                      "png": f"plots/{f.stem}.png" if plots else None} for f in figs],
@@ -380,13 +395,14 @@ def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
     run = load_run(run_url)
     slo = run.cfg.slo if run.cfg else None
     errors = error_counts(run.requests) if run.requests is not None else None
-    cost = benchmark_cost(run.requests, run.cfg, run.shards) if run.requests is not None else None
+    cost = (benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at)
+            if run.requests is not None else None)
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
         runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
-        endpoint_rows=_endpoint_rows(run.url, run.metrics),
+        endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
     )
     return render(inp, run.url, exporter)
 

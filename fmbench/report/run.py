@@ -11,6 +11,7 @@ import polars as pl
 
 from fmbench import storage
 from fmbench.config import BenchmarkConfig, load_config_text
+from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
 from fmbench.records import REQUEST_SCHEMA
@@ -52,6 +53,27 @@ class RunData:
         """The manifest's shard outcomes (empty when unknown)."""
         shards = self.manifest.get("shards")
         return [s for s in shards if isinstance(s, dict)] if isinstance(shards, list) else []
+
+    @property
+    def endpoints(self) -> dict[str, EndpointTimeline]:
+        """The manifest's endpoint timelines (``endpoints``: experiment -> timeline), empty when absent.
+
+        A timeline this version cannot read is left out (the cost then falls back to shard time).
+        """
+        raw = self.manifest.get("endpoints")
+        out: dict[str, EndpointTimeline] = {}
+        for name, value in (raw.items() if isinstance(raw, dict) else []):
+            try:
+                out[str(name)] = value if isinstance(value, EndpointTimeline) else EndpointTimeline.model_validate(value)
+            except ValueError:
+                continue
+        return out
+
+    @property
+    def ended_at(self) -> str | None:
+        """When the run ended (manifest ``ended_at``), what an endpoint never deleted is billed up to."""
+        value = self.manifest.get("ended_at")
+        return str(value) if value else None
 
 
 def _read_requests(url: str) -> pl.LazyFrame | None:

@@ -1,0 +1,315 @@
+"""Nothing left behind, against moto's SageMaker over real HTTP: a resumed run adopts its own
+endpoint (no second CreateEndpoint), `fmbench cleanup` lists and deletes exactly what fmbench
+created, and the warning before a deploy names what earlier runs left running."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmbench.cli import main
+from fmbench.deploy.inventory import list_fmbench_resources, parse_age, sagemaker_client
+from fmbench.deploy.sagemaker import deploy_sagemaker, resource_name, teardown_sagemaker
+from fmbench.errors import ConfigError, DeploymentError
+from tests.aws.test_sagemaker_deploy import (  # noqa: F401  (endpoint_states is a fixture)
+    EMPTY,
+    INSTANCE,
+    ROLE,
+    TGI_IMAGE,
+    _experiment,
+    _inventory,
+    _later,
+    _sm,
+    endpoint_states,
+)
+
+
+def _exp(url: str, name: str = "llama3-8b", **extra: Any) -> Any:
+    return _experiment(url, name=name, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE,
+                       deploy_timeout_s=30, **extra)
+
+
+def _by_hand(url: str, name: str) -> None:
+    """An endpoint (with config and model) that fmbench did not create: no fmbench tags."""
+    sm = _sm(url)
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE})
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=[{"Key": "team", "Value": "prod"}])
+
+
+def _create_calls() -> int:
+    """How many endpoints moto's backend ever created (it keeps no call log; count the objects)."""
+    from moto.sagemaker import models
+
+    return sum(len(models.sagemaker_backends[acct]["us-east-1"].endpoints)
+               for acct in list(models.sagemaker_backends.keys()))
+
+
+def _when_recreated(name: str, then: Any) -> None:
+    """Once moto's endpoint ``name`` has been replaced by a new one (deleted, created again), call ``then``."""
+    import time
+
+    from moto.sagemaker import models
+
+    def current() -> Any:
+        for a in list(models.sagemaker_backends.keys()):
+            found = models.sagemaker_backends[a]["us-east-1"].endpoints.get(name)
+            if found is not None:
+                return found
+        return None
+
+    old = current()
+    deadline = time.monotonic() + 20
+    while current() is None or current() is old:
+        assert time.monotonic() < deadline, f"endpoint {name} was not deleted and created again"
+        time.sleep(0.01)
+    then()
+
+
+# ---------------------------------------------------------------- adoption
+
+
+def test_second_deploy_with_the_same_run_id_adopts_and_teardown_deletes(moto: str) -> None:
+    exp = _exp(moto)
+    first = deploy_sagemaker(exp, "run-a", config_name="cfg", poll_s=0.05)
+    assert not first.adopted and first.instance_type == INSTANCE and first.instance_count == 1
+    assert first.created_at and first.in_service_at and first.created_at <= first.in_service_at
+    created = _sm(moto).describe_endpoint(EndpointName=first.endpoint_name)["CreationTime"]
+
+    again = deploy_sagemaker(exp, "run-a", config_name="cfg", poll_s=0.05)  # the resumed attempt
+    assert again.adopted and again.endpoint_name == first.endpoint_name
+    assert _sm(moto).describe_endpoint(EndpointName=first.endpoint_name)["CreationTime"] == created
+    assert again.created_at is not None and again.created_at[:19] == created.isoformat()[:19]
+    assert sorted(again.created) == sorted(first.created)
+    assert teardown_sagemaker(again, exp)
+    assert _inventory(moto) == EMPTY
+
+
+def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_states: Any) -> None:  # noqa: F811
+    exp = _exp(moto)
+    name = resource_name("llama3-8b", "run-c")
+    sm = _sm(moto)
+    from fmbench.deploy.sagemaker import fmbench_tags
+
+    tags = fmbench_tags("run-c", "llama3-8b", "cfg")  # what the killed attempt had created
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=tags)
+    sm.create_endpoint_config(EndpointConfigName=name, Tags=tags, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
+    before = _create_calls()
+
+    class InServiceOnceWaiting(logging.Handler):  # the endpoint comes up only once the deploy waits for it
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for it" in record.getMessage():
+                waited.append(record.getMessage())
+                _later(0.2, endpoint_states, name, "InService")
+
+    waited: list[str] = []
+    handler = InServiceOnceWaiting()
+    logger = logging.getLogger("fmbench.deploy.sagemaker")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        handle = deploy_sagemaker(exp, "run-c", config_name="cfg", poll_s=0.05)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert waited and "is Creating" in waited[0]
+    assert handle.adopted and _create_calls() == before
+    assert handle.created_at is not None and handle.in_service_at is not None
+    assert handle.in_service_at > handle.created_at
+    assert sorted(handle.created) == sorted([f"endpoint:{name}", f"endpoint-config:{name}", f"model:{name}"])
+    teardown_sagemaker(handle, exp)
+    assert _inventory(moto) == EMPTY
+
+
+def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoint_states: Any) -> None:  # noqa: F811
+    exp = _exp(moto)
+    name = resource_name("llama3-8b", "run-f")
+    _later(0.0, endpoint_states, name, "Failed", "ping health check", 0.1)
+    with pytest.raises(DeploymentError):
+        deploy_sagemaker(exp, "run-f", poll_s=0.05)
+    # A killed attempt would have left it Failed; play that by creating it again and failing it.
+    from fmbench.deploy.sagemaker import fmbench_tags
+
+    tags = fmbench_tags("run-f", "llama3-8b", None)
+    sm = _sm(moto)
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=tags)
+    sm.create_endpoint_config(EndpointConfigName=name, Tags=tags, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+    endpoint_states(name, "Failed", "ping health check")
+    _later(0.0, _when_recreated, name, lambda: endpoint_states(name, "InService"))  # the new one comes up
+    handle = deploy_sagemaker(exp, "run-f", poll_s=0.05)
+    assert not handle.adopted
+    assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
+    teardown_sagemaker(handle, exp)
+    assert _inventory(moto) == EMPTY
+
+
+def test_an_endpoint_with_the_name_but_not_the_tags_is_never_adopted_or_deleted(moto: str) -> None:
+    name = resource_name("llama3-8b", "run-x")
+    _by_hand(moto, name)
+    with pytest.raises(DeploymentError, match="not created by this fmbench run"):
+        deploy_sagemaker(_exp(moto), "run-x", poll_s=0.05)
+    assert _inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
+
+
+# ---------------------------------------------------------------- fmbench cleanup
+
+
+def _two_runs(moto: str) -> tuple[str, str, str]:
+    deploy_sagemaker(_exp(moto, name="a"), "run-1", config_name="cfg-one", poll_s=0.05)
+    deploy_sagemaker(_exp(moto, name="b"), "run-2", config_name="cfg-two", poll_s=0.05)
+    _by_hand(moto, "prod-endpoint")
+    return resource_name("a", "run-1"), resource_name("b", "run-2"), "prod-endpoint"
+
+
+def test_inventory_lists_only_fmbench_resources_with_price_and_filters(moto: str) -> None:
+    a, b, _ = _two_runs(moto)
+    client, region = sagemaker_client("us-east-1", None, moto)
+    found = list_fmbench_resources(client, region)
+    assert sorted((r.kind, r.name) for r in found) == sorted(
+        (k, n) for n in (a, b) for k in ("endpoint", "endpoint-config", "model"))
+    endpoint = next(r for r in found if r.kind == "endpoint" and r.name == a)
+    from fmbench.pricing import instance_price
+
+    assert endpoint.instance_type == INSTANCE and endpoint.instance_count == 1
+    assert endpoint.hourly_usd == pytest.approx(instance_price(INSTANCE, "us-east-1").hourly_usd)
+    assert endpoint.run_id == "run-1" and endpoint.config_name == "cfg-one" and endpoint.experiment == "a"
+    assert {r.name for r in list_fmbench_resources(client, region, run_id="run-2")} == {b}
+    assert {r.name for r in list_fmbench_resources(client, region, config_name="cfg-one")} == {a}
+    assert list_fmbench_resources(client, region, older_than_s=3600) == []
+    assert {r.name for r in list_fmbench_resources(client, region, exclude_run_id="run-1")} == {b}
+
+
+def test_cleanup_lists_without_yes_and_deletes_exactly_fmbench_resources_with_it(
+        moto: str, tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, hand = _two_runs(moto)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)  # --region mode: the standard endpoint setting
+    assert main(["cleanup", "--region", "us-east-1"]) == 0
+    out = capsys.readouterr().out
+    assert "6 fmbench resource(s), 2 endpoint(s)" in out and a in out and b in out and hand not in out
+    assert "nothing deleted" in out
+    assert len(_inventory(moto)["endpoints"]) == 3
+
+    assert main(["cleanup", "--region", "us-east-1", "--run-id", "run-1", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted endpoint:{a}" in out and b not in out
+    assert main(["cleanup", "--region", "us-east-1", "--config-name", "cfg-two", "--older-than", "1h", "--yes"]) == 0
+    assert "0 fmbench resource(s)" in capsys.readouterr().out
+    assert sorted(_inventory(moto)["endpoints"]) == sorted([b, hand])
+
+    cfg = tmp_path / "c.yml"  # the region (and API URL) from a config
+    cfg.write_text(
+        "name: cfg-two\nbuckets: [[1, 100]]\ndatasets: [{name: s, source: synthetic}]\n"
+        f"experiments: [{{name: b, endpoint: {{provider: sagemaker, region: us-east-1, endpoint_url: '{moto}', "
+        f"image_uri: '{TGI_IMAGE}', instance_type: {INSTANCE}, role_arn: '{ROLE}'}}}}]\n")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert main(["cleanup", str(cfg), "--yes"]) == 0
+    assert f"deleted endpoint:{b}" in capsys.readouterr().out
+    assert _inventory(moto) == {"endpoints": [hand], "configs": [hand], "models": [hand]}
+
+
+def test_cleanup_errors_are_one_line(moto: str, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["cleanup", "--region", "us-east-1", "--older-than", "2 weeks"]) == 2
+    assert "--older-than '2 weeks'" in capsys.readouterr().err
+    # The safety-net endpoint URL of these tests is a closed port: unreachable API.
+    assert main(["cleanup", "--region", "us-east-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fmbench: error: listing SageMaker endpoints in us-east-1:") and "\n" not in err
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    assert main(["cleanup"]) == 2
+    assert "no AWS region" in capsys.readouterr().err
+    assert parse_age("90m") == 5400 and parse_age("3d") == 3 * 86400
+    with pytest.raises(ConfigError):
+        parse_age("soon")
+
+
+def test_cleanup_names_refused_credentials(moto: str, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    assert main(["cleanup", "--region", "us-east-1"]) == 2
+    assert "no AWS credentials found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- warning before a deploy
+
+
+def test_preflight_warns_once_about_endpoints_of_earlier_runs(moto: str, caplog: pytest.LogCaptureFixture) -> None:
+    from fmbench.preflight import warn_live_endpoints
+
+    deploy_sagemaker(_exp(moto, name="a"), "old-run", poll_s=0.05)
+    _by_hand(moto, "prod-endpoint")
+    ep = _exp(moto).endpoint
+    caplog.set_level(logging.DEBUG, logger="fmbench.preflight")
+    assert warn_live_endpoints([ep, ep], run_id="new-run") == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "1 endpoint(s) of earlier fmbench runs still running in us-east-1" in warnings[0]
+    assert "old-run" in warnings[0] and "fmbench cleanup" in warnings[0] and "$" in warnings[0]
+    caplog.clear()
+    assert warn_live_endpoints([ep], run_id="old-run") == 0  # a resumed run's own endpoint is not "earlier"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # A failing list call never fails the run: a debug note only.
+    broken = ep.model_copy(update={"endpoint_url": "http://127.0.0.1:9"})
+    assert warn_live_endpoints([broken]) == 0
+    assert [r for r in caplog.records if r.levelno == logging.DEBUG and "could not list" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# ---------------------------------------------------------------- the bill, end to end
+
+
+def test_e2e_cost_matches_the_manifest(moto: str, sim_url: str, tmp_path: Any) -> None:
+    """A run on moto: the reported cost is instance-hours from the manifest's create to delete times the price."""
+    import datetime as dt
+    import json
+
+    from fmbench.config import parse_config
+    from fmbench.metrics import benchmark_cost
+    from fmbench.pipeline import run_benchmark
+    from fmbench.report import load_run
+
+    cfg = parse_config({
+        "name": "bill", "output": str(tmp_path / "results"), "buckets": [[1, 300]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 3}],
+        "experiments": [{
+            "name": "sm", "inference": {"max_tokens": 6}, "concurrency_levels": [1, 2], "requests_per_level": 3,
+            "warmup_requests": 0, "pricing": {"hourly_usd": 36.0, "instance_count": 2},
+            "endpoint": {"provider": "sagemaker", "region": "us-east-1", "endpoint_url": moto,
+                         "runtime_endpoint_url": sim_url, "image_uri": TGI_IMAGE, "instance_type": INSTANCE,
+                         "instance_count": 2, "role_arn": ROLE, "payload": "tgi"},
+        }],
+    }, source="bill", base_dir=tmp_path)
+    report = run_benchmark(cfg, run_id="bill-run")
+    assert _inventory(moto) == EMPTY
+    run_dir = Path(report).parent
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    timeline = (manifest.get("endpoints") or {}).get("sm")
+    if timeline is None:
+        pytest.skip("this run's manifest has no endpoint timelines: they are recorded by the run's lifecycle "
+                    "(the lifecycle branch of issue 11)")
+    created = dt.datetime.fromisoformat(timeline["created_at"])
+    deleted = dt.datetime.fromisoformat(timeline["deleted_at"])
+    assert timeline["instance_count"] == 2 and timeline["instance_type"] == INSTANCE
+    expected = (deleted - created).total_seconds() / 3600.0 * 2 * 36.0
+    run = load_run(str(run_dir))
+    cost = benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at).row(0, named=True)
+    assert cost["cost_usd"] == pytest.approx(expected, rel=1e-9)
+    assert cost["still_billing"] is False
+    assert sum(cost[f"{p}_cost_usd"] for p in ("deploying", "measuring", "idle")) == pytest.approx(expected)
+    assert cost["measuring_hours"] > 0

@@ -1,0 +1,158 @@
+"""Runs SIGKILLed mid-way leave SageMaker endpoints billing (moto's control plane, the simulated
+endpoint behind the SageMaker runtime routes, `fmbench run` as a subprocess): the next run warns
+about them, `fmbench cleanup` finds and deletes them, and a resumed run adopts its own endpoint
+(no second CreateEndpoint), sends no measured shard again and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fmbench.config import SimulatedEndpoint
+from fmbench.deploy.sagemaker import resource_name
+from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from tests.aws.test_cleanup import _by_hand
+from tests.aws.test_sagemaker_deploy import INSTANCE, ROLE, TGI_IMAGE, _inventory, _sm
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[str]:
+    """A simulated endpoint slow enough (~0.35 s a request) that a run can be killed between shards."""
+    server = SimulatedServerProcess(SimulatedEndpoint(provider="simulated", ttft_ms=50, tpot_ms=40,
+                                                      output_tokens=8, max_batch=8))
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def creates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of every endpoint moto creates (its server runs in this process)."""
+    from moto.sagemaker import models
+
+    names: list[str] = []
+    original = models.FakeEndpoint.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        names.append(self.endpoint_name)
+
+    monkeypatch.setattr(models.FakeEndpoint, "__init__", counting)
+    return names
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT), AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL="http://127.0.0.1:9")  # a client without endpoint_url never reaches AWS
+    return env
+
+
+def _config(tmp_path: Path, moto: str, sim: str) -> Path:
+    cfg = {
+        "name": "killed", "output": str(tmp_path / "results"), "buckets": [[1, 200], [200, 400]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 3, "seed": 2}],
+        "experiments": [{
+            "name": "sm", "inference": {"max_tokens": 8, "timeout_s": 10}, "concurrency_levels": [1, 2],
+            "requests_per_level": 6, "warmup_requests": 0,
+            "endpoint": {"provider": "sagemaker", "region": "us-east-1", "endpoint_url": moto,
+                         "runtime_endpoint_url": sim, "image_uri": TGI_IMAGE, "instance_type": INSTANCE,
+                         "role_arn": ROLE, "payload": "tgi"},
+        }],
+    }
+    path = tmp_path / "killed.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _fmbench(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fmbench", *args]
+
+
+def _kill_mid_run(cfg: Path, run_id: str, env: dict[str, str], log: Path) -> dict[str, bytes]:
+    """Start `fmbench run`, SIGKILL it (and its children) once a shard is measured; the measured shards."""
+    shards = cfg.parent / "results" / "killed" / run_id / "shards"
+    with log.open("w") as out:
+        proc = subprocess.Popen(_fmbench("run", str(cfg), "--run-id", run_id), env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(shards.glob("*.json")):
+                assert proc.poll() is None, f"the run ended before a shard was measured: {log.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, "no shard measured in 300 s"
+                time.sleep(0.02)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    return {p.stem: p.with_suffix(".parquet").read_bytes() for p in shards.glob("*.json")
+            if p.with_suffix(".parquet").exists()}
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_fmbench(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def test_killed_runs_are_found_cleaned_up_and_resumed_by_adoption(
+        moto: str, slow_sim: str, creates: list[str], tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim)
+    _by_hand(moto, "team-endpoint")  # not fmbench's: must survive everything below
+    first, second = resource_name("sm", "k1"), resource_name("sm", "k2")
+
+    kept = _kill_mid_run(cfg, "k1", env, tmp_path / "k1.log")
+    assert kept and first in _inventory(moto)["endpoints"]  # the killed run left its endpoint billing
+    created_at = _sm(moto).describe_endpoint(EndpointName=first)["CreationTime"]
+
+    _kill_mid_run(cfg, "k2", env, tmp_path / "k2.log")
+    warning = [line for line in (tmp_path / "k2.log").read_text().splitlines() if "earlier fmbench runs" in line]
+    assert len(warning) == 1 and "1 endpoint(s)" in warning[0] and "k1" in warning[0]
+    assert "fmbench cleanup" in warning[0] and "$" in warning[0]
+    assert sorted(_inventory(moto)["endpoints"]) == sorted([first, second, "team-endpoint"])
+
+    listed = _cli(["cleanup", str(cfg)], env)  # lists, deletes nothing
+    assert listed.returncode == 0, listed.stderr
+    assert first in listed.stdout and second in listed.stdout and "team-endpoint" not in listed.stdout
+    assert "6 fmbench resource(s), 2 endpoint(s)" in listed.stdout
+    assert len(_inventory(moto)["endpoints"]) == 3
+
+    cleaned = _cli(["cleanup", str(cfg), "--run-id", "k2", "--yes"], env)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"deleted endpoint:{second}" in cleaned.stdout and first not in cleaned.stdout
+    assert second not in _inventory(moto)["endpoints"] + _inventory(moto)["configs"] + _inventory(moto)["models"]
+
+    resumed = _cli(["run", str(cfg), "--run-id", "k1"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert creates.count(first) == 1, "the resumed run created its endpoint again instead of adopting it"
+    assert "adopted endpoint" in resumed.stderr and "earlier fmbench runs" not in resumed.stderr
+    run = tmp_path / "results" / "killed" / "k1"
+    for stem, data in kept.items():
+        assert (run / "shards" / f"{stem}.parquet").read_bytes() == data, f"{stem} was measured again"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert sum(1 for s in manifest["shards"] if s.get("status") == "ok") == 4
+    timeline = (manifest.get("endpoints") or {}).get("sm")
+    if timeline is not None:  # recorded by the run's lifecycle (see test_e2e_cost_matches_the_manifest)
+        assert timeline["adopted"] and timeline["created_at"][:19] == created_at.isoformat()[:19]
+    assert _inventory(moto) == {"endpoints": ["team-endpoint"], "configs": ["team-endpoint"],
+                                "models": ["team-endpoint"]}
+    final = _cli(["cleanup", str(cfg)], env)
+    assert final.returncode == 0 and "0 fmbench resource(s)" in final.stdout

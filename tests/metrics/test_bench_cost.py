@@ -1,0 +1,111 @@
+"""What the benchmark cost is the bill: instance-hours from create to delete times the price, split
+into deploying, measuring and idle; the report shows it with the endpoint timeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmbench.deploy import EndpointTimeline
+from fmbench.metrics import benchmark_cost
+from fmbench.pricing import instance_price
+from fmbench.records import records_frame
+from tests.metrics.test_summary import make_cfg, rec
+from tests.report.test_report import no_png  # noqa: F401  (a fixture)
+
+
+def _timeline(**kw: Any) -> dict[str, Any]:
+    base = {"experiment": "exp", "provider": "sagemaker", "endpoint_name": "fmbench-e-1", "region": "us-east-1",
+            "instance_type": "ml.g5.2xlarge", "instance_count": 2,
+            "created_at": "2026-03-01T10:00:00+00:00", "in_service_at": "2026-03-01T10:09:00+00:00",
+            "first_shard_at": "2026-03-01T10:12:00+00:00", "last_shard_at": "2026-03-01T11:12:00+00:00",
+            "deleted_at": "2026-03-01T11:30:00+00:00"}
+    return {**base, **kw}
+
+
+def test_cost_is_instance_hours_from_create_to_delete_times_the_price() -> None:
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
+    shards = [{"shard_id": "s1", "duration_s": 3600.0}]
+    cfg = make_cfg({"hourly_usd": 1.5, "instance_count": 2})  # $1.50 per instance-hour
+    cost = benchmark_cost(records_frame(records), cfg, shards, {"exp": _timeline()})
+    row = cost.row(0, named=True)
+    # 10:00 -> 11:30 = 1.5 h on 2 instances = 3 instance-hours; deploying 9 min, measuring 60 min, idle 21 min
+    assert row["instance_hours"] == pytest.approx(3.0)
+    assert row["cost_usd"] == pytest.approx(3.0 * 1.5)
+    assert row["deploying_hours"] == pytest.approx(2 * 9 / 60)
+    assert row["measuring_hours"] == pytest.approx(2 * 60 / 60)
+    assert row["idle_hours"] == pytest.approx(2 * 21 / 60)
+    assert row["deploying_cost_usd"] + row["measuring_cost_usd"] + row["idle_cost_usd"] == pytest.approx(4.5)
+    assert row["still_billing"] is False and row["billed_from"].startswith("2026-03-01T10:00:00")
+    assert "from create to delete" in row["basis"] and "shard time only" not in row["basis"]
+    from fmbench.metrics.cost import billed_time
+
+    billed = billed_time(EndpointTimeline.model_validate(_timeline()))
+    assert billed is not None and billed.measuring_from is not None  # where the timeline plot draws the phases
+    assert billed.measuring_from.isoformat() == "2026-03-01T10:12:00+00:00"
+    assert billed.in_service is not None and billed.in_service.isoformat() == "2026-03-01T10:09:00+00:00"
+
+    # The deployed instance count is what is billed, even when the config priced another count.
+    one = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 1.5}), shards,
+                         {"exp": EndpointTimeline.model_validate(_timeline())})
+    assert one.row(0, named=True)["cost_usd"] == pytest.approx(4.5)
+
+    # Priced from the table by the experiment's instance type: the table's price per instance.
+    table = benchmark_cost(records_frame(records), make_cfg({"instance_type": "ml.g5.2xlarge"}), shards,
+                           {"exp": _timeline()})
+    assert table.row(0, named=True)["cost_usd"] == pytest.approx(
+        3.0 * instance_price("ml.g5.2xlarge", "us-east-1").hourly_usd)
+
+
+def test_an_endpoint_never_deleted_bills_to_the_run_end_and_says_so() -> None:
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
+    alive = _timeline(deleted_at=None, delete_error="AccessDenied", instance_count=1)
+    cost = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 2.0}), None, {"exp": alive},
+                          run_end="2026-03-01T12:00:00+00:00")
+    row = cost.row(0, named=True)
+    assert row["instance_hours"] == pytest.approx(2.0) and row["cost_usd"] == pytest.approx(4.0)
+    assert row["still_billing"] is True
+    assert "NOT deleted" in row["basis"] and "AccessDenied" in row["basis"]
+
+
+def test_without_a_timeline_the_cost_is_shard_time_and_the_basis_says_so() -> None:
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
+    cost = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 2.0}), [{"shard_id": "s1",
+                                                                                  "duration_s": 1800.0}])
+    row = cost.row(0, named=True)
+    assert row["cost_usd"] == pytest.approx(1.0) and row["deploying_hours"] is None
+    assert "measured shard time only" in row["basis"] and "no endpoint timeline" in row["basis"]
+    # a timeline without a create time: an endpoint the run did not create
+    existing = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 2.0}),
+                              [{"shard_id": "s1", "duration_s": 1800.0}],
+                              {"exp": _timeline(created_at=None, in_service_at=None)})
+    assert "the run did not create this endpoint" in existing.row(0, named=True)["basis"]
+
+
+def test_report_shows_the_bill_split_and_the_endpoint_timeline(tmp_path: Path, no_png: None) -> None:  # noqa: F811
+    from fmbench.report import render_report
+    from tests.report.synth import SimExperiment, write_run
+
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("a", pricing={"hourly_usd": 10.0}),
+                                     SimExperiment("b", pricing={"hourly_usd": 4.0})],
+              levels=[1], buckets=[[1, 500]], failed_shard=False, invalid_shard=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["endpoints"] = {
+        "a": _timeline(experiment="a", endpoint_name="fmbench-a-1", instance_count=1),  # 1.5 h x $10
+        "b": _timeline(experiment="b", endpoint_name="fmbench-b-1", instance_count=1, adopted=True,
+                       created_at="2026-03-01T11:00:00+00:00", in_service_at="2026-03-01T11:06:00+00:00",
+                       first_shard_at="2026-03-01T11:12:00+00:00", last_shard_at="2026-03-01T11:42:00+00:00",
+                       deleted_at="2026-03-01T12:00:00+00:00"),  # 1 h x $4
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert "**Total: $19.00**" in md
+    assert "#### Endpoint timeline" in md and "fmbench-a-1" in md and "(adopted)" in md
+    assert "0.150 h ($1.50)" in md  # a's deploying: 9 min on 1 instance at $10/h
+    html = (run / "report.html").read_text()
+    assert "Endpoint timeline" in html and "fig-endpoint_timeline" in html
