@@ -97,6 +97,12 @@ def _good(limits: dict[str, float]) -> pl.Expr:
     return good
 
 
+def good_request(slo: SLOConfig | Any) -> pl.Expr | None:
+    """Per request: True when it succeeded and met every per-request SLO; None when none is set."""
+    limits = _per_request_slo(slo)
+    return _good(limits) if limits else None
+
+
 def _aggregate(lf: pl.LazyFrame, slo: SLOConfig | None = None) -> pl.DataFrame:
     ok = pl.col("ok").fill_null(False)
     limits = _per_request_slo(slo)

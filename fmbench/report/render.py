@@ -28,14 +28,17 @@ from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
 from fmbench.report._png import PngExporter
 from fmbench.report.figures import Figure, build_figures, colour_map
-from fmbench.report.run import RunData, load_run, request_sample
+from fmbench.report.request_figures import itl_figure, timeline_figures
+from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
 from fmbench.report.tables import (
     TABLE_HEADERS,
     fmt_int,
     fmt_load,
     fmt_usd,
+    itl_goodput_rows,
     md_table,
     metrics_table_rows,
+    token_cost_rows,
 )
 
 
@@ -67,6 +70,10 @@ class ReportInput:
     compare: bool = False
     changes_md: str | None = None  # the run's regression.md ("Changes since <previous run>")
     endpoint_rows: list[dict[str, str]] | None = None  # CloudWatch metrics per shard (SageMaker)
+    itl_dist: pl.DataFrame | None = None  # ITL quantiles per (experiment, load), `run.itl_distribution`
+    timelines: pl.DataFrame | None = None  # per-shard request spans, `run.request_timelines`
+    delta_rows: list[dict[str, str]] | None = None  # compare: changes between runs, `compare.delta_rows`
+    delta_note: str | None = None  # compare: how the changes were judged
 
 
 def _env() -> Environment:
@@ -273,6 +280,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
+    figs, fig_notes = _request_figures(inp, figs, fig_notes)
     png_error: str | None = None
     if figs:  # the child renders the PNGs while the HTML's figures are built below
         try:
@@ -314,6 +322,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
         "colours": colours,
         "changes_md": inp.changes_md,
         "endpoint_rows": inp.endpoint_rows,
+        **_detail_context(inp),
     }
     env = _env()
     markdown = env.get_template("report.md.j2").render(**ctx)
@@ -326,6 +335,41 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
                        metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
                        plots_missing_reason=reason)
+
+
+def _request_figures(inp: ReportInput, figs: list[Figure], notes: list[str]) -> tuple[list[Figure], list[str]]:
+    """The figures drawn from per-request data (ITL distribution, request timelines)."""
+    itl = itl_figure(inp.itl_dist)
+    if itl is None:
+        notes = [*notes, "inter-token latency distribution: no streamed request had two or more chunks"]
+    else:
+        figs = [*figs, itl]
+    timelines = timeline_figures(inp.timelines)
+    if not timelines:
+        notes = [*notes, "request timelines: no per-request records (requests.parquet) to draw"]
+    return [*figs, *timelines], notes
+
+
+def _detail_context(inp: ReportInput) -> dict[str, Any]:
+    goodput = bool(getattr(inp.slo, "per_request", False))
+    return {
+        "itl_rows": itl_goodput_rows(inp.metrics, goodput),
+        "goodput": goodput,
+        "goodput_rows": _goodput_slo_rows(inp.slo),
+        "token_cost_rows": token_cost_rows(inp.metrics, goodput),
+        "delta_rows": inp.delta_rows,
+        "delta_note": inp.delta_note or "",
+    }
+
+
+def _goodput_slo_rows(slo: Any) -> list[dict[str, str]]:
+    rows = []
+    for attr, label in (("ttft_s", "time to first token"), ("tpot_s", "time per output token"),
+                        ("latency_s", "end-to-end latency")):
+        v = getattr(slo, attr, None)
+        if v is not None:
+            rows.append({"Per-request objective": label, "Limit": f"≤ {v:g} s"})
+    return rows
 
 
 def _changes_html(changes_md: str | None, output: str) -> str | None:
@@ -378,6 +422,7 @@ def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
         runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics),
+        itl_dist=itl_distribution(run.requests), timelines=request_timelines(run.requests),
     )
     return render(inp, run.url, exporter)
 

@@ -15,7 +15,8 @@ from fmbench.report import compare_runs, load_run, metrics_table_rows, render_re
 from tests.report.synth import SimExperiment, write_run
 
 FIGURES = ["latency_p95_vs_load", "ttft_p95_vs_load", "throughput_vs_load", "prompt_tokens_vs_latency",
-           "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment"]
+           "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment", "itl_distribution",
+           "timeline_sim-big", "timeline_sim-small"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -180,7 +181,16 @@ def test_compare_two_runs_on_shared_buckets(tmp_path: Path) -> None:
     # the recommendation is the cheapest valid shard meeting the SLOs across both runs
     ok = metrics.filter(pl.col("meets_slo") & pl.col("valid")).sort("cost_per_10k_txn").row(0, named=True)
     assert f"{ok['experiment']} (" in next(ln for ln in md.splitlines() if "For prompts of" in ln)
-    assert paths.plots_missing_reason is None and len(paths.plots) == len(FIGURES)
+    # the same figures, with one request timeline per run's experiment (3 instead of 2)
+    assert paths.plots_missing_reason is None and len(paths.plots) == len(FIGURES) + 1
+    assert {Path(p).stem for p in paths.plots} >= {"timeline_bench-a_sim-small", "timeline_bench-b_sim-small"}
+    # deltas: bench-b's sim-small against bench-a's, shard by shard, each judged against the bootstrap noise
+    assert "## Changes between runs" in md
+    assert "| synth 1-500 c=1 | bench-a/sim-small | bench-b/sim-small | p95 latency |" in md
+    assert "| p95 ITL |" in md and "| throughput (txn/min) |" in md and "| cost per 10k txn |" in md
+    # the synthetic runs' TPOT differs by 2x (4 ms vs 2 ms): far beyond noise
+    itl_row = next(ln for ln in md.splitlines() if "c=1 | bench-a/sim-small | bench-b/sim-small | p95 ITL" in ln)
+    assert "✔ better" in itl_row
     assert "### Run bench-a / ra" in md and "### Run bench-b / rb" in md
     # inputs are left untouched
     assert not (a / "report.md").exists() and not (a / "metrics.parquet").exists()
