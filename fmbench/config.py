@@ -293,6 +293,12 @@ class ExperimentConfig(_Model):
     )
     datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
     pricing: PricingConfig | None = Field(default=None, description="Pricing for cost metrics.")
+    store_text: bool = Field(
+        default=False,
+        description="Keep each completion's text in the records (requests.parquet column 'text') so outputs can "
+        "be checked or evaluated after the run. Off by default: answers may be private; it adds about "
+        "1.7 bytes per output token to requests.parquet (see the README).",
+    )
 
     @field_validator("concurrency_levels", "request_rates")
     @classmethod

@@ -202,6 +202,7 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
                 "experiment": experiment.name, "dataset": ds.name, "bucket": label, "bucket_min": lo,
                 "bucket_max": hi, "requests": experiment.requests_per_level,
                 "warmup": experiment.warmup_requests, "seed": seed, "request_retries": experiment.request_retries,
+                "store_text": experiment.store_text,
             }
             if isinstance(experiment.endpoint, BedrockEndpoint):
                 common["throttle_retries"] = experiment.endpoint.throttle_retries

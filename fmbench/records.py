@@ -45,6 +45,9 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     "tpot_s": pl.Float64(),  # (latency - ttft) / (output_tokens - 1)
     "itl_s": pl.List(pl.Float64()),  # gaps between chunks carrying output tokens
     "chunks": pl.Int64(),  # streamed chunks that carried output tokens
+    # The completion's text, only when the experiment sets store_text (prompts and answers may be
+    # private); null otherwise and for failed requests.
+    "text": pl.String(),
 }
 
 
@@ -81,6 +84,7 @@ class RequestRecord:
     tpot_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
     chunks: int | None = None
+    text: str | None = None
 
     def as_row(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in REQUEST_SCHEMA}

@@ -217,6 +217,8 @@ class _Shard:
             rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out_tokens - 1)
         rec.chunks = len(ct)
         rec.itl_s = [float(b - a) for a, b in itertools.pairwise(ct)] if len(ct) > 1 else []
+        if self.spec.store_text:
+            rec.text = str(comp.text)
         self._add(rec)
 
     def _fail(

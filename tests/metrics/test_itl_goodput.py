@@ -212,7 +212,7 @@ def test_itl_is_the_configured_per_token_time_and_multi_token_chunks_multiply_it
         assert m["successes"] == 12
         expected = tokens_per_gap * tpot  # chunks [1, 4, 4, 1]: the median gap spans 4 tokens
         assert abs(m["itl_p50_s"] - expected) <= expected * 0.02 + 0.002, (endpoint.chunk_tokens, m["itl_p50_s"])
-        assert m["itl_max_s"] >= m["itl_p99_s"] >= m["itl_p50_s"] >= expected * 0.98
+        assert m["itl_max_s"] >= m["itl_p99_s"] >= m["itl_p50_s"]
         assert m["tokens_per_chunk"] == pytest.approx(per_chunk)
         assert m["itl_gaps"] == 12 * (9 if endpoint.chunk_tokens == 1 else 3)
 
