@@ -182,6 +182,8 @@ def _slo_rows(slo: Any) -> list[dict[str, str]]:
         if v is not None:
             rows.append({"Objective": label, "Limit": f"≤ {v:g} s"})
     rows.append({"Objective": "error rate", "Limit": f"≤ {float(getattr(slo, 'max_error_rate', 0.0)):.1%}"})
+    rows += [{"Objective": f"each request's {r['Per-request objective']} (goodput, ranks the recommendation)",
+              "Limit": r["Limit"]} for r in _goodput_slo_rows(slo)]
     return rows
 
 
