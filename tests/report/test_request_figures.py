@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from fmbench.config import SLOConfig
-from fmbench.metrics import summarize
+from fmbench.metrics import percentile, summarize
 from fmbench.records import RequestRecord, records_frame
 from fmbench.report.deltas import delta_rows, run_deltas
 from fmbench.report.request_figures import itl_figure, timeline_figures
@@ -59,6 +60,9 @@ def test_itl_distribution_is_exact_at_each_percentile() -> None:
     gaps = [0.01 * (1 + k / 100) for k in range(10)]
     assert dist.filter(pl.col("q") == 0)["itl_s"][0] == min(gaps)
     assert dist.filter(pl.col("q") == 100)["itl_s"][0] == max(gaps)
+    pooled = gaps * 10
+    for q in (37, 50, 95):
+        assert dist.filter(pl.col("q") == q)["itl_s"][0] == pytest.approx(percentile(pooled, q / 100))
     assert dist["gaps"][0] == 10 * 10  # 12 requests, 2 warm-ups: 10 measured x 10 gaps
     fig = itl_figure(dist)
     assert fig is not None and fig.stem == "itl_distribution"
