@@ -80,17 +80,27 @@ def _match(base: pl.DataFrame, other: pl.DataFrame) -> list[tuple[dict[str, Any]
     return pairs
 
 
-def _requests_of(requests: pl.LazyFrame | None, row: dict[str, Any], slo: Any) -> pl.DataFrame | None:
+_Key = tuple[Any, ...]
+
+
+def _by_shard(requests: pl.LazyFrame | None, slo: Any) -> dict[_Key, pl.DataFrame]:
+    """A run's measured requests, read once, split by (experiment, dataset, bucket, load)."""
     if requests is None:
-        return None
+        return {}
     names = requests.collect_schema().names()
-    cond = pl.col("experiment") == row["experiment"]
-    for k in _LOAD:
-        cond = cond & pl.col(k).eq_missing(row[k])
-    cols = [c for c in _SAMPLE_COLS if c in names]
-    df = requests.filter(cond & ~pl.col("warmup").fill_null(False)).select(cols).collect()
     good = good_request(slo)
-    return df.with_columns(good.alias("_good") if good is not None else pl.lit(None, dtype=pl.Boolean()).alias("_good"))
+    df = (requests.filter(~pl.col("warmup").fill_null(False))
+          .select([c for c in _SAMPLE_COLS if c in names])
+          .with_columns(good.alias("_good") if good is not None else pl.lit(None, dtype=pl.Boolean()).alias("_good"))
+          .collect())
+    return {_shard_key(dict(zip(["experiment", *_LOAD], k))): part
+            for k, part in df.partition_by(["experiment", *_LOAD], as_dict=True).items()}
+
+
+def _shard_key(row: dict[str, Any]) -> _Key:
+    rate = row.get("request_rate")
+    return (row["experiment"], row["dataset"], row["bucket"], row["concurrency"],
+            None if rate is None else float(rate))
 
 
 def _samples(df: pl.DataFrame | None, source: str) -> np.ndarray:
@@ -150,9 +160,11 @@ def run_deltas(runs: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]], slo: A
     if len(runs) < 2:
         return out
     base_label, base_m, base_r = runs[0]
+    base_parts = _by_shard(base_r, slo)
     for label, metrics, requests in runs[1:]:
+        parts = _by_shard(requests, slo)
         for i, (b, o) in enumerate(_match(base_m, metrics)):
-            rb, ro = _requests_of(base_r, b, slo), _requests_of(requests, o, slo)
+            rb, ro = base_parts.get(_shard_key(b)), parts.get(_shard_key(o))
             load = f"{b['request_rate']:g} req/s" if b.get("request_rate") is not None else f"c={b['concurrency']}"
             shard = f"{b['dataset']} {b['bucket']} {load}"
             for j, (metric, name, better, source, stat) in enumerate(_DELTAS):
