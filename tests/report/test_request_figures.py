@@ -82,3 +82,13 @@ def test_deltas_mark_real_changes_and_noise() -> None:
     assert itl["c/exp"].verdict == "worse" and itl["c/exp"].ci is not None and itl["c/exp"].ci[0] > 0
     rows = delta_rows(deltas)
     assert any(r["Metric"] == "p95 ITL" and r["Verdict"] == "✘ worse" for r in rows)
+
+
+def test_deltas_pair_two_stacks_by_load_when_each_run_has_one_experiment() -> None:
+    vllm = records_frame(_records(40, experiment="vllm", latency=1.0))
+    tgi = records_frame(_records(40, experiment="tgi", latency=2.0))
+    deltas = run_deltas([("a", summarize(vllm, None), vllm.lazy()), ("b", summarize(tgi, None), tgi.lazy())],
+                        SLOConfig())
+    lat = next(d for d in deltas if d.metric == "latency_p95_s")
+    assert (lat.baseline, lat.run, lat.verdict) == ("a/vllm", "b/tgi", "worse")
+    assert lat.change is not None and abs(lat.change - 1.0) < 1e-9
