@@ -293,6 +293,12 @@ class ExperimentConfig(_Model):
     )
     datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
     pricing: PricingConfig | None = Field(default=None, description="Pricing for cost metrics.")
+    store_text: bool = Field(
+        default=False,
+        description="Keep each completion's text in the records (requests.parquet column 'text') so outputs can "
+        "be checked or evaluated after the run. Off by default: answers may be private; it adds about "
+        "1.7 bytes per output token to requests.parquet (see the README).",
+    )
 
     @field_validator("concurrency_levels", "request_rates")
     @classmethod
@@ -312,12 +318,32 @@ class ExperimentConfig(_Model):
 
 
 class SLOConfig(_Model):
-    """Service-level objectives a configuration must meet to be recommended."""
+    """Service-level objectives a configuration must meet to be recommended.
+
+    The p95 limits and the error rate judge a whole shard; the per-request limits (``ttft_s``,
+    ``tpot_s``, ``latency_s``) judge each request, and the share of requests meeting all of them is
+    the shard's goodput.
+    """
 
     latency_p95_s: float | None = Field(default=None, gt=0, description="Max p95 end-to-end latency, seconds.")
     ttft_p95_s: float | None = Field(default=None, gt=0, description="Max p95 time to first token, seconds.")
     tpot_p95_s: float | None = Field(default=None, gt=0, description="Max p95 time per output token, seconds.")
     max_error_rate: float = Field(default=0.0, ge=0, le=1, description="Max fraction of failed requests.")
+    ttft_s: float | None = Field(
+        default=None, gt=0,
+        description="Per-request limit on time to first token, seconds: a request over it is not 'good' (goodput).",
+    )
+    tpot_s: float | None = Field(
+        default=None, gt=0, description="Per-request limit on time per output token, seconds (goodput)."
+    )
+    latency_s: float | None = Field(
+        default=None, gt=0, description="Per-request limit on end-to-end latency, seconds (goodput)."
+    )
+
+    @property
+    def per_request(self) -> bool:
+        """True when any per-request limit is set, so goodput is measured."""
+        return any(v is not None for v in (self.ttft_s, self.tpot_s, self.latency_s))
 
 
 class BenchmarkConfig(_Model):

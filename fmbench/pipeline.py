@@ -211,6 +211,7 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
                 "experiment": experiment.name, "dataset": ds.name, "bucket": label, "bucket_min": lo,
                 "bucket_max": hi, "requests": experiment.requests_per_level,
                 "warmup": experiment.warmup_requests, "seed": seed, "request_retries": experiment.request_retries,
+                "store_text": experiment.store_text,
             }
             if isinstance(experiment.endpoint, BedrockEndpoint):
                 common["throttle_retries"] = experiment.endpoint.throttle_retries
@@ -434,7 +435,7 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
     frames = []
     for o in outcomes:
         if o.status == "ok" and o.records_url:
-            frames.append(storage.read_parquet(o.records_url).select(list(REQUEST_SCHEMA)))
+            frames.append(_with_schema(storage.read_parquet(o.records_url)))
     requests = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=REQUEST_SCHEMA)
     storage.write_parquet(run.path("requests.parquet"), requests)
     shard_dicts = [o.model_dump(mode="json") for o in outcomes]
@@ -452,6 +453,13 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
     storage.write_parquet(run.path("metrics.parquet"), metrics)
     storage.write_text(run.path("metrics.csv"), _csv(metrics))
     return run.path("metrics.parquet")
+
+
+def _with_schema(records: pl.DataFrame) -> pl.DataFrame:
+    # A resumed run may hold shards recorded by an fmbench whose records lacked newer columns.
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in REQUEST_SCHEMA.items() if c not in records.columns]
+    return records.with_columns(missing).select(list(REQUEST_SCHEMA)) if missing else records.select(
+        list(REQUEST_SCHEMA))
 
 
 def _collect_endpoint_metrics(run: RunInfo, cfg: BenchmarkConfig, shards: list[dict[str, Any]]) -> list[str]:

@@ -48,6 +48,9 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     "chunks": pl.Int64(),  # streamed chunks that carried output tokens
     "resends": pl.Int64(),  # re-sent on a new connection: the server had closed the pooled one unread
     "note": pl.String(),  # e.g. a stream whose tokens the server counted but whose text never arrived
+    # The completion's text, only when the experiment sets store_text (prompts and answers may be
+    # private); null otherwise and for failed requests.
+    "text": pl.String(),
 }
 
 
@@ -86,6 +89,7 @@ class RequestRecord:
     chunks: int | None = None
     resends: int = 0
     note: str | None = None
+    text: str | None = None
 
     def as_row(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in REQUEST_SCHEMA}

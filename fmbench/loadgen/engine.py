@@ -220,6 +220,8 @@ class _Shard:
         rec.resends = comp.resends
         rec.note = comp.note
         rec.itl_s = [float(b - a) for a, b in itertools.pairwise(ct)] if len(ct) > 1 else []
+        if self.spec.store_text:
+            rec.text = str(comp.text)
         self._add(rec)
 
     def _fail(

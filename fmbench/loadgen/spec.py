@@ -78,6 +78,10 @@ class ShardSpec(BaseModel):
     )
     throttle_backoff_s: float = Field(default=0.5, gt=0, description="First backoff after throttling, doubling.")
 
+    store_text: bool = Field(
+        default=False, description="Keep each successful completion's text in its record (column 'text')."
+    )
+
     processes: int = Field(
         default=1,
         ge=1,

@@ -14,6 +14,7 @@ from fmbench.metrics.summary import (
     PERCENTILES,
     SHARD_KEYS,
     error_counts,
+    good_request,
     percentile,
     summarize,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "error_counts",
     "evaluate_slo",
     "experiment_pricing",
+    "good_request",
     "percentile",
     "recommend",
     "slo_checks",

@@ -5,6 +5,11 @@ Instance-priced experiments pay for time: a shard costs ``hourly_usd x instance_
 expensive per transaction). Token-priced experiments (Bedrock on demand) pay per token of successful
 requests: ``input_tokens / 1000 x input_price + output_tokens / 1000 x output_price``. What the
 benchmark itself cost (`benchmark_cost`) is the bill: endpoint instance-hours from create to delete.
+
+Cost per 1M tokens is given three ways, the same for both pricing models so they compare: the
+shard's whole cost divided by its input tokens, by its output tokens, and by both together (all of
+successful requests). Each charges the whole bill to that kind of token at the shard's mix, so
+for token pricing the output figure includes what the inputs cost, as it would for an instance.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ def attach_costs(metrics: pl.DataFrame, cfg: BenchmarkConfig | None) -> pl.DataF
     """Add pricing and cost columns to per-shard metrics (needs duration_s, successes and token sums).
 
     Adds price_model, instance_type, instance_count, hourly_usd, input_per_1k_usd, output_per_1k_usd,
-    pricing_source, shard_cost_usd, cost_per_10k_txn, cost_per_1m_output_tokens. Costs are null when
-    the experiment has no pricing or the shard has no successful request.
+    pricing_source, shard_cost_usd, cost_per_10k_txn, cost_per_1m_output_tokens, cost_per_1m_input_tokens,
+    cost_per_1m_total_tokens and cost_per_10k_good (needs good_requests; null without per-request SLOs).
+    Costs are null when the experiment has no pricing or the shard has no successful (good) request.
     """
     prices = _pricing_frame(experiment_pricing(cfg))
     df = metrics.drop([c for c in prices.columns if c != "experiment" and c in metrics.columns])
@@ -73,11 +79,24 @@ def attach_costs(metrics: pl.DataFrame, cfg: BenchmarkConfig | None) -> pl.DataF
         .otherwise(None).alias("shard_cost_usd"),
         pl.col("pricing_source").fill_null(NO_PRICING.source),
     )
-    return df.with_columns(
+    return _per_token_costs(df.with_columns(
         pl.when(pl.col("successes") > 0).then(pl.col("shard_cost_usd") / pl.col("successes") * 10_000)
         .otherwise(None).alias("cost_per_10k_txn"),
         pl.when(pl.col("output_tokens") > 0).then(pl.col("shard_cost_usd") / pl.col("output_tokens") * 1e6)
         .otherwise(None).alias("cost_per_1m_output_tokens"),
+    ))
+
+
+def _per_token_costs(df: pl.DataFrame) -> pl.DataFrame:
+    """Cost per 1M input and per 1M total tokens, and per 10k good requests (goodput per dollar)."""
+    cost = pl.col("shard_cost_usd")
+    total = pl.col("input_tokens").fill_null(0) + pl.col("output_tokens").fill_null(0)
+    good = pl.col("good_requests") if "good_requests" in df.columns else pl.lit(None, dtype=pl.Int64())
+    return df.with_columns(
+        pl.when(pl.col("input_tokens") > 0).then(cost / pl.col("input_tokens") * 1e6)
+        .otherwise(None).alias("cost_per_1m_input_tokens"),
+        pl.when(total > 0).then(cost / total * 1e6).otherwise(None).alias("cost_per_1m_total_tokens"),
+        pl.when(good > 0).then(cost / good * 10_000).otherwise(None).alias("cost_per_10k_good"),
     )
 
 

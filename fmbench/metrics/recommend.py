@@ -6,6 +6,11 @@ transactions (ties: more transactions/min), the *highest throughput* one the mos
 worst observed/limit ratio (`fmbench.metrics.slo`), ties broken by throughput. Without prices, only
 throughput ranks and the sentence says cost is unknown. Invalid shards (e.g. a saturated client)
 are never recommended.
+
+When per-request SLOs are set (``slo.ttft_s``/``tpot_s``/``latency_s``), ranking is by goodput
+instead: the *lowest cost* shard has the smallest cost per 10k *good* requests (the most goodput per
+dollar) and the *highest throughput* one the most good requests per second, since a request that
+missed its limits is one the user did not get.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class Choice:
     error_rate: float | None
     slo_summary: str
     worst_ratio: float
+    goodput_per_s: float | None = None
+    goodput_share: float | None = None
+    cost_per_10k_good: float | None = None
 
     @property
     def load(self) -> str:
@@ -106,6 +114,9 @@ def _choice(row: dict[str, Any], slo: Any) -> Choice:
         error_rate=_num(row.get("error_rate")),
         slo_summary=", ".join(c.describe() for c in checks),
         worst_ratio=max((c.ratio for c in checks), default=0.0),
+        goodput_per_s=_num(row.get("goodput_per_s")),
+        goodput_share=_num(row.get("goodput_share")),
+        cost_per_10k_good=_num(row.get("cost_per_10k_good")),
     )
 
 
@@ -144,6 +155,8 @@ def _sentence(rec_args: dict[str, Any]) -> str:
                 if close.cost_per_10k_txn is not None else "")
         return (f"{head}, no configuration meets every SLO; the closest is {close.label} "
                 f"({close.slo_summary}){cost}, {_tpm(close.transactions_per_min)}.{tail}")
+    if rec_args.get("by_goodput"):
+        return _goodput_sentence(head, cheap, fast) + tail
     if cheap is not None:
         text = (f"{head}, {cheap.label} meets every SLO ({cheap.slo_summary}) at the lowest cost: "
                 f"{_money(cheap.cost_per_10k_txn)} per 10k transactions, {_tpm(cheap.transactions_per_min)}.")
@@ -155,6 +168,26 @@ def _sentence(rec_args: dict[str, Any]) -> str:
     assert fast is not None
     return (f"{head}, {fast.label} meets every SLO ({fast.slo_summary}) with the highest throughput: "
             f"{_tpm(fast.transactions_per_min)}; cost is unknown (no pricing configured).{tail}")
+
+
+def _goodput(c: Choice) -> str:
+    share = "unknown share" if c.goodput_share is None else f"{c.goodput_share:.0%} of requests"
+    rate = "" if c.goodput_per_s is None else f", {c.goodput_per_s:,.2f} good requests/s"
+    return f"{share} within the per-request SLOs{rate}"
+
+
+def _goodput_sentence(head: str, cheap: Choice | None, fast: Choice | None) -> str:
+    if cheap is not None:
+        text = (f"{head}, {cheap.label} meets every SLO ({cheap.slo_summary}) with the most goodput per dollar: "
+                f"{_goodput(cheap)}, {_money(cheap.cost_per_10k_good)} per 10k good requests.")
+        if fast is not None and (fast.experiment, fast.concurrency, fast.request_rate) != (
+                cheap.experiment, cheap.concurrency, cheap.request_rate):
+            text += f" For the most goodput, choose {fast.label}: {_goodput(fast)}."
+        return text
+    assert fast is not None
+    why = "no pricing configured" if fast.cost_per_10k_txn is None else "no request met the per-request SLOs"
+    return (f"{head}, {fast.label} meets every SLO ({fast.slo_summary}) with the most goodput: {_goodput(fast)}; "
+            f"cost per good request is unknown ({why}).")
 
 
 def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendation]:
@@ -172,20 +205,24 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
         return out
     groups = metrics.select("dataset", "bucket", "bucket_min", "bucket_max").unique().sort(
         ["dataset", "bucket_min", "bucket"], nulls_last=True)
+    by_goodput = bool(getattr(slo, "per_request", False))
+    cost_col = "cost_per_10k_good" if by_goodput else "cost_per_10k_txn"
     for g in groups.iter_rows(named=True):
         part = metrics.filter((pl.col("dataset") == g["dataset"]) & (pl.col("bucket") == g["bucket"]))
         rows = part.to_dicts()
         excluded = [f"{r['experiment']} {r.get('concurrency')}" for r in rows if r.get("valid") is False]
         valid = [r for r in rows if r.get("valid") is not False and (r.get("successes") or 0) > 0]
         passing = [r for r in valid if r.get("meets_slo")]
-        priced = [r for r in passing if _num(r.get("cost_per_10k_txn")) is not None]
+        priced = [r for r in passing if _num(r.get(cost_col)) is not None]
         cheapest = fastest = closest = None
 
         def tpm(r: dict[str, Any]) -> float:
+            if by_goodput:
+                return _num(r.get("goodput_per_s")) or 0.0
             return _num(r.get("transactions_per_min")) or 0.0
 
         def cost(r: dict[str, Any]) -> float:
-            c = _num(r.get("cost_per_10k_txn"))
+            c = _num(r.get(cost_col))
             return math.inf if c is None else c
 
         if priced:
@@ -205,5 +242,5 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             "lowest_cost": cheapest, "highest_throughput": fastest, "closest": closest,
             "candidates": len(valid), "excluded_invalid": excluded,
         }
-        out.append(Recommendation(reasoning=_sentence(args), **args))
+        out.append(Recommendation(reasoning=_sentence({**args, "by_goodput": by_goodput}), **args))
     return out

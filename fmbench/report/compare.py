@@ -13,9 +13,10 @@ import polars as pl
 
 from fmbench import storage
 from fmbench.errors import ConfigError
-from fmbench.metrics import benchmark_cost, error_counts, evaluate_slo
+from fmbench.metrics import SHARD_KEYS, benchmark_cost, error_counts, evaluate_slo, good_request
+from fmbench.report.deltas import delta_note, delta_rows, run_deltas
 from fmbench.report.render import ReportInput, ReportPaths, pricing_rows, render
-from fmbench.report.run import RunData, load_run, request_sample
+from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
 
 
 def _labels(runs: list[RunData]) -> list[str]:
@@ -28,6 +29,26 @@ def _labels(runs: list[RunData]) -> list[str]:
 
 def _prefix(df: pl.DataFrame, label: str) -> pl.DataFrame:
     return df.with_columns((pl.lit(f"{label}/") + pl.col("experiment")).alias("experiment"))
+
+
+def _with_goodput(metrics: pl.DataFrame, requests: pl.LazyFrame | None, slo: Any) -> pl.DataFrame:
+    """A run's metrics with goodput recomputed under ``slo`` (its own config may set other limits)."""
+    good = good_request(slo)
+    if requests is None or good is None:
+        return metrics
+    counts = (requests.filter(~pl.col("warmup").fill_null(False)).group_by(SHARD_KEYS)
+              .agg(good.sum().cast(pl.Int64).alias("good_requests")).collect())
+    cols = ["good_requests", "goodput_share", "goodput_per_s", "cost_per_10k_good"]
+    m = metrics.drop([c for c in cols if c in metrics.columns]).join(counts, on=SHARD_KEYS, how="left",
+                                                                     nulls_equal=True)
+    return m.with_columns(
+        pl.when(pl.col("requests") > 0).then(pl.col("good_requests") / pl.col("requests")).otherwise(None)
+        .alias("goodput_share"),
+        pl.when(pl.col("duration_s") > 0).then(pl.col("good_requests") / pl.col("duration_s")).otherwise(None)
+        .alias("goodput_per_s"),
+        pl.when(pl.col("good_requests") > 0).then(pl.col("shard_cost_usd") / pl.col("good_requests") * 10_000)
+        .otherwise(None).alias("cost_per_10k_good"),
+    )
 
 
 def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPaths:
@@ -57,17 +78,28 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
     shared_df = pl.DataFrame(sorted(shared), schema=["dataset", "bucket"], orient="row")
     slo = slo if slo is not None else next((r.cfg.slo for r in runs if r.cfg is not None), None)
 
-    metrics, samples, errors, costs = [], [], [], []
+    metrics, samples, errors, costs, itl, timelines = [], [], [], [], [], []
+    per_run: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]] = []
     for label, run in zip(labels, runs):
         m = run.metrics.join(shared_df, on=["dataset", "bucket"], how="semi")
-        metrics.append(_prefix(m, label))
+        req = None
         if run.requests is not None:
             req = run.requests.join(shared_df.lazy(), on=["dataset", "bucket"], how="semi")
+        m = _with_goodput(m, req, slo)
+        metrics.append(_prefix(m, label))
+        if run.requests is not None and req is not None:
             sample = request_sample(req)
             if sample is not None:
                 samples.append(_prefix(sample, label))
             errors.append(_prefix(error_counts(req), label))
             costs.append(_prefix(benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at), label))
+            dist, spans = itl_distribution(req), request_timelines(req)
+            if dist is not None:
+                itl.append(_prefix(dist, label))
+            if spans is not None:
+                timelines.append(_prefix(spans, label))
+        per_run.append((label, m, req))
+    deltas = run_deltas(per_run, slo)
     combined = evaluate_slo(pl.concat(metrics, how="diagonal_relaxed"), slo)
     storage.write_parquet(storage.join(output, "metrics.parquet"), combined)
     storage.write_text(storage.join(output, "metrics.csv"), combined.write_csv())
@@ -82,5 +114,8 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
         errors=pl.concat(errors, how="vertical_relaxed") if errors else None,
         bench_cost=pl.concat(costs, how="vertical_relaxed") if costs else None,
         pricing=prices, compare=True,
+        itl_dist=pl.concat(itl, how="vertical_relaxed") if itl else None,
+        request_spans=pl.concat(timelines, how="vertical_relaxed") if timelines else None,
+        delta_rows=delta_rows(deltas) or None, delta_note=delta_note(),
     )
     return render(inp, output)

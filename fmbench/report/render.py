@@ -29,15 +29,18 @@ from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
 from fmbench.report._png import PngExporter
 from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
-from fmbench.report.run import RunData, load_run, request_sample
+from fmbench.report.request_figures import itl_figure, timeline_figures
+from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
 from fmbench.report.tables import (
     TABLE_HEADERS,
     fmt_int,
     fmt_load,
     fmt_usd,
+    itl_goodput_rows,
     md_table,
     metrics_table_rows,
     timeline_rows,
+    token_cost_rows,
 )
 
 
@@ -71,6 +74,10 @@ class ReportInput:
     endpoint_rows: list[dict[str, str]] | None = None  # CloudWatch metrics per shard (SageMaker)
     timelines: dict[str, EndpointTimeline] | None = None  # experiment -> when its endpoint was alive
     run_end: str | None = None  # what an endpoint never deleted is billed up to
+    itl_dist: pl.DataFrame | None = None  # ITL quantiles per (experiment, load), `run.itl_distribution`
+    request_spans: pl.DataFrame | None = None  # per-shard request spans, `run.request_timelines`
+    delta_rows: list[dict[str, str]] | None = None  # compare: changes between runs, `compare.delta_rows`
+    delta_note: str | None = None  # compare: how the changes were judged
 
 
 def _env() -> Environment:
@@ -179,6 +186,8 @@ def _slo_rows(slo: Any) -> list[dict[str, str]]:
         if v is not None:
             rows.append({"Objective": label, "Limit": f"≤ {v:g} s"})
     rows.append({"Objective": "error rate", "Limit": f"≤ {float(getattr(slo, 'max_error_rate', 0.0)):.1%}"})
+    rows += [{"Objective": f"each request's {r['Per-request objective']} (goodput, ranks the recommendation)",
+              "Limit": r["Limit"]} for r in _goodput_slo_rows(slo)]
     return rows
 
 
@@ -292,6 +301,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
+    figs, fig_notes = _request_figures(inp, figs, fig_notes)
     timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
     if timeline_fig is not None:
         figs.append(timeline_fig)
@@ -338,6 +348,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
         "colours": colours,
         "changes_md": inp.changes_md,
         "endpoint_rows": inp.endpoint_rows,
+        **_detail_context(inp),
     }
     env = _env()
     markdown = env.get_template("report.md.j2").render(**ctx)
@@ -350,6 +361,41 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
                        metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
                        plots_missing_reason=reason)
+
+
+def _request_figures(inp: ReportInput, figs: list[Figure], notes: list[str]) -> tuple[list[Figure], list[str]]:
+    """The figures drawn from per-request data (ITL distribution, request timelines)."""
+    itl = itl_figure(inp.itl_dist)
+    if itl is None:
+        notes = [*notes, "inter-token latency distribution: no streamed request had two or more chunks"]
+    else:
+        figs = [*figs, itl]
+    timelines = timeline_figures(inp.request_spans)
+    if not timelines:
+        notes = [*notes, "request timelines: no per-request records (requests.parquet) to draw"]
+    return [*figs, *timelines], notes
+
+
+def _detail_context(inp: ReportInput) -> dict[str, Any]:
+    goodput = bool(getattr(inp.slo, "per_request", False))
+    return {
+        "itl_rows": itl_goodput_rows(inp.metrics, goodput),
+        "goodput": goodput,
+        "goodput_rows": _goodput_slo_rows(inp.slo),
+        "token_cost_rows": token_cost_rows(inp.metrics, goodput),
+        "delta_rows": inp.delta_rows,
+        "delta_note": inp.delta_note or "",
+    }
+
+
+def _goodput_slo_rows(slo: Any) -> list[dict[str, str]]:
+    rows = []
+    for attr, label in (("ttft_s", "time to first token"), ("tpot_s", "time per output token"),
+                        ("latency_s", "end-to-end latency")):
+        v = getattr(slo, attr, None)
+        if v is not None:
+            rows.append({"Per-request objective": label, "Limit": f"≤ {v:g} s"})
+    return rows
 
 
 def _changes_html(changes_md: str | None, output: str) -> str | None:
@@ -403,6 +449,7 @@ def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
         runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
+        itl_dist=itl_distribution(run.requests), request_spans=request_timelines(run.requests),
     )
     return render(inp, run.url, exporter)
 

@@ -16,10 +16,12 @@ from fmbench.errors import FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
 from fmbench.records import REQUEST_SCHEMA
 
-#: Columns of requests.parquet the report reads (the itl_s lists are never loaded).
+#: Columns of requests.parquet the report reads. The scan is lazy, so the itl_s lists are read only
+#: by the queries that need them (ITL metrics and the ITL distribution), never held for the report.
 REQUEST_COLUMNS = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate",
-                   "shard_id", "warmup", "ok", "error_kind", "error", "input_tokens", "output_tokens",
-                   "t_scheduled", "t_start", "t_end", "ttft_s", "latency_s", "tpot_s"]
+                   "shard_id", "request_id", "warmup", "ok", "error_kind", "error", "input_tokens", "output_tokens",
+                   "t_scheduled", "t_start", "t_first_token", "t_end", "ttft_s", "latency_s", "tpot_s", "itl_s",
+                   "chunks"]
 
 #: At most this many requests are drawn in the prompt-tokens-vs-latency scatter.
 SAMPLE_SIZE = 3000
@@ -130,7 +132,8 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
     computed = False
     if storage.exists(metrics_url):
         metrics = storage.read_parquet(metrics_url)
-        if requests is not None and not {"meets_slo", "cost_per_10k_txn", "valid"} <= set(metrics.columns):
+        if requests is not None and not {"meets_slo", "cost_per_10k_txn", "valid", "itl_p50_s",
+                                         "cost_per_1m_total_tokens"} <= set(metrics.columns):
             metrics = None
     if metrics is None:
         if requests is None:
@@ -165,3 +168,62 @@ def request_sample(requests: pl.LazyFrame | None, n: int = SAMPLE_SIZE) -> pl.Da
           .select("experiment", "input_tokens", "latency_s", "ok").collect())
     return df.sample(n=n, seed=0) if df.height > n else df
 
+
+
+#: At most this many requests of one shard are drawn in its request timeline.
+TIMELINE_SIZE = 200
+
+#: The quantiles (percent) at which each ITL distribution is drawn (an exact CDF at these points).
+ITL_QUANTILES = list(range(101))
+
+
+def itl_distribution(requests: pl.LazyFrame | None) -> pl.DataFrame | None:
+    """The ITL distribution per (experiment, load): one row per quantile in `ITL_QUANTILES`.
+
+    Pooled over every gap of every successful measured request, all datasets and buckets of the
+    load together. Columns experiment, concurrency, request_rate, q (percent), itl_s, gaps.
+    """
+    if requests is None or "itl_s" not in requests.collect_schema().names():
+        return None
+    keys = ["experiment", "concurrency", "request_rate"]
+    streamed = (requests.filter(~pl.col("warmup").fill_null(False) & pl.col("ok").fill_null(False)
+                                & (pl.col("itl_s").list.len().fill_null(0) > 0))
+                .select([*keys, "itl_s"]))
+    # Each load's gaps are flattened inside its group and sorted once; the quantiles are then read
+    # off the sorted list (linear interpolation, as `fmbench.metrics.percentile`), not re-sorted 101 times.
+    grouped = streamed.group_by(keys).agg(pl.col("itl_s").explode().drop_nulls().sort().alias("_v")).collect()
+    n = pl.col("_v").list.len()
+    quantiles = []
+    for q in ITL_QUANTILES:
+        h = (n - 1).cast(pl.Float64) * (q / 100)
+        lo, hi = h.floor().cast(pl.Int64), h.ceil().cast(pl.Int64)
+        a, b = pl.col("_v").list.get(lo, null_on_oob=True), pl.col("_v").list.get(hi, null_on_oob=True)
+        quantiles.append((a + (h - lo) * (b - a)).alias(f"q{q}"))
+    wide = grouped.filter(n > 0).select(*keys, n.cast(pl.Int64).alias("gaps"), *quantiles)
+    if wide.is_empty():
+        return None
+    return (wide.unpivot(index=[*keys, "gaps"], variable_name="q", value_name="itl_s")
+            .with_columns(pl.col("q").str.slice(1).cast(pl.Int64))
+            .sort([*keys, "q"], nulls_last=True))
+
+
+def request_timelines(requests: pl.LazyFrame | None, size: int = TIMELINE_SIZE) -> pl.DataFrame | None:
+    """Each shard's requests for its timeline, warm-ups included; shards with more than ``size``
+    requests keep every k-th request by request id (k = ceil(n / size)), so the drawn ones span the
+    whole shard. Adds ``shard_requests`` (all requests of the shard) and ``step`` (k)."""
+    if requests is None:
+        return None
+    cols = ["experiment", "dataset", "bucket", "bucket_min", "concurrency", "request_rate", "shard_id", "request_id",
+            "warmup", "ok", "t_scheduled", "t_start", "t_first_token", "t_end"]
+    if not set(cols) <= set(requests.collect_schema().names()):
+        return None
+    n = pl.len().over("shard_id")
+    step = ((n + size - 1) // size).clip(lower_bound=1)
+    rank = pl.col("request_id").rank("dense").over("shard_id") - 1
+    df = (requests.select(cols)
+          .filter(pl.col("shard_id").is_not_null() & pl.col("t_scheduled").is_not_null())
+          .with_columns(n.cast(pl.Int64).alias("shard_requests"), step.cast(pl.Int64).alias("step"))
+          .filter((rank % pl.col("step")) == 0)
+          .sort(["experiment", "dataset", "bucket_min", "concurrency", "request_rate", "request_id"], nulls_last=True)
+          .collect())
+    return None if df.is_empty() else df

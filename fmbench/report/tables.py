@@ -88,7 +88,7 @@ def slo_cell(row: dict[str, Any]) -> str:
 
 #: Column headers of `metrics_table_rows` (without dataset/bucket when per bucket).
 TABLE_HEADERS = ["Experiment", "Load", "Requests", "Failed", "p50 latency (s)", "p95 latency (s)", "p99 latency (s)",
-                 "p95 TTFT (ms)", "p95 TPOT (ms)", "Transactions/min", "Output tokens/s", "Error rate",
+                 "p95 TTFT (ms)", "p95 TPOT (ms)", "p95 ITL (ms)", "Transactions/min", "Output tokens/s", "Error rate",
                  "Cost per 10k txn", "SLO"]
 
 
@@ -116,6 +116,7 @@ def metrics_table_rows(metrics: pl.DataFrame, *, with_bucket: bool = True) -> li
             "p99 latency (s)": fmt_seconds(r.get("latency_p99_s")),
             "p95 TTFT (ms)": fmt_ms(r.get("ttft_p95_s")),
             "p95 TPOT (ms)": fmt_ms(r.get("tpot_p95_s")),
+            "p95 ITL (ms)": fmt_ms(r.get("itl_p95_s")),
             "Transactions/min": fmt_int(r.get("transactions_per_min")),
             "Output tokens/s": fmt_int(r.get("output_tokens_per_s")),
             "Error rate": fmt_pct(r.get("error_rate")),
@@ -184,3 +185,41 @@ def timeline_rows(timelines: dict[str, Any], run_end: str | None) -> list[dict[s
             "Last shard": _clock(t.last_shard_at), "Deleted": deleted, "Billed": alive,
         })
     return rows
+
+
+def itl_goodput_rows(metrics: pl.DataFrame, goodput: bool) -> list[dict[str, str]]:
+    """Per shard: ITL percentiles, tokens per chunk and, when ``goodput``, the goodput columns."""
+    out = []
+    for r in metrics.filter(pl.col("requests") > 0).iter_rows(named=True):
+        row = {"Experiment": str(r.get("experiment")), "Dataset": str(r.get("dataset")),
+               "Bucket": str(r.get("bucket")), "Load": fmt_load(r)}
+        for p in (50, 90, 95, 99):
+            row[f"ITL p{p} (ms)"] = fmt_ms(r.get(f"itl_p{p}_s"))
+        row["ITL max (ms)"] = fmt_ms(r.get("itl_max_s"))
+        tpc = _num(r.get("tokens_per_chunk"))
+        row["Tokens per chunk"] = "–" if tpc is None else f"{tpc:.2f}"
+        if goodput:
+            row["Good requests"] = f"{fmt_int(r.get('good_requests'))} of {fmt_int(r.get('requests'))}"
+            row["Goodput share"] = fmt_pct(r.get("goodput_share"))
+            gps = _num(r.get("goodput_per_s"))
+            row["Goodput (req/s)"] = "–" if gps is None else f"{gps:,.2f}"
+        out.append(row)
+    return out
+
+
+def token_cost_rows(metrics: pl.DataFrame, goodput: bool) -> list[dict[str, str]]:
+    """Per priced shard: cost per 1M input, output and total tokens (and per 10k good requests)."""
+    out = []
+    for r in metrics.filter(pl.col("requests") > 0).iter_rows(named=True):
+        if not r.get("price_model"):
+            continue
+        row = {"Experiment": str(r.get("experiment")), "Dataset": str(r.get("dataset")),
+               "Bucket": str(r.get("bucket")), "Load": fmt_load(r), "Pricing": str(r.get("price_model")),
+               "Per 1M input tokens": fmt_usd(r.get("cost_per_1m_input_tokens")),
+               "Per 1M output tokens": fmt_usd(r.get("cost_per_1m_output_tokens")),
+               "Per 1M tokens (in + out)": fmt_usd(r.get("cost_per_1m_total_tokens")),
+               "Per 10k transactions": fmt_usd(r.get("cost_per_10k_txn"))}
+        if goodput:
+            row["Per 10k good requests"] = fmt_usd(r.get("cost_per_10k_good"))
+        out.append(row)
+    return out

@@ -2,6 +2,9 @@
 
 Usage: ``uv run --no-sync python tests/metrics/perf_check.py [PATH]``. Target: <= 5 s and
 <= 1.5 GB peak on 2 cores. Measured on the 2-core dev machine: 0.4-0.9 s and ~0.6 GB peak (imports included).
+With the ITL percentiles (pooled gaps, issue 12) and the machine shared by other work (load ~5): 3.3-4.0 s
+and ~0.64 GB here (2 gaps per request); with 64 gaps per request (64M gaps) ~21 s and ~2.3 GB, most of it
+reading and sorting the gaps.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def generate(path: str) -> None:
         "input_tokens": rng.integers(1, 1000, N), "output_tokens": rng.integers(1, 200, N),
         "usage_source": ["server"] * N, "t_scheduled": t0, "t_start": t0, "t_first_token": t0 + 0.1,
         "t_end": t0 + lat, "send_lag_s": np.zeros(N), "ttft_s": np.full(N, 0.1), "latency_s": lat,
-        "tpot_s": lat / 100, "itl_s": [[0.01, 0.02]] * N, "chunks": [2] * N,
+        "tpot_s": lat / 100, "itl_s": [[0.01, 0.02]] * N, "chunks": [2] * N, "text": [None] * N,
     }, schema=REQUEST_SCHEMA)
     df.write_parquet(path)
 

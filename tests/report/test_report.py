@@ -15,7 +15,8 @@ from fmbench.report import compare_runs, load_run, metrics_table_rows, render_re
 from tests.report.synth import SimExperiment, write_run
 
 FIGURES = ["latency_p95_vs_load", "ttft_p95_vs_load", "throughput_vs_load", "prompt_tokens_vs_latency",
-           "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment"]
+           "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment", "itl_distribution",
+           "timeline_sim-big", "timeline_sim-small"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -180,7 +181,16 @@ def test_compare_two_runs_on_shared_buckets(tmp_path: Path) -> None:
     # the recommendation is the cheapest valid shard meeting the SLOs across both runs
     ok = metrics.filter(pl.col("meets_slo") & pl.col("valid")).sort("cost_per_10k_txn").row(0, named=True)
     assert f"{ok['experiment']} (" in next(ln for ln in md.splitlines() if "For prompts of" in ln)
-    assert paths.plots_missing_reason is None and len(paths.plots) == len(FIGURES)
+    # the same figures, with one request timeline per run's experiment (3 instead of 2)
+    assert paths.plots_missing_reason is None and len(paths.plots) == len(FIGURES) + 1
+    assert {Path(p).stem for p in paths.plots} >= {"timeline_bench-a_sim-small", "timeline_bench-b_sim-small"}
+    # deltas: bench-b's sim-small against bench-a's, shard by shard, each judged against the bootstrap noise
+    assert "## Changes between runs" in md
+    assert "| synth 1-500 c=1 | bench-a/sim-small | bench-b/sim-small | p95 latency |" in md
+    assert "| p95 ITL |" in md and "| throughput (txn/min) |" in md and "| cost per 10k txn |" in md
+    # the synthetic runs' TPOT differs by 2x (4 ms vs 2 ms): far beyond noise
+    itl_row = next(ln for ln in md.splitlines() if "c=1 | bench-a/sim-small | bench-b/sim-small | p95 ITL" in ln)
+    assert "✔ better" in itl_row
     assert "### Run bench-a / ra" in md and "### Run bench-b / rb" in md
     # inputs are left untouched
     assert not (a / "report.md").exists() and not (a / "metrics.parquet").exists()
@@ -254,3 +264,25 @@ def test_errors_table_shows_retried_attempts_only_when_there_are_any() -> None:
     plain = pl.DataFrame([{**base, "error_kind": "timeout", "count": 2, "retried": 0}])
     (row,) = _error_rows(plain)
     assert "Retried attempts" not in row and row["Failed requests"] == "2"
+
+
+def test_goodput_itl_and_token_costs_are_reported(tmp_path: Path, no_png: None) -> None:
+    run = tmp_path / "run"
+    write_run(str(run), slo={"latency_p95_s": 0.6, "ttft_p95_s": 0.3, "max_error_rate": 0.05, "ttft_s": 0.12})
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    m = pl.read_parquet(run / "metrics.parquet")
+    assert "| each request's time to first token (goodput, ranks the recommendation) | ≤ 0.12 s |" in md
+    assert "## Inter-token latency and goodput" in md and "A chunk that carries several tokens counts as one gap" in md
+    # the recommendation ranks by goodput per dollar: the lowest cost per 10k good requests that meets the SLOs
+    ok = m.filter(pl.col("meets_slo") & pl.col("valid") & (pl.col("bucket") == "1-500"))
+    best = ok.sort("cost_per_10k_good").row(0, named=True)
+    line = next(ln for ln in md.splitlines() if "For prompts of 1–500" in ln)
+    assert f"{best['experiment']} (" in line and f"at concurrency {best['concurrency']} " in line
+    assert "with the most goodput per dollar" in line and f"${best['cost_per_10k_good']:,.2f} per 10k good" in line
+    # goodput row of that shard, and its cost per 1M tokens
+    share = f"{best['goodput_share']:.1%}"
+    assert any(ln.startswith(f"| {best['experiment']} | synth | 1-500 | c={best['concurrency']} |") and share in ln
+               for ln in md.splitlines())
+    assert "## Cost per 1M tokens" in md and "| Per 1M input tokens | Per 1M output tokens |" in md
+    assert "Request timeline: sim-small" in md and "Every request is drawn." in md

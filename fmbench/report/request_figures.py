@@ -1,0 +1,149 @@
+"""Figures drawn from per-request data rather than per-shard metrics: the ITL distribution per
+experiment and each shard's request timeline (queued, waiting for the first token, streaming)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import plotly.graph_objects as go
+import polars as pl
+from plotly.subplots import make_subplots
+
+from fmbench.report.figures import _FONT, Figure
+from fmbench.report.run import TIMELINE_SIZE
+
+#: Segment colours of the timeline: what each span of a request was doing.
+_STATES = {
+    "queued": ("#BBBBBB", "queued in the client (due → sent)"),
+    "waiting": ("#E69F00", "waiting for the first token"),
+    "streaming": ("#0072B2", "streaming (first → last token)"),
+    "failed": ("#D55E00", "failed (sent → error)"),
+}
+
+#: Line shades of successive loads in one ITL panel (light = low load, dark = high load).
+_SHADES = ["#9ECAE1", "#6BAED6", "#4292C6", "#2171B5", "#08519C", "#08306B", "#041E42"]
+
+
+def _load_label(concurrency: Any, rate: Any) -> str:
+    if rate is not None and not (isinstance(rate, float) and math.isnan(rate)):
+        return f"{rate:g} req/s"
+    return f"c={concurrency}"
+
+
+def itl_figure(dist: pl.DataFrame | None) -> Figure | None:
+    """The ITL distribution (a CDF) per experiment, one line per load; None without streamed gaps."""
+    if dist is None or dist.is_empty():
+        return None
+    experiments = sorted(set(dist["experiment"].to_list()))
+    cols = 1 if len(experiments) == 1 else 2
+    rows = math.ceil(len(experiments) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=experiments, horizontal_spacing=0.08,
+                        vertical_spacing=min(0.18, 0.5 / rows))
+    for i, exp in enumerate(experiments):
+        r, c = i // cols + 1, i % cols + 1
+        part = dist.filter(pl.col("experiment") == exp)
+        loads = part.select("concurrency", "request_rate", "gaps").unique().sort(
+            ["request_rate", "concurrency"], nulls_last=False)
+        for k, load in enumerate(loads.iter_rows(named=True)):
+            line = part.filter((pl.col("concurrency") == load["concurrency"])
+                               & (pl.col("request_rate").eq_missing(load["request_rate"]))).sort("q")
+            label = _load_label(load["concurrency"], load["request_rate"])
+            fig.add_trace(go.Scatter(
+                x=[v * 1000 for v in line["itl_s"].to_list()], y=[q / 100 for q in line["q"].to_list()],
+                mode="lines", name=f"{exp} {label}", legendgroup=exp,
+                line={"color": _SHADES[min(k, len(_SHADES) - 1)], "width": 2},
+                hovertemplate=f"{exp} {label}<br>%{{y:.0%}} of gaps ≤ %{{x:.1f}} ms"
+                              f"<br>{load['gaps']:,} gaps<extra></extra>",
+            ), row=r, col=c)
+        fig.update_xaxes(title_text="inter-token latency (ms)", rangemode="tozero", row=r, col=c)
+        fig.update_yaxes(title_text="share of gaps ≤ x", tickformat=".0%", range=[0, 1.02], row=r, col=c)
+    title = "Inter-token latency distribution (CDF) per experiment and load"
+    fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT,
+                      height=140 + 360 * rows, width=1100, legend={"title_text": "experiment, load "},
+                      margin={"l": 70, "r": 30, "t": 100, "b": 60})
+    caption = ("Each line pools every gap between consecutive streamed chunks of the successful measured "
+               "requests at one load (all datasets and buckets); darker lines are higher loads. A chunk that "
+               "carries several tokens is one gap (see tokens per chunk in the ITL table). Drawn exactly at "
+               "every percentile, not sampled.")
+    return Figure("itl_distribution", title, caption, fig)
+
+
+def _segments(rows: list[dict[str, Any]], t0: float) -> dict[str, tuple[list[float | None], list[float | None]]]:
+    out: dict[str, tuple[list[float | None], list[float | None]]] = {s: ([], []) for s in _STATES}
+
+    def add(state: str, a: Any, b: Any, y: int) -> None:
+        if a is None or b is None or b < a:
+            return
+        xs, ys = out[state]
+        xs += [a - t0, b - t0, None]
+        ys += [y, y, None]
+
+    for y, r in enumerate(rows):
+        sent = r["t_start"]
+        add("queued", r["t_scheduled"], sent, y)
+        if not r["ok"]:
+            add("failed", sent if sent is not None else r["t_scheduled"], r["t_end"], y)
+            continue
+        first = r["t_first_token"] if r["t_first_token"] is not None else r["t_end"]
+        add("waiting", sent, first, y)
+        add("streaming", first, r["t_end"], y)
+    return out
+
+
+def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
+    """One figure per experiment: a panel per shard, one horizontal line per request over wall time."""
+    if timelines is None or timelines.is_empty():
+        return []
+    figs = []
+    for exp in sorted(set(timelines["experiment"].to_list())):
+        part = timelines.filter(pl.col("experiment") == exp)
+        shards = part.select("shard_id", "dataset", "bucket", "bucket_min", "concurrency", "request_rate",
+                             "shard_requests", "step").unique(subset="shard_id").sort(
+            ["dataset", "bucket_min", "request_rate", "concurrency"], nulls_last=True).to_dicts()
+        cols = 1 if len(shards) == 1 else 2
+        rows = math.ceil(len(shards) / cols)
+        titles = [f"{s['dataset']} {s['bucket']}, {_load_label(s['concurrency'], s['request_rate'])}"
+                  + (f" (1 in {s['step']} of {s['shard_requests']:,} drawn)" if s["step"] > 1 else "")
+                  for s in shards]
+        fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
+                            vertical_spacing=min(0.12, 0.5 / rows))
+        shown: set[str] = set()
+        sampled = False
+        for i, s in enumerate(shards):
+            r, c = i // cols + 1, i % cols + 1
+            reqs = part.filter(pl.col("shard_id") == s["shard_id"]).sort("request_id").to_dicts()
+            sampled |= s["step"] > 1
+            t0 = min(x["t_scheduled"] for x in reqs)
+            warm = sum(1 for x in reqs if x["warmup"])
+            for state, (xs, ys) in _segments(reqs, t0).items():
+                if not xs:
+                    continue
+                colour, label = _STATES[state]
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=label, legendgroup=state,
+                                         showlegend=state not in shown, line={"color": colour, "width": 3},
+                                         hoverinfo="skip"), row=r, col=c)
+                shown.add(state)
+            if warm:
+                fig.add_hrect(y0=-0.5, y1=warm - 0.5, fillcolor="#999999", opacity=0.12, line_width=0,
+                              row=r, col=c)
+            fig.update_xaxes(title_text="seconds since the shard's first request was due", rangemode="tozero",
+                             row=r, col=c)
+            fig.update_yaxes(title_text="request (in order sent)", autorange="reversed", row=r, col=c)
+        title = f"Request timeline: {exp}"
+        fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT,
+                          height=160 + 320 * rows, width=1100,
+                          legend={"orientation": "h", "yanchor": "bottom", "y": 1.0 + 0.06 / rows, "x": 0},
+                          margin={"l": 70, "r": 30, "t": 120, "b": 60})
+        sampling = (f" Shards with more than {TIMELINE_SIZE} requests are sampled: 1 request in k by request id "
+                    "(k in the panel title), spread over the whole shard." if sampled else " Every request is drawn.")
+        caption = ("One line per request over wall time: grey while queued in the client (due but not yet sent), "
+                   "orange while waiting for its first token, blue while streaming, red for a failure. The shaded "
+                   "rows at the top are warm-up requests. Warm-up, stalls, queueing and bursts of failures show as "
+                   "changes in the pattern." + sampling)
+        figs.append(Figure(f"timeline_{_stem(exp)}", title, caption, fig))
+    return figs
+
+
+def _stem(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)

@@ -1,0 +1,94 @@
+"""Per-request report parts: timeline sampling, the ITL distribution and compare's deltas."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from fmbench.config import SLOConfig
+from fmbench.metrics import percentile, summarize
+from fmbench.records import RequestRecord, records_frame
+from fmbench.report.deltas import delta_rows, run_deltas
+from fmbench.report.request_figures import itl_figure, timeline_figures
+from fmbench.report.run import TIMELINE_SIZE, itl_distribution, request_timelines
+
+
+def _records(n: int, shard: str = "s", experiment: str = "exp", latency: float = 1.0, gap: float = 0.01,
+             itl: float = 0.01, fail_every: int = 0) -> list[RequestRecord]:
+    out = []
+    for i in range(n):
+        t = i * 0.5
+        ok = not (fail_every and i % fail_every == 0)
+        out.append(RequestRecord(
+            experiment=experiment, dataset="d", bucket="1-500", bucket_min=1, bucket_max=500, concurrency=2,
+            shard_id=shard, request_id=i, prompt_id="p", warmup=i < 2, ok=ok, input_tokens=10,
+            output_tokens=11 if ok else None, t_scheduled=t, t_start=t + gap, t_first_token=t + 0.1 if ok else None,
+            t_end=t + latency, ttft_s=0.1 if ok else None, latency_s=latency if ok else None,
+            tpot_s=(latency - 0.1) / 10 if ok else None, itl_s=[itl * (1 + k / 100) for k in range(10)] if ok else [],
+            chunks=11 if ok else 0, error_kind=None if ok else "timeout",
+        ))
+    return out
+
+
+def test_large_shards_are_sampled_evenly_and_the_figure_says_so() -> None:
+    big = _records(3 * TIMELINE_SIZE + 10, shard="big")
+    small = _records(20, shard="small")
+    spans = request_timelines(records_frame(big + small).lazy())
+    assert spans is not None
+    big_rows = spans.filter(pl.col("shard_id") == "big")
+    assert big_rows.height <= TIMELINE_SIZE and big_rows["step"][0] == 4
+    ids = big_rows["request_id"].to_list()
+    assert ids[0] == 0 and ids[-1] >= 3 * TIMELINE_SIZE  # the whole shard is spanned, not its start
+    assert spans.filter(pl.col("shard_id") == "small").height == 20  # small shards: every request
+    (fig,) = timeline_figures(spans)
+    assert "1 in 4 of 610 drawn" in " ".join(a.text for a in fig.figure.layout.annotations)
+    assert f"more than {TIMELINE_SIZE} requests are sampled" in fig.caption
+
+
+def test_timeline_shows_each_state_and_failures() -> None:
+    spans = request_timelines(records_frame(_records(12, fail_every=5)).lazy())
+    (fig,) = timeline_figures(spans)
+    names = {t.name for t in fig.figure.data}
+    assert {"queued in the client (due → sent)", "waiting for the first token", "streaming (first → last token)",
+            "failed (sent → error)"} == names
+    assert "Every request is drawn" in fig.caption
+
+
+def test_itl_distribution_is_exact_at_each_percentile() -> None:
+    dist = itl_distribution(records_frame(_records(12)).lazy())
+    assert dist is not None and dist.height == 101
+    gaps = [0.01 * (1 + k / 100) for k in range(10)]
+    assert dist.filter(pl.col("q") == 0)["itl_s"][0] == min(gaps)
+    assert dist.filter(pl.col("q") == 100)["itl_s"][0] == max(gaps)
+    pooled = gaps * 10
+    for q in (37, 50, 95):
+        assert dist.filter(pl.col("q") == q)["itl_s"][0] == pytest.approx(percentile(pooled, q / 100))
+    assert dist["gaps"][0] == 10 * 10  # 12 requests, 2 warm-ups: 10 measured x 10 gaps
+    fig = itl_figure(dist)
+    assert fig is not None and fig.stem == "itl_distribution"
+    assert itl_figure(None) is None
+
+
+def test_deltas_mark_real_changes_and_noise() -> None:
+    slo = SLOConfig(latency_p95_s=10.0, ttft_s=0.5)
+    base = records_frame(_records(60, latency=1.0, itl=0.010))
+    same = records_frame(_records(60, latency=1.0, itl=0.010))
+    slower = records_frame(_records(60, latency=1.0, itl=0.020))
+    runs = [("a", summarize(base, None), base.lazy()), ("b", summarize(same, None), same.lazy()),
+            ("c", summarize(slower, None), slower.lazy())]
+    deltas = run_deltas(runs, slo)
+    itl = {d.run: d for d in deltas if d.metric == "itl_p95_s"}
+    assert itl["b/exp"].verdict == "unchanged"
+    assert itl["c/exp"].verdict == "worse" and itl["c/exp"].ci is not None and itl["c/exp"].ci[0] > 0
+    rows = delta_rows(deltas)
+    assert any(r["Metric"] == "p95 ITL" and r["Verdict"] == "✘ worse" for r in rows)
+
+
+def test_deltas_pair_two_stacks_by_load_when_each_run_has_one_experiment() -> None:
+    vllm = records_frame(_records(40, experiment="vllm", latency=1.0))
+    tgi = records_frame(_records(40, experiment="tgi", latency=2.0))
+    deltas = run_deltas([("a", summarize(vllm, None), vllm.lazy()), ("b", summarize(tgi, None), tgi.lazy())],
+                        SLOConfig())
+    lat = next(d for d in deltas if d.metric == "latency_p95_s")
+    assert (lat.baseline, lat.run, lat.verdict) == ("a/vllm", "b/tgi", "worse")
+    assert lat.change is not None and abs(lat.change - 1.0) < 1e-9
