@@ -382,6 +382,25 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
     return handle
 
 
+def _undo_deploy(client: Any, handle: DeployedEndpoint, experiment: str, step: str,
+                 exc: BaseException) -> BaseException:
+    """Delete what a deploy created before it failed or was interrupted (an orphan would bill);
+    returns what to raise: the interrupt itself, or a `DeploymentError` naming the step and the cleanup."""
+    if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM, a cancelled run
+        if handle.created:
+            log.warning("deploy of %s interrupted: deleting %s", experiment, ", ".join(handle.created))
+            delete_created(client, handle.created)
+        return exc
+    error = _describe(f"deploying {experiment} ({step})", exc)
+    if handle.created:
+        removed, failures = delete_created(client, handle.created)
+        note = f"; cleaned up {', '.join(removed) or 'nothing'}"
+        if failures:
+            note += f"; could NOT delete {', '.join(failures)}"
+        error = DeploymentError(str(error) + note)
+    return error
+
+
 def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None,
                      poll_s: float = 15.0) -> DeployedEndpoint:
     """Make a SageMaker experiment's endpoint InService (or check an existing one).
@@ -441,18 +460,9 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
         else:
             delete_created(client, _leftovers(client, name, tags))
     except BaseException as exc:
-        if not isinstance(exc, Exception):  # interrupted while waiting for an adopted endpoint
-            if handle.created:
-                log.warning("deploy of %s interrupted: deleting %s", experiment.name, ", ".join(handle.created))
-                delete_created(client, handle.created)
+        error = _undo_deploy(client, handle, experiment.name, step, exc)
+        if error is exc:
             raise
-        error = _describe(f"deploying {experiment.name} ({step})", exc)
-        if handle.created:
-            removed, failures = delete_created(client, handle.created)
-            note = f"; cleaned up {', '.join(removed) or 'nothing'}"
-            if failures:
-                note += f"; could NOT delete {', '.join(failures)}"
-            error = DeploymentError(str(error) + note)
         raise error from exc
 
     log.info("deploying %s (%s) on %d x %s as %s", experiment.name, spec.source, cfg.instance_count,
@@ -499,18 +509,9 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
         wait_for_endpoint(client, name, cfg.deploy_timeout_s, poll_s=poll_s)
         handle.in_service_at = _iso()
     except BaseException as exc:
-        if not isinstance(exc, Exception):  # interrupted or cancelled: never leave an orphan billing
-            if handle.created:
-                log.warning("deploy of %s interrupted: deleting %s", experiment.name, ", ".join(handle.created))
-                delete_created(client, handle.created)
+        error = _undo_deploy(client, handle, experiment.name, step, exc)
+        if error is exc:
             raise
-        error = _describe(f"deploying {experiment.name} ({step})", exc)
-        if handle.created:
-            removed, failures = delete_created(client, handle.created)
-            note = f"; cleaned up {', '.join(removed) or 'nothing'}"
-            if failures:
-                note += f"; could NOT delete {', '.join(failures)}"
-            error = DeploymentError(str(error) + note)
         raise error from exc
     return handle
 
