@@ -23,6 +23,7 @@ from fmbench.config import load_config_text
 from fmbench.loadgen import ShardSpec
 from fmbench.pipeline import PromptSet, plan_shards, run_benchmark
 from fmbench.report.render import _client_rows
+from fmbench.rundir import Manifest
 
 
 def _cal(**kw: Any) -> Calibration:
@@ -81,12 +82,12 @@ def test_report_rows_flag_shards_near_the_ceiling() -> None:
     manifest = {"calibration": cal.model_dump() | {"summary": cal.summary()},
                 "shards": [{"shard_id": "cool", "client_load": 0.2, "processes": 1},
                            {"shard_id": "hot", "client_load": CEILING_WARN + 0.1, "processes": 2}]}
-    rows = dict(_client_rows(manifest))
+    rows = dict(_client_rows(Manifest.model_validate(manifest)))
     assert rows["Client calibration"] == cal.summary()
     flagged = [v for k, v in rows.items() if "ceiling" in k]
     assert len(flagged) == 1 and "results may reflect the client" in flagged[0]
     assert "hot (80% of the ceiling, 2 process(es))" in flagged[0] and "cool" not in flagged[0]
-    assert _client_rows({}) == []
+    assert _client_rows(Manifest()) == []
 
 
 CONFIG = """

@@ -42,6 +42,7 @@ from fmbench.report.tables import (
     timeline_rows,
     token_cost_rows,
 )
+from fmbench.rundir import Manifest
 
 
 @dataclass
@@ -126,26 +127,26 @@ def _run_rows(run: RunData) -> list[tuple[str, str]]:
     return [
         ("Config name", run.name),
         ("Run id", run.run_id),
-        ("Started", str(m.get("started_at") or "unknown")),
-        ("Ended", str(m.get("ended_at") or "unknown (run unfinished or manifest incomplete)")),
-        ("Duration", _duration(m.get("started_at"), m.get("ended_at"))),
-        ("fmbench version", str(m.get("tool_version") or "unknown")),
-        ("Config hash", str(m.get("config_hash") or (run.cfg.config_hash() if run.cfg else "unknown"))),
-        ("Stored at", str(m.get("storage") or run.url)),
+        ("Started", str(m.started_at or "unknown")),
+        ("Ended", str(m.ended_at or "unknown (run unfinished or manifest incomplete)")),
+        ("Duration", _duration(m.started_at, m.ended_at)),
+        ("fmbench version", str(m.tool_version or "unknown")),
+        ("Config hash", str(m.config_hash or (run.cfg.config_hash() if run.cfg else "unknown"))),
+        ("Stored at", str(m.storage or run.url)),
         *_client_rows(m),
     ]
 
 
-def _client_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
+def _client_rows(m: Manifest) -> list[tuple[str, str]]:
     """The client calibration and the shards that ran near its ceiling (see fmbench.calibration)."""
     from fmbench.calibration import CEILING_WARN
 
-    cal = m.get("calibration")
+    cal = m.calibration
     if not isinstance(cal, dict):
         return []  # a run without calibration (older runs, or it failed): nothing to say
     rows = [("Client calibration", str(cal.get("summary") or "measured (no summary)"))]
     hot = []
-    for sh in m.get("shards") or []:
+    for sh in m.shards:
         load = sh.get("client_load") if isinstance(sh, dict) else None
         if isinstance(load, (int, float)) and load > CEILING_WARN:
             procs = sh.get("processes") or 1
@@ -157,7 +158,7 @@ def _client_rows(m: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _repro(run: RunData) -> dict[str, Any]:
-    m = dict(run.manifest)
+    m = run.manifest.model_dump(mode="json", exclude_none=True)
     shards = m.pop("shards", None)
     raw_packages = m.get("packages")
     packages: dict[str, Any] = raw_packages if isinstance(raw_packages, dict) else {}

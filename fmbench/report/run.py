@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
 from fmbench.records import REQUEST_SCHEMA
+from fmbench.rundir import MANIFEST, Manifest, load_manifest
 
 #: Columns of requests.parquet the report reads. The scan is lazy, so the itl_s lists are read only
 #: by the queries that need them (ITL metrics and the ITL distribution), never held for the report.
@@ -32,7 +32,7 @@ class RunData:
     """One run as the report sees it."""
 
     url: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     config_text: str | None
     cfg: BenchmarkConfig | None
     metrics: pl.DataFrame
@@ -43,39 +43,27 @@ class RunData:
     @property
     def name(self) -> str:
         """The benchmark name (manifest, else config, else the directory name)."""
-        return str(self.manifest.get("name") or (self.cfg.name if self.cfg else None) or "fmbench run")
+        return str(self.manifest.name or (self.cfg.name if self.cfg else None) or "fmbench run")
 
     @property
     def run_id(self) -> str:
         """The run id (manifest, else the directory name)."""
-        return str(self.manifest.get("run_id") or self.url.rstrip("/").rsplit("/", 1)[-1])
+        return str(self.manifest.run_id or self.url.rstrip("/").rsplit("/", 1)[-1])
 
     @property
     def shards(self) -> list[dict[str, Any]]:
         """The manifest's shard outcomes (empty when unknown)."""
-        shards = self.manifest.get("shards")
-        return [s for s in shards if isinstance(s, dict)] if isinstance(shards, list) else []
+        return [s for s in self.manifest.shards if isinstance(s, dict)]
 
     @property
     def endpoints(self) -> dict[str, EndpointTimeline]:
-        """The manifest's endpoint timelines (``endpoints``: experiment -> timeline), empty when absent.
-
-        A timeline this version cannot read is left out (the cost then falls back to shard time).
-        """
-        raw = self.manifest.get("endpoints")
-        out: dict[str, EndpointTimeline] = {}
-        for name, value in (raw.items() if isinstance(raw, dict) else []):
-            try:
-                out[str(name)] = value if isinstance(value, EndpointTimeline) else EndpointTimeline.model_validate(value)
-            except ValueError:
-                continue
-        return out
+        """The manifest's endpoint timelines (experiment -> timeline), empty when absent."""
+        return self.manifest.endpoints
 
     @property
     def ended_at(self) -> str | None:
         """When the run ended (manifest ``ended_at``), what an endpoint never deleted is billed up to."""
-        value = self.manifest.get("ended_at")
-        return str(value) if value else None
+        return self.manifest.ended_at
 
 
 def _read_requests(url: str) -> pl.LazyFrame | None:
@@ -104,13 +92,11 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
     """
     url = run_url.rstrip("/") if storage.is_remote(run_url) else run_url
     problems: list[str] = []
-    manifest: dict[str, Any] = {}
-    murl = storage.join(url, "manifest.json")
-    if storage.exists(murl):
+    manifest = Manifest()
+    if storage.exists(storage.join(url, MANIFEST)):
         try:
-            loaded = json.loads(storage.read_text(murl))
-            manifest = loaded if isinstance(loaded, dict) else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            manifest = load_manifest(url)
+        except (StorageError, UnicodeDecodeError) as exc:
             problems.append(f"manifest.json is unreadable ({exc.__class__.__name__}); run details are missing")
     else:
         problems.append("manifest.json is missing; run details are unknown")
@@ -137,13 +123,12 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
             metrics = None
     if metrics is None:
         if requests is None:
-            if not manifest.get("shards"):
+            if not manifest.shards:
                 raise StorageError(f"{url}: neither metrics.parquet nor requests.parquet exists; nothing to report")
             problems.append("requests.parquet is missing; only shard outcomes are known")
         source = requests if requests is not None else pl.DataFrame(
             schema={c: REQUEST_SCHEMA[c] for c in REQUEST_COLUMNS})
-        shards = manifest.get("shards") if isinstance(manifest.get("shards"), list) else None
-        metrics = summarize(source, cfg, shards=shards)
+        metrics = summarize(source, cfg, shards=manifest.shards or None)
         computed = True
         if write_metrics:
             storage.write_parquet(metrics_url, metrics)
