@@ -269,8 +269,6 @@ def test_benchmark_flow_through_nginx_reports_no_errors(
     production settings (buffering on, one request per client connection, 1 s keep-alive): the probe,
     two concurrency levels run one after another, the metrics and the report (as `fmbench run` does)."""
     from flows.benchmark import benchmark
-    from fmbench.pipeline import load_benchmark_config
-    from fmbench.preflight import preflight
 
     px = proxy(ProxyProfile(buffering=True, keepalive_requests=1))
     cfg = {
@@ -290,8 +288,7 @@ def test_benchmark_flow_through_nginx_reports_no_errors(
     }
     path = tmp_path / "nginx.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    preflight(load_benchmark_config(str(path)))  # the probe request
-    report = Path(benchmark(config=str(path), run_id="nginx"))
+    report = Path(benchmark(config=str(path), run_id="nginx"))  # its preflight sends the probe request
     run = report.parent
     requests = pl.read_parquet(run / "requests.parquet")
     assert requests.height == 2 * (9 + 1) and requests["ok"].all(), _failures(requests, px)
