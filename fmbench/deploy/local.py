@@ -4,6 +4,7 @@ servers that already run somewhere (checked for reachability, never started or s
 from __future__ import annotations
 
 import atexit
+import datetime as _dt
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ def deploy_simulated(experiment: ExperimentConfig, run_id: str, *, config_name: 
     endpoint = experiment.endpoint
     assert isinstance(endpoint, SimulatedEndpoint)
     server = SimulatedServerProcess(endpoint)
+    created_at = _now()
     try:
         server.start()
     except Exception as exc:
@@ -37,8 +39,15 @@ def deploy_simulated(experiment: ExperimentConfig, run_id: str, *, config_name: 
     with _lock:
         _servers[pid] = server
     log.info("experiment %s: simulated endpoint at %s (pid %s)", experiment.name, server.url, server.pid)
+    # Stamped here, when it is ready: a look-ahead deploy may wait a while before the run takes it
+    # up, and that wait is idle time, not deploying.
     return DeployedEndpoint(experiment=experiment.name, provider="simulated", url=server.url,
-                            pid=server.pid, created=[f"process:{server.pid}"])
+                            pid=server.pid, created=[f"process:{server.pid}"], created_at=created_at,
+                            in_service_at=_now())
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
 def teardown_simulated(deployed: DeployedEndpoint, experiment: ExperimentConfig) -> list[str]:

@@ -126,3 +126,20 @@ def test_process_command_line_carries_every_setting() -> None:
     args = parser.parse_args(argv[3:])  # after: python -m fmbench.endpoints.simulated
     assert (args.port, args.tokenizer) == (8123, "cl100k_base")
     assert config_from_args(args) == (CFG, faults)
+
+
+def test_a_deployed_simulated_endpoint_says_when_it_was_created_and_ready() -> None:
+    # The bill's deploying phase ends when the server is ready, not when the run gets to it
+    # (a look-ahead deploy can wait ready for a while: that is idle time).
+    from fmbench.config import ExperimentConfig
+    from fmbench.deploy import deploy_endpoint, teardown_endpoint
+
+    experiment = ExperimentConfig.model_validate({"name": "sim", "endpoint": CFG.model_dump()})
+    deployed = deploy_endpoint(experiment, "run-1")
+    try:
+        assert deployed.created_at is not None and deployed.in_service_at is not None
+        assert deployed.created_at <= deployed.in_service_at
+        with httpx.Client() as http:
+            assert http.get(f"{deployed.url}/health", timeout=10).status_code == 200
+    finally:
+        teardown_endpoint(deployed, experiment)
