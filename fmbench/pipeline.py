@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from typing import Any
 
 import polars as pl
@@ -22,7 +23,6 @@ from fmbench.config import (
     ExperimentConfig,
     SimulatedEndpoint,
     bucket_label,
-    resolve_path,
 )
 from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
 from fmbench.errors import DatasetError, EndpointConnectionError, FMBenchError
@@ -47,10 +47,18 @@ class PromptSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str
+    tokenizer: str | None = Field(
+        default=None, description="The tokenizer that counted and bucketed them (None: the run's tokenizer).")
     files: dict[str, str] = Field(default_factory=dict, description="bucket label -> prompts parquet URL")
     counts: dict[str, int] = Field(default_factory=dict, description="bucket label -> prompts")
     hashes: dict[str, str] = Field(default_factory=dict, description="bucket label -> payload sha256")
     dropped: int = Field(default=0, description="Prompts outside every bucket.")
+
+    @property
+    def key(self) -> str:
+        """How the run names this set (manifest keys, file names): the dataset, plus its tokenizer
+        when that is not the run's."""
+        return self.dataset if self.tokenizer is None else f"{self.dataset}@{tokenizer_slug(self.tokenizer)}"
 
 
 class ShardOutcome(BaseModel):
@@ -99,7 +107,26 @@ def load_benchmark_config(config: str, overrides: list[str] | None = None, exper
     cfg = narrow_config(load_config_source(config, overrides=overrides), experiments, concurrency_levels,
                         requests_per_level)
     check_pricing(cfg)
+    check_tokenizers(cfg, config_source_label(config))
     return cfg
+
+
+def config_source_label(config: str) -> str:
+    """How error messages name a config given as a path, a URL or inline YAML text."""
+    text = config.strip()
+    return "<inline config>" if "\n" in text or text.startswith("{") or re.match(r"^name\s*:", text) else config
+
+
+def check_tokenizers(cfg: BenchmarkConfig, source: str) -> None:
+    """Check the run's and every experiment's tokenizer without downloading anything (a tiktoken
+    encoding that exists, a file that exists, a well-formed ``hf:ORG/NAME``).
+
+    Raises:
+        ConfigError: ``SOURCE: FIELD: problem``.
+    """
+    from fmbench.datasets import check_tokenizer_specs
+
+    check_tokenizer_specs(cfg, source)
 
 
 def check_pricing(cfg: BenchmarkConfig) -> None:
@@ -118,23 +145,54 @@ def check_pricing(cfg: BenchmarkConfig) -> None:
 # ---------------------------------------------------------------- prompts
 
 
-def dataset_cache_key(cfg: BenchmarkConfig, dataset_name: str) -> str:
-    """A key that changes when the dataset's content, template, buckets or tokenizer change."""
-    from fmbench.datasets import dataset_fingerprint, load_run_tokenizer
+def bucketing_jobs(cfg: BenchmarkConfig) -> list[tuple[str, str | None]]:
+    """What the bucket step builds: (dataset, tokenizer) for every dataset and every tokenizer of the
+    experiments that run it, in config order; tokenizer None is the run's own.
+
+    Experiments that share a tokenizer share its buckets; one dataset is bucketed once per tokenizer.
+    """
+    wanted: set[tuple[str, str | None]] = set()
+    tokenizers: list[str | None] = []
+    for e in cfg.experiments:
+        tok = experiment_tokenizer(cfg, e)
+        if tok not in tokenizers:
+            tokenizers.append(tok)
+        wanted.update((d.name, tok) for d in cfg.datasets_for(e))
+    return [(d.name, tok) for d in cfg.datasets for tok in tokenizers if (d.name, tok) in wanted]
+
+
+def experiment_tokenizer(cfg: BenchmarkConfig, experiment: ExperimentConfig) -> str | None:
+    """The tokenizer of an experiment's prompt sets (`PromptSet.tokenizer`): None when it is the run's."""
+    spec = cfg.tokenizer_for(experiment)
+    return None if spec == cfg.tokenizer else spec
+
+
+def tokenizer_slug(spec: str) -> str:
+    """A file-name-safe, unique short name of a tokenizer spec (prompt file names, manifest keys)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.removeprefix("hf:")).strip("-.")[-40:]
+    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:6]}"
+
+
+def dataset_cache_key(cfg: BenchmarkConfig, dataset_name: str, tokenizer: str | None = None) -> str:
+    """A key that changes when the dataset's content, template, buckets or tokenizer change
+    (``tokenizer``: a spec, None for the run's)."""
+    from fmbench.datasets import dataset_fingerprint, load_spec_tokenizer
 
     dataset = _dataset(cfg, dataset_name)
-    return dataset_fingerprint(cfg, dataset, load_run_tokenizer(cfg))
+    return dataset_fingerprint(cfg, dataset, load_spec_tokenizer(cfg, tokenizer))
 
 
-def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[dict[str, Any]]]:
-    """Load, render, count and bucket one dataset; returns bucket label -> prompt rows.
+def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str,
+                   tokenizer: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Load, render, count and bucket one dataset with ``tokenizer`` (a spec; None: the run's);
+    returns bucket label -> prompt rows.
 
     The result is plain data so an orchestrator can cache it across runs by `dataset_cache_key`.
     """
-    from fmbench.datasets import build_dataset_prompts, load_run_tokenizer
+    from fmbench.datasets import build_dataset_prompts, load_spec_tokenizer
 
     dataset = _dataset(cfg, dataset_name)
-    bucketed = build_dataset_prompts(cfg, dataset, load_run_tokenizer(cfg))
+    bucketed = build_dataset_prompts(cfg, dataset, load_spec_tokenizer(cfg, tokenizer))
     out: dict[str, list[dict[str, Any]]] = {}
     for label, prompts in bucketed.buckets.items():
         out[label] = [{"prompt_id": p.prompt_id, "text": p.text, "input_tokens": p.input_tokens} for p in prompts]
@@ -142,12 +200,14 @@ def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[di
     return out
 
 
-def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]]) -> PromptSet:
-    """Write a dataset's bucketed prompts into the run (prompts/<dataset>__<bucket>.parquet)."""
+def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]],
+                  tokenizer: str | None = None) -> PromptSet:
+    """Write a dataset's bucketed prompts into the run (prompts/<dataset>__<bucket>.parquet, or
+    prompts/<dataset>@<tokenizer>__<bucket>.parquet for a tokenizer other than the run's)."""
     from fmbench.datasets import write_prompts
     from fmbench.endpoints.base import Prompt
 
-    ps = PromptSet(dataset=dataset_name)
+    ps = PromptSet(dataset=dataset_name, tokenizer=tokenizer)
     for label, rows in bucketed.items():
         if label == "__dropped__":
             ps.dropped = int(rows[0]["count"]) if rows else 0
@@ -155,7 +215,7 @@ def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict
         if not rows:
             continue
         prompts = [Prompt(r["prompt_id"], r["text"], int(r["input_tokens"])) for r in rows]
-        url = run.prompts_file(dataset_name, label)
+        url = run.prompts_file(ps.key, label)
         write_prompts(url, prompts, dataset=dataset_name, bucket=label)
         digest = hashlib.sha256()
         for p in prompts:
@@ -167,23 +227,31 @@ def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict
 
 
 def check_buckets(cfg: BenchmarkConfig, prompt_sets: list[PromptSet]) -> list[str]:
-    """Fail on a bucket no prompt of any dataset falls into; return warnings for partial coverage.
+    """Fail on a bucket no prompt of any dataset falls into (per tokenizer: the experiments of that
+    tokenizer would measure nothing there); return warnings for partial coverage.
 
     Raises:
-        DatasetError: naming the empty bucket(s).
+        DatasetError: naming the empty bucket(s) (and the tokenizer, when the run uses several).
     """
     labels = [bucket_label(b) for b in cfg.buckets]
-    empty = [lb for lb in labels if not any(ps.counts.get(lb) for ps in prompt_sets)]
-    if empty:
-        ranges = ", ".join(f"[{lb.replace('-', ', ')})" for lb in empty)
-        raise DatasetError(
-            f"buckets: no prompt of any dataset falls into {ranges} tokens; remove the bucket or add prompts of "
-            "that length"
-        )
-    return [
-        f"dataset {ps.dataset!r} has no prompts in bucket {lb}: its shards are skipped"
-        for ps in prompt_sets for lb in labels if not ps.counts.get(lb)
-    ]
+    tokenizers = list(dict.fromkeys(ps.tokenizer for ps in prompt_sets))
+
+    def counted(tok: str | None) -> str:
+        return f" (counted with tokenizer {tok or cfg.tokenizer})" if tokenizers != [None] else ""
+
+    warnings = []
+    for tok in tokenizers:
+        sets = [ps for ps in prompt_sets if ps.tokenizer == tok]
+        empty = [lb for lb in labels if not any(ps.counts.get(lb) for ps in sets)]
+        if empty:
+            ranges = ", ".join(f"[{lb.replace('-', ', ')})" for lb in empty)
+            raise DatasetError(
+                f"buckets: no prompt of any dataset falls into {ranges} tokens{counted(tok)}; remove the bucket "
+                "or add prompts of that length"
+            )
+        warnings += [f"dataset {ps.dataset!r} has no prompts in bucket {lb}{counted(tok)}: its shards are skipped"
+                     for ps in sets for lb in labels if not ps.counts.get(lb)]
+    return warnings
 
 
 # ---------------------------------------------------------------- shards
@@ -196,10 +264,12 @@ def shard_id(experiment: str, dataset: str, bucket: str, concurrency: int | None
 
 
 def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: ExperimentConfig) -> list[Any]:
-    """The shards of one experiment, in the order they run (bucket, dataset, then level ascending)."""
+    """The shards of one experiment, in the order they run (bucket, dataset, then level ascending),
+    over the prompts its own tokenizer bucketed."""
     from fmbench.loadgen import ShardSpec
 
-    by_name = {ps.dataset: ps for ps in prompt_sets}
+    tok = experiment_tokenizer(cfg, experiment)
+    by_name = {ps.dataset: ps for ps in prompt_sets if ps.tokenizer == tok}
     specs = []
     for lo, hi in cfg.buckets:
         label = bucket_label((lo, hi))
@@ -257,14 +327,15 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         log.info("shard %s: already measured, reused", spec.shard_id)
         return done
     from fmbench.calibration import expected_shape, load_calibration, plan_processes
-    from fmbench.datasets import load_run_tokenizer, read_prompts
+    from fmbench.datasets import load_experiment_tokenizer, read_prompts
     from fmbench.loadgen import run_shard
     from fmbench.loadgen.retry import final_attempts
 
     experiment = _experiment(cfg, spec.experiment)
     cal = load_calibration(run.url)
     prompts = read_prompts(prompts_url)
-    tokenizer = load_run_tokenizer(cfg)
+    # Output tokens the server does not report are counted in the experiment's (the model's) tokenizer.
+    tokenizer = load_experiment_tokenizer(cfg, experiment)
     client = make_endpoint_client(experiment, deployed)
     if experiment.processes is None and cal is not None:
         chunks, latency = expected_shape(experiment)
@@ -365,15 +436,16 @@ def make_endpoint_client(experiment: ExperimentConfig, deployed: DeployedEndpoin
 def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
     """Deploy an experiment's endpoint for this run.
 
-    A simulated server counts prompt tokens with the run's tokenizer unless its config names
+    A simulated server counts prompt tokens with the experiment's tokenizer unless its config names
     another, so its usage (and its prefill time) agrees with the buckets the prompts were put in.
     While it waits, an interrupt of the run reaches this thread (`fmbench.interrupts`).
     """
     experiment = _experiment(cfg, experiment_name)
     if isinstance(experiment.endpoint, SimulatedEndpoint):
-        spec = experiment.endpoint.tokenizer or cfg.tokenizer
-        if not spec.startswith("hf:") and resolve_path(cfg, spec).is_file():  # a tokenizer.json beside the config
-            spec = str(resolve_path(cfg, spec))
+        from fmbench.datasets import resolve_tokenizer_spec
+
+        # A tokenizer.json beside the config: the server gets its absolute path.
+        spec = resolve_tokenizer_spec(cfg, experiment.endpoint.tokenizer or cfg.tokenizer_for(experiment))
         endpoint = experiment.endpoint.model_copy(update={"tokenizer": spec})
         experiment = experiment.model_copy(update={"endpoint": endpoint})
     deployed: DeployedEndpoint | None = None
@@ -443,8 +515,8 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
 
     def finish(manifest: Manifest) -> None:
         manifest.shards = shard_dicts
-        manifest.payload_hashes = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
-        manifest.prompt_counts = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
+        manifest.payload_hashes = {f"{ps.key}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
+        manifest.prompt_counts = {f"{ps.key}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
         manifest.warnings = notes
         manifest.ended_at = utc_now()
 
