@@ -83,7 +83,7 @@ def check_tokenizer_specs(cfg: BenchmarkConfig, source: str) -> None:
         if isinstance(sim_tok, str):
             fields.append((f"experiments[{e.name}].endpoint.tokenizer", sim_tok))
     for where, spec in fields:
-        problem = tokenizer_spec_problem(spec, resolve_tokenizer_spec(cfg, spec))
+        problem = tokenizer_spec_problem(spec, resolve_path(cfg, spec.strip()))
         if problem:
             raise ConfigError(f"{source}: {where}: {problem}")
 

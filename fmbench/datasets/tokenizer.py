@@ -192,16 +192,20 @@ def download_hf_tokenizer(repo: str) -> Path:
             "or give the path of the model's tokenizer.json instead"
         ) from exc
     endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    offline = TokenizerError(
+        f"tokenizer {spec!r}: tokenizer.json is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+        f"and the hub ({endpoint}) cannot be reached (offline?); on a machine with internet run `hf download "
+        f"{repo} tokenizer.json` and copy that cache here, or save the model's tokenizer.json beside the config "
+        "and set the tokenizer to its path"
+    )
+    if not _hub_cached(repo) and not _hub_reachable(endpoint):
+        # huggingface_hub would retry with backoff for about 25 s before saying the same.
+        raise offline
     try:
         return Path(hf_hub_download(repo_id=repo, filename="tokenizer.json", repo_type="model", endpoint=endpoint))
     except LocalEntryNotFoundError as exc:
         # Offline (HF_HUB_OFFLINE, no network or the hub unreachable) and nothing cached.
-        raise TokenizerError(
-            f"tokenizer {spec!r}: tokenizer.json is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-            f"and the hub ({endpoint}) cannot be reached (offline?); on a machine with internet run `hf download {repo} "
-            f"tokenizer.json` and copy that cache here, or save the model's tokenizer.json beside the config "
-            f"and set the tokenizer to its path"
-        ) from exc
+        raise offline from exc
     except GatedRepoError as exc:
         raise TokenizerError(
             f"tokenizer {spec!r}: the model is gated: accept its licence on {endpoint}/{repo} and set HF_TOKEN, "
@@ -254,6 +258,33 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if spec in _BUNDLED_TIKTOKEN or spec in _tiktoken_names():
         return _load_cached(spec, None)
     raise TokenizerError(f"unknown tokenizer {spec!r}: not a tiktoken encoding nor a tokenizer.json file")
+
+
+def _hub_cached(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "tokenizer.json", repo_type="model"), str)
+
+
+def _hub_reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub opens (True behind a proxy, which only the download can test)."""
+    import socket
+    import urllib.parse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True  # huggingface_hub answers at once itself
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return True
+    parts = urllib.parse.urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _looks_like_path(spec: str) -> bool:
