@@ -205,7 +205,7 @@ def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict
     """Write a dataset's bucketed prompts into the run (prompts/<dataset>__<bucket>.parquet, or
     prompts/<dataset>@<tokenizer>__<bucket>.parquet for a tokenizer other than the run's)."""
     from fmbench.datasets import write_prompts
-    from fmbench.endpoints.base import Prompt
+    from fmbench.protocol import Prompt
 
     ps = PromptSet(dataset=dataset_name, tokenizer=tokenizer)
     for label, rows in bucketed.items():
