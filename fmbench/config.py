@@ -436,7 +436,11 @@ class BenchmarkConfig(_Model):
         ``deploy_ahead`` is left out: it changes when endpoints are billed, not what is measured,
         so a run can be resumed or compared with another look-ahead.
         """
-        blob = json.dumps(self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"}), sort_keys=True).encode()
+        data = self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"})
+        for e in data["experiments"]:
+            if e.get("tokenizer") is None:  # unset: the hash of a config from before per-experiment tokenizers
+                e.pop("tokenizer", None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
