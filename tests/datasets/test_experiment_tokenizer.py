@@ -318,3 +318,32 @@ def test_preflight_downloads_each_experiments_tokenizer_or_fails_naming_it(
     hub.files["tiny-org/tiny-model/tokenizer.json"] = write_words_tokenizer(tmp_path / "w.json").read_bytes()
     preflight(cfg, probe=False)
     assert ("GET", "/tiny-org/tiny-model/resolve/main/tokenizer.json") in hub.log
+
+
+def test_an_empty_bucket_names_the_tokenizer_that_emptied_it(two_tokenizer_config: Path) -> None:
+    from fmbench.errors import DatasetError
+    from fmbench.pipeline import check_buckets
+
+    cfg = load_benchmark_config(str(two_tokenizer_config))
+    words = PromptSet(dataset="d", counts=WORD_COUNTS)
+    counted = PromptSet(dataset="d", tokenizer="tok/bytes.json", counts={**BYTE_COUNTS, "1-4": 0})
+    with pytest.raises(DatasetError) as err:
+        check_buckets(cfg, [words, counted])
+    assert str(err.value).startswith("buckets: no prompt of any dataset falls into [1, 4) tokens (counted with "
+                                     "tokenizer tok/bytes.json)")
+    assert check_buckets(cfg, [words, PromptSet(dataset="d", tokenizer="tok/bytes.json", counts=BYTE_COUNTS)]) == []
+
+
+def test_config_hash_changes_only_when_an_experiment_names_a_tokenizer(two_tokenizer_config: Path) -> None:
+    """A config without experiment tokenizers hashes as fmbench hashed it before they existed (the
+    dump without the key), so the regression check does not report it as changed."""
+    import json
+
+    cfg = load_benchmark_config(str(two_tokenizer_config))
+    unset = cfg.model_copy(update={"experiments": [e.model_copy(update={"tokenizer": None})
+                                                   for e in cfg.experiments]})
+    before = unset.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"})
+    for e in before["experiments"]:
+        del e["tokenizer"]
+    assert unset.config_hash() == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.config_hash() != unset.config_hash()
