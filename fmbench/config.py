@@ -128,7 +128,7 @@ class SimulatedEndpoint(_Model):
     tokenizer: str | None = Field(
         default=None,
         description="Counts prompt tokens for the server's usage and prefill time: a tiktoken encoding or a "
-        "tokenizer.json path. Default: the run's tokenizer, like a real server that shares the model's tokenizer.",
+        "tokenizer.json path. Default: the experiment's tokenizer, like a real server that shares the model's tokenizer.",
     )
     faults: SimulatedFaults = Field(default_factory=SimulatedFaults, description="Injected faults (none by default).")
 
