@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
+from fmbench import pipeline
 from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint
 from fmbench.pipeline import PromptSet, ShardOutcome
@@ -41,8 +42,9 @@ class PrefectSteps:
         calibrate_task(run)
 
     def bucket(self, cfg: BenchmarkConfig, run: RunInfo) -> list[PromptSet]:
-        bucketed = {d.name: bucket_dataset_task.submit(cfg, d.name) for d in cfg.datasets}  # side by side
-        return [store_prompts_task(run, name, fut.result()) for name, fut in bucketed.items()]
+        jobs = pipeline.bucketing_jobs(cfg)
+        bucketed = [bucket_dataset_task.submit(cfg, name, tok) for name, tok in jobs]  # side by side
+        return [store_prompts_task(run, name, fut.result(), tok) for (name, tok), fut in zip(jobs, bucketed)]
 
     def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> PrefectFuture[DeployedEndpoint]:
         return deploy_task.submit(cfg, experiment, run)

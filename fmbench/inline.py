@@ -79,7 +79,8 @@ class InlineSteps:
         pipeline.calibrate(run)
 
     def bucket(self, cfg: BenchmarkConfig, run: RunInfo) -> list[PromptSet]:
-        return [pipeline.store_prompts(run, d.name, pipeline.bucket_dataset(cfg, d.name)) for d in cfg.datasets]
+        return [pipeline.store_prompts(run, name, pipeline.bucket_dataset(cfg, name, tok), tok)
+                for name, tok in pipeline.bucketing_jobs(cfg)]
 
     def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> concurrent.futures.Future[DeployedEndpoint]:
         return self._deploys.submit(contextvars.copy_context().run, pipeline.deploy, cfg, experiment, run)

@@ -20,7 +20,7 @@ class Prompt:
 
     prompt_id: str
     text: str
-    input_tokens: int  # counted with the run's tokenizer
+    input_tokens: int  # counted with the experiment's tokenizer
 
 
 @dataclass(slots=True)

