@@ -27,7 +27,7 @@ from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError
 
 # Bump when the way prompts are derived from the same inputs changes (invalidates cached payloads).
-_FINGERPRINT_VERSION = 1
+_FINGERPRINT_VERSION = 2  # 2: prompts carry their reference answers
 
 
 def load_run_tokenizer(cfg: BenchmarkConfig) -> Tokenizer:

@@ -17,6 +17,7 @@ class Prompt:
     prompt_id: str
     text: str
     input_tokens: int  # counted with the run's tokenizer
+    answers: tuple[str, ...] = ()  # the dataset's reference answers, for quality evaluation
 
 
 @dataclass(slots=True)
