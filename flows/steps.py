@@ -15,6 +15,7 @@ from fmbench.rundir import RunInfo
 from tasks.benchmark import (
     bucket_dataset_task,
     deploy_task,
+    evaluate_task,
     finalize_task,
     open_run_task,
     preflight_task,
@@ -57,6 +58,9 @@ class PrefectSteps:
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return finalize_task(run, cfg, outcomes, prompt_sets, warnings)
+
+    def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> PrefectFuture[Any]:
+        return evaluate_task.submit(run, cfg, experiment)
 
     def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
         return check_regressions_task(run, threshold)

@@ -97,6 +97,11 @@ class InlineSteps:
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
 
+    def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> Done[Any]:
+        from fmbench.quality.evaluate import evaluate_complete
+
+        return Done(lambda: evaluate_complete(run, cfg, experiment))
+
     def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
         from fmbench import regression
 

@@ -6,9 +6,21 @@ Entry points: `evaluate_experiment` (one experiment of a run, after its shards),
 
 from __future__ import annotations
 
-from fmbench.quality.evaluate import EvaluationOutcome, evaluate_experiment, failed_evaluation, finished_evaluation
+from fmbench.quality.evaluate import (
+    EvaluationOutcome,
+    evaluate_experiment,
+    failed_evaluation,
+    finished_evaluation,
+)
 from fmbench.quality.judge import majority_vote, parse_verdict, render_judge_prompt
-from fmbench.quality.scores import exact_match, normalize_answer, rouge_l, score_answer, token_f1, wilson_interval
+from fmbench.quality.scores import (
+    exact_match,
+    normalize_answer,
+    rouge_l,
+    score_answer,
+    token_f1,
+    wilson_interval,
+)
 from fmbench.quality.summary import RunQuality, judge_summary, load_quality, quality_summary
 
 __all__ = [

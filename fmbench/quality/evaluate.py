@@ -25,9 +25,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, ExperimentConfig, JudgeConfig, resolve_path
 from fmbench.endpoints.base import Prompt
-from fmbench.errors import ConfigError, EndpointError, FMBenchError
-from fmbench.quality.judge import Verdict, check_template, default_template, majority_vote, parse_verdict, \
-    render_judge_prompt
+from fmbench.errors import ConfigError, EndpointError, EvaluationError, FMBenchError
+from fmbench.quality.judge import (
+    Verdict,
+    check_template,
+    default_template,
+    majority_vote,
+    parse_verdict,
+    render_judge_prompt,
+)
 from fmbench.quality.scores import score_answer
 from fmbench.rundir import RunInfo
 
@@ -179,6 +185,19 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> 
     return outcome
 
 
+def evaluate_complete(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> EvaluationOutcome:
+    """`evaluate_experiment` for an orchestrator that caches only complete results.
+
+    Raises:
+        EvaluationError: some judge gave no verdict at all; ``outcome.json`` (written) names it, and a
+            resumed run evaluates again.
+    """
+    outcome = evaluate_experiment(run, cfg, experiment)
+    if outcome.status != "ok":
+        raise EvaluationError(f"evaluation of {experiment} incomplete: {'; '.join(outcome.missing)}")
+    return outcome
+
+
 def failed_evaluation(run: RunInfo, experiment: str, error: BaseException | str) -> EvaluationOutcome:
     """Record that an experiment's evaluation failed, so the report can say it is missing."""
     outcome = EvaluationOutcome(experiment=experiment, status="failed", error=str(error) or type(error).__name__)
@@ -286,9 +305,9 @@ def _run_judge(run: RunInfo, cfg: BenchmarkConfig, ev: EvaluationConfig, experim
     try:
         deployed = deploy_endpoint(exp, run.run_id, config_name=cfg.name)
     except Exception as exc:  # noqa: BLE001 - a judge that cannot start is recorded, the run goes on
-        why = f"not deployed: {exc}"
+        why: str | None = f"not deployed: {exc}"
         log.warning("judge %s: %s", judge.name, why)
-        return [_call_row(experiment, judge.name, it, error=("deploy", why)) for it in sample], why
+        return [_call_row(experiment, judge.name, it, error=("deploy", str(why))) for it in sample], why
     try:
         endpoint = judge.endpoint
         if deployed.endpoint_name and hasattr(endpoint, "endpoint_name"):

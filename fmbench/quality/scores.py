@@ -126,6 +126,6 @@ def bootstrap_mean_interval(values: Sequence[float], *, resamples: int = 1000, s
     vals = list(values)
     means = sorted(sum(rng.choices(vals, k=n)) / n for _ in range(resamples))
     tail = (1 - level) / 2
-    lo = means[int(math.floor(tail * (resamples - 1)))]
-    hi = means[int(math.ceil((1 - tail) * (resamples - 1)))]
+    lo = means[math.floor(tail * (resamples - 1))]
+    hi = means[math.ceil((1 - tail) * (resamples - 1))]
     return (lo, hi)

@@ -43,7 +43,8 @@ class RunQuality:
 
 def load_quality(run_url: str, experiments: list[str]) -> RunQuality:
     """Read the evaluation files of a run (missing files make empty frames and a None outcome)."""
-    scores, calls = [], []
+    scores: list[pl.DataFrame] = []
+    calls: list[pl.DataFrame] = []
     outcomes: dict[str, EvaluationOutcome | None] = {}
     for exp in experiments:
         outcomes[exp] = read_outcome(run_url, exp)
