@@ -49,7 +49,12 @@ def _ci(row: dict[str, Any], col: str) -> str:
 
 def quality_view(run_url: str, cfg: BenchmarkConfig) -> QualityView | None:
     """The quality part of a run's report, or None when the config evaluates nothing."""
-    ev = cfg.evaluation
+    from fmbench.quality.finished import stored_settings
+
+    ev, min_accuracy = cfg.evaluation, cfg.slo.min_accuracy
+    stored = stored_settings(run_url)  # `fmbench evaluate` may have evaluated with other settings
+    if stored is not None:
+        ev, min_accuracy = stored
     if ev is None:
         return None
     q = load_quality(run_url, [e.name for e in cfg.experiments])
@@ -88,7 +93,7 @@ def quality_view(run_url: str, cfg: BenchmarkConfig) -> QualityView | None:
                               if known else "judge not priced"})
     return QualityView(metric=metric, metric_label=_METRIC_LABELS[metric], accuracy_rows=rows, judge_rows=jrows,
                        missing=q.missing, summary=summary, judge_cost_usd=judge_cost_total(q),
-                       judge_cost_rows=cost_rows, min_accuracy=cfg.slo.min_accuracy)
+                       judge_cost_rows=cost_rows, min_accuracy=min_accuracy)
 
 
 def with_accuracy(metrics: pl.DataFrame, view: QualityView | None) -> pl.DataFrame:

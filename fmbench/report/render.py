@@ -191,6 +191,8 @@ def _slo_rows(slo: Any) -> list[dict[str, str]]:
     rows.append({"Objective": "error rate", "Limit": f"≤ {float(getattr(slo, 'max_error_rate', 0.0)):.1%}"})
     rows += [{"Objective": f"each request's {r['Per-request objective']} (goodput, ranks the recommendation)",
               "Limit": r["Limit"]} for r in _goodput_slo_rows(slo)]
+    if getattr(slo, "min_accuracy", None) is not None:
+        rows.append({"Objective": "answer accuracy (see Answer quality)", "Limit": f"≥ {slo.min_accuracy:.0%}"})
     return rows
 
 
@@ -465,6 +467,8 @@ def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
             if run.requests is not None else None)
     quality = quality_view(run.url, run.cfg) if run.cfg is not None else None
     metrics = with_accuracy(run.metrics, quality) if quality is not None else run.metrics
+    if quality is not None and slo is not None:
+        slo = slo.model_copy(update={"min_accuracy": quality.min_accuracy})
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
