@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from fmbench.errors import ConfigError
-from fmbench.quality.judge import check_template, default_template, majority_vote, parse_verdict, render_judge_prompt
+from fmbench.quality.judge import (
+    check_template,
+    default_template,
+    majority_vote,
+    parse_verdict,
+    render_judge_prompt,
+)
 
 
 def test_shipped_template_renders_question_references_and_candidate() -> None:
