@@ -173,6 +173,9 @@ def _sentence(rec_args: dict[str, Any]) -> str:
         return f"{head}, no valid shard produced successful measurements, so nothing can be recommended.{tail}"
     if rec_args["status"] == "below_accuracy":
         assert close is not None
+        if close.accuracy is None:
+            return (f"{head}, no configuration that meets the SLOs has an evaluated accuracy (slo.min_accuracy "
+                    f"{rec_args['min_accuracy']:.0%}), so none is recommended; see Answer quality for what is missing.")
         return (f"{head}, every configuration that meets the SLOs answers below the minimum accuracy of "
                 f"{rec_args['min_accuracy']:.0%}, so none is recommended; the most accurate is {close.label} "
                 f"({close.accuracy_text}) at {_money(close.cost_per_10k_txn)} per 10k transactions.")
