@@ -85,7 +85,7 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
 )
-from fmbench.protocol import Completion, Prompt
+from fmbench.protocol import ANSWERS_FIELD, Completion, Prompt
 
 try:  # orjson parses a chunk ~3x faster and encodes a 32k-token prompt ~5x faster; it is optional
     import orjson
@@ -103,8 +103,6 @@ except ImportError:  # pragma: no cover - depends on the environment
 _MAX_MESSAGE = 200  # characters of a server error body kept in a message
 _ERROR_BODY_BYTES = 8192  # bytes read from an error response
 _DRAIN_S = 0.5  # wait this long for the body to end after [DONE]
-#: Request-body field carrying a prompt's reference answers to the simulated endpoint's answer model.
-ANSWERS_FIELD = "fmbench_answers"
 
 __all__ = ["OpenAIClient"]
 

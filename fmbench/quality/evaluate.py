@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, ExperimentConfig, JudgeConfig, resolve_path
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import ConfigError, EndpointError, EvaluationError, FMBenchError
+from fmbench.protocol import Prompt
 from fmbench.quality.judge import (
     Verdict,
     check_template,
