@@ -99,6 +99,9 @@ def load_benchmark_config(config: str, overrides: list[str] | None = None, exper
     cfg = narrow_config(load_config_source(config, overrides=overrides), experiments, concurrency_levels,
                         requests_per_level)
     check_pricing(cfg)
+    from fmbench.quality.evaluate import check_evaluation
+
+    check_evaluation(cfg)
     return cfg
 
 

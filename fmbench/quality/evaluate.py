@@ -106,6 +106,24 @@ def judge_template(cfg: BenchmarkConfig) -> str:
     return check_template(text, f"evaluation.judge_prompt ({path})")
 
 
+def check_evaluation(cfg: BenchmarkConfig) -> None:
+    """What can be checked of the evaluation before a run: the judge template and every judge's price.
+
+    Raises:
+        ConfigError: naming the template file or the judge.
+    """
+    if cfg.evaluation is None:
+        return
+    from fmbench.pricing.resolve import resolve_pricing
+
+    judge_template(cfg)
+    for i, judge in enumerate(cfg.evaluation.judges):
+        try:
+            resolve_pricing(_judge_experiment(judge, "check"))
+        except ConfigError as exc:
+            raise ConfigError(f"evaluation.judges.{i} ({judge.name}): {exc}") from exc
+
+
 def finished_evaluation(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> EvaluationOutcome | None:
     """A complete evaluation of this experiment with the same settings (resume), or None."""
     url = storage.join(evaluation_dir(run, experiment), "outcome.json")

@@ -89,7 +89,8 @@ def quality_view(run_url: str, cfg: BenchmarkConfig) -> QualityView | None:
             known = grp["cost_usd"].null_count() == 0
             cost_rows.append({"experiment": f"judge {judge} (evaluation)", "requests": grp.height,
                               "cost_usd": float(grp["cost_usd"].sum()) if known else None,
-                              "basis": "judge calls: tokens at token prices, or busy time at the hourly price"
+                              "basis": "judge calls: their tokens at token prices, or, priced by the hour, the hours "
+                              "the judge was answering (its deploy and idle time not included)"
                               if known else "judge not priced"})
     return QualityView(metric=metric, metric_label=_METRIC_LABELS[metric], accuracy_rows=rows, judge_rows=jrows,
                        missing=q.missing, summary=summary, judge_cost_usd=judge_cost_total(q),

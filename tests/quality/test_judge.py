@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from fmbench.errors import ConfigError
+from fmbench.pipeline import load_benchmark_config
 from fmbench.quality.judge import (
     check_template,
     default_template,
@@ -54,3 +57,25 @@ def test_replacement_templates_are_checked() -> None:
         check_template("{answer} {candidate}", "evaluation.judge_prompt")
     with pytest.raises(ConfigError, match="must use \\{candidate\\}"):
         check_template("{question}", "evaluation.judge_prompt")
+
+
+def test_validate_checks_the_judge_template_and_prices(tmp_path: Path) -> None:
+    base = ("name: t\nbuckets: [[1, 10]]\ndatasets: [{name: d, source: synthetic}]\n"
+            "experiments: [{name: e, endpoint: {provider: simulated}}]\n")
+    good = tmp_path / "good.yml"
+    good.write_text(base + "evaluation: {judges: [{name: j, endpoint: {provider: simulated}}]}\n")
+    load_benchmark_config(str(good))
+    missing = tmp_path / "missing.yml"
+    missing.write_text(base + "evaluation: {judge_prompt: nope.txt}\n")
+    with pytest.raises(ConfigError, match=r"evaluation.judge_prompt: cannot read .*nope\.txt"):
+        load_benchmark_config(str(missing))
+    (tmp_path / "bad.txt").write_text("Grade {answer}")
+    bad = tmp_path / "bad.yml"
+    bad.write_text(base + "evaluation: {judge_prompt: bad.txt}\n")
+    with pytest.raises(ConfigError, match="unknown template field"):
+        load_benchmark_config(str(bad))
+    unpriced = tmp_path / "unpriced.yml"
+    unpriced.write_text(base + "evaluation: {judges: [{name: j, endpoint: {provider: simulated}, "
+                        "pricing: {instance_type: ml.nope.huge}}]}\n")
+    with pytest.raises(ConfigError, match=r"evaluation.judges.0 \(j\)"):
+        load_benchmark_config(str(unpriced))
