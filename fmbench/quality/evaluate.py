@@ -4,7 +4,8 @@ successful request, and a judge panel's verdicts on a seeded sample per shard.
 `evaluate_experiment` writes into the run directory, under ``evaluation/<experiment>/``:
 ``scores.parquet`` (one row per successful request: scores, panel verdict), ``judge_calls.parquet``
 (one row per judge request, recorded like any request: latency, tokens, error, cost, verdict) and
-``outcome.json`` (its presence with status ``ok`` means: evaluated, reuse it). Judges are deployed
+``outcome.json`` (its presence with status ``ok`` means: evaluated, reuse it); the judge template
+used is kept as ``evaluation/judge_prompt.txt``. Judges are deployed
 and deleted by the evaluation like an experiment's endpoint.
 """
 
@@ -189,6 +190,8 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> 
     scores = _scores_frame(experiment, items, sample, calls, [j.name for j in ev.judges])
     calls_frame = pl.DataFrame(calls, schema=JUDGE_CALL_SCHEMA)
     base = evaluation_dir(run, experiment)
+    # What the judges were asked, beside their answers (the config may name a file outside the run).
+    storage.write_text(run.path("evaluation", "judge_prompt.txt"), template)
     storage.write_parquet(storage.join(base, "scores.parquet"), scores)
     storage.write_parquet(storage.join(base, "judge_calls.parquet"), calls_frame)
     costs = [c["cost_usd"] for c in calls]

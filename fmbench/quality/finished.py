@@ -43,6 +43,12 @@ def _run_config(run_url: str, config: str | None, overrides: list[str] | None) -
             evaluation["judge_prompt"] = str(Path(other.base_dir or Path(config).parent, other.evaluation.judge_prompt))
         data["evaluation"] = evaluation
         data.setdefault("slo", {})["min_accuracy"] = other.slo.min_accuracy
+    elif isinstance(data.get("evaluation"), dict) and data["evaluation"].get("judge_prompt"):
+        # config.yml does not know the directory of the config it came from; the run kept the template.
+        kept = storage.join(run_url, "evaluation", "judge_prompt.txt")
+        if not Path(data["evaluation"]["judge_prompt"]).is_absolute() and storage.exists(kept) \
+                and not storage.is_remote(kept):
+            data["evaluation"]["judge_prompt"] = kept
     if overrides:
         data = apply_overrides(data, overrides)
     cfg = parse_config(data, source=curl)
