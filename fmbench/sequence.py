@@ -70,7 +70,9 @@ class Steps(Protocol):
     def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Pending[list[str]]: ...
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str: ...
-    def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> Pending[Any]: ...
+    def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any: ...
+    def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: Any) -> Pending[Any]: ...
+    def teardown_judges(self, cfg: BenchmarkConfig, judges: Any) -> list[str]: ...
     def regressions(self, run: RunInfo, threshold: float) -> RegressionReport: ...
     def report(self, run: RunInfo) -> str: ...
 
@@ -130,19 +132,28 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
 
 def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
     """Evaluate every experiment's answers (one step each, after all shards so that judging does not
-    load the client while it measures). A failed evaluation is recorded; the report says it is missing."""
+    load the client while it measures), with the judges deployed once for all of them and deleted
+    after. A failed evaluation is recorded; the report says it is missing."""
     from fmbench.errors import EvaluationError
-    from fmbench.quality import failed_evaluation
+    from fmbench.quality import failed_evaluation, finished_evaluation
 
-    pending = {e.name: steps.evaluate(run, cfg, e.name) for e in cfg.experiments}
-    for name, p in pending.items():
-        try:
-            p.result()
-        except EvaluationError as exc:  # its outcome.json names what is missing
-            log.warning("%s", exc)
-        except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
-            log.warning("evaluation of %s failed, report written without it: %s", name, exc)
-            failed_evaluation(run, name, exc)
+    names = [e.name for e in cfg.experiments]
+    todo = [n for n in names if finished_evaluation(run, cfg, n) is None]  # a resumed run redoes the rest
+    panel = steps.deploy_judges(run, cfg) if todo and cfg.evaluation and cfg.evaluation.judges else None
+    try:
+        pending = {name: steps.evaluate(run, cfg, name, panel) for name in names}
+        for name, p in pending.items():
+            try:
+                p.result()
+            except EvaluationError as exc:  # its outcome.json names what is missing
+                log.warning("%s", exc)
+            except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
+                log.warning("evaluation of %s failed, report written without it: %s", name, exc)
+                failed_evaluation(run, name, exc)
+    finally:
+        if panel is not None:
+            for problem in steps.teardown_judges(cfg, panel):
+                log.warning("%s", problem)
 
 
 class Lifecycles:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, ExperimentConfig, JudgeConfig, resolve_path
+from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import ConfigError, EndpointError, EvaluationError, FMBenchError
 from fmbench.protocol import Prompt
 from fmbench.quality.judge import (
@@ -120,7 +121,7 @@ def check_evaluation(cfg: BenchmarkConfig) -> None:
     judge_template(cfg)
     for i, judge in enumerate(cfg.evaluation.judges):
         try:
-            resolve_pricing(_judge_experiment(judge, "check"))
+            resolve_pricing(_judge_experiment(judge))
         except ConfigError as exc:
             raise ConfigError(f"evaluation.judges.{i} ({judge.name}): {exc}") from exc
 
@@ -159,12 +160,17 @@ class _Item:
     candidate: str
 
 
-def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> EvaluationOutcome:
+def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
+                        panel: JudgePanel | None = None) -> EvaluationOutcome:
     """Score an experiment's answers and ask the judge panel; write the evaluation files.
 
     Never raises for judge problems: a judge that cannot be deployed or never answers is named in
     ``missing``, its calls recorded as errors. An earlier complete evaluation with the same settings
     is reused.
+
+    Args:
+        panel: the deployed judges (`deploy_judges`); without it the judges are deployed for this
+            experiment and deleted after it.
 
     Raises:
         ConfigError: no ``evaluation`` section, or an unreadable judge template.
@@ -182,11 +188,18 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> 
     sample = _judge_sample(items, ev)
     calls: list[dict[str, Any]] = []
     missing: list[str] = []
-    for judge in ev.judges:
-        judge_calls, why = _run_judge(run, cfg, ev, experiment, judge, template, sample)
-        calls.extend(judge_calls)
-        if why is not None:
-            missing.append(f"{judge.name}: {why}")
+    own = panel is None and bool(sample)
+    if panel is None:
+        panel = deploy_judges(run, cfg) if sample else JudgePanel()
+    try:
+        for judge in ev.judges:
+            judge_calls, why = _run_judge(panel, ev, experiment, judge, template, sample)
+            calls.extend(judge_calls)
+            if why is not None:
+                missing.append(f"{judge.name}: {why}")
+    finally:
+        if own:
+            teardown_judges(cfg, panel)
     scores = _scores_frame(experiment, items, sample, calls, [j.name for j in ev.judges])
     calls_frame = pl.DataFrame(calls, schema=JUDGE_CALL_SCHEMA)
     base = evaluation_dir(run, experiment)
@@ -206,14 +219,15 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> 
     return outcome
 
 
-def evaluate_complete(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> EvaluationOutcome:
+def evaluate_complete(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
+                      panel: JudgePanel | None = None) -> EvaluationOutcome:
     """`evaluate_experiment` for an orchestrator that caches only complete results.
 
     Raises:
         EvaluationError: some judge gave no verdict at all; ``outcome.json`` (written) names it, and a
             resumed run evaluates again.
     """
-    outcome = evaluate_experiment(run, cfg, experiment)
+    outcome = evaluate_experiment(run, cfg, experiment, panel)
     if outcome.status != "ok":
         raise EvaluationError(f"evaluation of {experiment} incomplete: {'; '.join(outcome.missing)}")
     return outcome
@@ -300,50 +314,77 @@ def _scores_frame(experiment: str, items: list[_Item], sample: list[_Item], call
 # ---------------------------------------------------------------- one judge
 
 
-def _judge_experiment(judge: JudgeConfig, experiment: str) -> ExperimentConfig:
+def _judge_experiment(judge: JudgeConfig) -> ExperimentConfig:
     # A judge is deployed, priced and called through the same machinery as an experiment.
-    return ExperimentConfig(name=f"judge-{judge.name}-{experiment}"[:60], endpoint=judge.endpoint,
-                            inference=judge.inference, pricing=judge.pricing)
+    return ExperimentConfig(name=f"judge-{judge.name}", endpoint=judge.endpoint, inference=judge.inference,
+                            pricing=judge.pricing)
 
 
-def _run_judge(run: RunInfo, cfg: BenchmarkConfig, ev: EvaluationConfig, experiment: str, judge: JudgeConfig,
+class JudgePanel(BaseModel):
+    """The judges of a run, deployed once for every experiment's evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployed: dict[str, DeployedEndpoint] = Field(default_factory=dict, description="Judge name -> its endpoint.")
+    failed: dict[str, str] = Field(default_factory=dict, description="Judge name -> why it could not be deployed.")
+
+
+def deploy_judges(run: RunInfo, cfg: BenchmarkConfig) -> JudgePanel:
+    """Deploy every judge (a simulated server, a SageMaker endpoint; nothing for Bedrock or an
+    OpenAI-compatible URL). Never raises for a judge: one that cannot start is named in ``failed``."""
+    from fmbench.deploy import deploy_endpoint
+
+    panel = JudgePanel()
+    for judge in cfg.evaluation.judges if cfg.evaluation else []:
+        try:
+            panel.deployed[judge.name] = deploy_endpoint(_judge_experiment(judge), run.run_id, config_name=cfg.name)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other judges and the scores go on
+            panel.failed[judge.name] = f"not deployed: {exc}"
+            log.warning("judge %s: not deployed: %s", judge.name, exc)
+    return panel
+
+
+def teardown_judges(cfg: BenchmarkConfig, panel: JudgePanel) -> list[str]:
+    """Delete what `deploy_judges` deployed; returns one line per judge whose teardown failed."""
+    from fmbench.deploy import teardown_endpoint
+
+    problems = []
+    judges = {j.name: j for j in cfg.evaluation.judges} if cfg.evaluation else {}
+    for name, deployed in panel.deployed.items():
+        try:
+            teardown_endpoint(deployed, _judge_experiment(judges[name]))
+        except Exception as exc:  # noqa: BLE001 - every judge gets its teardown
+            problems.append(f"judge {name}: teardown failed: {exc}")
+            log.warning("judge %s: teardown failed: %s", name, exc)
+    return problems
+
+
+def _run_judge(panel: JudgePanel, ev: EvaluationConfig, experiment: str, judge: JudgeConfig,
                template: str, sample: list[_Item]) -> tuple[list[dict[str, Any]], str | None]:
-    """Deploy one judge, send it the sample, delete it; returns its call rows and, when it gave no
-    verdict at all, why."""
+    """Send one judge the sample; returns its call rows and, when it gave no verdict at all, why."""
     if not sample:
         return [], None
-    from fmbench.deploy import deploy_endpoint, teardown_endpoint
     from fmbench.endpoints import make_client
     from fmbench.pricing.resolve import NO_PRICING, resolve_pricing
 
-    exp = _judge_experiment(judge, experiment)
     try:
-        pricing = resolve_pricing(exp)
+        pricing = resolve_pricing(_judge_experiment(judge))
     except ConfigError as exc:
         log.warning("judge %s: cost unknown: %s", judge.name, exc)
         pricing = NO_PRICING
+    deployed = panel.deployed.get(judge.name)
+    if deployed is None:
+        why = panel.failed.get(judge.name, "not deployed")
+        return [_call_row(experiment, judge.name, it, error=("deploy", why)) for it in sample], why
     texts = [render_judge_prompt(template, it.question, it.references, it.candidate) for it in sample]
-    try:
-        deployed = deploy_endpoint(exp, run.run_id, config_name=cfg.name)
-    except Exception as exc:  # noqa: BLE001 - a judge that cannot start is recorded, the run goes on
-        why: str | None = f"not deployed: {exc}"
-        log.warning("judge %s: %s", judge.name, why)
-        return [_call_row(experiment, judge.name, it, error=("deploy", str(why))) for it in sample], why
-    try:
-        endpoint = judge.endpoint
-        if deployed.endpoint_name and hasattr(endpoint, "endpoint_name"):
-            endpoint = endpoint.model_copy(update={"endpoint_name": deployed.endpoint_name})
-        client = make_client(endpoint, judge.inference, url=deployed.url)
-        rows = asyncio.run(_send_all(client, experiment, judge.name, sample, texts, ev.concurrency))
-    finally:
-        try:
-            teardown_endpoint(deployed, exp)
-        except Exception as exc:  # noqa: BLE001 - reported; the evaluation itself is done
-            log.warning("judge %s: teardown failed: %s", judge.name, exc)
+    endpoint = judge.endpoint
+    if deployed.endpoint_name and hasattr(endpoint, "endpoint_name"):
+        endpoint = endpoint.model_copy(update={"endpoint_name": deployed.endpoint_name})
+    client = make_client(endpoint, judge.inference, url=deployed.url)
+    rows = asyncio.run(_send_all(client, experiment, judge.name, sample, texts, ev.concurrency))
     _price(rows, pricing)
     answered = [r for r in rows if r["ok"]]
-    why = None if answered else f"no judge request succeeded ({rows[0]['error'] if rows else 'none sent'})"
-    return rows, why
+    return rows, None if answered else f"no judge request succeeded ({rows[0]['error']})"
 
 
 async def _send_all(client: Any, experiment: str, judge: str, sample: list[_Item], texts: list[str],
