@@ -13,7 +13,7 @@ from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, apply_overrides, load_config, parse_config
 from fmbench.errors import ConfigError, StorageError
 from fmbench.quality.evaluate import EvaluationOutcome, read_outcome
-from fmbench.rundir import MANIFEST, RunInfo, load_manifest
+from fmbench.rundir import RunInfo, has_manifest, load_manifest
 
 SETTINGS = "settings.yml"
 
@@ -81,7 +81,7 @@ def evaluate_run_dir(run_url: str, config: str | None = None,
     from fmbench.sequence import evaluate_run
 
     url = run_url.rstrip("/") if storage.is_remote(run_url) else str(Path(run_url).resolve())
-    if not storage.exists(storage.join(url, MANIFEST)):
+    if not has_manifest(url):
         raise StorageError(f"{run_url}: no manifest.json; not a run directory")
     manifest = load_manifest(url)
     requests_url = storage.join(url, "requests.parquet")

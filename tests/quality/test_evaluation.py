@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from fmbench.cli import main
+from cli.main import main
 from fmbench.config import parse_config
 from fmbench.pipeline import run_benchmark
 from fmbench.quality.scores import wilson_interval
