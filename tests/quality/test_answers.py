@@ -47,3 +47,19 @@ def test_a_bad_answer_field_is_one_line_naming_file_line_and_field(tmp_path: Pat
     with pytest.raises(DatasetError, match=r"dataset 'qa': .*qa\.jsonl line 2: field 'answer' is int, expected a "
                                            r"string or a list of strings"):
         load_jsonl_prompts(ds, path, load_tokenizer("cl100k_base"))
+
+
+def test_only_the_simulated_endpoint_is_sent_the_reference_answers() -> None:
+    from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
+    from fmbench.endpoints import make_client
+    from fmbench.protocol import ANSWERS_FIELD, Prompt
+
+    prompt = Prompt("p1", "Which city?", 3, ("Paris",))
+    inference = InferenceConfig()
+    real = make_client(OpenAIEndpoint(provider="openai", base_url="http://127.0.0.1:1/v1", model="m"), inference)
+    assert ANSWERS_FIELD not in json.loads(real._payload(prompt))  # type: ignore[attr-defined]
+    sim = SimulatedEndpoint(provider="simulated", answer_accuracy=0.5)
+    body = json.loads(make_client(sim, inference, url="http://127.0.0.1:1")._payload(prompt))  # type: ignore[attr-defined]
+    assert body[ANSWERS_FIELD] == ["Paris"]
+    plain = make_client(SimulatedEndpoint(provider="simulated"), inference, url="http://127.0.0.1:1")
+    assert ANSWERS_FIELD not in json.loads(plain._payload(prompt))  # type: ignore[attr-defined]
