@@ -208,3 +208,31 @@ def test_evaluate_refuses_a_run_without_answers(tmp_path: Path, capsys: pytest.C
     run = Path(run_benchmark(parse_config(raw, source="notext", base_dir=tmp_path), run_id="r1")).parent
     assert main(["evaluate", str(run), "--set", "evaluation={}"]) == 2
     assert "kept no answer text (store_text was off)" in capsys.readouterr().err
+
+
+def test_an_incomplete_evaluation_is_redone_and_a_complete_one_reused(tmp_path: Path) -> None:
+    import socket
+
+    from fmbench.config import SimulatedEndpoint
+    from fmbench.simulator.process import SimulatedServerProcess
+
+    with socket.socket() as s:  # a port where nothing listens yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = {"name": "later", "endpoint": {"provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                                           "model": "fmbench-sim"},
+             "inference": {"max_tokens": 64, "stream": False, "timeout_s": 10}}
+    raw = _config(tmp_path, evaluation={"judges": [judge], "evaluate_per_shard": 5}, name="resume")
+    for e in raw["experiments"]:
+        e["requests_per_level"] = 8
+    run = Path(run_benchmark(parse_config(raw, source="resume", base_dir=tmp_path), run_id="r1")).parent
+    first = json.loads((run / "evaluation" / "big" / "outcome.json").read_text())
+    assert first["status"] == "partial" and first["missing"][0].startswith("later: not deployed")
+    assert "big: judge later: not deployed" in (run / "report.md").read_text()
+    with SimulatedServerProcess(SimulatedEndpoint(provider="simulated", seed=5), port=port):
+        assert main(["evaluate", str(run)]) == 0  # the run's own settings; the judge is up now
+    again = json.loads((run / "evaluation" / "big" / "outcome.json").read_text())
+    assert again["status"] == "ok" and again["judged"] == 5 and again["judge_errors"] == 0
+    calls = _calls(run, "big")
+    assert calls.height == 5 and calls["verdict"].is_in(["correct", "incorrect"]).all()
+    assert "Missing evaluations" not in (run / "report.md").read_text()
