@@ -28,7 +28,7 @@ from fmbench.errors import ConfigError, DatasetError
 from fmbench.protocol import Prompt
 
 # Bump when the way prompts are derived from the same inputs changes (invalidates cached payloads).
-_FINGERPRINT_VERSION = 1
+_FINGERPRINT_VERSION = 2  # 2: prompts carry their reference answers
 
 
 def resolve_tokenizer_spec(cfg: BenchmarkConfig, spec: str) -> str:

@@ -28,6 +28,9 @@ def load_benchmark_config(config: str, overrides: list[str] | None = None, exper
                         requests_per_level)
     check_pricing(cfg)
     check_tokenizers(cfg, config_source_label(config))
+    from fmbench.quality.evaluate import check_evaluation
+
+    check_evaluation(cfg)
     return cfg
 
 

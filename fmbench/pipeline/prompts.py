@@ -87,7 +87,8 @@ def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str,
     bucketed = build_dataset_prompts(cfg, dataset, load_spec_tokenizer(cfg, tokenizer))
     out: dict[str, list[dict[str, Any]]] = {}
     for label, prompts in bucketed.buckets.items():
-        out[label] = [{"prompt_id": p.prompt_id, "text": p.text, "input_tokens": p.input_tokens} for p in prompts]
+        out[label] = [{"prompt_id": p.prompt_id, "text": p.text, "input_tokens": p.input_tokens,
+                       "answers": list(p.answers)} for p in prompts]
     out["__dropped__"] = [{"count": int(getattr(bucketed, "dropped", 0) or 0)}]
     return out
 
@@ -106,7 +107,8 @@ def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict
             continue
         if not rows:
             continue
-        prompts = [Prompt(r["prompt_id"], r["text"], int(r["input_tokens"])) for r in rows]
+        prompts = [Prompt(r["prompt_id"], r["text"], int(r["input_tokens"]), tuple(r.get("answers") or ()))
+                   for r in rows]
         url = run.prompts_file(ps.key, label)
         write_prompts(url, prompts, dataset=dataset_name, bucket=label)
         digest = hashlib.sha256()

@@ -102,6 +102,10 @@ def artifact_contents(run: RunInfo, cfg: BenchmarkConfig) -> ArtifactContent:
     from fmbench.report import metrics_table_rows, summary_markdown
 
     metrics = storage.read_parquet(run.path("metrics.parquet"))
+    if cfg.evaluation is not None:  # slo.min_accuracy reads the evaluated accuracy
+        from fmbench.report.quality import quality_view, with_accuracy
+
+        metrics = with_accuracy(metrics, quality_view(run.url, cfg))
     key = "fmbench-" + slug(cfg.name)
     report_url = run.path("report.html")
     if not storage.is_remote(report_url):

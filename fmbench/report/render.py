@@ -29,6 +29,7 @@ from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
 from fmbench.report._png import PngExporter
 from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
+from fmbench.report.quality import QualityView, quality_figure, quality_view, with_accuracy
 from fmbench.report.request_figures import itl_figure, timeline_figures
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
 from fmbench.report.tables import (
@@ -79,6 +80,7 @@ class ReportInput:
     request_spans: pl.DataFrame | None = None  # per-shard request spans, `run.request_timelines`
     delta_rows: list[dict[str, str]] | None = None  # compare: changes between runs, `compare.delta_rows`
     delta_note: str | None = None  # compare: how the changes were judged
+    quality: QualityView | None = None  # answer quality (evaluation), `fmbench.report.quality`
 
 
 def _env() -> Environment:
@@ -197,6 +199,8 @@ def _slo_rows(slo: Any) -> list[dict[str, str]]:
     rows.append({"Objective": "error rate", "Limit": f"≤ {float(getattr(slo, 'max_error_rate', 0.0)):.1%}"})
     rows += [{"Objective": f"each request's {r['Per-request objective']} (goodput, ranks the recommendation)",
               "Limit": r["Limit"]} for r in _goodput_slo_rows(slo)]
+    if getattr(slo, "min_accuracy", None) is not None:
+        rows.append({"Objective": "answer accuracy (see Answer quality)", "Limit": f"≥ {slo.min_accuracy:.0%}"})
     return rows
 
 
@@ -266,6 +270,16 @@ def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | N
     return rows, total
 
 
+def _with_judge_costs(cost: pl.DataFrame | None, quality: QualityView | None) -> pl.DataFrame | None:
+    # Judging is part of what the benchmark cost: one row per judge, in the same table and total.
+    if quality is None or not quality.judge_cost_rows:
+        return cost
+    judges = pl.DataFrame(quality.judge_cost_rows, schema_overrides={"cost_usd": pl.Float64, "requests": pl.Int64})
+    if cost is None or cost.is_empty():
+        return judges
+    return pl.concat([cost, judges], how="diagonal_relaxed")
+
+
 def pricing_rows(runs: list[RunData]) -> list[dict[str, str]]:
     """Each experiment's tokenizer and how it was priced, with the source of the price."""
     rows = []
@@ -314,6 +328,12 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
     figs, fig_notes = _request_figures(inp, figs, fig_notes)
+    if inp.quality is not None:
+        qfig = quality_figure(inp.metrics, inp.quality, colours)
+        if qfig is not None:
+            figs.append(qfig)
+        else:
+            fig_notes.append("answer quality vs cost: no evaluated experiment has both an accuracy and a cost")
     timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
     if timeline_fig is not None:
         figs.append(timeline_fig)
@@ -334,7 +354,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
             plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
         except (TimeoutError, RuntimeError, OSError) as exc:
             reason = _png_failure(exc)
-    cost_rows, cost_total = _cost_rows(inp.bench_cost)
+    cost_rows, cost_total = _cost_rows(_with_judge_costs(inp.bench_cost, inp.quality))
     ctx = {
         "title": inp.title,
         "description": inp.description,
@@ -360,6 +380,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
         "colours": colours,
         "changes_md": inp.changes_md,
         "endpoint_rows": inp.endpoint_rows,
+        "quality": inp.quality,
         **_detail_context(inp),
     }
     env = _env()
@@ -455,10 +476,15 @@ def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
     errors = error_counts(run.requests) if run.requests is not None else None
     cost = (benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at)
             if run.requests is not None else None)
+    quality = quality_view(run.url, run.cfg) if run.cfg is not None else None
+    metrics = with_accuracy(run.metrics, quality) if quality is not None else run.metrics
+    if quality is not None and slo is not None:
+        slo = slo.model_copy(update={"min_accuracy": quality.min_accuracy})
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
-        runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
+        quality=quality,
+        runs=[run], metrics=metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
         itl_dist=itl_distribution(run.requests), request_spans=request_timelines(run.requests),
