@@ -1,0 +1,248 @@
+"""One shard from two client hosts of a real local Dask cluster against the simulated endpoint.
+
+The tests start a ``dask scheduler`` and two ``dask worker`` processes (distinct names, one thread
+each, 127.0.0.1) and check what a user would notice: both hosts sent, the endpoint never saw more
+than the shard's concurrency, the merged records are complete, and a lost host fails the shard.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+import polars as pl
+import pytest
+
+from fmbench.config import InferenceConfig, SimulatedEndpoint
+from fmbench.endpoints import make_client
+from fmbench.errors import FMBenchError
+from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.loadgen.hosts import HostClock, clock_verdict, deal_ids, run_shard_hosts
+from fmbench.protocol import Prompt
+from fmbench.simulator.server import SimulatedServerThread
+
+pytestmark = pytest.mark.integration
+distributed = pytest.importorskip("distributed")
+
+PROMPTS = [Prompt(f"p{i}", f"prompt number {i}", 3) for i in range(5)]
+_DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """A scheduler and named workers as separate processes; every one is killed on close."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._start("scheduler", [_DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                                  "--no-dashboard"])
+        for name in names:
+            self._start(name, [_DASK, "worker", self.address, "--name", name, "--nthreads", "1", "--host",
+                               "127.0.0.1", "--no-nanny", "--no-dashboard"])
+        self.client = distributed.Client(self.address, timeout=60)
+        self.client.wait_for_workers(len(names), timeout=120)
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        self.procs[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(10)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster(["host-a", "host-b"])
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _endpoint() -> SimulatedEndpoint:
+    return SimulatedEndpoint(provider="simulated", model="sim", ttft_ms=20, tpot_ms=2, output_tokens=16,
+                             max_batch=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[str]:
+    with SimulatedServerThread(_endpoint()) as srv:
+        assert srv.url is not None
+        yield srv.url
+
+
+def _client(url: str) -> Any:
+    return make_client(_endpoint(), InferenceConfig(max_tokens=16, stream=True), url=url)
+
+
+def _spec(**kw: Any) -> ShardSpec:
+    base: dict[str, Any] = {"shard_id": "e__d__0-9__c8", "experiment": "e", "dataset": "d", "bucket": "0-9",
+                            "bucket_min": 0, "bucket_max": 9, "requests": 240, "warmup": 4}
+    return ShardSpec(**(base | kw))
+
+
+class InFlight:
+    """Samples the simulated endpoint's own count of requests it holds (admitted + queued)."""
+
+    def __init__(self, url: str) -> None:
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._url = url
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self._url, timeout=10) as c:
+            while not self._stop.is_set():
+                body = c.get("/fmbench/stats").json()
+                self.samples.append(int(body["in_flight"]) + int(body["queued"]))
+                time.sleep(0.005)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _slice_url(tmp_path: Path) -> Any:
+    return lambda k: str(tmp_path / "run" / "shards" / f"s.host-{k}.parquet")
+
+
+def test_a_closed_loop_shard_over_two_hosts_keeps_its_concurrency(cluster: Cluster, sim: str,
+                                                                   tmp_path: Path) -> None:
+    spec = _spec(concurrency=8)
+    out = tmp_path / "merged.parquet"
+    with InFlight(sim) as seen:
+        result, clocks = run_shard_hosts(_client(sim), PROMPTS, spec, out, len, 2, cluster.client,
+                                         _slice_url(tmp_path), calibrate=True)
+    records = pl.read_parquet(out)
+    # Complete: one record per request, ids unique, and both hosts sent.
+    assert records.height == spec.warmup + spec.requests
+    assert sorted(records["request_id"].to_list()) == list(range(spec.warmup + spec.requests))
+    assert records["ok"].all()
+    assert set(records["client_host"].to_list()) == {"host-a", "host-b"}
+    assert {c.host for c in clocks} == {"host-a", "host-b"} and [c.concurrency for c in clocks] == [4, 4]
+    assert result.requests == spec.requests and result.errors == 0
+    # The endpoint never held more than 8, and held 7 or 8 for most of the shard (its ramp-up and
+    # drain at the edges aside).
+    busy = [n for n in seen.samples if n > 0]
+    assert busy and max(busy) <= 8
+    assert sum(n >= 7 for n in busy) / len(busy) > 0.5, busy
+    # Each host calibrated its own client, and the clocks were measured.
+    assert all(c.calibration is not None and c.max_request_rate for c in clocks)
+    assert all(c.uncertainty_s >= 0 for c in clocks)
+
+    # TTFT and TPOT agree with the same shard from one host within the client's calibrated overhead.
+    one = tmp_path / "one.parquet"
+    run_shard(_client(sim), PROMPTS, spec, one, len)
+    single = pl.read_parquet(one).filter(~pl.col("warmup"))
+    multi = records.filter(~pl.col("warmup"))
+    overhead_s = max(c.calibration["rtt_p99_ms"] for c in clocks if c.calibration) / 1e3
+    for col in ("ttft_s", "tpot_s"):
+        assert abs(multi[col].median() - single[col].median()) <= overhead_s, col
+
+
+def test_an_open_loop_shard_over_two_hosts_keeps_its_rate(cluster: Cluster, sim: str, tmp_path: Path) -> None:
+    spec = _spec(request_rate=40.0, requests=160, warmup=0, shard_id="e__d__0-9__r40",
+                 rate_shortfall=0.1, max_send_lag_s=0.05)
+    out = tmp_path / "merged.parquet"
+    result, _clocks = run_shard_hosts(_client(sim), PROMPTS, spec, out, len, 2, cluster.client,
+                                     _slice_url(tmp_path))
+    records = pl.read_parquet(out)
+    assert records.height == spec.requests and records["request_id"].n_unique() == spec.requests
+    by_host = records.group_by("client_host").len()
+    assert by_host.height == 2 and by_host["len"].min() >= spec.requests // 2 - 1
+    # The two hosts' arrivals together follow the one seeded schedule: its rate, not half of it.
+    assert result.scheduled_rate is not None
+    assert result.achieved_rate >= result.scheduled_rate * 0.9, (result.achieved_rate, result.scheduled_rate)
+
+
+def test_a_worker_that_cannot_write_the_output_fails_before_sending(cluster: Cluster, sim: str,
+                                                                     tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with InFlight(sim) as seen, pytest.raises(FMBenchError, match="cannot write the run's output"):
+        run_shard_hosts(_client(sim), PROMPTS, _spec(concurrency=2), tmp_path / "m.parquet", len, 2,
+                        cluster.client, lambda k: str(blocker / f"s.host-{k}.parquet"))
+    assert max(seen.samples, default=0) == 0
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_a_host_killed_mid_shard_fails_the_shard_not_shortens_it(sim: str, tmp_path: Path) -> None:
+    c = Cluster(["host-x", "host-y"])
+    try:
+        out = tmp_path / "m.parquet"
+        box: dict[str, BaseException] = {}
+
+        def go() -> None:
+            try:
+                run_shard_hosts(_client(sim), PROMPTS, _spec(concurrency=4, requests=100_000), out, len, 2,
+                                c.client, _slice_url(tmp_path))
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                box["exc"] = exc
+
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        with httpx.Client(base_url=sim, timeout=10) as http:
+            deadline = time.monotonic() + 120
+            while http.get("/fmbench/stats").json()["in_flight"] == 0:
+                assert time.monotonic() < deadline and t.is_alive()
+                time.sleep(0.05)
+        c.kill("host-y")
+        t.join(120)
+        assert not t.is_alive()
+        assert isinstance(box.get("exc"), FMBenchError), box
+        assert "left the cluster" in str(box["exc"]) or "failed" in str(box["exc"])
+        assert not out.exists()
+        # The surviving host stopped too: the endpoint drains to nothing.
+        with httpx.Client(base_url=sim, timeout=10) as http:
+            deadline = time.monotonic() + 60
+            while http.get("/fmbench/stats").json()["in_flight"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert http.get("/fmbench/stats").json()["in_flight"] == 0
+    finally:
+        c.close()
+
+
+def test_ids_are_dealt_in_proportion_and_interleaved() -> None:
+    parts = deal_ids(10, [3, 2])
+    assert sorted(parts[0] + parts[1]) == list(range(10))
+    assert len(parts[0]) == 6 and len(parts[1]) == 4
+    assert parts[0][:2] == [0, 2] or parts[0][:2] == [0, 1]
+
+
+def test_uncertain_clocks_invalidate_a_short_shard() -> None:
+    def clock(u: float) -> HostClock:
+        return HostClock(host="h", address="a", offset_s=0.0, uncertainty_s=u, shift_s=0.0, concurrency=1)
+
+    assert clock_verdict([clock(0.001), clock(0.002)], 10.0) is None
+    reason = clock_verdict([clock(0.001), clock(0.02)], 2.0)
+    assert reason is not None and "uncertain" in reason
+    assert clock_verdict([clock(0.5)], 1.0) is None  # one host: one clock
