@@ -89,6 +89,9 @@ def clock_verdict(clocks: list[HostClock], duration_s: float) -> str | None:
     return None
 
 
+_CLIENTS: dict[str, Any] = {}
+
+
 def dask_client(address: str | None = None) -> Any:
     """A `distributed.Client`: inside a Dask task its worker's, else the process's current one, else one
     connected to ``address`` (e.g. ``FMBENCH_TASK_RUNNER=tcp://host:8786``).
@@ -103,7 +106,9 @@ def dask_client(address: str | None = None) -> Any:
     with contextlib.suppress(ValueError):
         return distributed.get_client()
     if address:
-        return distributed.Client(address, timeout=30)
+        if address not in _CLIENTS:  # one connection per cluster for the process, not one per shard
+            _CLIENTS[address] = distributed.Client(address, timeout=30, set_as_default=False)
+        return _CLIENTS[address]
     raise ConfigError("client_hosts needs a Dask cluster: set FMBENCH_TASK_RUNNER=tcp://scheduler:8786")
 
 
@@ -203,6 +208,11 @@ def _live_workers(dask_scheduler: Any = None) -> dict[str, str]:
     return {addr: str(ws.name) for addr, ws in dask_scheduler.workers.items()}
 
 
+def live_workers(dask: Any) -> dict[str, str]:
+    """The cluster's workers now: address -> name."""
+    return dict(dask.run_on_scheduler(_live_workers))
+
+
 def _pick_workers(dask: Any, n: int, spec: ShardSpec) -> list[str]:
     live = dask.run_on_scheduler(_live_workers)
     if len(live) < n:
@@ -240,8 +250,6 @@ def run_shard_hosts(
         FMBenchError: a slice failed or its worker left mid-shard (never a silently short shard).
         StorageError: a worker cannot write the output, or the records cannot be merged.
     """
-    from distributed import Event, Queue, Variable
-
     if not prompts:
         raise FMBenchError(f"shard {spec.shard_id}: no prompts to send")
     if not spec.open_loop and hosts > spec.concurrency:
@@ -256,8 +264,34 @@ def run_shard_hosts(
     addresses = _pick_workers(dask, hosts, spec)
     conc = [0] * hosts if spec.open_loop else [spec.concurrency // hosts + (k < spec.concurrency % hosts)
                                                 for k in range(hosts)]
-    ids = [None] * hosts if spec.open_loop else deal_ids(spec.warmup + spec.requests, conc)
+    ids: list[Any] = [None] * hosts if spec.open_loop else deal_ids(spec.warmup + spec.requests, conc)
     key = f"fmbench-{spec.shard_id}-{uuid.uuid4().hex[:8]}"
+    with _seceded():
+        return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path, hosts)
+
+
+@contextlib.contextmanager
+def _seceded() -> Iterator[None]:
+    """Inside a Dask task, free this worker's thread while the slices (maybe one on this worker) run."""
+    import distributed
+
+    try:
+        distributed.get_worker()
+    except ValueError:
+        yield
+        return
+    distributed.secede()
+    try:
+        yield
+    finally:
+        distributed.rejoin()
+
+
+def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses: list[str], conc: list[int],
+           ids: list[Any], key: str, slice_url: Callable[[int], str], calibrate: bool, out_path: str | Path,
+           hosts: int) -> tuple[ShardResult, list[HostClock]]:
+    from distributed import Event, Queue, Variable
+
     ready, t0var = Queue(f"{key}-ready", client=dask), Variable(f"{key}-t0", client=dask)
     futures = [
         dask.submit(_slice, k, hosts, payload, ids[k], conc[k], key, slice_url(k), calibrate,

@@ -246,3 +246,44 @@ def test_uncertain_clocks_invalidate_a_short_shard() -> None:
     reason = clock_verdict([clock(0.001), clock(0.02)], 2.0)
     assert reason is not None and "uncertain" in reason
     assert clock_verdict([clock(0.5)], 1.0) is None  # one host: one clock
+
+
+RUN_CONFIG = """
+name: hosts
+tokenizer: cl100k_base
+buckets: [[1, 500]]
+datasets:
+  - {name: synthetic, source: synthetic, prompts_per_bucket: 8, seed: 0}
+experiments:
+  - name: sim
+    endpoint: {provider: simulated, ttft_ms: 10, tpot_ms: 1, output_tokens: 8, max_batch: 32}
+    inference: {max_tokens: 8, stream: true}
+    concurrency_levels: [4]
+    requests_per_level: 40
+    warmup_requests: 2
+    client_hosts: 2
+"""
+
+
+def test_a_run_with_client_hosts_records_hosts_and_clocks_in_the_manifest(
+        cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from fmbench.config import load_config_text
+    from fmbench.pipeline import run_benchmark
+
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", cluster.address)
+    run_benchmark(load_config_text(RUN_CONFIG), output=str(tmp_path), run_id="r1")
+    run_dir = tmp_path / "hosts" / "r1"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (shard,) = manifest["shards"]
+    assert shard["status"] == "ok", shard.get("error")
+    assert {h["host"] for h in shard["client_hosts"]} == {"host-a", "host-b"}
+    assert all("offset_s" in h and h["uncertainty_s"] >= 0 for h in shard["client_hosts"])
+    assert shard["client_load"] is not None
+    requests = pl.read_parquet(run_dir / "requests.parquet")
+    assert requests.height == 42 and requests["request_id"].n_unique() == 42
+    assert set(requests["client_host"].to_list()) == {"host-a", "host-b"}
+    # Each host wrote its slice into the run's storage itself.
+    assert sorted(p.name for p in (run_dir / "shards" / "hosts").iterdir()) == [
+        f"{shard['shard_id']}.host-0.parquet", f"{shard['shard_id']}.host-1.parquet"]
