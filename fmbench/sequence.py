@@ -25,6 +25,7 @@ from fmbench.pipeline import (
     PromptSet,
     ShardOutcome,
     check_buckets,
+    check_client_hosts,
     experiment_tokenizer,
     failed_outcome,
     finished_shard,
@@ -114,6 +115,7 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
         run = steps.open_run(cfg, output, run_id, command)
+        check_client_hosts(cfg, run)  # a cluster that cannot write the results fails before measuring
         steps.calibrate(run)  # this host's client ceiling, before any shard
         prompt_sets = steps.bucket(cfg, run)
         warnings = check_buckets(cfg, prompt_sets)

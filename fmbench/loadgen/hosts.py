@@ -46,7 +46,7 @@ _CLOCK_SAMPLES = 7
 MAX_CLOCK_SHARE = 0.01
 _T_COLUMNS = ("t_scheduled", "t_start", "t_first_token", "t_end")
 
-__all__ = ["MAX_CLOCK_SHARE", "HostClock", "clock_verdict", "dask_client", "deal_ids", "run_shard_hosts"]
+__all__ = ["MAX_CLOCK_SHARE", "HostClock", "check_hosts_reach", "clock_verdict", "dask_client", "deal_ids", "run_shard_hosts"]
 
 
 class HostClock(BaseModel):
@@ -211,6 +211,46 @@ def _live_workers(dask_scheduler: Any = None) -> dict[str, str]:
 def live_workers(dask: Any) -> dict[str, str]:
     """The cluster's workers now: address -> name."""
     return dict(dask.run_on_scheduler(_live_workers))
+
+
+def _probe(url: str) -> str:
+    """Write a probe file at ``url`` from this worker; returns the worker's name (runs as a Dask task)."""
+    from distributed import get_worker
+
+    name = str(get_worker().name)
+    storage.write_text(url, name)
+    return name
+
+
+def check_hosts_reach(dask: Any, run_url: str) -> list[str]:
+    """Check that every worker of the cluster can write into the run's storage and that this process
+    reads what it wrote (a worker writing to its own disk is not the run's storage).
+
+    Returns:
+        The workers' names.
+
+    Raises:
+        StorageError: one line naming the first worker that cannot reach the output.
+        ConfigError: the cluster has no workers.
+    """
+    live = live_workers(dask)
+    if not live:
+        raise ConfigError("client_hosts: the Dask cluster has no workers")
+    names = {}
+    for addr, name in sorted(live.items(), key=lambda kv: kv[1]):
+        url = storage.join(run_url, "shards", "hosts", f".reach-{uuid.uuid4().hex[:8]}")
+        fut = dask.submit(_probe, url, workers=[addr], allow_other_workers=False, pure=False, retries=0)
+        try:
+            fut.result(timeout=_READY_TIMEOUT_S)
+            seen = storage.read_text(url)
+        except Exception as exc:
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StorageError(f"client host {name} cannot write the run's output {run_url}: {cause}") from exc
+        if seen != name:
+            raise StorageError(f"client host {name} wrote {run_url} but this machine reads something else there")
+        storage.remove(url)
+        names[addr] = name
+    return sorted(names.values())
 
 
 def _pick_workers(dask: Any, n: int, spec: ShardSpec) -> list[str]:

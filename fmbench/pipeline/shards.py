@@ -194,6 +194,17 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     return outcome
 
 
+def check_client_hosts(cfg: BenchmarkConfig, run: RunInfo) -> None:
+    """Before anything is measured: when an experiment splits its shards over client hosts, every Dask
+    worker must write into the run's storage where this process reads it (else one line, StorageError)."""
+    if not any(e.client_hosts is not None for e in cfg.experiments):
+        return
+    from fmbench.loadgen.hosts import check_hosts_reach, dask_client
+
+    names = check_hosts_reach(dask_client(_cluster_address()), run.url)
+    log.info("client hosts reach the run's output: %s", ", ".join(names))
+
+
 def _client_hosts(experiment: ExperimentConfig, spec: Any, cal: Any) -> int | None:
     """How many client hosts a shard runs on, None for this host alone (client_hosts unset)."""
     n = experiment.client_hosts

@@ -7,6 +7,7 @@ than the shard's concurrency, the merged records are complete, and a lost host f
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -23,9 +24,9 @@ import pytest
 
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
-from fmbench.errors import FMBenchError
+from fmbench.errors import FMBenchError, StorageError
 from fmbench.loadgen import ShardSpec, run_shard
-from fmbench.loadgen.hosts import HostClock, clock_verdict, deal_ids, run_shard_hosts
+from fmbench.loadgen.hosts import HostClock, check_hosts_reach, clock_verdict, deal_ids, run_shard_hosts
 from fmbench.protocol import Prompt
 from fmbench.simulator.server import SimulatedServerThread
 
@@ -45,7 +46,8 @@ def _free_port() -> int:
 class Cluster:
     """A scheduler and named workers as separate processes; every one is killed on close."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], env: dict[str, str] | None = None) -> None:
+        self.env = env
         self.port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -59,7 +61,7 @@ class Cluster:
 
     def _start(self, name: str, argv: list[str]) -> None:
         self.procs[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, env=self.env)
 
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
@@ -287,3 +289,28 @@ def test_a_run_with_client_hosts_records_hosts_and_clocks_in_the_manifest(
     # Each host wrote its slice into the run's storage itself.
     assert sorted(p.name for p in (run_dir / "shards" / "hosts").iterdir()) == [
         f"{shard['shard_id']}.host-0.parquet", f"{shard['shard_id']}.host-1.parquet"]
+
+
+def test_a_cluster_whose_workers_cannot_reach_the_output_fails_before_measuring(
+        s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmbench import storage
+    from fmbench.config import load_config_text
+    from fmbench.pipeline import run_benchmark
+
+    # This machine reaches the bucket (moto); the worker's S3 endpoint refuses every connection.
+    env = dict(os.environ) | {"AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1",
+                              "AWS_RETRY_MODE": "standard"}
+    c = Cluster(["host-s3"], env=env)
+    try:
+        with pytest.raises(StorageError, match="client host host-s3 cannot write the run's output s3://") as exc:
+            check_hosts_reach(c.client, f"{s3_bucket}/run")
+        assert "\n" not in str(exc.value)
+        monkeypatch.setenv("FMBENCH_TASK_RUNNER", c.address)
+        with pytest.raises(StorageError, match="client host host-s3 cannot write"):
+            run_benchmark(load_config_text(RUN_CONFIG.replace("client_hosts: 2", "client_hosts: 1")),
+                          output=s3_bucket, run_id="r1")
+        # Nothing was measured: no shard records, no calibration.
+        assert not storage.list_files(f"{s3_bucket}/hosts/r1/shards", ".parquet")
+        assert not storage.exists(f"{s3_bucket}/hosts/r1/calibration.json")
+    finally:
+        c.close()
