@@ -236,3 +236,21 @@ def test_an_incomplete_evaluation_is_redone_and_a_complete_one_reused(tmp_path: 
     calls = _calls(run, "big")
     assert calls.height == 5 and calls["verdict"].is_in(["correct", "incorrect"]).all()
     assert "Missing evaluations" not in (run / "report.md").read_text()
+
+
+def test_an_experiment_with_its_own_tokenizer_is_scored_against_its_own_prompts(tmp_path: Path) -> None:
+    """Prompts counted in an experiment's own tokenizer are stored as their own prompt set
+    (dataset@tokenizer); its evaluation must find their reference answers there."""
+    from tests.datasets.test_experiment_tokenizer import write_words_tokenizer
+
+    write_words_tokenizer(tmp_path / "words.json")
+    raw = _config(tmp_path, evaluation={"judges": [PANEL[0]], "evaluate_per_shard": 5}, name="tok")
+    for e in raw["experiments"]:
+        e["requests_per_level"] = 30
+        e["tokenizer"] = "words.json"
+    run = Path(run_benchmark(parse_config(raw, source="tok", base_dir=tmp_path), run_id="r1")).parent
+    assert all("@" in p.name for p in (run / "prompts").iterdir())
+    for experiment in ("big", "small"):
+        scores = _scores(run, experiment)
+        assert scores.height == 30 and scores["has_reference"].all(), experiment
+        assert int(scores["exact_match"].sum()) > 0
