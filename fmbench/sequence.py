@@ -16,6 +16,7 @@ import contextvars
 import datetime as dt
 import logging
 import threading
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from fmbench.config import BenchmarkConfig
@@ -70,6 +71,7 @@ class Steps(Protocol):
     def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
               deployed: DeployedEndpoint) -> Pending[ShardOutcome]: ...
     def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Pending[list[str]]: ...
+    def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> AbstractContextManager[None]: ...
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str: ...
     def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any: ...
@@ -227,7 +229,9 @@ class Lifecycles:
                         for s in specs]
             self._deploy_ahead(name)
             self._in_service(name, deployed)
-            return [self._shard(name, spec, deployed) for spec in specs]
+            # One run at a time on an existing endpoint (other runs measuring it wait here).
+            with self.steps.endpoint_slot(self.cfg, name):
+                return [self._shard(name, spec, deployed) for spec in specs]
         finally:
             self._close(name)
 

@@ -15,6 +15,7 @@ from fmbench.pipeline.endpoint import (
     TEARDOWN_RETRIES,
     TEARDOWN_RETRY_DELAY_S,
     deploy,
+    endpoint_lock_name,
     not_torn_down,
     teardown,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "check_tokenizers",
     "dataset_cache_key",
     "deploy",
+    "endpoint_lock_name",
     "execute_shard",
     "experiment_tokenizer",
     "failed_outcome",
