@@ -58,8 +58,8 @@ class PrefectSteps:
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return finalize_task(run, cfg, outcomes, prompt_sets, warnings)
 
-    def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
-        return check_regressions_task(run, threshold)
+    def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
+        return check_regressions_task(run, threshold, png=png)
 
-    def report(self, run: RunInfo) -> str:
-        return report_task(run)
+    def report(self, run: RunInfo, png: bool = True) -> str:
+        return report_task(run, png)

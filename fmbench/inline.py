@@ -97,10 +97,10 @@ class InlineSteps:
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
 
-    def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
+    def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
         from fmbench import regression
 
-        return regression.check_regressions(run.url, regression.Thresholds.uniform(threshold))
+        return regression.check_regressions(run.url, regression.Thresholds.uniform(threshold), plots=png)
 
-    def report(self, run: RunInfo) -> str:
-        return pipeline.write_report(run)
+    def report(self, run: RunInfo, png: bool = True) -> str:
+        return pipeline.write_report(run, png)

@@ -483,11 +483,11 @@ def _csv(df: pl.DataFrame) -> str:
     return flat.write_csv()
 
 
-def write_report(run: RunInfo) -> str:
-    """Render report.md, report.html and plots; returns the report.md URL."""
+def write_report(run: RunInfo, png: bool = True) -> str:
+    """Render report.md, report.html and plots (PNGs unless ``png`` is False); returns the report.md URL."""
     from fmbench.report import render_report
 
-    paths = render_report(run.url)
+    paths = render_report(run.url, png=png)
     return str(getattr(paths, "markdown", run.path("report.md")))
 
 
@@ -518,13 +518,14 @@ def artifact_contents(run: RunInfo, cfg: BenchmarkConfig) -> ArtifactContent:
 
 
 def run_benchmark(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None = None,
-                  command: str | None = None, preflight: bool = True) -> str:
+                  command: str | None = None, preflight: bool = True, png: bool = True) -> str:
     """Run a whole benchmark in this process, without Prefect; returns the report.md URL."""
     from fmbench.inline import InlineSteps
     from fmbench.sequence import run_sequence
 
     with InlineSteps() as steps:
-        return run_sequence(steps, cfg, output=output, run_id=run_id, command=command, preflight=preflight).report
+        return run_sequence(steps, cfg, output=output, run_id=run_id, command=command, preflight=preflight,
+                            png=png).report
 
 
 def _experiment(cfg: BenchmarkConfig, name: str) -> ExperimentConfig:

@@ -91,5 +91,5 @@ def finalize_task(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcom
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
-def report_task(run: RunInfo) -> str:
-    return pipeline.write_report(run)
+def report_task(run: RunInfo, png: bool = True) -> str:
+    return pipeline.write_report(run, png)
