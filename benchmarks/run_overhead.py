@@ -150,6 +150,7 @@ def main() -> int:
     env = dict(os.environ, PREFECT_HOME=str(home), FMBENCH_CACHE_DIR=str(cache), FMBENCH_PREFECT_API="reuse",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("PREFECT_API_URL", None)
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     cfg = work / "overhead.yml"
     cfg.write_text(CONFIG.format(output=work / "results"))
     runs: dict[str, Any] = {}

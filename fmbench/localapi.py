@@ -64,7 +64,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a watchdog started by this very process is a zombie after it exits, until reaped
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _read_state(state: Path) -> dict[str, object] | None:
@@ -144,17 +147,18 @@ def local_prefect_api() -> Iterator[str | None]:
         (root / "leases").mkdir(parents=True, exist_ok=True)
         with open(root / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting at once share one server
+            lease.touch()  # first: a watchdog never sees this run's server idle
             url = _reusable(root)
             started = url is None
             if url is None:
                 url = _start(root)
-            lease.touch()
         log.info("Prefect API: %s local server %s (stops after %.0f min without runs)",
                  "started" if started else "reusing", url, IDLE_S / 60)
     except (OSError, RuntimeError) as exc:
         log.warning("could not start a reusable local Prefect server, using the embedded one: %s", exc)
         url = None
     if url is None:
+        lease.unlink(missing_ok=True)
         yield None
         return
     os.environ["PREFECT_API_URL"] = f"{url}/api"
