@@ -24,9 +24,9 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
+from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, register_provider
-from fmbench.endpoints._boto import make_session
 from fmbench.errors import DeploymentError
 
 log = logging.getLogger(__name__)
