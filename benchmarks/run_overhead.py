@@ -98,7 +98,7 @@ def _embedded_start_s(env: dict[str, str]) -> float:
 def _parts(env: dict[str, str], cfg_path: Path, run_dir: str) -> dict[str, float]:
     from fmbench.calibration import cached_calibration, calibrate_host
     from fmbench.datasets.build import build_dataset_prompts, load_run_tokenizer
-    from fmbench.endpoints.simulated.process import SimulatedServerProcess
+    from fmbench.simulator.process import SimulatedServerProcess
     from fmbench.localapi import _healthy, _read_state, api_state_dir
     from fmbench.pipeline import load_benchmark_config
     from fmbench.regression import check_regressions

@@ -158,8 +158,8 @@ def client_versions() -> dict[str, str]:
 
     root = Path(__file__).parent
     code = hashlib.sha256()
-    for path in sorted([*root.glob("loadgen/*.py"), root / "endpoints" / "openai.py", root / "endpoints" / "base.py",
-                        Path(__file__)]):
+    for path in sorted([*root.glob("loadgen/*.py"), root / "endpoints" / "openai.py", root / "protocol.py",
+                        root / "simulator" / "zeroserver.py", Path(__file__)]):
         code.update(path.read_bytes())
     return {"python": platform.python_version(), "aiohttp": version("aiohttp"), "client_code": code.hexdigest()[:16]}
 
