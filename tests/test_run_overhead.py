@@ -118,3 +118,37 @@ def test_a_config_without_aws_never_imports_the_aws_sdks(tmp_path: Path) -> None
     loaded, after_bedrock = proc.stdout.strip().splitlines()[-2:]
     assert loaded == "[]", f"AWS modules loaded by a simulated-only run: {loaded}"
     assert after_bedrock == "True"
+
+
+SIM_LOAD = """
+name: simload
+tokenizer: cl100k_base
+buckets: [[1, 500]]
+datasets:
+  - {{name: synthetic, source: synthetic, prompts_per_bucket: 8, seed: 0}}
+experiments:
+  - name: sim
+    endpoint: {{provider: simulated, ttft_ms: {ttft}, tpot_ms: {tpot}, output_tokens: {out}, max_batch: 512}}
+    inference: {{max_tokens: {out}, stream: true}}
+    concurrency_levels: [{conc}]
+    requests_per_level: {n}
+    warmup_requests: 0
+    processes: {procs}
+"""
+
+
+def test_an_overloaded_simulator_is_flagged_per_shard_and_a_light_one_is_not(tmp_path: Path) -> None:
+    # 256 streams of 400 tokens at 0.05 ms per token ask one simulator process for millions of
+    # chunks per second: far beyond one event loop on any machine, so its chunks go out late.
+    heavy = load_config_text(SIM_LOAD.format(ttft=1, tpot=0.05, out=400, conc=256, n=256, procs=2))
+    report = Path(run_benchmark(heavy, output=str(tmp_path), run_id="heavy", png=False)).read_text()
+    shard = json.loads(next((tmp_path / "simload" / "heavy" / "shards").glob("*.json")).read_text())
+    sim = shard["simulator"]
+    assert sim["chunks"] > 0 and sim["verdict"] and "simulator late or saturated" in sim["verdict"], sim
+    assert "Shards where the simulator was late or saturated" in report and shard["shard_id"] in report
+    # 2 streams at 50 ms per token: the simulator idles between chunks; late only by more than 12.5 ms
+    light = load_config_text(SIM_LOAD.format(ttft=20, tpot=50, out=6, conc=2, n=6, procs=1))
+    report = Path(run_benchmark(light, output=str(tmp_path), run_id="light", png=False)).read_text()
+    shard = json.loads(next((tmp_path / "simload" / "light" / "shards").glob("*.json")).read_text())
+    assert shard["simulator"]["chunks"] > 0 and shard["simulator"]["verdict"] is None, shard["simulator"]
+    assert "simulator was late" not in report

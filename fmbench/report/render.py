@@ -143,7 +143,7 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
 
     cal = m.calibration
     if not isinstance(cal, dict):
-        return []  # a run without calibration (older runs, or it failed): nothing to say
+        return _simulator_rows(m)  # a run without calibration (older runs, or it failed)
     rows = [("Client calibration", str(cal.get("summary") or "measured (no summary)"))]
     hot = []
     for sh in m.shards:
@@ -154,7 +154,23 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
     if hot:
         rows.append((f"⚠ Shards above {CEILING_WARN:.0%} of the client ceiling",
                      "results may reflect the client: " + "; ".join(hot)))
-    return rows
+    return rows + _simulator_rows(m)
+
+
+def _simulator_rows(m: Manifest) -> list[tuple[str, str]]:
+    """Shards whose simulated endpoint was late or saturated, by its own stamps (fmbench.pipeline.SimulatorWatch)."""
+    late = []
+    for sh in m.shards:
+        sim = sh.get("simulator") if isinstance(sh, dict) else None
+        if isinstance(sim, dict) and sim.get("verdict"):
+            cpu = sim.get("cpu_util")
+            late.append(f"{sh.get('shard_id')} (chunk lateness p99 {sim.get('lateness_p99_ms') or 0:.1f} ms, "
+                        f"max {sim.get('lateness_max_ms') or 0:.1f} ms"
+                        + (f", simulator CPU {cpu:.0%}" if isinstance(cpu, (int, float)) else "") + ")")
+    if not late:
+        return []
+    return [("⚠ Shards where the simulator was late or saturated",
+             "results may reflect the simulator, not the modelled server: " + "; ".join(late))]
 
 
 def _repro(run: RunData) -> dict[str, Any]:
