@@ -371,15 +371,21 @@ class SimulatorWatch:
         util = (cpu1 - self.cpu0) / duration_s if cpu1 is not None and self.cpu0 is not None and duration_s > 0 else None
         limit = max(SIM_LATE_MIN_MS, SIM_LATE_FRACTION * self.tpot_ms)
         p99 = stats.get("p99_ms")
+        late = isinstance(p99, (int, float)) and p99 > limit
+        saturated = util is not None and util > SIM_SATURATED_CPU
         reasons = []
-        if isinstance(p99, (int, float)) and p99 > limit:
+        if late:
             reasons.append(f"its chunks were late (p99 {p99:.1f} ms after their due time, limit {limit:.1f} ms)")
-        if util is not None and util > SIM_SATURATED_CPU:
-            reasons.append(f"it used {util:.0%} of a CPU")
+        if saturated:
+            reasons.append(f"it used {util:.0%} of a CPU (saturated)")
+        elif late:  # not busy itself, yet late: other processes held the CPU it needed
+            reasons.append(f"while using only {util:.0%} of a CPU: the shared CPU (load average "
+                           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs) delayed it" if util is not None
+                           else "its CPU use is unknown")
         return {"chunks": stats.get("n"), "lateness_p50_ms": stats.get("p50_ms"), "lateness_p99_ms": p99,
                 "lateness_max_ms": stats.get("max_ms"), "late_limit_ms": limit,
-                "cpu_util": None if util is None else round(util, 3),
-                "verdict": ("simulator late or saturated: " + " and ".join(reasons) + "; results may reflect the "
+                "cpu_util": None if util is None else round(util, 3), "late": late, "saturated": saturated,
+                "verdict": ("simulator late or saturated: " + ", ".join(reasons) + "; results may reflect the "
                             "simulator, not the modelled server") if reasons else None}
 
 
