@@ -98,11 +98,11 @@ def _embedded_start_s(env: dict[str, str]) -> float:
 def _parts(env: dict[str, str], cfg_path: Path, run_dir: str) -> dict[str, float]:
     from fmbench.calibration import cached_calibration, calibrate_host
     from fmbench.datasets.build import build_dataset_prompts, load_run_tokenizer
-    from fmbench.simulator.process import SimulatedServerProcess
     from fmbench.localapi import _healthy, _read_state, api_state_dir
     from fmbench.pipeline import load_benchmark_config
     from fmbench.regression import check_regressions
     from fmbench.report import render_report
+    from fmbench.simulator.process import SimulatedServerProcess
 
     parts: dict[str, float] = {}
     parts["python_and_cli_imports_s"] = _child_s("import fmbench.cli, fmbench.sequence, fmbench.preflight", env)
