@@ -147,7 +147,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fmbench-bench-overhead-"))
     home, cache = work / "prefect-home", work / "cache"
     home.mkdir()
+    # FMBENCH_PREFECT_API_IDLE_S: a killed benchmark leaves its API running for a minute, not 30
     env = dict(os.environ, PREFECT_HOME=str(home), FMBENCH_CACHE_DIR=str(cache), FMBENCH_PREFECT_API="reuse",
+               FMBENCH_PREFECT_API_IDLE_S="60",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("PREFECT_API_URL", None)
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
