@@ -105,7 +105,7 @@ def _parts(env: dict[str, str], cfg_path: Path, run_dir: str) -> dict[str, float
     from fmbench.simulator.process import SimulatedServerProcess
 
     parts: dict[str, float] = {}
-    parts["python_and_cli_imports_s"] = _child_s("import fmbench.cli, fmbench.sequence, fmbench.preflight", env)
+    parts["python_and_cli_imports_s"] = _child_s("import cli.main, fmbench.sequence, fmbench.preflight", env)
     parts["prefect_import_s"] = round(_child_s("import flows.benchmark", env) - parts["python_and_cli_imports_s"], 2)
     fresh_home = dict(env, PREFECT_HOME=tempfile.mkdtemp(prefix="fmbench-bench-home-"))
     parts["embedded_api_start_new_db_s"] = _embedded_start_s(fresh_home)

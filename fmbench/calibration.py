@@ -325,14 +325,14 @@ def calibrate_run(run_url: str, duration_s: float = 2.0) -> Calibration:
         FMBenchError: the measurement failed.
         StorageError: the run directory cannot be written.
     """
-    from fmbench.rundir import MANIFEST, load_manifest, save_manifest
+    from fmbench.rundir import has_manifest, load_manifest, save_manifest
 
     cal = None if os.environ.get("FMBENCH_RECALIBRATE", "") not in ("", "0") else cached_calibration()
     if cal is None:
         cal = calibrate_host(duration_s)
         _store_cache(cal)
     save_calibration(run_url, cal)
-    if storage.exists(storage.join(run_url, MANIFEST)):
+    if has_manifest(run_url):
         manifest = load_manifest(run_url)
         manifest.calibration = cal.model_dump(mode="json") | {"summary": cal.summary()}
         save_manifest(run_url, manifest)

@@ -3,20 +3,19 @@ as a markdown artifact (one stable key per benchmark name, so the UI shows its h
 
 from __future__ import annotations
 
-import re
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from fmbench import regression
+from fmbench.names import slug
 from fmbench.regression import RegressionReport
 from fmbench.rundir import RunInfo
 
 
 def artifact_key(name: str) -> str:
     """The artifact key of a benchmark's regression reports (lowercase letters, digits, dashes)."""
-    return "fmbench-regressions-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "run")
+    return "fmbench-regressions-" + (slug(name) or "run")
 
 
 @task(name="check-regressions", cache_policy=NO_CACHE)

@@ -99,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]
         + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
+        + ([] if args.png else ["--no-png"])
     )
     from fmbench.localapi import local_prefect_api
 
