@@ -1,4 +1,4 @@
-"""Benchmark 7, client hosts: offered load of one shard from 1 vs 2 Dask client hosts, as a ratio.
+"""Benchmark 8, client hosts: offered load of one shard from 1 vs 2 Dask client hosts, as a ratio.
 
 A local Dask cluster (``dask scheduler`` and two ``dask worker`` processes, one thread each) and the
 zero-latency server (`fmbench.simulator.zeroserver`) in its own process. The same closed-loop shard

@@ -4,6 +4,7 @@ the internet: AWS clients talk to moto on 127.0.0.1, endpoints are the simulated
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,10 @@ os.environ.setdefault("BROWSER_PATH", "/usr/bin/chromium")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Runs started by tests use Prefect's per-run embedded server (none outlives the test) and a cache
+# (host calibration) of their own session, never the user's.
+os.environ.setdefault("FMBENCH_PREFECT_API", "embedded")
+os.environ.setdefault("FMBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="fmbench-test-cache-"))
 
 
 @pytest.fixture(scope="session")
