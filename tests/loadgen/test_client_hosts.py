@@ -343,3 +343,21 @@ def test_parallel_endpoints_run_their_shards_on_different_workers(
     assert len(set(workers.values())) == 2, [(t["key"], t["worker"]) for t in everything]
     # Not asserted: that the two shards overlap in time. They did in one of two runs here; in the
     # other, b's shard started 0.2 s after a's ended on the other, idle worker (cause not found yet).
+
+
+def test_auto_client_hosts_take_what_the_calibrated_load_needs_up_to_the_cluster(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmbench.calibration import Calibration
+    from fmbench.config import load_config_text
+    from fmbench.pipeline.shards import _client_hosts
+
+    cal = Calibration(created_at="2026-01-01T00:00:00Z", host="h", cpu_count=2, load_avg=[0.0, 0.0, 0.0],
+                      python="3.11", duration_s=2.0, rtt_p50_ms=0.2, rtt_p99_ms=0.5, max_request_rate=2000.0,
+                      max_stream_rate=1000.0, max_chunk_rate=256_000.0, request_cost_s=1 / 2000,
+                      chunk_cost_s=2e-6, cpu_per_request_ms=0.4, client_cpu_util=1.0)
+    experiment = load_config_text(RUN_CONFIG.replace("client_hosts: 2", "client_hosts: auto")).experiments[0]
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", cluster.address)
+    light = _spec(request_rate=10.0)
+    heavy = _spec(request_rate=20_000.0)  # ten times one client's ceiling: more hosts than the cluster has
+    assert _client_hosts(experiment, light, cal) == 1
+    assert _client_hosts(experiment, heavy, cal) == 2
