@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,30 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# ---------------------------------------------------------------- test tiers
+
+_TESTS = Path(__file__).parent
+#: Directories whose tests all start Prefect, moto, `fmbench` subprocesses or real servers.
+_INTEGRATION_DIRS = {"aws", "deployments", "faults", "flows", "realservers"}
+#: Modules elsewhere whose tests start a server process (FakeOpenAI, the simulated endpoint, the
+#: zero-latency server), Chromium, or an interpreter.
+_INTEGRATION_MODULES = {
+    "endpoints/test_openai.py", "loadgen/test_engine.py", "loadgen/test_processes_and_zero.py",
+    "loadgen/test_benchmarks_quick.py", "loadgen/test_store_text.py", "metrics/test_itl_goodput.py",
+    "metrics/test_bench_cost.py", "report/test_report.py", "report/test_png.py", "simulator/test_simulated.py",
+    "simulator/test_simulated_process.py", "datasets/test_samples.py", "test_calibration.py",
+    "test_exported_members.py",
+}
+#: Fixtures that start something heavy: a test using one is integration wherever it lives.
+_INTEGRATION_FIXTURES = {"prefect_harness", "moto_url", "cli_env", "fault_cli_env", "prefect_stack", "llama"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the integration tier (``-m integration``; ``make test-fast`` runs the rest)."""
+    for item in items:
+        rel = Path(item.path).relative_to(_TESTS)
+        if (rel.parts[0] in _INTEGRATION_DIRS or rel.as_posix() in _INTEGRATION_MODULES
+                or _INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))):
+            item.add_marker(pytest.mark.integration)

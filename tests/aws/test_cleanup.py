@@ -13,7 +13,7 @@ import pytest
 from cli.main import main
 from fmbench.deploy.inventory import list_fmbench_resources, parse_age, sagemaker_client
 from fmbench.deploy.sagemaker import deploy_sagemaker, resource_name, teardown_sagemaker
-from fmbench.errors import ConfigError, DeploymentError
+from fmbench.errors import ConfigError, DeploymentError, ExitCode
 from tests.aws.test_sagemaker_deploy import (  # noqa: F401  (endpoint_states is a fixture)
     EMPTY,
     INSTANCE,
@@ -219,15 +219,15 @@ def test_cleanup_lists_without_yes_and_deletes_exactly_fmbench_resources_with_it
 
 def test_cleanup_errors_are_one_line(moto: str, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    assert main(["cleanup", "--region", "us-east-1", "--older-than", "2 weeks"]) == 2
+    assert main(["cleanup", "--region", "us-east-1", "--older-than", "2 weeks"]) == ExitCode.BAD_INPUT
     assert "--older-than '2 weeks'" in capsys.readouterr().err
     # The safety-net endpoint URL of these tests is a closed port: unreachable API.
-    assert main(["cleanup", "--region", "us-east-1"]) == 2
+    assert main(["cleanup", "--region", "us-east-1"]) == ExitCode.ENVIRONMENT
     err = capsys.readouterr().err.strip()
     assert err.startswith("fmbench: error: listing SageMaker endpoints in us-east-1:") and "\n" not in err
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     monkeypatch.delenv("AWS_REGION", raising=False)
-    assert main(["cleanup"]) == 2
+    assert main(["cleanup"]) == ExitCode.ENVIRONMENT
     assert "no AWS region" in capsys.readouterr().err
     assert parse_age("90m") == 5400 and parse_age("3d") == 3 * 86400
     with pytest.raises(ConfigError):
@@ -242,7 +242,7 @@ def test_cleanup_names_refused_credentials(moto: str, capsys: pytest.CaptureFixt
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    assert main(["cleanup", "--region", "us-east-1"]) == 2
+    assert main(["cleanup", "--region", "us-east-1"]) == ExitCode.ENVIRONMENT
     assert "no AWS credentials found" in capsys.readouterr().err
 
 

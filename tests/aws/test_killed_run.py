@@ -23,10 +23,10 @@ from fmbench.deploy.sagemaker import resource_name
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.aws.test_cleanup import _by_hand
 from tests.aws.test_sagemaker_deploy import INSTANCE, ROLE, TGI_IMAGE, _inventory, _sm
+from tests.support.cli import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ from tests.aws.test_sagemaker_deploy import (
     _inventory,
     endpoint_states,  # noqa: F401  (a fixture)
 )
+from tests.support.cli import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 INSTANCE = "ml.g4dn.xlarge"
 
 

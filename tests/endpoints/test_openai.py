@@ -22,7 +22,7 @@ from fmbench.errors import (
     EndpointTimeout,
 )
 from fmbench.protocol import Completion, EndpointClient, Prompt
-from tests.loadgen.fake_openai import FakeOpenAI
+from tests.support.fake_openai import FakeOpenAI
 
 PROMPT = Prompt("p0", "Hello there", 2)
 KEY = "sk-test-SECRET-123456"

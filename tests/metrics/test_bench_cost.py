@@ -87,7 +87,7 @@ def test_without_a_timeline_the_cost_is_shard_time_and_the_basis_says_so() -> No
 
 def test_report_shows_the_bill_split_and_the_endpoint_timeline(tmp_path: Path, no_png: None) -> None:  # noqa: F811
     from fmbench.report import render_report
-    from tests.report.synth import SimExperiment, write_run
+    from tests.support.synth_runs import SimExperiment, write_run
 
     run = tmp_path / "run"
     write_run(str(run), experiments=[SimExperiment("a", pricing={"hourly_usd": 10.0}),

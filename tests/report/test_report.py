@@ -12,7 +12,7 @@ import pytest
 
 from fmbench import storage
 from fmbench.report import compare_runs, load_run, metrics_table_rows, render_report, summary_markdown
-from tests.report.synth import SimExperiment, write_run
+from tests.support.synth_runs import SimExperiment, write_run
 
 FIGURES = ["latency_p95_vs_load", "ttft_p95_vs_load", "throughput_vs_load", "prompt_tokens_vs_latency",
            "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment", "itl_distribution",
