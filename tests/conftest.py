@@ -4,10 +4,13 @@ the internet: AWS clients talk to moto on 127.0.0.1, endpoints are the simulated
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.fake_openai import FakeOpenAI
 
 # Never let botocore look for instance credentials on the network, and never use a real profile.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -67,6 +70,21 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """The scripted OpenAI-compatible server of `tests.support.fake_openai`, in its own process."""
+    srv = FakeOpenAI().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def no_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without Chrome: kaleido's export (in its child process) finds no browser."""
+    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/bin")
+
+
 # ---------------------------------------------------------------- test tiers
 
 _TESTS = Path(__file__).parent
@@ -82,7 +100,7 @@ _INTEGRATION_MODULES = {
     "test_exported_members.py",
 }
 #: Fixtures that start something heavy: a test using one is integration wherever it lives.
-_INTEGRATION_FIXTURES = {"prefect_harness", "moto_url", "cli_env", "fault_cli_env", "prefect_stack", "llama"}
+_INTEGRATION_FIXTURES = {"fake_openai", "prefect_harness", "moto_url", "cli_env", "fault_cli_env", "prefect_stack", "llama"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
