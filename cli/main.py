@@ -1,4 +1,4 @@
-"""The `fmbench` command line: run, validate, report, compare, cleanup, serve-sim.
+"""The `fmbench` command line: run, validate, report, evaluate, compare, cleanup, serve-sim.
 
 Errors end as one line on stderr and the exit code of their cause (`fmbench.errors.ExitCode`:
 bad input 2, environment 3, a bug 4; `--debug` shows the traceback too). `fmbench run` runs the
@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render a run's report from its stored records")
     rep.add_argument("run_dir", help="run directory or s3:// URL")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    ev = sub.add_parser("evaluate", help="score and judge the answers of a finished run, then re-render its report")
+    ev.add_argument("run_dir", help="run directory or s3:// URL (the run must have kept its answers: store_text)")
+    ev.add_argument("--config", help="a config whose evaluation section and slo.min_accuracy replace the run's")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override the run's config, e.g. evaluation.evaluate_per_shard=50")
+    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     cmp_ = sub.add_parser("compare", help="compare several runs in one report")
     cmp_.add_argument("runs", nargs="+", help="run directories or s3:// URLs")
@@ -138,6 +145,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     paths = render_report(args.run_dir)
     print(f"Report: {getattr(paths, 'markdown', paths)}")
     return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fmbench.quality.finished import evaluate_run_dir
+
+    outcomes = evaluate_run_dir(args.run_dir, config=args.config, overrides=args.overrides)
+    incomplete = 0
+    for name, o in outcomes.items():
+        if o is None or o.status == "failed":
+            incomplete += 1
+            print(f"{name}: not evaluated{f' ({o.error})' if o is not None else ''}")
+            continue
+        missing = f"; missing: {'; '.join(o.missing)}" if o.missing else ""
+        incomplete += bool(o.missing)
+        print(f"{name}: {o.scored} answers scored, {o.judged} judged, {o.judge_errors} judge errors, "
+              f"{o.unparseable} unparseable verdicts{missing}")
+    print(f"Report: {args.run_dir.rstrip('/')}/report.md")
+    return ExitCode.PARTIAL_FAILURE if incomplete else ExitCode.OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -233,6 +258,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "validate": cmd_validate,
     "report": cmd_report,
+    "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "cleanup": cmd_cleanup,
     "serve-sim": cmd_serve_sim,

@@ -15,6 +15,7 @@ class carries its `ExitCode` (bad input 2, environment 3), and `exit_code` maps 
      │    ├── EndpointConnectionError  refused, reset or unreachable
      │    └── EndpointProtocolError    an answer we cannot parse
      ├── DeploymentError        exit 3       deploying or tearing down an endpoint failed
+     ├── EvaluationError        exit 1       an evaluation is incomplete (a judge gave no verdict at all)
      └── StorageError           exit 3       reading or writing results failed
 
 Any other exception is a bug (exit 4). A run that finished but lost shards exits 1; Ctrl-C 130.
@@ -32,7 +33,7 @@ class ExitCode(IntEnum):
     """What the ``fmbench`` command exits with, by cause (README, "Exit codes")."""
 
     OK = 0
-    PARTIAL_FAILURE = 1  # finished, but some shards failed (run) or some deletions failed (cleanup)
+    PARTIAL_FAILURE = 1  # finished, but some shards (run), evaluations (evaluate) or deletions (cleanup) failed
     BAD_INPUT = 2  # the config, a dataset, a tokenizer or the command line is wrong
     ENVIRONMENT = 3  # an endpoint, credentials, a deployment or storage failed: the world outside the input
     INTERNAL = 4  # an exception outside the tree: a bug in fmbench
@@ -129,6 +130,12 @@ class DeploymentError(FMBenchError):
     """Raised when deploying, waiting for or tearing down an endpoint fails."""
 
     exit_code = ExitCode.ENVIRONMENT
+
+
+class EvaluationError(FMBenchError):
+    """Raised when an experiment's evaluation is incomplete (its outcome.json says what is missing)."""
+
+    exit_code = ExitCode.PARTIAL_FAILURE  # the rest of the run stands, like a run that lost shards
 
 
 class StorageError(FMBenchError):

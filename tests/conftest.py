@@ -97,7 +97,7 @@ _INTEGRATION_MODULES = {
     "loadgen/test_benchmarks_quick.py", "loadgen/test_store_text.py", "metrics/test_itl_goodput.py",
     "metrics/test_bench_cost.py", "report/test_report.py", "report/test_png.py", "simulator/test_simulated.py",
     "simulator/test_simulated_process.py", "datasets/test_samples.py", "test_calibration.py",
-    "test_exported_members.py",
+    "test_exported_members.py", "quality/test_evaluation.py", "test_experiment_tokenizer_run.py",
 }
 #: Fixtures that start something heavy: a test using one is integration wherever it lives.
 _INTEGRATION_FIXTURES = {"fake_openai", "prefect_harness", "moto_url", "cli_env", "fault_cli_env", "prefect_stack", "llama"}

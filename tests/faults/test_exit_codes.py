@@ -30,6 +30,7 @@ EXPECTED = {
     "EndpointConnectionError": ExitCode.ENVIRONMENT,
     "EndpointProtocolError": ExitCode.ENVIRONMENT,
     "DeploymentError": ExitCode.ENVIRONMENT,
+    "EvaluationError": ExitCode.PARTIAL_FAILURE,
     "StorageError": ExitCode.ENVIRONMENT,
 }
 
