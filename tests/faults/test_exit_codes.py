@@ -60,7 +60,7 @@ def _case(name: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
     texts = {
         "ConfigError": GOOD.replace("name: bad", "name: bad\ncolour: red"),
         "DatasetError": _jsonl("d", "missing.jsonl"),
-        "TokenizerError": GOOD.replace("name: bad", "name: bad\ntokenizer: no_such_encoding"),
+        "TokenizerError": GOOD.replace("name: bad", "name: bad\ntokenizer: tokenizer.json"),
         "EndpointError": _openai(f"http://127.0.0.1:{_closed_port()}/v1"),
         "CredentialsError": _bedrock(),
         "DeploymentError": _sagemaker_deploy(f"http://127.0.0.1:{_closed_port()}"),
@@ -68,6 +68,8 @@ def _case(name: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
     env = {"DeploymentError": AWS_KEYS}.get(name, {})
     if name == "StorageError":
         return ["report", str(tmp / "no-such-run")], env
+    if name == "TokenizerError":  # a tokenizer.json that is not one (an unknown name is a ConfigError)
+        (tmp / "tokenizer.json").write_bytes(b'{"version": "1.0", "model": 7}')
     cfg.write_text(texts[name].format(out=out))
     return ["validate" if name == "ConfigError" else "run", str(cfg)], env
 
