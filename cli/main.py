@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. experiments.0.concurrency_levels=[1,2]")
     r.add_argument("--run-id", help="run id; an existing run id resumes that run")
+    r.add_argument("--no-png", dest="png", action="store_false",
+                   help="skip the static PNG plots (report.html keeps its interactive figures)")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a config without running it")
@@ -102,12 +104,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]
         + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
+        + ([] if args.png else ["--no-png"])
     )
-    from flows.benchmark import benchmark
+    from fmbench.localapi import local_prefect_api
 
-    with sigterm_interrupts():
-        report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
-                           overrides=args.overrides or None, command=command, preflight=False)
+    with local_prefect_api():  # before Prefect is imported: it reads PREFECT_API_URL at import
+        from flows.benchmark import benchmark
+
+        with sigterm_interrupts():
+            report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
+                               overrides=args.overrides or None, command=command, preflight=False,
+                               png=args.png)
     report = str(report)  # the flow returns the report's URL
     failed = _failed_shards(report)
     for line in failed:

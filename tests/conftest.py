@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,10 @@ os.environ.setdefault("BROWSER_PATH", "/usr/bin/chromium")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# Runs started by tests use Prefect's per-run embedded server (none outlives the test) and a cache
+# (host calibration) of their own session, never the user's.
+os.environ.setdefault("FMBENCH_PREFECT_API", "embedded")
+os.environ.setdefault("FMBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="fmbench-test-cache-"))
 
 
 @pytest.fixture(scope="session")
@@ -98,6 +103,7 @@ _INTEGRATION_MODULES = {
     "metrics/test_bench_cost.py", "report/test_report.py", "report/test_png.py", "simulator/test_simulated.py",
     "simulator/test_simulated_process.py", "datasets/test_samples.py", "test_calibration.py",
     "test_exported_members.py", "quality/test_evaluation.py", "test_experiment_tokenizer_run.py",
+    "test_localapi.py", "test_run_overhead.py",
 }
 #: Fixtures that start something heavy: a test using one is integration wherever it lives.
 _INTEGRATION_FIXTURES = {"fake_openai", "prefect_harness", "moto_url", "cli_env", "fault_cli_env", "prefect_stack", "llama"}
