@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import threading
 import time
 import tracemalloc
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -354,8 +356,14 @@ def test_ttft_and_tpot_match_the_simulated_server(tmp_path: Path) -> None:
             )
             assert (df["chunks"] == 20).all()
             ttft, tpot = df["ttft_s"].median(), df["tpot_s"].median()
-            assert abs(ttft - 0.050) <= 0.050 * 0.02 + 0.002, (api, ttft)
-            assert abs(tpot - 0.005) <= 0.005 * 0.02 + 0.002, (api, tpot)
+            # On a busy host the server itself can send late; its own stamps say by how much, and
+            # the client must measure what was sent, never less than the model.
+            late = json.loads(urllib.request.urlopen(f"{srv.url}/fmbench/stats", timeout=10).read())
+            slack = (late["lateness"].get("p50_ms") or 0.0) / 1000
+            assert 0.050 - 0.001 <= ttft <= 0.050 + 0.050 * 0.02 + 0.002 + slack, (api, ttft, slack)
+            assert abs(tpot - 0.005) <= 0.005 * 0.02 + 0.002 + slack, (api, tpot, slack)
+            urllib.request.urlopen(urllib.request.Request(f"{srv.url}/fmbench/stats/reset", method="POST"),
+                                   timeout=10).read()
 
 
 class OddClient(ScriptedClient):
