@@ -26,7 +26,7 @@ from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
 from fmbench.errors import FMBenchError, StorageError
 from fmbench.loadgen import ShardSpec, run_shard
-from fmbench.loadgen.hosts import HostClock, check_hosts_reach, clock_verdict, deal_ids, run_shard_hosts
+from fmbench.loadgen.hosts import check_hosts_reach, run_shard_hosts
 from fmbench.protocol import Prompt
 from fmbench.simulator.server import SimulatedServerThread
 
@@ -231,23 +231,6 @@ def test_a_host_killed_mid_shard_fails_the_shard_not_shortens_it(sim: str, tmp_p
             assert http.get("/fmbench/stats").json()["in_flight"] == 0
     finally:
         c.close()
-
-
-def test_ids_are_dealt_in_proportion_and_interleaved() -> None:
-    parts = deal_ids(10, [3, 2])
-    assert sorted(parts[0] + parts[1]) == list(range(10))
-    assert len(parts[0]) == 6 and len(parts[1]) == 4
-    assert parts[0][:2] == [0, 2] or parts[0][:2] == [0, 1]
-
-
-def test_uncertain_clocks_invalidate_a_short_shard() -> None:
-    def clock(u: float) -> HostClock:
-        return HostClock(host="h", address="a", offset_s=0.0, uncertainty_s=u, shift_s=0.0, concurrency=1)
-
-    assert clock_verdict([clock(0.001), clock(0.002)], 10.0) is None
-    reason = clock_verdict([clock(0.001), clock(0.02)], 2.0)
-    assert reason is not None and "uncertain" in reason
-    assert clock_verdict([clock(0.5)], 1.0) is None  # one host: one clock
 
 
 RUN_CONFIG = """
