@@ -99,8 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
     )
     from flows.benchmark import benchmark
+    from fmbench.live import show_progress
 
-    with sigterm_interrupts():
+    with sigterm_interrupts(), show_progress(sys.stderr):
         report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
                            overrides=args.overrides or None, command=command, preflight=False)
     report = str(report)  # the flow returns the report's URL

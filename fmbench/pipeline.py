@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmbench import storage
+from fmbench import progress, storage
 from fmbench.config import (
     BedrockEndpoint,
     BenchmarkConfig,
@@ -36,6 +37,8 @@ log = logging.getLogger("fmbench")
 #: delays (the endpoint may be restarting); the Prefect task and the inline steps both use them.
 SHARD_RETRIES = 2
 SHARD_RETRY_DELAYS_S = (2.0, 10.0)
+#: How often a running shard logs its requests done (the progress view updates every second).
+PROGRESS_LOG_EVERY_S = 10.0
 #: A teardown that failed is tried again this many times, this long apart.
 TEARDOWN_RETRIES = 2
 TEARDOWN_RETRY_DELAY_S = 5.0
@@ -277,10 +280,18 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
              spec.processes)
     started_at = utc_now()
-    def progress(done: int, total: int, errors: int) -> None:
-        log.info("shard %s: %d/%d requests done, %d errors so far", spec.shard_id, done, total, errors)
+    progress.shard_started(spec.shard_id, spec.warmup + spec.requests)
+    last_line = time.monotonic()
 
-    result = run_shard(client, prompts, spec, local, tokenizer.count, progress)
+    def report(done: int, total: int, errors: int, ttft_p50_s: float | None) -> None:
+        nonlocal last_line
+        progress.shard_progressed(spec.shard_id, done, total, errors, ttft_p50_s)
+        if time.monotonic() - last_line >= PROGRESS_LOG_EVERY_S:  # a log line is for people, not redraws
+            last_line = time.monotonic()
+            log.info("shard %s: %d/%d requests done, %d errors so far", spec.shard_id, done, total, errors,
+                     extra={"progress": True})
+
+    result = run_shard(client, prompts, spec, local, tokenizer.count, report)
     ended_at = utc_now()
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
     measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
@@ -378,7 +389,7 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
         experiment = experiment.model_copy(update={"endpoint": endpoint})
     deployed: DeployedEndpoint | None = None
     try:
-        with deploying(experiment_name):
+        with deploying(experiment_name), progress.deploy_scope(experiment_name, experiment.endpoint.provider):
             deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
     except KeyboardInterrupt:
         # The interrupt landed after the deployer returned: what it made would be lost, delete it.
