@@ -1,6 +1,6 @@
 """Benchmark 2, capacity: the most load one load-generator process offers, against the practical ceiling.
 
-Against a zero-latency server in its own process (`fmbench.loadgen.zeroserver`: canned answers,
+Against a zero-latency server in its own process (`fmbench.simulator.zeroserver`: canned answers,
 never the bottleneck), closed loop at concurrency 64:
 
 * ``engine``: `run_shard` with `OpenAIClient` (records, parsing, parquet) -- requests/s for JSON
@@ -32,11 +32,11 @@ import psutil
 
 from benchmarks._common import loadavg, parser, write_result
 from fmbench.config import InferenceConfig, SimulatedEndpoint
-from fmbench.endpoints.base import Prompt
 from fmbench.endpoints.openai import OpenAIClient
-from fmbench.endpoints.simulated import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
-from fmbench.loadgen.zeroserver import ZeroServer
+from fmbench.protocol import Prompt
+from fmbench.simulator import SimulatedServerProcess
+from fmbench.simulator.zeroserver import ZeroServer
 
 CONC = 64
 CHUNKS = 64

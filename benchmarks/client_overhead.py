@@ -32,10 +32,10 @@ from typing import Any
 
 from benchmarks._common import loadavg, ms, parser, pct, write_result
 from fmbench.config import InferenceConfig, SimulatedEndpoint
-from fmbench.endpoints.base import Completion, Prompt
 from fmbench.endpoints.openai import OpenAIClient
-from fmbench.endpoints.simulated import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.protocol import Completion, Prompt
+from fmbench.simulator import SimulatedServerProcess
 
 _CHUNK = re.compile(rb'"index":(\d+),"n_tokens":\d+,"t_due":([\d.]+),"t_sent":([\d.]+)')
 _SENT = re.compile(rb'"t_sent":([\d.]+)')

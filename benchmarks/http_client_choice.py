@@ -179,8 +179,8 @@ async def _fmbench_client(
     url: str, conc: int
 ) -> tuple[Callable[[], Awaitable[int]], Callable[[], Awaitable[None]]]:
     from fmbench.config import InferenceConfig
-    from fmbench.endpoints.base import Prompt
     from fmbench.endpoints.openai import OpenAIClient
+    from fmbench.protocol import Prompt
 
     client = OpenAIClient(
         url.rsplit("/chat/completions", 1)[0], "m", inference=InferenceConfig(max_tokens=CHUNKS)
@@ -231,8 +231,8 @@ async def _measure(make: Any, url: str, n: int, conc: int) -> dict[str, float]:
 async def _measure_long(url: str, chunks: int, prompt_words: int, n: int) -> dict[str, float]:
     """Sequential requests through OpenAIClient with long answers or long prompts."""
     from fmbench.config import InferenceConfig
-    from fmbench.endpoints.base import Prompt
     from fmbench.endpoints.openai import OpenAIClient
+    from fmbench.protocol import Prompt
 
     client = OpenAIClient(
         url.rsplit("/chat/completions", 1)[0], "m", inference=InferenceConfig(max_tokens=chunks)

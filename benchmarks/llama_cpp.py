@@ -35,8 +35,8 @@ import polars as pl
 from benchmarks._common import loadavg, parser, write_result
 from fmbench.config import InferenceConfig, OpenAIEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Prompt
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.protocol import Prompt
 
 
 def _load(name: str) -> Any:

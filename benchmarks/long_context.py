@@ -25,11 +25,11 @@ import polars as pl
 
 from benchmarks._common import loadavg, parser, write_result
 from fmbench.config import InferenceConfig, SimulatedEndpoint
-from fmbench.endpoints.base import Prompt
 from fmbench.endpoints.openai import OpenAIClient
-from fmbench.endpoints.simulated import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
-from fmbench.loadgen.zeroserver import ZeroServer
+from fmbench.protocol import Prompt
+from fmbench.simulator import SimulatedServerProcess
+from fmbench.simulator.zeroserver import ZeroServer
 
 CONC = 64
 OUT = 1000

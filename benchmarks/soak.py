@@ -46,10 +46,10 @@ import psutil
 
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Prompt
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.protocol import Prompt
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.process import SimulatedServerProcess
 
 #: How the OpenAI client classifies each injected fault (None: the request succeeds).
 EXPECTED_KIND: dict[str, str | None] = {

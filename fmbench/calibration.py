@@ -1,7 +1,7 @@
 """Self-calibration: how much load this host's client can offer before it, not the endpoint, limits.
 
 Before the shards of a run, `calibrate_host` drives the real engine and `OpenAIClient` for a
-couple of seconds against a zero-latency server in another process (`fmbench.loadgen.zeroserver`)
+couple of seconds against a zero-latency server in another process (`fmbench.simulator.zeroserver`)
 and measures: the round trip at concurrency 1 (an upper bound on what the client adds to each
 request), and the most requests/s and streamed chunks/s one client process sustains, with the
 CPU each costs. From those, `Calibration.load_fraction` says how close a shard ran to the
@@ -101,9 +101,9 @@ def _run(url: str, stream: bool, concurrency: int, requests: int, workdir: Path,
     import pyarrow.parquet as pq
 
     from fmbench.config import InferenceConfig
-    from fmbench.endpoints.base import Prompt
     from fmbench.endpoints.openai import OpenAIClient
     from fmbench.loadgen import ShardSpec, run_shard
+    from fmbench.protocol import Prompt
 
     client = OpenAIClient(url, "m", api="chat", inference=InferenceConfig(stream=stream, max_tokens=16))
     spec = ShardSpec(shard_id=f"calibration-{tag}", experiment="calibration", dataset="calibration",
@@ -143,7 +143,7 @@ def calibrate_host(duration_s: float = 2.0, concurrency: int = 32) -> Calibratio
     Raises:
         FMBenchError: the zero-latency server failed to start or answer.
     """
-    from fmbench.loadgen.zeroserver import ZeroServer
+    from fmbench.simulator.zeroserver import ZeroServer
 
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else [0.0, 0.0, 0.0]
     t0 = time.monotonic()

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     s = sub.add_parser("serve-sim", help="serve the simulated endpoint (OpenAI-compatible) until stopped")
-    from fmbench.endpoints.simulated.cli import add_cli_arguments
+    from fmbench.simulator.cli import add_cli_arguments
 
     add_cli_arguments(s)
     s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -227,7 +227,7 @@ def _age(seconds: float | None) -> str:
 
 
 def cmd_serve_sim(args: argparse.Namespace) -> int:
-    from fmbench.endpoints.simulated.cli import run
+    from fmbench.simulator.cli import run
 
     return run(args)
 

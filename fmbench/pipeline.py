@@ -148,7 +148,7 @@ def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[di
 def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]]) -> PromptSet:
     """Write a dataset's bucketed prompts into the run (prompts/<dataset>__<bucket>.parquet)."""
     from fmbench.datasets import write_prompts
-    from fmbench.endpoints.base import Prompt
+    from fmbench.protocol import Prompt
 
     ps = PromptSet(dataset=dataset_name)
     for label, rows in bucketed.items():

@@ -22,7 +22,6 @@ from fmbench.config import (
     SageMakerEndpoint,
     resolve_path,
 )
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import (
     ConfigError,
     DatasetError,
@@ -34,6 +33,7 @@ from fmbench.errors import (
     EndpointTimeout,
     StorageError,
 )
+from fmbench.protocol import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def check_aws_credentials(endpoint: BedrockEndpoint | SageMakerEndpoint, where: 
     """
     import botocore.exceptions
 
-    from fmbench.endpoints._boto import make_session
+    from fmbench.aws import make_session
 
     try:
         credentials = make_session(endpoint.region, endpoint.profile).get_credentials()
@@ -205,7 +205,7 @@ def check_sagemaker_access(endpoint: SageMakerEndpoint, where: str) -> None:
     import botocore.config
     import botocore.exceptions
 
-    from fmbench.endpoints._boto import make_session
+    from fmbench.aws import make_session
 
     try:
         session = make_session(endpoint.region, endpoint.profile)

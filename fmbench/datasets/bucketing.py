@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fmbench.config import bucket_label
-from fmbench.endpoints.base import Prompt
+from fmbench.protocol import Prompt
 
 
 @dataclass(slots=True)

@@ -23,8 +23,8 @@ from fmbench.datasets.jsonl import load_jsonl_prompts
 from fmbench.datasets.longbench import load_longbench_prompts
 from fmbench.datasets.synthetic import GENERATOR_VERSION, generate_synthetic_prompts
 from fmbench.datasets.tokenizer import Tokenizer, load_tokenizer
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError
+from fmbench.protocol import Prompt
 
 # Bump when the way prompts are derived from the same inputs changes (invalidates cached payloads).
 _FINGERPRINT_VERSION = 1

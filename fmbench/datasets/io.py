@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError
+from fmbench.protocol import Prompt
 from fmbench.storage import read_parquet, write_parquet
 
 PROMPT_SCHEMA: dict[str, type[pl.DataType]] = {

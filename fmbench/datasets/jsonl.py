@@ -14,8 +14,8 @@ from typing import Any
 from fmbench.config import JsonlDataset
 from fmbench.datasets.template import render_template, template_fields
 from fmbench.datasets.tokenizer import Tokenizer
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError
+from fmbench.protocol import Prompt
 
 Record = dict[str, Any]
 

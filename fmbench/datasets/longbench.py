@@ -15,8 +15,8 @@ from fmbench.datasets._hub import hub_download
 from fmbench.datasets.jsonl import Record, parse_jsonl, read_file_bytes, records_to_prompts
 from fmbench.datasets.template import render_template, template_fields
 from fmbench.datasets.tokenizer import Tokenizer
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError
+from fmbench.protocol import Prompt
 
 HUB_ARCHIVE = "data.zip"
 

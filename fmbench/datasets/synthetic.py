@@ -15,8 +15,8 @@ from functools import lru_cache
 from fmbench.config import SyntheticDataset, bucket_label
 from fmbench.datasets.template import template_fields
 from fmbench.datasets.tokenizer import Tokenizer
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError
+from fmbench.protocol import Prompt
 
 # Bump when the generated text changes for the same parameters: it is part of the dataset fingerprint.
 GENERATOR_VERSION = 1

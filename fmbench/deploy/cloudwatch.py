@@ -16,7 +16,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from fmbench.endpoints._boto import make_session
+from fmbench.aws import make_session
 from fmbench.errors import DeploymentError
 
 log = logging.getLogger(__name__)

@@ -86,7 +86,7 @@ def sagemaker_client(region: str | None, profile: str | None = None, endpoint_ur
     import botocore.config
     import botocore.exceptions
 
-    from fmbench.endpoints._boto import make_session
+    from fmbench.aws import make_session
 
     try:
         session = make_session(region, profile)

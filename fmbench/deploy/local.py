@@ -24,7 +24,7 @@ _lock = threading.Lock()
 
 def deploy_simulated(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None) -> DeployedEndpoint:
     """Start a simulated server for the experiment in its own process, on a free local port."""
-    from fmbench.endpoints.simulated.process import SimulatedServerProcess
+    from fmbench.simulator.process import SimulatedServerProcess
 
     endpoint = experiment.endpoint
     assert isinstance(endpoint, SimulatedEndpoint)

@@ -25,9 +25,9 @@ import boto3
 import botocore.exceptions
 
 from fmbench import progress
+from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, register_provider
-from fmbench.endpoints._boto import make_session
 from fmbench.errors import DeploymentError
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
-from fmbench.endpoints.base import Completion, EndpointClient, Prompt
 from fmbench.errors import EndpointError
+from fmbench.protocol import Completion, EndpointClient, Prompt
 
 __all__ = ["Completion", "EndpointClient", "Prompt", "make_client"]
 

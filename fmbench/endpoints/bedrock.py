@@ -5,7 +5,7 @@ profile (``us.anthropic.claude-3-5-sonnet-20240620-v1:0``) or a provisioned-thro
 API takes all three the same way. Token counts come from the API's ``usage`` (response, or the
 stream's ``metadata`` event). Streaming is timed like the other clients: each
 ``contentBlockDelta`` carrying text is stamped with ``time.monotonic()`` in the worker thread as
-botocore hands it over (see `fmbench.endpoints._boto` for the thread-pool design).
+botocore hands it over (see `fmbench.aws` for the thread-pool design).
 
 Throttling (``ThrottlingException``, ``ServiceQuotaExceededException``, any 429) raises
 `EndpointThrottled`. The client sends each request once; retrying throttled requests is the load
@@ -19,13 +19,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fmbench.config import BedrockEndpoint, InferenceConfig
-from fmbench.endpoints._boto import (
+from fmbench.aws import (
     BotoRuntimeClient,
     translate_client_error,
 )
-from fmbench.endpoints.base import Completion, Prompt
+from fmbench.config import BedrockEndpoint, InferenceConfig
 from fmbench.errors import EndpointError, EndpointProtocolError, EndpointTimeout
+from fmbench.protocol import Completion, Prompt
 
 __all__ = ["BedrockClient", "bedrock_client"]
 

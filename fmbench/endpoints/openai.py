@@ -7,7 +7,7 @@ split once at its newlines and never re-scanned, events split across reads and s
 one read are both handled, and each chunk carrying output text is stamped with
 ``time.monotonic()`` at the read that delivered it.
 
-Timing contract (absolute ``time.monotonic()`` seconds, see `fmbench.endpoints.base.Completion`):
+Timing contract (absolute ``time.monotonic()`` seconds, see `fmbench.protocol.Completion`):
 ``t_start`` just before the request's first bytes are handed to the kernel (each connection's
 transport stamps the first write of the request in flight, `_SendStampingHandler`); aiohttp's own
 preparation of a request before that (0.05 ms back to back, 0.4 ms after a few ms idle on the
@@ -77,7 +77,6 @@ from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from fmbench.config import InferenceConfig
-from fmbench.endpoints.base import Completion, Prompt
 from fmbench.errors import (
     EndpointConnectionError,
     EndpointError,
@@ -86,6 +85,7 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
 )
+from fmbench.protocol import Completion, Prompt
 
 try:  # orjson parses a chunk ~3x faster and encodes a 32k-token prompt ~5x faster; it is optional
     import orjson

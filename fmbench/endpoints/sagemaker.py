@@ -18,7 +18,7 @@ Why boto3 in threads rather than aiobotocore: boto3 is what users run; each call
 of ``concurrency`` threads with a botocore connection pool of the same size and retries disabled
 (every attempt is recorded by the engine), and events are stamped in the worker thread as
 botocore hands them over, so the event loop never delays a stamp. ``t_start`` is stamped at
-botocore's ``before-send``, after serialization and signing (see `fmbench.endpoints._boto`).
+botocore's ``before-send``, after serialization and signing (see `fmbench.aws`).
 Measured on the 2-core VM against the simulated endpoint (TGI stream of 16 tokens, model TTFT
 60 ms, 256 requests at concurrency 32 for CPU)::
 
@@ -37,13 +37,13 @@ import json
 import time
 from typing import Any
 
-from fmbench.config import InferenceConfig, SageMakerEndpoint
-from fmbench.endpoints._boto import (
+from fmbench.aws import (
     BotoRuntimeClient,
     translate_client_error,
 )
-from fmbench.endpoints.base import Completion, Prompt
+from fmbench.config import InferenceConfig, SageMakerEndpoint
 from fmbench.errors import EndpointError, EndpointProtocolError, EndpointTimeout
+from fmbench.protocol import Completion, Prompt
 
 __all__ = ["SageMakerClient", "sagemaker_client"]
 
@@ -181,7 +181,7 @@ class SageMakerClient(BotoRuntimeClient):
         Raises:
             EndpointThrottled: ThrottlingException (or any 429).
             EndpointHTTPError: ModelError (status = the container's status), validation errors.
-            EndpointTimeout, EndpointConnectionError, EndpointProtocolError: see `_boto`.
+            EndpointTimeout, EndpointConnectionError, EndpointProtocolError: see `fmbench.aws`.
         """
         if self._client is None:
             raise EndpointError("sagemaker client used before open()")

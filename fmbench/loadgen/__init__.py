@@ -2,8 +2,8 @@
 
 Entry points: `run_shard` (sync, fresh event loop) and `run_shard_async`; a shard is described by
 `ShardSpec` and summarised by `ShardResult`, with one `fmbench.records.RequestRecord` per request
-streamed to a parquet file by `RecordWriter`. `zeroserver.ZeroServer` is a zero-latency
-OpenAI-compatible server for measuring the client itself (`fmbench.calibration`, ``benchmarks/``).
+streamed to a parquet file by `RecordWriter`. The servers it is measured against live beside it in
+`fmbench.simulator` (`fmbench.simulator.zeroserver.ZeroServer` measures the client itself).
 """
 
 from __future__ import annotations

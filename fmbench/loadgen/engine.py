@@ -39,10 +39,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from fmbench.endpoints.base import Completion, EndpointClient, Prompt
 from fmbench.errors import DatasetError, EndpointError
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import RecordWriter
+from fmbench.protocol import Completion, EndpointClient, Prompt
 from fmbench.records import RequestRecord
 
 _SPIN_S = 0.0012  # pacer: stop sleeping this long before a due time, then yield-spin

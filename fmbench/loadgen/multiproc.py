@@ -30,7 +30,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from fmbench.endpoints.base import EndpointClient, Prompt
 from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.loadgen.engine import (
     PROGRESS_EVERY_S,
@@ -44,6 +43,7 @@ from fmbench.loadgen.engine import (
 )
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
+from fmbench.protocol import EndpointClient, Prompt
 
 _READY_TIMEOUT_S = 120.0  # spawning and importing can be slow on a loaded machine
 _START_LEAD_S = 0.05  # t0 is this far after the last process reported ready

@@ -39,8 +39,8 @@ import polars as pl
 from fmbench.errors import EndpointError
 
 if TYPE_CHECKING:
-    from fmbench.endpoints.base import Completion, EndpointClient, Prompt
     from fmbench.loadgen.engine import _Shard
+    from fmbench.protocol import Completion, EndpointClient, Prompt
     from fmbench.records import RequestRecord
 
 __all__ = ["BASE_BACKOFF_S", "MAX_BACKOFF_S", "MAX_THROTTLE_BACKOFF_S", "RETRYABLE_KINDS", "backoff_s",

@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.app import build_app
-from fmbench.endpoints.simulated.aws import AwsRoutes
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.simulator.app import build_app
+from fmbench.simulator.aws import AwsRoutes
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.process import SimulatedServerProcess
 
 #: The latency model the accuracy tests compare against.
 SIM = SimulatedEndpoint(provider="simulated", ttft_ms=60.0, tpot_ms=10.0, output_tokens=16, max_batch=16)
@@ -67,7 +67,7 @@ class SimThread:
     """The simulated app with chosen route options and faults, on a loop in a daemon thread."""
 
     def __init__(self, cfg: SimulatedEndpoint = SIM, faults: FaultConfig | None = None, **routes: Any) -> None:
-        from fmbench.endpoints.simulated.openai_routes import register as openai_register
+        from fmbench.simulator.openai_routes import register as openai_register
 
         self.app = build_app(cfg, faults, families=[openai_register, AwsRoutes(**routes)])
         self.url = ""

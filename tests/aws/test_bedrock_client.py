@@ -14,9 +14,7 @@ import pytest
 
 from fmbench.config import BedrockEndpoint, InferenceConfig
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Completion, Prompt
 from fmbench.endpoints.bedrock import BedrockClient
-from fmbench.endpoints.simulated.faults import FaultConfig
 from fmbench.errors import (
     EndpointConnectionError,
     EndpointHTTPError,
@@ -24,6 +22,8 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
 )
+from fmbench.protocol import Completion, Prompt
+from fmbench.simulator.faults import FaultConfig
 
 from .conftest import SIM, timing_within_tolerance
 

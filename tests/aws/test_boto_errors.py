@@ -8,7 +8,7 @@ import botocore.parsers
 import pytest
 import urllib3.exceptions
 
-from fmbench.endpoints._boto import THROTTLING_CODES, client_config, pool_size, translate_client_error
+from fmbench.aws import THROTTLING_CODES, client_config, pool_size, translate_client_error
 from fmbench.errors import (
     EndpointConnectionError,
     EndpointError,

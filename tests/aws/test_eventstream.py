@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
 
-from fmbench.endpoints._eventstream import encode_event, encode_exception, encode_json_event, encode_message
+from fmbench.simulator.eventstream import encode_event, encode_exception, encode_json_event, encode_message
 
 
 def _decode(data: bytes, step: int | None = None) -> list[tuple[dict[str, object], bytes]]:

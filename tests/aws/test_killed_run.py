@@ -20,7 +20,7 @@ import yaml
 
 from fmbench.config import SimulatedEndpoint
 from fmbench.deploy.sagemaker import resource_name
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.simulator.process import SimulatedServerProcess
 from tests.aws.test_cleanup import _by_hand
 from tests.aws.test_sagemaker_deploy import INSTANCE, ROLE, TGI_IMAGE, _inventory, _sm
 

@@ -18,8 +18,8 @@ from fmbench.datasets import (
     write_prompts,
 )
 from fmbench.datasets.tokenizer import Tokenizer
-from fmbench.endpoints.base import Prompt
 from fmbench.errors import DatasetError, StorageError
+from fmbench.protocol import Prompt
 from tests.datasets.dataset_helpers import SAMPLES, make_cfg, write_jsonl
 
 
@@ -213,8 +213,8 @@ def test_simulated_server_counts_prompts_with_the_runs_tokenizer(tmp_path: Path,
     import asyncio
 
     from fmbench.endpoints import make_client
-    from fmbench.endpoints.base import Prompt
     from fmbench.pipeline import deploy, teardown
+    from fmbench.protocol import Prompt
     from fmbench.rundir import open_run
 
     shutil.copy(bpe_json, tmp_path / "tok.json")

@@ -23,12 +23,12 @@ import polars as pl
 import pytest
 
 from fmbench.config import InferenceConfig
-from fmbench.endpoints.base import Completion, Prompt
 from fmbench.endpoints.openai import OpenAIClient, _parse_keep_alive
 from fmbench.errors import EndpointConnectionError, EndpointError
 from fmbench.loadgen import run_shard
 from fmbench.loadgen.spec import ShardSpec
 from fmbench.metrics import summarize
+from fmbench.protocol import Completion, Prompt
 from fmbench.report.render import _resend_rows
 
 PROMPT = Prompt("p0", "Hello there", 2)

@@ -12,7 +12,6 @@ import pytest
 
 from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Completion, EndpointClient, Prompt
 from fmbench.endpoints.openai import _EXCEPTION_MAP, OpenAIClient, _translate
 from fmbench.errors import (
     EndpointConnectionError,
@@ -22,6 +21,7 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
 )
+from fmbench.protocol import Completion, EndpointClient, Prompt
 from tests.loadgen.fake_openai import FakeOpenAI
 
 PROMPT = Prompt("p0", "Hello there", 2)

@@ -10,8 +10,8 @@ import polars as pl
 
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Prompt
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.protocol import Prompt
 
 MODEL = "fmbench-sim"
 SIM = SimulatedEndpoint(provider="simulated", model=MODEL, ttft_ms=10, tpot_ms=1, output_tokens=8, seed=7)

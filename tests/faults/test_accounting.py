@@ -10,9 +10,9 @@ import polars as pl
 import pytest
 
 from fmbench.config import BenchmarkConfig
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.metrics import summarize
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.process import SimulatedServerProcess
 from tests.faults.helpers import EXPECTED_KIND, SIM, run_sim_shard, server_faults
 
 REQUESTS = 160

@@ -12,9 +12,9 @@ import pytest
 
 from fmbench.config import BedrockEndpoint, InferenceConfig, SageMakerEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.process import SimulatedServerProcess
 from tests.faults.helpers import PROMPTS, SIM, server_faults
 
 REQUESTS = 80

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.simulator.process import SimulatedServerProcess
 from tests.faults.conftest import ROOT, fmbench_argv
 
 GOOD = """\

@@ -16,8 +16,8 @@ import polars as pl
 import psutil
 import yaml
 
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.process import SimulatedServerProcess
 from tests.faults.conftest import ROOT, fmbench_argv
 from tests.faults.helpers import ODD_STATE, SIM, run_sim_shard, server_faults
 

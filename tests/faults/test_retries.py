@@ -11,11 +11,11 @@ import pytest
 
 from fmbench.config import ExperimentConfig, InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.loadgen.retry import MAX_BACKOFF_S, RETRYABLE_KINDS, backoff_s, final_attempts
 from fmbench.metrics import summarize
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.process import SimulatedServerProcess
 from tests.faults.helpers import PROMPTS, SIM, run_sim_shard, server_faults
 
 REQUESTS = 60

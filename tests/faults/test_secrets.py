@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.simulator.process import SimulatedServerProcess
 
 API_KEY = "sk-fmbench-PLANTED-91c2d7e4aa"
 AWS_KEY_ID = "AKIAFMBENCHPLANTED42"

@@ -16,7 +16,7 @@ from flows.benchmark import benchmark
 from fmbench import storage
 from fmbench.cli import main as cli_main
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.simulator.process import SimulatedServerProcess
 
 SIM = {"provider": "simulated", "ttft_ms": 20, "tpot_ms": 2, "output_tokens": 6}
 

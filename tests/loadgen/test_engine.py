@@ -15,10 +15,10 @@ import pytest
 
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Completion, Prompt
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.errors import ConfigError, DatasetError, EndpointThrottled
 from fmbench.loadgen import ShardResult, ShardSpec, arrival_gaps, partial_path, run_shard, run_shard_async
+from fmbench.protocol import Completion, Prompt
 from fmbench.records import ERROR_KINDS, REQUEST_SCHEMA
 from tests.loadgen.fake_openai import FakeOpenAI
 
@@ -344,7 +344,7 @@ def test_spec_rejects_unknown_fields_and_cap_without_rate() -> None:
 
 
 def test_ttft_and_tpot_match_the_simulated_server(tmp_path: Path) -> None:
-    from fmbench.endpoints.simulated.process import SimulatedServerProcess
+    from fmbench.simulator.process import SimulatedServerProcess
 
     cfg = SimulatedEndpoint(provider="simulated", ttft_ms=50.0, tpot_ms=5.0, output_tokens=20, max_batch=4)
     with SimulatedServerProcess(cfg) as srv:

@@ -13,11 +13,11 @@ import pytest
 
 from fmbench.config import InferenceConfig
 from fmbench.datasets.tokenizer import load_tokenizer
-from fmbench.endpoints.base import Prompt
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.loadgen import ShardSpec, partial_path, run_shard, run_shard_async
 from fmbench.loadgen.multiproc import part_path
-from fmbench.loadgen.zeroserver import ZeroServer
+from fmbench.protocol import Prompt
+from fmbench.simulator.zeroserver import ZeroServer
 from tests.loadgen.fake_openai import FakeOpenAI
 
 PROMPTS = [Prompt(f"p{i}", f"prompt {i}", 3) for i in range(3)]

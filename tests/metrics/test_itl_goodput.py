@@ -1,6 +1,6 @@
 """Inter-token latency, goodput and cost per 1M tokens: hand-computed records, then the simulated endpoint.
 
-The simulated server's latency model is exact (`fmbench.endpoints.simulated.model`): every gap
+The simulated server's latency model is exact (`fmbench.simulator.model`): every gap
 between chunks is ``tpot`` times the tokens the later chunk carries, and TTFT is ``ttft + prefill x
 prompt tokens`` at concurrency 1. Measured times can only be later than the model's (the server
 never sends early), so limits are set with a wide margin above the model's value, never below it.
@@ -16,11 +16,11 @@ import pytest
 
 from fmbench.config import InferenceConfig, SimulatedEndpoint, SimulatedFaults, parse_config
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Prompt
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.metrics import recommend, summarize
+from fmbench.protocol import Prompt
 from fmbench.records import RequestRecord, records_frame
+from fmbench.simulator.process import SimulatedServerProcess
 
 
 def make_cfg(slo: dict[str, Any] | None = None, pricing: dict[str, Any] | None = None,

@@ -24,9 +24,9 @@ import pytest
 from fmbench.config import ExperimentConfig, InferenceConfig, OpenAIEndpoint
 from fmbench.datasets.tokenizer import load_tokenizer
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import Prompt
 from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.preflight import probe_endpoint
+from fmbench.protocol import Prompt
 from tests.realservers.gguf_model import expected_text
 from tests.realservers.llama_server import LlamaServer
 

@@ -18,10 +18,10 @@ import yaml
 
 from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
 from fmbench.endpoints import make_client
-from fmbench.endpoints.base import EndpointClient, Prompt
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.metrics import summarize
+from fmbench.protocol import EndpointClient, Prompt
+from fmbench.simulator.process import SimulatedServerProcess
 from tests.realservers.nginx_proxy import NginxProxy, ProxyProfile, nginx_available
 
 # Locally a missing nginx skips these tests; in CI (CI set) it is an error: CI must run them.

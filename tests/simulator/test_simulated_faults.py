@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.faults import FaultConfig, FaultInjector, FaultKind
-from fmbench.endpoints.simulated.server import SimulatedServerThread
+from fmbench.simulator.faults import FaultConfig, FaultInjector, FaultKind
+from fmbench.simulator.server import SimulatedServerThread
 
 MODEL = "sim-faults"
 TOKENS = 10

@@ -5,7 +5,7 @@ reports the server-side lateness of each chunk (send time minus due time, from
 ``/fmbench/stats``) next to the client-side delivery delay (arrival minus the chunk's
 ``t_sent``), so server precision and client overhead can be told apart::
 
-    python -m fmbench.endpoints.simulated.measure --concurrency 1 16 64 --tpot-ms 4
+    python -m fmbench.simulator.measure --concurrency 1 16 64 --tpot-ms 4
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
+from fmbench.simulator.process import SimulatedServerProcess
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -76,7 +76,7 @@ def measure_pacing(cfg: SimulatedEndpoint, concurrency: int, requests: int) -> d
 def main(argv: list[str] | None = None) -> None:
     """Print one line of pacing precision per concurrency level."""
     parser = argparse.ArgumentParser(
-        prog="python -m fmbench.endpoints.simulated.measure", description=__doc__
+        prog="python -m fmbench.simulator.measure", description=__doc__
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--requests-per-stream", type=int, default=4, help="Requests per concurrent stream.")

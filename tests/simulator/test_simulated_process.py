@@ -12,11 +12,11 @@ import psutil
 import pytest
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.cli import add_cli_arguments, config_from_args, config_to_args
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.measure import measure_pacing
-from fmbench.endpoints.simulated.process import SimulatedServerProcess
 from fmbench.errors import ConfigError, DeploymentError
+from fmbench.simulator.cli import add_cli_arguments, config_from_args, config_to_args
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.measure import measure_pacing
+from fmbench.simulator.process import SimulatedServerProcess
 
 CFG = SimulatedEndpoint(provider="simulated", model="sim-proc", ttft_ms=5, tpot_ms=1, output_tokens=4, seed=2)
 
@@ -38,7 +38,7 @@ def test_cli_prints_one_ready_line_and_exits_cleanly_on_sigint() -> None:
     argv = [
         sys.executable,
         "-m",
-        "fmbench.endpoints.simulated",
+        "fmbench.simulator",
         "--port",
         "0",
         "--ttft-ms",
@@ -123,7 +123,7 @@ def test_process_command_line_carries_every_setting() -> None:
     argv = SimulatedServerProcess(CFG, faults, port=8123, tokenizer="cl100k_base").argv()
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
-    args = parser.parse_args(argv[3:])  # after: python -m fmbench.endpoints.simulated
+    args = parser.parse_args(argv[3:])  # after: python -m fmbench.simulator
     assert (args.port, args.tokenizer) == (8123, "cl100k_base")
     assert config_from_args(args) == (CFG, faults)
 

@@ -1,4 +1,4 @@
-"""Command line of the simulated endpoint (``python -m fmbench.endpoints.simulated``).
+"""Command line of the simulated endpoint (``python -m fmbench.simulator``).
 
 `add_cli_arguments` and `config_from_args` are shared with ``fmbench serve-sim``;
 `config_to_args` is their inverse, used to spawn the server as a subprocess.
@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from fmbench.config import SimulatedEndpoint, format_validation_error
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.server import READY_PREFIX, serve
 from fmbench.errors import FMBenchError
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.server import READY_PREFIX, serve
 
 # (flag, model field, type): flags are the field names with dashes.
 _ENDPOINT_FLAGS: list[tuple[str, str, type]] = [
@@ -175,9 +175,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fmbench.endpoints.simulated``: parse flags and `run`."""
+    """``python -m fmbench.simulator``: parse flags and `run`."""
     parser = argparse.ArgumentParser(
-        prog="python -m fmbench.endpoints.simulated",
+        prog="python -m fmbench.simulator",
         description="A local OpenAI-compatible server with the latency model of a continuous-batching LLM server.",
     )
     add_cli_arguments(parser)

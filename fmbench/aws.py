@@ -1,4 +1,4 @@
-"""Shared plumbing of the boto3-based clients: sessions, a thread pool per shard, error mapping.
+"""Shared AWS plumbing (boto3 sessions, a thread pool per shard, error mapping) for clients, deploy and preflight.
 
 boto3 is synchronous. Each client runs its calls in a thread pool sized to the shard's
 concurrency, with a botocore connection pool of the same size, so neither the pool nor urllib3

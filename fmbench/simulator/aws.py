@@ -26,11 +26,11 @@ from typing import Any
 
 from aiohttp import web
 
-from fmbench.endpoints._eventstream import encode_event, encode_exception, encode_json_event
-from fmbench.endpoints.simulated._http import reset_connection
-from fmbench.endpoints.simulated.app import SIM_CONTEXT, SimContext
-from fmbench.endpoints.simulated.core import Generation, GenRequest
-from fmbench.endpoints.simulated.faults import Fault, FaultKind, hang_forever
+from fmbench.simulator._http import reset_connection
+from fmbench.simulator.app import SIM_CONTEXT, SimContext
+from fmbench.simulator.core import Generation, GenRequest
+from fmbench.simulator.eventstream import encode_event, encode_exception, encode_json_event
+from fmbench.simulator.faults import Fault, FaultKind, hang_forever
 
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _VARIANT = "AllTraffic"

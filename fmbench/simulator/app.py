@@ -2,7 +2,7 @@
 
 A route family is a function ``register(app, ctx)`` adding routes to the app; each handler finds
 the shared `SimContext` (config, core, fault injector, token counter) at ``app[SIM_CONTEXT]``.
-The OpenAI family is always present; a module ``fmbench.endpoints.simulated.aws`` exposing
+The OpenAI family is always present; a module ``fmbench.simulator.aws`` exposing
 ``register`` is picked up when it exists. Family-independent routes:
 
 * ``GET /health`` -> ``{"status": "ok"}``
@@ -22,10 +22,10 @@ from typing import Any
 from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.core import SimCore
-from fmbench.endpoints.simulated.faults import Fault, FaultConfig, FaultInjector
-from fmbench.endpoints.simulated.pacing import TimerKind
-from fmbench.endpoints.simulated.text import TokenCounter, make_counter
+from fmbench.simulator.core import SimCore
+from fmbench.simulator.faults import Fault, FaultConfig, FaultInjector
+from fmbench.simulator.pacing import TimerKind
+from fmbench.simulator.text import TokenCounter, make_counter
 
 # Texts longer than this are counted in a worker thread (tiktoken releases the GIL), so a long
 # prompt does not stall the chunks of other requests.
@@ -78,12 +78,12 @@ RouteFamily = Callable[[web.Application, SimContext], None]
 
 SIM_CONTEXT: web.AppKey[SimContext] = web.AppKey("fmbench_sim_context", SimContext)
 
-_OPTIONAL_FAMILIES = ("fmbench.endpoints.simulated.aws",)
+_OPTIONAL_FAMILIES = ("fmbench.simulator.aws",)
 
 
 def default_route_families() -> list[RouteFamily]:
     """The OpenAI family plus any optional family module that is installed."""
-    from fmbench.endpoints.simulated.openai_routes import register as openai_register
+    from fmbench.simulator.openai_routes import register as openai_register
 
     families: list[RouteFamily] = [openai_register]
     for name in _OPTIONAL_FAMILIES:

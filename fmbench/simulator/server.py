@@ -15,11 +15,11 @@ from typing import Self
 from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.endpoints.simulated.app import build_app
-from fmbench.endpoints.simulated.faults import FaultConfig
-from fmbench.endpoints.simulated.pacing import TimerKind
-from fmbench.endpoints.simulated.text import make_counter
 from fmbench.errors import DeploymentError
+from fmbench.simulator.app import build_app
+from fmbench.simulator.faults import FaultConfig
+from fmbench.simulator.pacing import TimerKind
+from fmbench.simulator.text import make_counter
 
 #: The line `serve` prints (with the base URL) once the socket is bound.
 READY_PREFIX = "FMBENCH_SIM_LISTENING"

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from fmbench.endpoints.simulated._http import early_fault_response, reset_connection, send_truncated_body
-from fmbench.endpoints.simulated.app import SIM_CONTEXT, SimContext
-from fmbench.endpoints.simulated.core import Chunk, Generation, GenRequest
-from fmbench.endpoints.simulated.faults import Fault, FaultKind
+from fmbench.simulator._http import early_fault_response, reset_connection, send_truncated_body
+from fmbench.simulator.app import SIM_CONTEXT, SimContext
+from fmbench.simulator.core import Chunk, Generation, GenRequest
+from fmbench.simulator.faults import Fault, FaultKind
 
 Api = Literal["chat", "completions"]
 _MID_STREAM = (FaultKind.RESET, FaultKind.MALFORMED, FaultKind.TRUNCATED)
