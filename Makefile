@@ -25,7 +25,7 @@ deploy: install
 	@$(UV) run --frozen bash deployments/deploy.sh
 
 lint: install
-	@$(UV) run --frozen ruff check fmbench tasks flows tests
+	@$(UV) run --frozen ruff check fmbench cli tasks flows tests
 
 typecheck: install
 	@$(UV) run --frozen mypy

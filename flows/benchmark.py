@@ -20,6 +20,7 @@ from pydantic import Field
 
 from flows.steps import PrefectSteps
 from fmbench.config import BenchmarkConfig
+from fmbench.names import RUN_ID_PATTERN
 from fmbench.sequence import run_sequence
 from tasks.artifacts import publish_artifacts_task
 from tasks.benchmark import load_config_task
@@ -46,7 +47,7 @@ def _task_runner() -> Any:
 def benchmark(
     config: str | BenchmarkConfig = "configs/quickstart.yml",
     output: str | None = None,
-    run_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] | None = None,
+    run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)] | None = None,
     experiments: list[str] | None = None,
     concurrency_levels: list[Annotated[int, Field(ge=1)]] | None = None,
     requests_per_level: Annotated[int, Field(ge=1)] | None = None,

@@ -1,9 +1,9 @@
-"""`python -m fmbench` runs the command line."""
+"""`python -m fmbench` runs the command line (`cli.main`, outside the library; nothing imports this module)."""
 
 from __future__ import annotations
 
 import sys
 
-from fmbench.cli import main
+from cli.main import main
 
 sys.exit(main())

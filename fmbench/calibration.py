@@ -238,11 +238,11 @@ def calibrate_run(run_url: str, duration_s: float = 2.0) -> Calibration:
         FMBenchError: the measurement failed.
         StorageError: the run directory cannot be written.
     """
-    from fmbench.rundir import MANIFEST, load_manifest, save_manifest
+    from fmbench.rundir import has_manifest, load_manifest, save_manifest
 
     cal = calibrate_host(duration_s)
     save_calibration(run_url, cal)
-    if storage.exists(storage.join(run_url, MANIFEST)):
+    if has_manifest(run_url):
         manifest = load_manifest(run_url)
         manifest.calibration = cal.model_dump(mode="json") | {"summary": cal.summary()}
         save_manifest(run_url, manifest)

@@ -123,9 +123,9 @@ def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -
         StorageError: the bucket does not exist or access is denied.
     """
     from fmbench import storage
+    from fmbench.names import check_run_id
 
-    if run_id is not None and not (run_id and all(c.isalnum() or c in "-_." for c in run_id)):
-        raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '-', '_' and '.' only")
+    check_run_id(run_id)
     out = output or cfg.output
     try:
         storage.check_bucket(out)

@@ -125,6 +125,11 @@ class Manifest(BaseModel):
         default_factory=dict, description="Experiment -> when its endpoint was created, served, measured, deleted.")
 
 
+def has_manifest(run_url: str) -> bool:
+    """True when the run at ``run_url`` has a manifest (it was opened by fmbench)."""
+    return storage.exists(storage.join(run_url, MANIFEST))
+
+
 def load_manifest(run_url: str) -> Manifest:
     """The manifest of the run at ``run_url``.
 

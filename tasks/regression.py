@@ -5,14 +5,13 @@ deployments/automations.yaml notifies on)."""
 
 from __future__ import annotations
 
-import re
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from fmbench import regression
+from fmbench.names import slug
 from fmbench.regression import RegressionReport
 from fmbench.rundir import RunInfo
 
@@ -21,7 +20,7 @@ REGRESSION_EVENT = "fmbench.regression.detected"
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "run"
+    return slug(name) or "run"
 
 
 def artifact_key(name: str) -> str:

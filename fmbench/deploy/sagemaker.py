@@ -29,6 +29,7 @@ from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, register_provider
 from fmbench.errors import DeploymentError
+from fmbench.names import slug
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def resource_name(experiment: str, run_id: str) -> str:
     ``[A-Za-z0-9-]``, unique per (run, experiment).
     """
     tag = hashlib.sha256(f"{run_id}/{experiment}".encode()).hexdigest()[:8]
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", experiment).strip("-") or "exp"
+    stem = slug(experiment, lower=False) or "exp"
     stem = stem[: _NAME_MAX - len("fmbench--") - len(tag)].strip("-")
     return f"fmbench-{stem}-{tag}"
 

@@ -29,6 +29,7 @@ and one records file (see `fmbench.loadgen.multiproc`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
@@ -36,7 +37,8 @@ import statistics
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from fmbench.errors import DatasetError, EndpointError
@@ -243,19 +245,7 @@ class _Shard:
         message: str,
         status: int | None,
     ) -> None:
-        now = time.monotonic()
-        ts = t_sched if t_sched is not None else (t_before if t_before is not None else now)
-        rec.ok = False
-        rec.error_kind = kind
-        rec.error = message[:500]
-        rec.http_status = status
-        rec.input_tokens = prompt.input_tokens
-        rec.t_scheduled = ts
-        rec.t_start = t_before  # None when cancelled before it could be sent
-        rec.t_end = now
-        rec.send_lag_s = t_before - ts if t_before is not None else None
-        rec.latency_s = now - ts
-        rec.chunks = 0
+        fill_failed(rec, prompt, t_sched, t_before, kind, message, status)
         self._add(rec)
 
     def _add(self, rec: RequestRecord) -> None:
@@ -263,6 +253,28 @@ class _Shard:
         self.stats.observe(rec.warmup, rec.ok, rec.t_start, rec.t_end, rec.t_scheduled, rec.send_lag_s)
         if rec.ok and not rec.warmup and rec.ttft_s is not None:
             self.stats.recent_ttfts.append(rec.ttft_s)
+
+
+def fill_failed(rec: RequestRecord, prompt: Prompt, t_sched: float | None, t_before: float | None, kind: str,
+                message: str, status: int | None) -> None:
+    """Fill the fields of a failed request's record (the engine's failures and retried attempts alike).
+
+    Its latency runs from the scheduled time (else the send, else now) to now; ``t_start`` stays
+    None when it was cancelled before it could be sent.
+    """
+    now = time.monotonic()
+    ts = t_sched if t_sched is not None else (t_before if t_before is not None else now)
+    rec.ok = False
+    rec.error_kind = kind
+    rec.error = message[:500]
+    rec.http_status = status
+    rec.input_tokens = prompt.input_tokens
+    rec.t_scheduled = ts
+    rec.t_start = t_before
+    rec.t_end = now
+    rec.send_lag_s = t_before - ts if t_before is not None else None
+    rec.latency_s = now - ts
+    rec.chunks = 0
 
 
 def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float) -> ShardResult:
@@ -393,6 +405,35 @@ async def report_progress(shard: _Shard, report: Callable[[int, int, float | Non
         report(st.measured + st.warm, st.errors, st.ttft_p50())
 
 
+@dataclass(slots=True)
+class ShardSession:
+    """What `shard_session` cleans up besides the client: the progress reporter, once started."""
+
+    reporter: asyncio.Future[None] | None = None
+
+
+@contextlib.asynccontextmanager
+async def shard_session(client: EndpointClient, writer: RecordWriter, connections: int) -> AsyncIterator[ShardSession]:
+    """Open the client for ``connections`` requests in flight (0: no limit) for the body of the block.
+
+    On the way out the client is closed and the reporter (if one was set) cancelled; when the block
+    raises (a cancellation included), the partial records are discarded (``writer.abort``).
+    Committing the records is the caller's, after the block.
+    """
+    session = ShardSession()
+    try:
+        await client.open(connections)
+        try:
+            yield session
+        finally:
+            await client.close()
+            if session.reporter is not None:
+                session.reporter.cancel()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 async def _run_all(tasks: list[asyncio.Task[None]], cancelled: bool = False) -> None:
     """Wait for tasks; on cancellation cancel them all and let each record itself as cancelled."""
     try:
@@ -443,21 +484,11 @@ async def run_shard_async(
     writer = RecordWriter(out_path)
     shard = _Shard(spec, prompts, writer, count_tokens)
     cpu0 = time.process_time()
-    reporter = None
-    if progress is not None:
-        reporter = asyncio.ensure_future(report_progress(
-            shard, lambda done, errors, ttft: progress(done, shard.total, errors, ttft), PROGRESS_EVERY_S))
-    try:
-        await client.open(shard.concurrency)
-        try:
-            await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
-        finally:
-            await client.close()
-            if reporter is not None:
-                reporter.cancel()
-    except BaseException:
-        writer.abort()
-        raise
+    async with shard_session(client, writer, shard.concurrency) as session:
+        if progress is not None:
+            session.reporter = asyncio.ensure_future(report_progress(
+                shard, lambda done, errors, ttft: progress(done, shard.total, errors, ttft), PROGRESS_EVERY_S))
+        await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
     cpu = time.process_time() - cpu0
     path = writer.commit()
     return shard_result(spec, shard.stats, path, cpu)

@@ -40,6 +40,7 @@ from fmbench.loadgen.engine import (
     _Shard,
     report_progress,
     shard_result,
+    shard_session,
 )
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
@@ -79,29 +80,19 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
             cpu0 = time.process_time()
             writer = RecordWriter(part_path(out, k))
             shard = _Shard(spec, prompts, writer, count_tokens)
-            reporter: asyncio.Future[None] | None = None
             workers = 0 if spec.open_loop else _workers(spec.concurrency, n, k)
-            try:
-                await client.open(workers)
-                try:
-                    msgs.put(("ready", k))
-                    t0 = await asyncio.to_thread(go.get)
-                    if t0 is None:
-                        raise asyncio.CancelledError
-                    if progress_every_s is not None:
-                        reporter = asyncio.ensure_future(report_progress(
-                            shard, lambda done, errors, ttft: msgs.put(("progress", k, done, errors, ttft)), progress_every_s))
-                    if spec.open_loop:
-                        await _open_loop(client, shard, t0, (k, n))
-                    else:
-                        await _closed_loop(client, shard, workers, take_id, t0)
-                finally:
-                    await client.close()
-                    if reporter is not None:
-                        reporter.cancel()
-            except BaseException:
-                writer.abort()
-                raise
+            async with shard_session(client, writer, workers) as session:
+                msgs.put(("ready", k))
+                t0 = await asyncio.to_thread(go.get)
+                if t0 is None:
+                    raise asyncio.CancelledError
+                if progress_every_s is not None:
+                    session.reporter = asyncio.ensure_future(report_progress(
+                        shard, lambda done, errors, ttft: msgs.put(("progress", k, done, errors, ttft)), progress_every_s))
+                if spec.open_loop:
+                    await _open_loop(client, shard, t0, (k, n))
+                else:
+                    await _closed_loop(client, shard, workers, take_id, t0)
             writer.commit()
             return list(shard.stats.dispatch_lags), time.process_time() - cpu0
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from fmbench.errors import EndpointError
+from fmbench.loadgen.engine import fill_failed
 
 if TYPE_CHECKING:
     from fmbench.loadgen.engine import _Shard
@@ -184,17 +185,5 @@ def _record_attempt(
 ) -> None:
     """Write a failed, retried attempt (same fields as the engine's failed records, not counted in
     the shard's statistics: the request's outcome is its final attempt)."""
-    now = time.monotonic()
-    ts = sched if sched is not None else (t_before if t_before is not None else now)
-    rec.ok = False
-    rec.error_kind = kind
-    rec.error = message[:500]
-    rec.http_status = status
-    rec.input_tokens = prompt.input_tokens
-    rec.t_scheduled = ts
-    rec.t_start = t_before
-    rec.t_end = now
-    rec.send_lag_s = t_before - ts if t_before is not None else None
-    rec.latency_s = now - ts
-    rec.chunks = 0
+    fill_failed(rec, prompt, sched, t_before, kind, message, status)
     shard.writer.add(rec)

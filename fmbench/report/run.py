@@ -14,7 +14,7 @@ from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
 from fmbench.records import REQUEST_SCHEMA
-from fmbench.rundir import MANIFEST, Manifest, load_manifest
+from fmbench.rundir import Manifest, has_manifest, load_manifest
 
 #: Columns of requests.parquet the report reads. The scan is lazy, so the itl_s lists are read only
 #: by the queries that need them (ITL metrics and the ITL distribution), never held for the report.
@@ -93,7 +93,7 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
     url = run_url.rstrip("/") if storage.is_remote(run_url) else run_url
     problems: list[str] = []
     manifest = Manifest()
-    if storage.exists(storage.join(url, MANIFEST)):
+    if has_manifest(url):
         try:
             manifest = load_manifest(url)
         except (StorageError, UnicodeDecodeError) as exc:

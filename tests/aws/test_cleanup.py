@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fmbench.cli import main
+from cli.main import main
 from fmbench.deploy.inventory import list_fmbench_resources, parse_age, sagemaker_client
 from fmbench.deploy.sagemaker import deploy_sagemaker, resource_name, teardown_sagemaker
 from fmbench.errors import ConfigError, DeploymentError

@@ -12,9 +12,9 @@ import boto3
 import pytest
 import yaml
 
+from cli.main import main as cli_main
 from flows.benchmark import benchmark
 from fmbench import storage
-from fmbench.cli import main as cli_main
 from fmbench.config import SimulatedEndpoint
 from fmbench.simulator.process import SimulatedServerProcess
 

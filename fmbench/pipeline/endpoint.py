@@ -1,0 +1,56 @@
+"""The endpoint steps: deploy an experiment's endpoint for the run and tear it down."""
+
+from __future__ import annotations
+
+from fmbench import progress
+from fmbench.config import BenchmarkConfig, SimulatedEndpoint, resolve_path
+from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
+from fmbench.interrupts import deploying
+from fmbench.pipeline.shards import find_experiment
+from fmbench.rundir import RunInfo
+
+#: A teardown that failed is tried again this many times, this long apart.
+TEARDOWN_RETRIES = 2
+TEARDOWN_RETRY_DELAY_S = 5.0
+
+
+def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
+    """Deploy an experiment's endpoint for this run.
+
+    A simulated server counts prompt tokens with the run's tokenizer unless its config names
+    another, so its usage (and its prefill time) agrees with the buckets the prompts were put in.
+    While it waits, an interrupt of the run reaches this thread (`fmbench.interrupts`).
+    """
+    experiment = find_experiment(cfg, experiment_name)
+    if isinstance(experiment.endpoint, SimulatedEndpoint):
+        spec = experiment.endpoint.tokenizer or cfg.tokenizer
+        if not spec.startswith("hf:") and resolve_path(cfg, spec).is_file():  # a tokenizer.json beside the config
+            spec = str(resolve_path(cfg, spec))
+        endpoint = experiment.endpoint.model_copy(update={"tokenizer": spec})
+        experiment = experiment.model_copy(update={"endpoint": endpoint})
+    deployed: DeployedEndpoint | None = None
+    try:
+        with deploying(experiment_name), progress.deploy_scope(experiment_name, experiment.endpoint.provider):
+            deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
+    except KeyboardInterrupt:
+        # The interrupt landed after the deployer returned: what it made would be lost, delete it.
+        if deployed is not None:
+            teardown_endpoint(deployed, experiment)
+        raise
+    return deployed
+
+
+def teardown(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
+    """Tear down what `deploy` created."""
+    return teardown_endpoint(deployed, find_experiment(cfg, deployed.experiment))
+
+
+def not_torn_down(deployed: DeployedEndpoint, error: BaseException) -> str:
+    """What to tell the user about an endpoint whose teardown did not finish (it may cost money)."""
+    reason = "interrupted" if isinstance(error, KeyboardInterrupt) else (str(error) or type(error).__name__)
+    what = ", ".join(deployed.created) or deployed.endpoint_name or deployed.url or "its endpoint"
+    message = f"experiment {deployed.experiment}: teardown did not finish ({reason}); still running: {what}"
+    if deployed.provider == "sagemaker" and deployed.endpoint_name:
+        message += (f" — it is billed until deleted: aws sagemaker delete-endpoint --endpoint-name "
+                    f"{deployed.endpoint_name} (then its endpoint config and model)")
+    return message

@@ -1,0 +1,63 @@
+"""The steps before anything is measured: load and check the config, calibrate the client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fmbench.config import BenchmarkConfig
+from fmbench.errors import FMBenchError
+from fmbench.rundir import RunInfo
+
+log = logging.getLogger("fmbench")
+
+
+def load_benchmark_config(config: str | BenchmarkConfig, overrides: list[str] | None = None,
+                          experiments: list[str] | None = None, concurrency_levels: list[int] | None = None,
+                          requests_per_level: int | None = None) -> BenchmarkConfig:
+    """Load a config (path, URL, YAML text, or a config model as a Prefect form gives it), apply
+    run-time overrides, and check what can be checked before anything is measured (pricing
+    resolves for every experiment).
+
+    Raises:
+        ConfigError: naming the file or parameter and the field.
+    """
+    from fmbench.config import apply_overrides, load_config_source, narrow_config, parse_config
+
+    if isinstance(config, BenchmarkConfig):
+        data = config.model_dump(mode="python")
+        loaded = parse_config(apply_overrides(data, overrides) if overrides else data, source="config")
+    else:
+        loaded = load_config_source(config, overrides=overrides)
+    cfg = narrow_config(loaded, experiments, concurrency_levels, requests_per_level)
+    check_pricing(cfg)
+    return cfg
+
+
+def check_pricing(cfg: BenchmarkConfig) -> None:
+    """Resolve every experiment's pricing now, so an unknown instance type fails before the run
+    rather than after it has measured everything.
+
+    Raises:
+        ConfigError: naming the experiment and the pricing field.
+    """
+    from fmbench.pricing import resolve_pricing
+
+    for experiment in cfg.experiments:
+        resolve_pricing(experiment)
+
+
+def calibrate(run: RunInfo) -> Any:
+    """Measure this host's client ceiling into the run (calibration.json, manifest), before the shards.
+
+    A failed calibration is logged, not raised: shards then run in one process each, unflagged.
+    """
+    from fmbench.calibration import calibrate_run
+
+    try:
+        cal = calibrate_run(run.url)
+    except FMBenchError as exc:
+        log.warning("client calibration failed, shards run unflagged in one process: %s", exc)
+        return None
+    log.info("client calibration: %s", cal.summary())
+    return cal

@@ -1,0 +1,111 @@
+"""The steps after the shards: gather records and metrics into the run, render and publish the report."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from fmbench import storage
+from fmbench.config import BenchmarkConfig
+from fmbench.errors import FMBenchError
+from fmbench.names import slug
+from fmbench.pipeline.prompts import PromptSet
+from fmbench.pipeline.shards import ShardOutcome
+from fmbench.records import REQUEST_SCHEMA
+from fmbench.rundir import Manifest, RunInfo, utc_now
+
+log = logging.getLogger("fmbench")
+
+
+def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
+                 prompt_sets: list[PromptSet], warnings: list[str] | None = None) -> str:
+    """Gather every shard's records into requests.parquet, compute metrics, update the manifest.
+
+    Returns:
+        The URL of metrics.parquet.
+    """
+    from fmbench.metrics import summarize
+
+    frames = []
+    for o in outcomes:
+        if o.status == "ok" and o.records_url:
+            frames.append(_with_schema(storage.read_parquet(o.records_url)))
+    requests = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=REQUEST_SCHEMA)
+    storage.write_parquet(run.path("requests.parquet"), requests)
+    shard_dicts = [o.model_dump(mode="json") for o in outcomes]
+    notes = list(warnings or []) + _collect_endpoint_metrics(run, cfg, shard_dicts)
+
+    def finish(manifest: Manifest) -> None:
+        manifest.shards = shard_dicts
+        manifest.payload_hashes = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
+        manifest.prompt_counts = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
+        manifest.warnings = notes
+        manifest.ended_at = utc_now()
+
+    run.update_manifest(finish)
+    metrics = summarize(requests, cfg, shards=shard_dicts)
+    storage.write_parquet(run.path("metrics.parquet"), metrics)
+    storage.write_text(run.path("metrics.csv"), _csv(metrics))
+    return run.path("metrics.parquet")
+
+
+def _with_schema(records: pl.DataFrame) -> pl.DataFrame:
+    # A resumed run may hold shards recorded by an fmbench whose records lacked newer columns.
+    missing = [pl.lit(None, dtype=t).alias(c) for c, t in REQUEST_SCHEMA.items() if c not in records.columns]
+    return records.with_columns(missing).select(list(REQUEST_SCHEMA)) if missing else records.select(
+        list(REQUEST_SCHEMA))
+
+
+def _collect_endpoint_metrics(run: RunInfo, cfg: BenchmarkConfig, shards: list[dict[str, Any]]) -> list[str]:
+    # Optional: CloudWatch metrics of SageMaker shards (cloudwatch.parquet); a failure is a warning.
+    if not any(getattr(e.endpoint, "cloudwatch_metrics", False) for e in cfg.experiments):
+        return []
+    from fmbench.deploy.cloudwatch import collect_run_metrics
+
+    try:
+        rows = collect_run_metrics(cfg, shards)
+    except FMBenchError as exc:
+        log.warning("CloudWatch metrics not collected: %s", exc)
+        return [f"CloudWatch metrics not collected: {exc}"]
+    if rows:
+        storage.write_parquet(run.path("cloudwatch.parquet"), pl.DataFrame(rows, infer_schema_length=None))
+    return []
+
+
+def _csv(df: pl.DataFrame) -> str:
+    flat = df.select([c for c in df.columns if not isinstance(df.schema[c], (pl.List, pl.Struct))])
+    return flat.write_csv()
+
+
+def write_report(run: RunInfo) -> str:
+    """Render report.md, report.html and plots; returns the report.md URL."""
+    from fmbench.report import render_report
+
+    paths = render_report(run.url)
+    return str(getattr(paths, "markdown", run.path("report.md")))
+
+
+class ArtifactContent(BaseModel):
+    """What an orchestrator publishes about a finished run."""
+
+    key: str = Field(description="Stable artifact key prefix for this benchmark (versions over runs).")
+    summary_markdown: str
+    table: list[dict[str, str]]
+    report_url: str
+
+
+def artifact_contents(run: RunInfo, cfg: BenchmarkConfig) -> ArtifactContent:
+    """The summary, metrics table and report link of a run, for Prefect artifacts."""
+    from fmbench.report import metrics_table_rows, summary_markdown
+
+    metrics = storage.read_parquet(run.path("metrics.parquet"))
+    key = "fmbench-" + slug(cfg.name)
+    report_url = run.path("report.html")
+    if not storage.is_remote(report_url):
+        report_url = "file://" + report_url
+    summary = summary_markdown(metrics, cfg.slo, title=f"{cfg.name}: run {run.run_id}")
+    return ArtifactContent(key=key, summary_markdown=summary, table=metrics_table_rows(metrics),
+                           report_url=report_url)

@@ -1,0 +1,245 @@
+"""The shard steps: plan an experiment's shards, measure one, and record how each ended.
+
+A shard is one experiment × dataset × bucket × level; `execute_shard` measures it with the load
+engine and stores its records and `ShardOutcome` in the run, so a resumed run reuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmbench import progress, storage
+from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
+from fmbench.deploy import DeployedEndpoint
+from fmbench.errors import EndpointConnectionError
+from fmbench.pipeline.prompts import PromptSet
+from fmbench.rundir import RunInfo, utc_now
+
+log = logging.getLogger("fmbench")
+
+#: A shard whose every request failed to connect is measured again this many times, after these
+#: delays (the endpoint may be restarting); the Prefect task and the inline steps both use them.
+SHARD_RETRIES = 2
+SHARD_RETRY_DELAYS_S = (2.0, 10.0)
+#: How often a running shard logs its requests done (the progress view updates every second).
+PROGRESS_LOG_EVERY_S = 10.0
+
+
+class ShardOutcome(BaseModel):
+    """How one shard ended; what the manifest and the report list per shard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shard_id: str
+    experiment: str
+    dataset: str
+    bucket: str
+    concurrency: int
+    request_rate: float | None = None
+    status: str = Field(description="ok | failed | skipped")
+    error: str | None = None
+    valid: bool = True
+    invalid_reason: str | None = None
+    requests: int = 0
+    errors: int = 0
+    duration_s: float | None = None
+    client_cpu_s: float | None = None
+    processes: int = Field(default=1, description="Client processes the shard ran on.")
+    client_load: float | None = Field(
+        default=None, description="Fraction of the calibrated client ceiling the shard used (None: no calibration).")
+    records_url: str | None = None
+    cached: bool = False
+    started_at: str | None = Field(default=None, description="Wall-clock UTC start of the shard (ISO).")
+    ended_at: str | None = Field(default=None, description="Wall-clock UTC end of the shard (ISO).")
+    endpoint_name: str | None = Field(default=None, description="Provider endpoint the shard measured (SageMaker).")
+
+
+def shard_id(experiment: str, dataset: str, bucket: str, concurrency: int | None, rate: float | None) -> str:
+    """The stable id (and file name) of a shard."""
+    level = f"r{rate:g}" if rate is not None else f"c{concurrency}"
+    return f"{experiment}__{dataset}__{bucket}__{level}"
+
+
+def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: ExperimentConfig) -> list[Any]:
+    """The shards of one experiment, in the order they run (bucket, dataset, then level ascending)."""
+    from fmbench.loadgen import ShardSpec
+
+    by_name = {ps.dataset: ps for ps in prompt_sets}
+    specs = []
+    for lo, hi in cfg.buckets:
+        label = bucket_label((lo, hi))
+        for ds in cfg.datasets_for(experiment):
+            if not by_name.get(ds.name) or not by_name[ds.name].counts.get(label):
+                continue
+            seed = getattr(ds, "seed", 0)
+            common: dict[str, Any] = {
+                "experiment": experiment.name, "dataset": ds.name, "bucket": label, "bucket_min": lo,
+                "bucket_max": hi, "requests": experiment.requests_per_level,
+                "warmup": experiment.warmup_requests, "seed": seed, "request_retries": experiment.request_retries,
+                "store_text": experiment.store_text,
+            }
+            if isinstance(experiment.endpoint, BedrockEndpoint):
+                common["throttle_retries"] = experiment.endpoint.throttle_retries
+                common["throttle_backoff_s"] = experiment.endpoint.throttle_backoff_s
+            procs = experiment.processes or 1  # unset: execute_shard chooses from the calibration
+            for c in sorted(experiment.concurrency_levels or []):
+                specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),
+                                       concurrency=c, processes=min(procs, c), **common))
+            for r in sorted(experiment.request_rates or []):
+                specs.append(ShardSpec(
+                    shard_id=shard_id(experiment.name, ds.name, label, None, r),
+                    request_rate=r, arrival=experiment.arrival,
+                    burstiness=experiment.burstiness, max_concurrency=experiment.max_concurrency,
+                    processes=1 if experiment.max_concurrency else procs, **common))
+    return specs
+
+
+def needs_endpoint(run: RunInfo, specs: list[Any]) -> bool:
+    """True when some shard of an experiment is still to be measured (a resumed run whose shards
+    are all measured deploys nothing)."""
+    return any(finished_shard(run, s.shard_id) is None for s in specs)
+
+
+def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
+    """The outcome of a shard already measured in this run (resume), or None."""
+    url = run.shard_result(sid)
+    if not storage.exists(url):
+        return None
+    outcome = ShardOutcome.model_validate_json(storage.read_text(url))
+    return outcome.model_copy(update={"cached": True})
+
+
+def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
+                  deployed: DeployedEndpoint) -> ShardOutcome:
+    """Measure one shard (or return it from the run if already measured).
+
+    Raises:
+        EndpointConnectionError: every request failed to connect (the endpoint is down), so an
+            orchestrator can retry the shard; the failed attempt's records are kept beside it.
+    """
+    done = finished_shard(run, spec.shard_id)
+    if done is not None:
+        log.info("shard %s: already measured, reused", spec.shard_id)
+        return done
+    from fmbench.calibration import expected_shape, load_calibration, plan_processes
+    from fmbench.datasets import load_run_tokenizer, read_prompts
+    from fmbench.loadgen import run_shard
+    from fmbench.loadgen.retry import final_attempts
+
+    experiment = find_experiment(cfg, spec.experiment)
+    cal = load_calibration(run.url)
+    prompts = read_prompts(prompts_url)
+    tokenizer = load_run_tokenizer(cfg)
+    client = make_endpoint_client(experiment, deployed)
+    if experiment.processes is None and cal is not None:
+        chunks, latency = expected_shape(experiment)
+        n_proc = plan_processes(spec, cal, chunks, latency)
+        if n_proc > 1 and not _picklable(client, tokenizer.count):
+            log.warning("shard %s: its client cannot be sent to other processes; one process", spec.shard_id)
+            n_proc = 1
+        spec = spec.model_copy(update={"processes": n_proc})
+    local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
+    log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
+             spec.processes)
+    started_at = utc_now()
+    progress.shard_started(spec.shard_id, spec.warmup + spec.requests)
+    last_line = time.monotonic()
+
+    def report(done: int, total: int, errors: int, ttft_p50_s: float | None) -> None:
+        nonlocal last_line
+        progress.shard_progressed(spec.shard_id, done, total, errors, ttft_p50_s)
+        if time.monotonic() - last_line >= PROGRESS_LOG_EVERY_S:  # a log line is for people, not redraws
+            last_line = time.monotonic()
+            log.info("shard %s: %d/%d requests done, %d errors so far", spec.shard_id, done, total, errors,
+                     extra={"progress": True})
+
+    result = run_shard(client, prompts, spec, local, tokenizer.count, report)
+    ended_at = utc_now()
+    # One outcome per request: with request_retries, earlier attempts are records but not requests.
+    measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
+    n, n_err = measured.height, int((~measured["ok"]).sum())
+    conn_fail = n > 0 and measured.filter(pl.col("error_kind") == "connection").height == n
+    if conn_fail:
+        failed = local.with_name(f"{spec.shard_id}.failed-{utc_now().replace(':', '')}.parquet")
+        local.replace(failed)
+        _upload(run, failed)
+        first = measured["error"][0]
+        raise EndpointConnectionError(f"shard {spec.shard_id}: all {n} requests failed to connect ({first})")
+    records_url = _upload(run, local)
+    load = None
+    if cal is not None and result.duration_s > 0 and n:
+        rate = result.achieved_rate if spec.request_rate is not None else n / result.duration_s
+        load = cal.load_fraction(rate, float(measured.select(pl.col("chunks").mean()).item() or 0.0), spec.processes)
+    outcome = ShardOutcome(
+        shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
+        concurrency=_concurrency(spec), request_rate=spec.request_rate, status="ok",
+        valid=bool(getattr(result, "valid", True)), invalid_reason=getattr(result, "invalid_reason", None),
+        requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
+        client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
+        records_url=records_url, started_at=started_at, ended_at=ended_at,
+        endpoint_name=deployed.endpoint_name,
+    )
+    storage.write_text(run.shard_result(spec.shard_id), outcome.model_dump_json(indent=2))
+    log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
+    return outcome
+
+
+def _picklable(*objs: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(objs)
+    except Exception:  # noqa: BLE001 - pickle raises many types
+        return False
+    return True
+
+
+def failed_outcome(spec: Any, error: BaseException | str) -> ShardOutcome:
+    """The outcome recorded for a shard that could not be measured."""
+    message = error if isinstance(error, str) else (str(error) or error.__class__.__name__)
+    return ShardOutcome(
+        shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
+        concurrency=_concurrency(spec), request_rate=spec.request_rate, status="failed", error=message,
+        valid=False,
+    )
+
+
+def _concurrency(spec: Any) -> int:
+    # As in the records: closed loop, requests in flight; open loop, the cap (0 = none).
+    return spec.concurrency if spec.request_rate is None else (spec.max_concurrency or 0)
+
+
+def _level(spec: Any) -> str:
+    if spec.request_rate is not None:
+        return f"{spec.request_rate:g} req/s"
+    return f"concurrency {spec.concurrency}"
+
+
+def _upload(run: RunInfo, local: Any) -> str:
+    url = run.path("shards", local.name)
+    if storage.is_remote(run.url):
+        storage.write_bytes(url, local.read_bytes())
+    return url
+
+
+def make_endpoint_client(experiment: ExperimentConfig, deployed: DeployedEndpoint) -> Any:
+    """The client for an experiment's deployed endpoint."""
+    from fmbench.endpoints import make_client
+
+    endpoint = experiment.endpoint
+    if deployed.endpoint_name and hasattr(endpoint, "endpoint_name"):
+        endpoint = endpoint.model_copy(update={"endpoint_name": deployed.endpoint_name})
+    return make_client(endpoint, experiment.inference, url=deployed.url)
+
+
+def find_experiment(cfg: BenchmarkConfig, name: str) -> ExperimentConfig:
+    """The experiment of that name (KeyError when there is none)."""
+    for e in cfg.experiments:
+        if e.name == name:
+            return e
+    raise KeyError(name)

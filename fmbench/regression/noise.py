@@ -1,0 +1,89 @@
+"""Run-to-run noise: seeded bootstrap intervals of a metric's change from per-request records."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from fmbench import storage
+from fmbench.regression.models import SHARD_KEYS, MetricRule, ShardKey, shard_key
+
+
+def bootstrap_diff_ci(previous: np.ndarray, current: np.ndarray, statistic: Literal["p95", "mean"],
+                      n_resamples: int = 400, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of ``stat(current) - stat(previous)``.
+
+    Both samples are resampled with replacement ``n_resamples`` times (vectorised, in chunks that
+    keep memory bounded); the same seed gives the same interval.
+
+    Returns:
+        (low, high) of the difference; NaNs when either sample is empty.
+    """
+    if previous.size == 0 or current.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    diff = _resampled_stat(current, statistic, n_resamples, rng) - _resampled_stat(previous, statistic,
+                                                                                  n_resamples, rng)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(diff, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def bootstrap_rate_ci(previous: np.ndarray, current: np.ndarray, value: float, n_resamples: int = 400,
+                      confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the change of a closed-loop rate metric, from per-request latencies.
+
+    With a fixed number of requests in flight, throughput is concurrency / mean latency (Little's
+    law), so the rate scales with ``mean(previous) / mean(current)``; the interval of
+    ``value * (that ratio - 1)`` is the change of the rate (``value`` is the previous run's) that
+    run-to-run variation of the latencies alone would explain.
+
+    Returns:
+        (low, high) of the change in the metric's units; NaNs when either sample is empty.
+    """
+    if previous.size == 0 or current.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ratio = _resampled_stat(previous, "mean", n_resamples, rng) / _resampled_stat(current, "mean", n_resamples, rng)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(value * (ratio - 1.0), [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _resampled_stat(x: np.ndarray, statistic: str, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    chunk = max(1, min(n_resamples, 2_000_000 // max(1, x.size)))
+    out = np.empty(n_resamples)
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        sample = x[rng.integers(0, x.size, size=(rows, x.size))]
+        out[start:start + rows] = (np.quantile(sample, 0.95, axis=1) if statistic == "p95"
+                                   else sample.mean(axis=1))
+    return out
+
+
+def per_request(run_url: str) -> dict[ShardKey, pl.DataFrame]:
+    """A run's measured (non-warmup) requests by shard, with a ``failed`` column; empty without records."""
+    url = storage.join(run_url, "requests.parquet")
+    if not storage.exists(url):
+        return {}
+    df = storage.read_parquet(url)
+    if df.is_empty():
+        return {}
+    df = (df.filter(~pl.col("warmup").fill_null(False))
+          .select(*SHARD_KEYS, "ok", "latency_s", "ttft_s")
+          .with_columns((~pl.col("ok").fill_null(False)).cast(pl.Float64).alias("failed")))
+    return {shard_key(dict(zip(SHARD_KEYS, k))): part for k, part in df.partition_by(SHARD_KEYS, as_dict=True).items()}
+
+
+def samples(part: pl.DataFrame | None, rule: MetricRule) -> np.ndarray:
+    """The per-request values whose noise a rule bootstraps (successful requests only, but for errors)."""
+    if part is None or rule.column is None:
+        return np.empty(0)
+    if rule.column == "failed":
+        return part["failed"].to_numpy()
+    values = part.filter(pl.col("ok").fill_null(False))[rule.column].drop_nulls()
+    return values.to_numpy().astype(np.float64)
