@@ -1,4 +1,4 @@
-"""The `fmbench` command line: run, validate, report, compare, cleanup, serve-sim.
+"""The `fmbench` command line: run, validate, report, evaluate, compare, cleanup, serve-sim.
 
 Errors a user can cause end as one line on stderr and exit code 2 (`--debug` shows the
 traceback). `fmbench run` runs the Prefect flow with an embedded Prefect server unless
@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="re-render a run's report from its stored records")
     rep.add_argument("run_dir", help="run directory or s3:// URL")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    ev = sub.add_parser("evaluate", help="score and judge the answers of a finished run, then re-render its report")
+    ev.add_argument("run_dir", help="run directory or s3:// URL (the run must have kept its answers: store_text)")
+    ev.add_argument("--config", help="a config whose evaluation section and slo.min_accuracy replace the run's")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override the run's config, e.g. evaluation.evaluate_per_shard=50")
+    ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     cmp_ = sub.add_parser("compare", help="compare several runs in one report")
     cmp_.add_argument("runs", nargs="+", help="run directories or s3:// URLs")
@@ -143,6 +150,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fmbench.quality.finished import evaluate_run_dir
+
+    outcomes = evaluate_run_dir(args.run_dir, config=args.config, overrides=args.overrides)
+    incomplete = 0
+    for name, o in outcomes.items():
+        if o is None or o.status == "failed":
+            incomplete += 1
+            print(f"{name}: not evaluated{f' ({o.error})' if o is not None else ''}")
+            continue
+        missing = f"; missing: {'; '.join(o.missing)}" if o.missing else ""
+        incomplete += bool(o.missing)
+        print(f"{name}: {o.scored} answers scored, {o.judged} judged, {o.judge_errors} judge errors, "
+              f"{o.unparseable} unparseable verdicts{missing}")
+    print(f"Report: {args.run_dir.rstrip('/')}/report.md")
+    return EXIT_SHARDS_FAILED if incomplete else 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from fmbench.report import compare_runs
 
@@ -236,6 +261,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "validate": cmd_validate,
     "report": cmd_report,
+    "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "cleanup": cmd_cleanup,
     "serve-sim": cmd_serve_sim,

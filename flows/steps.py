@@ -7,20 +7,25 @@ from typing import Any
 
 from prefect.futures import PrefectFuture
 
+from fmbench import pipeline
 from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint
 from fmbench.pipeline import PromptSet, ShardOutcome
+from fmbench.quality.evaluate import JudgePanel
 from fmbench.regression import RegressionReport
 from fmbench.rundir import RunInfo
 from tasks.benchmark import (
     bucket_dataset_task,
+    deploy_judges_task,
     deploy_task,
+    evaluate_task,
     finalize_task,
     open_run_task,
     preflight_task,
     report_task,
     run_shard_task,
     store_prompts_task,
+    teardown_judges_task,
     teardown_task,
 )
 from tasks.calibration import calibrate_task
@@ -41,8 +46,9 @@ class PrefectSteps:
         calibrate_task(run)
 
     def bucket(self, cfg: BenchmarkConfig, run: RunInfo) -> list[PromptSet]:
-        bucketed = {d.name: bucket_dataset_task.submit(cfg, d.name) for d in cfg.datasets}  # side by side
-        return [store_prompts_task(run, name, fut.result()) for name, fut in bucketed.items()]
+        jobs = pipeline.bucketing_jobs(cfg)
+        bucketed = [bucket_dataset_task.submit(cfg, name, tok) for name, tok in jobs]  # side by side
+        return [store_prompts_task(run, name, fut.result(), tok) for (name, tok), fut in zip(jobs, bucketed)]
 
     def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> PrefectFuture[DeployedEndpoint]:
         return deploy_task.submit(cfg, experiment, run)
@@ -57,6 +63,16 @@ class PrefectSteps:
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return finalize_task(run, cfg, outcomes, prompt_sets, warnings)
+
+    def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> JudgePanel:
+        return deploy_judges_task(run, cfg)
+
+    def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str,
+                 judges: JudgePanel | None) -> PrefectFuture[Any]:
+        return evaluate_task.submit(run, cfg, experiment, judges)
+
+    def teardown_judges(self, cfg: BenchmarkConfig, judges: JudgePanel) -> list[str]:
+        return teardown_judges_task(cfg, judges)
 
     def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
         return check_regressions_task(run, threshold)

@@ -13,6 +13,7 @@ Every error a user can cause or meet is one of these, so the CLI can print one c
      │    ├── EndpointConnectionError  refused, reset or unreachable
      │    └── EndpointProtocolError    an answer we cannot parse
      ├── DeploymentError        deploying or tearing down an endpoint failed
+     ├── EvaluationError        an evaluation is incomplete (a judge gave no verdict at all)
      └── StorageError           reading or writing results failed
 
 Outside the tree, `RunTerminated` (a `KeyboardInterrupt`) is how SIGTERM stops a run: every path
@@ -93,6 +94,10 @@ class EndpointProtocolError(EndpointError):
 
 class DeploymentError(FMBenchError):
     """Raised when deploying, waiting for or tearing down an endpoint fails."""
+
+
+class EvaluationError(FMBenchError):
+    """Raised when an experiment's evaluation is incomplete (its outcome.json says what is missing)."""
 
 
 class StorageError(FMBenchError):

@@ -79,7 +79,8 @@ class InlineSteps:
         pipeline.calibrate(run)
 
     def bucket(self, cfg: BenchmarkConfig, run: RunInfo) -> list[PromptSet]:
-        return [pipeline.store_prompts(run, d.name, pipeline.bucket_dataset(cfg, d.name)) for d in cfg.datasets]
+        return [pipeline.store_prompts(run, name, pipeline.bucket_dataset(cfg, name, tok), tok)
+                for name, tok in pipeline.bucketing_jobs(cfg)]
 
     def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> concurrent.futures.Future[DeployedEndpoint]:
         return self._deploys.submit(contextvars.copy_context().run, pipeline.deploy, cfg, experiment, run)
@@ -96,6 +97,21 @@ class InlineSteps:
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
+
+    def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any:
+        from fmbench.quality.evaluate import deploy_judges
+
+        return deploy_judges(run, cfg)
+
+    def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: Any) -> Done[Any]:
+        from fmbench.quality.evaluate import evaluate_complete
+
+        return Done(lambda: evaluate_complete(run, cfg, experiment, judges))
+
+    def teardown_judges(self, cfg: BenchmarkConfig, judges: Any) -> list[str]:
+        from fmbench.quality.evaluate import teardown_judges
+
+        return teardown_judges(cfg, judges)
 
     def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
         from fmbench import regression

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from fmbench.config import (
     BedrockEndpoint,
@@ -32,6 +33,7 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
     StorageError,
+    TokenizerError,
 )
 from fmbench.protocol import Prompt
 
@@ -49,10 +51,14 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = Non
     Raises:
         TokenizerError, DatasetError, ConfigError, EndpointError: naming what is wrong and where.
     """
-    from fmbench.datasets import load_run_tokenizer
+    from fmbench.datasets import build_dataset_prompts, load_spec_tokenizer
     from fmbench.deploy.local import check_reachable
+    from fmbench.pipeline import bucketing_jobs
 
-    tokenizer = load_run_tokenizer(cfg)
+    jobs = bucketing_jobs(cfg)
+    # Every tokenizer an experiment uses is loaded now: an hf: tokenizer is downloaded (or its
+    # absence on an offline machine reported) before anything is measured.
+    tokenizers = {tok: _load_for(cfg, tok, load_spec_tokenizer) for tok in dict.fromkeys(t for _, t in jobs)}
     for ds in cfg.datasets:
         path = getattr(ds, "path", None)
         if path and not path.startswith("hf:") and not resolve_path(cfg, path).is_file():
@@ -60,9 +66,8 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = Non
         if path and not path.startswith("hf:") and resolve_path(cfg, path).stat().st_size <= _FULL_CHECK_BYTES:
             # A small local file is read, rendered and bucketed now (seconds), so a bad line, a
             # missing template field or prompts longer than every bucket fail before the run starts.
-            from fmbench.datasets import build_dataset_prompts
-
-            build_dataset_prompts(cfg, ds, tokenizer)
+            for tok in (t for name, t in jobs if name == ds.name):
+                build_dataset_prompts(cfg, ds, tokenizers[tok])
     deploying: list[SageMakerEndpoint] = []
     for e in cfg.experiments:
         if isinstance(e.endpoint, (BedrockEndpoint, SageMakerEndpoint)):
@@ -81,6 +86,16 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = Non
                 probe_endpoint(e, e.endpoint.base_url, where)
     if deploying:
         warn_live_endpoints(deploying, run_id)
+
+
+def _load_for(cfg: BenchmarkConfig, tokenizer: str | None, load: Any) -> Any:
+    """Load a tokenizer for preflight; its error names the experiments that use it."""
+    try:
+        return load(cfg, tokenizer)
+    except TokenizerError as exc:
+        users = [e.name for e in cfg.experiments if cfg.tokenizer_for(e) == (tokenizer or cfg.tokenizer)]
+        field = "tokenizer" if tokenizer is None else f"experiments[{users[0]}].tokenizer"
+        raise TokenizerError(f"{field}: {exc}") from exc
 
 
 def warn_live_endpoints(endpoints: list[SageMakerEndpoint], run_id: str | None = None) -> int:

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+#: Request-body field with a prompt's reference answers, sent by fmbench's client to the simulated
+#: endpoint's answer model only (never to a real server).
+ANSWERS_FIELD = "fmbench_answers"
+
 
 @dataclass(slots=True, frozen=True)
 class Prompt:
@@ -20,7 +24,8 @@ class Prompt:
 
     prompt_id: str
     text: str
-    input_tokens: int  # counted with the run's tokenizer
+    input_tokens: int  # counted with the experiment's tokenizer
+    answers: tuple[str, ...] = ()  # the dataset's reference answers, for quality evaluation
 
 
 @dataclass(slots=True)

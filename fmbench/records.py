@@ -35,7 +35,7 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     "input_tokens": pl.Int64(),
     "output_tokens": pl.Int64(),
     "usage_source": pl.String(),  # "server": the endpoint's usage; "server_output": its output count, our
-    # prompt count; "tokenizer": both counted by the run's tokenizer
+    # prompt count; "tokenizer": both counted by the experiment's tokenizer
     "t_scheduled": pl.Float64(),  # when the request was due (open loop) or started (closed loop)
     "t_start": pl.Float64(),  # when the client began sending
     "t_first_token": pl.Float64(),

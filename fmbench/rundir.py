@@ -110,7 +110,10 @@ class Manifest(BaseModel):
     packages: dict[str, str | None] = Field(default_factory=dict, description="Versions of key packages.")
     host: dict[str, Any] = Field(default_factory=dict, description="Client host: name, platform, CPUs, user.")
     config_hash: str | None = Field(default=None, description="Hash of the resolved config.")
-    tokenizer: str | None = Field(default=None, description="The run's tokenizer.")
+    tokenizer: str | None = Field(default=None, description="The run's tokenizer (experiments' default).")
+    tokenizers: dict[str, str] = Field(
+        default_factory=dict, description="Experiment -> the tokenizer that bucketed its prompts and counted the "
+        "tokens its server did not report.")
     seeds: dict[str, Any] = Field(default_factory=dict, description="Dataset name -> seed.")
     started_at: str | None = Field(default=None, description="UTC ISO start of the run.")
     ended_at: str | None = Field(default=None, description="UTC ISO end (None: unfinished).")
@@ -229,6 +232,7 @@ def _initial_manifest(cfg: BenchmarkConfig, run: RunInfo, command: str | None) -
         },
         config_hash=cfg.config_hash(),
         tokenizer=cfg.tokenizer,
+        tokenizers={e.name: cfg.tokenizer_for(e) for e in cfg.experiments},
         seeds={d.name: getattr(d, "seed", None) for d in cfg.datasets},
         started_at=utc_now(),
         command=command or f"fmbench run config.yml --run-id {run.run_id}",

@@ -1,5 +1,6 @@
 """The order of a benchmark, written once: preflight → open run → calibrate → bucket → plan →
-per experiment (deploy → its shards → teardown) → finalize → regressions → report.
+per experiment (deploy → its shards → teardown) → finalize → evaluate (per experiment, when the
+config asks) → regressions → report.
 
 `run_sequence` drives it through a `Steps` object: `fmbench.inline.InlineSteps` runs the steps in
 this process, the Prefect steps in ``flows/`` submit one task per step and per shard. Each
@@ -25,6 +26,7 @@ from fmbench.pipeline import (
     PromptSet,
     ShardOutcome,
     check_buckets,
+    experiment_tokenizer,
     failed_outcome,
     finished_shard,
     needs_endpoint,
@@ -70,6 +72,9 @@ class Steps(Protocol):
     def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Pending[list[str]]: ...
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str: ...
+    def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any: ...
+    def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: Any) -> Pending[Any]: ...
+    def teardown_judges(self, cfg: BenchmarkConfig, judges: Any) -> list[str]: ...
     def regressions(self, run: RunInfo, threshold: float) -> RegressionReport: ...
     def report(self, run: RunInfo) -> str: ...
 
@@ -117,6 +122,8 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         progress.run_planned(run.run_id, [s for specs in plans.values() for s in specs])
         outcomes, left_running = Lifecycles(steps, cfg, run, plans, prompt_sets).run_all()
         steps.finalize(run, cfg, outcomes, prompt_sets, warnings + left_running)
+        if cfg.evaluation is not None:
+            evaluate_run(steps, run, cfg)
         regressions: RegressionReport | None = None
         try:
             regressions = steps.regressions(run, regression_threshold)
@@ -132,6 +139,32 @@ def _ended(outcome: ShardOutcome) -> ShardOutcome:
     return outcome
 
 
+def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
+    """Evaluate every experiment's answers (one step each, after all shards so that judging does not
+    load the client while it measures), with the judges deployed once for all of them and deleted
+    after. A failed evaluation is recorded; the report says it is missing."""
+    from fmbench.errors import EvaluationError
+    from fmbench.quality import failed_evaluation, finished_evaluation
+
+    names = [e.name for e in cfg.experiments]
+    todo = [n for n in names if finished_evaluation(run, cfg, n) is None]  # a resumed run redoes the rest
+    panel = steps.deploy_judges(run, cfg) if todo and cfg.evaluation and cfg.evaluation.judges else None
+    try:
+        pending = {name: steps.evaluate(run, cfg, name, panel) for name in names}
+        for name, p in pending.items():
+            try:
+                p.result()
+            except EvaluationError as exc:  # its outcome.json names what is missing
+                log.warning("%s", exc)
+            except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
+                log.warning("evaluation of %s failed, report written without it: %s", name, exc)
+                failed_evaluation(run, name, exc)
+    finally:
+        if panel is not None:
+            for problem in steps.teardown_judges(cfg, panel):
+                log.warning("%s", problem)
+
+
 class Lifecycles:
     """Every experiment's endpoint from deploy to teardown, with its shards in between.
 
@@ -143,7 +176,8 @@ class Lifecycles:
     def __init__(self, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, plans: dict[str, list[Any]],
                  prompt_sets: list[PromptSet]) -> None:
         self.steps, self.cfg, self.run, self.plans = steps, cfg, run, plans
-        self.files = {ps.dataset: ps.files for ps in prompt_sets}
+        # Each experiment's shards read the prompts its own tokenizer bucketed.
+        self.files = {(ps.dataset, ps.tokenizer): ps.files for ps in prompt_sets}
         self.order = list(plans)
         # A resumed run deploys what still has shards to measure, and the SageMaker endpoints its killed
         # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
@@ -239,12 +273,15 @@ class Lifecycles:
         if name in self.timelines and self.timelines[name].first_shard_at is None:
             self._update(name, first_shard_at=_now())
         try:
-            outcome = self.steps.shard(self.run, self.cfg, spec, self.files[spec.dataset][spec.bucket],
-                                       deployed).result()
+            outcome = self.steps.shard(self.run, self.cfg, spec, self._prompts_url(name, spec), deployed).result()
         except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
             outcome = failed_outcome(spec, exc)
         self._update(name, last_shard_at=_now())
         return _ended(outcome)
+
+    def _prompts_url(self, name: str, spec: Any) -> str:
+        experiment = next(e for e in self.cfg.experiments if e.name == name)
+        return self.files[(spec.dataset, experiment_tokenizer(self.cfg, experiment))][spec.bucket]
 
     # ------------------------------------------------------------ ending an endpoint's life
 

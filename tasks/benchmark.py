@@ -13,18 +13,35 @@ from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
 from fmbench.pipeline import PromptSet, ShardOutcome
+from fmbench.quality.evaluate import (
+    EvaluationOutcome,
+    JudgePanel,
+    deploy_judges,
+    evaluate_complete,
+    teardown_judges,
+)
 from fmbench.rundir import RunInfo, open_run
 from fmbench.sequence import check_before_run
 
 
 def _dataset_key(context: Any, parameters: dict[str, Any]) -> str:
-    # Across runs: same dataset content, template, buckets and tokenizer -> same prompts.
-    return "fmbench-prompts-" + pipeline.dataset_cache_key(parameters["cfg"], parameters["dataset_name"])
+    # Across runs: same dataset content, template, buckets and tokenizer (vocabulary) -> same prompts.
+    return "fmbench-prompts-" + pipeline.dataset_cache_key(parameters["cfg"], parameters["dataset_name"],
+                                                           parameters.get("tokenizer"))
 
 
 def _shard_key(context: Any, parameters: dict[str, Any]) -> str:
     # One measurement per shard of a run: resuming the run (same run id) reuses it.
     return f"fmbench-shard-{parameters['run'].url}-{parameters['spec'].shard_id}"
+
+
+def _evaluation_key(context: Any, parameters: dict[str, Any]) -> str:
+    # One complete evaluation per experiment of a run and evaluation settings (incomplete ones raise,
+    # so they are not cached and a resumed run evaluates again).
+    from fmbench.quality.evaluate import evaluation_key
+
+    return (f"fmbench-evaluation-{parameters['run'].url}-{parameters['experiment']}-"
+            f"{evaluation_key(parameters['cfg'])}")
 
 
 def _retry_if_endpoint_down(task: Any, task_run: Any, state: Any) -> bool:
@@ -55,13 +72,15 @@ def open_run_task(cfg: BenchmarkConfig, output: str | None, run_id: str | None, 
 
 
 @task(name="bucket-dataset", cache_key_fn=_dataset_key, persist_result=True, task_run_name="bucket-{dataset_name}")
-def bucket_dataset_task(cfg: BenchmarkConfig, dataset_name: str) -> dict[str, list[dict[str, Any]]]:
-    return pipeline.bucket_dataset(cfg, dataset_name)
+def bucket_dataset_task(cfg: BenchmarkConfig, dataset_name: str,
+                        tokenizer: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    return pipeline.bucket_dataset(cfg, dataset_name, tokenizer)
 
 
 @task(name="store-prompts", cache_policy=NO_CACHE, task_run_name="store-prompts-{dataset_name}")
-def store_prompts_task(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]]) -> PromptSet:
-    return pipeline.store_prompts(run, dataset_name, bucketed)
+def store_prompts_task(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]],
+                       tokenizer: str | None = None) -> PromptSet:
+    return pipeline.store_prompts(run, dataset_name, bucketed, tokenizer)
 
 
 @task(name="deploy-endpoint", cache_policy=NO_CACHE, task_run_name="deploy-{experiment_name}")
@@ -88,6 +107,22 @@ def teardown_task(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]
 def finalize_task(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                   prompt_sets: list[PromptSet], warnings: list[str]) -> str:
     return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
+
+
+@task(name="deploy-judges", cache_policy=NO_CACHE)
+def deploy_judges_task(run: RunInfo, cfg: BenchmarkConfig) -> JudgePanel:
+    return deploy_judges(run, cfg)
+
+
+@task(name="evaluate-answers", cache_key_fn=_evaluation_key, persist_result=True,
+      task_run_name="evaluate-{experiment}")
+def evaluate_task(run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: JudgePanel | None) -> EvaluationOutcome:
+    return evaluate_complete(run, cfg, experiment, judges)
+
+
+@task(name="teardown-judges", cache_policy=NO_CACHE)
+def teardown_judges_task(cfg: BenchmarkConfig, judges: JudgePanel) -> list[str]:
+    return teardown_judges(cfg, judges)
 
 
 @task(name="render-report", cache_policy=NO_CACHE)

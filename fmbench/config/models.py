@@ -70,6 +70,11 @@ class JsonlDataset(_DatasetBase):
     prompt_template: str | None = Field(
         default=None, description="Optional Python format template over the record's fields."
     )
+    answer_field: str | None = Field(
+        default=None,
+        description="Field holding the reference answer (a string or a list of strings) for quality "
+        "evaluation; records without it have no reference.",
+    )
 
 
 def _form_choice(schema: dict[str, Any]) -> None:
@@ -130,9 +135,22 @@ class SimulatedEndpoint(_Model):
     tokenizer: str | None = Field(
         default=None,
         description="Counts prompt tokens for the server's usage and prefill time: a tiktoken encoding or a "
-        "tokenizer.json path. Default: the run's tokenizer, like a real server that shares the model's tokenizer.",
+        "tokenizer.json path. Default: the experiment's tokenizer, like a real server that shares the model's tokenizer.",
     )
     faults: SimulatedFaults = Field(default_factory=SimulatedFaults, description="Injected faults (none by default).")
+    answer_accuracy: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Answer model: with this probability (seeded per prompt) answer with one of the prompt's "
+        "reference answers, sent in the request as fmbench_answers; otherwise unrelated text. Unset: generated "
+        "words only.",
+    )
+    judge_error_rate: float = Field(
+        default=0.0, ge=0, le=1,
+        description="As a judge (a prompt with <candidate> and <reference> blocks): fraction of verdicts flipped.",
+    )
+    judge_malformed_rate: float = Field(
+        default=0.0, ge=0, le=1, description="As a judge: fraction of replies without a parseable verdict line."
+    )
 
 
 class OpenAIEndpoint(_Model):
@@ -295,6 +313,12 @@ class ExperimentConfig(_Model):
         description="Load-generator processes per shard (default: chosen from the host's measured capacity).",
     )
     datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
+    tokenizer: str | None = Field(
+        default=None,
+        description="The model's tokenizer, which buckets this experiment's prompts and counts its output tokens "
+        "when the server reports no usage: a tiktoken encoding, a tokenizer.json path (relative to the config "
+        "file) or hf:ORG/NAME (tokenizer.json from the Hugging Face hub, cached). Default: the run's tokenizer.",
+    )
     pricing: PricingConfig | None = Field(default=None, description="Pricing for cost metrics.")
     store_text: bool = Field(
         default=False,
@@ -342,11 +366,67 @@ class SLOConfig(_Model):
     latency_s: float | None = Field(
         default=None, gt=0, description="Per-request limit on end-to-end latency, seconds (goodput)."
     )
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Minimum accuracy (evaluation.accuracy, 0..1) of an experiment on a dataset bucket; a "
+        "configuration below it, or not evaluated, is not recommended there.",
+    )
 
     @property
     def per_request(self) -> bool:
         """True when any per-request limit is set, so goodput is measured."""
         return any(v is not None for v in (self.ttft_s, self.tpot_s, self.latency_s))
+
+
+class JudgeConfig(_Model):
+    """One LLM judge of the evaluation panel: an endpoint of any provider."""
+
+    name: str = Field(pattern=_NAME, description="Judge name, used in results.")
+    endpoint: EndpointConfig = Field(description="Where judge requests go (deployed and deleted like an experiment's).")
+    inference: InferenceConfig = Field(
+        default_factory=lambda: InferenceConfig(max_tokens=256, temperature=0.0, stream=False),
+        description="Generation parameters of judge requests.",
+    )
+    pricing: PricingConfig | None = Field(default=None, description="Pricing of the judge's calls.")
+
+
+class EvaluationConfig(_Model):
+    """Answer quality: reference-answer scores and an LLM-judge panel, per experiment after its shards."""
+
+    judges: list[JudgeConfig] = Field(
+        default_factory=list, description="The judge panel (majority vote); empty: reference-answer scores only."
+    )
+    judge_prompt: str | None = Field(
+        default=None,
+        description="Path of a judge prompt template (fields {question}, {references}, {candidate}), relative "
+        "to the config file; default: the template shipped with fmbench.",
+    )
+    evaluate_per_shard: int = Field(
+        default=20, ge=0,
+        description="Successful requests per shard sent to the judges (a seeded sample; judging is billed). "
+        "Reference-answer scores cover every successful request.",
+    )
+    concurrency: int = Field(default=4, ge=1, le=64, description="Judge requests in flight per judge.")
+    seed: int = Field(default=0, description="Seed of the per-shard sample and of the intervals' bootstrap.")
+    accuracy: Literal["judges", "exact_match", "f1", "rouge_l"] | None = Field(
+        default=None,
+        description="The accuracy slo.min_accuracy and the quality plot use; default: the judges' when there "
+        "are judges, else exact_match.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_judges(self) -> EvaluationConfig:
+        names = [j.name for j in self.judges]
+        if len(set(names)) != len(names):
+            raise ValueError(f"judge names must be unique: {names}")
+        if self.accuracy == "judges" and not self.judges:
+            raise ValueError("accuracy: judges needs at least one judge")
+        return self
+
+    @property
+    def accuracy_metric(self) -> str:
+        """The metric that counts as accuracy."""
+        return self.accuracy or ("judges" if self.judges else "exact_match")
 
 
 class BenchmarkConfig(_Model):
@@ -356,7 +436,9 @@ class BenchmarkConfig(_Model):
     description: str | None = Field(default=None, description="Free text shown in the report.")
     output: str = Field(default="results", description="Local directory or s3://bucket/prefix for results.")
     tokenizer: str = Field(
-        default="cl100k_base", description="A tiktoken encoding name, or a path to a HF tokenizer.json."
+        default="cl100k_base",
+        description="The default tokenizer of every experiment that names none: a tiktoken encoding name, a path "
+        "to a HF tokenizer.json, or hf:ORG/NAME.",
     )
     buckets: list[tuple[int, int]] = Field(
         min_length=1, description="Prompt-token buckets as [min, max) pairs, e.g. [[1, 500], [500, 1000]]."
@@ -375,6 +457,11 @@ class BenchmarkConfig(_Model):
         "deploys the next experiment's endpoint during the current one's shards, so at most two are alive "
         "(billed) at once; 0 deploys each only when the one before is deleted; 'all' deploys every endpoint "
         "at the start. Each endpoint is deleted right after its own last shard.",
+    )
+    evaluation: EvaluationConfig | None = Field(
+        default=None,
+        description="Evaluate answer quality after each experiment's shards (implies store_text on every "
+        "experiment: the answers are what is scored).",
     )
     base_dir: str | None = Field(
         default=None, description="Directory that relative dataset paths resolve against (default: the config's)."
@@ -413,6 +500,11 @@ class BenchmarkConfig(_Model):
             for d in e.datasets or []:
                 if d not in names:
                     raise ValueError(f"experiment {e.name!r} names unknown dataset {d!r} (known: {names})")
+        if self.evaluation is not None:
+            for e in self.experiments:
+                e.store_text = True  # what is evaluated is the text
+        if self.slo.min_accuracy is not None and self.evaluation is None:
+            raise ValueError("slo.min_accuracy needs an evaluation: section (nothing measures accuracy otherwise)")
         return self
 
     def datasets_for(self, experiment: ExperimentConfig) -> list[DatasetConfig]:
@@ -421,13 +513,21 @@ class BenchmarkConfig(_Model):
             return list(self.datasets)
         return [d for d in self.datasets if d.name in experiment.datasets]
 
+    def tokenizer_for(self, experiment: ExperimentConfig) -> str:
+        """The tokenizer spec an experiment buckets and counts with (its own, else the run's)."""
+        return experiment.tokenizer or self.tokenizer
+
     def config_hash(self) -> str:
         """A stable hash of the resolved config (secrets excluded by construction).
 
         ``deploy_ahead`` is left out: it changes when endpoints are billed, not what is measured,
         so a run can be resumed or compared with another look-ahead.
         """
-        blob = json.dumps(self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"}), sort_keys=True).encode()
+        data = self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"})
+        for e in data["experiments"]:
+            if e.get("tokenizer") is None:  # unset: the hash of a config from before per-experiment tokenizers
+                e.pop("tokenizer", None)
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

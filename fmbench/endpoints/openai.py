@@ -85,7 +85,7 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
 )
-from fmbench.protocol import Completion, Prompt
+from fmbench.protocol import ANSWERS_FIELD, Completion, Prompt
 
 try:  # orjson parses a chunk ~3x faster and encodes a 32k-token prompt ~5x faster; it is optional
     import orjson
@@ -405,6 +405,8 @@ class OpenAIClient:
         inference: generation parameters and the per-request timeout.
         api_key: sent as ``Authorization: Bearer``; never logged or placed in a message.
         headers: extra HTTP headers.
+        send_answers: put the prompt's reference answers in the body (``fmbench_answers``), for the
+            simulated endpoint's answer model only; never sent to a real server.
     """
 
     def __init__(
@@ -415,6 +417,7 @@ class OpenAIClient:
         inference: InferenceConfig | None = None,
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        send_answers: bool = False,
     ) -> None:
         if api not in ("chat", "completions"):
             raise ValueError(f"api must be 'chat' or 'completions', got {api!r}")
@@ -445,6 +448,7 @@ class OpenAIClient:
             base["stream_options"] = {"include_usage": True}
         base.update(self.inference.extra_body)
         self._body = base
+        self._send_answers = send_answers
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIClient(url={str(self._url)!r}, model={self.model!r}, api={self.api!r})"
@@ -485,6 +489,8 @@ class OpenAIClient:
             body["messages"] = [{"role": "user", "content": prompt.text}]
         else:
             body["prompt"] = prompt.text
+        if self._send_answers and prompt.answers:
+            body[ANSWERS_FIELD] = list(prompt.answers)
         return bytes(_dumps(body))
 
     async def complete(self, prompt: Prompt) -> Completion:

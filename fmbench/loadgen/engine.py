@@ -464,7 +464,7 @@ async def run_shard_async(
         spec: what to run.
         out_path: local parquet path for the records; it appears only when the shard completes.
         count_tokens: counts output tokens when the server reports no usage (input tokens then
-            come from ``Prompt.input_tokens``, already counted with the run's tokenizer).
+            come from ``Prompt.input_tokens``, already counted with the experiment's tokenizer).
         progress: called every `PROGRESS_EVERY_S` with the requests done so far (see `Progress`).
 
     Returns:

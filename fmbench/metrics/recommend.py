@@ -11,6 +11,10 @@ When per-request SLOs are set (``slo.ttft_s``/``tpot_s``/``latency_s``), ranking
 instead: the *lowest cost* shard has the smallest cost per 10k *good* requests (the most goodput per
 dollar) and the *highest throughput* one the most good requests per second, since a request that
 missed its limits is one the user did not get.
+
+With ``slo.min_accuracy`` (answer quality, from the run's evaluation), a shard whose experiment
+answers that dataset bucket less accurately, or was not evaluated, is not eligible however cheap
+or fast it is, and the sentence names the cheaper configurations it passed over and why.
 """
 
 from __future__ import annotations
@@ -47,6 +51,19 @@ class Choice:
     goodput_per_s: float | None = None
     goodput_share: float | None = None
     cost_per_10k_good: float | None = None
+    accuracy: float | None = None
+    accuracy_lo: float | None = None
+    accuracy_hi: float | None = None
+
+    @property
+    def accuracy_text(self) -> str:
+        """``accuracy 81.0% (95% CI 74.2–86.4%)``, or ``not evaluated``."""
+        if self.accuracy is None:
+            return "not evaluated"
+        ci = ""
+        if self.accuracy_lo is not None and self.accuracy_hi is not None:
+            ci = f" (95% CI {self.accuracy_lo:.1%}–{self.accuracy_hi:.1%})"
+        return f"accuracy {self.accuracy:.1%}{ci}"
 
     @property
     def load(self) -> str:
@@ -74,7 +91,7 @@ class Recommendation:
     bucket: str
     bucket_min: int | None
     bucket_max: int | None
-    status: Literal["meets_slo", "none_meets_slo", "no_data"]
+    status: Literal["meets_slo", "none_meets_slo", "below_accuracy", "no_data"]
     cost_known: bool
     lowest_cost: Choice | None
     highest_throughput: Choice | None
@@ -82,6 +99,7 @@ class Recommendation:
     reasoning: str
     candidates: int = 0
     excluded_invalid: list[str] = field(default_factory=list)
+    excluded_accuracy: list[Choice] = field(default_factory=list)
 
     @property
     def best(self) -> Choice | None:
@@ -117,6 +135,9 @@ def _choice(row: dict[str, Any], slo: Any) -> Choice:
         goodput_per_s=_num(row.get("goodput_per_s")),
         goodput_share=_num(row.get("goodput_share")),
         cost_per_10k_good=_num(row.get("cost_per_10k_good")),
+        accuracy=_num(row.get("accuracy")),
+        accuracy_lo=_num(row.get("accuracy_lo")),
+        accuracy_hi=_num(row.get("accuracy_hi")),
     )
 
 
@@ -147,8 +168,17 @@ def _sentence(rec_args: dict[str, Any]) -> str:
     excluded = rec_args["excluded_invalid"]
     tail = (f" ({len(excluded)} invalid shard{'s' if len(excluded) != 1 else ''} not considered.)"
             if excluded else "")
+    tail += _accuracy_tail(rec_args)
     if rec_args["status"] == "no_data":
         return f"{head}, no valid shard produced successful measurements, so nothing can be recommended.{tail}"
+    if rec_args["status"] == "below_accuracy":
+        assert close is not None
+        if close.accuracy is None:
+            return (f"{head}, no configuration that meets the SLOs has an evaluated accuracy (slo.min_accuracy "
+                    f"{rec_args['min_accuracy']:.0%}), so none is recommended; see Answer quality for what is missing.")
+        return (f"{head}, every configuration that meets the SLOs answers below the minimum accuracy of "
+                f"{rec_args['min_accuracy']:.0%}, so none is recommended; the most accurate is {close.label} "
+                f"({close.accuracy_text}) at {_money(close.cost_per_10k_txn)} per 10k transactions.")
     if rec_args["status"] == "none_meets_slo":
         assert close is not None
         cost = (f" at {_money(close.cost_per_10k_txn)} per 10k transactions"
@@ -168,6 +198,21 @@ def _sentence(rec_args: dict[str, Any]) -> str:
     assert fast is not None
     return (f"{head}, {fast.label} meets every SLO ({fast.slo_summary}) with the highest throughput: "
             f"{_tpm(fast.transactions_per_min)}; cost is unknown (no pricing configured).{tail}")
+
+
+def _accuracy_tail(rec_args: dict[str, Any]) -> str:
+    """Which configurations meeting the SLOs were passed over for answering worse (or not evaluated)."""
+    worse: list[Choice] = rec_args.get("excluded_accuracy") or []
+    if not worse or rec_args["status"] != "meets_slo":
+        return ""
+    best: dict[str, Choice] = {}
+    for c in worse:  # one mention per experiment: its cheapest load
+        if c.experiment not in best or (c.cost_per_10k_txn or math.inf) < (best[c.experiment].cost_per_10k_txn or math.inf):
+            best[c.experiment] = c
+    parts = [f"{c.experiment} ({c.accuracy_text}, {_money(c.cost_per_10k_txn)} per 10k transactions)"
+             for c in sorted(best.values(), key=lambda c: c.cost_per_10k_txn or math.inf)]
+    return (f" Not eligible because it answers below the minimum accuracy of {rec_args['min_accuracy']:.0%}: "
+            f"{'; '.join(parts)}.")
 
 
 def _goodput(c: Choice) -> str:
@@ -207,12 +252,17 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
         ["dataset", "bucket_min", "bucket"], nulls_last=True)
     by_goodput = bool(getattr(slo, "per_request", False))
     cost_col = "cost_per_10k_good" if by_goodput else "cost_per_10k_txn"
+    min_accuracy = getattr(slo, "min_accuracy", None)
     for g in groups.iter_rows(named=True):
         part = metrics.filter((pl.col("dataset") == g["dataset"]) & (pl.col("bucket") == g["bucket"]))
         rows = part.to_dicts()
         excluded = [f"{r['experiment']} {r.get('concurrency')}" for r in rows if r.get("valid") is False]
         valid = [r for r in rows if r.get("valid") is not False and (r.get("successes") or 0) > 0]
         passing = [r for r in valid if r.get("meets_slo")]
+        worse: list[dict[str, Any]] = []
+        if min_accuracy is not None:
+            worse = [r for r in passing if (_num(r.get("accuracy")) or -1.0) < min_accuracy]
+            passing = [r for r in passing if r not in worse]
         priced = [r for r in passing if _num(r.get(cost_col)) is not None]
         cheapest = fastest = closest = None
 
@@ -230,6 +280,9 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
         if passing:
             fastest = _choice(min(passing, key=lambda r: (-tpm(r), cost(r))), slo)
             status = "meets_slo"
+        elif worse:
+            closest = _choice(max(worse, key=lambda r: (_num(r.get("accuracy")) or -1.0, -cost(r))), slo)
+            status = "below_accuracy"
         elif valid:
             best = min(valid, key=lambda r: (_choice(r, slo).worst_ratio, -tpm(r), cost(r)))
             closest = _choice(best, slo)
@@ -241,6 +294,8 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             "status": status, "cost_known": bool(priced) or any(_num(r.get("cost_per_10k_txn")) is not None for r in valid),
             "lowest_cost": cheapest, "highest_throughput": fastest, "closest": closest,
             "candidates": len(valid), "excluded_invalid": excluded,
+            "excluded_accuracy": [_choice(r, slo) for r in worse],
         }
-        out.append(Recommendation(reasoning=_sentence({**args, "by_goodput": by_goodput}), **args))
+        out.append(Recommendation(reasoning=_sentence({**args, "by_goodput": by_goodput, "min_accuracy": min_accuracy}),
+                                  **args))
     return out

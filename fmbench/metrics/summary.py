@@ -13,6 +13,8 @@ Definitions (the report's glossary repeats them):
 * ``duration_s`` runs from the first measured request's start (its scheduled time, else ``t_start``)
   to the last measured request's end.
 * ``transactions_per_min`` counts successful requests; token rates count tokens of successful requests.
+  Tokens the server does not report are counted with the experiment's tokenizer (``tokenizer``: its
+  own, else the run's), which also bucketed its prompts.
 * Percentiles (p50/p90/p95/p99) are taken over ALL successful measured requests of the shard, with
   linear interpolation between closest ranks: for sorted values ``x[0..n-1]`` and quantile ``q``,
   ``h = (n - 1) * q`` and ``p = x[floor h] + (h - floor h) * (x[ceil h] - x[floor h])`` (numpy's
@@ -254,11 +256,18 @@ def summarize(
         pl.when(pl.col("requests") > 0).then(pl.col("good_requests") / pl.col("requests")).otherwise(None)
         .alias("goodput_share"),
     ).drop("_t0", "_t1")
-    df = attach_costs(df, cfg)
+    df = attach_costs(_attach_tokenizers(df, cfg), cfg)
     df = evaluate_slo(df, slo)
     df = df.sort(["experiment", "dataset", "bucket_min", "bucket", "concurrency", "request_rate"],
                  nulls_last=True)
     return df.select([c for c in METRIC_COLUMNS if c in df.columns])
+
+
+def _attach_tokenizers(df: pl.DataFrame, cfg: BenchmarkConfig | None) -> pl.DataFrame:
+    """Add ``tokenizer``: what counted each experiment's prompt (bucket) and unreported output tokens."""
+    specs = {e.name: cfg.tokenizer_for(e) for e in cfg.experiments} if cfg is not None else {}
+    return df.with_columns(pl.col("experiment").replace_strict(specs, default=None, return_dtype=pl.String())
+                           .alias("tokenizer"))
 
 
 #: The columns of `summarize`'s result, in order.
@@ -271,7 +280,7 @@ METRIC_COLUMNS: list[str] = [
     *[f"tpot_p{p}_s" for p in PERCENTILES],
     *[f"itl_p{p}_s" for p in PERCENTILES], "itl_max_s", "itl_mean_s", "itl_gaps", "tokens_per_chunk",
     "good_requests", "goodput_per_s", "goodput_share",
-    "prompt_tokens_mean", "output_tokens_mean",
+    "prompt_tokens_mean", "output_tokens_mean", "tokenizer",
     "price_model", "instance_type", "instance_count", "hourly_usd", "input_per_1k_usd", "output_per_1k_usd",
     "pricing_source", "shard_cost_usd", "cost_per_10k_txn", "cost_per_1m_output_tokens",
     "cost_per_1m_input_tokens", "cost_per_1m_total_tokens", "cost_per_10k_good",

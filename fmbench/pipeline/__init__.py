@@ -18,13 +18,16 @@ from fmbench.pipeline.endpoint import (
     not_torn_down,
     teardown,
 )
-from fmbench.pipeline.prepare import calibrate, check_pricing, load_benchmark_config
+from fmbench.pipeline.prepare import calibrate, check_pricing, check_tokenizers, load_benchmark_config
 from fmbench.pipeline.prompts import (
     PromptSet,
     bucket_dataset,
+    bucketing_jobs,
     check_buckets,
     dataset_cache_key,
+    experiment_tokenizer,
     store_prompts,
+    tokenizer_slug,
 )
 from fmbench.pipeline.results import ArtifactContent, artifact_contents, finalize_run, write_report
 from fmbench.pipeline.shards import (
@@ -50,12 +53,15 @@ __all__ = [
     "ShardOutcome",
     "artifact_contents",
     "bucket_dataset",
+    "bucketing_jobs",
     "calibrate",
     "check_buckets",
     "check_pricing",
+    "check_tokenizers",
     "dataset_cache_key",
     "deploy",
     "execute_shard",
+    "experiment_tokenizer",
     "failed_outcome",
     "finalize_run",
     "finished_shard",
@@ -68,6 +74,7 @@ __all__ = [
     "shard_id",
     "store_prompts",
     "teardown",
+    "tokenizer_slug",
     "write_report",
 ]
 

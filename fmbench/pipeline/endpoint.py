@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fmbench import progress
-from fmbench.config import BenchmarkConfig, SimulatedEndpoint, resolve_path
+from fmbench.config import BenchmarkConfig, SimulatedEndpoint
 from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
 from fmbench.interrupts import deploying
 from fmbench.pipeline.shards import find_experiment
@@ -17,15 +17,16 @@ TEARDOWN_RETRY_DELAY_S = 5.0
 def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
     """Deploy an experiment's endpoint for this run.
 
-    A simulated server counts prompt tokens with the run's tokenizer unless its config names
+    A simulated server counts prompt tokens with the experiment's tokenizer unless its config names
     another, so its usage (and its prefill time) agrees with the buckets the prompts were put in.
     While it waits, an interrupt of the run reaches this thread (`fmbench.interrupts`).
     """
     experiment = find_experiment(cfg, experiment_name)
     if isinstance(experiment.endpoint, SimulatedEndpoint):
-        spec = experiment.endpoint.tokenizer or cfg.tokenizer
-        if not spec.startswith("hf:") and resolve_path(cfg, spec).is_file():  # a tokenizer.json beside the config
-            spec = str(resolve_path(cfg, spec))
+        from fmbench.datasets import resolve_tokenizer_spec
+
+        # A tokenizer.json beside the config: the server gets its absolute path.
+        spec = resolve_tokenizer_spec(cfg, experiment.endpoint.tokenizer or cfg.tokenizer_for(experiment))
         endpoint = experiment.endpoint.model_copy(update={"tokenizer": spec})
         experiment = experiment.model_copy(update={"endpoint": endpoint})
     deployed: DeployedEndpoint | None = None

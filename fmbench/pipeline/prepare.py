@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fmbench.config import BenchmarkConfig
@@ -17,7 +18,7 @@ def load_benchmark_config(config: str | BenchmarkConfig, overrides: list[str] | 
                           requests_per_level: int | None = None) -> BenchmarkConfig:
     """Load a config (path, URL, YAML text, or a config model as a Prefect form gives it), apply
     run-time overrides, and check what can be checked before anything is measured (pricing
-    resolves for every experiment).
+    resolves for every experiment, every tokenizer exists).
 
     Raises:
         ConfigError: naming the file or parameter and the field.
@@ -31,7 +32,29 @@ def load_benchmark_config(config: str | BenchmarkConfig, overrides: list[str] | 
         loaded = load_config_source(config, overrides=overrides)
     cfg = narrow_config(loaded, experiments, concurrency_levels, requests_per_level)
     check_pricing(cfg)
+    check_tokenizers(cfg, config_source_label(config) if isinstance(config, str) else "config")
+    from fmbench.quality.evaluate import check_evaluation
+
+    check_evaluation(cfg)
     return cfg
+
+
+def config_source_label(config: str) -> str:
+    """How error messages name a config given as a path, a URL or inline YAML text."""
+    text = config.strip()
+    return "<inline config>" if "\n" in text or text.startswith("{") or re.match(r"^name\s*:", text) else config
+
+
+def check_tokenizers(cfg: BenchmarkConfig, source: str) -> None:
+    """Check the run's and every experiment's tokenizer without downloading anything (a tiktoken
+    encoding that exists, a file that exists, a well-formed ``hf:ORG/NAME``).
+
+    Raises:
+        ConfigError: ``SOURCE: FIELD: problem``.
+    """
+    from fmbench.datasets import check_tokenizer_specs
+
+    check_tokenizer_specs(cfg, source)
 
 
 def check_pricing(cfg: BenchmarkConfig) -> None:

@@ -40,8 +40,8 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
 
     def finish(manifest: Manifest) -> None:
         manifest.shards = shard_dicts
-        manifest.payload_hashes = {f"{ps.dataset}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
-        manifest.prompt_counts = {f"{ps.dataset}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
+        manifest.payload_hashes = {f"{ps.key}/{lb}": h for ps in prompt_sets for lb, h in ps.hashes.items()}
+        manifest.prompt_counts = {f"{ps.key}/{lb}": c for ps in prompt_sets for lb, c in ps.counts.items()}
         manifest.warnings = notes
         manifest.ended_at = utc_now()
 
@@ -102,6 +102,10 @@ def artifact_contents(run: RunInfo, cfg: BenchmarkConfig) -> ArtifactContent:
     from fmbench.report import metrics_table_rows, summary_markdown
 
     metrics = storage.read_parquet(run.path("metrics.parquet"))
+    if cfg.evaluation is not None:  # slo.min_accuracy reads the evaluated accuracy
+        from fmbench.report.quality import quality_view, with_accuracy
+
+        metrics = with_accuracy(metrics, quality_view(run.url, cfg))
     key = "fmbench-" + slug(cfg.name)
     report_url = run.path("report.html")
     if not storage.is_remote(report_url):

@@ -17,7 +17,7 @@ from fmbench import progress, storage
 from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
-from fmbench.pipeline.prompts import PromptSet
+from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
 from fmbench.rundir import RunInfo, utc_now
 
 log = logging.getLogger("fmbench")
@@ -66,10 +66,12 @@ def shard_id(experiment: str, dataset: str, bucket: str, concurrency: int | None
 
 
 def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: ExperimentConfig) -> list[Any]:
-    """The shards of one experiment, in the order they run (bucket, dataset, then level ascending)."""
+    """The shards of one experiment, in the order they run (bucket, dataset, then level ascending),
+    over the prompts its own tokenizer bucketed."""
     from fmbench.loadgen import ShardSpec
 
-    by_name = {ps.dataset: ps for ps in prompt_sets}
+    tok = experiment_tokenizer(cfg, experiment)
+    by_name = {ps.dataset: ps for ps in prompt_sets if ps.tokenizer == tok}
     specs = []
     for lo, hi in cfg.buckets:
         label = bucket_label((lo, hi))
@@ -127,14 +129,15 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         log.info("shard %s: already measured, reused", spec.shard_id)
         return done
     from fmbench.calibration import expected_shape, load_calibration, plan_processes
-    from fmbench.datasets import load_run_tokenizer, read_prompts
+    from fmbench.datasets import load_experiment_tokenizer, read_prompts
     from fmbench.loadgen import run_shard
     from fmbench.loadgen.retry import final_attempts
 
     experiment = find_experiment(cfg, spec.experiment)
     cal = load_calibration(run.url)
     prompts = read_prompts(prompts_url)
-    tokenizer = load_run_tokenizer(cfg)
+    # Output tokens the server does not report are counted in the experiment's (the model's) tokenizer.
+    tokenizer = load_experiment_tokenizer(cfg, experiment)
     client = make_endpoint_client(experiment, deployed)
     if experiment.processes is None and cal is not None:
         chunks, latency = expected_shape(experiment)

@@ -15,6 +15,7 @@ from fmbench import storage
 from fmbench.errors import ConfigError
 from fmbench.metrics import SHARD_KEYS, benchmark_cost, error_counts, evaluate_slo, good_request
 from fmbench.report.deltas import delta_note, delta_rows, run_deltas
+from fmbench.report.quality import quality_view, with_accuracy
 from fmbench.report.render import ReportInput, ReportPaths, pricing_rows, render
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
 
@@ -86,6 +87,8 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
         if run.requests is not None:
             req = run.requests.join(shared_df.lazy(), on=["dataset", "bucket"], how="semi")
         m = _with_goodput(m, req, slo)
+        if run.cfg is not None:  # each run's own evaluated accuracy, for slo.min_accuracy
+            m = with_accuracy(m, quality_view(run.url, run.cfg))
         metrics.append(_prefix(m, label))
         if run.requests is not None and req is not None:
             sample = request_sample(req)

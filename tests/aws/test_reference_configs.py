@@ -40,6 +40,60 @@ def test_reference_config_loads_and_is_complete(name: str) -> None:
         assert exp.pricing is not None
 
 
+#: The tokenizer each reference config's experiments bucket with: the model's own where it is public.
+TOKENIZERS = {
+    "sagemaker-llama3-8b-g5-2xlarge.yml": "hf:meta-llama/Meta-Llama-3-8B-Instruct",
+    "sagemaker-llama3-8b-g5-12xlarge.yml": "hf:meta-llama/Meta-Llama-3-8B-Instruct",
+    "sagemaker-llama3-70b-p4d.yml": "hf:meta-llama/Meta-Llama-3-70B-Instruct",
+    "sagemaker-inf2-neuron-lmi.yml": "hf:meta-llama/Meta-Llama-3-8B-Instruct",
+    "sagemaker-byo-vllm-g6e.yml": "hf:Qwen/Qwen2.5-7B-Instruct",
+    "sagemaker-existing-endpoint.yml": "cl100k_base",
+    "bedrock-llama3.yml": "hf:meta-llama/Meta-Llama-3-8B-Instruct",
+    "bedrock-claude.yml": "cl100k_base",
+    "bedrock-claude-inference-profile.yml": "cl100k_base",
+    "vllm-selfhosted.yml": "hf:meta-llama/Meta-Llama-3-8B-Instruct",
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_reference_config_names_its_models_tokenizer_and_validates_offline(
+        name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from fmbench.pipeline import load_benchmark_config
+
+    # Validation reads no tokenizer data: an unreachable hub and an empty cache change nothing.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    cfg = load_benchmark_config(str(CONFIGS / name))
+    assert {cfg.tokenizer_for(e) for e in cfg.experiments} == {TOKENIZERS[name]}
+    if "claude" in name:
+        assert "Claude's tokenizer is not public: cl100k_base is the stated approximation" in (CONFIGS / name).read_text()
+
+
+def test_reference_run_needing_a_download_offline_fails_before_measuring(tmp_path: Path) -> None:
+    """`fmbench run` of a config whose tokenizer is on the hub, offline with an empty hub cache:
+    one line naming the experiment's field and what to do, exit 2, nothing written or sent."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "HF_"))}
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hf-cache"), PREFECT_HOME=str(tmp_path / "ph"),
+               PYTHONPATH=str(CONFIGS.parent))
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "fmbench", "run", str(CONFIGS / "vllm-selfhosted.yml"),
+                           "--output", str(out)], env=env, cwd=CONFIGS.parent, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("fmbench: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert errors[0].startswith("fmbench: error: experiments[vllm-llama3-8b].tokenizer: tokenizer "
+                                "'hf:meta-llama/Meta-Llama-3-8B-Instruct': tokenizer.json is not in the Hugging Face "
+                                f"cache ({tmp_path / 'hf-cache'})")
+    assert "`hf download meta-llama/Meta-Llama-3-8B-Instruct tokenizer.json`" in errors[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_reference_config_prices_resolve(name: str) -> None:
     from fmbench.pricing.resolve import resolve_pricing
@@ -84,6 +138,8 @@ def test_bedrock_reference_model_ids() -> None:
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_reference_datasets_render_into_every_bucket(name: str) -> None:
+    """With cl100k_base (the models' hub tokenizers cannot be fetched offline; Llama 3's vocabulary
+    extends cl100k's, so its counts are close)."""
     from fmbench.datasets import build_dataset_prompts, load_run_tokenizer
 
     cfg = load_config(CONFIGS / name)

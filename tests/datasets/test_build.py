@@ -171,14 +171,15 @@ def test_fingerprint_missing_file(tmp_path: Path, cl100k: Tokenizer) -> None:
 
 
 def test_parquet_round_trip_local(tmp_path: Path) -> None:
-    prompts = [Prompt("a", "héllo\nworld", 3), Prompt("b", "", 0), Prompt("c", "x" * 10_000, 2500)]
+    prompts = [Prompt("a", "héllo\nworld", 3, ("Paris", "the city of Paris")), Prompt("b", "", 0),
+               Prompt("c", "x" * 10_000, 2500)]
     url = str(tmp_path / "out" / "prompts-1-500.parquet")
     write_prompts(url, prompts, dataset="ds", bucket="1-500")
     assert read_prompts(url) == prompts
     import polars as pl
 
     df = pl.read_parquet(url)
-    assert df.columns == ["prompt_id", "text", "input_tokens", "dataset", "bucket"]
+    assert df.columns == ["prompt_id", "text", "input_tokens", "dataset", "bucket", "answers"]
     assert df["dataset"].unique().to_list() == ["ds"] and df["bucket"].unique().to_list() == ["1-500"]
 
 

@@ -154,6 +154,14 @@ def cases(c: Ctx) -> list[Case]:
         Case("tokenizer-bad-json", "run", "not a valid tokenizer.json",
              g.replace("name: bad", "name: bad\ntokenizer: tok/tokenizer.json"),
              files={"tok/tokenizer.json": b'{"version": "1.0", "model": 7}'}, category="tokenizer"),
+        Case("tokenizer-experiment-unknown", "validate", "cfg.yml: experiments[e].tokenizer: unknown tokenizer 'cl100k'",
+             g.replace("    inference:", "    tokenizer: cl100k\n    inference:"), category="tokenizer"),
+        Case("tokenizer-experiment-missing-file", "validate", "experiments[e].tokenizer: tokenizer file not found: ",
+             g.replace("    inference:", "    tokenizer: models/llama/tokenizer.json\n    inference:"),
+             category="tokenizer"),
+        Case("tokenizer-hf-offline", "run", "experiments[e].tokenizer: tokenizer 'hf:org/model': tokenizer.json is not "
+             "in the Hugging Face cache", g.replace("    inference:", "    tokenizer: hf:org/model\n    inference:"),
+             env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/hf-cache"}, category="tokenizer"),
         # ---- endpoints
         Case("endpoint-unreachable", "run", "unreachable", _openai(f"http://127.0.0.1:{c.closed_port}/v1"),
              category="endpoint"),

@@ -1,0 +1,256 @@
+"""Answer quality end to end against the simulated endpoint: its seeded answer model, a panel of
+simulated judges (one honest, one that always errs, one with malformed verdicts and timeouts), the
+Prefect flow's evaluation step, the report, the recommendation, and `fmbench evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import yaml
+
+from cli.main import main
+from fmbench.config import parse_config
+from fmbench.pipeline import run_benchmark
+from fmbench.quality.scores import wilson_interval
+
+pytestmark = pytest.mark.integration
+
+N_PROMPTS = 150
+PER_SHARD = 40
+SIM = {"provider": "simulated", "ttft_ms": 2, "tpot_ms": 0.5, "max_batch": 16}
+
+
+def _dataset(tmp: Path) -> Path:
+    path = tmp / "qa.jsonl"
+    with path.open("w") as fh:
+        for i in range(N_PROMPTS):
+            # Some records carry several acceptable answers; the model and the metrics use any of them.
+            answer: Any = [f"Zanzibar {i}", f"Zanzibar number {i}"] if i % 3 == 0 else f"Zanzibar {i}"
+            fh.write(json.dumps({"id": f"q{i}", "prompt": f"Question {i}: which code name was used?",
+                                 "answer": answer}) + "\n")
+    return path
+
+
+def _judge(name: str, seed: int, **extra: Any) -> dict[str, Any]:
+    inference = extra.pop("inference", {"max_tokens": 64, "stream": False, "timeout_s": 10})
+    return {"name": name, "endpoint": {**SIM, "seed": seed, **extra}, "inference": inference,
+            "pricing": {"input_per_1k_usd": 0.003, "output_per_1k_usd": 0.015}}
+
+
+PANEL = [
+    _judge("honest", 11),
+    _judge("contrarian", 12, judge_error_rate=1.0),
+    _judge("flaky", 13, judge_malformed_rate=0.3, faults={"hang_rate": 0.2},
+           inference={"max_tokens": 64, "stream": False, "timeout_s": 1.0}),
+]
+
+
+def _config(tmp: Path, *, evaluation: dict[str, Any] | None, min_accuracy: float | None = None,
+            name: str = "quality") -> dict[str, Any]:
+    _dataset(tmp)
+    slo: dict[str, Any] = {"latency_p95_s": 10.0}
+    if min_accuracy is not None:
+        slo["min_accuracy"] = min_accuracy
+    cfg: dict[str, Any] = {
+        "name": name, "output": str(tmp / "results"), "buckets": [[1, 200]],
+        "datasets": [{"name": "qa", "source": "jsonl", "path": "qa.jsonl", "answer_field": "answer"}],
+        "experiments": [
+            {"name": "big", "endpoint": {**SIM, "answer_accuracy": 0.9, "seed": 1},
+             "concurrency_levels": [4], "requests_per_level": N_PROMPTS, "warmup_requests": 0,
+             "pricing": {"hourly_usd": 40.0}},
+            {"name": "small", "endpoint": {**SIM, "answer_accuracy": 0.5, "seed": 2},
+             "concurrency_levels": [4], "requests_per_level": N_PROMPTS, "warmup_requests": 0,
+             "pricing": {"hourly_usd": 1.0}},
+        ],
+        "slo": slo,
+    }
+    if evaluation is not None:
+        cfg["evaluation"] = evaluation
+    return cfg
+
+
+def _write(tmp: Path, cfg: dict[str, Any], name: str) -> Path:
+    path = tmp / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def flow_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One Prefect flow run with evaluation: two experiments, a three-judge panel, min accuracy 0.75."""
+    from flows.benchmark import benchmark
+
+    tmp = tmp_path_factory.mktemp("quality-flow")
+    cfg = _config(tmp, evaluation={"judges": PANEL, "evaluate_per_shard": PER_SHARD, "concurrency": 8},
+                  min_accuracy=0.75)
+    report = benchmark(config=str(_write(tmp, cfg, "quality")), run_id="q1")
+    return Path(report).parent
+
+
+def _scores(run: Path, experiment: str) -> pl.DataFrame:
+    return pl.read_parquet(run / "evaluation" / experiment / "scores.parquet")
+
+
+def _calls(run: Path, experiment: str) -> pl.DataFrame:
+    return pl.read_parquet(run / "evaluation" / experiment / "judge_calls.parquet")
+
+
+@pytest.mark.parametrize(("experiment", "p"), [("big", 0.9), ("small", 0.5)])
+def test_measured_accuracy_matches_the_configured_probability(flow_run: Path, experiment: str, p: float) -> None:
+    scores = _scores(flow_run, experiment)
+    assert scores.height == N_PROMPTS and scores["has_reference"].all()
+    hits = int(scores["exact_match"].sum())
+    lo, hi = wilson_interval(hits, scores.height)
+    assert lo <= p <= hi, (hits, scores.height, lo, hi)
+    # The simulator answers a reference or unrelated words, so F1 and ROUGE-L agree with exact match.
+    assert scores.filter(pl.col("exact_match") == 1.0)["f1"].min() == 1.0
+    assert scores.filter(pl.col("exact_match") == 0.0)["f1"].max() == 0.0
+
+
+def test_majority_vote_with_disagreeing_judges(flow_run: Path) -> None:
+    for experiment in ("big", "small"):
+        scores = _scores(flow_run, experiment)
+        calls = _calls(flow_run, experiment)
+        judged = scores.filter(pl.col("judged"))
+        assert judged.height == PER_SHARD
+        verdicts = calls.pivot(on="judge", index=["shard_id", "request_id", "attempt"], values="verdict")
+        rows = judged.join(verdicts, on=["shard_id", "request_id", "attempt"])
+        assert rows.height == PER_SHARD
+        for r in rows.iter_rows(named=True):
+            truth = "correct" if r["exact_match"] == 1.0 else "incorrect"
+            assert r["honest"] == truth
+            assert r["contrarian"] == ("incorrect" if truth == "correct" else "correct")
+            # honest and contrarian cancel out: the flaky judge decides, or nobody does
+            expected = truth if r["flaky"] == truth else "undecided"
+            assert r["panel_verdict"] == expected, r
+
+
+def test_judge_faults_are_counted_not_dropped(flow_run: Path) -> None:
+    calls = pl.concat([_calls(flow_run, e) for e in ("big", "small")])
+    flaky = calls.filter(pl.col("judge") == "flaky")
+    assert flaky.height == 2 * PER_SHARD  # every sampled request was sent, whatever became of it
+    timeouts = flaky.filter(pl.col("error_kind") == "timeout").height
+    unparseable = flaky.filter(pl.col("verdict") == "unparseable").height
+    valid = flaky.filter(pl.col("verdict").is_in(["correct", "incorrect"])).height
+    assert timeouts > 0 and unparseable > 0
+    assert timeouts + unparseable + valid == flaky.height
+    assert flaky.filter(pl.col("verdict") == "error").height == timeouts
+    outcome = json.loads((flow_run / "evaluation" / "big" / "outcome.json").read_text())
+    assert outcome["status"] == "ok"
+    big_flaky = _calls(flow_run, "big").filter(pl.col("judge") == "flaky")
+    assert outcome["judge_errors"] == big_flaky.filter(~pl.col("ok")).height
+    assert outcome["unparseable"] == big_flaky.filter(pl.col("verdict") == "unparseable").height
+    # Every judge call is billed like a request: tokens at the judge's token prices.
+    ok = calls.filter(pl.col("ok"))
+    assert (ok["input_tokens"] > 0).all() and (ok["cost_usd"] > 0).all()
+    assert outcome["judge_cost_usd"] == pytest.approx(_calls(flow_run, "big")["cost_usd"].sum())
+
+
+def test_report_shows_quality_and_judge_cost_and_the_recommendation_says_why(flow_run: Path) -> None:
+    md = (flow_run / "report.md").read_text()
+    assert "## Answer quality" in md and "Missing evaluations" not in md
+    assert "Judges: correct [95% CI]" in md and "Pairwise agreement" in md
+    assert "judge honest (evaluation)" in md and "judge flaky (evaluation)" in md
+    # small is 40x cheaper but answers about half the questions: not eligible at min accuracy 0.75
+    assert "big at concurrency 4 meets every SLO" in md
+    assert "Not eligible because it answers below the minimum accuracy of 75%: small (accuracy" in md
+    assert "answer accuracy (see Answer quality)" in md
+    html = (flow_run / "report.html").read_text()
+    assert "fig-quality_vs_cost" in html
+
+
+def test_fmbench_evaluate_on_a_finished_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _config(tmp_path, evaluation=None, name="later")
+    for e in raw["experiments"]:
+        e["store_text"] = True
+        e["requests_per_level"] = 30
+    run = Path(run_benchmark(parse_config(raw, source="later", base_dir=tmp_path), run_id="r1")).parent
+    assert not (run / "evaluation").exists()
+    assert "## Answer quality" not in (run / "report.md").read_text()
+    evaluation = {"judges": [PANEL[0]], "evaluate_per_shard": 10}
+    other = _write(tmp_path, _config(tmp_path, evaluation=evaluation, min_accuracy=0.75, name="later"), "eval")
+    assert main(["evaluate", str(run), "--config", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "big: 30 answers scored, 10 judged, 0 judge errors, 0 unparseable verdicts" in out
+    md = (run / "report.md").read_text()
+    assert "## Answer quality" in md and "Not eligible because it answers below the minimum accuracy" in md
+    calls = run / "evaluation" / "big" / "judge_calls.parquet"
+    before = calls.stat().st_mtime_ns
+    # Evaluating again with the same settings reuses the evaluation; `fmbench report` keeps showing it.
+    assert main(["evaluate", str(run), "--config", str(other)]) == 0
+    assert calls.stat().st_mtime_ns == before
+    assert main(["report", str(run)]) == 0
+    assert "## Answer quality" in (run / "report.md").read_text()
+
+
+def test_failing_judges_still_give_a_report_that_names_what_is_missing(tmp_path: Path) -> None:
+    raw = _config(tmp_path, evaluation=None, name="nojudge")
+    for e in raw["experiments"]:
+        e["store_text"] = True
+        e["requests_per_level"] = 10
+    run = Path(run_benchmark(parse_config(raw, source="nojudge", base_dir=tmp_path), run_id="r1")).parent
+    dead = {"name": "gone", "endpoint": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}
+    assert main(["evaluate", str(run), "--set", f"evaluation={json.dumps({'judges': [dead]})}"]) == 1
+    md = (run / "report.md").read_text()
+    assert "Missing evaluations" in md and "big: judge gone: not deployed" in md
+    # Reference-answer scores do not need the judges.
+    assert _scores(run, "big").height == 10
+
+
+def test_evaluate_refuses_a_run_without_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _config(tmp_path, evaluation=None, name="notext")
+    for e in raw["experiments"]:
+        e["requests_per_level"] = 4
+    run = Path(run_benchmark(parse_config(raw, source="notext", base_dir=tmp_path), run_id="r1")).parent
+    assert main(["evaluate", str(run), "--set", "evaluation={}"]) == 2
+    assert "kept no answer text (store_text was off)" in capsys.readouterr().err
+
+
+def test_an_incomplete_evaluation_is_redone_and_a_complete_one_reused(tmp_path: Path) -> None:
+    import socket
+
+    from fmbench.config import SimulatedEndpoint
+    from fmbench.simulator.process import SimulatedServerProcess
+
+    with socket.socket() as s:  # a port where nothing listens yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = {"name": "later", "endpoint": {"provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                                           "model": "fmbench-sim"},
+             "inference": {"max_tokens": 64, "stream": False, "timeout_s": 10}}
+    raw = _config(tmp_path, evaluation={"judges": [judge], "evaluate_per_shard": 5}, name="resume")
+    for e in raw["experiments"]:
+        e["requests_per_level"] = 8
+    run = Path(run_benchmark(parse_config(raw, source="resume", base_dir=tmp_path), run_id="r1")).parent
+    first = json.loads((run / "evaluation" / "big" / "outcome.json").read_text())
+    assert first["status"] == "partial" and first["missing"][0].startswith("later: not deployed")
+    assert "big: judge later: not deployed" in (run / "report.md").read_text()
+    with SimulatedServerProcess(SimulatedEndpoint(provider="simulated", seed=5), port=port):
+        assert main(["evaluate", str(run)]) == 0  # the run's own settings; the judge is up now
+    again = json.loads((run / "evaluation" / "big" / "outcome.json").read_text())
+    assert again["status"] == "ok" and again["judged"] == 5 and again["judge_errors"] == 0
+    calls = _calls(run, "big")
+    assert calls.height == 5 and calls["verdict"].is_in(["correct", "incorrect"]).all()
+    assert "Missing evaluations" not in (run / "report.md").read_text()
+
+
+def test_an_experiment_with_its_own_tokenizer_is_scored_against_its_own_prompts(tmp_path: Path) -> None:
+    """Prompts counted in an experiment's own tokenizer are stored as their own prompt set
+    (dataset@tokenizer); its evaluation must find their reference answers there."""
+    from tests.datasets.test_experiment_tokenizer import write_words_tokenizer
+
+    write_words_tokenizer(tmp_path / "words.json")
+    raw = _config(tmp_path, evaluation={"judges": [PANEL[0]], "evaluate_per_shard": 5}, name="tok")
+    for e in raw["experiments"]:
+        e["requests_per_level"] = 30
+        e["tokenizer"] = "words.json"
+    run = Path(run_benchmark(parse_config(raw, source="tok", base_dir=tmp_path), run_id="r1")).parent
+    assert all("@" in p.name for p in (run / "prompts").iterdir())
+    for experiment in ("big", "small"):
+        scores = _scores(run, experiment)
+        assert scores.height == 30 and scores["has_reference"].all(), experiment
+        assert int(scores["exact_match"].sum()) > 0
