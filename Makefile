@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export BROWSER_PATH ?= /usr/bin/chromium
 
-.PHONY: uv install demo test bench deploy lint typecheck clean
+.PHONY: uv install demo test test-fast bench deploy lint typecheck clean
 
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -17,6 +17,11 @@ demo: install
 
 test: install
 	@$(UV) run --frozen pytest
+
+# The edit-test loop: everything but the tests marked `integration` (Prefect, moto, Chromium,
+# subprocesses, real servers; see tests/conftest.py). `make test` runs both tiers, as CI does.
+test-fast: install
+	@$(UV) run --frozen pytest -m "not integration" -q
 
 bench: install
 	@$(UV) run --frozen python -m benchmarks.run_all

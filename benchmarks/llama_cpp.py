@@ -1,7 +1,7 @@
 """Benchmark 6: fmbench against a real llama.cpp server, beside an independent stdlib client.
 
 Both clients send the same kind of prompts to the same ``llama-server`` (the tiny test model of
-``tests/realservers/gguf_model.py``, 4 slots, 1 thread). At concurrency 1 they take turns, four
+``tests/support/gguf_model.py``, 4 slots, 1 thread). At concurrency 1 they take turns, four
 requests each, so drift of a shared machine hits both alike; at concurrency 4 they run at once,
 two requests in flight each, so their requests share the server's batches. The stdlib client
 uses nothing but ``socket``: it connects, stamps the send just before writing the request,

@@ -1,8 +1,9 @@
 """The `fmbench` command line: run, validate, report, evaluate, compare, cleanup, serve-sim.
 
-Errors a user can cause end as one line on stderr and exit code 2 (`--debug` shows the
-traceback). `fmbench run` runs the Prefect flow with an embedded Prefect server unless
-PREFECT_API_URL points at one; its last line is ``Report: <run dir>/report.md``.
+Errors end as one line on stderr and the exit code of their cause (`fmbench.errors.ExitCode`:
+bad input 2, environment 3, a bug 4; `--debug` shows the traceback too). `fmbench run` runs the
+Prefect flow with an embedded Prefect server unless PREFECT_API_URL points at one; its last line
+is ``Report: <run dir>/report.md``, and it exits 1 when some shard failed.
 """
 
 from __future__ import annotations
@@ -11,18 +12,15 @@ import argparse
 import logging
 import os
 import shlex
-import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from fmbench.errors import FMBenchError, RunTerminated
+from fmbench.errors import ExitCode, FMBenchError, exit_code
 
 if TYPE_CHECKING:
     from fmbench.deploy.inventory import FmbenchResource
-
-EXIT_BAD_INPUT = 2
-EXIT_SHARDS_FAILED = 1
 
 log = logging.getLogger("fmbench")
 
@@ -38,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a config value (YAML), e.g. experiments.0.concurrency_levels=[1,2]")
     r.add_argument("--run-id", help="run id; an existing run id resumes that run")
+    r.add_argument("--no-png", dest="png", action="store_false",
+                   help="skip the static PNG plots (report.html keeps its interactive figures)")
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     v = sub.add_parser("validate", help="check a config without running it")
@@ -104,19 +104,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]
         + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
+        + ([] if args.png else ["--no-png"])
     )
-    from flows.benchmark import benchmark
     from fmbench.live import show_progress
+    from fmbench.localapi import local_prefect_api
 
-    with sigterm_interrupts(), show_progress(sys.stderr):
-        report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
-                           overrides=args.overrides or None, command=command, preflight=False)
+    with local_prefect_api():  # before Prefect is imported: it reads PREFECT_API_URL at import
+        from flows.benchmark import benchmark
+
+        with sigterm_interrupts(), show_progress(sys.stderr):
+            report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
+                               overrides=args.overrides or None, command=command, preflight=False,
+                               png=args.png)
     report = str(report)  # the flow returns the report's URL
     failed = _failed_shards(report)
     for line in failed:
         print(f"fmbench: shard failed: {line}", file=sys.stderr)
     print(f"Report: {report}")
-    return EXIT_SHARDS_FAILED if failed else 0
+    return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
 
 
 def _failed_shards(report_url: str) -> list[str]:
@@ -165,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{name}: {o.scored} answers scored, {o.judged} judged, {o.judge_errors} judge errors, "
               f"{o.unparseable} unparseable verdicts{missing}")
     print(f"Report: {args.run_dir.rstrip('/')}/report.md")
-    return EXIT_SHARDS_FAILED if incomplete else 0
+    return ExitCode.PARTIAL_FAILURE if incomplete else ExitCode.OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -225,7 +230,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         for item in failures:
             print(f"fmbench: could not delete {item}", file=sys.stderr)
         failed = failed or bool(failures)
-    return 1 if failed else 0
+    return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
 
 
 def _resource_lines(found: list[FmbenchResource]) -> list[str]:
@@ -274,22 +279,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     _setup_logging(debug)
     try:
-        return _COMMANDS[args.command](args)
-    except FMBenchError as exc:
-        if debug:
-            raise
-        print(f"fmbench: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return int(_COMMANDS[args.command](args))
     except BaseException as exc:
-        # SIGTERM arrives as our RunTerminated or, inside the flow, as Prefect's TerminationSignal
-        # (recognised by its signal number: this module does not import Prefect).
-        terminated = isinstance(exc, RunTerminated) or getattr(exc, "signal", None) == signal.SIGTERM
-        if not (terminated or isinstance(exc, KeyboardInterrupt)):
+        if isinstance(exc, SystemExit):
             raise
-        print(f"fmbench: {'terminated' if terminated else 'interrupted'}; measured shards are kept in the run "
-              "directory (resume with --run-id)", file=sys.stderr)
-        return 143 if terminated else 130
-
+        code = exit_code(exc)
+        if debug:
+            traceback.print_exc()
+        if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+            print(f"fmbench: {'terminated' if code == ExitCode.TERMINATED else 'interrupted'}; measured shards "
+                  "are kept in the run directory (resume with --run-id)", file=sys.stderr)
+        elif code == ExitCode.INTERNAL:
+            if not debug:
+                traceback.print_exc()
+            print(f"fmbench: internal error (a bug in fmbench, please report it): {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+        else:
+            print(f"fmbench: error: {exc}", file=sys.stderr)
+        return int(code)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -56,6 +56,7 @@ def benchmark(
     regression_threshold: Annotated[float, Field(ge=0)] = 0.10,
     fail_on_regression: bool = False,
     preflight: bool = True,
+    png: bool = True,
 ) -> str | State:
     """Benchmark every experiment of a config over its datasets' buckets and concurrency levels,
     then compare the results with the previous run of the same benchmark under the same output.
@@ -76,13 +77,14 @@ def benchmark(
         fail_on_regression: End the flow run Failed when a regression is found (for a Prefect automation).
         preflight: Check tokenizer, datasets, credentials and endpoints before the run (off only when the
             caller already did, as `fmbench run` does before it starts Prefect).
+        png: Export static PNG plots (needs Chromium); off, the report has only its interactive figures.
 
     Returns:
         The URL of the run's report.md (a Failed state on regression with fail_on_regression).
     """
     cfg = load_config_task(config, overrides, experiments, concurrency_levels, requests_per_level)
     result = run_sequence(PrefectSteps(), cfg, output=output, run_id=run_id, command=command,
-                          preflight=preflight, regression_threshold=regression_threshold)
+                          preflight=preflight, regression_threshold=regression_threshold, png=png)
     publish_artifacts_task(result.run, cfg)
     if fail_on_regression and result.regressions is not None and result.regressions.status == "regressed":
         print(f"report: {result.report}")

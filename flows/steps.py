@@ -74,8 +74,8 @@ class PrefectSteps:
     def teardown_judges(self, cfg: BenchmarkConfig, judges: JudgePanel) -> list[str]:
         return teardown_judges_task(cfg, judges)
 
-    def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
-        return check_regressions_task(run, threshold)
+    def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
+        return check_regressions_task(run, threshold, png=png)
 
-    def report(self, run: RunInfo) -> str:
-        return report_task(run)
+    def report(self, run: RunInfo, png: bool = True) -> str:
+        return report_task(run, png)

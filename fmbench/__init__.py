@@ -1,8 +1,9 @@
 """fmbench: benchmark foundation-model endpoints for latency, throughput and cost.
 
-The package is a plain library (no Prefect import); `flows/` and `tasks/` wrap it. Its public API
-(`run_benchmark`, `load_config`, `report`, `compare` and the config models) works in scripts and
-notebooks; names load on first use, so ``import fmbench`` stays cheap for the command line.
+The package is a plain library (no Prefect import); `cli/`, `flows/` and `tasks/` use it, never the
+reverse. Its public API is `__all__` (pinned by tests/test_exported_members.py): `run_benchmark`,
+`load_config`, `report` and `compare` for scripts and notebooks, the config models, errors and the
+endpoint protocol. The names load on first use, so ``import fmbench`` stays cheap for the command line.
 """
 
 from __future__ import annotations
@@ -28,27 +29,46 @@ if TYPE_CHECKING:
         SLOConfig,
         SyntheticDataset,
     )
-    from fmbench.errors import ConfigError, FMBenchError
+    from fmbench.errors import (
+        ConfigError,
+        CredentialsError,
+        DatasetError,
+        DeploymentError,
+        EndpointError,
+        ExitCode,
+        FMBenchError,
+        StorageError,
+        TokenizerError,
+    )
+    from fmbench.protocol import Completion, EndpointClient, Prompt
 
-# name -> module it lives in. `report` is the `fmbench.report` package itself, which is callable
-# (see fmbench/report/__init__.py): a function of that name would be replaced by the package as
-# soon as anything imports it.
-_EXPORTS = {
-    "run_benchmark": "fmbench.api", "load_config": "fmbench.api", "compare": "fmbench.api",
-    "BenchmarkResult": "fmbench.api", "ReportFiles": "fmbench.api",
-    "BenchmarkConfig": "fmbench.config", "ExperimentConfig": "fmbench.config",
-    "SimulatedEndpoint": "fmbench.config", "OpenAIEndpoint": "fmbench.config",
-    "SageMakerEndpoint": "fmbench.config", "BedrockEndpoint": "fmbench.config",
-    "SyntheticDataset": "fmbench.config", "LongBenchDataset": "fmbench.config", "JsonlDataset": "fmbench.config",
-    "InferenceConfig": "fmbench.config", "PricingConfig": "fmbench.config", "SLOConfig": "fmbench.config",
-    "FMBenchError": "fmbench.errors", "ConfigError": "fmbench.errors",
+#: public name -> the module it lives in (the one table to extend when the API grows). `report` is
+#: the `fmbench.report` package itself, which is callable (fmbench/report/__init__.py): a function
+#: of that name would be replaced by the package as soon as anything imports it.
+_EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["run_benchmark", "load_config", "compare", "BenchmarkResult", "ReportFiles"], "fmbench.api"),
+    **dict.fromkeys(
+        ["BenchmarkConfig", "ExperimentConfig", "SimulatedEndpoint", "OpenAIEndpoint", "SageMakerEndpoint",
+         "BedrockEndpoint", "SyntheticDataset", "LongBenchDataset", "JsonlDataset", "InferenceConfig",
+         "PricingConfig", "SLOConfig"], "fmbench.config"),
+    **dict.fromkeys(
+        ["FMBenchError", "ConfigError", "DatasetError", "TokenizerError", "CredentialsError", "EndpointError",
+         "DeploymentError", "StorageError", "ExitCode"], "fmbench.errors"),
+    **dict.fromkeys(["Prompt", "Completion", "EndpointClient"], "fmbench.protocol"),
 }
 
 __all__ = [
     "BedrockEndpoint",
     "BenchmarkConfig",
     "BenchmarkResult",
+    "Completion",
     "ConfigError",
+    "CredentialsError",
+    "DatasetError",
+    "DeploymentError",
+    "EndpointClient",
+    "EndpointError",
+    "ExitCode",
     "ExperimentConfig",
     "FMBenchError",
     "InferenceConfig",
@@ -56,11 +76,14 @@ __all__ = [
     "LongBenchDataset",
     "OpenAIEndpoint",
     "PricingConfig",
+    "Prompt",
     "ReportFiles",
     "SLOConfig",
     "SageMakerEndpoint",
     "SimulatedEndpoint",
+    "StorageError",
     "SyntheticDataset",
+    "TokenizerError",
     "__version__",
     "compare",
     "load_config",

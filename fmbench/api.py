@@ -154,7 +154,7 @@ def run_benchmark(config: str | Path | Mapping[str, Any] | BenchmarkConfig, *, o
                   run_id: str | None = None, overrides: Sequence[str] | None = None,
                   experiments: Sequence[str] | None = None, concurrency_levels: Sequence[int] | None = None,
                   requests_per_level: int | None = None, regression_threshold: float = 0.10,
-                  progress: bool = True) -> BenchmarkResult:
+                  progress: bool = True, png: bool = True) -> BenchmarkResult:
     """Run a benchmark in this process (no Prefect server needed) and return its result.
 
     Works in a plain script and inside a running event loop (a notebook). Bad input fails before
@@ -166,6 +166,7 @@ def run_benchmark(config: str | Path | Mapping[str, Any] | BenchmarkConfig, *, o
         run_id: an existing run id resumes that run (measured shards are not sent again).
         regression_threshold: relative change versus the previous run that is flagged.
         progress: show progress (a live table on a terminal, periodic lines elsewhere).
+        png: also write the static PNG plots (needs Chromium); report.html has the figures either way.
 
     Raises:
         FMBenchError: bad input (config, dataset, credentials, endpoint), one line naming it.
@@ -179,7 +180,8 @@ def run_benchmark(config: str | Path | Mapping[str, Any] | BenchmarkConfig, *, o
 
         with InlineSteps() as steps:
             result = run_sequence(steps, cfg, output=output, run_id=run_id,
-                                  command="fmbench.run_benchmark(...)", regression_threshold=regression_threshold)
+                                  command="fmbench.run_benchmark(...)", regression_threshold=regression_threshold,
+                                  png=png)
         return BenchmarkResult(result.run.url, result.report, result.regressions)
 
     if not progress:

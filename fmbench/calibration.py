@@ -9,11 +9,17 @@ ceiling (shards above `CEILING_WARN` are flagged "results may reflect the client
 `plan_processes` spreads a shard whose offered load exceeds one process over several.
 
 The result is stored as ``calibration.json`` in the run directory (`save_calibration`) and
-summarised in the manifest and the report.
+summarised in the manifest and the report. `calibrate_run` reuses the host's last calibration
+(kept in fmbench's cache directory) while the host, its CPU count, the versions of Python, aiohttp
+and the client's code are unchanged, it is less than `CACHE_MAX_AGE_S` old, and the load average
+per CPU is within `CACHE_LOAD_TOLERANCE` of the one it was measured at; the summary then says it
+was reused. ``FMBENCH_RECALIBRATE=1`` always measures.
 """
 
 from __future__ import annotations
 
+import calendar
+import hashlib
 import math
 import os
 import platform
@@ -31,12 +37,18 @@ from fmbench.errors import FMBenchError, StorageError
 CEILING_WARN = 0.7  # a shard above this fraction of the client's ceiling may measure the client
 PLAN_TARGET = 0.5  # shards are spread so each process runs at most this fraction of its ceiling
 STREAM_CHUNKS = 256  # chunks per streamed answer in the chunk-rate phase
+CACHE_MAX_AGE_S = 24 * 3600.0  # a cached calibration older than this is measured again
+#: ... and so is one whose 1-min load average per CPU differed by more than this
+#: (FMBENCH_CALIBRATION_LOAD_TOLERANCE overrides it).
+CACHE_LOAD_TOLERANCE = 0.25
 
 __all__ = [
     "CEILING_WARN",
     "Calibration",
+    "cached_calibration",
     "calibrate_host",
     "calibrate_run",
+    "client_versions",
     "expected_shape",
     "load_calibration",
     "plan_processes",
@@ -70,6 +82,15 @@ class Calibration(BaseModel):
         description="Client CPU / wall time during the ceiling phases; well below 1 means something other "
         "than the client (the machine's other load) limited them, so the ceiling is underestimated."
     )
+    versions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Versions the measurement depends on (Python, aiohttp, a hash of fmbench's client code).",
+    )
+    reused: str | None = Field(
+        default=None,
+        description="Set when this calibration was not measured for the run but reused from the host's cache: "
+        "why it still applies.",
+    )
 
     def cost_s(self, chunks_per_request: float) -> float:
         """Seconds of one client process per request carrying ``chunks_per_request`` streamed chunks."""
@@ -81,12 +102,13 @@ class Calibration(BaseModel):
 
     def summary(self) -> str:
         """One line for logs and the report."""
-        return (
+        line = (
             f"one client process sustains {self.max_request_rate:,.0f} req/s (non-streamed) and "
             f"{self.max_chunk_rate:,.0f} streamed chunks/s; round trip to a zero-latency server p50 "
             f"{self.rtt_p50_ms:.2f} ms, p99 {self.rtt_p99_ms:.2f} ms (upper bound of client overhead); "
             f"{self.cpu_count} CPUs, load average {self.load_avg[0]:.2f}"
         )
+        return f"{line}; {self.reused}" if self.reused else line
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -128,6 +150,67 @@ def _sized(url: str, stream: bool, concurrency: int, seconds: float, workdir: Pa
     n = int(max(100, min(rate * seconds, 50_000)))
     result, _ = _run(url, stream, concurrency, n, workdir, tag)
     return result
+
+
+def client_versions() -> dict[str, str]:
+    """What a calibration depends on besides the host: Python, aiohttp and fmbench's client code."""
+    from importlib.metadata import version
+
+    root = Path(__file__).parent
+    code = hashlib.sha256()
+    for path in sorted([*root.glob("loadgen/*.py"), root / "endpoints" / "openai.py", root / "protocol.py",
+                        root / "simulator" / "zeroserver.py", Path(__file__)]):
+        code.update(path.read_bytes())
+    return {"python": platform.python_version(), "aiohttp": version("aiohttp"), "client_code": code.hexdigest()[:16]}
+
+
+def _cache_file() -> Path:
+    from fmbench.cachedir import cache_dir
+
+    return cache_dir() / "calibration.json"
+
+
+def _load_tolerance() -> float:
+    try:
+        return float(os.environ.get("FMBENCH_CALIBRATION_LOAD_TOLERANCE", CACHE_LOAD_TOLERANCE))
+    except ValueError:
+        return CACHE_LOAD_TOLERANCE
+
+
+def cached_calibration(load_now: float | None = None) -> Calibration | None:
+    """The host's cached calibration when it still applies (see the module docstring), else None.
+
+    The returned copy has ``reused`` set to a sentence saying when it was measured and why it applies.
+    """
+    try:
+        cal = Calibration.model_validate_json(_cache_file().read_text())
+    except (OSError, ValueError):
+        return None
+    if load_now is None:
+        load_now = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cpus = os.cpu_count() or 1
+    try:
+        age = time.time() - calendar.timegm(time.strptime(cal.created_at, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return None
+    if (cal.host != socket.gethostname() or cal.cpu_count != cpus or cal.versions != client_versions()
+            or not 0 <= age <= CACHE_MAX_AGE_S
+            or abs(load_now - cal.load_avg[0]) / cpus > _load_tolerance()):
+        return None
+    return cal.model_copy(update={"reused": (
+        f"reused from this host's calibration of {cal.created_at} (same CPUs and versions, load average then "
+        f"{cal.load_avg[0]:.2f}, now {load_now:.2f})")})
+
+
+def _store_cache(cal: Calibration) -> None:
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(cal.model_dump_json(indent=2))
+        tmp.replace(path)
+    except OSError:
+        pass  # no cache: the next run measures again
 
 
 def calibrate_host(duration_s: float = 2.0, concurrency: int = 32) -> Calibration:
@@ -175,6 +258,7 @@ def calibrate_host(duration_s: float = 2.0, concurrency: int = 32) -> Calibratio
         chunk_cost_s=chunk_cost,
         cpu_per_request_ms=json_res.client_cpu_s / max(1, json_res.requests + json_res.warmup) * 1e3,
         client_cpu_util=min(util, 1.0),
+        versions=client_versions(),
     )
 
 
@@ -234,13 +318,19 @@ def plan_processes(spec: Any, cal: Calibration | None, chunks_per_request: float
 def calibrate_run(run_url: str, duration_s: float = 2.0) -> Calibration:
     """Calibrate this host, store ``calibration.json`` in the run and its summary in the manifest.
 
+    The host's cached calibration is used instead of a measurement while it applies
+    (`cached_calibration`; never with ``FMBENCH_RECALIBRATE=1``); a measurement refreshes the cache.
+
     Raises:
         FMBenchError: the measurement failed.
         StorageError: the run directory cannot be written.
     """
     from fmbench.rundir import has_manifest, load_manifest, save_manifest
 
-    cal = calibrate_host(duration_s)
+    cal = None if os.environ.get("FMBENCH_RECALIBRATE", "") not in ("", "0") else cached_calibration()
+    if cal is None:
+        cal = calibrate_host(duration_s)
+        _store_cache(cal)
     save_calibration(run_url, cal)
     if has_manifest(run_url):
         manifest = load_manifest(run_url)

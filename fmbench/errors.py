@@ -1,46 +1,80 @@
-"""The one exception tree of fmbench.
+"""The one exception tree of fmbench, and the exit code each kind of error ends the command line with.
 
-Every error a user can cause or meet is one of these, so the CLI can print one clear line::
+Every error a user can cause or meet is one of these, so the CLI can print one clear line; each
+class carries its `ExitCode` (bad input 2, environment 3), and `exit_code` maps any exception::
 
-    FMBenchError
-     ├── ConfigError            bad YAML, unknown key, wrong type, contradiction
-     ├── DatasetError           missing/invalid dataset file, template field, empty bucket
-     ├── TokenizerError         unknown or unloadable tokenizer
-     ├── EndpointError          talking to an endpoint failed
+    FMBenchError                              exit 3 (environment) unless a subclass says otherwise
+     ├── ConfigError            exit 2       bad YAML, unknown key, wrong type, contradiction
+     ├── DatasetError           exit 2       missing/invalid dataset file, template field, empty bucket
+     ├── TokenizerError         exit 2       unknown or unloadable tokenizer
+     ├── CredentialsError       exit 3       AWS credentials missing, expired or refused; unknown profile
+     ├── EndpointError          exit 3       talking to an endpoint failed
      │    ├── EndpointTimeout   no answer within the request timeout
      │    ├── EndpointHTTPError the endpoint answered with an HTTP error status
      │    │    └── EndpointThrottled  429 / ThrottlingException
      │    ├── EndpointConnectionError  refused, reset or unreachable
      │    └── EndpointProtocolError    an answer we cannot parse
-     ├── DeploymentError        deploying or tearing down an endpoint failed
-     ├── EvaluationError        an evaluation is incomplete (a judge gave no verdict at all)
-     └── StorageError           reading or writing results failed
+     ├── DeploymentError        exit 3       deploying or tearing down an endpoint failed
+     ├── EvaluationError        exit 1       an evaluation is incomplete (a judge gave no verdict at all)
+     └── StorageError           exit 3       reading or writing results failed
 
-Outside the tree, `RunTerminated` (a `KeyboardInterrupt`) is how SIGTERM stops a run: every path
-that stops cleanly on Ctrl-C (teardown included) then does so on SIGTERM too.
+Any other exception is a bug (exit 4). A run that finished but lost shards exits 1; Ctrl-C 130.
+Outside the tree, `RunTerminated` (a `KeyboardInterrupt`) is how SIGTERM stops a run (exit 143):
+every path that stops cleanly on Ctrl-C (teardown included) then does so on SIGTERM too.
 """
 
 from __future__ import annotations
+
+import signal
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What the ``fmbench`` command exits with, by cause (README, "Exit codes")."""
+
+    OK = 0
+    PARTIAL_FAILURE = 1  # finished, but some shards (run), evaluations (evaluate) or deletions (cleanup) failed
+    BAD_INPUT = 2  # the config, a dataset, a tokenizer or the command line is wrong
+    ENVIRONMENT = 3  # an endpoint, credentials, a deployment or storage failed: the world outside the input
+    INTERNAL = 4  # an exception outside the tree: a bug in fmbench
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+    TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 class FMBenchError(Exception):
     """Raised for any error fmbench reports to the user as one line."""
 
+    exit_code = ExitCode.ENVIRONMENT
+
 
 class ConfigError(FMBenchError):
     """Raised when a benchmark config is unreadable, invalid or contradictory."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 class DatasetError(FMBenchError):
     """Raised when a dataset cannot be read, rendered or bucketed."""
 
+    exit_code = ExitCode.BAD_INPUT
+
 
 class TokenizerError(FMBenchError):
     """Raised when a tokenizer name or file cannot be loaded."""
 
+    exit_code = ExitCode.BAD_INPUT
+
+
+class CredentialsError(FMBenchError):
+    """Raised when AWS credentials are missing, expired or refused, or a named profile does not exist."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
 
 class EndpointError(FMBenchError):
     """Raised when a request to an endpoint fails; `kind` names the error class in records."""
+
+    exit_code = ExitCode.ENVIRONMENT
 
     kind = "endpoint"
     #: Times the client sent the request again on a new connection because the pooled one had
@@ -95,14 +129,35 @@ class EndpointProtocolError(EndpointError):
 class DeploymentError(FMBenchError):
     """Raised when deploying, waiting for or tearing down an endpoint fails."""
 
+    exit_code = ExitCode.ENVIRONMENT
+
 
 class EvaluationError(FMBenchError):
     """Raised when an experiment's evaluation is incomplete (its outcome.json says what is missing)."""
+
+    exit_code = ExitCode.PARTIAL_FAILURE  # the rest of the run stands, like a run that lost shards
 
 
 class StorageError(FMBenchError):
     """Raised when results cannot be read from or written to a local path or S3."""
 
+    exit_code = ExitCode.ENVIRONMENT
+
 
 class RunTerminated(KeyboardInterrupt):
     """Raised in the main thread when SIGTERM arrives while a run is in progress."""
+
+
+def exit_code(exc: BaseException) -> ExitCode:
+    """The exit code an exception ends the command line with: the one place causes become codes.
+
+    SIGTERM arrives as `RunTerminated` or, inside a Prefect flow, as Prefect's ``TerminationSignal``
+    (recognised by its ``signal`` attribute: the library does not import Prefect).
+    """
+    if isinstance(exc, RunTerminated) or getattr(exc, "signal", None) == signal.SIGTERM:
+        return ExitCode.TERMINATED
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, FMBenchError):
+        return exc.exit_code
+    return ExitCode.INTERNAL

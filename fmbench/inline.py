@@ -113,10 +113,10 @@ class InlineSteps:
 
         return teardown_judges(cfg, judges)
 
-    def regressions(self, run: RunInfo, threshold: float) -> RegressionReport:
+    def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
         from fmbench import regression
 
-        return regression.check_regressions(run.url, regression.Thresholds.uniform(threshold))
+        return regression.check_regressions(run.url, regression.Thresholds.uniform(threshold), plots=png)
 
-    def report(self, run: RunInfo) -> str:
-        return pipeline.write_report(run)
+    def report(self, run: RunInfo, png: bool = True) -> str:
+        return pipeline.write_report(run, png)

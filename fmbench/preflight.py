@@ -25,7 +25,9 @@ from fmbench.config import (
 )
 from fmbench.errors import (
     ConfigError,
+    CredentialsError,
     DatasetError,
+    DeploymentError,
     EndpointConnectionError,
     EndpointError,
     EndpointHTTPError,
@@ -164,20 +166,20 @@ def check_aws_credentials(endpoint: BedrockEndpoint | SageMakerEndpoint, where: 
         if credentials is not None:
             credentials.get_frozen_credentials()  # refreshes credentials that are due; raises if still expired
     except botocore.exceptions.ProfileNotFound as exc:
-        raise ConfigError(f"{where}.profile: AWS profile {endpoint.profile!r} not found") from exc
+        raise CredentialsError(f"{where}.profile: AWS profile {endpoint.profile!r} not found") from exc
     except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError,
             botocore.exceptions.UnauthorizedSSOTokenError) as exc:
-        raise ConfigError(f"{where}: AWS credentials expired (SSO session: {exc}); sign in again "
+        raise CredentialsError(f"{where}: AWS credentials expired (SSO session: {exc}); sign in again "
                           "(aws sso login)") from exc
     except botocore.exceptions.BotoCoreError as exc:
-        raise ConfigError(f"{where}: cannot load AWS credentials: {exc}") from exc
+        raise CredentialsError(f"{where}: cannot load AWS credentials: {exc}") from exc
     except RuntimeError as exc:  # botocore: "refreshed credentials are still expired"
         if "expired" not in str(exc):
             raise
-        raise ConfigError(f"{where}: AWS credentials expired and could not be refreshed "
+        raise CredentialsError(f"{where}: AWS credentials expired and could not be refreshed "
                           f"(source: {getattr(credentials, 'method', 'unknown')}); get new credentials") from exc
     if credentials is None:
-        raise ConfigError(
+        raise CredentialsError(
             f"{where}: no AWS credentials found (standard chain: environment, profile, SSO, instance role); "
             "configure credentials or set endpoint.profile"
         )
@@ -215,7 +217,7 @@ def check_sagemaker_access(endpoint: SageMakerEndpoint, where: str) -> None:
     unreachable API fail now, in one line, instead of in the deploy step.
 
     Raises:
-        ConfigError: AWS refused the call, or the API cannot be reached.
+        ConfigError: no region. CredentialsError: AWS refused the call. DeploymentError: the API cannot be reached.
     """
     import botocore.config
     import botocore.exceptions
@@ -237,12 +239,12 @@ def check_sagemaker_access(endpoint: SageMakerEndpoint, where: str) -> None:
         if code == "ValidationException" and "find endpoint" in message.lower():
             return  # the expected answer: credentials accepted, permission granted, no such endpoint
         hint = aws_hint(f"{code}: {message}")
-        raise ConfigError(f"{where}: SageMaker refused a read-only call (DescribeEndpoint): {code}: {message}"
+        raise CredentialsError(f"{where}: SageMaker refused a read-only call (DescribeEndpoint): {code}: {message}"
                           f"{'; ' + hint if hint else ''}") from exc
     except botocore.exceptions.EndpointConnectionError as exc:
-        raise ConfigError(f"{where}: cannot reach the SageMaker API ({exc})") from exc
+        raise DeploymentError(f"{where}: cannot reach the SageMaker API ({exc})") from exc
     except botocore.exceptions.BotoCoreError as exc:
-        raise ConfigError(f"{where}: SageMaker API check failed: {exc}") from exc
+        raise DeploymentError(f"{where}: SageMaker API check failed: {exc}") from exc
 
 
 def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) -> None:

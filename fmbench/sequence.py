@@ -75,8 +75,8 @@ class Steps(Protocol):
     def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any: ...
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: Any) -> Pending[Any]: ...
     def teardown_judges(self, cfg: BenchmarkConfig, judges: Any) -> list[str]: ...
-    def regressions(self, run: RunInfo, threshold: float) -> RegressionReport: ...
-    def report(self, run: RunInfo) -> str: ...
+    def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport: ...
+    def report(self, run: RunInfo, png: bool = True) -> str: ...
 
 
 class RunResult(NamedTuple):
@@ -101,12 +101,13 @@ def check_before_run(cfg: BenchmarkConfig, output: str | None, run_id: str | Non
 
 def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = None, run_id: str | None = None,
                  command: str | None = None, preflight: bool = True,
-                 regression_threshold: float = 0.10) -> RunResult:
+                 regression_threshold: float = 0.10, png: bool = True) -> RunResult:
     """Run a benchmark through ``steps``.
 
     Args:
         preflight: False when the caller has already run `check_before_run` (the CLI does, before
             it starts Prefect, so bad input fails in seconds).
+        png: export the report's and the trend plots' static PNGs (False: no browser is started).
 
     Returns:
         The run, its report.md URL and the regression check (None when the check failed).
@@ -126,10 +127,10 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
             evaluate_run(steps, run, cfg)
         regressions: RegressionReport | None = None
         try:
-            regressions = steps.regressions(run, regression_threshold)
+            regressions = steps.regressions(run, regression_threshold, png)
         except Exception as exc:  # noqa: BLE001 - the report is written without it
             log.warning("regression check failed, report written without it: %s", exc)
-        report = steps.report(run)
+        report = steps.report(run, png)
     return RunResult(run, report, regressions)
 
 

@@ -126,5 +126,5 @@ def teardown_judges_task(cfg: BenchmarkConfig, judges: JudgePanel) -> list[str]:
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
-def report_task(run: RunInfo) -> str:
-    return pipeline.write_report(run)
+def report_task(run: RunInfo, png: bool = True) -> str:
+    return pipeline.write_report(run, png)

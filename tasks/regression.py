@@ -29,8 +29,10 @@ def artifact_key(name: str) -> str:
 
 
 @task(name="check-regressions", cache_policy=NO_CACHE)
-def check_regressions_task(run: RunInfo, threshold: float = 0.10, trend_runs: int = 10) -> RegressionReport:
-    report = regression.check_regressions(run.url, regression.Thresholds.uniform(threshold), trend_runs=trend_runs)
+def check_regressions_task(run: RunInfo, threshold: float = 0.10, trend_runs: int = 10,
+                           png: bool = True) -> RegressionReport:
+    report = regression.check_regressions(run.url, regression.Thresholds.uniform(threshold), trend_runs=trend_runs,
+                                          plots=png)
     body = regression.render_markdown(report, images=False)
     create_markdown_artifact(markdown=f"{body}\n\nRun directory: `{run.url}`\n", key=artifact_key(run.name),
                              description=report.summary())

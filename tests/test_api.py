@@ -93,11 +93,5 @@ def test_report_is_both_the_package_and_the_function() -> None:
     from fmbench.report import render_report
 
     assert fmbench.report is package and callable(fmbench.report) and callable(render_report)
-    # the stated public surface (fmbench/__init__.py): changing it is a decision, not a side effect
-    assert fmbench.__all__ == [
-        "BedrockEndpoint", "BenchmarkConfig", "BenchmarkResult", "ConfigError", "ExperimentConfig", "FMBenchError",
-        "InferenceConfig", "JsonlDataset", "LongBenchDataset", "OpenAIEndpoint", "PricingConfig", "ReportFiles",
-        "SLOConfig", "SageMakerEndpoint", "SimulatedEndpoint", "SyntheticDataset", "__version__", "compare",
-        "load_config", "report", "run_benchmark"]
-    for name in fmbench.__all__:
-        assert getattr(fmbench, name) is not None, name
+    assert {"run_benchmark", "load_config", "compare", "report"} <= set(fmbench.__all__)  # pinned in
+    # tests/test_exported_members.py

@@ -116,7 +116,10 @@ def test_a_run_calibrates_and_flags_a_rate_the_client_cannot_offer(tmp_path: Pat
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["calibration"]["summary"] == cal.summary()
     shards = {s["request_rate"]: s for s in manifest["shards"]}
-    assert shards[20.0]["valid"], shards[20.0]["invalid_reason"]
+    # Whether 20 req/s is valid depends on what else runs on this machine (a loaded CPU delays the
+    # dispatch past its limit, and the shard then rightly says so); what it must never be is "could
+    # not keep up", which is about the rate the calibrated client can offer.
+    assert shards[20.0]["valid"] or "could not keep up" not in (shards[20.0]["invalid_reason"] or "")
     assert shards[20.0]["client_load"] is not None and shards[20.0]["client_load"] < CEILING_WARN
     assert shards[20.0]["client_cpu_s"] > 0
     # spread over processes from the calibration: 20,000 req/s needs every CPU, 20 req/s one process

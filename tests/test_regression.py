@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +160,7 @@ def test_newly_failed_shard_is_a_regression(tmp_path, cfg):
     assert "failed now" in Path(url, "regression.md").read_text()
 
 
-def test_bootstrap_is_seeded_and_fast():
+def test_bootstrap_is_seeded():
     rng = np.random.default_rng(0)
     a, b = rng.lognormal(0, 0.3, 5000), rng.lognormal(0.1, 0.3, 5000)
     ci1 = regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=5)
@@ -169,9 +168,7 @@ def test_bootstrap_is_seeded_and_fast():
     assert ci1 == ci2
     true_diff = np.quantile(b, 0.95) - np.quantile(a, 0.95)
     assert ci1[0] < true_diff < ci1[1] and ci1[0] > 0
-    t0 = time.monotonic()
-    regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=1)
-    assert time.monotonic() - t0 < 10  # generous: well under a second on an idle machine
+    assert regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=1) != ci1  # the seed matters
     assert all(np.isnan(regression.bootstrap_diff_ci(a[:0], b, "mean")))
     # a closed-loop rate: 10% longer mean latency -> about 10% less throughput, beyond noise
     low, high = regression.bootstrap_rate_ci(a, a * 1.1, 600.0, seed=2)
@@ -180,6 +177,7 @@ def test_bootstrap_is_seeded_and_fast():
     assert low < 0 < high
 
 
+@pytest.mark.integration  # Chromium (kaleido) renders the PNGs
 def test_trend_plots_are_written(tmp_path, cfg):
     for day, ttft in enumerate([0.05, 0.05, 0.06], start=1):
         url = _make_run(tmp_path, cfg, f"2026010{day}-020000-aaaa", _records(cfg, ttft=ttft, n=50, seed=day))

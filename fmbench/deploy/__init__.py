@@ -82,7 +82,8 @@ def register_provider(provider: str, deploy: Deployer, teardown: TearDowner) -> 
 
 
 def _lookup(provider: str) -> tuple[Deployer, TearDowner]:
-    _load_builtin_providers()
+    if provider not in _PROVIDERS:
+        _load_builtin_providers(provider)
     try:
         return _PROVIDERS[provider]
     except KeyError:
@@ -109,11 +110,13 @@ def teardown_endpoint(deployed: DeployedEndpoint, experiment: ExperimentConfig) 
     return teardown(deployed, experiment)
 
 
-def _load_builtin_providers() -> None:
+def _load_builtin_providers(provider: str) -> None:
     # Imported lazily so that a config with only local endpoints never imports boto3/sagemaker;
     # importing a provider module registers it.
     from fmbench.deploy import local  # noqa: F401
 
+    if provider in _PROVIDERS:
+        return
     try:
         from fmbench.deploy import sagemaker  # noqa: F401
     except ImportError as exc:  # pragma: no cover - only when the module is absent

@@ -22,7 +22,7 @@ from fmbench.deploy.sagemaker import (
     delete_created,
     resource_tags,
 )
-from fmbench.errors import ConfigError, DeploymentError
+from fmbench.errors import ConfigError, CredentialsError, DeploymentError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def sagemaker_client(region: str | None, profile: str | None = None, endpoint_ur
     """A SageMaker control-plane client and its region; ``quick``: one attempt, short timeouts.
 
     Raises:
-        DeploymentError: unknown profile or no region.
+        CredentialsError: unknown profile. DeploymentError: no region.
     """
     import botocore.config
     import botocore.exceptions
@@ -91,7 +91,7 @@ def sagemaker_client(region: str | None, profile: str | None = None, endpoint_ur
     try:
         session = make_session(region, profile)
     except botocore.exceptions.ProfileNotFound as exc:
-        raise DeploymentError(f"AWS profile {profile!r} not found in the AWS config files") from exc
+        raise CredentialsError(f"AWS profile {profile!r} not found in the AWS config files") from exc
     region = region or session.region_name
     if not region:
         raise DeploymentError("no AWS region: give --region, set endpoint.region in the config, "

@@ -10,8 +10,8 @@ one read are both handled, and each chunk carrying output text is stamped with
 Timing contract (absolute ``time.monotonic()`` seconds, see `fmbench.protocol.Completion`):
 ``t_start`` just before the request's first bytes are handed to the kernel (each connection's
 transport stamps the first write of the request in flight, `_SendStampingHandler`); aiohttp's own
-preparation of a request before that (0.05 ms back to back, 0.4 ms after a few ms idle on the
-2-core development VM) is the client's time, not the endpoint's, and is not counted. Where no
+preparation of a request before that is the client's time, not the endpoint's, and is not
+counted (its size: benchmarks/results/README.md, "Client overhead"). Where no
 stamp is available (a transport that cannot be wrapped) ``t_start`` falls back to just before the
 request is handed to the session. ``t_first_token`` at the read
 holding the first chunk with output text (role-only and usage-only chunks do not count);
@@ -19,22 +19,10 @@ holding the first chunk with output text (role-only and usage-only chunks do not
 non-streamed body). Without streaming there is no first-token event, so ``t_first_token`` equals
 ``t_end`` and ``chunk_times`` is empty.
 
-Why aiohttp: measured with ``benchmarks/http_client_choice.py`` (2-core VM shared with other
-work, Python 3.11, aiohttp 3.14.5, httpx 0.28.1; a zero-latency HTTP/1.1 server in another
-process answering 16-chunk SSE streams; p50/p99 sequential round trips, CPU and req/s at
-concurrency 32)::
-
-    client                 p50 us  p99 us  cpu us/req  req/s
-    aiohttp (bare loop)       244    4120          92   9358
-    httpx (bare loop)         571    1196        1846    499
-    OpenAIClient (aiohttp)    196     508         116   8620
-
-(one run; on this shared VM runs differ by up to ~30 %, p99 most: an earlier run gave aiohttp
-254/863/80/12150, httpx 652/2272/1640/588, OpenAIClient 212/397/160/4972). httpx costs over
-twice the latency at concurrency 1 and 15-20x the CPU at concurrency 32, so aiohttp it is.
-This client's extra CPU over a bare aiohttp loop is the parsing (JSON per chunk, SSE framing,
-usage). Its cost per chunk stays flat with answer length (2.8 us/chunk at 1,000 chunks, 2.5 at
-4,000: no quadratic buffers), and a 24,000-word (~32k-token) prompt adds ~80 us of CPU.
+Why aiohttp: ``benchmarks/http_client_choice.py`` measured httpx at over twice aiohttp's latency
+at concurrency 1 and many times its CPU per request at concurrency 32; this client's extra CPU over
+a bare aiohttp loop is the parsing (JSON per chunk, SSE framing, usage), flat per chunk with answer
+length (no quadratic buffers). The numbers: benchmarks/results/README.md, "Why aiohttp".
 
 Connections the server closes. Real servers and proxies close keep-alive connections (llama.cpp
 after its ``Keep-Alive: max``, and unannounced after streamed answers; nginx's

@@ -18,17 +18,10 @@ Why boto3 in threads rather than aiobotocore: boto3 is what users run; each call
 of ``concurrency`` threads with a botocore connection pool of the same size and retries disabled
 (every attempt is recorded by the engine), and events are stamped in the worker thread as
 botocore hands them over, so the event loop never delays a stamp. ``t_start`` is stamped at
-botocore's ``before-send``, after serialization and signing (see `fmbench.aws`).
-Measured on the 2-core VM against the simulated endpoint (TGI stream of 16 tokens, model TTFT
-60 ms, 256 requests at concurrency 32 for CPU)::
-
-    client             median TTFT (c=1)   client CPU per request
-    boto3 + threads    61.5 ms             3.4 ms
-    aiobotocore        62.9 ms*            2.8 ms
-    (* stamped before serialization: aiobotocore has no equivalent of the thread-local stamp)
-
-Both add about 1.5 ms to the model's TTFT; aiobotocore saves ~0.6 ms of CPU per request, which
-matters only far beyond the concurrency one SageMaker endpoint sustains, so boto3 it is.
+botocore's ``before-send``, after serialization and signing (see `fmbench.aws`). Against the
+simulated endpoint both add about the same to the model's TTFT and aiobotocore saves a little CPU
+per request, which matters only far beyond the concurrency one SageMaker endpoint sustains, so
+boto3 it is (benchmarks/results/README.md, "Why boto3 in threads").
 """
 
 from __future__ import annotations

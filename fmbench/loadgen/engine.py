@@ -8,12 +8,9 @@ Open loop: a pacer dispatches request ``i`` at ``t0 + sum(gaps[:i])`` with gaps 
 seeded generator (exponential, gamma with shape ``burstiness``, or constant). It sleeps until
 ``_SPIN_S`` before the due time and then yield-spins (``asyncio.sleep(0)``, so responses keep
 being read), because the event loop's timers fire up to ~1 ms late (epoll rounds its timeout up to
-whole milliseconds). Measured on the 2-core dev VM with a 5 ms no-op client: median dispatch
-lateness 0.85 ms without spinning, 0.10 ms with a 1 ms spin, 0.09 ms with 2 ms; the spin costs
-~6 % of a core at 100 req/s and ~35 % at 1,000 req/s (2 ms: 14 % / 70 %), hence 1.2 ms. The
-engine alone paces 5,000 req/s within 4 ms p99; with `OpenAIClient` against a zero-latency
-server one process sustains ~2,000 req/s open loop (sub-ms median send lag); beyond that, use
-``processes``. Latency and TTFT count from the *scheduled* time, so a late send or a
+whole milliseconds); ``_SPIN_S`` trades that lateness against the spin's CPU, and one process's
+open-loop ceiling is what ``processes`` is for (both measured: benchmarks/results/README.md,
+"Open-loop pacing"). Latency and TTFT count from the *scheduled* time, so a late send or a
 ``max_concurrency`` wait is charged to the request (coordinated omission counted). The shard is flagged invalid when the achieved send rate falls
 more than ``rate_shortfall`` below the schedule's own rate, or the pacer's dispatch lateness p99
 exceeds ``max_send_lag_s`` -- i.e. when the client, not the endpoint, limited the offered load.

@@ -80,10 +80,11 @@ __all__ = [
 
 
 def run_benchmark(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None = None,
-                  command: str | None = None, preflight: bool = True) -> str:
+                  command: str | None = None, preflight: bool = True, png: bool = True) -> str:
     """Run a whole benchmark in this process, without Prefect; returns the report.md URL."""
     from fmbench.inline import InlineSteps
     from fmbench.sequence import run_sequence
 
     with InlineSteps() as steps:
-        return run_sequence(steps, cfg, output=output, run_id=run_id, command=command, preflight=preflight).report
+        return run_sequence(steps, cfg, output=output, run_id=run_id, command=command, preflight=preflight,
+                            png=png).report

@@ -80,11 +80,11 @@ def _csv(df: pl.DataFrame) -> str:
     return flat.write_csv()
 
 
-def write_report(run: RunInfo) -> str:
-    """Render report.md, report.html and plots; returns the report.md URL."""
+def write_report(run: RunInfo, png: bool = True) -> str:
+    """Render report.md, report.html and plots (PNGs unless ``png`` is False); returns the report.md URL."""
     from fmbench.report import render_report
 
-    paths = render_report(run.url)
+    paths = render_report(run.url, png=png)
     return str(getattr(paths, "markdown", run.path("report.md")))
 
 

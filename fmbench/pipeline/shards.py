@@ -6,8 +6,11 @@ engine and stores its records and `ShardOutcome` in the run, so a resumed run re
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -57,6 +60,9 @@ class ShardOutcome(BaseModel):
     started_at: str | None = Field(default=None, description="Wall-clock UTC start of the shard (ISO).")
     ended_at: str | None = Field(default=None, description="Wall-clock UTC end of the shard (ISO).")
     endpoint_name: str | None = Field(default=None, description="Provider endpoint the shard measured (SageMaker).")
+    simulator: dict[str, Any] | None = Field(
+        default=None, description="The simulated endpoint's own view of the shard (chunk lateness, its CPU use, "
+        "whether it was late or saturated); None for other endpoints.")
 
 
 def shard_id(experiment: str, dataset: str, bucket: str, concurrency: int | None, rate: float | None) -> str:
@@ -161,8 +167,12 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
             log.info("shard %s: %d/%d requests done, %d errors so far", spec.shard_id, done, total, errors,
                      extra={"progress": True})
 
+    sim = SimulatorWatch.start(deployed, experiment)
     result = run_shard(client, prompts, spec, local, tokenizer.count, report)
     ended_at = utc_now()
+    sim_view = sim.finish(result.duration_s) if sim is not None else None
+    if sim_view and sim_view.get("verdict"):
+        log.warning("shard %s: %s", spec.shard_id, sim_view["verdict"])
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
     measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
     n, n_err = measured.height, int((~measured["ok"]).sum())
@@ -185,11 +195,87 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
         client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
         records_url=records_url, started_at=started_at, ended_at=ended_at,
-        endpoint_name=deployed.endpoint_name,
+        endpoint_name=deployed.endpoint_name, simulator=sim_view,
     )
     storage.write_text(run.shard_result(spec.shard_id), outcome.model_dump_json(indent=2))
     log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
     return outcome
+
+
+#: A simulated endpoint is flagged late when its chunks' p99 lateness (sent minus due) exceeds
+#: this fraction of its time per output token (and at least SIM_LATE_MIN_MS) ...
+SIM_LATE_FRACTION = 0.25
+SIM_LATE_MIN_MS = 2.0
+#: ... and saturated when its process used more than this fraction of one CPU during the shard.
+SIM_SATURATED_CPU = 0.9
+
+
+class SimulatorWatch:
+    """The simulated server's own stamps and CPU over one shard: were its chunks late, was it saturated?
+
+    Its event loop is one thread: near 100% of one CPU it can no longer release every chunk at its
+    due time, and the shard's latencies (the first wave's TTFT above all) then include the
+    simulator's queue rather than only the modelled server's.
+    """
+
+    def __init__(self, url: str, pid: int | None, tpot_ms: float) -> None:
+        self.url, self.pid, self.tpot_ms = url, pid, tpot_ms
+        self.cpu0 = self._cpu_s()
+
+    @classmethod
+    def start(cls, deployed: DeployedEndpoint, experiment: ExperimentConfig) -> SimulatorWatch | None:
+        """Reset the server's lateness record; None when the endpoint is not a simulated server."""
+        if deployed.provider != "simulated" or not deployed.url:
+            return None
+        try:
+            _sim_call(f"{deployed.url}/fmbench/stats/reset", post=True)
+        except OSError:
+            return None
+        return cls(deployed.url, deployed.pid, float(getattr(experiment.endpoint, "tpot_ms", 0.0)))
+
+    def _cpu_s(self) -> float | None:
+        if self.pid is None:
+            return None
+        try:  # utime + stime of the server process, in clock ticks
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def finish(self, duration_s: float) -> dict[str, Any] | None:
+        """The shard's simulator view, with ``verdict`` set when it was late or saturated."""
+        try:
+            stats = json.loads(_sim_call(f"{self.url}/fmbench/stats"))["lateness"]
+        except (OSError, ValueError, KeyError):
+            return None
+        cpu1 = self._cpu_s()
+        util = (cpu1 - self.cpu0) / duration_s if cpu1 is not None and self.cpu0 is not None and duration_s > 0 else None
+        limit = max(SIM_LATE_MIN_MS, SIM_LATE_FRACTION * self.tpot_ms)
+        p99 = stats.get("p99_ms")
+        late = isinstance(p99, (int, float)) and p99 > limit
+        saturated = util is not None and util > SIM_SATURATED_CPU
+        reasons = []
+        if late:
+            reasons.append(f"its chunks were late (p99 {p99:.1f} ms after their due time, limit {limit:.1f} ms)")
+        if saturated:
+            reasons.append(f"it used {util:.0%} of a CPU (saturated)")
+        elif late:  # not busy itself, yet late: other processes held the CPU it needed
+            reasons.append(f"while using only {util:.0%} of a CPU: the shared CPU (load average "
+                           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs) delayed it" if util is not None
+                           else "its CPU use is unknown")
+        return {"chunks": stats.get("n"), "lateness_p50_ms": stats.get("p50_ms"), "lateness_p99_ms": p99,
+                "lateness_max_ms": stats.get("max_ms"), "late_limit_ms": limit,
+                "cpu_util": None if util is None else round(util, 3), "late": late, "saturated": saturated,
+                "verdict": ("simulator late or saturated: " + ", ".join(reasons) + "; results may reflect the "
+                            "simulator, not the modelled server") if reasons else None}
+
+
+def _sim_call(url: str, post: bool = False) -> bytes:
+    import urllib.request
+
+    req = urllib.request.Request(url, method="POST" if post else "GET")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return bytes(resp.read())
 
 
 def _picklable(*objs: Any) -> bool:

@@ -145,7 +145,7 @@ def write_trend_plots(benchmark_url: str, run_ids: list[str], run_url: str) -> l
         if metric not in df.columns or df[metric].is_null().all():
             continue
         label = next(r.label for r in RULES if r.metric == metric)
-        fig = go.Figure()
+        fig = go.Figure(layout={"template": pio.templates["plotly_white"]})  # see fmbench.report.figures.new_figure
         for key, part in sorted(df.partition_by(SHARD_KEYS, as_dict=True).items(), key=lambda kv: str(kv[0])):
             part = part.sort("run_id")
             fig.add_trace(go.Scatter(x=part["run_id"].to_list(), y=part[metric].to_list(), mode="lines+markers",
@@ -153,7 +153,7 @@ def write_trend_plots(benchmark_url: str, run_ids: list[str], run_url: str) -> l
         unit = " (s)" if metric in _SECONDS else " (USD)" if metric.startswith("cost") else ""
         fig.update_layout(title=f"{label}: last {len(run_ids)} runs", xaxis_title="run", yaxis_title=label + unit,
                           xaxis={"type": "category", "categoryorder": "array", "categoryarray": run_ids},
-                          width=900, height=450, template="plotly_white", legend={"font": {"size": 9}})
+                          width=900, height=450, legend={"font": {"size": 9}})
         figs.append(fig)
         names.append(rel)
     if not figs:

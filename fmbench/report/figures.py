@@ -21,6 +21,18 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 _FONT = {"family": "Helvetica, Arial, sans-serif", "size": 13}
 
 
+def new_figure() -> go.Figure:
+    """An empty figure with the report's template.
+
+    Given as an object at construction: naming it later (``update_layout(template="plotly_white")``)
+    makes plotly copy and validate the default template and then the named one, about 0.7 s per
+    figure on the 2-core VM under load, against 0.05 s this way.
+    """
+    import plotly.io as pio
+
+    return go.Figure(layout={"template": pio.templates["plotly_white"]})
+
+
 @dataclass(frozen=True, slots=True)
 class Figure:
     """A report figure: file stem (plots/STEM.png), title, one-line caption and the plotly figure."""
@@ -53,10 +65,10 @@ def _grid(panels: list[tuple[str, str]], title: str) -> tuple[go.Figure, int]:
     many = len({d for d, _ in panels}) > 1
     fig = make_subplots(
         rows=rows, cols=cols, subplot_titles=[_panel_title(d, b, many) for d, b in panels] or None,
-        horizontal_spacing=0.08, vertical_spacing=min(0.18, 0.5 / rows),
+        horizontal_spacing=0.08, vertical_spacing=min(0.18, 0.5 / rows), figure=new_figure(),
     )
     fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left"}, template="plotly_white", font=_FONT,
+        title={"text": title, "x": 0.01, "xanchor": "left"}, font=_FONT,
         height=140 + 360 * rows, width=1100,
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02 + 0.04 / rows, "xanchor": "right", "x": 1,
                     "title_text": "experiment "},
@@ -178,7 +190,7 @@ def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Fig
                        & pl.col("input_tokens").is_not_null())
     if ok.is_empty():
         return None
-    fig = go.Figure()
+    fig = new_figure()
     for exp in sorted(set(ok["experiment"].to_list())):
         part = ok.filter(pl.col("experiment") == exp)
         fig.add_trace(go.Scatter(
@@ -187,7 +199,7 @@ def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Fig
         ))
     title = "Prompt length vs end-to-end latency (successful requests)"
     fig.update_layout(
-        title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT, height=520, width=1100,
+        title={"text": title, "x": 0.01}, font=_FONT, height=520, width=1100,
         xaxis_title="prompt tokens", yaxis_title="latency (s)", legend={"title_text": "experiment "},
         margin={"l": 70, "r": 30, "t": 80, "b": 60},
     )
@@ -278,7 +290,7 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
             spans.append((name, billed))
     if not spans:
         return None
-    fig = go.Figure()
+    fig = new_figure()
     shown: set[str] = set()
     for name, b in sorted(spans, key=lambda s: s[1].billed_from, reverse=True):
         in_service = b.in_service or b.billed_to
@@ -305,7 +317,7 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
                                xanchor="left", font={"color": "#D55E00"})
     title = "Endpoint timeline: what was billed when"
     fig.update_layout(
-        title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT, barmode="overlay",
+        title={"text": title, "x": 0.01}, font=_FONT, barmode="overlay",
         height=160 + 60 * len(spans), width=1100, margin={"l": 160, "r": 30, "t": 80, "b": 60},
         xaxis={"type": "date", "title_text": "time (UTC)"}, legend={"orientation": "h", "y": -0.25},
     )

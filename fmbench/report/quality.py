@@ -12,7 +12,7 @@ import polars as pl
 
 from fmbench.config import BenchmarkConfig
 from fmbench.quality.summary import judge_cost_total, judge_summary, load_quality, quality_summary
-from fmbench.report.figures import Figure, colour_map
+from fmbench.report.figures import Figure, colour_map, new_figure
 from fmbench.report.tables import fmt_int, fmt_usd
 
 _METRIC_LABELS = {"judges": "judge-panel accuracy", "exact_match": "exact match", "f1": "token F1",
@@ -119,7 +119,7 @@ def quality_figure(metrics: pl.DataFrame, view: QualityView, colours: dict[str, 
     pts = m.group_by(["experiment", "dataset", "bucket"], maintain_order=True).agg(
         cost=pl.col("cost_per_10k_txn").min(), acc=pl.col("accuracy").first(),
         lo=pl.col("accuracy_lo").first(), hi=pl.col("accuracy_hi").first())
-    fig = go.Figure()
+    fig = new_figure()
     for (exp,), grp in pts.group_by(["experiment"], maintain_order=True):
         acc = [a * 100 for a in grp["acc"].to_list()]
         fig.add_trace(go.Scatter(
@@ -133,7 +133,7 @@ def quality_figure(metrics: pl.DataFrame, view: QualityView, colours: dict[str, 
     if view.min_accuracy is not None:
         fig.add_hline(y=view.min_accuracy * 100, line_dash="dash",
                       annotation_text=f"min accuracy {view.min_accuracy:.0%}")
-    fig.update_layout(width=1100, height=600, template="plotly_white",
+    fig.update_layout(width=1100, height=600,
                       xaxis_title="lowest cost per 10k transactions (USD)",
                       yaxis_title=f"{view.metric_label} (%)", yaxis_range=[0, 105])
     return Figure(stem="quality_vs_cost", title="Answer quality vs cost",

@@ -145,7 +145,7 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
 
     cal = m.calibration
     if not isinstance(cal, dict):
-        return []  # a run without calibration (older runs, or it failed): nothing to say
+        return _simulator_rows(m)  # a run without calibration (older runs, or it failed)
     rows = [("Client calibration", str(cal.get("summary") or "measured (no summary)"))]
     hot = []
     for sh in m.shards:
@@ -156,7 +156,23 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
     if hot:
         rows.append((f"⚠ Shards above {CEILING_WARN:.0%} of the client ceiling",
                      "results may reflect the client: " + "; ".join(hot)))
-    return rows
+    return rows + _simulator_rows(m)
+
+
+def _simulator_rows(m: Manifest) -> list[tuple[str, str]]:
+    """Shards whose simulated endpoint was late or saturated, by its own stamps (fmbench.pipeline.SimulatorWatch)."""
+    late = []
+    for sh in m.shards:
+        sim = sh.get("simulator") if isinstance(sh, dict) else None
+        if isinstance(sim, dict) and sim.get("verdict"):
+            cpu = sim.get("cpu_util")
+            late.append(f"{sh.get('shard_id')} (chunk lateness p99 {sim.get('lateness_p99_ms') or 0:.1f} ms, "
+                        f"max {sim.get('lateness_max_ms') or 0:.1f} ms"
+                        + (f", simulator CPU {cpu:.0%}" if isinstance(cpu, (int, float)) else "") + ")")
+    if not late:
+        return []
+    return [("⚠ Shards where the simulator was late or saturated",
+             "results may reflect the simulator, not the modelled server: " + "; ".join(late))]
 
 
 def _repro(run: RunData) -> dict[str, Any]:
@@ -311,19 +327,24 @@ def _recommendation_items(recs: list[Recommendation]) -> list[dict[str, str]]:
     return items
 
 
-def render(inp: ReportInput, output: str, exporter: PngExporter | None = None) -> ReportPaths:
+def render(inp: ReportInput, output: str, exporter: PngExporter | None = None, png: bool = True) -> ReportPaths:
     """Write report.md, report.html and plots/ for ``inp`` under ``output`` (local path or s3://).
 
     ``exporter``: a `PngExporter` started earlier (its browser starts while the caller loads the
     data); by default one is started here. Either way it is closed before this returns.
+    ``png=False`` writes no PNGs (and starts no browser); the report says they were not asked for.
     """
     with contextlib.ExitStack() as stack:
-        exporter = stack.enter_context(exporter or PngExporter())
+        if png:
+            exporter = stack.enter_context(exporter or PngExporter())
+        elif exporter is not None:
+            stack.enter_context(exporter)
+            exporter = None
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fmbench-plots-")))
         return _render(inp, output, exporter, tmp)
 
 
-def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> ReportPaths:
+def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Path) -> ReportPaths:
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
@@ -337,8 +358,8 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
     timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
     if timeline_fig is not None:
         figs.append(timeline_fig)
-    png_error: str | None = None
-    if figs:  # the child renders the PNGs while the HTML's figures are built below
+    png_error: str | None = None if exporter is not None else "PNG export skipped (--no-png)"
+    if figs and exporter is not None:  # the child renders the PNGs while the HTML's figures are built below
         try:
             exporter.submit([f.figure for f in figs], [tmp / f"{f.stem}.png" for f in figs],
                             [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs])
@@ -348,7 +369,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter, tmp: Path) -> 
                   "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
     plots: list[str] = []
     reason = png_error
-    if figs and png_error is None:
+    if figs and png_error is None and exporter is not None:
         try:
             exporter.wait()
             plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
@@ -456,21 +477,25 @@ def _plotlyjs() -> str:
     return get_plotlyjs().replace("</script>", "<\\/script>")
 
 
-def render_report(run_url: str) -> ReportPaths:
+def render_report(run_url: str, png: bool = True) -> ReportPaths:
     """Render the report of one run directory (local path or s3:// URL).
 
     Computes metrics.parquet/metrics.csv first when they are absent, then writes plots/*.png,
     report.md and report.html into the run directory.
 
+    ``png=False`` skips the PNGs (no browser is started); report.html keeps its interactive figures.
+
     Raises:
         StorageError: the run directory cannot be read or written.
         ConfigError: an experiment's pricing cannot be resolved.
     """
+    if not png:
+        return _render_run(run_url, None)
     with PngExporter() as exporter:  # its browser starts while the records are read and summarised
         return _render_run(run_url, exporter)
 
 
-def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
+def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
     run = load_run(run_url)
     slo = run.cfg.slo if run.cfg else None
     errors = error_counts(run.requests) if run.requests is not None else None
@@ -489,7 +514,7 @@ def _render_run(run_url: str, exporter: PngExporter) -> ReportPaths:
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
         itl_dist=itl_distribution(run.requests), request_spans=request_timelines(run.requests),
     )
-    return render(inp, run.url, exporter)
+    return render(inp, run.url, exporter, png=exporter is not None)
 
 
 #: CloudWatch metric -> (column, statistic, scale, format) for the endpoint metrics table.

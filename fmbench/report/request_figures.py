@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from fmbench.report.figures import _FONT, Figure
+from fmbench.report.figures import _FONT, Figure, new_figure
 from fmbench.report.run import TIMELINE_SIZE
 
 #: Segment colours of the timeline: what each span of a request was doing.
@@ -39,7 +39,7 @@ def itl_figure(dist: pl.DataFrame | None) -> Figure | None:
     cols = 1 if len(experiments) == 1 else 2
     rows = math.ceil(len(experiments) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=experiments, horizontal_spacing=0.08,
-                        vertical_spacing=min(0.18, 0.5 / rows))
+                        vertical_spacing=min(0.18, 0.5 / rows), figure=new_figure())
     for i, exp in enumerate(experiments):
         r, c = i // cols + 1, i % cols + 1
         part = dist.filter(pl.col("experiment") == exp)
@@ -59,7 +59,7 @@ def itl_figure(dist: pl.DataFrame | None) -> Figure | None:
         fig.update_xaxes(title_text="inter-token latency (ms)", rangemode="tozero", row=r, col=c)
         fig.update_yaxes(title_text="share of gaps ≤ x", tickformat=".0%", range=[0, 1.02], row=r, col=c)
     title = "Inter-token latency distribution (CDF) per experiment and load"
-    fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT,
+    fig.update_layout(title={"text": title, "x": 0.01}, font=_FONT,
                       height=140 + 360 * rows, width=1100, legend={"title_text": "experiment, load "},
                       margin={"l": 70, "r": 30, "t": 100, "b": 60})
     caption = ("Each line pools every gap between consecutive streamed chunks of the successful measured "
@@ -107,7 +107,7 @@ def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
                   + (f" (1 in {s['step']} of {s['shard_requests']:,} drawn)" if s["step"] > 1 else "")
                   for s in shards]
         fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
-                            vertical_spacing=min(0.12, 0.5 / rows))
+                            vertical_spacing=min(0.12, 0.5 / rows), figure=new_figure())
         shown: set[str] = set()
         sampled = False
         for i, s in enumerate(shards):
@@ -131,7 +131,7 @@ def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
                              row=r, col=c)
             fig.update_yaxes(title_text="request (in order sent)", autorange="reversed", row=r, col=c)
         title = f"Request timeline: {exp}"
-        fig.update_layout(title={"text": title, "x": 0.01}, template="plotly_white", font=_FONT,
+        fig.update_layout(title={"text": title, "x": 0.01}, font=_FONT,
                           height=160 + 320 * rows, width=1100,
                           legend={"orientation": "h", "yanchor": "bottom", "y": 1.0 + 0.06 / rows, "x": 0},
                           margin={"l": 70, "r": 30, "t": 120, "b": 60})

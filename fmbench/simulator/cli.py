@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve with flags parsed by a parser that `add_cli_arguments` set up (``fmbench serve-sim``).
 
     Prints ``FMBENCH_SIM_LISTENING URL`` once bound and serves until SIGTERM/SIGINT; returns the
-    exit code (2 with one line on stderr for a bad flag or a busy port).
+    exit code (with one line on stderr: 2 for a bad flag, 3 for a busy port; see `ExitCode`).
     """
     # A short GIL switch interval lets a pacing timer thread (--timer thread) take over promptly.
     sys.setswitchinterval(0.001)
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer, tokenizer=args.tokenizer)
     except FMBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(exc.exit_code)
     return 0
 
 

@@ -8,9 +8,12 @@ credentials are dummies, and instance-metadata lookups are disabled in ``tests/c
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +24,7 @@ from fmbench.simulator.app import build_app
 from fmbench.simulator.aws import AwsRoutes
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
+from tests.support.sagemaker import JS_MODEL, jumpstart_manifest, jumpstart_spec
 
 #: The latency model the accuracy tests compare against.
 SIM = SimulatedEndpoint(provider="simulated", ttft_ms=60.0, tpot_ms=10.0, output_tokens=16, max_batch=16)
@@ -184,3 +188,54 @@ def timing_within_tolerance(
             await client.close()
 
     return asyncio.run(go())
+
+
+# ---------------------------------------------------------------- SageMaker endpoint states and JumpStart
+
+
+@pytest.fixture
+def endpoint_states(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make moto's new endpoints start 'Creating'; ``set(name, status, reason)`` moves them on.
+
+    ThreadedMotoServer runs in this process, so its backend is reachable; this is how the tests
+    play SageMaker's asynchronous endpoint creation.
+    """
+    from moto.sagemaker import models
+
+    original = models.FakeEndpoint.__init__
+
+    def creating(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.endpoint_status = "Creating"
+
+    monkeypatch.setattr(models.FakeEndpoint, "__init__", creating)
+
+    def set_status(name: str, status: str, reason: str | None = None, after_s: float = 0.0) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # wait for the deploy to create it
+            for account_id in list(models.sagemaker_backends.keys()):
+                endpoints = models.sagemaker_backends[account_id]["us-east-1"].endpoints
+                if name in endpoints:
+                    time.sleep(after_s)  # ... and to see it Creating for a while
+                    endpoints[name].endpoint_status = status
+                    endpoints[name].failure_reason = reason
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"endpoint {name} not in moto")
+
+    return set_status
+
+
+@pytest.fixture
+def jumpstart_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JumpStart manifest and specs served from local folders via the SDK's override variables."""
+    manifest_dir, specs_dir = tmp_path / "manifest", tmp_path / "specs"
+    (specs_dir / f"community_models/{JS_MODEL}").mkdir(parents=True)
+    manifest_dir.mkdir()
+    (manifest_dir / "models_manifest.json").write_text(json.dumps(jumpstart_manifest()))
+    for version in ("2.1.0", "1.0.0"):
+        spec = {**jumpstart_spec(), "version": version}
+        (specs_dir / f"community_models/{JS_MODEL}/specs_v{version}.json").write_text(json.dumps(spec))
+    monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(manifest_dir))
+    monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(specs_dir))
+    monkeypatch.setenv("AWS_JUMPSTART_GATED_CONTENT_BUCKET_OVERRIDE", "jumpstart-private-test")

@@ -11,7 +11,6 @@ import boto3
 import polars as pl
 
 from fmbench.config import parse_config
-from tests.aws.test_sagemaker_deploy import jumpstart_local  # noqa: F401  (a fixture)
 
 
 def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, tmp_path: Path) -> None:
@@ -101,13 +100,13 @@ def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, 
 
 
 def test_prefect_flow_over_sagemaker_image_jumpstart_and_bedrock(prefect_harness: None, moto: str, sim_url: str,
-                                                                 jumpstart_local: None, tmp_path: Path) -> None:  # noqa: F811
+                                                                 jumpstart_local: None, tmp_path: Path) -> None:
     """The real `fmbench` flow: two SageMaker deploys (container image, JumpStart) and Bedrock
     Converse streamed and not; teardown leaves nothing behind."""
     import yaml
 
     from flows.benchmark import benchmark
-    from tests.aws.test_sagemaker_deploy import JS_MODEL
+    from tests.support.sagemaker import JS_MODEL
 
     common = {"region": "us-east-1", "endpoint_url": moto, "runtime_endpoint_url": sim_url,
               "role_arn": "arn:aws:iam::123456789012:role/r", "instance_type": "ml.g4dn.xlarge"}

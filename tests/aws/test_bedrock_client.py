@@ -4,11 +4,11 @@ endpoint's Converse routes: model id forms, usage, timing accuracy, throttling r
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import polars as pl
 import pytest
 
@@ -91,10 +91,11 @@ def test_converse_stream_ttft_and_tpot_match_the_model_at_concurrency_1(sim_url:
 
 def test_a_throttled_request_raises_at_once_the_client_never_retries(sim_thread: Any) -> None:
     url = sim_thread(faults=FaultConfig(throttle_rate=1.0))
-    t0 = time.monotonic()
     with pytest.raises(EndpointThrottled) as info:
         _run(_client(url))
-    assert time.monotonic() - t0 < 1.0  # no backoff inside the client: retries are the engine's
+    # No retry inside the client (boto3's own included): retries are the engine's. Counted at the server.
+    faults = httpx.get(f"{url}/fmbench/stats").json()["faults"]
+    assert sum(faults.values()) == 1, faults
     assert "ThrottlingException" in str(info.value)
     assert info.value.kind == "throttled" and info.value.status == 429
 
@@ -156,9 +157,7 @@ def test_every_throttled_attempt_is_a_record_and_the_final_one_is_the_outcome(si
     from fmbench.metrics import error_counts, summarize
 
     url = sim_thread(faults=FaultConfig(throttle_rate=0.5, seed=5))
-    t0 = time.monotonic()
     records = _shard(url, tmp_path, throttle_retries=1, throttle_backoff_s=0.01)
-    assert time.monotonic() - t0 < 20  # bounded retries: no request waits on throttling for long
     final = final_attempts(records).collect()
     assert final.height == 40 and final["request_id"].n_unique() == 40
     earlier = records.join(final.select("request_id", "attempt"), on=["request_id", "attempt"], how="anti")

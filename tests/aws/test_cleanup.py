@@ -13,32 +13,23 @@ import pytest
 from cli.main import main
 from fmbench.deploy.inventory import list_fmbench_resources, parse_age, sagemaker_client
 from fmbench.deploy.sagemaker import deploy_sagemaker, resource_name, teardown_sagemaker
-from fmbench.errors import ConfigError, DeploymentError
-from tests.aws.test_sagemaker_deploy import (  # noqa: F401  (endpoint_states is a fixture)
+from fmbench.errors import ConfigError, DeploymentError, ExitCode
+from tests.support.sagemaker import (
     EMPTY,
     INSTANCE,
     ROLE,
     TGI_IMAGE,
-    _experiment,
-    _inventory,
-    _later,
-    _sm,
-    endpoint_states,
+    by_hand,
+    later,
+    sagemaker_experiment,
+    sm_client,
+    sm_inventory,
 )
 
 
 def _exp(url: str, name: str = "llama3-8b", **extra: Any) -> Any:
-    return _experiment(url, name=name, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE,
+    return sagemaker_experiment(url, name=name, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE,
                        deploy_timeout_s=30, **extra)
-
-
-def _by_hand(url: str, name: str) -> None:
-    """An endpoint (with config and model) that fmbench did not create: no fmbench tags."""
-    sm = _sm(url)
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE})
-    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=[{"Key": "team", "Value": "prod"}])
 
 
 def _create_calls() -> int:
@@ -78,21 +69,21 @@ def test_second_deploy_with_the_same_run_id_adopts_and_teardown_deletes(moto: st
     first = deploy_sagemaker(exp, "run-a", config_name="cfg", poll_s=0.05)
     assert not first.adopted and first.instance_type == INSTANCE and first.instance_count == 1
     assert first.created_at and first.in_service_at and first.created_at <= first.in_service_at
-    created = _sm(moto).describe_endpoint(EndpointName=first.endpoint_name)["CreationTime"]
+    created = sm_client(moto).describe_endpoint(EndpointName=first.endpoint_name)["CreationTime"]
 
     again = deploy_sagemaker(exp, "run-a", config_name="cfg", poll_s=0.05)  # the resumed attempt
     assert again.adopted and again.endpoint_name == first.endpoint_name
-    assert _sm(moto).describe_endpoint(EndpointName=first.endpoint_name)["CreationTime"] == created
+    assert sm_client(moto).describe_endpoint(EndpointName=first.endpoint_name)["CreationTime"] == created
     assert again.created_at is not None and again.created_at[:19] == created.isoformat()[:19]
     assert sorted(again.created) == sorted(first.created)
     assert teardown_sagemaker(again, exp)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
-def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_states: Any) -> None:  # noqa: F811
+def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_states: Any) -> None:
     exp = _exp(moto)
     name = resource_name("llama3-8b", "run-c")
-    sm = _sm(moto)
+    sm = sm_client(moto)
     from fmbench.deploy.sagemaker import fmbench_tags
 
     tags = fmbench_tags("run-c", "llama3-8b", "cfg")  # what the killed attempt had created
@@ -107,7 +98,7 @@ def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_
         def emit(self, record: logging.LogRecord) -> None:
             if "waiting for it" in record.getMessage():
                 waited.append(record.getMessage())
-                _later(0.2, endpoint_states, name, "InService")
+                later(0.2, endpoint_states, name, "InService")
 
     waited: list[str] = []
     handler = InServiceOnceWaiting()
@@ -126,39 +117,39 @@ def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_
     assert handle.in_service_at > handle.created_at
     assert sorted(handle.created) == sorted([f"endpoint:{name}", f"endpoint-config:{name}", f"model:{name}"])
     teardown_sagemaker(handle, exp)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
-def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoint_states: Any) -> None:  # noqa: F811
+def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoint_states: Any) -> None:
     exp = _exp(moto)
     name = resource_name("llama3-8b", "run-f")
-    _later(0.0, endpoint_states, name, "Failed", "ping health check", 0.1)
+    later(0.0, endpoint_states, name, "Failed", "ping health check", 0.1)
     with pytest.raises(DeploymentError):
         deploy_sagemaker(exp, "run-f", poll_s=0.05)
     # A killed attempt would have left it Failed; play that by creating it again and failing it.
     from fmbench.deploy.sagemaker import fmbench_tags
 
     tags = fmbench_tags("run-f", "llama3-8b", None)
-    sm = _sm(moto)
+    sm = sm_client(moto)
     sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=tags)
     sm.create_endpoint_config(EndpointConfigName=name, Tags=tags, ProductionVariants=[
         {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
     sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
     endpoint_states(name, "Failed", "ping health check")
-    _later(0.0, _when_recreated, name, lambda: endpoint_states(name, "InService"))  # the new one comes up
+    later(0.0, _when_recreated, name, lambda: endpoint_states(name, "InService"))  # the new one comes up
     handle = deploy_sagemaker(exp, "run-f", poll_s=0.05)
     assert not handle.adopted
     assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
     teardown_sagemaker(handle, exp)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 def test_an_endpoint_with_the_name_but_not_the_tags_is_never_adopted_or_deleted(moto: str) -> None:
     name = resource_name("llama3-8b", "run-x")
-    _by_hand(moto, name)
+    by_hand(moto, name)
     with pytest.raises(DeploymentError, match="not created by this fmbench run"):
         deploy_sagemaker(_exp(moto), "run-x", poll_s=0.05)
-    assert _inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
+    assert sm_inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
 
 
 # ---------------------------------------------------------------- fmbench cleanup
@@ -167,7 +158,7 @@ def test_an_endpoint_with_the_name_but_not_the_tags_is_never_adopted_or_deleted(
 def _two_runs(moto: str) -> tuple[str, str, str]:
     deploy_sagemaker(_exp(moto, name="a"), "run-1", config_name="cfg-one", poll_s=0.05)
     deploy_sagemaker(_exp(moto, name="b"), "run-2", config_name="cfg-two", poll_s=0.05)
-    _by_hand(moto, "prod-endpoint")
+    by_hand(moto, "prod-endpoint")
     return resource_name("a", "run-1"), resource_name("b", "run-2"), "prod-endpoint"
 
 
@@ -197,14 +188,14 @@ def test_cleanup_lists_without_yes_and_deletes_exactly_fmbench_resources_with_it
     out = capsys.readouterr().out
     assert "6 fmbench resource(s), 2 endpoint(s)" in out and a in out and b in out and hand not in out
     assert "nothing deleted" in out
-    assert len(_inventory(moto)["endpoints"]) == 3
+    assert len(sm_inventory(moto)["endpoints"]) == 3
 
     assert main(["cleanup", "--region", "us-east-1", "--run-id", "run-1", "--yes"]) == 0
     out = capsys.readouterr().out
     assert f"deleted endpoint:{a}" in out and b not in out
     assert main(["cleanup", "--region", "us-east-1", "--config-name", "cfg-two", "--older-than", "1h", "--yes"]) == 0
     assert "0 fmbench resource(s)" in capsys.readouterr().out
-    assert sorted(_inventory(moto)["endpoints"]) == sorted([b, hand])
+    assert sorted(sm_inventory(moto)["endpoints"]) == sorted([b, hand])
 
     cfg = tmp_path / "c.yml"  # the region (and API URL) from a config
     cfg.write_text(
@@ -214,20 +205,20 @@ def test_cleanup_lists_without_yes_and_deletes_exactly_fmbench_resources_with_it
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     assert main(["cleanup", str(cfg), "--yes"]) == 0
     assert f"deleted endpoint:{b}" in capsys.readouterr().out
-    assert _inventory(moto) == {"endpoints": [hand], "configs": [hand], "models": [hand]}
+    assert sm_inventory(moto) == {"endpoints": [hand], "configs": [hand], "models": [hand]}
 
 
 def test_cleanup_errors_are_one_line(moto: str, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    assert main(["cleanup", "--region", "us-east-1", "--older-than", "2 weeks"]) == 2
+    assert main(["cleanup", "--region", "us-east-1", "--older-than", "2 weeks"]) == ExitCode.BAD_INPUT
     assert "--older-than '2 weeks'" in capsys.readouterr().err
     # The safety-net endpoint URL of these tests is a closed port: unreachable API.
-    assert main(["cleanup", "--region", "us-east-1"]) == 2
+    assert main(["cleanup", "--region", "us-east-1"]) == ExitCode.ENVIRONMENT
     err = capsys.readouterr().err.strip()
     assert err.startswith("fmbench: error: listing SageMaker endpoints in us-east-1:") and "\n" not in err
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     monkeypatch.delenv("AWS_REGION", raising=False)
-    assert main(["cleanup"]) == 2
+    assert main(["cleanup"]) == ExitCode.ENVIRONMENT
     assert "no AWS region" in capsys.readouterr().err
     assert parse_age("90m") == 5400 and parse_age("3d") == 3 * 86400
     with pytest.raises(ConfigError):
@@ -242,7 +233,7 @@ def test_cleanup_names_refused_credentials(moto: str, capsys: pytest.CaptureFixt
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    assert main(["cleanup", "--region", "us-east-1"]) == 2
+    assert main(["cleanup", "--region", "us-east-1"]) == ExitCode.ENVIRONMENT
     assert "no AWS credentials found" in capsys.readouterr().err
 
 
@@ -253,7 +244,7 @@ def test_preflight_warns_once_about_endpoints_of_earlier_runs(moto: str, caplog:
     from fmbench.preflight import warn_live_endpoints
 
     deploy_sagemaker(_exp(moto, name="a"), "old-run", poll_s=0.05)
-    _by_hand(moto, "prod-endpoint")
+    by_hand(moto, "prod-endpoint")
     ep = _exp(moto).endpoint
     caplog.set_level(logging.DEBUG, logger="fmbench.preflight")
     assert warn_live_endpoints([ep, ep], run_id="new-run") == 1
@@ -296,7 +287,7 @@ def test_e2e_cost_matches_the_manifest(moto: str, sim_url: str, tmp_path: Any) -
         }],
     }, source="bill", base_dir=tmp_path)
     report = run_benchmark(cfg, run_id="bill-run")
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
     run_dir = Path(report).parent
     manifest = json.loads((run_dir / "manifest.json").read_text())
     timeline = (manifest.get("endpoints") or {}).get("sm")

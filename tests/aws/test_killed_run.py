@@ -21,12 +21,11 @@ import yaml
 from fmbench.config import SimulatedEndpoint
 from fmbench.deploy.sagemaker import resource_name
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.aws.test_cleanup import _by_hand
-from tests.aws.test_sagemaker_deploy import INSTANCE, ROLE, TGI_IMAGE, _inventory, _sm
+from tests.support.cli import ROOT
+from tests.support.sagemaker import INSTANCE, ROLE, TGI_IMAGE, by_hand, sm_client, sm_inventory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -116,29 +115,29 @@ def test_killed_runs_are_found_cleaned_up_and_resumed_by_adoption(
         moto: str, slow_sim: str, creates: list[str], tmp_path: Path) -> None:
     env = _env(tmp_path)
     cfg = _config(tmp_path, moto, slow_sim)
-    _by_hand(moto, "team-endpoint")  # not fmbench's: must survive everything below
+    by_hand(moto, "team-endpoint")  # not fmbench's: must survive everything below
     first, second = resource_name("sm", "k1"), resource_name("sm", "k2")
 
     kept = _kill_mid_run(cfg, "k1", env, tmp_path / "k1.log")
-    assert kept and first in _inventory(moto)["endpoints"]  # the killed run left its endpoint billing
-    created_at = _sm(moto).describe_endpoint(EndpointName=first)["CreationTime"]
+    assert kept and first in sm_inventory(moto)["endpoints"]  # the killed run left its endpoint billing
+    created_at = sm_client(moto).describe_endpoint(EndpointName=first)["CreationTime"]
 
     _kill_mid_run(cfg, "k2", env, tmp_path / "k2.log")
     warning = [line for line in (tmp_path / "k2.log").read_text().splitlines() if "earlier fmbench runs" in line]
     assert len(warning) == 1 and "1 endpoint(s)" in warning[0] and "k1" in warning[0]
     assert "fmbench cleanup" in warning[0] and "$" in warning[0]
-    assert sorted(_inventory(moto)["endpoints"]) == sorted([first, second, "team-endpoint"])
+    assert sorted(sm_inventory(moto)["endpoints"]) == sorted([first, second, "team-endpoint"])
 
     listed = _cli(["cleanup", str(cfg)], env)  # lists, deletes nothing
     assert listed.returncode == 0, listed.stderr
     assert first in listed.stdout and second in listed.stdout and "team-endpoint" not in listed.stdout
     assert "6 fmbench resource(s), 2 endpoint(s)" in listed.stdout
-    assert len(_inventory(moto)["endpoints"]) == 3
+    assert len(sm_inventory(moto)["endpoints"]) == 3
 
     cleaned = _cli(["cleanup", str(cfg), "--run-id", "k2", "--yes"], env)
     assert cleaned.returncode == 0, cleaned.stderr
     assert f"deleted endpoint:{second}" in cleaned.stdout and first not in cleaned.stdout
-    assert second not in _inventory(moto)["endpoints"] + _inventory(moto)["configs"] + _inventory(moto)["models"]
+    assert second not in sm_inventory(moto)["endpoints"] + sm_inventory(moto)["configs"] + sm_inventory(moto)["models"]
 
     resumed = _cli(["run", str(cfg), "--run-id", "k1"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -152,7 +151,7 @@ def test_killed_runs_are_found_cleaned_up_and_resumed_by_adoption(
     timeline = (manifest.get("endpoints") or {}).get("sm")
     if timeline is not None:  # recorded by the run's lifecycle (see test_e2e_cost_matches_the_manifest)
         assert timeline["adopted"] and timeline["created_at"][:19] == created_at.isoformat()[:19]
-    assert _inventory(moto) == {"endpoints": ["team-endpoint"], "configs": ["team-endpoint"],
+    assert sm_inventory(moto) == {"endpoints": ["team-endpoint"], "configs": ["team-endpoint"],
                                 "models": ["team-endpoint"]}
     final = _cli(["cleanup", str(cfg)], env)
     assert final.returncode == 0 and "0 fmbench resource(s)" in final.stdout

@@ -23,15 +23,9 @@ import yaml
 
 from fmbench.config import parse_config
 from fmbench.deploy.sagemaker import resource_name
-from tests.aws.test_sagemaker_deploy import (
-    EMPTY,
-    ROLE,
-    TGI_IMAGE,
-    _inventory,
-    endpoint_states,  # noqa: F401  (a fixture)
-)
+from tests.support.cli import ROOT
+from tests.support.sagemaker import EMPTY, ROLE, TGI_IMAGE, sm_inventory
 
-ROOT = Path(__file__).resolve().parents[2]
 INSTANCE = "ml.g4dn.xlarge"
 
 
@@ -111,7 +105,7 @@ def test_each_endpoint_lives_from_its_deploy_to_its_last_shard(moto: str, sim_ur
     assert _most_alive_at_once(timeline) == most
     if not top:  # the look-ahead deployed the next endpoint while the current one was measured
         assert _t(timeline["second"]["created_at"]) < _t(timeline["first"]["deleted_at"])
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 # ---------------------------------------------------------------- interrupts
@@ -119,7 +113,7 @@ def test_each_endpoint_lives_from_its_deploy_to_its_last_shard(moto: str, sim_ur
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
-    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,  # noqa: F811
+    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,
     signum: signal.Signals,
 ) -> None:
     raw = _config(tmp_path, "interrupted", {"slow": _sagemaker(moto, sim_url, deploy_timeout_s=900)})
@@ -143,7 +137,7 @@ def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
             proc.wait(10)
     name = resource_name("slow", "int")
     assert proc.returncode == (130 if signum == signal.SIGINT else 143), err[-3000:]
-    assert _inventory(moto) == EMPTY, err[-3000:]
+    assert sm_inventory(moto) == EMPTY, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     for kind in ("endpoint", "endpoint-config", "model"):
         assert f"deleted {kind} {name}" in err, err[-3000:]
@@ -168,7 +162,7 @@ except KeyboardInterrupt as exc:
 
 
 def test_sigterm_reaches_a_run_without_prefect_and_its_deploy_thread(
-    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,  # noqa: F811
+    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,
 ) -> None:
     """Without Prefect (no SIGTERM handler of its own), the library turns SIGTERM into an interrupt
     that reaches the deploy waiting in a background thread."""
@@ -189,7 +183,7 @@ def test_sigterm_reaches_a_run_without_prefect_and_its_deploy_thread(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     assert proc.returncode == 143 and "stopped by RunTerminated" in err, err[-3000:]
-    assert _inventory(moto) == EMPTY, err[-3000:]
+    assert sm_inventory(moto) == EMPTY, err[-3000:]
     assert f"deleted endpoint {resource_name('slow', 'inl')}" in err, err[-3000:]
     assert "every endpoint this run deployed is deleted" in err, err[-3000:]
 
@@ -274,7 +268,7 @@ def test_inline_steps_and_the_prefect_flow_agree_on_a_faulty_config(
     assert "refused by the test" in timeline["undeletable"]["delete_error"]
     assert any("still running" in w and "<undeletable>" in w for w in manifest["warnings"])
     # Nothing else is left: both runs' refused endpoints, and nothing of the other experiments.
-    left = _inventory(moto)
+    left = sm_inventory(moto)
     assert sorted(left["endpoints"]) == sorted(resource_name("undeletable", r) for r in ("inline", "prefect"))
     assert left["configs"] == [] and left["models"] == []
     for report in (inline, prefect):

@@ -4,11 +4,11 @@ endpoint's AWS routes: every payload format, streaming and not, timing accuracy,
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 import polars as pl
 import pytest
 
@@ -153,10 +153,12 @@ def test_model_error_reports_the_containers_status(sim_thread: Any) -> None:
 
 def test_hung_request_times_out(sim_thread: Any) -> None:
     url = sim_thread(faults=FaultConfig(hang_rate=1.0))
-    t0 = time.monotonic()
-    with pytest.raises(EndpointTimeout):
+    with pytest.raises(EndpointTimeout) as info:
         _run(_client(url, "tgi", timeout_s=0.5))
-    assert time.monotonic() - t0 < 5
+    assert info.value.kind == "timeout"
+    # One request reached the server: the client neither retried it nor waited for the hang to end.
+    faults = httpx.get(f"{url}/fmbench/stats").json()["faults"]
+    assert sum(faults.values()) == 1, faults
 
 
 def test_unreachable_endpoint_is_a_connection_error() -> None:
@@ -174,16 +176,17 @@ def test_throttling_is_recorded_per_request_without_stalling_the_shard(sim_threa
     client = make_client(endpoint, InferenceConfig(max_tokens=4))
     spec = ShardSpec(shard_id="s1", experiment="sm", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
                      concurrency=4, requests=40)
-    t0 = time.monotonic()
     run_shard(client, [PROMPT], spec, tmp_path / "s1.parquet", lambda text: len(text.split()))
-    elapsed = time.monotonic() - t0
     records = pl.read_parquet(tmp_path / "s1.parquet")
-    assert records.height == 40
+    # One attempt per request, and the server saw exactly those 40: a throttled request is recorded,
+    # never retried or waited on inside the client.
+    assert records.height == 40 and records["attempt"].max() == 1
+    faults = httpx.get(f"{url}/fmbench/stats").json()["faults"]
+    assert sum(faults.values()) == 40, faults
     kinds = records["error_kind"].fill_null("ok").value_counts()
     counts = dict(zip(kinds["error_kind"], kinds["count"], strict=True))
     assert counts.get("throttled", 0) > 5 and counts.get("ok", 0) > 5 and set(counts) == {"ok", "throttled"}
     assert records.filter(pl.col("ok"))["output_tokens"].to_list() == [4] * counts["ok"]
-    assert elapsed < 20, f"shard took {elapsed:.1f} s"
 
 
 def test_boto3_sees_the_invoked_variant(sim_url: str) -> None:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-import time
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -25,38 +22,19 @@ from fmbench.deploy.sagemaker import (
     teardown_sagemaker,
 )
 from fmbench.errors import DeploymentError
-
-ROLE = "arn:aws:iam::123456789012:role/fmbench-sagemaker"
-JS_MODEL = "meta-textgeneration-llama-3-8b-instruct"
-TGI_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.1.1-tgi2.0.0-gpu-py310-cu121-ubuntu22.04"
-# moto validates instance types against an older list; g4dn is in it.
-INSTANCE = "ml.g4dn.12xlarge"
-
-
-def _experiment(url: str, **endpoint: Any) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(
-        {
-            "name": endpoint.pop("name", "llama3-8b"),
-            "endpoint": {"provider": "sagemaker", "endpoint_url": url, "region": "us-east-1", **endpoint},
-        }
-    )
-
-
-def _sm(url: str) -> Any:
-    return boto3.client("sagemaker", endpoint_url=url, region_name="us-east-1")
-
-
-def _inventory(url: str) -> dict[str, list[str]]:
-    sm = _sm(url)
-    return {
-        "endpoints": [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]],
-        "configs": [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]],
-        "models": [m["ModelName"] for m in sm.list_models()["Models"]],
-    }
-
-
-EMPTY = {"endpoints": [], "configs": [], "models": []}
-
+from tests.support.sagemaker import (
+    EMPTY,
+    INSTANCE,
+    JS_MODEL,
+    ROLE,
+    TGI_IMAGE,
+    jumpstart_manifest,
+    jumpstart_spec,
+    later,
+    sagemaker_experiment,
+    sm_client,
+    sm_inventory,
+)
 
 # ---------------------------------------------------------------- names
 
@@ -75,7 +53,7 @@ def test_resource_names_are_valid_unique_and_short() -> None:
 
 
 def test_image_deploy_creates_model_config_endpoint_and_teardown_removes_them(moto: str) -> None:
-    exp = _experiment(
+    exp = sagemaker_experiment(
         moto,
         image_uri="763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.29.0-lmi11.0.0-cu124",
         hf_model_id="meta-llama/Meta-Llama-3-8B-Instruct",
@@ -89,9 +67,9 @@ def test_image_deploy_creates_model_config_endpoint_and_teardown_removes_them(mo
     name = resource_name("llama3-8b", "run-20261128-a")
     assert handle.endpoint_name == name and handle.region == "us-east-1" and handle.provider == "sagemaker"
     assert handle.created == [f"model:{name}", f"endpoint-config:{name}", f"endpoint:{name}"]
-    assert _inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
+    assert sm_inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
 
-    sm = _sm(moto)
+    sm = sm_client(moto)
     container = sm.describe_model(ModelName=name)["PrimaryContainer"]
     assert container["Environment"] == {
         "HF_MODEL_ID": "meta-llama/Meta-Llama-3-8B-Instruct",
@@ -107,102 +85,62 @@ def test_image_deploy_creates_model_config_endpoint_and_teardown_removes_them(mo
     handle = DeployedEndpoint.model_validate_json(handle.model_dump_json())
     removed = teardown_sagemaker(handle, exp)
     assert sorted(removed) == sorted(handle.created)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
     # idempotent: a second teardown finds everything already gone and is fine with it
     assert sorted(teardown_sagemaker(handle, exp)) == sorted(handle.created)
 
 
 def test_model_data_tarball_and_uncompressed_prefix(moto: str) -> None:
-    tar = _experiment(moto, name="tar", image_uri=TGI_IMAGE, model_data="s3://bucket/model.tar.gz",
+    tar = sagemaker_experiment(moto, name="tar", image_uri=TGI_IMAGE, model_data="s3://bucket/model.tar.gz",
                       instance_type=INSTANCE, role_arn=ROLE)
-    prefix = _experiment(moto, name="prefix", image_uri=TGI_IMAGE, model_data="s3://bucket/weights/",
+    prefix = sagemaker_experiment(moto, name="prefix", image_uri=TGI_IMAGE, model_data="s3://bucket/weights/",
                          instance_type=INSTANCE, role_arn=ROLE, accept_eula=True)
     h1, h2 = deploy_sagemaker(tar, "r", poll_s=0.05), deploy_sagemaker(prefix, "r", poll_s=0.05)
-    sm = _sm(moto)
+    sm = sm_client(moto)
     assert sm.describe_model(ModelName=h1.endpoint_name)["PrimaryContainer"]["ModelDataUrl"] == "s3://bucket/model.tar.gz"
     source = sm.describe_model(ModelName=h2.endpoint_name)["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]
     assert source == {"S3Uri": "s3://bucket/weights/", "S3DataType": "S3Prefix", "CompressionType": "None",
                       "ModelAccessConfig": {"AcceptEula": True}}
     teardown_sagemaker(h1, tar)
     teardown_sagemaker(h2, prefix)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 def test_keep_endpoint_is_respected(moto: str) -> None:
-    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, keep_endpoint=True)
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, keep_endpoint=True)
     handle = deploy_sagemaker(exp, "keep-run", poll_s=0.05)
     assert handle.keep
     assert teardown_sagemaker(handle, exp) == []
     name = handle.endpoint_name
-    assert _inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
+    assert sm_inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
 
 
 def test_teardown_deletes_only_what_the_run_created(moto: str) -> None:
-    sm = _sm(moto)
+    sm = sm_client(moto)
     sm.create_model(ModelName="someone-elses", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE})
-    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE)
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE)
     handle = deploy_sagemaker(exp, "r-only", poll_s=0.05)
     teardown_sagemaker(handle, exp)
-    assert _inventory(moto) == {"endpoints": [], "configs": [], "models": ["someone-elses"]}
+    assert sm_inventory(moto) == {"endpoints": [], "configs": [], "models": ["someone-elses"]}
 
 
 def test_role_is_required_to_deploy(moto: str) -> None:
-    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE)
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE)
     with pytest.raises(DeploymentError, match="role_arn is required"):
         deploy_sagemaker(exp, "r")
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 # ---------------------------------------------------------------- endpoint states
 
 
-@pytest.fixture
-def endpoint_states(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Make moto's new endpoints start 'Creating'; ``set(name, status, reason)`` moves them on.
 
-    ThreadedMotoServer runs in this process, so its backend is reachable; this is how the tests
-    play SageMaker's asynchronous endpoint creation.
-    """
-    from moto.sagemaker import models
-
-    original = models.FakeEndpoint.__init__
-
-    def creating(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        self.endpoint_status = "Creating"
-
-    monkeypatch.setattr(models.FakeEndpoint, "__init__", creating)
-
-    def set_status(name: str, status: str, reason: str | None = None, after_s: float = 0.0) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # wait for the deploy to create it
-            for account_id in list(models.sagemaker_backends.keys()):
-                endpoints = models.sagemaker_backends[account_id]["us-east-1"].endpoints
-                if name in endpoints:
-                    time.sleep(after_s)  # ... and to see it Creating for a while
-                    endpoints[name].endpoint_status = status
-                    endpoints[name].failure_reason = reason
-                    return
-            time.sleep(0.02)
-        raise AssertionError(f"endpoint {name} not in moto")
-
-    return set_status
-
-
-def _later(delay: float, fn: Any, *args: Any) -> threading.Thread:
-    def run() -> None:
-        time.sleep(delay)
-        fn(*args)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_waits_for_in_service_with_progress_logs(moto: str, endpoint_states: Any, caplog: Any) -> None:
-    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
     name = resource_name("llama3-8b", "wait-run")
-    _later(0.0, endpoint_states, name, "InService", None, 0.5)
+    later(0.0, endpoint_states, name, "InService", None, 0.5)
     caplog.set_level(logging.INFO, logger="fmbench.deploy.sagemaker")
     handle = deploy_sagemaker(exp, "wait-run", poll_s=0.05)
     assert handle.endpoint_name == name
@@ -212,136 +150,82 @@ def test_waits_for_in_service_with_progress_logs(moto: str, endpoint_states: Any
 
 
 def test_failed_endpoint_reports_failure_reason_and_cleans_up(moto: str, endpoint_states: Any) -> None:
-    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
     name = resource_name("llama3-8b", "fail-run")
     reason = "The primary container for production variant AllTraffic did not pass the ping health check."
-    _later(0.2, endpoint_states, name, "Failed", reason)
+    later(0.2, endpoint_states, name, "Failed", reason)
     with pytest.raises(DeploymentError) as info:
         deploy_sagemaker(exp, "fail-run", poll_s=0.05)
     message = str(info.value)
     assert "Failed" in message and "ping health check" in message and "cleaned up" in message
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 def test_deploy_timeout_cleans_up(moto: str, endpoint_states: Any) -> None:
-    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=0.3)
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=0.3)
     with pytest.raises(DeploymentError, match=r"not InService after 0 s \(last status Creating\)"):
         deploy_sagemaker(exp, "slow-run", poll_s=0.05)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 def test_interrupted_deploy_deletes_what_it_created(moto: str, endpoint_states: Any) -> None:
     import _thread
 
-    exp = _experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE, role_arn=ROLE, deploy_timeout_s=30)
     name = resource_name("llama3-8b", "ctrl-c")
     # once the endpoint exists (Creating), press Ctrl-C in the deploying (main) thread
-    _later(0.0, lambda: (endpoint_states(name, "Creating", None, 0.2), _thread.interrupt_main()))
+    later(0.0, lambda: (endpoint_states(name, "Creating", None, 0.2), _thread.interrupt_main()))
     with pytest.raises(KeyboardInterrupt):
         deploy_sagemaker(exp, "ctrl-c", poll_s=0.05)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 # ---------------------------------------------------------------- existing endpoints
 
 
 def test_existing_endpoint_is_used_and_never_deleted(moto: str) -> None:
-    sm = _sm(moto)
+    sm = sm_client(moto)
     sm.create_model(ModelName="prod-model", ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE})
     sm.create_endpoint_config(EndpointConfigName="prod-config", ProductionVariants=[
         {"VariantName": "AllTraffic", "ModelName": "prod-model", "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
     sm.create_endpoint(EndpointName="prod-endpoint", EndpointConfigName="prod-config")
-    exp = _experiment(moto, endpoint_name="prod-endpoint")
+    exp = sagemaker_experiment(moto, endpoint_name="prod-endpoint")
     handle = deploy_sagemaker(exp, "r")
     assert handle.endpoint_name == "prod-endpoint" and handle.created == [] and handle.keep
     assert teardown_sagemaker(handle, exp) == []
     # even a handle that claims otherwise cannot make the teardown of an existing endpoint delete it
     assert teardown_sagemaker(handle.model_copy(update={"keep": False}), exp) == []
-    assert _inventory(moto) == {"endpoints": ["prod-endpoint"], "configs": ["prod-config"], "models": ["prod-model"]}
+    assert sm_inventory(moto) == {"endpoints": ["prod-endpoint"], "configs": ["prod-config"], "models": ["prod-model"]}
 
 
 def test_missing_existing_endpoint_is_a_clear_error(moto: str) -> None:
     with pytest.raises(DeploymentError, match="existing endpoint 'nope' not found in us-east-1"):
-        deploy_sagemaker(_experiment(moto, endpoint_name="nope"), "r")
+        deploy_sagemaker(sagemaker_experiment(moto, endpoint_name="nope"), "r")
 
 
 def test_missing_credentials_name_the_cause(moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
     with pytest.raises(DeploymentError) as info:
-        deploy_sagemaker(_experiment(moto, endpoint_name="prod-endpoint"), "r")
+        deploy_sagemaker(sagemaker_experiment(moto, endpoint_name="prod-endpoint"), "r")
     assert "no AWS credentials found" in str(info.value)
 
 
 def test_unknown_profile_is_a_clear_error(moto: str) -> None:
     with pytest.raises(DeploymentError, match="AWS profile 'nobody' not found"):
-        deploy_sagemaker(_experiment(moto, endpoint_name="x", profile="nobody"), "r")
+        deploy_sagemaker(sagemaker_experiment(moto, endpoint_name="x", profile="nobody"), "r")
 
 
 # ---------------------------------------------------------------- JumpStart
 
 
-def _spec(gated: bool = True) -> dict[str, Any]:
-    alias = "$gpu_ecr_uri_1"
-    return {
-        "model_id": JS_MODEL,
-        "version": "2.1.0",
-        "min_sdk_version": "2.49.0",
-        "hosting_use_script_uri": False,
-        "gated_bucket": gated,
-        "hosting_eula_key": "fmhMetadata/eula/llama3Eula.txt" if gated else None,
-        "hosting_prepacked_artifact_key": f"meta-textgeneration/{JS_MODEL}/artifacts/inference-prepack/v1.0.0/",
-        "hosting_artifact_key": f"meta-textgeneration/{JS_MODEL}/artifacts/inference/v1.0.0/",
-        "default_inference_instance_type": "ml.g4dn.12xlarge",
-        "supported_inference_instance_types": ["ml.g4dn.12xlarge", "ml.g5.2xlarge", "ml.g5.12xlarge"],
-        "inference_environment_variables": [
-            {"name": "SM_NUM_GPUS", "type": "text", "default": "1", "scope": "container",
-             "required_for_model_class": True},
-            {"name": "MAX_INPUT_LENGTH", "type": "text", "default": "4095", "scope": "container",
-             "required_for_model_class": True},
-            {"name": "MAX_TOTAL_TOKENS", "type": "text", "default": "8191", "scope": "container",
-             "required_for_model_class": True},
-        ],
-        "deploy_kwargs": {"model_data_download_timeout": 1200, "container_startup_health_check_timeout": 1200},
-        "hosting_instance_type_variants": {
-            "regional_aliases": {"us-east-1": {"gpu_ecr_uri_1": TGI_IMAGE}},
-            "variants": {
-                "g4dn": {"regional_properties": {"image_uri": alias}},
-                "g5": {"regional_properties": {"image_uri": alias}},
-                "ml.g4dn.12xlarge": {"properties": {"environment_variables": {"SM_NUM_GPUS": "4"}}},
-            },
-        },
-    }
 
-
-def _manifest() -> list[dict[str, str]]:
-    return [
-        {"model_id": JS_MODEL, "version": "2.1.0", "min_version": "2.49.0",
-         "spec_key": f"community_models/{JS_MODEL}/specs_v2.1.0.json"},
-        {"model_id": JS_MODEL, "version": "1.0.0", "min_version": "2.49.0",
-         "spec_key": f"community_models/{JS_MODEL}/specs_v1.0.0.json"},
-    ]
-
-
-@pytest.fixture
-def jumpstart_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """JumpStart manifest and specs served from local folders via the SDK's override variables."""
-    manifest_dir, specs_dir = tmp_path / "manifest", tmp_path / "specs"
-    (specs_dir / f"community_models/{JS_MODEL}").mkdir(parents=True)
-    manifest_dir.mkdir()
-    (manifest_dir / "models_manifest.json").write_text(json.dumps(_manifest()))
-    for version in ("2.1.0", "1.0.0"):
-        spec = {**_spec(), "version": version}
-        (specs_dir / f"community_models/{JS_MODEL}/specs_v{version}.json").write_text(json.dumps(spec))
-    monkeypatch.setenv("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", str(manifest_dir))
-    monkeypatch.setenv("AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE", str(specs_dir))
-    monkeypatch.setenv("AWS_JUMPSTART_GATED_CONTENT_BUCKET_OVERRIDE", "jumpstart-private-test")
 
 
 def test_jumpstart_deploy_from_local_metadata(moto: str, jumpstart_local: None) -> None:
-    exp = _experiment(moto, jumpstart_model_id=JS_MODEL, accept_eula=True, instance_type=INSTANCE, role_arn=ROLE)
+    exp = sagemaker_experiment(moto, jumpstart_model_id=JS_MODEL, accept_eula=True, instance_type=INSTANCE, role_arn=ROLE)
     handle = deploy_sagemaker(exp, "js-run", poll_s=0.05)
-    sm = _sm(moto)
+    sm = sm_client(moto)
     container = sm.describe_model(ModelName=handle.endpoint_name)["PrimaryContainer"]
     assert container["Image"] == TGI_IMAGE
     # instance-specific variables override the defaults
@@ -356,32 +240,32 @@ def test_jumpstart_deploy_from_local_metadata(moto: str, jumpstart_local: None) 
     assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] == 1200
     assert variant["ModelDataDownloadTimeoutInSeconds"] == 1200
     teardown_sagemaker(handle, exp)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 def test_jumpstart_default_instance_type_when_none_is_given(moto: str, jumpstart_local: None) -> None:
-    exp = _experiment(moto, jumpstart_model_id=JS_MODEL, accept_eula=True, instance_type=INSTANCE, role_arn=ROLE)
+    exp = sagemaker_experiment(moto, jumpstart_model_id=JS_MODEL, accept_eula=True, instance_type=INSTANCE, role_arn=ROLE)
     # the config requires an instance type today; the library falls back to JumpStart's default
     exp.endpoint = exp.endpoint.model_copy(update={"instance_type": None})
     handle = deploy_sagemaker(exp, "js-default", poll_s=0.05)
-    variant = _sm(moto).describe_endpoint_config(EndpointConfigName=handle.endpoint_name)["ProductionVariants"][0]
+    variant = sm_client(moto).describe_endpoint_config(EndpointConfigName=handle.endpoint_name)["ProductionVariants"][0]
     assert variant["InstanceType"] == "ml.g4dn.12xlarge"
     teardown_sagemaker(handle, exp)
 
 
 def test_jumpstart_gated_model_needs_the_eula(moto: str, jumpstart_local: None) -> None:
-    exp = _experiment(moto, jumpstart_model_id=JS_MODEL, instance_type=INSTANCE, role_arn=ROLE)
+    exp = sagemaker_experiment(moto, jumpstart_model_id=JS_MODEL, instance_type=INSTANCE, role_arn=ROLE)
     with pytest.raises(DeploymentError, match="requires accepting its EULA: set endpoint.accept_eula: true"):
         deploy_sagemaker(exp, "r")
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 def test_jumpstart_unknown_model_or_version(moto: str, jumpstart_local: None) -> None:
-    bad_id = _experiment(moto, jumpstart_model_id="meta-textgeneration-llama-9", instance_type=INSTANCE,
+    bad_id = sagemaker_experiment(moto, jumpstart_model_id="meta-textgeneration-llama-9", instance_type=INSTANCE,
                          role_arn=ROLE)
     with pytest.raises(DeploymentError, match="meta-textgeneration-llama-9"):
         deploy_sagemaker(bad_id, "r")
-    bad_version = _experiment(moto, jumpstart_model_id=JS_MODEL, jumpstart_model_version="9.*",
+    bad_version = sagemaker_experiment(moto, jumpstart_model_id=JS_MODEL, jumpstart_model_version="9.*",
                               instance_type=INSTANCE, role_arn=ROLE, accept_eula=True)
     with pytest.raises(DeploymentError, match="version '9.\\*'"):
         deploy_sagemaker(bad_version, "r")
@@ -390,22 +274,22 @@ def test_jumpstart_unknown_model_or_version(moto: str, jumpstart_local: None) ->
 def test_jumpstart_deploy_from_an_s3_bucket_override(moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
     s3 = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
     s3.create_bucket(Bucket="jumpstart-cache-test")
-    s3.put_object(Bucket="jumpstart-cache-test", Key="models_manifest.json", Body=json.dumps(_manifest()))
+    s3.put_object(Bucket="jumpstart-cache-test", Key="models_manifest.json", Body=json.dumps(jumpstart_manifest()))
     for version in ("2.1.0", "1.0.0"):
-        spec = {**_spec(gated=False), "version": version}
+        spec = {**jumpstart_spec(gated=False), "version": version}
         s3.put_object(Bucket="jumpstart-cache-test", Key=f"community_models/{JS_MODEL}/specs_v{version}.json",
                       Body=json.dumps(spec))
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto)
     monkeypatch.setenv("AWS_JUMPSTART_CONTENT_BUCKET_OVERRIDE", "jumpstart-cache-test")
-    exp = _experiment(moto, jumpstart_model_id=JS_MODEL, jumpstart_model_version="1.*", instance_type="ml.g4dn.xlarge",
+    exp = sagemaker_experiment(moto, jumpstart_model_id=JS_MODEL, jumpstart_model_version="1.*", instance_type="ml.g4dn.xlarge",
                       role_arn=ROLE)
     handle = deploy_sagemaker(exp, "js-s3", poll_s=0.05)
-    container = _sm(moto).describe_model(ModelName=handle.endpoint_name)["PrimaryContainer"]
+    container = sm_client(moto).describe_model(ModelName=handle.endpoint_name)["PrimaryContainer"]
     assert container["Image"] == TGI_IMAGE and container["Environment"]["SM_NUM_GPUS"] == "1"
     assert container["ModelDataSource"]["S3DataSource"]["S3Uri"].startswith("s3://jumpstart-cache-test/meta-textgeneration/")
     assert "ModelAccessConfig" not in container["ModelDataSource"]["S3DataSource"]
     teardown_sagemaker(handle, exp)
-    assert _inventory(moto) == EMPTY
+    assert sm_inventory(moto) == EMPTY
 
 
 # ---------------------------------------------------------------- registry and bedrock

@@ -20,7 +20,7 @@ from fmbench.datasets import (
 from fmbench.datasets.tokenizer import Tokenizer
 from fmbench.errors import DatasetError, StorageError
 from fmbench.protocol import Prompt
-from tests.datasets.dataset_helpers import SAMPLES, make_cfg, write_jsonl
+from tests.support.datasets import SAMPLES, make_cfg, write_jsonl
 
 
 def P(n: int, pid: str | None = None) -> Prompt:
@@ -207,6 +207,7 @@ def test_parquet_round_trip_s3(s3_bucket: str) -> None:
 # ---------------------------------------------------------------- the simulated server's counts
 
 
+@pytest.mark.integration  # deploys the simulated server in its own process
 def test_simulated_server_counts_prompts_with_the_runs_tokenizer(tmp_path: Path, bpe_json: Path,
                                                                    cl100k: Tokenizer) -> None:
     """The deployed simulated server reports usage in the run's tokenizer (here a relative

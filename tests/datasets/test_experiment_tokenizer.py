@@ -26,7 +26,7 @@ from fmbench.pipeline import (
     load_benchmark_config,
     plan_shards,
 )
-from tests.datasets.dataset_helpers import write_jsonl
+from tests.support.datasets import write_jsonl
 
 # Six prompts whose lengths both test tokenizers give exactly: whitespace-separated words, and bytes.
 PROMPTS = [

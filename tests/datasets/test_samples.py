@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.datasets.dataset_helpers import REPO, SAMPLES
+from tests.support.datasets import REPO, SAMPLES
 
 
 def test_make_samples_regenerates_the_committed_files(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from fmbench.config import JsonlDataset, LongBenchDataset
 from fmbench.datasets import load_jsonl_prompts, load_longbench_prompts, render_template, template_fields
 from fmbench.datasets.tokenizer import Tokenizer
 from fmbench.errors import DatasetError
-from tests.datasets.dataset_helpers import SAMPLES, seed_hub_file, write_jsonl
+from tests.support.datasets import SAMPLES, seed_hub_file, write_jsonl
 
 
 def _lb_record(i: int, **extra: object) -> dict[str, object]:

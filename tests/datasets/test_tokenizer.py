@@ -15,7 +15,7 @@ import tiktoken.registry
 
 from fmbench.datasets.tokenizer import _load_tiktoken, load_tokenizer
 from fmbench.errors import TokenizerError
-from tests.datasets.dataset_helpers import seed_hub_file
+from tests.support.datasets import seed_hub_file
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 CL100K_HASH = "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"

@@ -22,17 +22,10 @@ from fmbench.errors import (
     EndpointTimeout,
 )
 from fmbench.protocol import Completion, EndpointClient, Prompt
-from tests.loadgen.fake_openai import FakeOpenAI
+from tests.support.fake_openai import FakeOpenAI
 
 PROMPT = Prompt("p0", "Hello there", 2)
 KEY = "sk-test-SECRET-123456"
-
-
-@pytest.fixture(scope="module")
-def server() -> Any:
-    srv = FakeOpenAI().start()
-    yield srv
-    srv.stop()
 
 
 def _complete(url: str, model: str, api: str = "chat", prompt: Prompt = PROMPT, **inf: Any) -> Completion:
@@ -48,8 +41,8 @@ def _complete(url: str, model: str, api: str = "chat", prompt: Prompt = PROMPT, 
     return asyncio.run(go())
 
 
-def test_stream_chat_stamps_first_text_chunk_and_reads_usage(server: FakeOpenAI) -> None:
-    c = _complete(server.url, "ok:ttft=0.05:tpot=0.01:n=5")
+def test_stream_chat_stamps_first_text_chunk_and_reads_usage(fake_openai: FakeOpenAI) -> None:
+    c = _complete(fake_openai.url, "ok:ttft=0.05:tpot=0.01:n=5")
     assert c.text == " t0 t1 t2 t3 t4"
     assert len(c.chunk_times) == 5
     # the role-only chunk arrives at once; the first token only after ttft
@@ -57,30 +50,30 @@ def test_stream_chat_stamps_first_text_chunk_and_reads_usage(server: FakeOpenAI)
     assert c.t_first_token == c.chunk_times[0] and c.chunk_times == sorted(c.chunk_times)
     assert c.t_end >= c.chunk_times[-1]
     assert (c.input_tokens, c.output_tokens, c.http_status) == (3, 5, 200)
-    seen = server.stats()
+    seen = fake_openai.stats()
     body = seen["bodies"][-1]
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["messages"] == [{"role": "user", "content": "Hello there"}]
     assert seen["auth"][-1] == f"Bearer {KEY}"
 
 
-def test_completions_api_and_no_usage(server: FakeOpenAI) -> None:
-    c = _complete(server.url, "nousage:n=3", api="completions")
+def test_completions_api_and_no_usage(fake_openai: FakeOpenAI) -> None:
+    c = _complete(fake_openai.url, "nousage:n=3", api="completions")
     assert c.text == " t0 t1 t2" and len(c.chunk_times) == 3
     assert c.input_tokens is None and c.output_tokens is None
-    assert server.stats()["bodies"][-1]["prompt"] == "Hello there"
+    assert fake_openai.stats()["bodies"][-1]["prompt"] == "Hello there"
 
 
-def test_non_streaming_first_token_is_end(server: FakeOpenAI) -> None:
-    c = _complete(server.url, "ok:ttft=0.02:n=4", stream=False, max_tokens=4)
+def test_non_streaming_first_token_is_end(fake_openai: FakeOpenAI) -> None:
+    c = _complete(fake_openai.url, "ok:ttft=0.02:n=4", stream=False, max_tokens=4)
     assert c.t_first_token == c.t_end and c.chunk_times == []
     assert c.text == " t0 t1 t2 t3" and c.output_tokens == 4
-    assert "stream_options" not in server.stats()["bodies"][-1]
+    assert "stream_options" not in fake_openai.stats()["bodies"][-1]
 
 
-def test_long_prompt_and_thousand_chunk_stream(server: FakeOpenAI) -> None:
+def test_long_prompt_and_thousand_chunk_stream(fake_openai: FakeOpenAI) -> None:
     long_prompt = Prompt("long", "word " * 32_000, 32_000)
-    c = _complete(server.url, "ok:n=1000", prompt=long_prompt)
+    c = _complete(fake_openai.url, "ok:n=1000", prompt=long_prompt)
     assert len(c.chunk_times) == 1000 and c.output_tokens == 1000
     assert c.text == "".join(f" t{i}" for i in range(1000))
 
@@ -101,7 +94,7 @@ def test_long_prompt_and_thousand_chunk_stream(server: FakeOpenAI) -> None:
     ],
 )
 def test_error_kinds(
-    server: FakeOpenAI,
+    fake_openai: FakeOpenAI,
     model: str,
     inference: dict[str, Any],
     error: type[EndpointError],
@@ -109,23 +102,23 @@ def test_error_kinds(
     fragment: str,
 ) -> None:
     with pytest.raises(error) as info:
-        _complete(server.url, model, **inference)
+        _complete(fake_openai.url, model, **inference)
     assert info.value.kind == kind
     assert fragment in str(info.value)
     assert KEY not in str(info.value) and KEY not in repr(info.value.__cause__ or "")
 
 
-def test_throttled_parses_retry_after(server: FakeOpenAI) -> None:
+def test_throttled_parses_retry_after(fake_openai: FakeOpenAI) -> None:
     with pytest.raises(EndpointThrottled) as info:
-        _complete(server.url, "429")
+        _complete(fake_openai.url, "429")
     assert info.value.retry_after_s == 7.0 and info.value.status == 429
 
 
-def test_key_is_redacted_when_the_server_echoes_it(server: FakeOpenAI) -> None:
+def test_key_is_redacted_when_the_server_echoes_it(fake_openai: FakeOpenAI) -> None:
     with pytest.raises(EndpointHTTPError) as info:
-        _complete(server.url, "echo_key")
+        _complete(fake_openai.url, "echo_key")
     assert "***" in str(info.value) and KEY not in str(info.value)
-    client = OpenAIClient(server.url, "m", api_key=KEY)
+    client = OpenAIClient(fake_openai.url, "m", api_key=KEY)
     assert KEY not in repr(client)
 
 
@@ -217,7 +210,7 @@ def test_sse_split_or_merged_across_reads(piece: int, pause: float) -> None:
         assert c.chunk_times[0] == c.chunk_times[1]  # one read, one arrival stamp
 
 
-def test_make_client_providers(monkeypatch: pytest.MonkeyPatch, server: FakeOpenAI) -> None:
+def test_make_client_providers(monkeypatch: pytest.MonkeyPatch, fake_openai: FakeOpenAI) -> None:
     inf = InferenceConfig(max_tokens=3)
     sim = make_client(
         SimulatedEndpoint(provider="simulated", model="ok", api="completions"), inf, url="http://h:1"
@@ -228,7 +221,7 @@ def test_make_client_providers(monkeypatch: pytest.MonkeyPatch, server: FakeOpen
         make_client(SimulatedEndpoint(provider="simulated"), inf)
     cfg = OpenAIEndpoint(
         provider="openai",
-        base_url=server.url,
+        base_url=fake_openai.url,
         model="ok:n=2",
         api_key_env="FMB_TEST_KEY",
         headers={"X-Team": "bench"},
@@ -246,7 +239,7 @@ def test_make_client_providers(monkeypatch: pytest.MonkeyPatch, server: FakeOpen
             await client.close()
 
     assert asyncio.run(go()).text == " t0 t1"
-    assert server.stats()["auth"][-1] == f"Bearer {KEY}"
+    assert fake_openai.stats()["auth"][-1] == f"Bearer {KEY}"
 
     class Other:
         provider = "carrier-pigeon"

@@ -6,22 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-from tests.faults.helpers import ODD_STATE
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def fmbench_argv(*args: str) -> list[str]:
-    """The command line of `fmbench ARGS` with this interpreter."""
-    return [sys.executable, "-m", "fmbench", *args]
+from tests.support.cli import ROOT
+from tests.support.sim_shards import ODD_STATE
 
 
 @pytest.fixture(scope="session")

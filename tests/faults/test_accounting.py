@@ -13,7 +13,7 @@ from fmbench.config import BenchmarkConfig
 from fmbench.metrics import summarize
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.faults.helpers import EXPECTED_KIND, SIM, run_sim_shard, server_faults
+from tests.support.sim_shards import EXPECTED_KIND, SIM, run_sim_shard, server_faults
 
 REQUESTS = 160
 TIMEOUT_S = 1.0
@@ -115,7 +115,7 @@ def test_an_answer_without_usage_is_ok_and_counted_with_the_tokenizer(odd_server
     from fmbench.config import InferenceConfig, OpenAIEndpoint
     from fmbench.endpoints import make_client
     from fmbench.loadgen import ShardSpec, run_shard
-    from tests.faults.helpers import PROMPTS
+    from tests.support.sim_shards import PROMPTS
 
     endpoint = OpenAIEndpoint(provider="openai", base_url=f"{odd_server}/nousage/v1", model="m")
     client = make_client(endpoint, InferenceConfig(max_tokens=8, timeout_s=5))

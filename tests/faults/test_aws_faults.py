@@ -15,7 +15,7 @@ from fmbench.endpoints import make_client
 from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.faults.helpers import PROMPTS, SIM, server_faults
+from tests.support.sim_shards import PROMPTS, SIM, server_faults
 
 REQUESTS = 80
 FAULTS = FaultConfig(seed=9, http_500_rate=0.08, http_503_rate=0.08, throttle_rate=0.08, retry_after_s=0.2,

@@ -1,5 +1,7 @@
 """A table of bad inputs through the real `fmbench` command line: each ends with exactly one line
-``fmbench: error: ...`` naming the cause and where, exit code 2, no traceback, and nothing written.
+``fmbench: error: ...`` naming the cause and where, the exit code of its cause (2: the config, a
+dataset, a tokenizer or the command line; 3: an endpoint, credentials or storage), no traceback,
+and nothing written.
 
 The cases run as subprocesses, several at a time. Most fail in `validate` or in `run`'s preflight
 (before Prefect starts), so the table stays fast; the CLI's own argument errors come from argparse.
@@ -16,8 +18,17 @@ from pathlib import Path
 import pytest
 
 from fmbench.config import SimulatedEndpoint
+from fmbench.errors import (
+    ConfigError,
+    CredentialsError,
+    DatasetError,
+    EndpointError,
+    ExitCode,
+    StorageError,
+    TokenizerError,
+)
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.faults.conftest import ROOT, fmbench_argv
+from tests.support.cli import ROOT, fmbench_argv
 
 GOOD = """\
 name: bad
@@ -264,11 +275,26 @@ def test_the_table_covers_every_category() -> None:
     assert {c.category for c in table} == {"config", "cli", "dataset", "tokenizer", "endpoint", "credentials", "s3"}
 
 
+#: The exit code each category of the table ends with: that of the error class its cases raise
+#: (argparse's own errors exit 2 as well).
+EXIT_BY_CATEGORY = {
+    "config": ConfigError.exit_code, "cli": ExitCode.BAD_INPUT, "dataset": DatasetError.exit_code,
+    "tokenizer": TokenizerError.exit_code, "endpoint": EndpointError.exit_code,
+    "credentials": CredentialsError.exit_code, "s3": StorageError.exit_code,
+}
+
+
+def test_bad_input_and_environment_have_their_own_exit_codes() -> None:
+    assert {EXIT_BY_CATEGORY[c] for c in ("config", "cli", "dataset", "tokenizer")} == {2}
+    assert {EXIT_BY_CATEGORY[c] for c in ("endpoint", "credentials", "s3")} == {3}
+
+
 @pytest.mark.parametrize("name", _names())
-def test_bad_input_is_one_clear_line_and_exit_2(name: str, outcomes: dict[str, Outcome]) -> None:
+def test_bad_input_is_one_clear_line_and_the_exit_code_of_its_cause(name: str, outcomes: dict[str, Outcome]) -> None:
     o = outcomes[name]
     stderr = o.proc.stderr
-    assert o.proc.returncode == 2, (o.proc.returncode, stderr[-2000:], o.proc.stdout[-500:])
+    expected = EXIT_BY_CATEGORY[o.case.category]
+    assert o.proc.returncode == expected, (o.proc.returncode, stderr[-2000:], o.proc.stdout[-500:])
     assert "Traceback" not in stderr, stderr[-2000:]
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     if o.case.category == "cli" and o.case.argv is not None or o.case.name == "cli-unknown-option":

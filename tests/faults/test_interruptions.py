@@ -18,8 +18,8 @@ import yaml
 
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.faults.conftest import ROOT, fmbench_argv
-from tests.faults.helpers import ODD_STATE, SIM, run_sim_shard, server_faults
+from tests.support.cli import ROOT, fmbench_argv
+from tests.support.sim_shards import ODD_STATE, SIM, run_sim_shard, server_faults
 
 SIM_CFG = {"provider": "simulated", "ttft_ms": 20, "tpot_ms": 3, "output_tokens": 6}
 

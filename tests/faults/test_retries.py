@@ -16,7 +16,7 @@ from fmbench.loadgen.retry import MAX_BACKOFF_S, RETRYABLE_KINDS, backoff_s, fin
 from fmbench.metrics import summarize
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.faults.helpers import PROMPTS, SIM, run_sim_shard, server_faults
+from tests.support.sim_shards import PROMPTS, SIM, run_sim_shard, server_faults
 
 REQUESTS = 60
 RETRIES = 2

@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +20,3 @@ def cli_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     return env
 
-
-def fmbench_argv(*args: str) -> list[str]:
-    """The command line of `fmbench ARGS` with this interpreter."""
-    return [sys.executable, "-m", "fmbench", *args]

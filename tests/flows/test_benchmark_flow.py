@@ -16,7 +16,7 @@ import yaml
 from flows.benchmark import benchmark
 from fmbench.config import SimulatedEndpoint
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.flows.conftest import ROOT, fmbench_argv
+from tests.support.cli import ROOT, fmbench_argv
 
 SIM = {"provider": "simulated", "ttft_ms": 40, "tpot_ms": 5, "output_tokens": 12, "max_batch": 8}
 

@@ -18,7 +18,7 @@ from fmbench.loadgen import ShardSpec, partial_path, run_shard, run_shard_async
 from fmbench.loadgen.multiproc import part_path
 from fmbench.protocol import Prompt
 from fmbench.simulator.zeroserver import ZeroServer
-from tests.loadgen.fake_openai import FakeOpenAI
+from tests.support.fake_openai import FakeOpenAI
 
 PROMPTS = [Prompt(f"p{i}", f"prompt {i}", 3) for i in range(3)]
 
@@ -60,9 +60,7 @@ def test_cancelling_a_multi_process_shard_stops_its_processes(tmp_path: Path) ->
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-        t0 = time.monotonic()
-        asyncio.run(go())
-        assert time.monotonic() - t0 < 60
+        asyncio.run(go())  # the shard is far from done: only a cancellation that works lets this return
         left = [p for p in _children() if p.pid not in before]
         assert not left, f"client processes still running after cancellation: {left}"
         assert not out.exists()

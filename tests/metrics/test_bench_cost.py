@@ -13,8 +13,7 @@ from fmbench.deploy import EndpointTimeline
 from fmbench.metrics import benchmark_cost
 from fmbench.pricing import instance_price
 from fmbench.records import records_frame
-from tests.metrics.test_summary import make_cfg, rec
-from tests.report.test_report import no_png  # noqa: F401  (a fixture)
+from tests.support.records import make_cfg, rec
 
 
 def _timeline(**kw: Any) -> dict[str, Any]:
@@ -85,9 +84,9 @@ def test_without_a_timeline_the_cost_is_shard_time_and_the_basis_says_so() -> No
     assert "the run did not create this endpoint" in existing.row(0, named=True)["basis"]
 
 
-def test_report_shows_the_bill_split_and_the_endpoint_timeline(tmp_path: Path, no_png: None) -> None:  # noqa: F811
+def test_report_shows_the_bill_split_and_the_endpoint_timeline(tmp_path: Path, no_png: None) -> None:
     from fmbench.report import render_report
-    from tests.report.synth import SimExperiment, write_run
+    from tests.support.synth_runs import SimExperiment, write_run
 
     run = tmp_path / "run"
     write_run(str(run), experiments=[SimExperiment("a", pricing={"hourly_usd": 10.0}),

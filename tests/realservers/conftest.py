@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.realservers.gguf_model import write_model
-from tests.realservers.llama_server import LlamaServer, find_llama_server
+from tests.support.gguf_model import write_model
+from tests.support.llama_server import LlamaServer, find_llama_server
 
 
 @pytest.fixture(scope="session")

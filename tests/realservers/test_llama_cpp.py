@@ -27,12 +27,12 @@ from fmbench.endpoints import make_client
 from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.preflight import probe_endpoint
 from fmbench.protocol import Prompt
-from tests.realservers.gguf_model import expected_text
-from tests.realservers.llama_server import LlamaServer
+from tests.support.cli import ROOT
+from tests.support.gguf_model import expected_text
+from tests.support.llama_server import LlamaServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 _SERIAL = itertools.count(1000)

@@ -22,7 +22,7 @@ from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.metrics import summarize
 from fmbench.protocol import EndpointClient, Prompt
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.realservers.nginx_proxy import NginxProxy, ProxyProfile, nginx_available
+from tests.support.nginx_proxy import NginxProxy, ProxyProfile, nginx_available
 
 # Locally a missing nginx skips these tests; in CI (CI set) it is an error: CI must run them.
 pytestmark = [

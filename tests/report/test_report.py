@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +11,7 @@ import pytest
 
 from fmbench import storage
 from fmbench.report import compare_runs, load_run, metrics_table_rows, render_report, summary_markdown
-from tests.report.synth import SimExperiment, write_run
+from tests.support.synth_runs import SimExperiment, write_run
 
 FIGURES = ["latency_p95_vs_load", "ttft_p95_vs_load", "throughput_vs_load", "prompt_tokens_vs_latency",
            "error_rate_vs_load", "price_performance", "cost_per_10k_by_experiment", "itl_distribution",
@@ -25,13 +24,6 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     run = tmp_path_factory.mktemp("runs") / "synth-bench" / "20260101-000000-abcd"
     write_run(str(run))
     return run, render_report(str(run))
-
-
-@pytest.fixture
-def no_png(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine without Chrome: kaleido's export (in its child process) finds no browser."""
-    monkeypatch.setenv("BROWSER_PATH", "/nonexistent/chrome")
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:/bin")
 
 
 def test_report_files_metrics_and_pngs_are_written(rendered: tuple[Path, object]) -> None:

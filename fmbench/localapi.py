@@ -1,0 +1,245 @@
+"""A local Prefect API that outlives one `fmbench run`, so the next run does not wait for it to start.
+
+Prefect's embedded ("ephemeral") server starts with every run and takes 10-15 s on a busy 2-core
+machine. `local_prefect_api` instead starts ``prefect server start`` once, under a small watchdog
+process (``python -m fmbench.localapi``), and later runs reuse it while it is healthy and of the
+installed Prefect version. Each run holds a lease (a file named by its pid); the watchdog stops the
+server after ``FMBENCH_PREFECT_API_IDLE_S`` seconds (default 1800) without a live lease, or when its
+Prefect home is gone. ``FMBENCH_PREFECT_API=embedded`` keeps Prefect's own per-run server, and a set
+``PREFECT_API_URL`` is always used as it is. This module starts Prefect as a program; it never
+imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+
+from fmbench.cachedir import cache_dir
+
+log = logging.getLogger("fmbench")
+
+IDLE_S = float(os.environ.get("FMBENCH_PREFECT_API_IDLE_S", "1800"))
+_POLL_S = 2.0
+
+__all__ = ["api_state_dir", "local_prefect_api", "stop_local_api"]
+
+
+def _prefect_home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser().resolve()
+
+
+def api_state_dir() -> Path:
+    """Where the server of this Prefect home (its database) keeps its state, lock and leases."""
+    key = hashlib.sha256(str(_prefect_home()).encode()).hexdigest()[:12]
+    return cache_dir() / "prefect-api" / key
+
+
+def _healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/api/health", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a watchdog started by this very process is a zombie after it exits, until reaped
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _read_state(state: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(root: Path) -> str:
+    """Start the watchdog (which starts the server) and wait until the API answers; returns its URL."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    logfile = open(root / "server.log", "ab")  # noqa: SIM115 - handed to the detached child
+    try:
+        watchdog = subprocess.Popen(
+            [sys.executable, "-m", "fmbench.localapi", "--root", str(root), "--port", str(port),
+             "--home", str(_prefect_home())],
+            stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    finally:
+        logfile.close()
+    deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
+    while time.monotonic() < deadline:
+        if watchdog.poll() is not None:
+            raise RuntimeError(f"the local Prefect server exited (code {watchdog.returncode}); see {root / 'server.log'}")
+        if _healthy(url, timeout=1.0):
+            (root / "state.json").write_text(json.dumps(
+                {"url": url, "pid": watchdog.pid, "prefect": version("prefect"), "home": str(_prefect_home())}))
+            return url
+        time.sleep(0.1)
+    _terminate(watchdog.pid)
+    raise RuntimeError(f"the local Prefect server did not answer within the startup timeout; see {root / 'server.log'}")
+
+
+def _terminate(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+
+
+def _reusable(root: Path) -> str | None:
+    """The URL of this Prefect home's running server when it can be reused; stops a stale one."""
+    state = _read_state(root / "state.json")
+    if not state:
+        return None
+    url, pid = str(state.get("url")), int(str(state.get("pid", 0)))
+    if state.get("prefect") == version("prefect") and pid > 0 and _alive(pid) and _healthy(url):
+        return url
+    if pid > 0 and _alive(pid):  # another Prefect version, or not answering: replace it
+        _terminate(pid)
+    (root / "state.json").unlink(missing_ok=True)
+    return None
+
+
+@contextlib.contextmanager
+def local_prefect_api() -> Iterator[str | None]:
+    """Point ``PREFECT_API_URL`` at a reusable local Prefect server for the duration of a run.
+
+    Must be entered before ``prefect`` is imported (Prefect reads its settings at import). Yields the
+    server's URL, or None when the run uses ``PREFECT_API_URL`` as set, or Prefect's embedded server
+    (``FMBENCH_PREFECT_API=embedded``, or the local server failed to start: logged, not raised).
+    """
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
+        yield None
+        return
+    root = api_state_dir()
+    lease = root / "leases" / str(os.getpid())
+    url: str | None = None
+    try:
+        (root / "leases").mkdir(parents=True, exist_ok=True)
+        with open(root / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting at once share one server
+            lease.touch()  # first: a watchdog never sees this run's server idle
+            url = _reusable(root)
+            started = url is None
+            if url is None:
+                url = _start(root)
+        log.info("Prefect API: %s local server %s (stops after %.0f min without runs)",
+                 "started" if started else "reusing", url, IDLE_S / 60)
+    except (OSError, RuntimeError) as exc:
+        log.warning("could not start a reusable local Prefect server, using the embedded one: %s", exc)
+        url = None
+    if url is None:
+        lease.unlink(missing_ok=True)
+        yield None
+        return
+    os.environ["PREFECT_API_URL"] = f"{url}/api"
+    try:
+        yield url
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        lease.unlink(missing_ok=True)
+
+
+def stop_local_api() -> bool:
+    """Stop this Prefect home's reusable server, if one runs; True when one was stopped."""
+    root = api_state_dir()
+    state = _read_state(root / "state.json")
+    pid = int(str(state.get("pid", 0))) if state else 0
+    if pid <= 0 or not _alive(pid):
+        return False
+    _terminate(pid)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
+
+
+# ---------------------------------------------------------------- the watchdog process
+
+
+def _live_leases(leases: Path) -> int:
+    live = 0
+    for f in leases.iterdir():
+        if f.name.isdigit() and _alive(int(f.name)):
+            live += 1
+        else:
+            f.unlink(missing_ok=True)
+    return live
+
+
+def _watch(root: Path, port: int, home: Path) -> int:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+         "--no-services", "--no-ui", "--analytics-off", "--log-level", "ERROR"],
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+
+    def stop(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    leases = root / "leases"
+    try:
+        while server.poll() is None:
+            time.sleep(_POLL_S)
+            if not home.exists() or not leases.exists():
+                break  # the Prefect home (or our state) was removed, e.g. a test's temporary directory
+            if _live_leases(leases) == 0 and time.time() - leases.stat().st_mtime > IDLE_S:
+                break
+        return 0
+    finally:
+        state = _read_state(root / "state.json")
+        if state and state.get("pid") == os.getpid():
+            (root / "state.json").unlink(missing_ok=True)
+        if server.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The watchdog: run ``prefect server start`` until it has been idle for ``IDLE_S``."""
+    p = argparse.ArgumentParser(prog="python -m fmbench.localapi")
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--port", required=True, type=int)
+    p.add_argument("--home", required=True, type=Path)
+    args = p.parse_args(argv)
+    return _watch(args.root, args.port, args.home)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
