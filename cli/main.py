@@ -106,12 +106,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
         + ([] if args.png else ["--no-png"])
     )
+    from fmbench.live import show_progress
     from fmbench.localapi import local_prefect_api
 
     with local_prefect_api():  # before Prefect is imported: it reads PREFECT_API_URL at import
         from flows.benchmark import benchmark
 
-        with sigterm_interrupts():
+        with sigterm_interrupts(), show_progress(sys.stderr):
             report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
                                overrides=args.overrides or None, command=command, preflight=False,
                                png=args.png)

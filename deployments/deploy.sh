@@ -6,7 +6,10 @@
 #   FMBENCH_NIGHTLY_TZ     timezone of the nightly 02:00 schedule, e.g. Europe/Berlin (default: UTC)
 #   FMBENCH_OUTPUT         results location for every deployment, e.g. s3://bucket/fmbench
 #                          (default: nightly -> results/nightly, on-demand -> the config's output)
+#   FMBENCH_NOTIFY_BLOCK   notification block for regression alerts as TYPE/NAME, e.g. slack-webhook/benchmarks
+#                          (default: unset, no automation applied; see deployments/automations.yaml)
 #   PREFECT                the prefect command (default: prefect from the PATH, e.g. under `uv run`)
+#   PYTHON                 the Python with fmbench's environment (default: the one beside $PREFECT, else python)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."   # entrypoints and config paths are relative to the repo root
@@ -31,6 +34,16 @@ for name in $(sed -n 's/^  - name: \([A-Za-z0-9_-]*\)$/\1/p' deployments/prefect
     fi
     $PREFECT --no-prompt deploy "${args[@]}"
 done
+
+# The regression alert (deployments/automations.yaml), through the configured notification block.
+if [[ -z "${PYTHON:-}" ]]; then
+    PYTHON=python
+    prefect_path=$(command -v "$PREFECT" || true)
+    if [[ -n "$prefect_path" && -x "$(dirname "$prefect_path")/python" ]]; then
+        PYTHON="$(dirname "$prefect_path")/python"
+    fi
+fi
+"$PYTHON" deployments/alerts.py
 
 cat <<MSG
 

@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows.steps import PrefectSteps
+from fmbench.config import BenchmarkConfig
 from fmbench.names import RUN_ID_PATTERN
 from fmbench.sequence import run_sequence
 from tasks.artifacts import publish_artifacts_task
@@ -44,7 +45,7 @@ def _task_runner() -> Any:
 
 @flow(name="fmbench", log_prints=True, task_runner=_task_runner())
 def benchmark(
-    config: str = "configs/quickstart.yml",
+    config: str | BenchmarkConfig = "configs/quickstart.yml",
     output: str | None = None,
     run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)] | None = None,
     experiments: list[str] | None = None,
@@ -61,7 +62,8 @@ def benchmark(
     then compare the results with the previous run of the same benchmark under the same output.
 
     Args:
-        config: Path (relative to the repo on the worker), s3:// URL, or the YAML text of a config.
+        config: Path (relative to the repo on the worker), s3:// URL, or the YAML text of a config; or
+            the whole config as a form (choose BenchmarkConfig): datasets, experiments, SLOs.
         output: Results location, a local directory or s3://bucket/prefix; runs go to
             OUTPUT/NAME/RUN_ID. Empty: the config's output.
         run_id: Reuse a run id to resume that run (measured shards are not sent again).

@@ -1,8 +1,9 @@
 """fmbench: benchmark foundation-model endpoints for latency, throughput and cost.
 
 The package is a plain library (no Prefect import); `cli/`, `flows/` and `tasks/` use it, never the
-reverse. Its public API is `__all__` (pinned by tests/test_exported_members.py); the names load on
-first use, so ``import fmbench`` stays cheap for the command line.
+reverse. Its public API is `__all__` (pinned by tests/test_exported_members.py): `run_benchmark`,
+`load_config`, `report` and `compare` for scripts and notebooks, the config models, errors and the
+endpoint protocol. The names load on first use, so ``import fmbench`` stays cheap for the command line.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from fmbench.api import BenchmarkResult, ReportFiles, compare, load_config, run_benchmark
     from fmbench.config import (
         BedrockEndpoint,
         BenchmarkConfig,
@@ -40,8 +42,11 @@ if TYPE_CHECKING:
     )
     from fmbench.protocol import Completion, EndpointClient, Prompt
 
-#: public name -> the module it lives in (the one table to extend when the API grows).
+#: public name -> the module it lives in (the one table to extend when the API grows). `report` is
+#: the `fmbench.report` package itself, which is callable (fmbench/report/__init__.py): a function
+#: of that name would be replaced by the package as soon as anything imports it.
 _EXPORTS: dict[str, str] = {
+    **dict.fromkeys(["run_benchmark", "load_config", "compare", "BenchmarkResult", "ReportFiles"], "fmbench.api"),
     **dict.fromkeys(
         ["BenchmarkConfig", "ExperimentConfig", "SimulatedEndpoint", "OpenAIEndpoint", "SageMakerEndpoint",
          "BedrockEndpoint", "SyntheticDataset", "LongBenchDataset", "JsonlDataset", "InferenceConfig",
@@ -55,6 +60,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "BedrockEndpoint",
     "BenchmarkConfig",
+    "BenchmarkResult",
     "Completion",
     "ConfigError",
     "CredentialsError",
@@ -71,6 +77,7 @@ __all__ = [
     "OpenAIEndpoint",
     "PricingConfig",
     "Prompt",
+    "ReportFiles",
     "SLOConfig",
     "SageMakerEndpoint",
     "SimulatedEndpoint",
@@ -78,10 +85,16 @@ __all__ = [
     "SyntheticDataset",
     "TokenizerError",
     "__version__",
+    "compare",
+    "load_config",
+    "report",
+    "run_benchmark",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "report":
+        return importlib.import_module("fmbench.report")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

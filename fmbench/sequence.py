@@ -19,6 +19,7 @@ import threading
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from fmbench import progress
 from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint, EndpointTimeline
 from fmbench.interrupts import interrupt_deploy, sigterm_interrupts
@@ -123,6 +124,7 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         prompt_sets = steps.bucket(cfg, run)
         warnings = check_buckets(cfg, prompt_sets)
         plans = {e.name: plan_shards(cfg, prompt_sets, e) for e in cfg.experiments}
+        progress.run_planned(run.run_id, [s for specs in plans.values() for s in specs])
         outcomes, left_running = Lifecycles(steps, cfg, run, plans, prompt_sets).run_all()
         steps.finalize(run, cfg, outcomes, prompt_sets, warnings + left_running)
         if cfg.evaluation is not None:
@@ -134,6 +136,12 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
             log.warning("regression check failed, report written without it: %s", exc)
         report = steps.report(run, png)
     return RunResult(run, report, regressions)
+
+
+def _ended(outcome: ShardOutcome) -> ShardOutcome:
+    progress.shard_ended(outcome.shard_id, outcome.experiment, outcome.status, outcome.requests, outcome.errors,
+                         cached=outcome.cached, error=outcome.error)
+    return outcome
 
 
 def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
@@ -218,16 +226,18 @@ class Lifecycles:
         """Deploy → shards → teardown of one experiment; the finally covers the deploy wait."""
         specs = self.plans[name]
         if name not in self.todo:
-            return [o for s in specs if (o := finished_shard(self.run, s.shard_id)) is not None]
+            return [_ended(o) for s in specs if (o := finished_shard(self.run, s.shard_id)) is not None]
         self._start_deploy(name)
         try:
             try:
                 deployed = self.deploys[name].result()
             except Exception as exc:  # noqa: BLE001 - a failed deploy fails its shards, not the run
+                progress.deploy_ended(name, ok=False)
                 self._deploy_ahead(name)
                 self._deploy_failed(name, exc)
-                return [finished_shard(self.run, s.shard_id) or failed_outcome(s, f"endpoint not deployed: {exc}")
+                return [_ended(finished_shard(self.run, s.shard_id) or failed_outcome(s, f"endpoint not deployed: {exc}"))
                         for s in specs]
+            progress.deploy_ended(name, ok=True)
             self._deploy_ahead(name)
             self._in_service(name, deployed)
             # One run at a time on an existing endpoint (other runs measuring it wait here).
@@ -266,7 +276,7 @@ class Lifecycles:
     def _shard(self, name: str, spec: Any, deployed: DeployedEndpoint) -> ShardOutcome:
         done = finished_shard(self.run, spec.shard_id)
         if done is not None:  # measured before the run was interrupted: never sent again
-            return done
+            return _ended(done)
         if name in self.timelines and self.timelines[name].first_shard_at is None:
             self._update(name, first_shard_at=_now())
         try:
@@ -274,7 +284,7 @@ class Lifecycles:
         except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
             outcome = failed_outcome(spec, exc)
         self._update(name, last_shard_at=_now())
-        return outcome
+        return _ended(outcome)
 
     def _prompts_url(self, name: str, spec: Any) -> str:
         experiment = next(e for e in self.cfg.experiments if e.name == name)

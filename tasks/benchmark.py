@@ -55,7 +55,7 @@ def _retry_if_endpoint_down(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="load-config", cache_policy=NO_CACHE)
-def load_config_task(config: str, overrides: list[str] | None = None, experiments: list[str] | None = None,
+def load_config_task(config: str | BenchmarkConfig, overrides: list[str] | None = None, experiments: list[str] | None = None,
                      concurrency_levels: list[int] | None = None,
                      requests_per_level: int | None = None) -> BenchmarkConfig:
     return pipeline.load_benchmark_config(config, overrides, experiments, concurrency_levels, requests_per_level)

@@ -13,6 +13,8 @@ import fmbench
 
 PUBLIC = {
     "__version__",
+    # scripts and notebooks (fmbench.api; `report` is the callable fmbench.report package)
+    "run_benchmark", "load_config", "compare", "report", "BenchmarkResult", "ReportFiles",
     # config models
     "BenchmarkConfig", "ExperimentConfig", "SimulatedEndpoint", "OpenAIEndpoint", "SageMakerEndpoint",
     "BedrockEndpoint", "SyntheticDataset", "LongBenchDataset", "JsonlDataset", "InferenceConfig",

@@ -77,7 +77,16 @@ class JsonlDataset(_DatasetBase):
     )
 
 
-DatasetConfig = Annotated[SyntheticDataset | LongBenchDataset | JsonlDataset, Field(discriminator="source")]
+def _form_choice(schema: dict[str, Any]) -> None:
+    # Prefect's run form draws `anyOf` as one form per choice (and `oneOf` only as raw JSON); each
+    # choice still matches exactly one model, by its own `source`/`provider` constant.
+    if "oneOf" in schema:
+        schema["anyOf"] = schema.pop("oneOf")
+        schema.pop("discriminator", None)
+
+
+DatasetConfig = Annotated[SyntheticDataset | LongBenchDataset | JsonlDataset,
+                          Field(discriminator="source", json_schema_extra=_form_choice)]
 
 # ---------------------------------------------------------------- endpoints
 
@@ -240,7 +249,8 @@ class BedrockEndpoint(_AwsAccess):
 
 
 EndpointConfig = Annotated[
-    SimulatedEndpoint | OpenAIEndpoint | SageMakerEndpoint | BedrockEndpoint, Field(discriminator="provider")
+    SimulatedEndpoint | OpenAIEndpoint | SageMakerEndpoint | BedrockEndpoint,
+    Field(discriminator="provider", json_schema_extra=_form_choice),
 ]
 
 # ---------------------------------------------------------------- experiments

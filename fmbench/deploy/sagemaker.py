@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
+from fmbench import progress
 from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, register_provider
@@ -235,6 +236,7 @@ def wait_for_endpoint(client: Any, name: str, timeout_s: float, poll_s: float = 
     while True:
         desc = client.describe_endpoint(EndpointName=name)
         status = desc["EndpointStatus"]
+        progress.deploy_status(status)
         elapsed = time.monotonic() - t0
         if status == "InService":
             log.info("endpoint %s is InService after %.0f s", name, elapsed)

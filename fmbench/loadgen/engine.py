@@ -30,8 +30,10 @@ import contextlib
 import itertools
 import math
 import random
+import statistics
 import time
 from array import array
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +46,13 @@ from fmbench.records import RequestRecord
 
 _SPIN_S = 0.0012  # pacer: stop sleeping this long before a due time, then yield-spin
 _LEAD_S = 0.005  # open loop: the first arrival is due this long after the schedule is set up
-PROGRESS_EVERY_S = 10.0  # how often a running shard reports its requests done
+PROGRESS_EVERY_S = 1.0  # how often a running shard reports its requests done (a live view redraws)
+_RECENT_TTFTS = 256  # the "current" TTFT p50 of a progress report is over this many latest requests
 
-#: ``progress(done, total, errors)``: requests recorded so far (warm-ups included), the shard's
-#: total, and measured requests that failed. Called every `PROGRESS_EVERY_S` while a shard runs.
-Progress = Callable[[int, int, int], None]
+#: ``progress(done, total, errors, ttft_p50_s)``: requests recorded so far (warm-ups included), the
+#: shard's total, measured requests that failed, and the median TTFT of the latest successful
+#: requests (None before the first). Called every `PROGRESS_EVERY_S` while a shard runs.
+Progress = Callable[[int, int, int, float | None], None]
 
 __all__ = ["run_shard", "run_shard_async"]
 
@@ -93,6 +97,11 @@ class ShardStats:
         self.last_sched = -math.inf
         self.send_lags: array[float] = array("d")
         self.dispatch_lags: array[float] = array("d")
+        self.recent_ttfts: deque[float] = deque(maxlen=_RECENT_TTFTS)
+
+    def ttft_p50(self) -> float | None:
+        """Median TTFT of the latest successful measured requests, for progress reports."""
+        return statistics.median(self.recent_ttfts) if self.recent_ttfts else None
 
     def observe(
         self,
@@ -239,6 +248,8 @@ class _Shard:
     def _add(self, rec: RequestRecord) -> None:
         self.writer.add(rec)
         self.stats.observe(rec.warmup, rec.ok, rec.t_start, rec.t_end, rec.t_scheduled, rec.send_lag_s)
+        if rec.ok and not rec.warmup and rec.ttft_s is not None:
+            self.stats.recent_ttfts.append(rec.ttft_s)
 
 
 def fill_failed(rec: RequestRecord, prompt: Prompt, t_sched: float | None, t_before: float | None, kind: str,
@@ -383,12 +394,12 @@ async def _open_loop(
     await _run_all(list(tasks))
 
 
-async def report_progress(shard: _Shard, report: Callable[[int, int], None], every_s: float) -> None:
-    """Call ``report(done, errors)`` every ``every_s`` seconds until cancelled (one wake-up per call)."""
+async def report_progress(shard: _Shard, report: Callable[[int, int, float | None], None], every_s: float) -> None:
+    """Call ``report(done, errors, ttft_p50_s)`` every ``every_s`` seconds until cancelled (one wake-up per call)."""
     while True:
         await asyncio.sleep(every_s)
         st = shard.stats
-        report(st.measured + st.warm, st.errors)
+        report(st.measured + st.warm, st.errors, st.ttft_p50())
 
 
 @dataclass(slots=True)
@@ -473,7 +484,7 @@ async def run_shard_async(
     async with shard_session(client, writer, shard.concurrency) as session:
         if progress is not None:
             session.reporter = asyncio.ensure_future(report_progress(
-                shard, lambda done, errors: progress(done, shard.total, errors), PROGRESS_EVERY_S))
+                shard, lambda done, errors, ttft: progress(done, shard.total, errors, ttft), PROGRESS_EVERY_S))
         await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
     cpu = time.process_time() - cpu0
     path = writer.commit()

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import queue
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +88,7 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
                     raise asyncio.CancelledError
                 if progress_every_s is not None:
                     session.reporter = asyncio.ensure_future(report_progress(
-                        shard, lambda done, errors: msgs.put(("progress", k, done, errors)), progress_every_s))
+                        shard, lambda done, errors, ttft: msgs.put(("progress", k, done, errors, ttft)), progress_every_s))
                 if spec.open_loop:
                     await _open_loop(client, shard, t0, (k, n))
                 else:
@@ -192,17 +193,19 @@ class _ProgressSum:
     """Adds up the processes' progress messages and reports the sum once per round of them."""
 
     def __init__(self, n: int, spec: ShardSpec, progress: Progress) -> None:
-        self.latest: dict[int, tuple[int, int]] = {}
+        self.latest: dict[int, tuple[int, int, float | None]] = {}
         self.round: set[int] = set()  # processes heard from since the last report
         self.n, self.total, self.progress = n, spec.warmup + spec.requests, progress
 
-    def update(self, k: int, done: int, errors: int) -> None:
-        self.latest[k] = (done, errors)
+    def update(self, k: int, done: int, errors: int, ttft: float | None) -> None:
+        self.latest[k] = (done, errors, ttft)
         self.round.add(k)
         if len(self.round) == self.n:
             self.round.clear()
-            self.progress(sum(d for d, _ in self.latest.values()), self.total,
-                          sum(e for _, e in self.latest.values()))
+            ttfts = [t for _, _, t in self.latest.values() if t is not None]
+            # the median of the processes' medians: close enough for a progress display
+            self.progress(sum(d for d, _, _ in self.latest.values()), self.total,
+                          sum(e for _, e, _ in self.latest.values()), statistics.median(ttfts) if ttfts else None)
 
 
 def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event | None,
@@ -224,7 +227,7 @@ def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event 
             raise FMBenchError(f"shard {spec.shard_id}: client process {msg[1]} failed: {msg[2]}")
         if msg[0] == "progress":
             if progress is not None:
-                progress.update(msg[1], msg[2], msg[3])
+                progress.update(msg[1], msg[2], msg[3], msg[4])
             continue
         got.append(msg)
     return got

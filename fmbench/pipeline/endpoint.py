@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fmbench import progress
 from fmbench.config import (
     BedrockEndpoint,
     BenchmarkConfig,
@@ -37,7 +38,7 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
         experiment = experiment.model_copy(update={"endpoint": endpoint})
     deployed: DeployedEndpoint | None = None
     try:
-        with deploying(experiment_name):
+        with deploying(experiment_name), progress.deploy_scope(experiment_name, experiment.endpoint.provider):
             deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
     except KeyboardInterrupt:
         # The interrupt landed after the deployer returned: what it made would be lost, delete it.

@@ -13,21 +13,26 @@ from fmbench.rundir import RunInfo
 log = logging.getLogger("fmbench")
 
 
-def load_benchmark_config(config: str, overrides: list[str] | None = None, experiments: list[str] | None = None,
-                          concurrency_levels: list[int] | None = None,
+def load_benchmark_config(config: str | BenchmarkConfig, overrides: list[str] | None = None,
+                          experiments: list[str] | None = None, concurrency_levels: list[int] | None = None,
                           requests_per_level: int | None = None) -> BenchmarkConfig:
-    """Load a config (path, URL or YAML text), apply run-time overrides, and check what can be
-    checked before anything is measured (pricing resolves for every experiment, every tokenizer exists).
+    """Load a config (path, URL, YAML text, or a config model as a Prefect form gives it), apply
+    run-time overrides, and check what can be checked before anything is measured (pricing
+    resolves for every experiment, every tokenizer exists).
 
     Raises:
         ConfigError: naming the file or parameter and the field.
     """
-    from fmbench.config import load_config_source, narrow_config
+    from fmbench.config import apply_overrides, load_config_source, narrow_config, parse_config
 
-    cfg = narrow_config(load_config_source(config, overrides=overrides), experiments, concurrency_levels,
-                        requests_per_level)
+    if isinstance(config, BenchmarkConfig):
+        data = config.model_dump(mode="python")
+        loaded = parse_config(apply_overrides(data, overrides) if overrides else data, source="config")
+    else:
+        loaded = load_config_source(config, overrides=overrides)
+    cfg = narrow_config(loaded, experiments, concurrency_levels, requests_per_level)
     check_pricing(cfg)
-    check_tokenizers(cfg, config_source_label(config))
+    check_tokenizers(cfg, config_source_label(config) if isinstance(config, str) else "config")
     from fmbench.quality.evaluate import check_evaluation
 
     check_evaluation(cfg)

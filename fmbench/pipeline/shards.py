@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
-from fmbench import storage
+from fmbench import progress, storage
 from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
@@ -28,6 +29,8 @@ log = logging.getLogger("fmbench")
 #: delays (the endpoint may be restarting); the Prefect task and the inline steps both use them.
 SHARD_RETRIES = 2
 SHARD_RETRY_DELAYS_S = (2.0, 10.0)
+#: How often a running shard logs its requests done (the progress view updates every second).
+PROGRESS_LOG_EVERY_S = 10.0
 
 
 class ShardOutcome(BaseModel):
@@ -156,14 +159,22 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
              spec.processes)
     started_at = utc_now()
-    def progress(done: int, total: int, errors: int) -> None:
-        log.info("shard %s: %d/%d requests done, %d errors so far", spec.shard_id, done, total, errors)
+    progress.shard_started(spec.shard_id, spec.warmup + spec.requests)
+    last_line = time.monotonic()
+
+    def report(done: int, total: int, errors: int, ttft_p50_s: float | None) -> None:
+        nonlocal last_line
+        progress.shard_progressed(spec.shard_id, done, total, errors, ttft_p50_s)
+        if time.monotonic() - last_line >= PROGRESS_LOG_EVERY_S:  # a log line is for people, not redraws
+            last_line = time.monotonic()
+            log.info("shard %s: %d/%d requests done, %d errors so far", spec.shard_id, done, total, errors,
+                     extra={"progress": True})
 
     sim = SimulatorWatch.start(deployed, experiment)
     hosts = _client_hosts(experiment, spec, cal)
     clocks = None
     if hosts is None:
-        result = run_shard(client, prompts, spec, local, tokenizer.count, progress)
+        result = run_shard(client, prompts, spec, local, tokenizer.count, report)
     else:
         result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts, cal is not None)
     ended_at = utc_now()

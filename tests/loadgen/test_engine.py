@@ -497,14 +497,22 @@ def test_progress_is_reported_while_the_shard_runs(fake_openai: FakeOpenAI, tmp_
     monkeypatch.setattr(engine, "PROGRESS_EVERY_S", 0.1)
     monkeypatch.setattr(multiproc, "PROGRESS_EVERY_S", 0.1)
     calls: list[tuple[int, int, int]] = []
+    ttfts: list[float | None] = []
+
+    def progress(done: int, total: int, errors: int, ttft: float | None) -> None:
+        calls.append((done, total, errors))
+        ttfts.append(ttft)
+
     res = run_shard(client(fake_openai, "ok:ttft=0.04:tpot=0.001:n=4"), PROMPTS,
                     spec(concurrency=2, requests=40, warmup=2, processes=processes), tmp_path / "r.parquet",
-                    len, progress=lambda done, total, errors: calls.append((done, total, errors)))
+                    len, progress=progress)
     assert res.requests == 40
     assert len(calls) >= 3, calls  # the shard takes about a second
     done = [c[0] for c in calls]
     assert done == sorted(done) and 0 < done[-1] <= 42 and done[0] < 42
     assert {c[1] for c in calls} == {42} and {c[2] for c in calls} == {0}
+    # the current TTFT median is there once requests have finished, and at least the server's 40 ms
+    assert ttfts[-1] is not None and ttfts[-1] >= 0.04
 
 
 @pytest.mark.parametrize("stream", [True, False])
