@@ -3,14 +3,19 @@ this submits them, so the UI shows one task run per step and per shard."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 
 from fmbench import pipeline
 from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint
 from fmbench.pipeline import PromptSet, ShardOutcome
+from fmbench.pipeline.shards import find_experiment
 from fmbench.quality.evaluate import JudgePanel
 from fmbench.regression import RegressionReport
 from fmbench.rundir import RunInfo
@@ -57,6 +62,13 @@ class PrefectSteps:
               deployed: DeployedEndpoint) -> PrefectFuture[ShardOutcome]:
         return run_shard_task.submit(run, cfg, spec, prompts_url, deployed)
 
+    def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> AbstractContextManager[None]:
+        name = pipeline.endpoint_lock_name(find_experiment(cfg, experiment))
+        if name is None:
+            return nullcontext()
+        _ensure_limit(name)
+        return concurrency(name, occupy=1, strict=True)
+
     def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> PrefectFuture[list[str]]:
         return teardown_task.submit(cfg, deployed)
 
@@ -79,3 +91,14 @@ class PrefectSteps:
 
     def report(self, run: RunInfo, png: bool = True) -> str:
         return report_task(run, png)
+
+
+def _ensure_limit(name: str) -> None:
+    """Create the endpoint's global concurrency limit (1) on first use; a limit set by hand is kept."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))

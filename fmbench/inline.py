@@ -8,6 +8,7 @@ Prefect tasks retry them, so both ways of running give the same outcomes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import time
 from collections.abc import Callable
@@ -89,6 +90,9 @@ class InlineSteps:
               deployed: DeployedEndpoint) -> Done[ShardOutcome]:
         return Done(lambda: _retrying(lambda: pipeline.execute_shard(run, cfg, spec, prompts_url, deployed),
                                       pipeline.SHARD_RETRY_DELAYS_S[:pipeline.SHARD_RETRIES], EndpointConnectionError))
+
+    def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # one process: the lanes of this run already never share an endpoint
 
     def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Done[list[str]]:
         delays = (pipeline.TEARDOWN_RETRY_DELAY_S,) * pipeline.TEARDOWN_RETRIES

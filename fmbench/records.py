@@ -51,6 +51,8 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     # The completion's text, only when the experiment sets store_text (prompts and answers may be
     # private); null otherwise and for failed requests.
     "text": pl.String(),
+    # The Dask worker that sent it, for a shard split over client hosts (client_hosts); null otherwise.
+    "client_host": pl.String(),
 }
 
 
@@ -90,6 +92,7 @@ class RequestRecord:
     resends: int = 0
     note: str | None = None
     text: str | None = None
+    client_host: str | None = None
 
     def as_row(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in REQUEST_SCHEMA}

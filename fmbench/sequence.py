@@ -16,6 +16,7 @@ import contextvars
 import datetime as dt
 import logging
 import threading
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from fmbench import progress
@@ -26,6 +27,7 @@ from fmbench.pipeline import (
     PromptSet,
     ShardOutcome,
     check_buckets,
+    check_client_hosts,
     experiment_tokenizer,
     failed_outcome,
     finished_shard,
@@ -70,6 +72,7 @@ class Steps(Protocol):
     def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
               deployed: DeployedEndpoint) -> Pending[ShardOutcome]: ...
     def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Pending[list[str]]: ...
+    def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> AbstractContextManager[None]: ...
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str: ...
     def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any: ...
@@ -116,6 +119,7 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
         run = steps.open_run(cfg, output, run_id, command)
+        check_client_hosts(cfg, run)  # a cluster that cannot write the results fails before measuring
         steps.calibrate(run)  # this host's client ceiling, before any shard
         prompt_sets = steps.bucket(cfg, run)
         warnings = check_buckets(cfg, prompt_sets)
@@ -236,7 +240,9 @@ class Lifecycles:
             progress.deploy_ended(name, ok=True)
             self._deploy_ahead(name)
             self._in_service(name, deployed)
-            return [self._shard(name, spec, deployed) for spec in specs]
+            # One run at a time on an existing endpoint (other runs measuring it wait here).
+            with self.steps.endpoint_slot(self.cfg, name):
+                return [self._shard(name, spec, deployed) for spec in specs]
         finally:
             self._close(name)
 

@@ -143,6 +143,21 @@ def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
 
 
+def remove(url: str) -> None:
+    """Delete one file (missing is fine).
+
+    Raises:
+        StorageError: it exists and cannot be deleted.
+    """
+    fs, path = _fs(url)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _storage_error(url, "delete", exc) from exc
+
+
 def exists(url: str) -> bool:
     """True if a file exists at ``url``."""
     if not is_remote(url):

@@ -38,6 +38,14 @@ def test_minimal_config_gets_defaults() -> None:
     assert [bucket_label(b) for b in cfg.buckets] == ["1-500", "500-1000"]
 
 
+def test_client_hosts_is_unset_by_default_and_takes_a_count_or_auto() -> None:
+    assert load_config_text(BASE).experiments[0].client_hosts is None
+    two = BASE.replace("concurrency_levels: [1, 2]", "concurrency_levels: [2, 8]\n    client_hosts: 2")
+    assert load_config_text(two).experiments[0].client_hosts == 2
+    auto = BASE.replace("concurrency_levels: [1, 2]", "concurrency_levels: [1, 2]\n    client_hosts: auto")
+    assert load_config_text(auto).experiments[0].client_hosts == "auto"
+
+
 def test_buckets_are_sorted() -> None:
     cfg = load_config_text(BASE.replace("[[1, 500], [500, 1000]]", "[[500, 1000], [1, 500]]"))
     assert cfg.buckets == [(1, 500), (500, 1000)]
@@ -93,6 +101,12 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
         (("name: t", "name: t\nslo: {max_error_rate: 2}"), "slo.max_error_rate"),
         (("name: t", "name: t\nslo: {latency_p95_s: 0}"), "slo.latency_p95_s"),
         (("- name: e1", "- name: e1\n    foo: bar"), "experiments[0].foo: unknown key"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1, 2]\n    client_hosts: 0"), "client_hosts"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1, 2]\n    client_hosts: 2"),
+         "cannot exceed the smallest concurrency level (1)"),
+        (("concurrency_levels: [1, 2]", "concurrency_levels: [1, 2]\n    client_hosts: many"), "client_hosts"),
+        (("concurrency_levels: [1, 2]", "request_rates: [5]\n    max_concurrency: 4\n    client_hosts: 2"),
+         "cannot split max_concurrency"),
     ],
 )
 def test_invalid_config_names_file_and_field(edit: tuple[str, str], expected: str) -> None:

@@ -312,6 +312,12 @@ class ExperimentConfig(_Model):
         default=None, ge=1, le=64,
         description="Load-generator processes per shard (default: chosen from the host's measured capacity).",
     )
+    client_hosts: int | Literal["auto"] | None = Field(
+        default=None,
+        description="Dask workers each shard's load is split over (closed loop: its concurrency; open loop: its "
+        "rate), started together; 'auto': as many as the shard's calibrated load needs. Needs a Dask cluster "
+        "(FMBENCH_TASK_RUNNER=tcp://...); unset: the shard runs on the host that runs it.",
+    )
     datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
     tokenizer: str | None = Field(
         default=None,
@@ -341,6 +347,19 @@ class ExperimentConfig(_Model):
     def _default_levels(self) -> ExperimentConfig:
         if self.concurrency_levels is None and self.request_rates is None:
             self.concurrency_levels = [1]
+        return self
+
+    @model_validator(mode="after")
+    def _splittable(self) -> ExperimentConfig:
+        n = self.client_hosts
+        if isinstance(n, int):
+            if n < 1:
+                raise ValueError("client_hosts must be at least 1 (or 'auto')")
+            if n > 1 and self.max_concurrency is not None:
+                raise ValueError("client_hosts cannot split max_concurrency (one cap, one host)")
+            low = min(self.concurrency_levels or [n])
+            if n > low:
+                raise ValueError(f"client_hosts ({n}) cannot exceed the smallest concurrency level ({low})")
         return self
 
 

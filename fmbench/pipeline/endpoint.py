@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from fmbench import progress
-from fmbench.config import BenchmarkConfig, SimulatedEndpoint
+from fmbench.config import (
+    BedrockEndpoint,
+    BenchmarkConfig,
+    ExperimentConfig,
+    OpenAIEndpoint,
+    SageMakerEndpoint,
+    SimulatedEndpoint,
+)
 from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
 from fmbench.interrupts import deploying
 from fmbench.pipeline.shards import find_experiment
@@ -55,3 +62,21 @@ def not_torn_down(deployed: DeployedEndpoint, error: BaseException) -> str:
         message += (f" — it is billed until deleted: aws sagemaker delete-endpoint --endpoint-name "
                     f"{deployed.endpoint_name} (then its endpoint config and model)")
     return message
+
+
+def endpoint_lock_name(experiment: ExperimentConfig) -> str | None:
+    """The name of the lock that keeps two runs from measuring one existing endpoint at once
+    (an OpenAI-compatible URL and model, a Bedrock model in a region, a named SageMaker endpoint);
+    None for an endpoint the run deploys itself, which no other run measures."""
+    import hashlib
+
+    ep = experiment.endpoint
+    if isinstance(ep, OpenAIEndpoint):
+        key = f"openai|{ep.base_url.rstrip('/')}|{ep.model}"
+    elif isinstance(ep, BedrockEndpoint):
+        key = f"bedrock|{ep.region or ''}|{ep.model_id}"
+    elif isinstance(ep, SageMakerEndpoint) and ep.endpoint_name:
+        key = f"sagemaker|{ep.region or ''}|{ep.endpoint_name}"
+    else:
+        return None
+    return f"fmbench-endpoint-{hashlib.sha256(key.encode()).hexdigest()[:16]}"

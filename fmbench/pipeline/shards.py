@@ -63,6 +63,9 @@ class ShardOutcome(BaseModel):
     simulator: dict[str, Any] | None = Field(
         default=None, description="The simulated endpoint's own view of the shard (chunk lateness, its CPU use, "
         "whether it was late or saturated); None for other endpoints.")
+    client_hosts: list[dict[str, Any]] | None = Field(
+        default=None, description="Multi-host shards: each Dask worker that sent its load, with its clock offset "
+        "to the scheduler (fmbench.loadgen.hosts.HostClock); None on one host.")
 
 
 def shard_id(experiment: str, dataset: str, bucket: str, concurrency: int | None, rate: float | None) -> str:
@@ -168,7 +171,12 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
                      extra={"progress": True})
 
     sim = SimulatorWatch.start(deployed, experiment)
-    result = run_shard(client, prompts, spec, local, tokenizer.count, report)
+    hosts = _client_hosts(experiment, spec, cal)
+    clocks = None
+    if hosts is None:
+        result = run_shard(client, prompts, spec, local, tokenizer.count, report)
+    else:
+        result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts, cal is not None)
     ended_at = utc_now()
     sim_view = sim.finish(result.duration_s) if sim is not None else None
     if sim_view and sim_view.get("verdict"):
@@ -187,7 +195,10 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     load = None
     if cal is not None and result.duration_s > 0 and n:
         rate = result.achieved_rate if spec.request_rate is not None else n / result.duration_s
-        load = cal.load_fraction(rate, float(measured.select(pl.col("chunks").mean()).item() or 0.0), spec.processes)
+        chunks = float(measured.select(pl.col("chunks").mean()).item() or 0.0)
+        load = cal.load_fraction(rate, chunks, spec.processes)
+        if clocks:  # each host against its own ceiling: the busiest one says whether the client limited
+            load = _hosts_load(clocks, result.duration_s, chunks, cal)
     outcome = ShardOutcome(
         shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
         concurrency=_concurrency(spec), request_rate=spec.request_rate, status="ok",
@@ -196,10 +207,66 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
         records_url=records_url, started_at=started_at, ended_at=ended_at,
         endpoint_name=deployed.endpoint_name, simulator=sim_view,
+        client_hosts=[c.model_dump(mode="json") for c in clocks] if clocks else None,
     )
     storage.write_text(run.shard_result(spec.shard_id), outcome.model_dump_json(indent=2))
     log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
     return outcome
+
+
+def check_client_hosts(cfg: BenchmarkConfig, run: RunInfo) -> None:
+    """Before anything is measured: when an experiment splits its shards over client hosts, every Dask
+    worker must write into the run's storage where this process reads it (else one line, StorageError)."""
+    if not any(e.client_hosts is not None for e in cfg.experiments):
+        return
+    from fmbench.loadgen.hosts import check_hosts_reach, dask_client
+
+    names = check_hosts_reach(dask_client(_cluster_address()), run.url)
+    log.info("client hosts reach the run's output: %s", ", ".join(names))
+
+
+def _client_hosts(experiment: ExperimentConfig, spec: Any, cal: Any) -> int | None:
+    """How many client hosts a shard runs on, None for this host alone (client_hosts unset)."""
+    n = experiment.client_hosts
+    if n is None:
+        return None
+    if n == "auto":
+        from fmbench.calibration import expected_shape, plan_processes
+        from fmbench.loadgen.hosts import dask_client, live_workers
+
+        chunks, latency = expected_shape(experiment)
+        workers = len(live_workers(dask_client(_cluster_address())))
+        # One client process per host: a host is planned like one more process of the calibration.
+        return plan_processes(spec.model_copy(update={"processes": 1}), cal, chunks, latency, max(1, workers))
+    return int(n)
+
+
+def _cluster_address() -> str | None:
+    runner = os.environ.get("FMBENCH_TASK_RUNNER", "")
+    return runner if runner.startswith(("tcp://", "tls://")) else None
+
+
+def _run_on_hosts(run: RunInfo, spec: Any, client: Any, prompts: Any, local: Any, count: Any, hosts: int,
+                  calibrate: bool) -> Any:
+    from fmbench.loadgen.hosts import dask_client, run_shard_hosts
+
+    dask = dask_client(_cluster_address())
+    log.info("shard %s: split over %d client hosts", spec.shard_id, hosts)
+    return run_shard_hosts(client, prompts, spec, local, count, hosts, dask,
+                           lambda k: run.path("shards", "hosts", f"{spec.shard_id}.host-{k}.parquet"),
+                           calibrate=calibrate)
+
+
+def _hosts_load(clocks: Any, duration_s: float, chunks: float, cal: Any) -> float | None:
+    from fmbench.calibration import Calibration
+
+    if duration_s <= 0:
+        return None
+    loads = []
+    for c in clocks:
+        own = Calibration.model_validate(c.calibration) if c.calibration else cal
+        loads.append(own.load_fraction(c.requests / duration_s, chunks))
+    return max(loads)
 
 
 #: A simulated endpoint is flagged late when its chunks' p99 lateness (sent minus due) exceeds

@@ -1,0 +1,420 @@
+"""Split one shard over several client hosts of a Dask cluster: one shard, one records file.
+
+When one machine cannot offer the load, ``client_hosts = N`` runs the shard as N slices on N
+different Dask workers at once. Closed loop: the ``concurrency`` workers are spread over the hosts
+and the request ids are dealt to them in proportion (so ``concurrency`` requests stay in flight
+across all of them); open loop: every host generates the same seeded schedule and dispatches the
+ids ``i % N == k`` (a rate split). Each slice measures its clock against the scheduler's
+(NTP-style, the best of a few round trips), reports ready, and starts at one agreed instant of the
+scheduler's clock. Latencies stay on each host's monotonic clock; the merged records put every
+host's ``t_*`` stamps on the first host's timeline through the measured offsets, and the shard is
+invalid when the offsets are too uncertain for its duration. Each slice writes its records
+straight to the run's storage (never through the scheduler); the caller merges them.
+
+``distributed`` is optional: this module imports it only when a shard runs across hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import pickle
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from fmbench import storage
+from fmbench.errors import ConfigError, FMBenchError, StorageError
+from fmbench.loadgen.engine import ShardStats, _closed_loop, _open_loop, _Shard, shard_result, shard_session
+from fmbench.loadgen.spec import ShardResult, ShardSpec
+from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
+from fmbench.protocol import EndpointClient, Prompt
+
+_READY_TIMEOUT_S = 180.0  # a slice may calibrate its host first (a few seconds on a loaded machine)
+_START_LEAD_S = 1.0  # the agreed start is this far after the last slice reported ready
+_POLL_S = 0.5  # how often the caller checks its slices and their workers
+_CLOCK_SAMPLES = 7
+#: The shard is invalid when the clock offsets' combined uncertainty exceeds this share of its duration.
+MAX_CLOCK_SHARE = 0.01
+_T_COLUMNS = ("t_scheduled", "t_start", "t_first_token", "t_end")
+
+__all__ = ["MAX_CLOCK_SHARE", "HostClock", "check_hosts_reach", "clock_verdict", "dask_client", "deal_ids", "run_shard_hosts"]
+
+
+class HostClock(BaseModel):
+    """One client host of a multi-host shard: who it was, its clock against the scheduler, its share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(description="The Dask worker's name (records column client_host).")
+    address: str = Field(description="The Dask worker's address.")
+    offset_s: float = Field(description="This worker's wall clock minus the scheduler's, seconds.")
+    uncertainty_s: float = Field(description="Half the best round trip of the offset measurement, seconds.")
+    shift_s: float = Field(
+        description="Added to this host's t_* stamps to put them on the first host's timeline, seconds.")
+    concurrency: int = Field(description="Closed loop: its share of the requests in flight (0 open loop).")
+    requests: int = Field(default=0, description="Records it wrote (warm-ups and attempts included).")
+    start_late_s: float = Field(default=0.0, description="How late it started after the agreed instant.")
+    client_cpu_s: float = Field(default=0.0, description="Its process CPU time over the slice, seconds.")
+    max_request_rate: float | None = Field(
+        default=None, description="Its own calibrated ceiling, requests/s of one process (None: not calibrated).")
+    calibration: dict[str, Any] | None = Field(default=None, description="Its own calibration (calibration.json).")
+
+
+def deal_ids(total: int, weights: list[int]) -> list[list[int]]:
+    """Request ids ``0..total-1`` dealt to hosts in proportion to ``weights``, interleaved in order."""
+    out: list[list[int]] = [[] for _ in weights]
+    for i in range(total):
+        k = min(range(len(weights)), key=lambda j: ((len(out[j]) + 1) / max(weights[j], 1e-9), j))
+        out[k].append(i)
+    return out
+
+
+def clock_verdict(clocks: list[HostClock], duration_s: float) -> str | None:
+    """Why the shard's clocks are too uncertain for its duration, or None when they are good enough."""
+    if len(clocks) < 2 or duration_s <= 0:
+        return None
+    spread = 2 * max(c.uncertainty_s for c in clocks)
+    if spread > MAX_CLOCK_SHARE * duration_s:
+        return (f"client hosts' clock offsets are uncertain by up to {spread * 1e3:.1f} ms, more than "
+                f"{MAX_CLOCK_SHARE:.0%} of the shard's {duration_s:.3g} s: its wall-time throughput is not reliable")
+    return None
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def dask_client(address: str | None = None) -> Any:
+    """A `distributed.Client`: inside a Dask task its worker's, else the process's current one, else one
+    connected to ``address`` (e.g. ``FMBENCH_TASK_RUNNER=tcp://host:8786``).
+
+    Raises:
+        ConfigError: ``distributed`` is not installed or no cluster is known.
+    """
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ConfigError("client_hosts needs the dask extra (uv sync --extra dask)") from exc
+    with contextlib.suppress(ValueError):
+        return distributed.get_client()
+    if address:
+        if address not in _CLIENTS:  # one connection per cluster for the process, not one per shard
+            _CLIENTS[address] = distributed.Client(address, timeout=30, set_as_default=False)
+        return _CLIENTS[address]
+    raise ConfigError("client_hosts needs a Dask cluster: set FMBENCH_TASK_RUNNER=tcp://scheduler:8786")
+
+
+def _measure_clock(client: Any) -> tuple[float, float, float]:
+    """(wall offset to the scheduler, uncertainty, monotonic -> scheduler wall shift) over a few round trips."""
+    best: tuple[float, float, float] | None = None
+    for _ in range(_CLOCK_SAMPLES):
+        w0, m0 = time.time(), time.monotonic()
+        s = float(client.run_on_scheduler(time.time))
+        w1, m1 = time.time(), time.monotonic()
+        half = (m1 - m0) / 2
+        sample = ((w0 + w1) / 2 - s, half, s - (m0 + m1) / 2)
+        if best is None or half < best[1]:
+            best = sample
+    assert best is not None
+    return best
+
+
+_HOST_CALIBRATION: Any = None  # one calibration per worker process, reused by its later slices
+
+
+def _host_calibration() -> Any:
+    global _HOST_CALIBRATION
+    if _HOST_CALIBRATION is None:
+        from fmbench.calibration import calibrate_host
+
+        _HOST_CALIBRATION = calibrate_host()
+    return _HOST_CALIBRATION
+
+
+def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: int, key: str, out_url: str,
+           calibrate: bool) -> dict[str, Any]:
+    """One host's slice of the shard (runs as a task on a Dask worker)."""
+    from distributed import Event, Queue, Variable, get_client, get_worker
+
+    worker = get_worker()
+    host = str(worker.name)
+    client, prompts, spec, count_tokens = pickle.loads(payload)
+    try:  # the output must be reachable from here before anything is sent
+        storage.write_text(out_url, f"probe from {host}")  # replaced by the records below
+    except Exception as exc:
+        raise StorageError(f"client host {host} cannot write the run's output {out_url}: {exc}") from exc
+    cal = _host_calibration() if calibrate else None
+    sched = get_client()
+    offset, unc, mono_to_sched = _measure_clock(sched)
+    Queue(f"{key}-ready", client=sched).put(k)
+    t0_sched = Variable(f"{key}-t0", client=sched).get(timeout=_READY_TIMEOUT_S)
+    if t0_sched is None:
+        raise FMBenchError(f"shard {spec.shard_id}: stopped before the start")
+    t0 = float(t0_sched) - mono_to_sched
+    total = spec.warmup + spec.requests
+    it: Iterator[int] = iter(ids or [])
+
+    def take() -> int:
+        return next(it, total)
+
+    with tempfile.TemporaryDirectory(prefix="fmbench-slice-") as tmp:
+        local = Path(tmp) / f"{spec.shard_id}.host-{k}.parquet"
+
+        async def main() -> tuple[list[float], float, float]:
+            cpu0 = time.process_time()
+            writer = RecordWriter(local)
+            shard = _Shard(spec, prompts, writer, count_tokens)
+            async with shard_session(client, writer, 0 if spec.open_loop else concurrency):
+                late = max(0.0, time.monotonic() - t0)
+                load = asyncio.ensure_future(_open_loop(client, shard, t0, (k, n)) if spec.open_loop
+                                             else _closed_loop(client, shard, concurrency, take, t0))
+                watcher = asyncio.ensure_future(_watch_stop(Event(f"{key}-stop", client=sched), load))
+                try:
+                    await load
+                finally:
+                    watcher.cancel()
+            writer.commit()
+            return list(shard.stats.dispatch_lags), time.process_time() - cpu0, late
+
+        lags, cpu, late = asyncio.run(main())
+        rows = pq.ParquetFile(local).metadata.num_rows
+        storage.write_bytes(out_url, local.read_bytes())
+    return {
+        "k": k, "host": host, "address": str(worker.address), "offset_s": offset, "uncertainty_s": unc,
+        "mono_to_sched": mono_to_sched, "concurrency": concurrency, "requests": rows, "start_late_s": late,
+        "client_cpu_s": cpu, "lags": lags, "out_url": out_url,
+        "calibration": cal.model_dump(mode="json") if cal is not None else None,
+    }
+
+
+async def _watch_stop(event: Any, load: asyncio.Future[None]) -> None:
+    """Cancel this slice's load when the caller gave up on the shard (another host failed)."""
+    while not load.done():
+        if await asyncio.to_thread(event.is_set):
+            load.cancel()
+            return
+        await asyncio.sleep(_POLL_S)
+
+
+def _live_workers(dask_scheduler: Any = None) -> dict[str, str]:
+    return {addr: str(ws.name) for addr, ws in dask_scheduler.workers.items()}
+
+
+def live_workers(dask: Any) -> dict[str, str]:
+    """The cluster's workers now: address -> name."""
+    return dict(dask.run_on_scheduler(_live_workers))
+
+
+def _probe(url: str) -> str:
+    """Write a probe file at ``url`` from this worker; returns the worker's name (runs as a Dask task)."""
+    from distributed import get_worker
+
+    name = str(get_worker().name)
+    storage.write_text(url, name)
+    return name
+
+
+def check_hosts_reach(dask: Any, run_url: str) -> list[str]:
+    """Check that every worker of the cluster can write into the run's storage and that this process
+    reads what it wrote (a worker writing to its own disk is not the run's storage).
+
+    Returns:
+        The workers' names.
+
+    Raises:
+        StorageError: one line naming the first worker that cannot reach the output.
+        ConfigError: the cluster has no workers.
+    """
+    live = live_workers(dask)
+    if not live:
+        raise ConfigError("client_hosts: the Dask cluster has no workers")
+    names = {}
+    for addr, name in sorted(live.items(), key=lambda kv: kv[1]):
+        url = storage.join(run_url, "shards", "hosts", f".reach-{uuid.uuid4().hex[:8]}")
+        fut = dask.submit(_probe, url, workers=[addr], allow_other_workers=False, pure=False, retries=0)
+        try:
+            fut.result(timeout=_READY_TIMEOUT_S)
+            seen = storage.read_text(url)
+        except Exception as exc:
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StorageError(f"client host {name} cannot write the run's output {run_url}: {cause}") from exc
+        if seen != name:
+            raise StorageError(f"client host {name} wrote {run_url} but this machine reads something else there")
+        storage.remove(url)
+        names[addr] = name
+    return sorted(names.values())
+
+
+def _pick_workers(dask: Any, n: int, spec: ShardSpec) -> list[str]:
+    live = dask.run_on_scheduler(_live_workers)
+    if len(live) < n:
+        raise ConfigError(f"shard {spec.shard_id}: client_hosts is {n} but the Dask cluster has {len(live)} worker(s)")
+    return sorted(live, key=lambda a: live[a])[:n]
+
+
+def run_shard_hosts(
+    client: EndpointClient,
+    prompts: list[Prompt],
+    spec: ShardSpec,
+    out_path: str | Path,
+    count_tokens: Callable[[str], int],
+    hosts: int,
+    dask: Any,
+    slice_url: Callable[[int], str],
+    calibrate: bool = False,
+) -> tuple[ShardResult, list[HostClock]]:
+    """Run a shard as ``hosts`` slices on as many Dask workers at once; merge their records into ``out_path``.
+
+    Args:
+        client, prompts, spec, count_tokens: as for `fmbench.loadgen.run_shard` (sent to the workers by
+            pickle; ``spec.processes`` is ignored: one process per host).
+        out_path: local parquet path of the merged records (with the ``client_host`` column).
+        hosts: how many workers share the shard.
+        dask: a `distributed.Client` (see `dask_client`).
+        slice_url: where slice ``k`` writes its records (the run's storage, reachable from every worker).
+        calibrate: each worker calibrates its own client first (once per worker process).
+
+    Returns:
+        The shard's summary (validity includes the clock check) and one `HostClock` per host.
+
+    Raises:
+        ConfigError: the cluster has fewer workers than ``hosts``, or the client cannot be pickled.
+        FMBenchError: a slice failed or its worker left mid-shard (never a silently short shard).
+        StorageError: a worker cannot write the output, or the records cannot be merged.
+    """
+    if not prompts:
+        raise FMBenchError(f"shard {spec.shard_id}: no prompts to send")
+    if not spec.open_loop and hosts > spec.concurrency:
+        raise ConfigError(f"shard {spec.shard_id}: client_hosts ({hosts}) cannot exceed concurrency ({spec.concurrency})")
+    if spec.max_concurrency is not None and hosts > 1:
+        raise ConfigError(f"shard {spec.shard_id}: max_concurrency cannot be split over client hosts")
+    one = spec.model_copy(update={"processes": 1})
+    try:
+        payload = pickle.dumps((client, prompts, one, count_tokens))
+    except Exception as exc:  # pickle raises many types
+        raise ConfigError(f"shard {spec.shard_id}: client_hosts needs a picklable client ({exc})") from exc
+    addresses = _pick_workers(dask, hosts, spec)
+    conc = [0] * hosts if spec.open_loop else [spec.concurrency // hosts + (k < spec.concurrency % hosts)
+                                                for k in range(hosts)]
+    ids: list[Any] = [None] * hosts if spec.open_loop else deal_ids(spec.warmup + spec.requests, conc)
+    key = f"fmbench-{spec.shard_id}-{uuid.uuid4().hex[:8]}"
+    with _seceded():
+        return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path, hosts)
+
+
+@contextlib.contextmanager
+def _seceded() -> Iterator[None]:
+    """Inside a Dask task, free this worker's thread while the slices (maybe one on this worker) run."""
+    import distributed
+
+    try:
+        distributed.get_worker()
+    except ValueError:
+        yield
+        return
+    distributed.secede()
+    try:
+        yield
+    finally:
+        distributed.rejoin()
+
+
+def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses: list[str], conc: list[int],
+           ids: list[Any], key: str, slice_url: Callable[[int], str], calibrate: bool, out_path: str | Path,
+           hosts: int) -> tuple[ShardResult, list[HostClock]]:
+    from distributed import Event, Queue, Variable
+
+    ready, t0var = Queue(f"{key}-ready", client=dask), Variable(f"{key}-t0", client=dask)
+    futures = [
+        dask.submit(_slice, k, hosts, payload, ids[k], conc[k], key, slice_url(k), calibrate,
+                    workers=[addr], allow_other_workers=False, pure=False, retries=0, key=f"{key}-slice-{k}")
+        for k, addr in enumerate(addresses)
+    ]
+    try:
+        got = 0
+        deadline = time.monotonic() + _READY_TIMEOUT_S
+        while got < hosts:
+            _check(dask, futures, addresses, spec)
+            if time.monotonic() > deadline:
+                raise FMBenchError(f"shard {spec.shard_id}: client hosts not ready in {_READY_TIMEOUT_S:g} s")
+            with contextlib.suppress(TimeoutError):
+                ready.get(timeout=_POLL_S)
+                got += 1
+        t0var.set(float(dask.run_on_scheduler(time.time)) + _START_LEAD_S)
+        while not all(f.status == "finished" for f in futures):
+            _check(dask, futures, addresses, spec)
+            time.sleep(_POLL_S)
+        results = sorted(dask.gather(futures), key=lambda r: r["k"])
+    except BaseException:
+        with contextlib.suppress(Exception):
+            t0var.set(None)
+            Event(f"{key}-stop", client=dask).set()
+        dask.cancel(futures, force=True)
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            ready.close()
+    base = results[0]["mono_to_sched"]
+    clocks = [HostClock(
+        host=r["host"], address=r["address"], offset_s=r["offset_s"], uncertainty_s=r["uncertainty_s"],
+        shift_s=r["mono_to_sched"] - base, concurrency=r["concurrency"], requests=r["requests"],
+        start_late_s=r["start_late_s"], client_cpu_s=r["client_cpu_s"], calibration=r["calibration"],
+        max_request_rate=(r["calibration"] or {}).get("max_request_rate")) for r in results]
+    stats = _merge(out_path, [r["out_url"] for r in results], clocks)
+    for r in results:
+        stats.dispatch_lags.extend(r["lags"])
+    result = shard_result(one, stats, Path(out_path), sum(c.client_cpu_s for c in clocks))
+    reason = clock_verdict(clocks, result.duration_s)
+    if reason is not None and result.valid:
+        result = result.model_copy(update={"valid": False, "invalid_reason": reason})
+    return result, clocks
+
+
+def _check(dask: Any, futures: list[Any], addresses: list[str], spec: ShardSpec) -> None:
+    """Raise when a slice failed or its worker left the cluster."""
+    for f in futures:
+        if f.status in ("error", "cancelled"):
+            exc = f.exception() if f.status == "error" else None
+            raise FMBenchError(f"shard {spec.shard_id}: a client host failed: {exc or 'cancelled'}")
+    live = dask.run_on_scheduler(_live_workers)
+    gone = [a for a, f in zip(addresses, futures, strict=True) if a not in live and f.status != "finished"]
+    if gone:
+        raise FMBenchError(f"shard {spec.shard_id}: client host {', '.join(gone)} left the cluster mid-shard")
+
+
+def _merge(out: str | Path, urls: list[str], clocks: list[HostClock]) -> ShardStats:
+    """Append the slices' records into ``out`` (atomically), each stamped with its host and timeline shift."""
+    final = Path(out)
+    tmp = partial_path(final)
+    stats = ShardStats()
+    cols = ["warmup", "ok", "t_start", "t_end", "t_scheduled", "send_lag_s"]
+    try:
+        writer = pq.ParquetWriter(tmp, ARROW_SCHEMA, compression="zstd")
+        with contextlib.closing(writer):
+            for url, clock in zip(urls, clocks, strict=True):
+                table = pq.read_table(pa.BufferReader(storage.read_bytes(url)))
+                for name in _T_COLUMNS:
+                    i = table.schema.get_field_index(name)
+                    shifted = pa.array([None if v is None else v + clock.shift_s
+                                        for v in table.column(name).to_pylist()], type=pa.float64())
+                    table = table.set_column(i, name, shifted)
+                i = table.schema.get_field_index("client_host")
+                table = table.set_column(i, "client_host", pa.array([clock.host] * table.num_rows, type=pa.string()))
+                writer.write_table(table.cast(ARROW_SCHEMA))
+                c = table.select(cols).to_pydict()
+                for row in zip(*(c[name] for name in cols), strict=True):
+                    stats.observe(*row)
+        tmp.replace(final)
+    except (OSError, StorageError) as exc:
+        raise StorageError(f"{out}: cannot merge the client hosts' records: {exc}") from exc
+    if not math.isfinite(stats.first_start) and stats.measured:
+        raise FMBenchError(f"{out}: no measured request of the client hosts was sent")
+    return stats
