@@ -104,8 +104,17 @@ def test_concurrency_levels_typed_into_the_ui_form_are_what_the_run_measures(
             items.nth(2).fill("3")
             items.nth(2).press("Tab")
             page.screenshot(path=str(prefect_stack.logs / "config-form.png"), full_page=True)
-            page.get_by_role("button", name="Submit").click()
-            flow_run = _wait_created(prefect_stack, deployment.id)
+            # The form validates against the server before it creates the run; on a busy host a click
+            # can land while that is still pending and do nothing, so click again if no run appears.
+            flow_run = None
+            for _ in range(3):
+                page.get_by_role("button", name="Submit").click()
+                try:
+                    flow_run = _wait_created(prefect_stack, deployment.id, timeout_s=60)
+                    break
+                except AssertionError:
+                    page.screenshot(path=str(prefect_stack.logs / "config-form-submitted.png"), full_page=True)
+            assert flow_run is not None, "the UI form did not create a flow run (see config-form-submitted.png)"
         finally:
             browser.close()
     assert flow_run.parameters["config"]["experiments"][0]["concurrency_levels"] == [1, 2, 3]
