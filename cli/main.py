@@ -273,11 +273,25 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a run that does
+    not end (or ignores a Ctrl-C) is waiting, without stopping it."""
+    import faulthandler
+    import signal
+
+    if hasattr(signal, "SIGUSR1") and sys.stderr is not None:
+        try:
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        except (ValueError, OSError, RuntimeError, AttributeError):  # no usable stderr file descriptor
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fmbench` command."""
     args = _parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     _setup_logging(debug)
+    _stacks_on_sigusr1()
     try:
         return int(_COMMANDS[args.command](args))
     except BaseException as exc:

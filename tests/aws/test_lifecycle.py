@@ -130,7 +130,14 @@ def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
             time.sleep(0.1)
         assert sm.list_endpoints()["Endpoints"][0]["EndpointStatus"] == "Creating"
         os.kill(proc.pid, signum)
-        _, err = proc.communicate(timeout=240)
+        try:
+            _, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:  # say where it waits: every thread's stack (fmbench's SIGUSR1)
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"fmbench run did not end within 240 s of {signum.name}; its stderr ends:\n{err[-12000:]}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
