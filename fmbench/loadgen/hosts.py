@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import math
 import pickle
+import sys
 import tempfile
 import time
 import uuid
@@ -46,7 +47,8 @@ _CLOCK_SAMPLES = 7
 MAX_CLOCK_SHARE = 0.01
 _T_COLUMNS = ("t_scheduled", "t_start", "t_first_token", "t_end")
 
-__all__ = ["MAX_CLOCK_SHARE", "HostClock", "check_hosts_reach", "clock_verdict", "dask_client", "deal_ids", "run_shard_hosts"]
+__all__ = ["MAX_CLOCK_SHARE", "HostClock", "check_hosts_reach", "clock_verdict", "current_worker", "dask_client",
+           "deal_ids", "run_shard_hosts", "stamp_host"]
 
 
 class HostClock(BaseModel):
@@ -110,6 +112,33 @@ def dask_client(address: str | None = None) -> Any:
             _CLIENTS[address] = distributed.Client(address, timeout=30, set_as_default=False)
         return _CLIENTS[address]
     raise ConfigError("client_hosts needs a Dask cluster: set FMBENCH_TASK_RUNNER=tcp://scheduler:8786")
+
+
+def current_worker() -> str | None:
+    """The name of the Dask worker running this code; None outside one (or without ``distributed``)."""
+    if "distributed" not in sys.modules:  # nothing imported it: not on a worker, and no import cost
+        return None
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().name)
+    except ValueError:
+        return None
+
+
+def stamp_host(path: str | Path, host: str) -> None:
+    """Set the ``client_host`` of every record in the local records file ``path`` (a shard sent
+    from one Dask worker), replacing the file atomically."""
+    final = Path(path)
+    tmp = partial_path(final)
+    try:
+        table = pq.read_table(final)
+        i = table.schema.get_field_index("client_host")
+        table = table.set_column(i, "client_host", pa.array([host] * table.num_rows, type=pa.string()))
+        pq.write_table(table.cast(ARROW_SCHEMA), tmp, compression="zstd")
+        tmp.replace(final)
+    except OSError as exc:
+        raise StorageError(f"{final}: cannot record the client host: {exc}") from exc
 
 
 def _measure_clock(client: Any) -> tuple[float, float, float]:

@@ -29,6 +29,7 @@ from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.loadgen.hosts import check_hosts_reach, run_shard_hosts
 from fmbench.protocol import Prompt
 from fmbench.simulator.server import SimulatedServerThread
+from tests.support.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.integration
 distributed = pytest.importorskip("distributed")
@@ -299,33 +300,57 @@ def test_a_cluster_whose_workers_cannot_reach_the_output_fails_before_measuring(
         c.close()
 
 
-def test_parallel_endpoints_run_their_shards_on_different_workers(
-        cluster: Cluster, prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parallel_endpoints_measure_at_once_on_different_workers(
+        cluster: Cluster, fake_openai: FakeOpenAI, prefect_harness: None, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two experiments on two endpoints (two models of one server) measure at the same instant on the
+    two workers; each experiment's two shards (same endpoint) never overlap.
+
+    The server holds every request of these models until both models have sent one (`FakeOpenAI`'s
+    ``meet``), so two chains that run at once are both in flight at that instant whatever the load
+    of the machine, and two that run one after the other are not (the first times out at the meeting).
+    """
     import yaml
 
     from flows.benchmark import _task_runner, benchmark
-    from fmbench.rundir import load_manifest
 
-    sim = {"provider": "simulated", "ttft_ms": 20, "tpot_ms": 5, "output_tokens": 20, "max_batch": 8}
-    common = {"endpoint": sim, "inference": {"max_tokens": 20}, "concurrency_levels": [2],
-              "requests_per_level": 60, "warmup_requests": 0}
+    fake_openai.reset()
+    common = {"inference": {"max_tokens": 8}, "concurrency_levels": [1, 2], "requests_per_level": 6,
+              "warmup_requests": 0}
     cfg = {"name": "par", "output": str(tmp_path / "results"), "parallel_endpoints": True, "buckets": [[1, 500]],
            "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 2, "seed": 0}],
-           "experiments": [{"name": "a", **common}, {"name": "b", **common}]}
+           "experiments": [{"name": name, "endpoint": {"provider": "openai", "base_url": fake_openai.url,
+                                                        "model": f"ok:meet=2:tpot=0.02:n=8:who={name}"}, **common}
+                           for name in ("a", "b")]}
     path = tmp_path / "par.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     monkeypatch.setenv("FMBENCH_TASK_RUNNER", cluster.address)
     on_cluster = benchmark.with_options(task_runner=_task_runner())  # the flow reads it at import
-    with distributed.get_task_stream(client=cluster.client) as ts:
-        on_cluster(config=str(path), run_id="r")
-    shards = load_manifest(str(tmp_path / "results" / "par" / "r")).shards
-    assert [s["status"] for s in shards] == ["ok", "ok"], shards
-    everything = ts.data
-    stream = [t for t in everything if "shard" in str(t["key"])]
-    workers = {str(t["key"]): t["worker"] for t in stream}
-    assert len(set(workers.values())) == 2, [(t["key"], t["worker"]) for t in everything]
-    # Not asserted: that the two shards overlap in time. They did in one of two runs here; in the
-    # other, b's shard started 0.2 s after a's ended on the other, idle worker (cause not found yet).
+    on_cluster(config=str(path), run_id="r", preflight=False, png=False)  # a probe would wait at the meeting
+
+    run_dir = tmp_path / "results" / "par" / "r"
+    requests = pl.read_parquet(run_dir / "requests.parquet")
+    assert requests["ok"].all() and requests.height == 4 * 6
+    # Every request of a shard came from one worker, named in its records (t_* on the one monotonic
+    # clock of this machine).
+    shards = (requests.group_by("experiment", "shard_id", "concurrency")
+              .agg(pl.col("t_start").min().alias("start"), pl.col("t_end").max().alias("end"),
+                   pl.col("client_host").unique().alias("hosts"))
+              .sort("experiment", "concurrency"))
+    assert all(len(h) == 1 and h[0] in ("host-a", "host-b") for h in shards["hosts"].to_list()), shards
+    by_experiment = {name: sorted((r for r in shards.to_dicts() if r["experiment"] == name), key=lambda r: r["start"])
+                     for name in ("a", "b")}
+
+    def overlap(x: dict[str, Any], y: dict[str, Any]) -> bool:
+        return bool(x["start"] < y["end"] and y["start"] < x["end"])
+
+    # The two experiments' first shards were measuring at the same time, on different workers.
+    a1, b1 = by_experiment["a"][0], by_experiment["b"][0]
+    assert overlap(a1, b1), shards
+    assert a1["hosts"] != b1["hosts"], shards
+    # Two shards on the same endpoint never overlap.
+    for first, second in by_experiment.values():
+        assert not overlap(first, second), shards
 
 
 def test_auto_client_hosts_take_what_the_calibrated_load_needs_up_to_the_cluster(
