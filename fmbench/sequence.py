@@ -118,6 +118,10 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
         run = steps.open_run(cfg, output, run_id, command)
+        if cfg.evaluation is not None:  # `fmbench evaluate` later needs not the config's directory
+            from fmbench.quality.evaluate import keep_judge_template
+
+            keep_judge_template(run, cfg)
         check_client_hosts(cfg, run)  # a cluster that cannot write the results fails before measuring
         steps.calibrate(run)  # this host's client ceiling, before any shard
         prompt_sets = steps.bucket(cfg, run)

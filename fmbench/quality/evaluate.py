@@ -87,12 +87,17 @@ def evaluation_dir(run: RunInfo, experiment: str) -> str:
 def evaluation_key(cfg: BenchmarkConfig) -> str:
     """A hash of what an evaluation depends on besides the records (settings and judge template)."""
     ev = cfg.evaluation
-    blob = {"evaluation": ev.model_dump(mode="json") if ev else None, "template": judge_template(cfg)}
+    settings = ev.model_dump(mode="json") if ev else None
+    if settings and settings.get("judge_prompt"):  # its text counts, not where it was read from
+        settings["judge_prompt"] = "<file>"
+    blob = {"evaluation": settings, "template": judge_template(cfg)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def judge_template(cfg: BenchmarkConfig) -> str:
     """The judge prompt template of a config (its file, or the shipped one), checked.
+
+    A path is relative to the config's directory; an s3:// URL (the copy a run keeps) is read from there.
 
     Raises:
         ConfigError: the file cannot be read, or the template is malformed.
@@ -100,12 +105,29 @@ def judge_template(cfg: BenchmarkConfig) -> str:
     ev = cfg.evaluation
     if ev is None or ev.judge_prompt is None:
         return default_template()
+    if storage.is_remote(ev.judge_prompt):
+        try:
+            text = storage.read_text(ev.judge_prompt)
+        except (OSError, FMBenchError) as exc:
+            raise ConfigError(f"evaluation.judge_prompt: cannot read {ev.judge_prompt}: {exc}") from exc
+        return check_template(text, f"evaluation.judge_prompt ({ev.judge_prompt})")
     path = resolve_path(cfg, ev.judge_prompt)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"evaluation.judge_prompt: cannot read {path}: {exc.strerror or exc}") from exc
     return check_template(text, f"evaluation.judge_prompt ({path})")
+
+
+def keep_judge_template(run: RunInfo, cfg: BenchmarkConfig) -> None:
+    """Keep the run's judge template in the run (``evaluation/judge_prompt.txt``), so that evaluating
+    it later (`fmbench evaluate`, from anywhere, an s3:// run too) needs not the config's directory.
+
+    Raises:
+        ConfigError: the template cannot be read or is malformed.
+    """
+    if cfg.evaluation is not None:
+        storage.write_text(run.path("evaluation", "judge_prompt.txt"), judge_template(cfg))
 
 
 def check_evaluation(cfg: BenchmarkConfig) -> None:
@@ -204,7 +226,7 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
     calls_frame = pl.DataFrame(calls, schema=JUDGE_CALL_SCHEMA)
     base = evaluation_dir(run, experiment)
     # What the judges were asked, beside their answers (the config may name a file outside the run).
-    storage.write_text(run.path("evaluation", "judge_prompt.txt"), template)
+    keep_judge_template(run, cfg)
     storage.write_parquet(storage.join(base, "scores.parquet"), scores)
     storage.write_parquet(storage.join(base, "judge_calls.parquet"), calls_frame)
     costs = [c["cost_usd"] for c in calls]
