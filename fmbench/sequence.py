@@ -157,13 +157,12 @@ def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
 
     names = [e.name for e in cfg.experiments]
     todo = [n for n in names if finished_evaluation(run, cfg, n) is None]  # a resumed run redoes the rest
-    judges = Lifecycles.of_judges(steps, cfg, run) if todo and cfg.evaluation and cfg.evaluation.judges else None
+    judges = Lifecycles.of_judges(steps, cfg, run, needed=bool(todo))
     try:
-        panel = _judge_panel(judges, cfg) if judges is not None else None
+        panel = _judge_panel(judges, cfg) if judges.todo else None
         serving = [j.experiment_name for j in cfg.evaluation.judges if j.name in panel.deployed] \
             if panel is not None and cfg.evaluation else []
-        if judges is not None:
-            judges.worked(serving, ended=False)
+        judges.worked(serving, ended=False)
         pending = {name: steps.evaluate(run, cfg, name, panel) for name in names}
         for name, p in pending.items():
             try:
@@ -173,21 +172,19 @@ def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
             except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
                 log.warning("evaluation of %s failed, report written without it: %s", name, exc)
                 failed_evaluation(run, name, exc)
-        if judges is not None:
-            judges.worked(serving, ended=True)
+        judges.worked(serving, ended=True)
     finally:
-        if judges is not None:
-            judges.close_each()
-            for problem in judges.left_running:
-                log.warning("%s", problem)
+        judges.close_each()
+        for problem in judges.left_running:
+            log.warning("%s", problem)
 
 
 def _judge_panel(judges: Lifecycles, cfg: BenchmarkConfig) -> Any:
-    """Deploy every judge side by side; one that cannot be deployed is named in the panel's ``failed``."""
+    """Deploy the judges side by side; one that cannot be deployed is named in the panel's ``failed``."""
     from fmbench.quality.evaluate import JudgePanel
 
     panel = JudgePanel()
-    members = cfg.evaluation.judges if cfg.evaluation else []
+    members = [j for j in cfg.evaluation.judges if j.experiment_name in judges.todo] if cfg.evaluation else []
     for judge in members:
         judges.start(judge.experiment_name)
     for judge in members:
@@ -225,12 +222,17 @@ class Lifecycles:
         self._lock = threading.Lock()
 
     @classmethod
-    def of_judges(cls, steps: Steps, cfg: BenchmarkConfig, run: RunInfo) -> Lifecycles:
+    def of_judges(cls, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, needed: bool) -> Lifecycles:
         """The lifecycles of the evaluation's judge endpoints: `start`/`open` each, `worked` while
-        they judge, `close_each` at the end. Their timelines are keyed judge-<name>."""
+        they judge, `close_each` at the end. Their timelines are keyed judge-<name>.
+
+        Args:
+            needed: some evaluation is still to do (every judge is deployed); else only the SageMaker
+                judges a killed attempt of this run left alive are (adopted, then deleted).
+        """
         names = [j.experiment_name for j in cfg.evaluation.judges] if cfg.evaluation else []
         judges = cls(steps, cfg, run, {n: [] for n in names}, [])
-        judges.todo = names
+        judges.todo = names if needed else [n for n in names if n in judges.earlier]
         return judges
 
     def run_all(self) -> tuple[list[ShardOutcome], list[str]]:
