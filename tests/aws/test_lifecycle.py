@@ -111,10 +111,6 @@ def test_each_endpoint_lives_from_its_deploy_to_its_last_shard(moto: str, sim_ur
 # ---------------------------------------------------------------- interrupts
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,
@@ -125,9 +121,9 @@ def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     cfg.write_text(yaml.safe_dump(raw))
     # Started with SIGINT ignored, as a non-interactive shell starts its background jobs (`fmbench run &`
     # in a script, CI runners): the run must still stop on the SIGINT it is sent.
-    proc = subprocess.Popen([sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "int"], env=cli_env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=_ignore_sigint)
+    argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "int"]
+    proc = subprocess.Popen(argv, env=cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
     try:
         deadline = time.monotonic() + 300
