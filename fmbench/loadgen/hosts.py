@@ -51,6 +51,7 @@ _POLL_S = 0.5  # how often the caller checks its slices and their workers
 CALLER_LOST_S = 20.0
 #: A retry waits this much longer than `CALLER_LOST_S` (the slices' own polling, a loaded host).
 _STOP_MARGIN_S = 10.0
+_BEAT_CHECK_S = 2.0  # how often a slice looks at its caller's heartbeat
 _CLOCK_SAMPLES = 7
 #: The shard is invalid when the clock offsets' combined uncertainty exceeds this share of its duration.
 MAX_CLOCK_SHARE = 0.01
@@ -238,15 +239,17 @@ async def _watch_stop(event: Any, beat: Any, load: asyncio.Future[None]) -> None
     """Cancel this slice's load when the caller gave up on the shard (another host failed) or is gone
     (its heartbeat has not changed for `CALLER_LOST_S` on this host's own clock)."""
     last: Any = None
-    changed_at = time.monotonic()
+    changed_at = checked_at = time.monotonic()
     while not load.done():
         if await asyncio.to_thread(event.is_set):
             load.cancel()
             return
-        with contextlib.suppress(Exception):  # not set yet, or the scheduler slow to answer: no news
-            value = await asyncio.to_thread(beat.get, timeout=_POLL_S)
-            if value != last:
-                last, changed_at = value, time.monotonic()
+        if time.monotonic() - checked_at >= _BEAT_CHECK_S:  # rarely: each check is a scheduler round trip
+            checked_at = time.monotonic()
+            with contextlib.suppress(Exception):  # not set yet, or the scheduler slow to answer: no news
+                value = await asyncio.to_thread(beat.get, timeout=_POLL_S)
+                if value != last:
+                    last, changed_at = value, time.monotonic()
         if time.monotonic() - changed_at > CALLER_LOST_S:
             load.cancel()
             return
