@@ -162,9 +162,11 @@ def test_a_closed_loop_shard_over_two_hosts_keeps_its_concurrency(cluster: Clust
     assert all(c.calibration is not None and c.max_request_rate for c in clocks)
     assert all(c.uncertainty_s >= 0 for c in clocks)
 
-    # TTFT and TPOT agree with the same shard from one host within the client's calibrated overhead,
-    # plus 10 % for what a shared 2-core machine does between two runs (the simulator runs in this
-    # process): a split that mis-timed requests (a wrong clock, a slice that never started) is far off.
+    # TTFT and TPOT agree with the same shard from one host. On a quiet machine they agree within the
+    # client's calibrated overhead (`make bench`, benchmark 8); here the simulator shares this process
+    # and the 2 cores with the workers, and two runs' medians were seen 36 % apart with nothing wrong.
+    # What this catches is a split that mis-drives the load: a slice queueing its requests behind
+    # another's (TTFT doubles) or pacing the wrong concurrency (TPOT moves with the batch).
     one = tmp_path / "one.parquet"
     run_shard(_client(sim), PROMPTS, spec, one, len)
     single = pl.read_parquet(one).filter(~pl.col("warmup"))
@@ -172,7 +174,7 @@ def test_a_closed_loop_shard_over_two_hosts_keeps_its_concurrency(cluster: Clust
     overhead_s = max(c.calibration["rtt_p99_ms"] for c in clocks if c.calibration) / 1e3
     for col in ("ttft_s", "tpot_s"):
         a, b = multi[col].median(), single[col].median()
-        assert abs(a - b) <= overhead_s + 0.1 * max(a, b), (col, a, b, overhead_s)
+        assert abs(a - b) <= overhead_s + 0.5 * min(a, b), (col, a, b, overhead_s)
 
 
 def test_an_open_loop_shard_over_two_hosts_keeps_its_rate(cluster: Cluster, sim: str, tmp_path: Path) -> None:
