@@ -3,11 +3,13 @@ this submits them, so the UI shows one task run per step and per shard."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 
@@ -34,6 +36,8 @@ from tasks.benchmark import (
 from tasks.calibration import calibrate_task
 from tasks.regression import check_regressions_task
 
+log = logging.getLogger("fmbench")
+
 
 class PrefectSteps:
     """`fmbench.sequence.Steps` as Prefect tasks, inside a flow run."""
@@ -43,6 +47,7 @@ class PrefectSteps:
 
     def open_run(self, cfg: BenchmarkConfig, output: str | None, run_id: str | None,
                  command: str | None) -> RunInfo:
+        _warm_workers()
         return open_run_task(cfg, output, run_id, command)
 
     def calibrate(self, run: RunInfo) -> None:
@@ -94,3 +99,29 @@ def _ensure_limit(name: str) -> None:
             client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+def _warm_workers() -> None:
+    """On a Dask cluster, have every worker import the tasks now, while this process opens the run
+    and calibrates. A worker's first task otherwise spends seconds importing Prefect and fmbench
+    (more on a loaded machine), so with ``parallel_endpoints`` the experiment whose deploy landed on
+    a fresh worker started its chain that much after the others and their shards barely overlapped.
+    Best effort: a worker that cannot import them fails its first task, as it would have anyway."""
+    import asyncio
+    import importlib
+
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if type(runner).__name__ != "DaskTaskRunner":  # threads (prefect_dask may not be installed): nothing to warm
+        return
+    from prefect_dask import DaskTaskRunner
+
+    assert isinstance(runner, DaskTaskRunner)
+
+    async def warm() -> None:  # local: sent by value, so unpickling it on the worker imports nothing
+        await asyncio.to_thread(importlib.import_module, "tasks.benchmark")  # off the worker's event loop
+
+    try:
+        runner.client.run(warm, wait=False)  # fire and forget: the run does not wait for it
+    except Exception as exc:  # noqa: BLE001 - only a head start; the tasks import what they need anyway
+        log.debug("could not warm the Dask workers: %s", exc)

@@ -51,7 +51,8 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     # The completion's text, only when the experiment sets store_text (prompts and answers may be
     # private); null otherwise and for failed requests.
     "text": pl.String(),
-    # The Dask worker that sent it, for a shard split over client hosts (client_hosts); null otherwise.
+    # The Dask worker that sent it (a shard run on a Dask cluster, split over client_hosts or not);
+    # null when the run used no Dask cluster.
     "client_host": pl.String(),
 }
 

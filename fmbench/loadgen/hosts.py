@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import math
 import pickle
+import sys
 import tempfile
 import time
 import uuid
@@ -38,15 +41,24 @@ from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
 from fmbench.protocol import EndpointClient, Prompt
 
+log = logging.getLogger("fmbench")
+
 _READY_TIMEOUT_S = 180.0  # a slice may calibrate its host first (a few seconds on a loaded machine)
 _START_LEAD_S = 1.0  # the agreed start is this far after the last slice reported ready
 _POLL_S = 0.5  # how often the caller checks its slices and their workers
+#: A slice stops its load when its caller has not checked in for this long: the caller's worker died,
+#: nobody will merge these records, and a retry of the shard must not meet this load at the endpoint.
+CALLER_LOST_S = 20.0
+#: A retry waits this much longer than `CALLER_LOST_S` (the slices' own polling, a loaded host).
+_STOP_MARGIN_S = 10.0
+_BEAT_CHECK_S = 2.0  # how often a slice looks at its caller's heartbeat
 _CLOCK_SAMPLES = 7
 #: The shard is invalid when the clock offsets' combined uncertainty exceeds this share of its duration.
 MAX_CLOCK_SHARE = 0.01
 _T_COLUMNS = ("t_scheduled", "t_start", "t_first_token", "t_end")
 
-__all__ = ["MAX_CLOCK_SHARE", "HostClock", "check_hosts_reach", "clock_verdict", "dask_client", "deal_ids", "run_shard_hosts"]
+__all__ = ["MAX_CLOCK_SHARE", "HostClock", "check_hosts_reach", "clock_verdict", "current_worker", "dask_client",
+           "deal_ids", "run_shard_hosts", "stamp_host"]
 
 
 class HostClock(BaseModel):
@@ -110,6 +122,33 @@ def dask_client(address: str | None = None) -> Any:
             _CLIENTS[address] = distributed.Client(address, timeout=30, set_as_default=False)
         return _CLIENTS[address]
     raise ConfigError("client_hosts needs a Dask cluster: set FMBENCH_TASK_RUNNER=tcp://scheduler:8786")
+
+
+def current_worker() -> str | None:
+    """The name of the Dask worker running this code; None outside one (or without ``distributed``)."""
+    if "distributed" not in sys.modules:  # nothing imported it: not on a worker, and no import cost
+        return None
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().name)
+    except ValueError:
+        return None
+
+
+def stamp_host(path: str | Path, host: str) -> None:
+    """Set the ``client_host`` of every record in the local records file ``path`` (a shard sent
+    from one Dask worker), replacing the file atomically."""
+    final = Path(path)
+    tmp = partial_path(final)
+    try:
+        table = pq.read_table(final)
+        i = table.schema.get_field_index("client_host")
+        table = table.set_column(i, "client_host", pa.array([host] * table.num_rows, type=pa.string()))
+        pq.write_table(table.cast(ARROW_SCHEMA), tmp, compression="zstd")
+        tmp.replace(final)
+    except OSError as exc:
+        raise StorageError(f"{final}: cannot record the client host: {exc}") from exc
 
 
 def _measure_clock(client: Any) -> tuple[float, float, float]:
@@ -176,7 +215,8 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
                 late = max(0.0, time.monotonic() - t0)
                 load = asyncio.ensure_future(_open_loop(client, shard, t0, (k, n)) if spec.open_loop
                                              else _closed_loop(client, shard, concurrency, take, t0))
-                watcher = asyncio.ensure_future(_watch_stop(Event(f"{key}-stop", client=sched), load))
+                watcher = asyncio.ensure_future(_watch_stop(Event(f"{key}-stop", client=sched),
+                                                             Variable(f"{key}-beat", client=sched), load))
                 try:
                     await load
                 finally:
@@ -195,10 +235,22 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
     }
 
 
-async def _watch_stop(event: Any, load: asyncio.Future[None]) -> None:
-    """Cancel this slice's load when the caller gave up on the shard (another host failed)."""
+async def _watch_stop(event: Any, beat: Any, load: asyncio.Future[None]) -> None:
+    """Cancel this slice's load when the caller gave up on the shard (another host failed) or is gone
+    (its heartbeat has not changed for `CALLER_LOST_S` on this host's own clock)."""
+    last: Any = None
+    changed_at = checked_at = time.monotonic()
     while not load.done():
         if await asyncio.to_thread(event.is_set):
+            load.cancel()
+            return
+        if time.monotonic() - checked_at >= _BEAT_CHECK_S:  # rarely: each check is a scheduler round trip
+            checked_at = time.monotonic()
+            with contextlib.suppress(Exception):  # not set yet, or the scheduler slow to answer: no news
+                value = await asyncio.to_thread(beat.get, timeout=_POLL_S)
+                if value != last:
+                    last, changed_at = value, time.monotonic()
+        if time.monotonic() - changed_at > CALLER_LOST_S:
             load.cancel()
             return
         await asyncio.sleep(_POLL_S)
@@ -307,7 +359,46 @@ def run_shard_hosts(
     ids: list[Any] = [None] * hosts if spec.open_loop else deal_ids(spec.warmup + spec.requests, conc)
     key = f"fmbench-{spec.shard_id}-{uuid.uuid4().hex[:8]}"
     with _seceded():
-        return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path, hosts)
+        owner = _claim(dask, spec, slice_url(0), key)
+        try:
+            return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path, hosts)
+        finally:
+            with contextlib.suppress(Exception):
+                owner.delete()
+
+
+def _claim(dask: Any, spec: ShardSpec, where: str, key: str) -> Any:
+    """Make ``key`` the one attempt measuring this shard (named by where its records go).
+
+    An attempt whose caller died (the worker running the shard's task was lost, and Dask then runs the
+    task again elsewhere) leaves its claim behind, and its slices keep sending until they notice, within
+    `CALLER_LOST_S`: wait that long so that this attempt never measures on top of their load; if that
+    attempt's heartbeat still moves, it is alive and this one refuses to start.
+    """
+    from distributed import Variable
+
+    owner = Variable(f"fmbench-owner-{hashlib.sha256(where.encode()).hexdigest()[:16]}", client=dask)
+    previous = _peek(owner)
+    if previous is not None:
+        beat = Variable(f"{previous}-beat", client=dask)
+        last = _peek(beat)
+        log.warning("shard %s: an earlier attempt was cut off mid-shard; waiting %.0f s for its client hosts "
+                    "to stop sending", spec.shard_id, CALLER_LOST_S + _STOP_MARGIN_S)
+        until = time.monotonic() + CALLER_LOST_S + _STOP_MARGIN_S
+        while time.monotonic() < until:
+            time.sleep(_POLL_S)
+            if _peek(beat) != last:
+                raise FMBenchError(f"shard {spec.shard_id}: another attempt is measuring this shard now")
+    owner.set(key)
+    return owner
+
+
+def _peek(variable: Any) -> Any:
+    """A Dask Variable's value, None when it is not set."""
+    try:
+        return variable.get(timeout=0.2)
+    except Exception:  # noqa: BLE001 - unset (a timeout) or gone: nothing there
+        return None
 
 
 @contextlib.contextmanager
@@ -333,6 +424,7 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
     from distributed import Event, Queue, Variable
 
     ready, t0var = Queue(f"{key}-ready", client=dask), Variable(f"{key}-t0", client=dask)
+    beat = Variable(f"{key}-beat", client=dask)
     futures = [
         dask.submit(_slice, k, hosts, payload, ids[k], conc[k], key, slice_url(k), calibrate,
                     workers=[addr], allow_other_workers=False, pure=False, retries=0, key=f"{key}-slice-{k}")
@@ -348,9 +440,13 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
             with contextlib.suppress(TimeoutError):
                 ready.get(timeout=_POLL_S)
                 got += 1
+        beat.set(0)
         t0var.set(float(dask.run_on_scheduler(time.time)) + _START_LEAD_S)
+        n = 0
         while not all(f.status == "finished" for f in futures):
             _check(dask, futures, addresses, spec)
+            n += 1
+            beat.set(n)  # the slices' sign that someone still waits for them
             time.sleep(_POLL_S)
         results = sorted(dask.gather(futures), key=lambda r: r["k"])
     except BaseException:
@@ -362,6 +458,7 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
     finally:
         with contextlib.suppress(Exception):
             ready.close()
+            beat.delete()
     base = results[0]["mono_to_sched"]
     clocks = [HostClock(
         host=r["host"], address=r["address"], offset_s=r["offset_s"], uncertainty_s=r["uncertainty_s"],

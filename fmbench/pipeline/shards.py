@@ -140,6 +140,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     from fmbench.calibration import expected_shape, load_calibration, plan_processes
     from fmbench.datasets import load_experiment_tokenizer, read_prompts
     from fmbench.loadgen import run_shard
+    from fmbench.loadgen.hosts import current_worker, stamp_host
     from fmbench.loadgen.retry import final_attempts
 
     experiment = find_experiment(cfg, spec.experiment)
@@ -175,6 +176,8 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     clocks = None
     if hosts is None:
         result = run_shard(client, prompts, spec, local, tokenizer.count, report)
+        if (worker := current_worker()) is not None:  # on a cluster, say which machine sent the load
+            stamp_host(local, worker)
     else:
         result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts, cal is not None)
     ended_at = utc_now()

@@ -83,7 +83,7 @@ def quality_view(run_url: str, cfg: BenchmarkConfig) -> QualityView | None:
                       "Timeouts": fmt_int(r["timeouts"]),
                       "Latency p50": "–" if r["latency_p50_s"] is None else f"{r['latency_p50_s']:.2f} s",
                       "Tokens in/out": f"{fmt_int(r['input_tokens'])} / {fmt_int(r['output_tokens'])}",
-                      "Cost": fmt_usd(r["cost_usd"])})
+                      "Cost of the calls": fmt_usd(r["cost_usd"])})
     cost_rows = []
     if q.calls.height:
         for (judge,), grp in q.calls.group_by(["judge"], maintain_order=True):

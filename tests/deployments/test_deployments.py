@@ -221,3 +221,58 @@ def test_run_on_a_local_dask_cluster_keeps_shards_apart(prefect_stack: Any, tmp_
     assert spans.height == 24
     ends, starts = spans["end"].to_list(), spans["start"].to_list()
     assert all(ends[i] <= starts[i + 1] for i in range(len(starts) - 1)), spans
+
+
+def test_a_run_waiting_for_its_endpoint_does_not_hold_up_a_run_on_another(
+        prefect_stack: Any, fake_openai: Any, tmp_path: Path) -> None:
+    """Two on-demand runs at once on two existing endpoints (two models of one server): while endpoint
+    A is being measured by someone else (its per-endpoint limit held here, as another run holds it),
+    the run on A waits and the run on B completes; then A's run measures."""
+    import datetime as dt
+
+    import yaml
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.steps import _ensure_limit
+    from fmbench.config import load_config_text
+    from fmbench.pipeline import endpoint_lock_name
+    from fmbench.rundir import load_manifest
+
+    def config(model: str) -> str:
+        return yaml.safe_dump({
+            "name": f"ep-{model}", "buckets": [[1, 500]],
+            "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 2, "seed": 0}],
+            "experiments": [{"name": "o", "endpoint": {"provider": "openai", "base_url": fake_openai.url,
+                                                       "model": f"ok:who={model}"},
+                             "inference": {"max_tokens": 4}, "requests_per_level": 3, "warmup_requests": 0}]})
+
+    name = endpoint_lock_name(load_config_text(config("a")).experiments[0])
+    assert name is not None and name != endpoint_lock_name(load_config_text(config("b")).experiments[0])
+    parameters = {name_: {"config": config(name_), "output": str(tmp_path / name_), "png": False}
+                  for name_ in ("a", "b")}
+    with temporary_settings({PREFECT_API_URL: prefect_stack.api_url}):
+        _ensure_limit(name)
+        with concurrency(name, occupy=1, strict=True), prefect_stack.client() as client:
+            deployment = client.read_deployment_by_name("fmbench/on-demand")
+            run_a = client.create_flow_run_from_deployment(deployment.id, parameters=parameters["a"])
+            run_b = client.create_flow_run_from_deployment(deployment.id, parameters=parameters["b"])
+            _wait_completed(prefect_stack, run_b.id)
+            # A runs beside B (no deployment-wide limit) and gets as far as its prompts, then waits for
+            # its endpoint.
+            deadline = time.monotonic() + 300
+            while not list((tmp_path / "a").glob("ep-a/*/prompts/*.parquet")):
+                state_a = client.read_flow_run(run_a.id).state
+                assert state_a is not None and not state_a.is_final(), f"{state_a}\n{prefect_stack.log('worker')}"
+                assert time.monotonic() < deadline, prefect_stack.log("worker")
+                time.sleep(0.5)
+            time.sleep(2)
+            state_a = client.read_flow_run(run_a.id).state
+            assert state_a is not None and state_a.is_running(), state_a
+            [run_dir_a] = list((tmp_path / "a" / "ep-a").iterdir())
+            assert not list((run_dir_a / "shards").glob("*.json")), "A measured while its endpoint was held"
+            released_at = time.time()
+    _wait_completed(prefect_stack, run_a.id)
+    shards = load_manifest(str(run_dir_a)).shards
+    assert shards and all(s["status"] == "ok" for s in shards)
+    assert all(dt.datetime.fromisoformat(s["started_at"]).timestamp() >= released_at - 1 for s in shards)

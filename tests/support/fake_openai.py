@@ -5,7 +5,9 @@ The request's ``model`` field picks the behaviour: ``ok`` (default), ``500``, ``
 that is not JSON), ``nonjson_body`` (non-streamed text body), ``nodone`` (stream ends without
 [DONE]), ``empty`` (no output text, no usage), ``nousage``, ``echo_key`` (401 echoing the Authorization
 header). Options after ``:`` as ``key=value``: ``ttft``, ``tpot``, ``jit`` (extra random TTFT up to this),
-in seconds, and ``n`` (chunks).
+in seconds, and ``n`` (chunks). ``meet=K`` holds each such request until requests with a ``meet``
+option have arrived under K different model names (or ``meet_s``, default 60 s, has passed): two
+runs that both reach it are in flight at one instant, two that run one after the other are not.
 Runs in a subprocess; `FakeOpenAI.stats` reads back what it saw.
 """
 
@@ -69,6 +71,8 @@ class _Server:
         self.arrivals: list[tuple[float, int]] = []  # (monotonic time, in flight including this one)
         self.auth: list[str | None] = []
         self.bodies: list[dict[str, Any]] = []
+        self.met: set[str] = set()
+        self.meeting = asyncio.Event()
 
     async def serve(self) -> None:
         app = web.Application()
@@ -90,6 +94,7 @@ class _Server:
                 "arrivals": self.arrivals,
                 "auth": self.auth,
                 "bodies": self.bodies,
+                "met": sorted(self.met),
             }
         )
 
@@ -114,6 +119,14 @@ class _Server:
         o = dict(x.split("=", 1) for x in opts)
         ttft, tpot, n = float(o.get("ttft", 0)), float(o.get("tpot", 0)), int(o.get("n", 4))
         ttft += self._rng.uniform(0, float(o.get("jit", 0)))
+        if "meet" in o:
+            self.met.add(str(body.get("model")))
+            if len(self.met) >= int(o["meet"]):
+                self.meeting.set()
+            try:
+                await asyncio.wait_for(self.meeting.wait(), float(o.get("meet_s", 60)))
+            except TimeoutError:
+                self.meeting.set()  # nobody came: let the rest through, the test sees no overlap
         chat = request.path.endswith("/chat/completions")
         if name == "500":
             return web.json_response(
