@@ -188,7 +188,15 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
         for name, x in r["runs"].items():
             lines.append(f"| {name} | {x['api']} | {'reused' if x['calibration_reused'] else 'measured'} | "
                          f"{x['wall_s']:.1f} | {x['shard_s']:.1f} | {x['fixed_s']:.1f} | {x['load']} |")
-        lines += ["", "| part | seconds |", "|---|---:|"]
+        probed = {name: x["breakdown"] for name, x in r["runs"].items() if "breakdown" in x}
+        if probed:
+            keys = list(dict.fromkeys(k for b in probed.values() for k in b))
+            lines += ["", ("Where each run's wall time went (seconds; task ...: the library work inside that Prefect "
+                           "task; between tasks: Prefect's task-run bookkeeping and the sequence's own code):"), "",
+                      "| phase | " + " | ".join(probed) + " |", "|---|" + "---:|" * len(probed)]
+            lines += [f"| {k.removesuffix('_s').replace('_', ' ')} | " + " | ".join(
+                f"{b.get(k, 0.0):.2f}" for b in probed.values()) + " |" for k in keys]
+        lines += ["", "| part (alone) | seconds |", "|---|---:|"]
         lines += [f"| {k.removesuffix('_s').replace('_', ' ')} | {v} |" for k, v in r["parts"].items()]
         met = r.get("met", {})
         target = (f"Target: fixed ≤ 10 s on a machine that has run fmbench before "

@@ -7,7 +7,13 @@ End to end (``fmbench run`` as a user types it, each in its own process, on the 
 * ``again``: the same command once more: the local Prefect API and the host's calibration are
   reused (when the load average is still close to the calibration's);
 * ``again_png``: the same with the static PNGs (``--no-png`` is off; needs Chromium);
-* ``embedded``: ``FMBENCH_PREFECT_API=embedded`` (Prefect's own per-run server, as before).
+* ``embedded``: ``FMBENCH_PREFECT_API=embedded`` (Prefect's own per-run server, as before);
+* ``again_no_bytecode_cache``: ``again`` where Python may not write its bytecode cache
+  (``PYTHONDONTWRITEBYTECODE=1``, as in some sandboxes and containers): every module compiled again.
+
+Every run goes through `benchmarks._run_probe`, which stamps its phases (imports, config and
+preflight, the Prefect API, Prefect's import, the flow run's start and end, each task's own work,
+the time between tasks, exit handlers and the interpreter's exit): ``breakdown`` of each run.
 
 Fixed overhead = wall time − the shard's measured duration (first send to last answer); target
 ≤ 10 s when the machine has run fmbench before, ≤ 20 s on a fresh one (issue 17).
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import loadavg, parser, write_result
+from benchmarks._run_probe import breakdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """name: overhead
@@ -54,18 +61,23 @@ experiments:
 
 def _fmbench_run(cfg: Path, env: dict[str, str], *extra: str) -> dict[str, Any]:
     load = loadavg()[0]
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "fmbench", "run", str(cfg), *extra], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=False)
-    wall = time.monotonic() - t0
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        probe_file = Path(f.name)
+    t0, spawned = time.monotonic(), time.time()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks._run_probe", str(probe_file), "run", str(cfg), *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    wall, ended = time.monotonic() - t0, time.time()
     if proc.returncode != 0:
         raise RuntimeError(f"fmbench run failed ({proc.returncode}): {proc.stderr[-2000:]}")
     report = [ln for ln in proc.stdout.splitlines() if ln.startswith("Report: ")][-1][len("Report: "):]
     manifest = json.loads(Path(report).with_name("manifest.json").read_text())
     shard_s = sum(float(s.get("duration_s") or 0.0) for s in manifest["shards"])
     cal = manifest.get("calibration") or {}
+    probe = json.loads(probe_file.read_text())
+    probe_file.unlink()
     return {"wall_s": round(wall, 2), "shard_s": round(shard_s, 2), "fixed_s": round(wall - shard_s, 2),
-            "calibration_reused": bool(cal.get("reused")), "api": _api_line(proc.stderr), "load": load}
+            "calibration_reused": bool(cal.get("reused")), "api": _api_line(proc.stderr), "load": load,
+            "breakdown": breakdown(probe, spawned, ended, shard_s)}
 
 
 def _api_line(stderr: str) -> str:
@@ -153,15 +165,23 @@ def main() -> int:
     home, cache = work / "prefect-home", work / "cache"
     home.mkdir()
     # FMBENCH_PREFECT_API_IDLE_S: a killed benchmark leaves its API running for a minute, not 30
+    # Python's bytecode cache in a directory of its own, empty at the first run: a first run compiles
+    # every module, later ones read them, as on a machine where Python may write its cache (where
+    # PYTHONDONTWRITEBYTECODE is set, every run compiles: measured as again_no_bytecode_cache).
     env = dict(os.environ, PREFECT_HOME=str(home), FMBENCH_CACHE_DIR=str(cache), FMBENCH_PREFECT_API="reuse",
-               FMBENCH_PREFECT_API_IDLE_S="60",
+               FMBENCH_PREFECT_API_IDLE_S="60", PYTHONPYCACHEPREFIX=str(work / "pycache"),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("PREFECT_API_URL", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     cfg = work / "overhead.yml"
     cfg.write_text(CONFIG.format(output=work / "results"))
     runs: dict[str, Any] = {}
     os.environ.update(PREFECT_HOME=str(home), FMBENCH_CACHE_DIR=str(cache))  # for _parts and stop_local_api
+    # The parts measured in this process and its children use the same (by then warm) bytecode cache.
+    os.environ.update(PYTHONPYCACHEPREFIX=env["PYTHONPYCACHEPREFIX"])
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.pycache_prefix, sys.dont_write_bytecode = env["PYTHONPYCACHEPREFIX"], False
     from fmbench.localapi import stop_local_api
 
     try:
@@ -175,6 +195,9 @@ def main() -> int:
             print("again_png", runs["again_png"], flush=True)
             runs["embedded"] = _fmbench_run(cfg, dict(env, FMBENCH_PREFECT_API="embedded"), "--no-png")
             print("embedded", runs["embedded"], flush=True)
+            no_cache = dict(env, PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(work / "no-pycache"))
+            runs["again_no_bytecode_cache"] = _fmbench_run(cfg, no_cache, "--no-png")
+            print("again_no_bytecode_cache", runs["again_no_bytecode_cache"], flush=True)
         run_dirs = sorted((work / "results" / "overhead").iterdir())
         parts = _parts(env, cfg, str(run_dirs[-1])) | {"reused_api_check_s": reuse_check_s}
         print("parts", parts, flush=True)
@@ -186,6 +209,8 @@ def main() -> int:
         "target": {"fixed_s_again": 10.0, "fixed_s_fresh": 20.0},
         "met": {"again": runs["again"]["fixed_s"] <= 10.0, "fresh": runs["fresh"]["fixed_s"] <= 20.0},
         "load_after": loadavg(),
+        "bytecode_cache": "PYTHONPYCACHEPREFIX in the work directory, empty before the fresh run; "
+                          f"PYTHONDONTWRITEBYTECODE in this shell: {os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r}",
     })
     return 0
 

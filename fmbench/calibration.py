@@ -12,8 +12,8 @@ The result is stored as ``calibration.json`` in the run directory (`save_calibra
 summarised in the manifest and the report. `calibrate_run` reuses the host's last calibration
 (kept in fmbench's cache directory) while the host, its CPU count, the versions of Python, aiohttp
 and the client's code are unchanged, it is less than `CACHE_MAX_AGE_S` old, and the load average
-per CPU is within `CACHE_LOAD_TOLERANCE` of the one it was measured at; the summary then says it
-was reused. ``FMBENCH_RECALIBRATE=1`` always measures.
+per CPU is within `CACHE_LOAD_TOLERANCE` of the one it was measured at (relative to the load once
+it exceeds one runnable task per CPU); the summary then says it was reused. ``FMBENCH_RECALIBRATE=1`` always measures.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ CEILING_WARN = 0.7  # a shard above this fraction of the client's ceiling may me
 PLAN_TARGET = 0.5  # shards are spread so each process runs at most this fraction of its ceiling
 STREAM_CHUNKS = 256  # chunks per streamed answer in the chunk-rate phase
 CACHE_MAX_AGE_S = 24 * 3600.0  # a cached calibration older than this is measured again
-#: ... and so is one whose 1-min load average per CPU differed by more than this
+#: ... and so is one whose 1-min load average per CPU differed by more than this, or, on a machine
+#: with more than one runnable task per CPU, by more than this fraction of the larger load per CPU
 #: (FMBENCH_CALIBRATION_LOAD_TOLERANCE overrides it).
 CACHE_LOAD_TOLERANCE = 0.25
 
@@ -177,6 +178,17 @@ def _load_tolerance() -> float:
         return CACHE_LOAD_TOLERANCE
 
 
+def _similar_load(then: float, now: float, cpus: int) -> bool:
+    """Whether the client gets about the same share of a CPU now as when it was calibrated.
+
+    Up to one runnable task per CPU, the tolerance is absolute (per CPU); above it, a process gets
+    about ``cpus / load`` of a CPU, so the same tolerance applies to the relative change: 9.4 -> 8.0
+    on 2 CPUs (15 %) reuses, 6.0 -> 3.6 (40 %) or 0.2 -> 1.0 measures again.
+    """
+    busiest = max(then, now) / cpus
+    return abs(now - then) / cpus <= _load_tolerance() * max(1.0, busiest)
+
+
 def cached_calibration(load_now: float | None = None) -> Calibration | None:
     """The host's cached calibration when it still applies (see the module docstring), else None.
 
@@ -194,8 +206,7 @@ def cached_calibration(load_now: float | None = None) -> Calibration | None:
     except ValueError:
         return None
     if (cal.host != socket.gethostname() or cal.cpu_count != cpus or cal.versions != client_versions()
-            or not 0 <= age <= CACHE_MAX_AGE_S
-            or abs(load_now - cal.load_avg[0]) / cpus > _load_tolerance()):
+            or not 0 <= age <= CACHE_MAX_AGE_S or not _similar_load(cal.load_avg[0], load_now, cpus)):
         return None
     return cal.model_copy(update={"reused": (
         f"reused from this host's calibration of {cal.created_at} (same CPUs and versions, load average then "

@@ -87,6 +87,12 @@ def test_a_cached_calibration_is_refused_when_load_cpus_versions_or_age_changed(
     reused = cached_calibration(load_now=1.0 + 0.2 * cpus)
     assert reused is not None and reused.reused and "load average then 1.00" in reused.reused
     assert cached_calibration(load_now=1.0 + 0.3 * cpus) is None  # the machine got busier
+    store(load_avg=[4.0 * cpus, 4.0 * cpus, 4.0 * cpus])  # oversubscribed: the relative change counts
+    assert cached_calibration(load_now=4.8 * cpus) is not None  # 20 % busier
+    assert cached_calibration(load_now=3.4 * cpus) is not None  # 15 % less busy
+    assert cached_calibration(load_now=6.0 * cpus) is None  # a third busier
+    assert cached_calibration(load_now=2.5 * cpus) is None
+    store()
     store(cpu_count=cpus + 1)
     assert cached_calibration(load_now=1.0) is None
     store(versions=client_versions() | {"client_code": "changed"})
