@@ -53,9 +53,13 @@ class ModelParams:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChunkEvent:
-    """A chunk became due: tokens ``[first_token, first_token + n_tokens)`` of request ``rid``."""
+    """A chunk became due: tokens ``[first_token, first_token + n_tokens)`` of request ``rid``.
+
+    Not frozen: one is made per chunk in the decode step, and a frozen dataclass's ``__init__``
+    costs several times more. Treat it as read-only.
+    """
 
     rid: int
     index: int  # 0-based chunk number within the request
@@ -217,23 +221,29 @@ class LatencyModel:
 
     def _process_until(self, t: float) -> None:
         events = self._events
+        reqs = self._reqs
+        pop = heapq.heappop
+        p = self.params
         while events and events[0][0] <= t:
             # Events due at the same instant form one step: every request starting or finishing
             # then counts (or not) for all of them, whatever order they were queued in.
-            due = events[0][0]
+            due, _, rid, k = pop(events)
             batch: list[tuple[RequestTiming, int]] = []
+            req = reqs.get(rid)
+            if req is not None and not req.cancelled:
+                batch.append((req, k))
             while events and events[0][0] == due:
-                _, _, rid, k = heapq.heappop(events)
-                req = self._reqs.get(rid)
+                _, _, rid, k = pop(events)
+                req = reqs.get(rid)
                 if req is not None and not req.cancelled:
                     batch.append((req, k))
             for req, k in batch:
                 self._on_token(req, k, due)
+            step = p.tpot_s * (1.0 + p.decode_slowdown * (self._decoding - 1))
             for req, k in batch:
                 if k == req.output_tokens - 1:
                     self._release(due)
                 else:
-                    step = self.params.tpot_s * (1.0 + self.params.decode_slowdown * (self._decoding - 1))
                     self._push(due + step, req.rid, k + 1)
         self._now = max(self._now, t)
 
