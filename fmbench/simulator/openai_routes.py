@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -72,6 +73,10 @@ class _Parsed:
     max_tokens: int | None
     stream: bool
     include_usage: bool
+
+
+# json.dumps of a str, without its per-call Python wrapper (one call per chunk when pre-encoding).
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -301,7 +306,7 @@ class _StreamSink:
         last = len(texts) - 1
         fin_last = b'"' + gen.finish_reason.encode() + b'"'
         self._frames = [
-            b"".join((b"data: ", head, open_, json.dumps(text).encode(), close,
+            b"".join((b"data: ", head, open_, _json_str(text).encode(), close,
                       fin_last if i == last else b"null", b'}],"fmbench":{"index":%d,"n_tokens":' % i))
             for i, text in enumerate(texts)
         ]
