@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -286,12 +287,28 @@ def _stacks_on_sigusr1() -> None:
             pass
 
 
+def _honour_sigint() -> None:
+    """Make SIGINT raise KeyboardInterrupt even when fmbench was started with it ignored.
+
+    A non-interactive shell starts its background jobs (`fmbench run ... &` in a script, many CI
+    runners) with SIGINT ignored, and Python then installs no handler: `kill -INT` would be lost
+    and a run could go on billing its endpoints. A run that creates cloud resources must stop and
+    delete them on any interrupt it is sent, so the CLI takes SIGINT back.
+    """
+    import signal
+
+    if threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fmbench` command."""
     args = _parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     _setup_logging(debug)
     _stacks_on_sigusr1()
+    _honour_sigint()
     try:
         return int(_COMMANDS[args.command](args))
     except BaseException as exc:

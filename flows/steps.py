@@ -21,7 +21,6 @@ from fmbench.regression import RegressionReport
 from fmbench.rundir import RunInfo
 from tasks.benchmark import (
     bucket_dataset_task,
-    deploy_judges_task,
     deploy_task,
     evaluate_task,
     finalize_task,
@@ -30,7 +29,6 @@ from tasks.benchmark import (
     report_task,
     run_shard_task,
     store_prompts_task,
-    teardown_judges_task,
     teardown_task,
 )
 from tasks.calibration import calibrate_task
@@ -76,15 +74,9 @@ class PrefectSteps:
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return finalize_task(run, cfg, outcomes, prompt_sets, warnings)
 
-    def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> JudgePanel:
-        return deploy_judges_task(run, cfg)
-
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str,
                  judges: JudgePanel | None) -> PrefectFuture[Any]:
         return evaluate_task.submit(run, cfg, experiment, judges)
-
-    def teardown_judges(self, cfg: BenchmarkConfig, judges: JudgePanel) -> list[str]:
-        return teardown_judges_task(cfg, judges)
 
     def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
         return check_regressions_task(run, threshold, png=png)

@@ -9,7 +9,6 @@ stop button) reaches that thread, so the run deletes what it deployed before it 
 from __future__ import annotations
 
 import asyncio
-import copy
 import ctypes
 import html
 import sys
@@ -22,8 +21,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from fmbench import storage
-from fmbench.config import BenchmarkConfig, parse_config
-from fmbench.errors import ConfigError
+from fmbench.config import BenchmarkConfig
 from fmbench.regression import RegressionReport
 
 T = TypeVar("T")
@@ -48,27 +46,11 @@ def load_config(source: str | Path | Mapping[str, Any] | BenchmarkConfig, *, ove
     Raises:
         ConfigError: one line naming the source and the field.
     """
-    from fmbench.config import apply_overrides, load_config_source, narrow_config
-    from fmbench.pipeline import check_pricing
+    from fmbench.pipeline import load_benchmark_config
 
-    if isinstance(source, BenchmarkConfig):
-        source = source.model_dump(mode="python")
-    if isinstance(source, Mapping):
-        data = copy.deepcopy(dict(source))
-        if overrides:
-            data = apply_overrides(data, list(overrides))
-        if data.get("base_dir") is None:
-            data["base_dir"] = str(base_dir or Path.cwd())
-        cfg = parse_config(data, source="<config>")
-    elif isinstance(source, (str, Path)):
-        cfg = load_config_source(str(source), overrides=_list(overrides))
-    else:
-        raise ConfigError(f"config: expected a path, YAML text, a mapping or a BenchmarkConfig, "
-                          f"got {type(source).__name__}")
-    if experiments or concurrency_levels or requests_per_level is not None:
-        cfg = narrow_config(cfg, _list(experiments), _list(concurrency_levels), requests_per_level)
-    check_pricing(cfg)
-    return cfg
+    return load_benchmark_config(source, overrides=_list(overrides), experiments=_list(experiments),
+                                 concurrency_levels=_list(concurrency_levels),
+                                 requests_per_level=requests_per_level, base_dir=base_dir)
 
 
 def _list(items: Sequence[Any] | None) -> list[Any] | None:

@@ -102,20 +102,10 @@ class InlineSteps:
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
 
-    def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any:
-        from fmbench.quality.evaluate import deploy_judges
-
-        return deploy_judges(run, cfg)
-
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: Any) -> Done[Any]:
         from fmbench.quality.evaluate import evaluate_complete
 
         return Done(lambda: evaluate_complete(run, cfg, experiment, judges))
-
-    def teardown_judges(self, cfg: BenchmarkConfig, judges: Any) -> list[str]:
-        from fmbench.quality.evaluate import teardown_judges
-
-        return teardown_judges(cfg, judges)
 
     def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
         from fmbench import regression

@@ -1,12 +1,12 @@
 """The order of a benchmark, written once: preflight → open run → calibrate → bucket → plan →
-per experiment (deploy → its shards → teardown) → finalize → evaluate (per experiment, when the
-config asks) → regressions → report.
+per experiment (deploy → its shards → teardown) → finalize → evaluate (judges deployed → every
+experiment's evaluation → judges torn down, when the config asks) → regressions → report.
 
 `run_sequence` drives it through a `Steps` object: `fmbench.inline.InlineSteps` runs the steps in
 this process, the Prefect steps in ``flows/`` submit one task per step and per shard. Each
 experiment's endpoint lives only as long as its shards, and every path out of a run, Ctrl-C and
 SIGTERM included, deletes what the run deployed; the manifest records each endpoint's timeline
-as it happens.
+(a judge's too) as it happens.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from fmbench.pipeline import (
     not_torn_down,
     plan_shards,
 )
+from fmbench.pipeline.shards import find_experiment
 from fmbench.regression import RegressionReport
 from fmbench.rundir import RunInfo
 
@@ -75,9 +76,7 @@ class Steps(Protocol):
     def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> AbstractContextManager[None]: ...
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str: ...
-    def deploy_judges(self, run: RunInfo, cfg: BenchmarkConfig) -> Any: ...
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: Any) -> Pending[Any]: ...
-    def teardown_judges(self, cfg: BenchmarkConfig, judges: Any) -> list[str]: ...
     def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport: ...
     def report(self, run: RunInfo, png: bool = True) -> str: ...
 
@@ -119,6 +118,10 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
         run = steps.open_run(cfg, output, run_id, command)
+        if cfg.evaluation is not None:  # `fmbench evaluate` later needs not the config's directory
+            from fmbench.quality.evaluate import keep_judge_template
+
+            keep_judge_template(run, cfg)
         check_client_hosts(cfg, run)  # a cluster that cannot write the results fails before measuring
         steps.calibrate(run)  # this host's client ceiling, before any shard
         prompt_sets = steps.bucket(cfg, run)
@@ -146,15 +149,20 @@ def _ended(outcome: ShardOutcome) -> ShardOutcome:
 
 def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
     """Evaluate every experiment's answers (one step each, after all shards so that judging does not
-    load the client while it measures), with the judges deployed once for all of them and deleted
-    after. A failed evaluation is recorded; the report says it is missing."""
+    load the client while it measures). The judges' endpoints live like an experiment's: deployed
+    once for all evaluations, deleted after them on every path out, their timelines in the manifest
+    (billed create to delete). A failed evaluation is recorded; the report says it is missing."""
     from fmbench.errors import EvaluationError
     from fmbench.quality import failed_evaluation, finished_evaluation
 
     names = [e.name for e in cfg.experiments]
     todo = [n for n in names if finished_evaluation(run, cfg, n) is None]  # a resumed run redoes the rest
-    panel = steps.deploy_judges(run, cfg) if todo and cfg.evaluation and cfg.evaluation.judges else None
+    judges = Lifecycles.of_judges(steps, cfg, run, needed=bool(todo))
     try:
+        panel = _judge_panel(judges, cfg) if judges.todo else None
+        serving = [j.experiment_name for j in cfg.evaluation.judges if j.name in panel.deployed] \
+            if panel is not None and cfg.evaluation else []
+        judges.worked(serving, ended=False)
         pending = {name: steps.evaluate(run, cfg, name, panel) for name in names}
         for name, p in pending.items():
             try:
@@ -164,10 +172,27 @@ def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
             except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
                 log.warning("evaluation of %s failed, report written without it: %s", name, exc)
                 failed_evaluation(run, name, exc)
+        judges.worked(serving, ended=True)
     finally:
-        if panel is not None:
-            for problem in steps.teardown_judges(cfg, panel):
-                log.warning("%s", problem)
+        judges.close_each()
+        for problem in judges.left_running:
+            log.warning("%s", problem)
+
+
+def _judge_panel(judges: Lifecycles, cfg: BenchmarkConfig) -> Any:
+    """Deploy the judges side by side; one that cannot be deployed is named in the panel's ``failed``."""
+    from fmbench.quality.evaluate import JudgePanel
+
+    panel = JudgePanel()
+    members = [j for j in cfg.evaluation.judges if j.experiment_name in judges.todo] if cfg.evaluation else []
+    for judge in members:
+        judges.start(judge.experiment_name)
+    for judge in members:
+        try:
+            panel.deployed[judge.name] = judges.open(judge.experiment_name)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other judges and the scores go on
+            panel.failed[judge.name] = f"not deployed: {exc}"
+    return panel
 
 
 class Lifecycles:
@@ -195,6 +220,20 @@ class Lifecycles:
         self.closed: set[str] = set()
         self.left_running: list[str] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def of_judges(cls, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, needed: bool) -> Lifecycles:
+        """The lifecycles of the evaluation's judge endpoints: `start`/`open` each, `worked` while
+        they judge, `close_each` at the end. Their timelines are keyed judge-<name>.
+
+        Args:
+            needed: some evaluation is still to do (every judge is deployed); else only the SageMaker
+                judges a killed attempt of this run left alive are (adopted, then deleted).
+        """
+        names = [j.experiment_name for j in cfg.evaluation.judges] if cfg.evaluation else []
+        judges = cls(steps, cfg, run, {n: [] for n in names}, [])
+        judges.todo = names if needed else [n for n in names if n in judges.earlier]
+        return judges
 
     def run_all(self) -> tuple[list[ShardOutcome], list[str]]:
         """Run every experiment; returns the shard outcomes in plan order, and a line per endpoint
@@ -246,20 +285,50 @@ class Lifecycles:
         finally:
             self._close(name)
 
+    def start(self, name: str) -> None:
+        """Start deploying ``name``'s endpoint (in the background where the steps allow)."""
+        self._start_deploy(name)
+
+    def open(self, name: str) -> DeployedEndpoint:
+        """``name``'s endpoint once it takes requests, recorded in service.
+
+        Raises:
+            Exception: the deploy's error (recorded: what it created is deleted).
+        """
+        self._start_deploy(name)
+        try:
+            deployed = self.deploys[name].result()
+        except Exception as exc:
+            progress.deploy_ended(name, ok=False)
+            self._deploy_failed(name, exc)
+            raise
+        progress.deploy_ended(name, ok=True)
+        self._in_service(name, deployed)
+        return deployed
+
+    def worked(self, names: list[str], ended: bool) -> None:
+        """Record that these endpoints start (``ended``: stopped) serving the run's requests."""
+        for name in names:
+            if name in self.timelines:
+                self._update(name, **{"last_shard_at" if ended else "first_shard_at": _now()})
+
     def _start_deploy(self, name: str) -> None:
         with self._lock:
             if name in self.deploys or name in self.closed:
                 return
             started = _now()
             self.deploys[name] = self.steps.deploy(self.cfg, name, self.run)
-        endpoint = next(e.endpoint for e in self.cfg.experiments if e.name == name)
+        endpoint = find_experiment(self.cfg, name).endpoint
+        judge = None if any(e.name == name for e in self.cfg.experiments) else \
+            next((j.name for j in self.cfg.evaluation.judges if j.experiment_name == name), None) \
+            if self.cfg.evaluation else None
         if endpoint.provider == "simulated" or (endpoint.provider == "sagemaker"
                                                 and not getattr(endpoint, "endpoint_name", None)):
             # Only endpoints the run creates have a lifetime (and a bill) of the run's making.
             # What the config says is recorded now, so a killed run's manifest names what it was deploying.
             earlier = self.earlier.get(name)
             self._record(EndpointTimeline(
-                experiment=name, provider=endpoint.provider, region=getattr(endpoint, "region", None),
+                experiment=name, provider=endpoint.provider, judge=judge, region=getattr(endpoint, "region", None),
                 instance_type=getattr(endpoint, "instance_type", None),
                 instance_count=getattr(endpoint, "instance_count", 1), created_at=started,
                 first_shard_at=earlier.first_shard_at if earlier else None,
@@ -302,13 +371,24 @@ class Lifecycles:
         if deployed is not None:
             self._teardown(name, deployed)
 
-    def _close_all(self) -> None:
+    def close_each(self) -> None:
+        """Delete every endpoint still alive, or stop its deploy; lines about those that may be left
+        running go to ``left_running``."""
+        interrupt = self._close_each()
+        if interrupt is not None:
+            raise interrupt
+
+    def _close_each(self) -> BaseException | None:
         interrupt: BaseException | None = None
         for name in list(self.deploys):
             try:
                 self._close(name)
             except BaseException as exc:  # noqa: BLE001 - a second Ctrl-C must not skip the others
                 interrupt = interrupt or exc
+        return interrupt
+
+    def _close_all(self) -> None:
+        interrupt = self._close_each()
         if self.left_running:
             log.warning("stopped early; still running (billed until deleted):\n  %s", "\n  ".join(self.left_running))
         else:

@@ -16,9 +16,7 @@ from fmbench.pipeline import PromptSet, ShardOutcome
 from fmbench.quality.evaluate import (
     EvaluationOutcome,
     JudgePanel,
-    deploy_judges,
     evaluate_complete,
-    teardown_judges,
 )
 from fmbench.rundir import RunInfo, open_run
 from fmbench.sequence import check_before_run
@@ -109,20 +107,10 @@ def finalize_task(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcom
     return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
 
 
-@task(name="deploy-judges", cache_policy=NO_CACHE)
-def deploy_judges_task(run: RunInfo, cfg: BenchmarkConfig) -> JudgePanel:
-    return deploy_judges(run, cfg)
-
-
 @task(name="evaluate-answers", cache_key_fn=_evaluation_key, persist_result=True,
       task_run_name="evaluate-{experiment}")
 def evaluate_task(run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: JudgePanel | None) -> EvaluationOutcome:
     return evaluate_complete(run, cfg, experiment, judges)
-
-
-@task(name="teardown-judges", cache_policy=NO_CACHE)
-def teardown_judges_task(cfg: BenchmarkConfig, judges: JudgePanel) -> list[str]:
-    return teardown_judges(cfg, judges)
 
 
 @task(name="render-report", cache_policy=NO_CACHE)

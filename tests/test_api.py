@@ -51,6 +51,18 @@ def test_load_config_takes_a_path_text_mapping_or_model_and_narrows_it(tmp_path:
         fmbench.load_config({**raw, "experiments": [{**raw["experiments"][0], "concurrency_levels": [0]}]})
 
 
+def test_load_config_checks_what_a_run_would_check_first(tmp_path: Path) -> None:
+    """The library loads a config the way `fmbench run` does: an unknown tokenizer is refused at
+    load time, naming the field, not when the run reaches it."""
+    raw = {**_raw(tmp_path), "tokenizer": "no_such_encoding"}
+    with pytest.raises(fmbench.ConfigError, match="no_such_encoding"):
+        fmbench.load_config(raw)
+    path = tmp_path / "c.yml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(fmbench.ConfigError, match=rf"^{path}: .*no_such_encoding"):
+        fmbench.load_config(path)
+
+
 def _check_result(result: fmbench.BenchmarkResult) -> None:
     assert isinstance(result.metrics, pl.DataFrame)
     assert sorted(result.metrics["concurrency"].to_list()) == [1, 2]

@@ -4,9 +4,7 @@ and the manifest, metrics and report say which tokenizer counted each experiment
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tests.datasets.test_experiment_tokenizer import (
     write_bytes_tokenizer,
     write_words_tokenizer,
 )
+from tests.support.app_thread import serve_app
 
 ANSWER = ["alpha", " beta", " gamma", " delta"]  # 4 words, 22 bytes
 
@@ -52,31 +51,8 @@ def no_usage_server() -> Iterator[str]:
     """Base URL (with /v1) of the endpoint above on 127.0.0.1."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", _chat)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict[str, object] = {}
-
-    async def start() -> None:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder["runner"] = runner
-        holder["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield f"http://127.0.0.1:{holder['port']}/v1"
-    asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)  # type: ignore[attr-defined]
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_app(app) as url:
+        yield f"{url}/v1"
 
 
 def test_each_experiment_is_bucketed_and_counted_with_its_tokenizer(no_usage_server: str, tmp_path: Path) -> None:

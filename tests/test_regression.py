@@ -52,14 +52,14 @@ def _records(cfg, *, ttft=0.05, latency=0.2, errors=0.0, n=200, seed=0, sigma=0.
 
 
 def _make_run(root: Path | str, cfg, run_id: str, records: pl.DataFrame, *, ended: bool = True,
-              config_hash: str | None = None) -> str:
+              config_hash: str | None = None, manifest_shards: list[dict] | None = None) -> str:
     url = storage.join(str(root), cfg.name, run_id)
     storage.write_parquet(storage.join(url, "requests.parquet"), records)
     shards = [{"shard_id": s, "status": "ok", "valid": True} for s in records["shard_id"].unique().to_list()]
     storage.write_parquet(storage.join(url, "metrics.parquet"), summarize(records, cfg, shards=shards))
     manifest = {"name": cfg.name, "run_id": run_id, "config_hash": config_hash or cfg.config_hash(),
                 "started_at": "2026-01-01T00:00:00+00:00",
-                "ended_at": "2026-01-01T00:01:00+00:00" if ended else None}
+                "ended_at": "2026-01-01T00:01:00+00:00" if ended else None, "shards": manifest_shards or []}
     storage.write_text(storage.join(url, "manifest.json"), json.dumps(manifest))
     return url
 
@@ -110,6 +110,54 @@ def test_slower_ttft_is_flagged_beyond_noise(tmp_path, cfg):
     md = Path(url, "regression.md").read_text()
     assert "p95 TTFT" in md and "CI of difference" in md and "config changed" in md
     assert "regression(s)" in report.summary()
+
+
+def test_a_change_on_a_shard_measured_under_a_late_simulator_or_saturated_client_is_not_a_regression(tmp_path, cfg):
+    """A busy machine is not a slower endpoint: where either run's shard was flagged (the simulated
+    endpoint's own stamps say it was late, or the shard is invalid), the change is listed as not
+    counted, with the reason, and does not fail a nightly run."""
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg, ttft=0.05, seed=1))
+    recs = _records(cfg, ttft=0.08, seed=2)
+    shards = sorted(recs["shard_id"].unique().to_list())
+    flagged = []
+    for sid, flag in zip(shards, ("late", "invalid", "slightly late")):
+        row = recs.filter(pl.col("shard_id") == sid).row(0, named=True)
+        entry = {k: row[k] for k in ("experiment", "dataset", "bucket", "concurrency", "request_rate")}
+        entry |= {"shard_id": sid, "status": "ok"}
+        if flag == "invalid":
+            entry |= {"valid": False, "invalid_reason": "client saturated"}
+        else:  # late by more than the 30 ms TTFT change, or by far less (which cannot explain it)
+            entry |= {"valid": True, "simulator": {"late": True, "saturated": False,
+                                                   "lateness_p99_ms": 200.0 if flag == "late" else 1.0,
+                                                   "verdict": f"simulator late or saturated: {flag}"}}
+        flagged.append(entry)
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", recs, manifest_shards=flagged)
+    report = regression.check_regressions(url, plots=False)
+    ttft = {c.shard: c for c in report.changes if c.metric == "ttft_p95_s"}
+    labels = {c.shard for c in ttft.values() if c.caveat}
+    assert len(labels) == 2
+    assert all(not ttft[label].regression and ttft[label].beyond_threshold for label in labels)
+    assert {c.shard for c in report.regressions if c.metric == "ttft_p95_s"} == set(ttft) - labels
+    assert {c.shard for c in report.untrusted if c.metric == "ttft_p95_s"} == labels
+    assert "not counted" in report.summary()
+    md = Path(url, "regression.md").read_text()
+    assert "Not counted (" in md and "simulator late or saturated: late" in md
+    assert "slightly late" not in md  # 1 ms late does not explain a 30 ms slower TTFT: still a regression
+    assert ttft[shard_label_of(flagged[2])].regression
+    assert "invalid: client saturated" in md
+    # Only flagged shards: the run did not regress.
+    _make_run(tmp_path, cfg, "20260103-020000-cccc", _records(cfg, ttft=0.05, seed=1))
+    all_flagged = [{**flagged[0], "shard_id": sid, **{k: r[k] for k in ("experiment", "dataset", "bucket",
+                                                                          "concurrency", "request_rate")}}
+                   for sid in shards for r in [recs.filter(pl.col("shard_id") == sid).row(0, named=True)]]
+    url = _make_run(tmp_path, cfg, "20260104-020000-dddd", _records(cfg, ttft=0.08, seed=2),
+                    manifest_shards=all_flagged)
+    report = regression.check_regressions(url, plots=False)
+    assert report.status == "ok" and not report.regressions and report.untrusted, report.summary()
+
+
+def shard_label_of(entry: dict) -> str:
+    return f"{entry['experiment']} / {entry['dataset']} / {entry['bucket']} / c{entry['concurrency']}"
 
 
 def test_small_noisy_shift_is_reported_as_within_noise(tmp_path, cfg):

@@ -408,6 +408,16 @@ class JudgeConfig(_Model):
     )
     pricing: PricingConfig | None = Field(default=None, description="Pricing of the judge's calls.")
 
+    @property
+    def experiment_name(self) -> str:
+        """The name its endpoint goes by in deploys, resource names and the manifest's timelines."""
+        return f"judge-{self.name}"
+
+    def as_experiment(self) -> ExperimentConfig:
+        """The judge as an experiment: deployed, priced, torn down and billed like one."""
+        return ExperimentConfig(name=self.experiment_name, endpoint=self.endpoint, inference=self.inference,
+                                pricing=self.pricing)
+
 
 class EvaluationConfig(_Model):
     """Answer quality: reference-answer scores and an LLM-judge panel, per experiment after its shards."""
@@ -522,6 +532,11 @@ class BenchmarkConfig(_Model):
         if self.evaluation is not None:
             for e in self.experiments:
                 e.store_text = True  # what is evaluated is the text
+            # A judge's endpoint shares the manifest's timelines with the experiments' endpoints.
+            clash = sorted({j.experiment_name for j in self.evaluation.judges} & set(enames))
+            if clash:
+                raise ValueError(f"experiment name(s) {', '.join(clash)} clash with the endpoint name of a judge "
+                                 "(judge-<judge name>); rename the experiment or the judge")
         if self.slo.min_accuracy is not None and self.evaluation is None:
             raise ValueError("slo.min_accuracy needs an evaluation: section (nothing measures accuracy otherwise)")
         return self

@@ -43,14 +43,16 @@ class EndpointTimeline(BaseModel):
     """When an experiment's endpoint was alive, for the bill: the manifest keeps one per experiment.
 
     Billed time runs from ``created_at`` to ``deleted_at`` (or to now, while it is alive);
-    deploying is ``created_at``..``in_service_at``, measuring ``first_shard_at``..``last_shard_at``,
-    the rest is idle.
+    deploying is ``created_at``..``in_service_at``, measuring ``first_shard_at``..``last_shard_at``
+    (for a judge: its first to its last evaluation), the rest is idle.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     experiment: str
     provider: str
+    judge: str | None = Field(default=None, description="The evaluation judge this endpoint served "
+                              "(``experiment`` is then judge-<name>); None: an experiment's endpoint.")
     endpoint_name: str | None = None
     region: str | None = None
     instance_type: str | None = None
@@ -62,6 +64,16 @@ class EndpointTimeline(BaseModel):
     last_shard_at: str | None = None
     deleted_at: str | None = None
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
+
+    @property
+    def label(self) -> str:
+        """How reports name the endpoint: its experiment, or the judge it served."""
+        return judge_label(self.judge) if self.judge else self.experiment
+
+
+def judge_label(judge: str) -> str:
+    """How reports name a judge of the evaluation panel (its cost row, its endpoint)."""
+    return f"judge {judge} (evaluation)"
 
 
 class Deployer(Protocol):

@@ -36,6 +36,18 @@ def experiment_pricing(cfg: BenchmarkConfig | None) -> dict[str, ResolvedPricing
     return {e.name: resolve_pricing(e) for e in getattr(cfg, "experiments", [])}
 
 
+def _judge_pricing(cfg: BenchmarkConfig | None) -> dict[str, ResolvedPricing]:
+    """Resolved pricing of the evaluation's judges, by the name their endpoints go by (judge-<name>)."""
+    evaluation = getattr(cfg, "evaluation", None)
+    prices = {}
+    for judge in evaluation.judges if evaluation is not None else []:
+        try:
+            prices[judge.experiment_name] = resolve_pricing(judge.as_experiment())
+        except ConfigError:  # the report's quality part says the judge is not priced
+            prices[judge.experiment_name] = NO_PRICING
+    return prices
+
+
 def _pricing_frame(prices: dict[str, ResolvedPricing]) -> pl.DataFrame:
     return pl.DataFrame(
         [
@@ -195,6 +207,11 @@ def benchmark_cost(
     lower bound, and the basis says so. Token-priced experiments pay for the tokens of every
     successful request, warm-ups included.
 
+    A judge endpoint the run deployed (a timeline with ``judge`` set) is billed like an
+    experiment's, from create to delete, in a row named ``judge <name> (evaluation)``; a judge
+    without such a bill (token-priced, not deployed by the run, unpriced) has no row here: its
+    calls carry their cost (`fmbench.quality`).
+
     Returns:
         Columns experiment, price_model, instance_hours (billed instance-hours), deploying_hours,
         measuring_hours, idle_hours (instance-hours; null without a timeline), requests,
@@ -217,6 +234,7 @@ def benchmark_cost(
     timelines = {name: _timeline(t) for name, t in (endpoints or {}).items()}
     rows = []
     prices = experiment_pricing(cfg)
+    judge_prices = _judge_pricing(cfg)
     names = list(dict.fromkeys([*prices, *per_shard["experiment"].to_list(), *timelines]))
     for name in names:
         part = per_shard.filter(pl.col("experiment") == name)
@@ -226,15 +244,16 @@ def benchmark_cost(
             seconds += float(measured) if measured is not None else float(span or 0.0)
         in_tok = int(part["input_tokens"].fill_null(0).sum())
         out_tok = int(part["output_tokens"].fill_null(0).sum())
-        p = prices.get(name, NO_PRICING)
+        timeline = timelines.get(name)
+        p = prices[name] if name in prices else judge_prices.get(name, NO_PRICING)
         row: dict[str, Any] = {
-            "experiment": name, "price_model": p.model if p.known else None, "instance_hours": None,
+            "experiment": timeline.label if timeline is not None else name,
+            "price_model": p.model if p.known else None, "instance_hours": None,
             "deploying_hours": None, "measuring_hours": None, "idle_hours": None,
             "requests": int(part["requests"].sum()), "input_tokens": in_tok, "output_tokens": out_tok,
             "cost_usd": None, "deploying_cost_usd": None, "measuring_cost_usd": None, "idle_cost_usd": None,
             "billed_from": None, "billed_to": None, "still_billing": None, "basis": "no pricing configured",
         }
-        timeline = timelines.get(name)
         billed = billed_time(timeline, run_end) if timeline is not None and p.model != "token" else None
         rate, source = _instance_rate(p, timeline) if timeline is not None and billed else (None, "")
         if timeline is not None and billed is not None and rate is not None:
@@ -260,6 +279,10 @@ def benchmark_cost(
                 basis += (f"; NOT deleted: still billing, counted up to {billed.billed_to.isoformat()}"
                           + (f" (teardown failed: {timeline.delete_error})" if timeline.delete_error else ""))
             row["basis"] = basis if source == p.source else f"{basis}; price: {source}"
+            if timeline.judge:
+                row["basis"] += "; the judge's endpoint, deployed for the evaluation (its calls are not billed again)"
+        elif timeline is not None and timeline.judge:
+            continue  # no bill of its own: its calls carry its cost
         elif p.model == "instance" and p.hourly_usd is not None:
             why = ("the run did not create this endpoint" if timeline is not None
                    else "no endpoint timeline in the manifest: an older run, or an endpoint the run did not create")

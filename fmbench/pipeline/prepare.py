@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from fmbench.config import BenchmarkConfig
-from fmbench.errors import FMBenchError
+from fmbench.errors import ConfigError, FMBenchError
 from fmbench.rundir import RunInfo
 
 log = logging.getLogger("fmbench")
 
 
-def load_benchmark_config(config: str | BenchmarkConfig, overrides: list[str] | None = None,
-                          experiments: list[str] | None = None, concurrency_levels: list[int] | None = None,
-                          requests_per_level: int | None = None) -> BenchmarkConfig:
-    """Load a config (path, URL, YAML text, or a config model as a Prefect form gives it), apply
-    run-time overrides, and check what can be checked before anything is measured (pricing
-    resolves for every experiment, every tokenizer exists).
+def load_benchmark_config(config: str | Path | Mapping[str, Any] | BenchmarkConfig,
+                          overrides: list[str] | None = None, experiments: list[str] | None = None,
+                          concurrency_levels: list[int] | None = None, requests_per_level: int | None = None,
+                          base_dir: str | Path | None = None) -> BenchmarkConfig:
+    """Load a config (path, URL, YAML text, a mapping as the YAML would load, or a config model as a
+    Prefect form gives it), apply run-time overrides, and check what can be checked before anything
+    is measured (pricing resolves for every experiment, every tokenizer exists, the evaluation's
+    judges and templates). The one way every entry point (CLI, flow, library) loads a config.
+
+    Args:
+        base_dir: where a mapping's relative dataset paths resolve (default: the current directory).
 
     Raises:
         ConfigError: naming the file or parameter and the field.
@@ -28,11 +36,21 @@ def load_benchmark_config(config: str | BenchmarkConfig, overrides: list[str] | 
     if isinstance(config, BenchmarkConfig):
         data = config.model_dump(mode="python")
         loaded = parse_config(apply_overrides(data, overrides) if overrides else data, source="config")
+    elif isinstance(config, Mapping):
+        data = copy.deepcopy(dict(config))
+        if overrides:
+            data = apply_overrides(data, overrides)
+        if data.get("base_dir") is None:
+            data["base_dir"] = str(base_dir or Path.cwd())
+        loaded = parse_config(data, source="<config>")
+    elif isinstance(config, (str, Path)):
+        loaded = load_config_source(str(config), overrides=overrides)
     else:
-        loaded = load_config_source(config, overrides=overrides)
+        raise ConfigError(f"config: expected a path, YAML text, a mapping or a BenchmarkConfig, "
+                          f"got {type(config).__name__}")
     cfg = narrow_config(loaded, experiments, concurrency_levels, requests_per_level)
     check_pricing(cfg)
-    check_tokenizers(cfg, config_source_label(config) if isinstance(config, str) else "config")
+    check_tokenizers(cfg, config_source_label(str(config)) if isinstance(config, (str, Path)) else "config")
     from fmbench.quality.evaluate import check_evaluation
 
     check_evaluation(cfg)

@@ -394,8 +394,11 @@ def make_endpoint_client(experiment: ExperimentConfig, deployed: DeployedEndpoin
 
 
 def find_experiment(cfg: BenchmarkConfig, name: str) -> ExperimentConfig:
-    """The experiment of that name (KeyError when there is none)."""
+    """The experiment of that name, or the judge whose endpoint goes by it (KeyError when there is none)."""
     for e in cfg.experiments:
         if e.name == name:
             return e
+    for judge in cfg.evaluation.judges if cfg.evaluation else []:
+        if judge.experiment_name == name:
+            return judge.as_experiment()
     raise KeyError(name)

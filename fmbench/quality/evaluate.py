@@ -5,8 +5,8 @@ successful request, and a judge panel's verdicts on a seeded sample per shard.
 ``scores.parquet`` (one row per successful request: scores, panel verdict), ``judge_calls.parquet``
 (one row per judge request, recorded like any request: latency, tokens, error, cost, verdict) and
 ``outcome.json`` (its presence with status ``ok`` means: evaluated, reuse it); the judge template
-used is kept as ``evaluation/judge_prompt.txt``. Judges are deployed
-and deleted by the evaluation like an experiment's endpoint.
+used is kept as ``evaluation/judge_prompt.txt``. A run's judges are deployed and deleted like an
+experiment's endpoint (`fmbench.sequence.evaluate_run`) and billed from create to delete.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
-from fmbench.config import BenchmarkConfig, EvaluationConfig, ExperimentConfig, JudgeConfig, resolve_path
+from fmbench.config import BenchmarkConfig, EvaluationConfig, JudgeConfig, resolve_path
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import ConfigError, EndpointError, EvaluationError, FMBenchError
 from fmbench.protocol import Prompt
@@ -87,12 +87,17 @@ def evaluation_dir(run: RunInfo, experiment: str) -> str:
 def evaluation_key(cfg: BenchmarkConfig) -> str:
     """A hash of what an evaluation depends on besides the records (settings and judge template)."""
     ev = cfg.evaluation
-    blob = {"evaluation": ev.model_dump(mode="json") if ev else None, "template": judge_template(cfg)}
+    settings = ev.model_dump(mode="json") if ev else None
+    if settings and settings.get("judge_prompt"):  # its text counts, not where it was read from
+        settings["judge_prompt"] = "<file>"
+    blob = {"evaluation": settings, "template": judge_template(cfg)}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def judge_template(cfg: BenchmarkConfig) -> str:
     """The judge prompt template of a config (its file, or the shipped one), checked.
+
+    A path is relative to the config's directory; an s3:// URL (the copy a run keeps) is read from there.
 
     Raises:
         ConfigError: the file cannot be read, or the template is malformed.
@@ -100,12 +105,29 @@ def judge_template(cfg: BenchmarkConfig) -> str:
     ev = cfg.evaluation
     if ev is None or ev.judge_prompt is None:
         return default_template()
+    if storage.is_remote(ev.judge_prompt):
+        try:
+            text = storage.read_text(ev.judge_prompt)
+        except (OSError, FMBenchError) as exc:
+            raise ConfigError(f"evaluation.judge_prompt: cannot read {ev.judge_prompt}: {exc}") from exc
+        return check_template(text, f"evaluation.judge_prompt ({ev.judge_prompt})")
     path = resolve_path(cfg, ev.judge_prompt)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"evaluation.judge_prompt: cannot read {path}: {exc.strerror or exc}") from exc
     return check_template(text, f"evaluation.judge_prompt ({path})")
+
+
+def keep_judge_template(run: RunInfo, cfg: BenchmarkConfig) -> None:
+    """Keep the run's judge template in the run (``evaluation/judge_prompt.txt``), so that evaluating
+    it later (`fmbench evaluate`, from anywhere, an s3:// run too) needs not the config's directory.
+
+    Raises:
+        ConfigError: the template cannot be read or is malformed.
+    """
+    if cfg.evaluation is not None:
+        storage.write_text(run.path("evaluation", "judge_prompt.txt"), judge_template(cfg))
 
 
 def check_evaluation(cfg: BenchmarkConfig) -> None:
@@ -121,7 +143,7 @@ def check_evaluation(cfg: BenchmarkConfig) -> None:
     judge_template(cfg)
     for i, judge in enumerate(cfg.evaluation.judges):
         try:
-            resolve_pricing(_judge_experiment(judge))
+            resolve_pricing(judge.as_experiment())
         except ConfigError as exc:
             raise ConfigError(f"evaluation.judges.{i} ({judge.name}): {exc}") from exc
 
@@ -204,7 +226,7 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
     calls_frame = pl.DataFrame(calls, schema=JUDGE_CALL_SCHEMA)
     base = evaluation_dir(run, experiment)
     # What the judges were asked, beside their answers (the config may name a file outside the run).
-    storage.write_text(run.path("evaluation", "judge_prompt.txt"), template)
+    keep_judge_template(run, cfg)
     storage.write_parquet(storage.join(base, "scores.parquet"), scores)
     storage.write_parquet(storage.join(base, "judge_calls.parquet"), calls_frame)
     costs = [c["cost_usd"] for c in calls]
@@ -319,12 +341,6 @@ def _scores_frame(experiment: str, items: list[_Item], sample: list[_Item], call
 # ---------------------------------------------------------------- one judge
 
 
-def _judge_experiment(judge: JudgeConfig) -> ExperimentConfig:
-    # A judge is deployed, priced and called through the same machinery as an experiment.
-    return ExperimentConfig(name=f"judge-{judge.name}", endpoint=judge.endpoint, inference=judge.inference,
-                            pricing=judge.pricing)
-
-
 class JudgePanel(BaseModel):
     """The judges of a run, deployed once for every experiment's evaluation."""
 
@@ -336,13 +352,15 @@ class JudgePanel(BaseModel):
 
 def deploy_judges(run: RunInfo, cfg: BenchmarkConfig) -> JudgePanel:
     """Deploy every judge (a simulated server, a SageMaker endpoint; nothing for Bedrock or an
-    OpenAI-compatible URL). Never raises for a judge: one that cannot start is named in ``failed``."""
+    OpenAI-compatible URL), for `evaluate_experiment` called on its own. Never raises for a judge:
+    one that cannot start is named in ``failed``. A run deploys its judges through
+    `fmbench.sequence.evaluate_run` instead, which records their timelines for the bill."""
     from fmbench.deploy import deploy_endpoint
 
     panel = JudgePanel()
     for judge in cfg.evaluation.judges if cfg.evaluation else []:
         try:
-            panel.deployed[judge.name] = deploy_endpoint(_judge_experiment(judge), run.run_id, config_name=cfg.name)
+            panel.deployed[judge.name] = deploy_endpoint(judge.as_experiment(), run.run_id, config_name=cfg.name)
         except Exception as exc:  # noqa: BLE001 - recorded; the other judges and the scores go on
             panel.failed[judge.name] = f"not deployed: {exc}"
             log.warning("judge %s: not deployed: %s", judge.name, exc)
@@ -357,7 +375,7 @@ def teardown_judges(cfg: BenchmarkConfig, panel: JudgePanel) -> list[str]:
     judges = {j.name: j for j in cfg.evaluation.judges} if cfg.evaluation else {}
     for name, deployed in panel.deployed.items():
         try:
-            teardown_endpoint(deployed, _judge_experiment(judges[name]))
+            teardown_endpoint(deployed, judges[name].as_experiment())
         except Exception as exc:  # noqa: BLE001 - every judge gets its teardown
             problems.append(f"judge {name}: teardown failed: {exc}")
             log.warning("judge %s: teardown failed: %s", name, exc)
@@ -373,7 +391,7 @@ def _run_judge(panel: JudgePanel, ev: EvaluationConfig, experiment: str, judge: 
     from fmbench.pricing.resolve import NO_PRICING, resolve_pricing
 
     try:
-        pricing = resolve_pricing(_judge_experiment(judge))
+        pricing = resolve_pricing(judge.as_experiment())
     except ConfigError as exc:
         log.warning("judge %s: cost unknown: %s", judge.name, exc)
         pricing = NO_PRICING

@@ -44,10 +44,10 @@ def _run_config(run_url: str, config: str | None, overrides: list[str] | None) -
         data["evaluation"] = evaluation
         data.setdefault("slo", {})["min_accuracy"] = other.slo.min_accuracy
     elif isinstance(data.get("evaluation"), dict) and data["evaluation"].get("judge_prompt"):
-        # config.yml does not know the directory of the config it came from; the run kept the template.
+        # config.yml does not know the directory of the config it came from; the run kept the template
+        # (an s3:// run's copy is read from there).
         kept = storage.join(run_url, "evaluation", "judge_prompt.txt")
-        if not Path(data["evaluation"]["judge_prompt"]).is_absolute() and storage.exists(kept) \
-                and not storage.is_remote(kept):
+        if not Path(data["evaluation"]["judge_prompt"]).is_absolute() and storage.exists(kept):
             data["evaluation"]["judge_prompt"] = kept
     if overrides:
         data = apply_overrides(data, overrides)

@@ -130,6 +130,20 @@ def quality_summary(q: RunQuality, metric: str, seed: int = 0) -> pl.DataFrame:
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
+def accuracy_values(q: RunQuality, metric: str) -> pl.DataFrame:
+    """Per-request accuracy values whose mean per experiment × dataset × bucket is `quality_summary`'s
+    ``accuracy``: 1/0 for each request the panel decided (``judges``), else the score of each
+    request with a reference. Columns experiment, dataset, bucket, value."""
+    s = q.scores
+    if metric == "judges":
+        s = s.filter(pl.col("judged") & pl.col("panel_verdict").is_in(["correct", "incorrect"]))
+        value = (pl.col("panel_verdict") == "correct").cast(pl.Float64)
+    else:
+        s = s.filter(pl.col("has_reference"))
+        value = pl.col(metric).cast(pl.Float64)
+    return s.select("experiment", "dataset", "bucket", value.alias("value")).drop_nulls("value")
+
+
 def judge_summary(q: RunQuality) -> pl.DataFrame:
     """One row per experiment × judge: calls, verdicts, faults, latency, tokens and cost."""
     if q.calls.height == 0:

@@ -8,6 +8,7 @@ the per-request records (`noise`) says whether the change is larger than run-to-
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from fmbench import storage
@@ -41,12 +42,15 @@ def _relative(previous: float | None, current: float | None) -> float | None:
 
 
 def compare_metric(key: ShardKey, rule: MetricRule, previous: float | None, current: float | None,
-                   thresholds: Thresholds, ci: tuple[float, float] | None = None) -> MetricChange | None:
+                   thresholds: Thresholds, ci: tuple[float, float] | None = None,
+                   caveat: str | None = None) -> MetricChange | None:
     """Compare one metric of one shard; None when either value is missing.
 
     Args:
         ci: bootstrap interval of ``current - previous`` (see `bootstrap_diff_ci`), if per-request
             data was available.
+        caveat: why either run's measurement of this shard cannot be trusted; the change is then
+            reported, but as neither a regression nor an improvement.
     """
     if previous is None or current is None or (isinstance(previous, float) and math.isnan(previous)) \
             or (isinstance(current, float) and math.isnan(current)):
@@ -72,9 +76,64 @@ def compare_metric(key: ShardKey, rule: MetricRule, previous: float | None, curr
         experiment=key[0], dataset=key[1], bucket=key[2], concurrency=key[3], request_rate=key[4],
         metric=rule.metric, label=rule.label, previous=float(previous), current=float(current), change=change,
         threshold=threshold, worse=rule.worse, beyond_threshold=worse, ci_low=low, ci_high=high,
-        significant=significant, regression=worse and significant is not False,
-        improvement=better and improved_beyond_noise is not False,
+        significant=significant, caveat=caveat,
+        regression=worse and significant is not False and caveat is None,
+        improvement=better and improved_beyond_noise is not False and caveat is None,
     )
+
+
+@dataclass(frozen=True)
+class _Caveat:
+    """Why a run's measurement of a shard is in doubt, and by how much (None: not at all trusted)."""
+
+    reason: str
+    late_s: float | None = None
+
+
+def _shard_caveats(run_url: str) -> dict[ShardKey, _Caveat]:
+    """Per shard, why the run's measurement of it is in doubt: the shard was invalid (e.g. its client
+    saturated: nothing in it is trusted), or the simulated endpoint's own stamps say it was late or
+    saturated (a busy machine: its chunks went out up to ``late_s`` after their due time)."""
+    if not has_manifest(run_url):
+        return {}
+    out: dict[ShardKey, _Caveat] = {}
+    for shard in load_manifest(run_url).shards:
+        try:
+            key = shard_key(shard)
+        except (KeyError, TypeError, ValueError):
+            continue
+        sim = shard.get("simulator") or {}
+        if shard.get("valid") is False:
+            out[key] = _Caveat(f"invalid: {shard.get('invalid_reason') or 'see the report'}")
+        elif sim.get("late") or sim.get("saturated"):
+            late_ms = sim.get("lateness_p99_ms")
+            out[key] = _Caveat(str(sim.get("verdict") or "simulator late or saturated"),
+                               None if sim.get("saturated") or late_ms is None else float(late_ms) / 1e3)
+    return out
+
+
+def _explained(rule: MetricRule, prev_row: dict[str, Any], cur_row: dict[str, Any],
+               caveats: list[_Caveat]) -> bool:
+    """Could the doubt about the measurement account for this metric's change? An invalid shard or a
+    saturated simulator: always. A late simulator: when the change is no larger than its lateness
+    (seconds for latencies; for closed-loop rates and cost, lateness over the mean latency)."""
+    if any(c.late_s is None for c in caveats):
+        return True
+    late = max(c.late_s or 0.0 for c in caveats)
+    prev, cur = prev_row.get(rule.metric), cur_row.get(rule.metric)
+    if rule.metric == "error_rate" or prev is None or cur is None:
+        return False
+    if rule.metric.endswith("_s"):
+        return abs(float(cur) - float(prev)) <= late
+    means = [r.get("latency_mean_s") for r in (prev_row, cur_row)]
+    change = _relative(float(prev), float(cur))
+    if change is None or not all(isinstance(m, (int, float)) and m > 0 for m in means):
+        return False
+    return abs(change) <= late / min(float(m) for m in means if m is not None)
+
+
+def _caveat_text(prev_id: str | None, prev: _Caveat | None, cur_id: str, cur: _Caveat | None) -> str:
+    return "; ".join(f"{run}: {c.reason}" for run, c in ((prev_id or "previous", prev), (cur_id, cur)) if c)
 
 
 def compare_runs(previous_url: str, current_url: str, thresholds: Thresholds | None = None, *,
@@ -87,6 +146,7 @@ def compare_runs(previous_url: str, current_url: str, thresholds: Thresholds | N
     thresholds = thresholds or Thresholds()
     prev_m, cur_m = _metrics_by_shard(previous_url), _metrics_by_shard(current_url)
     prev_r, cur_r = per_request(previous_url), per_request(current_url)
+    prev_c, cur_c = _shard_caveats(previous_url), _shard_caveats(current_url)
     report = empty_report(current_url, thresholds, n_resamples, confidence)
     report.previous_run_url = previous_url
     report.previous_run_id = split_run_url(previous_url)[1]
@@ -101,6 +161,8 @@ def compare_runs(previous_url: str, current_url: str, thresholds: Thresholds | N
         if not (prev_ok and cur_ok):
             continue
         report.compared_shards += 1
+        doubts = [c for c in (prev_c.get(key), cur_c.get(key)) if c is not None]
+        why = _caveat_text(report.previous_run_id, prev_c.get(key), report.run_id, cur_c.get(key))
         for j, rule in enumerate(RULES):
             ci = None
             a, b = samples(prev_r.get(key), rule), samples(cur_r.get(key), rule)
@@ -110,7 +172,8 @@ def compare_runs(previous_url: str, current_url: str, thresholds: Thresholds | N
             elif a.size and b.size and rule.statistic == "rate" and key[4] is None and prev_value:
                 # Little's law holds for closed-loop shards only; open-loop rates follow the schedule
                 ci = bootstrap_rate_ci(a, b, float(prev_value), n_resamples, confidence, seed + 7919 * i + j)
-            change = compare_metric(key, rule, prev_value, cur_row.get(rule.metric), thresholds, ci)
+            caveat = why if doubts and _explained(rule, prev_row, cur_row, doubts) else None
+            change = compare_metric(key, rule, prev_value, cur_row.get(rule.metric), thresholds, ci, caveat)
             if change is not None:
                 report.changes.append(change)
     report.status = "regressed" if report.regressions or report.newly_failed else "ok"

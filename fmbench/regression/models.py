@@ -95,6 +95,10 @@ class MetricChange(BaseModel):
     ci_high: float | None = Field(default=None, description="Bootstrap CI of current - previous, high end.")
     significant: bool | None = Field(
         default=None, description="The CI excludes zero on the worse side; None without per-request data.")
+    caveat: str | None = Field(
+        default=None, description="Why this shard's measurement in either run may account for the change (the "
+        "shard was invalid, e.g. a saturated client; the simulated endpoint was saturated, or late by at least "
+        "as much as the change); a change with a caveat is never a regression or an improvement.")
     regression: bool = Field(description="Beyond the threshold and not within run-to-run noise.")
     improvement: bool = Field(description="Moved the good way by more than the threshold, beyond noise.")
 
@@ -137,7 +141,13 @@ class RegressionReport(BaseModel):
     @property
     def within_noise(self) -> list[MetricChange]:
         """Changes beyond the threshold that the bootstrap cannot tell from noise."""
-        return [c for c in self.changes if c.beyond_threshold and c.significant is False]
+        return [c for c in self.changes if c.beyond_threshold and c.significant is False and not c.caveat]
+
+    @property
+    def untrusted(self) -> list[MetricChange]:
+        """Changes beyond the threshold (either way) on shards whose measurement has a caveat: not counted."""
+        return [c for c in self.changes if c.caveat and (c.beyond_threshold or c.change is not None
+                                                          and abs(c.change) > c.threshold)]
 
     @property
     def improvements(self) -> list[MetricChange]:
@@ -149,12 +159,14 @@ class RegressionReport(BaseModel):
         if self.status == "no-previous":
             return f"{self.name}: no previous successful run to compare with"
         n = len(self.regressions) + len(self.newly_failed)
+        untrusted = (f"; {len(self.untrusted)} change(s) on shards measured under a late simulator or a "
+                     "saturated client not counted" if self.untrusted else "")
         if not n:
-            return f"{self.name}: no regression since {self.previous_run_id}"
+            return f"{self.name}: no regression since {self.previous_run_id}{untrusted}"
         first = self.regressions[0] if self.regressions else None
         what = (f"{first.label} {format_change(first)} on {first.shard}" if first
                 else f"shard {self.newly_failed[0]} failed")
-        return f"{self.name}: {n} regression(s) since {self.previous_run_id}, e.g. {what}"
+        return f"{self.name}: {n} regression(s) since {self.previous_run_id}, e.g. {what}{untrusted}"
 
 
 

@@ -92,6 +92,13 @@ def render_markdown(report: RegressionReport, images: bool = True) -> str:
             out.append("")
     else:
         out += ["**No regression.**", ""]
+    untrusted = report.untrusted
+    if untrusted:
+        out += [(f"Not counted ({len(untrusted)}): beyond the threshold, but no larger than what the measurement "
+                 "itself was off by in either run (an invalid shard, or a simulated endpoint whose chunks went out "
+                 "late on a busy machine). Run again on a quieter machine to compare these."), "",
+                *_table(untrusted, report.confidence), "",
+                *sorted({f"- {c.shard}: {c.caveat}" for c in untrusted}), ""]
     noise = report.within_noise
     if noise:
         out += [f"Beyond the threshold but within run-to-run noise ({len(noise)}):", "",

@@ -14,8 +14,8 @@ import polars as pl
 from fmbench import storage
 from fmbench.errors import ConfigError
 from fmbench.metrics import SHARD_KEYS, benchmark_cost, error_counts, evaluate_slo, good_request
-from fmbench.report.deltas import delta_note, delta_rows, run_deltas
-from fmbench.report.quality import quality_view, with_accuracy
+from fmbench.report.deltas import Delta, accuracy_deltas, delta_note, delta_rows, run_deltas
+from fmbench.report.quality import QualityView, quality_view, with_accuracy
 from fmbench.report.render import ReportInput, ReportPaths, pricing_rows, render
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
 
@@ -52,6 +52,23 @@ def _with_goodput(metrics: pl.DataFrame, requests: pl.LazyFrame | None, slo: Any
     )
 
 
+def _accuracy_deltas(views: list[tuple[str, RunData, QualityView | None]], shared: pl.DataFrame) -> list[Delta]:
+    """Evaluated accuracy of each run against the first's, on the shared buckets, scored by the first
+    run's accuracy metric (runs without an evaluation are left out)."""
+    from fmbench.quality.summary import accuracy_values, load_quality
+
+    evaluated = [(label, run, v) for label, run, v in views if v is not None]
+    if len(evaluated) < 2 or evaluated[0][0] != views[0][0]:
+        return []
+    first = evaluated[0][2]
+    assert first is not None
+    values = []
+    for label, run, _ in evaluated:
+        q = load_quality(run.url, [e.name for e in run.cfg.experiments] if run.cfg else [])
+        values.append((label, accuracy_values(q, first.metric).join(shared, on=["dataset", "bucket"], how="semi")))
+    return accuracy_deltas(values, f"accuracy ({first.metric_label})")
+
+
 def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPaths:
     """Write one report comparing several runs (report.md/html, plots/, metrics.csv/parquet in ``output``).
 
@@ -81,14 +98,17 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
 
     metrics, samples, errors, costs, itl, timelines = [], [], [], [], [], []
     per_run: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]] = []
+    views: list[tuple[str, RunData, QualityView | None]] = []
     for label, run in zip(labels, runs):
         m = run.metrics.join(shared_df, on=["dataset", "bucket"], how="semi")
         req = None
         if run.requests is not None:
             req = run.requests.join(shared_df.lazy(), on=["dataset", "bucket"], how="semi")
         m = _with_goodput(m, req, slo)
-        if run.cfg is not None:  # each run's own evaluated accuracy, for slo.min_accuracy
-            m = with_accuracy(m, quality_view(run.url, run.cfg))
+        view = quality_view(run.url, run.cfg) if run.cfg is not None else None
+        views.append((label, run, view))
+        if view is not None:  # each run's own evaluated accuracy, for slo.min_accuracy
+            m = with_accuracy(m, view)
         metrics.append(_prefix(m, label))
         if run.requests is not None and req is not None:
             sample = request_sample(req)
@@ -102,7 +122,7 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
             if spans is not None:
                 timelines.append(_prefix(spans, label))
         per_run.append((label, m, req))
-    deltas = run_deltas(per_run, slo)
+    deltas = run_deltas(per_run, slo) + _accuracy_deltas(views, shared_df)
     combined = evaluate_slo(pl.concat(metrics, how="diagonal_relaxed"), slo)
     storage.write_parquet(storage.join(output, "metrics.parquet"), combined)
     storage.write_text(storage.join(output, "metrics.csv"), combined.write_csv())

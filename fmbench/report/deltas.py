@@ -7,7 +7,8 @@ seeded bootstrap regression detection uses (`fmbench.regression`): per-request v
 are resampled and the change is *significant* when the confidence interval of the difference
 excludes zero. Throughput and instance-priced cost of closed-loop shards get their interval from the
 latencies through Little's law, as in regression detection; cost under token pricing and open-loop
-throughput get none ("no noise estimate").
+throughput get none ("no noise estimate"). Evaluated accuracy is compared per experiment, dataset
+and bucket (it does not depend on the load), its noise the same bootstrap of the per-request scores.
 """
 
 from __future__ import annotations
@@ -180,11 +181,47 @@ def run_deltas(runs: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]], slo: A
     return out
 
 
+def accuracy_deltas(runs: list[tuple[str, pl.DataFrame]], label: str, *, n_resamples: int = 400,
+                    confidence: float = 0.95, seed: int = 0) -> list[Delta]:
+    """Every run's evaluated accuracy after the first against the first, per experiment × dataset × bucket.
+
+    Args:
+        runs: (label, per-request accuracy values: `fmbench.quality.summary.accuracy_values`) per run,
+            baseline first, experiment names unprefixed; every run scored with the same metric.
+        label: the metric's name in the table (e.g. ``accuracy (exact match)``).
+    """
+    out: list[Delta] = []
+    if len(runs) < 2:
+        return out
+    keys = ["experiment", "dataset", "bucket"]
+    base_label, base = runs[0]
+    base_parts = base.partition_by(keys, as_dict=True)
+    for label_run, values in runs[1:]:
+        parts = values.partition_by(keys, as_dict=True)
+        shared = set(base_parts) & set(parts)
+        if not shared and base["experiment"].n_unique() == 1 and values["experiment"].n_unique() == 1:
+            # one experiment per run under different names (two serving stacks): pair by dataset bucket
+            by_bucket = {k[1:]: k for k in parts}
+            pairs = [(k, by_bucket[k[1:]]) for k in base_parts if k[1:] in by_bucket]
+        else:
+            pairs = [(k, k) for k in base_parts if k in shared]
+        for i, (kb, ko) in enumerate(sorted(pairs)):
+            a = base_parts[kb]["value"].to_numpy().astype(np.float64)
+            b = parts[ko]["value"].to_numpy().astype(np.float64)
+            before, after = float(a.mean()), float(b.mean())
+            low, high = bootstrap_diff_ci(a, b, "mean", n_resamples, confidence, seed + 7919 * i)
+            ci = (low, high) if math.isfinite(low) and math.isfinite(high) else None
+            out.append(Delta(shard=f"{kb[1]} {kb[2]}", baseline=f"{base_label}/{kb[0]}", run=f"{label_run}/{ko[0]}",
+                             metric="accuracy", label=label, before=before, after=after, ci=ci,
+                             verdict=_verdict(before, after, ci, "up")))
+    return out
+
+
 def _fmt(metric: str, v: float, signed: bool = False) -> str:
     sign = "+" if signed else ""
     if metric.endswith("_s"):
         return f"{v * 1000:{sign},.1f} ms"
-    if metric == "goodput_share":
+    if metric in ("goodput_share", "accuracy"):
         return f"{v * 100:{sign}.1f}%" if not signed else f"{v * 100:+.1f} pt"
     if metric.startswith("cost"):
         return f"{'+' if signed and v >= 0 else '-' if v < 0 else ''}${abs(v):,.4g}"
@@ -218,4 +255,5 @@ def delta_note(n_resamples: int = 400, confidence: float = 0.95) -> str:
             "regression detection uses) excludes zero, else it is within noise. p95 ITL resamples the pooled gaps; "
             "goodput the per-request good/not-good outcome; closed-loop throughput and instance-priced cost take "
             "their interval from the latencies (Little's law). Token-priced cost and open-loop throughput have no "
-            "noise estimate.")
+            "noise estimate. Evaluated accuracy is compared per dataset bucket (all loads together), resampling "
+            "the per-request scores (or the judge panel's decided verdicts).")

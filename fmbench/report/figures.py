@@ -284,10 +284,10 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
     from fmbench.metrics.cost import billed_time
 
     spans = []
-    for name, t in timelines.items():
+    for t in timelines.values():
         billed = billed_time(t, run_end)
         if billed is not None:
-            spans.append((name, billed))
+            spans.append((t.label, billed))
     if not spans:
         return None
     fig = new_figure()

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from fmbench.config import BenchmarkConfig
+from fmbench.deploy import judge_label
 from fmbench.quality.summary import judge_cost_total, judge_summary, load_quality, quality_summary
 from fmbench.report.figures import Figure, colour_map, new_figure
 from fmbench.report.tables import fmt_int, fmt_usd
@@ -87,10 +88,10 @@ def quality_view(run_url: str, cfg: BenchmarkConfig) -> QualityView | None:
     if q.calls.height:
         for (judge,), grp in q.calls.group_by(["judge"], maintain_order=True):
             known = grp["cost_usd"].null_count() == 0
-            cost_rows.append({"experiment": f"judge {judge} (evaluation)", "requests": grp.height,
+            cost_rows.append({"experiment": judge_label(str(judge)), "requests": grp.height,
                               "cost_usd": float(grp["cost_usd"].sum()) if known else None,
                               "basis": "judge calls: their tokens at token prices, or, priced by the hour, the hours "
-                              "the judge was answering (its deploy and idle time not included)"
+                              "the judge was answering (an endpoint the run did not deploy)"
                               if known else "judge not priced"})
     return QualityView(metric=metric, metric_label=_METRIC_LABELS[metric], accuracy_rows=rows, judge_rows=jrows,
                        missing=q.missing, summary=summary, judge_cost_usd=judge_cost_total(q),

@@ -287,13 +287,18 @@ def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | N
 
 
 def _with_judge_costs(cost: pl.DataFrame | None, quality: QualityView | None) -> pl.DataFrame | None:
-    # Judging is part of what the benchmark cost: one row per judge, in the same table and total.
+    # Judging is part of what the benchmark cost: one row per judge, in the same table and total. A judge
+    # endpoint the run deployed already has its create-to-delete row; it gets its call count, not a second bill.
     if quality is None or not quality.judge_cost_rows:
         return cost
     judges = pl.DataFrame(quality.judge_cost_rows, schema_overrides={"cost_usd": pl.Float64, "requests": pl.Int64})
     if cost is None or cost.is_empty():
         return judges
-    return pl.concat([cost, judges], how="diagonal_relaxed")
+    calls = dict(zip(judges["experiment"].to_list(), judges["requests"].to_list(), strict=True))
+    billed = set(cost["experiment"].to_list()) & set(calls)
+    cost = cost.with_columns(pl.col("experiment").replace_strict(calls, default=None, return_dtype=pl.Int64)
+                             .fill_null(pl.col("requests")).alias("requests"))
+    return pl.concat([cost, judges.filter(~pl.col("experiment").is_in(billed))], how="diagonal_relaxed")
 
 
 def pricing_rows(runs: list[RunData]) -> list[dict[str, str]]:

@@ -119,7 +119,10 @@ def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     raw = _config(tmp_path, "interrupted", {"slow": _sagemaker(moto, sim_url, deploy_timeout_s=900)})
     cfg = tmp_path / "interrupted.yml"
     cfg.write_text(yaml.safe_dump(raw))
-    proc = subprocess.Popen([sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "int"], env=cli_env, cwd=ROOT,
+    # Started with SIGINT ignored, as a non-interactive shell starts its background jobs (`fmbench run &`
+    # in a script, CI runners): the run must still stop on the SIGINT it is sent.
+    argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "int"]
+    proc = subprocess.Popen(argv, env=cli_env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
     try:

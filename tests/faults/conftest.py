@@ -3,15 +3,14 @@ HTTP server (401s, non-JSON answers, streams without usage, S3 access denied).""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
 from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
 
+from tests.support.app_thread import serve_app
 from tests.support.cli import ROOT
 from tests.support.sim_shards import ODD_STATE
 
@@ -108,29 +107,6 @@ def odd_server() -> Iterator[str]:
     app.router.add_post("/aws/{case}/{tail:.*}", _aws_refusal)
     app.router.add_post("/aws/{case}", _aws_refusal)  # JSON-protocol APIs (SageMaker) post to the base path
     app.router.add_route("*", "/{tail:.*}", _s3_denied)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, object] = {}
-
-    async def start() -> None:
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        holder["runner"] = runner
-        holder["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(20)
-    yield f"http://127.0.0.1:{holder['port']}"
-    asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(10)  # type: ignore[attr-defined]
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_app(app) as url:
+        yield url
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +42,21 @@ def _config(tmp_path: Path, url: str) -> Path:
 
 
 async def _prefect_texts(flow_run_id: Any) -> list[str]:
+    """Everything Prefect holds about the run. Logs reach the API from a background worker a moment
+    after the run ends, so it waits (bounded) until they have arrived instead of reading once."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
-
+    deadline = time.monotonic() + 120
     async with get_client() as client:
-        logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                                      limit=200)
-        artifacts = await client.read_artifacts()
-        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        tasks = await client.read_task_runs()
+        while True:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+            artifacts = await client.read_artifacts()
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            tasks = await client.read_task_runs()
+            if (logs and artifacts and runs) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
     texts = [log.message for log in logs]
     texts += [f"{a.key} {a.data} {a.description}" for a in artifacts]
     texts += [f"{r.parameters} {r.state}" for r in runs]
@@ -84,6 +91,9 @@ def test_planted_api_key_and_aws_credentials_appear_nowhere(prefect_harness: Non
             data = path.read_bytes()
             for secret in SECRETS:
                 assert secret.encode() not in data, (secret, path)
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # send what the run logged before reading it back
     texts = asyncio.run(_prefect_texts(state.state_details.flow_run_id))
     # botocore's own DEBUG wire log prints request headers (the access key id in Authorization and
     # the session token); it is off unless a user turns on DEBUG for botocore, so it is left out

@@ -161,14 +161,17 @@ def test_a_closed_loop_shard_over_two_hosts_keeps_its_concurrency(cluster: Clust
     assert all(c.calibration is not None and c.max_request_rate for c in clocks)
     assert all(c.uncertainty_s >= 0 for c in clocks)
 
-    # TTFT and TPOT agree with the same shard from one host within the client's calibrated overhead.
+    # TTFT and TPOT agree with the same shard from one host within the client's calibrated overhead,
+    # plus 10 % for what a shared 2-core machine does between two runs (the simulator runs in this
+    # process): a split that mis-timed requests (a wrong clock, a slice that never started) is far off.
     one = tmp_path / "one.parquet"
     run_shard(_client(sim), PROMPTS, spec, one, len)
     single = pl.read_parquet(one).filter(~pl.col("warmup"))
     multi = records.filter(~pl.col("warmup"))
     overhead_s = max(c.calibration["rtt_p99_ms"] for c in clocks if c.calibration) / 1e3
     for col in ("ttft_s", "tpot_s"):
-        assert abs(multi[col].median() - single[col].median()) <= overhead_s, col
+        a, b = multi[col].median(), single[col].median()
+        assert abs(a - b) <= overhead_s + 0.1 * max(a, b), (col, a, b, overhead_s)
 
 
 def test_an_open_loop_shard_over_two_hosts_keeps_its_rate(cluster: Cluster, sim: str, tmp_path: Path) -> None:
