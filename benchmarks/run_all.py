@@ -1,4 +1,4 @@
-"""Run all eight benchmarks (`make bench`) and write benchmarks/results/*.json and results.md.
+"""Run all nine benchmarks (`make bench`) and write benchmarks/results/*.json and results.md.
 
 Each benchmark runs as its own ``python -m benchmarks.NAME`` process with a time limit, so one
 failing or hanging benchmark costs its own row, not the others. ``--quick`` runs the smoke
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = {  # name -> (full, quick) time limits in seconds
     "client_overhead": (600, 120),
     "capacity": (420, 120),
+    "sim_capacity": (240, 90),
     "orchestration": (600, 300),
     "analysis_scale": (300, 120),
     "long_context": (300, 120),
@@ -215,6 +216,22 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                          f"{x['load_avg'][0]} |")
         lines += ["", (f"Offered load, 2 hosts / 1 host: **{r['ratio']:.2f}** (workers on this one machine share its "
                   "cores with the server: a lower bound for separate machines)."), ""]
+    else:
+        lines += [_missing(r), ""]
+    r = results.get("sim_capacity", {})
+    lines += ["## 9. Simulator capacity (paced streams per core at 4 ms/token, closed loop, 250-token streams)", ""]
+    if "rows" in r:
+        lines += [("| writer | conc | chunks/s | server CPU cores | server CPU us/chunk | paced streams per core | "
+                   "pacing error p50 / p99 / max ms | client CPU cores | load |"),
+                  "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for x in r["rows"]:
+            lines.append(f"| {x['writer']} | {x['concurrency']} | {x['chunks_s']:,} | {x['server_cpu_cores']} | "
+                         f"{x['server_cpu_us_per_chunk']} | {_f(x['streams_per_core'], '{:,.0f}')} | "
+                         f"{x['pacing_p50_ms']} / {x['pacing_p99_ms']} / {x['pacing_max_ms']} | "
+                         f"{x.get('client_cpu_cores', 'n/a')} | {x['load_avg'][0]} |")
+        ratios = ", ".join(f"{v:.2f} at c={k}" for k, v in r["streams_per_core_ratio"].items())
+        lines += ["", (f"Streams per core, new / old writer: {ratios}. Target ({r['target']}): ratio "
+                  f"{'met' if r['met_ratio'] else 'missed'}, pacing {'met' if r['met_pacing'] else 'missed'}."), ""]
     else:
         lines += [_missing(r), ""]
     return "\n".join(lines) + "\n"

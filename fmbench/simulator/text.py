@@ -83,5 +83,12 @@ def generate_tokens(seed: int, content: str) -> Iterator[str]:
     rng = random.Random(text_seed(seed, content))
     vocab = VOCABULARY
     n = len(vocab)
+    # What rng.randrange(n) draws (rejection sampling on getrandbits), without its two Python-level
+    # calls per token: the same words, at a third of the cost (one draw per output token).
+    getrandbits = rng.getrandbits
+    k = n.bit_length()
     while True:
-        yield vocab[rng.randrange(n)]
+        r = getrandbits(k)
+        while r >= n:
+            r = getrandbits(k)
+        yield vocab[r]

@@ -40,3 +40,15 @@ def test_long_context_quick_and_the_results_table(tmp_path: Path) -> None:
 
     md = render_markdown({"long_context": data}, quick=True)
     assert "32,000" in md and "## 5. Long context" in md and "Not run." in md  # the others
+
+
+def test_sim_capacity_quick_compares_both_writers_from_server_stamps(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "benchmarks.sim_capacity", "--quick", "--concurrency", "8",
+                    "--output-tokens", "20", "--out", str(tmp_path)], cwd=ROOT, check=True, timeout=240,
+                   capture_output=True)
+    data = json.loads((tmp_path / "sim_capacity.json").read_text())
+    assert [(r["writer"], r["concurrency"]) for r in data["rows"]] == [("per-stream", 8), ("batched", 8)]
+    for row in data["rows"]:
+        assert row["errors"] == 0 and row["chunks_s"] > 0 and row["pacing_chunks"] > 0
+        assert row["pacing_p50_ms"] >= 0  # the server never sends a chunk before it is due
+    assert set(data["streams_per_core_ratio"]) <= {"8"} and isinstance(data["met"], bool)

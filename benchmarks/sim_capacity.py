@@ -1,0 +1,155 @@
+"""Simulator capacity (issue 17, item 3): paced streams per core at 4 ms per token, and pacing error.
+
+The simulated endpoint runs in its own process with each decode path (``--writer per-stream``, one
+coroutine wake and write per chunk, the path before issue 17; ``--writer batched``, one decode
+step writes every active stream's next chunk). A closed loop of ``concurrency`` streaming requests
+(TTFT 80 ms, 4 ms per token, 250 tokens) reads the bytes without decoding them, so the client
+stays cheap. Per path, from one measured window after a warm-up:
+
+* paced streams per core = chunks sent per second x 4 ms / server CPU seconds per second
+  (``/proc/PID/stat``): how many 4-ms streams one fully used core would carry;
+* pacing error = the server's own chunk stamps against its schedule (``t_sent - t_due``, from
+  ``/fmbench/stats``), p50/p99/max.
+
+The ratio of the two paths is measured in one run, on one machine state. Target: batched >= 4x
+per-stream streams per core, pacing error p99 <= 1 ms at concurrency 128.
+
+Run: ``uv run --no-sync python -m benchmarks.sim_capacity [--quick]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import aiohttp
+
+from benchmarks._common import loadavg, parser, write_result
+from fmbench.config import SimulatedEndpoint
+from fmbench.simulator.process import SimulatedServerProcess
+
+TPOT_MS = 4.0
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window_s: float,
+                 pid: int) -> dict[str, Any]:
+    chunks = errors = 0
+    measuring = False
+    stop = False
+    body = {"model": model, "stream": True, "prompt": "capacity"}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(i: int) -> None:
+            nonlocal chunks, errors
+            n = 0
+            while not stop:
+                try:
+                    async with session.post(f"{url}/v1/completions",
+                                            json={**body, "prompt": f"capacity {i} {n}"}) as resp:
+                        async for data in resp.content.iter_any():
+                            if measuring:
+                                chunks += data.count(b"data: {")
+                except aiohttp.ClientError:
+                    errors += 1
+                n += 1
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        await asyncio.sleep(warmup_s)
+        async with session.post(f"{url}/fmbench/stats/reset") as r:
+            await r.read()
+        measuring = True
+        cpu0, t0, c0 = _cpu_s(pid), time.monotonic(), time.process_time()
+        await asyncio.sleep(window_s)
+        cpu1, t1, c1 = _cpu_s(pid), time.monotonic(), time.process_time()
+        measuring = False
+        sent = chunks
+        async with session.get(f"{url}/fmbench/stats") as r:
+            stats = await r.json()
+        stop = True
+        await asyncio.wait(tasks, timeout=10)
+        for t in tasks:
+            t.cancel()
+    wall = t1 - t0
+    cores = (cpu1 - cpu0) / wall
+    chunks_s = sent / wall
+    late = stats["lateness"]
+    return {
+        "chunks_s": round(chunks_s),
+        "server_cpu_cores": round(cores, 3),
+        "client_cpu_cores": round((c1 - c0) / wall, 3),
+        "server_cpu_us_per_chunk": round((cpu1 - cpu0) / max(sent, 1) * 1e6, 2),
+        "paced_streams": round(chunks_s * TPOT_MS / 1000, 1),
+        "streams_per_core": round(chunks_s * TPOT_MS / 1000 / cores, 1) if cores > 0 else None,
+        "pacing_p50_ms": round(late["p50_ms"], 3),
+        "pacing_p99_ms": round(late["p99_ms"], 3),
+        "pacing_max_ms": round(late["max_ms"], 3),
+        "pacing_chunks": late["n"],
+        "errors": errors,
+        "load_avg": loadavg(),
+    }
+
+
+def measure(writer: str | None, concurrency: int, warmup_s: float, window_s: float,
+            output_tokens: int) -> dict[str, Any]:
+    """One decode path at one concurrency, in a fresh server process."""
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=80.0, tpot_ms=TPOT_MS, output_tokens=output_tokens,
+                            max_batch=concurrency)
+    extra = ["--writer", writer] if writer else []
+    with SimulatedServerProcess(cfg, extra_args=extra) as server:
+        assert server.url is not None and server.pid is not None
+        row = asyncio.run(_drive(server.url, cfg.model, concurrency, warmup_s, window_s, server.pid))
+    return {"writer": writer or "default", "concurrency": concurrency, **row}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--writers", nargs="+", default=["per-stream", "batched"],
+                   help="Decode paths to compare (the first is the baseline, the last the candidate).")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[32, 128],
+                   help="Concurrency levels; the target is judged at the last.")
+    p.add_argument("--output-tokens", type=int, default=None)
+    args = p.parse_args(argv)
+    warmup, window, tokens = (1.0, 2.0, 100) if args.quick else (2.0, 6.0, 250)
+    tokens = args.output_tokens or tokens
+    rows = []
+    for level in args.concurrency:
+        for writer in args.writers:  # adjacent in time, so both see the same machine load
+            row = measure(None if writer == "default" else writer, level, warmup, window, tokens)
+            print(row, flush=True)
+            rows.append(row)
+    ratios = {}
+    for level in args.concurrency:
+        by = {r["writer"]: r for r in rows if r["concurrency"] == level}
+        base, best = by.get(args.writers[0]), by.get(args.writers[-1])
+        if base and best and base["streams_per_core"] and best["streams_per_core"]:
+            ratios[str(level)] = round(best["streams_per_core"] / base["streams_per_core"], 2)
+    top = args.concurrency[-1]
+    best = next(r for r in rows if r["concurrency"] == top and r["writer"] == args.writers[-1])
+    ratio = ratios.get(str(top))
+    data = {
+        "target": f"{args.writers[-1]} >= 4x {args.writers[0]} paced streams per core at 4 ms/token; "
+                  f"pacing error p99 <= 1 ms at concurrency {top}",
+        "tpot_ms": TPOT_MS, "output_tokens": tokens, "window_s": window, "rows": rows,
+        "streams_per_core_ratio": ratios,
+        "met_ratio": bool(ratio and ratio >= 4.0),
+        "met_pacing": best["pacing_p99_ms"] <= 1.0,
+    }
+    data["met"] = data["met_ratio"] and data["met_pacing"]
+    print(f"streams per core {args.writers[-1]} / {args.writers[0]} by concurrency: {ratios}; pacing p99 at "
+          f"{top}: {best['pacing_p99_ms']} ms; met: {data['met']}", flush=True)
+    write_result(args.out, "sim_capacity", data)
+
+
+if __name__ == "__main__":
+    main()
