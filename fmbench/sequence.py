@@ -53,6 +53,30 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+#: How long the main thread waits on a future at a time before it checks for signals.
+SIGNAL_POLL_S = 0.5
+
+
+def settle(future: Any) -> Any:
+    """``future.result()``, waited for in short slices.
+
+    A signal (Ctrl-C, SIGTERM) that the kernel delivers to another thread of the process does not
+    wake a main thread blocked in an untimed lock wait: Python runs the handler only when the main
+    thread next runs bytecode, and a run waiting on a 15-minute deploy would sit out the interrupt
+    (seen in CI). Waking every ``SIGNAL_POLL_S`` lets the handler run at once.
+    """
+    inner = getattr(future, "wrapped_future", future)
+    done = getattr(inner, "done", None)
+    if not callable(done):
+        return future.result()
+    while True:
+        try:
+            return future.result(timeout=SIGNAL_POLL_S)
+        except TimeoutError:
+            if done():  # the step itself raised a TimeoutError
+                raise
+
+
 class Pending(Protocol[T_co]):
     """A step's result that may still be computing (a future, or a value already there)."""
 
@@ -166,7 +190,7 @@ def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
         pending = {name: steps.evaluate(run, cfg, name, panel) for name in names}
         for name, p in pending.items():
             try:
-                p.result()
+                settle(p)
             except EvaluationError as exc:  # its outcome.json names what is missing
                 log.warning("%s", exc)
             except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
@@ -247,7 +271,7 @@ class Lifecycles:
                 pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.order)), "fmbench-lane")
                 try:
                     lanes = {n: pool.submit(contextvars.copy_context().run, self.lifecycle, n) for n in self.order}
-                    outcomes = {n: lane.result() for n, lane in lanes.items()}
+                    outcomes = {n: settle(lane) for n, lane in lanes.items()}
                 finally:
                     pool.shutdown(wait=False)  # interrupted: delete the endpoints first, lanes then end
             else:
@@ -269,7 +293,7 @@ class Lifecycles:
         self._start_deploy(name)
         try:
             try:
-                deployed = self.deploys[name].result()
+                deployed = settle(self.deploys[name])
             except Exception as exc:  # noqa: BLE001 - a failed deploy fails its shards, not the run
                 progress.deploy_ended(name, ok=False)
                 self._deploy_ahead(name)
@@ -297,7 +321,7 @@ class Lifecycles:
         """
         self._start_deploy(name)
         try:
-            deployed = self.deploys[name].result()
+            deployed = settle(self.deploys[name])
         except Exception as exc:
             progress.deploy_ended(name, ok=False)
             self._deploy_failed(name, exc)
@@ -349,7 +373,7 @@ class Lifecycles:
         if name in self.timelines and self.timelines[name].first_shard_at is None:
             self._update(name, first_shard_at=_now())
         try:
-            outcome = self.steps.shard(self.run, self.cfg, spec, self._prompts_url(name, spec), deployed).result()
+            outcome = settle(self.steps.shard(self.run, self.cfg, spec, self._prompts_url(name, spec), deployed))
         except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
             outcome = failed_outcome(spec, exc)
         self._update(name, last_shard_at=_now())
@@ -426,7 +450,7 @@ class Lifecycles:
 
     def _teardown(self, name: str, deployed: DeployedEndpoint) -> None:
         try:
-            removed = self.steps.teardown(self.cfg, deployed).result()
+            removed = settle(self.steps.teardown(self.cfg, deployed))
         except BaseException as exc:
             message = not_torn_down(deployed, exc)
             self._update(name, delete_error=message)
