@@ -73,8 +73,8 @@ def settle(future: Any) -> Any:
         try:
             return future.result(timeout=SIGNAL_POLL_S)
         except TimeoutError:
-            if done():  # the step itself raised a TimeoutError
-                raise
+            if done():  # it ended just after the timeout, or the step itself raised a TimeoutError
+                return future.result()
 
 
 class Pending(Protocol[T_co]):
