@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import queue
 import resource
 import sys
 import tempfile
@@ -63,7 +64,8 @@ def generate(run_dir: str, n: int) -> None:
         "input_tokens": rng.integers(1, 1000, n), "output_tokens": out_tok, "usage_source": ["server"] * n,
         "t_scheduled": t0, "t_start": t0, "t_first_token": t0 + ttft, "t_end": t0 + lat,
         "send_lag_s": np.zeros(n), "ttft_s": ttft, "latency_s": lat, "tpot_s": (lat - ttft) / (out_tok - 1),
-        "itl_s": [[0.01, 0.012, 0.011]] * n, "chunks": out_tok,
+        "itl_s": [[0.01, 0.012, 0.011]] * n, "chunks": out_tok, "resends": np.zeros(n, dtype=np.int64),
+        "note": [None] * n, "text": [None] * n, "client_host": [None] * n,
     }, schema=REQUEST_SCHEMA)
     root = Path(run_dir)
     df.write_parquet(root / "requests.parquet")
@@ -100,7 +102,15 @@ def _child(kind: str, run_dir: str) -> dict[str, Any]:
     proc = ctx.Process(target=_measure, args=(kind, run_dir, q))
     t0 = time.perf_counter()
     proc.start()
-    res = q.get(timeout=600)
+    deadline = time.monotonic() + 600
+    while True:  # a child that died (an exception in it) ends the wait at once, not after 10 minutes
+        try:
+            res = q.get(timeout=1)
+            break
+        except queue.Empty:
+            if not proc.is_alive() or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{kind} child ended without a result (exit {proc.exitcode})") from None
     proc.join()
     res["process_wall_s"] = round(time.perf_counter() - t0, 3)  # with interpreter start and imports
     return res
@@ -114,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         proc = mp.get_context("spawn").Process(target=generate, args=(run_dir, n))
         proc.start()
         proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"generating the run failed (exit {proc.exitcode})")
         la = loadavg()
         metrics = _child("metrics", run_dir)
         print(f"metrics over {n:,} records: {metrics['seconds']:.2f} s, peak RSS {metrics['peak_rss_mb']:.0f} MB "
