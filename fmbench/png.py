@@ -9,8 +9,10 @@ Starting the browser takes about as long as rendering the figures (1.5 s each on
 development VM), so `PngExporter` can be started before the report's data is even loaded: the
 child starts Chromium while the parent computes metrics and builds figures, then renders the jobs
 it is sent. The figures travel as plotly JSON and go to kaleido as plain dicts (no second
-validation by plotly in the child). Two tabs render side by side: on the 2-core VM that took the
-figures of a 200-shard report from 34 s to 29 s (browser start included, load 4-7).
+validation by plotly in the child). One tab renders them one after another: a second tab
+(``kaleido.Kaleido(n=2)``) took the figures of a 200-shard report from 34 s to 29 s on the 2-core
+VM, but made the default run's report (10 report and 4 trend PNGs) slower, 12.1 s against 10.0 s
+(medians of 3, load 6-9): its start costs more than the overlap gains on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import psutil
 #: Seconds the whole export may take before it is abandoned (``FMBENCH_PNG_TIMEOUT_S`` overrides).
 EXPORT_TIMEOUT_S = 180.0
 _CHROMIUM = "/usr/bin/chromium"
-_TABS = 2
 
 
 def export_timeout_s() -> float:
@@ -159,7 +160,7 @@ async def _serve(stdin: IO[str]) -> None:
 
     import kaleido
 
-    async with kaleido.Kaleido(n=_TABS) as k:  # starts the browser now, before the jobs arrive
+    async with kaleido.Kaleido() as k:  # starts the browser now, before the jobs arrive
         line = await asyncio.to_thread(stdin.readline)
         if not line.strip():
             return  # the parent had nothing to export
