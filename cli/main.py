@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="re-render a run's report from its stored records")
     rep.add_argument("run_dir", help="run directory or s3:// URL")
+    rep.add_argument("--no-png", dest="png", action="store_false",
+                     help="skip the static PNG plots (no browser is started)")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     ev = sub.add_parser("evaluate", help="score and judge the answers of a finished run, then re-render its report")
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", help="a config whose evaluation section and slo.min_accuracy replace the run's")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override the run's config, e.g. evaluation.evaluate_per_shard=50")
+    ev.add_argument("--no-png", dest="png", action="store_false",
+                    help="skip the report's static PNG plots (no browser is started)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     cmp_ = sub.add_parser("compare", help="compare several runs in one report")
@@ -163,7 +167,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fmbench.report import render_report
 
-    paths = render_report(args.run_dir)
+    paths = render_report(args.run_dir, png=args.png)
     print(f"Report: {getattr(paths, 'markdown', paths)}")
     return 0
 
@@ -171,7 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fmbench.quality.finished import evaluate_run_dir
 
-    outcomes = evaluate_run_dir(args.run_dir, config=args.config, overrides=args.overrides)
+    outcomes = evaluate_run_dir(args.run_dir, config=args.config, overrides=args.overrides, png=args.png)
     incomplete = 0
     for name, o in outcomes.items():
         if o is None or o.status == "failed":
