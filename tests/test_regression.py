@@ -315,3 +315,15 @@ def test_the_report_renders_the_trend_plots_its_run_left(tmp_path, cfg):
     for text in (Path(url, "regression.md").read_text(), Path(url, "report.md").read_text()):
         assert "![p95 latency trend](plots/trend_latency_p95.png)" in text
     assert "data:image/png;base64," in Path(url, "report.html").read_text()  # inlined in the HTML
+
+
+def test_an_unreadable_earlier_run_costs_the_trend_plots_not_the_report(tmp_path, cfg, stalled_browser):
+    from fmbench.report import render_report
+
+    url = _trend_runs(tmp_path, cfg)
+    regression.check_regressions(url, trend_runs=3, plots=False)
+    Path(tmp_path, cfg.name, "20260101-020000-aaaa", "metrics.parquet").unlink()  # gone since the check
+    render_report(url)
+    report = regression.read_report(url)
+    assert report is not None and report.plots == [] and "metrics.parquet" in (report.plot_error or "")
+    assert "Trend plots not rendered: " in Path(url, "report.md").read_text()

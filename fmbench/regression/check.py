@@ -72,11 +72,19 @@ def pending_trend_plots(run_url: str) -> tuple[RegressionReport, list[tuple[str,
         None when the check has not run, has fewer than two runs to plot, or already has its plots
         (or their failure) recorded; else the report and (path inside the run directory, figure) pairs.
     """
-    report = read_report(run_url)
+    try:
+        report = read_report(run_url)
+    except Exception as exc:  # noqa: BLE001 -- e.g. a regression.json of another version: no plots, still a report
+        log.warning("regression: %s/%s not read (%s)", run_url, REGRESSION_JSON, exc)
+        return None
     if report is None or len(report.trend_runs) < 2 or report.plots or report.plot_error:
         return None
     parent, _ = split_run_url(run_url)
-    return report, trend_figures(parent, report.trend_runs)
+    try:
+        return report, trend_figures(parent, report.trend_runs)
+    except Exception as exc:  # noqa: BLE001 -- an unreadable earlier run costs the trend plots, not the report
+        record_trend_plots(run_url, report, [], f"{exc.__class__.__name__}: {exc}")
+        return None
 
 
 def record_trend_plots(run_url: str, report: RegressionReport, plots: list[str], error: str | None) -> str:

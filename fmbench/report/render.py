@@ -527,6 +527,8 @@ def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
     metrics = with_accuracy(run.metrics, quality) if quality is not None else run.metrics
     if quality is not None and slo is not None:
         slo = slo.model_copy(update={"min_accuracy": quality.min_accuracy})
+    # Before regression.md is read: when the trend plots cannot even be drawn, it is rewritten to say so.
+    trend = pending_trend_plots(run.url) if exporter is not None else None
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
@@ -535,7 +537,7 @@ def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
         itl_dist=itl_distribution(run.requests), request_spans=request_timelines(run.requests),
-        trend=pending_trend_plots(run.url) if exporter is not None else None,
+        trend=trend,
     )
     return render(inp, run.url, exporter, png=exporter is not None)
 
