@@ -309,17 +309,19 @@ class _StreamSink:
 
     def __init__(self, out: ChunkedStream, base: dict[str, Any], chat: bool, gen: Generation,
                  include_usage: bool, done: asyncio.Future[None]) -> None:
-        head = _dumps({**base, "choices": []})[:-2]  # ends with "choices":[
-        open_ = b'{"index":0,"delta":{"content":' if chat else b'{"index":0,"text":'
-        close = b'},"logprobs":null,"finish_reason":' if chat else b',"logprobs":null,"finish_reason":'
+        head = _dumps({**base, "choices": []})[:-2].decode()  # ends with "choices":[
+        open_ = '{"index":0,"delta":{"content":' if chat else '{"index":0,"text":'
+        close = '},"logprobs":null,"finish_reason":' if chat else ',"logprobs":null,"finish_reason":'
+        pre = f"data: {head}{open_}"
+        mid = f'{close}null}}],"fmbench":{{"index":'
         texts = gen.chunk_texts()
-        last = len(texts) - 1
-        fin_last = b'"' + gen.finish_reason.encode() + b'"'
-        self._frames = [
-            b"".join((b"data: ", head, open_, _json_str(text).encode(), close,
-                      fin_last if i == last else b"null", b'}],"fmbench":{"index":%d,"n_tokens":' % i))
-            for i, text in enumerate(texts)
-        ]
+        # One f-string and one encode per frame: this runs once per output token.
+        frames = [f'{pre}{_json_str(text)}{mid}{i},"n_tokens":'.encode() for i, text in enumerate(texts)]
+        if texts:
+            i = len(texts) - 1
+            frames[i] = (f'{pre}{_json_str(texts[i])}{close}"{gen.finish_reason}"}}],'
+                         f'"fmbench":{{"index":{i},"n_tokens":').encode()
+        self._frames = frames
         self._base, self._include_usage = base, include_usage
         self._gen, self._done, self._out = gen, done, out
 
