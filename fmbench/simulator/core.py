@@ -221,7 +221,7 @@ class SimCore:
         self.loop = asyncio.get_running_loop()
         self.model = LatencyModel(ModelParams.from_config(cfg))
         self._gens: dict[int, Generation] = {}
-        self._timer: Timer = make_timer(self.loop, self._tick, timer)
+        self._timer: Timer = make_timer(self.loop, self._dispatch, timer)
         self._lateness: deque[float] = deque(maxlen=lateness_window)
         self._step_s = step_s
 
@@ -260,9 +260,6 @@ class SimCore:
         self._lateness.clear()
 
     # ------------------------------------------------------------ internals
-
-    def _tick(self) -> None:
-        self._dispatch()
 
     def _dispatch(self) -> None:
         model = self.model

@@ -159,8 +159,9 @@ class TimerFdTimer:
         if not sys.platform.startswith("linux"):
             raise OSError("timerfd needs Linux")
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # No argtypes: the arguments are plain ints, a pointer and NULL, and ctypes' per-call
+        # conversion through argtypes is most of the cost of a re-arm (once per decode step).
         self._settime = libc.timerfd_settime
-        self._settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -170,20 +171,22 @@ class TimerFdTimer:
         self._callback = callback
         self._deadline: float | None = None
         self._spec = _Itimerspec()
+        self._value = self._spec.it_value  # a view into _spec, made once
+        self._spec_ref = ctypes.byref(self._spec)
         loop.add_reader(fd, self._on_readable)
 
     def set(self, deadline: float | None) -> None:
         if deadline == self._deadline or self._fd < 0:
             return
         self._deadline = deadline
-        value = self._spec.it_value
+        value = self._value
         if deadline is None:
             value.tv_sec = value.tv_nsec = 0  # disarm
         else:
             # An absolute time already past fires at once; zero would disarm, so use 1 ns.
             ns = max(1, int(deadline * 1e9))
             value.tv_sec, value.tv_nsec = divmod(ns, 1_000_000_000)
-        if self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
+        if self._settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
 
