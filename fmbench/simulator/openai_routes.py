@@ -16,8 +16,10 @@ Timestamps (server ``time.monotonic()`` seconds; the same clock as the client on
   headers, or a non-streamed body, were sent).
 
 With the ``batched`` writer (the default) a stream's frames are encoded before they are due and the
-core's decode step writes them (`_StreamSink`); ``per-stream`` iterates the generation in the
-handler, one wake per chunk. Both send the same bytes.
+core's decode step writes them (`_StreamSink`), framing the HTTP chunks through
+`_chunked.ChunkedStream` since a decode step cannot await aiohttp's ``write``; ``per-stream``
+iterates the generation in the handler, one wake per chunk (and serves HTTP/1.0 clients, which
+have no chunked encoding). Both send the same bytes.
 """
 
 from __future__ import annotations
