@@ -14,10 +14,12 @@ stays cheap. Per path, from one measured window after a warm-up:
 The ratio of the two paths is measured in one run, on one machine state. Target: batched >= 4x
 per-stream streams per core, pacing error p99 <= 1 ms at concurrency 128.
 
-Beside them, a floor (``bare-loop``): a plain Python loop, no HTTP, asyncio or latency model, that
-every 0.2-ms step takes a stamp and ``send``s one chunk-sized frame to each stream due in it, over
-loopback TCP to a reader process. Its CPU per chunk is the least any CPython server can spend with
-one socket write per stream per step, so per-stream / bare-loop bounds the reachable ratio.
+Beside them, two floors. ``bare-loop``: a plain Python loop, no HTTP, asyncio or latency model,
+that every 0.2-ms step takes a stamp and ``send``s one chunk-sized frame to each stream due in it,
+over loopback TCP to a reader process. Its CPU per chunk is the least any CPython server can spend
+with one socket write per stream per step, so per-stream / bare-loop bounds the reachable ratio.
+``asyncio-loop``: the same work the way the simulator does it (a timerfd wake of the asyncio loop
+per step, ``transport.write``), so the gap between the two is the event loop's share.
 
 Run: ``uv run --no-sync python -m benchmarks.sim_capacity [--quick]``.
 """
@@ -164,6 +166,64 @@ def measure_floor(concurrency: int, warmup_s: float, window_s: float) -> dict[st
             "load_avg": loadavg()}
 
 
+async def _asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> tuple[float, int]:
+    from fmbench.simulator.pacing import TimerFdTimer
+
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.Transport] = []
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transports.append(transport)  # type: ignore[arg-type]
+
+    server = await loop.create_server(Sink, "127.0.0.1", 0, backlog=concurrency)
+    port = server.sockets[0].getsockname()[1]
+    reader = await asyncio.create_subprocess_exec(sys.executable, "-c", _READER, str(port), str(concurrency))
+    try:
+        while len(transports) < concurrency:
+            await asyncio.sleep(0.01)
+        per_step = concurrency * STEP_S / (TPOT_MS / 1000)
+        frame = b"14a\r\n" + b"x" * 330 + b"\r\n"
+        st: dict[str, Any] = {"owed": 0.0, "i": 0, "sent": 0, "due": time.monotonic(), "cpu0": None}
+        start = time.monotonic()
+        done: asyncio.Future[float] = loop.create_future()
+
+        def step() -> None:
+            now = time.monotonic()
+            if st["cpu0"] is None and now >= start + warmup_s:
+                st["cpu0"], st["sent"] = time.process_time(), 0
+            if now >= start + warmup_s + window_s:
+                done.set_result(time.process_time() - st["cpu0"])
+                return
+            st["owed"] += per_step
+            while st["owed"] >= 1.0:
+                time.monotonic()
+                transports[st["i"]].write(frame)
+                st["i"], st["sent"], st["owed"] = (st["i"] + 1) % concurrency, st["sent"] + 1, st["owed"] - 1.0
+            st["due"] = max(st["due"] + STEP_S, now)
+            timer.set(st["due"])
+
+        timer = TimerFdTimer(loop, step)
+        timer.set(time.monotonic())
+        cpu = await done
+        timer.close()
+        return cpu, st["sent"]
+    finally:
+        for t in transports:
+            t.close()
+        server.close()
+        await asyncio.wait_for(reader.wait(), timeout=10)
+
+
+def measure_asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> dict[str, Any]:
+    """The asyncio-loop floor: the bare loop's work through a timerfd wake and ``transport.write``."""
+    cpu, sent = asyncio.run(_asyncio_floor(concurrency, warmup_s, window_s))
+    us = cpu / max(sent, 1) * 1e6
+    return {"writer": "asyncio-loop", "concurrency": concurrency, "chunks_s": round(sent / window_s),
+            "server_cpu_us_per_chunk": round(us, 2), "streams_per_core": round(TPOT_MS * 1000 / us, 1),
+            "load_avg": loadavg()}
+
+
 def measure(writer: str | None, concurrency: int, warmup_s: float, window_s: float,
             output_tokens: int) -> dict[str, Any]:
     """One decode path at one concurrency, in a fresh server process."""
@@ -183,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[32, 128],
                    help="Concurrency levels; the target is judged at the last.")
     p.add_argument("--output-tokens", type=int, default=None)
-    p.add_argument("--no-floor", action="store_true", help="Skip the bare-loop floor.")
+    p.add_argument("--no-floor", action="store_true", help="Skip the asyncio-loop and bare-loop floors.")
     args = p.parse_args(argv)
     warmup, window, tokens = (1.0, 2.0, 100) if args.quick else (2.0, 6.0, 250)
     tokens = args.output_tokens or tokens
@@ -194,9 +254,9 @@ def main(argv: list[str] | None = None) -> None:
             print(row, flush=True)
             rows.append(row)
         if not args.no_floor:
-            row = measure_floor(level, warmup, window)
-            print(row, flush=True)
-            rows.append(row)
+            for floor in (measure_asyncio_floor(level, warmup, window), measure_floor(level, warmup, window)):
+                print(floor, flush=True)
+                rows.append(floor)
     ratios, ceilings = {}, {}
     for level in args.concurrency:
         by = {r["writer"]: r for r in rows if r["concurrency"] == level}
