@@ -9,8 +9,11 @@ export BROWSER_PATH ?= /usr/bin/chromium
 uv:
 	@command -v uv >/dev/null 2>&1 || test -x "$(UV)" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
+# Bytecode is compiled at install, as pip does (uv does not by default): a first run then reads it
+# instead of compiling every module, and so does every run where PYTHONDONTWRITEBYTECODE is set.
 install: uv
-	@$(UV) sync --frozen --all-extras --quiet
+	@$(UV) sync --frozen --all-extras --quiet --compile-bytecode
+	@$(UV) run --frozen --no-sync python -m compileall -q fmbench cli flows tasks >/dev/null
 
 demo: install
 	@$(UV) run --frozen fmbench run configs/quickstart.yml

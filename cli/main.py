@@ -9,6 +9,7 @@ is ``Report: <run dir>/report.md``, and it exits 1 when some shard failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shlex
@@ -22,6 +23,7 @@ from fmbench.errors import ExitCode, FMBenchError, exit_code
 
 if TYPE_CHECKING:
     from fmbench.deploy.inventory import FmbenchResource
+    from fmbench.localapi import LocalApi
 
 log = logging.getLogger("fmbench")
 
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="re-render a run's report from its stored records")
     rep.add_argument("run_dir", help="run directory or s3:// URL")
+    rep.add_argument("--no-png", dest="png", action="store_false",
+                     help="skip the static PNG plots (no browser is started)")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     ev = sub.add_parser("evaluate", help="score and judge the answers of a finished run, then re-render its report")
@@ -55,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--config", help="a config whose evaluation section and slo.min_accuracy replace the run's")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                     help="override the run's config, e.g. evaluation.evaluate_per_shard=50")
+    ev.add_argument("--no-png", dest="png", action="store_false",
+                    help="skip the report's static PNG plots (no browser is started)")
     ev.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     cmp_ = sub.add_parser("compare", help="compare several runs in one report")
@@ -96,24 +102,25 @@ def _setup_logging(debug: bool) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fmbench.interrupts import sigterm_interrupts
+    from fmbench.localapi import local_prefect_api
     from fmbench.pipeline import load_benchmark_config
     from fmbench.sequence import check_before_run
 
-    cfg = load_benchmark_config(args.config, overrides=args.overrides)
-    check_before_run(cfg, args.output, args.run_id)  # bad input fails here, before Prefect starts
+    cfg = load_benchmark_config(args.config, overrides=args.overrides)  # a bad config starts no server
     command = "fmbench run " + " ".join(
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]
         + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
         + ([] if args.png else ["--no-png"])
     )
-    from fmbench.live import show_progress
-    from fmbench.localapi import local_prefect_api
-
-    with local_prefect_api():  # before Prefect is imported: it reads PREFECT_API_URL at import
+    # The local Prefect API starts now (before Prefect is imported: it reads PREFECT_API_URL at
+    # import) and comes up while the run checks its input and imports Prefect and the flow.
+    with local_prefect_api() as api:
+        check_before_run(cfg, args.output, args.run_id)  # bad input fails here, before any Prefect call
         from flows.benchmark import benchmark
+        from fmbench.live import show_progress
 
-        with sigterm_interrupts(), show_progress(sys.stderr):
+        with _prefect_api_ready(api), sigterm_interrupts(), show_progress(sys.stderr):
             report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
                                overrides=args.overrides or None, command=command, preflight=False,
                                png=args.png)
@@ -123,6 +130,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"fmbench: shard failed: {line}", file=sys.stderr)
     print(f"Report: {report}")
     return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
+
+
+def _prefect_api_ready(api: LocalApi) -> contextlib.AbstractContextManager[object]:
+    """Wait for the run's local Prefect API; when it did not come up, run on Prefect's embedded server."""
+    if api.wait() is not None or not api.started:
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(restore_defaults={PREFECT_API_URL})  # Prefect read the URL at import
 
 
 def _failed_shards(report_url: str) -> list[str]:
@@ -151,7 +167,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fmbench.report import render_report
 
-    paths = render_report(args.run_dir)
+    paths = render_report(args.run_dir, png=args.png)
     print(f"Report: {getattr(paths, 'markdown', paths)}")
     return 0
 
@@ -159,7 +175,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fmbench.quality.finished import evaluate_run_dir
 
-    outcomes = evaluate_run_dir(args.run_dir, config=args.config, overrides=args.overrides)
+    outcomes = evaluate_run_dir(args.run_dir, config=args.config, overrides=args.overrides, png=args.png)
     incomplete = 0
     for name, o in outcomes.items():
         if o is None or o.status == "failed":

@@ -5,8 +5,10 @@ machine. `local_prefect_api` instead starts ``prefect server start`` once, under
 process (``python -m fmbench.localapi``), and later runs reuse it while it is healthy and of the
 installed Prefect version. Each run holds a lease (a file named by its pid); the watchdog stops the
 server after ``FMBENCH_PREFECT_API_IDLE_S`` seconds (default 1800) without a live lease, or when its
-Prefect home is gone. ``FMBENCH_PREFECT_API=embedded`` keeps Prefect's own per-run server, and a set
-``PREFECT_API_URL`` is always used as it is. This module starts Prefect as a program; it never
+Prefect home is gone. A run does not wait for the server to start: it reads and checks its config
+and imports Prefect meanwhile (`LocalApi.wait`); a server that does not answer within
+``FMBENCH_PREFECT_API_STARTUP_S`` leaves the run on the embedded server. ``FMBENCH_PREFECT_API=embedded``
+keeps Prefect's own per-run server, and a set ``PREFECT_API_URL`` is always used as it is. This module starts Prefect as a program; it never
 imports it.
 """
 
@@ -36,7 +38,7 @@ log = logging.getLogger("fmbench")
 IDLE_S = float(os.environ.get("FMBENCH_PREFECT_API_IDLE_S", "1800"))
 _POLL_S = 2.0
 
-__all__ = ["api_state_dir", "local_prefect_api", "stop_local_api"]
+__all__ = ["LocalApi", "api_state_dir", "local_prefect_api", "stop_local_api"]
 
 
 def _prefect_home() -> Path:
@@ -84,8 +86,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(root: Path) -> str:
-    """Start the watchdog (which starts the server) and wait until the API answers; returns its URL."""
+def _write_state(root: Path, state: dict[str, object]) -> None:
+    tmp = root / f"state.json.{os.getpid()}"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(root / "state.json")  # readers never see half a file
+
+
+def _startup_timeout_s() -> float:
+    """How long a run waits for the local server before it goes on with the embedded one."""
+    default = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    return float(os.environ.get("FMBENCH_PREFECT_API_STARTUP_S", default))
+
+
+def _spawn(root: Path) -> str:
+    """Start the watchdog (which starts the server) without waiting for it; returns its URL.
+
+    The state file says ``ready: false`` until a run has seen the API answer, so a run that starts
+    meanwhile shares this server (and waits for it) instead of starting a second one.
+    """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     logfile = open(root / "server.log", "ab")  # noqa: SIM115 - handed to the detached child
@@ -97,17 +115,34 @@ def _start(root: Path) -> str:
         )
     finally:
         logfile.close()
-    deadline = time.monotonic() + float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
-    while time.monotonic() < deadline:
-        if watchdog.poll() is not None:
-            raise RuntimeError(f"the local Prefect server exited (code {watchdog.returncode}); see {root / 'server.log'}")
+    _write_state(root, {"url": url, "pid": watchdog.pid, "prefect": version("prefect"),
+                        "home": str(_prefect_home()), "ready": False, "started_at": time.time()})
+    return url
+
+
+def _wait_ready(root: Path, url: str) -> None:
+    """Wait until the server at ``url`` answers; raises RuntimeError (and stops it) when it does not."""
+    state = _read_state(root / "state.json") or {}
+    pid = int(str(state.get("pid", 0))) if state.get("url") == url else 0
+    started = float(str(state.get("started_at", time.time())))
+    deadline = started + _startup_timeout_s()
+    while True:
         if _healthy(url, timeout=1.0):
-            (root / "state.json").write_text(json.dumps(
-                {"url": url, "pid": watchdog.pid, "prefect": version("prefect"), "home": str(_prefect_home())}))
-            return url
+            break
+        if pid <= 0 or not _alive(pid):
+            raise RuntimeError(f"the local Prefect server exited; see {root / 'server.log'}")
+        if time.time() > deadline:
+            _terminate(pid)
+            raise RuntimeError(f"the local Prefect server did not answer within {_startup_timeout_s():g} s "
+                               "(FMBENCH_PREFECT_API_STARTUP_S, default PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); "
+                               f"see {root / 'server.log'}")
         time.sleep(0.1)
-    _terminate(watchdog.pid)
-    raise RuntimeError(f"the local Prefect server did not answer within the startup timeout; see {root / 'server.log'}")
+    if not state.get("ready", True):
+        with open(root / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            now = _read_state(root / "state.json") or {}
+            if now.get("pid") == state.get("pid"):
+                _write_state(root, now | {"ready": True})
 
 
 def _terminate(pid: int) -> None:
@@ -116,33 +151,68 @@ def _terminate(pid: int) -> None:
 
 
 def _reusable(root: Path) -> str | None:
-    """The URL of this Prefect home's running server when it can be reused; stops a stale one."""
+    """The URL of this Prefect home's server when it can be reused (running, or still starting); stops a stale one."""
     state = _read_state(root / "state.json")
     if not state:
         return None
     url, pid = str(state.get("url")), int(str(state.get("pid", 0)))
-    if state.get("prefect") == version("prefect") and pid > 0 and _alive(pid) and _healthy(url):
-        return url
+    if state.get("prefect") == version("prefect") and pid > 0 and _alive(pid):
+        if _healthy(url):
+            return url
+        starting = not state.get("ready", True)
+        if starting and time.time() - float(str(state.get("started_at", 0))) < _startup_timeout_s():
+            return url  # another run started it a moment ago: wait for it too
     if pid > 0 and _alive(pid):  # another Prefect version, or not answering: replace it
         _terminate(pid)
     (root / "state.json").unlink(missing_ok=True)
     return None
 
 
+class LocalApi:
+    """The Prefect API of one run: a reusable local server that may still be starting.
+
+    ``url`` is the server's base URL, or None when the run uses ``PREFECT_API_URL`` as set or
+    Prefect's embedded server. Call `wait` before the first Prefect call: everything a run does
+    before then (reading and checking its config, importing Prefect) overlaps the server's start.
+    """
+
+    def __init__(self, root: Path | None, url: str | None, started: bool) -> None:
+        self.url, self.started, self._root = url, started, root
+
+    def wait(self) -> str | None:
+        """Block until the server answers; returns its URL.
+
+        When it does not come up (logged, not raised) ``PREFECT_API_URL`` is unset and None is
+        returned: the run goes on with Prefect's embedded server. A caller that imported Prefect
+        before this must also point Prefect's already-loaded settings back at the embedded server.
+        """
+        if self.url is None or self._root is None:
+            return None
+        try:
+            _wait_ready(self._root, self.url)
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not start a reusable local Prefect server, using the embedded one: %s", exc)
+            os.environ.pop("PREFECT_API_URL", None)
+            self.url = None
+        return self.url
+
+
 @contextlib.contextmanager
-def local_prefect_api() -> Iterator[str | None]:
+def local_prefect_api() -> Iterator[LocalApi]:
     """Point ``PREFECT_API_URL`` at a reusable local Prefect server for the duration of a run.
 
-    Must be entered before ``prefect`` is imported (Prefect reads its settings at import). Yields the
-    server's URL, or None when the run uses ``PREFECT_API_URL`` as set, or Prefect's embedded server
-    (``FMBENCH_PREFECT_API=embedded``, or the local server failed to start: logged, not raised).
+    Must be entered before ``prefect`` is imported (Prefect reads its settings at import). Starts the
+    server when none runs, without waiting for it: call `LocalApi.wait` before the flow. The
+    `LocalApi`'s ``url`` is None when the run uses ``PREFECT_API_URL`` as set, or Prefect's embedded
+    server (``FMBENCH_PREFECT_API=embedded``, or the local server could not be started: logged).
     """
     if os.environ.get("PREFECT_API_URL") or os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
-        yield None
+        yield LocalApi(None, None, False)
         return
     root = api_state_dir()
     lease = root / "leases" / str(os.getpid())
     url: str | None = None
+    started = False
     try:
         (root / "leases").mkdir(parents=True, exist_ok=True)
         with open(root / "lock", "w") as lock:
@@ -151,19 +221,19 @@ def local_prefect_api() -> Iterator[str | None]:
             url = _reusable(root)
             started = url is None
             if url is None:
-                url = _start(root)
+                url = _spawn(root)
         log.info("Prefect API: %s local server %s (stops after %.0f min without runs)",
-                 "started" if started else "reusing", url, IDLE_S / 60)
+                 "starting a" if started else "reusing the", url, IDLE_S / 60)
     except (OSError, RuntimeError) as exc:
         log.warning("could not start a reusable local Prefect server, using the embedded one: %s", exc)
         url = None
     if url is None:
         lease.unlink(missing_ok=True)
-        yield None
+        yield LocalApi(None, None, False)
         return
     os.environ["PREFECT_API_URL"] = f"{url}/api"
     try:
-        yield url
+        yield LocalApi(root, url, started)
     finally:
         os.environ.pop("PREFECT_API_URL", None)
         lease.unlink(missing_ok=True)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmbench.errors import DatasetError, EndpointError
+from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import RecordWriter
 from fmbench.protocol import Completion, EndpointClient, Prompt
@@ -483,11 +484,12 @@ async def run_shard_async(
     writer = RecordWriter(out_path)
     shard = _Shard(spec, prompts, writer, count_tokens)
     cpu0 = time.process_time()
-    async with shard_session(client, writer, shard.concurrency) as session:
-        if progress is not None:
-            session.reporter = asyncio.ensure_future(report_progress(
-                shard, lambda done, errors, ttft: progress(done, shard.total, errors, ttft), PROGRESS_EVERY_S))
-        await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
+    with frozen_heap():  # the garbage collector's pauses stay out of the requests' times
+        async with shard_session(client, writer, shard.concurrency) as session:
+            if progress is not None:
+                session.reporter = asyncio.ensure_future(report_progress(
+                    shard, lambda done, errors, ttft: progress(done, shard.total, errors, ttft), PROGRESS_EVERY_S))
+            await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
     cpu = time.process_time() - cpu0
     path = writer.commit()
     return shard_result(spec, shard.stats, path, cpu)

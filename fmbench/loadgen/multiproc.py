@@ -42,6 +42,7 @@ from fmbench.loadgen.engine import (
     shard_result,
     shard_session,
 )
+from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
 from fmbench.protocol import EndpointClient, Prompt
@@ -96,7 +97,8 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
             writer.commit()
             return list(shard.stats.dispatch_lags), time.process_time() - cpu0
 
-        lags, cpu = asyncio.run(main())
+        with frozen_heap():  # the garbage collector's pauses stay out of the requests' times
+            lags, cpu = asyncio.run(main())
         msgs.put(("done", k, lags, cpu))
     except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises it as one line)
         msgs.put(("error", k, f"{type(exc).__name__}: {exc}"))

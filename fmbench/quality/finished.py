@@ -58,14 +58,15 @@ def _run_config(run_url: str, config: str | None, overrides: list[str] | None) -
     return cfg
 
 
-def evaluate_run_dir(run_url: str, config: str | None = None,
-                     overrides: list[str] | None = None) -> dict[str, EvaluationOutcome | None]:
+def evaluate_run_dir(run_url: str, config: str | None = None, overrides: list[str] | None = None,
+                     png: bool = True) -> dict[str, EvaluationOutcome | None]:
     """Evaluate every experiment of a finished run, then render its report again.
 
     Args:
         run_url: the run directory (local path or s3:// URL).
         config: a config whose ``evaluation`` section and ``slo.min_accuracy`` replace the run's.
         overrides: ``KEY.PATH=VALUE`` changes to the run's config (``evaluation.…``).
+        png: export the report's static PNGs (False: no browser is started).
 
     Returns:
         Each experiment's evaluation outcome (None: not evaluated).
@@ -100,5 +101,5 @@ def evaluate_run_dir(run_url: str, config: str | None = None,
                   resumed=True)
     with InlineSteps() as steps:
         evaluate_run(steps, run, cfg)
-    write_report(run)
+    write_report(run, png=png)
     return {e.name: read_outcome(url, e.name) for e in cfg.experiments}

@@ -61,13 +61,13 @@ def test_evaluate_an_s3_run_whose_judge_template_is_relative_to_its_config(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert main(["evaluate", run, "--set", "evaluation.evaluate_per_shard=5"]) == 0
+    assert main(["evaluate", run, "--set", "evaluation.evaluate_per_shard=5", "--no-png"]) == 0
     calls = _calls(run)
     assert len(calls) == 5 and all(c["verdict"] in ("correct", "incorrect") for c in calls)
     assert storage.read_text(kept) == TEMPLATE
 
     # Another config's template, given relative to that config (the config itself relative to the cwd).
-    assert main(["evaluate", run, "--config", "../configs/other.yml"]) == 0
+    assert main(["evaluate", run, "--config", "../configs/other.yml", "--no-png"]) == 0
     assert storage.read_text(kept).startswith("Second template.")
     calls = _calls(run)
     assert len(calls) == 3 and all(c["verdict"] in ("correct", "incorrect") for c in calls)

@@ -181,9 +181,10 @@ def test_fmbench_evaluate_on_a_finished_run(tmp_path: Path, capsys: pytest.Captu
     calls = run / "evaluation" / "big" / "judge_calls.parquet"
     before = calls.stat().st_mtime_ns
     # Evaluating again with the same settings reuses the evaluation; `fmbench report` keeps showing it.
-    assert main(["evaluate", str(run), "--config", str(other)]) == 0
+    assert main(["evaluate", str(run), "--config", str(other), "--no-png"]) == 0
     assert calls.stat().st_mtime_ns == before
-    assert main(["report", str(run)]) == 0
+    assert "PNG export skipped (--no-png)" in (run / "report.md").read_text()
+    assert main(["report", str(run), "--no-png"]) == 0
     assert "## Answer quality" in (run / "report.md").read_text()
 
 
@@ -194,7 +195,7 @@ def test_failing_judges_still_give_a_report_that_names_what_is_missing(tmp_path:
         e["requests_per_level"] = 10
     run = Path(run_benchmark(parse_config(raw, source="nojudge", base_dir=tmp_path), run_id="r1")).parent
     dead = {"name": "gone", "endpoint": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}
-    assert main(["evaluate", str(run), "--set", f"evaluation={json.dumps({'judges': [dead]})}"]) == 1
+    assert main(["evaluate", str(run), "--set", f"evaluation={json.dumps({'judges': [dead]})}", "--no-png"]) == 1
     md = (run / "report.md").read_text()
     assert "Missing evaluations" in md and "big: judge gone: not deployed" in md
     # Reference-answer scores do not need the judges.
