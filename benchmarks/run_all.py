@@ -238,13 +238,20 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                    "pacing error p50 / p99 / max ms | client CPU cores | load |"),
                   "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
         for x in r["rows"]:
-            lines.append(f"| {x['writer']} | {x['concurrency']} | {x['chunks_s']:,} | {x['server_cpu_cores']} | "
-                         f"{x['server_cpu_us_per_chunk']} | {_f(x['streams_per_core'], '{:,.0f}')} | "
-                         f"{x['pacing_p50_ms']} / {x['pacing_p99_ms']} / {x['pacing_max_ms']} | "
+            pacing = (f"{x['pacing_p50_ms']} / {x['pacing_p99_ms']} / {x['pacing_max_ms']}" if "pacing_p50_ms" in x
+                      else "n/a")  # the bare-loop floor has no server stamps
+            lines.append(f"| {x['writer']} | {x['concurrency']} | {x['chunks_s']:,} | "
+                         f"{x.get('server_cpu_cores', 'n/a')} | "
+                         f"{x['server_cpu_us_per_chunk']} | {_f(x['streams_per_core'], '{:,.0f}')} | {pacing} | "
                          f"{x.get('client_cpu_cores', 'n/a')} | {x['load_avg'][0]} |")
         ratios = ", ".join(f"{v:.2f} at c={k}" for k, v in r["streams_per_core_ratio"].items())
         lines += ["", (f"Streams per core, new / old writer: {ratios}. Target ({r['target']}): ratio "
-                  f"{'met' if r['met_ratio'] else 'missed'}, pacing {'met' if r['met_pacing'] else 'missed'}."), ""]
+                  f"{'met' if r['met_ratio'] else 'missed'}, pacing {'met' if r['met_pacing'] else 'missed'}.")]
+        if r.get("bare_loop_ceiling_ratio"):
+            ceil = ", ".join(f"{v:.2f} at c={k}" for k, v in r["bare_loop_ceiling_ratio"].items())
+            lines += ["", (f"Old writer / bare-loop floor CPU per chunk (the most any CPython writer with one "
+                           f"send per stream per step could gain): {ceil}.")]
+        lines += [""]
     else:
         lines += [_missing(r), ""]
     return "\n".join(lines) + "\n"
