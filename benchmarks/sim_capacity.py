@@ -14,6 +14,13 @@ stays cheap. Per path, from one measured window after a warm-up:
 The ratio of the two paths is measured in one run, on one machine state. Target: batched >= 4x
 per-stream streams per core, pacing error p99 <= 1 ms at concurrency 128.
 
+Beside them, two floors. ``bare-loop``: a plain Python loop, no HTTP, asyncio or latency model,
+that every 0.2-ms step takes a stamp and ``send``s one chunk-sized frame to each stream due in it,
+over loopback TCP to a reader process. Its CPU per chunk is the least any CPython server can spend
+with one socket write per stream per step, so per-stream / bare-loop bounds the reachable ratio.
+``asyncio-loop``: the same work the way the simulator does it (a timerfd wake of the asyncio loop
+per step, ``transport.write``), so the gap between the two is the event loop's share.
+
 Run: ``uv run --no-sync python -m benchmarks.sim_capacity [--quick]``.
 """
 
@@ -21,6 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -31,6 +41,7 @@ from fmbench.config import SimulatedEndpoint
 from fmbench.simulator.process import SimulatedServerProcess
 
 TPOT_MS = 4.0
+STEP_S = 0.0002  # the batched writer's decode step (fmbench.simulator.app._BATCHED_STEP_S)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -100,6 +111,119 @@ async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window
     }
 
 
+_READER = """
+import select, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+poll = select.epoll()
+for s in socks:
+    poll.register(s.fileno(), select.EPOLLIN)
+by_fd = {s.fileno(): s for s in socks}
+while by_fd:
+    for fd, _ in poll.poll():
+        if not by_fd[fd].recv(65536):
+            poll.unregister(fd)
+            del by_fd[fd]
+"""
+
+
+def measure_floor(concurrency: int, warmup_s: float, window_s: float) -> dict[str, Any]:
+    """The bare-loop floor: CPU per paced chunk of a plain Python sender (see the module docstring)."""
+    frame = b"14a\r\n" + b"x" * 330 + b"\r\n"  # the size of a completion chunk, with its framing
+    listener = socket.create_server(("127.0.0.1", 0), backlog=concurrency)
+    port = listener.getsockname()[1]
+    reader = subprocess.Popen([sys.executable, "-c", _READER, str(port), str(concurrency)])
+    try:
+        socks = [listener.accept()[0] for _ in range(concurrency)]
+        for s in socks:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        per_step = concurrency * STEP_S / (TPOT_MS / 1000)  # streams due per step, on average
+        due = owed = 0.0
+        i = sent = 0
+        t = time.monotonic()
+        start, end = t + warmup_s, t + warmup_s + window_s
+        cpu0 = None
+        while t < end:
+            if cpu0 is None and t >= start:
+                cpu0, sent = time.process_time(), 0
+            owed += per_step
+            while owed >= 1.0:
+                time.monotonic()  # the stamp a server takes per write
+                socks[i].send(frame)
+                i, sent, owed = (i + 1) % concurrency, sent + 1, owed - 1.0
+            due = max(due + STEP_S, t)
+            time.sleep(max(0.0, due - time.monotonic()))
+            t = time.monotonic()
+        cpu = time.process_time() - (cpu0 or 0.0)
+        for s in socks:
+            s.close()
+    finally:
+        listener.close()
+        reader.wait(timeout=10)
+    us = cpu / max(sent, 1) * 1e6
+    return {"writer": "bare-loop", "concurrency": concurrency, "chunks_s": round(sent / window_s),
+            "server_cpu_us_per_chunk": round(us, 2), "streams_per_core": round(TPOT_MS * 1000 / us, 1),
+            "load_avg": loadavg()}
+
+
+async def _asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> tuple[float, int]:
+    from fmbench.simulator.pacing import TimerFdTimer
+
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.Transport] = []
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transports.append(transport)  # type: ignore[arg-type]
+
+    server = await loop.create_server(Sink, "127.0.0.1", 0, backlog=concurrency)
+    port = server.sockets[0].getsockname()[1]
+    reader = await asyncio.create_subprocess_exec(sys.executable, "-c", _READER, str(port), str(concurrency))
+    try:
+        while len(transports) < concurrency:
+            await asyncio.sleep(0.01)
+        per_step = concurrency * STEP_S / (TPOT_MS / 1000)
+        frame = b"14a\r\n" + b"x" * 330 + b"\r\n"
+        st: dict[str, Any] = {"owed": 0.0, "i": 0, "sent": 0, "due": time.monotonic(), "cpu0": None}
+        start = time.monotonic()
+        done: asyncio.Future[float] = loop.create_future()
+
+        def step() -> None:
+            now = time.monotonic()
+            if st["cpu0"] is None and now >= start + warmup_s:
+                st["cpu0"], st["sent"] = time.process_time(), 0
+            if now >= start + warmup_s + window_s:
+                done.set_result(time.process_time() - st["cpu0"])
+                return
+            st["owed"] += per_step
+            while st["owed"] >= 1.0:
+                time.monotonic()
+                transports[st["i"]].write(frame)
+                st["i"], st["sent"], st["owed"] = (st["i"] + 1) % concurrency, st["sent"] + 1, st["owed"] - 1.0
+            st["due"] = max(st["due"] + STEP_S, now)
+            timer.set(st["due"])
+
+        timer = TimerFdTimer(loop, step)
+        timer.set(time.monotonic())
+        cpu = await done
+        timer.close()
+        return cpu, st["sent"]
+    finally:
+        for t in transports:
+            t.close()
+        server.close()
+        await asyncio.wait_for(reader.wait(), timeout=10)
+
+
+def measure_asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> dict[str, Any]:
+    """The asyncio-loop floor: the bare loop's work through a timerfd wake and ``transport.write``."""
+    cpu, sent = asyncio.run(_asyncio_floor(concurrency, warmup_s, window_s))
+    us = cpu / max(sent, 1) * 1e6
+    return {"writer": "asyncio-loop", "concurrency": concurrency, "chunks_s": round(sent / window_s),
+            "server_cpu_us_per_chunk": round(us, 2), "streams_per_core": round(TPOT_MS * 1000 / us, 1),
+            "load_avg": loadavg()}
+
+
 def measure(writer: str | None, concurrency: int, warmup_s: float, window_s: float,
             output_tokens: int) -> dict[str, Any]:
     """One decode path at one concurrency, in a fresh server process."""
@@ -119,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[32, 128],
                    help="Concurrency levels; the target is judged at the last.")
     p.add_argument("--output-tokens", type=int, default=None)
+    p.add_argument("--no-floor", action="store_true", help="Skip the asyncio-loop and bare-loop floors.")
     args = p.parse_args(argv)
     warmup, window, tokens = (1.0, 2.0, 100) if args.quick else (2.0, 6.0, 250)
     tokens = args.output_tokens or tokens
@@ -128,12 +253,19 @@ def main(argv: list[str] | None = None) -> None:
             row = measure(None if writer == "default" else writer, level, warmup, window, tokens)
             print(row, flush=True)
             rows.append(row)
-    ratios = {}
+        if not args.no_floor:
+            for floor in (measure_asyncio_floor(level, warmup, window), measure_floor(level, warmup, window)):
+                print(floor, flush=True)
+                rows.append(floor)
+    ratios, ceilings = {}, {}
     for level in args.concurrency:
         by = {r["writer"]: r for r in rows if r["concurrency"] == level}
         base, best = by.get(args.writers[0]), by.get(args.writers[-1])
         if base and best and base["streams_per_core"] and best["streams_per_core"]:
             ratios[str(level)] = round(best["streams_per_core"] / base["streams_per_core"], 2)
+        floor = by.get("bare-loop")
+        if base and floor:  # the most any Python writer could gain over the baseline
+            ceilings[str(level)] = round(base["server_cpu_us_per_chunk"] / floor["server_cpu_us_per_chunk"], 2)
     top = args.concurrency[-1]
     best = next(r for r in rows if r["concurrency"] == top and r["writer"] == args.writers[-1])
     ratio = ratios.get(str(top))
@@ -142,12 +274,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"pacing error p99 <= 1 ms at concurrency {top}",
         "tpot_ms": TPOT_MS, "output_tokens": tokens, "window_s": window, "rows": rows,
         "streams_per_core_ratio": ratios,
+        "bare_loop_ceiling_ratio": ceilings,
         "met_ratio": bool(ratio and ratio >= 4.0),
         "met_pacing": best["pacing_p99_ms"] <= 1.0,
     }
     data["met"] = data["met_ratio"] and data["met_pacing"]
     print(f"streams per core {args.writers[-1]} / {args.writers[0]} by concurrency: {ratios}; pacing p99 at "
-          f"{top}: {best['pacing_p99_ms']} ms; met: {data['met']}", flush=True)
+          f"{top}: {best['pacing_p99_ms']} ms; met: {data['met']}; bare-loop ceiling: {ceilings}", flush=True)
     write_result(args.out, "sim_capacity", data)
 
 

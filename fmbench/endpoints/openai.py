@@ -91,6 +91,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 _MAX_MESSAGE = 200  # characters of a server error body kept in a message
 _ERROR_BODY_BYTES = 8192  # bytes read from an error response
 _DRAIN_S = 0.5  # wait this long for the body to end after [DONE]
+_BODY_CACHE_BYTES = 64 << 20  # encoded request bodies kept per client
 
 __all__ = ["OpenAIClient"]
 
@@ -350,6 +351,15 @@ class _SSEDecoder:
 
     def feed(self, read: bytes) -> list[bytes]:
         """Add one read; return the payloads of the events it completed."""
+        if not self._tail and not self._data and read[:6] == b"data: " and read[-2:] == b"\n\n" and (
+            b"\r" not in read
+        ):
+            # The common shape (every event one ``data: `` line and its blank line, as OpenAI, vLLM
+            # and llama.cpp send) is split in C: its payloads are exactly what the general path
+            # returns, and any other line shows as a newline the split did not consume.
+            payloads = read[6:-2].split(b"\n\ndata: ")
+            if read.count(b"\n") == 2 * len(payloads):
+                return payloads
         if b"\n" not in read:
             self._tail.append(read)
             return []
@@ -415,7 +425,12 @@ class OpenAIClient:
         self._chat = api == "chat"
         self._url = URL(base_url.rstrip("/") + ("/chat/completions" if self._chat else "/completions"))
         self._secret = api_key or None
-        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        # A User-Agent of our own, set here rather than skipped per request: aiohttp's
+        # ``skip_auto_headers`` copies and sorts header sets on every request.
+        self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json",
+                         "User-Agent": "fmbench"}
+        if any(k.lower() == "user-agent" for k in headers or {}):
+            del self._headers["User-Agent"]
         self._headers.update(headers or {})
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -436,6 +451,8 @@ class OpenAIClient:
             base["stream_options"] = {"include_usage": True}
         base.update(self.inference.extra_body)
         self._body = base
+        self._bodies: dict[Prompt, bytes] = {}  # encoded request bodies by prompt (see _payload)
+        self._bodies_bytes = 0
         self._send_answers = send_answers
 
     def __repr__(self) -> str:  # never shows the key
@@ -461,17 +478,32 @@ class OpenAIClient:
             connector=connector,
             headers=self._headers,
             timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=("User-Agent",),
             auto_decompress=True,
         )
 
     async def close(self) -> None:
         """Close the session and its connections."""
+        self._bodies, self._bodies_bytes = {}, 0  # a client reused for another shard starts empty
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
 
     def _payload(self, prompt: Prompt) -> bytes:
+        # A shard sends each prompt many times: its body is encoded once, up to a memory bound
+        # (beyond it, prompts are encoded per request as before).
+        try:
+            cached = self._bodies.get(prompt)
+        except TypeError:  # unhashable (answers given as a list): encoded each time
+            return self._encode(prompt)
+        if cached is not None:
+            return cached
+        data = self._encode(prompt)
+        if self._bodies_bytes + len(data) <= _BODY_CACHE_BYTES:
+            self._bodies[prompt] = data
+            self._bodies_bytes += len(data)
+        return data
+
+    def _encode(self, prompt: Prompt) -> bytes:
         body = dict(self._body)
         if self._chat:
             body["messages"] = [{"role": "user", "content": prompt.text}]
@@ -597,28 +629,50 @@ class OpenAIClient:
         timings: Any = None  # llama.cpp's own counts, for a stream without usage
         done = False
         now = t_start
+        clock, loads, feed = time.monotonic, _loads, decoder.feed
+        add_piece, add_time = pieces.append, chunk_times.append
         async for read in resp.content.iter_any():
-            now = time.monotonic()
-            for payload in decoder.feed(read):
-                if payload == b"[DONE]":
-                    done = True
-                    break
+            now = clock()
+            payloads = feed(read)
+            if not payloads:
+                continue
+            if b"[DONE]" in payloads:  # what follows [DONE] is never read
+                del payloads[payloads.index(b"[DONE]"):]
+                done = True
+            bad: Exception | None = None
+            try:
+                events = list(map(loads, payloads))
+            except _JSONError:  # the events before the bad one still count (one may be an error)
+                events = []
+                for payload in payloads:
+                    try:
+                        events.append(loads(payload))
+                    except _JSONError as exc:
+                        bad = exc
+                        break
+            for event in events:
+                # Most chunks are a chat delta with content: read straight through, and anything
+                # else (role-only, usage, reasoning, the completions API, errors) the full way.
                 try:
-                    event = _loads(payload)
-                except _JSONError as exc:
-                    raise EndpointProtocolError(f"SSE event is not JSON: {payload[:80]!r}") from exc
-                if not isinstance(event, dict):
-                    raise EndpointProtocolError(f"SSE event is not a JSON object: {payload[:80]!r}")
-                if "error" in event and not event.get("choices"):
-                    raise self._stream_error(event)
-                piece = _output_piece(event, chat)
+                    piece = event["choices"][0]["delta"]["content"] if chat else None
+                except (KeyError, IndexError, TypeError):
+                    piece = None
+                if not piece:
+                    if not isinstance(event, dict):
+                        payload = payloads[next(i for i, e in enumerate(events) if e is event)]
+                        raise EndpointProtocolError(f"SSE event is not a JSON object: {payload[:80]!r}")
+                    if "error" in event and not event.get("choices"):
+                        raise self._stream_error(event)
+                    piece = _output_piece(event, chat)
                 if piece:
-                    pieces.append(piece)
-                    chunk_times.append(now)
+                    add_piece(piece)
+                    add_time(now)
                 if event.get("usage"):
                     usage = event["usage"]
-                elif usage is None and event.get("timings"):
+                elif usage is None and "timings" in event and event["timings"]:
                     timings = event["timings"]
+            if bad is not None:
+                raise EndpointProtocolError(f"SSE event is not JSON: {payloads[len(events)][:80]!r}") from bad
             if done:
                 break
         if not done:

@@ -69,8 +69,7 @@ class RecordWriter:
         self._row_group_rows = row_group_rows
         self._convert_rows = convert_rows
         self._rows: list[tuple[object, ...]] = []
-        self._itl: list[bytes] = []
-        self._itl_len = 0
+        self._itl = array("d")  # the inter-token gaps of the rows not yet converted, end to end
         self._offsets = array("q", [0])
         self._batches: list[pa.RecordBatch] = []
         self._batched_rows = 0
@@ -91,15 +90,14 @@ class RecordWriter:
 
     def add(self, record: RequestRecord) -> None:
         """Queue one record (cheap: one tuple of its fields)."""
-        self._rows.append(_FETCH(record))
+        row = _FETCH(record)
         if record.itl_s:
-            part = array("d", record.itl_s).tobytes()
-            self._itl.append(part)
-            self._itl_len += len(record.itl_s)
-        self._offsets.append(self._itl_len)
+            self._itl.extend(array("d", record.itl_s))  # a non-number raises before anything is queued
+        self._rows.append(row)
+        self._offsets.append(len(self._itl))
         self.rows += 1
         self._pending += 1
-        if self._pending >= self._convert_rows or self._itl_len >= _CONVERT_VALUES:
+        if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
             self._convert()
 
     def _convert(self) -> None:
@@ -113,15 +111,14 @@ class RecordWriter:
         self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA))
         self._batched_rows += self._pending
         self._rows = []
-        self._itl = []
-        self._itl_len = 0
+        self._itl = array("d")
         self._offsets = array("q", [0])
         self._pending = 0
         if self._batched_rows >= self._row_group_rows:
             self._submit()
 
     def _itl_array(self) -> pa.Array:
-        values = pa.Array.from_buffers(pa.float64(), self._itl_len, [None, pa.py_buffer(b"".join(self._itl))])
+        values = pa.Array.from_buffers(pa.float64(), len(self._itl), [None, pa.py_buffer(self._itl.tobytes())])
         offsets = pa.Array.from_buffers(pa.int64(), len(self._offsets), [None, pa.py_buffer(self._offsets)])
         return pa.LargeListArray.from_arrays(offsets, values)
 

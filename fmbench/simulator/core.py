@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Literal, Self
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.simulator.model import ChunkEvent, LatencyModel, ModelParams
+from fmbench.simulator.model import ChunkEvent, LatencyModel, ModelParams, RawChunk
 from fmbench.simulator.pacing import Timer, TimerKind, make_timer
 from fmbench.simulator.text import generate_tokens
 
@@ -68,9 +68,10 @@ class Chunk:
     last: bool
 
 
-#: Takes the due chunks of one stream in one decode step, writes them, and returns the monotonic
+#: Takes the due chunks of one stream in one decode step (as `RawChunk` tuples
+#: ``(rid, index, first_token, n_tokens, t_due, last)``), writes them, and returns the monotonic
 #: time it stamped them with (taken just before the socket write).
-ChunkSink = Callable[[list[ChunkEvent]], float]
+ChunkSink = Callable[[list[RawChunk]], float]
 
 
 @dataclass(slots=True)
@@ -147,15 +148,14 @@ class Generation:
         (chunks already due go out at once). The generation is then no longer iterated."""
         self._sink = sink
         if self._ready:
-            self._core._flush(self)
+            ready = [(e.rid, e.index, e.first_token, e.n_tokens, e.t_due, e.last) for e in self._ready]
+            self._ready.clear()
+            self._core._flush(self, ready)
 
-    def _deliver(self, event: ChunkEvent) -> bool:
+    def _deliver(self, event: ChunkEvent) -> None:
         self._ready.append(event)
-        if self._sink is not None:
-            return True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        return False
 
     def __aiter__(self) -> Generation:
         return self
@@ -221,7 +221,7 @@ class SimCore:
         self.loop = asyncio.get_running_loop()
         self.model = LatencyModel(ModelParams.from_config(cfg))
         self._gens: dict[int, Generation] = {}
-        self._timer: Timer = make_timer(self.loop, self._tick, timer)
+        self._timer: Timer = make_timer(self.loop, self._dispatch, timer)
         self._lateness: deque[float] = deque(maxlen=lateness_window)
         self._step_s = step_s
 
@@ -261,42 +261,62 @@ class SimCore:
 
     # ------------------------------------------------------------ internals
 
-    def _tick(self) -> None:
-        self._dispatch()
-
     def _dispatch(self) -> None:
         model = self.model
         now = time.monotonic()
         model.advance_to(now)
-        gens = self._gens
-        sinks: dict[int, Generation] = {}
-        for event in model.drain():
-            gen = gens.get(event.rid)
-            if gen is not None and gen._deliver(event):
-                sinks[event.rid] = gen
-        for gen in sinks.values():
-            self._flush(gen)
+        raw = model.drain_raw()
+        if raw:
+            gens = self._gens
+            if len({ev[0] for ev in raw}) == len(raw):
+                # The usual decode step: at most one chunk per stream, so each goes straight to
+                # its stream's sink with no grouping (this loop runs once per output token).
+                record = self._lateness.append
+                for ev in raw:
+                    gen = gens.get(ev[0])
+                    if gen is None:
+                        continue
+                    sink = gen._sink
+                    if sink is None:
+                        gen._deliver(ChunkEvent(*ev))
+                        continue
+                    if gen._done:
+                        continue
+                    gen.usage.completion_tokens = ev[2] + ev[3]
+                    if ev[5]:
+                        gen._done = True
+                        self._finished(ev[0])
+                    record(sink([ev]) - ev[4])
+            else:  # a late step: one stream's chunks go out together, in one write
+                grouped: dict[Generation, list[RawChunk]] = {}
+                for ev in raw:
+                    gen = gens.get(ev[0])
+                    if gen is None:
+                        continue
+                    if gen._sink is None:
+                        gen._deliver(ChunkEvent(*ev))
+                    else:
+                        grouped.setdefault(gen, []).append(ev)
+                for gen, evs in grouped.items():
+                    self._flush(gen, evs)
         due = model.next_due()
         if due is not None and self._step_s:
             due = max(due, now + self._step_s)
         self._timer.set(due)
 
-    def _flush(self, gen: Generation) -> None:
+    def _flush(self, gen: Generation, events: list[RawChunk]) -> None:
         """Hand a sink-attached generation's due chunks to its sink (one write)."""
-        ready = gen._ready
-        events = [ready.popleft()] if len(ready) == 1 else list(ready)
-        ready.clear()
         if gen._done or gen._sink is None:
             return
-        for e in events:
-            gen.usage.completion_tokens += e.n_tokens
-        if events[-1].last:
+        last = events[-1]
+        gen.usage.completion_tokens = last[2] + last[3]
+        if last[5]:
             gen._done = True
             self._finished(gen.rid)
         t_sent = gen._sink(events)
         record = self._lateness.append
-        for e in events:
-            record(t_sent - e.t_due)
+        for ev in events:
+            record(t_sent - ev[4])
 
     def _finished(self, rid: int) -> None:
         self._gens.pop(rid, None)

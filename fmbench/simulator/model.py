@@ -69,6 +69,12 @@ class ChunkEvent:
     last: bool
 
 
+#: A `ChunkEvent` as a plain tuple ``(rid, index, first_token, n_tokens, t_due, last)``: what the
+#: model records per chunk (`drain_raw`), since building an object per output token is a large
+#: part of a decode step's cost.
+RawChunk = tuple[int, int, int, int, float, bool]
+
+
 @dataclass(slots=True)
 class RequestTiming:
     """What the model decided for one request (virtual seconds)."""
@@ -117,7 +123,7 @@ class LatencyModel:
         self._reqs: dict[int, RequestTiming] = {}
         self._next_rid = 0
         self._decoding = 0
-        self._outbox: list[ChunkEvent] = []
+        self._outbox: list[RawChunk] = []
 
     # ------------------------------------------------------------ inputs
 
@@ -167,6 +173,10 @@ class LatencyModel:
 
     def drain(self) -> list[ChunkEvent]:
         """The chunks that became due since the last drain, in due order."""
+        return [ChunkEvent(*raw) for raw in self.drain_raw()]
+
+    def drain_raw(self) -> list[RawChunk]:
+        """`drain` as tuples (the live server's decode step, which runs once per output token)."""
         out, self._outbox = self._outbox, []
         return out
 
@@ -222,19 +232,28 @@ class LatencyModel:
     def _process_until(self, t: float) -> None:
         events = self._events
         reqs = self._reqs
-        pop = heapq.heappop
+        pop, replace = heapq.heappop, heapq.heapreplace
         p = self.params
         tpot, slowdown, chunk = p.tpot_s, p.decode_slowdown, p.chunk_tokens
         outbox = self._outbox
-        while events and events[0][0] <= t:
-            due, _, rid, k = pop(events)
-            if events and events[0][0] == due:
-                self._step_together(due, rid, k)
+        while events:
+            top = events[0]
+            due = top[0]
+            if due > t:
+                break
+            # Another event at the same instant is the top's child in the heap: one step.
+            n = len(events)
+            if (n > 1 and events[1][0] == due) or (n > 2 and events[2][0] == due):
+                pop(events)
+                self._step_together(due, top[2], top[3])
                 continue
             # One event alone at its instant: `_step_together`'s rules, inlined (this runs once
-            # per output token, the simulator's hottest path).
+            # per output token, the simulator's hottest path); the next token's event replaces
+            # this one in the heap in one sift.
+            rid, k = top[2], top[3]
             req = reqs.get(rid)
             if req is None or req.cancelled:
+                pop(events)
                 continue
             req.token_dues.append(due)
             if k == 0:
@@ -242,15 +261,16 @@ class LatencyModel:
             last = k == req.output_tokens - 1
             if k == 0 or last or k % chunk == 0:
                 done = req.tokens_chunked
-                outbox.append(ChunkEvent(rid, req.chunks_emitted, done, k + 1 - done, due, last))
+                outbox.append((rid, req.chunks_emitted, done, k + 1 - done, due, last))
                 req.chunks_emitted += 1
                 req.tokens_chunked = k + 1
             if last:
+                pop(events)
                 req.finished = due
                 self._decoding -= 1
                 self._release(due)
             else:
-                heapq.heappush(events, (due + tpot * (1.0 + slowdown * (self._decoding - 1)), self._seq, rid, k + 1))
+                replace(events, (due + tpot * (1.0 + slowdown * (self._decoding - 1)), self._seq, rid, k + 1))
                 self._seq += 1
         self._now = max(self._now, t)
 
@@ -284,7 +304,7 @@ class LatencyModel:
         last = k == req.output_tokens - 1
         if k == 0 or last or (k % p.chunk_tokens == 0):
             n = k + 1 - req.tokens_chunked
-            self._outbox.append(ChunkEvent(req.rid, req.chunks_emitted, req.tokens_chunked, n, due, last))
+            self._outbox.append((req.rid, req.chunks_emitted, req.tokens_chunked, n, due, last))
             req.chunks_emitted += 1
             req.tokens_chunked = k + 1
         if last:

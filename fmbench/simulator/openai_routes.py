@@ -16,8 +16,10 @@ Timestamps (server ``time.monotonic()`` seconds; the same clock as the client on
   headers, or a non-streamed body, were sent).
 
 With the ``batched`` writer (the default) a stream's frames are encoded before they are due and the
-core's decode step writes them (`_StreamSink`); ``per-stream`` iterates the generation in the
-handler, one wake per chunk. Both send the same bytes.
+core's decode step writes them (`_StreamSink`), framing the HTTP chunks through
+`_chunked.ChunkedStream` since a decode step cannot await aiohttp's ``write``; ``per-stream``
+iterates the generation in the handler, one wake per chunk (and serves HTTP/1.0 clients, which
+have no chunked encoding). Both send the same bytes.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
+from fmbench.simulator._chunked import ChunkedStream
 from fmbench.simulator._http import early_fault_response, reset_connection, send_truncated_body
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
 from fmbench.simulator.content import choose_reply, content_model, request_answers
-from fmbench.simulator.core import Chunk, ChunkEvent, Generation, GenRequest
+from fmbench.simulator.core import Chunk, Generation, GenRequest
 from fmbench.simulator.faults import Fault, FaultKind
+from fmbench.simulator.model import RawChunk
 
 Api = Literal["chat", "completions"]
 _MID_STREAM = (FaultKind.RESET, FaultKind.MALFORMED, FaultKind.TRUNCATED)
@@ -208,6 +212,10 @@ async def _stream(
         headers={"Cache-Control": "no-cache", "x-fmbench-arrival": f"{gen.arrival:.6f}"}
     )
     resp.content_type = "text/event-stream"
+    # The batched writer frames HTTP chunks itself; HTTP/1.0 has none, so it goes per-stream.
+    batched = ctx.writer == "batched" and fault.kind not in _MID_STREAM and request.version >= HttpVersion11
+    if batched:
+        resp.enable_chunked_encoding()
     async with gen:
         if gen.request.extra_ttft_s:
             await ctx.sleep_until(gen.arrival + gen.request.extra_ttft_s)
@@ -229,9 +237,9 @@ async def _stream(
                 "finish_reason": None,
             }
             await _send(resp, {**base, "choices": [role], "fmbench": _stamp(t_sent=time.monotonic())})
-        if ctx.writer == "batched" and fault.kind not in _MID_STREAM:
+        if batched:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            gen.attach(_StreamSink(request, base, chat, gen, parsed.include_usage, done))
+            gen.attach(_StreamSink(ChunkedStream(request, resp), base, chat, gen, parsed.include_usage, done))
             await done
             await resp.write_eof()
             return resp
@@ -286,6 +294,10 @@ class _ChunkEncoder:
         )
 
 
+_STAMP = b'%d,"t_due":%.6f,"t_sent":%.6f}}\n\n'  # closes a pre-encoded frame (see `_StreamSink`)
+_DONE = b"data: [DONE]\n\n"
+
+
 class _StreamSink:
     """Writes a stream's due chunks from the core's decode step, straight to the socket.
 
@@ -295,62 +307,55 @@ class _StreamSink:
     resolves after the last frame, or with ConnectionResetError when the client is gone.
     """
 
-    __slots__ = ("_base", "_chunked", "_done", "_frames", "_gen", "_include_usage", "_transport", "_writer")
+    __slots__ = ("_base", "_done", "_frames", "_gen", "_include_usage", "_out")
 
-    def __init__(self, request: web.Request, base: dict[str, Any], chat: bool, gen: Generation,
+    def __init__(self, out: ChunkedStream, base: dict[str, Any], chat: bool, gen: Generation,
                  include_usage: bool, done: asyncio.Future[None]) -> None:
-        head = _dumps({**base, "choices": []})[:-2]  # ends with "choices":[
-        open_ = b'{"index":0,"delta":{"content":' if chat else b'{"index":0,"text":'
-        close = b'},"logprobs":null,"finish_reason":' if chat else b',"logprobs":null,"finish_reason":'
+        head = _dumps({**base, "choices": []})[:-2].decode()  # ends with "choices":[
+        open_ = '{"index":0,"delta":{"content":' if chat else '{"index":0,"text":'
+        close = '},"logprobs":null,"finish_reason":' if chat else ',"logprobs":null,"finish_reason":'
+        pre = f"data: {head}{open_}"
+        mid = f'{close}null}}],"fmbench":{{"index":'
         texts = gen.chunk_texts()
-        last = len(texts) - 1
-        fin_last = b'"' + gen.finish_reason.encode() + b'"'
-        self._frames = [
-            b"".join((b"data: ", head, open_, _json_str(text).encode(), close,
-                      fin_last if i == last else b"null", b'}],"fmbench":{"index":%d,"n_tokens":' % i))
-            for i, text in enumerate(texts)
-        ]
+        # One f-string and one encode per frame: this runs once per output token.
+        frames = [f'{pre}{_json_str(text)}{mid}{i},"n_tokens":'.encode() for i, text in enumerate(texts)]
+        if texts:
+            i = len(texts) - 1
+            frames[i] = (f'{pre}{_json_str(texts[i])}{close}"{gen.finish_reason}"}}],'
+                         f'"fmbench":{{"index":{i},"n_tokens":').encode()
+        self._frames = frames
         self._base, self._include_usage = base, include_usage
-        self._gen, self._done = gen, done
-        self._writer = request.writer
-        self._transport: asyncio.Transport | None = None
-        self._chunked = False
+        self._gen, self._done, self._out = gen, done, out
 
-    def __call__(self, events: list[ChunkEvent]) -> float:
-        frames = self._frames
+    def __call__(self, events: list[RawChunk]) -> float:
         t_sent = time.monotonic()
-        parts = [frames[e.index] + b'%d,"t_due":%.6f,"t_sent":%.6f}}\n\n' % (e.n_tokens, e.t_due, t_sent)
-                 for e in events]
-        last = events[-1].last
+        if len(events) == 1:  # the usual step: one frame of this stream
+            _, index, _, n_tokens, t_due, last = events[0]
+            data = self._frames[index] + _STAMP % (n_tokens, t_due, t_sent)
+            if not last:
+                if not self._out.write(data):
+                    self._gone()
+                return t_sent
+            parts = [data]
+        else:
+            frames = self._frames
+            parts = [frames[e[1]] + _STAMP % (e[3], e[4], t_sent) for e in events]
+            last = events[-1][5]
         if last:
             if self._include_usage:
                 usage = {**self._base, "choices": [], "usage": self._gen.usage.as_dict(),
                          "fmbench": _stamp(t_sent=t_sent)}
                 parts.append(b"data: " + _dumps(usage) + b"\n\n")
-            parts.append(b"data: [DONE]\n\n")
-        self._write(b"".join(parts))
-        if last and not self._done.done():
+            parts.append(_DONE)
+        if not self._out.write(b"".join(parts)):
+            self._gone()
+        elif last and not self._done.done():
             self._done.set_result(None)
         return t_sent
 
-    def _write(self, data: bytes) -> None:
-        if self._done.done():
-            return
-        transport = self._transport
-        if transport is None:  # the first write: aiohttp holds the headers back until then
-            writer = self._writer
-            transport = self._transport = getattr(writer, "transport", None)
-            if transport is not None and not transport.is_closing():
-                send_headers = getattr(writer, "send_headers", None)
-                if send_headers is not None:
-                    send_headers()
-                self._chunked = bool(getattr(writer, "chunked", False))
-        if transport is None or transport.is_closing():
+    def _gone(self) -> None:
+        if not self._done.done():
             self._done.set_exception(ConnectionResetError("the client closed the connection"))
-            return
-        if self._chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        transport.write(data)
 
 
 async def _send(resp: web.StreamResponse, obj: dict[str, Any]) -> None:
@@ -368,9 +373,9 @@ async def _respond(
             dues: list[float] = []
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-            def collect(events: list[ChunkEvent]) -> float:
-                dues.extend(e.t_due for e in events)
-                if events[-1].last and not done.done():
+            def collect(events: list[RawChunk]) -> float:
+                dues.extend(e[4] for e in events)
+                if events[-1][5] and not done.done():
                     done.set_result(None)
                 return time.monotonic()
 

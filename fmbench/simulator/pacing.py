@@ -5,7 +5,8 @@ over a stream; what remains is how late one wake-up is. Three timers:
 
 * `TimerFdTimer` (Linux, the default): a kernel ``timerfd`` armed at the absolute
   ``CLOCK_MONOTONIC`` deadline (the clock of ``time.monotonic()``) and watched by the loop's
-  selector, so the loop wakes within microseconds, with no thread and no GIL hand-over.
+  selector, so the loop wakes within microseconds, with no thread and no GIL hand-over, and
+  one syscall per wake (the re-arm).
 * `LoopTimer` uses ``loop.call_at``. asyncio rounds the poll timeout up to whole milliseconds,
   so an idle loop wakes 0-1 ms late.
 * `ThreadTimer` waits in a helper thread and hands over with ``call_soon_threadsafe``; precise
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import math
 import os
 import sys
 import threading
@@ -143,6 +145,7 @@ _CLOCK_MONOTONIC = 1
 _TFD_NONBLOCK = os.O_NONBLOCK
 _TFD_CLOEXEC = os.O_CLOEXEC
 _TFD_TIMER_ABSTIME = 1
+_FIRED = math.nan  # a TimerFdTimer's deadline after it fired and before it is set again (never equal)
 
 
 class TimerFdTimer:
@@ -156,8 +159,9 @@ class TimerFdTimer:
         if not sys.platform.startswith("linux"):
             raise OSError("timerfd needs Linux")
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # No argtypes: the arguments are plain ints, a pointer and NULL, and ctypes' per-call
+        # conversion through argtypes is most of the cost of a re-arm (once per decode step).
         self._settime = libc.timerfd_settime
-        self._settime.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Itimerspec), ctypes.c_void_p]
         fd = libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK | _TFD_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -167,30 +171,36 @@ class TimerFdTimer:
         self._callback = callback
         self._deadline: float | None = None
         self._spec = _Itimerspec()
+        self._value = self._spec.it_value  # a view into _spec, made once
+        self._spec_ref = ctypes.byref(self._spec)
         loop.add_reader(fd, self._on_readable)
 
     def set(self, deadline: float | None) -> None:
         if deadline == self._deadline or self._fd < 0:
             return
         self._deadline = deadline
-        value = self._spec.it_value
+        value = self._value
         if deadline is None:
             value.tv_sec = value.tv_nsec = 0  # disarm
         else:
             # An absolute time already past fires at once; zero would disarm, so use 1 ns.
             ns = max(1, int(deadline * 1e9))
             value.tv_sec, value.tv_nsec = divmod(ns, 1_000_000_000)
-        if self._settime(self._fd, _TFD_TIMER_ABSTIME, ctypes.byref(self._spec), None) != 0:
+        if self._settime(self._fd, _TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"timerfd_settime: {os.strerror(err)}")
 
     def _on_readable(self) -> None:
+        # Arming or disarming with timerfd_settime clears an expiry, so the fd need not be read
+        # (a syscall per wake): the callback re-arms, and if it does not, the timer is disarmed
+        # here. A wake whose expiry a re-arm already cleared only runs the callback early, which
+        # finds nothing due.
+        self._deadline = _FIRED
         try:
-            os.read(self._fd, 8)
-        except BlockingIOError:  # re-armed after it fired: nothing due yet
-            return
-        self._deadline = None
-        self._callback()
+            self._callback()
+        finally:
+            if self._deadline is _FIRED:
+                self.set(None)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import socket
 from typing import Any
 
@@ -208,6 +209,70 @@ def test_sse_split_or_merged_across_reads(piece: int, pause: float) -> None:
     assert c.text == "Hello" and len(c.chunk_times) == 2 and c.output_tokens == 2
     if piece == len(SSE):
         assert c.chunk_times[0] == c.chunk_times[1]  # one read, one arrival stamp
+
+
+PLAIN_SSE = (  # every event one `data: ` line: the decoder's fast path when it arrives in one read
+    b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n'
+    b'data: {"choices":[{"delta":{"reasoning_content":"hm"}}]}\n\n'
+    b'data: {"choices":[{"delta":{"content":""}}]}\n\n'
+    b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+    b'data: {"choices":[{"delta":{"content":"lo"}}]}\n\n'
+    b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}\n\n'
+    b"data: [DONE]\n\n"
+    b'data: {"choices":[{"delta":{"content":"after done"}}]}\n\n'
+)
+
+
+def _stream_from(payload: bytes, piece: int, pause: float = 0.0) -> Completion:
+    async def go() -> Completion:
+        srv, url = await _raw_sse_server(payload, piece, pause)
+        client = OpenAIClient(url, "m")
+        await client.open(1)
+        try:
+            return await client.complete(PROMPT)
+        finally:
+            await client.close()
+            srv.close()
+
+    return asyncio.run(go())
+
+
+def test_plain_sse_in_one_read_reads_as_byte_by_byte() -> None:
+    one, split = _stream_from(PLAIN_SSE, len(PLAIN_SSE)), _stream_from(PLAIN_SSE, 1, 0.0005)
+    for c in (one, split):  # the reasoning piece counts as output; the empty content and [DONE]'s tail do not
+        assert c.text == "hmHello" and len(c.chunk_times) == 3 and c.output_tokens == 3
+    assert one.t_first_token == one.chunk_times[0] == one.chunk_times[-1]  # one read, one stamp
+    assert split.chunk_times == sorted(split.chunk_times) and split.chunk_times[0] < split.chunk_times[-1]
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "fragment"),
+    [
+        (b'data: {"error":{"message":"overloaded","code":503}}\n\n', EndpointHTTPError, "overloaded"),
+        (b"data: {not json\n\n", EndpointProtocolError, "not JSON"),
+        (b"data: [1, 2]\n\n", EndpointProtocolError, "not a JSON object: b'[1, 2]'"),
+    ],
+    ids=["error-event", "not-json", "not-an-object"],
+)
+def test_a_bad_event_after_text_in_the_same_read_fails_the_request(
+    bad: bytes, error: type[EndpointError], fragment: str
+) -> None:
+    payload = b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n' + bad + b"data: [DONE]\n\n"
+    for piece in (len(payload), 1):
+        with pytest.raises(error, match=re.escape(fragment)):
+            _stream_from(payload, piece)
+
+
+def test_sse_decoder_fast_path_returns_what_the_line_by_line_path_does() -> None:
+    from fmbench.endpoints.openai import _SSEDecoder
+
+    reads = [PLAIN_SSE, b"data: a\n\n", b"data: \n\n", b"data:  two spaces\n\n", b"data: a\n\ndata: b\n\n\n",
+             b"data: a\nid: 7\n\n", b"data: a\r\n\n", b"data: a\n: note\n\ndata: b\n\n", b"data: x\ndata: y\n\n"]
+    for read in reads:
+        whole = _SSEDecoder().feed(read)
+        dec = _SSEDecoder()
+        byte_by_byte = [p for i in range(len(read)) for p in dec.feed(read[i : i + 1])]
+        assert whole == byte_by_byte, read
 
 
 def test_make_client_providers(monkeypatch: pytest.MonkeyPatch, fake_openai: FakeOpenAI) -> None:

@@ -47,8 +47,12 @@ def test_sim_capacity_quick_compares_both_writers_from_server_stamps(tmp_path: P
                     "--output-tokens", "20", "--out", str(tmp_path)], cwd=ROOT, check=True, timeout=240,
                    capture_output=True)
     data = json.loads((tmp_path / "sim_capacity.json").read_text())
-    assert [(r["writer"], r["concurrency"]) for r in data["rows"]] == [("per-stream", 8), ("batched", 8)]
-    for row in data["rows"]:
+    rows = data["rows"]
+    assert [(r["writer"], r["concurrency"]) for r in rows] == [
+        ("per-stream", 8), ("batched", 8), ("asyncio-loop", 8), ("bare-loop", 8)]
+    for row in rows[:2]:
         assert row["errors"] == 0 and row["chunks_s"] > 0 and row["pacing_chunks"] > 0
         assert row["pacing_p50_ms"] >= 0  # the server never sends a chunk before it is due
+    assert all(r["chunks_s"] > 0 and r["server_cpu_us_per_chunk"] > 0 for r in rows[2:])
     assert set(data["streams_per_core_ratio"]) <= {"8"} and isinstance(data["met"], bool)
+    assert set(data["bare_loop_ceiling_ratio"]) == {"8"}

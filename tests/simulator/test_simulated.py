@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
+import socket
 import statistics
 import time
 from collections.abc import Iterator
@@ -332,3 +334,55 @@ def test_batched_and_per_stream_writers_send_the_same_answers() -> None:
     assert seen[0] == seen[1]
     assert [c[3] for c in seen[0][1]] == [1, 3, 3, 1] and seen[0][1][-1][1] == "length"
     assert seen[0][2]["completion_tokens"] == 8 and seen[0][3][2]["completion_tokens"] == 10
+
+
+def _raw_stream(url: str, path: str, body: dict[str, Any], version: str = "1.1") -> bytes:
+    """POST over a bare socket and return the response exactly as sent (headers and framing)."""
+    host, port = url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST {path} HTTP/{version}\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+        out = b""
+        while data := sock.recv(65536):
+            out += data
+    return out
+
+
+def _dechunk(body: bytes) -> bytes:
+    out, rest = b"", body
+    while True:
+        size, _, rest = rest.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return out
+        out, rest = out + rest[:n], rest[n + 2:]
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_batched_and_per_stream_writers_send_the_same_bytes(path: str) -> None:
+    # Byte for byte, but for the stamps' values and the creation time: the batched writer frames
+    # its HTTP chunks itself, and a client must not be able to tell the writers apart.
+    body = {"model": MODEL, "stream": True, "stream_options": {"include_usage": True}, "prompt": PROMPT,
+            "messages": [{"role": "user", "content": PROMPT}]}
+    bodies = []
+    for writer in ("batched", "per-stream"):
+        with SimulatedServerThread(_cfg(output_tokens=9, chunk_tokens=2), writer=writer) as srv:
+            raw = _raw_stream(srv.url or "", path, body)
+        head, _, chunked = raw.partition(b"\r\n\r\n")
+        assert b"Transfer-Encoding: chunked" in head
+        sse = _dechunk(chunked)
+        assert sse.endswith(b"data: [DONE]\n\n") and sse.count(b"data: ") == (7 if "chat" in path else 6) + 1
+        bodies.append(re.sub(rb'"(t_due|t_sent|created)":[0-9.]+', rb'"\1":0', sse))
+    assert bodies[0] == bodies[1]
+
+
+def test_an_http_10_client_gets_a_whole_stream_without_chunked_framing() -> None:
+    # HTTP/1.0 has no chunked encoding: the stream is delimited by the connection's close.
+    body = {"model": MODEL, "stream": True, "prompt": PROMPT}
+    with SimulatedServerThread(_cfg(output_tokens=5)) as srv:
+        raw = _raw_stream(srv.url or "", "/v1/completions", body, version="1.0")
+    head, _, sse = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"chunked" not in head.lower()
+    frames = [json.loads(line[6:]) for line in sse.split(b"\n\n") if line.startswith(b"data: {")]
+    assert [f["fmbench"]["index"] for f in frames] == [0, 1, 2, 3, 4] and sse.endswith(b"data: [DONE]\n\n")
