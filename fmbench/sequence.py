@@ -133,7 +133,8 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
     Args:
         preflight: False when the caller has already run `check_before_run` (the CLI does, before
             it starts Prefect, so bad input fails in seconds).
-        png: export the report's and the trend plots' static PNGs (False: no browser is started).
+        png: export the report's and the trend plots' static PNGs, all in the report step with one
+            browser under one deadline (False: no browser is started).
 
     Returns:
         The run, its report.md URL and the regression check (None when the check failed).
@@ -158,7 +159,9 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
             evaluate_run(steps, run, cfg)
         regressions: RegressionReport | None = None
         try:
-            regressions = steps.regressions(run, regression_threshold, png)
+            # png=False: the report step exports the trend plots along with its own PNGs, so a run
+            # starts one browser, while the report's data is read, and waits on it at most once.
+            regressions = steps.regressions(run, regression_threshold, png=False)
         except Exception as exc:  # noqa: BLE001 - the report is written without it
             log.warning("regression check failed, report written without it: %s", exc)
         report = steps.report(run, png)

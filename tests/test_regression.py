@@ -248,3 +248,82 @@ def test_works_on_s3(cfg, s3_bucket):
     assert report.status == "regressed"
     assert storage.read_text(f"{url}/regression.md").startswith("## Changes since 20260101-020000-aaaa")
     assert regression.read_report(url).status == "regressed"
+
+
+@pytest.fixture
+def stalled_browser(tmp_path, monkeypatch) -> Path:
+    """A "browser" that starts and never answers, and a PNG deadline of 2 s."""
+    exe = tmp_path / "stalled-chromium"
+    exe.write_text("#!/bin/sh\nwhile :; do sleep 1; done\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("BROWSER_PATH", str(exe))
+    monkeypatch.setenv("FMBENCH_PNG_TIMEOUT_S", "2")
+    return exe
+
+
+def _alive(exe: Path) -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"]) if str(exe) in " ".join(p.info["cmdline"] or [])]
+
+
+def _trend_runs(tmp_path, cfg) -> str:
+    for day, ttft in enumerate([0.05, 0.05, 0.06], start=1):
+        url = _make_run(tmp_path, cfg, f"2026010{day}-020000-aaaa", _records(cfg, ttft=ttft, n=50, seed=day))
+    return url
+
+
+def test_trend_plots_past_the_png_deadline_cost_only_the_plots(tmp_path, cfg, stalled_browser):
+    url = _trend_runs(tmp_path, cfg)
+    report = regression.check_regressions(url, trend_runs=3)
+    assert report.previous_run_id == "20260102-020000-aaaa" and report.changes  # the comparison is kept
+    assert report.plots == [] and "did not finish within 2 s" in (report.plot_error or "")
+    assert "Trend plots not rendered: TimeoutError: PNG export did not finish within 2 s" in \
+        Path(url, "regression.md").read_text()
+    assert not list(Path(url).glob("plots/trend_*.png"))
+    assert not _alive(stalled_browser)  # the browser was killed with the export
+
+
+def test_a_run_leaves_its_trend_plots_to_the_report_which_survives_a_stalled_browser(tmp_path, cfg,
+                                                                                      stalled_browser):
+    from fmbench.report import render_report
+
+    url = _trend_runs(tmp_path, cfg)
+    assert regression.check_regressions(url, trend_runs=3, plots=False).plot_error is None  # as a run does
+    paths = render_report(url)  # one browser for the report's PNGs and the trend plots: it stalls
+    assert paths.plots == [] and "did not finish within 2 s" in (paths.plots_missing_reason or "")
+    report = regression.read_report(url)
+    assert report is not None and report.plots == [] and "did not finish within 2 s" in (report.plot_error or "")
+    md = Path(url, "report.md").read_text()
+    assert "## Changes since 20260102-020000-aaaa" in md and "Trend plots not rendered: PNG export failed" in md
+    assert not _alive(stalled_browser)
+
+
+@pytest.mark.integration  # Chromium (kaleido) renders the PNGs
+def test_the_report_renders_the_trend_plots_its_run_left(tmp_path, cfg):
+    from fmbench.report import render_report
+
+    url = _trend_runs(tmp_path, cfg)
+    regression.check_regressions(url, trend_runs=3, plots=False)
+    paths = render_report(url)
+    assert paths.plots_missing_reason is None, paths.plots_missing_reason
+    report = regression.read_report(url)
+    assert report is not None and report.plot_error is None
+    assert sorted(Path(p).name for p in report.plots) == sorted(Path(r).name for r in regression.TREND_PLOTS.values())
+    for rel in regression.TREND_PLOTS.values():
+        assert Path(url, rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for text in (Path(url, "regression.md").read_text(), Path(url, "report.md").read_text()):
+        assert "![p95 latency trend](plots/trend_latency_p95.png)" in text
+    assert "data:image/png;base64," in Path(url, "report.html").read_text()  # inlined in the HTML
+
+
+def test_an_unreadable_earlier_run_costs_the_trend_plots_not_the_report(tmp_path, cfg, stalled_browser):
+    from fmbench.report import render_report
+
+    url = _trend_runs(tmp_path, cfg)
+    regression.check_regressions(url, trend_runs=3, plots=False)
+    Path(tmp_path, cfg.name, "20260101-020000-aaaa", "metrics.parquet").unlink()  # gone since the check
+    render_report(url)
+    report = regression.read_report(url)
+    assert report is not None and report.plots == [] and "metrics.parquet" in (report.plot_error or "")
+    assert "Trend plots not rendered: " in Path(url, "report.md").read_text()

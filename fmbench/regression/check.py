@@ -2,17 +2,20 @@
 
 Writes into the run directory (local or ``s3://``): ``regression.json`` (`RegressionReport`),
 ``regression.md`` (a "Changes since <run>" section for report.md) and ``plots/trend_*.png``.
+A benchmark run leaves the trend plots to its report (`pending_trend_plots`, `record_trend_plots`),
+which exports them with its own figures in one browser.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fmbench import storage
 from fmbench.regression.compare import compare_runs, empty_report
 from fmbench.regression.history import find_previous_run, split_run_url, successful_runs
 from fmbench.regression.models import REGRESSION_JSON, REGRESSION_MD, RegressionReport, Thresholds
-from fmbench.regression.render import render_markdown, write_trend_plots
+from fmbench.regression.render import render_markdown, trend_figures, write_trend_plots
 
 log = logging.getLogger("fmbench")
 
@@ -31,7 +34,9 @@ def check_regressions(run_url: str, thresholds: Thresholds | None = None, *, tre
         thresholds: relative thresholds per metric (default 10% each).
         trend_runs: how many runs the trend plots show.
         n_resamples, confidence, seed: the bootstrap of the per-request data.
-        plots: render the trend plots (needs kaleido and Chromium, BROWSER_PATH).
+        plots: render the trend plots now, within the PNG deadline (needs kaleido and Chromium,
+            BROWSER_PATH). A benchmark run passes False and its report renders them
+            (`pending_trend_plots`), so that one browser exports every PNG of the run.
 
     Returns:
         The `RegressionReport`; ``status`` is "regressed" when anything regressed.
@@ -58,6 +63,40 @@ def check_regressions(run_url: str, thresholds: Thresholds | None = None, *, tre
     storage.write_text(storage.join(run_url, REGRESSION_MD), render_markdown(report))
     log.info("regression: %s", report.summary())
     return report
+
+
+def pending_trend_plots(run_url: str) -> tuple[RegressionReport, list[tuple[str, Any]]] | None:
+    """The run's regression check, if it left its trend plots to be rendered, with their figures.
+
+    Returns:
+        None when the check has not run, has fewer than two runs to plot, or already has its plots
+        (or their failure) recorded; else the report and (path inside the run directory, figure) pairs.
+    """
+    try:
+        report = read_report(run_url)
+    except Exception as exc:  # noqa: BLE001 -- e.g. a regression.json of another version: no plots, still a report
+        log.warning("regression: %s/%s not read (%s)", run_url, REGRESSION_JSON, exc)
+        return None
+    if report is None or len(report.trend_runs) < 2 or report.plots or report.plot_error:
+        return None
+    parent, _ = split_run_url(run_url)
+    try:
+        return report, trend_figures(parent, report.trend_runs)
+    except Exception as exc:  # noqa: BLE001 -- an unreadable earlier run costs the trend plots, not the report
+        record_trend_plots(run_url, report, [], f"{exc.__class__.__name__}: {exc}")
+        return None
+
+
+def record_trend_plots(run_url: str, report: RegressionReport, plots: list[str], error: str | None) -> str:
+    """Record the trend plots rendered for ``report`` (or why they are missing) in regression.json and
+    regression.md; returns the new markdown."""
+    report.plots, report.plot_error = plots, error
+    if error:
+        log.warning("regression: trend plots not written (%s)", error)
+    markdown = render_markdown(report)
+    storage.write_text(storage.join(run_url, REGRESSION_JSON), report.model_dump_json(indent=2))
+    storage.write_text(storage.join(run_url, REGRESSION_MD), markdown)
+    return markdown
 
 
 def read_report(run_url: str) -> RegressionReport | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -20,6 +21,8 @@ from fmbench.regression.models import (
 )
 
 _SECONDS = {"latency_p95_s", "ttft_p95_s"}
+#: Width and height of a trend plot (pixels).
+TREND_SIZE = (900, 450)
 
 
 def _fmt_value(metric: str, v: float | None) -> str:
@@ -137,17 +140,17 @@ def trend_frame(benchmark_url: str, run_ids: list[str]) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
-def write_trend_plots(benchmark_url: str, run_ids: list[str], run_url: str) -> list[str]:
-    """Render one PNG per trend metric (a line per shard, runs on the x axis) into the run's plots/.
+def trend_figures(benchmark_url: str, run_ids: list[str]) -> list[tuple[str, Any]]:
+    """One plotly figure per trend metric (a line per shard, runs on the x axis).
 
     Returns:
-        The URLs written.
+        (path inside the run directory, e.g. ``plots/trend_ttft_p95.png``, figure) per metric with data.
     """
     import plotly.graph_objects as go
     import plotly.io as pio
 
     df = trend_frame(benchmark_url, run_ids)
-    figs, names = [], []
+    out = []
     for metric, rel in TREND_PLOTS.items():
         if metric not in df.columns or df[metric].is_null().all():
             continue
@@ -160,18 +163,41 @@ def write_trend_plots(benchmark_url: str, run_ids: list[str], run_url: str) -> l
         unit = " (s)" if metric in _SECONDS else " (USD)" if metric.startswith("cost") else ""
         fig.update_layout(title=f"{label}: last {len(run_ids)} runs", xaxis_title="run", yaxis_title=label + unit,
                           xaxis={"type": "category", "categoryorder": "array", "categoryarray": run_ids},
-                          width=900, height=450, legend={"font": {"size": 9}})
-        figs.append(fig)
-        names.append(rel)
+                          width=TREND_SIZE[0], height=TREND_SIZE[1], legend={"font": {"size": 9}})
+        out.append((rel, fig))
+    return out
+
+
+def store_trend_pngs(run_url: str, rendered: list[tuple[str, Path]]) -> list[str]:
+    """Copy rendered trend PNGs (path inside the run directory, local file) into the run; returns their URLs."""
+    urls = []
+    for rel, path in rendered:
+        url = storage.join(run_url, *rel.split("/"))
+        storage.write_bytes(url, path.read_bytes())
+        urls.append(url)
+    return urls
+
+
+def write_trend_plots(benchmark_url: str, run_ids: list[str], run_url: str,
+                      timeout_s: float | None = None) -> list[str]:
+    """Render the trend plots (`trend_figures`) into the run's plots/ with a browser of their own.
+
+    Args:
+        timeout_s: the export's deadline (default `fmbench.png.export_timeout_s`); a stalled
+            browser is killed when it passes.
+
+    Returns:
+        The URLs written.
+
+    Raises:
+        TimeoutError, RuntimeError: the export did not finish in time, or failed (no browser).
+    """
+    from fmbench.png import export_pngs
+
+    figs = trend_figures(benchmark_url, run_ids)
     if not figs:
         return []
     with tempfile.TemporaryDirectory(prefix="fmbench-trend-") as tmp:
-        local = [str(Path(tmp, Path(n).name)) for n in names]
-        pio.write_images(figs, local)
-        urls = []
-        for name, path in zip(names, local):
-            url = storage.join(run_url, *name.split("/"))
-            storage.write_bytes(url, Path(path).read_bytes())
-            urls.append(url)
-    return urls
-
+        local = [Path(tmp, Path(rel).name) for rel, _ in figs]
+        export_pngs([f for _, f in figs], local, [TREND_SIZE] * len(figs), timeout_s)
+        return store_trend_pngs(run_url, [(rel, path) for (rel, _), path in zip(figs, local, strict=True)])

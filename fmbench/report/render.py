@@ -27,7 +27,8 @@ from fmbench import storage
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
-from fmbench.report._png import PngExporter
+from fmbench.png import PngExporter
+from fmbench.regression import pending_trend_plots, record_trend_plots, store_trend_pngs
 from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
 from fmbench.report.quality import QualityView, quality_figure, quality_view, with_accuracy
 from fmbench.report.request_figures import itl_figure, timeline_figures
@@ -81,6 +82,9 @@ class ReportInput:
     delta_rows: list[dict[str, str]] | None = None  # compare: changes between runs, `compare.delta_rows`
     delta_note: str | None = None  # compare: how the changes were judged
     quality: QualityView | None = None  # answer quality (evaluation), `fmbench.report.quality`
+    # The run's regression check and its trend plots still to render (`regression.pending_trend_plots`):
+    # exported with the report's figures by the same browser, then recorded in regression.json/.md.
+    trend: tuple[Any, list[tuple[str, go.Figure]]] | None = None
 
 
 def _env() -> Environment:
@@ -105,10 +109,13 @@ def _png_failure(exc: BaseException) -> str:
 
 
 def _figure_div(fig: go.Figure, div_id: str) -> str:
-    live = go.Figure(fig)
-    live.update_layout(width=None, autosize=True)
+    # The figure as a plain dict, not a second go.Figure: plotly would validate every point again
+    # (seconds for the request timelines of a large run).
+    live = fig.to_dict()
+    live["layout"].pop("width", None)
+    live["layout"]["autosize"] = True
     return pio.to_html(
-        live, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=div_id,
+        live, validate=False, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=div_id,
         default_width="100%", default_height=f"{int(fig.layout.height or 600)}px",
         config={"displaylogo": False, "responsive": True},
     )
@@ -364,22 +371,32 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     if timeline_fig is not None:
         figs.append(timeline_fig)
     png_error: str | None = None if exporter is not None else "PNG export skipped (--no-png)"
-    if figs and exporter is not None:  # the child renders the PNGs while the HTML's figures are built below
+    trend = inp.trend[1] if inp.trend is not None and exporter is not None else []
+    trend_local = [tmp / "trend" / Path(rel).name for rel, _ in trend]
+    if (figs or trend) and exporter is not None:  # the child renders the PNGs while the HTML's figures are built
         try:
-            exporter.submit([f.figure for f in figs], [tmp / f"{f.stem}.png" for f in figs],
-                            [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs])
+            (tmp / "trend").mkdir()
+            exporter.submit([f.figure for f in figs] + [fig for _, fig in trend],
+                            [tmp / f"{f.stem}.png" for f in figs] + trend_local,
+                            [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs]
+                            + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
         except (RuntimeError, OSError) as exc:
             png_error = _png_failure(exc)
-    html_parts = {"plotlyjs": _plotlyjs(), "changes_html": _changes_html(inp.changes_md, output),
-                  "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
+    html_parts: dict[str, Any] = {"plotlyjs": _plotlyjs(), "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
     plots: list[str] = []
+    trend_plots: list[str] = []
     reason = png_error
-    if figs and png_error is None and exporter is not None:
+    if (figs or trend) and png_error is None and exporter is not None:
         try:
             exporter.wait()
             plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
+            trend_plots = store_trend_pngs(output, [(rel, p) for (rel, _), p in zip(trend, trend_local, strict=True)])
         except (TimeoutError, RuntimeError, OSError) as exc:
             reason = _png_failure(exc)
+    changes_md = inp.changes_md
+    if trend and inp.trend is not None:  # the trend plots, or why they are missing, into regression.json/.md
+        changes_md = record_trend_plots(output, inp.trend[0], trend_plots, reason)
+    html_parts["changes_html"] = _changes_html(changes_md, output)
     cost_rows, cost_total = _cost_rows(_with_judge_costs(inp.bench_cost, inp.quality))
     ctx = {
         "title": inp.title,
@@ -404,7 +421,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
         "repro": [_repro(r) for r in inp.runs],
         "md_table": md_table,
         "colours": colours,
-        "changes_md": inp.changes_md,
+        "changes_md": changes_md,
         "endpoint_rows": inp.endpoint_rows,
         "quality": inp.quality,
         **_detail_context(inp),
@@ -510,6 +527,8 @@ def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
     metrics = with_accuracy(run.metrics, quality) if quality is not None else run.metrics
     if quality is not None and slo is not None:
         slo = slo.model_copy(update={"min_accuracy": quality.min_accuracy})
+    # Before regression.md is read: when the trend plots cannot even be drawn, it is rewritten to say so.
+    trend = pending_trend_plots(run.url) if exporter is not None else None
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
@@ -518,6 +537,7 @@ def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
         bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
         itl_dist=itl_distribution(run.requests), request_spans=request_timelines(run.requests),
+        trend=trend,
     )
     return render(inp, run.url, exporter, png=exporter is not None)
 

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import psutil
 import pytest
 
-from fmbench.report._png import export_pngs
+from fmbench.png import export_pngs
 
 
 def test_export_writes_pngs(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_export_past_its_deadline_is_abandoned_and_leaves_no_process(tmp_path: P
 
 
 def test_an_exporter_started_early_renders_what_it_is_sent_later(tmp_path: Path) -> None:
-    from fmbench.report._png import PngExporter
+    from fmbench.png import PngExporter
 
     with PngExporter() as exporter:  # the browser starts now
         figs = [go.Figure(go.Bar(x=["a", "b"], y=[1, 2])), go.Figure(go.Scatter(x=[1, 2], y=[2, 1]))]
@@ -38,7 +38,7 @@ def test_an_exporter_started_early_renders_what_it_is_sent_later(tmp_path: Path)
 
 
 def test_an_unused_exporter_leaves_no_process() -> None:
-    from fmbench.report._png import PngExporter
+    from fmbench.png import PngExporter
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with PngExporter():
