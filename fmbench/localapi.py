@@ -36,7 +36,7 @@ from fmbench.cachedir import cache_dir
 log = logging.getLogger("fmbench")
 
 IDLE_S = float(os.environ.get("FMBENCH_PREFECT_API_IDLE_S", "1800"))
-_POLL_S = 2.0
+_POLL_S = 0.5
 
 __all__ = ["LocalApi", "api_state_dir", "local_prefect_api", "stop_local_api"]
 
@@ -266,22 +266,37 @@ def _live_leases(leases: Path) -> int:
     return live
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before exec: the kernel stops it when the watchdog dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the watchdog's own stop still covers it
+        pass
+
+
 def _watch(root: Path, port: int, home: Path) -> int:
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)  # acted on by the loop: a stop during the server's start leaves no orphan
+
+    # Before the server starts: a stop that arrives meanwhile must still take the server down.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
          "--no-services", "--no-ui", "--analytics-off", "--log-level", "ERROR"],
         stdin=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 - single-threaded
     )
-
-    def stop(*_: object) -> None:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     leases = root / "leases"
     try:
-        while server.poll() is None:
+        while server.poll() is None and not stopping:
             time.sleep(_POLL_S)
+            if stopping:
+                break
             if not home.exists() or not leases.exists():
                 break  # the Prefect home (or our state) was removed, e.g. a test's temporary directory
             if _live_leases(leases) == 0 and time.time() - leases.stat().st_mtime > IDLE_S:

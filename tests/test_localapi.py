@@ -52,6 +52,27 @@ def private_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     yield tmp_path
     stop_local_api()
+    # Nothing this Prefect home started outlives the test (a server orphaned by its watchdog would).
+    deadline = time.monotonic() + 60
+    while (left := _processes_of(tmp_path / "prefect-home")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of this Prefect home still run: {left}"
+
+
+def _processes_of(home: Path) -> list[int]:
+    needle = f"PREFECT_HOME={home}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
 
 
 def test_a_second_run_reuses_the_local_prefect_api_and_it_stops_when_idle(
@@ -154,3 +175,15 @@ def test_fmbench_run_on_the_local_api_and_on_the_embedded_one_when_it_does_not_c
     assert second.returncode == 0, second.stderr[-2000:]
     assert "using the embedded one" in second.stderr and "Report: " in second.stdout
     assert len(list((private_api / "results" / "localapi").iterdir())) == 2
+
+
+def test_a_watchdog_killed_while_its_server_starts_takes_the_server_with_it(private_api: Path) -> None:
+    with local_prefect_api() as api:
+        watchdog = int(json.loads((api_state_dir() / "state.json").read_text())["pid"])
+        deadline = time.monotonic() + 60
+        while len(_processes_of(private_api / "prefect-home")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the watchdog has started the server (not yet answering)
+        assert len(_processes_of(private_api / "prefect-home")) >= 2
+        os.kill(watchdog, 9)  # no handler runs: only the kernel can stop the server now
+        assert api.wait() is None  # the run goes on with the embedded server
+    # the fixture checks that no process of this Prefect home is left
