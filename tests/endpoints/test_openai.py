@@ -195,17 +195,7 @@ SSE = (
     ids=["byte-by-byte", "7-byte-reads", "one-read"],
 )
 def test_sse_split_or_merged_across_reads(piece: int, pause: float) -> None:
-    async def go() -> Completion:
-        srv, url = await _raw_sse_server(SSE, piece, pause)
-        client = OpenAIClient(url, "m")
-        await client.open(1)
-        try:
-            return await client.complete(PROMPT)
-        finally:
-            await client.close()
-            srv.close()
-
-    c = asyncio.run(go())
+    c = _stream_from(SSE, piece, pause)
     assert c.text == "Hello" and len(c.chunk_times) == 2 and c.output_tokens == 2
     if piece == len(SSE):
         assert c.chunk_times[0] == c.chunk_times[1]  # one read, one arrival stamp
