@@ -157,9 +157,9 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def utc_now() -> str:
-    """The current UTC time, ISO 8601."""
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+def utc_now(timespec: str = "seconds") -> str:
+    """The current UTC time, ISO 8601 (``timespec="milliseconds"`` for event times within a run)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec=timespec)
 
 
 def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None = None,

@@ -159,7 +159,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     local = run.scratch_path("shards", f"{spec.shard_id}.parquet")
     log.info("shard %s: %d requests at %s, %d client process(es)", spec.shard_id, spec.requests, _level(spec),
              spec.processes)
-    started_at = utc_now()
+    started_at = utc_now("milliseconds")  # a shard's start is ordered against other events
     progress.shard_started(spec.shard_id, spec.warmup + spec.requests)
     last_line = time.monotonic()
 
@@ -180,7 +180,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
             stamp_host(local, worker)
     else:
         result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts, cal is not None)
-    ended_at = utc_now()
+    ended_at = utc_now("milliseconds")
     sim_view = sim.finish(result.duration_s) if sim is not None else None
     if sim_view and sim_view.get("verdict"):
         log.warning("shard %s: %s", spec.shard_id, sim_view["verdict"])
