@@ -203,7 +203,9 @@ def _wait_created(stack: Any, deployment_id: Any, output: str, timeout_s: float 
             if mine:
                 return mine[0]
             time.sleep(0.5)
-    raise AssertionError(f"the UI form did not create a flow run with output={output} (see ui-form.png)")
+    seen = [r.parameters.get("output") for r in runs]
+    raise AssertionError(f"the UI form did not create a flow run with output={output}; runs of the deployment "
+                         f"have outputs {seen} (see ui-form*.png)")
 
 
 def test_run_on_a_local_dask_cluster_keeps_shards_apart(prefect_stack: Any, tmp_path: Path) -> None:
