@@ -295,6 +295,7 @@ class _ChunkEncoder:
 
 
 _STAMP = b'%d,"t_due":%.6f,"t_sent":%.6f}}\n\n'  # closes a pre-encoded frame (see `_StreamSink`)
+_STAMP_CRLF = _STAMP + b"\r\n"  # the same, ending the HTTP chunk it is the last part of
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -331,12 +332,13 @@ class _StreamSink:
         t_sent = time.monotonic()
         if len(events) == 1:  # the usual step: one frame of this stream
             _, index, _, n_tokens, t_due, last = events[0]
-            data = self._frames[index] + _STAMP % (n_tokens, t_due, t_sent)
-            if not last:
-                if not self._out.write(data):
+            if not last:  # framed as one HTTP chunk here, in one copy: this runs once per token
+                frame = self._frames[index]
+                tail = _STAMP_CRLF % (n_tokens, t_due, t_sent)
+                if not self._out.write_framed(b"%x\r\n" % (len(frame) + len(tail) - 2) + frame + tail):
                     self._gone()
                 return t_sent
-            parts = [data]
+            parts = [self._frames[index] + _STAMP % (n_tokens, t_due, t_sent)]
         else:
             frames = self._frames
             parts = [frames[e[1]] + _STAMP % (e[3], e[4], t_sent) for e in events]
