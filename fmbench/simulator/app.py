@@ -22,6 +22,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
+from fmbench.simulator._arrival import read_stamps, request_arrival
 from fmbench.simulator.core import SimCore
 from fmbench.simulator.faults import Fault, FaultConfig, FaultInjector
 from fmbench.simulator.pacing import TimerKind
@@ -68,9 +69,10 @@ class SimContext:
     _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _counted_chars: int = field(default=0, init=False, repr=False)
 
-    def arrive(self) -> tuple[float, Fault]:
-        """Stamp a generation request's arrival and draw its fault (call first, synchronously)."""
-        return time.monotonic(), self.faults.draw()
+    def arrive(self, request: web.Request) -> tuple[float, Fault]:
+        """A generation request's arrival (when its first bytes were read, see `_arrival`) and its
+        fault (call first, synchronously: faults are drawn in arrival order)."""
+        return request_arrival(request), self.faults.draw()
 
     def get_core(self) -> SimCore:
         """The running core."""
@@ -157,7 +159,7 @@ def build_app(
         timer=timer,
         writer=writer,
     )
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[read_stamps])
     app[SIM_CONTEXT] = ctx
     app.on_startup.append(_start_core)
     app.on_cleanup.append(_stop_core)

@@ -177,7 +177,7 @@ async def _models(request: web.Request) -> web.Response:
 
 async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     ctx = request.app[SIM_CONTEXT]
-    arrival, fault = ctx.arrive()
+    arrival, fault = ctx.arrive(request)
     try:
         raw = await request.read()
         try:
