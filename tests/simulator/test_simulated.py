@@ -390,6 +390,47 @@ def test_an_http_10_client_gets_a_whole_stream_without_chunked_framing() -> None
     assert [f["fmbench"]["index"] for f in frames] == [0, 1, 2, 3, 4] and sse.endswith(b"data: [DONE]\n\n")
 
 
+def test_a_reader_that_falls_behind_still_gets_every_frame_in_order() -> None:
+    # The batched writer sends straight to the socket only while asyncio's buffer is empty; a
+    # client that stops reading fills the socket, and the rest must queue behind it in order.
+    n = 20_000  # ~7 MB of frames: more than the kernel buffers hold while the client sleeps
+    body = {"model": MODEL, "stream": True, "prompt": PROMPT}
+    with SimulatedServerThread(_cfg(output_tokens=n, ttft_ms=1, tpot_ms=0.02)) as srv:
+        host, port = (srv.url or "").removeprefix("http://").split(":")
+        payload = json.dumps(body).encode()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(20)
+            sock.connect((host, int(port)))
+            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+            time.sleep(1.0)  # the whole stream falls due meanwhile
+            raw = b""
+            while data := sock.recv(1 << 20):
+                raw += data
+    sse = _dechunk(raw.partition(b"\r\n\r\n")[2])
+    frames = [json.loads(line[6:]) for line in sse.split(b"\n\n") if line.startswith(b"data: {")]
+    assert [f["fmbench"]["index"] for f in frames] == list(range(n)) and sse.endswith(b"data: [DONE]\n\n")
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_slot() -> None:
+    body = {"model": MODEL, "stream": True, "prompt": PROMPT}
+    with SimulatedServerThread(_cfg(output_tokens=2_000, ttft_ms=1, tpot_ms=1, max_batch=1)) as srv:
+        host, port = (srv.url or "").removeprefix("http://").split(":")
+        payload = json.dumps(body).encode()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            seen = b""
+            while b"data: {" not in seen and (data := sock.recv(65536)):  # headers may come alone
+                seen += data
+            assert b"data: {" in seen
+        # With one batch slot, the next request is only served once the writer noticed the close.
+        with httpx.Client(base_url=srv.url or "", timeout=10.0) as client:
+            resp, items, _ = _sse(client, "/v1/completions", {**body, "max_tokens": 3})
+    assert resp.status_code == 200 and items[-1] == "[DONE]" and len(items) == 4
+
+
 def test_a_long_prompt_sent_again_gets_the_same_count_and_is_counted_once(
         client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     from fmbench.simulator import app
