@@ -228,9 +228,9 @@ class _Shard:
         rec.chunks = len(ct)
         rec.resends = comp.resends
         rec.note = comp.note
-        if len(ct) > 1:  # the stamps as doubles (an odd value fails this record here), gaps subtracted in C
-            stamps = array("d", ct)
-            rec.itl_s = list(map(operator.sub, stamps[1:], stamps[:-1]))
+        if len(ct) > 1:  # gaps subtracted in C, into the one array the writer appends (an odd stamp fails
+            # this record here: the subtraction or the array refuses it)
+            rec.itl_s = array("d", list(map(operator.sub, ct[1:], ct)))
         if self.spec.store_text:
             rec.text = str(comp.text)
         self._add(rec)

@@ -91,8 +91,10 @@ class RecordWriter:
     def add(self, record: RequestRecord) -> None:
         """Queue one record (cheap: one tuple of its fields)."""
         row = _FETCH(record)
-        if record.itl_s:
-            self._itl.extend(array("d", record.itl_s))  # a non-number raises before anything is queued
+        itl = record.itl_s
+        if itl:  # the engine hands over an array("d") (appended as is); a list is converted first, so a
+            # non-number raises before anything is queued
+            self._itl.extend(itl if type(itl) is array and itl.typecode == "d" else array("d", itl))
         self._rows.append(row)
         self._offsets.append(len(self._itl))
         self.rows += 1
