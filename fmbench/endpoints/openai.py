@@ -65,6 +65,7 @@ from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from fmbench.config import InferenceConfig
+from fmbench.endpoints._deadline import Deadlines
 from fmbench.errors import (
     EndpointConnectionError,
     EndpointError,
@@ -435,6 +436,7 @@ class OpenAIClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        self._deadlines: Deadlines | None = None  # the per-request timeouts, while open
         self._hooked = False
         self._max_resends = 0
         self._stream = self.inference.stream
@@ -480,10 +482,14 @@ class OpenAIClient:
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
         )
+        self._deadlines = Deadlines(self._timeout, asyncio.get_running_loop())
 
     async def close(self) -> None:
         """Close the session and its connections."""
         self._bodies, self._bodies_bytes = {}, 0  # a client reused for another shard starts empty
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -530,44 +536,50 @@ class OpenAIClient:
             raise EndpointConnectionError("client is not open (call open() first)")
         data = self._payload(prompt)
         resends = 0
+        deadlines = self._deadlines
+        task = deadlines.start() if deadlines is not None else None  # the timeout (see _deadline)
         try:
-            async with asyncio.timeout(self._timeout):
-                while True:
-                    sent: list[Any] = [None]
-                    _SEND_STAMP.set(sent)
-                    t_start = time.monotonic()
-                    try:
-                        resp = await session.post(self._url, data=data)
-                    except aiohttp.ClientConnectionError as exc:
-                        if resends < self._max_resends and _never_read(sent, exc, self._hooked):
-                            resends += 1
-                            continue
-                        raise
-                    break
-                async with resp:
-                    t_start = sent[0] or t_start
-                    if len(sent) > 1 and (keep_alive := resp.headers.get("Keep-Alive")):
-                        sent[1].note_keep_alive(keep_alive)
-                    if resp.status >= 400:
-                        raise await self._http_error(resp)
-                    ctype = resp.headers.get("Content-Type", "")
-                    if self._stream and not ctype.startswith("application/json"):
-                        comp = await self._read_stream(resp, t_start)
-                    else:
-                        comp = await self._read_body(resp, t_start)
-                    comp.resends = resends
-                    return comp
-        except EndpointError as exc:
-            exc.resends = resends
-            raise
-        except TimeoutError as exc:
+            while True:
+                sent: list[Any] = [None]
+                _SEND_STAMP.set(sent)
+                t_start = time.monotonic()
+                try:
+                    resp = await session.post(self._url, data=data)
+                except aiohttp.ClientConnectionError as exc:
+                    if resends < self._max_resends and _never_read(sent, exc, self._hooked):
+                        resends += 1
+                        continue
+                    raise
+                break
+            async with resp:
+                t_start = sent[0] or t_start
+                if len(sent) > 1 and (keep_alive := resp.headers.get("Keep-Alive")):
+                    sent[1].note_keep_alive(keep_alive)
+                if resp.status >= 400:
+                    raise await self._http_error(resp)
+                ctype = resp.headers.get("Content-Type", "")
+                if self._stream and not ctype.startswith("application/json"):
+                    comp = await self._read_stream(resp, t_start)
+                else:
+                    comp = await self._read_body(resp, t_start)
+                comp.resends = resends
+                return comp
+        except asyncio.CancelledError as exc:
+            if task is None or deadlines is None or not deadlines.expired(task):
+                raise
             err: EndpointError = EndpointTimeout(f"no complete answer within {self._timeout:g} s")
             err.resends = resends
             raise err from exc
+        except EndpointError as exc:
+            exc.resends = resends
+            raise
         except Exception as exc:  # the translation boundary for aiohttp/asyncio/OS errors
             err = _translate(exc, self._secret)
             err.resends = resends
             raise err from exc
+        finally:
+            if task is not None and deadlines is not None:
+                deadlines.stop(task)
 
     async def _http_error(self, resp: aiohttp.ClientResponse) -> EndpointHTTPError:
         body = await resp.content.read(_ERROR_BODY_BYTES)

@@ -109,6 +109,43 @@ def test_error_kinds(
     assert KEY not in str(info.value) and KEY not in repr(info.value.__cause__ or "")
 
 
+def test_timeouts_of_overlapping_requests_share_one_timer_and_a_cancel_stays_a_cancel(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """Each of several requests started at different times times out at its own deadline; one
+    cancelled from outside (a shard being stopped) raises CancelledError, not a timeout; and the
+    client's timer works again after every request in flight has ended."""
+    timeout = 0.3
+
+    async def go() -> tuple[list[Any], list[float], Any]:
+        client = OpenAIClient(fake_openai.url, "hang", inference=InferenceConfig(timeout_s=timeout))
+        await client.open(4)
+        loop = asyncio.get_running_loop()
+        try:
+            async def timed(delay: float) -> float:
+                await asyncio.sleep(delay)
+                t0 = loop.time()
+                with pytest.raises(EndpointTimeout, match="within 0.3 s"):
+                    await client.complete(PROMPT)
+                return loop.time() - t0
+
+            stopped = asyncio.ensure_future(client.complete(PROMPT))
+            waits = asyncio.gather(timed(0.0), timed(0.1))
+            await asyncio.sleep(0.15)
+            stopped.cancel()
+            outcomes = await asyncio.gather(stopped, return_exceptions=True)
+            elapsed = list(await waits)
+            elapsed.append(await timed(0.0))  # nothing was in flight: the timer is armed afresh
+            return outcomes, elapsed, client._deadlines
+        finally:
+            await client.close()
+
+    outcomes, elapsed, deadlines = asyncio.run(go())
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert all(e >= timeout - 0.005 for e in elapsed), elapsed
+    assert deadlines is not None and not deadlines._live and not deadlines._fired
+
+
 def test_throttled_parses_retry_after(fake_openai: FakeOpenAI) -> None:
     with pytest.raises(EndpointThrottled) as info:
         _complete(fake_openai.url, "429")
