@@ -192,14 +192,16 @@ class _SendStampingHandler(ResponseHandler):
         except AttributeError:  # a transport class that forbids it: t_start falls back
             pass
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes, _base: Any = ResponseHandler.data_received, _clock: Any = time.monotonic
+                      ) -> None:
+        # Runs on every read: the base method and the clock are bound once, not looked up per call.
         self.rx = True
-        self.last_rx = time.monotonic()
-        super().data_received(data)
+        self.last_rx = _clock()
+        _base(self, data)
 
-    def is_connected(self) -> bool:
+    def is_connected(self, _base: Any = ResponseHandler.is_connected) -> bool:
         # aiohttp asks this of idle pooled connections only (before reuse and when sweeping the pool).
-        if not super().is_connected():
+        if not _base(self):
             return False
         if self.idle_limit_s is not None and time.monotonic() - self.last_rx > self.idle_limit_s:
             return False
@@ -465,9 +467,9 @@ class OpenAIClient:
         if self._session is not None:
             await self.close()
         limit = max(0, concurrency)
-        connector = aiohttp.TCPConnector(
-            limit=limit, limit_per_host=limit, keepalive_timeout=300, enable_cleanup_closed=False
-        )
+        # No limit_per_host: a client has one URL, so ``limit`` already bounds its one host, and
+        # aiohttp keeps per-host sets on every request when it is set.
+        connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=300, enable_cleanup_closed=False)
         # New connections stamp their writes and know when they may be reused (see the class).
         self._hooked = callable(getattr(connector, "_factory", None))
         if self._hooked:
