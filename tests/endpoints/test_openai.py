@@ -273,6 +273,27 @@ def test_plain_sse_in_one_read_reads_as_byte_by_byte() -> None:
 
 
 @pytest.mark.parametrize(
+    ("middle", "text", "tokens"),
+    [
+        (b'{"choices":[{"delta":{"content":"b"}}],"usage":{"prompt_tokens":2,"completion_tokens":9}}', "abc", 9),
+        (b'{"choices":[{"delta":{"content":"b"}}],"timings":{"predicted_n":7}}', "abc", 7),
+        (b'{"choices":[{"delta":{"reasoning_content":"b"}}]}', "abc", None),
+        (b'{"choices":[{"delta":{"content":null}}]}', "ac", None),
+    ],
+    ids=["usage-on-a-text-chunk", "timings-on-a-text-chunk", "reasoning", "null-content"],
+)
+def test_unusual_chunks_inside_one_read_count_as_when_read_one_by_one(middle: bytes, text: str,
+                                                                    tokens: int | None) -> None:
+    """Usage, timings or a chunk without content between text chunks of one read count the same as
+    when every event arrives in its own read."""
+    events = [b'{"choices":[{"delta":{"content":"a"}}]}', middle, b'{"choices":[{"delta":{"content":"c"}}]}']
+    payload = b"".join(b"data: " + e + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    one, split = _stream_from(payload, len(payload)), _stream_from(payload, 1, 0.0005)
+    for c in (one, split):
+        assert (c.text, len(c.chunk_times), c.output_tokens) == (text, len(text), tokens)
+
+
+@pytest.mark.parametrize(
     ("bad", "error", "fragment"),
     [
         (b'data: {"error":{"message":"overloaded","code":503}}\n\n', EndpointHTTPError, "overloaded"),
