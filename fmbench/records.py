@@ -7,6 +7,7 @@ stamps (one clock for every process on a host), the others are durations.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -88,7 +89,7 @@ class RequestRecord:
     ttft_s: float | None = None
     latency_s: float | None = None
     tpot_s: float | None = None
-    itl_s: list[float] = field(default_factory=list)
+    itl_s: list[float] | array[float] = field(default_factory=list)  # the engine's: an array("d")
     chunks: int | None = None
     resends: int = 0
     note: str | None = None
@@ -96,7 +97,9 @@ class RequestRecord:
     client_host: str | None = None
 
     def as_row(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in REQUEST_SCHEMA}
+        row = {name: getattr(self, name) for name in REQUEST_SCHEMA}
+        row["itl_s"] = list(self.itl_s)  # the engine's array("d") as the list polars reads
+        return row
 
 
 def empty_requests() -> pl.DataFrame:

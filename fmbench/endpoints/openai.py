@@ -65,6 +65,7 @@ from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from fmbench.config import InferenceConfig
+from fmbench.endpoints._deadline import Deadlines
 from fmbench.errors import (
     EndpointConnectionError,
     EndpointError,
@@ -191,14 +192,16 @@ class _SendStampingHandler(ResponseHandler):
         except AttributeError:  # a transport class that forbids it: t_start falls back
             pass
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes, _base: Any = ResponseHandler.data_received, _clock: Any = time.monotonic
+                      ) -> None:
+        # Runs on every read: the base method and the clock are bound once, not looked up per call.
         self.rx = True
-        self.last_rx = time.monotonic()
-        super().data_received(data)
+        self.last_rx = _clock()
+        _base(self, data)
 
-    def is_connected(self) -> bool:
+    def is_connected(self, _base: Any = ResponseHandler.is_connected) -> bool:
         # aiohttp asks this of idle pooled connections only (before reuse and when sweeping the pool).
-        if not super().is_connected():
+        if not _base(self):
             return False
         if self.idle_limit_s is not None and time.monotonic() - self.last_rx > self.idle_limit_s:
             return False
@@ -435,6 +438,7 @@ class OpenAIClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
+        self._deadlines: Deadlines | None = None  # the per-request timeouts, while open
         self._hooked = False
         self._max_resends = 0
         self._stream = self.inference.stream
@@ -463,9 +467,9 @@ class OpenAIClient:
         if self._session is not None:
             await self.close()
         limit = max(0, concurrency)
-        connector = aiohttp.TCPConnector(
-            limit=limit, limit_per_host=limit, keepalive_timeout=300, enable_cleanup_closed=False
-        )
+        # No limit_per_host: a client has one URL, so ``limit`` already bounds its one host, and
+        # aiohttp keeps per-host sets on every request when it is set.
+        connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=300, enable_cleanup_closed=False)
         # New connections stamp their writes and know when they may be reused (see the class).
         self._hooked = callable(getattr(connector, "_factory", None))
         if self._hooked:
@@ -480,10 +484,14 @@ class OpenAIClient:
             timeout=aiohttp.ClientTimeout(total=None),
             auto_decompress=True,
         )
+        self._deadlines = Deadlines(self._timeout, asyncio.get_running_loop())
 
     async def close(self) -> None:
         """Close the session and its connections."""
         self._bodies, self._bodies_bytes = {}, 0  # a client reused for another shard starts empty
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -530,44 +538,50 @@ class OpenAIClient:
             raise EndpointConnectionError("client is not open (call open() first)")
         data = self._payload(prompt)
         resends = 0
+        deadlines = self._deadlines
+        task = deadlines.start() if deadlines is not None else None  # the timeout (see _deadline)
         try:
-            async with asyncio.timeout(self._timeout):
-                while True:
-                    sent: list[Any] = [None]
-                    _SEND_STAMP.set(sent)
-                    t_start = time.monotonic()
-                    try:
-                        resp = await session.post(self._url, data=data)
-                    except aiohttp.ClientConnectionError as exc:
-                        if resends < self._max_resends and _never_read(sent, exc, self._hooked):
-                            resends += 1
-                            continue
-                        raise
-                    break
-                async with resp:
-                    t_start = sent[0] or t_start
-                    if len(sent) > 1 and (keep_alive := resp.headers.get("Keep-Alive")):
-                        sent[1].note_keep_alive(keep_alive)
-                    if resp.status >= 400:
-                        raise await self._http_error(resp)
-                    ctype = resp.headers.get("Content-Type", "")
-                    if self._stream and not ctype.startswith("application/json"):
-                        comp = await self._read_stream(resp, t_start)
-                    else:
-                        comp = await self._read_body(resp, t_start)
-                    comp.resends = resends
-                    return comp
-        except EndpointError as exc:
-            exc.resends = resends
-            raise
-        except TimeoutError as exc:
+            while True:
+                sent: list[Any] = [None]
+                _SEND_STAMP.set(sent)
+                t_start = time.monotonic()
+                try:
+                    resp = await session.post(self._url, data=data)
+                except aiohttp.ClientConnectionError as exc:
+                    if resends < self._max_resends and _never_read(sent, exc, self._hooked):
+                        resends += 1
+                        continue
+                    raise
+                break
+            async with resp:
+                t_start = sent[0] or t_start
+                if len(sent) > 1 and (keep_alive := resp.headers.get("Keep-Alive")):
+                    sent[1].note_keep_alive(keep_alive)
+                if resp.status >= 400:
+                    raise await self._http_error(resp)
+                ctype = resp.headers.get("Content-Type", "")
+                if self._stream and not ctype.startswith("application/json"):
+                    comp = await self._read_stream(resp, t_start)
+                else:
+                    comp = await self._read_body(resp, t_start)
+                comp.resends = resends
+                return comp
+        except asyncio.CancelledError as exc:
+            if task is None or deadlines is None or not deadlines.expired(task):
+                raise
             err: EndpointError = EndpointTimeout(f"no complete answer within {self._timeout:g} s")
             err.resends = resends
             raise err from exc
+        except EndpointError as exc:
+            exc.resends = resends
+            raise
         except Exception as exc:  # the translation boundary for aiohttp/asyncio/OS errors
             err = _translate(exc, self._secret)
             err.resends = resends
             raise err from exc
+        finally:
+            if task is not None and deadlines is not None:
+                deadlines.stop(task)
 
     async def _http_error(self, resp: aiohttp.ClientResponse) -> EndpointHTTPError:
         body = await resp.content.read(_ERROR_BODY_BYTES)

@@ -41,7 +41,7 @@ from pathlib import Path
 from fmbench.errors import DatasetError, EndpointError
 from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.spec import ShardResult, ShardSpec
-from fmbench.loadgen.writer import RecordWriter
+from fmbench.loadgen.writer import SCALAR_FIELDS, RecordWriter
 from fmbench.protocol import Completion, EndpointClient, Prompt
 from fmbench.records import RequestRecord
 
@@ -56,6 +56,14 @@ _RECENT_TTFTS = 256  # the "current" TTFT p50 of a progress report is over this 
 Progress = Callable[[int, int, int, float | None], None]
 
 __all__ = ["run_shard", "run_shard_async"]
+
+#: The values of a successful request's row as `_Shard._ok` builds them (`RecordWriter.add_row`).
+_OK_ROW = ("experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate", "shard_id",
+           "request_id", "prompt_id", "attempt", "warmup", "ok", "error_kind", "error", "http_status", "input_tokens",
+           "output_tokens", "usage_source", "t_scheduled", "t_start", "t_first_token", "t_end", "send_lag_s", "ttft_s",
+           "latency_s", "tpot_s", "chunks", "resends", "note", "text", "client_host")
+if _OK_ROW != SCALAR_FIELDS:  # the record schema changed: _Shard._ok must follow it
+    raise ImportError(f"fmbench.loadgen.engine builds rows as {_OK_ROW}, the writer expects {SCALAR_FIELDS}")
 
 
 def arrival_gaps(spec: ShardSpec) -> Iterator[float]:
@@ -130,6 +138,24 @@ class ShardStats:
         if send_lag is not None:
             self.send_lags.append(send_lag)
 
+    def observe_ok(self, t_start: float, t_end: float, t_sched: float, ttft: float | None) -> None:
+        """Count one successful measured request (`observe`'s result for it, with fewer steps: it runs
+        once per request; comparisons, not min/max calls)."""
+        self.measured += 1
+        if t_start < self.first_start:  # noqa: PLR1730
+            self.first_start = t_start
+        if t_start > self.last_start:  # noqa: PLR1730
+            self.last_start = t_start
+        if t_end > self.last_end:  # noqa: PLR1730
+            self.last_end = t_end
+        if t_sched < self.first_sched:  # noqa: PLR1730
+            self.first_sched = t_sched
+        if t_sched > self.last_sched:  # noqa: PLR1730
+            self.last_sched = t_sched
+        self.send_lags.append(t_start - t_sched)
+        if ttft is not None:
+            self.recent_ttfts.append(ttft)
+
 
 class _Shard:
     """State of one running shard: builds records, feeds the writer, keeps running statistics."""
@@ -144,6 +170,11 @@ class _Shard:
         self.total = spec.warmup + spec.requests
         self.concurrency = spec.concurrency if not spec.open_loop else (spec.max_concurrency or 0)
         self.stats = ShardStats()
+        self._retries = bool(spec.request_retries or spec.throttle_retries)
+        # A successful request's record is one tuple in the writer's order (`SCALAR_FIELDS`), built
+        # without a RequestRecord: these leading fields are the same for every request of the shard.
+        self._head = (spec.experiment, spec.dataset, spec.bucket, spec.bucket_min, spec.bucket_max,
+                      self.concurrency, spec.request_rate, spec.shard_id)
 
     def _base(self, i: int, prompt: Prompt) -> RequestRecord:
         s = self.spec
@@ -165,13 +196,13 @@ class _Shard:
         self, client: EndpointClient, i: int, t_sched: float | None, slot: asyncio.Semaphore | None = None
     ) -> None:
         """Send request ``i`` and record it, whatever happens."""
-        if self.spec.request_retries or self.spec.throttle_retries:  # each attempt recorded, see loadgen.retry
+        if self._retries:  # each attempt recorded, see loadgen.retry
             from fmbench.loadgen.retry import run_with_retries
 
             return await run_with_retries(self, client, i, t_sched, slot, self.spec.request_retries,
                                           self.spec.throttle_retries, self.spec.throttle_backoff_s)
-        prompt = self.prompts[i % len(self.prompts)]
-        rec = self._base(i, prompt)
+        prompts = self.prompts
+        prompt = prompts[i % len(prompts)]
         t_before: float | None = None  # the engine's own stamp, for requests that fail
         try:
             if slot is not None:
@@ -182,58 +213,67 @@ class _Shard:
                 t_before = time.monotonic()
                 comp = await client.complete(prompt)
         except asyncio.CancelledError:
+            rec = self._base(i, prompt)
             self._fail(rec, prompt, t_sched, t_before, "cancelled", "shard cancelled before the answer", None)
             raise
         except EndpointError as exc:
+            rec = self._base(i, prompt)
             rec.resends = exc.resends
             self._fail(rec, prompt, t_sched, t_before, exc.kind, str(exc), getattr(exc, "status", None))
         except Exception as exc:  # noqa: BLE001 (a client bug must cost one record, never the shard)
             message = f"unexpected {type(exc).__name__}: {exc}"
-            self._fail(rec, prompt, t_sched, t_before, "protocol", message, None)
+            self._fail(self._base(i, prompt), prompt, t_sched, t_before, "protocol", message, None)
         else:
             try:
-                self._ok(rec, prompt, t_sched, comp)
+                self._ok(i, prompt, t_sched, comp)
             except Exception as exc:  # noqa: BLE001 (a malformed Completion is one failed record)
-                rec = self._base(i, prompt)
                 message = f"cannot record the answer: {type(exc).__name__}: {exc}"
-                self._fail(rec, prompt, t_sched, t_before, "protocol", message, None)
+                self._fail(self._base(i, prompt), prompt, t_sched, t_before, "protocol", message, None)
 
-    def _ok(self, rec: RequestRecord, prompt: Prompt, t_sched: float | None, comp: Completion) -> None:
-        # Coerce everything a client hands over, so one odd value can never break a row group.
+    def _ok(self, i: int, prompt: Prompt, t_sched: float | None, comp: Completion, attempt: int = 1) -> None:
+        """Record request ``i``'s successful attempt: the same fields as a `RequestRecord` filled the
+        way `fill_failed` does for failures, queued as one tuple (see `RecordWriter.add_row`)."""
+        # Coerce everything a client hands over, so one odd value can never break a row group; all
+        # of it happens before anything is queued or counted.
         t_start, t_end = float(comp.t_start), float(comp.t_end)
-        t_first = float(comp.t_first_token) if comp.t_first_token is not None else None
+        t_first = comp.t_first_token
         ts = t_start if t_sched is None else t_sched
-        rec.ok = True
-        rec.http_status = int(comp.http_status) if comp.http_status is not None else None
-        rec.t_scheduled = ts
-        rec.t_start = t_start
-        rec.t_first_token = t_first
-        rec.t_end = t_end
-        rec.send_lag_s = t_start - ts
-        rec.latency_s = t_end - ts
-        rec.ttft_s = t_first - ts if t_first is not None else None
-        if comp.input_tokens is not None and comp.output_tokens is not None:
-            rec.usage_source = "server"
-            rec.input_tokens, rec.output_tokens = int(comp.input_tokens), int(comp.output_tokens)
+        status = comp.http_status
+        if status is not None:
+            status = int(status)
+        inp, out = comp.input_tokens, comp.output_tokens
+        if inp is not None and out is not None:
+            source = "server"
         else:  # the output count may still be the server's (llama.cpp's timings), the prompt is ours
-            rec.usage_source = "tokenizer" if comp.output_tokens is None else "server_output"
-            inp = comp.input_tokens if comp.input_tokens is not None else prompt.input_tokens
-            out = comp.output_tokens if comp.output_tokens is not None else self.count_tokens(comp.text)
-            rec.input_tokens, rec.output_tokens = int(inp), int(out)
+            source = "tokenizer" if out is None else "server_output"
+            if inp is None:
+                inp = prompt.input_tokens
+            if out is None:
+                out = self.count_tokens(comp.text)
+        inp, out = int(inp), int(out)
+        latency = t_end - ts
         ct = comp.chunk_times
-        out_tokens = rec.output_tokens
-        # Without streamed chunks (stream: false) there is no first-token event: TPOT is unknown.
-        if out_tokens > 1 and rec.ttft_s is not None and ct:
-            rec.tpot_s = (rec.latency_s - rec.ttft_s) / (out_tokens - 1)
-        rec.chunks = len(ct)
-        rec.resends = comp.resends
-        rec.note = comp.note
-        if len(ct) > 1:  # the stamps as doubles (an odd value fails this record here), gaps subtracted in C
-            stamps = array("d", ct)
-            rec.itl_s = list(map(operator.sub, stamps[1:], stamps[:-1]))
-        if self.spec.store_text:
-            rec.text = str(comp.text)
-        self._add(rec)
+        chunks = len(ct)
+        ttft = tpot = None
+        if t_first is not None:
+            t_first = float(t_first)
+            ttft = t_first - ts
+            # Without streamed chunks (stream: false) there is no first-token event: TPOT is unknown.
+            if out > 1 and chunks:
+                tpot = (latency - ttft) / (out - 1)
+        # Gaps subtracted in C, into the one array the writer appends (an odd stamp fails this record
+        # here: the subtraction or the array refuses it).
+        itl = array("d", list(map(operator.sub, ct[1:], ct))) if chunks > 1 else None
+        text = str(comp.text) if self.spec.store_text else None
+        warm = i < self.spec.warmup
+        self.writer.add_row(self._head + (
+            i, prompt.prompt_id, attempt, warm, True, None, None, status, inp, out, source,
+            ts, t_start, t_first, t_end, t_start - ts, ttft, latency, tpot, chunks, comp.resends, comp.note,
+            text, None), itl)
+        if warm:
+            self.stats.warm += 1
+        else:
+            self.stats.observe_ok(t_start, t_end, ts, ttft)
 
     def _fail(
         self,

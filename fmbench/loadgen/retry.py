@@ -141,7 +141,7 @@ async def run_with_retries(
         if sched is None:
             sched = t_before
         try:
-            shard._ok(rec, prompt, sched, result)
+            shard._ok(i, prompt, sched, result, attempt)
         except Exception as exc:  # noqa: BLE001 (a malformed Completion is one failed record)
             rec = shard._base(i, prompt)
             rec.attempt = attempt

@@ -44,6 +44,8 @@ def _arrow_schema() -> pa.Schema:
 ARROW_SCHEMA = _arrow_schema()
 _CONVERT_VALUES = 50_000  # inter-token gaps gathered before converting: bounds each step to ~0.5 ms
 _SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
+#: The order of a row's values in `RecordWriter.add_row`: every schema column but ``itl_s``.
+SCALAR_FIELDS = tuple(_SCALARS)
 _FETCH = operator.attrgetter(*_SCALARS)  # a record's scalar fields as one tuple, in _SCALARS order
 
 
@@ -91,8 +93,22 @@ class RecordWriter:
     def add(self, record: RequestRecord) -> None:
         """Queue one record (cheap: one tuple of its fields)."""
         row = _FETCH(record)
-        if record.itl_s:
-            self._itl.extend(array("d", record.itl_s))  # a non-number raises before anything is queued
+        itl = record.itl_s
+        if itl:  # an array("d") is appended as is; a list is converted first, so a non-number raises
+            # before anything is queued
+            self._itl.extend(itl if type(itl) is array and itl.typecode == "d" else array("d", itl))
+        self._rows.append(row)
+        self._offsets.append(len(self._itl))
+        self.rows += 1
+        self._pending += 1
+        if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
+            self._convert()
+
+    def add_row(self, row: tuple[object, ...], itl: array[float] | None) -> None:
+        """Queue one record given as its values in `SCALAR_FIELDS` order and its inter-token gaps
+        (the engine's successful requests: no `RequestRecord` is built for them)."""
+        if itl is not None:
+            self._itl.extend(itl)
         self._rows.append(row)
         self._offsets.append(len(self._itl))
         self.rows += 1

@@ -109,6 +109,43 @@ def test_error_kinds(
     assert KEY not in str(info.value) and KEY not in repr(info.value.__cause__ or "")
 
 
+def test_timeouts_of_overlapping_requests_share_one_timer_and_a_cancel_stays_a_cancel(
+    fake_openai: FakeOpenAI,
+) -> None:
+    """Each of several requests started at different times times out at its own deadline; one
+    cancelled from outside (a shard being stopped) raises CancelledError, not a timeout; and the
+    client's timer works again after every request in flight has ended."""
+    timeout = 0.3
+
+    async def go() -> tuple[list[Any], list[float], Any]:
+        client = OpenAIClient(fake_openai.url, "hang", inference=InferenceConfig(timeout_s=timeout))
+        await client.open(4)
+        loop = asyncio.get_running_loop()
+        try:
+            async def timed(delay: float) -> float:
+                await asyncio.sleep(delay)
+                t0 = loop.time()
+                with pytest.raises(EndpointTimeout, match="within 0.3 s"):
+                    await client.complete(PROMPT)
+                return loop.time() - t0
+
+            stopped = asyncio.ensure_future(client.complete(PROMPT))
+            waits = asyncio.gather(timed(0.0), timed(0.1))
+            await asyncio.sleep(0.15)
+            stopped.cancel()
+            outcomes = await asyncio.gather(stopped, return_exceptions=True)
+            elapsed = list(await waits)
+            elapsed.append(await timed(0.0))  # nothing was in flight: the timer is armed afresh
+            return outcomes, elapsed, client._deadlines
+        finally:
+            await client.close()
+
+    outcomes, elapsed, deadlines = asyncio.run(go())
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert all(e >= timeout - 0.005 for e in elapsed), elapsed
+    assert deadlines is not None and not deadlines._live and not deadlines._fired
+
+
 def test_throttled_parses_retry_after(fake_openai: FakeOpenAI) -> None:
     with pytest.raises(EndpointThrottled) as info:
         _complete(fake_openai.url, "429")
@@ -233,6 +270,27 @@ def test_plain_sse_in_one_read_reads_as_byte_by_byte() -> None:
         assert c.text == "hmHello" and len(c.chunk_times) == 3 and c.output_tokens == 3
     assert one.t_first_token == one.chunk_times[0] == one.chunk_times[-1]  # one read, one stamp
     assert split.chunk_times == sorted(split.chunk_times) and split.chunk_times[0] < split.chunk_times[-1]
+
+
+@pytest.mark.parametrize(
+    ("middle", "text", "tokens"),
+    [
+        (b'{"choices":[{"delta":{"content":"b"}}],"usage":{"prompt_tokens":2,"completion_tokens":9}}', "abc", 9),
+        (b'{"choices":[{"delta":{"content":"b"}}],"timings":{"predicted_n":7}}', "abc", 7),
+        (b'{"choices":[{"delta":{"reasoning_content":"b"}}]}', "abc", None),
+        (b'{"choices":[{"delta":{"content":null}}]}', "ac", None),
+    ],
+    ids=["usage-on-a-text-chunk", "timings-on-a-text-chunk", "reasoning", "null-content"],
+)
+def test_unusual_chunks_inside_one_read_count_as_when_read_one_by_one(middle: bytes, text: str,
+                                                                    tokens: int | None) -> None:
+    """Usage, timings or a chunk without content between text chunks of one read count the same as
+    when every event arrives in its own read."""
+    events = [b'{"choices":[{"delta":{"content":"a"}}]}', middle, b'{"choices":[{"delta":{"content":"c"}}]}']
+    payload = b"".join(b"data: " + e + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+    one, split = _stream_from(payload, len(payload)), _stream_from(payload, 1, 0.0005)
+    for c in (one, split):
+        assert (c.text, len(c.chunk_times), c.output_tokens) == (text, len(text), tokens)
 
 
 @pytest.mark.parametrize(
