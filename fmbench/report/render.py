@@ -108,15 +108,16 @@ def _png_failure(exc: BaseException) -> str:
     return f"PNG export failed ({exc.__class__.__name__}: {str(exc).strip()[:300]})"
 
 
-def _figure_div(fig: go.Figure, div_id: str) -> str:
+def _figure_div(fig: go.Figure | dict[str, Any], div_id: str) -> str:
     # The figure as a plain dict, not a second go.Figure: plotly would validate every point again
     # (seconds for the request timelines of a large run).
-    live = fig.to_dict()
+    live = fig.to_dict() if isinstance(fig, go.Figure) else {**fig, "layout": dict(fig["layout"])}
+    height = live["layout"].get("height") or 600
     live["layout"].pop("width", None)
     live["layout"]["autosize"] = True
     return pio.to_html(
         live, validate=False, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=div_id,
-        default_width="100%", default_height=f"{int(fig.layout.height or 600)}px",
+        default_width="100%", default_height=f"{int(height)}px",
         config={"displaylogo": False, "responsive": True},
     )
 
@@ -376,13 +377,22 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     if (figs or trend) and exporter is not None:  # the child renders the PNGs while the HTML's figures are built
         try:
             (tmp / "trend").mkdir()
-            exporter.submit([f.figure for f in figs] + [fig for _, fig in trend],
-                            [tmp / f"{f.stem}.png" for f in figs] + trend_local,
-                            [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs]
+            browser = [f for f in figs if f.png is None]
+            exporter.submit([f.figure for f in browser] + [fig for _, fig in trend],
+                            [tmp / f"{f.stem}.png" for f in browser] + trend_local,
+                            [f.size() for f in browser]
                             + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
         except (RuntimeError, OSError) as exc:
             png_error = _png_failure(exc)
     html_parts: dict[str, Any] = {"plotlyjs": _plotlyjs(), "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
+    if png_error is None and exporter is not None:  # drawn here while the browser draws the others
+        for f in figs:
+            if f.png is not None:
+                try:
+                    f.png(tmp / f"{f.stem}.png")
+                except (OSError, ValueError) as exc:
+                    png_error = _png_failure(exc)
+                    break
     plots: list[str] = []
     trend_plots: list[str] = []
     reason = png_error
