@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw, ImageFont
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw, ImageFont
 
 #: Segments of one state: x (seconds) and y (request row) lists, one span per [a, b, None] triple.
 Segments = tuple[list[float | None], list[float | None]]
@@ -42,6 +44,8 @@ def draw_timeline(title: str, panels: list[Panel], states: dict[str, tuple[str, 
 
     States are painted in the order of ``states``, so later ones (failures) stay on top.
     """
+    from PIL import Image, ImageDraw, ImageFont  # imported here: a report without PNGs does not need it
+
     cols = 1 if len(panels) == 1 else 2
     rows = math.ceil(len(panels) / cols)
     top = 110
@@ -111,7 +115,9 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, left: int
             y_top = math.floor((r + 0.5) * band - thick / 2)
             for y in range(max(0, y_top), min(h, y_top + thick)):
                 pixel_rows[y] = rows[r]
-    img.paste(Image.frombytes("P", (w, h), b"".join(pixel_rows)), (left, top))
+    from PIL import Image as PILImage
+
+    img.paste(PILImage.frombytes("P", (w, h), b"".join(pixel_rows)), (left, top))
     draw.rectangle([left, top, left + w - 1, top + h - 1], outline=_FRAME_I)
     for t in x_ticks:
         draw.text((left + min(w - 1, int(t * scale)), top + h + 4), f"{t:g}", fill=_INK, font=small, anchor="mt")
