@@ -171,6 +171,8 @@ async def _serve(stdin: IO[str]) -> None:
         if not line.strip():
             return  # the parent had nothing to export
         jobs = json.loads(Path(line.strip()).read_text())
+        if not jobs:
+            return
         errors = await k.write_fig_from_object([
             {"fig": json.loads(Path(j["figure"]).read_text()), "path": j["path"],
              "opts": {"format": "png", "width": j["width"], "height": j["height"]}}

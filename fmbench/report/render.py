@@ -362,6 +362,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
     figs, fig_notes = _request_figures(inp, figs, fig_notes)
+    timelines_at = len(figs)  # the request timelines go here; built once the browser has its figures
     if inp.quality is not None:
         qfig = quality_figure(inp.metrics, inp.quality, colours)
         if qfig is not None:
@@ -374,7 +375,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     png_error: str | None = None if exporter is not None else "PNG export skipped (--no-png)"
     trend = inp.trend[1] if inp.trend is not None and exporter is not None else []
     trend_local = [tmp / "trend" / Path(rel).name for rel, _ in trend]
-    if (figs or trend) and exporter is not None:  # the child renders the PNGs while the HTML's figures are built
+    if exporter is not None:  # the child renders the PNGs while the HTML's figures are built
         try:
             (tmp / "trend").mkdir()
             browser = [f for f in figs if f.png is None]
@@ -384,6 +385,10 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
                             + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
         except (RuntimeError, OSError) as exc:
             png_error = _png_failure(exc)
+    timelines = timeline_figures(inp.request_spans)
+    if not timelines:
+        fig_notes.append("request timelines: no per-request records (requests.parquet) to draw")
+    figs[timelines_at:timelines_at] = timelines
     html_parts: dict[str, Any] = {"plotlyjs": _plotlyjs(), "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
     if png_error is None and exporter is not None:  # drawn here while the browser draws the others
         for f in figs:
@@ -450,16 +455,11 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
 
 
 def _request_figures(inp: ReportInput, figs: list[Figure], notes: list[str]) -> tuple[list[Figure], list[str]]:
-    """The figures drawn from per-request data (ITL distribution, request timelines)."""
+    """The ITL distribution, drawn from per-request data (the request timelines are added later)."""
     itl = itl_figure(inp.itl_dist)
     if itl is None:
-        notes = [*notes, "inter-token latency distribution: no streamed request had two or more chunks"]
-    else:
-        figs = [*figs, itl]
-    timelines = timeline_figures(inp.request_spans)
-    if not timelines:
-        notes = [*notes, "request timelines: no per-request records (requests.parquet) to draw"]
-    return [*figs, *timelines], notes
+        return figs, [*notes, "inter-token latency distribution: no streamed request had two or more chunks"]
+    return [*figs, itl], notes
 
 
 def _detail_context(inp: ReportInput) -> dict[str, Any]:
