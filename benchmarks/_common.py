@@ -52,3 +52,23 @@ def write_result(out: Path, name: str, data: dict[str, Any]) -> Path:
 def ms(x: float) -> float:
     """Seconds to milliseconds, rounded for the tables."""
     return round(x * 1e3, 3) if math.isfinite(x) else float("nan")
+
+
+def pin(pid: int, cpus: set[int]) -> bool:
+    """Keep every thread of process ``pid`` on ``cpus`` (Linux); False where that cannot be done.
+
+    `os.sched_setaffinity` on a pid moves one thread only; threads started later inherit it from
+    the thread that starts them, so the ones already running are moved one by one.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return False
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    try:
+        for tid in tids:
+            os.sched_setaffinity(tid, cpus)
+    except OSError:
+        return False
+    return True

@@ -17,12 +17,18 @@ regex per answer, after the answer is timed). Cells: concurrency 1/8/64/256 x st
 prompts of 100/4,000 tokens x outputs of 16/1,000 tokens; TPOT grows with concurrency so the
 chunk rate stays within what this 2-core machine can pace.
 
-Run: ``uv run --no-sync python -m benchmarks.client_overhead [--quick]``.
+With ``--pin`` (two or more CPUs) the server runs on the last CPU and the client (this process) on
+the others: a server that takes the client's core in the middle of a request delays the client's
+stamps by the server's own work. On a machine that is otherwise busy it makes things worse (each
+side loses the other core), so it is off by default. Each row records whether it was pinned.
+
+Run: ``uv run --no-sync python -m benchmarks.client_overhead [--quick] [--pin]``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
@@ -30,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import loadavg, ms, parser, pct, write_result
+from benchmarks._common import loadavg, ms, parser, pct, pin, write_result
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.loadgen import ShardSpec, run_shard
@@ -149,7 +155,11 @@ def _tpot_ms(conc: int, out_tokens: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure every cell and write results/client_overhead.json."""
-    args = parser(__doc__).parse_args(argv)
+    p = parser(__doc__)
+    p.add_argument("--pin", action="store_true", help="Server on the last CPU, the client on the others.")
+    args = p.parse_args(argv)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pinned = args.pin and len(cpus) >= 2
     levels = [1, 64] if args.quick else [1, 8, 64, 256]
     prompts = [100] if args.quick else [100, 4000]
     outputs = [16] if args.quick else [16, 1000]
@@ -166,13 +176,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         output_tokens=out_tokens, max_batch=4 * conc, decode_slowdown=0.0)
                 latency = (cfg.ttft_ms + cfg.tpot_ms * (out_tokens - 1)) / 1e3
                 with SimulatedServerProcess(cfg) as srv:
-                    assert srv.url is not None
+                    assert srv.url is not None and srv.pid is not None
+                    if pinned:
+                        pinned = pin(srv.pid, {cpus[-1]}) and pin(os.getpid(), set(cpus[:-1]))
                     for prompt_tokens in prompts:
                         for stream in (True, False):
                             waves = 1 if out_tokens > 16 else (2 if conc >= 64 else max(2, 64 // conc))
                             n = max(conc * waves, 3 if out_tokens > 16 else 20)
                             row = run_cell(srv.url, cfg.model, conc, stream, prompt_tokens, out_tokens, n,
                                            Path(tmp), latency)
+                            row["pinned"] = pinned
                             rows.append(row)
                             print(f"c={conc:4d} stream={stream!s:5} prompt={prompt_tokens:5d} out={out_tokens:5d} "
                                   f"n={row['requests']:4d} | TTFT err p50 {row['ttft_err_p50_ms']:.3f} p99 "
@@ -184,7 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         limit = 1.0 if r["concurrency"] <= 64 else 5.0
         worst = max(r["ttft_err_p99_ms"], r["e2e_err_p99_ms"])
         targets.append(worst <= limit)
-    data = {"quick": args.quick, "wall_s": round(time.monotonic() - t0, 1), "rows": rows,
+    if pinned:
+        pin(os.getpid(), set(cpus))
+    data = {"quick": args.quick, "pinned": pinned, "wall_s": round(time.monotonic() - t0, 1), "rows": rows,
             "target": "overhead p99 <= 1 ms at concurrency <= 64, <= 5 ms at 256",
             "cells_meeting_target": sum(targets), "cells": len(targets)}
     path = write_result(args.out, "client_overhead", data)

@@ -33,7 +33,7 @@ The core, for route families (OpenAI routes here; SageMaker/Bedrock framings in 
     gen.finish_reason                        # "length" when max_tokens capped the output, else "stop"
 
 A route family is ``register(app, ctx)`` (see `app`); handlers take ``app[SIM_CONTEXT]``, call
-``ctx.arrive()`` first (arrival stamp + seeded fault draw), then ``ctx.count_tokens`` and
+``ctx.arrive(request)`` first (arrival stamp + seeded fault draw), then ``ctx.count_tokens`` and
 ``ctx.get_core().generate``.
 
 * `model.LatencyModel` is the pure, deterministic latency model (virtual time).

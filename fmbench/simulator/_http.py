@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -44,6 +45,34 @@ async def early_fault_response(ctx: SimContext, fault: Fault, error: ErrorRespon
     if kind is FaultKind.HANG:
         await hang_forever()
     return None
+
+
+# A send stamp in a fixed width (JSON allows the leading spaces), so the Content-Length is known
+# before the stamp is taken: monotonic seconds need 7 + 6 digits for the next 30 years of uptime.
+_STAMP_WIDTH = 20
+
+
+async def send_stamped_body(request: web.Request, head: bytes, tail: bytes, content_type: str,
+                            headers: Mapping[str, str]) -> web.StreamResponse:
+    """Send ``head`` + the send stamp + ``tail`` as one body, stamped just before the socket write.
+
+    A `web.Response` built with a stamp in its body reaches the socket only after aiohttp has
+    returned from the handler, prepared the headers and written the body (hundreds of µs, more on a
+    busy loop), and that time would be counted as the client's. Here everything but the stamp is
+    encoded and the headers are prepared first; then, without awaiting, the stamp is taken and the
+    headers and body go to the transport (`AbstractStreamWriter.send_headers`, `BaseRequest.transport`).
+    """
+    resp = web.StreamResponse(status=200, headers=headers)
+    resp.content_type = content_type
+    resp.content_length = len(head) + _STAMP_WIDTH + len(tail)
+    await resp.prepare(request)
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return resp
+    request.writer.send_headers()
+    transport.write(b"%b%*.6f%b" % (head, _STAMP_WIDTH, time.monotonic(), tail))
+    await resp.write_eof()
+    return resp
 
 
 async def send_truncated_body(request: web.Request, body: bytes, content_type: str) -> web.StreamResponse:

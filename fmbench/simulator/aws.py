@@ -82,7 +82,7 @@ class AwsRoutes:
 
     async def _sm_invoke(self, request: web.Request) -> web.StreamResponse:
         ctx = request.app[SIM_CONTEXT]
-        arrival, fault = ctx.arrive()
+        arrival, fault = ctx.arrive(request)
         try:
             gen_req, fmt, body = await _sm_request(request, ctx, arrival, fault)
             await _sm_early_fault(fault)
@@ -104,7 +104,7 @@ class AwsRoutes:
 
     async def _sm_stream(self, request: web.Request) -> web.StreamResponse:
         ctx = request.app[SIM_CONTEXT]
-        arrival, fault = ctx.arrive()
+        arrival, fault = ctx.arrive(request)
         try:
             gen_req, fmt, body = await _sm_request(request, ctx, arrival, fault)
             if not self._midstream(fault):
@@ -157,7 +157,7 @@ class AwsRoutes:
 
     async def _br_converse(self, request: web.Request) -> web.StreamResponse:
         ctx = request.app[SIM_CONTEXT]
-        arrival, fault = ctx.arrive()
+        arrival, fault = ctx.arrive(request)
         try:
             gen_req = await _br_request(request, ctx, arrival, fault)
             await _br_early_fault(fault)
@@ -188,7 +188,7 @@ class AwsRoutes:
 
     async def _br_stream(self, request: web.Request) -> web.StreamResponse:
         ctx = request.app[SIM_CONTEXT]
-        arrival, fault = ctx.arrive()
+        arrival, fault = ctx.arrive(request)
         try:
             gen_req = await _br_request(request, ctx, arrival, fault)
             if not self._midstream(fault):

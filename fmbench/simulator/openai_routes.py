@@ -11,9 +11,10 @@ Timestamps (server ``time.monotonic()`` seconds; the same clock as the client on
 
 * each streamed chunk carries ``"fmbench": {"index", "n_tokens", "t_due", "t_sent"}`` (the chat
   role chunk and the usage chunk carry only ``t_sent``);
-* a non-streamed body carries ``"fmbench": {"arrival", "t_first_due", "t_due", "t_sent"}``;
+* a non-streamed body carries ``"fmbench": {"arrival", "t_first_due", "t_due", "t_sent"}``, its
+  ``t_sent`` taken just before the body's socket write (`_http.send_stamped_body`);
 * response headers ``x-fmbench-arrival`` (request arrival) and ``x-fmbench-t-sent`` (when the
-  headers, or a non-streamed body, were sent).
+  headers were made: a non-streamed body is sent right after, at its own ``t_sent``).
 
 With the ``batched`` writer (the default) a stream's frames are encoded before they are due and the
 core's decode step writes them (`_StreamSink`), framing the HTTP chunks through
@@ -35,7 +36,12 @@ from typing import Any, Literal
 from aiohttp import HttpVersion11, web
 
 from fmbench.simulator._chunked import ChunkedStream
-from fmbench.simulator._http import early_fault_response, reset_connection, send_truncated_body
+from fmbench.simulator._http import (
+    early_fault_response,
+    reset_connection,
+    send_stamped_body,
+    send_truncated_body,
+)
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
 from fmbench.simulator.content import choose_reply, content_model, request_answers
 from fmbench.simulator.core import Chunk, Generation, GenRequest
@@ -171,7 +177,7 @@ async def _models(request: web.Request) -> web.Response:
 
 async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     ctx = request.app[SIM_CONTEXT]
-    arrival, fault = ctx.arrive()
+    arrival, fault = ctx.arrive(request)
     try:
         raw = await request.read()
         try:
@@ -407,8 +413,14 @@ async def _respond(
         "model": ctx.cfg.model,
         "choices": [choice],
         "usage": gen.usage.as_dict(),
-        "fmbench": _stamp(arrival=gen.arrival, t_first_due=t_first_due, t_due=t_due, t_sent=t_sent),
     }
+    stamps = body["fmbench"] = _stamp(arrival=gen.arrival, t_first_due=t_first_due, t_due=t_due)
+    if fault.kind not in (FaultKind.TRUNCATED, FaultKind.MALFORMED):
+        # "t_sent" is taken at the socket write: it is the ground truth of the client's delivery time.
+        headers = {"x-fmbench-arrival": f"{gen.arrival:.6f}", "x-fmbench-t-sent": f"{t_sent:.6f}"}
+        return await send_stamped_body(request, _dumps(body)[:-2] + b',"t_sent":', b"}}", "application/json",
+                                       headers)
+    stamps["t_sent"] = round(t_sent, 6)
     data = _dumps(body)
     if fault.kind is FaultKind.TRUNCATED:
         return await send_truncated_body(request, data, "application/json")

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
 from fmbench.errors import DeploymentError
+from fmbench.simulator._arrival import StampingSite
 from fmbench.simulator.app import WriterKind, build_app
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.pacing import TimerKind
@@ -46,7 +47,7 @@ async def start_server(
     # handler_cancellation: a client that gives up (e.g. on a hung request) ends its handler.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    site = StampingSite(runner, host, port, backlog=1024, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:

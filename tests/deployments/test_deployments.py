@@ -182,30 +182,47 @@ def test_ui_form_shows_our_parameters_and_submitting_it_runs(prefect_stack: Any,
             page.get_by_role("button", name="str", exact=True).nth(1).click()
             page.locator("textarea").nth(1).fill(str(ui_out))
             page.screenshot(path=str(prefect_stack.logs / "ui-form.png"), full_page=True)
-            page.get_by_role("button", name="Submit").click()
-            flow_run = _wait_created(prefect_stack, deployment.id, str(ui_out))
+            run_id = _submit(page, prefect_stack.logs)
         finally:
             browser.close()
+    with prefect_stack.client() as client:
+        flow_run = client.read_flow_run(run_id)
+    assert flow_run.deployment_id == deployment.id
+    assert flow_run.parameters.get("output") == str(ui_out), flow_run.parameters
     assert flow_run.parameters["config"] == CONFIG
     _wait_completed(prefect_stack, flow_run.id)
     [run_dir] = _runs(ui_out)
     assert (run_dir / "report.md").exists()
 
 
-def _wait_created(stack: Any, deployment_id: Any, output: str, timeout_s: float = 120) -> Any:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+def _submit(page: Any, logs: Path, attempts: int = 2, wait_ms: int = 60_000) -> str:
+    """Click the form's Submit and return the id of the flow run its request created.
 
-    deadline = time.monotonic() + timeout_s
-    with stack.client() as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-            mine = [r for r in runs if r.parameters.get("output") == output]
-            if mine:
-                return mine[0]
-            time.sleep(0.5)
-    seen = [r.parameters.get("output") for r in runs]
-    raise AssertionError(f"the UI form did not create a flow run with output={output}; runs of the deployment "
-                         f"have outputs {seen} (see ui-form*.png)")
+    The run is identified by the form's own POST (not by polling the server for a matching run),
+    so a failure says which step failed: no request sent, or the server refused it. A click the
+    page did not act on (no request within ``wait_ms``, e.g. a busy browser still wiring the form)
+    is repeated once, as a user would; a click that sent a request is never repeated.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+
+    def creates_run(req: Any) -> bool:
+        return req.method == "POST" and req.url.endswith("/create_flow_run")
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with page.expect_response(lambda r: creates_run(r.request), timeout=wait_ms) as created:
+                page.get_by_role("button", name="Submit").click()
+        except PlaywrightTimeout:
+            page.screenshot(path=str(logs / f"ui-form-after-submit-{attempt}.png"), full_page=True)
+            continue
+        response = created.value
+        assert response.ok, f"the server refused the form's run: {response.status} {response.text()[:2000]}"
+        return str(response.json()["id"])
+    raise AssertionError(f"the UI form sent no create_flow_run request after {attempts} clicks on Submit "
+                         f"(see ui-form-after-submit-*.png); browser console: {console[-20:]}")
 
 
 def test_run_on_a_local_dask_cluster_keeps_shards_apart(prefect_stack: Any, tmp_path: Path) -> None:
