@@ -100,14 +100,16 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, left: int
     painted = [False] * p.rows
     for state, k in index.items():
         xs, ys = p.segments.get(state, ([], []))
+        fill = memoryview(bytes((k,)) * w)
         for j in range(0, len(xs), 3):
             a, b, row = xs[j], xs[j + 1], ys[j]
             if a is None or b is None or row is None:
                 continue
             # Every span is at least one pixel wide: a short request or a lone failure stays visible.
-            x0, x1 = int(a * scale), min(w - 1, int(b * scale))
-            if x1 >= x0:
-                rows[int(row)][x0:x1 + 1] = bytes((k,)) * (x1 - x0 + 1)
+            x0, x1 = int(a * scale), int(b * scale) + 1
+            x1 = min(x1, w)
+            if x1 > x0:
+                rows[int(row)][x0:x1] = fill[:x1 - x0]
                 painted[int(row)] = True
     thick = 3 if band >= 4 else max(1, math.floor(band))
     for r in range(p.rows):
@@ -120,9 +122,30 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, left: int
     img.paste(PILImage.frombytes("P", (w, h), b"".join(pixel_rows)), (left, top))
     draw.rectangle([left, top, left + w - 1, top + h - 1], outline=_FRAME_I)
     for t in x_ticks:
-        draw.text((left + min(w - 1, int(t * scale)), top + h + 4), f"{t:g}", fill=_INK, font=small, anchor="mt")
+        _label(img, f"{t:g}", small, left + min(w - 1, int(t * scale)), top + h + 4, "mt")
     for r in y_ticks:
-        draw.text((left - 5, top + int((r + 0.5) * band)), f"{r:g}", fill=_INK, font=small, anchor="rm")
+        _label(img, f"{r:g}", small, left - 5, top + int((r + 0.5) * band), "rm")
+
+
+_LABELS: dict[tuple[str, int, str], tuple[Image.Image, int, int]] = {}
+
+
+def _label(img: Image.Image, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, x: int, y: int,
+           anchor: str) -> None:
+    """A tick label: the same few numbers recur in every panel, so each is rendered once (a mask)."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw as PILDraw
+
+    key = (text, int(getattr(font, "size", 0)), anchor)
+    if key not in _LABELS:
+        x0, y0, x1, y1 = (int(v) for v in font.getbbox(text, anchor=anchor))
+        mask = PILImage.new("1", (max(1, x1 - x0), max(1, y1 - y0)), 0)
+        mask_draw = PILDraw.Draw(mask)
+        mask_draw.fontmode = "1"
+        mask_draw.text((-x0, -y0), text, fill=1, font=font, anchor=anchor)
+        _LABELS[key] = (mask, x0, y0)
+    mask, dx, dy = _LABELS[key]
+    img.paste(_INK, (x + dx, y + dy, x + dx + mask.width, y + dy + mask.height), mask)
 
 
 def _ticks(span: float, most: int) -> list[float]:
