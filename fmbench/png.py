@@ -24,8 +24,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, Any, Self
 
+import orjson
 import plotly.graph_objects as go
 import psutil
 
@@ -61,21 +62,26 @@ class PngExporter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def export(self, figures: list[go.Figure], paths: list[Path], sizes: list[tuple[int, int]],
+    def export(self, figures: list[go.Figure | dict[str, Any]], paths: list[Path], sizes: list[tuple[int, int]],
                timeout_s: float | None = None) -> None:
         """Write each figure to its path as PNG (`submit`, then `wait`)."""
         self.submit(figures, paths, sizes)
         self.wait(timeout_s)
 
-    def submit(self, figures: list[go.Figure], paths: list[Path], sizes: list[tuple[int, int]]) -> None:
-        """Hand the figures to the child; it renders them while the caller goes on."""
+    def submit(self, figures: list[go.Figure | dict[str, Any]], paths: list[Path],
+               sizes: list[tuple[int, int]]) -> None:
+        """Hand the figures (plotly figures or plain plotly dicts) to the child; it renders them while
+        the caller goes on."""
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise RuntimeError("PNG exporter already used or closed")
         jobs = []
         for i, (fig, path, (width, height)) in enumerate(zip(figures, paths, sizes, strict=True)):
             spec = Path(self._tmp.name, f"{i}.json")
-            spec.write_text(fig.to_json())
+            if isinstance(fig, go.Figure):
+                spec.write_text(fig.to_json())
+            else:
+                spec.write_bytes(orjson.dumps(fig))
             jobs.append({"figure": str(spec), "path": str(path), "width": width, "height": height})
         manifest = Path(self._tmp.name, "jobs.json")
         manifest.write_text(json.dumps(jobs))
@@ -165,6 +171,8 @@ async def _serve(stdin: IO[str]) -> None:
         if not line.strip():
             return  # the parent had nothing to export
         jobs = json.loads(Path(line.strip()).read_text())
+        if not jobs:
+            return
         errors = await k.write_fig_from_object([
             {"fig": json.loads(Path(j["figure"]).read_text()), "path": j["path"],
              "opts": {"format": "png", "width": j["width"], "height": j["height"]}}

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import polars as pl
 
 from fmbench import storage
 from fmbench.regression.models import SHARD_KEYS, MetricRule, ShardKey, shard_key
+
+if TYPE_CHECKING:  # numpy is imported where it is used: a report that checks no regression never needs it
+    import numpy as np
 
 
 def bootstrap_diff_ci(previous: np.ndarray, current: np.ndarray, statistic: Literal["p95", "mean"],
@@ -24,6 +26,8 @@ def bootstrap_diff_ci(previous: np.ndarray, current: np.ndarray, statistic: Lite
     """
     if previous.size == 0 or current.size == 0:
         return math.nan, math.nan
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     diff = _resampled_stat(current, statistic, n_resamples, rng) - _resampled_stat(previous, statistic,
                                                                                   n_resamples, rng)
@@ -46,6 +50,8 @@ def bootstrap_rate_ci(previous: np.ndarray, current: np.ndarray, value: float, n
     """
     if previous.size == 0 or current.size == 0:
         return math.nan, math.nan
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     ratio = _resampled_stat(previous, "mean", n_resamples, rng) / _resampled_stat(current, "mean", n_resamples, rng)
     alpha = (1.0 - confidence) / 2
@@ -54,6 +60,8 @@ def bootstrap_rate_ci(previous: np.ndarray, current: np.ndarray, value: float, n
 
 
 def _resampled_stat(x: np.ndarray, statistic: str, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    import numpy as np
+
     x = np.asarray(x, dtype=np.float64)
     chunk = max(1, min(n_resamples, 2_000_000 // max(1, x.size)))
     out = np.empty(n_resamples)
@@ -81,6 +89,8 @@ def per_request(run_url: str) -> dict[ShardKey, pl.DataFrame]:
 
 def samples(part: pl.DataFrame | None, rule: MetricRule) -> np.ndarray:
     """The per-request values whose noise a rule bootstraps (successful requests only, but for errors)."""
+    import numpy as np
+
     if part is None or rule.column is None:
         return np.empty(0)
     if rule.column == "failed":

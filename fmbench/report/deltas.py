@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import polars as pl
 
 from fmbench.metrics import good_request
 from fmbench.regression import bootstrap_diff_ci, bootstrap_rate_ci
+
+if TYPE_CHECKING:  # numpy is imported where it is used: a one-run report never needs it (0.2-0.4 s)
+    import numpy as np
 
 #: How a metric is compared: (metrics column, label, better direction, per-request source, statistic).
 #: Sources: a requests column, "itl" (pooled gaps), "good" (goodput indicator), "latency" (Little's law).
@@ -105,6 +107,8 @@ def _shard_key(row: dict[str, Any]) -> _Key:
 
 
 def _samples(df: pl.DataFrame | None, source: str) -> np.ndarray:
+    import numpy as np
+
     if df is None or df.is_empty():
         return np.empty(0)
     ok = df.filter(pl.col("ok").fill_null(False))
@@ -190,6 +194,8 @@ def accuracy_deltas(runs: list[tuple[str, pl.DataFrame]], label: str, *, n_resam
             baseline first, experiment names unprefixed; every run scored with the same metric.
         label: the metric's name in the table (e.g. ``accuracy (exact match)``).
     """
+    import numpy as np
+
     out: list[Delta] = []
     if len(runs) < 2:
         return out

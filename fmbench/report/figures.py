@@ -7,7 +7,9 @@ that is the same in every figure. Figures are returned as (file stem, title, cap
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
@@ -35,12 +37,22 @@ def new_figure() -> go.Figure:
 
 @dataclass(frozen=True, slots=True)
 class Figure:
-    """A report figure: file stem (plots/STEM.png), title, one-line caption and the plotly figure."""
+    """A report figure: file stem (plots/STEM.png), title, one-line caption and the plotly figure.
+
+    ``figure`` may be a plain plotly dict (``data``/``layout``) where building plotly objects would
+    cost seconds. ``png``, when given, writes the figure's PNG to a path itself (no browser).
+    """
 
     stem: str
     title: str
     caption: str
-    figure: go.Figure
+    figure: go.Figure | dict[str, Any]
+    png: Callable[[Path], None] | None = None
+
+    def size(self) -> tuple[int, int]:
+        """The figure's (width, height) in pixels, 1100 x 600 where unset."""
+        layout = self.figure["layout"] if isinstance(self.figure, dict) else self.figure.layout
+        return int(layout["width"] or 1100), int(layout["height"] or 600)
 
 
 def colour_map(experiments: list[str]) -> dict[str, str]:

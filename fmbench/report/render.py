@@ -108,15 +108,16 @@ def _png_failure(exc: BaseException) -> str:
     return f"PNG export failed ({exc.__class__.__name__}: {str(exc).strip()[:300]})"
 
 
-def _figure_div(fig: go.Figure, div_id: str) -> str:
+def _figure_div(fig: go.Figure | dict[str, Any], div_id: str) -> str:
     # The figure as a plain dict, not a second go.Figure: plotly would validate every point again
     # (seconds for the request timelines of a large run).
-    live = fig.to_dict()
+    live = fig.to_dict() if isinstance(fig, go.Figure) else {**fig, "layout": dict(fig["layout"])}
+    height = live["layout"].get("height") or 600
     live["layout"].pop("width", None)
     live["layout"]["autosize"] = True
     return pio.to_html(
         live, validate=False, full_html=False, include_plotlyjs=False, include_mathjax=False, div_id=div_id,
-        default_width="100%", default_height=f"{int(fig.layout.height or 600)}px",
+        default_width="100%", default_height=f"{int(height)}px",
         config={"displaylogo": False, "responsive": True},
     )
 
@@ -361,6 +362,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
     figs, fig_notes = _request_figures(inp, figs, fig_notes)
+    timelines_at = len(figs)  # the request timelines go here; built once the browser has its figures
     if inp.quality is not None:
         qfig = quality_figure(inp.metrics, inp.quality, colours)
         if qfig is not None:
@@ -373,16 +375,29 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     png_error: str | None = None if exporter is not None else "PNG export skipped (--no-png)"
     trend = inp.trend[1] if inp.trend is not None and exporter is not None else []
     trend_local = [tmp / "trend" / Path(rel).name for rel, _ in trend]
-    if (figs or trend) and exporter is not None:  # the child renders the PNGs while the HTML's figures are built
+    if exporter is not None:  # the child renders the PNGs while the HTML's figures are built
         try:
             (tmp / "trend").mkdir()
-            exporter.submit([f.figure for f in figs] + [fig for _, fig in trend],
-                            [tmp / f"{f.stem}.png" for f in figs] + trend_local,
-                            [(int(f.figure.layout.width or 1100), int(f.figure.layout.height or 600)) for f in figs]
+            browser = [f for f in figs if f.png is None]
+            exporter.submit([f.figure for f in browser] + [fig for _, fig in trend],
+                            [tmp / f"{f.stem}.png" for f in browser] + trend_local,
+                            [f.size() for f in browser]
                             + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
         except (RuntimeError, OSError) as exc:
             png_error = _png_failure(exc)
+    timelines = timeline_figures(inp.request_spans)
+    if not timelines:
+        fig_notes.append("request timelines: no per-request records (requests.parquet) to draw")
+    figs[timelines_at:timelines_at] = timelines
     html_parts: dict[str, Any] = {"plotlyjs": _plotlyjs(), "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
+    if png_error is None and exporter is not None:  # drawn here while the browser draws the others
+        for f in figs:
+            if f.png is not None:
+                try:
+                    f.png(tmp / f"{f.stem}.png")
+                except (OSError, ValueError) as exc:
+                    png_error = _png_failure(exc)
+                    break
     plots: list[str] = []
     trend_plots: list[str] = []
     reason = png_error
@@ -440,16 +455,11 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
 
 
 def _request_figures(inp: ReportInput, figs: list[Figure], notes: list[str]) -> tuple[list[Figure], list[str]]:
-    """The figures drawn from per-request data (ITL distribution, request timelines)."""
+    """The ITL distribution, drawn from per-request data (the request timelines are added later)."""
     itl = itl_figure(inp.itl_dist)
     if itl is None:
-        notes = [*notes, "inter-token latency distribution: no streamed request had two or more chunks"]
-    else:
-        figs = [*figs, itl]
-    timelines = timeline_figures(inp.request_spans)
-    if not timelines:
-        notes = [*notes, "request timelines: no per-request records (requests.parquet) to draw"]
-    return [*figs, *timelines], notes
+        return figs, [*notes, "inter-token latency distribution: no streamed request had two or more chunks"]
+    return [*figs, itl], notes
 
 
 def _detail_context(inp: ReportInput) -> dict[str, Any]:

@@ -4,6 +4,7 @@ experiment and each shard's request timeline (queued, waiting for the first toke
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import plotly.graph_objects as go
@@ -12,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from fmbench.report.figures import _FONT, Figure, new_figure
 from fmbench.report.run import TIMELINE_SIZE
+from fmbench.report.timeline_png import Panel, draw_timeline
 
 #: Segment colours of the timeline: what each span of a request was doing.
 _STATES = {
@@ -92,37 +94,49 @@ def _segments(rows: list[dict[str, Any]], t0: float) -> dict[str, tuple[list[flo
 
 
 def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
-    """One figure per experiment: a panel per shard, one horizontal line per request over wall time."""
+    """One figure per experiment: a panel per shard, one horizontal line per request over wall time.
+
+    The interactive figure (HTML) draws the requests as plotly lines; its PNG is drawn from the same
+    spans by `fmbench.report.timeline_png` (Pillow), not by the browser (seconds per 50-panel figure).
+    """
     if timelines is None or timelines.is_empty():
         return []
+    template = new_figure().layout.template.to_plotly_json()
     figs = []
     for exp in sorted(set(timelines["experiment"].to_list())):
         part = timelines.filter(pl.col("experiment") == exp)
         shards = part.select("shard_id", "dataset", "bucket", "bucket_min", "concurrency", "request_rate",
                              "shard_requests", "step").unique(subset="shard_id").sort(
             ["dataset", "bucket_min", "request_rate", "concurrency", "shard_id"], nulls_last=True).to_dicts()
-        cols = 1 if len(shards) == 1 else 2
-        rows = math.ceil(len(shards) / cols)
         titles = [f"{s['dataset']} {s['bucket']}, {_load_label(s['concurrency'], s['request_rate'])}"
                   + (f" (1 in {s['step']} of {s['shard_requests']:,} drawn)" if s["step"] > 1 else "")
                   for s in shards]
-        fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.08,
-                            vertical_spacing=min(0.12, 0.5 / rows), figure=new_figure())
-        # Everything goes in with one call each: plotly's add_trace/add_hrect/update_xaxes per panel
-        # re-validate and re-scan the whole figure every time (quadratic: ~100 s for 200 shards).
+        grid = _Grid(len(shards))
+        title = f"Request timeline: {exp}"
+        # Plain dicts, not plotly objects: plotly validates every point and re-scans the figure on each
+        # add_trace/update (4.5 s for the four 50-panel figures of a 1M-record run).
+        layout: dict[str, Any] = {
+            "template": template, "title": {"text": title, "x": 0.01}, "font": _FONT,
+            "height": 160 + 320 * grid.rows, "width": 1100, "margin": {"l": 70, "r": 30, "t": 120, "b": 60},
+            "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.0 + 0.06 / grid.rows, "x": 0},
+            "annotations": [{"text": t, "showarrow": False, "font": {"size": 16}, "xref": "paper", "yref": "paper",
+                             "x": sum(grid.x(i)) / 2, "y": grid.y(i)[1], "xanchor": "center", "yanchor": "bottom"}
+                            for i, t in enumerate(titles)],
+        }
         traces: list[dict[str, Any]] = []
-        axes: dict[str, Any] = {}
         shapes: list[dict[str, Any]] = []
+        panels: list[Panel] = []
         shown: set[str] = set()
         sampled = False
         by_shard = part.sort("request_id").partition_by("shard_id", as_dict=True)
-        for i, s in enumerate(shards):
-            ref = "" if i == 0 else str(i + 1)  # make_subplots numbers panels row by row: x, x2, x3, ...
+        for i, (s, panel_title) in enumerate(zip(shards, titles, strict=True)):
+            ref = "" if i == 0 else str(i + 1)  # panels are numbered row by row: x, x2, x3, ...
             reqs = by_shard[(s["shard_id"],)].to_dicts()
             sampled |= s["step"] > 1
             t0 = min(x["t_scheduled"] for x in reqs)
             warm = sum(1 for x in reqs if x["warmup"])
-            for state, (xs, ys) in _segments(reqs, t0).items():
+            segments = _segments(reqs, t0)
+            for state, (xs, ys) in segments.items():
                 if not xs:
                     continue
                 colour, label = _STATES[state]
@@ -135,24 +149,49 @@ def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
                 shapes.append({"type": "rect", "xref": f"x{ref} domain", "x0": 0, "x1": 1, "yref": f"y{ref}",
                                "y0": -0.5, "y1": warm - 0.5, "fillcolor": "#999999", "opacity": 0.12,
                                "line": {"width": 0}})
-            axes[f"xaxis{ref}"] = {"title": {"text": "seconds since the shard's first request was due"},
-                                   "rangemode": "tozero"}
-            axes[f"yaxis{ref}"] = {"title": {"text": "request (in order sent)"}, "autorange": "reversed"}
-        fig.update_layout(axes, shapes=shapes)
-        fig.add_traces(traces)
-        title = f"Request timeline: {exp}"
-        fig.update_layout(title={"text": title, "x": 0.01}, font=_FONT,
-                          height=160 + 320 * rows, width=1100,
-                          legend={"orientation": "h", "yanchor": "bottom", "y": 1.0 + 0.06 / rows, "x": 0},
-                          margin={"l": 70, "r": 30, "t": 120, "b": 60})
+            layout[f"xaxis{ref}"] = {"domain": grid.x(i), "anchor": f"y{ref}", "rangemode": "tozero",
+                                     "title": {"text": "seconds since the shard's first request was due"}}
+            layout[f"yaxis{ref}"] = {"domain": grid.y(i), "anchor": f"x{ref}", "autorange": "reversed",
+                                     "title": {"text": "request (in order sent)"}}
+            span = max((v for xs, _ in segments.values() for v in xs if v is not None), default=0.0)
+            panels.append(Panel(panel_title, len(reqs), warm, span, segments))
+        layout["shapes"] = shapes
         sampling = (f" Shards with more than {TIMELINE_SIZE} requests are sampled: 1 request in k by request id "
                     "(k in the panel title), spread over the whole shard." if sampled else " Every request is drawn.")
         caption = ("One line per request over wall time: grey while queued in the client (due but not yet sent), "
                    "orange while waiting for its first token, blue while streaming, red for a failure. The shaded "
                    "rows at the top are warm-up requests. Warm-up, stalls, queueing and bursts of failures show as "
-                   "changes in the pattern." + sampling)
-        figs.append(Figure(f"timeline_{_stem(exp)}", title, caption, fig))
+                   "changes in the pattern." + sampling + " The PNG is drawn pixel by pixel from the same spans "
+                   "(a span shorter than a pixel is drawn one pixel wide); report.html has the exact lines, "
+                   "with zoom.")
+        states = {st: _STATES[st] for st in _STATES if st in shown}
+        figs.append(Figure(f"timeline_{_stem(exp)}", title, caption, {"data": traces, "layout": layout},
+                           png=partial(draw_timeline, title, panels, states, _AXES_NOTE)))
     return figs
+
+
+_AXES_NOTE = ("Each panel: seconds since the shard's first request was due (across) against the requests "
+              "in the order sent (down); shaded rows are warm-up requests.")
+
+
+class _Grid:
+    """Panel domains of the interactive timeline: 2 columns (1 for a single shard), row by row, as
+    plotly's make_subplots places them."""
+
+    def __init__(self, n: int) -> None:
+        self.cols = 1 if n == 1 else 2
+        self.rows = math.ceil(n / self.cols)
+        self.h_gap, self.v_gap = 0.08, min(0.12, 0.5 / self.rows)
+        self.w = (1 - self.h_gap * (self.cols - 1)) / self.cols
+        self.h = (1 - self.v_gap * (self.rows - 1)) / self.rows
+
+    def x(self, i: int) -> list[float]:
+        left = (i % self.cols) * (self.w + self.h_gap)
+        return [left, left + self.w]
+
+    def y(self, i: int) -> list[float]:
+        top = 1 - (i // self.cols) * (self.h + self.v_gap)
+        return [top - self.h, top]
 
 
 def _stem(name: str) -> str:

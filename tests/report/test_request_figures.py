@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pytest
+from PIL import Image
 
 from fmbench.config import SLOConfig
 from fmbench.metrics import percentile, summarize
 from fmbench.records import RequestRecord, records_frame
 from fmbench.report.deltas import delta_rows, run_deltas
-from fmbench.report.request_figures import itl_figure, timeline_figures
+from fmbench.report.request_figures import _STATES, itl_figure, timeline_figures
 from fmbench.report.run import TIMELINE_SIZE, itl_distribution, request_timelines
 
 
@@ -41,17 +44,29 @@ def test_large_shards_are_sampled_evenly_and_the_figure_says_so() -> None:
     assert ids[0] == 0 and ids[-1] >= 3 * TIMELINE_SIZE  # the whole shard is spanned, not its start
     assert spans.filter(pl.col("shard_id") == "small").height == 20  # small shards: every request
     (fig,) = timeline_figures(spans)
-    assert "1 in 4 of 610 drawn" in " ".join(a.text for a in fig.figure.layout.annotations)
+    assert "1 in 4 of 610 drawn" in " ".join(a["text"] for a in fig.figure["layout"]["annotations"])
     assert f"more than {TIMELINE_SIZE} requests are sampled" in fig.caption
 
 
 def test_timeline_shows_each_state_and_failures() -> None:
     spans = request_timelines(records_frame(_records(12, fail_every=5)).lazy())
     (fig,) = timeline_figures(spans)
-    names = {t.name for t in fig.figure.data}
+    names = {t["name"] for t in fig.figure["data"]}
     assert {"queued in the client (due → sent)", "waiting for the first token", "streaming (first → last token)",
             "failed (sent → error)"} == names
     assert "Every request is drawn" in fig.caption
+
+
+def test_timeline_png_is_drawn_from_the_spans_without_a_browser(tmp_path: Path) -> None:
+    big = _records(3 * TIMELINE_SIZE + 10, shard="big", fail_every=7)
+    small = _records(20, shard="small", latency=0.001)  # spans far shorter than a pixel still show
+    (fig,) = timeline_figures(request_timelines(records_frame(big + small).lazy()))
+    assert fig.png is not None
+    fig.png(tmp_path / "t.png")
+    with Image.open(tmp_path / "t.png") as img:
+        assert img.width == 1100
+        colours = {f"#{r:02X}{g:02X}{b:02X}" for _, (r, g, b) in img.convert("RGB").getcolors(1 << 16)}
+    assert {colour for colour, _ in _STATES.values()} <= colours  # queued, waiting, streaming, failed
 
 
 def test_itl_distribution_is_exact_at_each_percentile() -> None:
