@@ -92,17 +92,11 @@ class RecordWriter:
 
     def add(self, record: RequestRecord) -> None:
         """Queue one record (cheap: one tuple of its fields)."""
-        row = _FETCH(record)
         itl = record.itl_s
-        if itl:  # an array("d") is appended as is; a list is converted first, so a non-number raises
-            # before anything is queued
-            self._itl.extend(itl if type(itl) is array and itl.typecode == "d" else array("d", itl))
-        self._rows.append(row)
-        self._offsets.append(len(self._itl))
-        self.rows += 1
-        self._pending += 1
-        if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
-            self._convert()
+        # An array("d") is queued as is; a list is converted first, so a non-number raises before
+        # anything is queued.
+        gaps = (itl if type(itl) is array and itl.typecode == "d" else array("d", itl)) if itl else None
+        self.add_row(_FETCH(record), gaps)
 
     def add_row(self, row: tuple[object, ...], itl: array[float] | None) -> None:
         """Queue one record given as its values in `SCALAR_FIELDS` order and its inter-token gaps
