@@ -11,6 +11,7 @@ import boto3
 import httpx
 import polars as pl
 import pytest
+from aiohttp import web
 
 from fmbench.config import InferenceConfig, SageMakerEndpoint
 from fmbench.endpoints import make_client
@@ -24,6 +25,7 @@ from fmbench.errors import (
 )
 from fmbench.protocol import Completion, Prompt
 from fmbench.simulator.faults import FaultConfig
+from tests.support.app_thread import serve_app
 
 from .conftest import SIM, timing_within_tolerance
 
@@ -104,20 +106,44 @@ def test_streaming_ttft_and_tpot_match_the_model_at_concurrency_1(sim_url: str) 
     assert abs(tpot - model_tpot) <= 0.02 * model_tpot + 0.002, f"TPOT {tpot * 1000:.2f} ms"
 
 
-def test_concurrency_is_not_limited_by_boto3(sim_url: str) -> None:
-    client = _client(sim_url, "messages", max_tokens=16)
+def test_concurrency_is_not_limited_by_boto3() -> None:
+    """12 requests in flight at once, beyond botocore's default pool of 10 connections.
 
-    async def go() -> list[Completion]:
-        await client.open(12)
+    The endpoint answers none of them until all 12 are being handled together (with a wait far
+    beyond any loaded machine's scheduling delay); a client that held any back would get 500s.
+    No timing is compared, so a slow start of the client's threads cannot fail it.
+    """
+    n = 12
+    arrived: list[int] = [0]
+    together = asyncio.Event()
+
+    async def invoke(request: web.Request) -> web.Response:
+        await request.read()
+        arrived[0] += 1
+        if arrived[0] == n:
+            together.set()
         try:
-            return await asyncio.gather(*(client.complete(PROMPT) for _ in range(12)))
-        finally:
-            await client.close()
+            await asyncio.wait_for(together.wait(), 60)
+        except TimeoutError:
+            return web.json_response({"message": f"only {arrived[0]} of {n} requests came together"}, status=500)
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}],
+                                  "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
 
-    done = asyncio.run(go())
-    assert len(done) == 12
-    # all 12 were in flight together: every request was sent before the first one finished
-    assert max(c.t_start for c in done) < min(c.t_end for c in done)
+    app = web.Application()
+    app.router.add_post("/endpoints/{name}/invocations", invoke)
+    with serve_app(app) as url:
+        client = _client(url, "messages", stream=False, max_tokens=16)
+
+        async def go() -> list[Completion]:
+            await client.open(n)
+            try:
+                return await asyncio.gather(*(client.complete(PROMPT) for _ in range(n)))
+            finally:
+                await client.close()
+
+        done = asyncio.run(go())
+    assert [c.text for c in done] == ["ok"] * n
+    assert max(c.t_start for c in done) < min(c.t_end for c in done)  # follows from the server's wait
 
 
 @pytest.mark.parametrize(
