@@ -217,8 +217,10 @@ def test_itl_is_the_configured_per_token_time_and_multi_token_chunks_multiply_it
         assert m["itl_gaps"] == 12 * (9 if endpoint.chunk_tokens == 1 else 3)
         mean = per_chunk * tpot  # chunks [1, 4, 4, 1]: gaps of 4, 4 and 1 tokens, 3 tokens on average
         assert abs(m["itl_mean_s"] - mean) <= mean * 0.1 + 0.002, (endpoint.chunk_tokens, m["itl_mean_s"])
-        # the median gap spans `median_tokens` tokens: nearer that many token times than any other count
-        assert abs(m["itl_p50_s"] / tpot - median_tokens) < (0.5 if median_tokens == 1 else 1.5), m["itl_p50_s"]
+        # the median gap says which chunking this is: nearer `median_tokens` token times than the other
+        # endpoint's (1 vs 4; the boundary is 2.5). A tighter bound would test the machine's load: a chunk
+        # read late shortens the next gap as much as it lengthens its own, which moves a median.
+        assert abs(m["itl_p50_s"] / tpot - median_tokens) < 1.5, m["itl_p50_s"]
         assert m["itl_max_s"] >= m["itl_p99_s"] >= m["itl_p50_s"]
 
 
