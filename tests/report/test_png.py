@@ -60,3 +60,27 @@ def test_figures_drawn_one_after_another_in_one_page_match_a_fresh_page(tmp_path
         alone.wait(timeout_s=120)
     assert (tmp_path / "2.png").read_bytes() == (tmp_path / "fresh.png").read_bytes()
     assert (tmp_path / "1.png").read_bytes() != (tmp_path / "2.png").read_bytes()
+
+
+def test_the_browser_starts_without_the_omnibox_popups() -> None:
+    import time
+
+    from fmbench.png import PngExporter
+
+    with PngExporter() as exporter:
+        assert exporter._proc is not None
+        child = psutil.Process(exporter._proc.pid)
+        deadline = time.monotonic() + 60
+        cmdlines: list[list[str]] = []
+        while time.monotonic() < deadline and not cmdlines:
+            cmdlines = [c for p in child.children(recursive=True) if "chrom" in " ".join(c := _cmdline(p))]
+            time.sleep(0.05)
+    assert cmdlines, "no browser process started"
+    assert any("--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup" in c for c in cmdlines)
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
