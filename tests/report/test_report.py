@@ -278,3 +278,20 @@ def test_goodput_itl_and_token_costs_are_reported(tmp_path: Path, no_png: None) 
                for ln in md.splitlines())
     assert "## Cost per 1M tokens" in md and "| Per 1M input tokens | Per 1M output tokens |" in md
     assert "Request timeline: sim-small" in md and "Every request is drawn." in md
+
+
+def test_report_figures_are_plain_dicts_with_the_report_template() -> None:
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from fmbench.report.figures import Figure, new_figure
+
+    built = new_figure()
+    built.add_trace(go.Scatter(x=[1, 2], y=[3, 4]))
+    fig = Figure("a", "A", "caption", built)
+    assert isinstance(fig.figure, dict) and fig.figure["data"][0]["y"] == [3, 4]
+    assert fig.figure["layout"]["template"] == pio.templates["plotly_white"].to_plotly_json()
+    assert fig.size() == (1100, 600)
+    own = Figure("b", "B", "caption", go.Figure(layout={"template": pio.templates["ggplot2"], "width": 300}))
+    assert own.figure["layout"]["template"] == pio.templates["ggplot2"].to_plotly_json()  # its own is kept
+    assert own.size() == (300, 600)
