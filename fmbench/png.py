@@ -24,11 +24,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import orjson
-import plotly.graph_objects as go
 import psutil
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 #: Seconds the whole export may take before it is abandoned (``FMBENCH_PNG_TIMEOUT_S`` overrides).
 EXPORT_TIMEOUT_S = 180.0
@@ -72,6 +74,8 @@ class PngExporter:
                sizes: list[tuple[int, int]]) -> None:
         """Hand the figures (plotly figures or plain plotly dicts) to the child; it renders them while
         the caller goes on."""
+        import plotly.graph_objects as go  # here, not at import: the exporter starts before plotly is loaded
+
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise RuntimeError("PNG exporter already used or closed")

@@ -509,25 +509,9 @@ def _plotlyjs() -> str:
     return get_plotlyjs().replace("</script>", "<\\/script>")
 
 
-def render_report(run_url: str, png: bool = True) -> ReportPaths:
-    """Render the report of one run directory (local path or s3:// URL).
-
-    Computes metrics.parquet/metrics.csv first when they are absent, then writes plots/*.png,
-    report.md and report.html into the run directory.
-
-    ``png=False`` skips the PNGs (no browser is started); report.html keeps its interactive figures.
-
-    Raises:
-        StorageError: the run directory cannot be read or written.
-        ConfigError: an experiment's pricing cannot be resolved.
-    """
-    if not png:
-        return _render_run(run_url, None)
-    with PngExporter() as exporter:  # its browser starts while the records are read and summarised
-        return _render_run(run_url, exporter)
-
-
-def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
+def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths:
+    """The report of one run directory (`fmbench.report.render_report`), its PNGs by ``exporter``
+    (started earlier; closed before this returns), none when it is None."""
     run = load_run(run_url)
     slo = run.cfg.slo if run.cfg else None
     errors = error_counts(run.requests) if run.requests is not None else None

@@ -295,3 +295,17 @@ def test_report_figures_are_plain_dicts_with_the_report_template() -> None:
     own = Figure("b", "B", "caption", go.Figure(layout={"template": pio.templates["ggplot2"], "width": 300}))
     assert own.figure["layout"]["template"] == pio.templates["ggplot2"].to_plotly_json()  # its own is kept
     assert own.size() == (300, 600)
+
+
+def test_render_report_is_importable_without_the_report_modules() -> None:
+    # render_report starts the PNG browser before polars and plotly are imported (over a second on
+    # 2 cores, overlapped with Chromium's start); the package's other names load on first use.
+    import subprocess
+    import sys
+
+    code = ("import sys; from fmbench.report import render_report; "
+            "heavy = [m for m in ('polars', 'plotly.graph_objects', 'fmbench.report.render') if m in sys.modules]; "
+            "from fmbench.report import load_run, metrics_table_rows; "
+            "print(heavy, load_run.__module__, metrics_table_rows.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "fmbench.report.run", "fmbench.report.tables"]
