@@ -309,3 +309,14 @@ def test_render_report_is_importable_without_the_report_modules() -> None:
             "print(heavy, load_run.__module__, metrics_table_rows.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "fmbench.report.run", "fmbench.report.tables"]
+
+
+def test_tables_computed_while_the_browser_draws_are_in_the_report(rendered: tuple[Path, object]) -> None:
+    # The error counts, the benchmark's cost and the request timelines are computed after the
+    # browser has its figures (ReportInput.later); the report still carries all three.
+    run, _ = rendered
+    md = (run / "report.md").read_text()
+    errors = md[md.index("## Errors"):]
+    assert "| Error kind | Failed requests |" in errors.split("\n## ")[0]
+    assert "What this benchmark cost" in md and "Billed instance-hours" in md
+    assert "](plots/timeline_sim-big.png)" in md
