@@ -92,8 +92,8 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                          f"{x['delivery_p99_ms']:.3f} | {x.get('client_cpu_ms_per_req', float('nan')):.2f} | "
                          f"{x['server_late_p99_ms']:.2f} | {x.get('pacer_lag_p99_ms', float('nan')):.2f} | "
                          f"{'valid' if valid else 'invalid'} | {x['load_avg'][0]} |")
-        lines += ["", f"Target ({r['target']}): {r['cells_meeting_target']} of {r['cells']} cells meet it "
-                  f"({valid_ok} of the {valid_n} cells fmbench itself judged valid).", ""]
+        lines += ["", (f"Target ({r['target']}): {r['cells_meeting_target']} of {r['cells']} cells meet it "
+                  f"({valid_ok} of the {valid_n} cells fmbench itself judged valid)."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("capacity", {})
