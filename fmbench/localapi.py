@@ -312,7 +312,12 @@ def local_prefect_api() -> Iterator[LocalApi]:
     `LocalApi`'s ``url`` is None when the run uses ``PREFECT_API_URL`` as set, or Prefect's embedded
     server (``FMBENCH_PREFECT_API=embedded``, or the local server could not be started: logged).
     """
-    if os.environ.get("PREFECT_API_URL") or os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
+    if os.environ.get("PREFECT_API_URL"):
+        yield LocalApi(None, None, False)
+        return
+    if os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
+        with contextlib.suppress(OSError):  # the embedded server migrates a new database as well
+            _seed_database(_prefect_home())
         yield LocalApi(None, None, False)
         return
     root = api_state_dir()

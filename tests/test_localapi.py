@@ -108,14 +108,20 @@ def test_a_second_run_reuses_the_local_prefect_api_and_it_stops_when_idle(
 
 
 def test_a_set_api_url_or_embedded_mode_starts_nothing(private_api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = private_api / "template.db"
+    template.write_bytes(b"template")
+    monkeypatch.setenv("FMBENCH_PREFECT_DB_TEMPLATE", str(template))
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     with local_prefect_api() as api:
         assert api.url is None and api.wait() is None
         assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
+    assert not (private_api / "prefect-home" / "prefect.db").exists()  # that server has its own database
     monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setenv("FMBENCH_PREFECT_API", "embedded")
     with local_prefect_api() as api:
         assert api.wait() is None and "PREFECT_API_URL" not in os.environ
+    # the embedded server's new database starts from the template too
+    assert (private_api / "prefect-home" / "prefect.db").read_bytes() == b"template"
     assert not (api_state_dir() / "state.json").exists()
 
 
