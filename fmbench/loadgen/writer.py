@@ -1,6 +1,7 @@
 """Streams a shard's `RequestRecord`s to a parquet file while the shard runs.
 
-Rows are kept as tuples as they complete (one C-level attribute fetch per record); every
+Rows are kept as tuples as they complete (one C-level attribute fetch per record), with their
+inter-token gaps or their chunk stamps (gaps then taken for the whole batch in numpy); every
 ``convert_rows`` rows they are transposed into columns and become an Arrow
 record batch (a sub-millisecond step on the event loop), and every ``row_group_rows`` rows a
 background thread appends a row group to a temporary file next to the target (the Parquet
