@@ -11,9 +11,11 @@ uv:
 
 # Bytecode is compiled at install, as pip does (uv does not by default): a first run then reads it
 # instead of compiling every module, and so does every run where PYTHONDONTWRITEBYTECODE is set.
+# Prefect's migrations of a new database (6-8 s) run here once too: a new Prefect home starts from a copy.
 install: uv
 	@$(UV) sync --frozen --all-extras --quiet --compile-bytecode
 	@$(UV) run --frozen --no-sync python -m compileall -q fmbench cli flows tasks >/dev/null
+	@$(UV) run --frozen --no-sync python -m fmbench.localapi --make-db-template
 
 demo: install
 	@$(UV) run --frozen fmbench run configs/quickstart.yml

@@ -15,7 +15,8 @@ The server's own lateness (chunk t_sent - t_due) is reported beside it and is no
 client's overhead. A subclass of the client keeps the raw stream bytes to read the stamps (a
 regex per answer, after the answer is timed). Cells: concurrency 1/8/64/256 x streaming on/off x
 prompts of 100/4,000 tokens x outputs of 16/1,000 tokens; TPOT grows with concurrency so the
-chunk rate stays within what this 2-core machine can pace.
+chunk rate stays within what this 2-core machine can pace. A cell has enough requests for its p99
+not to be its maximum where that takes seconds (`_cell_requests`); ``p99_is_max`` marks the others.
 
 With ``--pin`` (two or more CPUs) the server runs on the last CPU and the client (this process) on
 the others: a server that takes the client's core in the middle of a request delays the client's
@@ -136,6 +137,7 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
     return {
         "concurrency": conc, "stream": stream, "prompt_tokens": prompt_tokens, "output_tokens": out_tokens,
         "requests": len(s), "errors": res.errors, "load_avg": la,
+        "p99_is_max": len(s) < 100,  # nearest rank: ceil(0.99 n) = n
         "ttft_err_p50_ms": ms(pct(ttft_err, 0.5)), "ttft_err_p99_ms": ms(pct(ttft_err, 0.99)),
         "e2e_err_p50_ms": ms(pct(e2e_err, 0.5)), "e2e_err_p99_ms": ms(pct(e2e_err, 0.99)),
         "send_p50_ms": ms(pct(send, 0.5)), "send_p99_ms": ms(pct(send, 0.99)),
@@ -146,6 +148,20 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
         "client_cpu_s": round(res.client_cpu_s, 3),
         "client_cpu_ms_per_req": round(res.client_cpu_s / max(1, len(s)) * 1e3, 3),
     }
+
+
+def _cell_requests(conc: int, out_tokens: int, quick: bool = False) -> int:
+    """Requests in a cell: at least 200 where that takes seconds, so its p99 is not its slowest request.
+
+    A nearest-rank p99 of fewer than 100 requests is the maximum: one late wake of the machine fails
+    the cell. Short answers get 200 requests (at least two waves of ``conc``); 1,000-token answers
+    take 2-27 s a wave, so they get two waves at concurrency 64 and one otherwise: at concurrency 1
+    and 8 their p99 is the maximum of 3 and 8 requests (the table says so). ``--quick`` (a smoke
+    run) keeps 64.
+    """
+    if out_tokens <= 16:
+        return max(64 if quick else 200, 2 * conc)
+    return 2 * conc if conc == 64 else max(3, conc)
 
 
 def _tpot_ms(conc: int, out_tokens: int) -> float:
@@ -181,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         pinned = pin(srv.pid, {cpus[-1]}) and pin(os.getpid(), set(cpus[:-1]))
                     for prompt_tokens in prompts:
                         for stream in (True, False):
-                            waves = 1 if out_tokens > 16 else (2 if conc >= 64 else max(2, 64 // conc))
-                            n = max(conc * waves, 3 if out_tokens > 16 else 20)
+                            n = _cell_requests(conc, out_tokens, args.quick)
                             row = run_cell(srv.url, cfg.model, conc, stream, prompt_tokens, out_tokens, n,
                                            Path(tmp), latency)
                             row["pinned"] = pinned

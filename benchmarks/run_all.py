@@ -86,14 +86,15 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                 valid_n += 1
                 valid_ok += max(x["ttft_err_p99_ms"], x["e2e_err_p99_ms"]) <= limit
             lines.append(f"| {x['concurrency']} | {'yes' if x['stream'] else 'no'} | {x['prompt_tokens']} | "
-                         f"{x['output_tokens']} | {x['requests']} | {x['ttft_err_p50_ms']:.3f} / "
+                         f"{x['output_tokens']} | {x['requests']}{' (p99 = max)' if x.get('p99_is_max') else ''} | "
+                         f"{x['ttft_err_p50_ms']:.3f} / "
                          f"{x['ttft_err_p99_ms']:.3f} | {x['e2e_err_p50_ms']:.3f} / {x['e2e_err_p99_ms']:.3f} | "
                          f"{x['send_p50_ms']:.3f} / {x['send_p99_ms']:.3f} | {x['delivery_p50_ms']:.3f} / "
                          f"{x['delivery_p99_ms']:.3f} | {x.get('client_cpu_ms_per_req', float('nan')):.2f} | "
                          f"{x['server_late_p99_ms']:.2f} | {x.get('pacer_lag_p99_ms', float('nan')):.2f} | "
                          f"{'valid' if valid else 'invalid'} | {x['load_avg'][0]} |")
-        lines += ["", f"Target ({r['target']}): {r['cells_meeting_target']} of {r['cells']} cells meet it "
-                  f"({valid_ok} of the {valid_n} cells fmbench itself judged valid).", ""]
+        lines += ["", (f"Target ({r['target']}): {r['cells_meeting_target']} of {r['cells']} cells meet it "
+                  f"({valid_ok} of the {valid_n} cells fmbench itself judged valid)."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("capacity", {})

@@ -4,7 +4,8 @@ End to end (``fmbench run`` as a user types it, each in its own process, on the 
 
 * ``fresh``: a new Prefect home and an empty fmbench cache (the Prefect API starts and its database
   is created, the host is calibrated) — what a first run after ``make install`` pays (the install
-  compiles the modules' bytecode, as pip does);
+  compiles the modules' bytecode, as pip does, and has Prefect migrate the database template a new
+  home starts from);
 * ``again``: the same command once more: the local Prefect API and the host's calibration are
   reused (when the load average is still close to the calibration's);
 * ``again_png``: the same with the static PNGs (``--no-png`` is off; needs Chromium);
@@ -198,7 +199,9 @@ def main() -> int:
     os.environ.pop("PYTHONPYCACHEPREFIX", None)
     sys.pycache_prefix, sys.dont_write_bytecode = None, False
     installed_bytecode = _installed_bytecode()
-    from fmbench.localapi import stop_local_api
+    from fmbench.localapi import db_template, stop_local_api
+
+    template = db_template()
 
     try:
         runs["fresh"] = _fmbench_run(cfg, env, "--no-png")
@@ -225,6 +228,8 @@ def main() -> int:
         "target": {"fixed_s_again": 10.0, "fixed_s_fresh": 20.0},
         "met": {"again": runs["again"]["fixed_s"] <= 10.0, "fresh": runs["fresh"]["fixed_s"] <= 20.0},
         "load_after": loadavg(),
+        "prefect_db_template": (f"made at install (make install): {template}" if template.is_file()
+                                else "none: the fresh run's Prefect server migrated a new database"),
         "bytecode_cache": ("compiled at install (make install: uv sync --compile-bytecode)" if installed_bytecode
                            else "not compiled at install: the fresh run compiled and wrote it"),
     })

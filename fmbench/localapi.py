@@ -8,8 +8,10 @@ server after ``FMBENCH_PREFECT_API_IDLE_S`` seconds (default 1800) without a liv
 Prefect home is gone. A run does not wait for the server to start: it reads and checks its config
 and imports Prefect meanwhile (`LocalApi.wait`); a server that does not answer within
 ``FMBENCH_PREFECT_API_STARTUP_S`` leaves the run on the embedded server. ``FMBENCH_PREFECT_API=embedded``
-keeps Prefect's own per-run server, and a set ``PREFECT_API_URL`` is always used as it is. This module starts Prefect as a program; it never
-imports it.
+keeps Prefect's own per-run server, and a set ``PREFECT_API_URL`` is always used as it is. A Prefect
+home without a database gets a copy of the empty, migrated one ``make install`` made
+(`make_db_template`), so a first run does not wait for Prefect's migrations. This module starts
+Prefect as a program; it never imports it.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -38,7 +43,7 @@ log = logging.getLogger("fmbench")
 IDLE_S = float(os.environ.get("FMBENCH_PREFECT_API_IDLE_S", "1800"))
 _POLL_S = 0.5
 
-__all__ = ["LocalApi", "api_state_dir", "local_prefect_api", "stop_local_api"]
+__all__ = ["LocalApi", "api_state_dir", "db_template", "local_prefect_api", "make_db_template", "stop_local_api"]
 
 
 def _prefect_home() -> Path:
@@ -49,6 +54,107 @@ def api_state_dir() -> Path:
     """Where the server of this Prefect home (its database) keeps its state, lock and leases."""
     key = hashlib.sha256(str(_prefect_home()).encode()).hexdigest()[:12]
     return cache_dir() / "prefect-api" / key
+
+
+def db_template() -> Path:
+    """The empty, migrated Prefect database ``make install`` keeps for the installed Prefect version.
+
+    It lives in the environment (``sys.prefix``), beside the Prefect it was made by;
+    ``FMBENCH_PREFECT_DB_TEMPLATE`` names another file.
+    """
+    override = os.environ.get("FMBENCH_PREFECT_DB_TEMPLATE")
+    if override:
+        return Path(override)
+    return Path(sys.prefix) / "share" / "fmbench" / f"prefect-{version('prefect')}.db"
+
+
+def make_db_template(path: Path | None = None) -> Path:
+    """Create `db_template` (once): a new database, migrated and filled by one start of Prefect's server.
+
+    A new database costs a first run 8-10 s on a 2-core machine: Prefect's migrations, then the
+    registration of its block types at the server's first start. Both are done here, by Prefect
+    itself, with none of the caller's Prefect settings (a private home, a directory with no ``.env``
+    or ``prefect.toml``), so the template is always Prefect's default SQLite database.
+    """
+    path = path or db_template()
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".prefect-db-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"PREFECT_HOME": tmp, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        with open(Path(tmp) / "server.log", "wb") as log_file:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-services", "--no-ui", "--analytics-off", "--log-level", "ERROR"],
+                env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        try:
+            deadline = time.monotonic() + _startup_timeout_s()
+            while not _healthy(url, timeout=1.0):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    tail = (Path(tmp) / "server.log").read_text(errors="replace").strip()[-500:]
+                    raise RuntimeError(f"Prefect's server did not start on a new database: {tail}")
+                time.sleep(0.2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        db = Path(tmp) / "prefect.db"
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # fold the write-ahead log into the file
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file; Prefect sets its own mode
+        os.replace(db, path)  # atomic: a reader sees no template or a whole one
+    return path
+
+
+def _uses_default_database(home: Path) -> bool:
+    """True when Prefect's server would use ``<home>/prefect.db``, judged conservatively.
+
+    Any Prefect database setting in the environment, the home's profiles, or the current
+    directory's ``.env``, ``prefect.toml`` or ``pyproject.toml`` (which Prefect also reads) means
+    the user chose a database: it is left to Prefect.
+    """
+    if any(k.startswith("PREFECT_") and "DATABASE" in k for k in os.environ):
+        return False
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    cwd = Path.cwd()
+    for file, words in ((profiles, ("DATABASE", "PREFECT_HOME")), (cwd / ".env", ("PREFECT_",)),
+                        (cwd / "pyproject.toml", ("TOOL.PREFECT",)), (cwd / "prefect.toml", ("",))):
+        try:
+            text = file.read_text(errors="replace").upper()
+        except OSError:
+            continue
+        if any(w in text for w in words):
+            return False
+    return True
+
+
+def _seed_database(home: Path) -> bool:
+    """Give a Prefect home without a database a copy of `db_template`; True when it did.
+
+    Never replaces a database (a file that appears meanwhile wins), and does nothing when the
+    template is missing or the user configured another database: Prefect then migrates as usual.
+    """
+    template, db = db_template(), home / "prefect.db"
+    if db.exists() or not template.is_file() or not _uses_default_database(home):
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = home / f".prefect.db.fmbench-{os.getpid()}"
+    try:
+        shutil.copyfile(template, tmp)
+        os.link(tmp, db)  # unlike a rename, fails when prefect.db exists by now
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 def _healthy(url: str, timeout: float = 2.0) -> bool:
@@ -206,7 +312,12 @@ def local_prefect_api() -> Iterator[LocalApi]:
     `LocalApi`'s ``url`` is None when the run uses ``PREFECT_API_URL`` as set, or Prefect's embedded
     server (``FMBENCH_PREFECT_API=embedded``, or the local server could not be started: logged).
     """
-    if os.environ.get("PREFECT_API_URL") or os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
+    if os.environ.get("PREFECT_API_URL"):
+        yield LocalApi(None, None, False)
+        return
+    if os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
+        with contextlib.suppress(OSError):  # the embedded server migrates a new database as well
+            _seed_database(_prefect_home())
         yield LocalApi(None, None, False)
         return
     root = api_state_dir()
@@ -285,6 +396,15 @@ def _watch(root: Path, port: int, home: Path) -> int:
     # Before the server starts: a stop that arrives meanwhile must still take the server down.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Prefect would create its home, but only after its import: meanwhile the loop below would take
+    # a missing home (a first run on this machine) for one that was removed.
+    with contextlib.suppress(OSError):
+        home.mkdir(parents=True, exist_ok=True)
+    try:
+        if _seed_database(home):
+            print(f"fmbench: a new Prefect database at {home / 'prefect.db'}, copied from {db_template()}", flush=True)
+    except OSError as exc:  # Prefect creates and migrates its database itself
+        print(f"fmbench: could not copy {db_template()} into {home}: {exc}", flush=True)
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
          "--no-services", "--no-ui", "--analytics-off", "--log-level", "ERROR"],
@@ -317,12 +437,23 @@ def _watch(root: Path, port: int, home: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The watchdog: run ``prefect server start`` until it has been idle for ``IDLE_S``."""
+    """The watchdog (run ``prefect server start`` until idle for ``IDLE_S``), or make the database template."""
     p = argparse.ArgumentParser(prog="python -m fmbench.localapi")
-    p.add_argument("--root", required=True, type=Path)
-    p.add_argument("--port", required=True, type=int)
-    p.add_argument("--home", required=True, type=Path)
+    p.add_argument("--make-db-template", action="store_true",
+                   help="create the migrated empty Prefect database new Prefect homes start from (make install)")
+    p.add_argument("--root", type=Path)
+    p.add_argument("--port", type=int)
+    p.add_argument("--home", type=Path)
     args = p.parse_args(argv)
+    if args.make_db_template:
+        try:
+            make_db_template()
+        except (OSError, RuntimeError) as exc:  # only a first run's speed depends on it
+            print(f"fmbench: no Prefect database template ({exc}); a new Prefect home migrates its own",
+                  file=sys.stderr)
+        return 0
+    if args.root is None or args.port is None or args.home is None:
+        p.error("--root, --port and --home are required")
     return _watch(args.root, args.port, args.home)
 
 

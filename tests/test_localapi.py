@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from fmbench.localapi import api_state_dir, local_prefect_api, stop_local_api
+from fmbench.localapi import (
+    _seed_database,
+    api_state_dir,
+    local_prefect_api,
+    make_db_template,
+    stop_local_api,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +68,13 @@ def private_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _processes_of(home: Path) -> list[int]:
-    needle = f"PREFECT_HOME={home}".encode()
+    needle = f"PREFECT_HOME={home}".encode()  # or a home inside it
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if needle in (proc / "environ").read_bytes().split(b"\0"):
+            if any(v == needle or v.startswith(needle + b"/") for v in (proc / "environ").read_bytes().split(b"\0")):
                 state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
                 if state != "Z":
                     pids.append(int(proc.name))
@@ -100,18 +108,29 @@ def test_a_second_run_reuses_the_local_prefect_api_and_it_stops_when_idle(
 
 
 def test_a_set_api_url_or_embedded_mode_starts_nothing(private_api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = private_api / "template.db"
+    template.write_bytes(b"template")
+    monkeypatch.setenv("FMBENCH_PREFECT_DB_TEMPLATE", str(template))
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
     with local_prefect_api() as api:
         assert api.url is None and api.wait() is None
         assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
+    assert not (private_api / "prefect-home" / "prefect.db").exists()  # that server has its own database
     monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setenv("FMBENCH_PREFECT_API", "embedded")
     with local_prefect_api() as api:
         assert api.wait() is None and "PREFECT_API_URL" not in os.environ
+    # the embedded server's new database starts from the template too
+    assert (private_api / "prefect-home" / "prefect.db").read_bytes() == b"template"
     assert not (api_state_dir() / "state.json").exists()
 
 
-def test_a_run_that_starts_while_the_server_is_still_starting_shares_it(private_api: Path) -> None:
+def test_a_run_that_starts_while_the_server_is_still_starting_shares_it(
+        private_api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Prefect home that does not exist yet (a first run on a new machine) and no database template:
+    # the watchdog must not take the missing home for a removed one while Prefect creates it.
+    monkeypatch.setenv("PREFECT_HOME", str(private_api / "prefect-home" / "new"))
+    monkeypatch.setenv("FMBENCH_PREFECT_DB_TEMPLATE", str(private_api / "no-template.db"))
     with local_prefect_api() as api:
         assert api.started and api.url  # spawned, not waited for: the run goes on meanwhile
         state = json.loads((api_state_dir() / "state.json").read_text())
@@ -187,3 +206,69 @@ def test_a_watchdog_killed_while_its_server_starts_takes_the_server_with_it(priv
         os.kill(watchdog, 9)  # no handler runs: only the kernel can stop the server now
         assert api.wait() is None  # the run goes on with the embedded server
     # the fixture checks that no process of this Prefect home is left
+
+
+def test_a_first_run_in_a_new_prefect_home_starts_from_the_migrated_database_template(
+        private_api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = make_db_template(private_api / "template" / "prefect.db")  # Prefect migrates and starts once
+    with contextlib.closing(sqlite3.connect(template)) as db:
+        assert db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+        assert db.execute("SELECT count(*) FROM block_type").fetchone()[0] > 0  # the server's first start too
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one whole file, no log beside it
+    assert make_db_template(template) == template  # made once
+    home = private_api / "prefect-home" / "new"  # not created yet: a first run on a new machine
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    monkeypatch.setenv("FMBENCH_PREFECT_DB_TEMPLATE", str(template))
+    with local_prefect_api() as api:
+        url = api.wait()
+        assert url and _healthy(url)
+        log = (api_state_dir() / "server.log").read_text()
+        assert f"copied from {template}" in log
+        request = urllib.request.Request(f"{url}/api/flows/", data=b'{"name": "seeded"}',
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request) as resp:  # the schema is there: the API writes to it
+            assert resp.status in (200, 201)
+    assert stop_local_api()
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM flow")] == ["seeded"]
+
+
+def test_a_database_the_user_has_or_chose_is_never_replaced_by_the_template(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    template = tmp_path / "template.db"
+    template.write_bytes(b"template")  # only the decision and the copy are checked here
+    monkeypatch.setenv("FMBENCH_PREFECT_DB_TEMPLATE", str(template))
+    for k in [k for k in os.environ if k.startswith("PREFECT_") and "DATABASE" in k]:
+        monkeypatch.delenv(k)
+    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    home = tmp_path / "home"
+    home.mkdir()
+
+    (home / "prefect.db").write_bytes(b"mine")
+    assert not _seed_database(home) and (home / "prefect.db").read_bytes() == b"mine"
+    (home / "prefect.db").unlink()
+
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "postgresql+asyncpg://db/prefect")
+    assert not _seed_database(home)
+    monkeypatch.delenv("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+    (home / "profiles.toml").write_text('[profiles.default]\nPREFECT_API_DATABASE_CONNECTION_URL = "x"\n')
+    assert not _seed_database(home)
+    (home / "profiles.toml").write_text('active = "default"\n[profiles.default]\n')
+
+    (work / "prefect.toml").write_text("[server.database]\n")
+    assert not _seed_database(home)
+    (work / "prefect.toml").unlink()
+    (work / "pyproject.toml").write_text("[tool.prefect.server]\n")
+    assert not _seed_database(home)
+    (work / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert not (home / "prefect.db").exists()
+
+    assert _seed_database(home) and (home / "prefect.db").read_bytes() == b"template"
+    assert sorted(p.name for p in home.iterdir()) == ["prefect.db", "profiles.toml"]  # no copy left behind
+    template.unlink()
+    (home / "prefect.db").unlink()
+    assert not _seed_database(home)  # no template (not installed): Prefect migrates as before

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import operator
 import random
 import statistics
 import time
@@ -261,15 +260,18 @@ class _Shard:
             # Without streamed chunks (stream: false) there is no first-token event: TPOT is unknown.
             if out > 1 and chunks:
                 tpot = (latency - ttft) / (out - 1)
-        # Gaps subtracted in C, into the one array the writer appends (an odd stamp fails this record
-        # here: the subtraction or the array refuses it).
-        itl = array("d", list(map(operator.sub, ct[1:], ct))) if chunks > 1 else None
         text = str(comp.text) if self.spec.store_text else None
         warm = i < self.spec.warmup
-        self.writer.add_row(self._head + (
+        row = self._head + (
             i, prompt.prompt_id, attempt, warm, True, None, None, status, inp, out, source,
             ts, t_start, t_first, t_end, t_start - ts, ttft, latency, tpot, chunks, comp.resends, comp.note,
-            text, None), itl)
+            text, None)
+        if chunks:
+            # The stamps go to the writer as they are: it takes the gaps of many rows at once (an
+            # odd stamp fails this record there, before anything is queued).
+            self.writer.add_row_stamped(row, ct)
+        else:
+            self.writer.add_row(row, None)
         if warm:
             self.stats.warm += 1
         else:

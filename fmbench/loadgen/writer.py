@@ -1,6 +1,7 @@
 """Streams a shard's `RequestRecord`s to a parquet file while the shard runs.
 
-Rows are kept as tuples as they complete (one C-level attribute fetch per record); every
+Rows are kept as tuples as they complete (one C-level attribute fetch per record), with their
+inter-token gaps or their chunk stamps (gaps then taken for the whole batch in numpy); every
 ``convert_rows`` rows they are transposed into columns and become an Arrow
 record batch (a sub-millisecond step on the event loop), and every ``row_group_rows`` rows a
 background thread appends a row group to a temporary file next to the target (the Parquet
@@ -17,6 +18,7 @@ from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -43,10 +45,30 @@ def _arrow_schema() -> pa.Schema:
 
 ARROW_SCHEMA = _arrow_schema()
 _CONVERT_VALUES = 50_000  # inter-token gaps gathered before converting: bounds each step to ~0.5 ms
+COMPRESSION = "zstd"  # the records files' parquet codec
+_EXACT_TYPES = (str, int, bool, type(None))  # a column of one such value converts once per shard (see _column)
 _SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
 #: The order of a row's values in `RecordWriter.add_row`: every schema column but ``itl_s``.
 SCALAR_FIELDS = tuple(_SCALARS)
 _FETCH = operator.attrgetter(*_SCALARS)  # a record's scalar fields as one tuple, in _SCALARS order
+
+
+def _gaps(values: np.ndarray, offsets: np.ndarray, stamped: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' inter-token gaps from ``values``, where the segments of ``stamped`` rows hold chunk
+    stamps (a row of k stamps has k - 1 gaps, ``t[j+1] - t[j]``) and the others hold gaps already."""
+    lengths = np.diff(offsets)
+    ends = offsets[1:][stamped & (lengths > 0)] - 1  # each stamped row's last stamp has no gap after it
+    is_stamp = np.repeat(stamped, lengths)
+    diffs = np.empty_like(values)
+    diffs[:-1] = values[1:] - values[:-1]
+    diffs[-1:] = 0.0
+    gaps = np.where(is_stamp, diffs, values)
+    keep = np.ones(len(values), dtype=bool)
+    keep[ends] = False
+    out_lengths = lengths - (stamped & (lengths > 0))
+    new_offsets = np.zeros(len(offsets), dtype=np.int64)
+    np.cumsum(out_lengths, out=new_offsets[1:])
+    return gaps[keep], new_offsets
 
 
 def partial_path(path: str | Path) -> Path:
@@ -71,8 +93,12 @@ class RecordWriter:
         self._row_group_rows = row_group_rows
         self._convert_rows = convert_rows
         self._rows: list[tuple[object, ...]] = []
-        self._itl = array("d")  # the inter-token gaps of the rows not yet converted, end to end
+        # The rows not yet converted: their inter-token gaps, or their chunk stamps (``_stamped``: 1)
+        # whose gaps are taken at conversion, end to end.
+        self._itl = array("d")
         self._offsets = array("q", [0])
+        self._stamped = array("b")
+        self._constants: dict[str, tuple[object, pa.Array]] = {}  # see _column
         self._batches: list[pa.RecordBatch] = []
         self._batched_rows = 0
         self._pending = 0
@@ -105,6 +131,20 @@ class RecordWriter:
             self._itl.extend(itl)
         self._rows.append(row)
         self._offsets.append(len(self._itl))
+        self._stamped.append(0)
+        self.rows += 1
+        self._pending += 1
+        if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
+            self._convert()
+
+    def add_row_stamped(self, row: tuple[object, ...], chunk_times: list[float]) -> None:
+        """`add_row` given the chunk stamps instead of their gaps: the gaps (``t[k+1] - t[k]``, the
+        same float subtraction) are taken for many rows at once at conversion, not per row in Python.
+        A stamp that is not a number raises here, before anything is queued."""
+        self._itl.extend(array("d", chunk_times))
+        self._rows.append(row)
+        self._offsets.append(len(self._itl))
+        self._stamped.append(1)
         self.rows += 1
         self._pending += 1
         if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
@@ -114,23 +154,46 @@ class RecordWriter:
         if not self._pending:
             return
         cols = dict(zip(_SCALARS, zip(*self._rows, strict=True), strict=True))
-        arrays = [
-            pa.array(cols[f.name], type=f.type) if f.name != "itl_s" else self._itl_array()
-            for f in ARROW_SCHEMA
-        ]
+        arrays = [self._column(f.name, f.type, cols[f.name]) if f.name != "itl_s" else self._itl_array()
+                  for f in ARROW_SCHEMA]
         self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=ARROW_SCHEMA))
         self._batched_rows += self._pending
         self._rows = []
         self._itl = array("d")
         self._offsets = array("q", [0])
+        self._stamped = array("b")
         self._pending = 0
         if self._batched_rows >= self._row_group_rows:
             self._submit()
 
+    def _column(self, name: str, dtype: pa.DataType, values: tuple[object, ...]) -> pa.Array:
+        # Most columns hold one value for a whole shard (its labels, ok, the status, the Nones of
+        # a success): such a column, the same as the last one, reuses the Arrow array built then.
+        # "The same": equal and of one exact type (a str or None equals only its own kind, but
+        # True == 1 and Arrow tells them apart, hence the check of ints and bools); never floats,
+        # as -0.0 == 0.0.
+        first = values[0]
+        kind = first.__class__
+        n = len(values)
+        if (kind in _EXACT_TYPES and values.count(first) == n
+                and (kind is str or first is None or list(map(type, values)).count(kind) == n)):
+            cached = self._constants.get(name)
+            if cached is not None and cached[0].__class__ is kind and cached[0] == first and len(cached[1]) == n:
+                return cached[1]
+            arr = pa.array(values, type=dtype)
+            self._constants[name] = (first, arr)
+            return arr
+        return pa.array(values, type=dtype)
+
     def _itl_array(self) -> pa.Array:
-        values = pa.Array.from_buffers(pa.float64(), len(self._itl), [None, pa.py_buffer(self._itl.tobytes())])
-        offsets = pa.Array.from_buffers(pa.int64(), len(self._offsets), [None, pa.py_buffer(self._offsets)])
-        return pa.LargeListArray.from_arrays(offsets, values)
+        values: np.ndarray = np.frombuffer(self._itl, dtype=np.float64)
+        offsets: np.ndarray = np.frombuffer(self._offsets, dtype=np.int64)
+        stamped = np.frombuffer(self._stamped, dtype=np.int8).astype(bool)
+        if stamped.any():
+            values, offsets = _gaps(values, offsets, stamped)
+        values_arr = pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(values.tobytes())])
+        offsets_arr = pa.Array.from_buffers(pa.int64(), len(offsets), [None, pa.py_buffer(offsets.tobytes())])
+        return pa.LargeListArray.from_arrays(offsets_arr, values_arr)
 
     def _submit(self) -> None:
         if not self._batches:
@@ -143,7 +206,7 @@ class RecordWriter:
 
     def _write(self, table: pa.Table) -> None:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression="zstd")
+            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression=COMPRESSION)
         self._writer.write_table(table)
 
     def _finish(self) -> None:
@@ -160,7 +223,7 @@ class RecordWriter:
 
     def _close(self) -> None:
         if self._writer is None:  # no rows at all: still a valid, empty file
-            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression="zstd")
+            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression=COMPRESSION)
         self._writer.close()
 
     def commit(self) -> Path:
