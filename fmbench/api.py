@@ -109,13 +109,15 @@ class BenchmarkResult:
 
     def figures(self) -> dict[str, Any]:
         """The report's figures as plotly figures, by name (``latency_p95_vs_load``, ...)."""
+        import plotly.graph_objects as go
+
         from fmbench.report import load_run
         from fmbench.report.figures import build_figures
         from fmbench.report.run import request_sample
 
         run = load_run(self.run_dir, write_metrics=False)
         figs, _ = build_figures(run.metrics, request_sample(run.requests), run.cfg.slo if run.cfg else None)
-        return {f.stem: f.figure for f in figs}
+        return {f.stem: go.Figure(f.figure) for f in figs}
 
     def _repr_html_(self) -> str:
         from fmbench.report import metrics_table_rows

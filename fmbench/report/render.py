@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,9 @@ class ReportInput:
     # The run's regression check and its trend plots still to render (`regression.pending_trend_plots`):
     # exported with the report's figures by the same browser, then recorded in regression.json/.md.
     trend: tuple[Any, list[tuple[str, go.Figure]]] | None = None
+    # Fields that only the tables and the request timelines need, computed once the browser has its
+    # figures (while it draws them): a mapping of field name to value, as `dataclasses.replace` takes.
+    later: Callable[[], dict[str, Any]] | None = None
 
 
 def _env() -> Environment:
@@ -385,6 +390,8 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
                             + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
         except (RuntimeError, OSError) as exc:
             png_error = _png_failure(exc)
+    if inp.later is not None:
+        inp = dataclasses.replace(inp, later=None, **inp.later())
     timelines = timeline_figures(inp.request_spans)
     if not timelines:
         fig_notes.append("request timelines: no per-request records (requests.parquet) to draw")
@@ -509,30 +516,18 @@ def _plotlyjs() -> str:
     return get_plotlyjs().replace("</script>", "<\\/script>")
 
 
-def render_report(run_url: str, png: bool = True) -> ReportPaths:
-    """Render the report of one run directory (local path or s3:// URL).
-
-    Computes metrics.parquet/metrics.csv first when they are absent, then writes plots/*.png,
-    report.md and report.html into the run directory.
-
-    ``png=False`` skips the PNGs (no browser is started); report.html keeps its interactive figures.
-
-    Raises:
-        StorageError: the run directory cannot be read or written.
-        ConfigError: an experiment's pricing cannot be resolved.
-    """
-    if not png:
-        return _render_run(run_url, None)
-    with PngExporter() as exporter:  # its browser starts while the records are read and summarised
-        return _render_run(run_url, exporter)
-
-
-def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
+def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths:
+    """The report of one run directory (`fmbench.report.render_report`), its PNGs by ``exporter``
+    (started earlier; closed before this returns), none when it is None."""
     run = load_run(run_url)
     slo = run.cfg.slo if run.cfg else None
-    errors = error_counts(run.requests) if run.requests is not None else None
-    cost = (benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at)
-            if run.requests is not None else None)
+
+    def later() -> dict[str, Any]:
+        if run.requests is None:
+            return {}
+        return {"errors": error_counts(run.requests), "request_spans": request_timelines(run.requests),
+                "bench_cost": benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at)}
+
     quality = quality_view(run.url, run.cfg) if run.cfg is not None else None
     metrics = with_accuracy(run.metrics, quality) if quality is not None else run.metrics
     if quality is not None and slo is not None:
@@ -543,11 +538,10 @@ def _render_run(run_url: str, exporter: PngExporter | None) -> ReportPaths:
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
         quality=quality,
-        runs=[run], metrics=metrics, slo=slo, sample=request_sample(run.requests), errors=errors,
-        bench_cost=cost, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
+        runs=[run], metrics=metrics, slo=slo, sample=request_sample(run.requests), errors=None,
+        bench_cost=None, pricing=pricing_rows([run]), changes_md=_read_optional(storage.join(run.url, "regression.md")),
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
-        itl_dist=itl_distribution(run.requests), request_spans=request_timelines(run.requests),
-        trend=trend,
+        itl_dist=itl_distribution(run.requests), trend=trend, later=later,
     )
     return render(inp, run.url, exporter, png=exporter is not None)
 

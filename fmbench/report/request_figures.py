@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from fmbench.report.figures import _FONT, Figure, new_figure
+from fmbench.report.figures import _FONT, Figure, new_figure, report_template
 from fmbench.report.run import TIMELINE_SIZE
 from fmbench.report.timeline_png import Panel, draw_timeline
 
@@ -101,7 +101,7 @@ def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
     """
     if timelines is None or timelines.is_empty():
         return []
-    template = new_figure().layout.template.to_plotly_json()
+    template = report_template()
     figs = []
     for exp in sorted(set(timelines["experiment"].to_list())):
         part = timelines.filter(pl.col("experiment") == exp)

@@ -44,3 +44,43 @@ def test_an_unused_exporter_leaves_no_process() -> None:
     with PngExporter():
         pass
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_figures_drawn_one_after_another_in_one_page_match_a_fresh_page(tmp_path: Path) -> None:
+    # The child renders every figure in the page it loaded once (no reload between figures): what
+    # an earlier figure leaves behind must not change the next one's pixels.
+    from fmbench.png import PngExporter
+
+    first = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]), layout={"title": "first", "yaxis": {"type": "log"}})
+    second = go.Figure(go.Scatter(x=[1, 2, 3], y=[2, 1, 3], mode="lines+markers"), layout={"title": "second"})
+    with PngExporter() as both, PngExporter() as alone:  # two browsers start side by side
+        both.submit([first, second], [tmp_path / "1.png", tmp_path / "2.png"], [(300, 200), (400, 300)])
+        alone.submit([second], [tmp_path / "fresh.png"], [(400, 300)])
+        both.wait(timeout_s=120)
+        alone.wait(timeout_s=120)
+    assert (tmp_path / "2.png").read_bytes() == (tmp_path / "fresh.png").read_bytes()
+    assert (tmp_path / "1.png").read_bytes() != (tmp_path / "2.png").read_bytes()
+
+
+def test_the_browser_starts_without_the_omnibox_popups() -> None:
+    import time
+
+    from fmbench.png import PngExporter
+
+    with PngExporter() as exporter:
+        assert exporter._proc is not None
+        child = psutil.Process(exporter._proc.pid)
+        deadline = time.monotonic() + 60
+        cmdlines: list[list[str]] = []
+        while time.monotonic() < deadline and not cmdlines:
+            cmdlines = [c for p in child.children(recursive=True) if "chrom" in " ".join(c := _cmdline(p))]
+            time.sleep(0.05)
+    assert cmdlines, "no browser process started"
+    assert any("--disable-features=WebUIOmniboxPopup,WebUIOmniboxAimPopup" in c for c in cmdlines)
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []

@@ -278,3 +278,45 @@ def test_goodput_itl_and_token_costs_are_reported(tmp_path: Path, no_png: None) 
                for ln in md.splitlines())
     assert "## Cost per 1M tokens" in md and "| Per 1M input tokens | Per 1M output tokens |" in md
     assert "Request timeline: sim-small" in md and "Every request is drawn." in md
+
+
+def test_report_figures_are_plain_dicts_with_the_report_template() -> None:
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from fmbench.report.figures import Figure, new_figure
+
+    built = new_figure()
+    built.add_trace(go.Scatter(x=[1, 2], y=[3, 4]))
+    fig = Figure("a", "A", "caption", built)
+    assert isinstance(fig.figure, dict) and fig.figure["data"][0]["y"] == [3, 4]
+    assert fig.figure["layout"]["template"] == pio.templates["plotly_white"].to_plotly_json()
+    assert fig.size() == (1100, 600)
+    own = Figure("b", "B", "caption", go.Figure(layout={"template": pio.templates["ggplot2"], "width": 300}))
+    assert own.figure["layout"]["template"] == pio.templates["ggplot2"].to_plotly_json()  # its own is kept
+    assert own.size() == (300, 600)
+
+
+def test_render_report_is_importable_without_the_report_modules() -> None:
+    # render_report starts the PNG browser before polars and plotly are imported (over a second on
+    # 2 cores, overlapped with Chromium's start); the package's other names load on first use.
+    import subprocess
+    import sys
+
+    code = ("import sys; from fmbench.report import render_report; "
+            "heavy = [m for m in ('polars', 'plotly.graph_objects', 'fmbench.report.render') if m in sys.modules]; "
+            "from fmbench.report import load_run, metrics_table_rows; "
+            "print(heavy, load_run.__module__, metrics_table_rows.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "fmbench.report.run", "fmbench.report.tables"]
+
+
+def test_tables_computed_while_the_browser_draws_are_in_the_report(rendered: tuple[Path, object]) -> None:
+    # The error counts, the benchmark's cost and the request timelines are computed after the
+    # browser has its figures (ReportInput.later); the report still carries all three.
+    run, _ = rendered
+    md = (run / "report.md").read_text()
+    errors = md[md.index("## Errors"):]
+    assert "| Error kind | Failed requests |" in errors.split("\n## ")[0]
+    assert "What this benchmark cost" in md and "Billed instance-hours" in md
+    assert "](plots/timeline_sim-big.png)" in md
