@@ -42,8 +42,8 @@ from fmbench.protocol import Prompt
 def _load(name: str) -> Any:
     # The helpers live with the tests; `tests` itself is shadowed by a dependency's top-level
     # `tests` package (smdebug_rulesconfig's), so load the files by path.
-    path = Path(__file__).resolve().parents[1] / "tests" / "realservers" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_fmbench_realservers_{name}", path)
+    path = Path(__file__).resolve().parents[1] / "tests" / "support" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_fmbench_support_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
