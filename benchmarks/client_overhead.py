@@ -17,6 +17,7 @@ regex per answer, after the answer is timed). Cells: concurrency 1/8/64/256 x st
 prompts of 100/4,000 tokens x outputs of 16/1,000 tokens; TPOT grows with concurrency so the
 chunk rate stays within what this 2-core machine can pace. A cell has enough requests for its p99
 not to be its maximum where that takes seconds (`_cell_requests`); ``p99_is_max`` marks the others.
+Before the cells, the machine's own wake-up lateness (`wake_jitter`): the floor under every cell.
 
 With ``--pin`` (two or more CPUs) the server runs on the last CPU and the client (this process) on
 the others: a server that takes the client's core in the middle of a request delays the client's
@@ -164,6 +165,23 @@ def _cell_requests(conc: int, out_tokens: int, quick: bool = False) -> int:
     return 2 * conc if conc == 64 else max(3, conc)
 
 
+def wake_jitter(seconds: float = 5.0) -> dict[str, float]:
+    """The machine's own floor: how late a 1-ms sleep of an otherwise idle process wakes (ms).
+
+    Measured before the cells, with nothing of the benchmark running. A client or server on this
+    machine is woken like this for every read and every paced chunk, so a cell's p99 cannot be
+    expected below the wakes it takes: on a VM, a late wake of a halted vCPU is the host's.
+    """
+    late: list[float] = []
+    clock, sleep = time.monotonic, time.sleep
+    end = clock() + seconds
+    while (t := clock()) < end:
+        sleep(0.001)
+        late.append(clock() - t - 0.001)
+    return {"wakes": len(late), "p50_ms": ms(pct(late, 0.5)), "p99_ms": ms(pct(late, 0.99)),
+            "p999_ms": ms(pct(late, 0.999)), "max_ms": ms(max(late))}
+
+
 def _tpot_ms(conc: int, out_tokens: int) -> float:
     # keep the streamed chunk rate near or below ~10k/s, which the simulator paces on 2 cores
     return 2.0 if out_tokens <= 16 else max(2.0, conc / 10.0)
@@ -181,6 +199,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     outputs = [16] if args.quick else [16, 1000]
     rows = []
     t0 = time.monotonic()
+    jitter = wake_jitter(2.0 if args.quick else 10.0)
+    print(f"machine: a 1-ms sleep wakes late by p50 {jitter['p50_ms']:.3f} p99 {jitter['p99_ms']:.3f} "
+          f"p99.9 {jitter['p999_ms']:.3f} max {jitter['max_ms']:.3f} ms ({jitter['wakes']} wakes)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for out_tokens in outputs:
             for conc in levels:
@@ -215,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if pinned:
         pin(os.getpid(), set(cpus))
     data = {"quick": args.quick, "pinned": pinned, "wall_s": round(time.monotonic() - t0, 1), "rows": rows,
+            "wake_jitter": jitter,
             "target": "overhead p99 <= 1 ms at concurrency <= 64, <= 5 ms at 256",
             "cells_meeting_target": sum(targets), "cells": len(targets)}
     path = write_result(args.out, "client_overhead", data)

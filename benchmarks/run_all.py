@@ -95,6 +95,11 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                          f"{'valid' if valid else 'invalid'} | {x['load_avg'][0]} |")
         lines += ["", (f"Target ({r['target']}): {r['cells_meeting_target']} of {r['cells']} cells meet it "
                   f"({valid_ok} of the {valid_n} cells fmbench itself judged valid)."), ""]
+        if "wake_jitter" in r:
+            j = r["wake_jitter"]
+            lines += [(f"The machine's own floor, before the cells: a 1-ms sleep of an idle process woke late by "
+                       f"p50 {j['p50_ms']:.3f}, p99 {j['p99_ms']:.3f}, p99.9 {j['p999_ms']:.3f}, max "
+                       f"{j['max_ms']:.3f} ms ({j['wakes']} wakes)."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("capacity", {})

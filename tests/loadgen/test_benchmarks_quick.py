@@ -29,6 +29,8 @@ def test_client_overhead_quick_separates_client_from_server(tmp_path: Path) -> N
         # beyond clock resolution, and made of its send and delivery parts
         assert row["ttft_err_p50_ms"] > -0.01 and row["server_late_p99_ms"] >= 0
         assert row["send_p50_ms"] >= 0 and row["delivery_p50_ms"] >= 0
+    jitter = data["wake_jitter"]  # the machine's own floor, measured before the cells
+    assert jitter["wakes"] > 0 and 0 <= jitter["p50_ms"] <= jitter["p99_ms"] <= jitter["max_ms"]
 
 
 def test_long_context_quick_and_the_results_table(tmp_path: Path) -> None:
