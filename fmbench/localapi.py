@@ -68,6 +68,22 @@ def db_template() -> Path:
     return Path(sys.prefix) / "share" / "fmbench" / f"prefect-{version('prefect')}.db"
 
 
+def _server_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+            "--no-services", "--no-ui", "--analytics-off", "--log-level", "ERROR"]
+
+
+def _stop_server(server: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop a server started in a session of its own (SIGTERM to its group, SIGKILL after ``timeout_s``)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 def make_db_template(path: Path | None = None) -> Path:
     """Create `db_template` (once): a new database, migrated and filled by one start of Prefect's server.
 
@@ -87,10 +103,8 @@ def make_db_template(path: Path | None = None) -> Path:
         url = f"http://127.0.0.1:{port}"
         with open(Path(tmp) / "server.log", "wb") as log_file:
             server = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                 "--no-services", "--no-ui", "--analytics-off", "--log-level", "ERROR"],
-                env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                _server_command(port), env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + _startup_timeout_s()
             while not _healthy(url, timeout=1.0):
@@ -99,13 +113,7 @@ def make_db_template(path: Path | None = None) -> Path:
                     raise RuntimeError(f"Prefect's server did not start on a new database: {tail}")
                 time.sleep(0.2)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            _stop_server(server, 30)
         db = Path(tmp) / "prefect.db"
         with contextlib.closing(sqlite3.connect(db)) as conn:  # fold the write-ahead log into the file
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -406,9 +414,7 @@ def _watch(root: Path, port: int, home: Path) -> int:
     except OSError as exc:  # Prefect creates and migrates its database itself
         print(f"fmbench: could not copy {db_template()} into {home}: {exc}", flush=True)
     server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--no-services", "--no-ui", "--analytics-off", "--log-level", "ERROR"],
-        stdin=subprocess.DEVNULL, start_new_session=True,
+        _server_command(port), stdin=subprocess.DEVNULL, start_new_session=True,
         preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 - single-threaded
     )
     leases = root / "leases"
@@ -427,13 +433,7 @@ def _watch(root: Path, port: int, home: Path) -> int:
         if state and state.get("pid") == os.getpid():
             (root / "state.json").unlink(missing_ok=True)
         if server.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            _stop_server(server, 10)
 
 
 def main(argv: list[str] | None = None) -> int:
