@@ -57,7 +57,8 @@ class Figure:
     """A report figure: file stem (plots/STEM.png), title, one-line caption and the plotly figure.
 
     ``figure`` is kept as a plain plotly dict (``data``/``layout``): a plotly figure given is converted
-    (`plain_figure`), and figures where building plotly objects would cost seconds are built as dicts. ``png``, when given, writes the figure's PNG to a path itself (no browser).
+    (`plain_figure`), and figures where building plotly objects would cost seconds are built as dicts.
+    ``png``, when given, writes the figure's PNG to a path itself (no browser).
     """
 
     stem: str
@@ -74,7 +75,7 @@ class Figure:
 
     def size(self) -> tuple[int, int]:
         """The figure's (width, height) in pixels, 1100 x 600 where unset."""
-        layout = self.figure["layout"] if isinstance(self.figure, dict) else self.figure.layout.to_plotly_json()
+        layout = self.figure["layout"]  # a dict since __post_init__
         return int(layout.get("width") or 1100), int(layout.get("height") or 600)
 
 
