@@ -17,6 +17,8 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from fmbench.report.series_png import Line, SeriesPanel, draw_series
+
 #: Colour-blind-friendly first, then the usual D3 colours.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
            "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F"]
@@ -143,16 +145,24 @@ def _series_figure(metrics: pl.DataFrame, colours: dict[str, str], *, stem: str,
     panels = _panels(metrics)
     fig, cols = _grid(panels, title)
     shown: set[str] = set()
+    many = len({d for d, _ in panels}) > 1
+    drawn: list[SeriesPanel] = []  # the same points for the PNG, drawn with Pillow (`series_png`)
     for i, (dataset, bucket) in enumerate(panels):
         row, col = _rc(i, cols)
         part = metrics.filter((pl.col("dataset") == dataset) & (pl.col("bucket") == bucket))
         xcol, xtitle = _load_axis(part)
+        x_axis = _log_axis([float(v) for v in part[xcol].drop_nulls()])
+        panel = SeriesPanel(_panel_title(dataset, bucket, many), xtitle, x_axis.get("type") == "log",
+                            x_axis.get("tickvals"), slo=None if slo_value is None else slo_value * scale,
+                            slo_label=slo_label)
+        drawn.append(panel)
         for exp in sorted(set(part["experiment"].to_list())):
             rows = part.filter(pl.col("experiment") == exp).sort(xcol).to_dicts()
             xs = [r[xcol] for r in rows]
             ys = [None if r.get(y) is None else r[y] * scale for r in rows]
             symbols = ["x" if r.get("valid") is False else "circle" if r.get("meets_slo") else "circle-open"
                        for r in rows]
+            panel.lines.append(Line(exp, colours[exp], xs, ys, symbols))
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=exp, legendgroup=exp, showlegend=exp not in shown,
                 line={"color": colours[exp], "width": 2}, marker={"size": 9, "symbol": symbols, "color": colours[exp]},
@@ -163,10 +173,15 @@ def _series_figure(metrics: pl.DataFrame, colours: dict[str, str], *, stem: str,
             fig.add_hline(y=slo_value * scale, line={"color": "#B22222", "dash": "dash", "width": 1.5},
                           annotation_text=slo_label, annotation_position="top left",
                           annotation_font={"color": "#B22222", "size": 11}, row=row, col=col)
-        fig.update_xaxes(title_text=xtitle, row=row, col=col, **_log_axis([float(v) for v in part[xcol].drop_nulls()]))
+        fig.update_xaxes(title_text=xtitle, row=row, col=col, **x_axis)
         fig.update_yaxes(title_text=y_title, row=row, col=col, rangemode="tozero",
                          tickformat=".0%" if y_percent else None)
-    return Figure(stem, title, caption, fig)
+    legend = {exp: colours[exp] for exp in sorted(shown)}
+    size = (int(fig.layout.width), int(fig.layout.height))
+    caption += (" The PNG is drawn from the same numbers with Pillow, not by the browser; report.html has the "
+                "interactive figure.")
+    return Figure(stem, title, caption, fig,
+                  png=functools.partial(draw_series, title, drawn, y_title, y_percent, legend, size))
 
 
 def build_figures(metrics: pl.DataFrame, sample: pl.DataFrame | None, slo: Any,

@@ -1,0 +1,44 @@
+"""The metric-vs-load PNGs drawn with Pillow (`fmbench.report.series_png`): the chart's data lands where its axes say."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from PIL import Image
+
+from fmbench.report.figures import _series_figure
+
+
+def _metrics() -> pl.DataFrame:
+    rows = [{"dataset": "d", "bucket": b, "bucket_min": lo, "experiment": "exp", "concurrency": c,
+             "request_rate": None, "latency_p95_s": lat, "valid": c != 16, "meets_slo": lat <= 3.0,
+             "slo_failures": None, "invalid_reason": None}
+            for b, lo in (("1-500", 1), ("500-1000", 500)) for c, lat in ((1, 1.0), (4, 2.0), (16, 4.0))]
+    return pl.DataFrame(rows, schema_overrides={"request_rate": pl.Float64})
+
+
+def _pixels(img: Image.Image, colour: tuple[int, int, int]) -> list[tuple[int, int]]:
+    rgb = img.convert("RGB")
+    return [(x, y) for y in range(rgb.height) for x in range(rgb.width) if rgb.getpixel((x, y)) == colour]
+
+
+def test_series_png_draws_each_point_at_its_value_with_the_slo_line(tmp_path: Path) -> None:
+    fig = _series_figure(_metrics(), {"exp": "#0072B2"}, stem="lat", title="p95 latency vs load", caption="c.",
+                         y="latency_p95_s", y_title="p95 latency (s)", slo_value=3.0, slo_label="SLO p95 ≤ 3 s")
+    assert fig.png is not None and "drawn from the same numbers with Pillow" in fig.caption
+    fig.png(tmp_path / "lat.png")
+    with Image.open(tmp_path / "lat.png") as img:
+        assert img.size == fig.size() == (1100, 500)
+        line = _pixels(img, (0x00, 0x72, 0xB2))
+        slo = _pixels(img, (0xB2, 0x22, 0x22))
+    left = [(x, y) for x, y in line if x < 550]  # the first panel
+    assert left and slo
+    # Latency rises with load: the rightmost point is drawn highest, the leftmost lowest, and the dashed
+    # SLO line (3 s) lies between the 2-s and the 4-s points.
+    low = max(y for x, y in left if x < min(x for x, _ in left) + 10)
+    high = min(y for x, y in left if x > max(x for x, _ in left) - 10)
+    slo_y = sorted(y for _, y in slo)[len(slo) // 2]
+    assert high < slo_y < low
+    # The panel's y axis spans 0 to about the top value: 1 s sits near a quarter of 4 s above the axis.
+    assert (low - high) > 150
