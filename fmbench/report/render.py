@@ -348,21 +348,24 @@ def _recommendation_items(recs: list[Recommendation]) -> list[dict[str, str]]:
 def render(inp: ReportInput, output: str, exporter: PngExporter | None = None, png: bool = True) -> ReportPaths:
     """Write report.md, report.html and plots/ for ``inp`` under ``output`` (local path or s3://).
 
-    ``exporter``: a `PngExporter` started earlier (its browser starts while the caller loads the
-    data); by default one is started here. Either way it is closed before this returns.
-    ``png=False`` writes no PNGs (and starts no browser); the report says they were not asked for.
+    Most PNGs are drawn here with Pillow; the figures that are not (and the regression check's trend
+    plots) go to a browser: ``exporter``, a `PngExporter` started earlier (its browser starts while
+    the caller loads the data), else one started here when such a figure exists. Either way it is
+    closed before this returns. ``png=False`` writes no PNGs (and starts no browser); the report says
+    they were not asked for.
     """
     with contextlib.ExitStack() as stack:
-        if png:
-            exporter = stack.enter_context(exporter or PngExporter())
-        elif exporter is not None:
+        if exporter is not None:
             stack.enter_context(exporter)
-            exporter = None
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fmbench-plots-")))
-        return _render(inp, output, exporter, tmp)
+
+        def browser() -> PngExporter:
+            return exporter if exporter is not None else stack.enter_context(PngExporter())
+
+        return _render(inp, output, browser if png else None, tmp)
 
 
-def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Path) -> ReportPaths:
+def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | None, tmp: Path) -> ReportPaths:
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
     figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
@@ -377,17 +380,20 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
     if timeline_fig is not None:
         figs.append(timeline_fig)
-    png_error: str | None = None if exporter is not None else "PNG export skipped (--no-png)"
-    trend = inp.trend[1] if inp.trend is not None and exporter is not None else []
+    png_error: str | None = None if browser is not None else "PNG export skipped (--no-png)"
+    trend = inp.trend[1] if inp.trend is not None and browser is not None else []
     trend_local = [tmp / "trend" / Path(rel).name for rel, _ in trend]
-    if exporter is not None:  # the child renders the PNGs while the HTML's figures are built
+    exporter: PngExporter | None = None
+    if browser is not None:  # the child renders its PNGs while the HTML's figures are built
         try:
             (tmp / "trend").mkdir()
-            browser = [f for f in figs if f.png is None]
-            exporter.submit([f.figure for f in browser] + [fig for _, fig in trend],
-                            [tmp / f"{f.stem}.png" for f in browser] + trend_local,
-                            [f.size() for f in browser]
-                            + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
+            drawn_by_browser = [f for f in figs if f.png is None]
+            if drawn_by_browser or trend:
+                exporter = browser()
+                exporter.submit([f.figure for f in drawn_by_browser] + [fig for _, fig in trend],
+                                [tmp / f"{f.stem}.png" for f in drawn_by_browser] + trend_local,
+                                [f.size() for f in drawn_by_browser]
+                                + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
         except (RuntimeError, OSError) as exc:
             png_error = _png_failure(exc)
     if inp.later is not None:
@@ -397,7 +403,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
         fig_notes.append("request timelines: no per-request records (requests.parquet) to draw")
     figs[timelines_at:timelines_at] = timelines
     html_parts: dict[str, Any] = {"plotlyjs": _plotlyjs(), "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
-    if png_error is None and exporter is not None:  # drawn here while the browser draws the others
+    if png_error is None and browser is not None:  # drawn here while the browser draws the others
         for f in figs:
             if f.png is not None:
                 try:
@@ -408,9 +414,10 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
     plots: list[str] = []
     trend_plots: list[str] = []
     reason = png_error
-    if (figs or trend) and png_error is None and exporter is not None:
+    if (figs or trend) and png_error is None and browser is not None:
         try:
-            exporter.wait()
+            if exporter is not None:
+                exporter.wait()
             plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
             trend_plots = store_trend_pngs(output, [(rel, p) for (rel, _), p in zip(trend, trend_local, strict=True)])
         except (TimeoutError, RuntimeError, OSError) as exc:
@@ -516,9 +523,11 @@ def _plotlyjs() -> str:
     return get_plotlyjs().replace("</script>", "<\\/script>")
 
 
-def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths:
-    """The report of one run directory (`fmbench.report.render_report`), its PNGs by ``exporter``
-    (started earlier; closed before this returns), none when it is None."""
+def render_run_report(run_url: str, exporter: PngExporter | None, png: bool | None = None) -> ReportPaths:
+    """The report of one run directory (`fmbench.report.render_report`): PNGs when ``png`` (by default
+    when ``exporter`` is given), those Pillow does not draw by ``exporter`` (started earlier; closed
+    before this returns) or by a browser started when one is needed."""
+    png = exporter is not None if png is None else png
     run = load_run(run_url)
     slo = run.cfg.slo if run.cfg else None
 
@@ -533,7 +542,7 @@ def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths
     if quality is not None and slo is not None:
         slo = slo.model_copy(update={"min_accuracy": quality.min_accuracy})
     # Before regression.md is read: when the trend plots cannot even be drawn, it is rewritten to say so.
-    trend = pending_trend_plots(run.url) if exporter is not None else None
+    trend = pending_trend_plots(run.url) if png else None
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
@@ -543,7 +552,7 @@ def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
         itl_dist=itl_distribution(run.requests), trend=trend, later=later,
     )
-    return render(inp, run.url, exporter, png=exporter is not None)
+    return render(inp, run.url, exporter, png=png)
 
 
 #: CloudWatch metric -> (column, statistic, scale, format) for the endpoint metrics table.

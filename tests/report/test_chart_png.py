@@ -1,4 +1,4 @@
-"""The metric-vs-load PNGs drawn with Pillow (`fmbench.report.series_png`): the chart's data lands where its axes say."""
+"""The report's PNGs drawn with Pillow (`fmbench.report.chart_png`): each chart's data lands where its axes say."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image
 
+from fmbench.report.chart_png import Axis, Bars, Chart, Panel, Points, draw_chart
 from fmbench.report.figures import _series_figure
 
 
@@ -42,3 +43,25 @@ def test_series_png_draws_each_point_at_its_value_with_the_slo_line(tmp_path: Pa
     assert high < slo_y < low
     # The panel's y axis spans 0 to about the top value: 1 s sits near a quarter of 4 s above the axis.
     assert (low - high) > 150
+
+
+def test_bars_and_points_are_drawn_to_scale_with_their_labels(tmp_path: Path) -> None:
+    bars = Panel("bars", Axis("experiment / load", ticks=[0.0, 1.0], tick_text=["c=1", "c=2"], groups=[(0, 1, "a")]),
+                 Axis("cost (USD)", from_zero=True, prefix="$"),
+                 marks=[Bars("#0072B2", [0.0, 1.0], [1.0, 2.0], ["$1.00", "$2.00"], [1.0, 1.0])])
+    points = Panel("points", Axis("x", from_zero=True), Axis("y", from_zero=True),
+                   marks=[Points("#E69F00", [1.0, 2.0], [2.0, 1.0], [10.0, 30.0])])
+    chart = Chart("two panels", [bars, points], (1100, 500), legend=[("a", "#0072B2", "square")])
+    draw_chart(chart, tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as img:
+        assert img.size == (1100, 500)
+        blue = _pixels(img, (0x00, 0x72, 0xB2))
+        orange = _pixels(img, (0xE6, 0x9F, 0x00))
+    in_panel = [(x, y) for x, y in blue if x < 550 and y > 100]  # the bars, not the legend's key
+    first = [y for x, y in in_panel if x < 300]
+    second = [y for x, y in in_panel if x >= 300]
+    base = max(y for _, y in in_panel)
+    assert abs((base - min(second)) - 2 * (base - min(first))) <= 3  # a bar twice as tall for twice the cost
+    big = [x for x, _ in orange if x > 940]  # x = 2 of 0..2 in the right panel (610..1070 px)
+    small = [x for x, _ in orange if x <= 940]
+    assert len(big) > 4 * len(small) > 0  # the 30-px marker right of the 10-px one, with 9 times its area
