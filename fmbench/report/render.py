@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import pickle
 import re
 import tempfile
 from collections.abc import Callable
@@ -29,9 +30,10 @@ from fmbench import storage
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
-from fmbench.png import PngExporter
+from fmbench.png import PngExporter, export_timeout_s
 from fmbench.regression import pending_trend_plots, record_trend_plots, store_trend_pngs
 from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
+from fmbench.report.png_worker import PngWorker
 from fmbench.report.quality import QualityView, quality_figure, quality_view, with_accuracy
 from fmbench.report.request_figures import itl_figure, timeline_figures
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
@@ -362,24 +364,28 @@ def render(inp: ReportInput, output: str, exporter: PngExporter | None = None, p
         def browser() -> PngExporter:
             return exporter if exporter is not None else stack.enter_context(PngExporter())
 
-        return _render(inp, output, browser if png else None, tmp)
+        # The Pillow PNGs are drawn in a child (the other core) while this process builds the report.
+        worker = stack.enter_context(PngWorker()) if png else None
+        return _render(inp, output, browser if png else None, worker, tmp)
 
 
-def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | None, tmp: Path) -> ReportPaths:
+def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | None, worker: PngWorker | None,
+            tmp: Path) -> ReportPaths:
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
-    figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
-    figs, fig_notes = _request_figures(inp, figs, fig_notes)
-    timelines_at = len(figs)  # the request timelines go here; built once the browser has its figures
+    # Figures only a browser draws are built first, so that it has them at once; then the request
+    # timelines, the longest PNGs to draw, go to the worker before the other figures are built.
+    extra: list[Figure] = []
+    extra_notes: list[str] = []
     if inp.quality is not None:
         qfig = quality_figure(inp.metrics, inp.quality, colours)
         if qfig is not None:
-            figs.append(qfig)
+            extra.append(qfig)
         else:
-            fig_notes.append("answer quality vs cost: no evaluated experiment has both an accuracy and a cost")
+            extra_notes.append("answer quality vs cost: no evaluated experiment has both an accuracy and a cost")
     timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
     if timeline_fig is not None:
-        figs.append(timeline_fig)
+        extra.append(timeline_fig)
     png_error: str | None = None if browser is not None else "PNG export skipped (--no-png)"
     trend = inp.trend[1] if inp.trend is not None and browser is not None else []
     trend_local = [tmp / "trend" / Path(rel).name for rel, _ in trend]
@@ -387,7 +393,7 @@ def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | 
     if browser is not None:  # the child renders its PNGs while the HTML's figures are built
         try:
             (tmp / "trend").mkdir()
-            drawn_by_browser = [f for f in figs if f.png is None]
+            drawn_by_browser = [f for f in extra if f.png is None]
             if drawn_by_browser or trend:
                 exporter = browser()
                 exporter.submit([f.figure for f in drawn_by_browser] + [fig for _, fig in trend],
@@ -399,35 +405,79 @@ def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | 
     if inp.later is not None:
         inp = dataclasses.replace(inp, later=None, **inp.later())
     timelines = timeline_figures(inp.request_spans)
+    png_error = png_error or _draw(worker, timelines, tmp)
+    figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
+    figs, fig_notes = _request_figures(inp, figs, fig_notes)
+    png_error = png_error or _draw(worker, figs + extra, tmp)
+    figs += timelines + extra
+    fig_notes += extra_notes
     if not timelines:
         fig_notes.append("request timelines: no per-request records (requests.parquet) to draw")
-    figs[timelines_at:timelines_at] = timelines
     html_parts: dict[str, Any] = {"plotlyjs": _plotlyjs(), "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
-    if png_error is None and browser is not None:  # drawn here while the browser draws the others
-        for f in figs:
-            if f.png is not None:
-                try:
-                    f.png(tmp / f"{f.stem}.png")
-                except (OSError, ValueError) as exc:
-                    png_error = _png_failure(exc)
-                    break
-    plots: list[str] = []
-    trend_plots: list[str] = []
-    reason = png_error
-    if (figs or trend) and png_error is None and browser is not None:
+
+    def finish_pngs() -> tuple[list[str], list[str], str | None]:
+        """Wait for the PNGs and store them: (report plots, trend plots, why they are missing)."""
+        if not (figs or trend) or png_error is not None or browser is None:
+            return [], [], png_error
         try:
+            if worker is not None:
+                worker.wait(export_timeout_s())
             if exporter is not None:
                 exporter.wait()
-            plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
-            trend_plots = store_trend_pngs(output, [(rel, p) for (rel, _), p in zip(trend, trend_local, strict=True)])
+            return (_store_pngs(figs, tmp, storage.join(output, "plots")),
+                    store_trend_pngs(output, [(rel, p) for (rel, _), p in zip(trend, trend_local, strict=True)]), None)
         except (TimeoutError, RuntimeError, OSError) as exc:
-            reason = _png_failure(exc)
+            return [], [], _png_failure(exc)
+
     changes_md = inp.changes_md
     if trend and inp.trend is not None:  # the trend plots, or why they are missing, into regression.json/.md
+        plots, trend_plots, reason = finish_pngs()
         changes_md = record_trend_plots(output, inp.trend[0], trend_plots, reason)
     html_parts["changes_html"] = _changes_html(changes_md, output)
+    ctx = _context(inp, recs, colours, figs, fig_notes, changes_md)
+    if trend:
+        markdown, html = _documents(ctx, html_parts, figs, plots, reason)
+    else:
+        # Written as if every PNG arrives, while the child still draws them; again if one does not.
+        markdown, html = _documents(ctx, html_parts, figs, figs if png_error is None else [], png_error)
+        plots, _, reason = finish_pngs()
+        if reason != png_error:
+            markdown, html = _documents(ctx, html_parts, figs, plots, reason)
+    md_url = storage.join(output, "report.md")
+    html_url = storage.join(output, "report.html")
+    storage.write_text(md_url, markdown)
+    storage.write_text(html_url, html)
+    return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
+                       metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
+                       plots_missing_reason=reason)
+
+
+def _draw(worker: PngWorker | None, figs: list[Figure], tmp: Path) -> str | None:
+    """Send the figures Pillow draws to ``worker``; why the PNGs will be missing, or None."""
+    if worker is None:
+        return None
+    try:
+        worker.submit([(f.png, tmp / f"{f.stem}.png") for f in figs if f.png is not None])
+    except (RuntimeError, OSError, TypeError, AttributeError, pickle.PicklingError) as exc:
+        return _png_failure(exc)
+    return None
+
+
+def _documents(ctx: dict[str, Any], html_parts: dict[str, Any], figs: list[Figure], plots: list[Any],
+               reason: str | None) -> tuple[str, str]:
+    """report.md and report.html, with the PNGs when ``plots`` is not empty, else ``reason`` they are missing."""
+    ctx = dict(ctx, plots_missing_reason=reason,
+               figures=[{"stem": f.stem, "title": f.title, "caption": f.caption,
+                         "png": f"plots/{f.stem}.png" if plots else None} for f in figs])
+    env = _env()
+    return (env.get_template("report.md.j2").render(**ctx),
+            env.get_template("report.html.j2").render(**dict(ctx, **html_parts)))
+
+
+def _context(inp: ReportInput, recs: list[Recommendation], colours: dict[str, str], figs: list[Figure],
+             fig_notes: list[str], changes_md: str | None) -> dict[str, Any]:
     cost_rows, cost_total = _cost_rows(_with_judge_costs(inp.bench_cost, inp.quality))
-    ctx = {
+    return {
         "title": inp.title,
         "description": inp.description,
         "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -441,10 +491,7 @@ def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | 
         "cost_total": cost_total,
         "timeline_rows": timeline_rows(inp.timelines or {}, inp.run_end),
         "buckets": _bucket_sections(inp.metrics),
-        "figures": [{"stem": f.stem, "title": f.title, "caption": f.caption,
-                     "png": f"plots/{f.stem}.png" if plots else None} for f in figs],
         "figure_notes": fig_notes,
-        "plots_missing_reason": reason,
         "error_rows": _error_rows(inp.errors),
         "resend_rows": _resend_rows(inp.metrics),
         "repro": [_repro(r) for r in inp.runs],
@@ -455,17 +502,6 @@ def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | 
         "quality": inp.quality,
         **_detail_context(inp),
     }
-    env = _env()
-    markdown = env.get_template("report.md.j2").render(**ctx)
-    html_ctx = dict(ctx, **html_parts)
-    html = env.get_template("report.html.j2").render(**html_ctx)
-    md_url = storage.join(output, "report.md")
-    html_url = storage.join(output, "report.html")
-    storage.write_text(md_url, markdown)
-    storage.write_text(html_url, html)
-    return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
-                       metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
-                       plots_missing_reason=reason)
 
 
 def _request_figures(inp: ReportInput, figs: list[Figure], notes: list[str]) -> tuple[list[Figure], list[str]]:
