@@ -189,9 +189,9 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
     for first, last, label in p.x.groups or []:
         a, b = fx(first - 0.5), fx(last + 0.5)
         if a is not None and b is not None:
-            draw.text(((a + b) / 2, top + h + 26), _fit(label), fill=_TEXT, font=small, anchor="mt")
+            draw.text(((a + b) / 2, top + h + 24), _fit(label), fill=_TEXT, font=small, anchor="mt")
             for edge in (a, b):  # the group's dividers, as plotly draws a two-level axis
-                draw.line([(edge, top + h), (edge, top + h + 40)], fill=_TEXT)
+                draw.line([(edge, top + h), (edge, top + h + 36)], fill=_TEXT)
     label_w = 0.0
     for t in y_ticks:
         ty = fy(t)
@@ -199,7 +199,7 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
             draw.line([(left, ty), (left + w, ty)], fill=_ZERO if t == 0 else _GRID, width=2 if t == 0 else 1)
             draw.text((left - 8, ty), _tick_text(t, p.y), fill=_TEXT, font=small, anchor="rm")
             label_w = max(label_w, small.getlength(_tick_text(t, p.y)))
-    draw.text((left + w // 2, top + h + (60 if p.x.groups else 42)), _fit(p.x.title), fill=_TEXT, font=_font(16),
+    draw.text((left + w // 2, top + h + (54 if p.x.groups else 42)), _fit(p.x.title), fill=_TEXT, font=_font(16),
               anchor="ms")
     _vertical_text(img, _fit(p.y.title), left - 20 - int(label_w), top + h // 2)
     if p.hline is not None:
