@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
 import orjson
-import psutil
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -134,6 +133,8 @@ class PngExporter:
         if proc is None:
             return
         if proc.poll() is None:
+            import psutil  # here: most reports start no browser, and psutil takes 0.05 s to import
+
             # choreographer starts the browser in a session of its own, out of the child's process
             # group: it is found among the child's descendants, or it would outlive the export.
             try:
