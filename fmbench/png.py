@@ -1,5 +1,5 @@
 """Static PNG export of plotly figures in a child process with a deadline (the report's figures
-and the regression check's trend plots).
+that Pillow does not draw, and the regression check's trend plots).
 
 kaleido drives a headless Chromium; when that browser stalls, kaleido's synchronous API waits
 forever. Running the export in its own process group lets the report give up after a bounded

@@ -1,8 +1,10 @@
 """Write a report (report.md, report.html, plots/*.png) for one run, from its run directory.
 
 The Markdown renders on GitHub (relative ``plots/x.png`` images); the HTML is self-contained
-(plotly.js inlined, no network access) with interactive figures. PNGs are exported with kaleido,
-which drives Chromium; when that fails the report still renders and says why the plots are missing.
+(plotly.js inlined, no network access) with interactive figures. Most PNGs are drawn with Pillow
+in a child process (`png_worker`); the endpoint timeline, the answer-quality plot and the trend
+plots are exported with kaleido, which drives Chromium. When either fails the report still renders
+and says why the plots are missing.
 """
 
 from __future__ import annotations
