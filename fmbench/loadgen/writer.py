@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import operator
 import os
+import struct
 from array import array
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def _arrow_schema() -> pa.Schema:
 
 ARROW_SCHEMA = _arrow_schema()
 _CONVERT_VALUES = 50_000  # inter-token gaps gathered before converting: bounds each step to ~0.5 ms
+_PACKERS = 256  # distinct stamp counts given a packer of their own (see add_row_stamped)
 COMPRESSION = "zstd"  # the records files' parquet codec
 _EXACT_TYPES = (str, int, bool, type(None))  # a column of one such value converts once per shard (see _column)
 _SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
@@ -99,6 +102,7 @@ class RecordWriter:
         self._offsets = array("q", [0])
         self._stamped = array("b")
         self._constants: dict[str, tuple[object, pa.Array]] = {}  # see _column
+        self._packers: dict[int, Callable[..., bytes]] = {}  # see add_row_stamped
         self._batches: list[pa.RecordBatch] = []
         self._batched_rows = 0
         self._pending = 0
@@ -129,22 +133,34 @@ class RecordWriter:
         (the engine's successful requests: no `RequestRecord` is built for them)."""
         if itl is not None:
             self._itl.extend(itl)
-        self._rows.append(row)
-        self._offsets.append(len(self._itl))
-        self._stamped.append(0)
-        self.rows += 1
-        self._pending += 1
-        if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
-            self._convert()
+        self._queue(row, 0)
 
     def add_row_stamped(self, row: tuple[object, ...], chunk_times: list[float]) -> None:
         """`add_row` given the chunk stamps instead of their gaps: the gaps (``t[k+1] - t[k]``, the
         same float subtraction) are taken for many rows at once at conversion, not per row in Python.
-        A stamp that is not a number raises here, before anything is queued."""
+        A stamp that is not a number raises here, as ``array("d")`` would, before anything is queued."""
+        n = len(chunk_times)
+        pack = self._packers.get(n)
+        if pack is None and len(self._packers) < _PACKERS:  # else an unusual spread of lengths
+            pack = self._packers[n] = struct.Struct(f"{n}d").pack
+        if pack is not None:
+            # The stamps as native doubles in one C call: the same PyFloat_AsDouble per value as
+            # ``array("d", ...)``, without its per-item setter (1.8 -> 0.7 us for 64 stamps).
+            try:
+                self._itl.frombytes(pack(*chunk_times))
+            except struct.error:
+                pass  # a bad stamp: the generic copy raises what it always raised for it
+            else:
+                self._queue(row, 1)
+                return
         self._itl.extend(array("d", chunk_times))
+        self._queue(row, 1)
+
+    def _queue(self, row: tuple[object, ...], stamped: int) -> None:
+        # The row's gaps or stamps are in ``_itl`` already: they end where its segment ends.
         self._rows.append(row)
         self._offsets.append(len(self._itl))
-        self._stamped.append(1)
+        self._stamped.append(stamped)
         self.rows += 1
         self._pending += 1
         if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
