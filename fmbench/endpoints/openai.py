@@ -650,9 +650,7 @@ class OpenAIClient:
             payloads = feed(read)
             if not payloads:
                 continue
-            # What follows [DONE] is never read. It is usually the read's last event: then the list is
-            # scanned once (for the first [DONE]), not twice.
-            if payloads[-1] == b"[DONE]" or b"[DONE]" in payloads:
+            if b"[DONE]" in payloads:  # what follows [DONE] is never read
                 del payloads[payloads.index(b"[DONE]"):]
                 done = True
             bad: Exception | None = None
