@@ -50,6 +50,11 @@ _CONVERT_VALUES = 50_000  # inter-token gaps gathered before converting: bounds 
 _PACKERS = 256  # distinct stamp counts given a packer of their own (see add_row_stamped)
 COMPRESSION = "zstd"  # the records files' parquet codec
 _EXACT_TYPES = (str, int, bool, type(None))  # a column of one such value converts once per shard (see _column)
+#: Columns dictionary-encoded in the file: the strings, ints and bools (labels, ids, counts, often one value
+#: per shard). Not the floats: times and gaps are nearly all distinct, so a dictionary only costs the
+#: writer thread time (64-chunk streams with real gaps: 13.3 -> 8.6 us per row in all threads) and
+#: makes the file larger (5.5 -> 4.0 MB per 10,000 rows). The values read back are the same.
+_DICTIONARY = [f.name for f in ARROW_SCHEMA if f.type in (pa.string(), pa.int64(), pa.bool_())]
 _SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
 #: The order of a row's values in `RecordWriter.add_row`: every schema column but ``itl_s``.
 SCALAR_FIELDS = tuple(_SCALARS)
@@ -72,6 +77,11 @@ def _gaps(values: np.ndarray, offsets: np.ndarray, stamped: np.ndarray) -> tuple
     new_offsets = np.zeros(len(offsets), dtype=np.int64)
     np.cumsum(out_lengths, out=new_offsets[1:])
     return gaps[keep], new_offsets
+
+
+def open_records_file(path: str | Path) -> pq.ParquetWriter:
+    """A parquet writer for a records file (`ARROW_SCHEMA`), with the codec and encodings of every one."""
+    return pq.ParquetWriter(path, ARROW_SCHEMA, compression=COMPRESSION, use_dictionary=_DICTIONARY)
 
 
 def partial_path(path: str | Path) -> Path:
@@ -222,7 +232,7 @@ class RecordWriter:
 
     def _write(self, table: pa.Table) -> None:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression=COMPRESSION)
+            self._writer = open_records_file(self.tmp)
         self._writer.write_table(table)
 
     def _finish(self) -> None:
@@ -239,7 +249,7 @@ class RecordWriter:
 
     def _close(self) -> None:
         if self._writer is None:  # no rows at all: still a valid, empty file
-            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression=COMPRESSION)
+            self._writer = open_records_file(self.tmp)
         self._writer.close()
 
     def commit(self) -> Path:
