@@ -7,6 +7,7 @@ import ctypes
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -17,6 +18,18 @@ log = logging.getLogger("fmbench")
 
 _deploying: dict[int, str] = {}  # thread ident -> experiment whose deploy runs in it
 _lock = threading.Lock()
+
+#: The longest a deploy's wait sleeps in one piece: how late an interrupt may reach it.
+SLEEP_SLICE_S = 0.25
+
+
+def sleep(seconds: float) -> None:
+    """`time.sleep` that `interrupt_deploy` reaches within `SLEEP_SLICE_S`: the interrupt lands only
+    when the thread runs Python again, and a deploy polls every 15 s, so a whole sleep would keep an
+    endpoint the user stopped alive (and billed), and the user waiting, for up to that long."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, SLEEP_SLICE_S))
 
 
 @contextmanager
@@ -37,7 +50,7 @@ def interrupt_deploy(experiment: str) -> bool:
     the main thread, so the deployer's own clean-up runs. Returns False when no thread of this
     process deploys it (done already, in the main thread, or in another process).
 
-    The exception arrives when the thread next runs Python code: after a deployer's poll sleep.
+    The exception arrives when the thread next runs Python code, so deployers wait with `sleep`.
     """
     main = threading.main_thread().ident
     with _lock:

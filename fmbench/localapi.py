@@ -92,7 +92,10 @@ def make_db_template(path: Path | None = None) -> Path:
     itself, with none of the caller's Prefect settings (a private home, a directory with no ``.env``
     or ``prefect.toml``), so the template is always Prefect's default SQLite database.
     """
-    path = path or db_template()
+    if path is None:
+        path = db_template()
+        if "FMBENCH_PREFECT_DB_TEMPLATE" not in os.environ:
+            drop_stale_templates(path)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,16 @@ def make_db_template(path: Path | None = None) -> Path:
             conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file; Prefect sets its own mode
         os.replace(db, path)  # atomic: a reader sees no template or a whole one
     return path
+
+
+def drop_stale_templates(keep: Path) -> list[Path]:
+    """Delete the templates of other Prefect versions beside ``keep`` (``prefect-<version>.db``): a
+    Prefect upgrade would otherwise leave one behind per version. Returns what was deleted."""
+    stale = [p for p in keep.parent.glob("prefect-*.db") if p.name != keep.name and p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
 
 
 def _uses_default_database(home: Path) -> bool:

@@ -200,10 +200,14 @@ def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
                 log.warning("evaluation of %s failed, report written without it: %s", name, exc)
                 failed_evaluation(run, name, exc)
         judges.worked(serving, ended=True)
-    finally:
-        judges.close_each()
-        for problem in judges.left_running:
-            log.warning("%s", problem)
+    except BaseException:
+        # Ctrl-C, SIGTERM (Prefect cancellation) or a bug: no judge may outlive the run, and the
+        # run says what it deleted, or what is left, as it does for the experiments' endpoints.
+        judges.stop_all()
+        raise
+    judges.close_each()
+    for problem in judges.left_running:
+        log.warning("%s", problem)
 
 
 def _judge_panel(judges: Lifecycles, cfg: BenchmarkConfig) -> Any:
@@ -282,7 +286,7 @@ class Lifecycles:
                     outcomes[name] = self.lifecycle(name)
         except BaseException:
             # Ctrl-C, SIGTERM (Prefect cancellation) or a bug: nothing the run deployed may outlive it.
-            self._close_all()
+            self.stop_all()
             raise
         return [o for n in self.order for o in outcomes[n]], self.left_running
 
@@ -414,7 +418,9 @@ class Lifecycles:
                 interrupt = interrupt or exc
         return interrupt
 
-    def _close_all(self) -> None:
+    def stop_all(self) -> None:
+        """On the way out of an interrupted or failed run: delete every endpoint still alive, or stop
+        its deploy, then say that all are deleted or which may still run (billed)."""
         interrupt = self._close_each()
         if self.left_running:
             log.warning("stopped early; still running (billed until deleted):\n  %s", "\n  ".join(self.left_running))

@@ -17,6 +17,7 @@ import pytest
 from fmbench.localapi import (
     _seed_database,
     api_state_dir,
+    drop_stale_templates,
     local_prefect_api,
     make_db_template,
     stop_local_api,
@@ -272,3 +273,13 @@ def test_a_database_the_user_has_or_chose_is_never_replaced_by_the_template(
     template.unlink()
     (home / "prefect.db").unlink()
     assert not _seed_database(home)  # no template (not installed): Prefect migrates as before
+
+
+def test_a_prefect_upgrade_leaves_only_its_own_database_template(tmp_path: Path) -> None:
+    share = tmp_path / "share" / "fmbench"
+    share.mkdir(parents=True)
+    for name in ("prefect-3.8.0.db", "prefect-3.9.1.db", "prefect-3.10.0.db", "notes.db"):
+        (share / name).write_bytes(b"x")
+    dropped = drop_stale_templates(share / "prefect-3.10.0.db")
+    assert sorted(p.name for p in dropped) == ["prefect-3.8.0.db", "prefect-3.9.1.db"]
+    assert sorted(p.name for p in share.iterdir()) == ["notes.db", "prefect-3.10.0.db"]

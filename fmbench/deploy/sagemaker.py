@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 
-from fmbench import progress
+from fmbench import interrupts, progress
 from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, register_provider
@@ -249,7 +249,7 @@ def wait_for_endpoint(client: Any, name: str, timeout_s: float, poll_s: float = 
             last_status, last_log = status, time.monotonic()
         if elapsed >= timeout_s:
             raise DeploymentError(f"endpoint {name} not InService after {timeout_s:.0f} s (last status {status})")
-        time.sleep(max(0.01, min(poll_s, timeout_s - elapsed)))
+        interrupts.sleep(max(0.01, min(poll_s, timeout_s - elapsed)))
 
 
 def _existing(cfg: SageMakerEndpoint, experiment: str, client: Any, region: str) -> DeployedEndpoint:
@@ -324,7 +324,7 @@ def _wait_until_gone(client: Any, name: str, timeout_s: float, poll_s: float) ->
     while _describe_or_none(client, name) is not None:
         if time.monotonic() - t0 >= timeout_s:
             raise DeploymentError(f"endpoint {name} still exists {timeout_s:.0f} s after deleting it")
-        time.sleep(max(0.01, poll_s))
+        interrupts.sleep(max(0.01, poll_s))
 
 
 def _leftovers(client: Any, name: str, wanted: list[dict[str, str]]) -> list[str]:

@@ -176,6 +176,62 @@ def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     assert timeline["slow"]["deleted_at"] and timeline["slow"]["in_service_at"] is None
 
 
+def test_a_sigterm_while_the_judge_deploys_deletes_the_judge_and_says_so(
+    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """A judge endpoint the run deploys after its shards is an endpoint it pays for like any other:
+    stopped while it is still Creating, the run deletes it, says so, and the manifest ends its timeline."""
+    (tmp_path / "qa.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "prompt": f"Question {i}?", "answer": f"Answer {i}"}) + "\n" for i in range(4)))
+    judge = {"name": "sm", "inference": {"max_tokens": 8, "stream": False, "timeout_s": 10},
+             "endpoint": _sagemaker(moto, sim_url, deploy_timeout_s=900)}
+    raw = {
+        "name": "judged", "output": str(tmp_path / "results"), "buckets": [[1, 200]],
+        "datasets": [{"name": "qa", "source": "jsonl", "path": str(tmp_path / "qa.jsonl"), "answer_field": "answer"}],
+        "experiments": [{"name": "model", "concurrency_levels": [2], "requests_per_level": 4, "warmup_requests": 0,
+                         "endpoint": {"provider": "simulated", "ttft_ms": 2, "tpot_ms": 0.5, "answer_accuracy": 0.5,
+                                      "seed": 1}}],
+        "evaluation": {"judges": [judge], "evaluate_per_shard": 2},
+    }
+    cfg = tmp_path / "judged.yml"
+    cfg.write_text(yaml.safe_dump(raw))
+    argv = [sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "jint", "--no-png"]
+    proc = subprocess.Popen(argv, env=cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
+    try:
+        deadline = time.monotonic() + 300
+        while not sm.list_endpoints()["Endpoints"]:  # the judge's deploy waits for a Creating endpoint
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run never deployed its judge"
+            time.sleep(0.1)
+        assert sm.list_endpoints()["Endpoints"][0]["EndpointStatus"] == "Creating"
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)  # every thread's stack, to say where it waits
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"fmbench run did not end within 240 s of SIGTERM; its stderr ends:\n{err[-12000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    name = resource_name("judge-sm", "jint")
+    assert proc.returncode == 143, err[-3000:]
+    assert sm_inventory(moto) == EMPTY, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    for kind in ("endpoint", "endpoint-config", "model"):
+        assert f"deleted {kind} {name}" in err, err[-3000:]
+    assert "every endpoint this run deployed is deleted" in err, err[-3000:]
+    assert "terminated" in err.splitlines()[-1]
+    timeline = json.loads((tmp_path / "results" / "judged" / "jint" / "manifest.json").read_text())["endpoints"]
+    assert timeline["judge-sm"]["deleted_at"] and timeline["judge-sm"]["in_service_at"] is None
+    assert timeline["model"]["deleted_at"]  # the experiment's endpoint was measured and gone before
+
+
 _INLINE_RUN = """
 import json, logging, sys
 from fmbench.config import parse_config

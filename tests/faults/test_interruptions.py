@@ -221,3 +221,28 @@ def test_ctrl_c_stops_cleanly_keeps_measured_shards_and_leaves_no_process(fault_
     time.sleep(0.5)
     left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [" ".join(p.cmdline()) for p in left]
+
+
+def test_an_interrupted_deploy_stops_in_its_poll_sleep_not_after_it() -> None:
+    """`interrupt_deploy` lands only when the deploying thread runs Python again; a deploy that
+    polls SageMaker every 15 s sleeps with `interrupts.sleep`, so the interrupt (and the deletion
+    behind it) does not wait for the end of the poll interval."""
+    from fmbench.interrupts import deploying, interrupt_deploy, sleep
+
+    ended: list[BaseException] = []
+    asleep = threading.Event()
+
+    def deploy() -> None:
+        with deploying("slow"):
+            asleep.set()
+            try:
+                sleep(600)  # far longer than the join below: only the interrupt ends it in time
+            except KeyboardInterrupt as exc:
+                ended.append(exc)
+
+    thread = threading.Thread(target=deploy, daemon=True)
+    thread.start()
+    assert asleep.wait(30)
+    assert interrupt_deploy("slow")
+    thread.join(120)
+    assert not thread.is_alive() and len(ended) == 1

@@ -18,6 +18,7 @@ class GcWatchingClient:
 
     def __init__(self, release: threading.Event | None = None) -> None:
         self.frozen: list[int] = []
+        self.thresholds: list[tuple[int, int, int]] = []
         self.release = release
         self.started = threading.Event()
 
@@ -26,6 +27,7 @@ class GcWatchingClient:
 
     async def complete(self, prompt: Prompt) -> Completion:
         self.frozen.append(gc.get_freeze_count())
+        self.thresholds.append(gc.get_threshold())
         self.started.set()
         if self.release is not None:
             while not self.release.is_set():
@@ -43,11 +45,15 @@ def _spec(shard_id: str, requests: int) -> ShardSpec:
 
 def test_a_shard_runs_on_a_frozen_heap_and_unfreezes_it_after(tmp_path: Path) -> None:
     assert gc.get_freeze_count() == 0
+    before = gc.get_threshold()
     held = [{"kept": i} for i in range(1000)]  # objects the process holds before the shard
     c = GcWatchingClient()
     run_shard(c, PROMPTS, _spec("s", 5), tmp_path / "r.parquet", lambda s: 1)
     assert len(c.frozen) == 5 and min(c.frozen) >= len(held)
+    # Young collections as before; the middle generation's (a walk of every request in flight) rarer.
+    assert {t[0] for t in c.thresholds} == {before[0]} and min(t[1] for t in c.thresholds) >= 1000
     assert gc.get_freeze_count() == 0  # after the shard, everything is collectable again
+    assert gc.get_threshold() == before  # ... and collected as the process had it
 
 
 def test_shards_at_once_share_the_freeze_until_the_last_ends(tmp_path: Path) -> None:
