@@ -52,7 +52,7 @@ COMPRESSION = "zstd"  # the records files' parquet codec
 _EXACT_TYPES = (str, int, bool, type(None))  # a column of one such value converts once per shard (see _column)
 #: Columns dictionary-encoded in the file: the strings, ints and bools (labels, ids, counts, often one value
 #: per shard). Not the floats: times and gaps are nearly all distinct, so a dictionary only costs the
-#: writer thread time (64-chunk streams with real gaps: 13.3 -> 8.6 us per row in all threads) and
+#: writer thread time (64-chunk streams with real gaps: 13-15 -> 9 us per row in all threads) and
 #: makes the file larger (5.5 -> 4.0 MB per 10,000 rows). The values read back are the same.
 _DICTIONARY = [f.name for f in ARROW_SCHEMA if f.type in (pa.string(), pa.int64(), pa.bool_())]
 _SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
