@@ -38,7 +38,7 @@ from fmbench import storage
 from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.loadgen.engine import ShardStats, _closed_loop, _open_loop, _Shard, shard_result, shard_session
 from fmbench.loadgen.spec import ShardResult, ShardSpec
-from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
+from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, open_records_file, partial_path
 from fmbench.protocol import EndpointClient, Prompt
 
 log = logging.getLogger("fmbench")
@@ -494,7 +494,7 @@ def _merge(out: str | Path, urls: list[str], clocks: list[HostClock]) -> ShardSt
     stats = ShardStats()
     cols = ["warmup", "ok", "t_start", "t_end", "t_scheduled", "send_lag_s"]
     try:
-        writer = pq.ParquetWriter(tmp, ARROW_SCHEMA, compression="zstd")
+        writer = open_records_file(tmp)
         with contextlib.closing(writer):
             for url, clock in zip(urls, clocks, strict=True):
                 table = pq.read_table(pa.BufferReader(storage.read_bytes(url)))

@@ -44,7 +44,7 @@ from fmbench.loadgen.engine import (
 )
 from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.spec import ShardResult, ShardSpec
-from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, partial_path
+from fmbench.loadgen.writer import RecordWriter, open_records_file, partial_path
 from fmbench.protocol import EndpointClient, Prompt
 
 _READY_TIMEOUT_S = 120.0  # spawning and importing can be slow on a loaded machine
@@ -242,7 +242,7 @@ def _merge(out: str, n: int) -> ShardStats:
     stats = ShardStats()
     cols = ["warmup", "ok", "t_start", "t_end", "t_scheduled", "send_lag_s"]
     try:
-        writer = pq.ParquetWriter(tmp, ARROW_SCHEMA, compression="zstd")
+        writer = open_records_file(tmp)
         with contextlib.closing(writer):
             for k in range(n):
                 pf = pq.ParquetFile(part_path(out, k))

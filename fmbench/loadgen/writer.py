@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import operator
 import os
+import struct
 from array import array
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,8 +47,14 @@ def _arrow_schema() -> pa.Schema:
 
 ARROW_SCHEMA = _arrow_schema()
 _CONVERT_VALUES = 50_000  # inter-token gaps gathered before converting: bounds each step to ~0.5 ms
+_PACKERS = 256  # distinct stamp counts given a packer of their own (see add_row_stamped)
 COMPRESSION = "zstd"  # the records files' parquet codec
 _EXACT_TYPES = (str, int, bool, type(None))  # a column of one such value converts once per shard (see _column)
+#: Columns dictionary-encoded in the file: the strings, ints and bools (labels, ids, counts, often one value
+#: per shard). Not the floats: times and gaps are nearly all distinct, so a dictionary only costs the
+#: writer thread time (64-chunk streams with real gaps: 13-15 -> 9 us per row in all threads) and
+#: makes the file larger (5.5 -> 4.0 MB per 10,000 rows). The values read back are the same.
+_DICTIONARY = [f.name for f in ARROW_SCHEMA if f.type in (pa.string(), pa.int64(), pa.bool_())]
 _SCALARS = [f.name for f in ARROW_SCHEMA if f.name != "itl_s"]
 #: The order of a row's values in `RecordWriter.add_row`: every schema column but ``itl_s``.
 SCALAR_FIELDS = tuple(_SCALARS)
@@ -69,6 +77,11 @@ def _gaps(values: np.ndarray, offsets: np.ndarray, stamped: np.ndarray) -> tuple
     new_offsets = np.zeros(len(offsets), dtype=np.int64)
     np.cumsum(out_lengths, out=new_offsets[1:])
     return gaps[keep], new_offsets
+
+
+def open_records_file(path: str | Path) -> pq.ParquetWriter:
+    """A parquet writer for a records file (`ARROW_SCHEMA`), with the codec and encodings of every one."""
+    return pq.ParquetWriter(path, ARROW_SCHEMA, compression=COMPRESSION, use_dictionary=_DICTIONARY)
 
 
 def partial_path(path: str | Path) -> Path:
@@ -99,6 +112,7 @@ class RecordWriter:
         self._offsets = array("q", [0])
         self._stamped = array("b")
         self._constants: dict[str, tuple[object, pa.Array]] = {}  # see _column
+        self._packers: dict[int, Callable[..., bytes]] = {}  # see add_row_stamped
         self._batches: list[pa.RecordBatch] = []
         self._batched_rows = 0
         self._pending = 0
@@ -129,22 +143,34 @@ class RecordWriter:
         (the engine's successful requests: no `RequestRecord` is built for them)."""
         if itl is not None:
             self._itl.extend(itl)
-        self._rows.append(row)
-        self._offsets.append(len(self._itl))
-        self._stamped.append(0)
-        self.rows += 1
-        self._pending += 1
-        if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
-            self._convert()
+        self._queue(row, 0)
 
     def add_row_stamped(self, row: tuple[object, ...], chunk_times: list[float]) -> None:
         """`add_row` given the chunk stamps instead of their gaps: the gaps (``t[k+1] - t[k]``, the
         same float subtraction) are taken for many rows at once at conversion, not per row in Python.
-        A stamp that is not a number raises here, before anything is queued."""
+        A stamp that is not a number raises here, as ``array("d")`` would, before anything is queued."""
+        n = len(chunk_times)
+        pack = self._packers.get(n)
+        if pack is None and len(self._packers) < _PACKERS:  # else an unusual spread of lengths
+            pack = self._packers[n] = struct.Struct(f"{n}d").pack
+        if pack is not None:
+            # The stamps as native doubles in one C call: the same PyFloat_AsDouble per value as
+            # ``array("d", ...)``, without its per-item setter (1.8 -> 0.7 us for 64 stamps).
+            try:
+                self._itl.frombytes(pack(*chunk_times))
+            except struct.error:
+                pass  # a bad stamp: the generic copy raises what it always raised for it
+            else:
+                self._queue(row, 1)
+                return
         self._itl.extend(array("d", chunk_times))
+        self._queue(row, 1)
+
+    def _queue(self, row: tuple[object, ...], stamped: int) -> None:
+        # The row's gaps or stamps are in ``_itl`` already: they end where its segment ends.
         self._rows.append(row)
         self._offsets.append(len(self._itl))
-        self._stamped.append(1)
+        self._stamped.append(stamped)
         self.rows += 1
         self._pending += 1
         if self._pending >= self._convert_rows or len(self._itl) >= _CONVERT_VALUES:
@@ -206,7 +232,7 @@ class RecordWriter:
 
     def _write(self, table: pa.Table) -> None:
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression=COMPRESSION)
+            self._writer = open_records_file(self.tmp)
         self._writer.write_table(table)
 
     def _finish(self) -> None:
@@ -223,7 +249,7 @@ class RecordWriter:
 
     def _close(self) -> None:
         if self._writer is None:  # no rows at all: still a valid, empty file
-            self._writer = pq.ParquetWriter(self.tmp, ARROW_SCHEMA, compression=COMPRESSION)
+            self._writer = open_records_file(self.tmp)
         self._writer.close()
 
     def commit(self) -> Path:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import fmbench.loadgen.writer as writer_module
 from fmbench.loadgen.writer import SCALAR_FIELDS, RecordWriter
 
 STATUS = SCALAR_FIELDS.index("http_status")
@@ -24,7 +25,10 @@ def _row(i: int, status: int, note: str | None, lag: float) -> tuple[object, ...
     return tuple(row)
 
 
-def test_stamped_rows_and_constant_columns_read_back_as_given(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packers", [256, 2], ids=["packed-stamps", "generic-copy-beyond-two-lengths"])
+def test_stamped_rows_and_constant_columns_read_back_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              packers: int) -> None:
+    monkeypatch.setattr(writer_module, "_PACKERS", packers)
     writer = RecordWriter(tmp_path / "r.parquet", row_group_rows=20, convert_rows=7)
     expected = []
     for i in range(50):
@@ -39,8 +43,15 @@ def test_stamped_rows_and_constant_columns_read_back_as_given(tmp_path: Path) ->
         expected.append((i, 200 if i < 30 else 404, None if i < 40 else "n", gaps))
     with pytest.raises(TypeError):
         writer.add_row_stamped(_row(50, 200, None, 0.0), [1.0, "late"])  # type: ignore[list-item]
+    with pytest.raises(OverflowError):  # what array("d") raises for it, as before the packed copy
+        writer.add_row_stamped(_row(50, 200, None, 0.0), [1.0, 2**1100])
     assert writer.rows == 50  # the odd row queued nothing
-    table = pq.read_table(writer.commit())
+    path = writer.commit()
+    table = pq.read_table(path)
+    # Floats (times, gaps: nearly all distinct) are stored plain, labels and counts with a dictionary.
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(k).path_in_schema: group.column(k).encodings for k in range(group.num_columns)}
+    assert "RLE_DICTIONARY" not in encodings["send_lag_s"] and "RLE_DICTIONARY" in encodings["note"]
     got = list(zip(table["request_id"].to_pylist(), table["http_status"].to_pylist(), table["note"].to_pylist(),
                    table["itl_s"].to_pylist(), strict=True))
     assert got == expected
