@@ -160,10 +160,12 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
     left, top, w, h = box
     small = _font(13)
     draw.text((left + w // 2, top - 6), _fit(p.title), fill=_TEXT, font=_font(16), anchor="ms")
-    xs = [x for m in p.marks for x in m.xs if x is not None]
-    ys = [y for m in p.marks for y in m.ys if y is not None]
-    if p.hline is not None:
-        ys.append(p.hline[0])
+    xs = [x for m in p.marks for x in m.xs if x is not None and math.isfinite(x)]
+    ys = [y for m in p.marks for y in m.ys if y is not None and math.isfinite(y)]
+    hline = p.hline if p.hline is not None and _finite(p.hline[0]) else None
+    band = p.band if p.band is not None and _finite(p.band[0]) and _finite(p.band[1]) else None
+    if hline is not None:
+        ys.append(hline[0])
     radius = max((size / 2 for m in p.marks if isinstance(m, Points) for size in m.sizes), default=4.5)
     texts = any(isinstance(m, Bars) or (isinstance(m, Points) and m.labels) for m in p.marks)
     # About one tick per 80 px across (the labels are wider) and one per 50 px up, as plotly spaces them.
@@ -174,8 +176,8 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
         v = fy_up(y)
         return top + h - (v if v is not None else 0.0)
 
-    if p.band is not None:
-        y0, y1, colour, label = p.band
+    if band is not None:
+        y0, y1, colour, label = band
         draw.rectangle([left, fy(y1), left + w, fy(y0)], fill=colour)
         draw.text((left + w - 4, fy(y0) - 4), _fit(label), fill=_TEXT, font=_font(11), anchor="rs")
     x_labels = p.x.tick_text or [_tick_text(t, p.x) for t in x_ticks]
@@ -202,8 +204,8 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
     draw.text((left + w // 2, top + h + (54 if p.x.groups else 42)), _fit(p.x.title), fill=_TEXT, font=_font(16),
               anchor="ms")
     _vertical_text(img, _fit(p.y.title), left - 20 - int(label_w), top + h // 2)
-    if p.hline is not None:
-        value, label, colour = p.hline
+    if hline is not None:
+        value, label, colour = hline
         y = fy(value)
         for x in range(left, left + w, 12):
             draw.line([(x, y), (min(x + 6, left + w), y)], fill=colour, width=2)
@@ -221,7 +223,7 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
 def _draw_mark(draw: ImageDraw.ImageDraw, mark: Line | Points | Bars, fx: Callable[[float], float | None],
                fy: Callable[[float], float]) -> None:
     if isinstance(mark, Line):
-        points = [None if y is None or (px := fx(x)) is None else (px, fy(y))
+        points = [None if y is None or not (_finite(x) and _finite(y)) or (px := fx(x)) is None else (px, fy(y))
                   for x, y in zip(mark.xs, mark.ys, strict=True)]
         for a, b in itertools.pairwise(points):  # a missing value breaks the line, as in plotly
             if a is not None and b is not None:
@@ -232,7 +234,7 @@ def _draw_mark(draw: ImageDraw.ImageDraw, mark: Line | Points | Bars, fx: Callab
     elif isinstance(mark, Points):
         fill = over_white(mark.colour, mark.opacity)
         for k, (x, y, size) in enumerate(zip(mark.xs, mark.ys, mark.sizes, strict=True)):
-            px = fx(x)
+            px = fx(x) if _finite(x) and _finite(y) and _finite(size) else None
             if px is None:
                 continue
             r = size / 2
@@ -241,7 +243,7 @@ def _draw_mark(draw: ImageDraw.ImageDraw, mark: Line | Points | Bars, fx: Callab
                 draw.text((px, fy(y) - r - 2), _fit(mark.labels[k]), fill=_TEXT, font=_font(12), anchor="ms")
     else:
         for x, y, text, opacity in zip(mark.xs, mark.ys, mark.texts, mark.opacities, strict=True):
-            px, x_next = fx(x), fx(x + 1)
+            px, x_next = (fx(x), fx(x + 1)) if _finite(x) and _finite(y) else (None, None)
             if px is None or x_next is None:
                 continue
             half = (x_next - px) * 0.4
@@ -282,6 +284,11 @@ def _scale(axis: Axis, values: list[float], lo_px: float, hi_px: float,
         return lo_px + (v - lo) / (hi - lo) * (hi_px - lo_px)
 
     return f, [t for t in ticks if lo - 1e-9 <= (math.log10(t) if axis.log and t > 0 else t) <= hi + 1e-9]
+
+
+def _finite(v: float | None) -> bool:
+    """A value drawn: missing, NaN and infinite values are gaps, as in plotly."""
+    return v is not None and math.isfinite(v)
 
 
 def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, symbol: str, colour: str, size: float) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image
 
-from fmbench.report.chart_png import Axis, Bars, Chart, Panel, Points, draw_chart
+from fmbench.report.chart_png import Axis, Bars, Chart, Line, Panel, Points, draw_chart
 from fmbench.report.figures import _series_figure
 
 
@@ -65,3 +65,18 @@ def test_bars_and_points_are_drawn_to_scale_with_their_labels(tmp_path: Path) ->
     big = [x for x, _ in orange if x > 940]  # x = 2 of 0..2 in the right panel (610..1070 px)
     small = [x for x, _ in orange if x <= 940]
     assert len(big) > 4 * len(small) > 0  # the 30-px marker right of the 10-px one, with 9 times its area
+
+
+def test_missing_and_non_finite_values_are_gaps_not_failures(tmp_path: Path) -> None:
+    # A NaN or infinite metric (or a missing one) must not cost the report its PNGs: plotly leaves a gap.
+    nan, inf = float("nan"), float("inf")
+    panel = Panel("p", Axis("x"), Axis("y", from_zero=True),
+                  marks=[Line("#0072B2", [1.0, 2.0, 3.0, 4.0], [1.0, nan, None, inf], ["circle"] * 4),
+                         Points("#E69F00", [nan, 2.0], [1.0, 2.0], [10.0, 10.0]),
+                         Bars("#009E73", [0.0], [nan], ["$nan"], [1.0])],
+                  hline=(nan, "SLO", "#B22222"))
+    draw_chart(Chart("gaps", [panel], (600, 400)), tmp_path / "g.png")
+    with Image.open(tmp_path / "g.png") as img:
+        assert img.size == (600, 400)
+        assert _pixels(img, (0x00, 0x72, 0xB2)) and _pixels(img, (0xE6, 0x9F, 0x00))  # the finite points
+        assert not _pixels(img, (0xB2, 0x22, 0x22))  # no SLO line at NaN
