@@ -1,5 +1,5 @@
 """Static PNG export of plotly figures in a child process with a deadline (the report's figures
-and the regression check's trend plots).
+that Pillow does not draw, and the regression check's trend plots).
 
 kaleido drives a headless Chromium; when that browser stalls, kaleido's synchronous API waits
 forever. Running the export in its own process group lets the report give up after a bounded
@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
 import orjson
-import psutil
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -134,6 +133,8 @@ class PngExporter:
         if proc is None:
             return
         if proc.poll() is None:
+            import psutil  # here: most reports start no browser, and psutil takes 0.05 s to import
+
             # choreographer starts the browser in a session of its own, out of the child's process
             # group: it is found among the child's descendants, or it would outlive the export.
             try:

@@ -49,12 +49,43 @@ def render_report(run_url: str, png: bool = True) -> ReportPaths:
     from fmbench.png import PngExporter
 
     with contextlib.ExitStack() as stack:
-        # The browser starts first: Chromium's start overlaps importing the report's modules (over a
-        # second, one core) as well as reading and summarising the records.
-        exporter = stack.enter_context(PngExporter()) if png else None
+        # A browser a report needs starts first: Chromium's start overlaps importing the report's
+        # modules (over a second, one core) as well as reading and summarising the records. Most
+        # reports need none (Pillow draws their PNGs), and Chromium's start would take CPU from them.
+        exporter = stack.enter_context(PngExporter()) if png and _needs_browser(run_url) else None
         from fmbench.report.render import render_run_report
 
-        return render_run_report(run_url, exporter)
+        return render_run_report(run_url, exporter, png)
+
+
+def _needs_browser(run_url: str) -> bool:
+    """Whether the run's report has PNGs only a browser draws (a cheap look at a few files, before the
+    report's imports): the endpoint timeline, answer quality, the regression check's trend plots.
+    When in doubt (a remote run directory: its storage layer imports polars), yes; a browser the
+    report turns out to need is started then, only later."""
+    import json
+    from pathlib import Path
+
+    if "://" in run_url:
+        return True
+    root = Path(run_url)
+
+    def read(name: str) -> str:
+        return (root / name).read_text() if (root / name).is_file() else ""
+
+    try:
+        manifest = json.loads(read("manifest.json") or "{}")
+        regression = json.loads(read("regression.json") or "{}")
+        config = read("config.yml")
+    except (ValueError, OSError):
+        return True
+    endpoints = manifest.get("endpoints") if isinstance(manifest, dict) else None
+    if isinstance(endpoints, dict) and any(isinstance(t, dict) and t.get("created_at") for t in endpoints.values()):
+        return True
+    if "evaluation" in config or (root / "evaluation").exists():
+        return True
+    return (isinstance(regression, dict) and len(regression.get("trend_runs") or []) >= 2
+            and not regression.get("plots") and not regression.get("plot_error"))
 
 
 class _CallableReport(types.ModuleType):

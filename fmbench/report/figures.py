@@ -17,6 +17,8 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
+from fmbench.report.chart_png import Axis, Bars, Chart, Line, Panel, Points, draw_chart, over_white
+
 #: Colour-blind-friendly first, then the usual D3 colours.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
            "#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F"]
@@ -137,22 +139,39 @@ def _hover(row: dict[str, Any]) -> str:
     return f"{row['experiment']}<br>{slo}{valid}"
 
 
+_SLO_RED = "#B22222"
+_PILLOW = " The PNG is drawn from the same numbers with Pillow, not by the browser; report.html has the interactive figure."
+
+
+def _size(fig: go.Figure) -> tuple[int, int]:
+    return int(fig.layout.width), int(fig.layout.height)
+
+
 def _series_figure(metrics: pl.DataFrame, colours: dict[str, str], *, stem: str, title: str, caption: str,
                    y: str, y_title: str, scale: float = 1.0, slo_value: float | None = None,
                    slo_label: str = "", y_percent: bool = False) -> Figure:
     panels = _panels(metrics)
     fig, cols = _grid(panels, title)
     shown: set[str] = set()
+    many = len({d for d, _ in panels}) > 1
+    drawn: list[Panel] = []  # the same points for the PNG, drawn with Pillow (`chart_png`)
     for i, (dataset, bucket) in enumerate(panels):
         row, col = _rc(i, cols)
         part = metrics.filter((pl.col("dataset") == dataset) & (pl.col("bucket") == bucket))
         xcol, xtitle = _load_axis(part)
+        x_axis = _log_axis([float(v) for v in part[xcol].drop_nulls()])
+        panel = Panel(_panel_title(dataset, bucket, many),
+                      Axis(xtitle, log=x_axis.get("type") == "log", ticks=x_axis.get("tickvals")),
+                      Axis(y_title, from_zero=True, percent=y_percent),
+                      hline=None if slo_value is None else (slo_value * scale, slo_label, _SLO_RED))
+        drawn.append(panel)
         for exp in sorted(set(part["experiment"].to_list())):
             rows = part.filter(pl.col("experiment") == exp).sort(xcol).to_dicts()
             xs = [r[xcol] for r in rows]
             ys = [None if r.get(y) is None else r[y] * scale for r in rows]
             symbols = ["x" if r.get("valid") is False else "circle" if r.get("meets_slo") else "circle-open"
                        for r in rows]
+            panel.marks.append(Line(colours[exp], xs, ys, symbols))
             fig.add_trace(go.Scatter(
                 x=xs, y=ys, mode="lines+markers", name=exp, legendgroup=exp, showlegend=exp not in shown,
                 line={"color": colours[exp], "width": 2}, marker={"size": 9, "symbol": symbols, "color": colours[exp]},
@@ -163,10 +182,11 @@ def _series_figure(metrics: pl.DataFrame, colours: dict[str, str], *, stem: str,
             fig.add_hline(y=slo_value * scale, line={"color": "#B22222", "dash": "dash", "width": 1.5},
                           annotation_text=slo_label, annotation_position="top left",
                           annotation_font={"color": "#B22222", "size": 11}, row=row, col=col)
-        fig.update_xaxes(title_text=xtitle, row=row, col=col, **_log_axis([float(v) for v in part[xcol].drop_nulls()]))
+        fig.update_xaxes(title_text=xtitle, row=row, col=col, **x_axis)
         fig.update_yaxes(title_text=y_title, row=row, col=col, rangemode="tozero",
                          tickformat=".0%" if y_percent else None)
-    return Figure(stem, title, caption, fig)
+    chart = Chart(title, drawn, _size(fig), legend=[(exp, colours[exp], "circle") for exp in sorted(shown)])
+    return Figure(stem, title, caption + _PILLOW, fig, png=functools.partial(draw_chart, chart))
 
 
 def build_figures(metrics: pl.DataFrame, sample: pl.DataFrame | None, slo: Any,
@@ -227,12 +247,15 @@ def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Fig
     if ok.is_empty():
         return None
     fig = new_figure()
+    panel = Panel("", Axis("prompt tokens"), Axis("latency (s)", from_zero=True))
     for exp in sorted(set(ok["experiment"].to_list())):
         part = ok.filter(pl.col("experiment") == exp)
+        xs, ys = part["input_tokens"].to_list(), part["latency_s"].to_list()
         fig.add_trace(go.Scatter(
-            x=part["input_tokens"].to_list(), y=part["latency_s"].to_list(), mode="markers", name=exp,
+            x=xs, y=ys, mode="markers", name=exp,
             marker={"color": colours.get(exp, "#333333"), "size": 5, "opacity": 0.55}, legendgroup=exp,
         ))
+        panel.marks.append(Points(colours.get(exp, "#333333"), xs, ys, [5.0] * len(xs), opacity=0.55))
     title = "Prompt length vs end-to-end latency (successful requests)"
     fig.update_layout(
         title={"text": title, "x": 0.01}, font=_FONT, height=520, width=1100,
@@ -240,8 +263,11 @@ def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Fig
         margin={"l": 70, "r": 30, "t": 80, "b": 60},
     )
     fig.update_yaxes(rangemode="tozero")
+    chart = Chart(title, [panel], _size(fig), margins=(70, 80, 30, 60),
+                  legend=[(exp, colours.get(exp, "#333333"), "dot") for exp in sorted(set(ok["experiment"].to_list()))])
     return Figure("prompt_tokens_vs_latency", title,
-                  f"One point per request (a deterministic sample of at most {len(ok):,} points); all loads.", fig)
+                  f"One point per request (a deterministic sample of at most {len(ok):,} points); all loads." + _PILLOW,
+                  fig, png=functools.partial(draw_chart, chart))
 
 
 def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: float | None) -> Figure:
@@ -251,14 +277,23 @@ def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: flo
     fig, cols = _grid(panels, title)
     tpm_max = max([v for v in priced["transactions_per_min"].to_list() if v] or [1.0])
     shown: set[str] = set()
+    many = len({d for d, _ in panels}) > 1
+    drawn: list[Panel] = []
     for i, (dataset, bucket) in enumerate(panels):
         row, col = _rc(i, cols)
         part = priced.filter((pl.col("dataset") == dataset) & (pl.col("bucket") == bucket))
+        panel = Panel(_panel_title(dataset, bucket, many),
+                      Axis("cost per 10k transactions (USD)", from_zero=True, prefix="$"),
+                      Axis("p95 latency (s)", from_zero=True),
+                      band=(0.0, lat_slo, over_white("#2E8B57", 0.10), "meets p95 latency SLO") if lat_slo else None)
+        drawn.append(panel)
         for exp in sorted(set(part["experiment"].to_list())):
             rows = part.filter(pl.col("experiment") == exp).sort("concurrency").to_dicts()
             sizes = [10 + 40 * math.sqrt((r.get("transactions_per_min") or 0.0) / tpm_max) for r in rows]
             labels = [f"{r['request_rate']:g}/s" if r.get("request_rate") is not None else f"c={r['concurrency']}"
                       for r in rows]
+            panel.marks.append(Points(colours[exp], [r["cost_per_10k_txn"] for r in rows],
+                                      [r["latency_p95_s"] for r in rows], sizes, 0.7, labels, outline="#FFFFFF"))
             fig.add_trace(go.Scatter(
                 x=[r["cost_per_10k_txn"] for r in rows], y=[r["latency_p95_s"] for r in rows],
                 mode="markers+text", text=labels, textposition="top center", name=exp, legendgroup=exp,
@@ -276,8 +311,9 @@ def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: flo
                          row=row, col=col)
         fig.update_yaxes(title_text="p95 latency (s)", rangemode="tozero", row=row, col=col)
     caption = ("Bottom-left is better. Bubble area grows with transactions/min; labels give the load. "
-               "The green band is where p95 latency meets its SLO (other SLOs are in the tables).")
-    return Figure("price_performance", title, caption, fig)
+               "The green band is where p95 latency meets its SLO (other SLOs are in the tables)." + _PILLOW)
+    chart = Chart(title, drawn, _size(fig), legend=[(exp, colours[exp], "dot") for exp in sorted(shown)])
+    return Figure("price_performance", title, caption, fig, png=functools.partial(draw_chart, chart))
 
 
 def _cost_bars(data: pl.DataFrame, colours: dict[str, str]) -> Figure:
@@ -286,13 +322,28 @@ def _cost_bars(data: pl.DataFrame, colours: dict[str, str]) -> Figure:
     title = "Cost per 10k transactions by experiment and load"
     fig, cols = _grid(panels, title)
     shown: set[str] = set()
+    many = len({d for d, _ in panels}) > 1
+    drawn: list[Panel] = []
     for i, (dataset, bucket) in enumerate(panels):
         row, col = _rc(i, cols)
         part = priced.filter((pl.col("dataset") == dataset) & (pl.col("bucket") == bucket))
+        # Categories as plotly's two-level axis places them: each experiment's loads side by side.
+        ticks: list[float] = []
+        tick_text: list[str] = []
+        groups: list[tuple[float, float, str]] = []
+        bars: list[Bars | Line | Points] = []
         for exp in sorted(set(part["experiment"].to_list())):
             rows = part.filter(pl.col("experiment") == exp).sort(["concurrency", "request_rate"]).to_dicts()
             labels = [f"{r['request_rate']:g}/s" if r.get("request_rate") is not None else f"c={r['concurrency']}"
                       for r in rows]
+            at = [float(len(ticks) + k) for k in range(len(rows))]
+            if rows:
+                ticks += at
+                tick_text += labels
+                groups.append((at[0], at[-1], exp))
+            bars.append(Bars(colours[exp], at, [r["cost_per_10k_txn"] for r in rows],
+                                    [f"${r['cost_per_10k_txn']:,.2f}" for r in rows],
+                                    [1.0 if r.get("meets_slo") else 0.35 for r in rows]))
             fig.add_trace(go.Bar(
                 x=[[exp] * len(rows), labels], y=[r["cost_per_10k_txn"] for r in rows], name=exp,
                 legendgroup=exp, showlegend=exp not in shown, marker_color=colours[exp],
@@ -304,8 +355,12 @@ def _cost_bars(data: pl.DataFrame, colours: dict[str, str]) -> Figure:
         fig.update_yaxes(title_text="cost per 10k transactions (USD)", tickprefix="$", rangemode="tozero",
                          row=row, col=col)
         fig.update_xaxes(title_text="experiment / load", row=row, col=col)
-    caption = "Solid bars meet every SLO; faded bars miss at least one."
-    return Figure("cost_per_10k_by_experiment", title, caption, fig)
+        drawn.append(Panel(_panel_title(dataset, bucket, many),
+                           Axis("experiment / load", ticks=ticks, tick_text=tick_text, groups=groups),
+                           Axis("cost per 10k transactions (USD)", from_zero=True, prefix="$"), marks=bars))
+    caption = "Solid bars meet every SLO; faded bars miss at least one." + _PILLOW
+    chart = Chart(title, drawn, _size(fig), legend=[(exp, colours[exp], "square") for exp in sorted(shown)])
+    return Figure("cost_per_10k_by_experiment", title, caption, fig, png=functools.partial(draw_chart, chart))
 
 
 _PHASE_COLOURS = {"deploying": "#9E9E9E", "idle": "#D55E00"}

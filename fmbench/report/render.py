@@ -1,8 +1,10 @@
 """Write a report (report.md, report.html, plots/*.png) for one run, from its run directory.
 
 The Markdown renders on GitHub (relative ``plots/x.png`` images); the HTML is self-contained
-(plotly.js inlined, no network access) with interactive figures. PNGs are exported with kaleido,
-which drives Chromium; when that fails the report still renders and says why the plots are missing.
+(plotly.js inlined, no network access) with interactive figures. Most PNGs are drawn with Pillow
+in a child process (`png_worker`); the endpoint timeline, the answer-quality plot and the trend
+plots are exported with kaleido, which drives Chromium. When either fails the report still renders
+and says why the plots are missing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import json
+import pickle
 import re
 import tempfile
 from collections.abc import Callable
@@ -29,9 +32,10 @@ from fmbench import storage
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
-from fmbench.png import PngExporter
+from fmbench.png import PngExporter, export_timeout_s
 from fmbench.regression import pending_trend_plots, record_trend_plots, store_trend_pngs
 from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
+from fmbench.report.png_worker import PngWorker
 from fmbench.report.quality import QualityView, quality_figure, quality_view, with_accuracy
 from fmbench.report.request_figures import itl_figure, timeline_figures
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
@@ -348,79 +352,134 @@ def _recommendation_items(recs: list[Recommendation]) -> list[dict[str, str]]:
 def render(inp: ReportInput, output: str, exporter: PngExporter | None = None, png: bool = True) -> ReportPaths:
     """Write report.md, report.html and plots/ for ``inp`` under ``output`` (local path or s3://).
 
-    ``exporter``: a `PngExporter` started earlier (its browser starts while the caller loads the
-    data); by default one is started here. Either way it is closed before this returns.
-    ``png=False`` writes no PNGs (and starts no browser); the report says they were not asked for.
+    Most PNGs are drawn here with Pillow; the figures that are not (and the regression check's trend
+    plots) go to a browser: ``exporter``, a `PngExporter` started earlier (its browser starts while
+    the caller loads the data), else one started here when such a figure exists. Either way it is
+    closed before this returns. ``png=False`` writes no PNGs (and starts no browser); the report says
+    they were not asked for.
     """
     with contextlib.ExitStack() as stack:
-        if png:
-            exporter = stack.enter_context(exporter or PngExporter())
-        elif exporter is not None:
+        if exporter is not None:
             stack.enter_context(exporter)
-            exporter = None
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fmbench-plots-")))
-        return _render(inp, output, exporter, tmp)
+
+        def browser() -> PngExporter:
+            return exporter if exporter is not None else stack.enter_context(PngExporter())
+
+        # The Pillow PNGs are drawn in a child (the other core) while this process builds the report.
+        worker = stack.enter_context(PngWorker()) if png else None
+        return _render(inp, output, browser if png else None, worker, tmp)
 
 
-def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Path) -> ReportPaths:
+def _render(inp: ReportInput, output: str, browser: Callable[[], PngExporter] | None, worker: PngWorker | None,
+            tmp: Path) -> ReportPaths:
     recs = recommend(inp.metrics, inp.slo)
     colours = colour_map(inp.metrics["experiment"].to_list())
-    figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
-    figs, fig_notes = _request_figures(inp, figs, fig_notes)
-    timelines_at = len(figs)  # the request timelines go here; built once the browser has its figures
+    # Figures only a browser draws are built first, so that it has them at once; then the request
+    # timelines, the longest PNGs to draw, go to the worker before the other figures are built.
+    extra: list[Figure] = []
+    extra_notes: list[str] = []
     if inp.quality is not None:
         qfig = quality_figure(inp.metrics, inp.quality, colours)
         if qfig is not None:
-            figs.append(qfig)
+            extra.append(qfig)
         else:
-            fig_notes.append("answer quality vs cost: no evaluated experiment has both an accuracy and a cost")
+            extra_notes.append("answer quality vs cost: no evaluated experiment has both an accuracy and a cost")
     timeline_fig = endpoint_timeline_figure(inp.timelines or {}, inp.run_end, colours)
     if timeline_fig is not None:
-        figs.append(timeline_fig)
-    png_error: str | None = None if exporter is not None else "PNG export skipped (--no-png)"
-    trend = inp.trend[1] if inp.trend is not None and exporter is not None else []
+        extra.append(timeline_fig)
+    png_error: str | None = None if browser is not None else "PNG export skipped (--no-png)"
+    trend = inp.trend[1] if inp.trend is not None and browser is not None else []
     trend_local = [tmp / "trend" / Path(rel).name for rel, _ in trend]
-    if exporter is not None:  # the child renders the PNGs while the HTML's figures are built
+    exporter: PngExporter | None = None
+    if browser is not None:  # the child renders its PNGs while the HTML's figures are built
         try:
             (tmp / "trend").mkdir()
-            browser = [f for f in figs if f.png is None]
-            exporter.submit([f.figure for f in browser] + [fig for _, fig in trend],
-                            [tmp / f"{f.stem}.png" for f in browser] + trend_local,
-                            [f.size() for f in browser]
-                            + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
+            drawn_by_browser = [f for f in extra if f.png is None]
+            if drawn_by_browser or trend:
+                exporter = browser()
+                exporter.submit([f.figure for f in drawn_by_browser] + [fig for _, fig in trend],
+                                [tmp / f"{f.stem}.png" for f in drawn_by_browser] + trend_local,
+                                [f.size() for f in drawn_by_browser]
+                                + [(int(fig.layout.width or 900), int(fig.layout.height or 450)) for _, fig in trend])
         except (RuntimeError, OSError) as exc:
             png_error = _png_failure(exc)
     if inp.later is not None:
         inp = dataclasses.replace(inp, later=None, **inp.later())
     timelines = timeline_figures(inp.request_spans)
+    png_error = png_error or _draw(worker, timelines, tmp)
+    figs, fig_notes = build_figures(inp.metrics, inp.sample, inp.slo, colours)
+    figs, fig_notes = _request_figures(inp, figs, fig_notes)
+    png_error = png_error or _draw(worker, figs + extra, tmp)
+    figs += timelines + extra
+    fig_notes += extra_notes
     if not timelines:
         fig_notes.append("request timelines: no per-request records (requests.parquet) to draw")
-    figs[timelines_at:timelines_at] = timelines
     html_parts: dict[str, Any] = {"plotlyjs": _plotlyjs(), "figure_divs": [_figure_div(f.figure, f"fig-{f.stem}") for f in figs]}
-    if png_error is None and exporter is not None:  # drawn here while the browser draws the others
-        for f in figs:
-            if f.png is not None:
-                try:
-                    f.png(tmp / f"{f.stem}.png")
-                except (OSError, ValueError) as exc:
-                    png_error = _png_failure(exc)
-                    break
-    plots: list[str] = []
-    trend_plots: list[str] = []
-    reason = png_error
-    if (figs or trend) and png_error is None and exporter is not None:
+
+    def finish_pngs() -> tuple[list[str], list[str], str | None]:
+        """Wait for the PNGs and store them: (report plots, trend plots, why they are missing)."""
+        if not (figs or trend) or png_error is not None or browser is None:
+            return [], [], png_error
         try:
-            exporter.wait()
-            plots = _store_pngs(figs, tmp, storage.join(output, "plots"))
-            trend_plots = store_trend_pngs(output, [(rel, p) for (rel, _), p in zip(trend, trend_local, strict=True)])
+            if worker is not None:
+                worker.wait(export_timeout_s())
+            if exporter is not None:
+                exporter.wait()
+            return (_store_pngs(figs, tmp, storage.join(output, "plots")),
+                    store_trend_pngs(output, [(rel, p) for (rel, _), p in zip(trend, trend_local, strict=True)]), None)
         except (TimeoutError, RuntimeError, OSError) as exc:
-            reason = _png_failure(exc)
+            return [], [], _png_failure(exc)
+
     changes_md = inp.changes_md
     if trend and inp.trend is not None:  # the trend plots, or why they are missing, into regression.json/.md
+        plots, trend_plots, reason = finish_pngs()
         changes_md = record_trend_plots(output, inp.trend[0], trend_plots, reason)
     html_parts["changes_html"] = _changes_html(changes_md, output)
+    ctx = _context(inp, recs, colours, figs, fig_notes, changes_md)
+    if trend:
+        markdown, html = _documents(ctx, html_parts, figs, plots, reason)
+    else:
+        # Written as if every PNG arrives, while the child still draws them; again if one does not.
+        markdown, html = _documents(ctx, html_parts, figs, figs if png_error is None else [], png_error)
+        plots, _, reason = finish_pngs()
+        if reason != png_error:
+            markdown, html = _documents(ctx, html_parts, figs, plots, reason)
+    md_url = storage.join(output, "report.md")
+    html_url = storage.join(output, "report.html")
+    storage.write_text(md_url, markdown)
+    storage.write_text(html_url, html)
+    return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
+                       metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
+                       plots_missing_reason=reason)
+
+
+def _draw(worker: PngWorker | None, figs: list[Figure], tmp: Path) -> str | None:
+    """Send the figures Pillow draws to ``worker``; why the PNGs will be missing, or None."""
+    if worker is None:
+        return None
+    try:
+        worker.submit([(f.png, tmp / f"{f.stem}.png") for f in figs if f.png is not None])
+    except (RuntimeError, OSError, TypeError, AttributeError, pickle.PicklingError) as exc:
+        return _png_failure(exc)
+    return None
+
+
+def _documents(ctx: dict[str, Any], html_parts: dict[str, Any], figs: list[Figure], plots: list[Any],
+               reason: str | None) -> tuple[str, str]:
+    """report.md and report.html, with the PNGs when ``plots`` is not empty, else ``reason`` they are missing."""
+    ctx = dict(ctx, plots_missing_reason=reason,
+               figures=[{"stem": f.stem, "title": f.title, "caption": f.caption,
+                         "png": f"plots/{f.stem}.png" if plots else None} for f in figs])
+    env = _env()
+    return (env.get_template("report.md.j2").render(**ctx),
+            env.get_template("report.html.j2").render(**dict(ctx, **html_parts)))
+
+
+def _context(inp: ReportInput, recs: list[Recommendation], colours: dict[str, str], figs: list[Figure],
+             fig_notes: list[str], changes_md: str | None) -> dict[str, Any]:
     cost_rows, cost_total = _cost_rows(_with_judge_costs(inp.bench_cost, inp.quality))
-    ctx = {
+    return {
         "title": inp.title,
         "description": inp.description,
         "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -434,10 +493,7 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
         "cost_total": cost_total,
         "timeline_rows": timeline_rows(inp.timelines or {}, inp.run_end),
         "buckets": _bucket_sections(inp.metrics),
-        "figures": [{"stem": f.stem, "title": f.title, "caption": f.caption,
-                     "png": f"plots/{f.stem}.png" if plots else None} for f in figs],
         "figure_notes": fig_notes,
-        "plots_missing_reason": reason,
         "error_rows": _error_rows(inp.errors),
         "resend_rows": _resend_rows(inp.metrics),
         "repro": [_repro(r) for r in inp.runs],
@@ -448,17 +504,6 @@ def _render(inp: ReportInput, output: str, exporter: PngExporter | None, tmp: Pa
         "quality": inp.quality,
         **_detail_context(inp),
     }
-    env = _env()
-    markdown = env.get_template("report.md.j2").render(**ctx)
-    html_ctx = dict(ctx, **html_parts)
-    html = env.get_template("report.html.j2").render(**html_ctx)
-    md_url = storage.join(output, "report.md")
-    html_url = storage.join(output, "report.html")
-    storage.write_text(md_url, markdown)
-    storage.write_text(html_url, html)
-    return ReportPaths(markdown=md_url, html=html_url, metrics_csv=storage.join(output, "metrics.csv"),
-                       metrics_parquet=storage.join(output, "metrics.parquet"), plots=plots,
-                       plots_missing_reason=reason)
 
 
 def _request_figures(inp: ReportInput, figs: list[Figure], notes: list[str]) -> tuple[list[Figure], list[str]]:
@@ -516,9 +561,11 @@ def _plotlyjs() -> str:
     return get_plotlyjs().replace("</script>", "<\\/script>")
 
 
-def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths:
-    """The report of one run directory (`fmbench.report.render_report`), its PNGs by ``exporter``
-    (started earlier; closed before this returns), none when it is None."""
+def render_run_report(run_url: str, exporter: PngExporter | None, png: bool | None = None) -> ReportPaths:
+    """The report of one run directory (`fmbench.report.render_report`): PNGs when ``png`` (by default
+    when ``exporter`` is given), those Pillow does not draw by ``exporter`` (started earlier; closed
+    before this returns) or by a browser started when one is needed."""
+    png = exporter is not None if png is None else png
     run = load_run(run_url)
     slo = run.cfg.slo if run.cfg else None
 
@@ -533,7 +580,7 @@ def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths
     if quality is not None and slo is not None:
         slo = slo.model_copy(update={"min_accuracy": quality.min_accuracy})
     # Before regression.md is read: when the trend plots cannot even be drawn, it is rewritten to say so.
-    trend = pending_trend_plots(run.url) if exporter is not None else None
+    trend = pending_trend_plots(run.url) if png else None
     inp = ReportInput(
         title=f"fmbench report: {run.name}",
         description=run.cfg.description if run.cfg else None,
@@ -543,7 +590,7 @@ def render_run_report(run_url: str, exporter: PngExporter | None) -> ReportPaths
         endpoint_rows=_endpoint_rows(run.url, run.metrics), timelines=run.endpoints, run_end=run.ended_at,
         itl_dist=itl_distribution(run.requests), trend=trend, later=later,
     )
-    return render(inp, run.url, exporter, png=exporter is not None)
+    return render(inp, run.url, exporter, png=png)
 
 
 #: CloudWatch metric -> (column, statistic, scale, format) for the endpoint metrics table.

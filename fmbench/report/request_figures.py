@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from fmbench.report.figures import _FONT, Figure, new_figure, report_template
+from fmbench.report import chart_png as chart
+from fmbench.report.figures import _FONT, _PILLOW, Figure, new_figure, report_template
 from fmbench.report.run import TIMELINE_SIZE
 from fmbench.report.timeline_png import Panel, draw_timeline
 
@@ -42,19 +43,29 @@ def itl_figure(dist: pl.DataFrame | None) -> Figure | None:
     rows = math.ceil(len(experiments) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=experiments, horizontal_spacing=0.08,
                         vertical_spacing=min(0.18, 0.5 / rows), figure=new_figure())
+    drawn: list[chart.Panel] = []
     for i, exp in enumerate(experiments):
         r, c = i // cols + 1, i % cols + 1
         part = dist.filter(pl.col("experiment") == exp)
+        # The PNG names each panel's loads in the panel (plotly's legend lists every experiment's loads).
+        panel = chart.Panel(exp, chart.Axis("inter-token latency (ms)", from_zero=True),
+                            chart.Axis("share of gaps ≤ x", percent=True, fixed=(0.0, 1.02)), legend=[])
+        drawn.append(panel)
         loads = part.select("concurrency", "request_rate", "gaps").unique().sort(
             ["request_rate", "concurrency"], nulls_last=False)
         for k, load in enumerate(loads.iter_rows(named=True)):
             line = part.filter((pl.col("concurrency") == load["concurrency"])
                                & (pl.col("request_rate").eq_missing(load["request_rate"]))).sort("q")
             label = _load_label(load["concurrency"], load["request_rate"])
+            shade = _SHADES[min(k, len(_SHADES) - 1)]
+            xs, ys = [v * 1000 for v in line["itl_s"].to_list()], [q / 100 for q in line["q"].to_list()]
+            panel.marks.append(chart.Line(shade, xs, list(ys)))
+            assert panel.legend is not None
+            panel.legend.append((label, shade))
             fig.add_trace(go.Scatter(
-                x=[v * 1000 for v in line["itl_s"].to_list()], y=[q / 100 for q in line["q"].to_list()],
+                x=xs, y=ys,
                 mode="lines", name=f"{exp} {label}", legendgroup=exp,
-                line={"color": _SHADES[min(k, len(_SHADES) - 1)], "width": 2},
+                line={"color": shade, "width": 2},
                 hovertemplate=f"{exp} {label}<br>%{{y:.0%}} of gaps ≤ %{{x:.1f}} ms"
                               f"<br>{load['gaps']:,} gaps<extra></extra>",
             ), row=r, col=c)
@@ -67,8 +78,9 @@ def itl_figure(dist: pl.DataFrame | None) -> Figure | None:
     caption = ("Each line pools every gap between consecutive streamed chunks of the successful measured "
                "requests at one load (all datasets and buckets); darker lines are higher loads. A chunk that "
                "carries several tokens is one gap (see tokens per chunk in the ITL table). Drawn exactly at "
-               "every percentile, not sampled.")
-    return Figure("itl_distribution", title, caption, fig)
+               "every percentile, not sampled." + _PILLOW)
+    png = chart.Chart(title, drawn, (1100, 140 + 360 * rows), margins=(70, 100, 30, 60))
+    return Figure("itl_distribution", title, caption, fig, png=partial(chart.draw_chart, png))
 
 
 def _segments(rows: list[dict[str, Any]], t0: float) -> dict[str, tuple[list[float | None], list[float | None]]]:

@@ -118,16 +118,33 @@ def test_existing_metrics_are_reused(rendered: tuple[Path, object]) -> None:
     assert data.metrics_computed is False and data.metrics.height == 12
 
 
+def test_report_pngs_are_drawn_without_a_browser(tmp_path: Path, no_png: None) -> None:
+    # Pillow draws every PNG of a run without endpoint timelines, answer quality or trend plots.
+    run = tmp_path / "run"
+    write_run(str(run))
+    paths = render_report(str(run))
+    assert paths.plots_missing_reason is None, paths.plots_missing_reason
+    assert sorted(Path(p).stem for p in paths.plots) == sorted(FIGURES)
+    for stem in FIGURES:
+        assert (run / "plots" / f"{stem}.png").read_bytes().startswith(PNG_MAGIC), stem
+
+
 def test_missing_png_export_still_renders_and_says_why(tmp_path: Path, no_png: None) -> None:
     run = tmp_path / "run"
     write_run(str(run))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["endpoints"] = {"sim-big": {  # an endpoint timeline: a figure only the browser draws
+        "experiment": "sim-big", "provider": "sagemaker", "endpoint_name": "fmbench-big-1",
+        "created_at": "2026-01-01T00:00:00+00:00", "in_service_at": "2026-01-01T00:05:00+00:00",
+        "deleted_at": "2026-01-01T01:00:00+00:00"}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
     paths = render_report(str(run))
     assert paths.plots == [] and "ChromeNotFoundError: No browser found" in (paths.plots_missing_reason or "")
     md = (run / "report.md").read_text()
     assert "Plots are missing from this Markdown report: PNG export failed (RuntimeError" in md
     assert "](plots/" not in md
     html = (run / "report.html").read_text()
-    assert "Static PNG plots are missing" in html and html.count('class="plotly-graph-div"') == len(FIGURES)
+    assert "Static PNG plots are missing" in html and html.count('class="plotly-graph-div"') == len(FIGURES) + 1
 
 
 def test_sparse_manifest_and_unpriced_run_still_render(tmp_path: Path, no_png: None) -> None:
