@@ -85,7 +85,8 @@ class Axis:
 @dataclass
 class Panel:
     """One panel: its title, axes, marks, an optional horizontal line (value, label, colour) and band
-    (y0, y1, colour, label), and a legend of its own (label, colour) for lines that differ by panel."""
+    (y0, y1, colour, label), and a legend of its own (label, colour) for lines that differ by panel,
+    drawn in the panel's bottom right corner."""
 
     title: str
     x: Axis
@@ -213,10 +214,18 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
     for mark in p.marks:
         _draw_mark(draw, mark, fx, fy)
     if p.legend:
-        ly = top + 10
-        for label, colour in p.legend:
-            draw.line([(left + 10, ly), (left + 34, ly)], fill=colour, width=3)
-            draw.text((left + 40, ly), _fit(label), fill=_TEXT, font=_font(12), anchor="lm")
+        # Bottom right, on white: the panel legend is the ITL CDF's, whose lines climb at the left and
+        # run along the top; the bottom right is where they never are.
+        font = _font(12)
+        texts = [_fit(label) for label, _ in p.legend]
+        box_w = 48 + max(int(font.getlength(t)) for t in texts)
+        box_h = 8 + 16 * len(texts)
+        x0, y0 = left + w - box_w - 8, top + h - box_h - 8
+        draw.rectangle([(x0, y0), (x0 + box_w, y0 + box_h)], fill="#FFFFFF", outline="#E5ECF6")
+        ly = y0 + 12
+        for text, (_, colour) in zip(texts, p.legend, strict=True):
+            draw.line([(x0 + 8, ly), (x0 + 32, ly)], fill=colour, width=3)
+            draw.text((x0 + 38, ly), text, fill=_TEXT, font=font, anchor="lm")
             ly += 16
 
 
