@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
 import orjson
+
+from fmbench.childproc import JobChild
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -50,12 +49,8 @@ class PngExporter:
     def __init__(self) -> None:
         if not os.environ.get("BROWSER_PATH") and Path(_CHROMIUM).exists():
             os.environ["BROWSER_PATH"] = _CHROMIUM  # kaleido/choreographer look for Chrome here first
-        self._tmp = tempfile.TemporaryDirectory(prefix="fmbench-png-")
-        self._proc: subprocess.Popen[str] | None = subprocess.Popen(
-            [sys.executable, "-m", "fmbench.png", "--serve"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )
+        # choreographer starts the browser in a session of its own: killed as a descendant.
+        self._child = JobChild("fmbench.png", ["--serve"], "fmbench-png-", descendants=True)
 
     def __enter__(self) -> Self:
         return self
@@ -75,25 +70,20 @@ class PngExporter:
         the caller goes on."""
         import plotly.graph_objects as go  # here, not at import: the exporter starts before plotly is loaded
 
-        proc = self._proc
-        if proc is None or proc.stdin is None:
+        child = self._child
+        if child.proc is None or child.proc.stdin is None:
             raise RuntimeError("PNG exporter already used or closed")
         jobs = []
         for i, (fig, path, (width, height)) in enumerate(zip(figures, paths, sizes, strict=True)):
-            spec = Path(self._tmp.name, f"{i}.json")
+            spec = child.tmp / f"{i}.json"
             if isinstance(fig, go.Figure):
                 spec.write_text(fig.to_json())
             else:
                 spec.write_bytes(orjson.dumps(fig))
             jobs.append({"figure": str(spec), "path": str(path), "width": width, "height": height})
-        manifest = Path(self._tmp.name, "jobs.json")
+        manifest = child.tmp / "jobs.json"
         manifest.write_text(json.dumps(jobs))
-        try:
-            proc.stdin.write(f"{manifest}\n")
-            proc.stdin.close()
-        except BrokenPipeError:  # the child already failed; wait() reports why
-            pass
-        proc.stdin = None
+        child.send(str(manifest), last=True)
 
     def wait(self, timeout_s: float | None = None) -> None:
         """Wait until the submitted figures are written (by default within `export_timeout_s`).
@@ -103,60 +93,14 @@ class PngExporter:
             RuntimeError: the export failed (or the browser did not start); the message carries
                 the child's last error line.
         """
-        proc = self._proc
-        if proc is None:
+        if self._child.proc is None:
             raise RuntimeError("PNG exporter already used or closed")
         timeout_s = export_timeout_s() if timeout_s is None else timeout_s
-        try:
-            _, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self._kill()
-            self._proc = None
-            raise TimeoutError(f"PNG export did not finish within {timeout_s:g} s (browser stalled)") from None
-        finally:
-            if proc.poll() is None:  # interrupted while waiting: take the browser down too
-                self._kill()
-        self._proc = None
-        if proc.returncode != 0:
-            last = [ln for ln in (stderr or "").strip().splitlines() if ln.strip()][-1:] or [f"exit {proc.returncode}"]
-            raise RuntimeError(last[0][:300])
+        self._child.wait(timeout_s, f"PNG export did not finish within {timeout_s:g} s (browser stalled)")
 
     def close(self) -> None:
         """Stop the child (and its browser) if it is still running; remove the job files."""
-        if self._proc is not None:
-            self._kill()
-            self._proc = None
-        self._tmp.cleanup()
-
-    def _kill(self) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            import psutil  # here: most reports start no browser, and psutil takes 0.05 s to import
-
-            # choreographer starts the browser in a session of its own, out of the child's process
-            # group: it is found among the child's descendants, or it would outlive the export.
-            try:
-                tree = psutil.Process(proc.pid).children(recursive=True)
-            except psutil.Error:
-                tree = []
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            for p in tree:
-                try:
-                    p.kill()
-                except psutil.Error:
-                    pass
-        proc.wait()
-        for stream in (proc.stdin, proc.stderr):
-            if stream is not None and not stream.closed:
-                try:
-                    stream.close()
-                except BrokenPipeError:
-                    pass
+        self._child.close()
 
 
 def export_pngs(figures: list[go.Figure], paths: list[Path], sizes: list[tuple[int, int]],

@@ -217,13 +217,13 @@ def _draw_panel(img: Image.Image, draw: ImageDraw.ImageDraw, p: Panel, box: tupl
         # Bottom right, on white: the panel legend is the ITL CDF's, whose lines climb at the left and
         # run along the top; the bottom right is where they never are.
         font = _font(12)
-        texts = [_fit(label) for label, _ in p.legend]
-        box_w = 48 + max(int(font.getlength(t)) for t in texts)
-        box_h = 8 + 16 * len(texts)
+        entries = [_fit(label) for label, _ in p.legend]
+        box_w = 48 + max(int(font.getlength(t)) for t in entries)
+        box_h = 8 + 16 * len(entries)
         x0, y0 = left + w - box_w - 8, top + h - box_h - 8
         draw.rectangle([(x0, y0), (x0 + box_w, y0 + box_h)], fill="#FFFFFF", outline="#E5ECF6")
         ly = y0 + 12
-        for text, (_, colour) in zip(texts, p.legend, strict=True):
+        for text, (_, colour) in zip(entries, p.legend, strict=True):
             draw.line([(x0 + 8, ly), (x0 + 32, ly)], fill=colour, width=3)
             draw.text((x0 + 38, ly), text, fill=_TEXT, font=font, anchor="lm")
             ly += 16

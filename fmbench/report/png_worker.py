@@ -8,15 +8,13 @@ the child's temporary directory, one batch per line on its stdin.
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Self
+
+from fmbench.childproc import JobChild
 
 #: A PNG job: a function that writes the PNG to the path it is given, and that path.
 Job = tuple[Callable[[Path], None], Path]
@@ -29,13 +27,8 @@ class PngWorker:
     """
 
     def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="fmbench-draw-")
+        self._child = JobChild("fmbench.report.png_worker", [], "fmbench-draw-")
         self._batches = 0
-        self._proc: subprocess.Popen[str] | None = subprocess.Popen(
-            [sys.executable, "-m", "fmbench.report.png_worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )
 
     def __enter__(self) -> Self:
         return self
@@ -49,19 +42,15 @@ class PngWorker:
         Raises:
             RuntimeError: the worker was already waited for or closed.
         """
-        proc = self._proc
-        if proc is None or proc.stdin is None:
+        child = self._child
+        if child.proc is None or child.proc.stdin is None:
             raise RuntimeError("PNG worker already used or closed")
         if not jobs:
             return
         self._batches += 1
-        batch = Path(self._tmp.name, f"{self._batches}.pickle")
+        batch = child.tmp / f"{self._batches}.pickle"
         batch.write_bytes(pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL))
-        try:
-            proc.stdin.write(f"{batch}\n")
-            proc.stdin.flush()
-        except BrokenPipeError:  # the child already failed; wait() reports why
-            pass
+        child.send(str(batch))
 
     def wait(self, timeout_s: float = 120.0) -> None:
         """Wait until every submitted PNG is written.
@@ -70,36 +59,15 @@ class PngWorker:
             TimeoutError: the child did not finish within ``timeout_s`` (it was killed).
             RuntimeError: a drawing failed; the message carries the child's last error line.
         """
-        proc = self._proc
-        if proc is None:
+        child = self._child
+        if child.proc is None:
             raise RuntimeError("PNG worker already used or closed")
-        try:
-            _, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.close()
-            raise TimeoutError(f"drawing the PNGs did not finish within {timeout_s:g} s") from None
-        self._proc = None
-        if proc.returncode != 0:
-            last = [ln for ln in (stderr or "").strip().splitlines() if ln.strip()][-1:] or [f"exit {proc.returncode}"]
-            raise RuntimeError(last[0][:300])
+        # Waiting closes the child's input: it exits once it has drawn everything.
+        child.wait(timeout_s, f"drawing the PNGs did not finish within {timeout_s:g} s")
 
     def close(self) -> None:
         """Stop the child if it still runs; remove the job files."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
-            for stream in (proc.stdin, proc.stderr):
-                if stream is not None and not stream.closed:
-                    try:
-                        stream.close()
-                    except BrokenPipeError:
-                        pass
-        self._tmp.cleanup()
+        self._child.close()
 
 
 def _serve() -> None:

@@ -68,8 +68,8 @@ def test_the_browser_starts_without_the_omnibox_popups() -> None:
     from fmbench.png import PngExporter
 
     with PngExporter() as exporter:
-        assert exporter._proc is not None
-        child = psutil.Process(exporter._proc.pid)
+        assert exporter._child.proc is not None
+        child = psutil.Process(exporter._child.proc.pid)
         deadline = time.monotonic() + 60
         cmdlines: list[list[str]] = []
         while time.monotonic() < deadline and not cmdlines:
