@@ -123,6 +123,49 @@ def _signal_a_thread_other_than_main(pid: int, signum: int) -> None:
     pytest.fail("no thread of the run accepts the signal")
 
 
+def _wait_until_creating(proc: subprocess.Popen[str], moto: str, what: str) -> None:
+    """Wait until the run's deploy has created its endpoint and waits for it (Creating)."""
+    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
+    deadline = time.monotonic() + 300
+    while not sm.list_endpoints()["Endpoints"]:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the run never deployed {what}"
+        time.sleep(0.1)
+    assert sm.list_endpoints()["Endpoints"][0]["EndpointStatus"] == "Creating"
+
+
+def _interrupt_while_creating(proc: subprocess.Popen[str], moto: str, what: str, signum: signal.Signals,
+                              send: Any = None) -> str:
+    """Once the run's deploy waits for its Creating endpoint, send ``signum`` (``send(pid, signum)``,
+    default `os.kill`); returns the run's stderr once it ended. A run still alive 240 s later fails the
+    test with every thread's stack (fmbench's SIGUSR1), to say where it waits."""
+    try:
+        _wait_until_creating(proc, moto, what)
+        (send or os.kill)(proc.pid, signum)
+        try:
+            return proc.communicate(timeout=240)[1]
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGKILL)
+            err = proc.communicate(timeout=30)[1]
+            pytest.fail(f"fmbench run did not end within 240 s of {signum.name}; its stderr ends:\n{err[-12000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _assert_deleted_and_said(moto: str, err: str, name: str, signum: signal.Signals, returncode: int | None) -> None:
+    assert returncode == (130 if signum == signal.SIGINT else 143), err[-3000:]
+    assert sm_inventory(moto) == EMPTY, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    for kind in ("endpoint", "endpoint-config", "model"):
+        assert f"deleted {kind} {name}" in err, err[-3000:]
+    assert "every endpoint this run deployed is deleted" in err, err[-3000:]
+    assert ("interrupted" if signum == signal.SIGINT else "terminated") in err.splitlines()[-1]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,
@@ -136,41 +179,12 @@ def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "int"]
     proc = subprocess.Popen(argv, env=cli_env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
-    try:
-        deadline = time.monotonic() + 300
-        while not sm.list_endpoints()["Endpoints"]:  # the deploy is waiting for a Creating endpoint
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the deploy never created its endpoint"
-            time.sleep(0.1)
-        assert sm.list_endpoints()["Endpoints"][0]["EndpointStatus"] == "Creating"
-        if signum == signal.SIGINT:
-            # The kernel may hand a process's signal to any thread that does not block it; Python runs
-            # the handler in the main thread only when that thread next runs, so a main thread asleep
-            # on the deploy's future would sit it out (seen in CI). Deliver it to another thread.
-            _signal_a_thread_other_than_main(proc.pid, signum)
-        else:
-            os.kill(proc.pid, signum)
-        try:
-            _, err = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:  # say where it waits: every thread's stack (fmbench's SIGUSR1)
-            os.kill(proc.pid, signal.SIGUSR1)
-            time.sleep(3)
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate(timeout=30)
-            pytest.fail(f"fmbench run did not end within 240 s of {signum.name}; its stderr ends:\n{err[-12000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    name = resource_name("slow", "int")
-    assert proc.returncode == (130 if signum == signal.SIGINT else 143), err[-3000:]
-    assert sm_inventory(moto) == EMPTY, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    for kind in ("endpoint", "endpoint-config", "model"):
-        assert f"deleted {kind} {name}" in err, err[-3000:]
-    assert "every endpoint this run deployed is deleted" in err, err[-3000:]
-    assert ("interrupted" if signum == signal.SIGINT else "terminated") in err.splitlines()[-1]
+    # The kernel may hand a process's signal to any thread that does not block it; Python runs the
+    # handler in the main thread only when that thread next runs, so a main thread asleep on the
+    # deploy's future would sit a SIGINT out (seen in CI): it is delivered to another thread.
+    send = _signal_a_thread_other_than_main if signum == signal.SIGINT else os.kill
+    err = _interrupt_while_creating(proc, moto, "its endpoint", signum, send)
+    _assert_deleted_and_said(moto, err, resource_name("slow", "int"), signum, proc.returncode)
     # The manifest says so too: the endpoint's timeline ends with its deletion.
     timeline = json.loads((tmp_path / "results" / "interrupted" / "int" / "manifest.json").read_text())["endpoints"]
     assert timeline["slow"]["deleted_at"] and timeline["slow"]["in_service_at"] is None
@@ -198,35 +212,8 @@ def test_a_sigterm_while_the_judge_deploys_deletes_the_judge_and_says_so(
     argv = [sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "jint", "--no-png"]
     proc = subprocess.Popen(argv, env=cli_env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    sm = boto3.client("sagemaker", endpoint_url=moto, region_name="us-east-1")
-    try:
-        deadline = time.monotonic() + 300
-        while not sm.list_endpoints()["Endpoints"]:  # the judge's deploy waits for a Creating endpoint
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the run never deployed its judge"
-            time.sleep(0.1)
-        assert sm.list_endpoints()["Endpoints"][0]["EndpointStatus"] == "Creating"
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGUSR1)  # every thread's stack, to say where it waits
-            time.sleep(3)
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate(timeout=30)
-            pytest.fail(f"fmbench run did not end within 240 s of SIGTERM; its stderr ends:\n{err[-12000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    name = resource_name("judge-sm", "jint")
-    assert proc.returncode == 143, err[-3000:]
-    assert sm_inventory(moto) == EMPTY, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    for kind in ("endpoint", "endpoint-config", "model"):
-        assert f"deleted {kind} {name}" in err, err[-3000:]
-    assert "every endpoint this run deployed is deleted" in err, err[-3000:]
-    assert "terminated" in err.splitlines()[-1]
+    err = _interrupt_while_creating(proc, moto, "its judge", signal.SIGTERM)
+    _assert_deleted_and_said(moto, err, resource_name("judge-sm", "jint"), signal.SIGTERM, proc.returncode)
     timeline = json.loads((tmp_path / "results" / "judged" / "jint" / "manifest.json").read_text())["endpoints"]
     assert timeline["judge-sm"]["deleted_at"] and timeline["judge-sm"]["in_service_at"] is None
     assert timeline["model"]["deleted_at"]  # the experiment's endpoint was measured and gone before
