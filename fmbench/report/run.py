@@ -81,6 +81,21 @@ def _read_requests(url: str) -> pl.LazyFrame | None:
         raise StorageError(f"{url}: cannot read request records: {exc.__class__.__name__}: {exc}") from exc
 
 
+#: Inter-token gaps (8 bytes each) up to which the report holds the request columns in memory for
+#: all its queries; above, each query scans requests.parquet again, so that a run of long streams
+#: never has every gap of every request in memory at once.
+IN_MEMORY_ITL_VALUES = 25_000_000
+
+
+def _itl_values(url: str) -> int:
+    """How many inter-token gaps a local requests.parquet holds (from its footer; nothing decoded)."""
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(url).metadata
+    cols = [i for i in range(md.num_columns) if md.schema.column(i).path.split(".")[0] == "itl_s"]
+    return sum(md.row_group(g).column(i).num_values for g in range(md.num_row_groups) for i in cols)
+
+
 def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
     """Read config.yml, manifest.json, requests.parquet and metrics.parquet of a run.
 
@@ -127,10 +142,11 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
             if not manifest.shards:
                 raise StorageError(f"{url}: neither metrics.parquet nor requests.parquet exists; nothing to report")
             problems.append("requests.parquet is missing; only shard outcomes are known")
-        if requests is not None:
+        rurl = storage.join(url, "requests.parquet")
+        if requests is not None and (storage.is_remote(rurl) or _itl_values(rurl) <= IN_MEMORY_ITL_VALUES):
             # Read once into memory: the metrics and then the report's other queries (sample, ITL
             # distribution, timelines, errors, cost) would each decode the parquet again (0.25-0.3 s
-            # of 1.2-1.9 s over 1M records on the 2-core VM).
+            # of 1.2-1.9 s over 1M records on the 2-core VM). A remote file is in memory already.
             requests = requests.collect().lazy()
         source = requests if requests is not None else pl.DataFrame(
             schema={c: REQUEST_SCHEMA[c] for c in REQUEST_COLUMNS})

@@ -337,3 +337,20 @@ def test_tables_computed_while_the_browser_draws_are_in_the_report(rendered: tup
     assert "| Error kind | Failed requests |" in errors.split("\n## ")[0]
     assert "What this benchmark cost" in md and "Billed instance-hours" in md
     assert "](plots/timeline_sim-big.png)" in md
+
+
+def test_requests_are_held_in_memory_only_while_their_gaps_are_few(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # The report's queries share one in-memory copy of the request columns, unless the run's
+    # inter-token gaps are too many to hold at once: then each query scans requests.parquet again.
+    import fmbench.report.run as run_module
+
+    run = tmp_path / "run"
+    write_run(str(run))
+    in_memory = load_run(str(run), write_metrics=False)
+    assert in_memory.metrics_computed and in_memory.requests is not None
+    assert "SCAN" not in in_memory.requests.explain().upper()
+    monkeypatch.setattr(run_module, "IN_MEMORY_ITL_VALUES", 0)
+    scanned = load_run(str(run), write_metrics=False)
+    assert scanned.requests is not None and "PARQUET" in scanned.requests.explain().upper()
+    assert scanned.metrics.equals(in_memory.metrics)  # the same numbers either way
