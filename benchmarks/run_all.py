@@ -250,6 +250,20 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                          f"{x.get('server_cpu_cores', 'n/a')} | "
                          f"{x['server_cpu_us_per_chunk']} | {_f(x['streams_per_core'], '{:,.0f}')} | {pacing} | "
                          f"{x.get('client_cpu_cores', 'n/a')} | {x['load_avg'][0]} |")
+        whose = [x for x in r["rows"] if "late_chunks" in x]
+        if whose:
+            lines += ["", ("Whose lateness (benchmarks/_machine_speed.py): a sentinel process timed a ~5-us piece of "
+                           "Python every millisecond beside the server; a 10-ms window whose median was >= 4x the "
+                           "run's is a slow window of the machine, and a chunk due in one or within 50 ms after it "
+                           "counts as in it."), "",
+                      ("| writer | conc | machine: unit us (median) | slow windows, share of time (+50 ms) | "
+                       "chunks > 1 ms late | of them in slow windows | share > 1 ms late outside them |"),
+                      "|---|---:|---:|---|---:|---:|---:|"]
+            for x in whose:
+                lines.append(f"| {x['writer']} | {x['concurrency']} | {x['machine_unit_us_median']} | "
+                             f"{x['machine_slow_share']:.1%} ({x['time_in_slow_windows']:.1%}) | "
+                             f"{x['late_chunks']:,} | {x['late_in_slow_windows']:,} | "
+                             f"{_f(x['late_share_outside'], '{:.2%}')} |")
         ratios = ", ".join(f"{v:.2f} at c={k}" for k, v in r["streams_per_core_ratio"].items())
         lines += ["", (f"Streams per core, new / old writer: {ratios}. Target ({r['target']}): ratio "
                   f"{'met' if r['met_ratio'] else 'missed'}, pacing {'met' if r['met_pacing'] else 'missed'}.")]

@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks._common import loadavg, parser, write_result
+from benchmarks._machine_speed import Sentinel, attribute
 from fmbench.config import SimulatedEndpoint
 from fmbench.simulator.process import SimulatedServerProcess
 
@@ -75,6 +76,8 @@ async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window
                     errors += 1
                 n += 1
 
+        # Started before the load, so its own start-up is not in the window.
+        sentinel = Sentinel(warmup_s + window_s + 1.0)
         tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
         await asyncio.sleep(warmup_s)
         async with session.post(f"{url}/fmbench/stats/reset") as r:
@@ -85,12 +88,15 @@ async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window
         cpu1, t1, c1 = _cpu_s(pid), time.monotonic(), time.process_time()
         measuring = False
         sent = chunks
-        async with session.get(f"{url}/fmbench/stats") as r:
+        async with session.get(f"{url}/fmbench/stats", params={"late": "1"}) as r:
             stats = await r.json()
         stop = True
         await asyncio.wait(tasks, timeout=10)
         for t in tasks:
             t.cancel()
+    machine = await asyncio.to_thread(sentinel.result)
+    late_chunks = [c for c in stats["late_chunks"] if t0 <= c[0] <= t1]
+    where = attribute(late_chunks, sent, (t0, t1), machine["windows"])
     wall = t1 - t0
     cores = (cpu1 - cpu0) / wall
     chunks_s = sent / wall
@@ -107,6 +113,11 @@ async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window
         "pacing_max_ms": round(late["max_ms"], 3),
         "pacing_chunks": late["n"],
         "errors": errors,
+        # Whose lateness: the machine's slow windows (see benchmarks/_machine_speed.py) and the
+        # chunks more than 1 ms late in and outside them.
+        "machine_unit_us_median": machine["unit_us_median"],
+        "machine_slow_share": machine["slow_share"],
+        **where,
         "load_avg": loadavg(),
     }
 

@@ -16,7 +16,8 @@ Running it::
                                                         # prints "FMBENCH_SIM_LISTENING URL" once bound
 
 Routes: ``POST /v1/completions``, ``POST /v1/chat/completions`` (SSE or JSON), ``GET /v1/models``,
-``GET /health``, ``GET /fmbench/stats`` (server-side chunk lateness percentiles, fault counts),
+``GET /health``, ``GET /fmbench/stats`` (server-side chunk lateness percentiles, fault counts;
+``?late=1``: the due time and lateness of each chunk more than 1 ms late),
 ``POST /fmbench/stats/reset``. Server timestamps: every streamed chunk carries
 ``"fmbench": {"index", "n_tokens", "t_due", "t_sent"}``; a JSON body carries
 ``"fmbench": {"arrival", "t_first_due", "t_due", "t_sent"}``; headers ``x-fmbench-arrival`` and

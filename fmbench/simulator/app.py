@@ -6,7 +6,8 @@ The OpenAI family is always present; a module ``fmbench.simulator.aws`` exposing
 ``register`` is picked up when it exists. Family-independent routes:
 
 * ``GET /health`` -> ``{"status": "ok"}``
-* ``GET /fmbench/stats`` -> chunk lateness percentiles (ms), injected-fault counts, batch state
+* ``GET /fmbench/stats`` -> chunk lateness percentiles (ms), injected-fault counts, batch state;
+  with ``?late=1`` also ``late_chunks``: ``[t_due, lateness_ms]`` of each chunk more than 1 ms late
 * ``POST /fmbench/stats/reset`` -> forget recorded lateness
 """
 
@@ -199,6 +200,8 @@ async def _stats(request: web.Request) -> web.Response:
         "queued": core.model.queued,
         "decoding": core.model.decoding,
     }
+    if request.query.get("late") == "1":
+        body["late_chunks"] = [[round(due, 6), round(late * 1000.0, 3)] for due, late in core.late_chunks()]
     return web.json_response(body)
 
 

@@ -24,6 +24,11 @@ from fmbench.simulator.model import ChunkEvent, LatencyModel, ModelParams, RawCh
 from fmbench.simulator.pacing import Timer, TimerKind, make_timer
 from fmbench.simulator.text import generate_tokens
 
+#: A chunk released later than this after its due time is also kept with its due time
+#: (`SimCore.late_chunks`), so that a measurement can line its lateness up with what else
+#: happened on the machine at that moment (the percentiles alone cannot say when).
+LATE_RECORD_S = 0.001
+
 
 @dataclass(frozen=True, slots=True)
 class GenRequest:
@@ -177,7 +182,7 @@ class Generation:
             self._done = True
             self._core._finished(self.rid)
         t_sent = time.monotonic()
-        self._core._record_lateness(t_sent - event.t_due)
+        self._core._record_lateness(event.t_due, t_sent)
         return Chunk(event.index, text, event.n_tokens, event.t_due, t_sent, event.last)
 
     async def aclose(self) -> None:
@@ -228,6 +233,7 @@ class SimCore:
         self._gens: dict[int, Generation] = {}
         self._timer: Timer = make_timer(self.loop, self._dispatch, timer)
         self._lateness: deque[float] = deque(maxlen=lateness_window)
+        self._late: deque[tuple[float, float]] = deque(maxlen=lateness_window)
         self._step_s = step_s
 
     def generate(self, request: GenRequest) -> Generation:
@@ -260,9 +266,15 @@ class SimCore:
 
         return {"n": n, "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "max_ms": pct(1.0)}
 
+    def late_chunks(self) -> list[tuple[float, float]]:
+        """``(t_due, lateness_s)`` of the recent chunks released more than `LATE_RECORD_S` late,
+        in release order (the same window as `lateness_stats`)."""
+        return list(self._late)
+
     def reset_lateness(self) -> None:
         """Forget recorded lateness (e.g. between measurement phases)."""
         self._lateness.clear()
+        self._late.clear()
 
     # ------------------------------------------------------------ internals
 
@@ -291,7 +303,10 @@ class SimCore:
                     if ev[5]:
                         gen._done = True
                         self._finished(ev[0])
-                    record(sink([ev]) - ev[4])
+                    late = sink([ev]) - ev[4]
+                    record(late)
+                    if late > LATE_RECORD_S:
+                        self._late.append((ev[4], late))
             else:  # a late step: one stream's chunks go out together, in one write
                 grouped: dict[Generation, list[RawChunk]] = {}
                 for ev in raw:
@@ -319,9 +334,8 @@ class SimCore:
             gen._done = True
             self._finished(gen.rid)
         t_sent = gen._sink(events)
-        record = self._lateness.append
         for ev in events:
-            record(t_sent - ev[4])
+            self._record_lateness(ev[4], t_sent)
 
     def _finished(self, rid: int) -> None:
         self._gens.pop(rid, None)
@@ -333,5 +347,8 @@ class SimCore:
         self.model.forget(rid)
         self._dispatch()
 
-    def _record_lateness(self, seconds: float) -> None:
-        self._lateness.append(seconds)
+    def _record_lateness(self, t_due: float, t_sent: float) -> None:
+        late = t_sent - t_due
+        self._lateness.append(late)
+        if late > LATE_RECORD_S:
+            self._late.append((t_due, late))

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.cli import ROOT
 
 
@@ -58,3 +60,27 @@ def test_sim_capacity_quick_compares_both_writers_from_server_stamps(tmp_path: P
     assert all(r["chunks_s"] > 0 and r["server_cpu_us_per_chunk"] > 0 for r in rows[2:])
     assert set(data["streams_per_core_ratio"]) <= {"8"} and isinstance(data["met"], bool)
     assert set(data["bare_loop_ceiling_ratio"]) == {"8"}
+    for row in rows[:2]:  # whose lateness: the machine's slow windows beside the server's late chunks
+        assert row["machine_unit_us_median"] > 0 and 0 <= row["machine_slow_share"] <= 1
+        assert 0 <= row["late_in_slow_windows"] <= row["late_chunks"]
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run_all import render_markdown
+
+    assert "Whose lateness" in render_markdown({"sim_capacity": data}, quick=True)
+
+
+def test_late_chunks_are_put_in_or_outside_the_machines_slow_windows() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._machine_speed import RECOVERY_S, attribute, slow_windows
+
+    # 10-ms bins of a sentinel's median time per unit: bins 2 and 3 ran 5-6x slower than usual.
+    speed = slow_windows(100.0, 0.01, [[0, 5.0], [1, 5.2], [2, 30.0], [3, 25.0], [4, 4.9], [5, 5.1]])
+    assert speed["windows"] == [[pytest.approx(100.02), pytest.approx(100.04)]]
+    assert speed["slow_share"] == pytest.approx(2 / 6, abs=1e-4)
+    # 1,000 chunks over one second; three late ones: two due in the window or its recovery, one not.
+    late = [[100.03, 12.0], [100.04 + RECOVERY_S / 2, 3.0], [100.5, 2.0]]
+    where = attribute(late, 1000, (100.0, 101.0), speed["windows"])
+    assert where["late_chunks"] == 3 and where["late_in_slow_windows"] == 2
+    covered = 0.02 + RECOVERY_S
+    assert where["time_in_slow_windows"] == pytest.approx(covered, abs=1e-4)
+    assert where["late_share_outside"] == pytest.approx(1 / (1000 * (1 - covered)), abs=1e-4)

@@ -83,3 +83,49 @@ def test_a_finished_request_leaves_nothing_for_the_cyclic_gc(writer: str) -> Non
             await runner.cleanup()
 
     assert asyncio.run(run()) == []
+
+
+@pytest.mark.parametrize("writer", ["batched", "per-stream"])
+def test_the_server_lists_each_late_chunk_with_its_due_time(writer: str) -> None:
+    """``/fmbench/stats?late=1`` names exactly the chunks released more than 1 ms after their due
+    time (as the chunks' own stamps say), so a benchmark can tell when its lateness happened."""
+    import json
+
+    import aiohttp
+
+    from fmbench.config import SimulatedEndpoint
+    from fmbench.simulator.server import start_server
+
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=5.0, tpot_ms=2.0, output_tokens=40)
+
+    async def run() -> tuple[list[tuple[float, float]], list[list[float]], list[list[float]]]:
+        runner, url = await start_server(cfg, port=0, writer=writer)  # type: ignore[arg-type]
+        try:
+            async with aiohttp.ClientSession() as session:
+                # Hold the loop for 30 ms mid-stream: the chunks due meanwhile go out late.
+                asyncio.get_running_loop().call_later(0.03, time.sleep, 0.03)
+                stamps: list[tuple[float, float]] = []
+                body = {"model": cfg.model, "prompt": "p", "stream": True}
+                async with session.post(url + "/v1/completions", json=body) as resp:
+                    async for line in resp.content:
+                        if line.startswith(b"data: {"):
+                            s = json.loads(line[6:])["fmbench"]
+                            stamps.append((s["t_due"], s["t_sent"]))
+                async with session.get(url + "/fmbench/stats", params={"late": "1"}) as r:
+                    late = (await r.json())["late_chunks"]
+                await (await session.post(url + "/fmbench/stats/reset")).read()
+                async with session.get(url + "/fmbench/stats", params={"late": "1"}) as r:
+                    after_reset = (await r.json())["late_chunks"]
+                return stamps, late, after_reset
+        finally:
+            await runner.cleanup()
+
+    stamps, late, after_reset = asyncio.run(run())
+    assert len(stamps) == 40
+    expected = [(due, (sent - due) * 1000.0) for due, sent in stamps if sent - due > 0.001]
+    assert expected  # the held loop made some chunks late
+    assert len(late) == len(expected)
+    for (due, late_ms), (want_due, want_ms) in zip(late, expected, strict=True):
+        assert due == pytest.approx(want_due, abs=2e-6)
+        assert late_ms == pytest.approx(want_ms, abs=0.01)
+    assert after_reset == []

@@ -1,0 +1,107 @@
+"""The machine's own speed over time, measured beside a benchmark by a light sentinel process.
+
+On the 2-core VM the benchmarks run on, a fixed piece of Python now and then runs 5-10x slower
+than usual for tens of milliseconds, even with nothing else running (the host's doing: thread
+CPU time runs on through it, so the vCPU is not descheduled, only slow). A paced server that
+needs half a core falls behind in such a window, whatever its code. The sentinel times a ~5-us
+piece of work every millisecond (about 0.5 % of a core) and reports, per 10-ms window, the
+median time; a window at least `SLOW_FACTOR` times the run's median is a slow window. `attribute`
+then says which late chunks were due in or right after one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+#: A window whose median time per unit is at least this many times the run's median is slow.
+SLOW_FACTOR = 4.0
+#: Chunks due this long after a slow window ends still count as in it: the backlog the window
+#: left takes time to clear (at half a core of load, about as long again as the window).
+RECOVERY_S = 0.05
+
+_SENTINEL = """
+import json, statistics, sys, time
+seconds, bin_s = float(sys.argv[1]), 0.01
+bins, t0 = {}, time.monotonic()
+end = t0 + seconds
+while True:
+    t = time.monotonic()
+    if t >= end:
+        break
+    a = time.perf_counter()
+    sum(range(300))
+    bins.setdefault(int((t - t0) / bin_s), []).append(time.perf_counter() - a)
+    time.sleep(0.001)
+print(json.dumps({"t0": t0, "bin_s": bin_s,
+                  "bins": [[k, statistics.median(v) * 1e6] for k, v in sorted(bins.items())]}))
+"""
+
+
+class Sentinel:
+    """Measures the machine's speed for ``seconds`` in a child process (start it, then `result`)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-c", _SENTINEL, str(seconds)],
+                                      stdout=subprocess.PIPE, text=True)
+
+    def result(self) -> dict[str, Any]:
+        """Slow windows (monotonic ``[start, end]``), their share of the time, and the medians."""
+        out, _ = self._proc.communicate(timeout=120)
+        data = json.loads(out)
+        return slow_windows(data["t0"], data["bin_s"], data["bins"])
+
+
+def slow_windows(t0: float, bin_s: float, bins: list[list[float]]) -> dict[str, Any]:
+    """Merge adjacent slow bins (``[index, median_us]``) into windows on the monotonic clock."""
+    medians = sorted(m for _, m in bins)
+    if not medians:
+        return {"unit_us_median": None, "slow_share": 0.0, "windows": []}
+    typical = medians[len(medians) // 2]
+    windows: list[list[float]] = []
+    for k, m in bins:
+        if m < SLOW_FACTOR * typical:
+            continue
+        start = t0 + k * bin_s
+        if windows and abs(windows[-1][1] - start) < 1e-9:
+            windows[-1][1] = start + bin_s
+        else:
+            windows.append([start, start + bin_s])
+    slow = sum(1 for _, m in bins if m >= SLOW_FACTOR * typical)
+    return {"unit_us_median": round(typical, 2), "unit_us_p99": round(medians[int(0.99 * (len(medians) - 1))], 2),
+            "slow_share": round(slow / len(bins), 4), "windows": windows}
+
+
+def attribute(late_chunks: list[list[float]], chunks: int, span: tuple[float, float],
+              windows: list[list[float]]) -> dict[str, Any]:
+    """Split the chunks more than 1 ms late (``[t_due, lateness_ms]``) by whether they were due in
+    (or within `RECOVERY_S` after) a slow window of the machine.
+
+    ``late_share_outside`` is the share of the chunks due outside those spans that were more than
+    1 ms late: the pacing p99 outside them is <= 1 ms exactly when it is <= 0.01. The number of
+    chunks outside is estimated from the total in proportion to time (the load is steady).
+    """
+    lo, hi = span
+    spans = [(max(lo, a), min(hi, b + RECOVERY_S)) for a, b in windows if b + RECOVERY_S > lo and a < hi]
+    merged: list[list[float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    covered = sum(b - a for a, b in merged)
+
+    def inside(t: float) -> bool:
+        return any(a <= t <= b for a, b in merged)
+
+    in_slow = sum(1 for due, _ in late_chunks if inside(due))
+    outside_chunks = chunks * (1.0 - covered / (hi - lo)) if hi > lo else 0.0
+    late_outside = len(late_chunks) - in_slow
+    return {
+        "late_chunks": len(late_chunks),
+        "late_in_slow_windows": in_slow,
+        "time_in_slow_windows": round(covered / (hi - lo), 4) if hi > lo else 0.0,
+        "late_share_outside": round(late_outside / outside_chunks, 4) if outside_chunks else None,
+    }
