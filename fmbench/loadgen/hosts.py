@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -27,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -238,22 +240,30 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
 async def _watch_stop(event: Any, beat: Any, load: asyncio.Future[None]) -> None:
     """Cancel this slice's load when the caller gave up on the shard (another host failed) or is gone
     (its heartbeat has not changed for `CALLER_LOST_S` on this host's own clock)."""
+    loop = asyncio.get_running_loop()
+    # Its own threads, not the loop's default executor: `asyncio.run` waits for every thread of
+    # that one at its end, so a scheduler round trip that hangs would hold the slice's result
+    # (and the shard) long after its load ended. These are left to finish on their own.
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fmbench-slice-stop")
     last: Any = None
     changed_at = checked_at = time.monotonic()
-    while not load.done():
-        if await asyncio.to_thread(event.is_set):
-            load.cancel()
-            return
-        if time.monotonic() - checked_at >= _BEAT_CHECK_S:  # rarely: each check is a scheduler round trip
-            checked_at = time.monotonic()
-            with contextlib.suppress(Exception):  # not set yet, or the scheduler slow to answer: no news
-                value = await asyncio.to_thread(beat.get, timeout=_POLL_S)
-                if value != last:
-                    last, changed_at = value, time.monotonic()
-        if time.monotonic() - changed_at > CALLER_LOST_S:
-            load.cancel()
-            return
-        await asyncio.sleep(_POLL_S)
+    try:
+        while not load.done():
+            if await loop.run_in_executor(pool, event.is_set):
+                load.cancel()
+                return
+            if time.monotonic() - checked_at >= _BEAT_CHECK_S:  # rarely: each check is a scheduler round trip
+                checked_at = time.monotonic()
+                with contextlib.suppress(Exception):  # not set yet, or the scheduler slow to answer: no news
+                    value = await loop.run_in_executor(pool, functools.partial(beat.get, timeout=_POLL_S))
+                    if value != last:
+                        last, changed_at = value, time.monotonic()
+            if time.monotonic() - changed_at > CALLER_LOST_S:
+                load.cancel()
+                return
+            await asyncio.sleep(_POLL_S)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _live_workers(dask_scheduler: Any = None) -> dict[str, str]:

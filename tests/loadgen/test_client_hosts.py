@@ -525,3 +525,41 @@ def test_auto_client_hosts_take_what_the_calibrated_load_needs_up_to_the_cluster
     heavy = _spec(request_rate=20_000.0)  # ten times one client's ceiling: more hosts than the cluster has
     assert _client_hosts(experiment, light, cal) == 1
     assert _client_hosts(experiment, heavy, cal) == 2
+
+
+def test_a_slice_ends_when_its_load_ends_even_while_a_stop_check_hangs() -> None:
+    """The slice's stop watcher asks the scheduler from threads; one round trip that never answers
+    must not hold the slice (``asyncio.run`` waits for its default executor's threads at the end)."""
+    import asyncio
+
+    from fmbench.loadgen.hosts import _watch_stop
+
+    answer = threading.Event()
+    asked = threading.Event()
+
+    class HungEvent:  # a Dask Event whose scheduler does not answer
+        def is_set(self) -> bool:
+            asked.set()
+            answer.wait(60)
+            return False
+
+    class Beat:
+        def get(self, timeout: float) -> int:
+            return 1
+
+    async def slice_main() -> None:
+        load = asyncio.ensure_future(asyncio.to_thread(asked.wait, 60))  # ends once the check hangs
+        watcher = asyncio.ensure_future(_watch_stop(HungEvent(), Beat(), load))
+        try:
+            await load
+        finally:
+            watcher.cancel()
+
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (asyncio.run(slice_main()), done.set()), daemon=True)
+    runner.start()
+    try:
+        assert done.wait(30), "the slice was held by its hung stop check"
+    finally:
+        answer.set()
+        runner.join(60)
