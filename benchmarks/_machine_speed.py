@@ -23,14 +23,17 @@ SLOW_FACTOR = 4.0
 RECOVERY_S = 0.05
 
 _SENTINEL = """
-import json, statistics, sys, time
+import json, select, statistics, sys, time
 seconds, bin_s = float(sys.argv[1]), 0.01
-bins, t0 = {}, time.monotonic()
-end = t0 + seconds
+bins, t0, n = {}, time.monotonic(), 0
+end = t0 + seconds if seconds > 0 else float("inf")
 while True:
     t = time.monotonic()
     if t >= end:
         break
+    n += 1
+    if seconds <= 0 and n % 100 == 0 and select.select([sys.stdin], [], [], 0)[0]:
+        break  # told to stop (its stdin closed)
     a = time.perf_counter()
     sum(range(300))
     bins.setdefault(int((t - t0) / bin_s), []).append(time.perf_counter() - a)
@@ -41,17 +44,22 @@ print(json.dumps({"t0": t0, "bin_s": bin_s,
 
 
 class Sentinel:
-    """Measures the machine's speed for ``seconds`` in a child process (start it, then `result`)."""
+    """Measures the machine's speed in a child process for ``seconds``, or until `result` when 0."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float = 0.0) -> None:
         self._proc = subprocess.Popen([sys.executable, "-c", _SENTINEL, str(seconds)],
-                                      stdout=subprocess.PIPE, text=True)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def result(self) -> dict[str, Any]:
         """Slow windows (monotonic ``[start, end]``), their share of the time, and the medians."""
-        out, _ = self._proc.communicate(timeout=120)
+        out, _ = self._proc.communicate(timeout=120)  # closes its stdin: one run until now stops
         data = json.loads(out)
         return slow_windows(data["t0"], data["bin_s"], data["bins"])
+
+
+def in_slow(t0: float, t1: float, windows: list[list[float]]) -> bool:
+    """Whether ``[t0, t1]`` overlaps a slow window or the `RECOVERY_S` after it."""
+    return any(a <= t1 and t0 <= b + RECOVERY_S for a, b in windows)
 
 
 def slow_windows(t0: float, bin_s: float, bins: list[list[float]]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import loadavg, ms, parser, pct, pin, write_result
+from benchmarks._machine_speed import Sentinel, in_slow
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.loadgen import ShardSpec, run_shard
@@ -128,8 +129,12 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
                      request_rate=conc / latency_s, requests=requests, warmup=conc if out_tokens <= 16 else 0,
                      seed=conc)
     la = loadavg()
+    sentinel = Sentinel()  # the machine's slow windows during the cell (benchmarks/_machine_speed.py)
     res = run_shard(client, _prompts(prompt_tokens), spec, tmp / "o.parquet", lambda s: len(s.split()))
+    machine = sentinel.result()
     s = sorted(client.samples, key=lambda x: x["t_start"])[spec.warmup:]  # warm-up: the first started
+    # The requests that ran while the machine itself was slow (or right after), and the rest.
+    calm = [x for x in s if not in_slow(x["t_start"], x["t_end"], machine["windows"])]
     send = [x["arrival"] - x["t_start"] for x in s]
     deliver = [x["t_first"] - x["first_sent"] for x in s]
     ttft_err = [(x["t_first"] - x["t_start"]) - (x["first_sent"] - x["arrival"]) for x in s]
@@ -144,6 +149,11 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
         "send_p50_ms": ms(pct(send, 0.5)), "send_p99_ms": ms(pct(send, 0.99)),
         "delivery_p50_ms": ms(pct(deliver, 0.5)), "delivery_p99_ms": ms(pct(deliver, 0.99)),
         "server_late_p99_ms": ms(pct(late, 0.99)),
+        "machine_slow_share": machine["slow_share"], "requests_outside_slow": len(calm),
+        "ttft_err_p99_outside_slow_ms": ms(pct([(x["t_first"] - x["t_start"]) - (x["first_sent"] - x["arrival"])
+                                                for x in calm], 0.99)) if calm else None,
+        "e2e_err_p99_outside_slow_ms": ms(pct([(x["t_end"] - x["t_start"]) - (x["last_sent"] - x["arrival"])
+                                               for x in calm], 0.99)) if calm else None,
         "rate": round(conc / latency_s, 2), "pacer_lag_p99_ms": ms(res.dispatch_lag_p99_s),
         "valid": res.valid, "invalid_reason": res.invalid_reason,
         "client_cpu_s": round(res.client_cpu_s, 3),
@@ -228,19 +238,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   f"{row['ttft_err_p99_ms']:.3f} ms | e2e err p50 {row['e2e_err_p50_ms']:.3f} p99 "
                                   f"{row['e2e_err_p99_ms']:.3f} ms | server late p99 {row['server_late_p99_ms']:.2f}"
                                   f" ms | load {row['load_avg'][0]}", flush=True)
-    targets = []
+    targets, calm_targets = [], []
     for r in rows:
         limit = 1.0 if r["concurrency"] <= 64 else 5.0
         worst = max(r["ttft_err_p99_ms"], r["e2e_err_p99_ms"])
         targets.append(worst <= limit)
+        if r["ttft_err_p99_outside_slow_ms"] is not None:
+            calm_targets.append(max(r["ttft_err_p99_outside_slow_ms"], r["e2e_err_p99_outside_slow_ms"]) <= limit)
     if pinned:
         pin(os.getpid(), set(cpus))
     data = {"quick": args.quick, "pinned": pinned, "wall_s": round(time.monotonic() - t0, 1), "rows": rows,
             "wake_jitter": jitter,
             "target": "overhead p99 <= 1 ms at concurrency <= 64, <= 5 ms at 256",
-            "cells_meeting_target": sum(targets), "cells": len(targets)}
+            "cells_meeting_target": sum(targets), "cells": len(targets),
+            # the same judged on each cell's requests that did not overlap a slow window of the machine
+            "cells_meeting_target_outside_slow": sum(calm_targets), "cells_outside_slow": len(calm_targets)}
     path = write_result(args.out, "client_overhead", data)
-    print(f"{sum(targets)}/{len(targets)} cells meet the target; wrote {path}")
+    print(f"{sum(targets)}/{len(targets)} cells meet the target ({sum(calm_targets)}/{len(calm_targets)} on the "
+          f"requests outside the machine's slow windows); wrote {path}")
     return data
 
 

@@ -95,6 +95,17 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                          f"{'valid' if valid else 'invalid'} | {x['load_avg'][0]} |")
         lines += ["", (f"Target ({r['target']}): {r['cells_meeting_target']} of {r['cells']} cells meet it "
                   f"({valid_ok} of the {valid_n} cells fmbench itself judged valid)."), ""]
+        if "cells_meeting_target_outside_slow" in r:
+            lines += [(f"On each cell's requests that did not overlap a slow window of the machine (a sentinel "
+                       f"process's 5-us piece of Python >= 4x slower than usual in a 10-ms window, or within 50 ms "
+                       f"after; see benchmarks/_machine_speed.py): {r['cells_meeting_target_outside_slow']} of "
+                       f"{r['cells_outside_slow']} cells meet the target. Per cell, share of the time the machine "
+                       f"was slow, requests outside, TTFT / e2e error p99 on them (ms): "
+                       + "; ".join(f"c={x['concurrency']} {'S' if x['stream'] else 'J'} {x['prompt_tokens']}/"
+                                   f"{x['output_tokens']}: {x['machine_slow_share']:.1%}, "
+                                   f"{x['requests_outside_slow']}, {_f(x['ttft_err_p99_outside_slow_ms'], '{:.2f}')}"
+                                   f" / {_f(x['e2e_err_p99_outside_slow_ms'], '{:.2f}')}"
+                                   for x in r["rows"] if "requests_outside_slow" in x) + "."), ""]
         if "wake_jitter" in r:
             j = r["wake_jitter"]
             lines += [(f"The machine's own floor, before the cells: a 1-ms sleep of an idle process woke late by "
