@@ -104,12 +104,12 @@ def attribute(late_chunks: list[list[float]], chunks: int, span: tuple[float, fl
     def inside(t: float) -> bool:
         return any(a <= t <= b for a, b in merged)
 
-    in_slow = sum(1 for due, _ in late_chunks if inside(due))
+    late_inside = sum(1 for due, _ in late_chunks if inside(due))
     outside_chunks = chunks * (1.0 - covered / (hi - lo)) if hi > lo else 0.0
-    late_outside = len(late_chunks) - in_slow
+    late_outside = len(late_chunks) - late_inside
     return {
         "late_chunks": len(late_chunks),
-        "late_in_slow_windows": in_slow,
+        "late_in_slow_windows": late_inside,
         "time_in_slow_windows": round(covered / (hi - lo), 4) if hi > lo else 0.0,
         "late_share_outside": round(late_outside / outside_chunks, 4) if outside_chunks else None,
     }
