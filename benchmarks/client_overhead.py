@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import loadavg, ms, parser, pct, pin, write_result
-from benchmarks._machine_speed import Sentinel, in_slow
 from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.machine import Sentinel, in_slow
 from fmbench.protocol import Completion, Prompt
 from fmbench.simulator import SimulatedServerProcess
 
@@ -129,7 +129,7 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
                      request_rate=conc / latency_s, requests=requests, warmup=conc if out_tokens <= 16 else 0,
                      seed=conc)
     la = loadavg()
-    sentinel = Sentinel()  # the machine's slow windows during the cell (benchmarks/_machine_speed.py)
+    sentinel = Sentinel()  # the machine's slow windows during the cell (fmbench/machine.py)
     res = run_shard(client, _prompts(prompt_tokens), spec, tmp / "o.parquet", lambda s: len(s.split()))
     machine = sentinel.result()
     s = sorted(client.samples, key=lambda x: x["t_start"])[spec.warmup:]  # warm-up: the first started

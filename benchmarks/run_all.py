@@ -98,7 +98,7 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
         if "cells_meeting_target_outside_slow" in r:
             lines += [(f"On each cell's requests that did not overlap a slow window of the machine (a sentinel "
                        f"process's 5-us piece of Python >= 4x slower than usual in a 10-ms window, or within 50 ms "
-                       f"after; see benchmarks/_machine_speed.py): {r['cells_meeting_target_outside_slow']} of "
+                       f"after; see fmbench/machine.py): {r['cells_meeting_target_outside_slow']} of "
                        f"{r['cells_outside_slow']} cells meet the target. Per cell, share of the time the machine "
                        f"was slow, requests outside, TTFT / e2e error p99 on them (ms): "
                        + "; ".join(f"c={x['concurrency']} {'S' if x['stream'] else 'J'} {x['prompt_tokens']}/"
@@ -263,7 +263,7 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                          f"{x.get('client_cpu_cores', 'n/a')} | {x['load_avg'][0]} |")
         whose = [x for x in r["rows"] if "late_chunks" in x]
         if whose:
-            lines += ["", ("Whose lateness (benchmarks/_machine_speed.py): a sentinel process timed a ~5-us piece of "
+            lines += ["", ("Whose lateness (fmbench/machine.py): a sentinel process timed a ~5-us piece of "
                            "Python every millisecond beside the server; a 10-ms window whose median was >= 4x the "
                            "run's is a slow window of the machine, and a chunk due in one or within 50 ms after it "
                            "counts as in it."), "",

@@ -37,8 +37,8 @@ from typing import Any
 import aiohttp
 
 from benchmarks._common import loadavg, parser, write_result
-from benchmarks._machine_speed import Sentinel, attribute
 from fmbench.config import SimulatedEndpoint
+from fmbench.machine import Sentinel, attribute
 from fmbench.simulator.process import SimulatedServerProcess
 
 TPOT_MS = 4.0
@@ -113,7 +113,7 @@ async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window
         "pacing_max_ms": round(late["max_ms"], 3),
         "pacing_chunks": late["n"],
         "errors": errors,
-        # Whose lateness: the machine's slow windows (see benchmarks/_machine_speed.py) and the
+        # Whose lateness: the machine's slow windows (see fmbench/machine.py) and the
         # chunks more than 1 ms late in and outside them.
         "machine_unit_us_median": machine["unit_us_median"],
         "machine_slow_share": machine["slow_share"],

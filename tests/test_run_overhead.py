@@ -158,3 +158,6 @@ def test_an_overloaded_simulator_is_flagged_per_shard_and_a_light_one_is_not(tmp
     shard = json.loads(next((tmp_path / "simload" / "light" / "shards").glob("*.json")).read_text())
     assert shard["simulator"]["chunks"] > 0 and shard["simulator"]["verdict"] is None, shard["simulator"]
     assert "simulator was late" not in report
+    # beside every shard, this machine's own speed (fmbench.machine)
+    machine = shard["machine"]
+    assert machine["unit_us_median"] > 0 and 0 <= machine["slow_share"] <= 1 and machine["slow_windows"] >= 0

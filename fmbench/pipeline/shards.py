@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from fmbench import progress, storage
 from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
+from fmbench.machine import Sentinel
 from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
 from fmbench.rundir import RunInfo, utc_now
 
@@ -63,6 +65,10 @@ class ShardOutcome(BaseModel):
     simulator: dict[str, Any] | None = Field(
         default=None, description="The simulated endpoint's own view of the shard (chunk lateness, its CPU use, "
         "whether it was late or saturated); None for other endpoints.")
+    machine: dict[str, Any] | None = Field(
+        default=None, description="This machine's own speed during the shard (fmbench.machine): the share of "
+        "10-ms windows in which a fixed piece of Python ran at least 4x slower than usual (on a shared VM, the "
+        "host's doing); None when not measured.")
     client_hosts: list[dict[str, Any]] | None = Field(
         default=None, description="Multi-host shards: each Dask worker that sent its load, with its clock offset "
         "to the scheduler (fmbench.loadgen.hosts.HostClock); None on one host.")
@@ -174,14 +180,22 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     sim = SimulatorWatch.start(deployed, experiment)
     hosts = _client_hosts(experiment, spec, cal)
     clocks = None
-    if hosts is None:
-        result = run_shard(client, prompts, spec, local, tokenizer.count, report)
-        if (worker := current_worker()) is not None:  # on a cluster, say which machine sent the load
-            stamp_host(local, worker)
-    else:
-        result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts, cal is not None)
+    speed = _start_speed_watch()
+    try:
+        if hosts is None:
+            result = run_shard(client, prompts, spec, local, tokenizer.count, report)
+            if (worker := current_worker()) is not None:  # on a cluster, say which machine sent the load
+                stamp_host(local, worker)
+        else:
+            result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts,
+                                           cal is not None)
+    except BaseException:
+        if speed is not None:
+            speed.stop()
+        raise
     ended_at = utc_now("milliseconds")
-    sim_view = sim.finish(result.duration_s) if sim is not None else None
+    machine = _speed_view(speed)
+    sim_view = sim.finish(result.duration_s, machine) if sim is not None else None
     if sim_view and sim_view.get("verdict"):
         log.warning("shard %s: %s", spec.shard_id, sim_view["verdict"])
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
@@ -209,7 +223,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
         client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
         records_url=records_url, started_at=started_at, ended_at=ended_at,
-        endpoint_name=deployed.endpoint_name, simulator=sim_view,
+        endpoint_name=deployed.endpoint_name, simulator=sim_view, machine=machine,
         client_hosts=[c.model_dump(mode="json") for c in clocks] if clocks else None,
     )
     storage.write_text(run.shard_result(spec.shard_id), outcome.model_dump_json(indent=2))
@@ -272,6 +286,27 @@ def _hosts_load(clocks: Any, duration_s: float, chunks: float, cal: Any) -> floa
     return max(loads)
 
 
+def _start_speed_watch() -> Sentinel | None:
+    """This machine's speed over the shard, measured by a child process (None if it cannot start)."""
+    try:
+        return Sentinel()
+    except OSError as exc:
+        log.debug("machine speed not measured: %s", exc)
+        return None
+
+
+def _speed_view(speed: Sentinel | None) -> dict[str, Any] | None:
+    if speed is None:
+        return None
+    try:
+        m = speed.result()
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        log.debug("machine speed not measured: %s", exc)
+        speed.stop()
+        return None
+    return {"unit_us_median": m["unit_us_median"], "slow_share": m["slow_share"], "slow_windows": len(m["windows"])}
+
+
 #: A simulated endpoint is flagged late when its chunks' p99 lateness (sent minus due) exceeds
 #: this fraction of its time per output token (and at least SIM_LATE_MIN_MS) ...
 SIM_LATE_FRACTION = 0.25
@@ -312,8 +347,9 @@ class SimulatorWatch:
         except (OSError, ValueError, IndexError):
             return None
 
-    def finish(self, duration_s: float) -> dict[str, Any] | None:
-        """The shard's simulator view, with ``verdict`` set when it was late or saturated."""
+    def finish(self, duration_s: float, machine: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The shard's simulator view, with ``verdict`` set when it was late or saturated (``machine``:
+        this machine's speed over the shard, see `fmbench.machine`, named in the verdict)."""
         try:
             stats = json.loads(_sim_call(f"{self.url}/fmbench/stats"))["lateness"]
         except (OSError, ValueError, KeyError):
@@ -333,6 +369,9 @@ class SimulatorWatch:
             reasons.append(f"while using only {util:.0%} of a CPU: the shared CPU (load average "
                            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs) delayed it" if util is not None
                            else "its CPU use is unknown")
+            slow = (machine or {}).get("slow_share")
+            if isinstance(slow, (int, float)) and slow > 0:
+                reasons.append(f"this machine itself ran slow (>= 4x) in {slow:.1%} of the shard's 10-ms windows")
         return {"chunks": stats.get("n"), "lateness_p50_ms": stats.get("p50_ms"), "lateness_p99_ms": p99,
                 "lateness_max_ms": stats.get("max_ms"), "late_limit_ms": limit,
                 "cpu_util": None if util is None else round(util, 3), "late": late, "saturated": saturated,

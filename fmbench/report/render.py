@@ -186,10 +186,25 @@ def _simulator_rows(m: Manifest) -> list[tuple[str, str]]:
             late.append(f"{sh.get('shard_id')} (chunk lateness p99 {sim.get('lateness_p99_ms') or 0:.1f} ms, "
                         f"max {sim.get('lateness_max_ms') or 0:.1f} ms"
                         + (f", simulator CPU {cpu:.0%}" if isinstance(cpu, (int, float)) else "") + ")")
-    if not late:
+    rows = [("⚠ Shards where the simulator was late or saturated",
+             "results may reflect the simulator, not the modelled server: " + "; ".join(late))] if late else []
+    return rows + _machine_rows(m)
+
+
+def _machine_rows(m: Manifest) -> list[tuple[str, str]]:
+    """Shards during which this machine itself often ran slow (fmbench.machine)."""
+    from fmbench.machine import SLOW_SHARE_WARN
+
+    slow = []
+    for sh in m.shards:
+        share = (sh.get("machine") or {}).get("slow_share") if isinstance(sh, dict) else None
+        if isinstance(share, (int, float)) and share >= SLOW_SHARE_WARN:
+            slow.append(f"{sh.get('shard_id')} ({share:.0%} of its 10-ms windows)")
+    if not slow:
         return []
-    return [("⚠ Shards where the simulator was late or saturated",
-             "results may reflect the simulator, not the modelled server: " + "; ".join(late))]
+    return [("⚠ Shards during which this machine ran slow",
+             "a fixed piece of Python ran at least 4x slower than usual on the machine that sent the load (on a "
+             "shared VM, the host's doing); latency tails measured then are partly the machine's: " + "; ".join(slow))]
 
 
 def _repro(run: RunData) -> dict[str, Any]:

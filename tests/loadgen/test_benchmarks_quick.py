@@ -75,7 +75,7 @@ def test_sim_capacity_quick_compares_both_writers_from_server_stamps(tmp_path: P
 
 def test_late_chunks_are_put_in_or_outside_the_machines_slow_windows() -> None:
     sys.path.insert(0, str(ROOT))
-    from benchmarks._machine_speed import RECOVERY_S, attribute, slow_windows
+    from fmbench.machine import RECOVERY_S, attribute, slow_windows
 
     # 10-ms bins of a sentinel's median time per unit: bins 2 and 3 ran 5-6x slower than usual.
     speed = slow_windows(100.0, 0.01, [[0, 5.0], [1, 5.2], [2, 30.0], [3, 25.0], [4, 4.9], [5, 5.1]])

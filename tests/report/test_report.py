@@ -354,3 +354,19 @@ def test_requests_are_held_in_memory_only_while_their_gaps_are_few(tmp_path: Pat
     scanned = load_run(str(run), write_metrics=False)
     assert scanned.requests is not None and "PARQUET" in scanned.requests.explain().upper()
     assert scanned.metrics.equals(in_memory.metrics)  # the same numbers either way
+
+
+def test_shards_during_which_the_machine_ran_slow_are_flagged() -> None:
+    from fmbench.machine import SLOW_SHARE_WARN
+    from fmbench.report.render import _machine_rows
+    from fmbench.rundir import Manifest
+
+    m = Manifest(shards=[
+        {"shard_id": "e__d__b__c8", "machine": {"unit_us_median": 6.0, "slow_share": SLOW_SHARE_WARN + 0.03}},
+        {"shard_id": "e__d__b__c1", "machine": {"unit_us_median": 6.0, "slow_share": SLOW_SHARE_WARN / 5}},
+        {"shard_id": "e__d__b__c2"},  # measured before fmbench.machine
+    ])
+    [(label, text)] = _machine_rows(m)
+    assert label == "⚠ Shards during which this machine ran slow"
+    assert "e__d__b__c8 (8% of its 10-ms windows)" in text and "c1" not in text and "c2" not in text
+    assert _machine_rows(Manifest(shards=[{"shard_id": "x", "machine": {"slow_share": 0.0}}])) == []

@@ -1,12 +1,12 @@
-"""The machine's own speed over time, measured beside a benchmark by a light sentinel process.
+"""This machine's own speed over time, measured beside a shard or a benchmark by a light sentinel.
 
-On the 2-core VM the benchmarks run on, a fixed piece of Python now and then runs 5-10x slower
-than usual for tens of milliseconds, even with nothing else running (the host's doing: thread
-CPU time runs on through it, so the vCPU is not descheduled, only slow). A paced server that
-needs half a core falls behind in such a window, whatever its code. The sentinel times a ~5-us
-piece of work every millisecond (about 0.5 % of a core) and reports, per 10-ms window, the
-median time; a window at least `SLOW_FACTOR` times the run's median is a slow window. `attribute`
-then says which late chunks were due in or right after one.
+On a shared VM a fixed piece of Python now and then runs 5-10x slower than usual for tens of
+milliseconds, even with nothing else running (the host's doing: thread CPU time runs on through
+it, so the vCPU is not descheduled, only slow). A client or a paced server falls behind in such a
+window whatever its code, so a tail measured then is partly the machine's. The sentinel, a child
+process, times a ~5-us piece of work every millisecond (about 0.5 % of a core) and reports, per
+10-ms window, the median time; a window at least `SLOW_FACTOR` times the run's median is a slow
+window. `in_slow` and `attribute` say which requests or late chunks fell in or right after one.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from typing import Any
 
 #: A window whose median time per unit is at least this many times the run's median is slow.
 SLOW_FACTOR = 4.0
+#: A shard during which the machine was slow in at least this share of its 10-ms windows is flagged
+#: in the report: at that share, a p99 measured on this machine is within reach of its slow windows.
+SLOW_SHARE_WARN = 0.05
 #: Chunks due this long after a slow window ends still count as in it: the backlog the window
 #: left takes time to clear (at half a core of load, about as long again as the window).
 RECOVERY_S = 0.05
@@ -44,17 +47,33 @@ print(json.dumps({"t0": t0, "bin_s": bin_s,
 
 
 class Sentinel:
-    """Measures the machine's speed in a child process for ``seconds``, or until `result` when 0."""
+    """Measures the machine's speed in a child process for ``seconds``, or until `result` when 0.
+
+    Raises:
+        OSError: the child process could not be started.
+    """
 
     def __init__(self, seconds: float = 0.0) -> None:
         self._proc = subprocess.Popen([sys.executable, "-c", _SENTINEL, str(seconds)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                      text=True)
 
     def result(self) -> dict[str, Any]:
-        """Slow windows (monotonic ``[start, end]``), their share of the time, and the medians."""
+        """Slow windows (monotonic ``[start, end]``), their share of the time, and the medians.
+
+        Raises:
+            ValueError: the child gave no result (it failed or was killed).
+            subprocess.TimeoutExpired: it did not answer within two minutes.
+        """
         out, _ = self._proc.communicate(timeout=120)  # closes its stdin: one run until now stops
         data = json.loads(out)
         return slow_windows(data["t0"], data["bin_s"], data["bins"])
+
+    def stop(self) -> None:
+        """Stop it without a result (the shard failed)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
 
 
 def in_slow(t0: float, t1: float, windows: list[list[float]]) -> bool:
