@@ -97,8 +97,7 @@ def slow_windows(t0: float, bin_s: float, bins: list[list[float]]) -> dict[str, 
         else:
             windows.append([start, start + bin_s])
     slow = sum(1 for _, m in bins if m >= SLOW_FACTOR * typical)
-    return {"unit_us_median": round(typical, 2), "unit_us_p99": round(medians[int(0.99 * (len(medians) - 1))], 2),
-            "slow_share": round(slow / len(bins), 4), "windows": windows}
+    return {"unit_us_median": round(typical, 2), "slow_share": round(slow / len(bins), 4), "windows": windows}
 
 
 def attribute(late_chunks: list[list[float]], chunks: int, span: tuple[float, float],

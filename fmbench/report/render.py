@@ -162,7 +162,7 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
 
     cal = m.calibration
     if not isinstance(cal, dict):
-        return _simulator_rows(m)  # a run without calibration (older runs, or it failed)
+        return _simulator_rows(m) + _machine_rows(m)  # a run without calibration (older runs, or it failed)
     rows = [("Client calibration", str(cal.get("summary") or "measured (no summary)"))]
     hot = []
     for sh in m.shards:
@@ -173,7 +173,7 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
     if hot:
         rows.append((f"⚠ Shards above {CEILING_WARN:.0%} of the client ceiling",
                      "results may reflect the client: " + "; ".join(hot)))
-    return rows + _simulator_rows(m)
+    return rows + _simulator_rows(m) + _machine_rows(m)
 
 
 def _simulator_rows(m: Manifest) -> list[tuple[str, str]]:
@@ -186,9 +186,10 @@ def _simulator_rows(m: Manifest) -> list[tuple[str, str]]:
             late.append(f"{sh.get('shard_id')} (chunk lateness p99 {sim.get('lateness_p99_ms') or 0:.1f} ms, "
                         f"max {sim.get('lateness_max_ms') or 0:.1f} ms"
                         + (f", simulator CPU {cpu:.0%}" if isinstance(cpu, (int, float)) else "") + ")")
-    rows = [("⚠ Shards where the simulator was late or saturated",
-             "results may reflect the simulator, not the modelled server: " + "; ".join(late))] if late else []
-    return rows + _machine_rows(m)
+    if not late:
+        return []
+    return [("⚠ Shards where the simulator was late or saturated",
+             "results may reflect the simulator, not the modelled server: " + "; ".join(late))]
 
 
 def _machine_rows(m: Manifest) -> list[tuple[str, str]]:
