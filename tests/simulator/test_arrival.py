@@ -1,4 +1,5 @@
-"""The simulator's arrival stamp is the time a request's first bytes were read (`_arrival`).
+"""The simulator's arrival stamp is the time a request's first bytes arrived (`_arrival`): the kernel's
+receive stamp where there is one (Linux), else the time they were read.
 
 Raw HTTP/1.1 over asyncio streams, so the test decides how the bytes are split; every check is
 causal (a stamp against a moment the test or the server itself recorded), never a speed.
@@ -8,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import sys
+import threading
 import time
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from fmbench.config import SimulatedEndpoint
@@ -97,3 +102,62 @@ def test_a_late_part_of_one_request_is_not_the_next_requests_arrival() -> None:
     assert first["arrival"] < first["t_sent"]
     assert second_arrival >= sent  # never the stamp of the first request's late body
     assert fourth["arrival"] >= third["t_sent"]  # no stamp: stamped by its handler, after the third
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's receive stamps are read on Linux")
+def test_arrival_is_when_the_bytes_reached_the_server_even_while_its_loop_was_held() -> None:
+    # A request sent while the server's event loop is held (by a decode step, another handler or
+    # the client's own use of the CPU) arrived when its bytes reached the socket, not when the loop
+    # got round to reading them: that wait is the server's, not the client's send. A new connection
+    # (its first request is read before its socket is wrapped) and a reused one alike.
+    sent: dict[str, float] = {}
+    answers: dict[str, dict[str, Any]] = {}
+    sending_done = threading.Event()
+
+    def client(port: int, kept: socket.socket) -> None:
+        head, body = _request()
+        with socket.create_connection(("127.0.0.1", port)) as fresh:
+            sent["kept"] = time.monotonic()
+            kept.sendall(head + body)
+            sent["fresh"] = time.monotonic()
+            fresh.sendall(head + body)
+            sending_done.set()
+            answers["fresh"] = _read_answer(fresh)
+        answers["kept"] = _read_answer(kept)
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        runner, port = await _serve(build_app(CFG))
+        try:
+            kept = socket.create_connection(("127.0.0.1", port), timeout=20)
+            head, body = _request()
+            kept.sendall(head + body)
+            await loop.run_in_executor(None, _read_answer, kept)  # now between requests
+            thread = threading.Thread(target=client, args=(port, kept))
+            thread.start()
+            # Hold the loop until both requests are in their sockets, and a while after.
+            sending_done.wait(20)
+            time.sleep(0.1)  # noqa: ASYNC251 - holding the loop is the point
+            released = time.monotonic()
+            await loop.run_in_executor(None, thread.join, 20)
+            kept.close()
+            return released
+        finally:
+            await runner.cleanup()
+
+    released = asyncio.run(main())
+    for name in ("kept", "fresh"):
+        assert sent[name] <= answers[name]["arrival"] < released, name
+
+
+def _read_answer(sock: socket.socket) -> dict[str, Any]:
+    sock.settimeout(20)
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        raw += sock.recv(65536)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    headers = {k.lower(): v.strip() for k, _, v in (line.decode().partition(":") for line in head.split(b"\r\n")[1:])}
+    return {"arrival": float(headers["x-fmbench-arrival"]), **json.loads(body[:length])["fmbench"]}

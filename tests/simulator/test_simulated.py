@@ -379,6 +379,53 @@ def test_batched_and_per_stream_writers_send_the_same_bytes(path: str) -> None:
     assert bodies[0] == bodies[1]
 
 
+@pytest.mark.parametrize("tpot_ms", [2.0, 0.01])
+def test_the_last_frame_encoded_in_advance_says_what_the_stream_said(tpot_ms: float) -> None:
+    # The last frame (with the usage chunk and [DONE]) is encoded before it is due, as a %-format
+    # for its stamps: a "%" in the model name must come out as itself, and the usage must count
+    # what was sent, whether the last chunk goes out alone (2 ms per token) or in one late step
+    # with the chunks before it (0.01 ms per token, shorter than a decode step).
+    model = "sim-100%-%d"
+    body = {"model": model, "stream": True, "stream_options": {"include_usage": True}, "prompt": PROMPT}
+    with SimulatedServerThread(_cfg(model=model, output_tokens=30, tpot_ms=tpot_ms)) as srv:
+        raw = _raw_stream(srv.url or "", "/v1/completions", body)
+    sse = _dechunk(raw.partition(b"\r\n\r\n")[2])
+    assert sse.endswith(b"data: [DONE]\n\n")
+    events = [json.loads(line[6:]) for line in sse.split(b"\n\n") if line.startswith(b"data: {")]
+    chunks, usage = events[:-1], events[-1]
+    assert {e["model"] for e in events} == {model}
+    assert [c["fmbench"]["index"] for c in chunks] == list(range(30))
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 30
+    assert usage["usage"]["prompt_tokens"] > 0
+    assert usage["fmbench"]["t_sent"] == chunks[-1]["fmbench"]["t_sent"]  # one write, one stamp
+    assert all(c["fmbench"]["t_sent"] >= c["fmbench"]["t_due"] for c in chunks)
+
+
+@pytest.mark.parametrize("writer", ["batched", "per-stream"])
+def test_a_streams_headers_arrive_before_its_first_token_is_due(writer: str) -> None:
+    # Like a real server's (uvicorn writes them when the handler starts the response), so that a
+    # client's work on the headers is done before the first token and not counted in its TTFT.
+    body = {"model": MODEL, "stream": True, "prompt": PROMPT}
+    with SimulatedServerThread(_cfg(ttft_ms=400, output_tokens=3), writer=writer) as srv:
+        host, port = (srv.url or "").removeprefix("http://").split(":")
+        payload = json.dumps(body).encode()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+            raw = b""
+            while b"\r\n\r\n" not in raw:
+                raw += sock.recv(65536)
+            t_headers = time.monotonic()
+            while data := sock.recv(65536):
+                raw += data
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    frames = [json.loads(line[6:]) for line in _dechunk(chunked).split(b"\n\n") if line.startswith(b"data: {")]
+    assert len(frames) == 3
+    assert t_headers < frames[0]["fmbench"]["t_due"]  # the server's own clock: the same on this host
+
+
 def test_an_http_10_client_gets_a_whole_stream_without_chunked_framing() -> None:
     # HTTP/1.0 has no chunked encoding: the stream is delimited by the connection's close.
     body = {"model": MODEL, "stream": True, "prompt": PROMPT}
