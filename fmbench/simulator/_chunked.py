@@ -41,8 +41,8 @@ class ChunkedStream:
     def write(self, data: bytes) -> bool:
         """Send ``data`` as one HTTP chunk now; False (nothing sent) once the connection is gone.
 
-        The first call also sends the status line and headers, which aiohttp holds back until
-        the first body write.
+        The first call also sends the status line and headers if aiohttp has not (a prepared
+        `web.StreamResponse` sends them at once; it is a no-op then).
         """
         if not data:  # a zero-length chunk would end the body
             return True

@@ -404,8 +404,9 @@ def test_the_last_frame_encoded_in_advance_says_what_the_stream_said(tpot_ms: fl
 
 @pytest.mark.parametrize("writer", ["batched", "per-stream"])
 def test_a_streams_headers_arrive_before_its_first_token_is_due(writer: str) -> None:
-    # Like a real server's (uvicorn writes them when the handler starts the response), so that a
-    # client's work on the headers is done before the first token and not counted in its TTFT.
+    # Like a real server's (uvicorn writes them when the handler starts the response; so does
+    # aiohttp's StreamResponse.prepare), so that a client's work on the headers is done before
+    # the first token and not counted in its TTFT.
     body = {"model": MODEL, "stream": True, "prompt": PROMPT}
     with SimulatedServerThread(_cfg(ttft_ms=400, output_tokens=3), writer=writer) as srv:
         host, port = (srv.url or "").removeprefix("http://").split(":")
