@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from aiohttp import web
 
 from fmbench.simulator.app import SimContext
+from fmbench.simulator.core import yield_cpu
 from fmbench.simulator.faults import Fault, FaultKind, hang_forever
 
 #: Builds a family's error response: (status, message, error type/code) -> response.
@@ -71,6 +72,7 @@ async def send_stamped_body(request: web.Request, head: bytes, tail: bytes, cont
         return resp
     request.writer.send_headers()
     transport.write(b"%b%*.6f%b" % (head, _STAMP_WIDTH, time.monotonic(), tail))
+    yield_cpu()  # the client reads its answer before this server finishes the request
     await resp.write_eof()
     return resp
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,23 @@ from fmbench.simulator.text import generate_tokens
 #: (`SimCore.late_chunks`), so that a measurement can line its lateness up with what else
 #: happened on the machine at that moment (the percentiles alone cannot say when).
 LATE_RECORD_S = 0.001
+
+_sched_yield = getattr(os, "sched_yield", None)
+
+
+def yield_cpu() -> None:
+    """Let a process this one has just woken run before it, if they share a CPU (a no-op if not).
+
+    A socket write wakes its reader as a "sync" wake-up: the kernel, expecting the writer to
+    sleep at once, often queues the reader on the writer's own CPU. A simulator sharing the
+    machine with its client that goes on to finish a request (aiohttp's end of a response, the
+    next request's start: a few hundred µs) would keep the client from its last chunk meanwhile,
+    and that wait would be measured as the client's. The server yields after writing a stream's
+    last chunk; its own stamps were taken before, so any delay this costs it is its lateness.
+    """
+    if _sched_yield is not None:
+        _sched_yield()
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +139,7 @@ class Generation:
         self._waiter: asyncio.Future[None] | None = None
         self._done = False
         self._sink: ChunkSink | None = None
+        self._writes = False  # whether the sink writes to a client (see `attach`)
 
     @property
     def n_chunks(self) -> int:
@@ -148,10 +167,14 @@ class Generation:
         texts += ["".join(words[i:i + step]) for i in range(1, len(words), step)]
         return texts
 
-    def attach(self, sink: ChunkSink) -> None:
+    def attach(self, sink: ChunkSink, writes: bool = True) -> None:
         """Have the core's decode step write this stream's chunks through ``sink`` from now on
-        (chunks already due go out at once). The generation is then no longer iterated."""
+        (chunks already due go out at once). The generation is then no longer iterated.
+
+        ``writes``: the sink sends the chunks to the client (the step then yields the CPU after
+        the last one, see `yield_cpu`); False for a sink that only collects them."""
         self._sink = sink
+        self._writes = writes
         if self._ready:
             ready = [(e.rid, e.index, e.first_token, e.n_tokens, e.t_due, e.last) for e in self._ready]
             self._ready.clear()
@@ -289,6 +312,7 @@ class SimCore:
                 # The usual decode step: at most one chunk per stream, so each goes straight to
                 # its stream's sink with no grouping (this loop runs once per output token).
                 record = self._lateness.append
+                ended = False
                 for ev in raw:
                     gen = gens.get(ev[0])
                     if gen is None:
@@ -307,6 +331,10 @@ class SimCore:
                     record(late)
                     if late > LATE_RECORD_S:
                         self._late.append((ev[4], late))
+                    if ev[5] and gen._writes:
+                        ended = True
+                if ended:  # after the whole step's writes: a stream's reader has its last chunk
+                    yield_cpu()
             else:  # a late step: one stream's chunks go out together, in one write
                 grouped: dict[Generation, list[RawChunk]] = {}
                 for ev in raw:
@@ -319,6 +347,8 @@ class SimCore:
                         grouped.setdefault(gen, []).append(ev)
                 for gen, evs in grouped.items():
                     self._flush(gen, evs)
+                if any(evs[-1][5] and gen._writes for gen, evs in grouped.items()):
+                    yield_cpu()
         due = model.next_due()
         if due is not None and self._step_s:
             due = max(due, now + self._step_s)

@@ -403,7 +403,7 @@ async def _respond(
                     done.set_result(None)
                 return time.monotonic()
 
-            gen.attach(collect)
+            gen.attach(collect, writes=False)  # the body is written (and the CPU yielded) below
             await done
             parts, t_first_due, t_due = texts, dues[0], dues[-1]
         else:

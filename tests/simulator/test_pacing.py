@@ -129,3 +129,42 @@ def test_the_server_lists_each_late_chunk_with_its_due_time(writer: str) -> None
         assert due == pytest.approx(want_due, abs=2e-6)
         assert late_ms == pytest.approx(want_ms, abs=0.01)
     assert after_reset == []
+
+
+def test_the_server_yields_the_cpu_once_per_answer_after_its_last_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the last bytes of an answer the server lets the client it woke run first (see
+    `core.yield_cpu`): once per streamed or whole answer, never before the answer's last write."""
+    import json
+
+    import aiohttp
+
+    import fmbench.simulator.core as core_mod
+    from fmbench.config import SimulatedEndpoint
+    from fmbench.simulator.server import start_server
+
+    yields: list[float] = []
+    monkeypatch.setattr(core_mod, "_sched_yield", lambda: yields.append(time.monotonic()))
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=5.0, tpot_ms=2.0, output_tokens=10)
+
+    async def run() -> list[float]:
+        runner, url = await start_server(cfg, port=0)
+        try:
+            last_sent: list[float] = []
+            async with aiohttp.ClientSession() as session:
+                for stream in (True, False, True):
+                    body = {"model": cfg.model, "prompt": "p", "stream": stream}
+                    async with session.post(url + "/v1/completions", json=body) as resp:
+                        if stream:
+                            stamps = [json.loads(line[6:])["fmbench"]["t_sent"]
+                                      async for line in resp.content if line.startswith(b"data: {")]
+                            last_sent.append(stamps[-1])
+                        else:
+                            last_sent.append((await resp.json())["fmbench"]["t_sent"])
+            return last_sent
+        finally:
+            await runner.cleanup()
+
+    last_sent = asyncio.run(run())
+    assert len(yields) == len(last_sent) == 3
+    for sent, yielded in zip(last_sent, yields, strict=True):
+        assert yielded >= sent
