@@ -1,4 +1,4 @@
-"""A request's arrival stamped when its first bytes are read from the socket, not in its handler.
+"""A request's arrival stamped when its first bytes reach the socket, not in its handler.
 
 aiohttp hands a parsed request to its handler one or two event-loop iterations after reading it
 (the connection's task wakes, then the handler's task starts); on a busy loop that is
@@ -200,5 +200,5 @@ async def read_stamps(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def request_arrival(request: web.Request) -> float:
-    """When the request arrived: its read stamp, else now."""
+    """When the request arrived: its read stamp (the kernel's, where there is one), else now."""
     return request.get(READ_AT) or time.monotonic()

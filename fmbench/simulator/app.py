@@ -71,7 +71,7 @@ class SimContext:
     _counted_chars: int = field(default=0, init=False, repr=False)
 
     def arrive(self, request: web.Request) -> tuple[float, Fault]:
-        """A generation request's arrival (when its first bytes were read, see `_arrival`) and its
+        """A generation request's arrival (when its bytes reached the socket, see `_arrival`) and its
         fault (call first, synchronously: faults are drawn in arrival order)."""
         return request_arrival(request), self.faults.draw()
 

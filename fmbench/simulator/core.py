@@ -47,7 +47,6 @@ def yield_cpu() -> None:
         _sched_yield()
 
 
-
 @dataclass(frozen=True, slots=True)
 class GenRequest:
     """One generation request, already validated and token-counted by its route.

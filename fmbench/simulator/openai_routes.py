@@ -333,7 +333,7 @@ class _StreamSink:
             i = len(texts) - 1
             # The last frame, with the usage chunk and [DONE] after it, is encoded now too (its
             # usage is known: a stream that reaches its last chunk emitted every token): built in
-            # the decode step, after the stamp, that cold code took ~0.1-0.3 ms on an idle server,
+            # the decode step, after the stamp, that cold code took ~0.1 ms on an idle server,
             # which a client would have been charged with as delivery time.
             # It is a %-format for its stamps: a literal "%" in the text or the model name is doubled.
             last_frame = (f'{pre}{_json_str(texts[i])}{close}"{gen.finish_reason}"}}],'
