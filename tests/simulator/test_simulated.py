@@ -338,13 +338,21 @@ def test_batched_and_per_stream_writers_send_the_same_answers() -> None:
     assert seen[0][2]["completion_tokens"] == 8 and seen[0][3][2]["completion_tokens"] == 10
 
 
+def _post(sock: socket.socket, host: str, body: dict[str, Any], path: str = "/v1/completions",
+          version: str = "1.1", close: bool = True) -> None:
+    """Send a JSON POST over a bare socket."""
+    payload = json.dumps(body).encode()
+    connection = "Connection: close\r\n" if close else ""
+    head = (f"POST {path} HTTP/{version}\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n{connection}\r\n")
+    sock.sendall(head.encode() + payload)
+
+
 def _raw_stream(url: str, path: str, body: dict[str, Any], version: str = "1.1") -> bytes:
     """POST over a bare socket and return the response exactly as sent (headers and framing)."""
     host, port = url.removeprefix("http://").split(":")
-    payload = json.dumps(body).encode()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"POST {path} HTTP/{version}\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+        _post(sock, host, body, path, version)
         out = b""
         while data := sock.recv(65536):
             out += data
@@ -410,10 +418,8 @@ def test_a_streams_headers_arrive_before_its_first_token_is_due(writer: str) -> 
     body = {"model": MODEL, "stream": True, "prompt": PROMPT}
     with SimulatedServerThread(_cfg(ttft_ms=400, output_tokens=3), writer=writer) as srv:
         host, port = (srv.url or "").removeprefix("http://").split(":")
-        payload = json.dumps(body).encode()
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+            _post(sock, host, body)
             raw = b""
             while b"\r\n\r\n" not in raw:
                 raw += sock.recv(65536)
@@ -445,13 +451,11 @@ def test_a_reader_that_falls_behind_still_gets_every_frame_in_order() -> None:
     body = {"model": MODEL, "stream": True, "prompt": PROMPT}
     with SimulatedServerThread(_cfg(output_tokens=n, ttft_ms=1, tpot_ms=0.02)) as srv:
         host, port = (srv.url or "").removeprefix("http://").split(":")
-        payload = json.dumps(body).encode()
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(20)
             sock.connect((host, int(port)))
-            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+            _post(sock, host, body)
             time.sleep(1.0)  # the whole stream falls due meanwhile
             raw = b""
             while data := sock.recv(1 << 20):
@@ -465,10 +469,8 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot() -> None:
     body = {"model": MODEL, "stream": True, "prompt": PROMPT}
     with SimulatedServerThread(_cfg(output_tokens=2_000, ttft_ms=1, tpot_ms=1, max_batch=1)) as srv:
         host, port = (srv.url or "").removeprefix("http://").split(":")
-        payload = json.dumps(body).encode()
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            _post(sock, host, body, close=False)
             seen = b""
             while b"data: {" not in seen and (data := sock.recv(65536)):  # headers may come alone
                 seen += data
