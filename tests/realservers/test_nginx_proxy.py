@@ -124,7 +124,7 @@ def test_shards_separated_by_pauses_see_no_client_caused_errors(
     assert metrics.height == len(plan) and (metrics["errors"] == 0).all()
     assert metrics["resends"].sum() == df.filter(~pl.col("warmup"))["resends"].sum()
     # Every request reached the endpoint once: nginx logged one answered request per record.
-    log = [line.split() for line in px.access_lines()]
+    log = [line.split() for line in px.access_lines(expect=df.height)]
     assert len(log) == df.height and all(fields[3] == "200" for fields in log), px.access_lines()
     per_connection = [int(fields[1]) for fields in log]
     if profile.keepalive_requests == 1:
@@ -177,7 +177,7 @@ def test_connections_nginx_closes_when_idle_are_never_endpoint_errors(
     # ended (the client reads the answers after nginx sent them), and earlier still under load.
     outcomes = asyncio.run(_reuse_at_the_idle_timeout(_client(px, max_tokens=4), parallel, rounds, 0.900, 1.020))
     failed = [(round(pause, 5), err) for pause, _, err in outcomes if err is not None]
-    log = [line.split() for line in px.access_lines()]
+    log = [line.split() for line in px.access_lines(expect=len(outcomes) + parallel)]
     assert not failed, (f"{len(failed)} of {len(outcomes)} failed: {failed[:10]}\n"
                         f"nginx answered {len(log)} requests; its error log: {px.error_tail()}")
     # nginx answered each request exactly once (a resent request had never reached it), and the
@@ -218,8 +218,9 @@ def test_client_never_reuses_a_connection_past_nginxs_keep_alive_header(
     outcomes = asyncio.run(_reuse_at_the_idle_timeout(_client(px, max_tokens=4), parallel, 8, 0.40, 1.00))
     assert not [err for _, _, err in outcomes if err], outcomes
     assert sum(n for _, n, _ in outcomes) == 0
-    idle = _reuse_idle_times(px.access_lines())
-    assert len(px.access_lines()) == len(outcomes) + parallel
+    lines = px.access_lines(expect=len(outcomes) + parallel)
+    idle = _reuse_idle_times(lines)
+    assert len(lines) == len(outcomes) + parallel
     # Connections were reused after long pauses, but never close to nginx's 1-second close (the
     # margin is the client's: it stops reusing a quarter of the announced timeout early).
     assert max(idle) < 0.95 and any(i > 0.4 for i in idle), sorted(idle)[-5:]
@@ -297,6 +298,6 @@ def test_benchmark_flow_through_nginx_reports_no_errors(
     assert metrics["resends"].sum() == requests.filter(~pl.col("warmup"))["resends"].sum()
     assert "No measured request failed." in report.read_text()
     # nginx answered the probe and every request, each once, each on its own connection.
-    log = [line.split() for line in px.access_lines()]
+    log = [line.split() for line in px.access_lines(expect=requests.height + 1)]
     assert len(log) == requests.height + 1 and {fields[1] for fields in log} == {"1"}
 

@@ -168,9 +168,18 @@ class NginxProxy:
             return "(no error log)"
         return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
 
-    def access_lines(self) -> list[str]:
-        """nginx's access log, one line per request it answered."""
-        return self.access_log.read_text(errors="replace").splitlines() if self.access_log.exists() else []
+    def access_lines(self, expect: int | None = None, timeout_s: float = 10.0) -> list[str]:
+        """nginx's access log, one line per request it answered.
+
+        nginx writes a request's line once the answer's last byte is out, so a client can be done
+        with its last answer before that line is written (more often on a loaded machine): with
+        ``expect``, wait up to ``timeout_s`` for that many lines before reading."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = self.access_log.read_text(errors="replace").splitlines() if self.access_log.exists() else []
+            if expect is None or len(lines) >= expect or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
     def __enter__(self) -> Self:
         self.start()
