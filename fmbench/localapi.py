@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -398,14 +399,18 @@ def _live_leases(leases: Path) -> int:
     return live
 
 
-def _die_with_parent() -> None:
-    """In the server's process, before exec: the kernel stops it when the watchdog dies (Linux)."""
+def _die_with_parent(parent: int) -> None:
+    """In the server's process, before exec: the kernel stops it when the watchdog (``parent``)
+    dies (Linux). A watchdog that died between the fork and this request sent no signal: the
+    child then finds it has another parent already, and exits instead of starting an orphan."""
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the watchdog's own stop still covers it
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _watch(root: Path, port: int, home: Path) -> int:
@@ -426,9 +431,12 @@ def _watch(root: Path, port: int, home: Path) -> int:
             print(f"fmbench: a new Prefect database at {home / 'prefect.db'}, copied from {db_template()}", flush=True)
     except OSError as exc:  # Prefect creates and migrates its database itself
         print(f"fmbench: could not copy {db_template()} into {home}: {exc}", flush=True)
+    import ctypes  # noqa: F401 - imported here, so the forked child's _die_with_parent need not (a shorter window)
+
     server = subprocess.Popen(
         _server_command(port), stdin=subprocess.DEVNULL, start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509 - single-threaded
+        # single-threaded here, so a preexec_fn is safe
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None,  # noqa: PLW1509
     )
     leases = root / "leases"
     try:

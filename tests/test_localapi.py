@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -283,3 +284,19 @@ def test_a_prefect_upgrade_leaves_only_its_own_database_template(tmp_path: Path)
     dropped = drop_stale_templates(share / "prefect-3.10.0.db")
     assert sorted(p.name for p in dropped) == ["prefect-3.8.0.db", "prefect-3.9.1.db"]
     assert sorted(p.name for p in share.iterdir()) == ["notes.db", "prefect-3.10.0.db"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_server_whose_watchdog_died_before_its_exec_does_not_start() -> None:
+    # The kernel's "stop me when my parent dies" is asked for after the fork: a watchdog killed in
+    # between sends no signal, so the child checks whose child it is and exits instead of running
+    # as an orphan. Here it is given a parent that is not its own, as if that one had died.
+    from fmbench.localapi import _die_with_parent
+
+    not_the_parent = os.getpid() + 1_000_000
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             preexec_fn=functools.partial(_die_with_parent, not_the_parent))  # noqa: PLW1509
+    assert child.wait(timeout=30) == 1  # exited before the exec, not after a minute's sleep
+    kept = subprocess.Popen([sys.executable, "-c", "pass"],
+                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))  # noqa: PLW1509
+    assert kept.wait(timeout=30) == 0  # its parent is the one named: it runs
