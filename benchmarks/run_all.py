@@ -193,20 +193,26 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
     else:
         lines += [_missing(r), ""]
     r = results.get("llama_cpp", {})
-    lines += ["## 6. A real llama.cpp server: fmbench beside a stdlib client and the server's own timings", ""]
+    lines += ["## 6. A real llama.cpp server: fmbench beside a stdlib client, the wire and the server's own timings", ""]
     if "rows" in r:
         lines += [f"Server: {r['server']}.", "",
                   ("| api | conc | n | TTFT ms fmbench / stdlib (server prompt_ms) | TTFT - prompt_ms fmbench / stdlib | "
-                   "TPOT ms fmbench / stdlib (server) | fmbench resends | checks missed | load |"),
-                  "|---|---:|---:|---|---|---|---:|---|---:|"]
+                   "client - wire, TTFT median (max) ms fmbench / stdlib | TPOT ms fmbench / stdlib (server) | "
+                   "client - wire, TPOT median ms fmbench / stdlib | fmbench resends | checks missed | load |"),
+                  "|---|---:|---:|---|---|---|---|---|---:|---|---:|"]
         for x in r["rows"]:
             f, s = x["fmbench"], x["stdlib"]
             missed = ", ".join(k.replace("_", " ") for k, ok in x["checks"].items() if not ok) or "none"
+            wire_ttft = (f"{f['ttft_minus_wire_ms']:.2f} ({f['ttft_minus_wire_max_ms']:.2f}) / "
+                         f"{s['ttft_minus_wire_ms']:.2f} ({s['ttft_minus_wire_max_ms']:.2f})"
+                         if "ttft_minus_wire_ms" in f else x.get("wire", {}).get("note", "not captured"))
+            wire_tpot = (f"{f['tpot_minus_wire_ms']:.3f} / {s['tpot_minus_wire_ms']:.3f}"
+                         if "tpot_minus_wire_ms" in f else "–")
             lines.append(f"| {x['api']} | {x['concurrency']} | {x['requests_per_client']} | "
                          f"{f['ttft_ms']:.1f} / {s['ttft_ms']:.1f} ({f['server_prompt_ms']:.1f} / "
                          f"{s['server_prompt_ms']:.1f}) | {f['ttft_excess_ms']:.2f} / {s['ttft_excess_ms']:.2f} | "
-                         f"{f['tpot_ms']:.3f} / {s['tpot_ms']:.3f} ({f['server_tpot_ms']:.3f} / "
-                         f"{s['server_tpot_ms']:.3f}) | {f['resends']} | {missed} | "
+                         f"{wire_ttft} | {f['tpot_ms']:.3f} / {s['tpot_ms']:.3f} ({f['server_tpot_ms']:.3f} / "
+                         f"{s['server_tpot_ms']:.3f}) | {wire_tpot} | {f['resends']} | {missed} | "
                          f"{x['load_avg'][0]} |")
         met = sum(x["met"] for x in r["rows"])
         lines += ["", f"Target ({r['target']}): met in {met} of {len(r['rows'])} cells.", ""]

@@ -233,3 +233,25 @@ def test_the_shipped_config_validates_and_runs_against_llama_cpp(llama: LlamaSer
     assert rec["ok"].all(), rec.filter(~pl.col("ok"))["error"].to_list()
     assert rec["output_tokens"].to_list() == [32] * 24
     assert set(rec["usage_source"]) == {"server"}
+
+
+def test_benchmark_6_times_both_clients_against_the_wire(llama_binary: Path, tmp_path: Path) -> None:
+    """`make bench`'s benchmark 6 (``--quick``): both clients' TTFT and TPOT beside the wire's."""
+    env = {**os.environ, "FMBENCH_LLAMA_SERVER": str(llama_binary)}
+    subprocess.run([sys.executable, "-m", "benchmarks.llama_cpp", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                   env=env, check=True, timeout=240, capture_output=True)
+    data = json.loads((tmp_path / "llama_cpp.json").read_text())
+    assert [(r["api"], r["concurrency"]) for r in data["rows"]] == [
+        ("completions", 1), ("completions", 4), ("chat", 1), ("chat", 4)]
+    for row in data["rows"]:
+        if "note" in row["wire"] and not os.environ.get("CI"):
+            pytest.skip(row["wire"]["note"])  # no CAP_NET_RAW here; CI runs as root
+        assert "ttft_vs_wire" in row["checks"]
+        for who in ("fmbench", "stdlib"):
+            side = row[who]
+            # a client stamps its send before the first byte is on the wire and its first token
+            # after the segment carrying it arrived: never ahead of the wire (clock slew aside)
+            assert side["ttft_minus_wire_min_ms"] > -0.2
+            assert side["wire_ttft_ms"] > 0 and side["wire_tpot_ms"] > 0
+        # a request the server never answered was one fmbench sent again, never one it lost
+        assert row["wire"]["unanswered_sends"] <= row["fmbench"]["resends"] + row["stdlib"]["resends"]
