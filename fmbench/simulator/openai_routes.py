@@ -340,8 +340,8 @@ class _StreamSink:
                           f'"fmbench":{{"index":{i},"n_tokens":').encode().replace(b"%", b"%%") + _STAMP
             if include_usage:
                 usage = Usage(gen.usage.prompt_tokens, gen.output_tokens).as_dict()
-                head = b"data: " + _dumps({**base, "choices": [], "usage": usage})[:-1]
-                last_frame += head.replace(b"%", b"%%") + _USAGE_STAMP
+                usage_head = b"data: " + _dumps({**base, "choices": [], "usage": usage})[:-1]
+                last_frame += usage_head.replace(b"%", b"%%") + _USAGE_STAMP
             last_frame += _DONE
             frames[i] = b""  # written through last_frame only
         self._frames, self._last_frame = frames, last_frame
