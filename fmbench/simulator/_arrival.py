@@ -13,7 +13,7 @@ finds no stamp is stamped in its handler, as before, never earlier than it reall
 
 On Linux the stamp is the kernel's: each TCP connection has ``SO_TIMESTAMPNS`` on, and its
 transport's socket is wrapped so that a read is a ``recvmsg`` that also returns when the data
-reached the socket (`_RxStampSocket`). That is when the client's bytes arrived, however long this
+reached the socket (`fmbench.rxstamp`). That is when the client's bytes arrived, however long this
 server's event loop took to come to them (a decode step writing a hundred streams, another
 request's handler, or the client itself holding the CPU the two share); a stamp taken at the read
 charges that wait to the client's send. Where the kernel gives no stamp, the read's time is used.
@@ -22,91 +22,17 @@ charges that wait to the client's send. Where the kernel gives no stamp, the rea
 from __future__ import annotations
 
 import asyncio
-import math
 import socket
-import struct
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from fmbench.rxstamp import SO_TIMESTAMPNS, RxStampSocket, arrival_time, stamp_reads
+
 #: The read stamp of a request (monotonic seconds), set by `read_stamps`.
 READ_AT: web.RequestKey[float] = web.RequestKey("fmbench_read_at", float)
-
-
-# Linux's SO_TIMESTAMPNS (the "old" one: a struct timespec of two longs, CLOCK_REALTIME); the
-# socket module does not name it. SCM_TIMESTAMPNS, the control message's type, is the same number.
-_SO_TIMESTAMPNS = 35
-_CMSG_SPACE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
-_TIMESPEC = struct.Struct("@ll")
-#: A kernel stamp further than this before the read is not believed (the wall clock was stepped).
-_MAX_STAMP_AGE_S = 1.0
-
-
-_offset: list[float] = [0.0, -math.inf]  # CLOCK_REALTIME - CLOCK_MONOTONIC (s), when measured
-
-
-def _realtime_offset(now: float) -> float:
-    """CLOCK_REALTIME minus ``time.monotonic()`` in seconds, measured at most a second ago.
-
-    The two clocks keep their distance unless the wall clock is stepped, so it is measured once a
-    second, from the tightest of a few bracketing reads: a single pair of reads would be off by
-    however long the process was held between them (tens of µs, now and then, on a VM).
-    """
-    if now - _offset[1] > 1.0:
-        best = math.inf
-        for _ in range(5):
-            t0 = time.monotonic_ns()
-            wall = time.time_ns()
-            t1 = time.monotonic_ns()
-            if t1 - t0 < best:
-                best, offset = t1 - t0, (wall - (t0 + t1) // 2) / 1e9
-        _offset[0], _offset[1] = offset, now
-    return _offset[0]
-
-
-class _RxStampSocket:
-    """A connected socket whose ``recv`` is a ``recvmsg`` that keeps the kernel's receive stamp.
-
-    It stands in for the socket inside an asyncio selector transport, which calls only ``recv``
-    to read; every other call goes to the socket itself.
-    """
-
-    __slots__ = ("_sock", "rx_ns")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.rx_ns = 0  # CLOCK_REALTIME ns of the last read's data, 0 if the kernel gave none
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        self.rx_ns = 0  # never the stamp of an earlier read
-        data, ancillary, _, _ = self._sock.recvmsg(bufsize, _CMSG_SPACE, flags)
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
-                sec, nsec = _TIMESPEC.unpack_from(payload)
-                self.rx_ns = sec * 1_000_000_000 + nsec
-        return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _stamp_reads(transport: asyncio.BaseTransport) -> _RxStampSocket | None:
-    """Wrap a selector transport's TCP socket in `_RxStampSocket`; None where that cannot be done
-    (not Linux, not a plain TCP selector transport: e.g. uvloop's, or TLS)."""
-    sock = getattr(transport, "_sock", None)
-    if (not sys.platform.startswith("linux") or not _CMSG_SPACE or type(sock) is not socket.socket
-            or sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6)):
-        return None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-    except OSError:
-        return None
-    wrapped = _RxStampSocket(sock)
-    transport._sock = wrapped  # type: ignore[attr-defined]
-    return wrapped
 
 
 class ReadStamp(asyncio.Protocol):
@@ -118,21 +44,15 @@ class ReadStamp(asyncio.Protocol):
         self._inner = inner
         self._stamp: float | None = None
         self._busy = False
-        self._rx: _RxStampSocket | None = None
+        self._rx: RxStampSocket | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._rx = _stamp_reads(transport)
+        self._rx = stamp_reads(transport)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self._stamp is None and not self._busy:
-            now = time.monotonic()
-            rx = self._rx
-            if rx is not None and rx.rx_ns:
-                kernel = rx.rx_ns / 1e9 - _realtime_offset(now)
-                if now - _MAX_STAMP_AGE_S < kernel < now:
-                    now = kernel
-            self._stamp = now
+            self._stamp = arrival_time(self._rx, time.monotonic())
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -175,7 +95,7 @@ class StampingSite(web.TCPSite):
             # Set on the listener, so that the kernel stamps what arrives from the start, also
             # a new connection's first request, read before its protocol wraps its socket.
             try:
-                sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             except OSError:
                 pass
 

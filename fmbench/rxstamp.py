@@ -1,0 +1,115 @@
+"""When bytes reached a socket, by the kernel's clock: receive stamps for asyncio TCP transports.
+
+A process that stamps a read with ``time.monotonic()`` when its event loop gets to it charges the
+time the data waited for that loop (other callbacks, a decode step, the process not scheduled) to
+whatever it measures. On Linux, a TCP socket with ``SO_TIMESTAMPNS`` on reports, with each
+``recvmsg``, when the last of the bytes it returns arrived. `stamp_reads` wraps a selector
+transport's socket so that its reads are such ``recvmsg`` calls (`RxStampSocket`), and
+`arrival_time` turns the stamp of the last read into ``time.monotonic()`` seconds.
+
+Used by the simulated endpoint (a request's arrival) and by the OpenAI client (when an answer's
+bytes arrived). Where the kernel gives no stamp (not Linux, uvloop's or a TLS transport), reads are
+not wrapped and the callers fall back to the time their callback runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+# Linux's SO_TIMESTAMPNS (the "old" one: a struct timespec of two longs, CLOCK_REALTIME); the
+# socket module does not name it. SCM_TIMESTAMPNS, the control message's type, is the same number.
+SO_TIMESTAMPNS = 35
+_CMSG_SPACE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
+_unpack_timespec = struct.Struct("@ll").unpack_from
+#: A kernel stamp further than this before the read is not believed (the wall clock was stepped).
+MAX_STAMP_AGE_S = 1.0
+
+_offset: list[float] = [0.0, -math.inf]  # CLOCK_REALTIME - CLOCK_MONOTONIC (s), when measured
+#: A wall clock that moved against the monotonic one by more than this was stepped: re-measure.
+_STEP_S = 0.001
+
+
+def realtime_offset(now: float) -> float:
+    """CLOCK_REALTIME minus ``time.monotonic()`` in seconds, measured at most a second ago, and at
+    once when the wall clock was stepped since.
+
+    The two clocks keep their distance unless the wall clock is stepped, so it is measured once a
+    second, from the tightest of a few bracketing reads: a single pair of reads would be off by
+    however long the process was held between them (tens of µs, now and then, on a VM). A step is
+    seen on every call (one more clock read, against the last measurement), so a stamp is never
+    converted with the offset from before a step.
+    """
+    if now - _offset[1] > 1.0 or abs(time.time() - now - _offset[0]) > _STEP_S:
+        best = math.inf
+        for _ in range(5):
+            t0 = time.monotonic_ns()
+            wall = time.time_ns()
+            t1 = time.monotonic_ns()
+            if t1 - t0 < best:
+                best, offset = t1 - t0, (wall - (t0 + t1) // 2) / 1e9
+        _offset[0], _offset[1] = offset, now
+    return _offset[0]
+
+
+class RxStampSocket:
+    """A connected socket whose ``recv`` is a ``recvmsg`` that keeps the kernel's receive stamp.
+
+    It stands in for the socket inside an asyncio selector transport, which calls only ``recv``
+    to read; every other call goes to the socket itself.
+    """
+
+    __slots__ = ("_recvmsg", "_sock", "rx_ns", "send")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._recvmsg = sock.recvmsg
+        self.send = sock.send  # the transport's every write: bound here, not looked up per call
+        self.rx_ns = 0  # CLOCK_REALTIME ns of the last read's data, 0 if the kernel gave none
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data, ancillary, _, _ = self._recvmsg(bufsize, _CMSG_SPACE, flags)
+        if ancillary:  # SO_TIMESTAMPNS is the only option on: its message is the only one
+            level, kind, payload = ancillary[0]
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = _unpack_timespec(payload)
+                self.rx_ns = sec * 1_000_000_000 + nsec
+                return data
+        self.rx_ns = 0  # never the stamp of an earlier read
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def stamp_reads(transport: asyncio.BaseTransport) -> RxStampSocket | None:
+    """Wrap a selector transport's TCP socket in `RxStampSocket`; None where that cannot be done
+    (not Linux, not a plain TCP selector transport: e.g. uvloop's, or TLS)."""
+    sock = getattr(transport, "_sock", None)
+    if (not sys.platform.startswith("linux") or not _CMSG_SPACE or type(sock) is not socket.socket
+            or sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6)):
+        return None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        return None
+    wrapped = RxStampSocket(sock)
+    transport._sock = wrapped  # type: ignore[attr-defined]
+    return wrapped
+
+
+def arrival_time(rx: RxStampSocket | None, now: float, floor: float = -math.inf) -> float:
+    """When the last read's bytes arrived, in ``time.monotonic()`` seconds: the kernel's stamp of
+    ``rx``'s last read where it has one and it is believable (before ``now``, not before ``floor``
+    (a moment the caller knows the bytes came after) and not more than `MAX_STAMP_AGE_S` before
+    ``now``), else ``now`` (the time the read was handled)."""
+    if rx is not None and rx.rx_ns:
+        kernel = rx.rx_ns / 1e9 - realtime_offset(now)
+        if floor <= kernel < now and kernel > now - MAX_STAMP_AGE_S:
+            return kernel
+    return now
