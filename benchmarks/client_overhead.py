@@ -85,16 +85,16 @@ class StampedClient(OpenAIClient):
         super().__init__(*args, **kw)
         self._answers: list[tuple[Completion, bool, float, list[bytes] | bytes]] = []
 
-    async def _read_stream(self, resp: Any, t_start: float) -> Completion:
+    async def _read_stream(self, resp: Any, t_start: float, rx: Any) -> Completion:
         tap = _Tap(resp.content)
         resp.content = tap
         arrival = float(resp.headers["x-fmbench-arrival"])
-        comp = await super()._read_stream(resp, t_start)
+        comp = await super()._read_stream(resp, t_start, rx)
         self._answers.append((comp, True, arrival, tap.reads))
         return comp
 
-    async def _read_body(self, resp: Any, t_start: float) -> Completion:
-        comp = await super()._read_body(resp, t_start)
+    async def _read_body(self, resp: Any, t_start: float, rx: Any) -> Completion:
+        comp = await super()._read_body(resp, t_start, rx)
         self._answers.append((comp, False, 0.0, await resp.read()))
         return comp
 

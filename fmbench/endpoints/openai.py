@@ -4,8 +4,8 @@ One shared aiohttp session per shard, with a keep-alive connection pool at least
 concurrency, so no request ever waits for a connection the engine did not ask for. Streaming
 answers are parsed incrementally straight off the socket reads (`_SSEDecoder`): each read is
 split once at its newlines and never re-scanned, events split across reads and several events in
-one read are both handled, and each chunk carrying output text is stamped with
-``time.monotonic()`` at the read that delivered it.
+one read are both handled, and each chunk carrying output text is stamped with the time of the
+socket read that delivered it.
 
 Timing contract (absolute ``time.monotonic()`` seconds, see `fmbench.protocol.Completion`):
 ``t_start`` just before the request's first bytes are handed to the kernel (each connection's
@@ -13,11 +13,19 @@ transport stamps the first write of the request in flight, `_SendStampingHandler
 preparation of a request before that is the client's time, not the endpoint's, and is not
 counted (its size: benchmarks/results/README.md, "Client overhead"). Where no
 stamp is available (a transport that cannot be wrapped) ``t_start`` falls back to just before the
-request is handed to the session. ``t_first_token`` at the read
+request is handed to the session. ``t_first_token`` at the socket read
 holding the first chunk with output text (role-only and usage-only chunks do not count);
-``chunk_times`` one stamp per chunk with output text; ``t_end`` at ``[DONE]`` (or the end of a
+``chunk_times`` one stamp per chunk with output text; ``t_end`` at ``[DONE]`` (or the last read of a
 non-streamed body). Without streaming there is no first-token event, so ``t_first_token`` equals
 ``t_end`` and ``chunk_times`` is empty.
+
+A read's stamp is when its bytes reached the socket, by the kernel's clock (``SO_TIMESTAMPNS``,
+`fmbench.rxstamp`): a client whose event loop is busy with other requests' answers, or whose
+process is not scheduled at that moment, still measures when the endpoint's bytes arrived, not when
+it got to them. A read returns every byte that waited, and its stamp is when the last of them
+arrived: answers that queue unread are stamped late, never early. Where the kernel gives no stamp
+(not Linux, uvloop or TLS transports), the stamp is taken as the connection's protocol receives
+the bytes, before the reading task wakes.
 
 Why aiohttp: ``benchmarks/http_client_choice.py`` measured httpx at over twice aiohttp's latency
 at concurrency 1 and many times its CPU per request at concurrency 32; this client's extra CPU over
@@ -55,6 +63,7 @@ import contextvars
 import email.utils
 import functools
 import json
+import math
 import select
 import time
 from collections.abc import Mapping
@@ -75,6 +84,7 @@ from fmbench.errors import (
     EndpointTimeout,
 )
 from fmbench.protocol import ANSWERS_FIELD, Completion, Prompt
+from fmbench.rxstamp import arrival_time, stamp_reads
 
 try:  # orjson parses a chunk ~3x faster and encodes a 32k-token prompt ~5x faster; it is optional
     import orjson
@@ -161,9 +171,13 @@ class _SendStampingHandler(ResponseHandler):
         self.served = 0  # requests this connection carried (their first write happened)
         self.rx = False  # a byte of the current request's answer arrived
         self.last_rx = time.monotonic()
+        self.sent_at = -math.inf  # when the current request's first write went out
         self.idle_limit_s: float | None = None  # from the server's Keep-Alive timeout, less a margin
         self.max_requests: int | None = None  # from the server's Keep-Alive max
         self._poll: Any = None
+        # Reads are stamped by the kernel where it can (see `fmbench.rxstamp`): when the bytes
+        # arrived, not when this process got to them.
+        self._rxsock = stamp_reads(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and hasattr(select, "poll"):
             try:
@@ -180,7 +194,7 @@ class _SendStampingHandler(ResponseHandler):
         def write_stamped(data: Any) -> None:
             holder = stamp.get()
             if holder is not None and holder[0] is None:
-                holder[0] = clock()
+                holder[0] = self.sent_at = clock()
                 holder.append(self)
                 holder.append(self.served)
                 self.served += 1
@@ -192,11 +206,12 @@ class _SendStampingHandler(ResponseHandler):
         except AttributeError:  # a transport class that forbids it: t_start falls back
             pass
 
-    def data_received(self, data: bytes, _base: Any = ResponseHandler.data_received, _clock: Any = time.monotonic
-                      ) -> None:
+    def data_received(self, data: bytes, _base: Any = ResponseHandler.data_received, _clock: Any = time.monotonic,
+                      _arrival: Any = arrival_time) -> None:
         # Runs on every read: the base method and the clock are bound once, not looked up per call.
         self.rx = True
-        self.last_rx = _clock()
+        # the kernel's stamp of this read where it has one (never before the request went out)
+        self.last_rx = _arrival(self._rxsock, _clock(), self.sent_at)
         _base(self, data)
 
     def is_connected(self, _base: Any = ResponseHandler.is_connected) -> bool:
@@ -560,10 +575,11 @@ class OpenAIClient:
                 if resp.status >= 400:
                     raise await self._http_error(resp)
                 ctype = resp.headers.get("Content-Type", "")
+                rx = sent[1] if len(sent) > 1 else None  # the connection's protocol, if hooked
                 if self._stream and not ctype.startswith("application/json"):
-                    comp = await self._read_stream(resp, t_start)
+                    comp = await self._read_stream(resp, t_start, rx)
                 else:
-                    comp = await self._read_body(resp, t_start)
+                    comp = await self._read_body(resp, t_start, rx)
                 comp.resends = resends
                 return comp
         except asyncio.CancelledError as exc:
@@ -590,9 +606,10 @@ class OpenAIClient:
             return EndpointThrottled(msg, 429, _retry_after(resp.headers.get("Retry-After")))
         return EndpointHTTPError(msg, resp.status)
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, t_start: float) -> Completion:
+    async def _read_body(self, resp: aiohttp.ClientResponse, t_start: float,
+                         rx: _SendStampingHandler | None) -> Completion:
         raw = await resp.read()
-        t_end = time.monotonic()
+        t_end = rx.last_rx if rx is not None else time.monotonic()  # when its last bytes arrived
         try:
             data = _loads(raw)
         except _JSONError as exc:
@@ -634,7 +651,8 @@ class OpenAIClient:
         except (TimeoutError, aiohttp.ClientError):
             resp.close()
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, t_start: float) -> Completion:
+    async def _read_stream(self, resp: aiohttp.ClientResponse, t_start: float,
+                           rx: _SendStampingHandler | None) -> Completion:
         chat = self._chat
         decoder = _SSEDecoder()
         pieces: list[str] = []
@@ -646,7 +664,10 @@ class OpenAIClient:
         clock, loads, feed = time.monotonic, _loads, decoder.feed
         add_piece, add_time = pieces.append, chunk_times.append
         async for read in resp.content.iter_any():
-            now = clock()
+            # When the last of these bytes arrived: the protocol stamps each socket read (with the
+            # kernel's receive stamp where there is one), not when this task wakes, a loop turn
+            # later behind every other callback ready then.
+            now = rx.last_rx if rx is not None else clock()
             payloads = feed(read)
             if not payloads:
                 continue

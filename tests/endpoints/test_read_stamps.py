@@ -1,0 +1,103 @@
+"""The client stamps an answer's bytes when they reached its socket (the kernel's receive stamp,
+`fmbench.rxstamp`), not when its event loop got to them: a client held up while tokens arrive
+still measures the endpoint, not itself. (A read's stamp is when its last bytes arrived: bytes
+that waited unread together share the later stamp, never an earlier one.)
+
+The server is a plain socket in a thread (the client's loop is held on purpose); every check is
+causal, against moments the server recorded just before each send, never a speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from fmbench.config import InferenceConfig
+from fmbench.endpoints.openai import OpenAIClient
+from fmbench.protocol import Completion, Prompt
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps are Linux's")
+
+HOLD_S = 0.3  # how long the client's loop is held once the server has the request
+GAP_S = 0.05  # the server answers this long after reading the request, inside the hold
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    data = b"data: " + json.dumps(obj).encode() + b"\n\n"
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def _server(stream: bool, got: threading.Event, sent: dict[str, float]) -> tuple[socket.socket, threading.Thread]:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf or not buf.rstrip().endswith(b"}"):
+                buf += conn.recv(65536)
+            got.set()
+            time.sleep(GAP_S)
+            if stream:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n")
+                sent["first"] = time.monotonic()
+                conn.sendall(_event({"choices": [{"index": 0, "text": "hello"}]}))
+                time.sleep(HOLD_S + GAP_S)  # the rest after the client's loop was released
+                sent["last"] = time.monotonic()
+                conn.sendall(_event({"choices": [{"index": 0, "text": " there"}]})
+                             + _event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+                             + b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+            else:
+                body = json.dumps({"choices": [{"index": 0, "text": "hello there"}],
+                                   "usage": {"prompt_tokens": 1, "completion_tokens": 2}}).encode()
+                sent["first"] = sent["last"] = time.monotonic()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            conn.recv(65536)  # until the client closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_answer_is_stamped_when_it_arrived_even_while_the_clients_loop_was_held(stream: bool) -> None:
+    got = threading.Event()
+    sent: dict[str, float] = {}
+    listener, thread = _server(stream, got, sent)
+    port = listener.getsockname()[1]
+
+    async def main() -> tuple[Completion, float]:
+        client = OpenAIClient(f"http://127.0.0.1:{port}/v1", "m", api="completions",
+                              inference=InferenceConfig(stream=stream, max_tokens=2))
+        await client.open(1)
+        try:
+            task = asyncio.create_task(client.complete(Prompt("p", "hi", 1)))
+            while not got.is_set():
+                await asyncio.sleep(0.001)
+            time.sleep(HOLD_S)  # noqa: ASYNC251 - the loop is held on purpose: the answer arrives meanwhile
+            released = time.monotonic()
+            return await task, released
+        finally:
+            await client.close()
+
+    comp, released = asyncio.run(main())
+    thread.join(10)
+    listener.close()
+    assert comp.text == "hello there" and comp.output_tokens == 2
+    # the first token (streamed) or the whole answer (not) arrived while the loop was held, and is
+    # stamped when it arrived, not when the loop got to it
+    first = comp.t_first_token
+    assert first is not None and sent["first"] <= first < released
+    if stream:
+        assert comp.chunk_times[0] == first and released < sent["last"] <= comp.chunk_times[1] <= comp.t_end
+    else:
+        assert comp.t_end == first
