@@ -360,7 +360,7 @@ class _StreamSink:
                     self._gone()
                 return t_sent
             t_sent = time.monotonic()
-            data = self._last_frame % ((n_tokens, t_due, t_sent, t_sent) if self._usage else (n_tokens, t_due, t_sent))
+            data = self._last_bytes(n_tokens, t_due, t_sent)
         else:  # a late step: every due frame of this stream in one write, with one stamp
             frames = self._frames
             t_sent = time.monotonic()
@@ -368,14 +368,17 @@ class _StreamSink:
             last = events[-1][5]
             if last:
                 n_tokens, t_due = events[-1][3], events[-1][4]
-                parts.append(self._last_frame % ((n_tokens, t_due, t_sent, t_sent) if self._usage
-                                                 else (n_tokens, t_due, t_sent)))
+                parts.append(self._last_bytes(n_tokens, t_due, t_sent))
             data = b"".join(parts)
         if not self._out.write(data):
             self._gone()
         elif last and not self._done.done():
             self._done.set_result(None)
         return t_sent
+
+    def _last_bytes(self, n_tokens: int, t_due: float, t_sent: float) -> bytes:
+        """The last frame (with the usage chunk, if asked for, and ``[DONE]``) with its stamps."""
+        return self._last_frame % ((n_tokens, t_due, t_sent, t_sent) if self._usage else (n_tokens, t_due, t_sent))
 
     def _gone(self) -> None:
         if not self._done.done():
