@@ -662,7 +662,7 @@ class OpenAIClient:
         done = False
         now = t_start
         clock, loads, feed = time.monotonic, _loads, decoder.feed
-        add_piece, add_time = pieces.append, chunk_times.append
+        add_piece = pieces.append
         async for read in resp.content.iter_any():
             # When the last of these bytes arrived: the protocol stamps each socket read (with the
             # kernel's receive stamp where there is one), not when this task wakes, a loop turn
@@ -685,11 +685,12 @@ class OpenAIClient:
                     except _JSONError as exc:
                         bad = exc
                         break
+            before = len(pieces)
             for event in events:
-                # Most chunks are a chat delta with content: read straight through, and anything
-                # else (role-only, usage, reasoning, the completions API, errors) the full way.
+                # Most chunks carry text where the API puts it: read straight through, and anything
+                # else (role-only, usage, reasoning, errors) the full way.
                 try:
-                    piece = event["choices"][0]["delta"]["content"] if chat else None
+                    piece = event["choices"][0]["delta"]["content"] if chat else event["choices"][0]["text"]
                 except (KeyError, IndexError, TypeError):
                     piece = None
                 if not piece:
@@ -699,13 +700,23 @@ class OpenAIClient:
                     if "error" in event and not event.get("choices"):
                         raise self._stream_error(event)
                     piece = _output_piece(event, chat)
-                if piece:
-                    add_piece(piece)
-                    add_time(now)
+                    if not piece:
+                        continue
+                add_piece(piece)
+            if len(pieces) > before:  # every chunk of one read has the read's stamp
+                chunk_times.extend([now] * (len(pieces) - before))
+            # The stream's last usage counts (some servers send one with every chunk); without
+            # any, llama.cpp's last timings. Looked for from the end of each read.
+            for event in reversed(events):
                 if event.get("usage"):
                     usage = event["usage"]
-                elif usage is None and "timings" in event and event["timings"]:
-                    timings = event["timings"]
+                    break
+            else:
+                if usage is None:
+                    for event in reversed(events):
+                        if event.get("timings"):
+                            timings = event["timings"]
+                            break
             if bad is not None:
                 raise EndpointProtocolError(f"SSE event is not JSON: {payloads[len(events)][:80]!r}") from bad
             if done:
