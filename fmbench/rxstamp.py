@@ -26,7 +26,8 @@ from typing import Any
 # socket module does not name it. SCM_TIMESTAMPNS, the control message's type, is the same number.
 SO_TIMESTAMPNS = 35
 _CMSG_SPACE = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
-_unpack_timespec = struct.Struct("@ll").unpack_from
+_TIMESPEC = struct.Struct("@ll")
+_unpack_timespec, _TIMESPEC_SIZE = _TIMESPEC.unpack_from, _TIMESPEC.size
 #: A kernel stamp further than this before the read is not believed (the wall clock was stepped).
 MAX_STAMP_AGE_S = 1.0
 
@@ -76,7 +77,7 @@ class RxStampSocket:
         data, ancillary, _, _ = self._recvmsg(bufsize, _CMSG_SPACE, flags)
         if ancillary:  # SO_TIMESTAMPNS is the only option on: its message is the only one
             level, kind, payload = ancillary[0]
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC_SIZE:
                 sec, nsec = _unpack_timespec(payload)
                 self.rx_ns = sec * 1_000_000_000 + nsec
                 return data
