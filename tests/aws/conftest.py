@@ -138,6 +138,15 @@ def _server_lateness_s(url: str, reset: bool = False) -> tuple[float, float]:
 
 #: Server p90 lateness above which the machine is too starved to measure milliseconds.
 STARVED_P90_S = 0.001
+#: How far a client's median TTFT may sit above the model's (s), exclusive: a token's time. The
+#: server never sends early, so the next chunk (or the end of the stream) reaches a client at
+#: least this much after the model's TTFT: a stamp of the wrong event falls outside, while the
+#: few ms a loaded machine adds to each wake-up on the way in and out do not. The client's
+#: accuracy itself is `make bench`'s.
+TTFT_BAND_S = SIM.tpot_ms / 1000
+#: How far (relative) its median gap between chunks may sit from the model's time per token (one
+#: token per chunk, not two).
+TPOT_BAND = 0.25
 
 
 def timing_within_tolerance(
@@ -146,13 +155,15 @@ def timing_within_tolerance(
     """Median TTFT and inter-chunk gap (s) at concurrency 1, minus the server's own lateness,
     from the best of up to ``rounds`` rounds.
 
-    The tolerance is on the client: when other processes load the small CI machine, the
-    simulated server releases chunks late too, and its measured median lateness (from
-    ``/fmbench/stats``, ~0.1 ms when idle) is not the client's error, so it is subtracted. A stall
-    only ever adds time, so the best round shows what the client itself costs; measuring stops at
-    the first round within 2 % + 2 ms of the model (after two warm-up requests). If no round
-    meets it and in every round the server itself paced badly (p90 lateness over 1 ms: the CPUs
-    are oversubscribed), the test is skipped with the numbers rather than failed.
+    What a client adds to the model's timing on a loaded machine is speed, which `make bench`
+    measures; these tests check behaviour: that the client times the right events (the first text,
+    each chunk), so its medians land near the model's, never before it. When other processes load
+    the small CI machine, the simulated server releases chunks late too, and its measured median
+    lateness (from ``/fmbench/stats``, ~0.1 ms when idle) is not the client's, so it is subtracted.
+    A stall only ever adds time, so the best round is kept; measuring stops at the first round
+    within `TTFT_BAND_S` and `TPOT_BAND` of the model (after two warm-up requests). If no round meets it and in
+    every round the server itself paced badly (p90 lateness over 1 ms: the CPUs are
+    oversubscribed), the test is skipped with the numbers rather than failed.
     """
     import asyncio
     import statistics
@@ -173,8 +184,8 @@ def timing_within_tolerance(
                 ttft = statistics.median(c.t_first_token - c.t_start for c in done) - late
                 gaps = [b - a for c in done for a, b in zip(c.chunk_times, c.chunk_times[1:], strict=False)]
                 tpot = statistics.median(gaps)
-                err = max(abs(ttft - model_ttft) - 0.02 * model_ttft, abs(tpot - model_tpot) - 0.02 * model_tpot)
-                if err <= 0.002:
+                err = max(abs(ttft - model_ttft) / TTFT_BAND_S, abs(tpot - model_tpot) / (TPOT_BAND * model_tpot))
+                if err < 1.0:
                     return ttft, tpot
                 if late_p90 > STARVED_P90_S:
                     starved.append(late_p90)

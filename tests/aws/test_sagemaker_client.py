@@ -27,7 +27,7 @@ from fmbench.protocol import Completion, Prompt
 from fmbench.simulator.faults import FaultConfig
 from tests.support.app_thread import serve_app
 
-from .conftest import SIM, timing_within_tolerance
+from .conftest import SIM, TPOT_BAND, TTFT_BAND_S, timing_within_tolerance
 
 PROMPT = Prompt("p0", "Summarise the plot of Hamlet in one line.", 10)
 
@@ -102,8 +102,11 @@ def test_line_parser_handles_lmi_json_lines_and_sse_comments() -> None:
 def test_streaming_ttft_and_tpot_match_the_model_at_concurrency_1(sim_url: str) -> None:
     ttft, tpot = timing_within_tolerance(_client(sim_url, "tgi"), PROMPT, sim_url)
     model_ttft, model_tpot = SIM.ttft_ms / 1000, SIM.tpot_ms / 1000
-    assert abs(ttft - model_ttft) <= 0.02 * model_ttft + 0.002, f"TTFT {ttft * 1000:.2f} ms"
-    assert abs(tpot - model_tpot) <= 0.02 * model_tpot + 0.002, f"TPOT {tpot * 1000:.2f} ms"
+    # the first text, not an earlier event: never ahead of the model (the server's lateness is
+    # subtracted as its median, so the first chunk's own may leave a fraction of a ms)
+    assert ttft >= model_ttft - 0.001, f"TTFT {ttft * 1000:.2f} ms"
+    assert ttft - model_ttft < TTFT_BAND_S, f"TTFT {ttft * 1000:.2f} ms"  # not the next chunk
+    assert abs(tpot - model_tpot) <= TPOT_BAND * model_tpot, f"TPOT {tpot * 1000:.2f} ms"
 
 
 def test_concurrency_is_not_limited_by_boto3() -> None:
