@@ -33,18 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from fmbench.rxstamp import SO_TIMESTAMPNS
+
 _ETH_P_ALL = 0x0003
 _PACKET_HOST = 0
-_SO_TIMESTAMPNS = 35  # see fmbench/simulator/_arrival.py
 _TIMESPEC = struct.Struct("@ll")
 _RECORD = struct.Struct("<qHHIBI")  # stamp ns, src port, dst port, seq, tcp flags, payload length
-_SYN, _FIN, _RST = 0x02, 0x01, 0x04
+_SYN = 0x02
 
 
 def capture(port: int, out: Path) -> None:
     """Write every IPv4 TCP segment to or from ``port`` on ``lo`` to ``out`` until SIGTERM."""
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
-    sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
     sock.bind(("lo", 0))
     stop = False
@@ -75,7 +76,7 @@ def capture(port: int, out: Path) -> None:
             payload = data[tcp + doff:14 + total]
             stamp = 0
             for level, kind, value in anc:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = _TIMESPEC.unpack(value[:_TIMESPEC.size])
                     stamp = sec * 1_000_000_000 + nsec
             if not stamp:

@@ -28,6 +28,7 @@ Run: ``uv run --no-sync python -m benchmarks.llama_cpp [--quick]`` (needs the bi
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import re
@@ -326,15 +327,13 @@ def measure(server: Any, api: str, concurrency: int, requests: int, tmp: Path) -
     mine: list[dict[str, Any]] = []
     theirs: list[dict[str, Any]] = []
     wire: dict[str, Any] = {}
-    try:
-        capture: Capture | None = Capture(server.port, tmp / f"wire-{api}-{concurrency}.bin").__enter__()
-    except PermissionError as exc:
-        capture, wire["note"] = None, str(exc)
-    try:
+    capture: Capture | None = None
+    with contextlib.ExitStack() as stack:
+        try:
+            capture = stack.enter_context(Capture(server.port, tmp / f"wire-{api}-{concurrency}.bin"))
+        except PermissionError as exc:
+            wire["note"] = str(exc)
         _run_clients(server, api, concurrency, requests, tmp, mine, theirs)
-    finally:
-        if capture is not None:
-            capture.__exit__()
     if capture is not None:
         wire["unanswered_sends"] = _wire_attach(mine + theirs, capture.exchanges())
     row: dict[str, Any] = {"api": api, "concurrency": concurrency, "requests_per_client": len(mine),
