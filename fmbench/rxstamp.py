@@ -8,8 +8,11 @@ transport's socket so that its reads are such ``recvmsg`` calls (`RxStampSocket`
 `arrival_time` turns the stamp of the last read into ``time.monotonic()`` seconds.
 
 Used by the simulated endpoint (a request's arrival) and by the OpenAI client (when an answer's
-bytes arrived). Where the kernel gives no stamp (not Linux, uvloop's or a TLS transport), reads are
-not wrapped and the callers fall back to the time their callback runs.
+bytes arrived). Over TLS the socket read is the encrypted stream's (asyncio's SSL transport reads
+through a plain selector transport): what it decrypts is handed on within that read, so its stamp
+is when the last bytes of the TLS records arrived. Where the kernel gives no stamp (not Linux, or a
+transport without a plain socket inside, such as uvloop's), reads are not wrapped and the callers
+fall back to the time their callback runs.
 """
 
 from __future__ import annotations
@@ -59,17 +62,19 @@ def realtime_offset(now: float) -> float:
 
 
 class RxStampSocket:
-    """A connected socket whose ``recv`` is a ``recvmsg`` that keeps the kernel's receive stamp.
+    """A connected socket whose reads are ``recvmsg`` calls that keep the kernel's receive stamp.
 
-    It stands in for the socket inside an asyncio selector transport, which calls only ``recv``
-    to read; every other call goes to the socket itself.
+    It stands in for the socket inside an asyncio selector transport, which reads with ``recv``
+    (a plain protocol) or ``recv_into`` (a buffered one, such as asyncio's TLS layer); every other
+    call goes to the socket itself.
     """
 
-    __slots__ = ("_recvmsg", "_sock", "rx_ns", "send")
+    __slots__ = ("_recvmsg", "_recvmsg_into", "_sock", "rx_ns", "send")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._recvmsg = sock.recvmsg
+        self._recvmsg_into = sock.recvmsg_into
         self.send = sock.send  # the transport's every write: bound here, not looked up per call
         self.rx_ns = 0  # CLOCK_REALTIME ns of the last read's data, 0 if the kernel gave none
 
@@ -84,14 +89,39 @@ class RxStampSocket:
         self.rx_ns = 0  # never the stamp of an earlier read
         return data
 
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if nbytes:
+            buffer = memoryview(buffer)[:nbytes]
+        n, ancillary, _, _ = self._recvmsg_into((buffer,), _CMSG_SPACE, flags)
+        self.rx_ns = _stamp_ns(ancillary)
+        return n
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
 
+def _stamp_ns(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The stamp in a read's control messages (CLOCK_REALTIME ns), 0 if it carries none."""
+    if ancillary:
+        level, kind, payload = ancillary[0]
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= _TIMESPEC_SIZE:
+            sec, nsec = _unpack_timespec(payload)
+            return sec * 1_000_000_000 + nsec
+    return 0
+
+
 def stamp_reads(transport: asyncio.BaseTransport) -> RxStampSocket | None:
     """Wrap a selector transport's TCP socket in `RxStampSocket`; None where that cannot be done
-    (not Linux, not a plain TCP selector transport: e.g. uvloop's, or TLS)."""
+    (not Linux, or no plain TCP selector transport inside: e.g. uvloop's).
+
+    For asyncio's TLS transport it is the socket of the selector transport underneath that is
+    wrapped: the stamp of its last read is when the bytes that completed what was decrypted arrived.
+    """
     sock = getattr(transport, "_sock", None)
+    if sock is None:  # asyncio's TLS transport: its SSL protocol reads through a selector transport
+        raw = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+        if raw is not None:
+            transport, sock = raw, getattr(raw, "_sock", None)
     if (not sys.platform.startswith("linux") or not _CMSG_SPACE or type(sock) is not socket.socket
             or sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6)):
         return None

@@ -187,11 +187,12 @@ class _SendStampingHandler(ResponseHandler):
             except (OSError, ValueError):  # pragma: no cover - not a pollable socket
                 self._poll = None
         write = getattr(transport, "write", None)
-        if write is None:
+        writelines = getattr(transport, "writelines", None)
+        if write is None or writelines is None:
             return
         clock, stamp = time.monotonic, _SEND_STAMP
 
-        def write_stamped(data: Any) -> None:
+        def first_write() -> None:
             holder = stamp.get()
             if holder is not None and holder[0] is None:
                 holder[0] = self.sent_at = clock()
@@ -199,10 +200,20 @@ class _SendStampingHandler(ResponseHandler):
                 holder.append(self.served)
                 self.served += 1
                 self.rx = False
+
+        def write_stamped(data: Any) -> None:
+            first_write()
             write(data)
+
+        # aiohttp writes a large request in pieces with ``writelines`` (Python >= 3.12.9), and
+        # asyncio's TLS transport does not route that through ``write``: both are stamped.
+        def writelines_stamped(chunks: Any) -> None:
+            first_write()
+            writelines(chunks)
 
         try:
             transport.write = write_stamped  # type: ignore[attr-defined]
+            transport.writelines = writelines_stamped  # type: ignore[attr-defined]
         except AttributeError:  # a transport class that forbids it: t_start falls back
             pass
 
