@@ -50,6 +50,10 @@ class EndpointClient(Protocol):
 
     ``complete`` raises a subclass of `fmbench.errors.EndpointError` on failure; its ``kind``
     becomes the record's ``error_kind``.
+
+    A client may also have ``receive_stamps() -> dict[str, int] | None``: its connections since
+    ``open`` by how the arrival of answers was stamped (see `fmbench.endpoints.openai.OpenAIClient`);
+    the shard reports it (`fmbench.loadgen.engine.receive_stamps`).
     """
 
     async def open(self, concurrency: int) -> None:

@@ -25,6 +25,10 @@ import sys
 import time
 from typing import Any
 
+#: How a client's reads were stamped, as counted per connection (e.g. `OpenAIClient.receive_stamps`):
+#: the kernel's receive stamp, or the time the event loop handled the read.
+KERNEL, EVENT_LOOP = "kernel", "event_loop"
+
 # Linux's SO_TIMESTAMPNS (the "old" one: a struct timespec of two longs, CLOCK_REALTIME); the
 # socket module does not name it. SCM_TIMESTAMPNS, the control message's type, is the same number.
 SO_TIMESTAMPNS = 35

@@ -84,7 +84,7 @@ from fmbench.errors import (
     EndpointTimeout,
 )
 from fmbench.protocol import ANSWERS_FIELD, Completion, Prompt
-from fmbench.rxstamp import arrival_time, stamp_reads
+from fmbench.rxstamp import EVENT_LOOP, KERNEL, arrival_time, stamp_reads
 
 try:  # orjson parses a chunk ~3x faster and encodes a 32k-token prompt ~5x faster; it is optional
     import orjson
@@ -166,6 +166,10 @@ class _SendStampingHandler(ResponseHandler):
     processed yet). ``Connection: close`` aiohttp honours itself.
     """
 
+    def __init__(self, loop: asyncio.AbstractEventLoop, stamp_counts: dict[str, int] | None = None) -> None:
+        super().__init__(loop)
+        self._stamp_counts = stamp_counts  # the client's connections by how their reads are stamped
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.served = 0  # requests this connection carried (their first write happened)
@@ -178,6 +182,8 @@ class _SendStampingHandler(ResponseHandler):
         # Reads are stamped by the kernel where it can (see `fmbench.rxstamp`): when the bytes
         # arrived, not when this process got to them.
         self._rxsock = stamp_reads(transport)
+        if self._stamp_counts is not None:
+            self._stamp_counts[KERNEL if self._rxsock is not None else EVENT_LOOP] += 1
         sock = transport.get_extra_info("socket")
         if sock is not None and hasattr(select, "poll"):
             try:
@@ -466,6 +472,7 @@ class OpenAIClient:
         self._session: aiohttp.ClientSession | None = None
         self._deadlines: Deadlines | None = None  # the per-request timeouts, while open
         self._hooked = False
+        self._stamp_counts: dict[str, int] = {KERNEL: 0, EVENT_LOOP: 0}  # see receive_stamps
         self._max_resends = 0
         self._stream = self.inference.stream
         self._timeout = self.inference.timeout_s
@@ -498,9 +505,10 @@ class OpenAIClient:
         connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=300, enable_cleanup_closed=False)
         # New connections stamp their writes and know when they may be reused (see the class).
         self._hooked = callable(getattr(connector, "_factory", None))
+        self._stamp_counts = {KERNEL: 0, EVENT_LOOP: 0}
         if self._hooked:
             connector._factory = functools.partial(  # type: ignore[assignment]
-                _SendStampingHandler, loop=asyncio.get_running_loop())
+                _SendStampingHandler, loop=asyncio.get_running_loop(), stamp_counts=self._stamp_counts)
         # A resend takes another pooled connection (which may be stale too) or a new one; on a new
         # one a failure is final, so this bound is only a guard.
         self._max_resends = (limit or 16) + 1
@@ -511,6 +519,16 @@ class OpenAIClient:
             auto_decompress=True,
         )
         self._deadlines = Deadlines(self._timeout, asyncio.get_running_loop())
+
+    def receive_stamps(self) -> dict[str, int] | None:
+        """The connections made since `open`, by how the arrival of their answers' bytes was stamped:
+        ``kernel`` (the socket's receive stamp, see `fmbench.rxstamp`) or ``event_loop`` (when this
+        process's loop got to the read: not Linux, or a transport without a plain socket inside).
+        None when no connection was made, or they could not be told apart."""
+        counts = self._stamp_counts
+        if not self._hooked or not any(counts.values()):
+            return None
+        return dict(counts)
 
     async def close(self) -> None:
         """Close the session and its connections."""

@@ -319,7 +319,24 @@ def fill_failed(rec: RequestRecord, prompt: Prompt, t_sched: float | None, t_bef
     rec.chunks = 0
 
 
-def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float) -> ShardResult:
+def receive_stamps(client: EndpointClient) -> dict[str, int] | None:
+    """The client's connections by how the arrival of answers was stamped, if it says (see
+    `fmbench.protocol.EndpointClient`)."""
+    counts = getattr(client, "receive_stamps", None)
+    return counts() if callable(counts) else None
+
+
+def add_stamps(parts: list[dict[str, int] | None]) -> dict[str, int] | None:
+    """The receive-stamp counts of a shard's parts (processes, hosts) added up; None if none said."""
+    total: dict[str, int] = {}
+    for part in parts:
+        for kind, n in (part or {}).items():
+            total[kind] = total.get(kind, 0) + n
+    return total or None
+
+
+def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
+                 stamps: dict[str, int] | None = None) -> ShardResult:
     """Summarise a shard from its statistics (validity judged here)."""
     started = st.measured > 0 and math.isfinite(st.first_start)
     duration = st.last_end - st.first_start if started else 0.0
@@ -364,6 +381,7 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float) -> S
         valid=valid,
         invalid_reason=reason,
         client_cpu_s=cpu_s,
+        receive_stamps=stamps,
     )
 
 
@@ -534,7 +552,7 @@ async def run_shard_async(
             await (_open_loop(client, shard) if spec.open_loop else _closed_loop(client, shard))
     cpu = time.process_time() - cpu0
     path = writer.commit()
-    return shard_result(spec, shard.stats, path, cpu)
+    return shard_result(spec, shard.stats, path, cpu, receive_stamps(client))
 
 
 async def _run_processes(

@@ -38,7 +38,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
 from fmbench.errors import ConfigError, FMBenchError, StorageError
-from fmbench.loadgen.engine import ShardStats, _closed_loop, _open_loop, _Shard, shard_result, shard_session
+from fmbench.loadgen.engine import (
+    ShardStats,
+    _closed_loop,
+    _open_loop,
+    _Shard,
+    add_stamps,
+    receive_stamps,
+    shard_result,
+    shard_session,
+)
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, open_records_file, partial_path
 from fmbench.protocol import EndpointClient, Prompt
@@ -232,7 +241,7 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
     return {
         "k": k, "host": host, "address": str(worker.address), "offset_s": offset, "uncertainty_s": unc,
         "mono_to_sched": mono_to_sched, "concurrency": concurrency, "requests": rows, "start_late_s": late,
-        "client_cpu_s": cpu, "lags": lags, "out_url": out_url,
+        "client_cpu_s": cpu, "lags": lags, "out_url": out_url, "receive_stamps": receive_stamps(client),
         "calibration": cal.model_dump(mode="json") if cal is not None else None,
     }
 
@@ -478,7 +487,8 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
     stats = _merge(out_path, [r["out_url"] for r in results], clocks)
     for r in results:
         stats.dispatch_lags.extend(r["lags"])
-    result = shard_result(one, stats, Path(out_path), sum(c.client_cpu_s for c in clocks))
+    result = shard_result(one, stats, Path(out_path), sum(c.client_cpu_s for c in clocks),
+                          add_stamps([r.get("receive_stamps") for r in results]))
     reason = clock_verdict(clocks, result.duration_s)
     if reason is not None and result.valid:
         result = result.model_copy(update={"valid": False, "invalid_reason": reason})

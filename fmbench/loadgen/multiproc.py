@@ -38,6 +38,8 @@ from fmbench.loadgen.engine import (
     _closed_loop,
     _open_loop,
     _Shard,
+    add_stamps,
+    receive_stamps,
     report_progress,
     shard_result,
     shard_session,
@@ -99,7 +101,7 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
 
         with frozen_heap():  # the garbage collector's pauses stay out of the requests' times
             lags, cpu = asyncio.run(main())
-        msgs.put(("done", k, lags, cpu))
+        msgs.put(("done", k, lags, cpu, receive_stamps(client)))
     except BaseException as exc:  # noqa: BLE001 (reported to the parent, which raises it as one line)
         msgs.put(("error", k, f"{type(exc).__name__}: {exc}"))
 
@@ -181,10 +183,10 @@ def run_shard_processes(
     for proc in procs:
         proc.join(30)
     stats = _merge(out, n)
-    for _, _, lags, _ in done:
-        stats.dispatch_lags.extend(lags)
+    for msg in done:
+        stats.dispatch_lags.extend(msg[2])
     cpu = time.process_time() - cpu0 + sum(msg[3] for msg in done)
-    return shard_result(spec, stats, Path(out), cpu)
+    return shard_result(spec, stats, Path(out), cpu, add_stamps([msg[4] for msg in done]))
 
 
 class ShardCancelled(FMBenchError):

@@ -139,6 +139,10 @@ class ShardResult(BaseModel):
     valid: bool = Field(description="False when the client could not offer the load it was asked to.")
     invalid_reason: str | None = Field(default=None, description="Why the shard is invalid.")
     client_cpu_s: float = Field(description="Process CPU time used while the shard ran, seconds.")
+    receive_stamps: dict[str, int] | None = Field(
+        default=None, description="The client's connections by how the arrival of answers was stamped: "
+        "'kernel' (the socket's receive stamp) or 'event_loop' (when the client's loop handled the read); "
+        "None for clients that do not say.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -54,6 +54,9 @@ class ShardOutcome(BaseModel):
     errors: int = 0
     duration_s: float | None = None
     client_cpu_s: float | None = None
+    receive_stamps: dict[str, int] | None = Field(
+        default=None, description="The client's connections by how the arrival of answers was stamped "
+        "('kernel' or 'event_loop', see fmbench.rxstamp); None for clients that do not say.")
     processes: int = Field(default=1, description="Client processes the shard ran on.")
     client_load: float | None = Field(
         default=None, description="Fraction of the calibrated client ceiling the shard used (None: no calibration).")
@@ -222,6 +225,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
         valid=bool(getattr(result, "valid", True)), invalid_reason=getattr(result, "invalid_reason", None),
         requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
         client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
+        receive_stamps=getattr(result, "receive_stamps", None),
         records_url=records_url, started_at=started_at, ended_at=ended_at,
         endpoint_name=deployed.endpoint_name, simulator=sim_view, machine=machine,
         client_hosts=[c.model_dump(mode="json") for c in clocks] if clocks else None,

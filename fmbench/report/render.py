@@ -162,7 +162,8 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
 
     cal = m.calibration
     if not isinstance(cal, dict):
-        return _simulator_rows(m) + _machine_rows(m)  # a run without calibration (older runs, or it failed)
+        # a run without calibration (older runs, or it failed)
+        return _stamp_rows(m) + _simulator_rows(m) + _machine_rows(m)
     rows = [("Client calibration", str(cal.get("summary") or "measured (no summary)"))]
     hot = []
     for sh in m.shards:
@@ -173,7 +174,32 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
     if hot:
         rows.append((f"⚠ Shards above {CEILING_WARN:.0%} of the client ceiling",
                      "results may reflect the client: " + "; ".join(hot)))
-    return rows + _simulator_rows(m) + _machine_rows(m)
+    return rows + _stamp_rows(m) + _simulator_rows(m) + _machine_rows(m)
+
+
+def _stamp_rows(m: Manifest) -> list[tuple[str, str]]:
+    """How the client stamped the arrival of answers, per shard (`fmbench.rxstamp`); a warning where
+    it was the event loop's time on any connection."""
+    from fmbench.rxstamp import EVENT_LOOP, KERNEL
+
+    stamped, loop_timed = 0, []
+    for sh in m.shards:
+        counts = sh.get("receive_stamps") if isinstance(sh, dict) else None
+        if not isinstance(counts, dict):
+            continue  # a client that does not say (SageMaker, Bedrock), or an older run
+        stamped += 1
+        late = counts.get(EVENT_LOOP) or 0
+        if late:
+            total = late + (counts.get(KERNEL) or 0)
+            loop_timed.append(f"{sh.get('shard_id')} ({late} of {total} connections)")
+    if not stamped:
+        return []
+    if loop_timed:
+        return [("⚠ Shards whose answer times are the client's event loop's",
+                 "the kernel gave no receive stamp on these connections (not Linux, or a transport without a "
+                 "plain socket inside): an answer's bytes that arrived while the client was busy are timed when "
+                 "its loop got to them, so TTFT and latency include that wait: " + "; ".join(loop_timed))]
+    return [("Answer arrival times", f"the kernel's receive stamps, on every connection of {stamped} shard(s)")]
 
 
 def _simulator_rows(m: Manifest) -> list[tuple[str, str]]:

@@ -281,7 +281,7 @@ def refuse_delete(monkeypatch: pytest.MonkeyPatch) -> None:
 # Times, and what depends on this host's load at the moment (client processes, validity flags).
 _TIMES = {"started_at", "ended_at", "duration_s", "client_cpu_s", "client_load", "records_url", "processes",
           "valid", "invalid_reason", "created_at", "in_service_at", "first_shard_at", "last_shard_at", "deleted_at",
-          "machine"}  # measured values: only whether they are there
+          "machine", "receive_stamps"}  # measured values: only whether they are there
 
 
 def _normalized(value: Any, run_id: str, names: list[str]) -> Any:

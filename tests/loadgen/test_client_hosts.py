@@ -176,6 +176,8 @@ def test_a_closed_loop_shard_over_two_hosts_keeps_its_concurrency(cluster: Clust
     assert set(records["client_host"].to_list()) == {"host-a", "host-b"}
     assert {c.host for c in clocks} == {"host-a", "host-b"} and [c.concurrency for c in clocks] == [4, 4]
     assert result.requests == spec.requests and result.errors == 0
+    # Both hosts' connections are in the shard's count of how answers were stamped (4 each at least).
+    assert result.receive_stamps is not None and sum(result.receive_stamps.values()) >= 8
     # The endpoint never held more than 8, and held 7 or 8 for most of the shard (its ramp-up and
     # drain at the edges aside).
     busy = [n for n in seen.samples if n > 0]

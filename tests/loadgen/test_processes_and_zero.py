@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,13 @@ import pytest
 
 from fmbench.config import InferenceConfig
 from fmbench.datasets.tokenizer import load_tokenizer
+import fmbench.endpoints.openai as openai_module
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.loadgen import ShardSpec, partial_path, run_shard, run_shard_async
+from fmbench.loadgen.engine import receive_stamps
 from fmbench.loadgen.multiproc import part_path
 from fmbench.protocol import Prompt
+from fmbench.rxstamp import EVENT_LOOP, KERNEL
 from fmbench.simulator.zeroserver import ZeroServer
 from tests.support.fake_openai import FakeOpenAI
 
@@ -89,3 +93,30 @@ def test_zero_server_answers_the_real_client_through_the_engine(tmp_path: Path, 
     df = pl.read_parquet(res.records_path)
     assert set(df["chunks"].to_list()) == ({7} if stream else {0})
     assert pid is not None and not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps are Linux's")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_shard_says_how_the_arrival_of_its_answers_was_stamped(tmp_path: Path, processes: int) -> None:
+    with ZeroServer() as srv:
+        client = OpenAIClient(srv.base_url(3), "m", inference=InferenceConfig(stream=True))
+        res = run_shard(client, PROMPTS, _spec(concurrency=4, requests=40, processes=processes),
+                        tmp_path / "z.parquet", len)
+    assert res.errors == 0
+    # every connection the shard opened, over all its processes, had the kernel's stamps
+    stamps = res.receive_stamps
+    assert stamps is not None and stamps[EVENT_LOOP] == 0 and processes <= stamps[KERNEL] <= 4 + processes
+
+
+def test_connections_without_kernel_stamps_are_counted_as_the_event_loops(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # what a connection gets where the kernel gives no stamp (not Linux, uvloop's transports)
+    monkeypatch.setattr(openai_module, "stamp_reads", lambda transport: None)
+    with ZeroServer() as srv:
+        client = OpenAIClient(srv.base_url(None), "m", inference=InferenceConfig())
+        res = run_shard(client, PROMPTS, _spec(concurrency=3, requests=30), tmp_path / "z.parquet", lambda s: 1)
+    assert res.errors == 0
+    stamps = res.receive_stamps
+    assert stamps is not None and stamps[KERNEL] == 0 and 1 <= stamps[EVENT_LOOP] <= 3
+    # and a client that does not say leaves it unsaid
+    assert receive_stamps(object()) is None  # type: ignore[arg-type]

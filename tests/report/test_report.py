@@ -370,3 +370,20 @@ def test_shards_during_which_the_machine_ran_slow_are_flagged() -> None:
     assert label == "⚠ Shards during which this machine ran slow"
     assert "e__d__b__c8 (8% of its 10-ms windows)" in text and "c1" not in text and "c2" not in text
     assert _machine_rows(Manifest(shards=[{"shard_id": "x", "machine": {"slow_share": 0.0}}])) == []
+
+
+def test_the_report_says_how_the_arrival_of_answers_was_stamped() -> None:
+    from fmbench.report.render import _stamp_rows
+    from fmbench.rundir import Manifest
+
+    m = Manifest(shards=[
+        {"shard_id": "e__d__b__c8", "receive_stamps": {"kernel": 8, "event_loop": 0}},
+        {"shard_id": "e__d__b__c4", "receive_stamps": {"kernel": 1, "event_loop": 3}},
+        {"shard_id": "sm__d__b__c4"},  # a client that does not say (SageMaker), or an older run
+    ])
+    [(label, text)] = _stamp_rows(m)
+    assert label == "⚠ Shards whose answer times are the client's event loop's"
+    assert "e__d__b__c4 (3 of 4 connections)" in text and "c8" not in text and "sm__" not in text
+    [(label, text)] = _stamp_rows(Manifest(shards=[m.shards[0], m.shards[2]]))
+    assert (label, text) == ("Answer arrival times", "the kernel's receive stamps, on every connection of 1 shard(s)")
+    assert _stamp_rows(Manifest(shards=[m.shards[2]])) == []
