@@ -23,9 +23,11 @@ A read's stamp is when its bytes reached the socket, by the kernel's clock (``SO
 `fmbench.rxstamp`): a client whose event loop is busy with other requests' answers, or whose
 process is not scheduled at that moment, still measures when the endpoint's bytes arrived, not when
 it got to them. A read returns every byte that waited, and its stamp is when the last of them
-arrived: answers that queue unread are stamped late, never early. Where the kernel gives no stamp
-(not Linux, uvloop or TLS transports), the stamp is taken as the connection's protocol receives
-the bytes, before the reading task wakes.
+arrived: answers that queue unread are stamped late, never early. Over TLS it is the encrypted
+read's stamp (what it completed is decrypted and handed on within that read). Where the kernel gives
+no stamp (not Linux, or a transport without a plain socket inside, such as uvloop's), the stamp is
+taken as the connection's protocol receives the bytes, before the reading task wakes; the client
+counts its connections by which (`OpenAIClient.receive_stamps`) and the report says so per shard.
 
 Why aiohttp: ``benchmarks/http_client_choice.py`` measured httpx at over twice aiohttp's latency
 at concurrency 1 and many times its CPU per request at concurrency 32; this client's extra CPU over
