@@ -10,26 +10,22 @@ causal, against moments the server recorded just before each send, never a speed
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import socket
 import ssl
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fmbench.config import InferenceConfig
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.protocol import Completion, Prompt
+from tests.support.tls import self_signed, server_context, trust
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps are Linux's")
 
@@ -80,38 +76,22 @@ def _server(stream: bool, got: threading.Event, sent: dict[str, float],
 
 
 @pytest.fixture(scope="module")
-def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context with a self-signed certificate for 127.0.0.1, and a client context trusting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
-            .not_valid_after(datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    d = tmp_path_factory.mktemp("tls")
-    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                  serialization.NoEncryption()))
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(d / "cert.pem", d / "key.pem")
-    return server, ssl.create_default_context(cafile=str(d / "cert.pem"))
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.mark.parametrize("long_prompt", [False, True], ids=["short", "long"])
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.parametrize("stream", [True, False])
 def test_an_answer_is_stamped_when_it_arrived_even_while_the_clients_loop_was_held(
-        stream: bool, tls: bool, long_prompt: bool, tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
+        stream: bool, tls: bool, long_prompt: bool, tls_files: tuple[Path, Path],
         monkeypatch: pytest.MonkeyPatch) -> None:
     got = threading.Event()
     sent: dict[str, float] = {}
-    listener, thread = _server(stream, got, sent, tls_pair[0] if tls else None)
+    listener, thread = _server(stream, got, sent, server_context(*tls_files) if tls else None)
     port = listener.getsockname()[1]
     if tls:  # the client verifies the server as it would any other: against this test's certificate
-        monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", tls_pair[1])
+        trust(monkeypatch, tls_files[0])
     if long_prompt:  # a request aiohttp writes with ``writelines``, as it does from Python 3.12.9 on
         monkeypatch.setattr(aiohttp.http_writer, "SKIP_WRITELINES", False)
     prompt = Prompt("p", "hi " * (2000 if long_prompt else 1), 1)

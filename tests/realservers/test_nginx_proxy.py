@@ -23,6 +23,7 @@ from fmbench.metrics import summarize
 from fmbench.protocol import EndpointClient, Prompt
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.nginx_proxy import NginxProxy, ProxyProfile, nginx_available
+from tests.support.tls import trust
 
 # Locally a missing nginx skips these tests; in CI (CI set) it is an error: CI must run them.
 pytestmark = [
@@ -162,16 +163,20 @@ async def _reuse_at_the_idle_timeout(client: EndpointClient, parallel: int, roun
     return outcomes[parallel:]
 
 
-@pytest.mark.parametrize("buffering", [True, False], ids=["buffering-on", "buffering-off"])
+@pytest.mark.parametrize(("buffering", "tls"), [(True, False), (False, False), (False, True)],
+                         ids=["buffering-on", "buffering-off", "buffering-off-tls"])
 def test_connections_nginx_closes_when_idle_are_never_endpoint_errors(
-    proxy: Callable[[ProxyProfile], NginxProxy], buffering: bool,
+    proxy: Callable[[ProxyProfile], NginxProxy], buffering: bool, tls: bool, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """nginx closes an idle client connection after ``keepalive_timeout``; a client that reuses it at
     that moment writes into a closed socket. Measured before the client's fix: 6 to 15 of 160 such
     requests failed, as ``Can not write request body`` (the close was seen while writing),
     ``Server disconnected`` (written, then the closed socket's end-of-file, no answer byte) and
-    ``Connection reset by peer`` (written into the closed socket)."""
-    px = proxy(ProxyProfile(buffering=buffering, keepalive_requests=1000, keepalive_timeout_s=1.0))
+    ``Connection reset by peer`` (written into the closed socket). Over TLS nginx says goodbye with a
+    close_notify alert before its FIN, and the client reads through asyncio's TLS layer."""
+    px = proxy(ProxyProfile(buffering=buffering, keepalive_requests=1000, keepalive_timeout_s=1.0, tls=tls))
+    if tls:
+        trust(monkeypatch, px.certificate)
     parallel, rounds = 16, 16
     # nginx closes 1 s after it sent an answer, i.e. a little under 1 s after the client's round
     # ended (the client reads the answers after nginx sent them), and earlier still under load.
@@ -261,6 +266,35 @@ def test_ttft_is_what_the_client_received_through_nginx(
             # The server's decode time (40 tokens x 5 ms) lies between the first token and the last.
             assert ttft <= 0.5 * latency, where
             assert tpot >= 0.5 * TPOT_MS / 1000, where
+
+
+def test_over_tls_answers_are_stamped_by_the_kernel_and_ttft_is_what_arrived(
+    proxy: Callable[[ProxyProfile], NginxProxy], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """An https endpoint (nginx terminating TLS in front of the simulated server): every connection's
+    reads carry the kernel's receive stamps (through asyncio's TLS layer), with one TLS connection per
+    request and with reused ones, and the timings are the streamed answer's, as over plain HTTP."""
+    for n, requests_per_connection in enumerate((1, 100)):
+        px = proxy(ProxyProfile(buffering=False, keepalive_requests=requests_per_connection, tls=True))
+        trust(monkeypatch, px.certificate)
+        for concurrency in (1, 4):
+            path = tmp_path / f"tls-{n}-c{concurrency}.parquet"
+            res = run_shard(_client(px), PROMPTS, _shard(f"tls-c{concurrency}", concurrency, 12), path, _words)
+            df = pl.read_parquet(path)
+            where = (requests_per_connection, concurrency, res.receive_stamps)
+            assert df["ok"].all(), _failures(df, px)
+            assert (df["chunks"] == OUTPUT_TOKENS).all()
+            stamps = res.receive_stamps
+            assert stamps is not None and stamps["event_loop"] == 0, where
+            # a new TLS connection per request, or the pool's few
+            if requests_per_connection == 1:
+                assert stamps["kernel"] >= 13, where
+            else:
+                assert 1 <= stamps["kernel"] <= concurrency + 2, where
+            row = summarize(df, None).row(0, named=True)
+            ttft, latency, tpot = row["ttft_p50_s"], row["latency_p50_s"], row["tpot_p50_s"]
+            assert ttft >= TTFT_MS / 1000 * 0.9 and ttft <= 0.5 * latency, (where, ttft, latency)
+            assert tpot >= 0.5 * TPOT_MS / 1000, (where, tpot)
 
 
 def test_benchmark_flow_through_nginx_reports_no_errors(

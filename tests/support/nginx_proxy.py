@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
+from tests.support.tls import self_signed
+
 NGINX = os.environ.get("FMBENCH_NGINX", "/usr/sbin/nginx")
 
 _CONF = """\
@@ -38,8 +40,8 @@ http {{
         keepalive 8;
     }}
     server {{
-        listen 127.0.0.1:{port};
-        location / {{
+        listen 127.0.0.1:{port}{ssl};
+{ssl_files}        location / {{
             proxy_pass http://backend;
             proxy_http_version {upstream_http};
 {upstream_keepalive}            proxy_buffering {buffering};
@@ -64,12 +66,15 @@ class ProxyProfile:
     keepalive_header_s: int | None = None
     #: Size of each response buffer (None: nginx's default of one memory page).
     buffer_kb: int | None = None
+    #: Serve the clients over TLS (a self-signed certificate for 127.0.0.1, `tests.support.tls`).
+    tls: bool = False
 
     @property
     def name(self) -> str:
         return (f"buffering-{'on' if self.buffering else 'off'}-requests-{self.keepalive_requests}"
                 f"-timeout-{self.keepalive_timeout_s:g}s-upstream-http{self.upstream_http}"
-                + ("" if self.keepalive_header_s is None else f"-header-{self.keepalive_header_s}s"))
+                + ("" if self.keepalive_header_s is None else f"-header-{self.keepalive_header_s}s")
+                + ("-tls" if self.tls else ""))
 
 
 def nginx_available() -> bool:
@@ -102,7 +107,12 @@ class NginxProxy:
     @property
     def url(self) -> str:
         """Base URL (no ``/v1``)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.profile.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def certificate(self) -> Path:
+        """The certificate nginx presents (``profile.tls``), for the client to trust."""
+        return self.workdir / "cert.pem"
 
     @property
     def access_log(self) -> Path:
@@ -120,7 +130,11 @@ class NginxProxy:
         buffers = "" if p.buffer_kb is None else (
             f"{pad}proxy_buffer_size {p.buffer_kb}k;\n{pad}proxy_buffers 4 {p.buffer_kb}k;\n"
             f"{pad}proxy_busy_buffers_size {p.buffer_kb}k;\n")
-        conf.write_text(_CONF.format(
+        ssl_files = ""
+        if p.tls:
+            cert, key = self_signed(self.workdir)
+            ssl_files = f"{pad[4:]}ssl_certificate {cert};\n{pad[4:]}ssl_certificate_key {key};\n"
+        conf.write_text(_CONF.format(ssl=" ssl" if p.tls else "", ssl_files=ssl_files,
             tmp=self.workdir, port=self.port, log_level=self.log_level, upstream=self.upstream, buffering="on" if p.buffering else "off",
             keepalive_requests=p.keepalive_requests, keepalive_timeout_s=f"{p.keepalive_timeout_s:g}",
             keepalive_header="" if p.keepalive_header_s is None else f" {p.keepalive_header_s}s",
