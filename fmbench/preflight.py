@@ -291,3 +291,5 @@ def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) ->
         raise type(exc)(f"{where}: probe request failed: {exc}") from exc
     except EndpointError as exc:
         raise EndpointError(f"{where}: {exc}") from exc
+    except ConfigError as exc:  # e.g. a ca_bundle that cannot be read
+        raise ConfigError(f"{where}: {exc}") from exc

@@ -203,3 +203,22 @@ def test_openai_api_key_is_named_not_embedded() -> None:
     ep = cfg.experiments[0].endpoint
     assert ep.base_url == "http://h:1/v1"
     assert "api_key_env" in dump_config(cfg)
+
+
+def test_a_ca_bundle_resolves_like_a_dataset_path_and_leaves_other_configs_hashes_alone(tmp_path: Path) -> None:
+    openai = "{provider: openai, base_url: 'https://llm.internal:8443/v1', model: m%s}"
+    without = load_config_text(BASE.replace("{provider: simulated}", openai % ""))
+    # A config that does not set it hashes as it did before the field existed, so its runs still resume
+    # and compare: this config's hash as computed by the code before ca_bundle (71f6890).
+    assert without.config_hash() == "65926cf33f2a2bd1"
+    assert without.config_hash() == load_config_text(
+        BASE.replace("{provider: simulated}", openai % ", ca_bundle: null")).config_hash()
+    path = tmp_path / "bench.yml"
+    path.write_text(BASE.replace("{provider: simulated}", openai % ", ca_bundle: certs/ca.pem"))
+    cfg = load_config(path)
+    ep = cfg.experiments[0].endpoint
+    assert ep.ca_bundle == "certs/ca.pem"  # the config as written (stored, hashed)
+    assert ep.ca_file() == str(tmp_path / "certs" / "ca.pem")  # what the client loads
+    assert cfg.config_hash() != without.config_hash()
+    absolute = load_config_text(BASE.replace("{provider: simulated}", openai % ", ca_bundle: /etc/ca.pem"))
+    assert absolute.experiments[0].endpoint.ca_file() == "/etc/ca.pem"

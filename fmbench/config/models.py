@@ -10,12 +10,14 @@ import hashlib
 import itertools
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -164,6 +166,16 @@ class OpenAIEndpoint(_Model):
         default=None, description="Name of the environment variable holding the API key (never the key itself)."
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (no secrets).")
+    ca_bundle: str | None = Field(
+        default=None, description="PEM file of the certificate authorities to trust for an https base_url "
+        "signed by a private CA (absolute, or relative to the config's directory); default: the system's.")
+    # ca_bundle resolved against the config's directory (set by BenchmarkConfig; not part of the config)
+    _ca_file: str | None = PrivateAttr(default=None)
+
+    def ca_file(self) -> str | None:
+        """The CA bundle's path as it is used: a relative ``ca_bundle`` resolved against the config's
+        directory when the config came from a file (as dataset paths are), else as given."""
+        return self._ca_file or self.ca_bundle
 
     @field_validator("base_url")
     @classmethod
@@ -518,6 +530,17 @@ class BenchmarkConfig(_Model):
         return ordered
 
     @model_validator(mode="after")
+    def _resolve_ca_bundles(self) -> BenchmarkConfig:
+        endpoints = [e.endpoint for e in self.experiments]
+        if self.evaluation is not None:
+            endpoints += [j.endpoint for j in self.evaluation.judges]
+        for ep in endpoints:
+            if isinstance(ep, OpenAIEndpoint) and ep.ca_bundle and self.base_dir:
+                path = Path(ep.ca_bundle).expanduser()
+                ep._ca_file = str(path if path.is_absolute() else Path(self.base_dir) / path)
+        return self
+
+    @model_validator(mode="after")
     def _cross_checks(self) -> BenchmarkConfig:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
@@ -561,6 +584,10 @@ class BenchmarkConfig(_Model):
         for e in data["experiments"]:
             if e.get("tokenizer") is None:  # unset: the hash of a config from before per-experiment tokenizers
                 e.pop("tokenizer", None)
+        judges = (data.get("evaluation") or {}).get("judges") or []
+        for ep in [e.get("endpoint") for e in data["experiments"]] + [j.get("endpoint") for j in judges]:
+            if isinstance(ep, dict) and "ca_bundle" in ep and ep["ca_bundle"] is None:
+                del ep["ca_bundle"]  # unset: the hash of a config from before ca_bundle
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

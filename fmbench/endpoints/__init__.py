@@ -36,7 +36,7 @@ def _openai(endpoint: OpenAIEndpoint, inference: InferenceConfig, url: str | Non
         if not api_key:
             raise EndpointError(f"openai endpoint: environment variable {endpoint.api_key_env} is not set or empty")
     return OpenAIClient(url or endpoint.base_url, endpoint.model, api=endpoint.api, inference=inference,
-                        api_key=api_key, headers=endpoint.headers)
+                        api_key=api_key, headers=endpoint.headers, ca_bundle=endpoint.ca_file())
 
 
 def _sagemaker(endpoint: Any, inference: InferenceConfig, url: str | None) -> EndpointClient:

@@ -67,6 +67,7 @@ import functools
 import json
 import math
 import select
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -78,6 +79,7 @@ from yarl import URL
 from fmbench.config import InferenceConfig
 from fmbench.endpoints._deadline import Deadlines
 from fmbench.errors import (
+    ConfigError,
     EndpointConnectionError,
     EndpointError,
     EndpointHTTPError,
@@ -116,6 +118,9 @@ _EXCEPTION_MAP: tuple[tuple[type[BaseException], type[EndpointError], str], ...]
     (TimeoutError, EndpointTimeout, "request timed out"),  # asyncio's and aiohttp.ServerTimeoutError
     (aiohttp.InvalidURL, EndpointConnectionError, "invalid URL"),
     (aiohttp.NonHttpUrlClientError, EndpointConnectionError, "not an http(s) URL"),
+    # before ClientConnectorError, its base: the one a private CA's server gets without ca_bundle
+    (aiohttp.ClientConnectorCertificateError, EndpointConnectionError,
+     "server certificate not trusted (signed by a private CA? set the endpoint's ca_bundle)"),
     (aiohttp.ClientConnectorError, EndpointConnectionError, "cannot connect"),  # refused, DNS, TLS, proxy
     (aiohttp.ServerDisconnectedError, EndpointConnectionError, "server disconnected"),
     (aiohttp.ClientPayloadError, EndpointConnectionError, "answer cut off"),
@@ -442,6 +447,8 @@ class OpenAIClient:
         headers: extra HTTP headers.
         send_answers: put the prompt's reference answers in the body (``fmbench_answers``), for the
             simulated endpoint's answer model only; never sent to a real server.
+        ca_bundle: PEM file of the certificate authorities an https server's certificate is checked
+            against instead of the system's (a private CA); read at `open`.
     """
 
     def __init__(
@@ -453,6 +460,7 @@ class OpenAIClient:
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
         send_answers: bool = False,
+        ca_bundle: str | None = None,
     ) -> None:
         if api not in ("chat", "completions"):
             raise ValueError(f"api must be 'chat' or 'completions', got {api!r}")
@@ -493,6 +501,7 @@ class OpenAIClient:
         self._bodies: dict[Prompt, bytes] = {}  # encoded request bodies by prompt (see _payload)
         self._bodies_bytes = 0
         self._send_answers = send_answers
+        self._ca_bundle = ca_bundle
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIClient(url={str(self._url)!r}, model={self.model!r}, api={self.api!r})"
@@ -502,9 +511,17 @@ class OpenAIClient:
         if self._session is not None:
             await self.close()
         limit = max(0, concurrency)
+        verify: ssl.SSLContext | bool = True  # aiohttp's default: the system's certificate authorities
+        if self._ca_bundle:
+            try:
+                verify = ssl.create_default_context(cafile=self._ca_bundle)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"endpoint ca_bundle {self._ca_bundle}: cannot load the certificate "
+                                  f"authorities ({type(exc).__name__}: {exc})") from exc
         # No limit_per_host: a client has one URL, so ``limit`` already bounds its one host, and
         # aiohttp keeps per-host sets on every request when it is set.
-        connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=300, enable_cleanup_closed=False)
+        connector = aiohttp.TCPConnector(limit=limit, keepalive_timeout=300, enable_cleanup_closed=False,
+                                         ssl=verify)
         # New connections stamp their writes and know when they may be reused (see the class).
         self._hooked = callable(getattr(connector, "_factory", None))
         self._stamp_counts = {KERNEL: 0, EVENT_LOOP: 0}

@@ -25,7 +25,7 @@ import pytest
 from fmbench.config import InferenceConfig
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.protocol import Completion, Prompt
-from tests.support.tls import self_signed, server_context, trust
+from tests.support.tls import self_signed, server_context
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel receive stamps are Linux's")
 
@@ -90,15 +90,15 @@ def test_an_answer_is_stamped_when_it_arrived_even_while_the_clients_loop_was_he
     sent: dict[str, float] = {}
     listener, thread = _server(stream, got, sent, server_context(*tls_files) if tls else None)
     port = listener.getsockname()[1]
-    if tls:  # the client verifies the server as it would any other: against this test's certificate
-        trust(monkeypatch, tls_files[0])
     if long_prompt:  # a request aiohttp writes with ``writelines``, as it does from Python 3.12.9 on
         monkeypatch.setattr(aiohttp.http_writer, "SKIP_WRITELINES", False)
     prompt = Prompt("p", "hi " * (2000 if long_prompt else 1), 1)
 
     async def main() -> tuple[Completion, float]:
+        # over TLS the client checks the server's certificate against this test's (a private CA)
         client = OpenAIClient(f"{'https' if tls else 'http'}://127.0.0.1:{port}/v1", "m", api="completions",
-                              inference=InferenceConfig(stream=stream, max_tokens=2))
+                              inference=InferenceConfig(stream=stream, max_tokens=2),
+                              ca_bundle=str(tls_files[0]) if tls else None)
         await client.open(1)
         try:
             task = asyncio.create_task(client.complete(prompt))

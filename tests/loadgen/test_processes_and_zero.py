@@ -12,9 +12,9 @@ from typing import Any
 import psutil
 import pytest
 
+import fmbench.endpoints.openai as openai_module
 from fmbench.config import InferenceConfig
 from fmbench.datasets.tokenizer import load_tokenizer
-import fmbench.endpoints.openai as openai_module
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.loadgen import ShardSpec, partial_path, run_shard, run_shard_async
 from fmbench.loadgen.engine import receive_stamps

@@ -23,7 +23,6 @@ from fmbench.metrics import summarize
 from fmbench.protocol import EndpointClient, Prompt
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.nginx_proxy import NginxProxy, ProxyProfile, nginx_available
-from tests.support.tls import trust
 
 # Locally a missing nginx skips these tests; in CI (CI set) it is an error: CI must run them.
 pytestmark = [
@@ -69,7 +68,9 @@ def proxy(sim: str, tmp_path: Path) -> Iterator[Callable[[ProxyProfile], NginxPr
 
 
 def _client(px: NginxProxy, max_tokens: int = OUTPUT_TOKENS) -> EndpointClient:
-    endpoint = OpenAIEndpoint(provider="openai", base_url=f"{px.url}/v1", model=MODEL, api="chat")
+    # over TLS the client trusts nginx's self-signed certificate as a user trusts a private CA
+    endpoint = OpenAIEndpoint(provider="openai", base_url=f"{px.url}/v1", model=MODEL, api="chat",
+                              ca_bundle=str(px.certificate) if px.profile.tls else None)
     return make_client(endpoint, InferenceConfig(max_tokens=max_tokens, timeout_s=30))
 
 
@@ -166,7 +167,7 @@ async def _reuse_at_the_idle_timeout(client: EndpointClient, parallel: int, roun
 @pytest.mark.parametrize(("buffering", "tls"), [(True, False), (False, False), (False, True)],
                          ids=["buffering-on", "buffering-off", "buffering-off-tls"])
 def test_connections_nginx_closes_when_idle_are_never_endpoint_errors(
-    proxy: Callable[[ProxyProfile], NginxProxy], buffering: bool, tls: bool, monkeypatch: pytest.MonkeyPatch,
+    proxy: Callable[[ProxyProfile], NginxProxy], buffering: bool, tls: bool,
 ) -> None:
     """nginx closes an idle client connection after ``keepalive_timeout``; a client that reuses it at
     that moment writes into a closed socket. Measured before the client's fix: 6 to 15 of 160 such
@@ -175,8 +176,6 @@ def test_connections_nginx_closes_when_idle_are_never_endpoint_errors(
     ``Connection reset by peer`` (written into the closed socket). Over TLS nginx says goodbye with a
     close_notify alert before its FIN, and the client reads through asyncio's TLS layer."""
     px = proxy(ProxyProfile(buffering=buffering, keepalive_requests=1000, keepalive_timeout_s=1.0, tls=tls))
-    if tls:
-        trust(monkeypatch, px.certificate)
     parallel, rounds = 16, 16
     # nginx closes 1 s after it sent an answer, i.e. a little under 1 s after the client's round
     # ended (the client reads the answers after nginx sent them), and earlier still under load.
@@ -269,14 +268,13 @@ def test_ttft_is_what_the_client_received_through_nginx(
 
 
 def test_over_tls_answers_are_stamped_by_the_kernel_and_ttft_is_what_arrived(
-    proxy: Callable[[ProxyProfile], NginxProxy], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    proxy: Callable[[ProxyProfile], NginxProxy], tmp_path: Path,
 ) -> None:
     """An https endpoint (nginx terminating TLS in front of the simulated server): every connection's
     reads carry the kernel's receive stamps (through asyncio's TLS layer), with one TLS connection per
     request and with reused ones, and the timings are the streamed answer's, as over plain HTTP."""
     for n, requests_per_connection in enumerate((1, 100)):
         px = proxy(ProxyProfile(buffering=False, keepalive_requests=requests_per_connection, tls=True))
-        trust(monkeypatch, px.certificate)
         for concurrency in (1, 4):
             path = tmp_path / f"tls-{n}-c{concurrency}.parquet"
             res = run_shard(_client(px), PROMPTS, _shard(f"tls-c{concurrency}", concurrency, 12), path, _words)

@@ -1,6 +1,5 @@
-"""A self-signed certificate for 127.0.0.1, for the tests' TLS servers (Python's ssl, nginx), and the
-client side that trusts it the way fmbench's OpenAI client verifies any server (aiohttp's default
-verified context, replaced for the test)."""
+"""A self-signed certificate for 127.0.0.1, for the tests' TLS servers (Python's ssl, nginx): a client
+trusts it as a private certificate authority (the OpenAI endpoint's ``ca_bundle``)."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-import aiohttp
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,8 +39,3 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     ctx.load_cert_chain(cert_path, key_path)
     return ctx
 
-
-def trust(monkeypatch: pytest.MonkeyPatch, cert_path: Path) -> None:
-    """Make aiohttp's default verified context (the one fmbench's client uses) trust the certificate,
-    for the rest of the test."""
-    monkeypatch.setattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ssl.create_default_context(cafile=str(cert_path)))
