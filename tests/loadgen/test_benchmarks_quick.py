@@ -37,6 +37,16 @@ def test_client_overhead_quick_separates_client_from_server(tmp_path: Path) -> N
     assert 0 <= data["cells_meeting_target_outside_slow"] <= data["cells_outside_slow"]
     jitter = data["wake_jitter"]  # the machine's own floor, measured before the cells
     assert jitter["wakes"] > 0 and 0 <= jitter["p50_ms"] <= jitter["p99_ms"] <= jitter["max_ms"]
+    # the https cells: the simulator over TLS, every client connection stamped by the kernel
+    assert data["tls_cells"] == len(data["tls_rows"]) == 2 and 0 <= data["tls_cells_meeting_target"] <= 2
+    for row in data["tls_rows"]:
+        assert row["tls"] and row["errors"] == 0 and row["ttft_err_p50_ms"] > -0.01
+        assert row["receive_stamps"]["event_loop"] == 0 and row["receive_stamps"]["kernel"] > 0
+    assert not any(row["tls"] for row in data["rows"])
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run_all import render_markdown
+
+    assert "Over https" in render_markdown({"client_overhead": data}, quick=True)
 
 
 def test_long_context_quick_and_the_results_table(tmp_path: Path) -> None:
