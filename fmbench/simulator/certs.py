@@ -30,7 +30,8 @@ def self_signed(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.unlink(missing_ok=True)
+    key_path.touch(mode=0o600)  # the key is never readable by others, not even while it is written
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
-    key_path.chmod(0o600)
     return cert_path, key_path

@@ -99,7 +99,7 @@ def serve(
         tls: serve https with this (certificate, key) pair of PEM files (see `start_server`).
 
     Raises:
-        DeploymentError: the address cannot be bound.
+        DeploymentError: the address cannot be bound, or ``tls``'s files cannot be loaded.
         TokenizerError: ``tokenizer`` cannot be loaded.
     """
     asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer, writer, tls))
