@@ -74,6 +74,7 @@ from typing import Any, Literal
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.payload import BytesPayload
 from yarl import URL
 
 from fmbench.config import InferenceConfig
@@ -107,6 +108,7 @@ _MAX_MESSAGE = 200  # characters of a server error body kept in a message
 _ERROR_BODY_BYTES = 8192  # bytes read from an error response
 _DRAIN_S = 0.5  # wait this long for the body to end after [DONE]
 _BODY_CACHE_BYTES = 64 << 20  # encoded request bodies kept per client
+_JSON = "application/json"
 
 __all__ = ["OpenAIClient"]
 
@@ -498,7 +500,7 @@ class OpenAIClient:
             base["stream_options"] = {"include_usage": True}
         base.update(self.inference.extra_body)
         self._body = base
-        self._bodies: dict[Prompt, bytes] = {}  # encoded request bodies by prompt (see _payload)
+        self._bodies: dict[Prompt, BytesPayload] = {}  # encoded request bodies by prompt (see _payload)
         self._bodies_bytes = 0
         self._send_answers = send_answers
         self._ca_bundle = ca_bundle
@@ -559,20 +561,23 @@ class OpenAIClient:
             session, self._session = self._session, None
             await session.close()
 
-    def _payload(self, prompt: Prompt) -> bytes:
+    def _payload(self, prompt: Prompt) -> BytesPayload:
         # A shard sends each prompt many times: its body is encoded once, up to a memory bound
-        # (beyond it, prompts are encoded per request as before).
+        # (beyond it, prompts are encoded per request as before), and handed to aiohttp as the
+        # payload object it would otherwise build from the bytes on every request (its payload
+        # registry's lookup and a `BytesPayload`, whose bytes aiohttp only reads: reusable).
         try:
             cached = self._bodies.get(prompt)
         except TypeError:  # unhashable (answers given as a list): encoded each time
-            return self._encode(prompt)
+            return BytesPayload(self._encode(prompt), content_type=_JSON)
         if cached is not None:
             return cached
         data = self._encode(prompt)
+        body = BytesPayload(data, content_type=_JSON)
         if self._bodies_bytes + len(data) <= _BODY_CACHE_BYTES:
-            self._bodies[prompt] = data
+            self._bodies[prompt] = body
             self._bodies_bytes += len(data)
-        return data
+        return body
 
     def _encode(self, prompt: Prompt) -> bytes:
         body = dict(self._body)

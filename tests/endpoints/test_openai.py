@@ -72,6 +72,27 @@ def test_non_streaming_first_token_is_end(fake_openai: FakeOpenAI) -> None:
     assert "stream_options" not in fake_openai.stats()["bodies"][-1]
 
 
+def test_a_prompt_sent_many_times_at_once_goes_out_whole_every_time(fake_openai: FakeOpenAI) -> None:
+    """A prompt's request body is encoded once and its aiohttp payload object reused by requests in
+    flight together: every copy the server receives is the whole body, with its JSON content type."""
+    prompts = [Prompt("a", "first prompt", 2), Prompt("b", "second " * 500, 500)]
+
+    async def go() -> list[Completion]:
+        client = OpenAIClient(fake_openai.url, "ok:ttft=0.01:n=2", inference=InferenceConfig(stream=False))
+        await client.open(8)
+        try:
+            assert client._payload(prompts[0]) is client._payload(prompts[0])
+            return await asyncio.gather(*(client.complete(prompts[k % 2]) for k in range(16)))
+        finally:
+            await client.close()
+
+    assert all(c.output_tokens == 2 for c in asyncio.run(go()))
+    bodies = fake_openai.stats()["bodies"][-16:]
+    contents = sorted(b["messages"][0]["content"] for b in bodies)
+    assert contents == sorted([prompts[0].text] * 8 + [prompts[1].text] * 8)
+    assert fake_openai.stats()["content_types"][-16:] == ["application/json"] * 16
+
+
 def test_long_prompt_and_thousand_chunk_stream(fake_openai: FakeOpenAI) -> None:
     long_prompt = Prompt("long", "word " * 32_000, 32_000)
     c = _complete(fake_openai.url, "ok:n=1000", prompt=long_prompt)

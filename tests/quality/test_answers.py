@@ -57,9 +57,9 @@ def test_only_the_simulated_endpoint_is_sent_the_reference_answers() -> None:
     prompt = Prompt("p1", "Which city?", 3, ("Paris",))
     inference = InferenceConfig()
     real = make_client(OpenAIEndpoint(provider="openai", base_url="http://127.0.0.1:1/v1", model="m"), inference)
-    assert ANSWERS_FIELD not in json.loads(real._payload(prompt))  # type: ignore[attr-defined]
+    assert ANSWERS_FIELD not in json.loads(real._payload(prompt).decode())  # type: ignore[attr-defined]
     sim = SimulatedEndpoint(provider="simulated", answer_accuracy=0.5)
-    body = json.loads(make_client(sim, inference, url="http://127.0.0.1:1")._payload(prompt))  # type: ignore[attr-defined]
+    body = json.loads(make_client(sim, inference, url="http://127.0.0.1:1")._payload(prompt).decode())  # type: ignore[attr-defined]
     assert body[ANSWERS_FIELD] == ["Paris"]
     plain = make_client(SimulatedEndpoint(provider="simulated"), inference, url="http://127.0.0.1:1")
-    assert ANSWERS_FIELD not in json.loads(plain._payload(prompt))  # type: ignore[attr-defined]
+    assert ANSWERS_FIELD not in json.loads(plain._payload(prompt).decode())  # type: ignore[attr-defined]

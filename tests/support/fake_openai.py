@@ -51,7 +51,7 @@ class FakeOpenAI:
             self._proc = None
 
     def stats(self) -> dict[str, Any]:
-        """What the server saw: max_active, arrivals, auth headers, bodies."""
+        """What the server saw: max_active, arrivals, auth headers, bodies and their content types."""
         with urllib.request.urlopen(self.url + "/_stats", timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -71,6 +71,7 @@ class _Server:
         self.arrivals: list[tuple[float, int]] = []  # (monotonic time, in flight including this one)
         self.auth: list[str | None] = []
         self.bodies: list[dict[str, Any]] = []
+        self.content_types: list[str | None] = []
         self.met: set[str] = set()
         self.meeting = asyncio.Event()
 
@@ -94,6 +95,7 @@ class _Server:
                 "arrivals": self.arrivals,
                 "auth": self.auth,
                 "bodies": self.bodies,
+                "content_types": self.content_types,
                 "met": sorted(self.met),
             }
         )
@@ -114,6 +116,7 @@ class _Server:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.bodies.append(body)
+        self.content_types.append(request.headers.get("Content-Type"))
         self.auth.append(request.headers.get("Authorization"))
         name, *opts = str(body.get("model", "ok")).split(":")
         o = dict(x.split("=", 1) for x in opts)
