@@ -119,6 +119,9 @@ class Manifest(BaseModel):
     ended_at: str | None = Field(default=None, description="UTC ISO end (None: unfinished).")
     command: str | None = Field(default=None, description="Command line that started the run.")
     storage: str | None = Field(default=None, description="Where the run is stored.")
+    config_dir: str | None = Field(
+        default=None, description="The directory of the config the run was started from: where the relative paths "
+        "of the stored config.yml (datasets, an endpoint's ca_bundle) resolve when it is read again (None: unknown).")
     payload_hashes: dict[str, str] = Field(default_factory=dict, description="dataset/bucket -> sha256.")
     prompt_counts: dict[str, int] = Field(default_factory=dict, description="dataset/bucket -> prompts.")
     shards: list[dict[str, Any]] = Field(default_factory=list, description="Shard outcomes, in run order.")
@@ -237,6 +240,7 @@ def _initial_manifest(cfg: BenchmarkConfig, run: RunInfo, command: str | None) -
         started_at=utc_now(),
         command=command or f"fmbench run config.yml --run-id {run.run_id}",
         storage=run.url,
+        config_dir=cfg.base_dir,
     )
 
 

@@ -34,13 +34,21 @@ def _run_config(run_url: str, config: str | None, overrides: list[str] | None) -
     data: Any = yaml.safe_load(storage.read_text(curl))
     if not isinstance(data, dict):
         raise ConfigError(f"{curl}: the config must be a YAML mapping")
+    # Relative paths of config.yml (a judge's ca_bundle, datasets) resolve where the run's config was;
+    # a run made before the manifest said so resolves them against the current directory, as before.
+    base_dir = load_manifest(run_url).config_dir if has_manifest(run_url) else None
     if config is not None:
         other = load_config(config)
         if other.evaluation is None:
             raise ConfigError(f"{config}: no evaluation section")
         evaluation = other.evaluation.model_dump(mode="json")
-        if other.evaluation.judge_prompt is not None:  # relative to that config, not to the run
+        # that config's relative paths are relative to it, not to the run
+        if other.evaluation.judge_prompt is not None:
             evaluation["judge_prompt"] = str(Path(other.base_dir or Path(config).parent, other.evaluation.judge_prompt))
+        for judge, dumped in zip(other.evaluation.judges, evaluation["judges"], strict=True):
+            ca_file = getattr(judge.endpoint, "ca_file", None)
+            if ca_file is not None and ca_file():
+                dumped["endpoint"]["ca_bundle"] = ca_file()
         data["evaluation"] = evaluation
         data.setdefault("slo", {})["min_accuracy"] = other.slo.min_accuracy
     elif isinstance(data.get("evaluation"), dict) and data["evaluation"].get("judge_prompt"):
@@ -51,7 +59,7 @@ def _run_config(run_url: str, config: str | None, overrides: list[str] | None) -
             data["evaluation"]["judge_prompt"] = kept
     if overrides:
         data = apply_overrides(data, overrides)
-    cfg = parse_config(data, source=curl)
+    cfg = parse_config(data, source=curl, base_dir=base_dir)
     if cfg.evaluation is None:
         raise ConfigError(f"{curl}: the run has no evaluation section; give --config CONFIG with one "
                           "(or --set evaluation.evaluate_per_shard=20 for reference-answer scores only)")

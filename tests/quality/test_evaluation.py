@@ -239,6 +239,51 @@ def test_an_incomplete_evaluation_is_redone_and_a_complete_one_reused(tmp_path: 
     assert "Missing evaluations" not in (run / "report.md").read_text()
 
 
+def test_a_stored_judge_ca_bundle_resolves_where_the_runs_config_was(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """config.yml keeps a judge's ``ca_bundle`` as written (relative to the config); `fmbench evaluate`
+    run from elsewhere, long after, must still trust that judge's private CA through it."""
+    import socket
+
+    from fmbench.config import SimulatedEndpoint
+    from fmbench.simulator.certs import self_signed
+    from fmbench.simulator.process import SimulatedServerProcess
+
+    cert, key = self_signed(tmp_path / "tls")
+    with socket.socket() as s:  # a port where nothing listens yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    judge = {"name": "private", "endpoint": {"provider": "openai", "base_url": f"https://127.0.0.1:{port}/v1",
+                                             "model": "fmbench-sim", "ca_bundle": "tls/cert.pem"},
+             "inference": {"max_tokens": 64, "stream": False, "timeout_s": 10}}
+    raw = _config(tmp_path, evaluation={"judges": [judge], "evaluate_per_shard": 5}, name="private-ca")
+    for e in raw["experiments"]:
+        e["requests_per_level"] = 8
+    run = Path(run_benchmark(parse_config(raw, source="private-ca", base_dir=tmp_path), run_id="r1")).parent
+    assert yaml.safe_load((run / "config.yml").read_text())["evaluation"]["judges"][0]["endpoint"][
+        "ca_bundle"] == "tls/cert.pem"
+    assert json.loads((run / "manifest.json").read_text())["config_dir"] == str(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # where tls/cert.pem is not
+    with SimulatedServerProcess(SimulatedEndpoint(provider="simulated", seed=5), port=port,
+                                extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]):
+        assert main(["evaluate", str(run), "--no-png"]) == 0
+        outcome = json.loads((run / "evaluation" / "big" / "outcome.json").read_text())
+        assert outcome["status"] == "ok" and outcome["judged"] == 5 and outcome["judge_errors"] == 0
+        # Another config's evaluation: its relative ca_bundle is relative to that config, not to the run.
+        other_dir = tmp_path / "other"
+        (other_dir / "certs").mkdir(parents=True)
+        (other_dir / "certs" / "ca.pem").write_bytes(cert.read_bytes())
+        judge2 = {**judge, "name": "other", "endpoint": {**judge["endpoint"], "ca_bundle": "certs/ca.pem"}}
+        other = _write(other_dir, _config(other_dir, evaluation={"judges": [judge2], "evaluate_per_shard": 5},
+                                          name="private-ca"), "eval")
+        assert main(["evaluate", str(run), "--config", str(other), "--no-png"]) == 0
+    calls = _calls(run, "big")
+    assert calls.filter(pl.col("judge") == "other").height == 5
+    assert calls.filter(pl.col("judge") == "other")["verdict"].is_in(["correct", "incorrect"]).all()
+
+
 def test_an_experiment_with_its_own_tokenizer_is_scored_against_its_own_prompts(tmp_path: Path) -> None:
     """Prompts counted in an experiment's own tokenizer are stored as their own prompt set
     (dataset@tokenizer); its evaluation must find their reference answers there."""
