@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
@@ -38,6 +38,60 @@ from tasks.regression import check_regressions_task
 
 log = logging.getLogger("fmbench")
 
+T = TypeVar("T")
+
+
+class Taken(Generic[T]):
+    """A submitted step's future that lets go of the task once the run has its result (or error).
+
+    On a Dask cluster, a worker that dies takes the results it held with it, and Dask computes
+    again every finished task whose future a client still holds (PrefectHQ/prefect#15442): Prefect
+    then runs the task's body a second time, as a new task run. The run holds each deploy's future
+    until the endpoint is deleted, so a lost worker would deploy the endpoint anew: a second
+    simulator process, or, after the teardown, a SageMaker endpoint nobody deletes (billed). Once
+    the result is here, the Dask future is released and the cluster forgets the task.
+    """
+
+    def __init__(self, future: PrefectFuture[T]) -> None:
+        self._future: PrefectFuture[T] | None = future
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """True once the step ended (`fmbench.sequence.settle` waits in slices on this)."""
+        return self._future is None or _ended(self._future)
+
+    def result(self, timeout: float | None = None) -> T:
+        """The step's value; raises its exception, or TimeoutError while it runs past ``timeout``."""
+        future = self._future
+        if future is None:
+            if self._error is not None:
+                raise self._error
+            return self._value  # type: ignore[return-value]
+        try:
+            value = future.result(timeout=timeout)
+        except Exception:
+            if not _ended(future):  # still running past the timeout
+                raise
+            try:  # it ended (perhaps just after the timeout): its own outcome, at once
+                value = future.result()
+            except Exception as exc:
+                self._error = exc
+                self._let_go(future)
+                raise
+        self._value = value
+        self._let_go(future)
+        return value
+
+    def _let_go(self, future: PrefectFuture[T]) -> None:
+        self._future = None
+        release = getattr(getattr(future, "wrapped_future", None), "release", None)
+        if callable(release):  # a Dask future (threads: nothing to forget)
+            try:
+                release()
+            except Exception as exc:  # noqa: BLE001 - the result is here; forgetting it is housekeeping
+                log.debug("could not release a finished task's Dask future: %s", exc)
+
 
 class PrefectSteps:
     """`fmbench.sequence.Steps` as Prefect tasks, inside a flow run."""
@@ -55,15 +109,15 @@ class PrefectSteps:
 
     def bucket(self, cfg: BenchmarkConfig, run: RunInfo) -> list[PromptSet]:
         jobs = pipeline.bucketing_jobs(cfg)
-        bucketed = [bucket_dataset_task.submit(cfg, name, tok) for name, tok in jobs]  # side by side
+        bucketed = [Taken(bucket_dataset_task.submit(cfg, name, tok)) for name, tok in jobs]  # side by side
         return [store_prompts_task(run, name, fut.result(), tok) for (name, tok), fut in zip(jobs, bucketed)]
 
-    def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> PrefectFuture[DeployedEndpoint]:
-        return deploy_task.submit(cfg, experiment, run)
+    def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> Taken[DeployedEndpoint]:
+        return Taken(deploy_task.submit(cfg, experiment, run))
 
     def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
-              deployed: DeployedEndpoint) -> PrefectFuture[ShardOutcome]:
-        return run_shard_task.submit(run, cfg, spec, prompts_url, deployed)
+              deployed: DeployedEndpoint) -> Taken[ShardOutcome]:
+        return Taken(run_shard_task.submit(run, cfg, spec, prompts_url, deployed))
 
     def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> AbstractContextManager[None]:
         name = pipeline.endpoint_lock_name(find_experiment(cfg, experiment))
@@ -72,22 +126,28 @@ class PrefectSteps:
         _ensure_limit(name)
         return concurrency(name, occupy=1, strict=True)
 
-    def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> PrefectFuture[list[str]]:
-        return teardown_task.submit(cfg, deployed)
+    def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Taken[list[str]]:
+        return Taken(teardown_task.submit(cfg, deployed))
 
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
                  prompt_sets: list[PromptSet], warnings: list[str]) -> str:
         return finalize_task(run, cfg, outcomes, prompt_sets, warnings)
 
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str,
-                 judges: JudgePanel | None) -> PrefectFuture[Any]:
-        return evaluate_task.submit(run, cfg, experiment, judges)
+                 judges: JudgePanel | None) -> Taken[Any]:
+        return Taken(evaluate_task.submit(run, cfg, experiment, judges))
 
     def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
         return check_regressions_task(run, threshold, png=png)
 
     def report(self, run: RunInfo, png: bool = True) -> str:
         return report_task(run, png)
+
+
+def _ended(future: PrefectFuture[Any]) -> bool:
+    """Whether a submitted task ended: its runner's own future says so without a call to the API."""
+    done = getattr(getattr(future, "wrapped_future", None), "done", None)
+    return bool(done()) if callable(done) else future.state.is_final()
 
 
 def _ensure_limit(name: str) -> None:

@@ -511,6 +511,91 @@ def test_a_worker_killed_mid_shard_in_a_run_never_leaves_the_shard_short(
         assert shard["status"] == "failed" and shard["error"], shard
 
 
+def _simulators(c: Cluster) -> dict[int, tuple[str, str]]:
+    """The simulated endpoints the cluster's workers run now: pid -> (model, worker name)."""
+    import psutil
+
+    found: dict[int, tuple[str, str]] = {}
+    for name, proc in c.procs.items():
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for child in children:
+            try:
+                argv = child.cmdline()
+            except psutil.Error:
+                continue
+            if "fmbench.simulator" in argv and "--model" in argv:
+                found[child.pid] = (argv[argv.index("--model") + 1], name)
+    return found
+
+
+def test_a_lost_worker_never_deploys_an_endpoint_again(
+        prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask computes again a finished task whose result died with its worker, for as long as a client
+    holds its future (PrefectHQ/prefect#15442), and Prefect runs the task's body again. The run holds
+    each deploy until its endpoint is deleted; it must let go of the task once it has the result, or
+    a lost worker deploys the endpoint anew (here a second simulator; on SageMaker, after the
+    teardown, an endpoint nobody deletes)."""
+    import yaml
+
+    from flows.benchmark import _task_runner, benchmark
+    from fmbench.rundir import load_manifest
+
+    common = {"concurrency_levels": [1], "warmup_requests": 0, "inference": {"max_tokens": 20}}
+    cfg = {"name": "lost", "output": str(tmp_path / "results"), "buckets": [[1, 500]], "deploy_ahead": 0,
+           "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 2, "seed": 0}],
+           "experiments": [
+               {"name": "a", "endpoint": {"provider": "simulated", "model": "sim-a", "ttft_ms": 1, "tpot_ms": 1,
+                                          "output_tokens": 20}, "requests_per_level": 4, **common},
+               # b measures for ~8 s (0.4 s a request, one at a time): the worker is lost meanwhile
+               {"name": "b", "endpoint": {"provider": "simulated", "model": "sim-b", "ttft_ms": 20, "tpot_ms": 20,
+                                          "output_tokens": 20}, "requests_per_level": 20, **common}]}
+    path = tmp_path / "lost.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    c = Cluster(["host-1", "host-2"], nthreads=2)
+    seen: dict[int, tuple[str, str]] = {}
+    try:
+        monkeypatch.setenv("FMBENCH_TASK_RUNNER", c.address)
+        on_cluster = benchmark.with_options(task_runner=_task_runner())
+        box: dict[str, object] = {}
+
+        def go() -> None:
+            try:
+                box["report"] = on_cluster(config=str(path), run_id="r", preflight=False, png=False)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                box["exc"] = exc
+
+        flow = threading.Thread(target=go, daemon=True)
+        flow.start()
+        deadline = time.monotonic() + 300
+        victim = None
+        while victim is None:  # a's endpoint deployed and deleted, b's measuring
+            assert time.monotonic() < deadline and flow.is_alive(), box
+            now = _simulators(c)
+            seen.update(now)
+            models = {model for model, _ in now.values()}
+            if "sim-b" in models and "sim-a" not in models and any(m == "sim-a" for m, _ in seen.values()):
+                victim = next(worker for model, worker in seen.values() if model == "sim-a")
+            time.sleep(0.05)
+        c.kill(victim)  # it held a's (and maybe b's) deploy result
+        while flow.is_alive():
+            assert time.monotonic() < deadline, "the run did not end"
+            seen.update(_simulators(c))
+            time.sleep(0.05)
+        seen.update(_simulators(c))
+        left = _simulators(c)
+    finally:
+        c.close()
+    assert "exc" not in box, box
+    deployed = sorted(model for model, _ in seen.values())
+    assert deployed == ["sim-a", "sim-b"], f"endpoints started: {deployed} (a lost worker's deploy ran again)"
+    assert not left, f"simulated endpoints still running after the run: {left}"
+    timelines = load_manifest(str(tmp_path / "results" / "lost" / "r")).endpoints
+    assert {name: t.deleted_at is not None for name, t in timelines.items()} == {"a": True, "b": True}
+
+
 def test_auto_client_hosts_take_what_the_calibrated_load_needs_up_to_the_cluster(
         cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     from fmbench.calibration import Calibration
