@@ -317,7 +317,8 @@ def test_inline_steps_and_the_prefect_flow_agree_on_a_faulty_config(
     sides = {}
     for report, run_id in ((inline, "inline"), (prefect, "prefect")):
         manifest = _manifest(report)
-        for key in ("run_id", "command", "storage", "packages", "host", "calibration", "tool_version", "python"):
+        for key in ("run_id", "command", "storage", "config_dir", "packages", "host", "calibration", "tool_version",
+                    "python"):
             manifest.pop(key)
         sides[run_id] = _normalized(manifest, run_id, names)
     assert sides["inline"] == sides["prefect"]
