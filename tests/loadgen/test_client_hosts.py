@@ -454,6 +454,26 @@ def test_parallel_endpoints_measure_at_once_on_different_workers(
         assert not overlap(first, second), shards
 
 
+def _start_flow(c: Cluster, path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Thread, dict[str, object]]:
+    """The benchmark flow of the config at ``path`` on the cluster's Dask runner, started in a thread
+    (run id ``r``): the thread and a box that gets the report, or the exception the flow raised."""
+    from flows.benchmark import _task_runner, benchmark
+
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", c.address)
+    on_cluster = benchmark.with_options(task_runner=_task_runner())
+    box: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            box["report"] = on_cluster(config=str(path), run_id="r", preflight=False, png=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["exc"] = exc
+
+    flow = threading.Thread(target=go, daemon=True)
+    flow.start()
+    return flow, box
+
+
 def test_a_worker_killed_mid_shard_in_a_run_never_leaves_the_shard_short(
         fake_openai: FakeOpenAI, prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker measuring a shard of a run on a cluster is killed mid-shard: the run ends and the shard
@@ -461,7 +481,6 @@ def test_a_worker_killed_mid_shard_in_a_run_never_leaves_the_shard_short(
     recorded failed, never ok with fewer requests."""
     import yaml
 
-    from flows.benchmark import _task_runner, benchmark
     from fmbench.rundir import load_manifest
 
     model = "ok:tpot=0.05:n=10:who=killed"  # 0.5 s a request: 40 at concurrency 2 take ~10 s
@@ -474,18 +493,7 @@ def test_a_worker_killed_mid_shard_in_a_run_never_leaves_the_shard_short(
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     c = Cluster(["host-k1", "host-k2"])
     try:
-        monkeypatch.setenv("FMBENCH_TASK_RUNNER", c.address)
-        on_cluster = benchmark.with_options(task_runner=_task_runner())
-        box: dict[str, object] = {}
-
-        def go() -> None:
-            try:
-                box["report"] = on_cluster(config=str(path), run_id="r", preflight=False, png=False)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                box["exc"] = exc
-
-        flow = threading.Thread(target=go, daemon=True)
-        flow.start()
+        flow, box = _start_flow(c, path, monkeypatch)
         deadline = time.monotonic() + 300
         victim = None
         while victim is None:
@@ -540,7 +548,6 @@ def test_a_lost_worker_never_deploys_an_endpoint_again(
     teardown, an endpoint nobody deletes)."""
     import yaml
 
-    from flows.benchmark import _task_runner, benchmark
     from fmbench.rundir import load_manifest
 
     common = {"concurrency_levels": [1], "warmup_requests": 0, "inference": {"max_tokens": 20}}
@@ -557,18 +564,7 @@ def test_a_lost_worker_never_deploys_an_endpoint_again(
     c = Cluster(["host-1", "host-2"], nthreads=2)
     seen: dict[int, tuple[str, str]] = {}
     try:
-        monkeypatch.setenv("FMBENCH_TASK_RUNNER", c.address)
-        on_cluster = benchmark.with_options(task_runner=_task_runner())
-        box: dict[str, object] = {}
-
-        def go() -> None:
-            try:
-                box["report"] = on_cluster(config=str(path), run_id="r", preflight=False, png=False)
-            except BaseException as exc:  # noqa: BLE001 - handed to the test
-                box["exc"] = exc
-
-        flow = threading.Thread(target=go, daemon=True)
-        flow.start()
+        flow, box = _start_flow(c, path, monkeypatch)
         deadline = time.monotonic() + 300
         victim = None
         while victim is None:  # a's endpoint deployed and deleted, b's measuring
