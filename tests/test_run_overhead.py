@@ -152,12 +152,18 @@ def test_an_overloaded_simulator_is_flagged_per_shard_and_a_light_one_is_not(tmp
     sim = shard["simulator"]
     assert sim["chunks"] > 0 and sim["verdict"] and "simulator late or saturated" in sim["verdict"], sim
     assert "Shards where the simulator was late or saturated" in report and shard["shard_id"] in report
-    # 2 streams at 50 ms per token: the simulator idles between chunks; late only by more than 12.5 ms
+    # 2 streams at 50 ms per token: the simulator idles between chunks, so it is never saturated and
+    # is flagged only when its own stamps say its chunks went out more than 12.5 ms late at p99, which
+    # only the shared CPU can cause (a loaded machine): then the verdict says so.
     light = load_config_text(SIM_LOAD.format(ttft=20, tpot=50, out=6, conc=2, n=6, procs=1))
     report = Path(run_benchmark(light, output=str(tmp_path), run_id="light", png=False)).read_text()
     shard = json.loads(next((tmp_path / "simload" / "light" / "shards").glob("*.json")).read_text())
-    assert shard["simulator"]["chunks"] > 0 and shard["simulator"]["verdict"] is None, shard["simulator"]
-    assert "simulator was late" not in report
+    sim = shard["simulator"]
+    assert sim["chunks"] > 0 and not sim["saturated"] and sim["late_limit_ms"] == 12.5, sim
+    if sim["lateness_p99_ms"] <= 12.5:
+        assert sim["verdict"] is None and "simulator was late" not in report, sim
+    else:
+        assert "the shared CPU" in sim["verdict"] and shard["shard_id"] in report, sim
     # beside every shard, this machine's own speed (fmbench.machine)
     machine = shard["machine"]
     assert machine["unit_us_median"] > 0 and 0 <= machine["slow_share"] <= 1 and machine["slow_windows"] >= 0

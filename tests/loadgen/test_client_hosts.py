@@ -554,7 +554,8 @@ def test_a_lost_worker_never_deploys_an_endpoint_again(
     cfg = {"name": "lost", "output": str(tmp_path / "results"), "buckets": [[1, 500]], "deploy_ahead": 0,
            "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 2, "seed": 0}],
            "experiments": [
-               {"name": "a", "endpoint": {"provider": "simulated", "model": "sim-a", "ttft_ms": 1, "tpot_ms": 1,
+               # a lives ~2 s (0.4 s a request), long enough for the test's polls to see it on any machine
+               {"name": "a", "endpoint": {"provider": "simulated", "model": "sim-a", "ttft_ms": 20, "tpot_ms": 20,
                                           "output_tokens": 20}, "requests_per_level": 4, **common},
                # b measures for ~8 s (0.4 s a request, one at a time): the worker is lost meanwhile
                {"name": "b", "endpoint": {"provider": "simulated", "model": "sim-b", "ttft_ms": 20, "tpot_ms": 20,

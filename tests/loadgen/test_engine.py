@@ -54,27 +54,25 @@ def records(result: ShardResult) -> pl.DataFrame:
     return pl.read_parquet(result.records_path)
 
 
-def in_flight_profile(df: pl.DataFrame, lo: float, hi: float) -> tuple[int, float]:
-    """Max in flight, and the fraction of [lo, hi] with fewer than the max in flight."""
+def levels_before_starts(df: pl.DataFrame) -> list[int]:
+    """How many requests were in flight just before each start, in start order (an end at the same
+    instant as a start counts before it)."""
     events = sorted([(t, 1) for t in df["t_start"]] + [(t, -1) for t in df["t_end"]])
-    level, peak, below, prev = 0, 0, 0.0, None
-    for t, d in events:
-        if prev is not None:
-            a, b = max(prev, lo), min(t, hi)
-            if b > a:
-                below += (b - a) * (level < target_c)
+    level, out = 0, []
+    for _, d in events:
+        if d == 1:
+            out.append(level)
         level += d
-        peak = max(peak, level)
-        prev = t
-    return peak, below / (hi - lo)
+    return out
 
 
-target_c = 0
+def peak_in_flight(df: pl.DataFrame) -> int:
+    """The most requests in flight at once (an end at the same instant as a start counts before it)."""
+    return max(levels_before_starts(df), default=-1) + 1
 
 
 def test_closed_loop_keeps_exactly_c_in_flight_never_waves(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    global target_c
-    target_c = c = 4
+    c = 4
     fake_openai.reset()
     # random TTFT per request: a wave-based engine would idle while the slowest of each wave finishes
     res = run_shard(
@@ -87,17 +85,13 @@ def test_closed_loop_keeps_exactly_c_in_flight_never_waves(fake_openai: FakeOpen
     df = records(res).sort("t_start")
     assert df["ok"].all() and res.errors == 0 and res.valid
     assert fake_openai.stats()["max_active"] == c  # the server never saw more than c at once
-    lo, hi = df["t_start"][0], df["t_start"][-1]
-    peak, below = in_flight_profile(df, lo, hi)
-    assert peak == c
-    # a worker's own turnaround (~0.2 ms, more when a loaded CI machine preempts the client) is the
-    # only time below c; waves would idle ~40% of the time waiting for each wave's slowest request
-    assert below < 0.2, f"fewer than {c} in flight {below:.1%} of the time"
-    # every start after the first c follows an end at once (the worker's previous request)
-    ends = sorted(df["t_end"])
-    for t in df["t_start"][c:]:
-        prior = [e for e in ends if e <= t]
-        assert prior and t - prior[-1] < 0.05
+    assert peak_in_flight(df) == c
+    # A closed loop refills each slot as it frees: just before a start the other c - 1 requests are
+    # in flight. A wave engine starts each wave from 0, 1, ..., c - 1 in flight (median below c - 1).
+    # How fast a slot is refilled depends on the machine's load (`make bench` measures it); a stalled
+    # client lowers the level before a few starts, never the median.
+    levels = levels_before_starts(df)[c:]
+    assert statistics.median(levels) == c - 1, levels
     assert (df["t_scheduled"] == df["t_start"]).all() and (df["send_lag_s"] == 0).all()
 
 
@@ -215,11 +209,11 @@ def test_no_prompts_is_a_dataset_error(tmp_path: Path) -> None:
 
 def test_open_loop_meets_a_modest_rate(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     # a loaded 2-core CI machine can deschedule the client for 100+ ms: this test checks the pacing
-    # arithmetic and leaves lag-based validity to the unreachable-rate test below
+    # arithmetic and leaves validity by lag and by shortfall to the unreachable-rate test below
     res = run_shard(
         client(fake_openai, "ok:ttft=0.005:n=2"),
         PROMPTS,
-        spec(request_rate=100.0, requests=150, warmup=5, seed=7, max_send_lag_s=1.0),
+        spec(request_rate=100.0, requests=150, warmup=5, seed=7, max_send_lag_s=1.0, rate_shortfall=0.9),
         tmp_path / "r.parquet",
         words,
     )
@@ -400,8 +394,7 @@ def test_odd_completions_never_break_the_records_file(tmp_path: Path) -> None:
 
 
 def test_two_processes_share_one_closed_loop_shard(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
-    global target_c
-    target_c = c = 4
+    c = 4
     fake_openai.reset()
     out = tmp_path / "r.parquet"
     res = run_shard(
@@ -417,9 +410,7 @@ def test_two_processes_share_one_closed_loop_shard(fake_openai: FakeOpenAI, tmp_
     assert df["warmup"].to_list() == [True] * 2 + [False] * 40
     assert (res.requests, res.warmup, res.errors) == (40, 2, 0)
     assert fake_openai.stats()["max_active"] == c
-    by_time = df.sort("t_start")
-    peak, _ = in_flight_profile(by_time, by_time["t_start"][0], by_time["t_start"][-1])
-    assert peak == c  # how long fewer were in flight depends on the host's load: `make bench` measures it
+    assert peak_in_flight(df) == c  # how long fewer were in flight depends on the host's load: `make bench` measures it
     assert res.client_cpu_s > 0
 
 
@@ -427,7 +418,7 @@ def test_two_processes_share_one_open_loop_schedule(fake_openai: FakeOpenAI, tmp
     res = run_shard(
         client(fake_openai, "ok:ttft=0.005:n=2"),
         PROMPTS,
-        spec(request_rate=100.0, requests=100, seed=5, processes=2, max_send_lag_s=1.0),
+        spec(request_rate=100.0, requests=100, seed=5, processes=2, max_send_lag_s=1.0, rate_shortfall=0.9),
         tmp_path / "r.parquet",
         len,
     )
