@@ -38,7 +38,7 @@ def _event(obj: dict[str, Any]) -> bytes:
     return b"%x\r\n" % len(data) + data + b"\r\n"
 
 
-def _server(stream: bool, got: threading.Event, sent: dict[str, float],
+def _server(stream: bool, got: threading.Event, freed: threading.Event, sent: dict[str, float],
             tls: ssl.SSLContext | None = None) -> tuple[socket.socket, threading.Thread]:
     listener = socket.create_server(("127.0.0.1", 0))
 
@@ -57,7 +57,8 @@ def _server(stream: bool, got: threading.Event, sent: dict[str, float],
                              b"Transfer-Encoding: chunked\r\n\r\n")
                 sent["first"] = time.monotonic()
                 conn.sendall(_event({"choices": [{"index": 0, "text": "hello"}]}))
-                time.sleep(HOLD_S + GAP_S)  # the rest after the client's loop was released
+                freed.wait(10)  # the rest once the client's loop was released, and a little after
+                time.sleep(GAP_S)
                 sent["last"] = time.monotonic()
                 conn.sendall(_event({"choices": [{"index": 0, "text": " there"}]})
                              + _event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
@@ -88,7 +89,8 @@ def test_an_answer_is_stamped_when_it_arrived_even_while_the_clients_loop_was_he
         monkeypatch: pytest.MonkeyPatch) -> None:
     got = threading.Event()
     sent: dict[str, float] = {}
-    listener, thread = _server(stream, got, sent, server_context(*tls_files) if tls else None)
+    freed = threading.Event()
+    listener, thread = _server(stream, got, freed, sent, server_context(*tls_files) if tls else None)
     port = listener.getsockname()[1]
     if long_prompt:  # a request aiohttp writes with ``writelines``, as it does from Python 3.12.9 on
         monkeypatch.setattr(aiohttp.http_writer, "SKIP_WRITELINES", False)
@@ -106,6 +108,7 @@ def test_an_answer_is_stamped_when_it_arrived_even_while_the_clients_loop_was_he
                 await asyncio.sleep(0.001)
             time.sleep(HOLD_S)  # noqa: ASYNC251 - the loop is held on purpose: the answer arrives meanwhile
             released = time.monotonic()
+            freed.set()
             return await task, released
         finally:
             await client.close()

@@ -102,8 +102,6 @@ def test_the_server_lists_each_late_chunk_with_its_due_time(writer: str) -> None
         runner, url = await start_server(cfg, port=0, writer=writer)  # type: ignore[arg-type]
         try:
             async with aiohttp.ClientSession() as session:
-                # Hold the loop for 30 ms mid-stream: the chunks due meanwhile go out late.
-                asyncio.get_running_loop().call_later(0.03, time.sleep, 0.03)
                 stamps: list[tuple[float, float]] = []
                 body = {"model": cfg.model, "prompt": "p", "stream": True}
                 async with session.post(url + "/v1/completions", json=body) as resp:
@@ -111,6 +109,8 @@ def test_the_server_lists_each_late_chunk_with_its_due_time(writer: str) -> None
                         if line.startswith(b"data: {"):
                             s = json.loads(line[6:])["fmbench"]
                             stamps.append((s["t_due"], s["t_sent"]))
+                            if len(stamps) == 3:  # hold the loop (the server's too) 30 ms mid-stream:
+                                time.sleep(0.03)  # noqa: ASYNC251 - the chunks due meanwhile go out late
                 async with session.get(url + "/fmbench/stats", params={"late": "1"}) as r:
                     late = (await r.json())["late_chunks"]
                 await (await session.post(url + "/fmbench/stats/reset")).read()
