@@ -57,6 +57,7 @@ log = logging.getLogger("fmbench")
 _READY_TIMEOUT_S = 180.0  # a slice may calibrate its host first (a few seconds on a loaded machine)
 _START_LEAD_S = 1.0  # the agreed start is this far after the last slice reported ready
 _POLL_S = 0.5  # how often the caller checks its slices and their workers
+_RESULT_TIMEOUT_S = 60.0  # a finished slice's summary (a small dict) arrives well within this
 #: A slice stops its load when its caller has not checked in for this long: the caller's worker died,
 #: nobody will merge these records, and a retry of the shard must not meet this load at the endpoint.
 CALLER_LOST_S = 20.0
@@ -358,7 +359,8 @@ def run_shard_hosts(
 
     Raises:
         ConfigError: the cluster has fewer workers than ``hosts``, or the client cannot be pickled.
-        FMBenchError: a slice failed or its worker left mid-shard (never a silently short shard).
+        FMBenchError: a slice failed or its worker left before the slice finished (never a silently
+            short shard; a worker that leaves after its slice finished costs the shard nothing).
         StorageError: a worker cannot write the output, or the records cannot be merged.
     """
     if not prompts:
@@ -449,6 +451,7 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
                     workers=[addr], allow_other_workers=False, pure=False, retries=0, key=f"{key}-slice-{k}")
         for k, addr in enumerate(addresses)
     ]
+    taken: dict[int, dict[str, Any]] = {}
     try:
         got = 0
         deadline = time.monotonic() + _READY_TIMEOUT_S
@@ -462,17 +465,20 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
         beat.set(0)
         t0var.set(float(dask.run_on_scheduler(time.time)) + _START_LEAD_S)
         n = 0
-        while not all(f.status == "finished" for f in futures):
-            _check(dask, futures, addresses, spec)
+        while _take_finished(futures, taken, spec) < hosts:
+            pending = [k for k in range(hosts) if k not in taken]
+            _check(dask, [futures[k] for k in pending], [addresses[k] for k in pending], spec)
             n += 1
             beat.set(n)  # the slices' sign that someone still waits for them
             time.sleep(_POLL_S)
-        results = sorted(dask.gather(futures), key=lambda r: r["k"])
+        results = [taken[k] for k in range(hosts)]
     except BaseException:
         with contextlib.suppress(Exception):
             t0var.set(None)
             Event(f"{key}-stop", client=dask).set()
-        dask.cancel(futures, force=True)
+        running = [f for k, f in enumerate(futures) if k not in taken]
+        if running:
+            dask.cancel(running, force=True)
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -493,6 +499,26 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
     if reason is not None and result.valid:
         result = result.model_copy(update={"valid": False, "invalid_reason": reason})
     return result, clocks
+
+
+def _take_finished(futures: list[Any], taken: dict[int, dict[str, Any]], spec: ShardSpec) -> int:
+    """Move each newly finished slice's result into ``taken`` and let go of its future; how many are taken.
+
+    A finished slice's records are on the run's storage and its summary is here: its host may leave now
+    without costing the shard. Holding the future would not keep that: Dask computes a finished task
+    again when the worker holding its result is lost, and a slice pinned to a dead worker never runs,
+    so the shard would fail although every request of that slice was measured.
+    """
+    for k, f in enumerate(futures):
+        if k in taken or f.status != "finished":
+            continue
+        try:
+            taken[k] = f.result(timeout=_RESULT_TIMEOUT_S)
+        except TimeoutError as exc:  # its worker was lost between the status and the result
+            raise FMBenchError(f"shard {spec.shard_id}: client host {k}'s finished slice was lost before "
+                               "its summary arrived") from exc
+        f.release()
+    return len(taken)
 
 
 def _check(dask: Any, futures: list[Any], addresses: list[str], spec: ShardSpec) -> None:

@@ -265,6 +265,63 @@ def test_a_host_killed_mid_shard_fails_the_shard_not_shortens_it(sim: str, tmp_p
         c.close()
 
 
+def test_a_host_lost_after_its_slice_finished_costs_the_shard_nothing(tmp_path: Path) -> None:
+    """One host's slice ends long before the other's, the run lets go of it at once, and its worker is
+    lost then: the shard still ends with every request of both slices (the first's records are already
+    on the run's storage). Held, a finished slice would be computed again by Dask on the lost worker's
+    behalf, pinned to a worker that is gone: the shard would fail although all of it was measured."""
+    # Requests alternate between the hosts (even ids on host 0) and so do the two prompts: host 0
+    # sends the short one (~50 ms a request), host 1 the long one (TTFT 20 ms + 10 ms per prompt token:
+    # ~1.5 s a request, paced by the server whatever the machine's load).
+    endpoint = SimulatedEndpoint(provider="simulated", model="sim", ttft_ms=20, prefill_ms_per_token=10,
+                                 tpot_ms=1, output_tokens=8, max_batch=8, seed=1)
+    prompts = [Prompt("short", "say hi", 2), Prompt("long", " ".join(["word"] * 150), 150)]
+    spec = _spec(concurrency=2, requests=8, warmup=0)
+    c = Cluster(["host-s1", "host-s2"])
+    try:
+        with SimulatedServerThread(endpoint) as srv:
+            client = make_client(endpoint, InferenceConfig(max_tokens=8, stream=True), url=srv.url)
+            out = tmp_path / "m.parquet"
+            box: dict[str, Any] = {}
+
+            def go() -> None:
+                try:
+                    box["result"] = run_shard_hosts(client, prompts, spec, out, len, 2, c.client, _slice_url(tmp_path))
+                except BaseException as exc:  # noqa: BLE001 - handed to the test
+                    box["exc"] = exc
+
+            t = threading.Thread(target=go, daemon=True)
+            t.start()
+            deadline = time.monotonic() + 180
+            holder = None
+            while True:  # slice 0 finished and let go of by the run, while slice 1 still sends
+                assert time.monotonic() < deadline, "slice 0 did not finish"
+                assert t.is_alive(), f"the shard ended holding slice 0 to the last: {box}"
+                # slice 0 running, or its result in its worker's memory (asked in this order, the
+                # task cannot pass from one to the other unseen) ...
+                on = [addr for addr, keys in [*c.client.processing().items(), *c.client.has_what().items()]
+                      if any(str(k).endswith("-slice-0") for k in keys)]
+                if on:
+                    holder = str(c.client.scheduler_info()["workers"][on[0]]["name"])
+                elif holder is not None:  # ... and then gone: nobody holds the slice any more
+                    break
+                time.sleep(0.02)
+            c.kill(holder)
+            t.join(180)
+            assert not t.is_alive()
+    finally:
+        c.close()
+    assert "exc" not in box, box
+    result, clocks = box["result"]
+    records = pl.read_parquet(out)
+    assert result.requests == 8 and records.height == 8 and sorted(records["request_id"]) == list(range(8))
+    assert records["ok"].all() and result.errors == 0
+    assert sorted(records["client_host"].unique()) == ["host-s1", "host-s2"] and len(clocks) == 2
+    # the lost host's slice had ended before the other's: it was lost after, not during, its slice
+    by_host = {h: g["t_end"].max() for (h,), g in records.group_by("client_host")}
+    assert by_host[holder] < max(by_host.values())
+
+
 _CALLER = """
 import sys
 from pathlib import Path
