@@ -470,7 +470,7 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
             _check(dask, [futures[k] for k in pending], [addresses[k] for k in pending], spec)
             n += 1
             beat.set(n)  # the slices' sign that someone still waits for them
-            time.sleep(_POLL_S)
+            _wait_first([futures[k] for k in pending], _POLL_S)
         results = [taken[k] for k in range(hosts)]
     except BaseException:
         with contextlib.suppress(Exception):
@@ -499,6 +499,16 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
     if reason is not None and result.valid:
         result = result.model_copy(update={"valid": False, "invalid_reason": reason})
     return result, clocks
+
+
+def _wait_first(futures: list[Any], timeout: float) -> None:
+    """Return when one of ``futures`` is done, or after ``timeout``: a slice's summary is then taken at
+    once, which leaves its host almost no time in which its loss would still cost the shard."""
+    from distributed import wait
+
+    # Only a pause: a failed or cancelled slice (wait raises for those) is reported by the checks.
+    with contextlib.suppress(Exception):
+        wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
 
 
 def _take_finished(futures: list[Any], taken: dict[int, dict[str, Any]], spec: ShardSpec) -> int:

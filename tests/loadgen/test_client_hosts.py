@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -26,7 +27,7 @@ from fmbench.config import InferenceConfig, SimulatedEndpoint
 from fmbench.endpoints import make_client
 from fmbench.errors import FMBenchError, StorageError
 from fmbench.loadgen import ShardSpec, run_shard
-from fmbench.loadgen.hosts import check_hosts_reach, run_shard_hosts
+from fmbench.loadgen.hosts import _wait_first, check_hosts_reach, run_shard_hosts
 from fmbench.protocol import Prompt
 from fmbench.simulator.server import SimulatedServerThread
 from tests.support.fake_openai import FakeOpenAI
@@ -263,6 +264,29 @@ def test_a_host_killed_mid_shard_fails_the_shard_not_shortens_it(sim: str, tmp_p
             assert http.get("/fmbench/stats").json()["in_flight"] == 0
     finally:
         c.close()
+
+
+def test_the_caller_takes_a_slice_as_soon_as_it_ends(cluster: Cluster) -> None:
+    """Between its checks the caller waits for the first slice to end, not for a fixed pause: a finished
+    slice's summary is taken (and its host free to leave) at once. A failed or cancelled slice ends the
+    wait without an error of its own, for the checks to report it."""
+    dask = cluster.client
+    assert dask is not None
+    a, b = sorted(dask.scheduler_info()["workers"])
+    hold = distributed.Event(f"fmbench-test-hold-{uuid.uuid4().hex[:8]}", client=dask)
+    # the long slice waits 30 s at most on the event, far less than the caller's 300-s bound below
+    long = dask.submit(hold.wait, 30, workers=[b], allow_other_workers=False, pure=False)
+    short = dask.submit(len, "done", workers=[a], allow_other_workers=False, pure=False)
+    try:
+        _wait_first([long, short], 300.0)
+        assert short.status == "finished" and long.status == "pending"
+    finally:
+        hold.set()
+    assert long.result(timeout=60) is True
+    gone = dask.submit(hold.wait, 30, workers=[b], pure=False)
+    dask.cancel([gone])
+    _wait_first([gone], 300.0)
+    assert gone.status == "cancelled"
 
 
 def test_a_host_lost_after_its_slice_finished_costs_the_shard_nothing(tmp_path: Path) -> None:
