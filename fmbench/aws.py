@@ -34,6 +34,7 @@ from fmbench.errors import (
     EndpointThrottled,
     EndpointTimeout,
 )
+from fmbench.rxstamp import SDK_THREAD
 
 T = TypeVar("T")
 
@@ -162,10 +163,14 @@ class SendStamps:
 
     def __init__(self, client: Any) -> None:
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self.sent = 0  # requests botocore wrote (every attempt), for `BotoRuntimeClient.receive_stamps`
         client.meta.events.register("before-send", self._on_send)
 
     def _on_send(self, **kwargs: Any) -> None:
         self._local.t = time.monotonic()
+        with self._lock:
+            self.sent += 1
 
     def reset(self) -> None:
         """Forget the last stamp of this thread (call before each request)."""
@@ -238,6 +243,13 @@ class BotoRuntimeClient:
             raise translate_client_error(exc, self._what) from exc
         self._stamps = SendStamps(self._client)
         self._runner.open(concurrency)
+
+    def receive_stamps(self) -> dict[str, int] | None:
+        """How the arrival of answers was stamped (see `fmbench.protocol.EndpointClient`): always in the
+        request's own thread, when botocore handed over each part (``sdk_thread``), counted per request
+        sent since `open`; None when none was sent."""
+        sent = self._stamps.sent if self._stamps is not None else 0
+        return {SDK_THREAD: sent} if sent else None
 
     async def close(self) -> None:
         """Stop the thread pool."""

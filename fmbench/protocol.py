@@ -52,8 +52,9 @@ class EndpointClient(Protocol):
     becomes the record's ``error_kind``.
 
     A client may also have ``receive_stamps() -> dict[str, int] | None``: its connections since
-    ``open`` by how the arrival of answers was stamped (see `fmbench.endpoints.openai.OpenAIClient`);
-    the shard reports it (`fmbench.loadgen.engine.receive_stamps`).
+    ``open`` by how the arrival of answers was stamped (see `fmbench.endpoints.openai.OpenAIClient`;
+    the AWS SDK's clients count their requests, `fmbench.aws.BotoRuntimeClient`); the shard reports
+    it (`fmbench.loadgen.engine.receive_stamps`).
     """
 
     async def open(self, concurrency: int) -> None:

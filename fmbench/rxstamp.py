@@ -28,6 +28,9 @@ from typing import Any
 #: How a client's reads were stamped, as counted per connection (e.g. `OpenAIClient.receive_stamps`):
 #: the kernel's receive stamp, or the time the event loop handled the read.
 KERNEL, EVENT_LOOP = "kernel", "event_loop"
+#: The AWS SDK's clients (SageMaker, Bedrock), counted per request sent: when botocore handed each part
+#: of an answer to the request's own thread (no event loop between, but no kernel stamp either).
+SDK_THREAD = "sdk_thread"
 
 # Linux's SO_TIMESTAMPNS (the "old" one: a struct timespec of two longs, CLOCK_REALTIME); the
 # socket module does not name it. SCM_TIMESTAMPNS, the control message's type, is the same number.

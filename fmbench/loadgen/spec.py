@@ -141,8 +141,9 @@ class ShardResult(BaseModel):
     client_cpu_s: float = Field(description="Process CPU time used while the shard ran, seconds.")
     receive_stamps: dict[str, int] | None = Field(
         default=None, description="The client's connections by how the arrival of answers was stamped: "
-        "'kernel' (the socket's receive stamp) or 'event_loop' (when the client's loop handled the read); "
-        "None for clients that do not say.")
+        "'kernel' (the socket's receive stamp) or 'event_loop' (when the client's loop handled the read); for "
+        "the AWS SDK's clients 'sdk_thread' (when botocore handed each part to the request's thread), counted per "
+        "request sent; None for clients that do not say.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -180,26 +180,37 @@ def _client_rows(m: Manifest) -> list[tuple[str, str]]:
 def _stamp_rows(m: Manifest) -> list[tuple[str, str]]:
     """How the client stamped the arrival of answers, per shard (`fmbench.rxstamp`); a warning where
     it was the event loop's time on any connection."""
-    from fmbench.rxstamp import EVENT_LOOP, KERNEL
+    from fmbench.rxstamp import EVENT_LOOP, KERNEL, SDK_THREAD
 
-    stamped, loop_timed = 0, []
+    kernel, sdk, loop_timed = 0, [], []  # sdk: the AWS shards' experiments
     for sh in m.shards:
         counts = sh.get("receive_stamps") if isinstance(sh, dict) else None
         if not isinstance(counts, dict):
-            continue  # a client that does not say (SageMaker, Bedrock), or an older run
-        stamped += 1
+            continue  # an older run, or a client that does not say
+        if counts.get(SDK_THREAD):
+            sdk.append(str(sh.get("experiment") or sh.get("shard_id")))
+            continue
         late = counts.get(EVENT_LOOP) or 0
         if late:
             total = late + (counts.get(KERNEL) or 0)
             loop_timed.append(f"{sh.get('shard_id')} ({late} of {total} connections)")
-    if not stamped:
-        return []
+        elif counts.get(KERNEL):
+            kernel += 1
+    rows = []
     if loop_timed:
-        return [("⚠ Shards whose answer times are the client's event loop's",
-                 "the kernel gave no receive stamp on these connections (not Linux, or a transport without a "
-                 "plain socket inside): an answer's bytes that arrived while the client was busy are timed when "
-                 "its loop got to them, so TTFT and latency include that wait: " + "; ".join(loop_timed))]
-    return [("Answer arrival times", f"the kernel's receive stamps, on every connection of {stamped} shard(s)")]
+        rows.append(("⚠ Shards whose answer times are the client's event loop's",
+                     "the kernel gave no receive stamp on these connections (not Linux, or a transport without a "
+                     "plain socket inside): an answer's bytes that arrived while the client was busy are timed when "
+                     "its loop got to them, so TTFT and latency include that wait: " + "; ".join(loop_timed)))
+    elif kernel:
+        rows.append(("Answer arrival times", f"the kernel's receive stamps, on every connection of {kernel} shard(s)"))
+    if sdk:
+        rows.append(("Answer arrival times (AWS SDK)",
+                     "when botocore handed each part of an answer to the request's own thread, not the kernel's "
+                     "receive stamp: a part that arrived while that thread waited for the CPU (other requests' "
+                     f"threads, the interpreter lock) is timed when it ran: {len(sdk)} shard(s) of "
+                     + ", ".join(dict.fromkeys(sdk))))
+    return rows
 
 
 def _simulator_rows(m: Manifest) -> list[tuple[str, str]]:

@@ -150,8 +150,11 @@ def _shard(url: str, tmp_path: Path, requests: int = 40, concurrency: int = 4, *
     spec = ShardSpec(shard_id="b1", experiment="br", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
                      concurrency=concurrency, requests=requests, throttle_retries=cfg.throttle_retries,
                      throttle_backoff_s=cfg.throttle_backoff_s)
-    run_shard(client, [PROMPT], spec, tmp_path / "b1.parquet", lambda text: len(text.split()))
-    return pl.read_parquet(tmp_path / "b1.parquet")
+    res = run_shard(client, [PROMPT], spec, tmp_path / "b1.parquet", lambda text: len(text.split()))
+    records = pl.read_parquet(tmp_path / "b1.parquet")
+    # every attempt is a record and was sent: each is counted as timed in its request's thread
+    assert res.receive_stamps == {"sdk_thread": records.height}
+    return records
 
 
 def test_every_throttled_attempt_is_a_record_and_the_final_one_is_the_outcome(sim_thread: Any,

@@ -205,8 +205,10 @@ def test_throttling_is_recorded_per_request_without_stalling_the_shard(sim_threa
     client = make_client(endpoint, InferenceConfig(max_tokens=4))
     spec = ShardSpec(shard_id="s1", experiment="sm", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
                      concurrency=4, requests=40)
-    run_shard(client, [PROMPT], spec, tmp_path / "s1.parquet", lambda text: len(text.split()))
+    res = run_shard(client, [PROMPT], spec, tmp_path / "s1.parquet", lambda text: len(text.split()))
     records = pl.read_parquet(tmp_path / "s1.parquet")
+    # the shard says how its answers were timed: in each request's thread, for all 40 sent
+    assert res.receive_stamps == {"sdk_thread": 40}
     # One attempt per request, and the server saw exactly those 40: a throttled request is recorded,
     # never retried or waited on inside the client.
     assert records.height == 40 and records["attempt"].max() == 1

@@ -387,3 +387,11 @@ def test_the_report_says_how_the_arrival_of_answers_was_stamped() -> None:
     [(label, text)] = _stamp_rows(Manifest(shards=[m.shards[0], m.shards[2]]))
     assert (label, text) == ("Answer arrival times", "the kernel's receive stamps, on every connection of 1 shard(s)")
     assert _stamp_rows(Manifest(shards=[m.shards[2]])) == []
+    # the AWS SDK's clients say they time answers in each request's thread: a row of their own, by experiment
+    sdk = [{"shard_id": f"sm__d__b__c{c}", "experiment": "sm", "receive_stamps": {"sdk_thread": 8}} for c in (1, 4)]
+    rows = _stamp_rows(Manifest(shards=[m.shards[0], *sdk]))
+    assert rows[0] == ("Answer arrival times", "the kernel's receive stamps, on every connection of 1 shard(s)")
+    assert rows[1][0] == "Answer arrival times (AWS SDK)" and len(rows) == 2
+    assert "request's own thread" in rows[1][1] and rows[1][1].endswith("2 shard(s) of sm")
+    [(label, _)] = _stamp_rows(Manifest(shards=sdk))
+    assert label == "Answer arrival times (AWS SDK)"
