@@ -101,7 +101,6 @@ def _setup_logging(debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fmbench.interrupts import sigterm_interrupts
     from fmbench.localapi import local_prefect_api
     from fmbench.pipeline import load_benchmark_config
     from fmbench.sequence import check_before_run
@@ -120,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.benchmark import benchmark
         from fmbench.live import show_progress
 
-        with _prefect_api_ready(api), sigterm_interrupts(), show_progress(sys.stderr):
+        with _prefect_api_ready(api), show_progress(sys.stderr):
             report = benchmark(config=args.config, output=args.output, run_id=args.run_id,
                                overrides=args.overrides or None, command=command, preflight=False,
                                png=args.png)
@@ -325,17 +324,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(debug)
     _stacks_on_sigusr1()
     _honour_sigint()
+    from fmbench.interrupts import termination_interrupts
+
     try:
-        return int(_COMMANDS[args.command](args))
+        # Every command: `run` and `evaluate` deploy endpoints, and SIGTERM or a hung-up terminal must
+        # stop them the way Ctrl-C does (deleting what they created), not end the process on the spot.
+        with termination_interrupts():
+            return int(_COMMANDS[args.command](args))
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         code = exit_code(exc)
         if debug:
             traceback.print_exc()
-        if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
-            print(f"fmbench: {'terminated' if code == ExitCode.TERMINATED else 'interrupted'}; measured shards "
-                  "are kept in the run directory (resume with --run-id)", file=sys.stderr)
+        if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED, ExitCode.HUNG_UP):
+            how = {ExitCode.TERMINATED: "terminated", ExitCode.HUNG_UP: "hung up"}.get(code, "interrupted")
+            print(f"fmbench: {how}; measured shards are kept in the run directory (resume with --run-id)",
+                  file=sys.stderr)
         elif code == ExitCode.INTERNAL:
             if not debug:
                 traceback.print_exc()

@@ -19,8 +19,9 @@ class carries its `ExitCode` (bad input 2, environment 3), and `exit_code` maps 
      └── StorageError           exit 3       reading or writing results failed
 
 Any other exception is a bug (exit 4). A run that finished but lost shards exits 1; Ctrl-C 130.
-Outside the tree, `RunTerminated` (a `KeyboardInterrupt`) is how SIGTERM stops a run (exit 143):
-every path that stops cleanly on Ctrl-C (teardown included) then does so on SIGTERM too.
+Outside the tree, `RunTerminated` (a `KeyboardInterrupt`) is how SIGTERM stops a run (exit 143), and
+SIGHUP, the terminal hanging up (exit 129): every path that stops cleanly on Ctrl-C (teardown
+included) then does so on those too.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # the config, a dataset, a tokenizer or the command line is wrong
     ENVIRONMENT = 3  # an endpoint, credentials, a deployment or storage failed: the world outside the input
     INTERNAL = 4  # an exception outside the tree: a bug in fmbench
+    HUNG_UP = 129  # SIGHUP: the terminal hung up (128 + SIGHUP)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
     TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
@@ -145,16 +147,23 @@ class StorageError(FMBenchError):
 
 
 class RunTerminated(KeyboardInterrupt):
-    """Raised in the main thread when SIGTERM arrives while a run is in progress."""
+    """Raised in the main thread when SIGTERM, or SIGHUP (``signum``), arrives while a run is in progress."""
+
+    def __init__(self, message: str = "terminated (SIGTERM)", signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def exit_code(exc: BaseException) -> ExitCode:
     """The exit code an exception ends the command line with: the one place causes become codes.
 
     SIGTERM arrives as `RunTerminated` or, inside a Prefect flow, as Prefect's ``TerminationSignal``
-    (recognised by its ``signal`` attribute: the library does not import Prefect).
+    (recognised by its ``signal`` attribute: the library does not import Prefect); SIGHUP as
+    `RunTerminated` only.
     """
-    if isinstance(exc, RunTerminated) or getattr(exc, "signal", None) == signal.SIGTERM:
+    if isinstance(exc, RunTerminated):
+        return ExitCode.HUNG_UP if exc.signum == signal.SIGHUP else ExitCode.TERMINATED
+    if getattr(exc, "signal", None) == signal.SIGTERM:
         return ExitCode.TERMINATED
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED

@@ -1,15 +1,17 @@
-"""How an interrupt reaches every part of a run: SIGTERM is raised like Ctrl-C in the main thread,
+"""How an interrupt reaches every part of a run: SIGTERM and SIGHUP are raised like Ctrl-C in the main thread,
 and deploys waiting in worker threads are interrupted too, so they delete what they created."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from types import FrameType
 
 from fmbench.errors import RunTerminated
@@ -63,24 +65,137 @@ def interrupt_deploy(experiment: str) -> bool:
 
 
 @contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """While the block runs, SIGTERM raises `RunTerminated` in the main thread; the previous
-    handler is restored afterwards.
+def termination_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise `RunTerminated` in the main thread, as Ctrl-C
+    raises KeyboardInterrupt, so a run deletes what it created however it is stopped; the previous
+    handlers are restored afterwards (but after a hang-up SIGHUP stays ignored).
 
-    Left alone when not in the main thread, or when a handler is already installed (Prefect's
-    flow engine installs one that raises its own termination exception, which the run's
-    clean-up catches the same way).
+    SIGTERM is left alone when a handler is already installed (Prefect's flow engine installs one
+    that raises its own termination exception, which the run's clean-up catches the same way), and
+    SIGHUP when it is not the default (``nohup`` ignores it: the run goes on). Nothing is installed
+    outside the main thread.
+
+    SIGHUP is what a run gets when its terminal goes away (an SSH session dropped, the window
+    closed), and by default it ends the process on the spot: endpoints billing, local servers
+    orphaned. It is handled once: a hang-up often brings a second SIGHUP (the kernel's to the
+    foreground job, the shell's to each of its jobs), which must not cut the clean-up short. A
+    standard stream that was a terminal and no longer is one (hung up: every write would fail) is
+    pointed at ``/dev/null`` first, so the clean-up's messages cannot fail it.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous: dict[int, object] = {}
 
     def terminate(signum: int, frame: FrameType | None) -> None:
-        raise RunTerminated("terminated (SIGTERM)")
+        raise RunTerminated("terminated (SIGTERM)", signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGTERM, terminate)
+    ttys = [fd for fd in (1, 2) if _isatty(fd)]
+    hung: list[bool] = []
+
+    def hang_up(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # once, and ignored to the process's end: see above
+        hung.append(True)
+        _drop_hung_up(ttys)
+        raise RunTerminated("hung up (SIGHUP)", signal.SIGHUP)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, terminate)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hang_up)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            if not (signum == signal.SIGHUP and hung):
+                signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:  # pragma: no cover - a closed descriptor
+        return False
+
+
+def _drop_hung_up(ttys: list[int]) -> None:
+    """Point each of ``ttys`` that is no longer a terminal (it hung up) at ``/dev/null``."""
+    for fd in ttys:
+        if not _isatty(fd):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(null, fd)
+                finally:
+                    os.close(null)
+            except OSError:  # pragma: no cover - nothing better to do with a stream that is gone
+                pass
+
+
+class StopScope:
+    """The shards of one run measuring right now, to be stopped when the run stops.
+
+    A run that is interrupted (or fails) deletes its endpoints; a shard still measuring in another
+    thread would go on sending to an endpoint being deleted and record the failures as the
+    endpoint's, then be kept as measured (a resumed run would report them). The run stops its
+    shards first (`stop`): each one cancels its requests, keeps no records and is measured again on
+    resume. A shard registering after the stop is stopped at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stops: dict[int, Callable[[], object]] = {}
+        self._next = 0
+        self.stopped = False
+
+    def register(self, stop: Callable[[], object]) -> Callable[[], None]:
+        """Call ``stop`` (from the stopping thread) when the run stops; returns the unregister call."""
+        with self._lock:
+            key = self._next
+            self._next += 1
+            late = self.stopped
+            if not late:
+                self._stops[key] = stop
+        if late:
+            _call(stop)
+
+        def unregister() -> None:
+            with self._lock:
+                self._stops.pop(key, None)
+
+        return unregister
+
+    def stop(self) -> int:
+        """Stop every registered shard (and any that registers later); how many were running."""
+        with self._lock:
+            self.stopped = True
+            stops, self._stops = list(self._stops.values()), {}
+        for stop in stops:
+            _call(stop)
+        return len(stops)
+
+
+def _call(stop: Callable[[], object]) -> None:
+    try:
+        stop()
+    except Exception:  # a shard that ended meanwhile (its loop closed) needs no stop
+        log.debug("stopping a shard failed", exc_info=True)
+
+
+_scope: ContextVar[StopScope | None] = ContextVar("fmbench_stop_scope", default=None)
+
+
+@contextmanager
+def stop_scope(scope: StopScope) -> Iterator[StopScope]:
+    """Make ``scope`` the run's for the block: seen (`current_stop_scope`) by the code it runs,
+    including the threads and Prefect tasks started from it with a copy of its context."""
+    token = _scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _scope.reset(token)
+
+
+def current_stop_scope() -> StopScope | None:
+    """The run's `StopScope`, where this code runs inside one."""
+    return _scope.get()

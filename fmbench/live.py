@@ -7,6 +7,7 @@ final table is printed once, so the last screen shows how every shard ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -125,24 +126,33 @@ def _live(tracker: progress.RunProgress, stream: IO[str], logger: logging.Logger
 
     class _Above(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            console.print(self.format(record), markup=False, highlight=False)
+            try:
+                console.print(self.format(record), markup=False, highlight=False)
+            except Exception:  # noqa: BLE001 - as logging handlers do: a terminal gone (EIO) must not fail the code that logs
+                self.handleError(record)
 
     above = _Above()
     if handlers:
         above.setFormatter(handlers[0].formatter)
     above.addFilter(quiet)
-    with Live(console=console, refresh_per_second=LIVE_REFRESH_PER_S, transient=True,
-              get_renderable=lambda: render_table(tracker.snapshot(), all_rows=False)):
+    live = Live(console=console, refresh_per_second=LIVE_REFRESH_PER_S, transient=True,
+                get_renderable=lambda: render_table(tracker.snapshot(), all_rows=False))
+    live.start()
+    for h in handlers:
+        logger.removeHandler(h)
+    logger.addHandler(above)
+    try:
+        yield
+    finally:
+        logger.removeHandler(above)
         for h in handlers:
-            logger.removeHandler(h)
-        logger.addHandler(above)
-        try:
-            yield
-        finally:
-            logger.removeHandler(above)
-            for h in handlers:
-                logger.addHandler(h)
-    console.print(render_table(tracker.snapshot(), all_rows=True))
+            logger.addHandler(h)
+        # The table's last drawing: on a terminal that hung up it fails (EIO), which must neither
+        # replace the exception the block ends with nor turn a finished run into an error.
+        with contextlib.suppress(OSError):
+            live.stop()
+    with contextlib.suppress(OSError):
+        console.print(render_table(tracker.snapshot(), all_rows=True))
 
 
 @contextmanager

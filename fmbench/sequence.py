@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from fmbench import progress
 from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint, EndpointTimeline
-from fmbench.interrupts import interrupt_deploy, sigterm_interrupts
+from fmbench.interrupts import StopScope, interrupt_deploy, stop_scope, termination_interrupts
 from fmbench.pipeline import (
     PromptSet,
     ShardOutcome,
@@ -139,7 +139,7 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
     Returns:
         The run, its report.md URL and the regression check (None when the check failed).
     """
-    with sigterm_interrupts():
+    with termination_interrupts():
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
         run = steps.open_run(cfg, output, run_id, command)
@@ -251,6 +251,7 @@ class Lifecycles:
         self.closed: set[str] = set()
         self.left_running: list[str] = []
         self._lock = threading.Lock()
+        self.shards = StopScope()  # the shards measuring now; stopped before any endpoint goes (see run_all)
 
     @classmethod
     def of_judges(cls, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, needed: bool) -> Lifecycles:
@@ -270,24 +271,26 @@ class Lifecycles:
         """Run every experiment; returns the shard outcomes in plan order, and a line per endpoint
         whose teardown did not finish (it may still be billed)."""
         outcomes: dict[str, list[ShardOutcome]] = {}
-        try:
-            if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all":
-                for name in self.todo:
-                    self._start_deploy(name)
-            if self.cfg.parallel_endpoints:
-                pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.order)), "fmbench-lane")
-                try:
-                    lanes = {n: pool.submit(contextvars.copy_context().run, self.lifecycle, n) for n in self.order}
-                    outcomes = {n: settle(lane) for n, lane in lanes.items()}
-                finally:
-                    pool.shutdown(wait=False)  # interrupted: delete the endpoints first, lanes then end
-            else:
-                for name in self.order:
-                    outcomes[name] = self.lifecycle(name)
-        except BaseException:
-            # Ctrl-C, SIGTERM (Prefect cancellation) or a bug: nothing the run deployed may outlive it.
-            self.stop_all()
-            raise
+        # The shards started from here (in threads, Prefect tasks) see the run's stop scope.
+        with stop_scope(self.shards):
+            try:
+                if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all":
+                    for name in self.todo:
+                        self._start_deploy(name)
+                if self.cfg.parallel_endpoints:
+                    pool = concurrent.futures.ThreadPoolExecutor(max(1, len(self.order)), "fmbench-lane")
+                    try:
+                        lanes = {n: pool.submit(contextvars.copy_context().run, self.lifecycle, n) for n in self.order}
+                        outcomes = {n: settle(lane) for n, lane in lanes.items()}
+                    finally:
+                        pool.shutdown(wait=False)  # interrupted: delete the endpoints first, lanes then end
+                else:
+                    for name in self.order:
+                        outcomes[name] = self.lifecycle(name)
+            except BaseException:
+                # Ctrl-C, SIGTERM (Prefect cancellation) or a bug: nothing the run deployed may outlive it.
+                self.stop_all()
+                raise
         return [o for n in self.order for o in outcomes[n]], self.left_running
 
     # ------------------------------------------------------------ one experiment
@@ -313,6 +316,11 @@ class Lifecycles:
             # One run at a time on an existing endpoint (other runs measuring it wait here).
             with self.steps.endpoint_slot(self.cfg, name):
                 return [self._shard(name, spec, deployed) for spec in specs]
+        except BaseException:
+            # Interrupted (or a bug) while a shard may still measure in another thread: it stops
+            # before the endpoint goes, or its requests would fail there and count as the endpoint's.
+            self.shards.stop()
+            raise
         finally:
             self._close(name)
 
@@ -419,8 +427,10 @@ class Lifecycles:
         return interrupt
 
     def stop_all(self) -> None:
-        """On the way out of an interrupted or failed run: delete every endpoint still alive, or stop
-        its deploy, then say that all are deleted or which may still run (billed)."""
+        """On the way out of an interrupted or failed run: stop the shards still measuring, delete every
+        endpoint still alive, or stop its deploy, then say that all are deleted or which may still run
+        (billed)."""
+        self.shards.stop()
         interrupt = self._close_each()
         if self.left_running:
             log.warning("stopped early; still running (billed until deleted):\n  %s", "\n  ".join(self.left_running))

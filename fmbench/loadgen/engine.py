@@ -33,11 +33,13 @@ import statistics
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fmbench.errors import DatasetError, EndpointError
+from fmbench.errors import DatasetError, EndpointError, FMBenchError
+from fmbench.interrupts import StopScope
 from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import SCALAR_FIELDS, RecordWriter
@@ -580,6 +582,11 @@ async def _run_processes(
         raise
 
 
+class ShardCancelled(FMBenchError):
+    """Raised when a shard is stopped from outside (its run stopped, or its caller was cancelled):
+    its requests in flight were cancelled and its records are not kept."""
+
+
 def run_shard(
     client: EndpointClient,
     prompts: list[Prompt],
@@ -587,12 +594,43 @@ def run_shard(
     out_path: str | Path,
     count_tokens: Callable[[str], int],
     progress: Progress | None = None,
+    stop: StopScope | None = None,
 ) -> ShardResult:
-    """Run one shard in a fresh event loop (callable from any thread); see `run_shard_async`."""
+    """Run one shard in a fresh event loop (callable from any thread); see `run_shard_async`.
+
+    Args:
+        stop: the run's `fmbench.interrupts.StopScope`: when the run stops, the shard cancels its
+            requests in flight and raises `ShardCancelled` (its records file is not written).
+    """
     if spec.processes > 1:
         if not prompts:
             raise DatasetError(f"shard {spec.shard_id}: no prompts to send")
+        import threading
+
         from fmbench.loadgen.multiproc import run_shard_processes
 
-        return run_shard_processes(client, prompts, spec, out_path, count_tokens, progress=progress)
-    return asyncio.run(run_shard_async(client, prompts, spec, out_path, count_tokens, progress))
+        stopped = threading.Event()
+        unregister = stop.register(stopped.set) if stop is not None else None
+        try:
+            return run_shard_processes(client, prompts, spec, out_path, count_tokens, stopped, progress)
+        finally:
+            if unregister is not None:
+                unregister()
+    shard = run_shard_async(client, prompts, spec, out_path, count_tokens, progress)
+    return asyncio.run(shard if stop is None else _stoppable(shard, stop, spec))
+
+
+async def _stoppable(shard: Coroutine[Any, Any, ShardResult], stop: StopScope, spec: ShardSpec) -> ShardResult:
+    """``shard``, cancelled from the stopping thread when ``stop`` stops."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    unregister = stop.register(lambda: loop.call_soon_threadsafe(task.cancel))
+    try:
+        return await shard
+    except asyncio.CancelledError:
+        if stop.stopped:
+            raise ShardCancelled(f"shard {spec.shard_id}: stopped with the run; its records are not kept") from None
+        raise
+    finally:
+        unregister()

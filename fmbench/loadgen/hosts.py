@@ -38,7 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
 from fmbench.errors import ConfigError, FMBenchError, StorageError
+from fmbench.interrupts import StopScope
 from fmbench.loadgen.engine import (
+    ShardCancelled,
     ShardStats,
     _closed_loop,
     _open_loop,
@@ -342,6 +344,7 @@ def run_shard_hosts(
     dask: Any,
     slice_url: Callable[[int], str],
     calibrate: bool = False,
+    stop: StopScope | None = None,
 ) -> tuple[ShardResult, list[HostClock]]:
     """Run a shard as ``hosts`` slices on as many Dask workers at once; merge their records into ``out_path``.
 
@@ -353,6 +356,8 @@ def run_shard_hosts(
         dask: a `distributed.Client` (see `dask_client`).
         slice_url: where slice ``k`` writes its records (the run's storage, reachable from every worker).
         calibrate: each worker calibrates its own client first (once per worker process).
+        stop: the run's `fmbench.interrupts.StopScope`: when the run stops, the slices are told to
+            stop (within a check, half a second) and `ShardCancelled` is raised.
 
     Returns:
         The shard's summary (validity includes the clock check) and one `HostClock` per host.
@@ -382,7 +387,8 @@ def run_shard_hosts(
     with _seceded():
         owner = _claim(dask, spec, slice_url(0), key)
         try:
-            return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path, hosts)
+            return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path, hosts,
+                          stop)
         finally:
             with contextlib.suppress(Exception):
                 owner.delete()
@@ -441,7 +447,7 @@ def _seceded() -> Iterator[None]:
 
 def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses: list[str], conc: list[int],
            ids: list[Any], key: str, slice_url: Callable[[int], str], calibrate: bool, out_path: str | Path,
-           hosts: int) -> tuple[ShardResult, list[HostClock]]:
+           hosts: int, stop: StopScope | None = None) -> tuple[ShardResult, list[HostClock]]:
     from distributed import Event, Queue, Variable
 
     ready, t0var = Queue(f"{key}-ready", client=dask), Variable(f"{key}-t0", client=dask)
@@ -456,7 +462,7 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
         got = 0
         deadline = time.monotonic() + _READY_TIMEOUT_S
         while got < hosts:
-            _check(dask, futures, addresses, spec)
+            _check(dask, futures, addresses, spec, stop)
             if time.monotonic() > deadline:
                 raise FMBenchError(f"shard {spec.shard_id}: client hosts not ready in {_READY_TIMEOUT_S:g} s")
             with contextlib.suppress(TimeoutError):
@@ -467,7 +473,7 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
         n = 0
         while _take_finished(futures, taken, spec) < hosts:
             pending = [k for k in range(hosts) if k not in taken]
-            _check(dask, [futures[k] for k in pending], [addresses[k] for k in pending], spec)
+            _check(dask, [futures[k] for k in pending], [addresses[k] for k in pending], spec, stop)
             n += 1
             beat.set(n)  # the slices' sign that someone still waits for them
             _wait_first([futures[k] for k in pending], _POLL_S)
@@ -531,8 +537,10 @@ def _take_finished(futures: list[Any], taken: dict[int, dict[str, Any]], spec: S
     return len(taken)
 
 
-def _check(dask: Any, futures: list[Any], addresses: list[str], spec: ShardSpec) -> None:
-    """Raise when a slice failed or its worker left the cluster."""
+def _check(dask: Any, futures: list[Any], addresses: list[str], spec: ShardSpec, stop: StopScope | None = None) -> None:
+    """Raise when the run stops, a slice failed or its worker left the cluster."""
+    if stop is not None and stop.stopped:  # the caller's clean-up then tells the slices to stop
+        raise ShardCancelled(f"shard {spec.shard_id}: stopped with the run; its records are not kept")
     for f in futures:
         if f.status in ("error", "cancelled"):
             exc = f.exception() if f.status == "error" else None

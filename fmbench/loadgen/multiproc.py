@@ -34,6 +34,7 @@ from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.loadgen.engine import (
     PROGRESS_EVERY_S,
     Progress,
+    ShardCancelled,
     ShardStats,
     _closed_loop,
     _open_loop,
@@ -187,10 +188,6 @@ def run_shard_processes(
         stats.dispatch_lags.extend(msg[2])
     cpu = time.process_time() - cpu0 + sum(msg[3] for msg in done)
     return shard_result(spec, stats, Path(out), cpu, add_stamps([msg[4] for msg in done]))
-
-
-class ShardCancelled(FMBenchError):
-    """Raised when a multi-process shard is stopped from outside (its caller was cancelled)."""
 
 
 class _ProgressSum:

@@ -21,6 +21,7 @@ from fmbench import progress, storage
 from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
+from fmbench.interrupts import StopScope, current_stop_scope
 from fmbench.machine import Sentinel
 from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
 from fmbench.rundir import RunInfo, utc_now
@@ -149,6 +150,7 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     from fmbench.calibration import expected_shape, load_calibration, plan_processes
     from fmbench.datasets import load_experiment_tokenizer, read_prompts
     from fmbench.loadgen import run_shard
+    from fmbench.loadgen.engine import ShardCancelled
     from fmbench.loadgen.hosts import current_worker, stamp_host
     from fmbench.loadgen.retry import final_attempts
 
@@ -184,17 +186,21 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
     hosts = _client_hosts(experiment, spec, cal)
     clocks = None
     speed = _start_speed_watch()
+    stop = current_stop_scope()  # the run's: it stops this shard before deleting its endpoint
     try:
         if hosts is None:
-            result = run_shard(client, prompts, spec, local, tokenizer.count, report)
+            result = run_shard(client, prompts, spec, local, tokenizer.count, report, stop)
             if (worker := current_worker()) is not None:  # on a cluster, say which machine sent the load
                 stamp_host(local, worker)
         else:
             result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts,
-                                           cal is not None)
-    except BaseException:
+                                           cal is not None, stop)
+    except BaseException as exc:
         if speed is not None:
             speed.stop()
+        if isinstance(exc, ShardCancelled):
+            log.warning("shard %s: stopped with the run, before its endpoint is deleted; its records are not "
+                        "kept (a resumed run measures it again)", spec.shard_id)
         raise
     ended_at = utc_now("milliseconds")
     machine = _speed_view(speed)
@@ -268,14 +274,14 @@ def _cluster_address() -> str | None:
 
 
 def _run_on_hosts(run: RunInfo, spec: Any, client: Any, prompts: Any, local: Any, count: Any, hosts: int,
-                  calibrate: bool) -> Any:
+                  calibrate: bool, stop: StopScope | None) -> Any:
     from fmbench.loadgen.hosts import dask_client, run_shard_hosts
 
     dask = dask_client(_cluster_address())
     log.info("shard %s: split over %d client hosts", spec.shard_id, hosts)
     return run_shard_hosts(client, prompts, spec, local, count, hosts, dask,
                            lambda k: run.path("shards", "hosts", f"{spec.shard_id}.host-{k}.parquet"),
-                           calibrate=calibrate)
+                           calibrate=calibrate, stop=stop)
 
 
 def _hosts_load(clocks: Any, duration_s: float, chunks: float, cal: Any) -> float | None:

@@ -219,6 +219,33 @@ def test_a_sigterm_while_the_judge_deploys_deletes_the_judge_and_says_so(
     assert timeline["model"]["deleted_at"]  # the experiment's endpoint was measured and gone before
 
 
+def test_a_sigterm_while_fmbench_evaluate_deploys_a_judge_deletes_it_and_says_so(
+    moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,
+) -> None:
+    """`fmbench evaluate` on a finished run deploys its judges as a run does, so it stops as a run does:
+    terminated while its judge is still Creating, it deletes the judge and says so."""
+    from fmbench.pipeline import run_benchmark
+
+    (tmp_path / "qa.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i}", "prompt": f"Question {i}?", "answer": f"Answer {i}"}) + "\n" for i in range(4)))
+    raw = {
+        "name": "later", "output": str(tmp_path / "results"), "buckets": [[1, 200]],
+        "datasets": [{"name": "qa", "source": "jsonl", "path": str(tmp_path / "qa.jsonl"), "answer_field": "answer"}],
+        "experiments": [{"name": "model", "concurrency_levels": [2], "requests_per_level": 4, "warmup_requests": 0,
+                         "store_text": True, "endpoint": {"provider": "simulated", "ttft_ms": 2, "tpot_ms": 0.5,
+                                                          "answer_accuracy": 0.5, "seed": 1}}],
+    }
+    run = Path(run_benchmark(parse_config(raw, source="later"), run_id="ev", png=False)).parent
+    judge = {"name": "sm", "inference": {"max_tokens": 8, "stream": False, "timeout_s": 10},
+             "endpoint": _sagemaker(moto, sim_url, deploy_timeout_s=900)}
+    evaluation = json.dumps({"judges": [judge], "evaluate_per_shard": 2})
+    argv = [sys.executable, "-m", "fmbench", "evaluate", str(run), "--set", f"evaluation={evaluation}", "--no-png"]
+    proc = subprocess.Popen(argv, env=cli_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err = _interrupt_while_creating(proc, moto, "its judge", signal.SIGTERM)
+    _assert_deleted_and_said(moto, err, resource_name("judge-sm", "ev"), signal.SIGTERM, proc.returncode)
+
+
 _INLINE_RUN = """
 import json, logging, sys
 from fmbench.config import parse_config

@@ -4,6 +4,7 @@ exits with it (one case per class, run with ``--debug`` so the traceback names t
 from __future__ import annotations
 
 import inspect
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -50,6 +51,7 @@ def test_every_error_class_carries_its_exit_code() -> None:
     assert exit_code(ValueError("a bug")) == ExitCode.INTERNAL == 4
     assert exit_code(KeyboardInterrupt()) == ExitCode.INTERRUPTED == 130
     assert exit_code(RunTerminated()) == ExitCode.TERMINATED == 143
+    assert exit_code(RunTerminated("hung up", signal.SIGHUP)) == ExitCode.HUNG_UP == 129
     assert (ExitCode.OK, ExitCode.PARTIAL_FAILURE, ExitCode.BAD_INPUT, ExitCode.ENVIRONMENT) == (0, 1, 2, 3)
 
 

@@ -3,8 +3,10 @@ restarted mid-shard, SIGKILL at several points then resume, and Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -14,6 +16,7 @@ from typing import Any
 
 import polars as pl
 import psutil
+import pytest
 import yaml
 
 from fmbench.simulator.faults import FaultConfig
@@ -193,8 +196,13 @@ def test_sigkill_at_several_points_then_resume_loses_and_duplicates_nothing(faul
     assert (run / "report.md").is_file()
 
 
-def test_ctrl_c_stops_cleanly_keeps_measured_shards_and_leaves_no_process(fault_cli_env: dict[str, str],
-                                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
+        fault_cli_env: dict[str, str], tmp_path: Path, signum: signal.Signals) -> None:
+    """Ctrl-C, or the terminal hanging up (an SSH session dropped), mid-shard: the run stops, deletes
+    its endpoint and keeps every shard measured before. The shard in flight is stopped before its
+    endpoint is deleted and is not kept: its requests would fail on the deleted endpoint, and a
+    resumed run would report those failures as the endpoint's."""
     slow = {**SIM_CFG, "tpot_ms": 40, "output_tokens": 10}
     cfg = _config(tmp_path, "ctrlc", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
     run = tmp_path / "results" / "ctrlc" / "c"
@@ -203,25 +211,76 @@ def test_ctrl_c_stops_cleanly_keeps_measured_shards_and_leaves_no_process(fault_
     try:
         _wait_for(lambda: len(list((run / "shards").glob("*.json"))) >= 1, proc, 240, "a shard was measured")
         time.sleep(0.3)  # the next shard is in flight
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the CLI process (its children are told by it)
+        os.kill(proc.pid, signum)  # it reaches the CLI process (its children are told by it)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    assert proc.returncode == 130, err[-3000:]
-    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
-    # What was measured is kept, whole; the interrupted shard left no complete-looking file.
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert ("interrupted" if signum == signal.SIGINT else "hung up") in err.splitlines()[-1], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    # What was measured is kept, whole and with no error (the endpoint never failed a request of its
+    # own); the shard in flight left no complete-looking file.
     measured = list((run / "shards").glob("*.json"))
     assert measured
     for j in measured:
-        assert pl.read_parquet(run / "shards" / f"{j.stem}.parquet").height == 8
+        records = pl.read_parquet(run / "shards" / f"{j.stem}.parquet")
+        assert records.height == 8 and records["ok"].all(), (j.stem, records["error"].drop_nulls().to_list()[:3])
     for f in (run / "shards").glob("*.parquet"):
         assert (run / "shards" / f"{f.stem}.json").exists() or ".failed-" in f.name, f
     # No process of the run is left behind (the simulated endpoint was stopped).
     time.sleep(0.5)
     left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [" ".join(p.cmdline()) for p in left]
+
+
+def test_a_run_whose_terminal_is_gone_still_cleans_up(fault_cli_env: dict[str, str], tmp_path: Path) -> None:
+    """An SSH session dropped: the run's terminal hangs up (every write to it fails from then on) and
+    the run gets SIGHUP. It still stops its shard in flight, deletes its endpoint, keeps what it had
+    measured and exits 129: its messages on the way out go nowhere instead of failing it."""
+    slow = {**SIM_CFG, "tpot_ms": 40, "output_tokens": 10}
+    cfg = _config(tmp_path, "hup", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
+    run = tmp_path / "results" / "hup" / "h"
+    master, terminal = os.openpty()
+    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "h"), env=fault_cli_env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True)
+    os.close(terminal)
+    reading = threading.Event()
+    reading.set()
+    drain = threading.Thread(target=_drain, args=(master, reading), daemon=True)  # a reader, as sshd is
+    drain.start()
+    try:
+        _wait_for(lambda: len(list((run / "shards").glob("*.json"))) >= 1, proc, 240, "a shard was measured")
+        time.sleep(0.3)  # the next shard is in flight
+        reading.clear()
+        drain.join(10)  # (a read in progress would hold the terminal open past its close)
+        os.close(master)  # the terminal hangs up: its writes fail with EIO from now on
+        proc.send_signal(signal.SIGHUP)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 129
+    measured = list((run / "shards").glob("*.json"))
+    assert measured
+    for j in measured:
+        records = pl.read_parquet(run / "shards" / f"{j.stem}.parquet")
+        assert records.height == 8 and records["ok"].all(), j.stem
+    time.sleep(0.5)
+    left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [" ".join(p.cmdline()) for p in left]
+    # the manifest, written on the way out, says the endpoint was deleted
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["e"]
+    assert timeline["deleted_at"]
+
+
+def _drain(fd: int, reading: threading.Event) -> None:
+    with contextlib.suppress(OSError):
+        while reading.is_set():
+            if select.select([fd], [], [], 0.05)[0] and not os.read(fd, 65536):
+                return
 
 
 def test_an_interrupted_deploy_stops_in_its_poll_sleep_not_after_it() -> None:

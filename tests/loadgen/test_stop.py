@@ -1,0 +1,89 @@
+"""A run stops the shards still measuring before it deletes their endpoints (`fmbench.interrupts.StopScope`):
+each cancels its requests in flight, keeps no records file and raises `ShardCancelled`."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmbench.config import InferenceConfig
+from fmbench.endpoints.openai import OpenAIClient
+from fmbench.interrupts import StopScope
+from fmbench.loadgen import ShardSpec, partial_path, run_shard
+from fmbench.loadgen.engine import ShardCancelled
+from fmbench.protocol import Prompt
+from tests.support.fake_openai import FakeOpenAI
+
+PROMPTS = [Prompt(f"p{i}", f"prompt {i}", 3) for i in range(3)]
+
+
+def test_a_stop_scope_stops_what_is_registered_and_what_registers_after() -> None:
+    scope, calls = StopScope(), []
+    scope.register(lambda: calls.append("running"))
+    ended = scope.register(lambda: calls.append("ended"))
+    ended()  # a shard that finished unregisters: it is not stopped
+    scope.register(lambda: 1 / 0)  # one that fails to stop keeps no other from stopping
+    scope.register(lambda: calls.append("also running"))
+    assert scope.stop() == 3 and scope.stopped
+    assert calls == ["running", "also running"]
+    scope.register(lambda: calls.append("late"))  # a shard starting after the stop is stopped at once
+    assert calls[-1] == "late"
+    assert scope.stop() == 0  # each is stopped once
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "two processes"])
+def test_a_shard_stops_with_its_run_and_keeps_no_records(tmp_path: Path, processes: int) -> None:
+    srv = FakeOpenAI().start()
+    try:
+        client = OpenAIClient(srv.url, "ok:ttft=0.05:n=2", inference=InferenceConfig())
+        out = tmp_path / "r.parquet"
+        scope = StopScope()
+        measuring = threading.Event()
+        box: dict[str, Any] = {}
+
+        def progress(done: int, total: int, errors: int, ttft: float | None) -> None:
+            if done:
+                measuring.set()
+
+        def go() -> None:
+            spec = ShardSpec(shard_id="s", experiment="e", dataset="d", bucket="0-9", bucket_min=0, bucket_max=9,
+                             concurrency=4, requests=100_000, processes=processes)
+            try:
+                box["result"] = run_shard(client, PROMPTS, spec, out, len, progress, scope)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                box["exc"] = exc
+
+        thread = threading.Thread(target=go, daemon=True)
+        thread.start()
+        assert measuring.wait(120), box  # requests are being answered and recorded
+        assert scope.stop() == 1
+        thread.join(120)  # 100,000 requests would take far longer: the stop ended it
+        assert not thread.is_alive()
+    finally:
+        srv.stop()
+    assert isinstance(box.get("exc"), ShardCancelled), box
+    assert "stopped with the run" in str(box["exc"]) or "cancelled" in str(box["exc"])
+    assert not out.exists()  # nothing that looks like a measured shard
+    if processes == 1:  # what it had recorded stays beside it, unfinished, with the cancelled requests
+        import polars as pl
+
+        records = pl.read_parquet(partial_path(out))
+        assert records.height >= 1 and "cancelled" in records["error_kind"].to_list()
+
+
+def test_a_shard_of_a_run_already_stopped_sends_nothing(tmp_path: Path) -> None:
+    srv = FakeOpenAI().start()
+    try:
+        client = OpenAIClient(srv.url, "ok:ttft=0.05:n=2", inference=InferenceConfig())
+        scope = StopScope()
+        scope.stop()
+        spec = ShardSpec(shard_id="s", experiment="e", dataset="d", bucket="0-9", bucket_min=0, bucket_max=9,
+                         concurrency=2, requests=10)
+        with pytest.raises(ShardCancelled):
+            run_shard(client, PROMPTS, spec, tmp_path / "r.parquet", len, None, scope)
+        assert srv.stats()["arrivals"] == []
+    finally:
+        srv.stop()
