@@ -3,20 +3,23 @@ and deploys waiting in worker threads are interrupted too, so they delete what t
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import FrameType
+from typing import Any, TypeVar
 
 from fmbench.errors import RunTerminated
 
 log = logging.getLogger("fmbench")
+T = TypeVar("T")
 
 _deploying: dict[int, str] = {}  # thread ident -> experiment whose deploy runs in it
 _lock = threading.Lock()
@@ -132,25 +135,31 @@ def _drop_hung_up(ttys: list[int]) -> None:
                 pass
 
 
+#: How long a stopping run waits for its shards to stop before it deletes their endpoints anyway.
+STOP_WAIT_S = 15.0
+
+
 class StopScope:
-    """The shards of one run measuring right now, to be stopped when the run stops.
+    """The work of one run in flight right now (shards, judge calls), to be stopped when the run stops.
 
     A run that is interrupted (or fails) deletes its endpoints; a shard still measuring in another
     thread would go on sending to an endpoint being deleted and record the failures as the
     endpoint's, then be kept as measured (a resumed run would report them). The run stops its
-    shards first (`stop`): each one cancels its requests, keeps no records and is measured again on
-    resume. A shard registering after the stop is stopped at once.
+    shards first (`stop`), and waits for them: each one cancels its requests, keeps no records and
+    is measured again on resume. Work registering after the stop is stopped at once.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._stops: dict[int, Callable[[], object]] = {}
+        self._stopping: set[int] = set()  # told to stop, not yet ended
         self._next = 0
         self.stopped = False
 
     def register(self, stop: Callable[[], object]) -> Callable[[], None]:
-        """Call ``stop`` (from the stopping thread) when the run stops; returns the unregister call."""
-        with self._lock:
+        """Call ``stop`` (from the stopping thread) when the run stops; returns the call that says the
+        work has ended (always make it, stopped or not: the stopping run waits for it)."""
+        with self._cond:
             key = self._next
             self._next += 1
             late = self.stopped
@@ -159,27 +168,62 @@ class StopScope:
         if late:
             _call(stop)
 
-        def unregister() -> None:
-            with self._lock:
+        def ended() -> None:
+            with self._cond:
                 self._stops.pop(key, None)
+                self._stopping.discard(key)
+                self._cond.notify_all()
 
-        return unregister
+        return ended
 
-    def stop(self) -> int:
-        """Stop every registered shard (and any that registers later); how many were running."""
-        with self._lock:
+    def stop(self, wait_s: float = STOP_WAIT_S) -> int:
+        """Stop all registered work (and any that registers later), and wait up to ``wait_s`` for it
+        to end; how many were running."""
+        with self._cond:
             self.stopped = True
-            stops, self._stops = list(self._stops.values()), {}
-        for stop in stops:
+            stops, self._stops = self._stops, {}
+            self._stopping.update(stops)
+        for stop in stops.values():
             _call(stop)
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._stopping, timeout=wait_s):
+                log.warning("%d shard(s) still running %.0f s after the run stopped them", len(self._stopping), wait_s)
         return len(stops)
 
 
 def _call(stop: Callable[[], object]) -> None:
     try:
         stop()
-    except Exception:  # a shard that ended meanwhile (its loop closed) needs no stop
+    except Exception:  # work that ended meanwhile (its loop closed) needs no stop
         log.debug("stopping a shard failed", exc_info=True)
+
+
+class Stopped(Exception):
+    """Raised by `run_until_stopped` when the run stopped the work."""
+
+
+def run_until_stopped(work: Coroutine[Any, Any, T], stop: StopScope | None) -> T:
+    """``asyncio.run(work)`` in this thread; when ``stop`` stops, ``work`` is cancelled (from the
+    stopping thread, which waits for it to end) and `Stopped` is raised."""
+    if stop is None:
+        return asyncio.run(work)
+    try:
+        return asyncio.run(_until_stopped(work, stop))
+    except asyncio.CancelledError:
+        if stop.stopped:
+            raise Stopped from None
+        raise
+
+
+async def _until_stopped(work: Coroutine[Any, Any, T], stop: StopScope) -> T:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    ended = stop.register(lambda: loop.call_soon_threadsafe(task.cancel))
+    try:
+        return await work
+    finally:
+        ended()
 
 
 _scope: ContextVar[StopScope | None] = ContextVar("fmbench_stop_scope", default=None)

@@ -179,27 +179,14 @@ def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
     load the client while it measures). The judges' endpoints live like an experiment's: deployed
     once for all evaluations, deleted after them on every path out, their timelines in the manifest
     (billed create to delete). A failed evaluation is recorded; the report says it is missing."""
-    from fmbench.errors import EvaluationError
-    from fmbench.quality import failed_evaluation, finished_evaluation
+    from fmbench.quality import finished_evaluation
 
     names = [e.name for e in cfg.experiments]
     todo = [n for n in names if finished_evaluation(run, cfg, n) is None]  # a resumed run redoes the rest
     judges = Lifecycles.of_judges(steps, cfg, run, needed=bool(todo))
     try:
-        panel = _judge_panel(judges, cfg) if judges.todo else None
-        serving = [j.experiment_name for j in cfg.evaluation.judges if j.name in panel.deployed] \
-            if panel is not None and cfg.evaluation else []
-        judges.worked(serving, ended=False)
-        pending = {name: steps.evaluate(run, cfg, name, panel) for name in names}
-        for name, p in pending.items():
-            try:
-                settle(p)
-            except EvaluationError as exc:  # its outcome.json names what is missing
-                log.warning("%s", exc)
-            except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
-                log.warning("evaluation of %s failed, report written without it: %s", name, exc)
-                failed_evaluation(run, name, exc)
-        judges.worked(serving, ended=True)
+        with stop_scope(judges.in_flight):  # judge calls a stop must end before their judges go
+            _evaluate_all(steps, run, cfg, names, judges)
     except BaseException:
         # Ctrl-C, SIGTERM (Prefect cancellation) or a bug: no judge may outlive the run, and the
         # run says what it deleted, or what is left, as it does for the experiments' endpoints.
@@ -208,6 +195,27 @@ def evaluate_run(steps: Steps, run: RunInfo, cfg: BenchmarkConfig) -> None:
     judges.close_each()
     for problem in judges.left_running:
         log.warning("%s", problem)
+
+
+def _evaluate_all(steps: Steps, run: RunInfo, cfg: BenchmarkConfig, names: list[str], judges: Lifecycles) -> None:
+    """Deploy the judges, then evaluate every experiment (see `evaluate_run`)."""
+    from fmbench.errors import EvaluationError
+    from fmbench.quality import failed_evaluation
+
+    panel = _judge_panel(judges, cfg) if judges.todo else None
+    serving = [j.experiment_name for j in cfg.evaluation.judges if j.name in panel.deployed] \
+        if panel is not None and cfg.evaluation else []
+    judges.worked(serving, ended=False)
+    pending = {name: steps.evaluate(run, cfg, name, panel) for name in names}
+    for name, p in pending.items():
+        try:
+            settle(p)
+        except EvaluationError as exc:  # its outcome.json names what is missing
+            log.warning("%s", exc)
+        except Exception as exc:  # noqa: BLE001 - the report is written without this evaluation
+            log.warning("evaluation of %s failed, report written without it: %s", name, exc)
+            failed_evaluation(run, name, exc)
+    judges.worked(serving, ended=True)
 
 
 def _judge_panel(judges: Lifecycles, cfg: BenchmarkConfig) -> Any:
@@ -251,7 +259,7 @@ class Lifecycles:
         self.closed: set[str] = set()
         self.left_running: list[str] = []
         self._lock = threading.Lock()
-        self.shards = StopScope()  # the shards measuring now; stopped before any endpoint goes (see run_all)
+        self.in_flight = StopScope()  # its shards (judges: judge calls) running now; stopped before any endpoint goes
 
     @classmethod
     def of_judges(cls, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, needed: bool) -> Lifecycles:
@@ -272,7 +280,7 @@ class Lifecycles:
         whose teardown did not finish (it may still be billed)."""
         outcomes: dict[str, list[ShardOutcome]] = {}
         # The shards started from here (in threads, Prefect tasks) see the run's stop scope.
-        with stop_scope(self.shards):
+        with stop_scope(self.in_flight):
             try:
                 if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all":
                     for name in self.todo:
@@ -319,7 +327,7 @@ class Lifecycles:
         except BaseException:
             # Interrupted (or a bug) while a shard may still measure in another thread: it stops
             # before the endpoint goes, or its requests would fail there and count as the endpoint's.
-            self.shards.stop()
+            self.in_flight.stop()
             raise
         finally:
             self._close(name)
@@ -430,7 +438,7 @@ class Lifecycles:
         """On the way out of an interrupted or failed run: stop the shards still measuring, delete every
         endpoint still alive, or stop its deploy, then say that all are deleted or which may still run
         (billed)."""
-        self.shards.stop()
+        self.in_flight.stop()
         interrupt = self._close_each()
         if self.left_running:
             log.warning("stopped early; still running (billed until deleted):\n  %s", "\n  ".join(self.left_running))

@@ -33,13 +33,12 @@ import statistics
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fmbench.errors import DatasetError, EndpointError, FMBenchError
-from fmbench.interrupts import StopScope
+from fmbench.interrupts import Stopped, StopScope, run_until_stopped
 from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import SCALAR_FIELDS, RecordWriter
@@ -610,27 +609,13 @@ def run_shard(
         from fmbench.loadgen.multiproc import run_shard_processes
 
         stopped = threading.Event()
-        unregister = stop.register(stopped.set) if stop is not None else None
+        ended = stop.register(stopped.set) if stop is not None else None
         try:
             return run_shard_processes(client, prompts, spec, out_path, count_tokens, stopped, progress)
         finally:
-            if unregister is not None:
-                unregister()
-    shard = run_shard_async(client, prompts, spec, out_path, count_tokens, progress)
-    return asyncio.run(shard if stop is None else _stoppable(shard, stop, spec))
-
-
-async def _stoppable(shard: Coroutine[Any, Any, ShardResult], stop: StopScope, spec: ShardSpec) -> ShardResult:
-    """``shard``, cancelled from the stopping thread when ``stop`` stops."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    unregister = stop.register(lambda: loop.call_soon_threadsafe(task.cancel))
+            if ended is not None:
+                ended()  # the processes are gone
     try:
-        return await shard
-    except asyncio.CancelledError:
-        if stop.stopped:
-            raise ShardCancelled(f"shard {spec.shard_id}: stopped with the run; its records are not kept") from None
-        raise
-    finally:
-        unregister()
+        return run_until_stopped(run_shard_async(client, prompts, spec, out_path, count_tokens, progress), stop)
+    except Stopped:
+        raise ShardCancelled(f"shard {spec.shard_id}: stopped with the run; its records are not kept") from None

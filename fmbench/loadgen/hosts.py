@@ -384,14 +384,20 @@ def run_shard_hosts(
                                                 for k in range(hosts)]
     ids: list[Any] = [None] * hosts if spec.open_loop else deal_ids(spec.warmup + spec.requests, conc)
     key = f"fmbench-{spec.shard_id}-{uuid.uuid4().hex[:8]}"
-    with _seceded():
-        owner = _claim(dask, spec, slice_url(0), key)
-        try:
-            return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path, hosts,
-                          stop)
-        finally:
-            with contextlib.suppress(Exception):
-                owner.delete()
+    # A stopping run waits for this shard's end (its checks see the stop and tell the slices to stop).
+    ended = stop.register(lambda: None) if stop is not None else None
+    try:
+        with _seceded():
+            owner = _claim(dask, spec, slice_url(0), key)
+            try:
+                return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path,
+                              hosts, stop)
+            finally:
+                with contextlib.suppress(Exception):
+                    owner.delete()
+    finally:
+        if ended is not None:
+            ended()
 
 
 def _claim(dask: Any, spec: ShardSpec, where: str, key: str) -> Any:

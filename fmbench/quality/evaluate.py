@@ -27,6 +27,7 @@ from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, JudgeConfig, resolve_path
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import ConfigError, EndpointError, EvaluationError, FMBenchError
+from fmbench.interrupts import Stopped, current_stop_scope, run_until_stopped
 from fmbench.protocol import Prompt
 from fmbench.quality.judge import (
     Verdict,
@@ -404,7 +405,14 @@ def _run_judge(panel: JudgePanel, ev: EvaluationConfig, experiment: str, judge: 
     if deployed.endpoint_name and hasattr(endpoint, "endpoint_name"):
         endpoint = endpoint.model_copy(update={"endpoint_name": deployed.endpoint_name})
     client = make_client(endpoint, judge.inference, url=deployed.url)
-    rows = asyncio.run(_send_all(client, experiment, judge.name, sample, texts, ev.concurrency))
+    try:
+        # The run's stop cancels the calls before their judge is deleted: calls failed by the
+        # teardown would otherwise be this evaluation's judge errors, kept as if complete.
+        rows = run_until_stopped(_send_all(client, experiment, judge.name, sample, texts, ev.concurrency),
+                                 current_stop_scope())
+    except Stopped:
+        raise EvaluationError(f"evaluation of {experiment}: stopped with the run; nothing of it is kept "
+                              "(a resumed run evaluates again)") from None
     _price(rows, pricing)
     answered = [r for r in rows if r["ok"]]
     return rows, None if answered else f"no judge request succeeded ({rows[0]['error']})"

@@ -3,7 +3,9 @@ each cancels its requests in flight, keeps no records file and raises `ShardCanc
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 
 from fmbench.config import InferenceConfig
 from fmbench.endpoints.openai import OpenAIClient
-from fmbench.interrupts import StopScope
+from fmbench.interrupts import Stopped, StopScope, run_until_stopped
 from fmbench.loadgen import ShardSpec, partial_path, run_shard
 from fmbench.loadgen.engine import ShardCancelled
 from fmbench.protocol import Prompt
@@ -22,16 +24,68 @@ PROMPTS = [Prompt(f"p{i}", f"prompt {i}", 3) for i in range(3)]
 
 def test_a_stop_scope_stops_what_is_registered_and_what_registers_after() -> None:
     scope, calls = StopScope(), []
-    scope.register(lambda: calls.append("running"))
+    first = scope.register(lambda: calls.append("running"))
     ended = scope.register(lambda: calls.append("ended"))
-    ended()  # a shard that finished unregisters: it is not stopped
-    scope.register(lambda: 1 / 0)  # one that fails to stop keeps no other from stopping
-    scope.register(lambda: calls.append("also running"))
-    assert scope.stop() == 3 and scope.stopped
-    assert calls == ["running", "also running"]
-    scope.register(lambda: calls.append("late"))  # a shard starting after the stop is stopped at once
+    ended()  # work that finished says so: it is not stopped
+    failing = scope.register(lambda: 1 / 0)  # one that fails to stop keeps no other from stopping
+    second = scope.register(lambda: calls.append("also running"))
+    for end in (first, failing, second):  # the work ends as soon as it is told (here: at once)
+        end()
+    assert scope.stop() == 0 and calls == []  # all had ended before the stop
+    scope2 = StopScope()
+    ends = [scope2.register(lambda name=name: calls.append(name)) for name in ("a", "b")]
+    scope2.register(lambda: 1 / 0)
+    assert scope2.stop(wait_s=0) == 3 and scope2.stopped and calls == ["a", "b"]
+    for end in ends:
+        end()
+    scope2.register(lambda: calls.append("late"))  # work starting after the stop is stopped at once
     assert calls[-1] == "late"
-    assert scope.stop() == 0  # each is stopped once
+    assert scope2.stop(wait_s=0) == 0  # each is stopped once
+
+
+def test_a_stopping_run_waits_for_its_work_to_end() -> None:
+    """`stop` returns once the work it stopped has ended (then the run deletes the endpoints), not as
+    soon as it has told it to stop."""
+    scope = StopScope()
+    told, finished = threading.Event(), []
+    ended = scope.register(told.set)
+
+    def work() -> None:
+        assert told.wait(60)
+        time.sleep(0.2)  # cancelling its requests, closing its connections
+        finished.append(True)
+        ended()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    assert scope.stop(wait_s=120) == 1
+    assert finished == [True]
+    thread.join(10)
+
+
+def test_run_until_stopped_cancels_the_work_from_the_stopping_thread() -> None:
+    scope = StopScope()
+    assert run_until_stopped(asyncio.sleep(0, "done"), scope) == "done"
+    assert run_until_stopped(asyncio.sleep(0, "alone"), None) == "alone"
+    box: dict[str, Any] = {}
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    def go() -> None:
+        try:
+            run_until_stopped(forever(), scope)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["exc"] = exc
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    assert started.wait(60)
+    scope.stop(wait_s=120)  # returns once the work has ended (its cancellation handled)
+    thread.join(60)
+    assert isinstance(box.get("exc"), Stopped), box
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one process", "two processes"])

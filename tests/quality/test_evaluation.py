@@ -5,6 +5,7 @@ Prefect flow's evaluation step, the report, the recommendation, and `fmbench eva
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +301,46 @@ def test_an_experiment_with_its_own_tokenizer_is_scored_against_its_own_prompts(
         scores = _scores(run, experiment)
         assert scores.height == 30 and scores["has_reference"].all(), experiment
         assert int(scores["exact_match"].sum()) > 0
+
+
+def test_judge_calls_stop_with_the_run_and_keep_nothing(tmp_path: Path) -> None:
+    """A run that stops while its judges answer (interrupted: its judges are about to be deleted)
+    cancels the judge calls first and keeps nothing of that evaluation: calls failed by the teardown
+    would otherwise count as the judge's errors in an evaluation kept as complete."""
+    import threading
+
+    from fmbench.config import EvaluationConfig
+    from fmbench.deploy import DeployedEndpoint
+    from fmbench.errors import EvaluationError
+    from fmbench.interrupts import StopScope, stop_scope
+    from fmbench.quality.evaluate import JudgePanel, _Item, _run_judge
+    from tests.support.fake_openai import FakeOpenAI
+
+    srv = FakeOpenAI().start()
+    try:
+        judge = {"name": "slow", "endpoint": {"provider": "openai", "base_url": srv.url, "model": "hang"},
+                 "inference": {"max_tokens": 8, "stream": False, "timeout_s": 600}}
+        ev = EvaluationConfig.model_validate({"judges": [judge], "concurrency": 2})
+        panel = JudgePanel(deployed={"slow": DeployedEndpoint(experiment="judge-slow", provider="openai")})
+        sample = [_Item("qa", "1-200", "s", i, 1, f"q{i}", f"Question {i}?", (f"Answer {i}",), f"Answer {i}")
+                  for i in range(4)]
+        scope, box = StopScope(), {}
+
+        def evaluate() -> None:
+            with stop_scope(scope):
+                try:
+                    box["rows"] = _run_judge(panel, ev, "big", ev.judges[0], "{question} {references} {candidate}", sample)
+                except BaseException as exc:  # noqa: BLE001 - handed to the test
+                    box["exc"] = exc
+
+        thread = threading.Thread(target=evaluate, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 120
+        while len(srv.stats()["arrivals"]) < 2:  # the judge holds the calls in flight
+            assert time.monotonic() < deadline and thread.is_alive(), box
+            time.sleep(0.05)
+        assert scope.stop(wait_s=120) == 1
+        thread.join(60)
+    finally:
+        srv.stop()
+    assert isinstance(box.get("exc"), EvaluationError) and "stopped with the run" in str(box["exc"]), box
