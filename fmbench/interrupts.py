@@ -187,7 +187,8 @@ class StopScope:
             _call(stop)
         with self._cond:
             if not self._cond.wait_for(lambda: not self._stopping, timeout=wait_s):
-                log.warning("%d shard(s) still running %.0f s after the run stopped them", len(self._stopping), wait_s)
+                log.warning("%d shard(s) or judge call(s) still running %.0f s after the run stopped them; their "
+                            "endpoints are deleted anyway", len(self._stopping), wait_s)
         return len(stops)
 
 
@@ -195,7 +196,7 @@ def _call(stop: Callable[[], object]) -> None:
     try:
         stop()
     except Exception:  # work that ended meanwhile (its loop closed) needs no stop
-        log.debug("stopping a shard failed", exc_info=True)
+        log.debug("stopping work in flight failed", exc_info=True)
 
 
 class Stopped(Exception):
