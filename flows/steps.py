@@ -4,6 +4,7 @@ this submits them, so the UI shows one task run per step and per shard."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Generic, TypeVar
 
@@ -16,6 +17,7 @@ from prefect.futures import PrefectFuture
 from fmbench import pipeline
 from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint
+from fmbench.interrupts import current_stop_scope, reach_workers
 from fmbench.pipeline import PromptSet, ShardOutcome
 from fmbench.pipeline.shards import find_experiment
 from fmbench.quality.evaluate import JudgePanel
@@ -117,7 +119,8 @@ class PrefectSteps:
 
     def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
               deployed: DeployedEndpoint) -> Taken[ShardOutcome]:
-        return Taken(run_shard_task.submit(run, cfg, spec, prompts_url, deployed))
+        return _stoppable(lambda stop_event: run_shard_task.submit(run, cfg, spec, prompts_url, deployed,
+                                                                   stop_event))
 
     def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> AbstractContextManager[None]:
         name = pipeline.endpoint_lock_name(find_experiment(cfg, experiment))
@@ -135,13 +138,37 @@ class PrefectSteps:
 
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str,
                  judges: JudgePanel | None) -> Taken[Any]:
-        return Taken(evaluate_task.submit(run, cfg, experiment, judges))
+        return _stoppable(lambda stop_event: evaluate_task.submit(run, cfg, experiment, judges, stop_event))
 
     def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
         return check_regressions_task(run, threshold, png=png)
 
     def report(self, run: RunInfo, png: bool = True) -> str:
         return report_task(run, png)
+
+
+def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
+    """Submit a step that the run's stop must reach (a shard, judge calls) wherever it runs.
+
+    In threads, the run's stop scope reaches it through the context Prefect copies into the task.
+    On a Dask cluster nothing of this process's context does: the step is registered in the run's
+    scope and given the name of the Dask Event by which the scope stops it, and the stopping run
+    waits for the task's end as it does for a thread's. Without this, a run interrupted while a
+    worker measured a shard deleted the endpoint under it, and the shard went on sending to it.
+    """
+    scope = current_stop_scope()
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if scope is None or type(runner).__name__ != "DaskTaskRunner":
+        return Taken(submit(None))
+    event_name, ended = reach_workers(scope, runner.client)  # type: ignore[union-attr]
+    try:
+        future = submit(event_name)
+    except BaseException:
+        ended()
+        raise
+    future.add_done_callback(lambda _: ended())
+    return Taken(future)
 
 
 def _ended(future: PrefectFuture[Any]) -> bool:

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -155,6 +156,9 @@ class StopScope:
         self._stopping: set[int] = set()  # told to stop, not yet ended
         self._next = 0
         self.stopped = False
+        #: The Dask Event that carries this scope's stop to work running on a cluster's workers
+        #: (`reach_workers`, `worker_stop_scope`); one per scope, so an old run's stop stops nothing new.
+        self.event_name = f"fmbench-stop-{uuid.uuid4().hex}"
 
     def register(self, stop: Callable[[], object]) -> Callable[[], None]:
         """Call ``stop`` (from the stopping thread) when the run stops; returns the call that says the
@@ -244,3 +248,56 @@ def stop_scope(scope: StopScope) -> Iterator[StopScope]:
 def current_stop_scope() -> StopScope | None:
     """The run's `StopScope`, where this code runs inside one."""
     return _scope.get()
+
+
+# ---------------------------------------------------------------- work on a Dask cluster's workers
+
+#: How long a worker's watch waits on the run's stop Event in one call (the set reaches it at once).
+_WORKER_WAIT_S = 1.0
+
+
+def reach_workers(scope: StopScope, client: Any) -> tuple[str, Callable[[], None]]:
+    """Register one step submitted to a Dask cluster (``client``) in the run's ``scope``, which the
+    contextvars do not reach there: its stop sets a Dask Event that the step's `worker_stop_scope`
+    watches. Returns the Event's name (give it to the step) and the call that says the step ended
+    (make it when its future is done: the stopping run waits for that)."""
+    from distributed import Event
+
+    event = Event(scope.event_name, client=client)
+    return scope.event_name, scope.register(event.set)
+
+
+@contextmanager
+def worker_stop_scope(event_name: str | None) -> Iterator[None]:
+    """Inside a task on a Dask worker: for the block, a stop scope of its own is the current one
+    (`current_stop_scope`), stopped when the run sets the Event ``event_name`` (`reach_workers`).
+    Nothing changes without a name, where a scope is current already, or outside a worker."""
+    if event_name is None or _scope.get() is not None:
+        yield
+        return
+    try:
+        from distributed import Event, get_client
+
+        event = Event(event_name, client=get_client())  # the worker's client: found from the task's own thread
+    except (ImportError, ValueError):  # not on a Dask worker
+        yield
+        return
+    scope = StopScope()
+    over = threading.Event()
+
+    def watch() -> None:
+        while not over.is_set():
+            try:
+                if event.wait(timeout=_WORKER_WAIT_S):
+                    scope.stop()
+                    return
+            except Exception:
+                log.debug("cannot watch the run's stop", exc_info=True)
+                over.wait(_WORKER_WAIT_S)
+
+    threading.Thread(target=watch, name="fmbench-stop-watch", daemon=True).start()
+    try:
+        with stop_scope(scope):
+            yield
+    finally:
+        over.set()

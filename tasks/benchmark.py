@@ -90,8 +90,8 @@ def deploy_task(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Dep
       retry_delay_seconds=list(pipeline.SHARD_RETRY_DELAYS_S), retry_condition_fn=_retry_if_endpoint_down,
       task_run_name="shard-{spec.shard_id}")
 def run_shard_task(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
-                   deployed: DeployedEndpoint) -> ShardOutcome:
-    return pipeline.execute_shard(run, cfg, spec, prompts_url, deployed)
+                   deployed: DeployedEndpoint, stop_event: str | None = None) -> ShardOutcome:
+    return pipeline.execute_shard(run, cfg, spec, prompts_url, deployed, stop_event)
 
 
 @task(name="teardown-endpoint", cache_policy=NO_CACHE, retries=pipeline.TEARDOWN_RETRIES,
@@ -109,8 +109,9 @@ def finalize_task(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcom
 
 @task(name="evaluate-answers", cache_key_fn=_evaluation_key, persist_result=True,
       task_run_name="evaluate-{experiment}")
-def evaluate_task(run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: JudgePanel | None) -> EvaluationOutcome:
-    return evaluate_complete(run, cfg, experiment, judges)
+def evaluate_task(run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: JudgePanel | None,
+                  stop_event: str | None = None) -> EvaluationOutcome:
+    return evaluate_complete(run, cfg, experiment, judges, stop_event)
 
 
 @task(name="render-report", cache_policy=NO_CACHE)

@@ -21,7 +21,7 @@ from fmbench import progress, storage
 from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import EndpointConnectionError
-from fmbench.interrupts import StopScope, current_stop_scope
+from fmbench.interrupts import StopScope, current_stop_scope, worker_stop_scope
 from fmbench.machine import Sentinel
 from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
 from fmbench.rundir import RunInfo, utc_now
@@ -136,13 +136,24 @@ def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
 
 
 def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
-                  deployed: DeployedEndpoint) -> ShardOutcome:
+                  deployed: DeployedEndpoint, stop_event: str | None = None) -> ShardOutcome:
     """Measure one shard (or return it from the run if already measured).
+
+    Args:
+        stop_event: on a Dask worker, the Dask Event by which the run stops this shard
+            (`fmbench.interrupts.reach_workers`); in the run's own process its stop scope reaches it.
 
     Raises:
         EndpointConnectionError: every request failed to connect (the endpoint is down), so an
             orchestrator can retry the shard; the failed attempt's records are kept beside it.
+        ShardCancelled: the run stopped it (its records are not kept).
     """
+    with worker_stop_scope(stop_event):
+        return _execute_shard(run, cfg, spec, prompts_url, deployed)
+
+
+def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
+                   deployed: DeployedEndpoint) -> ShardOutcome:
     done = finished_shard(run, spec.shard_id)
     if done is not None:
         log.info("shard %s: already measured, reused", spec.shard_id)

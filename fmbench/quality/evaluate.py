@@ -27,7 +27,7 @@ from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, JudgeConfig, resolve_path
 from fmbench.deploy import DeployedEndpoint
 from fmbench.errors import ConfigError, EndpointError, EvaluationError, FMBenchError
-from fmbench.interrupts import Stopped, current_stop_scope, run_until_stopped
+from fmbench.interrupts import Stopped, current_stop_scope, run_until_stopped, worker_stop_scope
 from fmbench.protocol import Prompt
 from fmbench.quality.judge import (
     Verdict,
@@ -243,14 +243,19 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
 
 
 def evaluate_complete(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
-                      panel: JudgePanel | None = None) -> EvaluationOutcome:
+                      panel: JudgePanel | None = None, stop_event: str | None = None) -> EvaluationOutcome:
     """`evaluate_experiment` for an orchestrator that caches only complete results.
+
+    Args:
+        stop_event: on a Dask worker, the Dask Event by which the run stops the judge calls
+            (`fmbench.interrupts.reach_workers`); in the run's own process its stop scope reaches them.
 
     Raises:
         EvaluationError: some judge gave no verdict at all; ``outcome.json`` (written) names it, and a
             resumed run evaluates again.
     """
-    outcome = evaluate_experiment(run, cfg, experiment, panel)
+    with worker_stop_scope(stop_event):
+        outcome = evaluate_experiment(run, cfg, experiment, panel)
     if outcome.status != "ok":
         raise EvaluationError(f"evaluation of {experiment} incomplete: {'; '.join(outcome.missing)}")
     return outcome

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,31 @@ def _children_of_session(sid: int) -> list[psutil.Process]:
     return procs
 
 
+def _simulator_stats_url(sid: int) -> str:
+    """The stats URL of the simulated endpoint a run (in session ``sid``) started, once it listens."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for p in _children_of_session(sid):
+            try:
+                if "fmbench.simulator" not in p.cmdline():  # the endpoint (not the calibration server)
+                    continue
+                ports = [c.laddr.port for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+            except psutil.Error:
+                continue
+            if ports:
+                return f"http://127.0.0.1:{ports[0]}/fmbench/stats"
+        time.sleep(0.05)
+    raise AssertionError("the run's simulated endpoint was not found")
+
+
+def _in_flight(stats_url: str) -> int:
+    try:
+        with urllib.request.urlopen(stats_url, timeout=5) as r:
+            return int(json.load(r)["in_flight"])
+    except OSError:
+        return 0
+
+
 def _wait_for(cond: Any, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -196,9 +222,10 @@ def test_sigkill_at_several_points_then_resume_loses_and_duplicates_nothing(faul
     assert (run / "report.md").is_file()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+@pytest.mark.parametrize(("signum", "runner"), [(signal.SIGINT, "threads"), (signal.SIGHUP, "threads"),
+                                               (signal.SIGINT, "dask")], ids=["ctrl-c", "hang-up", "ctrl-c-dask"])
 def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
-        fault_cli_env: dict[str, str], tmp_path: Path, signum: signal.Signals) -> None:
+        fault_cli_env: dict[str, str], tmp_path: Path, signum: signal.Signals, runner: str) -> None:
     """Ctrl-C, or the terminal hanging up (an SSH session dropped), mid-shard: the run stops, deletes
     its endpoint and keeps every shard measured before. The shard in flight is stopped before its
     endpoint is deleted and is not kept: its requests would fail on the deleted endpoint, and a
@@ -206,11 +233,14 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     slow = {**SIM_CFG, "tpot_ms": 40, "output_tokens": 10}
     cfg = _config(tmp_path, "ctrlc", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
     run = tmp_path / "results" / "ctrlc" / "c"
-    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "c"), env=fault_cli_env, cwd=ROOT,
+    env = {**fault_cli_env, "FMBENCH_TASK_RUNNER": runner}
+    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "c"), env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: len(list((run / "shards").glob("*.json"))) >= 1, proc, 240, "a shard was measured")
-        time.sleep(0.3)  # the next shard is in flight
+        # Then a request of a later shard is on the simulated endpoint: that shard is in flight.
+        stats = _simulator_stats_url(proc.pid)
+        _wait_for(lambda: _in_flight(stats) > 0, proc, 120, "the next shard sending")
         os.kill(proc.pid, signum)  # it reaches the CLI process (its children are told by it)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -220,6 +250,9 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     assert proc.returncode == 128 + signum, err[-3000:]
     assert ("interrupted" if signum == signal.SIGINT else "hung up") in err.splitlines()[-1], err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    # The shard in flight was stopped by the run (wherever it ran: a thread, a Dask worker), not left
+    # sending while its endpoint was deleted.
+    assert "stopped with the run, before its endpoint is deleted" in err, err[-3000:]
     # What was measured is kept, whole and with no error (the endpoint never failed a request of its
     # own); the shard in flight left no complete-looking file.
     measured = list((run / "shards").glob("*.json"))

@@ -728,3 +728,57 @@ def test_a_slice_ends_when_its_load_ends_even_while_a_stop_check_hangs() -> None
     finally:
         answer.set()
         runner.join(60)
+
+
+def _stoppable_work() -> Any:
+    """Work for a worker: wait two minutes unless the run's stop, carried by its event name, ends it
+    first. A local function, so it is sent by value: the workers cannot import the tests."""
+
+    def work(event_name: str) -> str:
+        import asyncio
+
+        from distributed import Variable
+
+        from fmbench.interrupts import Stopped, current_stop_scope, run_until_stopped, worker_stop_scope
+
+        with worker_stop_scope(event_name):
+            Variable(f"{event_name}-started").set(True)
+            try:
+                run_until_stopped(asyncio.sleep(120), current_stop_scope())
+            except Stopped:
+                return "stopped"
+        return "not stopped"
+
+    return work
+
+def test_a_run_stop_reaches_work_on_a_worker_and_the_run_waits_for_its_end(cluster: Cluster) -> None:
+    """A run's stop scope does not travel to a Dask worker with the task (contextvars stay in this
+    process): `reach_workers` carries it there. The work in flight is stopped, the stopping run
+    returns only once that work has ended, and work that starts after the stop is stopped at once."""
+    from distributed import Variable
+
+    from fmbench.interrupts import StopScope, reach_workers
+
+    client = cluster.client
+    assert client is not None
+    work = _stoppable_work()
+    scope = StopScope()
+    name, ended = reach_workers(scope, client)
+    running = client.submit(work, name, pure=False)
+    running.add_done_callback(lambda _: ended())
+    assert Variable(f"{name}-started", client=client).get(timeout=120) is True
+    assert scope.stop(wait_s=120) == 1
+    assert running.done()  # the stop returned after the work's end, not before
+    assert running.result(timeout=5) == "stopped"
+
+    name, ended = reach_workers(scope, client)  # submitted after the run stopped
+    late = client.submit(work, name, pure=False)
+    late.add_done_callback(lambda _: ended())
+    assert late.result(timeout=60) == "stopped"
+
+
+def test_outside_a_worker_a_stop_event_changes_nothing() -> None:
+    from fmbench.interrupts import current_stop_scope, worker_stop_scope
+
+    with worker_stop_scope("fmbench-stop-x"):
+        assert current_stop_scope() is None
