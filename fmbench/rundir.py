@@ -53,6 +53,10 @@ class RunInfo(BaseModel):
     url: str = Field(description="The run directory: local path or s3:// URL.")
     scratch: str = Field(description="Local directory for files written before upload (same as url when local).")
     resumed: bool = Field(default=False, description="True when the run directory already existed.")
+    uid: str | None = Field(
+        default=None, description="The run directory's own id, given when it was made (`Manifest.uid`): a directory "
+        "deleted and made again under the same run id is another run, whose shards an orchestrator's cache must "
+        "not take from the old one.")
 
     def path(self, *parts: str) -> str:
         """A file of the run, e.g. ``run.path("shards", "x.parquet")``."""
@@ -116,6 +120,8 @@ class Manifest(BaseModel):
         "tokens its server did not report.")
     seeds: dict[str, Any] = Field(default_factory=dict, description="Dataset name -> seed.")
     started_at: str | None = Field(default=None, description="UTC ISO start of the run.")
+    uid: str | None = Field(default=None, description="Random id given to the run directory when it was made "
+                            "(None: made by an older fmbench).")
     ended_at: str | None = Field(default=None, description="UTC ISO end (None: unfinished).")
     command: str | None = Field(default=None, description="Command line that started the run.")
     storage: str | None = Field(default=None, description="Where the run is stored.")
@@ -182,7 +188,7 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
     else:
         url = str(Path(url).resolve())
         scratch = url
-    run = RunInfo(name=cfg.name, run_id=rid, url=url, scratch=scratch)
+    run = RunInfo(name=cfg.name, run_id=rid, url=url, scratch=scratch, uid=secrets.token_hex(8))
     Path(scratch).mkdir(parents=True, exist_ok=True)
     if storage.exists(run.path(MANIFEST)):
         # Compare configs as the current schema reads them, so a resumed run survives new
@@ -196,10 +202,16 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
                 "or start a new run without --run-id"
             )
         storage.remove_orphaned_temp_files(url)  # left by a writer killed mid-write
-        return run.model_copy(update={"resumed": True})
+        return run.model_copy(update={"resumed": True, "uid": run_uid(run.read_manifest())})
     storage.write_text(run.path("config.yml"), dump_config(cfg))
     run.write_manifest(_initial_manifest(cfg, run, command))
     return run
+
+
+def run_uid(manifest: Manifest) -> str | None:
+    """The id of the run directory a manifest belongs to (`RunInfo.uid`); for a run made before
+    directories had one, its start time stands in."""
+    return manifest.uid or manifest.started_at
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> str:
@@ -238,6 +250,7 @@ def _initial_manifest(cfg: BenchmarkConfig, run: RunInfo, command: str | None) -
         tokenizers={e.name: cfg.tokenizer_for(e) for e in cfg.experiments},
         seeds={d.name: getattr(d, "seed", None) for d in cfg.datasets},
         started_at=utc_now(),
+        uid=run.uid,
         command=command or f"fmbench run config.yml --run-id {run.run_id}",
         storage=run.url,
         config_dir=cfg.base_dir,

@@ -28,9 +28,15 @@ def _dataset_key(context: Any, parameters: dict[str, Any]) -> str:
                                                            parameters.get("tokenizer"))
 
 
+def _run_key(run: RunInfo) -> str:
+    # The run directory, and which one: a directory deleted and made again under the same run id is
+    # another run, and nothing cached for the old one (whose records are gone) may stand for it.
+    return f"{run.url}-{run.uid}"
+
+
 def _shard_key(context: Any, parameters: dict[str, Any]) -> str:
     # One measurement per shard of a run: resuming the run (same run id) reuses it.
-    return f"fmbench-shard-{parameters['run'].url}-{parameters['spec'].shard_id}"
+    return f"fmbench-shard-{_run_key(parameters['run'])}-{parameters['spec'].shard_id}"
 
 
 def _evaluation_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -38,7 +44,7 @@ def _evaluation_key(context: Any, parameters: dict[str, Any]) -> str:
     # so they are not cached and a resumed run evaluates again).
     from fmbench.quality.evaluate import evaluation_key
 
-    return (f"fmbench-evaluation-{parameters['run'].url}-{parameters['experiment']}-"
+    return (f"fmbench-evaluation-{_run_key(parameters['run'])}-{parameters['experiment']}-"
             f"{evaluation_key(parameters['cfg'])}")
 
 

@@ -13,7 +13,7 @@ from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, apply_overrides, load_config, parse_config
 from fmbench.errors import ConfigError, StorageError
 from fmbench.quality.evaluate import EvaluationOutcome, read_outcome
-from fmbench.rundir import RunInfo, has_manifest, load_manifest
+from fmbench.rundir import RunInfo, has_manifest, load_manifest, run_uid
 
 SETTINGS = "settings.yml"
 
@@ -106,7 +106,7 @@ def evaluate_run_dir(run_url: str, config: str | None = None, overrides: list[st
     storage.write_text(storage.join(url, "evaluation", SETTINGS), yaml.safe_dump(settings, sort_keys=False))
     scratch = url if not storage.is_remote(url) else tempfile.mkdtemp(prefix="fmbench-evaluate-")
     run = RunInfo(name=cfg.name, run_id=manifest.run_id or url.rsplit("/", 1)[-1], url=url, scratch=scratch,
-                  resumed=True)
+                  resumed=True, uid=run_uid(manifest))
     with InlineSteps() as steps:
         evaluate_run(steps, run, cfg)
     write_report(run, png=png)

@@ -4,6 +4,7 @@ the same numbers through `provider: openai` against a separately started server.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -129,6 +130,21 @@ def test_killed_run_resumes_without_resending_measured_shards(cli_env: dict[str,
     after = requests.filter(~pl.col("shard_id").is_in(list(done_before)))
     assert before["t_start"].max() < resumed_at < after["t_start"].min()
     assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+
+
+def test_a_run_directory_deleted_and_made_again_is_measured_anew(prefect_harness: None, tmp_path: Path) -> None:
+    """Prefect caches each shard's outcome for resume. A run directory deleted and then made again
+    under the same run id is another run: nothing cached for the old one (its records are gone) may
+    stand for its shards. Before, the second run took the old outcomes and failed on records not found."""
+    cfg = _config(tmp_path, SIM, name="again", levels=[1], requests=2, warmup=0)
+    first = Path(benchmark(config=str(cfg), run_id="same")).parent
+    shutil.rmtree(first)
+    made_again_at = time.monotonic()
+    second = Path(benchmark(config=str(cfg), run_id="same")).parent
+    assert second == first
+    requests = pl.read_parquet(second / "requests.parquet")
+    assert requests.height == 2 * 2 and requests["ok"].all()
+    assert requests["t_start"].min() > made_again_at  # every request was sent by the second run
 
 
 def test_the_flow_runs_preflight_itself_before_any_run_directory(prefect_harness: None, tmp_path: Path) -> None:
