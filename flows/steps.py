@@ -4,6 +4,7 @@ this submits them, so the UI shows one task run per step and per shard."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Generic, TypeVar
@@ -39,6 +40,9 @@ from tasks.calibration import calibrate_task
 from tasks.regression import check_regressions_task
 
 log = logging.getLogger("fmbench")
+
+#: How long the run's first Dask task waits for the workers' warm-up import (`_warm_workers`).
+WARM_WAIT_S = 60.0
 
 T = TypeVar("T")
 
@@ -98,12 +102,21 @@ class Taken(Generic[T]):
 class PrefectSteps:
     """`fmbench.sequence.Steps` as Prefect tasks, inside a flow run."""
 
+    _warming: threading.Thread | None = None
+
+    def _warmed(self) -> None:
+        """Before the run's first task goes to a Dask cluster: the workers' warm-up (`_warm_workers`)
+        has ended, or it is given up on after `WARM_WAIT_S`."""
+        warming, self._warming = self._warming, None
+        if warming is not None:
+            warming.join(WARM_WAIT_S)
+
     def preflight(self, cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None:
         preflight_task(cfg, output, run_id)
 
     def open_run(self, cfg: BenchmarkConfig, output: str | None, run_id: str | None,
                  command: str | None) -> RunInfo:
-        _warm_workers()
+        self._warming = _warm_workers()
         return open_run_task(cfg, output, run_id, command)
 
     def calibrate(self, run: RunInfo) -> None:
@@ -111,14 +124,17 @@ class PrefectSteps:
 
     def bucket(self, cfg: BenchmarkConfig, run: RunInfo) -> list[PromptSet]:
         jobs = pipeline.bucketing_jobs(cfg)
+        self._warmed()
         bucketed = [Taken(bucket_dataset_task.submit(cfg, name, tok)) for name, tok in jobs]  # side by side
         return [store_prompts_task(run, name, fut.result(), tok) for (name, tok), fut in zip(jobs, bucketed)]
 
     def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> Taken[DeployedEndpoint]:
+        self._warmed()
         return Taken(deploy_task.submit(cfg, experiment, run))
 
     def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
               deployed: DeployedEndpoint) -> Taken[ShardOutcome]:
+        self._warmed()
         return _stoppable(lambda stop_event: run_shard_task.submit(run, cfg, spec, prompts_url, deployed,
                                                                    stop_event))
 
@@ -130,6 +146,7 @@ class PrefectSteps:
         return concurrency(name, occupy=1, strict=True)
 
     def teardown(self, cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> Taken[list[str]]:
+        self._warmed()
         return Taken(teardown_task.submit(cfg, deployed))
 
     def finalize(self, run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
@@ -138,6 +155,7 @@ class PrefectSteps:
 
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str,
                  judges: JudgePanel | None) -> Taken[Any]:
+        self._warmed()
         return _stoppable(lambda stop_event: evaluate_task.submit(run, cfg, experiment, judges, stop_event))
 
     def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
@@ -188,19 +206,26 @@ def _ensure_limit(name: str) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
-def _warm_workers() -> None:
+def _warm_workers() -> threading.Thread | None:
     """On a Dask cluster, have every worker import the tasks now, while this process opens the run
-    and calibrates. A worker's first task otherwise spends seconds importing Prefect and fmbench
-    (more on a loaded machine), so with ``parallel_endpoints`` the experiment whose deploy landed on
-    a fresh worker started its chain that much after the others and their shards barely overlapped.
-    Best effort: a worker that cannot import them fails its first task, as it would have anyway."""
+    and calibrates; returns the thread that waits for it (None: nothing to warm). A worker's first
+    task otherwise spends seconds importing Prefect and fmbench (more on a loaded machine), so with
+    ``parallel_endpoints`` the experiment whose deploy landed on a fresh worker started its chain
+    that much after the others and their shards barely overlapped.
+
+    The run's first task is sent only once the warm-up has ended (`PrefectSteps._warmed`): a task
+    unpickled on a worker while the warm-up thread there still imported Prefect made the two imports
+    meet in Prefect's own circular imports, and Python broke the deadlock in the warm-up ("Failed to
+    initialize plugins: deadlock detected by _ModuleLock(...)" on the run's output), or could have
+    left the task with a half-initialized module. Best effort: a worker that cannot import them
+    fails its first task, as it would have anyway."""
     import asyncio
     import importlib
 
     ctx = FlowRunContext.get()
     runner = ctx.task_runner if ctx is not None else None
     if type(runner).__name__ != "DaskTaskRunner":  # threads (prefect_dask may not be installed): nothing to warm
-        return
+        return None
     from prefect_dask import DaskTaskRunner
 
     assert isinstance(runner, DaskTaskRunner)
@@ -208,7 +233,12 @@ def _warm_workers() -> None:
     async def warm() -> None:  # local: sent by value, so unpickling it on the worker imports nothing
         await asyncio.to_thread(importlib.import_module, "tasks.benchmark")  # off the worker's event loop
 
-    try:
-        runner.client.run(warm, wait=False)  # fire and forget: the run does not wait for it
-    except Exception as exc:  # noqa: BLE001 - only a head start; the tasks import what they need anyway
-        log.debug("could not warm the Dask workers: %s", exc)
+    def run() -> None:
+        try:
+            runner.client.run(warm)  # returns when every worker has imported them
+        except Exception as exc:  # noqa: BLE001 - only a head start; the tasks import what they need anyway
+            log.debug("could not warm the Dask workers: %s", exc)
+
+    thread = threading.Thread(target=run, name="fmbench-warm-workers", daemon=True)
+    thread.start()
+    return thread

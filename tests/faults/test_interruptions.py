@@ -250,6 +250,7 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     assert proc.returncode == 128 + signum, err[-3000:]
     assert ("interrupted" if signum == signal.SIGINT else "hung up") in err.splitlines()[-1], err[-3000:]
     assert "Traceback" not in err, err[-3000:]
+    assert "deadlock" not in err, err[-3000:]  # Dask: a task met the workers' warm-up import (_warm_workers)
     # The shard in flight was stopped by the run (wherever it ran: a thread, a Dask worker), not left
     # sending while its endpoint was deleted.
     assert "stopped with the run, before its endpoint is deleted" in err, err[-3000:]
