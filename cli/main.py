@@ -339,8 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         if code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED, ExitCode.HUNG_UP):
             how = {ExitCode.TERMINATED: "terminated", ExitCode.HUNG_UP: "hung up"}.get(code, "interrupted")
-            print(f"fmbench: {how}; measured shards are kept in the run directory (resume with --run-id)",
-                  file=sys.stderr)
+            kept = "; measured shards are kept in the run directory (resume with --run-id)" \
+                if args.command == "run" else ""  # the others measure nothing to resume
+            print(f"fmbench: {how}{kept}", file=sys.stderr)
         elif code == ExitCode.INTERNAL:
             if not debug:
                 traceback.print_exc()

@@ -585,6 +585,11 @@ class ShardCancelled(FMBenchError):
     """Raised when a shard is stopped from outside (its run stopped, or its caller was cancelled):
     its requests in flight were cancelled and its records are not kept."""
 
+    @classmethod
+    def with_the_run(cls, shard_id: str) -> ShardCancelled:
+        """The run stopped the shard (`fmbench.interrupts.StopScope`), wherever it was measured."""
+        return cls(f"shard {shard_id}: stopped with the run; its records are not kept")
+
 
 def run_shard(
     client: EndpointClient,
@@ -612,10 +617,14 @@ def run_shard(
         ended = stop.register(stopped.set) if stop is not None else None
         try:
             return run_shard_processes(client, prompts, spec, out_path, count_tokens, stopped, progress)
+        except ShardCancelled:
+            if stop is not None and stop.stopped:
+                raise ShardCancelled.with_the_run(spec.shard_id) from None
+            raise
         finally:
             if ended is not None:
                 ended()  # the processes are gone
     try:
         return run_until_stopped(run_shard_async(client, prompts, spec, out_path, count_tokens, progress), stop)
     except Stopped:
-        raise ShardCancelled(f"shard {spec.shard_id}: stopped with the run; its records are not kept") from None
+        raise ShardCancelled.with_the_run(spec.shard_id) from None

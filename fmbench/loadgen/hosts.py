@@ -546,7 +546,7 @@ def _take_finished(futures: list[Any], taken: dict[int, dict[str, Any]], spec: S
 def _check(dask: Any, futures: list[Any], addresses: list[str], spec: ShardSpec, stop: StopScope | None = None) -> None:
     """Raise when the run stops, a slice failed or its worker left the cluster."""
     if stop is not None and stop.stopped:  # the caller's clean-up then tells the slices to stop
-        raise ShardCancelled(f"shard {spec.shard_id}: stopped with the run; its records are not kept")
+        raise ShardCancelled.with_the_run(spec.shard_id)
     for f in futures:
         if f.status in ("error", "cancelled"):
             exc = f.exception() if f.status == "error" else None

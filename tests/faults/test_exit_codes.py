@@ -104,6 +104,22 @@ def test_an_unexpected_exception_is_an_internal_error(monkeypatch: pytest.Monkey
     assert err.rstrip().splitlines()[-1].startswith("fmbench: internal error (a bug in fmbench")
 
 
+@pytest.mark.parametrize(("command", "args", "last_line"), [
+    ("run", ["run", "any.yml"],
+     "fmbench: interrupted; measured shards are kept in the run directory (resume with --run-id)"),
+    ("serve-sim", ["serve-sim"], "fmbench: interrupted"),  # measures nothing: no resume to offer
+])
+def test_an_interrupted_command_says_so_and_offers_a_resume_only_for_a_run(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str, args: list[str],
+        last_line: str) -> None:
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(_COMMANDS, command, interrupted)
+    assert main(args) == ExitCode.INTERRUPTED
+    assert capsys.readouterr().err.rstrip().splitlines()[-1] == last_line
+
+
 def test_a_run_that_lost_shards_writes_its_report_and_exits_1(tmp_path: Path, fault_cli_env: dict[str, str]) -> None:
     # Every connection is reset, so the shard fails (after its retries) while the run still finishes.
     cfg = tmp_path / "lost.yml"
