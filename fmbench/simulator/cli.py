@@ -95,6 +95,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True
         help="How streams are written: batched (one decode step writes every due chunk of every stream, "
         "the default) or per-stream (each request's handler wakes for each of its chunks).",
     )
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="Also stop when standard input ends: started with a pipe as its input, the server stops "
+        "when the process holding the pipe's other end ends, however it ends (SIGKILL included).",
+    )
     group = parser.add_argument_group("latency model")
     for flag, field, typ in _ENDPOINT_FLAGS:
         info = SimulatedEndpoint.model_fields[field]
@@ -187,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--tls-cert and --tls-key go together")
         tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
         serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer, tokenizer=args.tokenizer,
-              writer=args.writer, tls=tls)
+              writer=args.writer, tls=tls, exit_with_parent=args.exit_with_parent)
     except FMBenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(exc.exit_code)

@@ -79,6 +79,7 @@ class SimulatedServerProcess:
             self.host,
             "--port",
             str(self.port),
+            "--exit-with-parent",  # its stdin is a pipe from this process (see `start`)
         ]
         if self.tokenizer is not None:
             argv += ["--tokenizer", self.tokenizer]
@@ -94,13 +95,19 @@ class SimulatedServerProcess:
             raise DeploymentError(f"simulated endpoint already running (pid {self.pid})")
         self._stderr = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (lives with the process)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Its stdin is a pipe whose other end only this process holds (nothing is written to it):
+        # when this process ends, however it ends (SIGKILL included), the server reads the end of its
+        # input and stops, so a killed run leaves no endpoint process behind. In a process group of
+        # its own, a terminal's Ctrl-C or hang-up reaches only this process, which stops its shards
+        # before it stops the server; else the server could die under a shard still measuring.
         self._proc = subprocess.Popen(
             self.argv(),
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             text=True,
             env=env,
+            process_group=0,
         )
         url = self._wait_ready(self._proc)
         if url is None:
@@ -152,8 +159,9 @@ class SimulatedServerProcess:
             if self._pump is not None:
                 self._pump.join(self.stop_timeout)  # reads to EOF now that the process is gone
                 self._pump = None
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None

