@@ -130,7 +130,7 @@ class PrefectSteps:
 
     def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> Taken[DeployedEndpoint]:
         self._warmed()
-        return Taken(deploy_task.submit(cfg, experiment, run))
+        return _stoppable(lambda stop_event: deploy_task.submit(cfg, experiment, run, stop_event))
 
     def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
               deployed: DeployedEndpoint) -> Taken[ShardOutcome]:
@@ -166,7 +166,7 @@ class PrefectSteps:
 
 
 def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
-    """Submit a step that the run's stop must reach (a shard, judge calls) wherever it runs.
+    """Submit a step that the run's stop must reach (a deploy, a shard, judge calls) wherever it runs.
 
     In threads, the run's stop scope reaches it through the context Prefect copies into the task.
     On a Dask cluster nothing of this process's context does: the step is registered in the run's

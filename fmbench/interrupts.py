@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from types import FrameType
 from typing import Any, TypeVar
 
-from fmbench.errors import RunTerminated
+from fmbench.errors import DeploymentError, RunTerminated
 
 log = logging.getLogger("fmbench")
 T = TypeVar("T")
@@ -51,10 +51,10 @@ def deploying(experiment: str) -> Iterator[None]:
             _deploying.pop(ident, None)
 
 
-def interrupt_deploy(experiment: str) -> bool:
-    """Raise KeyboardInterrupt in the worker thread deploying the experiment, as Ctrl-C would in
-    the main thread, so the deployer's own clean-up runs. Returns False when no thread of this
-    process deploys it (done already, in the main thread, or in another process).
+def interrupt_deploy(experiment: str, exc: type[BaseException] = KeyboardInterrupt) -> bool:
+    """Raise ``exc`` (KeyboardInterrupt: as Ctrl-C would in the main thread) in the worker thread
+    deploying the experiment, so the deployer's own clean-up runs. Returns False when no thread of
+    this process deploys it (done already, in the main thread, or in another process).
 
     The exception arrives when the thread next runs Python code, so deployers wait with `sleep`.
     """
@@ -62,10 +62,18 @@ def interrupt_deploy(experiment: str) -> bool:
     with _lock:
         for ident, name in _deploying.items():
             if name == experiment and ident != main:
-                hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                                                 ctypes.py_object(KeyboardInterrupt))
+                hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
                 return bool(hit)
     return False
+
+
+class DeployStopped(DeploymentError):
+    """Raised in a thread deploying on a Dask worker when the run stops (`stop_deploy_here`): the
+    deployer deletes what it created, as it does on Ctrl-C in the run's own process. An error, not
+    an interrupt, so that the worker's own machinery treats it as the task's failure."""
+
+    def __init__(self, message: str = "stopped with the run") -> None:
+        super().__init__(message)
 
 
 @contextmanager
@@ -268,19 +276,20 @@ def reach_workers(scope: StopScope, client: Any) -> tuple[str, Callable[[], None
 
 
 @contextmanager
-def worker_stop_scope(event_name: str | None) -> Iterator[None]:
+def worker_stop_scope(event_name: str | None) -> Iterator[StopScope | None]:
     """Inside a task on a Dask worker: for the block, a stop scope of its own is the current one
-    (`current_stop_scope`), stopped when the run sets the Event ``event_name`` (`reach_workers`).
-    Nothing changes without a name, where a scope is current already, or outside a worker."""
+    (`current_stop_scope`), stopped when the run sets the Event ``event_name`` (`reach_workers`);
+    yields it. Nothing changes (None) without a name, where a scope is current already, or outside
+    a worker."""
     if event_name is None or _scope.get() is not None:
-        yield
+        yield None
         return
     try:
         from distributed import Event, get_client
 
         event = Event(event_name, client=get_client())  # the worker's client: found from the task's own thread
     except (ImportError, ValueError):  # not on a Dask worker
-        yield
+        yield None
         return
     scope = StopScope()
     over = threading.Event()
@@ -298,6 +307,22 @@ def worker_stop_scope(event_name: str | None) -> Iterator[None]:
     threading.Thread(target=watch, name="fmbench-stop-watch", daemon=True).start()
     try:
         with stop_scope(scope):
-            yield
+            yield scope
     finally:
         over.set()
+
+
+@contextmanager
+def stop_deploy_here(experiment: str, event_name: str | None) -> Iterator[None]:
+    """Around a deploy: on a Dask worker (``event_name``, see `worker_stop_scope`), the run's stop
+    interrupts it in this process with `DeployStopped`, which the run's own process cannot do
+    there (`interrupt_deploy` reaches only its own threads). Elsewhere nothing changes."""
+    with worker_stop_scope(event_name) as scope:
+        if scope is None:
+            yield
+            return
+        ended = scope.register(lambda: interrupt_deploy(experiment, DeployStopped))
+        try:
+            yield
+        finally:
+            ended()

@@ -257,6 +257,7 @@ class Lifecycles:
         self.deploys: dict[str, Pending[DeployedEndpoint]] = {}
         self.timelines: dict[str, EndpointTimeline] = {}
         self.closed: set[str] = set()
+        self.failed_deploys: set[str] = set()  # whose failure was said
         self.left_running: list[str] = []
         self._lock = threading.Lock()
         self.in_flight = StopScope()  # its shards (judges: judge calls) running now; stopped before any endpoint goes
@@ -455,7 +456,9 @@ class Lifecycles:
             return pending.result(timeout=0)
         except TimeoutError:
             pass
-        except BaseException:  # noqa: BLE001 - failed or interrupted: the deployer removed what it made
+        except BaseException as exc:  # noqa: BLE001 - failed or interrupted: the deployer removed what it made
+            if name not in self.failed_deploys:  # not said yet: e.g. stopped on a Dask worker, whose log is not here
+                log.warning("experiment %s: its deploy ended: %s", name, exc)
             self._deploy_ended(name)
             return None
         reached = interrupt_deploy(name)
@@ -509,6 +512,7 @@ class Lifecycles:
 
     def _deploy_failed(self, name: str, error: BaseException) -> None:
         log.warning("experiment %s: deploy failed, its shards are recorded failed: %s", name, error)
+        self.failed_deploys.add(name)
         self._deploy_ended(name)
 
     def _deploy_ended(self, name: str) -> None:

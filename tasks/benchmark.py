@@ -88,8 +88,9 @@ def store_prompts_task(run: RunInfo, dataset_name: str, bucketed: dict[str, list
 
 
 @task(name="deploy-endpoint", cache_policy=NO_CACHE, task_run_name="deploy-{experiment_name}")
-def deploy_task(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
-    return pipeline.deploy(cfg, experiment_name, run)
+def deploy_task(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo,
+                stop_event: str | None = None) -> DeployedEndpoint:
+    return pipeline.deploy(cfg, experiment_name, run, stop_event)
 
 
 @task(name="inference-shard", cache_key_fn=_shard_key, persist_result=True, retries=pipeline.SHARD_RETRIES,

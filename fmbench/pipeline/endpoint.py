@@ -12,7 +12,7 @@ from fmbench.config import (
     SimulatedEndpoint,
 )
 from fmbench.deploy import DeployedEndpoint, deploy_endpoint, teardown_endpoint
-from fmbench.interrupts import deploying
+from fmbench.interrupts import DeployStopped, deploying, stop_deploy_here
 from fmbench.pipeline.shards import find_experiment
 from fmbench.rundir import RunInfo
 
@@ -21,12 +21,13 @@ TEARDOWN_RETRIES = 2
 TEARDOWN_RETRY_DELAY_S = 5.0
 
 
-def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> DeployedEndpoint:
+def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo, stop_event: str | None = None) -> DeployedEndpoint:
     """Deploy an experiment's endpoint for this run.
 
     A simulated server counts prompt tokens with the experiment's tokenizer unless its config names
     another, so its usage (and its prefill time) agrees with the buckets the prompts were put in.
-    While it waits, an interrupt of the run reaches this thread (`fmbench.interrupts`).
+    While it waits, an interrupt of the run reaches this thread (`fmbench.interrupts`); on a Dask
+    worker, through the Dask Event ``stop_event`` (`fmbench.interrupts.stop_deploy_here`).
     """
     experiment = find_experiment(cfg, experiment_name)
     if isinstance(experiment.endpoint, SimulatedEndpoint):
@@ -38,9 +39,10 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo) -> Deployed
         experiment = experiment.model_copy(update={"endpoint": endpoint})
     deployed: DeployedEndpoint | None = None
     try:
-        with deploying(experiment_name), progress.deploy_scope(experiment_name, experiment.endpoint.provider):
+        with stop_deploy_here(experiment_name, stop_event), deploying(experiment_name), \
+                progress.deploy_scope(experiment_name, experiment.endpoint.provider):
             deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, DeployStopped):
         # The interrupt landed after the deployer returned: what it made would be lost, delete it.
         if deployed is not None:
             teardown_endpoint(deployed, experiment)

@@ -109,7 +109,11 @@ class SimulatedServerProcess:
             env=env,
             process_group=0,
         )
-        url = self._wait_ready(self._proc)
+        try:
+            url = self._wait_ready(self._proc)
+        except BaseException:  # interrupted (the run stopped): no server is left behind
+            self.stop()
+            raise
         if url is None:
             detail = self._stderr_tail()
             self.stop()

@@ -156,35 +156,42 @@ def _interrupt_while_creating(proc: subprocess.Popen[str], moto: str, what: str,
             proc.wait(10)
 
 
-def _assert_deleted_and_said(moto: str, err: str, name: str, signum: signal.Signals, returncode: int | None) -> None:
+def _assert_deleted_and_said(moto: str, err: str, name: str, signum: signal.Signals, returncode: int | None,
+                             remote: bool = False) -> None:
     assert returncode == (130 if signum == signal.SIGINT else 143), err[-3000:]
     assert sm_inventory(moto) == EMPTY, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     for kind in ("endpoint", "endpoint-config", "model"):
-        assert f"deleted {kind} {name}" in err, err[-3000:]
+        # A deploy on a Dask worker logs there; the run says what its error said it cleaned up.
+        said = f"cleaned up .*{kind}:{name}" if remote else f"deleted {kind} {name}"
+        assert re.search(said, err), err[-3000:]
     assert "every endpoint this run deployed is deleted" in err, err[-3000:]
     assert ("interrupted" if signum == signal.SIGINT else "terminated") in err.splitlines()[-1]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(("signum", "runner"), [(signal.SIGINT, "threads"), (signal.SIGTERM, "threads"),
+                                               (signal.SIGTERM, "dask")], ids=["SIGINT", "SIGTERM", "SIGTERM-dask"])
 def test_an_interrupt_during_a_deploy_deletes_the_endpoint_and_says_so(
     moto: str, sim_url: str, endpoint_states: Any, cli_env: dict[str, str], tmp_path: Path,
-    signum: signal.Signals,
+    signum: signal.Signals, runner: str,
 ) -> None:
+    """Interrupted while its SageMaker endpoint is Creating, the run deletes it, says so, and the
+    manifest ends its timeline; also when the deploy waits on a Dask worker (FMBENCH_TASK_RUNNER=dask),
+    where the run's stop reaches it through a Dask Event."""
     raw = _config(tmp_path, "interrupted", {"slow": _sagemaker(moto, sim_url, deploy_timeout_s=900)})
     cfg = tmp_path / "interrupted.yml"
     cfg.write_text(yaml.safe_dump(raw))
     # Started with SIGINT ignored, as a non-interactive shell starts its background jobs (`fmbench run &`
     # in a script, CI runners): the run must still stop on the SIGINT it is sent.
     argv = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", sys.executable, "-m", "fmbench", "run", str(cfg), "--run-id", "int"]
-    proc = subprocess.Popen(argv, env=cli_env, cwd=ROOT,
+    proc = subprocess.Popen(argv, env={**cli_env, "FMBENCH_TASK_RUNNER": runner}, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     # The kernel may hand a process's signal to any thread that does not block it; Python runs the
     # handler in the main thread only when that thread next runs, so a main thread asleep on the
     # deploy's future would sit a SIGINT out (seen in CI): it is delivered to another thread.
     send = _signal_a_thread_other_than_main if signum == signal.SIGINT else os.kill
     err = _interrupt_while_creating(proc, moto, "its endpoint", signum, send)
-    _assert_deleted_and_said(moto, err, resource_name("slow", "int"), signum, proc.returncode)
+    _assert_deleted_and_said(moto, err, resource_name("slow", "int"), signum, proc.returncode, runner == "dask")
     # The manifest says so too: the endpoint's timeline ends with its deletion.
     timeline = json.loads((tmp_path / "results" / "interrupted" / "int" / "manifest.json").read_text())["endpoints"]
     assert timeline["slow"]["deleted_at"] and timeline["slow"]["in_service_at"] is None
@@ -308,7 +315,7 @@ def refuse_delete(monkeypatch: pytest.MonkeyPatch) -> None:
 # Times, and what depends on this host's load at the moment (client processes, validity flags).
 _TIMES = {"started_at", "ended_at", "duration_s", "client_cpu_s", "client_load", "records_url", "processes",
           "valid", "invalid_reason", "created_at", "in_service_at", "first_shard_at", "last_shard_at", "deleted_at",
-          "machine", "receive_stamps"}  # measured values: only whether they are there
+          "machine", "receive_stamps", "uid"}  # measured values (and the run directory's random id): only whether set
 
 
 def _normalized(value: Any, run_id: str, names: list[str]) -> Any:
