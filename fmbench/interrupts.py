@@ -285,8 +285,9 @@ def worker_stop_scope(event_name: str | None) -> Iterator[StopScope | None]:
         yield None
         return
     try:
-        from distributed import Event, get_client
+        from distributed import Event, get_client, get_worker
 
+        get_worker()  # in a task on a worker (a Dask client of this process does not make it one)
         event = Event(event_name, client=get_client())  # the worker's client: found from the task's own thread
     except (ImportError, ValueError):  # not on a Dask worker
         yield None
