@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
@@ -38,6 +38,9 @@ from tasks.benchmark import (
 )
 from tasks.calibration import calibrate_task
 from tasks.regression import check_regressions_task
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
 
 log = logging.getLogger("fmbench")
 
@@ -175,11 +178,10 @@ def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
     worker measured a shard deleted the endpoint under it, and the shard went on sending to it.
     """
     scope = current_stop_scope()
-    ctx = FlowRunContext.get()
-    runner = ctx.task_runner if ctx is not None else None
-    if scope is None or type(runner).__name__ != "DaskTaskRunner":
+    runner = _dask_runner()
+    if scope is None or runner is None:
         return Taken(submit(None))
-    event_name, ended = reach_workers(scope, runner.client)  # type: ignore[union-attr]
+    event_name, ended = reach_workers(scope, runner.client)
     try:
         future = submit(event_name)
     except BaseException:
@@ -187,6 +189,20 @@ def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
         raise
     future.add_done_callback(lambda _: ended())
     return Taken(future)
+
+
+def _dask_runner() -> DaskTaskRunner | None:
+    """The flow run's task runner when it is a DaskTaskRunner, else None (threads, or no flow run).
+
+    Compared by name first, so a run on threads never imports prefect_dask (which may not be installed).
+    """
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if type(runner).__name__ != "DaskTaskRunner":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    return runner if isinstance(runner, DaskTaskRunner) else None
 
 
 def _ended(future: PrefectFuture[Any]) -> bool:
@@ -222,13 +238,9 @@ def _warm_workers() -> threading.Thread | None:
     import asyncio
     import importlib
 
-    ctx = FlowRunContext.get()
-    runner = ctx.task_runner if ctx is not None else None
-    if type(runner).__name__ != "DaskTaskRunner":  # threads (prefect_dask may not be installed): nothing to warm
+    runner = _dask_runner()
+    if runner is None:  # threads: nothing to warm
         return None
-    from prefect_dask import DaskTaskRunner
-
-    assert isinstance(runner, DaskTaskRunner)
 
     async def warm() -> None:  # local: sent by value, so unpickling it on the worker imports nothing
         await asyncio.to_thread(importlib.import_module, "tasks.benchmark")  # off the worker's event loop

@@ -23,7 +23,7 @@ import yaml
 
 from fmbench.config import parse_config
 from fmbench.deploy.sagemaker import resource_name
-from tests.support.cli import ROOT
+from tests.support.cli import ROOT, repo_frames
 from tests.support.sagemaker import EMPTY, ROLE, TGI_IMAGE, sm_inventory
 
 INSTANCE = "ml.g4dn.xlarge"
@@ -156,18 +156,13 @@ def _interrupt_while_creating(proc: subprocess.Popen[str], moto: str, what: str,
             proc.wait(10)
 
 
-def _our_frames(err: str) -> list[str]:
-    """The traceback frames in fmbench's own code (the repository, not its virtual environment)."""
-    return re.findall(rf'File "{re.escape(str(ROOT))}/(?!\.venv/)[^"]+"', err)
-
-
 def _assert_deleted_and_said(moto: str, err: str, name: str, signum: signal.Signals, returncode: int | None,
                              remote: bool = False) -> None:
     assert returncode == (130 if signum == signal.SIGINT else 143), err[-3000:]
     assert sm_inventory(moto) == EMPTY, err[-3000:]
     # Dask logs tracebacks of its own when the run closes its local cluster (a comm closed under it):
     # there, no frame of fmbench's code may be in one.
-    assert not (_our_frames(err) if remote else "Traceback" in err), err[-3000:]
+    assert not (repo_frames(err) if remote else "Traceback" in err), err[-3000:]
     for kind in ("endpoint", "endpoint-config", "model"):
         # A deploy on a Dask worker logs there; the run says what its error said it cleaned up.
         said = f"cleaned up .*{kind}:{name}" if remote else f"deleted {kind} {name}"

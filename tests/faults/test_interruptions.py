@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import select
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import yaml
 
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.support.cli import ROOT, fmbench_argv
+from tests.support.cli import ROOT, fmbench_argv, repo_frames
 from tests.support.sim_shards import ODD_STATE, SIM, run_sim_shard, server_faults
 
 SIM_CFG = {"provider": "simulated", "ttft_ms": 20, "tpot_ms": 3, "output_tokens": 6}
@@ -252,8 +251,7 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     assert ("interrupted" if signum == signal.SIGINT else "hung up") in err.splitlines()[-1], err[-3000:]
     # Dask logs tracebacks of its own when the run closes its local cluster (a comm closed under it):
     # there, no frame of fmbench's code may be in one.
-    ours = re.findall(rf'File "{re.escape(str(ROOT))}/(?!\.venv/)[^"]+"', err)
-    assert not (ours if runner == "dask" else "Traceback" in err), err[-3000:]
+    assert not (repo_frames(err) if runner == "dask" else "Traceback" in err), err[-3000:]
     assert "deadlock" not in err, err[-3000:]  # Dask: a task met the workers' warm-up import (_warm_workers)
     # The shard in flight was stopped by the run (wherever it ran: a thread, a Dask worker), not left
     # sending while its endpoint was deleted.
