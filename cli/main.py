@@ -95,6 +95,9 @@ def _setup_logging(debug: bool) -> None:
     if not debug:
         # Prefect's own console logs (task states, tracebacks) are for --debug; our lines say enough.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        # Likewise Dask's (FMBENCH_TASK_RUNNER=dask): a cluster's start and close are some fifty INFO
+        # lines, in this process and in the workers it spawns (they inherit the variable). Errors stay.
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
