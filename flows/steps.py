@@ -15,7 +15,7 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 
-from fmbench import pipeline
+from fmbench import pipeline, progress
 from fmbench.config import BenchmarkConfig
 from fmbench.deploy import DeployedEndpoint
 from fmbench.interrupts import current_stop_scope, reach_workers
@@ -174,7 +174,8 @@ def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
     In threads, the run's stop scope reaches it through the context Prefect copies into the task.
     On a Dask cluster nothing of this process's context does: the step is registered in the run's
     scope and given the name of the Dask Event by which the scope stops it, and the stopping run
-    waits for the task's end as it does for a thread's. Without this, a run interrupted while a
+    waits for the task's end as it does for a thread's; what the step reports there comes back to this
+    process's progress view (`fmbench.progress.from_workers`). Without this, a run interrupted while a
     worker measured a shard deleted the endpoint under it, and the shard went on sending to it.
     """
     scope = current_stop_scope()
@@ -182,6 +183,10 @@ def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
     if scope is None or runner is None:
         return Taken(submit(None))
     event_name, ended = reach_workers(scope, runner.client)
+    try:  # what the step reports there (a shard's requests, a deploy's status) shows here
+        progress.from_workers(runner.client, event_name)
+    except Exception as exc:  # noqa: BLE001 - only the live view would miss it
+        log.debug("cannot follow the workers' progress: %s", exc)
     try:
         future = submit(event_name)
     except BaseException:

@@ -3,17 +3,19 @@ errors, request rate and TTFT p50, each deploy's wait, and the run's ETA.
 
 The library reports into whatever `RunProgress` is being watched in this process (`watch`); with
 none, reporting costs nothing. Views (`fmbench.live`: a rich live table on a terminal, plain
-periodic lines elsewhere, a notebook) read `RunProgress.snapshot`. Steps running in other
-processes (Dask workers) report to their own process, so such a run shows only what the flow's
-own process sees.
+periodic lines elsewhere, a notebook) read `RunProgress.snapshot`. A step on a Dask worker reports
+in the worker's process; under `to_run` its reports also go, as Dask events, to the run's process,
+where `from_workers` makes them in the run's watches.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -143,6 +145,20 @@ def _each() -> list[RunProgress]:
 # ---------------------------------------------------------------- what the library reports
 
 
+#: Where the reports of this context also go (`to_run`: a step on a Dask worker sends them to the run).
+_forward: ContextVar[Callable[[list[Any]], None] | None] = ContextVar("fmbench_progress_forward", default=None)
+log = logging.getLogger("fmbench")
+
+
+def _forwarded(*msg: Any) -> None:
+    send = _forward.get()
+    if send is not None:
+        try:
+            send(list(msg))
+        except Exception:  # a progress display must never fail the work it shows
+            log.debug("could not send a progress report to the run", exc_info=True)
+
+
 def run_planned(run_id: str, shards: list[Any]) -> None:
     """The run's shards are known (``ShardSpec``s): each starts pending."""
     for tracker in _each():
@@ -153,6 +169,7 @@ def run_planned(run_id: str, shards: list[Any]) -> None:
 
 def shard_started(shard_id: str, total: int) -> None:
     """A shard starts sending ``total`` requests (warm-ups included)."""
+    _forwarded("shard_started", shard_id, total)
     now = time.monotonic()
     for tracker in _each():
         tracker._shard(shard_id, state="running", total=total, done=0, errors=0, started=now, updated=now)
@@ -160,6 +177,7 @@ def shard_started(shard_id: str, total: int) -> None:
 
 def shard_progressed(shard_id: str, done: int, total: int, errors: int, ttft_p50_s: float | None) -> None:
     """A running shard's requests so far (the load generator's progress callback)."""
+    _forwarded("shard_progressed", shard_id, done, total, errors, ttft_p50_s)
     for tracker in _each():
         tracker._shard(shard_id, done=done, total=total, errors=errors, ttft_p50_s=ttft_p50_s,
                        updated=time.monotonic())
@@ -183,13 +201,19 @@ def shard_ended(shard_id: str, experiment: str, status: str, requests: int = 0, 
 @contextmanager
 def deploy_scope(experiment: str, provider: str) -> Iterator[None]:
     """The current thread deploys ``experiment``: `deploy_status` calls in it are about that deploy."""
+    _forwarded("deploy_started", experiment, provider)
     for tracker in _each():
         tracker._deploy(experiment, provider=provider)
     _local.experiment = experiment
     try:
         yield
-    finally:
+    except BaseException:
         _local.experiment = None
+        deploy_ended(experiment, ok=False)
+        raise
+    _local.experiment = None
+    # Said where the deploy ran: a deploy started ahead ends long before the run takes its endpoint.
+    deploy_ended(experiment, ok=True)
 
 
 def deploy_status(status: str) -> None:
@@ -197,14 +221,100 @@ def deploy_status(status: str) -> None:
     experiment = getattr(_local, "experiment", None)
     if experiment is None:
         return
+    _forwarded("deploy_status", experiment, status)
+    _deploy_status(experiment, status)
+
+
+def _deploy_status(experiment: str, status: str) -> None:
     for tracker in _each():
         tracker._deploy(experiment, status=status)
 
 
 def deploy_ended(experiment: str, ok: bool) -> None:
-    """A deploy finished (InService, or failed)."""
+    """A deploy finished (InService, or failed); said again with the same outcome, nothing changes."""
+    _forwarded("deploy_ended", experiment, ok)
     for tracker in _each():
         with tracker._lock:
-            known = experiment in tracker._deploys
-        if known:
+            current = tracker._deploys.get(experiment)
+        if current is not None and (current.ended is None or current.failed == ok):
             tracker._deploy(experiment, status="ready" if ok else "failed", ended=time.monotonic(), failed=not ok)
+
+
+# ---------------------------------------------------------------- steps on Dask workers
+
+
+def _topic(name: str) -> str:
+    return f"{name}-progress"
+
+
+@contextmanager
+def to_run(name: str | None) -> Iterator[None]:
+    """Inside a step on a Dask worker: what it reports (a shard's start and requests, a deploy's
+    status) also goes to the run's process, as Dask events under ``name`` (the name the run gave the
+    step: its `fmbench.interrupts.StopScope.event_name`; the run listens with `from_workers`).
+    Elsewhere (no name, not on a worker) nothing changes."""
+    if name is None:
+        yield
+        return
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()  # a Dask client in this process does not make it a worker
+    except (ImportError, ValueError):
+        yield
+        return
+    topic = _topic(name)
+    token = _forward.set(lambda msg: worker.log_event(topic, msg))  # thread-safe; batched to the scheduler
+    try:
+        yield
+    finally:
+        _forward.reset(token)
+
+
+_listening: set[str] = set()
+_listening_lock = threading.Lock()
+
+
+def from_workers(client: Any, name: str) -> None:
+    """Make the reports that steps on ``client``'s cluster send under ``name`` (`to_run`) in this
+    process's watches, as if the steps ran here. Once per name; the subscription ends with the client."""
+    topic = _topic(name)
+    with _listening_lock:
+        if topic in _listening:
+            return
+        _listening.add(topic)
+    client.subscribe_topic(topic, lambda event: _replay(event[1]))
+
+
+def _replay(msg: Any) -> None:
+    """One report from a worker (``[kind, *args]``), in the client's event loop thread."""
+    try:
+        kind, *args = msg
+        if kind in ("shard_started", "shard_progressed"):
+            if _shard_ended(args[0]):  # late: the run has the shard's outcome already
+                return
+            (shard_started if kind == "shard_started" else shard_progressed)(*args)
+        elif kind == "deploy_ended":
+            deploy_ended(*args)
+        elif kind in ("deploy_started", "deploy_status"):
+            experiment, value = args
+            for tracker in _each():
+                with tracker._lock:
+                    current = tracker._deploys.get(experiment)
+                if current is not None and current.ended is not None:
+                    continue  # late: the run knows how the deploy ended
+                if kind == "deploy_started":
+                    tracker._deploy(experiment, provider=value)
+                else:
+                    tracker._deploy(experiment, status=value)
+    except Exception:  # a malformed report costs the display, never the run
+        log.debug("cannot show a progress report from a worker: %r", msg, exc_info=True)
+
+
+def _shard_ended(shard_id: str) -> bool:
+    for tracker in _each():
+        with tracker._lock:
+            current = tracker._shards.get(shard_id)
+        if current is not None and current.state in ("done", "cached", "failed"):
+            return True
+    return False

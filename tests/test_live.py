@@ -79,3 +79,20 @@ def test_without_a_terminal_it_prints_plain_lines(monkeypatch: pytest.MonkeyPatc
             time.sleep(0.05)
     assert "progress: 0/1 shards finished; p__d__b__c1 3/12 running; elapsed " in out.getvalue()
     assert "\x1b[" not in out.getvalue()
+
+
+def test_a_deploy_is_shown_ended_when_it_ends_not_when_the_run_takes_its_endpoint() -> None:
+    """A deploy started ahead (``deploy_ahead``) ends while the run still measures the previous
+    endpoint: the view stops showing it as waiting then, where it ran; a failed one is shown failed."""
+    with progress.watch() as tracker:
+        with progress.deploy_scope("ahead", "simulated"):
+            assert live.deploy_lines(tracker.snapshot())  # waiting
+        with pytest.raises(RuntimeError), progress.deploy_scope("broken", "sagemaker"):
+            raise RuntimeError("no capacity")
+        snap = tracker.snapshot()
+        assert not live.deploy_lines(snap)
+        states = {d.experiment: (d.status, d.failed) for d in snap.deploys}
+        assert states == {"ahead": ("ready", False), "broken": ("failed", True)}
+        ended = snap.deploys[0].ended
+        progress.deploy_ended("ahead", ok=True)  # the run takes the endpoint later: the end stands
+        assert tracker.snapshot().deploys[0].ended == ended

@@ -27,7 +27,8 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo, stop_event:
     A simulated server counts prompt tokens with the experiment's tokenizer unless its config names
     another, so its usage (and its prefill time) agrees with the buckets the prompts were put in.
     While it waits, an interrupt of the run reaches this thread (`fmbench.interrupts`); on a Dask
-    worker, through the Dask Event ``stop_event`` (`fmbench.interrupts.stop_deploy_here`).
+    worker, through the Dask Event ``stop_event`` (`fmbench.interrupts.stop_deploy_here`), and the
+    deploy's status goes to the run's live view under that name (`fmbench.progress.to_run`).
     """
     experiment = find_experiment(cfg, experiment_name)
     if isinstance(experiment.endpoint, SimulatedEndpoint):
@@ -40,7 +41,7 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo, stop_event:
     deployed: DeployedEndpoint | None = None
     try:
         with stop_deploy_here(experiment_name, stop_event), deploying(experiment_name), \
-                progress.deploy_scope(experiment_name, experiment.endpoint.provider):
+                progress.to_run(stop_event), progress.deploy_scope(experiment_name, experiment.endpoint.provider):
             deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
     except (KeyboardInterrupt, DeployStopped):
         # The interrupt landed after the deployer returned: what it made would be lost, delete it.

@@ -141,14 +141,15 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
 
     Args:
         stop_event: on a Dask worker, the Dask Event by which the run stops this shard
-            (`fmbench.interrupts.reach_workers`); in the run's own process its stop scope reaches it.
+            (`fmbench.interrupts.reach_workers`) and the name under which its progress goes to the run
+            (`fmbench.progress.to_run`); in the run's own process both reach it as they are.
 
     Raises:
         EndpointConnectionError: every request failed to connect (the endpoint is down), so an
             orchestrator can retry the shard; the failed attempt's records are kept beside it.
         ShardCancelled: the run stopped it (its records are not kept).
     """
-    with worker_stop_scope(stop_event):
+    with worker_stop_scope(stop_event), progress.to_run(stop_event):
         return _execute_shard(run, cfg, spec, prompts_url, deployed)
 
 

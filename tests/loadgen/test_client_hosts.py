@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Self
 
 import httpx
@@ -782,3 +783,58 @@ def test_outside_a_worker_a_stop_event_changes_nothing() -> None:
 
     with worker_stop_scope("fmbench-stop-x"):
         assert current_stop_scope() is None
+
+
+def _reporting_work() -> Any:
+    """Work for a worker that reports a shard's and a deploy's progress as a run's steps do (sent by value)."""
+
+    def work(name: str) -> None:
+        from fmbench import progress
+
+        with progress.to_run(name):
+            progress.shard_started("e__d__b__c4", 12)
+            progress.shard_progressed("e__d__b__c4", 7, 12, 1, 0.081)
+            with progress.deploy_scope("next", "sagemaker"):
+                progress.deploy_status("Creating")
+
+    return work
+
+
+def test_what_a_step_on_a_worker_reports_shows_in_the_runs_progress(cluster: Cluster) -> None:
+    """A step on a Dask worker reports into that worker's process: `to_run` sends it to the run's
+    process, where `from_workers` puts it in the watched progress as if the step ran there (without
+    it, a Dask run's live view showed no running shard and no ETA). A report that arrives after the
+    run has the shard's outcome changes nothing."""
+    from fmbench import progress
+    from fmbench.interrupts import StopScope
+
+    client = cluster.client
+    assert client is not None
+    name = StopScope().event_name
+    with progress.watch() as tracker:
+        progress.run_planned("r", [SimpleNamespace(shard_id="e__d__b__c4", experiment="e", requests=10, warmup=2),
+                                   SimpleNamespace(shard_id="e__d__b__c8", experiment="e", requests=10, warmup=2)])
+        progress.from_workers(client, name)
+        client.submit(_reporting_work(), name, pure=False).result(timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            snap = tracker.snapshot()
+            if snap.deploys and snap.deploys[0].ended is not None:
+                break
+            time.sleep(0.05)
+        shard = next(s for s in snap.shards if s.shard_id == "e__d__b__c4")
+        assert (shard.state, shard.done, shard.total, shard.errors, shard.ttft_p50_s) == ("running", 7, 12, 1, 0.081)
+        assert shard.started is not None and snap.eta_s() is not None
+        [deploy] = snap.deploys
+        assert (deploy.experiment, deploy.provider, deploy.status, deploy.failed) == ("next", "sagemaker", "ready", False)
+        # The run took the shard's outcome; a report from its worker that comes later is stale.
+        progress.shard_ended("e__d__b__c4", "e", "ok", requests=10)
+        progress._replay(["shard_progressed", "e__d__b__c4", 9, 12, 1, 0.08])
+        assert next(s for s in tracker.snapshot().shards if s.shard_id == "e__d__b__c4").done == 12
+
+
+def test_outside_a_worker_progress_is_sent_nowhere() -> None:
+    from fmbench import progress
+
+    with progress.to_run("fmbench-stop-x"):
+        assert progress._forward.get() is None
