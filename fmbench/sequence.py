@@ -458,22 +458,22 @@ class Lifecycles:
             pass
         except BaseException as exc:  # noqa: BLE001 - failed or interrupted: the deployer removed what it made
             if name not in self.failed_deploys:  # not said yet: e.g. stopped on a Dask worker, whose log is not here
-                log.warning("experiment %s: its deploy ended: %s", name, exc)
+                log.warning("%s: its deploy ended: %s", self._label(name), exc)
             self._deploy_ended(name)
             return None
         reached = interrupt_deploy(name)
-        log.warning("experiment %s: deploy %s; waiting for it to delete what it created", name,
+        log.warning("%s: deploy %s; waiting for it to delete what it created", self._label(name),
                     "interrupted" if reached else "still running (not in this process)")
         try:
             deployed = pending.result(timeout=STOP_DEPLOY_WAIT_S)
         except TimeoutError:
-            message = (f"experiment {name}: its interrupted deploy did not stop within {STOP_DEPLOY_WAIT_S:.0f} s; "
+            message = (f"{self._label(name)}: its interrupted deploy did not stop within {STOP_DEPLOY_WAIT_S:.0f} s; "
                        "its endpoint may still be running (fmbench cleanup lists what is left)")
             self._update(name, delete_error=message)
             self.left_running.append(message)
             return None
         except BaseException:  # noqa: BLE001 - it stopped and deleted what it had created
-            log.warning("experiment %s: deploy stopped; what it had created is deleted", name)
+            log.warning("%s: deploy stopped; what it had created is deleted", self._label(name))
             self._deploy_ended(name)
             return None
         return deployed
@@ -482,7 +482,7 @@ class Lifecycles:
         try:
             removed = settle(self.steps.teardown(self.cfg, deployed))
         except BaseException as exc:
-            message = not_torn_down(deployed, exc)
+            message = not_torn_down(deployed, exc, self._label(name))
             self._update(name, delete_error=message)
             self.left_running.append(message)
             log.warning("%s", message)
@@ -492,7 +492,14 @@ class Lifecycles:
         if deployed.keep or not deployed.created:
             return
         self._update(name, deleted_at=_now())
-        log.info("experiment %s: deleted %s", name, ", ".join(removed) or "its endpoint")
+        log.info("%s: deleted %s", self._label(name), ", ".join(removed) or "its endpoint")
+
+    def _label(self, name: str) -> str:
+        """How messages name an endpoint's owner: ``experiment NAME``, or ``judge NAME`` for a judge's
+        (whose endpoint goes by judge-NAME)."""
+        judge = next((j for j in self.cfg.evaluation.judges if j.experiment_name == name), None) \
+            if self.cfg.evaluation else None
+        return f"judge {judge.name}" if judge is not None else f"experiment {name}"
 
     # ------------------------------------------------------------ the timeline in the manifest
 
@@ -511,7 +518,8 @@ class Lifecycles:
                      delete_error="kept (keep_endpoint): billed until you delete it" if kept else None)
 
     def _deploy_failed(self, name: str, error: BaseException) -> None:
-        log.warning("experiment %s: deploy failed, its shards are recorded failed: %s", name, error)
+        log.warning("%s: deploy failed%s: %s", self._label(name),
+                    ", its shards are recorded failed" if self.plans.get(name) else "", error)
         self.failed_deploys.add(name)
         self._deploy_ended(name)
 

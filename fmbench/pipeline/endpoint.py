@@ -56,11 +56,12 @@ def teardown(cfg: BenchmarkConfig, deployed: DeployedEndpoint) -> list[str]:
     return teardown_endpoint(deployed, find_experiment(cfg, deployed.experiment))
 
 
-def not_torn_down(deployed: DeployedEndpoint, error: BaseException) -> str:
-    """What to tell the user about an endpoint whose teardown did not finish (it may cost money)."""
+def not_torn_down(deployed: DeployedEndpoint, error: BaseException, label: str | None = None) -> str:
+    """What to tell the user about an endpoint whose teardown did not finish (it may cost money);
+    ``label`` names its owner (default ``experiment NAME``)."""
     reason = "interrupted" if isinstance(error, KeyboardInterrupt) else (str(error) or type(error).__name__)
     what = ", ".join(deployed.created) or deployed.endpoint_name or deployed.url or "its endpoint"
-    message = f"experiment {deployed.experiment}: teardown did not finish ({reason}); still running: {what}"
+    message = f"{label or 'experiment ' + deployed.experiment}: teardown did not finish ({reason}); still running: {what}"
     if deployed.provider == "sagemaker" and deployed.endpoint_name:
         message += (f" — it is billed until deleted: aws sagemaker delete-endpoint --endpoint-name "
                     f"{deployed.endpoint_name} (then its endpoint config and model)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,16 @@ def _cost_line(md: str, label: str) -> str:
 
 
 def test_a_deployed_judge_is_in_the_timeline_deleted_and_billed_create_to_delete(
-    moto: str, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    moto: str, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     raw = _config(tmp_path, moto, sim_url, "judged")
-    run = Path(run_benchmark(parse_config(raw, source="judged", base_dir=tmp_path), run_id="j1",
-                                  png=False)).parent
+    with caplog.at_level(logging.INFO, logger="fmbench"):
+        run = Path(run_benchmark(parse_config(raw, source="judged", base_dir=tmp_path), run_id="j1",
+                                 png=False)).parent
+    # The run names the judge as the config does, not by its endpoint's name (judge-sm).
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("judge sm: deleted ") for m in said), said
+    assert not any("experiment judge-sm" in m for m in said), said
 
     assert sm_inventory(moto) == EMPTY
     manifest = json.loads((run / "manifest.json").read_text())
