@@ -83,8 +83,10 @@ def benchmark(
         The URL of the run's report.md (a Failed state on regression with fail_on_regression).
     """
     cfg = load_config_task(config, overrides, experiments, concurrency_levels, requests_per_level)
-    result = run_sequence(PrefectSteps(), cfg, output=output, run_id=run_id, command=command,
+    steps = PrefectSteps()
+    result = run_sequence(steps, cfg, output=output, run_id=run_id, command=command,
                           preflight=preflight, regression_threshold=regression_threshold, png=png)
+    steps.close()
     publish_artifacts_task(result.run, cfg)
     if fail_on_regression and result.regressions is not None and result.regressions.status == "regressed":
         print(f"report: {result.report}")

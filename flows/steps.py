@@ -105,7 +105,21 @@ class Taken(Generic[T]):
 class PrefectSteps:
     """`fmbench.sequence.Steps` as Prefect tasks, inside a flow run."""
 
-    _warming: threading.Thread | None = None
+    def __init__(self) -> None:
+        self._warming: threading.Thread | None = None
+        self._reached: set[str] = set()  # the names by which the run reached steps on Dask workers
+
+    def close(self) -> None:
+        """After a run that ended normally: let go of what following steps on Dask workers kept on the
+        cluster (`fmbench.progress.stop_following`). Best effort: a LocalCluster goes with the run anyway."""
+        runner = _dask_runner()
+        for name in sorted(self._reached):
+            try:
+                if runner is not None:
+                    progress.stop_following(runner.client, name)
+            except Exception as exc:  # noqa: BLE001 - housekeeping of a finished run
+                log.debug("could not stop following the workers' progress: %s", exc)
+        self._reached.clear()
 
     def _warmed(self) -> None:
         """Before the run's first task goes to a Dask cluster: the workers' warm-up (`_warm_workers`)
@@ -133,13 +147,13 @@ class PrefectSteps:
 
     def deploy(self, cfg: BenchmarkConfig, experiment: str, run: RunInfo) -> Taken[DeployedEndpoint]:
         self._warmed()
-        return _stoppable(lambda stop_event: deploy_task.submit(cfg, experiment, run, stop_event))
+        return _stoppable(self._reached, lambda stop_event: deploy_task.submit(cfg, experiment, run, stop_event))
 
     def shard(self, run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
               deployed: DeployedEndpoint) -> Taken[ShardOutcome]:
         self._warmed()
-        return _stoppable(lambda stop_event: run_shard_task.submit(run, cfg, spec, prompts_url, deployed,
-                                                                   stop_event))
+        return _stoppable(self._reached, lambda stop_event: run_shard_task.submit(run, cfg, spec, prompts_url,
+                                                                                  deployed, stop_event))
 
     def endpoint_slot(self, cfg: BenchmarkConfig, experiment: str) -> AbstractContextManager[None]:
         name = pipeline.endpoint_lock_name(find_experiment(cfg, experiment))
@@ -159,7 +173,8 @@ class PrefectSteps:
     def evaluate(self, run: RunInfo, cfg: BenchmarkConfig, experiment: str,
                  judges: JudgePanel | None) -> Taken[Any]:
         self._warmed()
-        return _stoppable(lambda stop_event: evaluate_task.submit(run, cfg, experiment, judges, stop_event))
+        return _stoppable(self._reached,
+                          lambda stop_event: evaluate_task.submit(run, cfg, experiment, judges, stop_event))
 
     def regressions(self, run: RunInfo, threshold: float, png: bool = True) -> RegressionReport:
         return check_regressions_task(run, threshold, png=png)
@@ -168,7 +183,7 @@ class PrefectSteps:
         return report_task(run, png)
 
 
-def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
+def _stoppable(reached: set[str], submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
     """Submit a step that the run's stop must reach (a deploy, a shard, judge calls) wherever it runs.
 
     In threads, the run's stop scope reaches it through the context Prefect copies into the task.
@@ -185,6 +200,7 @@ def _stoppable(submit: Callable[[str | None], PrefectFuture[T]]) -> Taken[T]:
     event_name, ended = reach_workers(scope, runner.client)
     try:  # what the step reports there (a shard's requests, a deploy's status) shows here
         progress.from_workers(runner.client, event_name)
+        reached.add(event_name)
     except Exception as exc:  # noqa: BLE001 - only the live view would miss it
         log.debug("cannot follow the workers' progress: %s", exc)
     try:

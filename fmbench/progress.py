@@ -286,6 +286,25 @@ def from_workers(client: Any, name: str) -> None:
     client.subscribe_topic(topic, lambda event: _replay(event[1]))
 
 
+def stop_following(client: Any, name: str) -> None:
+    """The run is over: stop `from_workers` under ``name`` and have the scheduler drop the events it
+    kept of it (up to 1,000 a topic, which a long-lived cluster would keep for every run)."""
+    topic = _topic(name)
+    with _listening_lock:
+        if topic not in _listening:
+            return
+        _listening.discard(topic)
+    client.unsubscribe_topic(topic)
+    client.run_on_scheduler(_truncate_topic, topic)
+
+
+def _truncate_topic(topic: str, dask_scheduler: Any = None) -> None:
+    # On the scheduler. distributed has no public call for it; where its broker differs, nothing is dropped.
+    truncate = getattr(getattr(dask_scheduler, "_broker", None), "truncate", None)
+    if callable(truncate):
+        truncate(topic)
+
+
 def _replay(msg: Any) -> None:
     """One report from a worker (``[kind, *args]``), in the client's event loop thread."""
     try:

@@ -831,6 +831,10 @@ def test_what_a_step_on_a_worker_reports_shows_in_the_runs_progress(cluster: Clu
         progress.shard_ended("e__d__b__c4", "e", "ok", requests=10)
         progress._replay(["shard_progressed", "e__d__b__c4", 9, 12, 1, 0.08])
         assert next(s for s in tracker.snapshot().shards if s.shard_id == "e__d__b__c4").done == 12
+    # The run is over: the scheduler keeps none of its events (a long-lived cluster would, for every run).
+    assert client.get_events(progress._topic(name))
+    progress.stop_following(client, name)
+    assert not client.get_events(progress._topic(name))
 
 
 def test_outside_a_worker_progress_is_sent_nowhere() -> None:
