@@ -295,6 +295,12 @@ def stop_following(client: Any, name: str) -> None:
             return
         _listening.discard(topic)
     client.unsubscribe_topic(topic)
+    forget_events(client, topic)
+
+
+def forget_events(client: Any, topic: str) -> None:
+    """Have the scheduler of ``client``'s cluster drop the events it keeps under ``topic`` (up to 1,000; a
+    long-lived scheduler would keep them for good)."""
     client.run_on_scheduler(_truncate_topic, topic)
 
 

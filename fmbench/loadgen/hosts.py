@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import pickle
+import statistics
 import sys
 import tempfile
 import time
@@ -40,6 +41,8 @@ from fmbench import storage
 from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.interrupts import StopScope
 from fmbench.loadgen.engine import (
+    PROGRESS_EVERY_S,
+    Progress,
     ShardCancelled,
     ShardStats,
     _closed_loop,
@@ -47,6 +50,7 @@ from fmbench.loadgen.engine import (
     _Shard,
     add_stamps,
     receive_stamps,
+    report_progress,
     shard_result,
     shard_session,
 )
@@ -225,7 +229,11 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
             cpu0 = time.process_time()
             writer = RecordWriter(local)
             shard = _Shard(spec, prompts, writer, count_tokens)
-            async with shard_session(client, writer, 0 if spec.open_loop else concurrency):
+            async with shard_session(client, writer, 0 if spec.open_loop else concurrency) as session:
+                # The caller adds up the slices' progress (`_SliceProgress`); an event is sent without waiting.
+                session.reporter = asyncio.ensure_future(report_progress(
+                    shard, lambda done, errors, ttft: worker.log_event(f"{key}-progress", [k, done, errors, ttft]),
+                    PROGRESS_EVERY_S))
                 late = max(0.0, time.monotonic() - t0)
                 load = asyncio.ensure_future(_open_loop(client, shard, t0, (k, n)) if spec.open_loop
                                              else _closed_loop(client, shard, concurrency, take, t0))
@@ -345,6 +353,7 @@ def run_shard_hosts(
     slice_url: Callable[[int], str],
     calibrate: bool = False,
     stop: StopScope | None = None,
+    progress: Progress | None = None,
 ) -> tuple[ShardResult, list[HostClock]]:
     """Run a shard as ``hosts`` slices on as many Dask workers at once; merge their records into ``out_path``.
 
@@ -358,6 +367,8 @@ def run_shard_hosts(
         calibrate: each worker calibrates its own client first (once per worker process).
         stop: the run's `fmbench.interrupts.StopScope`: when the run stops, the slices are told to
             stop (within a check, half a second) and `ShardCancelled` is raised.
+        progress: called in this thread with the slices' requests done so far, added up (see
+            `fmbench.loadgen.Progress`), at most every half second.
 
     Returns:
         The shard's summary (validity includes the clock check) and one `HostClock` per host.
@@ -391,7 +402,7 @@ def run_shard_hosts(
             owner = _claim(dask, spec, slice_url(0), key)
             try:
                 return _drive(dask, spec, one, payload, addresses, conc, ids, key, slice_url, calibrate, out_path,
-                              hosts, stop)
+                              hosts, stop, progress)
             finally:
                 with contextlib.suppress(Exception):
                     owner.delete()
@@ -451,13 +462,48 @@ def _seceded() -> Iterator[None]:
         distributed.rejoin()
 
 
+class _SliceProgress:
+    """The slices' progress events, added up: the latest of each slice is kept as it arrives (in the
+    Dask client's thread) and the sum is reported by the caller's own thread (`report`), where the
+    run's context is (a shard on a Dask worker passes it on to the run from there)."""
+
+    def __init__(self, dask: Any, topic: str, total: int, progress: Progress) -> None:
+        self.dask, self.topic, self.total, self.progress = dask, topic, total, progress
+        self.latest: dict[int, tuple[int, int, float | None]] = {}
+        self.reported: dict[int, tuple[int, int, float | None]] = {}
+        dask.subscribe_topic(topic, self._event)
+
+    def _event(self, event: Any) -> None:
+        k, done, errors, ttft = event[1]
+        self.latest = {**self.latest, int(k): (int(done), int(errors), ttft)}  # one reference swap
+
+    def report(self) -> None:
+        latest = self.latest
+        if latest == self.reported:
+            return
+        self.reported = latest
+        ttfts = [t for _, _, t in latest.values() if t is not None]
+        # the median of the slices' medians: close enough for a progress display
+        self.progress(sum(d for d, _, _ in latest.values()), self.total, sum(e for _, e, _ in latest.values()),
+                      statistics.median(ttfts) if ttfts else None)
+
+    def close(self) -> None:
+        from fmbench.progress import forget_events
+
+        with contextlib.suppress(Exception):
+            self.dask.unsubscribe_topic(self.topic)
+            forget_events(self.dask, self.topic)
+
+
 def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses: list[str], conc: list[int],
            ids: list[Any], key: str, slice_url: Callable[[int], str], calibrate: bool, out_path: str | Path,
-           hosts: int, stop: StopScope | None = None) -> tuple[ShardResult, list[HostClock]]:
+           hosts: int, stop: StopScope | None = None,
+           progress: Progress | None = None) -> tuple[ShardResult, list[HostClock]]:
     from distributed import Event, Queue, Variable
 
     ready, t0var = Queue(f"{key}-ready", client=dask), Variable(f"{key}-t0", client=dask)
     beat = Variable(f"{key}-beat", client=dask)
+    sums = _SliceProgress(dask, f"{key}-progress", spec.warmup + spec.requests, progress) if progress else None
     futures = [
         dask.submit(_slice, k, hosts, payload, ids[k], conc[k], key, slice_url(k), calibrate,
                     workers=[addr], allow_other_workers=False, pure=False, retries=0, key=f"{key}-slice-{k}")
@@ -482,6 +528,8 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
             _check(dask, [futures[k] for k in pending], [addresses[k] for k in pending], spec, stop)
             n += 1
             beat.set(n)  # the slices' sign that someone still waits for them
+            if sums is not None:
+                sums.report()
             _wait_first([futures[k] for k in pending], _POLL_S)
         results = [taken[k] for k in range(hosts)]
     except BaseException:
@@ -496,6 +544,8 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
         with contextlib.suppress(Exception):
             ready.close()
             beat.delete()
+        if sums is not None:
+            sums.close()
     base = results[0]["mono_to_sched"]
     clocks = [HostClock(
         host=r["host"], address=r["address"], offset_s=r["offset_s"], uncertainty_s=r["uncertainty_s"],

@@ -206,7 +206,7 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
                 stamp_host(local, worker)
         else:
             result, clocks = _run_on_hosts(run, spec, client, prompts, local, tokenizer.count, hosts,
-                                           cal is not None, stop)
+                                           cal is not None, stop, report)
     except BaseException as exc:
         if speed is not None:
             speed.stop()
@@ -286,14 +286,14 @@ def _cluster_address() -> str | None:
 
 
 def _run_on_hosts(run: RunInfo, spec: Any, client: Any, prompts: Any, local: Any, count: Any, hosts: int,
-                  calibrate: bool, stop: StopScope | None) -> Any:
+                  calibrate: bool, stop: StopScope | None, report: Any) -> Any:
     from fmbench.loadgen.hosts import dask_client, run_shard_hosts
 
     dask = dask_client(_cluster_address())
     log.info("shard %s: split over %d client hosts", spec.shard_id, hosts)
     return run_shard_hosts(client, prompts, spec, local, count, hosts, dask,
                            lambda k: run.path("shards", "hosts", f"{spec.shard_id}.host-{k}.parquet"),
-                           calibrate=calibrate, stop=stop)
+                           calibrate=calibrate, stop=stop, progress=report)
 
 
 def _hosts_load(clocks: Any, duration_s: float, chunks: float, cal: Any) -> float | None:

@@ -208,10 +208,16 @@ def test_an_open_loop_shard_over_two_hosts_keeps_its_rate(cluster: Cluster, sim:
     spec = _spec(request_rate=40.0, requests=160, warmup=0, shard_id="e__d__0-9__r40",
                  rate_shortfall=0.1, max_send_lag_s=0.05)
     out = tmp_path / "merged.parquet"
+    reports: list[tuple[int, int, int]] = []
     result, _clocks = run_shard_hosts(_client(sim), PROMPTS, spec, out, len, 2, cluster.client,
-                                     _slice_url(tmp_path))
+                                     _slice_url(tmp_path), progress=lambda d, t, e, _ttft: reports.append((d, t, e)))
     records = pl.read_parquet(out)
     assert records.height == spec.requests and records["request_id"].n_unique() == spec.requests
+    # While the 4-s shard ran, the slices' progress came back added up (a live view showed 0 until the end).
+    assert reports, "no progress from the slices"
+    done = [d for d, _, _ in reports]
+    assert done == sorted(done) and 0 < done[-1] <= spec.requests, reports
+    assert {t for _, t, _ in reports} == {spec.requests} and not any(e for _, _, e in reports)
     by_host = records.group_by("client_host").len()
     assert by_host.height == 2 and by_host["len"].min() >= spec.requests // 2 - 1
     # The two hosts' arrivals together follow the one seeded schedule: its rate, not half of it.
