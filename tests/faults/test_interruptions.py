@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,18 @@ def test_sigkill_at_several_points_then_resume_loses_and_duplicates_nothing(faul
     assert (run / "report.md").is_file()
 
 
+@contextlib.contextmanager
+def _hang_up_not_ignored() -> Iterator[None]:
+    """Start the run with SIGHUP at its default, as a shell in a terminal does: tests started under
+    ``nohup`` (or a CI runner that ignores SIGHUP) would hand the run an ignored SIGHUP, which it
+    rightly keeps ignoring (the run goes on, as under nohup)."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 @pytest.mark.parametrize(("signum", "runner"), [(signal.SIGINT, "threads"), (signal.SIGHUP, "threads"),
                                                (signal.SIGINT, "dask")], ids=["ctrl-c", "hang-up", "ctrl-c-dask"])
 def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
@@ -234,8 +247,9 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     cfg = _config(tmp_path, "ctrlc", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
     run = tmp_path / "results" / "ctrlc" / "c"
     env = {**fault_cli_env, "FMBENCH_TASK_RUNNER": runner}
-    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "c"), env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    with _hang_up_not_ignored():
+        proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "c"), env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _wait_for(lambda: len(list((run / "shards").glob("*.json"))) >= 1, proc, 240, "a shard was measured")
         # Then a request of a later shard is on the simulated endpoint: that shard is in flight.
@@ -252,8 +266,8 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     # Dask logs tracebacks of its own when the run closes its local cluster (a comm closed under it):
     # there, no frame of fmbench's code may be in one.
     assert not (repo_frames(err) if runner == "dask" else "Traceback" in err), err[-3000:]
-    assert "deadlock" not in err, err[-3000:]
-    assert " | INFO " not in err, err[-3000:]  # Dask's cluster chatter is for --debug (DASK_LOGGING__DISTRIBUTED)  # Dask: a task met the workers' warm-up import (_warm_workers)
+    assert "deadlock" not in err, err[-3000:]  # Dask: a task met the workers' warm-up import (_warm_workers)
+    assert " | INFO " not in err, err[-3000:]  # Dask's cluster chatter is for --debug (DASK_LOGGING__DISTRIBUTED)
     # The shard in flight was stopped by the run (wherever it ran: a thread, a Dask worker), not left
     # sending while its endpoint was deleted.
     assert "stopped with the run, before its endpoint is deleted" in err, err[-3000:]
@@ -280,8 +294,9 @@ def test_a_run_whose_terminal_is_gone_still_cleans_up(fault_cli_env: dict[str, s
     cfg = _config(tmp_path, "hup", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
     run = tmp_path / "results" / "hup" / "h"
     master, terminal = os.openpty()
-    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "h"), env=fault_cli_env, cwd=ROOT,
-                            stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True)
+    with _hang_up_not_ignored():
+        proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "h"), env=fault_cli_env, cwd=ROOT,
+                                stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True)
     os.close(terminal)
     reading = threading.Event()
     reading.set()
