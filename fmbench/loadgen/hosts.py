@@ -368,7 +368,7 @@ def run_shard_hosts(
         stop: the run's `fmbench.interrupts.StopScope`: when the run stops, the slices are told to
             stop (within a check, half a second) and `ShardCancelled` is raised.
         progress: called in this thread with the slices' requests done so far, added up (see
-            `fmbench.loadgen.Progress`), at most every half second.
+            `fmbench.loadgen.engine.Progress`), at most every half second.
 
     Returns:
         The shard's summary (validity includes the clock check) and one `HostClock` per host.
