@@ -23,7 +23,6 @@ import hashlib
 import logging
 import math
 import pickle
-import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from fmbench.loadgen.engine import (
     shard_result,
     shard_session,
 )
+from fmbench.loadgen.multiproc import report_sum
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import ARROW_SCHEMA, RecordWriter, open_records_file, partial_path
 from fmbench.protocol import EndpointClient, Prompt
@@ -482,10 +482,7 @@ class _SliceProgress:
         if latest == self.reported:
             return
         self.reported = latest
-        ttfts = [t for _, _, t in latest.values() if t is not None]
-        # the median of the slices' medians: close enough for a progress display
-        self.progress(sum(d for d, _, _ in latest.values()), self.total, sum(e for _, e, _ in latest.values()),
-                      statistics.median(ttfts) if ttfts else None)
+        report_sum(self.progress, self.total, latest)
 
     def close(self) -> None:
         from fmbench.progress import forget_events

@@ -203,10 +203,15 @@ class _ProgressSum:
         self.round.add(k)
         if len(self.round) == self.n:
             self.round.clear()
-            ttfts = [t for _, _, t in self.latest.values() if t is not None]
-            # the median of the processes' medians: close enough for a progress display
-            self.progress(sum(d for d, _, _ in self.latest.values()), self.total,
-                          sum(e for _, e, _ in self.latest.values()), statistics.median(ttfts) if ttfts else None)
+            report_sum(self.progress, self.total, self.latest)
+
+
+def report_sum(progress: Progress, total: int, latest: dict[int, tuple[int, int, float | None]]) -> None:
+    """Report the parts' latest ``(done, errors, ttft_p50_s)`` (processes of a shard, or its client hosts'
+    slices) as one: their sums, and the median of their medians, close enough for a progress display."""
+    ttfts = [t for _, _, t in latest.values() if t is not None]
+    progress(sum(d for d, _, _ in latest.values()), total, sum(e for _, e, _ in latest.values()),
+             statistics.median(ttfts) if ttfts else None)
 
 
 def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event | None,
