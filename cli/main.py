@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from fmbench.errors import ExitCode, FMBenchError, exit_code
+from fmbench.interrupts import say
 
 if TYPE_CHECKING:
     from fmbench.deploy.inventory import FmbenchResource
@@ -129,8 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = str(report)  # the flow returns the report's URL
     failed = _failed_shards(report)
     for line in failed:
-        print(f"fmbench: shard failed: {line}", file=sys.stderr)
-    print(f"Report: {report}")
+        say(f"fmbench: shard failed: {line}", sys.stderr)
+    say(f"Report: {report}")
     return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
 
 
@@ -161,8 +162,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for e in cfg.experiments:
         levels = len(e.concurrency_levels or []) + len(e.request_rates or [])
         shards += levels * len(cfg.buckets) * len(cfg.datasets_for(e))
-    print(f"{args.config}: OK ({len(cfg.experiments)} experiments, {len(cfg.datasets)} datasets, "
-          f"{len(cfg.buckets)} buckets, up to {shards} shards)")
+    say(f"{args.config}: OK ({len(cfg.experiments)} experiments, {len(cfg.datasets)} datasets, "
+        f"{len(cfg.buckets)} buckets, up to {shards} shards)")
     return 0
 
 
@@ -170,7 +171,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from fmbench.report import render_report
 
     paths = render_report(args.run_dir, png=args.png)
-    print(f"Report: {getattr(paths, 'markdown', paths)}")
+    say(f"Report: {getattr(paths, 'markdown', paths)}")
     return 0
 
 
@@ -182,13 +183,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, o in outcomes.items():
         if o is None or o.status == "failed":
             incomplete += 1
-            print(f"{name}: not evaluated{f' ({o.error})' if o is not None else ''}")
+            say(f"{name}: not evaluated{f' ({o.error})' if o is not None else ''}")
             continue
         missing = f"; missing: {'; '.join(o.missing)}" if o.missing else ""
         incomplete += bool(o.missing)
-        print(f"{name}: {o.scored} answers scored, {o.judged} judged, {o.judge_errors} judge errors, "
-              f"{o.unparseable} unparseable verdicts{missing}")
-    print(f"Report: {args.run_dir.rstrip('/')}/report.md")
+        say(f"{name}: {o.scored} answers scored, {o.judged} judged, {o.judge_errors} judge errors, "
+            f"{o.unparseable} unparseable verdicts{missing}")
+    say(f"Report: {args.run_dir.rstrip('/')}/report.md")
     return ExitCode.PARTIAL_FAILURE if incomplete else ExitCode.OK
 
 
@@ -196,7 +197,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from fmbench.report import compare_runs
 
     paths = compare_runs(args.runs, args.output)
-    print(f"Report: {getattr(paths, 'markdown', paths)}")
+    say(f"Report: {getattr(paths, 'markdown', paths)}")
     return 0
 
 
@@ -235,19 +236,19 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         hourly, unpriced = hourly_total(found)
         price = f"${hourly:,.2f}/h" + (f" plus {unpriced} unpriced" if unpriced else "")
         endpoints = sum(1 for r in found if r.kind == "endpoint")
-        print(f"{region}: {len(found)} fmbench resource(s), {endpoints} endpoint(s) billing {price}")
+        say(f"{region}: {len(found)} fmbench resource(s), {endpoints} endpoint(s) billing {price}")
         for line in _resource_lines(found):
-            print("  " + line)
+            say("  " + line)
         if not found:
             continue
         if not args.yes:
-            print("  (nothing deleted: add --yes to delete these)")
+            say("  (nothing deleted: add --yes to delete these)")
             continue
         removed, failures = delete_resources(client, found)
         for item in removed:
-            print(f"  deleted {item}")
+            say(f"  deleted {item}")
         for item in failures:
-            print(f"fmbench: could not delete {item}", file=sys.stderr)
+            say(f"fmbench: could not delete {item}", sys.stderr)
         failed = failed or bool(failures)
     return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
 
@@ -344,14 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             how = {ExitCode.TERMINATED: "terminated", ExitCode.HUNG_UP: "hung up"}.get(code, "interrupted")
             kept = "; measured shards are kept in the run directory (resume with --run-id)" \
                 if args.command == "run" else ""  # the others measure nothing to resume
-            print(f"fmbench: {how}{kept}", file=sys.stderr)
+            say(f"fmbench: {how}{kept}", sys.stderr)
         elif code == ExitCode.INTERNAL:
             if not debug:
                 traceback.print_exc()
-            print(f"fmbench: internal error (a bug in fmbench, please report it): {type(exc).__name__}: {exc}",
-                  file=sys.stderr)
+            say(f"fmbench: internal error (a bug in fmbench, please report it): {type(exc).__name__}: {exc}",
+                sys.stderr)
         else:
-            print(f"fmbench: error: {exc}", file=sys.stderr)
+            say(f"fmbench: error: {exc}", sys.stderr)
         return int(code)
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -15,7 +17,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import FrameType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from fmbench.errors import DeploymentError, RunTerminated
 
@@ -142,6 +144,32 @@ def _drop_hung_up(ttys: list[int]) -> None:
                     os.close(null)
             except OSError:  # pragma: no cover - nothing better to do with a stream that is gone
                 pass
+
+
+def say(line: str, stream: IO[str] | None = None) -> None:
+    """Print one line of a command's output (to stdout unless ``stream``); when that stream is a
+    terminal that hung up, point it at ``/dev/null`` instead of failing.
+
+    A run started with SIGHUP ignored (``nohup``, ``disown``, a shell that ignores it) rightly goes
+    on when its terminal goes away, and must end as it would have: a write to the terminal that is
+    gone fails (EIO), and the line that says where the report is would otherwise turn a finished
+    run into an error. Any other failure to write (a full disk, a closed pipe) is raised.
+    """
+    stream = sys.stdout if stream is None else stream
+    try:
+        print(line, file=stream, flush=True)
+    except OSError as exc:
+        try:
+            fd = stream.fileno()
+        except (OSError, ValueError):
+            raise exc from None
+        if exc.errno != errno.EIO or _isatty(fd):
+            raise
+        _drop_hung_up([fd])
+        try:
+            stream.flush()  # what the failed write left buffered goes where the line went
+        except (OSError, ValueError):
+            pass
 
 
 #: How long a stopping run waits for its shards to stop before it deletes their endpoints anyway.

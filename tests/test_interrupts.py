@@ -3,6 +3,7 @@ process; the command line's behaviour is tested in tests/faults/test_interruptio
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -66,3 +67,35 @@ def test_nohup_and_an_installed_sigterm_handler_are_left_alone(default_handlers:
     with termination_interrupts():
         assert signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_line_said_to_a_terminal_that_hung_up_goes_nowhere_and_other_write_failures_are_raised() -> None:
+    """`say` (a command's output lines): a terminal that hung up (EIO) is pointed at /dev/null, so a
+    run that went on past the hang-up (SIGHUP ignored) ends as it would have; a reader that went away
+    from a pipe is a failure the caller sees."""
+    from fmbench.interrupts import say
+
+    master, terminal = os.openpty()
+    out = os.fdopen(os.dup(terminal), "w", encoding="utf-8")
+    os.close(terminal)
+    try:
+        say("before", out)
+        assert os.read(master, 100).replace(b"\r", b"") == b"before\n"
+        os.close(master)  # the terminal hangs up
+        say("after the hang-up", out)  # no error
+        assert not os.isatty(out.fileno())
+        assert os.path.samefile(f"/proc/self/fd/{out.fileno()}", os.devnull)
+        say("and on", out)
+    finally:
+        out.close()
+    read, write = os.pipe()
+    os.close(read)
+    piped = os.fdopen(write, "w", encoding="utf-8")
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it: EPIPE, not a signal
+    try:
+        with pytest.raises(BrokenPipeError):
+            say("nobody reads this", piped)
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+        with contextlib.suppress(BrokenPipeError):
+            piped.close()

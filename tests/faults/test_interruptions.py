@@ -286,17 +286,21 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     assert not left, [" ".join(p.cmdline()) for p in left]
 
 
-def test_a_run_whose_terminal_is_gone_still_cleans_up(fault_cli_env: dict[str, str], tmp_path: Path) -> None:
-    """An SSH session dropped: the run's terminal hangs up (every write to it fails from then on) and
-    the run gets SIGHUP. It still stops its shard in flight, deletes its endpoint, keeps what it had
-    measured and exits 129: its messages on the way out go nowhere instead of failing it."""
+def _run_on_a_terminal_that_hangs_up(env: dict[str, str], tmp_path: Path, hang_up: object) -> tuple[int, Path]:
+    """Run a three-shard benchmark on a terminal (a pty) and, once a shard is measured and the next is
+    in flight, hang the terminal up (every write to it fails with EIO from then on) and send SIGHUP,
+    as a dropped SSH session does; the run starts with SIGHUP as ``hang_up`` (its default, or
+    ignored as under ``nohup``). Returns the run's exit code and its directory."""
     slow = {**SIM_CFG, "tpot_ms": 40, "output_tokens": 10}
     cfg = _config(tmp_path, "hup", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
     run = tmp_path / "results" / "hup" / "h"
     master, terminal = os.openpty()
-    with _hang_up_not_ignored():
-        proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "h"), env=fault_cli_env, cwd=ROOT,
+    previous = signal.signal(signal.SIGHUP, hang_up)  # type: ignore[arg-type]
+    try:
+        proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "h"), env=env, cwd=ROOT,
                                 stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, start_new_session=True)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
     os.close(terminal)
     reading = threading.Event()
     reading.set()
@@ -309,23 +313,46 @@ def test_a_run_whose_terminal_is_gone_still_cleans_up(fault_cli_env: dict[str, s
         drain.join(10)  # (a read in progress would hold the terminal open past its close)
         os.close(master)  # the terminal hangs up: its writes fail with EIO from now on
         proc.send_signal(signal.SIGHUP)
-        proc.wait(timeout=60)
+        proc.wait(timeout=240)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-    assert proc.returncode == 129
+    time.sleep(0.5)
+    left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [" ".join(p.cmdline()) for p in left]
+    return proc.returncode, run
+
+
+def test_a_run_whose_terminal_is_gone_still_cleans_up(fault_cli_env: dict[str, str], tmp_path: Path) -> None:
+    """An SSH session dropped: the run's terminal hangs up (every write to it fails from then on) and
+    the run gets SIGHUP. It still stops its shard in flight, deletes its endpoint, keeps what it had
+    measured and exits 129: its messages on the way out go nowhere instead of failing it."""
+    code, run = _run_on_a_terminal_that_hangs_up(fault_cli_env, tmp_path, signal.SIG_DFL)
+    assert code == 129
     measured = list((run / "shards").glob("*.json"))
     assert measured
     for j in measured:
         records = pl.read_parquet(run / "shards" / f"{j.stem}.parquet")
         assert records.height == 8 and records["ok"].all(), j.stem
-    time.sleep(0.5)
-    left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not left, [" ".join(p.cmdline()) for p in left]
     # the manifest, written on the way out, says the endpoint was deleted
     timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["e"]
     assert timeline["deleted_at"]
+
+
+def test_a_run_that_ignores_hang_ups_outlives_its_terminal(fault_cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Started with SIGHUP ignored (``nohup``, ``disown``), a run goes on when its terminal goes away,
+    and ends as it would have: every shard measured, the report written, exit 0. Its last lines
+    (where the report is) go nowhere instead of turning the finished run into an internal error."""
+    code, run = _run_on_a_terminal_that_hangs_up(fault_cli_env, tmp_path, signal.SIG_IGN)
+    assert code == 0
+    shards = sorted(j.stem for j in (run / "shards").glob("*.json"))
+    assert len(shards) == 3, shards
+    for stem in shards:
+        records = pl.read_parquet(run / "shards" / f"{stem}.parquet")
+        assert records.height == 8 and records["ok"].all(), stem
+    assert (run / "report.md").is_file()
+    assert json.loads((run / "manifest.json").read_text())["endpoints"]["e"]["deleted_at"]
 
 
 def _drain(fd: int, reading: threading.Event) -> None:
