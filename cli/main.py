@@ -105,11 +105,13 @@ def _setup_logging(debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from fmbench.config import task_runner_choice
     from fmbench.localapi import local_prefect_api
     from fmbench.pipeline import load_benchmark_config
     from fmbench.sequence import check_before_run
 
     cfg = load_benchmark_config(args.config, overrides=args.overrides)  # a bad config starts no server
+    task_runner_choice()  # nor a bad FMBENCH_TASK_RUNNER (the flow's module reads it at import)
     command = "fmbench run " + " ".join(
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]

@@ -10,7 +10,6 @@ a Dask cluster.
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 from prefect import flow
@@ -19,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows.steps import PrefectSteps
-from fmbench.config import BenchmarkConfig
+from fmbench.config import BenchmarkConfig, task_runner_choice
 from fmbench.names import RUN_ID_PATTERN
 from fmbench.sequence import run_sequence
 from tasks.artifacts import publish_artifacts_task
@@ -28,19 +27,17 @@ from tasks.benchmark import load_config_task
 
 def _task_runner() -> Any:
     """Threads by default; FMBENCH_TASK_RUNNER=dask runs tasks on a local Dask cluster
-    (FMBENCH_DASK_WORKERS processes), FMBENCH_TASK_RUNNER=tcp://host:8786 on an existing one."""
-    choice = os.environ.get("FMBENCH_TASK_RUNNER", "threads").strip()
-    if choice in ("", "threads"):
+    (FMBENCH_DASK_WORKERS processes), FMBENCH_TASK_RUNNER=tcp://host:8786 on an existing one
+    (`fmbench.config.task_runner_choice`; a bad value is a ConfigError naming the variable)."""
+    choice = task_runner_choice()
+    if choice.kind == "threads":
         return ThreadPoolTaskRunner()
     from prefect_dask import DaskTaskRunner
 
-    if choice == "dask":
-        workers = int(os.environ.get("FMBENCH_DASK_WORKERS", "2"))
-        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 2,
+    if choice.kind == "dask":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": choice.workers, "threads_per_worker": 2,
                                               "processes": True, "dashboard_address": None})
-    if "://" in choice:
-        return DaskTaskRunner(address=choice)
-    raise ValueError(f"FMBENCH_TASK_RUNNER={choice!r}: use threads, dask or a tcp:// scheduler address")
+    return DaskTaskRunner(address=choice.address)
 
 
 @flow(name="fmbench", log_prints=True, task_runner=_task_runner())

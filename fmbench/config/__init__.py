@@ -15,6 +15,7 @@ from fmbench.config.load import (
     parse_config,
     parse_override,
     resolve_path,
+    task_runner_choice,
 )
 from fmbench.config.models import (
     BedrockEndpoint,
@@ -67,4 +68,5 @@ __all__ = [
     "parse_config",
     "parse_override",
     "resolve_path",
+    "task_runner_choice",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from flows.benchmark import _task_runner
+from fmbench.errors import ConfigError
 
 
 def test_threads_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,7 +31,15 @@ def test_dask_scheduler_address(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://127.0.0.1:8786"
 
 
-def test_unknown_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FMBENCH_TASK_RUNNER", "ray")
-    with pytest.raises(ValueError, match="FMBENCH_TASK_RUNNER='ray'"):
+@pytest.mark.parametrize(("env", "says"), [
+    ({"FMBENCH_TASK_RUNNER": "ray"}, "FMBENCH_TASK_RUNNER='ray': use threads, dask or a Dask scheduler's address"),
+    ({"FMBENCH_TASK_RUNNER": "tcp://"}, "FMBENCH_TASK_RUNNER='tcp://'"),
+    ({"FMBENCH_TASK_RUNNER": "dask", "FMBENCH_DASK_WORKERS": "two"}, "FMBENCH_DASK_WORKERS='two'"),
+    ({"FMBENCH_TASK_RUNNER": "dask", "FMBENCH_DASK_WORKERS": "0"}, "FMBENCH_DASK_WORKERS='0'"),
+], ids=["unknown", "no-address", "workers-not-a-number", "no-workers"])
+def test_a_bad_value_is_a_config_error_naming_the_variable(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], says: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(says)):
         _task_runner()

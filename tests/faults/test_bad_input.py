@@ -143,6 +143,8 @@ def cases(c: Ctx) -> list[Case]:
         Case("cli-missing-config", "validate", "config file not found", config=None, category="cli"),
         Case("cli-config-is-dir", "validate", "cfgdir", argv=["validate", str(c.tmp / "cfgdir")], category="cli"),
         Case("cli-bad-run-id", "run", "--run-id '../up'", extra=["--run-id", "../up"], category="cli"),
+        Case("cli-bad-task-runner", "run", "FMBENCH_TASK_RUNNER='ray': use threads, dask or a Dask scheduler's",
+             env={"FMBENCH_TASK_RUNNER": "ray"}, category="cli"),
         # ---- datasets
         Case("dataset-missing-file", "run", "nope.jsonl", _jsonl("d", "nope.jsonl"), category="dataset"),
         Case("dataset-wrong-schema", "run", "no field 'prompt'", _jsonl("d"),
