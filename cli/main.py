@@ -105,13 +105,11 @@ def _setup_logging(debug: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fmbench.config import task_runner_choice
     from fmbench.localapi import local_prefect_api
     from fmbench.pipeline import load_benchmark_config
     from fmbench.sequence import check_before_run
 
     cfg = load_benchmark_config(args.config, overrides=args.overrides)  # a bad config starts no server
-    task_runner_choice()  # nor a bad FMBENCH_TASK_RUNNER (the flow's module reads it at import)
     command = "fmbench run " + " ".join(
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]
@@ -331,11 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stacks_on_sigusr1()
     _honour_sigint()
     from fmbench.interrupts import termination_interrupts
+    from fmbench.settings import check_environment
 
     try:
         # Every command: `run` and `evaluate` deploy endpoints, and SIGTERM or a hung-up terminal must
         # stop them the way Ctrl-C does (deleting what they created), not end the process on the spot.
         with termination_interrupts():
+            check_environment()  # a bad FMBENCH_* value is refused before anything starts
             return int(_COMMANDS[args.command](args))
     except BaseException as exc:
         if isinstance(exc, SystemExit):

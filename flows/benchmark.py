@@ -18,9 +18,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows.steps import PrefectSteps
-from fmbench.config import BenchmarkConfig, task_runner_choice
+from fmbench.config import BenchmarkConfig
 from fmbench.names import RUN_ID_PATTERN
 from fmbench.sequence import run_sequence
+from fmbench.settings import task_runner_choice
 from tasks.artifacts import publish_artifacts_task
 from tasks.benchmark import load_config_task
 
@@ -28,7 +29,7 @@ from tasks.benchmark import load_config_task
 def _task_runner() -> Any:
     """Threads by default; FMBENCH_TASK_RUNNER=dask runs tasks on a local Dask cluster
     (FMBENCH_DASK_WORKERS processes), FMBENCH_TASK_RUNNER=tcp://host:8786 on an existing one
-    (`fmbench.config.task_runner_choice`; a bad value is a ConfigError naming the variable)."""
+    (`fmbench.settings.task_runner_choice`; a bad value is a ConfigError naming the variable)."""
     choice = task_runner_choice()
     if choice.kind == "threads":
         return ThreadPoolTaskRunner()

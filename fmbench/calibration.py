@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmbench import storage
 from fmbench.errors import FMBenchError, StorageError
+from fmbench.settings import number
 
 CEILING_WARN = 0.7  # a shard above this fraction of the client's ceiling may measure the client
 PLAN_TARGET = 0.5  # shards are spread so each process runs at most this fraction of its ceiling
@@ -172,10 +173,7 @@ def _cache_file() -> Path:
 
 
 def _load_tolerance() -> float:
-    try:
-        return float(os.environ.get("FMBENCH_CALIBRATION_LOAD_TOLERANCE", CACHE_LOAD_TOLERANCE))
-    except ValueError:
-        return CACHE_LOAD_TOLERANCE
+    return number("FMBENCH_CALIBRATION_LOAD_TOLERANCE", CACHE_LOAD_TOLERANCE)
 
 
 def _similar_load(then: float, now: float, cpus: int) -> bool:

@@ -38,10 +38,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 from fmbench.cachedir import cache_dir
+from fmbench.settings import number
 
 log = logging.getLogger("fmbench")
 
-IDLE_S = float(os.environ.get("FMBENCH_PREFECT_API_IDLE_S", "1800"))
+IDLE_S = number("FMBENCH_PREFECT_API_IDLE_S", 1800.0)
 _POLL_S = 0.5
 
 __all__ = ["LocalApi", "api_state_dir", "db_template", "local_prefect_api", "make_db_template", "stop_local_api"]
@@ -223,7 +224,7 @@ def _write_state(root: Path, state: dict[str, object]) -> None:
 def _startup_timeout_s() -> float:
     """How long a run waits for the local server before it goes on with the embedded one."""
     default = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    return float(os.environ.get("FMBENCH_PREFECT_API_STARTUP_S", default))
+    return number("FMBENCH_PREFECT_API_STARTUP_S", float(default))
 
 
 def _spawn(root: Path) -> str:

@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Self
 import orjson
 
 from fmbench.childproc import JobChild
+from fmbench.settings import number
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -37,7 +38,7 @@ _CHROMIUM = "/usr/bin/chromium"
 
 def export_timeout_s() -> float:
     """The export's deadline: ``FMBENCH_PNG_TIMEOUT_S`` when set (read at each export), else 180 s."""
-    return float(os.environ.get("FMBENCH_PNG_TIMEOUT_S") or EXPORT_TIMEOUT_S)
+    return number("FMBENCH_PNG_TIMEOUT_S", EXPORT_TIMEOUT_S)
 
 
 class PngExporter:

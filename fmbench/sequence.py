@@ -114,13 +114,15 @@ class RunResult(NamedTuple):
 
 
 def check_before_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None:
-    """The preflight step: run id, output bucket, tokenizer, datasets, credentials and endpoints.
+    """The preflight step: fmbench's environment variables, run id, output bucket, tokenizer, datasets, credentials and endpoints.
 
     Raises:
         FMBenchError: one line naming what is wrong and where.
     """
     from fmbench.preflight import check_output, preflight
+    from fmbench.settings import check_environment
 
+    check_environment()
     check_output(cfg, output, run_id)
     preflight(cfg, run_id=run_id)
 

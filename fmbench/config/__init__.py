@@ -15,7 +15,6 @@ from fmbench.config.load import (
     parse_config,
     parse_override,
     resolve_path,
-    task_runner_choice,
 )
 from fmbench.config.models import (
     BedrockEndpoint,
@@ -68,5 +67,4 @@ __all__ = [
     "parse_config",
     "parse_override",
     "resolve_path",
-    "task_runner_choice",
 ]

@@ -6,10 +6,7 @@ Errors are reported as one line: ``FILE: field.path: message``.
 from __future__ import annotations
 
 import copy
-import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,38 +201,3 @@ def dump_config(cfg: BenchmarkConfig) -> str:
     data = cfg.model_dump(mode="json", exclude={"base_dir"})
     return yaml.safe_dump(data, sort_keys=False)
 
-
-@dataclass(frozen=True)
-class TaskRunnerChoice:
-    """Where a run's steps run, from ``FMBENCH_TASK_RUNNER`` (`task_runner_choice`)."""
-
-    kind: str  # "threads", "dask" (a local cluster made for the run) or "address" (an existing one)
-    workers: int = 2  # the local cluster's worker processes (FMBENCH_DASK_WORKERS)
-    address: str | None = None  # the existing cluster's scheduler
-
-
-def task_runner_choice(environ: Mapping[str, str] | None = None) -> TaskRunnerChoice:
-    """Read ``FMBENCH_TASK_RUNNER`` (threads, the default; dask; or a scheduler's address such as
-    ``tcp://host:8786``) and ``FMBENCH_DASK_WORKERS`` (for dask, default 2).
-
-    Raises:
-        ConfigError: one line naming the variable and what it may be.
-    """
-    env = os.environ if environ is None else environ
-    choice = env.get("FMBENCH_TASK_RUNNER", "threads").strip()
-    if choice in ("", "threads"):
-        return TaskRunnerChoice("threads")
-    if choice == "dask":
-        raw = env.get("FMBENCH_DASK_WORKERS", "2").strip() or "2"
-        try:
-            workers = int(raw)
-        except ValueError:
-            workers = 0
-        if workers < 1:
-            raise ConfigError(f"FMBENCH_DASK_WORKERS={raw!r}: the number of Dask worker processes, 1 or more")
-        return TaskRunnerChoice("dask", workers=workers)
-    scheme, sep, rest = choice.partition("://")
-    if sep and scheme and rest:
-        return TaskRunnerChoice("address", address=choice)
-    raise ConfigError(f"FMBENCH_TASK_RUNNER={choice!r}: use threads, dask or a Dask scheduler's address "
-                      "(tcp://host:8786)")

@@ -145,6 +145,8 @@ def cases(c: Ctx) -> list[Case]:
         Case("cli-bad-run-id", "run", "--run-id '../up'", extra=["--run-id", "../up"], category="cli"),
         Case("cli-bad-task-runner", "run", "FMBENCH_TASK_RUNNER='ray': use threads, dask or a Dask scheduler's",
              env={"FMBENCH_TASK_RUNNER": "ray"}, category="cli"),
+        Case("cli-bad-png-timeout", "run", "FMBENCH_PNG_TIMEOUT_S='soon': seconds the PNG export may take",
+             env={"FMBENCH_PNG_TIMEOUT_S": "soon"}, category="cli"),
         # ---- datasets
         Case("dataset-missing-file", "run", "nope.jsonl", _jsonl("d", "nope.jsonl"), category="dataset"),
         Case("dataset-wrong-schema", "run", "no field 'prompt'", _jsonl("d"),
