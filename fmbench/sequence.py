@@ -114,7 +114,8 @@ class RunResult(NamedTuple):
 
 
 def check_before_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None:
-    """The preflight step: fmbench's environment variables, run id, output bucket, tokenizer, datasets, credentials and endpoints.
+    """The preflight step: fmbench's environment variables, run id, output bucket, tokenizer,
+    datasets, credentials and endpoints.
 
     Raises:
         FMBenchError: one line naming what is wrong and where.

@@ -200,4 +200,3 @@ def dump_config(cfg: BenchmarkConfig) -> str:
     """The resolved config as YAML (what a run stores as config.yml)."""
     data = cfg.model_dump(mode="json", exclude={"base_dir"})
     return yaml.safe_dump(data, sort_keys=False)
-
