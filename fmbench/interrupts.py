@@ -133,7 +133,8 @@ def _isatty(fd: int) -> bool:
 
 
 def _drop_hung_up(ttys: list[int]) -> None:
-    """Point each of ``ttys`` that is no longer a terminal (it hung up) at ``/dev/null``."""
+    """Point each of ``ttys`` that is no longer a terminal (it hung up; or a pipe nobody reads) at
+    ``/dev/null``."""
     for fd in ttys:
         if not _isatty(fd):
             try:
@@ -147,13 +148,16 @@ def _drop_hung_up(ttys: list[int]) -> None:
 
 
 def say(line: str, stream: IO[str] | None = None) -> None:
-    """Print one line of a command's output (to stdout unless ``stream``); when that stream is a
-    terminal that hung up, point it at ``/dev/null`` instead of failing.
+    """Print one line of a command's output (to stdout unless ``stream``); when nobody can read that
+    stream any more (a terminal that hung up, a pipe whose reader exited), point it at ``/dev/null``
+    instead of failing.
 
     A run started with SIGHUP ignored (``nohup``, ``disown``, a shell that ignores it) rightly goes
     on when its terminal goes away, and must end as it would have: a write to the terminal that is
     gone fails (EIO), and the line that says where the report is would otherwise turn a finished
-    run into an error. Any other failure to write (a full disk, a closed pipe) is raised.
+    run into an error. Likewise ``fmbench run ... | head``, or a ``cleanup`` whose listing is cut
+    short (EPIPE): what the command does (delete endpoints, measure, write the report) matters more
+    than the lines nobody reads. Any other failure to write (a full disk) is raised.
     """
     stream = sys.stdout if stream is None else stream
     try:
@@ -163,7 +167,7 @@ def say(line: str, stream: IO[str] | None = None) -> None:
             fd = stream.fileno()
         except (OSError, ValueError):
             raise exc from None
-        if exc.errno != errno.EIO or _isatty(fd):
+        if not (exc.errno == errno.EPIPE or exc.errno == errno.EIO and not _isatty(fd)):
             raise
         _drop_hung_up([fd])
         try:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from fmbench import progress
+from fmbench.interrupts import say
 from fmbench.progress import Snapshot
 
 #: Without a terminal, one summary line this often.
@@ -165,7 +166,7 @@ def _plain(tracker: progress.RunProgress, stream: IO[str]) -> Iterator[None]:
             if not snap.shards and not snap.deploys:
                 continue
             for line in [summary_line(snap), *deploy_lines(snap)]:
-                print(line, file=stream, flush=True)
+                say(line, stream)  # a reader gone (a hung-up terminal, a closed pipe) costs no run
 
     thread = threading.Thread(target=lines, name="fmbench-progress", daemon=True)
     thread.start()

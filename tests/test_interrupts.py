@@ -4,6 +4,7 @@ process; the command line's behaviour is tested in tests/faults/test_interruptio
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -69,10 +70,11 @@ def test_nohup_and_an_installed_sigterm_handler_are_left_alone(default_handlers:
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_a_line_said_to_a_terminal_that_hung_up_goes_nowhere_and_other_write_failures_are_raised() -> None:
-    """`say` (a command's output lines): a terminal that hung up (EIO) is pointed at /dev/null, so a
-    run that went on past the hang-up (SIGHUP ignored) ends as it would have; a reader that went away
-    from a pipe is a failure the caller sees."""
+def test_a_line_said_to_a_terminal_that_hung_up_or_a_closed_pipe_goes_nowhere_and_other_failures_are_raised(
+        ) -> None:
+    """`say` (a command's output lines): a terminal that hung up (EIO) or a pipe whose reader exited
+    (EPIPE) is pointed at /dev/null, so a run that goes on past it ends as it would have; a write
+    that fails otherwise (a full disk: /dev/full) is a failure the caller sees."""
     from fmbench.interrupts import say
 
     master, terminal = os.openpty()
@@ -89,13 +91,20 @@ def test_a_line_said_to_a_terminal_that_hung_up_goes_nowhere_and_other_write_fai
     finally:
         out.close()
     read, write = os.pipe()
-    os.close(read)
     piped = os.fdopen(write, "w", encoding="utf-8")
     previous = signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it: EPIPE, not a signal
     try:
-        with pytest.raises(BrokenPipeError):
-            say("nobody reads this", piped)
+        say("read", piped)
+        assert os.read(read, 100) == b"read\n"
+        os.close(read)  # `fmbench run ... | head -1`: head has exited
+        say("nobody reads this", piped)  # no error
+        assert os.path.samefile(f"/proc/self/fd/{piped.fileno()}", os.devnull)
     finally:
         signal.signal(signal.SIGPIPE, previous)
-        with contextlib.suppress(BrokenPipeError):
-            piped.close()
+        piped.close()
+    full = open("/dev/full", "w", encoding="utf-8")  # noqa: SIM115 - its close fails too (what say left buffered)
+    with pytest.raises(OSError) as caught:
+        say("no room", full)
+    assert caught.value.errno == errno.ENOSPC
+    with contextlib.suppress(OSError):
+        full.close()

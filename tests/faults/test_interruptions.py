@@ -355,6 +355,34 @@ def test_a_run_that_ignores_hang_ups_outlives_its_terminal(fault_cli_env: dict[s
     assert json.loads((run / "manifest.json").read_text())["endpoints"]["e"]["deleted_at"]
 
 
+def test_a_run_whose_output_pipe_closes_goes_on_to_the_end(fault_cli_env: dict[str, str], tmp_path: Path) -> None:
+    """``fmbench run ... 2>&1 | head``: the reader exits after the first lines and every later write
+    fails (EPIPE). The run still measures every shard, writes its report, deletes its endpoint and
+    exits 0: the lines nobody reads go nowhere instead of turning it into an internal error."""
+    slow = {**SIM_CFG, "tpot_ms": 40, "output_tokens": 10}
+    cfg = _config(tmp_path, "pipe", [{"name": "e", "endpoint": slow}], requests=8, levels=[1, 2, 3])
+    run = tmp_path / "results" / "pipe" / "p"
+    proc = subprocess.Popen(fmbench_argv("run", str(cfg), "--run-id", "p"), env=fault_cli_env, cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.read(20)  # `head -c 20`
+        proc.stdout.close()  # and it exits
+        proc.wait(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 0
+    assert len(list((run / "shards").glob("*.json"))) == 3
+    assert (run / "report.md").is_file()
+    assert json.loads((run / "manifest.json").read_text())["endpoints"]["e"]["deleted_at"]
+    time.sleep(0.5)
+    left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [" ".join(p.cmdline()) for p in left]
+
+
 def _drain(fd: int, reading: threading.Event) -> None:
     with contextlib.suppress(OSError):
         while reading.is_set():
