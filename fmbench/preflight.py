@@ -133,11 +133,12 @@ def warn_live_endpoints(endpoints: list[SageMakerEndpoint], run_id: str | None =
 
 
 def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> None:
-    """Check the run id and that a remote output location's bucket exists and can be listed.
+    """Check the run id and the output location: a remote one's bucket exists and can be listed, a
+    local one is (or can become) a directory this process may write in.
 
     Raises:
         ConfigError: an invalid run id.
-        StorageError: the bucket does not exist or access is denied.
+        StorageError: the bucket does not exist, access is denied, or a local path is not a directory.
     """
     from fmbench import storage
     from fmbench.names import check_run_id
@@ -145,7 +146,7 @@ def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -
     check_run_id(run_id)
     out = output or cfg.output
     try:
-        storage.check_bucket(out)
+        storage.check_location(out)
     except StorageError as exc:
         raise StorageError(f"output {out}: {exc}") from exc
 

@@ -177,6 +177,7 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
 
     Raises:
         ConfigError: resuming a run that was made with a different config.
+        StorageError: the run directory cannot be created or written.
     """
     out = output or cfg.output
     rid = run_id or new_run_id()
@@ -189,7 +190,10 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
         url = str(Path(url).resolve())
         scratch = url
     run = RunInfo(name=cfg.name, run_id=rid, url=url, scratch=scratch, uid=secrets.token_hex(8))
-    Path(scratch).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # (the preflight checked the output; the disk may have changed since)
+        raise StorageError(f"{scratch}: cannot create the run directory: {exc.strerror or exc}") from exc
     if storage.exists(run.path(MANIFEST)):
         # Compare configs as the current schema reads them, so a resumed run survives new
         # defaulted fields in a newer fmbench.

@@ -6,6 +6,7 @@ whole. A reader therefore never sees a partial file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import posixpath
@@ -48,13 +49,17 @@ def _storage_error(url: str, action: str, exc: BaseException) -> StorageError:
     return StorageError(f"{url}: cannot {action}: {exc.__class__.__name__}: {exc}")
 
 
-def check_bucket(url: str) -> None:
-    """Fail unless the bucket of a remote URL exists and this identity may list it (local: no-op).
+def check_location(url: str) -> None:
+    """Fail unless runs can be stored at ``url``: the bucket of a remote URL must exist and this
+    identity may list it; a local directory must be one, or its nearest existing parent must be a
+    directory this process may write in. Nothing is created.
 
     Raises:
-        StorageError: the bucket does not exist, access is denied, or the store cannot be reached.
+        StorageError: the bucket does not exist, access is denied, the store cannot be reached, or a
+            local path is not a directory.
     """
     if not is_remote(url):
+        _check_local_directory(url)
         return
     fs, path = _fs(url)
     bucket = url.split("://", 1)[0] + "://" + path.split("/", 1)[0]
@@ -64,21 +69,35 @@ def check_bucket(url: str) -> None:
         raise _storage_error(bucket, "list the bucket", exc) from exc
 
 
+def _check_local_directory(url: str) -> None:
+    probe = Path(url).absolute()
+    try:
+        while not probe.exists():  # (a path through a file does not exist either)
+            probe = probe.parent
+        if not probe.is_dir():
+            raise StorageError(f"{probe} is not a directory")
+    except PermissionError as exc:
+        raise StorageError(f"{url}: access denied ({exc.strerror}: {exc.filename})") from exc
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise StorageError(f"{probe}: access denied (not writable)")
+
+
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole file atomically."""
     if not is_remote(url):
         path = Path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # The writer's pid in the name lets a resumed run tell a killed writer's leftover from a live one.
         tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (also a parent that is not a directory)
+                tmp.unlink()
             raise _storage_error(url, "write", exc) from exc
         return
     fs, key = _fs(url)

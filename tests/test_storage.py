@@ -77,3 +77,20 @@ def test_missing_bucket_is_a_clear_error(s3_env: str) -> None:
 
 def test_empty_listing_of_missing_directory(base: str) -> None:
     assert storage.list_files(storage.join(base, "none")) == []
+
+
+def test_a_local_output_is_checked_without_creating_anything(tmp_path: Path) -> None:
+    """`check_location` on a local path: a directory to be made under a writable one passes (and is
+    not made); a path that is, or goes through, a file is a StorageError naming the file; so is a
+    write under it."""
+    from fmbench.storage import check_location, write_bytes
+
+    check_location(str(tmp_path / "results" / "nested"))
+    assert not (tmp_path / "results").exists()
+    check_location(str(tmp_path))
+    (tmp_path / "file").write_text("x")
+    for url in (tmp_path / "file", tmp_path / "file" / "results"):
+        with pytest.raises(StorageError, match=f"{tmp_path / 'file'} is not a directory"):
+            check_location(str(url))
+    with pytest.raises(StorageError, match="cannot write"):
+        write_bytes(str(tmp_path / "file" / "run" / "manifest.json"), b"{}")

@@ -213,13 +213,17 @@ def cases(c: Ctx) -> list[Case]:
              GOOD.replace(SIM, "{{provider: sagemaker, region: us-east-1, endpoint_name: nosuch, "
                           f"runtime_endpoint_url: '{c.odd_url}/aws/no-endpoint'}}}}"), env=AWS_KEYS,
              category="endpoint"),
-        # ---- S3 output
+        # ---- output
+        Case("output-is-a-file", "run", "cfg.yml is not a directory",
+             extra=["--output", str(c.tmp / "output-is-a-file" / "cfg.yml")], category="storage"),
+        Case("output-through-a-file", "run", "cfg.yml is not a directory",
+             extra=["--output", str(c.tmp / "output-through-a-file" / "cfg.yml" / "results")], category="storage"),
         Case("s3-no-bucket", "run", "s3://fmbench-no-such-bucket: not found", extra=["--output", "s3://fmbench-no-such-bucket/x"],
              env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
-                  "AWS_ENDPOINT_URL_S3": c.moto_url}, category="s3"),
+                  "AWS_ENDPOINT_URL_S3": c.moto_url}, category="storage"),
         Case("s3-access-denied", "run", "s3://denied: access denied", extra=["--output", "s3://denied/x"],
              env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
-                  "AWS_ENDPOINT_URL_S3": c.odd_url}, category="s3"),
+                  "AWS_ENDPOINT_URL_S3": c.odd_url}, category="storage"),
     ]
 
 
@@ -276,7 +280,7 @@ def test_the_table_covers_every_category() -> None:
     dummy = Ctx(Path("/nonexistent"), "http://x", "http://x", "http://x", 1)
     table = cases(dummy)
     assert len(table) >= 40 and len({c.name for c in table}) == len(table)
-    assert {c.category for c in table} == {"config", "cli", "dataset", "tokenizer", "endpoint", "credentials", "s3"}
+    assert {c.category for c in table} == {"config", "cli", "dataset", "tokenizer", "endpoint", "credentials", "storage"}
 
 
 #: The exit code each category of the table ends with: that of the error class its cases raise
@@ -284,13 +288,13 @@ def test_the_table_covers_every_category() -> None:
 EXIT_BY_CATEGORY = {
     "config": ConfigError.exit_code, "cli": ExitCode.BAD_INPUT, "dataset": DatasetError.exit_code,
     "tokenizer": TokenizerError.exit_code, "endpoint": EndpointError.exit_code,
-    "credentials": CredentialsError.exit_code, "s3": StorageError.exit_code,
+    "credentials": CredentialsError.exit_code, "storage": StorageError.exit_code,
 }
 
 
 def test_bad_input_and_environment_have_their_own_exit_codes() -> None:
     assert {EXIT_BY_CATEGORY[c] for c in ("config", "cli", "dataset", "tokenizer")} == {2}
-    assert {EXIT_BY_CATEGORY[c] for c in ("endpoint", "credentials", "s3")} == {3}
+    assert {EXIT_BY_CATEGORY[c] for c in ("endpoint", "credentials", "storage")} == {3}
 
 
 @pytest.mark.parametrize("name", _names())
