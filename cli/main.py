@@ -279,7 +279,7 @@ def _age(seconds: float | None) -> str:
 def cmd_serve_sim(args: argparse.Namespace) -> int:
     from fmbench.simulator.cli import run
 
-    return run(args)
+    return run(args, prog="fmbench")
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -53,6 +53,17 @@ def _dest(prefix: str, field: str) -> str:
     return f"sim_{prefix}_{field}"
 
 
+def _port(text: str) -> int:
+    """A TCP port number (0 picks a free one), for argparse: anything else is a usage error."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535; 0 picks a free one)")
+    return port
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True) -> None:
     """Add the simulated endpoint's flags (latency model, faults, and optionally --host/--port).
 
@@ -62,7 +73,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser, *, host_port: bool = True
     if host_port:
         parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default 127.0.0.1).")
         parser.add_argument(
-            "--port", type=int, default=8000, help="Port to bind; 0 picks a free one (default 8000)."
+            "--port", type=_port, default=8000, help="Port to bind; 0 picks a free one (default 8000)."
         )
     parser.add_argument(
         "--tokenizer",
@@ -170,11 +181,12 @@ def _renice(increment: int) -> None:
             pass
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, prog: str = "python -m fmbench.simulator") -> int:
     """Serve with flags parsed by a parser that `add_cli_arguments` set up (``fmbench serve-sim``).
 
     Prints ``FMBENCH_SIM_LISTENING URL`` once bound and serves until SIGTERM/SIGINT; returns the
-    exit code (with one line on stderr: 2 for a bad flag, 3 for a busy port; see `ExitCode`).
+    exit code (with one line on stderr, ``{prog}: error: ...``: 2 for a bad flag, 3 for a busy
+    port; see `ExitCode`).
     """
     # A short GIL switch interval lets a pacing timer thread (--timer thread) take over promptly.
     sys.setswitchinterval(0.001)
@@ -195,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         serve(cfg, args.host, args.port, faults, ready=ready, timer=args.timer, tokenizer=args.tokenizer,
               writer=args.writer, tls=tls, exit_with_parent=args.exit_with_parent)
     except FMBenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return int(exc.exit_code)
     return 0
 
