@@ -362,7 +362,8 @@ def local_prefect_api() -> Iterator[LocalApi]:
         log.warning("could not start a reusable local Prefect server, using the embedded one: %s", exc)
         url = None
     if url is None:
-        lease.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (also a cache directory that cannot be one)
+            lease.unlink()
         yield LocalApi(None, None, False)
         return
     os.environ["PREFECT_API_URL"] = f"{url}/api"

@@ -127,6 +127,17 @@ def test_a_set_api_url_or_embedded_mode_starts_nothing(private_api: Path, monkey
     assert not (api_state_dir() / "state.json").exists()
 
 
+def test_a_cache_directory_that_cannot_be_one_leaves_the_run_on_the_embedded_api(
+        private_api: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The cache only saves start-up time: a ``FMBENCH_CACHE_DIR`` under a file (or not writable)
+    costs the run its reusable API, with a warning, not the run."""
+    (private_api / "a-file").write_text("x")
+    monkeypatch.setenv("FMBENCH_CACHE_DIR", str(private_api / "a-file" / "cache"))
+    with caplog.at_level("WARNING", logger="fmbench"), local_prefect_api() as api:
+        assert api.url is None and api.wait() is None and "PREFECT_API_URL" not in os.environ
+    assert "could not start a reusable local Prefect server, using the embedded one" in caplog.text
+
+
 def test_a_run_that_starts_while_the_server_is_still_starting_shares_it(
         private_api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A Prefect home that does not exist yet (a first run on a new machine) and no database template:
