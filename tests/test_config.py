@@ -79,6 +79,21 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
         (("{provider: simulated}", "{provider: simulated, max_batch: 0}"), "endpoint.max_batch"),
         (("{provider: simulated}", "{provider: openai, model: m}"), "endpoint.base_url: Field required"),
         (("{provider: simulated}", "{provider: openai, model: m, base_url: ftp://x}"), "http:// or https://"),
+        (("{provider: simulated}", "{provider: openai, model: m, base_url: 'http://u:pw@h/v1'}"),
+         "endpoint.base_url: Value error, must not carry credentials (user:password@)"),
+        (("{provider: simulated}", "{provider: openai, model: m, base_url: 'http://h/v1?key=k'}"),
+         "endpoint.base_url: Value error, must not have a query string"),
+        (("{provider: simulated}", "{provider: openai, model: m, base_url: 'http://h/v1', headers: {api-key: k}}"),
+         "endpoint.headers: Value error, 'api-key' looks like it carries a secret"),
+        (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', "
+                                   "headers: {Authorization: Bearer k}}")), "'Authorization' looks like"),
+        (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', "
+                                   "headers_env: {api-key: sk-123}}")),
+         "headers_env: Value error, api-key: 'sk-123' is not an environment variable's name"),
+        (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', api_key_env: K, "
+                                   "headers_env: {authorization: K2}}")), "given twice"),
+        (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', headers: {X-Team: a}, "
+                                   "headers_env: {x-team: T}}")), "header x-team is given twice"),
         (("{provider: simulated}", "{provider: sagemaker}"), "exactly one of endpoint_name"),
         (("{provider: simulated}", "{provider: sagemaker, image_uri: x}"), "instance_type is required"),
         (("{provider: simulated}", "{provider: bedrock}"), "endpoint.model_id: Field required"),
@@ -203,6 +218,10 @@ def test_openai_api_key_is_named_not_embedded() -> None:
     ep = cfg.experiments[0].endpoint
     assert ep.base_url == "http://h:1/v1"
     assert "api_key_env" in dump_config(cfg)
+    cfg = load_config_text(BASE.replace("{provider: simulated}", "{provider: openai, base_url: 'http://h:1/v1', "
+                                        "model: m, headers: {X-Team: a}, headers_env: {api-key: AZURE_KEY}}"))
+    ep = cfg.experiments[0].endpoint
+    assert ep.headers == {"X-Team": "a"} and ep.headers_env == {"api-key": "AZURE_KEY"}
 
 
 def test_a_ca_bundle_resolves_like_a_dataset_path_and_leaves_other_configs_hashes_alone(tmp_path: Path) -> None:
@@ -213,6 +232,10 @@ def test_a_ca_bundle_resolves_like_a_dataset_path_and_leaves_other_configs_hashe
     assert without.config_hash() == "65926cf33f2a2bd1"
     assert without.config_hash() == load_config_text(
         BASE.replace("{provider: simulated}", openai % ", ca_bundle: null")).config_hash()
+    assert without.config_hash() == load_config_text(  # nor does headers_env, when unset
+        BASE.replace("{provider: simulated}", openai % ", headers_env: {}")).config_hash()
+    assert without.config_hash() != load_config_text(
+        BASE.replace("{provider: simulated}", openai % ", headers_env: {api-key: K}")).config_hash()
     path = tmp_path / "bench.yml"
     path.write_text(BASE.replace("{provider: simulated}", openai % ", ca_bundle: certs/ca.pem"))
     cfg = load_config(path)

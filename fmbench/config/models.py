@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -155,6 +156,11 @@ class SimulatedEndpoint(_Model):
     )
 
 
+#: Header names that carry credentials: their values come from the environment (headers_env).
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|credential|signature", re.IGNORECASE)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class OpenAIEndpoint(_Model):
     """Any OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, ...)."""
 
@@ -166,6 +172,9 @@ class OpenAIEndpoint(_Model):
         default=None, description="Name of the environment variable holding the API key (never the key itself)."
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (no secrets).")
+    headers_env: dict[str, str] = Field(
+        default_factory=dict, description="HTTP headers that carry a secret: header name -> the environment "
+        "variable holding its value (e.g. api-key: AZURE_OPENAI_KEY); read when the run starts, never stored.")
     ca_bundle: str | None = Field(
         default=None, description="PEM file of the certificate authorities to trust for an https base_url "
         "signed by a private CA (absolute, or relative to the config's directory); default: the system's.")
@@ -182,7 +191,41 @@ class OpenAIEndpoint(_Model):
     def _http_url(cls, v: str) -> str:
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("must be an http:// or https:// URL")
+        parts = urlsplit(v)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (user:password@): the config is stored with the run; "
+                             "put the secret in an environment variable named by api_key_env or headers_env")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query string or fragment: the client appends /chat/completions "
+                             "to it (a key there would also be stored with the run: use api_key_env or headers_env)")
         return v.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if _SECRET_HEADER.search(name):
+                raise ValueError(f"{name!r} looks like it carries a secret, and headers are stored with the run: "
+                                 f"name the environment variable holding it in headers_env ({name}: VARIABLE)")
+        return v
+
+    @field_validator("headers_env")
+    @classmethod
+    def _variable_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, variable in v.items():
+            if not _ENV_NAME.fullmatch(variable):
+                raise ValueError(f"{name}: {variable!r} is not an environment variable's name (the value itself "
+                                 "belongs in the environment, never in the config)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source_per_header(self) -> OpenAIEndpoint:
+        both = {n.lower() for n in self.headers} & {n.lower() for n in self.headers_env}
+        if self.api_key_env and "authorization" in {n.lower() for n in self.headers_env}:
+            both.add("authorization (also set by api_key_env)")
+        if both:
+            raise ValueError(f"header {min(both)} is given twice: keep one of headers, headers_env, api_key_env")
+        return self
 
 
 class _AwsAccess(_Model):
@@ -588,6 +631,8 @@ class BenchmarkConfig(_Model):
         for ep in [e.get("endpoint") for e in data["experiments"]] + [j.get("endpoint") for j in judges]:
             if isinstance(ep, dict) and "ca_bundle" in ep and ep["ca_bundle"] is None:
                 del ep["ca_bundle"]  # unset: the hash of a config from before ca_bundle
+            if isinstance(ep, dict) and ep.get("headers_env") == {}:
+                del ep["headers_env"]  # unset: the hash of a config from before headers_env
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -35,8 +35,16 @@ def _openai(endpoint: OpenAIEndpoint, inference: InferenceConfig, url: str | Non
         api_key = os.environ.get(endpoint.api_key_env)
         if not api_key:
             raise EndpointError(f"openai endpoint: environment variable {endpoint.api_key_env} is not set or empty")
+    secret_headers = {}
+    for header, variable in endpoint.headers_env.items():
+        value = os.environ.get(variable)
+        if not value:
+            raise EndpointError(f"openai endpoint: environment variable {variable} (headers_env.{header}) is not set "
+                                "or empty")
+        secret_headers[header] = value
     return OpenAIClient(url or endpoint.base_url, endpoint.model, api=endpoint.api, inference=inference,
-                        api_key=api_key, headers=endpoint.headers, ca_bundle=endpoint.ca_file())
+                        api_key=api_key, headers=endpoint.headers, secret_headers=secret_headers,
+                        ca_bundle=endpoint.ca_file())
 
 
 def _sagemaker(endpoint: Any, inference: InferenceConfig, url: str | None) -> EndpointClient:

@@ -145,15 +145,15 @@ _EXCEPTION_MAP: tuple[tuple[type[BaseException], type[EndpointError], str], ...]
 )
 
 
-def _translate(exc: BaseException, secret: str | None) -> EndpointError:
+def _translate(exc: BaseException, secrets: tuple[str, ...]) -> EndpointError:
     """Map a dependency exception to our error tree (the module's one translation boundary)."""
     for cls, target, what in _EXCEPTION_MAP:
         if isinstance(exc, cls):
             detail = str(exc)
             message = f"{what} ({type(exc).__name__}{': ' + detail if detail else ''})"
-            return target(_redact(message, secret)[: _MAX_MESSAGE * 2])
+            return target(_redact(message, secrets)[: _MAX_MESSAGE * 2])
     return EndpointProtocolError(
-        _redact(f"unexpected {type(exc).__name__}: {exc}", secret)[: _MAX_MESSAGE * 2]
+        _redact(f"unexpected {type(exc).__name__}: {exc}", secrets)[: _MAX_MESSAGE * 2]
     )
 
 
@@ -300,8 +300,10 @@ def _never_read(sent: list[Any], exc: BaseException, hooked: bool) -> bool:
     return bool(served_before > 0 and not proto.rx)
 
 
-def _redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -447,6 +449,8 @@ class OpenAIClient:
         inference: generation parameters and the per-request timeout.
         api_key: sent as ``Authorization: Bearer``; never logged or placed in a message.
         headers: extra HTTP headers.
+        secret_headers: HTTP headers whose values are secrets (``headers_env``): sent like
+            ``headers``, and redacted like the API key from any message that might echo them.
         send_answers: put the prompt's reference answers in the body (``fmbench_answers``), for the
             simulated endpoint's answer model only; never sent to a real server.
         ca_bundle: PEM file of the certificate authorities an https server's certificate is checked
@@ -461,6 +465,7 @@ class OpenAIClient:
         inference: InferenceConfig | None = None,
         api_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        secret_headers: Mapping[str, str] | None = None,
         send_answers: bool = False,
         ca_bundle: str | None = None,
     ) -> None:
@@ -471,7 +476,7 @@ class OpenAIClient:
         self.inference = inference or InferenceConfig()
         self._chat = api == "chat"
         self._url = URL(base_url.rstrip("/") + ("/chat/completions" if self._chat else "/completions"))
-        self._secret = api_key or None
+        self._secrets = tuple(s for s in (api_key, *(secret_headers or {}).values()) if s)
         # A User-Agent of our own, set here rather than skipped per request: aiohttp's
         # ``skip_auto_headers`` copies and sorts header sets on every request.
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json",
@@ -479,6 +484,7 @@ class OpenAIClient:
         if any(k.lower() == "user-agent" for k in headers or {}):
             del self._headers["User-Agent"]
         self._headers.update(headers or {})
+        self._headers.update(secret_headers or {})
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
@@ -645,7 +651,7 @@ class OpenAIClient:
             exc.resends = resends
             raise
         except Exception as exc:  # the translation boundary for aiohttp/asyncio/OS errors
-            err = _translate(exc, self._secret)
+            err = _translate(exc, self._secrets)
             err.resends = resends
             raise err from exc
         finally:
@@ -654,7 +660,7 @@ class OpenAIClient:
 
     async def _http_error(self, resp: aiohttp.ClientResponse) -> EndpointHTTPError:
         body = await resp.content.read(_ERROR_BODY_BYTES)
-        msg = _redact(f"HTTP {resp.status}: {_error_message(body)}", self._secret)
+        msg = _redact(f"HTTP {resp.status}: {_error_message(body)}", self._secrets)
         if resp.status == 429:
             return EndpointThrottled(msg, 429, _retry_after(resp.headers.get("Retry-After")))
         return EndpointHTTPError(msg, resp.status)
@@ -692,7 +698,7 @@ class OpenAIClient:
         code = err.get("code") if isinstance(err, dict) else None
         status = code if isinstance(code, int) and code >= 400 else 500
         msg = _error_message(json.dumps(event).encode())
-        return EndpointHTTPError(_redact(f"error in answer (status {status}): {msg}", self._secret), status)
+        return EndpointHTTPError(_redact(f"error in answer (status {status}): {msg}", self._secrets), status)
 
     @staticmethod
     async def _drain(resp: aiohttp.ClientResponse) -> None:

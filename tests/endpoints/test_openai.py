@@ -181,6 +181,36 @@ def test_key_is_redacted_when_the_server_echoes_it(fake_openai: FakeOpenAI) -> N
     assert KEY not in repr(client)
 
 
+def test_secret_headers_from_the_environment_are_sent_and_redacted(
+        monkeypatch: pytest.MonkeyPatch, fake_openai: FakeOpenAI) -> None:
+    """``headers_env`` (a gateway's own key header): the value is read from the environment when the
+    client is made, sent with every request, and redacted from an error that echoes it."""
+    inf = InferenceConfig(max_tokens=3)
+    gateway_key = "gw-PLANTED-5f1e"
+    cfg = OpenAIEndpoint(provider="openai", base_url=fake_openai.url, model="ok:n=2", headers={"X-Team": "bench"},
+                         headers_env={"X-Gateway-Key": "FMB_TEST_GATEWAY_KEY"})
+    monkeypatch.delenv("FMB_TEST_GATEWAY_KEY", raising=False)
+    with pytest.raises(EndpointError, match=r"FMB_TEST_GATEWAY_KEY \(headers_env.X-Gateway-Key\) is not set"):
+        make_client(cfg, inf)
+    monkeypatch.setenv("FMB_TEST_GATEWAY_KEY", gateway_key)
+
+    async def go(client: EndpointClient) -> Completion:
+        await client.open(1)
+        try:
+            return await client.complete(PROMPT)
+        finally:
+            await client.close()
+
+    assert asyncio.run(go(make_client(cfg, inf))).text == " t0 t1"
+    sent = fake_openai.stats()["headers"][-1]
+    assert sent["X-Gateway-Key"] == gateway_key and sent["X-Team"] == "bench"
+    echo = make_client(cfg.model_copy(update={"model": "echo_headers"}), inf)
+    with pytest.raises(EndpointHTTPError) as info:
+        asyncio.run(go(echo))
+    assert "bench" in str(info.value) and "***" in str(info.value) and gateway_key not in str(info.value)
+    assert gateway_key not in repr(echo)
+
+
 def test_connection_refused() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -214,12 +244,12 @@ def test_every_aiohttp_error_has_an_explicit_mapping(cls: type[BaseException]) -
 
 
 def test_translate_examples_keep_kinds_and_redact() -> None:
-    assert _translate(aiohttp.ServerDisconnectedError(), None).kind == "connection"
-    assert _translate(aiohttp.ClientPayloadError("cut"), None).kind == "connection"
-    assert _translate(aiohttp.SocketTimeoutError("slow"), None).kind == "timeout"
-    assert _translate(ConnectionResetError(104, "reset"), None).kind == "connection"
-    assert _translate(ValueError("weird"), None).kind == "protocol"
-    assert KEY not in str(_translate(aiohttp.ClientError(f"boom {KEY}"), KEY))
+    assert _translate(aiohttp.ServerDisconnectedError(), ()).kind == "connection"
+    assert _translate(aiohttp.ClientPayloadError("cut"), ()).kind == "connection"
+    assert _translate(aiohttp.SocketTimeoutError("slow"), ()).kind == "timeout"
+    assert _translate(ConnectionResetError(104, "reset"), ()).kind == "connection"
+    assert _translate(ValueError("weird"), ()).kind == "protocol"
+    assert KEY not in str(_translate(aiohttp.ClientError(f"boom {KEY}"), (KEY,)))
 
 
 async def _raw_sse_server(payload: bytes, piece: int, pause: float) -> tuple[asyncio.Server, str]:

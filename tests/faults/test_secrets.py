@@ -1,4 +1,4 @@
-"""Planted secrets (an OpenAI API key and AWS credentials) reach no file of the run directory, no
+"""Planted secrets (an OpenAI API key, a gateway key header and AWS credentials) reach no file of the run directory, no
 Prefect log read back from the API, no artifact, no flow-run parameter and no captured log line."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from fmbench.config import SimulatedEndpoint
 from fmbench.simulator.process import SimulatedServerProcess
 
 API_KEY = "sk-fmbench-PLANTED-91c2d7e4aa"
+HEADER_KEY = "gw-fmbench-PLANTED-3b8e0f"
 AWS_KEY_ID = "AKIAFMBENCHPLANTED42"
 AWS_SECRET = "fmbench/PLANTED/secret+Kq9wZ3xV7yT1uR5sP0oN"
 AWS_TOKEN = "FwoGZXIvYXdzEFMBENCHPLANTEDTOKEN0123456789"
-SECRETS = (API_KEY, AWS_KEY_ID, AWS_SECRET, AWS_TOKEN)
+SECRETS = (API_KEY, HEADER_KEY, AWS_KEY_ID, AWS_SECRET, AWS_TOKEN)
 
 
 def _config(tmp_path: Path, url: str) -> Path:
@@ -29,7 +30,8 @@ def _config(tmp_path: Path, url: str) -> Path:
         "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 2}],
         "experiments": [
             {"name": "oa", "endpoint": {"provider": "openai", "base_url": f"{url}/v1", "model": "fmbench-sim",
-                                        "api_key_env": "FMBENCH_PLANTED_KEY"},
+                                        "api_key_env": "FMBENCH_PLANTED_KEY",
+                                        "headers_env": {"X-Gateway-Key": "FMBENCH_PLANTED_HEADER"}},
              "inference": {"max_tokens": 4}, "requests_per_level": 3, "warmup_requests": 0},
             {"name": "br", "endpoint": {"provider": "bedrock", "region": "us-east-1", "runtime_endpoint_url": url,
                                         "model_id": "meta.llama3-8b-instruct-v1:0"},
@@ -71,6 +73,7 @@ def test_planted_api_key_and_aws_credentials_appear_nowhere(prefect_harness: Non
     from flows.benchmark import benchmark
 
     monkeypatch.setenv("FMBENCH_PLANTED_KEY", API_KEY)
+    monkeypatch.setenv("FMBENCH_PLANTED_HEADER", HEADER_KEY)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
     monkeypatch.setenv("AWS_SESSION_TOKEN", AWS_TOKEN)
@@ -102,4 +105,4 @@ def test_planted_api_key_and_aws_credentials_appear_nowhere(prefect_harness: Non
     blob = "\n".join(texts + ours)
     for secret in SECRETS:
         assert secret not in blob, secret
-    assert AWS_SECRET not in caplog.text and API_KEY not in caplog.text
+    assert AWS_SECRET not in caplog.text and API_KEY not in caplog.text and HEADER_KEY not in caplog.text

@@ -4,7 +4,7 @@ The request's ``model`` field picks the behaviour: ``ok`` (default), ``500``, ``
 ``reset`` (drop the connection mid-stream), ``malformed`` (bad SSE line), ``nonjson`` (SSE data
 that is not JSON), ``nonjson_body`` (non-streamed text body), ``nodone`` (stream ends without
 [DONE]), ``empty`` (no output text, no usage), ``nousage``, ``echo_key`` (401 echoing the Authorization
-header). Options after ``:`` as ``key=value``: ``ttft``, ``tpot``, ``jit`` (extra random TTFT up to this),
+header), ``echo_headers`` (403 echoing every header's value). Options after ``:`` as ``key=value``: ``ttft``, ``tpot``, ``jit`` (extra random TTFT up to this),
 in seconds, and ``n`` (chunks). ``meet=K`` holds each such request until requests with a ``meet``
 option have arrived under K different model names (or ``meet_s``, default 60 s, has passed): two
 runs that both reach it are in flight at one instant, two that run one after the other are not.
@@ -51,7 +51,7 @@ class FakeOpenAI:
             self._proc = None
 
     def stats(self) -> dict[str, Any]:
-        """What the server saw: max_active, arrivals, auth headers, bodies and their content types."""
+        """What the server saw: max_active, arrivals, auth headers, all headers, bodies and their content types."""
         with urllib.request.urlopen(self.url + "/_stats", timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -70,6 +70,7 @@ class _Server:
         self.max_active = 0
         self.arrivals: list[tuple[float, int]] = []  # (monotonic time, in flight including this one)
         self.auth: list[str | None] = []
+        self.headers: list[dict[str, str]] = []
         self.bodies: list[dict[str, Any]] = []
         self.content_types: list[str | None] = []
         self.met: set[str] = set()
@@ -94,6 +95,7 @@ class _Server:
                 "max_active": self.max_active,
                 "arrivals": self.arrivals,
                 "auth": self.auth,
+                "headers": self.headers,
                 "bodies": self.bodies,
                 "content_types": self.content_types,
                 "met": sorted(self.met),
@@ -118,6 +120,7 @@ class _Server:
         self.bodies.append(body)
         self.content_types.append(request.headers.get("Content-Type"))
         self.auth.append(request.headers.get("Authorization"))
+        self.headers.append(dict(request.headers))
         name, *opts = str(body.get("model", "ok")).split(":")
         o = dict(x.split("=", 1) for x in opts)
         ttft, tpot, n = float(o.get("ttft", 0)), float(o.get("tpot", 0)), int(o.get("n", 4))
@@ -139,6 +142,8 @@ class _Server:
             return web.Response(status=429, text="slow down", headers={"Retry-After": "7"})
         if name == "echo_key":
             return web.Response(status=401, text=f"bad key {request.headers.get('Authorization')}")
+        if name == "echo_headers":  # every header value, as a careless gateway's error page might
+            return web.Response(status=403, text="refused: " + " ".join(request.headers.values()))
         if name == "hang":
             await asyncio.sleep(5)
         if name == "nonjson_body" or (not body.get("stream") and name == "nonjson"):
