@@ -76,6 +76,10 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = Non
             where = f"experiments[{e.name}].endpoint"
             check_aws_credentials(e.endpoint, where)
             existing = isinstance(e.endpoint, BedrockEndpoint) or bool(e.endpoint.endpoint_name)
+            if isinstance(e.endpoint, SageMakerEndpoint) and e.endpoint.env_from:
+                from fmbench.deploy.sagemaker import secret_env
+
+                secret_env(e.endpoint, where)  # its secrets are set here, before anything is deployed
             if probe and existing:
                 probe_endpoint(e, None, where)
             elif probe and isinstance(e.endpoint, SageMakerEndpoint):

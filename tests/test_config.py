@@ -95,6 +95,15 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
         (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', headers: {X-Team: a}, "
                                    "headers_env: {x-team: T}}")), "header x-team is given twice"),
         (("{provider: simulated}", "{provider: sagemaker}"), "exactly one of endpoint_name"),
+        (("{provider: simulated}", "{provider: sagemaker, image_uri: x, instance_type: t, env: {HF_TOKEN: hf_x}}"),
+         "endpoint.env: Value error, HF_TOKEN looks like a secret"),
+        (("{provider: simulated}", ("{provider: sagemaker, image_uri: x, instance_type: t, "
+                                   "env_from: {HF_TOKEN: hf_abc-123}}")),
+         "env_from: Value error, HF_TOKEN: 'hf_abc-123' is not an environment variable's name"),
+        (("{provider: simulated}", ("{provider: sagemaker, image_uri: x, instance_type: t, env: {A: b}, "
+                                   "env_from: {A: B}}")), "A is in both env and env_from"),
+        (("{provider: simulated}", "{provider: sagemaker, endpoint_name: live, env_from: {HF_TOKEN: T}}"),
+         "env_from is for a model the run deploys"),
         (("{provider: simulated}", "{provider: sagemaker, image_uri: x}"), "instance_type is required"),
         (("{provider: simulated}", "{provider: bedrock}"), "endpoint.model_id: Field required"),
         (("concurrency_levels: [1, 2]", "concurrency_levels: [0]"), "concurrency_levels[0]"),
@@ -222,6 +231,11 @@ def test_openai_api_key_is_named_not_embedded() -> None:
                                         "model: m, headers: {X-Team: a}, headers_env: {api-key: AZURE_KEY}}"))
     ep = cfg.experiments[0].endpoint
     assert ep.headers == {"X-Team": "a"} and ep.headers_env == {"api-key": "AZURE_KEY"}
+    cfg = load_config_text(BASE.replace("{provider: simulated}", (
+        "{provider: sagemaker, image_uri: x, instance_type: t, env: {MAX_INPUT_TOKENS: '4096', "
+        "MAX_TOTAL_TOKENS: '8192', HF_MODEL_ID: m}, env_from: {HF_TOKEN: HF_TOKEN}}")))
+    ep = cfg.experiments[0].endpoint
+    assert ep.env_from == {"HF_TOKEN": "HF_TOKEN"} and len(ep.env) == 3  # token *counts* are no secret
 
 
 def test_a_ca_bundle_resolves_like_a_dataset_path_and_leaves_other_configs_hashes_alone(tmp_path: Path) -> None:

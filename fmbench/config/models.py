@@ -159,6 +159,10 @@ class SimulatedEndpoint(_Model):
 #: Header names that carry credentials: their values come from the environment (headers_env).
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|passw|credential|signature", re.IGNORECASE)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Environment variable names that hold credentials (HF_TOKEN, OPENAI_API_KEY, DB_PASSWORD; not
+#: MAX_INPUT_TOKENS): their values come from this machine's environment (env_from).
+_SECRET_VARIABLE = re.compile(r"(^|_)(TOKEN|API_KEY|ACCESS_KEY|SECRET_KEY|PRIVATE_KEY|KEY)$|SECRET|PASSW|CREDENTIAL",
+                              re.IGNORECASE)
 
 
 class OpenAIEndpoint(_Model):
@@ -250,6 +254,10 @@ class SageMakerEndpoint(_AwsAccess):
     model_data: str | None = Field(default=None, description="s3:// URI of model artifacts, for image deploys.")
     hf_model_id: str | None = Field(default=None, description="HF model id the container downloads (HF_MODEL_ID).")
     env: dict[str, str] = Field(default_factory=dict, description="Container environment variables (no secrets).")
+    env_from: dict[str, str] = Field(
+        default_factory=dict, description="Container environment variables that are secrets (HF_TOKEN for a gated "
+        "model): container variable -> the environment variable on this machine holding its value; read when the "
+        "endpoint is deployed, sent only to SageMaker, never stored with the run.")
     serving_properties: dict[str, str] | None = Field(
         default=None, description="LMI serving.properties entries, passed as OPTION_* environment variables."
     )
@@ -274,6 +282,24 @@ class SageMakerEndpoint(_AwsAccess):
         description="Wait this long after a shard ends before reading its CloudWatch metrics (published late).",
     )
 
+    @field_validator("env")
+    @classmethod
+    def _no_secret_variables(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if _SECRET_VARIABLE.search(name):
+                raise ValueError(f"{name} looks like a secret, and env is stored with the run: name the environment "
+                                 f"variable holding it in env_from ({name}: VARIABLE)")
+        return v
+
+    @field_validator("env_from")
+    @classmethod
+    def _env_from_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, variable in v.items():
+            if not _ENV_NAME.fullmatch(variable):
+                raise ValueError(f"{name}: {variable!r} is not an environment variable's name (the value itself "
+                                 "belongs in the environment, never in the config)")
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> SageMakerEndpoint:
         sources = [x for x in (self.endpoint_name, self.jumpstart_model_id, self.image_uri) if x]
@@ -281,6 +307,10 @@ class SageMakerEndpoint(_AwsAccess):
             raise ValueError("give exactly one of endpoint_name, jumpstart_model_id or image_uri")
         if not self.endpoint_name and not self.instance_type:
             raise ValueError("instance_type is required to deploy a model")
+        if both := sorted(set(self.env) & set(self.env_from)):
+            raise ValueError(f"{both[0]} is in both env and env_from: keep one")
+        if self.env_from and self.endpoint_name:
+            raise ValueError("env_from is for a model the run deploys, not an existing endpoint_name")
         return self
 
 
@@ -631,8 +661,9 @@ class BenchmarkConfig(_Model):
         for ep in [e.get("endpoint") for e in data["experiments"]] + [j.get("endpoint") for j in judges]:
             if isinstance(ep, dict) and "ca_bundle" in ep and ep["ca_bundle"] is None:
                 del ep["ca_bundle"]  # unset: the hash of a config from before ca_bundle
-            if isinstance(ep, dict) and ep.get("headers_env") == {}:
-                del ep["headers_env"]  # unset: the hash of a config from before headers_env
+            for added in ("headers_env", "env_from"):
+                if isinstance(ep, dict) and ep.get(added) == {}:
+                    del ep[added]  # unset: the hash of a config from before the field
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from fmbench import interrupts, progress
 from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, register_provider
-from fmbench.errors import DeploymentError
+from fmbench.errors import ConfigError, DeploymentError
 from fmbench.names import slug
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,21 @@ def _model_data_source(uri: str, accept_eula: bool) -> str | dict[str, Any]:
     if accept_eula:
         source["ModelAccessConfig"] = {"AcceptEula": True}
     return {"S3DataSource": source}
+
+
+def secret_env(cfg: SageMakerEndpoint, where: str) -> dict[str, str]:
+    """The container's secret variables (``env_from``), read from this process's environment.
+
+    Raises:
+        ConfigError: a variable it names is not set or empty.
+    """
+    values = {}
+    for name, variable in cfg.env_from.items():
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"{where}.env_from.{name}: environment variable {variable} is not set or empty")
+        values[name] = value
+    return values
 
 
 def image_container(cfg: SageMakerEndpoint) -> ContainerSpec:
@@ -470,9 +486,10 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
 
     log.info("deploying %s (%s) on %d x %s as %s", experiment.name, spec.source, cfg.instance_count,
              spec.instance_type, name)
+    secrets = secret_env(cfg, f"experiments[{experiment.name}].endpoint")
     step = "creating model"
     try:
-        container: dict[str, Any] = {"Image": spec.image_uri, "Environment": spec.env}
+        container: dict[str, Any] = {"Image": spec.image_uri, "Environment": {**spec.env, **secrets}}
         if isinstance(spec.model_data, dict):
             container["ModelDataSource"] = spec.model_data
         elif spec.model_data:
@@ -515,6 +532,11 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
         error = _undo_deploy(client, handle, experiment.name, step, exc)
         if error is exc:
             raise
+        if any(value in str(error) for value in secrets.values()):  # a validation error may quote them
+            message = str(error)
+            for value in secrets.values():
+                message = message.replace(value, "***")
+            error = DeploymentError(message)
         raise error from exc
     return handle
 

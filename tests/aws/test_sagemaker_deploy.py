@@ -21,7 +21,7 @@ from fmbench.deploy.sagemaker import (
     teardown_bedrock,
     teardown_sagemaker,
 )
-from fmbench.errors import DeploymentError
+from fmbench.errors import ConfigError, DeploymentError
 from tests.support.sagemaker import (
     EMPTY,
     INSTANCE,
@@ -88,6 +88,27 @@ def test_image_deploy_creates_model_config_endpoint_and_teardown_removes_them(mo
     assert sm_inventory(moto) == EMPTY
     # idempotent: a second teardown finds everything already gone and is fine with it
     assert sorted(teardown_sagemaker(handle, exp)) == sorted(handle.created)
+
+
+def test_secret_container_variables_come_from_the_environment_at_deploy_time(
+        moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``env_from`` (HF_TOKEN for a gated model): the value is read from this machine's environment
+    when the model is created and reaches SageMaker only; unset, the deploy creates nothing."""
+    exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, hf_model_id="meta-llama/Meta-Llama-3-8B-Instruct",
+                               env={"MAX_INPUT_TOKENS": "4096"}, env_from={"HF_TOKEN": "FMB_TEST_HF_TOKEN"},
+                               instance_type=INSTANCE, role_arn=ROLE)
+    monkeypatch.delenv("FMB_TEST_HF_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match=r"env_from.HF_TOKEN: environment variable FMB_TEST_HF_TOKEN is not set"):
+        deploy_sagemaker(exp, "secret-run", poll_s=0.05)
+    assert sm_inventory(moto) == EMPTY
+    monkeypatch.setenv("FMB_TEST_HF_TOKEN", "hf_PLANTED_token")
+    handle = deploy_sagemaker(exp, "secret-run", poll_s=0.05)
+    env = sm_client(moto).describe_model(ModelName=handle.endpoint_name)["PrimaryContainer"]["Environment"]
+    assert env == {"HF_MODEL_ID": "meta-llama/Meta-Llama-3-8B-Instruct", "MAX_INPUT_TOKENS": "4096",
+                   "HF_TOKEN": "hf_PLANTED_token"}
+    assert "hf_PLANTED_token" not in handle.model_dump_json() + exp.model_dump_json()
+    teardown_sagemaker(handle, exp)
+    assert sm_inventory(moto) == EMPTY
 
 
 def test_model_data_tarball_and_uncompressed_prefix(moto: str) -> None:

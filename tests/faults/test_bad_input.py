@@ -211,6 +211,11 @@ def cases(c: Ctx) -> list[Case]:
         Case("sagemaker-deploy-expired-token", "run", "SageMaker refused a read-only call (DescribeEndpoint): "
              "ExpiredTokenException", _sagemaker_deploy(f"{c.odd_url}/aws/expired"),
              env={**AWS_KEYS, "AWS_SESSION_TOKEN": "t"}, category="credentials"),
+        Case("sagemaker-deploy-secret-unset", "run", "experiments[e].endpoint.env_from.HF_TOKEN: environment "
+             "variable FMB_UNSET_HF_TOKEN is not set or empty",
+             _sagemaker_deploy(f"http://127.0.0.1:{c.closed_port}").replace(
+                 "hf_model_id: m/m,", "hf_model_id: m/m, env_from: {{HF_TOKEN: FMB_UNSET_HF_TOKEN}},"),
+             env=AWS_KEYS),
         Case("sagemaker-deploy-api-unreachable", "run", "cannot reach the SageMaker API",
              _sagemaker_deploy(f"http://127.0.0.1:{c.closed_port}"), env=AWS_KEYS, category="credentials"),
         Case("sagemaker-wrong-endpoint-name", "run", "Endpoint nosuch of account 123456789012 not found.; not found",
