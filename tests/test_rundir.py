@@ -74,3 +74,38 @@ def test_resume_clears_temp_files_of_a_killed_writer(tmp_path: Path) -> None:
     assert resumed.resumed
     assert not orphan.exists()
     assert Path(run.path("metrics.parquet")).read_text() == "whole"
+
+
+def test_a_resumed_run_whose_dataset_file_changed_is_refused_and_its_shards_kept(tmp_path: Path) -> None:
+    """A shard measured before an interruption was measured with the run's stored prompts; a resume
+    that re-reads a dataset file edited since would measure the rest with other prompts, and one
+    bucket's numbers would mix the two. It is refused with one line, the measured shards untouched;
+    the same data resumes."""
+    from fmbench.errors import DatasetError
+    from fmbench.pipeline import run_benchmark
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"prompt": "question number {i} about the weather"}}\n' for i in range(6)))
+    cfg = load_config_text(f"""
+name: resume
+output: {tmp_path / 'results'}
+buckets: [[1, 100]]
+datasets:
+  - {{name: d, source: jsonl, path: {data}}}
+experiments:
+  - name: e
+    endpoint: {{provider: simulated, ttft_ms: 2, tpot_ms: 1, output_tokens: 3}}
+    concurrency_levels: [1, 2]
+    requests_per_level: 3
+    warmup_requests: 0
+""")
+    run_benchmark(cfg, run_id="r")
+    shards = tmp_path / "results" / "resume" / "r" / "shards"
+    kept = {p.name: p.read_bytes() for p in shards.glob("*.parquet")}
+    assert len(kept) == 2
+    run_benchmark(cfg, run_id="r")  # the same data: resumes (nothing left to measure)
+    data.write_text(data.read_text().replace("weather", "tides"))
+    with pytest.raises(DatasetError, match=r"datasets\[d\]: bucket 1-100 no longer has the prompts run r was "
+                                           r"measured with"):
+        run_benchmark(cfg, run_id="r")
+    assert {p.name: p.read_bytes() for p in shards.glob("*.parquet")} == kept

@@ -96,8 +96,14 @@ def bucket_dataset(cfg: BenchmarkConfig, dataset_name: str,
 def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict[str, Any]]],
                   tokenizer: str | None = None) -> PromptSet:
     """Write a dataset's bucketed prompts into the run (prompts/<dataset>__<bucket>.parquet, or
-    prompts/<dataset>@<tokenizer>__<bucket>.parquet for a tokenizer other than the run's)."""
-    from fmbench.datasets import write_prompts
+    prompts/<dataset>@<tokenizer>__<bucket>.parquet for a tokenizer other than the run's).
+
+    Raises:
+        DatasetError: a resumed run's dataset no longer gives the prompts its shards were measured
+            with (the file changed since the run started); its measured shards stay as they were.
+    """
+    from fmbench import storage
+    from fmbench.datasets import read_prompts, write_prompts
     from fmbench.protocol import Prompt
 
     ps = PromptSet(dataset=dataset_name, tokenizer=tokenizer)
@@ -105,19 +111,33 @@ def store_prompts(run: RunInfo, dataset_name: str, bucketed: dict[str, list[dict
         if label == "__dropped__":
             ps.dropped = int(rows[0]["count"]) if rows else 0
             continue
-        if not rows:
-            continue
+        url = run.prompts_file(ps.key, label)
         prompts = [Prompt(r["prompt_id"], r["text"], int(r["input_tokens"]), tuple(r.get("answers") or ()))
                    for r in rows]
-        url = run.prompts_file(ps.key, label)
+        if run.resumed and storage.exists(url):
+            # Its shards may have been measured with the stored prompts: the rest must be too, or one
+            # bucket's numbers would mix two sets of prompts.
+            if [(p.prompt_id, p.text) for p in read_prompts(url)] != [(p.prompt_id, p.text) for p in prompts]:
+                raise DatasetError(
+                    f"datasets[{dataset_name}]: bucket {label} no longer has the prompts run {run.run_id} was "
+                    "measured with (the dataset's file changed since the run started); resume it with the same "
+                    "data, or start a new run without --run-id")
+            ps.files[label], ps.counts[label], ps.hashes[label] = url, len(prompts), _payload_hash(prompts)
+            continue
+        if not rows:
+            continue
         write_prompts(url, prompts, dataset=dataset_name, bucket=label)
-        digest = hashlib.sha256()
-        for p in prompts:
-            digest.update(p.prompt_id.encode() + b"\0" + p.text.encode() + b"\0")
         ps.files[label] = url
         ps.counts[label] = len(prompts)
-        ps.hashes[label] = digest.hexdigest()
+        ps.hashes[label] = _payload_hash(prompts)
     return ps
+
+
+def _payload_hash(prompts: list[Any]) -> str:
+    digest = hashlib.sha256()
+    for p in prompts:
+        digest.update(p.prompt_id.encode() + b"\0" + p.text.encode() + b"\0")
+    return digest.hexdigest()
 
 
 def check_buckets(cfg: BenchmarkConfig, prompt_sets: list[PromptSet]) -> list[str]:
