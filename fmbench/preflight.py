@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from fmbench.config import (
@@ -21,7 +22,6 @@ from fmbench.config import (
     ExperimentConfig,
     OpenAIEndpoint,
     SageMakerEndpoint,
-    resolve_path,
 )
 from fmbench.errors import (
     ConfigError,
@@ -53,7 +53,7 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = Non
     Raises:
         TokenizerError, DatasetError, ConfigError, EndpointError: naming what is wrong and where.
     """
-    from fmbench.datasets import build_dataset_prompts, load_spec_tokenizer
+    from fmbench.datasets import build_dataset_prompts, dataset_location, load_spec_tokenizer
     from fmbench.deploy.local import check_reachable
     from fmbench.pipeline import bucketing_jobs
 
@@ -62,10 +62,11 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = Non
     # absence on an offline machine reported) before anything is measured.
     tokenizers = {tok: _load_for(cfg, tok, load_spec_tokenizer) for tok in dict.fromkeys(t for _, t in jobs)}
     for ds in cfg.datasets:
-        path = getattr(ds, "path", None)
-        if path and not path.startswith("hf:") and not resolve_path(cfg, path).is_file():
-            raise DatasetError(f"datasets[{ds.name}].path: file not found: {resolve_path(cfg, path)}")
-        if path and not path.startswith("hf:") and resolve_path(cfg, path).stat().st_size <= _FULL_CHECK_BYTES:
+        location = dataset_location(cfg, ds)
+        if isinstance(location, Path) and not location.is_file():
+            what = "a directory, not a file" if location.is_dir() else "file not found"
+            raise DatasetError(f"datasets[{ds.name}].path: {what}: {location}")
+        if isinstance(location, Path) and location.stat().st_size <= _FULL_CHECK_BYTES:
             # A small local file is read, rendered and bucketed now (seconds), so a bad line, a
             # missing template field or prompts longer than every bucket fail before the run starts.
             for tok in (t for name, t in jobs if name == ds.name):

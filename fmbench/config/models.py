@@ -63,6 +63,15 @@ class LongBenchDataset(_DatasetBase):
         description="Python format template over the record's fields (e.g. {context}, {input}).",
     )
 
+    @field_validator("path")
+    @classmethod
+    def _hub_spec(cls, v: str) -> str:
+        if v.startswith("hf:"):
+            parts = v[len("hf:"):].strip("/").split("/")
+            if len(parts) != 3 or not all(parts):
+                raise ValueError(f"{v!r}: expected hf:ORG/REPO/SUBSET, e.g. hf:THUDM/LongBench/hotpotqa")
+        return v
+
 
 class JsonlDataset(_DatasetBase):
     """Any JSONL file with a prompt field (or fields used by a template)."""

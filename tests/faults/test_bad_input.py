@@ -153,6 +153,10 @@ def cases(c: Ctx) -> list[Case]:
              env={"FMBENCH_PNG_TIMEOUT_S": "soon"}, category="cli"),
         # ---- datasets
         Case("dataset-missing-file", "run", "nope.jsonl", _jsonl("d", "nope.jsonl"), category="dataset"),
+        Case("dataset-path-is-a-directory", "run", "datasets[d].path: a directory, not a file", _jsonl("d", "sub"),
+             files={"sub/x.jsonl": b'{"prompt": "hi"}\n'}, category="dataset"),
+        Case("dataset-hub-path-without-subset", "validate", "'hf:THUDM/LongBench': expected hf:ORG/REPO/SUBSET",
+             GOOD.replace(SYN, "{{name: lb, source: longbench, path: 'hf:THUDM/LongBench'}}")),
         Case("dataset-wrong-schema", "run", "no field 'prompt'", _jsonl("d"),
              files={"d.jsonl": b'{"question": "where is the prompt?"}\n'}, category="dataset"),
         Case("dataset-empty", "run", "is empty", _jsonl("d"), files={"d.jsonl": b""}, category="dataset"),
