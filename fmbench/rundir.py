@@ -17,6 +17,7 @@ rather than building paths into a run or reading its JSON as a dict.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import getpass
 import hashlib
 import os
@@ -25,7 +26,8 @@ import secrets
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,65 @@ def utc_now(timespec: str = "seconds") -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec=timespec)
 
 
+def run_location(cfg: BenchmarkConfig, output: str | None, run_id: str) -> tuple[str, str]:
+    """Where the run ``run_id`` of ``cfg`` lives: its URL and its local scratch directory (the same
+    directory for a local run; under the system's temporary directory for a remote one).
+
+    Raises:
+        ConfigError: a run id with characters other than letters, digits, '-', '_' and '.'.
+    """
+    if not all(c.isalnum() or c in "-_." for c in run_id):
+        raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '-', '_' and '.' only")
+    url = storage.join(output or cfg.output, cfg.name, run_id)
+    if storage.is_remote(url):
+        return url, str(Path(tempfile.gettempdir(), "fmbench-scratch", cfg.name, run_id))
+    url = str(Path(url).resolve())
+    return url, url
+
+
+#: The file a run holds locked while it runs (`exclusive_run`), in its local scratch directory.
+RUN_LOCK = ".fmbench-run.lock"
+
+
+@contextmanager
+def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> Iterator[None]:
+    """Hold run ``run_id`` for this process while the block runs: a second process that resumes the
+    same run at the same time (``--run-id`` of a run still going, in another terminal or a retried
+    deployment) is refused instead of measuring the same shards side by side, doubling the load
+    on the endpoint, and deleting the endpoint under the first.
+
+    The lock is the kernel's (``flock``) on a file in the run's local directory: it ends with the
+    process however it ends (a killed run leaves nothing stale). A run in S3 is held on this host
+    only (its local scratch directory); a new run id (None) is this run's alone.
+
+    Raises:
+        ConfigError: the run is in progress in another process.
+        StorageError: the run's directory cannot be created.
+    """
+    if run_id is None:
+        yield
+        return
+    _, scratch = run_location(cfg, output, run_id)
+    path = Path(scratch, RUN_LOCK)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StorageError(f"{scratch}: cannot create the run directory: {exc.strerror or exc}") from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"run {run_id} is in progress ({holder}); wait for it to end, or stop it, before "
+                              "resuming it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
 def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None = None,
              command: str | None = None) -> RunInfo:
     """Create a run directory, or reopen an existing one to resume it.
@@ -179,16 +240,8 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
         ConfigError: resuming a run that was made with a different config.
         StorageError: the run directory cannot be created or written.
     """
-    out = output or cfg.output
     rid = run_id or new_run_id()
-    if not all(c.isalnum() or c in "-_." for c in rid):
-        raise ConfigError(f"--run-id {rid!r}: use letters, digits, '-', '_' and '.' only")
-    url = storage.join(out, cfg.name, rid)
-    if storage.is_remote(url):
-        scratch = str(Path(tempfile.gettempdir(), "fmbench-scratch", cfg.name, rid))
-    else:
-        url = str(Path(url).resolve())
-        scratch = url
+    url, scratch = run_location(cfg, output, rid)
     run = RunInfo(name=cfg.name, run_id=rid, url=url, scratch=scratch, uid=secrets.token_hex(8))
     try:
         Path(scratch).mkdir(parents=True, exist_ok=True)

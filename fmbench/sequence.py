@@ -12,6 +12,7 @@ SIGTERM included, deletes what the run deployed; the manifest records each endpo
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import datetime as dt
 import logging
@@ -37,7 +38,7 @@ from fmbench.pipeline import (
 )
 from fmbench.pipeline.shards import find_experiment
 from fmbench.regression import RegressionReport
-from fmbench.rundir import RunInfo
+from fmbench.rundir import RunInfo, exclusive_run
 
 log = logging.getLogger("fmbench")
 
@@ -142,9 +143,11 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
     Returns:
         The run, its report.md URL and the regression check (None when the check failed).
     """
-    with termination_interrupts():
+    with termination_interrupts(), contextlib.ExitStack() as held:
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
+        # In this process (the flow's), not in a step: it is held until the run has ended.
+        held.enter_context(exclusive_run(cfg, output, run_id))
         run = steps.open_run(cfg, output, run_id, command)
         if cfg.evaluation is not None:  # `fmbench evaluate` later needs not the config's directory
             from fmbench.quality.evaluate import keep_judge_template

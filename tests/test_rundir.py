@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,22 @@ experiments:
                                            r"measured with"):
         run_benchmark(cfg, run_id="r")
     assert {p.name: p.read_bytes() for p in shards.glob("*.parquet")} == kept
+
+
+def test_a_run_is_held_by_one_process_at_a_time_and_released_when_it_ends(tmp_path: Path) -> None:
+    from fmbench.rundir import RUN_LOCK, exclusive_run
+
+    cfg = _cfg(tmp_path)
+    with exclusive_run(cfg, None, "a"):
+        lock = tmp_path / "results" / "rd" / "a" / RUN_LOCK
+        assert lock.read_text().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(ConfigError, match=r"run a is in progress \(pid \d+ on .+\); wait for it to end"), \
+                exclusive_run(cfg, None, "a"):
+            pass  # (a second open file: flock refuses it as it would another process)
+        with exclusive_run(cfg, None, "b"):  # another run of the same config is another run
+            pass
+    with exclusive_run(cfg, None, "a"):  # released
+        pass
+    with exclusive_run(cfg, None, None):  # a new run id is this run's alone: nothing to hold
+        pass
+    assert sorted(p.name for p in (tmp_path / "results" / "rd").iterdir()) == ["a", "b"]

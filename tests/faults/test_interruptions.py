@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import select
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import psutil
 import pytest
 import yaml
 
+from fmbench.rundir import RUN_LOCK
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.cli import ROOT, fmbench_argv, repo_frames
@@ -381,6 +383,40 @@ def test_a_run_whose_output_pipe_closes_goes_on_to_the_end(fault_cli_env: dict[s
     time.sleep(0.5)
     left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [" ".join(p.cmdline()) for p in left]
+
+
+def test_a_run_still_going_cannot_be_resumed_beside_it(fault_cli_env: dict[str, str], tmp_path: Path) -> None:
+    """``--run-id`` of a run that is still going (another terminal, a retried deployment): the second
+    process is refused with one line before it measures anything, so the endpoint never gets both
+    runs' load and the first run's shards and endpoint are left alone. (A run that was killed holds
+    nothing: the SIGKILL test above resumes its run ids.)"""
+    slow = {**SIM_CFG, "tpot_ms": 2000, "output_tokens": 10}  # 20 s a request: the first run is still going
+    cfg = _config(tmp_path, "twice", [{"name": "e", "endpoint": slow}], requests=4, levels=[1])
+    run = tmp_path / "results" / "twice" / "t"
+    argv = fmbench_argv("run", str(cfg), "--run-id", "t")
+    first = subprocess.Popen(argv, env=fault_cli_env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: (run / RUN_LOCK).is_file() and (run / RUN_LOCK).read_text().startswith(f"pid {first.pid}"),
+                  first, 240, "the first run holding its run")
+        second = subprocess.run(argv, env=fault_cli_env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+                                check=False)
+        assert first.poll() is None, "the first run ended before the second was refused: the test proves nothing"
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.splitlines()[-1] == (f"fmbench: error: run t is in progress (pid {first.pid} on "
+                                                  f"{platform.node()}); wait for it to end, or stop it, before "
+                                                  "resuming it"), second.stderr[-2000:]
+        assert "Traceback" not in second.stderr
+        first.send_signal(signal.SIGINT)  # the first stops as it would have, alone
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 130, err[-2000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(10)
+    # the first run's manifest is its own: one endpoint timeline, deleted by it
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["e"]
+    assert timeline["deleted_at"]
 
 
 def _drain(fd: int, reading: threading.Event) -> None:
