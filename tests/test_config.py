@@ -96,7 +96,7 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
                                    "headers_env: {x-team: T}}")), "header x-team is given twice"),
         (("{provider: simulated}", "{provider: sagemaker}"), "exactly one of endpoint_name"),
         (("{provider: simulated}", "{provider: sagemaker, image_uri: x, instance_type: t, env: {HF_TOKEN: hf_x}}"),
-         "endpoint.env: Value error, HF_TOKEN looks like a secret"),
+         "endpoint.env: Value error, 'HF_TOKEN' looks like it carries a secret"),
         (("{provider: simulated}", ("{provider: sagemaker, image_uri: x, instance_type: t, "
                                    "env_from: {HF_TOKEN: hf_abc-123}}")),
          "env_from: Value error, HF_TOKEN: 'hf_abc-123' is not an environment variable's name"),

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -174,6 +175,31 @@ _SECRET_VARIABLE = re.compile(r"(^|_)(TOKEN|API_KEY|ACCESS_KEY|SECRET_KEY|PRIVAT
                               re.IGNORECASE)
 
 
+def _no_secrets_named(secret: re.Pattern[str], field: str, instead: str) -> AfterValidator:
+    """A mapping's check (``field``, stored with every run): no name that says it holds a secret."""
+    def check(values: dict[str, str]) -> dict[str, str]:
+        for name in values:
+            if secret.search(name):
+                raise ValueError(f"{name!r} looks like it carries a secret, and {field} is stored with the run: "
+                                 f"name the environment variable holding it in {instead} ({name}: VARIABLE)")
+        return values
+
+    return AfterValidator(check)
+
+
+def _variable_names(values: dict[str, str]) -> dict[str, str]:
+    """``values`` (name -> environment variable) unless a value is not a variable's name (a secret itself)."""
+    for name, variable in values.items():
+        if not _ENV_NAME.fullmatch(variable):
+            raise ValueError(f"{name}: {variable!r} is not an environment variable's name (the value itself "
+                             "belongs in the environment, never in the config)")
+    return values
+
+
+#: name -> the environment variable holding its (secret) value
+_VariableNames = Annotated[dict[str, str], AfterValidator(_variable_names)]
+
+
 class OpenAIEndpoint(_Model):
     """Any OpenAI-compatible server (vLLM, TGI, llama.cpp, Ollama, ...)."""
 
@@ -184,8 +210,9 @@ class OpenAIEndpoint(_Model):
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the API key (never the key itself)."
     )
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers (no secrets).")
-    headers_env: dict[str, str] = Field(
+    headers: Annotated[dict[str, str], _no_secrets_named(_SECRET_HEADER, "headers", "headers_env")] = Field(
+        default_factory=dict, description="Extra HTTP headers (no secrets).")
+    headers_env: _VariableNames = Field(
         default_factory=dict, description="HTTP headers that carry a secret: header name -> the environment "
         "variable holding its value (e.g. api-key: AZURE_OPENAI_KEY); read when the run starts, never stored.")
     ca_bundle: str | None = Field(
@@ -212,24 +239,6 @@ class OpenAIEndpoint(_Model):
             raise ValueError("must not have a query string or fragment: the client appends /chat/completions "
                              "to it (a key there would also be stored with the run: use api_key_env or headers_env)")
         return v.rstrip("/")
-
-    @field_validator("headers")
-    @classmethod
-    def _no_secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if _SECRET_HEADER.search(name):
-                raise ValueError(f"{name!r} looks like it carries a secret, and headers are stored with the run: "
-                                 f"name the environment variable holding it in headers_env ({name}: VARIABLE)")
-        return v
-
-    @field_validator("headers_env")
-    @classmethod
-    def _variable_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, variable in v.items():
-            if not _ENV_NAME.fullmatch(variable):
-                raise ValueError(f"{name}: {variable!r} is not an environment variable's name (the value itself "
-                                 "belongs in the environment, never in the config)")
-        return v
 
     @model_validator(mode="after")
     def _one_source_per_header(self) -> OpenAIEndpoint:
@@ -262,8 +271,9 @@ class SageMakerEndpoint(_AwsAccess):
     image_uri: str | None = Field(default=None, description="Container image to deploy (LMI/DJL, TGI, vLLM, own).")
     model_data: str | None = Field(default=None, description="s3:// URI of model artifacts, for image deploys.")
     hf_model_id: str | None = Field(default=None, description="HF model id the container downloads (HF_MODEL_ID).")
-    env: dict[str, str] = Field(default_factory=dict, description="Container environment variables (no secrets).")
-    env_from: dict[str, str] = Field(
+    env: Annotated[dict[str, str], _no_secrets_named(_SECRET_VARIABLE, "env", "env_from")] = Field(
+        default_factory=dict, description="Container environment variables (no secrets).")
+    env_from: _VariableNames = Field(
         default_factory=dict, description="Container environment variables that are secrets (HF_TOKEN for a gated "
         "model): container variable -> the environment variable on this machine holding its value; read when the "
         "endpoint is deployed, sent only to SageMaker, never stored with the run.")
@@ -290,24 +300,6 @@ class SageMakerEndpoint(_AwsAccess):
         default=180.0, ge=0,
         description="Wait this long after a shard ends before reading its CloudWatch metrics (published late).",
     )
-
-    @field_validator("env")
-    @classmethod
-    def _no_secret_variables(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if _SECRET_VARIABLE.search(name):
-                raise ValueError(f"{name} looks like a secret, and env is stored with the run: name the environment "
-                                 f"variable holding it in env_from ({name}: VARIABLE)")
-        return v
-
-    @field_validator("env_from")
-    @classmethod
-    def _env_from_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, variable in v.items():
-            if not _ENV_NAME.fullmatch(variable):
-                raise ValueError(f"{name}: {variable!r} is not an environment variable's name (the value itself "
-                                 "belongs in the environment, never in the config)")
-        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> SageMakerEndpoint:
