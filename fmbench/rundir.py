@@ -212,6 +212,19 @@ def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) 
         yield
         return
     _, scratch = run_location(cfg, output, run_id)
+    with hold_run_directory(scratch, run_id):
+        yield
+
+
+@contextmanager
+def hold_run_directory(scratch: str, run_id: str) -> Iterator[None]:
+    """`exclusive_run` for a run's local directory ``scratch`` (``fmbench evaluate`` holds a finished
+    run this way while it adds to it).
+
+    Raises:
+        ConfigError: the run is in progress in another process.
+        StorageError: the directory cannot be created.
+    """
     path = Path(scratch, RUN_LOCK)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

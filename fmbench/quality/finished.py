@@ -3,6 +3,7 @@ with the run's evaluation settings, or those of another config, and its report i
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, apply_overrides, load_config, parse_config
 from fmbench.errors import ConfigError, StorageError
 from fmbench.quality.evaluate import EvaluationOutcome, read_outcome
-from fmbench.rundir import RunInfo, has_manifest, load_manifest, run_uid
+from fmbench.rundir import RunInfo, has_manifest, hold_run_directory, load_manifest, run_uid
 
 SETTINGS = "settings.yml"
 
@@ -102,12 +103,15 @@ def evaluate_run_dir(run_url: str, config: str | None = None, overrides: list[st
         raise ConfigError(f"{run_url}: the run kept no answer text (store_text was off), so there is nothing to "
                           "evaluate; run it again with store_text: true or an evaluation section")
     assert cfg.evaluation is not None
-    settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "min_accuracy": cfg.slo.min_accuracy}
-    storage.write_text(storage.join(url, "evaluation", SETTINGS), yaml.safe_dump(settings, sort_keys=False))
-    scratch = url if not storage.is_remote(url) else tempfile.mkdtemp(prefix="fmbench-evaluate-")
-    run = RunInfo(name=cfg.name, run_id=manifest.run_id or url.rsplit("/", 1)[-1], url=url, scratch=scratch,
-                  resumed=True, uid=run_uid(manifest))
-    with InlineSteps() as steps:
-        evaluate_run(steps, run, cfg)
-    write_report(run, png=png)
+    run_id = manifest.run_id or url.rsplit("/", 1)[-1]
+    # Not beside a resume of the run, nor another evaluation of it (a run in S3: on this host only).
+    held = hold_run_directory(url, run_id) if not storage.is_remote(url) else contextlib.nullcontext()
+    with held:
+        settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "min_accuracy": cfg.slo.min_accuracy}
+        storage.write_text(storage.join(url, "evaluation", SETTINGS), yaml.safe_dump(settings, sort_keys=False))
+        scratch = url if not storage.is_remote(url) else tempfile.mkdtemp(prefix="fmbench-evaluate-")
+        run = RunInfo(name=cfg.name, run_id=run_id, url=url, scratch=scratch, resumed=True, uid=run_uid(manifest))
+        with InlineSteps() as steps:
+            evaluate_run(steps, run, cfg)
+        write_report(run, png=png)
     return {e.name: read_outcome(url, e.name) for e in cfg.experiments}
