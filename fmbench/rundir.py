@@ -16,10 +16,12 @@ rather than building paths into a run or reading its JSON as a dict.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import getpass
 import hashlib
+import logging
 import os
 import platform
 import secrets
@@ -38,6 +40,8 @@ from fmbench import __version__, storage
 from fmbench.config import BenchmarkConfig, dump_config, load_config_text
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError, StorageError
+
+log = logging.getLogger("fmbench")
 
 MANIFEST = "manifest.json"
 _manifest_lock = threading.Lock()  # lanes of one run update the manifest from several threads
@@ -189,8 +193,14 @@ def run_location(cfg: BenchmarkConfig, output: str | None, run_id: str) -> tuple
     return url, url
 
 
-#: The file a run holds locked while it runs (`exclusive_run`), in its local scratch directory.
-RUN_LOCK = ".fmbench-run.lock"
+#: Where the runs of this host hold their locks (`hold_run`): outside every run directory, whose
+#: layout stays the same locally and in S3.
+RUN_LOCKS = Path(tempfile.gettempdir(), "fmbench-run-locks")
+
+
+def run_lock_file(url: str) -> Path:
+    """The file run ``url`` (a resolved local path or a remote URL) is held by (`hold_run`)."""
+    return RUN_LOCKS / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}.lock"
 
 
 @contextmanager
@@ -198,39 +208,50 @@ def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) 
     """Hold run ``run_id`` for this process while the block runs: a second process that resumes the
     same run at the same time (``--run-id`` of a run still going, in another terminal or a retried
     deployment) is refused instead of measuring the same shards side by side, doubling the load
-    on the endpoint, and deleting the endpoint under the first.
-
-    The lock is the kernel's (``flock``) on a file in the run's local directory: it ends with the
-    process however it ends (a killed run leaves nothing stale). A run in S3 is held on this host
-    only (its local scratch directory); a new run id (None) is this run's alone.
+    on the endpoint, and deleting the endpoint under the first. A new run id (None) is this run's
+    alone. See `hold_run`.
 
     Raises:
         ConfigError: the run is in progress in another process.
-        StorageError: the run's directory cannot be created.
     """
     if run_id is None:
         yield
         return
-    _, scratch = run_location(cfg, output, run_id)
-    with hold_run_directory(scratch, run_id):
+    url, _ = run_location(cfg, output, run_id)
+    with hold_run(url, run_id):
         yield
 
 
 @contextmanager
-def hold_run_directory(scratch: str, run_id: str) -> Iterator[None]:
-    """`exclusive_run` for a run's local directory ``scratch`` (``fmbench evaluate`` holds a finished
-    run this way while it adds to it).
+def hold_run(url: str, run_id: str) -> Iterator[None]:
+    """Hold run ``url`` for this process while the block runs (`exclusive_run`; ``fmbench evaluate``
+    holds a finished run this way while it adds to it).
+
+    The lock is the kernel's (``flock``) on a file of this host (`run_lock_file`): it ends with the
+    process however it ends, so a killed run leaves nothing stale. A run in S3 is therefore held on
+    this host only.
 
     Raises:
         ConfigError: the run is in progress in another process.
-        StorageError: the directory cannot be created.
     """
-    path = Path(scratch, RUN_LOCK)
+    path = run_lock_file(url)
+    problem: OSError | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not RUN_LOCKS.is_dir():
+            RUN_LOCKS.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                RUN_LOCKS.chmod(0o1777)  # every user's runs, as /tmp itself
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # another user's lock file: it still tells whether that user holds the run
+            fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise StorageError(f"{scratch}: cannot create the run directory: {exc.strerror or exc}") from exc
+        problem = exc
+    if problem is not None:
+        log.warning("cannot hold run %s (%s: %s): a second process resuming it at the same time would not be "
+                    "refused", run_id, path, problem.strerror or problem)
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,8 +259,9 @@ def hold_run_directory(scratch: str, run_id: str) -> Iterator[None]:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise ConfigError(f"run {run_id} is in progress ({holder}); wait for it to end, or stop it, before "
                               "resuming it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+        with contextlib.suppress(OSError):  # (read-only: the holder stays unnamed)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
         yield
     finally:
         os.close(fd)  # (releases the lock)

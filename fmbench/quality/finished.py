@@ -3,7 +3,6 @@ with the run's evaluation settings, or those of another config, and its report i
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, apply_overrides, load_config, parse_config
 from fmbench.errors import ConfigError, StorageError
 from fmbench.quality.evaluate import EvaluationOutcome, read_outcome
-from fmbench.rundir import RunInfo, has_manifest, hold_run_directory, load_manifest, run_uid
+from fmbench.rundir import RunInfo, has_manifest, hold_run, load_manifest, run_uid
 
 SETTINGS = "settings.yml"
 
@@ -104,9 +103,7 @@ def evaluate_run_dir(run_url: str, config: str | None = None, overrides: list[st
                           "evaluate; run it again with store_text: true or an evaluation section")
     assert cfg.evaluation is not None
     run_id = manifest.run_id or url.rsplit("/", 1)[-1]
-    # Not beside a resume of the run, nor another evaluation of it (a run in S3: on this host only).
-    held = hold_run_directory(url, run_id) if not storage.is_remote(url) else contextlib.nullcontext()
-    with held:
+    with hold_run(url, run_id):  # not beside a resume of the run, nor another evaluation of it
         settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "min_accuracy": cfg.slo.min_accuracy}
         storage.write_text(storage.join(url, "evaluation", SETTINGS), yaml.safe_dump(settings, sort_keys=False))
         scratch = url if not storage.is_remote(url) else tempfile.mkdtemp(prefix="fmbench-evaluate-")

@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from fmbench.rundir import RUN_LOCK
+from fmbench.rundir import run_lock_file
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.cli import ROOT, fmbench_argv, repo_frames
@@ -397,8 +397,9 @@ def test_a_run_still_going_cannot_be_resumed_beside_it(fault_cli_env: dict[str, 
     first = subprocess.Popen(argv, env=fault_cli_env, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _wait_for(lambda: (run / RUN_LOCK).is_file() and (run / RUN_LOCK).read_text().startswith(f"pid {first.pid}"),
-                  first, 240, "the first run holding its run")
+        lock = run_lock_file(str(run.resolve()))
+        _wait_for(lambda: lock.is_file() and lock.read_text().startswith(f"pid {first.pid}"), first, 240,
+                  "the first run holding its run")
         second = subprocess.run(argv, env=fault_cli_env, cwd=ROOT, capture_output=True, text=True, timeout=240,
                                 check=False)
         assert first.poll() is None, "the first run ended before the second was refused: the test proves nothing"

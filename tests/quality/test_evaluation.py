@@ -17,7 +17,7 @@ from cli.main import main
 from fmbench.config import parse_config
 from fmbench.pipeline import run_benchmark
 from fmbench.quality.scores import wilson_interval
-from fmbench.rundir import hold_run_directory
+from fmbench.rundir import hold_run
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ def test_fmbench_evaluate_on_a_finished_run(tmp_path: Path, capsys: pytest.Captu
     assert "## Answer quality" not in (run / "report.md").read_text()
     evaluation = {"judges": [PANEL[0]], "evaluate_per_shard": 10}
     other = _write(tmp_path, _config(tmp_path, evaluation=evaluation, min_accuracy=0.75, name="later"), "eval")
-    with hold_run_directory(str(run), "r1"):  # the run is being resumed (or evaluated) by another process
+    with hold_run(str(run.resolve()), "r1"):  # the run is being resumed (or evaluated) by another process
         assert main(["evaluate", str(run), "--config", str(other)]) == 2
         assert "fmbench: error: run r1 is in progress (pid " in capsys.readouterr().err
     assert not (run / "evaluation").exists()  # it wrote nothing
