@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from fmbench.errors import ConfigError
+from fmbench.errors import ConfigError, FMBenchError
 
 #: The variables that hold a number, and what the number is (the error says so).
 NUMBERS = {
@@ -36,6 +36,22 @@ def number(name: str, default: float, environ: Mapping[str, str] | None = None) 
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name}={raw!r}: {NUMBERS[name]}, a number of 0 or more")
     return value
+
+
+def variable_values(names: Mapping[str, str], missing: Callable[[str, str], FMBenchError]) -> dict[str, str]:
+    """Each name's value from the environment variable it names (``headers_env``, ``env_from``: the
+    secrets a config names but never holds).
+
+    Raises:
+        FMBenchError: ``missing(name, variable)`` for the first variable that is unset or empty.
+    """
+    values = {}
+    for name, variable in names.items():
+        value = os.environ.get(variable)
+        if not value:
+            raise missing(name, variable)
+        values[name] = value
+    return values
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:

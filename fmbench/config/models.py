@@ -67,11 +67,21 @@ class LongBenchDataset(_DatasetBase):
     @field_validator("path")
     @classmethod
     def _hub_spec(cls, v: str) -> str:
-        if v.startswith("hf:"):
-            parts = v[len("hf:"):].strip("/").split("/")
-            if len(parts) != 3 or not all(parts):
-                raise ValueError(f"{v!r}: expected hf:ORG/REPO/SUBSET, e.g. hf:THUDM/LongBench/hotpotqa")
+        if v.startswith("hf:") and split_hub_spec(v) is None:
+            raise ValueError(f"{v!r}: {HUB_SPEC_SHAPE}")
         return v
+
+
+#: What a LongBench path on the Hugging Face hub looks like (`split_hub_spec`).
+HUB_SPEC_SHAPE = "expected hf:ORG/REPO/SUBSET, e.g. hf:THUDM/LongBench/hotpotqa"
+
+
+def split_hub_spec(spec: str) -> tuple[str, str] | None:
+    """``hf:ORG/REPO/SUBSET`` as the repository id and the subset name; None for any other shape."""
+    parts = spec[len("hf:"):].strip("/").split("/")
+    if not spec.startswith("hf:") or len(parts) != 3 or not all(parts):
+        return None
+    return f"{parts[0]}/{parts[1]}", parts[2]
 
 
 class JsonlDataset(_DatasetBase):

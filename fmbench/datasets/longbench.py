@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from fmbench.config import LongBenchDataset
+from fmbench.config.models import HUB_SPEC_SHAPE, split_hub_spec
 from fmbench.datasets._hub import hub_download
 from fmbench.datasets.jsonl import Record, answer_values, parse_jsonl, read_file_bytes, records_to_prompts
 from fmbench.datasets.template import render_template, template_fields
@@ -27,10 +28,10 @@ def parse_hub_spec(spec: str, dataset: str) -> tuple[str, str]:
     Raises:
         DatasetError: the spec does not have that shape.
     """
-    parts = spec[len("hf:"):].strip("/").split("/")
-    if len(parts) != 3 or not all(parts):
-        raise DatasetError(f"dataset {dataset!r}: path {spec!r}: expected hf:ORG/REPO/SUBSET, e.g. hf:THUDM/LongBench/hotpotqa")
-    return f"{parts[0]}/{parts[1]}", parts[2]
+    parts = split_hub_spec(spec)
+    if parts is None:  # (a validated config never gets here: LongBenchDataset checks its path)
+        raise DatasetError(f"dataset {dataset!r}: path {spec!r}: {HUB_SPEC_SHAPE}")
+    return parts
 
 
 def read_hub_subset(spec: str, dataset: str) -> bytes:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, register_provider
 from fmbench.errors import ConfigError, DeploymentError
 from fmbench.names import slug
+from fmbench.settings import variable_values
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +148,8 @@ def secret_env(cfg: SageMakerEndpoint, where: str) -> dict[str, str]:
     Raises:
         ConfigError: a variable it names is not set or empty.
     """
-    values = {}
-    for name, variable in cfg.env_from.items():
-        value = os.environ.get(variable)
-        if not value:
-            raise ConfigError(f"{where}.env_from.{name}: environment variable {variable} is not set or empty")
-        values[name] = value
-    return values
+    return variable_values(cfg.env_from, lambda name, variable: ConfigError(
+        f"{where}.env_from.{name}: environment variable {variable} is not set or empty"))
 
 
 def image_container(cfg: SageMakerEndpoint) -> ContainerSpec:

@@ -13,6 +13,7 @@ from typing import Any
 from fmbench.config import InferenceConfig, OpenAIEndpoint, SimulatedEndpoint
 from fmbench.errors import EndpointError
 from fmbench.protocol import Completion, EndpointClient, Prompt
+from fmbench.settings import variable_values
 
 __all__ = ["Completion", "EndpointClient", "Prompt", "make_client"]
 
@@ -35,13 +36,8 @@ def _openai(endpoint: OpenAIEndpoint, inference: InferenceConfig, url: str | Non
         api_key = os.environ.get(endpoint.api_key_env)
         if not api_key:
             raise EndpointError(f"openai endpoint: environment variable {endpoint.api_key_env} is not set or empty")
-    secret_headers = {}
-    for header, variable in endpoint.headers_env.items():
-        value = os.environ.get(variable)
-        if not value:
-            raise EndpointError(f"openai endpoint: environment variable {variable} (headers_env.{header}) is not set "
-                                "or empty")
-        secret_headers[header] = value
+    secret_headers = variable_values(endpoint.headers_env, lambda header, variable: EndpointError(
+        f"openai endpoint: environment variable {variable} (headers_env.{header}) is not set or empty"))
     return OpenAIClient(url or endpoint.base_url, endpoint.model, api=endpoint.api, inference=inference,
                         api_key=api_key, headers=endpoint.headers, secret_headers=secret_headers,
                         ca_bundle=endpoint.ca_file())
