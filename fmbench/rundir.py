@@ -227,13 +227,47 @@ def hold_run(url: str, run_id: str) -> Iterator[None]:
     """Hold run ``url`` for this process while the block runs (`exclusive_run`; ``fmbench evaluate``
     holds a finished run this way while it adds to it).
 
-    The lock is the kernel's (``flock``) on a file of this host (`run_lock_file`): it ends with the
-    process however it ends, so a killed run leaves nothing stale. A run in S3 is therefore held on
-    this host only.
+    On this host the lock is the kernel's (``flock``) on a file outside the run (`run_lock_file`): it
+    ends with the process however it ends, so a killed run leaves nothing stale. A run in S3 is held
+    from every host as well, by a lease object its process renews (`fmbench.lease`): a killed run's
+    lease lapses after ``FMBENCH_RUN_HOLD_S`` (at once for a resume on the same host).
 
     Raises:
         ConfigError: the run is in progress in another process.
     """
+    with _hold_on_this_host(url, run_id):
+        if storage.is_remote(url):
+            with _hold_in_store(url, run_id):
+                yield
+        else:
+            yield
+
+
+@contextmanager
+def _hold_in_store(url: str, run_id: str) -> Iterator[None]:
+    from fmbench.lease import RunLease
+
+    if not url.startswith("s3://"):
+        log.warning("run %s is held on this host only: holding a run in %s across hosts is not supported",
+                    run_id, url.split("://", 1)[0])
+        yield
+        return
+    lease = RunLease(url, run_id)
+    try:
+        lease.acquire()
+    except StorageError as exc:  # e.g. a store without conditional writes
+        log.warning("cannot hold run %s across hosts (%s): a resume of it on another host at the same time "
+                    "would not be refused", run_id, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lease.release()
+
+
+@contextmanager
+def _hold_on_this_host(url: str, run_id: str) -> Iterator[None]:
     path = run_lock_file(url)
     problem: OSError | None = None
     try:

@@ -17,6 +17,7 @@ NUMBERS = {
     "FMBENCH_PREFECT_API_STARTUP_S": "seconds a run waits for the local Prefect API",
     "FMBENCH_PNG_TIMEOUT_S": "seconds the PNG export may take",
     "FMBENCH_CALIBRATION_LOAD_TOLERANCE": "the change of load per CPU a cached calibration allows",
+    "FMBENCH_RUN_HOLD_S": "seconds a run in S3 stays held after its process last renewed the hold",
 }
 
 

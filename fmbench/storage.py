@@ -33,7 +33,12 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-def _fs(url: str) -> tuple[Any, str]:
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path in it.
+
+    Raises:
+        StorageError: no filesystem is installed for its scheme.
+    """
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
@@ -41,7 +46,8 @@ def _fs(url: str) -> tuple[Any, str]:
     return fs, path
 
 
-def _storage_error(url: str, action: str, exc: BaseException) -> StorageError:
+def storage_error(url: str, action: str, exc: BaseException) -> StorageError:
+    """A store's error (fsspec, s3fs, botocore, OS) as one `StorageError` line naming ``url``."""
     if isinstance(exc, FileNotFoundError):
         return StorageError(f"{url}: not found (while trying to {action})")
     if isinstance(exc, PermissionError):
@@ -61,12 +67,12 @@ def check_location(url: str) -> None:
     if not is_remote(url):
         _check_local_directory(url)
         return
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     bucket = url.split("://", 1)[0] + "://" + path.split("/", 1)[0]
     try:
         fs.ls(path.split("/", 1)[0], detail=False, refresh=True)
     except Exception as exc:
-        raise _storage_error(bucket, "list the bucket", exc) from exc
+        raise storage_error(bucket, "list the bucket", exc) from exc
 
 
 def _check_local_directory(url: str) -> None:
@@ -98,25 +104,30 @@ def write_bytes(url: str, data: bytes) -> None:
         except OSError as exc:
             with contextlib.suppress(OSError):  # (also a parent that is not a directory)
                 tmp.unlink()
-            raise _storage_error(url, "write", exc) from exc
+            raise storage_error(url, "write", exc) from exc
         return
-    fs, key = _fs(url)
+    fs, key = filesystem(url)
     try:
         fs.pipe_file(key, data)  # one PUT: the object appears whole or not at all
     except Exception as exc:  # botocore/aiobotocore raise many types; translated here, once
-        raise _storage_error(url, "write", exc) from exc
+        raise storage_error(url, "write", exc) from exc
 
 
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (not a pid at all: False)."""
+    if pid <= 0:  # (0 and negative numbers name process groups)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
         return True
+    except OverflowError:
+        return False
     return True
 
 
@@ -132,7 +143,7 @@ def remove_orphaned_temp_files(url: str) -> list[str]:
     removed = []
     for f in Path(url).rglob(".*.tmp"):
         m = _TEMP_NAME.match(f.name)
-        if m and f.is_file() and not _pid_alive(int(m.group(1))):
+        if m and f.is_file() and not pid_alive(int(m.group(1))):
             f.unlink(missing_ok=True)
             removed.append(str(f))
     return removed
@@ -149,12 +160,12 @@ def read_bytes(url: str) -> bytes:
         try:
             return Path(url).read_bytes()
         except OSError as exc:
-            raise _storage_error(url, "read", exc) from exc
-    fs, path = _fs(url)
+            raise storage_error(url, "read", exc) from exc
+    fs, path = filesystem(url)
     try:
         return fs.cat_file(path)
     except Exception as exc:
-        raise _storage_error(url, "read", exc) from exc
+        raise storage_error(url, "read", exc) from exc
 
 
 def read_text(url: str) -> str:
@@ -168,24 +179,24 @@ def remove(url: str) -> None:
     Raises:
         StorageError: it exists and cannot be deleted.
     """
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     try:
         fs.rm(path)
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise _storage_error(url, "delete", exc) from exc
+        raise storage_error(url, "delete", exc) from exc
 
 
 def exists(url: str) -> bool:
     """True if a file exists at ``url``."""
     if not is_remote(url):
         return Path(url).exists()
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     try:
         return bool(fs.exists(path))
     except Exception as exc:
-        raise _storage_error(url, "check", exc) from exc
+        raise storage_error(url, "check", exc) from exc
 
 
 def list_files(url: str, suffix: str = "") -> list[str]:
@@ -196,12 +207,12 @@ def list_files(url: str, suffix: str = "") -> list[str]:
             return []
         return sorted(str(f) for f in p.iterdir() if f.is_file() and f.name.endswith(suffix)
                       and not f.name.startswith("."))
-    fs, path = _fs(url)
+    fs, path = filesystem(url)
     try:
         fs.invalidate_cache(path)
         names = fs.ls(path, detail=False) if fs.exists(path) else []
     except Exception as exc:
-        raise _storage_error(url, "list", exc) from exc
+        raise storage_error(url, "list", exc) from exc
     scheme = url.split("://", 1)[0]
     return sorted(f"{scheme}://{n}" for n in names if n.endswith(suffix) and not posixpath.basename(n).startswith("."))
 
@@ -219,5 +230,5 @@ def read_parquet(url: str) -> pl.DataFrame:
         try:
             return pl.read_parquet(url)
         except (OSError, pl.exceptions.ComputeError) as exc:
-            raise _storage_error(url, "read parquet", exc) from exc
+            raise storage_error(url, "read parquet", exc) from exc
     return pl.read_parquet(io.BytesIO(read_bytes(url)))

@@ -48,18 +48,23 @@ def _relative_files(root: str) -> set[str]:
 def test_s3_run_has_the_local_layout_and_reports_from_s3(prefect_harness: None, s3_bucket: str,
                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     local_report = benchmark(config=_config(tmp_path, "stored", SIM, str(tmp_path / "results")), run_id="same")
+    s3 = boto3.client("s3")
+    bucket = s3_bucket.split("://", 1)[1]
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})  # see the hold below
     s3_report = benchmark(config=_config(tmp_path, "stored", SIM, str(tmp_path / "unused")),
                           output=f"{s3_bucket}/bench", run_id="same")
     assert s3_report == f"{s3_bucket}/bench/stored/same/report.md"
     local_files = _relative_files(str(Path(local_report).parent))
     s3_files = _relative_files(s3_report.rsplit("/", 1)[0])
     assert local_files == s3_files
+    # The run was held across hosts while it ran (fmbench.lease), beside its directory, and given back at its end.
+    holds = s3.list_object_versions(Bucket=bucket, Prefix="bench/stored/.fmbench-holds/")
+    assert [v["Key"] for v in holds.get("Versions", [])][:1] == ["bench/stored/.fmbench-holds/same.json"]
+    assert [m["IsLatest"] for m in holds.get("DeleteMarkers", [])] == [True]
     assert {"requests.parquet", "metrics.csv", "report.md", "report.html", "manifest.json"} <= s3_files
     # Objects are whole: every parquet object reads back.
     assert storage.read_parquet(f"{s3_bucket}/bench/stored/same/requests.parquet").height == 2 * 5
     # Re-render from the S3 URL through the CLI.
-    s3 = boto3.client("s3")
-    bucket = s3_bucket.split("://", 1)[1]
     s3.delete_object(Bucket=bucket, Key="bench/stored/same/report.md")
     assert cli_main(["report", f"{s3_bucket}/bench/stored/same"]) == 0
     assert capsys.readouterr().out.strip().endswith("report.md")

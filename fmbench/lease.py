@@ -1,0 +1,219 @@
+"""A hold on a run stored in S3 that every host sees: a lease object, renewed while the run goes on.
+
+A local run is held with the kernel's lock (`fmbench.rundir.hold_run`), which ends with the process
+however it ends. Another host cannot see that lock, so a run in ``s3://`` is also held by an object
+beside the run directory, ``<output>/<name>/.fmbench-holds/<run_id>.json``, written with S3's
+conditional writes: created only if absent (``If-None-Match: *``), renewed and taken over only if
+unchanged since it was read (``If-Match``). Its age is S3's own time (the object's Last-Modified
+against the Date of the answer), so the hosts' clocks never enter. A hold whose process stopped
+renewing it for its ``ttl_s`` lapses; one left by a dead process of this host is taken at once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import platform
+import posixpath
+import secrets
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from fmbench import storage
+from fmbench.errors import ConfigError
+from fmbench.settings import number
+
+log = logging.getLogger("fmbench")
+
+#: Seconds a held run stays held after its process last renewed the hold (FMBENCH_RUN_HOLD_S).
+HOLD_S = 60.0
+_ATTEMPTS = 4  # reads and writes raced by another taker before giving up
+
+
+def hold_seconds() -> float:
+    """How long a hold outlives its last renewal (``FMBENCH_RUN_HOLD_S``, default `HOLD_S`)."""
+    return max(1.0, number("FMBENCH_RUN_HOLD_S", HOLD_S))
+
+
+def lease_url(run_url: str) -> str:
+    """Where the hold of run ``run_url`` lives: outside the run directory, under a name that is
+    never listed as a run (it starts with a dot)."""
+    parent, run_id = posixpath.split(run_url.rstrip("/"))
+    return storage.join(parent, ".fmbench-holds", f"{run_id}.json")
+
+
+class _Conflict(Exception):
+    """The store refused a conditional write or delete: the object is not as it was read."""
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of a failed S3 call (s3fs keeps botocore's error as the cause)."""
+    for err in (exc, exc.__cause__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
+    return None
+
+
+class RunLease:
+    """The S3 hold of one run, taken by `acquire` and given back by `release`; a thread renews it.
+
+    Args:
+        run_url: the run directory (``s3://...``).
+        run_id: for messages.
+        ttl_s: how long the hold outlives its last renewal (default `hold_seconds`).
+    """
+
+    def __init__(self, run_url: str, run_id: str, ttl_s: float | None = None) -> None:
+        self.url = lease_url(run_url)
+        self.run_id = run_id
+        self.ttl_s = hold_seconds() if ttl_s is None else ttl_s
+        #: Set when another process took the hold over (this one had not renewed it in time).
+        self.lost = False
+        self._fs, path = storage.filesystem(self.url)
+        self._bucket, self._key = path.split("/", 1)
+        self._token = secrets.token_hex(8)
+        self._renewals = 0
+        self._etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        # The renewal count makes every renewal a new object (ETag), so a taker's If-Match never
+        # matches a hold renewed since it was read.
+        return json.dumps({"pid": os.getpid(), "host": platform.node(), "token": self._token,
+                           "ttl_s": self.ttl_s, "renewal": self._renewals}).encode()
+
+    def _call(self, method: str, **kw: Any) -> dict[str, Any]:
+        try:
+            return dict(self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kw))
+        except Exception as exc:  # s3fs/botocore raise many types; translated here, once
+            if _status(exc) in (409, 412):  # 409: a conditional write raced by another
+                raise _Conflict(str(exc)) from exc
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise storage.storage_error(self.url, f"{method} the run's hold", exc) from exc
+
+    def _put(self, **condition: str) -> None:
+        self._etag = self._call("put_object", Body=self._body(), ContentType="application/json",
+                                **condition)["ETag"]
+
+    def _read(self) -> tuple[dict[str, Any], str, float] | None:
+        """The hold as stored: its content, its ETag and its age in seconds by S3's clock (None:
+        there is none)."""
+
+        async def get() -> tuple[bytes, dict[str, Any]]:
+            try:
+                answer = await self._fs._call_s3("get_object", Bucket=self._bucket, Key=self._key)
+            except Exception as exc:  # (as _call)
+                if isinstance(exc, FileNotFoundError):
+                    raise
+                raise storage.storage_error(self.url, "read the run's hold", exc) from exc
+            async with answer["Body"] as body:
+                return await body.read(), answer
+
+        from fsspec.asyn import sync
+
+        try:
+            data, answer = sync(self._fs.loop, get)
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(data)
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):
+            info = {}  # not one of ours, or cut short: it lapses like any other
+        date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        now = email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
+        modified = answer.get("LastModified") or now
+        return info, str(answer["ETag"]), (now - modified).total_seconds()
+
+    def acquire(self) -> None:
+        """Take the hold, or take over one that lapsed, then renew it in a thread.
+
+        Raises:
+            ConfigError: another process holds the run (named, with when its hold lapses).
+            StorageError: the store cannot be reached, or refuses conditional writes.
+        """
+        for _ in range(_ATTEMPTS):
+            try:
+                self._put(IfNoneMatch="*")
+                break
+            except _Conflict:
+                pass
+            stored = self._read()
+            if stored is None:  # given back in between: try again
+                continue
+            info, etag, age = stored
+            declared = info.get("ttl_s")
+            ttl = float(declared) if isinstance(declared, int | float) else self.ttl_s  # the holder's own
+            pid, host = info.get("pid"), info.get("host")
+            dead_here = host == platform.node() and isinstance(pid, int) and not storage.pid_alive(pid)
+            if age <= ttl and not dead_here:
+                holder = f"pid {pid} on {host}" if pid and host else "another process"
+                raise ConfigError(
+                    f"run {self.run_id} is in progress ({holder}; its hold in {self.url} was renewed "
+                    f"{max(0.0, age):.0f} s ago and lapses {ttl:g} s after its last renewal); wait for it to end, "
+                    "or stop it, before resuming it")
+            try:
+                self._put(IfMatch=etag)  # only if no one renewed or took it since it was read
+            except _Conflict:
+                continue
+            why = "its process is gone" if dead_here else f"not renewed for {age:.0f} s"
+            log.warning("run %s: took over the hold left by pid %s on %s (%s)", self.run_id, pid, host, why)
+            break
+        else:
+            raise ConfigError(f"run {self.run_id}: another process keeps taking its hold in {self.url}; "
+                              "is the run being resumed in several places at once?")
+        self._thread = threading.Thread(target=self._renew_until_released, name="fmbench-run-hold", daemon=True)
+        self._thread.start()
+
+    def _renew_until_released(self) -> None:
+        failing = False
+        while not self._stop.wait(self.ttl_s / 4):
+            self._renewals += 1
+            try:
+                self._put(IfMatch=self._etag or "")
+            except _Conflict:
+                self.lost = True
+                stored = self._read_quietly()
+                holder = f"pid {stored.get('pid')} on {stored.get('host')}" if stored else "no one now"
+                log.error("run %s: lost its hold in %s to another process (%s): this process did not renew it for "
+                          "%g s; two processes may be measuring the run", self.run_id, self.url, holder, self.ttl_s)
+                return
+            except Exception as exc:  # noqa: BLE001 - the store may come back before the hold lapses
+                if not failing:
+                    log.warning("run %s: cannot renew its hold in %s (%s); trying again", self.run_id, self.url, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("run %s: its hold is renewed again", self.run_id)
+                failing = False
+
+    def _read_quietly(self) -> dict[str, Any] | None:
+        try:
+            stored = self._read()
+        except Exception:  # noqa: BLE001 - only for a message
+            return None
+        return stored[0] if stored else None
+
+    def release(self) -> None:
+        """Stop renewing, and delete the hold unless another process has it now."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost or self._etag is None:
+            return
+        try:
+            self._call("delete_object", IfMatch=self._etag)
+        except (_Conflict, FileNotFoundError):  # taken over, or deleted by hand: not ours to delete
+            pass
+        except Exception as exc:  # noqa: BLE001 - the hold lapses by itself
+            log.warning("run %s: cannot give back its hold in %s (%s); it lapses %g s after its last renewal",
+                        self.run_id, self.url, exc, self.ttl_s)

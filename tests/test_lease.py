@@ -1,0 +1,144 @@
+"""A run stored in S3 is held from every host (fmbench.lease), against moto in server mode."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+import pytest
+
+from fmbench import storage
+from fmbench.errors import ConfigError
+from fmbench.lease import RunLease, lease_url
+from fmbench.regression.history import list_run_ids
+from fmbench.rundir import hold_run
+
+
+def _stored(url: str) -> dict[str, Any] | None:
+    bucket, key = url.split("://", 1)[1].split("/", 1)
+    try:
+        answer = boto3.client("s3").get_object(Bucket=bucket, Key=key)
+    except boto3.client("s3").exceptions.NoSuchKey:
+        return None
+    return dict(json.loads(answer["Body"].read()))
+
+
+def _plant(url: str, **holder: Any) -> None:
+    """A hold written by another process (another host, or a dead process of this one)."""
+    bucket, key = url.split("://", 1)[1].split("/", 1)
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(holder).encode())
+
+
+def _until(check: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.fixture
+def run_url(s3_bucket: str) -> str:
+    return f"{s3_bucket}/bench/name/r1"
+
+
+def test_the_hold_lives_beside_the_run_never_listed_as_one(run_url: str) -> None:
+    assert lease_url(run_url) == run_url.rsplit("/", 1)[0] + "/.fmbench-holds/r1.json"
+    lease = RunLease(run_url, "r1", ttl_s=30)
+    lease.acquire()
+    try:
+        storage.write_text(storage.join(run_url, "config.yml"), "name: name\n")
+        assert list_run_ids(run_url.rsplit("/", 1)[0]) == ["r1"]
+    finally:
+        lease.release()
+
+
+def test_a_held_run_is_refused_to_a_second_holder_and_free_once_given_back(run_url: str) -> None:
+    first = RunLease(run_url, "r1", ttl_s=30)
+    first.acquire()
+    try:
+        with pytest.raises(ConfigError, match=rf"run r1 is in progress \(pid {os.getpid()} on "):
+            RunLease(run_url, "r1").acquire()
+    finally:
+        first.release()
+    assert _stored(lease_url(run_url)) is None  # given back: deleted
+    second = RunLease(run_url, "r1", ttl_s=30)
+    second.acquire()
+    assert (_stored(lease_url(run_url)) or {}).get("pid") == os.getpid()
+    second.release()
+
+
+def test_a_hold_from_another_host_is_refused_until_it_lapses(run_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=1.0, renewal=0)
+    with pytest.raises(ConfigError, match=r"pid 4242 on another-host.* lapses 1 s after its last renewal"):
+        RunLease(run_url, "r1", ttl_s=30).acquire()
+    time.sleep(2.2)  # (S3 keeps Last-Modified to the second)
+    caplog.set_level(logging.WARNING, logger="fmbench")
+    lease = RunLease(run_url, "r1", ttl_s=30)
+    lease.acquire()
+    try:
+        assert (_stored(lease_url(run_url)) or {}).get("host") == platform.node()
+        assert "took over the hold left by pid 4242 on another-host (not renewed for" in caplog.text
+    finally:
+        lease.release()
+
+
+def test_a_hold_left_by_a_dead_process_of_this_host_is_taken_at_once(run_url: str) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _plant(lease_url(run_url), pid=gone.pid, host=platform.node(), token="x", ttl_s=600.0, renewal=0)
+    lease = RunLease(run_url, "r1", ttl_s=30)
+    lease.acquire()  # a crashed run resumed on its own host does not wait ten minutes
+    lease.release()
+
+
+def test_a_run_stays_held_while_its_process_renews_the_hold(run_url: str) -> None:
+    lease = RunLease(run_url, "r1", ttl_s=1.0)  # renewed every 0.25 s
+    lease.acquire()
+    try:
+        assert _until(lambda: (_stored(lease_url(run_url)) or {}).get("renewal", 0) >= 3)
+        time.sleep(1.5)  # longer than the hold lasts without a renewal
+        with pytest.raises(ConfigError, match="is in progress"):
+            RunLease(run_url, "r1").acquire()
+    finally:
+        lease.release()
+    assert not lease.lost
+
+
+def test_a_process_that_lost_its_hold_says_so_and_leaves_the_new_holder_alone(
+        run_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="fmbench")
+    lease = RunLease(run_url, "r1", ttl_s=1.0)
+    lease.acquire()
+    # Another host took the hold over (this process had stalled past its lapse, say).
+    _plant(lease_url(run_url), pid=7, host="another-host", token="y", ttl_s=60.0, renewal=0)
+    assert _until(lambda: lease.lost)
+    lease.release()
+    assert (_stored(lease_url(run_url)) or {}).get("host") == "another-host"  # not deleted under its holder
+    assert "lost its hold" in caplog.text and "pid 7 on another-host" in caplog.text
+
+
+def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:
+    _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=60.0, renewal=0)
+    with pytest.raises(ConfigError, match="another-host"), hold_run(run_url, "r1"):
+        pass
+    boto3.client("s3").delete_object(Bucket=run_url.split("/")[2], Key=lease_url(run_url).split("/", 3)[3])
+    with hold_run(run_url, "r1"):
+        assert (_stored(lease_url(run_url)) or {}).get("pid") == os.getpid()
+    assert _stored(lease_url(run_url)) is None
+
+
+def test_a_bad_hold_duration_is_refused_naming_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fmbench.settings import check_environment
+
+    monkeypatch.setenv("FMBENCH_RUN_HOLD_S", "soon")
+    with pytest.raises(ConfigError, match="FMBENCH_RUN_HOLD_S='soon'"):
+        check_environment()
