@@ -73,8 +73,9 @@ class RunLease:
         self.url = lease_url(run_url)
         self.run_id = run_id
         self.ttl_s = hold_seconds() if ttl_s is None else ttl_s
-        #: Set when another process took the hold over (this one had not renewed it in time).
-        self.lost = False
+        #: Set when another process took the hold over (this one had not renewed it in time): what the
+        #: run's report must say about it.
+        self.lost: str | None = None
         self._fs, path = storage.filesystem(self.url)
         self._bucket, self._key = path.split("/", 1)
         self._token = secrets.token_hex(8)
@@ -181,11 +182,12 @@ class RunLease:
             try:
                 self._put(IfMatch=self._etag or "")
             except _Conflict:
-                self.lost = True
                 stored = self._read_quietly()
                 holder = f"pid {stored.get('pid')} on {stored.get('host')}" if stored else "no one now"
-                log.error("run %s: lost its hold in %s to another process (%s): this process did not renew it for "
-                          "%g s; two processes may be measuring the run", self.run_id, self.url, holder, self.ttl_s)
+                self.lost = (f"run {self.run_id} lost its hold to another process ({holder}) at {datetime.now(UTC).isoformat(timespec='seconds')}, not having "
+                             f"renewed it for {self.ttl_s:g} s: from then on two processes may have measured the run, "
+                             "and shards measured since may carry both processes' load")
+                log.error("%s", self.lost)
                 return
             except Exception as exc:  # noqa: BLE001 - the store may come back before the hold lapses
                 if not failing:
@@ -208,7 +210,7 @@ class RunLease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.lost or self._etag is None:
+        if self.lost is not None or self._etag is None:
             return
         try:
             self._call("delete_object", IfMatch=self._etag)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +40,9 @@ from fmbench import __version__, storage
 from fmbench.config import BenchmarkConfig, dump_config, load_config_text
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from fmbench.lease import RunLease
 
 log = logging.getLogger("fmbench")
 
@@ -203,8 +206,20 @@ def run_lock_file(url: str) -> Path:
     return RUN_LOCKS / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}.lock"
 
 
+class RunHold:
+    """A run held by this process (`hold_run`), and what befell the hold while the run went on."""
+
+    def __init__(self) -> None:
+        self._lease: RunLease | None = None  # the hold of a run in S3
+
+    def warnings(self) -> list[str]:
+        """What the run's report must say about the hold: that another process took it over."""
+        lost = self._lease.lost if self._lease is not None else None
+        return [lost] if lost else []
+
+
 @contextmanager
-def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> Iterator[None]:
+def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> Iterator[RunHold]:
     """Hold run ``run_id`` for this process while the block runs: a second process that resumes the
     same run at the same time (``--run-id`` of a run still going, in another terminal or a retried
     deployment) is refused instead of measuring the same shards side by side, doubling the load
@@ -215,15 +230,15 @@ def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) 
         ConfigError: the run is in progress in another process.
     """
     if run_id is None:
-        yield
+        yield RunHold()
         return
     url, _ = run_location(cfg, output, run_id)
-    with hold_run(url, run_id):
-        yield
+    with hold_run(url, run_id) as hold:
+        yield hold
 
 
 @contextmanager
-def hold_run(url: str, run_id: str) -> Iterator[None]:
+def hold_run(url: str, run_id: str) -> Iterator[RunHold]:
     """Hold run ``url`` for this process while the block runs (`exclusive_run`; ``fmbench evaluate``
     holds a finished run this way while it adds to it).
 
@@ -235,16 +250,17 @@ def hold_run(url: str, run_id: str) -> Iterator[None]:
     Raises:
         ConfigError: the run is in progress in another process.
     """
+    hold = RunHold()
     with _hold_on_this_host(url, run_id):
         if storage.is_remote(url):
-            with _hold_in_store(url, run_id):
-                yield
+            with _hold_in_store(url, run_id, hold):
+                yield hold
         else:
-            yield
+            yield hold
 
 
 @contextmanager
-def _hold_in_store(url: str, run_id: str) -> Iterator[None]:
+def _hold_in_store(url: str, run_id: str, hold: RunHold) -> Iterator[None]:
     from fmbench.lease import RunLease
 
     if not url.startswith("s3://"):
@@ -260,6 +276,7 @@ def _hold_in_store(url: str, run_id: str) -> Iterator[None]:
                     "would not be refused", run_id, exc)
         yield
         return
+    hold._lease = lease
     try:
         yield
     finally:

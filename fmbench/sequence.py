@@ -147,7 +147,7 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
         # In this process (the flow's), not in a step: it is held until the run has ended.
-        held.enter_context(exclusive_run(cfg, output, run_id))
+        hold = held.enter_context(exclusive_run(cfg, output, run_id))
         run = steps.open_run(cfg, output, run_id, command)
         if cfg.evaluation is not None:  # `fmbench evaluate` later needs not the config's directory
             from fmbench.quality.evaluate import keep_judge_template
@@ -160,7 +160,7 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         plans = {e.name: plan_shards(cfg, prompt_sets, e) for e in cfg.experiments}
         progress.run_planned(run.run_id, [s for specs in plans.values() for s in specs])
         outcomes, left_running = Lifecycles(steps, cfg, run, plans, prompt_sets).run_all()
-        steps.finalize(run, cfg, outcomes, prompt_sets, warnings + left_running)
+        steps.finalize(run, cfg, outcomes, prompt_sets, warnings + left_running + hold.warnings())
         if cfg.evaluation is not None:
             evaluate_run(steps, run, cfg)
         regressions: RegressionReport | None = None

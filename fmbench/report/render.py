@@ -537,7 +537,10 @@ def _context(inp: ReportInput, recs: list[Recommendation], colours: dict[str, st
         "description": inp.description,
         "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "compare": inp.compare,
-        "runs": [{"label": f"{r.name} / {r.run_id}", "rows": _run_rows(r), "problems": r.problems} for r in inp.runs],
+        # What is wrong with the report's inputs, then what the run itself warned of (an endpoint left
+        # running, buckets a dataset skipped, a hold lost to another process): under the run's table.
+        "runs": [{"label": f"{r.name} / {r.run_id}", "rows": _run_rows(r), "problems": [*r.problems, *r.manifest.warnings]}
+                 for r in inp.runs],
         "recommendations": _recommendation_items(recs),
         "slo_rows": _slo_rows(inp.slo),
         "pricing_rows": inp.pricing,

@@ -159,6 +159,23 @@ def test_sparse_manifest_and_unpriced_run_still_render(tmp_path: Path, no_png: N
     assert "Not drawn — price-performance and cost plots: cost is unknown" in md
 
 
+def test_the_runs_own_warnings_are_in_the_report(tmp_path: Path, no_png: None) -> None:
+    """What the run warned of (an endpoint it could not delete, a dataset's skipped buckets, its hold
+    lost to another process) is under the run's table, not only inside manifest.json."""
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("solo")], failed_shard=False, invalid_shard=False)
+    manifest = json.loads((run / "manifest.json").read_text())
+    left = "endpoint fmbench-solo-1a2b3c4d (us-east-1): still running (billed until deleted)"
+    manifest["warnings"] = [left, "dataset 'short' has no prompts in bucket 500-1000: its shards are skipped"]
+    storage.write_text(str(run / "manifest.json"), json.dumps(manifest))
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert f"> ⚠ {left}\n" in md
+    assert "> ⚠ dataset 'short' has no prompts in bucket 500-1000: its shards are skipped" in md
+    html = (run / "report.html").read_text()
+    assert f'<div class="warn">⚠ {left}</div>' in html
+
+
 def test_report_on_s3(s3_bucket: str, no_png: None) -> None:
     url = f"{s3_bucket}/runs/synth-bench/r-s3"
     write_run(url, run_id="r-s3")
