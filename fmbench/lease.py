@@ -96,9 +96,10 @@ class RunLease:
         except Exception as exc:  # s3fs/botocore raise many types; translated here, once
             if _status(exc) in (409, 412):  # 409: a conditional write raced by another
                 raise _Conflict(str(exc)) from exc
-            if isinstance(exc, FileNotFoundError):
+            if isinstance(exc, FileNotFoundError) and method != "put_object":  # no hold (a missing bucket: below)
                 raise
-            raise storage.storage_error(self.url, f"{method} the run's hold", exc) from exc
+            action = {"put_object": "write", "get_object": "read", "delete_object": "delete"}[method]
+            raise storage.storage_error(self.url, f"{action} the run's hold", exc) from exc
 
     def _put(self, **condition: str) -> None:
         self._etag = self._call("put_object", Body=self._body(), ContentType="application/json",
@@ -107,23 +108,18 @@ class RunLease:
     def _read(self) -> tuple[dict[str, Any], str, float] | None:
         """The hold as stored: its content, its ETag and its age in seconds by S3's clock (None:
         there is none)."""
-
-        async def get() -> tuple[bytes, dict[str, Any]]:
-            try:
-                answer = await self._fs._call_s3("get_object", Bucket=self._bucket, Key=self._key)
-            except Exception as exc:  # (as _call)
-                if isinstance(exc, FileNotFoundError):
-                    raise
-                raise storage.storage_error(self.url, "read the run's hold", exc) from exc
-            async with answer["Body"] as body:
-                return await body.read(), answer
-
         from fsspec.asyn import sync
 
         try:
-            data, answer = sync(self._fs.loop, get)
+            answer = self._call("get_object")
         except FileNotFoundError:
             return None
+
+        async def read_all(body: Any) -> bytes:
+            async with body:
+                return bytes(await body.read())
+
+        data = sync(self._fs.loop, read_all, answer["Body"])
         try:
             info = json.loads(data)
         except ValueError:
@@ -184,9 +180,10 @@ class RunLease:
             except _Conflict:
                 stored = self._read_quietly()
                 holder = f"pid {stored.get('pid')} on {stored.get('host')}" if stored else "no one now"
-                self.lost = (f"run {self.run_id} lost its hold to another process ({holder}) at {datetime.now(UTC).isoformat(timespec='seconds')}, not having "
-                             f"renewed it for {self.ttl_s:g} s: from then on two processes may have measured the run, "
-                             "and shards measured since may carry both processes' load")
+                when = datetime.now(UTC).isoformat(timespec="seconds")
+                self.lost = (f"run {self.run_id} lost its hold to another process ({holder}) at {when}, not having "
+                             f"renewed it for {self.ttl_s:g} s: from then on two processes may have measured the "
+                             "run, and shards measured since may carry both processes' load")
                 log.error("%s", self.lost)
                 return
             except Exception as exc:  # noqa: BLE001 - the store may come back before the hold lapses

@@ -210,11 +210,11 @@ class RunHold:
     """A run held by this process (`hold_run`), and what befell the hold while the run went on."""
 
     def __init__(self) -> None:
-        self._lease: RunLease | None = None  # the hold of a run in S3
+        self.lease: RunLease | None = None  # the hold of a run in S3, seen from every host
 
     def warnings(self) -> list[str]:
         """What the run's report must say about the hold: that another process took it over."""
-        lost = self._lease.lost if self._lease is not None else None
+        lost = self.lease.lost if self.lease is not None else None
         return [lost] if lost else []
 
 
@@ -276,7 +276,7 @@ def _hold_in_store(url: str, run_id: str, hold: RunHold) -> Iterator[None]:
                     "would not be refused", run_id, exc)
         yield
         return
-    hold._lease = lease
+    hold.lease = lease
     try:
         yield
     finally:

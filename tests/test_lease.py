@@ -138,6 +138,15 @@ def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:
     assert _stored(lease_url(run_url)) is None
 
 
+def test_a_store_that_cannot_hold_the_run_leaves_it_held_on_this_host_only(
+        s3_bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fmbench")
+    gone = s3_bucket + "-gone"  # (deleted since the preflight checked it, say)
+    with hold_run(f"{gone}/bench/name/r1", "r1") as hold:
+        assert hold.warnings() == []
+    assert f"cannot hold run r1 across hosts ({gone}/bench/name/.fmbench-holds/r1.json: " in caplog.text
+
+
 def test_a_bad_hold_duration_is_refused_naming_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     from fmbench.settings import check_environment
 
