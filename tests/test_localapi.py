@@ -85,6 +85,21 @@ def _processes_of(home: Path) -> list[int]:
     return pids
 
 
+def _describe(tmp: Path, watchdog: int) -> str:
+    """What a failed wait for the watchdog's server saw: the processes of this home and the server log."""
+    lines = []
+    for pid in [*_processes_of(tmp / "prefect-home"), watchdog]:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            lines.append(f"pid {pid} state {stat[0]} parent {stat[1]}: {cmd[:200]}")
+        except OSError as exc:
+            lines.append(f"pid {pid}: {exc}")
+    log = api_state_dir() / "server.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no server.log)"
+    return "\n".join([*lines, "server.log:", tail])
+
+
 def test_a_second_run_reuses_the_local_prefect_api_and_it_stops_when_idle(
         private_api: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FMBENCH_PREFECT_API_IDLE_S", "3")  # read by the watchdog process it starts
@@ -215,7 +230,7 @@ def test_a_watchdog_killed_while_its_server_starts_takes_the_server_with_it(priv
         deadline = time.monotonic() + 60
         while len(_processes_of(private_api / "prefect-home")) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)  # the watchdog has started the server (not yet answering)
-        assert len(_processes_of(private_api / "prefect-home")) >= 2
+        assert len(_processes_of(private_api / "prefect-home")) >= 2, _describe(private_api, watchdog)
         os.kill(watchdog, 9)  # no handler runs: only the kernel can stop the server now
         assert api.wait() is None  # the run goes on with the embedded server
     # the fixture checks that no process of this Prefect home is left
