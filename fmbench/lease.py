@@ -148,6 +148,9 @@ class RunLease:
             if stored is None:  # given back in between: try again
                 continue
             info, etag, age = stored
+            if info.get("token") == self._token:  # our own write landed; only its answer was lost
+                self._etag = etag
+                break
             declared = info.get("ttl_s")
             ttl = float(declared) if isinstance(declared, int | float) else self.ttl_s  # the holder's own
             pid, host = info.get("pid"), info.get("host")
@@ -179,7 +182,13 @@ class RunLease:
                 self._put(IfMatch=self._etag or "")
             except _Conflict:
                 stored = self._read_quietly()
-                holder = f"pid {stored.get('pid')} on {stored.get('host')}" if stored else "no one now"
+                if stored is not None and stored[0].get("token") == self._token:
+                    # Our own renewal landed and its answer was lost (a retried request then finds
+                    # the object changed): still ours.
+                    self._etag = stored[1]
+                    continue
+                info = stored[0] if stored else None
+                holder = f"pid {info.get('pid')} on {info.get('host')}" if info else "no one now"
                 when = datetime.now(UTC).isoformat(timespec="seconds")
                 self.lost = (f"run {self.run_id} lost its hold to another process ({holder}) at {when}, not having "
                              f"renewed it for {self.ttl_s:g} s: from then on two processes may have measured the "
@@ -195,12 +204,11 @@ class RunLease:
                     log.info("run %s: its hold is renewed again", self.run_id)
                 failing = False
 
-    def _read_quietly(self) -> dict[str, Any] | None:
+    def _read_quietly(self) -> tuple[dict[str, Any], str, float] | None:
         try:
-            stored = self._read()
-        except Exception:  # noqa: BLE001 - only for a message
+            return self._read()
+        except Exception:  # noqa: BLE001 - the hold is then taken as lost
             return None
-        return stored[0] if stored else None
 
     def release(self) -> None:
         """Stop renewing, and delete the hold unless another process has it now."""

@@ -128,6 +128,30 @@ def test_a_process_that_lost_its_hold_says_so_and_leaves_the_new_holder_alone(
     assert (lease.lost or "") in caplog.text
 
 
+def test_a_write_of_its_own_whose_answer_was_lost_keeps_the_hold(run_url: str) -> None:
+    # A renewal that reached S3 but whose answer did not (botocore retries it, and the retry's
+    # If-Match then names the ETag before it): the hold is still this process's, not lost.
+    lease = RunLease(run_url, "r1", ttl_s=1.0)
+    lease.acquire()
+    try:
+        lease._etag = '"not-the-stored-one"'  # as after a renewal whose answer was lost
+        first = (_stored(lease_url(run_url)) or {}).get("renewal", 0)
+        assert _until(lambda: (_stored(lease_url(run_url)) or {}).get("renewal", 0) >= first + 2)
+        assert lease.lost is None
+    finally:
+        lease.release()
+    assert _stored(lease_url(run_url)) is None  # and it is given back as its own
+
+
+def test_a_first_write_of_its_own_whose_answer_was_lost_is_taken_as_its_hold(run_url: str) -> None:
+    lease = RunLease(run_url, "r1", ttl_s=30)
+    # What its first PUT left in S3 before a retry of it found the object there (If-None-Match).
+    _plant(lease_url(run_url), pid=os.getpid(), host=platform.node(), token=lease._token, ttl_s=30, renewal=0)
+    lease.acquire()  # not "in progress (pid <this one>)"
+    lease.release()
+    assert _stored(lease_url(run_url)) is None
+
+
 def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:
     _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=60.0, renewal=0)
     with pytest.raises(ConfigError, match="another-host"), hold_run(run_url, "r1"):
