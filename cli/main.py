@@ -88,7 +88,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(debug: bool) -> None:
+    # One handler, on today's stderr: `main` called again in one process (a notebook, a test) would
+    # otherwise print every line once per call, and to streams closed since.
+    for old in [h for h in log.handlers if getattr(h, "fmbench_cli", False)]:
+        log.removeHandler(old)
     handler = logging.StreamHandler(sys.stderr)
+    handler.fmbench_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)

@@ -131,3 +131,19 @@ def test_a_run_that_lost_shards_writes_its_report_and_exits_1(tmp_path: Path, fa
     assert "fmbench: shard failed: e__syn__1-100__c1" in proc.stderr, proc.stderr[-3000:]
     report = proc.stdout.strip().splitlines()[-1].removeprefix("Report: ")
     assert Path(report).is_file()
+
+
+def test_the_command_line_called_again_in_one_process_logs_each_line_once(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A notebook (or a test) calls `main` more than once: its log lines go to the stderr of the
+    # call, once, not once per earlier call and to streams closed since.
+    import logging
+
+    def says(args: object) -> int:
+        logging.getLogger("fmbench").info("one line")
+        return 0
+
+    monkeypatch.setitem(_COMMANDS, "validate", says)
+    for _ in range(3):
+        assert main(["validate", "any.yml"]) == 0
+        assert capsys.readouterr().err.count("one line") == 1
