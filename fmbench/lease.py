@@ -49,15 +49,19 @@ class _Conflict(Exception):
     """The store refused a conditional write or delete: the object is not as it was read."""
 
 
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status of a failed S3 call (s3fs keeps botocore's error as the cause)."""
+class _Missing(Exception):
+    """A conditional write found no object to compare with (S3: 404 NoSuchKey)."""
+
+
+def _answer(exc: BaseException) -> tuple[int | None, str | None]:
+    """The HTTP status and error code of a failed S3 call (s3fs keeps botocore's error as the cause)."""
     for err in (exc, exc.__cause__):
         response = getattr(err, "response", None)
         if isinstance(response, dict):
             status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(status, int):
-                return status
-    return None
+            code = response.get("Error", {}).get("Code")
+            return (status if isinstance(status, int) else None), (code if isinstance(code, str) else None)
+    return None, None
 
 
 class RunLease:
@@ -94,8 +98,11 @@ class RunLease:
         try:
             return dict(self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kw))
         except Exception as exc:  # s3fs/botocore raise many types; translated here, once
-            if _status(exc) in (409, 412):  # 409: a conditional write raced by another
+            status, code = _answer(exc)
+            if status in (409, 412):  # 409: a conditional write raced by another
                 raise _Conflict(str(exc)) from exc
+            if method == "put_object" and code == "NoSuchKey":  # If-Match on a deleted hold
+                raise _Missing(str(exc)) from exc
             if isinstance(exc, FileNotFoundError) and method != "put_object":  # no hold (a missing bucket: below)
                 raise
             action = {"put_object": "write", "get_object": "read", "delete_object": "delete"}[method]
@@ -163,7 +170,7 @@ class RunLease:
                     "or stop it, before resuming it")
             try:
                 self._put(IfMatch=etag)  # only if no one renewed or took it since it was read
-            except _Conflict:
+            except (_Conflict, _Missing):  # (renewed, taken, or given back meanwhile)
                 continue
             why = "its process is gone" if dead_here else f"not renewed for {age:.0f} s"
             log.warning("run %s: took over the hold left by pid %s on %s (%s)", self.run_id, pid, host, why)
@@ -179,36 +186,52 @@ class RunLease:
         while not self._stop.wait(self.ttl_s / 4):
             self._renewals += 1
             try:
-                self._put(IfMatch=self._etag or "")
-            except _Conflict:
-                stored = self._read_quietly()
-                if stored is not None and stored[0].get("token") == self._token:
-                    # Our own renewal landed and its answer was lost (a retried request then finds
-                    # the object changed): still ours.
-                    self._etag = stored[1]
-                    continue
-                info = stored[0] if stored else None
-                holder = f"pid {info.get('pid')} on {info.get('host')}" if info else "no one now"
+                holder = self._renew()
+            except Exception as exc:  # noqa: BLE001 - the store may come back before the hold lapses
+                if not failing:
+                    log.warning("run %s: cannot renew its hold in %s (%s); trying again", self.run_id, self.url, exc)
+                failing = True
+                continue
+            if holder is not None:
                 when = datetime.now(UTC).isoformat(timespec="seconds")
                 self.lost = (f"run {self.run_id} lost its hold to another process ({holder}) at {when}, not having "
                              f"renewed it for {self.ttl_s:g} s: from then on two processes may have measured the "
                              "run, and shards measured since may carry both processes' load")
                 log.error("%s", self.lost)
                 return
-            except Exception as exc:  # noqa: BLE001 - the store may come back before the hold lapses
-                if not failing:
-                    log.warning("run %s: cannot renew its hold in %s (%s); trying again", self.run_id, self.url, exc)
-                failing = True
-            else:
-                if failing:
-                    log.info("run %s: its hold is renewed again", self.run_id)
-                failing = False
+            if failing:
+                log.info("run %s: its hold is renewed again", self.run_id)
+            failing = False
 
-    def _read_quietly(self) -> tuple[dict[str, Any], str, float] | None:
+    def _renew(self) -> str | None:
+        """Renew the hold; returns None while it is this process's, else who holds it now.
+
+        Raises:
+            StorageError: the store cannot be reached (the caller tries again).
+        """
         try:
-            return self._read()
-        except Exception:  # noqa: BLE001 - the hold is then taken as lost
+            self._put(IfMatch=self._etag or "")
             return None
+        except (_Conflict, _Missing):
+            pass
+        stored = self._read()
+        if stored is None:  # deleted meanwhile (by hand, by a lifecycle rule): this run's to hold again
+            try:
+                self._put(IfNoneMatch="*")
+            except _Conflict:  # another process made it first
+                stored = self._read()
+            else:
+                log.warning("run %s: its hold in %s had been deleted; it holds the run again", self.run_id, self.url)
+                return None
+        if stored is None:
+            return "no one now"
+        info, etag, _ = stored
+        if info.get("token") == self._token:
+            # Our own renewal landed and its answer was lost (a retried request then finds the
+            # object changed): still ours.
+            self._etag = etag
+            return None
+        return f"pid {info.get('pid')} on {info.get('host')}"
 
     def release(self) -> None:
         """Stop renewing, and delete the hold unless another process has it now."""

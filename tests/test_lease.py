@@ -152,6 +152,23 @@ def test_a_first_write_of_its_own_whose_answer_was_lost_is_taken_as_its_hold(run
     assert _stored(lease_url(run_url)) is None
 
 
+def test_a_hold_deleted_under_a_running_run_is_taken_again(run_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fmbench")
+    lease = RunLease(run_url, "r1", ttl_s=1.0)
+    lease.acquire()
+    try:
+        bucket, key = lease_url(run_url).split("://", 1)[1].split("/", 1)
+        boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # by hand, or by a lifecycle rule
+        assert _until(lambda: (_stored(lease_url(run_url)) or {}).get("token") == lease._token)
+        with pytest.raises(ConfigError, match="is in progress"):  # held again: a second taker is refused
+            RunLease(run_url, "r1").acquire()
+        assert lease.lost is None
+        assert "its hold in " in caplog.text and "had been deleted; it holds the run again" in caplog.text
+    finally:
+        lease.release()
+    assert _stored(lease_url(run_url)) is None
+
+
 def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:
     _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=60.0, renewal=0)
     with pytest.raises(ConfigError, match="another-host"), hold_run(run_url, "r1"):
