@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fmbench import storage
-from fmbench.errors import ConfigError
+from fmbench.errors import ConfigError, StorageError
 from fmbench.settings import number
 
 log = logging.getLogger("fmbench")
@@ -94,9 +94,9 @@ class RunLease:
         return json.dumps({"pid": os.getpid(), "host": platform.node(), "token": self._token,
                            "ttl_s": self.ttl_s, "renewal": self._renewals}).encode()
 
-    def _call(self, method: str, **kw: Any) -> dict[str, Any]:
+    def _call(self, method: str, key: str | None = None, **kw: Any) -> dict[str, Any]:
         try:
-            return dict(self._fs.call_s3(method, Bucket=self._bucket, Key=self._key, **kw))
+            return dict(self._fs.call_s3(method, Bucket=self._bucket, Key=key or self._key, **kw))
         except Exception as exc:  # s3fs/botocore raise many types; translated here, once
             status, code = _answer(exc)
             if status in (409, 412):  # 409: a conditional write raced by another
@@ -143,8 +143,9 @@ class RunLease:
 
         Raises:
             ConfigError: another process holds the run (named, with when its hold lapses).
-            StorageError: the store cannot be reached, or refuses conditional writes.
+            StorageError: the store cannot be reached, or refuses or ignores conditional writes.
         """
+        self._check_conditional_writes()
         for _ in range(_ATTEMPTS):
             try:
                 self._put(IfNoneMatch="*")
@@ -180,6 +181,35 @@ class RunLease:
                               "is the run being resumed in several places at once?")
         self._thread = threading.Thread(target=self._renew_until_released, name="fmbench-run-hold", daemon=True)
         self._thread.start()
+
+    def _check_conditional_writes(self) -> None:
+        """Refuse a store that ignores S3's conditional writes (some S3-compatible stores accept the
+        headers and do not act on them): there a hold would hold nothing, and taking one could
+        overwrite another host's. Checked on an object of its own, so no hold is touched.
+
+        Raises:
+            StorageError: the store ignores If-None-Match or If-Match (or cannot be reached).
+        """
+        probe = f"{self._key.rsplit('/', 1)[0]}/.probe-{self._token}.json"
+        self._call("put_object", key=probe, Body=b"{}", IfNoneMatch="*")
+        ignored = []
+        try:
+            for header, condition in (("If-None-Match", {"IfNoneMatch": "*"}),
+                                      ("If-Match", {"IfMatch": '"00000000000000000000000000000000"'})):
+                try:
+                    self._call("put_object", key=probe, Body=b"{}", **condition)
+                except _Conflict:
+                    continue  # refused, as S3 must
+                ignored.append(header)
+        finally:
+            try:
+                self._call("delete_object", key=probe)
+            except Exception as exc:  # noqa: BLE001 - an empty object of a few bytes
+                log.warning("run %s: cannot delete s3://%s/%s (%s)", self.run_id, self._bucket, probe, exc)
+        if ignored:
+            raise StorageError(
+                f"{self.url}: the store ignores conditional writes ({' and '.join(ignored)}: a write S3 "
+                "must refuse was accepted), so a hold there cannot keep another host out")
 
     def _renew_until_released(self) -> None:
         failing = False

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import http.server
 import json
 import logging
 import os
 import platform
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
 import pytest
+import s3fs
 
 from fmbench import storage
 from fmbench.errors import ConfigError
@@ -167,6 +172,70 @@ def test_a_hold_deleted_under_a_running_run_is_taken_again(run_url: str, caplog:
     finally:
         lease.release()
     assert _stored(lease_url(run_url)) is None
+
+
+@contextlib.contextmanager
+def _store_that_ignores(target: str, headers: tuple[str, ...]) -> Iterator[str]:
+    """An S3-compatible store that accepts conditional writes and ignores them: an HTTP proxy in
+    front of moto that drops ``headers`` from every request. Yields its URL."""
+    host, port = target.removeprefix("http://").split(":")
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            kept = {k: v for k, v in self.headers.items() if k.lower() not in headers}
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request(self.command, self.path, body=body, headers=kept)
+            answer = conn.getresponse()
+            data = answer.read()
+            self.send_response(answer.status)
+            for k, v in answer.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("ignored", [("if-none-match", "if-match"), ("if-match",)])
+def test_a_store_that_ignores_conditional_writes_leaves_the_run_held_on_this_host_only(
+        run_url: str, s3_env: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        ignored: tuple[str, ...]) -> None:
+    # Another host's hold is there: a store that ignored If-None-Match would let it be overwritten.
+    _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=60.0, renewal=0)
+    caplog.set_level(logging.WARNING, logger="fmbench")
+    with _store_that_ignores(s3_env, ignored) as url:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
+        s3fs.S3FileSystem.clear_instance_cache()
+        with hold_run(run_url, "r1") as hold:
+            assert hold.lease is None  # held on this host only, and said so
+        s3fs.S3FileSystem.clear_instance_cache()
+    said = " and ".join({"if-none-match": "If-None-Match", "if-match": "If-Match"}[h] for h in ignored)
+    assert "cannot hold run r1 across hosts" in caplog.text
+    assert f"the store ignores conditional writes ({said}: a write S3 must refuse was accepted)" in caplog.text
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_env)
+    assert (_stored(lease_url(run_url)) or {}).get("host") == "another-host"  # untouched
+    bucket, prefix = lease_url(run_url).split("://", 1)[1].split("/", 1)
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == [prefix]  # the check's own object is gone
 
 
 def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:

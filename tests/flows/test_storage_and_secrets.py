@@ -58,9 +58,12 @@ def test_s3_run_has_the_local_layout_and_reports_from_s3(prefect_harness: None, 
     s3_files = _relative_files(s3_report.rsplit("/", 1)[0])
     assert local_files == s3_files
     # The run was held across hosts while it ran (fmbench.lease), beside its directory, and given back at its end.
+    # (Beside it, the store's check of conditional writes: an object of its own, deleted too.)
     holds = s3.list_object_versions(Bucket=bucket, Prefix="bench/stored/.fmbench-holds/")
-    assert [v["Key"] for v in holds.get("Versions", [])][:1] == ["bench/stored/.fmbench-holds/same.json"]
-    assert [m["IsLatest"] for m in holds.get("DeleteMarkers", [])] == [True]
+    written = {v["Key"].rsplit("/", 1)[1].split("-")[0] for v in holds.get("Versions", [])}
+    assert written == {"same.json", ".probe"}
+    assert [m["IsLatest"] for m in holds.get("DeleteMarkers", [])] == [True, True]
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="bench/stored/.fmbench-holds/").get("KeyCount") == 0
     assert {"requests.parquet", "metrics.csv", "report.md", "report.html", "manifest.json"} <= s3_files
     # Objects are whole: every parquet object reads back.
     assert storage.read_parquet(f"{s3_bucket}/bench/stored/same/requests.parquet").height == 2 * 5
