@@ -31,6 +31,7 @@ log = logging.getLogger("fmbench")
 #: Seconds a held run stays held after its process last renewed the hold (FMBENCH_RUN_HOLD_S).
 HOLD_S = 60.0
 _ATTEMPTS = 4  # reads and writes raced by another taker before giving up
+_SWEEP_MAX = 200  # lapsed holds looked at per run start (the rest: by the next one)
 
 
 def hold_seconds() -> float:
@@ -112,13 +113,13 @@ class RunLease:
         self._etag = self._call("put_object", Body=self._body(), ContentType="application/json",
                                 **condition)["ETag"]
 
-    def _read(self) -> tuple[dict[str, Any], str, float] | None:
-        """The hold as stored: its content, its ETag and its age in seconds by S3's clock (None:
-        there is none)."""
+    def _read(self, key: str | None = None) -> tuple[dict[str, Any], str, float] | None:
+        """The hold as stored (this run's, or the one at ``key``): its content, its ETag and its age
+        in seconds by S3's clock (None: there is none)."""
         from fsspec.asyn import sync
 
         try:
-            answer = self._call("get_object")
+            answer = self._call("get_object", key=key)
         except FileNotFoundError:
             return None
 
@@ -159,10 +160,8 @@ class RunLease:
             if info.get("token") == self._token:  # our own write landed; only its answer was lost
                 self._etag = etag
                 break
-            declared = info.get("ttl_s")
-            ttl = float(declared) if isinstance(declared, int | float) else self.ttl_s  # the holder's own
+            ttl, dead_here = self._lapse(info)
             pid, host = info.get("pid"), info.get("host")
-            dead_here = host == platform.node() and isinstance(pid, int) and not storage.pid_alive(pid)
             if age <= ttl and not dead_here:
                 holder = f"pid {pid} on {host}" if pid and host else "another process"
                 raise ConfigError(
@@ -181,6 +180,46 @@ class RunLease:
                               "is the run being resumed in several places at once?")
         self._thread = threading.Thread(target=self._renew_until_released, name="fmbench-run-hold", daemon=True)
         self._thread.start()
+        try:
+            self._sweep()
+        except Exception as exc:  # noqa: BLE001 - tidying only: the next run tries again
+            log.debug("run %s: could not tidy the lapsed holds beside it: %s", self.run_id, exc)
+
+    def _sweep(self) -> None:
+        """Delete what runs killed outright left beside this one: holds that lapsed (each only if
+        unchanged since read, so a hold renewed meanwhile stays) and the store checks' objects."""
+        holds = self._key.rsplit("/", 1)[0] + "/"
+        listing = self._fs.call_s3("list_objects_v2", Bucket=self._bucket, Prefix=holds, MaxKeys=_SWEEP_MAX)
+        date = listing.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        now = email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
+        for obj in listing.get("Contents", []):
+            key = obj["Key"]
+            name = key.rsplit("/", 1)[1]
+            if key == self._key or (now - obj["LastModified"]).total_seconds() <= hold_seconds():
+                continue
+            if name.startswith(".probe-"):
+                self._call("delete_object", key=key)
+                continue
+            stored = self._read(key)
+            if stored is None:
+                continue
+            ttl, dead_here = self._lapse(stored[0])
+            if stored[2] <= ttl and not dead_here:
+                continue
+            try:
+                self._call("delete_object", key=key, IfMatch=stored[1])
+            except (_Conflict, FileNotFoundError):
+                continue  # renewed or taken meanwhile
+            log.info("removed the lapsed hold of run %s (pid %s on %s)", name.removesuffix(".json"),
+                     stored[0].get("pid"), stored[0].get("host"))
+
+    def _lapse(self, info: dict[str, Any]) -> tuple[float, bool]:
+        """When a stored hold lapses: its holder's own ``ttl_s`` after its last renewal, and whether
+        it already has (its holder was a process of this host that is gone)."""
+        declared = info.get("ttl_s")
+        ttl = float(declared) if isinstance(declared, int | float) else self.ttl_s
+        pid, host = info.get("pid"), info.get("host")
+        return ttl, host == platform.node() and isinstance(pid, int) and not storage.pid_alive(pid)
 
     def _check_conditional_writes(self) -> None:
         """Refuse a store that ignores S3's conditional writes (some S3-compatible stores accept the

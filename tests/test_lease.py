@@ -238,6 +238,27 @@ def test_a_store_that_ignores_conditional_writes_leaves_the_run_held_on_this_hos
     assert keys == [prefix]  # the check's own object is gone
 
 
+def test_a_run_tidies_the_lapsed_holds_runs_killed_outright_left_beside_it(
+        run_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fmbench")
+    monkeypatch.setenv("FMBENCH_RUN_HOLD_S", "1")
+    holds = lease_url(run_url).rsplit("/", 1)[0]
+    _plant(f"{holds}/killed.json", pid=4242, host="another-host", token="x", ttl_s=1.0, renewal=3)
+    _plant(f"{holds}/going.json", pid=4243, host="another-host", token="y", ttl_s=600.0, renewal=0)
+    _plant(f"{holds}/.probe-0123456789abcdef.json")  # a store check cut short by a kill
+    time.sleep(2.5)  # S3 stamps whole seconds: all three are now older than 1 s
+    lease = RunLease(run_url, "r1", ttl_s=30)
+    lease.acquire()
+    try:
+        bucket, prefix = holds.split("://", 1)[1].split("/", 1)
+        left = sorted(o["Key"].rsplit("/", 1)[1]
+                      for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+        assert left == ["going.json", "r1.json"]  # a hold still within its own 600 s stays
+        assert "removed the lapsed hold of run killed (pid 4242 on another-host)" in caplog.text
+    finally:
+        lease.release()
+
+
 def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:
     _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=60.0, renewal=0)
     with pytest.raises(ConfigError, match="another-host"), hold_run(run_url, "r1"):
