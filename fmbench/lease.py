@@ -19,6 +19,7 @@ import platform
 import posixpath
 import secrets
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,7 +32,7 @@ log = logging.getLogger("fmbench")
 #: Seconds a held run stays held after its process last renewed the hold (FMBENCH_RUN_HOLD_S).
 HOLD_S = 60.0
 _ATTEMPTS = 4  # reads and writes raced by another taker before giving up
-_SWEEP_MAX = 200  # lapsed holds looked at per run start (the rest: by the next one)
+_SWEEP_MAX = 200  # holds beside a run looked at when it starts (a benchmark rarely has more runs at once)
 
 
 def hold_seconds() -> float:
@@ -86,6 +87,7 @@ class RunLease:
         self._token = secrets.token_hex(8)
         self._renewals = 0
         self._etag: str | None = None
+        self._written_at = 0.0  # time.monotonic() of its last write that S3 accepted
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -110,8 +112,10 @@ class RunLease:
             raise storage.storage_error(self.url, f"{action} the run's hold", exc) from exc
 
     def _put(self, **condition: str) -> None:
+        sent = time.monotonic()
         self._etag = self._call("put_object", Body=self._body(), ContentType="application/json",
                                 **condition)["ETag"]
+        self._written_at = sent  # S3 stamped it after this
 
     def _read(self, key: str | None = None) -> tuple[dict[str, Any], str, float] | None:
         """The hold as stored (this run's, or the one at ``key``): its content, its ETag and its age
@@ -230,7 +234,10 @@ class RunLease:
             StorageError: the store ignores If-None-Match or If-Match (or cannot be reached).
         """
         probe = f"{self._key.rsplit('/', 1)[0]}/.probe-{self._token}.json"
-        self._call("put_object", key=probe, Body=b"{}", IfNoneMatch="*")
+        try:
+            self._call("put_object", key=probe, Body=b"{}", IfNoneMatch="*")
+        except _Conflict as exc:  # a random name of 64 bits, taken: not a store to trust
+            raise StorageError(f"s3://{self._bucket}/{probe}: refused as existing when new ({exc})") from exc
         ignored = []
         try:
             for header, condition in (("If-None-Match", {"IfNoneMatch": "*"}),
@@ -255,17 +262,14 @@ class RunLease:
         while not self._stop.wait(self.ttl_s / 4):
             self._renewals += 1
             try:
-                holder = self._renew()
+                lost = self._renew()
             except Exception as exc:  # noqa: BLE001 - the store may come back before the hold lapses
                 if not failing:
                     log.warning("run %s: cannot renew its hold in %s (%s); trying again", self.run_id, self.url, exc)
                 failing = True
                 continue
-            if holder is not None:
-                when = datetime.now(UTC).isoformat(timespec="seconds")
-                self.lost = (f"run {self.run_id} lost its hold to another process ({holder}) at {when}, not having "
-                             f"renewed it for {self.ttl_s:g} s: from then on two processes may have measured the "
-                             "run, and shards measured since may carry both processes' load")
+            if lost is not None:
+                self.lost = lost
                 log.error("%s", self.lost)
                 return
             if failing:
@@ -273,7 +277,7 @@ class RunLease:
             failing = False
 
     def _renew(self) -> str | None:
-        """Renew the hold; returns None while it is this process's, else who holds it now.
+        """Renew the hold; returns None while it is this process's, else what the report must say.
 
         Raises:
             StorageError: the store cannot be reached (the caller tries again).
@@ -283,8 +287,16 @@ class RunLease:
             return None
         except (_Conflict, _Missing):
             pass
+        when = datetime.now(UTC).isoformat(timespec="seconds")
+        unrenewed = time.monotonic() - self._written_at
         stored = self._read()
-        if stored is None:  # deleted meanwhile (by hand, by a lifecycle rule): this run's to hold again
+        if stored is None and unrenewed > self.ttl_s:
+            # Gone after it lapsed: another process may have taken it, resumed the run and given
+            # it back meanwhile.
+            return (f"run {self.run_id} could not renew its hold for {unrenewed:.0f} s (it lapses after "
+                    f"{self.ttl_s:g} s) and found it gone at {when}: another process may have resumed the run "
+                    "meanwhile, and shards measured since may carry both processes' load")
+        if stored is None:  # deleted while it held (by hand, by a lifecycle rule): held again
             try:
                 self._put(IfNoneMatch="*")
             except _Conflict:  # another process made it first
@@ -292,15 +304,15 @@ class RunLease:
             else:
                 log.warning("run %s: its hold in %s had been deleted; it holds the run again", self.run_id, self.url)
                 return None
-        if stored is None:
-            return "no one now"
-        info, etag, _ = stored
-        if info.get("token") == self._token:
+        if stored is not None and stored[0].get("token") == self._token:
             # Our own renewal landed and its answer was lost (a retried request then finds the
             # object changed): still ours.
-            self._etag = etag
+            self._etag = stored[1]
             return None
-        return f"pid {info.get('pid')} on {info.get('host')}"
+        holder = f"pid {stored[0].get('pid')} on {stored[0].get('host')}" if stored else "no one now"
+        return (f"run {self.run_id} lost its hold to another process ({holder}) at {when}, not having "
+                f"renewed it for {unrenewed:.0f} s (it lapses after {self.ttl_s:g} s): from then on two "
+                "processes may have measured the run, and shards measured since may carry both processes' load")
 
     def release(self) -> None:
         """Stop renewing, and delete the hold unless another process has it now."""

@@ -259,6 +259,21 @@ def test_a_run_tidies_the_lapsed_holds_runs_killed_outright_left_beside_it(
         lease.release()
 
 
+def test_a_hold_found_gone_after_it_lapsed_is_lost_not_taken_again(run_url: str) -> None:
+    # A process that could not renew for longer than its hold lasts (stalled, or cut off from S3)
+    # finds it gone: another process may have taken it over, resumed the run and given it back.
+    lease = RunLease(run_url, "r1", ttl_s=1.0)
+    lease.acquire()
+    lease._written_at -= 30  # as if its last write S3 accepted was 30 s ago
+    bucket, key = lease_url(run_url).split("://", 1)[1].split("/", 1)
+    boto3.client("s3").delete_object(Bucket=bucket, Key=key)
+    assert _until(lambda: lease.lost is not None)
+    lease.release()
+    assert "run r1 could not renew its hold for 3" in (lease.lost or "")
+    assert "(it lapses after 1 s) and found it gone at " in (lease.lost or "")
+    assert _stored(lease_url(run_url)) is None  # not made again
+
+
 def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:
     _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=60.0, renewal=0)
     with pytest.raises(ConfigError, match="another-host"), hold_run(run_url, "r1"):
