@@ -135,18 +135,19 @@ def test_a_process_that_lost_its_hold_says_so_and_leaves_the_new_holder_alone(
 
 def test_a_write_of_its_own_whose_answer_was_lost_keeps_the_hold(run_url: str) -> None:
     # A renewal that reached S3 but whose answer did not (botocore retries it, and the retry's
-    # If-Match then names the ETag before it): the hold is still this process's, not lost.
-    lease = RunLease(run_url, "r1", ttl_s=1.0)
+    # If-Match then names the ETag before it): the hold is still this process's, not lost. The
+    # hold lasts a minute, so its thread does not renew it while the test renews it by hand.
+    lease = RunLease(run_url, "r1", ttl_s=60)
     lease.acquire()
     try:
         lease._etag = '"not-the-stored-one"'  # as after a renewal whose answer was lost
-        first = (_stored(lease_url(run_url)) or {}).get("renewal", 0)
-        assert _until(lambda: (_stored(lease_url(run_url)) or {}).get("renewal", 0) >= first + 2)
-        assert lease.lost is None
+        assert lease._renew() is None
+        assert lease._renew() is None  # and the next renewal goes through as usual
+        assert (_stored(lease_url(run_url)) or {}).get("token") == lease._token
     finally:
         lease.release()
+    assert lease.lost is None
     assert _stored(lease_url(run_url)) is None  # and it is given back as its own
-
 
 def test_a_first_write_of_its_own_whose_answer_was_lost_is_taken_as_its_hold(run_url: str) -> None:
     lease = RunLease(run_url, "r1", ttl_s=30)
@@ -159,20 +160,20 @@ def test_a_first_write_of_its_own_whose_answer_was_lost_is_taken_as_its_hold(run
 
 def test_a_hold_deleted_under_a_running_run_is_taken_again(run_url: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="fmbench")
-    lease = RunLease(run_url, "r1", ttl_s=1.0)
+    lease = RunLease(run_url, "r1", ttl_s=60)  # renewed here by hand (its thread waits 15 s)
     lease.acquire()
     try:
         bucket, key = lease_url(run_url).split("://", 1)[1].split("/", 1)
         boto3.client("s3").delete_object(Bucket=bucket, Key=key)  # by hand, or by a lifecycle rule
-        assert _until(lambda: (_stored(lease_url(run_url)) or {}).get("token") == lease._token)
+        assert lease._renew() is None
+        assert (_stored(lease_url(run_url)) or {}).get("token") == lease._token
         with pytest.raises(ConfigError, match="is in progress"):  # held again: a second taker is refused
             RunLease(run_url, "r1").acquire()
-        assert lease.lost is None
         assert "its hold in " in caplog.text and "had been deleted; it holds the run again" in caplog.text
     finally:
         lease.release()
+    assert lease.lost is None
     assert _stored(lease_url(run_url)) is None
-
 
 @contextlib.contextmanager
 def _store_that_ignores(target: str, headers: tuple[str, ...]) -> Iterator[str]:
@@ -262,17 +263,18 @@ def test_a_run_tidies_the_lapsed_holds_runs_killed_outright_left_beside_it(
 def test_a_hold_found_gone_after_it_lapsed_is_lost_not_taken_again(run_url: str) -> None:
     # A process that could not renew for longer than its hold lasts (stalled, or cut off from S3)
     # finds it gone: another process may have taken it over, resumed the run and given it back.
-    lease = RunLease(run_url, "r1", ttl_s=1.0)
+    lease = RunLease(run_url, "r1", ttl_s=60)  # renewed here by hand (its thread waits 15 s)
     lease.acquire()
-    lease._written_at -= 30  # as if its last write S3 accepted was 30 s ago
-    bucket, key = lease_url(run_url).split("://", 1)[1].split("/", 1)
-    boto3.client("s3").delete_object(Bucket=bucket, Key=key)
-    assert _until(lambda: lease.lost is not None)
-    lease.release()
-    assert "run r1 could not renew its hold for 3" in (lease.lost or "")
-    assert "(it lapses after 1 s) and found it gone at " in (lease.lost or "")
+    try:
+        lease._written_at -= 100  # as if its last write S3 accepted was 100 s ago
+        bucket, key = lease_url(run_url).split("://", 1)[1].split("/", 1)
+        boto3.client("s3").delete_object(Bucket=bucket, Key=key)
+        lost = lease._renew() or ""
+    finally:
+        lease.release()
+    assert lost.startswith("run r1 could not renew its hold for 10")
+    assert "(it lapses after 60 s) and found it gone at " in lost
     assert _stored(lease_url(run_url)) is None  # not made again
-
 
 def test_hold_run_holds_an_s3_run_across_hosts(run_url: str) -> None:
     _plant(lease_url(run_url), pid=4242, host="another-host", token="x", ttl_s=60.0, renewal=0)
