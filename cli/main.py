@@ -17,7 +17,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fmbench.errors import ExitCode, FMBenchError, exit_code
 from fmbench.interrupts import say
@@ -87,13 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a line is logged, not as it was when the handler was
+    made: a notebook or a test that swaps stderr (and closes the old one) still gets the lines."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass  # (set by StreamHandler.__init__ and setStream: always sys.stderr)
+
+
 def _setup_logging(debug: bool) -> None:
-    # One handler, on today's stderr: `main` called again in one process (a notebook, a test) would
-    # otherwise print every line once per call, and to streams closed since.
-    for old in [h for h in log.handlers if getattr(h, "fmbench_cli", False)]:
+    # One handler: `main` called again in one process (a notebook, a test) would otherwise print
+    # every line once per call.
+    for old in [h for h in log.handlers if isinstance(h, _StderrHandler)]:
         log.removeHandler(old)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.fmbench_cli = True  # type: ignore[attr-defined]
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if debug else logging.INFO)

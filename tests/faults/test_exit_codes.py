@@ -7,6 +7,7 @@ import inspect
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,10 @@ def test_the_command_line_called_again_in_one_process_logs_each_line_once(
     for _ in range(3):
         assert main(["validate", "any.yml"]) == 0
         assert capsys.readouterr().err.count("one line") == 1
+    # A stderr swapped since (and the old one closed) gets the lines that follow.
+    import io
+
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    logging.getLogger("fmbench").info("a later line")
+    assert later.getvalue().endswith("a later line\n")
