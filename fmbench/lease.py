@@ -66,6 +66,13 @@ def _answer(exc: BaseException) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _s3_now(answer: dict[str, Any]) -> datetime:
+    """S3's own time when it answered (its Date header), against which its LastModified stamps are
+    aged; this host's clock only when the header is missing."""
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    return email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
+
+
 class RunLease:
     """The S3 hold of one run, taken by `acquire` and given back by `release`; a thread renews it.
 
@@ -138,8 +145,7 @@ class RunLease:
             info = None
         if not isinstance(info, dict):
             info = {}  # not one of ours, or cut short: it lapses like any other
-        date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        now = email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
+        now = _s3_now(answer)
         modified = answer.get("LastModified") or now
         return info, str(answer["ETag"]), (now - modified).total_seconds()
 
@@ -194,12 +200,11 @@ class RunLease:
         unchanged since read, so a hold renewed meanwhile stays) and the store checks' objects."""
         holds = self._key.rsplit("/", 1)[0] + "/"
         listing = self._fs.call_s3("list_objects_v2", Bucket=self._bucket, Prefix=holds, MaxKeys=_SWEEP_MAX)
-        date = listing.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        now = email.utils.parsedate_to_datetime(date) if date else datetime.now(UTC)
+        now, young_s = _s3_now(listing), hold_seconds()
         for obj in listing.get("Contents", []):
             key = obj["Key"]
             name = key.rsplit("/", 1)[1]
-            if key == self._key or (now - obj["LastModified"]).total_seconds() <= hold_seconds():
+            if key == self._key or (now - obj["LastModified"]).total_seconds() <= young_s:
                 continue
             if name.startswith(".probe-"):
                 self._call("delete_object", key=key)
