@@ -271,15 +271,16 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
     r = results.get("sim_capacity", {})
     lines += ["## 9. Simulator capacity (paced streams per core at 4 ms/token, closed loop, 250-token streams)", ""]
     if "rows" in r:
-        lines += [("| writer | conc | chunks/s | server CPU cores | server CPU us/chunk | paced streams per core | "
-                   "pacing error p50 / p99 / max ms | client CPU cores | load |"),
-                  "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+        lines += [("| writer | conc | chunks/s | server CPU cores | server CPU us/chunk | of it in the kernel | "
+                   "paced streams per core | pacing error p50 / p99 / max ms | client CPU cores | load |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
         for x in r["rows"]:
             pacing = (f"{x['pacing_p50_ms']} / {x['pacing_p99_ms']} / {x['pacing_max_ms']}" if "pacing_p50_ms" in x
                       else "n/a")  # the bare-loop floor has no server stamps
             lines.append(f"| {x['writer']} | {x['concurrency']} | {x['chunks_s']:,} | "
                          f"{x.get('server_cpu_cores', 'n/a')} | "
-                         f"{x['server_cpu_us_per_chunk']} | {_f(x['streams_per_core'], '{:,.0f}')} | {pacing} | "
+                         f"{x['server_cpu_us_per_chunk']} | {x.get('server_kernel_us_per_chunk', 'n/a')} | "
+                         f"{_f(x['streams_per_core'], '{:,.0f}')} | {pacing} | "
                          f"{x.get('client_cpu_cores', 'n/a')} | {x['load_avg'][0]} |")
         whose = [x for x in r["rows"] if "late_chunks" in x]
         if whose:
@@ -302,6 +303,15 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
             ceil = ", ".join(f"{v:.2f} at c={k}" for k, v in r["bare_loop_ceiling_ratio"].items())
             lines += ["", (f"Old writer / bare-loop floor CPU per chunk (the most any CPython writer with one "
                            f"send per stream per step could gain): {ceil}.")]
+        for level, b in (r.get("target_budget") or {}).items():
+            lines += ["", (f"At c={level} the target allows {b['allowed_us']} us of server CPU per chunk. The kernel's "
+                           f"part of pacing one out (the bare loop's system time: the TCP send, its delivery to "
+                           f"the reader, which over loopback the send runs, and the wake-ups of the 0.2-ms steps) "
+                           f"is {b['kernel_us']} us, which leaves "
+                           f"{b['left_for_user_space_us']} us for everything a server does in user space; the "
+                           f"bare CPython loop alone spends {b['bare_loop_user_us']} us there. Old writer / "
+                           f"kernel part alone (a writer whose user space cost nothing): "
+                           f"{_f(b['kernel_ceiling_ratio'], '{:.2f}')}.")]
         lines += [""]
     else:
         lines += [_missing(r), ""]

@@ -18,6 +18,10 @@ Beside them, two floors. ``bare-loop``: a plain Python loop, no HTTP, asyncio or
 that every 0.2-ms step takes a stamp and ``send``s one chunk-sized frame to each stream due in it,
 over loopback TCP to a reader process. Its CPU per chunk is the least any CPython server can spend
 with one socket write per stream per step, so per-stream / bare-loop bounds the reachable ratio.
+Its system time per chunk is the kernel's part of pacing chunks out: the TCP sends, their delivery
+to the reader (over loopback the sender's call runs it) and the wake-ups of the 0.2-ms steps, which
+no paced server in any language avoids: the 4x target's CPU per chunk minus that is what is left
+for everything a server does in user space.
 ``asyncio-loop``: the same work the way the simulator does it (a timerfd wake of the asyncio loop
 per step, ``transport.write``), so the gap between the two is the event loop's share.
 
@@ -46,11 +50,26 @@ STEP_S = 0.0002  # the batched writer's decode step (fmbench.simulator.app._BATC
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process."""
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def _own_cpu_s() -> tuple[float, float]:
+    """User and system (kernel) CPU seconds of this process."""
+    t = os.times()
+    return t.user, t.system
+
+
+def _per_chunk(cpu0: tuple[float, float], cpu1: tuple[float, float], sent: int) -> dict[str, float]:
+    """CPU per chunk between two `_cpu_s` readings: in all, and the kernel's share (system time:
+    the TCP send and, over loopback, the delivery to the reader, which the sender's call runs)."""
+    user, kernel = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    n = max(sent, 1)
+    return {"server_cpu_us_per_chunk": round((user + kernel) / n * 1e6, 2),
+            "server_kernel_us_per_chunk": round(kernel / n * 1e6, 2)}
 
 
 async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window_s: float,
@@ -98,14 +117,14 @@ async def _drive(url: str, model: str, concurrency: int, warmup_s: float, window
     late_chunks = [c for c in stats["late_chunks"] if t0 <= c[0] <= t1]
     where = attribute(late_chunks, sent, (t0, t1), machine["windows"])
     wall = t1 - t0
-    cores = (cpu1 - cpu0) / wall
+    cores = (sum(cpu1) - sum(cpu0)) / wall
     chunks_s = sent / wall
     late = stats["lateness"]
     return {
         "chunks_s": round(chunks_s),
         "server_cpu_cores": round(cores, 3),
         "client_cpu_cores": round((c1 - c0) / wall, 3),
-        "server_cpu_us_per_chunk": round((cpu1 - cpu0) / max(sent, 1) * 1e6, 2),
+        **_per_chunk(cpu0, cpu1, sent),
         "paced_streams": round(chunks_s * TPOT_MS / 1000, 1),
         "streams_per_core": round(chunks_s * TPOT_MS / 1000 / cores, 1) if cores > 0 else None,
         "pacing_p50_ms": round(late["p50_ms"], 3),
@@ -156,7 +175,7 @@ def measure_floor(concurrency: int, warmup_s: float, window_s: float) -> dict[st
         cpu0 = None
         while t < end:
             if cpu0 is None and t >= start:
-                cpu0, sent = time.process_time(), 0
+                cpu0, sent = _own_cpu_s(), 0
             owed += per_step
             while owed >= 1.0:
                 time.monotonic()  # the stamp a server takes per write
@@ -165,19 +184,18 @@ def measure_floor(concurrency: int, warmup_s: float, window_s: float) -> dict[st
             due = max(due + STEP_S, t)
             time.sleep(max(0.0, due - time.monotonic()))
             t = time.monotonic()
-        cpu = time.process_time() - (cpu0 or 0.0)
+        cpu1 = _own_cpu_s()
         for s in socks:
             s.close()
     finally:
         listener.close()
         reader.wait(timeout=10)
-    us = cpu / max(sent, 1) * 1e6
-    return {"writer": "bare-loop", "concurrency": concurrency, "chunks_s": round(sent / window_s),
-            "server_cpu_us_per_chunk": round(us, 2), "streams_per_core": round(TPOT_MS * 1000 / us, 1),
-            "load_avg": loadavg()}
+    cpu = _per_chunk(cpu0 or cpu1, cpu1, sent)
+    return {"writer": "bare-loop", "concurrency": concurrency, "chunks_s": round(sent / window_s), **cpu,
+            "streams_per_core": round(TPOT_MS * 1000 / cpu["server_cpu_us_per_chunk"], 1), "load_avg": loadavg()}
 
 
-async def _asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> tuple[float, int]:
+async def _asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> tuple[dict[str, float], int]:
     from fmbench.simulator.pacing import TimerFdTimer
 
     loop = asyncio.get_running_loop()
@@ -197,14 +215,14 @@ async def _asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> 
         frame = b"14a\r\n" + b"x" * 330 + b"\r\n"
         st: dict[str, Any] = {"owed": 0.0, "i": 0, "sent": 0, "due": time.monotonic(), "cpu0": None}
         start = time.monotonic()
-        done: asyncio.Future[float] = loop.create_future()
+        done: asyncio.Future[dict[str, float]] = loop.create_future()
 
         def step() -> None:
             now = time.monotonic()
             if st["cpu0"] is None and now >= start + warmup_s:
-                st["cpu0"], st["sent"] = time.process_time(), 0
+                st["cpu0"], st["sent"] = _own_cpu_s(), 0
             if now >= start + warmup_s + window_s:
-                done.set_result(time.process_time() - st["cpu0"])
+                done.set_result(_per_chunk(st["cpu0"], _own_cpu_s(), st["sent"]))
                 return
             st["owed"] += per_step
             while st["owed"] >= 1.0:
@@ -229,10 +247,8 @@ async def _asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> 
 def measure_asyncio_floor(concurrency: int, warmup_s: float, window_s: float) -> dict[str, Any]:
     """The asyncio-loop floor: the bare loop's work through a timerfd wake and ``transport.write``."""
     cpu, sent = asyncio.run(_asyncio_floor(concurrency, warmup_s, window_s))
-    us = cpu / max(sent, 1) * 1e6
-    return {"writer": "asyncio-loop", "concurrency": concurrency, "chunks_s": round(sent / window_s),
-            "server_cpu_us_per_chunk": round(us, 2), "streams_per_core": round(TPOT_MS * 1000 / us, 1),
-            "load_avg": loadavg()}
+    return {"writer": "asyncio-loop", "concurrency": concurrency, "chunks_s": round(sent / window_s), **cpu,
+            "streams_per_core": round(TPOT_MS * 1000 / cpu["server_cpu_us_per_chunk"], 1), "load_avg": loadavg()}
 
 
 def measure(writer: str | None, concurrency: int, warmup_s: float, window_s: float,
@@ -265,10 +281,10 @@ def main(argv: list[str] | None = None) -> None:
             print(row, flush=True)
             rows.append(row)
         if not args.no_floor:
-            for floor in (measure_asyncio_floor(level, warmup, window), measure_floor(level, warmup, window)):
-                print(floor, flush=True)
-                rows.append(floor)
-    ratios, ceilings = {}, {}
+            for floor_row in (measure_asyncio_floor(level, warmup, window), measure_floor(level, warmup, window)):
+                print(floor_row, flush=True)
+                rows.append(floor_row)
+    ratios, ceilings, budgets = {}, {}, {}
     for level in args.concurrency:
         by = {r["writer"]: r for r in rows if r["concurrency"] == level}
         base, best = by.get(args.writers[0]), by.get(args.writers[-1])
@@ -277,6 +293,16 @@ def main(argv: list[str] | None = None) -> None:
         floor = by.get("bare-loop")
         if base and floor:  # the most any Python writer could gain over the baseline
             ceilings[str(level)] = round(base["server_cpu_us_per_chunk"] / floor["server_cpu_us_per_chunk"], 2)
+            # What a 4x writer may spend per chunk, and how much of it the kernel already takes to pace
+            # a chunk out (the bare loop's system time): the rest is all user space may have.
+            allowed = base["server_cpu_us_per_chunk"] / 4
+            kernel, user = floor["server_kernel_us_per_chunk"], floor["server_cpu_us_per_chunk"] - floor[
+                "server_kernel_us_per_chunk"]
+            budgets[str(level)] = {"allowed_us": round(allowed, 2), "kernel_us": kernel,
+                                   "left_for_user_space_us": round(allowed - kernel, 2),
+                                   "bare_loop_user_us": round(user, 2),
+                                   "kernel_ceiling_ratio": round(base["server_cpu_us_per_chunk"] / kernel, 2)
+                                   if kernel > 0 else None}
     top = args.concurrency[-1]
     best = next(r for r in rows if r["concurrency"] == top and r["writer"] == args.writers[-1])
     ratio = ratios.get(str(top))
@@ -286,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         "tpot_ms": TPOT_MS, "output_tokens": tokens, "window_s": window, "rows": rows,
         "streams_per_core_ratio": ratios,
         "bare_loop_ceiling_ratio": ceilings,
+        "target_budget": budgets,
         "met_ratio": bool(ratio and ratio >= 4.0),
         "met_pacing": best["pacing_p99_ms"] <= 1.0,
     }

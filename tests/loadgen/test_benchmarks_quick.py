@@ -74,13 +74,23 @@ def test_sim_capacity_quick_compares_both_writers_from_server_stamps(tmp_path: P
     assert all(r["chunks_s"] > 0 and r["server_cpu_us_per_chunk"] > 0 for r in rows[2:])
     assert set(data["streams_per_core_ratio"]) <= {"8"} and isinstance(data["met"], bool)
     assert set(data["bare_loop_ceiling_ratio"]) == {"8"}
+    # The kernel's part of each path's CPU per chunk (system time), and what the 4x target leaves for user
+    # space once the bare loop's kernel part is paid.
+    # (a short window is a few clock ticks of CPU, so either part may read 0)
+    assert all(0 <= r["server_kernel_us_per_chunk"] <= r["server_cpu_us_per_chunk"] for r in rows)
+    budget = data["target_budget"]["8"]
+    assert budget["allowed_us"] == pytest.approx(rows[0]["server_cpu_us_per_chunk"] / 4, abs=0.01)
+    assert budget["kernel_us"] == rows[3]["server_kernel_us_per_chunk"]
+    assert budget["left_for_user_space_us"] == pytest.approx(budget["allowed_us"] - budget["kernel_us"], abs=0.01)
     for row in rows[:2]:  # whose lateness: the machine's slow windows beside the server's late chunks
         assert row["machine_unit_us_median"] > 0 and 0 <= row["machine_slow_share"] <= 1
         assert 0 <= row["late_in_slow_windows"] <= row["late_chunks"]
     sys.path.insert(0, str(ROOT))
     from benchmarks.run_all import render_markdown
 
-    assert "Whose lateness" in render_markdown({"sim_capacity": data}, quick=True)
+    md = render_markdown({"sim_capacity": data}, quick=True)
+    assert "Whose lateness" in md and "of it in the kernel" in md
+    assert f"At c=8 the target allows {budget['allowed_us']} us" in md
 
 
 def test_late_chunks_are_put_in_or_outside_the_machines_slow_windows() -> None:
