@@ -64,8 +64,9 @@ def _own_cpu_s() -> tuple[float, float]:
 
 
 def _per_chunk(cpu0: tuple[float, float], cpu1: tuple[float, float], sent: int) -> dict[str, float]:
-    """CPU per chunk between two `_cpu_s` readings: in all, and the kernel's share (system time:
-    the TCP send and, over loopback, the delivery to the reader, which the sender's call runs)."""
+    """CPU per chunk between two `_cpu_s` readings: in all, and the kernel's part (system time: the
+    sends, their delivery to the reader, which over loopback the sender's call runs, the wake-ups,
+    and for a server its reads of the requests)."""
     user, kernel = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     n = max(sent, 1)
     return {"server_cpu_us_per_chunk": round((user + kernel) / n * 1e6, 2),

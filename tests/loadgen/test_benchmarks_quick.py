@@ -74,9 +74,9 @@ def test_sim_capacity_quick_compares_both_writers_from_server_stamps(tmp_path: P
     assert all(r["chunks_s"] > 0 and r["server_cpu_us_per_chunk"] > 0 for r in rows[2:])
     assert set(data["streams_per_core_ratio"]) <= {"8"} and isinstance(data["met"], bool)
     assert set(data["bare_loop_ceiling_ratio"]) == {"8"}
-    # The kernel's part of each path's CPU per chunk (system time), and what the 4x target leaves for user
-    # space once the bare loop's kernel part is paid.
-    # (a short window is a few clock ticks of CPU, so either part may read 0)
+    # The kernel's part of each path's CPU per chunk (system time; a short window is a few clock ticks of
+    # CPU, so either part may read 0), and what the 4x target leaves for user space once the bare loop's
+    # kernel part is paid.
     assert all(0 <= r["server_kernel_us_per_chunk"] <= r["server_cpu_us_per_chunk"] for r in rows)
     budget = data["target_budget"]["8"]
     assert budget["allowed_us"] == pytest.approx(rows[0]["server_cpu_us_per_chunk"] / 4, abs=0.01)
