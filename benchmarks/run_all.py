@@ -70,6 +70,10 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
              (f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench` "
              f"(`python -m benchmarks.run_all{' --quick' if quick else ''}`) on {os.cpu_count()} CPUs. "
              "The machine is shared: each result carries the 1-minute load average when it was measured."), ""]
+    measured = [f"{name} {r['created_at'].replace('T', ' ').removesuffix('Z')[:16]}"
+                for name, r in results.items() if isinstance(r.get("created_at"), str)]
+    if measured:  # a run of some benchmarks only (--only) re-renders the others' earlier results
+        lines += [f"Each benchmark's results were measured (UTC): {', '.join(measured)}.", ""]
     r = results.get("client_overhead", {})
     lines += ["## 1. Client overhead (measured - server-stamped true value)", ""]
     if "rows" in r:

@@ -91,6 +91,8 @@ def test_sim_capacity_quick_compares_both_writers_from_server_stamps(tmp_path: P
     md = render_markdown({"sim_capacity": data}, quick=True)
     assert "Whose lateness" in md and "of it in the kernel" in md
     assert f"At c=8 the target allows {budget['allowed_us']} us" in md
+    # results.md says when each benchmark's results were measured (a run of some re-renders the others')
+    assert f"sim_capacity {data['created_at'][:10]}" in md
 
 
 def test_late_chunks_are_put_in_or_outside_the_machines_slow_windows() -> None:
