@@ -41,7 +41,20 @@ def _task_runner() -> Any:
     return DaskTaskRunner(address=choice.address)
 
 
-@flow(name="fmbench", log_prints=True, task_runner=_task_runner())
+class _RunnerOfTheRun(ThreadPoolTaskRunner[Any]):
+    """Stands in for the flow's task runner: Prefect starts each run on ``task_runner.duplicate()``,
+    which here is the runner FMBENCH_TASK_RUNNER names at that moment (`_task_runner`), so a variable
+    set after this module was imported (a notebook, a test, a long-lived process) still chooses it.
+    A bad value fails the run as it starts, naming the variable."""
+
+    def duplicate(self) -> Any:
+        return _task_runner()
+
+
+_RUNNER: Any = _RunnerOfTheRun()  # Any, as `_task_runner`'s: Prefect's runner types are invariant in their futures
+
+
+@flow(name="fmbench", log_prints=True, task_runner=_RUNNER)
 def benchmark(
     config: str | BenchmarkConfig = "configs/quickstart.yml",
     output: str | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -43,3 +44,29 @@ def test_a_bad_value_is_a_config_error_naming_the_variable(
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=re.escape(says)):
         _task_runner()
+
+
+def test_the_flow_runs_on_the_runner_named_when_each_run_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect starts every run on ``benchmark.task_runner.duplicate()``: that is the runner the
+    variable names then, not when flows.benchmark was imported (a notebook sets it later)."""
+    from flows.benchmark import benchmark
+
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", "dask")
+    monkeypatch.setenv("FMBENCH_DASK_WORKERS", "3")
+    runner = benchmark.task_runner.duplicate()
+    assert isinstance(runner, DaskTaskRunner) and runner.cluster_kwargs["n_workers"] == 3
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", "tcp://10.0.0.1:8786")
+    runner = benchmark.task_runner.duplicate()
+    assert isinstance(runner, DaskTaskRunner) and runner.address == "tcp://10.0.0.1:8786"
+    monkeypatch.delenv("FMBENCH_TASK_RUNNER")
+    assert type(benchmark.task_runner.duplicate()) is ThreadPoolTaskRunner
+
+
+def test_a_bad_value_set_after_import_fails_the_run_as_it_starts(
+        prefect_harness: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from flows.benchmark import benchmark
+
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", "ray")
+    with pytest.raises(ConfigError, match=re.escape("FMBENCH_TASK_RUNNER='ray': use threads, dask")):
+        benchmark(config="configs/quickstart.yml", output=str(tmp_path / "results"), preflight=False, png=False)
+    assert not (tmp_path / "results").exists()  # nothing of the run was started

@@ -501,7 +501,7 @@ def test_parallel_endpoints_measure_at_once_on_different_workers(
     """
     import yaml
 
-    from flows.benchmark import _task_runner, benchmark
+    from flows.benchmark import benchmark
 
     fake_openai.reset()
     common = {"inference": {"max_tokens": 8}, "concurrency_levels": [1, 2], "requests_per_level": 6,
@@ -513,9 +513,8 @@ def test_parallel_endpoints_measure_at_once_on_different_workers(
                            for name in ("a", "b")]}
     path = tmp_path / "par.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    monkeypatch.setenv("FMBENCH_TASK_RUNNER", cluster.address)
-    on_cluster = benchmark.with_options(task_runner=_task_runner())  # the flow reads it at import
-    on_cluster(config=str(path), run_id="r", preflight=False, png=False)  # a probe would wait at the meeting
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", cluster.address)  # read as the run starts
+    benchmark(config=str(path), run_id="r", preflight=False, png=False)  # a probe would wait at the meeting
 
     run_dir = tmp_path / "results" / "par" / "r"
     requests = pl.read_parquet(run_dir / "requests.parquet")
@@ -545,15 +544,14 @@ def test_parallel_endpoints_measure_at_once_on_different_workers(
 def _start_flow(c: Cluster, path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Thread, dict[str, object]]:
     """The benchmark flow of the config at ``path`` on the cluster's Dask runner, started in a thread
     (run id ``r``): the thread and a box that gets the report, or the exception the flow raised."""
-    from flows.benchmark import _task_runner, benchmark
+    from flows.benchmark import benchmark
 
-    monkeypatch.setenv("FMBENCH_TASK_RUNNER", c.address)
-    on_cluster = benchmark.with_options(task_runner=_task_runner())
+    monkeypatch.setenv("FMBENCH_TASK_RUNNER", c.address)  # read as the run starts
     box: dict[str, object] = {}
 
     def go() -> None:
         try:
-            box["report"] = on_cluster(config=str(path), run_id="r", preflight=False, png=False)
+            box["report"] = benchmark(config=str(path), run_id="r", preflight=False, png=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             box["exc"] = exc
 
