@@ -23,6 +23,7 @@ from fmbench.errors import ExitCode, FMBenchError, exit_code
 from fmbench.interrupts import say
 
 if TYPE_CHECKING:
+    from fmbench.config import BenchmarkConfig
     from fmbench.deploy.inventory import FmbenchResource
     from fmbench.localapi import LocalApi
 
@@ -77,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config-name", help="only resources of this benchmark name (the config's `name`)")
     c.add_argument("--older-than", metavar="AGE", help="only resources older than AGE, e.g. 90m, 2h, 3d")
     c.add_argument("--yes", action="store_true", help="delete what is listed (default: only list)")
+    c.add_argument("--no-png", dest="png", action="store_false",
+                   help="when a run's report is rendered again with its endpoints' full cost, skip its PNG plots")
     c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     s = sub.add_parser("serve-sim", help="serve the simulated endpoint (OpenAI-compatible) until stopped")
@@ -228,9 +231,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         sagemaker_client,
     )
     from fmbench.errors import ConfigError
+    from fmbench.rundir import utc_now
 
     older = parse_age(args.older_than) if args.older_than else None
     places: list[tuple[str | None, str | None, str | None]] = []
+    cfg: BenchmarkConfig | None = None
     if args.config:
         from fmbench.pipeline import load_benchmark_config
 
@@ -262,12 +267,56 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             say("  (nothing deleted: add --yes to delete these)")
             continue
         removed, failures = delete_resources(client, found)
+        deleted_at = utc_now()  # when SageMaker was asked to delete them (each bill ends then)
         for item in removed:
             say(f"  deleted {item}")
         for item in failures:
             say(f"fmbench: could not delete {item}", sys.stderr)
         failed = failed or bool(failures)
+        gone = [r for r in found if r.kind == "endpoint" and r.ref in removed]
+        if gone and cfg is None:
+            say("  (the runs' reports count these endpoints only up to the runs' ends: give the config, "
+                "fmbench cleanup CONFIG --yes, to record their deletion in them)")
+        elif gone and cfg is not None:
+            failed = _record_deletions(cfg, gone, deleted_at, args.png) or failed
     return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
+
+
+def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], deleted_at: str, png: bool) -> bool:
+    """Record the deletion of endpoints that runs of ``cfg`` left running in those runs' manifests,
+    and render again the reports they have, which then bill each endpoint up to its deletion; True
+    when a run could not be updated."""
+    from fmbench import storage
+    from fmbench.report import render_report
+    from fmbench.rundir import record_late_deletions, run_location
+
+    by_run: dict[str, dict[str, tuple[str, str]]] = {}
+    for r in endpoints:
+        if r.config_name == cfg.name and r.experiment:
+            by_run.setdefault(r.run_id, {})[r.experiment] = (r.name, deleted_at)
+    failed = False
+    for run_id, deleted in by_run.items():
+        try:
+            url, _ = run_location(cfg, None, run_id)
+            if not record_late_deletions(url, run_id, deleted, by="fmbench cleanup"):
+                continue  # not in this config's output, or its own teardown recorded them
+        except FMBenchError as exc:
+            say(f"fmbench: run {run_id}: its manifest does not have its endpoints' deletion: {exc}", sys.stderr)
+            failed = True
+            continue
+        if not storage.exists(storage.join(url, "report.md")):  # killed before its report
+            say(f"  run {run_id}: its manifest bills its endpoints up to this deletion; the run ended before its "
+                f"report (resume it to finish it: fmbench run CONFIG --run-id {run_id})")
+            continue
+        try:
+            paths = render_report(url, png=png)
+        except FMBenchError as exc:
+            say(f"fmbench: run {run_id}: its endpoints' deletion is in its manifest, but its report could not be "
+                f"rendered again ({exc}); fmbench report {url} renders it", sys.stderr)
+            failed = True
+            continue
+        say(f"  run {run_id}: report with the full cost of its endpoints: {getattr(paths, 'markdown', paths)}")
+    return failed
 
 
 def _resource_lines(found: list[FmbenchResource]) -> list[str]:

@@ -170,6 +170,38 @@ def save_manifest(run_url: str, manifest: Manifest) -> None:
     storage.write_text(storage.join(run_url, MANIFEST), manifest.model_dump_json(indent=2))
 
 
+def record_late_deletions(url: str, run_id: str, deleted: dict[str, tuple[str, str]], by: str) -> list[str]:
+    """Record in the manifest of the run at ``url`` the deletion of endpoints it left running, so its
+    bill ends when they did rather than at the run's end (or the report's time, for a killed run).
+
+    Args:
+        deleted: experiment -> (endpoint name, UTC ISO time of the deletion).
+        by: who deleted them, for the report (``fmbench cleanup``).
+
+    Returns:
+        The experiments whose timeline changed: only an endpoint of that name, recorded created by
+        the run and not yet deleted, is changed.
+
+    Raises:
+        ConfigError: the run is in progress in another process (its own teardown records it).
+        StorageError: the manifest cannot be read or written.
+    """
+    if not has_manifest(url):
+        return []
+    changed: list[str] = []
+    with hold_run(url, run_id):
+        manifest = load_manifest(url)
+        for experiment, (name, when) in deleted.items():
+            t = manifest.endpoints.get(experiment)
+            if t is None or t.endpoint_name != name or not t.created_at or t.deleted_at:
+                continue
+            manifest.endpoints[experiment] = t.model_copy(update={"deleted_at": when, "deleted_by": by})
+            changed.append(experiment)
+        if changed:
+            save_manifest(url, manifest)
+    return changed
+
+
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a short random suffix."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)

@@ -64,6 +64,8 @@ class EndpointTimeline(BaseModel):
     last_shard_at: str | None = None
     deleted_at: str | None = None
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
+    deleted_by: str | None = Field(default=None, description="Who deleted the endpoint when the run left it "
+                                   "running (``fmbench cleanup``); None: the run itself, or not deleted.")
 
     @property
     def label(self) -> str:

@@ -275,6 +275,8 @@ def benchmark_cost(
                      f"measuring {hours['measuring']:.3f}, idle {hours['idle']:.3f} instance-hours)")
             if timeline.adopted:
                 basis += "; created by an interrupted attempt of this run and adopted"
+            if billed.deleted and timeline.deleted_by:
+                basis += f"; left running by the run, deleted by {timeline.deleted_by} at {billed.billed_to.isoformat()}"
             if not billed.deleted:
                 basis += (f"; NOT deleted: still billing, counted up to {billed.billed_to.isoformat()}"
                           + (f" (teardown failed: {timeline.delete_error})" if timeline.delete_error else ""))

@@ -175,7 +175,7 @@ def timeline_rows(timelines: dict[str, Any], run_end: str | None) -> list[dict[s
     for t in timelines.values():
         b = billed_time(t, run_end)
         alive = "–" if b is None else f"{b.billed_s / 3600.0:.3f} h"
-        deleted = _clock(t.deleted_at) if t.deleted_at else ("not created by the run" if b is None else
+        deleted = _clock(t.deleted_at) + (f" (by {t.deleted_by})" if t.deleted_by else "") if t.deleted_at else ("not created by the run" if b is None else
                                                              "NOT deleted (still billing)")
         rows.append({
             "Experiment": t.label, "Endpoint": t.endpoint_name or "–",

@@ -64,19 +64,21 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _config(tmp_path: Path, moto: str, sim: str) -> Path:
+def _config(tmp_path: Path, moto: str, sim: str, name: str = "killed", endpoint: dict[str, Any] | None = None,
+            **experiment: Any) -> Path:
     cfg = {
-        "name": "killed", "output": str(tmp_path / "results"), "buckets": [[1, 200], [200, 400]],
+        "name": name, "output": str(tmp_path / "results"), "buckets": [[1, 200], [200, 400]],
         "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 3, "seed": 2}],
         "experiments": [{
             "name": "sm", "inference": {"max_tokens": 8, "timeout_s": 10}, "concurrency_levels": [1, 2],
             "requests_per_level": 6, "warmup_requests": 0,
             "endpoint": {"provider": "sagemaker", "region": "us-east-1", "endpoint_url": moto,
                          "runtime_endpoint_url": sim, "image_uri": TGI_IMAGE, "instance_type": INSTANCE,
-                         "role_arn": ROLE, "payload": "tgi"},
+                         "role_arn": ROLE, "payload": "tgi", **(endpoint or {})},
+            **experiment,
         }],
     }
-    path = tmp_path / "killed.yml"
+    path = tmp_path / f"{name}.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -134,10 +136,20 @@ def test_killed_runs_are_found_cleaned_up_and_resumed_by_adoption(
     assert "6 fmbench resource(s), 2 endpoint(s)" in listed.stdout
     assert len(sm_inventory(moto)["endpoints"]) == 3
 
-    cleaned = _cli(["cleanup", str(cfg), "--run-id", "k2", "--yes"], env)
+    before = json.loads((tmp_path / "results" / "killed" / "k2" / "manifest.json").read_text())["endpoints"]["sm"]
+    assert before["created_at"] and before["deleted_at"] is None  # the killed run never deleted it
+    cleaned = _cli(["cleanup", str(cfg), "--run-id", "k2", "--yes", "--no-png"], env)
     assert cleaned.returncode == 0, cleaned.stderr
     assert f"deleted endpoint:{second}" in cleaned.stdout and first not in cleaned.stdout
     assert second not in sm_inventory(moto)["endpoints"] + sm_inventory(moto)["configs"] + sm_inventory(moto)["models"]
+    # The killed run's manifest now bills its endpoint up to this deletion (it has no report to render).
+    k2 = tmp_path / "results" / "killed" / "k2"
+    after = json.loads((k2 / "manifest.json").read_text())["endpoints"]["sm"]
+    assert after["deleted_by"] == "fmbench cleanup" and after["deleted_at"] >= before["created_at"]
+    assert {k: v for k, v in after.items() if k not in ("deleted_at", "deleted_by")} == {
+        k: v for k, v in before.items() if k not in ("deleted_at", "deleted_by")}
+    assert "run k2: its manifest bills its endpoints up to this deletion" in cleaned.stdout
+    assert not (k2 / "report.md").exists()
 
     resumed = _cli(["run", str(cfg), "--run-id", "k1"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -155,3 +167,30 @@ def test_killed_runs_are_found_cleaned_up_and_resumed_by_adoption(
                                 "models": ["team-endpoint"]}
     final = _cli(["cleanup", str(cfg)], env)
     assert final.returncode == 0 and "0 fmbench resource(s)" in final.stdout
+
+
+def test_an_endpoint_a_run_kept_is_billed_in_its_report_until_cleanup_deletes_it(
+        moto: str, slow_sim: str, tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim, name="kept", endpoint={"keep_endpoint": True}, concurrency_levels=[1],
+                  requests_per_level=2)
+    ran = _cli(["run", str(cfg), "--run-id", "r1", "--no-png"], env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    run = tmp_path / "results" / "kept" / "r1"
+    assert "NOT deleted (still billing)" in (run / "report.md").read_text()
+    kept = resource_name("sm", "r1")
+    assert kept in sm_inventory(moto)["endpoints"]
+
+    cleaned = _cli(["cleanup", str(cfg), "--yes", "--no-png"], env)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"deleted endpoint:{kept}" in cleaned.stdout and kept not in sm_inventory(moto)["endpoints"]
+    assert f"run r1: report with the full cost of its endpoints: {run / 'report.md'}" in cleaned.stdout
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    assert timeline["deleted_by"] == "fmbench cleanup" and timeline["deleted_at"] > timeline["last_shard_at"]
+    report = (run / "report.md").read_text()
+    assert f"deleted by fmbench cleanup at {timeline['deleted_at'][:19]}" in report  # the cost's basis
+    assert f"{timeline['deleted_at'].replace('T', ' ')[:19]} (by fmbench cleanup)" in report  # the timeline
+    assert "still billing" not in report
+
+    again = _cli(["cleanup", str(cfg), "--yes", "--no-png"], env)  # nothing left: nothing recorded twice
+    assert again.returncode == 0 and "0 fmbench resource(s)" in again.stdout and "report" not in again.stdout
