@@ -257,8 +257,9 @@ class Lifecycles:
         # A resumed run deploys what still has shards to measure, and the SageMaker endpoints its killed
         # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
         # nothing sent). A simulated server died with the process that started it.
-        self.earlier = {n: t for n, t in run.read_manifest().endpoints.items()
-                        if t.provider == "sagemaker" and t.created_at and not t.deleted_at} if run.resumed else {}
+        self.before = run.read_manifest().endpoints if run.resumed else {}  # the earlier attempts' timelines
+        self.earlier = {n: t for n, t in self.before.items()
+                        if t.provider == "sagemaker" and t.created_at and not t.deleted_at}
         self.todo = [n for n in self.order if n in self.earlier or needs_endpoint(run, plans[n])]
         self.deploys: dict[str, Pending[DeployedEndpoint]] = {}
         self.timelines: dict[str, EndpointTimeline] = {}
@@ -386,7 +387,15 @@ class Lifecycles:
                 instance_type=getattr(endpoint, "instance_type", None),
                 instance_count=getattr(endpoint, "instance_count", 1), created_at=started,
                 first_shard_at=earlier.first_shard_at if earlier else None,
-                last_shard_at=earlier.last_shard_at if earlier else None))
+                last_shard_at=earlier.last_shard_at if earlier else None, earlier=self._ended(name)))
+
+    def _ended(self, name: str) -> list[EndpointTimeline]:
+        """The endpoints earlier attempts of this run billed for ``name`` and deleted (by their teardown,
+        or by ``fmbench cleanup`` after a kill): a new deploy's timeline keeps them, so the run's cost
+        still counts them."""
+        before = self.before.get(name)
+        # (one created and not deleted is the endpoint this deploy adopts: the same life goes on)
+        return [t for t in before.lives() if t.created_at and t.deleted_at] if before is not None else []
 
     def _deploy_ahead(self, name: str) -> None:
         if self.cfg.parallel_endpoints or self.cfg.deploy_ahead == "all" or name not in self.todo:

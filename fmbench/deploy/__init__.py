@@ -66,6 +66,15 @@ class EndpointTimeline(BaseModel):
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
     deleted_by: str | None = Field(default=None, description="Who deleted the endpoint when the run left it "
                                    "running (``fmbench cleanup``); None: the run itself, or not deleted.")
+    earlier: list[EndpointTimeline] = Field(
+        default_factory=list, description="The experiment's endpoints of earlier attempts of this run, deleted "
+        "before this one was deployed (an interrupted attempt's, deleted by its teardown or by fmbench cleanup): "
+        "billed as well.")
+
+    def lives(self) -> list[EndpointTimeline]:
+        """Every endpoint the run billed for this experiment, earliest first: the earlier attempts'
+        (`earlier`), then this one."""
+        return [*self.earlier, self.model_copy(update={"earlier": []})] if self.earlier else [self]
 
     @property
     def label(self) -> str:

@@ -184,6 +184,29 @@ def _instance_rate(p: ResolvedPricing, timeline: EndpointTimeline) -> tuple[floa
     return None, p.source
 
 
+def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPricing,
+                      run_end: str | _dt.datetime | None) -> str:
+    """Add the bill of an endpoint an earlier attempt of the run made and deleted to a cost row;
+    returns what the row's basis says of it."""
+    billed = billed_time(life, run_end)
+    rate, _ = _instance_rate(p, life)
+    what = f"{max(1, life.instance_count)} x {life.instance_type}" if life.instance_type else "an endpoint"
+    if billed is None or rate is None:
+        return f"; an earlier attempt's endpoint ({what}) is not included: its price or its creation is unknown"
+    count = max(1, life.instance_count)
+    for phase, seconds in (("deploying", billed.deploying_s), ("measuring", billed.measuring_s),
+                           ("idle", billed.idle_s)):
+        row[f"{phase}_hours"] += count * seconds / 3600.0
+        row[f"{phase}_cost_usd"] += count * seconds / 3600.0 * rate
+    row["instance_hours"] += count * billed.billed_s / 3600.0
+    row["cost_usd"] += count * billed.billed_s / 3600.0 * rate
+    row["billed_from"] = min(row["billed_from"], billed.billed_from.isoformat())
+    by = f" by {life.deleted_by}" if life.deleted_by else ""
+    return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
+            f"{billed.billed_from.isoformat()} to its deletion{by} at {billed.billed_to.isoformat()} "
+            f"(${count * billed.billed_s / 3600.0 * rate:,.2f})")
+
+
 def _timeline(value: EndpointTimeline | Mapping[str, Any]) -> EndpointTimeline:
     return value if isinstance(value, EndpointTimeline) else EndpointTimeline.model_validate(dict(value))
 
@@ -273,6 +296,8 @@ def benchmark_cost(
             basis = (f"{what} billed {billed.billed_s / 3600.0:.3f} h from create to delete = {total_h:.3f} "
                      f"instance-hours x ${rate:,.4g}/h per instance (deploying {hours['deploying']:.3f}, "
                      f"measuring {hours['measuring']:.3f}, idle {hours['idle']:.3f} instance-hours)")
+            for life in timeline.earlier:  # endpoints of earlier attempts, deleted before this one was made
+                basis += _add_earlier_life(row, life, p, run_end)
             if timeline.adopted:
                 basis += "; created by an interrupted attempt of this run and adopted"
             if billed.deleted and timeline.deleted_by:

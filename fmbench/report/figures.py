@@ -375,7 +375,7 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
     from fmbench.metrics.cost import billed_time
 
     spans = []
-    for t in timelines.values():
+    for t in (life for timeline in timelines.values() for life in timeline.lives()):  # an experiment's on one row
         billed = billed_time(t, run_end)
         if billed is not None:
             spans.append((t.label, billed))
@@ -409,7 +409,7 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
     title = "Endpoint timeline: what was billed when"
     fig.update_layout(
         title={"text": title, "x": 0.01}, font=_FONT, barmode="overlay",
-        height=160 + 60 * len(spans), width=1100, margin={"l": 160, "r": 30, "t": 80, "b": 60},
+        height=160 + 60 * len({name for name, _ in spans}), width=1100, margin={"l": 160, "r": 30, "t": 80, "b": 60},
         xaxis={"type": "date", "title_text": "time (UTC)"}, legend={"orientation": "h", "y": -0.25},
     )
     caption = ("Each bar runs from CreateEndpoint to its deletion (the billed time): grey while deploying, the "

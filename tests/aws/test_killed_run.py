@@ -151,6 +151,29 @@ def test_killed_runs_are_found_cleaned_up_and_resumed_by_adoption(
     assert "run k2: its manifest bills its endpoints up to this deletion" in cleaned.stdout
     assert not (k2 / "report.md").exists()
 
+    # Resumed, k2 deploys a new endpoint; its cost counts the one cleanup deleted as well.
+    resumed2 = _cli(["run", str(cfg), "--run-id", "k2", "--no-png"], env)
+    assert resumed2.returncode == 0, resumed2.stderr[-3000:]
+    timeline = json.loads((k2 / "manifest.json").read_text())["endpoints"]["sm"]
+    assert [(t["created_at"], t["deleted_at"], t["deleted_by"]) for t in timeline["earlier"]] == [
+        (after["created_at"], after["deleted_at"], "fmbench cleanup")]
+    assert timeline["created_at"] > after["deleted_at"] and timeline["deleted_at"] and not timeline["adopted"]
+    from fmbench.deploy import EndpointTimeline
+    from fmbench.metrics import benchmark_cost
+    from fmbench.report import load_run
+
+    run2 = load_run(str(k2))
+    both = benchmark_cost(run2.requests, run2.cfg, run2.shards, run2.endpoints, run2.ended_at).row(0, named=True)
+    lives = [benchmark_cost(run2.requests, run2.cfg, run2.shards, {"sm": EndpointTimeline.model_validate(t)},
+                            run2.ended_at).row(0, named=True) for t in (after, {**timeline, "earlier": []})]
+    assert all(c["cost_usd"] and c["cost_usd"] > 0 for c in lives)
+    for key in ("cost_usd", "instance_hours", "deploying_hours", "measuring_hours", "idle_hours"):
+        assert both[key] == pytest.approx(lives[0][key] + lives[1][key], rel=1e-9), key
+    assert both["billed_from"] == lives[0]["billed_from"] and both["still_billing"] is False
+    report2 = (k2 / "report.md").read_text()
+    assert "sm (earlier attempt)" in report2 and "(by fmbench cleanup)" in report2  # the endpoint timeline
+    assert "plus an earlier attempt's endpoint" in report2 and "deletion by fmbench cleanup" in report2
+
     resumed = _cli(["run", str(cfg), "--run-id", "k1"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert creates.count(first) == 1, "the resumed run created its endpoint again instead of adopting it"
