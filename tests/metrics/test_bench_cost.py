@@ -108,3 +108,34 @@ def test_report_shows_the_bill_split_and_the_endpoint_timeline(tmp_path: Path, n
     assert "0.150 h ($1.50)" in md  # a's deploying: 9 min on 1 instance at $10/h
     html = (run / "report.html").read_text()
     assert "Endpoint timeline" in html and "fig-endpoint_timeline" in html
+
+
+def test_an_earlier_attempts_deleted_endpoint_is_billed_with_the_resumed_runs() -> None:
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
+    earlier = _timeline(created_at="2026-03-01T09:00:00+00:00", in_service_at="2026-03-01T09:06:00+00:00",
+                        first_shard_at="2026-03-01T09:12:00+00:00", last_shard_at="2026-03-01T09:24:00+00:00",
+                        deleted_at="2026-03-01T09:30:00+00:00", deleted_by="fmbench cleanup")
+    timeline = EndpointTimeline.model_validate(_timeline(earlier=[earlier]))
+    row = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 1.5, "instance_count": 2}), None,
+                         {"exp": timeline}).row(0, named=True)
+    # this attempt's 1.5 h and the earlier one's 0.5 h, on 2 instances each, at $1.50 per instance-hour
+    assert row["instance_hours"] == pytest.approx(4.0) and row["cost_usd"] == pytest.approx(6.0)
+    assert row["deploying_hours"] == pytest.approx(2 * (9 + 6) / 60)
+    assert row["measuring_hours"] == pytest.approx(2 * (60 + 12) / 60)
+    assert row["idle_hours"] == pytest.approx(2 * (21 + 12) / 60)
+    assert row["billed_from"].startswith("2026-03-01T09:00:00") and row["still_billing"] is False
+    assert ("plus an earlier attempt's endpoint, 2 x ml.g5.2xlarge billed 0.500 h from 2026-03-01T09:00:00+00:00 "
+            "to its deletion by fmbench cleanup at 2026-03-01T09:30:00+00:00 ($1.50)") in row["basis"]
+
+    from fmbench.report.figures import endpoint_timeline_figure
+    from fmbench.report.tables import timeline_rows
+
+    rows = timeline_rows({"exp": timeline}, None)
+    assert [(r["Experiment"], r["Deleted"]) for r in rows] == [
+        ("exp (earlier attempt)", "2026-03-01 09:30:00 (by fmbench cleanup)"), ("exp", "2026-03-01 11:30:00")]
+    figure = endpoint_timeline_figure({"exp": timeline}, None, {})
+    assert figure is not None
+    bars = figure.figure["data"]
+    assert {b["y"][0] for b in bars} == {"exp"}  # both endpoints on the experiment's row
+    assert sorted(b["base"][0] for b in bars if b["name"] == "deploying") == [
+        "2026-03-01T09:00:00+00:00", "2026-03-01T10:00:00+00:00"]
