@@ -172,11 +172,14 @@ def timeline_rows(timelines: dict[str, Any], run_end: str | None) -> list[dict[s
     from fmbench.metrics.cost import billed_time
 
     rows = []
-    for t, earlier in ((life, i < len(tl.earlier)) for tl in timelines.values() for i, life in enumerate(tl.lives())):
+    lives = [(life, i < len(tl.earlier)) for tl in timelines.values() for i, life in enumerate(tl.lives())]
+    for t, earlier in lives:  # an earlier attempt's endpoints first, then the one the run ended with
         b = billed_time(t, run_end)
         alive = "–" if b is None else f"{b.billed_s / 3600.0:.3f} h"
-        deleted = _clock(t.deleted_at) + (f" (by {t.deleted_by})" if t.deleted_by else "") if t.deleted_at else ("not created by the run" if b is None else
-                                                             "NOT deleted (still billing)")
+        if t.deleted_at:
+            deleted = _clock(t.deleted_at) + (f" (by {t.deleted_by})" if t.deleted_by else "")
+        else:
+            deleted = "not created by the run" if b is None else "NOT deleted (still billing)"
         rows.append({
             "Experiment": t.label + (" (earlier attempt)" if earlier else ""), "Endpoint": t.endpoint_name or "–",
             "Instances": f"{t.instance_count} x {t.instance_type}" if t.instance_type else "–",
