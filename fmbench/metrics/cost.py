@@ -184,6 +184,16 @@ def _instance_rate(p: ResolvedPricing, timeline: EndpointTimeline) -> tuple[floa
     return None, p.source
 
 
+def _lifetime_bill(billed: BilledTime, count: int, rate: float) -> dict[str, float]:
+    """An endpoint's instance-hours and dollars, in total and per phase: the columns of a cost row."""
+    bill: dict[str, float] = {}
+    for phase, seconds in (("instance", billed.billed_s), ("deploying", billed.deploying_s),
+                           ("measuring", billed.measuring_s), ("idle", billed.idle_s)):
+        bill[f"{phase}_hours"] = count * seconds / 3600.0
+        bill["cost_usd" if phase == "instance" else f"{phase}_cost_usd"] = count * seconds / 3600.0 * rate
+    return bill
+
+
 def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPricing,
                       run_end: str | _dt.datetime | None) -> str:
     """Add the bill of an endpoint an earlier attempt of the run made and deleted to a cost row;
@@ -193,18 +203,14 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
     what = f"{max(1, life.instance_count)} x {life.instance_type}" if life.instance_type else "an endpoint"
     if billed is None or rate is None:
         return f"; an earlier attempt's endpoint ({what}) is not included: its price or its creation is unknown"
-    count = max(1, life.instance_count)
-    for phase, seconds in (("deploying", billed.deploying_s), ("measuring", billed.measuring_s),
-                           ("idle", billed.idle_s)):
-        row[f"{phase}_hours"] += count * seconds / 3600.0
-        row[f"{phase}_cost_usd"] += count * seconds / 3600.0 * rate
-    row["instance_hours"] += count * billed.billed_s / 3600.0
-    row["cost_usd"] += count * billed.billed_s / 3600.0 * rate
+    bill = _lifetime_bill(billed, max(1, life.instance_count), rate)
+    for column, value in bill.items():
+        row[column] += value
     row["billed_from"] = min(row["billed_from"], billed.billed_from.isoformat())
     by = f" by {life.deleted_by}" if life.deleted_by else ""
     return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
             f"{billed.billed_from.isoformat()} to its deletion{by} at {billed.billed_to.isoformat()} "
-            f"(${count * billed.billed_s / 3600.0 * rate:,.2f})")
+            f"(${bill['cost_usd']:,.2f})")
 
 
 def _timeline(value: EndpointTimeline | Mapping[str, Any]) -> EndpointTimeline:
@@ -281,21 +287,17 @@ def benchmark_cost(
         rate, source = _instance_rate(p, timeline) if timeline is not None and billed else (None, "")
         if timeline is not None and billed is not None and rate is not None:
             count = max(1, timeline.instance_count)
-            hours = {k: count * s / 3600.0 for k, s in (("deploying", billed.deploying_s),
-                                                          ("measuring", billed.measuring_s),
-                                                          ("idle", billed.idle_s))}
-            total_h = count * billed.billed_s / 3600.0
+            bill = _lifetime_bill(billed, count, rate)
             row.update({
-                "price_model": "instance", "instance_hours": total_h, "cost_usd": total_h * rate,
-                **{f"{k}_hours": h for k, h in hours.items()},
-                **{f"{k}_cost_usd": h * rate for k, h in hours.items()},
+                "price_model": "instance", **bill,
                 "billed_from": billed.billed_from.isoformat(), "billed_to": billed.billed_to.isoformat(),
                 "still_billing": not billed.deleted,
             })
             what = f"{count} x {timeline.instance_type}" if timeline.instance_type else f"{count} instance(s)"
-            basis = (f"{what} billed {billed.billed_s / 3600.0:.3f} h from create to delete = {total_h:.3f} "
-                     f"instance-hours x ${rate:,.4g}/h per instance (deploying {hours['deploying']:.3f}, "
-                     f"measuring {hours['measuring']:.3f}, idle {hours['idle']:.3f} instance-hours)")
+            basis = (f"{what} billed {billed.billed_s / 3600.0:.3f} h from create to delete = "
+                     f"{bill['instance_hours']:.3f} instance-hours x ${rate:,.4g}/h per instance (deploying "
+                     f"{bill['deploying_hours']:.3f}, measuring {bill['measuring_hours']:.3f}, idle "
+                     f"{bill['idle_hours']:.3f} instance-hours)")
             for life in timeline.earlier:  # endpoints of earlier attempts, deleted before this one was made
                 basis += _add_earlier_life(row, life, p, run_end)
             if timeline.adopted:
