@@ -53,6 +53,45 @@ def test_manifest_keeps_endpoint_timelines_and_reads_older_manifests(tmp_path: P
     assert isinstance(loaded, Manifest)
 
 
+def test_late_deletions_change_only_the_run_s_own_live_endpoints_and_only_once(tmp_path: Path) -> None:
+    from fmbench.rundir import exclusive_run, record_late_deletions
+
+    cfg = _cfg(tmp_path)
+    run = open_run(cfg, run_id="late")
+    created = "2026-01-01T00:00:00+00:00"
+    run.record_endpoint(EndpointTimeline(experiment="e", provider="sagemaker", endpoint_name="fmbench-e-late",
+                                         created_at=created))
+    run.record_endpoint(EndpointTimeline(experiment="gone", provider="sagemaker", endpoint_name="fmbench-g-late",
+                                         created_at=created, deleted_at="2026-01-01T00:30:00+00:00"))
+    run.record_endpoint(EndpointTimeline(experiment="byo", provider="sagemaker", endpoint_name="theirs"))
+    deleted = {"e": ("fmbench-e-late", "2026-01-01T02:00:00+00:00"),
+               "gone": ("fmbench-g-late", "2026-01-01T02:00:00+00:00"),  # the run deleted it itself
+               "byo": ("theirs", "2026-01-01T02:00:00+00:00"),  # never created by the run
+               "other": ("fmbench-o-late", "2026-01-01T02:00:00+00:00")}  # not in this run
+    # While the run is held by a process (its own teardown records what it deletes), nothing is changed.
+    with exclusive_run(cfg, None, "late"), pytest.raises(ConfigError, match="run late is in progress"):
+        record_late_deletions(run.url, "late", deleted, by="fmbench cleanup")
+    assert load_manifest(run.url).endpoints["e"].deleted_at is None
+
+    assert record_late_deletions(run.url, "late", deleted, by="fmbench cleanup") == ["e"]
+    after = load_manifest(run.url)
+    assert (after.endpoints["e"].deleted_at, after.endpoints["e"].deleted_by) == \
+        ("2026-01-01T02:00:00+00:00", "fmbench cleanup")
+    assert after.endpoints["gone"].deleted_at == "2026-01-01T00:30:00+00:00"
+    assert after.endpoints["gone"].deleted_by is None
+    assert after.endpoints["byo"].deleted_at is None and "other" not in after.endpoints
+    manifest_text = Path(run.path("manifest.json")).read_text()
+
+    # A second cleanup (a later deletion time, another name for the deleter) changes nothing: the first
+    # deletion recorded is the end of the bill.
+    again = {"e": ("fmbench-e-late", "2026-01-01T05:00:00+00:00")}
+    assert record_late_deletions(run.url, "late", again, by="someone else") == []
+    assert Path(run.path("manifest.json")).read_text() == manifest_text
+    # A directory without a manifest (not a run) is left alone.
+    assert record_late_deletions(str(tmp_path / "nothing"), "late", deleted, by="fmbench cleanup") == []
+    assert not (tmp_path / "nothing" / "manifest.json").exists()
+
+
 def test_resume_with_changed_config_names_the_difference(tmp_path: Path) -> None:
     open_run(_cfg(tmp_path, c=1), run_id="a")
     with pytest.raises(ConfigError, match=r"run a exists with a different config .*concurrency_levels"):
