@@ -258,9 +258,9 @@ class Lifecycles:
         # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
         # nothing sent). A simulated server died with the process that started it.
         self.before = run.read_manifest().endpoints if run.resumed else {}  # the earlier attempts' timelines
-        self.earlier = {n: t for n, t in self.before.items()
-                        if t.provider == "sagemaker" and t.created_at and not t.deleted_at}
-        self.todo = [n for n in self.order if n in self.earlier or needs_endpoint(run, plans[n])]
+        self.left_alive = {n: t for n, t in self.before.items()  # to adopt (see `_ended` for the deleted ones)
+                           if t.provider == "sagemaker" and t.created_at and not t.deleted_at}
+        self.todo = [n for n in self.order if n in self.left_alive or needs_endpoint(run, plans[n])]
         self.deploys: dict[str, Pending[DeployedEndpoint]] = {}
         self.timelines: dict[str, EndpointTimeline] = {}
         self.closed: set[str] = set()
@@ -280,7 +280,7 @@ class Lifecycles:
         """
         names = [j.experiment_name for j in cfg.evaluation.judges] if cfg.evaluation else []
         judges = cls(steps, cfg, run, {n: [] for n in names}, [])
-        judges.todo = names if needed else [n for n in names if n in judges.earlier]
+        judges.todo = names if needed else [n for n in names if n in judges.left_alive]
         return judges
 
     def run_all(self) -> tuple[list[ShardOutcome], list[str]]:
@@ -381,13 +381,13 @@ class Lifecycles:
                                                 and not getattr(endpoint, "endpoint_name", None)):
             # Only endpoints the run creates have a lifetime (and a bill) of the run's making.
             # What the config says is recorded now, so a killed run's manifest names what it was deploying.
-            earlier = self.earlier.get(name)
+            alive = self.left_alive.get(name)  # the endpoint the deploy adopts, if any
             self._record(EndpointTimeline(
                 experiment=name, provider=endpoint.provider, judge=judge, region=getattr(endpoint, "region", None),
                 instance_type=getattr(endpoint, "instance_type", None),
                 instance_count=getattr(endpoint, "instance_count", 1), created_at=started,
-                first_shard_at=earlier.first_shard_at if earlier else None,
-                last_shard_at=earlier.last_shard_at if earlier else None, earlier=self._ended(name)))
+                first_shard_at=alive.first_shard_at if alive else None,
+                last_shard_at=alive.last_shard_at if alive else None, earlier=self._ended(name)))
 
     def _ended(self, name: str) -> list[EndpointTimeline]:
         """The endpoints earlier attempts of this run billed for ``name`` and deleted (by their teardown,
