@@ -240,6 +240,20 @@ def _judge_panel(judges: Lifecycles, cfg: BenchmarkConfig) -> Any:
     return panel
 
 
+def _gone(alive: EndpointTimeline, deployed: DeployedEndpoint) -> EndpointTimeline:
+    """The timeline of an endpoint an earlier attempt left alive that a resumed deploy did not adopt:
+    it deleted it (it had failed), or found it gone (deleted outside fmbench at an unknown time, or,
+    when it was never InService, perhaps never created by the killed attempt)."""
+    life = alive.model_copy(update={"earlier": []})
+    if deployed.deleted_failed_earlier:
+        return life.model_copy(update={"deleted_at": deployed.earlier_gone_at,
+                                       "deleted_by": "the resumed run, which found it failed"})
+    known = [t for t in (alive.in_service_at, alive.last_shard_at) if t]  # it surely lived until then
+    last_alive = max(known, key=dt.datetime.fromisoformat) if known else alive.created_at
+    return life.model_copy(update={"deleted_at": last_alive, "gone_by": deployed.earlier_gone_at,
+                                   "deleted_by": "outside fmbench"})
+
+
 class Lifecycles:
     """Every experiment's endpoint from deploy to teardown, with its shards in between.
 
@@ -522,6 +536,13 @@ class Lifecycles:
         if name not in self.timelines:
             return
         kept = deployed.keep and bool(deployed.created)
+        changes: dict[str, Any] = {}
+        alive = self.left_alive.get(name)
+        if alive is not None and not deployed.adopted and deployed.earlier_gone_at:
+            # The endpoint an earlier attempt left alive was not there to adopt: its bill ends in the
+            # timeline's earlier lives, and the new endpoint's measuring starts with its own first shard.
+            changes = {"first_shard_at": None, "last_shard_at": None,
+                       "earlier": [*self.timelines[name].earlier, _gone(alive, deployed)]}
         self._update(name, provider=deployed.provider, endpoint_name=deployed.endpoint_name,
                      region=deployed.region or self.timelines[name].region,
                      instance_type=deployed.instance_type or self.timelines[name].instance_type,
@@ -530,7 +551,7 @@ class Lifecycles:
                      else self.timelines[name].instance_count,
                      adopted=deployed.adopted, created_at=deployed.created_at or self.timelines[name].created_at,
                      in_service_at=deployed.in_service_at or _now(),
-                     delete_error="kept (keep_endpoint): billed until you delete it" if kept else None)
+                     delete_error="kept (keep_endpoint): billed until you delete it" if kept else None, **changes)
 
     def _deploy_failed(self, name: str, error: BaseException) -> None:
         log.warning("%s: deploy failed%s: %s", self._label(name),

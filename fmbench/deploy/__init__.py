@@ -37,6 +37,12 @@ class DeployedEndpoint(BaseModel):
         default=None, description="UTC ISO time the endpoint was created (an adopted one: by the earlier run).")
     in_service_at: str | None = Field(default=None, description="UTC ISO time the endpoint took requests.")
     adopted: bool = Field(default=False, description="Created by an interrupted attempt of this run, reused.")
+    earlier_gone_at: str | None = Field(
+        default=None, description="UTC ISO time the deploy found no endpoint of an earlier attempt of this run "
+        "left to adopt (the endpoint's latest possible end), or deleted one that had failed (its end).")
+    deleted_failed_earlier: bool = Field(
+        default=False, description="The deploy deleted a failed endpoint of an earlier attempt, gone at "
+        "earlier_gone_at.")
 
 
 class EndpointTimeline(BaseModel):
@@ -66,6 +72,10 @@ class EndpointTimeline(BaseModel):
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
     deleted_by: str | None = Field(default=None, description="Who deleted the endpoint when the run left it "
                                    "running (``fmbench cleanup``); None: the run itself, or not deleted.")
+    gone_by: str | None = Field(
+        default=None, description="An earlier attempt's endpoint deleted outside fmbench at an unknown time: "
+        "when the resumed run found it gone. ``deleted_at`` is then the last time it was known alive, so its "
+        "bill is a lower bound, and the report says how much more it may have been.")
     earlier: list[EndpointTimeline] = Field(
         default_factory=list, description="The experiment's endpoints of earlier attempts of this run, deleted "
         "before this one was deployed (an interrupted attempt's, deleted by its teardown or by fmbench cleanup): "

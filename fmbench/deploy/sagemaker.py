@@ -377,6 +377,7 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
         if status != "Deleting":
             delete_created(client, [f"endpoint:{name}"])
         _wait_until_gone(client, name, timeout_s, poll_s)
+        handle.earlier_gone_at, handle.deleted_failed_earlier = _iso(), status != "Deleting"
         delete_created(client, leftovers)
         return None
     handle.created = [*leftovers, f"endpoint:{name}"]
@@ -472,6 +473,7 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
             if _adopt(client, handle, earlier, tags, cfg.deploy_timeout_s, poll_s) is not None:
                 return handle
         else:
+            handle.earlier_gone_at = _iso()  # (an earlier attempt's endpoint, if it had one, was gone by now)
             delete_created(client, _leftovers(client, name, tags))
     except BaseException as exc:
         error = _undo_deploy(client, handle, experiment.name, step, exc)

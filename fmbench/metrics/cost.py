@@ -207,9 +207,19 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
     for column, value in bill.items():
         row[column] += value
     row["billed_from"] = min(row["billed_from"], billed.billed_from.isoformat())
+    gone_by = _when(life.gone_by)
+    if gone_by is not None:  # deleted outside fmbench at an unknown time: the known part, and at most how much more
+        more_h = max(1, life.instance_count) * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
+        known = (f"{billed.billed_s / 3600.0:.3f} h from {billed.billed_from.isoformat()} to "
+                 f"{billed.billed_to.isoformat()}, the last time it was known alive (${bill['cost_usd']:,.2f})"
+                 if life.in_service_at else
+                 "nothing (it never reached InService before the attempt was killed, and may never have been created)")
+        return (f"; plus an earlier attempt's endpoint, {what}, gone when the run resumed at {gone_by.isoformat()} "
+                f"(deleted outside fmbench at an unknown time): billed {known}; it may have cost up to "
+                f"{more_h:.3f} instance-hours (${more_h * rate:,.2f}) more, not included")
     by = f" by {life.deleted_by}" if life.deleted_by else ""
     return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
-            f"{billed.billed_from.isoformat()} to its deletion{by} at {billed.billed_to.isoformat()} "
+            f"{billed.billed_from.isoformat()} to {billed.billed_to.isoformat()}, its deletion{by} "
             f"(${bill['cost_usd']:,.2f})")
 
 

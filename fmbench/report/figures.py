@@ -374,16 +374,16 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
     """
     from fmbench.metrics.cost import billed_time
 
-    spans = []
+    spans = []  # (row, billed time, the latest possible end of an endpoint deleted outside fmbench)
     for t in (life for timeline in timelines.values() for life in timeline.lives()):  # an experiment's on one row
         billed = billed_time(t, run_end)
         if billed is not None:
-            spans.append((t.label, billed))
+            spans.append((t.label, billed, t.gone_by))
     if not spans:
         return None
     fig = new_figure()
     shown: set[str] = set()
-    for name, b in sorted(spans, key=lambda s: s[1].billed_from, reverse=True):
+    for name, b, gone_by in sorted(spans, key=lambda s: s[1].billed_from, reverse=True):
         in_service = b.in_service or b.billed_to
         pieces = [("deploying", b.billed_from, in_service)]
         if b.measuring_from is not None and b.measuring_to is not None:
@@ -406,10 +406,14 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
         if not b.deleted:
             fig.add_annotation(x=b.billed_to.isoformat(), y=name, text="  still running", showarrow=False,
                                xanchor="left", font={"color": "#D55E00"})
+        elif gone_by:
+            fig.add_annotation(x=b.billed_to.isoformat(), y=name, showarrow=False, xanchor="left",
+                               text=f"  deleted outside fmbench by {gone_by[11:19]} UTC",
+                               font={"color": "#D55E00"})
     title = "Endpoint timeline: what was billed when"
     fig.update_layout(
         title={"text": title, "x": 0.01}, font=_FONT, barmode="overlay",
-        height=160 + 60 * len({name for name, _ in spans}), width=1100, margin={"l": 160, "r": 30, "t": 80, "b": 60},
+        height=160 + 60 * len({name for name, _, _ in spans}), width=1100, margin={"l": 160, "r": 30, "t": 80, "b": 60},
         xaxis={"type": "date", "title_text": "time (UTC)"}, legend={"orientation": "h", "y": -0.25},
     )
     caption = ("Each bar runs from CreateEndpoint to its deletion (the billed time): grey while deploying, the "

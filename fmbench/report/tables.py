@@ -176,7 +176,10 @@ def timeline_rows(timelines: dict[str, Any], run_end: str | None) -> list[dict[s
     for t, earlier in lives:  # an earlier attempt's endpoints first, then the one the run ended with
         b = billed_time(t, run_end)
         alive = "–" if b is None else f"{b.billed_s / 3600.0:.3f} h"
-        if t.deleted_at:
+        if t.gone_by:  # deleted outside fmbench, at a time known only to lie in between
+            deleted = f"between {_clock(t.deleted_at)} and {_clock(t.gone_by)} ({t.deleted_by or 'outside fmbench'})"
+            alive = f"{alive} or more"
+        elif t.deleted_at:
             deleted = _clock(t.deleted_at) + (f" (by {t.deleted_by})" if t.deleted_by else "")
         else:
             deleted = "not created by the run" if b is None else "NOT deleted (still billing)"

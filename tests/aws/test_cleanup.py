@@ -5,6 +5,7 @@ created, and the warning before a deploy names what earlier runs left running.""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert waited and "is Creating" in waited[0]
-    assert handle.adopted and _create_calls() == before
+    assert handle.adopted and _create_calls() == before and handle.earlier_gone_at is None
     assert handle.created_at is not None and handle.in_service_at is not None
     assert handle.in_service_at > handle.created_at
     assert sorted(handle.created) == sorted([f"endpoint:{name}", f"endpoint-config:{name}", f"model:{name}"])
@@ -140,8 +141,10 @@ def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoin
     endpoint_states(name, "Failed", "ping health check")
     old = _moto_endpoint(name)
     later(0.0, _when_recreated, name, old, lambda: endpoint_states(name, "InService"))  # the new one comes up
+    gone_after = datetime.now(UTC).replace(microsecond=0)  # (the handle's times are to the millisecond)
     handle = deploy_sagemaker(exp, "run-f", poll_s=0.05)
-    assert not handle.adopted
+    assert not handle.adopted and handle.deleted_failed_earlier  # the end of the failed endpoint's bill:
+    assert gone_after <= datetime.fromisoformat(str(handle.earlier_gone_at)) <= datetime.now(UTC)
     assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "InService"
     teardown_sagemaker(handle, exp)
     assert sm_inventory(moto) == EMPTY

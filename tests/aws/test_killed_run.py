@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,63 @@ def test_an_endpoint_a_run_kept_is_billed_in_its_report_until_cleanup_deletes_it
 
     again = _cli(["cleanup", str(cfg), "--yes", "--no-png"], env)  # nothing left: nothing recorded twice
     assert again.returncode == 0 and "0 fmbench resource(s)" in again.stdout and "report" not in again.stdout
+
+
+def _moto_endpoint_status(name: str, status: str) -> None:
+    """Set an endpoint's status in moto's backend (its server runs in this process)."""
+    from moto.sagemaker import models
+
+    for account in list(models.sagemaker_backends.keys()):
+        endpoints = models.sagemaker_backends[account]["us-east-1"].endpoints
+        if name in endpoints:
+            endpoints[name].endpoint_status = status
+            return
+    raise AssertionError(f"endpoint {name} not in moto")
+
+
+def test_a_killed_attempt_s_endpoint_that_is_gone_or_failed_when_the_run_resumes_is_still_billed(
+        moto: str, slow_sim: str, creates: list[str], tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim)
+    runs = tmp_path / "results" / "killed"
+    sm = sm_client(moto)
+
+    # g1: the killed attempt's endpoint is deleted by hand (not by fmbench cleanup): when is not known.
+    _kill_mid_run(cfg, "g1", env, tmp_path / "g1.log")
+    killed = json.loads((runs / "g1" / "manifest.json").read_text())["endpoints"]["sm"]
+    assert killed["in_service_at"] and killed["deleted_at"] is None
+    sm.delete_endpoint(EndpointName=resource_name("sm", "g1"))
+    deleted_by_hand = time.time()
+    resumed = _cli(["run", str(cfg), "--run-id", "g1", "--no-png"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    timeline = json.loads((runs / "g1" / "manifest.json").read_text())["endpoints"]["sm"]
+    [gone] = timeline["earlier"]
+    last_alive = max((t for t in (killed["in_service_at"], killed["last_shard_at"]) if t),
+                     key=lambda t: datetime.fromisoformat(t))
+    assert (gone["created_at"], gone["deleted_at"], gone["deleted_by"]) == (
+        killed["created_at"], last_alive, "outside fmbench")
+    assert deleted_by_hand <= datetime.fromisoformat(gone["gone_by"]).timestamp() <= \
+        datetime.fromisoformat(timeline["created_at"]).timestamp()
+    # The new endpoint's measuring starts with its own first shard, not the killed attempt's.
+    assert timeline["first_shard_at"] >= timeline["in_service_at"] >= gone["gone_by"]
+    assert not timeline["adopted"] and timeline["deleted_at"] and creates.count(resource_name("sm", "g1")) == 2
+    report = (runs / "g1" / "report.md").read_text()
+    assert "gone when the run resumed at" in report and "(deleted outside fmbench at an unknown time)" in report
+    assert "more, not included" in report
+    assert f"between {last_alive.replace('T', ' ')[:19]} and {gone['gone_by'].replace('T', ' ')[:19]}" in report
+
+    # g2: the killed attempt's endpoint failed: the resumed run deletes it, and knows when.
+    _kill_mid_run(cfg, "g2", env, tmp_path / "g2.log")
+    killed = json.loads((runs / "g2" / "manifest.json").read_text())["endpoints"]["sm"]
+    _moto_endpoint_status(resource_name("sm", "g2"), "Failed")
+    resumed = _cli(["run", str(cfg), "--run-id", "g2", "--no-png"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "is Failed: deleting it and deploying anew" in resumed.stderr
+    timeline = json.loads((runs / "g2" / "manifest.json").read_text())["endpoints"]["sm"]
+    [failed] = timeline["earlier"]
+    assert (failed["created_at"], failed["deleted_by"], failed["gone_by"]) == (
+        killed["created_at"], "the resumed run, which found it failed", None)
+    assert killed["in_service_at"] < failed["deleted_at"] <= timeline["created_at"]
+    report = (runs / "g2" / "report.md").read_text()
+    assert "its deletion by the resumed run, which found it failed ($" in report and "not included" not in report
+    assert sm_inventory(moto) == {"endpoints": [], "configs": [], "models": []}

@@ -125,7 +125,7 @@ def test_an_earlier_attempts_deleted_endpoint_is_billed_with_the_resumed_runs() 
     assert row["idle_hours"] == pytest.approx(2 * (21 + 12) / 60)
     assert row["billed_from"].startswith("2026-03-01T09:00:00") and row["still_billing"] is False
     assert ("plus an earlier attempt's endpoint, 2 x ml.g5.2xlarge billed 0.500 h from 2026-03-01T09:00:00+00:00 "
-            "to its deletion by fmbench cleanup at 2026-03-01T09:30:00+00:00 ($1.50)") in row["basis"]
+            "to 2026-03-01T09:30:00+00:00, its deletion by fmbench cleanup ($1.50)") in row["basis"]
 
     from fmbench.report.figures import endpoint_timeline_figure
     from fmbench.report.tables import timeline_rows
@@ -139,3 +139,48 @@ def test_an_earlier_attempts_deleted_endpoint_is_billed_with_the_resumed_runs() 
     assert {b["y"][0] for b in bars} == {"exp"}  # both endpoints on the experiment's row
     assert sorted(b["base"][0] for b in bars if b["name"] == "deploying") == [
         "2026-03-01T09:00:00+00:00", "2026-03-01T10:00:00+00:00"]
+
+
+def test_an_earlier_attempts_endpoint_deleted_outside_fmbench_is_billed_to_when_it_was_known_alive() -> None:
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
+    # Known alive until its last shard at 09:24; found gone when the run resumed at 09:54.
+    gone = _timeline(created_at="2026-03-01T09:00:00+00:00", in_service_at="2026-03-01T09:06:00+00:00",
+                     first_shard_at="2026-03-01T09:12:00+00:00", last_shard_at="2026-03-01T09:24:00+00:00",
+                     deleted_at="2026-03-01T09:24:00+00:00", gone_by="2026-03-01T09:54:00+00:00",
+                     deleted_by="outside fmbench")
+    # An attempt killed while deploying (never InService): nothing known to bill, up to 10 min possible.
+    unborn = _timeline(created_at="2026-03-01T09:55:00+00:00", in_service_at=None, first_shard_at=None,
+                       last_shard_at=None, deleted_at="2026-03-01T09:55:00+00:00",
+                       gone_by="2026-03-01T10:05:00+00:00", deleted_by="outside fmbench")
+    timeline = EndpointTimeline.model_validate(_timeline(earlier=[gone, unborn]))
+    row = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 1.5, "instance_count": 2}), None,
+                         {"exp": timeline}).row(0, named=True)
+    # this attempt's 1.5 h and the first earlier one's known 0.4 h, on 2 instances each, at $1.50 an instance-hour
+    assert row["instance_hours"] == pytest.approx(2 * 1.9) and row["cost_usd"] == pytest.approx(2 * 1.9 * 1.5)
+    assert row["deploying_hours"] == pytest.approx(2 * (9 + 6) / 60)
+    assert row["measuring_hours"] == pytest.approx(2 * (60 + 12) / 60)
+    assert row["idle_hours"] == pytest.approx(2 * (21 + 6) / 60)
+    assert row["billed_from"].startswith("2026-03-01T09:00:00")
+    assert ("plus an earlier attempt's endpoint, 2 x ml.g5.2xlarge, gone when the run resumed at "
+            "2026-03-01T09:54:00+00:00 (deleted outside fmbench at an unknown time): billed 0.400 h from "
+            "2026-03-01T09:00:00+00:00 to 2026-03-01T09:24:00+00:00, the last time it was known alive ($1.20); "
+            "it may have cost up to 1.000 instance-hours ($1.50) more, not included") in row["basis"]
+    assert ("gone when the run resumed at 2026-03-01T10:05:00+00:00 (deleted outside fmbench at an unknown time): "
+            "billed nothing (it never reached InService before the attempt was killed, and may never have been "
+            "created); it may have cost up to 0.333 instance-hours ($0.50) more, not included") in row["basis"]
+
+    from fmbench.report.figures import endpoint_timeline_figure
+    from fmbench.report.tables import timeline_rows
+
+    rows = timeline_rows({"exp": timeline}, None)
+    assert [(r["Experiment"], r["Deleted"], r["Billed"]) for r in rows] == [
+        ("exp (earlier attempt)", "between 2026-03-01 09:24:00 and 2026-03-01 09:54:00 (outside fmbench)",
+         "0.400 h or more"),
+        ("exp (earlier attempt)", "between 2026-03-01 09:55:00 and 2026-03-01 10:05:00 (outside fmbench)",
+         "0.000 h or more"),
+        ("exp", "2026-03-01 11:30:00", "1.500 h")]
+    figure = endpoint_timeline_figure({"exp": timeline}, None, {})
+    assert figure is not None
+    notes = sorted((a["x"], a["text"]) for a in figure.figure["layout"]["annotations"])
+    assert notes == [("2026-03-01T09:24:00+00:00", "  deleted outside fmbench by 09:54:00 UTC"),
+                     ("2026-03-01T09:55:00+00:00", "  deleted outside fmbench by 10:05:00 UTC")]
