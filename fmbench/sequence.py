@@ -395,7 +395,7 @@ class Lifecycles:
                                                 and not getattr(endpoint, "endpoint_name", None)):
             # Only endpoints the run creates have a lifetime (and a bill) of the run's making.
             # What the config says is recorded now, so a killed run's manifest names what it was deploying.
-            alive = self.left_alive.get(name)  # the endpoint the deploy adopts, if any
+            alive = self.left_alive.get(name)  # the endpoint the deploy adopts if it is still there
             self._record(EndpointTimeline(
                 experiment=name, provider=endpoint.provider, judge=judge, region=getattr(endpoint, "region", None),
                 instance_type=getattr(endpoint, "instance_type", None),

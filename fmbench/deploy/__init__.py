@@ -70,16 +70,17 @@ class EndpointTimeline(BaseModel):
     last_shard_at: str | None = None
     deleted_at: str | None = None
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
-    deleted_by: str | None = Field(default=None, description="Who deleted the endpoint when the run left it "
-                                   "running (``fmbench cleanup``); None: the run itself, or not deleted.")
+    deleted_by: str | None = Field(default=None, description="Who deleted the endpoint when the run did not "
+                                   "(``fmbench cleanup``; for an earlier attempt's: the resumed run, which found "
+                                   "it failed, or someone outside fmbench); None: the run itself, or not deleted.")
     gone_by: str | None = Field(
         default=None, description="An earlier attempt's endpoint deleted outside fmbench at an unknown time: "
         "when the resumed run found it gone. ``deleted_at`` is then the last time it was known alive, so its "
         "bill is a lower bound, and the report says how much more it may have been.")
     earlier: list[EndpointTimeline] = Field(
         default_factory=list, description="The experiment's endpoints of earlier attempts of this run, deleted "
-        "before this one was deployed (an interrupted attempt's, deleted by its teardown or by fmbench cleanup): "
-        "billed as well.")
+        "before this one was deployed (an interrupted attempt's, deleted by its teardown, by fmbench cleanup, by "
+        "the resumed run because it had failed, or outside fmbench): billed as well.")
 
     def lives(self) -> list[EndpointTimeline]:
         """Every endpoint the run billed for this experiment, earliest first: the earlier attempts'

@@ -203,13 +203,14 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
     what = f"{max(1, life.instance_count)} x {life.instance_type}" if life.instance_type else "an endpoint"
     if billed is None or rate is None:
         return f"; an earlier attempt's endpoint ({what}) is not included: its price or its creation is unknown"
-    bill = _lifetime_bill(billed, max(1, life.instance_count), rate)
+    count = max(1, life.instance_count)
+    bill = _lifetime_bill(billed, count, rate)
     for column, value in bill.items():
         row[column] += value
     row["billed_from"] = min(row["billed_from"], billed.billed_from.isoformat())
     gone_by = _when(life.gone_by)
     if gone_by is not None:  # deleted outside fmbench at an unknown time: the known part, and at most how much more
-        more_h = max(1, life.instance_count) * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
+        more_h = count * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
         known = (f"{billed.billed_s / 3600.0:.3f} h from {billed.billed_from.isoformat()} to "
                  f"{billed.billed_to.isoformat()}, the last time it was known alive (${bill['cost_usd']:,.2f})"
                  if life.in_service_at else
