@@ -24,7 +24,7 @@ from fmbench.simulator.app import build_app
 from fmbench.simulator.aws import AwsRoutes
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
-from tests.support.sagemaker import JS_MODEL, jumpstart_manifest, jumpstart_spec
+from tests.support.sagemaker import JS_MODEL, jumpstart_manifest, jumpstart_spec, moto_endpoint
 
 #: The latency model the accuracy tests compare against.
 SIM = SimulatedEndpoint(provider="simulated", ttft_ms=60.0, tpot_ms=10.0, output_tokens=16, max_batch=16)
@@ -224,13 +224,12 @@ def endpoint_states(monkeypatch: pytest.MonkeyPatch) -> Any:
     def set_status(name: str, status: str, reason: str | None = None, after_s: float = 0.0) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # wait for the deploy to create it
-            for account_id in list(models.sagemaker_backends.keys()):
-                endpoints = models.sagemaker_backends[account_id]["us-east-1"].endpoints
-                if name in endpoints:
-                    time.sleep(after_s)  # ... and to see it Creating for a while
-                    endpoints[name].endpoint_status = status
-                    endpoints[name].failure_reason = reason
-                    return
+            endpoint = moto_endpoint(name)
+            if endpoint is not None:
+                time.sleep(after_s)  # ... and to see it Creating for a while
+                endpoint.endpoint_status = status
+                endpoint.failure_reason = reason
+                return
             time.sleep(0.02)
         raise AssertionError(f"endpoint {name} not in moto")
 

@@ -22,6 +22,7 @@ from tests.support.sagemaker import (
     TGI_IMAGE,
     by_hand,
     later,
+    moto_endpoint,
     sagemaker_experiment,
     sm_client,
     sm_inventory,
@@ -41,24 +42,13 @@ def _create_calls() -> int:
                for acct in list(models.sagemaker_backends.keys()))
 
 
-def _moto_endpoint(name: str) -> Any:
-    """moto's endpoint object ``name`` now (None when there is none)."""
-    from moto.sagemaker import models
-
-    for a in list(models.sagemaker_backends.keys()):
-        found = models.sagemaker_backends[a]["us-east-1"].endpoints.get(name)
-        if found is not None:
-            return found
-    return None
-
-
 def _when_recreated(name: str, old: Any, then: Any) -> None:
     """Once moto's endpoint ``name`` is no longer ``old`` (deleted and created again), call ``then``.
     ``old`` is read by the caller before anything can replace it."""
     import time
 
     deadline = time.monotonic() + 20
-    while _moto_endpoint(name) is None or _moto_endpoint(name) is old:
+    while moto_endpoint(name) is None or moto_endpoint(name) is old:
         assert time.monotonic() < deadline, f"endpoint {name} was not deleted and created again"
         time.sleep(0.01)
     then()
@@ -139,7 +129,7 @@ def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoin
         {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
     sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
     endpoint_states(name, "Failed", "ping health check")
-    old = _moto_endpoint(name)
+    old = moto_endpoint(name)
     later(0.0, _when_recreated, name, old, lambda: endpoint_states(name, "InService"))  # the new one comes up
     gone_after = datetime.now(UTC).replace(microsecond=0)  # (the handle's times are to the millisecond)
     handle = deploy_sagemaker(exp, "run-f", poll_s=0.05)

@@ -1,7 +1,8 @@
 """Runs SIGKILLed mid-way leave SageMaker endpoints billing (moto's control plane, the simulated
 endpoint behind the SageMaker runtime routes, `fmbench run` as a subprocess): the next run warns
 about them, `fmbench cleanup` finds and deletes them, and a resumed run adopts its own endpoint
-(no second CreateEndpoint), sends no measured shard again and leaves nothing behind."""
+(no second CreateEndpoint), sends no measured shard again and leaves nothing behind. An endpoint
+the resumed run cannot adopt (gone, or failed) is still in its bill."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from fmbench.config import SimulatedEndpoint
 from fmbench.deploy.sagemaker import resource_name
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.cli import ROOT
-from tests.support.sagemaker import INSTANCE, ROLE, TGI_IMAGE, by_hand, sm_client, sm_inventory
+from tests.support.sagemaker import INSTANCE, ROLE, TGI_IMAGE, by_hand, moto_endpoint, sm_client, sm_inventory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -220,18 +221,6 @@ def test_an_endpoint_a_run_kept_is_billed_in_its_report_until_cleanup_deletes_it
     assert again.returncode == 0 and "0 fmbench resource(s)" in again.stdout and "report" not in again.stdout
 
 
-def _moto_endpoint_status(name: str, status: str) -> None:
-    """Set an endpoint's status in moto's backend (its server runs in this process)."""
-    from moto.sagemaker import models
-
-    for account in list(models.sagemaker_backends.keys()):
-        endpoints = models.sagemaker_backends[account]["us-east-1"].endpoints
-        if name in endpoints:
-            endpoints[name].endpoint_status = status
-            return
-    raise AssertionError(f"endpoint {name} not in moto")
-
-
 def test_a_killed_attempt_s_endpoint_that_is_gone_or_failed_when_the_run_resumes_is_still_billed(
         moto: str, slow_sim: str, creates: list[str], tmp_path: Path) -> None:
     env = _env(tmp_path)
@@ -266,7 +255,7 @@ def test_a_killed_attempt_s_endpoint_that_is_gone_or_failed_when_the_run_resumes
     # g2: the killed attempt's endpoint failed: the resumed run deletes it, and knows when.
     _kill_mid_run(cfg, "g2", env, tmp_path / "g2.log")
     killed = json.loads((runs / "g2" / "manifest.json").read_text())["endpoints"]["sm"]
-    _moto_endpoint_status(resource_name("sm", "g2"), "Failed")
+    moto_endpoint(resource_name("sm", "g2")).endpoint_status = "Failed"
     resumed = _cli(["run", str(cfg), "--run-id", "g2", "--no-png"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "is Failed: deleting it and deploying anew" in resumed.stderr

@@ -45,6 +45,19 @@ def sm_inventory(url: str) -> dict[str, list[str]]:
 EMPTY = {"endpoints": [], "configs": [], "models": []}
 
 
+def moto_endpoint(name: str) -> Any:
+    """moto's endpoint object ``name`` now, None when there is none. moto's server runs in the test
+    process (`ThreadedMotoServer`), so its backend is reachable: how tests play SageMaker's endpoint
+    states (Creating, Failed) that moto itself never goes through."""
+    from moto.sagemaker import models
+
+    for account in list(models.sagemaker_backends.keys()):
+        found = models.sagemaker_backends[account]["us-east-1"].endpoints.get(name)
+        if found is not None:
+            return found
+    return None
+
+
 def by_hand(url: str, name: str) -> None:
     """An endpoint (with config and model) that fmbench did not create: no fmbench tags."""
     sm = sm_client(url)
