@@ -77,7 +77,7 @@ def slo_cell(row: dict[str, Any]) -> str:
     parts = []
     if row.get("status") == "failed":
         parts.append("✖ shard failed")
-    if row.get("valid") is False:
+    if row.get("valid") is False and (row.get("status") != "failed" or row.get("invalid_reason")):
         parts.append(f"⚠ invalid: {row.get('invalid_reason') or 'no reason given'}")
     if row.get("meets_slo"):
         parts.insert(0, "✔ pass")
