@@ -193,9 +193,16 @@ def record_late_deletions(url: str, run_id: str, deleted: dict[str, tuple[str, s
         manifest = load_manifest(url)
         for experiment, (name, when) in deleted.items():
             t = manifest.endpoints.get(experiment)
-            if t is None or t.endpoint_name != name or not t.created_at or t.deleted_at:
+            if t is None:
                 continue
-            manifest.endpoints[experiment] = t.model_copy(update={"deleted_at": when, "deleted_by": by})
+            # the run's endpoint, or one an earlier attempt left that a resumed attempt could not adopt
+            lives = [t.model_copy(update={"earlier": []}), *t.earlier]
+            hit = next((i for i, life in enumerate(lives)
+                        if life.endpoint_name == name and life.created_at and not life.deleted_at), None)
+            if hit is None:
+                continue
+            lives[hit] = lives[hit].model_copy(update={"deleted_at": when, "deleted_by": by})
+            manifest.endpoints[experiment] = lives[0].model_copy(update={"earlier": lives[1:]})
             changed.append(experiment)
         if changed:
             save_manifest(url, manifest)

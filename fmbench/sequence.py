@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from fmbench import progress
 from fmbench.config import BenchmarkConfig
-from fmbench.deploy import DeployedEndpoint, EndpointTimeline
+from fmbench.deploy import DeployedEndpoint, EndpointTimeline, deploy_state
 from fmbench.interrupts import StopScope, interrupt_deploy, stop_scope, termination_interrupts
 from fmbench.pipeline import (
     PromptSet,
@@ -241,9 +241,10 @@ def _judge_panel(judges: Lifecycles, cfg: BenchmarkConfig) -> Any:
 
 
 def _gone(alive: EndpointTimeline, deployed: DeployedEndpoint) -> EndpointTimeline:
-    """The timeline of an endpoint an earlier attempt left alive that a resumed deploy did not adopt:
-    it deleted it (it had failed), or found it gone (deleted outside fmbench at an unknown time, or,
-    when it was never InService, perhaps never created by the killed attempt)."""
+    """The timeline of an endpoint an earlier attempt left alive that a resumed deploy did not adopt
+    but found gone (``deployed.earlier_gone_at``): it deleted it (it had failed), or nothing was there
+    (deleted outside fmbench at an unknown time, or, when it was never InService, perhaps never
+    created by the killed attempt)."""
     life = alive.model_copy(update={"earlier": []})
     if deployed.deleted_failed_earlier:
         return life.model_copy(update={"deleted_at": deployed.earlier_gone_at,
@@ -272,8 +273,9 @@ class Lifecycles:
         # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
         # nothing sent). A simulated server died with the process that started it.
         self.before = run.read_manifest().endpoints if run.resumed else {}  # the earlier attempts' timelines
-        self.left_alive = {n: t for n, t in self.before.items()  # to adopt (see `_ended` for the deleted ones)
-                           if t.provider == "sagemaker" and t.created_at and not t.deleted_at}
+        self.left_alive = {n: alive[-1] for n, t in self.before.items()  # to adopt (`_ended`: the deleted ones)
+                           if (alive := [life for life in t.lives() if life.provider == "sagemaker"
+                                         and life.created_at and not life.deleted_at])}
         self.todo = [n for n in self.order if n in self.left_alive or needs_endpoint(run, plans[n])]
         self.deploys: dict[str, Pending[DeployedEndpoint]] = {}
         self.timelines: dict[str, EndpointTimeline] = {}
@@ -396,8 +398,14 @@ class Lifecycles:
             # Only endpoints the run creates have a lifetime (and a bill) of the run's making.
             # What the config says is recorded now, so a killed run's manifest names what it was deploying.
             alive = self.left_alive.get(name)  # the endpoint the deploy adopts if it is still there
+            named = None
+            if endpoint.provider == "sagemaker":  # (its name is known before it exists: cleanup can record it)
+                from fmbench.deploy.sagemaker import resource_name
+
+                named = resource_name(name, self.run.run_id)
             self._record(EndpointTimeline(
-                experiment=name, provider=endpoint.provider, judge=judge, region=getattr(endpoint, "region", None),
+                experiment=name, provider=endpoint.provider, judge=judge, endpoint_name=named,
+                region=getattr(endpoint, "region", None),
                 instance_type=getattr(endpoint, "instance_type", None),
                 instance_count=getattr(endpoint, "instance_count", 1), created_at=started,
                 first_shard_at=alive.first_shard_at if alive else None,
@@ -488,7 +496,7 @@ class Lifecycles:
         except BaseException as exc:  # noqa: BLE001 - failed or interrupted: the deployer removed what it made
             if name not in self.failed_deploys:  # not said yet: e.g. stopped on a Dask worker, whose log is not here
                 log.warning("%s: its deploy ended: %s", self._label(name), exc)
-            self._deploy_ended(name)
+                self._deploy_ended(name, exc)
             return None
         reached = interrupt_deploy(name)
         log.warning("%s: deploy %s; waiting for it to delete what it created", self._label(name),
@@ -501,9 +509,9 @@ class Lifecycles:
             self._update(name, delete_error=message)
             self.left_running.append(message)
             return None
-        except BaseException:  # noqa: BLE001 - it stopped and deleted what it had created
+        except BaseException as exc:  # noqa: BLE001 - it stopped and deleted what it had created
             log.warning("%s: deploy stopped; what it had created is deleted", self._label(name))
-            self._deploy_ended(name)
+            self._deploy_ended(name, exc)
             return None
         return deployed
 
@@ -536,13 +544,7 @@ class Lifecycles:
         if name not in self.timelines:
             return
         kept = deployed.keep and bool(deployed.created)
-        changes: dict[str, Any] = {}
-        alive = self.left_alive.get(name)
-        if alive is not None and not deployed.adopted and deployed.earlier_gone_at:
-            # The endpoint an earlier attempt left alive was not there to adopt: its bill ends in the
-            # timeline's earlier lives, and the new endpoint's measuring starts with its own first shard.
-            changes = {"first_shard_at": None, "last_shard_at": None,
-                       "earlier": [*self.timelines[name].earlier, _gone(alive, deployed)]}
+        changes = self._not_adopted(name, deployed, None) if deployed.earlier_gone_at else {}
         self._update(name, provider=deployed.provider, endpoint_name=deployed.endpoint_name,
                      region=deployed.region or self.timelines[name].region,
                      instance_type=deployed.instance_type or self.timelines[name].instance_type,
@@ -557,12 +559,49 @@ class Lifecycles:
         log.warning("%s: deploy failed%s: %s", self._label(name),
                     ", its shards are recorded failed" if self.plans.get(name) else "", error)
         self.failed_deploys.add(name)
-        self._deploy_ended(name)
+        self._deploy_ended(name, error)
 
-    def _deploy_ended(self, name: str) -> None:
-        # A deploy that failed or was interrupted deleted what it had created when it ended.
-        if name in self.timelines and self.timelines[name].deleted_at is None:
-            self._update(name, deleted_at=_now())
+    def _deploy_ended(self, name: str, error: BaseException) -> None:
+        """Record a deploy that failed or was interrupted: it deleted what it had created when it
+        ended, but for what its error says is left (`deploy_state`), still billed."""
+        if name not in self.timelines or self.timelines[name].deleted_at is not None:
+            return
+        state = deploy_state(error)
+        changes: dict[str, Any] = {"deleted_at": _now(), **self._not_adopted(name, state, error)}
+        if state is not None and state.adopted:  # it was the earlier attempt's endpoint, adopted, whose life goes on
+            changes.update(adopted=True, created_at=state.created_at or self.timelines[name].created_at,
+                           endpoint_name=state.endpoint_name,
+                           in_service_at=self.left_alive[name].in_service_at if name in self.left_alive else None)
+        left = [c for c in state.created if c.startswith("endpoint:")] if state is not None else []
+        if state is not None and not state.adopted and not state.created_at and not left:
+            changes.update(created_at=None, deleted_at=None)  # it failed before CreateEndpoint: nothing billed
+        if left:
+            message = (f"{self._label(name)}: its deploy failed and could not delete {', '.join(left)}: still "
+                       "running, billed until deleted (fmbench cleanup lists it)")
+            changes.update(deleted_at=None, delete_error=message)
+            self.left_running.append(message)
+            log.warning("%s", message)
+        self._update(name, **changes)
+
+    def _not_adopted(self, name: str, state: DeployedEndpoint | None, error: BaseException | None) -> dict[str, Any]:
+        """The timeline changes for an endpoint an earlier attempt left alive that this deploy did not
+        adopt: its life joins the timeline's earlier ones (to when the deploy found it gone, or, when
+        the deploy failed before it looked, still billing), and this endpoint's shards are its own."""
+        alive = self.left_alive.get(name)
+        if alive is None or (state is not None and state.adopted):
+            return {}
+        if state is not None and state.earlier_gone_at:
+            life = _gone(alive, state)
+        else:
+            reason = "interrupted" if not isinstance(error, Exception) else str(error) or type(error).__name__
+            what = f"endpoint {alive.endpoint_name}" if alive.endpoint_name else "the endpoint"
+            message = (f"{self._label(name)}: {what} an earlier attempt of this run left was not adopted, as the "
+                       f"deploy ended before it looked ({reason}): it may still be running, billed until deleted "
+                       "(fmbench cleanup lists it)")
+            life = alive.model_copy(update={"earlier": [], "delete_error": message})
+            self.left_running.append(message)
+            log.warning("%s", message)
+        return {"first_shard_at": None, "last_shard_at": None, "earlier": [*self.timelines[name].earlier, life]}
 
     def _update(self, name: str, **changes: Any) -> None:
         if name in self.timelines:

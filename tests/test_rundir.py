@@ -92,6 +92,25 @@ def test_late_deletions_change_only_the_run_s_own_live_endpoints_and_only_once(t
     assert not (tmp_path / "nothing" / "manifest.json").exists()
 
 
+def test_a_late_deletion_of_an_earlier_attempt_s_endpoint_still_running_is_recorded_on_its_life(
+        tmp_path: Path) -> None:
+    from fmbench.rundir import record_late_deletions
+
+    run = open_run(_cfg(tmp_path), run_id="left")
+    left = EndpointTimeline(experiment="e", provider="sagemaker", endpoint_name="fmbench-e-left",
+                            created_at="2026-01-01T00:00:00+00:00", delete_error="not adopted")
+    failed = EndpointTimeline(experiment="e", provider="sagemaker", endpoint_name="fmbench-e-left",
+                              created_at="2026-01-01T01:00:00+00:00", deleted_at="2026-01-01T01:01:00+00:00",
+                              earlier=[left])
+    run.record_endpoint(failed)
+    when = "2026-01-01T02:00:00+00:00"
+    assert record_late_deletions(run.url, "left", {"e": ("fmbench-e-left", when)}, by="fmbench cleanup") == ["e"]
+    after = load_manifest(run.url).endpoints["e"]
+    assert after.model_copy(update={"earlier": []}) == failed.model_copy(update={"earlier": []})
+    assert after.earlier == [left.model_copy(update={"deleted_at": when, "deleted_by": "fmbench cleanup"})]
+    assert record_late_deletions(run.url, "left", {"e": ("fmbench-e-left", when)}, by="fmbench cleanup") == []
+
+
 def test_resume_with_changed_config_names_the_difference(tmp_path: Path) -> None:
     open_run(_cfg(tmp_path, c=1), run_id="a")
     with pytest.raises(ConfigError, match=r"run a exists with a different config .*concurrency_levels"):

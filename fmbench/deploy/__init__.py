@@ -45,6 +45,23 @@ class DeployedEndpoint(BaseModel):
         "earlier_gone_at.")
 
 
+def note_deploy_state(error: BaseException, handle: DeployedEndpoint) -> None:
+    """Attach to the error a failed or interrupted deploy raises how far it got: what it adopted or
+    found of an earlier attempt's endpoint, and in ``created`` what it could NOT delete (still billed).
+    The run records the endpoints' bills from it (`deploy_state`); it survives pickling to a worker."""
+    try:
+        error.fmbench_deploy_state = handle.model_copy(deep=True)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # pragma: no cover - an exception type that takes no attributes
+        pass
+
+
+def deploy_state(error: BaseException) -> DeployedEndpoint | None:
+    """What `note_deploy_state` attached to ``error``; None when the deploy did not say (it failed
+    before it had a handle, or its provider does not)."""
+    state = getattr(error, "fmbench_deploy_state", None)
+    return state if isinstance(state, DeployedEndpoint) else None
+
+
 class EndpointTimeline(BaseModel):
     """When an experiment's endpoint was alive, for the bill: the manifest keeps one per experiment.
 

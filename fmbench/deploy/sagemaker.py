@@ -27,7 +27,7 @@ import botocore.exceptions
 from fmbench import interrupts, progress
 from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
-from fmbench.deploy import DeployedEndpoint, register_provider
+from fmbench.deploy import DeployedEndpoint, note_deploy_state, register_provider
 from fmbench.errors import ConfigError, DeploymentError
 from fmbench.names import slug
 from fmbench.settings import variable_values
@@ -400,19 +400,24 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
 def _undo_deploy(client: Any, handle: DeployedEndpoint, experiment: str, step: str,
                  exc: BaseException) -> BaseException:
     """Delete what a deploy created before it failed or was interrupted (an orphan would bill);
-    returns what to raise: the interrupt itself, or a `DeploymentError` naming the step and the cleanup."""
+    returns what to raise: the interrupt itself, or a `DeploymentError` naming the step and the cleanup.
+    Either carries how far the deploy got (`note_deploy_state`), ``created`` being what is left."""
     if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM, a cancelled run
         if handle.created:
             log.warning("deploy of %s interrupted: deleting %s", experiment, ", ".join(handle.created))
-            delete_created(client, handle.created)
+            removed, _ = delete_created(client, handle.created)
+            handle.created = [c for c in handle.created if c not in removed]
+        note_deploy_state(exc, handle)
         return exc
     error = _describe(f"deploying {experiment} ({step})", exc)
     if handle.created:
         removed, failures = delete_created(client, handle.created)
+        handle.created = [c for c in handle.created if c not in removed]
         note = f"; cleaned up {', '.join(removed) or 'nothing'}"
         if failures:
             note += f"; could NOT delete {', '.join(failures)}"
         error = DeploymentError(str(error) + note)
+    note_deploy_state(error, handle)
     return error
 
 
@@ -517,10 +522,13 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
         handle.created.append(f"endpoint-config:{name}")
 
         step = "creating endpoint"
-        # Billing starts with the CreateEndpoint call; the time before it is the conservative bound.
-        handle.created_at = _iso()
-        client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+        # Billing starts with the CreateEndpoint call; the time before it is the conservative bound. The
+        # endpoint is in ``created`` before the call, so a call that fails once SageMaker made it (a read
+        # timeout) still has it deleted; ``created_at`` only once the call returned (none was made before).
+        calling = _iso()
         handle.created.append(f"endpoint:{name}")
+        client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+        handle.created_at = calling
 
         step = "waiting for InService"
         wait_for_endpoint(client, name, cfg.deploy_timeout_s, poll_s=poll_s)

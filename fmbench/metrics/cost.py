@@ -218,6 +218,12 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
         return (f"; plus an earlier attempt's endpoint, {what}, gone when the run resumed at {gone_by.isoformat()} "
                 f"(deleted outside fmbench at an unknown time): billed {known}; it may have cost up to "
                 f"{more_h:.3f} instance-hours (${more_h * rate:,.2f}) more, not included")
+    if not billed.deleted:  # its deploy in the resumed run ended before it could adopt (or delete) it
+        row["still_billing"] = True
+        row["billed_to"] = max(row["billed_to"], billed.billed_to.isoformat())
+        return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
+                f"{billed.billed_from.isoformat()} (${bill['cost_usd']:,.2f}), NOT deleted: still billing, counted "
+                f"up to {billed.billed_to.isoformat()}" + (f" ({life.delete_error})" if life.delete_error else ""))
     by = f" by {life.deleted_by}" if life.deleted_by else ""
     return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
             f"{billed.billed_from.isoformat()} to {billed.billed_to.isoformat()}, its deletion{by} "
@@ -285,6 +291,10 @@ def benchmark_cost(
         in_tok = int(part["input_tokens"].fill_null(0).sum())
         out_tok = int(part["output_tokens"].fill_null(0).sum())
         timeline = timelines.get(name)
+        nothing_new = timeline is not None and bool(timeline.earlier) and billed_time(timeline, run_end) is None
+        if timeline is not None and nothing_new:  # the bill is the earlier attempts' endpoints'
+            *rest, last = timeline.earlier
+            timeline = last.model_copy(update={"earlier": rest})
         p = prices[name] if name in prices else judge_prices.get(name, NO_PRICING)
         row: dict[str, Any] = {
             "experiment": timeline.label if timeline is not None else name,
@@ -309,20 +319,26 @@ def benchmark_cost(
                      f"{bill['instance_hours']:.3f} instance-hours x ${rate:,.4g}/h per instance (deploying "
                      f"{bill['deploying_hours']:.3f}, measuring {bill['measuring_hours']:.3f}, idle "
                      f"{bill['idle_hours']:.3f} instance-hours)")
-            for life in timeline.earlier:  # endpoints of earlier attempts, deleted before this one was made
+            for life in timeline.earlier:  # endpoints of earlier attempts (deleted, or one still billing)
                 basis += _add_earlier_life(row, life, p, run_end)
+            if nothing_new:
+                basis = f"an earlier attempt's endpoint: {basis}; the last attempt's deploy created no endpoint"
             if timeline.adopted:
                 basis += "; created by an interrupted attempt of this run and adopted"
             if billed.deleted and timeline.deleted_by:
                 basis += f"; left running by the run, deleted by {timeline.deleted_by} at {billed.billed_to.isoformat()}"
             if not billed.deleted:
                 basis += (f"; NOT deleted: still billing, counted up to {billed.billed_to.isoformat()}"
-                          + (f" (teardown failed: {timeline.delete_error})" if timeline.delete_error else ""))
+                          + (f" ({timeline.delete_error})" if timeline.delete_error else ""))
             row["basis"] = basis if source == p.source else f"{basis}; price: {source}"
             if timeline.judge:
                 row["basis"] += "; the judge's endpoint, deployed for the evaluation (its calls are not billed again)"
         elif timeline is not None and timeline.judge:
             continue  # no bill of its own: its calls carry its cost
+        elif (timeline is not None and timeline.endpoint_name and not timeline.created_at and not timeline.earlier
+              and not row["requests"]):  # (one with requests is an endpoint the run did not create)
+            row.update({"instance_hours": 0.0, "cost_usd": 0.0,
+                        "basis": "no endpoint billed: its deploy failed before CreateEndpoint, and nothing was left"})
         elif p.model == "instance" and p.hourly_usd is not None:
             why = ("the run did not create this endpoint" if timeline is not None
                    else "no endpoint timeline in the manifest: an older run, or an endpoint the run did not create")

@@ -267,3 +267,58 @@ def test_a_killed_attempt_s_endpoint_that_is_gone_or_failed_when_the_run_resumes
     report = (runs / "g2" / "report.md").read_text()
     assert "its deletion by the resumed run, which found it failed ($" in report and "not included" not in report
     assert sm_inventory(moto) == {"endpoints": [], "configs": [], "models": []}
+
+
+def test_a_resumed_run_whose_deploy_fails_before_it_can_adopt_says_the_earlier_endpoint_may_still_run(
+        moto: str, slow_sim: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.sagemaker import exceptions, models
+
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim)
+    run = tmp_path / "results" / "killed" / "f1"
+    name = resource_name("sm", "f1")
+    _kill_mid_run(cfg, "f1", env, tmp_path / "f1.log")
+    killed = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    assert killed["endpoint_name"] == name and killed["deleted_at"] is None  # named from the deploy's start
+
+    describe = models.SageMakerModelBackend.describe_endpoint
+
+    def denied(self: Any, endpoint_name: str) -> dict[str, Any]:
+        if endpoint_name != name:  # (the preflight's probe of the permission passes)
+            return describe(self, endpoint_name)
+        raise exceptions.ValidationError(message=f"not authorized to perform sagemaker:DescribeEndpoint on {name}")
+
+    with monkeypatch.context() as m:  # the resumed deploy cannot look for the endpoint it would adopt
+        m.setattr(models.SageMakerModelBackend, "describe_endpoint", denied)
+        failed = _cli(["run", str(cfg), "--run-id", "f1", "--no-png"], env)
+    assert failed.returncode != 0
+    warning = f"endpoint {name} an earlier attempt of this run left was not adopted"
+    assert warning in failed.stderr and "may still be running" in failed.stderr
+    assert name in sm_inventory(moto)["endpoints"]  # untouched, and said so
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    [left] = timeline["earlier"]
+    assert (left["created_at"], left["in_service_at"], left["deleted_at"]) == (
+        killed["created_at"], killed["in_service_at"], None)
+    assert warning in left["delete_error"]
+    assert timeline["created_at"] is None and timeline["deleted_at"] is None  # this attempt's deploy made nothing
+    report = (run / "report.md").read_text()
+    assert "an earlier attempt's endpoint: 1 x ml.g4dn.12xlarge billed" in report
+    assert "the last attempt's deploy created no endpoint; NOT deleted: still billing" in report and warning in report
+
+    cleaned = _cli(["cleanup", str(cfg), "--run-id", "f1", "--yes", "--no-png"], env)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert f"deleted endpoint:{name}" in cleaned.stdout and name not in sm_inventory(moto)["endpoints"]
+    [left] = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]["earlier"]
+    assert left["deleted_by"] == "fmbench cleanup" and left["deleted_at"] > killed["in_service_at"]
+    report = (run / "report.md").read_text()
+    assert f"left running by the run, deleted by fmbench cleanup at {left['deleted_at']}" in report
+    assert "still billing" not in report
+
+    resumed = _cli(["run", str(cfg), "--run-id", "f1", "--no-png"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    # the killed attempt's endpoint, to its deletion by cleanup (the failed attempt's deploy made none)
+    assert [(t["created_at"], t["deleted_by"]) for t in timeline["earlier"]] == [
+        (killed["created_at"], "fmbench cleanup")]
+    assert timeline["deleted_at"] and not timeline["adopted"]
+    assert sm_inventory(moto) == {"endpoints": [], "configs": [], "models": []}

@@ -382,3 +382,34 @@ def test_inline_steps_and_the_prefect_flow_agree_on_a_faulty_config(
     assert left["configs"] == [] and left["models"] == []
     for report in (inline, prefect):
         assert "failed to connect" in (Path(report).parent / "report.md").read_text()
+
+
+def test_a_deploy_refused_at_create_endpoint_bills_nothing_and_leaves_nothing(
+        moto: str, sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SageMaker refuses CreateEndpoint (an instance quota of 0): the model and endpoint config the deploy
+    made are deleted, and the run's timeline has no endpoint to bill, not one alive for the seconds the
+    deploy took."""
+    from moto.sagemaker import exceptions, models
+
+    from fmbench.pipeline import run_benchmark
+
+    def refused(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise exceptions.ValidationError(message="ResourceLimitExceeded: the account-level service limit "
+                                         f"'{INSTANCE} for endpoint usage' is 0 Instances")
+
+    monkeypatch.setattr(models.SageMakerModelBackend, "create_endpoint", refused)
+    raw = _config(tmp_path, "quota", {"refused": _sagemaker(moto, sim_url)})
+    report = run_benchmark(parse_config(raw, source="quota", base_dir=tmp_path), run_id="q")
+    manifest = _manifest(report)
+    assert {s["status"] for s in manifest["shards"]} == {"failed"}
+    assert all("ResourceLimitExceeded" in s["error"] for s in manifest["shards"])
+    timeline = manifest["endpoints"]["refused"]
+    assert (timeline["endpoint_name"], timeline["created_at"], timeline["deleted_at"]) == (
+        resource_name("refused", "q"), None, None)
+    assert sm_inventory(moto) == EMPTY
+    md = Path(report).read_text()
+    row = next(line for line in md.splitlines() if line.startswith(f"| refused | {resource_name('refused', 'q')}"))
+    assert "not created by the run" in row
+    assert "still billing" not in md and "no reason given" not in md  # (a failed shard is not also "invalid")
+    cost = next(line for line in md.splitlines() if line.startswith("| refused | 0 |"))
+    assert "$0.0000 | no endpoint billed: its deploy failed before CreateEndpoint, and nothing was left" in cost

@@ -184,3 +184,25 @@ def test_an_earlier_attempts_endpoint_deleted_outside_fmbench_is_billed_to_when_
     notes = sorted((a["x"], a["text"]) for a in figure.figure["layout"]["annotations"])
     assert notes == [("2026-03-01T09:24:00+00:00", "  deleted outside fmbench by 09:54:00 UTC"),
                      ("2026-03-01T09:55:00+00:00", "  deleted outside fmbench by 10:05:00 UTC")]
+
+
+def test_an_earlier_attempts_endpoint_a_failed_resume_could_not_adopt_is_billed_as_still_running() -> None:
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
+    left = _timeline(created_at="2026-03-01T09:00:00+00:00", in_service_at="2026-03-01T09:06:00+00:00",
+                     first_shard_at="2026-03-01T09:12:00+00:00", last_shard_at="2026-03-01T09:24:00+00:00",
+                     deleted_at=None, delete_error="not adopted: it may still be running")
+    timeline = EndpointTimeline.model_validate(_timeline(earlier=[left]))
+    row = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 1.5, "instance_count": 2}), None,
+                         {"exp": timeline}, run_end="2026-03-01T12:00:00+00:00").row(0, named=True)
+    # this attempt's 1.5 h, and the endpoint left running for 3 h up to the run's end, on 2 instances each
+    assert row["instance_hours"] == pytest.approx(2 * 4.5) and row["cost_usd"] == pytest.approx(2 * 4.5 * 1.5)
+    assert row["still_billing"] is True and row["billed_to"].startswith("2026-03-01T12:00:00")
+    assert ("plus an earlier attempt's endpoint, 2 x ml.g5.2xlarge billed 3.000 h from 2026-03-01T09:00:00+00:00 "
+            "($9.00), NOT deleted: still billing, counted up to 2026-03-01T12:00:00+00:00 (not adopted: it may "
+            "still be running)") in row["basis"]
+
+    from fmbench.report.tables import timeline_rows
+
+    rows = timeline_rows({"exp": timeline}, "2026-03-01T12:00:00+00:00")
+    assert [(r["Experiment"], r["Deleted"], r["Billed"]) for r in rows] == [
+        ("exp (earlier attempt)", "NOT deleted (still billing)", "3.000 h"), ("exp", "2026-03-01 11:30:00", "1.500 h")]
