@@ -24,7 +24,7 @@ import yaml
 from fmbench.config import parse_config
 from fmbench.deploy.sagemaker import resource_name
 from tests.support.cli import ROOT, repo_frames
-from tests.support.sagemaker import EMPTY, ROLE, TGI_IMAGE, sm_inventory
+from tests.support.sagemaker import EMPTY, ROLE, TGI_IMAGE, later, sm_inventory
 
 INSTANCE = "ml.g4dn.xlarge"
 
@@ -413,3 +413,22 @@ def test_a_deploy_refused_at_create_endpoint_bills_nothing_and_leaves_nothing(
     assert "still billing" not in md and "no reason given" not in md  # (a failed shard is not also "invalid")
     cost = next(line for line in md.splitlines() if line.startswith("| refused | 0 |"))
     assert "$0.0000 | no endpoint billed: its deploy failed before CreateEndpoint, and nothing was left" in cost
+
+
+def test_a_failed_deploy_whose_endpoint_cannot_be_deleted_is_billed_as_still_running(
+        moto: str, sim_url: str, endpoint_states: Any, refuse_delete: None, tmp_path: Path) -> None:
+    """The endpoint fails to come up and SageMaker refuses its deletion: the run does not record it
+    deleted, it bills it as still running and says so among its warnings."""
+    from fmbench.pipeline import run_benchmark
+
+    name = resource_name("undeletable", "u")
+    later(0.0, endpoint_states, name, "Failed", "the container did not pass the ping", 0.1)
+    raw = _config(tmp_path, "stuck", {"undeletable": _sagemaker(moto, sim_url, deploy_timeout_s=60)})
+    report = run_benchmark(parse_config(raw, source="stuck", base_dir=tmp_path), run_id="u")
+    manifest = _manifest(report)
+    timeline = manifest["endpoints"]["undeletable"]
+    assert timeline["created_at"] and timeline["deleted_at"] is None
+    assert f"could not delete endpoint:{name}" in timeline["delete_error"]
+    assert any(f"could not delete endpoint:{name}" in w and "still running" in w for w in manifest["warnings"])
+    assert name in sm_inventory(moto)["endpoints"]
+    assert "NOT deleted: still billing" in Path(report).read_text()
