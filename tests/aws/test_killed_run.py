@@ -322,3 +322,24 @@ def test_a_resumed_run_whose_deploy_fails_before_it_can_adopt_says_the_earlier_e
         (killed["created_at"], "fmbench cleanup")]
     assert timeline["deleted_at"] and not timeline["adopted"]
     assert sm_inventory(moto) == {"endpoints": [], "configs": [], "models": []}
+
+
+def test_an_adoption_that_fails_bills_the_adopted_endpoint_from_its_creation_to_its_deletion(
+        moto: str, slow_sim: str, tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim, endpoint={"deploy_timeout_s": 1})
+    run = tmp_path / "results" / "killed" / "a1"
+    name = resource_name("sm", "a1")
+    _kill_mid_run(cfg, "a1", env, tmp_path / "a1.log")
+    killed = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    created = sm_client(moto).describe_endpoint(EndpointName=name)["CreationTime"]
+    moto_endpoint(name).endpoint_status = "Updating"  # the resumed run waits for it, and gives up
+    resumed = _cli(["run", str(cfg), "--run-id", "a1", "--no-png"], env)
+    assert resumed.returncode != 0 and "is Updating: waiting for it" in resumed.stderr
+    assert name not in sm_inventory(moto)["endpoints"]  # deleted by the deploy that gave up
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    assert timeline["adopted"] and timeline["created_at"][:19] == created.isoformat()[:19]
+    assert timeline["in_service_at"] == killed["in_service_at"] and timeline["deleted_at"] > killed["in_service_at"]
+    assert timeline["earlier"] == [] and timeline["delete_error"] is None
+    report = (run / "report.md").read_text()
+    assert "created by an interrupted attempt of this run and adopted" in report and "still billing" not in report
