@@ -562,8 +562,10 @@ class Lifecycles:
         self._deploy_ended(name, error)
 
     def _deploy_ended(self, name: str, error: BaseException) -> None:
-        """Record a deploy that failed or was interrupted: it deleted what it had created when it
-        ended, but for what its error says is left (`deploy_state`), still billed."""
+        """Record a deploy that failed or was interrupted. It deleted what it had created, but for what
+        its error says is left (`deploy_state`: still billed). Its endpoint's timeline then ends now;
+        it is the adopted endpoint's when the deploy had adopted one, and bills nothing when the deploy
+        never reached CreateEndpoint."""
         if name not in self.timelines or self.timelines[name].deleted_at is not None:
             return
         state = deploy_state(error)
@@ -576,7 +578,7 @@ class Lifecycles:
         if state is not None and not state.adopted and not state.created_at and not left:
             changes.update(created_at=None, deleted_at=None)  # it failed before CreateEndpoint: nothing billed
         if left:
-            message = (f"{self._label(name)}: its deploy failed and could not delete {', '.join(left)}: still "
+            message = (f"{self._label(name)}: its deploy ended and could not delete {', '.join(left)}: still "
                        "running, billed until deleted (fmbench cleanup lists it)")
             changes.update(deleted_at=None, delete_error=message)
             self.left_running.append(message)
