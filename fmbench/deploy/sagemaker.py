@@ -27,7 +27,7 @@ import botocore.exceptions
 from fmbench import interrupts, progress
 from fmbench.aws import make_session
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
-from fmbench.deploy import DeployedEndpoint, note_deploy_state, register_provider
+from fmbench.deploy import DeployedEndpoint, deploy_state, note_deploy_state, register_provider
 from fmbench.errors import ConfigError, DeploymentError
 from fmbench.names import slug
 from fmbench.settings import variable_values
@@ -429,12 +429,23 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
     name), waits for InService. If any step fails, what was already created is deleted before the
     error is raised. When this run (same run id) already created the endpoint, in an attempt that
     was killed, it is adopted instead: waited for while Creating, deleted and created anew when
-    Failed; resources with the same name but other fmbench tags are never touched.
+    Failed; resources with the same name but other fmbench tags are never touched. The error
+    raised says how far the deploy got (`fmbench.deploy.deploy_state`).
 
     Raises:
         DeploymentError: credentials, JumpStart resolution, a SageMaker API error, FailureReason
             of a failed endpoint, or the deploy timeout; one line naming the cause.
     """
+    try:
+        return _deploy_sagemaker(experiment, run_id, config_name, poll_s)
+    except BaseException as exc:
+        if deploy_state(exc) is None:  # it ended before it made or looked for anything
+            note_deploy_state(exc, DeployedEndpoint(experiment=experiment.name, provider="sagemaker"))
+        raise
+
+
+def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: str | None,
+                      poll_s: float) -> DeployedEndpoint:
     cfg = experiment.endpoint
     if not isinstance(cfg, SageMakerEndpoint):
         raise DeploymentError(f"experiment {experiment.name!r} is not a SageMaker experiment")

@@ -370,7 +370,8 @@ def test_inline_steps_and_the_prefect_flow_agree_on_a_faulty_config(
         else:
             assert state == "ok" and error is None
     timeline = manifest["endpoints"]
-    assert timeline["no-role"]["deleted_at"] and not timeline["no-role"]["in_service_at"]
+    # the deploy refused the config before it made anything: no endpoint, no bill
+    assert not timeline["no-role"]["created_at"] and not timeline["no-role"]["deleted_at"]
     assert timeline["unreachable"]["deleted_at"] and timeline["unreachable"]["delete_error"] is None
     assert not timeline["undeletable"]["deleted_at"]
     assert "<undeletable>" in timeline["undeletable"]["delete_error"]

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from fmbench.config import ExperimentConfig
-from fmbench.deploy import DeployedEndpoint
+from fmbench.deploy import DeployedEndpoint, deploy_state
 from fmbench.deploy.sagemaker import (
     deploy_bedrock,
     deploy_sagemaker,
@@ -147,9 +147,11 @@ def test_teardown_deletes_only_what_the_run_created(moto: str) -> None:
 
 def test_role_is_required_to_deploy(moto: str) -> None:
     exp = sagemaker_experiment(moto, image_uri=TGI_IMAGE, instance_type=INSTANCE)
-    with pytest.raises(DeploymentError, match="role_arn is required"):
+    with pytest.raises(DeploymentError, match="role_arn is required") as info:
         deploy_sagemaker(exp, "r")
     assert sm_inventory(moto) == EMPTY
+    state = deploy_state(info.value)  # what the run records: nothing made, nothing looked for
+    assert state is not None and (state.created, state.created_at, state.earlier_gone_at) == ([], None, None)
 
 
 # ---------------------------------------------------------------- endpoint states
@@ -180,6 +182,8 @@ def test_failed_endpoint_reports_failure_reason_and_cleans_up(moto: str, endpoin
     message = str(info.value)
     assert "Failed" in message and "ping health check" in message and "cleaned up" in message
     assert sm_inventory(moto) == EMPTY
+    state = deploy_state(info.value)  # the endpoint was created (billed from then), and nothing is left
+    assert state is not None and state.created_at is not None and state.created == []
 
 
 def test_deploy_timeout_cleans_up(moto: str, endpoint_states: Any) -> None:
@@ -196,9 +200,11 @@ def test_interrupted_deploy_deletes_what_it_created(moto: str, endpoint_states: 
     name = resource_name("llama3-8b", "ctrl-c")
     # once the endpoint exists (Creating), press Ctrl-C in the deploying (main) thread
     later(0.0, lambda: (endpoint_states(name, "Creating", None, 0.2), _thread.interrupt_main()))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as info:
         deploy_sagemaker(exp, "ctrl-c", poll_s=0.05)
     assert sm_inventory(moto) == EMPTY
+    state = deploy_state(info.value)  # the interrupt says so too
+    assert state is not None and state.created_at is not None and state.created == []
 
 
 # ---------------------------------------------------------------- existing endpoints
