@@ -44,6 +44,7 @@ from fmbench.report.tables import (
     fmt_int,
     fmt_load,
     fmt_usd,
+    invalid_reason,
     itl_goodput_rows,
     md_table,
     metrics_table_rows,
@@ -299,10 +300,8 @@ def _bucket_sections(metrics: pl.DataFrame) -> list[dict[str, Any]]:
             ["experiment", "concurrency", "request_rate"], nulls_last=True)
         failed = [f"{r['experiment']} {fmt_load(r)}: {r.get('shard_error') or 'failed (no error recorded)'}"
                   for r in part.iter_rows(named=True) if r.get("status") == "failed"]
-        invalid = [f"{r['experiment']} {fmt_load(r)}: {r.get('invalid_reason') or 'no reason given'}"
-                   for r in part.iter_rows(named=True)
-                   if r.get("valid") is False  # (a failed shard is said above: invalid for no other reason)
-                   and (r.get("status") != "failed" or r.get("invalid_reason"))]
+        invalid = [f"{r['experiment']} {fmt_load(r)}: {reason}"
+                   for r in part.iter_rows(named=True) if (reason := invalid_reason(r)) is not None]
         lo, hi = k["bucket_min"], k["bucket_max"]
         size = f"{lo:,}–{hi:,} prompt tokens" if lo is not None and hi is not None else f"bucket {k['bucket']}"
         out.append({

@@ -72,13 +72,25 @@ def fmt_load(row: dict[str, Any]) -> str:
     return f"c={row.get('concurrency')}"
 
 
+def invalid_reason(row: dict[str, Any]) -> str | None:
+    """Why a shard's numbers are invalid, or None when they are valid or its failure already says it all.
+
+    A failed shard is said to have failed; it is listed as invalid too only for a reason of its own.
+    """
+    if row.get("valid") is not False:
+        return None
+    if row.get("status") == "failed" and not row.get("invalid_reason"):
+        return None
+    return row.get("invalid_reason") or "no reason given"
+
+
 def slo_cell(row: dict[str, Any]) -> str:
     """Pass/fail text of a shard, with the failed objectives and the invalid/failed status."""
     parts = []
     if row.get("status") == "failed":
         parts.append("✖ shard failed")
-    if row.get("valid") is False and (row.get("status") != "failed" or row.get("invalid_reason")):
-        parts.append(f"⚠ invalid: {row.get('invalid_reason') or 'no reason given'}")
+    if (reason := invalid_reason(row)) is not None:
+        parts.append(f"⚠ invalid: {reason}")
     if row.get("meets_slo"):
         parts.insert(0, "✔ pass")
     else:

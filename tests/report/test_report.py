@@ -412,3 +412,30 @@ def test_the_report_says_how_the_arrival_of_answers_was_stamped() -> None:
     assert "request's own thread" in rows[1][1] and rows[1][1].endswith("2 shard(s) of sm")
     [(label, _)] = _stamp_rows(Manifest(shards=sdk))
     assert label == "Answer arrival times (AWS SDK)"
+
+
+def test_a_failed_shard_is_listed_as_invalid_only_for_a_reason_of_its_own() -> None:
+    from fmbench.report.render import _bucket_sections
+    from fmbench.report.tables import slo_cell
+
+    base = {"dataset": "d", "bucket": "1-100", "bucket_min": 1, "bucket_max": 100, "request_rate": None,
+            "meets_slo": False, "slo_failures": None, "shard_error": None}
+    rows = [
+        {**base, "experiment": "ok", "concurrency": 1, "status": "done", "valid": True, "invalid_reason": None},
+        {**base, "experiment": "slow", "concurrency": 1, "status": "done", "valid": False,
+         "invalid_reason": "client CPU saturated"},
+        {**base, "experiment": "down", "concurrency": 1, "status": "failed", "valid": False, "invalid_reason": None,
+         "shard_error": "endpoint refused"},
+        {**base, "experiment": "both", "concurrency": 1, "status": "failed", "valid": False,
+         "invalid_reason": "too few requests"},
+        {**base, "experiment": "old", "concurrency": 1, "status": "done", "valid": False, "invalid_reason": None},
+    ]
+    cells = {r["experiment"]: slo_cell(r) for r in rows}
+    assert "invalid" not in cells["ok"] and "invalid" not in cells["down"]
+    assert "✖ shard failed" in cells["down"] and "✖ shard failed" in cells["both"]
+    assert "⚠ invalid: client CPU saturated" in cells["slow"] and "⚠ invalid: too few requests" in cells["both"]
+    assert "⚠ invalid: no reason given" in cells["old"]
+    [section] = _bucket_sections(pl.DataFrame(rows))
+    assert sorted(section["failed"]) == ["both c=1: failed (no error recorded)", "down c=1: endpoint refused"]
+    assert sorted(section["invalid"]) == ["both c=1: too few requests", "old c=1: no reason given",
+                                          "slow c=1: client CPU saturated"]
