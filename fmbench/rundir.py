@@ -196,13 +196,13 @@ def record_late_deletions(url: str, run_id: str, deleted: dict[str, tuple[str, s
             if t is None:
                 continue
             # the run's endpoint, or one an earlier attempt left that a resumed attempt could not adopt
-            lives = [t.model_copy(update={"earlier": []}), *t.earlier]
-            hit = next((i for i, life in enumerate(lives)
-                        if life.endpoint_name == name and life.created_at and not life.deleted_at), None)
+            lives = t.lives()
+            hit = next((i for i in reversed(range(len(lives)))  # the latest life first: the run's own endpoint
+                        if lives[i].endpoint_name == name and lives[i].created_at and not lives[i].deleted_at), None)
             if hit is None:
                 continue
             lives[hit] = lives[hit].model_copy(update={"deleted_at": when, "deleted_by": by})
-            manifest.endpoints[experiment] = lives[0].model_copy(update={"earlier": lives[1:]})
+            manifest.endpoints[experiment] = EndpointTimeline.from_lives(lives)
             changed.append(experiment)
         if changed:
             save_manifest(url, manifest)

@@ -104,6 +104,13 @@ class EndpointTimeline(BaseModel):
         (`earlier`), then this one."""
         return [*self.earlier, self.model_copy(update={"earlier": []})] if self.earlier else [self]
 
+    @classmethod
+    def from_lives(cls, lives: list[EndpointTimeline]) -> EndpointTimeline:
+        """The timeline whose `lives` are ``lives`` (earliest first): the last one, with the others
+        as its earlier ones."""
+        *earlier, last = lives
+        return last.model_copy(update={"earlier": earlier})
+
     @property
     def label(self) -> str:
         """How reports name the endpoint: its experiment, or the judge it served."""

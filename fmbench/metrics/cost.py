@@ -293,8 +293,7 @@ def benchmark_cost(
         timeline = timelines.get(name)
         nothing_new = timeline is not None and bool(timeline.earlier) and billed_time(timeline, run_end) is None
         if timeline is not None and nothing_new:  # the bill is the earlier attempts' endpoints'
-            *rest, last = timeline.earlier
-            timeline = last.model_copy(update={"earlier": rest})
+            timeline = EndpointTimeline.from_lives(timeline.earlier)
         p = prices[name] if name in prices else judge_prices.get(name, NO_PRICING)
         row: dict[str, Any] = {
             "experiment": timeline.label if timeline is not None else name,
