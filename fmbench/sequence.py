@@ -507,7 +507,7 @@ class Lifecycles:
             message = (f"{self._label(name)}: its interrupted deploy did not stop within {STOP_DEPLOY_WAIT_S:.0f} s; "
                        "its endpoint may still be running (fmbench cleanup lists what is left)")
             self._update(name, delete_error=message)
-            self.left_running.append(message)
+            self._still_running(message)
             return None
         except BaseException as exc:  # noqa: BLE001 - it stopped and deleted what it had created
             log.warning("%s: deploy stopped; what it had created is deleted", self._label(name))
@@ -521,8 +521,7 @@ class Lifecycles:
         except BaseException as exc:
             message = not_torn_down(deployed, exc, self._label(name))
             self._update(name, delete_error=message)
-            self.left_running.append(message)
-            log.warning("%s", message)
+            self._still_running(message)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -530,6 +529,12 @@ class Lifecycles:
             return
         self._update(name, deleted_at=_now())
         log.info("%s: deleted %s", self._label(name), ", ".join(removed) or "its endpoint")
+
+    def _still_running(self, message: str) -> None:
+        """Say that an endpoint may still be running, billed until deleted: in the run's warnings
+        (``left_running``) and in the log."""
+        self.left_running.append(message)
+        log.warning("%s", message)
 
     def _label(self, name: str) -> str:
         """How messages name an endpoint's owner: ``experiment NAME``, or ``judge NAME`` for a judge's
@@ -581,8 +586,7 @@ class Lifecycles:
             message = (f"{self._label(name)}: its deploy ended and could not delete {', '.join(left)}: still "
                        "running, billed until deleted (fmbench cleanup lists it)")
             changes.update(deleted_at=None, delete_error=message)
-            self.left_running.append(message)
-            log.warning("%s", message)
+            self._still_running(message)
         self._update(name, **changes)
 
     def _not_adopted(self, name: str, state: DeployedEndpoint | None, error: BaseException | None) -> dict[str, Any]:
@@ -601,8 +605,7 @@ class Lifecycles:
                        f"deploy ended before it looked ({reason}): it may still be running, billed until deleted "
                        "(fmbench cleanup lists it)")
             life = alive.model_copy(update={"earlier": [], "delete_error": message})
-            self.left_running.append(message)
-            log.warning("%s", message)
+            self._still_running(message)
         return {"first_shard_at": None, "last_shard_at": None, "earlier": [*self.timelines[name].earlier, life]}
 
     def _update(self, name: str, **changes: Any) -> None:
