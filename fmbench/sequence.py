@@ -581,7 +581,7 @@ class Lifecycles:
                            in_service_at=self.left_alive[name].in_service_at if name in self.left_alive else None)
         left = [c for c in state.created if c.startswith("endpoint:")] if state is not None else []
         if state is not None and not state.adopted and not state.created_at and not left:
-            changes.update(created_at=None, deleted_at=None)  # it failed before CreateEndpoint: nothing billed
+            changes.update(created_at=None, deleted_at=None, never_created=True)  # nothing billed
         if left:
             message = (f"{self._label(name)}: its deploy ended and could not delete {', '.join(left)}: still "
                        "running, billed until deleted (fmbench cleanup lists it)")

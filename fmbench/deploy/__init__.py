@@ -86,6 +86,9 @@ class EndpointTimeline(BaseModel):
     first_shard_at: str | None = None
     last_shard_at: str | None = None
     deleted_at: str | None = None
+    never_created: bool = Field(
+        default=False, description="Its deploy ended before CreateEndpoint returned and left nothing: no "
+        "endpoint of this attempt was billed (``created_at`` is then None).")
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
     deleted_by: str | None = Field(default=None, description="Who deleted the endpoint when the run did not "
                                    "(``fmbench cleanup``; for an earlier attempt's: the resumed run, which found "

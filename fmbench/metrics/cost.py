@@ -291,7 +291,7 @@ def benchmark_cost(
         in_tok = int(part["input_tokens"].fill_null(0).sum())
         out_tok = int(part["output_tokens"].fill_null(0).sum())
         timeline = timelines.get(name)
-        nothing_new = timeline is not None and bool(timeline.earlier) and billed_time(timeline, run_end) is None
+        nothing_new = timeline is not None and timeline.never_created and bool(timeline.earlier)
         if timeline is not None and nothing_new:  # the bill is the earlier attempts' endpoints'
             timeline = EndpointTimeline.from_lives(timeline.earlier)
         p = prices[name] if name in prices else judge_prices.get(name, NO_PRICING)
@@ -334,10 +334,9 @@ def benchmark_cost(
                 row["basis"] += "; the judge's endpoint, deployed for the evaluation (its calls are not billed again)"
         elif timeline is not None and timeline.judge:
             continue  # no bill of its own: its calls carry its cost
-        elif (timeline is not None and timeline.endpoint_name and not timeline.created_at and not timeline.earlier
-              and not row["requests"]):  # (one with requests is an endpoint the run did not create)
+        elif timeline is not None and timeline.never_created:
             row.update({"instance_hours": 0.0, "cost_usd": 0.0,
-                        "basis": "no endpoint billed: its deploy failed before CreateEndpoint, and nothing was left"})
+                        "basis": "no endpoint billed: its deploy ended before CreateEndpoint and left nothing"})
         elif p.model == "instance" and p.hourly_usd is not None:
             why = ("the run did not create this endpoint" if timeline is not None
                    else "no endpoint timeline in the manifest: an older run, or an endpoint the run did not create")

@@ -194,7 +194,9 @@ def timeline_rows(timelines: dict[str, Any], run_end: str | None) -> list[dict[s
         elif t.deleted_at:
             deleted = _clock(t.deleted_at) + (f" (by {t.deleted_by})" if t.deleted_by else "")
         else:
-            deleted = "not created by the run" if b is None else "NOT deleted (still billing)"
+            deleted = ("NOT deleted (still billing)" if b is not None
+                       else "never created: its deploy ended before CreateEndpoint" if t.never_created
+                       else "not created by the run")
         rows.append({
             "Experiment": t.label + (" (earlier attempt)" if earlier else ""), "Endpoint": t.endpoint_name or "–",
             "Instances": f"{t.instance_count} x {t.instance_type}" if t.instance_type else "–",

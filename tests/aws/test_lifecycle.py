@@ -372,6 +372,7 @@ def test_inline_steps_and_the_prefect_flow_agree_on_a_faulty_config(
     timeline = manifest["endpoints"]
     # the deploy refused the config before it made anything: no endpoint, no bill
     assert not timeline["no-role"]["created_at"] and not timeline["no-role"]["deleted_at"]
+    assert timeline["no-role"]["never_created"] and not timeline["unreachable"]["never_created"]
     assert timeline["unreachable"]["deleted_at"] and timeline["unreachable"]["delete_error"] is None
     assert not timeline["undeletable"]["deleted_at"]
     assert "<undeletable>" in timeline["undeletable"]["delete_error"]
@@ -407,13 +408,14 @@ def test_a_deploy_refused_at_create_endpoint_bills_nothing_and_leaves_nothing(
     timeline = manifest["endpoints"]["refused"]
     assert (timeline["endpoint_name"], timeline["created_at"], timeline["deleted_at"]) == (
         resource_name("refused", "q"), None, None)
+    assert timeline["never_created"] is True
     assert sm_inventory(moto) == EMPTY
     md = Path(report).read_text()
     row = next(line for line in md.splitlines() if line.startswith(f"| refused | {resource_name('refused', 'q')}"))
-    assert "not created by the run" in row
+    assert "never created: its deploy ended before CreateEndpoint" in row
     assert "still billing" not in md and "no reason given" not in md  # (a failed shard is not also "invalid")
     cost = next(line for line in md.splitlines() if line.startswith("| refused | 0 |"))
-    assert "$0.0000 | no endpoint billed: its deploy failed before CreateEndpoint, and nothing was left" in cost
+    assert "$0.0000 | no endpoint billed: its deploy ended before CreateEndpoint and left nothing" in cost
 
 
 def test_a_failed_deploy_whose_endpoint_cannot_be_deleted_is_billed_as_still_running(

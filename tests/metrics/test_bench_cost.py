@@ -206,3 +206,39 @@ def test_an_earlier_attempts_endpoint_a_failed_resume_could_not_adopt_is_billed_
     rows = timeline_rows({"exp": timeline}, "2026-03-01T12:00:00+00:00")
     assert [(r["Experiment"], r["Deleted"], r["Billed"]) for r in rows] == [
         ("exp (earlier attempt)", "NOT deleted (still billing)", "3.000 h"), ("exp", "2026-03-01 11:30:00", "1.500 h")]
+
+
+def test_a_last_attempt_that_never_created_its_endpoint_bills_only_what_earlier_attempts_did() -> None:
+    from fmbench.report.tables import timeline_rows
+
+    cfg = make_cfg({"hourly_usd": 1.5, "instance_count": 2})
+    never = {"created_at": None, "in_service_at": None, "first_shard_at": None, "last_shard_at": None,
+             "deleted_at": None, "never_created": True}
+    earlier = _timeline(created_at="2026-03-01T09:00:00+00:00", in_service_at="2026-03-01T09:06:00+00:00",
+                        first_shard_at="2026-03-01T09:12:00+00:00", last_shard_at="2026-03-01T09:24:00+00:00",
+                        deleted_at="2026-03-01T09:30:00+00:00", deleted_by="fmbench cleanup")
+    empty = records_frame([])
+    run_end = "2026-03-01T12:00:00+00:00"
+
+    # nothing before it: nothing billed, and the basis says why
+    alone = EndpointTimeline.model_validate(_timeline(**never))
+    row = benchmark_cost(empty, cfg, None, {"exp": alone}, run_end=run_end).row(0, named=True)
+    assert (row["instance_hours"], row["cost_usd"]) == (0.0, 0.0)
+    assert row["basis"] == "no endpoint billed: its deploy ended before CreateEndpoint and left nothing"
+    [r] = timeline_rows({"exp": alone}, run_end)
+    assert r["Deleted"] == "never created: its deploy ended before CreateEndpoint"
+
+    # an earlier attempt's endpoint: its 0.5 h on 2 instances is the whole bill
+    resumed = EndpointTimeline.model_validate(_timeline(**never, earlier=[earlier]))
+    row = benchmark_cost(empty, cfg, None, {"exp": resumed}, run_end=run_end).row(0, named=True)
+    assert row["instance_hours"] == pytest.approx(2 * 0.5) and row["cost_usd"] == pytest.approx(2 * 0.5 * 1.5)
+    assert row["still_billing"] is False and row["billed_to"].startswith("2026-03-01T09:30:00")
+    assert row["basis"].startswith("an earlier attempt's endpoint: 2 x ml.g5.2xlarge billed 0.500 h")
+    assert "the last attempt's deploy created no endpoint" in row["basis"]
+    assert "deleted by fmbench cleanup" in row["basis"]
+
+    # a timeline without a creation that is not marked never created (an endpoint the run did not create)
+    # is billed by its measured shard time, not said to have created nothing
+    unmarked = EndpointTimeline.model_validate(_timeline(**{**never, "never_created": False}))
+    row = benchmark_cost(empty, cfg, None, {"exp": unmarked}, run_end=run_end).row(0, named=True)
+    assert "no endpoint billed" not in row["basis"] and "measured shard time only" in row["basis"]
