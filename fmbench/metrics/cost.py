@@ -222,12 +222,17 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
         row["still_billing"] = True
         row["billed_to"] = max(row["billed_to"], billed.billed_to.isoformat())
         return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
-                f"{billed.billed_from.isoformat()} (${bill['cost_usd']:,.2f}), NOT deleted: still billing, counted "
-                f"up to {billed.billed_to.isoformat()}" + (f" ({life.delete_error})" if life.delete_error else ""))
+                f"{billed.billed_from.isoformat()} (${bill['cost_usd']:,.2f}), {_not_deleted(billed, life)}")
     by = f" by {life.deleted_by}" if life.deleted_by else ""
     return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
             f"{billed.billed_from.isoformat()} to {billed.billed_to.isoformat()}, its deletion{by} "
             f"(${bill['cost_usd']:,.2f})")
+
+
+def _not_deleted(billed: BilledTime, life: EndpointTimeline) -> str:
+    """What a cost basis says of an endpoint that was never deleted, billed up to the run's end (or now)."""
+    return (f"NOT deleted: still billing, counted up to {billed.billed_to.isoformat()}"
+            + (f" ({life.delete_error})" if life.delete_error else ""))
 
 
 def _timeline(value: EndpointTimeline | Mapping[str, Any]) -> EndpointTimeline:
@@ -327,8 +332,7 @@ def benchmark_cost(
             if billed.deleted and timeline.deleted_by:
                 basis += f"; left running by the run, deleted by {timeline.deleted_by} at {billed.billed_to.isoformat()}"
             if not billed.deleted:
-                basis += (f"; NOT deleted: still billing, counted up to {billed.billed_to.isoformat()}"
-                          + (f" ({timeline.delete_error})" if timeline.delete_error else ""))
+                basis += f"; {_not_deleted(billed, timeline)}"
             row["basis"] = basis if source == p.source else f"{basis}; price: {source}"
             if timeline.judge:
                 row["basis"] += "; the judge's endpoint, deployed for the evaluation (its calls are not billed again)"
