@@ -18,6 +18,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from fmbench.report.chart_png import Axis, Bars, Chart, Line, Panel, Points, draw_chart, over_white
+from fmbench.report.tables import invalid_reason
 
 #: Colour-blind-friendly first, then the usual D3 colours.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000",
@@ -135,8 +136,9 @@ def _log_axis(values: list[float]) -> dict[str, Any]:
 
 def _hover(row: dict[str, Any]) -> str:
     slo = "meets SLOs" if row.get("meets_slo") else f"SLO failed: {row.get('slo_failures') or '-'}"
-    valid = "" if row.get("valid", True) is not False else f"<br>INVALID: {row.get('invalid_reason') or ''}"
-    return f"{row['experiment']}<br>{slo}{valid}"
+    failed = "<br>SHARD FAILED" if row.get("status") == "failed" else ""
+    valid = "" if (reason := invalid_reason(row)) is None else f"<br>INVALID: {reason}"
+    return f"{row['experiment']}<br>{slo}{failed}{valid}"
 
 
 _SLO_RED = "#B22222"

@@ -435,6 +435,12 @@ def test_a_failed_shard_is_listed_as_invalid_only_for_a_reason_of_its_own() -> N
     assert "✖ shard failed" in cells["down"] and "✖ shard failed" in cells["both"]
     assert "⚠ invalid: client CPU saturated" in cells["slow"] and "⚠ invalid: too few requests" in cells["both"]
     assert "⚠ invalid: no reason given" in cells["old"]
+    from fmbench.report.figures import _hover  # the plots' hover text says the same
+
+    hover = {r["experiment"]: _hover(r) for r in rows}
+    assert "SHARD FAILED" in hover["down"] and "INVALID" not in hover["down"]
+    assert "INVALID: too few requests" in hover["both"] and "INVALID: client CPU saturated" in hover["slow"]
+    assert "INVALID" not in hover["ok"] and "SHARD FAILED" not in hover["ok"]
     [section] = _bucket_sections(pl.DataFrame(rows))
     assert sorted(section["failed"]) == ["both c=1: failed (no error recorded)", "down c=1: endpoint refused"]
     assert sorted(section["invalid"]) == ["both c=1: too few requests", "old c=1: no reason given",
