@@ -43,6 +43,9 @@ class DeployedEndpoint(BaseModel):
     deleted_failed_earlier: bool = Field(
         default=False, description="The deploy deleted a failed endpoint of an earlier attempt, gone at "
         "earlier_gone_at.")
+    refused_earlier: bool = Field(
+        default=False, description="The deploy found an endpoint of the run's name with other fmbench tags "
+        "and left it alone (neither adopted nor deleted).")
 
 
 def note_deploy_state(error: BaseException, handle: DeployedEndpoint) -> None:

@@ -367,6 +367,7 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
     """
     name = str(handle.endpoint_name)
     if not _ours(resource_tags(client, desc["EndpointArn"]), wanted):
+        handle.refused_earlier = True
         raise DeploymentError(f"endpoint {name} exists but was not created by this fmbench run (its fmbench tags "
                               "differ); fmbench leaves it alone: delete it or use another run id")
     status = desc["EndpointStatus"]

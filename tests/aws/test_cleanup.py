@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from cli.main import main
+from fmbench.deploy import deploy_state
 from fmbench.deploy.inventory import list_fmbench_resources, parse_age, sagemaker_client
 from fmbench.deploy.sagemaker import deploy_sagemaker, resource_name, teardown_sagemaker
 from fmbench.errors import ConfigError, DeploymentError, ExitCode
@@ -143,9 +144,12 @@ def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoin
 def test_an_endpoint_with_the_name_but_not_the_tags_is_never_adopted_or_deleted(moto: str) -> None:
     name = resource_name("llama3-8b", "run-x")
     by_hand(moto, name)
-    with pytest.raises(DeploymentError, match="not created by this fmbench run"):
+    with pytest.raises(DeploymentError, match="not created by this fmbench run") as caught:
         deploy_sagemaker(_exp(moto), "run-x", poll_s=0.05)
     assert sm_inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
+    state = deploy_state(caught.value)  # what the run bills: it found the endpoint and left it alone
+    assert state is not None and state.refused_earlier and not state.adopted and state.created == []
+    assert state.earlier_gone_at is None and state.created_at is None
 
 
 # ---------------------------------------------------------------- fmbench cleanup

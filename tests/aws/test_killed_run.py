@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from fmbench.config import SimulatedEndpoint
-from fmbench.deploy.sagemaker import resource_name
+from fmbench.deploy.sagemaker import TAG_EXPERIMENT, resource_name
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.cli import ROOT
 from tests.support.sagemaker import INSTANCE, ROLE, TGI_IMAGE, by_hand, moto_endpoint, sm_client, sm_inventory
@@ -301,9 +301,23 @@ def test_a_resumed_run_whose_deploy_fails_before_it_can_adopt_says_the_earlier_e
         killed["created_at"], killed["in_service_at"], None)
     assert warning in left["delete_error"]
     assert timeline["created_at"] is None and timeline["deleted_at"] is None  # this attempt's deploy made nothing
+    assert timeline["never_created"] and "as the deploy ended before it looked" in left["delete_error"]
     report = (run / "report.md").read_text()
     assert "an earlier attempt's endpoint: 1 x ml.g4dn.12xlarge billed" in report
     assert "the last attempt's deploy created no endpoint; NOT deleted: still billing" in report and warning in report
+
+    # Re-tagged by someone else, it is found and left alone: neither adopted nor deleted, and said so.
+    sm = sm_client(moto)
+    arn = sm.describe_endpoint(EndpointName=name)["EndpointArn"]
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_EXPERIMENT, "Value": "someone-else"}])
+    refused = _cli(["run", str(cfg), "--run-id", "f1", "--no-png"], env)
+    assert refused.returncode != 0
+    assert f"{warning}, as the deploy found it with other fmbench tags and left it alone" in refused.stderr
+    assert name in sm_inventory(moto)["endpoints"]
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    [left] = timeline["earlier"]  # (the same endpoint, once)
+    assert (left["created_at"], left["deleted_at"]) == (killed["created_at"], None) and timeline["never_created"]
+    sm.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_EXPERIMENT, "Value": "sm"}])
 
     cleaned = _cli(["cleanup", str(cfg), "--run-id", "f1", "--yes", "--no-png"], env)
     assert cleaned.returncode == 0, cleaned.stderr
