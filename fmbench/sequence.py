@@ -602,11 +602,12 @@ class Lifecycles:
         else:
             reason = "interrupted" if not isinstance(error, Exception) else str(error) or type(error).__name__
             what = f"endpoint {alive.endpoint_name}" if alive.endpoint_name else "the endpoint"
-            how = ("found it with other fmbench tags and left it alone" if state is not None and state.refused_earlier
-                   else "ended before it looked")
+            if state is not None and state.refused_earlier:
+                how, alive_now = "found it with other fmbench tags and left it alone", "it is still running"
+            else:
+                how, alive_now = "ended before it looked", "it may still be running"
             message = (f"{self._label(name)}: {what} an earlier attempt of this run left was not adopted, as the "
-                       f"deploy {how} ({reason}): it may still be running, billed until deleted "
-                       "(fmbench cleanup lists it)")
+                       f"deploy {how} ({reason}): {alive_now}, billed until deleted (fmbench cleanup lists it)")
             life = alive.model_copy(update={"earlier": [], "delete_error": message})
             self._still_running(message)
         return {"first_shard_at": None, "last_shard_at": None, "earlier": [*self.timelines[name].earlier, life]}
