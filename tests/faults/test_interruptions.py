@@ -450,3 +450,43 @@ def test_an_interrupted_deploy_stops_in_its_poll_sleep_not_after_it() -> None:
     assert interrupt_deploy("slow")
     thread.join(120)
     assert not thread.is_alive() and len(ended) == 1
+
+
+def test_a_deploy_that_does_not_stop_in_time_is_said_still_running_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A deploy the run cannot stop (in another process, out of `interrupt_deploy`'s reach, that never
+    answers) is waited for `STOP_DEPLOY_WAIT_S`, then said to be maybe still running: in the log when
+    the wait ends, in the stop summary, and in its timeline in the manifest."""
+    import concurrent.futures
+    import logging
+
+    from fmbench import sequence
+    from fmbench.config import load_config_text
+    from fmbench.rundir import load_manifest, open_run
+
+    cfg = load_config_text(yaml.safe_dump({
+        "name": "stuck", "output": str(tmp_path / "results"), "buckets": [[1, 200]],
+        "datasets": [{"name": "s", "source": "synthetic", "prompts_per_bucket": 1}],
+        "experiments": [{"name": "e", "endpoint": SIM_CFG, "concurrency_levels": [1]}]}), source="stuck.yml")
+    run = open_run(cfg, run_id="stuck")
+    elsewhere: concurrent.futures.Future[Any] = concurrent.futures.Future()  # never resolved
+
+    class DeploysElsewhere:
+        def deploy(self, cfg: Any, experiment: str, run: Any) -> concurrent.futures.Future[Any]:
+            return elsewhere
+
+    monkeypatch.setattr(sequence, "STOP_DEPLOY_WAIT_S", 0.2)
+    lifecycles = sequence.Lifecycles(DeploysElsewhere(), cfg, run, {"e": []}, [])  # type: ignore[arg-type]
+    lifecycles._start_deploy("e")
+    with caplog.at_level(logging.WARNING, logger="fmbench"):
+        lifecycles.stop_all()
+    said = "experiment e: its interrupted deploy did not stop within 0 s; its endpoint may still be running"
+    lines = [r.getMessage() for r in caplog.records]
+    waited = next(i for i, line in enumerate(lines) if "still running (not in this process)" in line)
+    summary = next(i for i, line in enumerate(lines) if line.startswith("stopped early; still running"))
+    assert lines[waited + 1].startswith(said) and said in lines[summary] and waited + 1 < summary, lines
+    assert [m for m in lifecycles.left_running if m.startswith(said)] == lifecycles.left_running != []
+    timeline = load_manifest(run.url).endpoints["e"]
+    assert timeline.delete_error is not None and timeline.delete_error.startswith(said)
+    assert timeline.deleted_at is None  # still billed: counted to the run's end
