@@ -592,8 +592,8 @@ class Lifecycles:
     def _not_adopted(self, name: str, state: DeployedEndpoint | None, error: BaseException | None) -> dict[str, Any]:
         """The timeline changes for an endpoint an earlier attempt left alive that this deploy did not
         adopt: its life joins the timeline's earlier ones (to when the deploy found it gone, or, when
-        the deploy ended before it looked or left it alone, still billing), and this endpoint's shards
-        are its own."""
+        the deploy ended before it looked or found it and did not adopt it, still billing), and this
+        endpoint's shards are its own."""
         alive = self.left_alive.get(name)
         if alive is None or (state is not None and state.adopted):
             return {}
@@ -602,8 +602,8 @@ class Lifecycles:
         else:
             reason = "interrupted" if not isinstance(error, Exception) else str(error) or type(error).__name__
             what = f"endpoint {alive.endpoint_name}" if alive.endpoint_name else "the endpoint"
-            if state is not None and state.refused_earlier:
-                how, alive_now = "found it with other fmbench tags and left it alone", "it is still running"
+            if state is not None and state.found_earlier:
+                how, alive_now = "found it and did not adopt it", "it is still running"
             else:
                 how, alive_now = "ended before it looked", "it may still be running"
             message = (f"{self._label(name)}: {what} an earlier attempt of this run left was not adopted, as the "

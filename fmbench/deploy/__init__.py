@@ -43,9 +43,11 @@ class DeployedEndpoint(BaseModel):
     deleted_failed_earlier: bool = Field(
         default=False, description="The deploy deleted a failed endpoint of an earlier attempt, gone at "
         "earlier_gone_at.")
-    refused_earlier: bool = Field(
-        default=False, description="The deploy found an endpoint of the run's name with other fmbench tags "
-        "and left it alone (neither adopted nor deleted).")
+    found_earlier: bool = Field(
+        default=False, description="The deploy found an endpoint of the run's name (an earlier attempt's, or "
+        "one with other fmbench tags). Unless it adopted it (``adopted``) or saw it gone (``earlier_gone_at``), "
+        "the endpoint is still there: e.g. it, or the endpoint config or model of that name, has other fmbench "
+        "tags and is left alone.")
 
 
 def note_deploy_state(error: BaseException, handle: DeployedEndpoint) -> None:
@@ -91,7 +93,9 @@ class EndpointTimeline(BaseModel):
     deleted_at: str | None = None
     never_created: bool = Field(
         default=False, description="Its deploy ended before CreateEndpoint returned and left nothing: no "
-        "endpoint of this attempt was billed (``created_at`` is then None).")
+        "endpoint of this attempt was billed (``created_at`` is then None). Said, not inferred from a missing "
+        "``created_at``: a timeline without one that is not marked (an older manifest's) is billed by its "
+        "measured shard time.")
     delete_error: str | None = Field(default=None, description="Why the teardown did not finish, if it did not.")
     deleted_by: str | None = Field(default=None, description="Who deleted the endpoint when the run did not "
                                    "(``fmbench cleanup``; for an earlier attempt's: the resumed run, which found "

@@ -367,7 +367,6 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
     """
     name = str(handle.endpoint_name)
     if not _ours(resource_tags(client, desc["EndpointArn"]), wanted):
-        handle.refused_earlier = True
         raise DeploymentError(f"endpoint {name} exists but was not created by this fmbench run (its fmbench tags "
                               "differ); fmbench leaves it alone: delete it or use another run id")
     status = desc["EndpointStatus"]
@@ -486,6 +485,7 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
     try:
         earlier = _describe_or_none(client, name)
         if earlier is not None:
+            handle.found_earlier = True  # (until adopted or gone, it is still there: the run bills it)
             step = "adopting the endpoint of an earlier attempt of this run"
             if _adopt(client, handle, earlier, tags, cfg.deploy_timeout_s, poll_s) is not None:
                 return handle

@@ -148,8 +148,29 @@ def test_an_endpoint_with_the_name_but_not_the_tags_is_never_adopted_or_deleted(
         deploy_sagemaker(_exp(moto), "run-x", poll_s=0.05)
     assert sm_inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
     state = deploy_state(caught.value)  # what the run bills: it found the endpoint and left it alone
-    assert state is not None and state.refused_earlier and not state.adopted and state.created == []
+    assert state is not None and state.found_earlier and not state.adopted and state.created == []
     assert state.earlier_gone_at is None and state.created_at is None
+
+
+def test_an_earlier_endpoint_whose_config_has_other_tags_is_left_alone_and_said_found(moto: str) -> None:
+    """The run's own endpoint of an earlier attempt, but an endpoint config of its name with other
+    fmbench tags: the deploy adopts nothing and deletes nothing, and says it found the endpoint (the
+    run then bills it as still running, not as 'ended before it looked')."""
+    from fmbench.deploy.sagemaker import fmbench_tags
+
+    name = resource_name("llama3-8b", "run-c")
+    ours, theirs = fmbench_tags("run-c", "llama3-8b", None), fmbench_tags("run-c", "someone-else", None)
+    sm = sm_client(moto)
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=ours)
+    sm.create_endpoint_config(EndpointConfigName=name, Tags=theirs, ProductionVariants=[
+        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=ours)
+    with pytest.raises(DeploymentError, match=f"endpoint-config {name} exists but was not created") as caught:
+        deploy_sagemaker(_exp(moto), "run-c", poll_s=0.05)
+    assert sm_inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}
+    state = deploy_state(caught.value)
+    assert state is not None and state.found_earlier and not state.adopted and state.created == []
+    assert state.earlier_gone_at is None
 
 
 # ---------------------------------------------------------------- fmbench cleanup

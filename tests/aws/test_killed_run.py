@@ -312,8 +312,8 @@ def test_a_resumed_run_whose_deploy_fails_before_it_can_adopt_says_the_earlier_e
     sm.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_EXPERIMENT, "Value": "someone-else"}])
     refused = _cli(["run", str(cfg), "--run-id", "f1", "--no-png"], env)
     assert refused.returncode != 0
-    assert f"{warning}, as the deploy found it with other fmbench tags and left it alone" in refused.stderr
-    assert "left it alone (endpoint " in refused.stderr and "): it is still running, billed" in refused.stderr
+    assert f"{warning}, as the deploy found it and did not adopt it (endpoint {name} exists but was not created " \
+        "by this fmbench run" in refused.stderr and "): it is still running, billed" in refused.stderr
     assert name in sm_inventory(moto)["endpoints"]
     timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
     [left] = timeline["earlier"]  # (the same endpoint, once)
