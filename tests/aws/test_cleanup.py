@@ -22,6 +22,7 @@ from tests.support.sagemaker import (
     ROLE,
     TGI_IMAGE,
     by_hand,
+    endpoint_set,
     later,
     moto_endpoint,
     sagemaker_experiment,
@@ -77,14 +78,10 @@ def test_second_deploy_with_the_same_run_id_adopts_and_teardown_deletes(moto: st
 def test_a_resumed_run_waits_for_an_endpoint_still_creating(moto: str, endpoint_states: Any) -> None:
     exp = _exp(moto)
     name = resource_name("llama3-8b", "run-c")
-    sm = sm_client(moto)
     from fmbench.deploy.sagemaker import fmbench_tags
 
-    tags = fmbench_tags("run-c", "llama3-8b", "cfg")  # what the killed attempt had created
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=tags)
-    sm.create_endpoint_config(EndpointConfigName=name, Tags=tags, ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+    # what the killed attempt had created
+    sm = endpoint_set(moto, name, fmbench_tags("run-c", "llama3-8b", "cfg"))
     assert sm.describe_endpoint(EndpointName=name)["EndpointStatus"] == "Creating"
     before = _create_calls()
 
@@ -123,12 +120,7 @@ def test_a_failed_endpoint_of_the_earlier_attempt_is_replaced(moto: str, endpoin
     # A killed attempt would have left it Failed; play that by creating it again and failing it.
     from fmbench.deploy.sagemaker import fmbench_tags
 
-    tags = fmbench_tags("run-f", "llama3-8b", None)
-    sm = sm_client(moto)
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=tags)
-    sm.create_endpoint_config(EndpointConfigName=name, Tags=tags, ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+    sm = endpoint_set(moto, name, fmbench_tags("run-f", "llama3-8b", None))
     endpoint_states(name, "Failed", "ping health check")
     old = moto_endpoint(name)
     later(0.0, _when_recreated, name, old, lambda: endpoint_states(name, "InService"))  # the new one comes up
@@ -159,12 +151,8 @@ def test_an_earlier_endpoint_whose_config_has_other_tags_is_left_alone_and_said_
     from fmbench.deploy.sagemaker import fmbench_tags
 
     name = resource_name("llama3-8b", "run-c")
-    ours, theirs = fmbench_tags("run-c", "llama3-8b", None), fmbench_tags("run-c", "someone-else", None)
-    sm = sm_client(moto)
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=ours)
-    sm.create_endpoint_config(EndpointConfigName=name, Tags=theirs, ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=ours)
+    endpoint_set(moto, name, fmbench_tags("run-c", "llama3-8b", None),
+                 config_tags=fmbench_tags("run-c", "someone-else", None))
     with pytest.raises(DeploymentError, match=f"endpoint-config {name} exists but was not created") as caught:
         deploy_sagemaker(_exp(moto), "run-c", poll_s=0.05)
     assert sm_inventory(moto) == {"endpoints": [name], "configs": [name], "models": [name]}

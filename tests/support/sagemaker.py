@@ -58,13 +58,22 @@ def moto_endpoint(name: str) -> Any:
     return None
 
 
+def endpoint_set(url: str, name: str, tags: list[dict[str, str]], *, config_tags: list[dict[str, str]] | None = None,
+                 endpoint_tags: list[dict[str, str]] | None = None) -> Any:
+    """A model, endpoint config and endpoint of ``name`` with ``tags`` (the config's and endpoint's
+    own when given), as a killed attempt of a run leaves them; returns the SageMaker client."""
+    sm = sm_client(url)
+    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE}, Tags=tags)
+    sm.create_endpoint_config(EndpointConfigName=name, Tags=tags if config_tags is None else config_tags,
+                              ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name,
+                                                   "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags if endpoint_tags is None else endpoint_tags)
+    return sm
+
+
 def by_hand(url: str, name: str) -> None:
     """An endpoint (with config and model) that fmbench did not create: no fmbench tags."""
-    sm = sm_client(url)
-    sm.create_model(ModelName=name, ExecutionRoleArn=ROLE, PrimaryContainer={"Image": TGI_IMAGE})
-    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[
-        {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1, "InstanceType": INSTANCE}])
-    sm.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=[{"Key": "team", "Value": "prod"}])
+    endpoint_set(url, name, [], endpoint_tags=[{"Key": "team", "Value": "prod"}])
 
 
 def later(delay: float, fn: Any, *args: Any) -> threading.Thread:
