@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from fmbench import progress
-from fmbench.config import BenchmarkConfig
+from fmbench.config import BenchmarkConfig, instance_count
 from fmbench.deploy import DeployedEndpoint, EndpointTimeline, deploy_state
 from fmbench.interrupts import StopScope, interrupt_deploy, stop_scope, termination_interrupts
 from fmbench.pipeline import (
@@ -389,7 +389,8 @@ class Lifecycles:
                 return
             started = _now()
             self.deploys[name] = self.steps.deploy(self.cfg, name, self.run)
-        endpoint = find_experiment(self.cfg, name).endpoint
+        experiment = find_experiment(self.cfg, name)
+        endpoint = experiment.endpoint
         judge = None if any(e.name == name for e in self.cfg.experiments) else \
             next((j.name for j in self.cfg.evaluation.judges if j.experiment_name == name), None) \
             if self.cfg.evaluation else None
@@ -407,7 +408,8 @@ class Lifecycles:
                 experiment=name, provider=endpoint.provider, judge=judge, endpoint_name=named,
                 region=getattr(endpoint, "region", None),
                 instance_type=getattr(endpoint, "instance_type", None),
-                instance_count=getattr(endpoint, "instance_count", 1), created_at=started,
+                # the count its price per hour is for (`instance_count`): its bill and its shards' cost agree
+                instance_count=instance_count(endpoint, experiment.pricing), created_at=started,
                 first_shard_at=alive.first_shard_at if alive else None,
                 last_shard_at=alive.last_shard_at if alive else None, earlier=self._ended(name)))
 

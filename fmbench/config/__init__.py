@@ -35,6 +35,7 @@ from fmbench.config.models import (
     SLOConfig,
     SyntheticDataset,
     bucket_label,
+    instance_count,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "bucket_label",
     "dump_config",
     "format_validation_error",
+    "instance_count",
     "load_config",
     "load_config_source",
     "load_config_text",

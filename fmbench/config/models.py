@@ -368,10 +368,36 @@ class PricingConfig(_Model):
 
     hourly_usd: float | None = Field(default=None, ge=0, description="Price of one instance per hour, USD.")
     instance_type: str | None = Field(default=None, description="Instance type, priced from the shipped table.")
-    instance_count: int = Field(default=1, ge=1, description="Instances behind the endpoint.")
+    instance_count: int = Field(
+        default=1, ge=1, description="Instances behind the endpoint: its price per hour and the run's bill are "
+        "both for this many (default: the endpoint's own instance_count, else 1; a count that differs from the "
+        "endpoint's is refused).")
     region: str | None = Field(default=None, description="Region for table prices (default us-east-1).")
     input_per_1k_usd: float | None = Field(default=None, ge=0, description="Price per 1k input tokens, USD.")
     output_per_1k_usd: float | None = Field(default=None, ge=0, description="Price per 1k output tokens, USD.")
+
+
+def instance_count(endpoint: Any, pricing: PricingConfig | None) -> int:
+    """The instances an endpoint runs on: what its price per hour and its bill are both multiplied by.
+
+    A SageMaker endpoint the run deploys runs on its own ``instance_count`` (set or not: it is what
+    is created). Otherwise the count is the one the config says: ``pricing.instance_count``, or the
+    endpoint's own (an existing SageMaker endpoint's), or 1.
+
+    Raises:
+        ValueError: both counts are set and differ (the price and the bill would disagree).
+    """
+    own = getattr(endpoint, "instance_count", None)
+    deploys = getattr(endpoint, "provider", None) == "sagemaker" and not getattr(endpoint, "endpoint_name", None)
+    own_set = isinstance(own, int) and (deploys or "instance_count" in getattr(endpoint, "model_fields_set", ()))
+    priced = pricing.instance_count if pricing is not None and "instance_count" in pricing.model_fields_set else None
+    if own_set and priced is not None and priced != own:
+        raise ValueError(f"pricing.instance_count ({priced}) differs from endpoint.instance_count ({own}"
+                         f"{', the instances the run deploys' if deploys else ''}): its price and its bill "
+                         "would count different instances; give one count")
+    if priced is not None:
+        return priced
+    return own if own_set and isinstance(own, int) else 1
 
 
 class ExperimentConfig(_Model):
@@ -446,6 +472,11 @@ class ExperimentConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _one_instance_count(self) -> ExperimentConfig:
+        instance_count(self.endpoint, self.pricing)
+        return self
+
+    @model_validator(mode="after")
     def _splittable(self) -> ExperimentConfig:
         n = self.client_hosts
         if isinstance(n, int):
@@ -503,6 +534,11 @@ class JudgeConfig(_Model):
         description="Generation parameters of judge requests.",
     )
     pricing: PricingConfig | None = Field(default=None, description="Pricing of the judge's calls.")
+
+    @model_validator(mode="after")
+    def _one_instance_count(self) -> JudgeConfig:
+        instance_count(self.endpoint, self.pricing)
+        return self
 
     @property
     def experiment_name(self) -> str:

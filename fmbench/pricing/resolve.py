@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fmbench.config import ExperimentConfig
+from fmbench.config import ExperimentConfig, instance_count
 from fmbench.errors import ConfigError
 from fmbench.pricing.table import DEFAULT_REGION, instance_price, token_price
 
@@ -55,15 +55,20 @@ def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
 
     Raises:
         ConfigError: both instance and token prices given, only one of the two token prices given,
-            or a table lookup failed (unknown instance type/model/region).
+            a table lookup failed (unknown instance type/model/region), or the pricing's and the
+            endpoint's instance counts differ (see `fmbench.config.instance_count`).
     """
     p = getattr(experiment, "pricing", None)
     name = getattr(experiment, "name", "?")
+    try:  # one count for the price and the bill (the config refuses two that differ)
+        count = instance_count(getattr(experiment, "endpoint", None), p)
+    except ValueError as exc:
+        raise ConfigError(f"experiments.{name}: {exc}") from exc
     if p is None:
         provider = getattr(getattr(experiment, "endpoint", None), "provider", None)
         itype = _endpoint_attr(experiment, "instance_type")
         if provider == "sagemaker" and itype:
-            return _instance(itype, None, _endpoint_count(experiment), name)
+            return _instance(itype, None, count, name)
         model_id = _endpoint_attr(experiment, "model_id", "model")
         if provider == "bedrock" and model_id:
             t = token_price(model_id)
@@ -92,15 +97,12 @@ def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
         )
     if p.hourly_usd is not None:
         return ResolvedPricing(
-            model="instance", source="config: hourly_usd", hourly_usd=p.hourly_usd * p.instance_count,
+            model="instance", source="config: hourly_usd", hourly_usd=p.hourly_usd * count,
             hourly_usd_per_instance=p.hourly_usd, instance_type=p.instance_type,
-            instance_count=p.instance_count, region=p.region,
+            instance_count=count, region=p.region,
         )
     itype = p.instance_type or _endpoint_attr(experiment, "instance_type")
     if itype:
-        count = p.instance_count
-        if p.instance_type is None and "instance_count" not in p.model_fields_set:
-            count = _endpoint_count(experiment)
         return _instance(itype, p.region, count, name)
     model_id = _endpoint_attr(experiment, "model_id")
     if getattr(getattr(experiment, "endpoint", None), "provider", None) == "bedrock" and model_id:
@@ -111,11 +113,6 @@ def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
             input_per_1k_usd=t.input_per_1k_usd, output_per_1k_usd=t.output_per_1k_usd, region=DEFAULT_REGION,
         )
     return NO_PRICING
-
-
-def _endpoint_count(experiment: Any) -> int:
-    count = getattr(getattr(experiment, "endpoint", None), "instance_count", None)
-    return count if isinstance(count, int) and count >= 1 else 1
 
 
 def _instance(itype: str, region: str | None, count: int, name: str) -> ResolvedPricing:

@@ -242,3 +242,43 @@ def test_a_last_attempt_that_never_created_its_endpoint_bills_only_what_earlier_
     unmarked = EndpointTimeline.model_validate(_timeline(**{**never, "never_created": False}))
     row = benchmark_cost(empty, cfg, None, {"exp": unmarked}, run_end=run_end).row(0, named=True)
     assert "no endpoint billed" not in row["basis"] and "measured shard time only" in row["basis"]
+
+
+def test_a_simulated_endpoint_priced_for_several_instances_is_billed_for_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's bill of an endpoint it starts counts the instances its price is for: the timeline the
+    run records when the deploy starts has the count the shards' cost per hour was worked out with."""
+    import concurrent.futures
+
+    import yaml
+
+    from fmbench import sequence
+    from fmbench.config import load_config_text
+    from fmbench.pricing import resolve_pricing
+    from fmbench.rundir import load_manifest, open_run
+
+    cfg = load_config_text(yaml.safe_dump({
+        "name": "priced", "output": str(tmp_path / "results"), "buckets": [[1, 200]],
+        "datasets": [{"name": "s", "source": "synthetic", "prompts_per_bucket": 1}],
+        "experiments": [{"name": "e", "endpoint": {"provider": "simulated"}, "concurrency_levels": [1],
+                         "pricing": {"hourly_usd": 1.5, "instance_count": 2}}]}), source="priced.yml")
+    run = open_run(cfg, run_id="priced")
+    deploying: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    class Deploys:
+        def deploy(self, cfg: Any, experiment: str, run: Any) -> concurrent.futures.Future[Any]:
+            return deploying
+
+    lifecycles = sequence.Lifecycles(Deploys(), cfg, run, {"e": []}, [])  # type: ignore[arg-type]
+    lifecycles._start_deploy("e")
+    timeline = load_manifest(run.url).endpoints["e"]
+    assert timeline.instance_count == resolve_pricing(cfg.experiments[0]).instance_count == 2
+    deploying.set_exception(RuntimeError("not needed"))
+    monkeypatch.setattr(sequence, "STOP_DEPLOY_WAIT_S", 0.2)
+    lifecycles.stop_all()
+    # billed for an hour: 2 instance-hours at $1.50, the shards' $3.00 per hour
+    life = timeline.model_copy(update={"created_at": "2026-03-01T10:00:00+00:00",
+                                       "deleted_at": "2026-03-01T11:00:00+00:00"})
+    row = benchmark_cost(records_frame([rec(0, 0.0, 1.0, experiment="e")]), cfg, None, {"e": life}).row(0, named=True)
+    assert row["instance_hours"] == pytest.approx(2.0) and row["cost_usd"] == pytest.approx(3.0)

@@ -142,6 +142,48 @@ def test_resolve_pricing_from_the_endpoint_config() -> None:
     assert p.hourly_usd == pytest.approx(2 * 1.515 * 1.12)
 
 
+def test_an_hourly_price_or_a_priced_type_is_multiplied_by_the_endpoints_own_count() -> None:
+    # The endpoint deploys 2 instances: a price of one instance per hour (hourly_usd, or a type from the
+    # table) is for each of them, as the run's bill counts them.
+    deployed = {"provider": "sagemaker", "jumpstart_model_id": "m", "instance_type": "ml.g5.2xlarge",
+                "instance_count": 2}
+    p = resolve_pricing(_experiment(deployed, {"hourly_usd": 1.515}))
+    assert (p.instance_count, p.hourly_usd, p.hourly_usd_per_instance) == (2, pytest.approx(3.03), 1.515)
+    p = resolve_pricing(_experiment(deployed, {"instance_type": "ml.g5.2xlarge", "region": "us-east-1"}))
+    assert (p.instance_count, p.hourly_usd) == (2, pytest.approx(2 * 1.515))
+    # an existing endpoint's count, given on it or in its pricing
+    existing = {"provider": "sagemaker", "endpoint_name": "my-ep", "instance_count": 3}
+    assert resolve_pricing(_experiment(existing, {"hourly_usd": 1.0})).hourly_usd == 3.0
+    existing = {"provider": "sagemaker", "endpoint_name": "my-ep"}
+    assert resolve_pricing(_experiment(existing, {"hourly_usd": 1.0, "instance_count": 4})).hourly_usd == 4.0
+    assert resolve_pricing(_experiment(existing, {"hourly_usd": 1.0})).hourly_usd == 1.0
+
+
+@pytest.mark.parametrize("endpoint", [
+    {"provider": "sagemaker", "jumpstart_model_id": "m", "instance_type": "ml.g5.2xlarge"},  # deploys 1
+    {"provider": "sagemaker", "jumpstart_model_id": "m", "instance_type": "ml.g5.2xlarge", "instance_count": 2},
+    {"provider": "sagemaker", "endpoint_name": "my-ep", "instance_count": 2},
+], ids=["deployed-default", "deployed", "existing"])
+def test_a_pricing_count_that_differs_from_the_endpoints_is_refused_in_one_line(endpoint: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError) as err:
+        _experiment(endpoint, {"hourly_usd": 1.0, "instance_count": 3})
+    message = str(err.value)
+    assert "experiments[0]" in message or "experiments.0" in message, message
+    assert "pricing.instance_count (3) differs from endpoint.instance_count" in message, message
+    # the same count twice is one count
+    assert resolve_pricing(_experiment({**endpoint, "instance_count": 3},
+                                       {"hourly_usd": 1.0, "instance_count": 3})).hourly_usd == 3.0
+
+
+def test_a_judges_counts_are_checked_too() -> None:
+    judge = {"name": "j", "endpoint": {"provider": "sagemaker", "jumpstart_model_id": "m",
+                                       "instance_type": "ml.g5.2xlarge", "instance_count": 2},
+             "pricing": {"hourly_usd": 1.0, "instance_count": 1}}
+    with pytest.raises(ConfigError, match=r"pricing\.instance_count \(1\) differs"):
+        parse_config({"name": "t", "buckets": [[1, 10]], "datasets": [{"name": "d", "source": "synthetic"}],
+                      "experiments": [{"name": "e", "endpoint": SIM}], "evaluation": {"judges": [judge]}})
+
+
 def _product(usd: str) -> str:
     return json.dumps({
         "product": {"attributes": {"instanceName": "ml.g5.xlarge", "regionCode": "us-east-1"}},
