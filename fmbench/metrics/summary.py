@@ -96,8 +96,10 @@ def _good(limits: dict[str, float]) -> pl.Expr:
     for column, limit in limits.items():
         met = pl.col(column) <= limit
         if column == "tpot_s":
-            # One streamed token has no decode step: nothing to be slow at (as in vLLM bench).
-            met = met | ((pl.col("output_tokens") == 1) & pl.col("ttft_s").is_not_null() & pl.col("tpot_s").is_null())
+            # One streamed token has no decode step: nothing to be slow at (as in vLLM bench). Streamed:
+            # it came in a chunk (a non-streamed answer has a TTFT too, its whole latency, and no chunk).
+            met = met | ((pl.col("output_tokens") == 1) & (pl.col("chunks").fill_null(0) > 0)
+                         & pl.col("tpot_s").is_null())
         good = good & met.fill_null(False)
     return good
 

@@ -230,6 +230,7 @@ def test_non_streamed_and_one_token_requests_against_the_simulator(tmp_path: Pat
         assert srv.url
         plain = _run(tmp_path, "plain", cfg, srv.url, InferenceConfig(max_tokens=8, stream=False), requests=4)
         one = _run(tmp_path, "one", cfg, srv.url, InferenceConfig(max_tokens=1), requests=4)
+        one_plain = _run(tmp_path, "one-plain", cfg, srv.url, InferenceConfig(max_tokens=1, stream=False), requests=4)
     m = row(summarize(plain, make_cfg({"ttft_s": 5.0})))
     assert m["successes"] == 4 and m["itl_p50_s"] is None and m["itl_gaps"] is None
     # not streamed: the first token arrives with the last, so TTFT is the whole latency and is judged so
@@ -238,6 +239,9 @@ def test_non_streamed_and_one_token_requests_against_the_simulator(tmp_path: Pat
     m = row(summarize(one, make_cfg({"tpot_s": 0.001, "ttft_s": 5.0})))
     assert m["output_tokens_mean"] == 1 and m["itl_p50_s"] is None
     assert m["good_requests"] == 4  # a single token has no decode step to be slow at
+    # ... when it was streamed: not streamed, its TPOT is unknown (not measured), and fails the limit
+    m = row(summarize(one_plain, make_cfg({"tpot_s": 0.001, "ttft_s": 5.0})))
+    assert m["successes"] == 4 and m["output_tokens_mean"] == 1 and m["good_requests"] == 0
 
 
 def test_goodput_is_the_share_the_latency_model_puts_under_each_slo(tmp_path: Path) -> None:
