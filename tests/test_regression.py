@@ -327,3 +327,22 @@ def test_an_unreadable_earlier_run_costs_the_trend_plots_not_the_report(tmp_path
     report = regression.read_report(url)
     assert report is not None and report.plots == [] and "metrics.parquet" in (report.plot_error or "")
     assert "Trend plots not rendered: " in Path(url, "report.md").read_text()
+
+
+def test_an_error_rate_change_is_judged_on_each_requests_final_attempt(tmp_path, cfg):
+    """A request retried in its shard has a record per attempt, and the error rate counts its final
+    outcome; so must the samples the change's noise is bootstrapped from. Failed attempts that were
+    retried and then succeeded do not make a later run with more failed requests look better."""
+    before = _records(cfg, errors=0.05, seed=1)
+    retried = before.filter(pl.col("ok") & ~pl.col("warmup"))
+    before = pl.concat([
+        before.with_columns(attempt=pl.when(pl.col("ok") & ~pl.col("warmup")).then(2).otherwise(1)),
+        retried.with_columns(attempt=pl.lit(1), ok=pl.lit(False), error_kind=pl.lit("throttled"),
+                             ttft_s=None, latency_s=None, tpot_s=None, output_tokens=None),
+    ]).cast(REQUEST_SCHEMA)
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", before)
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", _records(cfg, errors=0.2, seed=2))
+    report = regression.check_regressions(url, plots=False)
+    errors = [c for c in report.regressions if c.metric == "error_rate"]
+    assert len(errors) == 4, report.regressions
+    assert all(c.significant is True and c.ci_low > 0 and 0.03 < c.previous < 0.08 for c in errors), errors

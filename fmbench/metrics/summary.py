@@ -61,22 +61,31 @@ _NEEDED = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concu
 _OPTIONAL = {"itl_s": pl.List(pl.Float64()), "chunks": pl.Int64(), "resends": pl.Int64()}
 
 
+def final_attempts(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The measured requests, one row each, every column kept: warm-ups dropped, and of a request
+    retried in its shard (one record per attempt) only the final attempt, as the metrics count it."""
+    lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
+    lf = lf.filter(~pl.col("warmup").fill_null(False))
+    names = lf.collect_schema().names()
+    if "attempt" not in names or "request_id" not in names:
+        return lf
+    attempt = pl.col("attempt").fill_null(1)
+    return lf.filter(attempt == attempt.max().over(_PER_REQUEST))
+
+
+_PER_REQUEST = ["shard_id", "request_id"]
+
+
 def _measured(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
     names = lf.collect_schema().names()
     lf = lf.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in _OPTIONAL.items() if c not in names])
     needed = [*_NEEDED, *_OPTIONAL]
     if "attempt" not in names or "request_id" not in names:
-        return lf.select(needed).filter(~pl.col("warmup").fill_null(False)).with_columns(_attempts=pl.lit(1))
-    attempt = pl.col("attempt").fill_null(1)
-    per_request = ["shard_id", "request_id"]
-    return (
-        lf.select([*needed, "request_id", "attempt"])
-        .filter(~pl.col("warmup").fill_null(False))
-        .with_columns(_attempts=pl.len().over(per_request))
-        .filter(attempt == attempt.max().over(per_request))
-        .drop("request_id", "attempt")
-    )
+        return final_attempts(lf.select(needed)).with_columns(_attempts=pl.lit(1))
+    every = (lf.select([*needed, "request_id", "attempt"]).filter(~pl.col("warmup").fill_null(False))
+             .with_columns(_attempts=pl.len().over(_PER_REQUEST)))
+    return final_attempts(every).drop("request_id", "attempt")
 
 
 def _percentile_aggs(column: str, stem: str, ok: pl.Expr) -> list[pl.Expr]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import polars as pl
@@ -14,6 +15,7 @@ from fmbench.records import RequestRecord, records_frame
 from fmbench.report.deltas import delta_rows, run_deltas
 from fmbench.report.request_figures import _STATES, itl_figure, timeline_figures
 from fmbench.report.run import TIMELINE_SIZE, itl_distribution, request_timelines
+from tests.support.records import make_cfg
 
 
 def _records(n: int, shard: str = "s", experiment: str = "exp", latency: float = 1.0, gap: float = 0.01,
@@ -107,3 +109,27 @@ def test_deltas_pair_two_stacks_by_load_when_each_run_has_one_experiment() -> No
     lat = next(d for d in deltas if d.metric == "latency_p95_s")
     assert (lat.baseline, lat.run, lat.verdict) == ("a/vllm", "b/tgi", "worse")
     assert lat.change is not None and abs(lat.change - 1.0) < 1e-9
+
+
+def test_a_goodput_change_is_judged_on_each_requests_final_attempt() -> None:
+    """A request retried in its shard has a record per attempt; goodput counts its final one, and so
+    must the samples its change is judged on. 90 % good (each good request after one failed attempt)
+    to 80 % good without retries is worse, not better."""
+    cfg = make_cfg(slo={"ttft_s": 0.5})
+    slo = cfg.slo
+
+    def run(good: int, retried: int) -> pl.DataFrame:
+        records = _records(102, latency=1.0)  # 2 warm-ups, 100 measured
+        for r in records[2 + good:]:
+            r.ttft_s = 0.9  # over the limit: not good
+        for r in records[2:2 + retried]:  # succeeded at the second attempt
+            r.attempt = 2
+            records.append(dataclasses.replace(r, attempt=1, ok=False, error_kind="throttled", ttft_s=None,
+                                               latency_s=None, output_tokens=None))
+        return records_frame(records)
+
+    before, after = run(90, retried=90), run(80, retried=0)
+    deltas = run_deltas([("a", summarize(before, cfg), before.lazy()), ("b", summarize(after, cfg), after.lazy())], slo)
+    good = next(d for d in deltas if d.metric == "goodput_share")
+    assert (good.before, good.after) == (pytest.approx(0.9), pytest.approx(0.8))
+    assert good.ci is not None and good.ci[1] < 0 and good.verdict == "worse", good
