@@ -15,6 +15,7 @@ for token pricing the output figure includes what the inputs cost, as it would f
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,16 @@ from fmbench.config import BenchmarkConfig
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError
 from fmbench.pricing import NO_PRICING, ResolvedPricing, resolve_pricing
+
+
+def usd(amount: float) -> str:
+    """A dollar amount as the report writes it: whole dollars from $100, cents from a cent, and below a
+    cent two significant digits (never a cost that was not zero shown as $0.0000)."""
+    if amount >= 100:
+        return f"${amount:,.0f}"
+    if amount >= 0.01 or amount <= 0:
+        return f"${amount:,.2f}"
+    return f"${amount:.{max(4, 1 - math.floor(math.log10(amount)))}f}"
 
 
 def experiment_pricing(cfg: BenchmarkConfig | None) -> dict[str, ResolvedPricing]:

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import polars as pl
 
 from fmbench.config import SLOConfig
+from fmbench.metrics.cost import usd
 from fmbench.metrics.slo import slo_checks
 
 
@@ -141,14 +142,19 @@ def _choice(row: dict[str, Any], slo: Any) -> Choice:
     )
 
 
+def _cost_key(c: Choice) -> float:
+    """A choice's cost per 10k transactions for ordering: unknown after every known cost, 0 included."""
+    return math.inf if c.cost_per_10k_txn is None else c.cost_per_10k_txn
+
+
+def _accuracy(row: dict[str, Any]) -> float:
+    """A row's accuracy for ordering: not evaluated sorts below every measured accuracy, 0 included."""
+    a = _num(row.get("accuracy"))
+    return -1.0 if a is None else a
+
+
 def _money(x: float | None) -> str:
-    if x is None:
-        return "unknown cost"
-    if x >= 100:
-        return f"${x:,.0f}"
-    if x >= 0.01:
-        return f"${x:,.2f}"
-    return f"${x:.4f}"
+    return "unknown cost" if x is None else usd(x)
 
 
 def _tpm(x: float | None) -> str:
@@ -192,7 +198,8 @@ def _sentence(rec_args: dict[str, Any]) -> str:
                 f"{_money(cheap.cost_per_10k_txn)} per 10k transactions, {_tpm(cheap.transactions_per_min)}.")
         if fast is not None and (fast.experiment, fast.concurrency, fast.request_rate) != (
                 cheap.experiment, cheap.concurrency, cheap.request_rate):
-            cost = f" at {_money(fast.cost_per_10k_txn)} per 10k transactions" if fast.cost_per_10k_txn else ""
+            cost = (f" at {_money(fast.cost_per_10k_txn)} per 10k transactions"
+                    if fast.cost_per_10k_txn is not None else "")
             text += f" For the most throughput within the SLOs, choose {fast.label}: {_tpm(fast.transactions_per_min)}{cost}."
         return text + tail
     assert fast is not None
@@ -207,10 +214,10 @@ def _accuracy_tail(rec_args: dict[str, Any]) -> str:
         return ""
     best: dict[str, Choice] = {}
     for c in worse:  # one mention per experiment: its cheapest load
-        if c.experiment not in best or (c.cost_per_10k_txn or math.inf) < (best[c.experiment].cost_per_10k_txn or math.inf):
+        if c.experiment not in best or _cost_key(c) < _cost_key(best[c.experiment]):
             best[c.experiment] = c
     parts = [f"{c.experiment} ({c.accuracy_text}, {_money(c.cost_per_10k_txn)} per 10k transactions)"
-             for c in sorted(best.values(), key=lambda c: c.cost_per_10k_txn or math.inf)]
+             for c in sorted(best.values(), key=_cost_key)]
     return (f" Not eligible because it answers below the minimum accuracy of {rec_args['min_accuracy']:.0%}: "
             f"{'; '.join(parts)}.")
 
@@ -261,7 +268,7 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
         passing = [r for r in valid if r.get("meets_slo")]
         worse: list[dict[str, Any]] = []
         if min_accuracy is not None:
-            worse = [r for r in passing if (_num(r.get("accuracy")) or -1.0) < min_accuracy]
+            worse = [r for r in passing if (a := _num(r.get("accuracy"))) is None or a < min_accuracy]
             passing = [r for r in passing if r not in worse]
         priced = [r for r in passing if _num(r.get(cost_col)) is not None]
         cheapest = fastest = closest = None
@@ -281,7 +288,7 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             fastest = _choice(min(passing, key=lambda r: (-tpm(r), cost(r))), slo)
             status = "meets_slo"
         elif worse:
-            closest = _choice(max(worse, key=lambda r: (_num(r.get("accuracy")) or -1.0, -cost(r))), slo)
+            closest = _choice(max(worse, key=lambda r: (_accuracy(r), -cost(r))), slo)
             status = "below_accuracy"
         elif valid:
             best = min(valid, key=lambda r: (_choice(r, slo).worst_ratio, -tpm(r), cost(r)))

@@ -67,9 +67,10 @@ def _valid_number(x: Any) -> float | None:
 
 
 def slo_checks(row: dict[str, Any], slo: SLOConfig | Any) -> list[SLOCheck]:
-    """Evaluate every configured objective of ``slo`` (an `SLOConfig`) on one metrics row."""
+    """Evaluate every configured objective of ``slo`` (an `SLOConfig`) on one metrics row; None (no SLO
+    given) checks only that no request failed, as `evaluate_slo` judges such a row."""
     if slo is None:
-        return []
+        slo = _NoSLO()
     out = []
     for column, field, label, unit in _CHECKS:
         limit = getattr(slo, field, None)
@@ -107,7 +108,7 @@ def evaluate_slo(metrics: pl.DataFrame, slo: SLOConfig | None) -> pl.DataFrame:
             failures.append("no measured requests" + (f" (shard {row['status']})" if row.get("status") else ""))
             worst.append(math.inf)
             continue
-        checks = slo_checks(row, slo) if slo is not None else slo_checks(row, _NoSLO())
+        checks = slo_checks(row, slo)
         bad = [c for c in checks if not c.passed]
         meets.append(not bad)
         failures.append("; ".join(c.describe() for c in bad))

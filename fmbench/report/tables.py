@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 from fmbench.metrics import Recommendation, recommend
+from fmbench.metrics.cost import usd
 
 
 def _num(x: Any) -> float | None:
@@ -54,13 +55,7 @@ def fmt_pct(x: Any) -> str:
 def fmt_usd(x: Any) -> str:
     """A dollar amount: cents for normal amounts, more digits for tiny ones."""
     v = _num(x)
-    if v is None:
-        return "unknown"
-    if v >= 100:
-        return f"${v:,.0f}"
-    if v >= 0.01:
-        return f"${v:,.2f}"
-    return f"${v:.4f}"
+    return "unknown" if v is None else usd(v)
 
 
 def fmt_load(row: dict[str, Any]) -> str:

@@ -415,7 +415,7 @@ def test_a_deploy_refused_at_create_endpoint_bills_nothing_and_leaves_nothing(
     assert "never created: its deploy ended before CreateEndpoint" in row
     assert "still billing" not in md and "no reason given" not in md  # (a failed shard is not also "invalid")
     cost = next(line for line in md.splitlines() if line.startswith("| refused | 0 |"))
-    assert "$0.0000 | no endpoint billed: its deploy ended before CreateEndpoint and left nothing" in cost
+    assert "$0.00 | no endpoint billed: its deploy ended before CreateEndpoint and left nothing" in cost
 
 
 def test_a_failed_deploy_whose_endpoint_cannot_be_deleted_is_billed_as_still_running(

@@ -135,3 +135,29 @@ def test_slo_descriptions_use_one_unit_per_objective() -> None:
     text = [c.describe() for c in slo_checks(row, slo)]
     assert text == ["p95 latency 1.23 s ≤ 2.00 s", "p95 TTFT 85 ms ≤ 150 ms",
                     "p95 TPOT not measured (limit 20 ms)", "error rate 2.0% > 1.0%"]
+
+
+def test_without_slos_the_closest_is_the_one_with_the_fewest_errors() -> None:
+    """No SLO given (a report of a run whose config is gone): a shard is judged, as `evaluate_slo`
+    judges it, on its errors alone, and the sentence says so."""
+    m = evaluate_slo(_metrics([
+        {"experiment": "a", "concurrency": 1, "cost_per_10k_txn": 1.0, "transactions_per_min": 100.0,
+         "error_rate": 0.05, "errors": 1},
+        {"experiment": "a", "concurrency": 8, "cost_per_10k_txn": 0.5, "transactions_per_min": 250.0,
+         "error_rate": 0.5, "errors": 5},
+    ]), None)
+    [rec] = recommend(m, None)
+    assert rec.status == "none_meets_slo" and rec.closest is not None and rec.closest.concurrency == 1
+    assert rec.closest.worst_ratio == pytest.approx(m["slo_worst_ratio"][0])
+    assert "the closest is a at concurrency 1 (error rate 5.0% > 0.0%)" in rec.reasoning, rec.reasoning
+
+
+@pytest.mark.parametrize(("amount", "shown"), [
+    (0.0, "$0.00"), (2.5e-5, "$0.000025"), (0.00012, "$0.00012"), (0.0042, "$0.0042"), (0.01, "$0.01"),
+    (0.364, "$0.36"), (12.3, "$12.30"), (1234.5, "$1,234"),
+])
+def test_a_cost_is_never_shown_as_zero_unless_it_is(amount: float, shown: str) -> None:
+    from fmbench.report.tables import fmt_usd
+
+    assert fmt_usd(amount) == shown
+

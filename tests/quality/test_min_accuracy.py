@@ -64,6 +64,15 @@ def test_not_evaluated_counts_as_not_accurate_enough() -> None:
     assert "cheap (not evaluated" in rec.reasoning
 
 
+def test_a_minimum_of_zero_asks_only_that_it_was_evaluated() -> None:
+    # an accuracy of 0 meets a minimum of 0; not evaluated does not
+    m, slo = _metrics(0.0, {"cheap": 0.0, "good": None})
+    [rec] = recommend(m, slo)
+    assert rec.status == "meets_slo" and rec.lowest_cost is not None and rec.lowest_cost.experiment == "cheap"
+    assert [c.experiment for c in rec.excluded_accuracy] == ["good", "good"]
+    assert "good (not evaluated" in rec.reasoning
+
+
 def test_when_every_configuration_answers_worse_none_is_recommended() -> None:
     m, slo = _metrics(0.95, {"cheap": 0.55, "good": 0.92})
     [rec] = recommend(m, slo)
