@@ -1,7 +1,8 @@
 """Tokenizers that count prompt tokens: tiktoken encodings and Hugging Face ``tokenizer.json`` files.
 
 `load_tokenizer` turns the config's ``tokenizer`` string into a `Tokenizer`; loaded tokenizers are
-cached per process. Counting never adds special tokens (BOS, chat template): it measures the text.
+cached per process. Counting never adds special tokens (BOS, chat template) and ignores padding and
+truncation a ``tokenizer.json`` may carry: it measures the text.
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ def _load_tokenizer_json(path: Path, name: str) -> HFTokenizer:
         tok = _HFTok.from_str(data.decode("utf-8"))
     except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
         raise TokenizerError(f"tokenizer {name!r}: {path} is not a valid tokenizer.json ({exc})") from exc
+    # Padding or truncation saved in the file would pad a batch to its longest text or cap counts.
+    tok.no_padding()
+    tok.no_truncation()
     return HFTokenizer(name, tok, hashlib.sha256(data).hexdigest()[:24])
 
 

@@ -201,3 +201,35 @@ def test_hf_spec_loads_tokenizer_json_from_hub_cache(
 def test_hf_spec_shape_is_checked(fresh_tokenizers: None) -> None:
     with pytest.raises(TokenizerError, match="expected hf:ORG/NAME"):
         load_tokenizer("hf:just-a-name")
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        pytest.param({"padding": {}}, id="pad-to-batch-longest"),
+        pytest.param({"padding": {"length": 256}}, id="pad-to-fixed-length"),
+        pytest.param({"truncation": {"max_length": 16}}, id="truncate"),
+    ],
+)
+def test_padding_and_truncation_in_tokenizer_json_do_not_change_counts(
+    bpe_json: Path, tmp_path: Path, fresh_tokenizers: None, setting: dict[str, dict[str, int]]
+) -> None:
+    """Exported tokenizer.json files often carry padding or truncation; counts still measure the text."""
+    from tokenizers import Tokenizer as HFTok
+
+    raw = HFTok.from_file(str(bpe_json))
+    if "padding" in setting:
+        raw.enable_padding(pad_id=0, pad_token="<s>", **setting["padding"])
+    if "truncation" in setting:
+        raw.enable_truncation(**setting["truncation"])
+    padded = tmp_path / "tokenizer.json"
+    raw.save(str(padded))
+    texts = ["the cat", "the cat sat on the mat and then the dog ran " * 8]
+    plain = load_tokenizer(str(bpe_json))
+    expected = plain.count_many(texts)
+    assert expected[0] < 16 < expected[1] < 256  # the settings would change both counts
+
+    tok = load_tokenizer(str(padded))
+    assert tok.count_many(texts) == expected
+    assert [tok.count(t) for t in texts] == expected
+    assert tok.decode(tok.encode(texts[1])) == texts[1]
