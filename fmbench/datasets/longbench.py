@@ -69,10 +69,12 @@ def load_longbench_prompts(dataset: LongBenchDataset, location: str | Path, toke
         tokenizer: counts ``input_tokens``.
 
     Returns:
-        One prompt per record, in file order; the prompt id is ``_id``, else the line number.
+        One prompt per record, in file order; the prompt id is ``_id``, or the line number when no
+        record has one.
 
     Raises:
-        DatasetError: for any problem with the file, a record, a field or the template.
+        DatasetError: for any problem with the file, a record, a field, the template or the ids
+            (repeated, or given for some records only).
     """
     template = dataset.prompt_template
     template_fields(template, where=f"dataset {dataset.name!r}: prompt_template")

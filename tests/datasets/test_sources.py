@@ -114,9 +114,40 @@ def test_longbench_hf_spec_shape(cl100k: Tokenizer) -> None:
 
 
 def test_jsonl_prompt_field_and_ids(tmp_path: Path, cl100k: Tokenizer) -> None:
-    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Hello there"}, {"prompt": "Second one", "x": 1}])
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Hello there"}, {"id": 2, "prompt": "Second one"}])
     prompts = load_jsonl_prompts(js(), path, cl100k)
     assert [(p.prompt_id, p.text, p.input_tokens) for p in prompts] == [("a", "Hello there", 2), ("2", "Second one", 2)]
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hello there"}, {"prompt": "Second one", "x": 1}])
+    assert [p.prompt_id for p in load_jsonl_prompts(js(), path, cl100k)] == ["1", "2"]  # no ids: line numbers
+
+
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        # A line number would be the id of an id-less record: here "2", the id line 3 gives.
+        ([{"id": "q1", "prompt": "A"}, {"prompt": "B"}, {"id": 2, "prompt": "C"}],
+         "line 2: no 'id' field, but line 1 has one; give every record an 'id' or none"),
+        ([{"prompt": "A"}, {"id": 1, "prompt": "B"}], "line 2: 'id' is '1', but line 1 has none; give every record"),
+        ([{"id": "q1", "prompt": "A"}, {"id": "q2", "prompt": "B"}, {"id": "q1", "prompt": "C"}],
+         "line 3: 'id' 'q1' repeats the id of line 1 (prompt ids must be unique"),
+        ([{"id": 7, "prompt": "A"}, {"id": "7", "prompt": "B"}], "line 2: 'id' '7' repeats the id of line 1"),
+    ],
+)
+def test_jsonl_prompt_ids_cannot_collide(
+    tmp_path: Path, cl100k: Tokenizer, records: list[dict[str, object]], expected: str
+) -> None:
+    """Quality evaluation finds a prompt's answers by its id: two prompts must never share one."""
+    path = write_jsonl(tmp_path / "p.jsonl", records)
+    with pytest.raises(DatasetError) as err:
+        load_jsonl_prompts(js(name="ids", answer_field="answer"), path, cl100k)
+    assert str(err.value).startswith(f"dataset 'ids': {path} {expected}")
+
+
+def test_longbench_repeated_id_is_an_error(tmp_path: Path, cl100k: Tokenizer) -> None:
+    path = write_jsonl(tmp_path / "lb.jsonl", [_lb_record(1), _lb_record(2), _lb_record(3, _id="id-1")])
+    with pytest.raises(DatasetError) as err:
+        load_longbench_prompts(lb(name="lb"), path, cl100k)
+    assert str(err.value).startswith(f"dataset 'lb': {path} line 3: '_id' 'id-1' repeats the id of line 1")
 
 
 def test_jsonl_other_field_and_template(tmp_path: Path, cl100k: Tokenizer) -> None:
@@ -145,7 +176,8 @@ def test_blank_prompts_are_skipped(tmp_path: Path, cl100k: Tokenizer) -> None:
         (b"\n  \n", ["is empty"]),
         (b'{"prompt": "ok"}\n{"prompt": oops}\n', ["line 2", "not valid JSON"]),
         (b'{"prompt": "ok"}\n[1, 2]\n', ["line 2", "expected a JSON object, got list"]),
-        (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', ["not UTF-8", "line 2"]),
+        (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', ["not UTF-8", "line 2, offset 32"]),
+        (b'\xef\xbb\xbf{"prompt": "ok"}\n\xff{"prompt": "x"}\n', ["not UTF-8", "line 2, offset 20"]),  # BOM counted
         (b'{"prompt": "ok"}\n{"text": "no prompt"}\n', ["line 2", "no field 'prompt'", "text"]),
         (b'{"prompt": 5}\n', ["line 1", "field 'prompt' is int"]),
         (b'{"prompt": ""}\n{"prompt": " "}\n', ["no prompts", "all 2 records"]),
@@ -162,6 +194,44 @@ def test_jsonl_errors_name_dataset_file_and_line(
     assert "'badset'" in msg and str(path) in msg
     for part in expected:
         assert part in msg
+
+
+def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path, cl100k: Tokenizer) -> None:
+    """JSON allows U+2028, U+2029, U+0085 and control separators unescaped in strings; only "\\n" ends a line."""
+    seps = ["\u2028", "\u2029", "\x85", "\x1c", "\x1d", "\x1e", "\x0b", "\x0c"]
+    lines = [json.dumps({"id": f"s{i}", "prompt": f"one{sep}two"}, ensure_ascii=False) for i, sep in enumerate(seps)]
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(("\r\n".join(lines) + "\r\n\r\n" + '{"prompt": oops}\r\n').encode("utf-8"))
+    with pytest.raises(DatasetError) as err:
+        load_jsonl_prompts(js(), path, cl100k)
+    assert f"line {len(seps) + 2}: not valid JSON" in str(err.value)  # line numbers count "\n" only
+
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    prompts = load_jsonl_prompts(js(), path, cl100k)
+    assert [(p.prompt_id, p.text) for p in prompts] == [(f"s{i}", f"one{sep}two") for i, sep in enumerate(seps)]
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (r'{"id": "b", "prompt": "broken emoji \ud83d here"}', "prompt"),
+        (r'{"id": "b", "prompt": "fine", "answer": ["ok", "\udc00"]}', "answer[1]"),
+        (r'{"id": "q\ud800", "prompt": "fine"}', "id"),
+    ],
+)
+def test_jsonl_lone_surrogate_escape_names_line_and_field(
+    tmp_path: Path, cl100k: Tokenizer, line: str, field: str
+) -> None:
+    """An escaped half of a UTF-16 pair is valid JSON but not text: say where, instead of failing later."""
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "prompt": "an emoji \\ud83d\\ude00 pair is fine"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError) as err:
+        load_jsonl_prompts(js(name="sur", answer_field="answer"), path, cl100k)
+    assert str(err.value).startswith(f"dataset 'sur': {path} line 2: field {field!r} holds an unpaired UTF-16 surrogate")
+
+    # In a field no prompt uses, it does no harm.
+    path.write_text('{"prompt": "an emoji \\ud83d\\ude00 pair is fine", "note": "\\ud83d"}\n', encoding="utf-8")
+    assert [p.text for p in load_jsonl_prompts(js(), path, cl100k)] == ["an emoji \U0001f600 pair is fine"]
 
 
 def test_missing_file_names_dataset_and_path(tmp_path: Path, cl100k: Tokenizer) -> None:
