@@ -37,8 +37,9 @@ class _Model(BaseModel):
 class _DatasetBase(_Model):
     name: str = Field(pattern=_NAME, description="Dataset name, used in results and file names.")
     max_prompts: int | None = Field(
-        default=None, ge=1, description="Use at most this many prompts from the source (after bucketing, per bucket)."
-    )
+        default=None, ge=1, description="Use at most this many prompts per bucket (after bucketing): the first in "
+        "file order for JSONL and LongBench files; for synthetic prompts, an evenly spaced subset of each bucket's "
+        "lengths. The report's dataset notes say how many were dropped.")
 
 
 class SyntheticDataset(_DatasetBase):

@@ -63,10 +63,27 @@ def find_bucket(tokens: int, buckets: list[tuple[int, int]]) -> tuple[int, int] 
     return None
 
 
+def _spread_positions(n: int, k: int) -> list[int]:
+    """``k`` of the positions ``0..n-1`` spread evenly, both ends included (the middle one when k is 1)."""
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [(n - 1) // 2]
+    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+
+
 def split_prompts(
-    prompts: Iterable[Prompt], buckets: list[tuple[int, int]], max_prompts: int | None = None
+    prompts: Iterable[Prompt], buckets: list[tuple[int, int]], max_prompts: int | None = None, *, spread: bool = False
 ) -> tuple[dict[str, list[Prompt]], int, int]:
     """Bucket prompts and count what was dropped.
+
+    Args:
+        prompts: counted prompts.
+        buckets: sorted, disjoint ``(min, max)`` pairs; ``min`` is inclusive, ``max`` exclusive.
+        max_prompts: keep at most this many per bucket: the first ones in input order, or with
+            ``spread`` an evenly spaced subset by position (for prompts ordered by length, such as
+            synthetic ones, that keeps the bucket's range of lengths).
+        spread: how ``max_prompts`` picks, see above.
 
     Returns:
         ``(per-bucket prompts, dropped as outside every bucket, dropped past max_prompts)``.
@@ -80,24 +97,29 @@ def split_prompts(
             outside += 1
             continue
         kept = out[bucket_label(b)]
-        if max_prompts is not None and len(kept) >= max_prompts:
+        if max_prompts is not None and not spread and len(kept) >= max_prompts:
             over += 1
             continue
         kept.append(p)
+    if max_prompts is not None and spread:
+        for label, kept in out.items():
+            over += max(0, len(kept) - max_prompts)
+            out[label] = [kept[i] for i in _spread_positions(len(kept), max_prompts)]
     return out, outside, over
 
 
 def bucket_prompts(
-    prompts: Iterable[Prompt], buckets: list[tuple[int, int]], max_prompts: int | None = None
+    prompts: Iterable[Prompt], buckets: list[tuple[int, int]], max_prompts: int | None = None, *, spread: bool = False
 ) -> dict[str, list[Prompt]]:
     """Group prompts by bucket label, keeping input order; prompts outside every bucket are dropped.
 
     Args:
         prompts: counted prompts.
         buckets: sorted, disjoint ``(min, max)`` pairs; ``min`` is inclusive, ``max`` exclusive.
-        max_prompts: keep at most this many (the first ones) per bucket.
+        max_prompts: keep at most this many per bucket (see `split_prompts`).
+        spread: keep an evenly spaced subset rather than the first ones.
 
     Returns:
         Every bucket's label mapped to its prompts (empty buckets included), in bucket order.
     """
-    return split_prompts(prompts, buckets, max_prompts)[0]
+    return split_prompts(prompts, buckets, max_prompts, spread=spread)[0]

@@ -28,7 +28,9 @@ from fmbench.errors import ConfigError, DatasetError
 from fmbench.protocol import Prompt
 
 # Bump when the way prompts are derived from the same inputs changes (invalidates cached payloads).
-_FINGERPRINT_VERSION = 2  # 2: prompts carry their reference answers
+# 2: prompts carry their reference answers; 3: HF counts ignore the file's padding and truncation,
+# synthetic max_prompts keeps an evenly spaced subset.
+_FINGERPRINT_VERSION = 3
 
 
 def resolve_tokenizer_spec(cfg: BenchmarkConfig, spec: str) -> str:
@@ -117,8 +119,9 @@ def load_dataset_prompts(cfg: BenchmarkConfig, dataset: DatasetConfig, tokenizer
 def build_dataset_prompts(cfg: BenchmarkConfig, dataset: DatasetConfig, tokenizer: Tokenizer) -> BucketedPrompts:
     """Load a dataset, count its prompts with ``tokenizer`` and group them into ``cfg.buckets``.
 
-    At most ``dataset.max_prompts`` prompts (the first in file order) are kept per bucket. An
-    individual empty bucket is not an error; the caller decides what to do with it.
+    At most ``dataset.max_prompts`` prompts are kept per bucket: the first in file order for a file,
+    an evenly spaced subset of the bucket's lengths for synthetic prompts; the notes say how many
+    were dropped. An individual empty bucket is not an error; the caller decides what to do with it.
 
     Raises:
         DatasetError: the dataset cannot be read or rendered, or none of its prompts falls in any
@@ -126,7 +129,9 @@ def build_dataset_prompts(cfg: BenchmarkConfig, dataset: DatasetConfig, tokenize
     """
     buckets = sorted(cfg.buckets)
     prompts = load_dataset_prompts(cfg, dataset, tokenizer)
-    per_bucket, outside, over = split_prompts(prompts, buckets, dataset.max_prompts)
+    # Synthetic prompts come in ascending length per bucket: the first N would be its shortest.
+    synthetic = isinstance(dataset, SyntheticDataset)
+    per_bucket, outside, over = split_prompts(prompts, buckets, dataset.max_prompts, spread=synthetic)
     lengths = [p.input_tokens for p in prompts]
     result = BucketedPrompts(
         dataset=dataset.name,
@@ -148,6 +153,12 @@ def build_dataset_prompts(cfg: BenchmarkConfig, dataset: DatasetConfig, tokenize
             result.notes.append(f"bucket {label}: no prompts from dataset {dataset.name!r}")
     if outside:
         result.notes.append(f"{outside} of {len(prompts)} prompts fall outside every bucket and were dropped")
+    if over:
+        kept_which = "evenly spaced over each bucket's lengths" if synthetic else "the first in file order"
+        result.notes.append(
+            f"{over} of {len(prompts)} prompts were dropped by max_prompts={dataset.max_prompts} per bucket "
+            f"(kept: {kept_which})"
+        )
     return result
 
 

@@ -20,7 +20,7 @@ from fmbench.errors import DatasetError
 from fmbench.protocol import Prompt
 
 # Bump when the generated text changes for the same parameters: it is part of the dataset fingerprint.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the shortest length measured over every starter a template's {text} can take
 
 _WORD_TEXT = """
 the of and to in is was for on that with as by at from his her their our your its this these those
@@ -82,8 +82,9 @@ def _pieces_for(tokenizer: Tokenizer) -> _Pieces:
     return _Pieces(words, starters, period)
 
 
-def _piece_stream(pieces: _Pieces, rng: random.Random) -> Callable[[int], list[str]]:
-    """A function returning the first n pieces of one prompt's deterministic sentence stream."""
+def _piece_stream(pieces: _Pieces, rng: random.Random, firsts: list[str]) -> Callable[[int], list[str]]:
+    """A function returning the first n pieces of one prompt's deterministic sentence stream, which
+    opens with one of ``firsts``."""
     out: list[str] = []
     left_in_sentence = 0
 
@@ -91,7 +92,7 @@ def _piece_stream(pieces: _Pieces, rng: random.Random) -> Callable[[int], list[s
         nonlocal left_in_sentence
         while len(out) < n:
             if left_in_sentence == 0:
-                start = rng.choice(pieces.starters)
+                start = rng.choice(pieces.starters if out else firsts)
                 out.append(start if not out else " " + start)
                 left_in_sentence = rng.randint(6, 16)
             elif left_in_sentence == 1 and pieces.period is not None:
@@ -188,7 +189,10 @@ def generate_synthetic_prompts(
 
     pieces = _pieces_for(tokenizer)
     overhead = measure("")
-    shortest = measure(_piece_stream(pieces, random.Random(0))(1)[0])
+    # A template's text can merge with the first word ("'{text}": "'A" is 1 token, "'Meanwhile" 3): the
+    # shortest prompt opens with the shortest starter, and a prompt opens only with starters that fit it.
+    opening = {s: measure(s) for s in pieces.starters}
+    shortest = min(opening.values())
     prompts: list[Prompt] = []
     reachable = False
     for lo, hi in buckets:
@@ -200,7 +204,8 @@ def generate_synthetic_prompts(
         for i, target in enumerate(spread_targets(low, hi, dataset.prompts_per_bucket)):
             rng = random.Random(f"fmbench-synthetic:{dataset.seed}:{lo}:{hi}:{i}")
             what = f"dataset {dataset.name!r}: bucket {label} prompt {i}"
-            text = _fit_text(target, _piece_stream(pieces, rng), measure, overhead, what)
+            firsts = [s for s, c in opening.items() if c <= target]
+            text = _fit_text(target, _piece_stream(pieces, rng, firsts), measure, overhead, what)
             rendered = render(text)
             prompts.append(Prompt(prompt_id=f"{dataset.name}-{label}-{i:04d}", text=rendered, input_tokens=target))
     if not reachable:

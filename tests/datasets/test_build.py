@@ -68,6 +68,7 @@ def test_build_from_sample_files(tmp_path: Path, cl100k: Tokenizer) -> None:
     assert (hot.total_read, hot.dropped_outside, hot.dropped_over_max) == (60, 20, 10)
     assert hot.min_tokens is not None and hot.min_tokens < 500 and hot.max_tokens is not None and hot.max_tokens >= 1000
     assert any("outside every bucket" in n for n in hot.notes)
+    assert "10 of 60 prompts were dropped by max_prompts=15 per bucket (kept: the first in file order)" in hot.notes
     gen = build_dataset_prompts(cfg, cfg.datasets[1], cl100k)
     assert gen.counts == {"1-500": 14, "500-1000": 14} and gen.dropped_outside == gen.dropped == 14
     assert gen.stats()["counts"] == gen.counts and gen.total_kept == 28
@@ -81,6 +82,25 @@ def test_build_synthetic(tmp_path: Path, cl100k: Tokenizer) -> None:
     for label, prompts in result.buckets.items():
         lo, hi = map(int, label.split("-"))
         assert all(lo <= p.input_tokens < hi and cl100k.count(p.text) == p.input_tokens for p in prompts)
+
+
+def test_synthetic_max_prompts_keeps_lengths_spread_over_the_bucket(tmp_path: Path, cl100k: Tokenizer) -> None:
+    """Synthetic prompts come shortest first; max_prompts must not keep only the bottom of each bucket."""
+    buckets = [[1, 500], [500, 1000]]
+    full_cfg = make_cfg(tmp_path, [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 11}], buckets=buckets)
+    full = build_dataset_prompts(full_cfg, full_cfg.datasets[0], cl100k)
+    for max_prompts, positions in ((3, [0, 5, 10]), (1, [5])):
+        cfg = make_cfg(tmp_path, [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 11,
+                                   "max_prompts": max_prompts}], buckets=buckets)
+        result = build_dataset_prompts(cfg, cfg.datasets[0], cl100k)
+        for label, every in full.buckets.items():
+            assert result.buckets[label] == [every[i] for i in positions]  # same prompts, from across the bucket
+        assert [p.input_tokens for p in result.buckets["1-500"]] == ([1, 250, 499] if max_prompts == 3 else [250])
+        dropped = 2 * (11 - max_prompts)
+        assert result.dropped_over_max == dropped
+        note = (f"{dropped} of 22 prompts were dropped by max_prompts={max_prompts} per bucket "
+                "(kept: evenly spaced over each bucket's lengths)")
+        assert result.notes == [note]
 
 
 def test_empty_bucket_is_not_an_error_here(tmp_path: Path, cl100k: Tokenizer) -> None:

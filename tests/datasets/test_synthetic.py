@@ -103,3 +103,14 @@ def test_bucket_shorter_than_template_gets_no_prompts(cl100k: Tokenizer) -> None
     with pytest.raises(DatasetError) as err:
         generate_synthetic_prompts(syn(prompt_template=template), [(1, 10)], cl100k)
     assert "'syn'" in str(err.value) and "[1, 10)" in str(err.value) and "template" in str(err.value)
+
+
+@pytest.mark.parametrize("seed", [0, 52])
+def test_template_touching_text_reaches_its_shortest_length_for_any_seed(cl100k: Tokenizer, seed: int) -> None:
+    """With "'{text}" the first word can merge with the quote ("'A" is one token, "'Meanwhile" three)."""
+    ds = SyntheticDataset(name="s", source="synthetic", prompts_per_bucket=50, seed=seed, prompt_template="'{text}")
+    prompts = generate_synthetic_prompts(ds, [(1, 500)], cl100k)
+    assert len(prompts) == 50
+    assert all(cl100k.count(p.text) == p.input_tokens and p.text.startswith("'") for p in prompts)
+    assert prompts[0].input_tokens == 1 and prompts[-1].input_tokens == 499
+    assert len({p.text.split()[0] for p in prompts}) > 5  # longer prompts still open with varied words
