@@ -2,8 +2,9 @@
 
 A shard meets its SLOs when every configured objective holds: p95 latency, p95 TTFT and p95 TPOT at
 or under their limits, and error rate at or under ``max_error_rate``. A metric that was not measured
-(no successful request, or no TTFT without streaming) fails its objective: an all-failed shard never
-meets SLOs.
+(no successful request, or no TPOT without streaming) fails its objective: an all-failed shard never
+meets SLOs. A non-streamed answer's TTFT is its whole latency (its first token arrives with its last),
+and is judged so.
 
 "How far" (``slo_worst_ratio``) is the largest observed/limit ratio over the objectives; 1.0 or less
 means every objective holds. For the error rate with a limit of 0 (the default), any error scores
