@@ -373,7 +373,8 @@ class PricingConfig(_Model):
         default=1, ge=1, description="Instances behind the endpoint: its price per hour and the run's bill are "
         "both for this many (default: the endpoint's own instance_count, else 1; a count that differs from the "
         "endpoint's is refused).")
-    region: str | None = Field(default=None, description="Region for table prices (default us-east-1).")
+    region: str | None = Field(
+        default=None, description="Region for table prices (default: the endpoint's region, else us-east-1).")
     input_per_1k_usd: float | None = Field(default=None, ge=0, description="Price per 1k input tokens, USD.")
     output_per_1k_usd: float | None = Field(default=None, ge=0, description="Price per 1k output tokens, USD.")
 

@@ -49,9 +49,10 @@ def _endpoint_attr(experiment: Any, *names: str) -> str | None:
 def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
     """Resolve an `ExperimentConfig`'s pricing.
 
-    Explicit prices in ``pricing`` win; an ``instance_type`` is priced from the shipped table
-    (region-adjusted); without a ``pricing`` block, a SageMaker endpoint's instance type or a Bedrock
-    endpoint's model id is priced from the table when the endpoint config names one.
+    Explicit prices in ``pricing`` win; an ``instance_type`` is priced from the shipped table,
+    region-adjusted (``pricing.region``, else the endpoint's ``region``, else us-east-1); without a
+    ``pricing`` block, a SageMaker endpoint's instance type or a Bedrock endpoint's model id is priced
+    from the table when the endpoint config names one.
 
     Raises:
         ConfigError: both instance and token prices given, only one of the two token prices given,
@@ -68,7 +69,7 @@ def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
         provider = getattr(getattr(experiment, "endpoint", None), "provider", None)
         itype = _endpoint_attr(experiment, "instance_type")
         if provider == "sagemaker" and itype:
-            return _instance(itype, None, count, name)
+            return _instance(itype, None, count, name, _endpoint_attr(experiment, "region"))
         model_id = _endpoint_attr(experiment, "model_id", "model")
         if provider == "bedrock" and model_id:
             t = token_price(model_id)
@@ -103,7 +104,7 @@ def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
         )
     itype = p.instance_type or _endpoint_attr(experiment, "instance_type")
     if itype:
-        return _instance(itype, p.region, count, name)
+        return _instance(itype, p.region, count, name, _endpoint_attr(experiment, "region"))
     model_id = _endpoint_attr(experiment, "model_id")
     if getattr(getattr(experiment, "endpoint", None), "provider", None) == "bedrock" and model_id:
         t = token_price(model_id)
@@ -115,11 +116,16 @@ def resolve_pricing(experiment: ExperimentConfig) -> ResolvedPricing:
     return NO_PRICING
 
 
-def _instance(itype: str, region: str | None, count: int, name: str) -> ResolvedPricing:
+def _instance(itype: str, region: str | None, count: int, name: str, endpoint_region: str | None) -> ResolvedPricing:
+    """``itype`` priced from the table in ``region``, else in the endpoint's own region (where it runs),
+    else in us-east-1."""
     try:
-        entry = instance_price(itype, region)
+        entry = instance_price(itype, region or endpoint_region)
     except ConfigError as exc:
-        raise ConfigError(f"experiments.{name}.{exc}") from exc
+        message = str(exc)
+        if region is None and endpoint_region and message.startswith("pricing.region:"):
+            message = f"endpoint.region (the region its table price is for){message[len('pricing.region'):]}"
+        raise ConfigError(f"experiments.{name}.{message}") from exc
     return ResolvedPricing(
         model="instance",
         source=f"{entry.instance_type}: {entry.disclaimer} ({entry.source})",

@@ -159,6 +159,20 @@ def test_an_hourly_price_or_a_priced_type_is_multiplied_by_the_endpoints_own_cou
     assert resolve_pricing(_experiment(existing, {"hourly_usd": 1.0})).hourly_usd == 1.0
 
 
+def test_a_table_price_is_for_the_endpoints_own_region_unless_pricing_names_one() -> None:
+    eu = {"provider": "sagemaker", "jumpstart_model_id": "m", "instance_type": "ml.g5.2xlarge", "region": "eu-west-1"}
+    us = instance_price("ml.g5.2xlarge", "us-east-1").hourly_usd
+    for pricing in (None, {"instance_type": "ml.g5.2xlarge"}):
+        p = resolve_pricing(_experiment(eu, pricing))
+        assert (p.region, p.hourly_usd) == ("eu-west-1", pytest.approx(us * 1.12))
+    p = resolve_pricing(_experiment(eu, {"instance_type": "ml.g5.2xlarge", "region": "us-west-2"}))
+    assert p.region == "us-west-2"
+    assert resolve_pricing(_experiment({**eu, "region": None}, None)).region == "us-east-1"  # none known
+    with pytest.raises(ConfigError, match=r"experiments\.e\.endpoint\.region \(the region its table price is "
+                                          r"for\): no prices for region 'mars-north-1'"):
+        resolve_pricing(_experiment({**eu, "region": "mars-north-1"}, None))
+
+
 @pytest.mark.parametrize("endpoint", [
     {"provider": "sagemaker", "jumpstart_model_id": "m", "instance_type": "ml.g5.2xlarge"},  # deploys 1
     {"provider": "sagemaker", "jumpstart_model_id": "m", "instance_type": "ml.g5.2xlarge", "instance_count": 2},
