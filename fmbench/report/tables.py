@@ -163,8 +163,12 @@ def summary_markdown(metrics: pl.DataFrame, slo: Any = None, recommendations: li
     recs = recommendations if recommendations is not None else recommend(metrics, slo)
     lines = [f"## {title}", ""] if title else []
     measured = metrics.filter(pl.col("requests") > 0) if "requests" in metrics.columns else metrics
-    passing = int(measured["meets_slo"].fill_null(False).sum()) if "meets_slo" in measured.columns else 0
-    lines.append(f"{measured.height} measured shard(s), {passing} meet every SLO.")
+    meets = measured["meets_slo"].fill_null(False) if "meets_slo" in measured.columns else None
+    passing = int(meets.sum()) if meets is not None else 0
+    invalid = (int((meets & measured["valid"].eq(False)).fill_null(False).sum())
+               if meets is not None and "valid" in measured.columns else 0)
+    lines.append(f"{measured.height} measured shard(s), {passing} meet every SLO"
+                 + (f" ({invalid} of them not valid measurements, so not recommended)." if invalid else "."))
     lines.append("")
     lines += [f"- {r.reasoning}" for r in recs] or ["- No measurements: nothing to recommend."]
     return "\n".join(lines) + "\n"

@@ -240,6 +240,14 @@ def test_artifact_helpers(rendered: tuple[Path, object]) -> None:
     text = summary_markdown(m, load_run(str(run)).cfg.slo, title="synth-bench")
     assert text.startswith("## synth-bench") and text.count("- For prompts of") == 2
     assert "11 measured shard(s)" in text
+    meets = int(m.filter(pl.col("requests") > 0)["meets_slo"].sum())
+    assert f"{meets} meet every SLO." in text  # none of them invalid
+    # the count that meet every SLO says how many of them are not valid measurements (never recommended)
+    first = m.with_row_index().filter(pl.col("meets_slo") & pl.col("valid"))["index"][0]
+    marked = m.with_row_index().with_columns(valid=pl.when(pl.col("index") == first).then(False)
+                                             .otherwise(pl.col("valid"))).drop("index")
+    text = summary_markdown(marked, load_run(str(run)).cfg.slo)
+    assert f"{meets} meet every SLO (1 of them not valid measurements, so not recommended)." in text
 
 
 def test_open_loop_token_priced_run_renders(tmp_path: Path, no_png: None) -> None:
