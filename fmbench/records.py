@@ -110,3 +110,15 @@ def empty_requests() -> pl.DataFrame:
 def records_frame(records: list[RequestRecord]) -> pl.DataFrame:
     """Records as a frame with exactly the request schema."""
     return pl.DataFrame([r.as_row() for r in records], schema=REQUEST_SCHEMA)
+
+
+def final_attempts(records: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """Each request once: of a request retried in its shard (one record per attempt) only its final
+    attempt, the highest ``attempt`` per shard and request id, which is what the request counts as.
+    Records without those columns (older files) are every one its request's only attempt."""
+    lf = records.lazy() if isinstance(records, pl.DataFrame) else records
+    names = lf.collect_schema().names()
+    if "attempt" not in names or "request_id" not in names:
+        return lf
+    attempt = pl.col("attempt").fill_null(1)
+    return lf.filter(attempt == attempt.max().over(["shard_id", "request_id"]))

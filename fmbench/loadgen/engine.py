@@ -37,6 +37,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from fmbench.errors import DatasetError, EndpointError, FMBenchError
 from fmbench.interrupts import Stopped, StopScope, run_until_stopped
 from fmbench.loadgen.heap import frozen_heap
@@ -92,6 +94,23 @@ def _p99(values: array[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+#: A record's fields `ShardStats.observe` counts, in its order.
+_OBSERVED = ["warmup", "ok", "t_start", "t_end", "t_scheduled", "send_lag_s"]
+
+
+def final_attempt_mask(request_ids: list[int | None], attempts: list[int | None]) -> list[bool]:
+    """Per record, whether it is its request's final attempt (the highest ``attempt`` of its request
+    id): a retried request is one request, counted by its outcome (see `fmbench.loadgen.retry`)."""
+    last: dict[int | None, int] = {}
+    for rid, attempt in zip(request_ids, attempts, strict=True):
+        a = attempt or 1
+        if a > 1 and a > last.get(rid, 1):
+            last[rid] = a
+    if not last:  # nothing retried: every record is its request's only attempt
+        return [True] * len(request_ids)
+    return [(attempt or 1) == last.get(rid, 1) for rid, attempt in zip(request_ids, attempts, strict=True)]
+
+
 class ShardStats:
     """Running statistics of a shard's measured requests (also rebuilt from merged records)."""
 
@@ -137,6 +156,14 @@ class ShardStats:
         self.last_sched = max(self.last_sched, t_scheduled)
         if send_lag is not None:
             self.send_lags.append(send_lag)
+
+    def observe_records(self, table: pa.Table, final: list[bool]) -> None:
+        """Count a table of records (another process's or host's), each request by its final attempt
+        only (``final``: `final_attempt_mask` of the requests' attempts), as the engine counts its own."""
+        columns = table.select(_OBSERVED).to_pydict()
+        for row, is_final in zip(zip(*(columns[name] for name in _OBSERVED), strict=True), final, strict=True):
+            if is_final:
+                self.observe(*row)
 
     def observe_ok(self, t_start: float, t_end: float, t_sched: float, ttft: float | None) -> None:
         """Count one successful measured request (`observe`'s result for it, with fewer steps: it runs

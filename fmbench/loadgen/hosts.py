@@ -48,6 +48,7 @@ from fmbench.loadgen.engine import (
     _open_loop,
     _Shard,
     add_stamps,
+    final_attempt_mask,
     receive_stamps,
     report_progress,
     shard_result,
@@ -609,7 +610,6 @@ def _merge(out: str | Path, urls: list[str], clocks: list[HostClock]) -> ShardSt
     final = Path(out)
     tmp = partial_path(final)
     stats = ShardStats()
-    cols = ["warmup", "ok", "t_start", "t_end", "t_scheduled", "send_lag_s"]
     try:
         writer = open_records_file(tmp)
         with contextlib.closing(writer):
@@ -623,9 +623,8 @@ def _merge(out: str | Path, urls: list[str], clocks: list[HostClock]) -> ShardSt
                 i = table.schema.get_field_index("client_host")
                 table = table.set_column(i, "client_host", pa.array([clock.host] * table.num_rows, type=pa.string()))
                 writer.write_table(table.cast(ARROW_SCHEMA))
-                c = table.select(cols).to_pydict()
-                for row in zip(*(c[name] for name in cols), strict=True):
-                    stats.observe(*row)
+                ids = table.select(["request_id", "attempt"]).to_pydict()  # (a request's attempts: one host's)
+                stats.observe_records(table, final_attempt_mask(ids["request_id"], ids["attempt"]))
         tmp.replace(final)
     except (OSError, StorageError) as exc:
         raise StorageError(f"{out}: cannot merge the client hosts' records: {exc}") from exc

@@ -40,6 +40,7 @@ from fmbench.loadgen.engine import (
     _open_loop,
     _Shard,
     add_stamps,
+    final_attempt_mask,
     receive_stamps,
     report_progress,
     shard_result,
@@ -244,18 +245,20 @@ def _merge(out: str, n: int) -> ShardStats:
     final = Path(out)
     tmp = partial_path(final)
     stats = ShardStats()
-    cols = ["warmup", "ok", "t_start", "t_end", "t_scheduled", "send_lag_s"]
     try:
         writer = open_records_file(tmp)
         with contextlib.closing(writer):
             for k in range(n):
                 pf = pq.ParquetFile(part_path(out, k))
+                # (a request's attempts are all in its process's part)
+                ids = pf.read(columns=["request_id", "attempt"]).to_pydict()
+                last = final_attempt_mask(ids["request_id"], ids["attempt"])
+                row = 0
                 for rg in range(pf.num_row_groups):
                     table = pf.read_row_group(rg)
                     writer.write_table(table)
-                    c = table.select(cols).to_pydict()
-                    for row in zip(*(c[name] for name in cols), strict=True):
-                        stats.observe(*row)
+                    stats.observe_records(table, last[row:row + table.num_rows])
+                    row += table.num_rows
         os.replace(tmp, final)
         for k in range(n):
             part_path(out, k).unlink(missing_ok=True)

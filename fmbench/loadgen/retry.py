@@ -34,10 +34,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-import polars as pl
-
 from fmbench.errors import EndpointError
 from fmbench.loadgen.engine import fill_failed
+from fmbench.records import final_attempts
 
 if TYPE_CHECKING:
     from fmbench.loadgen.engine import _Shard
@@ -71,13 +70,6 @@ def throttle_backoff_s(throttled: int, first_s: float, retry_after_s: float | No
     if retry_after_s is not None:
         delay = max(delay, retry_after_s)
     return min(MAX_THROTTLE_BACKOFF_S, delay)
-
-
-def final_attempts(records: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """Only each request's final attempt (the highest ``attempt`` per shard and request id)."""
-    lf = records.lazy() if isinstance(records, pl.DataFrame) else records
-    attempt = pl.col("attempt").fill_null(1)
-    return lf.filter(attempt == attempt.max().over(["shard_id", "request_id"]))
 
 
 async def run_with_retries(

@@ -44,6 +44,7 @@ import polars as pl
 from fmbench.config import BenchmarkConfig, SLOConfig
 from fmbench.metrics.cost import attach_costs
 from fmbench.metrics.slo import evaluate_slo
+from fmbench.records import final_attempts
 
 #: The quantiles every latency metric is summarised at.
 PERCENTILES: tuple[int, ...] = (50, 90, 95, 99)
@@ -61,30 +62,16 @@ _NEEDED = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concu
 _OPTIONAL = {"itl_s": pl.List(pl.Float64()), "chunks": pl.Int64(), "resends": pl.Int64()}
 
 
-def final_attempts(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """The measured requests, one row each, every column kept: warm-ups dropped, and of a request
-    retried in its shard (one record per attempt) only the final attempt, as the metrics count it."""
-    lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
-    lf = lf.filter(~pl.col("warmup").fill_null(False))
-    names = lf.collect_schema().names()
-    if "attempt" not in names or "request_id" not in names:
-        return lf
-    attempt = pl.col("attempt").fill_null(1)
-    return lf.filter(attempt == attempt.max().over(_PER_REQUEST))
-
-
-_PER_REQUEST = ["shard_id", "request_id"]
-
-
 def _measured(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     lf = requests.lazy() if isinstance(requests, pl.DataFrame) else requests
     names = lf.collect_schema().names()
     lf = lf.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in _OPTIONAL.items() if c not in names])
     needed = [*_NEEDED, *_OPTIONAL]
+    measured = ~pl.col("warmup").fill_null(False)
     if "attempt" not in names or "request_id" not in names:
-        return final_attempts(lf.select(needed)).with_columns(_attempts=pl.lit(1))
-    every = (lf.select([*needed, "request_id", "attempt"]).filter(~pl.col("warmup").fill_null(False))
-             .with_columns(_attempts=pl.len().over(_PER_REQUEST)))
+        return lf.select(needed).filter(measured).with_columns(_attempts=pl.lit(1))
+    every = (lf.select([*needed, "request_id", "attempt"]).filter(measured)
+             .with_columns(_attempts=pl.len().over(["shard_id", "request_id"])))
     return final_attempts(every).drop("request_id", "attempt")
 
 

@@ -164,7 +164,7 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
     from fmbench.loadgen import run_shard
     from fmbench.loadgen.engine import ShardCancelled
     from fmbench.loadgen.hosts import current_worker, stamp_host
-    from fmbench.loadgen.retry import final_attempts
+    from fmbench.records import final_attempts
 
     experiment = find_experiment(cfg, spec.experiment)
     cal = load_calibration(run.url)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import polars as pl
 
 from fmbench import storage
-from fmbench.metrics.summary import final_attempts
+from fmbench.records import final_attempts
 from fmbench.regression.models import SHARD_KEYS, MetricRule, ShardKey, shard_key
 
 if TYPE_CHECKING:  # numpy is imported where it is used: a report that checks no regression never needs it
@@ -82,7 +82,8 @@ def per_request(run_url: str) -> dict[ShardKey, pl.DataFrame]:
     df = storage.read_parquet(url)
     if df.is_empty():
         return {}
-    df = (final_attempts(df).collect()  # a retried request is its final attempt, as in the metrics checked
+    # a retried request is its final attempt, as in the metrics checked
+    df = (final_attempts(df).filter(~pl.col("warmup").fill_null(False)).collect()
           .select(*SHARD_KEYS, "ok", "latency_s", "ttft_s")
           .with_columns((~pl.col("ok").fill_null(False)).cast(pl.Float64).alias("failed")))
     return {shard_key(dict(zip(SHARD_KEYS, k))): part for k, part in df.partition_by(SHARD_KEYS, as_dict=True).items()}

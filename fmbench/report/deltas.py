@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 
-from fmbench.metrics import final_attempts, good_request
+from fmbench.metrics import good_request
+from fmbench.records import final_attempts
 from fmbench.regression import bootstrap_diff_ci, bootstrap_rate_ci
 
 if TYPE_CHECKING:  # numpy is imported where it is used: a one-run report never needs it (0.2-0.4 s)
@@ -92,7 +93,8 @@ def _by_shard(requests: pl.LazyFrame | None, slo: Any) -> dict[_Key, pl.DataFram
         return {}
     names = requests.collect_schema().names()
     good = good_request(slo)
-    df = (final_attempts(requests)  # a retried request is its final attempt, as in the metrics compared
+    # a retried request is its final attempt, as in the metrics compared
+    df = (final_attempts(requests).filter(~pl.col("warmup").fill_null(False))
           .select([c for c in _SAMPLE_COLS if c in names])
           .with_columns(good.alias("_good") if good is not None else pl.lit(None, dtype=pl.Boolean()).alias("_good"))
           .collect())

@@ -120,3 +120,43 @@ def test_connections_without_kernel_stamps_are_counted_as_the_event_loops(
     assert stamps is not None and stamps[KERNEL] == 0 and 1 <= stamps[EVENT_LOOP] <= 3
     # and a client that does not say leaves it unsaid
     assert receive_stamps(object()) is None  # type: ignore[arg-type]
+
+
+def test_a_retried_request_is_one_request_however_the_shard_is_split(tmp_path: Path) -> None:
+    """With request_retries, a request has a record per attempt; the shard's result counts it once, by
+    its final attempt, whether one process ran it, two (whose parts are merged) or client hosts (whose
+    slices are merged the same way)."""
+    import shutil
+
+    import polars as pl
+
+    from fmbench.config import SimulatedEndpoint, SimulatedFaults
+    from fmbench.endpoints import make_client
+    from fmbench.loadgen.engine import shard_result
+    from fmbench.loadgen.hosts import HostClock, _merge
+    from fmbench.records import final_attempts
+    from fmbench.simulator.process import SimulatedServerProcess
+
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=2.0, tpot_ms=0.5, output_tokens=4,
+                            faults=SimulatedFaults(seed=1, http_500_rate=0.4))
+    spec = ShardSpec(shard_id="s", experiment="e", dataset="d", bucket="b", bucket_min=0, bucket_max=10,
+                     requests=30, warmup=2, request_retries=2, concurrency=2)
+    prompts = [Prompt(f"p{i}", f"question {i}", 3) for i in range(3)]
+    results = {}
+    with SimulatedServerProcess(cfg) as srv:
+        for processes in (1, 2):
+            client = make_client(cfg, InferenceConfig(max_tokens=4), url=srv.url)
+            results[processes] = run_shard(client, prompts, spec.model_copy(update={"processes": processes}),
+                                           tmp_path / f"p{processes}.parquet", len)
+    slice_path = tmp_path / "slice.parquet"  # the one-process shard's records, as one client host's slice
+    shutil.copy(results[1].records_path, slice_path)
+    clock = HostClock(host="h0", address="tcp://h0", offset_s=0.0, uncertainty_s=0.0, shift_s=0.0, concurrency=2)
+    merged = tmp_path / "hosts.parquet"
+    results["hosts"] = shard_result(spec, _merge(merged, [str(slice_path)], [clock]), merged, 0.0)
+    for how, res in results.items():
+        records = pl.read_parquet(res.records_path)
+        assert records.height > 32 and (records["attempt"] > 1).any(), how  # some requests were retried
+        final = final_attempts(records).collect()
+        measured = final.filter(~pl.col("warmup"))
+        assert (res.requests, res.warmup) == (30, 2) == (measured.height, final.height - measured.height), how
+        assert res.errors == int((~measured["ok"]).sum()), how
