@@ -89,7 +89,9 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
                                    "headers: {Authorization: Bearer k}}")), "'Authorization' looks like"),
         (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', "
                                    "headers_env: {api-key: sk-123}}")),
-         "headers_env: Value error, api-key: 'sk-123' is not an environment variable's name"),
+         "headers_env: Value error, api-key: its value is not an environment variable's name"),
+        (("{provider: simulated}", "{provider: openai, model: m, base_url: 'http://h/v1', api_key_env: sk-live-123}"),
+         "endpoint.api_key_env: Value error, not an environment variable's name (the key itself belongs"),
         (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', api_key_env: K, "
                                    "headers_env: {authorization: K2}}")), "given twice"),
         (("{provider: simulated}", ("{provider: openai, model: m, base_url: 'http://h/v1', headers: {X-Team: a}, "
@@ -99,7 +101,7 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
          "endpoint.env: Value error, 'HF_TOKEN' looks like it carries a secret"),
         (("{provider: simulated}", ("{provider: sagemaker, image_uri: x, instance_type: t, "
                                    "env_from: {HF_TOKEN: hf_abc-123}}")),
-         "env_from: Value error, HF_TOKEN: 'hf_abc-123' is not an environment variable's name"),
+         "env_from: Value error, HF_TOKEN: its value is not an environment variable's name"),
         (("{provider: simulated}", ("{provider: sagemaker, image_uri: x, instance_type: t, env: {A: b}, "
                                    "env_from: {A: B}}")), "A is in both env and env_from"),
         (("{provider: simulated}", "{provider: sagemaker, endpoint_name: live, env_from: {HF_TOKEN: T}}"),
@@ -142,6 +144,17 @@ def test_invalid_config_names_file_and_field(edit: tuple[str, str], expected: st
     assert message.startswith("bad.yml")
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("edit", [
+    ("{provider: simulated}", "{provider: openai, model: m, base_url: 'http://h/v1', api_key_env: sk-live-PASTED}"),
+    ("{provider: simulated}", "{provider: openai, model: m, base_url: 'http://h/v1', headers_env: {k: sk-live-PASTED}}"),
+    ("{provider: simulated}", "{provider: sagemaker, image_uri: x, instance_type: t, env_from: {T: sk-live-PASTED}}"),
+], ids=["api_key_env", "headers_env", "env_from"])
+def test_a_secret_pasted_where_a_variable_name_belongs_is_refused_without_repeating_it(edit: tuple[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(BASE.replace(*edit), source="bad.yml")
+    assert "not an environment variable's name" in str(info.value) and "PASTED" not in str(info.value)
 
 
 def test_duplicate_names_are_rejected() -> None:

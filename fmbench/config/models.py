@@ -201,9 +201,9 @@ def _no_secrets_named(secret: re.Pattern[str], field: str, instead: str) -> Afte
 def _variable_names(values: dict[str, str]) -> dict[str, str]:
     """``values`` (name -> environment variable) unless a value is not a variable's name (a secret itself)."""
     for name, variable in values.items():
-        if not _ENV_NAME.fullmatch(variable):
-            raise ValueError(f"{name}: {variable!r} is not an environment variable's name (the value itself "
-                             "belongs in the environment, never in the config)")
+        if not _ENV_NAME.fullmatch(variable):  # (the value is not repeated: it may be the secret itself)
+            raise ValueError(f"{name}: its value is not an environment variable's name (the secret itself "
+                             "belongs in the environment, never in the config: name the variable holding it)")
     return values
 
 
@@ -250,6 +250,14 @@ class OpenAIEndpoint(_Model):
             raise ValueError("must not have a query string or fragment: the client appends /chat/completions "
                              "to it (a key there would also be stored with the run: use api_key_env or headers_env)")
         return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _variable_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.fullmatch(v):
+            raise ValueError("not an environment variable's name (the key itself belongs in the environment, "
+                             "never in the config: name the variable holding it)")
+        return v
 
     @model_validator(mode="after")
     def _one_source_per_header(self) -> OpenAIEndpoint:
