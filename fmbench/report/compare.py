@@ -78,11 +78,15 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
         slo: the `SLOConfig` to judge every run against (default: the first run's).
 
     Raises:
-        ConfigError: fewer than two runs, or the runs share no dataset bucket.
+        ConfigError: fewer than two runs, the runs share no dataset bucket, or ``output`` is a run's
+            directory.
         StorageError: a run cannot be read or the output cannot be written.
     """
     if len(run_urls) < 2:
         raise ConfigError(f"compare: give at least two runs (got {len(run_urls)})")
+    if storage.exists(storage.join(output, "manifest.json")):
+        raise ConfigError(f"compare: the output {output} is a run's directory (it holds manifest.json): the "
+                          "comparison would overwrite that run's own report and metrics; choose another directory")
     runs = [load_run(u, write_metrics=False) for u in run_urls]
     labels = _labels(runs)
     shared: set[tuple[str, str]] | None = None

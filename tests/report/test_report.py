@@ -453,3 +453,17 @@ def test_a_failed_shard_is_listed_as_invalid_only_for_a_reason_of_its_own() -> N
     assert sorted(section["failed"]) == ["both c=1: failed (no error recorded)", "down c=1: endpoint refused"]
     assert sorted(section["invalid"]) == ["both c=1: too few requests", "old c=1: no reason given",
                                           "slow c=1: client CPU saturated"]
+
+
+def test_compare_never_writes_over_a_runs_own_report(tmp_path: Path) -> None:
+    from fmbench.errors import ConfigError
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_run(str(a), failed_shard=False, invalid_shard=False)
+    write_run(str(b), failed_shard=False, invalid_shard=False)
+    before = {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()}
+    for output in (a, b):
+        with pytest.raises(ConfigError, match=r"is a run's directory \(it holds manifest.json\)"):
+            compare_runs([str(a), str(b)], str(output))
+    assert {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()} == before
+    assert compare_runs([str(a), str(b)], str(tmp_path / "cmp")).markdown.endswith("report.md")
