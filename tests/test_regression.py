@@ -218,11 +218,20 @@ def test_bootstrap_is_seeded():
     assert ci1[0] < true_diff < ci1[1] and ci1[0] > 0
     assert regression.bootstrap_diff_ci(a, b, "p95", n_resamples=400, seed=1) != ci1  # the seed matters
     assert all(np.isnan(regression.bootstrap_diff_ci(a[:0], b, "mean")))
-    # a closed-loop rate: 10% longer mean latency -> about 10% less throughput, beyond noise
-    low, high = regression.bootstrap_rate_ci(a, a * 1.1, 600.0, seed=2)
+    # a closed-loop rate (rows of time in flight, success): 10% longer mean latency -> about 10% less
+    # throughput, beyond noise; the same share failing -> a third less; the same requests -> within noise
+    ok = np.ones_like(a)
+    flights = np.column_stack([a, ok])
+    low, high = regression.bootstrap_rate_ci(flights, np.column_stack([a * 1.1, ok]), 600.0, seed=2)
     assert -70 < low < high < -40
-    low, high = regression.bootstrap_rate_ci(a[:2500], a[2500:], 600.0, seed=2)
+    third = np.column_stack([a, (np.arange(a.size) % 3 != 0).astype(float)])
+    low, high = regression.bootstrap_rate_ci(flights, third, 600.0, seed=2)
+    assert -230 < low < -200 < high < -170
+    low, high = regression.bootstrap_rate_ci(flights[:2500], flights[2500:], 600.0, seed=2)
     assert low < 0 < high
+    none = np.column_stack([a, 0 * ok])  # every request failed: no rate left, for certain; none to start from
+    assert regression.bootstrap_rate_ci(flights, none, 600.0) == (-600.0, -600.0)
+    assert all(np.isnan(regression.bootstrap_rate_ci(none, flights, 600.0)))
 
 
 @pytest.mark.integration  # Chromium (kaleido) renders the PNGs

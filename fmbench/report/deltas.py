@@ -22,23 +22,26 @@ import polars as pl
 from fmbench.metrics import good_request
 from fmbench.records import final_attempts
 from fmbench.regression import bootstrap_diff_ci, bootstrap_rate_ci
+from fmbench.regression.noise import rate_samples
 
 if TYPE_CHECKING:  # numpy is imported where it is used: a one-run report never needs it (0.2-0.4 s)
     import numpy as np
 
 #: How a metric is compared: (metrics column, label, better direction, per-request source, statistic).
-#: Sources: a requests column, "itl" (pooled gaps), "good" (goodput indicator), "latency" (Little's law).
+#: Sources: a requests column, "itl" (pooled gaps), "good" (goodput indicator), "flight" (every request's time in
+#: flight and outcome: Little's law, `fmbench.regression.noise.rate_samples`).
 _DELTAS: tuple[tuple[str, str, Literal["up", "down"], str, str], ...] = (
     ("latency_p95_s", "p95 latency", "down", "latency_s", "p95"),
     ("ttft_p95_s", "p95 TTFT", "down", "ttft_s", "p95"),
     ("itl_p95_s", "p95 ITL", "down", "itl", "p95"),
-    ("transactions_per_min", "throughput (txn/min)", "up", "latency", "rate"),
+    ("transactions_per_min", "throughput (txn/min)", "up", "flight", "rate"),
     ("goodput_share", "goodput (share of requests)", "up", "good", "mean"),
-    ("cost_per_10k_txn", "cost per 10k txn", "down", "latency", "cost"),
+    ("cost_per_10k_txn", "cost per 10k txn", "down", "flight", "cost"),
 )
 
 _LOAD = ["dataset", "bucket", "concurrency", "request_rate"]
-_SAMPLE_COLS = ["experiment", *_LOAD, "warmup", "ok", "latency_s", "ttft_s", "tpot_s", "output_tokens", "itl_s"]
+_SAMPLE_COLS = ["experiment", *_LOAD, "warmup", "ok", "latency_s", "ttft_s", "tpot_s", "output_tokens", "itl_s",
+                "t_start", "t_end"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +123,9 @@ def _samples(df: pl.DataFrame | None, source: str) -> np.ndarray:
         return ok["itl_s"].explode().drop_nulls().to_numpy().astype(np.float64)
     if source == "good":
         return df["_good"].cast(pl.Float64).drop_nulls().to_numpy()
-    column = "latency_s" if source == "latency" else source
-    return ok[column].drop_nulls().to_numpy().astype(np.float64)
+    if source == "flight":  # every request's time in flight and outcome (Little's law, with failures)
+        return rate_samples(df)
+    return ok[source].drop_nulls().to_numpy().astype(np.float64)
 
 
 def _ci(stat: str, a: np.ndarray, b: np.ndarray, before: float, closed_loop: bool, token_priced: bool,

@@ -133,3 +133,19 @@ def test_a_goodput_change_is_judged_on_each_requests_final_attempt() -> None:
     good = next(d for d in deltas if d.metric == "goodput_share")
     assert (good.before, good.after) == (pytest.approx(0.9), pytest.approx(0.8))
     assert good.ci is not None and good.ci[1] < 0 and good.verdict == "worse", good
+
+
+def test_a_throughput_lost_to_failures_is_worse_not_noise() -> None:
+    """Throughput and cost per transaction count successful requests: a run where a third of the
+    requests fail (same latencies) has a third less throughput at half as much again per transaction,
+    and the intervals the verdicts rest on must see the failures too."""
+    cfg = make_cfg({"hourly_usd": 1.0}, slo={"latency_p95_s": 10.0})
+    base = records_frame(_records(62))
+    failing = records_frame(_records(62, fail_every=3))
+    runs = [("a", summarize(base, cfg), base.lazy()), ("b", summarize(failing, cfg), failing.lazy())]
+    deltas = {d.metric: d for d in run_deltas(runs, cfg.slo)}
+    for metric, change in (("transactions_per_min", -0.3), ("cost_per_10k_txn", 0.4)):
+        d = deltas[metric]
+        assert d.change is not None and abs(d.change) > abs(change) and (d.change > 0) == (change > 0), d
+        assert d.ci is not None and d.ci[0] <= d.after - d.before <= d.ci[1], d
+        assert d.verdict == "worse", d
