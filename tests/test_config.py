@@ -62,7 +62,10 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (("name: t", "name: 'bad name'"), "name: String should match pattern"),
+        (("name: t", "name: 'bad name'"), "name: Value error, 'bad name': a name starts with a letter or digit"),
+        # experiment x with dataset y__d and experiment x__y with dataset d would share shard ids
+        (("name: e1", "name: x__y"), "experiments[0].name: Value error, 'x__y': a name starts with a letter"),
+        (("{name: syn,", "{name: y__d,"), "datasets[0].name: Value error, 'y__d'"),
         (("name: t", "name: t\nbogus: 1"), "bogus: unknown key"),
         (("[[1, 500], [500, 1000]]", "[]"), "buckets: List should have at least 1 item"),
         (("[[1, 500], [500, 1000]]", "[[500, 100]]"), "empty or inverted"),
@@ -110,6 +113,8 @@ def test_concurrency_defaults_to_one_without_rates() -> None:
         (("{provider: simulated}", "{provider: bedrock}"), "endpoint.model_id: Field required"),
         (("concurrency_levels: [1, 2]", "concurrency_levels: [0]"), "concurrency_levels[0]"),
         (("concurrency_levels: [1, 2]", "concurrency_levels: [2, 2]"), "unique"),
+        (("concurrency_levels: [1, 2]", "request_rates: [1.0000001, 1.0000002]"),
+         "request_rates: Value error, levels must differ within 6 significant digits"),
         (("concurrency_levels: [1, 2]", "concurrency_levels: []"), "must not be empty"),
         (("concurrency_levels: [1, 2]", "request_rates: [0]"), "request_rates[0]"),
         (("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    inference: {max_tokens: 0}"),

@@ -20,11 +20,24 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+#: A name: it is part of file names and shard ids, whose parts a double underscore separates.
+_NAME = r"^[A-Za-z0-9](?:_?[A-Za-z0-9.-])*_?$"
+
+
+def _name(value: str) -> str:
+    if not re.fullmatch(_NAME, value):
+        raise ValueError(f"{value!r}: a name starts with a letter or digit and holds only letters, digits, '.', "
+                         "'-' and single '_' (a double underscore separates the parts of shard ids)")
+    return value
+
+
+#: A dataset's, experiment's, judge's or benchmark's name (the pattern is also in the JSON schema, for forms).
+_Name = Annotated[str, AfterValidator(_name), WithJsonSchema({"type": "string", "pattern": _NAME})]
 
 
 class _Model(BaseModel):
@@ -35,7 +48,7 @@ class _Model(BaseModel):
 
 
 class _DatasetBase(_Model):
-    name: str = Field(pattern=_NAME, description="Dataset name, used in results and file names.")
+    name: _Name = Field(description="Dataset name, used in results and file names.")
     max_prompts: int | None = Field(
         default=None, ge=1, description="Use at most this many prompts per bucket (after bucketing): the first in "
         "file order for JSONL and LongBench files; for synthetic prompts, an evenly spaced subset of each bucket's "
@@ -413,7 +426,7 @@ def instance_count(endpoint: Any, pricing: PricingConfig | None) -> int:
 class ExperimentConfig(_Model):
     """One endpoint configuration to benchmark over every dataset bucket and concurrency level."""
 
-    name: str = Field(pattern=_NAME, description="Experiment name, used in results and file names.")
+    name: _Name = Field(description="Experiment name, used in results and file names.")
     endpoint: EndpointConfig = Field(description="Where requests go.")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Generation parameters.")
     concurrency_levels: list[Annotated[int, Field(ge=1)]] | None = Field(
@@ -473,6 +486,8 @@ class ExperimentConfig(_Model):
                 raise ValueError("must not be empty (omit it instead)")
             if len(set(v)) != len(v):
                 raise ValueError("levels must be unique")
+            if len({f"{x:g}" for x in v}) != len(v):  # as shard ids name them (r1.5): one id, one shard
+                raise ValueError("levels must differ within 6 significant digits (shard ids name them so)")
         return v
 
     @model_validator(mode="after")
@@ -537,7 +552,7 @@ class SLOConfig(_Model):
 class JudgeConfig(_Model):
     """One LLM judge of the evaluation panel: an endpoint of any provider."""
 
-    name: str = Field(pattern=_NAME, description="Judge name, used in results.")
+    name: _Name = Field(description="Judge name, used in results.")
     endpoint: EndpointConfig = Field(description="Where judge requests go (deployed and deleted like an experiment's).")
     inference: InferenceConfig = Field(
         default_factory=lambda: InferenceConfig(max_tokens=256, temperature=0.0, stream=False),
@@ -603,7 +618,7 @@ class EvaluationConfig(_Model):
 class BenchmarkConfig(_Model):
     """A whole benchmark: datasets × experiments × concurrency levels, with SLOs and pricing."""
 
-    name: str = Field(pattern=_NAME, description="Benchmark name; results go to OUTPUT/NAME/RUN_ID.")
+    name: _Name = Field(description="Benchmark name; results go to OUTPUT/NAME/RUN_ID.")
     description: str | None = Field(default=None, description="Free text shown in the report.")
     output: str = Field(default="results", description="Local directory or s3://bucket/prefix for results.")
     tokenizer: str = Field(
