@@ -130,8 +130,8 @@ async def run_with_retries(
                 continue
             shard._fail(rec, prompt, sched, t_before, kind, message, status)
             return
-        if sched is None:
-            sched = t_before
+        # (closed loop, answered at the first attempt: None, so the request is timed from the client's
+        # own send stamp, exactly as without retries)
         try:
             shard._ok(i, prompt, sched, result, attempt)
         except Exception as exc:  # noqa: BLE001 (a malformed Completion is one failed record)

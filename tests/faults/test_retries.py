@@ -96,6 +96,12 @@ def test_metrics_count_each_request_once(retried: tuple[object, pl.DataFrame, di
     retried_ok = final.filter(pl.col("ok") & (pl.col("attempt") > 1))
     assert retried_ok.height > 0
     assert (retried_ok["latency_s"] > retried_ok["t_end"] - retried_ok["t_start"]).all()
+    # One answered at its first attempt is timed as it would be without retries: from the client's own
+    # send stamp (closed loop: scheduled when sent, no send lag).
+    first = final.filter(pl.col("ok") & (pl.col("attempt") == 1) & ~pl.col("warmup"))
+    assert first.height > 0
+    assert (first["t_scheduled"] == first["t_start"]).all() and (first["send_lag_s"] == 0).all()
+    assert (first["latency_s"] == first["t_end"] - first["t_start"]).all()
 
 
 def test_a_client_error_is_not_retried(tmp_path: Path) -> None:
