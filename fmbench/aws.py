@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -92,11 +93,46 @@ def client_config(concurrency: int, timeout_s: float) -> botocore.config.Config:
     )
 
 
-def translate_client_error(exc: Exception, what: str) -> EndpointError:
+#: Signing material AWS may echo in an error (InvalidSignatureException quotes the canonical request,
+#: session token included): the value after these names never reaches a message.
+_SIGNING = re.compile(r"(?i)(x-amz-security-token\s*[:=]\s*|signature\s*=\s*)[^\s'\",&;]+")
+
+
+def redact_aws(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` without AWS signing material (`_SIGNING`) or any of ``secrets`` (the credentials' values)."""
+    text = _SIGNING.sub(r"\1***", text)
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def session_secrets(session: boto3.Session) -> tuple[str, ...]:
+    """The values of a session's credentials (key id, secret key, session token) that messages must
+    not carry; empty when it has none."""
+    try:
+        creds = session.get_credentials()
+        frozen = creds.get_frozen_credentials() if creds is not None else None
+    except Exception:  # noqa: BLE001 - no credentials is the call's own error, said there
+        return ()
+    if frozen is None:
+        return ()
+    return tuple(v for v in (frozen.token, frozen.secret_key, frozen.access_key) if v)
+
+
+def translate_client_error(exc: Exception, what: str, secrets: tuple[str, ...] = ()) -> EndpointError:
     """Map a botocore/urllib3 exception raised by a runtime call to an `EndpointError`.
 
-    ``what`` names the call (e.g. ``sagemaker endpoint my-ep``) for the message.
+    ``what`` names the call (e.g. ``sagemaker endpoint my-ep``) for the message. The message never
+    carries AWS signing material nor ``secrets`` (`redact_aws`): it is stored in the run's records.
     """
+    err = _translate(exc, what)
+    if err is not exc:
+        err.args = (redact_aws(str(err), secrets),)
+    return err
+
+
+def _translate(exc: Exception, what: str) -> EndpointError:
     if isinstance(exc, EndpointError):
         return exc
     if isinstance(exc, botocore.exceptions.ClientError):  # includes EventStreamError
@@ -110,6 +146,8 @@ def translate_client_error(exc: Exception, what: str) -> EndpointError:
             return EndpointThrottled(f"{what}: {code}: {message}", status=429 if status in (None, 200) else status)
         if code == "ModelError":
             original = exc.response.get("OriginalStatusCode")
+            if str(original) == "429":  # the container throttled (SageMaker wraps its answer in a 424)
+                return EndpointThrottled(f"{what}: ModelError (container answered 429): {message}", status=429)
             return EndpointHTTPError(
                 f"{what}: ModelError (container answered {original}): {message}",
                 status=int(original) if original else status,
@@ -145,11 +183,45 @@ def translate_client_error(exc: Exception, what: str) -> EndpointError:
         ),
     ):
         return EndpointConnectionError(f"{what}: connection failed ({exc.__class__.__name__}: {exc})")
-    if isinstance(exc, (ValueError, KeyError, TypeError)):
+    if isinstance(exc, (ValueError, KeyError, TypeError, AttributeError, IndexError)):
+        # (an answer of an unexpected shape: a list or a string where an object belongs)
         return EndpointProtocolError(f"{what}: unparseable answer ({exc.__class__.__name__}: {exc})")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return EndpointConnectionError(f"{what}: {exc.__class__.__name__}: {exc}")
     return EndpointError(f"{what}: {exc.__class__.__name__}: {exc}")
+
+
+def bound_reads(body: Any, deadline: float, what: str, timeout_s: float) -> None:
+    """Bound the next socket reads of a response ``body`` (a botocore event stream or streaming body)
+    to the time left before the request's ``deadline``: botocore's read timeout is per read, so a
+    stream that stalls after a part would otherwise fail a whole read timeout after it, up to twice
+    the request's timeout. Call it when the body arrives and after each part; `restore_reads` after.
+
+    Raises:
+        EndpointTimeout: no time is left.
+    """
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise EndpointTimeout(f"{what}: no complete answer within the {timeout_s:g} s timeout")
+    sock = _socket_of(body)
+    if sock is not None:
+        sock.settimeout(left)
+
+
+def restore_reads(body: Any, timeout_s: float) -> None:
+    """Give the body's connection back its per-read timeout (it returns to the pool for other requests)."""
+    sock = _socket_of(body)
+    if sock is not None:
+        try:
+            sock.settimeout(timeout_s)
+        except OSError:  # closed meanwhile: nothing to give back
+            pass
+
+
+def _socket_of(body: Any) -> Any:
+    """The socket under a botocore body: its urllib3 response's connection's (None when not reachable)."""
+    raw = getattr(body, "_raw_stream", None)
+    return getattr(getattr(raw, "connection", None), "sock", None)
 
 
 class SendStamps:
@@ -228,11 +300,13 @@ class BotoRuntimeClient:
         self._stamps: SendStamps | None = None
         self._runner = ThreadRunner()
         self._what = what
+        self._secrets: tuple[str, ...] = ()  # the credentials' values, kept out of error messages
 
     async def open(self, concurrency: int) -> None:
         """Create the boto3 client and a thread pool for ``concurrency`` requests in flight."""
         try:
             session = make_session(self.region, self.profile)
+            self._secrets = session_secrets(session)
             self._client = session.client(
                 self.service,
                 region_name=self.region or session.region_name,
@@ -240,7 +314,7 @@ class BotoRuntimeClient:
                 config=client_config(concurrency, self.inference.timeout_s),
             )
         except Exception as exc:
-            raise translate_client_error(exc, self._what) from exc
+            raise translate_client_error(exc, self._what, self._secrets) from exc
         self._stamps = SendStamps(self._client)
         self._runner.open(concurrency)
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from fmbench.aws import (
     BotoRuntimeClient,
+    bound_reads,
+    restore_reads,
     translate_client_error,
 )
 from fmbench.config import BedrockEndpoint, InferenceConfig
@@ -98,7 +100,7 @@ class BedrockClient(BotoRuntimeClient):
             text = "".join(block.get("text", "") for block in content if isinstance(block, dict))
             usage = resp.get("usage") or {}
         except Exception as exc:
-            raise translate_client_error(exc, self._what) from exc
+            raise translate_client_error(exc, self._what, self._secrets) from exc
         if not text:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return Completion(
@@ -119,6 +121,8 @@ class BedrockClient(BotoRuntimeClient):
             resp = self._client.converse_stream(**params)
             t_start = self._stamps.last(t_call)
             stream = resp["stream"]
+            timeout = self.inference.timeout_s
+            bound_reads(stream, deadline, self._what, timeout)
             for event in stream:
                 now = time.monotonic()
                 if "contentBlockDelta" in event:
@@ -131,12 +135,14 @@ class BedrockClient(BotoRuntimeClient):
                 elif "metadata" in event:
                     usage = event["metadata"].get("usage") or {}
                 if now > deadline:
-                    raise EndpointTimeout(f"{self._what}: stream exceeded the {self.inference.timeout_s:g} s timeout")
+                    raise EndpointTimeout(f"{self._what}: stream exceeded the {timeout:g} s timeout")
+                bound_reads(stream, deadline, self._what, timeout)  # the next event: within what is left
             t_end = time.monotonic()
         except Exception as exc:
-            raise translate_client_error(exc, self._what) from exc
+            raise translate_client_error(exc, self._what, self._secrets) from exc
         finally:
             if stream is not None:
+                restore_reads(stream, self.inference.timeout_s)
                 stream.close()
         if not stopped:
             raise EndpointProtocolError(f"{self._what}: stream ended before messageStop")

@@ -32,13 +32,38 @@ from typing import Any
 
 from fmbench.aws import (
     BotoRuntimeClient,
+    bound_reads,
+    restore_reads,
     translate_client_error,
 )
 from fmbench.config import InferenceConfig, SageMakerEndpoint
-from fmbench.errors import EndpointError, EndpointProtocolError, EndpointTimeout
+from fmbench.errors import (
+    EndpointError,
+    EndpointHTTPError,
+    EndpointProtocolError,
+    EndpointThrottled,
+    EndpointTimeout,
+)
 from fmbench.protocol import Completion, Prompt
 
 __all__ = ["SageMakerClient", "sagemaker_client"]
+
+
+#: TGI's ``error_type`` of an error event and the HTTP status its server gives the same error.
+_TGI_ERROR_STATUS = {"validation": 422, "overloaded": 429}
+
+
+def _stream_error(event: dict[str, Any], what: str) -> EndpointHTTPError:
+    """The server's own error event inside a stream (OpenAI's ``{"error": {"message", "code"}}``, TGI's
+    ``{"error": "...", "error_type": "..."}``) as the HTTP error it stands for: the answer was read,
+    the server failed it (500 unless the event says otherwise; TGI's overloaded is throttling)."""
+    err = event["error"]
+    code = err.get("code") if isinstance(err, dict) else None
+    message = (err.get("message") or err) if isinstance(err, dict) else err
+    status = code if isinstance(code, int) and 400 <= code <= 599 else _TGI_ERROR_STATUS.get(
+        str(event.get("error_type")), 500)
+    text = f"{what}: error in stream (status {status}): {str(message)[:200]}"
+    return EndpointThrottled(text, status=429) if status == 429 else EndpointHTTPError(text, status=status)
 
 
 class _LineParser:
@@ -81,7 +106,7 @@ class _LineParser:
         if not isinstance(event, dict):
             raise EndpointProtocolError(f"{self.what}: streamed line is not a JSON object: {line[:80]!r}")
         if event.get("error"):
-            raise EndpointProtocolError(f"{self.what}: error in stream: {str(event['error'])[:200]}")
+            raise _stream_error(event, self.what)
         if self.payload == "tgi":
             return self._tgi(event)
         return self._openai(event)
@@ -188,16 +213,23 @@ class SageMakerClient(BotoRuntimeClient):
         assert self._stamps is not None
         self._stamps.reset()
         t_call = time.monotonic()
+        timeout = self.inference.timeout_s
+        answer = None
         try:
             resp = self._client.invoke_endpoint(
                 EndpointName=self.endpoint_name, Body=body, ContentType="application/json", Accept="application/json"
             )
-            raw = resp["Body"].read()
+            answer = resp["Body"]
+            bound_reads(answer, t_call + timeout, self._what, timeout)
+            raw = answer.read()
             t_end = time.monotonic()
             t_start = self._stamps.last(t_call)
             return self._parse_full(raw, t_start, t_end)
         except Exception as exc:
-            raise translate_client_error(exc, self._what) from exc
+            raise translate_client_error(exc, self._what, self._secrets) from exc
+        finally:
+            if answer is not None:
+                restore_reads(answer, timeout)
 
     def _parse_full(self, raw: bytes, t_start: float, t_end: float) -> Completion:
         try:
@@ -242,26 +274,29 @@ class SageMakerClient(BotoRuntimeClient):
             )
             t_start = self._stamps.last(t_call)
             stream = resp["Body"]
+            timeout = self.inference.timeout_s
+            bound_reads(stream, deadline, self._what, timeout)
             for event in stream:
                 now = time.monotonic()
                 part = event.get("PayloadPart")
-                if part is None:
-                    continue
-                text = parser.feed(part.get("Bytes", b""))
-                if text:
-                    chunk_times.append(now)
-                    pieces.append(text)
+                if part is not None:
+                    text = parser.feed(part.get("Bytes", b""))
+                    if text:
+                        chunk_times.append(now)
+                        pieces.append(text)
                 if now > deadline:
-                    raise EndpointTimeout(f"{self._what}: stream exceeded the {self.inference.timeout_s:g} s timeout")
+                    raise EndpointTimeout(f"{self._what}: stream exceeded the {timeout:g} s timeout")
+                bound_reads(stream, deadline, self._what, timeout)  # the next part: within what is left
             now = time.monotonic()
             tail = parser.finish()
             if tail:
                 chunk_times.append(now)
                 pieces.append(tail)
         except Exception as exc:
-            raise translate_client_error(exc, self._what) from exc
+            raise translate_client_error(exc, self._what, self._secrets) from exc
         finally:
             if stream is not None:
+                restore_reads(stream, self.inference.timeout_s)
                 stream.close()
         if not parser.done:
             raise EndpointProtocolError(f"{self._what}: stream ended before its final event")

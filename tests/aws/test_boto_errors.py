@@ -38,6 +38,9 @@ def test_throttling_codes_are_throttled(code: str) -> None:
         (_client_error("ModelNotReadyException", 429), EndpointThrottled, "throttled", 429),
         (_client_error("ModelError", 424, OriginalStatusCode=503), EndpointHTTPError, "server_error", 503),
         (_client_error("ModelError", 424), EndpointHTTPError, "client_error", 424),
+        # the container throttled: SageMaker wraps its 429 in a 424 ModelError
+        (_client_error("ModelError", 424, OriginalStatusCode=429), EndpointThrottled, "throttled", 429),
+        (AttributeError("'str' object has no attribute 'get'"), EndpointProtocolError, "protocol", None),
         (_client_error("ValidationError", 400), EndpointHTTPError, "client_error", 400),
         (_client_error("AccessDeniedException", 403), EndpointHTTPError, "client_error", 403),
         (_client_error("InternalFailure", 500), EndpointHTTPError, "server_error", 500),

@@ -1,0 +1,173 @@
+"""The SageMaker and Bedrock clients against answers the simulated endpoint never gives: a scripted
+HTTP server on 127.0.0.1 speaks AWS's wire format (event streams, error answers), and the real
+clients (boto3 underneath) read it. What a request's record says must be what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from aiohttp import web
+
+from fmbench.config import InferenceConfig
+from fmbench.endpoints.bedrock import BedrockClient
+from fmbench.endpoints.sagemaker import SageMakerClient
+from fmbench.errors import EndpointError, EndpointHTTPError, EndpointThrottled, EndpointTimeout
+from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.protocol import Prompt
+from fmbench.simulator.eventstream import encode_event, encode_json_event
+from tests.support.app_thread import serve_app
+
+PROMPT = Prompt("p0", "hello", 1)
+TOKEN = "SESSION-TOKEN-must-stay-secret"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _app(handler: Handler) -> web.Application:
+    app = web.Application()
+    for path in ("/endpoints/{name}/invocations-response-stream", "/endpoints/{name}/invocations",
+                 "/model/{model}/converse-stream", "/model/{model}/converse"):
+        app.router.add_post(path, handler)
+    return app
+
+
+def _stream(parts: list[tuple[float, bytes]]) -> Handler:
+    """An event stream of ``parts``, each written after its delay (seconds)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
+        await resp.prepare(request)
+        for delay, data in parts:
+            await asyncio.sleep(delay)
+            await resp.write(data)
+        await resp.write_eof()
+        return resp
+    return handler
+
+
+def _sagemaker(url: str, payload: str = "tgi", **inference: Any) -> SageMakerClient:
+    return SageMakerClient("ep", InferenceConfig(**inference), payload=payload, runtime_endpoint_url=url)
+
+
+def _bedrock(url: str, **inference: Any) -> BedrockClient:
+    return BedrockClient("meta.llama3-8b-instruct-v1:0", InferenceConfig(**inference), runtime_endpoint_url=url)
+
+
+def _complete(client: Any) -> tuple[Any, BaseException | None, float]:
+    async def go() -> tuple[Any, BaseException | None, float]:
+        await client.open(1)
+        t0 = time.monotonic()
+        try:
+            return await client.complete(PROMPT), None, time.monotonic() - t0
+        except EndpointError as exc:
+            return None, exc, time.monotonic() - t0
+        finally:
+            await client.close()
+    return asyncio.run(go())
+
+
+def _part(data: dict[str, Any]) -> bytes:
+    return encode_event("PayloadPart", b"data:" + json.dumps(data).encode() + b"\n\n")
+
+
+def test_a_bad_signature_answer_never_carries_the_session_token_into_the_records(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """AWS answers a bad signature by quoting the request it expected, session token included."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        token = request.headers.get("X-Amz-Security-Token", "")
+        assert token == TOKEN  # (the client signed with it: the answer below quotes it back)
+        message = ("The request signature we calculated does not match the signature you provided.\n\nThe "
+                   f"Canonical String for this request should have been\n'POST\n{request.path}\n\nhost:"
+                   f"{request.host}\nx-amz-security-token:{token}\n\nhost;x-amz-date;x-amz-security-token'")
+        return web.Response(status=403, body=json.dumps({"message": message}).encode(),
+                            headers={"Content-Type": "application/x-amz-json-1.1",
+                                     "x-amzn-ErrorType": "InvalidSignatureException"})
+
+    with serve_app(_app(refuse)) as url:
+        for client in (_sagemaker(url), _sagemaker(url, stream=False), _bedrock(url), _bedrock(url, stream=False)):
+            _, err, _ = _complete(client)
+            assert isinstance(err, EndpointHTTPError) and err.status == 403, err
+            assert "InvalidSignatureException" in str(err) and "x-amz-security-token:***" in str(err), err
+            assert TOKEN not in str(err)
+        spec = ShardSpec(shard_id="s", experiment="e", dataset="d", bucket="b", bucket_min=0, bucket_max=9,
+                         requests=2, warmup=0)
+        run_shard(_sagemaker(url, "messages"), [PROMPT], spec, tmp_path / "s.parquet", len)
+    records = pl.read_parquet(tmp_path / "s.parquet")
+    assert records["error"].str.contains("InvalidSignatureException").all()
+    assert not records["error"].str.contains(TOKEN, literal=True).any()
+
+
+def test_a_stream_that_stalls_fails_at_its_timeout_not_a_read_timeout_after_its_last_part() -> None:
+    """botocore's read timeout is per read: the request's own timeout bounds the whole answer."""
+    token = _part({"token": {"text": " a"}, "generated_text": None})
+    last = _part({"token": {"text": " b"}, "generated_text": " a b", "details": {"generated_tokens": 2}})
+    bedrock = [(0.0, encode_json_event("messageStart", {"role": "assistant"})),
+               (1.8, encode_json_event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "a"}})),
+               (4.0, encode_json_event("messageStop", {"stopReason": "end_turn"}))]
+    for client, parts in ((_sagemaker, [(1.8, token), (4.0, last)]), (_bedrock, bedrock)):
+        with serve_app(_app(_stream(parts))) as url:
+            _, err, elapsed = _complete(client(url, timeout_s=2.0))
+        # a part at 1.8 s, then nothing: the 2-s timeout ends it at 2 s (a read timeout would at 3.8 s)
+        assert isinstance(err, EndpointTimeout), err
+        assert elapsed < 3.0, elapsed
+
+
+def test_a_stream_that_keeps_its_timeout_is_answered_and_the_connection_is_reused() -> None:
+    """The time left bounds each read of one answer only: the pooled connection's next request gets
+    its whole timeout again."""
+    parts = [(0.3, _part({"token": {"text": " a"}, "generated_text": None})),
+             (0.3, _part({"token": {"text": " b"}, "generated_text": " a b", "details": {"generated_tokens": 2}}))]
+    with serve_app(_app(_stream(parts))) as url:
+        client = _sagemaker(url, timeout_s=1.0)
+
+        async def twice() -> list[Any]:
+            await client.open(1)
+            try:
+                return [await client.complete(PROMPT) for _ in range(3)]
+            finally:
+                await client.close()
+
+        answers = asyncio.run(twice())
+    assert [a.text for a in answers] == [" a b"] * 3 and all(a.output_tokens == 2 for a in answers)
+
+
+@pytest.mark.parametrize(("payload", "event", "cls", "status"), [
+    ("messages", {"error": {"message": "overloaded", "code": 503}}, EndpointHTTPError, 503),
+    ("tgi", {"error": "Request failed during generation: CUDA out of memory", "error_type": "generation"},
+     EndpointHTTPError, 500),
+    ("tgi", {"error": "Model is overloaded", "error_type": "overloaded"}, EndpointThrottled, 429),
+    ("tgi", {"error": "Input validation error: inputs too long", "error_type": "validation"}, EndpointHTTPError, 422),
+], ids=["openai-503", "tgi-generation", "tgi-overloaded", "tgi-validation"])
+def test_an_error_event_in_a_stream_is_the_servers_error(payload: str, event: dict[str, Any], cls: type,
+                                                         status: int) -> None:
+    """The container read the request and failed it: an HTTP error of its status, not an unparseable
+    answer (as the OpenAI client reads the same event)."""
+    with serve_app(_app(_stream([(0.0, _part(event))]))) as url:
+        _, err, _ = _complete(_sagemaker(url, payload))
+    assert type(err) is cls and err.status == status, err  # type: ignore[union-attr]
+    assert "error in stream" in str(err)
+
+
+@pytest.mark.parametrize("answer", [
+    {"choices": ["not an object"]},
+    {"choices": [{"message": "a string, not a message"}]},
+    {"choices": {"0": {"message": {"content": "x"}}}},
+], ids=["choice-string", "message-string", "choices-object"])
+def test_an_answer_of_another_shape_is_a_protocol_error(answer: dict[str, Any]) -> None:
+    async def reply(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(answer)
+
+    with serve_app(_app(reply)) as url:
+        _, err, _ = _complete(_sagemaker(url, "messages", stream=False))
+    assert err is not None and err.kind == "protocol", err
