@@ -25,7 +25,7 @@ import boto3
 import botocore.exceptions
 
 from fmbench import interrupts, progress
-from fmbench.aws import make_session
+from fmbench.aws import make_session, redact_aws
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, deploy_state, note_deploy_state, register_provider
 from fmbench.errors import ConfigError, DeploymentError
@@ -91,9 +91,16 @@ def _sagemaker_client(cfg: SageMakerEndpoint) -> tuple[Any, str]:
 
 
 def _describe(call: str, exc: Exception) -> DeploymentError:
-    """The one translation of botocore errors into a `DeploymentError` (secrets never included)."""
+    """The one translation of botocore errors into a `DeploymentError` (secrets never included: nor
+    the signing material AWS may quote, `fmbench.aws.redact_aws`)."""
     if isinstance(exc, DeploymentError):
         return exc
+    error = _described(call, exc)
+    error.args = (redact_aws(str(error)),)
+    return error
+
+
+def _described(call: str, exc: Exception) -> DeploymentError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return DeploymentError(
             f"{call}: no AWS credentials found (standard chain: environment, profile, SSO, instance role); "
@@ -550,10 +557,8 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
         if error is exc:
             raise
         if any(value in str(error) for value in secrets.values()):  # a validation error may quote them
-            message = str(error)
-            for value in secrets.values():
-                message = message.replace(value, "***")
-            error = DeploymentError(message)
+            # (and so may the error it came from: it is not chained, so no traceback shows it)
+            raise DeploymentError(redact_aws(str(error), tuple(secrets.values()))) from None
         raise error from exc
     return handle
 

@@ -87,3 +87,19 @@ def test_client_config_disables_retries_and_sizes_the_pool() -> None:
     assert cfg.max_pool_connections == 24 and cfg.read_timeout == 30.0
     assert cfg.retries == {"total_max_attempts": 1, "mode": "standard"}
     assert pool_size(0) >= 64 and pool_size(3) == 3
+
+
+def test_a_quoted_signature_never_reaches_a_message() -> None:
+    """AWS's answer to a bad signature quotes the request it expected, session token and signature."""
+    from fmbench.deploy.sagemaker import _describe
+
+    quoted = ("The request signature we calculated does not match the signature you provided.\n'POST\n/\n\n"
+              "x-amz-security-token:IQoJb3JpZ2luX2VjEPLANTED\n' Authorization: AWS4-HMAC-SHA256 "
+              "Credential=AKIA/20261203/us-east-1/sagemaker/aws4_request, Signature=0123456789abcdef0123456789abcdef")
+    exc = botocore.exceptions.ClientError({"Error": {"Code": "InvalidSignatureException", "Message": quoted}},
+                                          "CreateModel")  # type: ignore[arg-type]
+    for message in (str(translate_client_error(exc, "ep")), str(translate_client_error(exc, "ep", ("AKIA",))),
+                    str(_describe("creating the model", exc))):
+        assert "InvalidSignatureException" in message and "x-amz-security-token:***" in message, message
+        assert "PLANTED" not in message and "0123456789abcdef" not in message, message
+    assert "AKIA" not in str(translate_client_error(exc, "ep", ("AKIA",)))
