@@ -49,8 +49,9 @@ def load_benchmark_config(config: str | Path | Mapping[str, Any] | BenchmarkConf
         raise ConfigError(f"config: expected a path, YAML text, a mapping or a BenchmarkConfig, "
                           f"got {type(config).__name__}")
     cfg = narrow_config(loaded, experiments, concurrency_levels, requests_per_level)
-    check_pricing(cfg)
-    check_tokenizers(cfg, config_source_label(str(config)) if isinstance(config, (str, Path)) else "config")
+    source = config_source_label(str(config)) if isinstance(config, (str, Path)) else "config"
+    check_pricing(cfg, source)
+    check_tokenizers(cfg, source)
     from fmbench.quality.evaluate import check_evaluation
 
     check_evaluation(cfg)
@@ -75,17 +76,20 @@ def check_tokenizers(cfg: BenchmarkConfig, source: str) -> None:
     check_tokenizer_specs(cfg, source)
 
 
-def check_pricing(cfg: BenchmarkConfig) -> None:
+def check_pricing(cfg: BenchmarkConfig, source: str = "config") -> None:
     """Resolve every experiment's pricing now, so an unknown instance type fails before the run
     rather than after it has measured everything.
 
     Raises:
-        ConfigError: naming the experiment and the pricing field.
+        ConfigError: ``SOURCE: experiments.NAME.pricing...: problem``, as every config error names it.
     """
     from fmbench.pricing import resolve_pricing
 
     for experiment in cfg.experiments:
-        resolve_pricing(experiment)
+        try:
+            resolve_pricing(experiment)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
 
 
 def calibrate(run: RunInfo) -> Any:

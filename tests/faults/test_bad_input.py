@@ -128,6 +128,12 @@ def cases(c: Ctx) -> list[Case]:
         Case("sagemaker-contradiction", "validate", "instance_type is required",
              g.replace(SIM, "{{provider: sagemaker, image_uri: 'x.dkr.ecr.us-east-1.amazonaws.com/i:1'}}")),
         Case("missing-experiments", "validate", "experiments", g.split("experiments:")[0]),
+        Case("pricing-unknown-type", "validate", "cfg.yml: experiments.e.pricing.instance_type: unknown instance type",
+             g.replace("    inference:", "    pricing: {{instance_type: ml.nope.xlarge}}\n    inference:")),
+        Case("pricing-count-differs", "validate",
+             "cfg.yml: experiments[0]: Value error, pricing.instance_count (2) differs from endpoint.instance_count (1",
+             _sagemaker_deploy("http://127.0.0.1:9").replace(
+                 "    inference:", "    pricing: {{hourly_usd: 1.0, instance_count: 2}}\n    inference:")),
         Case("retries-too-many", "validate", "experiments[0].request_retries",
              g.replace("warmup_requests: 0", "warmup_requests: 0\n    request_retries: 99")),
         # ---- CLI arguments
