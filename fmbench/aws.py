@@ -132,6 +132,14 @@ def translate_client_error(exc: Exception, what: str, secrets: tuple[str, ...] =
     return err
 
 
+def _retry_after(value: Any) -> float | None:
+    """Seconds from a Retry-After header in delta-seconds (AWS sends no HTTP-date), None otherwise."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _translate(exc: Exception, what: str) -> EndpointError:
     if isinstance(exc, EndpointError):
         return exc
@@ -143,13 +151,17 @@ def _translate(exc: Exception, what: str) -> EndpointError:
         message = str(err.get("Message", "")) or str(exc)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in THROTTLING_CODES or status == 429:
-            return EndpointThrottled(f"{what}: {code}: {message}", status=429 if status in (None, 200) else status)
-        if code == "ModelError":
-            original = exc.response.get("OriginalStatusCode")
+            headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+            return EndpointThrottled(f"{what}: {code}: {message}", status=429 if status in (None, 200) else status,
+                                     retry_after_s=_retry_after(headers.get("retry-after")))
+        if code == "ModelTimeoutException":  # Bedrock: the model did not answer in the service's time
+            return EndpointTimeout(f"{what}: {code}: {message}")
+        if code in ("ModelError", "ModelErrorException"):  # SageMaker's, Bedrock's: the model's own status
+            original = exc.response.get("OriginalStatusCode") or exc.response.get("originalStatusCode")
             if str(original) == "429":  # the container throttled (SageMaker wraps its answer in a 424)
-                return EndpointThrottled(f"{what}: ModelError (container answered 429): {message}", status=429)
+                return EndpointThrottled(f"{what}: {code} (container answered 429): {message}", status=429)
             return EndpointHTTPError(
-                f"{what}: ModelError (container answered {original}): {message}",
+                f"{what}: {code} (container answered {original}): {message}",
                 status=int(original) if original else status,
             )
         if status in (None, 200):  # error event inside a stream

@@ -41,6 +41,9 @@ def test_throttling_codes_are_throttled(code: str) -> None:
         # the container throttled: SageMaker wraps its 429 in a 424 ModelError
         (_client_error("ModelError", 424, OriginalStatusCode=429), EndpointThrottled, "throttled", 429),
         (AttributeError("'str' object has no attribute 'get'"), EndpointProtocolError, "protocol", None),
+        # Bedrock's: the model's own status, the model's own time out
+        (_client_error("ModelErrorException", 424, originalStatusCode=500), EndpointHTTPError, "server_error", 500),
+        (_client_error("ModelTimeoutException", 408), EndpointTimeout, "timeout", None),
         (_client_error("ValidationError", 400), EndpointHTTPError, "client_error", 400),
         (_client_error("AccessDeniedException", 403), EndpointHTTPError, "client_error", 403),
         (_client_error("InternalFailure", 500), EndpointHTTPError, "server_error", 500),
@@ -103,3 +106,11 @@ def test_a_quoted_signature_never_reaches_a_message() -> None:
         assert "InvalidSignatureException" in message and "x-amz-security-token:***" in message, message
         assert "PLANTED" not in message and "0123456789abcdef" not in message, message
     assert "AKIA" not in str(translate_client_error(exc, "ep", ("AKIA",)))
+
+
+def test_a_throttled_answer_says_when_to_try_again() -> None:
+    exc = _client_error("ThrottlingException", 429)
+    exc.response["ResponseMetadata"]["HTTPHeaders"] = {"retry-after": "7"}  # type: ignore[index]
+    err = translate_client_error(exc, "ep")
+    assert isinstance(err, EndpointThrottled) and err.retry_after_s == 7.0
+    assert translate_client_error(_client_error("ThrottlingException", 429), "ep").retry_after_s is None  # type: ignore[attr-defined]
