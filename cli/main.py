@@ -175,9 +175,10 @@ def _failed_shards(report_url: str) -> list[str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fmbench.pipeline import load_benchmark_config
+    from fmbench.pipeline import check_dataset_files, config_source_label, load_benchmark_config
 
     cfg = load_benchmark_config(args.config, overrides=args.overrides)
+    check_dataset_files(cfg, config_source_label(str(args.config)))
     shards = 0
     for e in cfg.experiments:
         levels = len(e.concurrency_levels or []) + len(e.request_rates or [])

@@ -19,7 +19,14 @@ from fmbench.pipeline.endpoint import (
     not_torn_down,
     teardown,
 )
-from fmbench.pipeline.prepare import calibrate, check_pricing, check_tokenizers, load_benchmark_config
+from fmbench.pipeline.prepare import (
+    calibrate,
+    check_dataset_files,
+    check_pricing,
+    check_tokenizers,
+    config_source_label,
+    load_benchmark_config,
+)
 from fmbench.pipeline.prompts import (
     PromptSet,
     bucket_dataset,
@@ -59,8 +66,10 @@ __all__ = [
     "calibrate",
     "check_buckets",
     "check_client_hosts",
+    "check_dataset_files",
     "check_pricing",
     "check_tokenizers",
+    "config_source_label",
     "dataset_cache_key",
     "deploy",
     "endpoint_lock_name",

@@ -76,6 +76,21 @@ def check_tokenizers(cfg: BenchmarkConfig, source: str) -> None:
     check_tokenizer_specs(cfg, source)
 
 
+def check_dataset_files(cfg: BenchmarkConfig, source: str) -> None:
+    """Every local dataset file exists (a run's preflight reads them; ``validate`` only looks).
+
+    Raises:
+        ConfigError: ``SOURCE: datasets[NAME].path: file not found: PATH`` (or a directory).
+    """
+    from fmbench.datasets import dataset_location
+
+    for ds in cfg.datasets:
+        location = dataset_location(cfg, ds)
+        if isinstance(location, Path) and not location.is_file():
+            what = "a directory, not a file" if location.is_dir() else "file not found"
+            raise ConfigError(f"{source}: datasets[{ds.name}].path: {what}: {location}")
+
+
 def check_pricing(cfg: BenchmarkConfig, source: str = "config") -> None:
     """Resolve every experiment's pricing now, so an unknown instance type fails before the run
     rather than after it has measured everything.

@@ -159,6 +159,8 @@ def cases(c: Ctx) -> list[Case]:
              env={"FMBENCH_PNG_TIMEOUT_S": "soon"}, category="cli"),
         # ---- datasets
         Case("dataset-missing-file", "run", "nope.jsonl", _jsonl("d", "nope.jsonl"), category="dataset"),
+        Case("dataset-missing-file-validate", "validate", "cfg.yml: datasets[d].path: file not found: ",
+             _jsonl("d", "nope.jsonl"), category="dataset"),
         Case("dataset-path-is-a-directory", "run", "datasets[d].path: a directory, not a file", _jsonl("d", "sub"),
              files={"sub/x.jsonl": b'{"prompt": "hi"}\n'}, category="dataset"),
         Case("dataset-hub-path-without-subset", "validate", "'hf:THUDM/LongBench': expected hf:ORG/REPO/SUBSET",
