@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import polars as pl
 
 from fmbench.metrics import good_request
+from fmbench.metrics.cost import usd
 from fmbench.records import final_attempts
 from fmbench.regression import bootstrap_diff_ci, bootstrap_rate_ci
 from fmbench.regression.noise import rate_samples
@@ -236,7 +237,7 @@ def _fmt(metric: str, v: float, signed: bool = False) -> str:
     if metric in ("goodput_share", "accuracy"):
         return f"{v * 100:{sign}.1f}%" if not signed else f"{v * 100:+.1f} pt"
     if metric.startswith("cost"):
-        return f"{'+' if signed and v >= 0 else '-' if v < 0 else ''}${abs(v):,.4g}"
+        return f"{'+' if signed and v >= 0 else '-' if v < 0 else ''}{usd(abs(v))}"
     return f"{v:{sign},.1f}"
 
 
@@ -266,6 +267,6 @@ def delta_note(n_resamples: int = 400, confidence: float = 0.95) -> str:
             f"{confidence:.0%} interval of a seeded bootstrap ({n_resamples} resamples of the per-request values, as "
             "regression detection uses) excludes zero, else it is within noise. p95 ITL resamples the pooled gaps; "
             "goodput the per-request good/not-good outcome; closed-loop throughput and instance-priced cost take "
-            "their interval from the latencies (Little's law). Token-priced cost and open-loop throughput have no "
+            "their interval from every request's time in flight and outcome (Little's law, failures included). Token-priced cost and open-loop throughput have no "
             "noise estimate. Evaluated accuracy is compared per dataset bucket (all loads together), resampling "
             "the per-request scores (or the judge panel's decided verdicts).")

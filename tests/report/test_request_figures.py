@@ -149,3 +149,12 @@ def test_a_throughput_lost_to_failures_is_worse_not_noise() -> None:
         assert d.change is not None and abs(d.change) > abs(change) and (d.change > 0) == (change > 0), d
         assert d.ci is not None and d.ci[0] <= d.after - d.before <= d.ci[1], d
         assert d.verdict == "worse", d
+
+
+def test_cost_changes_are_written_as_dollars_not_in_scientific_notation() -> None:
+    from fmbench.report.deltas import Delta
+
+    d = Delta(shard="d 1-500 c=2", baseline="a/exp", run="b/exp", metric="cost_per_10k_txn", label="cost per 10k txn",
+              before=0.158, after=0.2369, ci=(-5.649e-05, 5.482e-05), verdict="within noise")
+    [row] = delta_rows([d])
+    assert (row["Before"], row["After"], row["95% CI of difference"]) == ("$0.16", "$0.24", "-$0.000056 … +$0.000055")
