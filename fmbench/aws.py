@@ -98,11 +98,17 @@ def client_config(concurrency: int, timeout_s: float) -> botocore.config.Config:
 _SIGNING = re.compile(r"(?i)(x-amz-security-token\s*[:=]\s*|signature\s*=\s*)[^\s'\",&;]+")
 
 
+#: Credential values shorter than this are not real AWS credentials (a key id has 20 characters, a
+#: secret key 40, a session token hundreds) but test or placeholder values: replacing them everywhere
+#: would only mangle the message ("s" in every word).
+_MIN_SECRET = 12
+
+
 def redact_aws(text: str, secrets: tuple[str, ...] = ()) -> str:
     """``text`` without AWS signing material (`_SIGNING`) or any of ``secrets`` (the credentials' values)."""
     text = _SIGNING.sub(r"\1***", text)
     for secret in secrets:
-        if secret:
+        if len(secret) >= _MIN_SECRET:
             text = text.replace(secret, "***")
     return text
 
