@@ -28,24 +28,10 @@ def _dataset_key(context: Any, parameters: dict[str, Any]) -> str:
                                                            parameters.get("tokenizer"))
 
 
-def _run_key(run: RunInfo) -> str:
-    # The run directory, and which one: a directory deleted and made again under the same run id is
-    # another run, and nothing cached for the old one (whose records are gone) may stand for it.
-    return f"{run.url}-{run.uid}"
-
-
-def _shard_key(context: Any, parameters: dict[str, Any]) -> str:
-    # One measurement per shard of a run: resuming the run (same run id) reuses it.
-    return f"fmbench-shard-{_run_key(parameters['run'])}-{parameters['spec'].shard_id}"
-
-
-def _evaluation_key(context: Any, parameters: dict[str, Any]) -> str:
-    # One complete evaluation per experiment of a run and evaluation settings (incomplete ones raise,
-    # so they are not cached and a resumed run evaluates again).
-    from fmbench.quality.evaluate import evaluation_key
-
-    return (f"fmbench-evaluation-{_run_key(parameters['run'])}-{parameters['experiment']}-"
-            f"{evaluation_key(parameters['cfg'])}")
+# Shards and evaluations are not cached by Prefect: the run directory is their one record
+# (`finished_shard`, `finished_evaluation`), and a resumed run reuses what it holds there. A Prefect
+# cache entry outlives it: a shard's result file deleted would stand measured, and an evaluation done
+# before a resume measured more shards would hide their answers.
 
 
 def _retry_if_endpoint_down(task: Any, task_run: Any, state: Any) -> bool:
@@ -93,7 +79,7 @@ def deploy_task(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo,
     return pipeline.deploy(cfg, experiment_name, run, stop_event)
 
 
-@task(name="inference-shard", cache_key_fn=_shard_key, persist_result=True, retries=pipeline.SHARD_RETRIES,
+@task(name="inference-shard", cache_policy=NO_CACHE, retries=pipeline.SHARD_RETRIES,
       retry_delay_seconds=list(pipeline.SHARD_RETRY_DELAYS_S), retry_condition_fn=_retry_if_endpoint_down,
       task_run_name="shard-{spec.shard_id}")
 def run_shard_task(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,
@@ -114,8 +100,7 @@ def finalize_task(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcom
     return pipeline.finalize_run(run, cfg, outcomes, prompt_sets, warnings)
 
 
-@task(name="evaluate-answers", cache_key_fn=_evaluation_key, persist_result=True,
-      task_run_name="evaluate-{experiment}")
+@task(name="evaluate-answers", cache_policy=NO_CACHE, task_run_name="evaluate-{experiment}")
 def evaluate_task(run: RunInfo, cfg: BenchmarkConfig, experiment: str, judges: JudgePanel | None,
                   stop_event: str | None = None) -> EvaluationOutcome:
     return evaluate_complete(run, cfg, experiment, judges, stop_event)

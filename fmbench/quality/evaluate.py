@@ -69,6 +69,8 @@ class EvaluationOutcome(BaseModel):
         description="ok: every judge answered; partial: some judge answered nothing (named in missing); "
         "failed: no evaluation (error says why).")
     key: str = Field(default="", description="Hash of the evaluation settings; a changed setting re-evaluates.")
+    answers: str = Field(default="", description="Hash of the answers evaluated; answers added since (a resumed "
+                         "run measured more shards) re-evaluate.")
     scored: int = Field(default=0, description="Successful requests scored against a reference.")
     judged: int = Field(default=0, description="Requests sent to the panel.")
     judge_calls: int = Field(default=0, description="Judge requests sent (all judges).")
@@ -150,14 +152,24 @@ def check_evaluation(cfg: BenchmarkConfig) -> None:
 
 
 def finished_evaluation(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> EvaluationOutcome | None:
-    """A complete evaluation of this experiment with the same settings (resume), or None."""
+    """A complete evaluation of this experiment with the same settings and answers (resume), or None."""
     url = storage.join(evaluation_dir(run, experiment), "outcome.json")
     if not storage.exists(url):
         return None
     outcome = EvaluationOutcome.model_validate_json(storage.read_text(url))
     if outcome.status != "ok" or outcome.key != evaluation_key(cfg):
         return None
+    if outcome.answers != answers_key(_answer_rows(run, experiment)):
+        return None
     return outcome.model_copy(update={"cached": True})
+
+
+def answers_key(rows: pl.DataFrame) -> str:
+    """A hash of the answers an evaluation scores (`_answer_rows`): which requests, and what they said."""
+    digest = hashlib.sha256()
+    for row in rows.select("shard_id", "request_id", "attempt", "text").iter_rows():
+        digest.update(json.dumps(row).encode())
+    return digest.hexdigest()[:16]
 
 
 def read_outcome(run_url: str, experiment: str) -> EvaluationOutcome | None:
@@ -207,7 +219,8 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
         log.info("evaluation of %s: already done, reused", experiment)
         return done
     template = judge_template(cfg)
-    items = _items(run, cfg, experiment)
+    rows = _answer_rows(run, experiment)
+    items = _items(run, cfg, experiment, rows)
     sample = _judge_sample(items, ev)
     calls: list[dict[str, Any]] = []
     missing: list[str] = []
@@ -232,7 +245,7 @@ def evaluate_experiment(run: RunInfo, cfg: BenchmarkConfig, experiment: str,
     storage.write_parquet(storage.join(base, "judge_calls.parquet"), calls_frame)
     costs = [c["cost_usd"] for c in calls]
     outcome = EvaluationOutcome(
-        experiment=experiment, status="partial" if missing else "ok", key=evaluation_key(cfg),
+        experiment=experiment, status="partial" if missing else "ok", key=evaluation_key(cfg), answers=answers_key(rows),
         scored=int(scores["has_reference"].sum()), judged=len(sample), judge_calls=len(calls),
         judge_errors=sum(1 for c in calls if not c["ok"]),
         unparseable=sum(1 for c in calls if c["verdict"] == "unparseable"),
@@ -275,25 +288,29 @@ def failed_evaluation(run: RunInfo, experiment: str, error: BaseException | str)
 # ---------------------------------------------------------------- what is evaluated
 
 
-def _items(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> list[_Item]:
+def _answer_rows(run: RunInfo, experiment: str) -> pl.DataFrame:
+    """The experiment's successful measured requests that kept their answer, in a fixed order."""
+    url = run.path("requests.parquet")
+    req = storage.read_parquet(url) if storage.exists(url) else pl.DataFrame()
+    if "text" not in req.columns or req.height == 0:
+        return pl.DataFrame(schema={"shard_id": pl.String, "request_id": pl.Int64, "attempt": pl.Int64,
+                                    "text": pl.String})
+    req = req.filter((pl.col("experiment") == experiment) & pl.col("ok") & ~pl.col("warmup")
+                     & pl.col("text").is_not_null())
+    return req.sort(["shard_id", "request_id", "attempt"])
+
+
+def _items(run: RunInfo, cfg: BenchmarkConfig, experiment: str, rows: pl.DataFrame) -> list[_Item]:
     from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
     from fmbench.pipeline.shards import find_experiment
 
     # The experiment's prompts were stored under its tokenizer's prompt set (dataset@tokenizer).
     tokenizer = experiment_tokenizer(cfg, find_experiment(cfg, experiment))
-    url = run.path("requests.parquet")
-    if not storage.exists(url):
-        return []
-    req = storage.read_parquet(url)
-    if "text" not in req.columns or req.height == 0:
-        return []
-    req = req.filter((pl.col("experiment") == experiment) & pl.col("ok") & ~pl.col("warmup")
-                     & pl.col("text").is_not_null())
     from fmbench.datasets import read_prompts
 
     prompts: dict[tuple[str, str], dict[str, Prompt]] = {}
     items: list[_Item] = []
-    for row in req.sort(["shard_id", "request_id", "attempt"]).iter_rows(named=True):
+    for row in rows.iter_rows(named=True):
         key = (row["dataset"], row["bucket"])
         if key not in prompts:
             purl = run.prompts_file(PromptSet(dataset=key[0], tokenizer=tokenizer).key, key[1])

@@ -133,9 +133,9 @@ def test_killed_run_resumes_without_resending_measured_shards(cli_env: dict[str,
 
 
 def test_a_run_directory_deleted_and_made_again_is_measured_anew(prefect_harness: None, tmp_path: Path) -> None:
-    """Prefect caches each shard's outcome for resume. A run directory deleted and then made again
-    under the same run id is another run: nothing cached for the old one (its records are gone) may
-    stand for its shards. Before, the second run took the old outcomes and failed on records not found."""
+    """A run directory deleted and then made again under the same run id is another run: nothing of the
+    old one (its records are gone) may stand for its shards. When Prefect cached shard outcomes, the
+    second run took the old ones and failed on records not found."""
     cfg = _config(tmp_path, SIM, name="again", levels=[1], requests=2, warmup=0)
     first = Path(benchmark(config=str(cfg), run_id="same")).parent
     shutil.rmtree(first)
@@ -145,6 +145,22 @@ def test_a_run_directory_deleted_and_made_again_is_measured_anew(prefect_harness
     requests = pl.read_parquet(second / "requests.parquet")
     assert requests.height == 2 * 2 and requests["ok"].all()
     assert requests["t_start"].min() > made_again_at  # every request was sent by the second run
+
+
+def test_a_shard_whose_result_file_was_deleted_is_measured_again_on_resume(prefect_harness: None,
+                                                                          tmp_path: Path) -> None:
+    """The run directory is a shard's one record. With a Prefect cache entry per shard, a resume took
+    the deleted shard's old outcome as measured (and failed for ever when its records were gone too)."""
+    cfg = _config(tmp_path, SIM, name="lost", levels=[1, 2], requests=2, warmup=0)
+    run = Path(benchmark(config=str(cfg), run_id="r1")).parent
+    kept, lost = sorted(p.stem for p in (run / "shards").glob("*.json"))[:2]
+    (run / "shards" / f"{lost}.json").unlink()
+    resumed_at = time.monotonic()
+    assert Path(benchmark(config=str(cfg), run_id="r1")).parent == run
+    requests = pl.read_parquet(run / "requests.parquet")
+    assert requests.height == 2 * 2 * 2 and requests["ok"].all()
+    assert (requests.filter(pl.col("shard_id") == lost)["t_start"] > resumed_at).all()
+    assert (requests.filter(pl.col("shard_id") == kept)["t_start"] < resumed_at).all()
 
 
 def test_the_flow_runs_preflight_itself_before_any_run_directory(prefect_harness: None, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ Prefect flow's evaluation step, the report, the recommendation, and `fmbench eva
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,32 @@ def test_an_incomplete_evaluation_is_redone_and_a_complete_one_reused(tmp_path: 
     calls = _calls(run, "big")
     assert calls.height == 5 and calls["verdict"].is_in(["correct", "incorrect"]).all()
     assert "Missing evaluations" not in (run / "report.md").read_text()
+
+
+def test_an_evaluation_is_redone_when_the_run_has_answers_it_did_not_score(tmp_path: Path) -> None:
+    """A resumed run that measures more shards writes more answers to requests.parquet. An earlier
+    complete evaluation with the same settings stood for them before, so they were never scored."""
+    from fmbench.quality.evaluate import evaluate_experiment
+    from fmbench.rundir import RunInfo
+
+    raw = _config(tmp_path, evaluation={"judges": [PANEL[0]], "evaluate_per_shard": 5}, name="grown")
+    raw["experiments"] = raw["experiments"][:1]
+    raw["experiments"][0]["requests_per_level"] = 40
+    cfg = parse_config(raw, source="grown", base_dir=tmp_path)
+    run_dir = Path(run_benchmark(cfg, run_id="r1")).parent
+    assert json.loads((run_dir / "evaluation" / "big" / "outcome.json").read_text())["scored"] == 40
+    full = pl.read_parquet(run_dir / "requests.parquet")
+    # As the run stood before its resume: half of the answers.
+    full.filter(pl.col("request_id") < 20).write_parquet(run_dir / "requests.parquet")
+    shutil.rmtree(run_dir / "evaluation")
+    run = RunInfo(name="grown", run_id="r1", url=str(run_dir), scratch=str(run_dir), resumed=True)
+    half = evaluate_experiment(run, cfg, "big")
+    assert (half.status, half.scored, half.cached) == ("ok", 20, False)
+    assert evaluate_experiment(run, cfg, "big").cached  # nothing new: reused
+    full.write_parquet(run_dir / "requests.parquet")  # what the resumed run's finalize writes
+    again = evaluate_experiment(run, cfg, "big")
+    assert (again.status, again.scored, again.cached) == ("ok", 40, False)
+    assert _scores(run_dir, "big").height == 40
 
 
 def test_a_stored_judge_ca_bundle_resolves_where_the_runs_config_was(tmp_path: Path,
