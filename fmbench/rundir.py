@@ -64,8 +64,7 @@ class RunInfo(BaseModel):
     resumed: bool = Field(default=False, description="True when the run directory already existed.")
     uid: str | None = Field(
         default=None, description="The run directory's own id, given when it was made (`Manifest.uid`): a directory "
-        "deleted and made again under the same run id is another run, whose shards an orchestrator's cache must "
-        "not take from the old one.")
+        "deleted and made again under the same run id is another run.")
 
     def path(self, *parts: str) -> str:
         """A file of the run, e.g. ``run.path("shards", "x.parquet")``."""
@@ -362,7 +361,8 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
     """Create a run directory, or reopen an existing one to resume it.
 
     Raises:
-        ConfigError: resuming a run that was made with a different config.
+        ConfigError: resuming a run that was made with a different config, or a directory that holds
+            measured shards but no manifest.
         StorageError: the run directory cannot be created or written.
     """
     rid = run_id or new_run_id()
@@ -385,6 +385,11 @@ def open_run(cfg: BenchmarkConfig, output: str | None = None, run_id: str | None
             )
         storage.remove_orphaned_temp_files(url)  # left by a writer killed mid-write
         return run.model_copy(update={"resumed": True, "uid": run_uid(run.read_manifest())})
+    if storage.list_files(run.path("shards")):
+        # Measurements without the manifest that says which config made them: resuming would take them
+        # as this config's, and writing this config over the directory's would hide where they came from.
+        raise ConfigError(f"{url} holds measured shards but no {MANIFEST}, so which config measured them is "
+                          "unknown; start a new run without --run-id, or move that directory away")
     storage.write_text(run.path("config.yml"), dump_config(cfg))
     run.write_manifest(_initial_manifest(cfg, run, command))
     return run

@@ -117,6 +117,21 @@ def test_resume_with_changed_config_names_the_difference(tmp_path: Path) -> None
         open_run(_cfg(tmp_path, c=2), run_id="a")
 
 
+def test_a_directory_with_shards_but_no_manifest_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """Without its manifest nothing says which config measured the shards: resuming took them as this
+    config's and wrote this config over the directory's config.yml."""
+    run = open_run(_cfg(tmp_path, c=1), run_id="m")
+    Path(run.path("shards")).mkdir()
+    Path(run.path("shards", "e__s__1-200__c1.json")).write_text("{}")
+    Path(run.path("manifest.json")).unlink()
+    before = Path(run.path("config.yml")).read_text()
+    with pytest.raises(ConfigError, match=r"holds measured shards but no manifest.json"):
+        open_run(_cfg(tmp_path, c=2), run_id="m")
+    assert Path(run.path("config.yml")).read_text() == before
+    Path(run.path("shards", "e__s__1-200__c1.json")).unlink()  # nothing measured: the directory is taken
+    assert not open_run(_cfg(tmp_path, c=2), run_id="m").resumed
+
+
 def test_bad_run_id_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--run-id"):
         open_run(_cfg(tmp_path), run_id="../x")
