@@ -134,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         [shlex.quote(args.config)]
         + [f"--set {shlex.quote(o)}" for o in args.overrides]
         + ([f"--output {shlex.quote(args.output)}"] if args.output else [])
+        + ([f"--run-id {shlex.quote(args.run_id)}"] if args.run_id else [])
         + ([] if args.png else ["--no-png"])
     )
     # The local Prefect API starts now (before Prefect is imported: it reads PREFECT_API_URL at

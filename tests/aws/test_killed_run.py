@@ -203,6 +203,8 @@ def test_an_endpoint_a_run_kept_is_billed_in_its_report_until_cleanup_deletes_it
     assert ran.returncode == 0, ran.stderr[-3000:]
     run = tmp_path / "results" / "kept" / "r1"
     assert "NOT deleted (still billing)" in (run / "report.md").read_text()
+    # The command that made the run, run id included (run again, it resumes this run).
+    assert json.loads((run / "manifest.json").read_text())["command"] == f"fmbench run {cfg} --run-id r1 --no-png"
     kept = resource_name("sm", "r1")
     assert kept in sm_inventory(moto)["endpoints"]
 
