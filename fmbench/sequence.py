@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from fmbench import progress
 from fmbench.config import BenchmarkConfig, instance_count
-from fmbench.deploy import DeployedEndpoint, EndpointTimeline, deploy_state
+from fmbench.deploy import ENDED_WITH_ATTEMPT, DeployedEndpoint, EndpointTimeline, deploy_state
 from fmbench.interrupts import StopScope, interrupt_deploy, stop_scope, termination_interrupts
 from fmbench.pipeline import (
     PromptSet,
@@ -249,10 +249,25 @@ def _gone(alive: EndpointTimeline, deployed: DeployedEndpoint) -> EndpointTimeli
     if deployed.deleted_failed_earlier:
         return life.model_copy(update={"deleted_at": deployed.earlier_gone_at,
                                        "deleted_by": "the resumed run, which found it failed"})
-    known = [t for t in (alive.in_service_at, alive.last_shard_at) if t]  # it surely lived until then
-    last_alive = max(known, key=dt.datetime.fromisoformat) if known else alive.created_at
-    return life.model_copy(update={"deleted_at": last_alive, "gone_by": deployed.earlier_gone_at,
+    return life.model_copy(update={"deleted_at": _last_alive(alive), "gone_by": deployed.earlier_gone_at,
                                    "deleted_by": "outside fmbench"})
+
+
+def _last_alive(life: EndpointTimeline) -> str | None:
+    known = [t for t in (life.in_service_at, life.last_shard_at) if t]  # it surely lived until then
+    return max(known, key=dt.datetime.fromisoformat) if known else life.created_at
+
+
+def _ended_with_attempt(timeline: EndpointTimeline, found_at: str) -> EndpointTimeline:
+    """An earlier attempt's timeline with its simulated endpoints that were never recorded deleted
+    closed: each was a child of that attempt's process and ended with it (a kill), at a time known
+    only to lie between the last time it was known alive and ``found_at``, when the resumed run
+    found it gone. Nothing of such an endpoint outlives its run, so it is billed no further."""
+    lives = [life.model_copy(update={"deleted_at": _last_alive(life), "gone_by": found_at,
+                                     "deleted_by": ENDED_WITH_ATTEMPT})
+             if life.provider == "simulated" and life.created_at and not life.deleted_at else life
+             for life in timeline.lives()]
+    return EndpointTimeline.from_lives(lives)
 
 
 class Lifecycles:
@@ -273,6 +288,11 @@ class Lifecycles:
         # attempt may have left alive (the deploy adopts such an endpoint; it is then deleted with
         # nothing sent). A simulated server died with the process that started it.
         self.before = run.read_manifest().endpoints if run.resumed else {}  # the earlier attempts' timelines
+        found_at = _now()
+        for name, timeline in list(self.before.items()):
+            if name in plans and (closed := _ended_with_attempt(timeline, found_at)) != timeline:
+                self.before[name] = closed
+                run.record_endpoint(closed)  # (also when the run deploys it no more: it measured everything)
         self.left_alive = {n: alive[-1] for n, t in self.before.items()  # to adopt (`_ended`: the deleted ones)
                            if (alive := [life for life in t.lives() if life.provider == "sagemaker"
                                          and life.created_at and not life.deleted_at])}

@@ -67,6 +67,10 @@ def deploy_state(error: BaseException) -> DeployedEndpoint | None:
     return state if isinstance(state, DeployedEndpoint) else None
 
 
+ENDED_WITH_ATTEMPT = "the end of the killed attempt's process"
+"""``EndpointTimeline.deleted_by`` of a simulated endpoint a killed attempt left: it ended with that process."""
+
+
 class EndpointTimeline(BaseModel):
     """When an experiment's endpoint was alive, for the bill: the manifest keeps one per experiment.
 
@@ -101,9 +105,10 @@ class EndpointTimeline(BaseModel):
                                    "(``fmbench cleanup``; for an earlier attempt's: the resumed run, which found "
                                    "it failed, or someone outside fmbench); None: the run itself, or not deleted.")
     gone_by: str | None = Field(
-        default=None, description="An earlier attempt's endpoint deleted outside fmbench at an unknown time: "
-        "when the resumed run found it gone. ``deleted_at`` is then the last time it was known alive, so its "
-        "bill is a lower bound, and the report says how much more it may have been.")
+        default=None, description="An earlier attempt's endpoint that ended at an unknown time (deleted outside "
+        "fmbench, or a simulated server that ended with the killed attempt's process): when the resumed run found "
+        "it gone. ``deleted_at`` is then the last time it was known alive, so its bill is a lower bound, and the "
+        "report says how much more it may have been.")
     earlier: list[EndpointTimeline] = Field(
         default_factory=list, description="The experiment's endpoints of earlier attempts of this run, deleted "
         "before this one was deployed (an interrupted attempt's, deleted by its teardown, by fmbench cleanup, by "
@@ -120,6 +125,12 @@ class EndpointTimeline(BaseModel):
         as its earlier ones."""
         *earlier, last = lives
         return last.model_copy(update={"earlier": earlier})
+
+    @property
+    def gone_how(self) -> str:
+        """How an endpoint with ``gone_by`` ended."""
+        return ("ended with the killed attempt's process" if self.deleted_by == ENDED_WITH_ATTEMPT
+                else "deleted outside fmbench")
 
     @property
     def label(self) -> str:

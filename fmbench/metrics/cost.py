@@ -220,14 +220,14 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
         row[column] += value
     row["billed_from"] = min(row["billed_from"], billed.billed_from.isoformat())
     gone_by = _when(life.gone_by)
-    if gone_by is not None:  # deleted outside fmbench at an unknown time: the known part, and at most how much more
+    if gone_by is not None:  # ended at an unknown time: the known part, and at most how much more
         more_h = count * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
         known = (f"{billed.billed_s / 3600.0:.3f} h from {billed.billed_from.isoformat()} to "
                  f"{billed.billed_to.isoformat()}, the last time it was known alive (${bill['cost_usd']:,.2f})"
                  if life.in_service_at else
                  "nothing (it never reached InService before the attempt was killed, and may never have been created)")
         return (f"; plus an earlier attempt's endpoint, {what}, gone when the run resumed at {gone_by.isoformat()} "
-                f"(deleted outside fmbench at an unknown time): billed {known}; it may have cost up to "
+                f"({life.gone_how} at an unknown time): billed {known}; it may have cost up to "
                 f"{more_h:.3f} instance-hours (${more_h * rate:,.2f}) more, not included")
     if not billed.deleted:  # its deploy in the resumed run ended before it could adopt (or delete) it
         row["still_billing"] = True
@@ -340,7 +340,13 @@ def benchmark_cost(
                 basis = f"an earlier attempt's endpoint: {basis}; the last attempt's deploy created no endpoint"
             if timeline.adopted:
                 basis += "; created by an interrupted attempt of this run and adopted"
-            if billed.deleted and timeline.deleted_by:
+            gone_by = _when(timeline.gone_by)
+            if billed.deleted and gone_by is not None:  # (the experiment was not deployed again)
+                more_h = count * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
+                basis += (f"; {timeline.gone_how} at an unknown time between {billed.billed_to.isoformat()}, the last "
+                          f"time it was known alive, and {gone_by.isoformat()}, when the run resumed: it may have cost "
+                          f"up to {more_h:.3f} instance-hours ({usd(more_h * rate)}) more, not included")
+            elif billed.deleted and timeline.deleted_by:
                 basis += f"; left running by the run, deleted by {timeline.deleted_by} at {billed.billed_to.isoformat()}"
             if not billed.deleted:
                 basis += f"; {_not_deleted(billed, timeline)}"

@@ -376,11 +376,11 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
     """
     from fmbench.metrics.cost import billed_time
 
-    spans = []  # (row, billed time, the latest possible end of an endpoint deleted outside fmbench)
+    spans = []  # (row, billed time, how and by when an endpoint that ended at an unknown time ended)
     for t in (life for timeline in timelines.values() for life in timeline.lives()):  # an experiment's on one row
         billed = billed_time(t, run_end)
         if billed is not None:
-            spans.append((t.label, billed, t.gone_by))
+            spans.append((t.label, billed, f"{t.gone_how} by {t.gone_by[11:19]} UTC" if t.gone_by else None))
     if not spans:
         return None
     fig = new_figure()
@@ -410,7 +410,7 @@ def endpoint_timeline_figure(timelines: dict[str, Any], run_end: str | None,
                                xanchor="left", font={"color": "#D55E00"})
         elif gone_by:
             fig.add_annotation(x=b.billed_to.isoformat(), y=name, showarrow=False, xanchor="left",
-                               text=f"  deleted outside fmbench by {gone_by[11:19]} UTC",
+                               text=f"  {gone_by}",
                                font={"color": "#D55E00"})
     title = "Endpoint timeline: what was billed when"
     fig.update_layout(

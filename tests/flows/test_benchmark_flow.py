@@ -3,6 +3,7 @@ the same numbers through `provider: openai` against a separately started server.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import yaml
 
 from flows.benchmark import benchmark
 from fmbench.config import SimulatedEndpoint
+from fmbench.deploy import ENDED_WITH_ATTEMPT, EndpointTimeline
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.cli import ROOT, fmbench_argv
 
@@ -130,6 +132,13 @@ def test_killed_run_resumes_without_resending_measured_shards(cli_env: dict[str,
     after = requests.filter(~pl.col("shard_id").is_in(list(done_before)))
     assert before["t_start"].max() < resumed_at < after["t_start"].min()
     assert not [p for p in run.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+    # The killed attempt's simulated endpoint ended with it: billed to when it was last known alive,
+    # beside the resumed run's own endpoint.
+    killed, last = EndpointTimeline.model_validate(json.loads((run / "manifest.json").read_text())
+                                                   ["endpoints"]["exp"]).lives()
+    assert killed.deleted_by == ENDED_WITH_ATTEMPT and killed.deleted_at == killed.last_shard_at
+    assert killed.gone_by is not None and killed.gone_by < last.created_at and last.deleted_by is None
+    assert "ended with the killed attempt's process at an unknown time" in (run / "report.md").read_text()
 
 
 def test_a_run_directory_deleted_and_made_again_is_measured_anew(prefect_harness: None, tmp_path: Path) -> None:

@@ -186,6 +186,34 @@ def test_an_earlier_attempts_endpoint_deleted_outside_fmbench_is_billed_to_when_
                      ("2026-03-01T09:55:00+00:00", "  deleted outside fmbench by 10:05:00 UTC")]
 
 
+def test_a_simulated_endpoint_of_a_killed_attempt_is_billed_to_when_it_was_known_alive_not_for_ever() -> None:
+    """A simulated server is a child of the run's process and ends with it. A killed attempt's, never
+    recorded deleted, was dropped from the bill when the resumed run deployed again, and billed up to
+    now (for ever) when it did not (its shards were all measured)."""
+    from fmbench.report.figures import endpoint_timeline_figure
+    from fmbench.report.tables import timeline_rows
+    from fmbench.sequence import _ended_with_attempt
+
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
+    killed = EndpointTimeline.model_validate(_timeline(provider="simulated", endpoint_name=None, deleted_at=None))
+    closed = _ended_with_attempt(killed, "2026-03-01T11:42:00+00:00")
+    assert closed.deleted_at == killed.last_shard_at and closed.gone_by == "2026-03-01T11:42:00+00:00"
+    assert _ended_with_attempt(closed, "2026-03-01T12:00:00+00:00") == closed  # once
+    row = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 1.5, "instance_count": 2}), None,
+                         {"exp": closed}).row(0, named=True)
+    assert row["still_billing"] is False and row["instance_hours"] == pytest.approx(2 * 72 / 60)
+    assert ("; ended with the killed attempt's process at an unknown time between 2026-03-01T11:12:00+00:00, "
+            "the last time it was known alive, and 2026-03-01T11:42:00+00:00, when the run resumed: it may "
+            "have cost up to 1.000 instance-hours ($1.50) more, not included") in row["basis"]
+    assert [(r["Deleted"], r["Billed"]) for r in timeline_rows({"exp": closed}, None)] == [
+        ("between 2026-03-01 11:12:00 and 2026-03-01 11:42:00 (the end of the killed attempt's process)",
+         "1.200 h or more")]
+    figure = endpoint_timeline_figure({"exp": closed}, None, {})
+    assert figure is not None
+    assert [a["text"] for a in figure.figure["layout"]["annotations"]] == [
+        "  ended with the killed attempt's process by 11:42:00 UTC"]
+
+
 def test_an_earlier_attempts_endpoint_a_failed_resume_could_not_adopt_is_billed_as_still_running() -> None:
     records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
     left = _timeline(created_at="2026-03-01T09:00:00+00:00", in_service_at="2026-03-01T09:06:00+00:00",
