@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fmbench.simulator._http import reset_connection
+from fmbench.simulator._http import reset_connection, send_truncated_body
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
 from fmbench.simulator.content import choose_reply, content_model, request_answers
 from fmbench.simulator.core import Generation, GenRequest
@@ -95,6 +95,8 @@ class AwsRoutes:
             text = "".join([chunk.text async for chunk in gen])
         answer = _sm_full_answer(fmt, body, text, gen)
         raw = json.dumps(answer).encode()
+        if fault.kind is FaultKind.TRUNCATED:  # half the promised body, then the connection drops
+            return await send_truncated_body(request, raw, "application/json")
         if fault.kind is FaultKind.MALFORMED:
             raw = raw[: len(raw) // 2]
         return web.Response(
@@ -123,6 +125,7 @@ class AwsRoutes:
         )
         async with ctx.get_core().generate(gen_req) as gen:
             strike = fault.strike_after(gen.n_chunks)
+            await _no_byte_yet(ctx, gen)
             await resp.prepare(request)
             sent = 0
             async for chunk in gen:
@@ -175,6 +178,8 @@ class AwsRoutes:
             "metrics": {"latencyMs": int((time.monotonic() - arrival) * 1000)},
         }
         raw = json.dumps(answer).encode()
+        if fault.kind is FaultKind.TRUNCATED:  # half the promised body, then the connection drops
+            return await send_truncated_body(request, raw, "application/json")
         if fault.kind is FaultKind.MALFORMED:
             raw = raw[: len(raw) // 2]
         return web.Response(
@@ -204,6 +209,7 @@ class AwsRoutes:
         )
         async with ctx.get_core().generate(gen_req) as gen:
             strike = fault.strike_after(gen.n_chunks)
+            await _no_byte_yet(ctx, gen)
             await resp.prepare(request)
             await resp.write(encode_json_event("messageStart", {"role": "assistant"}))
             sent = 0
@@ -305,6 +311,13 @@ async def _sm_early_fault(fault: Fault) -> None:
         raise _AwsError(400, "ThrottlingException", {"message": "Rate exceeded"})
     if kind is FaultKind.HANG:
         await hang_forever()
+
+
+async def _no_byte_yet(ctx: SimContext, gen: Generation) -> None:
+    """The slow-first-byte fault sends nothing, not even the headers, for its extra delay (as on
+    the OpenAI routes): a client's first-byte timeout must see the silence, not an open stream."""
+    if gen.request.extra_ttft_s:
+        await ctx.sleep_until(gen.arrival + gen.request.extra_ttft_s)
 
 
 def _finish(gen: Generation) -> str:

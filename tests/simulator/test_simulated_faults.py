@@ -152,3 +152,37 @@ def test_faults_do_not_touch_health_or_models() -> None:
         assert client.get("/health").status_code == 200
         assert client.get("/v1/models").status_code == 200
         assert client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 500
+
+
+AWS_BODIES = {  # the simulated SageMaker and Bedrock runtime routes, with a body each accepts
+    "/endpoints/sim/invocations": {"inputs": "hello", "parameters": {"max_new_tokens": 4}},
+    "/model/sim-model/converse": {"messages": [{"role": "user", "content": [{"text": "hello"}]}]},
+}
+
+
+@pytest.mark.parametrize("path", list(AWS_BODIES))
+def test_a_truncated_aws_answer_breaks_off_as_on_the_openai_routes(path: str) -> None:
+    # The fault is counted as injected, so it must be seen: half the promised body, then the connection drops.
+    with (
+        SimulatedServerThread(CFG, FaultConfig(truncated_rate=1.0)) as srv,
+        httpx.Client(base_url=srv.url or "", timeout=5.0) as client,
+    ):
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            client.post(path, json=AWS_BODIES[path])
+        assert client.get("/fmbench/stats").json()["faults"] == {"truncated": 1}
+
+
+@pytest.mark.parametrize("path", list(AWS_BODIES))
+def test_a_slow_first_byte_on_an_aws_stream_holds_back_even_the_headers(path: str) -> None:
+    # As on the OpenAI routes: a client's first-byte timeout must see silence, not an open stream.
+    stream_path = f"{path}-response-stream" if path.startswith("/endpoints/") else f"{path}-stream"
+    with (
+        SimulatedServerThread(CFG, FaultConfig(slow_first_byte_rate=1.0, slow_first_byte_s=0.3)) as srv,
+        httpx.Client(base_url=srv.url or "", timeout=5.0) as client,
+    ):
+        t0 = time.monotonic()
+        with client.stream("POST", stream_path, json=AWS_BODIES[path]) as resp:
+            t_headers = time.monotonic() - t0
+            body = resp.read()
+        assert resp.status_code == 200 and body, stream_path
+        assert t_headers >= 0.3, (stream_path, t_headers)
