@@ -32,6 +32,7 @@ from fmbench.simulator.content import choose_reply, content_model, request_answe
 from fmbench.simulator.core import Generation, GenRequest
 from fmbench.simulator.eventstream import encode_event, encode_exception, encode_json_event
 from fmbench.simulator.faults import Fault, FaultKind, hang_forever
+from fmbench.simulator.openai_routes import chat_texts
 
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _VARIANT = "AllTraffic"
@@ -287,7 +288,11 @@ async def _sm_request(
         max_tokens = params.get("max_new_tokens")
     elif isinstance(body.get("messages"), list):
         fmt = "messages"
-        text = "\n".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
+        try:  # (as the OpenAI routes read them: each text counted on its own, parts and all)
+            texts = chat_texts(body["messages"])
+        except ValueError as err:
+            raise _model_error(422, str(err)) from err
+        text = "\n".join(texts)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     elif isinstance(body.get("prompt"), str):
         fmt, text = "completions", body["prompt"]
@@ -296,7 +301,7 @@ async def _sm_request(
         raise _model_error(422, "expected 'inputs' (TGI), 'messages' or 'prompt'")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise _model_error(422, "max tokens must be a positive integer")
-    n = await ctx.count_tokens(text)
+    n = sum([await ctx.count_tokens(t) for t in texts]) if fmt == "messages" else await ctx.count_tokens(text)
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
     return GenRequest(n, max_tokens, text, arrival, extra, _reply(ctx, text, body)), fmt, body
 

@@ -66,7 +66,7 @@ def error_response(status: int, message: str, code: str, param: str | None = Non
     return web.json_response(body, status=status)
 
 
-class _BadRequest(Exception):
+class _BadRequest(ValueError):
     def __init__(
         self, message: str, param: str | None = None, status: int = 400, code: str = "invalid_value"
     ):
@@ -122,13 +122,19 @@ def _parse(body: Any, api: Api, model: str) -> _Parsed:
     max_tokens = _int_field(body, "max_tokens")
     if api == "chat":
         max_tokens = _int_field(body, "max_completion_tokens") or max_tokens
-        texts = _chat_texts(body.get("messages"))
+        texts = chat_texts(body.get("messages"))
         return _Parsed(api, texts, 0, "\x1e".join(texts), max_tokens, stream, include_usage)
     texts, fixed, content = _prompt(body.get("prompt"))
     return _Parsed(api, texts, fixed, content, max_tokens, stream, include_usage)
 
 
-def _chat_texts(messages: Any) -> list[str]:
+def chat_texts(messages: Any) -> list[str]:
+    """The texts of chat ``messages`` (string contents and text parts), each counted on its own.
+
+    Raises:
+        ValueError: the messages are not a non-empty list of role-bearing objects with string or
+            typed-part contents (its message names the field).
+    """
     if not isinstance(messages, list) or not messages:
         raise _BadRequest("messages must be a non-empty list", param="messages")
     texts = []

@@ -515,3 +515,17 @@ def test_a_long_prompt_sent_again_gets_the_same_count_and_is_counted_once(
     calls.clear()
     assert asyncio.run(count("cba")) == [3000] * 3
     assert calls == [texts[2], texts[0]]
+
+
+def test_the_sagemaker_messages_route_counts_prompt_tokens_as_the_openai_route_does() -> None:
+    # Typed text parts are text, not the repr of a list; a part that is not an object is refused.
+    messages = [{"role": "system", "content": "You answer briefly."},
+                {"role": "user", "content": [{"type": "text", "text": PROMPT}, {"type": "text", "text": "Thanks."}]}]
+    with SimulatedServerThread(_cfg()) as srv, httpx.Client(base_url=srv.url or "", timeout=10.0) as client:
+        openai = client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages}).json()
+        sagemaker = client.post("/endpoints/sim/invocations", json={"messages": messages, "max_tokens": 12}).json()
+        bad = client.post("/endpoints/sim/invocations", json={"messages": [{"role": "user", "content": ["x"]}]})
+    expected = sum(len(ENC.encode(t)) for t in ("You answer briefly.", PROMPT, "Thanks."))
+    assert openai["usage"]["prompt_tokens"] == expected
+    assert sagemaker["usage"]["prompt_tokens"] == expected
+    assert bad.status_code == 424 and "content[0]" in bad.json()["OriginalMessage"]
