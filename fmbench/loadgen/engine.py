@@ -111,8 +111,23 @@ def final_attempt_mask(request_ids: list[int | None], attempts: list[int | None]
     return [(attempt or 1) == last.get(rid, 1) for rid, attempt in zip(request_ids, attempts, strict=True)]
 
 
+def first_sends(request_ids: list[int | None], t_starts: list[float | None]) -> list[float | None]:
+    """Per record, when its request was first sent: the earliest ``t_start`` of its attempts (a
+    retried request's last attempt leaves after its backoffs; the client sent the request on time)."""
+    first: dict[int | None, float] = {}
+    for rid, t in zip(request_ids, t_starts, strict=True):
+        if t is not None and (rid not in first or t < first[rid]):
+            first[rid] = t
+    return [first.get(rid) for rid in request_ids]
+
+
 class ShardStats:
-    """Running statistics of a shard's measured requests (also rebuilt from merged records)."""
+    """Running statistics of a shard's measured requests (also rebuilt from merged records).
+
+    ``first_start``/``last_start`` are the earliest and the latest first send of a measured request:
+    the open loop's achieved send rate is judged on them, so a retried request (its last attempt sent
+    after its backoffs, by design) does not make a client that kept its schedule look late.
+    """
 
     def __init__(self) -> None:
         self.measured = 0
@@ -139,8 +154,9 @@ class ShardStats:
         t_end: float | None,
         t_scheduled: float | None,
         send_lag: float | None,
+        first_sent: float | None = None,
     ) -> None:
-        """Count one record."""
+        """Count one record (``first_sent``: when its request's first attempt was sent, if retried)."""
         if warmup:
             self.warm += 1
             return
@@ -149,30 +165,38 @@ class ShardStats:
             self.errors += 1
         if t_start is None or t_end is None or t_scheduled is None:
             return  # cancelled before sending: recorded, but it says nothing about timing
-        self.first_start = min(self.first_start, t_start)
-        self.last_start = max(self.last_start, t_start)
+        sent = t_start if first_sent is None else min(first_sent, t_start)
+        self.first_start = min(self.first_start, sent)
+        self.last_start = max(self.last_start, sent)
         self.last_end = max(self.last_end, t_end)
         self.first_sched = min(self.first_sched, t_scheduled)
         self.last_sched = max(self.last_sched, t_scheduled)
         if send_lag is not None:
             self.send_lags.append(send_lag)
 
-    def observe_records(self, table: pa.Table, final: list[bool]) -> None:
+    def observe_records(self, table: pa.Table, final: list[bool], sent: list[float | None] | None = None) -> None:
         """Count a table of records (another process's or host's), each request by its final attempt
-        only (``final``: `final_attempt_mask` of the requests' attempts), as the engine counts its own."""
+        only (``final``: `final_attempt_mask` of the requests' attempts), as the engine counts its own;
+        ``sent``: `first_sends` of the records (None: taken from this table, which holds every attempt)."""
         columns = table.select(_OBSERVED).to_pydict()
-        for row, is_final in zip(zip(*(columns[name] for name in _OBSERVED), strict=True), final, strict=True):
+        if sent is None:
+            sent = first_sends(table.column("request_id").to_pylist(), columns["t_start"])
+        rows = zip(*(columns[name] for name in _OBSERVED), strict=True)
+        for (warmup, ok, t_start, t_end, t_sched, lag), is_final, first in zip(rows, final, sent, strict=True):
             if is_final:
-                self.observe(*row)
+                self.observe(warmup, ok, t_start, t_end, t_sched, lag, first)
 
-    def observe_ok(self, t_start: float, t_end: float, t_sched: float, ttft: float | None) -> None:
+    def observe_ok(self, t_start: float, t_end: float, t_sched: float, ttft: float | None,
+                   sent: float | None = None) -> None:
         """Count one successful measured request (`observe`'s result for it, with fewer steps: it runs
-        once per request; comparisons, not min/max calls)."""
+        once per request; comparisons, not min/max calls). ``sent``: as `observe`'s ``first_sent``."""
         self.measured += 1
-        if t_start < self.first_start:  # noqa: PLR1730
-            self.first_start = t_start
-        if t_start > self.last_start:  # noqa: PLR1730
-            self.last_start = t_start
+        if sent is None or sent > t_start:
+            sent = t_start
+        if sent < self.first_start:  # noqa: PLR1730
+            self.first_start = sent
+        if sent > self.last_start:  # noqa: PLR1730
+            self.last_start = sent
         if t_end > self.last_end:  # noqa: PLR1730
             self.last_end = t_end
         if t_sched < self.first_sched:  # noqa: PLR1730
@@ -198,6 +222,7 @@ class _Shard:
         self.concurrency = spec.concurrency if not spec.open_loop else (spec.max_concurrency or 0)
         self.stats = ShardStats()
         self._retries = bool(spec.request_retries or spec.throttle_retries)
+        self.first_sent: dict[int, float] = {}  # retried requests: when their first attempt was sent
         # A successful request's record is one tuple in the writer's order (`SCALAR_FIELDS`), built
         # without a RequestRecord: these leading fields are the same for every request of the shard.
         self._head = (spec.experiment, spec.dataset, spec.bucket, spec.bucket_min, spec.bucket_max,
@@ -300,10 +325,11 @@ class _Shard:
             self.writer.add_row_stamped(row, ct)
         else:
             self.writer.add_row(row, None)
+        sent = self.first_sent.pop(i, None) if self.first_sent else None
         if warm:
             self.stats.warm += 1
         else:
-            self.stats.observe_ok(t_start, t_end, ts, ttft)
+            self.stats.observe_ok(t_start, t_end, ts, ttft, sent)
 
     def _fail(
         self,
@@ -320,7 +346,8 @@ class _Shard:
 
     def _add(self, rec: RequestRecord) -> None:
         self.writer.add(rec)
-        self.stats.observe(rec.warmup, rec.ok, rec.t_start, rec.t_end, rec.t_scheduled, rec.send_lag_s)
+        sent = self.first_sent.pop(rec.request_id, None) if self.first_sent else None
+        self.stats.observe(rec.warmup, rec.ok, rec.t_start, rec.t_end, rec.t_scheduled, rec.send_lag_s, sent)
         if rec.ok and not rec.warmup and rec.ttft_s is not None:
             self.stats.recent_ttfts.append(rec.ttft_s)
 

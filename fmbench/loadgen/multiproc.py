@@ -41,6 +41,7 @@ from fmbench.loadgen.engine import (
     _Shard,
     add_stamps,
     final_attempt_mask,
+    first_sends,
     receive_stamps,
     report_progress,
     shard_result,
@@ -251,13 +252,14 @@ def _merge(out: str, n: int) -> ShardStats:
             for k in range(n):
                 pf = pq.ParquetFile(part_path(out, k))
                 # (a request's attempts are all in its process's part)
-                ids = pf.read(columns=["request_id", "attempt"]).to_pydict()
+                ids = pf.read(columns=["request_id", "attempt", "t_start"]).to_pydict()
                 last = final_attempt_mask(ids["request_id"], ids["attempt"])
+                sent = first_sends(ids["request_id"], ids["t_start"])
                 row = 0
                 for rg in range(pf.num_row_groups):
                     table = pf.read_row_group(rg)
                     writer.write_table(table)
-                    stats.observe_records(table, last[row:row + table.num_rows])
+                    stats.observe_records(table, last[row:row + table.num_rows], sent[row:row + table.num_rows])
                     row += table.num_rows
         os.replace(tmp, final)
         for k in range(n):

@@ -119,6 +119,8 @@ async def run_with_retries(
                 general += 1
                 delay = backoff_s(general, retry_after)
             if delay is not None:
+                if t_before is not None:
+                    shard.first_sent.setdefault(i, t_before)
                 _record_attempt(shard, rec, prompt, sched, t_before, kind, message, status)
                 try:
                     await asyncio.sleep(delay)

@@ -117,7 +117,8 @@ class ShardResult(BaseModel):
     requests: int = Field(description="Measured requests recorded (ok or failed).")
     warmup: int = Field(description="Warm-up requests recorded.")
     errors: int = Field(description="Measured requests that failed.")
-    t_first_start: float | None = Field(description="First measured request's t_start (monotonic s).")
+    t_first_start: float | None = Field(
+        description="First send of a measured request (its first attempt's t_start; monotonic s).")
     t_last_end: float | None = Field(description="Last measured request's t_end (monotonic s).")
     duration_s: float = Field(description="First measured start to last measured end, seconds.")
     achieved_rate: float = Field(

@@ -160,3 +160,33 @@ def test_a_retried_request_is_one_request_however_the_shard_is_split(tmp_path: P
         measured = final.filter(~pl.col("warmup"))
         assert (res.requests, res.warmup) == (30, 2) == (measured.height, final.height - measured.height), how
         assert res.errors == int((~measured["ok"]).sum()), how
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_an_open_loop_client_that_kept_its_schedule_is_not_judged_late_for_its_retries(
+        tmp_path: Path, processes: int) -> None:
+    """A throttled request's last attempt leaves after its backoff (here at least 1.5 s), by design:
+    the achieved send rate is judged on each request's first send, else a shard whose client kept
+    every due time is invalid ("could not keep up") whenever one of its last requests was retried."""
+    import polars as pl
+
+    from fmbench.config import SimulatedEndpoint, SimulatedFaults
+    from fmbench.endpoints import make_client
+    from fmbench.simulator.process import SimulatedServerProcess
+
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=2.0, tpot_ms=0.5, output_tokens=4,
+                            faults=SimulatedFaults(seed=3, throttle_rate=0.3, retry_after_s=1.5))
+    spec = ShardSpec(shard_id="s", experiment="e", dataset="d", bucket="b", bucket_min=0, bucket_max=10,
+                     requests=40, request_rate=20.0, throttle_retries=1, throttle_backoff_s=1.5,
+                     max_send_lag_s=1.0, processes=processes)
+    prompts = [Prompt(f"p{i}", f"question {i}", 3) for i in range(3)]
+    with SimulatedServerProcess(cfg) as srv:
+        client = make_client(cfg, InferenceConfig(max_tokens=4), url=srv.url)
+        res = run_shard(client, prompts, spec, tmp_path / "s.parquet", len)
+    records = pl.read_parquet(res.records_path)
+    retried = records.filter(pl.col("attempt") > 1)
+    schedule_end = records["t_scheduled"].max()
+    assert retried.height and retried["t_start"].max() > schedule_end + 1.0  # a last attempt left late
+    assert res.valid, res.invalid_reason
+    assert res.scheduled_rate is not None and res.achieved_rate >= res.scheduled_rate * (1 - spec.rate_shortfall)
+    assert res.t_first_start == pytest.approx(records.filter(pl.col("attempt") == 1)["t_start"].min())
