@@ -17,6 +17,11 @@ How attempts are recorded and counted:
   outcomes only, so a retried request is one request; `fmbench.metrics.summarize` adds the attempts
   as the ``attempts`` column.
 
+A request backing off holds its place: in the closed loop its worker waits with it, so while any
+request backs off fewer than ``concurrency`` requests are in flight (as with a client that retries
+in-line; the load the endpoint saw is what its records' start and end times say, not the nominal
+concurrency). In the open loop the schedule goes on and the retry is one more request in flight.
+
 Backoff before attempt ``k + 1``: ``min(MAX_BACKOFF_S, BASE_BACKOFF_S * 2 ** (k - 1))``, raised to
 a throttled answer's ``Retry-After`` but never past ``MAX_BACKOFF_S``.
 
