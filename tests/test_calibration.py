@@ -149,3 +149,16 @@ def test_config_processes_override_the_plan() -> None:
     assert got == {(1, None): 1, (4, None): 2, (1, 50.0): 2}  # never more processes than concurrency
     capped = cfg.experiments[0].model_copy(update={"max_concurrency": 8, "concurrency_levels": None})
     assert [s.processes for s in plan_shards(cfg, ps, capped)] == [1]  # a cap cannot be split
+
+
+def test_a_client_hosts_load_counts_its_measured_requests_not_its_warm_ups_and_retried_attempts() -> None:
+    # As one host's load is counted (final attempts over the measured time): a host that wrote 100
+    # records, 60 of them warm-ups and earlier attempts, carried 40 measured requests.
+    from fmbench.loadgen.hosts import HostClock
+    from fmbench.pipeline.shards import _hosts_load
+
+    cal = _cal(request_cost_s=0.01, chunk_cost_s=0.0)
+    clocks = [HostClock(host=h, address=f"tcp://{h}", offset_s=0.0, uncertainty_s=0.0, shift_s=0.0,
+                        concurrency=2, requests=100) for h in ("host-a", "host-b")]
+    load = _hosts_load(clocks, {"host-a": 40, "host-b": 20}, 10.0, 0.0, cal)
+    assert load == pytest.approx(cal.load_fraction(4.0, 0.0))  # host-a's 40 measured requests in 10 s

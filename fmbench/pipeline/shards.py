@@ -236,7 +236,8 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
         chunks = float(measured.select(pl.col("chunks").mean()).item() or 0.0)
         load = cal.load_fraction(rate, chunks, spec.processes)
         if clocks:  # each host against its own ceiling: the busiest one says whether the client limited
-            load = _hosts_load(clocks, result.duration_s, chunks, cal)
+            per_host = dict(measured.group_by("client_host").len().iter_rows())
+            load = _hosts_load(clocks, per_host, result.duration_s, chunks, cal)
     outcome = ShardOutcome(
         shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
         concurrency=_concurrency(spec), request_rate=spec.request_rate, status="ok",
@@ -296,7 +297,9 @@ def _run_on_hosts(run: RunInfo, spec: Any, client: Any, prompts: Any, local: Any
                            calibrate=calibrate, stop=stop, progress=report)
 
 
-def _hosts_load(clocks: Any, duration_s: float, chunks: float, cal: Any) -> float | None:
+def _hosts_load(clocks: Any, measured: dict[str, int], duration_s: float, chunks: float, cal: Any) -> float | None:
+    """The busiest client host's load: its measured requests (``measured``, by host; as one host's
+    load counts them: final attempts, no warm-ups) per second against its own calibrated ceiling."""
     from fmbench.calibration import Calibration
 
     if duration_s <= 0:
@@ -304,7 +307,7 @@ def _hosts_load(clocks: Any, duration_s: float, chunks: float, cal: Any) -> floa
     loads = []
     for c in clocks:
         own = Calibration.model_validate(c.calibration) if c.calibration else cal
-        loads.append(own.load_fraction(c.requests / duration_s, chunks))
+        loads.append(own.load_fraction(measured.get(c.host, 0) / duration_s, chunks))
     return max(loads)
 
 
