@@ -75,6 +75,11 @@ class SimContext:
         fault (call first, synchronously: faults are drawn in arrival order)."""
         return request_arrival(request), self.faults.draw()
 
+    def refused(self, fault: Fault, answer: web.Response) -> web.Response:
+        """``answer``, a bad request's refusal, after taking its fault back (`FaultInjector.void`)."""
+        self.faults.void(fault)
+        return answer
+
     def get_core(self) -> SimCore:
         """The running core."""
         if self.core is None:
@@ -196,6 +201,7 @@ async def _stats(request: web.Request) -> web.Response:
     body: dict[str, Any] = {
         "lateness": core.lateness_stats(),
         "faults": dict(ctx.faults.counts),
+        "refused": ctx.faults.refused,
         "in_flight": core.model.in_flight,
         "queued": core.model.queued,
         "decoding": core.model.decoding,

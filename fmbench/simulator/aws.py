@@ -86,6 +86,9 @@ class AwsRoutes:
         arrival, fault = ctx.arrive(request)
         try:
             gen_req, fmt, body = await _sm_request(request, ctx, arrival, fault)
+        except _AwsError as err:
+            return ctx.refused(fault, err.response())
+        try:
             await _sm_early_fault(fault)
         except _AwsError as err:
             return err.response()
@@ -110,6 +113,9 @@ class AwsRoutes:
         arrival, fault = ctx.arrive(request)
         try:
             gen_req, fmt, body = await _sm_request(request, ctx, arrival, fault)
+        except _AwsError as err:
+            return ctx.refused(fault, err.response())
+        try:
             if not self._midstream(fault):
                 await _sm_early_fault(fault)
         except _AwsError as err:
@@ -164,6 +170,9 @@ class AwsRoutes:
         arrival, fault = ctx.arrive(request)
         try:
             gen_req = await _br_request(request, ctx, arrival, fault)
+        except _AwsError as err:
+            return ctx.refused(fault, err.response())
+        try:
             await _br_early_fault(fault)
         except _AwsError as err:
             return err.response()
@@ -197,6 +206,9 @@ class AwsRoutes:
         arrival, fault = ctx.arrive(request)
         try:
             gen_req = await _br_request(request, ctx, arrival, fault)
+        except _AwsError as err:
+            return ctx.refused(fault, err.response())
+        try:
             if not self._midstream(fault):
                 await _br_early_fault(fault)
         except _AwsError as err:

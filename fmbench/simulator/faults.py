@@ -91,6 +91,7 @@ class FaultInjector:
         self._rng = random.Random(seed)
         self._rates = self.config.rates()
         self.counts: Counter[str] = Counter()
+        self.refused = 0
 
     def draw(self) -> Fault:
         """The next arriving request's fault (call once per request, synchronously on arrival)."""
@@ -107,6 +108,15 @@ class FaultInjector:
                 break
         self.counts[kind] += 1
         return Fault(kind, position)
+
+    def void(self, fault: Fault) -> None:
+        """Take back ``fault``'s count: its request was refused (a bad request) before the fault could
+        strike, so what the counts say was injected is what clients saw. Its draw stays spent: later
+        requests' faults stay where the seed put them. Such requests are counted in ``refused``."""
+        self.counts[fault.kind] -= 1
+        if self.counts[fault.kind] <= 0:
+            del self.counts[fault.kind]
+        self.refused += 1
 
 
 async def hang_forever() -> NoReturn:

@@ -192,7 +192,7 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
             raise _BadRequest(f"the request body is not valid JSON ({exc.__class__.__name__})") from exc
         parsed = _parse(body, api, ctx.cfg.model)
     except _BadRequest as exc:
-        return error_response(exc.status, exc.message, exc.code, exc.param)
+        return ctx.refused(fault, error_response(exc.status, exc.message, exc.code, exc.param))
     early = await early_fault_response(ctx, fault, lambda s, m, c: error_response(s, m, c))
     if early is not None:
         return early

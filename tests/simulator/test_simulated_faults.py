@@ -186,3 +186,17 @@ def test_a_slow_first_byte_on_an_aws_stream_holds_back_even_the_headers(path: st
             body = resp.read()
         assert resp.status_code == 200 and body, stream_path
         assert t_headers >= 0.3, (stream_path, t_headers)
+
+
+def test_a_refused_request_is_not_counted_as_the_fault_it_drew() -> None:
+    # Every request here draws a 500; the bad ones are refused as bad (400, 424) before it can strike.
+    with (
+        SimulatedServerThread(CFG, FaultConfig(http_500_rate=1.0)) as srv,
+        httpx.Client(base_url=srv.url or "", timeout=5.0) as client,
+    ):
+        assert client.post("/v1/completions", json={"model": MODEL}).status_code == 400
+        assert client.post("/endpoints/sim/invocations", json={"nothing": 1}).status_code == 424
+        assert client.post("/model/m/converse", json={"messages": "no"}).status_code == 400
+        assert client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}).status_code == 500
+        stats = client.get("/fmbench/stats").json()
+    assert stats["faults"] == {"http_500": 1} and stats["refused"] == 3
