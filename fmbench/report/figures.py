@@ -61,7 +61,8 @@ class Figure:
 
     ``figure`` is kept as a plain plotly dict (``data``/``layout``): a plotly figure given is converted
     (`plain_figure`), and figures where building plotly objects would cost seconds are built as dicts.
-    ``png``, when given, writes the figure's PNG to a path itself (no browser).
+    ``png``, when given, writes the figure's PNG to a path itself (no browser); ``png_note`` ends the
+    caption of a report that has the PNG (how it was drawn), and is left out of one that has none.
     """
 
     stem: str
@@ -69,6 +70,7 @@ class Figure:
     caption: str
     figure: go.Figure | dict[str, Any]
     png: Callable[[Path], None] | None = None
+    png_note: str = ""  # what the caption says of the PNG: only when the report has the PNG
 
     def __post_init__(self) -> None:
         # Kept as a plain dict from here on: the HTML and the PNG child read it as one, and plotly
@@ -188,7 +190,7 @@ def _series_figure(metrics: pl.DataFrame, colours: dict[str, str], *, stem: str,
         fig.update_yaxes(title_text=y_title, row=row, col=col, rangemode="tozero",
                          tickformat=".0%" if y_percent else None)
     chart = Chart(title, drawn, _size(fig), legend=[(exp, colours[exp], "circle") for exp in sorted(shown)])
-    return Figure(stem, title, caption + _PILLOW, fig, png=functools.partial(draw_chart, chart))
+    return Figure(stem, title, caption, fig, png=functools.partial(draw_chart, chart), png_note=_PILLOW)
 
 
 def build_figures(metrics: pl.DataFrame, sample: pl.DataFrame | None, slo: Any,
@@ -268,8 +270,8 @@ def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Fig
     chart = Chart(title, [panel], _size(fig), margins=(70, 80, 30, 60),
                   legend=[(exp, colours.get(exp, "#333333"), "dot") for exp in sorted(set(ok["experiment"].to_list()))])
     return Figure("prompt_tokens_vs_latency", title,
-                  f"One point per request (a deterministic sample of at most {len(ok):,} points); all loads." + _PILLOW,
-                  fig, png=functools.partial(draw_chart, chart))
+                  f"One point per request (a deterministic sample of at most {len(ok):,} points); all loads.",
+                  fig, png=functools.partial(draw_chart, chart), png_note=_PILLOW)
 
 
 def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: float | None) -> Figure:
@@ -313,9 +315,9 @@ def _price_performance(data: pl.DataFrame, colours: dict[str, str], lat_slo: flo
                          row=row, col=col)
         fig.update_yaxes(title_text="p95 latency (s)", rangemode="tozero", row=row, col=col)
     caption = ("Bottom-left is better. Bubble area grows with transactions/min; labels give the load. "
-               "The green band is where p95 latency meets its SLO (other SLOs are in the tables)." + _PILLOW)
+               "The green band is where p95 latency meets its SLO (other SLOs are in the tables).")
     chart = Chart(title, drawn, _size(fig), legend=[(exp, colours[exp], "dot") for exp in sorted(shown)])
-    return Figure("price_performance", title, caption, fig, png=functools.partial(draw_chart, chart))
+    return Figure("price_performance", title, caption, fig, png=functools.partial(draw_chart, chart), png_note=_PILLOW)
 
 
 def _cost_bars(data: pl.DataFrame, colours: dict[str, str]) -> Figure:
@@ -360,9 +362,10 @@ def _cost_bars(data: pl.DataFrame, colours: dict[str, str]) -> Figure:
         drawn.append(Panel(_panel_title(dataset, bucket, many),
                            Axis("experiment / load", ticks=ticks, tick_text=tick_text, groups=groups),
                            Axis("cost per 10k transactions (USD)", from_zero=True, prefix="$"), marks=bars))
-    caption = "Solid bars meet every SLO; faded bars miss at least one." + _PILLOW
+    caption = "Solid bars meet every SLO; faded bars miss at least one."
     chart = Chart(title, drawn, _size(fig), legend=[(exp, colours[exp], "square") for exp in sorted(shown)])
-    return Figure("cost_per_10k_by_experiment", title, caption, fig, png=functools.partial(draw_chart, chart))
+    return Figure("cost_per_10k_by_experiment", title, caption, fig, png=functools.partial(draw_chart, chart),
+                  png_note=_PILLOW)
 
 
 _PHASE_COLOURS = {"deploying": "#9E9E9E", "idle": "#D55E00"}

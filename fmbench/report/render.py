@@ -523,7 +523,7 @@ def _documents(ctx: dict[str, Any], html_parts: dict[str, Any], figs: list[Figur
                reason: str | None) -> tuple[str, str]:
     """report.md and report.html, with the PNGs when ``plots`` is not empty, else ``reason`` they are missing."""
     ctx = dict(ctx, plots_missing_reason=reason,
-               figures=[{"stem": f.stem, "title": f.title, "caption": f.caption,
+               figures=[{"stem": f.stem, "title": f.title, "caption": f.caption + (f.png_note if plots else ""),
                          "png": f"plots/{f.stem}.png" if plots else None} for f in figs])
     env = _env()
     return (env.get_template("report.md.j2").render(**ctx),

@@ -78,9 +78,9 @@ def itl_figure(dist: pl.DataFrame | None) -> Figure | None:
     caption = ("Each line pools every gap between consecutive streamed chunks of the successful measured "
                "requests at one load (all datasets and buckets); darker lines are higher loads. A chunk that "
                "carries several tokens is one gap (see tokens per chunk in the ITL table). Drawn exactly at "
-               "every percentile, not sampled." + _PILLOW)
+               "every percentile, not sampled.")
     png = chart.Chart(title, drawn, (1100, 140 + 360 * rows), margins=(70, 100, 30, 60))
-    return Figure("itl_distribution", title, caption, fig, png=partial(chart.draw_chart, png))
+    return Figure("itl_distribution", title, caption, fig, png=partial(chart.draw_chart, png), png_note=_PILLOW)
 
 
 def _segments(rows: list[dict[str, Any]], t0: float) -> dict[str, tuple[list[float | None], list[float | None]]]:
@@ -173,12 +173,12 @@ def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
         caption = ("One line per request over wall time: grey while queued in the client (due but not yet sent), "
                    "orange while waiting for its first token, blue while streaming, red for a failure. The shaded "
                    "rows at the top are warm-up requests. Warm-up, stalls, queueing and bursts of failures show as "
-                   "changes in the pattern." + sampling + " The PNG is drawn pixel by pixel from the same spans "
-                   "(a span shorter than a pixel is drawn one pixel wide); report.html has the exact lines, "
-                   "with zoom.")
+                   "changes in the pattern." + sampling)
+        png_note = (" The PNG is drawn pixel by pixel from the same spans (a span shorter than a pixel is drawn "
+                    "one pixel wide); report.html has the exact lines, with zoom.")
         states = {st: _STATES[st] for st in _STATES if st in shown}
         figs.append(Figure(f"timeline_{_stem(exp)}", title, caption, {"data": traces, "layout": layout},
-                           png=partial(draw_timeline, title, panels, states, _AXES_NOTE)))
+                           png=partial(draw_timeline, title, panels, states, _AXES_NOTE), png_note=png_note))
     return figs
 
 

@@ -27,7 +27,7 @@ def _pixels(img: Image.Image, colour: tuple[int, int, int]) -> list[tuple[int, i
 def test_series_png_draws_each_point_at_its_value_with_the_slo_line(tmp_path: Path) -> None:
     fig = _series_figure(_metrics(), {"exp": "#0072B2"}, stem="lat", title="p95 latency vs load", caption="c.",
                          y="latency_p95_s", y_title="p95 latency (s)", slo_value=3.0, slo_label="SLO p95 ≤ 3 s")
-    assert fig.png is not None and "drawn from the same numbers with Pillow" in fig.caption
+    assert fig.png is not None and "drawn from the same numbers with Pillow" in fig.png_note
     fig.png(tmp_path / "lat.png")
     with Image.open(tmp_path / "lat.png") as img:
         assert img.size == fig.size() == (1100, 500)

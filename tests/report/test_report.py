@@ -129,6 +129,21 @@ def test_report_pngs_are_drawn_without_a_browser(tmp_path: Path, no_png: None) -
         assert (run / "plots" / f"{stem}.png").read_bytes().startswith(PNG_MAGIC), stem
 
 
+def test_a_report_without_pngs_does_not_describe_them(tmp_path: Path, no_png: None) -> None:
+    # Rendered with PNGs, then again with --no-png: the captions say how a PNG was drawn only in the first.
+    run = tmp_path / "run"
+    write_run(str(run))
+    render_report(str(run))
+    with_pngs = (run / "report.md").read_text()
+    assert "](plots/" in with_pngs and "The PNG is drawn from the same numbers with Pillow" in with_pngs
+    paths = render_report(str(run), png=False)
+    assert paths.plots == []
+    for name in ("report.md", "report.html"):
+        text = (run / name).read_text()
+        assert "PNG export skipped (--no-png)" in text and "The PNG is drawn" not in text, name
+    assert "](plots/" not in (run / "report.md").read_text()
+
+
 def test_missing_png_export_still_renders_and_says_why(tmp_path: Path, no_png: None) -> None:
     run = tmp_path / "run"
     write_run(str(run))
