@@ -78,6 +78,8 @@ from aiohttp.payload import BytesPayload
 from yarl import URL
 
 from fmbench.config import InferenceConfig
+from fmbench.endpoints._chat import NO_TEXT as _NO_TEXT
+from fmbench.endpoints._chat import output_piece as _output_piece
 from fmbench.endpoints._deadline import Deadlines
 from fmbench.errors import (
     ConfigError,
@@ -348,13 +350,6 @@ def _count(usage: Any, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-#: A record's note for an answer whose tokens the server counted but whose text never arrived: a
-#: server may withhold bytes that do not yet form whole UTF-8 characters (llama.cpp does), so a short
-#: answer of partial characters carries no text. The server did the work: a success, counted in its
-#: own tokens.
-_NO_TEXT = "no output text arrived; output tokens as counted by the server"
-
-
 def _usage_counts(usage: Any, timings: Any) -> tuple[int | None, int | None]:
     """Prompt and output tokens from the OpenAI ``usage``, else output tokens from llama.cpp's
     ``timings`` (its ``prompt_n`` leaves out prompt tokens served from its cache, so it is not used)."""
@@ -363,22 +358,6 @@ def _usage_counts(usage: Any, timings: Any) -> tuple[int | None, int | None]:
     if isinstance(timings, dict):
         return None, _count(timings, "predicted_n")
     return None, None
-
-
-def _output_piece(event: Any, chat: bool) -> str | None:
-    """The output text a parsed chunk carries (None when it carries none)."""
-    choices = event.get("choices")
-    if not choices:
-        return None
-    choice = choices[0]
-    if chat:
-        delta = choice.get("delta") or choice.get("message")
-        if not delta:
-            return None
-        piece = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
-    else:
-        piece = choice.get("text")
-    return piece or None
 
 
 class _SSEDecoder:

@@ -12,7 +12,10 @@ Streamed frames arrive inside ``PayloadPart`` events whose boundaries do not fol
 bytes are reassembled into lines across parts. Each part that completes at least one line
 carrying output text is one chunk, stamped with ``time.monotonic()`` when botocore handed the
 part over (``t_first_token`` is the first such stamp), exactly as the OpenAI client stamps reads.
-Without streaming ``t_first_token`` equals ``t_end``.
+Without streaming ``t_first_token`` equals ``t_end``. The OpenAI-schema payloads are read as the
+OpenAI client reads them (`fmbench.endpoints._chat`): a reasoning model's reasoning is output (its
+first token is the first token), and an answer whose usage counts output tokens but which carried no
+text is a success with a note, not a failure.
 
 Why boto3 in threads rather than aiobotocore: boto3 is what users run; each call runs in a pool
 of ``concurrency`` threads with a botocore connection pool of the same size and retries disabled
@@ -37,6 +40,7 @@ from fmbench.aws import (
     translate_client_error,
 )
 from fmbench.config import InferenceConfig, SageMakerEndpoint
+from fmbench.endpoints._chat import NO_TEXT, output_piece
 from fmbench.errors import (
     EndpointError,
     EndpointHTTPError,
@@ -127,15 +131,8 @@ class _LineParser:
         if isinstance(usage, dict):
             self.output_tokens = usage.get("completion_tokens", self.output_tokens)
             self.input_tokens = usage.get("prompt_tokens", self.input_tokens)
-        out = []
-        for choice in event.get("choices") or []:
-            if self.payload == "messages":
-                piece = (choice.get("delta") or {}).get("content")
-            else:
-                piece = choice.get("text")
-            if piece:
-                out.append(str(piece))
-        return "".join(out)
+        piece = output_piece(event, self.payload == "messages")
+        return str(piece) if piece else ""
 
 
 class SageMakerClient(BotoRuntimeClient):
@@ -248,15 +245,14 @@ class SageMakerClient(BotoRuntimeClient):
         else:
             if not isinstance(data, dict) or not data.get("choices"):
                 raise EndpointProtocolError(f"{self._what}: answer without choices: {raw[:80]!r}")
-            choice = data["choices"][0]
-            text = (choice.get("message") or {}).get("content") if self.payload == "messages" else choice.get("text")
+            text = output_piece(data, self.payload == "messages") or ""
             usage = data.get("usage") or {}
             n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not text:
+        if not text and not n_out:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return Completion(
             t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=str(text),
-            input_tokens=n_in, output_tokens=n_out, http_status=200,
+            input_tokens=n_in, output_tokens=n_out, http_status=200, note=None if text else NO_TEXT,
         )
 
     def _stream(self, body: bytes) -> Completion:
@@ -300,12 +296,12 @@ class SageMakerClient(BotoRuntimeClient):
                 stream.close()
         if not parser.done:
             raise EndpointProtocolError(f"{self._what}: stream ended before its final event")
-        if not chunk_times:
+        if not chunk_times and not parser.output_tokens:
             raise EndpointProtocolError(f"{self._what}: stream carried no output text")
         return Completion(
-            t_start=t_start, t_end=now, t_first_token=chunk_times[0], chunk_times=chunk_times,
-            text="".join(pieces), input_tokens=parser.input_tokens, output_tokens=parser.output_tokens,
-            http_status=200,
+            t_start=t_start, t_end=now, t_first_token=chunk_times[0] if chunk_times else None,
+            chunk_times=chunk_times, text="".join(pieces), input_tokens=parser.input_tokens,
+            output_tokens=parser.output_tokens, http_status=200, note=None if chunk_times else NO_TEXT,
         )
 
 

@@ -171,3 +171,36 @@ def test_an_answer_of_another_shape_is_a_protocol_error(answer: dict[str, Any]) 
     with serve_app(_app(reply)) as url:
         _, err, _ = _complete(_sagemaker(url, "messages", stream=False))
     assert err is not None and err.kind == "protocol", err
+
+
+def test_a_reasoning_models_stream_is_timed_from_its_first_reasoning_token() -> None:
+    # As the OpenAI client reads it: reasoning is output the endpoint generated. Before its answer
+    # this model thinks for 0.3 s; its first token is the first reasoning token, not the answer's.
+    reasoning = _part({"choices": [{"index": 0, "delta": {"reasoning_content": "Let me think."}}]})
+    answer = _part({"choices": [{"index": 0, "delta": {"content": "Paris."}}]})
+    usage = _part({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6}})
+    done = encode_event("PayloadPart", b"data: [DONE]\n\n")
+    with serve_app(_app(_stream([(0.0, reasoning), (0.3, answer), (0.0, usage), (0.0, done)]))) as url:
+        comp, err, _ = _complete(_sagemaker(url, "messages"))
+    assert err is None, err
+    assert comp.text == "Let me think.Paris." and comp.output_tokens == 6 and len(comp.chunk_times) == 2
+    assert comp.chunk_times[1] - comp.t_first_token >= 0.25  # the first token is the reasoning's
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_answer_with_counted_tokens_and_no_text_is_a_success_with_a_note(stream: bool) -> None:
+    # A reasoning model that spent max_tokens thinking, with a server that does not stream reasoning.
+    usage = {"prompt_tokens": 5, "completion_tokens": 8}
+    parts = [(0.0, _part({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})),
+             (0.0, _part({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage": usage})),
+             (0.0, encode_event("PayloadPart", b"data: [DONE]\n\n"))]
+
+    async def whole(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                                               "finish_reason": "length"}], "usage": usage})
+
+    with serve_app(_app(_stream(parts) if stream else whole)) as url:
+        comp, err, _ = _complete(_sagemaker(url, "messages", stream=stream))
+    assert err is None, err
+    assert comp.text == "" and comp.output_tokens == 8 and comp.note and "counted by the server" in comp.note

@@ -1,0 +1,33 @@
+"""What an OpenAI-schema answer carries, read the same way by every client of that schema (the
+OpenAI-compatible client, and SageMaker's ``messages`` and ``completions`` payloads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["NO_TEXT", "output_piece"]
+
+#: A record's note for an answer whose tokens the server counted but whose text never arrived: a
+#: server may withhold bytes that do not yet form whole UTF-8 characters (llama.cpp does), so a short
+#: answer of partial characters carries no text. The server did the work: a success, counted in its
+#: own tokens.
+NO_TEXT = "no output text arrived; output tokens as counted by the server"
+
+
+def output_piece(event: Any, chat: bool) -> str | None:
+    """The output text a parsed chunk or answer carries (None when it carries none): a chat delta's
+    or message's content, else its reasoning (``reasoning_content``, ``reasoning``: a reasoning
+    model's first tokens are output the endpoint generated, and its time to first token counts
+    them); a completion's text."""
+    choices = event.get("choices")
+    if not choices:
+        return None
+    choice = choices[0]
+    if chat:
+        delta = choice.get("delta") or choice.get("message")
+        if not delta:
+            return None
+        piece = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+    else:
+        piece = choice.get("text")
+    return piece or None
