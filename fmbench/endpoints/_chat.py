@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["NO_TEXT", "output_piece"]
+__all__ = ["NO_TEXT", "count", "output_piece", "usage_counts"]
 
 #: A record's note for an answer whose tokens the server counted but whose text never arrived: a
 #: server may withhold bytes that do not yet form whole UTF-8 characters (llama.cpp does), so a short
@@ -31,3 +31,20 @@ def output_piece(event: Any, chat: bool) -> str | None:
     else:
         piece = choice.get("text")
     return piece or None
+
+
+def count(usage: Any, key: str) -> int | None:
+    """A token count from a usage object, or None when absent or not a non-negative integer (a
+    server's odd count is not taken as a measurement)."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def usage_counts(usage: Any, timings: Any = None) -> tuple[int | None, int | None]:
+    """Prompt and output tokens from the OpenAI ``usage``, else output tokens from llama.cpp's
+    ``timings`` (its ``prompt_n`` leaves out prompt tokens served from its cache, so it is not used)."""
+    if isinstance(usage, dict):
+        return count(usage, "prompt_tokens"), count(usage, "completion_tokens")
+    if isinstance(timings, dict):
+        return None, count(timings, "predicted_n")
+    return None, None

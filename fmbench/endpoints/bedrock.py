@@ -26,6 +26,7 @@ from fmbench.aws import (
     translate_client_error,
 )
 from fmbench.config import BedrockEndpoint, InferenceConfig
+from fmbench.endpoints._chat import count
 from fmbench.errors import EndpointError, EndpointProtocolError, EndpointTimeout
 from fmbench.protocol import Completion, Prompt
 
@@ -105,7 +106,7 @@ class BedrockClient(BotoRuntimeClient):
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return Completion(
             t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=text,
-            input_tokens=usage.get("inputTokens"), output_tokens=usage.get("outputTokens"), http_status=200,
+            input_tokens=count(usage, "inputTokens"), output_tokens=count(usage, "outputTokens"), http_status=200,
         )
 
     def _stream(self, params: dict[str, Any], deadline: float) -> Completion:
@@ -150,7 +151,7 @@ class BedrockClient(BotoRuntimeClient):
             raise EndpointProtocolError(f"{self._what}: stream carried no output text")
         return Completion(
             t_start=t_start, t_end=t_end, t_first_token=chunk_times[0], chunk_times=chunk_times,
-            text="".join(pieces), input_tokens=usage.get("inputTokens"), output_tokens=usage.get("outputTokens"),
+            text="".join(pieces), input_tokens=count(usage, "inputTokens"), output_tokens=count(usage, "outputTokens"),
             http_status=200,
         )
 

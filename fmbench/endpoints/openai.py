@@ -80,6 +80,7 @@ from yarl import URL
 from fmbench.config import InferenceConfig
 from fmbench.endpoints._chat import NO_TEXT as _NO_TEXT
 from fmbench.endpoints._chat import output_piece as _output_piece
+from fmbench.endpoints._chat import usage_counts as _usage_counts
 from fmbench.endpoints._deadline import Deadlines
 from fmbench.errors import (
     ConfigError,
@@ -342,22 +343,6 @@ def _error_message(body: bytes) -> str:
             text = str(data["detail"])
     text = " ".join(text.split())
     return text[:_MAX_MESSAGE] + ("..." if len(text) > _MAX_MESSAGE else "") if text else "(empty body)"
-
-
-def _count(usage: Any, key: str) -> int | None:
-    """A token count from a usage object, or None when absent or not an integer."""
-    value = usage.get(key) if isinstance(usage, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _usage_counts(usage: Any, timings: Any) -> tuple[int | None, int | None]:
-    """Prompt and output tokens from the OpenAI ``usage``, else output tokens from llama.cpp's
-    ``timings`` (its ``prompt_n`` leaves out prompt tokens served from its cache, so it is not used)."""
-    if isinstance(usage, dict):
-        return _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
-    if isinstance(timings, dict):
-        return None, _count(timings, "predicted_n")
-    return None, None
 
 
 class _SSEDecoder:

@@ -40,7 +40,7 @@ from fmbench.aws import (
     translate_client_error,
 )
 from fmbench.config import InferenceConfig, SageMakerEndpoint
-from fmbench.endpoints._chat import NO_TEXT, output_piece
+from fmbench.endpoints._chat import NO_TEXT, count, output_piece, usage_counts
 from fmbench.errors import (
     EndpointError,
     EndpointHTTPError,
@@ -119,8 +119,8 @@ class _LineParser:
         details = event.get("details")
         if event.get("generated_text") is not None or details:
             self.done = True
-            if isinstance(details, dict) and isinstance(details.get("generated_tokens"), int):
-                self.output_tokens = details["generated_tokens"]
+            if count(details, "generated_tokens") is not None:
+                self.output_tokens = count(details, "generated_tokens")
         token = event.get("token")
         if isinstance(token, dict) and not token.get("special"):
             return str(token.get("text") or "")
@@ -129,8 +129,9 @@ class _LineParser:
     def _openai(self, event: dict[str, Any]) -> str:
         usage = event.get("usage")
         if isinstance(usage, dict):
-            self.output_tokens = usage.get("completion_tokens", self.output_tokens)
-            self.input_tokens = usage.get("prompt_tokens", self.input_tokens)
+            n_in, n_out = usage_counts(usage)
+            self.output_tokens = n_out if n_out is not None else self.output_tokens
+            self.input_tokens = n_in if n_in is not None else self.input_tokens
         piece = output_piece(event, self.payload == "messages")
         return str(piece) if piece else ""
 
@@ -240,14 +241,12 @@ class SageMakerClient(BotoRuntimeClient):
             if not isinstance(item, dict) or not isinstance(item.get("generated_text"), str):
                 raise EndpointProtocolError(f"{self._what}: TGI answer without generated_text: {raw[:80]!r}")
             text = item["generated_text"]
-            details = item.get("details") or {}
-            n_out = details.get("generated_tokens") if isinstance(details, dict) else None
+            n_out = count(item.get("details"), "generated_tokens")
         else:
             if not isinstance(data, dict) or not data.get("choices"):
                 raise EndpointProtocolError(f"{self._what}: answer without choices: {raw[:80]!r}")
             text = output_piece(data, self.payload == "messages") or ""
-            usage = data.get("usage") or {}
-            n_in, n_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            n_in, n_out = usage_counts(data.get("usage"))
         if not text and not n_out:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return Completion(

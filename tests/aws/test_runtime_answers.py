@@ -204,3 +204,32 @@ def test_an_answer_with_counted_tokens_and_no_text_is_a_success_with_a_note(stre
         comp, err, _ = _complete(_sagemaker(url, "messages", stream=stream))
     assert err is None, err
     assert comp.text == "" and comp.output_tokens == 8 and comp.note and "counted by the server" in comp.note
+
+
+@pytest.mark.parametrize("bad", [-3, "7", 2.5, True], ids=["negative", "string", "float", "bool"])
+def test_a_token_count_that_is_not_a_count_is_not_taken(bad: Any) -> None:
+    # As the OpenAI client: the record's tokens are then counted with the tokenizer, not taken as -3.
+    async def reply(request: web.Request) -> web.Response:
+        await request.read()
+        if "/model/" in request.path:
+            return web.json_response({"output": {"message": {"role": "assistant", "content": [{"text": "Paris."}]}},
+                                      "stopReason": "end_turn", "usage": {"inputTokens": bad, "outputTokens": bad}})
+        if request.path.endswith("-response-stream"):
+            body = _part({"choices": [{"index": 0, "delta": {"content": "Paris."}}],
+                          "usage": {"prompt_tokens": bad, "completion_tokens": bad}})
+            resp = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
+            await resp.prepare(request)
+            await resp.write(body + encode_event("PayloadPart", b"data: [DONE]\n\n"))
+            await resp.write_eof()
+            return resp
+        return web.json_response({"choices": [{"index": 0, "message": {"content": "Paris."}}],
+                                  "usage": {"prompt_tokens": bad, "completion_tokens": bad}})
+
+    with serve_app(_app(reply)) as url:
+        clients = [_sagemaker(url, "messages"), _sagemaker(url, "messages", stream=False)]
+        if bad == -3:  # (botocore reads Bedrock's answer by its service model: "7", 2.5 and true become ints)
+            clients.append(_bedrock(url, stream=False))
+        for client in clients:
+            comp, err, _ = _complete(client)
+            assert err is None, err
+            assert (comp.text, comp.input_tokens, comp.output_tokens) == ("Paris.", None, None), client
