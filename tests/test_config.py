@@ -277,3 +277,24 @@ def test_a_ca_bundle_resolves_like_a_dataset_path_and_leaves_other_configs_hashe
     assert cfg.config_hash() != without.config_hash()
     absolute = load_config_text(BASE.replace("{provider: simulated}", openai % ", ca_bundle: /etc/ca.pem"))
     assert absolute.experiments[0].endpoint.ca_file() == "/etc/ca.pem"
+
+
+@pytest.mark.parametrize(("endpoint", "pricing", "count"), [
+    (("{provider: sagemaker, instance_type: ml.g5.2xlarge, instance_count: 2, image_uri: x.dkr.ecr.us-east-1"
+      ".amazonaws.com/i:1, role_arn: 'arn:aws:iam::123456789012:role/r'}"), "{hourly_usd: 1.5}", 2),
+    ("{provider: sagemaker, endpoint_name: my-ep}", "{instance_type: ml.g5.2xlarge, instance_count: 3}", 3),
+    ("{provider: simulated}", "{hourly_usd: 2.0, instance_count: 4}", 4),
+], ids=["deployed-count-only", "existing-endpoint-priced-count", "simulated-priced-count"])
+def test_one_instance_count_survives_the_config_being_dumped_and_validated_again(
+        endpoint: str, pricing: str, count: int) -> None:
+    # A run stores its config with every default written out, and the CLI's narrowing re-validates it
+    # the same way: a count given once must not read, once dumped, as two counts that differ.
+    from fmbench.config import instance_count
+
+    text = BASE.replace("endpoint: {provider: simulated}", f"endpoint: {endpoint}\n    pricing: {pricing}")
+    cfg = load_config_text(text, source="t.yml")
+    again = [narrow_config(cfg), load_config_text(dump_config(cfg), source="config.yml")]
+    for c in [cfg, *again]:
+        e = c.experiments[0]
+        assert instance_count(e.endpoint, e.pricing) == count
+    assert again[1].config_hash() == cfg.config_hash()
