@@ -42,7 +42,7 @@ _DELTAS: tuple[tuple[str, str, Literal["up", "down"], str, str], ...] = (
 
 _LOAD = ["dataset", "bucket", "concurrency", "request_rate"]
 _SAMPLE_COLS = ["experiment", *_LOAD, "warmup", "ok", "latency_s", "ttft_s", "tpot_s", "output_tokens", "itl_s",
-                "t_start", "t_end"]
+                "chunks", "t_start", "t_end"]  # (chunks: the goodput rule's one-token streamed answer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,7 @@ def _by_shard(requests: pl.LazyFrame | None, slo: Any) -> dict[_Key, pl.DataFram
     # a retried request is its final attempt, as in the metrics compared
     df = (final_attempts(requests).filter(~pl.col("warmup").fill_null(False))
           .select([c for c in _SAMPLE_COLS if c in names])
+          .with_columns([] if "chunks" in names else [pl.lit(None, dtype=pl.Int64()).alias("chunks")])  # older records
           .with_columns(good.alias("_good") if good is not None else pl.lit(None, dtype=pl.Boolean()).alias("_good"))
           .collect())
     return {_shard_key(dict(zip(["experiment", *_LOAD], k))): part

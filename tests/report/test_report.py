@@ -237,6 +237,17 @@ def test_compare_two_runs_on_shared_buckets(tmp_path: Path) -> None:
     assert not (a / "report.md").exists() and not (a / "metrics.parquet").exists()
 
 
+def test_compare_judges_goodput_with_a_per_request_tpot_slo(tmp_path: Path, no_png: None) -> None:
+    # The goodput rule for TPOT reads each request's chunks (a one-token streamed answer has no TPOT).
+    slo = {"latency_p95_s": 0.6, "tpot_s": 0.005}
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_run(str(a), name="bench-a", run_id="ra", seed=1, slo=slo)
+    write_run(str(b), name="bench-b", run_id="rb", seed=2, slo=slo, failed_shard=False, invalid_shard=False)
+    compare_runs([str(a), str(b)], str(tmp_path / "cmp"))
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "## Changes between runs" in md and "| goodput" in md
+
+
 def test_compare_needs_shared_buckets(tmp_path: Path) -> None:
     from fmbench.errors import ConfigError
 
