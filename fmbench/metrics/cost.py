@@ -223,21 +223,21 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
     if gone_by is not None:  # ended at an unknown time: the known part, and at most how much more
         more_h = count * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
         known = (f"{billed.billed_s / 3600.0:.3f} h from {billed.billed_from.isoformat()} to "
-                 f"{billed.billed_to.isoformat()}, the last time it was known alive (${bill['cost_usd']:,.2f})"
+                 f"{billed.billed_to.isoformat()}, the last time it was known alive ({usd(bill['cost_usd'])})"
                  if life.in_service_at else
                  "nothing (it never reached InService before the attempt was killed, and may never have been created)")
         return (f"; plus an earlier attempt's endpoint, {what}, gone when the run resumed at {gone_by.isoformat()} "
                 f"({life.gone_how} at an unknown time): billed {known}; it may have cost up to "
-                f"{more_h:.3f} instance-hours (${more_h * rate:,.2f}) more, not included")
+                f"{more_h:.3f} instance-hours ({usd(more_h * rate)}) more, not included")
     if not billed.deleted:  # its deploy in the resumed run ended before it could adopt (or delete) it
         row["still_billing"] = True
         row["billed_to"] = max(row["billed_to"], billed.billed_to.isoformat())
         return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
-                f"{billed.billed_from.isoformat()} (${bill['cost_usd']:,.2f}), {_not_deleted(billed, life)}")
+                f"{billed.billed_from.isoformat()} ({usd(bill['cost_usd'])}), {_not_deleted(billed, life)}")
     by = f" by {life.deleted_by}" if life.deleted_by else ""
     return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
             f"{billed.billed_from.isoformat()} to {billed.billed_to.isoformat()}, its deletion{by} "
-            f"(${bill['cost_usd']:,.2f})")
+            f"({usd(bill['cost_usd'])})")
 
 
 def _not_deleted(billed: BilledTime, life: EndpointTimeline) -> str:

@@ -160,6 +160,9 @@ def finished_evaluation(run: RunInfo, cfg: BenchmarkConfig, experiment: str) -> 
     if outcome.status != "ok" or outcome.key != evaluation_key(cfg):
         return None
     if outcome.answers != answers_key(_answer_rows(run, experiment)):
+        if not outcome.answers:  # (judge calls are paid for: say why they are made again)
+            log.warning("evaluation of %s: its stored outcome predates the record of which answers it scored, "
+                        "so it cannot be shown to cover this run's answers; evaluating again", experiment)
         return None
     return outcome.model_copy(update={"cached": True})
 

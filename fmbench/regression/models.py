@@ -34,7 +34,8 @@ class MetricRule(BaseModel):
     worse: Literal["up", "down"] = Field(description="The direction that is a regression.")
     column: str | None = Field(default=None, description="requests.parquet column bootstrapped for noise.")
     statistic: Literal["p95", "mean", "rate"] | None = Field(
-        default=None, description="Statistic of `column`; rate: a closed-loop rate, ~ 1 / mean latency.")
+        default=None, description="Statistic of `column`; rate: a closed-loop rate, resampled from every request's "
+        "time in flight and outcome (`column` unused; see `noise.rate_samples`).")
 
 
 #: The metrics compared, in report order.

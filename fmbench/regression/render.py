@@ -79,7 +79,8 @@ def render_markdown(report: RegressionReport, images: bool = True) -> str:
            f"{t.cost_per_10k_txn:.0%}). Noise: a {report.confidence:.0%} bootstrap interval "
            f"({report.n_resamples} resamples of each run's requests) of the difference; a change whose "
            "interval includes zero is within run-to-run variation and not flagged. Throughput and token rate of "
-            "closed-loop shards take their interval from the mean latency (Little's law); cost and open-loop "
+            "closed-loop shards take their interval from every request's time in flight and outcome (Little's "
+            "law, failures included); cost and open-loop "
             "rates have no noise estimate (–)."), ""]
     if report.config_changed:
         out += [("> The config changed since the previous run (different config hash): differences may "

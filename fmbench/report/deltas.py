@@ -5,8 +5,8 @@ dataset, bucket and load (or, when each run has a single experiment under differ
 two serving stacks are compared, by dataset, bucket and load alone). The noise of each change is the
 seeded bootstrap regression detection uses (`fmbench.regression`): per-request values of both runs
 are resampled and the change is *significant* when the confidence interval of the difference
-excludes zero. Throughput and instance-priced cost of closed-loop shards get their interval from the
-latencies through Little's law, as in regression detection; cost under token pricing and open-loop
+excludes zero. Throughput and instance-priced cost of closed-loop shards get their interval from every
+request's time in flight and outcome (failures included) through Little's law, as in regression detection; cost under token pricing and open-loop
 throughput get none ("no noise estimate"). Evaluated accuracy is compared per experiment, dataset
 and bucket (it does not depend on the load), its noise the same bootstrap of the per-request scores.
 """
@@ -139,7 +139,7 @@ def _ci(stat: str, a: np.ndarray, b: np.ndarray, before: float, closed_loop: boo
     elif stat == "rate" and closed_loop:
         low, high = bootstrap_rate_ci(a, b, before, n_resamples, confidence, seed)
     elif stat == "cost" and closed_loop and not token_priced:
-        # an instance's cost per transaction scales with 1 / throughput, i.e. with mean latency
+        # an instance's cost per transaction scales with 1 / throughput: the rate's interval, inverted
         low, high = bootstrap_rate_ci(b, a, before, n_resamples, confidence, seed)
     else:
         return None
@@ -268,6 +268,6 @@ def delta_note(n_resamples: int = 400, confidence: float = 0.95) -> str:
             f"{confidence:.0%} interval of a seeded bootstrap ({n_resamples} resamples of the per-request values, as "
             "regression detection uses) excludes zero, else it is within noise. p95 ITL resamples the pooled gaps; "
             "goodput the per-request good/not-good outcome; closed-loop throughput and instance-priced cost take "
-            "their interval from every request's time in flight and outcome (Little's law, failures included). Token-priced cost and open-loop throughput have no "
-            "noise estimate. Evaluated accuracy is compared per dataset bucket (all loads together), resampling "
+            "their interval from every request's time in flight and outcome (Little's law, failures included). "
+            "Token-priced cost and open-loop throughput have no noise estimate. Evaluated accuracy is compared per dataset bucket (all loads together), resampling "
             "the per-request scores (or the judge panel's decided verdicts).")
