@@ -104,11 +104,13 @@ _SIGNING = re.compile(r"(?i)(x-amz-security-token\s*[:=]\s*|signature\s*=\s*)[^\
 _MIN_SECRET = 12
 
 
-def redact_aws(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` without AWS signing material (`_SIGNING`) or any of ``secrets`` (the credentials' values)."""
+def redact_aws(text: str, secrets: tuple[str, ...] = (), min_len: int = _MIN_SECRET) -> str:
+    """``text`` without AWS signing material (`_SIGNING`) or any of ``secrets`` (the credentials'
+    values) of at least ``min_len`` characters (1: every one, for secrets other than credentials),
+    the longest first (a secret inside another is not left half-replaced)."""
     text = _SIGNING.sub(r"\1***", text)
-    for secret in secrets:
-        if len(secret) >= _MIN_SECRET:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= max(1, min_len):
             text = text.replace(secret, "***")
     return text
 

@@ -97,6 +97,8 @@ def _describe(call: str, exc: Exception) -> DeploymentError:
         return exc
     error = _described(call, exc)
     error.args = (redact_aws(str(error)),)
+    if redact_aws(str(exc)) != str(exc):  # it is chained to the new error, whose traceback prints it
+        exc.args = (redact_aws(str(exc)),)
     return error
 
 
@@ -556,9 +558,15 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
         error = _undo_deploy(client, handle, experiment.name, step, exc)
         if error is exc:
             raise
-        if any(value in str(error) for value in secrets.values()):  # a validation error may quote them
-            # (and so may the error it came from: it is not chained, so no traceback shows it)
-            raise DeploymentError(redact_aws(str(error), tuple(secrets.values()))) from None
+        if any(value and value in str(error) for value in secrets.values()):  # a validation error may quote them
+            # (and so may the error it came from: it is not chained, so no traceback shows it). Every
+            # value goes, however short: a container's secrets are not AWS credentials. What the failed
+            # deploy left (still billed) stays with the error, as `_undo_deploy` noted it.
+            redacted = DeploymentError(redact_aws(str(error), tuple(secrets.values()), min_len=1))
+            state = deploy_state(error)
+            if state is not None:
+                note_deploy_state(redacted, state)
+            raise redacted from None
         raise error from exc
     return handle
 

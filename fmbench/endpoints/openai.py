@@ -660,9 +660,12 @@ class OpenAIClient:
     def _stream_error(self, event: dict[str, Any]) -> EndpointHTTPError:
         err = event.get("error")
         code = err.get("code") if isinstance(err, dict) else None
-        status = code if isinstance(code, int) and code >= 400 else 500
-        msg = _error_message(json.dumps(event).encode())
-        return EndpointHTTPError(_redact(f"error in answer (status {status}): {msg}", self._secrets), status)
+        # (as SageMaker's client reads the same event: a code that is no HTTP error status is a 500,
+        # and 429 is throttling, retried as a throttled answer is)
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        msg = _redact(f"error in answer (status {status}): {_error_message(json.dumps(event).encode())}",
+                      self._secrets)
+        return EndpointThrottled(msg, status) if status == 429 else EndpointHTTPError(msg, status)
 
     @staticmethod
     async def _drain(resp: aiohttp.ClientResponse) -> None:

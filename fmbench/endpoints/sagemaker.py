@@ -14,8 +14,9 @@ carrying output text is one chunk, stamped with ``time.monotonic()`` when botoco
 part over (``t_first_token`` is the first such stamp), exactly as the OpenAI client stamps reads.
 Without streaming ``t_first_token`` equals ``t_end``. The OpenAI-schema payloads are read as the
 OpenAI client reads them (`fmbench.endpoints._chat`): a reasoning model's reasoning is output (its
-first token is the first token), and an answer whose usage counts output tokens but which carried no
-text is a success with a note, not a failure.
+first token is the first token). With every payload, an answer whose server counted output tokens
+(usage, TGI's ``details.generated_tokens``) but which carried no text is a success with a note (the
+server did the work: an answer of end-of-sequence only), not a failure.
 
 Why boto3 in threads rather than aiobotocore: boto3 is what users run; each call runs in a pool
 of ``concurrency`` threads with a botocore connection pool of the same size and retries disabled
@@ -213,6 +214,7 @@ class SageMakerClient(BotoRuntimeClient):
         t_call = time.monotonic()
         timeout = self.inference.timeout_s
         answer = None
+        read = False
         try:
             resp = self._client.invoke_endpoint(
                 EndpointName=self.endpoint_name, Body=body, ContentType="application/json", Accept="application/json"
@@ -220,6 +222,7 @@ class SageMakerClient(BotoRuntimeClient):
             answer = resp["Body"]
             bound_reads(answer, t_call + timeout, self._what, timeout)
             raw = answer.read()
+            read = True
             t_end = time.monotonic()
             t_start = self._stamps.last(t_call)
             return self._parse_full(raw, t_start, t_end)
@@ -228,6 +231,8 @@ class SageMakerClient(BotoRuntimeClient):
         finally:
             if answer is not None:
                 restore_reads(answer, timeout)
+                if not read:  # a body left unread (past its deadline, or broken off) must not go back to the pool
+                    answer.close()
 
     def _parse_full(self, raw: bytes, t_start: float, t_end: float) -> Completion:
         try:

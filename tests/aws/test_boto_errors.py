@@ -111,6 +111,18 @@ def test_a_quoted_signature_never_reaches_a_message() -> None:
     assert key_id not in str(translate_client_error(exc, "ep", (key_id,)))
     # a placeholder credential ("s", "testing") is no secret to hunt for: the message stays readable
     assert "signature you provided" in str(translate_client_error(exc, "ep", ("s", "t", "testing")))
+    # the deploy error is chained to the ClientError, and a failed task's traceback prints both
+    assert "PLANTED" not in str(exc) and "0123456789abcdef" not in str(exc)
+
+
+def test_a_containers_secret_is_taken_out_however_short() -> None:
+    # env_from values (HF_TOKEN, a password) are not AWS credentials: no length makes them safe to show
+    from fmbench.aws import redact_aws
+
+    text = "ValidationException: value hunter2pw of HF_TOKEN is invalid (hunter2pw-and-more)"
+    assert redact_aws(text, ("hunter2pw",)) == text  # credentials' rule: too short to be one
+    assert redact_aws(text, ("hunter2pw", "hunter2pw-and-more"), min_len=1) == (
+        "ValidationException: value *** of HF_TOKEN is invalid (***)")
 
 
 def test_a_throttled_answer_says_when_to_try_again() -> None:

@@ -348,10 +348,13 @@ def test_unusual_chunks_inside_one_read_count_as_when_read_one_by_one(middle: by
     ("bad", "error", "fragment"),
     [
         (b'data: {"error":{"message":"overloaded","code":503}}\n\n', EndpointHTTPError, "overloaded"),
+        # as SageMaker's client reads the same event: 429 is throttling, a code that is no status a 500
+        (b'data: {"error":{"message":"rate","code":429}}\n\n', EndpointThrottled, "(status 429): "),
+        (b'data: {"error":{"message":"odd","code":1001}}\n\n', EndpointHTTPError, "(status 500): "),
         (b"data: {not json\n\n", EndpointProtocolError, "not JSON"),
         (b"data: [1, 2]\n\n", EndpointProtocolError, "not a JSON object: b'[1, 2]'"),
     ],
-    ids=["error-event", "not-json", "not-an-object"],
+    ids=["error-event", "throttled-event", "not-a-status-event", "not-json", "not-an-object"],
 )
 def test_a_bad_event_after_text_in_the_same_read_fails_the_request(
     bad: bytes, error: type[EndpointError], fragment: str
