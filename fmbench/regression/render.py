@@ -80,8 +80,7 @@ def render_markdown(report: RegressionReport, images: bool = True) -> str:
            f"({report.n_resamples} resamples of each run's requests) of the difference; a change whose "
            "interval includes zero is within run-to-run variation and not flagged. Throughput and token rate of "
             "closed-loop shards take their interval from every request's time in flight and outcome (Little's "
-            "law, failures included); cost and open-loop "
-            "rates have no noise estimate (–)."), ""]
+            "law, failures included); cost and open-loop rates have no noise estimate (–)."), ""]
     if report.config_changed:
         out += [("> The config changed since the previous run (different config hash): differences may "
                  "come from the change, not from the endpoint."), ""]
