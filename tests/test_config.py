@@ -298,3 +298,15 @@ def test_one_instance_count_survives_the_config_being_dumped_and_validated_again
         e = c.experiments[0]
         assert instance_count(e.endpoint, e.pricing) == count
     assert again[1].config_hash() == cfg.config_hash()
+
+
+def test_a_pricing_shared_by_two_experiments_keeps_each_ones_count() -> None:
+    # (a notebook builds configs from objects: settling one experiment's count must not change another's)
+    from fmbench.config import ExperimentConfig, PricingConfig, SageMakerEndpoint, instance_count
+
+    shared = PricingConfig(hourly_usd=1.0)
+    deployed = [ExperimentConfig(name=f"e{n}", pricing=shared, endpoint=SageMakerEndpoint(
+        provider="sagemaker", instance_type="ml.g5.2xlarge", instance_count=n, image_uri="x.dkr.ecr.us-east-1."
+        "amazonaws.com/i:1", role_arn="arn:aws:iam::123456789012:role/r")) for n in (2, 3)]
+    assert [instance_count(e.endpoint, e.pricing) for e in deployed] == [2, 3]
+    assert [e.pricing.instance_count for e in deployed if e.pricing] == [2, 3] and shared.instance_count == 1

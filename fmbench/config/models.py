@@ -423,15 +423,17 @@ def instance_count(endpoint: Any, pricing: PricingConfig | None) -> int:
     return own if own_set and isinstance(own, int) else 1
 
 
-def _settle_instance_count(endpoint: Any, pricing: PricingConfig | None) -> None:
-    """Write the count `instance_count` resolves into both fields, so that the config as dumped (every
-    default written out, as a run stores it and as the CLI's narrowing re-validates it) says the same
-    count in both places and validates again: an unset count would otherwise read as set to its default."""
+def _settle_instance_count(endpoint: Any, pricing: PricingConfig | None) -> tuple[Any, PricingConfig | None]:
+    """The endpoint and pricing with the count `instance_count` resolves in both, so that the config as
+    dumped (every default written out, as a run stores it and as the CLI's narrowing re-validates it)
+    says the same count in both places and validates again: an unset count would otherwise read as
+    set to its default. Copies where a count changes (a pricing given as an object may be shared)."""
     n = instance_count(endpoint, pricing)
     if pricing is not None and pricing.instance_count != n:
-        pricing.instance_count = n
+        pricing = pricing.model_copy(update={"instance_count": n})
     if isinstance(getattr(endpoint, "instance_count", None), int) and endpoint.instance_count != n:
-        endpoint.instance_count = n
+        endpoint = endpoint.model_copy(update={"instance_count": n})
+    return endpoint, pricing
 
 
 class ExperimentConfig(_Model):
@@ -509,7 +511,7 @@ class ExperimentConfig(_Model):
 
     @model_validator(mode="after")
     def _one_instance_count(self) -> ExperimentConfig:
-        _settle_instance_count(self.endpoint, self.pricing)
+        self.endpoint, self.pricing = _settle_instance_count(self.endpoint, self.pricing)
         return self
 
     @model_validator(mode="after")
@@ -573,7 +575,7 @@ class JudgeConfig(_Model):
 
     @model_validator(mode="after")
     def _one_instance_count(self) -> JudgeConfig:
-        _settle_instance_count(self.endpoint, self.pricing)
+        self.endpoint, self.pricing = _settle_instance_count(self.endpoint, self.pricing)
         return self
 
     @property
