@@ -97,8 +97,8 @@ def _describe(call: str, exc: Exception) -> DeploymentError:
         return exc
     error = _described(call, exc)
     error.args = (redact_aws(str(error)),)
-    if redact_aws(str(exc)) != str(exc):  # it is chained to the new error, whose traceback prints it
-        exc.args = (redact_aws(str(exc)),)
+    if (cleared := redact_aws(str(exc))) != str(exc):  # it is chained to the new error, whose traceback prints it
+        exc.args = (cleared,)
     return error
 
 

@@ -3,9 +3,15 @@ OpenAI-compatible client, and SageMaker's ``messages`` and ``completions`` paylo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["NO_TEXT", "count", "output_piece", "usage_counts"]
+from fmbench.errors import EndpointHTTPError, EndpointThrottled
+
+__all__ = ["NO_TEXT", "count", "error_event", "output_piece", "usage_counts"]
+
+#: TGI's ``error_type`` of an error event and the HTTP status its server gives the same error.
+_TGI_ERROR_STATUS = {"validation": 422, "overloaded": 429}
 
 #: A record's note for an answer whose tokens the server counted but whose text never arrived: a
 #: server may withhold bytes that do not yet form whole UTF-8 characters (llama.cpp does), so a short
@@ -48,3 +54,16 @@ def usage_counts(usage: Any, timings: Any = None) -> tuple[int | None, int | Non
     if isinstance(timings, dict):
         return None, count(timings, "predicted_n")
     return None, None
+
+
+def error_event(event: dict[str, Any], describe: Callable[[int], str]) -> EndpointHTTPError:
+    """A server's own error event (OpenAI's ``{"error": {"message", "code"}}``, TGI's ``{"error": "...",
+    "error_type": "..."}``) as the HTTP error it stands for: the answer was read, the server failed it.
+    Its status is the event's code when that is an HTTP error status, else TGI's for its error type,
+    else 500; 429 is throttling (retried as a throttled answer is). ``describe(status)`` words it."""
+    err = event.get("error")
+    code = err.get("code") if isinstance(err, dict) else None
+    status = code if isinstance(code, int) and 400 <= code <= 599 else _TGI_ERROR_STATUS.get(
+        str(event.get("error_type")), 500)
+    text = describe(status)
+    return EndpointThrottled(text, status=429) if status == 429 else EndpointHTTPError(text, status=status)

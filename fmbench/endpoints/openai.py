@@ -79,6 +79,7 @@ from yarl import URL
 
 from fmbench.config import InferenceConfig
 from fmbench.endpoints._chat import NO_TEXT as _NO_TEXT
+from fmbench.endpoints._chat import error_event
 from fmbench.endpoints._chat import output_piece as _output_piece
 from fmbench.endpoints._chat import usage_counts as _usage_counts
 from fmbench.endpoints._deadline import Deadlines
@@ -658,14 +659,9 @@ class OpenAIClient:
         )
 
     def _stream_error(self, event: dict[str, Any]) -> EndpointHTTPError:
-        err = event.get("error")
-        code = err.get("code") if isinstance(err, dict) else None
-        # (as SageMaker's client reads the same event: a code that is no HTTP error status is a 500,
-        # and 429 is throttling, retried as a throttled answer is)
-        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
-        msg = _redact(f"error in answer (status {status}): {_error_message(json.dumps(event).encode())}",
-                      self._secrets)
-        return EndpointThrottled(msg, status) if status == 429 else EndpointHTTPError(msg, status)
+        # (as SageMaker's client reads the same event: `_chat.error_event`)
+        msg = _redact(_error_message(json.dumps(event).encode()), self._secrets)
+        return error_event(event, lambda status: f"error in answer (status {status}): {msg}")
 
     @staticmethod
     async def _drain(resp: aiohttp.ClientResponse) -> None:

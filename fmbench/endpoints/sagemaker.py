@@ -41,12 +41,11 @@ from fmbench.aws import (
     translate_client_error,
 )
 from fmbench.config import InferenceConfig, SageMakerEndpoint
-from fmbench.endpoints._chat import NO_TEXT, count, output_piece, usage_counts
+from fmbench.endpoints._chat import NO_TEXT, count, error_event, output_piece, usage_counts
 from fmbench.errors import (
     EndpointError,
     EndpointHTTPError,
     EndpointProtocolError,
-    EndpointThrottled,
     EndpointTimeout,
 )
 from fmbench.protocol import Completion, Prompt
@@ -54,21 +53,11 @@ from fmbench.protocol import Completion, Prompt
 __all__ = ["SageMakerClient", "sagemaker_client"]
 
 
-#: TGI's ``error_type`` of an error event and the HTTP status its server gives the same error.
-_TGI_ERROR_STATUS = {"validation": 422, "overloaded": 429}
-
-
 def _stream_error(event: dict[str, Any], what: str) -> EndpointHTTPError:
-    """The server's own error event inside a stream (OpenAI's ``{"error": {"message", "code"}}``, TGI's
-    ``{"error": "...", "error_type": "..."}``) as the HTTP error it stands for: the answer was read,
-    the server failed it (500 unless the event says otherwise; TGI's overloaded is throttling)."""
+    """The server's own error event inside a stream, as the OpenAI client reads it (`_chat.error_event`)."""
     err = event["error"]
-    code = err.get("code") if isinstance(err, dict) else None
     message = (err.get("message") or err) if isinstance(err, dict) else err
-    status = code if isinstance(code, int) and 400 <= code <= 599 else _TGI_ERROR_STATUS.get(
-        str(event.get("error_type")), 500)
-    text = f"{what}: error in stream (status {status}): {str(message)[:200]}"
-    return EndpointThrottled(text, status=429) if status == 429 else EndpointHTTPError(text, status=status)
+    return error_event(event, lambda status: f"{what}: error in stream (status {status}): {str(message)[:200]}")
 
 
 class _LineParser:

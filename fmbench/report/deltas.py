@@ -7,8 +7,9 @@ seeded bootstrap regression detection uses (`fmbench.regression`): per-request v
 are resampled and the change is *significant* when the confidence interval of the difference
 excludes zero. Throughput and instance-priced cost of closed-loop shards get their interval from
 every request's time in flight and outcome (failures included) through Little's law, as in regression
-detection; cost under token pricing and open-loop throughput get none ("no noise estimate"). Evaluated accuracy is compared per experiment, dataset
-and bucket (it does not depend on the load), its noise the same bootstrap of the per-request scores.
+detection; cost under token pricing and open-loop throughput get none ("no noise estimate").
+Evaluated accuracy is compared per experiment, dataset and bucket (it does not depend on the load),
+its noise the same bootstrap of the per-request scores.
 """
 
 from __future__ import annotations

@@ -295,7 +295,7 @@ async def _sm_request(
 ) -> tuple[GenRequest, str, dict[str, Any]]:
     body = await _json_body(request, _model_error(422, "request body is not a JSON object"))
     if isinstance(body.get("inputs"), str):
-        fmt, text = "tgi", body["inputs"]
+        fmt, texts = "tgi", [body["inputs"]]
         params = body.get("parameters") or {}
         max_tokens = params.get("max_new_tokens")
     elif isinstance(body.get("messages"), list):
@@ -304,16 +304,16 @@ async def _sm_request(
             texts = chat_texts(body["messages"])
         except ValueError as err:
             raise _model_error(422, str(err)) from err
-        text = "\n".join(texts)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     elif isinstance(body.get("prompt"), str):
-        fmt, text = "completions", body["prompt"]
+        fmt, texts = "completions", [body["prompt"]]
         max_tokens = body.get("max_tokens")
     else:
         raise _model_error(422, "expected 'inputs' (TGI), 'messages' or 'prompt'")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise _model_error(422, "max tokens must be a positive integer")
-    n = sum([await ctx.count_tokens(t) for t in texts]) if fmt == "messages" else await ctx.count_tokens(text)
+    n = sum([await ctx.count_tokens(t) for t in texts])
+    text = "\n".join(texts)
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
     return GenRequest(n, max_tokens, text, arrival, extra, _reply(ctx, text, body)), fmt, body
 
