@@ -8,7 +8,7 @@ from typing import Any
 
 from fmbench.errors import EndpointHTTPError, EndpointThrottled
 
-__all__ = ["NO_TEXT", "count", "error_event", "output_piece", "usage_counts"]
+__all__ = ["NO_TEXT", "count", "error_event", "is_error_event", "output_piece", "usage_counts"]
 
 #: TGI's ``error_type`` of an error event and the HTTP status its server gives the same error.
 _TGI_ERROR_STATUS = {"validation": 422, "overloaded": 429}
@@ -54,6 +54,14 @@ def usage_counts(usage: Any, timings: Any = None) -> tuple[int | None, int | Non
     if isinstance(timings, dict):
         return None, count(timings, "predicted_n")
     return None, None
+
+
+def is_error_event(event: dict[str, Any]) -> bool:
+    """Whether a parsed event or answer is the server's error: it names one (an ``error`` that is not
+    null or empty), whatever else it carries. A server that writes every field of its schema sends
+    ``"error": null`` beside good chunks; one that names an error beside a last piece of text failed
+    the answer all the same."""
+    return bool(event.get("error"))
 
 
 def error_event(event: dict[str, Any], describe: Callable[[int], str]) -> EndpointHTTPError:

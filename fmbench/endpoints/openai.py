@@ -79,7 +79,7 @@ from yarl import URL
 
 from fmbench.config import InferenceConfig
 from fmbench.endpoints._chat import NO_TEXT as _NO_TEXT
-from fmbench.endpoints._chat import error_event
+from fmbench.endpoints._chat import error_event, is_error_event
 from fmbench.endpoints._chat import output_piece as _output_piece
 from fmbench.endpoints._chat import usage_counts as _usage_counts
 from fmbench.endpoints._deadline import Deadlines
@@ -640,7 +640,7 @@ class OpenAIClient:
             raise EndpointProtocolError(f"answer is not JSON: {raw[:80]!r}") from exc
         if not isinstance(data, dict):
             raise EndpointProtocolError(f"answer is not a JSON object: {type(data).__name__}")
-        if "error" in data and not data.get("choices"):
+        if is_error_event(data):
             raise self._stream_error(data)
         text = _output_piece(data, self._chat) or ""
         input_tokens, output_tokens = _usage_counts(data.get("usage"), data.get("timings"))
@@ -715,11 +715,13 @@ class OpenAIClient:
                     piece = event["choices"][0]["delta"]["content"] if chat else event["choices"][0]["text"]
                 except (KeyError, IndexError, TypeError):
                     piece = None
+                if piece and "error" in event and event["error"]:  # named beside text (`is_error_event`)
+                    raise self._stream_error(event)
                 if not piece:
                     if not isinstance(event, dict):
                         payload = payloads[next(i for i, e in enumerate(events) if e is event)]
                         raise EndpointProtocolError(f"SSE event is not a JSON object: {payload[:80]!r}")
-                    if "error" in event and not event.get("choices"):
+                    if is_error_event(event):
                         raise self._stream_error(event)
                     piece = _output_piece(event, chat)
                     if not piece:

@@ -41,7 +41,7 @@ from fmbench.aws import (
     translate_client_error,
 )
 from fmbench.config import InferenceConfig, SageMakerEndpoint
-from fmbench.endpoints._chat import NO_TEXT, count, error_event, output_piece, usage_counts
+from fmbench.endpoints._chat import NO_TEXT, count, error_event, is_error_event, output_piece, usage_counts
 from fmbench.errors import (
     EndpointError,
     EndpointHTTPError,
@@ -53,11 +53,12 @@ from fmbench.protocol import Completion, Prompt
 __all__ = ["SageMakerClient", "sagemaker_client"]
 
 
-def _stream_error(event: dict[str, Any], what: str) -> EndpointHTTPError:
-    """The server's own error event inside a stream, as the OpenAI client reads it (`_chat.error_event`)."""
+def _stream_error(event: dict[str, Any], what: str, where: str = "stream") -> EndpointHTTPError:
+    """The server's own error event inside a stream (or its whole answer), as the OpenAI client reads
+    it (`_chat.error_event`)."""
     err = event["error"]
     message = (err.get("message") or err) if isinstance(err, dict) else err
-    return error_event(event, lambda status: f"{what}: error in stream (status {status}): {str(message)[:200]}")
+    return error_event(event, lambda status: f"{what}: error in {where} (status {status}): {str(message)[:200]}")
 
 
 class _LineParser:
@@ -99,7 +100,7 @@ class _LineParser:
             raise EndpointProtocolError(f"{self.what}: streamed line is not JSON: {line[:80]!r}") from exc
         if not isinstance(event, dict):
             raise EndpointProtocolError(f"{self.what}: streamed line is not a JSON object: {line[:80]!r}")
-        if event.get("error"):
+        if is_error_event(event):
             raise _stream_error(event, self.what)
         if self.payload == "tgi":
             return self._tgi(event)
@@ -228,6 +229,8 @@ class SageMakerClient(BotoRuntimeClient):
             data = json.loads(raw)
         except ValueError as exc:
             raise EndpointProtocolError(f"{self._what}: answer is not JSON: {raw[:80]!r}") from exc
+        if isinstance(data, dict) and is_error_event(data):  # the container answered its own error
+            raise _stream_error(data, self._what, "answer")
         text: Any = ""
         n_in, n_out = None, None
         if self.payload == "tgi":

@@ -158,6 +158,36 @@ def test_an_error_event_in_a_stream_is_the_servers_error(payload: str, event: di
     assert "error in stream" in str(err)
 
 
+def test_an_error_of_null_beside_good_chunks_is_no_error() -> None:
+    # A server that writes every field of its schema (as the OpenAI client reads it: `_chat.is_error_event`).
+    parts = [(0.0, _part({"choices": [{"index": 0, "delta": {"content": "Paris."}}], "error": None})),
+             (0.0, _part({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}, "error": None})),
+             (0.0, encode_event("PayloadPart", b"data: [DONE]\n\n"))]
+    with serve_app(_app(_stream(parts))) as url:
+        comp, err, _ = _complete(_sagemaker(url, "messages"))
+    assert err is None, err
+    assert comp.text == "Paris." and comp.output_tokens == 2
+
+
+@pytest.mark.parametrize(("payload", "answer", "status"), [
+    ("messages", {"error": {"message": "overloaded", "code": 503}}, 503),
+    ("messages", {"choices": [{"index": 0, "message": {"content": "Par"}}], "error": {"message": "cut"}}, 500),
+    ("tgi", {"error": "Input validation error: inputs too long", "error_type": "validation"}, 422),
+], ids=["openai-error", "error-beside-text", "tgi-validation"])
+def test_a_whole_answer_that_names_an_error_is_the_servers_error(payload: str, answer: dict[str, Any],
+                                                                  status: int) -> None:
+    """A container that answers 200 with its own error body failed the request, as the OpenAI client
+    reads the same answer; not an answer of an unknown shape."""
+    async def reply(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(answer)
+
+    with serve_app(_app(reply)) as url:
+        _, err, _ = _complete(_sagemaker(url, payload, stream=False))
+    assert type(err) is EndpointHTTPError and err.status == status, err
+    assert "error in answer" in str(err)
+
+
 @pytest.mark.parametrize("answer", [
     {"choices": ["not an object"]},
     {"choices": [{"message": "a string, not a message"}]},

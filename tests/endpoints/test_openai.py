@@ -330,8 +330,10 @@ def test_plain_sse_in_one_read_reads_as_byte_by_byte() -> None:
         (b'{"choices":[{"delta":{"content":"b"}}],"timings":{"predicted_n":7}}', "abc", 7),
         (b'{"choices":[{"delta":{"reasoning_content":"b"}}]}', "abc", None),
         (b'{"choices":[{"delta":{"content":null}}]}', "ac", None),
+        # a proxy that writes every field of its schema: an error of null is no error
+        (b'{"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":2},"error":null}', "ac", 2),
     ],
-    ids=["usage-on-a-text-chunk", "timings-on-a-text-chunk", "reasoning", "null-content"],
+    ids=["usage-on-a-text-chunk", "timings-on-a-text-chunk", "reasoning", "null-content", "null-error"],
 )
 def test_unusual_chunks_inside_one_read_count_as_when_read_one_by_one(middle: bytes, text: str,
                                                                     tokens: int | None) -> None:
@@ -351,10 +353,14 @@ def test_unusual_chunks_inside_one_read_count_as_when_read_one_by_one(middle: by
         # as SageMaker's client reads the same event: 429 is throttling, a code that is no status a 500
         (b'data: {"error":{"message":"rate","code":429}}\n\n', EndpointThrottled, "(status 429): "),
         (b'data: {"error":{"message":"odd","code":1001}}\n\n', EndpointHTTPError, "(status 500): "),
+        # an error the server names fails the answer even beside a last piece of text (as SageMaker's
+        # client reads it: `_chat.is_error_event`)
+        (b'data: {"choices":[{"delta":{"content":"lo"}}],"error":{"message":"cut","code":503}}\n\n',
+         EndpointHTTPError, "(status 503): cut"),
         (b"data: {not json\n\n", EndpointProtocolError, "not JSON"),
         (b"data: [1, 2]\n\n", EndpointProtocolError, "not a JSON object: b'[1, 2]'"),
     ],
-    ids=["error-event", "throttled-event", "not-a-status-event", "not-json", "not-an-object"],
+    ids=["error-event", "throttled-event", "not-a-status-event", "error-beside-text", "not-json", "not-an-object"],
 )
 def test_a_bad_event_after_text_in_the_same_read_fails_the_request(
     bad: bytes, error: type[EndpointError], fragment: str
