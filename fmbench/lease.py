@@ -20,6 +20,7 @@ import posixpath
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -86,9 +87,11 @@ class RunLease:
         self.url = lease_url(run_url)
         self.run_id = run_id
         self.ttl_s = hold_seconds() if ttl_s is None else ttl_s
-        #: Set when another process took the hold over (this one had not renewed it in time): what the
-        #: run's report must say about it.
+        #: Set when another process took the hold over (this one had not renewed it in time): why the
+        #: run stopped (`fmbench.rundir.RunHold.check`).
         self.lost: str | None = None
+        #: Called (from the renewing thread) once the hold is lost: the run stops measuring.
+        self.on_lost: Callable[[], object] | None = None
         self._fs, path = storage.filesystem(self.url)
         self._bucket, self._key = path.split("/", 1)
         self._token = secrets.token_hex(8)
@@ -276,6 +279,8 @@ class RunLease:
             if lost is not None:
                 self.lost = lost
                 log.error("%s", self.lost)
+                if self.on_lost is not None:
+                    self.on_lost()
                 return
             if failing:
                 log.info("run %s: its hold is renewed again", self.run_id)

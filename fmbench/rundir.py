@@ -245,15 +245,27 @@ def run_lock_file(url: str) -> Path:
 
 
 class RunHold:
-    """A run held by this process (`hold_run`), and what befell the hold while the run went on."""
+    """A run held by this process (`hold_run`), and whether another process took it over meanwhile."""
 
     def __init__(self) -> None:
         self.lease: RunLease | None = None  # the hold of a run in S3, seen from every host
 
-    def warnings(self) -> list[str]:
-        """What the run's report must say about the hold: that another process took it over."""
+    def when_lost(self, stop: Callable[[], object]) -> None:
+        """Call ``stop`` (from the renewing thread) if another process takes the hold over."""
+        if self.lease is not None:
+            self.lease.on_lost = stop
+
+    def check(self) -> None:
+        """Raise once another process has taken the hold over: from then on it measures the run, and
+        this process must neither measure more (two loads on one endpoint) nor write its report.
+
+        Raises:
+            StorageError: the hold is lost (what this process measured before stays in the run).
+        """
         lost = self.lease.lost if self.lease is not None else None
-        return [lost] if lost else []
+        if lost:
+            raise StorageError(f"{lost}; this process stopped measuring it: the shards it measured before are "
+                               "kept, the one in flight is measured again by whichever process resumes the run")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import contextvars
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -159,10 +160,16 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
         warnings = check_buckets(cfg, prompt_sets)
         plans = {e.name: plan_shards(cfg, prompt_sets, e) for e in cfg.experiments}
         progress.run_planned(run.run_id, [s for specs in plans.values() for s in specs])
-        outcomes, left_running = Lifecycles(steps, cfg, run, plans, prompt_sets).run_all()
-        steps.finalize(run, cfg, outcomes, prompt_sets, warnings + left_running + hold.warnings())
+        lifecycles = Lifecycles(steps, cfg, run, plans, prompt_sets, check_hold=hold.check)
+        # Another process that takes the run over measures it from then on: this one stops its shards
+        # (`Lifecycles._shard` then raises the loss), deletes its endpoints and writes no report.
+        hold.when_lost(lifecycles.in_flight.stop)
+        outcomes, left_running = lifecycles.run_all()
+        hold.check()
+        steps.finalize(run, cfg, outcomes, prompt_sets, warnings + left_running)
         if cfg.evaluation is not None:
             evaluate_run(steps, run, cfg)
+            hold.check()
         regressions: RegressionReport | None = None
         try:
             # png=False: the report step exports the trend plots along with its own PNGs, so a run
@@ -279,8 +286,11 @@ class Lifecycles:
     """
 
     def __init__(self, steps: Steps, cfg: BenchmarkConfig, run: RunInfo, plans: dict[str, list[Any]],
-                 prompt_sets: list[PromptSet]) -> None:
+                 prompt_sets: list[PromptSet], check_hold: Callable[[], None] = lambda: None) -> None:
+        """``check_hold`` raises once the run is another process's (`RunHold.check`): checked before
+        each shard, and after one that was stopped."""
         self.steps, self.cfg, self.run, self.plans = steps, cfg, run, plans
+        self.check_hold = check_hold
         # Each experiment's shards read the prompts its own tokenizer bucketed.
         self.files = {(ps.dataset, ps.tokenizer): ps.files for ps in prompt_sets}
         self.order = list(plans)
@@ -453,11 +463,13 @@ class Lifecycles:
         done = finished_shard(self.run, spec.shard_id)
         if done is not None:  # measured before the run was interrupted: never sent again
             return _ended(done)
+        self.check_hold()
         if name in self.timelines and self.timelines[name].first_shard_at is None:
             self._update(name, first_shard_at=_now())
         try:
             outcome = settle(self.steps.shard(self.run, self.cfg, spec, self._prompts_url(name, spec), deployed))
         except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
+            self.check_hold()  # (stopped because another process took the run over: not a failed shard)
             outcome = failed_outcome(spec, exc)
         self._update(name, last_shard_at=_now())
         return _ended(outcome)

@@ -291,7 +291,8 @@ def test_a_store_that_cannot_hold_the_run_leaves_it_held_on_this_host_only(
     caplog.set_level(logging.WARNING, logger="fmbench")
     gone = s3_bucket + "-gone"  # (deleted since the preflight checked it, say)
     with hold_run(f"{gone}/bench/name/r1", "r1") as hold:
-        assert hold.warnings() == []
+        assert hold.lease is None
+        hold.check()  # (nothing to lose)
     assert f"cannot hold run r1 across hosts ({gone}/bench/name/.fmbench-holds/r1.json: " in caplog.text
 
 
@@ -303,20 +304,24 @@ def test_a_bad_hold_duration_is_refused_naming_its_variable(monkeypatch: pytest.
         check_environment()
 
 
-def test_a_run_whose_hold_was_taken_over_says_so_in_its_report(s3_bucket: str, monkeypatch: pytest.MonkeyPatch,
-                                                                  no_png: None) -> None:
-    """A run that stalled past its hold's lapse and lost it to another host finishes, and its manifest
-    and report say from when two processes may have measured it."""
-    import threading
-
+def test_a_run_whose_hold_was_taken_over_stops_measuring_and_keeps_what_it_measured(
+        s3_bucket: str, monkeypatch: pytest.MonkeyPatch, no_png: None) -> None:
+    """A run that stalled past its hold's lapse and lost it to another host stops: from then on the
+    other process measures the run, and two loads on one endpoint would spoil both. Its shard in
+    flight is not kept (measured again on resume), the one before is, and it writes no report."""
     import fmbench
+    from fmbench.errors import StorageError
 
     monkeypatch.setenv("FMBENCH_RUN_HOLD_S", "1")
-    hold = lease_url(f"{s3_bucket}/bench/held/r1")
+    run_url = f"{s3_bucket}/bench/held/r1"
+    hold = lease_url(run_url)
     taken = threading.Event()
 
-    def take_over() -> None:  # another host, once the run holds its hold
-        if _until(lambda: _stored(hold) is not None, 60):
+    def shards() -> list[str]:
+        return storage.list_files(storage.join(run_url, "shards"), ".json")
+
+    def take_over() -> None:  # another host, once the run has measured its first shard
+        if _until(lambda: bool(shards()), 120):
             _plant(hold, pid=7, host="another-host", token="y", ttl_s=60.0, renewal=0)
             taken.set()
 
@@ -324,14 +329,17 @@ def test_a_run_whose_hold_was_taken_over_says_so_in_its_report(s3_bucket: str, m
     thief.start()
     raw = {"name": "held", "buckets": [[1, 200]],
            "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 4, "seed": 1}],
-           "experiments": [{"name": "sim", "concurrency_levels": [1], "requests_per_level": 20, "warmup_requests": 0,
-                            "endpoint": {"provider": "simulated", "ttft_ms": 100, "tpot_ms": 2, "output_tokens": 4},
+           "experiments": [{"name": "sim", "concurrency_levels": [1, 2], "requests_per_level": 20,
+                            "warmup_requests": 0,
+                            "endpoint": {"provider": "simulated", "ttft_ms": 200, "tpot_ms": 2, "output_tokens": 4},
                             "inference": {"max_tokens": 4, "stream": True}}]}
-    result = fmbench.run_benchmark(raw, output=f"{s3_bucket}/bench", run_id="r1", progress=False, png=False)
+    with pytest.raises(StorageError) as err:
+        fmbench.run_benchmark(raw, output=f"{s3_bucket}/bench", run_id="r1", progress=False, png=False)
     thief.join()
     assert taken.is_set()
-    manifest = json.loads(storage.read_text(storage.join(result.run_dir, "manifest.json")))
-    lost = [w for w in manifest["warnings"] if "lost its hold" in w]
-    assert lost and "pid 7 on another-host" in lost[0]
-    assert f"> ⚠ {lost[0]}" in storage.read_text(result.report)
+    assert "lost its hold to another process (pid 7 on another-host)" in str(err.value)
+    assert "stopped measuring it" in str(err.value)
+    measured = shards()
+    assert len(measured) == 1 and measured[0].endswith("c1.json"), measured  # concurrency 1 kept, 2 never recorded
+    assert not storage.exists(storage.join(run_url, "report.md"))
     assert (_stored(hold) or {}).get("host") == "another-host"  # its hold, not deleted by the run that lost it

@@ -539,7 +539,7 @@ def _context(inp: ReportInput, recs: list[Recommendation], colours: dict[str, st
         "generated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "compare": inp.compare,
         # What is wrong with the report's inputs, then what the run itself warned of (an endpoint left
-        # running, buckets a dataset skipped, a hold lost to another process): under the run's table.
+        # running, buckets a dataset skipped): under the run's table.
         "runs": [{"label": f"{r.name} / {r.run_id}", "rows": _run_rows(r), "problems": [*r.problems, *r.manifest.warnings]}
                  for r in inp.runs],
         "recommendations": _recommendation_items(recs),
