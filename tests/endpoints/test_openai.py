@@ -437,3 +437,41 @@ def test_sse_decoder_joins_multiline_data_and_long_lines() -> None:
     assert dec.pending() == b"[DONE]"
     with pytest.raises(EndpointProtocolError, match="malformed"):
         _SSEDecoder().feed(b"garbage\n\n")
+
+
+@pytest.mark.parametrize(("answer", "text", "status"), [
+    ({"choices": [{"message": {"content": "Paris."}}], "usage": {"completion_tokens": 2}, "error": None}, "Paris.", None),
+    ({"choices": [{"message": {"content": "Par"}}], "error": {"message": "cut", "code": 503}}, None, 503),
+], ids=["null-error", "error-beside-text"])
+def test_a_whole_answer_is_an_error_when_it_names_one(answer: dict[str, Any], text: str | None,
+                                                      status: int | None) -> None:
+    """As a stream's events are read (`_chat.is_error_event`): an error of null is none; one named
+    beside the text failed the answer."""
+    import json
+
+    from aiohttp import web
+
+    from tests.support.app_thread import serve_app
+
+    async def reply(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=json.dumps(answer).encode(), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", reply)
+    with serve_app(app) as url:
+        client = OpenAIClient(f"{url}/v1", "m", inference=InferenceConfig(stream=False))
+
+        async def go() -> Completion:
+            await client.open(1)
+            try:
+                return await client.complete(PROMPT)
+            finally:
+                await client.close()
+
+        if status is None:
+            assert asyncio.run(go()).text == text
+        else:
+            with pytest.raises(EndpointHTTPError, match=r"\(status 503\): cut") as err:
+                asyncio.run(go())
+            assert err.value.status == status
