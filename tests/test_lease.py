@@ -342,4 +342,6 @@ def test_a_run_whose_hold_was_taken_over_stops_measuring_and_keeps_what_it_measu
     measured = shards()
     assert len(measured) == 1 and measured[0].endswith("c1.json"), measured  # concurrency 1 kept, 2 never recorded
     assert not storage.exists(storage.join(run_url, "report.md"))
+    sim = json.loads(storage.read_text(storage.join(run_url, "manifest.json")))["endpoints"]["sim"]
+    assert sim["deleted_at"] and sim["deleted_at"] >= sim["last_shard_at"]  # what it started is gone, and billed
     assert (_stored(hold) or {}).get("host") == "another-host"  # its hold, not deleted by the run that lost it
