@@ -423,6 +423,21 @@ def instance_count(endpoint: Any, pricing: PricingConfig | None) -> int:
     return own if own_set and isinstance(own, int) else 1
 
 
+def _check_instance_type(endpoint: Any, pricing: PricingConfig | None) -> None:
+    """Refuse a table price for another instance type than the endpoint's (its bill would be another
+    instance's: a g5.12xlarge priced as a g5.xlarge costs a fifth).
+
+    Raises:
+        ValueError: ``pricing.instance_type`` and ``endpoint.instance_type`` are both set and differ.
+    """
+    own = getattr(endpoint, "instance_type", None)
+    priced = pricing.instance_type if pricing is not None else None
+    if isinstance(own, str) and priced is not None and priced != own:
+        raise ValueError(f"pricing.instance_type ({priced}) differs from endpoint.instance_type ({own}): its "
+                         "price would be another instance's; give one type (or pricing.hourly_usd for a price "
+                         "of your own)")
+
+
 def _settle_instance_count(endpoint: Any, pricing: PricingConfig | None) -> tuple[Any, PricingConfig | None]:
     """The endpoint and pricing with the count `instance_count` resolves in both, so that the config as
     dumped (every default written out, as a run stores it and as the CLI's narrowing re-validates it)
@@ -511,6 +526,7 @@ class ExperimentConfig(_Model):
 
     @model_validator(mode="after")
     def _one_instance_count(self) -> ExperimentConfig:
+        _check_instance_type(self.endpoint, self.pricing)
         self.endpoint, self.pricing = _settle_instance_count(self.endpoint, self.pricing)
         return self
 
@@ -575,6 +591,7 @@ class JudgeConfig(_Model):
 
     @model_validator(mode="after")
     def _one_instance_count(self) -> JudgeConfig:
+        _check_instance_type(self.endpoint, self.pricing)
         self.endpoint, self.pricing = _settle_instance_count(self.endpoint, self.pricing)
         return self
 

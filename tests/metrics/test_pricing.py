@@ -189,6 +189,19 @@ def test_a_pricing_count_that_differs_from_the_endpoints_is_refused_in_one_line(
                                        {"hourly_usd": 1.0, "instance_count": 3})).hourly_usd == 3.0
 
 
+@pytest.mark.parametrize("endpoint", [
+    {"provider": "sagemaker", "jumpstart_model_id": "m", "instance_type": "ml.g5.12xlarge", "instance_count": 2},
+    {"provider": "sagemaker", "endpoint_name": "my-ep", "instance_type": "ml.g5.12xlarge"},
+], ids=["deployed", "existing"])
+def test_a_table_price_for_another_instance_type_than_the_endpoints_is_refused(endpoint: dict[str, Any]) -> None:
+    # As a count that differs: the bill would be another instance's (here about a fifth of it).
+    with pytest.raises(ConfigError) as err:
+        _experiment(endpoint, {"instance_type": "ml.g5.xlarge"})
+    assert "pricing.instance_type (ml.g5.xlarge) differs from endpoint.instance_type (ml.g5.12xlarge)" in str(err.value)
+    same = resolve_pricing(_experiment(endpoint, {"instance_type": "ml.g5.12xlarge"}))
+    assert same.hourly_usd == resolve_pricing(_experiment(endpoint, None)).hourly_usd
+
+
 def test_a_judges_counts_are_checked_too() -> None:
     judge = {"name": "j", "endpoint": {"provider": "sagemaker", "jumpstart_model_id": "m",
                                        "instance_type": "ml.g5.2xlarge", "instance_count": 2},
