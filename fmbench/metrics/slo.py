@@ -48,16 +48,26 @@ class SLOCheck:
         if self.observed is None:
             return f"{self.label} not measured (limit {_fmt(self.limit, unit)})"
         op = "≤" if self.passed else ">"
-        return f"{self.label} {_fmt(self.observed, unit)} {op} {_fmt(self.limit, unit)}"
+        # As many decimals as it takes for the two to read as they compare: a failed 0.133 % against a
+        # 0.1 % limit is not "0.1% > 0.1%", and a 2-ms p95 is not "0.00 s".
+        extra = 0
+        while True:
+            seen, limit = _fmt(self.observed, unit, extra), _fmt(self.limit, unit, extra)
+            distinct = seen != limit or self.observed == self.limit
+            shown = self.observed == 0 or _fmt(0.0, unit, extra) != seen
+            if (distinct and shown) or extra >= 4:
+                return f"{self.label} {seen} {op} {limit}"
+            extra += 1
 
 
-def _fmt(value: float, unit: str) -> str:
+def _fmt(value: float, unit: str, extra: int = 0) -> str:
+    """``value`` in ``unit`` at its usual precision, or ``extra`` decimals more."""
     if unit == "%":
-        return f"{value * 100:.1f}%"
+        return f"{value * 100:.{1 + extra}f}%"
     if unit == "ms":
         ms = value * 1000
-        return f"{ms:.1f} ms" if ms < 10 else f"{ms:,.0f} ms"
-    return f"{value:.2f} s"
+        return f"{ms:.{1 + extra}f} ms" if ms < 10 or extra else f"{ms:,.0f} ms"
+    return f"{value:.{2 + extra}f} s"
 
 
 def _valid_number(x: Any) -> float | None:

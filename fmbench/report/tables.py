@@ -26,9 +26,20 @@ def _num(x: Any) -> float | None:
 
 
 def fmt_seconds(x: Any) -> str:
-    """Seconds with two decimals, ``–`` when unknown."""
+    """Seconds with two decimals, or as many more as show a short time's first two digits (a 2.3-ms
+    latency is 0.0023, not 0.00); ``–`` when unknown."""
     v = _num(x)
-    return "–" if v is None else f"{v:.2f}"
+    if v is None:
+        return "–"
+    return f"{v:.{_decimals(v, 2)}f}"
+
+
+def _decimals(v: float, least: int) -> int:
+    """``least`` decimals, or for a value they would show as 0.0… (below one unit of the last of
+    them), as many as show its first two significant digits (at most 6)."""
+    if v == 0 or abs(v) >= 10 ** -least:
+        return least
+    return min(6, max(least, 1 - math.floor(math.log10(abs(v)))))
 
 
 def fmt_ms(x: Any) -> str:
@@ -47,9 +58,12 @@ def fmt_int(x: Any) -> str:
 
 
 def fmt_pct(x: Any) -> str:
-    """A fraction as a percentage."""
+    """A fraction as a percentage, with one decimal, or as many more as a small one needs not to read
+    as 0.0 % (an error rate of 0.04 % fails a zero-error SLO)."""
     v = _num(x)
-    return "–" if v is None else f"{v:.1%}"
+    if v is None:
+        return "–"
+    return f"{v * 100:.{_decimals(v * 100, 1)}f}%"
 
 
 def fmt_usd(x: Any) -> str:

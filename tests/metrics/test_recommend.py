@@ -137,6 +137,27 @@ def test_slo_descriptions_use_one_unit_per_objective() -> None:
                     "p95 TPOT not measured (limit 20 ms)", "error rate 2.0% > 1.0%"]
 
 
+def test_an_slo_verdict_reads_as_it_compares() -> None:
+    """A failed 0.133 % error rate against a 0.1 % limit is not "0.1% > 0.1%", nor a 0.04 % one
+    against no errors "0.0% > 0.0%", nor a 2.3-ms p95 "0.00 s"."""
+    from fmbench.metrics import slo_checks
+
+    slo = SLOConfig(latency_p95_s=2.0, max_error_rate=0.001)
+    text = [c.describe() for c in slo_checks({"latency_p95_s": 0.0023, "error_rate": 2 / 1500}, slo)]
+    assert text == ["p95 latency 0.002 s ≤ 2.000 s", "error rate 0.13% > 0.10%"]
+    [zero] = [c.describe() for c in slo_checks({"error_rate": 0.0004}, SLOConfig(max_error_rate=0.0))]
+    assert zero == "error rate 0.04% > 0.00%"
+    [same] = [c.describe() for c in slo_checks({"error_rate": 0.001}, slo) if c.label == "error rate"]
+    assert same == "error rate 0.1% ≤ 0.1%"  # equal values need no more digits
+
+
+def test_report_cells_show_small_values_by_their_first_digits() -> None:
+    from fmbench.report.tables import fmt_pct, fmt_seconds
+
+    assert [fmt_seconds(x) for x in (0.0, 0.0023, 0.05, 1.234, None)] == ["0.00", "0.0023", "0.05", "1.23", "–"]
+    assert [fmt_pct(x) for x in (0.0, 0.0004, 0.00133, 0.5)] == ["0.0%", "0.040%", "0.1%", "50.0%"]
+
+
 def test_without_slos_the_closest_is_the_one_with_the_fewest_errors() -> None:
     """No SLO given (a report of a run whose config is gone): a shard is judged, as `evaluate_slo`
     judges it, on its errors alone, and the sentence says so."""
