@@ -38,6 +38,14 @@ def usd(amount: float) -> str:
     return f"${amount:.{max(4, 1 - math.floor(math.log10(amount)))}f}"
 
 
+def hours(value: float) -> str:
+    """Hours as the report writes them: three decimals, and below a thousandth two significant digits
+    (a short run's 0.00069 instance-hours is not 0.001 beside its $0.00069)."""
+    if value >= 0.001 or value <= 0:
+        return f"{value:,.3f}"
+    return f"{value:.{1 - math.floor(math.log10(value))}f}"
+
+
 def experiment_pricing(cfg: BenchmarkConfig | None) -> dict[str, ResolvedPricing]:
     """Resolved pricing of every experiment of a config.
 
@@ -222,20 +230,20 @@ def _add_earlier_life(row: dict[str, Any], life: EndpointTimeline, p: ResolvedPr
     gone_by = _when(life.gone_by)
     if gone_by is not None:  # ended at an unknown time: the known part, and at most how much more
         more_h = count * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
-        known = (f"{billed.billed_s / 3600.0:.3f} h from {billed.billed_from.isoformat()} to "
+        known = (f"{hours(billed.billed_s / 3600.0)} h from {billed.billed_from.isoformat()} to "
                  f"{billed.billed_to.isoformat()}, the last time it was known alive ({usd(bill['cost_usd'])})"
                  if life.in_service_at else
                  "nothing (it never reached InService before the attempt was killed, and may never have been created)")
         return (f"; plus an earlier attempt's endpoint, {what}, gone when the run resumed at {gone_by.isoformat()} "
                 f"({life.gone_how} at an unknown time): billed {known}; it may have cost up to "
-                f"{more_h:.3f} instance-hours ({usd(more_h * rate)}) more, not included")
+                f"{hours(more_h)} instance-hours ({usd(more_h * rate)}) more, not included")
     if not billed.deleted:  # its deploy in the resumed run ended before it could adopt (or delete) it
         row["still_billing"] = True
         row["billed_to"] = max(row["billed_to"], billed.billed_to.isoformat())
-        return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
+        return (f"; plus an earlier attempt's endpoint, {what} billed {hours(billed.billed_s / 3600.0)} h from "
                 f"{billed.billed_from.isoformat()} ({usd(bill['cost_usd'])}), {_not_deleted(billed, life)}")
     by = f" by {life.deleted_by}" if life.deleted_by else ""
-    return (f"; plus an earlier attempt's endpoint, {what} billed {billed.billed_s / 3600.0:.3f} h from "
+    return (f"; plus an earlier attempt's endpoint, {what} billed {hours(billed.billed_s / 3600.0)} h from "
             f"{billed.billed_from.isoformat()} to {billed.billed_to.isoformat()}, its deletion{by} "
             f"({usd(bill['cost_usd'])})")
 
@@ -330,10 +338,10 @@ def benchmark_cost(
                 "still_billing": not billed.deleted,
             })
             what = f"{count} x {timeline.instance_type}" if timeline.instance_type else f"{count} instance(s)"
-            basis = (f"{what} billed {billed.billed_s / 3600.0:.3f} h from create to delete = "
-                     f"{bill['instance_hours']:.3f} instance-hours x ${rate:,.4g}/h per instance (deploying "
-                     f"{bill['deploying_hours']:.3f}, measuring {bill['measuring_hours']:.3f}, idle "
-                     f"{bill['idle_hours']:.3f} instance-hours)")
+            basis = (f"{what} billed {hours(billed.billed_s / 3600.0)} h from create to delete = "
+                     f"{hours(bill['instance_hours'])} instance-hours x ${rate:,.4g}/h per instance (deploying "
+                     f"{hours(bill['deploying_hours'])}, measuring {hours(bill['measuring_hours'])}, idle "
+                     f"{hours(bill['idle_hours'])} instance-hours)")
             for life in timeline.earlier:  # endpoints of earlier attempts (deleted, or one still billing)
                 basis += _add_earlier_life(row, life, p, run_end)
             if nothing_new:
@@ -345,7 +353,7 @@ def benchmark_cost(
                 more_h = count * max(0.0, (gone_by - billed.billed_to).total_seconds()) / 3600.0
                 basis += (f"; {timeline.gone_how} at an unknown time between {billed.billed_to.isoformat()}, the last "
                           f"time it was known alive, and {gone_by.isoformat()}, when the run resumed: it may have cost "
-                          f"up to {more_h:.3f} instance-hours ({usd(more_h * rate)}) more, not included")
+                          f"up to {hours(more_h)} instance-hours ({usd(more_h * rate)}) more, not included")
             elif billed.deleted and timeline.deleted_by:
                 basis += f"; left running by the run, deleted by {timeline.deleted_by} at {billed.billed_to.isoformat()}"
             if not billed.deleted:
@@ -363,7 +371,7 @@ def benchmark_cost(
                    else "no endpoint timeline in the manifest: an older run, or an endpoint the run did not create")
             row.update({
                 "instance_hours": p.instance_count * seconds / 3600.0, "cost_usd": p.hourly_usd * seconds / 3600.0,
-                "basis": (f"{p.instance_count * seconds / 3600.0:.3f} instance-hours x "
+                "basis": (f"{hours(p.instance_count * seconds / 3600.0)} instance-hours x "
                           f"${p.hourly_usd / max(1, p.instance_count):,.4g}/h per instance: measured shard time "
                           f"only ({why}), so deployment and idle time are not included"),
             })

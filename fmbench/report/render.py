@@ -32,6 +32,7 @@ from fmbench import storage
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError
 from fmbench.metrics import Recommendation, benchmark_cost, error_counts, experiment_pricing, recommend
+from fmbench.metrics.cost import hours as fmt_hours
 from fmbench.png import PngExporter, export_timeout_s
 from fmbench.regression import pending_trend_plots, record_trend_plots, store_trend_pngs
 from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_timeline_figure
@@ -346,8 +347,8 @@ def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | N
         row = {"Experiment": r["experiment"], "Requests sent": fmt_int(r["requests"])}
         for phase in ("deploying", "measuring", "idle"):  # instance-hours and their cost
             hours = r.get(f"{phase}_hours")
-            row[phase.capitalize()] = "–" if hours is None else f"{hours:.3f} h ({fmt_usd(r[f'{phase}_cost_usd'])})"
-        row["Billed instance-hours"] = "–" if r.get("instance_hours") is None else f"{r['instance_hours']:.3f}"
+            row[phase.capitalize()] = "–" if hours is None else f"{fmt_hours(hours)} h ({fmt_usd(r[f'{phase}_cost_usd'])})"
+        row["Billed instance-hours"] = "–" if r.get("instance_hours") is None else fmt_hours(r["instance_hours"])
         row.update({"Cost": fmt_usd(r["cost_usd"]), "Basis": r["basis"]})
         rows.append(row)
     known = cost["cost_usd"].drop_nulls()

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from fmbench.metrics import Recommendation, recommend
-from fmbench.metrics.cost import usd
+from fmbench.metrics.cost import hours, usd
 
 
 def _num(x: Any) -> float | None:
@@ -200,7 +200,7 @@ def timeline_rows(timelines: dict[str, Any], run_end: str | None) -> list[dict[s
     lives = [(life, i < len(tl.earlier)) for tl in timelines.values() for i, life in enumerate(tl.lives())]
     for t, earlier in lives:  # an earlier attempt's endpoints first, then the one the run ended with
         b = billed_time(t, run_end)
-        alive = "–" if b is None else f"{b.billed_s / 3600.0:.3f} h"
+        alive = "–" if b is None else f"{hours(b.billed_s / 3600.0)} h"
         if t.gone_by:  # deleted outside fmbench, at a time known only to lie in between
             deleted = f"between {_clock(t.deleted_at)} and {_clock(t.gone_by)} ({t.deleted_by or 'outside fmbench'})"
             alive = f"{alive} or more"

@@ -59,6 +59,24 @@ def test_cost_is_instance_hours_from_create_to_delete_times_the_price() -> None:
         3.0 * instance_price("ml.g5.2xlarge", "us-east-1").hourly_usd)
 
 
+def test_a_short_runs_basis_reproduces_its_cost() -> None:
+    # 2 s on one instance at $1/h: 0.00056 instance-hours and $0.00056, not "0.001 instance-hours"
+    # beside $0.00056 (nor phases of "0.000 h" that cost something).
+    records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(2)]
+    short = _timeline(instance_count=1, created_at="2026-03-01T10:00:00+00:00",
+                      in_service_at="2026-03-01T10:00:00.500000+00:00",
+                      first_shard_at="2026-03-01T10:00:00.500000+00:00",
+                      last_shard_at="2026-03-01T10:00:01.500000+00:00", deleted_at="2026-03-01T10:00:02+00:00")
+    row = benchmark_cost(records_frame(records), make_cfg({"hourly_usd": 1.0}), [{"shard_id": "s1", "duration_s": 1.0}],
+                         {"exp": short}).row(0, named=True)
+    assert row["cost_usd"] == pytest.approx(2 / 3600)
+    assert "billed 0.00056 h from create to delete = 0.00056 instance-hours x $1/h" in row["basis"], row["basis"]
+    assert "(deploying 0.00014, measuring 0.00028, idle 0.00014 instance-hours)" in row["basis"], row["basis"]
+    from fmbench.metrics.cost import hours
+
+    assert [hours(h) for h in (0.0, 0.0005, 0.0123, 1234.5)] == ["0.000", "0.00050", "0.012", "1,234.500"]
+
+
 def test_an_endpoint_never_deleted_bills_to_the_run_end_and_says_so() -> None:
     records = [rec(i, float(i), 1.0, shard_id="s1") for i in range(4)]
     alive = _timeline(deleted_at=None, delete_error="AccessDenied", instance_count=1)
