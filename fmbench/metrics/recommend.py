@@ -258,7 +258,6 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
     groups = metrics.select("dataset", "bucket", "bucket_min", "bucket_max").unique().sort(
         ["dataset", "bucket_min", "bucket"], nulls_last=True)
     by_goodput = bool(getattr(slo, "per_request", False))
-    cost_col = "cost_per_10k_good" if by_goodput else "cost_per_10k_txn"
     min_accuracy = getattr(slo, "min_accuracy", None)
     for g in groups.iter_rows(named=True):
         part = metrics.filter((pl.col("dataset") == g["dataset"]) & (pl.col("bucket") == g["bucket"]))
@@ -270,16 +269,21 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
         if min_accuracy is not None:
             worse = [r for r in passing if (a := _num(r.get("accuracy"))) is None or a < min_accuracy]
             passing = [r for r in passing if r not in worse]
-        priced = [r for r in passing if _num(r.get(cost_col)) is not None]
+        # No configuration served a single request within the per-request SLOs: goodput ties at zero
+        # and decides nothing, so they are ranked as without per-request SLOs, and the sentence says so.
+        no_goodput = by_goodput and bool(passing) and all(not _num(r.get("goodput_per_s")) for r in passing)
+        ranked_by_goodput = by_goodput and not no_goodput
+        col = "cost_per_10k_good" if ranked_by_goodput else "cost_per_10k_txn"
+        priced = [r for r in passing if _num(r.get(col)) is not None]
         cheapest = fastest = closest = None
 
-        def tpm(r: dict[str, Any]) -> float:
-            if by_goodput:
+        def tpm(r: dict[str, Any], ranked_by_goodput: bool = ranked_by_goodput) -> float:
+            if ranked_by_goodput:
                 return _num(r.get("goodput_per_s")) or 0.0
             return _num(r.get("transactions_per_min")) or 0.0
 
-        def cost(r: dict[str, Any]) -> float:
-            c = _num(r.get(cost_col))
+        def cost(r: dict[str, Any], col: str = col) -> float:
+            c = _num(r.get(col))
             return math.inf if c is None else c
 
         if priced:
@@ -303,6 +307,9 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             "candidates": len(valid), "excluded_invalid": excluded,
             "excluded_accuracy": [_choice(r, slo) for r in worse],
         }
-        out.append(Recommendation(reasoning=_sentence({**args, "by_goodput": by_goodput, "min_accuracy": min_accuracy}),
-                                  **args))
+        reasoning = _sentence({**args, "by_goodput": ranked_by_goodput, "min_accuracy": min_accuracy})
+        if no_goodput:
+            reasoning += (" No configuration served any request within the per-request SLOs (goodput 0 everywhere), "
+                          "so this choice is by cost and throughput per transaction.")
+        out.append(Recommendation(reasoning=reasoning, **args))
     return out

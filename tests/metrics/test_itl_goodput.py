@@ -179,6 +179,30 @@ def test_recommendation_ranks_by_goodput_per_dollar_when_per_request_slos_are_se
     assert r2.lowest_cost is not None and r2.lowest_cost.experiment == "many"
 
 
+def test_when_no_request_meets_the_per_request_slos_the_choice_is_by_cost_per_transaction() -> None:
+    # Goodput is 0 everywhere: it decides nothing, and a configuration with less throughput at a
+    # higher cost must not be chosen "with the most goodput" for coming first.
+    records = [rec(i, experiment="slow", ttft=0.5, latency=1.0) for i in range(10)]
+    records += [rec(i, experiment="fast", ttft=0.5, latency=1.0) for i in range(20)]
+    for r in records[:10]:  # half the rate of "fast"
+        r.t_scheduled = r.t_start = 2.0 * r.request_id
+        r.t_first_token = r.t_start + 0.5
+        r.t_end = r.t_start + 1.0
+    cfg = parse_config({
+        "name": "t", "buckets": [[1, 500]], "datasets": [{"name": "d", "source": "synthetic"}],
+        "experiments": [{"name": n, "endpoint": {"provider": "simulated"}, "pricing": {"hourly_usd": 1.0}}
+                        for n in ("slow", "fast")],
+        "slo": {"ttft_s": 0.2, "max_error_rate": 0.0},
+    })
+    m = summarize(records_frame(records), cfg)
+    assert m["goodput_per_s"].fill_null(0.0).max() == 0.0
+    (r,) = recommend(m, cfg.slo)
+    assert r.lowest_cost is not None and r.lowest_cost.experiment == "fast"
+    assert r.highest_throughput is not None and r.highest_throughput.experiment == "fast"
+    assert "most goodput" not in r.reasoning
+    assert "No configuration served any request within the per-request SLOs" in r.reasoning
+
+
 # ---------------------------------------------------------------- against the simulated endpoint
 
 
