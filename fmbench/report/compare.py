@@ -14,7 +14,7 @@ import polars as pl
 from fmbench import storage
 from fmbench.errors import ConfigError
 from fmbench.metrics import SHARD_KEYS, benchmark_cost, error_counts, evaluate_slo, good_request
-from fmbench.report.deltas import Delta, accuracy_deltas, delta_note, delta_rows, run_deltas
+from fmbench.report.deltas import Delta, accuracy_deltas, delta_note, delta_rows, run_deltas, unpaired
 from fmbench.report.quality import QualityView, quality_view, with_accuracy
 from fmbench.report.render import ReportInput, ReportPaths, pricing_rows, render
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
@@ -67,6 +67,17 @@ def _accuracy_deltas(views: list[tuple[str, RunData, QualityView | None]], share
         q = load_quality(run.url, [e.name for e in run.cfg.experiments] if run.cfg else [])
         values.append((label, accuracy_values(q, first.metric).join(shared, on=["dataset", "bucket"], how="semi")))
     return accuracy_deltas(values, f"accuracy ({first.metric_label})")
+
+
+def _left_out(labels: list[str], runs: list[RunData], shared: set[tuple[str, str]]) -> str:
+    """The dataset buckets only some runs measured, which every table of the comparison leaves out."""
+    parts = []
+    for label, run in zip(labels, runs):
+        own = sorted({f"{d} {b}" for d, b in run.metrics.select("dataset", "bucket").iter_rows()} -
+                     {f"{d} {b}" for d, b in shared})
+        if own:
+            parts.append(f"{label}'s {', '.join(own)}")
+    return f" Left out, as not measured by every run: {'; '.join(parts)}." if parts else ""
 
 
 def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPaths:
@@ -127,6 +138,7 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
                 timelines.append(_prefix(spans, label))
         per_run.append((label, m, req))
     deltas = run_deltas(per_run, slo) + _accuracy_deltas(views, shared_df)
+    unmatched = unpaired(per_run)
     combined = evaluate_slo(pl.concat(metrics, how="diagonal_relaxed"), slo)
     storage.write_parquet(storage.join(output, "metrics.parquet"), combined)
     storage.write_text(storage.join(output, "metrics.csv"), combined.write_csv())
@@ -135,7 +147,7 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
     inp = ReportInput(
         title=f"fmbench comparison: {', '.join(labels)}",
         description=f"{len(runs)} runs compared on {len(shared)} shared dataset bucket(s); every shard is judged "
-                    "against the same SLOs.",
+                    f"against the same SLOs.{_left_out(labels, runs, shared)}",
         runs=runs, metrics=combined, slo=slo,
         sample=pl.concat(samples, how="vertical_relaxed") if samples else None,
         errors=pl.concat(errors, how="vertical_relaxed") if errors else None,
@@ -143,6 +155,7 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
         pricing=prices, compare=True,
         itl_dist=pl.concat(itl, how="vertical_relaxed") if itl else None,
         request_spans=pl.concat(timelines, how="vertical_relaxed") if timelines else None,
-        delta_rows=delta_rows(deltas) or None, delta_note=delta_note(),
+        delta_rows=delta_rows(deltas) or None,
+        delta_note=" ".join([delta_note(), *unmatched]) if deltas else " ".join(unmatched) or None,
     )
     return render(inp, output)

@@ -89,6 +89,28 @@ def _match(base: pl.DataFrame, other: pl.DataFrame) -> list[tuple[dict[str, Any]
     return pairs
 
 
+def unpaired(runs: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]]) -> list[str]:
+    """A line per run after the first none of whose shards has a counterpart in the first run (so no
+    change of it is shown), saying why; `run_deltas` takes the same arguments."""
+    out: list[str] = []
+    if len(runs) < 2:
+        return out
+    base_label, base_m, _ = runs[0]
+    base_exps = set(base_m["experiment"].unique().to_list())
+    for label, metrics, _ in runs[1:]:
+        if _match(base_m, metrics):
+            continue
+        exps = set(metrics["experiment"].unique().to_list())
+        if not base_exps & exps and (len(base_exps) > 1 or len(exps) > 1):
+            why = (f"their experiments differ ({', '.join(sorted(base_exps))} against {', '.join(sorted(exps))}) "
+                   "and a run has several, so no shard has a fair counterpart; compare runs of the same "
+                   "experiments, or of one experiment each")
+        else:
+            why = "no shard of it was measured at a load (and for an experiment) the first run measured too"
+        out.append(f"No change of {label} against {base_label} is shown: {why}.")
+    return out
+
+
 _Key = tuple[Any, ...]
 
 

@@ -215,6 +215,8 @@ def test_compare_two_runs_on_shared_buckets(tmp_path: Path) -> None:
     assert "# fmbench comparison: bench-a, bench-b" in md
     assert "bench-a/sim-small" in md and "bench-a/sim-big" in md and "bench-b/sim-small" in md
     assert "1,000–2,000" not in md and "500–1,000" not in md  # only the shared 1-500 bucket
+    # ... and the description says which were left out
+    assert "Left out, as not measured by every run: bench-a's synth 500-1000; bench-b's synth 1000-2000." in md
     assert md.count("For prompts of ") == 1
     metrics = pl.read_parquet(out / "metrics.parquet")
     assert set(metrics["bucket"]) == {"1-500"}
@@ -246,6 +248,23 @@ def test_compare_judges_goodput_with_a_per_request_tpot_slo(tmp_path: Path, no_p
     compare_runs([str(a), str(b)], str(tmp_path / "cmp"))
     md = (tmp_path / "cmp" / "report.md").read_text()
     assert "## Changes between runs" in md and "| goodput" in md
+
+
+def test_compare_says_why_no_change_is_shown_when_no_shard_pairs(tmp_path: Path, no_png: None) -> None:
+    # Several experiments per run, none of the same name: no fair pairing, and the report must say
+    # so, not leave the section out as if nothing changed.
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_run(str(a), name="bench-a", run_id="ra", seed=1, failed_shard=False, invalid_shard=False)
+    write_run(str(b), name="bench-b", run_id="rb", seed=2, failed_shard=False, invalid_shard=False,
+              experiments=[SimExperiment("x", tpot_s=0.004, slowdown=0.1), SimExperiment("y", tpot_s=0.003, slowdown=0.1)])
+    compare_runs([str(a), str(b)], str(tmp_path / "cmp"))
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "## Changes between runs" in md
+    assert ("No change of bench-b against bench-a is shown: their experiments differ (sim-big, sim-small "
+            "against x, y) and a run has several") in md
+    assert "| p95 latency |" not in md
+    html = (tmp_path / "cmp" / "report.html").read_text()
+    assert "No change of bench-b against bench-a is shown" in html
 
 
 def test_compare_needs_shared_buckets(tmp_path: Path) -> None:
