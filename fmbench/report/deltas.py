@@ -58,7 +58,7 @@ class Delta:
     before: float
     after: float
     ci: tuple[float, float] | None
-    verdict: Literal["better", "worse", "unchanged", "within noise", "no noise estimate"]
+    verdict: Literal["better", "worse", "unchanged", "negligible", "within noise", "no noise estimate"]
 
     @property
     def change(self) -> float | None:
@@ -153,9 +153,17 @@ def _samples(df: pl.DataFrame | None, source: str) -> np.ndarray:
     return ok[source].drop_nulls().to_numpy().astype(np.float64)
 
 
+#: A change smaller than this (relative) is marked negligible whatever its interval: two runs of one
+#: deterministic configuration differ by fractions of a percent that a bootstrap calls significant.
+NEGLIGIBLE = 0.01
+#: Fewer measured values than this on either side give no noise estimate: a bootstrap of a handful of
+#: values (one, for a one-request shard) resamples the same few and its interval has next to no width.
+MIN_SAMPLES = 10
+
+
 def _ci(stat: str, a: np.ndarray, b: np.ndarray, before: float, closed_loop: bool, token_priced: bool,
         n_resamples: int, confidence: float, seed: int) -> tuple[float, float] | None:
-    if not a.size or not b.size:
+    if a.size < MIN_SAMPLES or b.size < MIN_SAMPLES:
         return None
     if stat in ("p95", "mean"):
         low, high = bootstrap_diff_ci(a, b, stat, n_resamples, confidence, seed)  # type: ignore[arg-type]
@@ -170,10 +178,12 @@ def _ci(stat: str, a: np.ndarray, b: np.ndarray, before: float, closed_loop: boo
 
 
 def _verdict(before: float, after: float, ci: tuple[float, float] | None,
-             better: Literal["up", "down"]) -> Literal["better", "worse", "unchanged", "within noise",
-                                                       "no noise estimate"]:
+             better: Literal["up", "down"]) -> Literal["better", "worse", "unchanged", "negligible",
+                                                       "within noise", "no noise estimate"]:
     if after == before:
         return "unchanged"
+    if before != 0 and abs(after / before - 1.0) < NEGLIGIBLE:
+        return "negligible"
     if ci is None:
         return "no noise estimate"
     if ci[0] <= 0 <= ci[1]:
@@ -246,8 +256,10 @@ def accuracy_deltas(runs: list[tuple[str, pl.DataFrame]], label: str, *, n_resam
             a = base_parts[kb]["value"].to_numpy().astype(np.float64)
             b = parts[ko]["value"].to_numpy().astype(np.float64)
             before, after = float(a.mean()), float(b.mean())
-            low, high = bootstrap_diff_ci(a, b, "mean", n_resamples, confidence, seed + 7919 * i)
-            ci = (low, high) if math.isfinite(low) and math.isfinite(high) else None
+            ci = None
+            if a.size >= MIN_SAMPLES and b.size >= MIN_SAMPLES:
+                low, high = bootstrap_diff_ci(a, b, "mean", n_resamples, confidence, seed + 7919 * i)
+                ci = (low, high) if math.isfinite(low) and math.isfinite(high) else None
             out.append(Delta(shard=f"{kb[1]} {kb[2]}", baseline=f"{base_label}/{kb[0]}", run=f"{label_run}/{ko[0]}",
                              metric="accuracy", label=label, before=before, after=after, ci=ci,
                              verdict=_verdict(before, after, ci, "up")))
@@ -265,7 +277,8 @@ def _fmt(metric: str, v: float, signed: bool = False) -> str:
     return f"{v:{sign},.1f}"
 
 
-_MARK = {"better": "✔ better", "worse": "✘ worse", "unchanged": "= unchanged", "within noise": "≈ within noise",
+_MARK = {"better": "✔ better", "worse": "✘ worse", "unchanged": "= unchanged",
+         "negligible": f"≈ negligible (< {NEGLIGIBLE:.0%})", "within noise": "≈ within noise",
          "no noise estimate": "? no noise estimate"}
 
 
@@ -289,7 +302,9 @@ def delta_note(n_resamples: int = 400, confidence: float = 0.95) -> str:
     """How the changes were judged, for the report."""
     return (f"Each later run against the first, shard by shard. A change is marked better or worse only when the "
             f"{confidence:.0%} interval of a seeded bootstrap ({n_resamples} resamples of the per-request values, as "
-            "regression detection uses) excludes zero, else it is within noise. p95 ITL resamples the pooled gaps; "
+            f"regression detection uses) excludes zero, else it is within noise; a change of less than {NEGLIGIBLE:.0%} "
+            f"is negligible whatever its interval, and fewer than {MIN_SAMPLES} measured values on either side give "
+            "no noise estimate. p95 ITL resamples the pooled gaps; "
             "goodput the per-request good/not-good outcome; closed-loop throughput and instance-priced cost take "
             "their interval from every request's time in flight and outcome (Little's law, failures included). "
             "Token-priced cost and open-loop throughput have no noise estimate. Evaluated accuracy is compared per dataset bucket (all loads together), resampling "

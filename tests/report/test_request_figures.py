@@ -101,6 +101,25 @@ def test_deltas_mark_real_changes_and_noise() -> None:
     assert any(r["Metric"] == "p95 ITL" and r["Verdict"] == "✘ worse" for r in rows)
 
 
+def test_two_runs_of_one_deterministic_configuration_show_no_change() -> None:
+    """An A/A comparison: a 0.1 % change is negligible however narrow its interval, and a shard of a
+    few requests gives no noise estimate (its bootstrap would resample the same few values)."""
+    base = records_frame(_records(60, latency=1.0))
+    a_hair_slower = records_frame(_records(60, latency=1.001))
+    slower = records_frame(_records(60, latency=1.1))
+    deltas = run_deltas([("a", summarize(base, None), base.lazy()),
+                         ("b", summarize(a_hair_slower, None), a_hair_slower.lazy()),
+                         ("c", summarize(slower, None), slower.lazy())], SLOConfig())
+    lat = {d.run: d for d in deltas if d.metric == "latency_p95_s"}
+    assert lat["b/exp"].verdict == "negligible" and lat["c/exp"].verdict == "worse"
+    assert any(r["Verdict"] == "≈ negligible (< 1%)" for r in delta_rows(deltas))
+    few, few_slower = records_frame(_records(6, latency=1.0)), records_frame(_records(6, latency=1.1))  # 4 measured
+    [lat4] = [d for d in run_deltas([("a", summarize(few, None), few.lazy()),
+                                     ("b", summarize(few_slower, None), few_slower.lazy())], SLOConfig())
+              if d.metric == "latency_p95_s"]
+    assert lat4.ci is None and lat4.verdict == "no noise estimate"
+
+
 def test_deltas_pair_two_stacks_by_load_when_each_run_has_one_experiment() -> None:
     vllm = records_frame(_records(40, experiment="vllm", latency=1.0))
     tgi = records_frame(_records(40, experiment="tgi", latency=2.0))
