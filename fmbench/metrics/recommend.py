@@ -1,8 +1,8 @@
 """Pick, per dataset bucket, the configuration to buy, and say why in one sentence a manager can read.
 
 Among valid shards that meet every SLO: the *lowest cost* one has the smallest cost per 10k
-transactions (ties: more transactions/min), the *highest throughput* one the most transactions/min
-(ties: lower cost). When nothing meets the SLOs, the *closest* shard is the one with the smallest
+transactions (ties, within 1 %: more transactions/min; the sentence names the configurations within
+1 % of both), the *highest throughput* one the most transactions/min (ties, within 1 %: lower cost). When nothing meets the SLOs, the *closest* shard is the one with the smallest
 worst observed/limit ratio (`fmbench.metrics.slo`), ties broken by throughput. Without prices, only
 throughput ranks and the sentence says cost is unknown. Invalid shards (e.g. a saturated client)
 are never recommended.
@@ -140,6 +140,11 @@ def _choice(row: dict[str, Any], slo: Any) -> Choice:
         accuracy_lo=_num(row.get("accuracy_lo")),
         accuracy_hi=_num(row.get("accuracy_hi")),
     )
+
+
+#: Costs (or throughputs) within this fraction of each other are one value for the recommendation:
+#: it picks among them by the other measure, and names the configurations it cannot tell apart.
+TIE = 0.01
 
 
 def _cost_key(c: Choice) -> float:
@@ -286,10 +291,19 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             c = _num(r.get(col))
             return math.inf if c is None else c
 
+        ties: list[dict[str, Any]] = []
         if priced:
-            cheapest = _choice(min(priced, key=lambda r: (cost(r), -tpm(r))), slo)
+            # Costs within TIE of the lowest are one cost at this precision: the most throughput of them.
+            low = min(cost(r) for r in priced)
+            near = [r for r in priced if cost(r) <= low * (1 + TIE)]
+            cheap_row = max(near, key=lambda r: (tpm(r), -cost(r)))
+            cheapest = _choice(cheap_row, slo)
+            ties = [r for r in near if r is not cheap_row and tpm(r) >= tpm(cheap_row) * (1 - TIE)]
         if passing:
-            fastest = _choice(min(passing, key=lambda r: (-tpm(r), cost(r))), slo)
+            # Throughputs within TIE of the highest are one throughput: the lowest cost of them.
+            top = max(tpm(r) for r in passing)
+            fastest = _choice(min([r for r in passing if tpm(r) >= top * (1 - TIE)],
+                                  key=lambda r: (cost(r), -tpm(r))), slo)
             status = "meets_slo"
         elif worse:
             closest = _choice(max(worse, key=lambda r: (_accuracy(r), -cost(r))), slo)
@@ -308,6 +322,9 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             "excluded_accuracy": [_choice(r, slo) for r in worse],
         }
         reasoning = _sentence({**args, "by_goodput": ranked_by_goodput, "min_accuracy": min_accuracy})
+        if ties and status == "meets_slo":
+            reasoning += (f" Within {TIE:.0%} of its cost and throughput, which this measurement does not tell apart: "
+                          f"{'; '.join(_choice(r, slo).label for r in ties)}.")
         if no_goodput:
             reasoning += (" No configuration served any request within the per-request SLOs (goodput 0 everywhere), "
                           "so this choice is by cost and throughput per transaction.")

@@ -137,6 +137,28 @@ def test_slo_descriptions_use_one_unit_per_objective() -> None:
                     "p95 TPOT not measured (limit 20 ms)", "error rate 2.0% > 1.0%"]
 
 
+def test_costs_and_throughputs_within_one_percent_are_ties_and_the_sentence_names_them() -> None:
+    # Two identical configurations 0.07 % apart in cost: the one with more throughput, and the other
+    # named as not told apart. For the most throughput, 0.4 % more is no reason to pay $3.32 over $0.
+    slo = SLOConfig(latency_p95_s=1.0)
+    m = evaluate_slo(_metrics([
+        {"experiment": "a", "concurrency": 2, "cost_per_10k_txn": 0.105294, "transactions_per_min": 1583.0},
+        {"experiment": "b", "concurrency": 2, "cost_per_10k_txn": 0.105222, "transactions_per_min": 1584.0},
+        {"experiment": "c", "concurrency": 2, "cost_per_10k_txn": 0.1052, "transactions_per_min": 900.0},
+    ]), slo)
+    [rec] = recommend(m, slo)
+    assert rec.lowest_cost is not None and rec.lowest_cost.experiment == "b"
+    assert "Within 1% of its cost and throughput, which this measurement does not tell apart: a at concurrency 2." \
+        in rec.reasoning
+    m = evaluate_slo(_metrics([
+        {"experiment": "a", "concurrency": 2, "cost_per_10k_txn": 3.32, "transactions_per_min": 1592.0},
+        {"experiment": "b", "concurrency": 2, "cost_per_10k_txn": 0.0, "transactions_per_min": 1585.0},
+    ]), slo)
+    [rec] = recommend(m, slo)
+    assert rec.highest_throughput is not None and rec.highest_throughput.experiment == "b"
+    assert "For the most throughput" not in rec.reasoning and "Within 1%" not in rec.reasoning
+
+
 def test_an_slo_verdict_reads_as_it_compares() -> None:
     """A failed 0.133 % error rate against a 0.1 % limit is not "0.1% > 0.1%", nor a 0.04 % one
     against no errors "0.0% > 0.0%", nor a 2.3-ms p95 "0.00 s"."""
