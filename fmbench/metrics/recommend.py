@@ -100,6 +100,7 @@ class Recommendation:
     reasoning: str
     candidates: int = 0
     excluded_invalid: list[str] = field(default_factory=list)
+    excluded_failed: list[str] = field(default_factory=list)  # shards that could not be measured
     excluded_accuracy: list[Choice] = field(default_factory=list)
 
     @property
@@ -171,15 +172,20 @@ def _prompts(dataset: str, lo: int | None, hi: int | None, bucket: str) -> str:
     return f"For prompts of {size} (dataset {dataset})"
 
 
+def _not_considered(failed: list[str], invalid: list[str]) -> str:
+    """E.g. " (1 failed and 2 invalid shards not considered.)": a failed shard is one the report lists
+    as failed (not measured), an invalid one is in its list of invalid shards (measured, not trusted)."""
+    parts = [f"{len(names)} {what}" for what, names in (("failed", failed), ("invalid", invalid)) if names]
+    n = len(failed) + len(invalid)
+    return f" ({' and '.join(parts)} shard{'s' if n != 1 else ''} not considered.)" if parts else ""
+
+
 def _sentence(rec_args: dict[str, Any]) -> str:
     head = _prompts(rec_args["dataset"], rec_args["bucket_min"], rec_args["bucket_max"], rec_args["bucket"])
     cheap: Choice | None = rec_args["lowest_cost"]
     fast: Choice | None = rec_args["highest_throughput"]
     close: Choice | None = rec_args["closest"]
-    excluded = rec_args["excluded_invalid"]
-    tail = (f" ({len(excluded)} invalid shard{'s' if len(excluded) != 1 else ''} not considered.)"
-            if excluded else "")
-    tail += _accuracy_tail(rec_args)
+    tail = _not_considered(rec_args["excluded_failed"], rec_args["excluded_invalid"]) + _accuracy_tail(rec_args)
     if rec_args["status"] == "no_data":
         return f"{head}, no valid shard produced successful measurements, so nothing can be recommended.{tail}"
     if rec_args["status"] == "below_accuracy":
@@ -267,7 +273,9 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
     for g in groups.iter_rows(named=True):
         part = metrics.filter((pl.col("dataset") == g["dataset"]) & (pl.col("bucket") == g["bucket"]))
         rows = part.to_dicts()
-        excluded = [f"{r['experiment']} {r.get('concurrency')}" for r in rows if r.get("valid") is False]
+        measured = [r for r in rows if r.get("status", "ok") in ("ok", None)]
+        failed = [f"{r['experiment']} {r.get('concurrency')}" for r in rows if r not in measured]
+        excluded = [f"{r['experiment']} {r.get('concurrency')}" for r in measured if r.get("valid") is False]
         valid = [r for r in rows if r.get("valid") is not False and (r.get("successes") or 0) > 0]
         passing = [r for r in valid if r.get("meets_slo")]
         worse: list[dict[str, Any]] = []
@@ -318,7 +326,7 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             "dataset": g["dataset"], "bucket": g["bucket"], "bucket_min": g["bucket_min"], "bucket_max": g["bucket_max"],
             "status": status, "cost_known": bool(priced) or any(_num(r.get("cost_per_10k_txn")) is not None for r in valid),
             "lowest_cost": cheapest, "highest_throughput": fastest, "closest": closest,
-            "candidates": len(valid), "excluded_invalid": excluded,
+            "candidates": len(valid), "excluded_invalid": excluded, "excluded_failed": failed,
             "excluded_accuracy": [_choice(r, slo) for r in worse],
         }
         reasoning = _sentence({**args, "by_goodput": ranked_by_goodput, "min_accuracy": min_accuracy})

@@ -105,6 +105,27 @@ def test_cost_ties_go_to_higher_throughput_and_invalid_shards_are_skipped() -> N
     assert "1 invalid shard not considered" in rec.reasoning
 
 
+def test_a_failed_shard_is_called_failed_not_invalid() -> None:
+    # A shard that could not be measured is in the report's failed shards, not its invalid ones.
+    slo = SLOConfig(latency_p95_s=1.0)
+    m = evaluate_slo(_metrics([
+        {"experiment": "a", "concurrency": 1, "cost_per_10k_txn": 2.0, "transactions_per_min": 100.0},
+        {"experiment": "f", "concurrency": 2, "requests": 0, "successes": 0, "error_rate": None,
+         "latency_p95_s": None, "status": "failed", "valid": False},
+    ]), slo)
+    [rec] = recommend(m, slo)
+    assert rec.excluded_failed == ["f 2"] and rec.excluded_invalid == []
+    assert rec.reasoning.endswith("(1 failed shard not considered.)")
+    m = evaluate_slo(_metrics([
+        {"experiment": "a", "concurrency": 1, "cost_per_10k_txn": 2.0, "transactions_per_min": 100.0},
+        {"experiment": "c", "concurrency": 8, "cost_per_10k_txn": 0.5, "transactions_per_min": 900.0, "valid": False},
+        {"experiment": "f", "concurrency": 2, "requests": 0, "successes": 0, "error_rate": None,
+         "latency_p95_s": None, "status": "failed", "valid": False},
+    ]), slo)
+    [rec] = recommend(m, slo)
+    assert "(1 failed and 1 invalid shards not considered.)" in rec.reasoning
+
+
 def test_zero_error_tolerance_ranks_failures_by_error_rate() -> None:
     slo = SLOConfig(latency_p95_s=1.0)  # max_error_rate defaults to 0
     m = evaluate_slo(_metrics([
