@@ -117,7 +117,8 @@ class EndpointThrottled(EndpointHTTPError):
 
 
 class EndpointConnectionError(EndpointError):
-    """Raised when a connection is refused, reset or dropped mid-answer."""
+    """Raised when a connection is refused, reset or dropped before any byte of an answer (the AWS
+    clients raise it for a stream dropped mid-answer too; the OpenAI client calls that a protocol error)."""
 
     kind = "connection"
 

@@ -53,8 +53,10 @@ llama.cpp's ``timings.predicted_n`` counts the output tokens.
 
 Failures are translated to `fmbench.errors` at one boundary (`_translate`): timeouts ->
 `EndpointTimeout`; 429 -> `EndpointThrottled` (Retry-After parsed); other statuses ->
-`EndpointHTTPError`; refused/reset/disconnected -> `EndpointConnectionError`; unparseable JSON,
-malformed SSE, a stream without ``[DONE]``, or without any output text or server count -> `EndpointProtocolError`.
+`EndpointHTTPError`; refused/reset/disconnected before any byte of an answer ->
+`EndpointConnectionError` (the request never reached the endpoint); an answer cut off after it began
+(reset or closed mid-body), unparseable JSON, malformed SSE, a stream without ``[DONE]``, or without
+any output text or server count -> `EndpointProtocolError`.
 The API key is sent in a header only; it is redacted from any message that might echo it.
 """
 
@@ -129,7 +131,8 @@ _EXCEPTION_MAP: tuple[tuple[type[BaseException], type[EndpointError], str], ...]
      "server certificate not trusted (signed by a private CA? set the endpoint's ca_bundle)"),
     (aiohttp.ClientConnectorError, EndpointConnectionError, "cannot connect"),  # refused, DNS, TLS, proxy
     (aiohttp.ServerDisconnectedError, EndpointConnectionError, "server disconnected"),
-    (aiohttp.ClientPayloadError, EndpointConnectionError, "answer cut off"),
+    # a body's error: the answer had begun, so the endpoint failed it (see `_translate`)
+    (aiohttp.ClientPayloadError, EndpointProtocolError, "answer cut off"),
     (aiohttp.ClientConnectionResetError, EndpointConnectionError, "connection reset"),
     (aiohttp.ClientOSError, EndpointConnectionError, "connection failed"),
     (aiohttp.ServerFingerprintMismatch, EndpointConnectionError, "TLS fingerprint mismatch"),
@@ -149,10 +152,18 @@ _EXCEPTION_MAP: tuple[tuple[type[BaseException], type[EndpointError], str], ...]
 )
 
 
-def _translate(exc: BaseException, secrets: tuple[str, ...]) -> EndpointError:
-    """Map a dependency exception to our error tree (the module's one translation boundary)."""
+def _translate(exc: BaseException, secrets: tuple[str, ...], answer_begun: bool = False) -> EndpointError:
+    """Map a dependency exception to our error tree (the module's one translation boundary).
+
+    With ``answer_begun`` (a byte of the answer had arrived), a connection that breaks is the
+    endpoint cutting its answer off, an `EndpointProtocolError` like a stream without ``[DONE]``:
+    it reached the endpoint, so it is no failure to connect (which a shard reads as the endpoint
+    being down, `fmbench.pipeline.shards`)."""
     for cls, target, what in _EXCEPTION_MAP:
         if isinstance(exc, cls):
+            if answer_begun and target is EndpointConnectionError:
+                target = EndpointProtocolError
+                what = what if what.startswith("answer cut off") else f"answer cut off: {what}"
             detail = str(exc)
             message = f"{what} ({type(exc).__name__}{': ' + detail if detail else ''})"
             return target(_redact(message, secrets)[: _MAX_MESSAGE * 2])
@@ -302,6 +313,12 @@ def _never_read(sent: list[Any], exc: BaseException, hooked: bool) -> bool:
         return True
     proto, served_before = sent[1], sent[2]
     return bool(served_before > 0 and not proto.rx)
+
+
+def _answer_arrived(sent: list[Any]) -> bool:
+    """True when the connection the request went out on saw a byte of its answer (status line,
+    headers or body): a request that failed after that reached the endpoint."""
+    return len(sent) > 1 and bool(sent[1].rx)
 
 
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
@@ -579,9 +596,11 @@ class OpenAIClient:
         resends = 0
         deadlines = self._deadlines
         task = deadlines.start() if deadlines is not None else None  # the timeout (see _deadline)
+        sent: list[Any] = [None]
+        answered = False  # the status line and headers arrived
         try:
             while True:
-                sent: list[Any] = [None]
+                sent = [None]
                 _SEND_STAMP.set(sent)
                 t_start = time.monotonic()
                 try:
@@ -592,6 +611,7 @@ class OpenAIClient:
                         continue
                     raise
                 break
+            answered = True
             async with resp:
                 t_start = sent[0] or t_start
                 if len(sent) > 1 and (keep_alive := resp.headers.get("Keep-Alive")):
@@ -616,7 +636,7 @@ class OpenAIClient:
             exc.resends = resends
             raise
         except Exception as exc:  # the translation boundary for aiohttp/asyncio/OS errors
-            err = _translate(exc, self._secrets)
+            err = _translate(exc, self._secrets, answered or _answer_arrived(sent))
             err.resends = resends
             raise err from exc
         finally:
@@ -624,8 +644,12 @@ class OpenAIClient:
                 deadlines.stop(task)
 
     async def _http_error(self, resp: aiohttp.ClientResponse) -> EndpointHTTPError:
-        body = await resp.content.read(_ERROR_BODY_BYTES)
-        msg = _redact(f"HTTP {resp.status}: {_error_message(body)}", self._secrets)
+        try:
+            body = await resp.content.read(_ERROR_BODY_BYTES)
+            cut = ""
+        except aiohttp.ClientError:  # the status is the answer; its explanation broke off
+            body, cut = b"", " (its body cut off)"
+        msg = _redact(f"HTTP {resp.status}: {_error_message(body)}{cut}", self._secrets)
         if resp.status == 429:
             return EndpointThrottled(msg, 429, _retry_after(resp.headers.get("Retry-After")))
         return EndpointHTTPError(msg, resp.status)

@@ -106,7 +106,8 @@ def test_long_prompt_and_thousand_chunk_stream(fake_openai: FakeOpenAI) -> None:
         ("500", {}, EndpointHTTPError, "server_error", "model exploded"),
         ("429", {}, EndpointThrottled, "throttled", "slow down"),
         ("hang", {"timeout_s": 0.3}, EndpointTimeout, "timeout", "0.3 s"),
-        ("reset:tpot=0.01", {}, EndpointConnectionError, "connection", ""),
+        # reset after the headers: the endpoint cut its answer off, it did not fail to connect
+        ("reset:tpot=0.01", {}, EndpointProtocolError, "protocol", "answer cut off"),
         ("malformed", {}, EndpointProtocolError, "protocol", "malformed SSE"),
         ("nonjson", {}, EndpointProtocolError, "protocol", "not JSON"),
         ("nonjson_body", {"stream": False}, EndpointProtocolError, "protocol", "not JSON"),
@@ -245,7 +246,12 @@ def test_every_aiohttp_error_has_an_explicit_mapping(cls: type[BaseException]) -
 
 def test_translate_examples_keep_kinds_and_redact() -> None:
     assert _translate(aiohttp.ServerDisconnectedError(), ()).kind == "connection"
-    assert _translate(aiohttp.ClientPayloadError("cut"), ()).kind == "connection"
+    assert _translate(aiohttp.ClientPayloadError("cut"), ()).kind == "protocol"  # always mid-answer
+    # the same breaks once a byte of the answer arrived: the answer was cut off
+    begun = _translate(aiohttp.ServerDisconnectedError(), (), answer_begun=True)
+    assert begun.kind == "protocol" and str(begun).startswith("answer cut off: server disconnected")
+    assert _translate(ConnectionResetError(104, "reset"), (), answer_begun=True).kind == "protocol"
+    assert _translate(aiohttp.SocketTimeoutError("slow"), (), answer_begun=True).kind == "timeout"
     assert _translate(aiohttp.SocketTimeoutError("slow"), ()).kind == "timeout"
     assert _translate(ConnectionResetError(104, "reset"), ()).kind == "connection"
     assert _translate(ValueError("weird"), ()).kind == "protocol"

@@ -66,6 +66,9 @@ async def _no_usage(request: web.Request) -> web.StreamResponse:
 async def _dropped(request: web.Request) -> web.StreamResponse:
     if request.path.startswith("/flaky/") and not ODD_STATE["flaky_down"]:
         return await _no_usage(request)
+    if request.path.startswith("/probed/") and not ODD_STATE["probed"]:  # the first request only
+        ODD_STATE["probed"] = True
+        return await _no_usage(request)
     assert request.transport is not None
     request.transport.close()  # the endpoint is "down": the connection drops without an answer
     return web.StreamResponse()
@@ -98,11 +101,11 @@ async def _s3_denied(request: web.Request) -> web.Response:
 def odd_server() -> Iterator[str]:
     """Base URL of a server whose ``/unauth/v1`` answers 401, ``/html/v1`` answers HTML, ``/nousage/v1``
     streams answers without usage, ``/down/v1`` drops every connection, ``/flaky/v1`` too while
-    ``ODD_STATE["flaky_down"]``, ``/aws/CASE/...`` refuses AWS runtime calls as `AWS_REFUSALS` says,
+    ``ODD_STATE["flaky_down"]``, ``/probed/v1`` every one after the first (preflight's probe), ``/aws/CASE/...`` refuses AWS runtime calls as `AWS_REFUSALS` says,
     and every other path is S3's 403 AccessDenied."""
     app = web.Application()
     for prefix, handler in (("unauth", _unauthorized), ("html", _html), ("nousage", _no_usage),
-                            ("down", _dropped), ("flaky", _dropped)):
+                            ("down", _dropped), ("flaky", _dropped), ("probed", _dropped)):
         app.router.add_post(f"/{prefix}/v1/chat/completions", handler)
     app.router.add_post("/aws/{case}/{tail:.*}", _aws_refusal)
     app.router.add_post("/aws/{case}", _aws_refusal)  # JSON-protocol APIs (SageMaker) post to the base path

@@ -17,6 +17,7 @@ from fmbench import errors
 from fmbench.errors import ExitCode, FMBenchError, RunTerminated, exit_code
 from tests.faults.test_bad_input import AWS_KEYS, GOOD, _bedrock, _jsonl, _openai, _sagemaker_deploy
 from tests.support.cli import ROOT, fmbench_argv
+from tests.support.sim_shards import ODD_STATE
 
 #: The code of every class a user can meet; a new class must be added here (and to the README table).
 EXPECTED = {
@@ -121,11 +122,13 @@ def test_an_interrupted_command_says_so_and_offers_a_resume_only_for_a_run(
     assert capsys.readouterr().err.rstrip().splitlines()[-1] == last_line
 
 
-def test_a_run_that_lost_shards_writes_its_report_and_exits_1(tmp_path: Path, fault_cli_env: dict[str, str]) -> None:
-    # Every connection is reset, so the shard fails (after its retries) while the run still finishes.
+def test_a_run_that_lost_shards_writes_its_report_and_exits_1(tmp_path: Path, fault_cli_env: dict[str, str],
+                                                              odd_server: str) -> None:
+    # The endpoint answers preflight's probe, then drops every connection before answering: the
+    # shard fails (after its retries) while the run still finishes.
+    ODD_STATE["probed"] = False
     cfg = tmp_path / "lost.yml"
-    cfg.write_text(GOOD.replace("output_tokens: 4}}", "output_tokens: 4, faults: {{reset_rate: 1.0}}}}")
-                   .format(out=tmp_path / "out"))
+    cfg.write_text(_openai(f"{odd_server}/probed/v1", model="m").format(out=tmp_path / "out"))
     proc = subprocess.run(fmbench_argv("run", str(cfg)), env=fault_cli_env, cwd=ROOT, capture_output=True,
                           text=True, timeout=600, check=False)
     assert proc.returncode == ExitCode.PARTIAL_FAILURE == 1, proc.stderr[-3000:]

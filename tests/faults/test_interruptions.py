@@ -122,7 +122,10 @@ def test_a_server_restart_mid_shard_costs_only_the_requests_it_dropped(tmp_path:
     assert records.height == 400 and sorted(records["request_id"].to_list()) == list(range(400))
     failed = records.filter(~pl.col("ok"))
     assert failed.height > 0, "the restart dropped no request"
-    assert set(failed["error_kind"].to_list()) == {"connection"}
+    # Refused while it was down; one in flight when it stopped had its answer cut off.
+    kinds = failed["error_kind"].to_list()
+    assert "connection" in kinds and set(kinds) <= {"connection", "protocol"}
+    assert all(e.startswith("answer cut off") for e in failed.filter(pl.col("error_kind") == "protocol")["error"])
     assert failed["error"].null_count() == 0
     ok = records.filter(pl.col("ok"))
     # Requests before the stop and after the restart succeeded.

@@ -141,7 +141,7 @@ def test_tokenizer_fallback_when_server_reports_no_usage(fake_openai: FakeOpenAI
         ("500", "server_error", 500),
         ("429", "throttled", 429),
         ("malformed", "protocol", None),
-        ("reset:tpot=0.002", "connection", None),
+        ("reset:tpot=0.002", "protocol", None),  # cut off after the headers
         ("hang", "timeout", None),
         ("echo_key", "client_error", 401),
     ],

@@ -17,8 +17,9 @@ MODEL = "fmbench-sim"
 SIM = SimulatedEndpoint(provider="simulated", model=MODEL, ttft_ms=10, tpot_ms=1, output_tokens=8, seed=7)
 PROMPTS = [Prompt(f"p{i}", f"prompt number {i} about faults", 6) for i in range(16)]
 
-#: Switches of the ``odd_server`` fixture: ``flaky_down`` makes ``/flaky/v1`` drop every connection.
-ODD_STATE = {"flaky_down": True}
+#: Switches of the ``odd_server`` fixture: ``flaky_down`` makes ``/flaky/v1`` drop every connection;
+#: ``probed`` says ``/probed/v1`` answered its one request.
+ODD_STATE = {"flaky_down": True, "probed": False}
 
 #: How the OpenAI client classifies each injected fault (records' error_kind; None = ok).
 EXPECTED_KIND: dict[str, str | None] = {
@@ -27,7 +28,7 @@ EXPECTED_KIND: dict[str, str | None] = {
     "http_503": "server_error",
     "throttle": "throttled",
     "hang": "timeout",
-    "reset": "connection",
+    "reset": "protocol",  # mid-answer: the answer was cut off, the request had reached the endpoint
     "malformed": "protocol",
     "truncated": "protocol",
     "slow_first_byte": None,
