@@ -481,3 +481,27 @@ def test_a_whole_answer_is_an_error_when_it_names_one(answer: dict[str, Any], te
             with pytest.raises(EndpointHTTPError, match=r"\(status 503\): cut") as err:
                 asyncio.run(go())
             assert err.value.status == status
+
+
+def test_an_error_status_whose_body_breaks_off_keeps_its_status() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 200\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()  # reset before its body
+
+    async def go() -> None:
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        client = OpenAIClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}/v1", "m")
+        await client.open(1)
+        try:
+            await client.complete(PROMPT)
+        finally:
+            await client.close()
+            srv.close()
+
+    with pytest.raises(EndpointHTTPError) as info:
+        asyncio.run(go())
+    assert info.value.kind == "server_error" and "HTTP 503" in str(info.value) and "cut off" in str(info.value)
