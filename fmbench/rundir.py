@@ -227,6 +227,8 @@ def run_location(cfg: BenchmarkConfig, output: str | None, run_id: str) -> tuple
     """
     if not all(c.isalnum() or c in "-_." for c in run_id):
         raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '-', '_' and '.' only")
+    if not run_id.strip("."):  # '.' and '..' name the directories above a run's, not a run
+        raise ConfigError(f"--run-id {run_id!r}: give at least one letter, digit, '-' or '_'")
     url = storage.join(output or cfg.output, cfg.name, run_id)
     if storage.is_remote(url):
         return url, str(Path(tempfile.gettempdir(), "fmbench-scratch", cfg.name, run_id))

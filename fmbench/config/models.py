@@ -40,8 +40,17 @@ def _name(value: str) -> str:
 _Name = Annotated[str, AfterValidator(_name), WithJsonSchema({"type": "string", "pattern": _NAME})]
 
 
+#: The most requests in flight a shard may keep: each is a task of the load generator (100,000 start in
+#: about two seconds), and far more than any endpoint serves at once.
+MAX_CONCURRENCY = 100_000
+#: The most output tokens a request may ask for: what servers take as a 32-bit count (a larger number
+#: failed every request as the endpoint's error).
+MAX_TOKENS = 2**31 - 1
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No infinite or NaN number anywhere: a price of .inf would recommend "$inf per 10k transactions".
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- datasets
@@ -166,7 +175,8 @@ class SimulatedEndpoint(_Model):
         default=0.0, ge=0, description="Fractional TPOT growth per additional request decoding at once."
     )
     max_batch: int = Field(default=16, ge=1, description="Requests served at once; more wait in a queue.")
-    output_tokens: int = Field(default=64, ge=1, description="Tokens generated per request (capped by max_tokens).")
+    output_tokens: int = Field(default=64, ge=1, le=MAX_TOKENS,
+                               description="Tokens generated per request (capped by max_tokens).")
     chunk_tokens: int = Field(default=1, ge=1, description="Tokens per streamed chunk.")
     seed: int = Field(default=0, description="Seed of the generated text.")
     tokenizer: str | None = Field(
@@ -377,7 +387,7 @@ EndpointConfig = Annotated[
 class InferenceConfig(_Model):
     """Generation parameters sent with every request."""
 
-    max_tokens: int = Field(default=64, ge=1, description="Maximum output tokens per request.")
+    max_tokens: int = Field(default=64, ge=1, le=MAX_TOKENS, description="Maximum output tokens per request.")
     temperature: float = Field(default=0.1, ge=0, le=2, description="Sampling temperature.")
     top_p: float | None = Field(default=None, gt=0, le=1, description="Nucleus sampling (omitted when unset).")
     stream: bool = Field(default=True, description="Stream tokens (needed for TTFT and inter-token times).")
@@ -457,7 +467,7 @@ class ExperimentConfig(_Model):
     name: _Name = Field(description="Experiment name, used in results and file names.")
     endpoint: EndpointConfig = Field(description="Where requests go.")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Generation parameters.")
-    concurrency_levels: list[Annotated[int, Field(ge=1)]] | None = Field(
+    concurrency_levels: list[Annotated[int, Field(ge=1, le=MAX_CONCURRENCY)]] | None = Field(
         default=None,
         description="Closed loop: requests kept in flight, one shard per level (default [1] when no "
         "request_rates are given).",
@@ -472,7 +482,7 @@ class ExperimentConfig(_Model):
         default=1.0, gt=0, description="Gamma shape of open-loop gaps (1 = Poisson, < 1 burstier)."
     )
     max_concurrency: int | None = Field(
-        default=None, ge=1, description="Open loop: cap on requests in flight (waiting counts in latency)."
+        default=None, ge=1, le=MAX_CONCURRENCY, description="Open loop: cap on requests in flight (waiting counts in latency)."
     )
     requests_per_level: int = Field(default=40, ge=1, description="Measured requests per shard.")
     warmup_requests: int = Field(default=2, ge=0, description="Requests sent before each shard and not measured.")
@@ -491,7 +501,8 @@ class ExperimentConfig(_Model):
         "rate), started together; 'auto': as many as the shard's calibrated load needs. Needs a Dask cluster "
         "(FMBENCH_TASK_RUNNER=tcp://...); unset: the shard runs on the host that runs it.",
     )
-    datasets: list[str] | None = Field(default=None, description="Dataset names to run (default: all).")
+    datasets: list[str] | None = Field(default=None, min_length=1,
+                                       description="Dataset names to run (default: all; omit it rather than empty).")
     tokenizer: str | None = Field(
         default=None,
         description="The model's tokenizer, which buckets this experiment's prompts and counts its output tokens "

@@ -479,7 +479,8 @@ async def _closed_loop(
 
     if t0 is not None:
         await _sleep_until(t0)
-    await _run_all([asyncio.create_task(worker()) for _ in range(workers or shard.spec.concurrency)])
+    # (never more workers than requests: the others would find none and end at once)
+    await _run_all([asyncio.create_task(worker()) for _ in range(min(workers or shard.spec.concurrency, total))])
 
 
 async def _open_loop(
