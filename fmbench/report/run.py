@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +21,14 @@ from fmbench.rundir import Manifest, has_manifest, load_manifest
 #: by the queries that need them (ITL metrics and the ITL distribution); when the metrics are computed
 #: here, the columns are read into memory once for all the report's queries.
 REQUEST_COLUMNS = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate",
-                   "shard_id", "request_id", "warmup", "ok", "error_kind", "error", "input_tokens", "output_tokens",
-                   "t_scheduled", "t_start", "t_first_token", "t_end", "ttft_s", "latency_s", "tpot_s", "itl_s",
-                   "chunks"]
+                   "shard_id", "request_id", "attempt", "warmup", "ok", "error_kind", "error", "input_tokens",
+                   "output_tokens", "t_scheduled", "t_start", "t_first_token", "t_end", "ttft_s", "latency_s",
+                   "tpot_s", "itl_s", "chunks"]
+
+#: Of those, the columns records of older runs may lack. Without ``attempt`` every record is its
+#: request's only attempt; with it, a retried request counts once, by its final attempt
+#: (`fmbench.records.final_attempts`), in the metrics, the Errors table and compare's bootstrap.
+OPTIONAL_REQUEST_COLUMNS = {"attempt"}
 
 #: At most this many requests are drawn in the prompt-tokens-vs-latency scatter.
 SAMPLE_SIZE = 3000
@@ -67,14 +73,22 @@ class RunData:
         return self.manifest.ended_at
 
 
+def _request_columns(names: Iterable[str]) -> list[str]:
+    """`REQUEST_COLUMNS` a file with these columns has, leaving out only optional ones it lacks."""
+    present = set(names)
+    return [c for c in REQUEST_COLUMNS if c in present or c not in OPTIONAL_REQUEST_COLUMNS]
+
+
 def _read_requests(url: str) -> pl.LazyFrame | None:
     if not storage.exists(url):
         return None
     try:
         if storage.is_remote(url):
             data = storage.read_bytes(url)
-            return pl.read_parquet(io.BytesIO(data), columns=REQUEST_COLUMNS).lazy()
-        lf = pl.scan_parquet(url).select(REQUEST_COLUMNS)
+            columns = _request_columns(pl.read_parquet_schema(io.BytesIO(data)))
+            return pl.read_parquet(io.BytesIO(data), columns=columns).lazy()
+        lf = pl.scan_parquet(url)
+        lf = lf.select(_request_columns(lf.collect_schema()))
         lf.collect_schema()
         return lf
     except (OSError, pl.exceptions.PolarsError) as exc:

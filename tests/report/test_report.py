@@ -512,3 +512,91 @@ def test_compare_never_writes_over_a_runs_own_report(tmp_path: Path) -> None:
             compare_runs([str(a), str(b)], str(output))
     assert {p.name: p.read_bytes() for p in a.iterdir() if p.is_file()} == before
     assert compare_runs([str(a), str(b)], str(tmp_path / "cmp")).markdown.endswith("report.md")
+
+
+RETRIED_RUN = """
+name: retried
+tokenizer: cl100k_base
+buckets: [[1, 200]]
+datasets:
+  - {name: synthetic, source: synthetic, prompts_per_bucket: 4, seed: 0}
+experiments:
+  - name: down
+    endpoint: {provider: simulated, ttft_ms: 5, tpot_ms: 1, output_tokens: 4, max_batch: 4,
+               faults: {http_503_rate: 1.0}}
+    inference: {max_tokens: 4, stream: true}
+    concurrency_levels: [1]
+    requests_per_level: 4
+    warmup_requests: 0
+    request_retries: 2
+    pricing: {hourly_usd: 1.0}
+  - name: thr
+    endpoint: {provider: simulated, ttft_ms: 5, tpot_ms: 1, output_tokens: 4, max_batch: 4,
+               faults: {throttle_rate: 0.5, retry_after_s: 0.01}}
+    inference: {max_tokens: 4, stream: true}
+    concurrency_levels: [2]
+    requests_per_level: 8
+    warmup_requests: 1
+    request_retries: 2
+    pricing: {hourly_usd: 1.0}
+slo: {latency_p95_s: 5.0}
+"""
+
+
+def test_a_retried_request_counts_once_in_the_errors_table_and_the_compared_samples(
+        tmp_path: Path, no_png: None) -> None:
+    from fmbench.config import load_config_text
+    from fmbench.pipeline import run_benchmark
+    from fmbench.records import final_attempts
+    from fmbench.report.deltas import _by_shard, _shard_key
+
+    run = Path(run_benchmark(load_config_text(RETRIED_RUN), output=str(tmp_path), run_id="r1", png=False)).parent
+    records = pl.read_parquet(run / "requests.parquet").filter(~pl.col("warmup"))
+    final = final_attempts(records).collect()
+    # What the Errors table must say, from the records: per experiment and kind, the requests whose
+    # final attempt failed that way, and the failed attempts that were sent again.
+    expected = {}
+    for exp in ("down", "thr"):
+        mine, last = records.filter(pl.col("experiment") == exp), final.filter(pl.col("experiment") == exp)
+        for kind in set(mine.filter(~pl.col("ok"))["error_kind"].to_list()):
+            failed = last.filter(pl.col("error_kind") == kind).height
+            expected[exp, kind] = (failed, mine.filter(pl.col("error_kind") == kind).height - failed)
+    assert expected["down", "server_error"] == (4, 8)  # 4 requests, each sent 3 times
+    assert expected["thr", "throttled"][1] > 0  # retries absorbed some throttling
+
+    def errors_table(md: str) -> dict[tuple[str, str], tuple[int, int]]:
+        section = md.split("## Errors", 1)[1].split("\n## ", 1)[0]
+        rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in section.splitlines()
+                if ln.startswith(("| down |", "| thr |"))]
+        return {(r[0], r[4]): (int(r[5].replace(",", "")), int(r[6].replace(",", ""))) for r in rows}
+
+    md = (run / "report.md").read_text()
+    assert "| Failed requests | Retried attempts |" in md
+    assert errors_table(md) == expected
+    assert "| down | c=1 | 4 | 4 |" in md  # the results table agrees: 4 requests, 4 failed
+    # Rendered again from the records alone (no metrics.parquet), the same counts.
+    for name in ("metrics.parquet", "metrics.csv", "report.md"):
+        (run / name).unlink()
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert errors_table(md) == expected and "| down | c=1 | 4 | 4 |" in md
+    # fmbench compare bootstraps each request once, by its final attempt, as the metrics it compares.
+    loaded = load_run(str(run))
+    parts = _by_shard(loaded.requests, loaded.cfg.slo if loaded.cfg else None)
+    for m in loaded.metrics.iter_rows(named=True):
+        assert parts[_shard_key(m)].height == m["requests"], m["experiment"]
+
+
+def test_records_of_an_older_run_without_attempts_are_each_a_request(tmp_path: Path, no_png: None) -> None:
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("flaky", error_p=0.3)], levels=[2], buckets=[[1, 500]],
+              failed_shard=False, invalid_shard=False)
+    older = pl.read_parquet(run / "requests.parquet").drop("attempt")
+    storage.write_parquet(str(run / "requests.parquet"), older)
+    render_report(str(run))
+    measured = older.filter(~pl.col("warmup"))
+    failed = measured.filter(~pl.col("ok")).height
+    assert failed > 0
+    md = (run / "report.md").read_text()
+    assert f"| flaky | synth | 1-500 | c=2 | server_error | {failed} | HTTP 503" in md
+    assert f"| flaky | c=2 | {measured.height} | {failed} |" in md
