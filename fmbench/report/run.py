@@ -14,7 +14,7 @@ from fmbench.config import BenchmarkConfig, load_config_text
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
-from fmbench.records import REQUEST_SCHEMA
+from fmbench.records import REQUEST_SCHEMA, final_attempts
 from fmbench.rundir import Manifest, has_manifest, load_manifest
 
 #: Columns of requests.parquet the report reads. The scan is lazy, so the itl_s lists are read only
@@ -182,10 +182,11 @@ def _with_columns(metrics: pl.DataFrame) -> pl.DataFrame:
 
 
 def request_sample(requests: pl.LazyFrame | None, n: int = SAMPLE_SIZE) -> pl.DataFrame | None:
-    """A deterministic sample of measured requests (experiment, input_tokens, latency_s, ok)."""
+    """A deterministic sample of measured requests (experiment, input_tokens, latency_s, ok), each
+    request once: a retried one by its final attempt."""
     if requests is None:
         return None
-    df = (requests.filter(~pl.col("warmup").fill_null(False))
+    df = (final_attempts(requests).filter(~pl.col("warmup").fill_null(False))
           .select("experiment", "input_tokens", "latency_s", "ok").collect())
     return df.sample(n=n, seed=0) if df.height > n else df
 

@@ -14,7 +14,7 @@ from fmbench.metrics import percentile, summarize
 from fmbench.records import RequestRecord, records_frame
 from fmbench.report.deltas import delta_rows, run_deltas
 from fmbench.report.request_figures import _STATES, itl_figure, timeline_figures
-from fmbench.report.run import TIMELINE_SIZE, itl_distribution, request_timelines
+from fmbench.report.run import TIMELINE_SIZE, itl_distribution, request_sample, request_timelines
 from tests.support.records import make_cfg
 
 
@@ -69,6 +69,19 @@ def test_timeline_png_is_drawn_from_the_spans_without_a_browser(tmp_path: Path) 
         assert img.width == 1100
         colours = {f"#{r:02X}{g:02X}{b:02X}" for _, (r, g, b) in img.convert("RGB").getcolors(1 << 16)}
     assert {colour for colour, _ in _STATES.values()} <= colours  # queued, waiting, streaming, failed
+
+
+def test_the_scatter_samples_each_request_once_by_its_final_attempt() -> None:
+    records = _records(12, fail_every=4)  # requests 0, 4 and 8 failed for good
+    # Requests 5 and 6 were throttled first and answered at their second attempt.
+    retried = [dataclasses.replace(r, attempt=1, ok=False, error_kind="throttled", latency_s=None)
+               for r in records if r.request_id in (5, 6)]
+    again = [dataclasses.replace(r, attempt=2) if r.request_id in (5, 6) else r for r in records]
+    frame = records_frame(retried + again).lazy()
+    sample = request_sample(frame)
+    assert sample is not None and sample.height == 10  # 12 requests, 2 of them warm-ups
+    assert sample["ok"].sum() == 10 - 2  # requests 4 and 8 (0 is a warm-up)
+    assert request_sample(frame, n=5).height == 5
 
 
 def test_itl_distribution_is_exact_at_each_percentile() -> None:
