@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -75,6 +76,29 @@ class SyntheticDataset(_DatasetBase):
         description="Optional template with a {text} field; the generated text fills it and the whole "
         "rendered prompt has the target length.",
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _one_text_field(cls, v: str | None) -> str | None:
+        # Checked here, so `validate` and the preflight refuse it before a run directory exists.
+        from fmbench.datasets.template import template_fields
+        from fmbench.errors import DatasetError
+
+        if v is None:
+            return v
+        try:
+            fields = template_fields(v, where="template")
+        except DatasetError as exc:
+            raise ValueError(str(exc)) from None
+        if fields != ["text"]:
+            raise ValueError(f"a synthetic template must use exactly one field, {{text}} (it uses {fields})")
+        if any(name not in (None, "text") for _, name, _, _ in string.Formatter().parse(v)):
+            raise ValueError("use {text} itself: the generated text has no index or attribute to take")
+        try:
+            v.format(text="sample")
+        except (IndexError, AttributeError, ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"cannot render {{text}} with this template: {exc}") from None
+        return v
 
 
 class LongBenchDataset(_DatasetBase):

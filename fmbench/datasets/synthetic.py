@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from fmbench.config import SyntheticDataset, bucket_label
-from fmbench.datasets.template import template_fields
+from fmbench.datasets.template import render_template, template_fields
 from fmbench.datasets.tokenizer import Tokenizer
 from fmbench.errors import DatasetError
 from fmbench.protocol import Prompt
@@ -178,7 +178,7 @@ def generate_synthetic_prompts(
             raise DatasetError(f"{where}: a synthetic template must use exactly one field, {{text}} (it uses {fields})")
 
         def render(text: str) -> str:
-            return template.format(text=text)
+            return render_template(template, {"text": text}, where)
     else:
 
         def render(text: str) -> str:

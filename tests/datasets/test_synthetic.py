@@ -88,10 +88,22 @@ def test_prompts_do_not_share_prefixes(cl100k: Tokenizer) -> None:
 
 
 def test_template_must_use_text_only(cl100k: Tokenizer) -> None:
+    # The config refuses it (so `validate` does, before any run directory exists) ...
+    with pytest.raises(ValueError, match=r"a synthetic template must use exactly one field"):
+        syn(prompt_template="no field here")
+    with pytest.raises(ValueError, match=r"use \{text\} itself"):
+        syn(prompt_template="{text[0]} {text}")
+    # ... and so does the generator, given a dataset built without the config's checks.
+    def unchecked(template: str) -> SyntheticDataset:
+        return SyntheticDataset.model_construct(name="syn", source="synthetic", prompts_per_bucket=50, seed=0,
+                                                prompt_template=template)
+
     with pytest.raises(DatasetError, match=r"'syn': prompt_template: a synthetic template must use exactly one field"):
-        generate_synthetic_prompts(syn(prompt_template="no field here"), BUCKETS, cl100k)
+        generate_synthetic_prompts(unchecked("no field here"), BUCKETS, cl100k)
     with pytest.raises(DatasetError, match=r"\['text', 'topic'\]"):
-        generate_synthetic_prompts(syn(prompt_template="{text} about {topic}"), BUCKETS, cl100k)
+        generate_synthetic_prompts(unchecked("{text} about {topic}"), BUCKETS, cl100k)
+    with pytest.raises(DatasetError, match=r"'syn': prompt_template: cannot render template"):
+        generate_synthetic_prompts(unchecked("{text[0]} {text}"), BUCKETS, cl100k)
 
 
 def test_bucket_shorter_than_template_gets_no_prompts(cl100k: Tokenizer) -> None:

@@ -125,6 +125,13 @@ def cases(c: Ctx) -> list[Case]:
              g.replace("    inference:", "    datasets: []\n    inference:")),
         Case("pricing-infinite", "validate", "experiments[0].pricing.hourly_usd: Input should be a finite number",
              g.replace("    inference:", "    pricing: {{hourly_usd: .inf}}\n    inference:")),
+        Case("synthetic-template-format-spec", "validate",
+             "cfg.yml: datasets[0].prompt_template: Value error, cannot render {text} with this template: Unknown "
+             "format code 'd'", g.replace(SYN, "{{name: syn, source: synthetic, prompt_template: 'Q: {{text:d}}'}}")),
+        Case("synthetic-template-index", "validate", "datasets[0].prompt_template: Value error, use {text} itself",
+             g.replace(SYN, "{{name: syn, source: synthetic, prompt_template: '{{text[0]}} {{text}}'}}")),
+        Case("synthetic-template-other-field", "validate", "must use exactly one field, {text}",
+             g.replace(SYN, "{{name: syn, source: synthetic, prompt_template: '{{foo}} {{text}}'}}")),
         Case("cli-run-id-dots", "run", "--run-id '..': give at least one letter", extra=["--run-id", ".."],
              category="cli"),
         Case("requests-zero", "validate", "experiments[0].requests_per_level",
