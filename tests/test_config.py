@@ -183,6 +183,27 @@ def test_unreadable_yaml(text: str, expected: str) -> None:
     assert str(info.value).startswith("f.yml")
 
 
+def test_a_key_given_twice_is_refused_and_merge_keys_still_work() -> None:
+    with pytest.raises(ConfigError, match=r"f.yml: line 10, column 1: invalid YAML: key 'name' given twice "
+                                          r"\(first on line 2\)"):
+        load_config_text(BASE + "name: other\n", source="f.yml")
+    shared = BASE.replace("    endpoint: {provider: simulated}",
+                          "    endpoint: &sim {provider: simulated, ttft_ms: 7}") + \
+        "  - name: e2\n    endpoint: {<<: *sim, ttft_ms: 9}\n"
+    cfg = load_config_text(shared, source="f.yml")
+    assert [e.endpoint.ttft_ms for e in cfg.experiments] == [7, 9]  # type: ignore[union-attr]
+
+
+def test_aliases_nested_in_aliases_are_refused_before_they_expand() -> None:
+    laughs = "".join(f"    l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10))
+    text = BASE.replace("    endpoint: {provider: simulated}",
+                        "    endpoint: {provider: simulated}\n    inference:\n      extra_body:\n"
+                        "        l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n"
+                        + laughs.replace("    l", "        l"))
+    with pytest.raises(ConfigError, match="more than 1,000,000 values once its YAML aliases are expanded"):
+        load_config_text(text, source="f.yml")
+
+
 def test_missing_and_non_utf8_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yml")

@@ -109,6 +109,47 @@ def parse_config(data: Any, source: str = "<config>", base_dir: str | Path | Non
         raise ConfigError(format_validation_error(source, exc)) from exc
 
 
+#: The most values (mappings, lists and scalars, an alias counted as often as it is used) a config may
+#: hold: nested aliases can make a few lines stand for a billion (validating them took minutes).
+MAX_VALUES = 1_000_000
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as ``yaml.safe_load`` reads it, but a key given twice in one mapping is an error: the last
+    one silently won (merge keys, ``<<: *defaults``, still fill in what a mapping does not say)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: the constructor says so below
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"key {key!r} given twice (first on line {first.line + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep)  # type: ignore[arg-type]
+
+
+def _values(data: Any) -> int:
+    """How many values ``data`` holds with every alias expanded (shared objects counted once per use)."""
+    sizes: dict[int, int] = {}
+
+    def size(x: Any) -> int:
+        if not isinstance(x, (dict, list)):
+            return 1
+        if id(x) not in sizes:
+            sizes[id(x)] = 1 + sum(size(v) for v in (x.values() if isinstance(x, dict) else x))
+        return sizes[id(x)]
+
+    return size(data)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> BenchmarkConfig:
     """Read, override and validate a YAML config file.
 
@@ -130,7 +171,7 @@ def load_config_text(
 ) -> BenchmarkConfig:
     """Validate a config given as YAML text (used for inline configs from Prefect parameters)."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -138,6 +179,9 @@ def load_config_text(
         raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from exc
     if data is None:
         raise ConfigError(f"{source}: the config is empty")
+    if _values(data) > MAX_VALUES:
+        raise ConfigError(f"{source}: the config holds more than {MAX_VALUES:,} values once its YAML aliases are "
+                          "expanded (aliases nested in aliases?)")
     if overrides:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the config must be a YAML mapping")
