@@ -393,8 +393,10 @@ def test_a_run_still_going_cannot_be_resumed_beside_it(fault_cli_env: dict[str, 
     process is refused with one line before it measures anything, so the endpoint never gets both
     runs' load and the first run's shards and endpoint are left alone. (A run that was killed holds
     nothing: the SIGKILL test above resumes its run ids.)"""
-    slow = {**SIM_CFG, "tpot_ms": 2000, "output_tokens": 10}  # 20 s a request: the first run is still going
-    cfg = _config(tmp_path, "twice", [{"name": "e", "endpoint": slow}], requests=4, levels=[1])
+    # 20 s a request, 20 requests: the first run is still going however slowly a loaded machine starts
+    # the second process (it is stopped as soon as the second is refused)
+    slow = {**SIM_CFG, "tpot_ms": 2000, "output_tokens": 10}
+    cfg = _config(tmp_path, "twice", [{"name": "e", "endpoint": slow}], requests=20, levels=[1])
     run = tmp_path / "results" / "twice" / "t"
     argv = fmbench_argv("run", str(cfg), "--run-id", "t")
     first = subprocess.Popen(argv, env=fault_cli_env, cwd=ROOT, stdout=subprocess.DEVNULL,
