@@ -355,3 +355,32 @@ def test_an_error_rate_change_is_judged_on_each_requests_final_attempt(tmp_path,
     errors = [c for c in report.regressions if c.metric == "error_rate"]
     assert len(errors) == 4, report.regressions
     assert all(c.significant is True and c.ci_low > 0 and 0.03 < c.previous < 0.08 for c in errors), errors
+
+
+def test_a_saturated_simulator_excuses_a_slower_latency_but_never_an_outage(tmp_path, cfg):
+    """A simulator that was saturated (or late) only delays answers: it may account for a latency
+    change of any size, but not for every request failing, nor for the throughput those failures
+    took away. Those are regressions whatever the simulator's state."""
+    _make_run(tmp_path, cfg, "20260101-020000-aaaa", _records(cfg, ttft=0.05, seed=1))
+    recs = _records(cfg, ttft=0.08, seed=2)
+    saturated = [{"shard_id": sid, "status": "ok", "valid": True,
+                  **{k: row[k] for k in ("experiment", "dataset", "bucket", "concurrency", "request_rate")},
+                  "simulator": {"late": False, "saturated": True, "lateness_p99_ms": 0.0, "cpu_util": 5.19,
+                                "verdict": "simulator late or saturated: it used 519% of a CPU (saturated)"}}
+                 for sid in sorted(recs["shard_id"].unique().to_list())
+                 for row in [recs.filter(pl.col("shard_id") == sid).row(0, named=True)]]
+    url = _make_run(tmp_path, cfg, "20260102-020000-bbbb", recs, manifest_shards=saturated)
+    report = regression.check_regressions(url, plots=False)
+    ttft = [c for c in report.changes if c.metric == "ttft_p95_s"]
+    assert len(ttft) == 4 and all(c.caveat and not c.regression for c in ttft)
+    assert report.status == "ok", report.summary()
+    # the same saturated simulator, and every measured request failed
+    url = _make_run(tmp_path, cfg, "20260103-020000-cccc", _records(cfg, errors=1.0, seed=3),
+                    manifest_shards=saturated)
+    report = regression.check_regressions(url, plots=False)
+    assert report.status == "regressed", report.summary()
+    for metric in ("error_rate", "transactions_per_min", "output_tokens_per_s"):
+        changes = [c for c in report.changes if c.metric == metric]
+        assert len(changes) == 4 and all(c.regression and c.caveat is None for c in changes), (metric, changes)
+    md = Path(url, "regression.md").read_text()
+    assert "| error rate | 0.0% | 100.0% |" in md and "Not counted" not in md, md

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fmbench.calibration import Calibration, cached_calibration, client_versions
@@ -167,3 +168,66 @@ def test_an_overloaded_simulator_is_flagged_per_shard_and_a_light_one_is_not(tmp
     # beside every shard, this machine's own speed (fmbench.machine)
     machine = shard["machine"]
     assert machine["unit_us_median"] > 0 and 0 <= machine["slow_share"] <= 1 and machine["slow_windows"] >= 0
+
+
+FAST_FAILURES = """
+name: fastfail
+tokenizer: cl100k_base
+buckets: [[1, 500]]
+datasets:
+  - {name: synthetic, source: synthetic, prompts_per_bucket: 4, seed: 0}
+experiments:
+  - name: sim
+    endpoint: {provider: simulated, ttft_ms: 20, tpot_ms: 2, output_tokens: 16, faults: {http_500_rate: 1.0}}
+    inference: {max_tokens: 16, stream: true}
+    concurrency_levels: [1, 2]
+    requests_per_level: 4
+    warmup_requests: 60
+"""
+
+
+def test_a_short_shard_of_fast_failures_is_not_called_saturated_by_the_ticks_of_its_warm_ups(
+        tmp_path: Path) -> None:
+    # Four measured HTTP 500s take about 2 ms, the 60 warm-ups before them tens of ms of the
+    # simulator's CPU: divided by the measured 2 ms alone, that read as several CPUs' worth.
+    from fmbench.pipeline.shards import SIM_CPU_MAX_ERROR
+
+    cfg = load_config_text(FAST_FAILURES)
+    report = Path(run_benchmark(cfg, output=str(tmp_path), run_id="fast", png=False)).read_text()
+    for path in sorted((tmp_path / "fastfail" / "fast" / "shards").glob("*.json")):
+        shard = json.loads(path.read_text())
+        assert shard["errors"] == shard["requests"] == 4 and shard["duration_s"] < 0.2, shard
+        sim = shard["simulator"]
+        # one event loop's share of one CPU, over the interval its stamps cover (warm-ups included)
+        assert sim["cpu_util"] is None or sim["cpu_util"] <= 1.0 + SIM_CPU_MAX_ERROR, sim
+        assert sim["cpu_interval_s"] > shard["duration_s"], sim
+        assert sim["chunks"] == 0 and not sim["saturated"] and sim["verdict"] is None, sim
+    assert "simulator was late or saturated" not in report
+
+
+def test_the_simulators_cpu_share_is_unknown_when_clock_ticks_cannot_measure_it() -> None:
+    # The kernel counts CPU time in whole ticks (10 ms at USER_HZ=100): over a few ms one tick more
+    # or less is several CPUs' worth, so the share is not given and cannot make a shard saturated.
+    # Over a longer interval it is, and one event loop never uses more than one CPU.
+    from fmbench.config import ExperimentConfig, SimulatedEndpoint
+    from fmbench.deploy import DeployedEndpoint
+    from fmbench.pipeline.shards import SIM_CPU_MAX_ERROR, SimulatorWatch
+    from fmbench.simulator.process import SimulatedServerProcess
+
+    endpoint = SimulatedEndpoint(provider="simulated", model="sim", ttft_ms=1, tpot_ms=1, output_tokens=4)
+    experiment = ExperimentConfig(name="sim", endpoint=endpoint)
+    with SimulatedServerProcess(endpoint) as srv:
+        deployed = DeployedEndpoint(experiment="sim", provider="simulated", url=srv.url, pid=srv.pid)
+        watch = SimulatorWatch.start(deployed, experiment)
+        assert watch is not None
+        view = watch.finish()
+        assert view is not None and view["cpu_util"] is None and not view["saturated"], view
+        watch = SimulatorWatch.start(deployed, experiment)
+        assert watch is not None
+        with httpx.Client(timeout=10.0) as client:
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                client.post(f"{srv.url}/v1/completions", json={"model": "sim", "prompt": "hi"}).raise_for_status()
+        view = watch.finish()
+    assert view is not None and view["cpu_interval_s"] >= 0.5 and view["chunks"] > 0, view
+    assert view["cpu_util"] is not None and 0 < view["cpu_util"] <= 1.0 + SIM_CPU_MAX_ERROR, view

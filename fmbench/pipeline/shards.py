@@ -216,7 +216,7 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
         raise
     ended_at = utc_now("milliseconds")
     machine = _speed_view(speed)
-    sim_view = sim.finish(result.duration_s, machine) if sim is not None else None
+    sim_view = sim.finish(machine) if sim is not None else None
     if sim_view and sim_view.get("verdict"):
         log.warning("shard %s: %s", spec.shard_id, sim_view["verdict"])
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
@@ -336,8 +336,16 @@ def _speed_view(speed: Sentinel | None) -> dict[str, Any] | None:
 #: this fraction of its time per output token (and at least SIM_LATE_MIN_MS) ...
 SIM_LATE_FRACTION = 0.25
 SIM_LATE_MIN_MS = 2.0
-#: ... and saturated when its process used more than this fraction of one CPU during the shard.
+#: ... and saturated when its process used more than this fraction of one CPU over the interval its
+#: stamps cover (from their reset before the shard's warm-ups to its end).
 SIM_SATURATED_CPU = 0.9
+#: The kernel counts a process's CPU time in whole clock ticks (10 ms at USER_HZ=100), user and
+#: system time apart, so the difference of two readings is off by up to two ticks. The simulator's
+#: share of a CPU is given only when that error is at most this share over the interval (at least 20
+#: ticks, 0.2 s at USER_HZ=100); shorter, it is unknown. Saturated then means that even the share
+#: less that error exceeds SIM_SATURATED_CPU, so no rounding of ticks makes a shard saturated.
+SIM_CPU_MAX_ERROR = 0.1
+_CPU_ERROR_TICKS = 2
 
 
 class SimulatorWatch:
@@ -345,12 +353,13 @@ class SimulatorWatch:
 
     Its event loop is one thread: near 100% of one CPU it can no longer release every chunk at its
     due time, and the shard's latencies (the first wave's TTFT above all) then include the
-    simulator's queue rather than only the modelled server's.
+    simulator's queue rather than only the modelled server's. Its lateness and its CPU share cover
+    the same interval: from `start` (before the shard's warm-ups) to `finish`.
     """
 
     def __init__(self, url: str, pid: int | None, tpot_ms: float) -> None:
         self.url, self.pid, self.tpot_ms = url, pid, tpot_ms
-        self.cpu0 = self._cpu_s()
+        self.cpu0, self.t0 = self._cpu_s(), time.monotonic()
 
     @classmethod
     def start(cls, deployed: DeployedEndpoint, experiment: ExperimentConfig) -> SimulatorWatch | None:
@@ -372,19 +381,29 @@ class SimulatorWatch:
         except (OSError, ValueError, IndexError):
             return None
 
-    def finish(self, duration_s: float, machine: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    def _cpu_share(self, cpu1: float | None, elapsed_s: float) -> tuple[float | None, float | None]:
+        """The server's share of one CPU since `start` and its error from tick rounding; (None, None)
+        when unknown or when the interval is too short for whole ticks to measure it."""
+        if cpu1 is None or self.cpu0 is None or elapsed_s <= 0:
+            return None, None
+        error = _CPU_ERROR_TICKS / os.sysconf("SC_CLK_TCK") / elapsed_s
+        if error > SIM_CPU_MAX_ERROR:
+            return None, None
+        return (cpu1 - self.cpu0) / elapsed_s, error
+
+    def finish(self, machine: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The shard's simulator view, with ``verdict`` set when it was late or saturated (``machine``:
         this machine's speed over the shard, see `fmbench.machine`, named in the verdict)."""
+        cpu1, elapsed = self._cpu_s(), time.monotonic() - self.t0
         try:
             stats = json.loads(_sim_call(f"{self.url}/fmbench/stats"))["lateness"]
         except (OSError, ValueError, KeyError):
             return None
-        cpu1 = self._cpu_s()
-        util = (cpu1 - self.cpu0) / duration_s if cpu1 is not None and self.cpu0 is not None and duration_s > 0 else None
+        util, error = self._cpu_share(cpu1, elapsed)
         limit = max(SIM_LATE_MIN_MS, SIM_LATE_FRACTION * self.tpot_ms)
         p99 = stats.get("p99_ms")
         late = isinstance(p99, (int, float)) and p99 > limit
-        saturated = util is not None and util > SIM_SATURATED_CPU
+        saturated = util is not None and error is not None and util - error > SIM_SATURATED_CPU
         reasons = []
         if late:
             reasons.append(f"its chunks were late (p99 {p99:.1f} ms after their due time, limit {limit:.1f} ms)")
@@ -399,7 +418,8 @@ class SimulatorWatch:
                 reasons.append(f"this machine itself ran slow (>= 4x) in {slow:.1%} of the shard's 10-ms windows")
         return {"chunks": stats.get("n"), "lateness_p50_ms": stats.get("p50_ms"), "lateness_p99_ms": p99,
                 "lateness_max_ms": stats.get("max_ms"), "late_limit_ms": limit,
-                "cpu_util": None if util is None else round(util, 3), "late": late, "saturated": saturated,
+                "cpu_util": None if util is None else round(util, 3), "cpu_interval_s": round(elapsed, 3),
+                "late": late, "saturated": saturated,
                 "verdict": ("simulator late or saturated: " + ", ".join(reasons) + "; results may reflect the "
                             "simulator, not the modelled server") if reasons else None}
 

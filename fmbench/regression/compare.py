@@ -15,6 +15,7 @@ from fmbench import storage
 from fmbench.errors import StorageError
 from fmbench.regression.history import split_run_url
 from fmbench.regression.models import (
+    LATENCY_METRICS,
     RULES,
     MetricChange,
     MetricRule,
@@ -84,7 +85,8 @@ def compare_metric(key: ShardKey, rule: MetricRule, previous: float | None, curr
 
 @dataclass(frozen=True)
 class _Caveat:
-    """Why a run's measurement of a shard is in doubt, and by how much (None: not at all trusted)."""
+    """Why a run's measurement of a shard is in doubt: the shard is invalid (``late_s`` None: nothing
+    in it is trusted), or the simulated endpoint was late by up to ``late_s`` (inf: saturated)."""
 
     reason: str
     late_s: float | None = None
@@ -93,7 +95,8 @@ class _Caveat:
 def _shard_caveats(run_url: str) -> dict[ShardKey, _Caveat]:
     """Per shard, why the run's measurement of it is in doubt: the shard was invalid (e.g. its client
     saturated: nothing in it is trusted), or the simulated endpoint's own stamps say it was late or
-    saturated (a busy machine: its chunks went out up to ``late_s`` after their due time)."""
+    saturated (a busy machine: its chunks went out up to ``late_s`` after their due time; saturated,
+    by an amount its stamps do not bound, as requests also queued before it stamped them)."""
     if not has_manifest(run_url):
         return {}
     out: dict[ShardKey, _Caveat] = {}
@@ -108,23 +111,29 @@ def _shard_caveats(run_url: str) -> dict[ShardKey, _Caveat]:
         elif sim.get("late") or sim.get("saturated"):
             late_ms = sim.get("lateness_p99_ms")
             out[key] = _Caveat(str(sim.get("verdict") or "simulator late or saturated"),
-                               None if sim.get("saturated") or late_ms is None else float(late_ms) / 1e3)
+                               math.inf if sim.get("saturated") or late_ms is None else float(late_ms) / 1e3)
     return out
 
 
 def _explained(rule: MetricRule, prev_row: dict[str, Any], cur_row: dict[str, Any],
-               caveats: list[_Caveat]) -> bool:
-    """Could the doubt about the measurement account for this metric's change? An invalid shard or a
-    saturated simulator: always. A late simulator: when the change is no larger than its lateness
-    (seconds for latencies; for closed-loop rates and cost, lateness over the mean latency)."""
+               caveats: list[_Caveat], thresholds: Thresholds) -> bool:
+    """Could the doubt about the measurement account for this metric's change? An invalid shard:
+    always. A late or saturated simulator only delays answers, it fails none: never the error rate;
+    a latency, when the change is no larger than its lateness (any, saturated); closed-loop rates and
+    cost, which follow the latency, when the change is no larger than its lateness over the mean
+    latency and the share of failed requests held (else fewer successes, not delay, moved them)."""
     if any(c.late_s is None for c in caveats):
         return True
     late = max(c.late_s or 0.0 for c in caveats)
     prev, cur = prev_row.get(rule.metric), cur_row.get(rule.metric)
     if rule.metric == "error_rate" or prev is None or cur is None:
         return False
-    if rule.metric.endswith("_s"):
+    if rule.metric in LATENCY_METRICS:
         return abs(float(cur) - float(prev)) <= late
+    e0, e1 = prev_row.get("error_rate"), cur_row.get("error_rate")
+    if not (isinstance(e0, (int, float)) and isinstance(e1, (int, float))
+            and abs(float(e1) - float(e0)) < thresholds.error_rate_min_abs):  # NaN: not held either
+        return False
     means = [r.get("latency_mean_s") for r in (prev_row, cur_row)]
     change = _relative(float(prev), float(cur))
     if change is None or not all(isinstance(m, (int, float)) and m > 0 for m in means):
@@ -172,7 +181,7 @@ def compare_runs(previous_url: str, current_url: str, thresholds: Thresholds | N
             elif a.size and b.size and rule.statistic == "rate" and key[4] is None and prev_value:
                 # Little's law holds for closed-loop shards only; open-loop rates follow the schedule
                 ci = bootstrap_rate_ci(a, b, float(prev_value), n_resamples, confidence, seed + 7919 * i + j)
-            caveat = why if doubts and _explained(rule, prev_row, cur_row, doubts) else None
+            caveat = why if doubts and _explained(rule, prev_row, cur_row, doubts, thresholds) else None
             change = compare_metric(key, rule, prev_value, cur_row.get(rule.metric), thresholds, ci, caveat)
             if change is not None:
                 report.changes.append(change)

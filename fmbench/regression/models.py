@@ -50,6 +50,9 @@ RULES: tuple[MetricRule, ...] = (
     MetricRule(metric="cost_per_10k_txn", label="cost per 10k txn", worse="up"),
 )
 
+#: The metrics that are latencies, in seconds (output_tokens_per_s is a rate).
+LATENCY_METRICS = frozenset({"latency_p95_s", "ttft_p95_s"})
+
 
 class Thresholds(BaseModel):
     """Relative change (0.10 = 10%) beyond which a metric moving the wrong way is flagged."""
@@ -99,7 +102,8 @@ class MetricChange(BaseModel):
     caveat: str | None = Field(
         default=None, description="Why this shard's measurement in either run may account for the change (the "
         "shard was invalid, e.g. a saturated client; the simulated endpoint was saturated, or late by at least "
-        "as much as the change); a change with a caveat is never a regression or an improvement.")
+        "as much as the change, which delays answers but fails none, so never an error rate's change); a "
+        "change with a caveat is never a regression or an improvement.")
     regression: bool = Field(description="Beyond the threshold and not within run-to-run noise.")
     improvement: bool = Field(description="Moved the good way by more than the threshold, beyond noise.")
 

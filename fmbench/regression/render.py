@@ -10,6 +10,7 @@ import polars as pl
 
 from fmbench import storage
 from fmbench.regression.models import (
+    LATENCY_METRICS,
     RULES,
     SHARD_KEYS,
     TREND_PLOTS,
@@ -20,7 +21,6 @@ from fmbench.regression.models import (
     shard_label,
 )
 
-_SECONDS = {"latency_p95_s", "ttft_p95_s"}
 #: Width and height of a trend plot (pixels).
 TREND_SIZE = (900, 450)
 
@@ -28,7 +28,7 @@ TREND_SIZE = (900, 450)
 def _fmt_value(metric: str, v: float | None) -> str:
     if v is None:
         return "–"
-    if metric in _SECONDS:
+    if metric in LATENCY_METRICS:
         return f"{v * 1000:.0f} ms" if abs(v) < 10 else f"{v:.1f} s"
     if metric == "error_rate":
         return f"{v * 100:.1f}%"
@@ -44,7 +44,7 @@ def _fmt_ci(c: MetricChange) -> str:
 
 
 def _fmt_delta(metric: str, v: float) -> str:
-    if metric in _SECONDS:
+    if metric in LATENCY_METRICS:
         return f"{v * 1000:+.0f} ms"
     if metric == "error_rate":
         return f"{v * 100:+.1f} pt"
@@ -160,7 +160,7 @@ def trend_figures(benchmark_url: str, run_ids: list[str]) -> list[tuple[str, Any
             part = part.sort("run_id")
             fig.add_trace(go.Scatter(x=part["run_id"].to_list(), y=part[metric].to_list(), mode="lines+markers",
                                      name=shard_label(shard_key(dict(zip(SHARD_KEYS, key))))))
-        unit = " (s)" if metric in _SECONDS else " (USD)" if metric.startswith("cost") else ""
+        unit = " (s)" if metric in LATENCY_METRICS else " (USD)" if metric.startswith("cost") else ""
         fig.update_layout(title=f"{label}: last {len(run_ids)} runs", xaxis_title="run", yaxis_title=label + unit,
                           xaxis={"type": "category", "categoryorder": "array", "categoryarray": run_ids},
                           width=TREND_SIZE[0], height=TREND_SIZE[1], legend={"font": {"size": 9}})
