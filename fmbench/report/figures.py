@@ -231,25 +231,42 @@ def build_figures(metrics: pl.DataFrame, sample: pl.DataFrame | None, slo: Any,
                        slo_label=f"SLO ≤ {err_slo:.1%}" if err_slo else ""),
     ]
     scatter = _scatter_figure(sample, colours)
-    if scatter is None:
-        notes.append("prompt tokens vs latency: no per-request records (requests.parquet) to plot")
+    if isinstance(scatter, str):
+        notes.append(f"prompt tokens vs latency: {scatter}")
     else:
         figs.insert(3, scatter)
-    if data["cost_per_10k_txn"].drop_nulls().is_empty():
-        notes.append("price-performance and cost plots: cost is unknown (no pricing configured for any experiment)")
+    if (no_cost := _why_no_cost(data)) is not None:
+        notes.append(f"price-performance and cost plots: {no_cost}")
     else:
         figs.append(_price_performance(data, colours, lat_slo))
         figs.append(_cost_bars(data, colours))
     return figs, notes
 
 
-def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Figure | None:
-    if sample is None or sample.is_empty():
+def _why_no_cost(data: pl.DataFrame) -> str | None:
+    """Why no shard has a cost per transaction to plot; None when one has."""
+    if not data["cost_per_10k_txn"].drop_nulls().is_empty():
         return None
+    priced = data.filter(pl.col("price_model").is_not_null()) if "price_model" in data.columns else data.clear()
+    if priced.is_empty():
+        return "cost is unknown (no pricing configured for any experiment)"
+    if not priced["successes"].fill_null(0).sum():  # the shards cost money but bought no transaction
+        which = "of a priced experiment " if priced.height < data.height else ""
+        return f"no request {which}succeeded, so there is no cost per successful transaction (pricing is configured)"
+    return "cost is unknown (no priced shard's cost could be computed)"
+
+
+def _scatter_figure(sample: pl.DataFrame | None, colours: dict[str, str]) -> Figure | str:
+    """The prompt tokens vs latency scatter, or why it cannot be drawn."""
+    if sample is None:
+        return "no per-request records (requests.parquet) to plot"
+    if sample.is_empty():
+        return "the per-request records (requests.parquet) hold no measured request"
     ok = sample.filter(pl.col("ok").fill_null(False) & pl.col("latency_s").is_not_null()
                        & pl.col("input_tokens").is_not_null())
     if ok.is_empty():
-        return None
+        return ("no request succeeded, so no request has a latency to plot" if not sample["ok"].fill_null(False).any()
+                else "no successful request has both its prompt tokens and its latency recorded")
     fig = new_figure()
     panel = Panel("", Axis("prompt tokens"), Axis("latency (s)", from_zero=True))
     for exp in sorted(set(ok["experiment"].to_list())):

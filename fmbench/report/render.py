@@ -568,8 +568,15 @@ def _request_figures(inp: ReportInput, figs: list[Figure], notes: list[str]) -> 
     """The ITL distribution, drawn from per-request data (the request timelines are added later)."""
     itl = itl_figure(inp.itl_dist)
     if itl is None:
-        return figs, [*notes, "inter-token latency distribution: no streamed request had two or more chunks"]
+        why = ("no per-request records (requests.parquet) to draw" if inp.sample is None
+               else "no request succeeded, so no answer was streamed" if not _any_success(inp.metrics)
+               else "no streamed request had two or more chunks")
+        return figs, [*notes, f"inter-token latency distribution: {why}"]
     return [*figs, itl], notes
+
+
+def _any_success(metrics: pl.DataFrame) -> bool:
+    return "successes" not in metrics.columns or bool(metrics["successes"].fill_null(0).sum())
 
 
 def _detail_context(inp: ReportInput) -> dict[str, Any]:

@@ -72,6 +72,34 @@ def fmt_usd(x: Any) -> str:
     return "unknown" if v is None else usd(v)
 
 
+#: Per cost column of a shard: the count it divides the shard's cost by, and what it says when
+#: that count is zero (a failed request buys no transaction and, here, no tokens).
+_COST_UNITS = {
+    "cost_per_10k_txn": ("successes", "no successful request"),
+    "cost_per_10k_good": ("good_requests", "no request met every per-request SLO"),
+    "cost_per_1m_input_tokens": ("input_tokens", "no input tokens counted"),
+    "cost_per_1m_output_tokens": ("output_tokens", "no output tokens counted"),
+    "cost_per_1m_total_tokens": ("total_tokens", "no tokens counted"),
+}
+
+
+def cost_cell(row: dict[str, Any], column: str) -> str:
+    """A priced shard's cost per unit (a ``cost_per_*`` column of `fmbench.metrics.attach_costs`):
+    ``unknown`` only when the shard's cost is; when the cost is known but bought none of the unit,
+    ``– (no successful request)`` or the like, since dividing by zero is not missing pricing."""
+    value = _num(row.get(column))
+    if value is not None:
+        return usd(value)
+    if _num(row.get("shard_cost_usd")) is None or column not in _COST_UNITS:
+        return "unknown"
+    if row.get("successes") == 0:
+        return "– (no successful request)"
+    count, why = _COST_UNITS[column]
+    bought = ((row.get("input_tokens") or 0) + (row.get("output_tokens") or 0) if count == "total_tokens"
+              else row.get(count))
+    return f"– ({why})" if bought == 0 else "unknown"
+
+
 def fmt_load(row: dict[str, Any]) -> str:
     """``c=8`` for closed loop, ``2.5 req/s`` for open loop."""
     rate = _num(row.get("request_rate"))
@@ -141,7 +169,7 @@ def metrics_table_rows(metrics: pl.DataFrame, *, with_bucket: bool = True) -> li
             "Transactions/min": fmt_int(r.get("transactions_per_min")),
             "Output tokens/s": fmt_int(r.get("output_tokens_per_s")),
             "Error rate": fmt_pct(r.get("error_rate")),
-            "Cost per 10k txn": fmt_usd(r.get("cost_per_10k_txn")) if r.get("price_model") else "no pricing",
+            "Cost per 10k txn": cost_cell(r, "cost_per_10k_txn") if r.get("price_model") else "no pricing",
             "SLO": slo_cell(r),
         })
         out.append(row)
@@ -248,11 +276,11 @@ def token_cost_rows(metrics: pl.DataFrame, goodput: bool) -> list[dict[str, str]
             continue
         row = {"Experiment": str(r.get("experiment")), "Dataset": str(r.get("dataset")),
                "Bucket": str(r.get("bucket")), "Load": fmt_load(r), "Pricing": str(r.get("price_model")),
-               "Per 1M input tokens": fmt_usd(r.get("cost_per_1m_input_tokens")),
-               "Per 1M output tokens": fmt_usd(r.get("cost_per_1m_output_tokens")),
-               "Per 1M tokens (in + out)": fmt_usd(r.get("cost_per_1m_total_tokens")),
-               "Per 10k transactions": fmt_usd(r.get("cost_per_10k_txn"))}
+               "Per 1M input tokens": cost_cell(r, "cost_per_1m_input_tokens"),
+               "Per 1M output tokens": cost_cell(r, "cost_per_1m_output_tokens"),
+               "Per 1M tokens (in + out)": cost_cell(r, "cost_per_1m_total_tokens"),
+               "Per 10k transactions": cost_cell(r, "cost_per_10k_txn")}
         if goodput:
-            row["Per 10k good requests"] = fmt_usd(r.get("cost_per_10k_good"))
+            row["Per 10k good requests"] = cost_cell(r, "cost_per_10k_good")
         out.append(row)
     return out

@@ -174,6 +174,40 @@ def test_sparse_manifest_and_unpriced_run_still_render(tmp_path: Path, no_png: N
     assert "Not drawn — price-performance and cost plots: cost is unknown" in md
 
 
+
+def test_a_run_whose_every_request_failed_says_so_rather_than_blame_pricing_or_records(
+        tmp_path: Path, no_png: None) -> None:
+    """Priced experiments whose every request failed: the shards cost money but bought no
+    transaction. The report says that, not that pricing or the per-request records are missing."""
+    priced = {"hourly_usd": 1.0}
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("down", error_p=1.0, pricing=priced)], failed_shard=False,
+              invalid_shard=False)
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert "> Not drawn — prompt tokens vs latency: no request succeeded, so no request has a latency to plot." in md
+    assert ("> Not drawn — price-performance and cost plots: no request succeeded, so there is no cost per "
+            "successful transaction (pricing is configured).") in md
+    assert "> Not drawn — inter-token latency distribution: no request succeeded, so no answer was streamed." in md
+    assert "no pricing configured" not in md and "no per-request records" not in md
+    rows = [line for line in md.splitlines() if line.startswith("| down |")]
+    assert rows and not [line for line in rows if "unknown" in line], rows
+    per_bucket = [line for line in rows if "100.0%" in line]  # the results tables
+    assert per_bucket and all("| – (no successful request) |" in line for line in per_bucket), per_bucket
+    per_token = [line for line in rows if "| instance |" in line]  # cost per 1M tokens
+    assert per_token and all(line.count("– (no successful request)") == 4 for line in per_token), per_token
+    # Beside an experiment that succeeded, the one that failed throughout keeps its own cells.
+    run = tmp_path / "mixed"
+    write_run(str(run), experiments=[SimExperiment("down", error_p=1.0, pricing=priced),
+                                     SimExperiment("up", pricing=priced)], failed_shard=False, invalid_shard=False)
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    assert "Not drawn — price-performance" not in md and "Not drawn — prompt tokens" not in md
+    costs = [line for line in md.splitlines() if line.startswith(("| down |", "| up |"))
+             and ("| instance |" in line or line.split("|")[2].strip().startswith("c="))]
+    assert len(costs) == 24 and all(("– (no successful request)" in line) == line.startswith("| down |")
+                                    for line in costs), costs
+
 def test_the_runs_own_warnings_are_in_the_report(tmp_path: Path, no_png: None) -> None:
     """What the run warned of (an endpoint it could not delete, a dataset's skipped buckets, its hold
     lost to another process) is under the run's table, not only inside manifest.json."""
