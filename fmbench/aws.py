@@ -211,6 +211,17 @@ def _translate(exc: Exception, what: str) -> EndpointError:
     return EndpointError(f"{what}: {exc.__class__.__name__}: {exc}")
 
 
+def translate_answer_error(exc: Exception, what: str, secrets: tuple[str, ...], begun: bool) -> EndpointError:
+    """`translate_client_error`, where a connection that breaks once the answer has begun (its status and
+    headers read) is the endpoint cutting the answer off: a protocol error counted in the error rate,
+    as the OpenAI client has it, not a failure to connect (which makes a shard of them an endpoint that
+    is down, measured again)."""
+    err = translate_client_error(exc, what, secrets)
+    if begun and type(err) is EndpointConnectionError:
+        return EndpointProtocolError(f"{what}: answer cut off ({str(err).removeprefix(f'{what}: ')})")
+    return err
+
+
 def bound_reads(body: Any, deadline: float, what: str, timeout_s: float) -> None:
     """Bound the next socket reads of a response ``body`` (a botocore event stream or streaming body)
     to the time left before the request's ``deadline``: botocore's read timeout is per read, so a

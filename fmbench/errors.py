@@ -117,8 +117,9 @@ class EndpointThrottled(EndpointHTTPError):
 
 
 class EndpointConnectionError(EndpointError):
-    """Raised when a connection is refused, reset or dropped before any byte of an answer (the AWS
-    clients raise it for a stream dropped mid-answer too; the OpenAI client calls that a protocol error)."""
+    """Raised when a connection is refused, reset or dropped before an answer began; one dropped after
+    is the answer cut off, an `EndpointProtocolError` (every client: Bedrock's non-streamed Converse,
+    read whole inside botocore, cannot tell the two apart and says connection)."""
 
     kind = "connection"
 

@@ -23,6 +23,7 @@ from fmbench.aws import (
     BotoRuntimeClient,
     bound_reads,
     restore_reads,
+    translate_answer_error,
     translate_client_error,
 )
 from fmbench.config import BedrockEndpoint, InferenceConfig
@@ -140,7 +141,7 @@ class BedrockClient(BotoRuntimeClient):
                 bound_reads(stream, deadline, self._what, timeout)  # the next event: within what is left
             t_end = time.monotonic()
         except Exception as exc:
-            raise translate_client_error(exc, self._what, self._secrets) from exc
+            raise translate_answer_error(exc, self._what, self._secrets, stream is not None) from exc
         finally:
             if stream is not None:
                 restore_reads(stream, self.inference.timeout_s)

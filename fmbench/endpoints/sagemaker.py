@@ -38,7 +38,7 @@ from fmbench.aws import (
     BotoRuntimeClient,
     bound_reads,
     restore_reads,
-    translate_client_error,
+    translate_answer_error,
 )
 from fmbench.config import InferenceConfig, SageMakerEndpoint
 from fmbench.endpoints._chat import NO_TEXT, count, error_event, is_error_event, output_piece, usage_counts
@@ -209,7 +209,7 @@ class SageMakerClient(BotoRuntimeClient):
             resp = self._client.invoke_endpoint(
                 EndpointName=self.endpoint_name, Body=body, ContentType="application/json", Accept="application/json"
             )
-            answer = resp["Body"]
+            answer = resp["Body"]  # (the answer has begun: its status and headers are read)
             bound_reads(answer, t_call + timeout, self._what, timeout)
             raw = answer.read()
             read = True
@@ -217,7 +217,7 @@ class SageMakerClient(BotoRuntimeClient):
             t_start = self._stamps.last(t_call)
             return self._parse_full(raw, t_start, t_end)
         except Exception as exc:
-            raise translate_client_error(exc, self._what, self._secrets) from exc
+            raise translate_answer_error(exc, self._what, self._secrets, answer is not None) from exc
         finally:
             if answer is not None:
                 restore_reads(answer, timeout)
@@ -285,7 +285,7 @@ class SageMakerClient(BotoRuntimeClient):
                 chunk_times.append(now)
                 pieces.append(tail)
         except Exception as exc:
-            raise translate_client_error(exc, self._what, self._secrets) from exc
+            raise translate_answer_error(exc, self._what, self._secrets, stream is not None) from exc
         finally:
             if stream is not None:
                 restore_reads(stream, self.inference.timeout_s)
