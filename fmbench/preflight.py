@@ -22,6 +22,7 @@ from fmbench.config import (
     ExperimentConfig,
     OpenAIEndpoint,
     SageMakerEndpoint,
+    SimulatedEndpoint,
 )
 from fmbench.errors import (
     ConfigError,
@@ -61,6 +62,14 @@ def preflight(cfg: BenchmarkConfig, probe: bool = True, run_id: str | None = Non
     # Every tokenizer an experiment uses is loaded now: an hf: tokenizer is downloaded (or its
     # absence on an offline machine reported) before anything is measured.
     tokenizers = {tok: _load_for(cfg, tok, load_spec_tokenizer) for tok in dict.fromkeys(t for _, t in jobs)}
+    for e in cfg.experiments:
+        # A simulated server's own tokenizer is loaded by the server at deploy: a bad one would be
+        # a failed deploy there, not the config error it is.
+        if isinstance(e.endpoint, SimulatedEndpoint) and e.endpoint.tokenizer is not None:
+            try:
+                load_spec_tokenizer(cfg, e.endpoint.tokenizer)
+            except TokenizerError as exc:
+                raise TokenizerError(f"experiments[{e.name}].endpoint.tokenizer: {exc}") from exc
     for ds in cfg.datasets:
         location = dataset_location(cfg, ds)
         if isinstance(location, Path) and not location.is_file():

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from typing import IO, Self
 
 from fmbench.config import SimulatedEndpoint
@@ -89,7 +90,8 @@ class SimulatedServerProcess:
         """Start the server and wait for it to listen; returns the base URL (no ``/v1``).
 
         Raises:
-            DeploymentError: it exited or did not listen within ``startup_timeout``.
+            DeploymentError: it exited (said at once, with its error) or did not listen within
+                ``startup_timeout``.
         """
         if self.running:
             raise DeploymentError(f"simulated endpoint already running (pid {self.pid})")
@@ -116,11 +118,11 @@ class SimulatedServerProcess:
             raise
         if url is None:
             detail = self._stderr_tail()
+            returncode = self._exit_code()
             self.stop()
-            raise DeploymentError(
-                f"simulated endpoint did not start within {self.startup_timeout:g} s"
-                + (f": {detail}" if detail else "")
-            )
+            what = (f"simulated endpoint exited at start (exit code {returncode})" if returncode is not None
+                    else f"simulated endpoint did not start within {self.startup_timeout:g} s")
+            raise DeploymentError(what + (f": {detail}" if detail else ""))
         self.url = url
         self.port = int(url.rsplit(":", 1)[1])
         return url
@@ -139,8 +141,25 @@ class SimulatedServerProcess:
 
         self._pump = threading.Thread(target=pump, name="fmbench-sim-stdout", daemon=True)
         self._pump.start()
-        seen.wait(self.startup_timeout)
+        deadline = time.monotonic() + self.startup_timeout
+        while not seen.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if proc.poll() is not None:
+                # Exited without listening: its error is in stderr now. Its output may still be held
+                # open by a process it started, so EOF is not awaited.
+                seen.wait(0.2)
+                break
+            if time.monotonic() >= deadline:
+                break
         return found[0] if found else None
+
+    def _exit_code(self) -> int | None:
+        """The exit code of a server that ended (its output closes just before it is reaped), else None."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _stderr_tail(self) -> str:
         if self._stderr is None:
@@ -160,10 +179,13 @@ class SimulatedServerProcess:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(self.stop_timeout)
+            pipes = [proc.stdin, proc.stdout]
             if self._pump is not None:
                 self._pump.join(self.stop_timeout)  # reads to EOF now that the process is gone
+                if self._pump.is_alive():  # a process it started holds the output: closing would block
+                    pipes.remove(proc.stdout)
                 self._pump = None
-            for pipe in (proc.stdin, proc.stdout):
+            for pipe in pipes:
                 if pipe is not None:
                     pipe.close()
         if self._stderr is not None:

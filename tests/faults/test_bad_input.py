@@ -211,6 +211,10 @@ def cases(c: Ctx) -> list[Case]:
         Case("tokenizer-hf-offline", "run", "experiments[e].tokenizer: tokenizer 'hf:org/model': tokenizer.json is not "
              "in the Hugging Face cache", g.replace("    inference:", "    tokenizer: hf:org/model\n    inference:"),
              env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/hf-cache"}, category="tokenizer"),
+        Case("tokenizer-simulated-endpoint-bad-json", "run",
+             "experiments[e].endpoint.tokenizer: tokenizer '",
+             g.replace("output_tokens: 4}}", "output_tokens: 4, tokenizer: tok/tokenizer.json}}"),
+             files={"tok/tokenizer.json": b'{"version": "1.0", "trunc'}, category="tokenizer"),
         # ---- endpoints
         Case("endpoint-unreachable", "run", "unreachable", _openai(f"http://127.0.0.1:{c.closed_port}/v1"),
              category="endpoint"),

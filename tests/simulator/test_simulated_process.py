@@ -187,3 +187,29 @@ def test_terminal_signals_miss_the_server_and_it_never_outlives_its_parent() -> 
             parent.wait(10)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=2)
+
+
+class _ExitsAtOnce(SimulatedServerProcess):
+    """A server that fails at start while a process it started still holds its output open."""
+
+    pgid: int | None = None
+
+    def argv(self) -> list[str]:
+        return ["sh", "-c", "sleep 20 & echo 'error: tokenizer is not a valid tokenizer.json' >&2; exit 2"]
+
+    def _wait_ready(self, proc: subprocess.Popen[str]) -> str | None:
+        self.pgid = proc.pid  # its own process group: the sleep left behind is killed by the test
+        return super()._wait_ready(proc)
+
+
+def test_a_server_that_exits_at_start_is_reported_at_once_with_its_error() -> None:
+    server = _ExitsAtOnce(CFG, startup_timeout=15, stop_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(DeploymentError) as err:
+        server.start()
+    took = time.monotonic() - started
+    assert server.pgid is not None
+    os.killpg(server.pgid, signal.SIGKILL)
+    assert str(err.value) == ("simulated endpoint exited at start (exit code 2): "
+                              "error: tokenizer is not a valid tokenizer.json")
+    assert took < 10, took
