@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import re
 import threading
 import time
@@ -80,6 +81,20 @@ def make_session(region: str | None, profile: str | None) -> boto3.Session:
         botocore.exceptions.ProfileNotFound: the profile does not exist (callers translate it).
     """
     return boto3.Session(profile_name=profile, region_name=region)
+
+
+def profile_not_found(profile: str | None, where: str | None = None) -> str:
+    """The one line for an AWS profile that does not exist: the one given (``where.profile``), or
+    else the one botocore took from the environment (AWS_DEFAULT_PROFILE, then AWS_PROFILE), named
+    with its variable, since no config field or option holds it.
+    """
+    if profile is None:
+        for var in ("AWS_DEFAULT_PROFILE", "AWS_PROFILE"):  # botocore's order
+            if os.environ.get(var):
+                return (f"{where + ': ' if where else ''}AWS profile {os.environ[var]!r} (from the environment "
+                        f"variable {var}) not found in the AWS config files; set {var} to an existing profile "
+                        "or unset it")
+    return f"{where + '.profile: ' if where else ''}AWS profile {profile!r} not found in the AWS config files"
 
 
 def client_config(concurrency: int, timeout_s: float) -> botocore.config.Config:

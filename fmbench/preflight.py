@@ -174,14 +174,14 @@ def check_aws_credentials(endpoint: BedrockEndpoint | SageMakerEndpoint, where: 
     """
     import botocore.exceptions
 
-    from fmbench.aws import make_session
+    from fmbench.aws import make_session, profile_not_found
 
     try:
         credentials = make_session(endpoint.region, endpoint.profile).get_credentials()
         if credentials is not None:
             credentials.get_frozen_credentials()  # refreshes credentials that are due; raises if still expired
     except botocore.exceptions.ProfileNotFound as exc:
-        raise CredentialsError(f"{where}.profile: AWS profile {endpoint.profile!r} not found") from exc
+        raise CredentialsError(profile_not_found(endpoint.profile, where)) from exc
     except (botocore.exceptions.TokenRetrievalError, botocore.exceptions.SSOTokenLoadError,
             botocore.exceptions.UnauthorizedSSOTokenError) as exc:
         raise CredentialsError(f"{where}: AWS credentials expired (SSO session: {exc}); sign in again "

@@ -86,12 +86,12 @@ def sagemaker_client(region: str | None, profile: str | None = None, endpoint_ur
     import botocore.config
     import botocore.exceptions
 
-    from fmbench.aws import make_session
+    from fmbench.aws import make_session, profile_not_found
 
     try:
         session = make_session(region, profile)
     except botocore.exceptions.ProfileNotFound as exc:
-        raise CredentialsError(f"AWS profile {profile!r} not found in the AWS config files") from exc
+        raise CredentialsError(profile_not_found(profile)) from exc
     region = region or session.region_name
     if not region:
         raise DeploymentError("no AWS region: give --region, set endpoint.region in the config, "

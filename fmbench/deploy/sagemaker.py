@@ -25,7 +25,7 @@ import boto3
 import botocore.exceptions
 
 from fmbench import interrupts, progress
-from fmbench.aws import make_session, redact_aws
+from fmbench.aws import make_session, profile_not_found, redact_aws
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, deploy_state, note_deploy_state, register_provider
 from fmbench.errors import ConfigError, DeploymentError
@@ -77,7 +77,7 @@ def _session(cfg: SageMakerEndpoint | BedrockEndpoint) -> tuple[boto3.Session, s
     try:
         session = make_session(cfg.region, cfg.profile)
     except botocore.exceptions.ProfileNotFound as exc:
-        raise DeploymentError(f"AWS profile {cfg.profile!r} not found in the AWS config files") from exc
+        raise DeploymentError(profile_not_found(cfg.profile)) from exc
     region = cfg.region or session.region_name
     if not region:
         raise DeploymentError("no AWS region: set endpoint.region or AWS_REGION / AWS_DEFAULT_REGION")

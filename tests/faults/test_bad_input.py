@@ -229,6 +229,9 @@ def cases(c: Ctx) -> list[Case]:
         # ---- credentials
         Case("aws-no-credentials", "run", "no AWS credentials found", _bedrock(), category="credentials"),
         Case("aws-unknown-profile", "run", "profile 'nobody'", _bedrock(", profile: nobody"), category="credentials"),
+        Case("aws-unknown-profile-from-environment", "run", "experiments[e].endpoint: AWS profile 'nope' (from the "
+             "environment variable AWS_PROFILE) not found", _bedrock(), env={"AWS_PROFILE": "nope"},
+             category="credentials"),
         Case("aws-expired-credentials", "run", "AWS credentials expired and could not be refreshed", _bedrock(),
              env={**AWS_KEYS, "AWS_SESSION_TOKEN": "t", "AWS_CREDENTIAL_EXPIRATION": "2020-01-01T00:00:00Z"},
              category="credentials"),
