@@ -32,12 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 from fmbench.cachedir import cache_dir
+from fmbench.errors import FMBenchError
 from fmbench.settings import number
 
 log = logging.getLogger("fmbench")
@@ -45,7 +47,10 @@ log = logging.getLogger("fmbench")
 IDLE_S = number("FMBENCH_PREFECT_API_IDLE_S", 1800.0)
 _POLL_S = 0.5
 
-__all__ = ["LocalApi", "api_state_dir", "db_template", "local_prefect_api", "make_db_template", "stop_local_api"]
+__all__ = [
+    "LocalApi", "api_state_dir", "check_api_url", "db_template", "local_prefect_api", "make_db_template",
+    "stop_local_api",
+]
 
 
 def _prefect_home() -> Path:
@@ -305,8 +310,8 @@ class LocalApi:
     before then (reading and checking its config, importing Prefect) overlaps the server's start.
     """
 
-    def __init__(self, root: Path | None, url: str | None, started: bool) -> None:
-        self.url, self.started, self._root = url, started, root
+    def __init__(self, root: Path | None, url: str | None, started: bool, external: str | None = None) -> None:
+        self.url, self.started, self._root, self._external = url, started, root, external
 
     def wait(self) -> str | None:
         """Block until the server answers; returns its URL.
@@ -314,7 +319,12 @@ class LocalApi:
         When it does not come up (logged, not raised) ``PREFECT_API_URL`` is unset and None is
         returned: the run goes on with Prefect's embedded server. A caller that imported Prefect
         before this must also point Prefect's already-loaded settings back at the embedded server.
+
+        Raises:
+            FMBenchError: the API that ``PREFECT_API_URL`` names (``external``) cannot be reached.
         """
+        if self._external is not None:
+            check_api_url(self._external)
         if self.url is None or self._root is None:
             return None
         try:
@@ -324,6 +334,26 @@ class LocalApi:
             os.environ.pop("PREFECT_API_URL", None)
             self.url = None
         return self.url
+
+
+def check_api_url(url: str, timeout_s: float = 10.0) -> None:
+    """Fail in one line when the Prefect API that ``PREFECT_API_URL`` names does not answer at all.
+
+    Any HTTP answer counts (an API that wants a key answers 401): only a connection that cannot be
+    made, or no answer within ``timeout_s``, is an error, where Prefect would raise with a traceback.
+
+    Raises:
+        FMBenchError: (exit 3, the environment) naming the variable and its value.
+    """
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as exc:  # URLError, a timeout, a URL that is not one
+        reason = getattr(exc, "reason", None) or exc
+        raise FMBenchError(f"PREFECT_API_URL={url!r}: cannot reach the Prefect API ({reason}); start that "
+                           "server, or correct or unset PREFECT_API_URL") from exc
 
 
 @contextlib.contextmanager
@@ -336,7 +366,7 @@ def local_prefect_api() -> Iterator[LocalApi]:
     server (``FMBENCH_PREFECT_API=embedded``, or the local server could not be started: logged).
     """
     if os.environ.get("PREFECT_API_URL"):
-        yield LocalApi(None, None, False)
+        yield LocalApi(None, None, False, external=os.environ["PREFECT_API_URL"])
         return
     if os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
         with contextlib.suppress(OSError):  # the embedded server migrates a new database as well

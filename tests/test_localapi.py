@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.server
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fmbench.errors import ExitCode, FMBenchError
 from fmbench.localapi import (
     _seed_database,
     api_state_dir,
@@ -51,6 +56,19 @@ def _wait_down(url: str, pid: int, limit_s: float) -> bool:
             return not _healthy(url)
         time.sleep(0.5)
     return False
+
+
+@contextlib.contextmanager
+def _answering_server() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 that answers every request with an error status (501): reachable, not Prefect."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -128,10 +146,11 @@ def test_a_set_api_url_or_embedded_mode_starts_nothing(private_api: Path, monkey
     template = private_api / "template.db"
     template.write_bytes(b"template")
     monkeypatch.setenv("FMBENCH_PREFECT_DB_TEMPLATE", str(template))
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    with local_prefect_api() as api:
-        assert api.url is None and api.wait() is None
-        assert os.environ["PREFECT_API_URL"] == "http://127.0.0.1:9/api"
+    with _answering_server() as other:
+        monkeypatch.setenv("PREFECT_API_URL", f"{other}/api")
+        with local_prefect_api() as api:
+            assert api.url is None and api.wait() is None
+            assert os.environ["PREFECT_API_URL"] == f"{other}/api"
     assert not (private_api / "prefect-home" / "prefect.db").exists()  # that server has its own database
     monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setenv("FMBENCH_PREFECT_API", "embedded")
@@ -140,6 +159,19 @@ def test_a_set_api_url_or_embedded_mode_starts_nothing(private_api: Path, monkey
     # the embedded server's new database starts from the template too
     assert (private_api / "prefect-home" / "prefect.db").read_bytes() == b"template"
     assert not (api_state_dir() / "state.json").exists()
+
+
+def test_a_set_api_url_that_cannot_be_reached_is_one_line_naming_it(private_api: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"  # nothing listens there once closed
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    with local_prefect_api() as api, pytest.raises(FMBenchError) as err:
+        api.wait()
+    assert err.value.exit_code == ExitCode.ENVIRONMENT
+    assert str(err.value).startswith(f"PREFECT_API_URL={url!r}: cannot reach the Prefect API (")
+    assert not (api_state_dir() / "state.json").exists()  # no local server was started instead
 
 
 def test_a_cache_directory_that_cannot_be_one_leaves_the_run_on_the_embedded_api(

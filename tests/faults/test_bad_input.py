@@ -24,6 +24,7 @@ from fmbench.errors import (
     DatasetError,
     EndpointError,
     ExitCode,
+    FMBenchError,
     StorageError,
     TokenizerError,
 )
@@ -259,6 +260,10 @@ def cases(c: Ctx) -> list[Case]:
              GOOD.replace(SIM, "{{provider: sagemaker, region: us-east-1, endpoint_name: nosuch, "
                           f"runtime_endpoint_url: '{c.odd_url}/aws/no-endpoint'}}}}"), env=AWS_KEYS,
              category="endpoint"),
+        # ---- services
+        Case("prefect-api-unreachable", "run", f"PREFECT_API_URL='http://127.0.0.1:{c.closed_port}/api': "
+             "cannot reach the Prefect API", env={"PREFECT_API_URL": f"http://127.0.0.1:{c.closed_port}/api"},
+             category="service"),
         # ---- output
         Case("output-is-a-file", "run", "cfg.yml is not a directory",
              extra=["--output", str(c.tmp / "output-is-a-file" / "cfg.yml")], category="storage"),
@@ -326,7 +331,8 @@ def test_the_table_covers_every_category() -> None:
     dummy = Ctx(Path("/nonexistent"), "http://x", "http://x", "http://x", 1)
     table = cases(dummy)
     assert len(table) >= 40 and len({c.name for c in table}) == len(table)
-    assert {c.category for c in table} == {"config", "cli", "dataset", "tokenizer", "endpoint", "credentials", "storage"}
+    assert {c.category for c in table} == {"config", "cli", "dataset", "tokenizer", "endpoint", "credentials", "storage",
+                                           "service"}
 
 
 #: The exit code each category of the table ends with: that of the error class its cases raise
@@ -335,12 +341,13 @@ EXIT_BY_CATEGORY = {
     "config": ConfigError.exit_code, "cli": ExitCode.BAD_INPUT, "dataset": DatasetError.exit_code,
     "tokenizer": TokenizerError.exit_code, "endpoint": EndpointError.exit_code,
     "credentials": CredentialsError.exit_code, "storage": StorageError.exit_code,
+    "service": FMBenchError.exit_code,  # a service the run needs besides its endpoints (the Prefect API)
 }
 
 
 def test_bad_input_and_environment_have_their_own_exit_codes() -> None:
     assert {EXIT_BY_CATEGORY[c] for c in ("config", "cli", "dataset", "tokenizer")} == {2}
-    assert {EXIT_BY_CATEGORY[c] for c in ("endpoint", "credentials", "storage")} == {3}
+    assert {EXIT_BY_CATEGORY[c] for c in ("endpoint", "credentials", "storage", "service")} == {3}
 
 
 @pytest.mark.parametrize("name", _names())
