@@ -243,6 +243,13 @@ def test_override_does_not_mutate_input() -> None:
     assert data == {"a": {"b": 1}}
 
 
+def test_a_key_under_a_null_section_creates_it_as_under_a_missing_one() -> None:
+    # a run's stored config.yml has `evaluation: null`; `fmbench evaluate` suggests this override
+    cfg = load_config_text(BASE + "evaluation: null\n", overrides=["evaluation.evaluate_per_shard=20"])
+    assert cfg.evaluation is not None and cfg.evaluation.evaluate_per_shard == 20
+    assert apply_overrides({"a": None}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
 def test_narrow_config_and_inline_source() -> None:
     cfg = load_config_source(BASE)
     narrowed = narrow_config(cfg, experiments=["e1"], concurrency_levels=[3], requests_per_level=7)

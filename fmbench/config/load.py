@@ -58,7 +58,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides to raw config data; list items are addressed by index or by name."""
+    """Apply ``--set`` overrides to raw config data; list items are addressed by index or by name.
+
+    A key under a section that is missing or null creates the section as a mapping.
+    """
     data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
@@ -75,7 +78,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 if last:
                     node[part] = value
                 else:
-                    node = node.setdefault(part, {})
+                    # A missing or null section (``evaluation:`` left empty, or stored as null in a run's
+                    # config.yml) is unset: setting a key under it makes it a mapping.
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
             else:
                 raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is not a mapping or list")
     return data

@@ -5,6 +5,7 @@ Prefect flow's evaluation step, the report, the recommendation, and `fmbench eva
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -207,6 +208,21 @@ def test_failing_judges_still_give_a_report_that_names_what_is_missing(tmp_path:
     assert "Missing evaluations" in md and "big: judge gone: not deployed" in md
     # Reference-answer scores do not need the judges.
     assert _scores(run, "big").height == 10
+
+
+def test_the_override_evaluate_suggests_for_a_run_without_evaluation_works(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _config(tmp_path, evaluation=None, name="hint")
+    for e in raw["experiments"]:
+        e["store_text"] = True
+        e["requests_per_level"] = 6
+    run = Path(run_benchmark(parse_config(raw, source="hint", base_dir=tmp_path), run_id="r1")).parent
+    assert main(["evaluate", str(run)]) == 2
+    hint = re.search(r"--set (\S+)", capsys.readouterr().err)
+    assert hint is not None
+    assert main(["evaluate", str(run), "--set", hint.group(1), "--no-png"]) == 0, capsys.readouterr().err
+    assert "big: 6 answers scored, 0 judged" in capsys.readouterr().out
+    assert _scores(run, "big").height == 6
 
 
 def test_evaluate_refuses_a_run_without_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
