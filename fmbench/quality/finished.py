@@ -12,7 +12,7 @@ import yaml
 from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, apply_overrides, load_config, parse_config
 from fmbench.errors import ConfigError, StorageError
-from fmbench.quality.evaluate import EvaluationOutcome, read_outcome
+from fmbench.quality.evaluate import EvaluationOutcome, check_evaluation, read_outcome
 from fmbench.rundir import RunInfo, has_manifest, hold_run, load_manifest, run_uid
 
 SETTINGS = "settings.yml"
@@ -63,6 +63,10 @@ def _run_config(run_url: str, config: str | None, overrides: list[str] | None) -
     if cfg.evaluation is None:
         raise ConfigError(f"{curl}: the run has no evaluation section; give --config CONFIG with one "
                           "(or --set evaluation.evaluate_per_shard=20 for reference-answer scores only)")
+    try:  # as `run` and `validate` do: a bad template or judge price is refused before any judge is deployed
+        check_evaluation(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{config or curl}: {exc}") from exc
     return cfg
 
 

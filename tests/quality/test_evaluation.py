@@ -225,6 +225,25 @@ def test_the_override_evaluate_suggests_for_a_run_without_evaluation_works(
     assert _scores(run, "big").height == 6
 
 
+def test_evaluate_refuses_a_bad_judge_template_before_deploying_a_judge(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _config(tmp_path, evaluation=None, name="badtemplate")
+    for e in raw["experiments"]:
+        e["store_text"] = True
+        e["requests_per_level"] = 4
+    run = Path(run_benchmark(parse_config(raw, source="badtemplate", base_dir=tmp_path), run_id="r1")).parent
+    (tmp_path / "judge.txt").write_text("Judge {question} {nope} {candidate}")
+    evaluation = {"judges": [PANEL[0]], "judge_prompt": "judge.txt"}
+    other = _write(tmp_path, _config(tmp_path, evaluation=evaluation, name="badtemplate"), "eval")
+    capsys.readouterr()  # the run's own log lines
+    assert main(["evaluate", str(run), "--config", str(other), "--no-png"]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"fmbench: error: {other}: evaluation.judge_prompt ({tmp_path / 'judge.txt'}): "
+                                "unknown template field(s) nope"), errors
+    assert not (run / "evaluation").exists()  # no judge deployed, nothing written
+
+
 def test_evaluate_refuses_a_run_without_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     raw = _config(tmp_path, evaluation=None, name="notext")
     for e in raw["experiments"]:
