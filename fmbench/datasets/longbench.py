@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fmbench.config import LongBenchDataset
 from fmbench.config.models import HUB_SPEC_SHAPE, split_hub_spec
-from fmbench.datasets._hub import hub_download
+from fmbench.datasets._hub import check_hub_file, hub_download
 from fmbench.datasets.jsonl import Record, answer_values, parse_jsonl, read_file_bytes, records_to_prompts
 from fmbench.datasets.template import render_template, template_fields
 from fmbench.datasets.tokenizer import Tokenizer
@@ -32,6 +32,19 @@ def parse_hub_spec(spec: str, dataset: str) -> tuple[str, str]:
     if parts is None:  # (a validated config never gets here: LongBenchDataset checks its path)
         raise DatasetError(f"dataset {dataset!r}: path {spec!r}: {HUB_SPEC_SHAPE}")
     return parts
+
+
+def check_hub_subset(spec: str, dataset: str) -> None:
+    """Fail at once when the archive of an ``hf:`` subset is not cached and the hub cannot be reached.
+
+    Raises:
+        DatasetError: naming the dataset and its spec.
+    """
+    repo_id, _ = parse_hub_spec(spec, dataset)
+    try:
+        check_hub_file(repo_id, HUB_ARCHIVE, repo_type="dataset")
+    except DatasetError as exc:
+        raise DatasetError(f"dataset {dataset!r}: {spec}: {exc}") from exc
 
 
 def read_hub_subset(spec: str, dataset: str) -> bytes:

