@@ -219,6 +219,12 @@ def test_overrides_by_index_and_name() -> None:
     assert cfg.experiments[0].concurrency_levels == [4, 8]
     assert cfg.experiments[0].requests_per_level == 5
     assert cfg.slo.latency_p95_s == 1.5
+    # a name with dots (names may hold them) is addressed whole
+    dotted = BASE.replace("name: e1", "name: llama3.1")
+    cfg = load_config_text(dotted, overrides=["experiments.llama3.1.requests_per_level=7"])
+    assert cfg.experiments[0].requests_per_level == 7
+    with pytest.raises(ConfigError, match="no list item named 'llama3'"):
+        load_config_text(dotted, overrides=["experiments.llama3.2.requests_per_level=7"])
 
 
 @pytest.mark.parametrize(

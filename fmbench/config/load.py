@@ -66,7 +66,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         path, value = parse_override(item)
         node: Any = data
-        for i, part in enumerate(path):
+        i = 0
+        while i < len(path):
+            part = path[i]
+            if isinstance(node, list):
+                # A name may hold dots (llama3.1): the longest run of parts that names an item.
+                names = {elem.get("name") for elem in node if isinstance(elem, dict)}
+                j = next((j for j in range(len(path), i + 1, -1) if ".".join(path[i:j]) in names), i + 1)
+                part, i = ".".join(path[i:j]), j - 1
             last = i == len(path) - 1
             if isinstance(node, list):
                 idx = _list_index(node, part, item)
@@ -85,6 +92,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                     node = node[part]
             else:
                 raise ConfigError(f"--set {item!r}: {'.'.join(path[:i])} is not a mapping or list")
+            i += 1
     return data
 
 
