@@ -73,6 +73,10 @@ def parse_jsonl(data: bytes, source: str, dataset: str) -> list[tuple[int, Recor
             raise DatasetError(
                 f"dataset {dataset!r}: {source} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})"
             ) from exc
+        except RecursionError as exc:  # the decoder recurses once per level of nesting
+            raise DatasetError(
+                f"dataset {dataset!r}: {source} line {lineno}: not valid JSON (nested too deeply for a record)"
+            ) from exc
         if not isinstance(obj, dict):
             raise DatasetError(
                 f"dataset {dataset!r}: {source} line {lineno}: expected a JSON object, got {type(obj).__name__}"

@@ -222,6 +222,18 @@ def test_jsonl_errors_name_dataset_file_and_line(
         assert part in msg
 
 
+def test_a_line_nested_too_deeply_is_not_valid_json(tmp_path: Path, cl100k: Tokenizer) -> None:
+    """The JSON decoder recurses once per level: a line nested past the recursion limit is a bad line,
+    not a RecursionError, in both file sources."""
+    deep = b'{"prompt": "ok", "input": "ok", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    path = tmp_path / "deep.jsonl"
+    path.write_bytes(b'{"prompt": "ok", "input": "ok"}\n' + deep)
+    for load, ds in ((load_jsonl_prompts, js(name="deep")), (load_longbench_prompts, lb(name="deep"))):
+        with pytest.raises(DatasetError) as err:
+            load(ds, path, cl100k)  # type: ignore[operator]
+        assert str(err.value) == f"dataset 'deep': {path} line 2: not valid JSON (nested too deeply for a record)"
+
+
 def test_jsonl_strings_may_hold_unicode_line_separators(tmp_path: Path, cl100k: Tokenizer) -> None:
     """JSON allows U+2028, U+2029, U+0085 and control separators unescaped in strings; only "\\n" ends a line."""
     seps = ["\u2028", "\u2029", "\x85", "\x1c", "\x1d", "\x1e", "\x0b", "\x0c"]
