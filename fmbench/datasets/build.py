@@ -24,7 +24,7 @@ from fmbench.datasets.jsonl import load_jsonl_prompts
 from fmbench.datasets.longbench import load_longbench_prompts
 from fmbench.datasets.synthetic import GENERATOR_VERSION, generate_synthetic_prompts
 from fmbench.datasets.tokenizer import Tokenizer, load_tokenizer, tokenizer_spec_problem
-from fmbench.errors import ConfigError, DatasetError
+from fmbench.errors import ConfigError, DatasetError, TokenizerError
 from fmbench.protocol import Prompt
 
 # Bump when the way prompts are derived from the same inputs changes (invalidates cached payloads).
@@ -71,11 +71,13 @@ def load_experiment_tokenizer(cfg: BenchmarkConfig, experiment: ExperimentConfig
 
 
 def check_tokenizer_specs(cfg: BenchmarkConfig, source: str) -> None:
-    """Check every tokenizer the config names without loading or downloading anything: a tiktoken
-    encoding must be known, a path must be a file, ``hf:`` must read ``hf:ORG/NAME``.
+    """Check every tokenizer the config names without downloading anything: a tiktoken encoding must
+    be known, ``hf:`` must read ``hf:ORG/NAME``, and a path must be a tokenizer.json file that loads
+    and encodes text (a local file is read now, as cheap as looking at it).
 
     Raises:
         ConfigError: ``SOURCE: FIELD: problem`` for the first bad tokenizer.
+        TokenizerError: ``SOURCE: FIELD: problem`` for a tokenizer.json that does not load or encode.
     """
     fields: list[tuple[str, str]] = [("tokenizer", cfg.tokenizer)]
     for e in cfg.experiments:
@@ -85,9 +87,15 @@ def check_tokenizer_specs(cfg: BenchmarkConfig, source: str) -> None:
         if isinstance(sim_tok, str):
             fields.append((f"experiments[{e.name}].endpoint.tokenizer", sim_tok))
     for where, spec in fields:
-        problem = tokenizer_spec_problem(spec, resolve_path(cfg, spec.strip()))
+        path = resolve_path(cfg, spec.strip())
+        problem = tokenizer_spec_problem(spec, path)
         if problem:
             raise ConfigError(f"{source}: {where}: {problem}")
+        if not spec.strip().startswith("hf:") and path.is_file():
+            try:
+                load_tokenizer(str(path))
+            except TokenizerError as exc:
+                raise TokenizerError(f"{source}: {where}: {exc}") from exc
 
 
 def dataset_location(cfg: BenchmarkConfig, dataset: DatasetConfig) -> str | Path | None:

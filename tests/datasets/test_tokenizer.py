@@ -181,6 +181,42 @@ def test_invalid_tokenizer_json(tmp_path: Path, fresh_tokenizers: None) -> None:
     assert str(bad) in str(err.value) and "not a valid tokenizer.json" in str(err.value)
 
 
+EMPTY_VOCAB = ('{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null, '
+               '"pre_tokenizer": null, "post_processor": null, "decoder": null, '
+               '"model": {"type": "WordLevel", "vocab": {}, "unk_token": "[UNK]"}}')
+
+
+def test_tokenizer_json_that_cannot_encode_fails_on_load(tmp_path: Path, fresh_tokenizers: None) -> None:
+    """A WordLevel model without its unknown-word token loads, then fails on every word: say so when
+    it is loaded (the preflight, `validate`), naming the file, not later as a bare Exception."""
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text(EMPTY_VOCAB)
+    with pytest.raises(TokenizerError) as err:
+        load_tokenizer(str(bad))
+    assert str(err.value) == (f"tokenizer {str(bad)!r}: {bad} loads but cannot encode text (WordLevel error: "
+                              "Missing [UNK] token from the vocabulary); fix the file or use the model's own "
+                              "tokenizer.json")
+
+
+def test_tokenizer_json_that_fails_on_some_text_names_the_file(tmp_path: Path, fresh_tokenizers: None) -> None:
+    """A vocabulary that holds the words of the load-time probe but no unknown-word token fails on
+    other text: counting it raises TokenizerError too (exit 2), not an internal error."""
+    from tokenizers import Tokenizer as HFTok
+    from tokenizers import models, pre_tokenizers
+
+    from fmbench.datasets.tokenizer import _PROBE_TEXT
+
+    words = sorted({w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(_PROBE_TEXT)})
+    raw = HFTok(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    path = tmp_path / "tokenizer.json"
+    raw.save(str(path))
+    tok = load_tokenizer(str(path))
+    for count in (tok.count, lambda t: tok.count_many([t])):
+        with pytest.raises(TokenizerError, match=f"{path} loads but cannot encode text .*Missing \\[UNK\\]"):
+            count("an unknown word")
+
+
 def test_hf_spec_offline_is_a_clear_error(hub_cache: Path, fresh_tokenizers: None) -> None:
     with pytest.raises(TokenizerError) as err:
         load_tokenizer("hf:some-org/some-model")

@@ -48,6 +48,11 @@ experiments:
 SYN = "{{name: syn, source: synthetic, prompts_per_bucket: 2}}"
 SIM = "{{provider: simulated, ttft_ms: 5, tpot_ms: 1, output_tokens: 4}}"
 
+# A tokenizer.json that loads but cannot encode: its WordLevel model's unknown-word token is not in its vocabulary.
+EMPTY_VOCAB = (b'{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null, '
+               b'"pre_tokenizer": null, "post_processor": null, "decoder": null, '
+               b'"model": {"type": "WordLevel", "vocab": {}, "unk_token": "[UNK]"}}')
+
 
 @dataclass
 class Ctx:
@@ -212,6 +217,14 @@ def cases(c: Ctx) -> list[Case]:
         Case("tokenizer-bad-json", "run", "not a valid tokenizer.json",
              g.replace("name: bad", "name: bad\ntokenizer: tok/tokenizer.json"),
              files={"tok/tokenizer.json": b'{"version": "1.0", "model": 7}'}, category="tokenizer"),
+        # loads, then fails on every word (a WordLevel model without its unknown-word token): refused
+        # before the run directory is made, synthetic dataset or not
+        Case("tokenizer-cannot-encode", "run", "cfg.yml: tokenizer: tokenizer '",
+             g.replace("name: bad", "name: bad\ntokenizer: tok/tokenizer.json"),
+             files={"tok/tokenizer.json": EMPTY_VOCAB}, category="tokenizer"),
+        Case("tokenizer-experiment-cannot-encode", "validate", "loads but cannot encode text (WordLevel error",
+             g.replace("    inference:", "    tokenizer: tok/tokenizer.json\n    inference:"),
+             files={"tok/tokenizer.json": EMPTY_VOCAB}, category="tokenizer"),
         Case("tokenizer-experiment-unknown", "validate", "cfg.yml: experiments[e].tokenizer: unknown tokenizer 'cl100k'",
              g.replace("    inference:", "    tokenizer: cl100k\n    inference:"), category="tokenizer"),
         Case("tokenizer-experiment-missing-file", "validate", "experiments[e].tokenizer: tokenizer file not found: ",
