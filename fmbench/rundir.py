@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmbench import __version__, storage
 from fmbench.config import BenchmarkConfig, dump_config, load_config_text
@@ -157,11 +157,26 @@ def load_manifest(run_url: str) -> Manifest:
         StorageError: it is missing, unreadable or not a manifest.
     """
     url = storage.join(run_url, MANIFEST)
-    text = storage.read_text(url)
+    data = storage.read_bytes(url)
     try:
-        return Manifest.model_validate_json(text)
-    except ValueError as exc:
-        raise StorageError(f"{url}: not a readable manifest ({exc.__class__.__name__})") from exc
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise StorageError(f"{url}: not a readable manifest ({json_problem(exc, data)})") from exc
+
+
+def json_problem(exc: ValidationError, data: bytes) -> str:
+    """What is wrong with a run's JSON file, from the error of validating ``data``: empty, not JSON
+    (where), or the first field that does not fit (with how many more problems there are)."""
+    if not data.strip():
+        return "the file is empty"
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return f"not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+    loc = ".".join(str(p) for p in first["loc"])
+    problem = f"field {loc!r}: {first['msg']}" if loc else f"top level: {first['msg']}"
+    more = len(errors) - 1
+    return problem + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
 def save_manifest(run_url: str, manifest: Manifest) -> None:

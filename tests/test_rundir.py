@@ -53,6 +53,32 @@ def test_manifest_keeps_endpoint_timelines_and_reads_older_manifests(tmp_path: P
     assert isinstance(loaded, Manifest)
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"not json {", "not valid JSON: expected ident at line 1 column 2"),
+        (b'{"run_id": "r", "shards": [', "not valid JSON: EOF while parsing a list at line 1 column 27"),
+        (b"", "the file is empty"),
+        (b"\xff\xfe{", "not valid JSON: expected value at line 1 column 1"),
+        (b"[1, 2, 3]", "top level: Input should be an object"),
+        (b'{"shards": null}', "field 'shards': Input should be a valid array"),
+        (b'{"shards": 1, "warnings": 2}', "field 'shards': Input should be a valid array (and 1 more problem)"),
+    ],
+)
+def test_resuming_a_run_with_a_corrupt_manifest_says_what_is_wrong(tmp_path: Path, content: bytes,
+                                                                    problem: str) -> None:
+    """A manifest cannot be rebuilt, so the resume is refused; the one line says why, not just "ValidationError"."""
+    from fmbench.errors import StorageError
+
+    cfg = _cfg(tmp_path)
+    run = open_run(cfg, run_id="m")
+    Path(run.path("manifest.json")).write_bytes(content)
+    with pytest.raises(StorageError) as err:
+        open_run(cfg, run_id="m")
+    assert str(err.value) == f"{run.path('manifest.json')}: not a readable manifest ({problem})"
+    assert Path(run.path("manifest.json")).read_bytes() == content  # left as it was
+
+
 def test_late_deletions_change_only_the_run_s_own_live_endpoints_and_only_once(tmp_path: Path) -> None:
     from fmbench.rundir import exclusive_run, record_late_deletions
 
