@@ -188,6 +188,26 @@ def remove(url: str) -> None:
         raise storage_error(url, "delete", exc) from exc
 
 
+def move(url: str, to: str) -> None:
+    """Rename one file (on S3: copy, then delete the original; nothing is lost if it stops between).
+
+    Raises:
+        StorageError: the file is missing or cannot be moved.
+    """
+    if not is_remote(url):
+        try:
+            os.replace(url, to)
+        except OSError as exc:
+            raise storage_error(url, "move", exc) from exc
+        return
+    fs, path = filesystem(url)
+    _, dest = filesystem(to)
+    try:
+        fs.mv(path, dest)
+    except Exception as exc:  # botocore/aiobotocore raise many types; translated here, once
+        raise storage_error(url, "move", exc) from exc
+
+
 def exists(url: str) -> bool:
     """True if a file exists at ``url``."""
     if not is_remote(url):

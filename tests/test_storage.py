@@ -42,6 +42,15 @@ def test_overwrite_replaces_whole_file(base: str) -> None:
     assert storage.read_text(url) == "short"
 
 
+def test_move_renames_one_file(base: str) -> None:
+    src, dst = storage.join(base, "s", "a.json"), storage.join(base, "s", "a.json.corrupt-1")
+    storage.write_text(src, "{")
+    storage.move(src, dst)
+    assert not storage.exists(src) and storage.read_text(dst) == "{"
+    with pytest.raises(StorageError, match="not found"):
+        storage.move(src, dst)
+
+
 def test_local_write_leaves_no_temp_files(tmp_path: Path) -> None:
     for i in range(5):
         storage.write_text(str(tmp_path / "f.txt"), str(i))

@@ -6,6 +6,7 @@ engine and stores its records and `ShardOutcome` in the run, so a resumed run re
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fmbench import progress, storage
 from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
@@ -24,7 +25,7 @@ from fmbench.errors import EndpointConnectionError
 from fmbench.interrupts import StopScope, current_stop_scope, worker_stop_scope
 from fmbench.machine import Sentinel
 from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
-from fmbench.rundir import RunInfo, utc_now
+from fmbench.rundir import RunInfo, json_problem, utc_now
 
 log = logging.getLogger("fmbench")
 
@@ -127,12 +128,58 @@ def needs_endpoint(run: RunInfo, specs: list[Any]) -> bool:
 
 
 def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
-    """The outcome of a shard already measured in this run (resume), or None."""
+    """The outcome of a shard already measured in this run (resume), or None.
+
+    A shard whose outcome file cannot be read, or whose records are missing or not readable parquet,
+    is not known to be measured: its files are set aside (renamed ``NAME.corrupt-STAMP``, with a
+    warning naming them) and None returned, so the run measures it again instead of failing on it at
+    every resume.
+
+    Raises:
+        StorageError: the store cannot be reached (then the files may be fine: nothing is set aside).
+    """
     url = run.shard_result(sid)
     if not storage.exists(url):
         return None
-    outcome = ShardOutcome.model_validate_json(storage.read_text(url))
+    data = storage.read_bytes(url)
+    records = run.path("shards", f"{sid}.parquet")
+    try:
+        outcome = ShardOutcome.model_validate_json(data)
+    except ValidationError as exc:
+        _set_aside(sid, f"its outcome {url} is not readable ({json_problem(exc, data)})", url, records)
+        return None
+    problem = _records_problem(outcome)
+    if problem:
+        _set_aside(sid, problem, url, outcome.records_url or records)
+        return None
     return outcome.model_copy(update={"cached": True})
+
+
+def _records_problem(outcome: ShardOutcome) -> str | None:
+    """Why a measured shard's records cannot be read (None: they can)."""
+    url = outcome.records_url
+    if outcome.status != "ok" or not url:
+        return None
+    if not storage.exists(url):
+        return f"its records {url} are missing"
+    data = storage.read_bytes(url)
+    try:
+        pl.read_parquet(io.BytesIO(data))
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        return f"its records {url} are not readable parquet ({first})"
+    return None
+
+
+def _set_aside(sid: str, problem: str, *urls: str) -> None:
+    """Rename a shard's files out of the way (kept, never deleted), so the shard is measured again."""
+    stamp = utc_now().replace(":", "")
+    moved = []
+    for url in urls:
+        if storage.exists(url):
+            storage.move(url, f"{url}.corrupt-{stamp}")
+            moved.append(f"{url}.corrupt-{stamp}")
+    log.warning("shard %s: %s; measuring it again (set aside as %s)", sid, problem, ", ".join(moved))
 
 
 def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: str,

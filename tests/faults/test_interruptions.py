@@ -228,6 +228,45 @@ def test_sigkill_at_several_points_then_resume_loses_and_duplicates_nothing(faul
     assert (run / "report.md").is_file()
 
 
+def test_a_resume_measures_again_the_shards_whose_files_are_damaged(fault_cli_env: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    """A shard whose outcome .json cannot be read, or whose records .parquet is missing or cut off,
+    is not known to be measured: the resume sets its files aside (kept, named in a warning) and
+    measures it again, rather than failing on it at every attempt; the intact shard is reused."""
+    cfg = _config(tmp_path, "dmg", [{"name": "e", "endpoint": SIM_CFG}], levels=[1, 2, 3, 4])
+    run = tmp_path / "results" / "dmg" / "d"
+    argv = fmbench_argv("run", str(cfg), "--run-id", "d", "--no-png")
+    first = subprocess.run(argv, env=fault_cli_env, cwd=ROOT, capture_output=True, text=True, timeout=400,
+                           check=False)
+    assert first.returncode == 0, first.stderr[-2000:]
+    shards = run / "shards"
+    sid = {c: f"e__syn__1-300__c{c}" for c in (1, 2, 3, 4)}
+    before = {c: (shards / f"{s}.json").read_bytes() for c, s in sid.items()}
+    (shards / f"{sid[1]}.json").write_text("garbage\n")
+    (shards / f"{sid[2]}.parquet").unlink()
+    records = (shards / f"{sid[3]}.parquet").read_bytes()
+    (shards / f"{sid[3]}.parquet").write_bytes(records[: len(records) // 2])
+
+    resumed = subprocess.run(argv, env=fault_cli_env, cwd=ROOT, capture_output=True, text=True, timeout=400,
+                             check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Traceback" not in resumed.stderr
+    aside = sorted(p.name.split(".corrupt-")[0] for p in shards.iterdir() if ".corrupt-" in p.name)
+    assert aside == sorted([f"{sid[1]}.json", f"{sid[1]}.parquet", f"{sid[2]}.json", f"{sid[3]}.json",
+                            f"{sid[3]}.parquet"])
+    for c, reason in ((1, f"its outcome {shards / sid[1]}.json is not readable (not valid JSON: "),
+                      (2, f"its records {shards / sid[2]}.parquet are missing"),
+                      (3, f"its records {shards / sid[3]}.parquet are not readable parquet (")):
+        assert f"shard {sid[c]}: {reason}" in resumed.stderr, resumed.stderr[-3000:]
+    assert (shards / f"{sid[4]}.json").read_bytes() == before[4]  # reused, not measured again
+    for c in (1, 2, 3):
+        assert json.loads((shards / f"{sid[c]}.json").read_text())["status"] == "ok"
+    requests = pl.read_parquet(run / "requests.parquet")
+    assert requests.height == 4 * 4
+    assert requests.select("shard_id", "request_id").is_duplicated().sum() == 0
+    assert (run / "report.md").is_file()
+
+
 @contextlib.contextmanager
 def _hang_up_not_ignored() -> Iterator[None]:
     """Start the run with SIGHUP at its default, as a shell in a terminal does: tests started under
