@@ -37,7 +37,7 @@ def test_benchmark_run_deploys_measures_and_tears_down(moto: str, sim_url: str, 
                     "concurrency_levels": [1, 2],
                     "requests_per_level": 4,
                     "warmup_requests": 1,
-                    "pricing": {"instance_type": "ml.g5.2xlarge"},
+                    "pricing": {"instance_type": "ml.g4dn.xlarge"},
                 },
                 {
                     "name": "br-claude",
