@@ -443,6 +443,21 @@ def test_tables_computed_while_the_browser_draws_are_in_the_report(rendered: tup
     assert "](plots/timeline_sim-big.png)" in md
 
 
+def test_cost_table_counts_every_request_sent_and_says_so(rendered: tuple[Path, object]) -> None:
+    # "Requests sent" is what was billed: every record of the experiment, warm-ups and failed attempts
+    # included, which differs from the results tables' measured requests; the caption says which is which.
+    run, _ = rendered
+    md = (run / "report.md").read_text()
+    cost = md[md.index("What this benchmark cost"):].split("\n## ")[0]
+    assert "warm-ups and retried attempts included" in cost
+    requests = pl.read_parquet(run / "requests.parquet")
+    header = next(line for line in cost.splitlines() if line.startswith("| Experiment"))
+    col = [c.strip() for c in header.split("|")].index("Requests sent")
+    for name, n in requests.group_by("experiment").len().iter_rows():
+        row = next(line for line in cost.splitlines() if line.startswith(f"| {name} |"))
+        assert [c.strip() for c in row.split("|")][col] == f"{n:,}", name
+
+
 def test_requests_are_held_in_memory_only_while_their_gaps_are_few(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # The report's queries share one in-memory copy of the request columns, unless the run's
