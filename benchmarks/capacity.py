@@ -14,7 +14,12 @@ never the bottleneck), closed loop at concurrency 64:
   beside it), and the engine with 2 processes;
 * open loop: the highest Poisson rate one process offers validly (the engine's own verdict);
 * the simulated endpoint at zero latency, same engine: how many requests/s the *simulator*
-  serves (the question of whether it, not the client, limits high-rate runs).
+  serves (the question of whether it, not the client, limits high-rate runs);
+* where the engine's time beyond the bare loop goes: the engine again with one part of its
+  measurement switched off at a time (`ABLATIONS`: the records writer, the kernel's receive
+  stamps, the poll of an idle pooled connection before it is reused), in the same rounds; the
+  microseconds per request each part costs are the difference to the whole engine. A diagnosis
+  only: every part is there for a reason the fmbench docs give, and none is off in a real run.
 
 Engine and bare runs alternate within each round, as this 2-core machine is shared; the verdict is the
 median over 7 rounds of each round's ratio (the best of each side's rounds is reported beside it: a ratio
@@ -26,11 +31,13 @@ Run: ``uv run --no-sync python -m benchmarks.capacity [--quick]``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +46,10 @@ import psutil
 
 from benchmarks._common import loadavg, parser, write_result
 from fmbench.config import InferenceConfig, SimulatedEndpoint
+from fmbench.endpoints import openai as openai_client
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.loadgen import ShardSpec, run_shard
+from fmbench.loadgen.writer import RecordWriter
 from fmbench.protocol import Prompt
 from fmbench.simulator import SimulatedServerProcess
 from fmbench.simulator.zeroserver import ZeroServer
@@ -63,6 +72,36 @@ def engine(url: str, stream: bool, requests: int, tmp: Path, processes: int = 1)
                     tmp / "cap.parquet", len)
     assert res.errors == 0, res
     return {"req_s": res.requests / res.duration_s, "cpu_ms_per_req": res.client_cpu_s / res.requests * 1e3}
+
+
+@contextlib.contextmanager
+def _without(part: str) -> Iterator[None]:
+    """The engine with one part of its measurement switched off (patched for the block; see `ABLATIONS`)."""
+    saved: list[tuple[Any, str, Any]] = []
+
+    def patch(owner: Any, name: str, value: Any) -> None:
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
+
+    if part == "records":  # rows are built, then dropped: no Arrow conversion, no parquet encoding
+        patch(RecordWriter, "add_row", lambda self, row, itl: None)
+        patch(RecordWriter, "add_row_stamped", lambda self, row, stamps: None)
+    elif part == "kernel_stamps":  # reads stamped when the event loop handles them (plain recv)
+        patch(openai_client, "stamp_reads", lambda transport: None)
+    elif part == "idle_poll":  # a pooled connection reused without polling its socket first
+        base = openai_client.ResponseHandler.is_connected
+        patch(openai_client._SendStampingHandler, "is_connected", lambda self: base(self))
+    else:  # pragma: no cover - a typo in ABLATIONS
+        raise ValueError(part)
+    try:
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
+#: The parts of the engine's measurement the ablation switches off, one at a time.
+ABLATIONS = ("records", "kernel_stamps", "idle_poll")
 
 
 try:  # the engine's JSON library (fmbench.endpoints.openai prefers orjson the same way)
@@ -148,10 +187,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             url = srv.base_url(CHUNKS if stream else None)
             m = n // (2 if stream else 1)
             eng, ref, dec = [], [], []
+            abl: dict[str, list[float]] = {part: [] for part in ABLATIONS}
             for _ in range(rounds):
                 eng.append(engine(url, stream, m, tmp))
                 ref.append(bare(url, stream, m))
                 dec.append(bare(url, stream, m, decode=True))
+                for part in ABLATIONS:
+                    with _without(part):
+                        abl[part].append(engine(url, stream, m, tmp)["req_s"])
             e = max(eng, key=lambda r: r["req_s"])
             b = max(ref, key=lambda r: r["req_s"])
             d = max(dec, key=lambda r: r["req_s"])
@@ -170,6 +213,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "engine_all": [round(r["req_s"], 1) for r in eng],
                         "bare_all": [round(r["req_s"], 1) for r in ref],
                         "bare_decode_all": [round(r["req_s"], 1) for r in dec], "load_avg": loadavg()}
+            # Where the gap goes, per round: µs per request of the whole engine minus the engine without
+            # the part; the bare loop's gap beside it (medians over the rounds).
+            us = statistics.median(1e6 / x["req_s"] for x in eng)
+            out[key]["engine_us_per_req"] = round(us, 2)
+            out[key]["bare_decode_us_per_req"] = round(statistics.median(1e6 / x["req_s"] for x in dec), 2)
+            out[key]["part_us_per_req"] = {
+                part: round(statistics.median(1e6 / x["req_s"] - 1e6 / y for x, y in zip(eng, abl[part], strict=True)), 2)
+                for part in ABLATIONS}
             if stream:
                 out[key]["engine_chunks_s"] = round(e["req_s"] * CHUNKS, 1)
                 out[key]["bare_chunks_s"] = round(b["req_s"] * CHUNKS, 1)
@@ -177,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"(median ratio per round {out[key]['ratio_vs_bare_decode']:.2f}, the target's; of the best "
                   f"{e['req_s'] / d['req_s']:.2f}); bare aiohttp {b['req_s']:.0f} "
                   f"(median ratio {out[key]['ratio_vs_bare']:.2f}) (load {out[key]['load_avg'][0]})", flush=True)
+            print(f"{key}: engine {us:.1f} us per request, bare + decode {out[key]['bare_decode_us_per_req']:.1f}; "
+                  f"of the engine's: {out[key]['part_us_per_req']}", flush=True)
             two = engine(url, stream, n // (2 if stream else 1), tmp, processes=2)
             out[key]["engine_2proc_req_s"] = round(two["req_s"], 1)
             print(f"{key}: engine with 2 processes {two['req_s']:.0f} req/s", flush=True)

@@ -162,6 +162,21 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                   f"req/s JSON and {r['simulator_zero_latency']['stream']['req_s']:,.0f} streamed "
                   f"(server CPU {r['simulator_zero_latency']['stream']['server_cpu_ms_per_req']:.2f} ms per streamed "
                   f"request). Target ({r['target']}): {'met' if r['met'] else 'not met'}."), ""]
+        if "part_us_per_req" in r["json"]:
+            names = {"records": "records writer", "kernel_stamps": "kernel receive stamps",
+                     "idle_poll": "poll of an idle pooled connection before reuse"}
+            parts = []
+            for key, label in (("json", "JSON"), ("stream", "streamed")):
+                x = r[key]
+                gap = x["engine_us_per_req"] - x["bare_decode_us_per_req"]
+                each = ", ".join(f"{names.get(k, k)} {v:.1f}" for k, v in x["part_us_per_req"].items())
+                rest = gap - sum(x["part_us_per_req"].values())
+                parts.append(f"{label}: engine {x['engine_us_per_req']:.1f}, bare loop with decoding "
+                             f"{x['bare_decode_us_per_req']:.1f} (gap {gap:.1f}); of the engine's: {each}; "
+                             f"the rest of the gap {rest:.1f}")
+            lines += [("Where the gap goes (µs of wall time per request, medians over the rounds; each part is the "
+                       "engine minus the engine with only that part switched off, in the same rounds; a diagnosis, "
+                       "no real run switches any off): " + "; ".join(parts) + "."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("orchestration", {})
