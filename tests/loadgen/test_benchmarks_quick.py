@@ -110,3 +110,30 @@ def test_late_chunks_are_put_in_or_outside_the_machines_slow_windows() -> None:
     covered = 0.02 + RECOVERY_S
     assert where["time_in_slow_windows"] == pytest.approx(covered, abs=1e-4)
     assert where["late_share_outside"] == pytest.approx(1 / (1000 * (1 - covered)), abs=1e-4)
+
+
+def test_capacity_quick_says_where_the_engines_time_goes(tmp_path: Path) -> None:
+    data = _run("capacity", tmp_path)
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.capacity import ABLATIONS, _without
+    from benchmarks.run_all import render_markdown
+    from fmbench.endpoints import openai as openai_client
+    from fmbench.loadgen.writer import RecordWriter
+
+    for key in ("json", "stream"):
+        x = data[key]
+        assert x["engine_req_s"] > 0 and x["bare_decode_req_s"] > 0 and x["engine_us_per_req"] > 0
+        # every part measured, as a number of microseconds (its sign is the machine's noise in one round)
+        assert set(x["part_us_per_req"]) == set(ABLATIONS)
+        assert all(isinstance(v, float | int) for v in x["part_us_per_req"].values())
+    md = render_markdown({"capacity": data}, quick=True)
+    assert "Where the gap goes" in md and "kernel receive stamps" in md and "records writer" in md
+    # the ablation patches only inside its block: the benchmark process's engine is whole after it
+    before = (RecordWriter.add_row, openai_client.stamp_reads, openai_client._SendStampingHandler.is_connected)
+    for part in ABLATIONS:
+        with _without(part):
+            patched = (RecordWriter.add_row, openai_client.stamp_reads,
+                       openai_client._SendStampingHandler.is_connected)
+            assert patched != before
+    assert (RecordWriter.add_row, openai_client.stamp_reads,
+            openai_client._SendStampingHandler.is_connected) == before
