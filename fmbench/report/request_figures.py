@@ -93,9 +93,17 @@ def _segments(rows: list[dict[str, Any]], t0: float) -> dict[str, tuple[list[flo
         xs += [a - t0, b - t0, None]
         ys += [y, y, None]
 
-    for y, r in enumerate(rows):
+    # One row per request: a retried request's attempts share it, each queued from the end of the
+    # attempt before it (its backoff), not again from the request's due time.
+    y, last_id, last_end = -1, object(), None
+    for r in rows:
+        if r["request_id"] != last_id:
+            y, last_id, due = y + 1, r["request_id"], r["t_scheduled"]
+        else:
+            due = last_end if last_end is not None else r["t_scheduled"]
+        last_end = r["t_end"]
         sent = r["t_start"]
-        add("queued", r["t_scheduled"], sent, y)
+        add("queued", due, sent, y)
         if not r["ok"]:
             add("failed", sent if sent is not None else r["t_scheduled"], r["t_end"], y)
             continue
@@ -140,13 +148,16 @@ def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
         panels: list[Panel] = []
         shown: set[str] = set()
         sampled = False
-        by_shard = part.sort("request_id").partition_by("shard_id", as_dict=True)
+        retried = "attempt" in part.columns and bool(part.select((pl.col("attempt") > 1).any()).item())
+        order = ["request_id", "attempt"] if "attempt" in part.columns else ["request_id"]
+        by_shard = part.sort(order).partition_by("shard_id", as_dict=True)
         for i, (s, panel_title) in enumerate(zip(shards, titles, strict=True)):
             ref = "" if i == 0 else str(i + 1)  # panels are numbered row by row: x, x2, x3, ...
             reqs = by_shard[(s["shard_id"],)].to_dicts()
             sampled |= s["step"] > 1
             t0 = min(x["t_scheduled"] for x in reqs)
-            warm = sum(1 for x in reqs if x["warmup"])
+            drawn = len({x["request_id"] for x in reqs})  # requests, not attempts
+            warm = len({x["request_id"] for x in reqs if x["warmup"]})
             segments = _segments(reqs, t0)
             for state, (xs, ys) in segments.items():
                 if not xs:
@@ -166,14 +177,16 @@ def timeline_figures(timelines: pl.DataFrame | None) -> list[Figure]:
             layout[f"yaxis{ref}"] = {"domain": grid.y(i), "anchor": f"x{ref}", "autorange": "reversed",
                                      "title": {"text": "request (in order sent)"}}
             span = max((v for xs, _ in segments.values() for v in xs if v is not None), default=0.0)
-            panels.append(Panel(panel_title, len(reqs), warm, span, segments))
+            panels.append(Panel(panel_title, drawn, warm, span, segments))
         layout["shapes"] = shapes
         sampling = (f" Shards with more than {TIMELINE_SIZE} requests are sampled: 1 request in k by request id "
                     "(k in the panel title), spread over the whole shard." if sampled else " Every request is drawn.")
         caption = ("One line per request over wall time: grey while queued in the client (due but not yet sent), "
                    "orange while waiting for its first token, blue while streaming, red for a failure. The shaded "
                    "rows at the top are warm-up requests. Warm-up, stalls, queueing and bursts of failures show as "
-                   "changes in the pattern." + sampling)
+                   "changes in the pattern." + sampling
+                   + (" A retried request's attempts share its line: red for each failed attempt, grey for the "
+                      "backoff before the next." if retried else ""))
         png_note = (" The PNG is drawn pixel by pixel from the same spans (a span shorter than a pixel is drawn "
                     "one pixel wide); report.html has the exact lines, with zoom.")
         states = {st: _STATES[st] for st in _STATES if st in shown}

@@ -230,22 +230,27 @@ def itl_distribution(requests: pl.LazyFrame | None) -> pl.DataFrame | None:
 
 
 def request_timelines(requests: pl.LazyFrame | None, size: int = TIMELINE_SIZE) -> pl.DataFrame | None:
-    """Each shard's requests for its timeline, warm-ups included; shards with more than ``size``
-    requests keep every k-th request by request id (k = ceil(n / size)), so the drawn ones span the
-    whole shard. Adds ``shard_requests`` (all requests of the shard) and ``step`` (k)."""
+    """Each shard's requests for its timeline, warm-ups included, every attempt of a retried request
+    with it (sorted by ``attempt``); shards with more than ``size`` requests keep every k-th request
+    by request id (k = ceil(n / size)), so the drawn ones span the whole shard. Adds
+    ``shard_requests`` (all requests of the shard, a retried one counted once) and ``step`` (k)."""
     if requests is None:
         return None
     cols = ["experiment", "dataset", "bucket", "bucket_min", "concurrency", "request_rate", "shard_id", "request_id",
             "warmup", "ok", "t_scheduled", "t_start", "t_first_token", "t_end"]
-    if not set(cols) <= set(requests.collect_schema().names()):
+    names = set(requests.collect_schema().names())
+    if not set(cols) <= names:
         return None
-    n = pl.len().over("shard_id")
+    if "attempt" in names:  # records from before retries have one attempt per request
+        cols.append("attempt")
+    n = pl.col("request_id").n_unique().over("shard_id")
     step = ((n + size - 1) // size).clip(lower_bound=1)
     rank = pl.col("request_id").rank("dense").over("shard_id") - 1
     df = (requests.select(cols)
           .filter(pl.col("shard_id").is_not_null() & pl.col("t_scheduled").is_not_null())
           .with_columns(n.cast(pl.Int64).alias("shard_requests"), step.cast(pl.Int64).alias("step"))
           .filter((rank % pl.col("step")) == 0)
-          .sort(["experiment", "dataset", "bucket_min", "concurrency", "request_rate", "request_id"], nulls_last=True)
+          .sort(["experiment", "dataset", "bucket_min", "concurrency", "request_rate", "request_id"]
+                + (["attempt"] if "attempt" in cols else []), nulls_last=True)
           .collect())
     return None if df.is_empty() else df

@@ -190,3 +190,31 @@ def test_cost_changes_are_written_as_dollars_not_in_scientific_notation() -> Non
               before=0.158, after=0.2369, ci=(-5.649e-05, 5.482e-05), verdict="within noise")
     [row] = delta_rows([d])
     assert (row["Before"], row["After"], row["95% CI of difference"]) == ("$0.16", "$0.24", "-$0.000056 … +$0.000055")
+
+
+def test_a_retried_request_is_one_line_of_the_timeline_with_its_attempts_on_it() -> None:
+    records = _records(12)
+    # Request 5 was throttled twice and answered at its third attempt; every attempt is a record.
+    first = [dataclasses.replace(r, attempt=a, ok=False, error_kind="throttled", t_start=r.t_start + 0.3 * (a - 1),
+                                 t_first_token=None, t_end=r.t_start + 0.3 * (a - 1) + 0.1)
+             for r in records if r.request_id == 5 for a in (1, 2)]
+    final = [dataclasses.replace(r, attempt=3, t_start=r.t_start + 0.6, t_first_token=r.t_start + 0.7,
+                                 t_end=r.t_start + 1.5) if r.request_id == 5 else r for r in records]
+    spans = request_timelines(records_frame(final + first).lazy())
+    assert spans is not None and spans["shard_requests"][0] == 12  # requests, not attempts
+    assert spans.filter(pl.col("request_id") == 5)["attempt"].to_list() == [1, 2, 3]
+    (fig,) = timeline_figures(spans)
+    lines = {t["name"]: t for t in fig.figure["data"]}
+    failed = [y for y in lines["failed (sent → error)"]["y"] if y is not None]
+    assert set(failed) == {5}  # both failed attempts on request 5's row
+    queued = lines["queued in the client (due → sent)"]
+    on_row_5 = [x for x, y in zip(queued["x"], queued["y"], strict=True) if y == 5 and x is not None]
+    t0 = records[0].t_scheduled
+    # queued from its due time to its first send, then from each failed attempt's end to the next send
+    starts = sorted(on_row_5[0::2])
+    assert starts == pytest.approx([records[5].t_scheduled - t0, records[5].t_start + 0.1 - t0,
+                                    records[5].t_start + 0.4 - t0])
+    assert max(y for y in queued["y"] if y is not None) == 11  # 12 rows, one per request
+    assert "attempts share its line" in fig.caption
+    (plain,) = timeline_figures(request_timelines(records_frame(records).lazy()))
+    assert "attempts share" not in plain.caption
