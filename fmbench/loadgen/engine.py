@@ -13,7 +13,8 @@ open-loop ceiling is what ``processes`` is for (both measured: benchmarks/result
 "Open-loop pacing"). Latency and TTFT count from the *scheduled* time, so a late send or a
 ``max_concurrency`` wait is charged to the request (coordinated omission counted). The shard is flagged invalid when the achieved send rate falls
 more than ``rate_shortfall`` below the schedule's own rate, or the pacer's dispatch lateness p99
-exceeds ``max_send_lag_s`` -- i.e. when the client, not the endpoint, limited the offered load.
+exceeds ``max_send_lag_s`` -- i.e. when the client, not the endpoint, limited the offered load (or,
+when requests waited for a slot, the ``max_concurrency`` cap did, and the reason says so).
 
 Every scheduled request yields exactly one `RequestRecord` (ok, an `EndpointError`'s kind, or
 ``protocol`` for an unexpected exception); records stream to disk through `RecordWriter`.
@@ -141,6 +142,7 @@ class ShardStats:
         self.send_lags: array[float] = array("d")
         self.dispatch_lags: array[float] = array("d")
         self.recent_ttfts: deque[float] = deque(maxlen=_RECENT_TTFTS)
+        self.slot_waits = 0  # open loop: measured requests that waited for a max_concurrency slot
 
     def ttft_p50(self) -> float | None:
         """Median TTFT of the latest successful measured requests, for progress reports."""
@@ -258,6 +260,8 @@ class _Shard:
         t_before: float | None = None  # the engine's own stamp, for requests that fail
         try:
             if slot is not None:
+                if slot.locked() and i >= self.spec.warmup:
+                    self.stats.slot_waits += 1
                 async with slot:
                     t_before = time.monotonic()
                     comp = await client.complete(prompt)
@@ -406,10 +410,14 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
         lag99 = _p99(st.dispatch_lags)
         if st.measured > 1 and scheduled and achieved < scheduled * (1 - spec.rate_shortfall):
             valid = False
-            reason = (
-                f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
-                f"scheduled {scheduled:.4g}/s (target {target:.4g}/s): the client could not keep up"
-            )
+            short = (f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
+                     f"scheduled {scheduled:.4g}/s (target {target:.4g}/s)")
+            if spec.max_concurrency and st.slot_waits:
+                # The cap sends a request only when one ends: the endpoint's pace, not the client's.
+                reason = (f"{short}: {st.slot_waits} of {st.measured} requests waited for one of the "
+                          f"max_concurrency={spec.max_concurrency} slots: the cap, not the client, held the rate back")
+            else:
+                reason = f"{short}: the client could not keep up"
         elif lag99 > spec.max_send_lag_s:
             valid = False
             reason = (
@@ -435,6 +443,7 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
         dispatch_lag_p99_s=lag99,
         valid=valid,
         invalid_reason=reason,
+        slot_waits=st.slot_waits,
         client_cpu_s=cpu_s,
         receive_stamps=stamps,
     )

@@ -100,6 +100,8 @@ async def run_with_retries(
         rec = shard._base(i, prompt)
         rec.attempt = attempt
         t_before: float | None = None
+        if attempt == 1 and slot is not None and slot.locked() and i >= shard.spec.warmup:
+            shard.stats.slot_waits += 1  # (once per request: a retry's wait is its backoff's doing)
         try:
             result, t_before = await _send(client, prompt, slot)
         except _Failed as failed:

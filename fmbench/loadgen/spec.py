@@ -139,6 +139,8 @@ class ShardResult(BaseModel):
     )
     valid: bool = Field(description="False when the client could not offer the load it was asked to.")
     invalid_reason: str | None = Field(default=None, description="Why the shard is invalid.")
+    slot_waits: int = Field(
+        default=0, description="Open loop with max_concurrency: measured requests that had to wait for a slot.")
     client_cpu_s: float = Field(description="Process CPU time used while the shard ran, seconds.")
     receive_stamps: dict[str, int] | None = Field(
         default=None, description="The client's connections by how the arrival of answers was stamped: "

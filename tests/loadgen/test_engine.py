@@ -241,6 +241,7 @@ def test_open_loop_rate_the_client_cannot_reach_is_invalid(fake_openai: FakeOpen
         client(fake_openai, "ok:n=1"), PROMPTS, spec(request_rate=1e6, requests=300), tmp_path / "r.parquet", words
     )
     assert not res.valid and res.invalid_reason
+    assert "the client could not keep up" in res.invalid_reason and res.slot_waits == 0
     assert records(res).height == 300
 
 
@@ -541,3 +542,30 @@ def test_t_start_is_when_the_request_left_not_when_aiohttp_began_preparing_it(fa
         assert before < t_start <= arrival
     # the stamp is not the fallback taken before the session call
     assert statistics.median(t - b for b, t in calls) > 0.00002
+
+
+def test_open_loop_shortfall_behind_a_max_concurrency_cap_names_the_cap(tmp_path: Path) -> None:
+    """A shard whose requests waited for a max_concurrency slot fell short because of the cap (one
+    request in flight, ~30 ms each, cannot send 200 a second): the reason says so, not that the
+    client could not keep up; a cap the load never reaches leaves the shard valid, with no waits."""
+    from fmbench.simulator.process import SimulatedServerProcess
+
+    cfg = SimulatedEndpoint(provider="simulated", ttft_ms=20.0, tpot_ms=5.0, output_tokens=2, max_batch=8)
+    with SimulatedServerProcess(cfg) as srv:
+        assert srv.url
+        c = make_client(cfg, InferenceConfig(max_tokens=2), url=srv.url)
+        capped = run_shard(c, PROMPTS, spec(request_rate=200.0, arrival="constant", max_concurrency=1, requests=30,
+                                            warmup=2), tmp_path / "capped.parquet", words)
+        c = make_client(cfg, InferenceConfig(max_tokens=2), url=srv.url)
+        roomy = run_shard(c, PROMPTS, spec(request_rate=10.0, arrival="constant", max_concurrency=4, requests=15,
+                                           max_send_lag_s=1.0, rate_shortfall=0.5), tmp_path / "roomy.parquet", words)
+    assert not capped.valid and capped.invalid_reason
+    assert 25 <= capped.slot_waits <= 30  # warm-ups that waited are not counted
+    assert (f"{capped.slot_waits} of 30 requests waited for one of the max_concurrency=1 slots: the cap, not the "
+            "client, held the rate back") in capped.invalid_reason
+    assert "the client could not keep up" not in capped.invalid_reason
+    assert roomy.valid, roomy.invalid_reason  # (lenient limits: a busy CI machine stalls the client)
+    assert roomy.slot_waits == 0
+    # a result file written before slot waits were counted still loads
+    old = capped.model_dump(exclude={"slot_waits", "path"})
+    assert ShardResult.model_validate(old).slot_waits == 0
