@@ -14,7 +14,9 @@ open-loop ceiling is what ``processes`` is for (both measured: benchmarks/result
 ``max_concurrency`` wait is charged to the request (coordinated omission counted). The shard is flagged invalid when the achieved send rate falls
 more than ``rate_shortfall`` below the schedule's own rate, or the pacer's dispatch lateness p99
 exceeds ``max_send_lag_s`` -- i.e. when the client, not the endpoint, limited the offered load (or,
-when requests waited for a slot, the ``max_concurrency`` cap did, and the reason says so).
+when requests waited for a slot, the ``max_concurrency`` cap did, and the reason says so). Whether the
+endpoint kept up with the load it was offered is judged separately (`fmbench.loadgen.overload`): an
+endpoint that completed requests measurably slower than they arrived is flagged ``overloaded``.
 
 Every scheduled request yields exactly one `RequestRecord` (ok, an `EndpointError`'s kind, or
 ``protocol`` for an unexpected exception); records stream to disk through `RecordWriter`.
@@ -43,6 +45,7 @@ import pyarrow as pa
 from fmbench.errors import DatasetError, EndpointError, FMBenchError
 from fmbench.interrupts import Stopped, StopScope, run_until_stopped
 from fmbench.loadgen.heap import frozen_heap
+from fmbench.loadgen.overload import CompletionFit, judge_overload
 from fmbench.loadgen.spec import ShardResult, ShardSpec
 from fmbench.loadgen.writer import SCALAR_FIELDS, RecordWriter
 from fmbench.protocol import Completion, EndpointClient, Prompt
@@ -143,6 +146,7 @@ class ShardStats:
         self.dispatch_lags: array[float] = array("d")
         self.recent_ttfts: deque[float] = deque(maxlen=_RECENT_TTFTS)
         self.slot_waits = 0  # open loop: measured requests that waited for a max_concurrency slot
+        self.completion = CompletionFit()  # open loop: ok requests' end time on scheduled time
 
     def ttft_p50(self) -> float | None:
         """Median TTFT of the latest successful measured requests, for progress reports."""
@@ -175,6 +179,8 @@ class ShardStats:
         self.last_sched = max(self.last_sched, t_scheduled)
         if send_lag is not None:
             self.send_lags.append(send_lag)
+        if ok:
+            self.completion.add(t_scheduled, t_end)
 
     def observe_records(self, table: pa.Table, final: list[bool], sent: list[float | None] | None = None) -> None:
         """Count a table of records (another process's or host's), each request by its final attempt
@@ -206,6 +212,7 @@ class ShardStats:
         if t_sched > self.last_sched:  # noqa: PLR1730
             self.last_sched = t_sched
         self.send_lags.append(t_start - t_sched)
+        self.completion.add(t_sched, t_end)
         if ttft is not None:
             self.recent_ttfts.append(ttft)
 
@@ -424,9 +431,11 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
                 f"dispatch lag p99 {lag99 * 1e3:.2f} ms exceeds max_send_lag_s "
                 f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late"
             )
+        verdict = judge_overload(st.completion, spec.overload_shortfall, scheduled)
     else:
         achieved = st.measured / duration if duration > 0 else 0.0
         lag99 = 0.0
+        verdict = None
     return ShardResult(
         shard_id=spec.shard_id,
         records_path=str(path),
@@ -444,6 +453,9 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
         valid=valid,
         invalid_reason=reason,
         slot_waits=st.slot_waits,
+        overloaded=verdict is not None and verdict.overloaded,
+        overload_reason=verdict.reason if verdict is not None else None,
+        completion_rate=verdict.completion_rate if verdict is not None else None,
         client_cpu_s=cpu_s,
         receive_stamps=stamps,
     )

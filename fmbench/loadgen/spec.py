@@ -63,6 +63,14 @@ class ShardSpec(BaseModel):
         description="Open loop: the shard is invalid when the achieved send rate is more than this fraction "
         "below the scheduled rate.",
     )
+    overload_shortfall: float = Field(
+        default=0.10,
+        gt=0,
+        lt=1,
+        description="Open loop: the endpoint is overloaded when its requests completed at a rate more than this "
+        "fraction below the arrivals' (by more than 3 standard errors, fmbench.loadgen.overload); such a shard "
+        "fails its SLOs and is never recommended.",
+    )
 
     request_retries: int = Field(
         default=0,
@@ -141,6 +149,13 @@ class ShardResult(BaseModel):
     invalid_reason: str | None = Field(default=None, description="Why the shard is invalid.")
     slot_waits: int = Field(
         default=0, description="Open loop with max_concurrency: measured requests that had to wait for a slot.")
+    overloaded: bool = Field(
+        default=False, description="Open loop: the endpoint completed requests measurably slower than they "
+        "arrived (fmbench.loadgen.overload), so its queue grew for the whole shard.")
+    overload_reason: str | None = Field(default=None, description="Why the shard is overloaded.")
+    completion_rate: float | None = Field(
+        default=None, description="Open loop: the rate requests completed at as a fraction of the rate they "
+        "arrived at (1 / the slope of end time on scheduled time); None closed loop or with under 10 ok requests.")
     client_cpu_s: float = Field(description="Process CPU time used while the shard ran, seconds.")
     receive_stamps: dict[str, int] | None = Field(
         default=None, description="The client's connections by how the arrival of answers was stamped: "
