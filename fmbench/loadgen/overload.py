@@ -121,10 +121,10 @@ def judge_overload(fit: CompletionFit, shortfall: float, offered_rate: float | N
     reason = None
     if overloaded:
         assert rate is not None
-        served = ""
+        served = f"{rate:.0%} of the offered rate"
         if offered_rate:
-            served = f": {offered_rate * rate:.4g} req/s completed against {offered_rate:.4g} req/s offered"
-        reason = (f"endpoint overloaded{served} (completion rate {rate:.0%} of the offered rate, more than "
-                  f"{shortfall:.0%} short; end-time slope {b:.3g} ± {se:.2g} over {fit.n} ok requests): "
-                  "queueing delay grew for the whole shard, so its latencies measure the backlog")
+            served = f"{offered_rate * rate:.4g} req/s against {offered_rate:.4g} req/s offered ({rate:.0%})"
+        reason = (f"completed {served}, more than {shortfall:.0%} short (end-time slope {b:.3g} ± {se:.2g} over "
+                  f"{fit.n} ok requests): the queue grew for the whole shard, so its latencies measure the "
+                  "backlog, not the endpoint at this rate")
     return OverloadVerdict(overloaded, rate, b, se, fit.n, reason)

@@ -45,8 +45,12 @@ def test_an_endpoint_serving_six_of_ten_arrivals_a_second_is_overloaded() -> Non
     assert verdict.completion_rate == pytest.approx(0.6, abs=0.05)
     assert verdict.reason is not None
     # the reason says what was served against what was offered
-    assert "req/s completed against 10 req/s offered" in verdict.reason
-    assert f"{verdict.completion_rate:.0%} of the offered rate" in verdict.reason
+    assert verdict.reason.startswith(f"completed {10 * verdict.completion_rate:.4g} req/s")
+    assert f"req/s against 10 req/s offered ({verdict.completion_rate:.0%})" in verdict.reason
+    # without the offered rate, the fraction alone
+    bare = judge_overload(fit_completion(sched, fifo_ends(sched, 1 / 6)), 0.10)
+    assert bare is not None and bare.reason is not None
+    assert bare.reason.startswith(f"completed {verdict.completion_rate:.0%} of the offered rate, more than 10% short")
 
 
 def test_a_noisy_borderline_shard_is_not_called_overloaded_but_a_clean_one_is() -> None:
