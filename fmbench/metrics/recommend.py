@@ -5,7 +5,8 @@ transactions (ties, within 1 %: more transactions/min; the sentence names the co
 1 % of both), the *highest throughput* one the most transactions/min (ties, within 1 %: lower cost). When nothing meets the SLOs, the *closest* shard is the one with the smallest
 worst observed/limit ratio (`fmbench.metrics.slo`), ties broken by throughput. Without prices, only
 throughput ranks and the sentence says cost is unknown. Invalid shards (e.g. a saturated client)
-are never recommended.
+and overloaded ones (an endpoint whose queue grew for the whole shard, `fmbench.loadgen.overload`)
+are never recommended, not even as the closest.
 
 When per-request SLOs are set (``slo.ttft_s``/``tpot_s``/``latency_s``), ranking is by goodput
 instead: the *lowest cost* shard has the smallest cost per 10k *good* requests (the most goodput per
@@ -101,6 +102,7 @@ class Recommendation:
     candidates: int = 0
     excluded_invalid: list[str] = field(default_factory=list)
     excluded_failed: list[str] = field(default_factory=list)  # shards that could not be measured
+    excluded_overloaded: list[str] = field(default_factory=list)  # measured, but the endpoint fell behind
     excluded_accuracy: list[Choice] = field(default_factory=list)
 
     @property
@@ -172,12 +174,15 @@ def _prompts(dataset: str, lo: int | None, hi: int | None, bucket: str) -> str:
     return f"For prompts of {size} (dataset {dataset})"
 
 
-def _not_considered(failed: list[str], invalid: list[str]) -> str:
+def _not_considered(failed: list[str], invalid: list[str], overloaded: list[str] | None = None) -> str:
     """E.g. " (1 failed and 2 invalid shards not considered.)": a failed shard is one the report lists
-    as failed (not measured), an invalid one is in its list of invalid shards (measured, not trusted)."""
-    parts = [f"{len(names)} {what}" for what, names in (("failed", failed), ("invalid", invalid)) if names]
-    n = len(failed) + len(invalid)
-    return f" ({' and '.join(parts)} shard{'s' if n != 1 else ''} not considered.)" if parts else ""
+    as failed (not measured), an invalid one is in its list of invalid shards (measured, not trusted),
+    an overloaded one in its list of overloaded endpoints (measured, but the queue only grew)."""
+    groups = (("failed", failed), ("invalid", invalid), ("overloaded", overloaded or []))
+    parts = [f"{len(names)} {what}" for what, names in groups if names]
+    n = sum(len(names) for _, names in groups)
+    listed = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+    return f" ({listed} shard{'s' if n != 1 else ''} not considered.)" if parts else ""
 
 
 def _sentence(rec_args: dict[str, Any]) -> str:
@@ -185,9 +190,12 @@ def _sentence(rec_args: dict[str, Any]) -> str:
     cheap: Choice | None = rec_args["lowest_cost"]
     fast: Choice | None = rec_args["highest_throughput"]
     close: Choice | None = rec_args["closest"]
-    tail = _not_considered(rec_args["excluded_failed"], rec_args["excluded_invalid"]) + _accuracy_tail(rec_args)
+    tail = (_not_considered(rec_args["excluded_failed"], rec_args["excluded_invalid"],
+                            rec_args["excluded_overloaded"]) + _accuracy_tail(rec_args))
     if rec_args["status"] == "no_data":
-        return f"{head}, no valid shard produced successful measurements, so nothing can be recommended.{tail}"
+        kept_up = " at a rate the endpoint kept up with" if rec_args["excluded_overloaded"] else ""
+        return (f"{head}, no valid shard produced successful measurements{kept_up}, so nothing can be "
+                f"recommended.{tail}")
     if rec_args["status"] == "below_accuracy":
         assert close is not None
         if close.accuracy is None:
@@ -276,7 +284,10 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
         measured = [r for r in rows if r.get("status", "ok") in ("ok", None)]
         failed = [f"{r['experiment']} {r.get('concurrency')}" for r in rows if r not in measured]
         excluded = [f"{r['experiment']} {r.get('concurrency')}" for r in measured if r.get("valid") is False]
-        valid = [r for r in rows if r.get("valid") is not False and (r.get("successes") or 0) > 0]
+        overloaded = [f"{r['experiment']} {r.get('request_rate')}" for r in measured
+                      if r.get("valid") is not False and r.get("overloaded")]
+        valid = [r for r in rows if r.get("valid") is not False and not r.get("overloaded")
+                 and (r.get("successes") or 0) > 0]
         passing = [r for r in valid if r.get("meets_slo")]
         worse: list[dict[str, Any]] = []
         if min_accuracy is not None:
@@ -327,6 +338,7 @@ def recommend(metrics: pl.DataFrame, slo: SLOConfig | None) -> list[Recommendati
             "status": status, "cost_known": bool(priced) or any(_num(r.get("cost_per_10k_txn")) is not None for r in valid),
             "lowest_cost": cheapest, "highest_throughput": fastest, "closest": closest,
             "candidates": len(valid), "excluded_invalid": excluded, "excluded_failed": failed,
+            "excluded_overloaded": overloaded,
             "excluded_accuracy": [_choice(r, slo) for r in worse],
         }
         reasoning = _sentence({**args, "by_goodput": ranked_by_goodput, "min_accuracy": min_accuracy})

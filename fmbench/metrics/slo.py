@@ -10,6 +10,11 @@ and is judged so.
 means every objective holds. For the error rate with a limit of 0 (the default), any error scores
 ``1 + error_rate / 0.01`` (one point per percentage point), so zero-tolerance failures still rank.
 Unmeasured metrics score infinity.
+
+An open-loop shard whose endpoint was overloaded (``overloaded``, `fmbench.loadgen.overload`: it
+completed requests measurably slower than they arrived) fails whatever its percentiles say: its queue
+grew for the whole shard, so a longer shard would have measured longer latencies. It scores the
+offered rate over the completed rate (1 / ``completion_rate``, above 1).
 """
 
 from __future__ import annotations
@@ -120,16 +125,27 @@ def evaluate_slo(metrics: pl.DataFrame, slo: SLOConfig | None) -> pl.DataFrame:
             worst.append(math.inf)
             continue
         checks = slo_checks(row, slo)
-        bad = [c for c in checks if not c.passed]
+        bad = [c.describe() for c in checks if not c.passed]
+        ratio = max((c.ratio for c in checks), default=0.0)
+        if row.get("overloaded"):
+            rate = _valid_number(row.get("completion_rate"))
+            bad.insert(0, overload_text(rate))
+            ratio = max(ratio, 1.0 / rate if rate else math.inf)
         meets.append(not bad)
-        failures.append("; ".join(c.describe() for c in bad))
-        worst.append(max((c.ratio for c in checks), default=0.0))
+        failures.append("; ".join(bad))
+        worst.append(ratio)
     drop = [c for c in ("meets_slo", "slo_failures", "slo_worst_ratio") if c in metrics.columns]
     return metrics.drop(drop).with_columns(
         pl.Series("meets_slo", meets, dtype=pl.Boolean()),
         pl.Series("slo_failures", failures, dtype=pl.String()),
         pl.Series("slo_worst_ratio", worst, dtype=pl.Float64()),
     )
+
+
+def overload_text(completion_rate: float | None) -> str:
+    """The SLO failure of an overloaded shard, e.g. ``endpoint overloaded (completed 61% of the offered rate)``."""
+    rate = f" (completed {completion_rate:.0%} of the offered rate)" if completion_rate is not None else ""
+    return f"endpoint overloaded{rate}"
 
 
 class _NoSLO:

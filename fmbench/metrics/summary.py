@@ -177,7 +177,8 @@ def _merge_shards(agg: pl.DataFrame, shards: list[dict[str, Any]] | None) -> pl.
     """Attach manifest shard outcomes; shards that produced no records become rows of their own."""
     info_cols = {
         "status": pl.String(), "shard_error": pl.String(), "valid": pl.Boolean(),
-        "invalid_reason": pl.String(), "client_cpu_s": pl.Float64(), "shard_wall_s": pl.Float64(),
+        "invalid_reason": pl.String(), "overloaded": pl.Boolean(), "overload_reason": pl.String(),
+        "completion_rate": pl.Float64(), "client_cpu_s": pl.Float64(), "shard_wall_s": pl.Float64(),
     }
     rows = agg.to_dicts()
     by_id = {s.get("shard_id"): s for s in shards or [] if s.get("shard_id")}
@@ -211,6 +212,9 @@ def _fill_info(row: dict[str, Any], s: dict[str, Any] | None) -> None:
     row["shard_error"] = s.get("error")
     row["valid"] = bool(s.get("valid", True))
     row["invalid_reason"] = s.get("invalid_reason")
+    row["overloaded"] = bool(s.get("overloaded", False))
+    row["overload_reason"] = s.get("overload_reason")
+    row["completion_rate"] = s.get("completion_rate")
     row["client_cpu_s"] = s.get("client_cpu_s")
     row["shard_wall_s"] = s.get("duration_s")
 
@@ -270,7 +274,8 @@ def _attach_tokenizers(df: pl.DataFrame, cfg: BenchmarkConfig | None) -> pl.Data
 
 #: The columns of `summarize`'s result, in order.
 METRIC_COLUMNS: list[str] = [
-    *SHARD_KEYS, "shard_id", "status", "valid", "invalid_reason", "shard_error",
+    *SHARD_KEYS, "shard_id", "status", "valid", "invalid_reason", "overloaded", "overload_reason", "completion_rate",
+    "shard_error",
     "requests", "successes", "errors", "error_rate", "duration_s", "requests_per_s", "transactions_per_min",
     "input_tokens_per_s", "output_tokens_per_s", "input_tokens", "output_tokens",
     *[f"latency_p{p}_s" for p in PERCENTILES], "latency_mean_s",

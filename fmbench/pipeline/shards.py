@@ -52,6 +52,12 @@ class ShardOutcome(BaseModel):
     error: str | None = None
     valid: bool = True
     invalid_reason: str | None = None
+    overloaded: bool = Field(default=False, description="Open loop: the endpoint completed requests measurably "
+                             "slower than they arrived (fmbench.loadgen.overload); fails the SLOs.")
+    overload_reason: str | None = Field(default=None, description="Why the shard is overloaded.")
+    completion_rate: float | None = Field(
+        default=None, description="Open loop: the completion rate as a fraction of the arrival rate.")
+    slot_waits: int = Field(default=0, description="Open loop: measured requests that waited for a max_concurrency slot.")
     requests: int = 0
     errors: int = 0
     duration_s: float | None = None
@@ -289,6 +295,8 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
         shard_id=spec.shard_id, experiment=spec.experiment, dataset=spec.dataset, bucket=spec.bucket,
         concurrency=_concurrency(spec), request_rate=spec.request_rate, status="ok",
         valid=bool(getattr(result, "valid", True)), invalid_reason=getattr(result, "invalid_reason", None),
+        overloaded=bool(getattr(result, "overloaded", False)), overload_reason=getattr(result, "overload_reason", None),
+        completion_rate=getattr(result, "completion_rate", None), slot_waits=getattr(result, "slot_waits", 0),
         requests=n, errors=n_err, duration_s=getattr(result, "duration_s", None),
         client_cpu_s=getattr(result, "client_cpu_s", None), processes=spec.processes, client_load=load,
         receive_stamps=getattr(result, "receive_stamps", None),
@@ -298,6 +306,8 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
     )
     storage.write_text(run.shard_result(spec.shard_id), outcome.model_dump_json(indent=2))
     log.info("shard %s: done, %d requests, %d errors", spec.shard_id, n, n_err)
+    if outcome.overloaded:
+        log.warning("shard %s: endpoint overloaded, %s", spec.shard_id, outcome.overload_reason)
     return outcome
 
 

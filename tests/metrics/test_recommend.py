@@ -225,3 +225,34 @@ def test_a_cost_is_never_shown_as_zero_unless_it_is(amount: float, shown: str) -
 
     assert fmt_usd(amount) == shown
 
+
+
+def test_an_overloaded_shard_fails_its_slos_and_is_never_recommended_not_even_as_the_closest() -> None:
+    """An endpoint whose queue grew for the whole shard fails whatever its percentiles say, and the
+    sentence counts it apart from the invalid ones."""
+    slo = SLOConfig(latency_p95_s=1.0)
+    fast = {"experiment": "a", "concurrency": None, "request_rate": 40.0, "cost_per_10k_txn": 0.5,
+            "transactions_per_min": 900.0, "overloaded": True, "completion_rate": 0.62,
+            "overload_reason": "completed 24.8 req/s against 40 req/s offered (62%)"}
+    slow = {"experiment": "a", "concurrency": None, "request_rate": 10.0, "cost_per_10k_txn": 2.0,
+            "transactions_per_min": 600.0, "overloaded": False, "completion_rate": 1.0, "overload_reason": None}
+    m = evaluate_slo(_metrics([fast, slow]), slo)
+    flooded = m.filter(pl.col("request_rate") == 40.0).row(0, named=True)
+    assert flooded["meets_slo"] is False
+    assert flooded["slo_failures"] == "endpoint overloaded (completed 62% of the offered rate)"
+    assert flooded["slo_worst_ratio"] == pytest.approx(1 / 0.62)
+    [rec] = recommend(m, slo)
+    assert rec.best is not None and rec.best.request_rate == 10.0
+    assert rec.excluded_overloaded == ["a 40.0"] and rec.excluded_invalid == []
+    assert rec.reasoning.endswith("(1 overloaded shard not considered.)")
+    # Nothing else to choose: still not the closest either.
+    [rec] = recommend(evaluate_slo(_metrics([fast]), slo), slo)
+    assert rec.status == "no_data" and rec.best is None
+    assert rec.reasoning.endswith("no valid shard produced successful measurements at a rate the endpoint kept up "
+                                  "with, so nothing can be recommended. (1 overloaded shard not considered.)")
+    # Alongside failed and invalid shards, each kind is counted.
+    m = evaluate_slo(_metrics([fast, slow, {**slow, "request_rate": 80.0, "valid": False},
+                               {**slow, "request_rate": 5.0, "requests": 0, "successes": 0, "status": "failed",
+                                "valid": False}]), slo)
+    [rec] = recommend(m, slo)
+    assert "(1 failed, 1 invalid and 1 overloaded shards not considered.)" in rec.reasoning

@@ -186,6 +186,26 @@ def test_open_loop_shards_are_keyed_by_rate() -> None:
     assert m["request_rate"].to_list() == [1.0, 2.0]
 
 
+def test_an_overloaded_shard_fails_its_slos_and_older_manifests_read_as_not_overloaded() -> None:
+    records = []
+    for rate in (1.0, 2.0):
+        for i in range(3):
+            r = rec(i, float(i), 0.5, concurrency=0, shard_id=f"r{rate}")
+            r.request_rate = rate
+            records.append(r)
+    base = {"experiment": "exp", "dataset": "d", "bucket": "1-500", "concurrency": 0, "status": "ok"}
+    shards = [{**base, "shard_id": "r1.0", "request_rate": 1.0},  # written before overload was judged
+              {**base, "shard_id": "r2.0", "request_rate": 2.0, "overloaded": True, "completion_rate": 0.5,
+               "overload_reason": "completed 1 req/s against 2 req/s offered (50%)"}]
+    m = summarize(records_frame(records), make_cfg(slo={"max_error_rate": 0.5}), shards=shards)
+    old, flooded = one(m, request_rate=1.0), one(m, request_rate=2.0)
+    assert (old["overloaded"], old["overload_reason"], old["completion_rate"], old["meets_slo"]) == (
+        False, None, None, True)
+    assert flooded["overloaded"] and flooded["completion_rate"] == 0.5 and not flooded["meets_slo"]
+    assert flooded["overload_reason"] == "completed 1 req/s against 2 req/s offered (50%)"
+    assert flooded["slo_failures"] == "endpoint overloaded (completed 50% of the offered rate)"
+
+
 def test_error_counts_by_kind_per_shard() -> None:
     records = [rec(0, 0.0, 1.0), rec(1, 1.0, None, ok=False, kind="throttled"),
                rec(2, 2.0, None, ok=False, kind="throttled"), rec(3, 3.0, None, ok=False, kind="timeout"),
