@@ -49,6 +49,7 @@ from fmbench.report.tables import (
     itl_goodput_rows,
     md_table,
     metrics_table_rows,
+    overload_reason,
     timeline_rows,
     token_cost_rows,
 )
@@ -303,6 +304,8 @@ def _bucket_sections(metrics: pl.DataFrame) -> list[dict[str, Any]]:
                   for r in part.iter_rows(named=True) if r.get("status") == "failed"]
         invalid = [f"{r['experiment']} {fmt_load(r)}: {reason}"
                    for r in part.iter_rows(named=True) if (reason := invalid_reason(r)) is not None]
+        overloaded = [f"{r['experiment']} {fmt_load(r)}: {reason}"
+                      for r in part.iter_rows(named=True) if (reason := overload_reason(r)) is not None]
         lo, hi = k["bucket_min"], k["bucket_max"]
         size = f"{lo:,}–{hi:,} prompt tokens" if lo is not None and hi is not None else f"bucket {k['bucket']}"
         out.append({
@@ -312,6 +315,7 @@ def _bucket_sections(metrics: pl.DataFrame) -> list[dict[str, Any]]:
             "rows": metrics_table_rows(part, with_bucket=False),
             "failed": failed,
             "invalid": invalid,
+            "overloaded": overloaded,
         })
     return out
 

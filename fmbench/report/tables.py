@@ -121,6 +121,18 @@ def invalid_reason(row: dict[str, Any]) -> str | None:
     return row.get("invalid_reason") or "no reason given"
 
 
+def overload_reason(row: dict[str, Any]) -> str | None:
+    """Why an open-loop shard's endpoint counts as overloaded (its queue grew for the whole shard), or
+    None when it kept up, was closed loop, or had too few requests to tell."""
+    if not row.get("overloaded"):
+        return None
+    if reason := row.get("overload_reason"):
+        return str(reason)
+    rate = _num(row.get("completion_rate"))
+    return "completed requests slower than they arrived" + (
+        f" ({rate:.0%} of the offered rate)" if rate is not None else "")
+
+
 def slo_cell(row: dict[str, Any]) -> str:
     """Pass/fail text of a shard, with the failed objectives and the invalid/failed status."""
     parts = []
