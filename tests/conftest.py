@@ -103,7 +103,7 @@ _INTEGRATION_MODULES = {
     "metrics/test_bench_cost.py", "report/test_report.py", "report/test_png.py", "simulator/test_simulated.py",
     "simulator/test_simulated_process.py", "datasets/test_samples.py", "test_calibration.py",
     "test_exported_members.py", "quality/test_evaluation.py", "test_experiment_tokenizer_run.py",
-    "test_localapi.py", "test_run_overhead.py", "loadgen/test_client_hosts.py",
+    "test_localapi.py", "test_run_overhead.py", "loadgen/test_client_hosts.py", "test_overload_run.py",
 }
 #: Fixtures that start something heavy: a test using one is integration wherever it lives.
 _INTEGRATION_FIXTURES = {"fake_openai", "prefect_harness", "moto_url", "cli_env", "fault_cli_env", "prefect_stack", "llama"}
