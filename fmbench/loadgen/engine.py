@@ -16,7 +16,8 @@ more than ``rate_shortfall`` below the schedule's own rate, or the pacer's dispa
 exceeds ``max_send_lag_s`` -- i.e. when the client, not the endpoint, limited the offered load (or,
 when requests waited for a slot, the ``max_concurrency`` cap did, and the reason says so). Whether the
 endpoint kept up with the load it was offered is judged separately (`fmbench.loadgen.overload`): an
-endpoint that completed requests measurably slower than they arrived is flagged ``overloaded``.
+endpoint that completed requests measurably slower than they arrived is flagged ``overloaded`` (not
+judged when the client itself fell short of the schedule: its lateness would show as the endpoint's).
 
 Every scheduled request yields exactly one `RequestRecord` (ok, an `EndpointError`'s kind, or
 ``protocol`` for an unexpected exception); records stream to disk through `RecordWriter`.
@@ -415,6 +416,7 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
         achieved = (st.measured - 1) / span if st.measured > 1 and span > 0 else 0.0
         scheduled = (st.measured - 1) / sched_span if st.measured > 1 and sched_span > 0 else target
         lag99 = _p99(st.dispatch_lags)
+        client_short = False
         if st.measured > 1 and scheduled and achieved < scheduled * (1 - spec.rate_shortfall):
             valid = False
             short = (f"achieved send rate {achieved:.4g}/s is more than {spec.rate_shortfall:.0%} below the "
@@ -425,13 +427,15 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
                           f"max_concurrency={spec.max_concurrency} slots: the cap, not the client, held the rate back")
             else:
                 reason = f"{short}: the client could not keep up"
+                client_short = True
         elif lag99 > spec.max_send_lag_s:
             valid = False
             reason = (
                 f"dispatch lag p99 {lag99 * 1e3:.2f} ms exceeds max_send_lag_s "
                 f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late"
             )
-        verdict = judge_overload(st.completion, spec.overload_shortfall, scheduled)
+        # A client that sent late makes any endpoint look slow against the schedule: no verdict then.
+        verdict = None if client_short else judge_overload(st.completion, spec.overload_shortfall, scheduled)
     else:
         achieved = st.measured / duration if duration > 0 else 0.0
         lag99 = 0.0

@@ -155,7 +155,8 @@ class ShardResult(BaseModel):
     overload_reason: str | None = Field(default=None, description="Why the shard is overloaded.")
     completion_rate: float | None = Field(
         default=None, description="Open loop: the rate requests completed at as a fraction of the rate they "
-        "arrived at (1 / the slope of end time on scheduled time); None closed loop or with under 10 ok requests.")
+        "arrived at (1 / the slope of end time on scheduled time); None closed loop, with under 10 ok requests, or "
+        "when the client could not keep up with the schedule.")
     client_cpu_s: float = Field(description="Process CPU time used while the shard ran, seconds.")
     receive_stamps: dict[str, int] | None = Field(
         default=None, description="The client's connections by how the arrival of answers was stamped: "

@@ -242,6 +242,8 @@ def test_open_loop_rate_the_client_cannot_reach_is_invalid(fake_openai: FakeOpen
     )
     assert not res.valid and res.invalid_reason
     assert "the client could not keep up" in res.invalid_reason and res.slot_waits == 0
+    # the client's lateness is not the endpoint's: no overload verdict on a schedule that was not kept
+    assert not res.overloaded and res.completion_rate is None
     assert records(res).height == 300
 
 
@@ -564,8 +566,10 @@ def test_open_loop_shortfall_behind_a_max_concurrency_cap_names_the_cap(tmp_path
     assert (f"{capped.slot_waits} of 30 requests waited for one of the max_concurrency=1 slots: the cap, not the "
             "client, held the rate back") in capped.invalid_reason
     assert "the client could not keep up" not in capped.invalid_reason
+    # behind the cap the queue grew for the whole shard: the endpoint, one request at a time, was overloaded
+    assert capped.overloaded and capped.completion_rate is not None and capped.completion_rate < 0.5
     assert roomy.valid, roomy.invalid_reason  # (lenient limits: a busy CI machine stalls the client)
-    assert roomy.slot_waits == 0
+    assert roomy.slot_waits == 0 and not roomy.overloaded
     # a result file written before slot waits were counted still loads
     old = capped.model_dump(exclude={"slot_waits", "path"})
     assert ShardResult.model_validate(old).slot_waits == 0
