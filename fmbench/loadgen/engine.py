@@ -134,7 +134,9 @@ class ShardStats:
     after its backoffs, by design) does not make a client that kept its schedule look late.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fit_completion: bool = True) -> None:
+        """``fit_completion``: keep the open loop's fit of end on scheduled time (`completion`;
+        a closed-loop shard, which has no schedule to keep up with, skips its sums: None)."""
         self.measured = 0
         self.warm = 0
         self.errors = 0
@@ -147,7 +149,8 @@ class ShardStats:
         self.dispatch_lags: array[float] = array("d")
         self.recent_ttfts: deque[float] = deque(maxlen=_RECENT_TTFTS)
         self.slot_waits = 0  # open loop: measured requests that waited for a max_concurrency slot
-        self.completion = CompletionFit()  # open loop: ok requests' end time on scheduled time
+        # open loop: ok requests' end time on scheduled time
+        self.completion: CompletionFit | None = CompletionFit() if fit_completion else None
 
     def ttft_p50(self) -> float | None:
         """Median TTFT of the latest successful measured requests, for progress reports."""
@@ -180,7 +183,7 @@ class ShardStats:
         self.last_sched = max(self.last_sched, t_scheduled)
         if send_lag is not None:
             self.send_lags.append(send_lag)
-        if ok:
+        if ok and self.completion is not None:
             self.completion.add(t_scheduled, t_end)
 
     def observe_records(self, table: pa.Table, final: list[bool], sent: list[float | None] | None = None) -> None:
@@ -213,7 +216,8 @@ class ShardStats:
         if t_sched > self.last_sched:  # noqa: PLR1730
             self.last_sched = t_sched
         self.send_lags.append(t_start - t_sched)
-        self.completion.add(t_sched, t_end)
+        if (fit := self.completion) is not None:
+            fit.add(t_sched, t_end)
         if ttft is not None:
             self.recent_ttfts.append(ttft)
 
@@ -230,7 +234,7 @@ class _Shard:
         self.count_tokens = count_tokens
         self.total = spec.warmup + spec.requests
         self.concurrency = spec.concurrency if not spec.open_loop else (spec.max_concurrency or 0)
-        self.stats = ShardStats()
+        self.stats = ShardStats(fit_completion=spec.open_loop)
         self._retries = bool(spec.request_retries or spec.throttle_retries)
         self.first_sent: dict[int, float] = {}  # retried requests: when their first attempt was sent
         # A successful request's record is one tuple in the writer's order (`SCALAR_FIELDS`), built
@@ -435,7 +439,8 @@ def shard_result(spec: ShardSpec, st: ShardStats, path: Path, cpu_s: float,
                 f"{spec.max_send_lag_s * 1e3:.2f} ms: requests left late"
             )
         # A client that sent late makes any endpoint look slow against the schedule: no verdict then.
-        verdict = None if client_short else judge_overload(st.completion, spec.overload_shortfall, scheduled)
+        verdict = (None if client_short or st.completion is None
+                   else judge_overload(st.completion, spec.overload_shortfall, scheduled))
     else:
         achieved = st.measured / duration if duration > 0 else 0.0
         lag99 = 0.0
