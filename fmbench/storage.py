@@ -11,6 +11,7 @@ import io
 import os
 import posixpath
 import re
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,39 @@ def exists(url: str) -> bool:
         return bool(fs.exists(path))
     except Exception as exc:
         raise storage_error(url, "check", exc) from exc
+
+
+def version(url: str) -> str | None:
+    """A cheap marker of the file's current content, read without reading the file; None when no file
+    is there (nothing, or a directory).
+
+    Locally its size, modification time and inode (a write renames a new file into place, so even a
+    rewrite within one tick of the clock changes the inode); on S3 the object's ETag and size, from a
+    HEAD request (never a listing cached by s3fs, which may be older than the object). Equal markers
+    mean the same content unless the file was rewritten in place, to the same size, within one tick
+    of the file system's clock.
+
+    Raises:
+        StorageError: the store cannot be reached or access is denied.
+    """
+    if not is_remote(url):
+        try:
+            st = os.stat(url)
+        except (FileNotFoundError, NotADirectoryError):  # (a parent that is a file: no file here either)
+            return None
+        except OSError as exc:
+            raise storage_error(url, "check", exc) from exc
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}" if stat.S_ISREG(st.st_mode) else None
+    fs, path = filesystem(url)
+    try:
+        info = fs.info(path, refresh=True)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # botocore/aiobotocore raise many types; translated here, once
+        raise storage_error(url, "check", exc) from exc
+    if info.get("type") != "file":
+        return None
+    return f"{info.get('ETag') or ''}:{info.get('size')}"
 
 
 def list_files(url: str, suffix: str = "") -> list[str]:

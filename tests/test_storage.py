@@ -74,6 +74,41 @@ def test_orphaned_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path
     assert sorted(p.name for p in run.iterdir() if p.is_file()) == sorted([live.name, foreign.name, "metrics.csv"])
 
 
+def test_a_version_marks_a_files_content_without_reading_it(base: str) -> None:
+    url, other = storage.join(base, "v", "s.json"), storage.join(base, "v", "t.json")
+    assert storage.version(url) is None
+    storage.write_text(url, "aaaa")
+    storage.write_text(other, "aaaa")
+    v = storage.version(url)
+    assert v is not None and storage.version(url) == v
+    storage.write_text(url, "bbbb")  # the same size, at once
+    assert storage.version(url) not in (None, v)
+    storage.remove(url)
+    assert storage.version(url) is None
+    assert storage.version(storage.join(base, "v")) is None  # a directory is no file
+    assert storage.version(storage.join(base, "v", "t.json", "x")) is None  # nor is a path through a file
+
+
+def test_a_version_on_an_unreachable_store_is_a_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import s3fs
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
+                        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        with pytest.raises(StorageError, match="s3://fmbench-none/x.json: cannot check: "):
+            storage.version("s3://fmbench-none/x.json")
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
 def test_missing_file_is_a_storage_error(base: str) -> None:
     with pytest.raises(StorageError, match="not found"):
         storage.read_text(storage.join(base, "missing.txt"))

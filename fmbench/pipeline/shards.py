@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +143,20 @@ def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
     warning naming them) and None returned, so the run measures it again instead of failing on it at
     every resume.
 
+    A shard found intact is remembered in this process: asked again while its outcome and records are
+    unchanged (`storage.version`), it is returned without reading them; once either changed, it is
+    checked again in full.
+
     Raises:
         StorageError: the store cannot be reached (then the files may be fine: nothing is set aside).
     """
     url = run.shard_result(sid)
-    if not storage.exists(url):
+    outcome_version = storage.version(url)  # taken before the read: a later rewrite is seen next time
+    if outcome_version is None:
         return None
+    known = _recall_intact(url, outcome_version)
+    if known is not None:
+        return known.model_copy(update={"cached": True}, deep=True)
     data = storage.read_bytes(url)
     records = run.path("shards", f"{sid}.parquet")
     try:
@@ -154,19 +164,55 @@ def finished_shard(run: RunInfo, sid: str) -> ShardOutcome | None:
     except ValidationError as exc:
         _set_aside(sid, f"its outcome {url} is not readable ({json_problem(exc, data)})", url, records)
         return None
-    problem = _records_problem(outcome)
+    records_url = _records_of(outcome)
+    records_version = storage.version(records_url) if records_url else None
+    problem = _records_problem(records_url, records_version)
     if problem:
         _set_aside(sid, problem, url, outcome.records_url or records)
         return None
-    return outcome.model_copy(update={"cached": True})
+    _remember_intact(url, outcome_version, records_version, outcome)
+    return outcome.model_copy(update={"cached": True}, deep=True)
 
 
-def _records_problem(outcome: ShardOutcome) -> str | None:
-    """Why a measured shard's records cannot be read (None: they can)."""
-    url = outcome.records_url
-    if outcome.status != "ok" or not url:
+#: The shards `finished_shard` found intact in this process, by outcome URL: the versions of their
+#: outcome and records when checked, and the outcome. A resumed run asks for every shard more than
+#: once (`needs_endpoint`, then each shard as it runs); reading every records file each time would
+#: download them all again from S3. Bounded: past the limit, the oldest are forgotten.
+_INTACT_LIMIT = 20_000
+_intact: OrderedDict[str, tuple[str, str | None, ShardOutcome]] = OrderedDict()
+_intact_lock = threading.Lock()
+
+
+def _recall_intact(url: str, outcome_version: str) -> ShardOutcome | None:
+    """The remembered outcome at ``url`` if it and its records are as they were when checked."""
+    with _intact_lock:
+        known = _intact.get(url)
+    if known is None or known[0] != outcome_version:
         return None
-    if not storage.exists(url):
+    records_url = _records_of(known[2])
+    if records_url and storage.version(records_url) != known[1]:
+        return None
+    return known[2]
+
+
+def _remember_intact(url: str, outcome_version: str, records_version: str | None, outcome: ShardOutcome) -> None:
+    with _intact_lock:
+        _intact[url] = (outcome_version, records_version, outcome)
+        _intact.move_to_end(url)
+        while len(_intact) > _INTACT_LIMIT:
+            _intact.popitem(last=False)
+
+
+def _records_of(outcome: ShardOutcome) -> str | None:
+    """The records a shard's outcome needs (None: it has none to check, e.g. it failed)."""
+    return outcome.records_url if outcome.status == "ok" and outcome.records_url else None
+
+
+def _records_problem(url: str | None, version: str | None) -> str | None:
+    """Why a measured shard's records (at ``url``, of ``version``) cannot be read (None: they can)."""
+    if not url:
+        return None
+    if version is None:
         return f"its records {url} are missing"
     data = storage.read_bytes(url)
     try:
@@ -179,6 +225,9 @@ def _records_problem(outcome: ShardOutcome) -> str | None:
 
 def _set_aside(sid: str, problem: str, *urls: str) -> None:
     """Rename a shard's files out of the way (kept, never deleted), so the shard is measured again."""
+    with _intact_lock:
+        for url in urls:
+            _intact.pop(url, None)
     stamp = utc_now().replace(":", "")
     moved = []
     for url in urls:
