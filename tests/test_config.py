@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -344,3 +345,29 @@ def test_a_pricing_shared_by_two_experiments_keeps_each_ones_count() -> None:
         "amazonaws.com/i:1", role_arn="arn:aws:iam::123456789012:role/r")) for n in (2, 3)]
     assert [instance_count(e.endpoint, e.pricing) for e in deployed] == [2, 3]
     assert [e.pricing.instance_count for e in deployed if e.pricing] == [2, 3] and shared.instance_count == 1
+
+
+def test_overload_shortfall_is_set_per_experiment_for_open_loop_and_leaves_other_hashes_alone() -> None:
+    from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
+    from fmbench.pipeline.shards import plan_shards
+
+    def shard_specs(cfg: Any) -> list[Any]:
+        tok = experiment_tokenizer(cfg, cfg.experiments[0])
+        sets = [PromptSet(dataset="syn", tokenizer=tok, counts={"1-500": 3})]
+        return plan_shards(cfg, sets, cfg.experiments[0])
+
+    open_loop = BASE.replace("concurrency_levels: [1, 2]", "request_rates: [2, 4]")
+    plain = load_config_text(open_loop)
+    assert plain.experiments[0].overload_shortfall is None
+    assert {s.overload_shortfall for s in shard_specs(plain) if s.request_rate} == {0.10}  # the spec's default
+    tuned = load_config_text(open_loop.replace("request_rates: [2, 4]", "request_rates: [2, 4]\n    "
+                                               "overload_shortfall: 0.25"))
+    assert {s.overload_shortfall for s in shard_specs(tuned) if s.request_rate} == {0.25}
+    assert tuned.config_hash() != plain.config_hash()
+    # unset, a config hashes as before the field existed (its runs still resume and compare)
+    assert load_config_text(dump_config(plain)).config_hash() == plain.config_hash()
+    for bad, why in (("1.5", "less than 1"), ("0", "greater than 0")):
+        with pytest.raises(ConfigError, match=why):
+            load_config_text(open_loop.replace("request_rates: [2, 4]", f"request_rates: [2]\n    overload_shortfall: {bad}"))
+    with pytest.raises(ConfigError, match="overload_shortfall judges open-loop shards only"):
+        load_config_text(BASE.replace("concurrency_levels: [1, 2]", "concurrency_levels: [1]\n    overload_shortfall: 0.2"))

@@ -508,6 +508,12 @@ class ExperimentConfig(_Model):
     max_concurrency: int | None = Field(
         default=None, ge=1, le=MAX_CONCURRENCY, description="Open loop: cap on requests in flight (waiting counts in latency)."
     )
+    overload_shortfall: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="Open loop: the endpoint is overloaded at a rate when its requests completed more than this "
+        "fraction below the arrival rate (by over 3 standard errors); such a shard fails the SLOs and is never "
+        "recommended (default 0.10; see fmbench.loadgen.overload).",
+    )
     requests_per_level: int = Field(default=40, ge=1, description="Measured requests per shard.")
     warmup_requests: int = Field(default=2, ge=0, description="Requests sent before each shard and not measured.")
     request_retries: int = Field(
@@ -555,6 +561,8 @@ class ExperimentConfig(_Model):
 
     @model_validator(mode="after")
     def _default_levels(self) -> ExperimentConfig:
+        if self.overload_shortfall is not None and self.request_rates is None:
+            raise ValueError("overload_shortfall judges open-loop shards only (set request_rates)")
         if self.concurrency_levels is None and self.request_rates is None:
             self.concurrency_levels = [1]
         return self
@@ -792,8 +800,9 @@ class BenchmarkConfig(_Model):
         """
         data = self.model_dump(mode="json", exclude={"base_dir", "deploy_ahead"})
         for e in data["experiments"]:
-            if e.get("tokenizer") is None:  # unset: the hash of a config from before per-experiment tokenizers
-                e.pop("tokenizer", None)
+            for added in ("tokenizer", "overload_shortfall"):
+                if e.get(added) is None:  # unset: the hash of a config from before the field
+                    e.pop(added, None)
         judges = (data.get("evaluation") or {}).get("judges") or []
         for ep in [e.get("endpoint") for e in data["experiments"]] + [j.get("endpoint") for j in judges]:
             if isinstance(ep, dict) and "ca_bundle" in ep and ep["ca_bundle"] is None:

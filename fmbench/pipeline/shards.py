@@ -120,11 +120,15 @@ def plan_shards(cfg: BenchmarkConfig, prompt_sets: list[PromptSet], experiment: 
             for c in sorted(experiment.concurrency_levels or []):
                 specs.append(ShardSpec(shard_id=shard_id(experiment.name, ds.name, label, c, None),
                                        concurrency=c, processes=min(procs, c), **common))
+            # open loop: the endpoint's overload verdict, the experiment's margin when it sets one
+            judged: dict[str, Any] = ({} if experiment.overload_shortfall is None
+                                      else {"overload_shortfall": experiment.overload_shortfall})
             for r in sorted(experiment.request_rates or []):
                 specs.append(ShardSpec(
                     shard_id=shard_id(experiment.name, ds.name, label, None, r),
                     request_rate=r, arrival=experiment.arrival,
                     burstiness=experiment.burstiness, max_concurrency=experiment.max_concurrency,
+                    **judged,
                     processes=1 if experiment.max_concurrency else procs, **common))
     return specs
 
