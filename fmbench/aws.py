@@ -35,6 +35,7 @@ from fmbench.errors import (
     EndpointProtocolError,
     EndpointThrottled,
     EndpointTimeout,
+    answer_cut_off,
 )
 from fmbench.rxstamp import SDK_THREAD
 
@@ -228,13 +229,8 @@ def _translate(exc: Exception, what: str) -> EndpointError:
 
 def translate_answer_error(exc: Exception, what: str, secrets: tuple[str, ...], begun: bool) -> EndpointError:
     """`translate_client_error`, where a connection that breaks once the answer has begun (its status and
-    headers read) is the endpoint cutting the answer off: a protocol error counted in the error rate,
-    as the OpenAI client has it, not a failure to connect (which makes a shard of them an endpoint that
-    is down, measured again)."""
-    err = translate_client_error(exc, what, secrets)
-    if begun and type(err) is EndpointConnectionError:
-        return EndpointProtocolError(f"{what}: answer cut off ({str(err).removeprefix(f'{what}: ')})")
-    return err
+    headers read) is the endpoint cutting the answer off (`fmbench.errors.answer_cut_off`)."""
+    return answer_cut_off(translate_client_error(exc, what, secrets), begun, what)
 
 
 def bound_reads(body: Any, deadline: float, what: str, timeout_s: float) -> None:

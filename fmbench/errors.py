@@ -118,8 +118,8 @@ class EndpointThrottled(EndpointHTTPError):
 
 class EndpointConnectionError(EndpointError):
     """Raised when a connection is refused, reset or dropped before an answer began; one dropped after
-    is the answer cut off, an `EndpointProtocolError` (every client: Bedrock's non-streamed Converse,
-    read whole inside botocore, cannot tell the two apart and says connection)."""
+    is the answer cut off, an `EndpointProtocolError` (`answer_cut_off`, in every client: Bedrock's
+    non-streamed Converse, read whole inside botocore, cannot tell the two apart and says connection)."""
 
     kind = "connection"
 
@@ -154,6 +154,26 @@ class RunTerminated(KeyboardInterrupt):
     def __init__(self, message: str = "terminated (SIGTERM)", signum: int = signal.SIGTERM) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+def answer_cut_off(err: EndpointError, begun: bool, what: str = "") -> EndpointError:
+    """The error a request failed with, once it is known whether its answer had begun (every client's one rule).
+
+    A connection that breaks after the answer began is the endpoint cutting its answer off: an
+    `EndpointProtocolError`, counted in the error rate like a stream that never ends, not a failure to
+    connect (which a shard reads as the endpoint being down, `fmbench.pipeline.shards`). Any other
+    error, or one before the answer began, is returned as it is.
+
+    Args:
+        err: The error the client translated the failure to.
+        begun: Whether the answer had begun (a byte of it, or its status and headers, had arrived).
+        what: The call that ``err``'s message starts with (``"{what}: ..."``), kept first in the new one.
+    """
+    if not begun or type(err) is not EndpointConnectionError:
+        return err
+    if what:
+        return EndpointProtocolError(f"{what}: answer cut off ({str(err).removeprefix(f'{what}: ')})")
+    return EndpointProtocolError(f"answer cut off: {err}")
 
 
 def exit_code(exc: BaseException) -> ExitCode:

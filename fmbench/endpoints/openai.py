@@ -93,6 +93,7 @@ from fmbench.errors import (
     EndpointProtocolError,
     EndpointThrottled,
     EndpointTimeout,
+    answer_cut_off,
 )
 from fmbench.protocol import ANSWERS_FIELD, Completion, Prompt
 from fmbench.rxstamp import EVENT_LOOP, KERNEL, arrival_time, stamp_reads
@@ -156,17 +157,14 @@ def _translate(exc: BaseException, secrets: tuple[str, ...], answer_begun: bool 
     """Map a dependency exception to our error tree (the module's one translation boundary).
 
     With ``answer_begun`` (a byte of the answer had arrived), a connection that breaks is the
-    endpoint cutting its answer off, an `EndpointProtocolError` like a stream without ``[DONE]``:
-    it reached the endpoint, so it is no failure to connect (which a shard reads as the endpoint
-    being down, `fmbench.pipeline.shards`)."""
+    endpoint cutting its answer off (`fmbench.errors.answer_cut_off`)."""
     for cls, target, what in _EXCEPTION_MAP:
         if isinstance(exc, cls):
-            if answer_begun and target is EndpointConnectionError:
-                target = EndpointProtocolError
-                what = what if what.startswith("answer cut off") else f"answer cut off: {what}"
             detail = str(exc)
             message = f"{what} ({type(exc).__name__}{': ' + detail if detail else ''})"
-            return target(_redact(message, secrets)[: _MAX_MESSAGE * 2])
+            err = answer_cut_off(target(message), answer_begun)
+            err.args = (_redact(str(err), secrets)[: _MAX_MESSAGE * 2],)  # the final message, as stored
+            return err
     return EndpointProtocolError(
         _redact(f"unexpected {type(exc).__name__}: {exc}", secrets)[: _MAX_MESSAGE * 2]
     )
