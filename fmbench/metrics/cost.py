@@ -28,6 +28,16 @@ from fmbench.errors import ConfigError
 from fmbench.pricing import NO_PRICING, ResolvedPricing, resolve_pricing
 
 
+def significant_decimals(value: float, digits: int = 2, most: int | None = 6) -> int:
+    """How many decimals show a value's first ``digits`` significant digits (0.0023 needs 4 for two),
+    at most ``most`` (None: as many as it takes); 0 for zero and for a value with that many digits left
+    of the point. The report's numbers, costs and hours all show small values by this rule."""
+    if value == 0:
+        return 0
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    return decimals if most is None else min(most, decimals)
+
+
 def usd(amount: float) -> str:
     """A dollar amount as the report writes it: whole dollars from $100, cents from a cent, and below a
     cent two significant digits (never a cost that was not zero shown as $0.0000)."""
@@ -35,7 +45,7 @@ def usd(amount: float) -> str:
         return f"${amount:,.0f}"
     if amount >= 0.01 or amount <= 0:
         return f"${amount:,.2f}"
-    return f"${amount:.{max(4, 1 - math.floor(math.log10(amount)))}f}"
+    return f"${amount:.{significant_decimals(amount, most=None)}f}"
 
 
 def hours(value: float) -> str:
@@ -43,7 +53,7 @@ def hours(value: float) -> str:
     (a short run's 0.00069 instance-hours is not 0.001 beside its $0.00069)."""
     if value >= 0.001 or value <= 0:
         return f"{value:,.3f}"
-    return f"{value:.{1 - math.floor(math.log10(value))}f}"
+    return f"{value:.{significant_decimals(value, most=None)}f}"
 
 
 def experiment_pricing(cfg: BenchmarkConfig | None) -> dict[str, ResolvedPricing]:

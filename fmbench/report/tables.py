@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from fmbench.metrics import Recommendation, recommend
-from fmbench.metrics.cost import hours, usd
+from fmbench.metrics.cost import hours, significant_decimals, usd
 
 
 def _num(x: Any) -> float | None:
@@ -39,7 +39,7 @@ def _decimals(v: float, least: int) -> int:
     them), as many as show its first two significant digits (at most 6)."""
     if v == 0 or abs(v) >= 10 ** -least:
         return least
-    return min(6, max(least, 1 - math.floor(math.log10(abs(v)))))
+    return max(least, significant_decimals(v))
 
 
 def fmt_ms(x: Any) -> str:

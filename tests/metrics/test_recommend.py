@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import polars as pl
@@ -226,7 +227,6 @@ def test_a_cost_is_never_shown_as_zero_unless_it_is(amount: float, shown: str) -
     assert fmt_usd(amount) == shown
 
 
-
 def test_an_overloaded_shard_fails_its_slos_and_is_never_recommended_not_even_as_the_closest() -> None:
     """An endpoint whose queue grew for the whole shard fails whatever its percentiles say, and the
     sentence counts it apart from the invalid ones."""
@@ -256,3 +256,16 @@ def test_an_overloaded_shard_fails_its_slos_and_is_never_recommended_not_even_as
                                 "valid": False}]), slo)
     [rec] = recommend(m, slo)
     assert "(1 failed, 1 invalid and 1 overloaded shards not considered.)" in rec.reasoning
+
+
+def test_a_value_a_rounding_step_below_a_cent_shows_two_digits_like_every_other_number() -> None:
+    """Cost, hours and the report's cells share one rule for small values (`significant_decimals`),
+    so a cost a float rounding step below a cent is $0.010 like the 0.010 s beside it, not $0.0100."""
+    from fmbench.metrics.cost import hours, significant_decimals, usd
+    from fmbench.report.tables import fmt_seconds
+
+    below_cent, below_thousandth = math.nextafter(0.01, 0), math.nextafter(0.001, 0)
+    assert (usd(below_cent), fmt_seconds(below_cent), hours(below_thousandth)) == ("$0.010", "0.010", "0.0010")
+    assert [significant_decimals(v) for v in (0.0, 0.0023, 0.05, 1.5, 123.0, 1e-9)] == [0, 4, 3, 1, 0, 6]
+    assert significant_decimals(1e-9, most=None) == 10
+
