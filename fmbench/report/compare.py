@@ -14,7 +14,7 @@ import polars as pl
 from fmbench import storage
 from fmbench.errors import ConfigError
 from fmbench.metrics import SHARD_KEYS, benchmark_cost, error_counts, evaluate_slo, good_request
-from fmbench.report.deltas import Delta, accuracy_deltas, delta_note, delta_rows, run_deltas, unpaired
+from fmbench.report.deltas import Delta, accuracy_deltas, delta_note, delta_rows, run_deltas
 from fmbench.report.quality import QualityView, quality_view, with_accuracy
 from fmbench.report.render import ReportInput, ReportPaths, pricing_rows, render
 from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
@@ -137,8 +137,8 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
             if spans is not None:
                 timelines.append(_prefix(spans, label))
         per_run.append((label, m, req))
-    deltas = run_deltas(per_run, slo) + _accuracy_deltas(views, shared_df)
-    unmatched = unpaired(per_run)
+    deltas, unmatched = run_deltas(per_run, slo)
+    deltas += _accuracy_deltas(views, shared_df)
     combined = evaluate_slo(pl.concat(metrics, how="diagonal_relaxed"), slo)
     storage.write_parquet(storage.join(output, "metrics.parquet"), combined)
     storage.write_text(storage.join(output, "metrics.csv"), combined.write_csv())

@@ -89,28 +89,6 @@ def _match(base: pl.DataFrame, other: pl.DataFrame) -> list[tuple[dict[str, Any]
     return pairs
 
 
-def unpaired(runs: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]]) -> list[str]:
-    """A line per run after the first none of whose shards has a counterpart in the first run (so no
-    change of it is shown), saying why; `run_deltas` takes the same arguments."""
-    out: list[str] = []
-    if len(runs) < 2:
-        return out
-    base_label, base_m, _ = runs[0]
-    base_exps = set(base_m["experiment"].unique().to_list())
-    for label, metrics, _ in runs[1:]:
-        if _match(base_m, metrics):
-            continue
-        exps = set(metrics["experiment"].unique().to_list())
-        if not base_exps & exps and (len(base_exps) > 1 or len(exps) > 1):
-            why = (f"their experiments differ ({', '.join(sorted(base_exps))} against {', '.join(sorted(exps))}) "
-                   "and a run has several, so no shard has a fair counterpart; compare runs of the same "
-                   "experiments, or of one experiment each")
-        else:
-            why = "no shard of it was measured at a load (and for an experiment) the first run measured too"
-        out.append(f"No change of {label} against {base_label} is shown: {why}.")
-    return out
-
-
 _Key = tuple[Any, ...]
 
 
@@ -193,7 +171,7 @@ def _verdict(before: float, after: float, ci: tuple[float, float] | None,
 
 
 def run_deltas(runs: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]], slo: Any, *, n_resamples: int = 400,
-               confidence: float = 0.95, seed: int = 0) -> list[Delta]:
+               confidence: float = 0.95, seed: int = 0) -> tuple[list[Delta], list[str]]:
     """Every run after the first against the first, per matched shard and metric.
 
     Args:
@@ -201,15 +179,24 @@ def run_deltas(runs: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]], slo: A
             experiment names unprefixed.
         slo: the `SLOConfig` every run is judged against (its per-request limits define goodput).
         n_resamples, confidence, seed: the bootstrap (as `fmbench.regression.compare_runs`).
+
+    Returns:
+        The deltas, and a line per run none of whose shards has a counterpart in the first run (so no
+        change of it is shown), saying why.
     """
     out: list[Delta] = []
+    unpaired: list[str] = []
     if len(runs) < 2:
-        return out
+        return out, unpaired
     base_label, base_m, base_r = runs[0]
     base_parts = _by_shard(base_r, slo)
     for label, metrics, requests in runs[1:]:
+        pairs = _match(base_m, metrics)
+        if not pairs:
+            unpaired.append(f"No change of {label} against {base_label} is shown: {_why_unpaired(base_m, metrics)}.")
+            continue
         parts = _by_shard(requests, slo)
-        for i, (b, o) in enumerate(_match(base_m, metrics)):
+        for i, (b, o) in enumerate(pairs):
             rb, ro = base_parts.get(_shard_key(b)), parts.get(_shard_key(o))
             load = f"{b['request_rate']:g} req/s" if b.get("request_rate") is not None else f"c={b['concurrency']}"
             shard = f"{b['dataset']} {b['bucket']} {load}"
@@ -223,7 +210,17 @@ def run_deltas(runs: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]], slo: A
                 out.append(Delta(shard=shard, baseline=f"{base_label}/{b['experiment']}",
                                  run=f"{label}/{o['experiment']}", metric=metric, label=name, before=before,
                                  after=after, ci=ci, verdict=_verdict(before, after, ci, better)))
-    return out
+    return out, unpaired
+
+
+def _why_unpaired(base: pl.DataFrame, other: pl.DataFrame) -> str:
+    """Why no shard of a run has a counterpart in the baseline (`_match` found none)."""
+    base_exps, exps = set(base["experiment"].unique().to_list()), set(other["experiment"].unique().to_list())
+    if not base_exps & exps and (len(base_exps) > 1 or len(exps) > 1):
+        return (f"their experiments differ ({', '.join(sorted(base_exps))} against {', '.join(sorted(exps))}) "
+                "and a run has several, so no shard has a fair counterpart; compare runs of the same "
+                "experiments, or of one experiment each")
+    return "no shard of it was measured at a load (and for an experiment) the first run measured too"
 
 
 def accuracy_deltas(runs: list[tuple[str, pl.DataFrame]], label: str, *, n_resamples: int = 400,

@@ -106,7 +106,8 @@ def test_deltas_mark_real_changes_and_noise() -> None:
     slower = records_frame(_records(60, latency=1.0, itl=0.020))
     runs = [("a", summarize(base, None), base.lazy()), ("b", summarize(same, None), same.lazy()),
             ("c", summarize(slower, None), slower.lazy())]
-    deltas = run_deltas(runs, slo)
+    deltas, unpaired = run_deltas(runs, slo)
+    assert unpaired == []
     itl = {d.run: d for d in deltas if d.metric == "itl_p95_s"}
     assert itl["b/exp"].verdict == "unchanged"
     assert itl["c/exp"].verdict == "worse" and itl["c/exp"].ci is not None and itl["c/exp"].ci[0] > 0
@@ -120,15 +121,15 @@ def test_two_runs_of_one_deterministic_configuration_show_no_change() -> None:
     base = records_frame(_records(60, latency=1.0))
     a_hair_slower = records_frame(_records(60, latency=1.001))
     slower = records_frame(_records(60, latency=1.1))
-    deltas = run_deltas([("a", summarize(base, None), base.lazy()),
-                         ("b", summarize(a_hair_slower, None), a_hair_slower.lazy()),
-                         ("c", summarize(slower, None), slower.lazy())], SLOConfig())
+    deltas, _ = run_deltas([("a", summarize(base, None), base.lazy()),
+                            ("b", summarize(a_hair_slower, None), a_hair_slower.lazy()),
+                            ("c", summarize(slower, None), slower.lazy())], SLOConfig())
     lat = {d.run: d for d in deltas if d.metric == "latency_p95_s"}
     assert lat["b/exp"].verdict == "negligible" and lat["c/exp"].verdict == "worse"
     assert any(r["Verdict"] == "≈ negligible (< 1%)" for r in delta_rows(deltas))
     few, few_slower = records_frame(_records(6, latency=1.0)), records_frame(_records(6, latency=1.1))  # 4 measured
     [lat4] = [d for d in run_deltas([("a", summarize(few, None), few.lazy()),
-                                     ("b", summarize(few_slower, None), few_slower.lazy())], SLOConfig())
+                                     ("b", summarize(few_slower, None), few_slower.lazy())], SLOConfig())[0]
               if d.metric == "latency_p95_s"]
     assert lat4.ci is None and lat4.verdict == "no noise estimate"
 
@@ -136,11 +137,27 @@ def test_two_runs_of_one_deterministic_configuration_show_no_change() -> None:
 def test_deltas_pair_two_stacks_by_load_when_each_run_has_one_experiment() -> None:
     vllm = records_frame(_records(40, experiment="vllm", latency=1.0))
     tgi = records_frame(_records(40, experiment="tgi", latency=2.0))
-    deltas = run_deltas([("a", summarize(vllm, None), vllm.lazy()), ("b", summarize(tgi, None), tgi.lazy())],
-                        SLOConfig())
+    deltas, unpaired = run_deltas([("a", summarize(vllm, None), vllm.lazy()), ("b", summarize(tgi, None), tgi.lazy())],
+                                  SLOConfig())
     lat = next(d for d in deltas if d.metric == "latency_p95_s")
-    assert (lat.baseline, lat.run, lat.verdict) == ("a/vllm", "b/tgi", "worse")
+    assert (lat.baseline, lat.run, lat.verdict) == ("a/vllm", "b/tgi", "worse") and unpaired == []
     assert lat.change is not None and abs(lat.change - 1.0) < 1e-9
+
+
+def test_a_run_with_no_counterpart_of_the_baseline_gets_a_line_saying_why_instead_of_deltas() -> None:
+    base = records_frame(_records(20))
+    paired = records_frame(_records(20, latency=2.0))
+    two_others = records_frame(_records(20, experiment="x") + _records(20, experiment="y"))
+    other_load = records_frame([dataclasses.replace(r, concurrency=8) for r in _records(20)])
+    deltas, unpaired = run_deltas([(label, summarize(df, None), df.lazy()) for label, df in
+                                   (("a", base), ("b", paired), ("c", two_others), ("d", other_load))], SLOConfig())
+    assert deltas and {d.run for d in deltas} == {"b/exp"}
+    [c, d] = unpaired
+    assert c == ("No change of c against a is shown: their experiments differ (exp against x, y) and a run has "
+                 "several, so no shard has a fair counterpart; compare runs of the same experiments, or of one "
+                 "experiment each.")
+    assert d == ("No change of d against a is shown: no shard of it was measured at a load (and for an "
+                 "experiment) the first run measured too.")
 
 
 def test_a_goodput_change_is_judged_on_each_requests_final_attempt() -> None:
@@ -161,7 +178,7 @@ def test_a_goodput_change_is_judged_on_each_requests_final_attempt() -> None:
         return records_frame(records)
 
     before, after = run(90, retried=90), run(80, retried=0)
-    deltas = run_deltas([("a", summarize(before, cfg), before.lazy()), ("b", summarize(after, cfg), after.lazy())], slo)
+    deltas, _ = run_deltas([("a", summarize(before, cfg), before.lazy()), ("b", summarize(after, cfg), after.lazy())], slo)
     good = next(d for d in deltas if d.metric == "goodput_share")
     assert (good.before, good.after) == (pytest.approx(0.9), pytest.approx(0.8))
     assert good.ci is not None and good.ci[1] < 0 and good.verdict == "worse", good
@@ -175,7 +192,7 @@ def test_a_throughput_lost_to_failures_is_worse_not_noise() -> None:
     base = records_frame(_records(62))
     failing = records_frame(_records(62, fail_every=3))
     runs = [("a", summarize(base, cfg), base.lazy()), ("b", summarize(failing, cfg), failing.lazy())]
-    deltas = {d.metric: d for d in run_deltas(runs, cfg.slo)}
+    deltas = {d.metric: d for d in run_deltas(runs, cfg.slo)[0]}
     for metric, change in (("transactions_per_min", -0.3), ("cost_per_10k_txn", 0.4)):
         d = deltas[metric]
         assert d.change is not None and abs(d.change) > abs(change) and (d.change > 0) == (change > 0), d
