@@ -445,14 +445,8 @@ def test_sse_decoder_joins_multiline_data_and_long_lines() -> None:
         _SSEDecoder().feed(b"garbage\n\n")
 
 
-@pytest.mark.parametrize(("answer", "text", "status"), [
-    ({"choices": [{"message": {"content": "Paris."}}], "usage": {"completion_tokens": 2}, "error": None}, "Paris.", None),
-    ({"choices": [{"message": {"content": "Par"}}], "error": {"message": "cut", "code": 503}}, None, 503),
-], ids=["null-error", "error-beside-text"])
-def test_a_whole_answer_is_an_error_when_it_names_one(answer: dict[str, Any], text: str | None,
-                                                      status: int | None) -> None:
-    """As a stream's events are read (`_chat.is_error_event`): an error of null is none; one named
-    beside the text failed the answer."""
+def _complete_whole(answer: dict[str, Any]) -> Completion:
+    """One non-streamed request to a real server on 127.0.0.1 that answers HTTP 200 with ``answer``."""
     import json
 
     from aiohttp import web
@@ -475,12 +469,38 @@ def test_a_whole_answer_is_an_error_when_it_names_one(answer: dict[str, Any], te
             finally:
                 await client.close()
 
-        if status is None:
-            assert asyncio.run(go()).text == text
-        else:
-            with pytest.raises(EndpointHTTPError, match=r"\(status 503\): cut") as err:
-                asyncio.run(go())
-            assert err.value.status == status
+        return asyncio.run(go())
+
+
+@pytest.mark.parametrize(("answer", "text", "status"), [
+    ({"choices": [{"message": {"content": "Paris."}}], "usage": {"completion_tokens": 2}, "error": None}, "Paris.", None),
+    ({"choices": [{"message": {"content": "Par"}}], "error": {"message": "cut", "code": 503}}, None, 503),
+], ids=["null-error", "error-beside-text"])
+def test_a_whole_answer_is_an_error_when_it_names_one(answer: dict[str, Any], text: str | None,
+                                                      status: int | None) -> None:
+    """As a stream's events are read (`_chat.is_error_event`): an error of null is none; one named
+    beside the text failed the answer."""
+    if status is None:
+        assert _complete_whole(answer).text == text
+    else:
+        with pytest.raises(EndpointHTTPError, match=r"\(status 503\): cut") as err:
+            _complete_whole(answer)
+        assert err.value.status == status
+
+
+@pytest.mark.parametrize("answer", [
+    {"error": None},
+    {"id": "x", "object": "chat.completion", "choices": None, "error": None},
+    {"id": "x", "object": "chat.completion", "choices": [], "error": None, "usage": None},
+], ids=["no-choices", "null-choices", "empty-choices"])
+def test_a_whole_answer_with_a_null_error_and_no_choices_is_a_protocol_error(answer: dict[str, Any]) -> None:
+    """HTTP 200 and ``"error": null`` name no error, but an answer without choices carries nothing the
+    endpoint generated: a failed request of kind protocol, saying so, not a success nor a client bug
+    (a KeyError or TypeError reading the missing choices)."""
+    with pytest.raises(EndpointProtocolError) as err:
+        _complete_whole(answer)
+    assert err.value.kind == "protocol" and str(err.value) == "answer carries no output text"
+    assert err.value.__cause__ is None  # raised on purpose, not translated from a failure to read it
 
 
 def test_an_error_status_whose_body_breaks_off_keeps_its_status() -> None:
