@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fmbench.errors import EndpointHTTPError, EndpointThrottled
+from fmbench.errors import EndpointHTTPError, EndpointProtocolError, EndpointThrottled
 
 __all__ = ["NO_TEXT", "count", "error_event", "is_error_event", "output_piece", "usage_counts"]
 
@@ -24,19 +24,43 @@ def output_piece(event: Any, chat: bool) -> str | None:
     """The output text a parsed chunk or answer carries (None when it carries none): a chat delta's
     or message's content, else its reasoning (``reasoning_content``, ``reasoning``: a reasoning
     model's first tokens are output the endpoint generated, and its time to first token counts
-    them); a completion's text."""
-    choices = event.get("choices")
-    if not choices:
-        return None
-    choice = choices[0]
-    if chat:
-        delta = choice.get("delta") or choice.get("message")
-        if not delta:
+    them); a completion's text.
+
+    Raises:
+        EndpointProtocolError: the answer is not shaped as the OpenAI API defines it (its choices are
+            not a list of objects, or a text is not a string), said as such rather than as whatever
+            Python error reading it would have raised.
+    """
+    try:
+        choices = event.get("choices")
+        if not choices:
             return None
-        piece = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
-    else:
-        piece = choice.get("text")
+        choice = choices[0]
+        if chat:
+            delta = choice.get("delta") or choice.get("message")
+            if not delta:
+                return None
+            piece = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+        else:
+            piece = choice.get("text")
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise EndpointProtocolError(f"answer is not shaped as an OpenAI completion: {_shape(event)}") from exc
+    if piece and not isinstance(piece, str):
+        raise EndpointProtocolError(f"answer's output text is not a string: {type(piece).__name__}")
     return piece or None
+
+
+def _shape(event: Any) -> str:
+    """What is wrong with an answer's choices, for the error message (never its text)."""
+    if not isinstance(event, dict):
+        return f"a JSON {type(event).__name__}, not an object"
+    choices = event.get("choices")
+    if not isinstance(choices, list):
+        return f"choices is a {type(choices).__name__}, not a list"
+    first = choices[0]
+    if not isinstance(first, dict):
+        return f"choices[0] is {'null' if first is None else 'a ' + type(first).__name__}, not an object"
+    return "its delta or message is not an object"
 
 
 def count(usage: Any, key: str) -> int | None:

@@ -737,6 +737,8 @@ class OpenAIClient:
                     piece = event["choices"][0]["delta"]["content"] if chat else event["choices"][0]["text"]
                 except (KeyError, IndexError, TypeError):
                     piece = None
+                if piece.__class__ is not str:  # (None, or not text: the full way says what it is)
+                    piece = None
                 if piece and "error" in event and event["error"]:  # named beside text (`is_error_event`)
                     raise self._stream_error(event)
                 if not piece:

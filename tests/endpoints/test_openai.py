@@ -365,8 +365,15 @@ def test_unusual_chunks_inside_one_read_count_as_when_read_one_by_one(middle: by
          EndpointHTTPError, "(status 503): cut"),
         (b"data: {not json\n\n", EndpointProtocolError, "not JSON"),
         (b"data: [1, 2]\n\n", EndpointProtocolError, "not a JSON object: b'[1, 2]'"),
+        # choices not shaped as the API defines them: said so, not an "unexpected AttributeError"
+        (b'data: {"choices":[null]}\n\n', EndpointProtocolError, "choices[0] is null, not an object"),
+        (b'data: {"choices":"lo"}\n\n', EndpointProtocolError, "choices is a str, not a list"),
+        (b'data: {"choices":[{"delta":"lo"}]}\n\n', EndpointProtocolError, "its delta or message is not an object"),
+        (b'data: {"choices":[{"delta":{"content":5}}]}\n\n', EndpointProtocolError,
+         "output text is not a string: int"),
     ],
-    ids=["error-event", "throttled-event", "not-a-status-event", "error-beside-text", "not-json", "not-an-object"],
+    ids=["error-event", "throttled-event", "not-a-status-event", "error-beside-text", "not-json", "not-an-object",
+         "null-choice", "choices-not-a-list", "delta-not-an-object", "content-not-text"],
 )
 def test_a_bad_event_after_text_in_the_same_read_fails_the_request(
     bad: bytes, error: type[EndpointError], fragment: str
@@ -501,6 +508,22 @@ def test_a_whole_answer_with_a_null_error_and_no_choices_is_a_protocol_error(ans
         _complete_whole(answer)
     assert err.value.kind == "protocol" and str(err.value) == "answer carries no output text"
     assert err.value.__cause__ is None  # raised on purpose, not translated from a failure to read it
+
+
+@pytest.mark.parametrize(("answer", "fragment"), [
+    ({"choices": [None], "error": None}, "choices[0] is null, not an object"),
+    ({"choices": ["Paris."]}, "choices[0] is a str, not an object"),
+    ({"choices": {"0": {"message": {"content": "Paris."}}}}, "choices is a dict, not a list"),
+    ({"choices": [{"message": "Paris."}]}, "its delta or message is not an object"),
+    ({"choices": [{"message": {"content": ["Paris."]}}]}, "output text is not a string: list"),
+], ids=["null-choice", "text-choice", "choices-object", "message-text", "content-list"])
+def test_a_whole_answer_whose_choices_are_misshapen_is_a_protocol_error_that_says_so(answer: dict[str, Any],
+                                                                                     fragment: str) -> None:
+    """Not an "unexpected AttributeError" from reading it: the failed request's error names what is
+    wrong with the answer's shape (and never its text)."""
+    with pytest.raises(EndpointProtocolError, match=re.escape(fragment)) as err:
+        _complete_whole(answer)
+    assert err.value.kind == "protocol" and "Paris" not in str(err.value)
 
 
 def test_an_error_status_whose_body_breaks_off_keeps_its_status() -> None:
