@@ -10,7 +10,7 @@ import pytest
 
 from fmbench.errors import ConfigError
 from fmbench.metrics import benchmark_cost, error_counts, percentile, summarize
-from fmbench.records import records_frame
+from fmbench.records import RequestRecord, records_frame
 from tests.support.records import make_cfg, rec
 
 
@@ -175,24 +175,25 @@ def test_manifest_shards_add_status_and_rows_for_shards_without_records() -> Non
     assert (s2["bucket_min"], s2["bucket_max"]) == (1, 500)
 
 
-def test_open_loop_shards_are_keyed_by_rate() -> None:
+def _two_rate_records() -> list[RequestRecord]:
+    """Three requests at each of two open-loop rates, one shard per rate (``r1.0``, ``r2.0``)."""
     records = []
     for rate in (1.0, 2.0):
         for i in range(3):
             r = rec(i, float(i), 0.5, concurrency=0, shard_id=f"r{rate}")
             r.request_rate = rate
             records.append(r)
+    return records
+
+
+def test_open_loop_shards_are_keyed_by_rate() -> None:
+    records = _two_rate_records()
     m = summarize(records_frame(records), make_cfg())
     assert m["request_rate"].to_list() == [1.0, 2.0]
 
 
 def test_an_overloaded_shard_fails_its_slos_and_older_manifests_read_as_not_overloaded() -> None:
-    records = []
-    for rate in (1.0, 2.0):
-        for i in range(3):
-            r = rec(i, float(i), 0.5, concurrency=0, shard_id=f"r{rate}")
-            r.request_rate = rate
-            records.append(r)
+    records = _two_rate_records()
     base = {"experiment": "exp", "dataset": "d", "bucket": "1-500", "concurrency": 0, "status": "ok"}
     shards = [{**base, "shard_id": "r1.0", "request_rate": 1.0},  # written before overload was judged
               {**base, "shard_id": "r2.0", "request_rate": 2.0, "overloaded": True, "completion_rate": 0.5,
