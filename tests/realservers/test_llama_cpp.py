@@ -255,3 +255,27 @@ def test_benchmark_6_times_both_clients_against_the_wire(llama_binary: Path, tmp
             assert side["wire_ttft_ms"] > 0 and side["wire_tpot_ms"] > 0
         # a request the server never answered was one fmbench sent again, never one it lost
         assert row["wire"]["unanswered_sends"] <= row["fmbench"]["resends"] + row["stdlib"]["resends"]
+
+
+def _open_shard(llama: LlamaServer, tmp_path: Path, rate: float, requests: int, name: str) -> Any:
+    """One open-loop shard (Poisson arrivals at ``rate``) through fmbench's client and engine."""
+    endpoint = OpenAIEndpoint(provider="openai", base_url=llama.url, model="tiny", api="completions")  # type: ignore[arg-type]
+    inference = InferenceConfig(max_tokens=32, temperature=0.0, stream=True, timeout_s=120)
+    spec = ShardSpec(shard_id=name, experiment="llama", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
+                     request_rate=rate, requests=requests, seed=3)
+    return run_shard(make_client(endpoint, inference), _prompts(requests), spec, tmp_path / f"{name}.parquet",
+                     lambda text: len(text.encode()))
+
+
+def test_a_real_server_offered_more_than_it_serves_is_flagged_overloaded_and_one_it_keeps_up_with_is_not(
+        llama: LlamaServer, tmp_path: Path) -> None:
+    """llama.cpp queues what its 4 slots cannot take: offered far above what it serves (a 32-token
+    answer takes it tens of ms per slot on one thread), its requests complete at a fraction of the
+    arrival rate and the shard says so; offered a few requests a second, it keeps up."""
+    flooded = _open_shard(llama, tmp_path, rate=300.0, requests=120, name="flooded")
+    assert flooded.errors == 0
+    assert flooded.overloaded, (flooded.completion_rate, flooded.valid, flooded.invalid_reason)
+    assert flooded.completion_rate is not None and flooded.completion_rate < 0.9
+    assert flooded.overload_reason and "req/s offered" in flooded.overload_reason
+    kept_up = _open_shard(llama, tmp_path, rate=4.0, requests=24, name="kept_up")
+    assert kept_up.errors == 0 and not kept_up.overloaded, kept_up.overload_reason
