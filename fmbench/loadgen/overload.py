@@ -14,10 +14,9 @@ engine does not store more per request than it already does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MIN_REQUESTS", "CompletionFit", "OverloadVerdict", "fit_completion", "judge_overload"]
+__all__ = ["MIN_REQUESTS", "CompletionFit", "OverloadVerdict", "judge_overload"]
 
 #: Fewer successful requests than this give no verdict (the slope of a handful of points says little).
 MIN_REQUESTS = 10
@@ -69,14 +68,6 @@ class CompletionFit:
         # (rounding can leave a perfect line's residual slightly below zero)
         residual = max(0.0, syy - b * sxy)
         return b, math.sqrt(residual / (n - 2) / sxx)
-
-
-def fit_completion(scheduled: Iterable[float], ends: Iterable[float]) -> CompletionFit:
-    """The fit of successful requests' end times on their scheduled times (same order)."""
-    fit = CompletionFit()
-    for x, y in zip(scheduled, ends, strict=True):
-        fit.add(x, y)
-    return fit
 
 
 @dataclass(frozen=True, slots=True)

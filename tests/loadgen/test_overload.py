@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from fmbench.loadgen import ShardSpec
-from fmbench.loadgen.overload import MIN_REQUESTS, CompletionFit, fit_completion, judge_overload
+from fmbench.loadgen.overload import MIN_REQUESTS, CompletionFit, judge_overload
 
 
 def arrivals(rate: float, n: int, seed: int = 1, start: float = 0.0) -> list[float]:
@@ -28,6 +28,14 @@ def fifo_ends(sched: list[float], service_s: float) -> list[float]:
         free = max(free, t) + service_s
         out.append(free)
     return out
+
+
+def fit_completion(scheduled: list[float], ends: list[float]) -> CompletionFit:
+    """The fit of successful requests' end times on their scheduled times, one `add` each as the engine does."""
+    fit = CompletionFit()
+    for x, y in zip(scheduled, ends, strict=True):
+        fit.add(x, y)
+    return fit
 
 
 def test_an_endpoint_that_keeps_up_is_not_overloaded() -> None:
