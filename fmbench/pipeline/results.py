@@ -13,7 +13,7 @@ from fmbench.config import BenchmarkConfig
 from fmbench.errors import FMBenchError
 from fmbench.names import slug
 from fmbench.pipeline.prompts import PromptSet
-from fmbench.pipeline.shards import ShardOutcome
+from fmbench.pipeline.shards import ShardOutcome, set_aside_warnings
 from fmbench.records import REQUEST_SCHEMA
 from fmbench.rundir import Manifest, RunInfo, utc_now
 
@@ -36,7 +36,7 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
     requests = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=REQUEST_SCHEMA)
     storage.write_parquet(run.path("requests.parquet"), requests)
     shard_dicts = [o.model_dump(mode="json") for o in outcomes]
-    notes = list(warnings or []) + _collect_endpoint_metrics(run, cfg, shard_dicts)
+    notes = list(warnings or []) + set_aside_warnings(run) + _collect_endpoint_metrics(run, cfg, shard_dicts)
 
     def finish(manifest: Manifest) -> None:
         manifest.shards = shard_dicts

@@ -31,10 +31,17 @@ from fmbench.rundir import RunInfo, json_problem, utc_now
 
 log = logging.getLogger("fmbench")
 
-#: A shard whose every request failed to connect is measured again this many times, after these
-#: delays (the endpoint may be restarting); the Prefect task and the inline steps both use them.
+#: A shard whose every request failed to connect, or that lost its endpoint mid-shard
+#: (`lost_endpoint`), is measured again this many times, after these delays (the endpoint may be
+#: restarting); the Prefect task and the inline steps both use them.
 SHARD_RETRIES = 2
 SHARD_RETRY_DELAYS_S = (2.0, 10.0)
+#: A shard whose last requests all failed to connect, at least this many and at least as many as it
+#: keeps in flight, lost its endpoint: it stopped accepting connections and did not come back before
+#: the shard ran out of requests. Its records say nothing about the endpoint's error rate or speed
+#: (the refusals are as fast as the client can send), so the attempt is set aside and the shard measured
+#: again like one whose endpoint was down from the start; the report says it happened.
+LOST_ENDPOINT_MIN_REQUESTS = 5
 #: How often a running shard logs its requests done (the progress view updates every second).
 PROGRESS_LOG_EVERY_S = 10.0
 
@@ -251,8 +258,9 @@ def execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: st
             (`fmbench.progress.to_run`); in the run's own process both reach it as they are.
 
     Raises:
-        EndpointConnectionError: every request failed to connect (the endpoint is down), so an
-            orchestrator can retry the shard; the failed attempt's records are kept beside it.
+        EndpointConnectionError: every request failed to connect (the endpoint is down), or the
+            last ones did (it went away mid-shard, `lost_endpoint`), so an orchestrator can retry the
+            shard; the failed attempt's records are kept beside it, with a `SetAside` note.
         ShardCancelled: the run stopped it (its records are not kept).
     """
     with worker_stop_scope(stop_event), progress.to_run(stop_event):
@@ -328,13 +336,23 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
     measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
     n, n_err = measured.height, int((~measured["ok"]).sum())
-    conn_fail = n > 0 and measured.filter(pl.col("error_kind") == "connection").height == n
-    if conn_fail:
+    lost = lost_endpoint(measured, _concurrency(spec))
+    if lost is not None:
+        before, after, first = lost
+        if before == 0:
+            reason = f"all {n} requests failed to connect ({first})"
+        else:
+            reason = (f"the endpoint stopped accepting connections after {before} of its {n} requests: "
+                      f"the last {after} failed to connect ({first})")
         failed = local.with_name(f"{spec.shard_id}.failed-{utc_now().replace(':', '')}.parquet")
         local.replace(failed)
         _upload(run, failed)
-        first = measured["error"][0]
-        raise EndpointConnectionError(f"shard {spec.shard_id}: all {n} requests failed to connect ({first})")
+        note = SetAside(shard_id=spec.shard_id, records=failed.name, reason=reason, requests=n,
+                        sent_before=before, started_at=started_at, ended_at=ended_at)
+        storage.write_text(run.path("shards", f"{failed.stem}.json"), note.model_dump_json(indent=2))
+        log.warning("shard %s: %s; this attempt is set aside (shards/%s), the shard is measured again while "
+                    "retries remain", spec.shard_id, reason, failed.name)
+        raise EndpointConnectionError(f"shard {spec.shard_id}: {reason}")
     records_url = _upload(run, local)
     load = None
     if cal is not None and result.duration_s > 0 and n:
@@ -362,6 +380,64 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
     if outcome.overloaded:
         log.warning("shard %s: endpoint overloaded, %s", spec.shard_id, outcome.overload_reason)
     return outcome
+
+
+def lost_endpoint(measured: pl.DataFrame, concurrency: int) -> tuple[int, int, str] | None:
+    """Whether a shard's endpoint went away and stayed away: its last requests (by request id, the
+    order they were sent in) all failed to connect, at least `LOST_ENDPOINT_MIN_REQUESTS` of them and
+    at least ``concurrency``; or every request did.
+
+    Args:
+        measured: the shard's measured requests (final attempts, no warm-ups).
+
+    Returns:
+        (requests before that run of failures, requests in it, the first one's error), or None.
+    """
+    in_order = measured.sort("request_id")
+    n = in_order.height
+    refused = (in_order["error_kind"].cast(pl.Utf8) == "connection").fill_null(False).to_list()
+    after = next((k for k, f in enumerate(reversed(refused)) if not f), n)
+    if after == 0 or (after < n and after < max(LOST_ENDPOINT_MIN_REQUESTS, concurrency)):
+        return None
+    return n - after, after, str(in_order["error"][n - after])
+
+
+class SetAside(BaseModel):
+    """A shard's attempt set aside because its endpoint could not be reached (`lost_endpoint`); stored
+    beside the attempt's records as ``shards/<shard>.failed-<time>.json``, and named in the run's warnings."""
+
+    shard_id: str
+    records: str = Field(description="The attempt's records, a file name in the run's shards/.")
+    reason: str
+    requests: int
+    sent_before: int = Field(description="Requests sent before the endpoint stopped accepting connections.")
+    started_at: str
+    ended_at: str
+
+
+def set_aside_warnings(run: RunInfo) -> list[str]:
+    """One line per shard that had attempts set aside because its endpoint could not be reached,
+    for the run's warnings (an endpoint lost mid-shard is a finding even when a later attempt
+    measured the shard)."""
+    notes: dict[str, list[SetAside]] = {}
+    for url in storage.list_files(run.path("shards"), ".json"):
+        if ".failed-" not in url.rsplit("/", 1)[-1]:
+            continue
+        try:
+            note = SetAside.model_validate_json(storage.read_text(url))
+        except (ValidationError, ValueError) as exc:
+            log.warning("%s: not read (%s)", url, exc)
+            continue
+        notes.setdefault(note.shard_id, []).append(note)
+    lines = []
+    for sid, attempts in sorted(notes.items()):
+        attempts.sort(key=lambda a: a.started_at)
+        files = ", ".join(f"shards/{a.records}" for a in attempts)
+        k = len(attempts)
+        what = " ".join(f"Attempt of {a.started_at}: {a.reason}." for a in attempts)
+        lines.append(f"shard {sid}: {k} attempt{'s' if k != 1 else ''} set aside, the endpoint could not be "
+                     f"reached; records kept in {files}. {what}")
+    return lines
 
 
 def check_client_hosts(cfg: BenchmarkConfig, run: RunInfo) -> None:

@@ -329,6 +329,7 @@ def _normalized(value: Any, run_id: str, names: list[str]) -> Any:
     if isinstance(value, str):
         for n in names:
             value = value.replace(resource_name(n, run_id), f"<{n}>")
+        value = re.sub(r"\d{4}-\d{2}-\d{2}T[\d:.]+(\+0000|\+00:00|Z)?", "TIME", value)  # set-aside attempts
         return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", value)
     return value
 
@@ -378,6 +379,9 @@ def test_inline_steps_and_the_prefect_flow_agree_on_a_faulty_config(
     assert "<undeletable>" in timeline["undeletable"]["delete_error"]
     assert "refused by the test" in timeline["undeletable"]["delete_error"]
     assert any("still running" in w and "<undeletable>" in w for w in manifest["warnings"])
+    # each of the unreachable shard's three attempts is set aside and named, once, in both runs
+    set_aside = [w for w in manifest["warnings"] if "set aside" in w]
+    assert len(set_aside) == 1 and set_aside[0].startswith("shard unreachable") and "3 attempts" in set_aside[0]
     # Nothing else is left: both runs' refused endpoints, and nothing of the other experiments.
     left = sm_inventory(moto)
     assert sorted(left["endpoints"]) == sorted(resource_name("undeletable", r) for r in ("inline", "prefect"))

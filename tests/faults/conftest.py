@@ -12,7 +12,7 @@ from aiohttp import web
 
 from tests.support.app_thread import serve_app
 from tests.support.cli import ROOT
-from tests.support.sim_shards import ODD_STATE
+from tests.support.sim_shards import CRASH_STATE, ODD_STATE
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +74,15 @@ async def _dropped(request: web.Request) -> web.StreamResponse:
     return web.StreamResponse()
 
 
+async def _crashing(request: web.Request) -> web.StreamResponse:
+    name = request.path.split("/")[1]
+    served = CRASH_STATE["served"]
+    if served.get(name, 0) < CRASH_STATE["after"] or (name == "crash-back" and CRASH_STATE["back"]):
+        served[name] = served.get(name, 0) + 1
+        return await _no_usage(request)
+    return await _dropped(request)
+
+
 # The answers AWS runtime APIs (bedrock-runtime, sagemaker-runtime) give to refused requests.
 AWS_REFUSALS = {
     "expired": (403, "ExpiredTokenException", "The security token included in the request is expired"),
@@ -101,11 +110,13 @@ async def _s3_denied(request: web.Request) -> web.Response:
 def odd_server() -> Iterator[str]:
     """Base URL of a server whose ``/unauth/v1`` answers 401, ``/html/v1`` answers HTML, ``/nousage/v1``
     streams answers without usage, ``/down/v1`` drops every connection, ``/flaky/v1`` too while
-    ``ODD_STATE["flaky_down"]``, ``/probed/v1`` every one after the first (preflight's probe), ``/aws/CASE/...`` refuses AWS runtime calls as `AWS_REFUSALS` says,
+    ``ODD_STATE["flaky_down"]``, ``/probed/v1`` every one after the first (preflight's probe), ``/crash-back/v1`` and
+    ``/crash-gone/v1`` every one after their first few (``CRASH_STATE``), ``/aws/CASE/...`` refuses AWS runtime calls as `AWS_REFUSALS` says,
     and every other path is S3's 403 AccessDenied."""
     app = web.Application()
     for prefix, handler in (("unauth", _unauthorized), ("html", _html), ("nousage", _no_usage),
-                            ("down", _dropped), ("flaky", _dropped), ("probed", _dropped)):
+                            ("down", _dropped), ("flaky", _dropped), ("probed", _dropped),
+                            ("crash-back", _crashing), ("crash-gone", _crashing)):
         app.router.add_post(f"/{prefix}/v1/chat/completions", handler)
     app.router.add_post("/aws/{case}/{tail:.*}", _aws_refusal)
     app.router.add_post("/aws/{case}", _aws_refusal)  # JSON-protocol APIs (SageMaker) post to the base path

@@ -26,7 +26,7 @@ from fmbench.rundir import run_lock_file
 from fmbench.simulator.faults import FaultConfig
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.cli import ROOT, fmbench_argv, repo_frames
-from tests.support.sim_shards import ODD_STATE, SIM, run_sim_shard, server_faults
+from tests.support.sim_shards import CRASH_STATE, ODD_STATE, SIM, run_sim_shard, server_faults
 
 SIM_CFG = {"provider": "simulated", "ttft_ms": 20, "tpot_ms": 3, "output_tokens": 6}
 
@@ -95,6 +95,64 @@ def test_a_down_endpoint_is_retried_and_a_still_failing_shard_is_reported(
     assert set(requests["experiment"].unique().to_list()) == {"up", "late"} and requests["ok"].all()
     text = (run / "report.md").read_text()
     assert status["gone"]["shard_id"] in text and "failed to connect" in text
+
+
+def test_an_endpoint_lost_mid_shard_is_measured_again_and_the_report_says_it_was_lost(
+    prefect_harness: None, odd_server: str, tmp_path: Path,
+) -> None:
+    """Both endpoints answer 6 requests, then drop every connection: the shard's last 14 requests fail
+    as fast as they are sent, which says nothing about the endpoint's error rate. "back" answers
+    again once its first attempt is set aside and is measured whole; "gone" never does and fails."""
+    from flows.benchmark import benchmark
+
+    CRASH_STATE.update(after=6, served={}, back=False)
+    cfg = _config(tmp_path, "lost", [
+        {"name": "back", "endpoint": _openai(f"{odd_server}/crash-back/v1")},
+        {"name": "gone", "endpoint": _openai(f"{odd_server}/crash-gone/v1")},
+    ], requests=20)
+    shards = tmp_path / "results" / "lost" / "r" / "shards"
+    stop = threading.Event()
+
+    def revive() -> None:
+        while not stop.wait(0.05):
+            if list(shards.glob("back__*.failed-*.parquet")):
+                CRASH_STATE["back"] = True
+                return
+
+    reviver = threading.Thread(target=revive, daemon=True)
+    reviver.start()
+    try:
+        report = benchmark(config=str(cfg), run_id="r", preflight=False)
+    finally:
+        stop.set()
+        reviver.join(5)
+    run = Path(report).parent
+    manifest = json.loads((run / "manifest.json").read_text())
+    status = {s["shard_id"].split("__")[0]: s for s in manifest["shards"]}
+    assert status["back"]["status"] == "ok" and status["back"]["errors"] == 0, status["back"]
+    assert status["gone"]["status"] == "failed"
+    # The attempt that lost its endpoint is kept as measured: 6 answers, then 14 refusals.
+    [lost] = shards.glob("back__*.failed-*.parquet")
+    rec = pl.read_parquet(lost).sort("request_id")
+    assert rec["ok"].to_list() == [True] * 6 + [False] * 14
+    assert (rec.filter(~pl.col("ok"))["error_kind"] == "connection").all()
+    note = json.loads(lost.with_suffix(".json").read_text())
+    assert note["sent_before"] == 6 and note["requests"] == 20 and note["records"] == lost.name
+    # The report's numbers are the second attempt's; its warnings say what happened to the first.
+    requests = pl.read_parquet(run / "requests.parquet")
+    assert set(requests["experiment"].unique().to_list()) == {"back"} and requests["ok"].all()
+    assert requests.height == 20
+    warnings = manifest["warnings"]
+    [back] = [w for w in warnings if w.startswith(f"shard {status['back']['shard_id']}:")]
+    assert "1 attempt set aside" in back and "stopped accepting connections after 6 of its 20 requests" in back
+    assert f"shards/{lost.name}" in back
+    # "gone": its first attempt lost the endpoint, the two retries found it down from the start.
+    [gone] = [w for w in warnings if w.startswith(f"shard {status['gone']['shard_id']}:")]
+    assert "3 attempts set aside" in gone and "after 6 of its 20 requests" in gone
+    assert gone.count("all 20 requests failed to connect") == 2
+    assert "all 20 requests failed to connect" in status["gone"]["error"]
+    text = (run / "report.md").read_text()
+    assert "stopped accepting connections after 6 of its 20 requests" in text
 
 
 def test_a_server_restart_mid_shard_costs_only_the_requests_it_dropped(tmp_path: Path) -> None:

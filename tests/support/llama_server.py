@@ -82,11 +82,12 @@ class LlamaServer:
         parallel: slots (requests decoded together).
         ctx_size: total context, shared by the slots.
         threads: CPU threads; 1 keeps a shared 2-core machine usable and timings steady.
+        port: the port to listen on (default: a free one), e.g. a crashed server's, to restart it.
     """
 
     def __init__(self, binary: Path, model: Path, log: Path, *, parallel: int = 4, ctx_size: int = 4096,
-                 threads: int = 1, extra_args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
+                 threads: int = 1, extra_args: tuple[str, ...] = (), port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/v1"
         self.log = log

@@ -20,6 +20,9 @@ PROMPTS = [Prompt(f"p{i}", f"prompt number {i} about faults", 6) for i in range(
 #: Switches of the ``odd_server`` fixture: ``flaky_down`` makes ``/flaky/v1`` drop every connection;
 #: ``probed`` says ``/probed/v1`` answered its one request.
 ODD_STATE = {"flaky_down": True, "probed": False}
+#: The ``odd_server`` fixture's ``/crash-back/v1`` and ``/crash-gone/v1`` answer ``after`` requests each
+#: (counted in ``served``), then drop every connection; ``/crash-back/v1`` answers again once ``back``.
+CRASH_STATE: dict[str, Any] = {"after": 6, "served": {}, "back": False}
 
 #: How the OpenAI client classifies each injected fault (records' error_kind; None = ok).
 EXPECTED_KIND: dict[str, str | None] = {

@@ -1,0 +1,72 @@
+"""An endpoint lost mid-shard: which shards count as having lost their endpoint (their last requests
+all failed to connect), and how the attempts set aside for it reach the run's warnings."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from fmbench import storage
+from fmbench.pipeline.shards import LOST_ENDPOINT_MIN_REQUESTS, SetAside, lost_endpoint, set_aside_warnings
+from fmbench.rundir import RunInfo
+
+OK, REFUSED, CUT = None, "connection", "protocol"
+
+
+def _measured(kinds: list[str | None], shuffle: bool = False) -> pl.DataFrame:
+    ids = list(range(len(kinds)))
+    rows = pl.DataFrame({"request_id": ids, "error_kind": kinds,
+                         "error": [None if k is None else f"{k} error of request {i}" for i, k in enumerate(kinds)]},
+                        schema={"request_id": pl.Int64, "error_kind": pl.Utf8, "error": pl.Utf8})
+    return rows.reverse() if shuffle else rows  # the records' order is the order requests ended
+
+
+def test_the_last_requests_refused_mean_the_endpoint_was_lost_after_the_ones_before() -> None:
+    # Two requests in flight when it went: one cut off, then everything after refused.
+    kinds = [OK] * 6 + [CUT] + [REFUSED] * 13
+    assert lost_endpoint(_measured(kinds, shuffle=True), 2) == (7, 13, "connection error of request 7")
+
+
+def test_every_request_refused_is_an_endpoint_down_from_the_start_however_few() -> None:
+    assert lost_endpoint(_measured([REFUSED] * 2), 64) == (0, 2, "connection error of request 0")
+
+
+@pytest.mark.parametrize(("kinds", "concurrency"), [
+    ([OK] * 10, 4),  # nothing refused
+    ([OK] * 10 + [REFUSED] * (LOST_ENDPOINT_MIN_REQUESTS - 1), 1),  # a short run at the end: counted as errors
+    ([OK] * 10 + [REFUSED] * 6, 8),  # fewer than were in flight: could be one burst of broken connections
+    ([OK, REFUSED] * 10, 1),  # refusals between answers: the endpoint was there, failing some requests
+    ([REFUSED] * 10 + [OK], 1),  # it came back before the shard ended
+    ([OK] * 4 + [REFUSED] * 6 + ["timeout"], 1),  # the last request reached it
+], ids=["none", "short", "under-concurrency", "interleaved", "came-back", "last-not-refused"])
+def test_errors_the_endpoint_was_there_for_are_measurements(kinds: list[str | None], concurrency: int) -> None:
+    assert lost_endpoint(_measured(kinds), concurrency) is None
+
+
+def _note(run: RunInfo, sid: str, stamp: str, reason: str, before: int) -> None:
+    note = SetAside(shard_id=sid, records=f"{sid}.failed-{stamp}.parquet", reason=reason, requests=20,
+                    sent_before=before, started_at=f"2026-12-05T{stamp}", ended_at=f"2026-12-05T{stamp}")
+    storage.write_text(run.path("shards", f"{sid}.failed-{stamp}.json"), note.model_dump_json())
+
+
+def test_set_aside_attempts_become_one_warning_per_shard_in_the_order_they_ran(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = RunInfo(name="n", run_id="r", url=str(tmp_path / "r"), scratch=str(tmp_path / "s"))
+    assert set_aside_warnings(run) == []  # no shards directory yet
+    _note(run, "a__d__1-9__c2", "130200", "all 20 requests failed to connect (refused)", 0)
+    _note(run, "a__d__1-9__c2", "130100", "the endpoint stopped accepting connections after 6 of its 20 requests", 6)
+    _note(run, "b__d__1-9__c2", "130300", "all 20 requests failed to connect (reset)", 0)
+    storage.write_text(run.path("shards", "a__d__1-9__c2.json"), "{}")  # a shard's outcome: not a note
+    storage.write_text(run.path("shards", "c__d__1-9__c2.failed-130400.json"), "not json")
+    with caplog.at_level(logging.WARNING, logger="fmbench"):
+        lines = set_aside_warnings(run)
+    assert len(lines) == 2
+    first, second = lines
+    assert first.startswith("shard a__d__1-9__c2: 2 attempts set aside, the endpoint could not be reached")
+    assert first.index("after 6 of its 20") < first.index("all 20 requests failed")
+    assert "shards/a__d__1-9__c2.failed-130100.parquet, shards/a__d__1-9__c2.failed-130200.parquet" in first
+    assert second.startswith("shard b__d__1-9__c2: 1 attempt set aside")
+    assert "c__d__1-9__c2.failed-130400.json: not read" in caplog.text
