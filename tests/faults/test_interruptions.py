@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,32 @@ def _openai(url: str) -> dict[str, Any]:
     return {"provider": "openai", "base_url": url, "model": "m", "api": "chat"}
 
 
+def _run_reviving(cfg: Path, shards: Path, experiment: str, revive: Callable[[], None]) -> str:
+    """The flow's report for ``cfg``, run while a thread calls ``revive`` once the first attempt of
+    ``experiment``'s shard has been set aside (its endpoint comes back for the retry). Without preflight:
+    its probe would (rightly) refuse a run in which an endpoint is down."""
+    from flows.benchmark import benchmark
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            if list(shards.glob(f"{experiment}__*.failed-*.parquet")):
+                revive()
+                return
+
+    reviver = threading.Thread(target=watch, daemon=True)
+    reviver.start()
+    try:
+        return str(benchmark(config=str(cfg), run_id="r", preflight=False))
+    finally:
+        stop.set()
+        reviver.join(5)
+
+
 def test_a_down_endpoint_is_retried_and_a_still_failing_shard_is_reported(
     prefect_harness: None, odd_server: str, tmp_path: Path,
 ) -> None:
-    from flows.benchmark import benchmark
-
     ODD_STATE["flaky_down"] = True
     cfg = _config(tmp_path, "down", [
         {"name": "up", "endpoint": SIM_CFG},
@@ -60,22 +81,9 @@ def test_a_down_endpoint_is_retried_and_a_still_failing_shard_is_reported(
         {"name": "gone", "endpoint": _openai(f"{odd_server}/down/v1")},
     ])
     shards = tmp_path / "results" / "down" / "r" / "shards"
-    stop = threading.Event()
-
-    def revive() -> None:  # the "late" endpoint comes back once its first attempt has failed
-        while not stop.wait(0.05):
-            if list(shards.glob("late__*.failed-*.parquet")):
-                ODD_STATE["flaky_down"] = False
-                return
-
-    reviver = threading.Thread(target=revive, daemon=True)
-    reviver.start()
-    try:
-        # Without preflight: its probe would (rightly) refuse the run before any shard, as "gone" is down.
-        report = benchmark(config=str(cfg), run_id="r", preflight=False)
+    try:  # the "late" endpoint comes back once its first attempt has failed
+        report = _run_reviving(cfg, shards, "late", lambda: ODD_STATE.update(flaky_down=False))
     finally:
-        stop.set()
-        reviver.join(5)
         ODD_STATE["flaky_down"] = True
     run = Path(report).parent
     manifest = json.loads((run / "manifest.json").read_text())
@@ -103,29 +111,13 @@ def test_an_endpoint_lost_mid_shard_is_measured_again_and_the_report_says_it_was
     """Both endpoints answer 6 requests, then drop every connection: the shard's last 14 requests fail
     as fast as they are sent, which says nothing about the endpoint's error rate. "back" answers
     again once its first attempt is set aside and is measured whole; "gone" never does and fails."""
-    from flows.benchmark import benchmark
-
     CRASH_STATE.update(after=6, served={}, back=False)
     cfg = _config(tmp_path, "lost", [
         {"name": "back", "endpoint": _openai(f"{odd_server}/crash-back/v1")},
         {"name": "gone", "endpoint": _openai(f"{odd_server}/crash-gone/v1")},
     ], requests=20)
     shards = tmp_path / "results" / "lost" / "r" / "shards"
-    stop = threading.Event()
-
-    def revive() -> None:
-        while not stop.wait(0.05):
-            if list(shards.glob("back__*.failed-*.parquet")):
-                CRASH_STATE["back"] = True
-                return
-
-    reviver = threading.Thread(target=revive, daemon=True)
-    reviver.start()
-    try:
-        report = benchmark(config=str(cfg), run_id="r", preflight=False)
-    finally:
-        stop.set()
-        reviver.join(5)
+    report = _run_reviving(cfg, shards, "back", lambda: CRASH_STATE.update(back=True))
     run = Path(report).parent
     manifest = json.loads((run / "manifest.json").read_text())
     status = {s["shard_id"].split("__")[0]: s for s in manifest["shards"]}
