@@ -515,7 +515,9 @@ class ExperimentConfig(_Model):
         "recommended (default 0.10; see fmbench.loadgen.overload).",
     )
     requests_per_level: int = Field(default=40, ge=1, description="Measured requests per shard.")
-    warmup_requests: int = Field(default=2, ge=0, description="Requests sent before each shard and not measured.")
+    warmup_requests: int = Field(
+        default=2, ge=0, description="Requests sent before each shard's measured ones and not measured (closed "
+        "loop: all of them end before measuring starts; open loop: the first arrivals of its schedule).")
     request_retries: int = Field(
         default=0, ge=0, le=5,
         description="Retries of a failed request inside a shard (off by default: retrying changes what is "

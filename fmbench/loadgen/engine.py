@@ -37,7 +37,7 @@ import statistics
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -489,11 +489,15 @@ async def _closed_loop(
 ) -> None:
     """Run ``workers`` (default: the spec's concurrency) back-to-back request loops.
 
-    ``take_id`` hands out the next request id (default: a counter local to this loop; the
-    multi-process mode passes one shared by all processes); ``t0`` is a common start time.
+    ``take_id`` hands out the next measured request id (default: a counter local to this loop,
+    which then sends the shard's warm-ups first, see `warm_up`; the multi-process and multi-host
+    modes pass their own, and have warmed up before ``t0``); ``t0`` is a common start time.
     """
     total = shard.total
     next_id = 0
+    if take_id is None:
+        await warm_up(client, shard, range(shard.spec.warmup), workers or shard.spec.concurrency)
+        next_id = shard.spec.warmup
 
     def local_take() -> int:
         nonlocal next_id
@@ -511,6 +515,23 @@ async def _closed_loop(
         await _sleep_until(t0)
     # (never more workers than requests: the others would find none and end at once)
     await _run_all([asyncio.create_task(worker()) for _ in range(min(workers or shard.spec.concurrency, total))])
+
+
+async def warm_up(client: EndpointClient, shard: _Shard, ids: Sequence[int], workers: int) -> None:
+    """Send the warm-up requests ``ids`` with up to ``workers`` in flight and wait for every one.
+
+    A closed loop measures only once its warm-ups are done: a warm-up still in flight beside the
+    measured requests would hold part of the concurrency being measured, and its time on the
+    endpoint would fall inside the measured window (throughput and cost per request would read low
+    and high). An open loop's warm-ups are instead the first arrivals of its schedule.
+    """
+    pending = iter(ids)
+
+    async def worker() -> None:
+        for i in pending:  # one iterator shared by the workers: each id is sent once
+            await shard.run_one(client, i, None)
+
+    await _run_all([asyncio.create_task(worker()) for _ in range(min(workers, len(ids)))])
 
 
 async def _open_loop(

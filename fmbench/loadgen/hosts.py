@@ -53,6 +53,7 @@ from fmbench.loadgen.engine import (
     report_progress,
     shard_result,
     shard_session,
+    warm_up,
 )
 from fmbench.loadgen.multiproc import report_sum
 from fmbench.loadgen.spec import ShardResult, ShardSpec
@@ -212,16 +213,23 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
     cal = _host_calibration() if calibrate else None
     sched = get_client()
     offset, unc, mono_to_sched = _measure_clock(sched)
-    Queue(f"{key}-ready", client=sched).put(k)
-    t0_sched = Variable(f"{key}-t0", client=sched).get(timeout=_READY_TIMEOUT_S)
-    if t0_sched is None:
-        raise FMBenchError(f"shard {spec.shard_id}: stopped before the start")
-    t0 = float(t0_sched) - mono_to_sched
+    ready = Queue(f"{key}-ready", client=sched)
     total = spec.warmup + spec.requests
-    it: Iterator[int] = iter(ids or [])
+    # Closed loop: this host's warm-ups are sent before it reports ready, so none is in flight when
+    # the shard's measured requests start (see `warm_up`); the open loop's are in its schedule.
+    warm = [i for i in ids or [] if i < spec.warmup]
+    it: Iterator[int] = iter([i for i in ids or [] if i >= spec.warmup])
 
     def take() -> int:
         return next(it, total)
+
+    t0_var = Variable(f"{key}-t0", client=sched)
+
+    def start_time() -> float:  # (in a thread: the slice's own loop goes on meanwhile)
+        t0_sched = t0_var.get(timeout=_READY_TIMEOUT_S)
+        if t0_sched is None:
+            raise FMBenchError(f"shard {spec.shard_id}: stopped before the start")
+        return float(t0_sched) - mono_to_sched
 
     with tempfile.TemporaryDirectory(prefix="fmbench-slice-") as tmp:
         local = Path(tmp) / f"{spec.shard_id}.host-{k}.parquet"
@@ -231,6 +239,11 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
             writer = RecordWriter(local)
             shard = _Shard(spec, prompts, writer, count_tokens)
             async with shard_session(client, writer, 0 if spec.open_loop else concurrency) as session:
+                if warm:
+                    await asyncio.to_thread(ready.put, ["warming", k])
+                    await warm_up(client, shard, warm, concurrency)
+                await asyncio.to_thread(ready.put, k)
+                t0 = await asyncio.to_thread(start_time)
                 # The caller adds up the slices' progress (`_SliceProgress`); an event is sent without waiting.
                 session.reporter = asyncio.ensure_future(report_progress(
                     shard, lambda done, errors, ttft: worker.log_event(f"{key}-progress", [k, done, errors, ttft]),
@@ -511,13 +524,18 @@ def _drive(dask: Any, spec: ShardSpec, one: ShardSpec, payload: bytes, addresses
     try:
         got = 0
         deadline = time.monotonic() + _READY_TIMEOUT_S
+        warming: set[int] = set()  # slices sending their warm-ups: started, bounded by the requests' timeouts
         while got < hosts:
             _check(dask, futures, addresses, spec, stop)
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and got + len(warming) < hosts:
                 raise FMBenchError(f"shard {spec.shard_id}: client hosts not ready in {_READY_TIMEOUT_S:g} s")
             with contextlib.suppress(TimeoutError):
-                ready.get(timeout=_POLL_S)
-                got += 1
+                item = ready.get(timeout=_POLL_S)
+                if isinstance(item, (list, tuple)):  # ["warming", k]
+                    warming.add(int(item[1]))
+                else:
+                    warming.discard(int(item))
+                    got += 1
         beat.set(0)
         t0var.set(float(dask.run_on_scheduler(time.time)) + _START_LEAD_S)
         n = 0

@@ -46,6 +46,7 @@ from fmbench.loadgen.engine import (
     report_progress,
     shard_result,
     shard_session,
+    warm_up,
 )
 from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.spec import ShardResult, ShardSpec
@@ -88,6 +89,11 @@ def _child(k: int, n: int, payload: bytes, counter: Any, msgs: Any, go: Any, out
             shard = _Shard(spec, prompts, writer, count_tokens)
             workers = 0 if spec.open_loop else _workers(spec.concurrency, n, k)
             async with shard_session(client, writer, workers) as session:
+                if not spec.open_loop and spec.warmup:
+                    # This process's share of the warm-ups, all done before any process measures
+                    # (the parent starts the measured requests once every process is ready).
+                    msgs.put(("warming", k))
+                    await warm_up(client, shard, range(k, spec.warmup, n), workers)
                 msgs.put(("ready", k))
                 t0 = await asyncio.to_thread(go.get)
                 if t0 is None:
@@ -152,7 +158,7 @@ def run_shard_processes(
             f"shard {spec.shard_id}: processes={n} needs a picklable client and count_tokens ({exc})"
         ) from exc
     ctx = mp.get_context("spawn")
-    counter = ctx.Value("q", 0)
+    counter = ctx.Value("q", 0 if spec.open_loop else spec.warmup)  # closed loop: the measured ids
     msgs = ctx.Queue()
     gos = [ctx.Queue() for _ in range(n)]
     out = str(out_path)
@@ -220,19 +226,23 @@ def _await(msgs: Any, kind: str, n: int, spec: ShardSpec, stop: threading.Event 
            progress: _ProgressSum | None = None) -> list[tuple[Any, ...]]:
     got: list[tuple[Any, ...]] = []
     deadline = time.monotonic() + _READY_TIMEOUT_S if kind == "ready" else math.inf
+    warming: set[int] = set()  # processes sending their warm-ups: started, and bounded by the requests' timeouts
     while len(got) < n:
         if stop is not None and stop.is_set():
             raise ShardCancelled(f"shard {spec.shard_id}: cancelled, client processes stopped")
         try:
             msg = msgs.get(timeout=_POLL_S)
         except queue.Empty as exc:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and len(warming | {m[1] for m in got}) < n:
                 raise FMBenchError(
                     f"shard {spec.shard_id}: client processes not ready in {_READY_TIMEOUT_S:g} s"
                 ) from exc
             continue
         if msg[0] == "error":
             raise FMBenchError(f"shard {spec.shard_id}: client process {msg[1]} failed: {msg[2]}")
+        if msg[0] == "warming":
+            warming.add(msg[1])
+            continue
         if msg[0] == "progress":
             if progress is not None:
                 progress.update(msg[1], msg[2], msg[3], msg[4])

@@ -32,6 +32,7 @@ from fmbench.loadgen.hosts import _wait_first, check_hosts_reach, run_shard_host
 from fmbench.protocol import Prompt
 from fmbench.simulator.server import SimulatedServerThread
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.records import assert_warmups_done_first
 
 pytestmark = pytest.mark.integration
 distributed = pytest.importorskip("distributed")
@@ -176,6 +177,8 @@ def test_a_closed_loop_shard_over_two_hosts_keeps_its_concurrency(cluster: Clust
     assert sorted(records["request_id"].to_list()) == list(range(spec.warmup + spec.requests))
     assert records["ok"].all()
     assert set(records["client_host"].to_list()) == {"host-a", "host-b"}
+    assert set(records.filter(pl.col("warmup"))["client_host"].to_list()) == {"host-a", "host-b"}
+    assert_warmups_done_first(records)  # on both hosts: the shard starts once every host has warmed up
     assert {c.host for c in clocks} == {"host-a", "host-b"} and [c.concurrency for c in clocks] == [4, 4]
     assert result.requests == spec.requests and result.errors == 0
     # Both hosts' connections are in the shard's count of how answers were stamped (4 each at least).

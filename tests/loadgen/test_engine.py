@@ -23,6 +23,7 @@ from fmbench.loadgen import ShardResult, ShardSpec, arrival_gaps, partial_path, 
 from fmbench.protocol import Completion, Prompt
 from fmbench.records import ERROR_KINDS, REQUEST_SCHEMA
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.records import assert_warmups_done_first
 
 PROMPTS = [Prompt(f"p{i}", f"prompt number {i}", 10 + i) for i in range(3)]
 KEY = "sk-engine-SECRET-987"
@@ -108,6 +109,9 @@ def test_one_record_per_request_with_warmups_and_prompt_cycle(fake_openai: FakeO
     assert df["request_id"].to_list() == list(range(21))
     assert df["warmup"].to_list() == [True] * 4 + [False] * 17
     assert df["prompt_id"].to_list() == [f"p{i % 3}" for i in range(21)]
+    # The 4 warm-ups went 3 at a time (the shard's concurrency) and all ended before measuring began.
+    assert peak_in_flight(df.filter(pl.col("warmup"))) == 3
+    assert_warmups_done_first(df)
     assert (res.requests, res.warmup, res.errors) == (17, 4, 0)
     row = df.row(10, named=True)
     assert row["experiment"] == "exp" and row["dataset"] == "ds" and row["bucket"] == "1-500"
@@ -412,6 +416,7 @@ def test_two_processes_share_one_closed_loop_shard(fake_openai: FakeOpenAI, tmp_
     assert df["request_id"].to_list() == list(range(42)) and df["ok"].all()
     assert df["warmup"].to_list() == [True] * 2 + [False] * 40
     assert (res.requests, res.warmup, res.errors) == (40, 2, 0)
+    assert_warmups_done_first(df)
     assert fake_openai.stats()["max_active"] == c
     assert peak_in_flight(df) == c  # how long fewer were in flight depends on the host's load: `make bench` measures it
     assert res.client_cpu_s > 0

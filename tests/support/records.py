@@ -33,3 +33,13 @@ def rec(i: int, start: float, latency: float | None, *, ok: bool = True, warmup:
         ttft_s=ttft if ok else None, latency_s=latency if ok else None,
         tpot_s=((latency - ttft) / (out - 1)) if (ok and latency and ttft and out and out > 1) else None,
     )
+
+
+def assert_warmups_done_first(df: Any) -> None:
+    """A closed loop's records: every measured request started after every warm-up had ended (none
+    held part of the measured concurrency or fell inside the measured window)."""
+    warm = df.filter(df["warmup"])
+    measured = df.filter(~df["warmup"])
+    assert warm.height and measured.height, "a shard with warm-ups and measured requests"
+    first, last_warm = measured["t_start"].min(), warm["t_end"].max()
+    assert first >= last_warm, f"measured requests started {last_warm - first:.4f} s before the last warm-up ended"
