@@ -67,7 +67,7 @@ def generate(run_dir: str, n: int) -> None:
         "t_scheduled": t0, "t_start": t0, "t_first_token": t0 + ttft, "t_end": t0 + lat,
         "send_lag_s": np.zeros(n), "ttft_s": ttft, "latency_s": lat, "tpot_s": (lat - ttft) / (out_tok - 1),
         "itl_s": [[0.01, 0.012, 0.011]] * n, "chunks": out_tok, "resends": np.zeros(n, dtype=np.int64),
-        "note": [None] * n, "text": [None] * n, "client_host": [None] * n,
+        "note": [None] * n, "text": [None] * n, "client_host": [None] * n, "cached_tokens": [None] * n,
     }, schema=REQUEST_SCHEMA)
     root = Path(run_dir)
     df.write_parquet(root / "requests.parquet")

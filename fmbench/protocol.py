@@ -39,6 +39,9 @@ class Completion:
     text: str = ""
     input_tokens: int | None = None  # from the server's usage, when it reports it
     output_tokens: int | None = None  # from the server's usage, when it reports it
+    # Of the prompt tokens, those the server served from its prompt cache, when it says (OpenAI's
+    # usage.prompt_tokens_details.cached_tokens, llama.cpp's timings.cache_n): no prefill for them.
+    cached_tokens: int | None = None
     http_status: int | None = 200
     resends: int = 0  # sends on a pooled connection the server had closed before reading them
     note: str | None = None  # what the record should say about an unusual but successful answer

@@ -55,6 +55,9 @@ REQUEST_SCHEMA: dict[str, pl.DataType] = {
     # The Dask worker that sent it (a shard run on a Dask cluster, split over client_hosts or not);
     # null when the run used no Dask cluster.
     "client_host": pl.String(),
+    # Of the prompt tokens, those the server says it served from its prompt cache (no prefill ran for
+    # them); null when it does not say. Where they are many, TTFT is not that of a new prompt.
+    "cached_tokens": pl.Int64(),
 }
 
 
@@ -95,6 +98,7 @@ class RequestRecord:
     note: str | None = None
     text: str | None = None
     client_host: str | None = None
+    cached_tokens: int | None = None
 
     def as_row(self) -> dict[str, object]:
         row = {name: getattr(self, name) for name in REQUEST_SCHEMA}

@@ -80,6 +80,15 @@ def usage_counts(usage: Any, timings: Any = None) -> tuple[int | None, int | Non
     return None, None
 
 
+def cached_count(usage: Any, timings: Any = None) -> int | None:
+    """Prompt tokens the server served from its prompt cache: OpenAI's (and llama.cpp's, vLLM's with
+    ``--enable-prompt-tokens-details``) ``usage.prompt_tokens_details.cached_tokens``, else llama.cpp's
+    ``timings.cache_n``; None when the server does not say."""
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = count(details, "cached_tokens")
+    return cached if cached is not None else count(timings, "cache_n")
+
+
 def is_error_event(event: dict[str, Any]) -> bool:
     """Whether a parsed event or answer is the server's error: it names one (an ``error`` that is not
     null or empty), whatever else it carries. A server that writes every field of its schema sends

@@ -81,6 +81,7 @@ from yarl import URL
 
 from fmbench.config import InferenceConfig
 from fmbench.endpoints._chat import NO_TEXT as _NO_TEXT
+from fmbench.endpoints._chat import cached_count as _cached_count
 from fmbench.endpoints._chat import error_event, is_error_event
 from fmbench.endpoints._chat import output_piece as _output_piece
 from fmbench.endpoints._chat import usage_counts as _usage_counts
@@ -666,6 +667,7 @@ class OpenAIClient:
             raise self._stream_error(data)
         text = _output_piece(data, self._chat) or ""
         input_tokens, output_tokens = _usage_counts(data.get("usage"), data.get("timings"))
+        cached_tokens = _cached_count(data.get("usage"), data.get("timings"))
         if not text and not output_tokens:
             raise EndpointProtocolError("answer carries no output text")
         return Completion(
@@ -676,6 +678,7 @@ class OpenAIClient:
             text=text,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
             http_status=resp.status,
             note=None if text else _NO_TEXT,
         )
@@ -758,6 +761,7 @@ class OpenAIClient:
             for event in reversed(events):
                 if event.get("usage"):
                     usage = event["usage"]
+                    timings = event.get("timings")  # llama.cpp's beside it: its cache_n, should usage lack it
                     break
             else:
                 if usage is None:
@@ -775,6 +779,7 @@ class OpenAIClient:
             else:
                 raise EndpointProtocolError("stream ended without [DONE]")
         input_tokens, output_tokens = _usage_counts(usage, timings)
+        cached_tokens = _cached_count(usage, timings)
         note = None
         if not chunk_times:
             if not output_tokens:
@@ -790,6 +795,7 @@ class OpenAIClient:
             text="".join(pieces),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
             http_status=resp.status,
             note=note,
         )

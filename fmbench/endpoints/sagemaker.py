@@ -41,7 +41,15 @@ from fmbench.aws import (
     translate_answer_error,
 )
 from fmbench.config import InferenceConfig, SageMakerEndpoint
-from fmbench.endpoints._chat import NO_TEXT, count, error_event, is_error_event, output_piece, usage_counts
+from fmbench.endpoints._chat import (
+    NO_TEXT,
+    cached_count,
+    count,
+    error_event,
+    is_error_event,
+    output_piece,
+    usage_counts,
+)
 from fmbench.errors import (
     EndpointError,
     EndpointHTTPError,
@@ -71,6 +79,7 @@ class _LineParser:
         self.done = False  # [DONE] (SSE) or the final TGI event was seen
         self.output_tokens: int | None = None
         self.input_tokens: int | None = None
+        self.cached_tokens: int | None = None
 
     def feed(self, data: bytes) -> str:
         """Add bytes; return the output text of every line they completed."""
@@ -123,6 +132,8 @@ class _LineParser:
             n_in, n_out = usage_counts(usage)
             self.output_tokens = n_out if n_out is not None else self.output_tokens
             self.input_tokens = n_in if n_in is not None else self.input_tokens
+            cached = cached_count(usage)
+            self.cached_tokens = cached if cached is not None else self.cached_tokens
         piece = output_piece(event, self.payload == "messages")
         return str(piece) if piece else ""
 
@@ -232,7 +243,7 @@ class SageMakerClient(BotoRuntimeClient):
         if isinstance(data, dict) and is_error_event(data):  # the container answered its own error
             raise _stream_error(data, self._what, "answer")
         text: Any = ""
-        n_in, n_out = None, None
+        n_in, n_out, cached = None, None, None
         if self.payload == "tgi":
             item = data[0] if isinstance(data, list) and data else data
             if not isinstance(item, dict) or not isinstance(item.get("generated_text"), str):
@@ -244,11 +255,13 @@ class SageMakerClient(BotoRuntimeClient):
                 raise EndpointProtocolError(f"{self._what}: answer without choices: {raw[:80]!r}")
             text = output_piece(data, self.payload == "messages") or ""
             n_in, n_out = usage_counts(data.get("usage"))
+            cached = cached_count(data.get("usage"))
         if not text and not n_out:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return Completion(
             t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=str(text),
-            input_tokens=n_in, output_tokens=n_out, http_status=200, note=None if text else NO_TEXT,
+            input_tokens=n_in, output_tokens=n_out, cached_tokens=cached, http_status=200,
+            note=None if text else NO_TEXT,
         )
 
     def _stream(self, body: bytes) -> Completion:
@@ -297,7 +310,8 @@ class SageMakerClient(BotoRuntimeClient):
         return Completion(
             t_start=t_start, t_end=now, t_first_token=chunk_times[0] if chunk_times else None,
             chunk_times=chunk_times, text="".join(pieces), input_tokens=parser.input_tokens,
-            output_tokens=parser.output_tokens, http_status=200, note=None if chunk_times else NO_TEXT,
+            output_tokens=parser.output_tokens, cached_tokens=parser.cached_tokens, http_status=200,
+            note=None if chunk_times else NO_TEXT,
         )
 
 

@@ -68,7 +68,7 @@ __all__ = ["run_shard", "run_shard_async"]
 _OK_ROW = ("experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate", "shard_id",
            "request_id", "prompt_id", "attempt", "warmup", "ok", "error_kind", "error", "http_status", "input_tokens",
            "output_tokens", "usage_source", "t_scheduled", "t_start", "t_first_token", "t_end", "send_lag_s", "ttft_s",
-           "latency_s", "tpot_s", "chunks", "resends", "note", "text", "client_host")
+           "latency_s", "tpot_s", "chunks", "resends", "note", "text", "client_host", "cached_tokens")
 if _OK_ROW != SCALAR_FIELDS:  # the record schema changed: _Shard._ok must follow it
     raise ImportError(f"fmbench.loadgen.engine builds rows as {_OK_ROW}, the writer expects {SCALAR_FIELDS}")
 
@@ -330,11 +330,14 @@ class _Shard:
             if out > 1 and chunks:
                 tpot = (latency - ttft) / (out - 1)
         text = str(comp.text) if self.spec.store_text else None
+        cached = comp.cached_tokens
+        if cached is not None:
+            cached = int(cached)
         warm = i < self.spec.warmup
         row = self._head + (
             i, prompt.prompt_id, attempt, warm, True, None, None, status, inp, out, source,
             ts, t_start, t_first, t_end, t_start - ts, ttft, latency, tpot, chunks, comp.resends, comp.note,
-            text, None)
+            text, None, cached)
         if chunks:
             # The stamps go to the writer as they are: it takes the gaps of many rows at once (an
             # odd stamp fails this record there, before anything is queued).

@@ -10,6 +10,10 @@ Definitions (the report's glossary repeats them):
 * ``resends`` counts sends the client repeated on a new connection because the server had closed
   the pooled one before reading the request (keep-alive limits, proxies): a client event, never an
   error; the request's timing starts at the send that was answered.
+* ``cached_prompt_share``: of the prompt tokens of the successful measured requests whose server said
+  how many it served from its prompt cache (OpenAI's ``usage.prompt_tokens_details.cached_tokens``,
+  llama.cpp's ``timings.cache_n``), the share it did; no prefill ran for them, so where it is high, TTFT
+  is that of cached prompts, not new ones. Null when the server never said.
 * ``duration_s`` runs from the first measured request's start (its scheduled time, else ``t_start``)
   to the last measured request's end.
 * ``transactions_per_min`` counts successful requests; token rates count tokens of successful requests.
@@ -59,7 +63,8 @@ _NEEDED = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concu
 
 
 #: Read when present (older or narrowed record sets may lack them; their metrics are then null).
-_OPTIONAL = {"itl_s": pl.List(pl.Float64()), "chunks": pl.Int64(), "resends": pl.Int64()}
+_OPTIONAL = {"itl_s": pl.List(pl.Float64()), "chunks": pl.Int64(), "resends": pl.Int64(),
+             "cached_tokens": pl.Int64()}
 
 
 def _measured(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -129,11 +134,25 @@ def _aggregate(lf: pl.LazyFrame, slo: SLOConfig | None = None) -> pl.DataFrame:
         pl.col("shard_id").drop_nulls().first().alias("shard_id"),
         pl.col("_attempts").sum().cast(pl.Int64).alias("attempts"),
         pl.col("resends").fill_null(0).sum().cast(pl.Int64).alias("resends"),
+        *_cache_aggs(ok),
         good.alias("good_requests"),
         *_chunk_aggs(ok),
     ]
     agg, itl = pl.collect_all([lf.group_by(SHARD_KEYS).agg(aggs), _itl_aggregate(lf)])
     return agg.join(itl, on="shard_id", how="left")
+
+
+def _cache_aggs(ok: pl.Expr) -> list[pl.Expr]:
+    """``cached_prompt_tokens``: prompt tokens the server served from its prompt cache, over the successful
+    requests it said so for; ``cached_prompt_share``: those over the same requests' prompt tokens. Null
+    when the server never said (most servers do not)."""
+    told = ok & pl.col("cached_tokens").is_not_null() & pl.col("input_tokens").is_not_null()
+    cached = pl.col("cached_tokens").filter(told).sum()
+    prompt = pl.col("input_tokens").filter(told).sum()
+    return [
+        pl.when(told.any()).then(cached).otherwise(None).cast(pl.Int64).alias("cached_prompt_tokens"),
+        pl.when(told.any() & (prompt > 0)).then(cached / prompt).otherwise(None).alias("cached_prompt_share"),
+    ]
 
 
 def _chunk_aggs(ok: pl.Expr) -> list[pl.Expr]:
@@ -288,7 +307,7 @@ METRIC_COLUMNS: list[str] = [
     "pricing_source", "shard_cost_usd", "cost_per_10k_txn", "cost_per_1m_output_tokens",
     "cost_per_1m_input_tokens", "cost_per_1m_total_tokens", "cost_per_10k_good",
     "meets_slo", "slo_failures", "slo_worst_ratio", "client_cpu_s", "shard_wall_s", "attempts",
-    "resends",
+    "resends", "cached_prompt_tokens", "cached_prompt_share",
 ]
 
 

@@ -44,6 +44,8 @@ from fmbench.report.tables import (
     TABLE_HEADERS,
     fmt_int,
     fmt_load,
+    fmt_pct,
+    fmt_seconds,
     fmt_usd,
     invalid_reason,
     itl_goodput_rows,
@@ -343,6 +345,37 @@ def _resend_rows(metrics: pl.DataFrame) -> list[dict[str, str]]:
             for r in metrics.filter(pl.col("resends").fill_null(0) > 0).iter_rows(named=True)]
 
 
+#: A shard whose server served at least this share of its prompt tokens from its prompt cache is warned of.
+CACHED_PROMPT_WARN_SHARE = 0.5
+
+
+def _cache_rows(metrics: pl.DataFrame) -> list[dict[str, str]]:
+    """The shards whose server said it served prompt tokens from its prompt cache."""
+    if "cached_prompt_tokens" not in metrics.columns:
+        return []
+    return [{"Experiment": r["experiment"], "Dataset": r["dataset"], "Bucket": r["bucket"], "Load": fmt_load(r),
+             "Prompt tokens": fmt_int(r["input_tokens"]), "From the cache": fmt_int(r["cached_prompt_tokens"]),
+             "Share": fmt_pct(r["cached_prompt_share"]), "TTFT p50 (s)": fmt_seconds(r["ttft_p50_s"])}
+            for r in metrics.filter(pl.col("cached_prompt_tokens").fill_null(0) > 0).iter_rows(named=True)]
+
+
+def _cache_warning(metrics: pl.DataFrame) -> str | None:
+    """One line when a shard's TTFT is mostly that of cached prompts, else None."""
+    if "cached_prompt_share" not in metrics.columns:
+        return None
+    hit = metrics.filter(pl.col("cached_prompt_share").fill_null(0) >= CACHED_PROMPT_WARN_SHARE)
+    if hit.is_empty():
+        return None
+    top = max(float(v) for v in hit["cached_prompt_share"].to_list())
+    return (f"{hit.height} shard{'s' if hit.height != 1 else ''} had at least {CACHED_PROMPT_WARN_SHARE:.0%} of "
+            f"their prompt tokens served from the server's prompt cache (up to {top:.0%}): no prefill ran for "
+            "those tokens, so their TTFT and throughput are those of prompts the server had seen, not of new "
+            "ones. Every concurrency level sends the same prompts, and a bucket with fewer prompts than "
+            "requests sends some again. To measure prefill, turn the cache off (llama.cpp: `extra_body: "
+            "{cache_prompt: false}`; vLLM: `--no-enable-prefix-caching`; SGLang: `--disable-radix-cache`) "
+            "or give each bucket more prompts. See \"Prompt cache\".")
+
+
 def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | None]:
     if cost is None or cost.is_empty():
         return [], None
@@ -558,6 +591,8 @@ def _context(inp: ReportInput, recs: list[Recommendation], colours: dict[str, st
         "figure_notes": fig_notes,
         "error_rows": _error_rows(inp.errors),
         "resend_rows": _resend_rows(inp.metrics),
+        "cache_rows": _cache_rows(inp.metrics),
+        "cache_warning": _cache_warning(inp.metrics),
         "repro": [_repro(r) for r in inp.runs],
         "md_table": md_table,
         "colours": colours,

@@ -23,12 +23,12 @@ from fmbench.rundir import Manifest, has_manifest, load_manifest
 REQUEST_COLUMNS = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concurrency", "request_rate",
                    "shard_id", "request_id", "attempt", "warmup", "ok", "error_kind", "error", "input_tokens",
                    "output_tokens", "t_scheduled", "t_start", "t_first_token", "t_end", "ttft_s", "latency_s",
-                   "tpot_s", "itl_s", "chunks"]
+                   "tpot_s", "itl_s", "chunks", "resends", "cached_tokens"]
 
 #: Of those, the columns records of older runs may lack. Without ``attempt`` every record is its
 #: request's only attempt; with it, a retried request counts once, by its final attempt
 #: (`fmbench.records.final_attempts`), in the metrics, the Errors table and compare's bootstrap.
-OPTIONAL_REQUEST_COLUMNS = {"attempt"}
+OPTIONAL_REQUEST_COLUMNS = {"attempt", "resends", "cached_tokens"}
 
 #: At most this many requests are drawn in the prompt-tokens-vs-latency scatter.
 SAMPLE_SIZE = 3000

@@ -220,7 +220,8 @@ def test_a_reasoning_models_stream_is_timed_from_its_first_reasoning_token() -> 
 @pytest.mark.parametrize("stream", [True, False])
 def test_an_answer_with_counted_tokens_and_no_text_is_a_success_with_a_note(stream: bool) -> None:
     # A reasoning model that spent max_tokens thinking, with a server that does not stream reasoning.
-    usage = {"prompt_tokens": 5, "completion_tokens": 8}
+    # (Its server served 4 of the 5 prompt tokens from its prompt cache, and says so.)
+    usage = {"prompt_tokens": 5, "completion_tokens": 8, "prompt_tokens_details": {"cached_tokens": 4}}
     parts = [(0.0, _part({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})),
              (0.0, _part({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}], "usage": usage})),
              (0.0, encode_event("PayloadPart", b"data: [DONE]\n\n"))]
@@ -234,6 +235,7 @@ def test_an_answer_with_counted_tokens_and_no_text_is_a_success_with_a_note(stre
         comp, err, _ = _complete(_sagemaker(url, "messages", stream=stream))
     assert err is None, err
     assert comp.text == "" and comp.output_tokens == 8 and comp.note and "counted by the server" in comp.note
+    assert comp.input_tokens == 5 and comp.cached_tokens == 4
 
 
 @pytest.mark.parametrize("bad", [-3, "7", 2.5, True], ids=["negative", "string", "float", "bool"])

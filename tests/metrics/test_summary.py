@@ -251,3 +251,20 @@ def test_percentile_helper_handles_edges() -> None:
     assert math.isnan(percentile([], 0.5))
     assert percentile([3.0], 0.99) == 3.0
     assert percentile([1.0, 2.0], 0.5) == pytest.approx(1.5)
+
+
+def test_cached_prompt_tokens_count_successful_requests_whose_server_said() -> None:
+    told = [rec(i, float(i), 0.5, inp=100) for i in range(4)]
+    for r, cached in zip(told, [0, 90, 99, None], strict=True):  # the last server said nothing
+        r.cached_tokens = cached
+    failed = rec(4, 4.0, None, ok=False)
+    failed.cached_tokens = 100  # a failed request's counts are not measurements
+    warm = rec(5, 5.0, 0.5, warmup=True)
+    warm.cached_tokens = 100
+    silent = [rec(i, float(i), 0.5, concurrency=2) for i in range(3)]
+    m = summarize(records_frame([*told, failed, warm, *silent]), make_cfg())
+    row = one(m, concurrency=1)
+    assert row["cached_prompt_tokens"] == 189
+    assert row["cached_prompt_share"] == pytest.approx(189 / 300)
+    quiet = one(m, concurrency=2)
+    assert quiet["cached_prompt_tokens"] is None and quiet["cached_prompt_share"] is None

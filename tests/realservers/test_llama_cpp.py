@@ -206,6 +206,24 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600, check=False)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_prompt_tokens_the_server_served_from_its_cache_are_recorded(llama: LlamaServer, tmp_path: Path,
+                                                                     stream: bool) -> None:
+    # Four new prompts, each sent twice, one at a time: the second time llama.cpp has the prompt in its
+    # cache and evaluates only its last token. With its cache off, it says it served none from there.
+    prompts = _prompts(4)
+    df = _shard(llama, tmp_path, api="chat", stream=stream, concurrency=1, requests=8, prompts=prompts,
+                max_tokens=4, name="cached").sort("request_id")
+    assert df["ok"].all() and df["cached_tokens"].null_count() == 0
+    first, again = df.head(4), df.tail(4)
+    assert (first["cached_tokens"] < first["input_tokens"] // 2).all(), first.select("input_tokens", "cached_tokens")
+    assert (again["cached_tokens"] >= again["input_tokens"] - 2).all(), again.select("input_tokens", "cached_tokens")
+    assert (again["cached_tokens"] < again["input_tokens"]).all()
+    off = _shard(llama, tmp_path, api="chat", stream=stream, concurrency=1, requests=8, prompts=prompts,
+                 max_tokens=4, extra_body={"cache_prompt": False}, name="uncached")
+    assert off["ok"].all() and off["cached_tokens"].to_list() == [0] * 8
+
+
 def test_the_shipped_config_validates_and_runs_against_llama_cpp(llama: LlamaServer, tiny_model: Path,
                                                                  tmp_path: Path,
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -233,6 +251,10 @@ def test_the_shipped_config_validates_and_runs_against_llama_cpp(llama: LlamaSer
     assert rec["ok"].all(), rec.filter(~pl.col("ok"))["error"].to_list()
     assert rec["output_tokens"].to_list() == [32] * 24
     assert set(rec["usage_source"]) == {"server"}
+    # 8 prompts for 12 requests at each of two levels: every prompt goes out again, and the shipped
+    # config keeps llama.cpp's prompt cache off, so none of them skipped its prefill.
+    assert rec["cached_tokens"].to_list() == [0] * 24
+    assert "prompt cache" not in report.read_text()
 
 
 def test_benchmark_6_times_both_clients_against_the_wire(llama_binary: Path, tmp_path: Path) -> None:

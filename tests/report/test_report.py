@@ -649,3 +649,36 @@ def test_records_of_an_older_run_without_attempts_are_each_a_request(tmp_path: P
     md = (run / "report.md").read_text()
     assert f"| flaky | synth | 1-500 | c=2 | server_error | {failed} | HTTP 503" in md
     assert f"| flaky | c=2 | {measured.height} | {failed} |" in md
+
+
+def test_shards_whose_prompts_came_from_the_servers_cache_are_warned_of(tmp_path: Path, no_png: None) -> None:
+    """A server that says it served most prompt tokens from its prompt cache (the same prompts go out at
+    every level) gets a warning under the run's table and a "Prompt cache" table; an older run's records
+    without the column, or a server that says nothing, get neither."""
+    run = tmp_path / "run"
+    write_run(str(run), experiments=[SimExperiment("cachey")], levels=[1, 2], buckets=[[1, 500]],
+              failed_shard=False, invalid_shard=False)
+    render_report(str(run))
+    plain = (run / "report.md").read_text()
+    assert "prompt cache" not in plain.lower()
+
+    records = pl.read_parquet(run / "requests.parquet")
+    # At c=2 the server served 90 % of each prompt from its cache; at c=1 it said it served none.
+    cached = (pl.when(pl.col("concurrency") == 2).then((pl.col("input_tokens") * 9) // 10).otherwise(0)
+              .cast(pl.Int64).alias("cached_tokens"))
+    storage.write_parquet(str(run / "requests.parquet"), records.with_columns(cached))
+    (run / "metrics.parquet").unlink()  # computed again from the records
+    render_report(str(run))
+    md = (run / "report.md").read_text()
+    ok = records.filter(~pl.col("warmup") & pl.col("ok") & (pl.col("concurrency") == 2))
+    prompt = int(ok["input_tokens"].sum())
+    from_cache = int(((ok["input_tokens"] * 9) // 10).sum())
+    assert "> ⚠ 1 shard had at least 50% of their prompt tokens served from the server's prompt cache" in md
+    assert "`extra_body: {cache_prompt: false}`" in md
+    table = md.split("## Prompt cache", 1)[1].split("## Errors", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| cachey |")]
+    assert len(rows) == 1 and "| c=2 |" in rows[0], rows
+    assert f"| {prompt:,} | {from_cache:,} |" in rows[0], rows
+    html = (run / "report.html").read_text()
+    assert '<h2 id="prompt-cache">Prompt cache</h2>' in html
+    assert '<div class="warn">⚠ 1 shard had at least 50%' in html
