@@ -17,7 +17,14 @@ from fmbench.metrics import SHARD_KEYS, benchmark_cost, error_counts, evaluate_s
 from fmbench.report.deltas import Delta, accuracy_deltas, delta_note, delta_rows, run_deltas
 from fmbench.report.quality import QualityView, quality_view, with_accuracy
 from fmbench.report.render import ReportInput, ReportPaths, pricing_rows, render
-from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
+from fmbench.report.run import (
+    RunData,
+    itl_distribution,
+    load_run,
+    request_sample,
+    request_timelines,
+    sent_requests,
+)
 
 
 def _labels(runs: list[RunData]) -> list[str]:
@@ -130,7 +137,8 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
             if sample is not None:
                 samples.append(_prefix(sample, label))
             errors.append(_prefix(error_counts(req), label))
-            costs.append(_prefix(benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at), label))
+            costs.append(_prefix(benchmark_cost(sent_requests(run, run.requests), run.cfg, run.shards, run.endpoints, run.ended_at),
+                                 label))
             dist, spans = itl_distribution(req), request_timelines(req)
             if dist is not None:
                 itl.append(_prefix(dist, label))

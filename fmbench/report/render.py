@@ -39,7 +39,14 @@ from fmbench.report.figures import Figure, build_figures, colour_map, endpoint_t
 from fmbench.report.png_worker import PngWorker
 from fmbench.report.quality import QualityView, quality_figure, quality_view, with_accuracy
 from fmbench.report.request_figures import itl_figure, timeline_figures
-from fmbench.report.run import RunData, itl_distribution, load_run, request_sample, request_timelines
+from fmbench.report.run import (
+    RunData,
+    itl_distribution,
+    load_run,
+    request_sample,
+    request_timelines,
+    sent_requests,
+)
 from fmbench.report.tables import (
     TABLE_HEADERS,
     fmt_int,
@@ -677,7 +684,7 @@ def render_run_report(run_url: str, exporter: PngExporter | None, png: bool | No
         if run.requests is None:
             return {}
         return {"errors": error_counts(run.requests), "request_spans": request_timelines(run.requests),
-                "bench_cost": benchmark_cost(run.requests, run.cfg, run.shards, run.endpoints, run.ended_at)}
+                "bench_cost": benchmark_cost(sent_requests(run, run.requests), run.cfg, run.shards, run.endpoints, run.ended_at)}
 
     quality = quality_view(run.url, run.cfg) if run.cfg is not None else None
     metrics = with_accuracy(run.metrics, quality) if quality is not None else run.metrics

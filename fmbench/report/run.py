@@ -73,6 +73,28 @@ class RunData:
         return self.manifest.ended_at
 
 
+#: What `fmbench.metrics.benchmark_cost` reads of each request sent.
+_SENT_COLUMNS = ["experiment", "shard_id", "ok", "input_tokens", "output_tokens", "t_scheduled", "t_start", "t_end"]
+
+
+def sent_requests(run: RunData, requests: pl.LazyFrame) -> pl.LazyFrame:
+    """Every request the run sent, for what it cost: its records (warm-ups and retried attempts
+    included) and those of the attempts set aside because their endpoint could not be reached
+    (``shards/<shard>.failed-<time>.parquet``, kept beside the shard's records). A set-aside file that
+    cannot be read is named in ``run.problems``. ``requests``: the run's records (``run.requests``)."""
+    parts = [requests.select(_SENT_COLUMNS)]
+    for url in storage.list_files(storage.join(run.url, "shards"), ".parquet"):
+        name = url.rsplit("/", 1)[-1]
+        if ".failed-" not in name:
+            continue
+        try:
+            parts.append(storage.read_parquet(url).lazy().select(_SENT_COLUMNS))
+        except (StorageError, OSError, pl.exceptions.PolarsError) as exc:
+            run.problems.append(f"shards/{name}: a set-aside attempt's records cannot be read ({exc.__class__.__name__}); "
+                                "what it cost is not counted")
+    return pl.concat(parts, how="vertical_relaxed") if len(parts) > 1 else parts[0]
+
+
 def _request_columns(names: Iterable[str]) -> list[str]:
     """`REQUEST_COLUMNS` a file with these columns has, leaving out only optional ones it lacks."""
     present = set(names)

@@ -145,6 +145,9 @@ def test_an_endpoint_lost_mid_shard_is_measured_again_and_the_report_says_it_was
     assert "all 20 requests failed to connect" in status["gone"]["error"]
     text = (run / "report.md").read_text()
     assert "stopped accepting connections after 6 of its 20 requests" in text
+    # What the run cost counts every request it sent, the set-aside attempts' too: "back" 20 + 20,
+    # "gone" three attempts of 20 (none of them among the measured records).
+    assert "| back | 40 |" in text and "| gone | 60 |" in text, text
 
 
 def test_a_server_restart_mid_shard_costs_only_the_requests_it_dropped(tmp_path: Path) -> None:
