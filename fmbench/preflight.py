@@ -155,7 +155,7 @@ def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -
     local one is (or can become) a directory this process may write in.
 
     Raises:
-        ConfigError: an invalid run id.
+        ConfigError: an invalid run id, or an output that names no place (``s3://`` without a bucket).
         StorageError: the bucket does not exist, access is denied, or a local path is not a directory.
     """
     from fmbench import storage
@@ -163,6 +163,10 @@ def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -
 
     check_run_id(run_id)
     out = output or cfg.output
+    problem = storage.output_problem(out)
+    if problem:
+        raise ConfigError(f"output {out!r}: {problem}")
+    out = storage.local_output(out)
     try:
         storage.check_location(out)
     except StorageError as exc:

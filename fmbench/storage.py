@@ -27,6 +27,24 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def output_problem(output: str) -> str | None:
+    """What is wrong with a run's output location (a directory, ``file://`` path or ``s3://bucket/prefix``),
+    or None: a URL must name its bucket (``s3://`` alone would become a local directory named ``s3:``)."""
+    if "://" not in output:
+        return None if output.strip() else "give a directory or s3://bucket/prefix"
+    scheme, rest = output.split("://", 1)
+    if scheme == "file":
+        return None if rest.strip("/") else "give a directory after file://"
+    if not rest.split("/", 1)[0]:
+        return f"give a bucket ({scheme}://bucket/prefix)"
+    return None
+
+
+def local_output(output: str) -> str:
+    """A ``file://`` output as the local path it names; any other output as it is."""
+    return output.removeprefix("file://")
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts onto a local path or URL."""
     if is_remote(base):

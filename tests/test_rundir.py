@@ -13,6 +13,7 @@ from fmbench import storage
 from fmbench.config import load_config_text
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError
+from fmbench.preflight import check_output
 from fmbench.rundir import Manifest, load_manifest, open_run
 
 CONFIG = """
@@ -161,6 +162,19 @@ def test_a_directory_with_shards_but_no_manifest_is_refused_and_left_as_it_is(tm
 def test_bad_run_id_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--run-id"):
         open_run(_cfg(tmp_path), run_id="../x")
+
+
+def test_an_output_url_must_name_a_place_and_a_file_url_is_its_local_path(tmp_path: Path) -> None:
+    # "s3://" alone once became a local directory named "s3:", and "file:///x" a relative "file:/x".
+    with pytest.raises(ConfigError, match=r"output: .*give a bucket \(s3://bucket/prefix\)"):
+        load_config_text(CONFIG.format(out="s3://", c=1), source="rd.yml")
+    with pytest.raises(ConfigError, match=r"output 's3:///runs': give a bucket"):
+        open_run(_cfg(tmp_path), output="s3:///runs", run_id="a")
+    with pytest.raises(ConfigError, match="output 's3://': give a bucket"):
+        check_output(_cfg(tmp_path), "s3://", None)
+    run = open_run(_cfg(tmp_path), output=f"file://{tmp_path}/viafile", run_id="a")
+    assert Path(run.url) == tmp_path / "viafile" / "rd" / "a" and Path(run.path("config.yml")).is_file()
+    check_output(_cfg(tmp_path), f"file://{tmp_path}/viafile", None)
 
 
 def test_resume_clears_temp_files_of_a_killed_writer(tmp_path: Path) -> None:

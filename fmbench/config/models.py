@@ -696,6 +696,17 @@ class BenchmarkConfig(_Model):
     name: _Name = Field(description="Benchmark name; results go to OUTPUT/NAME/RUN_ID.")
     description: str | None = Field(default=None, description="Free text shown in the report.")
     output: str = Field(default="results", description="Local directory or s3://bucket/prefix for results.")
+
+    @field_validator("output")
+    @classmethod
+    def _output_names_a_place(cls, v: str) -> str:
+        from fmbench.storage import output_problem
+
+        problem = output_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
     tokenizer: str = Field(
         default="cl100k_base",
         description="The default tokenizer of every experiment that names none: a tiktoken encoding name, a path "
