@@ -64,6 +64,7 @@ log = logging.getLogger("fmbench")
 
 _READY_TIMEOUT_S = 180.0  # a slice may calibrate its host first (a few seconds on a loaded machine)
 _START_LEAD_S = 1.0  # the agreed start is this far after the last slice reported ready
+_WARM_UP_TIMEOUT_S = 300.0  # a warm-up request's timeout when the client does not say its own
 _POLL_S = 0.5  # how often the caller checks its slices and their workers
 _RESULT_TIMEOUT_S = 60.0  # a finished slice's summary (a small dict) arrives well within this
 #: A slice stops its load when its caller has not checked in for this long: the caller's worker died,
@@ -224,9 +225,16 @@ def _slice(k: int, n: int, payload: bytes, ids: list[int] | None, concurrency: i
         return next(it, total)
 
     t0_var = Variable(f"{key}-t0", client=sched)
+    # The caller sets the start once every host has warmed up (or None when it gives up); a caller
+    # that died sets nothing: wait as long as the other hosts' warm-ups may take, every one timing out.
+    timeout_s = float(getattr(getattr(client, "inference", None), "timeout_s", None) or _WARM_UP_TIMEOUT_S)
+    wait_s = _READY_TIMEOUT_S + spec.warmup * (spec.request_retries + 1) * timeout_s
 
     def start_time() -> float:  # (in a thread: the slice's own loop goes on meanwhile)
-        t0_sched = t0_var.get(timeout=_READY_TIMEOUT_S)
+        try:
+            t0_sched = t0_var.get(timeout=wait_s)
+        except TimeoutError:
+            raise FMBenchError(f"shard {spec.shard_id}: no start from the caller in {wait_s:g} s") from None
         if t0_sched is None:
             raise FMBenchError(f"shard {spec.shard_id}: stopped before the start")
         return float(t0_sched) - mono_to_sched
