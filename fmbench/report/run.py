@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -12,7 +13,7 @@ import polars as pl
 from fmbench import storage
 from fmbench.config import BenchmarkConfig, load_config_text
 from fmbench.deploy import EndpointTimeline
-from fmbench.errors import FMBenchError, StorageError
+from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
 from fmbench.records import REQUEST_SCHEMA, final_attempts
 from fmbench.rundir import Manifest, has_manifest, load_manifest
@@ -139,8 +140,10 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
     from requests.parquet and, if ``write_metrics``, stored as metrics.parquet and metrics.csv.
 
     Raises:
-        StorageError: neither metrics.parquet nor requests.parquet can be read.
-        ConfigError: an experiment's pricing cannot be resolved while computing metrics.
+        StorageError: neither metrics.parquet nor requests.parquet can be read (for a run that has not
+            finished, the message says to resume it).
+        ConfigError: ``run_url`` is no directory, or a directory of runs rather than a run; or an
+            experiment's pricing cannot be resolved while computing metrics.
     """
     url = run_url.rstrip("/") if storage.is_remote(run_url) else run_url
     problems: list[str] = []
@@ -176,7 +179,7 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
     if metrics is None:
         if requests is None:
             if not manifest.shards:
-                raise StorageError(f"{url}: neither metrics.parquet nor requests.parquet exists; nothing to report")
+                _nothing_to_report(url, manifest)
             problems.append("requests.parquet is missing; only shard outcomes are known")
         rurl = storage.join(url, "requests.parquet")
         if requests is not None and (storage.is_remote(rurl) or _itl_values(rurl) <= IN_MEMORY_ITL_VALUES):
@@ -193,6 +196,29 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
             storage.write_text(storage.join(url, "metrics.csv"), metrics.write_csv())
     return RunData(url=url, manifest=manifest, config_text=config_text, cfg=cfg, metrics=_with_columns(metrics),
                    requests=requests, metrics_computed=computed, problems=problems)
+
+
+def _nothing_to_report(url: str, manifest: Manifest) -> None:
+    """Why ``url`` has no records to report, in one line: not a directory, a directory of runs rather
+    than a run, a run that has not finished (its records are gathered at its end), or nothing at all.
+
+    Raises:
+        ConfigError: the path is not a run's (a command-line mistake).
+        StorageError: the run has nothing to report yet.
+    """
+    if not storage.is_remote(url):
+        path = Path(url)
+        if not path.is_dir():
+            raise ConfigError(f"{url}: no such run directory")
+        runs = sorted(d.name for d in path.iterdir() if d.is_dir() and has_manifest(str(d)))
+        if runs and not has_manifest(url):
+            shown = ", ".join(runs[-5:]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+            raise ConfigError(f"{url}: not a run directory; it holds runs ({shown}): give one of them")
+    if has_manifest(url) and not manifest.ended_at:
+        run_id = manifest.run_id or url.rstrip("/").rsplit("/", 1)[-1]
+        raise StorageError(f"{url}: the run has not finished, so its records are not gathered yet; resume it "
+                           f"(fmbench run CONFIG --run-id {run_id}) to measure what is left and write its report")
+    raise StorageError(f"{url}: neither metrics.parquet nor requests.parquet exists; nothing to report")
 
 
 def _with_columns(metrics: pl.DataFrame) -> pl.DataFrame:

@@ -682,3 +682,27 @@ def test_shards_whose_prompts_came_from_the_servers_cache_are_warned_of(tmp_path
     html = (run / "report.html").read_text()
     assert '<h2 id="prompt-cache">Prompt cache</h2>' in html
     assert '<div class="warn">⚠ 1 shard had at least 50%' in html
+
+
+def test_a_path_that_is_not_a_finished_run_says_what_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+    from fmbench.errors import ExitCode
+
+    runs = tmp_path / "synth-bench"
+    write_run(str(runs / "r1"), run_id="r1", experiments=[SimExperiment("solo")], failed_shard=False,
+              invalid_shard=False)
+    assert main(["report", str(tmp_path / "nowhere"), "--no-png"]) == ExitCode.BAD_INPUT
+    assert "nowhere: no such run directory" in capsys.readouterr().err
+    # The benchmark's directory, not one of its runs.
+    assert main(["report", str(runs), "--no-png"]) == ExitCode.BAD_INPUT
+    assert "not a run directory; it holds runs (r1): give one of them" in capsys.readouterr().err
+    # A run stopped before its end: its records are gathered only then, so resuming it is the way on.
+    unfinished = runs / "r2"
+    unfinished.mkdir()
+    manifest = json.loads((runs / "r1" / "manifest.json").read_text())
+    manifest.update(run_id="r2", ended_at=None, shards=[])
+    (unfinished / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["report", str(unfinished), "--no-png"]) == ExitCode.ENVIRONMENT
+    err = capsys.readouterr().err
+    assert "the run has not finished" in err and "--run-id r2" in err
+    assert main(["report", str(runs / "r1"), "--no-png"]) == ExitCode.OK
