@@ -70,8 +70,9 @@ def _case(name: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
         "DeploymentError": _sagemaker_deploy(f"http://127.0.0.1:{_closed_port()}"),
     }
     env = {"DeploymentError": AWS_KEYS}.get(name, {})
-    if name == "StorageError":
-        return ["report", str(tmp / "no-such-run")], env
+    if name == "StorageError":  # a directory with no records in it (no directory at all is a ConfigError)
+        (tmp / "empty-run").mkdir()
+        return ["report", str(tmp / "empty-run")], env
     if name == "TokenizerError":  # a tokenizer.json that is not one (an unknown name is a ConfigError)
         (tmp / "tokenizer.json").write_bytes(b'{"version": "1.0", "model": 7}')
     cfg.write_text(texts[name].format(out=out))
