@@ -162,11 +162,7 @@ def check_output(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -
     from fmbench.names import check_run_id
 
     check_run_id(run_id)
-    out = output or cfg.output
-    problem = storage.output_problem(out)
-    if problem:
-        raise ConfigError(f"output {out!r}: {problem}")
-    out = storage.local_output(out)
+    out = storage.output_location(output or cfg.output)
     try:
         storage.check_location(out)
     except StorageError as exc:

@@ -244,11 +244,7 @@ def run_location(cfg: BenchmarkConfig, output: str | None, run_id: str) -> tuple
         raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '-', '_' and '.' only")
     if not run_id.strip("."):  # '.' and '..' name the directories above a run's, not a run
         raise ConfigError(f"--run-id {run_id!r}: give at least one letter, digit, '-' or '_'")
-    where = output or cfg.output
-    problem = storage.output_problem(where)
-    if problem:
-        raise ConfigError(f"output {where!r}: {problem}")
-    url = storage.join(storage.local_output(where), cfg.name, run_id)
+    url = storage.join(storage.output_location(output or cfg.output), cfg.name, run_id)
     if storage.is_remote(url):
         return url, str(Path(tempfile.gettempdir(), "fmbench-scratch", cfg.name, run_id))
     url = str(Path(url).resolve())

@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 import polars as pl
 
-from fmbench.errors import StorageError
+from fmbench.errors import ConfigError, StorageError
 
 
 def is_remote(url: str) -> bool:
@@ -40,8 +40,16 @@ def output_problem(output: str) -> str | None:
     return None
 
 
-def local_output(output: str) -> str:
-    """A ``file://`` output as the local path it names; any other output as it is."""
+def output_location(output: str) -> str:
+    """A run's output as the location to write to: a ``file://`` output as the local path it names,
+    any other as it is.
+
+    Raises:
+        ConfigError: the output names no place (`output_problem`).
+    """
+    problem = output_problem(output)
+    if problem:
+        raise ConfigError(f"output {output!r}: {problem}")
     return output.removeprefix("file://")
 
 
