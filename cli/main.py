@@ -75,9 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--region", help="AWS region to search (instead of, or besides, the config's)")
     c.add_argument("--profile", help="AWS profile (default: the config's, else the standard chain)")
     c.add_argument("--run-id", help="only resources of this run id")
-    c.add_argument("--config-name", help="only resources of this benchmark name (the config's `name`)")
+    c.add_argument("--config-name", help="only resources of this benchmark name (default with CONFIG: its `name`)")
+    c.add_argument("--any-config", action="store_true",
+                   help="with CONFIG: resources of every benchmark name in its regions, not only its own")
     c.add_argument("--older-than", metavar="AGE", help="only resources older than AGE, e.g. 90m, 2h, 3d")
     c.add_argument("--yes", action="store_true", help="delete what is listed (default: only list)")
+    c.add_argument("--include-live", action="store_true",
+                   help="delete the resources of runs in progress too (default: leave them to their runs)")
     c.add_argument("--no-png", dest="png", action="store_false",
                    help="when a run's report is rendered again with its endpoints' full cost, skip its PNG plots")
     c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -230,18 +234,24 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         hourly_total,
         list_fmbench_resources,
         parse_age,
+        runs_in_progress,
         sagemaker_client,
     )
     from fmbench.errors import ConfigError
     from fmbench.rundir import utc_now
 
     older = parse_age(args.older_than) if args.older_than else None
+    if args.any_config and (args.config_name or not args.config):
+        raise ConfigError("--any-config goes with a CONFIG and without --config-name")
     places: list[tuple[str | None, str | None, str | None]] = []
     cfg: BenchmarkConfig | None = None
+    config_name = args.config_name
     if args.config:
         from fmbench.pipeline import load_benchmark_config
 
         cfg = load_benchmark_config(args.config)
+        if config_name is None and not args.any_config:
+            config_name = cfg.name  # (another config's runs are not this config's to clean up)
         places = [(e.endpoint.region, args.profile or e.endpoint.profile, e.endpoint.endpoint_url)
                   for e in cfg.experiments if isinstance(e.endpoint, SageMakerEndpoint)]
         if not places and not args.region:
@@ -255,14 +265,22 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         if (region, url) in searched:
             continue
         searched.add((region, url))
-        found = list_fmbench_resources(client, region, run_id=args.run_id, config_name=args.config_name,
+        found = list_fmbench_resources(client, region, run_id=args.run_id, config_name=config_name,
                                        older_than_s=older)
+        live = runs_in_progress(found)
         hourly, unpriced = hourly_total(found)
         price = f"${hourly:,.2f}/h" + (f" plus {unpriced} unpriced" if unpriced else "")
         endpoints = sum(1 for r in found if r.kind == "endpoint")
-        say(f"{region}: {len(found)} fmbench resource(s), {endpoints} endpoint(s) billing {price}")
-        for line in _resource_lines(found):
+        say(f"{region}: {len(found)} fmbench resource(s), {endpoints} endpoint(s) billing {price}"
+            + (f", of which {len(live)} run(s) in progress" if live else ""))
+        for line in _resource_lines(found, live):
             say("  " + line)
+        for (name, rid), holder in live.items():
+            say(f"  run {rid}{f' of {name!r}' if name else ''} is in progress ({holder}): "
+                + ("its resources are deleted as well (--include-live)" if args.include_live else
+                   "its resources are left to it, it deletes them when it ends (--include-live deletes them)"))
+        if not args.include_live:
+            found = [r for r in found if (r.config_name, r.run_id) not in live]
         if not found:
             continue
         if not args.yes:
@@ -321,15 +339,16 @@ def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], de
     return failed
 
 
-def _resource_lines(found: list[FmbenchResource]) -> list[str]:
+def _resource_lines(found: list[FmbenchResource], live: dict[tuple[str | None, str], str]) -> list[str]:
     if not found:
         return []
-    rows = [("KIND", "NAME", "STATUS", "INSTANCES", "AGE", "$/H", "RUN ID", "CONFIG", "EXPERIMENT")]
+    rows = [("KIND", "NAME", "STATUS", "INSTANCES", "AGE", "$/H", "RUN ID", "CONFIG", "EXPERIMENT", "RUN")]
     for r in found:
         instances = f"{r.instance_count or 1} x {r.instance_type}" if r.instance_type else ""
         rows.append((r.kind, r.name, r.status or "", instances, _age(r.age_s()),
                      "" if r.kind != "endpoint" else ("?" if r.hourly_usd is None else f"{r.hourly_usd:,.2f}"),
-                     r.run_id, r.config_name or "", r.experiment or ""))
+                     r.run_id, r.config_name or "", r.experiment or "",
+                     "in progress" if (r.config_name, r.run_id) in live else "ended"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 

@@ -123,7 +123,12 @@ def warn_live_endpoints(endpoints: list[SageMakerEndpoint], run_id: str | None =
 
     Never fails the run: a failing list call is only a debug note. Returns how many were found.
     """
-    from fmbench.deploy.inventory import hourly_total, list_fmbench_resources, sagemaker_client
+    from fmbench.deploy.inventory import (
+        hourly_total,
+        list_fmbench_resources,
+        runs_in_progress,
+        sagemaker_client,
+    )
 
     seen: set[tuple[str | None, str | None, str | None]] = set()
     total = 0
@@ -135,18 +140,27 @@ def warn_live_endpoints(endpoints: list[SageMakerEndpoint], run_id: str | None =
         try:
             client, region = sagemaker_client(ep.region, ep.profile, ep.endpoint_url, quick=True)
             alive = list_fmbench_resources(client, region, kinds=("endpoint",), exclude_run_id=run_id)
+            live = runs_in_progress(alive)
         except Exception as exc:  # noqa: BLE001 - a warning must never stop the run
             log.debug("could not list earlier fmbench endpoints in %s: %s", ep.region or "the default region", exc)
             continue
+        running = sorted({r.run_id for r in alive if (r.config_name, r.run_id) in live})
+        if running:  # (not left behind: their runs delete them)
+            log.info("%d fmbench run(s) in progress in %s besides this one (run ids: %s)", len(running), region,
+                     ", ".join(running[:5]) + (" ..." if len(running) > 5 else ""))
+        alive = [r for r in alive if (r.config_name, r.run_id) not in live]
         if not alive:
             continue
         total += len(alive)
         hourly, unpriced = hourly_total(alive)
         runs = sorted({r.run_id for r in alive})
         price = f"${hourly:,.2f}/h" + (f" plus {unpriced} unpriced" if unpriced else "")
+        # The command searches where this endpoint is: its region, profile and API URL.
+        command = (f"AWS_ENDPOINT_URL_SAGEMAKER={ep.endpoint_url} " if ep.endpoint_url else "") + \
+            f"fmbench cleanup --region {region}" + (f" --profile {ep.profile}" if ep.profile else "")
         log.warning("%d endpoint(s) of earlier fmbench runs still running in %s, billing %s (run ids: %s); "
-                    "list them with `fmbench cleanup --region %s`, delete them with --yes",
-                    len(alive), region, price, ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else ""), region)
+                    "list them with `%s`, delete them with --yes",
+                    len(alive), region, price, ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else ""), command)
     return total
 
 

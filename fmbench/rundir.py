@@ -28,6 +28,7 @@ import secrets
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -286,22 +287,62 @@ class RunHold:
 
 
 @contextmanager
-def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str | None) -> Iterator[RunHold]:
-    """Hold run ``run_id`` for this process while the block runs: a second process that resumes the
-    same run at the same time (``--run-id`` of a run still going, in another terminal or a retried
-    deployment) is refused instead of measuring the same shards side by side, doubling the load
-    on the endpoint, and deleting the endpoint under the first. A new run id (None) is this run's
-    alone. See `hold_run`.
+def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str) -> Iterator[RunHold]:
+    """Hold run ``run_id`` of ``cfg`` for this process while the block runs, new or resumed:
+    a second process that resumes the same run at the same time (``--run-id`` of a run still
+    going, in another terminal or a retried deployment) is refused instead of measuring the same
+    shards side by side, doubling the load on the endpoint, and deleting the endpoint under the
+    first (`hold_run`). The run is also marked live on this host under its config's name and run
+    id, the tags of what it deploys, so that `fmbench cleanup` leaves its endpoints alone
+    (`live_on_this_host`).
 
     Raises:
         ConfigError: the run is in progress in another process.
     """
-    if run_id is None:
-        yield RunHold()
-        return
     url, _ = run_location(cfg, output, run_id)
-    with hold_run(url, run_id) as hold:
+    with hold_run(url, run_id) as hold, hold_live(cfg.name, run_id):
         yield hold
+
+
+def live_lock_file(config_name: str, run_id: str) -> Path:
+    """The file that run ``run_id`` of config ``config_name`` holds on this host while it is in
+    progress, wherever its output is (`exclusive_run`)."""
+    key = hashlib.sha256(f"{config_name}\0{run_id}".encode()).hexdigest()[:24]
+    return RUN_LOCKS / f"live-{key}.lock"
+
+
+def live_on_this_host(config_name: str, run_id: str) -> str | None:
+    """Who runs run ``run_id`` of config ``config_name`` on this host now (``pid N on HOST``), or
+    None when no process here does. A process that ended, however, holds nothing."""
+    try:
+        fd = os.open(live_lock_file(config_name, run_id), os.O_RDONLY)
+    except OSError:  # never run here (or its lock could not be made: the run warned then)
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (a shared probe, released at once)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        return None
+    finally:
+        os.close(fd)  # (releases the probe's lock)
+
+
+@contextmanager
+def hold_live(config_name: str, run_id: str) -> Iterator[None]:
+    """Mark run ``run_id`` of config ``config_name`` as in progress on this host while the block runs
+    (`live_on_this_host`); another process doing the same is refused.
+
+    Raises:
+        ConfigError: another process holds it.
+    """
+    def refuse(holder: str) -> ConfigError:
+        return ConfigError(f"run {run_id} of {config_name!r} is in progress ({holder}); wait for it to end, or "
+                           "stop it, before running it again")
+
+    # (cleanup's probe holds the file for an instant: a start at that instant waits it out)
+    with _flock_held(live_lock_file(config_name, run_id), run_id, refuse, wait_s=2.0):
+        yield
 
 
 @contextmanager
@@ -352,7 +393,18 @@ def _hold_in_store(url: str, run_id: str, hold: RunHold) -> Iterator[None]:
 
 @contextmanager
 def _hold_on_this_host(url: str, run_id: str) -> Iterator[None]:
-    path = run_lock_file(url)
+    def refuse(holder: str) -> ConfigError:
+        return ConfigError(f"run {run_id} is in progress ({holder}); wait for it to end, or stop it, before "
+                           "resuming it")
+
+    with _flock_held(run_lock_file(url), run_id, refuse):
+        yield
+
+
+@contextmanager
+def _flock_held(path: Path, run_id: str, refuse: Callable[[str], ConfigError], wait_s: float = 0.0) -> Iterator[None]:
+    """Hold the kernel's exclusive lock on ``path`` while the block runs, naming this process in it;
+    ``refuse(holder)`` is raised when another process holds it for longer than ``wait_s``."""
     problem: OSError | None = None
     try:
         if not RUN_LOCKS.is_dir():
@@ -367,16 +419,21 @@ def _hold_on_this_host(url: str, run_id: str) -> Iterator[None]:
         problem = exc
     if problem is not None:
         log.warning("cannot hold run %s (%s: %s): a second process resuming it at the same time would not be "
-                    "refused", run_id, path, problem.strerror or problem)
+                    "refused, and fmbench cleanup on this host cannot tell it is in progress", run_id, path,
+                    problem.strerror or problem)
         yield
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise ConfigError(f"run {run_id} is in progress ({holder}); wait for it to end, or stop it, before "
-                              "resuming it") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise refuse(holder) from None
+                time.sleep(0.02)
         with contextlib.suppress(OSError):  # (read-only: the holder stays unnamed)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from fmbench import progress
 from fmbench.config import BenchmarkConfig, instance_count
 from fmbench.deploy import ENDED_WITH_ATTEMPT, DeployedEndpoint, EndpointTimeline, deploy_state
+from fmbench.deploy.heartbeat import end_heartbeats
 from fmbench.interrupts import StopScope, interrupt_deploy, stop_scope, termination_interrupts
 from fmbench.pipeline import (
     PromptSet,
@@ -39,7 +40,7 @@ from fmbench.pipeline import (
 )
 from fmbench.pipeline.shards import find_experiment
 from fmbench.regression import RegressionReport
-from fmbench.rundir import RunInfo, exclusive_run
+from fmbench.rundir import RunInfo, exclusive_run, new_run_id
 
 log = logging.getLogger("fmbench")
 
@@ -147,8 +148,12 @@ def run_sequence(steps: Steps, cfg: BenchmarkConfig, *, output: str | None = Non
     with termination_interrupts(), contextlib.ExitStack() as held:
         if preflight:  # before the run directory exists: bad input leaves nothing behind
             steps.preflight(cfg, output, run_id)
-        # In this process (the flow's), not in a step: it is held until the run has ended.
+        # In this process (the flow's), not in a step: it is held until the run has ended. A new run
+        # is held too, under the id it is about to get: `fmbench cleanup` and a resume of that id in
+        # another process both tell it is in progress.
+        run_id = run_id or new_run_id()
         hold = held.enter_context(exclusive_run(cfg, output, run_id))
+        held.callback(end_heartbeats, run_id)  # (what the run keeps running is no longer "in progress")
         run = steps.open_run(cfg, output, run_id, command)
         if cfg.evaluation is not None:  # `fmbench evaluate` later needs not the config's directory
             from fmbench.quality.evaluate import keep_judge_template

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -226,7 +227,7 @@ experiments:
 
 
 def test_a_run_is_held_by_one_process_at_a_time_and_released_when_it_ends(tmp_path: Path) -> None:
-    from fmbench.rundir import exclusive_run, run_lock_file
+    from fmbench.rundir import exclusive_run, live_on_this_host, run_lock_file
 
     cfg = _cfg(tmp_path)
     with exclusive_run(cfg, None, "a"):
@@ -239,7 +240,15 @@ def test_a_run_is_held_by_one_process_at_a_time_and_released_when_it_ends(tmp_pa
             pass
     with exclusive_run(cfg, None, "a"):  # released
         pass
-    with exclusive_run(cfg, None, None):  # a new run id is this run's alone: nothing to hold
-        pass
+    # The same run id and config name with another output: the same tags on what it deploys, so the
+    # same run to `fmbench cleanup`; refused while the first is in progress.
+    other = cfg.model_copy(update={"output": str(tmp_path / "elsewhere")})
+    with exclusive_run(cfg, None, "c"):
+        assert live_on_this_host(cfg.name, "c") == f"pid {os.getpid()} on {platform.node()}"
+        assert live_on_this_host(cfg.name, "d") is None and live_on_this_host("other-config", "c") is None
+        with pytest.raises(ConfigError, match=r"run c of 'rd' is in progress \(pid \d+ on .+\)"), \
+                exclusive_run(other, None, "c"):
+            pass
+    assert live_on_this_host(cfg.name, "c") is None  # ended
     # The lock lives outside the run: a run directory looks the same locally and in S3.
     assert not (tmp_path / "results").exists()

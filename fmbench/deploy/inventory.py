@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import platform
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from fmbench.deploy.heartbeat import TAG_HOST, live_until
 from fmbench.deploy.sagemaker import (
     TAG_CONFIG,
     TAG_EXPERIMENT,
@@ -51,6 +53,8 @@ class FmbenchResource:
     instance_type: str | None = None
     instance_count: int | None = None
     hourly_usd: float | None = None  # all instances; only endpoints bill by the hour
+    host: str | None = None  # the host of the run that made or last adopted it (`fmbench.deploy.heartbeat`)
+    live_until: _dt.datetime | None = None  # until when that run said it is in progress
 
     def age_s(self, now: _dt.datetime | None = None) -> float | None:
         """Seconds since it was created."""
@@ -207,8 +211,40 @@ def list_fmbench_resources(
                 kind=kind, name=name, region=region, run_id=rid, config_name=tags.get(TAG_CONFIG),
                 experiment=tags.get(TAG_EXPERIMENT), created_at=created, status=status, instance_type=itype,
                 instance_count=count, hourly_usd=_hourly(itype, count, region) if kind == "endpoint" else None,
+                host=tags.get(TAG_HOST), live_until=live_until(tags),
             ))
     return found
+
+
+def runs_in_progress(resources: list[FmbenchResource],
+                     now: _dt.datetime | None = None) -> dict[tuple[str | None, str], str]:
+    """The runs among ``resources``' that are in progress, as (config name, run id) -> who runs it.
+
+    On this host a run's own lock decides (`fmbench.rundir.live_on_this_host`): held means in
+    progress, free means ended, however recently its tags were renewed (a run killed here is
+    cleaned up at once). A run of another host is in progress while the ``live-until`` tag it
+    renews is ahead (`fmbench.deploy.heartbeat`); one killed there reads as ended once it lapses.
+    Resources of fmbench versions before these tags read as ended.
+    """
+    from fmbench.rundir import live_on_this_host
+
+    now = now or _dt.datetime.now(_dt.UTC)
+    here = platform.node()
+    live: dict[tuple[str | None, str], str] = {}
+    runs: dict[tuple[str | None, str], list[FmbenchResource]] = {}
+    for r in resources:
+        runs.setdefault((r.config_name, r.run_id), []).append(r)
+    for (config, rid), items in runs.items():
+        holder = live_on_this_host(config, rid) if config is not None else None
+        if holder is not None:
+            live[(config, rid)] = holder
+            continue
+        fresh = [r for r in items if r.live_until is not None and r.live_until > now
+                 and not (r.host == here and config is not None)]  # (here, the free lock said it ended)
+        if fresh:
+            last = max(fresh, key=lambda r: r.live_until or now)
+            live[(config, rid)] = f"on {last.host or 'another host'}, renewed until {last.live_until:%H:%M:%S} UTC"
+    return live
 
 
 def delete_resources(client: Any, resources: list[FmbenchResource]) -> tuple[list[str], list[str]]:
@@ -217,7 +253,7 @@ def delete_resources(client: Any, resources: list[FmbenchResource]) -> tuple[lis
     An endpoint already Deleting is left to finish (deleting it again would be refused).
     """
     going = [r.ref for r in resources if r.kind == "endpoint" and r.status == "Deleting"]
-    removed, failures = delete_created(client, [r.ref for r in resources if r.ref not in going])
+    removed, failures = delete_created(client, [r.ref for r in resources if r.ref not in going], quiet=True)
     return removed + going, failures
 
 

@@ -28,6 +28,7 @@ from fmbench import interrupts, progress
 from fmbench.aws import make_session, profile_not_found, redact_aws
 from fmbench.config import BedrockEndpoint, ExperimentConfig, SageMakerEndpoint
 from fmbench.deploy import DeployedEndpoint, deploy_state, note_deploy_state, register_provider
+from fmbench.deploy.heartbeat import HEARTBEATS, live_tags
 from fmbench.errors import ConfigError, DeploymentError
 from fmbench.names import slug
 from fmbench.settings import variable_values
@@ -349,7 +350,12 @@ def _wait_until_gone(client: Any, name: str, timeout_s: float, poll_s: float) ->
 
 def _leftovers(client: Any, name: str, wanted: list[dict[str, str]]) -> list[str]:
     """This run's endpoint config and model of ``name`` that still exist (a run killed mid-deploy)."""
-    found = []
+    return list(_leftover_arns(client, name, wanted))
+
+
+def _leftover_arns(client: Any, name: str, wanted: list[dict[str, str]]) -> dict[str, str]:
+    """`_leftovers`, each with its ARN."""
+    found: dict[str, str] = {}
     for kind, describe, arn_key in (
         ("endpoint-config", lambda: client.describe_endpoint_config(EndpointConfigName=name), "EndpointConfigArn"),
         ("model", lambda: client.describe_model(ModelName=name), "ModelArn"),
@@ -363,12 +369,12 @@ def _leftovers(client: Any, name: str, wanted: list[dict[str, str]]) -> list[str
         if not _ours(resource_tags(client, arn), wanted):
             raise DeploymentError(f"{kind} {name} exists but was not created by this fmbench run "
                                   "(its fmbench tags differ); fmbench leaves it alone: delete or rename it")
-        found.append(f"{kind}:{name}")
+        found[f"{kind}:{name}"] = arn
     return found
 
 
 def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: list[dict[str, str]],
-           timeout_s: float, poll_s: float) -> DeployedEndpoint | None:
+           timeout_s: float, poll_s: float, run_id: str) -> DeployedEndpoint | None:
     """Reuse the endpoint an interrupted attempt of this run left, or clear it away when it failed.
 
     Returns the adopted handle (InService), or None when the caller should create the endpoint
@@ -379,7 +385,8 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
         raise DeploymentError(f"endpoint {name} exists but was not created by this fmbench run (its fmbench tags "
                               "differ); fmbench leaves it alone: delete it or use another run id")
     status = desc["EndpointStatus"]
-    leftovers = _leftovers(client, name, wanted)
+    leftover_arns = _leftover_arns(client, name, wanted)
+    leftovers = list(leftover_arns)
     if status in ("Failed", "OutOfService", "RollingBack", "Deleting"):
         log.warning("endpoint %s of an earlier attempt of this run is %s: deleting it and deploying anew",
                     name, status)
@@ -391,6 +398,11 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
         return None
     handle.created = [*leftovers, f"endpoint:{name}"]
     handle.adopted = True
+    # This run's again: its tags say so from now on (they named the killed attempt's host and time).
+    for ref, arn in [*leftover_arns.items(), (f"endpoint:{name}", desc["EndpointArn"])]:
+        kind, _, rname = ref.partition(":")
+        HEARTBEATS.add(run_id, kind, rname, client, arn)
+    HEARTBEATS.renew_now()
     handle.created_at = _iso(desc.get("CreationTime"))
     if status != "InService":
         log.info("endpoint %s of an earlier attempt of this run is %s: waiting for it", name, status)
@@ -496,7 +508,7 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
         if earlier is not None:
             handle.found_earlier = True  # (until adopted or gone, it is still there: the run bills it)
             step = "adopting the endpoint of an earlier attempt of this run"
-            if _adopt(client, handle, earlier, tags, cfg.deploy_timeout_s, poll_s) is not None:
+            if _adopt(client, handle, earlier, tags, cfg.deploy_timeout_s, poll_s, run_id) is not None:
                 return handle
         else:
             handle.earlier_gone_at = _iso()  # (an earlier attempt's endpoint, if it had one, was gone by now)
@@ -517,14 +529,15 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
             container["ModelDataSource"] = spec.model_data
         elif spec.model_data:
             container["ModelDataUrl"] = spec.model_data
-        client.create_model(
+        made = client.create_model(
             ModelName=name,
             ExecutionRoleArn=cfg.role_arn,
             PrimaryContainer=container,
             EnableNetworkIsolation=spec.network_isolation,
-            Tags=tags,
+            Tags=tags + live_tags(),
         )
         handle.created.append(f"model:{name}")
+        HEARTBEATS.add(run_id, "model", name, client, made.get("ModelArn"))
 
         step = "creating endpoint config"
         variant: dict[str, Any] = {
@@ -539,8 +552,10 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
             variant["ModelDataDownloadTimeoutInSeconds"] = int(spec.download_timeout_s)
         if cfg.volume_size_gb:
             variant["VolumeSizeInGB"] = cfg.volume_size_gb
-        client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant], Tags=tags)
+        made = client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant],
+                                             Tags=tags + live_tags())
         handle.created.append(f"endpoint-config:{name}")
+        HEARTBEATS.add(run_id, "endpoint-config", name, client, made.get("EndpointConfigArn"))
 
         step = "creating endpoint"
         # Billing starts with the CreateEndpoint call; the time before it is the conservative bound. The
@@ -548,8 +563,9 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
         # timeout) still has it deleted; ``created_at`` only once the call returned (none was made before).
         calling = _iso()
         handle.created.append(f"endpoint:{name}")
-        client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags)
+        made = client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags + live_tags())
         handle.created_at = calling
+        HEARTBEATS.add(run_id, "endpoint", name, client, made.get("EndpointArn"))
 
         step = "waiting for InService"
         wait_for_endpoint(client, name, cfg.deploy_timeout_s, poll_s=poll_s)
@@ -574,8 +590,10 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
 # ---------------------------------------------------------------- teardown
 
 
-def delete_created(client: Any, created: list[str]) -> tuple[list[str], list[str]]:
-    """Delete the given 'kind:name' resources, endpoint first; already-deleted counts as removed."""
+def delete_created(client: Any, created: list[str], quiet: bool = False) -> tuple[list[str], list[str]]:
+    """Delete the given 'kind:name' resources, endpoint first; already-deleted counts as removed.
+    ``quiet``: each deletion is logged at debug level only (the caller prints it)."""
+    level = logging.DEBUG if quiet else logging.INFO
     removed: list[str] = []
     failures: list[str] = []
     calls = {
@@ -589,14 +607,15 @@ def delete_created(client: Any, created: list[str]) -> tuple[list[str], list[str
         if kind not in calls:
             failures.append(f"{item} (unknown kind)")
             continue
+        HEARTBEATS.discard(kind, name)  # (being deleted: no longer in progress, whatever the call's outcome)
         try:
             calls[kind](name)
-            log.info("deleted %s %s", kind, name)
+            log.log(level, "deleted %s %s", kind, name)
         except Exception as exc:  # noqa: BLE001 - every failure is reported after trying the rest
             if not _not_found(exc):
                 failures.append(f"{item} ({_describe('delete', exc)})")
                 continue
-            log.info("%s %s was already deleted", kind, name)
+            log.log(level, "%s %s was already deleted", kind, name)
         removed.append(item)
     return removed, failures
 

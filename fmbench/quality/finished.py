@@ -3,6 +3,7 @@ with the run's evaluation settings, or those of another config, and its report i
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ import yaml
 
 from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, apply_overrides, load_config, parse_config
+from fmbench.deploy.heartbeat import end_heartbeats
 from fmbench.errors import ConfigError, StorageError
 from fmbench.quality.evaluate import EvaluationOutcome, check_evaluation, read_outcome
-from fmbench.rundir import RunInfo, has_manifest, hold_run, load_manifest, run_uid
+from fmbench.rundir import RunInfo, has_manifest, hold_live, hold_run, load_manifest, run_uid
 
 SETTINGS = "settings.yml"
 
@@ -107,7 +109,10 @@ def evaluate_run_dir(run_url: str, config: str | None = None, overrides: list[st
                           "evaluate; run it again with store_text: true or an evaluation section")
     assert cfg.evaluation is not None
     run_id = manifest.run_id or url.rsplit("/", 1)[-1]
-    with hold_run(url, run_id):  # not beside a resume of the run, nor another evaluation of it
+    # Not beside a resume of the run, nor another evaluation of it; and in progress to `fmbench cleanup`
+    # while its judges' endpoints are up (what it keeps past its end is no longer in progress).
+    with hold_run(url, run_id), hold_live(cfg.name, run_id), contextlib.ExitStack() as ended:
+        ended.callback(end_heartbeats, run_id)
         settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "min_accuracy": cfg.slo.min_accuracy}
         storage.write_text(storage.join(url, "evaluation", SETTINGS), yaml.safe_dump(settings, sort_keys=False))
         scratch = url if not storage.is_remote(url) else tempfile.mkdtemp(prefix="fmbench-evaluate-")

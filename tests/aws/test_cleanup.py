@@ -246,13 +246,141 @@ def test_cleanup_names_refused_credentials(moto: str, capsys: pytest.CaptureFixt
     assert "no AWS credentials found" in capsys.readouterr().err
 
 
+# ---------------------------------------------------------------- runs in progress
+
+
+def _live_until(moto: str, name: str) -> datetime:
+    from fmbench.deploy.heartbeat import live_until
+    from fmbench.deploy.sagemaker import resource_tags
+
+    sm = sm_client(moto)
+    until = live_until(resource_tags(sm, sm.describe_endpoint(EndpointName=name)["EndpointArn"]))
+    assert until is not None
+    return until
+
+
+def _as_if_on(moto: str, name: str, host: str, until: datetime) -> None:
+    """Tag the three resources of ``name`` as a run on ``host`` renews them (`fmbench.deploy.heartbeat`)."""
+    sm = sm_client(moto)
+    arns = [sm.describe_endpoint(EndpointName=name)["EndpointArn"],
+            sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"],
+            sm.describe_model(ModelName=name)["ModelArn"]]
+    for arn in arns:
+        sm.add_tags(ResourceArn=arn, Tags=[{"Key": "fmbench:host", "Value": host},
+                                           {"Key": "fmbench:live-until", "Value": until.isoformat()}])
+
+
+def test_a_run_renews_its_resources_tags_while_in_progress_and_marks_them_ended_after(
+        moto: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+    import time
+
+    from fmbench.deploy.heartbeat import end_heartbeats
+
+    monkeypatch.setenv("FMBENCH_LIVE_RENEW_S", "0.2")
+    name = resource_name("h", "hb-run")
+    deploy_sagemaker(_exp(moto, name="h"), "hb-run", config_name="hb", poll_s=0.05)
+    first = _live_until(moto, name)
+    assert first > datetime.now(UTC)
+    deadline = time.monotonic() + 20
+    while _live_until(moto, name) <= first:  # renewed by the run's thread
+        assert time.monotonic() < deadline, "live-until was not renewed"
+        time.sleep(0.05)
+    client, region = sagemaker_client("us-east-1", None, moto)
+    assert {r.host for r in list_fmbench_resources(client, region)} == {platform.node()}
+    end_heartbeats("hb-run")  # the run ended, keeping its endpoint
+    ended = _live_until(moto, name)
+    assert ended <= datetime.now(UTC)
+    time.sleep(1.0)  # five renewal periods: nothing renews it any more
+    assert _live_until(moto, name) == ended
+
+
+def test_cleanup_leaves_the_resources_of_a_run_in_progress_here_or_on_another_host(
+        moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from fmbench.config import load_config_text
+    from fmbench.deploy.heartbeat import end_heartbeats
+    from fmbench.rundir import exclusive_run
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    cfg = load_config_text(f"name: live\noutput: {tmp_path}\nbuckets: [[1, 100]]\n"
+                           "datasets: [{name: s, source: synthetic}]\nexperiments: [{name: x, endpoint: {provider: "
+                           "simulated}}]\n")
+    here = resource_name("x", "run-here")
+    there = resource_name("x", "run-there")
+    with exclusive_run(cfg, None, "run-here"):  # a run in progress in this host (what `fmbench run` holds)
+        deploy_sagemaker(_exp(moto, name="x"), "run-here", config_name="live", poll_s=0.05)
+        deploy_sagemaker(_exp(moto, name="x"), "run-there", config_name="live", poll_s=0.05)
+        end_heartbeats("run-there")
+        _as_if_on(moto, there, "other-host", datetime.now(UTC) + timedelta(minutes=5))  # renewed there
+
+        assert main(["cleanup", "--region", "us-east-1", "--yes"]) == 0
+        out = capsys.readouterr().out
+        assert "6 fmbench resource(s), 2 endpoint(s)" in out and "of which 2 run(s) in progress" in out
+        assert f"run run-here of 'live' is in progress (pid {__import__('os').getpid()} on " in out
+        assert "run run-there of 'live' is in progress (on other-host, renewed until " in out
+        assert "deleted" not in out
+        assert sorted(sm_inventory(moto)["endpoints"]) == sorted([here, there])
+
+        # Lapsed on the other host (killed there): not in progress any more.
+        _as_if_on(moto, there, "other-host", datetime.now(UTC) - timedelta(seconds=1))
+        assert main(["cleanup", "--region", "us-east-1", "--yes"]) == 0
+        out = capsys.readouterr().out
+        assert f"deleted endpoint:{there}" in out and here not in out.split("in progress (pid")[-1]
+        assert sm_inventory(moto)["endpoints"] == [here]
+        assert main(["cleanup", "--region", "us-east-1"]) == 0  # listed, marked, and said left to the run
+        listed = capsys.readouterr().out
+        assert any(line.split()[:2] == ["endpoint", here] and line.endswith("in progress")
+                   for line in listed.splitlines())
+        assert "its resources are left to it, it deletes them when it ends" in listed
+    # Its process ended (killed or not): its lock is free, so it is not in progress, whatever its tags say.
+    assert main(["cleanup", "--region", "us-east-1", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted endpoint:{here}" in out and "in progress" not in out
+    assert out.count(f"deleted endpoint:{here}") == 1 and "deleted endpoint" not in capsys.readouterr().err
+    assert sm_inventory(moto) == EMPTY
+
+
+def test_cleanup_include_live_deletes_a_run_in_progress_and_config_selects_its_own_runs(
+        moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from fmbench.deploy.heartbeat import end_heartbeats
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    mine, theirs = resource_name("a", "r-mine"), resource_name("b", "r-theirs")
+    deploy_sagemaker(_exp(moto, name="a"), "r-mine", config_name="mine", poll_s=0.05)
+    deploy_sagemaker(_exp(moto, name="b"), "r-theirs", config_name="theirs", poll_s=0.05)
+    for rid in ("r-mine", "r-theirs"):
+        end_heartbeats(rid)
+    _as_if_on(moto, mine, "other-host", datetime.now(UTC) + timedelta(minutes=5))
+    cfg = tmp_path / "mine.yml"
+    cfg.write_text(
+        "name: mine\nbuckets: [[1, 100]]\ndatasets: [{name: s, source: synthetic}]\n"
+        f"experiments: [{{name: a, endpoint: {{provider: sagemaker, region: us-east-1, endpoint_url: '{moto}', "
+        f"image_uri: '{TGI_IMAGE}', instance_type: {INSTANCE}, role_arn: '{ROLE}'}}}}]\n")
+    # CONFIG: its own runs only; theirs is another config's.
+    assert main(["cleanup", str(cfg), "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "3 fmbench resource(s), 1 endpoint(s)" in out and theirs not in out and "deleted" not in out
+    assert main(["cleanup", str(cfg), "--yes", "--include-live"]) == 0
+    out = capsys.readouterr().out
+    assert "deleted as well (--include-live)" in out and f"deleted endpoint:{mine}" in out
+    assert sm_inventory(moto)["endpoints"] == [theirs]
+    assert main(["cleanup", str(cfg), "--config-name", "x", "--any-config"]) == ExitCode.BAD_INPUT
+    assert main(["cleanup", str(cfg), "--any-config", "--yes"]) == 0
+    assert f"deleted endpoint:{theirs}" in capsys.readouterr().out
+    assert sm_inventory(moto) == EMPTY
+
+
 # ---------------------------------------------------------------- warning before a deploy
 
 
 def test_preflight_warns_once_about_endpoints_of_earlier_runs(moto: str, caplog: pytest.LogCaptureFixture) -> None:
     from fmbench.preflight import warn_live_endpoints
 
-    deploy_sagemaker(_exp(moto, name="a"), "old-run", poll_s=0.05)
+    deploy_sagemaker(_exp(moto, name="a"), "old-run", config_name="old", poll_s=0.05)  # (no run holds it)
     by_hand(moto, "prod-endpoint")
     ep = _exp(moto).endpoint
     caplog.set_level(logging.DEBUG, logger="fmbench.preflight")

@@ -24,7 +24,16 @@ from fmbench.config import SimulatedEndpoint
 from fmbench.deploy.sagemaker import TAG_EXPERIMENT, resource_name
 from fmbench.simulator.process import SimulatedServerProcess
 from tests.support.cli import ROOT
-from tests.support.sagemaker import INSTANCE, ROLE, TGI_IMAGE, by_hand, moto_endpoint, sm_client, sm_inventory
+from tests.support.sagemaker import (
+    EMPTY,
+    INSTANCE,
+    ROLE,
+    TGI_IMAGE,
+    by_hand,
+    moto_endpoint,
+    sm_client,
+    sm_inventory,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -192,6 +201,44 @@ def test_killed_runs_are_found_cleaned_up_and_resumed_by_adoption(
                                 "models": ["team-endpoint"]}
     final = _cli(["cleanup", str(cfg)], env)
     assert final.returncode == 0 and "0 fmbench resource(s)" in final.stdout
+
+
+def test_cleanup_while_a_run_is_in_progress_leaves_its_endpoint_to_it(
+        moto: str, slow_sim: str, tmp_path: Path) -> None:
+    """`fmbench cleanup CONFIG --yes` in another terminal while a run (started without --run-id) is
+    measuring: the run's endpoint is listed as in progress and not deleted; the run measures every
+    request without an error and deletes its endpoint itself."""
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim, name="busy", concurrency_levels=[1], requests_per_level=40)
+    runs = tmp_path / "results" / "busy"
+    with (tmp_path / "run.log").open("w") as out:
+        proc = subprocess.Popen(_fmbench("run", str(cfg), "--no-png"), env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not (runs.is_dir() and any(runs.glob("*/manifest.json"))
+                       and sm_inventory(moto)["endpoints"]):  # deployed, about to measure
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the run deployed nothing in 300 s"
+                time.sleep(0.05)
+            run_id = next(runs.glob("*/manifest.json")).parent.name
+            endpoint = resource_name("sm", run_id)
+            cleaned = _cli(["cleanup", str(cfg), "--yes"], env)
+            assert proc.poll() is None, "the run ended before cleanup looked: make its shards longer"
+            assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+            assert f"run {run_id} of 'busy' is in progress (pid {proc.pid} on " in cleaned.stdout
+            assert "deleted" not in cleaned.stdout and endpoint in sm_inventory(moto)["endpoints"]
+            assert proc.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    import polars as pl
+
+    records = pl.read_parquet(runs / run_id / "requests.parquet")
+    assert records.height >= 80 and records["error"].null_count() == records.height  # every request answered
+    assert sm_inventory(moto) == EMPTY  # deleted by the run itself
+    after = _cli(["cleanup", str(cfg)], env)
+    assert after.returncode == 0 and "0 fmbench resource(s)" in after.stdout
 
 
 def test_an_endpoint_a_run_kept_is_billed_in_its_report_until_cleanup_deletes_it(
