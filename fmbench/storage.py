@@ -223,6 +223,7 @@ def move(url: str, to: str) -> None:
     """
     if not is_remote(url):
         try:
+            Path(to).parent.mkdir(parents=True, exist_ok=True)
             os.replace(url, to)
         except OSError as exc:
             raise storage_error(url, "move", exc) from exc

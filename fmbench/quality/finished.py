@@ -4,6 +4,7 @@ with the run's evaluation settings, or those of another config, and its report i
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ from fmbench import storage
 from fmbench.config import BenchmarkConfig, EvaluationConfig, apply_overrides, load_config, parse_config
 from fmbench.deploy.heartbeat import end_heartbeats
 from fmbench.errors import ConfigError, StorageError
-from fmbench.quality.evaluate import EvaluationOutcome, check_evaluation, read_outcome
-from fmbench.rundir import RunInfo, has_manifest, hold_live, hold_run, load_manifest, run_uid
+from fmbench.quality.evaluate import EvaluationOutcome, check_evaluation, finished_evaluation, read_outcome
+from fmbench.rundir import RunInfo, has_manifest, hold_live, hold_run, load_manifest, run_uid, utc_now
 
 SETTINGS = "settings.yml"
+
+log = logging.getLogger("fmbench")
 
 
 def stored_settings(run_url: str) -> tuple[EvaluationConfig, float | None] | None:
@@ -113,11 +116,80 @@ def evaluate_run_dir(run_url: str, config: str | None = None, overrides: list[st
     # while its judges' endpoints are up (what it keeps past its end is no longer in progress).
     with hold_run(url, run_id), hold_live(cfg.name, run_id), contextlib.ExitStack() as ended:
         ended.callback(end_heartbeats, run_id)
-        settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "min_accuracy": cfg.slo.min_accuracy}
-        storage.write_text(storage.join(url, "evaluation", SETTINGS), yaml.safe_dump(settings, sort_keys=False))
+        names = [e.name for e in cfg.experiments]
+        _settle_previous(url, names)
         scratch = url if not storage.is_remote(url) else tempfile.mkdtemp(prefix="fmbench-evaluate-")
         run = RunInfo(name=cfg.name, run_id=run_id, url=url, scratch=scratch, resumed=True, uid=run_uid(manifest))
+        # Complete evaluations these settings replace: kept aside until the new ones are complete too
+        # (judge calls are paid for, and a partial evaluation is not worth the complete one it replaces).
+        replaced = [n for n in names if (o := read_outcome(url, n)) is not None and o.status == "ok"
+                    and finished_evaluation(run, cfg, n) is None]
+        if replaced:
+            _copy_files(url, _evaluation_files(url, names), storage.join(url, PREVIOUS))
+        settings = {"evaluation": cfg.evaluation.model_dump(mode="json"), "min_accuracy": cfg.slo.min_accuracy}
+        storage.write_text(storage.join(url, "evaluation", SETTINGS), yaml.safe_dump(settings, sort_keys=False))
         with InlineSteps() as steps:
             evaluate_run(steps, run, cfg)
+        outcomes = {n: read_outcome(url, n) for n in names}
+        short = [n for n in replaced if (o := outcomes[n]) is None or o.status != "ok"]
+        if short:
+            aside = storage.join(url, ATTEMPTS, utc_now().replace(":", ""))
+            _copy_files(url, _evaluation_files(url, names), aside)
+            _restore(url, names, storage.join(url, PREVIOUS), "")
+            log.warning("the evaluation with these settings is incomplete for %s: the earlier, complete evaluation "
+                        "of the run is kept (its settings and results, as the report shows); this one's files are "
+                        "in %s", ", ".join(short), aside)
+        elif replaced:
+            _drop(storage.join(url, PREVIOUS), names)
         write_report(run, png=png)
-    return {e.name: read_outcome(url, e.name) for e in cfg.experiments}
+    return outcomes
+
+
+#: Where `evaluate_run_dir` keeps a run's complete evaluation while it makes one with other settings,
+#: and where it keeps a new evaluation that came out incomplete (the complete one stays in place).
+PREVIOUS = "evaluation-previous"
+ATTEMPTS = "evaluation-attempts"
+
+
+def _evaluation_files(base: str, experiments: list[str]) -> list[str]:
+    """The evaluation files under ``base`` (a run, or a copy of its evaluation), relative to it."""
+    found = []
+    for sub in ["evaluation", *(f"evaluation/{e}" for e in experiments)]:
+        found += [f"{sub}/{u.rsplit('/', 1)[-1]}" for u in storage.list_files(storage.join(base, *sub.split("/")))]
+    return found
+
+
+def _copy_files(base: str, files: list[str], to: str) -> None:
+    for f in files:
+        storage.write_bytes(storage.join(to, *f.split("/")), storage.read_bytes(storage.join(base, *f.split("/"))))
+
+
+def _settle_previous(url: str, experiments: list[str]) -> None:
+    """An evaluate stopped while it had a complete evaluation kept aside: put it back unless the new
+    one was complete for every experiment it had (then the kept one is only dropped)."""
+    kept = storage.join(url, PREVIOUS)
+    if not _evaluation_files(kept, experiments):
+        return
+    done = [n for n in experiments if (o := read_outcome(kept, n)) is not None and o.status == "ok"]
+    if all((o := read_outcome(url, n)) is not None and o.status == "ok" for n in done):
+        _drop(kept, experiments)
+        return
+    _restore(url, experiments, kept, "an evaluate stopped before its own was complete")
+
+
+def _drop(base: str, experiments: list[str]) -> None:
+    for f in _evaluation_files(base, experiments):
+        storage.remove(storage.join(base, *f.split("/")))
+
+
+def _restore(url: str, experiments: list[str], kept: str, why: str) -> None:
+    """Put the evaluation kept in ``kept`` back in place of the run's current one (removed first)."""
+    files = _evaluation_files(kept, experiments)
+    if not files:
+        return
+    if why:
+        log.warning("restoring the run's complete evaluation from %s (%s)", kept, why)
+    for f in _evaluation_files(url, experiments):
+        storage.remove(storage.join(url, *f.split("/")))
+    for f in files:
+        storage.move(storage.join(kept, *f.split("/")), storage.join(url, *f.split("/")))

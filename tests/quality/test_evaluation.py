@@ -196,6 +196,42 @@ def test_fmbench_evaluate_on_a_finished_run(tmp_path: Path, capsys: pytest.Captu
     assert "## Answer quality" in (run / "report.md").read_text()
 
 
+def test_an_evaluation_with_other_settings_that_comes_out_incomplete_keeps_the_complete_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = _config(tmp_path, evaluation=None, name="keep")
+    for e in raw["experiments"]:
+        e["store_text"] = True
+        e["requests_per_level"] = 10
+    run = Path(run_benchmark(parse_config(raw, source="keep", base_dir=tmp_path), run_id="r1")).parent
+    good = _write(tmp_path, _config(tmp_path, evaluation={"judges": [PANEL[0]], "evaluate_per_shard": 5},
+                                    name="keep"), "good")
+    assert main(["evaluate", str(run), "--config", str(good), "--no-png"]) == 0
+    files = {p.relative_to(run): p.read_bytes() for p in (run / "evaluation").rglob("*") if p.is_file()}
+    assert run.joinpath("evaluation", "big", "judge_calls.parquet") in [run / f for f in files]
+    capsys.readouterr()
+
+    # Other settings whose judge cannot be reached: paid calls of the complete evaluation are not lost.
+    dead = {"name": "gone", "endpoint": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}
+    assert main(["evaluate", str(run), "--set", f"evaluation={json.dumps({'judges': [dead]})}", "--no-png"]) == 1
+    captured = capsys.readouterr()
+    assert "big: " in captured.out and "missing: gone: not deployed" in captured.out
+    assert "the earlier, complete evaluation of the run is kept" in captured.err
+    assert {p.relative_to(run): p.read_bytes() for p in (run / "evaluation").rglob("*") if p.is_file()} == files
+    [attempt] = list((run / "evaluation-attempts").iterdir())  # the incomplete one, for a look
+    assert json.loads((attempt / "evaluation" / "big" / "outcome.json").read_text())["status"] == "partial"
+    assert not [p for p in (run / "evaluation-previous").rglob("*") if p.is_file()]
+    md = (run / "report.md").read_text()
+    assert "## Answer quality" in md and "Missing evaluations" not in md  # the complete one, as before
+
+    # Other settings that come out complete replace it.
+    other = _write(tmp_path, _config(tmp_path, evaluation={"judges": [PANEL[0]], "evaluate_per_shard": 3},
+                                     name="keep"), "other")
+    assert main(["evaluate", str(run), "--config", str(other), "--no-png"]) == 0
+    assert "3 judged" in capsys.readouterr().out
+    assert _calls(run, "big").height == 3  # (its one shard: 3 answers judged by one judge)
+    assert not [p for p in (run / "evaluation-previous").rglob("*") if p.is_file()]
+
+
 def test_failing_judges_still_give_a_report_that_names_what_is_missing(tmp_path: Path) -> None:
     raw = _config(tmp_path, evaluation=None, name="nojudge")
     for e in raw["experiments"]:
