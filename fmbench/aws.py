@@ -29,6 +29,7 @@ import botocore.parsers
 import urllib3.exceptions
 
 from fmbench.errors import (
+    NO_ANSWER_BYTE,
     EndpointConnectionError,
     EndpointError,
     EndpointHTTPError,
@@ -164,6 +165,10 @@ def _retry_after(value: Any) -> float | None:
         return None
 
 
+_SOCKET_TIMEOUTS = (botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError,
+                    urllib3.exceptions.TimeoutError, TimeoutError)
+
+
 def _translate(exc: Exception, what: str) -> EndpointError:
     if isinstance(exc, EndpointError):
         return exc
@@ -191,15 +196,7 @@ def _translate(exc: Exception, what: str) -> EndpointError:
         if status in (None, 200):  # error event inside a stream
             status = 500 if code in _SERVER_SIDE_STREAM_CODES else 400
         return EndpointHTTPError(f"{what}: {code}: {message}", status=status)
-    if isinstance(
-        exc,
-        (
-            botocore.exceptions.ReadTimeoutError,
-            botocore.exceptions.ConnectTimeoutError,
-            urllib3.exceptions.TimeoutError,
-            TimeoutError,
-        ),
-    ):
+    if isinstance(exc, _SOCKET_TIMEOUTS):
         return EndpointTimeout(f"{what}: timed out ({exc.__class__.__name__})")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return EndpointConnectionError(f"{what}: no AWS credentials found in the standard chain")
@@ -230,7 +227,11 @@ def _translate(exc: Exception, what: str) -> EndpointError:
 def translate_answer_error(exc: Exception, what: str, secrets: tuple[str, ...], begun: bool) -> EndpointError:
     """`translate_client_error`, where a connection that breaks once the answer has begun (its status and
     headers read) is the endpoint cutting the answer off (`fmbench.errors.answer_cut_off`)."""
-    return answer_cut_off(translate_client_error(exc, what, secrets), begun, what)
+    err = translate_client_error(exc, what, secrets)
+    if not begun and isinstance(err, EndpointTimeout) and isinstance(exc, _SOCKET_TIMEOUTS):
+        # no status line, no header: the endpoint said nothing (`fmbench.errors.silent_timeout`)
+        err = EndpointTimeout(f"{err}, {NO_ANSWER_BYTE}")
+    return answer_cut_off(err, begun, what)
 
 
 def bound_reads(body: Any, deadline: float, what: str, timeout_s: float) -> None:

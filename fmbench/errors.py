@@ -124,6 +124,22 @@ class EndpointConnectionError(EndpointError):
     kind = "connection"
 
 
+#: In the message of a timeout before any byte of the answer arrived: the endpoint took the request
+#: and said nothing (hung, stopped, or far past its capacity), as opposed to an answer that was slow.
+NO_ANSWER_BYTE = "no byte of an answer"
+
+
+def silent_timeout(kind: str | None, message: str | None) -> bool:
+    """Whether a record's error is a timeout with no byte of an answer (`NO_ANSWER_BYTE`)."""
+    return kind == "timeout" and NO_ANSWER_BYTE in (message or "")
+
+
+class EndpointHung(EndpointConnectionError):
+    """Raised for a shard whose endpoint took its requests but answered none of a run of them, each
+    waiting out the request timeout: the shard stopped sending, and its attempt is set aside like
+    one whose endpoint was lost (`fmbench.pipeline.shards.hung_endpoint`)."""
+
+
 class EndpointProtocolError(EndpointError):
     """Raised when an endpoint's answer cannot be parsed (bad JSON, truncated stream, no tokens)."""
 

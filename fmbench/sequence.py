@@ -25,6 +25,7 @@ from fmbench import progress
 from fmbench.config import BenchmarkConfig, instance_count
 from fmbench.deploy import ENDED_WITH_ATTEMPT, DeployedEndpoint, EndpointTimeline, deploy_state
 from fmbench.deploy.heartbeat import end_heartbeats
+from fmbench.errors import EndpointHung
 from fmbench.interrupts import StopScope, interrupt_deploy, stop_scope, termination_interrupts
 from fmbench.pipeline import (
     PromptSet,
@@ -317,6 +318,10 @@ class Lifecycles:
         self.closed: set[str] = set()
         self.failed_deploys: set[str] = set()  # whose failure was said
         self.left_running: list[str] = []
+        #: Experiments whose endpoint stopped answering in a shard, every attempt of it (`EndpointHung`),
+        #: with that shard: their other shards are not sent (each would wait out its timeouts while the
+        #: endpoint bills), so the endpoint is deleted now.
+        self.hung: dict[str, str] = {}
         self._lock = threading.Lock()
         self.in_flight = StopScope()  # its shards (judges: judge calls) running now; stopped before any endpoint goes
 
@@ -468,6 +473,9 @@ class Lifecycles:
         done = finished_shard(self.run, spec.shard_id)
         if done is not None:  # measured before the run was interrupted: never sent again
             return _ended(done)
+        if name in self.hung:
+            return _ended(failed_outcome(spec, f"not measured: the endpoint stopped answering in shard "
+                                               f"{self.hung[name]}"))
         self.check_hold()
         if name in self.timelines and self.timelines[name].first_shard_at is None:
             self._update(name, first_shard_at=_now())
@@ -476,6 +484,10 @@ class Lifecycles:
         except Exception as exc:  # noqa: BLE001 - a failed shard is recorded; the others still run
             self.check_hold()  # (stopped because another process took the run over: not a failed shard)
             outcome = failed_outcome(spec, exc)
+            if isinstance(exc, EndpointHung):
+                self.hung[name] = spec.shard_id
+                log.warning("experiment %s: its endpoint stopped answering in shard %s, every attempt; its other "
+                            "shards are not measured, and its endpoint is deleted", name, spec.shard_id)
         self._update(name, last_shard_at=_now())
         return _ended(outcome)
 

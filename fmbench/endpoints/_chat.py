@@ -19,6 +19,32 @@ _TGI_ERROR_STATUS = {"validation": 422, "overloaded": 429}
 #: own tokens.
 NO_TEXT = "no output text arrived; output tokens as counted by the server"
 
+#: The start of a record's note for an answer the server ended for its own limit before max_tokens
+#: (``finish_reason: length`` with fewer output tokens: the prompt plus max_tokens exceed its
+#: context). A success, but shorter than the benchmark asked for: its throughput is of shorter answers.
+CUT_BY_SERVER = "cut short by the server"
+
+
+def finish_reason(*event_lists: Any) -> str | None:
+    """The last ``finish_reason`` among parsed chunks or answers (each list read from its end), if any."""
+    for events in event_lists:
+        for event in reversed(events or ()):
+            try:
+                reason = event["choices"][0].get("finish_reason")
+            except (KeyError, IndexError, TypeError, AttributeError):
+                continue
+            if reason:
+                return str(reason)
+    return None
+
+
+def cut_note(reason: str | None, output_tokens: int | None, max_tokens: int | None) -> str | None:
+    """`CUT_BY_SERVER`'s note when the server ended the answer for length below ``max_tokens``, else None."""
+    if reason != "length" or output_tokens is None or not max_tokens or output_tokens >= max_tokens:
+        return None
+    return (f"{CUT_BY_SERVER} at {output_tokens} of max_tokens {max_tokens} output tokens (finish_reason "
+            "length: the prompt and max_tokens exceed its context)")
+
 
 def output_piece(event: Any, chat: bool) -> str | None:
     """The output text a parsed chunk or answer carries (None when it carries none): a chat delta's

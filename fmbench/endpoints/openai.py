@@ -82,11 +82,14 @@ from yarl import URL
 from fmbench.config import InferenceConfig
 from fmbench.endpoints._chat import NO_TEXT as _NO_TEXT
 from fmbench.endpoints._chat import cached_count as _cached_count
+from fmbench.endpoints._chat import cut_note as _cut_note
 from fmbench.endpoints._chat import error_event, is_error_event
+from fmbench.endpoints._chat import finish_reason as _finish_reason
 from fmbench.endpoints._chat import output_piece as _output_piece
 from fmbench.endpoints._chat import usage_counts as _usage_counts
 from fmbench.endpoints._deadline import Deadlines
 from fmbench.errors import (
+    NO_ANSWER_BYTE,
     ConfigError,
     EndpointConnectionError,
     EndpointError,
@@ -162,6 +165,8 @@ def _translate(exc: BaseException, secrets: tuple[str, ...], answer_begun: bool 
     for cls, target, what in _EXCEPTION_MAP:
         if isinstance(exc, cls):
             detail = str(exc)
+            if target is EndpointTimeout and not answer_begun:
+                what = f"{what}, {NO_ANSWER_BYTE}"
             message = f"{what} ({type(exc).__name__}{': ' + detail if detail else ''})"
             err = answer_cut_off(target(message), answer_begun)
             err.args = (_redact(str(err), secrets)[: _MAX_MESSAGE * 2],)  # the final message, as stored
@@ -628,7 +633,10 @@ class OpenAIClient:
         except asyncio.CancelledError as exc:
             if task is None or deadlines is None or not deadlines.expired(task):
                 raise
-            err: EndpointError = EndpointTimeout(f"no complete answer within {self._timeout:g} s")
+            silent = not (answered or _answer_arrived(sent))
+            err: EndpointError = EndpointTimeout(
+                f"{NO_ANSWER_BYTE} within {self._timeout:g} s" if silent
+                else f"no complete answer within {self._timeout:g} s")
             err.resends = resends
             raise err from exc
         except EndpointError as exc:
@@ -680,7 +688,8 @@ class OpenAIClient:
             output_tokens=output_tokens,
             cached_tokens=cached_tokens,
             http_status=resp.status,
-            note=None if text else _NO_TEXT,
+            note=(_cut_note(_finish_reason([data]), output_tokens, self.inference.max_tokens)
+                  or (None if text else _NO_TEXT)),
         )
 
     def _stream_error(self, event: dict[str, Any]) -> EndpointHTTPError:
@@ -707,6 +716,8 @@ class OpenAIClient:
         usage: dict[str, Any] | None = None
         timings: Any = None  # llama.cpp's own counts, for a stream without usage
         done = False
+        tail: list[Any] = []  # the events of the last read that had any, and of the one before
+        before_tail: list[Any] = []
         now = t_start
         clock, loads, feed = time.monotonic, _loads, decoder.feed
         add_piece = pieces.append
@@ -756,6 +767,8 @@ class OpenAIClient:
                 add_piece(piece)
             if len(pieces) > before:  # every chunk of one read has the read's stamp
                 chunk_times.extend([now] * (len(pieces) - before))
+            if events:  # (the finish_reason is read once, at the end: from these)
+                before_tail, tail = tail, events
             # The stream's last usage counts (some servers send one with every chunk); without
             # any, llama.cpp's last timings. Looked for from the end of each read.
             for event in reversed(events):
@@ -780,7 +793,7 @@ class OpenAIClient:
                 raise EndpointProtocolError("stream ended without [DONE]")
         input_tokens, output_tokens = _usage_counts(usage, timings)
         cached_tokens = _cached_count(usage, timings)
-        note = None
+        note = _cut_note(_finish_reason(tail, before_tail), output_tokens, self.inference.max_tokens)
         if not chunk_times:
             if not output_tokens:
                 raise EndpointProtocolError("stream carried no output text")

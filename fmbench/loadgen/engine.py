@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import statistics
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from fmbench.errors import DatasetError, EndpointError, FMBenchError
+from fmbench.errors import DatasetError, EndpointError, FMBenchError, silent_timeout
 from fmbench.interrupts import Stopped, StopScope, run_until_stopped
 from fmbench.loadgen.heap import frozen_heap
 from fmbench.loadgen.overload import CompletionFit, judge_overload
@@ -52,8 +53,15 @@ from fmbench.loadgen.writer import SCALAR_FIELDS, RecordWriter
 from fmbench.protocol import Completion, EndpointClient, Prompt
 from fmbench.records import RequestRecord
 
+log = logging.getLogger("fmbench")
+
 _SPIN_S = 0.0012  # pacer: stop sleeping this long before a due time, then yield-spin
 _LEAD_S = 0.005  # open loop: the first arrival is due this long after the schedule is set up
+#: A shard stops sending once this many requests in a row, and at least as many as it keeps in
+#: flight, timed out with no byte of an answer (`fmbench.errors.silent_timeout`): its endpoint took
+#: them and stopped answering. Without this stop every request of the shard would wait out its whole
+#: timeout, for hours, while a paid endpoint bills (`_Shard.halted`).
+HUNG_MIN_REQUESTS = 5
 PROGRESS_EVERY_S = 1.0  # how often a running shard reports its requests done (a live view redraws)
 _RECENT_TTFTS = 256  # the "current" TTFT p50 of a progress report is over this many latest requests
 
@@ -241,6 +249,11 @@ class _Shard:
         # without a RequestRecord: these leading fields are the same for every request of the shard.
         self._head = (spec.experiment, spec.dataset, spec.bucket, spec.bucket_min, spec.bucket_max,
                       self.concurrency, spec.request_rate, spec.shard_id)
+        #: Why the shard stopped sending (its endpoint stopped answering), or None; the loops send no
+        #: request once it is set, and the requests in flight end by themselves.
+        self.halted: str | None = None
+        self._silent = 0  # requests in a row that timed out with no byte of an answer
+        self._hung_after = max(HUNG_MIN_REQUESTS, self.concurrency or spec.concurrency or 1)
 
     def _base(self, i: int, prompt: Prompt) -> RequestRecord:
         s = self.spec
@@ -345,6 +358,8 @@ class _Shard:
         else:
             self.writer.add_row(row, None)
         sent = self.first_sent.pop(i, None) if self.first_sent else None
+        if self._silent:
+            self._silent = 0
         if warm:
             self.stats.warm += 1
         else:
@@ -365,6 +380,16 @@ class _Shard:
 
     def _add(self, rec: RequestRecord) -> None:
         self.writer.add(rec)
+        if rec.ok:
+            self._silent = 0
+        elif silent_timeout(rec.error_kind, rec.error):
+            self._silent += 1
+            if self._silent >= self._hung_after and self.halted is None:
+                self.halted = (f"{self._silent} requests in a row got {rec.error}: the endpoint takes requests and "
+                               "answers none")
+                log.warning("shard %s: %s; it sends no more", self.spec.shard_id, self.halted)
+        elif rec.error_kind != "cancelled":
+            self._silent = 0
         sent = self.first_sent.pop(rec.request_id, None) if self.first_sent else None
         self.stats.observe(rec.warmup, rec.ok, rec.t_start, rec.t_end, rec.t_scheduled, rec.send_lag_s, sent)
         if rec.ok and not rec.warmup and rec.ttft_s is not None:
@@ -511,7 +536,7 @@ async def _closed_loop(
     take = take_id or local_take
 
     async def worker() -> None:
-        while (i := take()) < total:
+        while shard.halted is None and (i := take()) < total:
             await shard.run_one(client, i, None)
 
     if t0 is not None:
@@ -532,6 +557,8 @@ async def warm_up(client: EndpointClient, shard: _Shard, ids: Sequence[int], wor
 
     async def worker() -> None:
         for i in pending:  # one iterator shared by the workers: each id is sent once
+            if shard.halted is not None:
+                return
             await shard.run_one(client, i, None)
 
     await _run_all([asyncio.create_task(worker()) for _ in range(min(workers, len(ids)))])
@@ -556,6 +583,8 @@ async def _open_loop(
             if i % n != k:
                 continue
             await _sleep_until(due)
+            if shard.halted is not None:
+                break
             if i >= spec.warmup:
                 shard.stats.dispatch_lags.append(clock() - due)
             task = loop.create_task(shard.run_one(client, i, due, slot))

@@ -14,6 +14,9 @@ Definitions (the report's glossary repeats them):
   how many it served from its prompt cache (OpenAI's ``usage.prompt_tokens_details.cached_tokens``,
   llama.cpp's ``timings.cache_n``), the share it did; no prefill ran for them, so where it is high, TTFT
   is that of cached prompts, not new ones. Null when the server never said.
+* ``cut_answers`` counts successful measured requests whose answer the server ended for its own
+  length limit before ``max_tokens`` (``finish_reason: length`` with fewer output tokens: the prompt and
+  max_tokens exceed its context); their throughput is that of shorter answers than asked for.
 * ``duration_s`` runs from the first measured request's start (its scheduled time, else ``t_start``)
   to the last measured request's end.
 * ``transactions_per_min`` counts successful requests; token rates count tokens of successful requests.
@@ -46,6 +49,7 @@ from typing import Any
 import polars as pl
 
 from fmbench.config import BenchmarkConfig, SLOConfig
+from fmbench.endpoints._chat import CUT_BY_SERVER
 from fmbench.metrics.cost import attach_costs
 from fmbench.metrics.slo import evaluate_slo
 from fmbench.records import final_attempts
@@ -64,7 +68,7 @@ _NEEDED = ["experiment", "dataset", "bucket", "bucket_min", "bucket_max", "concu
 
 #: Read when present (older or narrowed record sets may lack them; their metrics are then null).
 _OPTIONAL = {"itl_s": pl.List(pl.Float64()), "chunks": pl.Int64(), "resends": pl.Int64(),
-             "cached_tokens": pl.Int64()}
+             "cached_tokens": pl.Int64(), "note": pl.Utf8()}
 
 
 def _measured(requests: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
@@ -135,6 +139,8 @@ def _aggregate(lf: pl.LazyFrame, slo: SLOConfig | None = None) -> pl.DataFrame:
         pl.col("_attempts").sum().cast(pl.Int64).alias("attempts"),
         pl.col("resends").fill_null(0).sum().cast(pl.Int64).alias("resends"),
         *_cache_aggs(ok),
+        (ok & pl.col("note").str.starts_with(CUT_BY_SERVER).fill_null(False)).sum().cast(pl.Int64)
+        .alias("cut_answers"),
         good.alias("good_requests"),
         *_chunk_aggs(ok),
     ]
@@ -307,7 +313,7 @@ METRIC_COLUMNS: list[str] = [
     "pricing_source", "shard_cost_usd", "cost_per_10k_txn", "cost_per_1m_output_tokens",
     "cost_per_1m_input_tokens", "cost_per_1m_total_tokens", "cost_per_10k_good",
     "meets_slo", "slo_failures", "slo_worst_ratio", "client_cpu_s", "shard_wall_s", "attempts",
-    "resends", "cached_prompt_tokens", "cached_prompt_share",
+    "resends", "cached_prompt_tokens", "cached_prompt_share", "cut_answers",
 ]
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fmbench import progress, storage
 from fmbench.config import BedrockEndpoint, BenchmarkConfig, ExperimentConfig, bucket_label
 from fmbench.deploy import DeployedEndpoint
-from fmbench.errors import EndpointConnectionError
+from fmbench.errors import EndpointConnectionError, EndpointHung, silent_timeout
 from fmbench.interrupts import StopScope, current_stop_scope, worker_stop_scope
 from fmbench.machine import Sentinel
 from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
@@ -334,16 +334,27 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
     if sim_view and sim_view.get("verdict"):
         log.warning("shard %s: %s", spec.shard_id, sim_view["verdict"])
     # One outcome per request: with request_retries, earlier attempts are records but not requests.
-    measured = final_attempts(pl.read_parquet(local)).filter(~pl.col("warmup")).collect()
+    attempts = final_attempts(pl.read_parquet(local)).collect()
+    measured = attempts.filter(~pl.col("warmup"))
     n, n_err = measured.height, int((~measured["ok"]).sum())
     lost = lost_endpoint(measured, _concurrency(spec))
-    if lost is not None:
-        before, after, first = lost
-        if before == 0:
-            reason = f"all {n} requests failed to connect ({first})"
+    hung = hung_endpoint(attempts, _concurrency(spec)) if lost is None else None
+    if lost is not None or hung is not None:
+        error: type[EndpointConnectionError] = EndpointConnectionError
+        if lost is not None:
+            before, after, first = lost
+            if before == 0:
+                reason = f"all {n} requests failed to connect ({first})"
+            else:
+                reason = (f"the endpoint stopped accepting connections after {before} of its {n} requests: "
+                          f"the last {after} failed to connect ({first})")
         else:
-            reason = (f"the endpoint stopped accepting connections after {before} of its {n} requests: "
-                      f"the last {after} failed to connect ({first})")
+            assert hung is not None
+            before, after, first = hung
+            error = EndpointHung
+            reason = (f"the endpoint stopped answering{f' after {before} answers' if before else ''}: the last "
+                      f"{after} requests got {first}, and the shard stopped sending "
+                      f"({n} of its {spec.requests} measured requests sent)")
         failed = local.with_name(f"{spec.shard_id}.failed-{utc_now().replace(':', '')}.parquet")
         local.replace(failed)
         _upload(run, failed)
@@ -352,7 +363,7 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
         storage.write_text(run.path("shards", f"{failed.stem}.json"), note.model_dump_json(indent=2))
         log.warning("shard %s: %s; this attempt is set aside (shards/%s), the shard is measured again while "
                     "retries remain", spec.shard_id, reason, failed.name)
-        raise EndpointConnectionError(f"shard {spec.shard_id}: {reason}")
+        raise error(f"shard {spec.shard_id}: {reason}")
     records_url = _upload(run, local)
     load = None
     if cal is not None and result.duration_s > 0 and n:
@@ -402,9 +413,34 @@ def lost_endpoint(measured: pl.DataFrame, concurrency: int) -> tuple[int, int, s
     return n - after, after, str(in_order["error"][n - after])
 
 
+def hung_endpoint(records: pl.DataFrame, concurrency: int) -> tuple[int, int, str] | None:
+    """Whether a shard's endpoint stopped answering: its last requests to end (warm-ups included, by
+    end time, the order the engine saw them in) all timed out with no byte of an answer, at least
+    `HUNG_MIN_REQUESTS` of them and at least ``concurrency`` (`fmbench.loadgen.engine._Shard.halted`
+    stops the shard there); or every request did.
+
+    Args:
+        records: the shard's final attempts, warm-ups included.
+
+    Returns:
+        (answered requests before that run, requests in it, the first one's error), or None.
+    """
+    from fmbench.loadgen.engine import HUNG_MIN_REQUESTS
+
+    in_order = records.sort("t_end", nulls_last=False)
+    n = in_order.height
+    silent = [silent_timeout(k, e) for k, e in zip(in_order["error_kind"].cast(pl.Utf8).to_list(),
+                                                   in_order["error"].to_list(), strict=True)]
+    after = next((k for k, f in enumerate(reversed(silent)) if not f), n)
+    if after == 0 or (after < n and after < max(HUNG_MIN_REQUESTS, concurrency)):
+        return None
+    return int(in_order["ok"][: n - after].sum()), after, str(in_order["error"][n - after])
+
+
 class SetAside(BaseModel):
-    """A shard's attempt set aside because its endpoint could not be reached (`lost_endpoint`); stored
-    beside the attempt's records as ``shards/<shard>.failed-<time>.json``, and named in the run's warnings."""
+    """A shard's attempt set aside because its endpoint could not be reached (`lost_endpoint`) or
+    stopped answering (`hung_endpoint`); stored beside the attempt's records as
+    ``shards/<shard>.failed-<time>.json``, and named in the run's warnings."""
 
     shard_id: str
     records: str = Field(description="The attempt's records, a file name in the run's shards/.")
@@ -436,7 +472,7 @@ def set_aside_warnings(run: RunInfo) -> list[str]:
         k = len(attempts)
         what = " ".join(f"Attempt of {a.started_at}: {a.reason}." for a in attempts)
         lines.append(f"shard {sid}: {k} attempt{'s' if k != 1 else ''} set aside, the endpoint could not be "
-                     f"reached; records kept in {files}. {what}")
+                     f"reached or did not answer; records kept in {files}. {what}")
     return lines
 
 

@@ -383,6 +383,23 @@ def _cache_warning(metrics: pl.DataFrame) -> str | None:
             "or give each bucket more prompts. See \"Prompt cache\".")
 
 
+def _cut_warning(metrics: pl.DataFrame) -> str | None:
+    """One line when a shard had answers the server cut short before max_tokens, else None."""
+    if "cut_answers" not in metrics.columns:
+        return None
+    hit = metrics.filter(pl.col("cut_answers").fill_null(0) > 0)
+    if hit.is_empty():
+        return None
+    cut, answered = int(hit["cut_answers"].sum()), int(hit["successes"].fill_null(0).sum())
+    names = ", ".join(str(v) for v in hit["shard_id"].head(3).to_list()) + (" ..." if hit.height > 3 else "")
+    return (f"{hit.height} shard{'s' if hit.height != 1 else ''} ({names}) had answers the server cut short before "
+            f"max_tokens ({cut} of their {answered} answers; finish_reason length): the prompt and max_tokens "
+            "exceed the server's context, so those requests generated fewer tokens than asked for and their "
+            "transactions per minute and latency are of shorter answers. Compare \"Output tokens/req\" across "
+            "shards, raise the server's context (llama.cpp: `--ctx-size` per slot) or lower max_tokens or the "
+            "bucket's prompt lengths.")
+
+
 def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | None]:
     if cost is None or cost.is_empty():
         return [], None
@@ -600,6 +617,7 @@ def _context(inp: ReportInput, recs: list[Recommendation], colours: dict[str, st
         "resend_rows": _resend_rows(inp.metrics),
         "cache_rows": _cache_rows(inp.metrics),
         "cache_warning": _cache_warning(inp.metrics),
+        "cut_warning": _cut_warning(inp.metrics),
         "repro": [_repro(r) for r in inp.runs],
         "md_table": md_table,
         "colours": colours,

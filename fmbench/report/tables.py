@@ -57,6 +57,14 @@ def fmt_int(x: Any) -> str:
     return "–" if v is None else f"{v:,.0f}"
 
 
+def fmt_tokens(x: Any) -> str:
+    """A mean token count: one decimal below 100, none above."""
+    v = _num(x)
+    if v is None:
+        return "–"
+    return f"{v:.1f}" if v < 100 else f"{v:,.0f}"
+
+
 def fmt_pct(x: Any) -> str:
     """A fraction as a percentage, with one decimal, or as many more as a small one needs not to read
     as 0.0 % (an error rate of 0.04 % fails a zero-error SLO)."""
@@ -149,8 +157,8 @@ def slo_cell(row: dict[str, Any]) -> str:
 
 #: Column headers of `metrics_table_rows` (without dataset/bucket when per bucket).
 TABLE_HEADERS = ["Experiment", "Load", "Requests", "Failed", "p50 latency (s)", "p95 latency (s)", "p99 latency (s)",
-                 "p95 TTFT (ms)", "p95 TPOT (ms)", "p95 ITL (ms)", "Transactions/min", "Output tokens/s", "Error rate",
-                 "Cost per 10k txn", "SLO"]
+                 "p95 TTFT (ms)", "p95 TPOT (ms)", "p95 ITL (ms)", "Transactions/min", "Output tokens/req",
+                 "Output tokens/s", "Error rate", "Cost per 10k txn", "SLO"]
 
 
 def metrics_table_rows(metrics: pl.DataFrame, *, with_bucket: bool = True) -> list[dict[str, str]]:
@@ -179,6 +187,8 @@ def metrics_table_rows(metrics: pl.DataFrame, *, with_bucket: bool = True) -> li
             "p95 TPOT (ms)": fmt_ms(r.get("tpot_p95_s")),
             "p95 ITL (ms)": fmt_ms(r.get("itl_p95_s")),
             "Transactions/min": fmt_int(r.get("transactions_per_min")),
+            # (what a transaction is: throughput in requests compares only answers of like length)
+            "Output tokens/req": fmt_tokens(r.get("output_tokens_mean")),
             "Output tokens/s": fmt_int(r.get("output_tokens_per_s")),
             "Error rate": fmt_pct(r.get("error_rate")),
             "Cost per 10k txn": cost_cell(r, "cost_per_10k_txn") if r.get("price_model") else "no pricing",

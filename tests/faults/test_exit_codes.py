@@ -31,6 +31,7 @@ EXPECTED = {
     "EndpointHTTPError": ExitCode.ENVIRONMENT,
     "EndpointThrottled": ExitCode.ENVIRONMENT,
     "EndpointConnectionError": ExitCode.ENVIRONMENT,
+    "EndpointHung": ExitCode.ENVIRONMENT,
     "EndpointProtocolError": ExitCode.ENVIRONMENT,
     "DeploymentError": ExitCode.ENVIRONMENT,
     "EvaluationError": ExitCode.PARTIAL_FAILURE,

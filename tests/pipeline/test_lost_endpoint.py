@@ -10,7 +10,15 @@ import polars as pl
 import pytest
 
 from fmbench import storage
-from fmbench.pipeline.shards import LOST_ENDPOINT_MIN_REQUESTS, SetAside, lost_endpoint, set_aside_warnings
+from fmbench.errors import NO_ANSWER_BYTE
+from fmbench.loadgen.engine import HUNG_MIN_REQUESTS
+from fmbench.pipeline.shards import (
+    LOST_ENDPOINT_MIN_REQUESTS,
+    SetAside,
+    hung_endpoint,
+    lost_endpoint,
+    set_aside_warnings,
+)
 from fmbench.rundir import RunInfo
 
 OK, REFUSED, CUT = None, "connection", "protocol"
@@ -46,6 +54,42 @@ def test_errors_the_endpoint_was_there_for_are_measurements(kinds: list[str | No
     assert lost_endpoint(_measured(kinds), concurrency) is None
 
 
+SILENT, SLOW = "silent", "slow"
+
+
+def _ended(kinds: list[str | None]) -> pl.DataFrame:
+    """Final attempts in the order they ended (``t_end``), stored in another order."""
+    messages = {SILENT: f"read timed out, {NO_ANSWER_BYTE} (SocketTimeoutError)",
+                SLOW: "no complete answer within 2 s", REFUSED: "cannot connect", CUT: "answer cut off"}
+    rows = pl.DataFrame({
+        "request_id": list(range(len(kinds))), "t_end": [float(i) for i in range(len(kinds))],
+        "ok": [k is None for k in kinds],
+        "error_kind": [None if k is None else "timeout" if k in (SILENT, SLOW) else k for k in kinds],
+        "error": [None if k is None else messages[k] for k in kinds]},
+        schema={"request_id": pl.Int64, "t_end": pl.Float64, "ok": pl.Boolean, "error_kind": pl.Utf8,
+                "error": pl.Utf8})
+    return rows.reverse()
+
+
+def test_the_last_requests_timed_out_without_a_byte_mean_the_endpoint_stopped_answering() -> None:
+    kinds = [OK] * 7 + [SLOW] + [SILENT] * HUNG_MIN_REQUESTS
+    first = f"read timed out, {NO_ANSWER_BYTE} (SocketTimeoutError)"
+    assert hung_endpoint(_ended(kinds), 2) == (7, HUNG_MIN_REQUESTS, first)
+    assert hung_endpoint(_ended([SILENT] * 2), 8) == (0, 2, first)
+
+
+@pytest.mark.parametrize(("kinds", "concurrency"), [
+    ([OK] * 10, 4),
+    ([OK] * 10 + [SILENT] * (HUNG_MIN_REQUESTS - 1), 1),  # a short run: measured timeouts
+    ([OK] * 10 + [SILENT] * 6, 8),  # fewer than were in flight
+    ([OK, SILENT] * 10, 1),  # some answered between them: the endpoint answers, slowly or partly
+    ([OK] * 4 + [SLOW] * 10, 1),  # answers began: a slow endpoint, not a silent one
+    ([SILENT] * 10 + [OK], 1),  # it answered again before the shard ended
+], ids=["none", "short", "under-concurrency", "interleaved", "slow-answers", "came-back"])
+def test_timeouts_of_an_endpoint_that_answers_are_measurements(kinds: list[str | None], concurrency: int) -> None:
+    assert hung_endpoint(_ended(kinds), concurrency) is None
+
+
 def _note(run: RunInfo, sid: str, stamp: str, reason: str, before: int) -> None:
     note = SetAside(shard_id=sid, records=f"{sid}.failed-{stamp}.parquet", reason=reason, requests=20,
                     sent_before=before, started_at=f"2026-12-05T{stamp}", ended_at=f"2026-12-05T{stamp}")
@@ -65,7 +109,8 @@ def test_set_aside_attempts_become_one_warning_per_shard_in_the_order_they_ran(
         lines = set_aside_warnings(run)
     assert len(lines) == 2
     first, second = lines
-    assert first.startswith("shard a__d__1-9__c2: 2 attempts set aside, the endpoint could not be reached")
+    assert first.startswith("shard a__d__1-9__c2: 2 attempts set aside, the endpoint could not be reached or "
+                            "did not answer")
     assert first.index("after 6 of its 20") < first.index("all 20 requests failed")
     assert "shards/a__d__1-9__c2.failed-130100.parquet, shards/a__d__1-9__c2.failed-130200.parquet" in first
     assert second.startswith("shard b__d__1-9__c2: 1 attempt set aside")

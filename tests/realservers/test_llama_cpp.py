@@ -224,6 +224,34 @@ def test_prompt_tokens_the_server_served_from_its_cache_are_recorded(llama: Llam
     assert off["ok"].all() and off["cached_tokens"].to_list() == [0] * 8
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_answers_the_server_cuts_at_its_context_are_noted_counted_and_warned_of(llama: LlamaServer, tmp_path: Path,
+                                                                                stream: bool) -> None:
+    from fmbench.endpoints._chat import CUT_BY_SERVER
+    from fmbench.metrics import summarize
+    from fmbench.report.render import _cut_warning
+
+    # ~1,000-token prompts in a slot of 1,024: llama.cpp ends each answer where its context ends, well
+    # before max_tokens, with finish_reason length. Short prompts' answers reach max_tokens (the same
+    # finish_reason, and no note).
+    texts = [f"Request {next(_SERIAL)}: {'x' * 960} Answer:" for _ in range(4)]
+    long = [Prompt(f"l{i}", t, len(t.encode())) for i, t in enumerate(texts)]
+    cut = _shard(llama, tmp_path, api="chat", stream=stream, concurrency=1, requests=4, prompts=long, max_tokens=64,
+                 extra_body={"cache_prompt": False}, name="cut")
+    assert cut["ok"].all(), cut["error"].to_list()
+    assert (cut["output_tokens"] < 64).all() and (cut["output_tokens"] > 0).all()
+    assert all(n.startswith(f"{CUT_BY_SERVER} at ") for n in cut["note"].to_list()), cut["note"].to_list()
+    whole = _shard(llama, tmp_path, api="chat", stream=stream, concurrency=1, requests=4, max_tokens=16, name="whole")
+    assert whole["ok"].all() and whole["output_tokens"].to_list() == [16] * 4
+    assert whole["note"].null_count() == 4
+    metrics = summarize(cut, None)
+    assert metrics["cut_answers"].to_list() == [4] and summarize(whole, None)["cut_answers"].to_list() == [0]
+    assert _cut_warning(summarize(whole, None)) is None
+    warning = _cut_warning(metrics)
+    assert warning is not None and warning.startswith("1 shard (cut) had answers the server cut short before "
+                                                      "max_tokens (4 of their 4 answers")
+
+
 def test_the_shipped_config_validates_and_runs_against_llama_cpp(llama: LlamaServer, tiny_model: Path,
                                                                  tmp_path: Path,
                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
