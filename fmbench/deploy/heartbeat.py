@@ -108,7 +108,11 @@ class _Heartbeats:
         with self._lock:
             held = list(self._held.items())
         tags = live_tags()
-        for (run_id, kind, name), (client, arn) in held:
+        for key, (client, arn) in held:
+            run_id, kind, name = key
+            with self._lock:
+                if key not in self._held:  # (ended meanwhile: its end mark stays)
+                    continue
             try:
                 client.add_tags(ResourceArn=arn, Tags=tags)
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again

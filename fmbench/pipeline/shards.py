@@ -355,6 +355,8 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
             reason = (f"the endpoint stopped answering{f' after {before} answers' if before else ''}: the last "
                       f"{after} requests got {first}, and the shard stopped sending "
                       f"({n} of its {spec.requests} measured requests sent)")
+            if not experiment.inference.stream:  # (such a server sends nothing before its whole answer)
+                reason += "; unstreamed answers arrive whole, so if the endpoint is only slow, raise inference.timeout_s"
         failed = local.with_name(f"{spec.shard_id}.failed-{utc_now().replace(':', '')}.parquet")
         local.replace(failed)
         _upload(run, failed)
@@ -417,7 +419,7 @@ def hung_endpoint(records: pl.DataFrame, concurrency: int) -> tuple[int, int, st
     """Whether a shard's endpoint stopped answering: its last requests to end (warm-ups included, by
     end time, the order the engine saw them in) all timed out with no byte of an answer, at least
     `HUNG_MIN_REQUESTS` of them and at least ``concurrency`` (`fmbench.loadgen.engine._Shard.halted`
-    stops the shard there); or every request did.
+    stops the shard there), or every request did, at least `HUNG_MIN_REQUESTS` of them.
 
     Args:
         records: the shard's final attempts, warm-ups included.
@@ -432,7 +434,7 @@ def hung_endpoint(records: pl.DataFrame, concurrency: int) -> tuple[int, int, st
     silent = [silent_timeout(k, e) for k, e in zip(in_order["error_kind"].cast(pl.Utf8).to_list(),
                                                    in_order["error"].to_list(), strict=True)]
     after = next((k for k, f in enumerate(reversed(silent)) if not f), n)
-    if after == 0 or (after < n and after < max(HUNG_MIN_REQUESTS, concurrency)):
+    if after < HUNG_MIN_REQUESTS or (after < n and after < concurrency):
         return None
     return int(in_order["ok"][: n - after].sum()), after, str(in_order["error"][n - after])
 

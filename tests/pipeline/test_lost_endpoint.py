@@ -75,7 +75,7 @@ def test_the_last_requests_timed_out_without_a_byte_mean_the_endpoint_stopped_an
     kinds = [OK] * 7 + [SLOW] + [SILENT] * HUNG_MIN_REQUESTS
     first = f"read timed out, {NO_ANSWER_BYTE} (SocketTimeoutError)"
     assert hung_endpoint(_ended(kinds), 2) == (7, HUNG_MIN_REQUESTS, first)
-    assert hung_endpoint(_ended([SILENT] * 2), 8) == (0, 2, first)
+    assert hung_endpoint(_ended([SILENT] * HUNG_MIN_REQUESTS), 8) == (0, HUNG_MIN_REQUESTS, first)
 
 
 @pytest.mark.parametrize(("kinds", "concurrency"), [
@@ -85,7 +85,8 @@ def test_the_last_requests_timed_out_without_a_byte_mean_the_endpoint_stopped_an
     ([OK, SILENT] * 10, 1),  # some answered between them: the endpoint answers, slowly or partly
     ([OK] * 4 + [SLOW] * 10, 1),  # answers began: a slow endpoint, not a silent one
     ([SILENT] * 10 + [OK], 1),  # it answered again before the shard ended
-], ids=["none", "short", "under-concurrency", "interleaved", "slow-answers", "came-back"])
+    ([SILENT] * (HUNG_MIN_REQUESTS - 1), 1),  # every request, but too few to tell a hung endpoint
+], ids=["none", "short", "under-concurrency", "interleaved", "slow-answers", "came-back", "too-few"])
 def test_timeouts_of_an_endpoint_that_answers_are_measurements(kinds: list[str | None], concurrency: int) -> None:
     assert hung_endpoint(_ended(kinds), concurrency) is None
 
