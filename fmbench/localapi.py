@@ -40,7 +40,7 @@ from pathlib import Path
 
 from fmbench.cachedir import cache_dir
 from fmbench.errors import FMBenchError
-from fmbench.settings import number
+from fmbench.settings import number, prefect_api_choice
 
 log = logging.getLogger("fmbench")
 
@@ -368,7 +368,7 @@ def local_prefect_api() -> Iterator[LocalApi]:
     if os.environ.get("PREFECT_API_URL"):
         yield LocalApi(None, None, False, external=os.environ["PREFECT_API_URL"])
         return
-    if os.environ.get("FMBENCH_PREFECT_API", "reuse") == "embedded":
+    if prefect_api_choice() == "embedded":
         with contextlib.suppress(OSError):  # the embedded server migrates a new database as well
             _seed_database(_prefect_home())
         yield LocalApi(None, None, False)

@@ -18,7 +18,21 @@ NUMBERS = {
     "FMBENCH_PNG_TIMEOUT_S": "seconds the PNG export may take",
     "FMBENCH_CALIBRATION_LOAD_TOLERANCE": "the change of load per CPU a cached calibration allows",
     "FMBENCH_RUN_HOLD_S": "seconds a run in S3 stays held after its process last renewed the hold",
+    "FMBENCH_LIVE_RENEW_S": "seconds between two renewals of the in-progress tags on a run's SageMaker resources",
 }
+
+
+def prefect_api_choice(environ: Mapping[str, str] | None = None) -> str:
+    """``FMBENCH_PREFECT_API``: ``reuse`` (default: a local Prefect API kept for later runs) or ``embedded``.
+
+    Raises:
+        ConfigError: any other value.
+    """
+    raw = (os.environ if environ is None else environ).get("FMBENCH_PREFECT_API", "").strip() or "reuse"
+    if raw not in ("reuse", "embedded"):
+        raise ConfigError(f"FMBENCH_PREFECT_API={raw!r}: use reuse (the default: a local Prefect API that later "
+                          "runs reuse) or embedded (Prefect's own, started with each run)")
+    return raw
 
 
 def number(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
@@ -62,6 +76,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
         ConfigError: one line naming the variable and what it may be.
     """
     task_runner_choice(environ)
+    prefect_api_choice(environ)
     for name in NUMBERS:
         number(name, 0.0, environ)
 

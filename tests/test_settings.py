@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fmbench.errors import ConfigError
-from fmbench.settings import NUMBERS, check_environment, number, task_runner_choice
+from fmbench.settings import NUMBERS, check_environment, number, prefect_api_choice, task_runner_choice
 
 
 def test_a_number_variable_is_its_value_or_the_default_when_unset_or_empty() -> None:
@@ -40,3 +40,10 @@ def test_the_task_runner_choices() -> None:
 def test_a_good_environment_passes() -> None:
     check_environment({"FMBENCH_TASK_RUNNER": "dask", "FMBENCH_DASK_WORKERS": "4", "FMBENCH_PNG_TIMEOUT_S": "30",
                        "FMBENCH_PREFECT_API_IDLE_S": "3", "FMBENCH_CALIBRATION_LOAD_TOLERANCE": "0.5"})
+
+
+def test_the_prefect_api_choices_and_a_typo() -> None:
+    assert prefect_api_choice({}) == "reuse" and prefect_api_choice({"FMBENCH_PREFECT_API": " "}) == "reuse"
+    assert prefect_api_choice({"FMBENCH_PREFECT_API": "embedded"}) == "embedded"
+    with pytest.raises(ConfigError, match=r"^FMBENCH_PREFECT_API='embeded': use reuse .* or embedded"):
+        check_environment({"FMBENCH_PREFECT_API": "embeded"})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import platform
 import threading
 import time
@@ -32,12 +31,10 @@ LAPSE_RENEWALS = 5
 
 
 def renew_s() -> float:
-    """Seconds between two renewals (``FMBENCH_LIVE_RENEW_S``, default 60)."""
-    try:
-        value = float(os.environ.get("FMBENCH_LIVE_RENEW_S", "60"))
-    except ValueError:
-        value = 60.0
-    return value if value > 0 else 60.0
+    """Seconds between two renewals (``FMBENCH_LIVE_RENEW_S``, default 60; 0 is the default too)."""
+    from fmbench.settings import number
+
+    return number("FMBENCH_LIVE_RENEW_S", 60.0) or 60.0
 
 
 def _iso(when: _dt.datetime) -> str:
