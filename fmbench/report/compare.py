@@ -7,6 +7,7 @@ of the first run unless given), so one recommendation across runs is fair.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import polars as pl
@@ -25,6 +26,8 @@ from fmbench.report.run import (
     request_timelines,
     sent_requests,
 )
+
+log = logging.getLogger("fmbench")
 
 
 def _labels(runs: list[RunData]) -> list[str]:
@@ -116,7 +119,18 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
                          for lab, r in zip(labels, runs))
         raise ConfigError(f"compare: the runs share no dataset bucket ({have})")
     shared_df = pl.DataFrame(sorted(shared), schema=["dataset", "bucket"], orient="row")
-    slo = slo if slo is not None else next((r.cfg.slo for r in runs if r.cfg is not None), None)
+    source = "the given"
+    if slo is None:
+        source, slo = next(((f"{lab}'s", r.cfg.slo) for lab, r in zip(labels, runs) if r.cfg is not None),
+                           ("no run's", None))
+    # Runs whose own SLOs differ: their verdicts here are not the ones their own reports gave.
+    differ = [lab for lab, r in zip(labels, runs) if r.cfg is not None and r.cfg.slo != slo]
+    slo_note = (f" every shard is judged against the same SLOs, {source}"
+                + (f" ({', '.join(differ)} set other SLOs in {'its' if len(differ) == 1 else 'their'} own config, "
+                   "so its verdicts here can differ from its own report's)" if differ else "") + ".")
+    if differ:
+        log.warning("compare: judging every run against %s SLOs; %s set other SLOs of their own", source,
+                    ", ".join(differ))
 
     metrics, samples, errors, costs, itl, timelines = [], [], [], [], [], []
     per_run: list[tuple[str, pl.DataFrame, pl.LazyFrame | None]] = []
@@ -154,8 +168,8 @@ def compare_runs(run_urls: list[str], output: str, slo: Any = None) -> ReportPat
               for label, run in zip(labels, runs) for row in pricing_rows([run])]
     inp = ReportInput(
         title=f"fmbench comparison: {', '.join(labels)}",
-        description=f"{len(runs)} runs compared on {len(shared)} shared dataset bucket(s); every shard is judged "
-                    f"against the same SLOs.{_left_out(labels, runs, shared)}",
+        description=f"{len(runs)} runs compared on {len(shared)} shared dataset bucket(s);{slo_note}"
+                    f"{_left_out(labels, runs, shared)}",
         runs=runs, metrics=combined, slo=slo,
         sample=pl.concat(samples, how="vertical_relaxed") if samples else None,
         errors=pl.concat(errors, how="vertical_relaxed") if errors else None,

@@ -282,6 +282,20 @@ def test_compare_judges_goodput_with_a_per_request_tpot_slo(tmp_path: Path, no_p
     compare_runs([str(a), str(b)], str(tmp_path / "cmp"))
     md = (tmp_path / "cmp" / "report.md").read_text()
     assert "## Changes between runs" in md and "| goodput" in md
+    assert "every shard is judged against the same SLOs, bench-a's." in md  # (both runs set the same)
+
+
+def test_compare_says_whose_slos_judge_every_run_and_which_runs_set_others(
+        tmp_path: Path, no_png: None, caplog: pytest.LogCaptureFixture) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_run(str(a), name="bench-a", run_id="ra", seed=1, slo={"latency_p95_s": 0.6})
+    write_run(str(b), name="bench-b", run_id="rb", seed=2, slo={"latency_p95_s": 5.0}, failed_shard=False,
+              invalid_shard=False)
+    compare_runs([str(a), str(b)], str(tmp_path / "cmp"))
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert ("every shard is judged against the same SLOs, bench-a's (bench-b set other SLOs in its own config, so its "
+            "verdicts here can differ from its own report's).") in md
+    assert "judging every run against bench-a's SLOs; bench-b set other SLOs of their own" in caplog.text
 
 
 def test_compare_says_why_no_change_is_shown_when_no_shard_pairs(tmp_path: Path, no_png: None) -> None:
