@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="run directory or s3:// URL")
     rep.add_argument("--no-png", dest="png", action="store_false",
                      help="skip the static PNG plots (no browser is started)")
+    rep.add_argument("--partial", action="store_true",
+                     help="an unfinished run: report the shards it measured so far, in RUN_DIR/partial/")
     rep.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     ev = sub.add_parser("evaluate", help="score and judge the answers of a finished run, then re-render its report")
@@ -196,6 +198,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fmbench.report import render_report
 
+    if args.partial:
+        from fmbench.pipeline.results import partial_report
+
+        say(f"Partial report: {partial_report(args.run_dir, png=args.png)}")
+        return 0
     paths = render_report(args.run_dir, png=args.png)
     say(f"Report: {getattr(paths, 'markdown', paths)}")
     return 0

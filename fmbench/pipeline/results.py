@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -10,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from fmbench import storage
 from fmbench.config import BenchmarkConfig
-from fmbench.errors import FMBenchError
+from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.names import slug
 from fmbench.pipeline.prompts import PromptSet
 from fmbench.pipeline.shards import ShardOutcome, set_aside_warnings
@@ -50,6 +52,60 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
     storage.write_parquet(run.path("metrics.parquet"), metrics)
     storage.write_text(run.path("metrics.csv"), _csv(metrics))
     return run.path("metrics.parquet")
+
+
+#: Where `partial_report` puts the report of an unfinished run, inside the run (which it leaves as it is).
+PARTIAL = "partial"
+
+
+def partial_report(run_url: str, png: bool = True) -> str:
+    """Report what an unfinished run (stopped, killed, or still measuring) has measured so far: its
+    shards' records, metrics and report go to ``RUN/partial/``; the run itself is left as it is, for
+    its resume, which writes the full report. Returns the partial report.md URL.
+
+    Raises:
+        ConfigError: not a run directory, or a finished run (its report is `fmbench report`'s).
+        StorageError: no shard measured yet, or the run's files cannot be read.
+    """
+    from fmbench.config import load_config_text
+    from fmbench.rundir import MANIFEST, has_manifest, load_manifest
+
+    url = run_url.rstrip("/") if storage.is_remote(run_url) else str(Path(run_url).resolve())
+    if not has_manifest(url):
+        raise ConfigError(f"{run_url}: no {MANIFEST}; not a run directory")
+    manifest = load_manifest(url)
+    run_id = manifest.run_id or url.rsplit("/", 1)[-1]
+    if manifest.ended_at:
+        raise ConfigError(f"{run_url}: run {run_id} has finished; its report is fmbench report {run_url}")
+    config_text = storage.read_text(storage.join(url, "config.yml"))
+    cfg = load_config_text(config_text, source=storage.join(url, "config.yml"))
+    run = RunInfo(name=cfg.name, run_id=run_id, url=url, scratch=url)
+    outcomes = []
+    for shard_url in storage.list_files(run.path("shards"), ".json"):
+        if ".failed-" in shard_url.rsplit("/", 1)[-1]:
+            continue  # (an attempt set aside: named in the warnings)
+        try:
+            outcomes.append(ShardOutcome.model_validate_json(storage.read_text(shard_url)))
+        except ValueError as exc:
+            log.warning("%s: not read (%s)", shard_url, exc)
+    if not outcomes:
+        raise StorageError(f"{run_url}: run {run_id} has measured no shard yet; nothing to report")
+    outcomes.sort(key=lambda o: o.started_at or "")
+    dest = storage.join(url, PARTIAL)
+    storage.write_text(storage.join(dest, "config.yml"), config_text)
+    storage.write_bytes(storage.join(dest, MANIFEST), storage.read_bytes(storage.join(url, MANIFEST)))
+    scratch = dest if not storage.is_remote(dest) else tempfile.mkdtemp(prefix="fmbench-partial-")
+    part = RunInfo(name=cfg.name, run_id=run_id, url=dest, scratch=scratch)
+    note = (f"Partial report: run {run_id} has not finished (stopped, or still measuring); this report shows the "
+            f"{len(outcomes)} shard(s) it measured by {utc_now()}, and nothing of the others. Resume it "
+            f"(fmbench run CONFIG --run-id {run_id}) to measure the rest and write its full report.")
+    finalize_run(part, cfg, outcomes, [], [note, *set_aside_warnings(run)])
+
+    def unfinished(m: Manifest) -> None:
+        m.ended_at = None  # (not ended: the report says so)
+
+    part.update_manifest(unfinished)
+    return write_report(part, png=png)
 
 
 def _with_schema(records: pl.DataFrame) -> pl.DataFrame:

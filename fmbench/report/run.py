@@ -217,7 +217,8 @@ def _nothing_to_report(url: str, manifest: Manifest) -> None:
     if has_manifest(url) and not manifest.ended_at:
         run_id = manifest.run_id or url.rstrip("/").rsplit("/", 1)[-1]
         raise StorageError(f"{url}: the run has not finished, so its records are not gathered yet; resume it "
-                           f"(fmbench run CONFIG --run-id {run_id}) to measure what is left and write its report")
+                           f"(fmbench run CONFIG --run-id {run_id}) to measure what is left and write its report, "
+                           f"or report what it measured so far: fmbench report {url} --partial")
     raise StorageError(f"{url}: neither metrics.parquet nor requests.parquet exists; nothing to report")
 
 

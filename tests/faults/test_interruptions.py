@@ -4,6 +4,7 @@ restarted mid-shard, SIGKILL at several points then resume, and Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import platform
@@ -381,6 +382,32 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     time.sleep(0.5)
     left = [p for p in _children_of_session(proc.pid) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, [" ".join(p.cmdline()) for p in left]
+    if runner == "threads" and signum == signal.SIGINT:
+        _partial_report_of(run, len(measured))
+
+
+def _partial_report_of(run: Path, measured: int) -> None:
+    """The stopped run's report says to resume it, or to report what it measured: that partial report
+    has the measured shards' numbers, in the run's partial/, and leaves the run as it was."""
+    from cli.main import main
+
+    before = sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file())
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["report", str(run), "--no-png"]) == 3
+    assert f"fmbench report {run} --partial" in err.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["report", str(run), "--partial", "--no-png"]) == 0
+    assert f"Partial report: {run / 'partial' / 'report.md'}" in out.getvalue()
+    metrics = pl.read_parquet(run / "partial" / "metrics.parquet")
+    assert metrics.height == measured and metrics["requests"].to_list() == [8] * measured
+    assert (metrics["errors"] == 0).all()
+    md = (run / "partial" / "report.md").read_text()
+    assert f"Partial report: run c has not finished (stopped, or still measuring); this report shows the {measured} " \
+        "shard(s) it measured" in md
+    assert "fmbench run CONFIG --run-id c" in md
+    # The run itself is as it was: its resume measures the rest and writes the full report.
+    assert sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file() and "partial" not in p.parts) == before
+    assert not (run / "report.md").exists()
 
 
 def _run_on_a_terminal_that_hangs_up(env: dict[str, str], tmp_path: Path, hang_up: object) -> tuple[int, Path]:
