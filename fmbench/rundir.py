@@ -224,6 +224,26 @@ def record_late_deletions(url: str, run_id: str, deleted: dict[str, tuple[str, s
     return changed
 
 
+#: In the name of a shard's attempt that was set aside (its endpoint lost, or hung), kept beside the
+#: shard's records: ``shards/<shard>.failed-<time>.parquet`` and its ``.json`` note.
+SET_ASIDE = ".failed-"
+
+
+def set_aside_file(shard_id: str, suffix: str) -> str:
+    """The file name of an attempt of ``shard_id`` set aside now (``suffix``: ``.parquet``)."""
+    return f"{shard_id}{SET_ASIDE}{utc_now().replace(':', '')}{suffix}"
+
+
+def set_aside_files(run_url: str, suffix: str) -> list[str]:
+    """The URLs of a run's set-aside attempt files ending in ``suffix``, sorted."""
+    return [u for u in storage.list_files(storage.join(run_url, "shards"), suffix) if SET_ASIDE in u.rsplit("/", 1)[-1]]
+
+
+def is_set_aside(url: str) -> bool:
+    """Whether a file of a run's ``shards/`` is a set-aside attempt's (`SET_ASIDE`)."""
+    return SET_ASIDE in url.rsplit("/", 1)[-1]
+
+
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a short random suffix."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)

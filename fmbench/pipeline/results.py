@@ -68,7 +68,7 @@ def partial_report(run_url: str, png: bool = True) -> str:
         StorageError: no shard measured yet, or the run's files cannot be read.
     """
     from fmbench.config import load_config_text
-    from fmbench.rundir import MANIFEST, has_manifest, load_manifest
+    from fmbench.rundir import MANIFEST, has_manifest, is_set_aside, load_manifest
 
     url = run_url.rstrip("/") if storage.is_remote(run_url) else str(Path(run_url).resolve())
     if not has_manifest(url):
@@ -82,8 +82,8 @@ def partial_report(run_url: str, png: bool = True) -> str:
     run = RunInfo(name=cfg.name, run_id=run_id, url=url, scratch=url)
     outcomes = []
     for shard_url in storage.list_files(run.path("shards"), ".json"):
-        if ".failed-" in shard_url.rsplit("/", 1)[-1]:
-            continue  # (an attempt set aside: named in the warnings)
+        if is_set_aside(shard_url):
+            continue  # (named in the warnings)
         try:
             outcomes.append(ShardOutcome.model_validate_json(storage.read_text(shard_url)))
         except ValueError as exc:

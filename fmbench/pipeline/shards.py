@@ -27,7 +27,7 @@ from fmbench.errors import EndpointConnectionError, EndpointHung, silent_timeout
 from fmbench.interrupts import StopScope, current_stop_scope, worker_stop_scope
 from fmbench.machine import Sentinel
 from fmbench.pipeline.prompts import PromptSet, experiment_tokenizer
-from fmbench.rundir import RunInfo, json_problem, utc_now
+from fmbench.rundir import RunInfo, json_problem, set_aside_file, set_aside_files, utc_now
 
 log = logging.getLogger("fmbench")
 
@@ -357,7 +357,7 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
                       f"({n} of its {spec.requests} measured requests sent)")
             if not experiment.inference.stream:  # (such a server sends nothing before its whole answer)
                 reason += "; unstreamed answers arrive whole, so if the endpoint is only slow, raise inference.timeout_s"
-        failed = local.with_name(f"{spec.shard_id}.failed-{utc_now().replace(':', '')}.parquet")
+        failed = local.with_name(set_aside_file(spec.shard_id, ".parquet"))
         local.replace(failed)
         _upload(run, failed)
         note = SetAside(shard_id=spec.shard_id, records=failed.name, reason=reason, requests=n,
@@ -458,9 +458,7 @@ def set_aside_warnings(run: RunInfo) -> list[str]:
     for the run's warnings (an endpoint lost mid-shard is a finding even when a later attempt
     measured the shard)."""
     notes: dict[str, list[SetAside]] = {}
-    for url in storage.list_files(run.path("shards"), ".json"):
-        if ".failed-" not in url.rsplit("/", 1)[-1]:
-            continue
+    for url in set_aside_files(run.url, ".json"):
         try:
             note = SetAside.model_validate_json(storage.read_text(url))
         except (ValidationError, ValueError) as exc:

@@ -16,7 +16,7 @@ from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
 from fmbench.records import REQUEST_SCHEMA, final_attempts
-from fmbench.rundir import Manifest, has_manifest, load_manifest
+from fmbench.rundir import Manifest, has_manifest, load_manifest, set_aside_files
 
 #: Columns of requests.parquet the report reads. The scan is lazy, so the itl_s lists are read only
 #: by the queries that need them (ITL metrics and the ITL distribution); when the metrics are computed
@@ -84,10 +84,8 @@ def sent_requests(run: RunData, requests: pl.LazyFrame) -> pl.LazyFrame:
     (``shards/<shard>.failed-<time>.parquet``, kept beside the shard's records). A set-aside file that
     cannot be read is named in ``run.problems``. ``requests``: the run's records (``run.requests``)."""
     parts = [requests.select(_SENT_COLUMNS)]
-    for url in storage.list_files(storage.join(run.url, "shards"), ".parquet"):
+    for url in set_aside_files(run.url, ".parquet"):
         name = url.rsplit("/", 1)[-1]
-        if ".failed-" not in name:
-            continue
         try:
             parts.append(storage.read_parquet(url).lazy().select(_SENT_COLUMNS))
         except (StorageError, OSError, pl.exceptions.PolarsError) as exc:
