@@ -11,6 +11,7 @@ import io
 import os
 import posixpath
 import re
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -212,6 +213,30 @@ def remove(url: str) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
+        raise storage_error(url, "delete", exc) from exc
+
+
+def remove_tree(url: str) -> None:
+    """Delete a directory and everything under it (missing is fine).
+
+    Raises:
+        StorageError: it exists and cannot be deleted.
+    """
+    if not is_remote(url):
+        try:
+            shutil.rmtree(url)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise storage_error(url, "delete", exc) from exc
+        return
+    fs, path = filesystem(url)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        return
+    except Exception as exc:  # botocore/aiobotocore raise many types; translated here, once
         raise storage_error(url, "delete", exc) from exc
 
 

@@ -23,8 +23,9 @@ log = logging.getLogger("fmbench")
 
 
 def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome],
-                 prompt_sets: list[PromptSet], warnings: list[str] | None = None) -> str:
-    """Gather every shard's records into requests.parquet, compute metrics, update the manifest.
+                 prompt_sets: list[PromptSet], warnings: list[str] | None = None, partial: bool = False) -> str:
+    """Gather every shard's records into requests.parquet, compute metrics, update the manifest
+    (``partial``: of `partial_report`'s copy of an unfinished run).
 
     Returns:
         The URL of metrics.parquet.
@@ -48,6 +49,8 @@ def finalize_run(run: RunInfo, cfg: BenchmarkConfig, outcomes: list[ShardOutcome
         manifest.ended_at = utc_now()
 
     run.update_manifest(finish)
+    if not partial:  # (the run has finished: a partial report of it, made meanwhile, is stale)
+        storage.remove_tree(run.path(PARTIAL))
     metrics = summarize(requests, cfg, shards=shard_dicts)
     storage.write_parquet(run.path("metrics.parquet"), metrics)
     storage.write_text(run.path("metrics.csv"), _csv(metrics))
@@ -99,7 +102,7 @@ def partial_report(run_url: str, png: bool = True) -> str:
     note = (f"Partial report: run {run_id} has not finished (stopped, or still measuring); this report shows the "
             f"{len(outcomes)} shard(s) it measured by {utc_now()}, and nothing of the others. Resume it "
             f"(fmbench run CONFIG --run-id {run_id}) to measure the rest and write its full report.")
-    finalize_run(part, cfg, outcomes, [], [note, *set_aside_warnings(run)])
+    finalize_run(part, cfg, outcomes, [], [note, *set_aside_warnings(run)], partial=True)
 
     def unfinished(m: Manifest) -> None:
         m.ended_at = None  # (not ended: the report says so)

@@ -384,6 +384,11 @@ def test_an_interrupt_stops_cleanly_keeps_measured_shards_and_leaves_no_process(
     assert not left, [" ".join(p.cmdline()) for p in left]
     if runner == "threads" and signum == signal.SIGINT:
         _partial_report_of(run, len(measured))
+        # Resumed, the run measures the rest and writes its full report; the partial one is gone.
+        resumed = subprocess.run(fmbench_argv("run", str(cfg), "--run-id", "c", "--no-png"), env=env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=600, check=False)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert (run / "report.md").exists() and not (run / "partial").exists()
 
 
 def _partial_report_of(run: Path, measured: int) -> None:
@@ -408,6 +413,9 @@ def _partial_report_of(run: Path, measured: int) -> None:
     # The run itself is as it was: its resume measures the rest and writes the full report.
     assert sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file() and "partial" not in p.parts) == before
     assert not (run / "report.md").exists()
+    with contextlib.redirect_stdout(io.StringIO()):  # made again: the same
+        assert main(["report", str(run), "--partial", "--no-png"]) == 0
+    assert pl.read_parquet(run / "partial" / "metrics.parquet").height == measured
 
 
 def _run_on_a_terminal_that_hangs_up(env: dict[str, str], tmp_path: Path, hang_up: object) -> tuple[int, Path]:
