@@ -167,12 +167,17 @@ def test_report_shows_quality_and_judge_cost_and_the_recommendation_says_why(flo
     assert "fig-quality_vs_cost" in html
 
 
-def test_fmbench_evaluate_on_a_finished_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = _config(tmp_path, evaluation=None, name="later")
+def _kept_answers_run(tmp: Path, name: str, requests: int) -> Path:
+    """A finished run ``r1`` without evaluation that kept its answers (`fmbench evaluate` evaluates it)."""
+    raw = _config(tmp, evaluation=None, name=name)
     for e in raw["experiments"]:
         e["store_text"] = True
-        e["requests_per_level"] = 30
-    run = Path(run_benchmark(parse_config(raw, source="later", base_dir=tmp_path), run_id="r1")).parent
+        e["requests_per_level"] = requests
+    return Path(run_benchmark(parse_config(raw, source=name, base_dir=tmp), run_id="r1")).parent
+
+
+def test_fmbench_evaluate_on_a_finished_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _kept_answers_run(tmp_path, "later", 30)
     assert not (run / "evaluation").exists()
     assert "## Answer quality" not in (run / "report.md").read_text()
     evaluation = {"judges": [PANEL[0]], "evaluate_per_shard": 10}
@@ -198,11 +203,7 @@ def test_fmbench_evaluate_on_a_finished_run(tmp_path: Path, capsys: pytest.Captu
 
 def test_an_evaluation_with_other_settings_that_comes_out_incomplete_keeps_the_complete_one(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = _config(tmp_path, evaluation=None, name="keep")
-    for e in raw["experiments"]:
-        e["store_text"] = True
-        e["requests_per_level"] = 10
-    run = Path(run_benchmark(parse_config(raw, source="keep", base_dir=tmp_path), run_id="r1")).parent
+    run = _kept_answers_run(tmp_path, "keep", 10)
     good = _write(tmp_path, _config(tmp_path, evaluation={"judges": [PANEL[0]], "evaluate_per_shard": 5},
                                     name="keep"), "good")
     assert main(["evaluate", str(run), "--config", str(good), "--no-png"]) == 0
@@ -233,11 +234,7 @@ def test_an_evaluation_with_other_settings_that_comes_out_incomplete_keeps_the_c
 
 
 def test_failing_judges_still_give_a_report_that_names_what_is_missing(tmp_path: Path) -> None:
-    raw = _config(tmp_path, evaluation=None, name="nojudge")
-    for e in raw["experiments"]:
-        e["store_text"] = True
-        e["requests_per_level"] = 10
-    run = Path(run_benchmark(parse_config(raw, source="nojudge", base_dir=tmp_path), run_id="r1")).parent
+    run = _kept_answers_run(tmp_path, "nojudge", 10)
     dead = {"name": "gone", "endpoint": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}}
     assert main(["evaluate", str(run), "--set", f"evaluation={json.dumps({'judges': [dead]})}", "--no-png"]) == 1
     md = (run / "report.md").read_text()
@@ -248,11 +245,7 @@ def test_failing_judges_still_give_a_report_that_names_what_is_missing(tmp_path:
 
 def test_the_override_evaluate_suggests_for_a_run_without_evaluation_works(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = _config(tmp_path, evaluation=None, name="hint")
-    for e in raw["experiments"]:
-        e["store_text"] = True
-        e["requests_per_level"] = 6
-    run = Path(run_benchmark(parse_config(raw, source="hint", base_dir=tmp_path), run_id="r1")).parent
+    run = _kept_answers_run(tmp_path, "hint", 6)
     assert main(["evaluate", str(run)]) == 2
     hint = re.search(r"--set (\S+)", capsys.readouterr().err)
     assert hint is not None
@@ -263,11 +256,7 @@ def test_the_override_evaluate_suggests_for_a_run_without_evaluation_works(
 
 def test_evaluate_refuses_a_bad_judge_template_before_deploying_a_judge(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    raw = _config(tmp_path, evaluation=None, name="badtemplate")
-    for e in raw["experiments"]:
-        e["store_text"] = True
-        e["requests_per_level"] = 4
-    run = Path(run_benchmark(parse_config(raw, source="badtemplate", base_dir=tmp_path), run_id="r1")).parent
+    run = _kept_answers_run(tmp_path, "badtemplate", 4)
     (tmp_path / "judge.txt").write_text("Judge {question} {nope} {candidate}")
     evaluation = {"judges": [PANEL[0]], "judge_prompt": "judge.txt"}
     other = _write(tmp_path, _config(tmp_path, evaluation=evaluation, name="badtemplate"), "eval")

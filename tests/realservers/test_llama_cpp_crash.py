@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from fmbench.api import run_benchmark
-from tests.support.llama_server import LlamaServer
+from tests.support.llama_server import LlamaServer, llama_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -27,16 +27,7 @@ def test_a_server_killed_mid_shard_is_measured_again_once_it_is_back(llama_binar
     servers = [first]
     try:
         first.wait_ready()
-        cfg = {
-            "name": "crash", "tokenizer": str(tiny_model.with_name("tokenizer.json")), "buckets": [[40, 80]],
-            "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 8, "seed": 0}],
-            "experiments": [{
-                "name": "llama", "endpoint": {"provider": "openai", "base_url": first.url, "model": "tiny",
-                                              "api": "chat"},
-                "inference": {"max_tokens": 32, "temperature": 0.0, "stream": True, "timeout_s": 60},
-                "concurrency_levels": [4], "requests_per_level": REQUESTS, "warmup_requests": 0,
-            }],
-        }
+        cfg = llama_config("crash", first, tiny_model, max_tokens=32, timeout_s=60, levels=[4], requests=REQUESTS)
         shards = tmp_path / "results" / "crash" / "r" / "shards"
         failures: list[BaseException] = []
 

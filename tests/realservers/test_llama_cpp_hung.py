@@ -20,7 +20,7 @@ from fmbench.api import run_benchmark
 from fmbench.errors import silent_timeout
 from fmbench.loadgen.engine import HUNG_MIN_REQUESTS
 from fmbench.pipeline.shards import SHARD_RETRIES
-from tests.support.llama_server import LlamaServer
+from tests.support.llama_server import LlamaServer, llama_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -35,16 +35,8 @@ def test_a_server_that_stops_answering_stops_the_shard_and_the_experiment(llama_
     stopped = threading.Event()
     try:
         server.wait_ready()
-        cfg = {
-            "name": "hung", "tokenizer": str(tiny_model.with_name("tokenizer.json")), "buckets": [[40, 80]],
-            "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 8, "seed": 0}],
-            "experiments": [{
-                "name": "llama", "endpoint": {"provider": "openai", "base_url": server.url, "model": "tiny",
-                                              "api": "chat"},
-                "inference": {"max_tokens": 16, "temperature": 0.0, "stream": True, "timeout_s": 2},
-                "concurrency_levels": [CONCURRENCY, 4], "requests_per_level": REQUESTS, "warmup_requests": 0,
-            }],
-        }
+        cfg = llama_config("hung", server, tiny_model, max_tokens=16, timeout_s=2, levels=[CONCURRENCY, 4],
+                           requests=REQUESTS)
 
         def hang() -> None:
             deadline = time.monotonic() + 120

