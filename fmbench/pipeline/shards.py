@@ -343,11 +343,16 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
         error: type[EndpointConnectionError] = EndpointConnectionError
         if lost is not None:
             before, after, first = lost
+            loading = _LOADING in first.lower()
             if before == 0:
-                reason = f"all {n} requests failed to connect ({first})"
+                reason = (f"all {n} requests were refused by a server still loading its model ({first})" if loading
+                          else f"all {n} requests failed to connect ({first})")
             else:
                 reason = (f"the endpoint stopped accepting connections after {before} of its {n} requests: "
                           f"the last {after} failed to connect ({first})")
+                if loading:
+                    reason = (f"the endpoint stopped serving after {before} of its {n} requests: the last {after} "
+                              f"failed to connect or were refused while it loaded its model ({first})")
         else:
             assert hung is not None
             before, after, first = hung
@@ -395,10 +400,25 @@ def _execute_shard(run: RunInfo, cfg: BenchmarkConfig, spec: Any, prompts_url: s
     return outcome
 
 
+#: An answer that says the server is up but not serving yet: llama.cpp's 503 while it loads its model
+#: (``{"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}``).
+_LOADING = "loading model"
+
+
+def _unreachable(frame: pl.DataFrame) -> list[bool]:
+    """Per record: it failed to connect, or was refused by a server still loading its model (`_LOADING`)."""
+    refused = frame["error_kind"].cast(pl.Utf8) == "connection"
+    if "http_status" in frame.columns:
+        refused = refused | ((frame["http_status"] == 503)
+                             & frame["error"].cast(pl.Utf8).str.to_lowercase().str.contains(_LOADING, literal=True))
+    return refused.fill_null(False).to_list()
+
+
 def lost_endpoint(measured: pl.DataFrame, concurrency: int) -> tuple[int, int, str] | None:
     """Whether a shard's endpoint went away and stayed away: its last requests (by request id, the
-    order they were sent in) all failed to connect, at least `LOST_ENDPOINT_MIN_REQUESTS` of them and
-    at least ``concurrency``; or every request did.
+    order they were sent in) all failed to connect (or were refused by a server still loading its
+    model: one restarting), at least `LOST_ENDPOINT_MIN_REQUESTS` of them and at least
+    ``concurrency``; or every request did.
 
     Args:
         measured: the shard's measured requests (final attempts, no warm-ups).
@@ -408,7 +428,7 @@ def lost_endpoint(measured: pl.DataFrame, concurrency: int) -> tuple[int, int, s
     """
     in_order = measured.sort("request_id")
     n = in_order.height
-    refused = (in_order["error_kind"].cast(pl.Utf8) == "connection").fill_null(False).to_list()
+    refused = _unreachable(in_order)
     after = next((k for k, f in enumerate(reversed(refused)) if not f), n)
     if after == 0 or (after < n and after < max(LOST_ENDPOINT_MIN_REQUESTS, concurrency)):
         return None

@@ -24,11 +24,18 @@ from fmbench.rundir import RunInfo
 OK, REFUSED, CUT = None, "connection", "protocol"
 
 
+LOADING, BUSY = "loading", "busy"  # llama.cpp's 503 while it loads its model; a 503 of a server at capacity
+
+
 def _measured(kinds: list[str | None], shuffle: bool = False) -> pl.DataFrame:
     ids = list(range(len(kinds)))
-    rows = pl.DataFrame({"request_id": ids, "error_kind": kinds,
-                         "error": [None if k is None else f"{k} error of request {i}" for i, k in enumerate(kinds)]},
-                        schema={"request_id": pl.Int64, "error_kind": pl.Utf8, "error": pl.Utf8})
+    errors = [None if k is None else "HTTP 503: Loading model" if k == LOADING else "HTTP 503: server busy"
+              if k == BUSY else f"{k} error of request {i}" for i, k in enumerate(kinds)]
+    rows = pl.DataFrame({"request_id": ids,
+                         "error_kind": ["server_error" if k in (LOADING, BUSY) else k for k in kinds],
+                         "http_status": [503 if k in (LOADING, BUSY) else None for k in kinds], "error": errors},
+                        schema={"request_id": pl.Int64, "error_kind": pl.Utf8, "http_status": pl.Int64,
+                                "error": pl.Utf8})
     return rows.reverse() if shuffle else rows  # the records' order is the order requests ended
 
 
@@ -40,6 +47,15 @@ def test_the_last_requests_refused_mean_the_endpoint_was_lost_after_the_ones_bef
 
 def test_every_request_refused_is_an_endpoint_down_from_the_start_however_few() -> None:
     assert lost_endpoint(_measured([REFUSED] * 2), 64) == (0, 2, "connection error of request 0")
+
+
+def test_a_server_still_loading_its_model_is_not_serving_yet() -> None:
+    # Restarted mid-shard: refused while down, then 503 "Loading model" until its model is loaded.
+    kinds = [OK] * 6 + [REFUSED] * 4 + [LOADING] * 8
+    assert lost_endpoint(_measured(kinds), 2) == (6, 12, "connection error of request 6")
+    assert lost_endpoint(_measured([LOADING] * 3), 4) == (0, 3, "HTTP 503: Loading model")
+    # A 503 of a server at capacity is a measurement of that server, not its absence.
+    assert lost_endpoint(_measured([OK] * 6 + [BUSY] * 8), 2) is None
 
 
 @pytest.mark.parametrize(("kinds", "concurrency"), [
