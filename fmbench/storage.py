@@ -316,9 +316,10 @@ def list_files(url: str, suffix: str = "") -> list[str]:
     fs, path = filesystem(url)
     try:
         fs.invalidate_cache(path)
-        names = fs.ls(path, detail=False) if fs.exists(path) else []
+        entries = fs.ls(path, detail=True) if fs.exists(path) else []
     except Exception as exc:
         raise storage_error(url, "list", exc) from exc
+    names = [e["name"] for e in entries if e.get("type") != "directory"]  # (a prefix with objects under it)
     scheme = url.split("://", 1)[0]
     return sorted(f"{scheme}://{n}" for n in names if n.endswith(suffix) and not posixpath.basename(n).startswith("."))
 

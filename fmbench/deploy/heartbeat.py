@@ -67,6 +67,9 @@ class _Heartbeats:
         self._lock = threading.Lock()
         self._held: dict[tuple[str, str, str], tuple[Any, str]] = {}  # (run id, kind, name) -> (client, arn)
         self._thread: threading.Thread | None = None
+        # Held around each tag write: a run's end mark is written after any renewal in flight, never
+        # before one that would move it forward again.
+        self._writing = threading.Lock()
 
     def add(self, run_id: str, kind: str, name: str, client: Any, arn: str | None) -> None:
         """Renew the tags of ``kind:name`` (``arn``) while run ``run_id`` holds it."""
@@ -91,10 +94,11 @@ class _Heartbeats:
             left = {k: v for k, v in self._held.items() if k[0] == run_id}
             for key in left:
                 del self._held[key]
-        now = _dt.datetime.now(_dt.UTC)
         for (_, kind, name), (client, arn) in left.items():
             try:
-                client.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_LIVE_UNTIL, "Value": _iso(now)}])
+                with self._writing:
+                    client.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_LIVE_UNTIL,
+                                                            "Value": _iso(_dt.datetime.now(_dt.UTC))}])
             except Exception as exc:  # noqa: BLE001 - it lapses by itself within LAPSE_RENEWALS renewals
                 log.debug("could not mark %s %s as ended: %s", kind, name, exc)
 
@@ -107,11 +111,12 @@ class _Heartbeats:
         tags = live_tags()
         for key, (client, arn) in held:
             run_id, kind, name = key
-            with self._lock:
-                if key not in self._held:  # (ended meanwhile: its end mark stays)
-                    continue
             try:
-                client.add_tags(ResourceArn=arn, Tags=tags)
+                with self._writing:
+                    with self._lock:
+                        if key not in self._held:  # (ended meanwhile: its end mark stays)
+                            continue
+                    client.add_tags(ResourceArn=arn, Tags=tags)
             except Exception as exc:  # noqa: BLE001 - the next renewal tries again
                 if _not_found(exc):  # deleted meanwhile (by its teardown, or by hand)
                     self.discard(kind, name)
