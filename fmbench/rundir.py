@@ -236,7 +236,7 @@ def set_aside_file(shard_id: str, suffix: str) -> str:
 
 def set_aside_files(run_url: str, suffix: str) -> list[str]:
     """The URLs of a run's set-aside attempt files ending in ``suffix``, sorted."""
-    return [u for u in storage.list_files(storage.join(run_url, "shards"), suffix) if SET_ASIDE in u.rsplit("/", 1)[-1]]
+    return [u for u in storage.list_files(storage.join(run_url, "shards"), suffix) if is_set_aside(u)]
 
 
 def is_set_aside(url: str) -> bool:

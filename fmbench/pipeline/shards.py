@@ -414,6 +414,11 @@ def _unreachable(frame: pl.DataFrame) -> list[bool]:
     return refused.fill_null(False).to_list()
 
 
+def _trailing(flags: list[bool]) -> int:
+    """How many of the last ``flags`` are true in a row."""
+    return next((k for k, f in enumerate(reversed(flags)) if not f), len(flags))
+
+
 def lost_endpoint(measured: pl.DataFrame, concurrency: int) -> tuple[int, int, str] | None:
     """Whether a shard's endpoint went away and stayed away: its last requests (by request id, the
     order they were sent in) all failed to connect (or were refused by a server still loading its
@@ -428,8 +433,7 @@ def lost_endpoint(measured: pl.DataFrame, concurrency: int) -> tuple[int, int, s
     """
     in_order = measured.sort("request_id")
     n = in_order.height
-    refused = _unreachable(in_order)
-    after = next((k for k, f in enumerate(reversed(refused)) if not f), n)
+    after = _trailing(_unreachable(in_order))
     if after == 0 or (after < n and after < max(LOST_ENDPOINT_MIN_REQUESTS, concurrency)):
         return None
     return n - after, after, str(in_order["error"][n - after])
@@ -451,9 +455,8 @@ def hung_endpoint(records: pl.DataFrame, concurrency: int) -> tuple[int, int, st
 
     in_order = records.sort("t_end", nulls_last=False)
     n = in_order.height
-    silent = [silent_timeout(k, e) for k, e in zip(in_order["error_kind"].cast(pl.Utf8).to_list(),
-                                                   in_order["error"].to_list(), strict=True)]
-    after = next((k for k, f in enumerate(reversed(silent)) if not f), n)
+    after = _trailing([silent_timeout(k, e) for k, e in zip(in_order["error_kind"].cast(pl.Utf8).to_list(),
+                                                            in_order["error"].to_list(), strict=True)])
     if after < HUNG_MIN_REQUESTS or (after < n and after < concurrency):
         return None
     return int(in_order["ok"][: n - after].sum()), after, str(in_order["error"][n - after])

@@ -134,13 +134,13 @@ def evaluate_run_dir(run_url: str, config: str | None = None, overrides: list[st
         short = [n for n in replaced if (o := outcomes[n]) is None or o.status != "ok"]
         if short:
             aside = storage.join(url, ATTEMPTS, utc_now().replace(":", ""))
-            _copy_files(url, _evaluation_files(url, names), aside)
+            _move_files(url, _evaluation_files(url, names), aside)
             _restore(url, names, storage.join(url, PREVIOUS), "")
             log.warning("the evaluation with these settings is incomplete for %s: the earlier, complete evaluation "
                         "of the run is kept (its settings and results, as the report shows); this one's files are "
                         "in %s", ", ".join(short), aside)
         elif replaced:
-            _drop(storage.join(url, PREVIOUS), names)
+            storage.remove_tree(storage.join(url, PREVIOUS))
         write_report(run, png=png)
     return outcomes
 
@@ -164,6 +164,11 @@ def _copy_files(base: str, files: list[str], to: str) -> None:
         storage.write_bytes(storage.join(to, *f.split("/")), storage.read_bytes(storage.join(base, *f.split("/"))))
 
 
+def _move_files(base: str, files: list[str], to: str) -> None:
+    for f in files:
+        storage.move(storage.join(base, *f.split("/")), storage.join(to, *f.split("/")))
+
+
 def _settle_previous(url: str, experiments: list[str]) -> None:
     """An evaluate stopped while it had a complete evaluation kept aside: put it back unless the new
     one was complete for every experiment it had (then the kept one is only dropped)."""
@@ -172,14 +177,9 @@ def _settle_previous(url: str, experiments: list[str]) -> None:
         return
     done = [n for n in experiments if (o := read_outcome(kept, n)) is not None and o.status == "ok"]
     if all((o := read_outcome(url, n)) is not None and o.status == "ok" for n in done):
-        _drop(kept, experiments)
+        storage.remove_tree(kept)
         return
     _restore(url, experiments, kept, "an evaluate stopped before its own was complete")
-
-
-def _drop(base: str, experiments: list[str]) -> None:
-    for f in _evaluation_files(base, experiments):
-        storage.remove(storage.join(base, *f.split("/")))
 
 
 def _restore(url: str, experiments: list[str], kept: str, why: str) -> None:
@@ -191,5 +191,4 @@ def _restore(url: str, experiments: list[str], kept: str, why: str) -> None:
         log.warning("restoring the run's complete evaluation from %s (%s)", kept, why)
     for f in _evaluation_files(url, experiments):
         storage.remove(storage.join(url, *f.split("/")))
-    for f in files:
-        storage.move(storage.join(kept, *f.split("/")), storage.join(url, *f.split("/")))
+    _move_files(kept, files, url)
