@@ -83,6 +83,19 @@ def fake_openai() -> Iterator[FakeOpenAI]:
     srv.stop()
 
 
+@pytest.fixture(autouse=True)
+def _no_heartbeat_outlives_its_test() -> Iterator[None]:
+    """A test that deploys on moto and never ends its run leaves its resources in this process's
+    heartbeat (`fmbench.deploy.heartbeat.HEARTBEATS`); the next test's moto reset deletes them, and a
+    later renewal of a resource moto no longer has is a 500 that moto logs into whatever test is
+    running then. A run's heartbeats end with its test."""
+    yield
+    from fmbench.deploy.heartbeat import HEARTBEATS
+
+    with HEARTBEATS._lock:
+        HEARTBEATS._held.clear()
+
+
 @pytest.fixture
 def no_png(monkeypatch: pytest.MonkeyPatch) -> None:
     """A machine without Chrome: kaleido's export (in its child process) finds no browser."""
