@@ -314,6 +314,7 @@ def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], de
     and render again the reports they have, which then bill each endpoint up to its deletion; True
     when a run could not be updated."""
     from fmbench import storage
+    from fmbench.errors import RunInProgress
     from fmbench.report import render_report
     from fmbench.rundir import record_late_deletions, run_location
 
@@ -327,6 +328,10 @@ def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], de
             url, _ = run_location(cfg, None, run_id)
             if not record_late_deletions(url, run_id, deleted, by="fmbench cleanup"):
                 continue  # not in this config's output, or its own teardown recorded them
+        except RunInProgress:  # (deleted with --include-live, or started since it was listed)
+            say(f"  run {run_id}: in progress, so its own teardown records its endpoints' end: when it finds them "
+                "gone, billed up to then")
+            continue
         except FMBenchError as exc:
             say(f"fmbench: run {run_id}: its manifest does not have its endpoints' deletion: {exc}", sys.stderr)
             failed = True

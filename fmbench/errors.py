@@ -55,6 +55,10 @@ class ConfigError(FMBenchError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class RunInProgress(ConfigError):
+    """Raised when a run is held by another process (in progress there): what it holds is its own."""
+
+
 class DatasetError(FMBenchError):
     """Raised when a dataset cannot be read, rendered or bucketed."""
 

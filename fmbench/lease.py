@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fmbench import storage
-from fmbench.errors import ConfigError, StorageError
+from fmbench.errors import ConfigError, RunInProgress, StorageError
 from fmbench.settings import number
 
 log = logging.getLogger("fmbench")
@@ -156,7 +156,7 @@ class RunLease:
         """Take the hold, or take over one that lapsed, then renew it in a thread.
 
         Raises:
-            ConfigError: another process holds the run (named, with when its hold lapses).
+            RunInProgress: another process holds the run (named, with when its hold lapses).
             StorageError: the store cannot be reached, or refuses or ignores conditional writes.
         """
         self._check_conditional_writes()
@@ -177,7 +177,7 @@ class RunLease:
             pid, host = info.get("pid"), info.get("host")
             if age <= ttl and not dead_here:
                 holder = f"pid {pid} on {host}" if pid and host else "another process"
-                raise ConfigError(
+                raise RunInProgress(
                     f"run {self.run_id} is in progress ({holder}; its hold in {self.url} was renewed "
                     f"{max(0.0, age):.0f} s ago and lapses {ttl:g} s after its last renewal); wait for it to end, "
                     "or stop it, before resuming it")

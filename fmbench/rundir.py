@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fmbench import __version__, storage
 from fmbench.config import BenchmarkConfig, dump_config, load_config_text
 from fmbench.deploy import EndpointTimeline
-from fmbench.errors import ConfigError, StorageError
+from fmbench.errors import ConfigError, RunInProgress, StorageError
 
 if TYPE_CHECKING:
     from fmbench.lease import RunLease
@@ -198,7 +198,7 @@ def record_late_deletions(url: str, run_id: str, deleted: dict[str, tuple[str, s
         the run and not yet deleted, is changed.
 
     Raises:
-        ConfigError: the run is in progress in another process (its own teardown records it).
+        RunInProgress: the run is in progress in another process (its own teardown records it).
         StorageError: the manifest cannot be read or written.
     """
     if not has_manifest(url):
@@ -317,7 +317,7 @@ def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str) -> Iter
     (`live_on_this_host`).
 
     Raises:
-        ConfigError: the run is in progress in another process.
+        RunInProgress: the run is in progress in another process.
     """
     url, _ = run_location(cfg, output, run_id)
     with hold_run(url, run_id) as hold, hold_live(cfg.name, run_id):
@@ -354,10 +354,10 @@ def hold_live(config_name: str, run_id: str) -> Iterator[None]:
     (`live_on_this_host`); another process doing the same is refused.
 
     Raises:
-        ConfigError: another process holds it.
+        RunInProgress: another process holds it.
     """
     def refuse(holder: str) -> ConfigError:
-        return ConfigError(f"run {run_id} of {config_name!r} is in progress ({holder}); wait for it to end, or "
+        return RunInProgress(f"run {run_id} of {config_name!r} is in progress ({holder}); wait for it to end, or "
                            "stop it, before running it again")
 
     # (cleanup's probe holds the file for an instant: a start at that instant waits it out)
@@ -376,7 +376,7 @@ def hold_run(url: str, run_id: str) -> Iterator[RunHold]:
     lease lapses after ``FMBENCH_RUN_HOLD_S`` (at once for a resume on the same host).
 
     Raises:
-        ConfigError: the run is in progress in another process.
+        RunInProgress: the run is in progress in another process.
     """
     hold = RunHold()
     with _hold_on_this_host(url, run_id):
@@ -414,7 +414,7 @@ def _hold_in_store(url: str, run_id: str, hold: RunHold) -> Iterator[None]:
 @contextmanager
 def _hold_on_this_host(url: str, run_id: str) -> Iterator[None]:
     def refuse(holder: str) -> ConfigError:
-        return ConfigError(f"run {run_id} is in progress ({holder}); wait for it to end, or stop it, before "
+        return RunInProgress(f"run {run_id} is in progress ({holder}); wait for it to end, or stop it, before "
                            "resuming it")
 
     with _flock_held(run_lock_file(url), run_id, refuse):

@@ -374,6 +374,36 @@ def test_cleanup_include_live_deletes_a_run_in_progress_and_config_selects_its_o
     assert sm_inventory(moto) == EMPTY
 
 
+def test_cleanup_include_live_leaves_the_manifest_of_a_run_in_progress_to_that_run(
+        moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run in progress holds its manifest: cleanup --include-live deletes its endpoint, says that the
+    run records the end itself, and succeeds (the run's manifest is not cleanup's to write)."""
+    from fmbench.deploy.heartbeat import end_heartbeats
+    from fmbench.pipeline import load_benchmark_config
+    from fmbench.rundir import EndpointTimeline, exclusive_run, load_manifest, open_run
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    path = tmp_path / "mine.yml"
+    path.write_text(
+        f"name: mine\noutput: {tmp_path / 'results'}\nbuckets: [[1, 100]]\ndatasets: [{{name: s, source: synthetic}}]\n"
+        f"experiments: [{{name: a, endpoint: {{provider: sagemaker, region: us-east-1, endpoint_url: '{moto}', "
+        f"image_uri: '{TGI_IMAGE}', instance_type: {INSTANCE}, role_arn: '{ROLE}'}}}}]\n")
+    cfg = load_benchmark_config(str(path))
+    name = resource_name("a", "r-live")
+    run = open_run(cfg, run_id="r-live")
+    run.record_endpoint(EndpointTimeline(experiment="a", provider="sagemaker", endpoint_name=name,
+                                         created_at=datetime.now(UTC).isoformat()))
+    with exclusive_run(cfg, None, "r-live"):
+        deploy_sagemaker(_exp(moto, name="a"), "r-live", config_name="mine", poll_s=0.05)
+        assert main(["cleanup", str(path), "--yes", "--include-live"]) == 0
+        end_heartbeats("r-live")
+    out = capsys.readouterr().out
+    assert f"deleted endpoint:{name}" in out and "deleted as well (--include-live)" in out
+    assert "run r-live: in progress, so its own teardown records its endpoints' end" in out
+    assert sm_inventory(moto) == EMPTY
+    assert load_manifest(run.url).endpoints["a"].deleted_at is None  # (the run's teardown writes it)
+
+
 # ---------------------------------------------------------------- warning before a deploy
 
 
