@@ -202,6 +202,11 @@ class SimulatedEndpoint(_Model):
     output_tokens: int = Field(default=64, ge=1, le=MAX_TOKENS,
                                description="Tokens generated per request (capped by max_tokens).")
     chunk_tokens: int = Field(default=1, ge=1, description="Tokens per streamed chunk.")
+    context_tokens: int | None = Field(
+        default=None, ge=1,
+        description="The model's context window, prompt plus output tokens: an answer that would not fit is cut "
+        "at its end (finish_reason length, as llama.cpp and vLLM do), a prompt that fills it is refused. "
+        "Unset: no limit.")
     seed: int = Field(default=0, description="Seed of the generated text.")
     tokenizer: str | None = Field(
         default=None,

@@ -24,6 +24,12 @@ NO_TEXT = "no output text arrived; output tokens as counted by the server"
 #: context). A success, but shorter than the benchmark asked for: its throughput is of shorter answers.
 CUT_BY_SERVER = "cut short by the server"
 
+#: The end reasons that say an answer ended for length: the OpenAI schema's and TGI's ``length``,
+#: Bedrock's ``max_tokens``; and Bedrock's ``model_context_window_exceeded``, which says it ended
+#: at the model's context whatever the count.
+_FOR_LENGTH = frozenset({"length", "max_tokens"})
+_AT_CONTEXT = "model_context_window_exceeded"
+
 
 def finish_reason(*event_lists: Any) -> str | None:
     """The last ``finish_reason`` among parsed chunks or answers (each list read from its end), if any."""
@@ -38,12 +44,24 @@ def finish_reason(*event_lists: Any) -> str | None:
     return None
 
 
-def cut_note(reason: str | None, output_tokens: int | None, max_tokens: int | None) -> str | None:
-    """`CUT_BY_SERVER`'s note when the server ended the answer for length below ``max_tokens``, else None."""
-    if reason != "length" or output_tokens is None or not max_tokens or output_tokens >= max_tokens:
+def cut_note(reason: str | None, output_tokens: int | None, max_tokens: int | None,
+             field: str = "finish_reason") -> str | None:
+    """`CUT_BY_SERVER`'s note when the server ended the answer for length below ``max_tokens``, else None.
+
+    Args:
+        reason: the answer's end reason, as the server said it (`_FOR_LENGTH`, `_AT_CONTEXT`).
+        field: where the server said it (``finish_reason``, TGI's ``details.finish_reason``, Bedrock's
+            ``stopReason``), for the note.
+    """
+    if reason == _AT_CONTEXT and (output_tokens is None or not max_tokens or output_tokens < max_tokens):
+        at = f"at {output_tokens} of" if output_tokens is not None else "below"
+        return (f"{CUT_BY_SERVER} {at} max_tokens {max_tokens} output tokens ({field} {reason}: the prompt "
+                "and max_tokens exceed its context)")
+    if reason not in _FOR_LENGTH or output_tokens is None or not max_tokens or output_tokens >= max_tokens:
         return None
-    return (f"{CUT_BY_SERVER} at {output_tokens} of max_tokens {max_tokens} output tokens (finish_reason "
-            "length: the prompt and max_tokens exceed its context)")
+    why = ("the model's own output limit is below max_tokens, or the prompt and max_tokens exceed its context"
+           if reason == "max_tokens" else "the prompt and max_tokens exceed its context")
+    return f"{CUT_BY_SERVER} at {output_tokens} of max_tokens {max_tokens} output tokens ({field} {reason}: {why})"
 
 
 def output_piece(event: Any, chat: bool) -> str | None:

@@ -3,7 +3,8 @@
 ``modelId`` may be a model id (``meta.llama3-8b-instruct-v1:0``), a cross-region inference
 profile (``us.anthropic.claude-3-5-sonnet-20240620-v1:0``) or a provisioned-throughput ARN; the
 API takes all three the same way. Token counts come from the API's ``usage`` (response, or the
-stream's ``metadata`` event). Streaming is timed like the other clients: each
+stream's ``metadata`` event). An answer that stopped for length below ``maxTokens``, or at the model's
+context window (``stopReason``), is noted as cut (`fmbench.endpoints._chat.cut_note`). Streaming is timed like the other clients: each
 ``contentBlockDelta`` carrying text is stamped with ``time.monotonic()`` in the worker thread as
 botocore hands it over (see `fmbench.aws` for the thread-pool design).
 
@@ -27,7 +28,7 @@ from fmbench.aws import (
     translate_client_error,
 )
 from fmbench.config import BedrockEndpoint, InferenceConfig
-from fmbench.endpoints._chat import count
+from fmbench.endpoints._chat import count, cut_note
 from fmbench.errors import EndpointError, EndpointProtocolError, EndpointTimeout
 from fmbench.protocol import Completion, Prompt
 
@@ -101,20 +102,27 @@ class BedrockClient(BotoRuntimeClient):
             content = resp["output"]["message"]["content"]
             text = "".join(block.get("text", "") for block in content if isinstance(block, dict))
             usage = resp.get("usage") or {}
+            stop = resp.get("stopReason")
         except Exception as exc:
             raise translate_client_error(exc, self._what, self._secrets) from exc
         if not text:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
+        return self._completion(t_start, t_end, t_end, [], text, usage, stop)
+
+    def _completion(self, t_start: float, t_end: float, t_first: float, chunk_times: list[float], text: str,
+                    usage: dict[str, Any], stop: Any) -> Completion:
+        n_out = count(usage, "outputTokens")
         return Completion(
-            t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=text,
-            input_tokens=count(usage, "inputTokens"), output_tokens=count(usage, "outputTokens"), http_status=200,
+            t_start=t_start, t_end=t_end, t_first_token=t_first, chunk_times=chunk_times, text=text,
+            input_tokens=count(usage, "inputTokens"), output_tokens=n_out, http_status=200,
+            note=cut_note(str(stop) if stop else None, n_out, self.inference.max_tokens, "stopReason"),
         )
 
     def _stream(self, params: dict[str, Any], deadline: float) -> Completion:
         chunk_times: list[float] = []
         pieces: list[str] = []
         usage: dict[str, Any] = {}
-        stopped = False
+        stopped, stop = False, None
         assert self._stamps is not None
         self._stamps.reset()
         t_call = time.monotonic()
@@ -133,7 +141,7 @@ class BedrockClient(BotoRuntimeClient):
                         chunk_times.append(now)
                         pieces.append(text)
                 elif "messageStop" in event:
-                    stopped = True
+                    stopped, stop = True, (event["messageStop"] or {}).get("stopReason")
                 elif "metadata" in event:
                     usage = event["metadata"].get("usage") or {}
                 if now > deadline:
@@ -150,11 +158,7 @@ class BedrockClient(BotoRuntimeClient):
             raise EndpointProtocolError(f"{self._what}: stream ended before messageStop")
         if not chunk_times:
             raise EndpointProtocolError(f"{self._what}: stream carried no output text")
-        return Completion(
-            t_start=t_start, t_end=t_end, t_first_token=chunk_times[0], chunk_times=chunk_times,
-            text="".join(pieces), input_tokens=count(usage, "inputTokens"), output_tokens=count(usage, "outputTokens"),
-            http_status=200,
-        )
+        return self._completion(t_start, t_end, chunk_times[0], chunk_times, "".join(pieces), usage, stop)
 
 
 def bedrock_client(endpoint: BedrockEndpoint, inference: InferenceConfig, url: str | None = None) -> BedrockClient:

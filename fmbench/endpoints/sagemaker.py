@@ -16,7 +16,9 @@ Without streaming ``t_first_token`` equals ``t_end``. The OpenAI-schema payloads
 OpenAI client reads them (`fmbench.endpoints._chat`): a reasoning model's reasoning is output (its
 first token is the first token). With every payload, an answer whose server counted output tokens
 (usage, TGI's ``details.generated_tokens``) but which carried no text is a success with a note (the
-server did the work: an answer of end-of-sequence only), not a failure.
+server did the work: an answer of end-of-sequence only), not a failure. An answer the server ended
+for length below max_tokens (its context is full) is noted as cut (`_chat.cut_note`), from its
+``finish_reason`` or TGI's ``details.finish_reason``.
 
 Why boto3 in threads rather than aiobotocore: boto3 is what users run; each call runs in a pool
 of ``concurrency`` threads with a botocore connection pool of the same size and retries disabled
@@ -45,7 +47,9 @@ from fmbench.endpoints._chat import (
     NO_TEXT,
     cached_count,
     count,
+    cut_note,
     error_event,
+    finish_reason,
     is_error_event,
     output_piece,
     usage_counts,
@@ -80,6 +84,7 @@ class _LineParser:
         self.output_tokens: int | None = None
         self.input_tokens: int | None = None
         self.cached_tokens: int | None = None
+        self.finish_reason: str | None = None  # (the answer's end reason, once a frame said it)
 
     def feed(self, data: bytes) -> str:
         """Add bytes; return the output text of every line they completed."""
@@ -121,6 +126,7 @@ class _LineParser:
             self.done = True
             if count(details, "generated_tokens") is not None:
                 self.output_tokens = count(details, "generated_tokens")
+            self.finish_reason = _tgi_reason(details) or self.finish_reason
         token = event.get("token")
         if isinstance(token, dict) and not token.get("special"):
             return str(token.get("text") or "")
@@ -134,8 +140,24 @@ class _LineParser:
             self.input_tokens = n_in if n_in is not None else self.input_tokens
             cached = cached_count(usage)
             self.cached_tokens = cached if cached is not None else self.cached_tokens
+        self.finish_reason = finish_reason([event]) or self.finish_reason
         piece = output_piece(event, self.payload == "messages")
         return str(piece) if piece else ""
+
+    def note(self, text_arrived: bool, max_tokens: int) -> str | None:
+        """The answer's note: `NO_TEXT` when no text arrived, else a cut answer's, else None."""
+        if not text_arrived:
+            return NO_TEXT
+        return cut_note(self.finish_reason, self.output_tokens, max_tokens, _reason_field(self.payload))
+
+
+def _tgi_reason(details: Any) -> str | None:
+    reason = details.get("finish_reason") if isinstance(details, dict) else None
+    return str(reason) if reason else None
+
+
+def _reason_field(payload: str) -> str:
+    return "details.finish_reason" if payload == "tgi" else "finish_reason"
 
 
 class SageMakerClient(BotoRuntimeClient):
@@ -250,18 +272,20 @@ class SageMakerClient(BotoRuntimeClient):
                 raise EndpointProtocolError(f"{self._what}: TGI answer without generated_text: {raw[:80]!r}")
             text = item["generated_text"]
             n_out = count(item.get("details"), "generated_tokens")
+            reason = _tgi_reason(item.get("details"))
         else:
             if not isinstance(data, dict) or not data.get("choices"):
                 raise EndpointProtocolError(f"{self._what}: answer without choices: {raw[:80]!r}")
             text = output_piece(data, self.payload == "messages") or ""
             n_in, n_out = usage_counts(data.get("usage"))
             cached = cached_count(data.get("usage"))
+            reason = finish_reason([data])
         if not text and not n_out:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return Completion(
             t_start=t_start, t_end=t_end, t_first_token=t_end, chunk_times=[], text=str(text),
             input_tokens=n_in, output_tokens=n_out, cached_tokens=cached, http_status=200,
-            note=None if text else NO_TEXT,
+            note=cut_note(reason, n_out, self.inference.max_tokens, _reason_field(self.payload)) if text else NO_TEXT,
         )
 
     def _stream(self, body: bytes) -> Completion:
@@ -311,7 +335,7 @@ class SageMakerClient(BotoRuntimeClient):
             t_start=t_start, t_end=now, t_first_token=chunk_times[0] if chunk_times else None,
             chunk_times=chunk_times, text="".join(pieces), input_tokens=parser.input_tokens,
             output_tokens=parser.output_tokens, cached_tokens=parser.cached_tokens, http_status=200,
-            note=None if chunk_times else NO_TEXT,
+            note=parser.note(bool(chunk_times), self.inference.max_tokens),
         )
 
 

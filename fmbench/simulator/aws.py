@@ -29,7 +29,7 @@ from aiohttp import web
 from fmbench.simulator._http import reset_connection, send_truncated_body
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
 from fmbench.simulator.content import choose_reply, content_model, request_answers
-from fmbench.simulator.core import Generation, GenRequest
+from fmbench.simulator.core import Generation, GenRequest, context_refusal
 from fmbench.simulator.eventstream import encode_event, encode_exception, encode_json_event
 from fmbench.simulator.faults import Fault, FaultKind, hang_forever
 from fmbench.simulator.openai_routes import chat_texts
@@ -313,6 +313,9 @@ async def _sm_request(
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise _model_error(422, "max tokens must be a positive integer")
     n = sum([await ctx.count_tokens(t) for t in texts])
+    too_long = context_refusal(ctx.cfg, n)
+    if too_long:  # (the container's validation error, as TGI's)
+        raise _model_error(422, f"Input validation error: {too_long}")
     text = "\n".join(texts)
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
     return GenRequest(n, max_tokens, text, arrival, extra, _reply(ctx, text, body)), fmt, body
@@ -426,6 +429,9 @@ async def _br_request(request: web.Request, ctx: SimContext, arrival: float, fau
         )
     text = "\n".join(parts)
     n = await ctx.count_tokens(text)
+    too_long = context_refusal(ctx.cfg, n)
+    if too_long:
+        raise _AwsError(400, "ValidationException", {"message": too_long})
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
     return GenRequest(n, max_tokens, text, arrival, extra, _reply(ctx, text, body))
 
@@ -451,6 +457,8 @@ async def _br_early_fault(fault: Fault) -> None:
 
 
 def _br_stop(gen: Generation) -> str:
+    if gen.context_cut:
+        return "model_context_window_exceeded"
     return "max_tokens" if gen.finish_reason == "length" else "end_turn"
 
 

@@ -47,6 +47,16 @@ def yield_cpu() -> None:
         _sched_yield()
 
 
+def context_refusal(cfg: SimulatedEndpoint, prompt_tokens: int) -> str | None:
+    """Why a prompt of ``prompt_tokens`` is refused (it leaves no room for one output token in the
+    model's context, ``cfg.context_tokens``), else None."""
+    limit = cfg.context_tokens
+    if limit is None or prompt_tokens < limit:
+        return None
+    return (f"the prompt's {prompt_tokens} tokens leave no room for output in this model's context of "
+            f"{limit} tokens")
+
+
 @dataclass(frozen=True, slots=True)
 class GenRequest:
     """One generation request, already validated and token-counted by its route.
@@ -133,6 +143,7 @@ class Generation:
         self.finish_reason: Literal["stop", "length"] = (
             "length" if request.max_tokens is not None and request.max_tokens <= output_tokens else "stop"
         )
+        self.context_cut = False  # cut at the end of the model's context (`SimCore.generate`), not by max_tokens
         self._tokens = iter(request.reply) if request.reply else generate_tokens(core.cfg.seed, request.content)
         self._ready: deque[ChunkEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -262,14 +273,24 @@ class SimCore:
         """Admit a request to the model and return its chunk stream.
 
         Raises:
-            ValueError: ``max_tokens`` < 1 or ``prompt_tokens`` < 0.
+            ValueError: ``max_tokens`` < 1, ``prompt_tokens`` < 0, or a prompt that leaves no room in
+                the context (`context_refusal`: routes refuse it first, as their server would).
         """
         if request.max_tokens is not None and request.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         full = len(request.reply) if request.reply else self.cfg.output_tokens  # a reply ends when it is said
         n_out = full if request.max_tokens is None else min(request.max_tokens, full)
+        cut = False
+        if self.cfg.context_tokens is not None:
+            refused = context_refusal(self.cfg, request.prompt_tokens)
+            if refused:
+                raise ValueError(refused)
+            room = self.cfg.context_tokens - request.prompt_tokens
+            cut, n_out = room < n_out, min(n_out, room)
         rid = self.model.arrive(request.arrival, request.prompt_tokens, n_out, request.extra_ttft_s)
         gen = Generation(self, rid, request, n_out)
+        if cut:  # (the server's own limit: the answer ends for length, below what the client asked)
+            gen.finish_reason, gen.context_cut = "length", True
         self._gens[rid] = gen
         self._dispatch()
         return gen

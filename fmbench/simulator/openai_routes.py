@@ -44,7 +44,7 @@ from fmbench.simulator._http import (
 )
 from fmbench.simulator.app import SIM_CONTEXT, SimContext
 from fmbench.simulator.content import choose_reply, content_model, request_answers
-from fmbench.simulator.core import Chunk, Generation, GenRequest, Usage
+from fmbench.simulator.core import Chunk, Generation, GenRequest, Usage, context_refusal
 from fmbench.simulator.faults import Fault, FaultKind
 from fmbench.simulator.model import RawChunk
 
@@ -199,6 +199,10 @@ async def _generate(request: web.Request, api: Api) -> web.StreamResponse:
     prompt_tokens = parsed.fixed_tokens
     for text in parsed.texts:
         prompt_tokens += await ctx.count_tokens(text)
+    too_long = context_refusal(ctx.cfg, prompt_tokens)
+    if too_long:  # (as vLLM refuses it)
+        return ctx.refused(fault, error_response(400, too_long, "context_length_exceeded", "messages"
+                                                 if api == "chat" else "prompt"))
     extra = ctx.faults.config.slow_first_byte_s if fault.kind is FaultKind.SLOW_FIRST_BYTE else 0.0
     reply = choose_reply(content_model(ctx.cfg), parsed.content, request_answers(body))
     req = GenRequest(prompt_tokens, parsed.max_tokens, parsed.content, arrival, extra,

@@ -62,6 +62,32 @@ def test_converse_reports_text_and_usage(sim_url: str, stream: bool) -> None:
         assert c.chunk_times == [] and c.t_first_token == c.t_end
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_answer_stopped_at_the_context_window_is_noted_cut(sim_thread: Any, stream: bool) -> None:
+    """stopReason model_context_window_exceeded (below maxTokens) notes the answer cut; max_tokens
+    reached does not; a prompt that fills the context is a ValidationException."""
+    from fmbench.endpoints._chat import CUT_BY_SERVER, cut_note
+
+    (probe,) = _run(_client(sim_thread(), stream=False, max_tokens=9))
+    assert probe.note is None and probe.input_tokens
+    url = sim_thread(SIM.model_copy(update={"context_tokens": probe.input_tokens + 4}))
+    (cut,) = _run(_client(url, stream=stream, max_tokens=9))
+    assert cut.output_tokens == 4 and len(cut.text.split()) == 4
+    assert cut.note == (f"{CUT_BY_SERVER} at 4 of max_tokens 9 output tokens (stopReason "
+                        "model_context_window_exceeded: the prompt and max_tokens exceed its context)")
+    (whole,) = _run(_client(url, stream=stream, max_tokens=4))
+    assert whole.output_tokens == 4 and whole.note is None
+    full = sim_thread(SIM.model_copy(update={"context_tokens": probe.input_tokens}))
+    with pytest.raises(EndpointHTTPError) as info:
+        _run(_client(full, stream=stream, max_tokens=9))
+    assert info.value.status == 400 and "leave no room for output" in str(info.value)
+    # Bedrock's stopReason max_tokens below maxTokens (a model's own output cap) is a cut too.
+    assert cut_note("max_tokens", 3, 9, "stopReason") == (
+        f"{CUT_BY_SERVER} at 3 of max_tokens 9 output tokens (stopReason max_tokens: the model's own output limit "
+        "is below max_tokens, or the prompt and max_tokens exceed its context)")
+    assert cut_note("end_turn", 3, 9, "stopReason") is None
+
+
 @pytest.mark.parametrize("model_id", MODEL_IDS)
 def test_model_ids_profiles_and_arns_reach_the_server_intact(sim_url: str, model_id: str) -> None:
     rt = boto3.client("bedrock-runtime", endpoint_url=sim_url, region_name="us-east-1")

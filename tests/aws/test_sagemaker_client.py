@@ -175,6 +175,30 @@ def test_faults_map_to_error_kinds(sim_thread: Any, faults: FaultConfig, stream:
     assert "fmbench-ep" in str(info.value)
 
 
+@pytest.mark.parametrize("payload", ["tgi", "messages", "completions"])
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_answer_the_server_cuts_at_its_context_is_noted_cut(sim_thread: Any, payload: str, stream: bool) -> None:
+    """A model whose context ends 5 tokens after the prompt cuts a 12-token answer at 5 and says why
+    (TGI's details.finish_reason, the OpenAI schema's finish_reason): a success, noted as cut; an
+    answer that max_tokens ended is not; a prompt that fills the context is the container's 422."""
+    from fmbench.endpoints._chat import CUT_BY_SERVER
+
+    (probe,) = _run(_client(sim_thread(), "messages", stream=False, max_tokens=12))
+    assert probe.note is None and probe.output_tokens == 12 and probe.input_tokens
+    url = sim_thread(SIM.model_copy(update={"context_tokens": probe.input_tokens + 5}))
+    (cut,) = _run(_client(url, payload, stream=stream, max_tokens=12))
+    field = "details.finish_reason" if payload == "tgi" else "finish_reason"
+    assert cut.output_tokens == 5 and len(cut.text.split()) == 5
+    assert cut.note == (f"{CUT_BY_SERVER} at 5 of max_tokens 12 output tokens ({field} length: the prompt and "
+                        "max_tokens exceed its context)")
+    (whole,) = _run(_client(url, payload, stream=stream, max_tokens=5))  # (max_tokens ended it: not cut)
+    assert whole.output_tokens == 5 and whole.note is None
+    full = sim_thread(SIM.model_copy(update={"context_tokens": probe.input_tokens}))
+    with pytest.raises(EndpointHTTPError) as info:
+        _run(_client(full, payload, stream=stream, max_tokens=12))
+    assert info.value.status == 422 and "leave no room for output" in str(info.value)
+
+
 def test_model_error_reports_the_containers_status(sim_thread: Any) -> None:
     url = sim_thread(faults=FaultConfig(http_500_rate=1.0))
     with pytest.raises(EndpointHTTPError) as info:

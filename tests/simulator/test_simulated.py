@@ -287,6 +287,32 @@ def test_requests_beyond_max_batch_wait_for_a_slot_over_http() -> None:
     assert second["t_due"] - second["t_first_due"] == pytest.approx(9 * 0.020, abs=2e-6)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_answer_that_would_overflow_the_context_is_cut_at_its_end(stream: bool) -> None:
+    """context_tokens: the answer ends where the context does, for length; a prompt that fills it is
+    refused as vLLM refuses it (400, context_length_exceeded)."""
+    n = len(ENC.encode(PROMPT))
+    with (
+        SimulatedServerThread(_cfg(output_tokens=10, context_tokens=n + 4)) as srv,
+        httpx.Client(base_url=srv.url or "") as c,
+    ):
+        body = {"model": MODEL, "stream": stream, "prompt": PROMPT, "max_tokens": 10,
+                "stream_options": {"include_usage": True}} if stream else {"model": MODEL, "prompt": PROMPT}
+        if stream:
+            _, items, _ = _sse(c, "/v1/completions", body)
+            finish = [i["choices"][0]["finish_reason"] for i in items if isinstance(i, dict) and i["choices"]][-1]
+            usage, text = items[-2]["usage"], _text(items, chat=False)
+        else:
+            answer = c.post("/v1/completions", json=body).json()
+            finish, usage, text = answer["choices"][0]["finish_reason"], answer["usage"], answer["choices"][0]["text"]
+        assert (finish, usage["completion_tokens"], len(ENC.encode(text))) == ("length", 4, 4)
+        assert usage["prompt_tokens"] == n
+    with SimulatedServerThread(_cfg(context_tokens=n)) as srv, httpx.Client(base_url=srv.url or "") as c:
+        refused = c.post("/v1/completions", json={"model": MODEL, "prompt": PROMPT, "stream": stream})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    assert "leave no room for output" in refused.json()["error"]["message"]
+
+
 def test_multi_token_chunks_carry_exactly_their_token_count() -> None:
     with (
         SimulatedServerThread(_cfg(output_tokens=10, chunk_tokens=4)) as srv,
