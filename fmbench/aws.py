@@ -234,6 +234,34 @@ def translate_answer_error(exc: Exception, what: str, secrets: tuple[str, ...], 
     return answer_cut_off(err, begun, what)
 
 
+def translate_call_error(exc: Exception, what: str, secrets: tuple[str, ...]) -> EndpointError:
+    """`translate_answer_error` for a call that reads its whole answer before it returns (Bedrock's
+    Converse): botocore reads the status, the headers and then the body inside one call and wraps the
+    errors of both alike, so whether the answer had begun is whether the failure came from reading
+    the body (`_in_body_read`)."""
+    return translate_answer_error(exc, what, secrets, _in_body_read(exc))
+
+
+def _in_body_read(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) was raised while urllib3 read a response's body, after its
+    status and headers had arrived."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        tb = err.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_globals.get("__name__") == "urllib3.response":
+                return True
+            tb = tb.tb_next
+        wrapped = getattr(err, "kwargs", {}).get("error") if isinstance(err, botocore.exceptions.BotoCoreError) else None
+        todo.extend([err.__cause__, err.__context__, wrapped if isinstance(wrapped, BaseException) else None])
+    return False
+
+
 def bound_reads(body: Any, deadline: float, what: str, timeout_s: float) -> None:
     """Bound the next socket reads of a response ``body`` (a botocore event stream or streaming body)
     to the time left before the request's ``deadline``: botocore's read timeout is per read, so a

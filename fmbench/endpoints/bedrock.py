@@ -25,7 +25,7 @@ from fmbench.aws import (
     bound_reads,
     restore_reads,
     translate_answer_error,
-    translate_client_error,
+    translate_call_error,
 )
 from fmbench.config import BedrockEndpoint, InferenceConfig
 from fmbench.endpoints._chat import count, cut_note
@@ -104,7 +104,7 @@ class BedrockClient(BotoRuntimeClient):
             usage = resp.get("usage") or {}
             stop = resp.get("stopReason")
         except Exception as exc:
-            raise translate_client_error(exc, self._what, self._secrets) from exc
+            raise translate_call_error(exc, self._what, self._secrets) from exc
         if not text:
             raise EndpointProtocolError(f"{self._what}: answer carries no output text")
         return self._completion(t_start, t_end, t_end, [], text, usage, stop)

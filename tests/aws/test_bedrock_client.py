@@ -145,6 +145,7 @@ def test_throttle_backoff_doubles_honours_retry_after_and_is_capped() -> None:
         (FaultConfig(malformed_rate=1.0), True, EndpointProtocolError, None),
         (FaultConfig(malformed_rate=1.0), False, EndpointProtocolError, None),
         (FaultConfig(truncated_rate=1.0), True, EndpointProtocolError, None),
+        (FaultConfig(truncated_rate=1.0), False, EndpointProtocolError, None),  # (an answer cut off)
         # a stream reset after it began is the answer cut off (as the OpenAI client has it), one reset
         # before any answer a failure to connect
         (FaultConfig(reset_rate=1.0), True, EndpointProtocolError, None),

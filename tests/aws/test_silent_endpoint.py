@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fmbench.config import InferenceConfig
+from fmbench.endpoints.bedrock import BedrockClient
 from fmbench.endpoints.openai import OpenAIClient
 from fmbench.endpoints.sagemaker import SageMakerClient
 from fmbench.errors import EndpointTimeout, silent_timeout
@@ -103,6 +104,16 @@ def test_sagemaker_client_says_whether_any_byte_of_the_answer_came(quiet_server:
         assert silent_timeout(exc.kind, str(exc)), str(exc)
     else:  # (botocore reads the status and headers first: a stall after them is an answer that began)
         assert not silent_timeout(exc.kind, str(exc)), str(exc)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_bedrock_client_says_whether_any_byte_of_the_answer_came(quiet_server: tuple[str, str], stream: bool) -> None:
+    url, mode = quiet_server
+    client = BedrockClient("meta.llama3-8b-instruct-v1:0", InferenceConfig(timeout_s=0.5, stream=stream, max_tokens=4),
+                           runtime_endpoint_url=url)
+    exc = _complete(client)
+    assert isinstance(exc, EndpointTimeout), exc
+    assert silent_timeout(exc.kind, str(exc)) == (mode == "silent"), str(exc)
 
 
 @pytest.mark.parametrize("load", ["closed", "processes", "open"])
