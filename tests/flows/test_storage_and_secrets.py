@@ -77,6 +77,28 @@ def test_s3_run_has_the_local_layout_and_reports_from_s3(prefect_harness: None, 
     assert cli_main(["compare", str(Path(local_report).parent), f"{s3_bucket}/bench/stored/same",
                      "--output", str(out)]) == 0
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    _partial_report_on_s3(f"{s3_bucket}/bench/stored/same", f"{s3_bucket}/bench/stored/stopped", capsys)
+
+
+def _partial_report_on_s3(finished: str, stopped: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The run as it stood before its end (its config, its manifest without an end, its measured
+    shards): `fmbench report --partial` reports those shards in its partial/, in S3, and changes
+    nothing else of it."""
+    from fmbench.rundir import load_manifest, save_manifest
+
+    for name in ("config.yml", "manifest.json"):
+        storage.write_bytes(storage.join(stopped, name), storage.read_bytes(storage.join(finished, name)))
+    shards = storage.list_files(storage.join(finished, "shards"))
+    for url in shards:
+        storage.write_bytes(storage.join(stopped, "shards", url.rsplit("/", 1)[1]), storage.read_bytes(url))
+    save_manifest(stopped, load_manifest(stopped).model_copy(update={"ended_at": None}))
+    before = _relative_files(stopped)
+    assert cli_main(["report", stopped, "--partial", "--no-png"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"Partial report: {stopped}/partial/report.md"
+    measured = sum(1 for url in shards if url.endswith(".json"))
+    assert storage.read_parquet(f"{stopped}/partial/metrics.parquet").height == measured == 2
+    assert "Partial report: run same has not finished" in storage.read_text(f"{stopped}/partial/report.md")
+    assert {f for f in _relative_files(stopped) if not f.startswith("partial/")} == before
 
 
 def test_api_key_never_reaches_results_artifacts_or_logs(prefect_harness: None, tmp_path: Path,
