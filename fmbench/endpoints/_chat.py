@@ -53,15 +53,15 @@ def cut_note(reason: str | None, output_tokens: int | None, max_tokens: int | No
         field: where the server said it (``finish_reason``, TGI's ``details.finish_reason``, Bedrock's
             ``stopReason``), for the note.
     """
-    if reason == _AT_CONTEXT and (output_tokens is None or not max_tokens or output_tokens < max_tokens):
-        at = f"at {output_tokens} of" if output_tokens is not None else "below"
-        return (f"{CUT_BY_SERVER} {at} max_tokens {max_tokens} output tokens ({field} {reason}: the prompt "
-                "and max_tokens exceed its context)")
-    if reason not in _FOR_LENGTH or output_tokens is None or not max_tokens or output_tokens >= max_tokens:
+    at_context = reason == _AT_CONTEXT  # (said at the context's end: a cut even when the count is unknown)
+    if not (at_context or reason in _FOR_LENGTH) or not max_tokens:
+        return None
+    if output_tokens is None and not at_context or output_tokens is not None and output_tokens >= max_tokens:
         return None
     why = ("the model's own output limit is below max_tokens, or the prompt and max_tokens exceed its context"
            if reason == "max_tokens" else "the prompt and max_tokens exceed its context")
-    return f"{CUT_BY_SERVER} at {output_tokens} of max_tokens {max_tokens} output tokens ({field} {reason}: {why})"
+    at = f"at {output_tokens} of" if output_tokens is not None else "below"
+    return f"{CUT_BY_SERVER} {at} max_tokens {max_tokens} output tokens ({field} {reason}: {why})"
 
 
 def output_piece(event: Any, chat: bool) -> str | None:
