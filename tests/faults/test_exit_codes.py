@@ -23,6 +23,7 @@ from tests.support.sim_shards import ODD_STATE
 EXPECTED = {
     "FMBenchError": ExitCode.ENVIRONMENT,
     "ConfigError": ExitCode.BAD_INPUT,
+    "RunInProgress": ExitCode.BAD_INPUT,
     "DatasetError": ExitCode.BAD_INPUT,
     "TokenizerError": ExitCode.BAD_INPUT,
     "CredentialsError": ExitCode.ENVIRONMENT,
