@@ -294,7 +294,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             say("  (nothing deleted: add --yes to delete these)")
             continue
         removed, failures = delete_resources(client, found)
-        deleted_at = utc_now()  # when SageMaker was asked to delete them (each bill ends then)
+        deleted_at = utc_now("milliseconds")  # when SageMaker was asked to delete them (each bill ends then)
         for item in removed:
             say(f"  deleted {item}")
         for item in failures:
@@ -329,8 +329,7 @@ def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], de
             if not record_late_deletions(url, run_id, deleted, by="fmbench cleanup"):
                 continue  # not in this config's output, or its own teardown recorded them
         except RunInProgress:  # (deleted with --include-live, or started since it was listed)
-            say(f"  run {run_id}: in progress, so its own teardown records its endpoints' end: when it finds them "
-                "gone, billed up to then")
+            failed = _note_deletions(url, run_id, deleted) or failed
             continue
         except FMBenchError as exc:
             say(f"fmbench: run {run_id}: its manifest does not have its endpoints' deletion: {exc}", sys.stderr)
@@ -349,6 +348,22 @@ def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], de
             continue
         say(f"  run {run_id}: report with the full cost of its endpoints: {getattr(paths, 'markdown', paths)}")
     return failed
+
+
+def _note_deletions(url: str, run_id: str, deleted: dict[str, tuple[str, str]]) -> bool:
+    """Note the deletion of a run's endpoints beside its manifest, which the run in progress holds, for
+    its teardown to bill them up to it (`rundir.note_deletion`); True when a note could not be written."""
+    from fmbench.rundir import note_deletion
+
+    try:
+        for name, when in deleted.values():
+            note_deletion(url, name, when, by="fmbench cleanup --include-live, during the run")
+    except FMBenchError as exc:
+        say(f"fmbench: run {run_id}: in progress; the note of its endpoints' deletion could not be written ({exc}): "
+            "its teardown bills them up to when it finds them gone", sys.stderr)
+        return True
+    say(f"  run {run_id}: in progress; its teardown bills its endpoints up to this deletion (noted in {url})")
+    return False
 
 
 def _resource_lines(found: list[FmbenchResource], live: dict[tuple[str | None, str], str]) -> list[str]:

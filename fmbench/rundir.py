@@ -207,21 +207,107 @@ def record_late_deletions(url: str, run_id: str, deleted: dict[str, tuple[str, s
     with hold_run(url, run_id):
         manifest = load_manifest(url)
         for experiment, (name, when) in deleted.items():
-            t = manifest.endpoints.get(experiment)
-            if t is None:
-                continue
-            # the run's endpoint, or one an earlier attempt left that a resumed attempt could not adopt
-            lives = t.lives()
-            hit = next((i for i in reversed(range(len(lives)))  # the latest life first: the run's own endpoint
-                        if lives[i].endpoint_name == name and lives[i].created_at and not lives[i].deleted_at), None)
-            if hit is None:
-                continue
-            lives[hit] = lives[hit].model_copy(update={"deleted_at": when, "deleted_by": by})
-            manifest.endpoints[experiment] = EndpointTimeline.from_lives(lives)
-            changed.append(experiment)
+            if _mark_deleted(manifest, experiment, name, when, by):
+                changed.append(experiment)
         if changed:
             save_manifest(url, manifest)
     return changed
+
+
+def _mark_deleted(manifest: Manifest, experiment: str, name: str, when: str, by: str) -> bool:
+    """Mark deleted at ``when`` by ``by`` the endpoint ``name`` of ``experiment``'s timeline: the run's
+    own, or one an earlier attempt left that a resumed attempt could not adopt, the latest first; only
+    one recorded created (no later than ``when``) and not yet deleted. False when there is none."""
+    t = manifest.endpoints.get(experiment)
+    if t is None:
+        return False
+    lives = t.lives()
+    hit = next((i for i in reversed(range(len(lives)))
+                if lives[i].endpoint_name == name and lives[i].created_at and not lives[i].deleted_at
+                and _not_before(when, lives[i].created_at)), None)
+    if hit is None:
+        return False
+    lives[hit] = lives[hit].model_copy(update={"deleted_at": when, "deleted_by": by})
+    manifest.endpoints[experiment] = EndpointTimeline.from_lives(lives)
+    return True
+
+
+def _not_before(when: str, created_at: str | None) -> bool:
+    try:
+        return created_at is None or _dt.datetime.fromisoformat(when) >= _dt.datetime.fromisoformat(created_at)
+    except (ValueError, TypeError):  # (a time unreadable, or with and without a zone)
+        return True
+
+
+#: Beside a run's manifest: one note per endpoint deleted by someone else while the run was in
+#: progress (``fmbench cleanup --include-live``), which the run's own teardown reads.
+DELETIONS = "deletions"
+
+
+class DeletionNote(BaseModel):
+    """An endpoint of a run in progress deleted by someone else: when, and by whom."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_name: str
+    deleted_at: str = Field(description="UTC ISO time of the deletion request (its bill ended then).")
+    deleted_by: str
+
+
+def note_deletion(url: str, endpoint_name: str, deleted_at: str, by: str) -> None:
+    """Note beside the manifest of the run in progress at ``url`` that ``by`` deleted its endpoint
+    ``endpoint_name`` at ``deleted_at``. The run holds its manifest, so this is its own file: the
+    run's teardown, which finds the endpoint gone, bills it up to then (`noted_deletion`) rather
+    than up to the teardown.
+
+    Raises:
+        StorageError: the note cannot be written.
+    """
+    note = DeletionNote(endpoint_name=endpoint_name, deleted_at=deleted_at, deleted_by=by)
+    storage.write_text(storage.join(url, DELETIONS, f"{endpoint_name}.json"), note.model_dump_json())
+
+
+def noted_deletion(url: str, endpoint_name: str, created_at: str | None) -> DeletionNote | None:
+    """The note of `note_deletion` for ``endpoint_name``, if one says it was deleted after
+    ``created_at`` (a note of an earlier endpoint of that name is not this one's); None if there is
+    none, or it cannot be read (the run then bills the endpoint up to its teardown, an upper bound)."""
+    path = storage.join(url, DELETIONS, f"{endpoint_name}.json")
+    try:
+        if not storage.exists(path):
+            return None
+        note = _read_note(path)
+    except StorageError as exc:
+        log.warning("the note of endpoint %s's deletion cannot be read (%s): it is billed up to the teardown",
+                    endpoint_name, exc)
+        return None
+    return note if note is not None and _not_before(note.deleted_at, created_at) else None
+
+
+def with_noted_deletions(url: str, manifest: Manifest) -> Manifest:
+    """``manifest`` with the deletions noted beside it (`note_deletion`) that it does not have: those of
+    a run killed, and not resumed, after fmbench cleanup deleted its endpoint. Its report then bills
+    that endpoint up to its deletion, not as still running."""
+    try:
+        notes = [n for u in storage.list_files(storage.join(url, DELETIONS), ".json") if (n := _read_note(u))]
+    except StorageError as exc:
+        log.warning("%s: the notes of its endpoints' deletions cannot be read (%s)", url, exc)
+        return manifest
+    if not notes:
+        return manifest
+    manifest = manifest.model_copy(update={"endpoints": dict(manifest.endpoints)})
+    for note in notes:
+        for experiment in list(manifest.endpoints):
+            if _mark_deleted(manifest, experiment, note.endpoint_name, note.deleted_at, note.deleted_by):
+                break
+    return manifest
+
+
+def _read_note(url: str) -> DeletionNote | None:
+    try:
+        return DeletionNote.model_validate_json(storage.read_text(url))
+    except ValueError as exc:  # (pydantic's)
+        log.warning("%s: not a note of an endpoint's deletion (%s); ignored", url, exc)
+        return None
 
 
 #: In the name of a shard's attempt that was set aside (its endpoint lost, or hung), kept beside the

@@ -41,7 +41,7 @@ from fmbench.pipeline import (
 )
 from fmbench.pipeline.shards import find_experiment
 from fmbench.regression import RegressionReport
-from fmbench.rundir import RunInfo, exclusive_run, new_run_id
+from fmbench.rundir import DeletionNote, RunInfo, exclusive_run, new_run_id, noted_deletion
 
 log = logging.getLogger("fmbench")
 
@@ -253,15 +253,18 @@ def _judge_panel(judges: Lifecycles, cfg: BenchmarkConfig) -> Any:
     return panel
 
 
-def _gone(alive: EndpointTimeline, deployed: DeployedEndpoint) -> EndpointTimeline:
+def _gone(alive: EndpointTimeline, deployed: DeployedEndpoint, note: DeletionNote | None) -> EndpointTimeline:
     """The timeline of an endpoint an earlier attempt left alive that a resumed deploy did not adopt
-    but found gone (``deployed.earlier_gone_at``): it deleted it (it had failed), or nothing was there
-    (deleted outside fmbench at an unknown time, or, when it was never InService, perhaps never
-    created by the killed attempt)."""
+    but found gone (``deployed.earlier_gone_at``): it deleted it (it had failed), fmbench cleanup had
+    deleted it while that attempt was in progress (``note``), or nothing was there (deleted outside
+    fmbench at an unknown time, or, when it was never InService, perhaps never created by the killed
+    attempt)."""
     life = alive.model_copy(update={"earlier": []})
     if deployed.deleted_failed_earlier:
         return life.model_copy(update={"deleted_at": deployed.earlier_gone_at,
                                        "deleted_by": "the resumed run, which found it failed"})
+    if note is not None:
+        return life.model_copy(update={"deleted_at": note.deleted_at, "deleted_by": note.deleted_by})
     return life.model_copy(update={"deleted_at": _last_alive(alive), "gone_by": deployed.earlier_gone_at,
                                    "deleted_by": "outside fmbench"})
 
@@ -578,6 +581,14 @@ class Lifecycles:
             return
         if deployed.keep or not deployed.created:
             return
+        life = self.timelines.get(name)
+        note = noted_deletion(self.run.url, deployed.endpoint_name, life.created_at if life else None) \
+            if deployed.endpoint_name else None
+        if note is not None:  # deleted while the run was in progress (fmbench cleanup --include-live)
+            self._update(name, deleted_at=note.deleted_at, deleted_by=note.deleted_by)
+            log.warning("%s: its endpoint was deleted by %s at %s, while the run was in progress; billed up to then",
+                        self._label(name), note.deleted_by, note.deleted_at)
+            return
         self._update(name, deleted_at=_now())
         log.info("%s: deleted %s", self._label(name), ", ".join(removed) or "its endpoint")
 
@@ -649,7 +660,8 @@ class Lifecycles:
         if alive is None or (state is not None and state.adopted):
             return {}
         if state is not None and state.earlier_gone_at:
-            life = _gone(alive, state)
+            note = noted_deletion(self.run.url, alive.endpoint_name, alive.created_at) if alive.endpoint_name else None
+            life = _gone(alive, state, note)
         else:
             reason = "interrupted" if not isinstance(error, Exception) else str(error) or type(error).__name__
             what = f"endpoint {alive.endpoint_name}" if alive.endpoint_name else "the endpoint"

@@ -365,7 +365,7 @@ def benchmark_cost(
                           f"time it was known alive, and {gone_by.isoformat()}, when the run resumed: it may have cost "
                           f"up to {hours(more_h)} instance-hours ({usd(more_h * rate)}) more, not included")
             elif billed.deleted and timeline.deleted_by:
-                basis += f"; left running by the run, deleted by {timeline.deleted_by} at {billed.billed_to.isoformat()}"
+                basis += f"; not deleted by the run: deleted by {timeline.deleted_by} at {billed.billed_to.isoformat()}"
             if not billed.deleted:
                 basis += f"; {_not_deleted(billed, timeline)}"
             row["basis"] = basis if source == p.source else f"{basis}; price: {source}"

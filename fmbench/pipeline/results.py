@@ -71,12 +71,19 @@ def partial_report(run_url: str, png: bool = True) -> str:
         StorageError: no shard measured yet, or the run's files cannot be read.
     """
     from fmbench.config import load_config_text
-    from fmbench.rundir import MANIFEST, has_manifest, is_set_aside, load_manifest
+    from fmbench.rundir import (
+        MANIFEST,
+        has_manifest,
+        is_set_aside,
+        load_manifest,
+        save_manifest,
+        with_noted_deletions,
+    )
 
     url = run_url.rstrip("/") if storage.is_remote(run_url) else str(Path(run_url).resolve())
     if not has_manifest(url):
         raise ConfigError(f"{run_url}: no {MANIFEST}; not a run directory")
-    manifest = load_manifest(url)
+    manifest = with_noted_deletions(url, load_manifest(url))
     run_id = manifest.run_id or url.rsplit("/", 1)[-1]
     if manifest.ended_at:
         raise ConfigError(f"{run_url}: run {run_id} has finished; its report is fmbench report {run_url}")
@@ -96,7 +103,7 @@ def partial_report(run_url: str, png: bool = True) -> str:
     outcomes.sort(key=lambda o: o.started_at or "")
     dest = storage.join(url, PARTIAL)
     storage.write_text(storage.join(dest, "config.yml"), config_text)
-    storage.write_bytes(storage.join(dest, MANIFEST), storage.read_bytes(storage.join(url, MANIFEST)))
+    save_manifest(dest, manifest)  # (with the deletions noted beside it: a killed run's endpoint cleanup deleted)
     scratch = dest if not storage.is_remote(dest) else tempfile.mkdtemp(prefix="fmbench-partial-")
     part = RunInfo(name=cfg.name, run_id=run_id, url=dest, scratch=scratch)
     note = (f"Partial report: run {run_id} has not finished (stopped, or still measuring); this report shows the "

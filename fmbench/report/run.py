@@ -16,7 +16,7 @@ from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError, FMBenchError, StorageError
 from fmbench.metrics import METRIC_COLUMNS, summarize
 from fmbench.records import REQUEST_SCHEMA, final_attempts
-from fmbench.rundir import Manifest, has_manifest, load_manifest, set_aside_files
+from fmbench.rundir import Manifest, has_manifest, load_manifest, set_aside_files, with_noted_deletions
 
 #: Columns of requests.parquet the report reads. The scan is lazy, so the itl_s lists are read only
 #: by the queries that need them (ITL metrics and the ITL distribution); when the metrics are computed
@@ -148,7 +148,7 @@ def load_run(run_url: str, *, write_metrics: bool = True) -> RunData:
     manifest = Manifest()
     if has_manifest(url):
         try:
-            manifest = load_manifest(url)
+            manifest = with_noted_deletions(url, load_manifest(url))
         except (StorageError, UnicodeDecodeError) as exc:
             problems.append(f"manifest.json is unreadable ({exc.__class__.__name__}); run details are missing")
     else:

@@ -376,11 +376,18 @@ def test_cleanup_include_live_deletes_a_run_in_progress_and_config_selects_its_o
 
 def test_cleanup_include_live_leaves_the_manifest_of_a_run_in_progress_to_that_run(
         moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A run in progress holds its manifest: cleanup --include-live deletes its endpoint, says that the
-    run records the end itself, and succeeds (the run's manifest is not cleanup's to write)."""
+    """A run in progress holds its manifest: cleanup --include-live deletes its endpoint, notes when
+    beside the manifest for the run's teardown, and succeeds (the run's manifest is not cleanup's to write)."""
     from fmbench.deploy.heartbeat import end_heartbeats
     from fmbench.pipeline import load_benchmark_config
-    from fmbench.rundir import EndpointTimeline, exclusive_run, load_manifest, open_run
+    from fmbench.rundir import (
+        EndpointTimeline,
+        exclusive_run,
+        load_manifest,
+        noted_deletion,
+        open_run,
+        with_noted_deletions,
+    )
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
     path = tmp_path / "mine.yml"
@@ -399,9 +406,19 @@ def test_cleanup_include_live_leaves_the_manifest_of_a_run_in_progress_to_that_r
         end_heartbeats("r-live")
     out = capsys.readouterr().out
     assert f"deleted endpoint:{name}" in out and "deleted as well (--include-live)" in out
-    assert "run r-live: in progress, so its own teardown records its endpoints' end" in out
+    assert f"run r-live: in progress; its teardown bills its endpoints up to this deletion (noted in {run.url})" in out
     assert sm_inventory(moto) == EMPTY
-    assert load_manifest(run.url).endpoints["a"].deleted_at is None  # (the run's teardown writes it)
+    timeline = load_manifest(run.url).endpoints["a"]
+    assert timeline.deleted_at is None  # (the run's teardown writes it, from the note beside the manifest)
+    note = noted_deletion(run.url, name, timeline.created_at)
+    assert note is not None and note.deleted_by == "fmbench cleanup --include-live, during the run"
+    assert timeline.created_at is not None and note.deleted_at >= timeline.created_at
+    assert noted_deletion(run.url, name, "2999-01-01T00:00:00+00:00") is None  # a later endpoint of that name
+    assert noted_deletion(run.url, "another", None) is None
+    # Killed after that, and not resumed: its report reads the note (the manifest still says running).
+    shown = with_noted_deletions(run.url, load_manifest(run.url)).endpoints["a"]
+    assert (shown.deleted_at, shown.deleted_by) == (note.deleted_at, note.deleted_by)
+    assert load_manifest(run.url).endpoints["a"].deleted_at is None  # (read, not written)
 
 
 # ---------------------------------------------------------------- warning before a deploy

@@ -241,6 +241,46 @@ def test_cleanup_while_a_run_is_in_progress_leaves_its_endpoint_to_it(
     assert after.returncode == 0 and "0 fmbench resource(s)" in after.stdout
 
 
+def test_cleanup_include_live_during_a_run_ends_its_endpoint_s_bill_at_the_deletion(
+        moto: str, slow_sim: str, tmp_path: Path) -> None:
+    """`fmbench cleanup CONFIG --yes --include-live` while a run is measuring deletes the run's
+    endpoint; the run's teardown, which finds it gone, bills it up to that deletion (noted by
+    cleanup beside the run's manifest), not up to the teardown, and its report says who deleted it."""
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim, name="live", concurrency_levels=[1], requests_per_level=20)
+    runs = tmp_path / "results" / "live"
+    with (tmp_path / "run.log").open("w") as out:
+        proc = subprocess.Popen(_fmbench("run", str(cfg), "--no-png"), env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not (runs.is_dir() and any(runs.glob("*/manifest.json"))
+                       and sm_inventory(moto)["endpoints"]):  # deployed, about to measure
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the run deployed nothing in 300 s"
+                time.sleep(0.05)
+            run_id = next(runs.glob("*/manifest.json")).parent.name
+            endpoint = resource_name("sm", run_id)
+            cleaned = _cli(["cleanup", str(cfg), "--yes", "--include-live"], env)
+            assert proc.poll() is None, "the run ended before cleanup deleted its endpoint: make its shards longer"
+            assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+            assert f"deleted endpoint:{endpoint}" in cleaned.stdout
+            assert f"run {run_id}: in progress; its teardown bills its endpoints up to this deletion" in cleaned.stdout
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    note = json.loads((runs / run_id / "deletions" / f"{endpoint}.json").read_text())
+    timeline = json.loads((runs / run_id / "manifest.json").read_text())["endpoints"]["sm"]
+    assert timeline["deleted_at"] == note["deleted_at"] and timeline["delete_error"] is None
+    assert timeline["deleted_by"] == "fmbench cleanup --include-live, during the run"
+    assert timeline["created_at"] < timeline["deleted_at"] < timeline["last_shard_at"]  # not the teardown's time
+    report = (runs / run_id / "report.md").read_text()
+    assert (f"not deleted by the run: deleted by fmbench cleanup --include-live, during the run at "
+            f"{datetime.fromisoformat(note['deleted_at']).isoformat()}") in report
+    assert sm_inventory(moto) == EMPTY
+
+
 def test_an_endpoint_a_run_kept_is_billed_in_its_report_until_cleanup_deletes_it(
         moto: str, slow_sim: str, tmp_path: Path) -> None:
     env = _env(tmp_path)
@@ -375,7 +415,8 @@ def test_a_resumed_run_whose_deploy_fails_before_it_can_adopt_says_the_earlier_e
     [left] = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]["earlier"]
     assert left["deleted_by"] == "fmbench cleanup" and left["deleted_at"] > killed["in_service_at"]
     report = (run / "report.md").read_text()
-    assert f"left running by the run, deleted by fmbench cleanup at {left['deleted_at']}" in report
+    deleted_at = datetime.fromisoformat(left["deleted_at"]).isoformat()
+    assert f"not deleted by the run: deleted by fmbench cleanup at {deleted_at}" in report
     assert "still billing" not in report
 
     resumed = _cli(["run", str(cfg), "--run-id", "f1", "--no-png"], env)
