@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,11 @@ def _fmbench(*args: str) -> list[str]:
     return [sys.executable, "-m", "fmbench", *args]
 
 
-def _kill_mid_run(cfg: Path, run_id: str, env: dict[str, str], log: Path) -> dict[str, bytes]:
-    """Start `fmbench run`, SIGKILL it (and its children) once a shard is measured; the measured shards."""
-    shards = cfg.parent / "results" / "killed" / run_id / "shards"
+def _kill_mid_run(cfg: Path, run_id: str, env: dict[str, str], log: Path, name: str = "killed",
+                  meanwhile: Callable[[], None] | None = None) -> dict[str, bytes]:
+    """Start `fmbench run`, SIGKILL it (and its children) once a shard is measured (and ``meanwhile``
+    has run, while it is in progress); the measured shards."""
+    shards = cfg.parent / "results" / name / run_id / "shards"
     with log.open("w") as out:
         proc = subprocess.Popen(_fmbench("run", str(cfg), "--run-id", run_id), env=env, cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -110,6 +112,9 @@ def _kill_mid_run(cfg: Path, run_id: str, env: dict[str, str], log: Path) -> dic
                 assert proc.poll() is None, f"the run ended before a shard was measured: {log.read_text()[-2000:]}"
                 assert time.monotonic() < deadline, "no shard measured in 300 s"
                 time.sleep(0.02)
+            if meanwhile is not None:
+                meanwhile()
+                assert proc.poll() is None, "the run ended meanwhile: make its shards longer"
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
@@ -278,6 +283,45 @@ def test_cleanup_include_live_during_a_run_ends_its_endpoint_s_bill_at_the_delet
     report = (runs / run_id / "report.md").read_text()
     assert (f"not deleted by the run: deleted by fmbench cleanup --include-live, during the run at "
             f"{datetime.fromisoformat(note['deleted_at']).isoformat()}") in report
+    assert sm_inventory(moto) == EMPTY
+
+
+def test_a_run_killed_after_cleanup_include_live_deleted_its_endpoint_bills_it_up_to_that_deletion(
+        moto: str, slow_sim: str, tmp_path: Path) -> None:
+    """cleanup --include-live deletes a run's endpoint mid-run, then the run is killed before its
+    teardown: its partial report and the resumed run bill that endpoint up to the deletion noted
+    beside the manifest, by cleanup (not "deleted outside fmbench at an unknown time")."""
+    env = _env(tmp_path)
+    cfg = _config(tmp_path, moto, slow_sim, name="noted", requests_per_level=12)
+    endpoint = resource_name("sm", "n1")
+    run = tmp_path / "results" / "noted" / "n1"
+    said: list[str] = []
+
+    def delete_it() -> None:
+        cleaned = _cli(["cleanup", str(cfg), "--yes", "--include-live"], env)
+        assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+        said.append(cleaned.stdout)
+
+    _kill_mid_run(cfg, "n1", env, tmp_path / "n1.log", name="noted", meanwhile=delete_it)
+    assert f"deleted endpoint:{endpoint}" in said[0] and sm_inventory(moto) == EMPTY
+    note = json.loads((run / "deletions" / f"{endpoint}.json").read_text())
+    killed = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    assert killed["deleted_at"] is None  # (the killed run never wrote it)
+    deleted_at = datetime.fromisoformat(note["deleted_at"]).isoformat()
+    partial = _cli(["report", str(run), "--partial", "--no-png"], env)
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    text = (run / "partial" / "report.md").read_text()
+    assert f"not deleted by the run: deleted by fmbench cleanup --include-live, during the run at {deleted_at}" in text
+    assert "still billing" not in text
+
+    resumed = _cli(["run", str(cfg), "--run-id", "n1", "--no-png"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    timeline = json.loads((run / "manifest.json").read_text())["endpoints"]["sm"]
+    [earlier] = timeline["earlier"]
+    assert (earlier["created_at"], earlier["deleted_at"], earlier["gone_by"]) == (
+        killed["created_at"], note["deleted_at"], None)
+    assert earlier["deleted_by"] == note["deleted_by"] == "fmbench cleanup --include-live, during the run"
+    assert timeline["created_at"] > note["deleted_at"] and timeline["deleted_by"] is None  # its own, torn down
     assert sm_inventory(moto) == EMPTY
 
 
