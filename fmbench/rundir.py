@@ -9,6 +9,7 @@ Layout of ``<output>/<name>/<run_id>/`` (local directory or ``s3://``)::
     requests.parquet      every request of every shard
     metrics.csv/.parquet  one row per shard
     report.md/.html, plots/
+    deletions/            endpoints fmbench cleanup deleted while the run was in progress, when
 
 `RunInfo` knows this layout and `Manifest` the manifest's shape; other modules go through them
 rather than building paths into a run or reading its JSON as a dict.
@@ -240,7 +241,8 @@ def _not_before(when: str, created_at: str | None) -> bool:
 
 
 #: Beside a run's manifest: one note per endpoint deleted by someone else while the run was in
-#: progress (``fmbench cleanup --include-live``), which the run's own teardown reads.
+#: progress (``fmbench cleanup --include-live``), read by the run's teardown, a resumed attempt's
+#: deploy and the report of a run killed before either.
 DELETIONS = "deletions"
 
 
