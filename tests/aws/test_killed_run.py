@@ -6,6 +6,7 @@ the resumed run cannot adopt (gone, or failed) is still in its bill."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,6 +125,26 @@ def _kill_mid_run(cfg: Path, run_id: str, env: dict[str, str], log: Path, name: 
             if p.with_suffix(".parquet").exists()}
 
 
+@contextlib.contextmanager
+def _deployed_run(cfg: Path, runs: Path, env: dict[str, str], moto: str,
+                  log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`fmbench run CONFIG` (a run id of its own) once it has deployed and is about to measure: its
+    process and run id; killed on the way out if it is still running."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(_fmbench("run", str(cfg), "--no-png"), env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not (runs.is_dir() and any(runs.glob("*/manifest.json")) and sm_inventory(moto)["endpoints"]):
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "the run deployed nothing in 300 s"
+                time.sleep(0.05)
+            yield proc, next(runs.glob("*/manifest.json")).parent.name
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(_fmbench(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           check=False)
@@ -216,27 +237,14 @@ def test_cleanup_while_a_run_is_in_progress_leaves_its_endpoint_to_it(
     env = _env(tmp_path)
     cfg = _config(tmp_path, moto, slow_sim, name="busy", concurrency_levels=[1], requests_per_level=40)
     runs = tmp_path / "results" / "busy"
-    with (tmp_path / "run.log").open("w") as out:
-        proc = subprocess.Popen(_fmbench("run", str(cfg), "--no-png"), env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 300
-            while not (runs.is_dir() and any(runs.glob("*/manifest.json"))
-                       and sm_inventory(moto)["endpoints"]):  # deployed, about to measure
-                assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the run deployed nothing in 300 s"
-                time.sleep(0.05)
-            run_id = next(runs.glob("*/manifest.json")).parent.name
-            endpoint = resource_name("sm", run_id)
-            cleaned = _cli(["cleanup", str(cfg), "--yes"], env)
-            assert proc.poll() is None, "the run ended before cleanup looked: make its shards longer"
-            assert cleaned.returncode == 0, cleaned.stderr[-3000:]
-            assert f"run {run_id} of 'busy' is in progress (pid {proc.pid} on " in cleaned.stdout
-            assert "deleted" not in cleaned.stdout and endpoint in sm_inventory(moto)["endpoints"]
-            assert proc.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+    with _deployed_run(cfg, runs, env, moto, tmp_path / "run.log") as (proc, run_id):
+        endpoint = resource_name("sm", run_id)
+        cleaned = _cli(["cleanup", str(cfg), "--yes"], env)
+        assert proc.poll() is None, "the run ended before cleanup looked: make its shards longer"
+        assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+        assert f"run {run_id} of 'busy' is in progress (pid {proc.pid} on " in cleaned.stdout
+        assert "deleted" not in cleaned.stdout and endpoint in sm_inventory(moto)["endpoints"]
+        assert proc.wait(timeout=300) == 0, (tmp_path / "run.log").read_text()[-3000:]
     import polars as pl
 
     records = pl.read_parquet(runs / run_id / "requests.parquet")
@@ -254,27 +262,14 @@ def test_cleanup_include_live_during_a_run_ends_its_endpoint_s_bill_at_the_delet
     env = _env(tmp_path)
     cfg = _config(tmp_path, moto, slow_sim, name="live", concurrency_levels=[1], requests_per_level=20)
     runs = tmp_path / "results" / "live"
-    with (tmp_path / "run.log").open("w") as out:
-        proc = subprocess.Popen(_fmbench("run", str(cfg), "--no-png"), env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 300
-            while not (runs.is_dir() and any(runs.glob("*/manifest.json"))
-                       and sm_inventory(moto)["endpoints"]):  # deployed, about to measure
-                assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the run deployed nothing in 300 s"
-                time.sleep(0.05)
-            run_id = next(runs.glob("*/manifest.json")).parent.name
-            endpoint = resource_name("sm", run_id)
-            cleaned = _cli(["cleanup", str(cfg), "--yes", "--include-live"], env)
-            assert proc.poll() is None, "the run ended before cleanup deleted its endpoint: make its shards longer"
-            assert cleaned.returncode == 0, cleaned.stderr[-3000:]
-            assert f"deleted endpoint:{endpoint}" in cleaned.stdout
-            assert f"run {run_id}: in progress; its teardown bills its endpoints up to this deletion" in cleaned.stdout
-            proc.wait(timeout=300)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+    with _deployed_run(cfg, runs, env, moto, tmp_path / "run.log") as (proc, run_id):
+        endpoint = resource_name("sm", run_id)
+        cleaned = _cli(["cleanup", str(cfg), "--yes", "--include-live"], env)
+        assert proc.poll() is None, "the run ended before cleanup deleted its endpoint: make its shards longer"
+        assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+        assert f"deleted endpoint:{endpoint}" in cleaned.stdout
+        assert f"run {run_id}: in progress; its teardown bills its endpoints up to this deletion" in cleaned.stdout
+        proc.wait(timeout=300)
     note = json.loads((runs / run_id / "deletions" / f"{endpoint}.json").read_text())
     timeline = json.loads((runs / run_id / "manifest.json").read_text())["endpoints"]["sm"]
     assert timeline["deleted_at"] == note["deleted_at"] and timeline["delete_error"] is None
