@@ -56,7 +56,7 @@ def cut_note(reason: str | None, output_tokens: int | None, max_tokens: int | No
     at_context = reason == _AT_CONTEXT  # (said at the context's end: a cut even when the count is unknown)
     if not (at_context or reason in _FOR_LENGTH) or not max_tokens:
         return None
-    if output_tokens is None and not at_context or output_tokens is not None and output_tokens >= max_tokens:
+    if (output_tokens is None and not at_context) or (output_tokens is not None and output_tokens >= max_tokens):
         return None
     why = ("the model's own output limit is below max_tokens, or the prompt and max_tokens exceed its context"
            if reason == "max_tokens" else "the prompt and max_tokens exceed its context")
