@@ -301,34 +301,56 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             say(f"fmbench: could not delete {item}", sys.stderr)
         failed = failed or bool(failures)
         gone = [r for r in found if r.kind == "endpoint" and r.ref in removed]
-        if gone and cfg is None:
-            say("  (the runs' reports count these endpoints only up to the runs' ends: give the config, "
-                "fmbench cleanup CONFIG --yes, to record their deletion in them)")
-        elif gone and cfg is not None:
+        if gone:
             failed = _record_deletions(cfg, gone, deleted_at, args.png) or failed
     return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
 
 
-def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], deleted_at: str, png: bool) -> bool:
-    """Record the deletion of endpoints that runs of ``cfg`` left running in those runs' manifests,
-    and render again the reports they have, which then bill each endpoint up to its deletion; True
-    when a run could not be updated."""
+def _run_url(cfg: BenchmarkConfig | None, config_name: str | None, run_id: str) -> str | None:
+    """Where run ``run_id`` of config ``config_name`` is stored: under ``cfg``'s output, else where this
+    host last ran it (`rundir.run_url_on_this_host`: a run given another ``--output``, or cleanup
+    without the config); None when neither holds that run's manifest."""
+    from fmbench.rundir import is_run_of, run_location, run_url_on_this_host
+
+    if config_name is None:
+        return None
+    if cfg is not None and cfg.name == config_name:
+        url, _ = run_location(cfg, None, run_id)
+        if is_run_of(url, config_name, run_id):
+            return url
+    here = run_url_on_this_host(config_name, run_id)
+    return here if here is not None and is_run_of(here, config_name, run_id) else None
+
+
+def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResource], deleted_at: str,
+                      png: bool) -> bool:
+    """Record the deletion of endpoints that runs left running in those runs' manifests, and render
+    again the reports they have, which then bill each endpoint up to its deletion; True when a run
+    could not be updated. A run is found under ``cfg``'s output, or else from its lock if it ran on
+    this host (`_run_url`: cleanup without the config, another config's run, a run given another
+    ``--output``); the runs found in neither are named."""
     from fmbench import storage
     from fmbench.errors import RunInProgress
     from fmbench.report import render_report
-    from fmbench.rundir import record_late_deletions, run_location
+    from fmbench.rundir import record_late_deletions
 
-    by_run: dict[str, dict[str, tuple[str, str]]] = {}
+    by_run: dict[tuple[str | None, str], dict[str, tuple[str, str]]] = {}
     for r in endpoints:
-        if r.config_name == cfg.name and r.experiment:
-            by_run.setdefault(r.run_id, {})[r.experiment] = (r.name, deleted_at)
+        if r.experiment:
+            by_run.setdefault((r.config_name, r.run_id), {})[r.experiment] = (r.name, deleted_at)
     failed = False
-    for run_id, deleted in by_run.items():
+    unfound: list[str] = []
+    for (config_name, run_id), deleted in by_run.items():
+        url = None
         try:
-            url, _ = run_location(cfg, None, run_id)
+            url = _run_url(cfg, config_name, run_id)
+            if url is None:
+                unfound.append(run_id)
+                continue
             if not record_late_deletions(url, run_id, deleted, by="fmbench cleanup"):
                 continue  # not in this config's output, or its own teardown recorded them
         except RunInProgress:  # (deleted with --include-live, or started since it was listed)
+            assert url is not None  # (raised by record_late_deletions)
             failed = _note_deletions(url, run_id, deleted) or failed
             continue
         except FMBenchError as exc:
@@ -347,6 +369,12 @@ def _record_deletions(cfg: BenchmarkConfig, endpoints: list[FmbenchResource], de
             failed = True
             continue
         say(f"  run {run_id}: report with the full cost of its endpoints: {getattr(paths, 'markdown', paths)}")
+    if unfound:
+        where = "under the config's output nor " if cfg is not None else ""
+        say(f"  run{'s' if len(unfound) > 1 else ''} {', '.join(unfound)}: not found {where}on this host, so "
+            "the run's report counts these endpoints only up to the run's end"
+            + ("" if cfg is not None else "; give its config, fmbench cleanup CONFIG --yes, to record their "
+               "deletion in it"))
     return failed
 
 

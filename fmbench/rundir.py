@@ -408,7 +408,7 @@ def exclusive_run(cfg: BenchmarkConfig, output: str | None, run_id: str) -> Iter
         RunInProgress: the run is in progress in another process.
     """
     url, _ = run_location(cfg, output, run_id)
-    with hold_run(url, run_id) as hold, hold_live(cfg.name, run_id):
+    with hold_run(url, run_id) as hold, hold_live(cfg.name, run_id, url):
         yield hold
 
 
@@ -430,16 +430,55 @@ def live_on_this_host(config_name: str, run_id: str) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (a shared probe, released at once)
         except BlockingIOError:
-            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            return _lock_lines(fd)[0] or "another process"
         return None
     finally:
         os.close(fd)  # (releases the probe's lock)
 
 
+def run_url_on_this_host(config_name: str, run_id: str) -> str | None:
+    """Where run ``run_id`` of config ``config_name`` was stored when it last ran on this host, in
+    progress or ended, as its lock says (`hold_live`): for ``fmbench cleanup`` without the config, to
+    record in that run the deletion of its endpoints. None when this host has no such lock (the run
+    ran elsewhere, or the system's temporary directory was cleared since), or the lock names no run
+    directory (an older fmbench's). The lock directory is every user's: the caller checks that a
+    manifest of that run is there (`is_run_of`)."""
+    try:
+        fd = os.open(live_lock_file(config_name, run_id), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        lines = _lock_lines(fd)
+    finally:
+        os.close(fd)
+    return lines[1] if len(lines) > 1 and lines[1] else None
+
+
+def is_run_of(url: str, config_name: str, run_id: str) -> bool:
+    """True when ``url`` holds the manifest of run ``run_id`` of config ``config_name``."""
+    try:
+        if not has_manifest(url):
+            return False
+        manifest = load_manifest(url)
+    except (StorageError, OSError):  # (unreadable: not one to write into)
+        return False
+    return manifest.run_id == run_id and manifest.name == config_name
+
+
+def _lock_lines(fd: int) -> list[str]:
+    """A lock file's lines (`_flock_held`): who holds it, then what it holds (a run's directory)."""
+    try:
+        text = os.pread(fd, 8192, 0).decode(errors="replace")
+    except OSError:
+        return [""]
+    return [line.strip() for line in text.split("\n")] or [""]
+
+
 @contextmanager
-def hold_live(config_name: str, run_id: str) -> Iterator[None]:
+def hold_live(config_name: str, run_id: str, url: str | None = None) -> Iterator[None]:
     """Mark run ``run_id`` of config ``config_name`` as in progress on this host while the block runs
-    (`live_on_this_host`); another process doing the same is refused.
+    (`live_on_this_host`), naming its run directory ``url`` (`run_url_on_this_host`); another process
+    doing the same is refused.
 
     Raises:
         RunInProgress: another process holds it.
@@ -449,7 +488,7 @@ def hold_live(config_name: str, run_id: str) -> Iterator[None]:
                            "stop it, before running it again")
 
     # (cleanup's probe holds the file for an instant: a start at that instant waits it out)
-    with _flock_held(live_lock_file(config_name, run_id), run_id, refuse, wait_s=2.0):
+    with _flock_held(live_lock_file(config_name, run_id), run_id, refuse, wait_s=2.0, holds=url):
         yield
 
 
@@ -510,9 +549,11 @@ def _hold_on_this_host(url: str, run_id: str) -> Iterator[None]:
 
 
 @contextmanager
-def _flock_held(path: Path, run_id: str, refuse: Callable[[str], ConfigError], wait_s: float = 0.0) -> Iterator[None]:
-    """Hold the kernel's exclusive lock on ``path`` while the block runs, naming this process in it;
-    ``refuse(holder)`` is raised when another process holds it for longer than ``wait_s``."""
+def _flock_held(path: Path, run_id: str, refuse: Callable[[str], ConfigError], wait_s: float = 0.0,
+                holds: str | None = None) -> Iterator[None]:
+    """Hold the kernel's exclusive lock on ``path`` while the block runs, naming this process in it
+    (and, on a second line, what it holds: ``holds``); ``refuse(holder)`` is raised when another
+    process holds it for longer than ``wait_s``."""
     problem: OSError | None = None
     try:
         if not RUN_LOCKS.is_dir():
@@ -539,12 +580,12 @@ def _flock_held(path: Path, run_id: str, refuse: Callable[[str], ConfigError], w
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    holder = _lock_lines(fd)[0] or "another process"
                     raise refuse(holder) from None
                 time.sleep(0.02)
         with contextlib.suppress(OSError):  # (read-only: the holder stays unnamed)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}".encode(), 0)
+            os.pwrite(fd, (f"pid {os.getpid()} on {platform.node()}" + (f"\n{holds}" if holds else "")).encode(), 0)
         yield
     finally:
         os.close(fd)  # (releases the lock)

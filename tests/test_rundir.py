@@ -252,3 +252,25 @@ def test_a_run_is_held_by_one_process_at_a_time_and_released_when_it_ends(tmp_pa
     assert live_on_this_host(cfg.name, "c") is None  # ended
     # The lock lives outside the run: a run directory looks the same locally and in S3.
     assert not (tmp_path / "results").exists()
+
+
+def test_a_run_s_lock_on_this_host_says_where_it_was_stored_after_it_ended(tmp_path: Path) -> None:
+    """For `fmbench cleanup` without the config: where this host last ran a run, checked against the
+    manifest there (the lock directory is every user's)."""
+    from fmbench.rundir import exclusive_run, is_run_of, live_lock_file, open_run, run_url_on_this_host
+
+    cfg = _cfg(tmp_path)
+    elsewhere = str(tmp_path / "elsewhere")
+    run = open_run(cfg, elsewhere, run_id="w")
+    with exclusive_run(cfg, elsewhere, "w"):
+        assert run_url_on_this_host(cfg.name, "w") == run.url
+    assert run_url_on_this_host(cfg.name, "w") == run.url  # (ended: still said)
+    assert is_run_of(run.url, cfg.name, "w")
+    assert not is_run_of(run.url, cfg.name, "x") and not is_run_of(run.url, "other-config", "w")
+    assert not is_run_of(str(tmp_path / "nothing"), cfg.name, "w")
+    (Path(run.url) / "manifest.json").write_text("{not json")
+    assert not is_run_of(run.url, cfg.name, "w")  # (unreadable: not one to write into)
+    assert run_url_on_this_host(cfg.name, "never-here") is None
+    live_lock_file(cfg.name, "older").parent.mkdir(parents=True, exist_ok=True)
+    live_lock_file(cfg.name, "older").write_text("pid 1 on somewhere")  # (an older fmbench's lock: no directory)
+    assert run_url_on_this_host(cfg.name, "older") is None

@@ -421,6 +421,56 @@ def test_cleanup_include_live_leaves_the_manifest_of_a_run_in_progress_to_that_r
     assert load_manifest(run.url).endpoints["a"].deleted_at is None  # (read, not written)
 
 
+def test_cleanup_without_the_config_records_each_deletion_in_the_run_this_host_ran(
+        moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without CONFIG, cleanup finds a run that ran on this host from its lock, wherever its output
+    was: an ended run gets its endpoint's deletion in its manifest, a run in progress (--include-live)
+    a note beside it. A run this host did not run is named, with the way to record it."""
+    import uuid
+
+    from fmbench.deploy.heartbeat import end_heartbeats
+    from fmbench.pipeline import load_benchmark_config
+    from fmbench.rundir import EndpointTimeline, exclusive_run, load_manifest, noted_deletion, open_run
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    path = tmp_path / "mine.yml"
+    path.write_text(
+        f"name: mine\noutput: {tmp_path / 'results'}\nbuckets: [[1, 100]]\ndatasets: [{{name: s, source: synthetic}}]\n"
+        f"experiments: [{{name: a, endpoint: {{provider: sagemaker, region: us-east-1, endpoint_url: '{moto}', "
+        f"image_uri: '{TGI_IMAGE}', instance_type: {INSTANCE}, role_arn: '{ROLE}'}}}}]\n")
+    cfg = load_benchmark_config(str(path))
+    tag = uuid.uuid4().hex[:6]  # (locks outlive a test: run ids of their own)
+    ended, live, other = f"ended-{tag}", f"live-{tag}", f"other-{tag}"
+    elsewhere = str(tmp_path / "elsewhere")  # (the ended run was given --output)
+    urls = {}
+    for rid, output in ((ended, elsewhere), (live, None)):
+        run = open_run(cfg, output, run_id=rid)
+        run.record_endpoint(EndpointTimeline(experiment="a", provider="sagemaker", endpoint_name=resource_name("a", rid),
+                                             created_at=datetime.now(UTC).isoformat()))
+        urls[rid] = run.url
+    with exclusive_run(cfg, elsewhere, ended):
+        deploy_sagemaker(_exp(moto, name="a"), ended, config_name="mine", poll_s=0.05)
+        end_heartbeats(ended)
+    deploy_sagemaker(_exp(moto, name="a"), other, config_name="mine", poll_s=0.05)  # (as if run on another host)
+    end_heartbeats(other)
+    with exclusive_run(cfg, None, live):
+        deploy_sagemaker(_exp(moto, name="a"), live, config_name="mine", poll_s=0.05)
+        assert main(["cleanup", "--region", "us-east-1", "--yes", "--include-live"]) == 0
+        end_heartbeats(live)
+    out = capsys.readouterr().out
+    assert all(f"deleted endpoint:{resource_name('a', rid)}" in out for rid in (ended, live, other))
+    assert sm_inventory(moto) == EMPTY
+    timeline = load_manifest(urls[ended]).endpoints["a"]
+    assert timeline.deleted_by == "fmbench cleanup" and timeline.deleted_at is not None
+    assert f"run {ended}: its manifest bills its endpoints up to this deletion" in out
+    note = noted_deletion(urls[live], resource_name("a", live), None)
+    assert note is not None and note.deleted_at == timeline.deleted_at  # (one deletion request, one time)
+    assert load_manifest(urls[live]).endpoints["a"].deleted_at is None  # (the run's own teardown writes it)
+    assert f"run {live}: in progress; its teardown bills its endpoints up to this deletion (noted in {urls[live]})" in out
+    assert (f"run {other}: not found on this host, so the run's report counts these endpoints only up to the "
+            "run's end; give its config, fmbench cleanup CONFIG --yes, to record their deletion in it") in out
+
+
 # ---------------------------------------------------------------- warning before a deploy
 
 
