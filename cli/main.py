@@ -348,7 +348,7 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
                 unfound.append(run_id)
                 continue
             if not record_late_deletions(url, run_id, deleted, by="fmbench cleanup"):
-                continue  # not in this config's output, or its own teardown recorded them
+                continue  # its own teardown recorded them (or the endpoints are later ones of those names)
         except RunInProgress:  # (deleted with --include-live, or started since it was listed)
             assert url is not None  # (raised by record_late_deletions)
             failed = _note_deletions(url, run_id, deleted) or failed
@@ -369,10 +369,9 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
             failed = True
             continue
         say(f"  run {run_id}: report with the full cost of its endpoints: {getattr(paths, 'markdown', paths)}")
-    if unfound:
-        where = "under the config's output nor " if cfg is not None else ""
-        say(f"  run{'s' if len(unfound) > 1 else ''} {', '.join(unfound)}: not found {where}on this host, so "
-            "the run's report counts these endpoints only up to the run's end"
+    where = "under the config's output nor " if cfg is not None else ""
+    for run_id in unfound:
+        say(f"  run {run_id}: not found {where}on this host, so its report counts its endpoints only up to its end"
             + ("" if cfg is not None else "; give its config, fmbench cleanup CONFIG --yes, to record their "
                "deletion in it"))
     return failed

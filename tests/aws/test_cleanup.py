@@ -467,8 +467,8 @@ def test_cleanup_without_the_config_records_each_deletion_in_the_run_this_host_r
     assert note is not None and note.deleted_at == timeline.deleted_at  # (one deletion request, one time)
     assert load_manifest(urls[live]).endpoints["a"].deleted_at is None  # (the run's own teardown writes it)
     assert f"run {live}: in progress; its teardown bills its endpoints up to this deletion (noted in {urls[live]})" in out
-    assert (f"run {other}: not found on this host, so the run's report counts these endpoints only up to the "
-            "run's end; give its config, fmbench cleanup CONFIG --yes, to record their deletion in it") in out
+    assert (f"run {other}: not found on this host, so its report counts its endpoints only up to its end; give its "
+            "config, fmbench cleanup CONFIG --yes, to record their deletion in it") in out
 
 
 # ---------------------------------------------------------------- warning before a deploy
