@@ -36,6 +36,16 @@ def _exp(url: str, name: str = "llama3-8b", **extra: Any) -> Any:
                        deploy_timeout_s=30, **extra)
 
 
+def _mine(tmp_path: Path, moto: str) -> Path:
+    """A config 'mine' with one SageMaker experiment 'a' on moto, its output under ``tmp_path``."""
+    path = tmp_path / "mine.yml"
+    path.write_text(
+        f"name: mine\noutput: {tmp_path / 'results'}\nbuckets: [[1, 100]]\ndatasets: [{{name: s, source: synthetic}}]\n"
+        f"experiments: [{{name: a, endpoint: {{provider: sagemaker, region: us-east-1, endpoint_url: '{moto}', "
+        f"image_uri: '{TGI_IMAGE}', instance_type: {INSTANCE}, role_arn: '{ROLE}'}}}}]\n")
+    return path
+
+
 def _create_calls() -> int:
     """How many endpoints moto's backend ever created (it keeps no call log; count the objects)."""
     from moto.sagemaker import models
@@ -390,11 +400,7 @@ def test_cleanup_include_live_leaves_the_manifest_of_a_run_in_progress_to_that_r
     )
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    path = tmp_path / "mine.yml"
-    path.write_text(
-        f"name: mine\noutput: {tmp_path / 'results'}\nbuckets: [[1, 100]]\ndatasets: [{{name: s, source: synthetic}}]\n"
-        f"experiments: [{{name: a, endpoint: {{provider: sagemaker, region: us-east-1, endpoint_url: '{moto}', "
-        f"image_uri: '{TGI_IMAGE}', instance_type: {INSTANCE}, role_arn: '{ROLE}'}}}}]\n")
+    path = _mine(tmp_path, moto)
     cfg = load_benchmark_config(str(path))
     name = resource_name("a", "r-live")
     run = open_run(cfg, run_id="r-live")
@@ -433,11 +439,7 @@ def test_cleanup_without_the_config_records_each_deletion_in_the_run_this_host_r
     from fmbench.rundir import EndpointTimeline, exclusive_run, load_manifest, noted_deletion, open_run
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
-    path = tmp_path / "mine.yml"
-    path.write_text(
-        f"name: mine\noutput: {tmp_path / 'results'}\nbuckets: [[1, 100]]\ndatasets: [{{name: s, source: synthetic}}]\n"
-        f"experiments: [{{name: a, endpoint: {{provider: sagemaker, region: us-east-1, endpoint_url: '{moto}', "
-        f"image_uri: '{TGI_IMAGE}', instance_type: {INSTANCE}, role_arn: '{ROLE}'}}}}]\n")
+    path = _mine(tmp_path, moto)
     cfg = load_benchmark_config(str(path))
     tag = uuid.uuid4().hex[:6]  # (locks outlive a test: run ids of their own)
     ended, live, other = f"ended-{tag}", f"live-{tag}", f"other-{tag}"
