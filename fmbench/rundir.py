@@ -269,10 +269,13 @@ def note_deletion(url: str, endpoint_name: str, deleted_at: str, by: str) -> Non
     storage.write_text(storage.join(url, DELETIONS, f"{endpoint_name}.json"), note.model_dump_json())
 
 
-def noted_deletion(url: str, endpoint_name: str, created_at: str | None) -> DeletionNote | None:
+def noted_deletion(url: str, endpoint_name: str | None, created_at: str | None) -> DeletionNote | None:
     """The note of `note_deletion` for ``endpoint_name``, if one says it was deleted after
     ``created_at`` (a note of an earlier endpoint of that name is not this one's); None if there is
-    none, or it cannot be read (the run then bills the endpoint up to its teardown, an upper bound)."""
+    none, or it cannot be read (the run then bills the endpoint up to its teardown, an upper bound),
+    or the endpoint has no name (not a SageMaker endpoint: cleanup deletes none other)."""
+    if not endpoint_name:
+        return None
     path = storage.join(url, DELETIONS, f"{endpoint_name}.json")
     try:
         if not storage.exists(path):
@@ -471,7 +474,7 @@ def _lock_lines(fd: int) -> list[str]:
         text = os.pread(fd, 8192, 0).decode(errors="replace")
     except OSError:
         return [""]
-    return [line.strip() for line in text.split("\n")] or [""]
+    return [line.strip() for line in text.split("\n")]
 
 
 @contextmanager

@@ -582,8 +582,7 @@ class Lifecycles:
         if deployed.keep or not deployed.created:
             return
         life = self.timelines.get(name)
-        note = noted_deletion(self.run.url, deployed.endpoint_name, life.created_at if life else None) \
-            if deployed.endpoint_name else None
+        note = noted_deletion(self.run.url, deployed.endpoint_name, life.created_at if life else None)
         if note is not None:  # deleted while the run was in progress (fmbench cleanup --include-live)
             self._update(name, deleted_at=note.deleted_at, deleted_by=note.deleted_by)
             log.warning("%s: its endpoint was deleted by %s at %s, while the run was in progress; billed up to then",
@@ -660,8 +659,7 @@ class Lifecycles:
         if alive is None or (state is not None and state.adopted):
             return {}
         if state is not None and state.earlier_gone_at:
-            note = noted_deletion(self.run.url, alive.endpoint_name, alive.created_at) if alive.endpoint_name else None
-            life = _gone(alive, state, note)
+            life = _gone(alive, state, noted_deletion(self.run.url, alive.endpoint_name, alive.created_at))
         else:
             reason = "interrupted" if not isinstance(error, Exception) else str(error) or type(error).__name__
             what = f"endpoint {alive.endpoint_name}" if alive.endpoint_name else "the endpoint"

@@ -420,7 +420,7 @@ def test_cleanup_include_live_leaves_the_manifest_of_a_run_in_progress_to_that_r
     assert note is not None and note.deleted_by == "fmbench cleanup --include-live, during the run"
     assert timeline.created_at is not None and note.deleted_at >= timeline.created_at
     assert noted_deletion(run.url, name, "2999-01-01T00:00:00+00:00") is None  # a later endpoint of that name
-    assert noted_deletion(run.url, "another", None) is None
+    assert noted_deletion(run.url, "another", None) is None and noted_deletion(run.url, None, None) is None
     # Killed after that, and not resumed: its report reads the note (the manifest still says running).
     shown = with_noted_deletions(run.url, load_manifest(run.url)).endpoints["a"]
     assert (shown.deleted_at, shown.deleted_by) == (note.deleted_at, note.deleted_by)
