@@ -306,10 +306,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
 
 
-def _run_url(cfg: BenchmarkConfig | None, config_name: str | None, run_id: str) -> str | None:
+def _run_url(cfg: BenchmarkConfig | None, config_name: str | None, run_id: str, tagged: str | None) -> str | None:
     """Where run ``run_id`` of config ``config_name`` is stored: under ``cfg``'s output, else where this
     host last ran it (`rundir.run_url_on_this_host`: a run given another ``--output``, or cleanup
-    without the config); None when neither holds that run's manifest."""
+    without the config), else ``tagged``, the S3 URL its resources' tags name (a run on another
+    host); None when none of them holds that run's manifest."""
     from fmbench.rundir import is_run_of, run_location, run_url_on_this_host
 
     if config_name is None:
@@ -318,8 +319,10 @@ def _run_url(cfg: BenchmarkConfig | None, config_name: str | None, run_id: str) 
         url, _ = run_location(cfg, None, run_id)
         if is_run_of(url, config_name, run_id):
             return url
-    here = run_url_on_this_host(config_name, run_id)
-    return here if here is not None and is_run_of(here, config_name, run_id) else None
+    for where in (run_url_on_this_host(config_name, run_id), tagged):
+        if where is not None and is_run_of(where, config_name, run_id):
+            return where
+    return None
 
 
 def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResource], deleted_at: str,
@@ -327,25 +330,29 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
     """Record the deletion of endpoints that runs left running in those runs' manifests, and render
     again the reports they have, which then bill each endpoint up to its deletion; True when a run
     could not be updated. A run is found under ``cfg``'s output, or else from its lock if it ran on
-    this host (`_run_url`: cleanup without the config, another config's run, a run given another
-    ``--output``); the runs found in neither are named."""
+    this host (cleanup without the config, another config's run, a run given another ``--output``),
+    or else at the S3 URL its endpoints' tags name (a run on another host; `_run_url`); the runs found
+    in none of them are named."""
     from fmbench import storage
     from fmbench.errors import RunInProgress
     from fmbench.report import render_report
     from fmbench.rundir import record_late_deletions
 
     by_run: dict[tuple[str | None, str], dict[str, tuple[str, str]]] = {}
+    tagged: dict[tuple[str | None, str], str] = {}
     for r in endpoints:
         if r.experiment:
             by_run.setdefault((r.config_name, r.run_id), {})[r.experiment] = (r.name, deleted_at)
+            if r.run_url:
+                tagged[(r.config_name, r.run_id)] = r.run_url
     failed = False
-    unfound: list[str] = []
+    unfound: list[tuple[str | None, str]] = []
     for (config_name, run_id), deleted in by_run.items():
         url = None
         try:
-            url = _run_url(cfg, config_name, run_id)
+            url = _run_url(cfg, config_name, run_id, tagged.get((config_name, run_id)))
             if url is None:
-                unfound.append(run_id)
+                unfound.append((config_name, run_id))
                 continue
             if not record_late_deletions(url, run_id, deleted, by="fmbench cleanup"):
                 continue  # its own teardown recorded them (or the endpoints are later ones of those names)
@@ -370,10 +377,12 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
             continue
         say(f"  run {run_id}: report with the full cost of its endpoints: {getattr(paths, 'markdown', paths)}")
     where = "under the config's output nor " if cfg is not None else ""
-    for run_id in unfound:
-        say(f"  run {run_id}: not found {where}on this host, so its report counts its endpoints only up to its end"
-            + ("" if cfg is not None else "; give its config, fmbench cleanup CONFIG --yes, to record their "
-               "deletion in it"))
+    for config_name, run_id in unfound:
+        url = tagged.get((config_name, run_id))
+        say(f"  run {run_id}: not found {where}on this host" + (f" nor at {url} (its endpoints' tags)" if url else "")
+            + ", so its report counts its endpoints only up to its end"
+            + ("" if cfg is not None or url else "; give its config, fmbench cleanup CONFIG --yes, to record "
+               "their deletion in it"))
     return failed
 
 

@@ -144,10 +144,11 @@ def judge_label(judge: str) -> str:
 
 
 class Deployer(Protocol):
-    """Deploys an experiment's endpoint for a run; ``config_name`` goes into the resources' tags."""
+    """Deploys an experiment's endpoint for a run; ``config_name``, and ``run_url`` (where the run is
+    stored) when it is S3, go into the resources' tags."""
 
     def __call__(self, experiment: ExperimentConfig, run_id: str, *,
-                 config_name: str | None = None) -> DeployedEndpoint: ...
+                 config_name: str | None = None, run_url: str | None = None) -> DeployedEndpoint: ...
 
 
 TearDowner = Callable[[DeployedEndpoint, ExperimentConfig], list[str]]
@@ -169,18 +170,20 @@ def _lookup(provider: str) -> tuple[Deployer, TearDowner]:
         raise DeploymentError(f"no deployer for provider {provider!r}") from None
 
 
-def deploy_endpoint(experiment: ExperimentConfig, run_id: str, config_name: str | None = None) -> DeployedEndpoint:
+def deploy_endpoint(experiment: ExperimentConfig, run_id: str, config_name: str | None = None,
+                    run_url: str | None = None) -> DeployedEndpoint:
     """Make the experiment's endpoint ready to take requests.
 
     A SageMaker endpoint this run already created (an interrupted attempt of the same run id) is
     adopted instead of created again; ``config_name`` is tagged on what is created, so
-    ``fmbench cleanup --config-name`` can find it.
+    ``fmbench cleanup --config-name`` can find it, and so is ``run_url`` when it is S3, so cleanup
+    without the config, on any host, records a deletion in the run.
 
     Raises:
         DeploymentError: the endpoint could not be deployed; the message gives the provider's reason.
     """
     deploy, _ = _lookup(experiment.endpoint.provider)
-    return deploy(experiment, run_id, config_name=config_name)
+    return deploy(experiment, run_id, config_name=config_name, run_url=run_url)
 
 
 def teardown_endpoint(deployed: DeployedEndpoint, experiment: ExperimentConfig) -> list[str]:

@@ -19,6 +19,7 @@ from fmbench.deploy.sagemaker import (
     TAG_CONFIG,
     TAG_EXPERIMENT,
     TAG_RUN_ID,
+    TAG_RUN_URL,
     _describe,
     _not_found,
     delete_created,
@@ -55,6 +56,7 @@ class FmbenchResource:
     hourly_usd: float | None = None  # all instances; only endpoints bill by the hour
     host: str | None = None  # the host of the run that made or last adopted it (`fmbench.deploy.heartbeat`)
     live_until: _dt.datetime | None = None  # until when that run said it is in progress
+    run_url: str | None = None  # where that run is stored, when it is S3 (`fmbench.deploy.sagemaker.TAG_RUN_URL`)
 
     def age_s(self, now: _dt.datetime | None = None) -> float | None:
         """Seconds since it was created."""
@@ -211,7 +213,7 @@ def list_fmbench_resources(
                 kind=kind, name=name, region=region, run_id=rid, config_name=tags.get(TAG_CONFIG),
                 experiment=tags.get(TAG_EXPERIMENT), created_at=created, status=status, instance_type=itype,
                 instance_count=count, hourly_usd=_hourly(itype, count, region) if kind == "endpoint" else None,
-                host=tags.get(TAG_HOST), live_until=live_until(tags),
+                host=tags.get(TAG_HOST), live_until=live_until(tags), run_url=tags.get(TAG_RUN_URL),
             ))
     return found
 

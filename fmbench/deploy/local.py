@@ -22,7 +22,8 @@ _servers: dict[int, object] = {}
 _lock = threading.Lock()
 
 
-def deploy_simulated(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None) -> DeployedEndpoint:
+def deploy_simulated(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None,
+                     run_url: str | None = None) -> DeployedEndpoint:
     """Start a simulated server for the experiment in its own process, on a free local port."""
     from fmbench.simulator.process import SimulatedServerProcess
 
@@ -80,7 +81,8 @@ def _stop_all() -> None:
 atexit.register(_stop_all)
 
 
-def deploy_openai(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None) -> DeployedEndpoint:
+def deploy_openai(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None,
+                  run_url: str | None = None) -> DeployedEndpoint:
     """Check that an OpenAI-compatible server is reachable; nothing is deployed.
 
     Raises:

@@ -43,6 +43,9 @@ _KINDS_IN_TEARDOWN_ORDER = ("endpoint", "endpoint-config", "model")
 TAG_RUN_ID = "fmbench:run-id"
 TAG_EXPERIMENT = "fmbench:experiment"
 TAG_CONFIG = "fmbench:config-name"
+#: Where the run is stored, when that is an S3 URL: `fmbench cleanup` on any host records a deletion
+#: there. Not an identity tag: a resumed run adopts its endpoint whatever it says, and re-tags it.
+TAG_RUN_URL = "fmbench:run-url"
 
 
 @dataclass
@@ -303,6 +306,14 @@ def fmbench_tags(run_id: str, experiment: str, config_name: str | None) -> list[
     return tags
 
 
+def run_url_tags(run_url: str | None) -> list[dict[str, str]]:
+    """The `TAG_RUN_URL` tag for a run stored at ``run_url``: none for a local directory (a path on
+    this host says nothing to another one; this host's lock has it) or a URL longer than a tag value."""
+    if run_url and run_url.startswith("s3://") and len(run_url) <= 256:
+        return [{"Key": TAG_RUN_URL, "Value": run_url}]
+    return []
+
+
 def resource_tags(client: Any, arn: str) -> dict[str, str]:
     """A SageMaker resource's tags as a dict (all pages)."""
     tags: dict[str, str] = {}
@@ -374,7 +385,7 @@ def _leftover_arns(client: Any, name: str, wanted: list[dict[str, str]]) -> dict
 
 
 def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: list[dict[str, str]],
-           timeout_s: float, poll_s: float, run_id: str) -> DeployedEndpoint | None:
+           timeout_s: float, poll_s: float, run_id: str, where: list[dict[str, str]]) -> DeployedEndpoint | None:
     """Reuse the endpoint an interrupted attempt of this run left, or clear it away when it failed.
 
     Returns the adopted handle (InService), or None when the caller should create the endpoint
@@ -398,10 +409,17 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
         return None
     handle.created = [*leftovers, f"endpoint:{name}"]
     handle.adopted = True
-    # This run's again: its tags say so from now on (they named the killed attempt's host and time).
+    # This run's again: its tags say so from now on (they named the killed attempt's host and time,
+    # and where that attempt stored the run).
     for ref, arn in [*leftover_arns.items(), (f"endpoint:{name}", desc["EndpointArn"])]:
         kind, _, rname = ref.partition(":")
         HEARTBEATS.add(run_id, kind, rname, client, arn)
+        if where:
+            try:
+                client.add_tags(ResourceArn=arn, Tags=where)
+            except Exception as exc:  # noqa: BLE001 - only cleanup from another host needs it
+                log.warning("could not tag %s with where run %s is stored (%s): cleanup without the config "
+                            "finds the run only on this host", ref, run_id, exc)
     HEARTBEATS.renew_now()
     handle.created_at = _iso(desc.get("CreationTime"))
     if status != "InService":
@@ -443,11 +461,11 @@ def _undo_deploy(client: Any, handle: DeployedEndpoint, experiment: str, step: s
 
 
 def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None,
-                     poll_s: float = 15.0) -> DeployedEndpoint:
+                     run_url: str | None = None, poll_s: float = 15.0) -> DeployedEndpoint:
     """Make a SageMaker experiment's endpoint InService (or check an existing one).
 
     Creates model, endpoint config and endpoint (tagged with the run id, experiment and config
-    name), waits for InService. If any step fails, what was already created is deleted before the
+    name, and with where the run is stored when that is S3), waits for InService. If any step fails, what was already created is deleted before the
     error is raised. When this run (same run id) already created the endpoint, in an attempt that
     was killed, it is adopted instead: waited for while Creating, deleted and created anew when
     Failed; resources with the same name but other fmbench tags are never touched. The error
@@ -458,14 +476,14 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
             of a failed endpoint, or the deploy timeout; one line naming the cause.
     """
     try:
-        return _deploy_sagemaker(experiment, run_id, config_name, poll_s)
+        return _deploy_sagemaker(experiment, run_id, config_name, run_url, poll_s)
     except BaseException as exc:
         if deploy_state(exc) is None:  # it ended before it made or looked for anything
             note_deploy_state(exc, DeployedEndpoint(experiment=experiment.name, provider="sagemaker"))
         raise
 
 
-def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: str | None,
+def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: str | None, run_url: str | None,
                       poll_s: float) -> DeployedEndpoint:
     cfg = experiment.endpoint
     if not isinstance(cfg, SageMakerEndpoint):
@@ -489,6 +507,7 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
 
     name = resource_name(experiment.name, run_id)
     tags = fmbench_tags(run_id, experiment.name, config_name)
+    where = run_url_tags(run_url)
     if not spec.instance_type:
         raise DeploymentError(f"experiment {experiment.name!r}: endpoint.instance_type is required")
     handle = DeployedEndpoint(
@@ -508,7 +527,7 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
         if earlier is not None:
             handle.found_earlier = True  # (until adopted or gone, it is still there: the run bills it)
             step = "adopting the endpoint of an earlier attempt of this run"
-            if _adopt(client, handle, earlier, tags, cfg.deploy_timeout_s, poll_s, run_id) is not None:
+            if _adopt(client, handle, earlier, tags, cfg.deploy_timeout_s, poll_s, run_id, where) is not None:
                 return handle
         else:
             handle.earlier_gone_at = _iso()  # (an earlier attempt's endpoint, if it had one, was gone by now)
@@ -534,7 +553,7 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
             ExecutionRoleArn=cfg.role_arn,
             PrimaryContainer=container,
             EnableNetworkIsolation=spec.network_isolation,
-            Tags=tags + live_tags(),
+            Tags=tags + where + live_tags(),
         )
         handle.created.append(f"model:{name}")
         HEARTBEATS.add(run_id, "model", name, client, made.get("ModelArn"))
@@ -553,7 +572,7 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
         if cfg.volume_size_gb:
             variant["VolumeSizeInGB"] = cfg.volume_size_gb
         made = client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant],
-                                             Tags=tags + live_tags())
+                                             Tags=tags + where + live_tags())
         handle.created.append(f"endpoint-config:{name}")
         HEARTBEATS.add(run_id, "endpoint-config", name, client, made.get("EndpointConfigArn"))
 
@@ -563,7 +582,7 @@ def _deploy_sagemaker(experiment: ExperimentConfig, run_id: str, config_name: st
         # timeout) still has it deleted; ``created_at`` only once the call returned (none was made before).
         calling = _iso()
         handle.created.append(f"endpoint:{name}")
-        made = client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags + live_tags())
+        made = client.create_endpoint(EndpointName=name, EndpointConfigName=name, Tags=tags + where + live_tags())
         handle.created_at = calling
         HEARTBEATS.add(run_id, "endpoint", name, client, made.get("EndpointArn"))
 
@@ -656,7 +675,8 @@ def teardown_sagemaker(deployed: DeployedEndpoint, experiment: ExperimentConfig)
 # ---------------------------------------------------------------- bedrock
 
 
-def deploy_bedrock(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None) -> DeployedEndpoint:
+def deploy_bedrock(experiment: ExperimentConfig, run_id: str, *, config_name: str | None = None,
+                   run_url: str | None = None) -> DeployedEndpoint:
     """Bedrock models are served by AWS: nothing to deploy; resolves the region only."""
     cfg = experiment.endpoint
     if not isinstance(cfg, BedrockEndpoint):

@@ -42,7 +42,7 @@ def deploy(cfg: BenchmarkConfig, experiment_name: str, run: RunInfo, stop_event:
     try:
         with stop_deploy_here(experiment_name, stop_event), deploying(experiment_name), \
                 progress.to_run(stop_event), progress.deploy_scope(experiment_name, experiment.endpoint.provider):
-            deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name)
+            deployed = deploy_endpoint(experiment, run.run_id, config_name=cfg.name, run_url=run.url)
     except (KeyboardInterrupt, DeployStopped):
         # The interrupt landed after the deployer returned: what it made would be lost, delete it.
         if deployed is not None:

@@ -386,7 +386,8 @@ def deploy_judges(run: RunInfo, cfg: BenchmarkConfig) -> JudgePanel:
     panel = JudgePanel()
     for judge in cfg.evaluation.judges if cfg.evaluation else []:
         try:
-            panel.deployed[judge.name] = deploy_endpoint(judge.as_experiment(), run.run_id, config_name=cfg.name)
+            panel.deployed[judge.name] = deploy_endpoint(judge.as_experiment(), run.run_id, config_name=cfg.name,
+                                                         run_url=run.url)
         except Exception as exc:  # noqa: BLE001 - recorded; the other judges and the scores go on
             panel.failed[judge.name] = f"not deployed: {exc}"
             log.warning("judge %s: not deployed: %s", judge.name, exc)

@@ -476,6 +476,48 @@ def test_cleanup_without_the_config_records_each_deletion_in_the_run_this_host_r
             "config, fmbench cleanup CONFIG --yes, to record their deletion in it") in out
 
 
+def test_cleanup_without_the_config_finds_a_run_stored_on_s3_from_its_endpoints_tags(
+        moto: str, s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run stored on S3 tags its resources with its URL, so cleanup without CONFIG on a host that
+    did not run it (no lock here) records the deletion in its manifest. A resumed run's adoption
+    moves the tag to where it is stored now; a local run directory is never tagged; a tag that does
+    not lead to that run's manifest is named, not written to."""
+    import uuid
+
+    from fmbench.deploy.heartbeat import end_heartbeats
+    from fmbench.pipeline import load_benchmark_config
+    from fmbench.rundir import EndpointTimeline, load_manifest, open_run
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    cfg = load_benchmark_config(str(_mine(tmp_path, moto)))
+    tag = uuid.uuid4().hex[:6]
+    far, local, stray = f"far-{tag}", f"local-{tag}", f"stray-{tag}"
+    run = open_run(cfg, f"{s3_bucket}/results", run_id=far)  # (opened, never held here: no lock on this host)
+    run.record_endpoint(EndpointTimeline(experiment="a", provider="sagemaker", endpoint_name=resource_name("a", far),
+                                         created_at=datetime.now(UTC).isoformat()))
+    assert run.url.startswith("s3://")
+    deploy_sagemaker(_exp(moto, name="a"), far, config_name="mine", run_url=f"{s3_bucket}/before", poll_s=0.05)
+    deploy_sagemaker(_exp(moto, name="a"), far, config_name="mine", run_url=run.url, poll_s=0.05)  # (adopted)
+    deploy_sagemaker(_exp(moto, name="a"), local, config_name="mine", run_url=str(tmp_path / "local"), poll_s=0.05)
+    deploy_sagemaker(_exp(moto, name="a"), stray, config_name="mine", run_url=f"{s3_bucket}/nowhere", poll_s=0.05)
+    for rid in (far, local, stray):
+        end_heartbeats(rid)
+    listed = {(r.run_id, r.kind): r.run_url for r in list_fmbench_resources(sm_client(moto), "us-east-1")}
+    assert {listed[(far, kind)] for kind in ("model", "endpoint-config", "endpoint")} == {run.url}
+    assert listed[(local, "endpoint")] is None and listed[(stray, "endpoint")] == f"{s3_bucket}/nowhere"
+
+    assert main(["cleanup", "--region", "us-east-1", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert sm_inventory(moto) == EMPTY
+    timeline = load_manifest(run.url).endpoints["a"]
+    assert timeline.deleted_by == "fmbench cleanup" and timeline.deleted_at is not None
+    assert f"run {far}: its manifest bills its endpoints up to this deletion" in out
+    assert (f"run {stray}: not found on this host nor at {s3_bucket}/nowhere (its endpoints' tags), so its report "
+            "counts its endpoints only up to its end\n") in out
+    assert f"run {local}: not found on this host, so its report counts its endpoints only up to its end; give" in out
+
+
 # ---------------------------------------------------------------- warning before a deploy
 
 
@@ -529,10 +571,7 @@ def test_e2e_cost_matches_the_manifest(moto: str, sim_url: str, tmp_path: Any) -
     assert sm_inventory(moto) == EMPTY
     run_dir = Path(report).parent
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    timeline = (manifest.get("endpoints") or {}).get("sm")
-    if timeline is None:
-        pytest.skip("this run's manifest has no endpoint timelines: they are recorded by the run's lifecycle "
-                    "(the lifecycle branch of issue 11)")
+    timeline = manifest["endpoints"]["sm"]
     created = dt.datetime.fromisoformat(timeline["created_at"])
     deleted = dt.datetime.fromisoformat(timeline["deleted_at"])
     assert timeline["instance_count"] == 2 and timeline["instance_type"] == INSTANCE
@@ -543,3 +582,36 @@ def test_e2e_cost_matches_the_manifest(moto: str, sim_url: str, tmp_path: Any) -
     assert cost["still_billing"] is False
     assert sum(cost[f"{p}_cost_usd"] for p in ("deploying", "measuring", "idle")) == pytest.approx(expected)
     assert cost["measuring_hours"] > 0
+
+
+def test_a_run_stored_on_s3_tags_the_endpoint_it_keeps_with_its_url_for_cleanup_from_any_host(
+        moto: str, s3_bucket: str, sim_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole run with its output on S3 and its endpoint kept: the endpoint's tags name the run's
+    URL, and cleanup without the config records the deletion in that run's manifest there."""
+    from fmbench.config import parse_config
+    from fmbench.pipeline import run_benchmark
+    from fmbench.rundir import load_manifest
+
+    cfg = parse_config({
+        "name": "kept-s3", "output": f"{s3_bucket}/results", "buckets": [[1, 300]],
+        "datasets": [{"name": "syn", "source": "synthetic", "prompts_per_bucket": 2}],
+        "experiments": [{
+            "name": "sm", "inference": {"max_tokens": 4}, "concurrency_levels": [1], "requests_per_level": 2,
+            "warmup_requests": 0,
+            "endpoint": {"provider": "sagemaker", "region": "us-east-1", "endpoint_url": moto,
+                         "runtime_endpoint_url": sim_url, "image_uri": TGI_IMAGE, "instance_type": INSTANCE,
+                         "role_arn": ROLE, "payload": "tgi", "keep_endpoint": True},
+        }],
+    }, source="kept-s3", base_dir=tmp_path)
+    run_benchmark(cfg, run_id="kept-s3-run")
+    url = f"{s3_bucket}/results/kept-s3/kept-s3-run"
+    kept = [r for r in list_fmbench_resources(sm_client(moto), "us-east-1") if r.kind == "endpoint"]
+    assert [(r.run_id, r.run_url) for r in kept] == [("kept-s3-run", url)]
+    assert load_manifest(url).endpoints["sm"].deleted_at is None
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    assert main(["cleanup", "--region", "us-east-1", "--yes"]) == 0
+    assert sm_inventory(moto) == EMPTY
+    assert load_manifest(url).endpoints["sm"].deleted_by == "fmbench cleanup"
+    assert f"run kept-s3-run: report with the full cost of its endpoints: {url}/report.md" in capsys.readouterr().out
