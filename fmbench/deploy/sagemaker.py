@@ -414,12 +414,14 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
     for ref, arn in [*leftover_arns.items(), (f"endpoint:{name}", desc["EndpointArn"])]:
         kind, _, rname = ref.partition(":")
         HEARTBEATS.add(run_id, kind, rname, client, arn)
-        if where:
-            try:
+        try:
+            if where:
                 client.add_tags(ResourceArn=arn, Tags=where)
-            except Exception as exc:  # noqa: BLE001 - only cleanup from another host needs it
-                log.warning("could not tag %s with where run %s is stored (%s): cleanup without the config "
-                            "finds the run only on this host", ref, run_id, exc)
+            else:  # (stored locally now: an S3 URL of the earlier attempt is not where this run is)
+                client.delete_tags(ResourceArn=arn, TagKeys=[TAG_RUN_URL])
+        except Exception as exc:  # noqa: BLE001 - only cleanup from another host reads it
+            log.warning("could not tag %s with where run %s is stored (%s): cleanup without the config "
+                        "finds the run only on this host", ref, run_id, exc)
     HEARTBEATS.renew_now()
     handle.created_at = _iso(desc.get("CreationTime"))
     if status != "InService":

@@ -481,8 +481,8 @@ def test_cleanup_without_the_config_finds_a_run_stored_on_s3_from_its_endpoints_
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A run stored on S3 tags its resources with its URL, so cleanup without CONFIG on a host that
     did not run it (no lock here) records the deletion in its manifest. A resumed run's adoption
-    moves the tag to where it is stored now; a local run directory is never tagged; a tag that does
-    not lead to that run's manifest is named, not written to."""
+    moves the tag to where it is stored now, or removes it when that is a local directory (never
+    tagged); a tag that does not lead to that run's manifest is named, not written to."""
     import uuid
 
     from fmbench.deploy.heartbeat import end_heartbeats
@@ -499,13 +499,15 @@ def test_cleanup_without_the_config_finds_a_run_stored_on_s3_from_its_endpoints_
     assert run.url.startswith("s3://")
     deploy_sagemaker(_exp(moto, name="a"), far, config_name="mine", run_url=f"{s3_bucket}/before", poll_s=0.05)
     deploy_sagemaker(_exp(moto, name="a"), far, config_name="mine", run_url=run.url, poll_s=0.05)  # (adopted)
+    deploy_sagemaker(_exp(moto, name="a"), local, config_name="mine", run_url=f"{s3_bucket}/before", poll_s=0.05)
     deploy_sagemaker(_exp(moto, name="a"), local, config_name="mine", run_url=str(tmp_path / "local"), poll_s=0.05)
     deploy_sagemaker(_exp(moto, name="a"), stray, config_name="mine", run_url=f"{s3_bucket}/nowhere", poll_s=0.05)
     for rid in (far, local, stray):
         end_heartbeats(rid)
     listed = {(r.run_id, r.kind): r.run_url for r in list_fmbench_resources(sm_client(moto), "us-east-1")}
     assert {listed[(far, kind)] for kind in ("model", "endpoint-config", "endpoint")} == {run.url}
-    assert listed[(local, "endpoint")] is None and listed[(stray, "endpoint")] == f"{s3_bucket}/nowhere"
+    assert {listed[(local, kind)] for kind in ("model", "endpoint-config", "endpoint")} == {None}
+    assert listed[(stray, "endpoint")] == f"{s3_bucket}/nowhere"
 
     assert main(["cleanup", "--region", "us-east-1", "--yes"]) == 0
     out = capsys.readouterr().out
