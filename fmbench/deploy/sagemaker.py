@@ -392,7 +392,8 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
     (nothing, or only a failed endpoint that is now deleted, was there).
     """
     name = str(handle.endpoint_name)
-    if not _ours(resource_tags(client, desc["EndpointArn"]), wanted):
+    found_tags = resource_tags(client, desc["EndpointArn"])
+    if not _ours(found_tags, wanted):
         raise DeploymentError(f"endpoint {name} exists but was not created by this fmbench run (its fmbench tags "
                               "differ); fmbench leaves it alone: delete it or use another run id")
     status = desc["EndpointStatus"]
@@ -410,10 +411,14 @@ def _adopt(client: Any, handle: DeployedEndpoint, desc: dict[str, Any], wanted: 
     handle.created = [*leftovers, f"endpoint:{name}"]
     handle.adopted = True
     # This run's again: its tags say so from now on (they named the killed attempt's host and time,
-    # and where that attempt stored the run).
+    # and where that attempt stored the run, if elsewhere: the three were tagged alike, so the endpoint's
+    # tag stands for all).
+    moved = found_tags.get(TAG_RUN_URL) != (where[0]["Value"] if where else None)
     for ref, arn in [*leftover_arns.items(), (f"endpoint:{name}", desc["EndpointArn"])]:
         kind, _, rname = ref.partition(":")
         HEARTBEATS.add(run_id, kind, rname, client, arn)
+        if not moved:
+            continue
         try:
             if where:
                 client.add_tags(ResourceArn=arn, Tags=where)
@@ -467,8 +472,8 @@ def deploy_sagemaker(experiment: ExperimentConfig, run_id: str, *, config_name: 
     """Make a SageMaker experiment's endpoint InService (or check an existing one).
 
     Creates model, endpoint config and endpoint (tagged with the run id, experiment and config
-    name, and with where the run is stored when that is S3), waits for InService. If any step fails, what was already created is deleted before the
-    error is raised. When this run (same run id) already created the endpoint, in an attempt that
+    name, and with where the run is stored when that is S3), waits for InService. If any step
+    fails, what was already created is deleted before the error is raised. When this run (same run id) already created the endpoint, in an attempt that
     was killed, it is adopted instead: waited for while Creating, deleted and created anew when
     Failed; resources with the same name but other fmbench tags are never touched. The error
     raised says how far the deploy got (`fmbench.deploy.deploy_state`).

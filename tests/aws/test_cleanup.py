@@ -590,7 +590,8 @@ def test_a_run_stored_on_s3_tags_the_endpoint_it_keeps_with_its_url_for_cleanup_
         moto: str, s3_bucket: str, sim_url: str, tmp_path: Any, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A whole run with its output on S3 and its endpoint kept: the endpoint's tags name the run's
-    URL, and cleanup without the config records the deletion in that run's manifest there."""
+    URL, and cleanup without the config records the deletion in that run's manifest there (found
+    here from this host's lock too: the test above takes the tag's way alone)."""
     from fmbench.config import parse_config
     from fmbench.pipeline import run_benchmark
     from fmbench.rundir import load_manifest
