@@ -19,15 +19,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 REQUESTS = 40
 CRASH_AFTER = 8  # answers the server logs before it is killed
+SLOTS = 4  # the server's parallel slots: requests in flight when it is killed
 
 
 def test_a_server_killed_mid_shard_is_measured_again_once_it_is_back(llama_binary: Path, tiny_model: Path,
                                                                       tmp_path: Path) -> None:
-    first = LlamaServer(llama_binary, tiny_model, tmp_path / "first.log", parallel=4, ctx_size=4096)
+    first = LlamaServer(llama_binary, tiny_model, tmp_path / "first.log", parallel=SLOTS, ctx_size=4096)
     servers = [first]
     try:
         first.wait_ready()
-        cfg = llama_config("crash", first, tiny_model, max_tokens=32, timeout_s=60, levels=[4], requests=REQUESTS)
+        cfg = llama_config("crash", first, tiny_model, max_tokens=32, timeout_s=60, levels=[SLOTS], requests=REQUESTS)
         shards = tmp_path / "results" / "crash" / "r" / "shards"
         failures: list[BaseException] = []
 
@@ -40,7 +41,7 @@ def test_a_server_killed_mid_shard_is_measured_again_once_it_is_back(llama_binar
                 first.proc.wait(10)
                 while not list(shards.glob("*.failed-*.parquet")) and time.monotonic() < deadline:
                     time.sleep(0.02)
-                again = LlamaServer(llama_binary, tiny_model, tmp_path / "again.log", parallel=4, ctx_size=4096,
+                again = LlamaServer(llama_binary, tiny_model, tmp_path / "again.log", parallel=SLOTS, ctx_size=4096,
                                     port=first.port)
                 servers.append(again)
                 again.wait_ready()
@@ -61,7 +62,10 @@ def test_a_server_killed_mid_shard_is_measured_again_once_it_is_back(llama_binar
     # The attempt the crash cut short: answers until the kill, then only requests that failed.
     rec = pl.read_parquet(lost[0]).sort("request_id")
     assert rec.height == REQUESTS
-    assert rec["ok"].sum() >= CRASH_AFTER
+    # The server logs a request's timings as its slot finishes, before the last bytes of the answer
+    # are necessarily on the wire: a kill right after can cut off answers still in flight, at most
+    # one per slot (a CI run on a loaded machine had 7 of the 8 logged).
+    assert rec["ok"].sum() >= CRASH_AFTER - SLOTS
     assert rec.tail(4)["error_kind"].to_list() == ["connection"] * 4
     # The shard in the report is the attempt after the restart: every request answered.
     requests = pl.read_parquet(run / "requests.parquet")
