@@ -79,6 +79,10 @@ def test_planted_api_key_and_aws_credentials_appear_nowhere(prefect_harness: Non
     monkeypatch.setenv("AWS_SESSION_TOKEN", AWS_TOKEN)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing may reach AWS
+    # Prefect's loggers at the level of an ordinary run, whatever this process did before: a CLI
+    # `main` called in-process by an earlier test sets PREFECT_LOGGING_LEVEL=CRITICAL before Prefect
+    # is first imported, and then no run log would reach the API for this test to search.
+    caplog.set_level(logging.INFO, logger="prefect")
     caplog.set_level(logging.DEBUG)
     sim = SimulatedEndpoint(provider="simulated", ttft_ms=5, tpot_ms=1, output_tokens=4)
     with SimulatedServerProcess(sim) as server:
