@@ -195,14 +195,15 @@ def test_ui_form_shows_our_parameters_and_submitting_it_runs(prefect_stack: Any,
     assert (run_dir / "report.md").exists()
 
 
-def _submit(page: Any, logs: Path, attempts: int = 3, wait_ms: int = 60_000) -> str:
+def _submit(page: Any, logs: Path, attempts: int = 5, wait_ms: int = 60_000) -> str:
     """Click the form's Submit and return the id of the flow run its request created.
 
     The run is identified by the form's own POST (not by polling the server for a matching run),
     so a failure says which step failed: no request sent, or the server refused it. A click the
     page did not act on (no request within ``wait_ms``, e.g. a busy browser still wiring the form)
     is repeated, as a user would; so is one the server answered 503 (its SQLite database was busy,
-    on a loaded machine: it created no run, and Prefect's own client retries these, the UI does not).
+    on a loaded machine: it created no run, and Prefect's own client retries these, the UI does not),
+    after a wait that doubles.
     Any other answer ends it: a click that created a run is never repeated.
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -224,7 +225,7 @@ def _submit(page: Any, logs: Path, attempts: int = 3, wait_ms: int = 60_000) -> 
         response = created.value
         if response.status == 503 and attempt < attempts:
             busy.append(response.text()[:200])
-            page.wait_for_timeout(1000)
+            page.wait_for_timeout(1000 * 2 ** attempt)  # 2, 4, 8, 16 s: a busy moment, not a dead server
             continue
         assert response.ok, f"the server refused the form's run: {response.status} {response.text()[:2000]}"
         return str(response.json()["id"])
