@@ -282,6 +282,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             + (f", of which {len(live)} run(s) in progress" if live else ""))
         for line in _resource_lines(found, live):
             say("  " + line)
+        stored = _stored_runs(cfg, found)
+        for (name, rid), url in stored.items():
+            say(f"  run {rid}{f' of {name!r}' if name else ''} is stored at {url}")
         for (name, rid), holder in live.items():
             say(f"  run {rid}{f' of {name!r}' if name else ''} is in progress ({holder}): "
                 + ("its resources are deleted as well (--include-live)" if args.include_live else
@@ -302,7 +305,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         failed = failed or bool(failures)
         gone = [r for r in found if r.kind == "endpoint" and r.ref in removed]
         if gone:
-            failed = _record_deletions(cfg, gone, deleted_at, args.png) or failed
+            failed = _record_deletions(cfg, gone, deleted_at, args.png, stored) or failed
     return ExitCode.PARTIAL_FAILURE if failed else ExitCode.OK
 
 
@@ -325,14 +328,32 @@ def _run_url(cfg: BenchmarkConfig | None, config_name: str | None, run_id: str, 
     return None
 
 
+def _stored_runs(cfg: BenchmarkConfig | None, found: list[FmbenchResource]) -> dict[tuple[str | None, str], str]:
+    """Where each run that ``found`` belongs to is stored (`_run_url`), for the runs found there: the
+    listing names them (where each report is) and the deletion records in them what it deleted."""
+    tagged: dict[tuple[str | None, str], str | None] = {}
+    for r in found:
+        if r.run_url or (r.config_name, r.run_id) not in tagged:
+            tagged[(r.config_name, r.run_id)] = r.run_url
+    stored: dict[tuple[str | None, str], str] = {}
+    for (config_name, run_id), url in tagged.items():
+        try:
+            where = _run_url(cfg, config_name, run_id, url)
+        except FMBenchError:  # (a run id that names no directory: said if its endpoints are deleted)
+            continue
+        if where is not None:
+            stored[(config_name, run_id)] = where
+    return stored
+
+
 def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResource], deleted_at: str,
-                      png: bool) -> bool:
+                      png: bool, stored: dict[tuple[str | None, str], str]) -> bool:
     """Record the deletion of endpoints that runs left running in those runs' manifests, and render
     again the reports they have, which then bill each endpoint up to its deletion; True when a run
-    could not be updated. A run is found under ``cfg``'s output, or else from its lock if it ran on
-    this host (cleanup without the config, another config's run, a run given another ``--output``),
-    or else at the S3 URL its endpoints' tags name (a run on another host; `_run_url`); the runs found
-    in none of them are named."""
+    could not be updated. ``stored`` says where each run is (`_stored_runs`): under ``cfg``'s output,
+    or else where its lock says if it ran on this host (cleanup without the config, another config's
+    run, a run given another ``--output``), or else at the S3 URL its endpoints' tags name (a run on
+    another host); the runs found in none of them are named."""
     from fmbench import storage
     from fmbench.errors import RunInProgress
     from fmbench.report import render_report
@@ -348,9 +369,10 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
     failed = False
     unfound: list[tuple[str | None, str]] = []
     for (config_name, run_id), deleted in by_run.items():
-        url = None
+        url = stored.get((config_name, run_id))
         try:
-            url = _run_url(cfg, config_name, run_id, tagged.get((config_name, run_id)))
+            if url is None:  # (not found when listed: the error, if that was one, is said here)
+                url = _run_url(cfg, config_name, run_id, tagged.get((config_name, run_id)))
             if url is None:
                 unfound.append((config_name, run_id))
                 continue

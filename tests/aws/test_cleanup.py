@@ -472,6 +472,9 @@ def test_cleanup_without_the_config_records_each_deletion_in_the_run_this_host_r
     assert note is not None and note.deleted_at == timeline.deleted_at  # (one deletion request, one time)
     assert load_manifest(urls[live]).endpoints["a"].deleted_at is None  # (the run's own teardown writes it)
     assert f"run {live}: in progress; its teardown bills its endpoints up to this deletion (noted in {urls[live]})" in out
+    for rid in (ended, live):  # (the listing, before the deletion, says where each run's report is)
+        assert f"  run {rid} of 'mine' is stored at {urls[rid]}\n" in out
+    assert f"run {other} of 'mine' is stored" not in out
     assert (f"run {other}: not found on this host, so its report counts its endpoints only up to its end; give its "
             "config, fmbench cleanup CONFIG --yes, to record their deletion in it") in out
 
@@ -515,6 +518,8 @@ def test_cleanup_without_the_config_finds_a_run_stored_on_s3_from_its_endpoints_
     timeline = load_manifest(run.url).endpoints["a"]
     assert timeline.deleted_by == "fmbench cleanup" and timeline.deleted_at is not None
     assert f"run {far}: its manifest bills its endpoints up to this deletion" in out
+    assert f"  run {far} of 'mine' is stored at {run.url}\n" in out
+    assert f"run {stray} of 'mine' is stored" not in out and f"run {local} of 'mine' is stored" not in out
     assert (f"run {stray}: not found on this host nor at {s3_bucket}/nowhere (its endpoints' tags), so its report "
             "counts its endpoints only up to its end\n") in out
     assert f"run {local}: not found on this host, so its report counts its endpoints only up to its end; give" in out
