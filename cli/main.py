@@ -355,17 +355,21 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
     run, a run given another ``--output``), or else at the S3 URL its endpoints' tags name (a run on
     another host); the runs found in none of them are named."""
     from fmbench import storage
+    from fmbench.deploy.heartbeat import this_host
     from fmbench.errors import RunInProgress
     from fmbench.report import render_report
     from fmbench.rundir import record_late_deletions
 
     by_run: dict[tuple[str | None, str], dict[str, tuple[str, str]]] = {}
     tagged: dict[tuple[str | None, str], str] = {}
+    ran_on: dict[tuple[str | None, str], str] = {}  # (the host a run's endpoints say it last ran on)
     for r in endpoints:
         if r.experiment:
             by_run.setdefault((r.config_name, r.run_id), {})[r.experiment] = (r.name, deleted_at)
             if r.run_url:
                 tagged[(r.config_name, r.run_id)] = r.run_url
+            if r.host:
+                ran_on[(r.config_name, r.run_id)] = r.host
     failed = False
     unfound: list[tuple[str | None, str]] = []
     for (config_name, run_id), deleted in by_run.items():
@@ -399,9 +403,12 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
             continue
         say(f"  run {run_id}: report with the full cost of its endpoints: {getattr(paths, 'markdown', paths)}")
     where = "under the config's output nor " if cfg is not None else ""
+    here = this_host()
     for config_name, run_id in unfound:
         url = tagged.get((config_name, run_id))
-        say(f"  run {run_id}: not found {where}on this host" + (f" nor at {url} (its endpoints' tags)" if url else "")
+        host = ran_on.get((config_name, run_id))
+        say(f"  run {run_id}: not found {where}on this host" + (f" (it ran on {host})" if host and host != here else "")
+            + (f" nor at {url} (its endpoints' tags)" if url else "")
             + ", so its report counts its endpoints only up to its end"
             + ("" if cfg is not None or url else "; give its config, fmbench cleanup CONFIG --yes, to record "
                "their deletion in it"))

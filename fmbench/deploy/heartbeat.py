@@ -41,11 +41,16 @@ def _iso(when: _dt.datetime) -> str:
     return when.astimezone(_dt.UTC).isoformat(timespec="seconds")
 
 
+def this_host() -> str:
+    """This host's name as the ``fmbench:host`` tag holds it."""
+    return platform.node()[:256]
+
+
 def live_tags(now: _dt.datetime | None = None) -> list[dict[str, str]]:
     """The tags that say a resource's run is in progress on this host, as of ``now``."""
     now = now or _dt.datetime.now(_dt.UTC)
     until = now + _dt.timedelta(seconds=LAPSE_RENEWALS * renew_s())
-    return [{"Key": TAG_HOST, "Value": platform.node()[:256]}, {"Key": TAG_LIVE_UNTIL, "Value": _iso(until)}]
+    return [{"Key": TAG_HOST, "Value": this_host()}, {"Key": TAG_LIVE_UNTIL, "Value": _iso(until)}]
 
 
 def live_until(tags: dict[str, str]) -> _dt.datetime | None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import platform
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from fmbench.deploy.heartbeat import TAG_HOST, live_until
+from fmbench.deploy.heartbeat import TAG_HOST, live_until, this_host
 from fmbench.deploy.sagemaker import (
     TAG_CONFIG,
     TAG_EXPERIMENT,
@@ -231,7 +230,7 @@ def runs_in_progress(resources: list[FmbenchResource],
     from fmbench.rundir import live_on_this_host
 
     now = now or _dt.datetime.now(_dt.UTC)
-    here = platform.node()
+    here = this_host()
     live: dict[tuple[str | None, str], str] = {}
     runs: dict[tuple[str | None, str], list[FmbenchResource]] = {}
     for r in resources:

@@ -458,6 +458,10 @@ def test_cleanup_without_the_config_records_each_deletion_in_the_run_this_host_r
         end_heartbeats(ended)
     deploy_sagemaker(_exp(moto, name="a"), other, config_name="mine", poll_s=0.05)  # (as if run on another host)
     end_heartbeats(other)
+    from fmbench.deploy.heartbeat import TAG_HOST
+    client = sm_client(moto)
+    arn = client.describe_endpoint(EndpointName=resource_name("a", other))["EndpointArn"]
+    client.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_HOST, "Value": "far-host"}])
     with exclusive_run(cfg, None, live):
         deploy_sagemaker(_exp(moto, name="a"), live, config_name="mine", poll_s=0.05)
         assert main(["cleanup", "--region", "us-east-1", "--yes", "--include-live"]) == 0
@@ -475,8 +479,8 @@ def test_cleanup_without_the_config_records_each_deletion_in_the_run_this_host_r
     for rid in (ended, live):  # (the listing, before the deletion, says where each run's report is)
         assert f"  run {rid} of 'mine' is stored at {urls[rid]}\n" in out
     assert f"run {other} of 'mine' is stored" not in out
-    assert (f"run {other}: not found on this host, so its report counts its endpoints only up to its end; give its "
-            "config, fmbench cleanup CONFIG --yes, to record their deletion in it") in out
+    assert (f"run {other}: not found on this host (it ran on far-host), so its report counts its endpoints only up "
+            "to its end; give its config, fmbench cleanup CONFIG --yes, to record their deletion in it") in out
 
 
 def test_cleanup_without_the_config_finds_a_run_stored_on_s3_from_its_endpoints_tags(
