@@ -283,8 +283,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         for line in _resource_lines(found, live):
             say("  " + line)
         stored = _stored_runs(cfg, found)
-        for (name, rid), url in stored.items():
-            say(f"  run {rid}{f' of {name!r}' if name else ''} is stored at {url}")
+        for (name, rid), where in stored.items():
+            if isinstance(where, str):
+                say(f"  run {rid}{f' of {name!r}' if name else ''} is stored at {where}")
         for (name, rid), holder in live.items():
             say(f"  run {rid}{f' of {name!r}' if name else ''} is in progress ({holder}): "
                 + ("its resources are deleted as well (--include-live)" if args.include_live else
@@ -328,18 +329,21 @@ def _run_url(cfg: BenchmarkConfig | None, config_name: str | None, run_id: str, 
     return None
 
 
-def _stored_runs(cfg: BenchmarkConfig | None, found: list[FmbenchResource]) -> dict[tuple[str | None, str], str]:
-    """Where each run that ``found`` belongs to is stored (`_run_url`), for the runs found there: the
-    listing names them (where each report is) and the deletion records in them what it deleted."""
+def _stored_runs(cfg: BenchmarkConfig | None,
+                 found: list[FmbenchResource]) -> dict[tuple[str | None, str], str | FMBenchError]:
+    """Where each run that ``found`` belongs to is stored (`_run_url`), or why that cannot be known, for
+    the runs found there or failing: the listing names where (each report), the deletion records in
+    them what it deleted. A run found nowhere is not in it."""
     tagged: dict[tuple[str | None, str], str | None] = {}
     for r in found:
         if r.run_url or (r.config_name, r.run_id) not in tagged:
             tagged[(r.config_name, r.run_id)] = r.run_url
-    stored: dict[tuple[str | None, str], str] = {}
+    stored: dict[tuple[str | None, str], str | FMBenchError] = {}
     for (config_name, run_id), url in tagged.items():
         try:
             where = _run_url(cfg, config_name, run_id, url)
-        except FMBenchError:  # (a run id that names no directory: said if its endpoints are deleted)
+        except FMBenchError as exc:  # (a run id that names no directory: said if its endpoints are deleted)
+            stored[(config_name, run_id)] = exc
             continue
         if where is not None:
             stored[(config_name, run_id)] = where
@@ -347,7 +351,7 @@ def _stored_runs(cfg: BenchmarkConfig | None, found: list[FmbenchResource]) -> d
 
 
 def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResource], deleted_at: str,
-                      png: bool, stored: dict[tuple[str | None, str], str]) -> bool:
+                      png: bool, stored: dict[tuple[str | None, str], str | FMBenchError]) -> bool:
     """Record the deletion of endpoints that runs left running in those runs' manifests, and render
     again the reports they have, which then bill each endpoint up to its deletion; True when a run
     could not be updated. ``stored`` says where each run is (`_stored_runs`): under ``cfg``'s output,
@@ -374,16 +378,16 @@ def _record_deletions(cfg: BenchmarkConfig | None, endpoints: list[FmbenchResour
     unfound: list[tuple[str | None, str]] = []
     for (config_name, run_id), deleted in by_run.items():
         url = stored.get((config_name, run_id))
+        if url is None:
+            unfound.append((config_name, run_id))
+            continue
         try:
-            if url is None:  # (not found when listed: the error, if that was one, is said here)
-                url = _run_url(cfg, config_name, run_id, tagged.get((config_name, run_id)))
-            if url is None:
-                unfound.append((config_name, run_id))
-                continue
+            if isinstance(url, FMBenchError):
+                raise url
             if not record_late_deletions(url, run_id, deleted, by="fmbench cleanup"):
                 continue  # its own teardown recorded them (or the endpoints are later ones of those names)
         except RunInProgress:  # (deleted with --include-live, or started since it was listed)
-            assert url is not None  # (raised by record_late_deletions)
+            assert isinstance(url, str)  # (raised by record_late_deletions)
             failed = _note_deletions(url, run_id, deleted) or failed
             continue
         except FMBenchError as exc:
