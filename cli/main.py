@@ -315,11 +315,14 @@ def _run_url(cfg: BenchmarkConfig | None, config_name: str | None, run_id: str, 
     host last ran it (`rundir.run_url_on_this_host`: a run given another ``--output``, or cleanup
     without the config), else ``tagged``, the S3 URL its resources' tags name (a run on another
     host); None when none of them holds that run's manifest."""
+    from fmbench.deploy.sagemaker import TAG_RUN_ID
+    from fmbench.names import check_run_id
     from fmbench.rundir import is_run_of, run_location, run_url_on_this_host
 
     if config_name is None:
         return None
     if cfg is not None and cfg.name == config_name:
+        check_run_id(run_id, given_as=f"its endpoints' tag {TAG_RUN_ID}")  # (fmbench never writes a bad one)
         url, _ = run_location(cfg, None, run_id)
         if is_run_of(url, config_name, run_id):
             return url

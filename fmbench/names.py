@@ -12,14 +12,20 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 _NOT_SLUG = re.compile(r"[^A-Za-z0-9]+")
 
 
-def check_run_id(run_id: str | None) -> None:
-    """Accept None (a new run id is made) or a run id of letters, digits, ``-``, ``_`` and ``.``.
+def check_run_id(run_id: str | None, given_as: str = "--run-id") -> None:
+    """Accept None (a new run id is made) or a run id of letters, digits, ``-``, ``_`` and ``.`` that
+    names a directory of its own; ``given_as`` says where it came from (the option, or a resource's
+    tag for ``fmbench cleanup``).
 
     Raises:
         ConfigError: naming the run id.
     """
-    if run_id is not None and not re.fullmatch(RUN_ID_PATTERN, run_id):
-        raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '-', '_' and '.' only")
+    if run_id is None:
+        return
+    if not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise ConfigError(f"{given_as} {run_id!r}: use letters, digits, '-', '_' and '.' only")
+    if not run_id.strip("."):  # '.' and '..' name the directories above a run's, not a run
+        raise ConfigError(f"{given_as} {run_id!r}: give at least one letter, digit, '-' or '_'")
 
 
 def slug(text: str, *, lower: bool = True) -> str:

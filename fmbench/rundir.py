@@ -42,6 +42,7 @@ from fmbench import __version__, storage
 from fmbench.config import BenchmarkConfig, dump_config, load_config_text
 from fmbench.deploy import EndpointTimeline
 from fmbench.errors import ConfigError, RunInProgress, StorageError
+from fmbench.names import check_run_id
 
 if TYPE_CHECKING:
     from fmbench.lease import RunLease
@@ -350,12 +351,9 @@ def run_location(cfg: BenchmarkConfig, output: str | None, run_id: str) -> tuple
     directory for a local run; under the system's temporary directory for a remote one).
 
     Raises:
-        ConfigError: a run id with characters other than letters, digits, '-', '_' and '.'.
+        ConfigError: a run id that names no directory of its own (`fmbench.names.check_run_id`).
     """
-    if not all(c.isalnum() or c in "-_." for c in run_id):
-        raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '-', '_' and '.' only")
-    if not run_id.strip("."):  # '.' and '..' name the directories above a run's, not a run
-        raise ConfigError(f"--run-id {run_id!r}: give at least one letter, digit, '-' or '_'")
+    check_run_id(run_id)
     url = storage.join(storage.output_location(output or cfg.output), cfg.name, run_id)
     if storage.is_remote(url):
         return url, str(Path(tempfile.gettempdir(), "fmbench-scratch", cfg.name, run_id))

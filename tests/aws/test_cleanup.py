@@ -529,6 +529,35 @@ def test_cleanup_without_the_config_finds_a_run_stored_on_s3_from_its_endpoints_
     assert f"run {local}: not found on this host, so its report counts its endpoints only up to its end; give" in out
 
 
+def test_cleanup_deletes_an_endpoint_whose_run_id_tag_names_no_run_and_says_it_recorded_nothing(
+        moto: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """fmbench never writes such a tag, but anyone with AWS access can: cleanup with CONFIG still
+    deletes what is fmbench's and names that run, reads and writes outside its output nothing, and
+    exits 1 (its deletion went unrecorded)."""
+    from fmbench.deploy.heartbeat import end_heartbeats
+    from fmbench.deploy.sagemaker import TAG_RUN_ID
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    path = _mine(tmp_path, moto)
+    deploy_sagemaker(_exp(moto, name="a"), "retagged", config_name="mine", poll_s=0.05)
+    end_heartbeats("retagged")
+    sm = sm_client(moto)
+    name = resource_name("a", "retagged")
+    for arn in (sm.describe_endpoint(EndpointName=name)["EndpointArn"],
+                sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"],
+                sm.describe_model(ModelName=name)["ModelArn"]):
+        sm.add_tags(ResourceArn=arn, Tags=[{"Key": TAG_RUN_ID, "Value": "../up"}])
+    before = sorted(tmp_path.rglob("*"))
+    capsys.readouterr()  # (the deploy's lines)
+    assert main(["cleanup", str(path), "--yes"]) == ExitCode.PARTIAL_FAILURE
+    out, err = capsys.readouterr()
+    assert f"deleted endpoint:{name}" in out and sm_inventory(moto) == EMPTY
+    assert "is stored at" not in out
+    assert err == ("fmbench: run ../up: its manifest does not have its endpoints' deletion: its endpoints' tag "
+                   "fmbench:run-id '../up': use letters, digits, '-', '_' and '.' only\n")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 # ---------------------------------------------------------------- warning before a deploy
 
 
