@@ -153,7 +153,10 @@ def bare(url: str, stream: bool, requests: int, decode: bool = False) -> dict[st
             await asyncio.gather(*(worker() for _ in range(CONC)))
             return requests / (time.monotonic() - t_first[0])
 
-    return {"req_s": asyncio.run(main())}
+    cpu0 = time.process_time()
+    req_s = asyncio.run(main())
+    # (the engine's CPU per request is counted the same way: the warm-up's included, per measured request)
+    return {"req_s": req_s, "cpu_ms_per_req": (time.process_time() - cpu0) / requests * 1e3}
 
 
 def open_loop_ceiling(url: str, tmp: Path, rates: list[float], seconds: float) -> dict[str, Any]:
@@ -187,14 +190,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             url = srv.base_url(CHUNKS if stream else None)
             m = n // (2 if stream else 1)
             eng, ref, dec = [], [], []
-            abl: dict[str, list[float]] = {part: [] for part in ABLATIONS}
+            abl: dict[str, list[dict[str, float]]] = {part: [] for part in ABLATIONS}
             for _ in range(rounds):
                 eng.append(engine(url, stream, m, tmp))
                 ref.append(bare(url, stream, m))
                 dec.append(bare(url, stream, m, decode=True))
                 for part in ABLATIONS:
                     with _without(part):
-                        abl[part].append(engine(url, stream, m, tmp)["req_s"])
+                        abl[part].append(engine(url, stream, m, tmp))
             e = max(eng, key=lambda r: r["req_s"])
             b = max(ref, key=lambda r: r["req_s"])
             d = max(dec, key=lambda r: r["req_s"])
@@ -219,8 +222,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out[key]["engine_us_per_req"] = round(us, 2)
             out[key]["bare_decode_us_per_req"] = round(statistics.median(1e6 / x["req_s"] for x in dec), 2)
             out[key]["part_us_per_req"] = {
-                part: round(statistics.median(1e6 / x["req_s"] - 1e6 / y for x, y in zip(eng, abl[part], strict=True)), 2)
+                part: round(statistics.median(1e6 / x["req_s"] - 1e6 / y["req_s"]
+                                              for x, y in zip(eng, abl[part], strict=True)), 2)
                 for part in ABLATIONS}
+            # The same attribution in the client's CPU time per request, and the spread of the wall-time
+            # parts over the rounds: on a shared 2-core machine both move from round to round by more
+            # than a part costs (a part can come out negative), which the spread shows.
+            out[key]["engine_cpu_us_per_req"] = round(statistics.median(x["cpu_ms_per_req"] * 1e3 for x in eng), 2)
+            out[key]["bare_decode_cpu_us_per_req"] = round(statistics.median(x["cpu_ms_per_req"] * 1e3 for x in dec), 2)
+            out[key]["part_cpu_us_per_req"] = {
+                part: round(statistics.median((x["cpu_ms_per_req"] - y["cpu_ms_per_req"]) * 1e3
+                                              for x, y in zip(eng, abl[part], strict=True)), 2)
+                for part in ABLATIONS}
+            out[key]["part_us_per_req_range"] = {
+                part: [round(f(diffs), 2) for f in (min, max)]
+                for part in ABLATIONS
+                for diffs in [[1e6 / x["req_s"] - 1e6 / y["req_s"] for x, y in zip(eng, abl[part], strict=True)]]}
             if stream:
                 out[key]["engine_chunks_s"] = round(e["req_s"] * CHUNKS, 1)
                 out[key]["bare_chunks_s"] = round(b["req_s"] * CHUNKS, 1)
@@ -229,7 +246,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{e['req_s'] / d['req_s']:.2f}); bare aiohttp {b['req_s']:.0f} "
                   f"(median ratio {out[key]['ratio_vs_bare']:.2f}) (load {out[key]['load_avg'][0]})", flush=True)
             print(f"{key}: engine {us:.1f} us per request, bare + decode {out[key]['bare_decode_us_per_req']:.1f}; "
-                  f"of the engine's: {out[key]['part_us_per_req']}", flush=True)
+                  f"of the engine's: {out[key]['part_us_per_req']} (per round: {out[key]['part_us_per_req_range']}); "
+                  f"client CPU {out[key]['engine_cpu_us_per_req']:.1f} us per request (bare + decode "
+                  f"{out[key]['bare_decode_cpu_us_per_req']:.1f}), of which "
+                  f"{out[key]['part_cpu_us_per_req']}", flush=True)
             two = engine(url, stream, n // (2 if stream else 1), tmp, processes=2)
             out[key]["engine_2proc_req_s"] = round(two["req_s"], 1)
             print(f"{key}: engine with 2 processes {two['req_s']:.0f} req/s", flush=True)

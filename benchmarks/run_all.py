@@ -171,12 +171,24 @@ def render_markdown(results: dict[str, dict[str, Any]], quick: bool) -> str:
                 gap = x["engine_us_per_req"] - x["bare_decode_us_per_req"]
                 each = ", ".join(f"{names.get(k, k)} {v:.1f}" for k, v in x["part_us_per_req"].items())
                 rest = gap - sum(x["part_us_per_req"].values())
-                parts.append(f"{label}: engine {x['engine_us_per_req']:.1f}, bare loop with decoding "
-                             f"{x['bare_decode_us_per_req']:.1f} (gap {gap:.1f}); of the engine's: {each}; "
-                             f"the rest of the gap {rest:.1f}")
+                part = (f"{label}: engine {x['engine_us_per_req']:.1f}, bare loop with decoding "
+                        f"{x['bare_decode_us_per_req']:.1f} (gap {gap:.1f}); of the engine's: {each}; "
+                        f"the rest of the gap {rest:.1f}")
+                if "part_cpu_us_per_req" in x:  # (results of this benchmark before it measured the CPU)
+                    spread = ", ".join(f"{names.get(k, k)} {lo:.1f} to {hi:.1f}"
+                                       for k, (lo, hi) in x["part_us_per_req_range"].items())
+                    cpu = ", ".join(f"{names.get(k, k)} {v:.1f}" for k, v in x["part_cpu_us_per_req"].items())
+                    cpu_gap = x["engine_cpu_us_per_req"] - x["bare_decode_cpu_us_per_req"]
+                    part += (f" (per round: {spread}); in the client's CPU time: engine {x['engine_cpu_us_per_req']:.1f}, "
+                             f"bare loop with decoding {x['bare_decode_cpu_us_per_req']:.1f} (gap {cpu_gap:.1f}); "
+                             f"of the engine's: {cpu}; the rest of the gap "
+                             f"{cpu_gap - sum(x['part_cpu_us_per_req'].values()):.1f}")
+                parts.append(part)
             lines += [("Where the gap goes (µs of wall time per request, medians over the rounds; each part is the "
                        "engine minus the engine with only that part switched off, in the same rounds; a diagnosis, "
-                       "no real run switches any off): " + "; ".join(parts) + "."), ""]
+                       "no real run switches any off; on a shared machine both wall time and the client's CPU time per "
+                       "request move from round to round by more than a part costs, so the per-round spread is "
+                       "given): " + "; ".join(parts) + "."), ""]
     else:
         lines += [_missing(r), ""]
     r = results.get("orchestration", {})

@@ -126,8 +126,13 @@ def test_capacity_quick_says_where_the_engines_time_goes(tmp_path: Path) -> None
         # every part measured, as a number of microseconds (its sign is the machine's noise in one round)
         assert set(x["part_us_per_req"]) == set(ABLATIONS)
         assert all(isinstance(v, float | int) for v in x["part_us_per_req"].values())
+        # and in the client's CPU time, with the wall-time parts' spread over the rounds beside them
+        assert x["engine_cpu_us_per_req"] > 0 and x["bare_decode_cpu_us_per_req"] > 0
+        assert set(x["part_cpu_us_per_req"]) == set(ABLATIONS)
+        assert all(lo <= x["part_us_per_req"][k] <= hi for k, (lo, hi) in x["part_us_per_req_range"].items())
     md = render_markdown({"capacity": data}, quick=True)
     assert "Where the gap goes" in md and "kernel receive stamps" in md and "records writer" in md
+    assert "in the client's CPU time" in md
     # the ablation patches only inside its block: the benchmark process's engine is whole after it
     before = (RecordWriter.add_row, openai_client.stamp_reads, openai_client._SendStampingHandler.is_connected)
     for part in ABLATIONS:
