@@ -416,6 +416,10 @@ class _SSEDecoder:
                 raise EndpointProtocolError(f"malformed SSE line: {line[:80]!r}")
         return out
 
+    def unfinished_line(self) -> bytes:
+        """The bytes after the last newline: a line the stream ended in before its end (else empty)."""
+        return b"".join(self._tail)
+
     def pending(self) -> bytes:
         """The payload of an event the stream ended in before its blank line (else empty)."""
         tail = b"".join(self._tail).rstrip(b"\r")
@@ -423,6 +427,22 @@ class _SSEDecoder:
         if tail.startswith(b"data:"):
             data.append(tail[6:] if tail[5:6] == b" " else tail[5:])
         return b"\n".join(data).strip()
+
+
+def _not_an_event_stream(resp: aiohttp.ClientResponse) -> str:
+    """`` (its Content-Type is T, not text/event-stream)`` for an answer that says it is something else
+    (a proxy's sign-in page, a web server's error page), else empty."""
+    if resp.content_type == "text/event-stream":
+        return ""
+    return f" (its Content-Type is {resp.content_type}, not text/event-stream)"
+
+
+def _ended_without_done(resp: aiohttp.ClientResponse, decoder: _SSEDecoder) -> str:
+    """Why a stream is not a complete answer, with what says where it came from: a body that is no
+    event stream at all (a proxy's login page on one line, say) is named by its type and its start."""
+    why = "stream ended without [DONE]" + _not_an_event_stream(resp)
+    line = decoder.unfinished_line()
+    return f"{why}; it ended inside a line: {line[:80]!r}" if line else why
 
 
 class OpenAIClient:
@@ -726,7 +746,10 @@ class OpenAIClient:
             # kernel's receive stamp where there is one), not when this task wakes, a loop turn
             # later behind every other callback ready then.
             now = rx.last_rx if rx is not None else clock()
-            payloads = feed(read)
+            try:
+                payloads = feed(read)
+            except EndpointProtocolError as exc:  # (a malformed line: say what kind of body it was in)
+                raise EndpointProtocolError(f"{exc}{_not_an_event_stream(resp)}") from None
             if not payloads:
                 continue
             if b"[DONE]" in payloads:  # what follows [DONE] is never read
@@ -790,7 +813,7 @@ class OpenAIClient:
             if decoder.pending() == b"[DONE]":
                 done = True  # a final event without its blank line
             else:
-                raise EndpointProtocolError("stream ended without [DONE]")
+                raise EndpointProtocolError(_ended_without_done(resp, decoder))
         input_tokens, output_tokens = _usage_counts(usage, timings)
         cached_tokens = _cached_count(usage, timings)
         note = _cut_note(_finish_reason(tail, before_tail), output_tokens, self.inference.max_tokens)

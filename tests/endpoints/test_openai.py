@@ -258,10 +258,11 @@ def test_translate_examples_keep_kinds_and_redact() -> None:
     assert KEY not in str(_translate(aiohttp.ClientError(f"boom {KEY}"), (KEY,)))
 
 
-async def _raw_sse_server(payload: bytes, piece: int, pause: float) -> tuple[asyncio.Server, str]:
+async def _raw_sse_server(payload: bytes, piece: int, pause: float,
+                          content_type: bytes = b"text/event-stream") -> tuple[asyncio.Server, str]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\nConnection: close\r\n\r\n")
         for i in range(0, len(payload), piece):
             writer.write(payload[i : i + piece])
             await writer.drain()
@@ -307,9 +308,10 @@ PLAIN_SSE = (  # every event one `data: ` line: the decoder's fast path when it 
 )
 
 
-def _stream_from(payload: bytes, piece: int, pause: float = 0.0) -> Completion:
+def _stream_from(payload: bytes, piece: int, pause: float = 0.0,
+                 content_type: bytes = b"text/event-stream") -> Completion:
     async def go() -> Completion:
-        srv, url = await _raw_sse_server(payload, piece, pause)
+        srv, url = await _raw_sse_server(payload, piece, pause, content_type)
         client = OpenAIClient(url, "m")
         await client.open(1)
         try:
@@ -382,6 +384,25 @@ def test_a_bad_event_after_text_in_the_same_read_fails_the_request(
     for piece in (len(payload), 1):
         with pytest.raises(error, match=re.escape(fragment)):
             _stream_from(payload, piece)
+
+
+@pytest.mark.parametrize(("payload", "content_type", "message"), [
+    (b"<html><body>sign in</body></html>", b"text/html; charset=utf-8",
+     ("stream ended without [DONE] (its Content-Type is text/html, not text/event-stream); it ended inside a "
+      "line: b'<html><body>sign in</body></html>'")),
+    (b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\ndata: {"cho', b"text/event-stream",
+     "stream ended without [DONE]; it ended inside a line: b'data: {\"cho'"),
+    (b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n', b"text/event-stream", "stream ended without [DONE]"),
+    (b"<html>\n<body>sign in</body>\n</html>\n", b"text/html",
+     "malformed SSE line: b'<html>' (its Content-Type is text/html, not text/event-stream)"),
+], ids=["one-line-page", "cut-inside-an-event", "cut-between-events", "page"])
+def test_a_stream_that_ends_without_done_says_what_arrived(payload: bytes, content_type: bytes, message: str) -> None:
+    """A 200 answer that is not an event stream (a proxy's sign-in page; without a newline it reads as
+    one unfinished line), or a stream cut inside a line, is named by what the client got."""
+    for piece in (len(payload), 1):
+        with pytest.raises(EndpointProtocolError) as err:
+            _stream_from(payload, piece, content_type=content_type)
+        assert str(err.value) == message
 
 
 def test_sse_decoder_fast_path_returns_what_the_line_by_line_path_does() -> None:
