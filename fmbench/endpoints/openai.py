@@ -661,6 +661,8 @@ class OpenAIClient:
             raise err from exc
         except EndpointError as exc:
             exc.resends = resends
+            if self._secrets and exc.args:  # (a message may quote the answer: a page that echoes the request)
+                exc.args = (_redact(str(exc), self._secrets),)
             raise
         except Exception as exc:  # the translation boundary for aiohttp/asyncio/OS errors
             err = _translate(exc, self._secrets, answered or _answer_arrived(sent))

@@ -405,6 +405,28 @@ def test_a_stream_that_ends_without_done_says_what_arrived(payload: bytes, conte
         assert str(err.value) == message
 
 
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+def test_an_answer_that_echoes_the_api_key_never_puts_it_in_the_error(stream: bool) -> None:
+    """A page that quotes the request (a debugging proxy's, say) is quoted in the error of a request
+    that could not be read: the API key in it is redacted, as in an HTTP error's body."""
+    key = "sk-fmbench-echoed-5f0c"
+    payload = f"<pre>Authorization: Bearer {key}</pre>".encode()
+
+    async def go() -> None:
+        srv, url = await _raw_sse_server(payload, len(payload), 0.0, b"text/html")
+        client = OpenAIClient(url, "m", api_key=key, inference=InferenceConfig(stream=stream))
+        await client.open(1)
+        try:
+            await client.complete(PROMPT)
+        finally:
+            await client.close()
+            srv.close()
+
+    with pytest.raises(EndpointProtocolError) as err:
+        asyncio.run(go())
+    assert key not in str(err.value) and "Bearer ***" in str(err.value)
+
+
 def test_sse_decoder_fast_path_returns_what_the_line_by_line_path_does() -> None:
     from fmbench.endpoints.openai import _SSEDecoder
 
