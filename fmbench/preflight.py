@@ -287,11 +287,13 @@ def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) ->
     inference = experiment.inference.model_copy(update={"max_tokens": 1, "timeout_s": min(
         30.0, experiment.inference.timeout_s)})
 
+    answers: list[Any] = []
+
     async def once() -> None:
         client = make_client(experiment.endpoint, inference, url=url)
         await client.open(1)
         try:
-            await client.complete(Prompt("probe", "Hello", 1))
+            answers.append(await client.complete(Prompt("probe", "Hello", 1)))
         finally:
             await client.close()
 
@@ -326,3 +328,8 @@ def probe_endpoint(experiment: ExperimentConfig, url: str | None, where: str) ->
         raise EndpointError(f"{where}: {exc}") from exc
     except ConfigError as exc:  # e.g. a ca_bundle that cannot be read
         raise ConfigError(f"{where}: {exc}") from exc
+    if inference.stream and answers and not answers[-1].chunk_times and answers[-1].text:
+        # (a server or proxy that ignores "stream": true answers whole: its first token arrives with its last)
+        log.warning("%s: asked to stream, the endpoint answered whole (no streamed chunks): its TTFT will "
+                    "be the whole answer's time and it has no TPOT or inter-token times; inference.stream: "
+                    "false measures it as what it is", where)

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import re
 import socket
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -591,3 +592,35 @@ def test_an_error_status_whose_body_breaks_off_keeps_its_status() -> None:
     with pytest.raises(EndpointHTTPError) as info:
         asyncio.run(go())
     assert info.value.kind == "server_error" and "HTTP 503" in str(info.value) and "cut off" in str(info.value)
+
+
+@pytest.mark.parametrize(("model", "stream", "warned"), [
+    ("whole", True, True), ("ok", True, False), ("whole", False, False)], ids=["ignores-stream", "streams", "asked-whole"])
+def test_the_probe_warns_when_an_endpoint_asked_to_stream_answers_whole(
+        fake_openai: FakeOpenAI, tmp_path: Path, caplog: pytest.LogCaptureFixture, model: str, stream: bool,
+        warned: bool) -> None:
+    """A server or proxy that ignores ``"stream": true`` answers whole: the run can go on (every request
+    is a success), but its TTFT is the whole answer's time, so the probe says so before a shard is run."""
+    import logging
+
+    from fmbench.config import load_config
+    from fmbench.preflight import probe_endpoint
+
+    config = tmp_path / "bench.yml"
+    config.write_text(f"""
+name: t
+buckets: [[1, 100]]
+datasets: [{{name: syn, source: synthetic, prompts_per_bucket: 2}}]
+experiments:
+  - name: gw
+    endpoint: {{provider: openai, base_url: "{fake_openai.url}", model: {model}}}
+    inference: {{stream: {str(stream).lower()}}}
+""")
+    caplog.set_level(logging.WARNING, logger="fmbench")
+    probe_endpoint(load_config(config).experiments[0], None, "experiments[gw].endpoint")
+    said = [r.getMessage() for r in caplog.records if "answered whole" in r.getMessage()]
+    expected = ("experiments[gw].endpoint: asked to stream, the endpoint answered whole (no streamed chunks): its "
+                "TTFT will be the whole answer's time and it has no TPOT or inter-token times; inference.stream: "
+                "false measures it as what it is")
+    assert said == ([expected] if warned else [])
+

@@ -4,7 +4,8 @@ The request's ``model`` field picks the behaviour: ``ok`` (default), ``500``, ``
 ``reset`` (drop the connection mid-stream), ``malformed`` (bad SSE line), ``nonjson`` (SSE data
 that is not JSON), ``nonjson_body`` (non-streamed text body), ``nodone`` (stream ends without
 [DONE]), ``empty`` (no output text, no usage), ``nousage``, ``echo_key`` (401 echoing the Authorization
-header), ``echo_headers`` (403 echoing every header's value). Options after ``:`` as ``key=value``: ``ttft``, ``tpot``, ``jit`` (extra random TTFT up to this),
+header), ``echo_headers`` (403 echoing every header's value), ``whole`` (a whole JSON answer even when
+asked to stream, as a server or proxy that ignores ``stream`` sends). Options after ``:`` as ``key=value``: ``ttft``, ``tpot``, ``jit`` (extra random TTFT up to this),
 in seconds, and ``n`` (chunks). ``meet=K`` holds each such request until requests with a ``meet``
 option have arrived under K different model names (or ``meet_s``, default 60 s, has passed): two
 runs that both reach it are in flight at one instant, two that run one after the other are not.
@@ -148,7 +149,7 @@ class _Server:
             await asyncio.sleep(5)
         if name == "nonjson_body" or (not body.get("stream") and name == "nonjson"):
             return web.Response(text="<html>oops</html>", content_type="text/html")
-        if not body.get("stream"):
+        if not body.get("stream") or name == "whole":
             await asyncio.sleep(ttft + tpot * (n - 1))
             text = "".join(f" t{i}" for i in range(n))
             choice = {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
