@@ -24,6 +24,11 @@ NO_TEXT = "no output text arrived; output tokens as counted by the server"
 #: context). A success, but shorter than the benchmark asked for: its throughput is of shorter answers.
 CUT_BY_SERVER = "cut short by the server"
 
+#: A record's note for an answer to a streamed request that arrived whole (a server or proxy that
+#: ignores ``stream``): a success, but its first token came with its last, so its TTFT is the whole
+#: answer's time and it has no TPOT or inter-token times.
+ANSWERED_WHOLE = "answered whole, not streamed"
+
 #: The end reasons that say an answer ended for length: the OpenAI schema's and TGI's ``length``,
 #: Bedrock's ``max_tokens``; and Bedrock's ``model_context_window_exceeded``, which says it ended
 #: at the model's context whatever the count.

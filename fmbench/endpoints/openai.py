@@ -80,6 +80,7 @@ from aiohttp.payload import BytesPayload
 from yarl import URL
 
 from fmbench.config import InferenceConfig
+from fmbench.endpoints._chat import ANSWERED_WHOLE as _ANSWERED_WHOLE
 from fmbench.endpoints._chat import NO_TEXT as _NO_TEXT
 from fmbench.endpoints._chat import cached_count as _cached_count
 from fmbench.endpoints._chat import cut_note as _cut_note
@@ -711,7 +712,7 @@ class OpenAIClient:
             cached_tokens=cached_tokens,
             http_status=resp.status,
             note=(_cut_note(_finish_reason([data]), output_tokens, self.inference.max_tokens)
-                  or (None if text else _NO_TEXT)),
+                  or (None if text else _NO_TEXT) or (_ANSWERED_WHOLE if self._stream else None)),
         )
 
     def _stream_error(self, event: dict[str, Any]) -> EndpointHTTPError:

@@ -49,7 +49,7 @@ from typing import Any
 import polars as pl
 
 from fmbench.config import BenchmarkConfig, SLOConfig
-from fmbench.endpoints._chat import CUT_BY_SERVER
+from fmbench.endpoints._chat import ANSWERED_WHOLE, CUT_BY_SERVER
 from fmbench.metrics.cost import attach_costs
 from fmbench.metrics.slo import evaluate_slo
 from fmbench.records import final_attempts
@@ -141,6 +141,7 @@ def _aggregate(lf: pl.LazyFrame, slo: SLOConfig | None = None) -> pl.DataFrame:
         *_cache_aggs(ok),
         (ok & pl.col("note").str.starts_with(CUT_BY_SERVER).fill_null(False)).sum().cast(pl.Int64)
         .alias("cut_answers"),
+        (ok & (pl.col("note") == ANSWERED_WHOLE).fill_null(False)).sum().cast(pl.Int64).alias("unstreamed_answers"),
         good.alias("good_requests"),
         *_chunk_aggs(ok),
     ]
@@ -313,7 +314,7 @@ METRIC_COLUMNS: list[str] = [
     "pricing_source", "shard_cost_usd", "cost_per_10k_txn", "cost_per_1m_output_tokens",
     "cost_per_1m_input_tokens", "cost_per_1m_total_tokens", "cost_per_10k_good",
     "meets_slo", "slo_failures", "slo_worst_ratio", "client_cpu_s", "shard_wall_s", "attempts",
-    "resends", "cached_prompt_tokens", "cached_prompt_share", "cut_answers",
+    "resends", "cached_prompt_tokens", "cached_prompt_share", "cut_answers", "unstreamed_answers",
 ]
 
 

@@ -383,6 +383,22 @@ def _cache_warning(metrics: pl.DataFrame) -> str | None:
             "or give each bucket more prompts. See \"Prompt cache\".")
 
 
+def _unstreamed_warning(metrics: pl.DataFrame) -> str | None:
+    """One line when a shard asked to stream got answers that arrived whole, else None."""
+    if "unstreamed_answers" not in metrics.columns:
+        return None
+    hit = metrics.filter(pl.col("unstreamed_answers").fill_null(0) > 0)
+    if hit.is_empty():
+        return None
+    whole, answered = int(hit["unstreamed_answers"].sum()), int(hit["successes"].fill_null(0).sum())
+    names = ", ".join(str(v) for v in hit["shard_id"].head(3).to_list()) + (" ..." if hit.height > 3 else "")
+    return (f"{hit.height} shard{'s' if hit.height != 1 else ''} ({names}) asked to stream and got answers that "
+            f"arrived whole ({whole} of their {answered} answers; Content-Type application/json): the server, or a "
+            "proxy before it, does not stream, so each of those answers' first token arrived with its last. Their "
+            "TTFT is the whole answer's time, and they have no TPOT or inter-token times. Stream through to the "
+            "server, or measure it as what it is with inference.stream: false.")
+
+
 def _cut_warning(metrics: pl.DataFrame) -> str | None:
     """One line when a shard had answers the server cut short before max_tokens, else None."""
     if "cut_answers" not in metrics.columns:
@@ -618,6 +634,7 @@ def _context(inp: ReportInput, recs: list[Recommendation], colours: dict[str, st
         "cache_rows": _cache_rows(inp.metrics),
         "cache_warning": _cache_warning(inp.metrics),
         "cut_warning": _cut_warning(inp.metrics),
+        "unstreamed_warning": _unstreamed_warning(inp.metrics),
         "repro": [_repro(r) for r in inp.runs],
         "md_table": md_table,
         "colours": colours,

@@ -624,3 +624,34 @@ experiments:
                 "false measures it as what it is")
     assert said == ([expected] if warned else [])
 
+
+
+@pytest.mark.parametrize("model", ["whole", "ok"])
+def test_answers_to_a_streamed_request_that_arrive_whole_are_noted_counted_and_warned_of(
+        fake_openai: FakeOpenAI, tmp_path: Path, model: str) -> None:
+    """Through the engine: each answer a server sent whole to a streamed request is a success noted as
+    such, the shard counts them, and the report says what their TTFT is."""
+    import polars as pl
+
+    from fmbench.endpoints._chat import ANSWERED_WHOLE
+    from fmbench.loadgen import ShardSpec, run_shard
+    from fmbench.metrics import summarize
+    from fmbench.report.render import _unstreamed_warning
+
+    client = OpenAIClient(fake_openai.url, f"{model}:ttft=0.01:tpot=0.002:n=4", inference=InferenceConfig(stream=True))
+    spec = ShardSpec(shard_id="gw", experiment="e", dataset="d", bucket="1-100", bucket_min=1, bucket_max=100,
+                     concurrency=2, requests=6)
+    run_shard(client, [PROMPT], spec, tmp_path / "gw.parquet", len)
+    records = pl.read_parquet(tmp_path / "gw.parquet")
+    assert records["ok"].all() and (records["output_tokens"] == 4).all()
+    metrics = summarize(records, None)
+    if model == "ok":  # streamed: no note, nothing counted, no warning
+        assert records["note"].null_count() == records.height and (records["chunks"] == 4).all()
+        assert metrics["unstreamed_answers"].to_list() == [0] and _unstreamed_warning(metrics) is None
+        return
+    assert records["note"].to_list() == [ANSWERED_WHOLE] * records.height and (records["chunks"] == 0).all()
+    assert (records["ttft_s"] == records["latency_s"]).all() and records["tpot_s"].null_count() == records.height
+    assert metrics["unstreamed_answers"].to_list() == [6]
+    warning = _unstreamed_warning(metrics)
+    assert warning is not None and warning.startswith(
+        "1 shard (gw) asked to stream and got answers that arrived whole (6 of their 6 answers; ")
