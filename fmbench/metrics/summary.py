@@ -17,6 +17,8 @@ Definitions (the report's glossary repeats them):
 * ``cut_answers`` counts successful measured requests whose answer the server ended for its own
   length limit before ``max_tokens`` (``finish_reason: length`` with fewer output tokens: the prompt and
   max_tokens exceed its context); their throughput is that of shorter answers than asked for.
+* ``unstreamed_answers`` counts successful measured requests asked to stream whose answer arrived whole
+  (a server or proxy that ignores ``stream``): their TTFT is the whole answer's time.
 * ``duration_s`` runs from the first measured request's start (its scheduled time, else ``t_start``)
   to the last measured request's end.
 * ``transactions_per_min`` counts successful requests; token rates count tokens of successful requests.
