@@ -383,37 +383,45 @@ def _cache_warning(metrics: pl.DataFrame) -> str | None:
             "or give each bucket more prompts. See \"Prompt cache\".")
 
 
-def _unstreamed_warning(metrics: pl.DataFrame) -> str | None:
-    """One line when a shard asked to stream got answers that arrived whole, else None."""
-    if "unstreamed_answers" not in metrics.columns:
+def _count_warning(metrics: pl.DataFrame, column: str, text: str) -> str | None:
+    """``text`` with ``{shards}`` (``N shard(s) (their ids)``) and ``{counts}`` (``(K of their M answers``)
+    filled in for the shards whose count ``column`` of answers (`fmbench.metrics`, per shard) is above
+    zero; None when there is none (or the run predates the column)."""
+    if column not in metrics.columns:
         return None
-    hit = metrics.filter(pl.col("unstreamed_answers").fill_null(0) > 0)
+    hit = metrics.filter(pl.col(column).fill_null(0) > 0)
     if hit.is_empty():
         return None
-    whole, answered = int(hit["unstreamed_answers"].sum()), int(hit["successes"].fill_null(0).sum())
+    counted, answered = int(hit[column].sum()), int(hit["successes"].fill_null(0).sum())
     names = ", ".join(str(v) for v in hit["shard_id"].head(3).to_list()) + (" ..." if hit.height > 3 else "")
-    return (f"{hit.height} shard{'s' if hit.height != 1 else ''} ({names}) asked to stream and got answers that "
-            f"arrived whole ({whole} of their {answered} answers; Content-Type application/json): the server, or a "
-            "proxy before it, does not stream, so each of those answers' first token arrived with its last. Their "
-            "TTFT is the whole answer's time, and they have no TPOT or inter-token times. Stream through to the "
-            "server, or measure it as what it is with inference.stream: false.")
+    return text.format(shards=f"{hit.height} shard{'s' if hit.height != 1 else ''} ({names})",
+                       counts=f"({counted} of their {answered} answers")
+
+
+#: What the report says of shards with answers that arrived whole to streamed requests (`_count_warning`).
+_UNSTREAMED = (
+    "{shards} asked to stream and got answers that arrived whole {counts}; Content-Type application/json): "
+    "the server, or a proxy before it, does not stream, so each of those answers' first token arrived with its "
+    "last. Their TTFT is the whole answer's time, and they have no TPOT or inter-token times. Stream through to "
+    "the server, or measure it as what it is with inference.stream: false.")
+
+#: What the report says of shards with answers the server cut short before max_tokens (`_count_warning`).
+_CUT = (
+    "{shards} had answers the server cut short before max_tokens {counts}; finish_reason length): the prompt "
+    "and max_tokens exceed the server's context, so those requests generated fewer tokens than asked for and "
+    "their transactions per minute and latency are of shorter answers. Compare \"Output tokens/req\" across "
+    "shards, raise the server's context (llama.cpp: `--ctx-size` per slot) or lower max_tokens or the "
+    "bucket's prompt lengths.")
+
+
+def _unstreamed_warning(metrics: pl.DataFrame) -> str | None:
+    """One line when a shard asked to stream got answers that arrived whole, else None."""
+    return _count_warning(metrics, "unstreamed_answers", _UNSTREAMED)
 
 
 def _cut_warning(metrics: pl.DataFrame) -> str | None:
     """One line when a shard had answers the server cut short before max_tokens, else None."""
-    if "cut_answers" not in metrics.columns:
-        return None
-    hit = metrics.filter(pl.col("cut_answers").fill_null(0) > 0)
-    if hit.is_empty():
-        return None
-    cut, answered = int(hit["cut_answers"].sum()), int(hit["successes"].fill_null(0).sum())
-    names = ", ".join(str(v) for v in hit["shard_id"].head(3).to_list()) + (" ..." if hit.height > 3 else "")
-    return (f"{hit.height} shard{'s' if hit.height != 1 else ''} ({names}) had answers the server cut short before "
-            f"max_tokens ({cut} of their {answered} answers; finish_reason length): the prompt and max_tokens "
-            "exceed the server's context, so those requests generated fewer tokens than asked for and their "
-            "transactions per minute and latency are of shorter answers. Compare \"Output tokens/req\" across "
-            "shards, raise the server's context (llama.cpp: `--ctx-size` per slot) or lower max_tokens or the "
-            "bucket's prompt lengths.")
+    return _count_warning(metrics, "cut_answers", _CUT)
 
 
 def _cost_rows(cost: pl.DataFrame | None) -> tuple[list[dict[str, str]], str | None]:

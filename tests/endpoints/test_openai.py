@@ -310,10 +310,12 @@ PLAIN_SSE = (  # every event one `data: ` line: the decoder's fast path when it 
 
 
 def _stream_from(payload: bytes, piece: int, pause: float = 0.0,
-                 content_type: bytes = b"text/event-stream") -> Completion:
+                 content_type: bytes = b"text/event-stream", **options: Any) -> Completion:
+    """The answer of an `OpenAIClient` (with ``options``) to a server that sends ``payload`` ``piece``
+    bytes at a time."""
     async def go() -> Completion:
         srv, url = await _raw_sse_server(payload, piece, pause, content_type)
-        client = OpenAIClient(url, "m")
+        client = OpenAIClient(url, "m", **options)
         await client.open(1)
         try:
             return await client.complete(PROMPT)
@@ -412,19 +414,9 @@ def test_an_answer_that_echoes_the_api_key_never_puts_it_in_the_error(stream: bo
     that could not be read: the API key in it is redacted, as in an HTTP error's body."""
     key = "sk-fmbench-echoed-5f0c"
     payload = f"<pre>Authorization: Bearer {key}</pre>".encode()
-
-    async def go() -> None:
-        srv, url = await _raw_sse_server(payload, len(payload), 0.0, b"text/html")
-        client = OpenAIClient(url, "m", api_key=key, inference=InferenceConfig(stream=stream))
-        await client.open(1)
-        try:
-            await client.complete(PROMPT)
-        finally:
-            await client.close()
-            srv.close()
-
     with pytest.raises(EndpointProtocolError) as err:
-        asyncio.run(go())
+        _stream_from(payload, len(payload), content_type=b"text/html", api_key=key,
+                     inference=InferenceConfig(stream=stream))
     assert key not in str(err.value) and "Bearer ***" in str(err.value)
 
 
