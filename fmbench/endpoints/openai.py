@@ -326,9 +326,29 @@ def _answer_arrived(sent: list[Any]) -> bool:
     return len(sent) > 1 and bool(sent[1].rx)
 
 
+#: The shortest start of a secret `_redact` masks where a quote of an answer was cut inside it.
+_SECRET_HEAD = 8
+
+
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret, and every start of one a quote cut short (at least `_SECRET_HEAD`
+    characters of it, or all of a shorter one), replaced by ``***``: messages quote answers cut to a few
+    dozen bytes, and a cut can fall inside a secret the answer echoed."""
     for secret in secrets:
-        text = text.replace(secret, "***")
+        head = secret[:_SECRET_HEAD]
+        if not head:
+            continue
+        out: list[str] = []
+        i = text.find(head)
+        end = 0
+        while i >= 0:
+            n = len(head)
+            while n < len(secret) and i + n < len(text) and text[i + n] == secret[n]:
+                n += 1
+            out += (text[end:i], "***")
+            end = i + n
+            i = text.find(head, end)
+        text = "".join(out) + text[end:] if out else text
     return text
 
 

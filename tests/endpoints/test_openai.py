@@ -418,6 +418,11 @@ def test_an_answer_that_echoes_the_api_key_never_puts_it_in_the_error(stream: bo
         _stream_from(payload, len(payload), content_type=b"text/html", api_key=key,
                      inference=InferenceConfig(stream=stream))
     assert key not in str(err.value) and "Bearer ***" in str(err.value)
+    # The message quotes 80 bytes of the answer: a key the cut falls inside is masked as far as it is quoted.
+    cut = (" " * (80 - len("<pre>Bearer ") - 12) + f"<pre>Bearer {key}</pre>").encode()
+    with pytest.raises(EndpointProtocolError) as err:
+        _stream_from(cut, len(cut), content_type=b"text/html", api_key=key, inference=InferenceConfig(stream=stream))
+    assert key[:12] not in str(err.value) and "Bearer ***'" in str(err.value)
 
 
 def test_sse_decoder_fast_path_returns_what_the_line_by_line_path_does() -> None:
